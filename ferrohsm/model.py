@@ -1,0 +1,292 @@
+"""The key model: frozen dataclasses validated on construction.
+
+Pure data (L0): no I/O, no clock, no randomness. Times are timezone-aware UTC datetimes passed in by
+the caller. A ``Key`` carries its versions' *sealed* material only; unsealed bytes never live here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any
+
+from .errors import BadRequest
+
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# Names may not look like UUIDs, so a key reference is never ambiguous between id and name.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+TAG_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+MAX_TAGS = 32
+MAX_DESCRIPTION = 1024
+MAX_HISTORY_DETAIL = 256
+
+
+class KeyState(StrEnum):
+    ACTIVE = "active"
+    REVOKED = "revoked"
+    DESTROY_SCHEDULED = "destroy_scheduled"
+    DESTROYED = "destroyed"
+
+
+class VersionState(StrEnum):
+    ENABLED = "enabled"
+    ARCHIVED = "archived"
+    DESTROYED = "destroyed"
+
+
+class Role(StrEnum):
+    ADMINISTRATOR = "administrator"
+    OPERATOR = "operator"
+    AUDITOR = "auditor"
+    SERVICE = "service"
+
+
+def utc(dt: datetime) -> datetime:
+    if dt.tzinfo is None:
+        raise ValueError("naive datetime: FerroHSM only handles aware UTC times")
+    return dt.astimezone(timezone.utc)
+
+
+def iso(dt: datetime | None) -> str | None:
+    """RFC 3339 with a Z suffix and microseconds kept, so ordering by string is ordering by time."""
+    if dt is None:
+        return None
+    return utc(dt).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except (ValueError, AttributeError) as exc:
+        raise BadRequest(f"not an RFC 3339 time: {text!r:.40}") from exc
+
+
+def is_uuid(text: str) -> bool:
+    return bool(UUID_RE.match(text))
+
+
+def validate_name(name: str | None) -> None:
+    if name is None:
+        return
+    if not isinstance(name, str) or not NAME_RE.match(name) or is_uuid(name.lower()):
+        raise BadRequest("name must be 1-128 characters of letters, digits, '.', '_' or '-', "
+                         "start with a letter or digit, and not look like a UUID")
+
+
+def validate_tags(tags: tuple[str, ...]) -> None:
+    if len(tags) > MAX_TAGS:
+        raise BadRequest(f"at most {MAX_TAGS} tags")
+    if len(set(tags)) != len(tags):
+        raise BadRequest("duplicate tag")
+    for tag in tags:
+        if not isinstance(tag, str) or not TAG_RE.match(tag):
+            raise BadRequest("tags must be 1-63 lowercase letters, digits, '.', '_' or '-'")
+
+
+def validate_description(text: str) -> None:
+    if not isinstance(text, str) or len(text) > MAX_DESCRIPTION:
+        raise BadRequest(f"description must be a string of at most {MAX_DESCRIPTION} characters")
+    if any(ord(c) < 32 and c not in "\n\t" or ord(c) == 127 for c in text):
+        raise BadRequest("description may not contain control characters")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVersion:
+    version: int
+    state: VersionState
+    created_at: datetime
+    sealed: bytes | None  # None once the material is purged; metadata stays
+
+    def __post_init__(self) -> None:
+        if self.version < 1:
+            raise ValueError("versions start at 1")
+        if (self.sealed is None) != (self.state is VersionState.DESTROYED):
+            raise ValueError("a version has sealed material exactly when it is not destroyed")
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEvent:
+    """One append-only entry of a key's metadata history: who changed what, when."""
+
+    at: datetime
+    actor: str
+    action: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    id: str
+    name: str | None
+    description: str
+    algorithm: str
+    usage: str
+    tags: tuple[str, ...]
+    state: KeyState
+    primary_version: int
+    versions: tuple[KeyVersion, ...]
+    created_at: datetime
+    updated_at: datetime
+    created_by: str
+    destroy_after: datetime | None = None
+    previous_state: KeyState | None = None  # what cancel-destroy restores
+    revision: int = 0  # bumped by the store on every write (compare-and-swap)
+    history: tuple[HistoryEvent, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not is_uuid(self.id):
+            raise ValueError("key id must be a lowercase UUID")
+        validate_name(self.name)
+        validate_tags(self.tags)
+        validate_description(self.description)
+        numbers = [v.version for v in self.versions]
+        if numbers != list(range(1, len(numbers) + 1)):
+            raise ValueError("versions must be numbered 1..n in order")
+        if self.state is not KeyState.DESTROYED and not 1 <= self.primary_version <= len(numbers):
+            raise ValueError("primary_version must name an existing version")
+        if (self.state is KeyState.DESTROY_SCHEDULED) != (self.destroy_after is not None):
+            raise ValueError("destroy_after is set exactly when destruction is scheduled")
+
+    def version(self, number: int) -> KeyVersion:
+        if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= len(self.versions):
+            raise BadRequest(f"key has no version {number!r:.20}")
+        return self.versions[number - 1]
+
+    def with_event(self, now: datetime, actor: str, action: str, detail: str = "", **changes: Any) -> Key:
+        """A copy with ``changes`` applied, ``updated_at`` set and one history event appended."""
+        event = HistoryEvent(now, actor, action, detail[:MAX_HISTORY_DETAIL])
+        return replace(self, updated_at=now, history=self.history + (event,), **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFilter:
+    state: KeyState | None = None
+    algorithm: str | None = None
+    usage: str | None = None
+    tag: str | None = None
+    name_prefix: str | None = None
+
+    def matches(self, key: Key) -> bool:
+        return ((self.state is None or key.state == self.state)
+                and (self.algorithm is None or key.algorithm == self.algorithm)
+                and (self.usage is None or key.usage == self.usage)
+                and (self.tag is None or self.tag in key.tags)
+                and (self.name_prefix is None
+                     or (key.name is not None and key.name.startswith(self.name_prefix))))
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    keys: tuple[Key, ...]
+    next_page_token: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller. ``tags`` limits a Service principal to keys carrying one of them."""
+
+    subject: str
+    role: Role
+    tags: frozenset[str] | None = None
+    session: str | None = None
+    token_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Who asked, from where, under which ids: reaches handlers, logs and every audit record."""
+
+    principal: Principal | None
+    request_id: str
+    correlation_id: str | None = None
+    trace_id: str | None = None
+    source_ip: str | None = None
+    client_fingerprint: str | None = None
+    approval_id: str | None = None
+
+    @property
+    def actor(self) -> str:
+        return self.principal.subject if self.principal else "anonymous"
+
+
+SYSTEM_CONTEXT = RequestContext(Principal("system", Role.ADMINISTRATOR), request_id="system")
+
+
+# ---- serialisation -------------------------------------------------------------------------
+# Stores persist ``key_to_record``; the API shows ``key_view``. Keeping both here means a new store
+# cannot drift from the others on field names.
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("stored sealed material is not base64") from exc
+
+
+def key_to_record(key: Key) -> dict[str, Any]:
+    return {
+        "id": key.id, "name": key.name, "description": key.description,
+        "algorithm": key.algorithm, "usage": key.usage, "tags": list(key.tags),
+        "state": key.state.value, "primary_version": key.primary_version,
+        "versions": [{"version": v.version, "state": v.state.value, "created_at": iso(v.created_at),
+                      "sealed": _b64(v.sealed)} for v in key.versions],
+        "created_at": iso(key.created_at), "updated_at": iso(key.updated_at),
+        "created_by": key.created_by, "destroy_after": iso(key.destroy_after),
+        "previous_state": key.previous_state.value if key.previous_state else None,
+        "revision": key.revision,
+        "history": [{"at": iso(h.at), "actor": h.actor, "action": h.action, "detail": h.detail}
+                    for h in key.history],
+    }
+
+
+def key_from_record(rec: dict[str, Any]) -> Key:
+    """Inverse of key_to_record; raises ValueError/KeyError/TypeError on a malformed record."""
+    return Key(
+        id=rec["id"], name=rec["name"], description=rec["description"],
+        algorithm=rec["algorithm"], usage=rec["usage"], tags=tuple(rec["tags"]),
+        state=KeyState(rec["state"]), primary_version=int(rec["primary_version"]),
+        versions=tuple(KeyVersion(int(v["version"]), VersionState(v["state"]),
+                                  _time(v["created_at"]), _unb64(v["sealed"]))
+                       for v in rec["versions"]),
+        created_at=_time(rec["created_at"]), updated_at=_time(rec["updated_at"]),
+        created_by=rec["created_by"], destroy_after=parse_iso(rec["destroy_after"]),
+        previous_state=KeyState(rec["previous_state"]) if rec["previous_state"] else None,
+        revision=int(rec["revision"]),
+        history=tuple(HistoryEvent(_time(h["at"]), h["actor"], h["action"], h["detail"])
+                      for h in rec["history"]),
+    )
+
+
+def _time(text: str) -> datetime:
+    value = parse_iso(text)
+    if value is None:
+        raise ValueError("missing time")
+    return value
+
+
+def key_view(key: Key) -> dict[str, Any]:
+    """The API's key object (../shared/API.md): never any sealed bytes."""
+    return {
+        "id": key.id, "name": key.name, "description": key.description,
+        "algorithm": key.algorithm, "usage": key.usage, "tags": list(key.tags),
+        "state": key.state.value, "primary_version": key.primary_version,
+        "versions": [{"version": v.version, "state": v.state.value, "created_at": iso(v.created_at)}
+                     for v in key.versions],
+        "created_at": iso(key.created_at), "updated_at": iso(key.updated_at),
+        "created_by": key.created_by, "destroy_after": iso(key.destroy_after),
+        "revision": key.revision,
+        "history": [{"at": iso(h.at), "actor": h.actor, "action": h.action, "detail": h.detail}
+                    for h in key.history],
+    }

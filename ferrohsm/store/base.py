@@ -1,0 +1,122 @@
+"""The KeyStore port.
+
+Stores persist ``Key`` records, whose versions carry SEALED material only: a store never sees a
+master key or plaintext key bytes. Writes are compare-and-swap on ``Key.revision`` so two writers
+(threads or processes) never lose an update: ``update(key)`` succeeds only if the stored revision
+still equals ``key.revision``, and stores ``revision + 1``.
+
+Listing is keyset-paginated in ascending ``id`` order. Ids are UUIDv7 (time-ordered), so that is
+creation order, and a page token ("after this id") stays valid and skips nothing that existed
+before the first page was read, even while keys are inserted concurrently.
+
+Every implementation passes tests/conformance/test_keystore.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from abc import ABC, abstractmethod
+from dataclasses import replace
+from datetime import datetime
+
+from ..errors import BadRequest, NotFound
+from ..model import Key, KeyFilter, KeyState, KeyVersion, Page, VersionState, is_uuid
+
+MAX_PAGE = 1000
+
+
+def encode_page_token(last_id: str) -> str:
+    return base64.urlsafe_b64encode(b"k1:" + last_id.encode("ascii")).decode("ascii").rstrip("=")
+
+
+def decode_page_token(token: str | None) -> str | None:
+    """The id after which the next page starts; BadRequest for anything we did not issue."""
+    if token is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadRequest("invalid page_token") from None
+    if not raw.startswith("k1:") or not is_uuid(raw[3:]):
+        raise BadRequest("invalid page_token")
+    return raw[3:]
+
+
+def check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
+    return limit
+
+
+class KeyStore(ABC):
+    """Persistence for keys. Implementations must be safe to call from many threads."""
+
+    name = "abstract"
+
+    @abstractmethod
+    def create(self, key: Key) -> Key:
+        """Insert a new key; returns it with revision 1. NameTaken / Conflict on duplicates."""
+
+    @abstractmethod
+    def get(self, key_id: str) -> Key:
+        """NotFound when absent."""
+
+    @abstractmethod
+    def get_by_name(self, name: str) -> Key:
+        """NotFound when absent."""
+
+    @abstractmethod
+    def update(self, key: Key) -> Key:
+        """Compare-and-swap on revision; StaleRevision if someone wrote first. Name is immutable."""
+
+    @abstractmethod
+    def list(self, filters: KeyFilter, limit: int = 100, page_token: str | None = None) -> Page:
+        """Keys matching ``filters`` with id > token, ascending id, at most ``limit``."""
+
+    @abstractmethod
+    def count(self, filters: KeyFilter | None = None) -> int:
+        """How many keys match (all keys when ``filters`` is None)."""
+
+    @abstractmethod
+    def get_meta(self, name: str) -> bytes | None:
+        """Small named blobs the service keeps beside the keys (e.g. the master-key check value)."""
+
+    @abstractmethod
+    def put_meta(self, name: str, value: bytes) -> None:
+        """Durably store a named blob, replacing any previous value."""
+
+    def close(self) -> None:
+        """Release files, locks and connections. Idempotent."""
+
+    def describe(self) -> dict[str, object]:
+        """Health information (never secrets)."""
+        return {"backend": self.name}
+
+    # ---- conveniences every store gets from the primitives above ----
+
+    def resolve(self, ref: str) -> Key:
+        """A key by id (UUID form) or unique name, as API paths accept either."""
+        if is_uuid(ref):
+            return self.get(ref)
+        if not isinstance(ref, str) or not ref:
+            raise NotFound("no such key")
+        return self.get_by_name(ref)
+
+    def append_version(self, key: Key, sealed: bytes, now: datetime) -> Key:
+        added = KeyVersion(len(key.versions) + 1, VersionState.ENABLED, now, sealed)
+        return self.update(replace(key, versions=key.versions + (added,), updated_at=now))
+
+    def set_primary(self, key: Key, version: int, now: datetime) -> Key:
+        key.version(version)
+        return self.update(replace(key, primary_version=version, updated_at=now))
+
+    def set_state(self, key: Key, state: KeyState, now: datetime) -> Key:
+        return self.update(replace(key, state=state, updated_at=now))
+
+    def purge_version(self, key: Key, version: int, now: datetime) -> Key:
+        """Erase one version's sealed material; its number, dates and history stay."""
+        key.version(version)
+        versions = tuple(replace(v, state=VersionState.DESTROYED, sealed=None)
+                         if v.version == version else v for v in key.versions)
+        return self.update(replace(key, versions=versions, updated_at=now))
