@@ -1,0 +1,113 @@
+"""The HTTP application: route, authenticate, build the request context, call the handler.
+
+Errors become responses in exactly one place (``http.error_response``). Every request leaves one
+structured JSON log line with OpenTelemetry semantic-convention names; tokens and bodies never do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..authn import Authenticator
+from ..errors import FerroError
+from ..metrics import ServerMetrics
+from ..model import Principal, RequestContext
+from .http import Request, Response, error_response, json_response
+from .router import Router
+
+access_log = logging.getLogger("ferrohsm.access")
+log = logging.getLogger("ferrohsm.api")
+SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+AuditHook = Callable[[RequestContext, str, str, str], None]
+
+
+class Application:
+    def __init__(self, router: Router, authenticator: Authenticator, metrics: ServerMetrics,
+                 audit_refusal: AuditHook) -> None:
+        self.router = router
+        self.auth = authenticator
+        self.metrics = metrics
+        self.audit_refusal = audit_refusal
+
+    def __call__(self, req: Request) -> Response:
+        start = time.perf_counter()
+        route_name = "unmatched"
+        ctx = base_context(req, None)
+        try:
+            route, params = self.router.match(req.method, req.path)
+            route_name = route.template
+            if route.template.startswith("/v1/"):
+                ctx = base_context(req, self._authenticate(req, ctx))
+            result = route.handler(ctx, req, params)
+            resp = result if isinstance(result, Response) else json_response(*result)
+        except FerroError as exc:
+            resp = error_response(exc, req.request_id)
+        except Exception:  # noqa: BLE001 - a handler bug must never take the server down
+            log.exception("unhandled error", extra={"request_id": req.request_id})
+            resp = error_response(FerroError("internal error"), req.request_id)
+        echo_context_headers(req, ctx, resp)
+        self._observe(req, ctx, route_name, resp, time.perf_counter() - start)
+        return resp
+
+    def _authenticate(self, req: Request, ctx: RequestContext) -> Principal:
+        try:
+            return self.auth.authenticate(req.headers.get_all("authorization"))
+        except FerroError as exc:
+            self.metrics.auth_failures.inc(exc.code)
+            self.audit_refusal(ctx, "auth.authenticate", "denied",
+                               f"{req.method} {req.path[:200]}: {exc.message}")
+            raise
+
+    def _observe(self, req: Request, ctx: RequestContext, route: str, resp: Response,
+                 seconds: float) -> None:
+        self.metrics.requests.inc(route, req.method, str(resp.status))
+        self.metrics.latency.observe(seconds, route, req.method)
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        access_log.info(json.dumps({
+            "http.request.method": req.method, "http.route": route,
+            "http.response.status_code": resp.status, "duration_ms": round(seconds * 1000, 3),
+            "client.address": req.peer_ip, "enduser.id": ctx.principal.subject
+            if ctx.principal else None, "request_id": req.request_id,
+            "trace_id": ctx.trace_id, "correlation_id": ctx.correlation_id,
+        }, separators=(",", ":")))
+
+
+def base_context(req: Request, principal: Principal | None) -> RequestContext:
+    correlation = req.headers.get("x-correlation-id")
+    traceparent = req.headers.get("traceparent")
+    match = TRACEPARENT.match(traceparent) if traceparent else None
+    fingerprint = None
+    if req.client_cert_der:
+        from ..tls.context import cert_fingerprint
+        fingerprint = cert_fingerprint(req.client_cert_der)
+    return RequestContext(
+        principal=principal, request_id=req.request_id,
+        correlation_id=correlation if correlation and SANE_ID.match(correlation) else None,
+        trace_id=match.group(1) if match else None, source_ip=req.peer_ip,
+        client_fingerprint=fingerprint,
+        approval_id=_sane(req.headers.get("x-approval-id")))
+
+
+def _sane(value: str | None) -> str | None:
+    return value if value and SANE_ID.match(value) else None
+
+
+def echo_context_headers(req: Request, ctx: RequestContext, resp: Response) -> None:
+    if ctx.correlation_id:
+        resp.headers.append(("X-Correlation-ID", ctx.correlation_id))
+    if ctx.trace_id:
+        resp.headers.append(("traceparent", req.headers.get("traceparent") or ""))
+
+
+def audit_hook(record: Callable[..., Any]) -> AuditHook:
+    """Adapt the service's audit call to the refusals the HTTP layer itself decides (401s)."""
+    def hook(ctx: RequestContext, action: str, outcome: str, message: str) -> None:
+        record(ctx, action, outcome, message)
+    return hook

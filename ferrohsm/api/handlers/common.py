@@ -1,0 +1,108 @@
+"""What every handler needs: strict JSON bodies, base64 fields, query parameters.
+
+Handlers stay thin: parse, call the service, return (status, dict). Anything malformed raises
+BadRequest here, so no handler ever sees a field it did not declare.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Union
+
+from ...errors import BadRequest
+from ...model import RequestContext
+from ..http import Request, Response
+
+Reply = Union[tuple[int, dict[str, Any]], Response]
+Handler = Callable[[RequestContext, Request, dict[str, str]], Reply]
+MISSING = object()
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in seen:
+            raise BadRequest(f"duplicate JSON member {name!r:.40}")
+        seen[name] = value
+    return seen
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadRequest(f"{name} is not valid JSON")
+
+
+def json_body(req: Request) -> dict[str, Any]:
+    if not req.body:
+        return {}
+    try:
+        value = json.loads(req.body.decode("utf-8"), object_pairs_hook=_reject_duplicates,
+                           parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("request body is not valid UTF-8 JSON") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
+    if not isinstance(value, dict):
+        raise BadRequest("request body must be a JSON object")
+    return value
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: type | tuple[type, ...]
+    required: bool = False
+
+
+def fields(req: Request, spec: dict[str, Field]) -> dict[str, Any]:
+    """The body's members, type-checked against ``spec``; unknown members are an error."""
+    body = json_body(req)
+    unknown = sorted(set(body) - set(spec))
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(n[:40] for n in unknown[:5])}")
+    out: dict[str, Any] = {}
+    for name, f in spec.items():
+        if name not in body or body[name] is None:
+            if f.required:
+                raise BadRequest(f"missing required field {name}")
+            continue
+        value = body[name]
+        kinds = f.kind if isinstance(f.kind, tuple) else (f.kind,)
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            raise BadRequest(f"field {name} has the wrong type")
+        out[name] = value
+    return out
+
+
+def b64(value: str | None, name: str) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        return base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise BadRequest(f"{name} must be standard base64 with padding") from None
+
+
+def b64s(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def query(req: Request, allowed: set[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, values in req.query.items():
+        if name not in allowed:
+            raise BadRequest(f"unknown query parameter {name[:40]!r}")
+        if len(values) != 1:
+            raise BadRequest(f"query parameter {name} given more than once")
+        out[name] = values[0]
+    return out
+
+
+def int_param(value: str | None, name: str, low: int, high: int) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > 9 or not low <= int(value) <= high:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}")
+    return int(value)

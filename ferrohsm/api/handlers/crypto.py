@@ -1,0 +1,60 @@
+"""Cryptographic operation routes: encrypt, decrypt, sign, verify, wrap, unwrap."""
+
+from __future__ import annotations
+
+from ...errors import BadRequest
+from ...model import RequestContext
+from ...service import KeyService
+from ..http import Request
+from ..router import Router
+from .common import Field, Reply, b64, b64s, fields
+
+
+def _message_or_digest(body: dict[str, object]) -> tuple[bytes, bool]:
+    if ("message" in body) == ("digest" in body):
+        raise BadRequest("give exactly one of message or digest")
+    if "digest" in body:
+        return b64(body["digest"], "digest") or b"", True  # type: ignore[arg-type]
+    return b64(body["message"], "message") or b"", False  # type: ignore[arg-type]
+
+
+def register(router: Router, service: KeyService) -> None:
+    def encrypt(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        body = fields(req, {"plaintext": Field(str, True), "aad": Field(str)})
+        plaintext = b64(body["plaintext"], "plaintext") or b""
+        return 200, service.encrypt(ctx, p["key"], plaintext, b64(body.get("aad"), "aad"))
+
+    def decrypt(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        body = fields(req, {"ciphertext": Field(str, True), "aad": Field(str)})
+        out = service.decrypt(ctx, p["key"], body["ciphertext"], b64(body.get("aad"), "aad"))
+        return 200, {"plaintext": b64s(out["plaintext"]), "key_version": out["key_version"]}
+
+    def sign(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        body = fields(req, {"message": Field(str), "digest": Field(str), "algorithm": Field(str)})
+        data, prehashed = _message_or_digest(body)
+        out = service.sign(ctx, p["key"], data, prehashed=prehashed, scheme=body.get("algorithm"))
+        return 200, {**out, "signature": b64s(out["signature"])}
+
+    def verify(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        body = fields(req, {"message": Field(str), "digest": Field(str), "algorithm": Field(str),
+                            "signature": Field(str, True), "key_version": Field(int)})
+        data, prehashed = _message_or_digest(body)
+        signature = b64(body["signature"], "signature") or b""
+        return 200, service.verify(ctx, p["key"], data, signature, prehashed=prehashed,
+                                   scheme=body.get("algorithm"), version=body.get("key_version"))
+
+    def wrap(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        body = fields(req, {"key_material": Field(str, True)})
+        return 200, service.wrap(ctx, p["key"], b64(body["key_material"], "key_material") or b"")
+
+    def unwrap(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        body = fields(req, {"wrapped": Field(str, True)})
+        out = service.unwrap(ctx, p["key"], body["wrapped"])
+        return 200, {"key_material": b64s(out["key_material"]), "key_version": out["key_version"]}
+
+    router.add("POST", "/v1/keys/{key}/encrypt", encrypt, name="encrypt")
+    router.add("POST", "/v1/keys/{key}/decrypt", decrypt, name="decrypt")
+    router.add("POST", "/v1/keys/{key}/sign", sign, name="sign")
+    router.add("POST", "/v1/keys/{key}/verify", verify, name="verify")
+    router.add("POST", "/v1/keys/{key}/wrap", wrap, name="wrap")
+    router.add("POST", "/v1/keys/{key}/unwrap", unwrap, name="unwrap")

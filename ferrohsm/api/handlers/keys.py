@@ -1,0 +1,100 @@
+"""Key management routes: create, list, describe, update, rotate, rollback, revoke, destroy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from ...errors import BadRequest
+from ...model import KeyFilter, KeyState, RequestContext, key_view
+from ...service import KeyService
+from ...store.base import MAX_PAGE
+from ..http import Request, Response, json_response
+from ..router import Router
+from .common import Field, Reply, fields, int_param, query
+
+LIST_PARAMS = {"state", "algorithm", "usage", "tag", "name_prefix", "limit", "page_token"}
+
+
+def register(router: Router, service: KeyService) -> None:
+    def create(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        body = fields(req, {"algorithm": Field(str, True), "usage": Field(str, True),
+                            "name": Field(str), "description": Field(str), "tags": Field(list)})
+        tags = body.get("tags", [])
+        if not all(isinstance(t, str) for t in tags):
+            raise BadRequest("tags must be a list of strings")
+        key = service.create_key(ctx, algorithm=body["algorithm"], usage=body["usage"],
+                                 name=body.get("name"), description=body.get("description", ""),
+                                 tags=tuple(tags))
+        return 201, key_view(key)
+
+    def listing(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        q = query(req, LIST_PARAMS)
+        try:
+            state = KeyState(q["state"]) if "state" in q else None
+        except ValueError:
+            raise BadRequest("unknown state filter") from None
+        filters = KeyFilter(state=state, algorithm=q.get("algorithm"), usage=q.get("usage"),
+                            tag=q.get("tag"), name_prefix=q.get("name_prefix"))
+        limit = int_param(q.get("limit"), "limit", 1, MAX_PAGE) or 100
+        page = service.list_keys(ctx, filters, limit, q.get("page_token"))
+        return etagged(req, {"keys": [key_view(k) for k in page.keys],
+                             "next_page_token": page.next_page_token})
+
+    def show(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        return 200, key_view(service.get_key(ctx, p["key"]))
+
+    def update(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        body = fields(req, {"description": Field(str, True)})
+        return 200, key_view(service.update_key(ctx, p["key"], body["description"]))
+
+    def rotate(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        fields(req, {})
+        return 200, key_view(service.rotate(ctx, p["key"]))
+
+    def rollback(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        body = fields(req, {"version": Field(int, True)})
+        return 200, key_view(service.rollback(ctx, p["key"], body["version"]))
+
+    def revoke(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        body = fields(req, {"reason": Field(str)})
+        reason = body.get("reason", "")
+        if len(reason) > 256 or not reason.isprintable():
+            raise BadRequest("reason must be at most 256 printable characters")
+        return 200, key_view(service.revoke(ctx, p["key"], reason))
+
+    def destroy(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        fields(req, {})
+        return 200, key_view(service.schedule_destroy(ctx, p["key"]))
+
+    def cancel(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        fields(req, {})
+        return 200, key_view(service.cancel_destroy(ctx, p["key"]))
+
+    def public_key(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        q = query(req, {"version"})
+        version = int_param(q.get("version"), "version", 1, 10**9)
+        return 200, service.public_key(ctx, p["key"], version)
+
+    router.add("POST", "/v1/keys", create, name="createKey")
+    router.add("GET", "/v1/keys", listing, name="listKeys")
+    router.add("GET", "/v1/keys/{key}", show, name="getKey")
+    router.add("PATCH", "/v1/keys/{key}", update, name="updateKey")
+    router.add("POST", "/v1/keys/{key}/rotate", rotate, name="rotateKey")
+    router.add("POST", "/v1/keys/{key}/rollback", rollback, name="rollbackKey")
+    router.add("POST", "/v1/keys/{key}/revoke", revoke, name="revokeKey")
+    router.add("POST", "/v1/keys/{key}/destroy", destroy, name="destroyKey")
+    router.add("POST", "/v1/keys/{key}/cancel-destroy", cancel, name="cancelDestroyKey")
+    router.add("GET", "/v1/keys/{key}/public-key", public_key, name="getPublicKey")
+
+
+def etagged(req: Request, payload: dict[str, Any]) -> Response:
+    """A strong ETag over the exact bytes; If-None-Match with it answers 304 and no body."""
+    body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
+    tag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    headers = [("ETag", tag), ("Cache-Control", "private, no-cache")]
+    match = req.headers.get("if-none-match")
+    if match and (match.strip() == "*" or tag in [m.strip() for m in match.split(",")]):
+        return Response(304, b"", headers)
+    return json_response(200, payload, headers)

@@ -1,0 +1,79 @@
+"""Role-based access control as one table, with separation of duties.
+
+Administrators and Operators manage keys but never use them; Services use keys but never manage
+them; Auditors only read. A Service principal whose token carries a ``tags`` claim may touch only
+keys that carry at least one of those tags. Roles come from verified token claims only.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from .errors import Forbidden
+from .model import Key, Principal, Role
+
+
+class Action(StrEnum):
+    KEY_CREATE = "key.create"
+    KEY_LIST = "key.list"
+    KEY_READ = "key.read"
+    KEY_UPDATE = "key.update"
+    KEY_ROTATE = "key.rotate"
+    KEY_ROLLBACK = "key.rollback"
+    KEY_REVOKE = "key.revoke"
+    KEY_DESTROY = "key.destroy"
+    KEY_CANCEL_DESTROY = "key.cancel_destroy"
+    KEY_PUBLIC = "key.public_key"
+    ENCRYPT = "crypto.encrypt"
+    DECRYPT = "crypto.decrypt"
+    SIGN = "crypto.sign"
+    VERIFY = "crypto.verify"
+    WRAP = "crypto.wrap"
+    UNWRAP = "crypto.unwrap"
+    APPROVAL_LIST = "approval.list"
+    APPROVAL_DECIDE = "approval.decide"
+    AUDIT_READ = "audit.read"
+
+
+A, O, U, S = Role.ADMINISTRATOR, Role.OPERATOR, Role.AUDITOR, Role.SERVICE
+READERS = frozenset({A, O, U, S})
+MANAGERS = frozenset({A, O})
+USERS = frozenset({S})
+
+PERMISSIONS: dict[Action, frozenset[Role]] = {
+    Action.KEY_CREATE: MANAGERS,
+    Action.KEY_LIST: READERS,
+    Action.KEY_READ: READERS,
+    Action.KEY_UPDATE: MANAGERS,
+    Action.KEY_ROTATE: MANAGERS,
+    Action.KEY_ROLLBACK: MANAGERS,
+    Action.KEY_REVOKE: MANAGERS,
+    Action.KEY_DESTROY: frozenset({A}),
+    Action.KEY_CANCEL_DESTROY: frozenset({A}),
+    Action.KEY_PUBLIC: READERS,
+    Action.ENCRYPT: USERS,
+    Action.DECRYPT: USERS,
+    Action.SIGN: USERS,
+    Action.VERIFY: USERS,
+    Action.WRAP: USERS,
+    Action.UNWRAP: USERS,
+    Action.APPROVAL_LIST: frozenset({A, O, U}),
+    Action.APPROVAL_DECIDE: MANAGERS,
+    Action.AUDIT_READ: frozenset({A, O, U}),
+}
+
+
+def authorize(principal: Principal | None, action: Action, key: Key | None = None) -> None:
+    """Raise Forbidden unless ``principal`` may perform ``action`` (on ``key``, when given)."""
+    if principal is None or principal.role not in PERMISSIONS[action]:
+        role = principal.role.value if principal else "anonymous"
+        raise Forbidden(f"role {role} may not perform {action.value}")
+    if key is not None and not may_see(principal, key):
+        raise Forbidden(f"this token may not use key {key.id}")
+
+
+def may_see(principal: Principal, key: Key) -> bool:
+    """Tag scoping: a Service token with a ``tags`` claim sees only keys sharing one of them."""
+    if principal.role is not Role.SERVICE or principal.tags is None:
+        return True
+    return not principal.tags.isdisjoint(key.tags)

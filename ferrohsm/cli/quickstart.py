@@ -1,0 +1,40 @@
+"""`ferrohsm quickstart`: a working local server from nothing.
+
+Development secrets are generated once and kept in 0600 files in the data directory (unless the
+FERROHSM_* environment variables are set), so a restart on the same directory finds the same keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from pathlib import Path
+
+MASTER_FILE = "master.key"
+JWT_FILE = "jwt.secret"
+HMAC_FILE = "audit-hmac.key"
+
+
+def _write_secret(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def ensure_dev_secrets(data_dir: Path) -> dict[str, str]:
+    """Paths of the three secret files, generating any that do not exist yet."""
+    wanted = {
+        MASTER_FILE: lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
+        JWT_FILE: lambda: secrets.token_urlsafe(48),
+        HMAC_FILE: lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
+    }
+    paths = {}
+    for name, make in wanted.items():
+        path = data_dir / name
+        if not path.exists():
+            _write_secret(path, make())
+        paths[name] = str(path)
+    return paths

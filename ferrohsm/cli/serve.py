@@ -1,0 +1,117 @@
+"""`ferrohsm serve` and `ferrohsm quickstart`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, load_config, load_secrets
+from ..logs import setup_logging
+from . import quickstart
+
+
+def _serve_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML configuration file (see config.example.toml)")
+    p.add_argument("--key-store", choices=("filesystem", "sqlite", "memory"),
+                   help="key store backend (default filesystem)")
+    p.add_argument("--data-dir", help="directory for keys, audit log and state (made 0700)")
+    p.add_argument("--listen", help="HOST:PORT to listen on; port 0 picks a free port")
+    p.add_argument("--audit-retention-days", type=float,
+                   help="prune audit records older than this (SQLite audit sink)")
+    p.add_argument("--approval-retention-days", type=float,
+                   help="prune finished approvals older than this")
+
+
+def add_parsers(sub: Any) -> None:
+    serve = sub.add_parser("serve", help="run the HTTPS API server",
+                           description="Run the FerroHSM HTTPS API server. Secrets come from "
+                           "FERROHSM_MASTER_KEY, FERROHSM_JWT_HS256_SECRET and "
+                           "FERROHSM_AUDIT_HMAC_KEY, or the 0600 files named in [secrets].")
+    _serve_flags(serve)
+    serve.set_defaults(func=run_serve)
+    quick = sub.add_parser("quickstart", help="run a local dev server with generated secrets",
+                           description="Run a local server on embedded defaults: a generated "
+                           "development CA and certificate, the filesystem store, and dev secrets "
+                           "kept 0600 in the data dir. Prints FERROHSM_URL, FERROHSM_CA_CERT "
+                           "and an Administrator FERROHSM_TOKEN as export lines.")
+    _serve_flags(quick)
+    quick.set_defaults(func=run_quickstart)
+
+
+def _overrides(args: argparse.Namespace) -> dict[tuple[str, str], Any]:
+    return {("storage", "key_store"): args.key_store, ("storage", "data_dir"): args.data_dir,
+            ("server", "listen"): args.listen,
+            ("audit", "retention_days"): args.audit_retention_days,
+            ("approvals", "retention_days"): args.approval_retention_days}
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .. import app as wiring
+    config = load_config(args.config, overrides=_overrides(args))
+    setup_logging(config.logging.level)
+    return _run(config, wiring.tls_provider(config))
+
+
+def run_quickstart(args: argparse.Namespace) -> int:
+    from .. import app as wiring
+    from ..authn import issue_token
+    from ..tls.devca import make_dev_pki
+    overrides = _overrides(args)
+    data_dir = Path(args.data_dir or os.environ.get("FERROHSM_DATA_DIR") or "./ferrohsm-data")
+    wiring.ensure_private_dir(data_dir)
+    files = quickstart.ensure_dev_secrets(data_dir)
+    pki = make_dev_pki(data_dir / "tls")
+    overrides.update({
+        ("storage", "data_dir"): str(data_dir),
+        ("secrets", "master_key_file"): files[quickstart.MASTER_FILE],
+        ("secrets", "jwt_hs256_secret_file"): files[quickstart.JWT_FILE],
+        ("secrets", "audit_hmac_key_file"): files[quickstart.HMAC_FILE],
+        ("tls", "cert"): str(pki.server_cert), ("tls", "key"): str(pki.server_key)})
+    config = load_config(args.config, overrides=overrides)
+    setup_logging(config.logging.level)
+
+    def announce(port: int) -> None:
+        secret = load_secrets(config).jwt_hs256_secret
+        token = issue_token(secret, subject="quickstart-admin", role="administrator",
+                            ttl=config.auth.max_token_ttl_seconds, issuer=config.auth.issuer,
+                            audience=config.auth.audience)
+        host = wiring.parse_listen(config.server.listen)[0]
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        print(f"export FERROHSM_URL=https://{host}:{port}")
+        print(f"export FERROHSM_CA_CERT={Path(pki.ca_cert).resolve()}")
+        print(f"export FERROHSM_TOKEN={token}")
+        sys.stdout.flush()
+    return _run(config, wiring.tls_provider(config), announce)
+
+
+def _run(config: Config, ssl_provider: Any, announce: Any = None) -> int:
+    from .. import app as wiring
+    log = logging.getLogger("ferrohsm")
+    rt = wiring.build_runtime(config, load_secrets(config))
+    server = None
+    try:
+        server = wiring.make_server(rt, ssl_provider)
+        done = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: done.set())
+        server.start()
+        port = server.server_address[1]
+        wiring.system_event(rt, "system.startup", f"FerroHSM listening on port {port}")
+        wiring.start_scheduler(rt)
+        if config.server.pin_cpu >= 0:
+            os.sched_setaffinity(0, {config.server.pin_cpu})
+        log.info("listening on %s:%d (key store %s)", server.server_address[0], port,
+                 config.storage.key_store)
+        if announce:
+            announce(port)
+        done.wait()
+        log.info("shutting down")
+        return 0
+    finally:
+        wiring.shutdown(rt, server)

@@ -1,0 +1,371 @@
+"""Settings: TOML file, then FERROHSM_* environment, then command-line flags.
+
+Everything ends up in frozen, validated dataclasses. A bad value stops start-up with a ConfigError
+naming the setting and where it came from (file, environment variable or flag). Secrets are loaded
+separately (``load_secrets``) and never appear in a repr or a message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import os
+import stat
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+KEY_STORES = ("filesystem", "sqlite", "memory")
+AUDIT_SINKS = ("file", "sqlite")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    listen: str = "127.0.0.1:8443"
+    max_connections: int = 64
+    max_body_bytes: int = 1 << 20
+    handshake_timeout_seconds: float = 10.0
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
+    idle_timeout_seconds: float = 60.0
+    shutdown_grace_seconds: float = 10.0
+    pin_cpu: int = -1  # >= 0 pins the server process to that core (see bench/RESULTS.md)
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    key_store: str = "filesystem"
+    data_dir: str = "./ferrohsm-data"
+
+
+@dataclass(frozen=True)
+class SecretSettings:
+    """Paths of 0600 files holding secrets, used when the environment variable is not set."""
+
+    master_key_file: str = ""
+    jwt_hs256_secret_file: str = ""
+    audit_hmac_key_file: str = ""
+
+
+@dataclass(frozen=True)
+class CryptoSettings:
+    max_input_bytes: int = 64 * 1024
+    cache_max_entries: int = 4096
+    cache_ttl_seconds: float = 300.0
+    destroy_grace_hours: float = 24.0
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    issuer: str = "ferrohsm"
+    audience: str = "ferrohsm"
+    max_token_ttl_seconds: int = 900
+    leeway_seconds: int = 30
+    token_cache_entries: int = 10000
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    requests_per_second: float = 50.0
+    burst: int = 100
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    cert: str = ""
+    key: str = ""
+    client_ca: str = ""
+    require_client_cert: bool = False
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    sink: str = "file"
+    retention_days: float = 0.0  # 0 keeps everything
+    segment_max_bytes: int = 64 << 20
+    durable: bool = True
+
+
+@dataclass(frozen=True)
+class ApprovalSettings:
+    retention_days: float = 30.0
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    interval_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class TagPolicy:
+    approvals_required: int = 0
+    approval_actions: tuple[str, ...] = ()
+    approval_ttl_seconds: int = 3600
+    rotation_days: float = 0.0
+    archive_after_days: float = 0.0
+    destroy_grace_hours: float = 24.0
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    secrets: SecretSettings = field(default_factory=SecretSettings)
+    crypto: CryptoSettings = field(default_factory=CryptoSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    policy_tags: Mapping[str, TagPolicy] = field(default_factory=dict)
+    source: str = "<defaults>"
+
+
+_SECTION_CLASSES = {name: cls for name, cls in [
+    ("server", ServerSettings), ("storage", StorageSettings), ("secrets", SecretSettings),
+    ("crypto", CryptoSettings), ("auth", AuthSettings), ("rate_limit", RateLimitSettings),
+    ("tls", TLSSettings), ("audit", AuditSettings), ("approvals", ApprovalSettings),
+    ("scheduler", SchedulerSettings), ("logging", LoggingSettings)]}
+
+# Environment variables that override a setting: FERROHSM_<SECTION>_<FIELD> for every field, plus
+# these short aliases the API documents.
+ENV_ALIASES = {"FERROHSM_LISTEN": ("server", "listen"),
+               "FERROHSM_DATA_DIR": ("storage", "data_dir"),
+               "FERROHSM_KEY_STORE": ("storage", "key_store")}
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    """Convert a TOML/env/flag value to the field's type, or say exactly which setting is wrong."""
+    if kind in (bool, "bool"):
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, bool):
+            return value
+    elif kind in (int, "int"):
+        if isinstance(value, str):
+            try:
+                return int(value.strip(), 10)
+            except ValueError:
+                pass
+        elif isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind in (float, "float"):
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind in (str, "str"):
+        if isinstance(value, str):
+            return value
+    elif kind in ("tuple[str, ...]",):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    raise ConfigError(f"{where}: expected {kind if isinstance(kind, str) else kind.__name__}, "
+                      f"got {type(value).__name__}")
+
+
+def _build(cls: type, values: Mapping[str, Any], origin: str, section: str) -> Any:
+    known = {f.name: f.type for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        if name not in known:
+            raise ConfigError(f"{origin}: unknown setting [{section}].{name}")
+        kwargs[name] = _coerce(value, known[name], f"{origin}: [{section}].{name}")
+    return cls(**kwargs)
+
+
+def _tag_policies(raw: Any, origin: str) -> dict[str, TagPolicy]:
+    if not isinstance(raw, dict) or set(raw) - {"tags"}:
+        raise ConfigError(f"{origin}: [policy] may only contain [policy.tags.<name>] tables")
+    tags = raw.get("tags", {})
+    if not isinstance(tags, dict):
+        raise ConfigError(f"{origin}: [policy.tags] must be a table of tables")
+    return {name: _build(TagPolicy, body if isinstance(body, dict) else {"?": body}, origin,
+                         f"policy.tags.{name}") for name, body in tags.items()}
+
+
+def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
+                overrides: Mapping[tuple[str, str], Any] | None = None) -> Config:
+    """File, then environment, then flags (``overrides`` keyed by (section, field))."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    origin = "<defaults>"
+    if path:
+        origin = path
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    sections: dict[str, dict[str, Any]] = {}
+    policy = raw.pop("policy", {})
+    for name, body in raw.items():
+        if name not in _SECTION_CLASSES:
+            raise ConfigError(f"{origin}: unknown section [{name}]")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{origin}: [{name}] must be a table")
+        sections[name] = {k: (v, origin) for k, v in body.items()}
+    _apply_env(sections, env)
+    for (section, name), value in (overrides or {}).items():
+        if value is not None:
+            sections.setdefault(section, {})[name] = (value, f"flag --{name.replace('_', '-')}")
+    built = {name: _build_section(name, cls, sections.get(name, {}))
+             for name, cls in _SECTION_CLASSES.items()}
+    config = Config(**built, policy_tags=_tag_policies(policy, origin), source=origin)
+    validate(config)
+    return config
+
+
+def _build_section(name: str, cls: type, values: dict[str, tuple[Any, str]]) -> Any:
+    known = {f.name: f.type for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, (value, origin) in values.items():
+        if key not in known:
+            raise ConfigError(f"{origin}: unknown setting [{name}].{key}")
+        kwargs[key] = _coerce(value, known[key], f"{origin}: [{name}].{key}")
+    return cls(**kwargs)
+
+
+def _apply_env(sections: dict[str, dict[str, tuple[Any, str]]], env: Mapping[str, str]) -> None:
+    for var, (section, name) in ENV_ALIASES.items():
+        if env.get(var):
+            sections.setdefault(section, {})[name] = (env[var], f"environment {var}")
+    for section, cls in _SECTION_CLASSES.items():
+        for f in dataclasses.fields(cls):
+            var = f"FERROHSM_{section}_{f.name}".upper()
+            if var in env:
+                sections.setdefault(section, {})[f.name] = (env[var], f"environment {var}")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"[server].listen must be HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+def validate(config: Config) -> None:
+    """Cross-field and range checks; each message names the setting."""
+    src = config.source
+    checks: list[tuple[bool, str]] = [
+        (config.storage.key_store in KEY_STORES,
+         f"[storage].key_store must be one of {', '.join(KEY_STORES)}"),
+        (config.audit.sink in AUDIT_SINKS, f"[audit].sink must be one of {', '.join(AUDIT_SINKS)}"),
+        (1 <= config.server.max_connections <= 10000, "[server].max_connections must be 1-10000"),
+        (1024 <= config.server.max_body_bytes <= 64 << 20,
+         "[server].max_body_bytes must be 1 KiB-64 MiB"),
+        (1 <= config.crypto.max_input_bytes <= config.server.max_body_bytes,
+         "[crypto].max_input_bytes must be 1..[server].max_body_bytes"),
+        (config.crypto.cache_max_entries >= 0, "[crypto].cache_max_entries must be >= 0"),
+        (config.crypto.destroy_grace_hours >= 0, "[crypto].destroy_grace_hours must be >= 0"),
+        (60 <= config.auth.max_token_ttl_seconds <= 86400,
+         "[auth].max_token_ttl_seconds must be 60-86400"),
+        (0 <= config.auth.leeway_seconds <= 300, "[auth].leeway_seconds must be 0-300"),
+        (bool(config.auth.issuer) and bool(config.auth.audience),
+         "[auth].issuer and [auth].audience must not be empty"),
+        (config.rate_limit.requests_per_second > 0, "[rate_limit].requests_per_second must be > 0"),
+        (config.rate_limit.burst >= 1, "[rate_limit].burst must be >= 1"),
+        (config.audit.retention_days >= 0, "[audit].retention_days must be >= 0"),
+        (config.approvals.retention_days >= 0, "[approvals].retention_days must be >= 0"),
+        (config.scheduler.interval_seconds >= 1, "[scheduler].interval_seconds must be >= 1"),
+        (bool(config.tls.cert) == bool(config.tls.key), "[tls].cert and [tls].key go together"),
+        (not config.tls.require_client_cert or bool(config.tls.client_ca),
+         "[tls].require_client_cert needs [tls].client_ca"),
+        (config.logging.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
+         "[logging].level must be DEBUG, INFO, WARNING or ERROR"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{src}: {message}")
+    try:
+        parse_listen(config.server.listen)
+    except ConfigError as exc:
+        raise ConfigError(f"{src}: {exc.message}") from None
+    for name, tag in config.policy_tags.items():
+        if tag.approvals_required < 0 or tag.approval_ttl_seconds < 1 or tag.rotation_days < 0 \
+                or tag.archive_after_days < 0 or tag.destroy_grace_hours < 0:
+            raise ConfigError(f"{src}: [policy.tags.{name}] has a negative or zero value")
+
+
+# ---- secrets ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Secrets:
+    master_key: bytes = field(repr=False)
+    jwt_hs256_secret: bytes = field(repr=False)
+    audit_hmac_key: bytes = field(repr=False)
+
+
+def read_secret_file(path: str, setting: str) -> str:
+    """A secret file must be a regular file readable by its owner only (0600 or stricter)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot open {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{setting}: {path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise ConfigError(f"{setting}: {path} must not be readable by group or others "
+                              f"(mode {stat.S_IMODE(info.st_mode):o}; use chmod 600)")
+        return fh.read(4096).decode("utf-8", "replace").strip()
+
+
+def decode_key32(text: str, setting: str) -> bytes:
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{setting} must be base64 of 32 bytes (it is not base64)") from None
+    if len(raw) != 32:
+        raise ConfigError(f"{setting} must be base64 of 32 bytes (it decodes to {len(raw)})")
+    return raw
+
+
+def secret_value(env: Mapping[str, str], var: str, file_path: str, file_setting: str) -> str | None:
+    if env.get(var):
+        return env[var]
+    if file_path:
+        return read_secret_file(file_path, file_setting)
+    return None
+
+
+def load_secrets(config: Config, env: Mapping[str, str] | None = None) -> Secrets:
+    """The three secrets from the environment, else from the 0600 files the config names."""
+    env = os.environ if env is None else env
+    s = config.secrets
+    master = secret_value(env, "FERROHSM_MASTER_KEY", s.master_key_file, "[secrets].master_key_file")
+    jwt = secret_value(env, "FERROHSM_JWT_HS256_SECRET", s.jwt_hs256_secret_file,
+                       "[secrets].jwt_hs256_secret_file")
+    hmac_key = secret_value(env, "FERROHSM_AUDIT_HMAC_KEY", s.audit_hmac_key_file,
+                            "[secrets].audit_hmac_key_file")
+    missing = [name for name, value in (("FERROHSM_MASTER_KEY", master),
+                                        ("FERROHSM_JWT_HS256_SECRET", jwt),
+                                        ("FERROHSM_AUDIT_HMAC_KEY", hmac_key)) if not value]
+    if missing:
+        raise ConfigError(f"missing secret(s): {', '.join(missing)} (set the environment variable "
+                          "or the matching [secrets] file; `ferrohsm quickstart` generates them)")
+    assert master and jwt and hmac_key
+    jwt_bytes = jwt.encode("utf-8")
+    if len(jwt_bytes) < 32:
+        raise ConfigError("FERROHSM_JWT_HS256_SECRET must be at least 32 bytes")
+    return Secrets(decode_key32(master, "FERROHSM_MASTER_KEY"), jwt_bytes,
+                   decode_key32(hmac_key, "FERROHSM_AUDIT_HMAC_KEY"))

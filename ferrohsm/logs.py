@@ -1,0 +1,34 @@
+"""Structured JSON log lines on stderr. Messages never carry secrets; see tests/test_logs*."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if message.startswith("{") and record.name == "ferrohsm.access":
+            body = json.loads(message)
+        else:
+            body = {"message": message}
+        entry = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                 + f".{int(record.msecs):03d}Z", "level": record.levelname.lower(),
+                 "logger": record.name, **body}
+        if getattr(record, "request_id", None):
+            entry["request_id"] = record.request_id
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, separators=(",", ":"), default=str)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONFormatter())
+    root = logging.getLogger("ferrohsm")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False

@@ -1,0 +1,291 @@
+"""KeyService: the one path every request takes.
+
+authorize → (approvals) → lifecycle → store → audit. Every call, allowed or refused, leaves one
+audit record, and a caller hears "success" only after that record is durable. When the audit log
+cannot be written, state changes are undone (compensated) and the call fails with 503: no record
+claims a change that did not persist, and no change persists without its record.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from typing import Any, Protocol
+
+from . import lifecycle as lc
+from .audit.chain import AuditEvent
+from .authz import Action, authorize, may_see
+from .crypto.algorithms import check_usage
+from .errors import AuditUnavailable, FerroError, Forbidden, StaleRevision
+from .ids import uuid7
+from .keyops import KeyEngine
+from .model import (Key, KeyFilter, Page, RequestContext, validate_description, validate_name,
+                    validate_tags)
+from .store.base import KeyStore
+
+log = logging.getLogger("ferrohsm.service")
+CAS_RETRIES = 8
+
+
+class AuditLog(Protocol):
+    def append(self, event: AuditEvent) -> dict[str, Any]: ...
+    def healthy(self) -> bool: ...
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class KeyService:
+    def __init__(self, store: KeyStore, engine: KeyEngine, audit: AuditLog, *,
+                 destroy_grace: Callable[[Key], timedelta] = lambda key: timedelta(hours=24),
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.store = store
+        self.engine = engine
+        self.audit = audit
+        self.destroy_grace = destroy_grace
+        self.clock = clock
+
+    # ---- audit helpers ----
+
+    def record(self, ctx: RequestContext, action: Action | str, outcome: str, message: str,
+               key: Key | None = None, version: int | None = None, **details: Any) -> None:
+        event = AuditEvent.from_context(ctx, str(action), outcome, message,
+                                        key_id=key.id if key else details.pop("key_id", None),
+                                        key_version=version, details=details)
+        self.audit.append(event)
+
+    def _refuse(self, ctx: RequestContext, action: Action, exc: FerroError,
+                key: Key | None = None, key_id: str | None = None) -> None:
+        outcome = "denied" if isinstance(exc, Forbidden) else "error"
+        self.record(ctx, action, outcome, exc.message, key,
+                    **({"key_id": key_id} if key is None and key_id else {}))
+
+    def _key_for(self, ctx: RequestContext, action: Action, ref: str) -> Key:
+        """Role check, then lookup, then tag scoping: each refusal audited before it is raised."""
+        try:
+            authorize(ctx.principal, action)
+            key = self.store.resolve(ref)
+        except FerroError as exc:
+            self._refuse(ctx, action, exc)
+            raise
+        if ctx.principal and not may_see(ctx.principal, key):
+            exc = Forbidden(f"this token may not use key {key.id}")
+            self._refuse(ctx, action, exc, key)
+            raise exc
+        return key
+
+    def _guard(self, ctx: RequestContext, action: Action, key: Key | None = None) -> None:
+        try:
+            authorize(ctx.principal, action, key)
+        except FerroError as exc:
+            self._refuse(ctx, action, exc, key)
+            raise
+
+    # ---- key management ----
+
+    def create_key(self, ctx: RequestContext, *, algorithm: str, usage: str,
+                   name: str | None = None, description: str = "",
+                   tags: tuple[str, ...] = ()) -> Key:
+        self._guard(ctx, Action.KEY_CREATE)
+        try:
+            check_usage(algorithm, usage)
+            validate_name(name)
+            validate_description(description)
+            validate_tags(tags)
+            self._require_audit()
+            key_id = uuid7()
+            sealed = self.engine.new_material(algorithm, key_id, 1)
+            key = self.store.create(lc.new_key(
+                key_id=key_id, name=name, description=description, algorithm=algorithm,
+                usage=usage, tags=tuple(tags), sealed=sealed, now=self.clock(), actor=ctx.actor))
+        except FerroError as exc:
+            self._refuse(ctx, Action.KEY_CREATE, exc)
+            raise
+        try:
+            self.record(ctx, Action.KEY_CREATE, "success", f"created {algorithm} key for {usage}",
+                        key, 1, name=name)
+        except AuditUnavailable:
+            self._undo_create(key)
+            raise
+        return key
+
+    def list_keys(self, ctx: RequestContext, filters: KeyFilter, limit: int = 100,
+                  page_token: str | None = None) -> Page:
+        self._guard(ctx, Action.KEY_LIST)
+        page = self.store.list(filters, limit, page_token)
+        principal = ctx.principal
+        if principal is not None and principal.tags is not None:
+            page = replace(page, keys=tuple(k for k in page.keys if may_see(principal, k)))
+        self.record(ctx, Action.KEY_LIST, "success", f"listed {len(page.keys)} keys")
+        return page
+
+    def get_key(self, ctx: RequestContext, ref: str) -> Key:
+        key = self._key_for(ctx, Action.KEY_READ, ref)
+        self.record(ctx, Action.KEY_READ, "success", "described key", key)
+        return key
+
+    def update_key(self, ctx: RequestContext, ref: str, description: str) -> Key:
+        def change(key: Key) -> Key:
+            validate_description(description)
+            return lc.update_description(key, description, self.clock(), ctx.actor)
+        return self._mutate(ctx, Action.KEY_UPDATE, ref, change, "description updated")
+
+    def rotate(self, ctx: RequestContext, ref: str) -> Key:
+        def change(key: Key) -> Key:
+            lc.target_state(key, lc.Move.ROTATE)  # refuse before generating material
+            sealed = self.engine.new_material(key.algorithm, key.id, len(key.versions) + 1)
+            return lc.rotate(key, sealed, self.clock(), ctx.actor)
+        return self._mutate(ctx, Action.KEY_ROTATE, ref, change, "rotated")
+
+    def rollback(self, ctx: RequestContext, ref: str, version: int) -> Key:
+        return self._mutate(ctx, Action.KEY_ROLLBACK, ref,
+                            lambda key: lc.rollback(key, version, self.clock(), ctx.actor),
+                            f"version {version} is primary again")
+
+    def revoke(self, ctx: RequestContext, ref: str, reason: str = "") -> Key:
+        return self._mutate(ctx, Action.KEY_REVOKE, ref,
+                            lambda key: lc.revoke(key, self.clock(), ctx.actor, reason),
+                            f"revoked: {reason}" if reason else "revoked")
+
+    def schedule_destroy(self, ctx: RequestContext, ref: str) -> Key:
+        return self._mutate(ctx, Action.KEY_DESTROY, ref,
+                            lambda key: lc.schedule_destroy(key, self.clock(), ctx.actor,
+                                                            self.destroy_grace(key)),
+                            "destruction scheduled")
+
+    def cancel_destroy(self, ctx: RequestContext, ref: str) -> Key:
+        return self._mutate(ctx, Action.KEY_CANCEL_DESTROY, ref,
+                            lambda key: lc.cancel_destroy(key, self.clock(), ctx.actor),
+                            "destruction cancelled")
+
+    def complete_destroy(self, ctx: RequestContext, key: Key) -> Key:
+        """Called by the scheduler once the grace has passed: erase material, keep metadata."""
+        done = self._mutate(ctx, Action.KEY_DESTROY, key.id,
+                            lambda k: lc.complete_destroy(k, self.clock(), ctx.actor),
+                            "key material destroyed", check_role=False)
+        self.engine.forget(key.id)
+        return done
+
+    # ---- the mutation protocol ----
+
+    def _mutate(self, ctx: RequestContext, action: Action, ref: str,
+                change: Callable[[Key], Key], message: str, check_role: bool = True) -> Key:
+        key = self._key_for(ctx, action, ref) if check_role else self.store.resolve(ref)
+        try:
+            self._require_audit()
+            before, after = self._apply(key, change)
+        except FerroError as exc:
+            self._refuse(ctx, action, exc, key)
+            raise
+        try:
+            self.record(ctx, action, "success", message, after, after.primary_version,
+                        state=after.state.value)
+        except AuditUnavailable:
+            self._undo_update(before, after)
+            raise
+        return after
+
+    def _apply(self, key: Key, change: Callable[[Key], Key]) -> tuple[Key, Key]:
+        """Compare-and-swap with re-read on conflict, so concurrent writers never lose updates."""
+        for _ in range(CAS_RETRIES):
+            try:
+                return key, self.store.update(change(key))
+            except StaleRevision:
+                key = self.store.get(key.id)
+        raise StaleRevision("the key kept changing underneath this request; try again")
+
+    def _require_audit(self) -> None:
+        if not self.audit.healthy():
+            raise AuditUnavailable("the audit log is unavailable; the operation was refused")
+
+    def _undo_update(self, before: Key, after: Key) -> None:
+        try:
+            self.store.update(replace(before, revision=after.revision))
+        except Exception:  # noqa: BLE001 - we are already failing; say loudly what is left
+            log.critical("audit failed AND undo failed for key %s; state may be ahead of audit",
+                         before.id)
+
+    def _undo_create(self, key: Key) -> None:
+        try:
+            self.store.delete(key.id)
+        except Exception:  # noqa: BLE001
+            log.critical("audit failed AND undo of create failed for key %s", key.id)
+
+    # ---- cryptographic operations ----
+
+    def _use(self, ctx: RequestContext, action: Action, ref: str,
+             op: Callable[[Key], tuple[Any, int]], message: Callable[[Any], str]) -> tuple[Key, Any, int]:
+        key = self._key_for(ctx, action, ref)
+        try:
+            result, version = op(key)
+        except FerroError as exc:
+            self._refuse(ctx, action, exc, key)
+            raise
+        self.record(ctx, action, "success", message(result), key, version)
+        return key, result, version
+
+    def encrypt(self, ctx: RequestContext, ref: str, plaintext: bytes,
+                aad: bytes | None = None) -> dict[str, Any]:
+        key, token, version = self._use(ctx, Action.ENCRYPT, ref,
+                                        lambda k: self.engine.encrypt(k, plaintext, aad),
+                                        lambda _: f"encrypted {len(plaintext)} bytes")
+        return {"ciphertext": token, "key_id": key.id, "key_version": version}
+
+    def decrypt(self, ctx: RequestContext, ref: str, ciphertext: str,
+                aad: bytes | None = None) -> dict[str, Any]:
+        _, plaintext, version = self._use(ctx, Action.DECRYPT, ref,
+                                          lambda k: self.engine.decrypt(k, ciphertext, aad),
+                                          lambda p: f"decrypted {len(p)} bytes")
+        return {"plaintext": plaintext, "key_version": version}
+
+    def sign(self, ctx: RequestContext, ref: str, data: bytes, *, prehashed: bool,
+             scheme: str | None = None) -> dict[str, Any]:
+        def op(k: Key) -> tuple[tuple[bytes, str], int]:
+            signature, used, version = self.engine.sign(k, data, prehashed, scheme)
+            return (signature, used), version
+        _, (signature, used), version = self._use(ctx, Action.SIGN, ref, op,
+                                                  lambda r: f"signed with {r[1]}")
+        return {"signature": signature, "key_version": version, "algorithm": used}
+
+    def verify(self, ctx: RequestContext, ref: str, data: bytes, signature: bytes, *,
+               prehashed: bool, scheme: str | None = None,
+               version: int | None = None) -> dict[str, Any]:
+        _, valid, used = self._use(
+            ctx, Action.VERIFY, ref,
+            lambda k: self.engine.verify(k, data, signature, prehashed, scheme, version),
+            lambda v: "signature valid" if v else "signature INVALID")
+        return {"valid": valid, "key_version": used}
+
+    def wrap(self, ctx: RequestContext, ref: str, material: bytes) -> dict[str, Any]:
+        key, token, version = self._use(ctx, Action.WRAP, ref,
+                                        lambda k: self.engine.wrap(k, material),
+                                        lambda _: f"wrapped {len(material)} bytes")
+        return {"wrapped": token, "key_id": key.id, "key_version": version}
+
+    def unwrap(self, ctx: RequestContext, ref: str, wrapped: str) -> dict[str, Any]:
+        _, material, version = self._use(ctx, Action.UNWRAP, ref,
+                                         lambda k: self.engine.unwrap(k, wrapped),
+                                         lambda m: f"unwrapped {len(m)} bytes")
+        return {"key_material": material, "key_version": version}
+
+    def public_key(self, ctx: RequestContext, ref: str, version: int | None) -> dict[str, Any]:
+        _, pem, used = self._use(ctx, Action.KEY_PUBLIC, ref,
+                                 lambda k: self.engine.public_pem(k, version),
+                                 lambda _: "public key read")
+        return {"version": used, "pem": pem}
+
+    # ---- scheduler ----
+
+    def due_destructions(self, now: datetime) -> list[Key]:
+        from .model import KeyState
+        due: list[Key] = []
+        token = None
+        while True:
+            page = self.store.list(KeyFilter(state=KeyState.DESTROY_SCHEDULED), 1000, token)
+            due += [k for k in page.keys if k.destroy_after is not None and k.destroy_after <= now]
+            token = page.next_page_token
+            if token is None:
+                return due

@@ -1,0 +1,61 @@
+"""Build dist/ferrohsm with build.py and run it isolated (python3 -I), as a bare host would."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def zipapp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist") / "ferrohsm"
+    subprocess.run([sys.executable, str(ROOT / "build.py"), "--out", str(out)], check=True,
+                   cwd=ROOT, capture_output=True, timeout=600)
+    return out
+
+
+def run(zipapp: Path, *args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
+           "SHIV_ROOT": str(home / "shiv")}
+    return subprocess.run([sys.executable, "-I", str(zipapp), *args], capture_output=True,
+                          text=True, timeout=120, env=env, cwd=home)
+
+
+def test_version_and_help(zipapp: Path, tmp_path: Path) -> None:
+    from ferrohsm import __version__
+    result = run(zipapp, "--version", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"ferrohsm {__version__}"
+    help_text = run(zipapp, "--help", home=tmp_path)
+    assert help_text.returncode == 0
+    for command in ("serve", "quickstart", "token", "audit"):
+        assert command in help_text.stdout
+
+
+def test_second_run_is_fast(zipapp: Path, tmp_path: Path) -> None:
+    run(zipapp, "--version", home=tmp_path)  # first run extracts
+    start = time.perf_counter()
+    assert run(zipapp, "--version", home=tmp_path).returncode == 0
+    assert time.perf_counter() - start < 5  # the bench holds the real (< 1 s) figure
+
+
+def test_usage_error_exits_2_without_traceback(zipapp: Path, tmp_path: Path) -> None:
+    result = run(zipapp, "no-such-command", home=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_build_is_reproducible(zipapp: Path, tmp_path: Path) -> None:
+    again = tmp_path / "ferrohsm"
+    subprocess.run([sys.executable, str(ROOT / "build.py"), "--out", str(again)], check=True,
+                   cwd=ROOT, capture_output=True, timeout=600)
+    assert hashlib.sha256(again.read_bytes()).digest() == hashlib.sha256(
+        zipapp.read_bytes()).digest()

@@ -1,0 +1,101 @@
+"""Configuration: precedence, validation messages that name the setting, secret loading."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import pytest
+
+from ferrohsm.config import load_config, load_secrets
+from ferrohsm.errors import ConfigError
+
+KEY = base64.b64encode(b"k" * 32).decode()
+ENV = {"FERROHSM_MASTER_KEY": KEY, "FERROHSM_JWT_HS256_SECRET": "s" * 32,
+       "FERROHSM_AUDIT_HMAC_KEY": KEY}
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_and_example_file_load() -> None:
+    example = Path(__file__).resolve().parents[2] / "config.example.toml"
+    config = load_config(str(example), env={})
+    assert config.storage.key_store == "filesystem"
+    assert config.auth.max_token_ttl_seconds == 900
+
+
+def test_precedence_file_env_flag(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\nlisten = "127.0.0.1:1"\n[storage]\nkey_store = "sqlite"\n')
+    assert load_config(path, env={}).server.listen == "127.0.0.1:1"
+    env = {"FERROHSM_LISTEN": "127.0.0.1:2", "FERROHSM_STORAGE_KEY_STORE": "memory"}
+    assert load_config(path, env=env).server.listen == "127.0.0.1:2"
+    assert load_config(path, env=env).storage.key_store == "memory"
+    flags = {("server", "listen"): "127.0.0.1:3"}
+    assert load_config(path, env=env, overrides=flags).server.listen == "127.0.0.1:3"
+
+
+@pytest.mark.parametrize("text,needle", [
+    ('[storage]\nkey_store = "s3"\n', "[storage].key_store"),
+    ('[server]\nmax_connections = "many"\n', "[server].max_connections"),
+    ('[server]\nlisten = "nowhere"\n', "[server].listen"),
+    ('[server]\nbogus = 1\n', "unknown setting [server].bogus"),
+    ('[bogus]\nx = 1\n', "unknown section [bogus]"),
+    ('[tls]\nrequire_client_cert = true\n', "[tls].require_client_cert"),
+    ('[auth]\nmax_token_ttl_seconds = 5\n', "[auth].max_token_ttl_seconds"),
+    ('[policy.tags.pci]\napprovals_required = -1\n', "[policy.tags.pci]"),
+    ('[policy.tags.pci]\nnope = 1\n', "[policy.tags.pci].nope"),
+    ("this is not toml", "not valid TOML"),
+])
+def test_bad_values_name_the_setting_and_file(tmp_path: Path, text: str, needle: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert needle in info.value.message
+    assert path in info.value.message
+
+
+def test_bad_env_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="FERROHSM_SERVER_MAX_CONNECTIONS"):
+        load_config(None, env={"FERROHSM_SERVER_MAX_CONNECTIONS": "x"})
+
+
+def test_policy_tags_parse(tmp_path: Path) -> None:
+    path = write(tmp_path, '[policy.tags.pci]\napprovals_required = 2\n'
+                 'approval_actions = ["destroy", "unwrap"]\ndestroy_grace_hours = 0.5\n')
+    tag = load_config(path, env={}).policy_tags["pci"]
+    assert tag.approvals_required == 2 and tag.approval_actions == ("destroy", "unwrap")
+    assert tag.destroy_grace_hours == 0.5
+
+
+def test_secrets_from_env() -> None:
+    secrets = load_secrets(load_config(None, env={}), env=ENV)
+    assert secrets.master_key == b"k" * 32
+    assert KEY not in repr(secrets) and "s" * 32 not in repr(secrets)
+
+
+def test_missing_and_malformed_secrets(tmp_path: Path) -> None:
+    config = load_config(None, env={})
+    with pytest.raises(ConfigError, match="FERROHSM_MASTER_KEY"):
+        load_secrets(config, env={k: v for k, v in ENV.items() if k != "FERROHSM_MASTER_KEY"})
+    with pytest.raises(ConfigError, match="32 bytes") as info:
+        load_secrets(config, env={**ENV, "FERROHSM_MASTER_KEY": base64.b64encode(b"x").decode()})
+    assert "eA==" not in info.value.message  # the value itself is never echoed
+    with pytest.raises(ConfigError, match="at least 32"):
+        load_secrets(config, env={**ENV, "FERROHSM_JWT_HS256_SECRET": "short"})
+
+
+def test_secret_files_must_be_0600(tmp_path: Path) -> None:
+    path = tmp_path / "master.key"
+    path.write_text(KEY)
+    os.chmod(path, 0o644)
+    config = load_config(None, env={}, overrides={("secrets", "master_key_file"): str(path)})
+    env = {k: v for k, v in ENV.items() if k != "FERROHSM_MASTER_KEY"}
+    with pytest.raises(ConfigError, match="chmod 600"):
+        load_secrets(config, env=env)
+    os.chmod(path, 0o600)
+    assert load_secrets(config, env=env).master_key == b"k" * 32
