@@ -1,0 +1,67 @@
+"""Key model validation and the record round trip every store relies on."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from ferrohsm import lifecycle as lc
+from ferrohsm.errors import BadRequest
+from ferrohsm.ids import uuid7
+from ferrohsm.model import (KeyFilter, KeyState, key_from_record, key_to_record, key_view,
+                            validate_name, validate_tags)
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+
+
+def key(**kw: object):  # type: ignore[no-untyped-def]
+    base = lc.new_key(key_id=uuid7(), name="release-signing", description="d",
+                      algorithm="ec-p256", usage="sign", tags=("prod", "pci"), sealed=b"\x01s",
+                      now=NOW, actor="alice")
+    return replace(base, **kw) if kw else base
+
+
+def test_record_round_trip_after_lifecycle() -> None:
+    k = lc.schedule_destroy(lc.rotate(key(), b"\x01t", NOW, "bob"), NOW, "bob",
+                            timedelta(hours=1))
+    assert key_from_record(key_to_record(k)) == k
+
+
+def test_view_never_contains_sealed_material() -> None:
+    view = key_view(key())
+    assert "sealed" not in str(view) and "AXM=" not in str(view)
+    assert set(view) >= {"id", "name", "description", "algorithm", "usage", "tags", "state",
+                         "primary_version", "versions", "created_at", "updated_at",
+                         "created_by", "destroy_after"}
+
+
+@pytest.mark.parametrize("name", ["", "-x", "a/b", "a" * 129, "x y", "..",
+                                  "6f1c0e1a-0000-4000-8000-000000000000", 7])
+def test_bad_names(name: object) -> None:
+    with pytest.raises(BadRequest):
+        validate_name(name)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("tags", [("PCI",), ("a", "a"), ("x" * 64,), tuple(f"t{i}" for i in range(33)),
+                                  ("bad tag",)])
+def test_bad_tags(tags: tuple[str, ...]) -> None:
+    with pytest.raises(BadRequest):
+        validate_tags(tags)
+
+
+def test_invariants_enforced() -> None:
+    with pytest.raises(ValueError):
+        key(id="not-a-uuid")
+    with pytest.raises(ValueError):
+        key(primary_version=3)
+    with pytest.raises(ValueError):
+        key(destroy_after=NOW)  # only with destroy_scheduled
+
+
+def test_filter_matching() -> None:
+    k = key()
+    assert KeyFilter(tag="pci", algorithm="ec-p256", name_prefix="release").matches(k)
+    assert not KeyFilter(state=KeyState.REVOKED).matches(k)
+    assert not KeyFilter(name_prefix="x").matches(k)
