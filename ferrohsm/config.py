@@ -314,20 +314,37 @@ class Secrets:
     audit_hmac_key: bytes = field(repr=False)
 
 
+MAX_SECRET_FILE = 4096
+
+
 def read_secret_file(path: str, setting: str) -> str:
-    """A secret file must be a regular file readable by its owner only (0600 or stricter)."""
+    """A secret file's text, checked on the opened descriptor (nothing can swap it in between).
+
+    It must be a regular file readable by its owner only (0600 or stricter). Symlinks are
+    followed, as Kubernetes mounts secrets through them; O_NONBLOCK keeps a FIFO from hanging.
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise ConfigError(f"{setting}: cannot open {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ConfigError(f"{setting}: {path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise ConfigError(f"{setting}: {path} must not be readable by group or others "
-                              f"(mode {stat.S_IMODE(info.st_mode):o}; use chmod 600)")
-        return fh.read(4096).decode("utf-8", "replace").strip()
+        if info.st_mode & 0o177:
+            raise ConfigError(f"{setting}: {path} has mode {stat.S_IMODE(info.st_mode):04o}; "
+                              "it must be 0600 or stricter (chmod 600)")
+        data = os.read(fd, MAX_SECRET_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SECRET_FILE:
+        raise ConfigError(f"{setting}: {path} is too large to be a secret file")
+    try:
+        return data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{setting}: {path} must hold base64 text") from None
 
 
 def decode_key32(text: str, setting: str) -> bytes:

@@ -21,12 +21,9 @@ instead of surfacing later as integrity errors on every key.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import os
-import stat
 import struct
 
 from cryptography.exceptions import InvalidTag
@@ -34,7 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import ConfigError, IntegrityError
 
-__all__ = ["FORMAT", "MASTER_KEY_ENV", "MASTER_KEY_SIZE", "Sealer", "load_master_key"]
+__all__ = ["FORMAT", "MASTER_KEY_ENV", "MASTER_KEY_SIZE", "Sealer"]
 
 FORMAT = 0x01
 MASTER_KEY_SIZE = 32
@@ -128,55 +125,3 @@ class Sealer:
             return self._aead.decrypt(blob[1:1 + _NONCE_SIZE], blob[1 + _NONCE_SIZE:], aad)
         except InvalidTag:
             return None
-
-
-def load_master_key(env_value: str | None, file_path: str | None) -> bytes:
-    """The 32-byte master key from FERROHSM_MASTER_KEY (preferred when set) or a key file.
-
-    Both hold standard base64 of 32 bytes. The file must be a regular file with mode 0600 or
-    stricter. Error messages name the setting or path, never the value.
-    """
-    if env_value is not None:
-        return _decode_key(env_value, f"{MASTER_KEY_ENV} (environment)")
-    if file_path is not None:
-        return _decode_key(_read_key_file(file_path), f"master key file {file_path}")
-    raise ConfigError(f"no master key: set {MASTER_KEY_ENV} to the base64 of 32 random bytes "
-                      "or configure a master key file")
-
-
-def _decode_key(text: str, source: str) -> bytes:
-    try:
-        key = base64.b64decode(text.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        key = b""
-    if len(key) != MASTER_KEY_SIZE:
-        raise ConfigError(f"{source} must be standard base64 of exactly {MASTER_KEY_SIZE} bytes")
-    return key
-
-
-def _read_key_file(path: str) -> str:
-    """The file's text, after checking (on the opened descriptor, so nothing can swap the file
-    between check and read) that it is a regular file readable by its owner only."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)  # NONBLOCK: FIFOs can't hang
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        raise ConfigError(f"cannot open master key file {path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"master key file {path} is not a regular file")
-        if info.st_mode & 0o177:
-            raise ConfigError(f"master key file {path} has mode {stat.S_IMODE(info.st_mode):04o}; "
-                              "it must be 0600 or stricter (chmod 600)")
-        data = os.read(fd, _MAX_KEY_FILE + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read master key file {path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    if len(data) > _MAX_KEY_FILE:
-        raise ConfigError(f"master key file {path} is too large to hold a base64 key")
-    try:
-        return data.decode("ascii")
-    except UnicodeDecodeError:
-        raise ConfigError(f"master key file {path} must hold base64 text") from None

@@ -99,3 +99,29 @@ def test_secret_files_must_be_0600(tmp_path: Path) -> None:
         load_secrets(config, env=env)
     os.chmod(path, 0o600)
     assert load_secrets(config, env=env).master_key == b"k" * 32
+
+
+def test_secret_file_through_a_symlink(tmp_path: Path) -> None:
+    target = tmp_path / "mk"
+    target.write_text(KEY + "\n")
+    target.chmod(0o400)
+    (tmp_path / "link").symlink_to(target)
+    config = load_config(None, env={}, overrides={("secrets", "master_key_file"):
+                                                  str(tmp_path / "link")})
+    env = {k: v for k, v in ENV.items() if k != "FERROHSM_MASTER_KEY"}
+    assert load_secrets(config, env=env).master_key == b"k" * 32
+
+
+def test_secret_file_problems_name_the_path(tmp_path: Path) -> None:
+    from ferrohsm.config import read_secret_file
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    big = tmp_path / "big"
+    big.write_text("A" * 5000)
+    big.chmod(0o600)
+    cases = {str(tmp_path / "missing"): "cannot open", str(tmp_path): "not a regular file",
+             str(fifo): "not a regular file", str(big): "too large"}
+    for path, hint in cases.items():
+        with pytest.raises(ConfigError, match=hint) as caught:
+            read_secret_file(path, "[secrets].master_key_file")
+        assert path in caught.value.message

@@ -7,17 +7,15 @@ returns other bytes and never puts the blob or the material in its message.
 
 from __future__ import annotations
 
-import base64
 import os
 import re
-from pathlib import Path
 from typing import TypedDict
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ferrohsm.crypto.seal import FORMAT, MASTER_KEY_ENV, Sealer, load_master_key
+from ferrohsm.crypto.seal import FORMAT, Sealer
 from ferrohsm.errors import ConfigError, IntegrityError
 
 MASTER = bytes(range(32))
@@ -180,74 +178,3 @@ def test_fingerprint_identifies_without_revealing(sealer: Sealer) -> None:
     assert fingerprint == Sealer(bytes(MASTER)).fingerprint() != Sealer(os.urandom(32)).fingerprint()
     assert fingerprint not in MASTER.hex()
     assert MASTER.hex() not in repr(sealer) and fingerprint in repr(sealer)
-
-
-# ---- load_master_key ----
-
-ENCODED = base64.b64encode(MASTER).decode()
-
-
-def write_key_file(path: Path, text: str, mode: int = 0o600) -> str:
-    path.write_text(text)
-    path.chmod(mode)
-    return str(path)
-
-
-def test_env_value_is_base64_of_32_bytes() -> None:
-    assert load_master_key(ENCODED, None) == MASTER
-    assert load_master_key(f"  {ENCODED}\n", None) == MASTER
-
-
-@pytest.mark.parametrize("value", ["", "not base64!", ENCODED[:-4], ENCODED + "AAAA",
-                                   base64.urlsafe_b64encode(b"\xff" * 32).decode(), MASTER.hex()])
-def test_bad_env_value_names_the_variable_not_the_value(value: str) -> None:
-    with pytest.raises(ConfigError) as caught:
-        load_master_key(value, None)
-    assert MASTER_KEY_ENV in str(caught.value)
-    assert (value.strip() or "\0") not in str(caught.value)
-
-
-def test_env_wins_over_file(tmp_path: Path) -> None:
-    other = base64.b64encode(os.urandom(32)).decode()
-    assert load_master_key(ENCODED, write_key_file(tmp_path / "mk", other)) == MASTER
-
-
-@pytest.mark.parametrize("mode", [0o600, 0o400])
-def test_key_file_owner_only(tmp_path: Path, mode: int) -> None:
-    assert load_master_key(None, write_key_file(tmp_path / "mk", ENCODED + "\n", mode)) == MASTER
-
-
-def test_key_file_through_a_symlink(tmp_path: Path) -> None:
-    target = write_key_file(tmp_path / "mk", ENCODED)
-    (tmp_path / "link").symlink_to(target)
-    assert load_master_key(None, str(tmp_path / "link")) == MASTER
-
-
-@pytest.mark.parametrize("mode", [0o640, 0o644, 0o604, 0o700, 0o666])
-def test_key_file_readable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
-    path = write_key_file(tmp_path / "mk", ENCODED, mode)
-    with pytest.raises(ConfigError, match=f"{re.escape(path)} has mode {mode:04o}") as caught:
-        load_master_key(None, path)
-    assert ENCODED not in str(caught.value)
-
-
-def test_key_file_problems_name_the_path(tmp_path: Path) -> None:
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo, 0o600)
-    cases = {str(tmp_path / "missing"): "cannot open", str(tmp_path): "not a regular file",
-             str(fifo): "not a regular file",
-             write_key_file(tmp_path / "short", ENCODED[:-8]): "exactly 32 bytes",
-             write_key_file(tmp_path / "big", "A" * 5000): "too large",
-             write_key_file(tmp_path / "empty", ""): "exactly 32 bytes"}
-    (tmp_path / "binary").write_bytes(b"\xff" * 44)
-    (tmp_path / "binary").chmod(0o600)
-    cases[str(tmp_path / "binary")] = "base64 text"
-    for path, hint in cases.items():
-        with pytest.raises(ConfigError, match=hint) as caught:
-            load_master_key(None, path)
-        assert path in str(caught.value)
-
-
-def test_no_source_at_all_says_what_to_set() -> None:
-    with pytest.raises(ConfigError, match=MASTER_KEY_ENV):
-        load_master_key(None, None)
