@@ -1,0 +1,186 @@
+"""Signed checkpoints ("anchors") of the audit log head: they make truncation and rollback visible.
+
+A hash chain alone cannot show that its *tail* was cut off: the shorter log still verifies. So
+every N records, on demand and at clean shutdown, the sink signs ``{log_id, seq, head_hash, ts}``
+with an Ed25519 key and appends it (fsynced) to ``checkpoints.jsonl``. A sink refuses to open a log
+that is shorter than its last checkpoint, and ``ferrohsm audit verify --checkpoint FILE
+--public-key FILE`` checks an exported checkpoint offline.
+
+The protection is as strong as the place the checkpoint is kept: someone who can rewrite the data
+directory can also delete ``checkpoints.jsonl`` (and read the signing key). Copy checkpoints and the
+public key somewhere else (a ticket, a SIEM, the auditor's laptop) for an external anchor.
+
+Checkpoint line: canonical JSON of ``{"v":1,"type":"ferrohsm.audit.checkpoint","log_id",
+"seq","head_hash","ts","key_fingerprint"}`` plus ``"sig"``: standard base64 of the Ed25519
+signature over the canonical JSON of the other fields.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import stat
+from datetime import datetime
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ..errors import ConfigError
+from ..model import iso
+from .chain import canonical_json
+
+log = logging.getLogger("ferrohsm.audit")
+
+CHECKPOINT_TYPE = "ferrohsm.audit.checkpoint"
+KEY_FILE = "audit-signing-key.pem"
+PUBLIC_KEY_FILE = "audit-signing-key.pub.pem"
+CHECKPOINT_FILE = "checkpoints.jsonl"
+
+
+def fsync_dir(path: str) -> None:
+    """Make a created/renamed directory entry durable (a new file is not durable until this)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_private_file(path: str, data: bytes) -> None:
+    """Create ``path`` 0600 (never overwriting) with ``data``, durably."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def load_signing_key(path: str) -> Ed25519PrivateKey:
+    """An Ed25519 key from a PEM (PKCS#8) or raw 32-byte file that only its owner can read."""
+    try:
+        mode = os.stat(path).st_mode
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read audit signing key {path}: {exc.strerror}") from None
+    if stat.S_IMODE(mode) & 0o077:
+        raise ConfigError(f"audit signing key {path} is readable by others: chmod 600 it")
+    if len(data) == 32:
+        return Ed25519PrivateKey.from_private_bytes(data)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(f"audit signing key {path} is not an unencrypted PEM key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"audit signing key {path} is not an Ed25519 key")
+    return key
+
+
+def public_pem(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.PEM,
+                            serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def key_fingerprint(key: Ed25519PublicKey) -> str:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def signed_bytes(checkpoint: dict[str, Any]) -> bytes:
+    return canonical_json({k: v for k, v in checkpoint.items() if k != "sig"})
+
+
+def checkpoint_signature_ok(checkpoint: dict[str, Any], key: Ed25519PublicKey) -> bool:
+    try:
+        key.verify(base64.b64decode(str(checkpoint["sig"]), validate=True),
+                   signed_bytes(checkpoint))
+    except (InvalidSignature, KeyError, ValueError):
+        return False
+    return True
+
+
+class Anchor:
+    """The signing key and the checkpoint file of one audit log.
+
+    The key is loaded from ``key_path`` (default ``<directory>/audit-signing-key.pem``) or, when
+    that file does not exist yet, generated there (0600) with its public half next to it.
+    """
+
+    def __init__(self, directory: str, *, key_path: str | None = None,
+                 checkpoint_path: str | None = None, durable: bool = True) -> None:
+        self.key_path = key_path or os.path.join(directory, KEY_FILE)
+        self.public_key_path = os.path.splitext(self.key_path)[0] + ".pub.pem"
+        self.path = checkpoint_path or os.path.join(directory, CHECKPOINT_FILE)
+        self._durable = durable
+        if not os.path.exists(self.key_path):
+            generated = Ed25519PrivateKey.generate()
+            write_private_file(self.key_path, generated.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption()))
+            log.info("generated audit signing key %s", self.key_path)
+        self._key = load_signing_key(self.key_path)
+        self.public_key = self._key.public_key()
+        if not os.path.exists(self.public_key_path):
+            write_private_file(self.public_key_path, public_pem(self.public_key))
+        self._drop_torn_tail()
+
+    def public_key_pem(self) -> bytes:
+        """What an auditor needs, besides a checkpoint, to run ``audit verify --checkpoint``."""
+        return public_pem(self.public_key)
+
+    def sign(self, *, log_id: str, seq: int, head_hash: str, ts: datetime) -> dict[str, Any]:
+        """Sign the head and append the checkpoint durably; returns the checkpoint."""
+        checkpoint: dict[str, Any] = {
+            "v": 1, "type": CHECKPOINT_TYPE, "log_id": log_id, "seq": seq,
+            "head_hash": head_hash, "ts": iso(ts),
+            "key_fingerprint": key_fingerprint(self.public_key),
+        }
+        checkpoint["sig"] = base64.b64encode(self._key.sign(signed_bytes(checkpoint))).decode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, canonical_json(checkpoint) + b"\n")
+            if self._durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        return checkpoint
+
+    def last(self) -> dict[str, Any] | None:
+        """The newest checkpoint, or None. Its signature is NOT checked here; see ``verify_own``."""
+        try:
+            with open(self.path, "rb") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return None
+        for line in reversed(lines):
+            if line.strip():
+                try:
+                    value = json.loads(line)
+                except ValueError:
+                    return {"corrupt": True}
+                return value if isinstance(value, dict) else {"corrupt": True}
+        return None
+
+    def verify_own(self, checkpoint: dict[str, Any]) -> bool:
+        return checkpoint_signature_ok(checkpoint, self.public_key)
+
+    def _drop_torn_tail(self) -> None:
+        """A crash mid-append can leave half a line; cut it so the next checkpoint starts clean."""
+        try:
+            with open(self.path, "rb+") as f:
+                data = f.read()
+                if data and not data.endswith(b"\n"):
+                    keep = data.rfind(b"\n") + 1
+                    log.warning("audit checkpoints: discarding %d torn bytes at the end of %s",
+                                len(data) - keep, self.path)
+                    f.truncate(keep)
+                    os.fsync(f.fileno())
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,338 @@
+"""FileSink: the audit log as append-only JSONL segments in a private directory.
+
+Layout: ``<dir>/audit-000001.jsonl``, ``audit-000002.jsonl``, ... (0600, dir 0700), one record per
+line (see chain.py), plus ``checkpoints.jsonl`` and the audit signing key (anchor.py) and a
+``.lock`` file that keeps a second process from writing the same log.
+
+* Rotation: once a segment reaches ``segment_max_bytes`` the next group goes to a new segment whose
+  first record is ``audit.segment_start``. It is an ordinary chained record (its prev_hash is the
+  previous segment's last hash), so deleting, emptying or reordering whole segments shows up as a
+  seq gap or disorder in the verifier. One group may overshoot the size limit.
+* Crash recovery at open: bytes after the last newline are a torn record that was never
+  acknowledged (we acknowledge only after write + fsync). They are logged, cut off, and the chain
+  continues with an ``audit.recovery`` record that says how many bytes were discarded at which
+  offset. The last complete record must verify (hash + HMAC) or the sink refuses to open.
+* Failed writes: the segment is truncated back to the last good offset. If that is impossible, or
+  if fsync itself failed (after a failed fsync Linux may have dropped the dirty pages, so a retry
+  that "succeeds" proves nothing), the sink refuses every further append until restarted.
+* The live segment deleted, replaced or changed underneath us (checked with one stat per group:
+  device, inode and size against what we wrote): refuse, and stay refused until restart. Writing on
+  into an unlinked file would acknowledge records nobody can ever read; silently starting a fresh
+  segment would paper over the loss. A restart re-reads what is really there, and the last signed
+  checkpoint shows whether records went missing.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fcntl
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from ..errors import AuditUnavailable, ConfigError
+from .anchor import Anchor, fsync_dir
+from .chain import PreparedEvent, check_line, stored_seq
+from .segments import list_segments, segment_name
+from .sinkbase import ChainedSink
+
+log = logging.getLogger("ferrohsm.audit")
+
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+_CHUNK = 64 * 1024
+_MARK_EVERY = 256  # remember the offset of every 256th record while reading
+
+
+def read_tail(fd: int) -> tuple[bytes | None, int, int]:
+    """(last complete line or None, offset just after it, number of torn bytes after it)."""
+    size = os.fstat(fd).st_size
+    buf, pos = b"", size
+    newline = -1
+    while newline < 0 and pos > 0:
+        start = max(0, pos - _CHUNK)
+        buf, pos = os.pread(fd, pos - start, start) + buf, start
+        newline = buf.rfind(b"\n")
+    if newline < 0:
+        return None, 0, size
+    good_end = pos + newline + 1
+    before = buf.rfind(b"\n", 0, newline)
+    while before < 0 and pos > 0:
+        start = max(0, pos - _CHUNK)
+        chunk = os.pread(fd, pos - start, start)
+        buf, pos, newline = chunk + buf, start, newline + len(chunk)
+        before = buf.rfind(b"\n", 0, newline)
+    return buf[before + 1:newline], good_end, size - good_end
+
+
+class FileSink(ChainedSink):
+    """Append-only JSONL segments with group commit and fsync; see the module docstring."""
+
+    backend = "file"
+
+    def __init__(self, directory: str | os.PathLike[str], hmac_key: bytes, *,
+                 segment_max_bytes: int = DEFAULT_SEGMENT_BYTES, durable: bool = True,
+                 anchor_every: int = 1000, signing_key_path: str | None = None,
+                 clock: Callable[[], datetime] | None = None,
+                 new_id: Callable[[], str] | None = None, max_group: int = 256) -> None:
+        if segment_max_bytes < 4096:
+            raise ConfigError("audit segment_max_bytes must be at least 4096")
+        self.directory = os.path.abspath(directory)
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+        super().__init__(hmac_key, anchor=Anchor(self.directory, key_path=signing_key_path,
+                                                 durable=durable),
+                         durable=durable, anchor_every=anchor_every, clock=clock, new_id=new_id,
+                         max_group=max_group)
+        self._max_bytes = segment_max_bytes
+        self._fd = -1
+        self._segno = 0
+        self._size = 0
+        self._ident = (0, 0)
+        self._seg_first: list[tuple[int, int]] = []  # (first seq, segment number), ascending
+        self._needs_start = False
+        self._marks: dict[int, list[tuple[int, int]]] = {}  # segment -> sorted (seq, offset)
+        self._marks_lock = threading.Lock()
+        self._lock_fd = self._lock_directory()
+        try:
+            self._open()
+        except BaseException:
+            self._close_storage()
+            raise
+
+    # ---- opening and recovery -----------------------------------------------------------------
+
+    def _lock_directory(self) -> int:
+        fd = os.open(os.path.join(self.directory, ".lock"),
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AuditUnavailable(f"audit directory {self.directory} is in use by another "
+                                   "process") from None
+        return fd
+
+    def _path(self, number: int) -> str:
+        return os.path.join(self.directory, segment_name(number))
+
+    def _open(self) -> None:
+        """Recover the head from disk; check it against the last checkpoint before changing
+        anything; then cut a torn tail and record that, or start a new log."""
+        segments = list_segments(self.directory)
+        torn = good_end = 0
+        if not segments:
+            self._adopt(self._create_segment(1), 1, 0)
+        else:
+            self._index_segments(segments)
+            fd = os.open(self._path(segments[-1]), os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+            line, good_end, torn = read_tail(fd)
+            self._adopt(fd, segments[-1], good_end)
+            if line is None and len(segments) > 1:  # crashed just after rotating
+                self._needs_start = True
+                with open(self._path(segments[-2]), "rb") as prev:
+                    line = read_tail(prev.fileno())[0]
+                if line is None:
+                    raise AuditUnavailable(f"audit segment {segment_name(segments[-2])} is empty")
+            if line is not None:
+                self._committed = self._verify_last(line)
+        new_log = self._committed[0] == 0
+        if new_log:
+            self._log_id = self._new_id()
+        self._check_against_checkpoint()
+        if torn:
+            self._truncate_torn(torn, good_end)
+        if new_log:
+            self.append(self._system_event("audit.genesis", "audit log created", backend="file"))
+        if torn:
+            self.append(self._system_event(
+                "audit.recovery",
+                f"discarded a torn audit record of {torn} bytes at offset {good_end} of "
+                f"{segment_name(self._segno)} (crash during a write; it was never acknowledged)",
+                segment=segment_name(self._segno), offset=good_end, bytes=torn))
+
+    def _index_segments(self, segments: list[int]) -> None:
+        """First seq of every segment (for read) and the log id (from the first segment)."""
+        for number in segments:
+            with open(self._path(number), "rb") as f:
+                first = f.readline()
+            seq = stored_seq(first) if first.endswith(b"\n") else None
+            if seq is not None:
+                self._seg_first.append((seq, number))
+            if number == segments[0] and seq is not None:
+                details = json.loads(first).get("details") or {}
+                self._log_id = str(details.get("log_id") or "")
+
+    def _verify_last(self, line: bytes) -> tuple[int, str]:
+        result = check_line(line, self._key)
+        if isinstance(result, str):
+            raise AuditUnavailable(f"the last record of the audit log in {self.directory} fails "
+                                   f"its integrity check ({result}); run `ferrohsm audit verify`")
+        return result
+
+    def _truncate_torn(self, torn: int, good_end: int) -> None:
+        if torn:
+            log.warning("audit: discarding a torn record of %d bytes at offset %d of %s",
+                        torn, good_end, segment_name(self._segno))
+            os.ftruncate(self._fd, good_end)
+            os.fsync(self._fd)
+            self._size = good_end
+
+    def _create_segment(self, number: int) -> int:
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        fd = os.open(self._path(number), flags, 0o600)
+        if self.durable:
+            fsync_dir(self.directory)
+        return fd
+
+    def _adopt(self, fd: int, number: int, size: int) -> None:
+        """Make ``fd`` the live segment, closing the previous one."""
+        if self._fd >= 0 and self._fd != fd:
+            os.close(self._fd)
+        st = os.fstat(fd)
+        self._fd, self._segno, self._size, self._ident = fd, number, size, (st.st_dev, st.st_ino)
+
+    # ---- writing ------------------------------------------------------------------------------
+
+    def _persist(self, events: list[PreparedEvent]) -> list[dict[str, Any]]:
+        self._check_live_segment()
+        fd, number, size = self._fd, self._segno, self._size
+        needs_start = self._needs_start
+        if size >= self._max_bytes:
+            number, size, needs_start = number + 1, 0, True
+            fd = self._create_segment(number)
+        lines = []
+        if needs_start:
+            lines.append(self._seal(self._system_event(
+                "audit.segment_start", f"audit segment {segment_name(number)} started",
+                segment=number))[1])
+        first_seq = self._next_seq + 1
+        records = []
+        for event in events:
+            record, line = self._seal(event)
+            records.append(record)
+            lines.append(line)
+        data = b"\n".join(lines) + b"\n"
+        try:
+            self._write_all(fd, data)
+        except BaseException:
+            self._undo(fd, number, size, fsync_failed=False)
+            raise
+        finally:
+            if fd != self._fd:  # a new segment stays live even if this group failed
+                self._adopt(fd, number, size)
+                self._needs_start = True
+        try:
+            if self.durable:
+                self._fsync(fd)
+        except BaseException:
+            self._undo(fd, number, size, fsync_failed=True)
+            raise
+        if size == 0:
+            self._seg_first.append((first_seq, number))
+        self._size, self._needs_start = size + len(data), False
+        return records
+
+    def _write_all(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+
+    def _fsync(self, fd: int) -> None:
+        """One fsync per group; a separate method so tests can make it fail."""
+        os.fsync(fd)
+
+    def _undo(self, fd: int, number: int, size: int, *, fsync_failed: bool) -> None:
+        """Cut a failed group's bytes off so no half record breaks the chain; else stop for good."""
+        try:
+            os.ftruncate(fd, size)
+            if self.durable:
+                os.fsync(fd)
+        except OSError as exc:
+            self._failed = (f"could not remove a partly written record from "
+                            f"{segment_name(number)} ({exc.strerror}); restart to recover")
+            return
+        if fsync_failed:
+            self._failed = "fsync of the audit log failed; restart to recover"
+
+    def _check_live_segment(self) -> None:
+        path = self._path(self._segno)
+        try:
+            st = os.stat(path)
+            same = (st.st_dev, st.st_ino) == self._ident and st.st_size == self._size
+        except OSError:
+            same = False
+        if not same:
+            self._failed = (f"live audit segment {segment_name(self._segno)} was deleted, replaced "
+                            "or modified underneath the server; restart to recover")
+            log.error("audit: %s", self._failed)
+            raise AuditUnavailable(f"audit log unavailable until restart: {self._failed}")
+
+    # ---- reading ------------------------------------------------------------------------------
+
+    def read(self, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        head_seq = self._committed[0]
+        index = list(self._seg_first)
+        start = max(0, bisect.bisect_right([s for s, _ in index], after_seq + 1) - 1)
+        out: list[dict[str, Any]] = []
+        for _, number in index[start:]:
+            if len(out) >= limit or self._scan_segment(number, after_seq, head_seq, limit, out):
+                break
+        return out
+
+    def _scan_segment(self, number: int, after_seq: int, head_seq: int, limit: int,
+                      out: list[dict[str, Any]]) -> bool:
+        """Append records of one segment to ``out``; True once past the head or at ``limit``.
+
+        Scanning starts from the nearest remembered (seq, offset) mark, so paging through a
+        64 MiB segment does not re-read it from the top for every page.
+        """
+        marks = self._marks.setdefault(number, [])
+        start = bisect.bisect_right(marks, (after_seq + 1, sys.maxsize)) - 1
+        offset = marks[start][1] if start >= 0 else 0
+        try:
+            with open(self._path(number), "rb", buffering=1 << 20) as f:
+                f.seek(offset)
+                for raw in f:
+                    seq = stored_seq(raw) if raw.endswith(b"\n") else None
+                    if seq is None or seq > head_seq:
+                        return True
+                    if seq % _MARK_EVERY == 0:
+                        self._remember(marks, seq, offset)
+                    offset += len(raw)
+                    if seq > after_seq:
+                        out.append(json.loads(raw))
+                        if len(out) >= limit:
+                            return True
+        except OSError as exc:
+            raise AuditUnavailable(f"cannot read audit segment {segment_name(number)}: "
+                                   f"{exc.strerror}") from None
+        return False
+
+    def _remember(self, marks: list[tuple[int, int]], seq: int, offset: int) -> None:
+        with self._marks_lock:
+            if not marks or seq > marks[-1][0]:
+                marks.append((seq, offset))
+
+    def _hash_at(self, seq: int) -> str | None:
+        index = self._seg_first
+        pos = bisect.bisect_right([s for s, _ in index], seq) - 1
+        if pos < 0:
+            return None
+        with open(self._path(index[pos][1]), "rb") as f:
+            for raw in f:
+                if stored_seq(raw) == seq:
+                    result = check_line(raw.rstrip(b"\n"), self._key)
+                    return result[1] if isinstance(result, tuple) else "invalid"
+        return None
+
+    def _close_storage(self) -> None:
+        for fd in (self._fd, self._lock_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._lock_fd = -1

@@ -1,0 +1,135 @@
+"""Reading audit logs, keys and checkpoints offline. Standard library only.
+
+Shared by ``audit verify`` and ``audit report``. An input is a file sink directory (its
+``audit-NNNNNN.jsonl`` segments in numeric order), a segment or exported JSONL file, or an SQLite
+sink database (recognised by its header); several inputs are read in the order given.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import sqlite3
+from collections.abc import Generator
+from typing import Any
+
+from .segments import list_segments, segment_name
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class VerifyInputError(Exception):
+    """The verifier could not even start: unreadable input, bad key or checkpoint file (exit 2)."""
+
+
+def expand_paths(paths: list[str]) -> list[str]:
+    files: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            numbers = list_segments(path)
+            if not numbers:
+                raise VerifyInputError(f"no audit segments (audit-NNNNNN.jsonl) in {path}; "
+                                       "for an SQLite audit log give the database file")
+            files.extend(os.path.join(path, segment_name(n)) for n in numbers)
+        elif os.path.exists(path):
+            files.append(path)
+        else:
+            raise VerifyInputError(f"no such file or directory: {path}")
+    return files
+
+
+def file_lines(path: str) -> Generator[bytes, None, None]:
+    """Raw lines of one input, newline kept (SQLite rows get one)."""
+    try:
+        with open(path, "rb", buffering=1 << 20) as f:
+            if f.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+                f.seek(0)
+                yield from f
+                return
+    except OSError as exc:
+        raise VerifyInputError(f"cannot read {path}: {exc.strerror}") from None
+    yield from _sqlite_lines(path)
+
+
+def _sqlite_lines(path: str) -> Generator[bytes, None, None]:
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise VerifyInputError(f"cannot open {path}: {exc}") from None
+    try:
+        rows = db.execute("SELECT CAST(record AS BLOB) FROM audit_log ORDER BY seq")
+        for (record,) in rows:
+            yield record + b"\n"
+    except sqlite3.Error as exc:
+        raise VerifyInputError(f"{path} is not a FerroHSM audit database: {exc}") from None
+    finally:
+        db.close()
+
+
+def chained_lines(paths: list[str]) -> Generator[bytes, None, None]:
+    for path in paths:
+        yield from file_lines(path)
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint from a JSON file, or the newest one of a checkpoints.jsonl file."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except OSError as exc:
+        raise VerifyInputError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        lines = [line for line in text.splitlines() if line.strip()]
+        try:
+            value = json.loads(lines[-1]) if lines else None
+        except ValueError:
+            value = None
+    if not isinstance(value, dict):
+        raise VerifyInputError(f"{path} holds no checkpoint (JSON object or JSONL)")
+    return value
+
+
+def load_hmac_key(path: str | None, environ: dict[str, str] | None = None) -> bytes:
+    """The audit HMAC key from a 0600 file (base64 text or 32 raw bytes) or the environment."""
+    env = os.environ if environ is None else environ
+    if path:
+        try:
+            mode = os.stat(path).st_mode
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise VerifyInputError(f"cannot read HMAC key file {path}: {exc.strerror}") from None
+        if mode & 0o077:
+            raise VerifyInputError(f"HMAC key file {path} is readable by group or others: "
+                                   "chmod 600 it")
+        return _decode_key(data, f"HMAC key file {path}", raw_ok=True)
+    text = env.get("FERROHSM_AUDIT_HMAC_KEY")
+    if not text:
+        raise VerifyInputError("no HMAC key: set FERROHSM_AUDIT_HMAC_KEY (base64 of 32 bytes) "
+                               "or pass --hmac-key-file FILE")
+    return _decode_key(text.encode(), "FERROHSM_AUDIT_HMAC_KEY", raw_ok=False)
+
+
+def _decode_key(data: bytes, where: str, *, raw_ok: bool) -> bytes:
+    try:
+        key = base64.b64decode(data.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) == 32:
+        return key
+    if raw_ok and len(data) == 32:
+        return data
+    raise VerifyInputError(f"{where} must hold the base64 of 32 bytes")  # never echo the key
+
+
+
+def read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise VerifyInputError(f"cannot read {path}: {exc.strerror}") from None

@@ -1,0 +1,203 @@
+"""``ferrohsm audit report PATH...``: what an auditor looks at after the log verified.
+
+Journey 3 of the PRD: extract the log, verify it (verify.py), then cross-check for suspicious
+activity. This module only reads and summarises; it does not check integrity, so run ``audit
+verify`` first. Standard library only, like the verifier.
+
+Sections: denials and authentication failures by actor and by source IP; destroy / revoke /
+rollback / purge events; approval activity; activity outside working hours (default 07:00-19:00
+UTC, ``--work-hours``). Text fields come from clients, so every cell is escaped before printing:
+a crafted actor name cannot move the cursor or forge a table row on the auditor's terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from .offline import VerifyInputError, chained_lines, expand_paths
+
+SENSITIVE = ("destroy", "revoke", "rollback", "purge")
+AUTH_PREFIXES = ("auth", "login", "token")
+MAX_CELL = 60
+
+
+def _records(paths: list[str]) -> Iterator[dict[str, Any] | None]:
+    """Parsed records of the inputs in order; None for a line that is not a JSON object."""
+    for raw in chained_lines(expand_paths(paths)):
+        yield _loads(raw)
+
+
+def _loads(text: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def parse_hours(text: str) -> tuple[int, int]:
+    """'07:00-19:00' or '7-19' -> minutes since midnight (start, end). end < start wraps."""
+    try:
+        start, end = (_minutes(part) for part in text.split("-"))
+    except ValueError:
+        raise ValueError("work hours look like 07:00-19:00") from None
+    return start, end
+
+
+def _minutes(part: str) -> int:
+    hours, _, minutes = part.strip().partition(":")
+    value = int(hours) * 60 + int(minutes or 0)
+    if not 0 <= value <= 24 * 60:
+        raise ValueError(part)
+    return value
+
+
+def off_hours(ts: str, hours: tuple[int, int]) -> bool:
+    """True when ``ts`` (RFC 3339 UTC) falls outside the working window."""
+    try:
+        minute = int(ts[11:13]) * 60 + int(ts[14:16])
+    except (ValueError, TypeError):
+        return False
+    start, end = hours
+    inside = start <= minute < end if start <= end else (minute >= start or minute < end)
+    return not inside
+
+
+def _row(rec: dict[str, Any]) -> dict[str, Any]:
+    return {k: rec.get(k) for k in ("seq", "ts", "actor", "source_ip", "action", "key_id",
+                                    "outcome")}
+
+
+def build_report(records: Iterable[dict[str, Any] | None],
+                 hours: tuple[int, int] = (7 * 60, 19 * 60), limit: int = 20) -> dict[str, Any]:
+    """The report as plain data (the --json output); lists are capped at ``limit`` rows."""
+    total, unreadable = 0, 0
+    outcomes: Counter[str] = Counter()
+    by_actor: dict[str, Counter[str]] = defaultdict(Counter)
+    by_ip: dict[str, Counter[str]] = defaultdict(Counter)
+    sensitive: list[dict[str, Any]] = []
+    approvals: list[dict[str, Any]] = []
+    late: list[dict[str, Any]] = []
+    late_by_actor: Counter[str] = Counter()
+    first_ts = last_ts = None
+    for rec in records:
+        if rec is None:
+            unreadable += 1
+            continue
+        total += 1
+        action, outcome = str(rec.get("action", "")), str(rec.get("outcome", ""))
+        outcomes[outcome] += 1
+        first_ts = first_ts or rec.get("ts")
+        last_ts = rec.get("ts")
+        if action.startswith("audit."):
+            continue  # the sink's own bookkeeping
+        auth_failure = action.startswith(AUTH_PREFIXES) and outcome != "success"
+        if outcome == "denied" or auth_failure:
+            column = "auth_failures" if auth_failure else "denied"
+            by_actor[str(rec.get("actor"))][column] += 1
+            by_ip[str(rec.get("source_ip"))][column] += 1
+        if any(word in action for word in SENSITIVE):
+            sensitive.append(_row(rec))
+        if "approv" in action:
+            approvals.append(_row(rec))
+        if off_hours(str(rec.get("ts", "")), hours):
+            late_by_actor[str(rec.get("actor"))] += 1
+            late.append(_row(rec))
+    return {
+        "records": total, "unreadable_lines": unreadable, "first_ts": first_ts,
+        "last_ts": last_ts, "outcomes": dict(outcomes),
+        "denials_by_actor": _ranked(by_actor, limit), "denials_by_source_ip": _ranked(by_ip, limit),
+        "sensitive_events": {"count": len(sensitive), "rows": sensitive[:limit]},
+        "approval_events": {"count": len(approvals), "rows": approvals[:limit]},
+        "off_hours": {"work_hours_utc": f"{_hhmm(hours[0])}-{_hhmm(hours[1])}",
+                      "count": len(late), "by_actor": dict(late_by_actor.most_common(limit)),
+                      "rows": late[:limit]},
+    }
+
+
+def _ranked(table: dict[str, Counter[str]], limit: int) -> list[dict[str, Any]]:
+    ranked = sorted(table.items(), key=lambda item: (-item[1].total(), item[0]))
+    return [{"name": name, "denied": c["denied"], "auth_failures": c["auth_failures"],
+             "total": c.total()} for name, c in ranked[:limit]]
+
+
+def _hhmm(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _cell(value: object) -> str:
+    text = "-" if value is None else str(value)
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= MAX_CELL else text[:MAX_CELL - 3] + "..."
+
+
+def table(headers: list[str], rows: list[list[object]]) -> str:
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines) if rows else lines[0] + "\n(none)"
+
+
+EVENT_COLUMNS = ["seq", "ts", "actor", "source_ip", "action", "key_id", "outcome"]
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as readable text tables."""
+    out = [(f"Audit report: {report['records']} records, {report['first_ts']} .. "
+            f"{report['last_ts']}"),
+           "Outcomes: " + (", ".join(f"{k} {v}" for k, v in sorted(report["outcomes"].items()))
+                           or "none")]
+    if report["unreadable_lines"]:
+        out.append(f"Unreadable lines: {report['unreadable_lines']} (run `ferrohsm audit verify`)")
+    for title, key in (("Denials and authentication failures by actor", "denials_by_actor"),
+                       ("Denials and authentication failures by source IP",
+                        "denials_by_source_ip")):
+        rows = [[r["name"], r["denied"], r["auth_failures"], r["total"]] for r in report[key]]
+        out += ["", title, table(["name", "denied", "auth_failures", "total"], rows)]
+    for title, key in (("Destroy / revoke / rollback / purge events", "sensitive_events"),
+                       ("Approval events", "approval_events")):
+        section = report[key]
+        rows = [[r[c] for c in EVENT_COLUMNS] for r in section["rows"]]
+        out += ["", f"{title}: {section['count']}", table(EVENT_COLUMNS, rows)]
+    late = report["off_hours"]
+    out += ["", f"Outside working hours ({late['work_hours_utc']} UTC): {late['count']}",
+            table(["actor", "records"], [[k, v] for k, v in late["by_actor"].items()]),
+            table(EVENT_COLUMNS, [[r[c] for c in EVENT_COLUMNS] for r in late["rows"]])]
+    return "\n".join(out)
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(message)
+
+
+def report_main(argv: list[str] | None = None) -> int:
+    """``ferrohsm audit report``: 0 printed, 2 usage error or unreadable input."""
+    parser = _Parser(prog="ferrohsm audit report",
+                     description="Summarise suspicious activity in an audit log.")
+    parser.add_argument("paths", nargs="+", metavar="PATH")
+    parser.add_argument("--work-hours", default="07:00-19:00", metavar="HH:MM-HH:MM",
+                        help="working hours in UTC (default 07:00-19:00)")
+    parser.add_argument("--limit", type=int, default=20, help="rows per list (default 20)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    try:
+        args = parser.parse_args(argv)
+        hours = parse_hours(args.work_hours)
+        report = build_report(_records(args.paths), hours, max(1, args.limit))
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    except (_UsageError, VerifyInputError, ValueError) as exc:
+        print(f"ferrohsm audit report: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2, sort_keys=True) if args.json else render(report))
+    return 0

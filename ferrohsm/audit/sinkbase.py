@@ -1,0 +1,264 @@
+"""The AuditSink port and the machinery every concrete sink shares.
+
+``AuditSink.append`` returns only once the record is durable and raises ``AuditUnavailable``
+otherwise: the service refuses the operation rather than perform it unaudited (fail closed).
+
+``ChainedSink`` owns the chain state and the concurrency story, so a backend only has to say how
+to store a batch of lines durably (``_persist``) and undo a partial one:
+
+* Writers enter through a bounded-leader ``GroupCommit``; the leader seals the whole group (seq,
+  prev_hash, ts, id assigned in arrival order under ``_io_lock``) and hands it to ``_persist``.
+  Sealing in the leader, not in each writer, means a failed group leaves no hole in ``seq``: the
+  tentative head (``_next_*``) is simply dropped and the committed head stays where it was.
+* A backend that cannot prove it undid a partial write sets ``_failed``; from then on every append
+  is refused and ``healthy()`` is False until a restart re-reads what is really on disk.
+* Signed checkpoints (``anchor.Anchor``) are taken every ``anchor_every`` records, on demand and at
+  close, and checked at open so a log shorter than its last checkpoint refuses to start.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from ..errors import AuditUnavailable, ConfigError
+from .anchor import Anchor
+from .chain import GENESIS_HASH, AuditEvent, DetailValue, PreparedEvent, prepare, seal_prepared
+from .groupcommit import GroupCommit
+
+log = logging.getLogger("ferrohsm.audit")
+
+SHORTER_THAN_CHECKPOINT = ("audit log is shorter than its last signed checkpoint: "
+                           "truncated or rolled back")
+SYSTEM_ACTOR = "system"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+class AuditSink(ABC):
+    """Append-only, hash-chained, HMAC-authenticated audit log. Safe to call from many threads."""
+
+    @abstractmethod
+    def append(self, event: AuditEvent) -> dict[str, Any]:
+        """Seal and store ``event``; return the sealed record once durable, else raise
+        AuditUnavailable."""
+
+    @abstractmethod
+    def read(self, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """Up to ``limit`` committed records with seq > ``after_seq``, ascending."""
+
+    @abstractmethod
+    def head(self) -> tuple[int, str]:
+        """(last committed seq, its hash); (0, GENESIS_HASH) for an empty log."""
+
+    @abstractmethod
+    def healthy(self) -> bool:
+        """Whether appends are being accepted: False after an unrecoverable failure (until a
+        restart) or after close. A failure the sink cleanly undid (a rolled-back transaction, a
+        truncated short write) fails only its own group: the next append is attempted, so a
+        caller that checks ``healthy()`` before acting is not locked out by a passing error.
+        ``describe()["last_write_ok"]`` tells whether the latest group made it."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Status for /healthz: backend, head, counters. Never paths to secrets, never keys."""
+
+    @abstractmethod
+    def make_checkpoint(self, now: datetime | None = None) -> dict[str, Any]:
+        """Sign the current head now and return the checkpoint (see anchor.py)."""
+
+    def prune(self, now: datetime) -> dict[str, Any] | None:
+        """Apply the retention window; returns the audit.checkpoint record, or None. Default: no
+        retention (records are kept forever)."""
+        return None
+
+    @abstractmethod
+    def close(self) -> None:
+        """Flush, take a final checkpoint, release files. Later appends raise AuditUnavailable."""
+
+
+class ChainedSink(AuditSink):
+    """Shared chain state, group commit, fail-closed bookkeeping and checkpointing."""
+
+    backend: ClassVar[str] = "abstract"
+
+    def __init__(self, hmac_key: bytes, *, anchor: Anchor, durable: bool = True,
+                 anchor_every: int = 1000, clock: Callable[[], datetime] | None = None,
+                 new_id: Callable[[], str] | None = None, max_group: int = 256) -> None:
+        if not isinstance(hmac_key, bytes) or len(hmac_key) < 32:
+            raise ConfigError("audit HMAC key must be at least 32 bytes")
+        if anchor_every < 0:
+            raise ConfigError("audit anchor_every must be >= 0 (0: only on demand and at close)")
+        self._key = hmac_key
+        self.durable = durable
+        self.anchor = anchor
+        self._anchor_every = anchor_every
+        self._clock = clock or utcnow
+        self._new_id = new_id or new_uuid
+        self._io_lock = threading.RLock()
+        self._group: GroupCommit[PreparedEvent, dict[str, Any]] = GroupCommit(self._flush,
+                                                                              max_group)
+        self._committed: tuple[int, str] = (0, GENESIS_HASH)  # replaced whole: lock-free reads
+        self._next_seq, self._next_hash = 0, GENESIS_HASH
+        self._log_id = ""
+        self._failed: str | None = None
+        self._last_ok = True
+        self._closed = False
+        self._failures = 0
+        self._anchor_failures = 0
+        self._last_checkpoint_seq = 0
+
+    # ---- the AuditSink interface ------------------------------------------------------------
+
+    def append(self, event: AuditEvent) -> dict[str, Any]:
+        if not isinstance(event, AuditEvent):
+            raise TypeError("append() takes an AuditEvent")
+        return self._group.submit(prepare(event))  # encoded here, in the writer's thread
+
+    def head(self) -> tuple[int, str]:
+        return self._committed
+
+    def healthy(self) -> bool:
+        return self._failed is None and not self._closed
+
+    def describe(self) -> dict[str, Any]:
+        seq, digest = self._committed
+        return {
+            "backend": self.backend, "healthy": self.healthy(), "durable": self.durable,
+            "last_write_ok": self._last_ok,
+            "log_id": self._log_id, "head_seq": seq, "head_hash": digest,
+            "failures": self._failures, "problem": self._failed,
+            "records_written": self._group.items, "group_commits": self._group.groups,
+            "last_checkpoint_seq": self._last_checkpoint_seq,
+            "checkpoint_failures": self._anchor_failures,
+        }
+
+    def make_checkpoint(self, now: datetime | None = None) -> dict[str, Any]:
+        with self._io_lock:
+            self._check_usable()
+            seq, digest = self._committed
+            try:
+                checkpoint = self.anchor.sign(log_id=self._log_id, seq=seq, head_hash=digest,
+                                              ts=now or self._clock())
+            except OSError as exc:
+                self._anchor_failures += 1
+                raise AuditUnavailable(
+                    f"could not write audit checkpoint: {exc.strerror}") from None
+            self._last_checkpoint_seq = seq
+            return checkpoint
+
+    def close(self) -> None:
+        with self._io_lock:
+            if self._closed:
+                return
+            try:
+                if self._failed is None and self._committed[0] > self._last_checkpoint_seq:
+                    self.make_checkpoint()
+            except AuditUnavailable as exc:
+                log.warning("audit: no checkpoint at close: %s", exc.message)
+            finally:
+                self._closed = True
+                self._close_storage()
+
+    # ---- backend hooks ------------------------------------------------------------------------
+
+    @abstractmethod
+    def _persist(self, events: list[PreparedEvent]) -> list[dict[str, Any]]:
+        """Seal ``events`` with ``_seal`` and store them durably, all or nothing; raise on failure
+        (setting ``_failed`` when a partial write could not be undone)."""
+
+    @abstractmethod
+    def _hash_at(self, seq: int) -> str | None:
+        """Hash of the authentic record ``seq``, None if it is no longer kept (pruned)."""
+
+    @abstractmethod
+    def _close_storage(self) -> None:
+        """Release files and connections."""
+
+    # ---- helpers for backends -----------------------------------------------------------------
+
+    def _seal(self, event: PreparedEvent | AuditEvent) -> tuple[dict[str, Any], bytes]:
+        """Seal ``event`` as the next record of the tentative head and advance it."""
+        if isinstance(event, AuditEvent):
+            event = prepare(event)
+        record, line = seal_prepared(
+            event, seq=self._next_seq + 1, prev_hash=self._next_hash, ts=self._clock(),
+            record_id=self._new_id(), hmac_key=self._key)
+        self._next_seq, self._next_hash = record["seq"], record["hash"]
+        return record, line
+
+    def _system_event(self, action: str, message: str, **details: DetailValue) -> AuditEvent:
+        """A record the sink writes about itself (genesis, segment start, recovery, pruning)."""
+        return AuditEvent(actor=SYSTEM_ACTOR, role=SYSTEM_ACTOR, action=action, outcome="success",
+                          message=message, details={"log_id": self._log_id, **details})
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise AuditUnavailable("audit log is closed")
+        if self._failed is not None:
+            raise AuditUnavailable(f"audit log unavailable until restart: {self._failed}")
+
+    def _flush(self, events: list[PreparedEvent]) -> list[dict[str, Any]]:
+        """GroupCommit's flush: runs in the leader's thread, one group at a time."""
+        with self._io_lock:
+            self._check_usable()
+            self._next_seq, self._next_hash = self._committed
+            try:
+                records = self._persist(events)
+            except Exception as exc:
+                self._failures += 1
+                self._last_ok = False
+                if isinstance(exc, AuditUnavailable):
+                    raise
+                reason = getattr(exc, "strerror", None) or type(exc).__name__
+                log.error("audit: %d record(s) could not be made durable: %s", len(events), reason)
+                raise AuditUnavailable(
+                    f"audit record could not be made durable: {reason}") from None
+            self._committed = (self._next_seq, self._next_hash)
+            self._last_ok = True
+            self._maybe_checkpoint()
+            return records
+
+    def _maybe_checkpoint(self) -> None:
+        every = self._anchor_every
+        seq = self._committed[0]
+        if every and seq // every > self._last_checkpoint_seq // every:
+            try:
+                self.make_checkpoint()
+            except AuditUnavailable as exc:  # the records are durable; only the anchor lags
+                log.warning("audit: %s", exc.message)
+
+    def _check_against_checkpoint(self) -> None:
+        """Refuse to open a log that is shorter than, or diverges from, its last checkpoint."""
+        checkpoint = self.anchor.last()
+        if checkpoint is None:
+            return
+        if checkpoint.get("corrupt") or not self.anchor.verify_own(checkpoint):
+            raise AuditUnavailable(f"the last audit checkpoint in {self.anchor.path} is corrupt or "
+                                   "its signature does not verify")
+        seq, digest = checkpoint.get("seq"), checkpoint.get("head_hash")
+        head_seq, head_hash = self._committed
+        if not isinstance(seq, int) or seq > head_seq:
+            raise AuditUnavailable(f"{SHORTER_THAN_CHECKPOINT} (log ends at seq {head_seq}, "
+                                   f"checkpoint of {checkpoint.get('ts')} covers seq {seq})")
+        if checkpoint.get("log_id") != self._log_id:
+            raise AuditUnavailable(f"the last audit checkpoint in {self.anchor.path} belongs to "
+                                   f"another audit log ({checkpoint.get('log_id')!r:.60})")
+        found = head_hash if seq == head_seq else self._hash_at(seq)
+        if found is None:
+            log.warning("audit: checkpoint seq %d is older than the retained log", seq)
+        elif found != digest:
+            raise AuditUnavailable(f"{SHORTER_THAN_CHECKPOINT} (record seq {seq} differs from "
+                                   "the signed checkpoint)")
+        self._last_checkpoint_seq = seq

@@ -1,0 +1,420 @@
+"""Offline audit log verifier: ``ferrohsm audit verify PATH...``. Standard library only.
+
+It needs the HMAC key and nothing else (``cryptography`` is imported lazily, only to check an
+Ed25519-signed checkpoint when one is given). Inputs, concatenated in the order given, form one
+chain: a file sink directory (its ``audit-NNNNNN.jsonl`` segments in numeric order), segment files,
+an exported JSONL file, or an SQLite sink database (recognised by its header).
+
+Speed: canonical lines are checked on their stored bytes (see chain.py): slice the body out, one
+SHA-256, one HMAC, two ``rfind``s — no JSON parsing and no re-serialising in the common case. Lines
+written in another JSON layout (an export that re-encoded records) take a slower path that parses,
+rejects duplicate keys (so two parsers cannot disagree about a record) and re-canonicalises.
+
+How problems are told apart, at the first record that is not the expected next one:
+
+* ``torn_line``  the input's last line is incomplete (a crash mid-write).
+* ``malformed``  a line that is not a record at all, or has an unknown schema version.
+* ``modified``   the record's content no longer matches its ``hash``.
+* ``bad_hmac``   the hash matches but the HMAC does not (content and hash rewritten without the
+                 key, a forged hmac, or the wrong key).
+* ``inserted``   a forged record (fails its own check) after which the chain continues as if it
+                 were absent; or an authentic record where it does not belong: a seq seen before
+                 (duplicated, replayed) or one that links to a different chain (spliced in).
+* ``reordered``  the expected seq is missing here but appears later in the input, or records from
+                 before the input's first seq come after it (files given in the wrong order).
+* ``deleted``    the expected seq never appears (a gap), or the log starts after seq 1 without an
+                 ``audit.checkpoint`` record attesting that retention pruned the missing prefix.
+* ``truncated``  the log ends before, or differs at, the seq of the signed checkpoint given.
+* ``bad_checkpoint`` the given checkpoint's signature or log id does not match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import hmac
+import itertools
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+from .chain import (
+    BODY_END,
+    END_TAG,
+    GENESIS_HASH,
+    HASH_TAG,
+    HEX64_RE,
+    HMAC_TAG,
+    PREV_TAG,
+    RECORD_FIELDS,
+    SEQ_TAG,
+    SUFFIX_LEN,
+    canonical,
+    canonical_json,
+    line_fields,
+    split_line,
+    stored_seq,
+)
+from .offline import (
+    VerifyInputError,
+    chained_lines,
+    expand_paths,
+    file_lines,
+    load_checkpoint,
+    load_hmac_key,
+    read_file,
+)
+from .report import report_main
+
+__all__ = ["VerifyInputError", "VerifyResult", "load_checkpoint", "load_hmac_key", "main",
+           "report_main", "verify_paths"]
+
+AUDIT_ACTION = b'{"action":"audit.'
+_HT = HASH_TAG
+_MT = HMAC_TAG
+_END = END_TAG + b"\n"
+_V = BODY_END[:-1]  # ',"v":1' just before the hash field in a stored line
+_S = SUFFIX_LEN + 1  # the suffix plus the newline
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    records_checked: int
+    head_seq: int
+    head_hash: str
+    problem: dict[str, Any] | None = None  # {"seq", "kind", "detail"}
+    first_seq: int = 0
+    log_id: str | None = None
+    notices: list[str] = field(default_factory=list)
+
+
+class _Rec(NamedTuple):
+    seq: int
+    prev: bytes
+    body: bytes
+    digest: bytes
+    mac: bytes
+
+
+class _Problem(Exception):
+    def __init__(self, seq: int, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.seq, self.kind, self.detail = seq, kind, detail
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate key")
+    return obj
+
+
+def _parse(line: bytes) -> _Rec | None:
+    """A stored line (no newline) as a record, canonical or not; None if it is not a record."""
+    parts = split_line(line)
+    fields = line_fields(parts[0]) if parts else None
+    if parts and fields:
+        return _Rec(fields[0], fields[1], parts[0], parts[1], parts[2])
+    try:
+        obj = json.loads(line, object_pairs_hook=_no_duplicates)
+    except ValueError:
+        return None
+    if (not isinstance(obj, dict) or set(obj) != set(RECORD_FIELDS) | {"hash", "hmac"}
+            or obj["v"] != 1 or type(obj["seq"]) is not int
+            or not all(isinstance(obj[k], str) and HEX64_RE.match(obj[k])
+                       for k in ("prev_hash", "hash", "hmac"))):
+        return None
+    return _Rec(obj["seq"], obj["prev_hash"].encode(), canonical(obj), obj["hash"].encode(),
+                obj["hmac"].encode())
+
+
+class _Verifier:
+    """Walks the chain; state carries across input files."""
+
+    def __init__(self, key: bytes, checkpoint: dict[str, Any] | None, partial: bool) -> None:
+        self.key = key
+        self.partial = partial
+        self.cp = checkpoint
+        self.cp_seq = checkpoint["seq"] if checkpoint else -1
+        self.count = 0
+        self.seq = 0
+        self.prev = GENESIS_HASH.encode()
+        self.first_seq = 0
+        self.pending_start: tuple[int, bytes] | None = None
+        self.attested: dict[int, str] = {}  # last_pruned_seq -> last_pruned_hash
+        self.log_id: str | None = None
+        self.notices: list[str] = []
+
+    def run(self, name: str, lines: Iterator[bytes], rest: Iterator[bytes], last: bool) -> None:
+        """Check every line of one input. ``rest`` continues past this input, for look-ahead."""
+        key, sha, mac, same = self.key, hashlib.sha256, hmac.digest, hmac.compare_digest
+        expect, prev, cp_seq = self.seq + 1, self.prev, self.cp_seq
+        for number, raw in enumerate(lines, 1):
+            body = raw[:-_S] + b"}"
+            digest = raw[-_S + 9:-_S + 73]
+            i = body.rfind(PREV_TAG) + 13
+            j = body.rfind(SEQ_TAG) + 6
+            if (raw[-3:] == _END and raw[-_S:-_S + 9] == _HT and raw[-77:-67] == _MT
+                    and raw[-_S - 6:-_S] == _V and i > 12 and j > 5
+                    and body[i:i + 64] == prev and body[j:body.find(b",", j)] == b"%d" % expect
+                    and sha(prev + body).hexdigest().encode() == digest
+                    and same(mac(key, digest, "sha256").hex().encode(), raw[-67:-3])):
+                seq = expect
+            else:
+                self.seq, self.prev = expect - 1, prev
+                rec = self._slow(raw, itertools.chain(lines, rest), name, number, last)
+                seq, digest, body = rec.seq, rec.digest, rec.body
+            if body.startswith(AUDIT_ACTION):
+                self._system_record(seq, body)
+            if seq == cp_seq and digest.decode() != self.cp["head_hash"]:  # type: ignore[index]
+                raise _Problem(seq, "truncated", f"record seq {seq} differs from the signed "
+                               "checkpoint: the log was rolled back and rewritten")
+            self.count += 1
+            expect, prev = seq + 1, digest
+        self.seq, self.prev = expect - 1, prev
+
+    # ---- the slow path: anything that is not the next canonical, authentic, linked record ----
+
+    def _slow(self, raw: bytes, rest: Iterator[bytes], name: str, number: int,
+              last: bool) -> _Rec:
+        expect = self.seq + 1
+        complete = raw.endswith(b"\n")
+        rec = _parse(raw[:-1] if complete else raw)
+        if rec is None:
+            if not complete and last:
+                raise _Problem(expect, "torn_line", f"the last line of {name} is incomplete "
+                               f"({len(raw)} bytes): a crash during a write, never acknowledged")
+            raise _Problem(expect, "malformed", f"line {number} of {name} is not an audit record")
+        kind = self._integrity(rec)
+        if kind is not None:
+            following = self._authentic(next(rest, None))
+            if following is not None and (following.seq, following.prev) == (expect, self.prev):
+                raise _Problem(expect, "inserted", f"line {number} of {name} is a forged record "
+                               f"(it fails its {'hash' if kind == 'modified' else 'HMAC'} check) "
+                               f"placed before seq {expect}; the chain continues without it")
+            what = "its content does not match its hash" if kind == "modified" else \
+                "its HMAC does not match (forged, or the wrong key)"
+            raise _Problem(expect, kind, f"line {number} of {name}: {what}")
+        if (rec.seq, rec.prev) != (expect, self.prev):
+            self._out_of_place(rec, rest)
+        if self.count == 0:
+            self.first_seq = rec.seq
+        return rec
+
+    def _integrity(self, rec: _Rec) -> str | None:
+        if hashlib.sha256(rec.prev + rec.body).hexdigest().encode() != rec.digest:
+            return "modified"
+        if not hmac.compare_digest(hmac.digest(self.key, rec.digest, "sha256").hex().encode(),
+                                   rec.mac):
+            return "bad_hmac"
+        return None
+
+    def _authentic(self, raw: bytes | None) -> _Rec | None:
+        rec = _parse(raw.rstrip(b"\n")) if raw else None
+        return rec if rec is not None and self._integrity(rec) is None else None
+
+    def _out_of_place(self, rec: _Rec, rest: Iterator[bytes]) -> None:
+        """An authentic record that is not the expected next one: accept or classify."""
+        expect = self.seq + 1
+        if self.count == 0:  # the log starts mid-chain: pruned, partial export, or cut
+            if self.partial:
+                self.notices.append(f"log starts at seq {rec.seq}; its prev_hash is trusted "
+                                    "(--partial)")
+            else:
+                self.pending_start = (rec.seq, rec.prev)
+            return
+        if rec.seq > expect:
+            if any(_seq_of(line) == expect for line in rest):
+                raise _Problem(expect, "reordered", f"record seq {expect} appears later in the "
+                               f"log, after seq {rec.seq}: records are out of order")
+            missing = str(expect) if rec.seq == expect + 1 else f"{expect}..{rec.seq - 1}"
+            raise _Problem(expect, "deleted", f"record seq {missing} missing: seq {self.seq} is "
+                           f"followed by seq {rec.seq}")
+        if rec.seq < (self.first_seq or 1):  # from before where the input started
+            raise _Problem(rec.seq, "reordered", f"record seq {rec.seq} appears after seq "
+                           f"{self.seq}: records (or whole files) are out of order")
+        if rec.seq < expect:
+            raise _Problem(expect, "inserted", f"record seq {rec.seq} appears again where seq "
+                           f"{expect} was expected (duplicated or replayed)")
+        raise _Problem(expect, "inserted", f"record seq {expect} does not link to seq "
+                       f"{self.seq}: an authentic record spliced in from another log")
+
+    def _system_record(self, seq: int, body: bytes) -> None:
+        """The sink's own records: learn the log id, prune attestations, recovery notes."""
+        obj = json.loads(body)
+        details = obj.get("details") or {}
+        if isinstance(details.get("log_id"), str) and self.log_id is None:
+            self.log_id = details["log_id"]
+        if obj["action"] == "audit.recovery":
+            self.notices.append(f"seq {seq}: {obj['message']}")
+        elif obj["action"] == "audit.checkpoint":
+            last, digest = details.get("last_pruned_seq"), details.get("last_pruned_hash")
+            if isinstance(last, int) and isinstance(digest, str):
+                self.attested[last] = digest
+                self.notices.append(f"seq {seq}: {obj['message']}")
+
+    # ---- after the last record ------------------------------------------------------------------
+
+    def finish(self) -> None:
+        if self.count == 0:
+            raise _Problem(1, "deleted", "the input holds no audit records at all")
+        if self.pending_start is not None:
+            start, prev = self.pending_start
+            if self.attested.get(start - 1) != prev.decode():
+                raise _Problem(1, "deleted", f"the log starts at seq {start}: records before it "
+                               "are missing and no audit.checkpoint record attests their pruning")
+            self.notices.append(f"log starts at seq {start} after retention pruning "
+                                "(attested by an audit.checkpoint record)")
+        if self.cp is not None:
+            self._finish_checkpoint(self.cp)
+
+    def _finish_checkpoint(self, cp: dict[str, Any]) -> None:
+        if self.log_id and cp.get("log_id") and cp["log_id"] != self.log_id:
+            raise _Problem(cp["seq"], "bad_checkpoint", "the checkpoint belongs to another log "
+                           f"(log id {cp['log_id']!r:.60})")
+        if self.seq < cp["seq"]:
+            raise _Problem(cp["seq"], "truncated", f"the log ends at seq {self.seq} but the signed "
+                           f"checkpoint of {cp.get('ts')} covers seq {cp['seq']}: records "
+                           f"{self.seq + 1}..{cp['seq']} were removed")
+        if self.first_seq > cp["seq"]:
+            self.notices.append(f"checkpoint seq {cp['seq']} predates the retained log")
+
+
+def _seq_of(raw: bytes) -> int | None:
+    seq = stored_seq(raw)
+    if seq is None:
+        rec = _parse(raw.rstrip(b"\n"))
+        seq = rec.seq if rec else None
+    return seq
+
+
+# ---- inputs -------------------------------------------------------------------------------------
+
+def verify_paths(paths: list[str], hmac_key: bytes, checkpoint: dict[str, Any] | None = None,
+                 public_key_pem: bytes | None = None, *, partial: bool = False) -> VerifyResult:
+    """Verify the chain formed by ``paths`` (in order); see the module docstring for the kinds.
+
+    Raises VerifyInputError when the inputs cannot be read at all.
+    """
+    files = expand_paths(paths)
+    verifier = _Verifier(hmac_key, _checked_checkpoint(checkpoint), partial)
+    problem: _Problem | None = None
+    try:
+        if checkpoint is not None:
+            _check_signature(checkpoint, public_key_pem, verifier.notices)
+        for index, path in enumerate(files):
+            lines, rest = file_lines(path), chained_lines(files[index + 1:])
+            try:
+                verifier.run(path, lines, rest, index == len(files) - 1)
+            finally:
+                lines.close()
+                rest.close()
+        verifier.finish()
+    except _Problem as exc:
+        problem = exc
+    return VerifyResult(
+        ok=problem is None, records_checked=verifier.count, head_seq=verifier.seq,
+        head_hash=verifier.prev.decode(),
+        first_seq=verifier.first_seq or (1 if verifier.count else 0),
+        log_id=verifier.log_id, notices=verifier.notices,
+        problem=None if problem is None else
+        {"seq": problem.seq, "kind": problem.kind, "detail": problem.detail})
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+
+def _checked_checkpoint(cp: dict[str, Any] | None) -> dict[str, Any] | None:
+    if cp is None:
+        return None
+    if (not isinstance(cp, dict) or type(cp.get("seq")) is not int or cp["seq"] < 1
+            or not isinstance(cp.get("head_hash"), str) or not HEX64_RE.match(cp["head_hash"])):
+        raise VerifyInputError("the checkpoint needs an integer seq >= 1 and a hex head_hash")
+    return cp
+
+
+def _check_signature(cp: dict[str, Any], public_key_pem: bytes | None,
+                     notices: list[str]) -> None:
+    if public_key_pem is None:
+        notices.append("checkpoint signature NOT checked (no public key given)")
+        return
+    try:  # the only use of a third-party library in the verifier, imported only when needed
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    except ImportError:
+        raise VerifyInputError("checking a checkpoint signature needs the 'cryptography' "
+                               "package") from None
+    try:
+        key = load_pem_public_key(public_key_pem)
+    except ValueError:
+        raise VerifyInputError("the public key is not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise VerifyInputError("the public key is not an Ed25519 key")
+    signed = canonical_json({k: v for k, v in cp.items() if k != "sig"})
+    try:
+        key.verify(base64.b64decode(str(cp.get("sig", "")), validate=True), signed)
+    except (InvalidSignature, binascii.Error, ValueError):
+        raise _Problem(cp["seq"], "bad_checkpoint", "the checkpoint's signature does not verify "
+                       "with the given public key") from None
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(message)
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="ferrohsm audit verify", description="Verify an audit log offline: "
+                     "exit 0 if intact, 1 naming the first bad record, 2 on usage errors.")
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="audit directory, segment files, exported JSONL, or SQLite database")
+    parser.add_argument("--hmac-key-file", metavar="FILE",
+                        help="0600 file with the audit HMAC key (default: FERROHSM_AUDIT_HMAC_KEY)")
+    parser.add_argument("--checkpoint", metavar="FILE",
+                        help="signed checkpoint (JSON, or checkpoints.jsonl: the newest is used)")
+    parser.add_argument("--public-key", metavar="FILE", help="PEM Ed25519 audit signing key")
+    parser.add_argument("--partial", action="store_true",
+                        help="accept a log that starts mid-chain (an export after some seq)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``ferrohsm audit verify``: 0 verified, 1 a problem was found, 2 usage error."""
+    try:
+        args = _parser().parse_args(argv)
+        key = load_hmac_key(args.hmac_key_file)
+        checkpoint = load_checkpoint(args.checkpoint) if args.checkpoint else None
+        pem = read_file(args.public_key) if args.public_key else None
+        result = verify_paths(args.paths, key, checkpoint, pem, partial=args.partial)
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    except (_UsageError, VerifyInputError) as exc:
+        print(f"ferrohsm audit verify: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(asdict(result), indent=2, sort_keys=True))
+    else:
+        print(_summary(result))
+        for notice in result.notices:
+            print(f"note: {notice}")
+    return 0 if result.ok else 1
+
+
+def _summary(result: VerifyResult) -> str:
+    if result.problem is None:
+        return (f"OK: {result.records_checked} records verified, head seq {result.head_seq} "
+                f"hash {result.head_hash}")
+    p = result.problem
+    return f"FAIL: record seq {p['seq']}: {p['kind']}: {p['detail']}"

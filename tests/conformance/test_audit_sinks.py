@@ -1,0 +1,563 @@
+"""One contract for every AuditSink: run against FileSink and SQLiteSink alike.
+
+A sink is done when it passes this suite: records are durable before append returns, the chain
+continues across restarts and under 16 concurrent writers, every kind of tampering is named by the
+offline verifier, failures fail closed without breaking the chain, and a log shorter than its last
+signed checkpoint refuses to open.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ferrohsm.audit.chain import AuditEvent, record_hash, seal_record_line
+from ferrohsm.audit.groupcommit import GroupCommit
+from ferrohsm.audit.sinks import AuditSink, FileSink, SQLiteSink
+from ferrohsm.audit.verify import VerifyResult, load_checkpoint, verify_paths
+from ferrohsm.errors import AuditUnavailable, ConfigError
+
+KEY = hashlib.sha256(b"conformance audit key").digest()
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def event(n: int = 0, **kw: Any) -> AuditEvent:
+    fields: dict[str, Any] = {
+        "actor": "alice", "role": "operator", "action": "key.encrypt", "outcome": "success",
+        "message": f"event {n}", "key_id": "6f1c0000-0000-4000-8000-000000000001",
+        "key_version": 1, "request_id": f"req-{n}", "source_ip": "10.0.0.7",
+        "details": {"n": n}}
+    fields.update(kw)
+    return AuditEvent(**fields)
+
+
+class FailingFileSink(FileSink):
+    fail = False
+
+    def _fsync(self, fd: int) -> None:
+        if self.fail:
+            raise OSError(errno.EIO, "Input/output error")
+        super()._fsync(fd)
+
+
+class FailingSQLiteSink(SQLiteSink):
+    fail = False
+
+    def _commit(self, db: sqlite3.Connection) -> None:
+        if self.fail:
+            raise sqlite3.OperationalError("disk I/O error")
+        super()._commit(db)
+
+
+class Backend:
+    """How to open, read raw lines of, and tamper with one kind of sink."""
+
+    def __init__(self, kind: str, root: Path) -> None:
+        self.kind, self.root = kind, root
+        self.dir = root / "audit"
+        self.log_path = str(self.dir if kind == "file" else self.dir / "audit.db")
+
+    def open(self, failing: bool = False, **kw: Any) -> Any:
+        if self.kind == "file":
+            return (FailingFileSink if failing else FileSink)(self.log_path, KEY, **kw)
+        return (FailingSQLiteSink if failing else SQLiteSink)(self.log_path, KEY, **kw)
+
+    def lines(self) -> list[bytes]:
+        if self.kind == "file":
+            return [line for seg in sorted(self.dir.glob("audit-*.jsonl"))
+                    for line in seg.read_bytes().splitlines()]
+        with self._db() as db:
+            rows = db.execute("SELECT record FROM audit_log ORDER BY seq")
+            return [row[0].encode() for row in rows]
+
+    def write_lines(self, lines: list[bytes]) -> None:
+        """Replace the whole log by ``lines`` (the sink must be closed)."""
+        if self.kind == "file":
+            for seg in self.dir.glob("audit-*.jsonl"):
+                seg.unlink()
+            (self.dir / "audit-000001.jsonl").write_bytes(b"".join(x + b"\n" for x in lines))
+            return
+        with self._db() as db:
+            db.execute("DELETE FROM audit_log")
+            db.executemany("INSERT INTO audit_log VALUES (?, '', '', '', NULL, '', '', ?)",
+                           [(i, x.decode()) for i, x in enumerate(lines, 1)])
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.log_path)
+        try:
+            with db:  # commit
+                yield db
+        finally:
+            db.close()
+
+    def verify(self, key: bytes = KEY, **kw: Any) -> VerifyResult:
+        return verify_paths([self.log_path], key, **kw)
+
+    @property
+    def checkpoints(self) -> str:
+        return str(self.dir / "checkpoints.jsonl")
+
+
+@pytest.fixture(params=["file", "sqlite"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    return Backend(request.param, tmp_path)
+
+
+@pytest.fixture
+def sink(backend: Backend) -> Iterator[Any]:
+    opened = backend.open()
+    yield opened
+    opened.close()
+
+
+def fill(sink: AuditSink, count: int) -> list[dict[str, Any]]:
+    return [sink.append(event(n)) for n in range(count)]
+
+
+def kind_of(result: VerifyResult) -> tuple[str, int] | None:
+    return None if result.problem is None else (result.problem["kind"], result.problem["seq"])
+
+
+# ---- basics ------------------------------------------------------------------------------------
+
+def test_append_read_head(sink: Any, backend: Backend) -> None:
+    assert sink.head()[0] == 1  # the genesis record names the log
+    genesis = sink.read()[0]
+    assert genesis["action"] == "audit.genesis" and genesis["prev_hash"] == "0" * 64
+    records = fill(sink, 3)
+    assert [r["seq"] for r in records] == [2, 3, 4]
+    assert records[0]["prev_hash"] == genesis["hash"]
+    assert sink.head() == (4, records[-1]["hash"])
+    assert sink.read() == [genesis, *records]
+    assert sink.read(after_seq=2, limit=1) == [records[1]]
+    assert sink.read(after_seq=4) == []
+    info = sink.describe()
+    assert info["backend"] == backend.kind and info["healthy"] and info["head_seq"] == 4
+    assert info["failures"] == 0 and info["log_id"] == genesis["details"]["log_id"]
+    assert KEY.hex() not in json.dumps(info)
+
+
+def test_record_carries_every_api_field(sink: Any) -> None:
+    record = sink.append(event(1, correlation_id="corr-1", session="s1",
+                               client_fingerprint="ab" * 32, trace_id="t" * 32))
+    for name in ("id", "seq", "ts", "actor", "role", "action", "key_id", "key_version", "outcome",
+                 "message", "request_id", "correlation_id", "session", "client_fingerprint",
+                 "source_ip", "prev_hash", "hash", "hmac"):
+        assert name in record
+    assert record["ts"].endswith("Z") and len(record["ts"]) == 27
+
+
+def test_chain_continues_across_reopen(backend: Backend) -> None:
+    first = backend.open()
+    fill(first, 3)
+    head = first.head()
+    first.close()
+    with pytest.raises(AuditUnavailable):
+        first.append(event())
+    second = backend.open()
+    assert second.head() == head
+    assert second.append(event(9))["prev_hash"] == head[1]
+    second.close()
+    result = backend.verify()
+    assert result.ok and result.records_checked == 5 and result.head_seq == 5
+
+
+def test_sixteen_concurrent_writers_share_commits(sink: Any, backend: Backend) -> None:
+    per_thread, threads = 25, 16
+    barrier = threading.Barrier(threads)
+    seen: list[int] = []
+
+    def writer(n: int) -> None:
+        barrier.wait()
+        for i in range(per_thread):
+            seen.append(sink.append(event(i, actor=f"writer-{n}"))["seq"])
+
+    pool = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    total = per_thread * threads + 1
+    assert sorted(seen) == list(range(2, total + 1))
+    assert [r["seq"] for r in sink.read(limit=1000)] == list(range(1, total + 1))
+    assert sink.describe()["group_commits"] < total  # writers shared commits
+    sink.close()
+    assert backend.verify().ok
+
+
+# ---- tampering ----------------------------------------------------------------------------------
+
+def _modify(lines: list[bytes]) -> list[bytes]:
+    lines[3] = lines[3].replace(b'"message":"event 2"', b'"message":"event X"')
+    return lines
+
+
+def _modify_and_rehash(lines: list[bytes]) -> list[bytes]:
+    record = json.loads(_modify(lines)[3])
+    body = json.dumps({k: v for k, v in record.items() if k not in ("hash", "hmac")},
+                      sort_keys=True, separators=(",", ":")).encode()
+    record["hash"] = record_hash(record["prev_hash"], body)
+    lines[3] = json.dumps(record, separators=(",", ":")).encode()
+    return lines
+
+
+def _insert_forged(lines: list[bytes]) -> list[bytes]:
+    previous = json.loads(lines[2])
+    forged = seal_record_line(event(99, actor="mallory"), seq=4, prev_hash=previous["hash"],
+                              ts=datetime.now(UTC), record_id="forged", hmac_key=b"k" * 32)[1]
+    return lines[:3] + [forged] + lines[3:]
+
+
+TAMPERING: dict[str, tuple[Callable[[list[bytes]], list[bytes]], str, int]] = {
+    "modify a field": (_modify, "modified", 4),
+    "modify and recompute the hash": (_modify_and_rehash, "bad_hmac", 4),
+    "delete a record": (lambda ls: ls[:3] + ls[4:], "deleted", 4),
+    "delete three records": (lambda ls: ls[:3] + ls[6:], "deleted", 4),
+    "reorder two": (lambda ls: ls[:3] + [ls[4], ls[3]] + ls[5:], "reordered", 4),
+    "move one far": (lambda ls: ls[:3] + ls[4:7] + [ls[3]] + ls[7:], "reordered", 4),
+    "insert a forged record": (_insert_forged, "inserted", 4),
+    "duplicate a record": (lambda ls: ls[:4] + [ls[3]] + ls[4:], "inserted", 5),
+    "garbage line": (lambda ls: ls[:3] + [b"not a record"] + ls[3:], "malformed", 4),
+    "delete the start": (lambda ls: ls[2:], "deleted", 1),
+    "empty the log": (lambda ls: [], "deleted", 1),
+}
+
+
+@pytest.mark.parametrize("name", list(TAMPERING))
+def test_verifier_names_each_tampering(backend: Backend, name: str) -> None:
+    opened = backend.open()
+    fill(opened, 8)
+    opened.close()
+    assert backend.verify().ok
+    change, kind, seq = TAMPERING[name]
+    backend.write_lines(change(backend.lines()))
+    result = backend.verify()
+    assert not result.ok
+    assert kind_of(result) == (kind, seq), result.problem
+
+
+def test_wrong_key_is_bad_hmac(backend: Backend) -> None:
+    fill(opened := backend.open(), 2)
+    opened.close()
+    assert kind_of(backend.verify(key=b"w" * 32)) == ("bad_hmac", 1)
+
+
+def test_splice_from_another_log_is_inserted(backend: Backend, tmp_path: Path) -> None:
+    other = Backend(backend.kind, tmp_path / "other")
+    for b in (backend, other):
+        fill(opened := b.open(), 5)
+        opened.close()
+    mine, theirs = backend.lines(), other.lines()
+    backend.write_lines(mine[:3] + [theirs[3]] + mine[4:])
+    assert kind_of(backend.verify()) == ("inserted", 4)
+
+
+def test_truncated_tail_is_caught_by_a_signed_checkpoint(backend: Backend) -> None:
+    opened = backend.open()
+    fill(opened, 6)
+    checkpoint = opened.make_checkpoint()
+    public_pem = opened.anchor.public_key_pem()
+    opened.close()
+    assert backend.verify(checkpoint=checkpoint, public_key_pem=public_pem).ok
+    backend.write_lines(backend.lines()[:-2])
+    assert backend.verify().ok  # a hash chain alone cannot see a cut tail...
+    result = backend.verify(checkpoint=checkpoint, public_key_pem=public_pem)
+    assert kind_of(result) == ("truncated", 7)  # ...the checkpoint can
+    forged = dict(checkpoint, seq=5)
+    assert kind_of(backend.verify(checkpoint=forged, public_key_pem=public_pem)) == \
+        ("bad_checkpoint", 5)
+
+
+# ---- fail closed ------------------------------------------------------------------------------
+
+def test_failed_commit_fails_closed_and_keeps_the_chain(backend: Backend) -> None:
+    opened = backend.open(failing=True)
+    fill(opened, 3)
+    head = opened.head()
+    opened.fail = True
+    with pytest.raises(AuditUnavailable):
+        opened.append(event(50))
+    assert opened.head() == head
+    info = opened.describe()
+    assert info["failures"] == 1 and not info["last_write_ok"]
+    opened.fail = False
+    if backend.kind == "file":  # a failed fsync may have lost pages: refuse until restart
+        assert not opened.healthy()
+        with pytest.raises(AuditUnavailable, match="restart"):
+            opened.append(event(51))
+    else:  # a rolled-back transaction is clean: the next append is attempted, and works
+        assert opened.healthy()
+        assert opened.append(event(51))["seq"] == head[0] + 1
+        assert opened.describe()["last_write_ok"]
+    opened.close()
+    result = backend.verify()
+    assert result.ok, result.problem
+    assert all(b'"message":"event 50"' not in line for line in backend.lines())
+    reopened = backend.open()
+    assert reopened.healthy() and reopened.append(event(52))
+    reopened.close()
+    assert backend.verify().ok
+
+
+CHILD = textwrap.dedent("""
+    import base64, os, resource, signal, sys
+    sys.path.insert(0, sys.argv[3])
+    from ferrohsm.audit.chain import AuditEvent
+    from ferrohsm.audit.sinks import FileSink, SQLiteSink
+    from ferrohsm.errors import AuditUnavailable
+    key = base64.b64decode(os.environ["AUDIT_KEY"])
+    kind, path = sys.argv[1], sys.argv[2]
+    sink = FileSink(path, key) if kind == "file" else SQLiteSink(path, key)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    root = path if kind == "file" else os.path.dirname(path)
+    biggest = max(os.path.getsize(os.path.join(root, n)) for n in os.listdir(root))
+    limit = biggest + int(sys.argv[4])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    for n in range(2000):
+        try:
+            seq = sink.append(AuditEvent(actor="a", role="r", action="key.sign",
+                                         outcome="success", message="x" * 300))["seq"]
+        except AuditUnavailable:
+            print("refused", flush=True)
+            break
+        print(seq, flush=True)
+    sink.close()
+""")
+
+
+def test_file_size_limit_fails_closed(backend: Backend) -> None:
+    """A real write error (EFBIG after a short write) in a child process with RLIMIT_FSIZE."""
+    backend.open().close()
+    env = dict(os.environ, AUDIT_KEY=base64.b64encode(KEY).decode())
+    margin = "6000" if backend.kind == "file" else "200000"  # SQLite's WAL grows by whole pages
+    argv = [sys.executable, "-c", CHILD, backend.kind, backend.log_path, str(ROOT), margin]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    lines = out.split()
+    assert lines[-1] == "refused" and len(lines) > 2
+    acked = {int(x) for x in lines[:-1]}
+    result = backend.verify()
+    assert result.ok, result.problem
+    reopened = backend.open()
+    assert acked <= {r["seq"] for r in reopened.read(limit=5000)}
+    reopened.close()
+
+
+# ---- crash recovery and checkpoints -----------------------------------------------------------
+
+def test_torn_last_line_is_recovered(tmp_path: Path) -> None:
+    backend = Backend("file", tmp_path)
+    fill(opened := backend.open(), 3)
+    opened.close()
+    segment = backend.dir / "audit-000001.jsonl"
+    good_size = segment.stat().st_size
+    torn = b'{"action":"key.sign","actor":"al'
+    with open(segment, "ab") as f:
+        f.write(torn)
+    assert kind_of(backend.verify()) == ("torn_line", 5)
+    reopened = backend.open()
+    recovery = reopened.read(after_seq=4)[0]
+    assert recovery["action"] == "audit.recovery"
+    assert f"{len(torn)} bytes at offset {good_size}" in recovery["message"]
+    reopened.append(event(7))
+    reopened.close()
+    result = backend.verify()
+    assert result.ok and result.head_seq == 6
+    assert any(f"torn audit record of {len(torn)} bytes" in note for note in result.notices)
+
+
+def test_log_shorter_than_its_checkpoint_refuses_to_open(backend: Backend) -> None:
+    fill(opened := backend.open(), 5)
+    opened.make_checkpoint()
+    opened.close()  # close also anchors the head
+    last = load_checkpoint(backend.checkpoints)
+    assert last["seq"] == 6
+    backend.write_lines(backend.lines()[:-1])
+    with pytest.raises(AuditUnavailable, match="shorter than its last signed checkpoint"):
+        backend.open()
+
+
+def test_rolled_back_log_refuses_to_open(backend: Backend, tmp_path: Path) -> None:
+    fill(opened := backend.open(), 3)
+    opened.close()
+    saved = backend.lines()
+    fill(opened := backend.open(), 3)
+    opened.close()
+    backend.write_lines(saved)  # an old copy put back: shorter than the newest checkpoint
+    with pytest.raises(AuditUnavailable, match="truncated or rolled back"):
+        backend.open()
+
+
+def test_automatic_checkpoints(backend: Backend) -> None:
+    opened = backend.open(anchor_every=10)
+    fill(opened, 25)
+    assert opened.describe()["last_checkpoint_seq"] == 20
+    opened.close()
+    cps = [json.loads(x) for x in Path(backend.checkpoints).read_text().splitlines()]
+    assert [c["seq"] for c in cps] == [10, 20, 26]
+    assert Path(backend.checkpoints).stat().st_mode & 0o777 == 0o600
+
+
+def test_signing_key_file(backend: Backend, tmp_path: Path) -> None:
+    key_file = tmp_path / "signing.key"
+    key_file.write_bytes(hashlib.sha256(b"seed").digest())  # raw 32-byte Ed25519 seed
+    key_file.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        backend.open(signing_key_path=str(key_file))
+    key_file.chmod(0o600)
+    opened = backend.open(signing_key_path=str(key_file))
+    checkpoint = opened.make_checkpoint()
+    pem = opened.anchor.public_key_pem()
+    opened.close()
+    assert (tmp_path / "signing.pub.pem").read_bytes() == pem
+    assert backend.verify(checkpoint=checkpoint, public_key_pem=pem).ok
+
+
+# ---- group commit ----------------------------------------------------------------------------
+
+def test_group_commit_orders_and_bounds_groups() -> None:
+    groups: list[list[int]] = []
+    gate = threading.Event()
+
+    def flush(items: list[int]) -> list[int]:
+        gate.wait(5)
+        groups.append(items)
+        return [i * 10 for i in items]
+
+    commit: GroupCommit[int, int] = GroupCommit(flush, max_group=4)
+    results: dict[int, int] = {}
+    pool = [threading.Thread(target=lambda i=i: results.__setitem__(i, commit.submit(i)))
+            for i in range(12)]
+    for t in pool:
+        t.start()
+    gate.set()
+    for t in pool:
+        t.join()
+    assert results == {i: i * 10 for i in range(12)}
+    assert all(1 <= len(g) <= 4 for g in groups) and sum(map(len, groups)) == 12
+
+
+def test_group_commit_failure_reaches_every_writer_of_the_group() -> None:
+    def flush(items: list[int]) -> list[int]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    commit: GroupCommit[int, int] = GroupCommit(flush)
+    with pytest.raises(AuditUnavailable):
+        commit.submit(1)
+    commit2: GroupCommit[int, int] = GroupCommit(lambda items: items)
+    assert commit2.submit(7) == 7
+
+
+# ---- backend specifics -------------------------------------------------------------------------
+
+def test_file_segments_rotate_and_link(tmp_path: Path) -> None:
+    backend = Backend("file", tmp_path)
+    opened = backend.open(segment_max_bytes=4096)
+    fill(opened, 30)
+    assert len(opened.read(limit=100)) == 31 + len(list(backend.dir.glob("audit-*.jsonl"))) - 1
+    opened.close()
+    segments = sorted(backend.dir.glob("audit-*.jsonl"))
+    assert len(segments) >= 4
+    for seg in segments[1:]:
+        assert json.loads(seg.read_bytes().splitlines()[0])["action"] == "audit.segment_start"
+    assert backend.dir.stat().st_mode & 0o777 == 0o700
+    assert all(seg.stat().st_mode & 0o777 == 0o600 for seg in segments)
+    assert backend.verify().ok
+    segments[1].rename(backend.dir / "keep")
+    assert kind_of(backend.verify())[0] == "deleted"  # type: ignore[index]
+    (backend.dir / "keep").rename(segments[1])
+    segments[1].rename(backend.dir / "swap")
+    segments[2].rename(segments[1])
+    (backend.dir / "swap").rename(segments[2])
+    assert kind_of(backend.verify())[0] == "reordered"  # type: ignore[index]
+
+
+def test_file_recovers_from_a_crash_just_after_rotation(tmp_path: Path) -> None:
+    backend = Backend("file", tmp_path)
+    fill(opened := backend.open(), 3)
+    opened.close()
+    (backend.dir / "audit-000002.jsonl").write_bytes(b'{"action":"au')  # created, then torn
+    reopened = backend.open()
+    assert reopened.head()[0] == 6  # 1-4 before the crash, then segment_start and recovery
+    first, recovery = reopened.read(after_seq=4)
+    assert first["action"] == "audit.segment_start" and recovery["action"] == "audit.recovery"
+    reopened.close()
+    assert backend.verify().ok
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_file_live_segment_swapped_underneath_refuses(tmp_path: Path, how: str) -> None:
+    backend = Backend("file", tmp_path)
+    opened = backend.open()
+    fill(opened, 2)
+    segment = backend.dir / "audit-000001.jsonl"
+    saved = segment.read_bytes()
+    segment.unlink()
+    if how == "replaced":
+        segment.write_bytes(saved)
+    with pytest.raises(AuditUnavailable, match="underneath"):
+        opened.append(event(3))
+    assert not opened.healthy()
+    opened.close()
+
+
+def test_file_log_is_locked_against_a_second_writer(tmp_path: Path) -> None:
+    backend = Backend("file", tmp_path)
+    opened = backend.open()
+    with pytest.raises(AuditUnavailable, match="in use"):
+        backend.open()
+    opened.close()
+    backend.open().close()
+
+
+def test_sqlite_prune_keeps_a_verifiable_log(tmp_path: Path) -> None:
+    backend = Backend("sqlite", tmp_path)
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    opened = backend.open(retention_days=30, clock=lambda: now[0])
+    for day in range(10):
+        now[0] = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=day * 10)
+        fill(opened, 3)
+    assert opened.prune(datetime(2026, 1, 1, tzinfo=UTC)) is None  # nothing old enough yet
+    checkpoint = opened.prune(datetime(2026, 4, 1, tzinfo=UTC))
+    assert checkpoint is not None and checkpoint["action"] == "audit.checkpoint"
+    details = checkpoint["details"]
+    assert details["first_pruned_seq"] == 1 and details["count"] == details["last_pruned_seq"]
+    remaining = opened.read(limit=1000)
+    assert remaining[0]["seq"] == details["last_pruned_seq"] + 1
+    assert remaining[0]["prev_hash"] == details["last_pruned_hash"]
+    now[0] = datetime(2026, 5, 1, tzinfo=UTC)
+    fill(opened, 2)
+    assert opened.prune(datetime(2026, 8, 1, tzinfo=UTC))["details"]["count"] > 0
+    opened.close()
+    result = backend.verify()
+    assert result.ok, result.problem
+    assert any("pruning" in note for note in result.notices)
+    lines = backend.lines()
+    backend.write_lines(lines[1:])  # someone deletes one more record: no checkpoint attests it
+    assert kind_of(backend.verify()) == ("deleted", 1)
+
+
+def test_sqlite_durable_settings(tmp_path: Path) -> None:
+    backend = Backend("sqlite", tmp_path)
+    opened = backend.open()
+    db = opened._conn()
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert Path(backend.log_path).stat().st_mode & 0o777 == 0o600
+    opened.close()

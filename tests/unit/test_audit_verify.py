@@ -1,0 +1,256 @@
+"""The offline verifier's command line (exit codes 0/1/2, output) and the audit report."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ferrohsm.audit import report
+from ferrohsm.audit.anchor import signed_bytes
+from ferrohsm.audit.chain import GENESIS_HASH, AuditEvent, seal_record_line
+from ferrohsm.audit.verify import main, report_main, verify_paths
+
+KEY = b"K" * 32
+KEY_B64 = base64.b64encode(KEY).decode()
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def make_lines(events: list[AuditEvent], start: int = 1, prev: str = GENESIS_HASH,
+               key: bytes = KEY) -> list[bytes]:
+    lines = []
+    for offset, event in enumerate(events):
+        record, line = seal_record_line(event, seq=start + offset, prev_hash=prev,
+                                        ts=T0 + timedelta(minutes=offset),
+                                        record_id=f"id-{start + offset}", hmac_key=key)
+        prev = record["hash"]
+        lines.append(line)
+    return lines
+
+
+def ev(n: int = 0, **kw: Any) -> AuditEvent:
+    fields: dict[str, Any] = {"actor": "alice", "role": "operator", "action": "key.encrypt",
+                              "outcome": "success", "message": f"event {n}"}
+    fields.update(kw)
+    return AuditEvent(**fields)
+
+
+def write(path: Path, lines: list[bytes], end: bytes = b"\n") -> str:
+    path.write_bytes(b"\n".join(lines) + end)
+    return str(path)
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> str:
+    return write(tmp_path / "export.jsonl", make_lines([ev(n) for n in range(5)]))
+
+
+@pytest.fixture(autouse=True)
+def hmac_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FERROHSM_AUDIT_HMAC_KEY", KEY_B64)
+
+
+def test_ok_exit_0(log: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([log]) == 0
+    out = capsys.readouterr().out
+    head = verify_paths([log], KEY).head_hash
+    assert out.splitlines()[0] == f"OK: 5 records verified, head seq 5 hash {head}"
+
+
+def test_tampered_exit_1_names_the_record(log: str, capsys: pytest.CaptureFixture[str]) -> None:
+    data = Path(log).read_bytes().replace(b"event 2", b"event 9")
+    Path(log).write_bytes(data)
+    assert main([log]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL: record seq 3: modified: ")
+
+
+def test_json_output(log: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([log, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ok"] and result["records_checked"] == 5 and result["problem"] is None
+
+
+@pytest.mark.parametrize("argv", [[], ["--bogus"], ["/nonexistent/log"]])
+def test_usage_errors_exit_2_with_one_line(argv: list[str],
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.strip().splitlines()) == 1
+    assert captured.err.startswith("ferrohsm audit verify: error: ")
+
+
+def test_missing_or_bad_key_exit_2(log: str, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("FERROHSM_AUDIT_HMAC_KEY")
+    assert main([log]) == 2
+    assert "FERROHSM_AUDIT_HMAC_KEY" in capsys.readouterr().err
+    monkeypatch.setenv("FERROHSM_AUDIT_HMAC_KEY", "not base64 of 32 bytes")
+    assert main([log]) == 2
+    err = capsys.readouterr().err
+    assert "base64 of 32 bytes" in err and "not base64" not in err  # the value is never echoed
+
+
+def test_key_file(log: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("FERROHSM_AUDIT_HMAC_KEY")
+    key_file = tmp_path / "hmac.key"
+    key_file.write_text(KEY_B64 + "\n")
+    key_file.chmod(0o600)
+    assert main([log, "--hmac-key-file", str(key_file)]) == 0
+    key_file.write_bytes(KEY)  # raw bytes work too
+    assert main([log, "--hmac-key-file", str(key_file)]) == 0
+    key_file.chmod(0o644)
+    assert main([log, "--hmac-key-file", str(key_file)]) == 2
+    assert "chmod 600" in capsys.readouterr().err
+
+
+def test_wrong_key_exit_1(log: str, monkeypatch: pytest.MonkeyPatch,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("FERROHSM_AUDIT_HMAC_KEY", base64.b64encode(b"x" * 32).decode())
+    assert main([log]) == 1
+    assert capsys.readouterr().out.startswith("FAIL: record seq 1: bad_hmac: ")
+
+
+def test_checkpoint_and_public_key(tmp_path: Path, log: str,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    signer = Ed25519PrivateKey.generate()
+    pem = signer.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "pub.pem").write_bytes(pem)
+    head = verify_paths([log], KEY)
+    cp: dict[str, Any] = {"v": 1, "type": "ferrohsm.audit.checkpoint", "log_id": None,
+                          "seq": 5, "head_hash": head.head_hash, "ts": "2026-11-28T00:00:00Z"}
+    cp["sig"] = base64.b64encode(signer.sign(signed_bytes(cp))).decode()
+    (tmp_path / "cp.json").write_text(json.dumps(cp))
+    args = [log, "--checkpoint", str(tmp_path / "cp.json"),
+            "--public-key", str(tmp_path / "pub.pem")]
+    assert main(args) == 0
+    capsys.readouterr()
+    write(Path(log), Path(log).read_bytes().splitlines()[:4])
+    assert main(args) == 1
+    assert capsys.readouterr().out.startswith("FAIL: record seq 5: truncated: ")
+    (tmp_path / "cp.json").write_text(json.dumps(dict(cp, seq=4)))
+    assert main(args) == 1
+    assert "bad_checkpoint" in capsys.readouterr().out
+    assert main([log, "--checkpoint", str(tmp_path / "pub.pem")]) == 2  # not a checkpoint
+
+
+def test_torn_last_line(tmp_path: Path) -> None:
+    lines = make_lines([ev(n) for n in range(3)])
+    path = write(tmp_path / "log.jsonl", [*lines[:2], lines[2][:40]], end=b"")
+    result = verify_paths([path], KEY)
+    assert result.problem is not None and result.problem["kind"] == "torn_line"
+    assert result.records_checked == 2
+    complete = write(tmp_path / "ok.jsonl", lines, end=b"")  # no final newline, but whole
+    assert verify_paths([complete], KEY).ok
+
+
+def test_non_canonical_export_still_verifies(tmp_path: Path) -> None:
+    """An exporter that re-encoded records (spaces, other key order) loses speed, not validity."""
+    records = [json.loads(x) for x in make_lines([ev(n) for n in range(3)])]
+    pretty = [json.dumps(dict(reversed(list(r.items())))).encode() for r in records]
+    assert verify_paths([write(tmp_path / "a.jsonl", pretty)], KEY).ok
+    dup = pretty[1].replace(b'{"hmac"', b'{"message": "event 9", "hmac"', 1)
+    result = verify_paths([write(tmp_path / "b.jsonl", [pretty[0], dup, pretty[2]])], KEY)
+    assert result.problem is not None and result.problem["kind"] == "malformed"
+
+
+def test_partial_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = make_lines([ev(n) for n in range(6)])
+    path = write(tmp_path / "tail.jsonl", lines[3:])
+    assert main([path]) == 1
+    assert "FAIL: record seq 1: deleted:" in capsys.readouterr().out
+    assert main([path, "--partial"]) == 0
+    assert "starts at seq 4" in capsys.readouterr().out
+
+
+def test_segments_in_order_and_sqlite(tmp_path: Path) -> None:
+    lines = make_lines([ev(n) for n in range(6)])
+    a = write(tmp_path / "audit-000001.jsonl", lines[:3])
+    b = write(tmp_path / "audit-000002.jsonl", lines[3:])
+    assert verify_paths([a, b], KEY).ok
+    assert verify_paths([str(tmp_path)], KEY).head_seq == 6
+    swapped = verify_paths([b, a], KEY).problem
+    assert swapped is not None and (swapped["kind"], swapped["seq"]) == ("reordered", 1)
+    db_path = tmp_path / "audit.db"
+    db = sqlite3.connect(db_path)
+    db.execute("CREATE TABLE audit_log (seq INTEGER PRIMARY KEY, record TEXT)")
+    db.executemany("INSERT INTO audit_log VALUES (?, ?)",
+                   [(i, x.decode()) for i, x in enumerate(lines, 1)])
+    db.commit()
+    db.close()
+    assert verify_paths([str(db_path)], KEY).records_checked == 6
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+def report_log(tmp_path: Path) -> str:
+    events = [
+        ev(1, actor="mallory", outcome="denied", action="key.destroy", source_ip="203.0.113.9"),
+        ev(2, actor="mallory", outcome="denied", action="auth.token", source_ip="203.0.113.9"),
+        ev(3, actor="x\x1b[2Jevil", outcome="denied", action="key.sign", source_ip="198.51.100.1"),
+        ev(4, action="key.revoke", key_id="k1"),
+        ev(5, action="approval.approve", actor="carol"),
+        ev(6, action="key.rollback", actor="bob"),
+    ]
+    lines = make_lines(events)
+    _, night = seal_record_line(ev(7, actor="night-owl"), seq=7,
+                                prev_hash=json.loads(lines[-1])["hash"],
+                                ts=datetime(2026, 11, 28, 2, 30, tzinfo=UTC), record_id="n",
+                                hmac_key=KEY)
+    return write(tmp_path / "r.jsonl", [*lines, night])
+
+
+def test_report_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = report_log(tmp_path)
+    assert report_main([path]) == 0
+    out = capsys.readouterr().out
+    assert "Audit report: 7 records" in out
+    assert "mallory" in out and "203.0.113.9" in out
+    assert "Destroy / revoke / rollback / purge events: 3" in out
+    assert "Approval events: 1" in out
+    assert "Outside working hours (07:00-19:00 UTC): 1" in out and "night-owl" in out
+    assert "\x1b" not in out and "\\x1b[2Jevil" in out  # terminal escapes are neutralised
+
+
+def test_report_json_and_hours(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = report_log(tmp_path)
+    assert report_main([path, "--json", "--work-hours", "00:00-12:00"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    mallory = data["denials_by_actor"][0]
+    assert mallory == {"name": "mallory", "denied": 1, "auth_failures": 1, "total": 2}
+    assert data["denials_by_source_ip"][0]["name"] == "203.0.113.9"
+    assert data["off_hours"]["count"] == 6  # everything at 12:00 and later is now off hours
+    assert report_main([path, "--work-hours", "nonsense"]) == 2
+    assert report_main(["/nonexistent"]) == 2
+    night_shift = report.parse_hours("22:00-06:00")
+    assert report.off_hours("2026-01-01T23:00:00.000000Z", night_shift) is False
+    assert report.off_hours("2026-01-01T12:00:00.000000Z", night_shift) is True
+
+
+def test_report_counts_unreadable_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = make_lines([ev(1)])
+    path = write(tmp_path / "x.jsonl", [lines[0], b"garbage"])
+    assert report_main([path]) == 0
+    assert "Unreadable lines: 1" in capsys.readouterr().out
+
+
+def test_verify_does_not_need_cryptography_without_a_checkpoint() -> None:
+    import ast
+    source = Path(__file__).resolve().parents[2] / "ferrohsm" / "audit"
+    for name in ("verify.py", "offline.py", "report.py", "chain.py", "segments.py"):
+        tree = ast.parse((source / name).read_text())
+        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        modules = [getattr(n, "module", None) or n.names[0].name for n in top]
+        assert not any(m and m.startswith("cryptography") for m in modules), name
+    assert os.path.exists(source / "verify.py")
