@@ -40,8 +40,12 @@ class Counter:
     def value(self, *labels: str) -> float:
         return self._values.get(labels, 0.0)
 
+    def total(self) -> float:
+        return sum(self._values.values())
+
     def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        # 0.0.4 convention (as prometheus_client writes it): HELP/TYPE name the _total series.
+        lines = [f"# HELP {self.name}_total {self.help}", f"# TYPE {self.name}_total counter"]
         with self._lock:
             items = sorted(self._values.items())
         lines += [f"{self.name}_total{_labels(self.label_names, k)} {_num(v)}" for k, v in items]

@@ -41,7 +41,10 @@ def utcnow() -> datetime:
 class KeyService:
     def __init__(self, store: KeyStore, engine: KeyEngine, audit: AuditLog, *,
                  destroy_grace: Callable[[Key], timedelta] = lambda key: timedelta(hours=24),
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow,
+                 on_crypto: Callable[[str, str, str], None] = lambda alg, op, outcome: None
+                 ) -> None:
+        self.on_crypto = on_crypto  # (algorithm, operation, outcome) for metrics
         self.store = store
         self.engine = engine
         self.audit = audit
@@ -76,6 +79,10 @@ class KeyService:
             self._refuse(ctx, action, exc, key)
             raise exc
         return key
+
+    def authorize(self, ctx: RequestContext, action: Action) -> None:
+        """Role check for actions outside key management (audit reads, approvals); audited."""
+        self._guard(ctx, action)
 
     def _guard(self, ctx: RequestContext, action: Action, key: Key | None = None) -> None:
         try:
@@ -219,12 +226,15 @@ class KeyService:
     def _use(self, ctx: RequestContext, action: Action, ref: str,
              op: Callable[[Key], tuple[Any, int]], message: Callable[[Any], str]) -> tuple[Key, Any, int]:
         key = self._key_for(ctx, action, ref)
+        operation = action.value.rpartition(".")[2]
         try:
             result, version = op(key)
         except FerroError as exc:
+            self.on_crypto(key.algorithm, operation, "error")
             self._refuse(ctx, action, exc, key)
             raise
         self.record(ctx, action, "success", message(result), key, version)
+        self.on_crypto(key.algorithm, operation, "success")
         return key, result, version
 
     def encrypt(self, ctx: RequestContext, ref: str, plaintext: bytes,

@@ -125,6 +125,8 @@ OPERATIONS: list[tuple[str, str, str, str, str | None, int, str | None]] = [
      "WrapResponse"),
     ("POST", "/v1/keys/{key}/unwrap", "unwrap", "Unwrap key material", "UnwrapRequest", 200,
      "UnwrapResponse"),
+    ("GET", "/v1/audit", "readAudit", "Audit records after a sequence number (verifiable JSONL "
+     "records)", None, 200, "AuditPage"),
     ("GET", "/v1/openapi.json", "openapi", "This document", None, 200, None),
     ("GET", "/healthz", "health", "Liveness and counters (no authentication)", None, 200,
      "Health"),
@@ -143,6 +145,9 @@ def _operation(method: str, path: str, op_id: str, summary: str, request: str | 
     params: list[dict[str, Any]] = [KEY] if "{key}" in path else []
     if op_id == "listKeys":
         params += LIST_QUERY
+    if op_id == "readAudit":
+        params += [{"name": n, "in": "query", "schema": {"type": "integer", "minimum": 0}}
+                   for n in ("after_seq", "limit")]
     if op_id == "getPublicKey":
         params.append({"name": "version", "in": "query", "schema": {"type": "integer"}})
     if params:

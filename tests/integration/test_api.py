@@ -1,0 +1,288 @@
+"""Every Keys and Cryptographic-operations route of API.md against a real server over TLS."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from live import LiveServer
+
+B = lambda data: base64.b64encode(data).decode()  # noqa: E731
+SVC = "service"
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    server = LiveServer(tmp_path_factory.mktemp("api"), key_store="filesystem")
+    yield server
+    server.close()
+
+
+def create(srv: LiveServer, algorithm: str = "aes-256-gcm", usage: str = "encrypt",
+           **extra: object) -> dict:  # type: ignore[type-arg]
+    status, _, key = srv.call("POST", "/v1/keys", {"algorithm": algorithm, "usage": usage, **extra})
+    assert status == 201, key
+    return key  # type: ignore[no-any-return]
+
+
+def test_create_describe_by_id_and_name(srv: LiveServer) -> None:
+    key = create(srv, name="alpha", description="first", tags=["prod", "pci"])
+    assert key["state"] == "active" and key["primary_version"] == 1
+    assert key["created_by"] == "administrator-user" and key["tags"] == ["prod", "pci"]
+    for ref in (key["id"], "alpha"):
+        status, _, same = srv.call("GET", f"/v1/keys/{ref}", role="auditor")
+        assert status == 200 and same["id"] == key["id"]
+    assert srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt",
+                                         "name": "alpha"})[0] == 409
+
+
+@pytest.mark.parametrize("body,status", [
+    ({"algorithm": "des", "usage": "encrypt"}, 400),
+    ({"algorithm": "aes-256-gcm", "usage": "sign"}, 400),
+    ({"algorithm": "ec-p256", "usage": "encrypt"}, 400),
+    ({"algorithm": "aes-256-gcm"}, 400),
+    ({"algorithm": "aes-256-gcm", "usage": "encrypt", "colour": "red"}, 400),
+    ({"algorithm": "aes-256-gcm", "usage": "encrypt", "tags": "prod"}, 400),
+    ({"algorithm": "aes-256-gcm", "usage": "encrypt", "name": "../etc"}, 400),
+    ({"algorithm": 5, "usage": "encrypt"}, 400),
+])
+def test_create_rejects_bad_input(srv: LiveServer, body: dict, status: int) -> None:  # type: ignore[type-arg]
+    code, _, err = srv.call("POST", "/v1/keys", body)
+    assert code == status and err["error"]["code"] == "bad_request"
+    assert err["error"]["request_id"]
+
+
+def test_list_filters_pagination_and_etag(srv: LiveServer) -> None:
+    made = [create(srv, tags=["listing"], name=f"list-{i}")["id"] for i in range(5)]
+    status, headers, page = srv.call("GET", "/v1/keys?tag=listing&limit=2")
+    assert status == 200 and len(page["keys"]) == 2 and page["next_page_token"]
+    seen = [k["id"] for k in page["keys"]]
+    token = page["next_page_token"]
+    while token:
+        _, _, page = srv.call("GET", f"/v1/keys?tag=listing&limit=2&page_token={token}")
+        seen += [k["id"] for k in page["keys"]]
+        token = page.get("next_page_token")
+    assert seen == made
+    etag = headers["etag"]
+    assert srv.call("GET", "/v1/keys?tag=listing&limit=2",
+                    headers={"If-None-Match": etag})[0] == 304
+    _, _, prefixed = srv.call("GET", "/v1/keys?name_prefix=list-&usage=encrypt&state=active")
+    assert {k["id"] for k in prefixed["keys"]} == set(made)
+    for bad in ("limit=0", "limit=1001", "limit=x", "state=sleepy", "page_token=zzz", "foo=1"):
+        assert srv.call("GET", f"/v1/keys?{bad}")[0] == 400, bad
+
+
+def test_update_rotate_rollback(srv: LiveServer) -> None:
+    key = create(srv)
+    ref = key["id"]
+    status, _, updated = srv.call("PATCH", f"/v1/keys/{ref}", {"description": "new words"})
+    assert status == 200 and updated["description"] == "new words"
+    _, _, ct1 = srv.call("POST", f"/v1/keys/{ref}/encrypt", {"plaintext": B(b"v1 data")}, role=SVC)
+    status, _, rotated = srv.call("POST", f"/v1/keys/{ref}/rotate", role="operator")
+    assert status == 200 and rotated["id"] == ref and rotated["primary_version"] == 2
+    _, _, ct2 = srv.call("POST", f"/v1/keys/{ref}/encrypt", {"plaintext": B(b"v2")}, role=SVC)
+    assert ct1["ciphertext"].startswith("fhsm:v1:") and ct2["ciphertext"].startswith("fhsm:v2:")
+    _, _, out = srv.call("POST", f"/v1/keys/{ref}/decrypt", {"ciphertext": ct1["ciphertext"]},
+                         role=SVC)
+    assert base64.b64decode(out["plaintext"]) == b"v1 data" and out["key_version"] == 1
+    status, _, back = srv.call("POST", f"/v1/keys/{ref}/rollback", {"version": 1})
+    assert status == 200 and back["primary_version"] == 1
+    assert srv.call("POST", f"/v1/keys/{ref}/rollback", {"version": 9})[0] == 400
+    assert srv.call("POST", f"/v1/keys/{ref}/rollback", {"version": "1"})[0] == 400
+    _, _, described = srv.call("GET", f"/v1/keys/{ref}")
+    assert [h["action"] for h in described["history"]] == ["create", "update", "rotate",
+                                                           "rollback"]
+
+
+def test_encrypt_decrypt_with_aad(srv: LiveServer) -> None:
+    ref = create(srv)["id"]
+    _, _, ct = srv.call("POST", f"/v1/keys/{ref}/encrypt",
+                        {"plaintext": B(b"secret"), "aad": B(b"ctx")}, role=SVC)
+    assert ct["key_id"] == ref and ct["key_version"] == 1
+    ok = srv.call("POST", f"/v1/keys/{ref}/decrypt", {"ciphertext": ct["ciphertext"],
+                                                      "aad": B(b"ctx")}, role=SVC)
+    assert ok[0] == 200 and base64.b64decode(ok[2]["plaintext"]) == b"secret"
+    wrong = srv.call("POST", f"/v1/keys/{ref}/decrypt", {"ciphertext": ct["ciphertext"],
+                                                         "aad": B(b"other")}, role=SVC)
+    assert wrong[0] == 400 and "secret" not in str(wrong[2])
+    tampered = ct["ciphertext"][:-6] + ("AAAA==" if not ct["ciphertext"].endswith("AAAA==")
+                                        else "BBBB==")
+    assert srv.call("POST", f"/v1/keys/{ref}/decrypt", {"ciphertext": tampered}, role=SVC)[0] == 400
+    for bad in ("fhsm:v1:!!!", "nope", "fhsm:v7:AAAA", ct["ciphertext"][:20]):
+        assert srv.call("POST", f"/v1/keys/{ref}/decrypt", {"ciphertext": bad},
+                        role=SVC)[0] == 400, bad
+    assert srv.call("POST", f"/v1/keys/{ref}/encrypt", {"plaintext": "not base64!"},
+                    role=SVC)[0] == 400
+    big = B(b"x" * (64 * 1024 + 1))
+    assert srv.call("POST", f"/v1/keys/{ref}/encrypt", {"plaintext": big}, role=SVC)[0] == 413
+
+
+@pytest.mark.parametrize("algorithm,scheme,hash_name", [
+    ("ec-p256", None, "sha256"), ("ec-p384", None, "sha384"),
+    ("rsa-2048", None, "sha256"), ("rsa-2048", "rsa-pkcs1v15-sha256", "sha256"),
+])
+def test_sign_verify_and_openssl(srv: LiveServer, tmp_path: Path, algorithm: str,
+                                 scheme: str | None, hash_name: str) -> None:
+    ref = create(srv, algorithm=algorithm, usage="sign")["id"]
+    message = b"build artefact"
+    body = {"message": B(message), **({"algorithm": scheme} if scheme else {})}
+    status, _, sig = srv.call("POST", f"/v1/keys/{ref}/sign", body, role=SVC)
+    assert status == 200 and sig["key_version"] == 1
+    _, _, good = srv.call("POST", f"/v1/keys/{ref}/verify", {**body, "signature": sig["signature"]},
+                          role=SVC)
+    assert good["valid"] is True
+    forged = B(b"\x30\x06\x02\x01\x01\x02\x01\x01")
+    _, _, bad = srv.call("POST", f"/v1/keys/{ref}/verify", {**body, "signature": forged}, role=SVC)
+    assert bad["valid"] is False
+    digest = hashlib.new(hash_name, message).digest()
+    dsig = srv.call("POST", f"/v1/keys/{ref}/sign", {"digest": B(digest),
+                                                      **({"algorithm": scheme} if scheme else {})},
+                    role=SVC)[2]
+    assert srv.call("POST", f"/v1/keys/{ref}/sign", {"digest": B(b"short")}, role=SVC)[0] == 400
+    assert srv.call("POST", f"/v1/keys/{ref}/sign", {"message": B(message),
+                                                      "digest": B(digest)}, role=SVC)[0] == 400
+    _, _, pub = srv.call("GET", f"/v1/keys/{ref}/public-key", role=SVC)
+    (tmp_path / "pub.pem").write_text(pub["pem"])
+    (tmp_path / "msg").write_bytes(message)
+    for n, signature in enumerate((sig["signature"], dsig["signature"])):
+        (tmp_path / f"sig{n}").write_bytes(base64.b64decode(signature))
+        cmd = ["openssl", "dgst", f"-{hash_name}", "-verify", str(tmp_path / "pub.pem"),
+               "-signature", str(tmp_path / f"sig{n}")]
+        if algorithm.startswith("rsa") and scheme is None:
+            cmd += ["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32"]
+        out = subprocess.run(cmd + [str(tmp_path / "msg")], capture_output=True, text=True)
+        assert "Verified OK" in out.stdout, out.stderr
+
+
+def test_wrap_unwrap(srv: LiveServer) -> None:
+    ref = create(srv, usage="wrap")["id"]
+    material = bytes(range(32))
+    _, _, wrapped = srv.call("POST", f"/v1/keys/{ref}/wrap", {"key_material": B(material)}, role=SVC)
+    assert wrapped["wrapped"].startswith("fhsm:v1:")
+    _, _, out = srv.call("POST", f"/v1/keys/{ref}/unwrap", {"wrapped": wrapped["wrapped"]}, role=SVC)
+    assert base64.b64decode(out["key_material"]) == material
+    assert srv.call("POST", f"/v1/keys/{ref}/encrypt", {"plaintext": B(b"x")}, role=SVC)[0] == 409
+
+
+def test_state_rules_revoke_destroy_cancel(srv: LiveServer) -> None:
+    ref = create(srv)["id"]
+    _, _, ct = srv.call("POST", f"/v1/keys/{ref}/encrypt", {"plaintext": B(b"keep")}, role=SVC)
+    status, _, revoked = srv.call("POST", f"/v1/keys/{ref}/revoke", {"reason": "rotation policy"})
+    assert status == 200 and revoked["state"] == "revoked"
+    assert srv.call("POST", f"/v1/keys/{ref}/encrypt", {"plaintext": B(b"x")}, role=SVC)[0] == 409
+    assert srv.call("POST", f"/v1/keys/{ref}/decrypt", {"ciphertext": ct["ciphertext"]},
+                    role=SVC)[0] == 200
+    assert srv.call("POST", f"/v1/keys/{ref}/rotate")[0] == 409
+    status, _, scheduled = srv.call("POST", f"/v1/keys/{ref}/destroy")
+    assert status == 200 and scheduled["state"] == "destroy_scheduled"
+    assert scheduled["destroy_after"]
+    assert srv.call("POST", f"/v1/keys/{ref}/decrypt", {"ciphertext": ct["ciphertext"]},
+                    role=SVC)[0] == 409
+    status, _, back = srv.call("POST", f"/v1/keys/{ref}/cancel-destroy")
+    assert status == 200 and back["state"] == "revoked" and back["destroy_after"] is None
+    assert srv.call("POST", f"/v1/keys/{ref}/cancel-destroy")[0] == 409
+
+
+def test_destroyed_key_answers_410(tmp_path: Path) -> None:
+    srv = LiveServer(tmp_path, key_store="sqlite", overrides={("crypto", "destroy_grace_hours"): 0.0})
+    try:
+        ref = create(srv)["id"]
+        _, _, ct = srv.call("POST", f"/v1/keys/{ref}/encrypt", {"plaintext": B(b"x")}, role=SVC)
+        srv.call("POST", f"/v1/keys/{ref}/destroy")
+        srv.rt.stop.wait(2.5)  # the scheduler ticks every second in tests
+        _, _, key = srv.call("GET", f"/v1/keys/{ref}")
+        assert key["state"] == "destroyed" and all(v["state"] == "destroyed" for v in key["versions"])
+        assert srv.call("POST", f"/v1/keys/{ref}/decrypt", {"ciphertext": ct["ciphertext"]},
+                        role=SVC)[0] == 410
+        assert srv.call("POST", f"/v1/keys/{ref}/rotate")[0] == 410
+    finally:
+        srv.close()
+
+
+def test_public_key_rules(srv: LiveServer) -> None:
+    aes = create(srv)["id"]
+    assert srv.call("GET", f"/v1/keys/{aes}/public-key")[0] == 409
+    ec = create(srv, algorithm="ec-p256", usage="sign")["id"]
+    status, _, pub = srv.call("GET", f"/v1/keys/{ec}/public-key?version=1")
+    assert status == 200 and pub["version"] == 1 and "BEGIN PUBLIC KEY" in pub["pem"]
+    assert srv.call("GET", f"/v1/keys/{ec}/public-key?version=2")[0] == 400
+
+
+def test_errors_have_the_contract_shape(srv: LiveServer) -> None:
+    status, headers, err = srv.call("GET", "/v1/keys/no-such-key")
+    assert status == 404 and err["error"]["code"] == "not_found"
+    assert err["error"]["request_id"] == headers["x-request-id"]
+    status, headers, err = srv.call("DELETE", "/v1/keys")
+    assert status == 405 and "GET" in headers["allow"] and "POST" in headers["allow"]
+    status, headers, err = srv.call("GET", "/v1/keys", role=None)
+    assert status == 401 and headers["www-authenticate"].startswith("Bearer")
+    assert srv.call("GET", "/v1/keys", token="abc.def.ghi")[0] == 401
+    assert srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt"},
+                    role="auditor")[0] == 403
+    assert srv.call("POST", "/v1/keys", raw=b"{nope")[0] == 400
+    assert srv.call("POST", "/v1/keys", raw=b'{"usage":"encrypt","usage":"sign"}')[0] == 400
+    assert srv.call("POST", "/v1/keys", raw=b"[]")[0] == 400
+
+
+def test_request_correlation_and_trace_ids(srv: LiveServer) -> None:
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    status, headers, _ = srv.call("GET", "/v1/keys?limit=1", headers={
+        "X-Request-ID": "req-123", "X-Correlation-ID": "build-42", "traceparent": trace})
+    assert status == 200
+    assert headers["x-request-id"] == "req-123" and headers["x-correlation-id"] == "build-42"
+    assert headers["traceparent"] == trace
+    _, headers, _ = srv.call("GET", "/v1/keys?limit=1", headers={"X-Request-ID": "bad id\x7f"})
+    assert headers["x-request-id"] != "bad id"
+
+
+def test_openapi_covers_every_route(srv: LiveServer) -> None:
+    status, _, doc = srv.call("GET", "/v1/openapi.json", role="auditor")
+    assert status == 200 and doc["openapi"].startswith("3.1")
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    routed = {(r.method, r.template) for r in srv.rt.router.routes() if not
+              r.template.startswith("/ui")}
+    assert documented == routed
+
+
+def test_health_and_metrics(srv: LiveServer) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+    status, _, health = srv.call("GET", "/healthz", role=None)
+    assert status == 200 and health["status"] == "ok"
+    for section in ("store", "audit", "auth", "rate_limit", "cache", "uptime_seconds"):
+        assert section in health
+    status, headers, body = srv.call("GET", "/metrics", role=None)
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    assert "ferrohsm_http_requests" in families
+    assert "ferrohsm_http_request_duration_seconds" in families
+    assert "ferrohsm_crypto_operations" in families
+    routes = {s.labels.get("route") for s in families["ferrohsm_http_requests"].samples}
+    assert "/v1/keys" in routes, routes
+
+
+def test_audit_endpoint_pages_and_verifies(srv: LiveServer, tmp_path: Path) -> None:
+    from ferrohsm.audit.chain import record_line
+    from ferrohsm.audit.verify import verify_paths
+    create(srv, name="audited", description="x")
+    records, after = [], 0
+    while True:
+        status, _, page = srv.call("GET", f"/v1/audit?after_seq={after}&limit=50", role="auditor")
+        assert status == 200
+        records += page["records"]
+        if page["next_after_seq"] is None:
+            break
+        after = page["next_after_seq"]
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    assert any(r["action"] == "key.create" and r["actor"] == "administrator-user" for r in records)
+    assert any(r["action"] == "auth.authenticate" and r["outcome"] == "denied" for r in records)
+    export = tmp_path / "export.jsonl"
+    export.write_bytes(b"".join(record_line(r) + b"\n" for r in records))
+    result = verify_paths([str(export)], srv.secrets.audit_hmac_key, partial=True)
+    assert result.ok, result.problem
+    assert srv.call("GET", "/v1/audit", role="service")[0] == 403
+    text = export.read_text()
+    assert srv.token("administrator") not in text
