@@ -16,10 +16,10 @@ from typing import Any
 
 from .errors import BadRequest
 
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # Names may not look like UUIDs, so a key reference is never ambiguous between id and name.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-TAG_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+TAG_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 MAX_TAGS = 32
 MAX_DESCRIPTION = 1024
 MAX_HISTORY_DETAIL = 256
@@ -68,13 +68,13 @@ def parse_iso(text: str | None) -> datetime | None:
 
 
 def is_uuid(text: str) -> bool:
-    return bool(UUID_RE.match(text))
+    return isinstance(text, str) and UUID_RE.fullmatch(text) is not None
 
 
 def validate_name(name: str | None) -> None:
     if name is None:
         return
-    if not isinstance(name, str) or not NAME_RE.match(name) or is_uuid(name.lower()):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or is_uuid(name.lower()):
         raise BadRequest("name must be 1-128 characters of letters, digits, '.', '_' or '-', "
                          "start with a letter or digit, and not look like a UUID")
 
@@ -85,7 +85,7 @@ def validate_tags(tags: tuple[str, ...]) -> None:
     if len(set(tags)) != len(tags):
         raise BadRequest("duplicate tag")
     for tag in tags:
-        if not isinstance(tag, str) or not TAG_RE.match(tag):
+        if not isinstance(tag, str) or not TAG_RE.fullmatch(tag):
             raise BadRequest("tags must be 1-63 lowercase letters, digits, '.', '_' or '-'")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 
@@ -59,6 +60,15 @@ class KeyStore(ABC):
         """Insert a new key; returns it with revision 1. NameTaken / Conflict on duplicates."""
 
     @abstractmethod
+    def delete(self, key_id: str) -> None:
+        """Remove a key entirely. Only used to undo a create whose audit record failed: keys are
+        otherwise never deleted (destruction erases material and keeps metadata)."""
+
+    @abstractmethod
+    def bulk_create(self, keys: Iterable[Key]) -> None:
+        """Insert many keys all-or-nothing (imports, benchmarks)."""
+
+    @abstractmethod
     def get(self, key_id: str) -> Key:
         """NotFound when absent."""
 
@@ -72,7 +82,10 @@ class KeyStore(ABC):
 
     @abstractmethod
     def list(self, filters: KeyFilter, limit: int = 100, page_token: str | None = None) -> Page:
-        """Keys matching ``filters`` with id > token, ascending id, at most ``limit``."""
+        """Keys matching ``filters`` with id > token, ascending id, at most ``limit``.
+
+        ``next_page_token`` is None on the last page: stores look one key ahead, so a token never
+        leads to an empty page."""
 
     @abstractmethod
     def count(self, filters: KeyFilter | None = None) -> int:
@@ -97,10 +110,10 @@ class KeyStore(ABC):
 
     def resolve(self, ref: str) -> Key:
         """A key by id (UUID form) or unique name, as API paths accept either."""
-        if is_uuid(ref):
-            return self.get(ref)
         if not isinstance(ref, str) or not ref:
             raise NotFound("no such key")
+        if is_uuid(ref):
+            return self.get(ref)
         return self.get_by_name(ref)
 
     def append_version(self, key: Key, sealed: bytes, now: datetime) -> Key:

@@ -1,0 +1,429 @@
+"""A key store in one SQLite database (WAL, synchronous=FULL).
+
+Shape of the data: one ``keys`` row per key with the filterable fields as columns and the whole
+``key_to_record`` as JSON, tags in a ``key_tags`` child table whose primary key (tag, key_id) makes
+a tag filter an index range scan in id order, and a ``meta`` table for named blobs. Names are
+unique through a UNIQUE column (NULL names may repeat, as SQL NULLs are distinct).
+
+Why these choices:
+
+* Every write is one ``BEGIN IMMEDIATE`` transaction, so a multi-row change (key row + tags) is
+  all-or-nothing, and compare-and-swap is ``UPDATE ... WHERE id=? AND revision=?`` checking the
+  row count: it holds across threads AND processes sharing the file.
+* One connection behind a lock. Measured on the 2-core dev box (5,000 keys, random point reads):
+  SELECT by id ran at ~150k/s on one thread and ~59k/s on four either way (shared connection +
+  lock, or a connection per thread); with the JSON parse included, per-thread connections won at
+  four threads (37k/s vs 19k/s) only because the parse ran inside the lock. So the parse runs
+  outside it, and one connection also lets the store cache parsed keys, invalidated through
+  ``PRAGMA data_version`` whenever ANOTHER connection (another process) commits: a cached
+  ``get`` is ~7-10 us at any thread count. Per-thread connections would also leak one
+  connection per short-lived server thread.
+* The schema is versioned with ``PRAGMA user_version`` and an ordered list of migration scripts
+  (inline, so they travel inside a zip app); each migration runs in its own transaction.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import stat
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+from ..errors import (
+    BadRequest,
+    Conflict,
+    FerroError,
+    NameTaken,
+    NotFound,
+    StaleRevision,
+    StoreError,
+)
+from ..model import Key, KeyFilter, Page
+from .base import KeyStore, check_limit, decode_page_token
+from .memory import (
+    check_meta_name,
+    check_new_key,
+    decode_record,
+    encode_record,
+    page_of,
+    write_error,
+)
+
+# Migration N (1-based) brings a database from user_version N-1 to N. Append, never edit.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: keys with their filterable columns and full JSON record; named blobs.
+    """
+    CREATE TABLE keys (
+        id        TEXT PRIMARY KEY NOT NULL,
+        name      TEXT UNIQUE,
+        state     TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        usage     TEXT NOT NULL,
+        revision  INTEGER NOT NULL,
+        record    TEXT NOT NULL
+    );
+    CREATE INDEX keys_by_state ON keys (state, id);
+    CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL);
+    """,
+    # 2: tags move to a child table so `tag=` filters use an index instead of parsing records.
+    """
+    CREATE TABLE key_tags (
+        tag    TEXT NOT NULL,
+        key_id TEXT NOT NULL REFERENCES keys (id) ON DELETE CASCADE,
+        PRIMARY KEY (tag, key_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX key_tags_by_key ON key_tags (key_id);
+    INSERT INTO key_tags (tag, key_id)
+        SELECT t.value, k.id FROM keys AS k, json_each(k.record, '$.tags') AS t;
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+BUSY_TIMEOUT_MS = 5000
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a script into complete statements (sqlite3.complete_statement knows the grammar)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip() != ";":
+                yield pending.strip()
+            pending = ""
+
+
+def migrate(conn: sqlite3.Connection, target: int | None = None) -> int:
+    """Apply migrations up to ``target`` (default: all); returns the version reached. Each step
+    runs in its own write transaction and re-reads the version inside it, so a concurrent
+    migrator is harmless and a failed step leaves the database at the previous version."""
+    latest = len(MIGRATIONS)
+    target = latest if target is None else target
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > latest:
+        raise StoreError(f"database schema version {version} is newer than this FerroHSM "
+                         f"understands ({latest}); refusing to open it")
+    for number in range(version + 1, target + 1):
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if conn.execute("PRAGMA user_version").fetchone()[0] < number:
+                    for statement in _statements(MIGRATIONS[number - 1]):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {number:d}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"schema migration to version {number} failed: {exc}") from None
+    return max(version, target)
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """Open with the settings durability depends on, and check they took."""
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                           check_same_thread=False)
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise StoreError(f"SQLite database {path} cannot use WAL (journal mode {mode})")
+        conn.execute("PRAGMA synchronous = FULL")  # NORMAL is not durable across power loss
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _prepare_file(path: str) -> None:
+    """Parent 0700 when we create it; the database a 0600 regular file, never a symlink.
+
+    SQLite gives the -wal and -shm files the database file's mode, so they are 0600 too.
+    """
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        os.makedirs(parent, 0o700, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        os.close(fd)
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(f"SQLite database {path} is not a regular file (symlinks are refused)")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(path, 0o600, follow_symlinks=False)
+
+
+class SQLiteStore(KeyStore):
+    """Keys in SQLite; safe for many threads and for several processes on the same file."""
+
+    name = "sqlite"
+    fail_writes = False  # fault injection: fail between the key row and its tags (tests only)
+
+    def __init__(self, path: str | os.PathLike[str], *, cache_size: int = 20_000) -> None:
+        self._path = os.path.abspath(os.fspath(path))
+        self._lock = threading.Lock()
+        self._cache: dict[str, Key] = {}
+        self._cache_size = max(cache_size, 1)
+        self._generation = 0  # bumped by every commit and cache flush; see _cache_all
+        try:
+            _prepare_file(self._path)
+            self._conn: sqlite3.Connection | None = connect(self._path)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open SQLite database {self._path}: {exc}") from None
+        try:
+            migrate(self._conn)
+            self._data_version = self._read_data_version(self._conn)
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- plumbing --------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("the SQLite store is closed")
+        return self._conn
+
+    @staticmethod
+    def _read_data_version(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def _sync_cache(self, conn: sqlite3.Connection) -> None:
+        """Drop cached keys if another connection committed since we last looked."""
+        version = self._read_data_version(conn)
+        if version != self._data_version:
+            self._flush_cache()
+            self._data_version = version
+
+    def _flush_cache(self) -> None:
+        self._cache.clear()
+        self._generation += 1
+
+    def _cache_put(self, key: Key) -> None:
+        """Caller holds the lock."""
+        if key.id not in self._cache and len(self._cache) >= self._cache_size:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[key.id] = key
+
+    def _cache_all(self, generation: int, keys: Iterable[Key]) -> None:
+        """Cache keys parsed OUTSIDE the lock, unless a commit or flush happened since their rows
+        were read (then they may be older than the database and must not be cached)."""
+        with self._lock:
+            if generation == self._generation:
+                for key in keys:
+                    self._cache_put(key)
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._connection()
+            try:
+                self._sync_cache(conn)
+                yield conn
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read SQLite database: {exc}") from None
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: commit on success, roll back on ANY exception."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                self._sync_cache(conn)
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"could not write {what}: {exc}") from None
+            try:
+                yield conn
+                conn.execute("COMMIT")
+                self._generation += 1
+            except BaseException as exc:
+                self._flush_cache()  # it may hold what we just failed to commit
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"could not write {what}: {exc}") from None
+                if isinstance(exc, OSError):
+                    raise write_error(what, exc) from None
+                raise
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def get(self, key_id: str) -> Key:
+        with self._read() as conn:
+            cached = self._cache.get(key_id)
+            if cached is not None:
+                return cached
+            row = conn.execute("SELECT record FROM keys WHERE id = ?", (key_id,)).fetchone()
+            generation = self._generation
+        if row is None:
+            raise NotFound("no such key")
+        key = decode_record(key_id, row[0])  # outside the lock: parsing is the slow part
+        self._cache_all(generation, (key,))
+        return key
+
+    def get_by_name(self, name: str) -> Key:
+        if not isinstance(name, str):
+            raise NotFound("no such key")
+        with self._read() as conn:
+            row = conn.execute("SELECT id FROM keys WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFound("no such key")
+        return self.get(row[0])
+
+    def list(self, filters: KeyFilter, limit: int = 100, page_token: str | None = None) -> Page:
+        limit = check_limit(limit)
+        after = decode_page_token(page_token)
+        sql, args = _select("k.id, k.record", filters, after)
+        with self._read() as conn:
+            rows = conn.execute(sql + " LIMIT ?", (*args, limit + 1)).fetchall()
+            generation = self._generation
+        cache = self._cache
+        keys = tuple(cache.get(key_id) or decode_record(key_id, record)
+                     for key_id, record in rows[:limit])
+        self._cache_all(generation, (k for k in keys if k.id not in cache))
+        return page_of(keys, keys[-1].id if keys else None, len(rows) > limit)
+
+    def count(self, filters: KeyFilter | None = None) -> int:
+        sql, args = _select("count(*)", filters or KeyFilter(), None, order=False)
+        with self._read() as conn:
+            return int(conn.execute(sql, args).fetchone()[0])
+
+    def get_meta(self, name: str) -> bytes | None:
+        check_meta_name(name)
+        with self._read() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def create(self, key: Key) -> Key:
+        stored = replace(check_new_key(key), revision=1)
+        with self._write(f"key {stored.id}") as conn:
+            self._insert(conn, stored)
+            self._cache_put(stored)
+        return stored
+
+    def bulk_create(self, keys: Iterable[Key]) -> None:
+        """Insert many new keys in ONE transaction: all of them or none (imports, benchmarks)."""
+        batch = [replace(check_new_key(k), revision=1) for k in keys]
+        with self._write(f"{len(batch)} new keys") as conn:
+            for key in batch:
+                self._insert(conn, key)
+
+    def _insert(self, conn: sqlite3.Connection, key: Key) -> None:
+        """Checked first (inside the write lock) so duplicates get the right error class; the
+        PRIMARY KEY and UNIQUE constraints remain the backstop."""
+        if conn.execute("SELECT 1 FROM keys WHERE id = ?", (key.id,)).fetchone():
+            raise Conflict(f"a key with id {key.id} already exists")
+        if key.name is not None and conn.execute("SELECT 1 FROM keys WHERE name = ?",
+                                                 (key.name,)).fetchone():
+            raise NameTaken(f"a key named {key.name!r} already exists")
+        conn.execute("INSERT INTO keys (id, name, state, algorithm, usage, revision, record) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (key.id, key.name, key.state.value, key.algorithm, key.usage, key.revision,
+                      encode_record(key).decode("ascii")))
+        self._fault_point()
+        conn.executemany("INSERT INTO key_tags (tag, key_id) VALUES (?, ?)",
+                         [(tag, key.id) for tag in key.tags])
+
+    def update(self, key: Key) -> Key:
+        stored = replace(key, revision=key.revision + 1)
+        with self._write(f"key {key.id}") as conn:
+            cur = conn.execute(
+                "UPDATE keys SET state = ?, algorithm = ?, usage = ?, revision = ?, record = ? "
+                "WHERE id = ? AND revision = ? AND name IS ?",
+                (stored.state.value, stored.algorithm, stored.usage, stored.revision,
+                 encode_record(stored).decode("ascii"), key.id, key.revision, key.name))
+            if cur.rowcount != 1:
+                raise self._why_not_updated(conn, key)
+            self._fault_point()
+            conn.execute("DELETE FROM key_tags WHERE key_id = ?", (key.id,))
+            conn.executemany("INSERT INTO key_tags (tag, key_id) VALUES (?, ?)",
+                             [(tag, key.id) for tag in key.tags])
+            self._cache_put(stored)
+        return stored
+
+    @staticmethod
+    def _why_not_updated(conn: sqlite3.Connection, key: Key) -> FerroError:
+        row = conn.execute("SELECT name FROM keys WHERE id = ?", (key.id,)).fetchone()
+        if row is None:
+            return NotFound("no such key")
+        if row[0] != key.name:
+            return BadRequest("a key's name cannot be changed")
+        return StaleRevision(f"key {key.id} was changed by someone else; read it again")
+
+    def delete(self, key_id: str) -> None:
+        """Remove a key record entirely (undo of a create; see MemoryStore.delete). Tags go with
+        it through ON DELETE CASCADE."""
+        with self._write(f"deletion of key {key_id}") as conn:
+            if conn.execute("DELETE FROM keys WHERE id = ?", (key_id,)).rowcount != 1:
+                raise NotFound("no such key")
+            self._cache.pop(key_id, None)
+
+    def put_meta(self, name: str, value: bytes) -> None:
+        check_meta_name(name)
+        with self._write(f"meta {name}") as conn:
+            conn.execute("INSERT INTO meta (name, value) VALUES (?, ?) "
+                         "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                         (name, bytes(value)))
+            self._fault_point()
+
+    def _fault_point(self) -> None:
+        if self.fail_writes:
+            raise OSError(errno.EIO, "injected write failure")
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+            self._cache.clear()
+        if conn is not None:
+            conn.close()
+
+    def describe(self) -> dict[str, object]:
+        with self._read() as conn:
+            pragmas = {p: conn.execute(f"PRAGMA {p}").fetchone()[0]
+                       for p in ("journal_mode", "synchronous", "foreign_keys", "user_version")}
+            keys = conn.execute("SELECT count(*) FROM keys").fetchone()[0]
+        return {"backend": self.name, "path": self._path, "keys": keys,
+                "cached_keys": len(self._cache), **pragmas}
+
+
+def _select(columns: str, f: KeyFilter, after: str | None, *, order: bool = True
+            ) -> tuple[str, list[Any]]:
+    """SELECT for a filtered keyset page. With a tag, walk key_tags' (tag, key_id) primary key,
+    which is already in id order, so even a rare tag needs no full scan and no sort."""
+    joins, where, args = "", [], list[Any]()
+    id_col = "k.id"
+    if f.tag is not None:
+        joins, id_col = " JOIN key_tags AS t ON t.key_id = k.id", "t.key_id"
+        where.append("t.tag = ?")
+        args.append(f.tag)
+    if after is not None:
+        where.append(f"{id_col} > ?")
+        args.append(after)
+    for column, value in (("state", f.state), ("algorithm", f.algorithm), ("usage", f.usage)):
+        if value is not None:
+            where.append(f"k.{column} = ?")
+            args.append(str(value))
+    if f.name_prefix is not None:
+        where.append("substr(k.name, 1, ?) = ?")
+        args += [len(f.name_prefix), f.name_prefix]
+    sql = f"SELECT {columns} FROM keys AS k{joins}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return (sql + f" ORDER BY {id_col}" if order else sql), args
+

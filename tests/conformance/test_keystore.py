@@ -1,0 +1,413 @@
+"""The KeyStore contract (ferrohsm/store/base.py), run against every implementation.
+
+Each test receives ``store`` once per backend (memory, filesystem, sqlite, remote). Expected
+results come from the model itself (``KeyFilter.matches``), never from another store.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from dataclasses import replace
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import pytest
+
+from ferrohsm import lifecycle as lc
+from ferrohsm.errors import BadRequest, Conflict, NameTaken, NotFound, StaleRevision, StoreError
+from ferrohsm.model import Key, KeyFilter, KeyState, VersionState
+from ferrohsm.store.base import MAX_PAGE, KeyStore, encode_page_token
+
+if TYPE_CHECKING:  # fixtures come from conftest.py; only their types are imported
+    from conftest import Backend, KeyFactory
+
+
+def walk(store: KeyStore, filters: KeyFilter, limit: int) -> list[str]:
+    """Every id the store lists for ``filters``, page by page, checking each page's shape."""
+    ids: list[str] = []
+    token: str | None = None
+    while True:
+        page = store.list(filters, limit, token)
+        assert len(page.keys) <= limit
+        assert page.keys or token is None, "a token must never lead to an empty page"
+        ids += [k.id for k in page.keys]
+        if page.next_page_token is None:
+            return ids
+        assert len(page.keys) == limit, "a page with a token must be full"
+        token = page.next_page_token
+
+
+# ---- create / get / resolve ----------------------------------------------------------------
+
+def test_create_returns_revision_one_and_round_trips(store: KeyStore, factory: KeyFactory) -> None:
+    key = factory.key(name="payments", tags=("prod", "pci"), description="ünïcode ✓\nline 2")
+    created = store.create(replace(key, revision=7))
+    assert created == replace(key, revision=1)
+    assert store.get(key.id) == created
+    assert store.get_by_name("payments") == created
+    assert store.get(key.id).versions[0].sealed == factory.sealed("v1")
+
+
+def test_resolve_by_id_or_name(store: KeyStore, factory: KeyFactory) -> None:
+    named = store.create(factory.key(name="release-signing", algorithm="ec-p256", usage="sign"))
+    anonymous = store.create(factory.key())
+    assert store.resolve(named.id) == named
+    assert store.resolve("release-signing") == named
+    assert store.resolve(anonymous.id) == anonymous
+    for missing in (factory.new_id(), "no-such-name", "", "../etc/passwd", "a/b", "x\x00y"):
+        with pytest.raises(NotFound):
+            store.resolve(missing)
+
+
+def test_get_unknown_is_not_found(store: KeyStore, factory: KeyFactory) -> None:
+    for ref in (factory.new_id(), "not-a-uuid", "../x", "/etc/passwd", "\x00", ""):
+        with pytest.raises(NotFound):
+            store.get(ref)
+        with pytest.raises(NotFound):
+            store.get_by_name(ref)
+
+
+def test_names_are_unique(store: KeyStore, factory: KeyFactory) -> None:
+    store.create(factory.key(name="shared"))
+    with pytest.raises(NameTaken):
+        store.create(factory.key(name="shared"))
+    assert store.count() == 1
+    store.create(factory.key(name="Shared"))  # names compare exactly, in every backend
+    assert store.get_by_name("Shared").name == "Shared"
+
+
+def test_many_keys_without_a_name(store: KeyStore, factory: KeyFactory) -> None:
+    for _ in range(3):
+        store.create(factory.key(name=None))
+    assert store.count() == 3
+
+
+def test_duplicate_id_is_a_conflict_not_a_name_clash(store: KeyStore, factory: KeyFactory) -> None:
+    first = store.create(factory.key(name="one"))
+    with pytest.raises(Conflict) as caught:
+        store.create(factory.key(key_id=first.id, name="two"))
+    assert type(caught.value) is Conflict
+    with pytest.raises(NotFound):
+        store.get_by_name("two")  # a failed create reserves nothing
+    store.create(factory.key(name="two"))
+
+
+# ---- listing -------------------------------------------------------------------------------
+
+def _population(store: KeyStore, factory: KeyFactory) -> list[Key]:
+    specs: list[dict[str, object]] = [
+        {"name": "alpha-1", "tags": ("prod", "pci")},
+        {"name": "alpha-2", "usage": "wrap", "tags": ("prod",), "state": KeyState.REVOKED},
+        {"name": "beta", "algorithm": "ec-p256", "usage": "sign"},
+        {"algorithm": "rsa-2048", "usage": "sign", "tags": ("pci",),
+         "state": KeyState.DESTROY_SCHEDULED},
+        {"name": "Alpha-3", "algorithm": "ec-p384", "usage": "sign", "tags": ("dev",)},
+        {"tags": ("dev", "prod"), "state": KeyState.DESTROYED},
+        {"name": "gamma", "algorithm": "rsa-4096", "usage": "sign", "tags": ("pci", "dev"),
+         "state": KeyState.REVOKED},
+        {"name": "alphabet", "tags": ("prod",)},
+        {"usage": "wrap"},
+        {"name": "delta", "algorithm": "ec-p256", "usage": "sign", "tags": ("prod", "dev", "pci")},
+    ]
+    return [store.create(factory.key(**spec)) for spec in specs]  # type: ignore[arg-type]
+
+
+FILTERS = [
+    KeyFilter(),
+    KeyFilter(state=KeyState.ACTIVE), KeyFilter(state=KeyState.REVOKED),
+    KeyFilter(state=KeyState.DESTROY_SCHEDULED), KeyFilter(state=KeyState.DESTROYED),
+    KeyFilter(algorithm="aes-256-gcm"), KeyFilter(algorithm="ec-p256"),
+    KeyFilter(algorithm="no-such-algorithm"),
+    KeyFilter(usage="sign"), KeyFilter(usage="wrap"), KeyFilter(usage="encrypt"),
+    KeyFilter(tag="prod"), KeyFilter(tag="pci"), KeyFilter(tag="dev"), KeyFilter(tag="absent"),
+    KeyFilter(name_prefix="alpha"), KeyFilter(name_prefix="Alpha"), KeyFilter(name_prefix=""),
+    KeyFilter(name_prefix="alpha-"), KeyFilter(name_prefix="zzz"), KeyFilter(name_prefix="%"),
+    KeyFilter(state=KeyState.ACTIVE, tag="prod"),
+    KeyFilter(state=KeyState.REVOKED, usage="sign"),
+    KeyFilter(algorithm="aes-256-gcm", usage="encrypt", tag="prod"),
+    KeyFilter(tag="pci", name_prefix="alpha"),
+    KeyFilter(state=KeyState.ACTIVE, algorithm="ec-p256", usage="sign", tag="dev",
+              name_prefix="d"),
+]
+
+
+@pytest.mark.parametrize("filters", FILTERS, ids=repr)
+def test_list_and_count_match_the_model(store: KeyStore, factory: KeyFactory,
+                                        filters: KeyFilter) -> None:
+    keys = _population(store, factory)
+    expected = sorted(k.id for k in keys if filters.matches(k))
+    assert walk(store, filters, 1000) == expected
+    assert walk(store, filters, 2) == expected
+    assert store.count(filters) == len(expected)
+    by_id = {k.id: k for k in keys}
+    assert all(k == by_id[k.id] for k in store.list(filters, 1000).keys)
+
+
+def test_count_without_filters(store: KeyStore, factory: KeyFactory) -> None:
+    assert store.count() == 0
+    keys = _population(store, factory)
+    assert store.count() == store.count(None) == store.count(KeyFilter()) == len(keys)
+
+
+def test_empty_store_lists_nothing(store: KeyStore) -> None:
+    page = store.list(KeyFilter())
+    assert page.keys == () and page.next_page_token is None
+
+
+def test_pagination_walks_everything_once_in_id_order(store: KeyStore,
+                                                      factory: KeyFactory) -> None:
+    ids = [store.create(factory.key()).id for _ in range(23)]
+    for limit in (1, 5, 7, 23, 24, MAX_PAGE):
+        assert walk(store, KeyFilter(), limit) == sorted(ids) == ids
+
+
+def test_page_tokens_are_stable_under_concurrent_inserts(store: KeyStore,
+                                                         factory: KeyFactory) -> None:
+    # Interleaved ids: half exist before the walk, half (some lower, some higher than the cursor)
+    # are inserted between page reads, as another server with a skewed clock might.
+    all_ids = [factory.new_id() for _ in range(40)]
+    before, later = all_ids[::2], all_ids[1::2]
+    for key_id in before:
+        store.create(factory.key(key_id=key_id))
+    seen: list[str] = []
+    token: str | None = None
+    while True:
+        page = store.list(KeyFilter(), 3, token)
+        seen += [k.id for k in page.keys]
+        if later:
+            store.create(factory.key(key_id=later.pop(0)))
+            store.create(factory.key(key_id=later.pop()))
+        if page.next_page_token is None:
+            break
+        token = page.next_page_token
+    assert len(seen) == len(set(seen)), "a key was listed twice"
+    assert seen == sorted(seen)
+    assert [i for i in seen if i in set(before)] == before, "a pre-existing key was skipped"
+
+
+def test_filtered_pagination_uses_the_same_tokens(store: KeyStore, factory: KeyFactory) -> None:
+    tagged = [store.create(factory.key(tags=("t",) if i % 3 else ())).id for i in range(20)]
+    expected = [i for n, i in enumerate(tagged) if n % 3]
+    assert walk(store, KeyFilter(tag="t"), 4) == expected
+
+
+@pytest.mark.parametrize("token", [
+    "garbage!", "", "=", "a" * 7, base64.urlsafe_b64encode(b"k1:not-a-uuid").decode(),
+    base64.urlsafe_b64encode(b"k2:01890a5d-ac96-774b-bcce-b302099a8057").decode(), "é",
+])
+def test_invalid_page_token_is_bad_request(store: KeyStore, token: str) -> None:
+    with pytest.raises(BadRequest):
+        store.list(KeyFilter(), 10, token)
+
+
+def test_a_token_for_an_unknown_id_is_valid(store: KeyStore, factory: KeyFactory) -> None:
+    ids = [store.create(factory.key()).id for _ in range(3)]
+    page = store.list(KeyFilter(), 10, encode_page_token(ids[0]))
+    assert [k.id for k in page.keys] == ids[1:]
+
+
+@pytest.mark.parametrize("limit", [0, -1, MAX_PAGE + 1, True, 1.5, "10", None])
+def test_limit_bounds(store: KeyStore, limit: object) -> None:
+    with pytest.raises(BadRequest):
+        store.list(KeyFilter(), limit)  # type: ignore[arg-type]
+
+
+def test_limit_extremes_are_accepted(store: KeyStore, factory: KeyFactory) -> None:
+    for _ in range(2):
+        store.create(factory.key())
+    assert len(store.list(KeyFilter(), 1).keys) == 1
+    assert len(store.list(KeyFilter(), MAX_PAGE).keys) == 2
+
+
+# ---- versions, state, purge ----------------------------------------------------------------
+
+def test_versions_primary_state_and_purge(store: KeyStore, factory: KeyFactory) -> None:
+    key = store.create(factory.key(name="rotating"))
+    key = store.append_version(key, factory.sealed("v2"), factory.later)
+    assert (key.revision, len(key.versions), key.versions[1].sealed) == (2, 2, factory.sealed("v2"))
+    key = store.set_primary(key, 2, factory.later)
+    assert key.primary_version == 2 and key.revision == 3
+    key = store.purge_version(key, 1, factory.later)
+    purged = key.versions[0]
+    assert purged.sealed is None and purged.state is VersionState.DESTROYED
+    assert purged.version == 1 and purged.created_at == factory.now
+    key = store.set_state(key, KeyState.REVOKED, factory.later)
+    assert store.get(key.id) == key == store.get_by_name("rotating")
+    assert key.revision == 5 and key.updated_at == factory.later
+    assert store.get(key.id).versions[1].sealed == factory.sealed("v2")
+    assert store.count(KeyFilter(state=KeyState.REVOKED)) == 1
+    with pytest.raises(BadRequest):
+        store.set_primary(key, 3, factory.later)
+
+
+def test_complete_destroy_keeps_metadata(store: KeyStore, factory: KeyFactory) -> None:
+    key = store.create(factory.key(name="doomed"))
+    key = store.update(lc.schedule_destroy(key, factory.now, "bob", timedelta(0)))
+    key = store.update(lc.complete_destroy(key, factory.later, "bob"))
+    stored = store.get_by_name("doomed")
+    assert stored == key and stored.state is KeyState.DESTROYED
+    assert all(v.sealed is None for v in stored.versions)
+    assert [h.action for h in stored.history] == ["create", "destroy", "destroy_complete"]
+
+
+# ---- compare-and-swap ----------------------------------------------------------------------
+
+def test_second_writer_with_the_same_revision_is_stale(store: KeyStore,
+                                                       factory: KeyFactory) -> None:
+    key = store.create(factory.key())
+    alice, bob = store.get(key.id), store.get(key.id)
+    won = store.update(lc.revoke(alice, factory.later, "alice"))
+    with pytest.raises(StaleRevision):
+        store.update(lc.rotate(bob, factory.sealed("v2"), factory.later, "bob"))
+    assert store.get(key.id) == won and won.revision == 2
+
+
+def test_update_cannot_rename_or_invent_keys(store: KeyStore, factory: KeyFactory) -> None:
+    key = store.create(factory.key(name="fixed"))
+    with pytest.raises(BadRequest):
+        store.update(replace(key, name="renamed"))
+    with pytest.raises(NotFound):
+        store.update(factory.key())
+    assert store.get(key.id) == key
+
+
+def test_concurrent_read_modify_write_loses_nothing(store: KeyStore, factory: KeyFactory) -> None:
+    key = store.create(factory.key())
+    threads, rounds = 6, 5
+    stale: list[int] = []
+    same_start = threading.Barrier(threads)  # round one: everybody holds the same revision
+
+    def worker(n: int) -> None:
+        done = 0
+        while done < rounds:
+            current = store.get(key.id)
+            if done == 0 and n not in stale:
+                same_start.wait()
+            try:
+                store.update(lc.rotate(current, factory.sealed(f"t{n}"), factory.later, f"t{n}"))
+                done += 1
+            except StaleRevision:
+                stale.append(n)
+
+    pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    final = store.get(key.id)
+    assert len(stale) >= threads - 1, "the first round must have collided"
+    assert len(final.versions) == 1 + threads * rounds
+    assert len(final.history) == 1 + threads * rounds
+    assert final.revision == 1 + threads * rounds
+    assert final.primary_version == len(final.versions)
+
+
+# ---- delete (undo of a create) ------------------------------------------------------------
+
+def test_delete_removes_the_record_and_frees_the_name(store: KeyStore,
+                                                      factory: KeyFactory) -> None:
+    keep = store.create(factory.key(name="keep", tags=("x",)))
+    gone = store.create(factory.key(name="gone", tags=("x",)))
+    store.delete(gone.id)  # type: ignore[attr-defined]
+    with pytest.raises(NotFound):
+        store.get(gone.id)
+    with pytest.raises(NotFound):
+        store.delete(gone.id)  # type: ignore[attr-defined]
+    assert walk(store, KeyFilter(tag="x"), 10) == [keep.id] and store.count() == 1
+    store.create(factory.key(name="gone"))
+
+
+# ---- meta ----------------------------------------------------------------------------------
+
+def test_meta_blobs(store: KeyStore) -> None:
+    assert store.get_meta("check-value") is None
+    store.put_meta("check-value", b"\x00\xffone")
+    store.put_meta("other_1", b"")
+    assert store.get_meta("check-value") == b"\x00\xffone"
+    store.put_meta("check-value", b"two")
+    assert store.get_meta("check-value") == b"two" and store.get_meta("other_1") == b""
+    for bad in ("", "../x", "UPPER", "a/b", "x" * 65, "a\n", "a.b"):
+        with pytest.raises(BadRequest):
+            store.put_meta(bad, b"v")
+        with pytest.raises(BadRequest):
+            store.get_meta(bad)
+
+
+# ---- persistence ---------------------------------------------------------------------------
+
+def test_everything_survives_a_reopen(backend: Backend, factory: KeyFactory) -> None:
+    if not backend.persistent:
+        pytest.skip(f"{backend.kind} keeps nothing across restarts by design")
+    store = backend.open()
+    keys = _population(store, factory)
+    rotated = store.append_version(keys[0], factory.sealed("v2"), factory.later)
+    store.put_meta("check-value", b"cv")
+    store.close()
+    store.close()  # idempotent
+    again = backend.open()
+    assert again.get(rotated.id) == rotated
+    assert again.get_by_name("beta") == keys[2]
+    assert again.count() == len(keys) and again.get_meta("check-value") == b"cv"
+    assert walk(again, KeyFilter(tag="prod"), 2) == sorted(
+        k.id for k in keys if "prod" in k.tags)
+    with pytest.raises(NameTaken):
+        again.create(factory.key(name="alpha-1"))
+    assert again.update(rotated).revision == rotated.revision + 1
+
+
+# ---- all-or-nothing writes under injected faults -------------------------------------------
+
+def test_failed_writes_change_nothing(backend: Backend, factory: KeyFactory) -> None:
+    store = backend.open()
+    key = store.create(factory.key(name="stable", tags=("prod",)))
+    store.put_meta("check-value", b"old")
+    store.fail_writes = True  # type: ignore[attr-defined]
+    with pytest.raises(StoreError) as caught:
+        store.create(factory.key(name="newcomer", tags=("prod",)))
+    assert "injected" in str(caught.value) or "write" in str(caught.value)
+    with pytest.raises(StoreError):
+        store.update(lc.rotate(key, factory.sealed("v2"), factory.later, "alice"))
+    with pytest.raises(StoreError):
+        store.put_meta("check-value", b"new")
+    _assert_unchanged(store, key)
+    store.fail_writes = False  # type: ignore[attr-defined]
+    store.create(factory.key(name="newcomer"))  # nothing was left half-reserved
+    assert store.update(key).revision == 2
+    if backend.persistent:
+        store.close()
+        again = backend.open()
+        assert again.get(key.id).revision == 2 and again.count() == 2
+
+
+def _assert_unchanged(store: KeyStore, key: Key) -> None:
+    assert store.get(key.id) == key and store.get_by_name("stable") == key
+    assert store.count() == 1 and store.count(KeyFilter(tag="prod")) == 1
+    assert [k.id for k in store.list(KeyFilter()).keys] == [key.id]
+    assert store.get_meta("check-value") == b"old"
+    with pytest.raises(NotFound):
+        store.get_by_name("newcomer")
+
+
+def test_errors_and_health_never_show_sealed_bytes(backend: Backend,
+                                                   factory: KeyFactory) -> None:
+    store = backend.open()
+    key = store.create(factory.key(name="secretive"))
+    sealed_b64 = base64.b64encode(factory.sealed("v1")).decode()
+    store.fail_writes = True  # type: ignore[attr-defined]
+    with pytest.raises(StoreError) as caught:
+        store.update(lc.revoke(key, factory.later, "alice"))
+    for text in (str(caught.value), repr(store.describe())):
+        assert sealed_b64[:16] not in text and "sealed" not in text
+    assert store.describe()["backend"] == store.name == backend.kind
+
+
+def test_bulk_create_is_all_or_nothing(store: KeyStore, factory: KeyFactory) -> None:
+    existing = store.create(factory.key(name="taken"))
+    batch = [factory.key(name=f"bulk-{n}") for n in range(5)]
+    with pytest.raises(NameTaken):
+        store.bulk_create(batch + [factory.key(name="taken")])  # type: ignore[attr-defined]
+    assert store.count() == 1
+    store.bulk_create(batch)  # type: ignore[attr-defined]
+    assert walk(store, KeyFilter(name_prefix="bulk-"), 2) == sorted(k.id for k in batch)
+    assert store.get(batch[0].id).revision == 1 and store.get(existing.id) == existing

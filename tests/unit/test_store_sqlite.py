@@ -1,0 +1,187 @@
+"""SQLiteStore specifics: durability settings, file modes, schema migrations, the query plans that
+keep filters indexed, several connections on one file, and corrupted rows. The shared contract
+is in tests/conformance."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from ferrohsm import lifecycle as lc
+from ferrohsm.errors import StaleRevision, StoreError
+from ferrohsm.model import Key, KeyFilter, KeyState, key_to_record
+from ferrohsm.store import sqlite as sqlite_module
+from ferrohsm.store.sqlite import SCHEMA_VERSION, SQLiteStore, _select, migrate
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def make_key(name: str | None = None, tags: tuple[str, ...] = ()) -> Key:
+    return lc.new_key(key_id=str(uuid.uuid4()), name=name, description="", algorithm="aes-256-gcm",
+                      usage="encrypt", tags=tags, sealed=b"\x00sealed\xff", now=NOW, actor="alice")
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "private" / "keys.sqlite3"
+
+
+@pytest.fixture
+def store(path: Path) -> Iterator[SQLiteStore]:
+    opened = SQLiteStore(path)
+    yield opened
+    opened.close()
+
+
+def test_wal_synchronous_full_and_foreign_keys(store: SQLiteStore) -> None:
+    health = store.describe()
+    assert health["journal_mode"] == "wal"
+    assert health["synchronous"] == 2  # FULL
+    assert health["foreign_keys"] == 1
+    assert health["user_version"] == SCHEMA_VERSION
+
+
+def test_file_modes(store: SQLiteStore, path: Path) -> None:
+    store.create(make_key("k"))  # makes SQLite create -wal and -shm
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        assert stat.S_IMODE(os.stat(file).st_mode) == 0o600, file
+
+
+def test_a_loose_database_file_is_tightened(path: Path) -> None:
+    path.parent.mkdir(mode=0o700)
+    path.touch(mode=0o644)
+    os.chmod(path, 0o644)
+    SQLiteStore(path).close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_a_symlinked_database_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "real.sqlite3").touch()
+    (tmp_path / "link.sqlite3").symlink_to(tmp_path / "real.sqlite3")
+    with pytest.raises(StoreError, match="symlink"):
+        SQLiteStore(tmp_path / "link.sqlite3")
+
+
+# ---- migrations ----------------------------------------------------------------------------
+
+def _v1_database(path: Path, keys: list[Key]) -> None:
+    """A database as version 1 of the schema left it (tags only inside the JSON record)."""
+    path.parent.mkdir(mode=0o700)
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert migrate(conn, target=1) == 1
+    for key in keys:
+        conn.execute("INSERT INTO keys (id, name, state, algorithm, usage, revision, record) "
+                     "VALUES (?, ?, ?, ?, ?, 1, ?)",
+                     (key.id, key.name, key.state.value, key.algorithm, key.usage,
+                      json.dumps(key_to_record(key))))
+    conn.close()
+
+
+def test_an_older_schema_is_migrated_in_place(path: Path) -> None:
+    keys = [make_key("a", ("pci", "prod")), make_key("b", ("prod",)), make_key(None)]
+    _v1_database(path, keys)
+    store = SQLiteStore(path)
+    try:
+        assert store.describe()["user_version"] == SCHEMA_VERSION
+        tagged = [k.id for k in store.list(KeyFilter(tag="prod")).keys]
+        assert tagged == sorted(k.id for k in keys[:2])
+        assert store.count(KeyFilter(tag="pci")) == 1
+        assert store.get_by_name("a").tags == ("pci", "prod")
+    finally:
+        store.close()
+
+
+def test_migrating_twice_is_harmless(path: Path) -> None:
+    SQLiteStore(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert migrate(conn) == SCHEMA_VERSION
+    conn.close()
+
+
+def test_a_failed_migration_changes_nothing(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    SQLiteStore(path).close()
+    broken = "CREATE TABLE half_done (x INTEGER); INSERT INTO no_such_table VALUES (1);"
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", (*sqlite_module.MIGRATIONS, broken))
+    with pytest.raises(StoreError, match=f"migration to version {SCHEMA_VERSION + 1} failed"):
+        SQLiteStore(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half_done'"
+                        ).fetchone()[0] == 0
+    conn.close()
+
+
+def test_a_newer_schema_is_refused(path: Path) -> None:
+    SQLiteStore(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        SQLiteStore(path)
+
+
+# ---- query plans ---------------------------------------------------------------------------
+
+def _plan(store: SQLiteStore, filters: KeyFilter) -> str:
+    sql, args = _select("k.id, k.record", filters, str(uuid.uuid4()))
+    conn = store._connection()
+    return " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql} LIMIT 5", args))
+
+
+def test_filters_walk_indexes_in_id_order(store: SQLiteStore) -> None:
+    assert "SEARCH t USING PRIMARY KEY (tag=? AND key_id>?)" in _plan(store, KeyFilter(tag="x"))
+    assert "keys_by_state (state=? AND id>?)" in _plan(store, KeyFilter(state=KeyState.ACTIVE))
+    for filters in (KeyFilter(), KeyFilter(tag="x"), KeyFilter(state=KeyState.ACTIVE)):
+        assert "TEMP B-TREE" not in _plan(store, filters)  # no sort step
+
+
+# ---- several connections (threads in other processes) on one file -------------------------
+
+def test_cas_and_caches_hold_across_connections(path: Path) -> None:
+    one, two = SQLiteStore(path), SQLiteStore(path)
+    try:
+        key = one.create(make_key("shared"))
+        assert two.get(key.id) == key and one.get(key.id) == key  # both cached now
+        revoked = two.update(lc.revoke(key, NOW, "bob"))
+        assert one.get(key.id) == revoked  # the other connection's commit flushed one's cache
+        with pytest.raises(StaleRevision):
+            one.update(lc.rotate(key, b"v2", NOW, "alice"))
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_failed_update_keeps_the_old_tags(store: SQLiteStore) -> None:
+    key = store.create(make_key("k", ("old",)))
+    store.fail_writes = True
+    with pytest.raises(StoreError):
+        store.update(lc.revoke(key, NOW, "alice"))
+    store.fail_writes = False
+    assert store.count(KeyFilter(tag="old")) == 1 and store.get(key.id) == key
+
+
+def test_a_corrupted_row_names_the_key_and_spares_the_rest(store: SQLiteStore,
+                                                           path: Path) -> None:
+    bad, good = store.create(make_key("bad")), store.create(make_key("good"))
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("UPDATE keys SET record = '{\"secret\": 1' WHERE id = ?", (bad.id,))
+    conn.close()
+    with pytest.raises(StoreError) as caught:
+        store.get(bad.id)
+    assert bad.id in str(caught.value) and "secret" not in str(caught.value)
+    assert store.get(good.id) == good and store.get_by_name("good") == good
+
+
+def test_the_closed_store_refuses_work(store: SQLiteStore) -> None:
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.get(str(uuid.uuid4()))
