@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from .api import application, router as routing
-from .api.handlers import crypto as crypto_routes, keys as key_routes, system as system_routes
+from .api.handlers import audit as audit_routes, crypto as crypto_routes, keys as key_routes
+from .api.handlers import system as system_routes
+from .api.handlers import tokens as token_routes
 from .api.server import HardenedHTTPServer
 from .audit.chain import AuditEvent
 from .audit.sinks import AuditSink, FileSink, SQLiteSink
-from .authn import Authenticator
+from .authn import Authenticator, build_authenticator
+from .ratelimit import RateLimiter, policy_from_settings
 from .config import Config, Secrets, parse_listen
 from .crypto.seal import Sealer
 from .errors import ConfigError, FerroError
@@ -110,7 +113,7 @@ class Runtime:
             "store": self.store.describe(),
             "audit": self.audit.describe(),
             "auth": self.authenticator.stats(),
-            "rate_limit": {"limited": int(sum(self.metrics.rate_limited._values.values()))},
+            "rate_limit": self.app.limiter.stats(),
             "cache": self.service.engine.cache.stats(),
         }
 
@@ -127,20 +130,32 @@ def build_runtime(config: Config, secrets: Secrets) -> Runtime:
     cache: MaterialCache[Any] = MaterialCache(config.crypto.cache_max_entries,
                                               config.crypto.cache_ttl_seconds)
     engine = KeyEngine(store, sealer, cache, config.crypto.max_input_bytes)
-    service = KeyService(store, engine, audit, destroy_grace=destroy_grace(config))
-    auth = Authenticator(secrets.jwt_hs256_secret, issuer=config.auth.issuer,
-                         audience=config.auth.audience, max_ttl=config.auth.max_token_ttl_seconds,
-                         leeway=config.auth.leeway_seconds,
-                         cache_entries=config.auth.token_cache_entries)
     metrics = ServerMetrics()
+    service = KeyService(store, engine, audit, destroy_grace=destroy_grace(config),
+                         on_crypto=lambda alg, op, outcome: metrics.crypto_ops.inc(alg, op, outcome))
+    auth = build_authenticator(config.auth, secrets.jwt_hs256_secret, config.storage.data_dir,
+                               on_event=keyset_audit(audit))
+    limiter = RateLimiter(policy_from_settings(config.rate_limit))
     router = routing.Router()
     key_routes.register(router, service)
     crypto_routes.register(router, service)
-    app = application.Application(router, auth, metrics, application.audit_hook(service.record))
+    audit_routes.register(router, service, audit)
+    token_routes.register(router, auth, service.record)
+    app = application.Application(router, auth, metrics, application.audit_hook(service.record),
+                                  limiter)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app)
-    system_routes.register(router, runtime.health, metrics)
+    system_routes.register(router, runtime.health, metrics,
+                           extra_operations=token_routes.OPERATIONS)
     _gauges(runtime)
     return runtime
+
+
+def keyset_audit(audit: AuditSink) -> Any:
+    """Every keyset reload, accepted or refused, leaves an audit record."""
+    def record(outcome: str, message: str) -> None:
+        audit.append(AuditEvent.from_context(SYSTEM_CONTEXT, "auth.keyset_reload", outcome,
+                                             message))
+    return record
 
 
 def _gauges(rt: Runtime) -> None:

@@ -3,6 +3,9 @@
 Administrators and Operators manage keys but never use them; Services use keys but never manage
 them; Auditors only read. A Service principal whose token carries a ``tags`` claim may touch only
 keys that carry at least one of those tags. Roles come from verified token claims only.
+
+The README's role table is this table; tests/integration/test_auth_matrix.py states the same
+matrix independently, route by route, so a change here without a change there fails.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class Action(StrEnum):
     APPROVAL_LIST = "approval.list"
     APPROVAL_DECIDE = "approval.decide"
     AUDIT_READ = "audit.read"
+    TOKEN_REVOKE = "token.revoke"
 
 
 A, O, U, S = Role.ADMINISTRATOR, Role.OPERATOR, Role.AUDITOR, Role.SERVICE
@@ -60,6 +64,7 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.APPROVAL_LIST: frozenset({A, O, U}),
     Action.APPROVAL_DECIDE: MANAGERS,
     Action.AUDIT_READ: frozenset({A, O, U}),
+    Action.TOKEN_REVOKE: frozenset({A}),
 }
 
 

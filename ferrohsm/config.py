@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import ipaddress
 import os
 import stat
 import tomllib
@@ -66,12 +67,34 @@ class AuthSettings:
     max_token_ttl_seconds: int = 900
     leeway_seconds: int = 30
     token_cache_entries: int = 10000
+    # Keysets (see ferrohsm/keysets.py). FERROHSM_JWT_HS256_SECRET verifies tokens without a kid.
+    hs256_secret_envs: tuple[str, ...] = ()   # "kid:ENV_VAR": more HS256 secrets, by kid
+    public_key_files: tuple[str, ...] = ()    # "kid:ALG:path.pem", ALG RS256/PS256/ES256/ES384
+    jwks_file: str = ""                       # JWKS of public keys; each needs kid and alg
+    keyset_reload_seconds: float = 2.0        # how often key files are checked for changes
+    require_bound_tokens_for_roles: tuple[str, ...] = ()  # roles whose tokens need cnf x5t#S256
+    require_jti: bool = False                 # refuse tokens that cannot be revoked singly
+    deny_list_file: str = ""                  # revoked jtis; "" = <data_dir>/revoked-tokens.json
+    max_token_bytes: int = 8192
 
 
 @dataclass(frozen=True)
 class RateLimitSettings:
     requests_per_second: float = 50.0
     burst: int = 100
+    # Per-role overrides of the two above; 0 keeps the default.
+    administrator_requests_per_second: float = 0.0
+    administrator_burst: int = 0
+    operator_requests_per_second: float = 0.0
+    operator_burst: int = 0
+    auditor_requests_per_second: float = 0.0
+    auditor_burst: int = 0
+    service_requests_per_second: float = 0.0
+    service_burst: int = 0
+    ip_requests_per_second: float = 10.0      # per source IP: unauthenticated and failed requests
+    ip_burst: int = 40
+    max_tracked: int = 100000                 # buckets kept per table (LRU beyond that)
+    trusted_proxies: tuple[str, ...] = ()     # CIDRs whose X-Forwarded-For is believed
 
 
 @dataclass(frozen=True)
@@ -283,6 +306,7 @@ def validate(config: Config) -> None:
          "[auth].issuer and [auth].audience must not be empty"),
         (config.rate_limit.requests_per_second > 0, "[rate_limit].requests_per_second must be > 0"),
         (config.rate_limit.burst >= 1, "[rate_limit].burst must be >= 1"),
+        *_auth_checks(config.auth), *_rate_limit_checks(config.rate_limit),
         (config.audit.retention_days >= 0, "[audit].retention_days must be >= 0"),
         (config.approvals.retention_days >= 0, "[approvals].retention_days must be >= 0"),
         (config.scheduler.interval_seconds >= 1, "[scheduler].interval_seconds must be >= 1"),
@@ -303,6 +327,37 @@ def validate(config: Config) -> None:
         if tag.approvals_required < 0 or tag.approval_ttl_seconds < 1 or tag.rotation_days < 0 \
                 or tag.archive_after_days < 0 or tag.destroy_grace_hours < 0:
             raise ConfigError(f"{src}: [policy.tags.{name}] has a negative or zero value")
+
+
+def _auth_checks(a: AuthSettings) -> list[tuple[bool, str]]:
+    roles = ("administrator", "operator", "auditor", "service")
+    return [
+        (0 <= a.keyset_reload_seconds <= 3600, "[auth].keyset_reload_seconds must be 0-3600"),
+        (512 <= a.max_token_bytes <= 65536, "[auth].max_token_bytes must be 512-65536"),
+        (0 <= a.token_cache_entries <= 10_000_000, "[auth].token_cache_entries must be 0-10000000"),
+        (all(r in roles for r in a.require_bound_tokens_for_roles),
+         f"[auth].require_bound_tokens_for_roles may only name {', '.join(roles)}"),
+        (all(e.count(":") >= 1 for e in a.hs256_secret_envs),
+         "[auth].hs256_secret_envs entries must look like 'kid:ENV_VAR'"),
+        (all(e.count(":") >= 2 for e in a.public_key_files),
+         "[auth].public_key_files entries must look like 'kid:ALG:path'"),
+    ]
+
+
+def _rate_limit_checks(r: RateLimitSettings) -> list[tuple[bool, str]]:
+    checks = [(r.ip_requests_per_second > 0, "[rate_limit].ip_requests_per_second must be > 0"),
+              (r.ip_burst >= 1, "[rate_limit].ip_burst must be >= 1"),
+              (100 <= r.max_tracked <= 10_000_000, "[rate_limit].max_tracked must be 100-10000000")]
+    for role in ("administrator", "operator", "auditor", "service"):
+        checks.append((getattr(r, f"{role}_requests_per_second") >= 0
+                       and getattr(r, f"{role}_burst") >= 0,
+                       f"[rate_limit].{role}_requests_per_second/_burst must be >= 0"))
+    for entry in r.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            checks.append((False, f"[rate_limit].trusted_proxies: not a CIDR: {entry!r:.60}"))
+    return checks
 
 
 # ---- secrets ------------------------------------------------------------------------------

@@ -11,12 +11,14 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from ..authn import Authenticator
-from ..errors import FerroError
+from ..errors import BadRequest, FerroError, MethodNotAllowed, NotFound, RateLimited
 from ..metrics import ServerMetrics
 from ..model import Principal, RequestContext
+from ..ratelimit import RateLimiter
 from .http import Request, Response, error_response, json_response
 from .router import Router
 
@@ -29,21 +31,25 @@ AuditHook = Callable[[RequestContext, str, str, str], None]
 
 class Application:
     def __init__(self, router: Router, authenticator: Authenticator, metrics: ServerMetrics,
-                 audit_refusal: AuditHook) -> None:
+                 audit_refusal: AuditHook, limiter: RateLimiter | None = None) -> None:
         self.router = router
         self.auth = authenticator
         self.metrics = metrics
         self.audit_refusal = audit_refusal
+        self.limiter = limiter if limiter is not None else RateLimiter()
 
     def __call__(self, req: Request) -> Response:
         start = time.perf_counter()
         route_name = "unmatched"
         ctx = base_context(req, None)
+        ctx = replace(ctx, source_ip=self.limiter.client_ip(
+            req.peer_ip, req.headers.get_all("x-forwarded-for")))
         try:
-            route, params = self.router.match(req.method, req.path)
+            route, params = self._route(req, ctx)
             route_name = route.template
             if route.template.startswith("/v1/"):
-                ctx = base_context(req, self._authenticate(req, ctx))
+                ctx = replace(ctx, principal=self._authenticate(req, ctx))
+            self._limit(ctx)
             result = route.handler(ctx, req, params)
             resp = result if isinstance(result, Response) else json_response(*result)
         except FerroError as exc:
@@ -55,13 +61,43 @@ class Application:
         self._observe(req, ctx, route_name, resp, time.perf_counter() - start)
         return resp
 
-    def _authenticate(self, req: Request, ctx: RequestContext) -> Principal:
+    def _route(self, req: Request, ctx: RequestContext) -> tuple[Any, dict[str, str]]:
         try:
-            return self.auth.authenticate(req.headers.get_all("authorization"))
+            return self.router.match(req.method, req.path)
+        except (NotFound, MethodNotAllowed):
+            self._limit(ctx)  # a scanner's 404s spend its IP's tokens too (429 once empty)
+            raise
+
+    def _authenticate(self, req: Request, ctx: RequestContext) -> Principal:
+        """The token from the Authorization header (never from the query string).
+
+        A failure spends a token of the source IP's bucket; once that is empty the answer is
+        429 instead of 401 and no audit record is written, so a flood of bogus tokens can
+        neither flood the audit log nor lock out valid tokens sent from the same address.
+        """
+        try:
+            if "access_token" in req.query:
+                raise BadRequest("bearer tokens are accepted only in the Authorization header")
+            return self.auth.authenticate(req.headers.get_all("authorization"),
+                                          client_fingerprint=ctx.client_fingerprint)
         except FerroError as exc:
-            self.metrics.auth_failures.inc(exc.code)
+            self.metrics.auth_failures.inc(getattr(exc, "reason", exc.code))
+            self._limit(ctx)
             self.audit_refusal(ctx, "auth.authenticate", "denied",
                                f"{req.method} {req.path[:200]}: {exc.message}")
+            raise
+
+    def _limit(self, ctx: RequestContext) -> None:
+        """Spend a token of the actor's bucket, or of the source IP's when there is no actor
+        (health, metrics, dashboard, 404s, failed authentication); 429 when it is empty."""
+        now, principal = time.monotonic(), ctx.principal
+        try:
+            if principal is not None:
+                self.limiter.take_actor(principal.subject, principal.role.value, now)
+            else:
+                self.limiter.take_ip(ctx.source_ip or "", now)
+        except RateLimited:
+            self.metrics.rate_limited.inc("actor" if principal is not None else "ip")
             raise
 
     def _observe(self, req: Request, ctx: RequestContext, route: str, resp: Response,
@@ -73,8 +109,11 @@ class Application:
         access_log.info(json.dumps({
             "http.request.method": req.method, "http.route": route,
             "http.response.status_code": resp.status, "duration_ms": round(seconds * 1000, 3),
-            "client.address": req.peer_ip, "enduser.id": ctx.principal.subject
-            if ctx.principal else None, "request_id": req.request_id,
+            "client.address": ctx.source_ip, "network.peer.address": req.peer_ip,
+            "enduser.id": ctx.principal.subject if ctx.principal else None,
+            "enduser.role": ctx.principal.role.value if ctx.principal else None,
+            "session.id": ctx.principal.session if ctx.principal else None,
+            "tls.client.x5t_s256": ctx.client_fingerprint, "request_id": req.request_id,
             "trace_id": ctx.trace_id, "correlation_id": ctx.correlation_id,
         }, separators=(",", ":")))
 

@@ -101,6 +101,9 @@ def _run(config: Config, ssl_provider: Any, announce: Any = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
         server.start()
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
+            target=rt.authenticator.reload, args=("SIGHUP",), name="ferrohsm-sighup",
+            daemon=True).start())
         port = server.server_address[1]
         wiring.system_event(rt, "system.startup", f"FerroHSM listening on port {port}")
         wiring.start_scheduler(rt)

@@ -1,0 +1,177 @@
+"""A persisted deny-list of revoked token ids (``jti``).
+
+Why by ``jti`` and never by token text: one signed token has many spellings (PyJWT accepts a
+signature segment with trailing ``=``), so a list of token strings is bypassed by re-encoding the
+same token. A ``jti`` is inside the signed payload and cannot be respelled.
+
+Entries expire: once every token that could carry a ``jti`` is past its ``exp`` (plus leeway), the
+entry is useless and is pruned, so the list stays small. The file is JSON, mode 0600, written to a
+temporary file, fsynced and renamed into place, so a crash leaves the old or the new list, never a
+torn one. A file that cannot be read at start-up stops the server: silently forgetting revocations
+would re-admit revoked tokens. The file is re-read when it changes on disk (another process sharing
+the data directory revoked a token), at most once per ``check_interval``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+from .errors import ConfigError, Unavailable
+
+log = logging.getLogger("ferrohsm.auth")
+FORMAT_VERSION = 1
+MAX_JTI_CHARS = 128
+
+
+def valid_jti(jti: object) -> bool:
+    return isinstance(jti, str) and 0 < len(jti) <= MAX_JTI_CHARS and jti.isprintable()
+
+
+class DenyList:
+    """``jti`` → time (epoch seconds) after which the entry may be forgotten."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, max_entries: int = 100_000,
+                 check_interval: float = 1.0) -> None:
+        self._path = Path(path) if path else None
+        self._max = max_entries
+        self._interval = check_interval
+        self._lock = threading.Lock()
+        self._entries: dict[str, float] = {}
+        self._seen: tuple[int, int, int] | None = None
+        self._checked = float("-inf")
+        if self._path is not None:
+            self._entries = self._read()  # ConfigError when unreadable: fail closed
+            self._seen = self._stat()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def is_revoked(self, jti: str | None, now: float) -> bool:
+        """True when ``jti`` is listed. Called on every request, cache hits included."""
+        if jti is None:
+            return False
+        self._maybe_refresh(now)
+        return jti in self._entries
+
+    def revoke(self, jti: str, until: float, now: float) -> None:
+        """List ``jti`` until ``until``; persisted before returning (Unavailable on I/O failure)."""
+        if not valid_jti(jti):
+            raise ValueError("jti must be 1-128 printable characters")
+        with self._lock:
+            entries = {k: v for k, v in self._entries.items() if v > now}
+            entries[jti] = max(until, entries.get(jti, until))
+            if len(entries) > self._max:
+                raise Unavailable(f"the token deny-list is full ({self._max} live entries)")
+            self._write(entries)
+            self._entries = entries
+
+    def prune(self, now: float) -> int:
+        """Forget expired entries; returns how many went."""
+        with self._lock:
+            live = {k: v for k, v in self._entries.items() if v > now}
+            gone = len(self._entries) - len(live)
+            if gone:
+                self._write(live)
+                self._entries = live
+            return gone
+
+    def reload(self) -> None:
+        """Re-read the file now (SIGHUP); a broken file keeps the entries in memory."""
+        with self._lock:
+            self._refresh_locked()
+
+    # ---- persistence ----
+
+    def _maybe_refresh(self, now: float) -> None:
+        if self._path is None or now - self._checked < self._interval:
+            return
+        if self._lock.acquire(blocking=False):
+            try:
+                self._checked = now
+                if self._stat() != self._seen:
+                    self._refresh_locked()
+            finally:
+                self._lock.release()
+
+    def _refresh_locked(self) -> None:
+        if self._path is None:
+            return
+        try:
+            entries = self._read()
+        except ConfigError as exc:
+            log.warning("token deny-list changed on disk but cannot be read; keeping the "
+                        "entries in memory: %s", exc.message)
+            return
+        # Union, never replace: a revocation in memory is never undone by an older file.
+        self._entries = {**entries, **{k: max(v, entries.get(k, v))
+                                       for k, v in self._entries.items()}}
+        self._seen = self._stat()
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        assert self._path is not None
+        try:
+            st = self._path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _read(self) -> dict[str, float]:
+        assert self._path is not None
+        where = f"token deny-list {self._path}"
+        try:
+            raw = self._path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
+        try:
+            doc = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise ConfigError(f"{where}: not valid JSON") from None
+        if not isinstance(doc, dict):
+            doc = {}
+        revoked = doc.get("revoked")
+        if doc.get("version") != FORMAT_VERSION or not isinstance(revoked, dict) or not all(
+                valid_jti(k) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                for k, v in revoked.items()):
+            raise ConfigError(f"{where}: not a version {FORMAT_VERSION} deny-list")
+        return {k: float(v) for k, v in revoked.items()}
+
+    def _write(self, entries: dict[str, float]) -> None:
+        if self._path is None:
+            return
+        body = json.dumps({"version": FORMAT_VERSION, "revoked": entries},
+                          separators=(",", ":"), sort_keys=True).encode("utf-8")
+        try:
+            _atomic_write(self._path, body)
+        except OSError as exc:
+            raise Unavailable(f"cannot persist the token deny-list: {exc.strerror}") from None
+        self._seen = self._stat()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """temp (0600) + fsync + rename + directory fsync: the old or the new file, never half."""
+    fd, tmp = tempfile.mkstemp(prefix=".denylist-", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

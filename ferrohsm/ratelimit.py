@@ -1,0 +1,203 @@
+"""Rate limiting: token buckets per actor and per source IP, with bounded memory.
+
+Sans-I/O: every method takes ``now`` (monotonic seconds) from the caller, so the tests drive time.
+
+- Authenticated requests draw from the bucket of their actor (the token's ``sub``), so a fresh token
+  for the same subject shares the bucket; rate and burst come from the actor's role.
+- Unauthenticated requests (health, metrics, dashboard, 404s) and FAILED authentication draw from
+  the bucket of the source IP (IPv6 grouped by /64, since one host owns a whole /64). A valid
+  token never draws from it, so bogus tokens from an address (a NAT, a proxy) cannot lock out
+  the valid ones sent from the same address.
+- Memory is bounded: each table is an LRU of at most ``max_entries`` buckets. The least recently
+  used bucket goes first; one that has refilled to its burst is indistinguishable from a new one,
+  so evicting it loses nothing, and at the default rates an LRU bucket is nearly always full.
+- ``X-Forwarded-For`` is believed only when the TCP peer is a configured trusted proxy; then the
+  client is the right-most address that is not itself a trusted proxy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import RateLimited
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+MAX_FORWARDED_HOPS = 32
+IPV6_GROUP_PREFIX = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """A sustained ``rate`` (tokens per second) and a ``burst`` (bucket capacity)."""
+
+    rate: float
+    burst: float
+
+    def __post_init__(self) -> None:
+        if not (self.rate > 0 and self.burst >= 1):
+            raise ValueError("a rate limit needs rate > 0 and burst >= 1")
+
+
+class TokenBuckets:
+    """One token bucket per key in an LRU table of bounded size; thread-safe."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._max = max(1, max_entries)
+        self._buckets: OrderedDict[Any, list[float]] = OrderedDict()  # key → [tokens, at]
+        self._lock = threading.Lock()
+        self.evicted = 0
+        self.evicted_unfull = 0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: Any, limit: Limit, now: float, cost: float = 1.0) -> float:
+        """Spend ``cost`` tokens: 0.0 when allowed, else the seconds until it would be."""
+        with self._lock:
+            bucket = self._refill(key, limit, now)
+            if bucket[0] >= cost:
+                bucket[0] -= cost
+                return 0.0
+            return (cost - bucket[0]) / limit.rate
+
+    def peek(self, key: Any, limit: Limit, now: float) -> float:
+        """Like ``take`` of one token but spending nothing (and creating no bucket)."""
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                return 0.0
+            tokens = min(limit.burst, bucket[0] + (now - bucket[1]) * limit.rate)
+            return 0.0 if tokens >= 1 else (1 - tokens) / limit.rate
+
+    def _refill(self, key: Any, limit: Limit, now: float) -> list[float]:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            while len(self._buckets) >= self._max:
+                self._evict_one(limit, now)
+            bucket = self._buckets[key] = [float(limit.burst), now]
+        else:
+            self._buckets.move_to_end(key)
+            elapsed = max(0.0, now - bucket[1])
+            bucket[0] = min(float(limit.burst), bucket[0] + elapsed * limit.rate)
+            bucket[1] = now
+        return bucket
+
+    def _evict_one(self, limit: Limit, now: float) -> None:
+        _, (tokens, at) = self._buckets.popitem(last=False)
+        self.evicted += 1
+        if tokens + (now - at) * limit.rate < limit.burst:
+            self.evicted_unfull += 1
+
+
+@dataclass(frozen=True)
+class RateLimitPolicy:
+    """What the limiter enforces; ``per_role`` overrides ``default`` for that role's actors."""
+
+    default: Limit = field(default_factory=lambda: Limit(50.0, 100))
+    per_role: Mapping[str, Limit] = field(default_factory=dict)
+    per_ip: Limit = field(default_factory=lambda: Limit(10.0, 40))
+    max_entries: int = 100_000
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+
+    def for_role(self, role: str) -> Limit:
+        return self.per_role.get(role, self.default)
+
+
+def parse_networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """CIDRs (or single addresses); ValueError naming the bad entry."""
+    out = []
+    for entry in entries:
+        try:
+            out.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"not an IP address or CIDR: {entry!r:.60}") from None
+    return tuple(out)
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        addr = ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+class RateLimiter:
+    """The policy applied to requests: actor buckets, IP buckets, trusted-proxy resolution."""
+
+    def __init__(self, policy: RateLimitPolicy | None = None) -> None:
+        self.policy = policy or RateLimitPolicy()
+        self.actors = TokenBuckets(self.policy.max_entries)
+        self.ips = TokenBuckets(self.policy.max_entries)
+        self.limited = {"actor": 0, "ip": 0}
+
+    def client_ip(self, peer_ip: str, forwarded_for: list[str]) -> str:
+        """The address to limit and audit: the peer, or what a trusted proxy says it relayed."""
+        peer = _address(peer_ip)
+        if peer is None or not forwarded_for or not self._trusted(peer):
+            return str(peer) if peer is not None else peer_ip
+        hops = [h for value in forwarded_for for h in value.split(",")][-MAX_FORWARDED_HOPS:]
+        client = peer
+        for hop in reversed(hops):
+            addr = _address(hop)
+            if addr is None:
+                break  # garbage from beyond the last trusted hop: stop believing the header
+            client = addr
+            if not self._trusted(addr):
+                break
+        return str(client)
+
+    def _trusted(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return any(addr in net for net in self.policy.trusted_proxies)
+
+    @staticmethod
+    def ip_key(ip: str) -> str:
+        addr = _address(ip)
+        if isinstance(addr, ipaddress.IPv6Address):
+            return str(ipaddress.ip_network(f"{addr}/{IPV6_GROUP_PREFIX}", strict=False))
+        return str(addr) if addr is not None else ip[:64]
+
+    def take_ip(self, ip: str, now: float) -> None:
+        """Spend one token of the IP's bucket (unauthenticated routes); 429 when empty."""
+        wait = self.ips.take(self.ip_key(ip), self.policy.per_ip, now)
+        if wait > 0:
+            self._refuse("ip", wait)
+
+    def take_actor(self, subject: str, role: str, now: float) -> None:
+        """Spend one token of the actor's bucket; 429 with the wait when empty."""
+        wait = self.actors.take(subject, self.policy.for_role(role), now)
+        if wait > 0:
+            self._refuse("actor", wait)
+
+    def _refuse(self, scope: str, wait: float) -> None:
+        self.limited[scope] += 1
+        raise RateLimited(f"rate limit exceeded; retry in {math.ceil(wait)} s", retry_after=wait)
+
+    def stats(self) -> dict[str, int]:
+        return {"limited_actor": self.limited["actor"], "limited_ip": self.limited["ip"],
+                "actor_buckets": len(self.actors), "ip_buckets": len(self.ips),
+                "evicted": self.actors.evicted + self.ips.evicted,
+                "evicted_unfull": self.actors.evicted_unfull + self.ips.evicted_unfull}
+
+
+def policy_from_settings(settings: Any) -> RateLimitPolicy:
+    """Build the policy from ``config.RateLimitSettings`` (0 in a per-role field: the default)."""
+    default = Limit(settings.requests_per_second, settings.burst)
+    per_role: dict[str, Limit] = {}
+    for role in ("administrator", "operator", "auditor", "service"):
+        rate = getattr(settings, f"{role}_requests_per_second", 0.0)
+        burst = getattr(settings, f"{role}_burst", 0)
+        if rate or burst:
+            per_role[role] = Limit(rate or default.rate, burst or default.burst)
+    return RateLimitPolicy(default=default, per_role=per_role,
+                           per_ip=Limit(settings.ip_requests_per_second, settings.ip_burst),
+                           max_entries=settings.max_tracked,
+                           trusted_proxies=parse_networks(settings.trusted_proxies))
