@@ -19,12 +19,11 @@ from ..errors import BadRequest, FerroError, MethodNotAllowed, NotFound, RateLim
 from ..metrics import ServerMetrics
 from ..model import Principal, RequestContext
 from ..ratelimit import RateLimiter
-from .http import Request, Response, error_response, json_response
+from .http import Request, Response, error_response, is_sane_request_id, json_response
 from .router import Router
 
 access_log = logging.getLogger("ferrohsm.access")
 log = logging.getLogger("ferrohsm.api")
-SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 AuditHook = Callable[[RequestContext, str, str, str], None]
 
@@ -54,7 +53,7 @@ class Application:
             resp = result if isinstance(result, Response) else json_response(*result)
         except FerroError as exc:
             resp = error_response(exc, req.request_id)
-        except Exception:  # noqa: BLE001 - a handler bug must never take the server down
+        except Exception:
             log.exception("unhandled error", extra={"request_id": req.request_id})
             resp = error_response(FerroError("internal error"), req.request_id)
         echo_context_headers(req, ctx, resp)
@@ -128,14 +127,14 @@ def base_context(req: Request, principal: Principal | None) -> RequestContext:
         fingerprint = cert_fingerprint(req.client_cert_der)
     return RequestContext(
         principal=principal, request_id=req.request_id,
-        correlation_id=correlation if correlation and SANE_ID.match(correlation) else None,
+        correlation_id=_sane(correlation),
         trace_id=match.group(1) if match else None, source_ip=req.peer_ip,
         client_fingerprint=fingerprint,
         approval_id=_sane(req.headers.get("x-approval-id")))
 
 
 def _sane(value: str | None) -> str | None:
-    return value if value and SANE_ID.match(value) else None
+    return value if is_sane_request_id(value) else None
 
 
 def echo_context_headers(req: Request, ctx: RequestContext, resp: Response) -> None:

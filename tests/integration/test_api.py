@@ -250,6 +250,8 @@ def test_openapi_covers_every_route(srv: LiveServer) -> None:
 
 def test_health_and_metrics(srv: LiveServer) -> None:
     from prometheus_client.parser import text_string_to_metric_families
+    ref = create(srv)["id"]
+    srv.call("POST", f"/v1/keys/{ref}/encrypt", {"plaintext": B(b"m")}, role=SVC)
     status, _, health = srv.call("GET", "/healthz", role=None)
     assert status == 200 and health["status"] == "ok"
     for section in ("store", "audit", "auth", "rate_limit", "cache", "uptime_seconds"):
@@ -262,6 +264,9 @@ def test_health_and_metrics(srv: LiveServer) -> None:
     assert "ferrohsm_crypto_operations" in families
     routes = {s.labels.get("route") for s in families["ferrohsm_http_requests"].samples}
     assert "/v1/keys" in routes, routes
+    ops = {(s.labels["algorithm"], s.labels["operation"])
+           for s in families["ferrohsm_crypto_operations"].samples}
+    assert ("aes-256-gcm", "encrypt") in ops
 
 
 def test_audit_endpoint_pages_and_verifies(srv: LiveServer, tmp_path: Path) -> None:

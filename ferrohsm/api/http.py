@@ -1,0 +1,158 @@
+"""Plain HTTP data types shared by the transport (server.py) and the application (handlers).
+
+The server turns bytes into a ``Request`` and a ``Response`` back into bytes; the application only
+ever sees these two types, so handlers are testable without sockets. ``error_response`` is THE one
+place where a ``FerroError`` becomes an HTTP status and body: nothing else picks a status for an
+error, and nothing puts a traceback in a body.
+
+The few statuses that only the transport produces (408, 414, 417, 431, 505) get their own
+``FerroError`` subclasses here, so they flow through ``error_response`` like every other error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ApprovalRequired, FerroError, MethodNotAllowed, RateLimited, Unauthenticated
+
+JSON_CONTENT_TYPE = "application/json"
+
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class RequestTimeout(FerroError):
+    """The request head or body did not arrive before its deadline (slow or stalled client)."""
+
+    code, status = "request_timeout", 408
+
+
+class UriTooLong(FerroError):
+    code, status = "uri_too_long", 414
+
+
+class ExpectationFailed(FerroError):
+    """An ``Expect`` value other than ``100-continue``."""
+
+    code, status = "expectation_failed", 417
+
+
+class HeaderFieldsTooLarge(FerroError):
+    code, status = "request_header_fields_too_large", 431
+
+
+class VersionNotSupported(FerroError):
+    code, status = "http_version_not_supported", 505
+
+
+class Headers:
+    """Case-insensitive multi-map over the header fields in the order they were received.
+
+    Values are kept exactly as received (minus surrounding whitespace): joining repeated fields is
+    left to the caller, because for some fields (Content-Length, Host) repetition is an error
+    rather than a list.
+    """
+
+    __slots__ = ("_fields", "_index")
+
+    def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
+        self._fields: list[tuple[str, str]] = list(fields)
+        self._index: dict[str, list[str]] = {}
+        for name, value in self._fields:
+            self._index.setdefault(name.lower(), []).append(value)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of ``name``, or ``default`` when absent."""
+        values = self._index.get(name.lower())
+        return values[0] if values else default
+
+    def get_all(self, name: str) -> list[str]:
+        return list(self._index.get(name.lower(), ()))
+
+    def items(self) -> list[tuple[str, str]]:
+        """Every field as received (original name case), repeated fields included."""
+        return list(self._fields)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __repr__(self) -> str:
+        # Never print values: Authorization carries a bearer token.
+        return f"Headers({sorted(self._index)})"
+
+
+@dataclass(slots=True)
+class Request:
+    """One parsed request. ``path`` is the raw (still percent-encoded) path: the router decodes
+    path parameters exactly once, so nothing upstream may decode it first."""
+
+    method: str
+    target: str
+    path: str
+    query: dict[str, list[str]]
+    headers: Headers
+    body: bytes
+    peer_ip: str
+    peer_port: int
+    client_cert_der: bytes | None
+    request_id: str
+    received_at: float
+    http_version: str = "HTTP/1.1"
+
+
+@dataclass(slots=True)
+class Response:
+    """What the application returns. The server adds Content-Length, Date, Connection and
+    X-Request-ID itself; ``close=True`` ends the keep-alive connection after this response."""
+
+    status: int
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    close: bool = False
+
+
+def is_sane_request_id(value: str | None) -> bool:
+    """A client-supplied X-Request-ID we are willing to echo and log (no injection, bounded)."""
+    return value is not None and _REQUEST_ID_RE.fullmatch(value) is not None
+
+
+def pick_request_id(client_value: str | None) -> str:
+    """The client's request id when sane, else a fresh UUID4."""
+    if client_value is not None and _REQUEST_ID_RE.fullmatch(client_value):
+        return client_value
+    return str(uuid.uuid4())
+
+
+def json_response(
+    status: int, obj: Any, headers: Iterable[tuple[str, str]] = ()
+) -> Response:
+    """Compact UTF-8 JSON (no spaces: smaller and what SDKs byte-compare in tests)."""
+    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return Response(status, body, [("Content-Type", JSON_CONTENT_TYPE), *headers])
+
+
+def error_response(exc: FerroError, request_id: str) -> Response:
+    """Map a FerroError to API.md's error body, with the headers its status requires."""
+    extra: list[tuple[str, str]] = []
+    if isinstance(exc, MethodNotAllowed):
+        extra.append(("Allow", ", ".join(exc.allow)))
+    elif isinstance(exc, RateLimited):
+        extra.append(("Retry-After", str(max(1, math.ceil(exc.retry_after)))))
+    elif isinstance(exc, Unauthenticated):
+        extra.append(("WWW-Authenticate", 'Bearer error="invalid_token"'))
+    body: dict[str, Any] = {"error": {"code": exc.code, "message": exc.message,
+                                      "request_id": request_id}}
+    if isinstance(exc, ApprovalRequired) and "approval" in exc.details:
+        body["approval"] = exc.details["approval"]  # API.md: 202 carries the parked approval
+    return json_response(exc.status, body, extra)

@@ -1,0 +1,212 @@
+"""A small hand-written router: templates like ``/v1/keys/{key}/encrypt`` in a segment trie.
+
+Policies (each one is tested in tests/unit/test_router.py):
+
+- Paths are matched raw, segment by segment; literal segments are compared WITHOUT decoding
+  (``/v1/%6Beys`` is not ``/v1/keys``), and only path parameters are percent-decoded, exactly once.
+  Nothing upstream may decode the path, or ``%252F`` would become ``/`` after two decodings.
+- A parameter is refused with 400 when its encoding is invalid (bad ``%``, not UTF-8) or its
+  decoded value is empty, longer than 256 characters, ``.``, contains ``..`` or ``/`` (also as
+  ``%2F``), or contains a control character (NUL included).
+- Trailing slash: ``/v1/keys/`` is not ``/v1/keys``: 404. The only exception is a prefix route
+  (``add_prefix("GET", "/ui/", ...)``), which serves everything under its prefix and passes the
+  decoded remainder as the ``path`` parameter (``/ui`` without the slash is 404).
+- Literal segments win over parameters (``/v1/keys/search`` before ``/v1/keys/{key}``); when the
+  literal branch has no route for the path, parameters are tried.
+- 404 when no template matches the path, 405 (``MethodNotAllowed.allow`` sorted) when one does but
+  not for this method. HEAD is served by the GET route (the server drops the body) unless a HEAD
+  route exists; ``Allow`` therefore lists HEAD wherever GET is listed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from ..errors import BadRequest, MethodNotAllowed, NotFound
+
+Handler = Callable[..., Any]
+MAX_PARAM_LENGTH = 256
+MAX_PREFIX_PATH = 1024
+_PARAM_TEMPLATE_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_LITERAL_RE = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@]+")
+_METHOD_RE = re.compile(r"[A-Z]{1,20}")
+_BAD_PERCENT_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One registered route. ``template`` is the prefix itself for prefix routes."""
+
+    method: str
+    template: str
+    handler: Handler
+    name: str | None = None
+    params: tuple[str, ...] = ()
+    is_prefix: bool = False
+
+
+@dataclass(slots=True)
+class _Node:
+    literals: dict[str, _Node] = field(default_factory=dict)
+    param: _Node | None = None
+    routes: dict[str, Route] = field(default_factory=dict)
+
+
+class Router:
+    """Route table: ``add``/``add_prefix`` at start-up, ``match`` per request (read-only then)."""
+
+    def __init__(self) -> None:
+        self._root = _Node()
+        self._prefixes: list[Route] = []
+        self._routes: list[Route] = []
+
+    def add(self, method: str, template: str, handler: Handler, *,
+            name: str | None = None) -> Route:
+        """Register ``handler`` for ``method`` on ``template``; ValueError on a bad or
+        duplicate template (a typo must stop start-up, not produce a 404 later)."""
+        _check_method(method)
+        segments, params = _compile(template)
+        node = self._root
+        for segment in segments:
+            if segment is None:
+                node.param = node.param or _Node()
+                node = node.param
+            else:
+                node = node.literals.setdefault(segment, _Node())
+        if method in node.routes:
+            raise ValueError(f"duplicate route {method} {template}")
+        route = Route(method, template, handler, name, params)
+        node.routes[method] = route
+        self._routes.append(route)
+        return route
+
+    def add_prefix(self, method: str, prefix: str, handler: Handler, *,
+                   name: str | None = None) -> Route:
+        """Serve every path under ``prefix`` (which must end with '/'); param ``path`` holds
+        the decoded remainder, "" for the prefix itself."""
+        _check_method(method)
+        if not (prefix.startswith("/") and prefix.endswith("/")):
+            raise ValueError("a prefix must start and end with '/'")
+        if any(r.template == prefix and r.method == method for r in self._prefixes):
+            raise ValueError(f"duplicate prefix route {method} {prefix}")
+        route = Route(method, prefix, handler, name, ("path",), is_prefix=True)
+        self._prefixes.append(route)
+        self._routes.append(route)
+        return route
+
+    def routes(self) -> list[Route]:
+        """Every route in registration order (the OpenAPI test checks they are all documented)."""
+        return list(self._routes)
+
+    def match(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]]:
+        """The route and decoded parameters for a raw path; NotFound, MethodNotAllowed or
+        BadRequest (invalid parameter) otherwise."""
+        for route_map, params in self._candidates(raw_path):
+            route = route_map.get(method)
+            if route is None and method == "HEAD":
+                route = route_map.get("GET")
+            if route is not None:
+                return route, params if route.is_prefix else _decode(route.params, params)
+        allowed = self._allowed(raw_path)
+        if not allowed:
+            raise NotFound("no such endpoint")
+        raise MethodNotAllowed(f"method {method} not allowed here", allow=allowed)
+
+    def _candidates(self, raw_path: str) -> Iterator[tuple[dict[str, Route], Any]]:
+        """Route maps whose path matches, best first: prefix routes, then the trie."""
+        prefix_maps: dict[str, dict[str, Route]] = {}
+        for route in self._prefixes:
+            if raw_path.startswith(route.template):
+                prefix_maps.setdefault(route.template, {})[route.method] = route
+        for prefix, route_map in prefix_maps.items():
+            yield route_map, {"path": _decode_prefix_rest(raw_path[len(prefix):])}
+        if raw_path != "/" and raw_path.endswith("/"):
+            return  # trailing-slash policy: never matches a template
+        segments = raw_path.split("/")[1:]
+        for node, values in _walk(self._root, segments, 0, []):
+            yield node.routes, values
+
+    def _allowed(self, raw_path: str) -> tuple[str, ...]:
+        methods: set[str] = set()
+        for route_map, _ in self._candidates(raw_path):
+            methods.update(route_map)
+        if "GET" in methods:
+            methods.add("HEAD")
+        return tuple(sorted(methods))
+
+
+def _walk(node: _Node, segments: list[str], index: int,
+          values: list[str]) -> Iterator[tuple[_Node, list[str]]]:
+    """Depth-first over the trie, literal before parameter; yields nodes holding routes."""
+    if index == len(segments):
+        if node.routes:
+            yield node, values
+        return
+    segment = segments[index]
+    child = node.literals.get(segment)
+    if child is not None:
+        yield from _walk(child, segments, index + 1, values)
+    if node.param is not None:
+        yield from _walk(node.param, segments, index + 1, [*values, segment])
+
+
+def _check_method(method: str) -> None:
+    if not _METHOD_RE.fullmatch(method):
+        raise ValueError(f"invalid method {method!r}")
+
+
+def _compile(template: str) -> tuple[list[str | None], tuple[str, ...]]:
+    """Template → segments (None marks a parameter) and parameter names, validated."""
+    if not template.startswith("/") or (template != "/" and template.endswith("/")):
+        raise ValueError(f"template {template!r} must start with '/' and not end with one")
+    segments: list[str | None] = []
+    params: list[str] = []
+    for part in template.split("/")[1:]:
+        match = _PARAM_TEMPLATE_RE.fullmatch(part)
+        if match:
+            if match.group(1) in params:
+                raise ValueError(f"parameter {match.group(1)!r} repeated in {template!r}")
+            params.append(match.group(1))
+            segments.append(None)
+        elif _LITERAL_RE.fullmatch(part) or (part == "" and template == "/"):
+            segments.append(part)
+        else:
+            raise ValueError(f"invalid segment {part!r} in template {template!r}")
+    return segments, tuple(params)
+
+
+def _percent_decode(raw: str) -> str:
+    """Decode once, strictly: a stray '%' or invalid UTF-8 is a 400, never a guess."""
+    if _BAD_PERCENT_RE.search(raw):
+        raise BadRequest("invalid percent-encoding in path")
+    try:
+        return unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("path is not valid UTF-8") from None
+
+
+def _decode(names: tuple[str, ...], raw_values: list[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for name, raw in zip(names, raw_values):
+        value = _percent_decode(raw)
+        if not value or len(value) > MAX_PARAM_LENGTH:
+            raise BadRequest(f"path parameter {name} must be 1-{MAX_PARAM_LENGTH} characters")
+        if value == "." or ".." in value or "/" in value or _CONTROL_RE.search(value):
+            raise BadRequest(f"invalid characters in path parameter {name}")
+        params[name] = value
+    return params
+
+
+def _decode_prefix_rest(raw: str) -> str:
+    """The remainder under a prefix: may contain '/', but no '.', '..' or empty segments."""
+    value = _percent_decode(raw)
+    if len(value) > MAX_PREFIX_PATH or _CONTROL_RE.search(value) or "\\" in value:
+        raise BadRequest("invalid path")
+    if value and any(part in ("", ".", "..") for part in value.split("/")):
+        raise BadRequest("invalid path")
+    return value
