@@ -1,0 +1,289 @@
+#!/usr/bin/env python3
+"""FerroHSM over HTTPS, measured with wrk against the stdlib echo baseline in the same run.
+
+Three servers, each its own process pinned to core 0 (wrk runs on core 1), 16 keep-alive TLS 1.3
+connections, rounds alternating between them so they share the machine's background noise:
+
+* baseline      bench/echo_server.py: stdlib ThreadingHTTPServer + ssl, read JSON, reply fixed JSON
+* durable       `ferrohsm serve`: JWT auth, rate limiting, AES-256-GCM encrypt of 32 bytes, and an
+                audit record fsynced (group commit) before every reply; filesystem key store
+* no-fsync      the same server with [audit] durable = false (the issue 5 comparison)
+
+Targets: durable >= 0.60 x baseline req/s with p50 < 5 ms and p99 < 25 ms (issue 3);
+durable >= 0.80 x no-fsync (issue 5). Then key listings over 5,000 and 100,000 keys (issue 3).
+
+    python3 bench/bench_server.py [--duration 8] [--rounds 3] [--skip-listing] [--fs-100k]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import secrets
+import shutil
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from bench_http import cpu_seconds, free_port, run_wrk, wait_listening  # noqa: E402
+
+from ferrohsm import lifecycle as lc  # noqa: E402
+from ferrohsm.authn import issue_token  # noqa: E402
+from ferrohsm.crypto.seal import Sealer  # noqa: E402
+from ferrohsm.ids import uuid7  # noqa: E402
+from ferrohsm.tls.context import client_context  # noqa: E402
+from ferrohsm.tls.devca import make_dev_pki  # noqa: E402
+
+LUA = """
+wrk.method = "POST"
+wrk.body = '{"plaintext":"PLAINTEXT"}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer TOKEN"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"errors":%d,"non2xx":%d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+CONFIG = """
+[server]
+listen = "127.0.0.1:{port}"
+pin_cpu = 0
+[storage]
+key_store = "{store}"
+data_dir = "{data}"
+[tls]
+cert = "{cert}"
+key = "{key}"
+[audit]
+durable = {durable}
+[rate_limit]
+requests_per_second = 1000000.0
+burst = 1000000
+[logging]
+level = "WARNING"
+"""
+
+
+class Server:
+    """A `ferrohsm serve` child process with its own data dir, and an HTTPS client for it."""
+
+    def __init__(self, tmp: Path, name: str, pki: object, env: dict[str, str], *,
+                 store: str = "filesystem", durable: bool = True) -> None:
+        self.port = free_port()
+        self.data = tmp / name
+        cfg = tmp / f"{name}.toml"
+        cfg.write_text(CONFIG.format(port=self.port, store=store, data=self.data,
+                                     cert=pki.server_cert, key=pki.server_key,  # type: ignore
+                                     durable=str(durable).lower()))
+        self.env, self.cfg, self.store = env, cfg, store
+        self.ctx: ssl.SSLContext = client_context(str(pki.ca_cert))  # type: ignore[attr-defined]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "ferrohsm", "serve", "--config",
+                                      str(self.cfg)], env=self.env, cwd=ROOT,
+                                     stdout=subprocess.DEVNULL)
+        wait_listening(self.port, timeout=60)
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+    def conn(self) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection("127.0.0.1", self.port, context=self.ctx, timeout=30)
+
+
+def call(conn: http.client.HTTPSConnection, method: str, path: str, token: str,
+         body: object = None) -> tuple[int, object]:
+    headers = {"Authorization": f"Bearer {token}"}
+    data = None if body is None else json.dumps(body).encode()
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    conn.request(method, path, body=data, headers=headers)
+    resp = conn.getresponse()
+    payload = resp.read()
+    return resp.status, json.loads(payload) if payload else None
+
+
+def throughput(args: argparse.Namespace, tmp: Path, pki: object, env: dict[str, str],
+               secret: bytes) -> None:
+    admin = issue_token(secret, subject="bench-admin", role="administrator")
+    service = issue_token(secret, subject="bench-service", role="service")
+    servers = {"durable": Server(tmp, "durable", pki, env),
+               "no-fsync": Server(tmp, "nofsync", pki, env, durable=False)}
+    urls: dict[str, str] = {}
+    scripts: dict[str, Path] = {}
+    procs: dict[str, int] = {}
+    baseline = None
+    try:
+        port = free_port()
+        baseline = subprocess.Popen([sys.executable, str(HERE / "echo_server.py"), "--port",
+                                     str(port), "--cert", str(pki.server_cert),  # type: ignore
+                                     "--key", str(pki.server_key), "--pin-cpu", "0"],  # type: ignore
+                                    stdout=subprocess.DEVNULL)
+        wait_listening(port)
+        urls["baseline"], procs["baseline"] = f"https://127.0.0.1:{port}/v1/keys/k/encrypt", baseline.pid
+        plaintext = base64.b64encode(b"x" * 32).decode()
+        for name, srv in servers.items():
+            srv.start()
+            status, key = call(srv.conn(), "POST", "/v1/keys", admin,
+                               {"algorithm": "aes-256-gcm", "usage": "encrypt"})
+            assert status == 201, key
+            urls[name] = f"https://127.0.0.1:{srv.port}/v1/keys/{key['id']}/encrypt"  # type: ignore
+            assert srv.proc is not None
+            procs[name] = srv.proc.pid
+        for name in urls:
+            scripts[name] = tmp / f"{name}.lua"
+            scripts[name].write_text(LUA.replace("PLAINTEXT", plaintext).replace("TOKEN", service))
+            run_wrk(urls[name], scripts[name], args.connections, 2, procs[name])  # warm-up
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
+        for _ in range(args.rounds):
+            for name in urls:
+                results[name].append(run_wrk(urls[name], scripts[name], args.connections,
+                                             args.duration, procs[name]))
+    finally:
+        for srv in servers.values():
+            srv.stop()
+        if baseline:
+            baseline.terminate()
+            baseline.wait(10)
+    report(results, args)
+
+
+def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> None:
+    med = {}
+    print(f"\n### Encrypt 32 B, {args.connections} keep-alive TLS 1.3 connections, "
+          f"{args.rounds} x {args.duration} s, median round\n")
+    print("| server | req/s | p50 ms | p99 ms | CPU µs/req | errors+non-2xx | rounds (req/s) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for name, rounds in results.items():
+        best = sorted(rounds, key=lambda r: r["rps"])[len(rounds) // 2]
+        med[name] = best
+        errors = sum(int(r["errors"] + r["non2xx"]) for r in rounds)
+        print(f"| {name} | {best['rps']:,.0f} | {best['p50_us'] / 1000:.2f} | "
+              f"{best['p99_us'] / 1000:.2f} | {best['cpu_us']:.0f} | {errors} | "
+              + ", ".join(f"{r['rps']:,.0f}" for r in rounds) + " |")
+    print(f"\nratio durable / baseline: {med['durable']['rps'] / med['baseline']['rps']:.2f} "
+          f"(target >= 0.60)")
+    print(f"ratio durable / no-fsync: {med['durable']['rps'] / med['no-fsync']['rps']:.2f} "
+          f"(target >= 0.80)")
+
+
+def populate(srv: Server, master: bytes, count: int) -> None:
+    """Write ``count`` keys straight into the store (before the server holds its lock)."""
+    from ferrohsm.app import CHECK_VALUE, ensure_private_dir
+    from ferrohsm.store.filesystem import FilesystemStore
+    from ferrohsm.store.sqlite import SQLiteStore
+    ensure_private_dir(srv.data)
+    store = (SQLiteStore(srv.data / "keys.sqlite3") if srv.store == "sqlite"
+             else FilesystemStore(srv.data))
+    sealer = Sealer(master)
+    store.put_meta(CHECK_VALUE, sealer.make_check_value())
+    now = datetime.now(timezone.utc)
+    sealed = sealer.seal(os.urandom(32), key_id=uuid7(), version=1, algorithm="aes-256-gcm")
+    batch = []
+    for i in range(count):
+        batch.append(lc.new_key(key_id=uuid7(), name=f"k{i:06d}", description="bench",
+                                algorithm="aes-256-gcm", usage="encrypt",
+                                tags=("bench", f"t{i % 10}"), sealed=sealed, now=now,
+                                actor="bench"))
+        if len(batch) == 5000:
+            store.bulk_create(batch)
+            batch = []
+    if batch:
+        store.bulk_create(batch)
+    store.close()
+
+
+def timed(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
+
+
+def listing(args: argparse.Namespace, tmp: Path, pki: object, env: dict[str, str],
+            secret: bytes, master: bytes) -> None:
+    auditor = issue_token(secret, subject="bench-auditor", role="auditor")
+    cases = [("filesystem", 5000), ("sqlite", 5000), ("sqlite", 100_000)]
+    if args.fs_100k:
+        cases.append(("filesystem", 100_000))
+    print("\n### GET /v1/keys over HTTPS (one keep-alive connection, medians)\n")
+    print("| store | keys | all pages (limit 1000) ms | first page of 100 ms | "
+          "first page, tag filter ms |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for store, count in cases:
+        srv = Server(tmp, f"list-{store}-{count}", pki, env, store=store)
+        populate(srv, master, count)
+        srv.start()
+        try:
+            conn = srv.conn()
+
+            def all_pages() -> None:
+                token, seen = None, 0
+                while True:
+                    path = "/v1/keys?limit=1000" + (f"&page_token={token}" if token else "")
+                    status, page = call(conn, "GET", path, auditor)
+                    assert status == 200, page
+                    seen += len(page["keys"])  # type: ignore[index]
+                    token = page.get("next_page_token")  # type: ignore[union-attr]
+                    if not token:
+                        assert seen == count, seen
+                        return
+            first = lambda: call(conn, "GET", "/v1/keys?limit=100", auditor)  # noqa: E731
+            tagged = lambda: call(conn, "GET", "/v1/keys?limit=100&tag=t3", auditor)  # noqa: E731
+            all_ms = timed(all_pages, 5) if count <= 5000 else float("nan")
+            print(f"| {store} | {count:,} | {all_ms:.1f} | {timed(first, 21):.2f} | "
+                  f"{timed(tagged, 21):.2f} |")
+        finally:
+            srv.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--skip-listing", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--fs-100k", action="store_true", help="also 100k keys on the filesystem "
+                        "store (creating them takes about a minute)")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: apt-get install -y wrk")
+    os.sched_setaffinity(0, {1})  # wrk and this client on core 1; servers pin themselves to 0
+    master, secret = secrets.token_bytes(32), secrets.token_urlsafe(48)
+    env = dict(os.environ, FERROHSM_MASTER_KEY=base64.b64encode(master).decode(),
+               FERROHSM_JWT_HS256_SECRET=secret,
+               FERROHSM_AUDIT_HMAC_KEY=base64.b64encode(secrets.token_bytes(32)).decode())
+    with tempfile.TemporaryDirectory(prefix="ferrohsm-bench-") as name:
+        tmp = Path(name)
+        pki = make_dev_pki(tmp / "pki")
+        if not args.skip_throughput:
+            throughput(args, tmp, pki, env, secret.encode())
+        if not args.skip_listing:
+            listing(args, tmp, pki, env, secret.encode(), master)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
