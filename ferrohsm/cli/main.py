@@ -1,69 +1,135 @@
 """`ferrohsm`: one executable for the server, its operators and its auditors.
 
-argparse builds the command tree; each subcommand lives in a small module and returns an exit
-code: 0 success, 1 operation failed or refused, 2 usage error. No traceback ever reaches a user.
+argparse builds the command tree; each family of subcommands lives in a small module (serve,
+token, keys, ops, approvals, audit_cmd) that only imports argparse-level things, so building the
+tree is cheap and ``ferrohsm --version`` stays fast. The HTTP client is imported only when a
+client command runs.
+
+Exit codes: 0 success, 1 operation failed or refused, 2 usage error. Every error is one line on
+stderr, ``ferrohsm: <message> (<code>, request id <id>)`` for API errors; no traceback ever
+reaches a user, and no token or key material ever appears in an error.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .. import __version__
 from ..errors import ConfigError, FerroError
+from . import approvals as approvals_cmd
+from . import audit_cmd, keys, ops
 from . import serve as serve_cmd
 from . import token as token_cmd
 
+EPILOG = """\
+client commands read their settings from flags, a --profile, or the environment:
+  FERROHSM_URL, FERROHSM_TOKEN (or FERROHSM_TOKEN_FILE), FERROHSM_CA_CERT,
+  FERROHSM_CLIENT_CERT, FERROHSM_CLIENT_KEY. `ferrohsm quickstart` prints the first three.
+  Run `ferrohsm COMMAND --help` for a command's flags and examples.
 
-class Parser(argparse.ArgumentParser):
-    """argparse exits 2 on usage errors already; keep its one-line message."""
+exit codes: 0 success, 1 operation failed or refused, 2 usage error"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="ferrohsm", description="FerroHSM: a software HSM with a TLS REST API, "
-                    "sealed keys and a tamper-evident audit log.")
+    parser = argparse.ArgumentParser(
+        prog="ferrohsm", description="FerroHSM: a software HSM with a TLS REST API, sealed keys "
+        "and a tamper-evident audit log.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"ferrohsm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve_cmd.add_parsers(sub)
     token_cmd.add_parser(sub)
-    audit = sub.add_parser("audit", help="verify, export and summarise the audit log",
-                           description="Audit log tools for auditors (work offline).")
-    audit_sub = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
-    for name, text in (("verify", "verify an audit log offline with the HMAC key"),
-                       ("report", "summarise suspicious activity in an audit log")):
-        p = audit_sub.add_parser(name, help=text, add_help=False)
-        p.add_argument("args", nargs=argparse.REMAINDER)
+    keys.add_parsers(sub)
+    ops.add_parsers(sub)
+    approvals_cmd.add_parsers(sub)
+    audit_cmd.add_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if len(args_list) >= 2 and args_list[0] == "audit" and args_list[1] in audit_cmd.OFFLINE:
+        return audit_cmd.run_offline(args_list[1], args_list[2:])
     parser = build_parser()
     args = parser.parse_args(args_list)
     if not getattr(args, "command", None):
-        parser.print_help()
+        parser.print_help(sys.stderr)
         return 2
     try:
-        return int(args.func(args)) if hasattr(args, "func") else _audit(args, parser)
+        if hasattr(args, "client_func"):
+            return run_client(args)
+        return int(args.func(args))
     except ConfigError as exc:
-        print(f"ferrohsm: configuration error: {exc.message}", file=sys.stderr)
+        _fail(f"configuration error: {exc.message}")
         return 2
     except FerroError as exc:
-        print(f"ferrohsm: {exc.message}", file=sys.stderr)
+        _fail(exc.message)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `ferrohsm keys list | head`: the reader left; that is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:  # a bug: one line (its text might hold data), traceback on request
+        if os.environ.get("FERROHSM_DEBUG"):
+            raise
+        _fail(f"unexpected {type(exc).__name__}; run again with FERROHSM_DEBUG=1 for details")
+        return 1
 
 
-def _audit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from ..audit import verify
-    if args.audit_command == "verify":
-        return verify.main(args.args)
-    if args.audit_command == "report":
-        return verify.report_main(args.args)
-    parser.parse_args(["audit", "--help"])
-    return 2
+def run_client(args: argparse.Namespace) -> int:
+    """Resolve settings, open one client, run the command, and turn every failure into one
+    line and an exit code."""
+    from ..client import ApiError, ApprovalRequired, ClientError
+    from .settings import UsageError, make_client, resolve
+    try:
+        settings = resolve(args)
+        with make_client(settings) as client:
+            return int(args.client_func(args, client, settings))
+    except UsageError as exc:
+        _fail(str(exc))
+        return 2
+    except ApprovalRequired as exc:
+        _approval_pending(exc, bool(getattr(args, "json", False)))
+        return 1
+    except ApiError as exc:
+        hint = ""
+        if exc.code == "unauthenticated":
+            hint = "; get a token with `ferrohsm token issue` and set FERROHSM_TOKEN"
+        elif exc.code == "forbidden" and args.command in ops.OPS:
+            hint = ("; cryptographic operations need a service token "
+                    "(`ferrohsm token issue --role service …`)")
+        _fail(f"{exc.message}{hint} ({exc.code}, request id {exc.request_id or 'unknown'})")
+        return 1
+    except ClientError as exc:  # transport: refused, reset, TLS, timeout
+        suffix = f" (request id {exc.request_id})" if exc.request_id else ""
+        _fail(exc.message + suffix)
+        return 1
+
+
+def _approval_pending(exc: Any, as_json: bool) -> None:
+    """A parked request is not an error, but it did not run: say what to do next."""
+    from .output import print_json, relative, when
+    approval = exc.approval
+    if as_json:
+        print_json(dict(exc.body))
+    ident = approval.get("id", "?")
+    have = len(approval.get("approvals") or [])
+    expires = approval.get("expires_at")
+    _fail(f"approval required: request parked as approval {ident} ({have} of "
+          f"{approval.get('required', '?')} approvals, expires {when(expires)} "
+          f"({relative(expires)})); once approved, repeat the command with --approval-id "
+          f"{ident} ({exc.code}, request id {exc.request_id or 'unknown'})")
+
+
+def _fail(message: str) -> None:
+    """One line on stderr; control characters from a server message are neutralised."""
+    clean = "".join(c if c.isprintable() else "?" for c in message)
+    print(f"ferrohsm: {clean}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,3 @@
+module example.com/ferrohsm-sign-artifact
+
+go 1.19

@@ -1,0 +1,86 @@
+"""`ferrohsm audit {export,verify,report}`.
+
+``export`` pages through ``GET /v1/audit`` and writes each record as its exact stored line
+(``chain.record_line``), one per line, so the file verifies offline with ``audit verify`` and the
+audit HMAC key. The file is written to a temporary name and renamed at the end: an interrupted
+export never leaves a truncated file that would look like a tampered log.
+
+``verify`` and ``report`` work offline and own their argument parsing (ferrohsm.audit.verify and
+ferrohsm.audit.report); main() hands them their arguments untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .settings import Settings, UsageError, command
+
+OFFLINE = {"verify": "verify an audit log offline with the HMAC key (exit 1 names the first bad "
+                     "record)",
+           "report": "summarise suspicious activity in an audit log (offline)"}
+
+
+def add_parsers(sub: Any) -> None:
+    audit = sub.add_parser("audit", help="export, verify and summarise the audit log",
+                           description="Audit log tools: export reads the server; verify and "
+                           "report work offline on an export or on the server's log files.")
+    asub = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
+    p = command(asub, "export", export, help="write the audit log as JSONL (one record a line)",
+                description="Export audit records (Auditor, Administrator or Operator token) as "
+                "JSONL, each line exactly as the server stored it, so `ferrohsm audit verify` "
+                "checks the file offline with the HMAC key.",
+                epilog="example:\n  ferrohsm audit export --output audit.jsonl\n"
+                "  ferrohsm audit verify audit.jsonl --hmac-key-file audit-hmac.key")
+    p.add_argument("--output", "--out", dest="output", metavar="FILE",
+                   help="output file (default: stdout)")
+    p.add_argument("--after-seq", type=int, default=0, metavar="N",
+                   help="only records after seq N (verify such a file with --partial)")
+    for name, text in OFFLINE.items():
+        # Placeholders so `ferrohsm audit --help` lists them; main() dispatches them before
+        # argparse runs, straight to the tools' own parsers (which own their --help).
+        asub.add_parser(name, help=text, add_help=False)
+
+
+def run_offline(name: str, argv: list[str]) -> int:
+    """``audit verify`` / ``audit report`` with their own argument parsers."""
+    from ..audit import verify
+    return verify.main(argv) if name == "verify" else verify.report_main(argv)
+
+
+def export(args: argparse.Namespace, client: Any, settings: Settings) -> int:
+    if args.after_seq < 0:
+        raise UsageError("--after-seq must be 0 or more")
+    if not args.output or args.output == "-":
+        _write_records(client, args.after_seq, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        return 0
+    target = Path(args.output)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or Path("."))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            count, first, last = _write_records(client, args.after_seq, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    span = f"seq {first}..{last}" if count else "none"
+    print(f"exported {count} audit records ({span}) to {target}", file=sys.stderr)
+    return 0
+
+
+def _write_records(client: Any, after_seq: int, out: BinaryIO) -> tuple[int, int, int]:
+    from ..audit.chain import record_line
+    count, first, last = 0, 0, 0
+    for record in client.iter_audit(after_seq):
+        out.write(record_line(record) + b"\n")
+        count += 1
+        first, last = first or int(record["seq"]), int(record["seq"])
+    return count, first, last
+

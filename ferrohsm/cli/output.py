@@ -1,0 +1,203 @@
+"""Human output for the CLI: aligned tables, readable UTC times, states that stand out.
+
+Tables are for people; ``--json`` is for scripts, so nothing here needs to be parseable. Colour is
+used only on a terminal and never when NO_COLOR is set (https://no-color.org); widths are computed
+on the uncoloured text so columns stay aligned either way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+GREEN, YELLOW, RED, DIM, BOLD, RESET = "\033[32m", "\033[33m", "\033[31m", "\033[2m", "\033[1m", \
+    "\033[0m"
+STATE_COLOURS = {"active": GREEN, "enabled": GREEN, "approved": GREEN, "executed": DIM,
+                 "revoked": YELLOW, "archived": YELLOW, "pending": YELLOW,
+                 "destroy_scheduled": RED, "destroyed": RED + DIM, "denied": RED,
+                 "expired": DIM}
+STATE_MEANING = {
+    "active": "usable for every operation its usage allows",
+    "revoked": "encrypt/sign/wrap refused; decrypt/verify/unwrap still work",
+    "destroy_scheduled": "every operation refused; `keys cancel-destroy` until destroy_after",
+    "destroyed": "key material erased; metadata and history kept",
+}
+
+
+def use_colour(stream: TextIO) -> bool:
+    return (not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+            and hasattr(stream, "isatty") and stream.isatty())
+
+
+def paint(text: str, state: str, colour: bool) -> str:
+    code = STATE_COLOURS.get(state)
+    return f"{code}{text}{RESET}" if colour and code else text
+
+
+def json_text(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True) + "\n"
+
+
+def print_json(value: Any, stream: TextIO | None = None) -> None:
+    (stream or sys.stdout).write(json_text(value))
+
+
+def parse_time(ts: str | None) -> datetime | None:
+    if not ts:
+        return None
+    try:
+        parsed = datetime.fromisoformat(ts)  # 3.11 reads a trailing Z
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)  # API times are UTC
+
+
+def when(ts: str | None) -> str:
+    """``2026-11-28 12:00:03 UTC``: to the second, no microseconds, no 'T'."""
+    parsed = parse_time(ts)
+    return parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if parsed else (ts or "-")
+
+
+def relative(ts: str | None, now: datetime | None = None) -> str:
+    """``in 23h 59m`` or ``5m ago``: for deadlines (destroy_after, expires_at)."""
+    parsed = parse_time(ts)
+    if parsed is None:
+        return ""
+    seconds = int((parsed - (now or datetime.now(UTC))).total_seconds())
+    span = abs(seconds)
+    days, rest = divmod(span, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    parts = [f"{days}d"] if days else []
+    if hours or days:
+        parts.append(f"{hours}h")
+    if not days:
+        parts.append(f"{minutes}m" if span >= 60 else f"{span}s")
+    text = " ".join(parts)
+    return f"in {text}" if seconds >= 0 else f"{text} ago"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], colour: bool = False,
+          state_column: str | None = "STATE") -> str:
+    """Left-aligned columns separated by two spaces; the state column coloured by its value."""
+    rows = [[str(cell) for cell in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    state_at = headers.index(state_column) if state_column in headers else -1
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in rows:
+        cells = []
+        for i, (cell, width) in enumerate(zip(row, widths, strict=True)):
+            padded = cell.ljust(width)
+            cells.append(paint(padded, cell.split(" ")[0], colour) if i == state_at else padded)
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def fields(pairs: Iterable[tuple[str, str]]) -> str:
+    """``Label   value`` lines with the values aligned."""
+    pairs = list(pairs)
+    width = max(len(label) for label, _ in pairs)
+    return "\n".join(f"{label.ljust(width)}  {value}" for label, value in pairs)
+
+
+# ---- keys -----------------------------------------------------------------------------------
+
+
+def key_state(key: dict[str, Any]) -> str:
+    state = str(key.get("state", "?"))
+    if state == "destroy_scheduled" and key.get("destroy_after"):
+        return f"{state} ({relative(key['destroy_after'])})"
+    return state
+
+
+KEY_HEADERS = ("NAME", "ID", "ALGORITHM", "USAGE", "STATE", "VERSION", "TAGS", "UPDATED")
+
+
+def key_row(key: dict[str, Any]) -> list[str]:
+    versions = key.get("versions") or []
+    return [key.get("name") or "-", str(key.get("id", "")), str(key.get("algorithm", "")),
+            str(key.get("usage", "")), key_state(key),
+            f"v{key.get('primary_version')} of {len(versions)}",
+            ",".join(key.get("tags") or []) or "-", when(key.get("updated_at"))]
+
+
+def key_table(keys: list[dict[str, Any]], colour: bool) -> str:
+    if not keys:
+        return "no keys match"
+    return table(KEY_HEADERS, [key_row(k) for k in keys], colour)
+
+
+def key_detail(key: dict[str, Any], colour: bool, history: int = 5) -> str:
+    state = str(key.get("state", "?"))
+    state_text = paint(key_state(key), state, colour)
+    if state in STATE_MEANING:
+        state_text += f": {STATE_MEANING[state]}"
+    head = fields([
+        ("Name", key.get("name") or "-"), ("ID", str(key.get("id"))),
+        ("Algorithm", str(key.get("algorithm"))), ("Usage", str(key.get("usage"))),
+        ("State", state_text), ("Primary", f"v{key.get('primary_version')}"),
+        ("Tags", ", ".join(key.get("tags") or []) or "-"),
+        ("Description", key.get("description") or "-"),
+        ("Created", f"{when(key.get('created_at'))} by {key.get('created_by') or '?'}"),
+        ("Updated", when(key.get("updated_at"))),
+        ("Destroy after", f"{when(key['destroy_after'])} ({relative(key['destroy_after'])})"
+         if key.get("destroy_after") else "-"),
+    ])
+    primary = key.get("primary_version")
+    versions = table(("VERSION", "STATE", "CREATED"), [
+        [f"v{v['version']}" + (" (primary)" if v["version"] == primary else ""),
+         str(v.get("state")), when(v.get("created_at"))] for v in key.get("versions") or []],
+        colour)
+    text = f"{head}\n\n{versions}"
+    events = (key.get("history") or [])[-history:]
+    if events:
+        text += "\n\n" + table(("WHEN", "ACTOR", "ACTION", "DETAIL"), [
+            [when(h.get("at")), str(h.get("actor") or "-"), str(h.get("action") or "-"),
+             str(h.get("detail") or "")] for h in events], state_column=None)
+    return text
+
+
+# ---- approvals ------------------------------------------------------------------------------
+
+
+def _approvers(approval: dict[str, Any]) -> list[str]:
+    names = []
+    for entry in approval.get("approvals") or []:
+        names.append(str(entry.get("actor") or entry.get("approver") or entry.get("subject")
+                         or "?") if isinstance(entry, dict) else str(entry))
+    return names
+
+
+APPROVAL_HEADERS = ("ID", "ACTION", "KEY", "STATE", "APPROVALS", "REQUESTED BY", "EXPIRES")
+
+
+def approval_row(a: dict[str, Any]) -> list[str]:
+    expires = a.get("expires_at")
+    return [str(a.get("id", "")), str(a.get("action", "")), str(a.get("key_id") or "-"),
+            str(a.get("state", "")), f"{len(_approvers(a))}/{a.get('required', '?')}",
+            str(a.get("requested_by") or a.get("requester") or "-"),
+            f"{when(expires)} ({relative(expires)})" if expires else "-"]
+
+
+def approval_table(approvals: list[dict[str, Any]], colour: bool) -> str:
+    if not approvals:
+        return "no approvals match"
+    return table(APPROVAL_HEADERS, [approval_row(a) for a in approvals], colour)
+
+
+def approval_detail(a: dict[str, Any], colour: bool) -> str:
+    expires = a.get("expires_at")
+    summary = [("Request", str(a["summary"]))] if a.get("summary") else []
+    return fields([
+        ("Approval", str(a.get("id"))), ("Action", str(a.get("action"))), *summary,
+        ("Key", str(a.get("key_id") or "-")),
+        ("State", paint(str(a.get("state")), str(a.get("state")), colour)),
+        ("Approvals", f"{len(_approvers(a))} of {a.get('required', '?')} required"
+         + (f" ({', '.join(_approvers(a))})" if _approvers(a) else "")),
+        ("Requested by", str(a.get("requested_by") or a.get("requester") or "-")),
+        ("Expires", f"{when(expires)} ({relative(expires)})" if expires else "-"),
+    ])

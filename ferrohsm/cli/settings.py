@@ -1,0 +1,232 @@
+"""Client settings for the CLI: flags, then a named profile, then FERROHSM_* environment.
+
+Precedence, highest first (an explicitly named profile beats the environment because naming it
+is the more deliberate act; the quickstart's ``export`` lines otherwise win over a default)::
+
+    1. flags              --server --token --token-file --ca-cert --client-cert --client-key --timeout
+    2. --profile NAME     a table of the profile file
+    3. environment        FERROHSM_URL FERROHSM_TOKEN FERROHSM_TOKEN_FILE FERROHSM_CA_CERT
+                          FERROHSM_CLIENT_CERT FERROHSM_CLIENT_KEY FERROHSM_TIMEOUT
+    4. FERROHSM_PROFILE   (or the table named ``default``) of the profile file
+
+The profile file is TOML, ``$FERROHSM_PROFILE_FILE`` or ``~/.config/ferrohsm/profiles.toml``;
+relative paths in it are relative to the file. It names a ``token_file``, never a token: tokens
+are secrets and configuration files get copied, shared and committed.
+
+This module only imports argparse-level things, so building the command tree stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import textwrap
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROFILE_KEYS = {"server", "ca_cert", "client_cert", "client_key", "token_file", "timeout"}
+ENV = {"server": "FERROHSM_URL", "token": "FERROHSM_TOKEN", "token_file": "FERROHSM_TOKEN_FILE",
+       "ca_cert": "FERROHSM_CA_CERT", "client_cert": "FERROHSM_CLIENT_CERT",
+       "client_key": "FERROHSM_CLIENT_KEY", "timeout": "FERROHSM_TIMEOUT"}
+FIELDS = ("server", "token", "token_file", "ca_cert", "client_cert", "client_key", "timeout")
+DEFAULT_TIMEOUT = 30.0
+
+
+class UsageError(Exception):
+    """A missing or contradictory setting: the CLI exits 2 with this one-line message."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: str
+    token: str | None
+    ca_cert: str | None
+    client_cert: str | None
+    client_key: str | None
+    timeout: float
+    json: bool
+    correlation_id: str | None
+    approval_id: str | None
+
+    def __repr__(self) -> str:  # never the token
+        return f"Settings(server={self.server!r}, ca_cert={self.ca_cert!r})"
+
+
+def client_flags(suppress: bool = True) -> argparse.ArgumentParser:
+    """The flags every client command takes, as an argparse parent.
+
+    Defaults are SUPPRESS so the same flags work before the command (``ferrohsm --json keys
+    list``) and after it (``ferrohsm keys list --json``) without one overwriting the other.
+    """
+    s = argparse.SUPPRESS if suppress else None
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("client settings (flags beat --profile, which beats FERROHSM_*)")
+    g.add_argument("--server", metavar="URL", default=s,
+                   help="server URL, https://HOST:PORT (env FERROHSM_URL)")
+    g.add_argument("--token", metavar="JWT", default=s,
+                   help="bearer token (env FERROHSM_TOKEN; prefer the env or --token-file, "
+                   "a flag shows in the process list)")
+    g.add_argument("--token-file", metavar="FILE", default=s,
+                   help="read the bearer token from FILE (env FERROHSM_TOKEN_FILE)")
+    g.add_argument("--ca-cert", metavar="FILE", default=s,
+                   help="CA certificate(s) that sign the server's certificate "
+                   "(env FERROHSM_CA_CERT; default: the system trust store)")
+    g.add_argument("--client-cert", metavar="FILE", default=s,
+                   help="client certificate (PEM) for mutual TLS (env FERROHSM_CLIENT_CERT)")
+    g.add_argument("--client-key", metavar="FILE", default=s,
+                   help="private key of --client-cert (env FERROHSM_CLIENT_KEY)")
+    g.add_argument("--profile", metavar="NAME", default=s,
+                   help="use the [NAME] table of the profile file (env FERROHSM_PROFILE, "
+                   "default [default]; file: FERROHSM_PROFILE_FILE or "
+                   "~/.config/ferrohsm/profiles.toml)")
+    g.add_argument("--timeout", metavar="SECONDS", type=float, default=s,
+                   help=f"per-request timeout (env FERROHSM_TIMEOUT, default {DEFAULT_TIMEOUT:g})")
+    g.add_argument("--json", action="store_true", default=s,
+                   help="machine-readable JSON output instead of a table")
+    g.add_argument("--correlation-id", metavar="ID", default=s,
+                   help="sent as X-Correlation-ID and recorded in the audit log")
+    return p
+
+
+def profile_path(env: Mapping[str, str]) -> Path:
+    if env.get("FERROHSM_PROFILE_FILE"):
+        return Path(env["FERROHSM_PROFILE_FILE"])
+    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or "~").expanduser() / ".config")
+    return Path(base) / "ferrohsm" / "profiles.toml"
+
+
+def load_profile(name: str | None, env: Mapping[str, str], required: bool) -> dict[str, Any]:
+    """The named profile's settings; {} when the file or the (implicit) profile is absent."""
+    import tomllib
+    path = profile_path(env)
+    if not path.exists():
+        if required:
+            raise UsageError(f"--profile {name}: no profile file at {path}")
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"profile file {path}: {exc}") from None
+    table = data.get(name or "default")
+    if table is None:
+        if required:
+            raise UsageError(f"profile file {path} has no [{name}] table")
+        return {}
+    if not isinstance(table, dict):
+        raise UsageError(f"profile file {path}: [{name}] must be a table")
+    if "token" in table:
+        raise UsageError(f"profile file {path}: [{name}] holds a token; put it in a 0600 file "
+                         "and name that file with token_file")
+    unknown = sorted(set(table) - PROFILE_KEYS)
+    if unknown:
+        raise UsageError(f"profile file {path}: [{name}] has unknown setting(s) "
+                         f"{', '.join(unknown)}; known: {', '.join(sorted(PROFILE_KEYS))}")
+    return {k: _relative(path, k, v) for k, v in table.items()}
+
+
+def _relative(path: Path, key: str, value: Any) -> Any:
+    if key in {"ca_cert", "client_cert", "client_key", "token_file"} and isinstance(value, str):
+        return str(path.parent / Path(value).expanduser())
+    return value
+
+
+def _layers(args: argparse.Namespace, env: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Settings sources, highest precedence first."""
+    flags = {f: getattr(args, f) for f in FIELDS if getattr(args, f, None) is not None}
+    named = getattr(args, "profile", None)
+    environment = {f: env[var] for f, var in ENV.items() if env.get(var)}
+    implicit = None if named else load_profile(env.get("FERROHSM_PROFILE"), env,
+                                               required=bool(env.get("FERROHSM_PROFILE")))
+    layers = [flags]
+    if named:
+        layers.append(load_profile(named, env, required=True))
+    layers.append(environment)
+    if implicit:
+        layers.append(implicit)
+    return layers
+
+
+def _pick(layers: list[dict[str, Any]], *names: str) -> tuple[str, Any]:
+    """The first layer that sets any of ``names`` decides (a token and a token file in one
+    layer: the token wins)."""
+    for layer in layers:
+        for name in names:
+            if layer.get(name) not in (None, ""):
+                return name, layer[name]
+    return names[0], None
+
+
+def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+    """The effective settings for one client command, or UsageError naming what is missing."""
+    env = os.environ if env is None else env
+    layers = _layers(args, env)
+    _, server = _pick(layers, "server")
+    if not server:
+        raise UsageError("no server: give --server URL or set FERROHSM_URL "
+                         "(`ferrohsm quickstart` prints it)")
+    return Settings(server=str(server), token=_token(layers),
+                    ca_cert=_pick(layers, "ca_cert")[1], client_cert=_pick(layers, "client_cert")[1],
+                    client_key=_pick(layers, "client_key")[1], timeout=_timeout(layers),
+                    json=bool(getattr(args, "json", False)),
+                    correlation_id=getattr(args, "correlation_id", None),
+                    approval_id=getattr(args, "approval_id", None))
+
+
+def _token(layers: list[dict[str, Any]]) -> str | None:
+    kind, value = _pick(layers, "token", "token_file")
+    if kind == "token" or value is None:
+        return value or None
+    try:
+        token = Path(value).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read the token file {value}: "
+                         f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+    if not token:
+        raise UsageError(f"the token file {value} is empty")
+    return token
+
+
+def _timeout(layers: list[dict[str, Any]]) -> float:
+    _, value = _pick(layers, "timeout")
+    if value is None:
+        return DEFAULT_TIMEOUT
+    try:
+        timeout = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"timeout must be a number of seconds, got {str(value)[:20]!r}") from None
+    if not 0 < timeout <= 3600:
+        raise UsageError("timeout must be more than 0 and at most 3600 seconds")
+    return timeout
+
+
+def make_client(settings: Settings) -> Any:
+    """A ``ferrohsm.client.Client`` for these settings (imported here: keeps --version fast)."""
+    from ..client import Client, ClientError
+    try:
+        return Client(settings.server, settings.token, ca_cert=settings.ca_cert,
+                      client_cert=settings.client_cert, client_key=settings.client_key,
+                      timeout=settings.timeout, correlation_id=settings.correlation_id)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except ClientError as exc:  # an unreadable CA or client certificate: a bad setting
+        raise UsageError(exc.message) from None
+
+
+def command(sub: Any, name: str, func: Any, *, help: str, description: str,
+            epilog: str | None = None) -> argparse.ArgumentParser:
+    """Add a client subcommand: the client flags, a description with examples, and the
+    handler ``func(args, client, settings) -> exit code`` that main() runs."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, parents=[client_flags()], help=help, description=textwrap.fill(description, 79),
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(client_func=func)
+    return parser
+
+
+def approval_flag(parser: argparse.ArgumentParser) -> None:
+    """``--approval-id``: repeat a request parked for dual control once its quorum approved."""
+    parser.add_argument("--approval-id", metavar="ID",
+                        help="run a request that a quorum has approved (sent as X-Approval-ID)")

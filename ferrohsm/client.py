@@ -1,0 +1,498 @@
+"""FerroHSM Python SDK: a small HTTPS client on the standard library only.
+
+The CLI uses it, and it is meant to be used directly by scripts and pipelines::
+
+    from ferrohsm.client import Client
+    with Client.from_env() as hsm:                  # FERROHSM_URL, FERROHSM_TOKEN, FERROHSM_CA_CERT
+        sig = hsm.sign("release-signing", message=data, correlation_id="build-1234")
+        der = sig["signature"]                      # bytes; DER, verifiable with openssl
+
+Theory of operation
+-------------------
+* Transport: ``http.client`` over TLS 1.3 only, the server verified (hostname included) against
+  ``ca_cert`` or the system store, optionally with a client certificate (mutual TLS). One
+  keep-alive connection is reused; one the server closed while idle is replaced before use, so
+  no request is ever sent into a dead socket.
+* Retries: only idempotent calls (GET unless the caller says otherwise), on connection failures
+  and 429/502/503/504, honouring ``Retry-After`` up to a cap. A POST may have run when its
+  connection broke (a rotation, a signature): repeating it is the caller's decision, not ours.
+* Errors: an ``ApiError`` subclass chosen by the API ``code`` (never by message text), carrying
+  ``code``, ``message``, ``status`` and ``request_id``; ``approval_required`` (202) raises
+  ``ApprovalRequired`` with the parked approval; ``TransportError`` carries the request id sent.
+* Binary values are ``bytes`` in and out (base64 only on the wire). No token, plaintext or key
+  material is ever logged or put into an exception message.
+
+Stdlib only and no ferrohsm imports: pipelines may copy this one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import select
+import socket
+import ssl
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any, Self
+from urllib.parse import quote, urlencode, urlsplit
+
+__all__ = ["ApiError", "ApprovalRequired", "BadRequest", "Client", "ClientError", "Conflict",
+           "Forbidden", "Gone", "NotFound", "PayloadTooLarge", "RateLimited", "ServerError",
+           "TransportError", "Unauthenticated"]
+
+USER_AGENT = "ferrohsm-client/1"
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+MAX_RETRY_WAIT = 10.0  # never sleep longer than this on one Retry-After
+
+
+class ClientError(Exception):
+    """Base of everything this client raises on purpose."""
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+
+
+class TransportError(ClientError):
+    """No HTTP answer: connection refused or reset, TLS failure, timeout, garbled response.
+    ``retryable`` is False when trying again cannot help (the server's certificate is wrong)."""
+
+    retryable = True
+
+
+class ApiError(ClientError):
+    """The server answered with an API error body: ``code``, ``message``, ``request_id``."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, status: int, code: str | None = None,
+                 request_id: str | None = None, body: Mapping[str, Any] | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, request_id=request_id)
+        self.status = status
+        self.code = code or type(self).code
+        self.body: Mapping[str, Any] = body or {}
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.code}, request id {self.request_id or 'unknown'})"
+
+
+class BadRequest(ApiError):
+    code = "bad_request"
+
+
+class Unauthenticated(ApiError):
+    code = "unauthenticated"
+
+
+class Forbidden(ApiError):
+    code = "forbidden"
+
+
+class NotFound(ApiError):
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    code = "conflict"  # wrong key state, usage or algorithm; or a name already taken
+
+
+class Gone(ApiError):
+    code = "gone"  # the key or version was destroyed
+
+
+class PayloadTooLarge(ApiError):
+    code = "payload_too_large"
+
+
+class RateLimited(ApiError):
+    code = "rate_limited"
+
+
+class ApprovalRequired(ApiError):
+    """Dual control: the request was parked; ``approval`` is the approval object. Repeat the
+    same call with ``approval_id=approval["id"]`` once a quorum has approved it."""
+
+    code = "approval_required"
+
+    @property
+    def approval(self) -> dict[str, Any]:
+        value = self.body.get("approval")
+        return dict(value) if isinstance(value, Mapping) else {}
+
+
+class ServerError(ApiError):
+    code = "internal"
+
+
+_BY_CODE: dict[str, type[ApiError]] = {cls.code: cls for cls in (
+    BadRequest, Unauthenticated, Forbidden, NotFound, Conflict, Gone, PayloadTooLarge,
+    RateLimited, ApprovalRequired)}
+
+
+def _error_class(code: str, status: int) -> type[ApiError]:
+    return _BY_CODE.get(code) or (ServerError if status >= 500 else ApiError)
+
+
+def b64e(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64d(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def tls_context(ca_cert: str | None = None, client_cert: str | None = None,
+                client_key: str | None = None) -> ssl.SSLContext:
+    """TLS 1.3 only, server verified (hostname included) against ``ca_cert`` or the system store."""
+    try:
+        context = ssl.create_default_context(cafile=ca_cert)
+    except (OSError, ssl.SSLError) as exc:
+        raise ClientError(f"cannot load the CA certificate {ca_cert}: {_describe(exc)}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = True
+    if client_cert:
+        try:
+            context.load_cert_chain(client_cert, client_key or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ClientError(f"cannot load the client certificate {client_cert}: "
+                              f"{_describe(exc)}") from None
+    return context
+
+
+def _key_path(key: str, suffix: str = "") -> str:
+    """``/v1/keys/{key}``: names are percent-encoded so '/' or '?' in a name cannot re-route."""
+    return f"/v1/keys/{quote(key, safe='')}{suffix}"
+
+
+def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP-date: fall back to our own backoff
+
+
+class Client:
+    """One FerroHSM server. Thread-compatible, not thread-safe: use one Client per thread."""
+
+    def __init__(self, url: str, token: str | None = None, *, ca_cert: str | None = None,
+                 client_cert: str | None = None, client_key: str | None = None,
+                 timeout: float = 30.0, retries: int = 2, correlation_id: str | None = None,
+                 context: ssl.SSLContext | None = None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"server URL must be https://HOST[:PORT], got {url[:80]!r}")
+        self.url = url.rstrip("/")
+        self._host, self._port = parts.hostname, parts.port or 443
+        self._prefix = parts.path.rstrip("/")
+        self._token, self.correlation_id = token, correlation_id
+        self.timeout, self.retries = timeout, max(0, retries)
+        self._context = context or tls_context(ca_cert, client_cert, client_key)
+        self._conn: http.client.HTTPSConnection | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> Client:
+        """A client from FERROHSM_URL, FERROHSM_TOKEN, FERROHSM_CA_CERT, FERROHSM_CLIENT_CERT
+        and FERROHSM_CLIENT_KEY (keyword arguments win)."""
+        env = os.environ if env is None else env
+        url = kwargs.pop("url", None) or env.get("FERROHSM_URL")
+        if not url:
+            raise ValueError("FERROHSM_URL is not set")
+        for name, var in (("token", "FERROHSM_TOKEN"), ("ca_cert", "FERROHSM_CA_CERT"),
+                          ("client_cert", "FERROHSM_CLIENT_CERT"),
+                          ("client_key", "FERROHSM_CLIENT_KEY")):
+            kwargs.setdefault(name, env.get(var) or None)
+        return cls(url, **kwargs)
+
+    def __repr__(self) -> str:  # never the token
+        return f"Client({self.url!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # ---- transport --------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, body: Any = None, *,
+                query: Mapping[str, Any] | None = None, correlation_id: str | None = None,
+                approval_id: str | None = None, idempotent: bool | None = None) -> Any:
+        """JSON in, JSON out, ``ApiError`` on an error answer; only ``idempotent`` calls
+        (default: by HTTP method) are retried."""
+        target = self._prefix + path
+        if query:
+            target += "?" + urlencode(_drop_none(query))
+        payload = None if body is None else json.dumps(body).encode("utf-8")
+        headers = self._headers(payload is not None, correlation_id, approval_id)
+        retry = method in IDEMPOTENT if idempotent is None else idempotent
+        attempts = 1 + (self.retries if retry else 0)
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                status, resp_headers, data = self._exchange(method, target, payload, headers)
+            except TransportError as exc:
+                if last or not exc.retryable:
+                    raise
+                time.sleep(min(0.2 * 2 ** attempt, MAX_RETRY_WAIT))
+                continue
+            if status in RETRY_STATUSES and not last:
+                wait = _retry_after(resp_headers.get("retry-after"))
+                time.sleep(min(wait if wait is not None else 0.2 * 2 ** attempt, MAX_RETRY_WAIT))
+                continue
+            return self._result(status, resp_headers, data, headers["X-Request-ID"])
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _headers(self, has_body: bool, correlation_id: str | None,
+                 approval_id: str | None) -> dict[str, str]:
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT,
+                   "X-Request-ID": str(uuid.uuid4())}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        if has_body:
+            headers["Content-Type"] = "application/json"
+        if correlation_id or self.correlation_id:
+            headers["X-Correlation-ID"] = correlation_id or self.correlation_id or ""
+        if approval_id:
+            headers["X-Approval-ID"] = approval_id
+        return headers
+
+    def _connection(self) -> http.client.HTTPSConnection:
+        """The kept-alive connection, unless the server closed it while it sat idle."""
+        conn = self._conn
+        if conn is not None and conn.sock is not None and _dropped(conn.sock):
+            conn.close()
+            conn = None
+        if conn is None:
+            conn = http.client.HTTPSConnection(self._host, self._port, context=self._context,
+                                               timeout=self.timeout)
+            self._conn = conn
+        return conn
+
+    def _exchange(self, method: str, target: str, payload: bytes | None,
+                  headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        request_id = headers["X-Request-ID"]
+        conn = self._connection()
+        try:
+            conn.request(method, target, body=payload, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        except ssl.SSLCertVerificationError as exc:
+            self.close()
+            error = TransportError(f"TLS: cannot verify the server certificate of {self.url} "
+                                   f"({exc.verify_message}); check --ca-cert",
+                                   request_id=request_id)
+            error.retryable = False
+            raise error from None
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise TransportError(f"cannot reach {self.url}: {_describe(exc)}",
+                                 request_id=request_id) from None
+        if resp.will_close:
+            self.close()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+
+    def _result(self, status: int, headers: dict[str, str], data: bytes,
+                sent_id: str) -> Any:
+        request_id = headers.get("x-request-id") or sent_id
+        parsed: Any = None
+        if data:
+            try:
+                parsed = json.loads(data)
+            except ValueError:
+                if status < 300:
+                    raise TransportError(f"server sent a non-JSON answer (HTTP {status})",
+                                         request_id=request_id) from None
+        error = parsed.get("error") if isinstance(parsed, dict) else None
+        if 200 <= status < 300 and not isinstance(error, dict):
+            return parsed
+        if status == 304:
+            return None
+        if not isinstance(error, dict):
+            raise _error_class("", status)(f"HTTP {status} without an error body",
+                                           status=status, request_id=request_id)
+        code = str(error.get("code") or "error")
+        raise _error_class(code, status)(
+            str(error.get("message") or code), status=status, code=code,
+            request_id=str(error.get("request_id") or request_id), body=parsed,
+            retry_after=_retry_after(headers.get("retry-after")))
+
+    # ---- keys -------------------------------------------------------------------------------
+
+    def create_key(self, algorithm: str, usage: str, *, name: str | None = None,
+                   description: str | None = None, tags: list[str] | tuple[str, ...] = (),
+                   correlation_id: str | None = None) -> dict[str, Any]:
+        body = _drop_none({"algorithm": algorithm, "usage": usage, "name": name,
+                           "description": description, "tags": list(tags) or None})
+        return self.request("POST", "/v1/keys", body, correlation_id=correlation_id)  # type: ignore[no-any-return]
+
+    def list_keys(self, *, state: str | None = None, algorithm: str | None = None,
+                  usage: str | None = None, tag: str | None = None,
+                  name_prefix: str | None = None, limit: int | None = None,
+                  page_token: str | None = None) -> dict[str, Any]:
+        """One page: ``{"keys": [...], "next_page_token": ...}``."""
+        query = {"state": state, "algorithm": algorithm, "usage": usage, "tag": tag,
+                 "name_prefix": name_prefix, "limit": limit, "page_token": page_token}
+        return self.request("GET", "/v1/keys", query=query)  # type: ignore[no-any-return]
+
+    def iter_keys(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every key matching ``filters``, following page tokens."""
+        page_token = filters.pop("page_token", None)
+        while True:
+            page = self.list_keys(**filters, page_token=page_token)
+            yield from page.get("keys", [])
+            page_token = page.get("next_page_token")
+            if not page_token:
+                return
+
+    def get_key(self, key: str) -> dict[str, Any]:
+        return self.request("GET", _key_path(key))  # type: ignore[no-any-return]
+
+    def update_key(self, key: str, description: str, **opts: Any) -> dict[str, Any]:
+        return self.request("PATCH", _key_path(key), {"description": description}, **opts)  # type: ignore[no-any-return]
+
+    def rotate_key(self, key: str, **opts: Any) -> dict[str, Any]:
+        return self._post(key, "rotate", {}, opts)
+
+    def rollback_key(self, key: str, version: int, **opts: Any) -> dict[str, Any]:
+        return self._post(key, "rollback", {"version": version}, opts)
+
+    def revoke_key(self, key: str, reason: str | None = None, **opts: Any) -> dict[str, Any]:
+        return self._post(key, "revoke", _drop_none({"reason": reason}), opts)
+
+    def destroy_key(self, key: str, **opts: Any) -> dict[str, Any]:
+        return self._post(key, "destroy", {}, opts)
+
+    def cancel_destroy(self, key: str, **opts: Any) -> dict[str, Any]:
+        return self._post(key, "cancel-destroy", {}, opts)
+
+    def public_key(self, key: str, version: int | None = None) -> dict[str, Any]:
+        """``{"version": N, "pem": "-----BEGIN PUBLIC KEY-----..."}``."""
+        return self.request("GET", _key_path(key, "/public-key"),  # type: ignore[no-any-return]
+                            query={"version": version})
+
+    # ---- cryptographic operations (bytes in, bytes out) ---------------------------------
+
+    def encrypt(self, key: str, plaintext: bytes, aad: bytes | None = None,
+                **opts: Any) -> dict[str, Any]:
+        """``{"ciphertext": "fhsm:v1:...", "key_id", "key_version"}``."""
+        body = _drop_none({"plaintext": b64e(plaintext), "aad": b64e(aad) if aad else None})
+        return self._post(key, "encrypt", body, opts)
+
+    def decrypt(self, key: str, ciphertext: str, aad: bytes | None = None,
+                **opts: Any) -> dict[str, Any]:
+        """``{"plaintext": bytes, "key_version"}``."""
+        body = _drop_none({"ciphertext": ciphertext, "aad": b64e(aad) if aad else None})
+        out = self._post(key, "decrypt", body, opts)
+        return {**out, "plaintext": b64d(out["plaintext"])}
+
+    def sign(self, key: str, message: bytes | None = None, *, digest: bytes | None = None,
+             algorithm: str | None = None, **opts: Any) -> dict[str, Any]:
+        """``{"signature": DER bytes, "key_version", "algorithm"}``; give message or digest."""
+        body = _drop_none({"message": None if message is None else b64e(message),
+                           "digest": None if digest is None else b64e(digest),
+                           "algorithm": algorithm})
+        out = self._post(key, "sign", body, opts)
+        return {**out, "signature": b64d(out["signature"])}
+
+    def verify(self, key: str, signature: bytes, message: bytes | None = None, *,
+               digest: bytes | None = None, algorithm: str | None = None,
+               key_version: int | None = None, **opts: Any) -> bool:
+        body = _drop_none({"message": None if message is None else b64e(message),
+                           "digest": None if digest is None else b64e(digest),
+                           "signature": b64e(signature), "algorithm": algorithm,
+                           "key_version": key_version})
+        return bool(self._post(key, "verify", body, opts).get("valid"))
+
+    def wrap(self, key: str, key_material: bytes, **opts: Any) -> dict[str, Any]:
+        """``{"wrapped": "fhsm:v1:...", "key_id", "key_version"}``."""
+        return self._post(key, "wrap", {"key_material": b64e(key_material)}, opts)
+
+    def unwrap(self, key: str, wrapped: str, **opts: Any) -> dict[str, Any]:
+        """``{"key_material": bytes, "key_version"}``."""
+        out = self._post(key, "unwrap", {"wrapped": wrapped}, opts)
+        return {**out, "key_material": b64d(out["key_material"])}
+
+    def _post(self, key: str, verb: str, body: dict[str, Any],
+              opts: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/keys/{key}/{verb}; ``opts``: correlation_id, approval_id."""
+        return self.request("POST", _key_path(key, "/" + verb), body, **opts)  # type: ignore[no-any-return]
+
+    # ---- approvals, audit, health -------------------------------------------------------
+
+    def list_approvals(self, state: str | None = None, *, limit: int | None = None,
+                       page_token: str | None = None) -> dict[str, Any]:
+        """One page: ``{"approvals": [...], "next_page_token": ...}``."""
+        return self.request("GET", "/v1/approvals",  # type: ignore[no-any-return]
+                            query={"state": state, "limit": limit, "page_token": page_token})
+
+    def get_approval(self, approval_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/approvals/{quote(approval_id, safe='')}")  # type: ignore[no-any-return]
+
+    def approve(self, approval_id: str, comment: str | None = None,
+                **opts: Any) -> dict[str, Any]:
+        return self._decide(approval_id, "approve", comment, opts)
+
+    def deny(self, approval_id: str, comment: str | None = None, **opts: Any) -> dict[str, Any]:
+        return self._decide(approval_id, "deny", comment, opts)
+
+    def _decide(self, approval_id: str, verb: str, comment: str | None,
+                opts: dict[str, Any]) -> dict[str, Any]:
+        path = f"/v1/approvals/{quote(approval_id, safe='')}/{verb}"
+        return self.request("POST", path, _drop_none({"comment": comment}),  # type: ignore[no-any-return]
+                            **opts)
+
+    def audit_page(self, after_seq: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """``{"records": [...], "next_after_seq": N or None}``."""
+        return self.request("GET", "/v1/audit",  # type: ignore[no-any-return]
+                            query={"after_seq": after_seq, "limit": limit})
+
+    def iter_audit(self, after_seq: int = 0, limit: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every audit record after ``after_seq``, in order."""
+        while True:
+            page = self.audit_page(after_seq, limit)
+            yield from page.get("records", [])
+            if page.get("next_after_seq") is None:
+                return
+            after_seq = int(page["next_after_seq"])
+
+    def health(self) -> dict[str, Any]:
+        return self.request("GET", "/healthz")  # type: ignore[no-any-return]
+
+
+def _dropped(sock: socket.socket) -> bool:
+    """True when an idle kept-alive socket is readable: the server closed it (or sent junk)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+def _describe(exc: BaseException) -> str:
+    """A short reason for a transport failure (never request content)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or type(exc).__name__}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host ({exc.strerror})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__
