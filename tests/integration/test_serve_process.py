@@ -1,0 +1,133 @@
+"""`ferrohsm quickstart` / `serve` as real processes: exports, restart on the same data dir,
+graceful SIGTERM (exit 0, audit closed cleanly), a wrong master key refused at start-up."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ferrohsm.tls.context import client_context
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start(data: Path, *extra: str, env: dict[str, str] | None = None
+          ) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    log = open(data.parent / "server.log", "a")  # noqa: SIM115 - closed in stop()
+    proc = subprocess.Popen([sys.executable, "-m", "ferrohsm", "quickstart", "--data-dir",
+                             str(data), "--listen", "127.0.0.1:0", *extra], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=log,
+                            env=env or {k: v for k, v in os.environ.items()
+                                        if not k.startswith("FERROHSM_")})
+    exports: dict[str, str] = {}
+    assert proc.stdout is not None
+    while len(exports) < 3:
+        line = proc.stdout.readline()
+        assert line, (data.parent / "server.log").read_text()
+        assert line.startswith("export FERROHSM_"), line
+        name, _, value = line.strip().removeprefix("export ").partition("=")
+        exports[name] = value
+    log.close()  # the child keeps its own descriptor
+    return proc, exports
+
+
+def call(exports: dict[str, str], method: str, path: str, body: object = None,
+         token: str | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]
+    url = exports["FERROHSM_URL"].removeprefix("https://")
+    host, _, port = url.rpartition(":")
+    conn = http.client.HTTPSConnection(host, int(port),
+                                       context=client_context(exports["FERROHSM_CA_CERT"]))
+    headers = {"Authorization": f"Bearer {token or exports['FERROHSM_TOKEN']}"}
+    data = None if body is None else json.dumps(body).encode()
+    if data:
+        headers["Content-Type"] = "application/json"
+    conn.request(method, path, body=data, headers=headers)
+    resp = conn.getresponse()
+    out = json.loads(resp.read() or b"{}")
+    conn.close()
+    return resp.status, out
+
+
+def stop(proc: subprocess.Popen[str]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(30)
+    if proc.stdout:
+        proc.stdout.close()
+    return code
+
+
+def service_token(data: Path) -> str:
+    out = subprocess.run([sys.executable, "-m", "ferrohsm", "token", "issue", "--data-dir",
+                          str(data), "--subject", "ci", "--role", "service"], cwd=ROOT,
+                         capture_output=True, text=True, check=True,
+                         env={k: v for k, v in os.environ.items() if not k.startswith("FERROHSM_")})
+    return out.stdout.strip()
+
+
+def test_quickstart_restart_and_graceful_stop(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    proc, exports = start(data)
+    assert exports["FERROHSM_URL"].startswith("https://127.0.0.1:")
+    assert Path(exports["FERROHSM_CA_CERT"]).is_file()
+    assert oct(data.stat().st_mode & 0o777) == "0o700"
+    for secret in ("master.key", "jwt.secret", "audit-hmac.key"):
+        assert oct((data / secret).stat().st_mode & 0o777) == "0o600"
+    status, key = call(exports, "POST", "/v1/keys", {"algorithm": "aes-256-gcm",
+                                                     "usage": "encrypt", "name": "kept"})
+    assert status == 201
+    svc = service_token(data)
+    status, ct = call(exports, "POST", "/v1/keys/kept/encrypt",
+                      {"plaintext": base64.b64encode(b"survives").decode()}, token=svc)
+    assert status == 200
+    assert stop(proc) == 0
+
+    proc, exports = start(data)  # same dir: same secrets, same keys
+    try:
+        status, out = call(exports, "POST", "/v1/keys/kept/decrypt",
+                           {"ciphertext": ct["ciphertext"]}, token=svc)
+        assert status == 200 and base64.b64decode(out["plaintext"]) == b"survives"
+    finally:
+        assert stop(proc) == 0
+    verify = subprocess.run([sys.executable, "-m", "ferrohsm", "audit", "verify",
+                             str(data / "audit"), "--hmac-key-file", str(data / "audit-hmac.key")],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    log = b"".join(p.read_bytes() for p in sorted((data / "audit").glob("audit-*.jsonl")))
+    for action in (b"system.startup", b"system.shutdown", b"key.create", b"crypto.encrypt",
+                   b"crypto.decrypt"):
+        assert action in log
+    assert b"survives" not in log and base64.b64encode(b"survives") not in log
+
+
+def test_wrong_master_key_stops_start_up(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    proc, _ = start(data)
+    assert stop(proc) == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERROHSM_")}
+    env["FERROHSM_MASTER_KEY"] = base64.b64encode(os.urandom(32)).decode()
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "ferrohsm", "quickstart", "--data-dir",
+                             str(data), "--listen", "127.0.0.1:0"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "master key" in result.stderr and "Traceback" not in result.stderr
+    assert env["FERROHSM_MASTER_KEY"] not in result.stderr + result.stdout
+    assert time.monotonic() - started < 30
+
+
+def test_serve_without_tls_settings_explains(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERROHSM_")}
+    env.update(FERROHSM_MASTER_KEY=base64.b64encode(os.urandom(32)).decode(),
+               FERROHSM_JWT_HS256_SECRET="s" * 40,
+               FERROHSM_AUDIT_HMAC_KEY=base64.b64encode(os.urandom(32)).decode())
+    result = subprocess.run([sys.executable, "-m", "ferrohsm", "serve", "--data-dir",
+                             str(tmp_path / "d"), "--listen", "127.0.0.1:0"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "[tls].cert" in result.stderr
