@@ -59,3 +59,31 @@ def test_build_is_reproducible(zipapp: Path, tmp_path: Path) -> None:
                    cwd=ROOT, capture_output=True, timeout=600)
     assert hashlib.sha256(again.read_bytes()).digest() == hashlib.sha256(
         zipapp.read_bytes()).digest()
+
+
+def test_zipapp_verifies_an_exported_audit_log_offline(zipapp: Path, tmp_path: Path) -> None:
+    import base64
+    import secrets
+
+    from ferrohsm.audit.chain import AuditEvent, record_line
+    from ferrohsm.audit.sinks import FileSink
+    key = secrets.token_bytes(32)
+    sink = FileSink(tmp_path / "audit", key, durable=False)
+    for n in range(50):
+        sink.append(AuditEvent(actor="alice", role="operator", action="key.rotate",
+                               outcome="success", message=f"rotation {n}"))
+    records = sink.read(0, 1000)
+    sink.close()
+    export = tmp_path / "export.jsonl"
+    export.write_bytes(b"".join(record_line(r) + b"\n" for r in records))
+    key_file = tmp_path / "hmac.key"
+    key_file.write_text(base64.b64encode(key).decode())
+    key_file.chmod(0o600)
+    ok = run(zipapp, "audit", "verify", str(export), "--hmac-key-file", str(key_file),
+             home=tmp_path)
+    assert ok.returncode == 0 and "OK" in ok.stdout, ok.stdout + ok.stderr
+    lines = export.read_bytes().splitlines(keepends=True)
+    export.write_bytes(b"".join(lines[:10] + lines[11:]))  # delete one record
+    bad = run(zipapp, "audit", "verify", str(export), "--hmac-key-file", str(key_file),
+              home=tmp_path)
+    assert bad.returncode == 1 and "FAIL" in bad.stdout and "deleted" in bad.stdout, bad.stdout
