@@ -7,27 +7,34 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from .api import application, router as routing
-from .api.handlers import audit as audit_routes, crypto as crypto_routes, keys as key_routes
+from .api import application
+from .api import router as routing
+from .api.handlers import approvals as approval_routes
+from .api.handlers import audit as audit_routes
+from .api.handlers import crypto as crypto_routes
+from .api.handlers import dashboard as dashboard_routes
+from .api.handlers import keys as key_routes
 from .api.handlers import system as system_routes
 from .api.handlers import tokens as token_routes
 from .api.server import HardenedHTTPServer
 from .audit.chain import AuditEvent
 from .audit.sinks import AuditSink, FileSink, SQLiteSink
 from .authn import Authenticator, build_authenticator
-from .ratelimit import RateLimiter, policy_from_settings
 from .config import Config, Secrets, parse_listen
 from .crypto.seal import Sealer
 from .errors import ConfigError, FerroError
 from .keycache import MaterialCache
 from .keyops import KeyEngine
 from .metrics import ServerMetrics
-from .model import SYSTEM_CONTEXT, Key
+from .model import SYSTEM_CONTEXT
+from .policy import Policy
+from .ratelimit import RateLimiter, policy_from_settings
+from .scheduler import RetentionScheduler
 from .service import KeyService
+from .store.approvals import ApprovalStore, MemoryApprovalStore, SQLiteApprovalStore
 from .store.base import KeyStore
 from .store.filesystem import FilesystemStore
 from .store.memory import MemoryStore
@@ -58,6 +65,13 @@ def open_store(config: Config) -> KeyStore:
     return FilesystemStore(data)
 
 
+def open_approvals(config: Config) -> ApprovalStore:
+    """Approvals survive restarts beside the keys; with the memory key store nothing does."""
+    if config.storage.key_store == "memory":
+        return MemoryApprovalStore()
+    return SQLiteApprovalStore(ensure_private_dir(config.storage.data_dir) / "approvals.sqlite3")
+
+
 def open_audit(config: Config, secrets: Secrets) -> AuditSink:
     directory = ensure_private_dir(Path(config.storage.data_dir) / "audit")
     if config.audit.sink == "sqlite":
@@ -78,17 +92,6 @@ def check_master_key(store: KeyStore, sealer: Sealer) -> None:
         sealer.verify_check_value(stored)
 
 
-def destroy_grace(config: Config) -> Any:
-    """The longest grace any of the key's tags asks for (strictest wins), else the default."""
-    default = timedelta(hours=config.crypto.destroy_grace_hours)
-
-    def grace(key: Key) -> timedelta:
-        hours = [config.policy_tags[t].destroy_grace_hours for t in key.tags
-                 if t in config.policy_tags]
-        return max([default, *(timedelta(hours=h) for h in hours)])
-    return grace
-
-
 @dataclass
 class Runtime:
     """Everything a running FerroHSM holds, so shutdown can release it in order."""
@@ -103,6 +106,7 @@ class Runtime:
     app: application.Application
     started: float = field(default_factory=time.monotonic)
     stop: threading.Event = field(default_factory=threading.Event)
+    approvals: ApprovalStore | None = None
 
     def health(self) -> dict[str, Any]:
         audit_ok = self.audit.healthy()
@@ -120,19 +124,26 @@ class Runtime:
 
 def build_runtime(config: Config, secrets: Secrets) -> Runtime:
     store = open_store(config)
+    approvals: ApprovalStore | None = None
     try:
         sealer = Sealer(secrets.master_key)
         check_master_key(store, sealer)
+        policy = Policy.from_config(config.policy_tags, config.crypto.destroy_grace_hours)
+        approvals = open_approvals(config)
         audit = open_audit(config, secrets)
     except Exception:
+        if approvals is not None:
+            approvals.close()
         store.close()
         raise
     cache: MaterialCache[Any] = MaterialCache(config.crypto.cache_max_entries,
                                               config.crypto.cache_ttl_seconds)
     engine = KeyEngine(store, sealer, cache, config.crypto.max_input_bytes)
     metrics = ServerMetrics()
-    service = KeyService(store, engine, audit, destroy_grace=destroy_grace(config),
-                         on_crypto=lambda alg, op, outcome: metrics.crypto_ops.inc(alg, op, outcome))
+    service = KeyService(store, engine, audit,
+                         destroy_grace=lambda key: policy.rules_for(key).destroy_grace,
+                         on_crypto=lambda alg, op, outcome: metrics.crypto_ops.inc(alg, op, outcome),
+                         policy=policy, approvals=approvals)
     auth = build_authenticator(config.auth, secrets.jwt_hs256_secret, config.storage.data_dir,
                                on_event=keyset_audit(audit))
     limiter = RateLimiter(policy_from_settings(config.rate_limit))
@@ -140,10 +151,13 @@ def build_runtime(config: Config, secrets: Secrets) -> Runtime:
     key_routes.register(router, service)
     crypto_routes.register(router, service)
     audit_routes.register(router, service, audit)
+    approval_routes.register(router, service.dual)
+    dashboard_routes.register(router)
     token_routes.register(router, auth, service.record)
     app = application.Application(router, auth, metrics, application.audit_hook(service.record),
                                   limiter)
-    runtime = Runtime(config, store, audit, service, auth, metrics, router, app)
+    runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
+                      approvals=approvals)
     system_routes.register(router, runtime.health, metrics,
                            extra_operations=token_routes.OPERATIONS)
     _gauges(runtime)
@@ -170,23 +184,10 @@ def _gauges(rt: Runtime) -> None:
 
 
 def start_scheduler(rt: Runtime) -> threading.Thread:
-    """Finish destructions whose grace has passed, every [scheduler].interval_seconds."""
-    def tick() -> None:
-        for key in rt.service.due_destructions(rt.service.clock()):
-            try:
-                rt.service.complete_destroy(SYSTEM_CONTEXT, key)
-            except FerroError as exc:
-                log.warning("scheduled destruction of %s failed: %s", key.id, exc.message)
-
-    def loop() -> None:
-        while not rt.stop.wait(rt.config.scheduler.interval_seconds):
-            try:
-                tick()
-            except Exception:  # noqa: BLE001 - the scheduler must survive a bad tick
-                log.exception("scheduler tick failed")
-    thread = threading.Thread(target=loop, name="ferrohsm-scheduler", daemon=True)
-    thread.start()
-    return thread
+    """The retention scheduler (ferrohsm/scheduler.py), every [scheduler].interval_seconds."""
+    scheduler = RetentionScheduler(rt.service,
+                                   approval_retention_days=rt.config.approvals.retention_days)
+    return scheduler.start(rt.stop, rt.config.scheduler.interval_seconds)
 
 
 def system_event(rt: Runtime, action: str, message: str) -> None:
@@ -220,4 +221,6 @@ def shutdown(rt: Runtime, server: HardenedHTTPServer | None) -> None:
     except FerroError:
         log.error("could not record shutdown in the audit log")
     rt.audit.close()
+    if rt.approvals is not None:
+        rt.approvals.close()
     rt.store.close()

@@ -141,6 +141,8 @@ class RateLimiter:
 
     def client_ip(self, peer_ip: str, forwarded_for: list[str]) -> str:
         """The address to limit and audit: the peer, or what a trusted proxy says it relayed."""
+        if not forwarded_for or not self.policy.trusted_proxies:  # the common case: no parsing
+            return peer_ip[7:] if peer_ip.startswith("::ffff:") and "." in peer_ip else peer_ip
         peer = _address(peer_ip)
         if peer is None or not forwarded_for or not self._trusted(peer):
             return str(peer) if peer is not None else peer_ip

@@ -1,28 +1,46 @@
 """KeyService: the one path every request takes.
 
-authorize → (approvals) → lifecycle → store → audit. Every call, allowed or refused, leaves one
+authorize → approvals → lifecycle → store → audit. Every call, allowed or refused, leaves one
 audit record, and a caller hears "success" only after that record is durable. When the audit log
 cannot be written, state changes are undone (compensated) and the call fails with 503: no record
 claims a change that did not persist, and no change persists without its record.
+
+Dual control (ferrohsm/dualcontrol.py): after authorization and before anything executes,
+``self.dual.gate`` asks the policy (ferrohsm/policy.py). An action that a key's tags put under dual
+control creates a pending approval bound to the exact arguments and answers 202; the repeat with
+``X-Approval-ID`` consumes the approval by compare-and-swap before the operation runs, so it runs
+at most once however many repeats race. Scheduler moves (check_role=False) are not gated.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from . import lifecycle as lc
 from .audit.chain import AuditEvent
 from .authz import Action, authorize, may_see
 from .crypto.algorithms import check_usage
-from .errors import AuditUnavailable, FerroError, Forbidden, StaleRevision
+from .dualcontrol import DualControl
+from .errors import AuditUnavailable, FerroError, Forbidden, InvalidTransition, StaleRevision
 from .ids import uuid7
 from .keyops import KeyEngine
-from .model import (Key, KeyFilter, Page, RequestContext, validate_description, validate_name,
-                    validate_tags)
+from .model import (
+    Key,
+    KeyFilter,
+    Page,
+    RequestContext,
+    iso,
+    validate_description,
+    validate_name,
+    validate_tags,
+)
+from .policy import Policy
+from .store.approvals import ApprovalStore
 from .store.base import KeyStore
 
 log = logging.getLogger("ferrohsm.service")
@@ -35,14 +53,15 @@ class AuditLog(Protocol):
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class KeyService:
     def __init__(self, store: KeyStore, engine: KeyEngine, audit: AuditLog, *,
                  destroy_grace: Callable[[Key], timedelta] = lambda key: timedelta(hours=24),
                  clock: Callable[[], datetime] = utcnow,
-                 on_crypto: Callable[[str, str, str], None] = lambda alg, op, outcome: None
+                 on_crypto: Callable[[str, str, str], None] = lambda alg, op, outcome: None,
+                 policy: Policy | None = None, approvals: ApprovalStore | None = None
                  ) -> None:
         self.on_crypto = on_crypto  # (algorithm, operation, outcome) for metrics
         self.store = store
@@ -50,6 +69,9 @@ class KeyService:
         self.audit = audit
         self.destroy_grace = destroy_grace
         self.clock = clock
+        self.policy = policy or Policy()
+        self.dual = DualControl(approvals, self.policy, self.record, audit.healthy,
+                                lambda: self.clock())
 
     # ---- audit helpers ----
 
@@ -60,7 +82,7 @@ class KeyService:
                                         key_version=version, details=details)
         self.audit.append(event)
 
-    def _refuse(self, ctx: RequestContext, action: Action, exc: FerroError,
+    def _refuse(self, ctx: RequestContext, action: Action | str, exc: FerroError,
                 key: Key | None = None, key_id: str | None = None) -> None:
         outcome = "denied" if isinstance(exc, Forbidden) else "error"
         self.record(ctx, action, outcome, exc.message, key,
@@ -129,6 +151,13 @@ class KeyService:
         self.record(ctx, Action.KEY_LIST, "success", f"listed {len(page.keys)} keys")
         return page
 
+    def count_keys(self, ctx: RequestContext, filters: KeyFilter) -> int | None:
+        """Total for a listing; None for a tag-scoped token, which must not learn how many keys
+        it cannot see."""
+        if ctx.principal is not None and ctx.principal.tags is not None:
+            return None
+        return self.store.count(filters)
+
     def get_key(self, ctx: RequestContext, ref: str) -> Key:
         key = self._key_for(ctx, Action.KEY_READ, ref)
         self.record(ctx, Action.KEY_READ, "success", "described key", key)
@@ -138,58 +167,100 @@ class KeyService:
         def change(key: Key) -> Key:
             validate_description(description)
             return lc.update_description(key, description, self.clock(), ctx.actor)
-        return self._mutate(ctx, Action.KEY_UPDATE, ref, change, "description updated")
+        return self._mutate(ctx, Action.KEY_UPDATE, ref, change, "description updated",
+                            args={"description": description})
 
     def rotate(self, ctx: RequestContext, ref: str) -> Key:
         def change(key: Key) -> Key:
             lc.target_state(key, lc.Move.ROTATE)  # refuse before generating material
             sealed = self.engine.new_material(key.algorithm, key.id, len(key.versions) + 1)
             return lc.rotate(key, sealed, self.clock(), ctx.actor)
-        return self._mutate(ctx, Action.KEY_ROTATE, ref, change, "rotated")
+        return self._mutate(ctx, Action.KEY_ROTATE, ref, change, "rotated", args={})
 
     def rollback(self, ctx: RequestContext, ref: str, version: int) -> Key:
         return self._mutate(ctx, Action.KEY_ROLLBACK, ref,
                             lambda key: lc.rollback(key, version, self.clock(), ctx.actor),
-                            f"version {version} is primary again")
+                            f"version {version} is primary again", args={"version": version})
 
     def revoke(self, ctx: RequestContext, ref: str, reason: str = "") -> Key:
         return self._mutate(ctx, Action.KEY_REVOKE, ref,
                             lambda key: lc.revoke(key, self.clock(), ctx.actor, reason),
-                            f"revoked: {reason}" if reason else "revoked")
+                            f"revoked: {reason}" if reason else "revoked",
+                            args={"reason": reason})
 
     def schedule_destroy(self, ctx: RequestContext, ref: str) -> Key:
         return self._mutate(ctx, Action.KEY_DESTROY, ref,
                             lambda key: lc.schedule_destroy(key, self.clock(), ctx.actor,
                                                             self.destroy_grace(key)),
-                            "destruction scheduled")
+                            "destruction scheduled", args={})
 
     def cancel_destroy(self, ctx: RequestContext, ref: str) -> Key:
         return self._mutate(ctx, Action.KEY_CANCEL_DESTROY, ref,
                             lambda key: lc.cancel_destroy(key, self.clock(), ctx.actor),
-                            "destruction cancelled")
+                            "destruction cancelled", args={})
 
     def complete_destroy(self, ctx: RequestContext, key: Key) -> Key:
-        """Called by the scheduler once the grace has passed: erase material, keep metadata."""
+        """Called by the scheduler once the grace has passed: erase material, keep metadata.
+
+        The audit record (``key.destroy_complete``) is the attestation: which versions, when,
+        scheduled by whom, under which approval, and a SHA-256 of each erased sealed blob.
+        """
+        message, details = attestation(key, self.clock(), self.store.name,
+                                       self.dual.latest_executed(key.id, Action.KEY_DESTROY))
         done = self._mutate(ctx, Action.KEY_DESTROY, key.id,
                             lambda k: lc.complete_destroy(k, self.clock(), ctx.actor),
-                            "key material destroyed", check_role=False)
+                            message, check_role=False, audit_action="key.destroy_complete",
+                            details=details)
         self.engine.forget(key.id)
+        try:
+            self.store.scrub()  # journals and free pages may still hold the old sealed bytes
+        except FerroError as exc:  # destroyed and recorded; only old copies may linger
+            log.error("key %s destroyed but not scrubbed: %s", key.id, exc.message)
         return done
+
+    def scheduled_rotate(self, ctx: RequestContext, key_id: str,
+                         due: Callable[[Key], bool]) -> Key:
+        """Scheduler rotation; ``due`` is re-checked on the freshest copy inside the CAS loop,
+        so two overlapping ticks (or processes) never rotate twice."""
+        def change(key: Key) -> Key:
+            if not due(key):
+                raise InvalidTransition("rotation is no longer due")
+            lc.target_state(key, lc.Move.ROTATE)
+            sealed = self.engine.new_material(key.algorithm, key.id, len(key.versions) + 1)
+            return lc.rotate(key, sealed, self.clock(), ctx.actor)
+        return self._mutate(ctx, Action.KEY_ROTATE, key_id, change,
+                            "automatic rotation: rotation_days reached", check_role=False,
+                            audit_action="scheduler.rotate")
+
+    def archive_version(self, ctx: RequestContext, key_id: str, version: int) -> Key:
+        """Scheduler archival: the version only decrypts/verifies/unwraps from now on."""
+        return self._mutate(ctx, Action.KEY_UPDATE, key_id,
+                            lambda k: lc.archive_version(k, version, self.clock(), ctx.actor),
+                            f"version {version} archived: archive_after_days reached",
+                            check_role=False, audit_action="scheduler.archive",
+                            details={"archived_version": version})
 
     # ---- the mutation protocol ----
 
     def _mutate(self, ctx: RequestContext, action: Action, ref: str,
-                change: Callable[[Key], Key], message: str, check_role: bool = True) -> Key:
+                change: Callable[[Key], Key], message: str, check_role: bool = True, *,
+                args: dict[str, Any] | None = None, audit_action: str | None = None,
+                details: dict[str, Any] | None = None) -> Key:
+        """``args``: the request's arguments, bound into any approval; ``audit_action`` and
+        ``details`` name scheduler moves in the audit log."""
         key = self._key_for(ctx, action, ref) if check_role else self.store.resolve(ref)
+        if check_role:
+            self.dual.gate(ctx, action, key, args or {})
+        name = audit_action or action
         try:
             self._require_audit()
             before, after = self._apply(key, change)
         except FerroError as exc:
-            self._refuse(ctx, action, exc, key)
+            self._refuse(ctx, name, exc, key)
             raise
         try:
-            self.record(ctx, action, "success", message, after, after.primary_version,
-                        state=after.state.value)
+            self.record(ctx, name, "success", message, after, after.primary_version,
+                        state=after.state.value, **(details or {}))
         except AuditUnavailable:
             self._undo_update(before, after)
             raise
@@ -224,8 +295,10 @@ class KeyService:
     # ---- cryptographic operations ----
 
     def _use(self, ctx: RequestContext, action: Action, ref: str,
-             op: Callable[[Key], tuple[Any, int]], message: Callable[[Any], str]) -> tuple[Key, Any, int]:
+             op: Callable[[Key], tuple[Any, int]], message: Callable[[Any], str],
+             args: dict[str, Any] | None = None) -> tuple[Key, Any, int]:
         key = self._key_for(ctx, action, ref)
+        self.dual.gate(ctx, action, key, args or {})
         operation = action.value.rpartition(".")[2]
         try:
             result, version = op(key)
@@ -241,14 +314,16 @@ class KeyService:
                 aad: bytes | None = None) -> dict[str, Any]:
         key, token, version = self._use(ctx, Action.ENCRYPT, ref,
                                         lambda k: self.engine.encrypt(k, plaintext, aad),
-                                        lambda _: f"encrypted {len(plaintext)} bytes")
+                                        lambda _: f"encrypted {len(plaintext)} bytes",
+                                        {"plaintext": plaintext, "aad": aad})
         return {"ciphertext": token, "key_id": key.id, "key_version": version}
 
     def decrypt(self, ctx: RequestContext, ref: str, ciphertext: str,
                 aad: bytes | None = None) -> dict[str, Any]:
         _, plaintext, version = self._use(ctx, Action.DECRYPT, ref,
                                           lambda k: self.engine.decrypt(k, ciphertext, aad),
-                                          lambda p: f"decrypted {len(p)} bytes")
+                                          lambda p: f"decrypted {len(p)} bytes",
+                                          {"ciphertext": ciphertext, "aad": aad})
         return {"plaintext": plaintext, "key_version": version}
 
     def sign(self, ctx: RequestContext, ref: str, data: bytes, *, prehashed: bool,
@@ -256,8 +331,9 @@ class KeyService:
         def op(k: Key) -> tuple[tuple[bytes, str], int]:
             signature, used, version = self.engine.sign(k, data, prehashed, scheme)
             return (signature, used), version
-        _, (signature, used), version = self._use(ctx, Action.SIGN, ref, op,
-                                                  lambda r: f"signed with {r[1]}")
+        _, (signature, used), version = self._use(
+            ctx, Action.SIGN, ref, op, lambda r: f"signed with {r[1]}",
+            {"data": data, "prehashed": prehashed, "scheme": scheme})
         return {"signature": signature, "key_version": version, "algorithm": used}
 
     def verify(self, ctx: RequestContext, ref: str, data: bytes, signature: bytes, *,
@@ -266,36 +342,44 @@ class KeyService:
         _, valid, used = self._use(
             ctx, Action.VERIFY, ref,
             lambda k: self.engine.verify(k, data, signature, prehashed, scheme, version),
-            lambda v: "signature valid" if v else "signature INVALID")
+            lambda v: "signature valid" if v else "signature INVALID",
+            {"data": data, "signature": signature, "prehashed": prehashed, "scheme": scheme,
+             "version": version})
         return {"valid": valid, "key_version": used}
 
     def wrap(self, ctx: RequestContext, ref: str, material: bytes) -> dict[str, Any]:
         key, token, version = self._use(ctx, Action.WRAP, ref,
                                         lambda k: self.engine.wrap(k, material),
-                                        lambda _: f"wrapped {len(material)} bytes")
+                                        lambda _: f"wrapped {len(material)} bytes",
+                                        {"key_material": material})
         return {"wrapped": token, "key_id": key.id, "key_version": version}
 
     def unwrap(self, ctx: RequestContext, ref: str, wrapped: str) -> dict[str, Any]:
         _, material, version = self._use(ctx, Action.UNWRAP, ref,
                                          lambda k: self.engine.unwrap(k, wrapped),
-                                         lambda m: f"unwrapped {len(m)} bytes")
+                                         lambda m: f"unwrapped {len(m)} bytes",
+                                         {"wrapped": wrapped})
         return {"key_material": material, "key_version": version}
 
     def public_key(self, ctx: RequestContext, ref: str, version: int | None) -> dict[str, Any]:
         _, pem, used = self._use(ctx, Action.KEY_PUBLIC, ref,
                                  lambda k: self.engine.public_pem(k, version),
-                                 lambda _: "public key read")
+                                 lambda _: "public key read", {"version": version})
         return {"version": used, "pem": pem}
 
-    # ---- scheduler ----
 
-    def due_destructions(self, now: datetime) -> list[Key]:
-        from .model import KeyState
-        due: list[Key] = []
-        token = None
-        while True:
-            page = self.store.list(KeyFilter(state=KeyState.DESTROY_SCHEDULED), 1000, token)
-            due += [k for k in page.keys if k.destroy_after is not None and k.destroy_after <= now]
-            token = page.next_page_token
-            if token is None:
-                return due
+def attestation(key: Key, now: datetime, backend: str,
+                approval_id: str | None) -> tuple[str, dict[str, Any]]:
+    """What a destruction record attests: which material, erased when, from which store,
+    scheduled by whom, under which approval. Digests are of SEALED blobs: evidence, not secrets."""
+    live = [v for v in key.versions if v.sealed is not None]
+    digests = " ".join(f"v{v.version}:{hashlib.sha256(v.sealed or b'').hexdigest()[:16]}"
+                       for v in live)
+    scheduled = next((h for h in reversed(key.history) if h.action == "destroy"), None)
+    by = f"{scheduled.actor} at {iso(scheduled.at)}" if scheduled else "unknown"
+    versions = ",".join(str(v.version) for v in live) or "none"
+    message = (f"attestation: material of {key.algorithm} key {key.id} versions {versions} "
+               f"erased from the {backend} store at {iso(now)}; destruction scheduled by {by}; "
+               f"approval {approval_id or 'none'}")
+    return message, {"destroyed_versions": versions, "sealed_sha256": digests,
+                     "store": backend, "approval_id": approval_id, "destroyed_at": iso(now)}

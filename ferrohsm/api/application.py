@@ -11,7 +11,6 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from ..authn import Authenticator
@@ -19,6 +18,7 @@ from ..errors import BadRequest, FerroError, MethodNotAllowed, NotFound, RateLim
 from ..metrics import ServerMetrics
 from ..model import Principal, RequestContext
 from ..ratelimit import RateLimiter
+from .handlers.dashboard import harden
 from .http import Request, Response, error_response, is_sane_request_id, json_response
 from .router import Router
 
@@ -36,18 +36,18 @@ class Application:
         self.metrics = metrics
         self.audit_refusal = audit_refusal
         self.limiter = limiter if limiter is not None else RateLimiter()
+        self._ip_audited: dict[str, float] = {}
 
     def __call__(self, req: Request) -> Response:
         start = time.perf_counter()
         route_name = "unmatched"
-        ctx = base_context(req, None)
-        ctx = replace(ctx, source_ip=self.limiter.client_ip(
+        ctx = base_context(req, None, self.limiter.client_ip(
             req.peer_ip, req.headers.get_all("x-forwarded-for")))
         try:
             route, params = self._route(req, ctx)
             route_name = route.template
             if route.template.startswith("/v1/"):
-                ctx = replace(ctx, principal=self._authenticate(req, ctx))
+                ctx = with_principal(ctx, self._authenticate(req, ctx))
             self._limit(ctx)
             result = route.handler(ctx, req, params)
             resp = result if isinstance(result, Response) else json_response(*result)
@@ -57,6 +57,11 @@ class Application:
             log.exception("unhandled error", extra={"request_id": req.request_id})
             resp = error_response(FerroError("internal error"), req.request_id)
         echo_context_headers(req, ctx, resp)
+        if req.path == "/ui" or req.path.startswith("/ui/"):
+            harden(resp)  # 429, 405 and 400 are made before the dashboard handler runs
+        elif req.path.startswith("/v1/") and not any(n.lower() == "cache-control"
+                                                     for n, _ in resp.headers):
+            resp.headers.append(("Cache-Control", "no-store"))
         self._observe(req, ctx, route_name, resp, time.perf_counter() - start)
         return resp
 
@@ -95,9 +100,23 @@ class Application:
                 self.limiter.take_actor(principal.subject, principal.role.value, now)
             else:
                 self.limiter.take_ip(ctx.source_ip or "", now)
-        except RateLimited:
+        except RateLimited as exc:
             self.metrics.rate_limited.inc("actor" if principal is not None else "ip")
+            self._audit_limited(ctx, exc, now)
             raise
+
+    def _audit_limited(self, ctx: RequestContext, exc: RateLimited, now: float) -> None:
+        """429s are audited: every one for an authenticated actor (their successes are audited
+        too), at most one a second per source IP for anonymous floods, so a flood cannot turn
+        the audit log into the attack's amplifier."""
+        if ctx.principal is None:
+            ip = ctx.source_ip or ""
+            if now - self._ip_audited.get(ip, -1.0) < 1.0:
+                return
+            if len(self._ip_audited) > 10000:
+                self._ip_audited.clear()
+            self._ip_audited[ip] = now
+        self.audit_refusal(ctx, "ratelimit.refused", "denied", exc.message)
 
     def _observe(self, req: Request, ctx: RequestContext, route: str, resp: Response,
                  seconds: float) -> None:
@@ -117,7 +136,8 @@ class Application:
         }, separators=(",", ":")))
 
 
-def base_context(req: Request, principal: Principal | None) -> RequestContext:
+def base_context(req: Request, principal: Principal | None,
+                 source_ip: str | None = None) -> RequestContext:
     correlation = req.headers.get("x-correlation-id")
     traceparent = req.headers.get("traceparent")
     match = TRACEPARENT.match(traceparent) if traceparent else None
@@ -128,9 +148,17 @@ def base_context(req: Request, principal: Principal | None) -> RequestContext:
     return RequestContext(
         principal=principal, request_id=req.request_id,
         correlation_id=_sane(correlation),
-        trace_id=match.group(1) if match else None, source_ip=req.peer_ip,
+        trace_id=match.group(1) if match else None, source_ip=source_ip or req.peer_ip,
         client_fingerprint=fingerprint,
         approval_id=_sane(req.headers.get("x-approval-id")))
+
+
+def with_principal(ctx: RequestContext, principal: Principal) -> RequestContext:
+    """The context once authenticated (built directly: dataclasses.replace is slow per request)."""
+    return RequestContext(principal=principal, request_id=ctx.request_id,
+                          correlation_id=ctx.correlation_id, trace_id=ctx.trace_id,
+                          source_ip=ctx.source_ip, client_fingerprint=ctx.client_fingerprint,
+                          approval_id=ctx.approval_id)
 
 
 def _sane(value: str | None) -> str | None:

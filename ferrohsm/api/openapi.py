@@ -40,7 +40,7 @@ SCHEMAS: dict[str, Any] = {
         "destroy_after": {"type": ["string", "null"], "format": "date-time"},
         "history": {"type": "array", "items": {"type": "object"}}}},
     "KeyList": {"type": "object", "properties": {
-        "keys": {"type": "array", "items": _ref("Key")},
+        "keys": {"type": "array", "items": _ref("Key")}, "total": {"type": "integer"},
         "next_page_token": {"type": ["string", "null"]}}},
     "CreateKey": {"type": "object", "additionalProperties": False,
                   "required": ["algorithm", "usage"], "properties": {
@@ -86,8 +86,39 @@ SCHEMAS: dict[str, Any] = {
     "Health": {"type": "object", "required": ["status"], "properties": {
         "status": {"enum": ["ok", "degraded"]}, "uptime_seconds": {"type": "number"}}},
     "AuditPage": {"type": "object", "properties": {
-        "records": {"type": "array", "items": {"type": "object"}},
+        "records": {"type": "array", "items": {"type": "object"}}, "head_seq": {"type": "integer"},
         "next_after_seq": {"type": ["integer", "null"]}}},
+    "ApprovalVote": {"type": "object", "properties": {
+        "actor": {"type": "string"}, "role": {"enum": ["administrator", "operator"]},
+        "at": {"type": "string", "format": "date-time"}, "comment": {"type": "string"}}},
+    "Approval": {"type": "object", "required": [
+        "id", "action", "key_id", "request_hash", "required", "approvals", "state", "expires_at"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "action": {"type": "string", "description": "e.g. key.destroy, crypto.unwrap"},
+            "key_id": {"type": "string", "format": "uuid"},
+            "request_hash": {"type": "string", "description": "SHA-256 (hex) binding the "
+                             "approval to the exact action, key and arguments"},
+            "required": {"type": "integer", "minimum": 1},
+            "approvals": {"type": "array", "items": _ref("ApprovalVote")},
+            "denied_by": {"oneOf": [_ref("ApprovalVote"), {"type": "null"}]},
+            "state": {"enum": ["pending", "approved", "denied", "expired", "executed"]},
+            "expires_at": {"type": "string", "format": "date-time"},
+            "requested_by": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "updated_at": {"type": "string", "format": "date-time"},
+            "executed_at": {"type": ["string", "null"], "format": "date-time"},
+            "summary": {"type": "string", "description": "non-secret view of the arguments"}}},
+    "ApprovalList": {"type": "object", "properties": {
+        "approvals": {"type": "array", "items": _ref("Approval")},
+        "next_page_token": {"type": ["string", "null"]}}},
+    "ApprovalRequired": {"type": "object", "required": ["error", "approval"], "properties": {
+        "error": {"type": "object", "properties": {
+            "code": {"const": "approval_required"}, "message": {"type": "string"},
+            "request_id": {"type": "string"}}},
+        "approval": _ref("Approval")}},
+    "ApprovalVoteRequest": {"type": "object", "additionalProperties": False,
+                            "properties": {"comment": {"type": "string", "maxLength": 256}}},
 }
 
 KEY = {"name": "key", "in": "path", "required": True, "description": "key id or unique name",
@@ -127,12 +158,31 @@ OPERATIONS: list[tuple[str, str, str, str, str | None, int, str | None]] = [
      "UnwrapResponse"),
     ("GET", "/v1/audit", "readAudit", "Audit records after a sequence number (verifiable JSONL "
      "records)", None, 200, "AuditPage"),
+    ("GET", "/v1/approvals", "listApprovals", "Approvals, optionally by state (dual control)",
+     None, 200, "ApprovalList"),
+    ("GET", "/v1/approvals/{id}", "getApproval", "Describe an approval", None, 200, "Approval"),
+    ("POST", "/v1/approvals/{id}/approve", "approveRequest",
+     "Approve a parked request (Administrator/Operator, not the requester; once each)",
+     "ApprovalVoteRequest", 200, "Approval"),
+    ("POST", "/v1/approvals/{id}/deny", "denyRequest", "Refuse a parked request",
+     "ApprovalVoteRequest", 200, "Approval"),
     ("GET", "/v1/openapi.json", "openapi", "This document", None, 200, None),
     ("GET", "/healthz", "health", "Liveness and counters (no authentication)", None, 200,
      "Health"),
     ("GET", "/metrics", "metrics", "Prometheus text exposition 0.0.4 (no authentication)", None,
      200, None),
 ]
+
+# Operations a tag's approval_actions can put under dual control: they may answer 202 and accept
+# X-Approval-ID on the repeat.
+APPROVABLE = {"updateKey", "rotateKey", "rollbackKey", "revokeKey", "destroyKey",
+              "cancelDestroyKey", "getPublicKey", "encrypt", "decrypt", "sign", "verify", "wrap",
+              "unwrap"}
+APPROVAL_HEADER = {"name": "X-Approval-ID", "in": "header", "required": False,
+                   "description": "id of the approved request this call repeats",
+                   "schema": {"type": "string"}}
+APPROVAL_ID = {"name": "id", "in": "path", "required": True, "description": "approval id",
+               "schema": {"type": "string"}}
 
 ERRORS = {"400": "bad_request", "401": "unauthenticated", "403": "forbidden",
           "404": "not_found", "409": "conflict", "410": "gone", "413": "payload_too_large",
@@ -143,6 +193,16 @@ def _operation(method: str, path: str, op_id: str, summary: str, request: str | 
                status: int, response: str | None) -> dict[str, Any]:
     op: dict[str, Any] = {"operationId": op_id, "summary": summary}
     params: list[dict[str, Any]] = [KEY] if "{key}" in path else []
+    if "{id}" in path:
+        params.append(APPROVAL_ID)
+    if op_id in APPROVABLE:
+        params.append(APPROVAL_HEADER)
+    if op_id == "listApprovals":
+        params += [{"name": "state", "in": "query", "schema": {"enum": [
+            "pending", "approved", "denied", "expired", "executed"]}},
+            {"name": "page_token", "in": "query", "schema": {"type": "string"}},
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                        "maximum": 1000}}]
     if op_id == "listKeys":
         params += LIST_QUERY
     if op_id == "readAudit":
@@ -153,11 +213,16 @@ def _operation(method: str, path: str, op_id: str, summary: str, request: str | 
     if params:
         op["parameters"] = params
     if request:
-        op["requestBody"] = {"required": request not in ("Empty", "Revoke"), "content": {
+        optional = ("Empty", "Revoke", "ApprovalVoteRequest")
+        op["requestBody"] = {"required": request not in optional, "content": {
             "application/json": {"schema": _ref(request)}}}
     content = {"application/json": {"schema": _ref(response)}} if response else {
         "text/plain" if op_id == "metrics" else "application/json": {"schema": {}}}
     op["responses"] = {str(status): {"description": "success", "content": content}}
+    if op_id in APPROVABLE:
+        op["responses"]["202"] = {
+            "description": "approval_required: parked until a quorum approves (dual control)",
+            "content": {"application/json": {"schema": _ref("ApprovalRequired")}}}
     for code, name in ERRORS.items():
         op["responses"][code] = {"description": name, "content": {
             "application/json": {"schema": _ref("Error")}}}

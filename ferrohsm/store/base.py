@@ -99,6 +99,10 @@ class KeyStore(ABC):
     def put_meta(self, name: str, value: bytes) -> None:
         """Durably store a named blob, replacing any previous value."""
 
+    def scrub(self) -> None:
+        """Make material that earlier writes erased unrecoverable from this store's files
+        (journals, free pages). Called after a key's material is destroyed; no-op by default."""
+
     def close(self) -> None:
         """Release files, locks and connections. Idempotent."""
 

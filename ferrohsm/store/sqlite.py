@@ -134,6 +134,7 @@ def connect(path: str) -> sqlite3.Connection:
             raise StoreError(f"SQLite database {path} cannot use WAL (journal mode {mode})")
         conn.execute("PRAGMA synchronous = FULL")  # NORMAL is not durable across power loss
         conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA secure_delete = ON")  # freed cells are zeroed, not just unlinked
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
     except BaseException:
         conn.close()
@@ -385,6 +386,19 @@ class SQLiteStore(KeyStore):
             raise OSError(errno.EIO, "injected write failure")
 
     # ---- lifecycle -------------------------------------------------------------------------
+
+    def scrub(self) -> None:
+        """Copy the WAL into the database and truncate it, so no old frame (which may hold
+        destroyed material) survives; secure_delete (see connect) already zeroed freed cells."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.Error as exc:
+                raise StoreError(f"could not checkpoint {self._path}: {exc}") from None
+        if busy:
+            raise StoreError(f"{self._path} is busy: erased material may stay in its WAL until "
+                             "the next checkpoint")
 
     def close(self) -> None:
         with self._lock:

@@ -291,3 +291,20 @@ def test_audit_endpoint_pages_and_verifies(srv: LiveServer, tmp_path: Path) -> N
     assert srv.call("GET", "/v1/audit", role="service")[0] == 403
     text = export.read_text()
     assert srv.token("administrator") not in text
+
+
+def test_rate_limited_requests_are_refused_and_audited(tmp_path: Path) -> None:
+    srv = LiveServer(tmp_path, overrides={("rate_limit", "requests_per_second"): 0.5,
+                                          ("rate_limit", "burst"): 2})
+    try:
+        statuses = [srv.call("GET", "/v1/keys", role="auditor")[0] for _ in range(4)]
+        assert statuses[:2] == [200, 200] and statuses[-1] == 429
+        status, headers, err = srv.call("GET", "/v1/keys", role="auditor")
+        assert status == 429 and int(headers["retry-after"]) >= 1
+        assert err["error"]["code"] == "rate_limited"
+        records = srv.rt.audit.read(0, 1000)
+        refused = [r for r in records if r["action"] == "ratelimit.refused"]
+        assert refused and refused[0]["actor"] == "auditor-user"
+        assert refused[0]["outcome"] == "denied"
+    finally:
+        srv.close()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ferrohsm import lifecycle as lc
-from ferrohsm.errors import BadRequest, NotFound, StoreError
+from ferrohsm.errors import NotFound, StoreError
 from ferrohsm.model import Key, KeyFilter, KeyState
 from ferrohsm.store.filesystem import TMP_PREFIX, FilesystemStore
 

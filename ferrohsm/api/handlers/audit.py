@@ -16,6 +16,7 @@ MAX_LIMIT = 1000
 
 class AuditReader(Protocol):
     def read(self, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]: ...
+    def head(self) -> tuple[int, str]: ...
 
 
 def register(router: Router, service: KeyService, reader: AuditReader) -> None:
@@ -28,6 +29,7 @@ def register(router: Router, service: KeyService, reader: AuditReader) -> None:
         service.record(ctx, Action.AUDIT_READ, "success",
                        f"read {len(page)} audit records after seq {after}")
         next_after = page[-1]["seq"] if len(page) == limit else None
-        return 200, {"records": page, "next_after_seq": next_after}
+        return 200, {"records": page, "next_after_seq": next_after,
+                     "head_seq": reader.head()[0]}
 
     router.add("GET", "/v1/audit", records, name="readAudit")

@@ -39,8 +39,12 @@ def register(router: Router, service: KeyService) -> None:
                             tag=q.get("tag"), name_prefix=q.get("name_prefix"))
         limit = int_param(q.get("limit"), "limit", 1, MAX_PAGE) or 100
         page = service.list_keys(ctx, filters, limit, q.get("page_token"))
-        return etagged(req, {"keys": [key_view(k) for k in page.keys],
-                             "next_page_token": page.next_page_token})
+        payload: dict[str, Any] = {"keys": [key_view(k) for k in page.keys],
+                                   "next_page_token": page.next_page_token}
+        total = service.count_keys(ctx, filters)
+        if total is not None:
+            payload["total"] = total
+        return etagged(req, payload)
 
     def show(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
         return 200, key_view(service.get_key(ctx, p["key"]))
@@ -93,7 +97,7 @@ def etagged(req: Request, payload: dict[str, Any]) -> Response:
     """A strong ETag over the exact bytes; If-None-Match with it answers 304 and no body."""
     body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
     tag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-    headers = [("ETag", tag), ("Cache-Control", "private, no-cache")]
+    headers = [("ETag", tag), ("Cache-Control", "no-store")]
     match = req.headers.get("if-none-match")
     if match and (match.strip() == "*" or tag in [m.strip() for m in match.split(",")]):
         return Response(304, b"", headers)

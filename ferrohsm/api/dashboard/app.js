@@ -1,0 +1,146 @@
+// Boot, sign-in/sign-out and the hash router (#/keys, #/keys/<id>, #/approvals, #/audit).
+// Routes live in the URL fragment: it never reaches the server, and the token is never in it.
+
+import {
+  api, can, clearNotice, decodeClaims, endSession, errorPanel, events, expired, fmtTime, h,
+  loading, restoreSession, session, startSession,
+} from "./lib.js";
+import { renderInventory, renderKeyDetail } from "./keys.js";
+import { renderApprovals } from "./approvals.js";
+import { renderAudit } from "./audit.js";
+
+const ROUTES = [
+  { pattern: /^#\/keys$/, nav: "keys", render: renderInventory },
+  { pattern: /^#\/keys\/([^/]+)$/, nav: "keys", render: renderKeyDetail },
+  { pattern: /^#\/approvals$/, nav: "approvals", render: renderApprovals },
+  { pattern: /^#\/audit$/, nav: "audit", render: renderAudit },
+];
+
+const $ = (id) => document.getElementById(id);
+let expiryTimer = null;
+let signingIn = false;
+
+function showSignin(message = "", kind = "info") {
+  clearTimeout(expiryTimer);
+  endSession();
+  $("topbar").hidden = true;
+  $("view").replaceChildren();
+  clearNotice();
+  $("signin").hidden = false;
+  const box = $("signin-message");
+  box.hidden = !message;
+  box.className = `notice ${kind}`;
+  box.textContent = message;
+  $("token").focus();
+}
+
+function showApp() {
+  const { sub = "?", role = "?", exp } = session.claims;
+  $("signin").hidden = true;
+  $("topbar").hidden = false;
+  $("who-name").textContent = sub;
+  $("who-role").textContent = role;
+  $("who-expiry").textContent = exp ? `session until ${fmtTime(exp * 1000)}` : "";
+  $("nav-approvals").hidden = !can("approvals");
+  $("nav-audit").hidden = !can("audit");
+  scheduleExpiry();
+  if (!location.hash.startsWith("#/")) location.replace("#/keys");
+  else route();
+}
+
+/** Leave at the token's exp, with a message, rather than on the next failing click. */
+function scheduleExpiry() {
+  clearTimeout(expiryTimer);
+  const exp = session.claims?.exp;
+  if (typeof exp !== "number") return;
+  const wait = Math.min(exp * 1000 - Date.now(), 2 ** 31 - 1);
+  expiryTimer = setTimeout(checkExpiry, Math.max(wait, 0));
+}
+
+function checkExpiry() {
+  if (session.token && expired(session.claims)) {
+    showSignin(`Your session expired at ${fmtTime(session.claims.exp * 1000)}. ` +
+      "Paste a new token to continue.", "warning");
+  }
+}
+
+async function route() {
+  const hash = location.hash;
+  if (!session.token || !hash.startsWith("#/")) return; // "#main" is the skip link's target
+  const match = ROUTES.map((r) => [r, hash.match(r.pattern)]).find(([, m]) => m);
+  for (const link of document.querySelectorAll("#nav a")) {
+    if (match?.[0].nav === link.dataset.nav) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  clearNotice();
+  // Each render owns a fresh container: a slow, superseded render writes into a detached node.
+  const container = h("div", { class: "view" }, loading());
+  $("view").replaceChildren(container);
+  if (!match) {
+    container.replaceChildren(errorPanel({ title: "Page not found",
+      message: "There is no such page in the dashboard." }), h("a", { href: "#/keys" }, "Go to keys"));
+    return;
+  }
+  const [routeDef, m] = match;
+  try {
+    await routeDef.render(container, ...m.slice(1).map(decodeURIComponent));
+  } catch (err) {
+    if (err.status === 401) return; // already back on the sign-in screen
+    container.replaceChildren(errorPanel(err, () => route()));
+  }
+  if ($("view").contains(container)) container.querySelector("h1")?.focus({ preventScroll: true });
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const raw = $("token").value.trim().replace(/^Bearer\s+/i, "");
+  let claims;
+  try {
+    claims = decodeClaims(raw);
+  } catch {
+    showSignin("That is not a token: paste the whole JWT (three base64url parts joined by dots).",
+      "error");
+    return;
+  }
+  if (expired(claims)) {
+    showSignin(`This token expired at ${fmtTime(claims.exp * 1000)}. Issue a new one with ` +
+      "`ferrohsm token issue`.", "error");
+    return;
+  }
+  startSession(raw, claims);
+  signingIn = true;
+  try {
+    await api("/v1/keys?limit=1"); // proves the server accepts the token before showing anything
+  } catch (err) {
+    if (err.status !== 401) showSignin(err.message, "error");
+    return;
+  } finally {
+    signingIn = false;
+  }
+  $("token").value = "";
+  showApp();
+}
+
+events.addEventListener("unauthenticated", (e) => {
+  const reason = e.detail.message;
+  if (signingIn) showSignin(`The server did not accept this token: ${reason}`, "error");
+  else if (expired(session.claims)) checkExpiry();
+  else showSignin(`You were signed out: ${reason} Paste a new token to continue.`, "warning");
+});
+
+function boot() {
+  $("signin-form").addEventListener("submit", signIn);
+  $("signout").addEventListener("click", () => {
+    history.replaceState(null, "", location.pathname); // the next person starts on Keys
+    showSignin("You signed out.");
+  });
+  $("skip").addEventListener("click", (e) => { e.preventDefault(); $("main").focus(); });
+  window.addEventListener("hashchange", route);
+  // Timers sleep in background tabs; re-check the expiry when the tab comes back.
+  document.addEventListener("visibilitychange", checkExpiry);
+  if (restoreSession() && !expired(session.claims)) showApp();
+  else if (session.claims) checkExpiry();
+  else showSignin();
+}
+
+boot();

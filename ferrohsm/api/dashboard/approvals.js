@@ -1,0 +1,102 @@
+// Dual-control approvals: what each request would do, who asked, who approved, and approve/deny
+// for the roles that may decide (never on one's own request: the server refuses that too).
+
+import {
+  api, can, confirmDialog, emptyState, errorPanel, field, h, loading, notify, option, session,
+  stateBadge, timeEl,
+} from "./lib.js";
+
+const STATES = ["pending", "approved", "denied", "expired", "executed"];
+const WHAT = {
+  "key.destroy": "Schedule destruction of", "key.cancel_destroy": "Cancel destruction of",
+  "key.rollback": "Roll back", "key.rotate": "Rotate", "key.revoke": "Revoke",
+  "crypto.unwrap": "Unwrap data with",
+};
+let shownState = "pending";
+
+export async function renderApprovals(root) {
+  const results = h("div", { class: "results" }, loading());
+  const state = h("select", { name: "state", onchange: (e) => { shownState = e.target.value; load(); } },
+    STATES.map((s) => option(s, s, shownState)));
+  root.replaceChildren(
+    h("div", { class: "view-head" }, h("h1", { tabindex: "-1" }, "Approvals")),
+    h("p", { class: "muted" }, "Operations on keys whose tags require a quorum wait here until " +
+      "enough other people approve them; the requester then repeats the operation."),
+    h("div", { class: "filters compact" }, field("Show", state)),
+    results);
+
+  async function load() {
+    results.replaceChildren(loading());
+    try {
+      const { data } = await api(`/v1/approvals?state=${encodeURIComponent(shownState)}`);
+      const items = Array.isArray(data) ? data : data?.approvals ?? [];
+      results.replaceChildren(items.length ? table(items, load)
+        : emptyState(`No ${shownState} approval requests.`,
+            shownState === "pending" ? "Nothing is waiting for a decision." : null));
+    } catch (err) {
+      if (err.status === 404) {
+        results.replaceChildren(errorPanel({ title: "Approvals are not available",
+          message: "This server does not offer the approvals API (GET /v1/approvals answered " +
+            "404). Upgrade the server to use dual control from the dashboard." }));
+      } else {
+        results.replaceChildren(errorPanel(err, load));
+      }
+    }
+  }
+  await load();
+}
+
+const what = (a) => WHAT[a.action] ?? a.action;
+const voter = (v) => (typeof v === "string" ? v : v?.actor ?? "?");
+
+function table(items, reload) {
+  const me = session.claims?.sub;
+  const rows = items.map((a) => {
+    const approvers = (a.approvals ?? []).map(voter);
+    const mine = a.requested_by === me;
+    const eligible = can("decide") && a.state === "pending" && !mine && !approvers.includes(me);
+    return h("tr", { dataset: { approvalId: a.id } },
+      h("td", null, h("span", { class: "what" }, `${what(a)} key `,
+        h("a", { href: `#/keys/${encodeURIComponent(a.key_id)}`, class: "mono small" }, a.key_id)),
+        a.summary && h("div", { class: "small" }, a.summary),
+        h("div", { class: "mono small muted" }, `request ${a.id}`)),
+      h("td", null, a.requested_by ?? h("span", { class: "muted" }, "—"),
+        a.created_at && h("div", { class: "small muted" }, timeEl(a.created_at))),
+      h("td", null, `${approvers.length} of ${a.required}`,
+        approvers.length > 0 && h("div", { class: "small muted" }, approvers.join(", ")),
+        a.denied_by && h("div", { class: "small" }, `denied by ${voter(a.denied_by)}`)),
+      h("td", { class: "nowrap" }, timeEl(a.expires_at)),
+      h("td", null, stateBadge(a.state)),
+      h("td", { class: "row-actions" }, eligible ? [decide(a, "approve", reload), decide(a, "deny", reload)]
+        : mine && a.state === "pending" ? h("span", { class: "muted small" }, "your request") : null));
+  });
+  return h("div", { class: "table-wrap" }, h("table", { class: "data", id: "approval-table" },
+    h("thead", null, h("tr", null, ["Request", "Requested by", "Approvals", "Expires", "State", ""]
+      .map((c) => h("th", { scope: "col" }, c)))),
+    h("tbody", null, rows)));
+}
+
+function decide(a, verdict, reload) {
+  const approve = verdict === "approve";
+  return h("button", { type: "button", class: approve ? "primary small" : "danger small",
+    dataset: { decide: verdict },
+    onclick: async () => {
+      const comment = await confirmDialog({
+        title: approve ? "Approve this request?" : "Deny this request?",
+        message: [`${what(a)} key ${a.key_id}${a.summary ? ` (${a.summary})` : ""}, requested ` +
+          `by ${a.requested_by}.`, approve
+          ? "Your approval is recorded in the audit log under your name."
+          : "The request is refused and can no longer be executed."],
+        confirmLabel: approve ? "Approve" : "Deny", danger: !approve,
+        input: { label: "Comment (optional)", maxLength: 256 } });
+      if (comment === null) return;
+      try {
+        await api(`/v1/approvals/${encodeURIComponent(a.id)}/${verdict}`,
+          { method: "POST", body: comment ? { comment } : {} });
+        notify(approve ? `Approved request ${a.id}.` : `Denied request ${a.id}.`, "success");
+      } catch (err) {
+        if (err.status !== 401) notify(`Could not ${verdict}: ${err.message}`, "error");
+      }
+      await reload();
+    } }, approve ? "Approve" : "Deny");
+}

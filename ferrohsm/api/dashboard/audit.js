@@ -1,0 +1,178 @@
+// Audit log: the most recent records, filters by actor, action, key and outcome, and a check of
+// the hash chain over the records loaded. Verifying the HMACs needs the audit key, which never
+// leaves the server: `ferrohsm audit verify` does the full check offline.
+
+import {
+  api, emptyState, errorPanel, field, h, loading, option, plural, stateBadge, timeEl,
+} from "./lib.js";
+
+const PAGE = 200;
+const filters = { actor: "", action: "", key: "", outcome: "" };
+
+export async function renderAudit(root) {
+  const records = []; // ascending by seq, contiguous
+  const summary = h("p", { class: "summary", "aria-live": "polite" });
+  const chain = h("div", { class: "chain", id: "chain-status", role: "status" });
+  const results = h("div", { class: "results" }, loading());
+  const older = h("button", { type: "button", hidden: true, onclick: () => loadOlder() },
+    `Load ${PAGE} older records`);
+  const actions = h("datalist", { id: "audit-actions" });
+  root.replaceChildren(
+    h("div", { class: "view-head" }, h("h1", { tabindex: "-1" }, "Audit log"), summary),
+    chain, filterForm(draw, actions), results, h("div", { class: "pager" }, older));
+
+  async function fetchBefore(beforeSeq) {
+    const after = Math.max(0, beforeSeq - PAGE);
+    const { data } = await api(`/v1/audit?after_seq=${after}&limit=${beforeSeq - after}`);
+    return data.records ?? [];
+  }
+
+  async function loadOlder() {
+    older.disabled = true;
+    try {
+      records.unshift(...await fetchBefore(records[0].seq - 1));
+      draw();
+    } catch (err) {
+      results.replaceChildren(errorPanel(err));
+    } finally {
+      older.disabled = false;
+    }
+  }
+
+  function draw() {
+    const shown = records.filter(matches).reverse();
+    const first = records[0]?.seq;
+    const last = records.at(-1)?.seq;
+    summary.textContent = records.length
+      ? `${plural(shown.length, "record")} shown of ${records.length} loaded (#${first}–#${last})`
+      : "";
+    older.hidden = !(first > 1);
+    const seen = [...new Set(records.map((r) => r.action))].sort();
+    actions.replaceChildren(...seen.map((a) => h("option", { value: a })));
+    results.replaceChildren(shown.length ? auditTable(shown)
+      : emptyState(records.length ? "No loaded record matches these filters."
+        : "The audit log is empty.", records.length && first > 1
+        ? "Load older records to search further back." : null));
+    verifyChain(records).then((status) => chain.replaceChildren(...status));
+  }
+
+  records.push(...await fetchBefore(await headSeq()));
+  draw();
+}
+
+/** The last seq: from the API when it says (head_seq), else from /healthz (public). */
+async function headSeq() {
+  const { data } = await api("/v1/audit?limit=1");
+  if (typeof data.head_seq === "number") return data.head_seq + 1;
+  try {
+    const resp = await fetch("/healthz", { cache: "no-store", credentials: "omit" });
+    const health = await resp.json();
+    if (typeof health?.audit?.head_seq === "number") return health.audit.head_seq + 1;
+  } catch {
+    // fall through: show the oldest page rather than nothing
+  }
+  return PAGE + 1;
+}
+
+function matches(r) {
+  const has = (value, needle) => !needle || String(value ?? "").toLowerCase()
+    .includes(needle.toLowerCase());
+  return has(r.actor, filters.actor) && has(r.action, filters.action)
+    && has(r.key_id, filters.key) && (!filters.outcome || r.outcome === filters.outcome);
+}
+
+function filterForm(onChange, actions) {
+  const text = (name, placeholder, extra = {}) => h("input", { type: "search", name, placeholder,
+    value: filters[name], autocomplete: "off", spellcheck: "false", ...extra,
+    oninput: (e) => { filters[name] = e.target.value.trim(); onChange(); } });
+  return h("form", { class: "filters", role: "search", "aria-label": "Filter audit records",
+    onsubmit: (e) => e.preventDefault() },
+    field("Actor", text("actor", "alice")),
+    field("Action", text("action", "key.rotate", { list: "audit-actions" })),
+    field("Key ID", text("key", "6f1c…")),
+    field("Outcome", h("select", { name: "outcome",
+      onchange: (e) => { filters.outcome = e.target.value; onChange(); } },
+      option("", "Any outcome", filters.outcome),
+      ["success", "denied", "error"].map((o) => option(o, o, filters.outcome)))),
+    actions);
+}
+
+function auditTable(records) {
+  const rows = records.map((r) => h("tr", { dataset: { seq: r.seq } },
+    h("td", { class: "num" }, r.seq),
+    h("td", { class: "nowrap" }, timeEl(r.ts)),
+    h("td", null, r.actor, h("div", { class: "small muted" }, r.role)),
+    h("td", { class: "mono small" }, r.action),
+    h("td", { class: "mono small" }, r.key_id
+      ? h("a", { href: `#/keys/${encodeURIComponent(r.key_id)}` },
+          r.key_id.slice(0, 8), r.key_version ? ` v${r.key_version}` : "")
+      : h("span", { class: "muted" }, "—")),
+    h("td", null, stateBadge(r.outcome)),
+    h("td", { class: "message" }, r.message,
+      r.request_id && h("div", { class: "small muted mono" }, `request ${r.request_id}`))));
+  return h("div", { class: "table-wrap" }, h("table", { class: "data", id: "audit-table" },
+    h("thead", null, h("tr", null, ["Seq", "Time", "Actor", "Action", "Key", "Outcome",
+      "Message"].map((c) => h("th", { scope: "col" }, c)))),
+    h("tbody", null, rows)));
+}
+
+// ---- hash chain ---------------------------------------------------------------------------
+
+/**
+ * Recompute each record's hash (SHA-256 of prev_hash + canonical body, audit/chain.py) and check
+ * that seqs are consecutive and each prev_hash names the previous record's hash.
+ */
+async function verifyChain(records) {
+  if (!records.length) return [];
+  if (!globalThis.crypto?.subtle) {
+    return [stateBadge("unknown"), " This browser cannot compute SHA-256 here (not HTTPS?)."];
+  }
+  const range = `#${records[0].seq}–#${records.at(-1).seq}`;
+  for (let i = 0; i < records.length; i += 1) {
+    const r = records[i];
+    const prev = records[i - 1];
+    let problem = null;
+    if (prev && r.seq !== prev.seq + 1) problem = `records #${prev.seq + 1}–#${r.seq - 1} are missing`;
+    else if (prev && r.prev_hash !== prev.hash) problem = `record #${r.seq} does not link to #${prev.seq}`;
+    else if (await recordHash(r) !== r.hash) problem = `record #${r.seq} was altered`;
+    if (problem) {
+      return [h("span", { class: "badge state-destroyed" }, "chain broken"),
+        ` Hash chain check failed: ${problem}. Run \`ferrohsm audit verify\` on the log.`];
+    }
+  }
+  return [h("span", { class: "badge state-active" }, "chain intact"),
+    ` Hash chain verified for ${plural(records.length, "record")} (${range}). HMAC signatures ` +
+    "need the audit key: `ferrohsm audit verify` checks them offline."];
+}
+
+async function recordHash(record) {
+  const body = { ...record };
+  delete body.hash;
+  delete body.hmac;
+  const bytes = new TextEncoder().encode(record.prev_hash + canonical(body));
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// Python's json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=True), exactly.
+const SHORT = { '"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b",
+  "\f": "\\f" };
+
+function canonical(value) {
+  if (value === null) return "null";
+  if (typeof value === "boolean" || typeof value === "number") return String(value);
+  if (typeof value === "string") return quote(value);
+  if (Array.isArray(value)) return `[${value.map(canonical).join(",")}]`;
+  return `{${Object.keys(value).sort().map((k) => `${quote(k)}:${canonical(value[k])}`).join(",")}}`;
+}
+
+function quote(text) {
+  let out = '"';
+  for (const unit of text.split("")) { // UTF-16 code units, as Python escapes astral characters
+    const code = unit.charCodeAt(0);
+    if (SHORT[unit]) out += SHORT[unit];
+    else if (code < 0x20 || code > 0x7e) out += `\\u${code.toString(16).padStart(4, "0")}`;
+    else out += unit;
+  }
+  return `${out}"`;
+}

@@ -1,0 +1,368 @@
+// Key inventory (filters, pagination, totals; revalidated with the listing's ETag) and key detail
+// (versions, public-key download, lifecycle actions the signed-in role may take, each confirmed).
+
+import {
+  api, can, confirmDialog, download, emptyState, errorPanel, field, fmtTime, h, loading, notify,
+  option, plural, session, stateBadge, timeEl,
+} from "./lib.js";
+
+const STATES = ["active", "revoked", "destroy_scheduled", "destroyed"];
+const ALGORITHMS = ["aes-256-gcm", "rsa-2048", "rsa-4096", "ec-p256", "ec-p384"];
+const USAGES = ["encrypt", "wrap", "sign"];
+const PAGE_SIZES = [25, 50, 100, 250];
+const keyHref = (id) => `#/keys/${encodeURIComponent(id)}`;
+
+// Kept across views, so "back to keys" returns to the same filters and page.
+const inventory = {
+  filters: { state: "", algorithm: "", usage: "", tag: "", name_prefix: "" },
+  limit: 50,
+  pageTokens: [null], // pageTokens[i] opens page i
+  page: 0,
+};
+
+// ---- inventory ----------------------------------------------------------------------------
+
+export async function renderInventory(root) {
+  const summary = h("p", { class: "summary", id: "key-summary", "aria-live": "polite" });
+  const results = h("div", { class: "results" }, loading());
+  const pager = h("nav", { class: "pager", "aria-label": "Pages" });
+  let sequence = 0; // answers to superseded requests (fast typing) are dropped
+
+  async function load() {
+    const mine = ++sequence;
+    const params = new URLSearchParams({ limit: inventory.limit });
+    for (const [name, value] of Object.entries(inventory.filters)) if (value) params.set(name, value);
+    const token = inventory.pageTokens[inventory.page];
+    if (token) params.set("page_token", token);
+    results.setAttribute("aria-busy", "true");
+    const started = performance.now();
+    try {
+      const { data, cached } = await api(`/v1/keys?${params}`, { useEtag: true });
+      if (mine !== sequence) return;
+      inventory.pageTokens[inventory.page + 1] = data.next_page_token ?? undefined;
+      drawPage(data, cached, performance.now() - started);
+    } catch (err) {
+      if (mine === sequence) results.replaceChildren(errorPanel(err, load));
+    } finally {
+      results.removeAttribute("aria-busy");
+    }
+  }
+
+  function drawPage(data, cached, ms) {
+    const keys = data.keys ?? [];
+    const first = inventory.page * inventory.limit;
+    const shown = keys.length ? `Showing ${first + 1}–${first + keys.length}` : "No keys shown";
+    const total = typeof data.total === "number" ? ` of ${plural(data.total, "key")}` : "";
+    const more = total || !data.next_page_token ? "" : " · more on the next page";
+    summary.replaceChildren(`${shown}${total}${more}`,
+      h("span", { class: "muted small" }, ` · ${Math.round(ms)} ms${cached ? ", not modified" : ""}`));
+    results.replaceChildren(keys.length ? keyTable(keys, applyTag) : noKeys());
+    pager.replaceChildren(
+      h("button", { type: "button", disabled: inventory.page === 0,
+        onclick: () => turn(-1) }, "← Previous"),
+      h("span", { class: "muted" }, `Page ${inventory.page + 1}`),
+      h("button", { type: "button", disabled: !data.next_page_token,
+        onclick: () => turn(1) }, "Next →"));
+  }
+
+  function turn(delta) {
+    inventory.page += delta;
+    window.scrollTo(0, 0); // the new page is read from its first row
+    load();
+  }
+
+  function noKeys() {
+    const filtered = Object.values(inventory.filters).some(Boolean);
+    return filtered
+      ? emptyState("No keys match these filters.", "Change or clear the filters to see more keys.",
+          h("button", { type: "button", onclick: () => applyFilters({}, true) }, "Clear filters"))
+      : emptyState("There are no keys yet.",
+          "Create one with `ferrohsm keys create --algorithm aes-256-gcm --usage encrypt`, or " +
+          "POST /v1/keys.");
+  }
+
+  function applyFilters(changes, reset = false) {
+    if (reset) for (const name of Object.keys(inventory.filters)) inventory.filters[name] = "";
+    Object.assign(inventory.filters, changes);
+    inventory.pageTokens = [null];
+    inventory.page = 0;
+    syncForm(form, inventory.filters);
+    load();
+  }
+
+  function applyTag(tag) {
+    applyFilters({ tag });
+  }
+
+  const form = filterForm(applyFilters, (limit) => { inventory.limit = limit; applyFilters({}); });
+  root.replaceChildren(
+    h("div", { class: "view-head" }, h("h1", { tabindex: "-1" }, "Keys"), summary,
+      h("button", { type: "button", class: "small", "data-refresh": "", onclick: () => load() },
+        "Refresh")),
+    form, results, pager);
+  syncForm(form, inventory.filters);
+  await load();
+}
+
+function filterForm(apply, setLimit) {
+  let timer = null;
+  const later = (name, input) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => apply({ [name]: input.value.trim() }), 300);
+  };
+  const select = (name, values, all) => h("select", { name,
+    onchange: (e) => apply({ [name]: e.target.value }) },
+    option("", all, ""), values.map((v) => option(v, v.replaceAll("_", " "))));
+  const text = (name, placeholder) => h("input", { type: "search", name, placeholder,
+    autocomplete: "off", spellcheck: "false", maxlength: 256,
+    oninput: (e) => later(name, e.target) });
+  const size = h("select", { name: "limit", onchange: (e) => setLimit(Number(e.target.value)) },
+    PAGE_SIZES.map((n) => option(String(n), `${n} per page`, String(inventory.limit))));
+  return h("form", { class: "filters", role: "search", "aria-label": "Filter keys",
+    onsubmit: (e) => {
+      e.preventDefault();
+      clearTimeout(timer);
+      apply(Object.fromEntries(["tag", "name_prefix"].map((n) => [n, e.target[n].value.trim()])));
+    } },
+    field("Name starts with", text("name_prefix", "release-")),
+    field("Tag", text("tag", "prod")),
+    field("State", select("state", STATES, "Any state")),
+    field("Algorithm", select("algorithm", ALGORITHMS, "Any algorithm")),
+    field("Usage", select("usage", USAGES, "Any usage")),
+    field("Page size", size),
+    h("div", { class: "filter-actions" },
+      h("button", { type: "submit", class: "primary" }, "Apply"),
+      h("button", { type: "button", onclick: () => apply({}, true) }, "Clear")));
+}
+
+function syncForm(form, filters) {
+  for (const [name, value] of Object.entries(filters)) {
+    if (form.elements[name] && document.activeElement !== form.elements[name]) {
+      form.elements[name].value = value;
+    }
+  }
+}
+
+function keyTable(keys, onTag) {
+  const rows = keys.map((k) => h("tr", { dataset: { keyId: k.id } },
+    h("th", { scope: "row" }, h("a", { href: keyHref(k.id), class: "key-link" },
+      k.name ?? h("em", null, "(unnamed)"))),
+    h("td", { class: "mono small" }, k.id),
+    h("td", null, k.algorithm),
+    h("td", null, k.usage),
+    h("td", null, tagList(k.tags, onTag)),
+    h("td", null, stateBadge(k.state)),
+    h("td", { class: "num" }, `v${k.primary_version}`),
+    h("td", { class: "nowrap" }, timeEl(k.updated_at))));
+  return h("div", { class: "table-wrap" }, h("table", { class: "data", id: "key-table" },
+    h("caption", { class: "visually-hidden" }, "Keys"),
+    h("thead", null, h("tr", null, ["Name", "ID", "Algorithm", "Usage", "Tags", "State",
+      "Primary", "Updated"].map((c) => h("th", { scope: "col" }, c)))),
+    h("tbody", null, rows)));
+}
+
+function tagList(tags, onTag) {
+  if (!tags?.length) return h("span", { class: "muted" }, "—");
+  return h("span", { class: "tags" }, tags.map((t) => onTag
+    ? h("button", { type: "button", class: "tag", title: `Show keys tagged ${t}`,
+        onclick: () => onTag(t) }, t)
+    : h("span", { class: "tag" }, t)));
+}
+
+// ---- detail -------------------------------------------------------------------------------
+
+export async function renderKeyDetail(root, keyId) {
+  const { data } = await api(`/v1/keys/${encodeURIComponent(keyId)}`);
+  await redraw(root, data);
+}
+
+async function redraw(root, key) {
+  drawKey(root, key, await openApprovals(key.id));
+}
+
+/**
+ * Pending and approved requests for this key: shown beside the actions, and the requester's own
+ * one is sent back as X-Approval-ID on the repeat (so a second click never parks a duplicate).
+ * The server is the memory: nothing about approvals is kept in the browser.
+ */
+async function openApprovals(keyId) {
+  if (!can("approvals")) return [];
+  try {
+    const pages = await Promise.all(["pending", "approved"].map((state) =>
+      api(`/v1/approvals?state=${state}&limit=1000`)));
+    return pages.flatMap(({ data }) => data?.approvals ?? []).filter((a) => a.key_id === keyId);
+  } catch (err) {
+    if (err.status === 401) throw err;
+    return []; // approvals unavailable: the key's own actions still work
+  }
+}
+
+const approvalAction = (spec) => `key.${spec.action.replace("-", "_")}`;
+
+function drawKey(root, key, approvals = []) {
+  const label = key.name ?? key.id;
+  root.replaceChildren(
+    h("p", { class: "crumbs" }, h("a", { href: "#/keys" }, "← All keys")),
+    h("div", { class: "view-head" },
+      h("h1", { tabindex: "-1" }, label, " ", stateBadge(key.state))),
+    h("p", { class: "description", id: "key-description" },
+      key.description || h("span", { class: "muted" }, "No description.")),
+    actionBar(root, key, approvals),
+    h("div", { class: "columns" },
+      h("section", { "aria-labelledby": "meta-h" }, h("h2", { id: "meta-h" }, "Details"),
+        metadata(key)),
+      h("section", { "aria-labelledby": "versions-h", class: "grow" },
+        h("h2", { id: "versions-h" }, `Versions (${key.versions.length})`),
+        versionTable(root, key, approvals))),
+    history(key));
+}
+
+function metadata(key) {
+  const rows = [
+    ["ID", h("span", { class: "mono" }, key.id)],
+    ["Algorithm", key.algorithm], ["Usage", key.usage],
+    ["Tags", tagList(key.tags, null)],
+    ["Primary version", `v${key.primary_version}`],
+    ["Created", [timeEl(key.created_at), key.created_by ? ` by ${key.created_by}` : ""]],
+    ["Updated", timeEl(key.updated_at)],
+  ];
+  if (key.destroy_after) rows.push(["Erased after", timeEl(key.destroy_after)]);
+  return h("dl", { class: "meta" }, rows.map(([k, v]) => [h("dt", null, k), h("dd", null, v)]));
+}
+
+const ACTIONS = [
+  { action: "rotate", role: "manage", states: ["active"], label: "Rotate",
+    title: "Rotate this key?",
+    message: (k) => [`A new version v${maxVersion(k) + 1} is generated and becomes primary. ` +
+      "Earlier versions stay enabled, so existing ciphertexts and signatures keep working."],
+    done: (k) => `Rotated: v${k.primary_version} is now the primary version.` },
+  { action: "revoke", role: "manage", states: ["active"], label: "Revoke", danger: true,
+    title: "Revoke this key?", input: { label: "Reason (optional)", maxLength: 256 },
+    body: (reason) => (reason ? { reason } : {}),
+    message: () => ["Encrypt, sign and wrap are refused from now on; decrypt, verify and unwrap " +
+      "keep working so no data is lost. Revocation cannot be undone."],
+    done: () => "Revoked: the key can no longer protect new data." },
+  { action: "destroy", role: "destroy", states: ["active", "revoked"], label: "Destroy…",
+    danger: true, title: "Schedule destruction?",
+    input: (k) => ({ label: `Type ${k.name ?? k.id} to confirm`, expect: k.name ?? k.id }),
+    message: () => ["Every operation is refused at once. After the grace period the key " +
+      "material is erased for good; until then the destruction can be cancelled."],
+    done: (k) => `Destruction scheduled: the key material is erased after ` +
+      `${k.destroy_after ? fmtTime(k.destroy_after) : "the grace period"} unless cancelled.` },
+  { action: "cancel-destroy", role: "destroy", states: ["destroy_scheduled"],
+    label: "Cancel destruction", title: "Cancel the scheduled destruction?",
+    message: () => ["The key returns to the state it had before."],
+    done: (k) => `Destruction cancelled: the key is ${k.state} again.` },
+];
+
+function maxVersion(key) {
+  return Math.max(0, ...key.versions.map((v) => v.version));
+}
+
+function actionBar(root, key, approvals) {
+  const allowed = ACTIONS.filter((a) => can(a.role));
+  if (!allowed.length) {
+    return h("p", { class: "muted", id: "no-actions" },
+      "Your role can view this key but not change it.");
+  }
+  const buttons = allowed.filter((a) => a.states.includes(key.state)).map((a) =>
+    h("button", { type: "button", class: a.danger ? "danger" : "", dataset: { action: a.action },
+      onclick: () => runAction(root, key, a, {}, approvals) }, a.label));
+  return h("div", { class: "actions", role: "group", "aria-label": "Key actions" },
+    buttons.length ? buttons
+      : h("span", { class: "muted" }, `No lifecycle actions apply to a ${key.state.replaceAll("_", " ")} key.`),
+    approvals.map(approvalBadge));
+}
+
+function approvalBadge(a) {
+  const verb = a.action.replace(/^key\./, "").replace("_", " ");
+  const name = verb.charAt(0).toUpperCase() + verb.slice(1);
+  const text = a.state === "approved"
+    ? `${name} approved · ${a.requested_by} can run it now`
+    : `${name} awaits approval (${a.approvals?.length ?? 0} of ${a.required}) · requested by ` +
+      a.requested_by;
+  return h("a", { href: "#/approvals", class: `badge state-${a.state}`, dataset: { approval: a.id },
+    title: `Approval request ${a.id}` }, text);
+}
+
+async function runAction(root, key, spec, body, approvals) {
+  const input = typeof spec.input === "function" ? spec.input(key) : spec.input;
+  const value = await confirmDialog({ title: spec.title, message: spec.message(key),
+    confirmLabel: spec.label.replace("…", ""), danger: spec.danger, input });
+  if (value === null) return;
+  const mine = approvals.find((a) => a.action === approvalAction(spec)
+    && a.requested_by === session.claims?.sub);
+  try {
+    const { status, data } = await api(
+      `/v1/keys/${encodeURIComponent(key.id)}/${spec.action}`,
+      { method: "POST", body: spec.body ? spec.body(value) : body,
+        headers: mine ? { "X-Approval-ID": mine.id } : {} });
+    if (status === 202 && data?.approval) {
+      const { id, required, approvals: votes = [] } = data.approval;
+      await redraw(root, key);
+      notify(`Approval required: this needs ${required} approval(s) from other people ` +
+        `(${votes.length} so far, request ${id}). Repeat the action here once it is approved.`,
+        "warning");
+      return;
+    }
+    await redraw(root, data);
+    notify(spec.done(data), "success");
+  } catch (err) {
+    if (err.status !== 401) notify(`${spec.label.replace("…", "")} failed: ${err.message}`, "error");
+  }
+}
+
+const ROLLBACK = { action: "rollback", label: "Make primary", title: "Roll back?",
+  message: () => [], done: (k) => `Rolled back: v${k.primary_version} is now primary.` };
+
+function versionTable(root, key, approvals) {
+  const asymmetric = !key.algorithm.startsWith("aes");
+  const mayRollback = can("manage") && key.state === "active";
+  const rows = [...key.versions].sort((a, b) => b.version - a.version).map((v) => {
+    const primary = v.version === key.primary_version;
+    const cells = [];
+    if (asymmetric && v.state !== "destroyed" && key.state !== "destroyed") {
+      cells.push(h("button", { type: "button", class: "small", dataset: { download: v.version },
+        onclick: () => downloadPublicKey(key, v.version) }, "Public key (PEM)"));
+    }
+    if (mayRollback && !primary && v.state === "enabled") {
+      const spec = { ...ROLLBACK, title: `Make v${v.version} the primary version?`,
+        message: () => [`New ${key.usage === "sign" ? "signatures" : "ciphertexts"} will use ` +
+          `v${v.version} instead of v${key.primary_version}.`] };
+      cells.push(h("button", { type: "button", class: "small", dataset: { action: "rollback" },
+        onclick: () => runAction(root, key, spec, { version: v.version }, approvals) },
+        "Make primary"));
+    }
+    return h("tr", { dataset: { version: v.version } },
+      h("th", { scope: "row" }, `v${v.version}`, primary && h("span", { class: "badge primary" },
+        "primary")),
+      h("td", null, stateBadge(v.state)),
+      h("td", { class: "nowrap" }, timeEl(v.created_at)),
+      h("td", { class: "row-actions" }, cells));
+  });
+  return h("div", { class: "table-wrap" }, h("table", { class: "data", id: "version-table" },
+    h("thead", null, h("tr", null, ["Version", "State", "Created", ""].map((c) =>
+      h("th", { scope: "col" }, c)))),
+    h("tbody", null, rows)));
+}
+
+async function downloadPublicKey(key, version) {
+  try {
+    const { data } = await api(
+      `/v1/keys/${encodeURIComponent(key.id)}/public-key?version=${version}`);
+    const base = (key.name ?? key.id).replace(/[^A-Za-z0-9._-]/g, "_");
+    download(`${base}-v${data.version}.pem`, data.pem);
+    notify(`Saved the public key of v${data.version} as ${base}-v${data.version}.pem.`, "success");
+  } catch (err) {
+    if (err.status !== 401) notify(`Download failed: ${err.message}`, "error");
+  }
+}
+
+function history(key) {
+  const entries = [...(key.history ?? [])].reverse().slice(0, 20);
+  if (!entries.length) return null;
+  return h("section", { "aria-labelledby": "history-h" },
+    h("h2", { id: "history-h" }, "Recent history"),
+    h("ul", { class: "history" }, entries.map((e) => h("li", null, timeEl(e.at), " ",
+      h("strong", null, e.action), ` by ${e.actor}`, e.detail ? ` — ${e.detail}` : ""))));
+}

@@ -1,0 +1,263 @@
+// Shared helpers: DOM building (text only, never HTML), the session, the API client, formatting.
+//
+// Security rules this file enforces for the whole dashboard:
+// - Data reaches the page only as text nodes or attribute values (h() below); nothing ever
+//   assigns innerHTML, so a key description holding HTML renders as the characters it contains.
+// - The token lives in sessionStorage (gone when the tab closes) and travels only in the
+//   Authorization header; API responses are fetched with cache "no-store", so key metadata and
+//   audit records are never written to the browser's HTTP cache.
+// - Roles decide which buttons are shown, for convenience only: the server enforces every action.
+
+// ---- DOM ----------------------------------------------------------------------------------
+
+/** h("a", {href: "#/keys", class: "link", onclick: fn}, "text", childNode, [more]) */
+export function h(tag, props = null, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(props ?? {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+    else if (name === "class") el.className = value;
+    else if (name === "dataset") Object.assign(el.dataset, value);
+    else el.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : String(child)); // strings become text nodes
+  }
+  return el;
+}
+
+export function option(value, label, selected) {
+  return h("option", { value, selected: value === selected }, label);
+}
+
+export function field(label, control, hint = null) {
+  return h("label", { class: "field" }, h("span", { class: "field-label" }, label), control,
+    hint && h("span", { class: "field-hint" }, hint));
+}
+
+export function stateBadge(state) {
+  return h("span", { class: `badge state-${state}` }, String(state).replaceAll("_", " "));
+}
+
+export function timeEl(iso) {
+  if (!iso) return h("span", { class: "muted" }, "—");
+  return h("time", { datetime: iso, title: iso }, fmtTime(iso));
+}
+
+export function fmtTime(iso) {
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return String(iso);
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
+    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+export function plural(n, word) {
+  return `${n.toLocaleString("en-US")} ${word}${n === 1 ? "" : "s"}`;
+}
+
+export function loading(label = "Loading…") {
+  return h("p", { class: "loading", role: "status" }, label);
+}
+
+export function emptyState(title, hint = null, action = null) {
+  return h("div", { class: "empty" }, h("p", { class: "empty-title" }, title),
+    hint && h("p", null, hint), action);
+}
+
+export function errorPanel(err, retry = null) {
+  return h("div", { class: "panel error", role: "alert" },
+    h("p", { class: "error-title" }, err.title ?? "Something went wrong"),
+    h("p", null, err.message),
+    err.requestId && h("p", { class: "muted small" }, `Request ID: ${err.requestId}`),
+    retry && h("button", { type: "button", onclick: retry }, "Try again"));
+}
+
+/** A short message in the polite live region at the top of the page. */
+export function notify(message, kind = "info") {
+  const region = document.getElementById("notice");
+  region.replaceChildren(h("div", { class: `notice ${kind}` }, message,
+    h("button", { type: "button", class: "link", "aria-label": "Dismiss",
+      onclick: () => region.replaceChildren() }, "×")));
+}
+
+export function clearNotice() {
+  document.getElementById("notice").replaceChildren();
+}
+
+/**
+ * A modal confirmation; resolves to the typed value ("" without an input) or null if cancelled.
+ * input: {label, maxLength, expect} — with `expect`, confirming needs that exact text typed.
+ */
+export function confirmDialog({ title, message, confirmLabel = "Confirm", danger = false,
+                                 input = null }) {
+  const dialog = document.getElementById("confirm");
+  return new Promise((resolve) => {
+    const confirm = h("button", { type: "submit", class: danger ? "danger" : "primary",
+      "data-confirm": "" }, confirmLabel);
+    const cancel = h("button", { type: "button", onclick: () => dialog.close("cancel") }, "Cancel");
+    let box = null;
+    if (input) {
+      box = h("input", { type: "text", maxlength: input.maxLength ?? 256, autocomplete: "off",
+        spellcheck: "false" });
+      if (input.expect !== undefined) {
+        confirm.disabled = true;
+        box.addEventListener("input", () => { confirm.disabled = box.value !== input.expect; });
+      }
+    }
+    const form = h("form", { onsubmit: (e) => { e.preventDefault(); dialog.close("ok"); } },
+      h("h2", { id: "confirm-title" }, title),
+      [message].flat().map((line) => h("p", null, line)),
+      box && field(input.label, box),
+      h("div", { class: "dialog-actions" }, cancel, confirm));
+    dialog.replaceChildren(form);
+    dialog.returnValue = "";
+    dialog.addEventListener("close", () => {
+      resolve(dialog.returnValue === "ok" ? (box ? box.value : "") : null);
+    }, { once: true });
+    dialog.showModal();
+    (box ?? cancel).focus(); // never pre-focus the destructive button
+  });
+}
+
+// ---- session ------------------------------------------------------------------------------
+
+const TOKEN_KEY = "ferrohsm.token";
+export const session = { token: null, claims: null };
+export const events = new EventTarget(); // "unauthenticated": the server refused the token
+
+/** The JWT payload, decoded for display and button choice only (the server verifies). */
+export function decodeClaims(token) {
+  const parts = token.split(".");
+  if (parts.length !== 3 || parts.some((p) => !/^[A-Za-z0-9_-]+$/.test(p))) {
+    throw new Error("not a JWT");
+  }
+  const b64 = parts[1].replaceAll("-", "+").replaceAll("_", "/");
+  const bytes = Uint8Array.from(atob(b64.padEnd(Math.ceil(b64.length / 4) * 4, "=")),
+    (c) => c.charCodeAt(0));
+  const claims = JSON.parse(new TextDecoder().decode(bytes));
+  if (typeof claims !== "object" || claims === null) throw new Error("not a JWT");
+  return claims;
+}
+
+export function expired(claims, now = Date.now()) {
+  return typeof claims?.exp === "number" && claims.exp * 1000 <= now;
+}
+
+export function startSession(token, claims) {
+  session.token = token;
+  session.claims = claims;
+  sessionStorage.setItem(TOKEN_KEY, token);
+}
+
+export function restoreSession() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (!token) return false;
+  try {
+    startSession(token, decodeClaims(token));
+    return true;
+  } catch {
+    endSession();
+    return false;
+  }
+}
+
+export function endSession() {
+  session.token = null;
+  session.claims = null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  etags.clear();
+}
+
+const ROLES = {
+  manage: ["administrator", "operator"],        // rotate, rollback, revoke (authz MANAGERS)
+  destroy: ["administrator"],                   // destroy, cancel-destroy
+  decide: ["administrator", "operator"],        // approve, deny
+  approvals: ["administrator", "operator", "auditor"],
+  audit: ["administrator", "operator", "auditor"],
+};
+
+/** Whether the signed-in role may do `what` (mirrors ferrohsm/authz.py PERMISSIONS). */
+export function can(what) {
+  return ROLES[what].includes(session.claims?.role);
+}
+
+// ---- API ----------------------------------------------------------------------------------
+
+export class ApiError extends Error {
+  constructor(status, code, message, requestId = null, title = null) {
+    super(message);
+    Object.assign(this, { status, code, requestId, title });
+  }
+}
+
+const etags = new Map(); // path -> {etag, data}: in memory only, dropped at sign-out
+const MAX_ETAGS = 64;
+
+/**
+ * Call the API as the signed-in user. Returns {status, data, cached}; throws ApiError for
+ * anything but 2xx. 401 also ends the session (the "unauthenticated" event). With useEtag the
+ * last answer for the same path is revalidated with If-None-Match, and a 304 reuses it.
+ */
+export async function api(path, { method = "GET", body, headers = {}, useEtag = false } = {}) {
+  if (!session.token || expired(session.claims)) {
+    const err = new ApiError(401, "unauthenticated", "Your session has expired.");
+    events.dispatchEvent(new CustomEvent("unauthenticated", { detail: err }));
+    throw err;
+  }
+  const hdrs = { Accept: "application/json", Authorization: `Bearer ${session.token}`, ...headers };
+  const init = { method, headers: hdrs, cache: "no-store", credentials: "omit",
+                 redirect: "error", referrerPolicy: "no-referrer" };
+  if (body !== undefined) {
+    hdrs["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const remembered = useEtag ? etags.get(path) : undefined;
+  if (remembered) hdrs["If-None-Match"] = remembered.etag;
+  let resp;
+  try {
+    resp = await fetch(path, init);
+  } catch {
+    throw new ApiError(0, "network", "The server could not be reached. Check that FerroHSM is " +
+      "running and reload the page.", null, "Connection failed");
+  }
+  if (resp.status === 304 && remembered) return { status: 200, data: remembered.data, cached: true };
+  const data = await resp.json().catch(() => null);
+  if (!resp.ok) throw apiError(resp, data);
+  const etag = resp.headers.get("ETag");
+  if (useEtag && etag) {
+    if (etags.size >= MAX_ETAGS) etags.delete(etags.keys().next().value);
+    etags.set(path, { etag, data });
+  }
+  return { status: resp.status, data, cached: false };
+}
+
+function apiError(resp, data) {
+  const e = data?.error ?? {};
+  const message = e.message ?? `The server answered ${resp.status} ${resp.statusText}.`;
+  const err = new ApiError(resp.status, e.code ?? "http_" + resp.status, message, e.request_id);
+  if (resp.status === 401) {
+    err.title = "Signed out";
+    events.dispatchEvent(new CustomEvent("unauthenticated", { detail: err }));
+  } else if (resp.status === 403) {
+    err.title = "Not allowed for your role";
+  } else if (resp.status === 429) {
+    const wait = resp.headers.get("Retry-After");
+    err.title = "Too many requests";
+    err.message = `The server is rate limiting you${wait ? `; try again in ${wait} s` : ""}.`;
+  } else if (resp.status === 404) {
+    err.title = "Not found";
+  }
+  return err;
+}
+
+/** Save text as a file through a short-lived object URL (no server round trip, no data: URL). */
+export function download(filename, text, type = "application/x-pem-file") {
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const a = h("a", { href: url, download: filename, hidden: true });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}

@@ -1,0 +1,43 @@
+"""Approval routes (dual control): list, describe, approve, deny."""
+
+from __future__ import annotations
+
+from ...dualcontrol import DualControl
+from ...errors import BadRequest
+from ...model import RequestContext
+from ...store.base import MAX_PAGE
+from ..http import Request
+from ..router import Router
+from .common import Field, Reply, fields, int_param, query
+
+MAX_COMMENT = 256
+
+
+def _comment(req: Request) -> str:
+    """An optional ``{"comment": "..."}`` body, kept in the approval and the audit record."""
+    comment = fields(req, {"comment": Field(str)}).get("comment", "")
+    if len(comment) > MAX_COMMENT or not comment.isprintable():
+        raise BadRequest(f"comment must be at most {MAX_COMMENT} printable characters")
+    return str(comment)
+
+
+def register(router: Router, approvals: DualControl) -> None:
+    def listing(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        q = query(req, {"state", "limit", "page_token"})
+        limit = int_param(q.get("limit"), "limit", 1, MAX_PAGE) or 100
+        return 200, approvals.list(ctx, q.get("state"), limit, q.get("page_token"))
+
+    def show(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        query(req, set())
+        return 200, approvals.get(ctx, p["id"])
+
+    def approve(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        return 200, approvals.decide(ctx, p["id"], True, _comment(req))
+
+    def deny(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        return 200, approvals.decide(ctx, p["id"], False, _comment(req))
+
+    router.add("GET", "/v1/approvals", listing, name="listApprovals")
+    router.add("GET", "/v1/approvals/{id}", show, name="getApproval")
+    router.add("POST", "/v1/approvals/{id}/approve", approve, name="approveRequest")
+    router.add("POST", "/v1/approvals/{id}/deny", deny, name="denyRequest")

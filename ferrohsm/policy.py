@@ -1,0 +1,171 @@
+"""Tag policies and the policy decision: a pure function, tested as a table.
+
+Theory of operation
+-------------------
+``[policy.tags.<tag>]`` tables (config.py's ``TagPolicy``) become ``Rules``. A key carrying several
+tags gets, for every setting, the strictest value any of its tags asks for (``strictest``):
+
+==========================  =====================================================================
+setting                     strictest means
+==========================  =====================================================================
+approvals_required          the largest quorum
+approval_actions            the union (an action listed by any tag needs the quorum)
+approval_ttl_seconds        the shortest window, among tags that require approvals
+rotation_days               the shortest positive period (0 = no automatic rotation)
+archive_after_days          the shortest positive age (0 = never archive automatically)
+destroy_grace_hours         the longest grace, never shorter than ``[crypto].destroy_grace_hours``
+==========================  =====================================================================
+
+A tag with a quorum always puts ``destroy`` under dual control, listed or not: the PRD's
+"dual-control purge approvals" must not depend on remembering to list it.
+
+``decide(principal, action, key, policy, now)`` answers ALLOW, DENY (with the reason) or
+APPROVAL (with the quorum and the moment the approval window closes). It reads no clock, file or
+socket: everything it depends on is an argument, so the tests walk it exhaustively.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from .authz import PERMISSIONS, Action, may_see
+from .config import TagPolicy
+from .errors import ConfigError
+from .model import Key, Principal
+
+DEFAULT_TTL = timedelta(hours=1)
+DEFAULT_GRACE = timedelta(hours=24)
+
+# API.md and config use short operation names; audit and authz use Action values. Both spellings
+# are accepted in approval_actions ("unwrap" and "crypto.unwrap").
+SHORT_NAMES: dict[str, Action] = {
+    "update": Action.KEY_UPDATE, "rotate": Action.KEY_ROTATE, "rollback": Action.KEY_ROLLBACK,
+    "revoke": Action.KEY_REVOKE, "destroy": Action.KEY_DESTROY,
+    "cancel-destroy": Action.KEY_CANCEL_DESTROY, "cancel_destroy": Action.KEY_CANCEL_DESTROY,
+    "public-key": Action.KEY_PUBLIC, "public_key": Action.KEY_PUBLIC,
+    "encrypt": Action.ENCRYPT, "decrypt": Action.DECRYPT, "sign": Action.SIGN,
+    "verify": Action.VERIFY, "wrap": Action.WRAP, "unwrap": Action.UNWRAP,
+}
+# Only actions on one existing key can be parked for approval (create/list have no key to bind).
+APPROVABLE = frozenset(SHORT_NAMES.values())
+
+
+def parse_action(name: str) -> Action:
+    """An approvable Action from its short or full name; ValueError otherwise."""
+    action = SHORT_NAMES.get(name)
+    if action is None:
+        try:
+            action = Action(name)
+        except ValueError:
+            raise ValueError(f"unknown action {name!r:.40}") from None
+    if action not in APPROVABLE:
+        raise ValueError(f"{name!r:.40} is not an operation on a key")
+    return action
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """Effective settings for one key (one tag, or the strictest merge of several)."""
+
+    approvals_required: int = 0
+    approval_actions: frozenset[Action] = frozenset()
+    approval_ttl: timedelta = DEFAULT_TTL
+    rotation: timedelta | None = None
+    archive_after: timedelta | None = None
+    destroy_grace: timedelta = DEFAULT_GRACE
+
+    def needs_approval(self, action: Action) -> bool:
+        return self.approvals_required > 0 and action in self.approval_actions
+
+    @classmethod
+    def from_tag(cls, name: str, tag: TagPolicy) -> Rules:
+        """ConfigError naming the setting when an action name is unknown."""
+        try:
+            actions = frozenset(parse_action(a) for a in tag.approval_actions)
+        except ValueError as exc:
+            raise ConfigError(f"[policy.tags.{name}].approval_actions: {exc}") from None
+        if tag.approvals_required > 0:
+            actions |= {Action.KEY_DESTROY}
+        return cls(approvals_required=tag.approvals_required, approval_actions=actions,
+                   approval_ttl=timedelta(seconds=tag.approval_ttl_seconds),
+                   rotation=_period(days=tag.rotation_days),
+                   archive_after=_period(days=tag.archive_after_days),
+                   destroy_grace=timedelta(hours=tag.destroy_grace_hours))
+
+
+def _period(days: float) -> timedelta | None:
+    return timedelta(days=days) if days > 0 else None
+
+
+def _shortest(values: Iterable[timedelta | None]) -> timedelta | None:
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
+
+
+def strictest(base: Rules, tags: Iterable[Rules]) -> Rules:
+    """Merge ``base`` (the untagged defaults) with every tag's rules, strictest value each."""
+    every = [base, *tags]
+    quorum_tags = [r for r in every if r.approvals_required > 0]
+    return Rules(
+        approvals_required=max(r.approvals_required for r in every),
+        approval_actions=frozenset().union(*(r.approval_actions for r in every)),
+        approval_ttl=min((r.approval_ttl for r in quorum_tags), default=base.approval_ttl),
+        rotation=_shortest(r.rotation for r in every),
+        archive_after=_shortest(r.archive_after for r in every),
+        destroy_grace=max(r.destroy_grace for r in every))
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Every configured tag's rules plus the defaults an untagged key gets."""
+
+    tags: Mapping[str, Rules] = field(default_factory=dict)
+    default: Rules = Rules()
+
+    @classmethod
+    def from_config(cls, tags: Mapping[str, TagPolicy],
+                    default_grace_hours: float = 24.0) -> Policy:
+        default = Rules(destroy_grace=timedelta(hours=default_grace_hours))
+        return cls({name: Rules.from_tag(name, tag) for name, tag in tags.items()}, default)
+
+    def rules_for(self, key: Key) -> Rules:
+        known = [self.tags[t] for t in key.tags if t in self.tags]
+        return strictest(self.default, known) if known else self.default
+
+    @property
+    def scheduled_tags(self) -> tuple[str, ...]:
+        """Tags whose keys the scheduler must look at for rotation or archival."""
+        return tuple(sorted(n for n, r in self.tags.items() if r.rotation or r.archive_after))
+
+
+class Verdict(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    APPROVAL = "approval_required"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    reason: str = ""
+    required: int = 0
+    expires_at: datetime | None = None
+
+
+def decide(principal: Principal | None, action: Action, key: Key, policy: Policy,
+           now: datetime) -> Decision:
+    """Role table, then tag scoping, then the key's tag rules: the first that refuses wins."""
+    if principal is None or principal.role not in PERMISSIONS[action]:
+        role = principal.role.value if principal else "anonymous"
+        return Decision(Verdict.DENY, f"role {role} may not perform {action.value}")
+    if not may_see(principal, key):
+        return Decision(Verdict.DENY, f"this token may not use key {key.id}")
+    rules = policy.rules_for(key)
+    if rules.needs_approval(action):
+        return Decision(Verdict.APPROVAL, f"{action.value} on this key needs "
+                        f"{rules.approvals_required} approval(s)", rules.approvals_required,
+                        now + rules.approval_ttl)
+    return Decision(Verdict.ALLOW)

@@ -1,0 +1,241 @@
+"""The ApprovalStore contract (ferrohsm/store/approvals.py), run against every implementation.
+
+A new approval store is done when this suite passes against it: add it to ``OPENERS``. Expected
+results come from the pure model (``effective_state``), never from another store.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ferrohsm import approvals as apv
+from ferrohsm.approvals import Approval, ApprovalState
+from ferrohsm.errors import Conflict, NotFound, StaleRevision, StoreError
+from ferrohsm.ids import uuid7
+from ferrohsm.model import Principal, Role
+from ferrohsm.store.approvals import ApprovalStore, MemoryApprovalStore, SQLiteApprovalStore
+
+NOW = datetime(2026, 11, 28, 12, 0, 0, 123456, tzinfo=UTC)
+KEY = "01890a5d-ac96-774b-bcce-b302099a8057"
+OTHER_KEY = "01890a5d-ac96-774b-bcce-b302099a8058"
+BOB, CAROL = Principal("bob", Role.OPERATOR), Principal("carol", Role.ADMINISTRATOR)
+
+
+@dataclass
+class Backend:
+    kind: str
+    persistent: bool
+    opener: Callable[[], ApprovalStore]
+    opened: list[ApprovalStore] = field(default_factory=list)
+
+    def open(self) -> ApprovalStore:
+        store = self.opener()
+        self.opened.append(store)
+        return store
+
+
+def openers(tmp_path: Path) -> dict[str, tuple[bool, Callable[[], ApprovalStore]]]:
+    return {"memory": (False, MemoryApprovalStore),
+            "sqlite": (True, lambda: SQLiteApprovalStore(tmp_path / "data" / "approvals.sqlite3"))}
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    persistent, opener = openers(tmp_path)[request.param]
+    found = Backend(request.param, persistent, opener)
+    yield found
+    for store in found.opened:
+        store.close()
+
+
+@pytest.fixture
+def store(backend: Backend) -> ApprovalStore:
+    return backend.open()
+
+
+_ms = iter(range(10**9))
+
+
+def make(*, key_id: str = KEY, action: str = "key.destroy", ttl: timedelta = timedelta(hours=1),
+         created: datetime = NOW) -> Approval:
+    """A pending approval; ids increase with each call (UUIDv7 over a counter)."""
+    return apv.new_approval(approval_id=uuid7(1_800_000_000_000 + next(_ms)), action=action,
+                            key_id=key_id, args={"n": 1}, salt=os.urandom(16),
+                            requester="alice", required=2, now=created, expires_at=created + ttl)
+
+
+def approved(store: ApprovalStore, a: Approval) -> Approval:
+    a = store.swap(apv.vote(a, BOB, True, NOW))
+    return store.swap(apv.vote(a, CAROL, True, NOW))
+
+
+# ---- create / get / delete ------------------------------------------------------------------
+
+def test_create_get_round_trip(store: ApprovalStore) -> None:
+    a = apv.vote(make(), BOB, True, NOW, "looks right ✓")
+    created = store.create(replace(a, revision=9))
+    assert created == replace(a, revision=1)
+    assert store.get(a.id) == created
+
+
+def test_duplicate_ids_and_missing_ids(store: ApprovalStore) -> None:
+    a = store.create(make())
+    with pytest.raises(Conflict):
+        store.create(replace(a, revision=0))
+    for missing in ("0190a5d0-0000-7000-8000-00000000dead", "", "x'; DROP TABLE approvals;--"):
+        with pytest.raises(NotFound):
+            store.get(missing)
+        with pytest.raises(NotFound):
+            store.delete(missing)
+    store.delete(a.id)
+    with pytest.raises(NotFound):
+        store.get(a.id)
+
+
+# ---- compare-and-swap -----------------------------------------------------------------------
+
+def test_swap_is_compare_and_swap(store: ApprovalStore) -> None:
+    a = store.create(make())
+    voted = store.swap(apv.vote(a, BOB, True, NOW))
+    assert voted.revision == 2 and store.get(a.id) == voted
+    with pytest.raises(StaleRevision):
+        store.swap(apv.vote(a, CAROL, True, NOW))  # built from the stale revision 1
+    assert store.get(a.id).approvers == ("bob",)
+    with pytest.raises(NotFound):
+        store.swap(make())
+
+
+def test_concurrent_consumers_exactly_one_wins(store: ApprovalStore) -> None:
+    a = approved(store, store.create(make()))
+    barrier, wins, losses = threading.Barrier(12), [], []
+
+    def consume() -> None:
+        current = store.get(a.id)
+        barrier.wait()
+        try:
+            store.swap(apv.redeem(current, "alice", "key.destroy", KEY, {"n": 1}, NOW))
+            wins.append(1)
+        except StaleRevision:
+            losses.append(1)
+    threads = [threading.Thread(target=consume) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and len(losses) == 11
+    assert store.get(a.id).state is ApprovalState.EXECUTED
+
+
+# ---- listing by effective state -------------------------------------------------------------
+
+def test_list_filters_on_the_effective_state(store: ApprovalStore) -> None:
+    pending = store.create(make())
+    short = store.create(make(ttl=timedelta(minutes=1)))
+    ok = approved(store, store.create(make()))
+    done = store.swap(apv.redeem(approved(store, store.create(make())), "alice", "key.destroy",
+                                 KEY, {"n": 1}, NOW))
+    denied = store.swap(apv.vote(store.create(make()), BOB, False, NOW))
+    everything = [pending, short, ok, done, denied]
+    for when in (NOW, NOW + timedelta(minutes=5), NOW + timedelta(hours=2)):
+        for state in [None, *ApprovalState]:
+            expected = [a.id for a in everything
+                        if state is None or apv.effective_state(a, when) is state]
+            assert [a.id for a in store.list(state, when)] == expected, (state, when)
+
+
+def test_list_pages_in_id_order(store: ApprovalStore) -> None:
+    made = [store.create(make()).id for _ in range(7)]
+    seen: list[str] = []
+    after = None
+    while True:
+        page = store.list(ApprovalState.PENDING, NOW, 3, after)
+        seen += [a.id for a in page]
+        if len(page) < 3:
+            break
+        after = page[-1].id
+    assert seen == made
+
+
+def test_expiring_lists_open_approvals_past_their_window(store: ApprovalStore) -> None:
+    soon = store.create(make(ttl=timedelta(minutes=1)))
+    approved(store, soon)
+    store.create(make(ttl=timedelta(hours=5)))
+    gone = store.swap(apv.vote(store.create(make(ttl=timedelta(minutes=1))), BOB, False, NOW))
+    assert store.expiring(NOW) == []
+    due = store.expiring(NOW + timedelta(minutes=1))
+    assert [a.id for a in due] == [soon.id] and gone.id not in [a.id for a in due]
+    store.swap(apv.expire(store.get(soon.id), NOW + timedelta(minutes=1)))
+    assert store.expiring(NOW + timedelta(minutes=2)) == []
+
+
+def test_latest_executed(store: ApprovalStore) -> None:
+    assert store.latest_executed(KEY, "key.destroy") is None
+    ids = []
+    for minutes in (1, 3, 2):
+        a = approved(store, store.create(make()))
+        when = NOW + timedelta(minutes=minutes)
+        ids.append(store.swap(apv.redeem(a, "alice", "key.destroy", KEY, {"n": 1}, when)).id)
+    approved(store, store.create(make()))  # approved, never executed
+    store.create(make(key_id=OTHER_KEY))
+    found = store.latest_executed(KEY, "key.destroy")
+    assert found is not None and found.id == ids[1]
+    assert store.latest_executed(KEY, "key.rollback") is None
+    assert store.latest_executed(OTHER_KEY, "key.destroy") is None
+
+
+# ---- retention ------------------------------------------------------------------------------
+
+def test_prune_removes_only_old_finished_approvals(store: ApprovalStore) -> None:
+    old_open = store.create(make(ttl=timedelta(days=400)))
+    old_denied = store.swap(apv.vote(store.create(make()), BOB, False, NOW))
+    old_expired = store.swap(apv.expire(store.create(make()), NOW + timedelta(hours=1)))
+    long_lived = store.create(make(ttl=timedelta(days=50)))
+    fresh_done = store.swap(apv.redeem(approved(store, long_lived), "alice",
+                                       "key.destroy", KEY, {"n": 1}, NOW + timedelta(days=40)))
+    assert store.prune(NOW + timedelta(days=30)) == 2
+    left = {a.id for a in store.list(None, NOW)}
+    assert left == {old_open.id, fresh_done.id}
+    assert old_denied.id not in left and old_expired.id not in left
+    assert store.prune(NOW + timedelta(days=30)) == 0
+
+
+# ---- durability -----------------------------------------------------------------------------
+
+def test_approvals_survive_reopening(backend: Backend) -> None:
+    if not backend.persistent:
+        pytest.skip("the memory store keeps nothing across restarts by design")
+    first = backend.open()
+    a = first.swap(apv.vote(first.create(make()), BOB, True, NOW))
+    first.close()
+    again = backend.open()
+    assert again.get(a.id) == a
+    assert [x.id for x in again.list(ApprovalState.PENDING, NOW)] == [a.id]
+
+
+def test_sqlite_file_is_private_and_durable(tmp_path: Path) -> None:
+    path = tmp_path / "d" / "approvals.sqlite3"
+    store = SQLiteApprovalStore(path)
+    try:
+        store.create(make())
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        conn = store._conn  # the pragmas the durability claim rests on
+        assert conn is not None
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        store.close()
+    os.chmod(path, 0o644)
+    SQLiteApprovalStore(path).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    link = tmp_path / "d" / "link.sqlite3"
+    link.symlink_to(path)
+    with pytest.raises(StoreError):
+        SQLiteApprovalStore(link)

@@ -1,0 +1,226 @@
+"""Dual control end to end: a real server over TLS, tag policies from a config file, the
+approvals endpoints of API.md, concurrent repeats, a restart, and scheduled destruction."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from live import LiveServer
+
+CONFIG = """
+[policy.tags.pci]
+approvals_required = 2
+approval_actions = ["rollback", "rotate", "unwrap"]
+approval_ttl_seconds = 3600
+destroy_grace_hours = 0
+
+[policy.tags.brief]
+approvals_required = 1
+approval_actions = ["rotate"]
+approval_ttl_seconds = 1
+"""
+NO_GRACE = {("crypto", "destroy_grace_hours"): 0.0}
+
+
+def B(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    server = LiveServer(tmp_path_factory.mktemp("approvals"), key_store="filesystem",
+                        config_text=CONFIG, overrides=NO_GRACE)
+    yield server
+    server.close()
+
+
+def as_(srv: LiveServer, role: str, subject: str) -> dict[str, Any]:
+    return {"token": srv.token(role, subject)}
+
+
+ALICE, BOB, CAROL = ("administrator", "alice"), ("operator", "bob"), ("administrator", "carol")
+
+
+def create(srv: LiveServer, *tags: str, usage: str = "encrypt") -> str:
+    status, _, key = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": usage,
+                                                   "tags": list(tags)}, **as_(srv, *ALICE))
+    assert status == 201, key
+    return str(key["id"])
+
+
+def park(srv: LiveServer, method: str, path: str, body: Any, who: tuple[str, str] = ALICE
+         ) -> dict[str, Any]:
+    status, headers, reply = srv.call(method, path, body, **as_(srv, *who))
+    assert status == 202, reply
+    assert set(reply) == {"error", "approval"}
+    assert set(reply["error"]) == {"code", "message", "request_id"}
+    assert reply["error"]["code"] == "approval_required"
+    assert reply["error"]["request_id"] == headers["x-request-id"]
+    return reply["approval"]  # type: ignore[no-any-return]
+
+
+def vote(srv: LiveServer, approval_id: str, who: tuple[str, str], verb: str = "approve",
+         body: Any = None) -> tuple[int, Any]:
+    status, _, reply = srv.call("POST", f"/v1/approvals/{approval_id}/{verb}", body or {},
+                                **as_(srv, *who))
+    return status, reply
+
+
+def test_the_202_body_and_the_approvals_endpoints(srv: LiveServer) -> None:
+    key = create(srv, "pci")
+    approval = park(srv, "POST", f"/v1/keys/{key}/rotate", {})
+    assert {"id", "action", "key_id", "request_hash", "required", "approvals", "state",
+            "expires_at"} <= set(approval)
+    assert (approval["action"], approval["key_id"], approval["required"], approval["state"],
+            approval["approvals"]) == ("key.rotate", key, 2, "pending", [])
+    status, _, listed = srv.call("GET", "/v1/approvals?state=pending", role="auditor")
+    assert status == 200 and approval["id"] in [a["id"] for a in listed["approvals"]]
+    status, _, one = srv.call("GET", f"/v1/approvals/{approval['id']}", role="auditor")
+    assert status == 200 and one["request_hash"] == approval["request_hash"]
+    assert srv.call("GET", f"/v1/approvals/{approval['id']}", role="service")[0] == 403
+    assert srv.call("GET", "/v1/approvals/0190a5d0-0000-7000-8000-00000000dead")[0] == 404
+    for bad in ("state=sleepy", "limit=0", "colour=red"):
+        assert srv.call("GET", f"/v1/approvals?{bad}")[0] == 400, bad
+    assert vote(srv, approval["id"], BOB, body={"comment": "x" * 300})[0] == 400
+
+
+def test_self_approval_repeated_approver_and_quorum(srv: LiveServer) -> None:
+    key = create(srv, "pci")
+    approval_id = park(srv, "POST", f"/v1/keys/{key}/rotate", {})["id"]
+    assert vote(srv, approval_id, ALICE)[0] == 403                       # the requester
+    assert vote(srv, approval_id, ("auditor", "una"))[0] == 403          # not an approver role
+    status, one = vote(srv, approval_id, BOB, body={"comment": "checked the ticket"})
+    assert status == 200 and one["state"] == "pending" and len(one["approvals"]) == 1
+    assert vote(srv, approval_id, BOB)[0] == 409                         # counted once
+    assert vote(srv, approval_id, ("administrator", "bob"))[0] == 409    # same subject
+    status, _, _ = srv.call("POST", f"/v1/keys/{key}/rotate", {}, **as_(srv, *ALICE),
+                                headers={"X-Approval-ID": approval_id})
+    assert status == 202                                                 # still pending
+    status, two = vote(srv, approval_id, CAROL)
+    assert status == 200 and two["state"] == "approved"
+    assert [a["actor"] for a in two["approvals"]] == ["bob", "carol"]
+
+
+def test_ten_concurrent_repeats_execute_exactly_once(srv: LiveServer) -> None:
+    key = create(srv, "pci")
+    approval_id = park(srv, "POST", f"/v1/keys/{key}/rotate", {})["id"]
+    vote(srv, approval_id, BOB)
+    vote(srv, approval_id, CAROL)
+    barrier, statuses = threading.Barrier(10), []
+    token = srv.token(*ALICE)
+
+    def repeat() -> None:
+        barrier.wait()
+        statuses.append(srv.call("POST", f"/v1/keys/{key}/rotate", {}, token=token,
+                                 headers={"X-Approval-ID": approval_id})[0])
+    threads = [threading.Thread(target=repeat) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [200] + [409] * 9
+    _, _, described = srv.call("GET", f"/v1/keys/{key}")
+    assert len(described["versions"]) == 2
+    _, _, approval = srv.call("GET", f"/v1/approvals/{approval_id}")
+    assert approval["state"] == "executed" and approval["executed_at"]
+
+
+def test_an_approval_replayed_on_another_key_or_body_is_refused(srv: LiveServer) -> None:
+    key, other = create(srv, "pci", usage="wrap"), create(srv, "pci", usage="wrap")
+    svc = ("service", "payments-app")
+    wrapped = [srv.call("POST", f"/v1/keys/{k}/wrap", {"key_material": B(m)},
+                        **as_(srv, *svc))[2]["wrapped"] for k, m in ((key, b"a" * 32),
+                                                                     (key, b"b" * 32),
+                                                                     (other, b"a" * 32))]
+    approval_id = park(srv, "POST", f"/v1/keys/{key}/unwrap", {"wrapped": wrapped[0]}, svc)["id"]
+    vote(srv, approval_id, BOB)
+    vote(srv, approval_id, CAROL)
+    header = {"X-Approval-ID": approval_id}
+    for path, body in ((f"/v1/keys/{other}/unwrap", {"wrapped": wrapped[2]}),   # another key
+                       (f"/v1/keys/{key}/unwrap", {"wrapped": wrapped[1]})):    # another body
+        status, _, err = srv.call("POST", path, body, headers=header, **as_(srv, *svc))
+        assert status == 403 and err["error"]["code"] == "forbidden"
+    status, _, out = srv.call("POST", f"/v1/keys/{key}/unwrap", {"wrapped": wrapped[0]},
+                              headers=header, **as_(srv, *svc))
+    assert status == 200 and base64.b64decode(out["key_material"]) == b"a" * 32
+    assert srv.call("POST", f"/v1/keys/{key}/unwrap", {"wrapped": wrapped[0]}, headers=header,
+                    **as_(srv, *svc))[0] == 409
+
+
+def test_denied_and_expired_approvals_are_refused(srv: LiveServer) -> None:
+    key = create(srv, "pci")
+    denied = park(srv, "POST", f"/v1/keys/{key}/rotate", {})["id"]
+    status, reply = vote(srv, denied, BOB, "deny", {"comment": "not in the change window"})
+    assert status == 200 and reply["state"] == "denied" and reply["denied_by"]["actor"] == "bob"
+    header = {"X-Approval-ID": denied}
+    assert srv.call("POST", f"/v1/keys/{key}/rotate", {}, headers=header,
+                    **as_(srv, *ALICE))[0] == 409
+    brief = create(srv, "brief")
+    expiring = park(srv, "POST", f"/v1/keys/{brief}/rotate", {})["id"]
+    srv.rt.stop.wait(1.1)  # approval_ttl_seconds = 1
+    assert vote(srv, expiring, BOB)[0] == 409
+    _, _, listed = srv.call("GET", "/v1/approvals?state=expired&limit=1000")
+    assert expiring in [a["id"] for a in listed["approvals"]]
+
+
+def test_every_transition_is_in_the_audit_log(srv: LiveServer) -> None:
+    key = create(srv, "pci")
+    approval_id = park(srv, "POST", f"/v1/keys/{key}/rotate", {})["id"]
+    vote(srv, approval_id, BOB)
+    vote(srv, approval_id, CAROL)
+    srv.call("POST", f"/v1/keys/{key}/rotate", {}, headers={"X-Approval-ID": approval_id},
+             **as_(srv, *ALICE))
+    records = srv.rt.audit.read(0, 100000)
+    mine = [r for r in records if (r["details"] or {}).get("approval_id") == approval_id]
+    assert [(r["action"], r["actor"]) for r in mine] == [
+        ("approval.requested", "alice"), ("approval.approved", "bob"),
+        ("approval.approved", "carol"), ("approval.executed", "alice"), ("key.rotate", "alice")]
+    assert all(r["key_id"] == key for r in mine)
+
+
+def test_destruction_under_quorum_then_the_scheduler(srv: LiveServer) -> None:
+    key = create(srv, "pci")
+    approval_id = park(srv, "POST", f"/v1/keys/{key}/destroy", {})["id"]
+    vote(srv, approval_id, BOB)
+    vote(srv, approval_id, CAROL)
+    status, _, scheduled = srv.call("POST", f"/v1/keys/{key}/destroy", {},
+                                    headers={"X-Approval-ID": approval_id}, **as_(srv, *ALICE))
+    assert status == 200 and scheduled["state"] == "destroy_scheduled"
+    for _ in range(50):  # the scheduler ticks every second in tests
+        if srv.call("GET", f"/v1/keys/{key}")[2]["state"] == "destroyed":
+            break
+        srv.rt.stop.wait(0.1)
+    _, _, gone = srv.call("GET", f"/v1/keys/{key}")
+    assert gone["state"] == "destroyed" and gone["history"]
+    attest = [r for r in srv.rt.audit.read(0, 100000) if r["action"] == "key.destroy_complete"
+              and r["key_id"] == key]
+    assert len(attest) == 1 and attest[0]["details"]["approval_id"] == approval_id
+    assert attest[0]["message"].startswith("attestation:") and attest[0]["actor"] == "system"
+
+
+def test_pending_approvals_survive_a_restart(tmp_path: Path) -> None:
+    first = LiveServer(tmp_path, key_store="sqlite", config_text=CONFIG)
+    try:
+        key = create(first, "pci")
+        approval_id = park(first, "POST", f"/v1/keys/{key}/rotate", {})["id"]
+        vote(first, approval_id, BOB)
+    finally:
+        first.close()
+    assert (tmp_path / "data" / "approvals.sqlite3").stat().st_mode & 0o777 == 0o600
+    second = LiveServer(tmp_path, key_store="sqlite", config_text=CONFIG,
+                        secrets_=first.secrets)
+    try:
+        _, _, pending = second.call("GET", "/v1/approvals?state=pending")
+        assert [a["id"] for a in pending["approvals"]] == [approval_id]
+        assert vote(second, approval_id, CAROL)[1]["state"] == "approved"
+        status, _, rotated = second.call("POST", f"/v1/keys/{key}/rotate", {},
+                                         headers={"X-Approval-ID": approval_id},
+                                         **as_(second, *ALICE))
+        assert status == 200 and rotated["primary_version"] == 2
+    finally:
+        second.close()

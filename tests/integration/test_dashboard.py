@@ -1,0 +1,471 @@
+"""The dashboard in a real browser: headless Debian Chromium driven over W3C WebDriver.
+
+Journey 1 of the PRD, end to end against a live server over real TLS: sign in with a pasted
+token, see a key created through the API appear, filter by tag, open it, rotate it and see the new
+version; then sign in as an Auditor and find no action buttons. Screenshots go to pytest's tmp dir
+and are copied to bench/out/ui/ for people to look at.
+
+Why a small hand-written WebDriver client instead of Selenium or Playwright: chromedriver speaks
+plain JSON over HTTP, and the dozen commands needed here fit in a page of stdlib code. CI then needs
+only Debian's ``chromium`` and ``chromium-driver`` packages: no browser download, no driver manager
+reaching for the network, no new Python dependency.
+
+Why ``--ignore-certificate-errors-spki-list`` and not ``--ignore-certificate-errors``: the server's
+certificate comes from a dev CA made for this test. Turning certificate checks off would also hide
+a real TLS failure; instead Chromium is told to accept exactly one public key, the SHA-256 of this
+server certificate's SubjectPublicKeyInfo. Chromium honours that flag only together with an
+explicit ``--user-data-dir``, which the test gives it (fresh, under tmp_path).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from live import LiveServer
+
+from ferrohsm.authn import issue_token
+from ferrohsm.model import SYSTEM_CONTEXT
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = os.environ.get("FERROHSM_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("FERROHSM_CHROMEDRIVER", "/usr/bin/chromedriver")
+ENTER, TAB, ESCAPE = "\ue007", "\ue004", "\ue00c"  # WebDriver key codes
+ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # W3C WebDriver's element reference key
+SCREENSHOTS_COPY = Path(__file__).resolve().parents[2] / "bench" / "out" / "ui"
+# Destroying a pci-tagged key needs one approval from somebody other than the requester.
+POLICY = '[policy.tags.pci]\napprovals_required = 1\napproval_actions = ["destroy"]\n'
+HTML_DESCRIPTION = '<img src=x onerror="document.title=\'pwned\'"><b>bold</b> & "quotes"'
+
+
+class WebDriverError(AssertionError):
+    pass
+
+
+class Browser:
+    """Just enough of W3C WebDriver (https://www.w3.org/TR/webdriver2/) for these tests."""
+
+    def __init__(self, driver_url: str, session_id: str, shots: Path) -> None:
+        self.base = f"{driver_url}/session/{session_id}"
+        self.shots = shots
+
+    @staticmethod
+    def call(url: str, method: str = "GET", body: Any = None, timeout: float = 30) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                return json.loads(resp.read())["value"]
+        except urllib.error.HTTPError as exc:
+            value = json.loads(exc.read() or b"{}").get("value", {})
+            raise WebDriverError(f"{value.get('error')}: {value.get('message', '')[:500]}") \
+                from None
+
+    def cmd(self, method: str, path: str, body: Any = None) -> Any:
+        return self.call(self.base + path, method, body)
+
+    def go(self, url: str) -> None:
+        self.cmd("POST", "/url", {"url": url})
+
+    def js(self, script: str, *args: Any) -> Any:
+        return self.cmd("POST", "/execute/sync", {"script": script, "args": list(args)})
+
+    def find(self, css: str, timeout: float = 10) -> str:
+        """The element id of the first visible match, waiting for it to appear."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.cmd("POST", "/elements", {"using": "css selector", "value": css})
+            for ref in found:
+                if self.cmd("GET", f"/element/{ref[ELEMENT]}/displayed"):
+                    return str(ref[ELEMENT])
+            if time.monotonic() > deadline:
+                self.screenshot("failure")
+                raise WebDriverError(f"no visible element matches {css!r}")
+            time.sleep(0.05)
+
+    def count(self, css: str) -> int:
+        return int(self.js("return document.querySelectorAll(arguments[0]).length", css))
+
+    def click(self, css: str) -> None:
+        self.cmd("POST", f"/element/{self.find(css)}/click", {})
+
+    def type(self, css: str, text: str, clear: bool = True) -> None:
+        element = self.find(css)
+        if clear:
+            self.cmd("POST", f"/element/{element}/clear", {})
+        self.cmd("POST", f"/element/{element}/value", {"text": text})
+
+    def press(self, *keys: str) -> None:
+        """Key presses sent to whatever has focus, as a keyboard user would."""
+        steps = [{"type": t, "value": k} for k in keys for t in ("keyDown", "keyUp")]
+        self.cmd("POST", "/actions", {"actions": [{"type": "key", "id": "keyboard",
+                                                   "actions": steps}]})
+
+    def focused(self) -> str:
+        return str(self.js("const e = document.activeElement;"
+                           "return e ? e.tagName + ':' + e.textContent.trim() : ''"))
+
+    def text(self, css: str) -> str:
+        return str(self.cmd("GET", f"/element/{self.find(css)}/text"))
+
+    def wait_text(self, css: str, needle: str, timeout: float = 10) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.js("const e = document.querySelector(arguments[0]);"
+                           "return e ? e.innerText : null", css)
+            if text is not None and needle in text:
+                return str(text)
+            if time.monotonic() > deadline:
+                self.screenshot("failure")
+                raise WebDriverError(f"{css!r} never showed {needle!r}; last text {text!r}")
+            time.sleep(0.05)
+
+    def screenshot(self, name: str) -> Path:
+        path = self.shots / f"{name}.png"
+        path.write_bytes(base64.b64decode(self.cmd("GET", "/screenshot")))
+        return path
+
+    def console(self) -> list[dict[str, Any]]:
+        """Browser console entries since the last call (chromedriver's log extension)."""
+        return list(self.cmd("POST", "/se/log", {"type": "browser"}))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spki_sha256(cert_path: Path) -> str:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    srv = LiveServer(tmp_path_factory.mktemp("dashboard"), config_text=POLICY)
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def browser(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        message = f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    tmp = tmp_path_factory.mktemp("browser")
+    shots = tmp / "screenshots"
+    shots.mkdir()
+    port = free_port()
+    driver = subprocess.Popen([CHROMEDRIVER, f"--port={port}", f"--log-path={tmp}/chromedriver.log"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if Browser.call(f"{url}/status", timeout=2).get("ready"):
+                    break
+            except (OSError, WebDriverError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("chromedriver did not start")
+            time.sleep(0.1)
+        args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--disable-dev-shm-usage", "--window-size=1366,900",
+                f"--user-data-dir={tmp / 'profile'}",
+                f"--ignore-certificate-errors-spki-list={spki_sha256(server.pki.server_cert)}"]
+        caps = {"browserName": "chrome", "acceptInsecureCerts": False,
+                "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+                "goog:loggingPrefs": {"browser": "ALL"}}
+        created = Browser.call(f"{url}/session", "POST", {"capabilities": {"alwaysMatch": caps}},
+                               timeout=60)
+        browser = Browser(url, created["sessionId"], shots)
+        yield browser
+        SCREENSHOTS_COPY.mkdir(parents=True, exist_ok=True)
+        for stale in SCREENSHOTS_COPY.glob("*.png"):
+            stale.unlink()
+        for png in shots.glob("*.png"):
+            shutil.copy2(png, SCREENSHOTS_COPY / png.name)
+        Browser.call(browser.base, "DELETE")
+    finally:
+        driver.terminate()
+        driver.wait(10)
+
+
+def origin(server: LiveServer) -> str:
+    return f"https://127.0.0.1:{server.port}"
+
+
+def sign_in(b: Browser, server: LiveServer, token: str) -> None:
+    """Sign out first when signed in (as a person would), else open the page; paste, submit."""
+    if b.js("const bar = document.getElementById('topbar'); return !!bar && !bar.hidden"):
+        b.click("#signout")
+        b.wait_text("#signin-message", "You signed out")
+        assert b.js("return sessionStorage.getItem('ferrohsm.token')") is None
+    else:
+        b.go(f"{origin(server)}/ui/")
+    b.type("#token", token)
+    b.click("#signin-form button[type=submit]")
+
+
+def create_key(server: LiveServer, **body: Any) -> dict[str, Any]:
+    status, _, key = server.call("POST", "/v1/keys", body)
+    assert status == 201, key
+    return key  # type: ignore[no-any-return]
+
+
+# ---- the journey --------------------------------------------------------------------------
+
+def test_journey_sign_in_see_filter_open_rotate(server: LiveServer, browser: Browser) -> None:
+    b = browser
+    create_key(server, algorithm="aes-256-gcm", usage="encrypt", name="dev-data", tags=["dev"])
+    b.go(f"{origin(server)}/ui/")
+    b.find("#signin")
+    assert b.js("return document.title") == "FerroHSM"
+    b.screenshot("01-sign-in")
+
+    sign_in(b, server, server.token("administrator", "alice"))
+    b.wait_text("#key-table", "dev-data")
+    assert b.js("return sessionStorage.getItem('ferrohsm.token') !== null")
+    assert "token" not in b.js("return location.href").lower()
+
+    key = create_key(server, algorithm="ec-p256", usage="sign", name="release-signing",
+                     description=HTML_DESCRIPTION, tags=["prod", "pci"])
+    b.click("button[data-refresh]")
+    b.wait_text("#key-table", "release-signing")
+    b.screenshot("02-inventory")
+    b.click("button[data-refresh]")  # unchanged listing: revalidated with the ETag, 304
+    b.wait_text("#key-summary", "not modified")
+
+    b.type("input[name=tag]", "prod" + ENTER)
+    b.wait_text("#key-summary", "Showing 1–1")
+    assert b.count("#key-table tbody tr") == 1
+    assert "dev-data" not in b.text("#key-table")
+    b.screenshot("03-filtered-by-tag")
+
+    b.click(f'tr[data-key-id="{key["id"]}"] a.key-link')
+    b.find("#key-description")
+    # HTML in a description is shown as its characters, never parsed.
+    assert b.js("return document.getElementById('key-description').textContent") \
+        == HTML_DESCRIPTION
+    assert b.count("#key-description *") == 0 and b.js("return document.title") == "FerroHSM"
+    assert b.count("button[data-download]") == 1
+    b.screenshot("04-key-detail")
+
+    b.click("button[data-action=rotate]")
+    b.find("dialog[open] button[data-confirm]")
+    b.screenshot("05-confirm-rotate")
+    b.click("dialog[open] button[data-confirm]")
+    b.wait_text('#version-table tr[data-version="2"]', "primary")
+    b.wait_text("#notice", "v2 is now the primary version")
+    assert server.call("GET", f"/v1/keys/{key['id']}")[2]["primary_version"] == 2
+    b.screenshot("06-rotated")
+
+
+def test_auditor_sees_no_action_buttons(server: LiveServer, browser: Browser) -> None:
+    b = browser
+    key = server.call("GET", "/v1/keys/release-signing")[2]
+    sign_in(b, server, server.token("auditor", "carol"))
+    b.find("#key-table")
+    b.wait_text("#who-role", "Auditor")  # shown capitalised
+    b.go(f"{origin(server)}/ui/#/keys/{key['id']}")
+    b.find("#no-actions")
+    assert b.count("[data-action]") == 0
+    assert b.count("button[data-download]") >= 1  # reading a public key is allowed
+    b.screenshot("07-auditor-key-detail")
+
+
+def test_keyboard_only_actions_are_confirmed(server: LiveServer, browser: Browser) -> None:
+    """Tab reaches the actions, Enter opens the confirmation with focus on Cancel (never on the
+    destructive button), Escape cancels and nothing happens."""
+    b = browser
+    sign_in(b, server, server.token("administrator", "alice"))
+    b.find("#key-table")
+    b.go(f"{origin(server)}/ui/#/keys/release-signing")
+    b.find("#key-description")
+    for _ in range(30):
+        b.press(TAB)
+        if b.focused() == "BUTTON:Destroy…":
+            break
+    assert b.focused() == "BUTTON:Destroy…"
+    b.press(ENTER)
+    b.find("dialog[open]")
+    assert b.focused().startswith("INPUT")  # destroy asks for the key's name first
+    assert b.js("return document.querySelector('dialog[open] [data-confirm]').disabled")
+    b.screenshot("06b-confirm-destroy")
+    b.press(ESCAPE)
+    assert b.count("dialog[open]") == 0
+    assert server.call("GET", "/v1/keys/release-signing")[2]["state"] == "active"
+
+
+def test_audit_view_filters_and_verifies_the_chain(server: LiveServer, browser: Browser) -> None:
+    b = browser
+    # Non-ASCII, quotes and markup in a record: the browser's canonical JSON must match Python's.
+    server.call("POST", "/v1/keys/dev-data/revoke", {"reason": 'zoë ☃ 😀 "q" \\ <b>x</b>'})
+    sign_in(b, server, server.token("auditor", "carol"))
+    b.find("#key-table")
+    b.click("#nav-audit")
+    b.wait_text("#chain-status", "chain intact", timeout=15)
+    b.type("input[name=action]", "key.rotate")
+    b.wait_text("#audit-table", "key.rotate")
+    actions = b.js("return [...document.querySelectorAll('#audit-table tbody tr td:nth-child(4)')]"
+                   ".map(td => td.textContent)")
+    assert actions and set(actions) == {"key.rotate"}
+    b.type("input[name=actor]", "alice")
+    b.wait_text("#audit-table", "alice")
+    b.screenshot("08-audit")
+
+
+def test_audit_view_detects_an_altered_record(server: LiveServer, browser: Browser) -> None:
+    """The chain check is not decorative: edit one record on its way to the page."""
+    b = browser
+    sign_in(b, server, server.token("auditor", "carol"))
+    b.find("#key-table")
+    b.js("""const real = window.fetch;
+            window.fetch = async (url, init) => {
+              const resp = await real(url, init);
+              if (!String(url).startsWith('/v1/audit?after_seq')) return resp;
+              const data = await resp.json();
+              data.records[2].message += ' (edited)';
+              return new Response(JSON.stringify(data), {status: resp.status});
+            };""")
+    b.click("#nav-audit")
+    status = b.wait_text("#chain-status", "chain broken")
+    assert "was altered" in status
+    b.screenshot("08b-audit-tampered")
+    b.cmd("POST", "/refresh", {})  # a fresh page: the real fetch again
+
+
+def destroy_in_dialog(b: Browser, name: str) -> None:
+    b.click("button[data-action=destroy]")
+    b.type("dialog[open] input", name)
+    b.click("dialog[open] button[data-confirm]")
+
+
+def test_dual_control_destroy_approved_in_the_dashboard(server: LiveServer,
+                                                        browser: Browser) -> None:
+    """Alice asks to destroy a pci key and is told it needs approval; Olivia approves it on the
+    Approvals page; Alice repeats the action and it runs (the dashboard sends X-Approval-ID)."""
+    b = browser
+    if not any(r.template == "/v1/approvals" for r in server.rt.router.routes()):
+        pytest.skip("the approvals API is not wired in app.py")
+    key = server.call("GET", "/v1/keys/release-signing")[2]
+    detail = f"{origin(server)}/ui/#/keys/{key['id']}"
+    sign_in(b, server, server.token("administrator", "alice"))
+    b.find("#key-table")
+    b.go(detail)
+    destroy_in_dialog(b, "release-signing")
+    b.wait_text("#notice", "Approval required")
+    b.wait_text(".actions", "Destroy awaits approval (0 of 1)")
+    assert server.call("GET", f"/v1/keys/{key['id']}")[2]["state"] == "active"
+    b.screenshot("09a-approval-requested")
+
+    sign_in(b, server, server.token("operator", "olivia"))
+    b.find("#key-table")
+    b.click("#nav-approvals")
+    b.wait_text("#approval-table", key["id"])
+    b.screenshot("09b-approvals-pending")
+    b.click("#approval-table button[data-decide=approve]")
+    b.type("dialog[open] input", "change ticket CHG-1234 checked")
+    b.click("dialog[open] button[data-confirm]")
+    b.wait_text("#notice", "Approved request")
+    b.find(".empty")  # nothing pending any more
+
+    sign_in(b, server, server.token("administrator", "alice"))
+    b.find("#key-table")
+    b.go(detail)
+    b.wait_text(".actions", "Destroy approved")
+    destroy_in_dialog(b, "release-signing")
+    b.wait_text("#notice", "Destruction scheduled")
+    assert server.call("GET", f"/v1/keys/{key['id']}")[2]["state"] == "destroy_scheduled"
+    b.screenshot("09c-destroy-scheduled")
+    b.click("button[data-action=cancel-destroy]")
+    b.click("dialog[open] button[data-confirm]")
+    b.wait_text("#notice", "Destruction cancelled")
+    assert server.call("GET", f"/v1/keys/{key['id']}")[2]["state"] == "active"
+
+
+def test_approvals_view(server: LiveServer, browser: Browser) -> None:
+    b = browser
+    sign_in(b, server, server.token("operator", "olivia"))
+    b.find("#key-table")
+    b.click("#nav-approvals")
+    routed = any(r.template == "/v1/approvals" for r in server.rt.router.routes())
+    if routed:
+        b.find("#approval-table, .empty")
+    else:  # the approvals API is not wired yet: a clear message, not a broken page
+        b.wait_text(".view", "Approvals are not available")
+    b.screenshot("09d-approvals")
+
+
+def test_expired_token_returns_to_sign_in(server: LiveServer, browser: Browser) -> None:
+    b = browser
+    stale = server.token("operator", "olivia", now=time.time() - 3600, ttl=60)
+    sign_in(b, server, stale)
+    b.wait_text("#signin-message", "expired")
+    forged = issue_token(b"not-the-server-secret-not-the-server-secret", subject="mallory",
+                         role="administrator")
+    sign_in(b, server, forged)  # well-formed and unexpired: only the server can refuse it
+    b.wait_text("#signin-message", "The server did not accept this token")
+    assert b.js("return sessionStorage.getItem('ferrohsm.token')") is None
+    short = server.token("operator", "olivia", ttl=3)
+    sign_in(b, server, short)
+    b.find("#key-table")
+    b.wait_text("#signin-message", "Your session expired", timeout=10)
+    assert b.js("return sessionStorage.getItem('ferrohsm.token')") is None
+    assert b.count("#key-table") == 0  # the data is gone from the page, not just hidden
+    b.screenshot("10-session-expired")
+
+
+def test_inventory_stays_fast_with_5000_keys(server: LiveServer, browser: Browser) -> None:
+    b = browser
+    for i in range(5000):
+        server.rt.service.create_key(SYSTEM_CONTEXT, algorithm="aes-256-gcm", usage="encrypt",
+                                     name=f"bulk-{i:04d}", tags=("bulk", f"team-{i % 10}"))
+    sign_in(b, server, server.token("administrator", "alice"))
+    b.find("#key-table")
+    b.type("input[name=tag]", "team-7" + ENTER)
+    summary = b.wait_text("#key-summary", "Showing 1–50")
+    b.click(".pager button:last-child")  # next page
+    summary = b.wait_text("#key-summary", "Showing 51–100")
+    assert b.js("return window.scrollY") == 0
+    elapsed_ms = int(summary.rsplit("·", 1)[-1].split("ms")[0])
+    assert elapsed_ms < 1000, summary
+    if "total" in server.call("GET", "/v1/keys?limit=1")[2]:  # the server counts for the UI
+        assert "of 500 keys" in summary
+    b.screenshot("11-5000-keys")
+
+
+def test_no_console_errors_or_csp_violations(browser: Browser) -> None:
+    """Runs last: every page above loaded under the strict CSP without a script error. The only
+    expected noise is the network log line for GET /v1/approvals answering 404 (not wired yet)."""
+    browser.js("console.error('probe-4711')")  # proves the log is really being collected
+    entries = browser.console()
+    assert any("probe-4711" in entry.get("message", "") for entry in entries)
+    problems = [entry["message"] for entry in entries if entry.get("level") == "SEVERE"
+                and "probe-4711" not in entry["message"]
+                and "/v1/approvals" not in entry["message"]
+                and "status of 401" not in entry["message"]]  # the forged token, on purpose
+    assert problems == []
