@@ -186,7 +186,8 @@ def _gauges(rt: Runtime) -> None:
 def start_scheduler(rt: Runtime) -> threading.Thread:
     """The retention scheduler (ferrohsm/scheduler.py), every [scheduler].interval_seconds."""
     scheduler = RetentionScheduler(rt.service,
-                                   approval_retention_days=rt.config.approvals.retention_days)
+                                   approval_retention_days=rt.config.approvals.retention_days,
+                                   audit_prune=rt.audit.prune)
     return scheduler.start(rt.stop, rt.config.scheduler.interval_seconds)
 
 

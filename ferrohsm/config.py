@@ -308,6 +308,9 @@ def validate(config: Config) -> None:
         (config.rate_limit.burst >= 1, "[rate_limit].burst must be >= 1"),
         *_auth_checks(config.auth), *_rate_limit_checks(config.rate_limit),
         (config.audit.retention_days >= 0, "[audit].retention_days must be >= 0"),
+        (config.audit.retention_days == 0 or config.audit.sink == "sqlite",
+         '[audit].retention_days (--audit-retention-days) needs [audit].sink = "sqlite": the '
+         "file sink keeps every segment"),
         (config.approvals.retention_days >= 0, "[approvals].retention_days must be >= 0"),
         (config.scheduler.interval_seconds >= 1, "[scheduler].interval_seconds must be >= 1"),
         (bool(config.tls.cert) == bool(config.tls.key), "[tls].cert and [tls].key go together"),

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .dualcontrol import DualControl
 from .errors import FerroError
@@ -110,14 +110,17 @@ class TickReport:
     destroyed: int = 0
     rotated: int = 0
     archived: int = 0
+    audit_pruned: int = 0
     failed: int = 0
 
 
 class RetentionScheduler:
     def __init__(self, service: Service, *, approval_retention_days: float = 0.0,
                  clock: Callable[[], datetime] | None = None,
-                 ctx: RequestContext = SYSTEM_CONTEXT) -> None:
+                 ctx: RequestContext = SYSTEM_CONTEXT,
+                 audit_prune: Callable[[datetime], dict[str, Any] | None] | None = None) -> None:
         self.service = service
+        self.audit_prune = audit_prune  # the audit sink's retention (writes its own checkpoint)
         self.retention = timedelta(days=approval_retention_days) \
             if approval_retention_days > 0 else None
         self.clock = clock or (lambda: service.clock())
@@ -143,10 +146,25 @@ class RetentionScheduler:
         except FerroError as exc:  # e.g. audit down: key work is still attempted (and refused)
             report.failed += 1
             log.warning("approval expiry/pruning failed: %s", exc.message)
+        self._prune_audit(now, report)
         for key in self._candidates():
             for job in plan(key, self.service.policy.rules_for(key), now):
                 self._run(job, key, now, report)
         return report
+
+    def _prune_audit(self, now: datetime, report: TickReport) -> None:
+        """Audit retention: the sink deletes old records and, in the same transaction, appends a
+        checkpoint record (first/last pruned seq, count, last hash) so the rest still verifies."""
+        if self.audit_prune is None:
+            return
+        try:
+            checkpoint = self.audit_prune(now)
+        except FerroError as exc:
+            report.failed += 1
+            log.warning("audit pruning failed: %s", exc.message)
+            return
+        if checkpoint:
+            report.audit_pruned = int(checkpoint.get("details", {}).get("count", 0))
 
     def _candidates(self) -> Iterator[Key]:
         """Each key that may have work, once: scheduled destructions, then scheduled tags."""
