@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -38,14 +38,14 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from bench_http import cpu_seconds, free_port, run_wrk, wait_listening  # noqa: E402
+from bench_http import free_port, run_wrk, wait_listening
 
-from ferrohsm import lifecycle as lc  # noqa: E402
-from ferrohsm.authn import issue_token  # noqa: E402
-from ferrohsm.crypto.seal import Sealer  # noqa: E402
-from ferrohsm.ids import uuid7  # noqa: E402
-from ferrohsm.tls.context import client_context  # noqa: E402
-from ferrohsm.tls.devca import make_dev_pki  # noqa: E402
+from ferrohsm import lifecycle as lc
+from ferrohsm.authn import issue_token
+from ferrohsm.crypto.seal import Sealer
+from ferrohsm.ids import uuid7
+from ferrohsm.tls.context import client_context
+from ferrohsm.tls.devca import make_dev_pki
 
 LUA = """
 wrk.method = "POST"
@@ -196,7 +196,7 @@ def populate(srv: Server, master: bytes, count: int) -> None:
              else FilesystemStore(srv.data))
     sealer = Sealer(master)
     store.put_meta(CHECK_VALUE, sealer.make_check_value())
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     sealed = sealer.seal(os.urandom(32), key_id=uuid7(), version=1, algorithm="aes-256-gcm")
     batch = []
     for i in range(count):
@@ -249,8 +249,8 @@ def listing(args: argparse.Namespace, tmp: Path, pki: object, env: dict[str, str
                     if not token:
                         assert seen == count, seen
                         return
-            first = lambda: call(conn, "GET", "/v1/keys?limit=100", auditor)  # noqa: E731
-            tagged = lambda: call(conn, "GET", "/v1/keys?limit=100&tag=t3", auditor)  # noqa: E731
+            first = lambda: call(conn, "GET", "/v1/keys?limit=100", auditor)
+            tagged = lambda: call(conn, "GET", "/v1/keys?limit=100&tag=t3", auditor)
             all_ms = timed(all_pages, 5) if count <= 5000 else float("nan")
             print(f"| {store} | {count:,} | {all_ms:.1f} | {timed(first, 21):.2f} | "
                   f"{timed(tagged, 21):.2f} |")

@@ -22,18 +22,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
+from datetime import UTC, datetime
 
-from ferrohsm import lifecycle as lc  # noqa: E402
-from ferrohsm.crypto.seal import Sealer  # noqa: E402
-from ferrohsm.ids import uuid7  # noqa: E402
-from ferrohsm.keycache import MaterialCache  # noqa: E402
-from ferrohsm.keyops import KeyEngine  # noqa: E402
-from ferrohsm.store.filesystem import FilesystemStore  # noqa: E402
-from ferrohsm.store.memory import MemoryStore  # noqa: E402
-from ferrohsm.store.sqlite import SQLiteStore  # noqa: E402
-from ferrohsm.store.base import KeyStore  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ferrohsm import lifecycle as lc
+from ferrohsm.crypto.seal import Sealer
+from ferrohsm.ids import uuid7
+from ferrohsm.keycache import MaterialCache
+from ferrohsm.keyops import KeyEngine
+from ferrohsm.store.base import KeyStore
+from ferrohsm.store.filesystem import FilesystemStore
+from ferrohsm.store.memory import MemoryStore
+from ferrohsm.store.sqlite import SQLiteStore
 
 PLAINTEXT = b"x" * 32
 
@@ -58,7 +59,7 @@ def engine_for(store: KeyStore) -> tuple[KeyEngine, str]:
     sealed = engine.new_material("aes-256-gcm", key_id, 1)
     store.create(lc.new_key(key_id=key_id, name="bench", description="", algorithm="aes-256-gcm",
                             usage="encrypt", tags=(), sealed=sealed,
-                            now=datetime.now(timezone.utc), actor="bench"))
+                            now=datetime.now(UTC), actor="bench"))
     return engine, key_id
 
 

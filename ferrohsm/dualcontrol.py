@@ -106,7 +106,7 @@ class DualControl:
         except AuditUnavailable:
             try:
                 store.swap(replace(old, revision=saved.revision))
-            except Exception:  # noqa: BLE001 - already failing; say loudly what is left
+            except Exception:
                 log.critical("audit failed AND undo failed for approval %s", old.id)
             raise
         return saved

@@ -6,7 +6,7 @@ about principals or HTTP; it is what bench/bench_service.py measures against bar
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from . import lifecycle as lc
@@ -99,5 +99,4 @@ class KeyEngine:
 
 
 def now_utc() -> datetime:
-    from datetime import timezone
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

@@ -10,7 +10,7 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -48,7 +48,7 @@ class Role(StrEnum):
 def utc(dt: datetime) -> datetime:
     if dt.tzinfo is None:
         raise ValueError("naive datetime: FerroHSM only handles aware UTC times")
-    return dt.astimezone(timezone.utc)
+    return dt.astimezone(UTC)
 
 
 def iso(dt: datetime | None) -> str | None:
@@ -92,7 +92,7 @@ def validate_tags(tags: tuple[str, ...]) -> None:
 def validate_description(text: str) -> None:
     if not isinstance(text, str) or len(text) > MAX_DESCRIPTION:
         raise BadRequest(f"description must be a string of at most {MAX_DESCRIPTION} characters")
-    if any(ord(c) < 32 and c not in "\n\t" or ord(c) == 127 for c in text):
+    if any((ord(c) < 32 and c not in "\n\t") or ord(c) == 127 for c in text):
         raise BadRequest("description may not contain control characters")
 
 

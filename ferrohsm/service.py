@@ -282,14 +282,14 @@ class KeyService:
     def _undo_update(self, before: Key, after: Key) -> None:
         try:
             self.store.update(replace(before, revision=after.revision))
-        except Exception:  # noqa: BLE001 - we are already failing; say loudly what is left
+        except Exception:
             log.critical("audit failed AND undo failed for key %s; state may be ahead of audit",
                          before.id)
 
     def _undo_create(self, key: Key) -> None:
         try:
             self.store.delete(key.id)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.critical("audit failed AND undo of create failed for key %s", key.id)
 
     # ---- cryptographic operations ----

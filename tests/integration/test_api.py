@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from live import LiveServer
 
-B = lambda data: base64.b64encode(data).decode()  # noqa: E731
+B = lambda data: base64.b64encode(data).decode()
 SVC = "service"
 
 

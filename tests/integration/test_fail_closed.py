@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from live import LiveServer
 
-B = lambda data: base64.b64encode(data).decode()  # noqa: E731
+B = lambda data: base64.b64encode(data).decode()
 
 
 def break_audit(srv: LiveServer) -> None:

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def start(data: Path, *extra: str, env: dict[str, str] | None = None
           ) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    log = open(data.parent / "server.log", "a")  # noqa: SIM115 - closed in stop()
+    log = open(data.parent / "server.log", "a")
     proc = subprocess.Popen([sys.executable, "-m", "ferrohsm", "quickstart", "--data-dir",
                              str(data), "--listen", "127.0.0.1:0", *extra], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=log,

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from ferrohsm import lifecycle as lc
 from ferrohsm.errors import BadRequest
 from ferrohsm.ids import uuid7
-from ferrohsm.model import (KeyFilter, KeyState, key_from_record, key_to_record, key_view,
-                            validate_name, validate_tags)
+from ferrohsm.model import (
+    KeyFilter,
+    KeyState,
+    key_from_record,
+    key_to_record,
+    key_view,
+    validate_name,
+    validate_tags,
+)
 
-NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
 def key(**kw: object):  # type: ignore[no-untyped-def]

@@ -349,14 +349,15 @@ def test_destroyed_material_is_absent_from_every_store_file(tmp_path: Path, kind
 def test_scheduler_prunes_the_sqlite_audit_log_and_the_rest_verifies(tmp_path: Path) -> None:
     """--audit-retention-days: old records go, a checkpoint record keeps the chain verifiable."""
     import secrets as _secrets
-    from datetime import datetime as _dt, timedelta as _td, timezone as _tz
+    from datetime import datetime as _dt
+    from datetime import timedelta as _td
 
     from ferrohsm.audit.chain import AuditEvent
     from ferrohsm.audit.sinks import SQLiteSink
     from ferrohsm.audit.verify import verify_paths
     from ferrohsm.scheduler import RetentionScheduler
     key = _secrets.token_bytes(32)
-    clock = [_dt(2026, 1, 1, tzinfo=_tz.utc)]
+    clock = [_dt(2026, 1, 1, tzinfo=UTC)]
     sink = SQLiteSink(tmp_path / "audit.sqlite3", key, retention_days=30,
                       clock=lambda: clock[0])
     for n in range(10):

@@ -11,13 +11,13 @@ import binascii
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from ...errors import BadRequest
 from ...model import RequestContext
 from ..http import Request, Response
 
-Reply = Union[tuple[int, dict[str, Any]], Response]
+Reply = tuple[int, dict[str, Any]] | Response
 Handler = Callable[[RequestContext, Request, dict[str, str]], Reply]
 MISSING = object()
 
@@ -70,7 +70,7 @@ def fields(req: Request, spec: dict[str, Field]) -> dict[str, Any]:
             continue
         value = body[name]
         kinds = f.kind if isinstance(f.kind, tuple) else (f.kind,)
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             raise BadRequest(f"field {name} has the wrong type")
         out[name] = value
     return out
