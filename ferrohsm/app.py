@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,7 @@ def build_runtime(config: Config, secrets: Secrets) -> Runtime:
                          on_crypto=lambda alg, op, outcome: metrics.crypto_ops.inc(alg, op, outcome),
                          policy=policy, approvals=approvals)
     auth = build_authenticator(config.auth, secrets.jwt_hs256_secret, config.storage.data_dir,
-                               on_event=keyset_audit(audit))
+                               on_event=config_audit(audit, "auth.keyset_reload"))
     limiter = RateLimiter(policy_from_settings(config.rate_limit))
     router = routing.Router()
     key_routes.register(router, service)
@@ -164,11 +165,10 @@ def build_runtime(config: Config, secrets: Secrets) -> Runtime:
     return runtime
 
 
-def keyset_audit(audit: AuditSink) -> Any:
-    """Every keyset reload, accepted or refused, leaves an audit record."""
+def config_audit(audit: AuditSink, action: str) -> Callable[[str, str], None]:
+    """Every configuration reload (keysets, TLS files), accepted or refused, is audited."""
     def record(outcome: str, message: str) -> None:
-        audit.append(AuditEvent.from_context(SYSTEM_CONTEXT, "auth.keyset_reload", outcome,
-                                             message))
+        audit.append(AuditEvent.from_context(SYSTEM_CONTEXT, action, outcome, message))
     return record
 
 

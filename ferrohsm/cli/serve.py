@@ -94,6 +94,8 @@ def _run(config: Config, ssl_provider: Any, announce: Any = None) -> int:
     from .. import app as wiring
     log = logging.getLogger("ferrohsm")
     rt = wiring.build_runtime(config, load_secrets(config))
+    if hasattr(ssl_provider, "on_reload"):
+        ssl_provider.on_reload = wiring.config_audit(rt.audit, "config.tls_reload")
     server = None
     try:
         server = wiring.make_server(rt, ssl_provider)

@@ -126,6 +126,9 @@ class ReloadingContext:
         self._context = self._build()  # a broken file at start-up is a ConfigError
         self._seen = self._signature
         self._checked = clock()
+        # (outcome, message) for every reload attempt; the composition root points it at the
+        # audit log, since a certificate change is a configuration change auditors must see.
+        self.on_reload: Callable[[str, str], None] | None = None
 
     @property
     def context(self) -> ssl.SSLContext:
@@ -151,9 +154,19 @@ class ReloadingContext:
         except ConfigError as exc:
             log.warning("TLS files changed but cannot be loaded; keeping the previous "
                         "certificate: %s", exc.message)
+            self._notify("error", f"TLS files changed but could not be loaded: {exc.message}")
             return
         self._context, self._signature = context, signature
         log.info("TLS certificate reloaded from %s", self._files[0])
+        self._notify("success", f"TLS certificate reloaded from {self._files[0]}")
+
+    def _notify(self, outcome: str, message: str) -> None:
+        if self.on_reload is None:
+            return
+        try:
+            self.on_reload(outcome, message)
+        except Exception:  # the new context stands; a failed record is logged by the sink
+            log.error("TLS reload could not be recorded in the audit log")
 
     def _stat(self) -> Signature:
         result: list[tuple[int, int, int] | None] = []

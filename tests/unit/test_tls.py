@@ -274,3 +274,26 @@ def test_client_certificate_issued_by_dev_ca(pki: DevPki) -> None:
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     with pytest.raises(ValueError):
         pki.issue_client_cert("../evil")
+
+
+def test_reload_outcomes_reach_the_audit_hook(tmp_path: Path) -> None:
+    """Configuration reloads are audited: the hook hears every accepted and refused reload."""
+    from ferrohsm.tls.context import ReloadingContext
+    from ferrohsm.tls.devca import make_dev_pki
+    pki = make_dev_pki(tmp_path / "pki")
+    now = [0.0]
+    provider = ReloadingContext(pki.server_cert, pki.server_key, interval=1.0,
+                                clock=lambda: now[0])
+    heard: list[tuple[str, str]] = []
+    provider.on_reload = lambda outcome, message: heard.append((outcome, message))
+    cert = Path(pki.server_cert)
+    cert.write_bytes(b"-----BEGIN CERTIFICATE-----\nbroken\n")
+    now[0] += 2
+    provider()
+    assert heard and heard[-1][0] == "error"
+    make_dev_pki(tmp_path / "other")
+    cert.write_bytes((tmp_path / "other" / Path(pki.server_cert).name).read_bytes())
+    Path(pki.server_key).write_bytes((tmp_path / "other" / Path(pki.server_key).name).read_bytes())
+    now[0] += 2
+    provider()
+    assert heard[-1][0] == "success"
