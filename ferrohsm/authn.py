@@ -43,6 +43,7 @@ from .errors import BadRequest, Unauthenticated
 from .ids import uuid4
 from .keysets import EventHook, KeySet, KeysetSources, ReloadingKeySet, parse_hs256_entry
 from .model import Principal, Role
+from .strictjson import no_duplicates
 
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 TAG_CLAIM_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -109,14 +110,6 @@ def b64url(segment: str) -> bytes:
     return raw
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in out:
-            raise ValueError("duplicate member")
-        out[name] = value
-    return out
-
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
@@ -124,7 +117,7 @@ def _no_constants(name: str) -> Any:
 
 def json_object(raw: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates,
+        value = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates,
                            parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise TokenRejected("malformed token (invalid JSON or duplicate member)",

@@ -39,6 +39,7 @@ import jwt
 from jwt.algorithms import get_default_algorithms
 
 from .errors import ConfigError
+from .strictjson import no_duplicates
 
 log = logging.getLogger("ferrohsm.auth")
 
@@ -179,20 +180,12 @@ def read_small_file(path: str, where: str) -> bytes:
     return data
 
 
-def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in out:
-            raise ValueError("duplicate member")
-        out[name] = value
-    return out
-
 
 def load_jwks(path: str) -> list[VerificationKey]:
     where = f"[auth].jwks_file {path}"
     try:
         doc = json.loads(read_small_file(path, "[auth].jwks_file"),
-                         object_pairs_hook=_strict_object)
+                         object_pairs_hook=no_duplicates)
     except (ValueError, RecursionError):
         raise KeysetError(f"{where}: not valid JSON (or a duplicate member)") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):

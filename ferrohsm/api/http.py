@@ -26,28 +26,6 @@ JSON_CONTENT_TYPE = "application/json"
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-class RequestTimeout(FerroError):
-    """The request head or body did not arrive before its deadline (slow or stalled client)."""
-
-    code, status = "request_timeout", 408
-
-
-class UriTooLong(FerroError):
-    code, status = "uri_too_long", 414
-
-
-class ExpectationFailed(FerroError):
-    """An ``Expect`` value other than ``100-continue``."""
-
-    code, status = "expectation_failed", 417
-
-
-class HeaderFieldsTooLarge(FerroError):
-    code, status = "request_header_fields_too_large", 431
-
-
-class VersionNotSupported(FerroError):
-    code, status = "http_version_not_supported", 505
 
 
 class Headers:

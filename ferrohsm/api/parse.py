@@ -32,18 +32,18 @@ from email.utils import formatdate
 from http import HTTPStatus
 from urllib.parse import parse_qs
 
-from ..errors import BadRequest, FerroError, PayloadTooLarge, UnsupportedMediaType
-from .http import (
+from ..errors import (
+    BadRequest,
     ExpectationFailed,
+    FerroError,
     HeaderFieldsTooLarge,
-    Headers,
-    Request,
+    PayloadTooLarge,
     RequestTimeout,
-    Response,
+    UnsupportedMediaType,
     UriTooLong,
     VersionNotSupported,
-    pick_request_id,
 )
+from .http import Headers, Request, Response, pick_request_id
 
 _METHOD_RE = re.compile(rb"[A-Z]{1,20}")
 # RFC 3986 pchar / query characters, '%' for pct-encoding. No fragment, no space, no CTL.
