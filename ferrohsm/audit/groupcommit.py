@@ -2,10 +2,16 @@
 
 Why this shape (../shared/PERF-NOTES.md): a leader that keeps flushing while records keep arriving
 starves its own caller (p99 72 ms); one Condition with notify_all wakes every writer for every
-group. Here each writer owns a ``threading.Event``; the first writer to find nobody leading becomes
-the leader, flushes ONE group (at most ``max_group`` waiting items, in arrival order), wakes exactly
-the writers of that group, then hands leadership to the oldest writer still queued by setting that
-writer's event. Nobody leads twice in a row unless it submits again, and nobody polls.
+group. Here each writer owns a signal; the first writer to find nobody leading becomes the leader,
+flushes ONE group (at most ``max_group`` waiting items, in arrival order), wakes exactly the
+writers of that group, then hands leadership to the oldest writer still queued by signalling it.
+Nobody leads twice in a row unless it submits again, and nobody polls.
+
+The signal is a bare ``threading.Lock`` used as a binary semaphore, not a ``threading.Event``:
+Event.set goes through a pure-Python Condition (lock, notify, waiter bookkeeping) and measured as
+the single largest GIL cost of a durable request. A writer holds its own lock while armed; waiting
+is ``acquire()``; signalling is ``release()`` (one C call). Each writer is signalled exactly once
+per submit (promotion or completion), so a release never meets an unlocked lock.
 """
 
 from __future__ import annotations
@@ -23,10 +29,30 @@ R = TypeVar("R")
 _WAITING, _DONE, _LEAD = 0, 1, 2
 
 
+class _Signal:
+    """One writer's wake-up: a lock its owner holds while armed (see the module docstring)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def clear(self) -> None:
+        """Re-arm after a submit whose signal was consumed by someone else's release."""
+        self._lock.acquire(blocking=False)
+
+    def wait(self) -> None:
+        self._lock.acquire()  # returns once signalled; leaves the signal armed again
+
+    def set(self) -> None:
+        self._lock.release()
+
+
 class _Waiter(Generic[T, R]):
     __slots__ = ("error", "event", "item", "result", "state")
 
-    def __init__(self, item: T, event: threading.Event) -> None:
+    def __init__(self, item: T, event: _Signal) -> None:
         self.item = item
         self.event = event
         self.state = _WAITING
@@ -50,16 +76,18 @@ class GroupCommit(Generic[T, R]):
         self._lock = threading.Lock()
         self._queue: deque[_Waiter[T, R]] = deque()
         self._leading = False
-        self._local = threading.local()  # one reusable Event per writer thread
+        self._local = threading.local()  # one reusable _Signal per writer thread
         self.groups = 0  # flushes performed; with ``items`` it shows how well fsyncs are shared
         self.items = 0
 
     def submit(self, item: T) -> R:
         """Return ``item``'s result once its group has been flushed; raise if the flush failed."""
-        event: threading.Event | None = getattr(self._local, "event", None)
+        event: _Signal | None = getattr(self._local, "event", None)
         if event is None:
-            event = self._local.event = threading.Event()
-        event.clear()  # set at most twice per submit (promotion, completion), both before return
+            event = self._local.event = _Signal()
+        # Armed again: signalled at most twice per submit (promotion, then our own completion
+        # when we lead), and a promotion is always consumed by our wait() first.
+        event.clear()
         waiter: _Waiter[T, R] = _Waiter(item, event)
         with self._lock:
             self._queue.append(waiter)

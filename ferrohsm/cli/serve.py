@@ -93,6 +93,10 @@ def run_quickstart(args: argparse.Namespace) -> int:
 def _run(config: Config, ssl_provider: Any, announce: Any = None) -> int:
     from .. import app as wiring
     log = logging.getLogger("ferrohsm")
+    if config.server.pin_cpu >= 0:
+        # Before any thread exists: affinity is per thread on Linux and threads inherit it, so
+        # pinning later would leave every worker free to bounce the GIL between cores.
+        os.sched_setaffinity(0, {config.server.pin_cpu})
     rt = wiring.build_runtime(config, load_secrets(config))
     if hasattr(ssl_provider, "on_reload"):
         ssl_provider.on_reload = wiring.config_audit(rt.audit, "config.tls_reload")
@@ -109,8 +113,6 @@ def _run(config: Config, ssl_provider: Any, announce: Any = None) -> int:
         port = server.server_address[1]
         wiring.system_event(rt, "system.startup", f"FerroHSM listening on port {port}")
         wiring.start_scheduler(rt)
-        if config.server.pin_cpu >= 0:
-            os.sched_setaffinity(0, {config.server.pin_cpu})
         log.info("listening on %s:%d (key store %s)", server.server_address[0], port,
                  config.storage.key_store)
         if announce:
