@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from servicekit import Clock as ClockBase
+from servicekit import RecordingAudit
 
 from ferrohsm import approvals as apv
 from ferrohsm.approvals import TRANSITIONS, Approval, ApprovalState, Event
-from ferrohsm.audit.chain import AuditEvent
 from ferrohsm.config import TagPolicy
 from ferrohsm.crypto.seal import Sealer
 from ferrohsm.errors import (
@@ -188,37 +189,11 @@ def test_view_has_the_api_shape() -> None:
 
 # ---- the workflow through KeyService, with an injected clock ---------------------------------
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
+Audit = RecordingAudit
 
 
-class Audit:
-    """An in-memory audit log whose health a test can switch off."""
-
-    def __init__(self) -> None:
-        self.events: list[AuditEvent] = []
-        self.ok = True
-        self.lock = threading.Lock()
-
-    def append(self, event: AuditEvent) -> dict[str, Any]:
-        if not self.ok:
-            raise AuditUnavailable("audit down")
-        with self.lock:
-            self.events.append(event)
-        return {}
-
-    def healthy(self) -> bool:
-        return self.ok
-
-    def actions(self, outcome: str | None = None) -> list[str]:
-        return [e.action for e in self.events if outcome is None or e.outcome == outcome]
+def Clock() -> ClockBase:  # noqa: N802 - reads like the class it builds
+    return ClockBase(NOW)
 
 
 TAGS = {"pci": TagPolicy(approvals_required=2, approval_actions=("rollback", "rotate", "unwrap"),

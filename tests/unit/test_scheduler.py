@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from servicekit import Clock as ClockBase
+from servicekit import RecordingAudit
 
 from ferrohsm import lifecycle as lc
 from ferrohsm.audit.chain import AuditEvent
 from ferrohsm.audit.sinks import FileSink
 from ferrohsm.config import TagPolicy
 from ferrohsm.crypto.seal import Sealer
-from ferrohsm.errors import ApprovalRequired, AuditUnavailable, Conflict, InvalidTransition
+from ferrohsm.errors import ApprovalRequired, Conflict, InvalidTransition
 from ferrohsm.keycache import MaterialCache
 from ferrohsm.keyops import KeyEngine
 from ferrohsm.model import Key, KeyState, Principal, RequestContext, Role, VersionState
@@ -88,35 +90,11 @@ def test_plan(key: Key, rules: Rules, jobs: list[Job]) -> None:
 
 # ---- the scheduler over a real service -------------------------------------------------------
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
+Audit = RecordingAudit
 
 
-class Audit:
-    def __init__(self) -> None:
-        self.events: list[AuditEvent] = []
-        self.lock = threading.Lock()
-        self.ok = True
-
-    def append(self, event: AuditEvent) -> dict[str, Any]:
-        if not self.ok:
-            raise AuditUnavailable("audit down")
-        with self.lock:
-            self.events.append(event)
-        return {}
-
-    def healthy(self) -> bool:
-        return self.ok
-
-    def count(self, action: str) -> int:
-        return sum(e.action == action and e.outcome == "success" for e in self.events)
+def Clock() -> ClockBase:  # noqa: N802 - reads like the class it builds
+    return ClockBase(NOW)
 
 
 def ctx(principal: Principal, approval_id: str | None = None) -> RequestContext:
@@ -352,7 +330,6 @@ def test_scheduler_prunes_the_sqlite_audit_log_and_the_rest_verifies(tmp_path: P
     from datetime import datetime as _dt
     from datetime import timedelta as _td
 
-    from ferrohsm.audit.chain import AuditEvent
     from ferrohsm.audit.sinks import SQLiteSink
     from ferrohsm.audit.verify import verify_paths
     from ferrohsm.scheduler import RetentionScheduler
