@@ -29,10 +29,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BODY = '{"plaintext":"aGVsbG8gd29ybGQ=","aad":"Y29udGV4dA=="}'
-LUA = """
+LUA_TEMPLATE = """
 wrk.method = "POST"
 wrk.body = 'BODY'
 wrk.headers["Content-Type"] = "application/json"
+HEADERS
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -40,7 +41,16 @@ done = function(summary, latency, requests)
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
     e.connect + e.read + e.write + e.timeout, e.status))
 end
-""".replace("BODY", BODY)
+"""
+
+
+def lua_script(body: str, headers: dict[str, str] | None = None) -> str:
+    """A wrk script POSTing ``body`` that prints one RESULT line of JSON when done."""
+    extra = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
+    return LUA_TEMPLATE.replace("BODY", body).replace("HEADERS", extra)
+
+
+LUA = lua_script(BODY)
 
 
 def serve_hardened(argv: list[str]) -> None:

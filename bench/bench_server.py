@@ -38,7 +38,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from bench_http import free_port, run_wrk, wait_listening
+from bench_http import free_port, lua_script, run_wrk, wait_listening  # noqa: E402
 
 from ferrohsm import lifecycle as lc
 from ferrohsm.authn import issue_token
@@ -47,19 +47,6 @@ from ferrohsm.ids import uuid7
 from ferrohsm.tls.context import client_context
 from ferrohsm.tls.devca import make_dev_pki
 
-LUA = """
-wrk.method = "POST"
-wrk.body = '{"plaintext":"PLAINTEXT"}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer TOKEN"
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'RESULT {"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"errors":%d,"non2xx":%d}\\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.timeout, e.status))
-end
-"""
 CONFIG = """
 [server]
 listen = "127.0.0.1:{port}"
@@ -151,7 +138,8 @@ def throughput(args: argparse.Namespace, tmp: Path, pki: object, env: dict[str, 
             procs[name] = srv.proc.pid
         for name in urls:
             scripts[name] = tmp / f"{name}.lua"
-            scripts[name].write_text(LUA.replace("PLAINTEXT", plaintext).replace("TOKEN", service))
+            scripts[name].write_text(lua_script(json.dumps({"plaintext": plaintext}),
+                                                {"Authorization": f"Bearer {service}"}))
             run_wrk(urls[name], scripts[name], args.connections, 2, procs[name])  # warm-up
         results: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
         for _ in range(args.rounds):

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from backends import Backend as GenericBackend
 
 from ferrohsm import lifecycle as lc
 from ferrohsm.model import Key, KeyState
@@ -79,19 +80,7 @@ class KeyFactory:
         return key
 
 
-@dataclass
-class Backend:
-    """One store implementation; ``open()`` opens it (again) on the same underlying data."""
-
-    kind: str
-    persistent: bool
-    opener: Callable[[], KeyStore]
-    opened: list[KeyStore] = field(default_factory=list)
-
-    def open(self) -> KeyStore:
-        store = self.opener()
-        self.opened.append(store)
-        return store
+Backend = GenericBackend[KeyStore]
 
 
 def _openers(tmp_path: Path) -> dict[str, tuple[bool, Callable[[], KeyStore]]]:

@@ -10,11 +10,12 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from backends import Backend as GenericBackend
 
 from ferrohsm import approvals as apv
 from ferrohsm.approvals import Approval, ApprovalState
@@ -29,17 +30,7 @@ OTHER_KEY = "01890a5d-ac96-774b-bcce-b302099a8058"
 BOB, CAROL = Principal("bob", Role.OPERATOR), Principal("carol", Role.ADMINISTRATOR)
 
 
-@dataclass
-class Backend:
-    kind: str
-    persistent: bool
-    opener: Callable[[], ApprovalStore]
-    opened: list[ApprovalStore] = field(default_factory=list)
-
-    def open(self) -> ApprovalStore:
-        store = self.opener()
-        self.opened.append(store)
-        return store
+Backend = GenericBackend[ApprovalStore]
 
 
 def openers(tmp_path: Path) -> dict[str, tuple[bool, Callable[[], ApprovalStore]]]:
