@@ -18,8 +18,9 @@ class JSONFormatter(logging.Formatter):
         entry = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
                  + f".{int(record.msecs):03d}Z", "level": record.levelname.lower(),
                  "logger": record.name, **body}
-        if getattr(record, "request_id", None):
-            entry["request_id"] = record.request_id
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            entry["request_id"] = request_id
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, separators=(",", ":"), default=str)

@@ -76,17 +76,17 @@ class KeyService:
     # ---- audit helpers ----
 
     def record(self, ctx: RequestContext, action: Action | str, outcome: str, message: str,
-               key: Key | None = None, version: int | None = None, **details: Any) -> None:
+               key: Key | None = None, version: int | None = None, *,
+               key_id: str | None = None, **details: Any) -> None:
         event = AuditEvent.from_context(ctx, str(action), outcome, message,
-                                        key_id=key.id if key else details.pop("key_id", None),
+                                        key_id=key.id if key else key_id,
                                         key_version=version, details=details)
         self.audit.append(event)
 
     def _refuse(self, ctx: RequestContext, action: Action | str, exc: FerroError,
                 key: Key | None = None, key_id: str | None = None) -> None:
         outcome = "denied" if isinstance(exc, Forbidden) else "error"
-        self.record(ctx, action, outcome, exc.message, key,
-                    **({"key_id": key_id} if key is None and key_id else {}))
+        self.record(ctx, action, outcome, exc.message, key, key_id=key_id)
 
     def _key_for(self, ctx: RequestContext, action: Action, ref: str) -> Key:
         """Role check, then lookup, then tag scoping: each refusal audited before it is raised."""
@@ -97,9 +97,9 @@ class KeyService:
             self._refuse(ctx, action, exc)
             raise
         if ctx.principal and not may_see(ctx.principal, key):
-            exc = Forbidden(f"this token may not use key {key.id}")
-            self._refuse(ctx, action, exc, key)
-            raise exc
+            denied = Forbidden(f"this token may not use key {key.id}")
+            self._refuse(ctx, action, denied, key)
+            raise denied
         return key
 
     def authorize(self, ctx: RequestContext, action: Action) -> None:

@@ -6,6 +6,7 @@ every routed path is documented and every documented path is routed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .. import __version__
@@ -231,8 +232,8 @@ def _operation(method: str, path: str, op_id: str, summary: str, request: str | 
     return op
 
 
-def document(extra: list[tuple[str, str, str, str, str | None, int, str | None]] = ()
-             ) -> dict[str, Any]:  # type: ignore[assignment]
+def document(extra: Sequence[tuple[str, str, str, str, str | None, int, str | None]] = ()
+             ) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for row in [*OPERATIONS, *extra]:
         paths.setdefault(row[1], {})[row[0].lower()] = _operation(*row)

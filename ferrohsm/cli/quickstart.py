@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 MASTER_FILE = "master.key"
@@ -26,7 +27,7 @@ def _write_secret(path: Path, text: str) -> None:
 
 def ensure_dev_secrets(data_dir: Path) -> dict[str, str]:
     """Paths of the three secret files, generating any that do not exist yet."""
-    wanted = {
+    wanted: dict[str, Callable[[], str]] = {
         MASTER_FILE: lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
         JWT_FILE: lambda: secrets.token_urlsafe(48),
         HMAC_FILE: lambda: base64.b64encode(secrets.token_bytes(32)).decode(),

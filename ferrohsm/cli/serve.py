@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, load_config, load_secrets
+from ..config import Config, load_config, load_secrets, parse_listen
 from ..logs import setup_logging
 from . import quickstart
 
@@ -81,7 +81,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
         token = issue_token(secret, subject="quickstart-admin", role="administrator",
                             ttl=config.auth.max_token_ttl_seconds, issuer=config.auth.issuer,
                             audience=config.auth.audience)
-        host = wiring.parse_listen(config.server.listen)[0]
+        host = parse_listen(config.server.listen)[0]
         host = "127.0.0.1" if host in ("0.0.0.0", "") else host
         print(f"export FERROHSM_URL=https://{host}:{port}")
         print(f"export FERROHSM_CA_CERT={Path(pki.ca_cert).resolve()}")
