@@ -42,10 +42,10 @@ from bench_http import free_port, lua_script, run_wrk, wait_listening  # noqa: E
 
 from ferrohsm import lifecycle as lc
 from ferrohsm.authn import issue_token
+from ferrohsm.crypto.devpki import make_dev_pki
 from ferrohsm.crypto.seal import Sealer
 from ferrohsm.ids import uuid7
 from ferrohsm.tls.context import client_context
-from ferrohsm.tls.devca import make_dev_pki
 
 CONFIG = """
 [server]

@@ -18,7 +18,6 @@ signature over the canonical JSON of the other fields.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import os
@@ -26,10 +25,7 @@ import stat
 from datetime import datetime
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
+from ..crypto.signing import SigningKey, VerifyKey
 from ..errors import ConfigError
 from ..model import iso
 from .chain import canonical_json
@@ -62,7 +58,7 @@ def write_private_file(path: str, data: bytes) -> None:
     fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
-def load_signing_key(path: str) -> Ed25519PrivateKey:
+def load_signing_key(path: str) -> SigningKey:
     """An Ed25519 key from a PEM (PKCS#8) or raw 32-byte file that only its owner can read."""
     try:
         mode = os.stat(path).st_mode
@@ -72,38 +68,22 @@ def load_signing_key(path: str) -> Ed25519PrivateKey:
         raise ConfigError(f"cannot read audit signing key {path}: {exc.strerror}") from None
     if stat.S_IMODE(mode) & 0o077:
         raise ConfigError(f"audit signing key {path} is readable by others: chmod 600 it")
-    if len(data) == 32:
-        return Ed25519PrivateKey.from_private_bytes(data)
     try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
-        raise ConfigError(f"audit signing key {path} is not an unencrypted PEM key") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"audit signing key {path} is not an Ed25519 key")
-    return key
-
-
-def public_pem(key: Ed25519PublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.PEM,
-                            serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def key_fingerprint(key: Ed25519PublicKey) -> str:
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()
+        return SigningKey.load(data)
+    except ValueError as exc:
+        raise ConfigError(f"audit signing key {path}: {exc}") from None
 
 
 def signed_bytes(checkpoint: dict[str, Any]) -> bytes:
     return canonical_json({k: v for k, v in checkpoint.items() if k != "sig"})
 
 
-def checkpoint_signature_ok(checkpoint: dict[str, Any], key: Ed25519PublicKey) -> bool:
+def checkpoint_signature_ok(checkpoint: dict[str, Any], key: VerifyKey) -> bool:
     try:
-        key.verify(base64.b64decode(str(checkpoint["sig"]), validate=True),
-                   signed_bytes(checkpoint))
-    except (InvalidSignature, KeyError, ValueError):
+        signature = base64.b64decode(str(checkpoint["sig"]), validate=True)
+    except (KeyError, ValueError):
         return False
-    return True
+    return key.verify(signature, signed_bytes(checkpoint))
 
 
 class Anchor:
@@ -120,27 +100,24 @@ class Anchor:
         self.path = checkpoint_path or os.path.join(directory, CHECKPOINT_FILE)
         self._durable = durable
         if not os.path.exists(self.key_path):
-            generated = Ed25519PrivateKey.generate()
-            write_private_file(self.key_path, generated.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption()))
+            write_private_file(self.key_path, SigningKey.generate_pem())
             log.info("generated audit signing key %s", self.key_path)
         self._key = load_signing_key(self.key_path)
-        self.public_key = self._key.public_key()
+        self.public_key = self._key.public
         if not os.path.exists(self.public_key_path):
-            write_private_file(self.public_key_path, public_pem(self.public_key))
+            write_private_file(self.public_key_path, self.public_key.pem())
         self._drop_torn_tail()
 
     def public_key_pem(self) -> bytes:
         """What an auditor needs, besides a checkpoint, to run ``audit verify --checkpoint``."""
-        return public_pem(self.public_key)
+        return self.public_key.pem()
 
     def sign(self, *, log_id: str, seq: int, head_hash: str, ts: datetime) -> dict[str, Any]:
         """Sign the head and append the checkpoint durably; returns the checkpoint."""
         checkpoint: dict[str, Any] = {
             "v": 1, "type": CHECKPOINT_TYPE, "log_id": log_id, "seq": seq,
             "head_hash": head_hash, "ts": iso(ts),
-            "key_fingerprint": key_fingerprint(self.public_key),
+            "key_fingerprint": self.public_key.fingerprint(),
         }
         checkpoint["sig"] = base64.b64encode(self._key.sign(signed_bytes(checkpoint))).decode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)

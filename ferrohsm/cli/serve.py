@@ -61,7 +61,7 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_quickstart(args: argparse.Namespace) -> int:
     from .. import app as wiring
     from ..authn import issue_token
-    from ..tls.devca import make_dev_pki
+    from ..crypto.devpki import make_dev_pki
     overrides = _overrides(args)
     data_dir = Path(args.data_dir or os.environ.get("FERROHSM_DATA_DIR") or "./ferrohsm-data")
     wiring.ensure_private_dir(data_dir)
