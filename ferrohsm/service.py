@@ -144,7 +144,11 @@ class KeyService:
     def list_keys(self, ctx: RequestContext, filters: KeyFilter, limit: int = 100,
                   page_token: str | None = None) -> Page:
         self._guard(ctx, Action.KEY_LIST)
-        page = self.store.list(filters, limit, page_token)
+        try:
+            page = self.store.list(filters, limit, page_token)
+        except FerroError as exc:  # a bad page token or limit is a refused call: audited too
+            self._refuse(ctx, Action.KEY_LIST, exc)
+            raise
         principal = ctx.principal
         if principal is not None and principal.tags is not None:
             page = replace(page, keys=tuple(k for k in page.keys if may_see(principal, k)))
