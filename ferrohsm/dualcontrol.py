@@ -78,6 +78,7 @@ class DualControl:
                 key_id: str | None = None) -> None:
         outcome = "denied" if isinstance(exc, Forbidden) else "error"
         self.record(ctx, action, outcome, exc.message, key_id=key_id)
+        exc.audited = True
 
     def _authorize(self, ctx: RequestContext, action: Action) -> None:
         try:
@@ -148,9 +149,11 @@ class DualControl:
         except AuditUnavailable:
             store.delete(created.id)
             raise
-        raise ApprovalRequired(f"{action.value} on key {key.id} needs {required} approval(s); "
-                               f"repeat it with X-Approval-ID: {created.id} once approved",
-                               approval=apv.view(created, now))
+        parked = ApprovalRequired(f"{action.value} on key {key.id} needs {required} approval(s); "
+                                  f"repeat it with X-Approval-ID: {created.id} once approved",
+                                  approval=apv.view(created, now))
+        parked.audited = True  # "approval.requested" above is its record
+        raise parked
 
     def _redeem(self, ctx: RequestContext, action: Action, key: Key,
                 args: dict[str, Any]) -> None:
@@ -169,9 +172,11 @@ class DualControl:
             except apv.ApprovalPending:
                 assert current is not None
                 self.record(ctx, action, "denied", f"approval {current.id} is still pending", key)
-                raise ApprovalRequired(f"approval {current.id} has {len(current.approvers)} "
-                                       f"of {current.required} approvals",
-                                       approval=apv.view(current, now)) from None
+                pending = ApprovalRequired(f"approval {current.id} has {len(current.approvers)} "
+                                           f"of {current.required} approvals",
+                                           approval=apv.view(current, now))
+                pending.audited = True
+                raise pending from None
             except FerroError as exc:
                 if isinstance(exc, apv.ApprovalExpired) and current is not None:
                     self._expire(ctx, current, now)

@@ -13,6 +13,9 @@ class FerroError(Exception):
 
     code = "internal"
     status = 500
+    # Set once the refusal this error stands for has its audit record, so the HTTP layer (which
+    # audits every refused call that nothing below it recorded) never records it twice.
+    audited = False
 
     def __init__(self, message: str = "", **details: object) -> None:
         super().__init__(message or self.code)

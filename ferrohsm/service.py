@@ -87,6 +87,7 @@ class KeyService:
                 key: Key | None = None, key_id: str | None = None) -> None:
         outcome = "denied" if isinstance(exc, Forbidden) else "error"
         self.record(ctx, action, outcome, exc.message, key, key_id=key_id)
+        exc.audited = True
 
     def _key_for(self, ctx: RequestContext, action: Action, ref: str) -> Key:
         """Role check, then lookup, then tag scoping: each refusal audited before it is raised."""

@@ -52,10 +52,13 @@ class Application:
             result = route.handler(ctx, req, params)
             resp = result if isinstance(result, Response) else json_response(*result)
         except FerroError as exc:
+            self._audit_unrecorded(req, ctx, route_name, exc)
             resp = error_response(exc, req.request_id)
         except Exception:
             log.exception("unhandled error", extra={"request_id": req.request_id})
-            resp = error_response(FerroError("internal error"), req.request_id)
+            failure = FerroError("internal error")
+            self._audit_unrecorded(req, ctx, route_name, failure)
+            resp = error_response(failure, req.request_id)
         echo_context_headers(req, ctx, resp)
         if req.path == "/ui" or req.path.startswith("/ui/"):
             harden(resp)  # 429, 405 and 400 are made before the dashboard handler runs
@@ -71,6 +74,21 @@ class Application:
         except (NotFound, MethodNotAllowed):
             self._limit(ctx)  # a scanner's 404s spend its IP's tokens too (429 once empty)
             raise
+
+    def _audit_unrecorded(self, req: Request, ctx: RequestContext, route: str,
+                          exc: FerroError) -> None:
+        """Every refused call is audited: here, those refused above the service (malformed
+        JSON, unknown fields, bad base64, unknown routes, methods) that nothing recorded yet."""
+        if exc.audited:
+            return
+        outcome = "denied" if exc.status in (401, 403, 429) else "error"
+        try:
+            self.audit_refusal(ctx, "request.refused", outcome,
+                               f"{req.method} {route}: {exc.status} {exc.code}: {exc.message}")
+        except FerroError:  # the call is refused anyway; the sink reports its own failure
+            log.error("a refused request could not be audited",
+                      extra={"request_id": req.request_id})
+        exc.audited = True
 
     def _authenticate(self, req: Request, ctx: RequestContext) -> Principal:
         """The token from the Authorization header (never from the query string).
@@ -89,6 +107,7 @@ class Application:
             self._limit(ctx)
             self.audit_refusal(ctx, "auth.authenticate", "denied",
                                f"{req.method} {req.path[:200]}: {exc.message}")
+            exc.audited = True
             raise
 
     def _limit(self, ctx: RequestContext) -> None:
@@ -109,6 +128,7 @@ class Application:
         """429s are audited: every one for an authenticated actor (their successes are audited
         too), at most one a second per source IP for anonymous floods, so a flood cannot turn
         the audit log into the attack's amplifier."""
+        exc.audited = True  # recorded below, or deliberately sampled away
         if ctx.principal is None:
             ip = ctx.source_ip or ""
             if now - self._ip_audited.get(ip, -1.0) < 1.0:

@@ -308,3 +308,22 @@ def test_rate_limited_requests_are_refused_and_audited(tmp_path: Path) -> None:
         assert refused[0]["outcome"] == "denied"
     finally:
         srv.close()
+
+
+def test_refusals_above_the_service_are_audited_once(srv: LiveServer) -> None:
+    """Malformed bodies, unknown fields and unknown routes never reach the service: the HTTP
+    layer records them; refusals the service already recorded are not recorded twice."""
+    before = srv.rt.audit.head()[0]
+    rid = "refused-body-1"
+    assert srv.call("POST", "/v1/keys", raw=b"{nope", headers={"X-Request-ID": rid})[0] == 400
+    assert srv.call("GET", "/v1/nowhere", headers={"X-Request-ID": "refused-route-1"})[0] == 404
+    assert srv.call("POST", "/v1/keys", {"algorithm": "des", "usage": "encrypt"},
+                    headers={"X-Request-ID": "refused-svc-1"})[0] == 400
+    records = srv.rt.audit.read(before, 1000)
+    by_id: dict[str, list[dict]] = {}  # type: ignore[type-arg]
+    for r in records:
+        by_id.setdefault(r["request_id"], []).append(r)
+    assert [r["action"] for r in by_id[rid]] == ["request.refused"]
+    assert by_id[rid][0]["outcome"] == "error" and "400" in by_id[rid][0]["message"]
+    assert [r["action"] for r in by_id["refused-route-1"]] == ["request.refused"]
+    assert [r["action"] for r in by_id["refused-svc-1"]] == ["key.create"]
