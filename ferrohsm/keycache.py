@@ -1,4 +1,5 @@
-"""A bounded, expiring cache of unsealed key handles, so hot keys are not unsealed on every call.
+"""A bounded, expiring cache of unsealed key handles, so hot keys are not unsealed on every call
+(oldest-inserted entries are evicted first; hits take no lock).
 
 Entries are keyed by (key id, version, sealed blob). Including the sealed bytes means the cache can
 never hand out material for a blob that has since changed: a tampered or replaced blob is a miss,
