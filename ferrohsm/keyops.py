@@ -6,7 +6,6 @@ about principals or HTTP; it is what bench/bench_service.py measures against bar
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from . import lifecycle as lc
@@ -97,6 +96,3 @@ class KeyEngine:
     def forget(self, key_id: str) -> None:
         self.cache.evict_key(key_id)
 
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
