@@ -179,6 +179,11 @@ def main() -> None:
         report(results, args)
 
 
+def median_round(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """The round with the median req/s (a real round, not an average of rounds)."""
+    return sorted(rounds, key=lambda r: r["rps"])[len(rounds) // 2]
+
+
 def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> None:
     summary = {}
     print(f"{'server':10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>10} "
@@ -186,7 +191,7 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
           f"({args.connections} conns, {args.rounds}x{args.duration}s, "
           f"{'plain' if args.plain else 'TLS 1.3'}, median round)")
     for kind, rounds in results.items():
-        best = sorted(rounds, key=lambda r: r["rps"])[len(rounds) // 2]
+        best = median_round(rounds)
         summary[kind] = best
         errors = sum(r["errors"] + r["non2xx"] for r in rounds)
         print(f"{kind:10} {best['rps']:9.0f} {best['p50_us'] / 1000:8.2f} "

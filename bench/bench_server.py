@@ -38,7 +38,13 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from bench_http import free_port, lua_script, run_wrk, wait_listening  # noqa: E402
+from bench_http import (  # noqa: E402
+    free_port,
+    lua_script,
+    median_round,
+    run_wrk,
+    wait_listening,
+)
 
 from ferrohsm import lifecycle as lc
 from ferrohsm.authn import issue_token
@@ -162,7 +168,7 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
     print("| server | req/s | p50 ms | p99 ms | CPU µs/req | errors+non-2xx | rounds (req/s) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for name, rounds in results.items():
-        best = sorted(rounds, key=lambda r: r["rps"])[len(rounds) // 2]
+        best = median_round(rounds)
         med[name] = best
         errors = sum(int(r["errors"] + r["non2xx"]) for r in rounds)
         print(f"| {name} | {best['rps']:,.0f} | {best['p50_us'] / 1000:.2f} | "

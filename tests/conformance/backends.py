@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -22,3 +22,11 @@ class Backend(Generic[S]):
         store = self.opener()
         self.opened.append(store)
         return store
+
+
+def serve_backend(kind: str, persistent: bool, opener: Callable[[], S]) -> Iterator[Backend[S]]:
+    """The body of each suite's ``backend`` fixture: yield it, then close all it opened."""
+    found = Backend(kind, persistent, opener)
+    yield found
+    for store in found.opened:
+        store.close()  # type: ignore[attr-defined]

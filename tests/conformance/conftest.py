@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from backends import Backend as GenericBackend
+from backends import serve_backend
 
 from ferrohsm import lifecycle as lc
 from ferrohsm.model import Key, KeyState
@@ -95,11 +96,7 @@ def _openers(tmp_path: Path) -> dict[str, tuple[bool, Callable[[], KeyStore]]]:
 
 @pytest.fixture(params=["memory", "filesystem", "sqlite", "remote"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    persistent, opener = _openers(tmp_path)[request.param]
-    found = Backend(request.param, persistent, opener)
-    yield found
-    for store in found.opened:
-        store.close()
+    yield from serve_backend(request.param, *_openers(tmp_path)[request.param])
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from backends import Backend as GenericBackend
+from backends import serve_backend
 
 from ferrohsm import approvals as apv
 from ferrohsm.approvals import Approval, ApprovalState
@@ -40,11 +41,7 @@ def openers(tmp_path: Path) -> dict[str, tuple[bool, Callable[[], ApprovalStore]
 
 @pytest.fixture(params=["memory", "sqlite"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    persistent, opener = openers(tmp_path)[request.param]
-    found = Backend(request.param, persistent, opener)
-    yield found
-    for store in found.opened:
-        store.close()
+    yield from serve_backend(request.param, *openers(tmp_path)[request.param])
 
 
 @pytest.fixture
