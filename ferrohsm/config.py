@@ -28,6 +28,7 @@ AUDIT_SINKS = ("file", "sqlite")
 class ServerSettings:
     listen: str = "127.0.0.1:8443"
     max_connections: int = 64
+    workers: int = 16  # threads for requests the event loop does not run itself (api/server.py)
     max_body_bytes: int = 1 << 20
     handshake_timeout_seconds: float = 10.0
     header_timeout_seconds: float = 10.0
@@ -293,6 +294,7 @@ def validate(config: Config) -> None:
          f"[storage].key_store must be one of {', '.join(KEY_STORES)}"),
         (config.audit.sink in AUDIT_SINKS, f"[audit].sink must be one of {', '.join(AUDIT_SINKS)}"),
         (1 <= config.server.max_connections <= 10000, "[server].max_connections must be 1-10000"),
+        (1 <= config.server.workers <= 1000, "[server].workers must be 1-1000"),
         (1024 <= config.server.max_body_bytes <= 64 << 20,
          "[server].max_body_bytes must be 1 KiB-64 MiB"),
         (1 <= config.crypto.max_input_bytes <= config.server.max_body_bytes,

@@ -68,7 +68,18 @@ class Application:
         self._observe(req, ctx, route_name, resp, time.perf_counter() - start)
         return resp
 
+    def runs_inline(self, req: Request) -> bool:
+        """Whether the server may run ``req`` on its event loop (api/server.py): the route says
+        so (Route.inline). Refusals by the router are cheap too. The match is kept on ``req``."""
+        try:
+            req.route = self.router.match(req.method, req.path)
+        except FerroError:
+            return True
+        return bool(req.route[0].inline)
+
     def _route(self, req: Request, ctx: RequestContext) -> tuple[Any, dict[str, str]]:
+        if req.route is not None:
+            return req.route  # type: ignore[no-any-return]
         try:
             return self.router.match(req.method, req.path)
         except (NotFound, MethodNotAllowed):
@@ -195,5 +206,5 @@ def echo_context_headers(req: Request, ctx: RequestContext, resp: Response) -> N
 def audit_hook(record: Callable[..., Any]) -> AuditHook:
     """Adapt the service's audit call to the refusals the HTTP layer itself decides (401s)."""
     def hook(ctx: RequestContext, action: str, outcome: str, message: str) -> None:
-        record(ctx, action, outcome, message)
+        record(ctx, action, outcome, message, defer=True)  # a refusal changes nothing
     return hook

@@ -87,6 +87,7 @@ class Request:
     request_id: str
     received_at: float
     http_version: str = "HTTP/1.1"
+    route: Any = None  # (Route, params) once matched, so the server's inline check is not repeated
 
 
 @dataclass(slots=True)

@@ -1,5 +1,5 @@
-"""The HTTP/1.1 wire format: strict request-head parsing and response rendering (pure), and
-``ConnectionIO``, which reads one connection's requests under deadlines (the only I/O here).
+"""The HTTP/1.1 wire format: strict request-head parsing and response rendering. Pure: no I/O
+(connection.py feeds it bytes, server.py owns the sockets).
 
 Theory of operation: the server reads bytes into a buffer and asks ``find_head_end`` whether the
 head (request line + header fields + blank line) is complete; limits are checked on the partial
@@ -24,9 +24,7 @@ Policy choices worth knowing:
 from __future__ import annotations
 
 import re
-import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -35,10 +33,8 @@ from urllib.parse import parse_qs
 from ..errors import (
     BadRequest,
     ExpectationFailed,
-    FerroError,
     HeaderFieldsTooLarge,
     PayloadTooLarge,
-    RequestTimeout,
     UnsupportedMediaType,
     UriTooLong,
     VersionNotSupported,
@@ -299,207 +295,41 @@ def render_response(
     return head if head_only else head + body
 
 
-# ====================================================================== the I/O half
-# Everything above is pure. Below: one connection's socket and buffer, read under deadlines and
-# handed to the functions above. server.py owns threads, slots and the connection lifecycle.
-
-_RECV_SIZE = 65536
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-class PeerGone(Exception):
-    """The connection is over: EOF, reset, idle timeout, or closed by the server meanwhile."""
-
-
-class Conn:
-    """One accepted connection: its socket (plain, then TLS), peer and receive buffer."""
-
-    __slots__ = ("buf", "client_cert_der", "evicted", "idle", "idle_since", "peer_ip",
-                 "peer_port", "sock")
-
-    def __init__(self, sock: socket.socket, peer_ip: str, peer_port: int) -> None:
-        self.sock = sock
-        self.peer_ip, self.peer_port = peer_ip, peer_port
-        self.client_cert_der: bytes | None = None
-        self.buf = bytearray()
-        self.idle = True  # waiting for a (first or next) request: safe to close at any time
-        self.idle_since = time.monotonic()
-        self.evicted = False
-
-    def kill(self) -> None:
-        """Wake whatever thread is blocked on this socket (called from another thread).
-
-        ``socket.socket.shutdown`` on purpose: SSLSocket.shutdown would also drop its SSL
-        object under the feet of the worker thread that is using it.
-        """
-        try:
-            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+def build_request(head: RequestHead, body: bytes, peer: tuple[str, int],
+                  client_cert_der: bytes | None, received_at: float) -> Request:
+    """The application's view of a fully read request."""
+    return Request(
+        method=head.method,
+        target=head.target,
+        path=head.path,
+        query=parse_query(head.query_string),
+        headers=head.headers,
+        body=body,
+        peer_ip=peer[0],
+        peer_port=peer[1],
+        client_cert_der=client_cert_der,
+        request_id=pick_request_id(head.headers.get("x-request-id")),
+        received_at=received_at,
+        http_version=head.version,
+    )
 
 
-@dataclass(slots=True)
-class ReadResult:
-    """A request read off the wire, or the framing error that stopped us reading it."""
-
-    request: Request
-    error: FerroError | None
-    keep_alive: bool
-    http10_keep_alive: bool
-
-
-class ConnectionIO:
-    """Reads requests from and writes responses to one connection, under deadlines."""
-
-    def __init__(self, conn: Conn, limits: Limits) -> None:
-        self.conn = conn
-        self.limits = limits
-        self._raw_head = b""
-        # recv_into a reused chunk: recv(65536) would allocate 64 KiB per read, then shrink it.
-        self._chunk = memoryview(bytearray(_RECV_SIZE))
-
-    def read_request(self, wait: float, header_timeout: float, body_timeout: float,
-                     first: bool, set_busy: Callable[[Conn], bool]) -> ReadResult | None:
-        """The next request; None when the connection should just be closed silently.
-
-        ``wait`` bounds the idle time before the request's first byte. The head deadline starts
-        at that first byte, except on a fresh connection where it starts after the handshake.
-        """
-        start = time.monotonic()
-        if not self.conn.buf:
-            try:
-                self._recv(start + wait)
-            except (RequestTimeout, PeerGone):
-                return None
-        if not set_busy(self.conn):
-            return None
-        received_at = time.monotonic()
-        head: RequestHead | None = None
-        self._raw_head = b""
-        try:
-            head = self._read_head((start if first else received_at) + header_timeout)
-            body = self._read_body(head, body_timeout)
-            request = self._request(head, body, received_at)
-        except PeerGone:
-            return None
-        except FerroError as exc:
-            raw = self._raw_head or bytes(self.conn.buf[: self.limits.max_header_bytes])
-            request_id = pick_request_id(scan_request_id(raw))
-            return ReadResult(self._bare_request(head, request_id, received_at), exc, False, False)
-        http10 = head.keep_alive and head.version == "HTTP/1.0"
-        return ReadResult(request, None, head.keep_alive, http10)
-
-    def send(self, payload: bytes, timeout: float) -> None:
-        """One sendall per response (PERF-NOTES: split writes + Nagle = 40 ms stalls)."""
-        try:
-            self.conn.sock.settimeout(timeout)
-            self.conn.sock.sendall(payload)
-        except OSError:
-            raise PeerGone from None
-
-    def linger(self, timeout: float) -> None:
-        """Half-close, then drain briefly: closing with unread input makes the kernel send a
-        RST, which can destroy the error response before the client has read it."""
-        sock = self.conn.sock
-        try:
-            socket.socket.shutdown(sock, socket.SHUT_WR)
-            deadline = time.monotonic() + timeout
-            drained = 0
-            while drained < self.limits.max_body:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                sock.settimeout(remaining)
-                data = sock.recv(_RECV_SIZE)
-                if not data:
-                    return
-                drained += len(data)
-        except (OSError, ValueError):
-            return
-
-    def _recv(self, deadline: float) -> None:
-        """Append at least one byte to the buffer before ``deadline``."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise RequestTimeout("request not received in time")
-        sock = self.conn.sock
-        try:
-            sock.settimeout(remaining)
-            count = sock.recv_into(self._chunk)
-        except TimeoutError:
-            raise RequestTimeout("request not received in time") from None
-        except (OSError, ValueError):
-            raise PeerGone from None
-        if not count:
-            raise PeerGone
-        self.conn.buf += self._chunk[:count]
-
-    def _read_head(self, deadline: float) -> RequestHead:
-        buf, scan = self.conn.buf, 0
-        while True:
-            while buf[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request
-                del buf[:2]
-                scan = 0
-            end = find_head_end(buf, scan, self.limits)
-            if end >= 0:
-                break
-            scan = max(0, len(buf) - 3)
-            self._recv(deadline)
-        self._raw_head = bytes(buf[:end])
-        del buf[: end + 4]
-        return parse_head(self._raw_head, self.limits)
-
-    def _read_body(self, head: RequestHead, body_timeout: float) -> bytes:
-        length, buf = head.content_length, self.conn.buf
-        if not length:
-            return b""
-        if head.expect_continue and len(buf) < length:
-            self.send(_CONTINUE, body_timeout)
-        deadline = time.monotonic() + body_timeout
-        while len(buf) < length:
-            self._recv(deadline)
-        body = bytes(buf[:length])
-        del buf[:length]
-        return body
-
-    def _request(self, head: RequestHead, body: bytes, received_at: float) -> Request:
-        conn = self.conn
-        return Request(
-            method=head.method,
-            target=head.target,
-            path=head.path,
-            query=parse_query(head.query_string),
-            headers=head.headers,
-            body=body,
-            peer_ip=conn.peer_ip,
-            peer_port=conn.peer_port,
-            client_cert_der=conn.client_cert_der,
-            request_id=pick_request_id(head.headers.get("x-request-id")),
-            received_at=received_at,
-            http_version=head.version,
-        )
-
-    def _bare_request(self, head: RequestHead | None, request_id: str,
-                      received_at: float) -> Request:
-        """What we know of a request refused before the app (for error bodies and access logs)."""
-        conn = self.conn
-        return Request(
-            method=head.method if head else "",
-            target=head.target if head else "",
-            path=head.path if head else "",
-            query={},
-            headers=head.headers if head else Headers(),
-            body=b"",
-            peer_ip=conn.peer_ip,
-            peer_port=conn.peer_port,
-            client_cert_der=conn.client_cert_der,
-            request_id=request_id,
-            received_at=received_at,
-            http_version=head.version if head else "HTTP/1.1",
-        )
+def bare_request(head: RequestHead | None, raw: bytes | bytearray, peer: tuple[str, int],
+                 client_cert_der: bytes | None, received_at: float) -> Request:
+    """What we know of a request refused before the app (for error bodies and access logs):
+    its head if that parsed, and the client's X-Request-ID if one can be found in ``raw``."""
+    return Request(
+        method=head.method if head else "",
+        target=head.target if head else "",
+        path=head.path if head else "",
+        query={},
+        headers=head.headers if head else Headers(),
+        body=b"",
+        peer_ip=peer[0],
+        peer_port=peer[1],
+        client_cert_der=client_cert_der,
+        request_id=pick_request_id(head.headers.get("x-request-id") if head
+                                   else scan_request_id(raw)),
+        received_at=received_at,
+        http_version=head.version if head else "HTTP/1.1",
+    )

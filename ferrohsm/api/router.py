@@ -48,6 +48,10 @@ class Route:
     name: str | None = None
     params: tuple[str, ...] = ()
     is_prefix: bool = False
+    # True for handlers that never block for long and never change state (crypto operations,
+    # health): the server may run them on its event loop with their audit records deferred to
+    # the loop's group commit. Everything else runs on the worker pool (api/server.py).
+    inline: bool = False
 
 
 @dataclass(slots=True)
@@ -66,7 +70,7 @@ class Router:
         self._routes: list[Route] = []
 
     def add(self, method: str, template: str, handler: Handler, *,
-            name: str | None = None) -> Route:
+            name: str | None = None, inline: bool = False) -> Route:
         """Register ``handler`` for ``method`` on ``template``; ValueError on a bad or
         duplicate template (a typo must stop start-up, not produce a 404 later)."""
         _check_method(method)
@@ -80,7 +84,7 @@ class Router:
                 node = node.literals.setdefault(segment, _Node())
         if method in node.routes:
             raise ValueError(f"duplicate route {method} {template}")
-        route = Route(method, template, handler, name, params)
+        route = Route(method, template, handler, name, params, inline=inline)
         node.routes[method] = route
         self._routes.append(route)
         return route

@@ -1,34 +1,40 @@
-"""HardenedHTTPServer: a small HTTP/1.1 (+TLS 1.3) server on stdlib sockets.
+"""HardenedHTTPServer: HTTP/1.1 over TLS 1.3 on one event loop, with a worker pool for slow work.
 
-Theory of operation (see shared/PERF-NOTES.md for the measurements behind these choices):
+Theory of operation (shared/PERF-NOTES.md and bench/RESULTS.md have the measurements):
 
-- One accept thread. It takes a connection slot (a semaphore of ``max_connections``) BEFORE
-  calling accept(), so extra connections wait in the kernel's listen backlog instead of being
-  accepted and starved (no 503: answering one over TLS would need a handshake, i.e. a worker).
-  While it waits for a slot and a connection is queued, it evicts one idle keep-alive connection
-  (or asks the next busy one to close after its response), so a queued client is served within
-  about one request time rather than after ``idle_timeout``, or never.
-- One worker thread per connection, owning it for its keep-alive life: that is why the cap on
-  connections equals the number of workers. The TLS handshake runs in the worker under
-  ``handshake_timeout``, so a peer that connects and sends nothing stalls only its own worker.
-- Deadlines, not per-read timeouts: the whole head must arrive within ``header_timeout`` and the
-  whole body within ``body_timeout``, so a client dribbling one byte a second is cut off.
-- Framing is checked strictly (parse.py) before the application runs; any framing error is
-  answered with ``error_response`` and the connection is closed.
-- Each response is serialized to ONE buffer and written with one ``sendall`` on a socket with
-  TCP_NODELAY: split writes with Nagle on cost ~40 ms per request (delayed ACK).
-- ``shutdown(grace)`` stops accepting, closes idle keep-alive connections at once, lets in-flight
-  requests finish (their responses carry ``Connection: close``), and joins every worker.
+- ONE loop thread owns every socket: it accepts, runs TLS handshakes and reads without blocking
+  (selectors/epoll), parses strictly (parse.py) and writes each response as one buffer on a
+  TCP_NODELAY socket. A thread per connection spent more CPU on GIL hand-offs and wake-ups than
+  the requests themselves cost; one thread switching between ready sockets does not.
+- Each turn of the loop collects every request that became complete, runs the cheap ones
+  (``inline(request)`` is True: crypto operations, health) right there, one after another, inside
+  an audit deferral scope, then makes all their audit records durable with ONE group commit (one
+  write, one fsync) and only then sends their responses. If that commit fails, every response that
+  depended on it becomes a 503: nothing is acknowledged unaudited (fail closed).
+- Everything else (key management, listings, approvals, an app without ``inline``) runs on a
+  bounded worker pool, so a slow handler (RSA key generation, a long listing) never stalls the
+  loop; its audit records are durable before it returns, as always. A connection has at most one
+  request in progress; pipelined requests wait in its buffer, so answers keep their order.
+- Limits: at most ``max_connections`` accepted connections. At the cap the listener is left in
+  the kernel's backlog; when a client is queued there, the longest-idle keep-alive connection is
+  closed (or, when none is idle, the next response carries ``Connection: close``), so a queued
+  client is served within about a request time.
+- Deadlines per connection (connection.py): handshake, whole head, whole body, idle keep-alive,
+  sending, lingering. A silent or dribbling peer costs a slot, never the loop.
+- ``shutdown(grace)`` stops accepting at once, closes idle connections, lets requests in progress
+  finish within ``grace`` (their responses carry ``Connection: close``), then closes the rest and
+  joins the loop and the pool.
 
 The application gets a ``Request`` and returns a ``Response``; a ``FerroError`` it raises becomes
 ``error_response``, anything else a generic 500 (traceback logged with the request id, never sent).
 The server adds Content-Length, Date, Connection and X-Request-ID, and drops the body of HEAD
-responses (the router serves HEAD with the GET handler).
+responses.
 """
 
 from __future__ import annotations
 
 import logging
+import select
 import selectors
 import signal
 import socket
@@ -40,102 +46,29 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import FerroError
+from .connection import (
+    BODY,
+    BUSY,
+    CLOSED,
+    HANDSHAKE,
+    HEAD,
+    IDLE,
+    LINGER,
+    NEVER,
+    WRITING,
+    Conn,
+    Incoming,
+    PeerGone,
+)
+from .dispatch import INTERNAL_MESSAGE, App, Deferral, Dispatcher
 from .http import Request, Response, error_response
-from .parse import Conn, ConnectionIO, Limits, PeerGone, ReadResult, render_response
+from .parse import Limits, render_response
 
-App = Callable[[Request], Response]
 OnRequest = Callable[[Request, Response, float], None]
-_INTERNAL_MESSAGE = "internal error; the server log has details under this request id"
-_SLOT_POLL = 0.1
-
-
-class ConnectionTable:
-    """Which connections are idle (closable at once) and which are busy (finish first).
-
-    A worker marks itself busy only after the first byte of a request arrived, under the same
-    lock the closer takes, so a connection is never closed in the middle of a request it has
-    started reading. (A request racing an idle close is lost, which RFC 9112 section 9.5 allows:
-    clients retry requests on a keep-alive connection closed under them.)
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._conns: dict[Conn, None] = {}
-        self._closing = False
-        self._evictions = 0
-
-    def add(self, conn: Conn) -> bool:
-        """Track ``conn``; False when the server is already closing (drop it)."""
-        with self._lock:
-            self._conns[conn] = None
-            return not self._closing
-
-    def remove(self, conn: Conn) -> None:
-        with self._lock:
-            self._conns.pop(conn, None)
-
-    def wrap(self, conn: Conn, context: ssl.SSLContext) -> ssl.SSLSocket:
-        """Swap the plain socket for its TLS wrapper without racing ``kill``."""
-        with self._lock:
-            if conn.evicted:
-                raise PeerGone
-            tls = context.wrap_socket(conn.sock, server_side=True,
-                                      do_handshake_on_connect=False)
-            conn.sock = tls
-            return tls
-
-    def set_idle(self, conn: Conn) -> bool:
-        """Mark ``conn`` idle; False if the server is closing (the worker should exit)."""
-        with self._lock:
-            if self._closing or conn.evicted:
-                return False
-            conn.idle, conn.idle_since = True, time.monotonic()
-            return True
-
-    def set_busy(self, conn: Conn) -> bool:
-        with self._lock:
-            if conn.evicted:
-                return False
-            conn.idle = False
-            return True
-
-    def close_idle(self) -> None:
-        """Shutdown: close idle connections now; busy ones close after their response."""
-        with self._lock:
-            self._closing = True
-            for conn in self._conns:
-                if conn.idle:
-                    conn.evicted = True
-                    conn.kill()
-
-    def close_all(self) -> None:
-        with self._lock:
-            self._closing = True
-            for conn in self._conns:
-                conn.evicted = True
-                conn.kill()
-
-    def evict_one(self) -> None:
-        """A connection is queued: free a slot by closing the longest-idle connection, or, when
-        none is idle, by asking the next busy one to close after its response."""
-        with self._lock:
-            idle = [conn for conn in self._conns if conn.idle and not conn.evicted]
-            if idle:
-                victim = min(idle, key=lambda conn: conn.idle_since)
-                victim.evicted = True
-                victim.kill()
-            else:
-                self._evictions = 1
-
-    def take_eviction(self) -> bool:
-        """True once per eviction request: this response should carry Connection: close."""
-        if not self._evictions:  # unlocked fast path; the locked check below decides
-            return False
-        with self._lock:
-            if self._evictions:
-                self._evictions -= 1
-                return True
-            return False
+_BACKLOG_POLL = 0.1   # how often a full server looks for clients queued in the backlog
+_MAX_WAIT = 1.0
+_RECV_SIZE = 65536
+_LISTENER, _WAKE = object(), object()
 
 
 class HardenedHTTPServer:
@@ -162,10 +95,12 @@ class HardenedHTTPServer:
         backlog: int = 128,
         reuse_port: bool = False,
         linger_timeout: float = 1.0,
+        workers: int = 16,
+        inline: Callable[[Request], bool] | None = None,
+        deferral: Deferral | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
-        self.app = app
         self.host, self.port = host, port
         self.ssl_context_provider = ssl_context_provider
         self.max_connections = max_connections
@@ -178,24 +113,38 @@ class HardenedHTTPServer:
         self.on_request = on_request
         self.backlog, self.reuse_port = backlog, reuse_port
         self.linger_timeout = linger_timeout
+        self._dispatcher = Dispatcher(app, inline=inline, deferral=deferral, workers=workers,
+                                      log=self.log, wake=self._wake)
         self._listener: socket.socket | None = None
+        self._backlog_poll: Any = None  # select.poll of the listener, while it is paused
         self._address: tuple[str, int] | None = None
-        self._wake: tuple[socket.socket, socket.socket] | None = None  # wakes the accept loop
-        # A selector, not select.select: that one fails on descriptors above 1024.
         self._selector: selectors.BaseSelector | None = None
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self._table = ConnectionTable()
-        self._workers: set[threading.Thread] = set()
-        self._workers_lock = threading.Lock()
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._conns: dict[Conn, None] = {}
+        self._ready: list[Conn] = []          # buffered bytes to parse without waiting
+        self._chunk = memoryview(bytearray(_RECV_SIZE))
+        self._paused = False
+        self._next_backlog_check = 0.0
+        self._evict_next = 0
         self._stopping = threading.Event()
-        self._accept_running = False
-        self._accept_thread: threading.Thread | None = None
-        self._accept_done = threading.Event()
+        self._draining = False
+        self._drain_deadline = NEVER
+        self._grace = 10.0
+        self._running = False
+        self._loop_thread: threading.Thread | None = None
         self._shutdown_lock = threading.Lock()
         self._closed = threading.Event()
-        self._conn_counter = 0
 
     # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def app(self) -> App:
+        return self._dispatcher.app
+
+    @app.setter
+    def app(self, app: App) -> None:
+        self._dispatcher.app = app
 
     @property
     def server_address(self) -> tuple[str, int]:
@@ -205,53 +154,49 @@ class HardenedHTTPServer:
         return self._address
 
     def start(self) -> None:
-        """Bind, listen and run the accept loop in a background thread; returns once listening."""
+        """Bind, listen and run the loop in a background thread; returns once listening."""
         self._bind()
-        self._accept_running = True
-        self._accept_thread = threading.Thread(target=self._accept_loop, name="ferrohsm-accept",
-                                               daemon=True)
-        self._accept_thread.start()
+        self._running = True
+        self._loop_thread = threading.Thread(target=self._loop, name="ferrohsm-loop",
+                                             daemon=True)
+        self._loop_thread.start()
 
     def serve_forever(self) -> None:
         """Blocking variant of start(): returns after shutdown() (or a signal) has completed."""
         if self._listener is None:
             self._bind()
-        self._accept_running = True
-        self._accept_loop()
-        self._closed.wait()
+        self._running = True
+        self._loop()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until shutdown has completed; True if it did within ``timeout``."""
         return self._closed.wait(timeout)
 
     def shutdown(self, grace: float = 10.0) -> None:
-        """Stop accepting, let in-flight requests finish within ``grace``, join every worker."""
+        """Stop accepting, let requests in progress finish within ``grace``, join every thread."""
         if not self._shutdown_lock.acquire(blocking=False):
             self._closed.wait()
             return
         try:
             if self._closed.is_set():
                 return
-            self._stop_accepting()
-            if self._accept_running:
-                self._accept_done.wait()
-            if self._accept_thread is not None:
-                self._accept_thread.join()
-            self._close_listener()
-            self._drain(grace)
+            self._grace = grace
+            self._stopping.set()
+            self._wake()
+            if self._loop_thread is not None:
+                self._loop_thread.join()
+            elif self._running:
+                self._closed.wait()
+            else:
+                self._cleanup()
         finally:
-            if self._selector is not None:
-                self._selector.close()
-            for sock in self._wake or ():
-                sock.close()
-            self._closed.set()
             self._shutdown_lock.release()
 
     def install_signal_handlers(self, grace: float = 10.0) -> None:
         """SIGTERM/SIGINT start a graceful shutdown (call from the main thread only).
 
-        The handler only spawns a thread: joining workers inside a signal handler would deadlock
-        when serve_forever() runs in the main thread.
+        The handler only spawns a thread: waiting for the loop inside a signal handler would
+        deadlock when serve_forever() runs in the main thread.
         """
 
         def handle(signum: int, frame: types.FrameType | None) -> None:
@@ -265,203 +210,302 @@ class HardenedHTTPServer:
         if self._stopping.is_set():
             raise RuntimeError("this server was shut down; create a new one")
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        self._listener = socket.create_server(
-            (self.host, self.port),
-            family=family,
-            backlog=self.backlog,
-            reuse_port=self.reuse_port,
-        )
-        self._listener.setblocking(False)
-        name = self._listener.getsockname()
+        listener = socket.create_server((self.host, self.port), family=family,
+                                        backlog=self.backlog, reuse_port=self.reuse_port)
+        listener.setblocking(False)
+        self._listener = listener
+        name = listener.getsockname()
         self._address = (str(name[0]), int(name[1]))
-        self._wake = socket.socketpair()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._selector = selectors.DefaultSelector()
-        self._selector.register(self._listener, selectors.EVENT_READ)
-        self._selector.register(self._wake[0], selectors.EVENT_READ)
+        self._selector.register(listener, selectors.EVENT_READ, _LISTENER)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        self._backlog_poll = select.poll()  # no fd limit, unlike select.select
+        self._backlog_poll.register(listener, select.POLLIN)
 
-    def _stop_accepting(self) -> None:
-        self._stopping.set()
-        if self._wake is not None:
+    def _wake(self) -> None:
+        """Interrupt the loop's select (from any thread)."""
+        if self._wake_w is not None:
             try:
-                self._wake[1].send(b"x")
+                self._wake_w.send(b"\0")
             except OSError:
-                pass
+                pass  # the pipe is full: the loop is awake already
 
-    def _close_listener(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
+    # ----------------------------------------------------------------- the loop
 
-    def _drain(self, grace: float) -> None:
-        """Close idle connections now, wait for busy ones, then force what is left."""
-        deadline = time.monotonic() + grace
-        self._table.close_idle()
-        for thread in self._snapshot_workers():
-            thread.join(max(0.0, deadline - time.monotonic()))
-        leftovers = [t for t in self._snapshot_workers() if t.is_alive()]
-        if leftovers:
-            self.log.warning("%d connection(s) still busy after %.1fs grace: closing them",
-                             len(leftovers), grace)
-            self._table.close_all()
-            # Sockets are closed now; a thread still alive is stuck in application code, which
-            # Python cannot interrupt: wait a little, once for all of them, then give up on it.
-            final = time.monotonic() + self.linger_timeout + 1.0
-            for thread in leftovers:
-                thread.join(max(0.0, final - time.monotonic()))
-
-    def _snapshot_workers(self) -> list[threading.Thread]:
-        with self._workers_lock:
-            return list(self._workers)
-
-    # ----------------------------------------------------------------- accept loop
-
-    def _accept_loop(self) -> None:
+    def _loop(self) -> None:
         try:
-            while not self._stopping.is_set():
-                try:
-                    self._accept_step()
-                except Exception:  # never let the accept loop die silently
-                    self.log.exception("accept loop error")
-                    time.sleep(0.05)
+            while not self._finished():
+                self._turn()
+        except Exception:  # a bug here must not leave a half-dead server: close everything
+            self.log.exception("event loop failed; closing every connection")
         finally:
-            self._close_listener()
-            self._accept_done.set()
+            self._cleanup()
 
-    def _accept_step(self) -> None:
-        """Take a slot, then a connection; while no slot is free, make room for a waiter."""
-        if not self._slots.acquire(timeout=_SLOT_POLL):
-            if self._listener_ready(0):  # somebody is queued in the backlog
-                self._table.evict_one()
-            return
-        accepted = False
-        try:
-            accepted = self._accept_one()
-        finally:
-            if not accepted:
-                self._slots.release()
+    def _finished(self) -> bool:
+        if self._stopping.is_set() and not self._draining:
+            self._begin_drain()
+        if not self._draining:
+            return False
+        busy = self._ready or self._dispatcher.pending()
+        return (not self._conns and not busy) or time.monotonic() >= self._drain_deadline
 
-    def _listener_ready(self, timeout: float | None) -> bool:
+    def _turn(self) -> None:
+        """One select, then everything that became ready, in a fixed order."""
         assert self._selector is not None
-        events = self._selector.select(timeout)
-        return any(key.fileobj is self._listener for key, _ in events)
+        for key, mask in self._selector.select(self._wait_time()):
+            try:
+                self._event(key.data, mask)
+            except Exception:
+                self._fail(key.data)
+        now = time.monotonic()
+        if self._paused and not self._draining and now >= self._next_backlog_check:
+            self._check_backlog(now)
+        while self._ready:
+            conns, self._ready = self._ready, []
+            for conn in conns:
+                self._guarded(conn, self._parse, conn, now)
+        for conn, incoming, response in self._dispatcher.answers():
+            self._guarded(conn, self._respond, conn, incoming, response)
+        self._expire(time.monotonic())
 
-    def _accept_one(self) -> bool:
-        """Wait for a connection (or the wake-up pipe) and hand it to a new worker."""
-        assert self._listener is not None
-        if not self._listener_ready(None) or self._stopping.is_set():
-            return False
-        try:
-            sock, addr = self._listener.accept()
-        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            return False
-        except OSError:
-            self.log.exception("accept failed")
-            time.sleep(0.05)  # e.g. EMFILE: do not spin
-            return False
-        return self._spawn(sock, addr)
+    def _wait_time(self) -> float:
+        if self._ready or self._dispatcher.pending():
+            return 0.0
+        now = time.monotonic()
+        soonest = min((conn.deadline for conn in self._conns), default=NEVER)
+        if self._paused and not self._draining:
+            soonest = min(soonest, self._next_backlog_check)
+        if self._draining:
+            soonest = min(soonest, self._drain_deadline)
+        return max(0.0, min(soonest - now, _MAX_WAIT))
 
-    def _spawn(self, sock: socket.socket, addr: tuple[Any, ...]) -> bool:
-        self._conn_counter += 1
-        thread = threading.Thread(
-            target=self._worker,
-            args=(sock, addr),
-            name=f"ferrohsm-conn-{self._conn_counter}",
-            daemon=True,
-        )
-        with self._workers_lock:
-            self._workers.add(thread)
-        try:
-            thread.start()
-        except RuntimeError:
-            self.log.exception("cannot start a worker thread")
-            with self._workers_lock:
-                self._workers.discard(thread)
-            sock.close()
-            return False
-        return True
-
-    # ----------------------------------------------------------------- connection
-
-    def _worker(self, sock: socket.socket, addr: tuple[Any, ...]) -> None:
-        conn = Conn(sock, str(addr[0]), int(addr[1]))
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._table.add(conn) and self._handshake(conn):
-                self._serve(conn)
-        except PeerGone:
-            pass
-        except Exception:  # a bug here must cost one connection, never the server
-            self.log.exception("connection from %s failed", conn.peer_ip)
-        finally:
-            self._table.remove(conn)
-            conn.close()
-            self._slots.release()
-            with self._workers_lock:
-                self._workers.discard(threading.current_thread())
-
-    def _handshake(self, conn: Conn) -> bool:
-        """TLS handshake in this worker under ``handshake_timeout``; False if it failed."""
-        if self.ssl_context_provider is None:
-            return True
-        conn.sock.settimeout(self.handshake_timeout)
-        try:
-            context = self.ssl_context_provider()
-            tls = self._table.wrap(conn, context)
-            tls.do_handshake()
-            conn.client_cert_der = tls.getpeercert(binary_form=True)
-        except (OSError, ValueError) as exc:  # ssl.SSLError and TimeoutError are OSErrors
-            self.log.debug("TLS handshake with %s failed: %s", conn.peer_ip, exc)
-            return False
-        if tls.version() != "TLSv1.3":  # defence in depth: the provider's context was too lax
-            self.log.warning("refused %s from %s: TLS 1.3 only", tls.version(), conn.peer_ip)
-            return False
-        return True
-
-    def _serve(self, conn: Conn) -> None:
-        """Requests on one connection until either side wants it closed."""
-        io = ConnectionIO(conn, self.limits)
-        first = True
-        while self._table.set_idle(conn):
-            wait = self.header_timeout if first else self.idle_timeout
-            result = io.read_request(wait, self.header_timeout, self.body_timeout,
-                                     first, self._table.set_busy)
-            if result is None:
-                return  # idle timeout, peer closed, or evicted while idle
-            if not self._respond(conn, io, result):
-                return
-            first = False
-
-    def _respond(self, conn: Conn, io: ConnectionIO, result: ReadResult) -> bool:
-        """Run the app (or answer a framing error) and write the response; True = keep going."""
-        request = result.request
-        if result.error is not None:
-            response = error_response(result.error, request.request_id)
-            keep_alive = False
+    def _event(self, data: Any, mask: int) -> None:
+        if data is _LISTENER:
+            self._accept(time.monotonic())
+        elif data is _WAKE:
+            self._drain_wake()
         else:
-            response = self._call_app(request)
-            keep_alive = result.keep_alive and not response.close
-            keep_alive = keep_alive and not self._stopping.is_set()
-            keep_alive = keep_alive and not self._table.take_eviction()
-        payload, response = self._render(request, response, keep_alive,
-                                         result.http10_keep_alive)
-        io.send(payload, self.body_timeout)
-        self._report(request, response)
-        if not keep_alive:
-            io.linger(self.linger_timeout)
-        return keep_alive
+            self._conn_event(data, mask)
 
-    def _call_app(self, request: Request) -> Response:
-        """The application's response; exceptions become error responses, never tracebacks."""
+    def _guarded(self, conn: Conn, step: Callable[..., None], *args: Any) -> None:
         try:
-            response = self.app(request)
-            if not isinstance(response, Response):
-                raise TypeError(f"application returned {type(response).__name__}")
-            return response
-        except FerroError as exc:
-            return error_response(exc, request.request_id)
+            step(*args)
         except Exception:
-            self.log.exception("unhandled error (request_id=%s %s %s)",
-                               request.request_id, request.method, request.path)
-            return error_response(FerroError(_INTERNAL_MESSAGE), request.request_id)
+            self._fail(conn)
+
+    def _fail(self, data: Any) -> None:
+        """A bug while serving one connection costs that connection, never the loop."""
+        if isinstance(data, Conn):
+            self.log.exception("connection from %s failed", data.peer[0])
+            self._close(data)
+        else:
+            self.log.exception("event loop error")
+            time.sleep(0.05)  # e.g. EMFILE on accept: do not spin
+
+    def _drain_wake(self) -> None:
+        assert self._wake_r is not None
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    # ----------------------------------------------------------------- accepting
+
+    def _accept(self, now: float) -> None:
+        assert self._listener is not None
+        while len(self._conns) < self.max_connections and not self._draining:
+            try:
+                sock, addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            self._adopt(sock, addr, now)
+        if not self._draining:
+            self._pause_listener(now)
+
+    def _adopt(self, sock: socket.socket, addr: tuple[Any, ...], now: float) -> None:
+        """A new connection: non-blocking, Nagle off, TLS wrapper, first deadline."""
+        conn = Conn(sock, (str(addr[0]), int(addr[1])))
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.ssl_context_provider is not None:
+                tls = self.ssl_context_provider().wrap_socket(
+                    sock, server_side=True, do_handshake_on_connect=False)
+                conn.sock = conn.tls = tls
+                conn.deadline = now + self.handshake_timeout
+            else:
+                self._to_idle(conn, now)
+        except (OSError, ValueError) as exc:
+            self.log.warning("could not set up a connection from %s: %s", addr[0], exc)
+            conn.close()
+            return
+        self._conns[conn] = None
+        self._watch(conn, selectors.EVENT_READ)
+
+    def _pause_listener(self, now: float) -> None:
+        """At the cap: leave newcomers in the backlog and look at it every _BACKLOG_POLL."""
+        if not self._paused and self._selector is not None and self._listener is not None:
+            self._selector.unregister(self._listener)
+            self._paused = True
+            self._next_backlog_check = now + _BACKLOG_POLL
+
+    def _resume_listener(self) -> None:
+        if self._paused and not self._draining and self._selector is not None:
+            assert self._listener is not None
+            self._selector.register(self._listener, selectors.EVENT_READ, _LISTENER)
+            self._paused = False
+
+    def _check_backlog(self, now: float) -> None:
+        self._next_backlog_check = now + _BACKLOG_POLL
+        if self._backlog_poll is not None and self._backlog_poll.poll(0):
+            self._evict_one()
+
+    def _evict_one(self) -> None:
+        """Someone is queued: close the longest-idle connection, or ask the next response to
+        close its connection when none is idle."""
+        idle = [conn for conn in self._conns if conn.state == IDLE]
+        if idle:
+            self._close(min(idle, key=lambda conn: conn.idle_since))
+        else:
+            self._evict_next = 1
+
+    # ----------------------------------------------------------------- reading
+
+    def _conn_event(self, conn: Conn, mask: int) -> None:
+        now = time.monotonic()
+        state = conn.state
+        if state == HANDSHAKE:
+            self._handshake(conn, now)
+        elif state == WRITING:
+            self._send(conn, now)
+        elif state == LINGER:
+            self._drain_linger(conn)
+        elif state != CLOSED:
+            self._read(conn, now)
+
+    def _handshake(self, conn: Conn, now: float) -> None:
+        tls = conn.tls
+        assert tls is not None
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            return self._watch(conn, selectors.EVENT_READ)
+        except ssl.SSLWantWriteError:
+            return self._watch(conn, selectors.EVENT_WRITE)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            self.log.debug("TLS handshake with %s failed: %s", conn.peer[0], exc)
+            return self._close(conn)
+        if tls.version() != "TLSv1.3":  # defence in depth: the provider's context was too lax
+            self.log.warning("refused %s from %s: TLS 1.3 only", tls.version(), conn.peer[0])
+            return self._close(conn)
+        conn.client_cert_der = tls.getpeercert(binary_form=True)
+        self._to_idle(conn, now)
+        self._watch(conn, selectors.EVENT_READ)
+        self._read(conn, now)  # the first request may have come with the handshake's end
+
+    def _read(self, conn: Conn, now: float) -> None:
+        try:
+            conn.receive(self._chunk)
+        except PeerGone:
+            return self._close(conn)
+        if conn.state != BUSY:
+            self._parse(conn, now)
+        if conn.state == BUSY:  # pipelined bytes wait until the current response is out
+            if conn.eof or len(conn.buf) > self.limits.max_body + self.limits.max_header_bytes:
+                self._watch(conn, 0)  # nothing more to read now (or enough buffered)
+        elif conn.eof and conn.state != CLOSED:
+            self._close(conn)  # the peer left in the middle of (or before) a request
+
+    def _parse(self, conn: Conn, now: float) -> None:
+        if conn.state not in (IDLE, HEAD, BODY):
+            return
+        incoming = conn.next_request(self.limits, now, self.header_timeout, self.body_timeout)
+        if conn.out is not None:  # 100 Continue
+            self._send(conn, now)
+        if incoming is None:
+            return
+        if incoming.error is not None:
+            self._respond(conn, incoming, error_response(incoming.error,
+                                                         incoming.request.request_id))
+        else:
+            self._dispatcher.take(conn, incoming)
+
+    def _drain_linger(self, conn: Conn) -> None:
+        """Discard what the peer still sends after our final response, up to a body's worth."""
+        try:
+            received = conn.receive(self._chunk)
+        except PeerGone:
+            return self._close(conn)
+        del conn.buf[:]
+        conn.scan += received  # bytes drained so far
+        if conn.eof or conn.scan > self.limits.max_body:
+            self._close(conn)
+
+    # ----------------------------------------------------------------- writing
+
+    def _respond(self, conn: Conn, incoming: Incoming, response: Response) -> None:
+        if conn.state == CLOSED:
+            return  # forced closed at the end of a shutdown's grace period
+        request = incoming.request
+        keep_alive = (incoming.error is None and incoming.keep_alive and not response.close
+                      and not conn.eof and not self._stopping.is_set()
+                      and not self._take_eviction())
+        payload, response = self._render(request, response, keep_alive,
+                                         incoming.http10_keep_alive)
+        conn.keep_alive = keep_alive
+        self._write(conn, payload)
+        self._report(request, response)
+
+    def _take_eviction(self) -> bool:
+        if self._evict_next:
+            self._evict_next -= 1
+            return True
+        return False
+
+    def _write(self, conn: Conn, payload: bytes) -> None:
+        """Queue one response (one buffer, so one TLS record train and no Nagle stall) and send
+        as much of it as the socket takes now."""
+        conn.queue(payload)
+        conn.state = WRITING
+        self._send(conn, time.monotonic())
+
+    def _send(self, conn: Conn, now: float) -> None:
+        try:
+            done = conn.flush()
+        except PeerGone:
+            return self._close(conn)
+        if not done:
+            if conn.deadline == NEVER or conn.state != WRITING:
+                conn.deadline = now + self.body_timeout
+            return self._watch(conn, selectors.EVENT_WRITE)
+        if conn.state == WRITING:
+            self._after_response(conn, now)
+        else:
+            self._watch(conn, selectors.EVENT_READ)  # a 100 Continue left; read the body
+
+    def _after_response(self, conn: Conn, now: float) -> None:
+        if not conn.keep_alive:
+            conn.half_close()
+            conn.state, conn.deadline, conn.scan = LINGER, now + self.linger_timeout, 0
+            del conn.buf[:]
+            return self._watch(conn, selectors.EVENT_READ)
+        if self._draining:
+            return self._close(conn)
+        conn.first = False
+        self._to_idle(conn, now)
+        self._watch(conn, selectors.EVENT_READ)
+        if conn.buf:
+            self._ready.append(conn)
+
+    def _to_idle(self, conn: Conn, now: float) -> None:
+        conn.state, conn.idle_since = IDLE, now
+        conn.deadline = now + (self.header_timeout if conn.first else self.idle_timeout)
 
     def _render(self, request: Request, response: Response, keep_alive: bool,
                 http10_keep_alive: bool) -> tuple[bytes, Response]:
@@ -473,7 +517,7 @@ class HardenedHTTPServer:
         except (ValueError, UnicodeEncodeError):
             self.log.exception("application produced an invalid response (request_id=%s)",
                                request.request_id)
-            fallback = error_response(FerroError(_INTERNAL_MESSAGE), request.request_id)
+            fallback = error_response(FerroError(INTERNAL_MESSAGE), request.request_id)
             return render_response(fallback, request.request_id, keep_alive,
                                    http10_keep_alive, head_only), fallback
 
@@ -484,3 +528,68 @@ class HardenedHTTPServer:
             self.on_request(request, response, time.monotonic() - request.received_at)
         except Exception:
             self.log.exception("on_request callback failed (request_id=%s)", request.request_id)
+
+    # ----------------------------------------------------------------- deadlines and closing
+
+    def _expire(self, now: float) -> None:
+        for conn in [c for c in self._conns if c.deadline <= now]:
+            if conn.state in (HEAD, BODY):  # a started request ran out of time: say so
+                incoming = conn.timed_out(self.limits, now)
+                assert incoming.error is not None
+                self._guarded(conn, self._respond, conn, incoming,
+                              error_response(incoming.error, incoming.request.request_id))
+            else:
+                self._close(conn)
+
+    def _watch(self, conn: Conn, events: int) -> None:
+        """Point the selector at what ``conn`` waits for (0: nothing)."""
+        if conn.events == events or self._selector is None:
+            return
+        if events == 0:
+            self._selector.unregister(conn.sock)
+        elif conn.events == 0:
+            self._selector.register(conn.sock, events, conn)
+        else:
+            self._selector.modify(conn.sock, events, conn)
+        conn.events = events
+
+    def _close(self, conn: Conn) -> None:
+        if conn.state == CLOSED:
+            return
+        self._watch(conn, 0)
+        conn.close()
+        self._conns.pop(conn, None)
+        if len(self._conns) < self.max_connections:
+            self._resume_listener()
+
+    def _begin_drain(self) -> None:
+        """Shutdown: refuse new connections now, close idle ones, let the busy ones finish."""
+        self._draining = True
+        self._drain_deadline = time.monotonic() + self._grace
+        if self._listener is not None:
+            if not self._paused and self._selector is not None:
+                self._selector.unregister(self._listener)
+            self._listener.close()
+        for conn in list(self._conns):
+            if conn.state in (HANDSHAKE, IDLE):
+                self._close(conn)
+
+    def _cleanup(self) -> None:
+        """Close every socket, stop the pool (waiting a little for stuck handlers), done."""
+        leftovers = [conn for conn in self._conns if conn.state not in (LINGER, CLOSED)]
+        if leftovers and self._draining:
+            self.log.warning("%d connection(s) still busy after %.1fs grace: closing them",
+                             len(leftovers), self._grace)
+        for conn in list(self._conns):
+            self._close(conn)
+        if self._listener is not None:
+            self._listener.close()
+        stuck = self._dispatcher.close(self.linger_timeout + 1.0)
+        if stuck:
+            self.log.warning("%d handler(s) still running at exit", len(stuck))
+        if self._selector is not None:
+            self._selector.close()
+        for sock in (self._wake_r, self._wake_w):
+            if sock is not None:
+                sock.close()
+        self._closed.set()

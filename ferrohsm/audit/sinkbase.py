@@ -10,6 +10,13 @@ to store a batch of lines durably (``_persist``) and undo a partial one:
   prev_hash, ts, id assigned in arrival order under ``_io_lock``) and hands it to ``_persist``.
   Sealing in the leader, not in each writer, means a failed group leaves no hole in ``seq``: the
   tentative head (``_next_*``) is simply dropped and the committed head stays where it was.
+* Deferral, for an event-loop server that answers many requests per turn: inside a thread's
+  deferral scope (``begin_deferral``/``end_deferral``), ``append(event, defer=True)`` only
+  encodes the event and returns None; the scope's owner then makes all of them durable with ONE
+  ``commit_deferred`` (one group, one write, one fsync) before it sends any of the answers. A
+  caller outside a scope, or one appending without ``defer``, gets the durable append as always,
+  so only call sites that change no state may defer (a failed commit can then only turn their
+  answers into 503s; there is nothing to compensate).
 * A backend that cannot prove it undid a partial write sets ``_failed``; from then on every append
   is refused and ``healthy()`` is False until a restart re-reads what is really on disk.
 * Signed checkpoints (``anchor.Anchor``) are taken every ``anchor_every`` records, on demand and at
@@ -50,9 +57,28 @@ class AuditSink(ABC):
     """Append-only, hash-chained, HMAC-authenticated audit log. Safe to call from many threads."""
 
     @abstractmethod
-    def append(self, event: AuditEvent) -> dict[str, Any]:
+    def append(self, event: AuditEvent, *, defer: bool = False) -> dict[str, Any] | None:
         """Seal and store ``event``; return the sealed record once durable, else raise
-        AuditUnavailable."""
+        AuditUnavailable. With ``defer`` inside this thread's deferral scope: queue it in the
+        scope and return None (``commit_deferred`` makes it durable)."""
+
+    def begin_deferral(self) -> None:
+        """Open this thread's deferral scope (see the module docstring)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot defer records")
+
+    def end_deferral(self) -> list[PreparedEvent]:
+        """Close this thread's scope; the records deferred in it, in order, for
+        ``commit_deferred``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot defer records")
+
+    def deferred_count(self) -> int:
+        """How many records this thread's open scope holds (0 without a scope)."""
+        return 0
+
+    def commit_deferred(self, events: list[PreparedEvent]) -> list[dict[str, Any]]:
+        """Seal and store ``events`` as one group, durable on return, else AuditUnavailable
+        (then none of them was stored)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot defer records")
 
     @abstractmethod
     def read(self, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
@@ -107,8 +133,10 @@ class ChainedSink(AuditSink):
         self._clock = clock or utcnow
         self._new_id = new_id or new_uuid
         self._io_lock = threading.RLock()
-        self._group: GroupCommit[PreparedEvent, dict[str, Any]] = GroupCommit(self._flush,
-                                                                              max_group)
+        # Each writer submits a list: one event for append(), a whole scope for commit_deferred().
+        self._group: GroupCommit[list[PreparedEvent], list[dict[str, Any]]] = GroupCommit(
+            self._flush_lists, max_group)
+        self._deferral = threading.local()
         self._committed: tuple[int, str] = (0, GENESIS_HASH)  # replaced whole: lock-free reads
         self._next_seq, self._next_hash = 0, GENESIS_HASH
         self._log_id = ""
@@ -121,10 +149,35 @@ class ChainedSink(AuditSink):
 
     # ---- the AuditSink interface ------------------------------------------------------------
 
-    def append(self, event: AuditEvent) -> dict[str, Any]:
+    def append(self, event: AuditEvent, *, defer: bool = False) -> dict[str, Any] | None:
         if not isinstance(event, AuditEvent):
             raise TypeError("append() takes an AuditEvent")
-        return self._group.submit(prepare(event))  # encoded here, in the writer's thread
+        prepared = prepare(event)  # encoded here, in the writer's thread
+        if defer:
+            scope: list[PreparedEvent] | None = getattr(self._deferral, "scope", None)
+            if scope is not None:
+                if self._failed is not None or self._closed:
+                    self._check_usable()  # refuse now: the answer must not be computed
+                scope.append(prepared)
+                return None
+        return self._group.submit([prepared])[0]
+
+    def begin_deferral(self) -> None:
+        self._deferral.scope = []
+
+    def end_deferral(self) -> list[PreparedEvent]:
+        scope: list[PreparedEvent] | None = getattr(self._deferral, "scope", None)
+        self._deferral.scope = None
+        return scope or []
+
+    def deferred_count(self) -> int:
+        scope: list[PreparedEvent] | None = getattr(self._deferral, "scope", None)
+        return len(scope) if scope else 0
+
+    def commit_deferred(self, events: list[PreparedEvent]) -> list[dict[str, Any]]:
+        if not events:
+            return []
+        return self._group.submit(events)
 
     def head(self) -> tuple[int, str]:
         return self._committed
@@ -209,8 +262,19 @@ class ChainedSink(AuditSink):
         if self._failed is not None:
             raise AuditUnavailable(f"audit log unavailable until restart: {self._failed}")
 
+    def _flush_lists(self, groups: list[list[PreparedEvent]]) -> list[list[dict[str, Any]]]:
+        """GroupCommit's flush: every writer's list in one ``_flush``, results split back."""
+        if len(groups) == 1:
+            return [self._flush(groups[0])]
+        records = self._flush([event for events in groups for event in events])
+        out, start = [], 0
+        for events in groups:
+            out.append(records[start:start + len(events)])
+            start += len(events)
+        return out
+
     def _flush(self, events: list[PreparedEvent]) -> list[dict[str, Any]]:
-        """GroupCommit's flush: runs in the leader's thread, one group at a time."""
+        """Runs in the group-commit leader's thread, one group at a time."""
         with self._io_lock:
             self._check_usable()
             self._next_seq, self._next_hash = self._committed

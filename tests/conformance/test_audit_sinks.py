@@ -315,6 +315,72 @@ def test_failed_commit_fails_closed_and_keeps_the_chain(backend: Backend) -> Non
     assert backend.verify().ok
 
 
+
+# ---- deferral (the event-loop server's one group per turn) --------------------------------------
+
+def test_deferred_records_are_durable_only_after_commit(sink: Any, backend: Backend) -> None:
+    start = sink.head()
+    sink.begin_deferral()
+    assert sink.append(event(1), defer=True) is None
+    assert sink.append(event(2), defer=True) is None
+    assert sink.deferred_count() == 2
+    assert sink.head() == start and len(backend.lines()) == start[0]  # nothing written yet
+    pending = sink.end_deferral()
+    assert sink.deferred_count() == 0
+    records = sink.commit_deferred(pending)
+    assert [r["seq"] for r in records] == [start[0] + 1, start[0] + 2]
+    assert [r["message"] for r in sink.read(start[0])] == ["event 1", "event 2"]
+    assert sink.describe()["group_commits"] == start[0] + 1  # genesis, then one group of two
+    sink.close()
+    assert backend.verify().ok
+
+
+def test_defer_without_a_scope_is_a_durable_append(sink: Any) -> None:
+    record = sink.append(event(1), defer=True)
+    assert record is not None and sink.head()[0] == record["seq"]
+    sink.begin_deferral()
+    assert sink.append(event(2)) is not None  # without defer: durable even inside a scope
+    assert sink.end_deferral() == []
+    assert sink.commit_deferred([]) == []
+
+
+def test_scopes_belong_to_their_thread(sink: Any, backend: Backend) -> None:
+    """Another thread's durable appends land between a scope's records and its commit, and the
+    chain stays whole."""
+    sink.begin_deferral()
+    sink.append(event(1), defer=True)
+    other = threading.Thread(target=lambda: sink.append(event(2), defer=True))
+    other.start()
+    other.join()
+    assert sink.read(sink.head()[0] - 1)[0]["message"] == "event 2"  # durable already
+    sink.commit_deferred(sink.end_deferral())
+    assert sink.read(sink.head()[0] - 1)[0]["message"] == "event 1"
+    sink.close()
+    assert backend.verify().ok
+
+
+def test_failed_deferred_commit_stores_none_of_the_group(backend: Backend) -> None:
+    opened = backend.open(failing=True)
+    head = opened.head()
+    opened.begin_deferral()
+    for n in range(3):
+        opened.append(event(n), defer=True)
+    pending = opened.end_deferral()
+    opened.fail = True
+    with pytest.raises(AuditUnavailable):
+        opened.commit_deferred(pending)
+    assert opened.head() == head
+    opened.fail = False
+    if backend.kind == "file":  # refused from now on, before any answer is computed
+        opened.begin_deferral()
+        with pytest.raises(AuditUnavailable, match="restart"):
+            opened.append(event(9), defer=True)
+        opened.end_deferral()
+    opened.close()
+    assert backend.verify().ok
+    assert all(b'"message":"event 0"' not in line for line in backend.lines())
+
+
 CHILD = textwrap.dedent("""
     import base64, os, resource, signal, sys
     sys.path.insert(0, sys.argv[3])

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from ferrohsm.api import parse as parse_module
 from ferrohsm.api import server as server_module
 from ferrohsm.api.http import Request, Response, json_response
 from ferrohsm.api.server import HardenedHTTPServer
@@ -189,13 +188,13 @@ def test_http10_keep_alive_on_request(server: Any, connect: Any) -> None:
 def test_each_response_is_one_write(make_server: Any, connect: Any,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     writes: list[bytes] = []
-    original = parse_module.ConnectionIO.send
+    original = server_module.HardenedHTTPServer._write
 
-    def recording(self: Any, payload: bytes, timeout: float) -> None:
+    def recording(self: Any, conn: Any, payload: bytes) -> None:
         writes.append(payload)
-        original(self, payload, timeout)
+        original(self, conn, payload)
 
-    monkeypatch.setattr(parse_module.ConnectionIO, "send", recording)
+    monkeypatch.setattr(server_module.HardenedHTTPServer, "_write", recording)
     server = make_server()
     client = connect(server)
     client.send(GET)
@@ -213,9 +212,9 @@ def test_nagle_disabled_on_accepted_sockets(make_server: Any, connect: Any,
 
     original = server_module.HardenedHTTPServer._handshake
 
-    def spy(self: Any, conn: Any) -> bool:
+    def spy(self: Any, conn: Any, now: float) -> None:
         seen.append(conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-        return original(self, conn)
+        original(self, conn, now)
 
     monkeypatch.setattr(server_module.HardenedHTTPServer, "_handshake", spy)
     server = make_server(app)

@@ -40,10 +40,10 @@ class RecordingAudit:
         self.lock = threading.Lock()
         self.ok = True
 
-    def append(self, event: AuditEvent) -> dict[str, Any]:
+    def append(self, event: AuditEvent, *, defer: bool = False) -> dict[str, Any] | None:
         if not self.ok:
             raise AuditUnavailable("audit down")
-        record = self.sink.append(event)
+        record = self.sink.append(event, defer=defer)
         with self.lock:
             self.events.append(event)
         return record

@@ -52,9 +52,9 @@ def register(router: Router, service: KeyService) -> None:
         out = service.unwrap(ctx, p["key"], body["wrapped"])
         return 200, {"key_material": b64s(out["key_material"]), "key_version": out["key_version"]}
 
-    router.add("POST", "/v1/keys/{key}/encrypt", encrypt, name="encrypt")
-    router.add("POST", "/v1/keys/{key}/decrypt", decrypt, name="decrypt")
-    router.add("POST", "/v1/keys/{key}/sign", sign, name="sign")
-    router.add("POST", "/v1/keys/{key}/verify", verify, name="verify")
-    router.add("POST", "/v1/keys/{key}/wrap", wrap, name="wrap")
-    router.add("POST", "/v1/keys/{key}/unwrap", unwrap, name="unwrap")
+    router.add("POST", "/v1/keys/{key}/encrypt", encrypt, name="encrypt", inline=True)
+    router.add("POST", "/v1/keys/{key}/decrypt", decrypt, name="decrypt", inline=True)
+    router.add("POST", "/v1/keys/{key}/sign", sign, name="sign", inline=True)
+    router.add("POST", "/v1/keys/{key}/verify", verify, name="verify", inline=True)
+    router.add("POST", "/v1/keys/{key}/wrap", wrap, name="wrap", inline=True)
+    router.add("POST", "/v1/keys/{key}/unwrap", unwrap, name="unwrap", inline=True)

@@ -30,6 +30,6 @@ def register(router: Router, health: Callable[[], dict[str, Any]], metrics: Serv
     def spec(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
         return 200, doc
 
-    router.add("GET", "/healthz", healthz, name="health")
-    router.add("GET", "/metrics", prometheus, name="metrics")
-    router.add("GET", "/v1/openapi.json", spec, name="openapi")
+    router.add("GET", "/healthz", healthz, name="health", inline=True)
+    router.add("GET", "/metrics", prometheus, name="metrics", inline=True)
+    router.add("GET", "/v1/openapi.json", spec, name="openapi", inline=True)

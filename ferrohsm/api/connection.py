@@ -1,0 +1,212 @@
+"""One connection of the event-loop server: its socket, buffers, state and deadline.
+
+Everything here is non-blocking and runs on the loop thread only (server.py). A connection moves
+through these states; ``deadline`` is the moment the loop closes it if it has not moved on:
+
+    HANDSHAKE --> IDLE --first byte--> HEAD --head parsed--> BODY --complete--> BUSY
+                   ^                                                              |
+                   +---------------- response sent (keep-alive) <-- WRITING <-----+
+                                     response sent (close) --> LINGER --> closed
+
+- HANDSHAKE: TLS handshake under ``handshake_timeout`` (a silent peer costs nothing but a slot).
+- IDLE: between requests; ``header_timeout`` before the first request, ``idle_timeout`` after.
+- HEAD / BODY: the whole head within ``header_timeout`` of its first byte (of the handshake's end
+  for a fresh connection), the whole body within ``body_timeout``: deadlines, not per-read
+  timeouts, so a client dribbling a byte a second is still cut off.
+- BUSY: the application has the request (no deadline: it is our own code).
+- WRITING: the response is partly sent; the rest must leave within ``body_timeout``.
+- LINGER: after a response that closes the connection: half-closed, unread input is drained for
+  ``linger_timeout`` (closing with unread input makes the kernel send a RST that can destroy the
+  response before the client read it).
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import ssl
+from dataclasses import dataclass
+
+from ..errors import FerroError, RequestTimeout
+from .http import Request
+from .parse import (
+    Limits,
+    RequestHead,
+    bare_request,
+    build_request,
+    find_head_end,
+    parse_head,
+)
+
+HANDSHAKE, IDLE, HEAD, BODY, BUSY, WRITING, LINGER, CLOSED = range(8)
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+NEVER = math.inf
+
+
+class PeerGone(Exception):
+    """EOF, reset or a TLS failure: the connection is over, silently."""
+
+
+@dataclass(slots=True)
+class Incoming:
+    """A request read off the wire, or the framing error that stopped us reading it."""
+
+    request: Request
+    error: FerroError | None
+    keep_alive: bool
+    http10_keep_alive: bool
+
+
+class Conn:
+    """Socket, buffers and state of one accepted connection (loop thread only)."""
+
+    __slots__ = ("buf", "client_cert_der", "deadline", "events", "first", "head", "idle_since",
+                 "eof", "keep_alive", "out", "peer", "received_at", "scan", "sock", "state", "tls")
+
+    def __init__(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        self.sock = sock
+        self.tls: ssl.SSLSocket | None = None
+        self.peer = peer
+        self.client_cert_der: bytes | None = None
+        self.buf = bytearray()
+        self.out: memoryview | None = None
+        self.state = HANDSHAKE
+        self.deadline = NEVER
+        self.first = True
+        self.eof = False  # the peer half-closed: answer what it sent, then close
+        self.keep_alive = True  # whether the response being written leaves the connection open
+        self.idle_since = 0.0
+        self.received_at = 0.0
+        self.head: RequestHead | None = None
+        self.scan = 0
+        self.events = 0  # what the selector watches for (0: unregistered)
+
+    # ---- reading ----------------------------------------------------------------------------
+
+    def receive(self, chunk: memoryview) -> int:
+        """Move what the socket has into ``buf``; the byte count (0: nothing yet). EOF sets
+        ``eof`` (a request sent before it still gets its answer); PeerGone on error."""
+        total = 0
+        sock = self.sock
+        while True:
+            try:
+                count = sock.recv_into(chunk)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                return total
+            except (OSError, ValueError):
+                raise PeerGone from None
+            if not count:
+                self.eof = True
+                return total
+            self.buf += chunk[:count]
+            total += count
+            if count < len(chunk) and not (self.tls and self.tls.pending()):
+                return total
+
+    def next_request(self, limits: Limits, now: float, header_timeout: float,
+                     body_timeout: float) -> Incoming | None:
+        """The next complete request in ``buf``, a framing error, or None (need more bytes).
+
+        Sets the HEAD/BODY deadlines as the request arrives; queues ``100 Continue`` when the
+        client waits for it.
+        """
+        try:
+            if self.head is None and not self._take_head(limits, now, header_timeout,
+                                                         body_timeout):
+                return None
+            head = self.head
+            assert head is not None
+            if len(self.buf) < head.content_length:
+                return None
+            body = bytes(self.buf[:head.content_length])
+            del self.buf[:head.content_length]
+            self.head = None
+            request = build_request(head, body, self.peer, self.client_cert_der,
+                                    self.received_at)
+        except FerroError as exc:
+            raw = bytes(self.buf[:limits.max_header_bytes])
+            request = bare_request(self.head, raw, self.peer, self.client_cert_der,
+                                   self.received_at or now)
+            self.head = None
+            self.state, self.deadline = BUSY, NEVER
+            return Incoming(request, exc, False, False)
+        self.state = BUSY
+        self.deadline = NEVER
+        http10 = head.keep_alive and head.version == "HTTP/1.0"
+        return Incoming(request, None, head.keep_alive, http10)
+
+    def timed_out(self, limits: Limits, now: float) -> Incoming:
+        """The request that ran out of time in HEAD or BODY, as a 408 to answer."""
+        request = bare_request(self.head, bytes(self.buf[:limits.max_header_bytes]), self.peer,
+                               self.client_cert_der, self.received_at or now)
+        self.head = None
+        self.state, self.deadline = BUSY, NEVER
+        return Incoming(request, RequestTimeout("request not received in time"), False, False)
+
+    def _take_head(self, limits: Limits, now: float, header_timeout: float,
+                   body_timeout: float) -> bool:
+        buf = self.buf
+        while buf[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request
+            del buf[:2]
+            self.scan = 0
+        if not buf:
+            return False
+        if self.state == IDLE:
+            start = self.idle_since if self.first else now
+            self.state, self.received_at = HEAD, now
+            self.deadline = start + header_timeout
+        end = find_head_end(buf, self.scan, limits)
+        if end < 0:
+            self.scan = max(0, len(buf) - 3)
+            return False
+        raw = bytes(buf[:end])
+        self.scan = 0
+        head = parse_head(raw, limits)  # on error buf still holds the head for the request id
+        del buf[:end + 4]
+        self.head = head
+        if head.content_length:
+            self.state, self.deadline = BODY, now + body_timeout
+            if head.expect_continue and len(buf) < head.content_length:
+                self.queue(CONTINUE)
+        return True
+
+    # ---- writing ----------------------------------------------------------------------------
+
+    def queue(self, payload: bytes) -> None:
+        """Add ``payload`` to what must be sent (before anything sent after it)."""
+        if self.out is None or not len(self.out):
+            self.out = memoryview(payload)
+        else:
+            self.out = memoryview(bytes(self.out) + payload)
+
+    def flush(self) -> bool:
+        """Send what is queued; True once all of it left. PeerGone on error."""
+        out = self.out
+        while out is not None and len(out):
+            try:
+                sent = self.sock.send(out)
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                self.out = out
+                return False
+            except (OSError, ValueError):
+                raise PeerGone from None
+            out = out[sent:]
+        self.out = None
+        return True
+
+    # ---- closing ----------------------------------------------------------------------------
+
+    def half_close(self) -> None:
+        """TCP half-close (``socket.socket.shutdown`` on purpose: SSLSocket.shutdown would drop
+        the SSL object we still drain through)."""
+        try:
+            socket.socket.shutdown(self.sock, socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.state = CLOSED
+        try:
+            self.sock.close()
+        except OSError:
+            pass

@@ -1,0 +1,137 @@
+"""Where a parsed request runs: on the event loop (batched, audit deferred) or on the pool.
+
+``Dispatcher.take`` sorts each request the loop hands it:
+
+- inline (``inline(request)`` is True: cheap and changing no state, e.g. crypto operations): kept
+  for this turn's batch. ``answers()`` runs the batch one request after another inside an audit
+  deferral scope, makes every record they deferred durable with ONE ``commit_deferred`` (one
+  write, one fsync for the whole turn), and only then returns their responses. If the commit
+  fails, each response that depended on it becomes a 503 instead: nothing leaves unaudited.
+- everything else: a job for the worker pool, whose audit records are durable before the app
+  returns (no scope on pool threads); the response comes back through ``answers()`` too.
+
+The loop never sees the app itself; the pool never touches a socket.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..errors import AuditUnavailable, FerroError
+from .connection import Conn, Incoming
+from .http import Request, Response, error_response
+from .workerpool import WorkerPool
+
+App = Callable[[Request], Response]
+Answer = tuple[Conn, Incoming, Response]
+INTERNAL_MESSAGE = "internal error; the server log has details under this request id"
+
+
+class Deferral(Protocol):
+    """The audit sink's deferral API (audit/sinkbase.py), as the loop uses it."""
+
+    def begin_deferral(self) -> None: ...
+    def end_deferral(self) -> list[Any]: ...
+    def deferred_count(self) -> int: ...
+    def commit_deferred(self, events: list[Any]) -> Any: ...
+
+
+class Dispatcher:
+    def __init__(self, app: App, *, inline: Callable[[Request], bool] | None,
+                 deferral: Deferral | None, workers: int, log: logging.Logger,
+                 wake: Callable[[], None]) -> None:
+        self.app = app
+        self.inline = inline
+        self.deferral = deferral
+        self.log = log
+        self._wake = wake
+        self._pool = WorkerPool(workers)
+        self._batch: list[tuple[Conn, Incoming]] = []
+        self._done: collections.deque[Answer] = collections.deque()  # filled by pool threads
+
+    def take(self, conn: Conn, incoming: Incoming) -> None:
+        if self.inline is not None and self._runs_inline(incoming.request):
+            self._batch.append((conn, incoming))
+        else:
+            self._pool.submit(lambda: self._pooled(conn, incoming))
+
+    def pending(self) -> bool:
+        return bool(self._batch or self._done)
+
+    def answers(self) -> list[Answer]:
+        """This turn's inline responses (audit committed), then whatever the pool finished."""
+        out = self._run_batch()
+        while self._done:
+            out.append(self._done.popleft())
+        return out
+
+    def close(self, timeout: float) -> list[Any]:
+        return self._pool.close(timeout)
+
+    def _runs_inline(self, request: Request) -> bool:
+        assert self.inline is not None
+        try:
+            return self.inline(request)
+        except Exception:
+            self.log.exception("inline predicate failed (request_id=%s)", request.request_id)
+            return False
+
+    def _run_batch(self) -> list[Answer]:
+        batch, self._batch = self._batch, []
+        if not batch:
+            return []
+        deferral = self.deferral
+        results: list[tuple[Conn, Incoming, Response, bool]] = []
+        if deferral is not None:
+            deferral.begin_deferral()
+        try:
+            for conn, incoming in batch:
+                before = deferral.deferred_count() if deferral is not None else 0
+                response = self.call_app(incoming.request)
+                deferred = deferral is not None and deferral.deferred_count() > before
+                results.append((conn, incoming, response, deferred))
+        finally:
+            pending = deferral.end_deferral() if deferral is not None else []
+        failure = self._commit(pending) if pending else None
+        out: list[Answer] = []
+        for conn, incoming, response, deferred in results:
+            if failure is not None and deferred:
+                response = error_response(AuditUnavailable(failure), incoming.request.request_id)
+            out.append((conn, incoming, response))
+        return out
+
+    def _commit(self, pending: list[Any]) -> str | None:
+        """Make the batch's deferred audit records durable; the failure message, or None."""
+        assert self.deferral is not None
+        try:
+            self.deferral.commit_deferred(pending)
+        except FerroError as exc:
+            self.log.error("audit commit of %d deferred record(s) failed: their requests are "
+                           "answered 503", len(pending))
+            return exc.message
+        except Exception:
+            self.log.exception("audit commit failed")
+            return "audit record could not be made durable"
+        return None
+
+    def _pooled(self, conn: Conn, incoming: Incoming) -> None:
+        """On a worker thread: run the app, hand the response to the loop."""
+        self._done.append((conn, incoming, self.call_app(incoming.request)))
+        self._wake()
+
+    def call_app(self, request: Request) -> Response:
+        """The application's response; exceptions become error responses, never tracebacks."""
+        try:
+            response = self.app(request)
+            if not isinstance(response, Response):
+                raise TypeError(f"application returned {type(response).__name__}")
+            return response
+        except FerroError as exc:
+            return error_response(exc, request.request_id)
+        except Exception:
+            self.log.exception("unhandled error (request_id=%s %s %s)",
+                               request.request_id, request.method, request.path)
+            return error_response(FerroError(INTERNAL_MESSAGE), request.request_id)
