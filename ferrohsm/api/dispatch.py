@@ -4,9 +4,12 @@
 
 - inline (``inline(request)`` is True: cheap and changing no state, e.g. crypto operations): kept
   for this turn's batch. ``answers()`` runs the batch one request after another inside an audit
-  deferral scope, makes every record they deferred durable with ONE ``commit_deferred`` (one
-  write, one fsync for the whole turn), and only then returns their responses. If the commit
-  fails, each response that depended on it becomes a 503 instead: nothing leaves unaudited.
+  deferral scope and hands the records they deferred, with their responses, to the committer
+  thread; it makes them durable with ONE ``commit_deferred`` (one write, one fsync for the whole
+  turn, or for several turns that queued up meanwhile) and only then gives the responses back.
+  The loop meanwhile serves the next turn, so the fsync overlaps useful work instead of stalling
+  every connection. If a commit fails, each response that depended on it becomes a 503 instead:
+  nothing leaves unaudited.
 - everything else: a job for the worker pool, whose audit records are durable before the app
   returns (no scope on pool threads); the response comes back through ``answers()`` too.
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -50,7 +54,12 @@ class Dispatcher:
         self._wake = wake
         self._pool = WorkerPool(workers)
         self._batch: list[tuple[Conn, Incoming]] = []
-        self._done: collections.deque[Answer] = collections.deque()  # filled by pool threads
+        self._done: collections.deque[Answer] = collections.deque()  # filled by other threads
+        self._commit_queue: list[tuple[list[Any], list[Answer]]] = []
+        self._committing = 0  # batches queued or being committed
+        self._commit_wakeup = threading.Condition()
+        self._committer: threading.Thread | None = None
+        self._closing = False
 
     def take(self, conn: Conn, incoming: Incoming) -> None:
         if self.inline is not None and self._runs_inline(incoming.request):
@@ -58,8 +67,13 @@ class Dispatcher:
         else:
             self._pool.submit(lambda: self._pooled(conn, incoming))
 
-    def pending(self) -> bool:
+    def has_work(self) -> bool:
+        """Something the loop can do right now (so it must not sleep in select)."""
         return bool(self._batch or self._done)
+
+    def busy(self) -> bool:
+        """Requests still in the dispatcher's hands (a drain must wait for them)."""
+        return bool(self._batch or self._done or self._committing)
 
     def answers(self) -> list[Answer]:
         """This turn's inline responses (audit committed), then whatever the pool finished."""
@@ -69,7 +83,15 @@ class Dispatcher:
         return out
 
     def close(self, timeout: float) -> list[Any]:
-        return self._pool.close(timeout)
+        with self._commit_wakeup:
+            self._closing = True
+            self._commit_wakeup.notify()
+        stuck = self._pool.close(timeout)
+        if self._committer is not None:
+            self._committer.join(timeout)
+            if self._committer.is_alive():
+                stuck.append(self._committer)
+        return stuck
 
     def _runs_inline(self, request: Request) -> bool:
         assert self.inline is not None
@@ -80,31 +102,59 @@ class Dispatcher:
             return False
 
     def _run_batch(self) -> list[Answer]:
+        """Run this turn's inline requests; answers that need no commit, at once."""
         batch, self._batch = self._batch, []
         if not batch:
             return []
         deferral = self.deferral
-        results: list[tuple[Conn, Incoming, Response, bool]] = []
+        ready: list[Answer] = []
+        waiting: list[Answer] = []
         if deferral is not None:
             deferral.begin_deferral()
         try:
             for conn, incoming in batch:
                 before = deferral.deferred_count() if deferral is not None else 0
-                response = self.call_app(incoming.request)
+                answer = (conn, incoming, self.call_app(incoming.request))
                 deferred = deferral is not None and deferral.deferred_count() > before
-                results.append((conn, incoming, response, deferred))
+                (waiting if deferred else ready).append(answer)
         finally:
             pending = deferral.end_deferral() if deferral is not None else []
-        failure = self._commit(pending) if pending else None
-        out: list[Answer] = []
-        for conn, incoming, response, deferred in results:
-            if failure is not None and deferred:
-                response = error_response(AuditUnavailable(failure), incoming.request.request_id)
-            out.append((conn, incoming, response))
-        return out
+        if waiting:
+            self._queue_commit(pending, waiting)
+        return ready
+
+    def _queue_commit(self, pending: list[Any], answers: list[Answer]) -> None:
+        with self._commit_wakeup:
+            self._commit_queue.append((pending, answers))
+            self._committing += 1
+            if self._committer is None:
+                self._committer = threading.Thread(target=self._commit_loop, daemon=True,
+                                                   name="ferrohsm-audit-commit")
+                self._committer.start()
+            self._commit_wakeup.notify()
+
+    def _commit_loop(self) -> None:
+        """Committer thread: every batch queued meanwhile goes into one commit."""
+        while True:
+            with self._commit_wakeup:
+                while not self._commit_queue and not self._closing:
+                    self._commit_wakeup.wait()
+                queued, self._commit_queue = self._commit_queue, []
+            if not queued:
+                return  # closing, nothing left
+            failure = self._commit([event for pending, _ in queued for event in pending])
+            for _, answers in queued:
+                for conn, incoming, response in answers:
+                    if failure is not None:
+                        response = error_response(AuditUnavailable(failure),
+                                                  incoming.request.request_id)
+                    self._done.append((conn, incoming, response))
+            with self._commit_wakeup:
+                self._committing -= len(queued)
+            self._wake()
 
     def _commit(self, pending: list[Any]) -> str | None:
-        """Make the batch's deferred audit records durable; the failure message, or None."""
+        """Make deferred audit records durable; the failure message, or None."""
         assert self.deferral is not None
         try:
             self.deferral.commit_deferred(pending)

@@ -249,7 +249,7 @@ class HardenedHTTPServer:
             self._begin_drain()
         if not self._draining:
             return False
-        busy = self._ready or self._dispatcher.pending()
+        busy = self._ready or self._dispatcher.busy()
         return (not self._conns and not busy) or time.monotonic() >= self._drain_deadline
 
     def _turn(self) -> None:
@@ -272,7 +272,7 @@ class HardenedHTTPServer:
         self._expire(time.monotonic())
 
     def _wait_time(self) -> float:
-        if self._ready or self._dispatcher.pending():
+        if self._ready or self._dispatcher.has_work():
             return 0.0
         now = time.monotonic()
         soonest = min((conn.deadline for conn in self._conns), default=NEVER)

@@ -137,6 +137,7 @@ class ChainedSink(AuditSink):
         self._group: GroupCommit[list[PreparedEvent], list[dict[str, Any]]] = GroupCommit(
             self._flush_lists, max_group)
         self._deferral = threading.local()
+        self._records_written = 0
         self._committed: tuple[int, str] = (0, GENESIS_HASH)  # replaced whole: lock-free reads
         self._next_seq, self._next_hash = 0, GENESIS_HASH
         self._log_id = ""
@@ -192,7 +193,7 @@ class ChainedSink(AuditSink):
             "last_write_ok": self._last_ok,
             "log_id": self._log_id, "head_seq": seq, "head_hash": digest,
             "failures": self._failures, "problem": self._failed,
-            "records_written": self._group.items, "group_commits": self._group.groups,
+            "records_written": self._records_written, "group_commits": self._group.groups,
             "last_checkpoint_seq": self._last_checkpoint_seq,
             "checkpoint_failures": self._anchor_failures,
         }
@@ -290,6 +291,7 @@ class ChainedSink(AuditSink):
                 raise AuditUnavailable(
                     f"audit record could not be made durable: {reason}") from None
             self._committed = (self._next_seq, self._next_hash)
+            self._records_written += len(events)
             self._last_ok = True
             self._maybe_checkpoint()
             return records

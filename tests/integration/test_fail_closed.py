@@ -93,3 +93,30 @@ def test_tampered_sealed_material_fails_that_key_only(tmp_path: Path) -> None:
                         role="service")[0] == 200
     finally:
         srv.close()
+
+
+def test_encrypt_refused_when_its_batched_audit_commit_fails(tmp_path: Path) -> None:
+    """Encrypt runs on the event loop with its record deferred to the turn's group commit: when
+    that commit fails (full disk), the ciphertext is never sent, and the next one works."""
+    srv = LiveServer(tmp_path, key_store="memory")
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        key = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt"})[2]
+        live = sorted((srv.data_dir / "audit").glob("audit-*.jsonl"))[-1]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (live.stat().st_size + 10, old[1]))
+        status, _, err = srv.call("POST", f"/v1/keys/{key['id']}/encrypt",
+                                  {"plaintext": B(b"secret")}, role="service")
+        assert status == 503 and "ciphertext" not in err, err
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        status, _, out = srv.call("POST", f"/v1/keys/{key['id']}/encrypt",
+                                  {"plaintext": B(b"secret")}, role="service")
+        assert status == 200 and out["ciphertext"].startswith("fhsm:v1:")
+        records = [json.loads(line) for seg in sorted((srv.data_dir / "audit").glob("*.jsonl"))
+                   for line in seg.read_text().splitlines()]
+        encrypts = [r for r in records if r["action"] == "crypto.encrypt"]
+        assert [r["outcome"] for r in encrypts] == ["success"]  # the refused one left no trace
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, old_handler)
+        srv.close()

@@ -1,0 +1,143 @@
+"""The event loop's own promises, over real sockets with a real audit sink:
+
+- inline requests are answered only once the audit records they deferred are durable (one commit
+  for the batch), and a failed commit turns exactly those answers into 503s;
+- a slow request on the worker pool never stalls inline requests on other connections;
+- pipelined requests mixing inline and pooled work are answered in order.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ferrohsm.api.http import Request, Response, json_response
+from ferrohsm.audit.chain import AuditEvent
+from ferrohsm.audit.sinks import FileSink
+
+KEY = hashlib.sha256(b"event loop audit key").digest()
+
+
+class GatedSink(FileSink):
+    """A FileSink whose fsync waits for ``gate`` and can be made to fail."""
+
+    def __init__(self, directory: Path) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail = False
+        self.fsyncs = 0
+        super().__init__(str(directory), KEY)
+
+    def _fsync(self, fd: int) -> None:
+        self.gate.wait(10)
+        if self.fail:
+            raise OSError(errno.EIO, "Input/output error")
+        self.fsyncs += 1
+        super()._fsync(fd)
+
+
+def audited_app(sink: GatedSink) -> Any:
+    """/op defers one audit record (like a crypto operation), /plain records nothing, /slow
+    sleeps on the pool; the response tells the head the sink had when the handler ran."""
+
+    def app(request: Request) -> Response:
+        if request.path == "/slow":
+            time.sleep(1.0)
+        if request.path == "/op":
+            sink.append(AuditEvent(actor="svc", role="service", action="key.encrypt",
+                                   outcome="success", message=request.request_id), defer=True)
+        return json_response(200, {"path": request.path})
+
+    return app
+
+
+def inline(request: Request) -> bool:
+    return request.path != "/slow"
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Any:
+    opened = GatedSink(tmp_path / "audit")
+    yield opened
+    opened.close()
+
+
+def req(path: str, request_id: str = "r") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: h\r\nX-Request-ID: {request_id}\r\n\r\n".encode()
+
+
+def test_inline_answer_waits_for_its_audit_record_to_be_durable(
+        make_server: Any, connect: Any, sink: GatedSink) -> None:
+    server = make_server(audited_app(sink), inline=inline, deferral=sink)
+    client = connect(server)
+    head = sink.head()[0]
+    sink.gate.clear()  # the commit hangs in fsync
+    client.send(req("/op", "held-1"))
+    assert not client.at_eof(0.5)  # ...and nothing was answered meanwhile
+    assert sink.head()[0] == head
+    sink.gate.set()
+    response = client.read_response()
+    assert response.status == 200
+    assert sink.head()[0] == head + 1  # durable before the answer left
+    assert sink.read(head)[0]["message"] == "held-1"
+
+
+def test_one_commit_serves_a_whole_batch(make_server: Any, connect: Any,
+                                         sink: GatedSink) -> None:
+    server = make_server(audited_app(sink), inline=inline, deferral=sink)
+    clients = [connect(server) for _ in range(8)]
+    sink.gate.clear()
+    clients[0].send(req("/op", "first"))  # its commit blocks in fsync...
+    time.sleep(0.2)
+    for n, client in enumerate(clients[1:]):
+        client.send(req("/op", f"r{n}"))  # ...while these queue behind it
+    time.sleep(0.3)
+    fsyncs = sink.fsyncs
+    sink.gate.set()
+    assert [c.read_response().status for c in clients] == [200] * 8
+    assert sink.fsyncs - fsyncs <= 2  # the first group, then ONE for the seven queued
+
+
+def test_failed_commit_answers_503_only_where_a_record_was_deferred(
+        make_server: Any, connect: Any, sink: GatedSink) -> None:
+    server = make_server(audited_app(sink), inline=inline, deferral=sink)
+    op, plain = connect(server), connect(server)
+    head = sink.head()
+    sink.fail = True
+    op.send(req("/op"))
+    failed = op.read_response()
+    assert failed.status == 503 and failed.json()["error"]["code"] == "unavailable"
+    plain.send(req("/plain"))
+    assert plain.read_response().status == 200
+    assert sink.head() == head  # nothing half-written
+
+
+def test_slow_pooled_request_does_not_stall_inline_requests(
+        make_server: Any, connect: Any, sink: GatedSink) -> None:
+    server = make_server(audited_app(sink), inline=inline, deferral=sink)
+    slow, fast = connect(server), connect(server)
+    slow.send(req("/slow"))
+    time.sleep(0.1)
+    started = time.monotonic()
+    for _ in range(20):
+        fast.send(req("/op"))
+        assert fast.read_response().status == 200
+    assert time.monotonic() - started < 0.8  # done well before the 1 s handler returns
+    assert slow.read_response().json() == {"path": "/slow"}
+
+
+def test_pipelined_inline_and_pooled_requests_keep_their_order(
+        make_server: Any, connect: Any, sink: GatedSink) -> None:
+    server = make_server(audited_app(sink), inline=inline, deferral=sink)
+    client = connect(server)
+    paths = ["/op", "/slow", "/plain", "/op"]
+    client.send(b"".join(req(path, f"p{n}") for n, path in enumerate(paths)))
+    answers = [client.read_response() for _ in paths]
+    assert [a.json()["path"] for a in answers] == paths
+    assert [a.header("X-Request-ID") for a in answers] == ["p0", "p1", "p2", "p3"]
