@@ -49,6 +49,9 @@ _VERSION_RE = re.compile(rb"HTTP/[0-9]\.[0-9]")
 # quadratically on a value full of spaces (seconds of CPU for one 30 KB header).
 _FIELD_RE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):(.*)", re.DOTALL)
 _BAD_VALUE_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# The same two rules over a whole header section at once (each line CRLF-terminated): one regex
+# pass instead of two per line. It cannot backtrack: names exclude ':' and values exclude CR/LF.
+_FIELDS_OK_RE = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
 _TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,10}")
 _REQUEST_ID_SCAN_RE = re.compile(rb"(?im)^x-request-id:[ \t]*([A-Za-z0-9._:-]{1,128})[ \t]*\r?$")
@@ -120,7 +123,7 @@ def parse_head(head: bytes, limits: Limits) -> RequestHead:
     method, target, version = _parse_request_line(lines[0])
     if len(lines) - 1 > limits.max_headers:
         raise HeaderFieldsTooLarge(f"more than {limits.max_headers} header fields")
-    headers = Headers([_parse_field(line) for line in lines[1:]])
+    headers = Headers(_parse_fields(head, lines))
     path, _, query_string = target.partition("?")
     _check_host(headers, version)
     content_length = _content_length(headers, limits)
@@ -170,6 +173,20 @@ def _parse_request_line(line: bytes) -> tuple[str, str, str]:
     if not _TARGET_RE.fullmatch(target):
         raise BadRequest("request target must be origin-form without invalid characters")
     return method.decode("ascii"), target.decode("ascii"), version.decode("ascii")
+
+
+def _parse_fields(head: bytes, lines: list[bytes]) -> list[tuple[str, str]]:
+    """Every header field; the whole section is checked in one pass, and only a section that
+    fails it is parsed line by line (to say precisely what is wrong)."""
+    if len(lines) == 1:
+        return []
+    if _FIELDS_OK_RE.fullmatch(head[len(lines[0]) + 2:] + b"\r\n") is None:
+        return [_parse_field(line) for line in lines[1:]]
+    fields = []
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        fields.append((name.decode("ascii"), value.strip(b" \t").decode("latin-1")))
+    return fields
 
 
 def _parse_field(line: bytes) -> tuple[str, str]:
