@@ -4,11 +4,12 @@
 
 - inline (``inline(request)`` is True: cheap and changing no state, e.g. crypto operations): kept
   for this turn's batch. ``answers()`` runs the batch one request after another inside an audit
-  deferral scope and hands the records they deferred, with their responses, to the committer
-  thread; it makes them durable with ONE ``commit_deferred`` (one write, one fsync for the whole
-  turn, or for several turns that queued up meanwhile) and only then gives the responses back.
-  The loop meanwhile serves the next turn, so the fsync overlaps useful work instead of stalling
-  every connection. If a commit fails, each response that depended on it becomes a 503 instead:
+  deferral scope, then seals and writes every record they deferred as one group
+  (``write_deferred``, on the loop: CPU work the loop would wait for anyway) and hands the
+  responses to the committer thread, which only flushes (``sync``: one fsync for the whole turn,
+  or for several turns that queued up meanwhile) and then gives them back. The loop serves the
+  next turn during the fsync, and the committer needs the GIL only for a few bytecodes around it.
+  If the write or the flush fails, each response that depended on it becomes a 503 instead:
   nothing leaves unaudited.
 - everything else: a job for the worker pool, whose audit records are durable before the app
   returns (no scope on pool threads); the response comes back through ``answers()`` too.
@@ -40,7 +41,8 @@ class Deferral(Protocol):
     def begin_deferral(self) -> None: ...
     def end_deferral(self) -> list[Any]: ...
     def deferred_count(self) -> int: ...
-    def commit_deferred(self, events: list[Any]) -> Any: ...
+    def write_deferred(self, events: list[Any]) -> int: ...
+    def sync(self, ticket: int) -> None: ...
 
 
 class Dispatcher:
@@ -55,7 +57,7 @@ class Dispatcher:
         self._pool = WorkerPool(workers)
         self._batch: list[tuple[Conn, Incoming]] = []
         self._done: collections.deque[Answer] = collections.deque()  # filled by other threads
-        self._commit_queue: list[tuple[list[Any], list[Answer]]] = []
+        self._commit_queue: list[tuple[int, list[Answer]]] = []
         self._committing = 0  # batches queued or being committed
         self._commit_wakeup = threading.Condition()
         self._committer: threading.Thread | None = None
@@ -120,12 +122,26 @@ class Dispatcher:
         finally:
             pending = deferral.end_deferral() if deferral is not None else []
         if waiting:
-            self._queue_commit(pending, waiting)
+            ticket, failure = self._write(pending)
+            if failure is None:
+                self._queue_commit(ticket, waiting)
+            else:
+                ready.extend(_refused(waiting, failure))
         return ready
 
-    def _queue_commit(self, pending: list[Any], answers: list[Answer]) -> None:
+    def _write(self, pending: list[Any]) -> tuple[int, str | None]:
+        """Seal and write the batch's deferred records: (ticket for sync, failure message)."""
+        assert self.deferral is not None
+        try:
+            return self.deferral.write_deferred(pending), None
+        except FerroError as exc:
+            self.log.error("audit write of %d deferred record(s) failed: their requests are "
+                           "answered 503", len(pending))
+            return 0, exc.message
+
+    def _queue_commit(self, ticket: int, answers: list[Answer]) -> None:
         with self._commit_wakeup:
-            self._commit_queue.append((pending, answers))
+            self._commit_queue.append((ticket, answers))
             self._committing += 1
             if self._committer is None:
                 self._committer = threading.Thread(target=self._commit_loop, daemon=True,
@@ -134,7 +150,8 @@ class Dispatcher:
             self._commit_wakeup.notify()
 
     def _commit_loop(self) -> None:
-        """Committer thread: every batch queued meanwhile goes into one commit."""
+        """Committer thread: one flush covers every batch queued meanwhile."""
+        assert self.deferral is not None
         while True:
             with self._commit_wakeup:
                 while not self._commit_queue and not self._closing:
@@ -142,30 +159,17 @@ class Dispatcher:
                 queued, self._commit_queue = self._commit_queue, []
             if not queued:
                 return  # closing, nothing left
-            failure = self._commit([event for pending, _ in queued for event in pending])
+            failure = None
+            try:
+                self.deferral.sync(max(ticket for ticket, _ in queued))
+            except FerroError as exc:
+                failure = exc.message
+                self.log.error("audit flush failed: %d answer(s) become 503", len(queued))
             for _, answers in queued:
-                for conn, incoming, response in answers:
-                    if failure is not None:
-                        response = error_response(AuditUnavailable(failure),
-                                                  incoming.request.request_id)
-                    self._done.append((conn, incoming, response))
+                self._done.extend(answers if failure is None else _refused(answers, failure))
             with self._commit_wakeup:
                 self._committing -= len(queued)
             self._wake()
-
-    def _commit(self, pending: list[Any]) -> str | None:
-        """Make deferred audit records durable; the failure message, or None."""
-        assert self.deferral is not None
-        try:
-            self.deferral.commit_deferred(pending)
-        except FerroError as exc:
-            self.log.error("audit commit of %d deferred record(s) failed: their requests are "
-                           "answered 503", len(pending))
-            return exc.message
-        except Exception:
-            self.log.exception("audit commit failed")
-            return "audit record could not be made durable"
-        return None
 
     def _pooled(self, conn: Conn, incoming: Incoming) -> None:
         """On a worker thread: run the app, hand the response to the loop."""
@@ -185,3 +189,9 @@ class Dispatcher:
             self.log.exception("unhandled error (request_id=%s %s %s)",
                                request.request_id, request.method, request.path)
             return error_response(FerroError(INTERNAL_MESSAGE), request.request_id)
+
+
+def _refused(answers: list[Answer], reason: str) -> list[Answer]:
+    """The same requests answered 503: their audit records did not become durable."""
+    return [(conn, incoming, error_response(AuditUnavailable(reason), incoming.request.request_id))
+            for conn, incoming, _ in answers]

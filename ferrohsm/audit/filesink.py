@@ -73,6 +73,7 @@ class FileSink(ChainedSink):
     """Append-only JSONL segments with group commit and fsync; see the module docstring."""
 
     backend = "file"
+    _splits_sync = True
 
     def __init__(self, directory: str | os.PathLike[str], hmac_key: bytes, *,
                  segment_max_bytes: int = DEFAULT_SEGMENT_BYTES, durable: bool = True,
@@ -92,6 +93,7 @@ class FileSink(ChainedSink):
         self._fd = -1
         self._segno = 0
         self._size = 0
+        self._synced_size = 0  # bytes of the live segment known durable (write_deferred/sync)
         self._ident = (0, 0)
         self._seg_first: list[tuple[int, int]] = []  # (first seq, segment number), ascending
         self._needs_start = False
@@ -139,7 +141,7 @@ class FileSink(ChainedSink):
                 if line is None:
                     raise AuditUnavailable(f"audit segment {segment_name(segments[-2])} is empty")
             if line is not None:
-                self._committed = self._verify_last(line)
+                self._set_head(self._verify_last(line))
         new_log = self._committed[0] == 0
         if new_log:
             self._log_id = self._new_id()
@@ -195,14 +197,18 @@ class FileSink(ChainedSink):
             os.close(self._fd)
         st = os.fstat(fd)
         self._fd, self._segno, self._size, self._ident = fd, number, size, (st.st_dev, st.st_ino)
+        self._synced_size = size
 
     # ---- writing ------------------------------------------------------------------------------
 
-    def _persist(self, events: list[PreparedEvent]) -> list[dict[str, Any]]:
+    def _persist(self, events: list[PreparedEvent], sync: bool = True) -> list[dict[str, Any]]:
         self._check_live_segment()
         fd, number, size = self._fd, self._segno, self._size
         needs_start = self._needs_start
         if size >= self._max_bytes:
+            if self.durable and self._synced_size < size:
+                self._fsync(fd)  # written-but-unsynced records must not outlive their fd
+                self._synced_size = size
             number, size, needs_start = number + 1, 0, True
             fd = self._create_segment(number)
         lines = []
@@ -227,15 +233,37 @@ class FileSink(ChainedSink):
                 self._adopt(fd, number, size)
                 self._needs_start = True
         try:
-            if self.durable:
+            if self.durable and sync:
                 self._fsync(fd)
         except BaseException:
-            self._undo(fd, number, size, fsync_failed=True)
+            self._undo(fd, number, min(size, self._synced_size), fsync_failed=True)
             raise
         if size == 0:
             self._seg_first.append((first_seq, number))
         self._size, self._needs_start = size + len(data), False
+        if sync or not self.durable:
+            self._synced_size = self._size
         return records
+
+    def _sync_token(self) -> tuple[int, int, int]:
+        """(a duplicate of the live fd, its segment, the size to cover): the duplicate stays
+        valid even if a writer rotates (and closes) the segment while we flush."""
+        return os.dup(self._fd), self._segno, self._size
+
+    def _sync_storage(self, token: tuple[int, int, int]) -> None:
+        fd = token[0]
+        try:
+            self._fsync(fd)
+        finally:
+            os.close(fd)
+        with self._io_lock:
+            if token[1] == self._segno:
+                self._synced_size = max(self._synced_size, token[2])
+
+    def _sync_failed(self, token: tuple[int, int, int]) -> None:
+        self._undo(self._fd, self._segno, self._synced_size, fsync_failed=True)
+        self._size = self._synced_size
+        self._written = self._committed
 
     def _write_all(self, fd: int, data: bytes) -> None:
         view = memoryview(data)

@@ -17,6 +17,11 @@ to store a batch of lines durably (``_persist``) and undo a partial one:
   caller outside a scope, or one appending without ``defer``, gets the durable append as always,
   so only call sites that change no state may defer (a failed commit can then only turn their
   answers into 503s; there is nothing to compensate).
+* Split commits, so an event loop need not sit idle in fsync: ``write_deferred`` seals and
+  writes a scope's records at once and returns a ticket; ``sync(ticket)`` (on another thread)
+  makes them durable. Between the two the records are written but not acknowledged: ``head()``,
+  ``read()`` and checkpoints only ever cover durable records. A backend whose storage cannot
+  separate the write from the flush (SQLite's COMMIT) does both in ``write_deferred``.
 * A backend that cannot prove it undid a partial write sets ``_failed``; from then on every append
   is refused and ``healthy()`` is False until a restart re-reads what is really on disk.
 * Signed checkpoints (``anchor.Anchor``) are taken every ``anchor_every`` records, on demand and at
@@ -80,6 +85,17 @@ class AuditSink(ABC):
         (then none of them was stored)."""
         raise NotImplementedError(f"{type(self).__name__} cannot defer records")
 
+    def write_deferred(self, events: list[PreparedEvent]) -> int:
+        """Seal and write ``events`` as one group now (AuditUnavailable if that fails: then none
+        was written); the ticket to pass to ``sync``. Not durable, so not acknowledgeable, yet."""
+        records = self.commit_deferred(events)
+        return int(records[-1]["seq"]) if records else self.head()[0]
+
+    def sync(self, ticket: int) -> None:
+        """Return once every record through ``ticket`` is durable, else AuditUnavailable."""
+        if self.head()[0] < ticket:
+            raise AuditUnavailable("audit records were lost before they became durable")
+
     @abstractmethod
     def read(self, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         """Up to ``limit`` committed records with seq > ``after_seq``, ascending."""
@@ -139,6 +155,8 @@ class ChainedSink(AuditSink):
         self._deferral = threading.local()
         self._records_written = 0
         self._committed: tuple[int, str] = (0, GENESIS_HASH)  # replaced whole: lock-free reads
+        self._written: tuple[int, str] = (0, GENESIS_HASH)  # ahead of _committed between a
+        self._sync_lock = threading.Lock()                  # write_deferred and its sync()
         self._next_seq, self._next_hash = 0, GENESIS_HASH
         self._log_id = ""
         self._failed: str | None = None
@@ -228,9 +246,10 @@ class ChainedSink(AuditSink):
     # ---- backend hooks ------------------------------------------------------------------------
 
     @abstractmethod
-    def _persist(self, events: list[PreparedEvent]) -> list[dict[str, Any]]:
-        """Seal ``events`` with ``_seal`` and store them durably, all or nothing; raise on failure
-        (setting ``_failed`` when a partial write could not be undone)."""
+    def _persist(self, events: list[PreparedEvent], sync: bool = True) -> list[dict[str, Any]]:
+        """Seal ``events`` with ``_seal`` and store them, all or nothing, durably (with every
+        record written before them) unless ``sync`` is False and the backend splits syncs;
+        raise on failure (setting ``_failed`` when a partial write could not be undone)."""
 
     @abstractmethod
     def _hash_at(self, seq: int) -> str | None:
@@ -274,27 +293,90 @@ class ChainedSink(AuditSink):
             start += len(events)
         return out
 
+    def _set_head(self, head: tuple[int, str]) -> None:
+        """Everything through ``head`` is durable (and written)."""
+        self._committed = self._written = head
+
     def _flush(self, events: list[PreparedEvent]) -> list[dict[str, Any]]:
         """Runs in the group-commit leader's thread, one group at a time."""
         with self._io_lock:
-            self._check_usable()
-            self._next_seq, self._next_hash = self._committed
-            try:
-                records = self._persist(events)
-            except Exception as exc:
-                self._failures += 1
-                self._last_ok = False
-                if isinstance(exc, AuditUnavailable):
-                    raise
-                reason = getattr(exc, "strerror", None) or type(exc).__name__
-                log.error("audit: %d record(s) could not be made durable: %s", len(events), reason)
-                raise AuditUnavailable(
-                    f"audit record could not be made durable: {reason}") from None
-            self._committed = (self._next_seq, self._next_hash)
-            self._records_written += len(events)
-            self._last_ok = True
+            records = self._write_group(events, sync=True)
+            self._set_head(self._written)  # the flush covered earlier unsynced writes too
             self._maybe_checkpoint()
             return records
+
+    def _write_group(self, events: list[PreparedEvent], sync: bool) -> list[dict[str, Any]]:
+        """Seal after the written head and store (durably when ``sync``); caller holds _io_lock."""
+        self._check_usable()
+        self._next_seq, self._next_hash = self._written
+        try:
+            records = self._persist(events, sync)
+        except Exception as exc:
+            self._failures += 1
+            self._last_ok = False
+            if isinstance(exc, AuditUnavailable):
+                raise
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            log.error("audit: %d record(s) could not be made durable: %s", len(events), reason)
+            raise AuditUnavailable(
+                f"audit record could not be made durable: {reason}") from None
+        self._written = (self._next_seq, self._next_hash)
+        self._records_written += len(events)
+        self._last_ok = True
+        return records
+
+    def write_deferred(self, events: list[PreparedEvent]) -> int:
+        if not self._splits_sync or not self.durable:
+            return super().write_deferred(events)
+        if not events:
+            return self._written[0]
+        with self._io_lock:
+            self._write_group(events, sync=False)
+            return self._written[0]
+
+    def sync(self, ticket: int) -> None:
+        if self._committed[0] >= ticket:
+            return
+        with self._sync_lock:  # one flush at a time; writers keep writing meanwhile
+            if self._committed[0] >= ticket:
+                return  # a flush that started after our write covered it
+            with self._io_lock:
+                self._check_usable()
+                target, token = self._written, self._sync_token()
+            try:
+                self._sync_storage(token)
+            except Exception as exc:
+                with self._io_lock:
+                    self._failures += 1
+                    self._last_ok = False
+                    self._sync_failed(token)
+                reason = getattr(exc, "strerror", None) or type(exc).__name__
+                log.error("audit: flushing written records failed: %s", reason)
+                raise AuditUnavailable(
+                    f"audit record could not be made durable: {reason}") from None
+            with self._io_lock:
+                if target[0] > self._committed[0]:
+                    self._committed = target
+                    self._maybe_checkpoint()
+        if self._committed[0] < ticket:
+            raise AuditUnavailable("audit records were lost before they became durable")
+
+    # Backends that can write now and flush later set _splits_sync and implement these three.
+    _splits_sync: ClassVar[bool] = False
+
+    def _sync_token(self) -> Any:
+        """What ``_sync_storage`` must flush to cover everything written so far (under
+        _io_lock)."""
+        raise NotImplementedError
+
+    def _sync_storage(self, token: Any) -> None:
+        """Flush (no lock held: writes go on meanwhile)."""
+        raise NotImplementedError
+
+    def _sync_failed(self, token: Any) -> None:
+        """A flush failed: undo what was written but not durable, set ``_failed`` (under
+        _io_lock)."""
+        raise NotImplementedError
 
     def _maybe_checkpoint(self) -> None:
         every = self._anchor_every

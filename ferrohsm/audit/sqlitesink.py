@@ -121,13 +121,13 @@ class SQLiteSink(ChainedSink):
         if isinstance(result, str):
             raise AuditUnavailable(f"the last record in the audit database {self.path} fails its "
                                    f"integrity check ({result}); run `ferrohsm audit verify`")
-        self._committed = result
+        self._set_head(result)
         self._log_id = meta.get("log_id", "")
         self._check_against_checkpoint()
 
     # ---- writing ------------------------------------------------------------------------------
 
-    def _persist(self, events: list[PreparedEvent]) -> list[dict[str, Any]]:
+    def _persist(self, events: list[PreparedEvent], sync: bool = True) -> list[dict[str, Any]]:
         sealed = [self._seal(event) for event in events]
         rows = [_row(record, line) for record, line in sealed]
         self._transaction(lambda db: db.executemany(INSERT, rows))
@@ -182,7 +182,7 @@ class SQLiteSink(ChainedSink):
             except (sqlite3.Error, AuditUnavailable) as exc:
                 self._failures += 1
                 raise AuditUnavailable(f"audit pruning failed: {exc}") from None
-            self._committed = (self._next_seq, self._next_hash)
+            self._set_head((self._next_seq, self._next_hash))
             return record
 
     def _prunable(self, cutoff: str) -> tuple[int, int, int, str] | None:
