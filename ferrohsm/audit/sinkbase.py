@@ -154,6 +154,7 @@ class ChainedSink(AuditSink):
             self._flush_lists, max_group)
         self._deferral = threading.local()
         self._records_written = 0
+        self._syncs = 0  # flushes by sync(), beside the group commits of append()
         self._committed: tuple[int, str] = (0, GENESIS_HASH)  # replaced whole: lock-free reads
         self._written: tuple[int, str] = (0, GENESIS_HASH)  # ahead of _committed between a
         self._sync_lock = threading.Lock()                  # write_deferred and its sync()
@@ -211,7 +212,8 @@ class ChainedSink(AuditSink):
             "last_write_ok": self._last_ok,
             "log_id": self._log_id, "head_seq": seq, "head_hash": digest,
             "failures": self._failures, "problem": self._failed,
-            "records_written": self._records_written, "group_commits": self._group.groups,
+            "records_written": self._records_written,
+            "group_commits": self._group.groups + self._syncs,
             "last_checkpoint_seq": self._last_checkpoint_seq,
             "checkpoint_failures": self._anchor_failures,
         }
@@ -355,6 +357,7 @@ class ChainedSink(AuditSink):
                 raise AuditUnavailable(
                     f"audit record could not be made durable: {reason}") from None
             with self._io_lock:
+                self._syncs += 1
                 if target[0] > self._committed[0]:
                     self._committed = target
                     self._maybe_checkpoint()
