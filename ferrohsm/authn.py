@@ -251,11 +251,10 @@ class Authenticator:
                      client_fingerprint: str | None = None) -> Principal:
         """The principal behind the request's Authorization header values (exactly one)."""
         try:
-            token = bearer_token(list(authorization))
-        except TokenRejected:
+            return self._verify(bearer_token(list(authorization)), client_fingerprint)
+        except TokenRejected:  # from either step (a BadRequest is no failed credential)
             self.failures += 1
             raise
-        return self.verify(token, client_fingerprint=client_fingerprint)
 
     def verify(self, token: str, *, client_fingerprint: str | None = None) -> Principal:
         try:
@@ -268,7 +267,10 @@ class Authenticator:
         keyset = self.keyset.current()
         now = self._clock()
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        entry = self._cached(digest, keyset.generation)
+        if keyset.generation == self._cache_generation:  # the hit path: one dict lookup
+            entry = self._cache.get(digest)
+        else:
+            entry = self._cached(digest, keyset.generation)
         if entry is not None and now < entry.exp + self.leeway:
             self.cache_hits += 1
         else:

@@ -21,3 +21,14 @@ def uuid7(now_ms: int | None = None) -> str:
 
 def uuid4() -> str:
     return str(uuid.uuid4())
+
+
+def uuid4_str() -> str:
+    """A random RFC 4122 version-4 UUID in canonical lowercase form, like ``str(uuid.uuid4())``
+    (the same 122 random bits from os.urandom, the same version and variant bits) in less than
+    half the time: it skips building a ``uuid.UUID`` just to format it (audit record ids)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -30,6 +30,15 @@ class MaterialCache(Generic[T]):
         self.misses = 0
         self.evictions = 0
 
+    def get(self, key: CacheKey) -> T | None:
+        """The cached value on a live hit (counted), else None and nothing counted: a caller
+        then uses ``get_or_load``, which counts the miss. Lets a hit skip building ``load``."""
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > self._clock():
+            self.hits += 1
+            return entry[1]
+        return None
+
     def get_or_load(self, key: CacheKey, load: Callable[[], T]) -> T:
         """The cached value, or ``load()``'s (which may raise; failures are never cached)."""
         entry = self._entries.get(key)

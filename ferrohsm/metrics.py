@@ -7,6 +7,7 @@ at scrape time so they cost nothing on the request path.
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -61,14 +62,14 @@ class Histogram:
         self._lock = threading.Lock()
 
     def observe(self, value: float, *labels: str) -> None:
+        buckets = self.buckets
+        i = bisect_left(buckets, value)  # the first bound >= value, found in C
         with self._lock:
             series = self._series.get(labels)
             if series is None:
-                series = self._series[labels] = [0.0] * (len(self.buckets) + 2)
-            for i, bound in enumerate(self.buckets):
-                if value <= bound:
-                    series[i] += 1
-                    break
+                series = self._series[labels] = [0.0] * (len(buckets) + 2)
+            if i < len(buckets) and value <= buckets[i]:  # NaN lands in no bucket
+                series[i] += 1
             series[-2] += value
             series[-1] += 1
 

@@ -60,7 +60,15 @@ class TokenBuckets:
     def take(self, key: Any, limit: Limit, now: float, cost: float = 1.0) -> float:
         """Spend ``cost`` tokens: 0.0 when allowed, else the seconds until it would be."""
         with self._lock:
-            bucket = self._refill(key, limit, now)
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._refill(key, limit, now)
+            else:  # _refill's update of a known bucket, inlined (builtins calls cost here)
+                self._buckets.move_to_end(key)
+                elapsed = now - bucket[1]
+                tokens = bucket[0] + (elapsed if elapsed > 0.0 else 0.0) * limit.rate
+                bucket[0] = tokens if tokens < limit.burst else float(limit.burst)
+                bucket[1] = now
             if bucket[0] >= cost:
                 bucket[0] -= cost
                 return 0.0

@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import math
 import re
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ApprovalRequired, FerroError, MethodNotAllowed, RateLimited, Unauthenticated
+from ..ids import uuid4_str
 
 JSON_CONTENT_TYPE = "application/json"
 
@@ -110,7 +110,7 @@ def pick_request_id(client_value: str | None) -> str:
     """The client's request id when sane, else a fresh UUID4."""
     if client_value is not None and _REQUEST_ID_RE.fullmatch(client_value):
         return client_value
-    return str(uuid.uuid4())
+    return uuid4_str()
 
 
 def json_response(

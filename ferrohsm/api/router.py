@@ -67,6 +67,7 @@ class Router:
     def __init__(self) -> None:
         self._root = _Node()
         self._prefixes: list[Route] = []
+        self._prefix_templates: tuple[str, ...] = ()  # for one str.startswith per request
         self._routes: list[Route] = []
 
     def add(self, method: str, template: str, handler: Handler, *,
@@ -100,6 +101,7 @@ class Router:
             raise ValueError(f"duplicate prefix route {method} {prefix}")
         route = Route(method, prefix, handler, name, ("path",), is_prefix=True)
         self._prefixes.append(route)
+        self._prefix_templates = tuple(r.template for r in self._prefixes)
         self._routes.append(route)
         return route
 
@@ -110,6 +112,39 @@ class Router:
     def match(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]]:
         """The route and decoded parameters for a raw path; NotFound, MethodNotAllowed or
         BadRequest (invalid parameter) otherwise."""
+        if not raw_path.startswith(self._prefix_templates) and (
+                raw_path == "/" or not raw_path.endswith("/")):
+            found = self._first_path(method, raw_path)
+            if found is not None:
+                return found
+        return self._match_any(method, raw_path)
+
+    def _first_path(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]] | None:
+        """The common case, without generators: follow the literal child where there is one,
+        else the parameter child. That is the first path the depth-first walk of
+        ``_candidates`` reaches, so when it ends at a route for ``method`` that route is the
+        answer; None (a dead end, another method) leaves the decision to ``_match_any``. Only
+        for paths no prefix route serves and without a trailing slash."""
+        node = self._root
+        values: list[str] = []
+        for segment in raw_path.split("/")[1:]:
+            child = node.literals.get(segment)
+            if child is None:
+                child = node.param
+                if child is None:
+                    return None
+                values.append(segment)
+            node = child
+        routes = node.routes
+        route = routes.get(method)
+        if route is None and method == "HEAD":
+            route = routes.get("GET")
+        if route is None:
+            return None
+        return route, _decode(route.params, values)
+
+    def _match_any(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]]:
+        """Every candidate in order (prefix routes, then the trie depth-first), then 405/404."""
         for route_map, params in self._candidates(raw_path):
             route = route_map.get(method)
             if route is None and method == "HEAD":
@@ -197,10 +232,16 @@ def _percent_decode(raw: str) -> str:
 def _decode(names: tuple[str, ...], raw_values: list[str]) -> dict[str, str]:
     params: dict[str, str] = {}
     for name, raw in zip(names, raw_values):
-        value = _percent_decode(raw)
+        if "%" not in raw and raw.isascii():
+            # Nothing to decode (the usual id or name); for ASCII text, "not printable" is
+            # exactly _CONTROL_RE (C0 controls and DEL), without a regex search.
+            value, control = raw, not raw.isprintable()
+        else:
+            value = _percent_decode(raw)
+            control = _CONTROL_RE.search(value) is not None
         if not value or len(value) > MAX_PARAM_LENGTH:
             raise BadRequest(f"path parameter {name} must be 1-{MAX_PARAM_LENGTH} characters")
-        if value == "." or ".." in value or "/" in value or _CONTROL_RE.search(value):
+        if control or value == "." or ".." in value or "/" in value:
             raise BadRequest(f"invalid characters in path parameter {name}")
         params[name] = value
     return params

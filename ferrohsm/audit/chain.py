@@ -27,10 +27,13 @@ when ``details`` (sorted earlier) repeats their names.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import hmac as _hmac
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
@@ -68,6 +71,7 @@ END_TAG = b'"}'
 SUFFIX_LEN = len(HASH_TAG) + 64 + len(HMAC_TAG) + 64 + len(END_TAG)
 BODY_END = b',"v":%d}' % SCHEMA_VERSION
 PREV_TAG = b'"prev_hash":"'
+_V_HASH_TAG = BODY_END[:-1] + HASH_TAG  # a stored line is body[:-1] + HASH_TAG + ...
 SEQ_TAG = b'"seq":'
 
 
@@ -84,6 +88,31 @@ def _opt_str(name: str, value: object) -> str | None:
     if not isinstance(value, str):
         raise TypeError(f"audit field {name} must be a string or None")
     return _cap(value, MAX_FIELD)
+
+
+def _all_plain(actor: object, role: object, *optional: object) -> bool:
+    """True when nothing needs normalising: actor and role are short str, the rest short str
+    or None. Anything else (None actor, long text, a wrong type) takes the general path."""
+    if type(actor) is not str or type(role) is not str or len(actor) > MAX_FIELD \
+            or len(role) > MAX_FIELD:
+        return False
+    for value in optional:
+        if value is not None and (type(value) is not str or len(value) > MAX_FIELD):
+            return False
+    return True
+
+
+# Action names already seen to match ACTION_RE: they are code constants, so a set lookup replaces
+# the regex on every later record. Bounded, so no caller can grow it without limit.
+_KNOWN_ACTIONS: set[str] = set()
+_MAX_KNOWN_ACTIONS = 512
+
+
+def _check_action(action: object) -> None:
+    if not isinstance(action, str) or not ACTION_RE.match(action):
+        raise ValueError("audit action must look like 'key.create' (lowercase, <= 64 chars)")
+    if type(action) is str and len(_KNOWN_ACTIONS) < _MAX_KNOWN_ACTIONS:
+        _KNOWN_ACTIONS.add(action)
 
 
 def _clean_details(details: object) -> dict[str, DetailValue]:
@@ -129,8 +158,9 @@ class AuditEvent:
     details: dict[str, DetailValue] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.action, str) or not ACTION_RE.match(self.action):
-            raise ValueError("audit action must look like 'key.create' (lowercase, <= 64 chars)")
+        action = self.action
+        if not (type(action) is str and action in _KNOWN_ACTIONS):
+            _check_action(action)
         if self.outcome not in OUTCOMES:
             raise ValueError(f"audit outcome must be one of {sorted(OUTCOMES)}")
         if not isinstance(self.message, str):
@@ -139,19 +169,42 @@ class AuditEvent:
         if kv is not None and (isinstance(kv, bool) or not isinstance(kv, int)):
             raise TypeError("audit key_version must be an int or None")
         setattr_ = object.__setattr__
+        if len(self.message) > MAX_MESSAGE:
+            setattr_(self, "message", _cap(self.message, MAX_MESSAGE))
+        # The common case (every text field a short str or None) needs no rewriting: checking is
+        # enough, and skipping nine setattr calls is most of what validation used to cost.
+        if not _all_plain(self.actor, self.role, self.key_id, self.request_id,
+                          self.correlation_id, self.trace_id, self.session,
+                          self.client_fingerprint, self.source_ip):
+            self._normalise_text()
+        details = self.details
+        setattr_(self, "details", {} if type(details) is dict and not details
+                 else _clean_details(details))
+
+    def _normalise_text(self) -> None:
+        """The general path: type-check every text field, cap the long ones, actor/role ""."""
+        setattr_ = object.__setattr__
         setattr_(self, "actor", _opt_str("actor", self.actor) or "")
         setattr_(self, "role", _opt_str("role", self.role) or "")
-        setattr_(self, "message", _cap(self.message, MAX_MESSAGE))
         for name in ("key_id", "request_id", "correlation_id", "trace_id", "session",
                      "client_fingerprint", "source_ip"):
             setattr_(self, name, _opt_str(name, getattr(self, name)))
-        setattr_(self, "details", _clean_details(self.details))
 
     @classmethod
     def from_context(cls, ctx: RequestContext, action: str, outcome: str, message: str,
                      **kw: Any) -> AuditEvent:
         """Fill who/where/which-request from the request context; ``kw`` adds or overrides."""
         principal = ctx.principal
+        if cls is AuditEvent and kw.keys() <= _RECORD_KW:  # what KeyService.record passes
+            details = kw["details"] if "details" in kw else {}
+            if ctx.approval_id is not None:
+                details = dict(details or {})
+                details.setdefault("approval_id", ctx.approval_id)
+            return _event(ctx.actor, principal.role.value if principal else "anonymous",
+                          action, outcome, message, kw.get("key_id"), kw.get("key_version"),
+                          ctx.request_id, ctx.correlation_id, ctx.trace_id,
+                          principal.session if principal else None, ctx.client_fingerprint,
+                          ctx.source_ip, details)
         fields: dict[str, Any] = {
             "actor": ctx.actor,
             "role": principal.role.value if principal else "anonymous",
@@ -168,6 +221,45 @@ class AuditEvent:
         return cls(action=action, outcome=outcome, message=message, **fields)
 
 
+# A frozen slotted dataclass's generated __init__ stores each field through object.__setattr__;
+# calling the slot's own descriptor stores the same value in about half the time. The two classes
+# made once per record (AuditEvent, PreparedEvent) are built that way on the hot path, every field
+# named (a renamed field is a KeyError at the first call, never a silently unset slot).
+Setter = Callable[[Any, Any], None]
+
+
+def _slot_setters(cls: type) -> dict[str, Setter]:
+    return {f.name: cls.__dict__[f.name].__set__ for f in dataclasses.fields(cls)}
+
+
+_EVENT_SLOTS = _slot_setters(AuditEvent)
+_RECORD_KW = frozenset({"key_id", "key_version", "details"})
+
+
+def _event(actor: Any, role: Any, action: Any, outcome: Any, message: Any, key_id: Any,
+           key_version: Any, request_id: Any, correlation_id: Any, trace_id: Any, session: Any,
+           client_fingerprint: Any, source_ip: Any, details: Any) -> AuditEvent:
+    """``AuditEvent(...)`` with the same arguments and the same ``__post_init__`` validation."""
+    event = object.__new__(AuditEvent)
+    slot = _EVENT_SLOTS
+    slot["actor"](event, actor)
+    slot["role"](event, role)
+    slot["action"](event, action)
+    slot["outcome"](event, outcome)
+    slot["message"](event, message)
+    slot["key_id"](event, key_id)
+    slot["key_version"](event, key_version)
+    slot["request_id"](event, request_id)
+    slot["correlation_id"](event, correlation_id)
+    slot["trace_id"](event, trace_id)
+    slot["session"](event, session)
+    slot["client_fingerprint"](event, client_fingerprint)
+    slot["source_ip"](event, source_ip)
+    slot["details"](event, details)
+    event.__post_init__()
+    return event
+
+
 # Built once: json.dumps(**options) would build a new encoder on every call.
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True,
                             allow_nan=False)
@@ -178,8 +270,23 @@ def canonical_json(obj: object) -> bytes:
     return _ENCODER.encode(obj).encode("ascii")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# (whole seconds since the epoch, its "YYYY-MM-DDTHH:MM:SS"): records come many per second, and
+# formatting only the microseconds costs half of isoformat(). Replaced whole, so a reader in
+# another thread sees an old or a new pair, never half of each.
+_last_second: tuple[int, str] = (0, "1970-01-01T00:00:00")
+
+
 def rfc3339(ts: datetime) -> str:
     """'2026-11-28T12:00:00.000000Z': UTC, always microseconds, so string order is time order."""
+    global _last_second
+    if ts.tzinfo is UTC:  # the sinks' clock
+        since = ts - _EPOCH
+        second = since.days * 86400 + since.seconds
+        cached = _last_second
+        if cached[0] != second:
+            cached = _last_second = (second, ts.isoformat()[:19])
+        return f"{cached[1]}.{ts.microsecond:06d}Z"
     if ts.tzinfo is None:
         raise ValueError("naive datetime: audit times must be aware UTC datetimes")
     if ts.utcoffset():
@@ -197,9 +304,20 @@ def record_hash(prev_hash: str | bytes, body: bytes) -> str:
     return hashlib.sha256(prefix + body).hexdigest()
 
 
+@functools.lru_cache(maxsize=8)
+def _keyed_mac(hmac_key: bytes) -> _hmac.HMAC:
+    """An HMAC-SHA256 context with the key already absorbed. Copying it skips the two key-pad
+    compressions every record would otherwise repeat (a sink uses one key for its lifetime)."""
+    return _hmac.new(hmac_key, digestmod=hashlib.sha256)
+
+
 def record_mac(hmac_key: bytes, hash_hex: str | bytes) -> str:
     data = hash_hex.encode("ascii") if isinstance(hash_hex, str) else hash_hex
-    return _hmac.digest(hmac_key, data, "sha256").hex()
+    if type(hmac_key) is not bytes:  # bytearray, memoryview: unhashable, not worth caching
+        return _hmac.digest(hmac_key, data, "sha256").hex()
+    mac = _keyed_mac(hmac_key).copy()
+    mac.update(data)
+    return mac.hexdigest()
 
 
 def _enc(value: object) -> str:
@@ -213,10 +331,6 @@ def _enc(value: object) -> str:
     if isinstance(value, int):
         return int.__repr__(value)
     return _ENCODER.encode(value)
-
-
-def _members(fields: dict[str, Any], names: tuple[str, ...]) -> str:
-    return ",".join(f'"{name}":{_enc(fields[name])}' for name in names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,36 +351,79 @@ class PreparedEvent:
     before_ts: str       # ,"session":…,"trace_id":…,"ts":"
 
 
+_PREPARED_SLOTS = _slot_setters(PreparedEvent)
+
+
 def prepare(event: AuditEvent) -> PreparedEvent:
-    fields: dict[str, Any] = {name: getattr(event, name) for name in EVENT_FIELDS}
-    fields["details"] = dict(event.details)
-    return PreparedEvent(
-        fields=fields,
-        before_id="{" + _members(fields, EVENT_FIELDS[:5]) + ',"id":"',
-        before_prev='",' + _members(fields, EVENT_FIELDS[5:9]) + ',"prev_hash":"',
-        before_seq='",' + _members(fields, EVENT_FIELDS[9:11]) + ',"seq":',
-        before_ts="," + _members(fields, EVENT_FIELDS[11:]) + ',"ts":"')
+    """Encode ``event``'s part of the canonical body: the four pieces, each in one expression.
+
+    The event was validated at construction, so every text field is a str or None and
+    ``key_version`` an int or None; ``details`` (flat, scalar) goes through the canonical encoder
+    unless it is empty. Each value is written exactly as ``canonical_json`` would write it.
+    """
+    details = dict(event.details)
+    action, actor, message, outcome, role = (event.action, event.actor, event.message,
+                                             event.outcome, event.role)
+    fingerprint, correlation, key_id, key_version = (event.client_fingerprint,
+                                                     event.correlation_id, event.key_id,
+                                                     event.key_version)
+    request_id, session, source_ip, trace_id = (event.request_id, event.session,
+                                                event.source_ip, event.trace_id)
+    fields: dict[str, Any] = {
+        "action": action, "actor": actor, "client_fingerprint": fingerprint,
+        "correlation_id": correlation, "details": details, "key_id": key_id,
+        "key_version": key_version, "message": message, "outcome": outcome,
+        "request_id": request_id, "role": role, "session": session, "source_ip": source_ip,
+        "trace_id": trace_id}
+    esc = encode_basestring_ascii  # what the C encoder uses under ensure_ascii
+    before_id = (f'{{"action":{esc(action)},"actor":{esc(actor)},"client_fingerprint":'
+                 f'{"null" if fingerprint is None else esc(fingerprint)},"correlation_id":'
+                 f'{"null" if correlation is None else esc(correlation)},"details":'
+                 f'{_ENCODER.encode(details) if details else "{}"},"id":"')
+    before_prev = (f'","key_id":{"null" if key_id is None else esc(key_id)},"key_version":'
+                   f'{"null" if key_version is None else _enc(key_version)},'
+                   f'"message":{esc(message)},"outcome":{esc(outcome)},"prev_hash":"')
+    before_seq = (f'","request_id":{"null" if request_id is None else esc(request_id)},'
+                  f'"role":{esc(role)},"seq":')
+    before_ts = (f',"session":{"null" if session is None else esc(session)},"source_ip":'
+                 f'{"null" if source_ip is None else esc(source_ip)},"trace_id":'
+                 f'{"null" if trace_id is None else esc(trace_id)},"ts":"')
+    prepared = object.__new__(PreparedEvent)  # PreparedEvent(...) minus object.__setattr__
+    slot = _PREPARED_SLOTS
+    slot["fields"](prepared, fields)
+    slot["before_id"](prepared, before_id)
+    slot["before_prev"](prepared, before_prev)
+    slot["before_seq"](prepared, before_seq)
+    slot["before_ts"](prepared, before_ts)
+    return prepared
+
+
+# The hash this function made last: a sink seals record n+1 after record n, so its prev_hash is
+# usually this one, already known to be 64 lowercase hex characters (no regex needed).
+_last_hash = GENESIS_HASH
 
 
 def seal_prepared(prepared: PreparedEvent, *, seq: int, prev_hash: str, ts: datetime,
                   record_id: str, hmac_key: bytes) -> tuple[dict[str, Any], bytes]:
     """Seal as record ``seq`` after ``prev_hash``: the record and its stored line (no newline)."""
+    global _last_hash
     if type(seq) is not int or seq < 1:
         raise ValueError("audit seq starts at 1")
-    if not HEX64_RE.match(prev_hash):
+    if prev_hash != _last_hash and not HEX64_RE.match(prev_hash):
         raise ValueError("prev_hash must be 64 lowercase hex characters")
     if not RECORD_ID_RE.match(record_id):
         raise ValueError("record id must be 1-64 characters of [A-Za-z0-9._:-]")
     stamp = rfc3339(ts)
-    body = (f'{prepared.before_id}{record_id}{prepared.before_prev}{prev_hash}'
-            f'{prepared.before_seq}{seq}{prepared.before_ts}{stamp}","v":{SCHEMA_VERSION}}}'
-            ).encode("ascii")
-    digest = record_hash(prev_hash, body)
+    head = (f'{prepared.before_id}{record_id}{prepared.before_prev}{prev_hash}'
+            f'{prepared.before_seq}{seq}{prepared.before_ts}{stamp}"').encode("ascii")
+    body = head + BODY_END
+    digest = hashlib.sha256(prev_hash.encode("ascii") + body).hexdigest()
     mac = record_mac(hmac_key, digest)
-    record = dict(prepared.fields)
-    record.update(v=SCHEMA_VERSION, id=record_id, seq=seq, ts=stamp, prev_hash=prev_hash,
-                  hash=digest, hmac=mac)
-    line = body[:-1] + HASH_TAG + digest.encode() + HMAC_TAG + mac.encode() + END_TAG
+    record = {**prepared.fields, "v": SCHEMA_VERSION, "id": record_id, "seq": seq, "ts": stamp,
+              "prev_hash": prev_hash, "hash": digest, "hmac": mac}
+    line = b"".join((head, _V_HASH_TAG, digest.encode("ascii"), HMAC_TAG, mac.encode("ascii"),
+                     END_TAG))
+    _last_hash = digest
     return record, line
 
 

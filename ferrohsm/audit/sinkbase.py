@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from ..errors import AuditUnavailable, ConfigError
+from ..ids import uuid4_str
 from .anchor import Anchor
 from .chain import GENESIS_HASH, AuditEvent, DetailValue, PreparedEvent, prepare, seal_prepared
 from .groupcommit import GroupCommit
@@ -55,7 +55,7 @@ def utcnow() -> datetime:
 
 
 def new_uuid() -> str:
-    return str(uuid.uuid4())
+    return uuid4_str()
 
 
 class AuditSink(ABC):

@@ -293,15 +293,18 @@ def _known_scheme(scheme: str) -> _Scheme:
 
 # The version is a positive decimal without sign, leading zeros or spaces (ASCII digits only).
 # The payload after the prefix is checked by the strict base64 decoder, which is faster than a regex.
+_MAX_TOKEN_VERSION = 10 ** MAX_TOKEN_VERSION_DIGITS
 _TOKEN_PREFIX_RE = re.compile(r"fhsm:v([1-9][0-9]{0,8}):")  # 9 digits at most
 
 
 def format_token(version: int, blob: bytes) -> str:
     """``fhsm:v<version>:<base64>``: the text form of a ciphertext or wrapped key."""
-    if (isinstance(version, bool) or not isinstance(version, int)
-            or not 1 <= version < 10 ** MAX_TOKEN_VERSION_DIGITS):
+    if ((type(version) is not int  # the exact-int fast path; subclasses other than bool pass
+         and (isinstance(version, bool) or not isinstance(version, int)))
+            or not 1 <= version < _MAX_TOKEN_VERSION):
         raise ValueError("token version must be a positive int of at most 9 digits")
-    return f"{TOKEN_PREFIX}{version}:{base64.b64encode(blob).decode('ascii')}"
+    # b2a_base64 is what b64encode calls, without its Python-level wrapper
+    return f"{TOKEN_PREFIX}{version}:{binascii.b2a_base64(blob, newline=False).decode('ascii')}"
 
 
 def parse_token(text: object) -> tuple[int, bytes]:

@@ -181,6 +181,13 @@ class FilesystemStore(KeyStore):
                     return hit[0]
         return self._load(key_id)
 
+    def resolve(self, ref: str) -> Key:
+        """As ``KeyStore.resolve``; a ref found in the cache is a key id (only ids are cached),
+        so it goes straight to ``get`` (still one lstat) without the UUID regex."""
+        if type(ref) is str and ref in self._cache:
+            return self.get(ref)
+        return super().resolve(ref)
+
     def _load(self, key_id: str) -> Key:
         """Read a key's file, refresh cache and index from it, or raise StoreError naming it."""
         self._check_open()

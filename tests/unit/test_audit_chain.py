@@ -192,3 +192,44 @@ def test_timestamps_are_utc_with_microseconds() -> None:
     plus_two = timezone(timedelta(hours=2))
     assert rfc3339(datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=plus_two)) == \
         "2026-01-02T01:04:05.000007Z"
+
+
+def test_from_context_equals_the_constructor() -> None:
+    """The per-request path (from_context with key fields) builds exactly what the dataclass
+    constructor builds, validation and copying of details included."""
+    principal = Principal("bob", Role.SERVICE, session="s-1")
+    for approval in (None, "ap-1"):
+        ctx = RequestContext(principal, request_id="r-1", correlation_id="c-1", trace_id="t-1",
+                             source_ip="192.0.2.1", client_fingerprint="fp", approval_id=approval)
+        details: dict[str, Any] = {"n": 1}
+        event = AuditEvent.from_context(ctx, "crypto.encrypt", "success", "m" * 2000,
+                                        key_id="k" * 300, key_version=3, details=details)
+        expected = AuditEvent(actor="bob", role="service", action="crypto.encrypt",
+                              outcome="success", message="m" * 2000, key_id="k" * 300,
+                              key_version=3, request_id="r-1", correlation_id="c-1",
+                              trace_id="t-1", session="s-1", client_fingerprint="fp",
+                              source_ip="192.0.2.1",
+                              details={"n": 1, **({"approval_id": approval} if approval else {})})
+        assert event == expected and event.details is not details
+    ctx = RequestContext(None, request_id="r")
+    with pytest.raises(ValueError):
+        AuditEvent.from_context(ctx, "Not An Action", "success", "m")
+    with pytest.raises(TypeError):
+        AuditEvent.from_context(ctx, "a.b", "success", "m", key_version=True)
+    with pytest.raises(TypeError):
+        AuditEvent.from_context(ctx, "a.b", "success", "m", details=None)
+
+
+def test_consecutive_records_and_timestamps() -> None:
+    """Sinks seal record n+1 after record n, many per second and across second boundaries."""
+    prev, start = GENESIS_HASH, datetime(2026, 12, 31, 23, 59, 59, 999_998, tzinfo=UTC)
+    for n in range(1, 6):
+        ts = start + timedelta(microseconds=n)
+        record, line = seal_record_line(ev(), seq=n, prev_hash=prev, ts=ts, record_id=RID,
+                                        hmac_key=KEY)
+        assert record["ts"] == ts.isoformat(timespec="microseconds")[:-6] + "Z"
+        assert check_record(record, prev, KEY) is None
+        assert check_line(line, KEY) == (n, record["hash"])
+        prev = record["hash"]
+    with pytest.raises(ValueError):
+        seal(ev(), prev=prev.upper())

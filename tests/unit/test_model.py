@@ -72,3 +72,16 @@ def test_filter_matching() -> None:
     assert KeyFilter(tag="pci", algorithm="ec-p256", name_prefix="release").matches(k)
     assert not KeyFilter(state=KeyState.REVOKED).matches(k)
     assert not KeyFilter(name_prefix="x").matches(k)
+
+
+def test_uuid4_str_is_a_canonical_version_4_uuid() -> None:
+    import uuid
+
+    from ferrohsm.ids import uuid4_str
+    seen = set()
+    for _ in range(2000):
+        text = uuid4_str()
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        seen.add(text)
+    assert len(seen) == 2000

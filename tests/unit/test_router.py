@@ -160,3 +160,16 @@ def test_duplicate_route_rejected(router: Router) -> None:
         router.add_prefix("GET", "/ui/", handler)
     with pytest.raises(ValueError):
         router.add_prefix("GET", "/static", handler)
+
+
+def test_literal_branch_dead_end_falls_back_to_the_parameter() -> None:
+    r = Router()
+    r.add("GET", "/x/lit/a", handler, name="literal")
+    r.add("GET", "/x/{p}/b", handler, name="param")
+    r.add("POST", "/x/lit/b", handler, name="literal-post")
+    assert r.match("GET", "/x/lit/a")[0].name == "literal"
+    assert r.match("GET", "/x/lit/b")[0].name == "param"  # literal node has no GET
+    assert r.match("GET", "/x/other/b")[1] == {"p": "other"}
+    with pytest.raises(MethodNotAllowed) as info:
+        r.match("PUT", "/x/lit/b")
+    assert info.value.allow == ("GET", "HEAD", "POST")

@@ -1,0 +1,68 @@
+"""Strict request bodies (api/handlers/common.py): exactly json.loads's grammar, plus refusals of
+duplicate members, NaN/Infinity, unknown fields and wrong types; strict base64."""
+
+from __future__ import annotations
+
+import pytest
+
+from ferrohsm.api.handlers.common import Field, b64, fields, json_body
+from ferrohsm.errors import BadRequest
+
+
+class Body:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+
+SPEC = {"plaintext": Field(str, True), "n": Field(int), "flag": Field(bool),
+        "either": Field((str, int))}
+
+
+@pytest.mark.parametrize("raw", [b'{"a":1}', b' \t\r\n{"a":1} \n', b'{"a":{"b":[1,2]}}'])
+def test_json_objects_and_json_whitespace_are_accepted(raw: bytes) -> None:
+    assert json_body(Body(raw))["a"] in (1, {"b": [1, 2]})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"a":1}{"b":2}', b'{"a":1} x', b'{"a":1}\x0c', b"\x0c{}", "\ufeff{}".encode(), b"\xff",
+    b"{", b"", b"   ", b'{"a":NaN}', b'{"a":-Infinity}', b'{"a":1,"a":2}',
+    b'{"x":{"a":1,"a":2}}', b"[]", b"1", b"[" * 100_000,
+])
+def test_malformed_bodies_are_400(raw: bytes) -> None:
+    if raw == b"":
+        assert json_body(Body(raw)) == {}  # no body at all: no fields
+        return
+    with pytest.raises(BadRequest):
+        json_body(Body(raw))
+
+
+def test_duplicate_member_is_named() -> None:
+    with pytest.raises(BadRequest, match="duplicate JSON member 'a'"):
+        json_body(Body(b'{"a":1,"b":2,"a":3}'))
+
+
+def test_fields_checks_names_presence_and_types() -> None:
+    assert fields(Body(b'{"plaintext":"eA==","n":3,"flag":true,"either":4}'), SPEC) == {
+        "plaintext": "eA==", "n": 3, "flag": True, "either": 4}
+    assert fields(Body(b'{"plaintext":"x","n":null}'), SPEC) == {"plaintext": "x"}
+    for raw, message in [(b'{"plaintext":"x","zz":1}', "unknown field"),
+                         (b"{}", "missing required field plaintext"),
+                         (b'{"plaintext":null}', "missing required field plaintext"),
+                         (b'{"plaintext":"x","n":true}', "field n has the wrong type"),
+                         (b'{"plaintext":"x","n":1.0}', "field n has the wrong type"),
+                         (b'{"plaintext":"x","flag":1}', "field flag has the wrong type"),
+                         (b'{"plaintext":"x","either":false}', "field either has the wrong type")]:
+        with pytest.raises(BadRequest, match=message):
+            fields(Body(raw), SPEC)
+
+
+@pytest.mark.parametrize("text", ["eA=", "eA===", "e A==", "eA==\n", "é", "-_==", "eA==eA=="])
+def test_b64_is_strict(text: str) -> None:
+    with pytest.raises(BadRequest):
+        b64(text, "f")
+
+
+def test_b64_round_trip() -> None:
+    assert b64("AAH+/w==", "f") == b"\x00\x01\xfe\xff"
+    assert b64("", "f") == b""
+    assert b64(None, "f") is None
