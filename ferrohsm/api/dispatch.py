@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import queue
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -57,11 +58,14 @@ class Dispatcher:
         self._pool = WorkerPool(workers)
         self._batch: list[tuple[Conn, Incoming]] = []
         self._done: collections.deque[Answer] = collections.deque()  # filled by other threads
-        self._commit_queue: list[tuple[int, list[Answer]]] = []
-        self._committing = 0  # batches queued or being committed
-        self._commit_wakeup = threading.Condition()
+        # Written batches wait in _held until handed to the committer (see hand_over); a C-level
+        # SimpleQueue carries them, so neither side runs Python locking code per batch.
+        self._held: list[tuple[int, list[Answer]]] = []
+        self._held_requests = 0
+        self._commits: queue.SimpleQueue[list[tuple[int, list[Answer]]] | None] = (
+            queue.SimpleQueue())
+        self._handed = self._finished = 0  # batches; each counter has one writer thread
         self._committer: threading.Thread | None = None
-        self._closing = False
 
     def take(self, conn: Conn, incoming: Incoming) -> None:
         if self.inline is not None and self._runs_inline(incoming.request):
@@ -75,7 +79,20 @@ class Dispatcher:
 
     def busy(self) -> bool:
         """Requests still in the dispatcher's hands (a drain must wait for them)."""
-        return bool(self._batch or self._done or self._committing)
+        return bool(self._batch or self._done or self._held or self._handed != self._finished)
+
+    def hand_over(self, open_connections: int, idle: bool) -> None:
+        """Give the held batches to the committer once half the open connections wait on them,
+        or when the loop is about to sleep: fewer, larger flushes (each costs ~100 µs of kernel
+        CPU), while the other half of the clients keeps the loop busy during the fsync."""
+        if self._held and (idle or 2 * self._held_requests >= open_connections):
+            held, self._held, self._held_requests = self._held, [], 0
+            self._handed += len(held)
+            if self._committer is None:
+                self._committer = threading.Thread(target=self._commit_loop, daemon=True,
+                                                   name="ferrohsm-audit-commit")
+                self._committer.start()
+            self._commits.put(held)
 
     def answers(self) -> list[Answer]:
         """This turn's inline responses (audit committed), then whatever the pool finished."""
@@ -85,9 +102,7 @@ class Dispatcher:
         return out
 
     def close(self, timeout: float) -> list[Any]:
-        with self._commit_wakeup:
-            self._closing = True
-            self._commit_wakeup.notify()
+        self._commits.put(None)
         stuck = self._pool.close(timeout)
         if self._committer is not None:
             self._committer.join(timeout)
@@ -124,7 +139,8 @@ class Dispatcher:
         if waiting:
             ticket, failure = self._write(pending)
             if failure is None:
-                self._queue_commit(ticket, waiting)
+                self._held.append((ticket, waiting))
+                self._held_requests += len(waiting)
             else:
                 ready.extend(_refused(waiting, failure))
         return ready
@@ -139,37 +155,39 @@ class Dispatcher:
                            "answered 503", len(pending))
             return 0, exc.message
 
-    def _queue_commit(self, ticket: int, answers: list[Answer]) -> None:
-        with self._commit_wakeup:
-            self._commit_queue.append((ticket, answers))
-            self._committing += 1
-            if self._committer is None:
-                self._committer = threading.Thread(target=self._commit_loop, daemon=True,
-                                                   name="ferrohsm-audit-commit")
-                self._committer.start()
-            self._commit_wakeup.notify()
-
     def _commit_loop(self) -> None:
-        """Committer thread: one flush covers every batch queued meanwhile."""
+        """Committer thread: one flush covers every batch handed over meanwhile."""
         assert self.deferral is not None
         while True:
-            with self._commit_wakeup:
-                while not self._commit_queue and not self._closing:
-                    self._commit_wakeup.wait()
-                queued, self._commit_queue = self._commit_queue, []
-            if not queued:
-                return  # closing, nothing left
-            failure = None
-            try:
-                self.deferral.sync(max(ticket for ticket, _ in queued))
-            except FerroError as exc:
-                failure = exc.message
-                self.log.error("audit flush failed: %d answer(s) become 503", len(queued))
-            for _, answers in queued:
-                self._done.extend(answers if failure is None else _refused(answers, failure))
-            with self._commit_wakeup:
-                self._committing -= len(queued)
-            self._wake()
+            queued = self._commits.get()
+            closing = queued is None
+            queued = queued or []
+            while True:
+                try:
+                    more = self._commits.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    closing = True
+                else:
+                    queued.extend(more)
+            if queued:
+                self._flush(queued)
+            if closing:
+                return
+
+    def _flush(self, queued: list[tuple[int, list[Answer]]]) -> None:
+        assert self.deferral is not None
+        failure = None
+        try:
+            self.deferral.sync(max(ticket for ticket, _ in queued))
+        except FerroError as exc:
+            failure = exc.message
+            self.log.error("audit flush failed: %d batch(es) answered 503", len(queued))
+        for _, answers in queued:
+            self._done.extend(answers if failure is None else _refused(answers, failure))
+        self._finished += len(queued)
+        self._wake()
 
     def _pooled(self, conn: Conn, incoming: Incoming) -> None:
         """On a worker thread: run the app, hand the response to the loop."""

@@ -255,7 +255,9 @@ class HardenedHTTPServer:
     def _turn(self) -> None:
         """One select, then everything that became ready, in a fixed order."""
         assert self._selector is not None
-        for key, mask in self._selector.select(self._wait_time()):
+        timeout = self._wait_time()
+        self._dispatcher.hand_over(len(self._conns), idle=timeout > 0)
+        for key, mask in self._selector.select(timeout):
             try:
                 self._event(key.data, mask)
             except Exception:
@@ -269,6 +271,7 @@ class HardenedHTTPServer:
                 self._guarded(conn, self._parse, conn, now)
         for conn, incoming, response in self._dispatcher.answers():
             self._guarded(conn, self._respond, conn, incoming, response)
+        self._dispatcher.hand_over(len(self._conns), idle=False)
         self._expire(time.monotonic())
 
     def _wait_time(self) -> float:
