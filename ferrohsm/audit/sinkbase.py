@@ -233,6 +233,11 @@ class ChainedSink(AuditSink):
             return checkpoint
 
     def close(self) -> None:
+        if not self._closed and self._failed is None and self._written[0] > self._committed[0]:
+            try:  # records written for answers that never left: make them durable anyway
+                self.sync(self._written[0])
+            except AuditUnavailable as exc:
+                log.warning("audit: written records not flushed at close: %s", exc.message)
         with self._io_lock:
             if self._closed:
                 return

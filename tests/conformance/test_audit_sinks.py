@@ -403,6 +403,19 @@ def test_written_records_count_only_once_synced(sink: Any, backend: Backend) -> 
     assert backend.verify().ok
 
 
+def test_close_flushes_written_records(backend: Backend) -> None:
+    opened = backend.open()
+    opened.begin_deferral()
+    opened.append(event(1), defer=True)
+    ticket = opened.write_deferred(opened.end_deferral())
+    opened.close()
+    reopened = backend.open()
+    assert reopened.head()[0] == ticket
+    assert reopened.read(ticket - 1)[0]["message"] == "event 1"
+    reopened.close()
+    assert backend.verify().ok
+
+
 def test_a_durable_append_covers_earlier_written_records(sink: Any) -> None:
     sink.begin_deferral()
     sink.append(event(1), defer=True)
