@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,11 @@ class Headers:
 
     def get_all(self, name: str) -> list[str]:
         return list(self._index.get(name.lower(), ()))
+
+    def values_of(self, lowered: str) -> Sequence[str]:
+        """Every value of an already lower-case name, without copying (framing checks run on
+        every request): do not modify the result."""
+        return self._index.get(lowered, ())
 
     def items(self) -> list[tuple[str, str]]:
         """Every field as received (original name case), repeated fields included."""

@@ -183,9 +183,9 @@ def _parse_fields(head: bytes, lines: list[bytes]) -> list[tuple[str, str]]:
     if _FIELDS_OK_RE.fullmatch(head[len(lines[0]) + 2:] + b"\r\n") is None:
         return [_parse_field(line) for line in lines[1:]]
     fields = []
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        fields.append((name.decode("ascii"), value.strip(b" \t").decode("latin-1")))
+    for line in head[len(lines[0]) + 2:].decode("latin-1").split("\r\n"):
+        name, _, value = line.partition(":")  # names are tokens: ASCII, as decoded
+        fields.append((name, value.strip(" \t")))
     return fields
 
 
@@ -212,7 +212,7 @@ def _diagnose_field(line: bytes) -> str:
 
 def _check_host(headers: Headers, version: str) -> None:
     """Exactly one Host in HTTP/1.1 (RFC 9112 section 3.2), at most one in HTTP/1.0."""
-    count = len(headers.get_all("host"))
+    count = len(headers.values_of("host"))
     if count > 1:
         raise BadRequest("more than one Host header")
     if count == 0 and version == "HTTP/1.1":
@@ -223,7 +223,7 @@ def _content_length(headers: Headers, limits: Limits) -> int:
     """Body length from the single, strictly formatted Content-Length; TE is refused."""
     if "transfer-encoding" in headers:
         raise BadRequest("Transfer-Encoding is not accepted; send Content-Length")
-    values = headers.get_all("content-length")
+    values = headers.values_of("content-length")
     if not values:
         return 0
     if len(values) > 1:
@@ -233,7 +233,8 @@ def _content_length(headers: Headers, limits: Limits) -> int:
     length = int(values[0])
     if length > limits.max_body:
         raise PayloadTooLarge(f"request body larger than {limits.max_body} bytes")
-    if length and not _is_json(headers.get("content-type")):
+    content_type = headers.values_of("content-type")
+    if length and not _is_json(content_type[0] if content_type else None):
         raise UnsupportedMediaType("request bodies must be application/json")
     return length
 
@@ -246,18 +247,17 @@ def _is_json(content_type: str | None) -> bool:
 
 def _keep_alive(headers: Headers, version: str) -> bool:
     """HTTP/1.1 persists unless ``close``; HTTP/1.0 only with an explicit ``keep-alive``."""
-    tokens = {
-        token.strip().lower()
-        for value in headers.get_all("connection")
-        for token in value.split(",")
-    }
+    values = headers.values_of("connection")
+    if not values:
+        return version == "HTTP/1.1"
+    tokens = {token.strip().lower() for value in values for token in value.split(",")}
     if version == "HTTP/1.1":
         return "close" not in tokens
     return "keep-alive" in tokens and "close" not in tokens
 
 
 def _expect_continue(headers: Headers) -> bool:
-    values = headers.get_all("expect")
+    values = headers.values_of("expect")
     if not values:
         return False
     if len(values) == 1 and values[0].lower() == "100-continue":
