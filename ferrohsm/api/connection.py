@@ -83,12 +83,13 @@ class Conn:
 
     # ---- reading ----------------------------------------------------------------------------
 
-    def receive(self, chunk: memoryview) -> int:
-        """Move what the socket has into ``buf``; the byte count (0: nothing yet). EOF sets
-        ``eof`` (a request sent before it still gets its answer); PeerGone on error."""
+    def receive(self, chunk: memoryview, limit: int) -> int:
+        """Move what the socket has into ``buf``, stopping once it holds ``limit`` bytes; the
+        byte count (0: nothing yet). EOF sets ``eof`` (requests sent before it still get their
+        answers); PeerGone on error."""
         total = 0
         sock = self.sock
-        while True:
+        while len(self.buf) < limit:
             try:
                 count = sock.recv_into(chunk)
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
@@ -102,6 +103,7 @@ class Conn:
             total += count
             if count < len(chunk) and not (self.tls and self.tls.pending()):
                 return total
+        return total
 
     def next_request(self, limits: Limits, now: float, header_timeout: float,
                      body_timeout: float) -> Incoming | None:

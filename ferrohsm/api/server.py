@@ -34,7 +34,6 @@ responses.
 from __future__ import annotations
 
 import logging
-import select
 import selectors
 import signal
 import socket
@@ -62,10 +61,10 @@ from .connection import (
 )
 from .dispatch import INTERNAL_MESSAGE, App, Deferral, Dispatcher
 from .http import Request, Response, error_response
+from .listener import Listener
 from .parse import Limits, render_response
 
 OnRequest = Callable[[Request, Response, float], None]
-_BACKLOG_POLL = 0.1   # how often a full server looks for clients queued in the backlog
 _MAX_WAIT = 1.0
 _RECV_SIZE = 65536
 _LISTENER, _WAKE = object(), object()
@@ -109,14 +108,15 @@ class HardenedHTTPServer:
         self.body_timeout = body_timeout
         self.idle_timeout = idle_timeout
         self.limits = Limits(max_request_line, max_header_bytes, max_headers, max_body)
+        # Per connection: one request's worth of pipelined bytes, then reading pauses.
+        self._buffer_cap = max_header_bytes + max_request_line + max_body + 4
         self.log = logger or logging.getLogger("ferrohsm.http")
         self.on_request = on_request
         self.backlog, self.reuse_port = backlog, reuse_port
         self.linger_timeout = linger_timeout
         self._dispatcher = Dispatcher(app, inline=inline, deferral=deferral, workers=workers,
                                       log=self.log, wake=self._wake)
-        self._listener: socket.socket | None = None
-        self._backlog_poll: Any = None  # select.poll of the listener, while it is paused
+        self._listener: Listener | None = None
         self._address: tuple[str, int] | None = None
         self._selector: selectors.BaseSelector | None = None
         self._wake_r: socket.socket | None = None
@@ -124,8 +124,6 @@ class HardenedHTTPServer:
         self._conns: dict[Conn, None] = {}
         self._ready: list[Conn] = []          # buffered bytes to parse without waiting
         self._chunk = memoryview(bytearray(_RECV_SIZE))
-        self._paused = False
-        self._next_backlog_check = 0.0
         self._evict_next = 0
         self._stopping = threading.Event()
         self._draining = False
@@ -209,21 +207,14 @@ class HardenedHTTPServer:
     def _bind(self) -> None:
         if self._stopping.is_set():
             raise RuntimeError("this server was shut down; create a new one")
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        listener = socket.create_server((self.host, self.port), family=family,
-                                        backlog=self.backlog, reuse_port=self.reuse_port)
-        listener.setblocking(False)
-        self._listener = listener
-        name = listener.getsockname()
-        self._address = (str(name[0]), int(name[1]))
+        self._selector = selectors.DefaultSelector()
+        self._listener = Listener(self.host, self.port, self.backlog, self.reuse_port,
+                                  self._selector, _LISTENER)
+        self._address = self._listener.address
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(listener, selectors.EVENT_READ, _LISTENER)
         self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
-        self._backlog_poll = select.poll()  # no fd limit, unlike select.select
-        self._backlog_poll.register(listener, select.POLLIN)
 
     def _wake(self) -> None:
         """Interrupt the loop's select (from any thread)."""
@@ -256,22 +247,22 @@ class HardenedHTTPServer:
         """One select, then everything that became ready, in a fixed order."""
         assert self._selector is not None
         timeout = self._wait_time()
-        self._dispatcher.hand_over(len(self._conns), idle=timeout > 0)
+        self._dispatcher.hand_over(len(self._conns), timeout > 0, time.monotonic())
         for key, mask in self._selector.select(timeout):
             try:
                 self._event(key.data, mask)
             except Exception:
                 self._fail(key.data)
         now = time.monotonic()
-        if self._paused and not self._draining and now >= self._next_backlog_check:
-            self._check_backlog(now)
+        if self._listener is not None and self._listener.queued(now):
+            self._evict_one()
         while self._ready:
             conns, self._ready = self._ready, []
             for conn in conns:
                 self._guarded(conn, self._parse, conn, now)
         for conn, incoming, response in self._dispatcher.answers():
             self._guarded(conn, self._respond, conn, incoming, response)
-        self._dispatcher.hand_over(len(self._conns), idle=False)
+        self._dispatcher.hand_over(len(self._conns), False, time.monotonic())
         self._expire(time.monotonic())
 
     def _wait_time(self) -> float:
@@ -279,8 +270,8 @@ class HardenedHTTPServer:
             return 0.0
         now = time.monotonic()
         soonest = min((conn.deadline for conn in self._conns), default=NEVER)
-        if self._paused and not self._draining:
-            soonest = min(soonest, self._next_backlog_check)
+        if self._listener is not None and self._listener.paused and not self._draining:
+            soonest = min(soonest, self._listener.next_check)
         if self._draining:
             soonest = min(soonest, self._drain_deadline)
         return max(0.0, min(soonest - now, _MAX_WAIT))
@@ -322,14 +313,17 @@ class HardenedHTTPServer:
         assert self._listener is not None
         while len(self._conns) < self.max_connections and not self._draining:
             try:
-                sock, addr = self._listener.accept()
+                sock, addr = self._listener.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionAbortedError:
                 continue
+            except OSError as exc:  # EMFILE and friends: pause, and let eviction free an fd
+                self.log.warning("accept failed (%s): pausing new connections", exc.strerror)
+                return self._listener.pause(now)
             self._adopt(sock, addr, now)
         if not self._draining:
-            self._pause_listener(now)
+            self._listener.pause(now)
 
     def _adopt(self, sock: socket.socket, addr: tuple[Any, ...], now: float) -> None:
         """A new connection: non-blocking, Nagle off, TLS wrapper, first deadline."""
@@ -350,24 +344,6 @@ class HardenedHTTPServer:
             return
         self._conns[conn] = None
         self._watch(conn, selectors.EVENT_READ)
-
-    def _pause_listener(self, now: float) -> None:
-        """At the cap: leave newcomers in the backlog and look at it every _BACKLOG_POLL."""
-        if not self._paused and self._selector is not None and self._listener is not None:
-            self._selector.unregister(self._listener)
-            self._paused = True
-            self._next_backlog_check = now + _BACKLOG_POLL
-
-    def _resume_listener(self) -> None:
-        if self._paused and not self._draining and self._selector is not None:
-            assert self._listener is not None
-            self._selector.register(self._listener, selectors.EVENT_READ, _LISTENER)
-            self._paused = False
-
-    def _check_backlog(self, now: float) -> None:
-        self._next_backlog_check = now + _BACKLOG_POLL
-        if self._backlog_poll is not None and self._backlog_poll.poll(0):
-            self._evict_one()
 
     def _evict_one(self) -> None:
         """Someone is queued: close the longest-idle connection, or ask the next response to
@@ -413,27 +389,29 @@ class HardenedHTTPServer:
         self._read(conn, now)  # the first request may have come with the handshake's end
 
     def _read(self, conn: Conn, now: float) -> None:
+        cap = self._buffer_cap
+        if len(conn.buf) >= cap:  # enough buffered: read again once some of it is consumed
+            return self._watch(conn, 0)
         try:
-            conn.receive(self._chunk)
+            conn.receive(self._chunk, cap)
         except PeerGone:
             return self._close(conn)
-        if conn.state != BUSY:
-            self._parse(conn, now)
-        if conn.state == BUSY:  # pipelined bytes wait until the current response is out
-            if conn.eof or len(conn.buf) > self.limits.max_body + self.limits.max_header_bytes:
-                self._watch(conn, 0)  # nothing more to read now (or enough buffered)
-        elif conn.eof and conn.state != CLOSED:
-            self._close(conn)  # the peer left in the middle of (or before) a request
+        self._parse(conn, now)
+        if conn.state == BUSY and (conn.eof or len(conn.buf) >= cap):
+            self._watch(conn, 0)  # nothing more to read until the response is out
 
     def _parse(self, conn: Conn, now: float) -> None:
+        """The next request in ``conn``'s buffer, if complete: to the dispatcher (or answered at
+        once when it is a framing error). A peer that left without completing one is closed."""
         if conn.state not in (IDLE, HEAD, BODY):
             return
         incoming = conn.next_request(self.limits, now, self.header_timeout, self.body_timeout)
         if conn.out is not None:  # 100 Continue
             self._send(conn, now)
         if incoming is None:
-            return
-        if incoming.error is not None:
+            if conn.eof and conn.state != CLOSED:
+                self._close(conn)  # the peer left in the middle of (or before) a request
+        elif incoming.error is not None:
             self._respond(conn, incoming, error_response(incoming.error,
                                                          incoming.request.request_id))
         else:
@@ -442,7 +420,7 @@ class HardenedHTTPServer:
     def _drain_linger(self, conn: Conn) -> None:
         """Discard what the peer still sends after our final response, up to a body's worth."""
         try:
-            received = conn.receive(self._chunk)
+            received = conn.receive(self._chunk, len(self._chunk))
         except PeerGone:
             return self._close(conn)
         del conn.buf[:]
@@ -457,7 +435,7 @@ class HardenedHTTPServer:
             return  # forced closed at the end of a shutdown's grace period
         request = incoming.request
         keep_alive = (incoming.error is None and incoming.keep_alive and not response.close
-                      and not conn.eof and not self._stopping.is_set()
+                      and not (conn.eof and not conn.buf) and not self._stopping.is_set()
                       and not self._take_eviction())
         payload, response = self._render(request, response, keep_alive,
                                          incoming.http10_keep_alive)
@@ -502,9 +480,10 @@ class HardenedHTTPServer:
             return self._close(conn)
         conn.first = False
         self._to_idle(conn, now)
-        self._watch(conn, selectors.EVENT_READ)
-        if conn.buf:
-            self._ready.append(conn)
+        if not conn.eof and len(conn.buf) < self._buffer_cap:
+            self._watch(conn, selectors.EVENT_READ)
+        if conn.buf or conn.eof:
+            self._ready.append(conn)  # pipelined requests (or the peer's EOF) next turn
 
     def _to_idle(self, conn: Conn, now: float) -> None:
         conn.state, conn.idle_since = IDLE, now
@@ -562,16 +541,14 @@ class HardenedHTTPServer:
         self._watch(conn, 0)
         conn.close()
         self._conns.pop(conn, None)
-        if len(self._conns) < self.max_connections:
-            self._resume_listener()
+        if len(self._conns) < self.max_connections and self._listener and not self._draining:
+            self._listener.resume()
 
     def _begin_drain(self) -> None:
         """Shutdown: refuse new connections now, close idle ones, let the busy ones finish."""
         self._draining = True
         self._drain_deadline = time.monotonic() + self._grace
         if self._listener is not None:
-            if not self._paused and self._selector is not None:
-                self._selector.unregister(self._listener)
             self._listener.close()
         for conn in list(self._conns):
             if conn.state in (HANDSHAKE, IDLE):

@@ -207,7 +207,11 @@ class FileSink(ChainedSink):
         needs_start = self._needs_start
         if size >= self._max_bytes:
             if self.durable and self._synced_size < size:
-                self._fsync(fd)  # written-but-unsynced records must not outlive their fd
+                try:  # written-but-unsynced records must be flushed before their fd is closed
+                    self._fsync(fd)
+                except BaseException:
+                    self._undo(fd, number, self._synced_size, fsync_failed=True)
+                    raise
                 self._synced_size = size
             number, size, needs_start = number + 1, 0, True
             fd = self._create_segment(number)
@@ -259,6 +263,9 @@ class FileSink(ChainedSink):
         with self._io_lock:
             if token[1] == self._segno:
                 self._synced_size = max(self._synced_size, token[2])
+
+    def _after_sync(self) -> None:
+        self._check_live_segment()  # unlinked or replaced after the write: nothing was flushed
 
     def _sync_failed(self, token: tuple[int, int, int]) -> None:
         self._undo(self._fd, self._segno, self._synced_size, fsync_failed=True)

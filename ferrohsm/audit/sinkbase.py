@@ -349,7 +349,12 @@ class ChainedSink(AuditSink):
                 return  # a flush that started after our write covered it
             with self._io_lock:
                 self._check_usable()
-                target, token = self._written, self._sync_token()
+                target = self._written
+                try:
+                    token = self._sync_token()
+                except OSError as exc:  # e.g. EMFILE: nothing was flushed, nothing is lost
+                    raise AuditUnavailable(
+                        f"audit record could not be made durable: {exc.strerror}") from None
             try:
                 self._sync_storage(token)
             except Exception as exc:
@@ -362,6 +367,10 @@ class ChainedSink(AuditSink):
                 raise AuditUnavailable(
                     f"audit record could not be made durable: {reason}") from None
             with self._io_lock:
+                # A writer may have failed meanwhile and cut written records off: only a sink
+                # still usable, whose storage is still the one we flushed, acknowledges.
+                self._check_usable()
+                self._after_sync()
                 self._syncs += 1
                 if target[0] > self._committed[0]:
                     self._committed = target
@@ -380,6 +389,10 @@ class ChainedSink(AuditSink):
     def _sync_storage(self, token: Any) -> None:
         """Flush (no lock held: writes go on meanwhile)."""
         raise NotImplementedError
+
+    def _after_sync(self) -> None:
+        """Check, under _io_lock after a flush, that it flushed the live storage (raise
+        AuditUnavailable otherwise). Default: nothing to check."""
 
     def _sync_failed(self, token: Any) -> None:
         """A flush failed: undo what was written but not durable, set ``_failed`` (under

@@ -47,6 +47,10 @@ def server_context(
     if require_client_cert and client_ca is None:
         raise ConfigError("tls.require_client_cert needs tls.client_ca")
     context = _tls13_only(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    # A client that closes TCP without close_notify while its request runs must still get the
+    # response (the loop reads on, and OpenSSL 3 would otherwise fail the whole connection on
+    # that EOF). Bodies are framed by Content-Length, so a truncation is still detected.
+    context.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
     try:
         context.load_cert_chain(os.fspath(cert_file), os.fspath(key_file))
     except (OSError, ssl.SSLError) as exc:

@@ -465,6 +465,81 @@ def test_written_records_survive_a_segment_rotation(tmp_path: Path) -> None:
     assert verify_paths([str(tmp_path / "audit")], KEY).ok
 
 
+
+def test_sync_does_not_acknowledge_records_a_failed_writer_cut_off(tmp_path: Path) -> None:
+    """The flush of written records succeeds, then (before sync() takes the lock again) another
+    writer's fsync fails and its undo truncates them: sync() must refuse, not acknowledge."""
+    flushed, go_on = threading.Event(), threading.Event()
+
+    class Racing(FailingFileSink):
+        def _fsync(self, fd: int) -> None:
+            if threading.current_thread().name == "committer":
+                super()._fsync(fd)
+                flushed.set()
+                go_on.wait(5)
+                return
+            super()._fsync(fd)
+
+    sink = Racing(tmp_path / "audit", KEY)
+    sink.begin_deferral()
+    sink.append(event(1), defer=True)
+    ticket = sink.write_deferred(sink.end_deferral())
+    outcome: list[str] = []
+
+    def committer() -> None:
+        try:
+            sink.sync(ticket)
+            outcome.append("acknowledged")
+        except AuditUnavailable:
+            outcome.append("refused")
+
+    thread = threading.Thread(target=committer, name="committer")
+    thread.start()
+    assert flushed.wait(5)
+    sink.fail = True
+    with pytest.raises(AuditUnavailable):
+        sink.append(event(2))
+    go_on.set()
+    thread.join(5)
+    assert outcome == ["refused"] and not sink.healthy()
+    sink.close()
+
+
+def test_failed_flush_at_rotation_stops_the_file_sink(tmp_path: Path) -> None:
+    sink = FailingFileSink(tmp_path / "audit", KEY, segment_max_bytes=4096)
+    ticket = 0
+    while len(list((tmp_path / "audit").glob("audit-*.jsonl"))) == 1 and ticket < 200:
+        sink.begin_deferral()
+        sink.append(event(ticket, message="x" * 300), defer=True)
+        if sink._size + 800 >= 4096:  # the next write rotates: its fsync of the old one fails
+            sink.fail = True
+        try:
+            ticket = sink.write_deferred(sink.end_deferral())
+        except AuditUnavailable:
+            break
+    assert sink.fail and not sink.healthy()
+    sink.fail = False
+    with pytest.raises(AuditUnavailable):
+        sink.sync(ticket)
+    sink.close()
+    assert verify_paths([str(tmp_path / "audit")], KEY).ok
+
+
+def test_sync_refuses_when_the_segment_was_replaced_after_the_write(tmp_path: Path) -> None:
+    sink = FileSink(tmp_path / "audit", KEY)
+    sink.begin_deferral()
+    sink.append(event(1), defer=True)
+    ticket = sink.write_deferred(sink.end_deferral())
+    live = sorted((tmp_path / "audit").glob("audit-*.jsonl"))[-1]
+    data = live.read_bytes()
+    live.unlink()
+    live.write_bytes(data)
+    with pytest.raises(AuditUnavailable):
+        sink.sync(ticket)
+    assert not sink.healthy()
+    sink.close()
+
+
 CHILD = textwrap.dedent("""
     import base64, os, resource, signal, sys
     sys.path.insert(0, sys.argv[3])

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import select
+import socket
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -141,3 +144,92 @@ def test_pipelined_inline_and_pooled_requests_keep_their_order(
     answers = [client.read_response() for _ in paths]
     assert [a.json()["path"] for a in answers] == paths
     assert [a.header("X-Request-ID") for a in answers] == ["p0", "p1", "p2", "p3"]
+
+
+# ---- regressions found in review --------------------------------------------------------------
+
+def test_pipelined_requests_before_a_half_close_are_all_answered(
+        make_server: Any, connect: Any, sink: GatedSink) -> None:
+    server = make_server(audited_app(sink), inline=inline, deferral=sink)
+    client = connect(server)
+    client.send(req("/op", "a") + req("/slow", "b") + req("/plain", "c"))
+    socket.socket.shutdown(client.sock, socket.SHUT_WR)  # no close_notify: a bare TCP FIN
+    answers = [client.read_response() for _ in range(3)]
+    assert [a.header("X-Request-ID") for a in answers] == ["a", "b", "c"]
+    assert answers[-1].header("Connection") == "close" and client.at_eof()
+
+
+def pump(client: Any, blob: bytes, seconds: float, watch: Any = None) -> None:
+    """Send ``blob`` again and again while reading (and discarding) answers, non-blocking."""
+    sock = client.sock
+    sock.setblocking(False)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        readable, writable, _ = select.select([sock], [sock], [], 0.01)
+        try:
+            if readable or sock.pending():
+                sock.recv(1 << 20)
+            if writable:
+                sock.send(blob)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            pass
+        if watch is not None:
+            watch()
+
+
+def test_a_pipelining_client_cannot_make_the_server_buffer_without_bound(
+        make_server: Any, connect: Any, sink: GatedSink) -> None:
+    """It sends faster than it is answered: the server reads one request's worth ahead, then
+    lets TCP push back, instead of buffering everything it is sent."""
+    server = make_server(lambda r: json_response(200, {}), inline=lambda r: True,
+                         idle_timeout=30)
+    peak = [0]
+
+    def watch() -> None:
+        peak[0] = max([peak[0]] + [len(conn.buf) for conn in list(server._conns)])
+
+    pump(connect(server), req("/x") * 2000, 1.5, watch)
+    cap = server.limits.max_body + server.limits.max_header_bytes + (1 << 17)
+    assert 0 < peak[0] <= cap
+
+
+def test_the_committer_survives_an_unexpected_error(make_server: Any, connect: Any,
+                                                   sink: GatedSink,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    server = make_server(audited_app(sink), inline=inline, deferral=sink)
+    client = connect(server)
+    original = sink.sync
+    calls = []
+
+    def flaky(ticket: int) -> None:
+        calls.append(ticket)
+        if len(calls) == 1:
+            raise RuntimeError("a bug below the sink")
+        original(ticket)
+
+    monkeypatch.setattr(sink, "sync", flaky)
+    client.send(req("/op", "first"))
+    assert client.read_response().status == 503
+    client.send(req("/op", "second"))
+    assert client.read_response().status == 200
+
+
+def test_cheap_pipelined_requests_do_not_hold_back_audited_ones(
+        make_server: Any, connect: Any, sink: GatedSink) -> None:
+    """A client pipelining requests that defer nothing keeps the loop busy; an audited request
+    on another connection is still flushed and answered within MAX_HOLD, not after the flood."""
+    server = make_server(audited_app(sink), inline=lambda r: True, deferral=sink,
+                         idle_timeout=60, header_timeout=60)
+    connect(server)  # a third, idle connection: one waiting request is not half of them
+    busy, audited = connect(server), connect(server)
+    flood = threading.Thread(target=pump, args=(busy, req("/plain") * 2000, 2.5))
+    flood.start()
+    try:
+        time.sleep(0.3)
+        for _ in range(4):
+            started = time.monotonic()
+            audited.send(req("/op"))
+            assert audited.read_response().status == 200
+            assert time.monotonic() - started < 0.5
+    finally:
+        flood.join(10)
