@@ -36,6 +36,7 @@ App = Callable[[Request], Response]
 Answer = tuple[Conn, Incoming, Response]
 INTERNAL_MESSAGE = "internal error; the server log has details under this request id"
 MAX_HOLD = 0.002  # seconds a written batch may wait for more before its flush starts
+HAND_OVER_SHARE = 0.85  # of the requests in progress, waiting on held records: flush now
 
 
 class Deferral(Protocol):
@@ -76,6 +77,12 @@ class Dispatcher:
         else:
             self._pool.submit(lambda: self._pooled(conn, incoming))
 
+    def hold_deadline(self) -> float | None:
+        """When held batches must be handed over at the latest (None: nothing to watch)."""
+        if not self._held or self._handed != self._finished:
+            return None  # nothing held, or the running flush wakes the loop when it ends
+        return self._held_since + MAX_HOLD
+
     def has_work(self) -> bool:
         """Something the loop can do right now (so it must not sleep in select)."""
         return bool(self._batch or self._done)
@@ -84,13 +91,23 @@ class Dispatcher:
         """Requests still in the dispatcher's hands (a drain must wait for them)."""
         return bool(self._batch or self._done or self._held or self._handed != self._finished)
 
-    def hand_over(self, open_connections: int, idle: bool, now: float) -> None:
-        """Give the held batches to the committer once half the open connections wait on them,
-        when the loop is about to sleep, or after MAX_HOLD: fewer, larger flushes (each costs
-        ~60 µs of kernel CPU), while the other half of the clients keeps the loop busy during
-        the fsync, and a client pipelining cheap requests cannot keep the rest waiting."""
-        if self._held and (idle or 2 * self._held_requests >= open_connections
-                           or now - self._held_since >= MAX_HOLD):
+    def hand_over(self, in_progress: int, now: float) -> None:
+        """Start the next flush with the batches held so far, at the right moment.
+
+        Each fsync costs ~60 µs of kernel CPU plus cold caches, so groups should be large; but
+        a quiet server must not add latency. So: while a flush runs, hold (it wakes the loop
+        when done; one fsync at a time anyway). Otherwise hand over once nearly every request
+        in progress (``in_progress`` counts connections answered a moment ago too: their next
+        request is on its way) waits on the held records, or after MAX_HOLD. A lone client
+        is flushed at once: its one request is all there is.
+        """
+        if not self._held:
+            return
+        flushing = self._handed != self._finished
+        waited = now - self._held_since >= MAX_HOLD
+        if flushing and not waited:
+            return
+        if waited or self._held_requests >= HAND_OVER_SHARE * in_progress:
             held, self._held, self._held_requests = self._held, [], 0
             self._handed += len(held)
             if self._committer is None:

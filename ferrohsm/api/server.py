@@ -66,6 +66,7 @@ from .parse import Limits, render_response
 
 OnRequest = Callable[[Request, Response, float], None]
 _MAX_WAIT = 1.0
+ACTIVE_WINDOW = 0.001  # seconds after an answer during which a connection counts as active
 _RECV_SIZE = 65536
 _LISTENER, _WAKE = object(), object()
 
@@ -247,7 +248,8 @@ class HardenedHTTPServer:
         """One select, then everything that became ready, in a fixed order."""
         assert self._selector is not None
         timeout = self._wait_time()
-        self._dispatcher.hand_over(len(self._conns), timeout > 0, time.monotonic())
+        now = time.monotonic()
+        self._dispatcher.hand_over(self._in_progress(now), now)
         for key, mask in self._selector.select(timeout):
             try:
                 self._event(key.data, mask)
@@ -262,8 +264,18 @@ class HardenedHTTPServer:
                 self._guarded(conn, self._parse, conn, now)
         for conn, incoming, response in self._dispatcher.answers():
             self._guarded(conn, self._respond, conn, incoming, response)
-        self._dispatcher.hand_over(len(self._conns), False, time.monotonic())
+        now = time.monotonic()
+        self._dispatcher.hand_over(self._in_progress(now), now)
         self._expire(time.monotonic())
+
+    def _in_progress(self, now: float) -> int:
+        """Connections with a request under way (being read, run, held or written), or
+        answered so recently (ACTIVE_WINDOW) that their next request is probably on its way:
+        the dispatcher holds audit flushes until most of these wait on them."""
+        recent = now - ACTIVE_WINDOW
+        return sum(1 for conn in self._conns
+                   if HEAD <= conn.state <= WRITING
+                   or (conn.state == IDLE and not conn.first and conn.idle_since >= recent))
 
     def _wait_time(self) -> float:
         if self._ready or self._dispatcher.has_work():
@@ -274,6 +286,9 @@ class HardenedHTTPServer:
             soonest = min(soonest, self._listener.next_check)
         if self._draining:
             soonest = min(soonest, self._drain_deadline)
+        hold = self._dispatcher.hold_deadline()
+        if hold is not None:
+            soonest = min(soonest, hold)
         return max(0.0, min(soonest - now, _MAX_WAIT))
 
     def _event(self, data: Any, mask: int) -> None:
