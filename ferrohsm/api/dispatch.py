@@ -35,6 +35,7 @@ from .workerpool import WorkerPool
 App = Callable[[Request], Response]
 Answer = tuple[Conn, Incoming, Response]
 INTERNAL_MESSAGE = "internal error; the server log has details under this request id"
+_log = logging.getLogger("ferrohsm.http")
 MAX_HOLD = 0.002  # seconds a written batch may wait for more before its flush starts
 HAND_OVER_SHARE = 0.85  # of the requests in progress, waiting on held records: flush now
 
@@ -237,6 +238,9 @@ class Dispatcher:
 
 
 def _refused(answers: list[Answer], reason: str) -> list[Answer]:
-    """The same requests answered 503: their audit records did not become durable."""
+    """The same requests answered 503: their audit records did not become durable. The access
+    log already has a line for each (written when the handler returned), so name them here."""
+    ids = [incoming.request.request_id for _, incoming, _ in answers]
+    _log.error("audit not durable: answering 503 instead to request_id=%s", ",".join(ids[:100]))
     return [(conn, incoming, error_response(AuditUnavailable(reason), incoming.request.request_id))
             for conn, incoming, _ in answers]
