@@ -61,7 +61,8 @@ class Conn:
     """Socket, buffers and state of one accepted connection (loop thread only)."""
 
     __slots__ = ("buf", "client_cert_der", "deadline", "events", "first", "head", "idle_since",
-                 "eof", "keep_alive", "out", "peer", "received_at", "scan", "sock", "state", "tls")
+                 "drained", "eof", "keep_alive", "out", "peer", "received_at", "scan", "sock",
+                 "state", "tls")
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int]) -> None:
         self.sock = sock
@@ -78,7 +79,8 @@ class Conn:
         self.idle_since = 0.0
         self.received_at = 0.0
         self.head: RequestHead | None = None
-        self.scan = 0
+        self.scan = 0  # where to resume looking for the end of the head
+        self.drained = 0  # LINGER: bytes discarded so far
         self.events = 0  # what the selector watches for (0: unregistered)
 
     # ---- reading ----------------------------------------------------------------------------

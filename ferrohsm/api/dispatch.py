@@ -92,13 +92,13 @@ class Dispatcher:
         """Requests still in the dispatcher's hands (a drain must wait for them)."""
         return bool(self._batch or self._done or self._held or self._handed != self._finished)
 
-    def hand_over(self, in_progress: int, now: float) -> None:
+    def hand_over(self, in_progress: Callable[[], int], now: float) -> None:
         """Start the next flush with the batches held so far, at the right moment.
 
         Each fsync costs ~60 µs of kernel CPU plus cold caches, so groups should be large; but
         a quiet server must not add latency. So: while a flush runs, hold (it wakes the loop
         when done; one fsync at a time anyway). Otherwise hand over once nearly every request
-        in progress (``in_progress`` counts connections answered a moment ago too: their next
+        in progress (``in_progress()`` counts connections answered a moment ago too: their next
         request is on its way) waits on the held records, or after MAX_HOLD. A lone client
         is flushed at once: its one request is all there is.
         """
@@ -108,7 +108,7 @@ class Dispatcher:
         waited = now - self._held_since >= MAX_HOLD
         if flushing and not waited:
             return
-        if waited or self._held_requests >= HAND_OVER_SHARE * in_progress:
+        if waited or self._held_requests >= HAND_OVER_SHARE * in_progress():
             held, self._held, self._held_requests = self._held, [], 0
             self._handed += len(held)
             if self._committer is None:

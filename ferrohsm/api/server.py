@@ -249,10 +249,10 @@ class HardenedHTTPServer:
         assert self._selector is not None
         timeout = self._wait_time()
         now = time.monotonic()
-        self._dispatcher.hand_over(self._in_progress(now), now)
-        for key, mask in self._selector.select(timeout):
+        self._dispatcher.hand_over(self._in_progress, now)
+        for key, _ in self._selector.select(timeout):
             try:
-                self._event(key.data, mask)
+                self._event(key.data)
             except Exception:
                 self._fail(key.data)
         now = time.monotonic()
@@ -265,14 +265,14 @@ class HardenedHTTPServer:
         for conn, incoming, response in self._dispatcher.answers():
             self._guarded(conn, self._respond, conn, incoming, response)
         now = time.monotonic()
-        self._dispatcher.hand_over(self._in_progress(now), now)
+        self._dispatcher.hand_over(self._in_progress, now)
         self._expire(time.monotonic())
 
-    def _in_progress(self, now: float) -> int:
+    def _in_progress(self) -> int:
         """Connections with a request under way (being read, run, held or written), or
         answered so recently (ACTIVE_WINDOW) that their next request is probably on its way:
         the dispatcher holds audit flushes until most of these wait on them."""
-        recent = now - ACTIVE_WINDOW
+        recent = time.monotonic() - ACTIVE_WINDOW
         return sum(1 for conn in self._conns
                    if HEAD <= conn.state <= WRITING
                    or (conn.state == IDLE and not conn.first and conn.idle_since >= recent))
@@ -291,13 +291,13 @@ class HardenedHTTPServer:
             soonest = min(soonest, hold)
         return max(0.0, min(soonest - now, _MAX_WAIT))
 
-    def _event(self, data: Any, mask: int) -> None:
+    def _event(self, data: Any) -> None:
         if data is _LISTENER:
             self._accept(time.monotonic())
         elif data is _WAKE:
             self._drain_wake()
         else:
-            self._conn_event(data, mask)
+            self._conn_event(data)
 
     def _guarded(self, conn: Conn, step: Callable[..., None], *args: Any) -> None:
         try:
@@ -371,7 +371,7 @@ class HardenedHTTPServer:
 
     # ----------------------------------------------------------------- reading
 
-    def _conn_event(self, conn: Conn, mask: int) -> None:
+    def _conn_event(self, conn: Conn) -> None:
         now = time.monotonic()
         state = conn.state
         if state == HANDSHAKE:
@@ -439,8 +439,8 @@ class HardenedHTTPServer:
         except PeerGone:
             return self._close(conn)
         del conn.buf[:]
-        conn.scan += received  # bytes drained so far
-        if conn.eof or conn.scan > self.limits.max_body:
+        conn.drained += received
+        if conn.eof or conn.drained > self.limits.max_body:
             self._close(conn)
 
     # ----------------------------------------------------------------- writing
@@ -488,7 +488,7 @@ class HardenedHTTPServer:
     def _after_response(self, conn: Conn, now: float) -> None:
         if not conn.keep_alive:
             conn.half_close()
-            conn.state, conn.deadline, conn.scan = LINGER, now + self.linger_timeout, 0
+            conn.state, conn.deadline = LINGER, now + self.linger_timeout
             del conn.buf[:]
             return self._watch(conn, selectors.EVENT_READ)
         if self._draining:

@@ -5,10 +5,12 @@ that key only, with a clear error and never wrong output."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import resource
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,21 +55,30 @@ def test_mutations_refused_and_unchanged_when_audit_fails(tmp_path: Path) -> Non
         srv.close()
 
 
-def test_full_disk_refuses_with_503_and_changes_nothing(tmp_path: Path) -> None:
-    """RLIMIT_FSIZE (`ulimit -f`) stands in for a full disk: writes past the limit fail (EFBIG)."""
-    srv = LiveServer(tmp_path, key_store="memory")
+@contextlib.contextmanager
+def full_disk(srv: LiveServer) -> Iterator[None]:
+    """RLIMIT_FSIZE (`ulimit -f`) stands in for a full disk: writes that grow the live audit
+    segment past its current size fail (EFBIG) until the block ends."""
     old = resource.getrlimit(resource.RLIMIT_FSIZE)
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    live = sorted((srv.data_dir / "audit").glob("audit-*.jsonl"))[-1]
+    resource.setrlimit(resource.RLIMIT_FSIZE, (live.stat().st_size + 10, old[1]))
     try:
-        key = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt"})[2]
-        live = sorted((srv.data_dir / "audit").glob("audit-*.jsonl"))[-1]
-        resource.setrlimit(resource.RLIMIT_FSIZE, (live.stat().st_size + 10, old[1]))
-        status, _, err = srv.call("POST", f"/v1/keys/{key['id']}/rotate")
-        assert status == 503, err
-        assert srv.rt.store.get(key["id"]).primary_version == 1
+        yield
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, old)
         signal.signal(signal.SIGXFSZ, old_handler)
+
+
+def test_full_disk_refuses_with_503_and_changes_nothing(tmp_path: Path) -> None:
+    srv = LiveServer(tmp_path, key_store="memory")
+    try:
+        key = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt"})[2]
+        with full_disk(srv):
+            status, _, err = srv.call("POST", f"/v1/keys/{key['id']}/rotate")
+        assert status == 503, err
+        assert srv.rt.store.get(key["id"]).primary_version == 1
+    finally:
         srv.close()
 
 
@@ -99,16 +110,12 @@ def test_encrypt_refused_when_its_batched_audit_commit_fails(tmp_path: Path) -> 
     """Encrypt runs on the event loop with its record deferred to the turn's group commit: when
     that commit fails (full disk), the ciphertext is never sent, and the next one works."""
     srv = LiveServer(tmp_path, key_store="memory")
-    old = resource.getrlimit(resource.RLIMIT_FSIZE)
-    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         key = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt"})[2]
-        live = sorted((srv.data_dir / "audit").glob("audit-*.jsonl"))[-1]
-        resource.setrlimit(resource.RLIMIT_FSIZE, (live.stat().st_size + 10, old[1]))
-        status, _, err = srv.call("POST", f"/v1/keys/{key['id']}/encrypt",
-                                  {"plaintext": B(b"secret")}, role="service")
+        with full_disk(srv):
+            status, _, err = srv.call("POST", f"/v1/keys/{key['id']}/encrypt",
+                                      {"plaintext": B(b"secret")}, role="service")
         assert status == 503 and "ciphertext" not in err, err
-        resource.setrlimit(resource.RLIMIT_FSIZE, old)
         status, _, out = srv.call("POST", f"/v1/keys/{key['id']}/encrypt",
                                   {"plaintext": B(b"secret")}, role="service")
         assert status == 200 and out["ciphertext"].startswith("fhsm:v1:")
@@ -117,6 +124,4 @@ def test_encrypt_refused_when_its_batched_audit_commit_fails(tmp_path: Path) -> 
         encrypts = [r for r in records if r["action"] == "crypto.encrypt"]
         assert [r["outcome"] for r in encrypts] == ["success"]  # the refused one left no trace
     finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, old)
-        signal.signal(signal.SIGXFSZ, old_handler)
         srv.close()

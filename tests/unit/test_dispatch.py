@@ -79,7 +79,7 @@ def wait_answers(dispatcher: Dispatcher, count: int) -> None:
 def test_a_lone_request_is_flushed_at_once() -> None:
     dispatcher, deferral = make()
     run(dispatcher, 1)
-    dispatcher.hand_over(in_progress=1, now=0.0)
+    dispatcher.hand_over(in_progress=lambda: 1, now=0.0)
     wait_answers(dispatcher, 1)
     assert deferral.synced == [1]
     dispatcher.close(1)
@@ -89,12 +89,12 @@ def test_held_until_most_requests_wait_or_max_hold() -> None:
     dispatcher, deferral = make()
     run(dispatcher, 2)
     start = dispatcher._held_since
-    dispatcher.hand_over(in_progress=10, now=start)  # 2 of 10 waiting: hold
+    dispatcher.hand_over(in_progress=lambda: 10, now=start)  # 2 of 10 waiting: hold
     assert dispatcher.hold_deadline() == start + MAX_HOLD
-    dispatcher.hand_over(in_progress=10, now=start + MAX_HOLD)  # held long enough
+    dispatcher.hand_over(in_progress=lambda: 10, now=start + MAX_HOLD)  # held long enough
     wait_answers(dispatcher, 2)
     run(dispatcher, 9)
-    dispatcher.hand_over(in_progress=10, now=dispatcher._held_since)  # 9 of 10: go
+    dispatcher.hand_over(in_progress=lambda: 10, now=dispatcher._held_since)  # 9 of 10: go
     wait_answers(dispatcher, 9)
     assert deferral.synced == [2, 11]
     dispatcher.close(1)
@@ -104,13 +104,13 @@ def test_no_second_flush_while_one_runs() -> None:
     dispatcher, deferral = make()
     deferral.release.clear()
     run(dispatcher, 1)
-    dispatcher.hand_over(in_progress=1, now=0.0)  # the flush starts and blocks
+    dispatcher.hand_over(in_progress=lambda: 1, now=0.0)  # the flush starts and blocks
     run(dispatcher, 1)
-    dispatcher.hand_over(in_progress=1, now=dispatcher._held_since)
+    dispatcher.hand_over(in_progress=lambda: 1, now=dispatcher._held_since)
     assert dispatcher.hold_deadline() is None and dispatcher._held  # held behind the flush
     deferral.release.set()
     wait_answers(dispatcher, 1)
-    dispatcher.hand_over(in_progress=1, now=dispatcher._held_since)
+    dispatcher.hand_over(in_progress=lambda: 1, now=dispatcher._held_since)
     wait_answers(dispatcher, 1)
     assert deferral.synced == [1, 2]
     dispatcher.close(1)
