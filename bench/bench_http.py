@@ -151,7 +151,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
     sys.path.insert(0, str(ROOT))
-    from ferrohsm.crypto.devpki import make_dev_pki
+    from ferrohsm.tls.devpki import make_dev_pki
 
     os.sched_setaffinity(0, {args.wrk_cpu})  # wrk (our child) inherits the other core
     with tempfile.TemporaryDirectory() as tmp:

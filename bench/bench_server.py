@@ -46,12 +46,12 @@ from bench_http import (  # noqa: E402
     wait_listening,
 )
 
-from ferrohsm import lifecycle as lc
-from ferrohsm.authn import issue_token
-from ferrohsm.crypto.devpki import make_dev_pki
+from ferrohsm.auth.authn import issue_token
 from ferrohsm.crypto.seal import Sealer
-from ferrohsm.ids import uuid7
+from ferrohsm.domain import lifecycle as lc
+from ferrohsm.domain.ids import uuid7
 from ferrohsm.tls.context import client_context
+from ferrohsm.tls.devpki import make_dev_pki
 
 CONFIG = """
 [server]

@@ -26,13 +26,13 @@ from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ferrohsm import lifecycle as lc
 from ferrohsm.crypto.seal import Sealer
-from ferrohsm.ids import uuid7
-from ferrohsm.keycache import MaterialCache
-from ferrohsm.keyops import KeyEngine
-from ferrohsm.store.base import KeyStore
+from ferrohsm.domain import lifecycle as lc
+from ferrohsm.domain.ids import uuid7
+from ferrohsm.engine.keycache import MaterialCache
+from ferrohsm.engine.keyengine import KeyEngine
 from ferrohsm.store.filesystem import FilesystemStore
+from ferrohsm.store.keystore import KeyStore
 from ferrohsm.store.memory import MemoryStore
 from ferrohsm.store.sqlite import SQLiteStore
 

@@ -26,11 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ferrohsm import lifecycle as lc
-from ferrohsm.ids import uuid7
-from ferrohsm.model import Key, KeyFilter
-from ferrohsm.store.base import KeyStore
+from ferrohsm.domain import lifecycle as lc
+from ferrohsm.domain.ids import uuid7
+from ferrohsm.domain.model import Key, KeyFilter
 from ferrohsm.store.filesystem import FilesystemStore
+from ferrohsm.store.keystore import KeyStore
 from ferrohsm.store.sqlite import SQLiteStore
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

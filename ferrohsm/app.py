@@ -23,23 +23,23 @@ from .api.handlers import tokens as token_routes
 from .api.server import HardenedHTTPServer
 from .audit.chain import AuditEvent
 from .audit.sinks import AuditSink, FileSink, SQLiteSink
-from .authn import Authenticator, build_authenticator
+from .auth.authn import Authenticator, build_authenticator
+from .auth.ratelimit import RateLimiter, policy_from_settings
 from .config import Config, Secrets, parse_listen
+from .control.policy import Policy
+from .control.scheduler import RetentionScheduler
 from .crypto.seal import Sealer
-from .errors import ConfigError, FerroError
-from .keycache import MaterialCache
-from .keyops import KeyEngine
-from .metrics import ServerMetrics
-from .model import SYSTEM_CONTEXT
-from .policy import Policy
-from .ratelimit import RateLimiter, policy_from_settings
-from .scheduler import RetentionScheduler
+from .domain.errors import ConfigError, FerroError
+from .domain.model import SYSTEM_CONTEXT
+from .engine.keycache import MaterialCache
+from .engine.keyengine import KeyEngine
 from .service import KeyService
-from .store.approvals import ApprovalStore, MemoryApprovalStore, SQLiteApprovalStore
-from .store.base import KeyStore
+from .store.approvalstore import ApprovalStore, MemoryApprovalStore, SQLiteApprovalStore
 from .store.filesystem import FilesystemStore
+from .store.keystore import KeyStore
 from .store.memory import MemoryStore
 from .store.sqlite import SQLiteStore
+from .telemetry.metrics import ServerMetrics
 from .tls.context import ReloadingContext
 
 log = logging.getLogger("ferrohsm")

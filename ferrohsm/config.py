@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from .domain.errors import ConfigError
 
 KEY_STORES = ("filesystem", "sqlite", "memory")
 AUDIT_SINKS = ("file", "sqlite")

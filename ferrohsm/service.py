@@ -21,15 +21,15 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from . import lifecycle as lc
 from .audit.chain import AuditEvent
-from .authz import Action, authorize, may_see
+from .auth.permissions import Action, authorize, may_see
+from .control.dualcontrol import DualControl
+from .control.policy import Policy
 from .crypto.algorithms import check_usage
-from .dualcontrol import DualControl
-from .errors import AuditUnavailable, FerroError, Forbidden, InvalidTransition, StaleRevision
-from .ids import uuid7
-from .keyops import KeyEngine
-from .model import (
+from .domain import lifecycle as lc
+from .domain.errors import AuditUnavailable, FerroError, Forbidden, InvalidTransition, StaleRevision
+from .domain.ids import uuid7
+from .domain.model import (
     Key,
     KeyFilter,
     Page,
@@ -39,9 +39,9 @@ from .model import (
     validate_name,
     validate_tags,
 )
-from .policy import Policy
-from .store.approvals import ApprovalStore
-from .store.base import KeyStore
+from .engine.keyengine import KeyEngine
+from .store.approvalstore import ApprovalStore
+from .store.keystore import KeyStore
 
 log = logging.getLogger("ferrohsm.service")
 CAS_RETRIES = 8

@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ferrohsm.api.http import Headers, Request, Response
-from ferrohsm.authn import Authenticator, TokenRejected, issue_token
+from ferrohsm.auth.authn import Authenticator, TokenRejected, issue_token
+from ferrohsm.auth.keysets import KeysetSources, ReloadingKeySet
 from ferrohsm.config import Secrets, load_config
-from ferrohsm.errors import BadRequest
-from ferrohsm.keysets import KeysetSources, ReloadingKeySet
+from ferrohsm.domain.errors import BadRequest
 
 SECRET = b"advisory-secret-advisory-secret!"
 NOW = int(time.time())

@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..authn import Authenticator
-from ..errors import BadRequest, FerroError, MethodNotAllowed, NotFound, RateLimited
-from ..metrics import ServerMetrics
-from ..model import Principal, RequestContext
-from ..ratelimit import RateLimiter
+from ..auth.authn import Authenticator
+from ..auth.ratelimit import RateLimiter
+from ..domain.errors import BadRequest, FerroError, MethodNotAllowed, NotFound, RateLimited
+from ..domain.model import Principal, RequestContext
+from ..telemetry.metrics import ServerMetrics
 from .handlers.dashboard import harden
 from .http import Request, Response, error_response, is_sane_request_id, json_response
 from .router import Router

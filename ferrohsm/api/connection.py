@@ -27,7 +27,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from ..errors import FerroError, RequestTimeout
+from ..domain.errors import FerroError, RequestTimeout
 from .http import Request
 from .parse import (
     Limits,

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..errors import AuditUnavailable, FerroError
+from ..domain.errors import AuditUnavailable, FerroError
 from .connection import Conn, Incoming
 from .http import Request, Response, error_response
 from .workerpool import WorkerPool

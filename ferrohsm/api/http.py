@@ -18,8 +18,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ApprovalRequired, FerroError, MethodNotAllowed, RateLimited, Unauthenticated
-from ..ids import uuid4_str
+from ..domain.errors import (
+    ApprovalRequired,
+    FerroError,
+    MethodNotAllowed,
+    RateLimited,
+    Unauthenticated,
+)
+from ..domain.ids import uuid4_str
 
 JSON_CONTENT_TYPE = "application/json"
 

@@ -30,7 +30,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from urllib.parse import parse_qs
 
-from ..errors import (
+from ..domain.errors import (
     BadRequest,
     ExpectationFailed,
     HeaderFieldsTooLarge,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from ..errors import BadRequest, MethodNotAllowed, NotFound
+from ..domain.errors import BadRequest, MethodNotAllowed, NotFound
 
 Handler = Callable[..., Any]
 MAX_PARAM_LENGTH = 256

@@ -44,7 +44,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import FerroError
+from ..domain.errors import FerroError
 from .connection import (
     BODY,
     BUSY,

@@ -26,8 +26,8 @@ from datetime import datetime
 from typing import Any
 
 from ..crypto.signing import SigningKey, VerifyKey
-from ..errors import ConfigError
-from ..model import iso
+from ..domain.errors import ConfigError
+from ..domain.model import iso
 from .chain import canonical_json
 
 log = logging.getLogger("ferrohsm.audit")

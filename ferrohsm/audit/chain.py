@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
-from ..model import RequestContext
+from ..domain.model import RequestContext
 
 SCHEMA_VERSION = 1
 GENESIS_HASH = "0" * 64

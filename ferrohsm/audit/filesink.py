@@ -35,7 +35,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from ..errors import AuditUnavailable, ConfigError
+from ..domain.errors import AuditUnavailable, ConfigError
 from .anchor import Anchor, fsync_dir
 from .chain import PreparedEvent, check_line, stored_seq
 from .segments import list_segments, segment_name

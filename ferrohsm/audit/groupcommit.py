@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from ..errors import AuditUnavailable, FerroError
+from ..domain.errors import AuditUnavailable, FerroError
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -37,8 +37,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from ..errors import AuditUnavailable, ConfigError
-from ..ids import uuid4_str
+from ..domain.errors import AuditUnavailable, ConfigError
+from ..domain.ids import uuid4_str
 from .anchor import Anchor
 from .chain import GENESIS_HASH, AuditEvent, DetailValue, PreparedEvent, prepare, seal_prepared
 from .groupcommit import GroupCommit

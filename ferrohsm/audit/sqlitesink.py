@@ -24,7 +24,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..errors import AuditUnavailable, ConfigError
+from ..domain.errors import AuditUnavailable, ConfigError
 from .anchor import Anchor
 from .chain import PreparedEvent, check_line, rfc3339
 from .sinkbase import ChainedSink

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import __version__
-from ..errors import ConfigError, FerroError
+from ..domain.errors import ConfigError, FerroError
 from . import approvals as approvals_cmd
 from . import audit_cmd, keys, ops
 from . import serve as serve_cmd

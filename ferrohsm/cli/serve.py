@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, load_config, load_secrets, parse_listen
-from ..logs import setup_logging
+from ..telemetry.logs import setup_logging
 from . import quickstart
 
 
@@ -60,8 +60,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_quickstart(args: argparse.Namespace) -> int:
     from .. import app as wiring
-    from ..authn import issue_token
-    from ..crypto.devpki import make_dev_pki
+    from ..auth.authn import issue_token
+    from ..tls.devpki import make_dev_pki
     overrides = _overrides(args)
     data_dir = Path(args.data_dir or os.environ.get("FERROHSM_DATA_DIR") or "./ferrohsm-data")
     wiring.ensure_private_dir(data_dir)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import load_config, read_secret_file
-from ..errors import ConfigError
+from ..domain.errors import ConfigError
 from .quickstart import JWT_FILE
 
 
@@ -46,7 +46,7 @@ def _secret(args: argparse.Namespace, config_file: str | None) -> bytes:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..authn import issue_token
+    from ..auth.authn import issue_token
     config = load_config(args.config, overrides={("storage", "data_dir"): args.data_dir})
     ttl = args.ttl or config.auth.max_token_ttl_seconds
     if not 1 <= ttl <= config.auth.max_token_ttl_seconds:

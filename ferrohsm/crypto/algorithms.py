@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ..errors import BadRequest
+from ..domain.errors import BadRequest
 
 __all__ = ["ALGORITHMS", "USAGES", "Algorithm", "check_usage", "get_algorithm"]
 

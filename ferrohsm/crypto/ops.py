@@ -17,7 +17,7 @@ version and passes them to the module functions below::
     public_pem(k) -> SubjectPublicKeyInfo PEM
 
 Functions rather than methods keep LoadedKey a plain slotted record. Whether a key's *usage* and
-*state* permit an operation is decided in ``ferrohsm.lifecycle``; here every function only refuses
+*state* permit an operation is decided in ``ferrohsm.domain.lifecycle``; here every function only refuses
 a key of the wrong family with Conflict, as defence in depth.
 
 Failed decryptions and unwraps collapse into one opaque CryptoFailure (Fernet's InvalidToken), so
@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.keywrap import (
     aes_key_wrap_with_padding,
 )
 
-from ..errors import BadRequest, Conflict, CryptoFailure, IntegrityError
+from ..domain.errors import BadRequest, Conflict, CryptoFailure, IntegrityError
 from .algorithms import EC_CURVES, get_algorithm
 
 __all__ = [

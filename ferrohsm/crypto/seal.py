@@ -29,7 +29,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..errors import ConfigError, IntegrityError
+from ..domain.errors import ConfigError, IntegrityError
 
 __all__ = ["FORMAT", "MASTER_KEY_ENV", "MASTER_KEY_SIZE", "Sealer"]
 

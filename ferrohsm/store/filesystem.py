@@ -36,9 +36,9 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
-from ..errors import NameTaken, NotFound, StoreError
-from ..model import Key, KeyFilter, Page
-from .base import KeyStore, check_limit, decode_page_token
+from ..domain.errors import NameTaken, NotFound, StoreError
+from ..domain.model import Key, KeyFilter, Page
+from .keystore import KeyStore, check_limit, decode_page_token
 from .memory import (
     IndexEntry,
     KeyIndex,

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from ..errors import (
+from ..domain.errors import (
     BadRequest,
     Conflict,
     FerroError,
@@ -30,8 +30,8 @@ from ..errors import (
     StaleRevision,
     StoreError,
 )
-from ..model import Key, KeyFilter, Page, key_from_record, key_to_record
-from .base import KeyStore, check_limit, decode_page_token, encode_page_token
+from ..domain.model import Key, KeyFilter, Page, key_from_record, key_to_record
+from .keystore import KeyStore, check_limit, decode_page_token, encode_page_token
 
 # fullmatch, not ``$``: ``$`` also matches before a trailing newline, and these strings become
 # file and item names.

@@ -33,9 +33,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from ..errors import Conflict, FerroError, NameTaken, NotFound, StaleRevision, StoreError
-from ..model import NAME_RE, Key, KeyFilter, Page
-from .base import KeyStore, check_limit, decode_page_token
+from ..domain.errors import Conflict, FerroError, NameTaken, NotFound, StaleRevision, StoreError
+from ..domain.model import NAME_RE, Key, KeyFilter, Page
+from .keystore import KeyStore, check_limit, decode_page_token
 from .memory import (
     check_meta_name,
     check_new_key,

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from ..errors import (
+from ..domain.errors import (
     BadRequest,
     Conflict,
     FerroError,
@@ -43,8 +43,8 @@ from ..errors import (
     StaleRevision,
     StoreError,
 )
-from ..model import Key, KeyFilter, Page
-from .base import KeyStore, check_limit, decode_page_token
+from ..domain.model import Key, KeyFilter, Page
+from .keystore import KeyStore, check_limit, decode_page_token
 from .memory import (
     check_meta_name,
     check_new_key,

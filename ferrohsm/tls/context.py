@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..domain.errors import ConfigError
 
 StrPath = str | os.PathLike[str]
 log = logging.getLogger("ferrohsm.tls")

@@ -19,10 +19,10 @@ import pytest
 from backends import Backend as GenericBackend
 from backends import serve_backend
 
-from ferrohsm import lifecycle as lc
-from ferrohsm.model import Key, KeyState
-from ferrohsm.store.base import KeyStore
+from ferrohsm.domain import lifecycle as lc
+from ferrohsm.domain.model import Key, KeyState
 from ferrohsm.store.filesystem import FilesystemStore
+from ferrohsm.store.keystore import KeyStore
 from ferrohsm.store.memory import MemoryStore
 from ferrohsm.store.remote import InMemoryRemoteVault, RemoteKeyStore
 from ferrohsm.store.sqlite import SQLiteStore

@@ -18,12 +18,12 @@ import pytest
 from backends import Backend as GenericBackend
 from backends import serve_backend
 
-from ferrohsm import approvals as apv
-from ferrohsm.approvals import Approval, ApprovalState
-from ferrohsm.errors import Conflict, NotFound, StaleRevision, StoreError
-from ferrohsm.ids import uuid7
-from ferrohsm.model import Principal, Role
-from ferrohsm.store.approvals import ApprovalStore, MemoryApprovalStore, SQLiteApprovalStore
+from ferrohsm.domain import approval as apv
+from ferrohsm.domain.approval import Approval, ApprovalState
+from ferrohsm.domain.errors import Conflict, NotFound, StaleRevision, StoreError
+from ferrohsm.domain.ids import uuid7
+from ferrohsm.domain.model import Principal, Role
+from ferrohsm.store.approvalstore import ApprovalStore, MemoryApprovalStore, SQLiteApprovalStore
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, 123456, tzinfo=UTC)
 KEY = "01890a5d-ac96-774b-bcce-b302099a8057"

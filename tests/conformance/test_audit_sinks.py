@@ -30,7 +30,7 @@ from ferrohsm.audit.chain import AuditEvent, record_hash, seal_record_line
 from ferrohsm.audit.groupcommit import GroupCommit
 from ferrohsm.audit.sinks import AuditSink, FileSink, SQLiteSink
 from ferrohsm.audit.verify import VerifyResult, load_checkpoint, verify_paths
-from ferrohsm.errors import AuditUnavailable, ConfigError
+from ferrohsm.domain.errors import AuditUnavailable, ConfigError
 
 KEY = hashlib.sha256(b"conformance audit key").digest()
 ROOT = Path(__file__).resolve().parents[2]
@@ -545,7 +545,7 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, sys.argv[3])
     from ferrohsm.audit.chain import AuditEvent
     from ferrohsm.audit.sinks import FileSink, SQLiteSink
-    from ferrohsm.errors import AuditUnavailable
+    from ferrohsm.domain.errors import AuditUnavailable
     key = base64.b64decode(os.environ["AUDIT_KEY"])
     kind, path = sys.argv[1], sys.argv[2]
     sink = FileSink(path, key) if kind == "file" else SQLiteSink(path, key)

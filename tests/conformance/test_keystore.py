@@ -14,10 +14,17 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ferrohsm import lifecycle as lc
-from ferrohsm.errors import BadRequest, Conflict, NameTaken, NotFound, StaleRevision, StoreError
-from ferrohsm.model import Key, KeyFilter, KeyState, VersionState
-from ferrohsm.store.base import MAX_PAGE, KeyStore, encode_page_token
+from ferrohsm.domain import lifecycle as lc
+from ferrohsm.domain.errors import (
+    BadRequest,
+    Conflict,
+    NameTaken,
+    NotFound,
+    StaleRevision,
+    StoreError,
+)
+from ferrohsm.domain.model import Key, KeyFilter, KeyState, VersionState
+from ferrohsm.store.keystore import MAX_PAGE, KeyStore, encode_page_token
 
 if TYPE_CHECKING:  # fixtures come from conftest.py; only their types are imported
     from conftest import Backend, KeyFactory

@@ -19,9 +19,9 @@ import pytest
 
 from ferrohsm.api.http import Request, Response, json_response
 from ferrohsm.api.server import HardenedHTTPServer
-from ferrohsm.crypto.devpki import DevPki, make_dev_pki
-from ferrohsm.errors import NotFound
+from ferrohsm.domain.errors import NotFound
 from ferrohsm.tls.context import cert_fingerprint, client_context, server_context
+from ferrohsm.tls.devpki import DevPki, make_dev_pki
 
 Address = tuple[str, int]
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ferrohsm import app as wiring
-from ferrohsm.authn import issue_token
+from ferrohsm.auth.authn import issue_token
 from ferrohsm.config import Config, Secrets, load_config
-from ferrohsm.crypto.devpki import make_dev_pki
 from ferrohsm.tls.context import client_context
+from ferrohsm.tls.devpki import make_dev_pki
 
 
 class LiveServer:

@@ -26,10 +26,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from live import LiveServer
 
-from ferrohsm.authn import issue_token
-from ferrohsm.crypto.devpki import make_dev_pki
-from ferrohsm.logs import JSONFormatter
+from ferrohsm.auth.authn import issue_token
+from ferrohsm.telemetry.logs import JSONFormatter
 from ferrohsm.tls.context import client_context
+from ferrohsm.tls.devpki import make_dev_pki
 
 CI_ENV = "FERROHSM_TEST_ISSUE4_CI_SECRET"
 CI_SECRET = "ci-secret-" + secrets.token_hex(20)

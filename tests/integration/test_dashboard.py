@@ -38,8 +38,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from live import LiveServer
 
-from ferrohsm.authn import issue_token
-from ferrohsm.model import SYSTEM_CONTEXT
+from ferrohsm.auth.authn import issue_token
+from ferrohsm.domain.model import SYSTEM_CONTEXT
 
 pytestmark = pytest.mark.slow
 

@@ -43,7 +43,7 @@ def test_mutations_refused_and_unchanged_when_audit_fails(tmp_path: Path) -> Non
                                              "name": "ghost"})[0] == 503
         assert srv.call("POST", f"/v1/keys/{key['id']}/encrypt", {"plaintext": B(b"x")},
                         role="service")[0] == 503
-        from ferrohsm.model import key_view
+        from ferrohsm.domain.model import key_view
         after = key_view(srv.rt.store.get(key["id"]))
         after.pop("revision"), before.pop("revision")  # the undo is itself a (compensating) write
         assert after == before and after["primary_version"] == 1 and after["state"] == "active"

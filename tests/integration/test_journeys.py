@@ -217,7 +217,7 @@ def test_journey_2_go_example_signs_an_artefact(live: LiveServer) -> None:
 def test_journey_2_over_mutual_tls(tmp_path: Path) -> None:
     """The DevOps persona "integrates with mutual TLS": the SDK (example) and the CLI present a
     client certificate from FERROHSM_CLIENT_CERT/KEY or --client-cert/--client-key."""
-    from ferrohsm.crypto.devpki import make_dev_pki
+    from ferrohsm.tls.devpki import make_dev_pki
     pki = make_dev_pki(tmp_path / "pki")
     srv = LiveServer(tmp_path, overrides={("tls", "client_ca"): str(pki.ca_cert),
                                           ("tls", "require_client_cert"): True})

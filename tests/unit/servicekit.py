@@ -17,7 +17,7 @@ from typing import Any
 
 from ferrohsm.audit.chain import AuditEvent
 from ferrohsm.audit.sinks import FileSink
-from ferrohsm.errors import AuditUnavailable
+from ferrohsm.domain.errors import AuditUnavailable
 
 
 class Clock:

@@ -14,11 +14,12 @@ import pytest
 from servicekit import Clock as ClockBase
 from servicekit import RecordingAudit
 
-from ferrohsm import approvals as apv
-from ferrohsm.approvals import TRANSITIONS, Approval, ApprovalState, Event
 from ferrohsm.config import TagPolicy
+from ferrohsm.control.policy import Policy
 from ferrohsm.crypto.seal import Sealer
-from ferrohsm.errors import (
+from ferrohsm.domain import approval as apv
+from ferrohsm.domain.approval import TRANSITIONS, Approval, ApprovalState, Event
+from ferrohsm.domain.errors import (
     ApprovalRequired,
     AuditUnavailable,
     Conflict,
@@ -27,12 +28,11 @@ from ferrohsm.errors import (
     InvalidTransition,
     Unavailable,
 )
-from ferrohsm.keycache import MaterialCache
-from ferrohsm.keyops import KeyEngine
-from ferrohsm.model import SYSTEM_CONTEXT, Key, Principal, RequestContext, Role
-from ferrohsm.policy import Policy
+from ferrohsm.domain.model import SYSTEM_CONTEXT, Key, Principal, RequestContext, Role
+from ferrohsm.engine.keycache import MaterialCache
+from ferrohsm.engine.keyengine import KeyEngine
 from ferrohsm.service import KeyService
-from ferrohsm.store.approvals import ApprovalStore, MemoryApprovalStore, SQLiteApprovalStore
+from ferrohsm.store.approvalstore import ApprovalStore, MemoryApprovalStore, SQLiteApprovalStore
 from ferrohsm.store.memory import MemoryStore
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

@@ -27,7 +27,7 @@ from ferrohsm.audit.chain import (
     split_line,
     stored_seq,
 )
-from ferrohsm.model import Principal, RequestContext, Role
+from ferrohsm.domain.model import Principal, RequestContext, Role
 
 KEY = bytes(range(32))
 TS = datetime(2026, 11, 28, 12, 0, 0, 123456, tzinfo=UTC)

@@ -14,12 +14,12 @@ from typing import Any
 import jwt
 import pytest
 
-from ferrohsm.authn import Authenticator, TokenRejected, build_authenticator, issue_token
+from ferrohsm.auth.authn import Authenticator, TokenRejected, build_authenticator, issue_token
+from ferrohsm.auth.denylist import DenyList
+from ferrohsm.auth.keysets import KeysetSources, ReloadingKeySet
 from ferrohsm.config import load_config
-from ferrohsm.denylist import DenyList
-from ferrohsm.errors import BadRequest, ConfigError, Unauthenticated
-from ferrohsm.keysets import KeysetSources, ReloadingKeySet
-from ferrohsm.model import Role
+from ferrohsm.domain.errors import BadRequest, ConfigError, Unauthenticated
+from ferrohsm.domain.model import Role
 
 SECRET = b"k" * 32
 NOW = 1_800_000_000

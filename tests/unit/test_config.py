@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ferrohsm.config import load_config, load_secrets
-from ferrohsm.errors import ConfigError
+from ferrohsm.domain.errors import ConfigError
 
 KEY = base64.b64encode(b"k" * 32).decode()
 ENV = {"FERROHSM_MASTER_KEY": KEY, "FERROHSM_JWT_HS256_SECRET": "s" * 32,

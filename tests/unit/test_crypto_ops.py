@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from ferrohsm.crypto import ops
 from ferrohsm.crypto.algorithms import ALGORITHMS, check_usage, get_algorithm
-from ferrohsm.errors import BadRequest, Conflict, CryptoFailure, IntegrityError
+from ferrohsm.domain.errors import BadRequest, Conflict, CryptoFailure, IntegrityError
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
 SIGNERS = ["rsa-2048", "rsa-4096", "ec-p256", "ec-p384"]

@@ -17,8 +17,8 @@ from ferrohsm.api.application import Application
 from ferrohsm.api.handlers import dashboard
 from ferrohsm.api.http import Headers, Request, Response
 from ferrohsm.api.router import Router
-from ferrohsm.metrics import ServerMetrics
-from ferrohsm.ratelimit import Limit, RateLimiter, RateLimitPolicy
+from ferrohsm.auth.ratelimit import Limit, RateLimiter, RateLimitPolicy
+from ferrohsm.telemetry.metrics import ServerMetrics
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ferrohsm.api.handlers.common import Field, b64, fields, json_body
-from ferrohsm.errors import BadRequest
+from ferrohsm.domain.errors import BadRequest
 
 
 class Body:

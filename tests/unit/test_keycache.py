@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from ferrohsm.errors import IntegrityError
-from ferrohsm.keycache import MaterialCache
+from ferrohsm.domain.errors import IntegrityError
+from ferrohsm.engine.keycache import MaterialCache
 
 
 class Clock:

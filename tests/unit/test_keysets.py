@@ -12,7 +12,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ferrohsm.keysets import PRIMARY_KID, KeysetError, KeysetSources, ReloadingKeySet, load_keyset
+from ferrohsm.auth.keysets import (
+    PRIMARY_KID,
+    KeysetError,
+    KeysetSources,
+    ReloadingKeySet,
+    load_keyset,
+)
 
 SECRET = b"s" * 32
 PUBLIC = serialization.PublicFormat.SubjectPublicKeyInfo

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ferrohsm import lifecycle as lc
-from ferrohsm.errors import BadRequest, Conflict, Gone, InvalidTransition
-from ferrohsm.model import Key, KeyState, VersionState
+from ferrohsm.domain import lifecycle as lc
+from ferrohsm.domain.errors import BadRequest, Conflict, Gone, InvalidTransition
+from ferrohsm.domain.model import Key, KeyState, VersionState
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 LATER = NOW + timedelta(days=2)

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ferrohsm import lifecycle as lc
-from ferrohsm.errors import BadRequest
-from ferrohsm.ids import uuid7
-from ferrohsm.model import (
+from ferrohsm.domain import lifecycle as lc
+from ferrohsm.domain.errors import BadRequest
+from ferrohsm.domain.ids import uuid7
+from ferrohsm.domain.model import (
     KeyFilter,
     KeyState,
     key_from_record,
@@ -77,7 +77,7 @@ def test_filter_matching() -> None:
 def test_uuid4_str_is_a_canonical_version_4_uuid() -> None:
     import uuid
 
-    from ferrohsm.ids import uuid4_str
+    from ferrohsm.domain.ids import uuid4_str
     seen = set()
     for _ in range(2000):
         text = uuid4_str()

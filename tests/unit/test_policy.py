@@ -7,12 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ferrohsm import lifecycle as lc
-from ferrohsm.authz import PERMISSIONS, Action
+from ferrohsm.auth.permissions import PERMISSIONS, Action
 from ferrohsm.config import TagPolicy, load_config
-from ferrohsm.errors import ConfigError
-from ferrohsm.model import Key, Principal, Role
-from ferrohsm.policy import (
+from ferrohsm.control.policy import (
     APPROVABLE,
     DEFAULT_TTL,
     Policy,
@@ -22,6 +19,9 @@ from ferrohsm.policy import (
     parse_action,
     strictest,
 )
+from ferrohsm.domain import lifecycle as lc
+from ferrohsm.domain.errors import ConfigError
+from ferrohsm.domain.model import Key, Principal, Role
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 KEY_ID = "01890a5d-ac96-774b-bcce-b302099a8057"

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ferrohsm.config import load_config
-from ferrohsm.errors import RateLimited
-from ferrohsm.ratelimit import (
+from ferrohsm.auth.ratelimit import (
     Limit,
     RateLimiter,
     RateLimitPolicy,
@@ -14,6 +12,8 @@ from ferrohsm.ratelimit import (
     parse_networks,
     policy_from_settings,
 )
+from ferrohsm.config import load_config
+from ferrohsm.domain.errors import RateLimited
 
 
 def test_burst_then_refusal_with_the_wait() -> None:

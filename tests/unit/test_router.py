@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ferrohsm.api.router import Router
-from ferrohsm.errors import BadRequest, MethodNotAllowed, NotFound
+from ferrohsm.domain.errors import BadRequest, MethodNotAllowed, NotFound
 
 
 def handler(*args: object) -> None:

@@ -15,21 +15,21 @@ import pytest
 from servicekit import Clock as ClockBase
 from servicekit import RecordingAudit
 
-from ferrohsm import lifecycle as lc
 from ferrohsm.audit.chain import AuditEvent
 from ferrohsm.audit.sinks import FileSink
 from ferrohsm.config import TagPolicy
+from ferrohsm.control.policy import Policy, Rules
+from ferrohsm.control.scheduler import Job, JobKind, RetentionScheduler, plan
 from ferrohsm.crypto.seal import Sealer
-from ferrohsm.errors import ApprovalRequired, Conflict, InvalidTransition
-from ferrohsm.keycache import MaterialCache
-from ferrohsm.keyops import KeyEngine
-from ferrohsm.model import Key, KeyState, Principal, RequestContext, Role, VersionState
-from ferrohsm.policy import Policy, Rules
-from ferrohsm.scheduler import Job, JobKind, RetentionScheduler, plan
+from ferrohsm.domain import lifecycle as lc
+from ferrohsm.domain.errors import ApprovalRequired, Conflict, InvalidTransition
+from ferrohsm.domain.model import Key, KeyState, Principal, RequestContext, Role, VersionState
+from ferrohsm.engine.keycache import MaterialCache
+from ferrohsm.engine.keyengine import KeyEngine
 from ferrohsm.service import KeyService
-from ferrohsm.store.approvals import ApprovalStore, MemoryApprovalStore, SQLiteApprovalStore
-from ferrohsm.store.base import KeyStore
+from ferrohsm.store.approvalstore import ApprovalStore, MemoryApprovalStore, SQLiteApprovalStore
 from ferrohsm.store.filesystem import FilesystemStore
+from ferrohsm.store.keystore import KeyStore
 from ferrohsm.store.memory import MemoryStore
 from ferrohsm.store.sqlite import SQLiteStore
 
@@ -332,7 +332,7 @@ def test_scheduler_prunes_the_sqlite_audit_log_and_the_rest_verifies(tmp_path: P
 
     from ferrohsm.audit.sinks import SQLiteSink
     from ferrohsm.audit.verify import verify_paths
-    from ferrohsm.scheduler import RetentionScheduler
+    from ferrohsm.control.scheduler import RetentionScheduler
     key = _secrets.token_bytes(32)
     clock = [_dt(2026, 1, 1, tzinfo=UTC)]
     sink = SQLiteSink(tmp_path / "audit.sqlite3", key, retention_days=30,

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ferrohsm.crypto.seal import FORMAT, Sealer
-from ferrohsm.errors import ConfigError, IntegrityError
+from ferrohsm.domain.errors import ConfigError, IntegrityError
 
 MASTER = bytes(range(32))
 KEY_ID = "6f1c2a3b-0000-4000-8000-000000000001"

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from ferrohsm import lifecycle as lc
-from ferrohsm.errors import NotFound, StoreError
-from ferrohsm.model import Key, KeyFilter, KeyState
+from ferrohsm.domain import lifecycle as lc
+from ferrohsm.domain.errors import NotFound, StoreError
+from ferrohsm.domain.model import Key, KeyFilter, KeyState
 from ferrohsm.store.filesystem import TMP_PREFIX, FilesystemStore
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -106,7 +106,7 @@ def test_a_data_dir_owned_by_someone_else_is_refused(data: Path) -> None:
 # ---- one owner at a time -------------------------------------------------------------------
 
 def _open_in_child(data: Path) -> subprocess.CompletedProcess[str]:
-    code = ("import sys\nfrom ferrohsm.errors import StoreError\n"
+    code = ("import sys\nfrom ferrohsm.domain.errors import StoreError\n"
             "from ferrohsm.store.filesystem import FilesystemStore\n"
             "try:\n    FilesystemStore(sys.argv[1]).close()\n"
             "except StoreError as exc:\n    print(exc)\n    sys.exit(3)\n")

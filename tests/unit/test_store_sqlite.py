@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from ferrohsm import lifecycle as lc
-from ferrohsm.errors import StaleRevision, StoreError
-from ferrohsm.model import Key, KeyFilter, KeyState, key_to_record
+from ferrohsm.domain import lifecycle as lc
+from ferrohsm.domain.errors import StaleRevision, StoreError
+from ferrohsm.domain.model import Key, KeyFilter, KeyState, key_to_record
 from ferrohsm.store import sqlite as sqlite_module
 from ferrohsm.store.sqlite import SCHEMA_VERSION, SQLiteStore, _select, migrate
 

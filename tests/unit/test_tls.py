@@ -15,15 +15,15 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ferrohsm.crypto import devpki as devca
-from ferrohsm.crypto.devpki import DevPki, make_dev_pki
-from ferrohsm.errors import ConfigError
+from ferrohsm.domain.errors import ConfigError
+from ferrohsm.tls import devpki as devca
 from ferrohsm.tls.context import (
     ReloadingContext,
     cert_fingerprint,
     client_context,
     server_context,
 )
+from ferrohsm.tls.devpki import DevPki, make_dev_pki
 
 
 @pytest.fixture(scope="module")
@@ -278,8 +278,8 @@ def test_client_certificate_issued_by_dev_ca(pki: DevPki) -> None:
 
 def test_reload_outcomes_reach_the_audit_hook(tmp_path: Path) -> None:
     """Configuration reloads are audited: the hook hears every accepted and refused reload."""
-    from ferrohsm.crypto.devpki import make_dev_pki
     from ferrohsm.tls.context import ReloadingContext
+    from ferrohsm.tls.devpki import make_dev_pki
     pki = make_dev_pki(tmp_path / "pki")
     now = [0.0]
     provider = ReloadingContext(pki.server_cert, pki.server_key, interval=1.0,

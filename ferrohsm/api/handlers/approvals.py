@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ...dualcontrol import DualControl
-from ...errors import BadRequest
-from ...model import RequestContext
-from ...store.base import MAX_PAGE
+from ...control.dualcontrol import DualControl
+from ...domain.errors import BadRequest
+from ...domain.model import RequestContext
+from ...store.keystore import MAX_PAGE
 from ..http import Request
 from ..router import Router
 from .common import Field, Reply, fields, int_param, query

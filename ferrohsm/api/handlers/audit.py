@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ...authz import Action
-from ...model import RequestContext
+from ...auth.permissions import Action
+from ...domain.model import RequestContext
 from ...service import KeyService
 from ..http import Request
 from ..router import Router

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ...errors import BadRequest
-from ...model import RequestContext
+from ...domain.errors import BadRequest
+from ...domain.model import RequestContext
 from ..http import Request, Response
 
 Reply = tuple[int, dict[str, Any]] | Response

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ...errors import BadRequest
-from ...model import RequestContext
+from ...domain.errors import BadRequest
+from ...domain.model import RequestContext
 from ...service import KeyService
 from ..http import Request
 from ..router import Router

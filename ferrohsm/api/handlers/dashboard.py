@@ -27,8 +27,8 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-from ...errors import NotFound
-from ...model import RequestContext
+from ...domain.errors import NotFound
+from ...domain.model import RequestContext
 from ..http import Request, Response, error_response
 from ..router import Router
 

@@ -6,10 +6,10 @@ import hashlib
 import json
 from typing import Any
 
-from ...errors import BadRequest
-from ...model import KeyFilter, KeyState, RequestContext, key_view
+from ...domain.errors import BadRequest
+from ...domain.model import KeyFilter, KeyState, RequestContext, key_view
 from ...service import KeyService
-from ...store.base import MAX_PAGE
+from ...store.keystore import MAX_PAGE
 from ..http import Request, Response, json_response
 from ..router import Router
 from .common import Field, Reply, fields, int_param, query

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ...metrics import ServerMetrics
-from ...model import RequestContext
+from ...domain.model import RequestContext
+from ...telemetry.metrics import ServerMetrics
 from .. import openapi
 from ..http import Request, Response
 from ..router import Router

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ...authn import Authenticator
-from ...authz import Action, authorize
-from ...denylist import valid_jti
-from ...errors import BadRequest, FerroError, Forbidden
-from ...model import RequestContext, iso
+from ...auth.authn import Authenticator
+from ...auth.denylist import valid_jti
+from ...auth.permissions import Action, authorize
+from ...domain.errors import BadRequest, FerroError, Forbidden
+from ...domain.model import RequestContext, iso
 from ..http import Request
 from ..router import Router
 from .common import Field, Reply, fields

@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 
-from ..errors import BadRequest, NotFound
-from ..model import Key, KeyFilter, KeyState, KeyVersion, Page, VersionState, is_uuid
+from ..domain.errors import BadRequest, NotFound
+from ..domain.model import Key, KeyFilter, KeyState, KeyVersion, Page, VersionState, is_uuid
 
 MAX_PAGE = 1000
 

@@ -21,7 +21,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .errors import ConfigError, Unavailable
+from ..domain.errors import ConfigError, Unavailable
 
 log = logging.getLogger("ferrohsm.auth")
 FORMAT_VERSION = 1

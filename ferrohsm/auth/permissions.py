@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from .errors import Forbidden
-from .model import Key, Principal, Role
+from ..domain.errors import Forbidden
+from ..domain.model import Key, Principal, Role
 
 
 class Action(StrEnum):

@@ -38,12 +38,12 @@ from typing import Any
 
 import jwt
 
+from ..domain.errors import BadRequest, Unauthenticated
+from ..domain.ids import uuid4
+from ..domain.model import Principal, Role
+from ..domain.strictjson import no_duplicates
 from .denylist import DenyList, valid_jti
-from .errors import BadRequest, Unauthenticated
-from .ids import uuid4
 from .keysets import EventHook, KeySet, KeysetSources, ReloadingKeySet, parse_hs256_entry
-from .model import Principal, Role
-from .strictjson import no_duplicates
 
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 TAG_CLAIM_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")

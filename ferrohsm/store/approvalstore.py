@@ -28,7 +28,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from ..approvals import (
+from ..domain.approval import (
     FINISHED,
     OPEN,
     Approval,
@@ -37,8 +37,8 @@ from ..approvals import (
     from_record,
     to_record,
 )
-from ..errors import Conflict, NotFound, StaleRevision, StoreError
-from ..model import iso
+from ..domain.errors import Conflict, NotFound, StaleRevision, StoreError
+from ..domain.model import iso
 
 
 class ApprovalStore(ABC):

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from .authz import PERMISSIONS, Action, may_see
-from .config import TagPolicy
-from .errors import ConfigError
-from .model import Key, Principal
+from ..auth.permissions import PERMISSIONS, Action, may_see
+from ..config import TagPolicy
+from ..domain.errors import ConfigError
+from ..domain.model import Key, Principal
 
 DEFAULT_TTL = timedelta(hours=1)
 DEFAULT_GRACE = timedelta(hours=24)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-from . import lifecycle as lc
-from .crypto import ops
-from .crypto.algorithms import get_algorithm
-from .crypto.seal import Sealer
-from .errors import IntegrityError, PayloadTooLarge
+from ..crypto import ops
+from ..crypto.algorithms import get_algorithm
+from ..crypto.seal import Sealer
+from ..domain import lifecycle as lc
+from ..domain.errors import IntegrityError, PayloadTooLarge
+from ..domain.model import Key, KeyVersion
+from ..store.keystore import KeyStore
 from .keycache import MaterialCache
-from .model import Key, KeyVersion
-from .store.base import KeyStore
 
 
 class KeyEngine:

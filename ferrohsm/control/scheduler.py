@@ -37,11 +37,11 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
+from ..domain.errors import FerroError
+from ..domain.model import SYSTEM_CONTEXT, Key, KeyFilter, KeyState, RequestContext, VersionState
+from ..store.keystore import MAX_PAGE, KeyStore
 from .dualcontrol import DualControl
-from .errors import FerroError
-from .model import SYSTEM_CONTEXT, Key, KeyFilter, KeyState, RequestContext, VersionState
 from .policy import Policy, Rules
-from .store.base import MAX_PAGE, KeyStore
 
 log = logging.getLogger("ferrohsm.scheduler")
 

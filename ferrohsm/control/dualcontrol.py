@@ -24,9 +24,9 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from . import approvals as apv
-from .authz import PERMISSIONS, Action, authorize, may_see
-from .errors import (
+from ..auth.permissions import PERMISSIONS, Action, authorize, may_see
+from ..domain import approval as apv
+from ..domain.errors import (
     ApprovalRequired,
     AuditUnavailable,
     BadRequest,
@@ -37,11 +37,11 @@ from .errors import (
     StaleRevision,
     Unavailable,
 )
-from .ids import uuid7
-from .model import Key, RequestContext, iso
+from ..domain.ids import uuid7
+from ..domain.model import Key, RequestContext, iso
+from ..store.approvalstore import ApprovalStore
+from ..store.keystore import decode_page_token, encode_page_token
 from .policy import Decision, Policy, Verdict, decide
-from .store.approvals import ApprovalStore
-from .store.base import decode_page_token, encode_page_token
 
 log = logging.getLogger("ferrohsm.approvals")
 CAS_RETRIES = 8

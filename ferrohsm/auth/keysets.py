@@ -38,8 +38,8 @@ from typing import Any
 import jwt
 from jwt.algorithms import get_default_algorithms
 
-from .errors import ConfigError
-from .strictjson import no_duplicates
+from ..domain.errors import ConfigError
+from ..domain.strictjson import no_duplicates
 
 log = logging.getLogger("ferrohsm.auth")
 
