@@ -34,11 +34,13 @@ from .domain.model import SYSTEM_CONTEXT
 from .engine.keycache import MaterialCache
 from .engine.keyengine import KeyEngine
 from .service import KeyService
-from .store.approvalstore import ApprovalStore, MemoryApprovalStore, SQLiteApprovalStore
+from .store.approvalstore import ApprovalStore
 from .store.filesystem import FilesystemStore
 from .store.keystore import KeyStore
 from .store.memory import MemoryStore
+from .store.memory_approvals import MemoryApprovalStore
 from .store.sqlite import SQLiteStore
+from .store.sqlite_approvals import SQLiteApprovalStore
 from .telemetry.metrics import ServerMetrics
 from .tls.context import ReloadingContext
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .control.policy import TagPolicy
 from .domain.errors import ConfigError
 
 KEY_STORES = ("filesystem", "sqlite", "memory")
@@ -122,16 +123,6 @@ class ApprovalSettings:
 @dataclass(frozen=True)
 class SchedulerSettings:
     interval_seconds: float = 60.0
-
-
-@dataclass(frozen=True)
-class TagPolicy:
-    approvals_required: int = 0
-    approval_actions: tuple[str, ...] = ()
-    approval_ttl_seconds: int = 3600
-    rotation_days: float = 0.0
-    archive_after_days: float = 0.0
-    destroy_grace_hours: float = 24.0
 
 
 @dataclass(frozen=True)

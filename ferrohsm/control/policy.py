@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-``[policy.tags.<tag>]`` tables (config.py's ``TagPolicy``) become ``Rules``. A key carrying several
+``[policy.tags.<tag>]`` tables (``TagPolicy``, as the configuration file spells them) become ``Rules``. A key carrying several
 tags gets, for every setting, the strictest value any of its tags asks for (``strictest``):
 
 ==========================  =====================================================================
@@ -32,7 +32,6 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from ..auth.permissions import PERMISSIONS, Action, may_see
-from ..config import TagPolicy
 from ..domain.errors import ConfigError
 from ..domain.model import Key, Principal
 
@@ -64,6 +63,18 @@ def parse_action(name: str) -> Action:
     if action not in APPROVABLE:
         raise ValueError(f"{name!r:.40} is not an operation on a key")
     return action
+
+
+@dataclass(frozen=True)
+class TagPolicy:
+    """One ``[policy.tags.<tag>]`` table as written in the configuration (days, hours, counts)."""
+
+    approvals_required: int = 0
+    approval_actions: tuple[str, ...] = ()
+    approval_ttl_seconds: int = 3600
+    rotation_days: float = 0.0
+    archive_after_days: float = 0.0
+    destroy_grace_hours: float = 24.0
 
 
 @dataclass(frozen=True, slots=True)

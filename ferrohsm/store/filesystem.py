@@ -38,18 +38,15 @@ from typing import Any
 
 from ..domain.errors import NameTaken, NotFound, StoreError
 from ..domain.model import Key, KeyFilter, Page
+from .keyindex import IndexEntry, KeyIndex, check_batch, page_of
 from .keystore import KeyStore, check_limit, decode_page_token
-from .memory import (
-    IndexEntry,
-    KeyIndex,
-    check_batch,
+from .records import (
     check_meta_name,
     check_new_key,
     check_update,
     decode_record,
     encode_record,
     is_key_id,
-    page_of,
     write_error,
 )
 

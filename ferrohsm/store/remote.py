@@ -35,15 +35,15 @@ from dataclasses import dataclass, replace
 
 from ..domain.errors import Conflict, FerroError, NameTaken, NotFound, StaleRevision, StoreError
 from ..domain.model import NAME_RE, Key, KeyFilter, Page
+from .keyindex import page_of
 from .keystore import KeyStore, check_limit, decode_page_token
-from .memory import (
+from .records import (
     check_meta_name,
     check_new_key,
     check_update,
     decode_record,
     encode_record,
     is_key_id,
-    page_of,
     write_error,
 )
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
-import stat
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -44,15 +43,10 @@ from ..domain.errors import (
     StoreError,
 )
 from ..domain.model import Key, KeyFilter, Page
+from .keyindex import page_of
 from .keystore import KeyStore, check_limit, decode_page_token
-from .memory import (
-    check_meta_name,
-    check_new_key,
-    decode_record,
-    encode_record,
-    page_of,
-    write_error,
-)
+from .records import check_meta_name, check_new_key, decode_record, encode_record
+from .sqlitedb import connect_durable, prepare_file, transaction
 
 # Migration N (1-based) brings a database from user_version N-1 to N. Append, never edit.
 MIGRATIONS: tuple[str, ...] = (
@@ -83,7 +77,6 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-BUSY_TIMEOUT_MS = 5000
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -125,42 +118,8 @@ def migrate(conn: sqlite3.Connection, target: int | None = None) -> int:
 
 
 def connect(path: str) -> sqlite3.Connection:
-    """Open with the settings durability depends on, and check they took."""
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                           check_same_thread=False)
-    try:
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode != "wal":
-            raise StoreError(f"SQLite database {path} cannot use WAL (journal mode {mode})")
-        conn.execute("PRAGMA synchronous = FULL")  # NORMAL is not durable across power loss
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA secure_delete = ON")  # freed cells are zeroed, not just unlinked
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _prepare_file(path: str) -> None:
-    """Parent 0700 when we create it; the database a 0600 regular file, never a symlink.
-
-    SQLite gives the -wal and -shm files the database file's mode, so they are 0600 too.
-    """
-    parent = os.path.dirname(path)
-    if not os.path.isdir(parent):
-        os.makedirs(parent, 0o700, exist_ok=True)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        os.close(fd)
-        return
-    if not stat.S_ISREG(st.st_mode):
-        raise StoreError(f"SQLite database {path} is not a regular file (symlinks are refused)")
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        os.chmod(path, 0o600, follow_symlinks=False)
+    """Open with the settings durability depends on (secure_delete: freed cells are zeroed)."""
+    return connect_durable(path, "SQLite database", "foreign_keys = ON", "secure_delete = ON")
 
 
 class SQLiteStore(KeyStore):
@@ -176,7 +135,7 @@ class SQLiteStore(KeyStore):
         self._cache_size = max(cache_size, 1)
         self._generation = 0  # bumped by every commit and cache flush; see _cache_all
         try:
-            _prepare_file(self._path)
+            prepare_file(self._path, "SQLite database")
             self._conn: sqlite3.Connection | None = connect(self._path)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open SQLite database {self._path}: {exc}") from None
@@ -240,24 +199,15 @@ class SQLiteStore(KeyStore):
             conn = self._connection()
             try:
                 self._sync_cache(conn)
-                conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise StoreError(f"could not write {what}: {exc}") from None
             try:
-                yield conn
-                conn.execute("COMMIT")
-                self._generation += 1
-            except BaseException as exc:
+                with transaction(conn, write=True, failure=f"could not write {what}") as tx:
+                    yield tx
+            except BaseException:
                 self._flush_cache()  # it may hold what we just failed to commit
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"could not write {what}: {exc}") from None
-                if isinstance(exc, OSError):
-                    raise write_error(what, exc) from None
                 raise
+            self._generation += 1
 
     # ---- reading ---------------------------------------------------------------------------
 

@@ -23,7 +23,9 @@ from ferrohsm.domain.approval import Approval, ApprovalState
 from ferrohsm.domain.errors import Conflict, NotFound, StaleRevision, StoreError
 from ferrohsm.domain.ids import uuid7
 from ferrohsm.domain.model import Principal, Role
-from ferrohsm.store.approvalstore import ApprovalStore, MemoryApprovalStore, SQLiteApprovalStore
+from ferrohsm.store.approvalstore import ApprovalStore
+from ferrohsm.store.memory_approvals import MemoryApprovalStore
+from ferrohsm.store.sqlite_approvals import SQLiteApprovalStore
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, 123456, tzinfo=UTC)
 KEY = "01890a5d-ac96-774b-bcce-b302099a8057"

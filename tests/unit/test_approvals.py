@@ -14,8 +14,7 @@ import pytest
 from servicekit import Clock as ClockBase
 from servicekit import RecordingAudit
 
-from ferrohsm.config import TagPolicy
-from ferrohsm.control.policy import Policy
+from ferrohsm.control.policy import Policy, TagPolicy
 from ferrohsm.crypto.seal import Sealer
 from ferrohsm.domain import approval as apv
 from ferrohsm.domain.approval import TRANSITIONS, Approval, ApprovalState, Event
@@ -32,8 +31,10 @@ from ferrohsm.domain.model import SYSTEM_CONTEXT, Key, Principal, RequestContext
 from ferrohsm.engine.keycache import MaterialCache
 from ferrohsm.engine.keyengine import KeyEngine
 from ferrohsm.service import KeyService
-from ferrohsm.store.approvalstore import ApprovalStore, MemoryApprovalStore, SQLiteApprovalStore
+from ferrohsm.store.approvalstore import ApprovalStore
 from ferrohsm.store.memory import MemoryStore
+from ferrohsm.store.memory_approvals import MemoryApprovalStore
+from ferrohsm.store.sqlite_approvals import SQLiteApprovalStore
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 KEY_A = "01890a5d-ac96-774b-bcce-b302099a8057"

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from ferrohsm.auth.permissions import PERMISSIONS, Action
-from ferrohsm.config import TagPolicy, load_config
+from ferrohsm.config import load_config
 from ferrohsm.control.policy import (
     APPROVABLE,
     DEFAULT_TTL,
     Policy,
     Rules,
+    TagPolicy,
     Verdict,
     decide,
     parse_action,

@@ -17,8 +17,7 @@ from servicekit import RecordingAudit
 
 from ferrohsm.audit.chain import AuditEvent
 from ferrohsm.audit.sinks import FileSink
-from ferrohsm.config import TagPolicy
-from ferrohsm.control.policy import Policy, Rules
+from ferrohsm.control.policy import Policy, Rules, TagPolicy
 from ferrohsm.control.scheduler import Job, JobKind, RetentionScheduler, plan
 from ferrohsm.crypto.seal import Sealer
 from ferrohsm.domain import lifecycle as lc
@@ -27,11 +26,13 @@ from ferrohsm.domain.model import Key, KeyState, Principal, RequestContext, Role
 from ferrohsm.engine.keycache import MaterialCache
 from ferrohsm.engine.keyengine import KeyEngine
 from ferrohsm.service import KeyService
-from ferrohsm.store.approvalstore import ApprovalStore, MemoryApprovalStore, SQLiteApprovalStore
+from ferrohsm.store.approvalstore import ApprovalStore
 from ferrohsm.store.filesystem import FilesystemStore
 from ferrohsm.store.keystore import KeyStore
 from ferrohsm.store.memory import MemoryStore
+from ferrohsm.store.memory_approvals import MemoryApprovalStore
 from ferrohsm.store.sqlite import SQLiteStore
+from ferrohsm.store.sqlite_approvals import SQLiteApprovalStore
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)

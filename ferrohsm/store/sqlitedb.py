@@ -1,0 +1,82 @@
+"""What every SQLite-backed store shares: the file's permissions, the durable pragmas, and one
+transaction wrapper, so the key store and the approval store cannot drift apart on any of them.
+
+A database is a 0600 regular file (never a symlink) in a 0700 directory; SQLite gives its -wal and
+-shm files the same mode. WAL with synchronous=FULL, because NORMAL is not durable across power
+loss. A transaction rolls back on ANY exception and reports SQLite's and the OS's errors as a
+StoreError that names what was being done, never the data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import stat
+from collections.abc import Iterator
+
+from ..domain.errors import StoreError
+from .records import write_error
+
+BUSY_TIMEOUT_MS = 5000
+
+
+def prepare_file(path: str, what: str) -> None:
+    """Create ``path`` 0600 (its parent 0700 when we create it); refuse anything not a file."""
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        os.makedirs(parent, 0o700, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        os.close(fd)
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(f"{what} {path} is not a regular file (symlinks are refused)")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(path, 0o600, follow_symlinks=False)
+
+
+def connect_durable(path: str, what: str, *extra_pragmas: str) -> sqlite3.Connection:
+    """Open in autocommit mode with WAL + synchronous=FULL, and check WAL took."""
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                           check_same_thread=False)
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise StoreError(f"{what} {path} cannot use WAL (journal mode {mode})")
+        conn.execute("PRAGMA synchronous = FULL")
+        for pragma in extra_pragmas:
+            conn.execute(f"PRAGMA {pragma}")
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection, *, write: bool,
+                failure: str) -> Iterator[sqlite3.Connection]:
+    """BEGIN (IMMEDIATE for writes) ... COMMIT, or ROLLBACK on any exception.
+
+    ``failure`` starts the StoreError message ("could not write key X"); the caller holds its
+    connection's lock for the whole block.
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+    except sqlite3.Error as exc:
+        raise StoreError(f"{failure}: {exc}") from None
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(f"{failure}: {exc}") from None
+        if isinstance(exc, OSError):
+            raise write_error(failure.removeprefix("could not write "), exc) from None
+        raise
