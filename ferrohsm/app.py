@@ -161,8 +161,7 @@ def build_runtime(config: Config, secrets: Secrets) -> Runtime:
                                   limiter)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
                       approvals=approvals)
-    system_routes.register(router, runtime.health, metrics,
-                           extra_operations=token_routes.OPERATIONS)
+    system_routes.register(router, runtime.health, metrics)
     _gauges(runtime)
     return runtime
 

@@ -16,6 +16,9 @@ Policies (each one is tested in tests/unit/test_router.py):
 - 404 when no template matches the path, 405 (``MethodNotAllowed.allow`` sorted) when one does but
   not for this method. HEAD is served by the GET route (the server drops the body) unless a HEAD
   route exists; ``Allow`` therefore lists HEAD wherever GET is listed.
+
+A route's declaration is also its entry in the API description: ``add(..., doc=Operation(...))``
+carries the OpenAPI facts, and api/openapi.py builds ``/v1/openapi.json`` from ``routes()`` alone.
 """
 
 from __future__ import annotations
@@ -39,6 +42,29 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
+class Operation:
+    """What the API description says of one route (the route's ``name`` is its operationId).
+
+    Schema and parameter names refer to the shared components of api/openapi.py; an unknown
+    name fails the document's build (and its tests), not a request."""
+
+    summary: str
+    tags: tuple[str, ...]
+    # The permissions Action (auth/permissions.py) the call is authorized and audited as, None
+    # for public routes; an approvable action (control/policy.py) may answer 202.
+    action: str | None = None
+    request: str | None = None           # schema of the JSON body; None: the route takes none
+    response: str | None = None          # schema of the success body; None: any JSON
+    status: int = 200                    # success status
+    media_type: str | None = "application/json"  # of the success body; None: no body
+    query: tuple[str, ...] = ()          # query parameters
+    etag: bool = False                   # answers If-None-Match with 304
+    # Further answers besides the errors every route may give: (status, description, schema).
+    extra: tuple[tuple[int, str, str | None], ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """One registered route. ``template`` is the prefix itself for prefix routes."""
 
@@ -52,6 +78,7 @@ class Route:
     # health): the server may run them on its event loop with their audit records deferred to
     # the loop's group commit. Everything else runs on the worker pool (api/server.py).
     inline: bool = False
+    doc: Operation | None = None  # the route's OpenAPI entry (None: undocumented)
 
 
 @dataclass(slots=True)
@@ -71,7 +98,8 @@ class Router:
         self._routes: list[Route] = []
 
     def add(self, method: str, template: str, handler: Handler, *,
-            name: str | None = None, inline: bool = False) -> Route:
+            name: str | None = None, inline: bool = False,
+            doc: Operation | None = None) -> Route:
         """Register ``handler`` for ``method`` on ``template``; ValueError on a bad or
         duplicate template (a typo must stop start-up, not produce a 404 later)."""
         _check_method(method)
@@ -85,13 +113,13 @@ class Router:
                 node = node.literals.setdefault(segment, _Node())
         if method in node.routes:
             raise ValueError(f"duplicate route {method} {template}")
-        route = Route(method, template, handler, name, params, inline=inline)
+        route = Route(method, template, handler, name, params, inline=inline, doc=doc)
         node.routes[method] = route
         self._routes.append(route)
         return route
 
     def add_prefix(self, method: str, prefix: str, handler: Handler, *,
-                   name: str | None = None) -> Route:
+                   name: str | None = None, doc: Operation | None = None) -> Route:
         """Serve every path under ``prefix`` (which must end with '/'); param ``path`` holds
         the decoded remainder, "" for the prefix itself."""
         _check_method(method)
@@ -99,14 +127,14 @@ class Router:
             raise ValueError("a prefix must start and end with '/'")
         if any(r.template == prefix and r.method == method for r in self._prefixes):
             raise ValueError(f"duplicate prefix route {method} {prefix}")
-        route = Route(method, prefix, handler, name, ("path",), is_prefix=True)
+        route = Route(method, prefix, handler, name, ("path",), is_prefix=True, doc=doc)
         self._prefixes.append(route)
         self._prefix_templates = tuple(r.template for r in self._prefixes)
         self._routes.append(route)
         return route
 
     def routes(self) -> list[Route]:
-        """Every route in registration order (the OpenAPI test checks they are all documented)."""
+        """Every route in registration order (api/openapi.py documents them from this)."""
         return list(self._routes)
 
     def match(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]]:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from ...auth.permissions import Action
 from ...control.dualcontrol import DualControl
 from ...domain.errors import BadRequest
 from ...domain.model import RequestContext
 from ...store.keystore import MAX_PAGE
 from ..http import Request
-from ..router import Router
+from ..router import Operation, Router
 from .common import Field, Reply, fields, int_param, query
 
 MAX_COMMENT = 256
+TAGS = ("approvals",)
 
 
 def _comment(req: Request) -> str:
@@ -37,7 +39,15 @@ def register(router: Router, approvals: DualControl) -> None:
     def deny(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
         return 200, approvals.decide(ctx, p["id"], False, _comment(req))
 
-    router.add("GET", "/v1/approvals", listing, name="listApprovals")
-    router.add("GET", "/v1/approvals/{id}", show, name="getApproval")
-    router.add("POST", "/v1/approvals/{id}/approve", approve, name="approveRequest")
-    router.add("POST", "/v1/approvals/{id}/deny", deny, name="denyRequest")
+    router.add("GET", "/v1/approvals", listing, name="listApprovals", doc=Operation(
+        "Approvals, optionally by state (dual control)", TAGS, Action.APPROVAL_LIST,
+        response="ApprovalList", query=("approvalState", "limit", "pageToken")))
+    router.add("GET", "/v1/approvals/{id}", show, name="getApproval", doc=Operation(
+        "Describe an approval", TAGS, Action.APPROVAL_LIST, response="Approval"))
+    router.add("POST", "/v1/approvals/{id}/approve", approve, name="approveRequest",
+               doc=Operation("Approve a parked request (Administrator/Operator, not the "
+                             "requester; once each)", TAGS, Action.APPROVAL_DECIDE,
+                             request="ApprovalVoteRequest", response="Approval"))
+    router.add("POST", "/v1/approvals/{id}/deny", deny, name="denyRequest", doc=Operation(
+        "Refuse a parked request", TAGS, Action.APPROVAL_DECIDE,
+        request="ApprovalVoteRequest", response="Approval"))

@@ -8,7 +8,7 @@ from ...auth.permissions import Action
 from ...domain.model import RequestContext
 from ...service import KeyService
 from ..http import Request
-from ..router import Router
+from ..router import Operation, Router
 from .common import Reply, int_param, query
 
 MAX_LIMIT = 1000
@@ -32,4 +32,6 @@ def register(router: Router, service: KeyService, reader: AuditReader) -> None:
         return 200, {"records": page, "next_after_seq": next_after,
                      "head_seq": reader.head()[0]}
 
-    router.add("GET", "/v1/audit", records, name="readAudit")
+    router.add("GET", "/v1/audit", records, name="readAudit", doc=Operation(
+        "Audit records after a sequence number (verifiable JSONL records)", ("audit",),
+        Action.AUDIT_READ, response="AuditPage", query=("afterSeq", "limit")))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from ...auth.permissions import Action
 from ...domain.errors import BadRequest
 from ...domain.model import RequestContext
 from ...service import KeyService
 from ..http import Request
-from ..router import Router
+from ..router import Operation, Router
 from .common import Field, Reply, b64, b64s, fields
 
 # Field specs are built once here: constructing them per request costs more than the check.
@@ -16,6 +17,7 @@ SIGN = {"message": Field(str), "digest": Field(str), "algorithm": Field(str)}
 VERIFY = {**SIGN, "signature": Field(str, True), "key_version": Field(int)}
 WRAP = {"key_material": Field(str, True)}
 UNWRAP = {"wrapped": Field(str, True)}
+TAGS = ("crypto",)
 
 
 def _message_or_digest(body: dict[str, object]) -> tuple[bytes, bool]:
@@ -59,9 +61,22 @@ def register(router: Router, service: KeyService) -> None:
         out = service.unwrap(ctx, p["key"], body["wrapped"])
         return 200, {"key_material": b64s(out["key_material"]), "key_version": out["key_version"]}
 
-    router.add("POST", "/v1/keys/{key}/encrypt", encrypt, name="encrypt", inline=True)
-    router.add("POST", "/v1/keys/{key}/decrypt", decrypt, name="decrypt", inline=True)
-    router.add("POST", "/v1/keys/{key}/sign", sign, name="sign", inline=True)
-    router.add("POST", "/v1/keys/{key}/verify", verify, name="verify", inline=True)
-    router.add("POST", "/v1/keys/{key}/wrap", wrap, name="wrap", inline=True)
-    router.add("POST", "/v1/keys/{key}/unwrap", unwrap, name="unwrap", inline=True)
+    # Inline: they never block for long nor change state (Route.inline).
+    router.add("POST", "/v1/keys/{key}/encrypt", encrypt, name="encrypt", inline=True,
+               doc=Operation("AES-256-GCM encrypt", TAGS, Action.ENCRYPT,
+                             request="EncryptRequest", response="EncryptResponse"))
+    router.add("POST", "/v1/keys/{key}/decrypt", decrypt, name="decrypt", inline=True,
+               doc=Operation("AES-256-GCM decrypt", TAGS, Action.DECRYPT,
+                             request="DecryptRequest", response="DecryptResponse"))
+    router.add("POST", "/v1/keys/{key}/sign", sign, name="sign", inline=True,
+               doc=Operation("Sign a message or digest (DER)", TAGS, Action.SIGN,
+                             request="SignRequest", response="SignResponse"))
+    router.add("POST", "/v1/keys/{key}/verify", verify, name="verify", inline=True,
+               doc=Operation("Verify a signature", TAGS, Action.VERIFY,
+                             request="VerifyRequest", response="VerifyResponse"))
+    router.add("POST", "/v1/keys/{key}/wrap", wrap, name="wrap", inline=True,
+               doc=Operation("Wrap key material (RFC 5649)", TAGS, Action.WRAP,
+                             request="WrapRequest", response="WrapResponse"))
+    router.add("POST", "/v1/keys/{key}/unwrap", unwrap, name="unwrap", inline=True,
+               doc=Operation("Unwrap key material", TAGS, Action.UNWRAP,
+                             request="UnwrapRequest", response="UnwrapResponse"))

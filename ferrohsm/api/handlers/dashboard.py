@@ -30,7 +30,7 @@ from importlib import resources
 from ...domain.errors import NotFound
 from ...domain.model import RequestContext
 from ..http import Request, Response, error_response
-from ..router import Router
+from ..router import Operation, Router
 
 PACKAGE = "ferrohsm.api.dashboard"
 INDEX = "index.html"
@@ -52,6 +52,7 @@ SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
 )
 REVALIDATE = "no-cache"
 IMMUTABLE = "public, max-age=31536000, immutable"
+TAGS = ("dashboard",)
 _LOCAL_REF = re.compile(r'(src|href)="([A-Za-z0-9_-]+\.(?:js|css))"')
 
 
@@ -153,5 +154,9 @@ def register(router: Router, site: Site | None = None) -> None:
         # Relative URLs in the index page resolve against /ui/, not against /.
         return harden(Response(308, b"", [("Location", "/ui/"), ("Cache-Control", REVALIDATE)]))
 
-    router.add_prefix("GET", "/ui/", serve, name="dashboard")
-    router.add("GET", "/ui", redirect, name="dashboardRedirect")
+    router.add_prefix("GET", "/ui/", serve, name="dashboard", doc=Operation(
+        "The web dashboard: its page, and its scripts and style sheet under /ui/", TAGS,
+        media_type="text/html", etag=True, description="Public: the page holds no data and "
+        "sends the token the user pastes with its own /v1 calls."))
+    router.add("GET", "/ui", redirect, name="dashboardRedirect", doc=Operation(
+        "Redirect to /ui/", TAGS, status=308, media_type=None))

@@ -6,18 +6,26 @@ import hashlib
 import json
 from typing import Any
 
+from ...auth.permissions import Action
 from ...domain.errors import BadRequest
 from ...domain.model import KeyFilter, KeyState, RequestContext, key_view
 from ...service import KeyService
 from ...store.keystore import MAX_PAGE
 from ..http import Request, Response, json_response
-from ..router import Router
+from ..router import Operation, Router
 from .common import Field, Reply, fields, int_param, query
 
 LIST_PARAMS = {"state", "algorithm", "usage", "tag", "name_prefix", "limit", "page_token"}
+TAGS = ("keys",)
 
 
 def register(router: Router, service: KeyService) -> None:
+    _register_inventory(router, service)
+    _register_lifecycle(router, service)
+
+
+def _register_inventory(router: Router, service: KeyService) -> None:
+    """Create, list, describe, public key."""
     def create(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
         body = fields(req, {"algorithm": Field(str, True), "usage": Field(str, True),
                             "name": Field(str), "description": Field(str), "tags": Field(list)})
@@ -49,6 +57,27 @@ def register(router: Router, service: KeyService) -> None:
     def show(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
         return 200, key_view(service.get_key(ctx, p["key"]))
 
+    def public_key(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        q = query(req, {"version"})
+        version = int_param(q.get("version"), "version", 1, 10**9)
+        return 200, service.public_key(ctx, p["key"], version)
+
+    router.add("POST", "/v1/keys", create, name="createKey", doc=Operation(
+        "Create a key", TAGS, Action.KEY_CREATE, request="CreateKey", response="Key",
+        status=201))
+    router.add("GET", "/v1/keys", listing, name="listKeys", doc=Operation(
+        "List keys (filters, pagination, ETag)", TAGS, Action.KEY_LIST, response="KeyList",
+        query=("keyState", "algorithm", "usage", "tag", "namePrefix", "limit", "pageToken"),
+        etag=True))
+    router.add("GET", "/v1/keys/{key}", show, name="getKey", doc=Operation(
+        "Describe a key", TAGS, Action.KEY_READ, response="Key"))
+    router.add("GET", "/v1/keys/{key}/public-key", public_key, name="getPublicKey", doc=Operation(
+        "Public key PEM (asymmetric keys)", TAGS, Action.KEY_PUBLIC, response="PublicKey",
+        query=("version",)))
+
+
+def _register_lifecycle(router: Router, service: KeyService) -> None:
+    """Update, rotate, rollback, revoke, destroy, cancel-destroy: each answers the key."""
     def update(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
         body = fields(req, {"description": Field(str, True)})
         return 200, key_view(service.update_key(ctx, p["key"], body["description"]))
@@ -76,21 +105,22 @@ def register(router: Router, service: KeyService) -> None:
         fields(req, {})
         return 200, key_view(service.cancel_destroy(ctx, p["key"]))
 
-    def public_key(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
-        q = query(req, {"version"})
-        version = int_param(q.get("version"), "version", 1, 10**9)
-        return 200, service.public_key(ctx, p["key"], version)
-
-    router.add("POST", "/v1/keys", create, name="createKey")
-    router.add("GET", "/v1/keys", listing, name="listKeys")
-    router.add("GET", "/v1/keys/{key}", show, name="getKey")
-    router.add("PATCH", "/v1/keys/{key}", update, name="updateKey")
-    router.add("POST", "/v1/keys/{key}/rotate", rotate, name="rotateKey")
-    router.add("POST", "/v1/keys/{key}/rollback", rollback, name="rollbackKey")
-    router.add("POST", "/v1/keys/{key}/revoke", revoke, name="revokeKey")
-    router.add("POST", "/v1/keys/{key}/destroy", destroy, name="destroyKey")
-    router.add("POST", "/v1/keys/{key}/cancel-destroy", cancel, name="cancelDestroyKey")
-    router.add("GET", "/v1/keys/{key}/public-key", public_key, name="getPublicKey")
+    router.add("PATCH", "/v1/keys/{key}", update, name="updateKey", doc=Operation(
+        "Change a key's description", TAGS, Action.KEY_UPDATE, request="UpdateKey",
+        response="Key"))
+    router.add("POST", "/v1/keys/{key}/rotate", rotate, name="rotateKey", doc=Operation(
+        "Add a new primary version", TAGS, Action.KEY_ROTATE, request="Empty", response="Key"))
+    router.add("POST", "/v1/keys/{key}/rollback", rollback, name="rollbackKey", doc=Operation(
+        "Make an older version primary", TAGS, Action.KEY_ROLLBACK, request="Rollback",
+        response="Key"))
+    router.add("POST", "/v1/keys/{key}/revoke", revoke, name="revokeKey", doc=Operation(
+        "Revoke (process-only)", TAGS, Action.KEY_REVOKE, request="Revoke", response="Key"))
+    router.add("POST", "/v1/keys/{key}/destroy", destroy, name="destroyKey", doc=Operation(
+        "Schedule destruction after a grace period", TAGS, Action.KEY_DESTROY, request="Empty",
+        response="Key"))
+    router.add("POST", "/v1/keys/{key}/cancel-destroy", cancel, name="cancelDestroyKey",
+               doc=Operation("Cancel scheduled destruction", TAGS, Action.KEY_CANCEL_DESTROY,
+                             request="Empty", response="Key"))
 
 
 def etagged(req: Request, payload: dict[str, Any]) -> Response:

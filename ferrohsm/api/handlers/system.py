@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 from ...domain.model import RequestContext
 from ...telemetry.metrics import ServerMetrics
 from .. import openapi
-from ..http import Request, Response
-from ..router import Router
+from ..http import JSON_CONTENT_TYPE, Request, Response
+from ..router import Operation, Router
 from .common import Reply, query
 
+TAGS = ("system",)
 
-def register(router: Router, health: Callable[[], dict[str, Any]], metrics: ServerMetrics,
-             extra_operations: list[Any] | None = None) -> None:
-    doc = openapi.document(extra_operations or [])
+
+def register(router: Router, health: Callable[[], dict[str, Any]], metrics: ServerMetrics) -> None:
+    # The document describes the router's whole table, so it is built on first use (every route
+    # is registered at start-up, before the server listens), then served as the same bytes.
+    built: list[bytes] = []
 
     def healthz(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
         query(req, set())
@@ -28,8 +32,16 @@ def register(router: Router, health: Callable[[], dict[str, Any]], metrics: Serv
                         [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
 
     def spec(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
-        return 200, doc
+        if not built:
+            built.append(json.dumps(openapi.document(router.routes()),
+                                    separators=(",", ":")).encode("utf-8"))
+        return Response(200, built[0], [("Content-Type", JSON_CONTENT_TYPE)])
 
-    router.add("GET", "/healthz", healthz, name="health", inline=True)
-    router.add("GET", "/metrics", prometheus, name="metrics", inline=True)
-    router.add("GET", "/v1/openapi.json", spec, name="openapi", inline=True)
+    router.add("GET", "/healthz", healthz, name="health", inline=True, doc=Operation(
+        "Liveness and counters (no authentication)", TAGS, response="Health",
+        extra=((503, "degraded: the audit log does not accept records", "Health"),)))
+    router.add("GET", "/metrics", prometheus, name="metrics", inline=True, doc=Operation(
+        "Prometheus text exposition 0.0.4 (no authentication)", TAGS,
+        media_type="text/plain; version=0.0.4"))
+    router.add("GET", "/v1/openapi.json", spec, name="openapi", inline=True, doc=Operation(
+        "This document", TAGS))

@@ -17,13 +17,10 @@ from ...auth.permissions import Action, authorize
 from ...domain.errors import BadRequest, FerroError, Forbidden
 from ...domain.model import RequestContext, iso
 from ..http import Request
-from ..router import Router
+from ..router import Operation, Router
 from .common import Field, Reply, fields
 
 Record = Callable[..., Any]  # KeyService.record(ctx, action, outcome, message, **details)
-# For system.register(..., extra_operations=OPERATIONS): the OpenAPI row of this route.
-OPERATIONS = [("POST", "/v1/tokens/revoke", "revokeToken",
-               "Deny-list a token by its jti until it expires (Administrators)", None, 200, None)]
 
 
 def register(router: Router, authenticator: Authenticator, record: Record) -> None:
@@ -43,4 +40,6 @@ def register(router: Router, authenticator: Authenticator, record: Record) -> No
         return 200, {"jti": body["jti"], "revoked": True,
                      "until": iso(datetime.fromtimestamp(until, UTC))}
 
-    router.add("POST", "/v1/tokens/revoke", revoke, name="revokeToken")
+    router.add("POST", "/v1/tokens/revoke", revoke, name="revokeToken", doc=Operation(
+        "Deny-list a token by its jti until it expires (Administrators)", ("tokens",),
+        Action.TOKEN_REVOKE, request="RevokeToken", response="TokenRevoked"))
