@@ -33,6 +33,8 @@ APPROVAL_STATES = ["pending", "approved", "denied", "expired", "executed"]
 SIGNATURE_SCHEMES = ["rsa-pss-sha256", "rsa-pkcs1v15-sha256", "ecdsa-sha256", "ecdsa-sha384"]
 ONE_OF_MESSAGE_OR_DIGEST = [{"required": ["message"]}, {"required": ["digest"]}]
 NULLABLE_STRING = {"type": ["string", "null"]}
+DESCRIPTION = {"type": "string", "maxLength": 1024, "description": "no control characters "
+               "other than tab and newline"}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
@@ -66,10 +68,15 @@ SCHEMAS: dict[str, Any] = {
     "CreateKey": {"type": "object", "additionalProperties": False,
                   "required": ["algorithm", "usage"], "properties": {
                       "algorithm": {"enum": ALGORITHMS}, "usage": {"enum": USAGES},
-                      "name": {"type": "string"}, "description": {"type": "string"},
-                      "tags": {"type": "array", "items": {"type": "string"}}}},
+                      "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+                               "description": "unique; must not look like a UUID"},
+                      "description": DESCRIPTION,
+                      "tags": {"type": "array", "maxItems": 32, "uniqueItems": True,
+                               "description": "immutable after creation",
+                               "items": {"type": "string",
+                                         "pattern": "^[a-z0-9][a-z0-9_.-]{0,62}$"}}}},
     "UpdateKey": {"type": "object", "additionalProperties": False, "required": ["description"],
-                  "properties": {"description": {"type": "string"}}},
+                  "properties": {"description": DESCRIPTION}},
     "Rollback": {"type": "object", "additionalProperties": False, "required": ["version"],
                  "properties": {"version": {"type": "integer"}}},
     "Revoke": {"type": "object", "additionalProperties": False,
