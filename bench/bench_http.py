@@ -2,7 +2,7 @@
 
 Both servers run the same echo handler (parse the JSON body, reply a fixed JSON body) over TLS 1.3
 (or plain HTTP with --plain), each in its own process pinned to one core, while wrk runs pinned to
-the other core with 16 keep-alive connections (PERF-NOTES: GIL hand-offs between cores cost ~40%).
+the other core with 16 keep-alive connections (GIL hand-offs between cores cost ~40% here).
 Rounds alternate between the servers and the median round is reported, with the ratio. Server CPU
 time per request (from /proc) is reported too: on a machine shared with other work it is steadier
 than req/s, which drops whenever something else takes the server's core.

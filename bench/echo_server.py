@@ -1,4 +1,4 @@
-"""The performance BASELINE: the bare stdlib server the spec names, tuned the way PERF-NOTES says.
+"""The performance BASELINE: the bare stdlib server, tuned as far as it goes (see below).
 
 ``http.server.ThreadingHTTPServer`` + ``ssl`` (TLS 1.3 only), a handler speaking HTTP/1.1
 keep-alive with Nagle disabled, reading the JSON body and answering a fixed JSON body with headers
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cert", help="PEM certificate (omit with --key for plain HTTP)")
     parser.add_argument("--key", help="PEM private key")
     parser.add_argument("--pin-cpu", type=int, default=None, metavar="N",
-                        help="pin this process to CPU N (PERF-NOTES: GIL hand-offs)")
+                        help="pin this process to CPU N (no GIL hand-offs between cores)")
     args = parser.parse_args(argv)
     if args.pin_cpu is not None:
         os.sched_setaffinity(0, {args.pin_cpu})

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Sign a build artefact with a designated FerroHSM key, then prove it with openssl.
 
-Journey 2 of the PRD: a pipeline signs what it built, with a correlation id that ties the
+The CI journey: a pipeline signs what it built, with a correlation id that ties the
 signature to the build in FerroHSM's audit log. The script
 
 1. hashes the artefact locally (SHA-256, or SHA-384 for a P-384 key) and sends only the digest,

@@ -133,7 +133,7 @@ def json_response(
 
 
 def error_response(exc: FerroError, request_id: str) -> Response:
-    """Map a FerroError to API.md's error body, with the headers its status requires."""
+    """Map a FerroError to the error body of docs/api.md, with the headers its status requires."""
     extra: list[tuple[str, str]] = []
     if isinstance(exc, MethodNotAllowed):
         extra.append(("Allow", ", ".join(exc.allow)))
@@ -144,5 +144,5 @@ def error_response(exc: FerroError, request_id: str) -> Response:
     body: dict[str, Any] = {"error": {"code": exc.code, "message": exc.message,
                                       "request_id": request_id}}
     if isinstance(exc, ApprovalRequired) and "approval" in exc.details:
-        body["approval"] = exc.details["approval"]  # API.md: 202 carries the parked approval
+        body["approval"] = exc.details["approval"]  # docs/api.md: 202 carries the parked approval
     return json_response(exc.status, body, extra)

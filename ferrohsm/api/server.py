@@ -1,6 +1,6 @@
 """HardenedHTTPServer: HTTP/1.1 over TLS 1.3 on one event loop, with a worker pool for slow work.
 
-Theory of operation (shared/PERF-NOTES.md and bench/RESULTS.md have the measurements):
+Theory of operation (bench/RESULTS.md has the measurements):
 
 - ONE loop thread owns every socket: it accepts, runs TLS handshakes and reads without blocking
   (selectors/epoll), parses strictly (parse.py) and writes each response as one buffer on a

@@ -1,6 +1,6 @@
 """Group commit with a bounded leader: many threads share one fsync.
 
-Why this shape (../shared/PERF-NOTES.md): a leader that keeps flushing while records keep arriving
+Why this shape (measured on a prototype): a leader that keeps flushing while records keep arriving
 starves its own caller (p99 72 ms); one Condition with notify_all wakes every writer for every
 group. Here each writer owns a signal; the first writer to find nobody leading becomes the leader,
 flushes ONE group (at most ``max_group`` waiting items, in arrival order), wakes exactly the

@@ -1,6 +1,6 @@
 """``ferrohsm audit report PATH...``: what an auditor looks at after the log verified.
 
-Journey 3 of the PRD: extract the log, verify it (verify.py), then cross-check for suspicious
+The auditor's journey: extract the log, verify it (verify.py), then cross-check for suspicious
 activity. This module only reads and summarises; it does not check integrity, so run ``audit
 verify`` first. Standard library only, like the verifier.
 

@@ -16,8 +16,8 @@ archive_after_days          the shortest positive age (0 = never archive automat
 destroy_grace_hours         the longest grace, never shorter than ``[crypto].destroy_grace_hours``
 ==========================  =====================================================================
 
-A tag with a quorum always puts ``destroy`` under dual control, listed or not: the PRD's
-"dual-control purge approvals" must not depend on remembering to list it.
+A tag with a quorum always puts ``destroy`` under dual control, listed or not: whether a
+purge needs approvals must not depend on someone remembering to list it.
 
 ``decide(principal, action, key, policy, now)`` answers ALLOW, DENY (with the reason) or
 APPROVAL (with the quorum and the moment the approval window closes). It reads no clock, file or
@@ -38,7 +38,7 @@ from ..domain.model import Key, Principal
 DEFAULT_TTL = timedelta(hours=1)
 DEFAULT_GRACE = timedelta(hours=24)
 
-# API.md and config use short operation names; audit and authz use Action values. Both spellings
+# docs/api.md and config use short names; audit and authz use Action values. Both spellings
 # are accepted in approval_actions ("unwrap" and "crypto.unwrap").
 SHORT_NAMES: dict[str, Action] = {
     "update": Action.KEY_UPDATE, "rotate": Action.KEY_ROTATE, "rollback": Action.KEY_ROLLBACK,

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 ``load(algorithm, material)`` parses one key version's material exactly once and returns a
 ``LoadedKey``: for AES it holds a ready ``AESGCM`` object (building one costs more than the
-encryption of a small payload, see PERF-NOTES) and the raw key for RFC 5649 wrapping; for RSA and
+encryption of a small payload: 1.26 vs 0.44 µs) and the raw key for RFC 5649 wrapping; for RSA and
 EC it holds the private key object and its public half. The service caches LoadedKeys per key
 version and passes them to the module functions below::
 

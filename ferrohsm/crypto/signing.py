@@ -1,4 +1,4 @@
-"""Ed25519 signatures for the audit log's checkpoints (non-repudiation, PRD open question 2).
+"""Ed25519 signatures for the audit log's checkpoints (non-repudiation across services).
 
 Kept here so that ``crypto/`` stays the only importer of ``cryptography.hazmat``; the audit
 anchor does the file handling and calls these. Errors are ValueError with a message that never

@@ -247,7 +247,7 @@ def redeem(approval: Approval, requester: str, action: str, key_id: str,
 # ---- views and records ----------------------------------------------------------------------
 
 def view(approval: Approval, now: datetime) -> dict[str, Any]:
-    """API.md's approval object (plus requested_by, created_at, summary, denied_by)."""
+    """The approval object of docs/api.md (plus requested_by, created_at, summary, denied_by)."""
     denial = next((v for v in approval.votes if not v.approve), None)
     return {
         "id": approval.id, "action": approval.action, "key_id": approval.key_id,

@@ -277,7 +277,7 @@ def _time(text: str) -> datetime:
 
 
 def key_view(key: Key) -> dict[str, Any]:
-    """The API's key object (../shared/API.md): never any sealed bytes."""
+    """The API's key object (docs/api.md): never any sealed bytes."""
     return {
         "id": key.id, "name": key.name, "description": key.description,
         "algorithm": key.algorithm, "usage": key.usage, "tags": list(key.tags),

@@ -1,4 +1,4 @@
-"""Remote key vaults (PRD 4.6): the adapter port a cloud KMS / network HSM client implements, and
+"""Remote key vaults: the adapter port a cloud KMS / network HSM client implements, and
 ``RemoteKeyStore``, which turns ANY such vault into a KeyStore.
 
 A future cloud adapter only writes a ``RemoteKeyVault``: four calls with compare-and-swap

@@ -1,4 +1,4 @@
-"""Every Keys and Cryptographic-operations route of API.md against a real server over TLS."""
+"""Every Keys and Cryptographic-operations route of docs/api.md against a real server over TLS."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Dual control end to end: a real server over TLS, tag policies from a config file, the
-approvals endpoints of API.md, concurrent repeats, a restart, and scheduled destruction."""
+approvals endpoints of docs/api.md, concurrent repeats, a restart, and scheduled destruction."""
 
 from __future__ import annotations
 

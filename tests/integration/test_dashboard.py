@@ -1,6 +1,6 @@
 """The dashboard in a real browser: headless Debian Chromium driven over W3C WebDriver.
 
-Journey 1 of the PRD, end to end against a live server over real TLS: sign in with a pasted
+Journey 1 (test_journeys.py) end to end, against a live server over real TLS: sign in with a pasted
 token, see a key created through the API appear, filter by tag, open it, rotate it and see the new
 version; then sign in as an Auditor and find no action buttons. Screenshots go to pytest's tmp dir
 and are copied to bench/out/ui/ for people to look at.

@@ -1,8 +1,8 @@
-"""PRD journeys, end to end, the way their users meet them.
+"""The user journeys FerroHSM is built for, end to end, the way their users meet them.
 
 Journey 1: an operator in a fresh shell (only PATH and HOME) runs the built ``dist/ferrohsm
 quickstart``, pastes its export lines, creates a symmetric key with policy tags, finds it in
-``keys list``, rotates it (timed: the PRD wants < 30 s end to end) and describes it.
+``keys list``, rotates it (timed: the target is < 30 s end to end) and describes it.
 
 Journey 2: a pipeline signs a build artefact with a designated key through the Python SDK example
 and the Go example, with a correlation id; the DER signature verifies with ``openssl dgst`` and
@@ -27,7 +27,7 @@ import pytest
 from live import LiveServer
 
 ROOT = Path(__file__).resolve().parents[2]
-ROTATE_BUDGET = 5.0  # seconds; the PRD's bar is 30 s, we hold ourselves to far less
+ROTATE_BUDGET = 5.0  # seconds; the target is 30 s, we hold ourselves to far less
 POLICY = "[policy.tags.pci]\nrotation_days = 90\narchive_after_days = 365\n"
 
 

@@ -1,7 +1,7 @@
 """Shared pieces for tests that drive KeyService with an injected clock.
 
 ``RecordingAudit`` is a REAL FileSink (records hash-chained and written to a temporary directory)
-with a switch that makes it refuse, the way DESIGN.md's fail_writes=True stores do, plus a list of
+with a switch that makes it refuse, the way the fail_writes=True stores do, plus a list of
 the events it accepted so tests can assert on actions without parsing the log.
 """
 
