@@ -27,7 +27,7 @@ from ferrohsm.domain.model import Key, KeyFilter, KeyState, VersionState
 from ferrohsm.store.keystore import MAX_PAGE, KeyStore, encode_page_token
 
 if TYPE_CHECKING:  # fixtures come from conftest.py; only their types are imported
-    from conftest import Backend, KeyFactory
+    from keystores import Backend, KeyFactory
 
 
 def walk(store: KeyStore, filters: KeyFilter, limit: int) -> list[str]:
