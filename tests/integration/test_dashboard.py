@@ -233,7 +233,7 @@ def sign_in(b: Browser, server: LiveServer, token: str) -> None:
 def create_key(server: LiveServer, **body: Any) -> dict[str, Any]:
     status, _, key = server.call("POST", "/v1/keys", body)
     assert status == 201, key
-    return key  # type: ignore[no-any-return]
+    return key  # type: ignore[no-any-return]  # parsed JSON
 
 
 # ---- the journey --------------------------------------------------------------------------

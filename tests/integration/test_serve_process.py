@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ferrohsm.tls.context import client_context
 
@@ -39,7 +40,7 @@ def start(data: Path, *extra: str, env: dict[str, str] | None = None
 
 
 def call(exports: dict[str, str], method: str, path: str, body: object = None,
-         token: str | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]
+         token: str | None = None) -> tuple[int, dict[str, Any]]:
     url = exports["FERROHSM_URL"].removeprefix("https://")
     host, _, port = url.rpartition(":")
     conn = http.client.HTTPSConnection(host, int(port),

@@ -41,7 +41,7 @@ GENEROUS = Limit(1000.0, 1000)
 def make_app(per_ip: Limit = GENEROUS) -> Application:
     router = Router()
     dashboard.register(router, SITE)
-    return Application(router, NoAuth(), ServerMetrics(),  # type: ignore[arg-type]
+    return Application(router, NoAuth(), ServerMetrics(),  # type: ignore[arg-type]  # NoAuth: a stand-in authenticator
                        lambda *a: None, RateLimiter(RateLimitPolicy(per_ip=per_ip)))
 
 

@@ -212,7 +212,7 @@ def test_a_corrupted_key_file_names_the_key_and_spares_the_rest(
         if attempt == 0:
             store.close()
             store = FilesystemStore(data)
-    assert bad.id in store.describe()["unreadable_keys"]  # type: ignore[operator]
+    assert bad.id in store.describe()["unreadable_keys"]  # type: ignore[operator]  # a list of ids
     store.close()
 
 
