@@ -40,7 +40,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from bench_http import (  # noqa: E402
+from bench_http import (
     free_port,
     lua_script,
     median_round,

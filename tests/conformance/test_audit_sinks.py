@@ -226,7 +226,7 @@ def _insert_forged(lines: list[bytes]) -> list[bytes]:
     previous = json.loads(lines[2])
     forged = seal_record_line(event(99, actor="mallory"), seq=4, prev_hash=previous["hash"],
                               ts=datetime.now(UTC), record_id="forged", hmac_key=b"k" * 32)[1]
-    return lines[:3] + [forged] + lines[3:]
+    return [*lines[:3], forged, *lines[3:]]
 
 
 TAMPERING: dict[str, tuple[Callable[[list[bytes]], list[bytes]], str, int]] = {
@@ -234,11 +234,11 @@ TAMPERING: dict[str, tuple[Callable[[list[bytes]], list[bytes]], str, int]] = {
     "modify and recompute the hash": (_modify_and_rehash, "bad_hmac", 4),
     "delete a record": (lambda ls: ls[:3] + ls[4:], "deleted", 4),
     "delete three records": (lambda ls: ls[:3] + ls[6:], "deleted", 4),
-    "reorder two": (lambda ls: ls[:3] + [ls[4], ls[3]] + ls[5:], "reordered", 4),
+    "reorder two": (lambda ls: [*ls[:3], ls[4], ls[3], *ls[5:]], "reordered", 4),
     "move one far": (lambda ls: ls[:3] + ls[4:7] + [ls[3]] + ls[7:], "reordered", 4),
     "insert a forged record": (_insert_forged, "inserted", 4),
-    "duplicate a record": (lambda ls: ls[:4] + [ls[3]] + ls[4:], "inserted", 5),
-    "garbage line": (lambda ls: ls[:3] + [b"not a record"] + ls[3:], "malformed", 4),
+    "duplicate a record": (lambda ls: [*ls[:4], ls[3], *ls[4:]], "inserted", 5),
+    "garbage line": (lambda ls: [*ls[:3], b"not a record", *ls[3:]], "malformed", 4),
     "delete the start": (lambda ls: ls[2:], "deleted", 1),
     "empty the log": (lambda ls: [], "deleted", 1),
 }
@@ -269,7 +269,7 @@ def test_splice_from_another_log_is_inserted(backend: Backend, tmp_path: Path) -
         fill(opened := b.open(), 5)
         opened.close()
     mine, theirs = backend.lines(), other.lines()
-    backend.write_lines(mine[:3] + [theirs[3]] + mine[4:])
+    backend.write_lines([*mine[:3], theirs[3], *mine[4:]])
     assert kind_of(backend.verify()) == ("inserted", 4)
 
 

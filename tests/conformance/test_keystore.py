@@ -413,7 +413,7 @@ def test_bulk_create_is_all_or_nothing(store: KeyStore, factory: KeyFactory) -> 
     existing = store.create(factory.key(name="taken"))
     batch = [factory.key(name=f"bulk-{n}") for n in range(5)]
     with pytest.raises(NameTaken):
-        store.bulk_create(batch + [factory.key(name="taken")])
+        store.bulk_create([*batch, factory.key(name="taken")])
     assert store.count() == 1
     store.bulk_create(batch)
     assert walk(store, KeyFilter(name_prefix="bulk-"), 2) == sorted(k.id for k in batch)

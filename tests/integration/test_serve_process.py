@@ -80,8 +80,8 @@ def test_quickstart_restart_and_graceful_stop(tmp_path: Path) -> None:
     assert oct(data.stat().st_mode & 0o777) == "0o700"
     for secret in ("master.key", "jwt.secret", "audit-hmac.key"):
         assert oct((data / secret).stat().st_mode & 0o777) == "0o600"
-    status, key = call(exports, "POST", "/v1/keys", {"algorithm": "aes-256-gcm",
-                                                     "usage": "encrypt", "name": "kept"})
+    status, _ = call(exports, "POST", "/v1/keys", {"algorithm": "aes-256-gcm",
+                                                   "usage": "encrypt", "name": "kept"})
     assert status == 201
     svc = service_token(data)
     status, ct = call(exports, "POST", "/v1/keys/kept/encrypt",

@@ -156,7 +156,7 @@ def test_refusals_made_before_the_handler_are_hardened_too() -> None:
 
 
 def test_missing_index_stops_start_up() -> None:
-    with pytest.raises(RuntimeError, match="index.html"):
+    with pytest.raises(RuntimeError, match=r"index\.html"):
         dashboard.load_site("ferrohsm.api.handlers")
 
 

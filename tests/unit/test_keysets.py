@@ -124,7 +124,7 @@ def test_keyset_files_writable_by_others_are_refused(tmp_path: Path,
 
 def test_small_rsa_key_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "small.pem"
-    path.write_bytes(pem(rsa.generate_private_key(65537, 1024)))
+    path.write_bytes(pem(rsa.generate_private_key(65537, 1024)))  # noqa: S505  the weak key under test
     with pytest.raises(KeysetError, match="at least 2048"):
         load_keyset(KeysetSources(public_key_files=(f"k:RS256:{path}",)))
 
