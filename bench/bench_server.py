@@ -30,15 +30,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from bench_http import (  # noqa: E402
+from bench_http import (
     free_port,
     lua_script,
     median_round,
@@ -51,7 +53,7 @@ from ferrohsm.crypto.seal import Sealer
 from ferrohsm.domain import lifecycle as lc
 from ferrohsm.domain.ids import uuid7
 from ferrohsm.tls.context import client_context
-from ferrohsm.tls.devpki import make_dev_pki
+from ferrohsm.tls.devpki import DevPki, make_dev_pki
 
 CONFIG = """
 [server]
@@ -76,16 +78,16 @@ level = "WARNING"
 class Server:
     """A `ferrohsm serve` child process with its own data dir, and an HTTPS client for it."""
 
-    def __init__(self, tmp: Path, name: str, pki: object, env: dict[str, str], *,
+    def __init__(self, tmp: Path, name: str, pki: DevPki, env: dict[str, str], *,
                  store: str = "filesystem", durable: bool = True) -> None:
         self.port = free_port()
         self.data = tmp / name
         cfg = tmp / f"{name}.toml"
         cfg.write_text(CONFIG.format(port=self.port, store=store, data=self.data,
-                                     cert=pki.server_cert, key=pki.server_key,  # type: ignore
+                                     cert=pki.server_cert, key=pki.server_key,
                                      durable=str(durable).lower()))
         self.env, self.cfg, self.store = env, cfg, store
-        self.ctx: ssl.SSLContext = client_context(str(pki.ca_cert))  # type: ignore[attr-defined]
+        self.ctx: ssl.SSLContext = client_context(str(pki.ca_cert))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -104,7 +106,7 @@ class Server:
 
 
 def call(conn: http.client.HTTPSConnection, method: str, path: str, token: str,
-         body: object = None) -> tuple[int, object]:
+         body: object = None) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {token}"}
     data = None if body is None else json.dumps(body).encode()
     if data is not None:
@@ -115,7 +117,7 @@ def call(conn: http.client.HTTPSConnection, method: str, path: str, token: str,
     return resp.status, json.loads(payload) if payload else None
 
 
-def throughput(args: argparse.Namespace, tmp: Path, pki: object, env: dict[str, str],
+def throughput(args: argparse.Namespace, tmp: Path, pki: DevPki, env: dict[str, str],
                secret: bytes) -> None:
     admin = issue_token(secret, subject="bench-admin", role="administrator")
     service = issue_token(secret, subject="bench-service", role="service")
@@ -128,8 +130,8 @@ def throughput(args: argparse.Namespace, tmp: Path, pki: object, env: dict[str, 
     try:
         port = free_port()
         baseline = subprocess.Popen([sys.executable, str(HERE / "echo_server.py"), "--port",
-                                     str(port), "--cert", str(pki.server_cert),  # type: ignore
-                                     "--key", str(pki.server_key), "--pin-cpu", "0"],  # type: ignore
+                                     str(port), "--cert", str(pki.server_cert),
+                                     "--key", str(pki.server_key), "--pin-cpu", "0"],
                                     stdout=subprocess.DEVNULL)
         wait_listening(port)
         urls["baseline"], procs["baseline"] = f"https://127.0.0.1:{port}/v1/keys/k/encrypt", baseline.pid
@@ -139,7 +141,7 @@ def throughput(args: argparse.Namespace, tmp: Path, pki: object, env: dict[str, 
             status, key = call(srv.conn(), "POST", "/v1/keys", admin,
                                {"algorithm": "aes-256-gcm", "usage": "encrypt"})
             assert status == 201, key
-            urls[name] = f"https://127.0.0.1:{srv.port}/v1/keys/{key['id']}/encrypt"  # type: ignore
+            urls[name] = f"https://127.0.0.1:{srv.port}/v1/keys/{key['id']}/encrypt"
             assert srv.proc is not None
             procs[name] = srv.proc.pid
         for name in urls:
@@ -206,7 +208,7 @@ def populate(srv: Server, master: bytes, count: int) -> None:
     store.close()
 
 
-def timed(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
+def timed(fn: Callable[[], object], repeat: int) -> float:
     samples = []
     for _ in range(repeat):
         start = time.perf_counter()
@@ -215,7 +217,7 @@ def timed(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
     return statistics.median(samples)
 
 
-def listing(args: argparse.Namespace, tmp: Path, pki: object, env: dict[str, str],
+def listing(args: argparse.Namespace, tmp: Path, pki: DevPki, env: dict[str, str],
             secret: bytes, master: bytes) -> None:
     auditor = issue_token(secret, subject="bench-auditor", role="auditor")
     cases = [("filesystem", 5000), ("sqlite", 5000), ("sqlite", 100_000)]
@@ -238,8 +240,8 @@ def listing(args: argparse.Namespace, tmp: Path, pki: object, env: dict[str, str
                     path = "/v1/keys?limit=1000" + (f"&page_token={token}" if token else "")
                     status, page = call(conn, "GET", path, auditor)
                     assert status == 200, page
-                    seen += len(page["keys"])  # type: ignore[index]
-                    token = page.get("next_page_token")  # type: ignore[union-attr]
+                    seen += len(page["keys"])
+                    token = page.get("next_page_token")
                     if not token:
                         assert seen == count, seen
                         return

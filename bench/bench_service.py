@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -39,7 +40,7 @@ from ferrohsm.store.sqlite import SQLiteStore
 PLAINTEXT = b"x" * 32
 
 
-def rate(fn, seconds: float) -> float:  # type: ignore[no-untyped-def]
+def rate(fn: Callable[[], object], seconds: float) -> float:
     n, batch = 0, 2000
     start = time.perf_counter()
     deadline = start + seconds

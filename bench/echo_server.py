@@ -38,7 +38,7 @@ class EchoHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(REPLY)))
         # end_headers() would flush the headers on their own: buffer the body with them instead.
-        self._headers_buffer.append(b"\r\n" + REPLY)  # type: ignore[attr-defined]
+        self._headers_buffer.append(b"\r\n" + REPLY)  # type: ignore[attr-defined]  # private, untyped in typeshed
         self.flush_headers()
 
     def log_message(self, format: str, *args: Any) -> None:  # stdlib's signature

@@ -14,7 +14,7 @@ import ipaddress
 import os
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,37 +160,61 @@ ENV_ALIASES = {"FERROHSM_LISTEN": ("server", "listen"),
                "FERROHSM_KEY_STORE": ("storage", "key_store")}
 
 
+_MISFIT = object()  # a converter's answer for a value of the wrong shape
+
+
+def _to_bool(value: Any) -> object:
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.lower() in ("true", "1", "yes")
+    return value if isinstance(value, bool) else _MISFIT
+
+
+def _to_int(value: Any) -> object:
+    if isinstance(value, str):
+        try:
+            return int(value.strip(), 10)
+        except ValueError:
+            return _MISFIT
+    return value if isinstance(value, int) and not isinstance(value, bool) else _MISFIT
+
+
+def _to_float(value: Any) -> object:
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return _MISFIT
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return _MISFIT
+
+
+def _to_str(value: Any) -> object:
+    return value if isinstance(value, str) else _MISFIT
+
+
+def _to_str_tuple(value: Any) -> object:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return _MISFIT
+
+
+# A field's type (the class, or its name under postponed annotations) -> its converter.
+_CONVERTERS: tuple[tuple[tuple[Any, ...], Callable[[Any], object]], ...] = (
+    ((bool, "bool"), _to_bool), ((int, "int"), _to_int), ((float, "float"), _to_float),
+    ((str, "str"), _to_str), (("tuple[str, ...]",), _to_str_tuple))
+
+
 def _coerce(value: Any, kind: Any, where: str) -> Any:
     """Convert a TOML/env/flag value to the field's type, or say exactly which setting is wrong."""
-    if kind in (bool, "bool"):
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return value.lower() in ("true", "1", "yes")
-        if isinstance(value, bool):
-            return value
-    elif kind in (int, "int"):
-        if isinstance(value, str):
-            try:
-                return int(value.strip(), 10)
-            except ValueError:
-                pass
-        elif isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif kind in (float, "float"):
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif kind in (str, "str"):
-        if isinstance(value, str):
-            return value
-    elif kind in ("tuple[str, ...]",):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return tuple(value)
+    for kinds, convert in _CONVERTERS:
+        if kind in kinds:
+            converted = convert(value)
+            if converted is not _MISFIT:
+                return converted
+            break
     raise ConfigError(f"{where}: expected {kind if isinstance(kind, str) else kind.__name__}, "
                       f"got {type(value).__name__}")
 
@@ -431,7 +455,7 @@ def load_secrets(config: Config, env: Mapping[str, str] | None = None) -> Secret
     if missing:
         raise ConfigError(f"missing secret(s): {', '.join(missing)} (set the environment variable "
                           "or the matching [secrets] file; `ferrohsm quickstart` generates them)")
-    assert master and jwt and hmac_key
+    assert master and jwt and hmac_key  # noqa: S101  narrows a type for mypy, not a runtime check
     jwt_bytes = jwt.encode("utf-8")
     if len(jwt_bytes) < 32:
         raise ConfigError("FERROHSM_JWT_HS256_SECRET must be at least 32 bytes")

@@ -60,8 +60,8 @@ class Incoming:
 class Conn:
     """Socket, buffers and state of one accepted connection (loop thread only)."""
 
-    __slots__ = ("buf", "client_cert_der", "deadline", "events", "first", "head", "idle_since",
-                 "drained", "eof", "keep_alive", "out", "peer", "received_at", "scan", "sock",
+    __slots__ = ("buf", "client_cert_der", "deadline", "drained", "eof", "events", "first", "head",
+                 "idle_since", "keep_alive", "out", "peer", "received_at", "scan", "sock",
                  "state", "tls")
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int]) -> None:
@@ -119,7 +119,7 @@ class Conn:
                                                          body_timeout):
                 return None
             head = self.head
-            assert head is not None
+            assert head is not None  # noqa: S101  narrows a type for mypy, not a runtime check
             if len(self.buf) < head.content_length:
                 return None
             body = bytes(self.buf[:head.content_length])

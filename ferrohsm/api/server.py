@@ -246,7 +246,7 @@ class HardenedHTTPServer:
 
     def _turn(self) -> None:
         """One select, then everything that became ready, in a fixed order."""
-        assert self._selector is not None
+        assert self._selector is not None  # noqa: S101  type narrowing
         timeout = self._wait_time()
         now = time.monotonic()
         self._dispatcher.hand_over(self._in_progress, now)
@@ -315,7 +315,7 @@ class HardenedHTTPServer:
             time.sleep(0.05)  # e.g. EMFILE on accept: do not spin
 
     def _drain_wake(self) -> None:
-        assert self._wake_r is not None
+        assert self._wake_r is not None  # noqa: S101  narrows a type for mypy, not a runtime check
         try:
             while self._wake_r.recv(4096):
                 pass
@@ -325,7 +325,7 @@ class HardenedHTTPServer:
     # ----------------------------------------------------------------- accepting
 
     def _accept(self, now: float) -> None:
-        assert self._listener is not None
+        assert self._listener is not None  # noqa: S101  type narrowing
         while len(self._conns) < self.max_connections and not self._draining:
             try:
                 sock, addr = self._listener.sock.accept()
@@ -385,7 +385,7 @@ class HardenedHTTPServer:
 
     def _handshake(self, conn: Conn, now: float) -> None:
         tls = conn.tls
-        assert tls is not None
+        assert tls is not None  # noqa: S101  narrows a type for mypy, not a runtime check
         try:
             tls.do_handshake()
         except ssl.SSLWantReadError:
@@ -532,7 +532,7 @@ class HardenedHTTPServer:
         for conn in [c for c in self._conns if c.deadline <= now]:
             if conn.state in (HEAD, BODY):  # a started request ran out of time: say so
                 incoming = conn.timed_out(self.limits, now)
-                assert incoming.error is not None
+                assert incoming.error is not None  # noqa: S101  type narrowing
                 self._guarded(conn, self._respond, conn, incoming,
                               error_response(incoming.error, incoming.request.request_id))
             else:

@@ -62,7 +62,7 @@ DetailValue = str | int | bool | None
 EVENT_FIELDS = ("action", "actor", "client_fingerprint", "correlation_id", "details", "key_id",
                 "key_version", "message", "outcome", "request_id", "role", "session",
                 "source_ip", "trace_id")
-RECORD_FIELDS = tuple(sorted(EVENT_FIELDS + ("v", "id", "seq", "ts", "prev_hash")))
+RECORD_FIELDS = tuple(sorted((*EVENT_FIELDS, "v", "id", "seq", "ts", "prev_hash")))
 
 # Byte layout of the tail of a stored line: body[:-1] + HASH_TAG + hash + HMAC_TAG + hmac + END.
 HASH_TAG = b',"hash":"'

@@ -203,18 +203,7 @@ class FileSink(ChainedSink):
 
     def _persist(self, events: list[PreparedEvent], sync: bool = True) -> list[dict[str, Any]]:
         self._check_live_segment()
-        fd, number, size = self._fd, self._segno, self._size
-        needs_start = self._needs_start
-        if size >= self._max_bytes:
-            if self.durable and self._synced_size < size:
-                try:  # written-but-unsynced records must be flushed before their fd is closed
-                    self._fsync(fd)
-                except BaseException:
-                    self._undo(fd, number, self._synced_size, fsync_failed=True)
-                    raise
-                self._synced_size = size
-            number, size, needs_start = number + 1, 0, True
-            fd = self._create_segment(number)
+        fd, number, size, needs_start = self._segment_with_room()
         lines = []
         if needs_start:
             lines.append(self._seal(self._system_event(
@@ -227,15 +216,7 @@ class FileSink(ChainedSink):
             records.append(record)
             lines.append(line)
         data = b"\n".join(lines) + b"\n"
-        try:
-            self._write_all(fd, data)
-        except BaseException:
-            self._undo(fd, number, size, fsync_failed=False)
-            raise
-        finally:
-            if fd != self._fd:  # a new segment stays live even if this group failed
-                self._adopt(fd, number, size)
-                self._needs_start = True
+        self._append_group(fd, number, size, data)
         try:
             if self.durable and sync:
                 self._fsync(fd)
@@ -248,6 +229,35 @@ class FileSink(ChainedSink):
         if sync or not self.durable:
             self._synced_size = self._size
         return records
+
+    def _segment_with_room(self) -> tuple[int, int, int, bool]:
+        """(fd, segment number, size, whether a segment_start record comes first) to append to:
+        the live segment, or a new one once the live one is full."""
+        fd, number, size = self._fd, self._segno, self._size
+        if size < self._max_bytes:
+            return fd, number, size, self._needs_start
+        if self.durable and self._synced_size < size:
+            try:  # written-but-unsynced records must be flushed before their fd is closed
+                self._fsync(fd)
+            except BaseException:
+                self._undo(fd, number, self._synced_size, fsync_failed=True)
+                raise
+            self._synced_size = size
+        number += 1
+        return self._create_segment(number), number, 0, True
+
+    def _append_group(self, fd: int, number: int, size: int, data: bytes) -> None:
+        """Append a group's bytes at ``size``; a failed write is cut off again. A new segment
+        becomes the live one either way."""
+        try:
+            self._write_all(fd, data)
+        except BaseException:
+            self._undo(fd, number, size, fsync_failed=False)
+            raise
+        finally:
+            if fd != self._fd:  # a new segment stays live even if this group failed
+                self._adopt(fd, number, size)
+                self._needs_start = True
 
     def _sync_token(self) -> tuple[int, int, int]:
         """(a duplicate of the live fd, its segment, the size to cover): the duplicate stays

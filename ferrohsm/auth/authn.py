@@ -175,7 +175,7 @@ def _opt_str(claims: Mapping[str, Any], name: str) -> str | None:
 def check_times(claims: Mapping[str, Any], now: float, leeway: int, max_ttl: int) -> int:
     iat, exp = _int(claims, "iat", True), _int(claims, "exp", True)
     nbf = _int(claims, "nbf")
-    assert iat is not None and exp is not None  # required=True never returns None
+    assert iat is not None and exp is not None  # noqa: S101  narrows: required=True never returns None
     if now >= exp + leeway:
         raise TokenRejected("token expired", "expired")
     if iat > now + leeway or (nbf is not None and nbf > now + leeway):

@@ -82,7 +82,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
                             ttl=config.auth.max_token_ttl_seconds, issuer=config.auth.issuer,
                             audience=config.auth.audience)
         host = parse_listen(config.server.listen)[0]
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104  compares, binds nothing
         print(f"export FERROHSM_URL=https://{host}:{port}")
         print(f"export FERROHSM_CA_CERT={Path(pki.ca_cert).resolve()}")
         print(f"export FERROHSM_TOKEN={token}")

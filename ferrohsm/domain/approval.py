@@ -212,11 +212,11 @@ def vote(approval: Approval, voter: Principal, approve: bool, now: datetime,
                        "each approver counts once")
     if not approve:
         ballot = Vote(voter.subject, voter.role.value, False, now, comment[:MAX_COMMENT])
-        return move(approval, Event.DENY, now, votes=approval.votes + (ballot,))
+        return move(approval, Event.DENY, now, votes=(*approval.votes, ballot))
     if approval.state is A:
         raise InvalidTransition(f"approval {approval.id} already has its quorum")
     ballot = Vote(voter.subject, voter.role.value, True, now, comment[:MAX_COMMENT])
-    votes = approval.votes + (ballot,)
+    votes = (*approval.votes, ballot)
     done = sum(v.approve for v in votes) >= approval.required
     return move(approval, Event.QUORUM if done else Event.APPROVE, now, votes=votes)
 

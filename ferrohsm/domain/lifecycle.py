@@ -139,7 +139,7 @@ def rotate(key: Key, sealed: bytes, now: datetime, actor: str) -> Key:
     number = len(key.versions) + 1
     added = KeyVersion(number, VersionState.ENABLED, now, sealed)
     return key.with_event(now, actor, "rotate", f"version {number} is primary", state=state,
-                          versions=key.versions + (added,), primary_version=number)
+                          versions=(*key.versions, added), primary_version=number)
 
 
 def rollback(key: Key, version: int, now: datetime, actor: str) -> Key:

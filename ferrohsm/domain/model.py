@@ -161,7 +161,7 @@ class Key:
     def with_event(self, now: datetime, actor: str, action: str, detail: str = "", **changes: Any) -> Key:
         """A copy with ``changes`` applied, ``updated_at`` set and one history event appended."""
         event = HistoryEvent(now, actor, action, detail[:MAX_HISTORY_DETAIL])
-        return replace(self, updated_at=now, history=self.history + (event,), **changes)
+        return replace(self, updated_at=now, history=(*self.history, event), **changes)
 
 
 @dataclass(frozen=True, slots=True)

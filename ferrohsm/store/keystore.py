@@ -122,7 +122,7 @@ class KeyStore(ABC):
 
     def append_version(self, key: Key, sealed: bytes, now: datetime) -> Key:
         added = KeyVersion(len(key.versions) + 1, VersionState.ENABLED, now, sealed)
-        return self.update(replace(key, versions=key.versions + (added,), updated_at=now))
+        return self.update(replace(key, versions=(*key.versions, added), updated_at=now))
 
     def set_primary(self, key: Key, version: int, now: datetime) -> Key:
         key.version(version)

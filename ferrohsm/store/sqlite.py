@@ -386,7 +386,7 @@ def _select(columns: str, f: KeyFilter, after: str | None, *, order: bool = True
     if f.name_prefix is not None:
         where.append("substr(k.name, 1, ?) = ?")
         args += [len(f.name_prefix), f.name_prefix]
-    sql = f"SELECT {columns} FROM keys AS k{joins}"
+    sql = f"SELECT {columns} FROM keys AS k{joins}"  # noqa: S608  fixed fragments; values bind to ?
     if where:
         sql += " WHERE " + " AND ".join(where)
     return (sql + f" ORDER BY {id_col}" if order else sql), args

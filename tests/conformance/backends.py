@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-S = TypeVar("S")
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=Closable)
 
 
 @dataclass
@@ -29,4 +34,4 @@ def serve_backend(kind: str, persistent: bool, opener: Callable[[], S]) -> Itera
     found = Backend(kind, persistent, opener)
     yield found
     for store in found.opened:
-        store.close()  # type: ignore[attr-defined]
+        store.close()

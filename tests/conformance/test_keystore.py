@@ -10,7 +10,7 @@ import base64
 import threading
 from dataclasses import replace
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -27,7 +27,7 @@ from ferrohsm.domain.model import Key, KeyFilter, KeyState, VersionState
 from ferrohsm.store.keystore import MAX_PAGE, KeyStore, encode_page_token
 
 if TYPE_CHECKING:  # fixtures come from conftest.py; only their types are imported
-    from conftest import Backend, KeyFactory
+    from keystores import Backend, KeyFactory
 
 
 def walk(store: KeyStore, filters: KeyFilter, limit: int) -> list[str]:
@@ -103,7 +103,7 @@ def test_duplicate_id_is_a_conflict_not_a_name_clash(store: KeyStore, factory: K
 # ---- listing -------------------------------------------------------------------------------
 
 def _population(store: KeyStore, factory: KeyFactory) -> list[Key]:
-    specs: list[dict[str, object]] = [
+    specs: list[dict[str, Any]] = [
         {"name": "alpha-1", "tags": ("prod", "pci")},
         {"name": "alpha-2", "usage": "wrap", "tags": ("prod",), "state": KeyState.REVOKED},
         {"name": "beta", "algorithm": "ec-p256", "usage": "sign"},
@@ -117,7 +117,7 @@ def _population(store: KeyStore, factory: KeyFactory) -> list[Key]:
         {"usage": "wrap"},
         {"name": "delta", "algorithm": "ec-p256", "usage": "sign", "tags": ("prod", "dev", "pci")},
     ]
-    return [store.create(factory.key(**spec)) for spec in specs]  # type: ignore[arg-type]
+    return [store.create(factory.key(**spec)) for spec in specs]
 
 
 FILTERS = [
@@ -217,7 +217,7 @@ def test_a_token_for_an_unknown_id_is_valid(store: KeyStore, factory: KeyFactory
 @pytest.mark.parametrize("limit", [0, -1, MAX_PAGE + 1, True, 1.5, "10", None])
 def test_limit_bounds(store: KeyStore, limit: object) -> None:
     with pytest.raises(BadRequest):
-        store.list(KeyFilter(), limit)  # type: ignore[arg-type]
+        store.list(KeyFilter(), limit)  # type: ignore[arg-type]  # wrong types are the point
 
 
 def test_limit_extremes_are_accepted(store: KeyStore, factory: KeyFactory) -> None:
@@ -316,11 +316,11 @@ def test_delete_removes_the_record_and_frees_the_name(store: KeyStore,
                                                       factory: KeyFactory) -> None:
     keep = store.create(factory.key(name="keep", tags=("x",)))
     gone = store.create(factory.key(name="gone", tags=("x",)))
-    store.delete(gone.id)  # type: ignore[attr-defined]
+    store.delete(gone.id)
     with pytest.raises(NotFound):
         store.get(gone.id)
     with pytest.raises(NotFound):
-        store.delete(gone.id)  # type: ignore[attr-defined]
+        store.delete(gone.id)
     assert walk(store, KeyFilter(tag="x"), 10) == [keep.id] and store.count() == 1
     store.create(factory.key(name="gone"))
 
@@ -369,7 +369,7 @@ def test_failed_writes_change_nothing(backend: Backend, factory: KeyFactory) -> 
     store = backend.open()
     key = store.create(factory.key(name="stable", tags=("prod",)))
     store.put_meta("check-value", b"old")
-    store.fail_writes = True  # type: ignore[attr-defined]
+    store.fail_writes = True  # type: ignore[attr-defined]  # each backend's fault hook, not the port
     with pytest.raises(StoreError) as caught:
         store.create(factory.key(name="newcomer", tags=("prod",)))
     assert "injected" in str(caught.value) or "write" in str(caught.value)
@@ -378,7 +378,7 @@ def test_failed_writes_change_nothing(backend: Backend, factory: KeyFactory) -> 
     with pytest.raises(StoreError):
         store.put_meta("check-value", b"new")
     _assert_unchanged(store, key)
-    store.fail_writes = False  # type: ignore[attr-defined]
+    store.fail_writes = False  # type: ignore[attr-defined]  # each backend's fault hook, not the port
     store.create(factory.key(name="newcomer"))  # nothing was left half-reserved
     assert store.update(key).revision == 2
     if backend.persistent:
@@ -401,7 +401,7 @@ def test_errors_and_health_never_show_sealed_bytes(backend: Backend,
     store = backend.open()
     key = store.create(factory.key(name="secretive"))
     sealed_b64 = base64.b64encode(factory.sealed("v1")).decode()
-    store.fail_writes = True  # type: ignore[attr-defined]
+    store.fail_writes = True  # type: ignore[attr-defined]  # each backend's fault hook, not the port
     with pytest.raises(StoreError) as caught:
         store.update(lc.revoke(key, factory.later, "alice"))
     for text in (str(caught.value), repr(store.describe())):
@@ -413,8 +413,8 @@ def test_bulk_create_is_all_or_nothing(store: KeyStore, factory: KeyFactory) -> 
     existing = store.create(factory.key(name="taken"))
     batch = [factory.key(name=f"bulk-{n}") for n in range(5)]
     with pytest.raises(NameTaken):
-        store.bulk_create(batch + [factory.key(name="taken")])  # type: ignore[attr-defined]
+        store.bulk_create([*batch, factory.key(name="taken")])
     assert store.count() == 1
-    store.bulk_create(batch)  # type: ignore[attr-defined]
+    store.bulk_create(batch)
     assert walk(store, KeyFilter(name_prefix="bulk-"), 2) == sorted(k.id for k in batch)
     assert store.get(batch[0].id).revision == 1 and store.get(existing.id) == existing

@@ -163,7 +163,7 @@ class RawClient:
         version, status, reason = status_line.split(" ", 2)
         assert version == "HTTP/1.1"
         headers = [tuple(line.split(": ", 1)) for line in lines]
-        response = RawResponse(int(status), reason, headers, b"", raw_head=head)  # type: ignore[arg-type]
+        response = RawResponse(int(status), reason, headers, b"", raw_head=head)  # type: ignore[arg-type]  # 2-tuples: split once
         length = 0 if head_only else int(response.header("Content-Length") or 0)
         while len(self.buf) < length:
             self._fill()

@@ -16,7 +16,7 @@ import secrets
 import ssl
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,7 @@ def fresh_ip() -> str:
 
 
 def send(srv: LiveServer, method: str, path: str, *, token: str | None = None,
-         body: Any = None, headers: list[tuple[str, str]] = (),  # type: ignore[assignment]
+         body: Any = None, headers: Sequence[tuple[str, str]] = (),
          ctx: ssl.SSLContext | None = None, xff: str | None = "auto",
          conn: http.client.HTTPSConnection | None = None) -> Reply:
     """One request with exact header control (repeated fields allowed)."""
@@ -132,8 +132,8 @@ def send(srv: LiveServer, method: str, path: str, *, token: str | None = None,
             conn.close()
 
 
-def public_pem(key: Any) -> bytes:
-    return key.public_key().public_bytes(  # type: ignore[no-any-return]
+def public_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+    return key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -154,7 +154,7 @@ def thumbprint(cert_path: Path) -> str:
 
 
 def audit_records(srv: LiveServer) -> list[dict[str, Any]]:
-    return srv.rt.audit.read(0, 100000)  # type: ignore[no-any-return]
+    return srv.rt.audit.read(0, 100000)
 
 
 # ---- servers ----------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ def main(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
             ("rate_limit", "ip_requests_per_second"): 1.0, ("rate_limit", "ip_burst"): 5,
             ("rate_limit", "auditor_requests_per_second"): 2.0, ("rate_limit", "auditor_burst"): 3,
             ("rate_limit", "max_tracked"): 100})
-    wired(srv).jwks = jwks  # type: ignore[attr-defined]
+    wired(srv).jwks = jwks  # type: ignore[attr-defined]  # read back by the tests below
     for value in (srv.secrets.master_key, srv.secrets.jwt_hs256_secret,
                   srv.secrets.audit_hmac_key):
         VAULT.add(value)
@@ -298,7 +298,7 @@ def test_token_in_the_query_string_is_never_accepted(main: LiveServer) -> None:
 
 
 def test_keyset_reload_add_remove_and_malformed(main: LiveServer) -> None:
-    jwks: Path = main.jwks  # type: ignore[attr-defined]
+    jwks: Path = main.jwks  # type: ignore[attr-defined]  # set by the main fixture
     es1 = mint(Keys.es1, algorithm="ES256", kid="es-1")
     es2 = mint(Keys.es2, algorithm="ES384", kid="es-2")
     assert send(main, "GET", "/v1/keys", token=es1)[0] == 200
@@ -348,7 +348,7 @@ def test_rate_limit_429_then_recovery(main: LiveServer) -> None:
     token = mint(secret, subject="rl-auditor", role="auditor")
     conn = http.client.HTTPSConnection("127.0.0.1", main.port, context=main.ctx, timeout=10)
     try:
-        statuses = []
+        statuses: list[int] = []
         while len(statuses) < 20 and 429 not in statuses:  # burst 3, then 2/s: 429 comes soon
             status, headers, body = send(main, "GET", "/v1/keys", token=token, conn=conn)
             statuses.append(status)

@@ -102,7 +102,7 @@ def create(cli: Cli, algorithm: str, usage: str, *extra: str) -> dict[str, Any]:
     result = cli("keys", "create", "--algorithm", algorithm, "--usage", usage, "--name", name,
                  *extra, "--json")
     assert result.code == 0, result.err
-    return result.json()  # type: ignore[no-any-return]
+    return result.json()  # type: ignore[no-any-return]  # parsed JSON
 
 
 def assert_api_error(result: Result, code: str) -> None:
@@ -446,7 +446,7 @@ def test_client_retries_only_idempotent_calls(make_server: Any, dev_pki: Any) ->
         assert client.request("GET", "/x") == {"ok": True}
         assert [m for m, _ in seen] == ["GET"] * 3
         seen.clear()
-        server.app = counting_app([503], seen)  # type: ignore[attr-defined]
+        server.app = counting_app([503], seen)
         with pytest.raises(ServerError) as caught:
             client.request("POST", "/x", {})
         assert [m for m, _ in seen] == ["POST"]

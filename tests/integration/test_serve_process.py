@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ferrohsm.tls.context import client_context
 
@@ -39,7 +40,7 @@ def start(data: Path, *extra: str, env: dict[str, str] | None = None
 
 
 def call(exports: dict[str, str], method: str, path: str, body: object = None,
-         token: str | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]
+         token: str | None = None) -> tuple[int, dict[str, Any]]:
     url = exports["FERROHSM_URL"].removeprefix("https://")
     host, _, port = url.rpartition(":")
     conn = http.client.HTTPSConnection(host, int(port),
@@ -79,8 +80,8 @@ def test_quickstart_restart_and_graceful_stop(tmp_path: Path) -> None:
     assert oct(data.stat().st_mode & 0o777) == "0o700"
     for secret in ("master.key", "jwt.secret", "audit-hmac.key"):
         assert oct((data / secret).stat().st_mode & 0o777) == "0o600"
-    status, key = call(exports, "POST", "/v1/keys", {"algorithm": "aes-256-gcm",
-                                                     "usage": "encrypt", "name": "kept"})
+    status, _ = call(exports, "POST", "/v1/keys", {"algorithm": "aes-256-gcm",
+                                                   "usage": "encrypt", "name": "kept"})
     assert status == 201
     svc = service_token(data)
     status, ct = call(exports, "POST", "/v1/keys/kept/encrypt",

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from test_serve_process import ROOT, call, service_token, start, stop
 
@@ -66,7 +67,7 @@ def test_kill_9_loses_no_acknowledged_record(tmp_path: Path) -> None:
 
 
 def call_with_id(exports: dict[str, str], key_id: str, token: str, rid: str
-                 ) -> tuple[int, dict]:  # type: ignore[type-arg]
+                 ) -> tuple[int, dict[str, Any]]:
     import http.client
 
     from ferrohsm.tls.context import client_context

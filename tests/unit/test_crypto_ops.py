@@ -366,7 +366,7 @@ def test_token_round_trip_and_exact_text() -> None:
     assert ops.parse_token("fhsm:v999999999:AA==") == (999_999_999, b"\0")
     for version in (0, -1, 10 ** 9, True, "1"):
         with pytest.raises(ValueError):
-            ops.format_token(version, b"x")  # type: ignore[arg-type]
+            ops.format_token(version, b"x")  # type: ignore[arg-type]  # wrong types are the point
 
 
 @settings(database=None, max_examples=300)

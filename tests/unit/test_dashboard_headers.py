@@ -41,7 +41,7 @@ GENEROUS = Limit(1000.0, 1000)
 def make_app(per_ip: Limit = GENEROUS) -> Application:
     router = Router()
     dashboard.register(router, SITE)
-    return Application(router, NoAuth(), ServerMetrics(),  # type: ignore[arg-type]
+    return Application(router, NoAuth(), ServerMetrics(),  # type: ignore[arg-type]  # NoAuth: a stand-in authenticator
                        lambda *a: None, RateLimiter(RateLimitPolicy(per_ip=per_ip)))
 
 
@@ -156,7 +156,7 @@ def test_refusals_made_before_the_handler_are_hardened_too() -> None:
 
 
 def test_missing_index_stops_start_up() -> None:
-    with pytest.raises(RuntimeError, match="index.html"):
+    with pytest.raises(RuntimeError, match=r"index\.html"):
         dashboard.load_site("ferrohsm.api.handlers")
 
 

@@ -35,7 +35,7 @@ def test_hits_until_the_entry_expires() -> None:
 def test_bounded() -> None:
     cache: MaterialCache[int] = MaterialCache(3, ttl_seconds=60)
     for n in range(10):
-        cache.get_or_load(("k", n, b"s"), lambda n=n: n)  # type: ignore[misc]
+        cache.get_or_load(("k", n, b"s"), lambda n=n: n)  # type: ignore[misc]  # mypy cannot infer a lambda with a default
     stats = cache.stats()
     assert stats["entries"] == 3 and stats["evictions"] == 7
 

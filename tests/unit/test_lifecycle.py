@@ -88,7 +88,7 @@ def test_every_version_state_use_pair(vstate: VersionState, use: lc.Use) -> None
     key = replace(make_key(), usage=lc.USAGE_OF_USE[use])
     v1 = replace(key.versions[0], state=vstate, sealed=None if vstate is VersionState.DESTROYED
                  else b"s1")
-    key = replace(key, versions=(v1,) + key.versions[1:])
+    key = replace(key, versions=(v1, *key.versions[1:]))
     if use in lc.PROTECT:
         with pytest.raises(BadRequest):  # protect ops never pick an old version
             lc.check_use(key, use, version=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -11,6 +12,7 @@ from ferrohsm.domain import lifecycle as lc
 from ferrohsm.domain.errors import BadRequest
 from ferrohsm.domain.ids import uuid7
 from ferrohsm.domain.model import (
+    Key,
     KeyFilter,
     KeyState,
     key_from_record,
@@ -23,7 +25,7 @@ from ferrohsm.domain.model import (
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
-def key(**kw: object):  # type: ignore[no-untyped-def]
+def key(**kw: Any) -> Key:
     base = lc.new_key(key_id=uuid7(), name="release-signing", description="d",
                       algorithm="ec-p256", usage="sign", tags=("prod", "pci"), sealed=b"\x01s",
                       now=NOW, actor="alice")
@@ -48,7 +50,7 @@ def test_view_never_contains_sealed_material() -> None:
                                   "6f1c0e1a-0000-4000-8000-000000000000", 7])
 def test_bad_names(name: object) -> None:
     with pytest.raises(BadRequest):
-        validate_name(name)  # type: ignore[arg-type]
+        validate_name(name)  # type: ignore[arg-type]  # wrong types are the point
 
 
 @pytest.mark.parametrize("tags", [("PCI",), ("a", "a"), ("x" * 64,), tuple(f"t{i}" for i in range(33)),

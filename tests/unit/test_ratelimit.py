@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from ferrohsm.auth.ratelimit import (
@@ -71,8 +73,8 @@ def test_evicting_a_refilled_bucket_is_not_counted_as_a_loss() -> None:
     assert buckets.evicted == 2 and buckets.evicted_unfull == 1
 
 
-def limiter(**kw: object) -> RateLimiter:
-    return RateLimiter(RateLimitPolicy(**kw))  # type: ignore[arg-type]
+def limiter(**kw: Any) -> RateLimiter:
+    return RateLimiter(RateLimitPolicy(**kw))
 
 
 def test_a_new_token_for_the_same_subject_shares_the_bucket() -> None:

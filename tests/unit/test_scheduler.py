@@ -18,7 +18,7 @@ from servicekit import RecordingAudit
 from ferrohsm.audit.chain import AuditEvent
 from ferrohsm.audit.sinks import FileSink
 from ferrohsm.control.policy import Policy, Rules, TagPolicy
-from ferrohsm.control.scheduler import Job, JobKind, RetentionScheduler, plan
+from ferrohsm.control.scheduler import Job, JobKind, RetentionScheduler, TickReport, plan
 from ferrohsm.crypto.seal import Sealer
 from ferrohsm.domain import lifecycle as lc
 from ferrohsm.domain.errors import ApprovalRequired, Conflict, InvalidTransition
@@ -102,7 +102,7 @@ def ctx(principal: Principal, approval_id: str | None = None) -> RequestContext:
     return RequestContext(principal, request_id="req", approval_id=approval_id)
 
 
-def service(store: KeyStore, audit: Any, clock: Clock,
+def service(store: KeyStore, audit: Any, clock: ClockBase,
             approvals: ApprovalStore | None = None) -> KeyService:
     policy = Policy.from_config(TAGS, default_grace_hours=24)
     engine = KeyEngine(store, Sealer(bytes(range(32))), MaterialCache(64, 300))
@@ -112,13 +112,13 @@ def service(store: KeyStore, audit: Any, clock: Clock,
 
 
 @pytest.fixture
-def world() -> Iterator[tuple[KeyService, Audit, Clock, RetentionScheduler]]:
+def world() -> Iterator[tuple[KeyService, Audit, ClockBase, RetentionScheduler]]:
     clock, audit = Clock(), Audit()
     svc = service(MemoryStore(), audit, clock)
     yield svc, audit, clock, RetentionScheduler(svc, approval_retention_days=30)
 
 
-World = tuple[KeyService, Audit, Clock, RetentionScheduler]
+World = tuple[KeyService, Audit, ClockBase, RetentionScheduler]
 
 
 def approval_of(exc: ApprovalRequired) -> str:
@@ -348,8 +348,8 @@ def test_scheduler_prunes_the_sqlite_audit_log_and_the_rest_verifies(tmp_path: P
     # Only the audit hook is exercised here; the scheduler's key work is covered above.
     scheduler = RetentionScheduler.__new__(RetentionScheduler)
     scheduler.audit_prune = sink.prune
-    report = type("R", (), {"failed": 0, "audit_pruned": 0})()
-    RetentionScheduler._prune_audit(scheduler, clock[0], report)  # type: ignore[arg-type]
+    report = TickReport()
+    RetentionScheduler._prune_audit(scheduler, clock[0], report)
     assert report.audit_pruned >= 10
     records = sink.read(0, 1000)
     assert records[0]["seq"] > 1 and any(r["action"] == "audit.checkpoint" for r in records)

@@ -43,7 +43,7 @@ def expect_integrity_error(sealer: Sealer, blob: bytes, **context: object) -> No
     """Unsealing fails with the documented message, which carries none of the bytes."""
     where = {**CONTEXT, **context}
     with pytest.raises(IntegrityError) as caught:
-        sealer.unseal(blob, **where)  # type: ignore[arg-type]
+        sealer.unseal(blob, **where)  # type: ignore[arg-type]  # callers pass wrong types on purpose
     message = str(caught.value)
     assert message == (f"sealed material of key {where['key_id']} version {where['version']} "
                        "failed its integrity check")
@@ -108,7 +108,7 @@ def test_unknown_format_byte_fails(sealer: Sealer, format_byte: int) -> None:
 
 @pytest.mark.parametrize("blob", [b"", b"\x01", "text", None, bytearray(60)])
 def test_garbage_fails_closed(sealer: Sealer, blob: object) -> None:
-    expect_integrity_error(sealer, blob)  # type: ignore[arg-type]
+    expect_integrity_error(sealer, blob)  # type: ignore[arg-type]  # wrong types are the point
 
 
 def test_tampering_one_key_leaves_the_other_intact(sealer: Sealer) -> None:
@@ -142,7 +142,7 @@ def test_adjacent_fields_cannot_trade_characters(sealer: Sealer) -> None:
 def test_sealing_refuses_nonsense_arguments(sealer: Sealer) -> None:
     for bad in ({"version": 0}, {"version": True}, {"version": 2 ** 32}, {"key_id": 1}):
         with pytest.raises((ValueError, TypeError)):
-            sealer.seal(MATERIAL, **{**CONTEXT, **bad})  # type: ignore[arg-type]
+            sealer.seal(MATERIAL, **{**CONTEXT, **bad})  # type: ignore[arg-type]  # wrong types are the point
     with pytest.raises(ValueError):
         sealer.seal(b"", **CONTEXT)
 
@@ -152,7 +152,7 @@ def test_sealing_refuses_nonsense_arguments(sealer: Sealer) -> None:
 @pytest.mark.parametrize("master", [b"", b"x" * 31, b"x" * 33, "x" * 32, bytearray(32)])
 def test_master_key_must_be_32_bytes(master: object) -> None:
     with pytest.raises(ConfigError, match="exactly 32 bytes"):
-        Sealer(master)  # type: ignore[arg-type]
+        Sealer(master)  # type: ignore[arg-type]  # wrong types are the point
 
 
 def test_check_value_verifies_under_the_same_master_only(sealer: Sealer) -> None:
