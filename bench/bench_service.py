@@ -55,7 +55,7 @@ def rate(fn: Callable[[], object], seconds: float) -> float:
 
 def engine_for(store: KeyStore) -> tuple[KeyEngine, str]:
     sealer = Sealer(os.urandom(32))
-    engine = KeyEngine(store, sealer, MaterialCache(4096, 300.0))
+    engine = KeyEngine(sealer, MaterialCache(4096, 300.0))
     key_id = uuid7()
     sealed = engine.new_material("aes-256-gcm", key_id, 1)
     store.create(lc.new_key(key_id=key_id, name="bench", description="", algorithm="aes-256-gcm",
@@ -81,7 +81,7 @@ def main() -> int:
         results["bare"].append(rate(lambda: aead.encrypt(os.urandom(12), PLAINTEXT, None),
                                     args.seconds))
         for name, (engine, key_id) in engines.items():
-            store = engine.store
+            store = stores[name]
             results.setdefault(name, []).append(rate(
                 lambda: engine.encrypt(store.get(key_id), PLAINTEXT, None), args.seconds))
     bare = statistics.median(results["bare"])

@@ -141,7 +141,7 @@ def build_runtime(config: Config, secrets: Secrets) -> Runtime:
         raise
     cache: MaterialCache[Any] = MaterialCache(config.crypto.cache_max_entries,
                                               config.crypto.cache_ttl_seconds)
-    engine = KeyEngine(store, sealer, cache, config.crypto.max_input_bytes)
+    engine = KeyEngine(sealer, cache, config.crypto.max_input_bytes)
     metrics = ServerMetrics()
     service = KeyService(store, engine, audit,
                          destroy_grace=lambda key: policy.rules_for(key).destroy_grace,

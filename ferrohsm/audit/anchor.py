@@ -10,9 +10,9 @@ The protection is as strong as the place the checkpoint is kept: someone who can
 directory can also delete ``checkpoints.jsonl`` (and read the signing key). Copy checkpoints and the
 public key somewhere else (a ticket, a SIEM, the auditor's laptop) for an external anchor.
 
-Checkpoint line: canonical JSON of ``{"v":1,"type":"ferrohsm.audit.checkpoint","log_id",
-"seq","head_hash","ts","key_fingerprint"}`` plus ``"sig"``: standard base64 of the Ed25519
-signature over the canonical JSON of the other fields.
+This is the signing side: it holds the private key and signs through crypto/signing.py. The
+checkpoint format and its verification (standard library only, for the offline verifier) are in
+checkpoint.py.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ import stat
 from datetime import datetime
 from typing import Any
 
-from ..crypto.signing import SigningKey, VerifyKey
+from ..crypto.signing import SigningKey
 from ..domain.errors import ConfigError
 from ..domain.model import iso
 from .chain import canonical_json
+from .checkpoint import CHECKPOINT_TYPE, signature_ok, signed_bytes
 
 log = logging.getLogger("ferrohsm.audit")
 
-CHECKPOINT_TYPE = "ferrohsm.audit.checkpoint"
 KEY_FILE = "audit-signing-key.pem"
 PUBLIC_KEY_FILE = "audit-signing-key.pub.pem"
 CHECKPOINT_FILE = "checkpoints.jsonl"
@@ -72,18 +72,6 @@ def load_signing_key(path: str) -> SigningKey:
         return SigningKey.load(data)
     except ValueError as exc:
         raise ConfigError(f"audit signing key {path}: {exc}") from None
-
-
-def signed_bytes(checkpoint: dict[str, Any]) -> bytes:
-    return canonical_json({k: v for k, v in checkpoint.items() if k != "sig"})
-
-
-def checkpoint_signature_ok(checkpoint: dict[str, Any], key: VerifyKey) -> bool:
-    try:
-        signature = base64.b64decode(str(checkpoint["sig"]), validate=True)
-    except (KeyError, ValueError):
-        return False
-    return key.verify(signature, signed_bytes(checkpoint))
 
 
 class Anchor:
@@ -146,7 +134,7 @@ class Anchor:
         return None
 
     def verify_own(self, checkpoint: dict[str, Any]) -> bool:
-        return checkpoint_signature_ok(checkpoint, self.public_key)
+        return signature_ok(checkpoint, self.public_key)
 
     def _drop_torn_tail(self) -> None:
         """A crash mid-append can leave half a line; cut it so the next checkpoint starts clean."""

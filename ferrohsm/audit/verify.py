@@ -1,7 +1,7 @@
 """Offline audit log verifier: ``ferrohsm audit verify PATH...``. Standard library only.
 
-It needs the HMAC key and nothing else (``cryptography`` is imported lazily, only to check an
-Ed25519-signed checkpoint when one is given). Inputs, concatenated in the order given, form one
+It needs the HMAC key and nothing else: no third-party package, not even to check an Ed25519-signed
+checkpoint (checkpoint.py, with the pure-Python verification of ed25519.py). Inputs, concatenated in the order given, form one
 chain: a file sink directory (its ``audit-NNNNNN.jsonl`` segments in numeric order), segment files,
 an exported JSONL file, or an SQLite sink database (recognised by its header).
 
@@ -31,8 +31,6 @@ How problems are told apart, at the first record that is not the expected next o
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import hashlib
 import hmac
 import itertools
@@ -54,11 +52,11 @@ from .chain import (
     SEQ_TAG,
     SUFFIX_LEN,
     canonical,
-    canonical_json,
     line_fields,
     split_line,
     stored_seq,
 )
+from .checkpoint import PublicKey, signature_ok
 from .offline import (
     VerifyInputError,
     chained_lines,
@@ -342,21 +340,11 @@ def _check_signature(cp: dict[str, Any], public_key_pem: bytes | None,
     if public_key_pem is None:
         notices.append("checkpoint signature NOT checked (no public key given)")
         return
-    try:  # the only use of a third-party library in the verifier, imported only when needed
-        from ..crypto.signing import VerifyKey
-    except ImportError:
-        raise VerifyInputError("checking a checkpoint signature needs the 'cryptography' "
-                               "package") from None
     try:
-        key = VerifyKey.from_pem(public_key_pem)
+        key = PublicKey.from_pem(public_key_pem)
     except ValueError as exc:
         raise VerifyInputError(f"the public key: {exc}") from None
-    signed = canonical_json({k: v for k, v in cp.items() if k != "sig"})
-    try:
-        signature = base64.b64decode(str(cp.get("sig", "")), validate=True)
-    except (binascii.Error, ValueError):
-        signature = b""
-    if not key.verify(signature, signed):
+    if not signature_ok(cp, key):
         raise _Problem(cp["seq"], "bad_checkpoint", "the checkpoint's signature does not verify "
                        "with the given public key")
 

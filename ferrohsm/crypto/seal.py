@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import os
 import struct
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -65,14 +66,21 @@ class Sealer:
 
     The raw master key is not kept as an attribute: only the AESGCM object built from it (once,
     since every seal/unseal reuses it) and a non-secret fingerprint for health output.
+
+    ``random_bytes`` is where nonces come from. Production always uses the default,
+    ``os.urandom``; the seam exists so that tests/vectors/sealed_blobs.json can record the exact
+    bytes of sealed blobs (with recorded nonces) and prove the on-disk format stays readable.
+    A GCM nonce must never repeat under one master key, so nothing else belongs here.
     """
 
-    __slots__ = ("_aead", "_fingerprint")
+    __slots__ = ("_aead", "_fingerprint", "_random_bytes")
 
-    def __init__(self, master_key: bytes) -> None:
+    def __init__(self, master_key: bytes, *,
+                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
         if not isinstance(master_key, bytes) or len(master_key) != MASTER_KEY_SIZE:
             raise ConfigError(f"the master key must be exactly {MASTER_KEY_SIZE} bytes")
         self._aead = AESGCM(master_key)
+        self._random_bytes = random_bytes
         mac = hmac.new(master_key, b"ferrohsm fingerprint", hashlib.sha256)
         self._fingerprint = mac.hexdigest()[:8]
 
@@ -111,7 +119,9 @@ class Sealer:
     def _seal(self, material: bytes, aad: bytes) -> bytes:
         if not isinstance(material, bytes) or not material:
             raise ValueError("material to seal must be non-empty bytes")
-        nonce = os.urandom(_NONCE_SIZE)
+        nonce = self._random_bytes(_NONCE_SIZE)
+        if len(nonce) != _NONCE_SIZE:
+            raise ValueError(f"the nonce source returned {len(nonce)} bytes, not {_NONCE_SIZE}")
         return b"".join((_HEADER, nonce, self._aead.encrypt(nonce, material, aad)))
 
     def _open(self, blob: bytes, aad: bytes) -> bytes | None:

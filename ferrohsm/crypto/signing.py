@@ -1,8 +1,9 @@
-"""Ed25519 signatures for the audit log's checkpoints (non-repudiation across services).
+"""Ed25519 signatures for the audit log's checkpoints: the server's signing side.
 
 Kept here so that ``crypto/`` stays the only importer of ``cryptography.hazmat``; the audit
-anchor does the file handling and calls these. Errors are ValueError with a message that never
-contains key bytes.
+anchor (audit/anchor.py) does the file handling and calls these. Offline verification does not
+come here: audit/checkpoint.py checks signatures with the standard library only. Errors are
+ValueError with a message that never contains key bytes.
 """
 
 from __future__ import annotations
@@ -21,16 +22,6 @@ class VerifyKey:
 
     def __init__(self, key: Ed25519PublicKey) -> None:
         self._key = key
-
-    @classmethod
-    def from_pem(cls, pem: bytes) -> VerifyKey:
-        try:
-            key = serialization.load_pem_public_key(pem)
-        except ValueError:
-            raise ValueError("not a PEM public key") from None
-        if not isinstance(key, Ed25519PublicKey):
-            raise ValueError("not an Ed25519 public key")
-        return cls(key)
 
     def verify(self, signature: bytes, data: bytes) -> bool:
         try:

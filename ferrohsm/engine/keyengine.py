@@ -14,14 +14,12 @@ from ..crypto.seal import Sealer
 from ..domain import lifecycle as lc
 from ..domain.errors import IntegrityError, PayloadTooLarge
 from ..domain.model import Key, KeyVersion
-from ..store.keystore import KeyStore
 from .keycache import MaterialCache
 
 
 class KeyEngine:
-    def __init__(self, store: KeyStore, sealer: Sealer, cache: MaterialCache[Any],
+    def __init__(self, sealer: Sealer, cache: MaterialCache[Any],
                  max_input_bytes: int = 64 * 1024) -> None:
-        self.store = store
         self.sealer = sealer
         self.cache = cache
         self.max_input = max_input_bytes

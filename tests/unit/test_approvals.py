@@ -205,7 +205,7 @@ class World:
     def __init__(self, approvals: ApprovalStore | None, store: MemoryStore | None = None) -> None:
         self.clock, self.audit = Clock(), Audit()
         self.store = store or MemoryStore()
-        engine = KeyEngine(self.store, Sealer(bytes(range(32))), MaterialCache(64, 300))
+        engine = KeyEngine(Sealer(bytes(range(32))), MaterialCache(64, 300))
         self.service = KeyService(self.store, engine, self.audit, clock=self.clock,
                                   policy=Policy.from_config(TAGS), approvals=approvals)
 

@@ -105,7 +105,7 @@ def ctx(principal: Principal, approval_id: str | None = None) -> RequestContext:
 def service(store: KeyStore, audit: Any, clock: ClockBase,
             approvals: ApprovalStore | None = None) -> KeyService:
     policy = Policy.from_config(TAGS, default_grace_hours=24)
-    engine = KeyEngine(store, Sealer(bytes(range(32))), MaterialCache(64, 300))
+    engine = KeyEngine(Sealer(bytes(range(32))), MaterialCache(64, 300))
     return KeyService(store, engine, audit, clock=clock, policy=policy,
                       approvals=approvals or MemoryApprovalStore(),
                       destroy_grace=lambda k: policy.rules_for(k).destroy_grace)
