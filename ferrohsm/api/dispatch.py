@@ -105,7 +105,7 @@ class Dispatcher:
         if not self._held:
             return
         flushing = self._handed != self._finished
-        waited = now - self._held_since >= MAX_HOLD
+        waited = now >= self._held_since + MAX_HOLD  # the very sum hold_deadline() reports
         if flushing and not waited:
             return
         if waited or self._held_requests >= HAND_OVER_SHARE * in_progress():

@@ -1,0 +1,343 @@
+"""KeyService: the one path every key operation takes.
+
+resolve + decide (once) → approvals → lifecycle → store → audit, inside the guarded call
+(service/guard.py): every call, allowed or refused, leaves one audit record, and a caller hears
+"success" only after that record is durable. When the audit log cannot be written, state changes
+are undone (compensated) and the call fails with 503: no record claims a change that did not
+persist, and no change persists without its record.
+
+Dual control (control/dualcontrol.py): an action that a key's tags put under dual control gets
+an APPROVAL decision (control/policy.py), and ``self.dual.gate`` acts on it: without
+``X-Approval-ID`` it creates a pending approval bound to the exact arguments and answers 202; the
+repeat with ``X-Approval-ID`` consumes the approval by compare-and-swap before the operation runs,
+so it runs at most once however many repeats race. Scheduler moves (authorize=False) are not gated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from ..auth.permissions import Action, may_see
+from ..control.dualcontrol import DualControl
+from ..control.policy import Decision, Policy, Verdict
+from ..crypto.algorithms import check_usage
+from ..domain import lifecycle as lc
+from ..domain.errors import (
+    CAS_RETRIES,
+    AuditUnavailable,
+    FerroError,
+    InvalidTransition,
+    StaleRevision,
+)
+from ..domain.ids import uuid7
+from ..domain.model import (
+    Key,
+    KeyFilter,
+    Page,
+    RequestContext,
+    iso,
+    validate_description,
+    validate_name,
+    validate_tags,
+)
+from ..engine.keyengine import KeyEngine
+from ..store.approvalstore import ApprovalStore
+from ..store.keystore import KeyStore
+from .approvals import ApprovalService
+from .guard import AuditLog, Guard, utcnow
+
+log = logging.getLogger("ferrohsm.service")
+# "crypto.encrypt" -> "encrypt": the operation label of the crypto metrics, computed once
+OPERATION = {a: a.value.rpartition(".")[2] for a in Action}
+
+
+class KeyService:
+    def __init__(self, store: KeyStore, engine: KeyEngine, audit: AuditLog, *,
+                 destroy_grace: Callable[[Key], timedelta] = lambda key: timedelta(hours=24),
+                 clock: Callable[[], datetime] = utcnow,
+                 on_crypto: Callable[[str, str, str], None] = lambda alg, op, outcome: None,
+                 policy: Policy | None = None, approvals: ApprovalStore | None = None
+                 ) -> None:
+        self.on_crypto = on_crypto  # (algorithm, operation, outcome) for metrics
+        self.store = store
+        self.engine = engine
+        self.audit = audit
+        self.destroy_grace = destroy_grace
+        self.clock = clock
+        self.policy = policy or Policy()
+        now = lambda: self.clock()  # read at call time, like every other use of self.clock
+        self.guard = Guard(audit, store, self.policy, now)
+        self.record = self.guard.record
+        self.dual = DualControl(approvals, self.guard, now)
+        self.approvals = ApprovalService(self.guard, self.dual, now)
+
+    # ---- key management ----
+
+    def create_key(self, ctx: RequestContext, *, algorithm: str, usage: str,
+                   name: str | None = None, description: str = "",
+                   tags: tuple[str, ...] = ()) -> Key:
+        def work() -> Key:
+            check_usage(algorithm, usage)
+            validate_name(name)
+            validate_description(description)
+            validate_tags(tags)
+            self.guard.require_audit()
+            key_id = uuid7()
+            sealed = self.engine.new_material(algorithm, key_id, 1)
+            key = self.store.create(lc.new_key(
+                key_id=key_id, name=name, description=description, algorithm=algorithm,
+                usage=usage, tags=tuple(tags), sealed=sealed, now=self.clock(), actor=ctx.actor))
+            try:
+                self.record(ctx, Action.KEY_CREATE, "success",
+                            f"created {algorithm} key for {usage}", key, 1, name=name)
+            except AuditUnavailable:
+                self._undo_create(key)
+                raise
+            return key
+        return self.guard.run(ctx, Action.KEY_CREATE, work)
+
+    def list_keys(self, ctx: RequestContext, filters: KeyFilter, limit: int = 100,
+                  page_token: str | None = None) -> Page:
+        def work() -> Page:
+            page = self.store.list(filters, limit, page_token)  # a bad page token: refused
+            principal = ctx.principal
+            if principal is not None and principal.tags is not None:
+                page = replace(page, keys=tuple(k for k in page.keys if may_see(principal, k)))
+            self.record(ctx, Action.KEY_LIST, "success", f"listed {len(page.keys)} keys")
+            return page
+        return self.guard.run(ctx, Action.KEY_LIST, work)
+
+    def count_keys(self, ctx: RequestContext, filters: KeyFilter) -> int | None:
+        """Total for a listing; None for a tag-scoped token, which must not learn how many keys
+        it cannot see."""
+        if ctx.principal is not None and ctx.principal.tags is not None:
+            return None
+        return self.store.count(filters)
+
+    def get_key(self, ctx: RequestContext, ref: str) -> Key:
+        def work(key: Key, decision: Decision) -> Key:
+            self.record(ctx, Action.KEY_READ, "success", "described key", key)
+            return key
+        return self.guard.on_key(ctx, Action.KEY_READ, ref, work)
+
+    def update_key(self, ctx: RequestContext, ref: str, description: str) -> Key:
+        def change(key: Key) -> Key:
+            validate_description(description)
+            return lc.update_description(key, description, self.clock(), ctx.actor)
+        return self._mutate(ctx, Action.KEY_UPDATE, ref, change, "description updated",
+                            args={"description": description})
+
+    def rotate(self, ctx: RequestContext, ref: str) -> Key:
+        def change(key: Key) -> Key:
+            lc.target_state(key, lc.Move.ROTATE)  # refuse before generating material
+            sealed = self.engine.new_material(key.algorithm, key.id, len(key.versions) + 1)
+            return lc.rotate(key, sealed, self.clock(), ctx.actor)
+        return self._mutate(ctx, Action.KEY_ROTATE, ref, change, "rotated", args={})
+
+    def rollback(self, ctx: RequestContext, ref: str, version: int) -> Key:
+        return self._mutate(ctx, Action.KEY_ROLLBACK, ref,
+                            lambda key: lc.rollback(key, version, self.clock(), ctx.actor),
+                            f"version {version} is primary again", args={"version": version})
+
+    def revoke(self, ctx: RequestContext, ref: str, reason: str = "") -> Key:
+        return self._mutate(ctx, Action.KEY_REVOKE, ref,
+                            lambda key: lc.revoke(key, self.clock(), ctx.actor, reason),
+                            f"revoked: {reason}" if reason else "revoked",
+                            args={"reason": reason})
+
+    def schedule_destroy(self, ctx: RequestContext, ref: str) -> Key:
+        return self._mutate(ctx, Action.KEY_DESTROY, ref,
+                            lambda key: lc.schedule_destroy(key, self.clock(), ctx.actor,
+                                                            self.destroy_grace(key)),
+                            "destruction scheduled", args={})
+
+    def cancel_destroy(self, ctx: RequestContext, ref: str) -> Key:
+        return self._mutate(ctx, Action.KEY_CANCEL_DESTROY, ref,
+                            lambda key: lc.cancel_destroy(key, self.clock(), ctx.actor),
+                            "destruction cancelled", args={})
+
+    def complete_destroy(self, ctx: RequestContext, key: Key) -> Key:
+        """Called by the scheduler once the grace has passed: erase material, keep metadata.
+
+        The audit record (``key.destroy_complete``) is the attestation: which versions, when,
+        scheduled by whom, under which approval, and a SHA-256 of each erased sealed blob.
+        """
+        message, details = attestation(key, self.clock(), self.store.name,
+                                       self.dual.latest_executed(key.id, Action.KEY_DESTROY))
+        done = self._mutate(ctx, Action.KEY_DESTROY, key.id,
+                            lambda k: lc.complete_destroy(k, self.clock(), ctx.actor),
+                            message, authorize=False, audit_action="key.destroy_complete",
+                            details=details)
+        self.engine.forget(key.id)
+        try:
+            self.store.scrub()  # journals and free pages may still hold the old sealed bytes
+        except FerroError as exc:  # destroyed and recorded; only old copies may linger
+            log.error("key %s destroyed but not scrubbed: %s", key.id, exc.message)
+        return done
+
+    def scheduled_rotate(self, ctx: RequestContext, key_id: str,
+                         due: Callable[[Key], bool]) -> Key:
+        """Scheduler rotation; ``due`` is re-checked on the freshest copy inside the CAS loop,
+        so two overlapping ticks (or processes) never rotate twice."""
+        def change(key: Key) -> Key:
+            if not due(key):
+                raise InvalidTransition("rotation is no longer due")
+            lc.target_state(key, lc.Move.ROTATE)
+            sealed = self.engine.new_material(key.algorithm, key.id, len(key.versions) + 1)
+            return lc.rotate(key, sealed, self.clock(), ctx.actor)
+        return self._mutate(ctx, Action.KEY_ROTATE, key_id, change,
+                            "automatic rotation: rotation_days reached", authorize=False,
+                            audit_action="scheduler.rotate")
+
+    def archive_version(self, ctx: RequestContext, key_id: str, version: int) -> Key:
+        """Scheduler archival: the version only decrypts/verifies/unwraps from now on."""
+        return self._mutate(ctx, Action.KEY_UPDATE, key_id,
+                            lambda k: lc.archive_version(k, version, self.clock(), ctx.actor),
+                            f"version {version} archived: archive_after_days reached",
+                            authorize=False, audit_action="scheduler.archive",
+                            details={"archived_version": version})
+
+    # ---- the mutation protocol ----
+
+    def _mutate(self, ctx: RequestContext, action: Action, ref: str,
+                change: Callable[[Key], Key], message: str, authorize: bool = True, *,
+                args: dict[str, Any] | None = None, audit_action: str | None = None,
+                details: dict[str, Any] | None = None) -> Key:
+        """Change, then record, undoing the change if the record fails. ``args``: the request's
+        arguments, bound into any approval; ``audit_action`` and ``details`` name scheduler
+        moves in the audit log."""
+        name = audit_action or action
+
+        def work(key: Key, decision: Decision) -> Key:
+            if decision.verdict is Verdict.APPROVAL:
+                self.dual.gate(ctx, action, key, args or {}, decision)
+            self.guard.require_audit()
+            before, after = self._apply(key, change)
+            try:
+                self.record(ctx, name, "success", message, after, after.primary_version,
+                            state=after.state.value, **(details or {}))
+            except AuditUnavailable:
+                self._undo_update(before, after)
+                raise
+            return after
+        return self.guard.on_key(ctx, action, ref, work, audit_action=audit_action,
+                                 authorize=authorize)
+
+    def _apply(self, key: Key, change: Callable[[Key], Key]) -> tuple[Key, Key]:
+        """Compare-and-swap with re-read on conflict, so concurrent writers never lose updates."""
+        for _ in range(CAS_RETRIES):
+            try:
+                return key, self.store.update(change(key))
+            except StaleRevision:
+                key = self.store.get(key.id)
+        raise StaleRevision("the key kept changing underneath this request; try again")
+
+    def _undo_update(self, before: Key, after: Key) -> None:
+        try:
+            self.store.update(replace(before, revision=after.revision))
+        except Exception:
+            log.critical("audit failed AND undo failed for key %s; state may be ahead of audit",
+                         before.id)
+
+    def _undo_create(self, key: Key) -> None:
+        try:
+            self.store.delete(key.id)
+        except Exception:
+            log.critical("audit failed AND undo of create failed for key %s", key.id)
+
+    # ---- cryptographic operations ----
+
+    def _use(self, ctx: RequestContext, action: Action, ref: str,
+             op: Callable[[Key], tuple[Any, int]], message: Callable[[Any], str],
+             args: dict[str, Any] | None = None) -> tuple[Key, Any, int]:
+        def work(key: Key, decision: Decision) -> tuple[Key, Any, int]:
+            if decision.verdict is Verdict.APPROVAL:
+                self.dual.gate(ctx, action, key, args or {}, decision)
+            try:
+                result, version = op(key)
+            except FerroError:
+                self.on_crypto(key.algorithm, OPERATION[action], "error")
+                raise
+            self.record(ctx, action, "success", message(result), key, version, defer=True)
+            self.on_crypto(key.algorithm, OPERATION[action], "success")
+            return key, result, version
+        return self.guard.on_key(ctx, action, ref, work)
+
+    def encrypt(self, ctx: RequestContext, ref: str, plaintext: bytes,
+                aad: bytes | None = None) -> dict[str, Any]:
+        key, token, version = self._use(ctx, Action.ENCRYPT, ref,
+                                        lambda k: self.engine.encrypt(k, plaintext, aad),
+                                        lambda _: f"encrypted {len(plaintext)} bytes",
+                                        {"plaintext": plaintext, "aad": aad})
+        return {"ciphertext": token, "key_id": key.id, "key_version": version}
+
+    def decrypt(self, ctx: RequestContext, ref: str, ciphertext: str,
+                aad: bytes | None = None) -> dict[str, Any]:
+        _, plaintext, version = self._use(ctx, Action.DECRYPT, ref,
+                                          lambda k: self.engine.decrypt(k, ciphertext, aad),
+                                          lambda p: f"decrypted {len(p)} bytes",
+                                          {"ciphertext": ciphertext, "aad": aad})
+        return {"plaintext": plaintext, "key_version": version}
+
+    def sign(self, ctx: RequestContext, ref: str, data: bytes, *, prehashed: bool,
+             scheme: str | None = None) -> dict[str, Any]:
+        def op(k: Key) -> tuple[tuple[bytes, str], int]:
+            signature, used, version = self.engine.sign(k, data, prehashed, scheme)
+            return (signature, used), version
+        _, (signature, used), version = self._use(
+            ctx, Action.SIGN, ref, op, lambda r: f"signed with {r[1]}",
+            {"data": data, "prehashed": prehashed, "scheme": scheme})
+        return {"signature": signature, "key_version": version, "algorithm": used}
+
+    def verify(self, ctx: RequestContext, ref: str, data: bytes, signature: bytes, *,
+               prehashed: bool, scheme: str | None = None,
+               version: int | None = None) -> dict[str, Any]:
+        _, valid, used = self._use(
+            ctx, Action.VERIFY, ref,
+            lambda k: self.engine.verify(k, data, signature, prehashed, scheme, version),
+            lambda v: "signature valid" if v else "signature INVALID",
+            {"data": data, "signature": signature, "prehashed": prehashed, "scheme": scheme,
+             "version": version})
+        return {"valid": valid, "key_version": used}
+
+    def wrap(self, ctx: RequestContext, ref: str, material: bytes) -> dict[str, Any]:
+        key, token, version = self._use(ctx, Action.WRAP, ref,
+                                        lambda k: self.engine.wrap(k, material),
+                                        lambda _: f"wrapped {len(material)} bytes",
+                                        {"key_material": material})
+        return {"wrapped": token, "key_id": key.id, "key_version": version}
+
+    def unwrap(self, ctx: RequestContext, ref: str, wrapped: str) -> dict[str, Any]:
+        _, material, version = self._use(ctx, Action.UNWRAP, ref,
+                                         lambda k: self.engine.unwrap(k, wrapped),
+                                         lambda m: f"unwrapped {len(m)} bytes",
+                                         {"wrapped": wrapped})
+        return {"key_material": material, "key_version": version}
+
+    def public_key(self, ctx: RequestContext, ref: str, version: int | None) -> dict[str, Any]:
+        _, pem, used = self._use(ctx, Action.KEY_PUBLIC, ref,
+                                 lambda k: self.engine.public_pem(k, version),
+                                 lambda _: "public key read", {"version": version})
+        return {"version": used, "pem": pem}
+
+
+def attestation(key: Key, now: datetime, backend: str,
+                approval_id: str | None) -> tuple[str, dict[str, Any]]:
+    """What a destruction record attests: which material, erased when, from which store,
+    scheduled by whom, under which approval. Digests are of SEALED blobs: evidence, not secrets."""
+    live = [v for v in key.versions if v.sealed is not None]
+    digests = " ".join(f"v{v.version}:{hashlib.sha256(v.sealed or b'').hexdigest()[:16]}"
+                       for v in live)
+    scheduled = next((h for h in reversed(key.history) if h.action == "destroy"), None)
+    by = f"{scheduled.actor} at {iso(scheduled.at)}" if scheduled else "unknown"
+    versions = ",".join(str(v.version) for v in live) or "none"
+    message = (f"attestation: material of {key.algorithm} key {key.id} versions {versions} "
+               f"erased from the {backend} store at {iso(now)}; destruction scheduled by {by}; "
+               f"approval {approval_id or 'none'}")
+    return message, {"destroyed_versions": versions, "sealed_sha256": digests,
+                     "store": backend, "approval_id": approval_id, "destroyed_at": iso(now)}
