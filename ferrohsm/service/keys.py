@@ -24,7 +24,7 @@ from typing import Any
 
 from ..auth.permissions import Action, may_see
 from ..control.dualcontrol import DualControl
-from ..control.policy import Decision, Policy, Verdict
+from ..control.policy import ALLOWED, Decision, Policy
 from ..crypto.algorithms import check_usage
 from ..domain import lifecycle as lc
 from ..domain.errors import (
@@ -214,7 +214,7 @@ class KeyService:
         name = audit_action or action
 
         def work(key: Key, decision: Decision) -> Key:
-            if decision.verdict is Verdict.APPROVAL:
+            if decision is not ALLOWED:  # an approval to request or redeem
                 self.dual.gate(ctx, action, key, args or {}, decision)
             self.guard.require_audit()
             before, after = self._apply(key, change)
@@ -256,7 +256,7 @@ class KeyService:
              op: Callable[[Key], tuple[Any, int]], message: Callable[[Any], str],
              args: dict[str, Any] | None = None) -> tuple[Key, Any, int]:
         def work(key: Key, decision: Decision) -> tuple[Key, Any, int]:
-            if decision.verdict is Verdict.APPROVAL:
+            if decision is not ALLOWED:  # an approval to request or redeem
                 self.dual.gate(ctx, action, key, args or {}, decision)
             try:
                 result, version = op(key)
