@@ -7,8 +7,9 @@ Every refused request leaves exactly one audit record, written by the layer that
 service's guarded call records the refusals of the operations it runs and raises them as
 ``Recorded``; this layer records the rest, which never reached the service: failed
 authentication (``auth.authenticate``), rate limits (``ratelimit.refused``), and as
-``request.refused`` unknown routes and methods, malformed bodies, fields and query strings. So
-whether to record is a question of type, answered the same way everywhere.
+``request.refused`` unknown routes and methods, malformed bodies, fields and query strings, and
+(through ``refuse``) the requests the server refused while reading them (framing, limits,
+timeouts). So whether to record is a question of type, answered the same way everywhere.
 """
 
 from __future__ import annotations
@@ -83,6 +84,21 @@ class Application:
             resp.headers.append(("Cache-Control", "no-store"))
         self._observe(req, ctx, route_name, resp, time.perf_counter() - start)
         return resp
+
+    def refuse(self, req: Request, exc: FerroError) -> Response:
+        """The answer to a request the server refused while reading it (a framing error, a
+        limit, a timeout: ``req`` holds what could be parsed). It never reached a route, so it
+        is recorded here; like every anonymous refusal it spends a token of its source IP, and
+        once those are gone the answer is the (sampled) 429 instead."""
+        ctx = base_context(req, None, self.limiter.client_ip(
+            req.peer_ip, req.headers.get_all("x-forwarded-for")))
+        try:
+            self._limit(ctx)
+        except RateLimited as limited:
+            exc = limited
+        else:
+            self._record_refusal(req, ctx, "unmatched", exc)
+        return error_response(exc, req.request_id)
 
     def runs_inline(self, req: Request) -> bool:
         """Whether the server may run ``req`` on its event loop (api/server.py): the route says
