@@ -9,7 +9,8 @@ service's guarded call records the refusals of the operations it runs and raises
 authentication (``auth.authenticate``), rate limits (``ratelimit.refused``), and as
 ``request.refused`` unknown routes and methods, malformed bodies, fields and query strings, and
 (through ``refuse``) the requests the server refused while reading them (framing, limits,
-timeouts). So whether to record is a question of type, answered the same way everywhere.
+timeouts). So whether to record is a question of type, answered the same way everywhere. (The
+one exception is deliberate: an anonymous address's 429s are sampled, see ``_audit_limited``.)
 """
 
 from __future__ import annotations

@@ -102,22 +102,19 @@ class KeyService:
         return self.guard.run(ctx, Action.KEY_CREATE, work)
 
     def list_keys(self, ctx: RequestContext, filters: KeyFilter, limit: int = 100,
-                  page_token: str | None = None) -> Page:
-        def work() -> Page:
+                  page_token: str | None = None) -> tuple[Page, int | None]:
+        """One page of the keys ``filters`` match, and how many match in all: None for a
+        tag-scoped token, which must not learn how many keys it cannot see."""
+        def work() -> tuple[Page, int | None]:
             page = self.store.list(filters, limit, page_token)  # a bad page token: refused
-            principal = ctx.principal
+            principal, total = ctx.principal, None
             if principal is not None and principal.tags is not None:
                 page = replace(page, keys=tuple(k for k in page.keys if may_see(principal, k)))
+            else:
+                total = self.store.count(filters)
             self.record(ctx, Action.KEY_LIST, "success", f"listed {len(page.keys)} keys")
-            return page
+            return page, total
         return self.guard.run(ctx, Action.KEY_LIST, work)
-
-    def count_keys(self, ctx: RequestContext, filters: KeyFilter) -> int | None:
-        """Total for a listing; None for a tag-scoped token, which must not learn how many keys
-        it cannot see."""
-        if ctx.principal is not None and ctx.principal.tags is not None:
-            return None
-        return self.store.count(filters)
 
     def get_key(self, ctx: RequestContext, ref: str) -> Key:
         def work(key: Key, decision: Decision) -> Key:
