@@ -33,7 +33,7 @@ from .domain.errors import ConfigError, FerroError
 from .domain.model import SYSTEM_CONTEXT
 from .engine.keycache import MaterialCache
 from .engine.keyengine import KeyEngine
-from .service import KeyService
+from .service import AuditLogService, KeyService, TokenService
 from .store.approvalstore import ApprovalStore
 from .store.filesystem import FilesystemStore
 from .store.keystore import KeyStore
@@ -153,10 +153,10 @@ def build_runtime(config: Config, secrets: Secrets) -> Runtime:
     router = routing.Router()
     key_routes.register(router, service)
     crypto_routes.register(router, service)
-    audit_routes.register(router, service, audit)
-    approval_routes.register(router, service.dual)
+    audit_routes.register(router, AuditLogService(service.guard, audit))
+    approval_routes.register(router, service.approvals)
     dashboard_routes.register(router)
-    token_routes.register(router, auth, service.record)
+    token_routes.register(router, TokenService(service.guard, auth))
     app = application.Application(router, auth, metrics, application.audit_hook(service.record),
                                   limiter)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
@@ -204,7 +204,8 @@ def make_server(rt: Runtime, ssl_provider: Any) -> HardenedHTTPServer:
         max_connections=s.max_connections, handshake_timeout=s.handshake_timeout_seconds,
         header_timeout=s.header_timeout_seconds, body_timeout=s.body_timeout_seconds,
         idle_timeout=s.idle_timeout_seconds, max_body=s.max_body_bytes, logger=log,
-        workers=s.workers, inline=rt.app.runs_inline, deferral=rt.audit)
+        workers=s.workers, inline=rt.app.runs_inline, deferral=rt.audit,
+        on_refused=rt.app.refuse)
 
 
 def tls_provider(config: Config) -> ReloadingContext:

@@ -2,6 +2,15 @@
 
 Errors become responses in exactly one place (``http.error_response``). Every request leaves one
 structured JSON log line with OpenTelemetry semantic-convention names; tokens and bodies never do.
+
+Every refused request leaves exactly one audit record, written by the layer that refused it. The
+service's guarded call records the refusals of the operations it runs and raises them as
+``Recorded``; this layer records the rest, which never reached the service: failed
+authentication (``auth.authenticate``), rate limits (``ratelimit.refused``), and as
+``request.refused`` unknown routes and methods, malformed bodies, fields and query strings, and
+(through ``refuse``) the requests the server refused while reading them (framing, limits,
+timeouts). So whether to record is a question of type, answered the same way everywhere. (The
+one exception is deliberate: an anonymous address's 429s are sampled, see ``_audit_limited``.)
 """
 
 from __future__ import annotations
@@ -15,7 +24,15 @@ from typing import Any
 
 from ..auth.authn import Authenticator
 from ..auth.ratelimit import RateLimiter
-from ..domain.errors import BadRequest, FerroError, MethodNotAllowed, NotFound, RateLimited
+from ..domain.errors import (
+    BadRequest,
+    FerroError,
+    MethodNotAllowed,
+    NotFound,
+    RateLimited,
+    Recorded,
+    recorded,
+)
 from ..domain.model import Principal, RequestContext
 from ..telemetry.metrics import ServerMetrics
 from .handlers.dashboard import harden
@@ -52,12 +69,13 @@ class Application:
             result = route.handler(ctx, req, params)
             resp = result if isinstance(result, Response) else json_response(*result)
         except FerroError as exc:
-            self._audit_unrecorded(req, ctx, route_name, exc)
+            if not isinstance(exc, Recorded):
+                self._record_refusal(req, ctx, route_name, exc)
             resp = error_response(exc, req.request_id)
         except Exception:
             log.exception("unhandled error", extra={"request_id": req.request_id})
             failure = FerroError("internal error")
-            self._audit_unrecorded(req, ctx, route_name, failure)
+            self._record_refusal(req, ctx, route_name, failure)
             resp = error_response(failure, req.request_id)
         echo_context_headers(req, ctx, resp)
         if req.path == "/ui" or req.path.startswith("/ui/"):
@@ -67,6 +85,21 @@ class Application:
             resp.headers.append(("Cache-Control", "no-store"))
         self._observe(req, ctx, route_name, resp, time.perf_counter() - start)
         return resp
+
+    def refuse(self, req: Request, exc: FerroError) -> Response:
+        """The answer to a request the server refused while reading it (a framing error, a
+        limit, a timeout: ``req`` holds what could be parsed). It never reached a route, so it
+        is recorded here; like every anonymous refusal it spends a token of its source IP, and
+        once those are gone the answer is the (sampled) 429 instead."""
+        ctx = base_context(req, None, self.limiter.client_ip(
+            req.peer_ip, req.headers.get_all("x-forwarded-for")))
+        try:
+            self._limit(ctx)
+        except RateLimited as limited:
+            exc = limited
+        else:
+            self._record_refusal(req, ctx, "unmatched", exc)
+        return error_response(exc, req.request_id)
 
     def runs_inline(self, req: Request) -> bool:
         """Whether the server may run ``req`` on its event loop (api/server.py): the route says
@@ -86,20 +119,16 @@ class Application:
             self._limit(ctx)  # a scanner's 404s spend its IP's tokens too (429 once empty)
             raise
 
-    def _audit_unrecorded(self, req: Request, ctx: RequestContext, route: str,
-                          exc: FerroError) -> None:
-        """Every refused call is audited: here, those refused above the service (malformed
-        JSON, unknown fields, bad base64, unknown routes, methods) that nothing recorded yet."""
-        if exc.audited:
-            return
-        outcome = "denied" if exc.status in (401, 403, 429) else "error"
+    def _record_refusal(self, req: Request, ctx: RequestContext, route: str,
+                        exc: FerroError) -> None:
+        """Record a refusal that never reached the service (unknown routes and methods,
+        malformed JSON, unknown fields, bad base64 or query strings, framing)."""
         try:
-            self.audit_refusal(ctx, "request.refused", outcome,
+            self.audit_refusal(ctx, "request.refused", exc.outcome,
                                f"{req.method} {route}: {exc.status} {exc.code}: {exc.message}")
         except FerroError:  # the call is refused anyway; the sink reports its own failure
             log.error("a refused request could not be audited",
                       extra={"request_id": req.request_id})
-        exc.audited = True
 
     def _authenticate(self, req: Request, ctx: RequestContext) -> Principal:
         """The token from the Authorization header (never from the query string).
@@ -118,8 +147,7 @@ class Application:
             self._limit(ctx)
             self.audit_refusal(ctx, "auth.authenticate", "denied",
                                f"{req.method} {req.path[:200]}: {exc.message}")
-            exc.audited = True
-            raise
+            raise recorded(exc) from None
 
     def _limit(self, ctx: RequestContext) -> None:
         """Spend a token of the actor's bucket, or of the source IP's when there is no actor
@@ -133,13 +161,13 @@ class Application:
         except RateLimited as exc:
             self.metrics.rate_limited.inc("actor" if principal is not None else "ip")
             self._audit_limited(ctx, exc, now)
-            raise
+            raise recorded(exc) from None
 
     def _audit_limited(self, ctx: RequestContext, exc: RateLimited, now: float) -> None:
         """429s are audited: every one for an authenticated actor (their successes are audited
         too), at most one a second per source IP for anonymous floods, so a flood cannot turn
-        the audit log into the attack's amplifier."""
-        exc.audited = True  # recorded below, or deliberately sampled away
+        the audit log into the attack's amplifier (so the 429 is raised as Recorded either way:
+        recorded here, or deliberately sampled away)."""
         if ctx.principal is None:
             ip = ctx.source_ip or ""
             if now - self._ip_audited.get(ip, -1.0) < 1.0:

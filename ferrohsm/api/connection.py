@@ -124,10 +124,10 @@ class Conn:
                 return None
             body = bytes(self.buf[:head.content_length])
             del self.buf[:head.content_length]
-            self.head = None
             request = build_request(head, body, self.peer, self.client_cert_der,
                                     self.received_at)
-        except FerroError as exc:
+            self.head = None
+        except FerroError as exc:  # self.head still set: a bad query string keeps its request id
             raw = bytes(self.buf[:limits.max_header_bytes])
             request = bare_request(self.head, raw, self.peer, self.client_cert_der,
                                    self.received_at or now)

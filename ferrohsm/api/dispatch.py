@@ -13,6 +13,9 @@
   nothing leaves unaudited.
 - everything else: a job for the worker pool, whose audit records are durable before the app
   returns (no scope on pool threads); the response comes back through ``answers()`` too.
+- a request the server refused while reading it (``Incoming.error``), when the server was given
+  ``refuse``: answered by ``refuse(request, error)`` in this turn's batch, like an inline request,
+  so its audit record is durable before the refusal is sent.
 
 The loop never sees the app itself; the pool never touches a socket.
 """
@@ -33,6 +36,7 @@ from .http import Request, Response, error_response
 from .workerpool import WorkerPool
 
 App = Callable[[Request], Response]
+Refuse = Callable[[Request, FerroError], Response]
 Answer = tuple[Conn, Incoming, Response]
 INTERNAL_MESSAGE = "internal error; the server log has details under this request id"
 _log = logging.getLogger("ferrohsm.http")
@@ -53,9 +57,10 @@ class Deferral(Protocol):
 class Dispatcher:
     def __init__(self, app: App, *, inline: Callable[[Request], bool] | None,
                  deferral: Deferral | None, workers: int, log: logging.Logger,
-                 wake: Callable[[], None]) -> None:
+                 wake: Callable[[], None], refuse: Refuse | None = None) -> None:
         self.app = app
         self.inline = inline
+        self.refuse = refuse
         self.deferral = deferral
         self.log = log
         self._wake = wake
@@ -73,7 +78,8 @@ class Dispatcher:
         self._committer: threading.Thread | None = None
 
     def take(self, conn: Conn, incoming: Incoming) -> None:
-        if self.inline is not None and self._runs_inline(incoming.request):
+        if incoming.error is not None or (self.inline is not None
+                                          and self._runs_inline(incoming.request)):
             self._batch.append((conn, incoming))
         else:
             self._pool.submit(lambda: self._pooled(conn, incoming))
@@ -154,7 +160,10 @@ class Dispatcher:
         try:
             for conn, incoming in batch:
                 before = deferral.deferred_count() if deferral is not None else 0
-                answer = (conn, incoming, self.call_app(incoming.request))
+                request, error = incoming.request, incoming.error
+                response = (self.call_app(request) if error is None
+                            else self.call_refuse(request, error))
+                answer = (conn, incoming, response)
                 deferred = deferral is not None and deferral.deferred_count() > before
                 (waiting if deferred else ready).append(answer)
         finally:
@@ -235,6 +244,16 @@ class Dispatcher:
             self.log.exception("unhandled error (request_id=%s %s %s)",
                                request.request_id, request.method, request.path)
             return error_response(FerroError(INTERNAL_MESSAGE), request.request_id)
+
+    def call_refuse(self, request: Request, error: FerroError) -> Response:
+        """``refuse``'s answer to a request refused while it was read; the plain error response
+        when there is no ``refuse`` or it fails (the refusal stands either way)."""
+        if self.refuse is not None:
+            try:
+                return self.refuse(request, error)
+            except Exception:
+                self.log.exception("refusal handler failed (request_id=%s)", request.request_id)
+        return error_response(error, request.request_id)
 
 
 def _refused(answers: list[Answer], reason: str) -> list[Answer]:

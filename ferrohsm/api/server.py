@@ -27,6 +27,9 @@ Theory of operation (bench/RESULTS.md has the measurements):
 
 The application gets a ``Request`` and returns a ``Response``; a ``FerroError`` it raises becomes
 ``error_response``, anything else a generic 500 (traceback logged with the request id, never sent).
+A request refused while it was read (framing, limits, timeouts) is answered with
+``error_response`` at once, or, when ``on_refused`` is given, by ``on_refused(request, error)``
+through the dispatcher (so an application can record the refusal before it is sent).
 The server adds Content-Length, Date, Connection and X-Request-ID, and drops the body of HEAD
 responses.
 """
@@ -59,7 +62,7 @@ from .connection import (
     Incoming,
     PeerGone,
 )
-from .dispatch import INTERNAL_MESSAGE, App, Deferral, Dispatcher
+from .dispatch import INTERNAL_MESSAGE, App, Deferral, Dispatcher, Refuse
 from .http import Request, Response, error_response
 from .listener import Listener
 from .parse import Limits, render_response
@@ -98,6 +101,7 @@ class HardenedHTTPServer:
         workers: int = 16,
         inline: Callable[[Request], bool] | None = None,
         deferral: Deferral | None = None,
+        on_refused: Refuse | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
@@ -116,7 +120,7 @@ class HardenedHTTPServer:
         self.backlog, self.reuse_port = backlog, reuse_port
         self.linger_timeout = linger_timeout
         self._dispatcher = Dispatcher(app, inline=inline, deferral=deferral, workers=workers,
-                                      log=self.log, wake=self._wake)
+                                      log=self.log, wake=self._wake, refuse=on_refused)
         self._listener: Listener | None = None
         self._address: tuple[str, int] | None = None
         self._selector: selectors.BaseSelector | None = None
@@ -426,7 +430,7 @@ class HardenedHTTPServer:
         if incoming is None:
             if conn.eof and conn.state != CLOSED:
                 self._close(conn)  # the peer left in the middle of (or before) a request
-        elif incoming.error is not None:
+        elif incoming.error is not None and self._dispatcher.refuse is None:
             self._respond(conn, incoming, error_response(incoming.error,
                                                          incoming.request.request_id))
         else:
@@ -533,8 +537,11 @@ class HardenedHTTPServer:
             if conn.state in (HEAD, BODY):  # a started request ran out of time: say so
                 incoming = conn.timed_out(self.limits, now)
                 assert incoming.error is not None  # noqa: S101  type narrowing
-                self._guarded(conn, self._respond, conn, incoming,
-                              error_response(incoming.error, incoming.request.request_id))
+                if self._dispatcher.refuse is not None:
+                    self._dispatcher.take(conn, incoming)  # recorded, then answered
+                else:
+                    self._guarded(conn, self._respond, conn, incoming,
+                                  error_response(incoming.error, incoming.request.request_id))
             else:
                 self._close(conn)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from ..domain.errors import Forbidden
 from ..domain.model import Key, Principal, Role
 
 
@@ -68,13 +67,18 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
 }
 
 
-def authorize(principal: Principal | None, action: Action, key: Key | None = None) -> None:
-    """Raise Forbidden unless ``principal`` may perform ``action`` (on ``key``, when given)."""
+def refusal(principal: Principal | None, action: Action, key: Key | None = None) -> str | None:
+    """Why ``principal`` may not perform ``action`` (on ``key``, when given); None if it may.
+
+    The one statement of the role table and tag scoping: the policy decision (control/policy.py)
+    starts from it and the service's guarded call (service/guard.py) asks it for operations on
+    no key, so a refusal reads the same wherever it is decided."""
     if principal is None or principal.role not in PERMISSIONS[action]:
         role = principal.role.value if principal else "anonymous"
-        raise Forbidden(f"role {role} may not perform {action.value}")
+        return f"role {role} may not perform {action.value}"
     if key is not None and not may_see(principal, key):
-        raise Forbidden(f"this token may not use key {key.id}")
+        return f"this token may not use key {key.id}"
+    return None
 
 
 def may_see(principal: Principal, key: Key) -> bool:

@@ -19,19 +19,22 @@ destroy_grace_hours         the longest grace, never shorter than ``[crypto].des
 A tag with a quorum always puts ``destroy`` under dual control, listed or not: whether a
 purge needs approvals must not depend on someone remembering to list it.
 
-``decide(principal, action, key, policy, now)`` answers ALLOW, DENY (with the reason) or
-APPROVAL (with the quorum and the moment the approval window closes). It reads no clock, file or
-socket: everything it depends on is an argument, so the tests walk it exhaustively.
+``decide(principal, action, key, policy, clock)`` answers ALLOW, DENY (with the reason) or
+APPROVAL (with the quorum and the moment the approval window closes). It is THE authorization
+decision of an operation on a key: the service makes it once per call and the dual-control gate
+acts on its answer instead of checking again. It reads no file or socket, and the clock only for
+an approval window (so the allow path of every crypto call reads none): everything it depends on
+is an argument, so the tests walk it exhaustively.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from ..auth.permissions import PERMISSIONS, Action, may_see
+from ..auth.permissions import Action, refusal
 from ..domain.errors import ConfigError
 from ..domain.model import Key, Principal
 
@@ -166,17 +169,19 @@ class Decision:
     expires_at: datetime | None = None
 
 
+ALLOWED = Decision(Verdict.ALLOW)  # one instance: an allowed call allocates no Decision
+
+
 def decide(principal: Principal | None, action: Action, key: Key, policy: Policy,
-           now: datetime) -> Decision:
-    """Role table, then tag scoping, then the key's tag rules: the first that refuses wins."""
-    if principal is None or principal.role not in PERMISSIONS[action]:
-        role = principal.role.value if principal else "anonymous"
-        return Decision(Verdict.DENY, f"role {role} may not perform {action.value}")
-    if not may_see(principal, key):
-        return Decision(Verdict.DENY, f"this token may not use key {key.id}")
+           clock: Callable[[], datetime]) -> Decision:
+    """Role table, then tag scoping (both ``permissions.refusal``), then the key's tag rules:
+    the first that refuses wins."""
+    reason = refusal(principal, action, key)
+    if reason is not None:
+        return Decision(Verdict.DENY, reason)
     rules = policy.rules_for(key)
     if rules.needs_approval(action):
         return Decision(Verdict.APPROVAL, f"{action.value} on this key needs "
                         f"{rules.approvals_required} approval(s)", rules.approvals_required,
-                        now + rules.approval_ttl)
-    return Decision(Verdict.ALLOW)
+                        clock() + rules.approval_ttl)
+    return ALLOWED

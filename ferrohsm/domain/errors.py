@@ -1,11 +1,16 @@
 """Domain errors.
 
 Each class carries the API error ``code`` and HTTP ``status`` it maps to, so the HTTP layer maps
-errors to responses in exactly one place and never by matching message text. Messages are shown
-to clients: they must never contain key material, plaintext, tokens or other secrets.
+errors to responses in exactly one place and never by matching message text, and the ``outcome``
+an audit record of the refusal states. Messages are shown to clients: they must never contain key
+material, plaintext, tokens or other secrets.
+
+``recorded(exc)`` marks a refusal whose audit record exists (see ``Recorded``).
 """
 
 from __future__ import annotations
+
+from typing import TypeVar, cast
 
 
 class FerroError(Exception):
@@ -13,14 +18,50 @@ class FerroError(Exception):
 
     code = "internal"
     status = 500
-    # Set once the refusal this error stands for has its audit record, so the HTTP layer (which
-    # audits every refused call that nothing below it recorded) never records it twice.
-    audited = False
+    outcome = "error"  # of the audit record of a refusal: "denied" (not allowed) or "error"
 
     def __init__(self, message: str = "", **details: object) -> None:
         super().__init__(message or self.code)
         self.message = message or self.code.replace("_", " ")
         self.details = details
+
+
+class Recorded(Exception):
+    """A refusal that already has its audit record.
+
+    Every refusal is recorded exactly once, by the layer that decided it: the service's guarded
+    call for the operations it runs, the HTTP layer for requests that never reached the service.
+    The layer that recorded one raises it as ``recorded(exc)``, so the layers above tell by type,
+    never by a flag someone must remember to set, that there is nothing left to record.
+    """
+
+
+E = TypeVar("E", bound=FerroError)
+
+
+_RECORDED: dict[type[FerroError], type[FerroError]] = {}
+
+
+def _recorded_class(cls: type[FerroError]) -> type[FerroError]:
+    """The subclass of ``cls`` and Recorded, made once per class (same name, so messages and
+    logs read as before)."""
+    marked = _RECORDED.get(cls)
+    if marked is None:
+        names = {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                 "__doc__": cls.__doc__}
+        marked = _RECORDED.setdefault(cls, type(cls.__name__, (cls, Recorded), names))
+    return marked
+
+
+def recorded(exc: E) -> E:
+    """``exc`` as an instance of both its own class and ``Recorded``: a copy with the same
+    message, details and traceback, so callers catching NotFound or Forbidden still catch it."""
+    if isinstance(exc, Recorded):
+        return exc
+    cls = _recorded_class(type(exc))
+    marked = cls.__new__(cls, *exc.args)
+    marked.__dict__.update(exc.__dict__)
+    return cast(E, marked.with_traceback(exc.__traceback__))
 
 
 class BadRequest(FerroError):
@@ -36,11 +77,11 @@ class CryptoFailure(BadRequest):
 
 
 class Unauthenticated(FerroError):
-    code, status = "unauthenticated", 401
+    code, status, outcome = "unauthenticated", 401, "denied"
 
 
 class Forbidden(FerroError):
-    code, status = "forbidden", 403
+    code, status, outcome = "forbidden", 403, "denied"
 
 
 class NotFound(FerroError):
@@ -93,6 +134,9 @@ class StaleRevision(Conflict):
     """Optimistic concurrency: somebody else changed the record first; re-read and retry."""
 
 
+CAS_RETRIES = 8  # how often a compare-and-swap loop re-reads and retries before StaleRevision
+
+
 class NameTaken(Conflict):
     """Key names are unique."""
 
@@ -112,7 +156,7 @@ class UnsupportedMediaType(FerroError):
 
 
 class RateLimited(FerroError):
-    code, status = "rate_limited", 429
+    code, status, outcome = "rate_limited", 429, "denied"
 
     def __init__(self, message: str = "", retry_after: float = 1.0) -> None:
         super().__init__(message)
@@ -122,7 +166,7 @@ class RateLimited(FerroError):
 class ApprovalRequired(FerroError):
     """Not an error for the client: the request was parked until a quorum approves it."""
 
-    code, status = "approval_required", 202
+    code, status, outcome = "approval_required", 202, "denied"
 
 
 class Unavailable(FerroError):

@@ -225,7 +225,7 @@ class World:
     def approve(self, approval_id: str, *voters: Principal) -> dict[str, Any]:
         view: dict[str, Any] = {}
         for voter in voters:
-            view = self.service.dual.decide(ctx(voter), approval_id, True)
+            view = self.service.approvals.decide(ctx(voter), approval_id, True)
         return view
 
 
@@ -262,11 +262,11 @@ def test_self_approval_and_repeated_approver(world: World) -> None:
     key = world.two_versions("pci")
     approval_id = world.park(world.service.rollback, ctx(ALICE), key.id, 1)["id"]
     with pytest.raises(Forbidden):
-        world.service.dual.decide(ctx(ALICE), approval_id, True)
+        world.service.approvals.decide(ctx(ALICE), approval_id, True)
     world.approve(approval_id, BOB)
     with pytest.raises(Conflict):
         world.approve(approval_id, BOB)
-    view = world.service.dual.get(ctx(CAROL), approval_id)
+    view = world.service.approvals.get(ctx(CAROL), approval_id)
     assert [v["actor"] for v in view["approvals"]] == ["bob"] and view["state"] == "pending"
     with pytest.raises(ApprovalRequired):  # repeating before the quorum parks it again
         world.service.rollback(ctx(ALICE, approval_id), key.id, 1)
@@ -318,7 +318,7 @@ def test_an_approval_replayed_elsewhere_is_refused(world: World) -> None:
     for attempt in attempts:
         with pytest.raises(Forbidden):
             attempt()
-    assert world.service.dual.get(ctx(BOB), approval_id)["state"] == "approved"  # not consumed
+    assert world.service.approvals.get(ctx(BOB), approval_id)["state"] == "approved"  # not consumed
     out = world.service.unwrap(ctx(svc, approval_id), wrapped.id, token["wrapped"])
     assert out["key_material"] == b"k" * 32
     with pytest.raises(InvalidTransition):  # and only once
@@ -332,7 +332,7 @@ def test_expiry(world: World) -> None:
     world.clock.advance(seconds=600)
     with pytest.raises(apv.ApprovalExpired):
         world.service.rotate(ctx(ALICE, approval_id), key.id)
-    assert world.service.dual.get(ctx(BOB), approval_id)["state"] == "expired"
+    assert world.service.approvals.get(ctx(BOB), approval_id)["state"] == "expired"
     assert world.audit.actions("success").count("approval.expired") == 1
     late = world.park(world.service.rotate, ctx(ALICE), key.id)["id"]
     world.clock.advance(seconds=601)
@@ -346,7 +346,7 @@ def test_denied_approvals_cannot_be_used(world: World) -> None:
     key = world.key("pci")
     approval_id = world.park(world.service.rotate, ctx(ALICE), key.id)["id"]
     world.approve(approval_id, BOB)
-    assert world.service.dual.decide(ctx(CAROL), approval_id, False, "no")["state"] == "denied"
+    assert world.service.approvals.decide(ctx(CAROL), approval_id, False, "no")["state"] == "denied"
     with pytest.raises(InvalidTransition):
         world.service.rotate(ctx(ALICE, approval_id), key.id)
 
@@ -357,7 +357,7 @@ def test_every_transition_is_audited(world: World) -> None:
     world.approve(used, BOB, CAROL)
     world.service.rotate(ctx(ALICE, used), key.id)
     denied = world.park(world.service.rotate, ctx(ALICE), key.id)["id"]
-    world.service.dual.decide(ctx(BOB), denied, False)
+    world.service.approvals.decide(ctx(BOB), denied, False)
     expired = world.park(world.service.rotate, ctx(ALICE), key.id)["id"]
     world.clock.advance(hours=1)
     assert world.service.dual.expire_due(ctx(BOB), world.clock()) == 1
@@ -369,7 +369,7 @@ def test_every_transition_is_audited(world: World) -> None:
                                  "approval.executed"]
     assert by_approval[denied] == ["approval.requested", "approval.denied"]
     assert by_approval[expired] == ["approval.requested", "approval.expired"]
-    listed = world.service.dual.list(ctx(Principal("una", Role.AUDITOR)), "executed")
+    listed = world.service.approvals.list(ctx(Principal("una", Role.AUDITOR)), "executed")
     assert [a["id"] for a in listed["approvals"]] == [used]
 
 
@@ -379,13 +379,13 @@ def test_audit_failure_leaves_no_unrecorded_approval(world: World) -> None:
     with pytest.raises(AuditUnavailable):
         world.service.rotate(ctx(ALICE), key.id)
     world.audit.ok = True
-    assert world.service.dual.list(ctx(BOB), None)["approvals"] == []
+    assert world.service.approvals.list(ctx(BOB), None)["approvals"] == []
     approval_id = world.park(world.service.rotate, ctx(ALICE), key.id)["id"]
     world.audit.ok = False
     with pytest.raises(AuditUnavailable):
         world.approve(approval_id, BOB)
     world.audit.ok = True
-    assert world.service.dual.get(ctx(BOB), approval_id)["approvals"] == []
+    assert world.service.approvals.get(ctx(BOB), approval_id)["approvals"] == []
 
 
 def test_no_approval_store_fails_closed() -> None:
@@ -404,7 +404,7 @@ def test_pending_approvals_survive_a_restart(tmp_path: Path) -> None:
     assert first.service.dual.store is not None
     first.service.dual.store.close()
     second = World(SQLiteApprovalStore(tmp_path / "a.sqlite3"), keys)
-    assert second.service.dual.get(ctx(BOB), approval_id)["state"] == "pending"
+    assert second.service.approvals.get(ctx(BOB), approval_id)["state"] == "pending"
     second.approve(approval_id, CAROL)
     second.service.rotate(ctx(ALICE, approval_id), key.id)
     assert len(keys.get(key.id).versions) == 2

@@ -10,7 +10,8 @@ from typing import Any
 
 from ferrohsm.api.connection import Conn, Incoming
 from ferrohsm.api.dispatch import MAX_HOLD, Dispatcher
-from ferrohsm.api.http import Headers, Request, Response, json_response
+from ferrohsm.api.http import Headers, Request, Response, error_response, json_response
+from ferrohsm.domain.errors import BadRequest, FerroError
 
 
 class FakeDeferral:
@@ -113,4 +114,43 @@ def test_no_second_flush_while_one_runs() -> None:
     dispatcher.hand_over(in_progress=lambda: 1, now=dispatcher._held_since)
     wait_answers(dispatcher, 1)
     assert deferral.synced == [1, 2]
+    dispatcher.close(1)
+
+
+def test_a_refusal_is_answered_by_refuse_after_its_record_is_flushed() -> None:
+    """A request the server refused while reading it goes to ``refuse`` in the batch: its
+    record is deferred like an inline request's, so its answer waits for the flush."""
+    deferral = FakeDeferral()
+    seen: list[str] = []
+
+    def refuse(request: Request, error: FerroError) -> Response:
+        assert deferral.scope is not None
+        deferral.scope.append(1)  # as the application's request.refused record would
+        seen.append(error.code)
+        return error_response(error, request.request_id)
+
+    dispatcher = Dispatcher(lambda r: json_response(200, {}), inline=None, deferral=deferral,
+                            workers=1, log=logging.getLogger("test"), wake=lambda: None,
+                            refuse=refuse)
+    sock = socket.socket()
+    request = Request("GET", "/", "/", {}, Headers(), b"", "127.0.0.1", 1, None, "r1", 0.0)
+    dispatcher.take(Conn(sock, ("127.0.0.1", 1)), Incoming(request, BadRequest("bad"), False,
+                                                           False))
+    sock.close()
+    assert dispatcher.answers() == [] and seen == ["bad_request"]
+    dispatcher.hand_over(in_progress=lambda: 1, now=0.0)
+    wait_answers(dispatcher, 1)
+    assert deferral.synced == [1]
+    dispatcher.close(1)
+
+
+def test_a_failing_refuse_still_answers_the_refusal() -> None:
+    def refuse(request: Request, error: FerroError) -> Response:
+        raise RuntimeError("bug")
+
+    dispatcher = Dispatcher(lambda r: json_response(200, {}), inline=None, deferral=None,
+                            workers=1, log=logging.getLogger("test"), wake=lambda: None,
+                            refuse=refuse)
+    request = Request("GET", "/", "/", {}, Headers(), b"", "127.0.0.1", 1, None, "r1", 0.0)
+    assert dispatcher.call_refuse(request, BadRequest("bad")).status == 400
     dispatcher.close(1)

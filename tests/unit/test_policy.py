@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ferrohsm.auth.permissions import PERMISSIONS, Action
+from ferrohsm.auth.permissions import PERMISSIONS, Action, refusal
 from ferrohsm.config import load_config
 from ferrohsm.control.policy import (
+    ALLOWED,
     APPROVABLE,
     DEFAULT_TTL,
     Policy,
@@ -151,7 +152,7 @@ SUBJECTS = [Principal(f"{r.value}-1", r) for r in Role]
 @pytest.mark.parametrize("tags", [(), ("pci",), ("prod",), ("pci", "prod")], ids=str)
 def test_decide_exhaustively(principal: Principal, action: Action, tags: tuple[str, ...]) -> None:
     k = key(*tags)
-    decision = decide(principal, action, k, POLICY, NOW)
+    decision = decide(principal, action, k, POLICY, lambda: NOW)
     rules = POLICY.rules_for(k)
     if principal.role not in PERMISSIONS[action]:
         assert decision.verdict is Verdict.DENY and principal.role.value in decision.reason
@@ -185,6 +186,25 @@ def test_decide_exhaustively(principal: Principal, action: Action, tags: tuple[s
 ])
 def test_decide_cases(principal: Principal | None, action: Action, tags: tuple[str, ...],
                       verdict: Verdict, required: int) -> None:
-    decision = decide(principal, action, key(*tags), POLICY, NOW)
+    decision = decide(principal, action, key(*tags), POLICY, lambda: NOW)
     assert (decision.verdict, decision.required) == (verdict, required)
     assert bool(decision.reason) == (verdict is not Verdict.ALLOW)
+
+
+@pytest.mark.parametrize("principal", [*SUBJECTS, None], ids=str)
+@pytest.mark.parametrize("action", list(Action), ids=str)
+def test_a_denial_reads_exactly_as_the_role_table_says(principal: Principal | None,
+                                                        action: Action) -> None:
+    """One decision: decide() refuses with permissions.refusal's words, never its own."""
+    k = key("pci")
+    decision = decide(principal, action, k, POLICY, lambda: NOW)
+    reason = refusal(principal, action, k)
+    assert (decision.verdict is Verdict.DENY) == (reason is not None)
+    assert decision.reason == reason or decision.verdict is not Verdict.DENY
+
+
+def test_an_allowed_call_reads_no_clock() -> None:
+    def clock() -> datetime:
+        raise AssertionError("the allow path must not read the clock")
+    decision = decide(Principal("s", Role.SERVICE), Action.ENCRYPT, key(), POLICY, clock)
+    assert decision is ALLOWED

@@ -187,7 +187,7 @@ def test_destroying_a_quorum_key_needs_the_quorum_and_attests_it(world: World) -
         svc.schedule_destroy(ctx(ALICE), key.id)
     approval_id = approval_of(parked.value)
     for voter in (BOB, CAROL):
-        svc.dual.decide(ctx(voter), approval_id, True)
+        svc.approvals.decide(ctx(voter), approval_id, True)
     svc.schedule_destroy(ctx(ALICE, approval_id), key.id)
     clock.advance(hours=24)
     assert scheduler.tick().destroyed == 1
@@ -264,7 +264,7 @@ def test_ticks_expire_and_prune_approvals(world: World) -> None:
     assert scheduler.tick().pruned == 0
     clock.advance(days=1, seconds=1)
     assert scheduler.tick().pruned == 1 and audit.count("scheduler.prune") == 1
-    assert svc.dual.list(ctx(BOB), None)["approvals"] == []
+    assert svc.approvals.list(ctx(BOB), None)["approvals"] == []
     assert approval_id
 
 

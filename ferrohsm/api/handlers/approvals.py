@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ...auth.permissions import Action
-from ...control.dualcontrol import DualControl
 from ...domain.errors import BadRequest
 from ...domain.model import RequestContext
+from ...service import ApprovalService
 from ...store.keystore import MAX_PAGE
 from ..http import Request
 from ..router import Operation, Router
@@ -23,7 +23,7 @@ def _comment(req: Request) -> str:
     return str(comment)
 
 
-def register(router: Router, approvals: DualControl) -> None:
+def register(router: Router, approvals: ApprovalService) -> None:
     def listing(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
         q = query(req, {"state", "limit", "page_token"})
         limit = int_param(q.get("limit"), "limit", 1, MAX_PAGE) or 100

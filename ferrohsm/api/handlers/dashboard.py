@@ -29,7 +29,7 @@ from importlib import resources
 
 from ...domain.errors import NotFound
 from ...domain.model import RequestContext
-from ..http import Request, Response, error_response
+from ..http import Request, Response
 from ..router import Operation, Router
 
 PACKAGE = "ferrohsm.api.dashboard"
@@ -141,8 +141,8 @@ def register(router: Router, site: Site | None = None) -> None:
 
     def serve(ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
         found = _lookup(served, p["path"])
-        if found is None:
-            return harden(error_response(NotFound("no such dashboard file"), req.request_id))
+        if found is None:  # raised, so the application records it like any other 404
+            raise NotFound("no such dashboard file")
         asset, cache_control = found
         headers = [("ETag", asset.etag), ("Cache-Control", cache_control)]
         if not_modified(req, asset.etag):

@@ -46,10 +46,9 @@ def _register_inventory(router: Router, service: KeyService) -> None:
         filters = KeyFilter(state=state, algorithm=q.get("algorithm"), usage=q.get("usage"),
                             tag=q.get("tag"), name_prefix=q.get("name_prefix"))
         limit = int_param(q.get("limit"), "limit", 1, MAX_PAGE) or 100
-        page = service.list_keys(ctx, filters, limit, q.get("page_token"))
+        page, total = service.list_keys(ctx, filters, limit, q.get("page_token"))
         payload: dict[str, Any] = {"keys": [key_view(k) for k in page.keys],
                                    "next_page_token": page.next_page_token}
-        total = service.count_keys(ctx, filters)
         if total is not None:
             payload["total"] = total
         return etagged(req, payload)

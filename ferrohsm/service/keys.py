@@ -1,15 +1,16 @@
-"""KeyService: the one path every request takes.
+"""KeyService: the one path every key operation takes.
 
-authorize → approvals → lifecycle → store → audit. Every call, allowed or refused, leaves one
-audit record, and a caller hears "success" only after that record is durable. When the audit log
-cannot be written, state changes are undone (compensated) and the call fails with 503: no record
-claims a change that did not persist, and no change persists without its record.
+resolve + decide (once) → approvals → lifecycle → store → audit, inside the guarded call
+(service/guard.py): every call, allowed or refused, leaves one audit record, and a caller hears
+"success" only after that record is durable. When the audit log cannot be written, state changes
+are undone (compensated) and the call fails with 503: no record claims a change that did not
+persist, and no change persists without its record.
 
-Dual control (ferrohsm/dualcontrol.py): after authorization and before anything executes,
-``self.dual.gate`` asks the policy (ferrohsm/policy.py). An action that a key's tags put under dual
-control creates a pending approval bound to the exact arguments and answers 202; the repeat with
-``X-Approval-ID`` consumes the approval by compare-and-swap before the operation runs, so it runs
-at most once however many repeats race. Scheduler moves (check_role=False) are not gated.
+Dual control (control/dualcontrol.py): an action that a key's tags put under dual control gets
+an APPROVAL decision (control/policy.py), and ``self.dual.gate`` acts on it: without
+``X-Approval-ID`` it creates a pending approval bound to the exact arguments and answers 202; the
+repeat with ``X-Approval-ID`` consumes the approval by compare-and-swap before the operation runs,
+so it runs at most once however many repeats race. Scheduler moves (authorize=False) are not gated.
 """
 
 from __future__ import annotations
@@ -18,18 +19,23 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from datetime import datetime, timedelta
+from typing import Any
 
-from .audit.chain import AuditEvent
-from .auth.permissions import Action, authorize, may_see
-from .control.dualcontrol import DualControl
-from .control.policy import Policy
-from .crypto.algorithms import check_usage
-from .domain import lifecycle as lc
-from .domain.errors import AuditUnavailable, FerroError, Forbidden, InvalidTransition, StaleRevision
-from .domain.ids import uuid7
-from .domain.model import (
+from ..auth.permissions import Action, may_see
+from ..control.dualcontrol import DualControl
+from ..control.policy import ALLOWED, Decision, Policy
+from ..crypto.algorithms import check_usage
+from ..domain import lifecycle as lc
+from ..domain.errors import (
+    CAS_RETRIES,
+    AuditUnavailable,
+    FerroError,
+    InvalidTransition,
+    StaleRevision,
+)
+from ..domain.ids import uuid7
+from ..domain.model import (
     Key,
     KeyFilter,
     Page,
@@ -39,21 +45,15 @@ from .domain.model import (
     validate_name,
     validate_tags,
 )
-from .engine.keyengine import KeyEngine
-from .store.approvalstore import ApprovalStore
-from .store.keystore import KeyStore
+from ..engine.keyengine import KeyEngine
+from ..store.approvalstore import ApprovalStore
+from ..store.keystore import KeyStore
+from .approvals import ApprovalService
+from .guard import AuditLog, Guard, utcnow
 
 log = logging.getLogger("ferrohsm.service")
-CAS_RETRIES = 8
-
-
-class AuditLog(Protocol):
-    def append(self, event: AuditEvent, *, defer: bool = False) -> dict[str, Any] | None: ...
-    def healthy(self) -> bool: ...
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+# "crypto.encrypt" -> "encrypt": the operation label of the crypto metrics, computed once
+OPERATION = {a: a.value.rpartition(".")[2] for a in Action}
 
 
 class KeyService:
@@ -70,106 +70,57 @@ class KeyService:
         self.destroy_grace = destroy_grace
         self.clock = clock
         self.policy = policy or Policy()
-        self.dual = DualControl(approvals, self.policy, self.record, audit.healthy,
-                                lambda: self.clock())
-
-    # ---- audit helpers ----
-
-    def record(self, ctx: RequestContext, action: Action | str, outcome: str, message: str,
-               key: Key | None = None, version: int | None = None, *,
-               key_id: str | None = None, defer: bool = False, **details: Any) -> None:
-        """Audit one decision. ``defer`` only where nothing changed state (refusals, crypto
-        results): an event-loop server may then make the record durable together with its
-        neighbours' before it answers (audit/sinkbase.py), instead of one fsync per call."""
-        event = AuditEvent.from_context(ctx, str(action), outcome, message,
-                                        key_id=key.id if key else key_id,
-                                        key_version=version, details=details)
-        self.audit.append(event, defer=defer)
-
-    def _refuse(self, ctx: RequestContext, action: Action | str, exc: FerroError,
-                key: Key | None = None, key_id: str | None = None) -> None:
-        outcome = "denied" if isinstance(exc, Forbidden) else "error"
-        self.record(ctx, action, outcome, exc.message, key, key_id=key_id, defer=True)
-        exc.audited = True
-
-    def _key_for(self, ctx: RequestContext, action: Action, ref: str) -> Key:
-        """Role check, then lookup, then tag scoping: each refusal audited before it is raised."""
-        try:
-            authorize(ctx.principal, action)
-            key = self.store.resolve(ref)
-        except FerroError as exc:
-            self._refuse(ctx, action, exc)
-            raise
-        if ctx.principal and not may_see(ctx.principal, key):
-            denied = Forbidden(f"this token may not use key {key.id}")
-            self._refuse(ctx, action, denied, key)
-            raise denied
-        return key
-
-    def authorize(self, ctx: RequestContext, action: Action) -> None:
-        """Role check for actions outside key management (audit reads, approvals); audited."""
-        self._guard(ctx, action)
-
-    def _guard(self, ctx: RequestContext, action: Action, key: Key | None = None) -> None:
-        try:
-            authorize(ctx.principal, action, key)
-        except FerroError as exc:
-            self._refuse(ctx, action, exc, key)
-            raise
+        now = lambda: self.clock()  # read at call time, like every other use of self.clock
+        self.guard = Guard(audit, store, self.policy, now)
+        self.record = self.guard.record
+        self.dual = DualControl(approvals, self.guard, now)
+        self.approvals = ApprovalService(self.guard, self.dual, now)
 
     # ---- key management ----
 
     def create_key(self, ctx: RequestContext, *, algorithm: str, usage: str,
                    name: str | None = None, description: str = "",
                    tags: tuple[str, ...] = ()) -> Key:
-        self._guard(ctx, Action.KEY_CREATE)
-        try:
+        def work() -> Key:
             check_usage(algorithm, usage)
             validate_name(name)
             validate_description(description)
             validate_tags(tags)
-            self._require_audit()
+            self.guard.require_audit()
             key_id = uuid7()
             sealed = self.engine.new_material(algorithm, key_id, 1)
             key = self.store.create(lc.new_key(
                 key_id=key_id, name=name, description=description, algorithm=algorithm,
                 usage=usage, tags=tuple(tags), sealed=sealed, now=self.clock(), actor=ctx.actor))
-        except FerroError as exc:
-            self._refuse(ctx, Action.KEY_CREATE, exc)
-            raise
-        try:
-            self.record(ctx, Action.KEY_CREATE, "success", f"created {algorithm} key for {usage}",
-                        key, 1, name=name)
-        except AuditUnavailable:
-            self._undo_create(key)
-            raise
-        return key
+            try:
+                self.record(ctx, Action.KEY_CREATE, "success",
+                            f"created {algorithm} key for {usage}", key, 1, name=name)
+            except AuditUnavailable:
+                self._undo_create(key)
+                raise
+            return key
+        return self.guard.run(ctx, Action.KEY_CREATE, work)
 
     def list_keys(self, ctx: RequestContext, filters: KeyFilter, limit: int = 100,
-                  page_token: str | None = None) -> Page:
-        self._guard(ctx, Action.KEY_LIST)
-        try:
-            page = self.store.list(filters, limit, page_token)
-        except FerroError as exc:  # a bad page token or limit is a refused call: audited too
-            self._refuse(ctx, Action.KEY_LIST, exc)
-            raise
-        principal = ctx.principal
-        if principal is not None and principal.tags is not None:
-            page = replace(page, keys=tuple(k for k in page.keys if may_see(principal, k)))
-        self.record(ctx, Action.KEY_LIST, "success", f"listed {len(page.keys)} keys")
-        return page
-
-    def count_keys(self, ctx: RequestContext, filters: KeyFilter) -> int | None:
-        """Total for a listing; None for a tag-scoped token, which must not learn how many keys
-        it cannot see."""
-        if ctx.principal is not None and ctx.principal.tags is not None:
-            return None
-        return self.store.count(filters)
+                  page_token: str | None = None) -> tuple[Page, int | None]:
+        """One page of the keys ``filters`` match, and how many match in all: None for a
+        tag-scoped token, which must not learn how many keys it cannot see."""
+        def work() -> tuple[Page, int | None]:
+            page = self.store.list(filters, limit, page_token)  # a bad page token: refused
+            principal, total = ctx.principal, None
+            if principal is not None and principal.tags is not None:
+                page = replace(page, keys=tuple(k for k in page.keys if may_see(principal, k)))
+            else:
+                total = self.store.count(filters)
+            self.record(ctx, Action.KEY_LIST, "success", f"listed {len(page.keys)} keys")
+            return page, total
+        return self.guard.run(ctx, Action.KEY_LIST, work)
 
     def get_key(self, ctx: RequestContext, ref: str) -> Key:
-        key = self._key_for(ctx, Action.KEY_READ, ref)
-        self.record(ctx, Action.KEY_READ, "success", "described key", key)
-        return key
+        def work(key: Key, decision: Decision) -> Key:
+            self.record(ctx, Action.KEY_READ, "success", "described key", key)
+            return key
+        return self.guard.on_key(ctx, Action.KEY_READ, ref, work)
 
     def update_key(self, ctx: RequestContext, ref: str, description: str) -> Key:
         def change(key: Key) -> Key:
@@ -217,7 +168,7 @@ class KeyService:
                                        self.dual.latest_executed(key.id, Action.KEY_DESTROY))
         done = self._mutate(ctx, Action.KEY_DESTROY, key.id,
                             lambda k: lc.complete_destroy(k, self.clock(), ctx.actor),
-                            message, check_role=False, audit_action="key.destroy_complete",
+                            message, authorize=False, audit_action="key.destroy_complete",
                             details=details)
         self.engine.forget(key.id)
         try:
@@ -237,7 +188,7 @@ class KeyService:
             sealed = self.engine.new_material(key.algorithm, key.id, len(key.versions) + 1)
             return lc.rotate(key, sealed, self.clock(), ctx.actor)
         return self._mutate(ctx, Action.KEY_ROTATE, key_id, change,
-                            "automatic rotation: rotation_days reached", check_role=False,
+                            "automatic rotation: rotation_days reached", authorize=False,
                             audit_action="scheduler.rotate")
 
     def archive_version(self, ctx: RequestContext, key_id: str, version: int) -> Key:
@@ -245,34 +196,34 @@ class KeyService:
         return self._mutate(ctx, Action.KEY_UPDATE, key_id,
                             lambda k: lc.archive_version(k, version, self.clock(), ctx.actor),
                             f"version {version} archived: archive_after_days reached",
-                            check_role=False, audit_action="scheduler.archive",
+                            authorize=False, audit_action="scheduler.archive",
                             details={"archived_version": version})
 
     # ---- the mutation protocol ----
 
     def _mutate(self, ctx: RequestContext, action: Action, ref: str,
-                change: Callable[[Key], Key], message: str, check_role: bool = True, *,
+                change: Callable[[Key], Key], message: str, authorize: bool = True, *,
                 args: dict[str, Any] | None = None, audit_action: str | None = None,
                 details: dict[str, Any] | None = None) -> Key:
-        """``args``: the request's arguments, bound into any approval; ``audit_action`` and
-        ``details`` name scheduler moves in the audit log."""
-        key = self._key_for(ctx, action, ref) if check_role else self.store.resolve(ref)
-        if check_role:
-            self.dual.gate(ctx, action, key, args or {})
+        """Change, then record, undoing the change if the record fails. ``args``: the request's
+        arguments, bound into any approval; ``audit_action`` and ``details`` name scheduler
+        moves in the audit log."""
         name = audit_action or action
-        try:
-            self._require_audit()
+
+        def work(key: Key, decision: Decision) -> Key:
+            if decision is not ALLOWED:  # an approval to request or redeem
+                self.dual.gate(ctx, action, key, args or {}, decision)
+            self.guard.require_audit()
             before, after = self._apply(key, change)
-        except FerroError as exc:
-            self._refuse(ctx, name, exc, key)
-            raise
-        try:
-            self.record(ctx, name, "success", message, after, after.primary_version,
-                        state=after.state.value, **(details or {}))
-        except AuditUnavailable:
-            self._undo_update(before, after)
-            raise
-        return after
+            try:
+                self.record(ctx, name, "success", message, after, after.primary_version,
+                            state=after.state.value, **(details or {}))
+            except AuditUnavailable:
+                self._undo_update(before, after)
+                raise
+            return after
+        return self.guard.on_key(ctx, action, ref, work, audit_action=audit_action,
+                                 authorize=authorize)
 
     def _apply(self, key: Key, change: Callable[[Key], Key]) -> tuple[Key, Key]:
         """Compare-and-swap with re-read on conflict, so concurrent writers never lose updates."""
@@ -282,10 +233,6 @@ class KeyService:
             except StaleRevision:
                 key = self.store.get(key.id)
         raise StaleRevision("the key kept changing underneath this request; try again")
-
-    def _require_audit(self) -> None:
-        if not self.audit.healthy():
-            raise AuditUnavailable("the audit log is unavailable; the operation was refused")
 
     def _undo_update(self, before: Key, after: Key) -> None:
         try:
@@ -305,18 +252,18 @@ class KeyService:
     def _use(self, ctx: RequestContext, action: Action, ref: str,
              op: Callable[[Key], tuple[Any, int]], message: Callable[[Any], str],
              args: dict[str, Any] | None = None) -> tuple[Key, Any, int]:
-        key = self._key_for(ctx, action, ref)
-        self.dual.gate(ctx, action, key, args or {})
-        operation = action.value.rpartition(".")[2]
-        try:
-            result, version = op(key)
-        except FerroError as exc:
-            self.on_crypto(key.algorithm, operation, "error")
-            self._refuse(ctx, action, exc, key)
-            raise
-        self.record(ctx, action, "success", message(result), key, version, defer=True)
-        self.on_crypto(key.algorithm, operation, "success")
-        return key, result, version
+        def work(key: Key, decision: Decision) -> tuple[Key, Any, int]:
+            if decision is not ALLOWED:  # an approval to request or redeem
+                self.dual.gate(ctx, action, key, args or {}, decision)
+            try:
+                result, version = op(key)
+            except FerroError:
+                self.on_crypto(key.algorithm, OPERATION[action], "error")
+                raise
+            self.record(ctx, action, "success", message(result), key, version, defer=True)
+            self.on_crypto(key.algorithm, OPERATION[action], "success")
+            return key, result, version
+        return self.guard.on_key(ctx, action, ref, work)
 
     def encrypt(self, ctx: RequestContext, ref: str, plaintext: bytes,
                 aad: bytes | None = None) -> dict[str, Any]:

@@ -1,0 +1,129 @@
+"""The guarded call: the one place that records an operation's refusal.
+
+Every operation of the service layer (key management, cryptography, approvals, token revocation,
+audit reads) runs inside ``Guard.run`` (an operation on no particular key) or ``Guard.on_key`` (an
+operation on the key a request names by id or name). The guard
+
+1. authorizes once: the role table for ``run`` (``permissions.refusal``); for ``on_key``, once the
+   key is resolved, THE policy decision (``policy.decide``: role, tag scoping, dual control), whose
+   answer the operation hands to the dual-control gate instead of anything checking again;
+2. runs the operation, whose last step records its allowed outcome (the message, key, version and
+   details are the operation's own; a state change is undone when that record cannot be made
+   durable, so no change persists without its record);
+3. records every refusal raised on the way, denied or failed (``FerroError.outcome``), exactly
+   once, naming the key the request targeted (or, when nothing by that reference exists, the
+   reference as given, sanitised and bounded), and re-raises it as ``recorded(exc)``.
+
+The HTTP layer records only what never reached the service (authentication, routing, framing,
+parsing, rate limits); a ``Recorded`` refusal tells it, by type, that there is nothing left to
+record. The transitions of an approval (requested, executed, expired) are records of their own,
+written by the dual-control gate (control/dualcontrol.py) through ``record``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+from ..audit.chain import AuditEvent
+from ..auth.permissions import Action, refusal
+from ..control.policy import ALLOWED, Decision, Policy, Verdict, decide
+from ..domain.errors import AuditUnavailable, FerroError, Forbidden, Recorded, recorded
+from ..domain.model import Key, RequestContext
+from ..store.keystore import KeyStore
+
+T = TypeVar("T")
+MAX_REF = 128  # characters of an unresolvable key reference kept in a refusal's record
+
+
+class AuditLog(Protocol):
+    def append(self, event: AuditEvent, *, defer: bool = False) -> dict[str, Any] | None: ...
+    def healthy(self) -> bool: ...
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def key_ref(ref: str) -> str:
+    """A key reference as a caller gave it, fit for a record: printable and bounded."""
+    return "".join(c if c.isprintable() else "?" for c in ref[:MAX_REF])
+
+
+class Guard:
+    def __init__(self, audit: AuditLog, store: KeyStore, policy: Policy,
+                 clock: Callable[[], datetime]) -> None:
+        self.audit = audit
+        self.store = store
+        self.policy = policy
+        self.clock = clock
+
+    def record(self, ctx: RequestContext, action: Action | str, outcome: str, message: str,
+               key: Key | None = None, version: int | None = None, *,
+               key_id: str | None = None, defer: bool = False, **details: Any) -> None:
+        """Audit one decision. ``defer`` only where nothing changed state (refusals, crypto
+        results): an event-loop server may then make the record durable together with its
+        neighbours' before it answers (audit/sinkbase.py), instead of one fsync per call."""
+        event = AuditEvent.from_context(ctx, str(action), outcome, message,
+                                        key_id=key.id if key else key_id,
+                                        key_version=version, details=details)
+        self.audit.append(event, defer=defer)
+
+    def require_audit(self) -> None:
+        """Refuse a state change up front when its record could not be written (fail closed)."""
+        if not self.audit.healthy():
+            raise AuditUnavailable("the audit log is unavailable; the operation was refused")
+
+    def refused(self, ctx: RequestContext, action: Action | str, exc: FerroError,
+                key: Key | None = None, ref: str | None = None,
+                key_id: str | None = None) -> FerroError:
+        """Record the refusal ``exc`` of ``action`` (once) and return it marked Recorded."""
+        if isinstance(exc, Recorded):
+            return exc  # e.g. a parked approval: its "approval.requested" record is the one
+        details: dict[str, Any] = {"key_ref": key_ref(ref)} \
+            if key is None and key_id is None and ref else {}
+        self.record(ctx, action, exc.outcome, exc.message, key, key_id=key_id, defer=True,
+                    **details)
+        return recorded(exc)
+
+    def run(self, ctx: RequestContext, action: Action, work: Callable[[], T], *,
+            key_of: Callable[[], str | None] | None = None) -> T:
+        """Role check, then ``work``. ``key_of`` names the key a refusal concerns (e.g. the one an
+        approval is bound to); it is asked only when there is a refusal and must not raise."""
+        try:
+            reason = refusal(ctx.principal, action)
+            if reason is not None:
+                raise Forbidden(reason)
+            return work()
+        except FerroError as exc:
+            raise self.refused(ctx, action, exc, key_id=key_of() if key_of else None) from None
+
+    def on_key(self, ctx: RequestContext, action: Action, ref: str,
+               work: Callable[[Key, Decision], T], *, audit_action: str | None = None,
+               authorize: bool = True) -> T:
+        """Resolve ``ref``, decide once, then ``work(key, decision)``: a decision other than
+        ALLOWED is an APPROVAL, the dual-control gate's to act on. ``authorize=False`` for the
+        scheduler's own moves, which no role or approval governs; ``audit_action`` names those
+        in the records."""
+        key = None
+        try:
+            key = self._resolve(ctx, action, ref, authorize)
+            decision = decide(ctx.principal, action, key, self.policy, self.clock) \
+                if authorize else ALLOWED
+            if decision is not ALLOWED and decision.verdict is Verdict.DENY:
+                raise Forbidden(decision.reason)
+            return work(key, decision)
+        except FerroError as exc:
+            raise self.refused(ctx, audit_action or action, exc, key, ref) from None
+
+    def _resolve(self, ctx: RequestContext, action: Action, ref: str, authorize: bool) -> Key:
+        """The key ``ref`` names. A role that may not perform ``action`` at all hears 403 whether
+        or not the key exists: only callers who may ask learn that a key does not exist."""
+        try:
+            return self.store.resolve(ref)
+        except FerroError:
+            reason = refusal(ctx.principal, action) if authorize else None
+            if reason is not None:
+                raise Forbidden(reason) from None
+            raise

@@ -1,0 +1,41 @@
+"""Token revocation as a service operation: deny-list a ``jti`` (Administrators).
+
+The deny-list is keyed by ``jti`` (auth/denylist.py says why never by token text). The entry is
+persisted before the answer and kept for as long as any token carrying that ``jti`` could still
+be accepted, so ``exp`` is optional. Runs inside the guarded call: allowed and refused calls
+leave one audit record each.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..auth.denylist import valid_jti
+from ..auth.permissions import Action
+from ..domain.errors import BadRequest
+from ..domain.model import RequestContext
+from .guard import Guard
+
+
+class Revoker(Protocol):
+    """auth.authn.Authenticator.revoke: persist the entry; the epoch second it lasts until."""
+
+    def revoke(self, jti: str, exp: int | None = None) -> float: ...
+
+
+class TokenService:
+    def __init__(self, guard: Guard, revoker: Revoker) -> None:
+        self.guard = guard
+        self.revoker = revoker
+
+    def revoke(self, ctx: RequestContext, jti: str, exp: int | None = None) -> float:
+        """Deny-list ``jti``; the epoch second until which the entry is kept."""
+        def work() -> float:
+            if not valid_jti(jti):
+                raise BadRequest("jti must be 1-128 printable characters")
+            self.guard.require_audit()
+            until = self.revoker.revoke(jti, exp)
+            self.guard.record(ctx, Action.TOKEN_REVOKE, "success", f"token {jti} revoked",
+                              jti=jti)
+            return until
+        return self.guard.run(ctx, Action.TOKEN_REVOKE, work)

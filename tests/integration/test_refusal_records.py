@@ -1,0 +1,430 @@
+"""Every kind of refused request leaves EXACTLY ONE audit record, over a real server and TLS.
+
+Each request below carries its own ``X-Request-ID``; the audit log records the request id of
+every record, so the records of one request are found by that id. For each refused request the
+test asserts the status it got, and that exactly one record carries its id, with the action and
+outcome (denied or error) of the layer that refused it and, for a request that named a key, the
+key it targeted: its id when the reference resolves, else the reference itself (``key_ref``).
+
+Who records is decided by the layer that refuses (ferrohsm/api/application.py): the service's
+guarded call for the operations it runs, the HTTP layer for what never reached the service
+(authentication, routing, parsing, framing, rate limits). The cases cover each kind: 401, 403
+for every role on every route it may not call (stated here from the README's role table, not
+derived from the code), 404, 405, 408, 409, 413, 414, 415, 417, 429, 431, 505, malformed
+request lines, headers, bodies and query strings (framing errors sent with a valid token, so
+from an authenticated caller), bad page tokens, and approvals that are missing or still pending.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from live import LiveServer
+
+ROLES = ("administrator", "operator", "auditor", "service")
+A, AO, AOU, ALL, S = ({"administrator"}, {"administrator", "operator"},
+                      {"administrator", "operator", "auditor"}, set(ROLES), {"service"})
+Record = dict[str, Any]
+CONFIG = """
+[policy.tags.dual]
+approvals_required = 1
+approval_actions = ["destroy"]
+"""
+OPEN = {("rate_limit", "requests_per_second"): 100000.0, ("rate_limit", "burst"): 100000,
+        ("rate_limit", "ip_requests_per_second"): 100000.0, ("rate_limit", "ip_burst"): 100000,
+        ("server", "body_timeout_seconds"): 0.5}
+MISSING_ID = "01890a5d-ac96-774b-bcce-b302099a0000"
+
+
+def B(data: bytes) -> str:  # noqa: N802  one letter, like b"": a base64 literal in bodies
+    return base64.b64encode(data).decode()
+
+
+@dataclass
+class World:
+    """The live server and what the cases refer to by placeholder: the keys {enc}, {sig},
+    {dual} (under dual control) and {revoked}, a pending {approval} on {dual}, and a {scoped}
+    service token whose tags match none of them."""
+
+    srv: LiveServer
+    names: dict[str, str] = field(default_factory=dict)
+
+    def fill(self, text: str) -> str:
+        for placeholder, value in self.names.items():
+            text = text.replace("{" + placeholder + "}", value)
+        return text
+
+
+def create(srv: LiveServer, name: str, algorithm: str = "aes-256-gcm", usage: str = "encrypt",
+           tags: tuple[str, ...] = ()) -> str:
+    status, _, key = srv.call("POST", "/v1/keys", {"algorithm": algorithm, "usage": usage,
+                                                   "name": name, "tags": list(tags)})
+    assert status == 201, key
+    return str(key["id"])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    srv = LiveServer(tmp_path_factory.mktemp("refusals"), config_text=CONFIG, overrides=OPEN)
+    w = World(srv)
+    w.names["enc"] = create(srv, "refusal-enc")
+    w.names["sig"] = create(srv, "refusal-sig", "ec-p256", "sign")
+    w.names["dual"] = create(srv, "refusal-dual", tags=("dual",))
+    w.names["revoked"] = create(srv, "refusal-revoked")
+    assert srv.call("POST", f"/v1/keys/{w.names['revoked']}/revoke", {})[0] == 200
+    status, _, parked = srv.call("POST", f"/v1/keys/{w.names['dual']}/destroy", {})
+    assert status == 202, parked
+    w.names["approval"] = parked["approval"]["id"]
+    w.names["scoped"] = srv.token("service", "scoped-svc", tags=["elsewhere"])
+    yield w
+    srv.close()
+
+
+def records_of(srv: LiveServer, request_id: str) -> list[Record]:
+    found: list[Record] = []
+    after = 0
+    while True:
+        page = srv.rt.audit.read(after, 1000)
+        found += [r for r in page if r.get("request_id") == request_id]
+        if len(page) < 1000:
+            return found
+        after = page[-1]["seq"]
+
+
+def raw_status(srv: LiveServer, data: bytes) -> int:
+    """Send exact bytes on a fresh TLS connection; the status of the one response."""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock, \
+            srv.ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+        tls.sendall(data)
+        head = b""
+        while b"\r\n" not in head:
+            chunk = tls.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    return int(head.split(b" ", 2)[1])
+
+
+# ---- the cases ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Case:
+    """One refused request: either an HTTP call (method, path, JSON ``body`` or ``raw`` body,
+    ``role``/``token``, ``headers``) or exact bytes (``wire``, with {rid} and {token} filled in),
+    and the one record it must leave: ``action``, ``outcome``, the key (a placeholder such as
+    "enc", or None) and, for an unresolvable key reference, ``key_ref``."""
+
+    status: int
+    action: str
+    outcome: str
+    method: str = "GET"
+    path: str = "/"
+    body: Any = None
+    raw: bytes | None = None
+    role: str | None = "administrator"
+    token: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    wire: bytes | None = None
+    key: str | None = None
+    key_ref: str | None = None
+
+    def send(self, w: World, rid: str) -> int:
+        if self.wire is not None:
+            data = self.wire.replace(b"{rid}", rid.encode())
+            return raw_status(w.srv, data.replace(b"{token}", w.srv.token().encode()))
+        token = w.fill(self.token) if self.token else None
+        headers = {name: w.fill(value) for name, value in self.headers.items()}
+        headers["X-Request-ID"] = rid
+        body = self.body
+        if isinstance(body, dict):
+            body = {k: w.fill(v) if isinstance(v, str) else v for k, v in body.items()}
+        return w.srv.call(self.method, w.fill(self.path), body, role=self.role, token=token,
+                          headers=headers, raw=self.raw)[0]
+
+
+def refused(status: int, **kw: Any) -> Case:
+    """A refusal the HTTP layer records: it never reached the service."""
+    return Case(status, "request.refused", "denied" if status in (401, 403, 429) else "error",
+                **kw)
+
+
+# (method, path, valid body, roles that may call it, the audit action of its refusal)
+ROUTES: list[tuple[str, str, Any, set[str], str]] = [
+    ("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt"}, AO, "key.create"),
+    ("GET", "/v1/keys", None, ALL, "key.list"),
+    ("GET", "/v1/keys/{enc}", None, ALL, "key.read"),
+    ("PATCH", "/v1/keys/{enc}", {"description": "x"}, AO, "key.update"),
+    ("POST", "/v1/keys/{enc}/rotate", {}, AO, "key.rotate"),
+    ("POST", "/v1/keys/{enc}/rollback", {"version": 1}, AO, "key.rollback"),
+    ("POST", "/v1/keys/{enc}/revoke", {"reason": "x"}, AO, "key.revoke"),
+    ("POST", "/v1/keys/{enc}/destroy", {}, A, "key.destroy"),
+    ("POST", "/v1/keys/{enc}/cancel-destroy", {}, A, "key.cancel_destroy"),
+    ("GET", "/v1/keys/{sig}/public-key", None, ALL, "key.public_key"),
+    ("POST", "/v1/keys/{enc}/encrypt", {"plaintext": B(b"x")}, S, "crypto.encrypt"),
+    ("POST", "/v1/keys/{enc}/decrypt", {"ciphertext": "fhsm:v1:AAAA"}, S, "crypto.decrypt"),
+    ("POST", "/v1/keys/{sig}/sign", {"message": B(b"m")}, S, "crypto.sign"),
+    ("POST", "/v1/keys/{sig}/verify", {"message": B(b"m"), "signature": B(b"s")}, S,
+     "crypto.verify"),
+    ("POST", "/v1/keys/{enc}/wrap", {"key_material": B(b"k" * 32)}, S, "crypto.wrap"),
+    ("POST", "/v1/keys/{enc}/unwrap", {"wrapped": "fhsm:v1:AAAA"}, S, "crypto.unwrap"),
+    ("POST", "/v1/tokens/revoke", {"jti": "refused-jti"}, A, "token.revoke"),
+    ("GET", "/v1/audit", None, AOU, "audit.read"),
+    ("GET", "/v1/approvals", None, AOU, "approval.list"),
+    ("GET", "/v1/approvals/{approval}", None, AOU, "approval.list"),
+    ("POST", "/v1/approvals/{approval}/approve", {}, AO, "approval.decide"),
+    ("POST", "/v1/approvals/{approval}/deny", {}, AO, "approval.decide"),
+]
+
+
+def _key_of(path: str) -> str | None:
+    for placeholder in ("enc", "sig"):
+        if "{" + placeholder + "}" in path:
+            return placeholder
+    return "dual" if "{approval}" in path else None  # an approval names the key it is bound to
+
+
+FORBIDDEN = {f"403 {role} {method} {path}": Case(403, action, "denied", method, path, body,
+                                                 role=role, key=_key_of(path))
+             for method, path, body, allowed, action in ROUTES
+             for role in ROLES if role not in allowed}
+
+WIRE_HEAD = (b"Host: 127.0.0.1\r\nX-Request-ID: {rid}\r\nAuthorization: Bearer {token}\r\n")
+
+
+def wire(request_line: bytes, extra: bytes = b"", body: bytes = b"") -> bytes:
+    """A request with a valid token (an authenticated caller) and one framing defect."""
+    return request_line + b"\r\n" + WIRE_HEAD + extra + b"\r\n" + body
+
+
+JSON = b"Content-Type: application/json\r\n"
+CASES: dict[str, Case] = {
+    # 401: no token, bad tokens (the HTTP layer: auth.authenticate)
+    "401 no token": Case(401, "auth.authenticate", "denied", path="/v1/keys", role=None),
+    "401 bad token": Case(401, "auth.authenticate", "denied", path="/v1/keys", role=None,
+                          token="not-a-token"),  # noqa: S106  a deliberately bogus token
+    "401 basic auth": Case(401, "auth.authenticate", "denied", path="/v1/keys", role=None,
+                           headers={"Authorization": "Basic YWRtaW46YWRtaW4="}),
+    "400 token in the query string": Case(400, "auth.authenticate", "denied",
+                                          path="/v1/keys?access_token=abc"),
+    **FORBIDDEN,
+    "403 by name": Case(403, "key.destroy", "denied", "POST", "/v1/keys/refusal-enc/destroy", {},
+                        role="operator", key="enc"),
+    "403 unknown name": Case(403, "key.rotate", "denied", "POST", "/v1/keys/no-such-key/rotate",
+                             {}, role="service", key_ref="no-such-key"),
+    "403 tag-scoped token": Case(403, "crypto.encrypt", "denied", "POST", "/v1/keys/{enc}/encrypt",
+                                 {"plaintext": B(b"x")}, role=None, token="{scoped}", key="enc"),  # noqa: S106  a placeholder
+    "403 own approval": Case(403, "approval.decide", "denied", "POST",
+                             "/v1/approvals/{approval}/approve", {}, key="dual"),
+    "403 unknown approval id": Case(403, "key.destroy", "denied", "POST",
+                                    "/v1/keys/{dual}/destroy", {},
+                                    headers={"X-Approval-ID": MISSING_ID}, key="dual"),
+    # 202 with a pending approval: the request is refused until the quorum is reached
+    "202 pending approval": Case(202, "key.destroy", "denied", "POST", "/v1/keys/{dual}/destroy",
+                                 {}, headers={"X-Approval-ID": "{approval}"}, key="dual"),
+    # 404
+    "404 unknown route": refused(404, path="/v1/nowhere"),
+    "404 unknown route, no token": refused(404, path="/v1/nowhere", role=None),
+    "404 unknown dashboard file": refused(404, path="/ui/nope.js", role=None),
+    "404 unknown key name": Case(404, "key.read", "error", path="/v1/keys/no-such-key",
+                                 key_ref="no-such-key"),
+    "404 unknown key id": Case(404, "crypto.encrypt", "error", "POST",
+                               f"/v1/keys/{MISSING_ID}/encrypt", {"plaintext": B(b"x")},
+                               role="service", key_ref=MISSING_ID),
+    "404 unknown key, unprintable and long": Case(404, "key.read", "error",
+                                                  path="/v1/keys/bad%E2%80%8B" + "x" * 200,
+                                                  key_ref="bad?" + "x" * 124),
+    "400 control character in a key reference": refused(400, path="/v1/keys/bad%01"),
+    "404 unknown approval": Case(404, "approval.decide", "error", "POST",
+                                 f"/v1/approvals/{MISSING_ID}/approve", {}, role="operator"),
+    "404 unknown approval, read": Case(404, "approval.list", "error",
+                                       path=f"/v1/approvals/{MISSING_ID}", role="auditor"),
+    # 405
+    "405 method on a collection": refused(405, method="DELETE", path="/v1/keys"),
+    "405 method on a key": refused(405, method="PUT", path="/v1/keys/{enc}", body={}),
+    # 409 and other refusals by the operation itself (the service)
+    "409 wrong usage": Case(409, "crypto.encrypt", "error", "POST", "/v1/keys/{sig}/encrypt",
+                            {"plaintext": B(b"x")}, role="service", key="sig"),
+    "409 revoked key": Case(409, "key.rotate", "error", "POST", "/v1/keys/{revoked}/rotate", {},
+                            key="revoked"),
+    "409 name taken": Case(409, "key.create", "error", "POST", "/v1/keys",
+                           {"algorithm": "aes-256-gcm", "usage": "encrypt",
+                            "name": "refusal-enc"}),
+    "400 unknown algorithm": Case(400, "key.create", "error", "POST", "/v1/keys",
+                                  {"algorithm": "des", "usage": "encrypt"}),
+    "400 bad ciphertext": Case(400, "crypto.decrypt", "error", "POST", "/v1/keys/{enc}/decrypt",
+                               {"ciphertext": "fhsm:v1:AAAA"}, role="service", key="enc"),
+    "400 bad jti": Case(400, "token.revoke", "error", "POST", "/v1/tokens/revoke",
+                        {"jti": "\u0007"}),
+    "413 input over the crypto limit": Case(413, "crypto.encrypt", "error", "POST",
+                                            "/v1/keys/{enc}/encrypt",
+                                            {"plaintext": B(b"x" * (64 * 1024 + 1))},
+                                            role="service", key="enc"),
+    # bad page tokens: refused by the listing itself
+    "400 bad page_token": Case(400, "key.list", "error", path="/v1/keys?page_token=garbage"),
+    "400 bad approvals page_token": Case(400, "approval.list", "error",
+                                         path="/v1/approvals?page_token=garbage"),
+    "400 bad approvals state": Case(400, "approval.list", "error",
+                                    path="/v1/approvals?state=bogus"),
+    # query strings the handler refuses before calling the service
+    "400 unknown query parameter": refused(400, path="/v1/keys?bogus=1"),
+    "400 repeated query parameter": refused(400, path="/v1/keys?limit=1&limit=2"),
+    "400 limit not a number": refused(400, path="/v1/keys?limit=abc"),
+    "400 unknown state filter": refused(400, path="/v1/keys?state=bogus"),
+    "400 audit after_seq": refused(400, path="/v1/audit?after_seq=-1"),
+    "400 public-key version": refused(400, path="/v1/keys/{sig}/public-key?version=x"),
+    "400 health query": refused(400, path="/healthz?x=1", role=None),
+    # bodies the handler refuses before calling the service
+    "400 invalid JSON": refused(400, method="POST", path="/v1/keys", raw=b"{nope"),
+    "400 not an object": refused(400, method="POST", path="/v1/keys", raw=b"[]"),
+    "400 duplicate member": refused(400, method="POST", path="/v1/keys",
+                                    raw=b'{"usage":"encrypt","usage":"sign"}'),
+    "400 unknown field": refused(400, method="POST", path="/v1/keys",
+                                 body={"algorithm": "aes-256-gcm", "usage": "encrypt", "x": 1}),
+    "400 missing field": refused(400, method="POST", path="/v1/keys", body={}),
+    "400 wrong type": refused(400, method="PATCH", path="/v1/keys/{enc}",
+                              body={"description": 7}),
+    "400 bad base64": refused(400, method="POST", path="/v1/keys/{enc}/encrypt",
+                              body={"plaintext": "not base64!"}, role="service"),
+    "400 malformed token revoke": refused(400, method="POST", path="/v1/tokens/revoke",
+                                          body={"jti": 5}),
+    # framing, sent with a valid token: refused by the server while reading the request
+    "413 body over max_body": refused(413, wire=wire(b"POST /v1/keys HTTP/1.1",
+                                                     JSON + b"Content-Length: 99999999\r\n")),
+    "415 not JSON": refused(415, wire=wire(b"POST /v1/keys HTTP/1.1",
+                                           b"Content-Type: text/plain\r\nContent-Length: 2\r\n",
+                                           b"{}")),
+    "400 two Content-Lengths": refused(400, wire=wire(
+        b"POST /v1/keys HTTP/1.1", JSON + b"Content-Length: 2\r\nContent-Length: 2\r\n", b"{}")),
+    "400 Transfer-Encoding": refused(400, wire=wire(
+        b"POST /v1/keys HTTP/1.1", JSON + b"Transfer-Encoding: chunked\r\n", b"0\r\n\r\n")),
+    "400 Content-Length not a number": refused(400, wire=wire(
+        b"POST /v1/keys HTTP/1.1", JSON + b"Content-Length: two\r\n")),
+    "400 obs-fold": refused(400, wire=wire(b"GET /v1/keys HTTP/1.1", b"X-A: 1\r\n folded\r\n")),
+    "400 control character in a header": refused(400, wire=wire(b"GET /v1/keys HTTP/1.1",
+                                                                b"X-A: a\x01b\r\n")),
+    "400 space before the colon": refused(400, wire=wire(b"GET /v1/keys HTTP/1.1",
+                                                         b"X-A : 1\r\n")),
+    "400 two Hosts": refused(400, wire=wire(b"GET /v1/keys HTTP/1.1", b"Host: other\r\n")),
+    "400 no Host": refused(400, wire=b"GET /v1/keys HTTP/1.1\r\nX-Request-ID: {rid}\r\n"
+                                     b"Authorization: Bearer {token}\r\n\r\n"),
+    "400 bare LF": refused(400, wire=b"GET /v1/keys HTTP/1.1\nHost: 127.0.0.1\nX-Request-ID: "
+                                     b"{rid}\n\n"),
+    "400 malformed request line": refused(400, wire=wire(b"GET  /v1/keys HTTP/1.1")),
+    "400 absolute-form target": refused(400, wire=wire(b"GET https://x/v1/keys HTTP/1.1")),
+    "400 invalid query string": refused(400, wire=wire(b"GET /v1/keys?a=%ff HTTP/1.1")),
+    "417 Expect": refused(417, wire=wire(b"GET /v1/keys HTTP/1.1", b"Expect: bogus\r\n")),
+    "505 HTTP/2.0": refused(505, wire=wire(b"GET /v1/keys HTTP/2.0")),
+    "414 URI too long": refused(414, wire=wire(b"GET /v1/keys?" + b"a" * 9000 + b" HTTP/1.1")),
+    "431 header section too large": refused(431, wire=wire(b"GET /v1/keys HTTP/1.1",
+                                                           b"X-A: " + b"a" * 40000 + b"\r\n")),
+    "431 too many headers": refused(431, wire=wire(b"GET /v1/keys HTTP/1.1",
+                                                   b"".join(b"X-%d: 1\r\n" % n
+                                                            for n in range(120)))),
+    "408 body never arrives": refused(408, wire=wire(b"POST /v1/keys HTTP/1.1",
+                                                     JSON + b"Content-Length: 10\r\n", b"{}")),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_refused_request_leaves_exactly_one_record(world: World, name: str) -> None:
+    case = CASES[name]
+    rid = f"refusal-{uuid.uuid4().hex}"
+    assert case.send(world, rid) == case.status, name
+    records = records_of(world.srv, rid)
+    assert len(records) == 1, [(r["action"], r["outcome"], r["message"]) for r in records]
+    [record] = records
+    assert (record["action"], record["outcome"]) == (case.action, case.outcome), record
+    assert record["key_id"] == (world.names[case.key] if case.key else None), record
+    assert record["details"].get("key_ref") == case.key_ref, record
+
+
+def test_the_matrix_covers_every_v1_route(world: World) -> None:
+    routed = {(r.method, r.template) for r in world.srv.rt.router.routes()
+              if r.template.startswith("/v1/") and r.template != "/v1/openapi.json"}
+    stated = {(m, p.replace("{enc}", "{key}").replace("{sig}", "{key}")
+               .replace("{approval}", "{id}")) for m, p, *_ in ROUTES}
+    assert routed == stated
+
+
+def test_an_operators_refused_token_revoke_leaves_one_record(world: World) -> None:
+    """Regression: the handler recorded token.revoke denied and the HTTP layer request.refused."""
+    rid = f"revoke-{uuid.uuid4().hex}"
+    status, _, reply = world.srv.call("POST", "/v1/tokens/revoke", {"jti": "some-jti"},
+                                      role="operator", headers={"X-Request-ID": rid})
+    assert status == 403 and reply["error"]["code"] == "forbidden"
+    [record] = records_of(world.srv, rid)
+    assert (record["action"], record["outcome"], record["actor"]) == \
+        ("token.revoke", "denied", "operator-user")
+
+
+def test_a_parked_request_leaves_its_approval_request_only(world: World) -> None:
+    key = create(world.srv, f"parked-{uuid.uuid4().hex[:8]}", tags=("dual",))
+    rid = f"parked-{uuid.uuid4().hex}"
+    status, _, reply = world.srv.call("POST", f"/v1/keys/{key}/destroy", {},
+                                      headers={"X-Request-ID": rid})
+    assert status == 202, reply
+    [record] = records_of(world.srv, rid)
+    assert (record["action"], record["outcome"], record["key_id"]) == \
+        ("approval.requested", "success", key)
+
+
+# ---- rate limits: a server of their own -----------------------------------------------------
+
+LIMITED = {("rate_limit", "requests_per_second"): 100000.0, ("rate_limit", "burst"): 100000,
+           ("rate_limit", "auditor_requests_per_second"): 0.01, ("rate_limit", "auditor_burst"): 1,
+           ("rate_limit", "ip_requests_per_second"): 0.01, ("rate_limit", "ip_burst"): 1}
+
+
+@pytest.fixture
+def limited(tmp_path: Path) -> Iterator[LiveServer]:
+    srv = LiveServer(tmp_path, overrides=LIMITED)
+    yield srv
+    srv.close()
+
+
+def call_with_id(srv: LiveServer, path: str, role: str | None) -> tuple[int, str]:
+    rid = f"limited-{uuid.uuid4().hex}"
+    return srv.call("GET", path, role=role, headers={"X-Request-ID": rid})[0], rid
+
+
+def test_429s_leave_one_record_each(limited: LiveServer) -> None:
+    """An actor's every 429 is recorded; an anonymous address's first 429 in a second is (its
+    later ones are sampled away on purpose, so a flood cannot amplify itself into the log)."""
+    assert call_with_id(limited, "/healthz", None)[0] == 200  # spends the address's one token
+    status, rid = call_with_id(limited, "/healthz", None)
+    assert status == 429
+    [record] = records_of(limited, rid)
+    assert (record["action"], record["outcome"], record["actor"]) == \
+        ("ratelimit.refused", "denied", "anonymous")
+    status, rid = call_with_id(limited, "/v1/nowhere", None)  # a 404 that became a 429
+    assert status == 429 and len(records_of(limited, rid)) <= 1
+    assert call_with_id(limited, "/v1/keys", "auditor")[0] == 200
+    for _ in range(3):
+        status, rid = call_with_id(limited, "/v1/keys", "auditor")
+        assert status == 429
+        [record] = records_of(limited, rid)
+        assert (record["action"], record["outcome"], record["actor"]) == \
+            ("ratelimit.refused", "denied", "auditor-user")
+
+
+def test_framing_refusals_spend_the_address_tokens(limited: LiveServer) -> None:
+    """A flood of malformed requests is rate limited like any anonymous refusal: the first is
+    recorded as itself, then the address answers 429 (sampled), never an unbounded log."""
+    data = wire(b"GET /v1/keys HTTP/1.1", b"X-A : 1\r\n")
+    first = f"flood-{uuid.uuid4().hex}"
+    assert raw_status(limited, data.replace(b"{rid}", first.encode())
+                      .replace(b"{token}", b"x")) == 400
+    assert [r["action"] for r in records_of(limited, first)] == ["request.refused"]
+    statuses = []
+    for n in range(5):
+        rid = f"flood-{n}-{uuid.uuid4().hex}".encode()
+        statuses.append(raw_status(limited, data.replace(b"{rid}", rid)
+                                   .replace(b"{token}", b"x")))
+    assert set(statuses) == {429}
