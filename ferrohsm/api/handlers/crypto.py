@@ -62,21 +62,14 @@ def register(router: Router, service: KeyService) -> None:
         return 200, {"key_material": b64s(out["key_material"]), "key_version": out["key_version"]}
 
     # Inline: they never block for long nor change state (Route.inline).
-    router.add("POST", "/v1/keys/{key}/encrypt", encrypt, name="encrypt", inline=True,
-               doc=Operation("AES-256-GCM encrypt", TAGS, Action.ENCRYPT,
-                             request="EncryptRequest", response="EncryptResponse"))
-    router.add("POST", "/v1/keys/{key}/decrypt", decrypt, name="decrypt", inline=True,
-               doc=Operation("AES-256-GCM decrypt", TAGS, Action.DECRYPT,
-                             request="DecryptRequest", response="DecryptResponse"))
-    router.add("POST", "/v1/keys/{key}/sign", sign, name="sign", inline=True,
-               doc=Operation("Sign a message or digest (DER)", TAGS, Action.SIGN,
-                             request="SignRequest", response="SignResponse"))
-    router.add("POST", "/v1/keys/{key}/verify", verify, name="verify", inline=True,
-               doc=Operation("Verify a signature", TAGS, Action.VERIFY,
-                             request="VerifyRequest", response="VerifyResponse"))
-    router.add("POST", "/v1/keys/{key}/wrap", wrap, name="wrap", inline=True,
-               doc=Operation("Wrap key material (RFC 5649)", TAGS, Action.WRAP,
-                             request="WrapRequest", response="WrapResponse"))
-    router.add("POST", "/v1/keys/{key}/unwrap", unwrap, name="unwrap", inline=True,
-               doc=Operation("Unwrap key material", TAGS, Action.UNWRAP,
-                             request="UnwrapRequest", response="UnwrapResponse"))
+    # (operation, handler, OpenAPI summary, action, schema stem of its request and response)
+    for op, handler, summary, action, schema in (
+            ("encrypt", encrypt, "AES-256-GCM encrypt", Action.ENCRYPT, "Encrypt"),
+            ("decrypt", decrypt, "AES-256-GCM decrypt", Action.DECRYPT, "Decrypt"),
+            ("sign", sign, "Sign a message or digest (DER)", Action.SIGN, "Sign"),
+            ("verify", verify, "Verify a signature", Action.VERIFY, "Verify"),
+            ("wrap", wrap, "Wrap key material (RFC 5649)", Action.WRAP, "Wrap"),
+            ("unwrap", unwrap, "Unwrap key material", Action.UNWRAP, "Unwrap")):
+        router.add("POST", f"/v1/keys/{{key}}/{op}", handler, name=op, inline=True,
+                   doc=Operation(summary, TAGS, action, request=f"{schema}Request",
+                                 response=f"{schema}Response"))
