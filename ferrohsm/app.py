@@ -28,6 +28,7 @@ from .auth.ratelimit import RateLimiter, policy_from_settings
 from .config import Config, Secrets, parse_listen
 from .control.policy import Policy
 from .control.scheduler import RetentionScheduler
+from .crypto.recordmac import RecordMac
 from .crypto.seal import Sealer
 from .domain.errors import ConfigError, FerroError
 from .domain.model import SYSTEM_CONTEXT
@@ -58,14 +59,15 @@ def ensure_private_dir(path: str | Path) -> Path:
     return p
 
 
-def open_store(config: Config) -> KeyStore:
+def open_store(config: Config, record_mac: RecordMac) -> KeyStore:
+    """The configured key store; its records are authenticated under ``record_mac``."""
     kind = config.storage.key_store
     if kind == "memory":
-        return MemoryStore()
+        return MemoryStore(record_mac)
     data = ensure_private_dir(config.storage.data_dir)
     if kind == "sqlite":
-        return SQLiteStore(data / "keys.sqlite3")
-    return FilesystemStore(data)
+        return SQLiteStore(data / "keys.sqlite3", record_mac)
+    return FilesystemStore(data, record_mac)
 
 
 def open_approvals(config: Config) -> ApprovalStore:
@@ -126,7 +128,7 @@ class Runtime:
 
 
 def build_runtime(config: Config, secrets: Secrets) -> Runtime:
-    store = open_store(config)
+    store = open_store(config, RecordMac.derive(secrets.master_key))
     approvals: ApprovalStore | None = None
     try:
         sealer = Sealer(secrets.master_key)
