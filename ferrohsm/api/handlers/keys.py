@@ -52,6 +52,8 @@ def _register_inventory(router: Router, service: KeyService) -> None:
         total = service.count_keys(ctx, filters)
         if total is not None:
             payload["total"] = total
+            if page.unreadable:  # keys whose stored records failed their check (docs/api.md)
+                payload["unreadable"] = list(page.unreadable)
         return etagged(req, payload)
 
     def show(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
