@@ -34,6 +34,7 @@ from .domain.errors import ConfigError, FerroError
 from .domain.model import SYSTEM_CONTEXT
 from .engine.keycache import MaterialCache
 from .engine.keyengine import KeyEngine
+from .integrity.records import RecordReport, check_key_records
 from .service import KeyService
 from .store.approvalstore import ApprovalStore
 from .store.filesystem import FilesystemStore
@@ -112,6 +113,16 @@ class Runtime:
     started: float = field(default_factory=time.monotonic)
     stop: threading.Event = field(default_factory=threading.Event)
     approvals: ApprovalStore | None = None
+    key_records: RecordReport | None = None  # the start-up check of the key records
+
+    def _key_records(self) -> dict[str, Any]:
+        """Counts only: the ids of failed keys are in the audit log (and a filesystem store's
+        own ``unreadable_keys``), and health is served to anyone."""
+        report = self.key_records
+        if report is None:
+            return {}
+        return {"checked_at_start": report.checked, "failed_at_start": len(report.failed),
+                "migrated_at_start": report.migrated}
 
     def health(self) -> dict[str, Any]:
         audit_ok = self.audit.healthy()
@@ -120,6 +131,7 @@ class Runtime:
             "version": __import__("ferrohsm").__version__,
             "uptime_seconds": round(time.monotonic() - self.started, 3),
             "store": self.store.describe(),
+            "key_records": self._key_records(),
             "audit": self.audit.describe(),
             "auth": self.authenticator.stats(),
             "rate_limit": self.app.limiter.stats(),
@@ -130,16 +142,18 @@ class Runtime:
 def build_runtime(config: Config, secrets: Secrets) -> Runtime:
     store = open_store(config, RecordMac.derive(secrets.master_key))
     approvals: ApprovalStore | None = None
+    audit: AuditSink | None = None
     try:
         sealer = Sealer(secrets.master_key)
         check_master_key(store, sealer)
         policy = Policy.from_config(config.policy_tags, config.crypto.destroy_grace_hours)
         approvals = open_approvals(config)
         audit = open_audit(config, secrets)
+        key_records = check_key_records(store, audit)  # before anything is served
     except Exception:
-        if approvals is not None:
-            approvals.close()
-        store.close()
+        for opened in (audit, approvals, store):
+            if opened is not None:
+                opened.close()
         raise
     cache: MaterialCache[Any] = MaterialCache(config.crypto.cache_max_entries,
                                               config.crypto.cache_ttl_seconds)
@@ -162,7 +176,7 @@ def build_runtime(config: Config, secrets: Secrets) -> Runtime:
     app = application.Application(router, auth, metrics, application.audit_hook(service.record),
                                   limiter)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
-                      approvals=approvals)
+                      approvals=approvals, key_records=key_records)
     system_routes.register(router, runtime.health, metrics)
     _gauges(runtime)
     return runtime
