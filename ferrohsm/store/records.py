@@ -57,7 +57,7 @@ _MIDDLE = b'","record":'
 _SUFFIX = b"}"
 _MAC_HEX = 64
 _RECORD_AT = len(_PREFIX) + _MAC_HEX + len(_MIDDLE)
-_MARKER_PREFIX = b"ferrohsm key records: "
+_MARKER_PREFIX = b"ferrohsm key records: format=%d state=" % RECORD_FORMAT_VERSION
 
 # What a store raises for one key whose record cannot be served: listings and start-up checks
 # report the key and carry on with the others.
@@ -183,7 +183,7 @@ class RecordCodec:
         return _parse(key_id, data if isinstance(data, bytes) else data.encode("utf-8"))
 
     def marker(self, state: RecordFormat) -> bytes:
-        """The format marker blob for ``state``: the state and its MAC."""
+        """The format marker blob: format version and ``state``, then their MAC."""
         payload = _MARKER_PREFIX + state.value.encode("ascii")
         return payload + b"|" + self._mac_hex(MARKER_CONTEXT, payload)
 
@@ -197,7 +197,7 @@ class RecordCodec:
             try:
                 return RecordFormat(payload[len(_MARKER_PREFIX):].decode("ascii"))
             except (UnicodeDecodeError, ValueError):
-                pass  # a state this version does not know, under a valid MAC: refuse it too
+                pass  # a state (or format) this version does not know: refuse it too
         raise IntegrityError("the key store's record-format marker failed its integrity check",
                              problem=Problem.MAC_MISMATCH.value)
 

@@ -604,7 +604,10 @@ def test_the_format_marker_is_authenticated(backend: Backend) -> None:
     store.set_record_format(RecordFormat.AUTHENTICATED)
     assert store.record_format() is RecordFormat.AUTHENTICATED
     other_master = RecordCodec(type(RECORD_MAC).derive(bytes(32)))
-    for forged in (b"ferrohsm key records: authenticated", b"migrating",
+    blob = store.get_meta("key_record_format")
+    assert blob is not None and blob.startswith(b"ferrohsm key records: format=2 "
+                                                b"state=authenticated|")
+    for forged in (b"ferrohsm key records: format=2 state=authenticated", b"migrating",
                    other_master.marker(RecordFormat.MIGRATING)):
         store.put_meta("key_record_format", forged)
         with pytest.raises(IntegrityError, match="format marker"):
