@@ -49,6 +49,7 @@ from bench_http import (
 )
 
 from ferrohsm.auth.authn import issue_token
+from ferrohsm.crypto.recordmac import RecordMac
 from ferrohsm.crypto.seal import Sealer
 from ferrohsm.domain import lifecycle as lc
 from ferrohsm.domain.ids import uuid7
@@ -188,8 +189,9 @@ def populate(srv: Server, master: bytes, count: int) -> None:
     from ferrohsm.store.filesystem import FilesystemStore
     from ferrohsm.store.sqlite import SQLiteStore
     ensure_private_dir(srv.data)
-    store = (SQLiteStore(srv.data / "keys.sqlite3") if srv.store == "sqlite"
-             else FilesystemStore(srv.data))
+    record_mac = RecordMac.derive(master)  # the server's: its records must verify there
+    store = (SQLiteStore(srv.data / "keys.sqlite3", record_mac) if srv.store == "sqlite"
+             else FilesystemStore(srv.data, record_mac))
     sealer = Sealer(master)
     store.put_meta(CHECK_VALUE, sealer.make_check_value())
     now = datetime.now(UTC)

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ferrohsm.crypto.recordmac import RecordMac
 from ferrohsm.crypto.seal import Sealer
 from ferrohsm.domain import lifecycle as lc
 from ferrohsm.domain.ids import uuid7
@@ -73,8 +74,10 @@ def main() -> int:
         os.sched_setaffinity(0, {0})
     aead = AESGCM(os.urandom(32))
     tmp = Path(tempfile.mkdtemp(prefix="ferrohsm-bench-"))
-    stores = {"memory": MemoryStore(), "filesystem": FilesystemStore(tmp / "fs"),
-              "sqlite": SQLiteStore(tmp / "keys.sqlite3")}
+    record_mac = RecordMac.derive(os.urandom(32))
+    stores = {"memory": MemoryStore(record_mac),
+              "filesystem": FilesystemStore(tmp / "fs", record_mac),
+              "sqlite": SQLiteStore(tmp / "keys.sqlite3", record_mac)}
     engines = {name: engine_for(store) for name, store in stores.items()}
     results: dict[str, list[float]] = {"bare": []}
     for _ in range(args.rounds):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ferrohsm.crypto.recordmac import RecordMac
 from ferrohsm.domain import lifecycle as lc
 from ferrohsm.domain.ids import uuid7
 from ferrohsm.domain.model import Key, KeyFilter
@@ -35,6 +36,7 @@ from ferrohsm.store.sqlite import SQLiteStore
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 CHUNK = 5_000
+RECORD_MAC = RecordMac.derive(os.urandom(32))  # a throw-away master key per run
 OUT = Path(__file__).resolve().parent / "out" / "store.md"
 
 
@@ -75,8 +77,8 @@ def list_all(store: KeyStore) -> int:
 def measure(kind: str, count: int, runs: int) -> dict[str, str]:
     root = Path(tempfile.mkdtemp(prefix=f"ferrohsm-bench-{kind}-", dir="/tmp"))
     opener: Callable[[], KeyStore] = (
-        (lambda: FilesystemStore(root / "data")) if kind == "filesystem"
-        else (lambda: SQLiteStore(root / "keys.sqlite3")))
+        (lambda: FilesystemStore(root / "data", RECORD_MAC)) if kind == "filesystem"
+        else (lambda: SQLiteStore(root / "keys.sqlite3", RECORD_MAC)))
     try:
         store = opener()
         ids: list[str] = []

@@ -28,11 +28,13 @@ from .auth.ratelimit import RateLimiter, policy_from_settings
 from .config import Config, Secrets, parse_listen
 from .control.policy import Policy
 from .control.scheduler import RetentionScheduler
+from .crypto.recordmac import RecordMac
 from .crypto.seal import Sealer
 from .domain.errors import ConfigError, FerroError
 from .domain.model import SYSTEM_CONTEXT
 from .engine.keycache import MaterialCache
 from .engine.keyengine import KeyEngine
+from .integrity.records import RecordReport, check_key_records
 from .service import AuditLogService, KeyService, TokenService
 from .store.approvalstore import ApprovalStore
 from .store.filesystem import FilesystemStore
@@ -58,14 +60,15 @@ def ensure_private_dir(path: str | Path) -> Path:
     return p
 
 
-def open_store(config: Config) -> KeyStore:
+def open_store(config: Config, record_mac: RecordMac) -> KeyStore:
+    """The configured key store; its records are authenticated under ``record_mac``."""
     kind = config.storage.key_store
     if kind == "memory":
-        return MemoryStore()
+        return MemoryStore(record_mac)
     data = ensure_private_dir(config.storage.data_dir)
     if kind == "sqlite":
-        return SQLiteStore(data / "keys.sqlite3")
-    return FilesystemStore(data)
+        return SQLiteStore(data / "keys.sqlite3", record_mac)
+    return FilesystemStore(data, record_mac)
 
 
 def open_approvals(config: Config) -> ApprovalStore:
@@ -110,6 +113,16 @@ class Runtime:
     started: float = field(default_factory=time.monotonic)
     stop: threading.Event = field(default_factory=threading.Event)
     approvals: ApprovalStore | None = None
+    key_records: RecordReport | None = None  # the start-up check of the key records
+
+    def _key_records(self) -> dict[str, Any]:
+        """Counts only: the ids of failed keys are in the audit log (and a filesystem store's
+        own ``unreadable_keys``), and health is served to anyone."""
+        report = self.key_records
+        if report is None:
+            return {}
+        return {"checked_at_start": report.checked, "failed_at_start": len(report.failed),
+                "migrated_at_start": report.migrated}
 
     def health(self) -> dict[str, Any]:
         audit_ok = self.audit.healthy()
@@ -118,6 +131,7 @@ class Runtime:
             "version": __import__("ferrohsm").__version__,
             "uptime_seconds": round(time.monotonic() - self.started, 3),
             "store": self.store.describe(),
+            "key_records": self._key_records(),
             "audit": self.audit.describe(),
             "auth": self.authenticator.stats(),
             "rate_limit": self.app.limiter.stats(),
@@ -126,18 +140,20 @@ class Runtime:
 
 
 def build_runtime(config: Config, secrets: Secrets) -> Runtime:
-    store = open_store(config)
+    store = open_store(config, RecordMac.derive(secrets.master_key))
     approvals: ApprovalStore | None = None
+    audit: AuditSink | None = None
     try:
         sealer = Sealer(secrets.master_key)
         check_master_key(store, sealer)
         policy = Policy.from_config(config.policy_tags, config.crypto.destroy_grace_hours)
         approvals = open_approvals(config)
         audit = open_audit(config, secrets)
+        key_records = check_key_records(store, audit)  # before anything is served
     except Exception:
-        if approvals is not None:
-            approvals.close()
-        store.close()
+        for opened in (audit, approvals, store):
+            if opened is not None:
+                opened.close()
         raise
     cache: MaterialCache[Any] = MaterialCache(config.crypto.cache_max_entries,
                                               config.crypto.cache_ttl_seconds)
@@ -160,7 +176,7 @@ def build_runtime(config: Config, secrets: Secrets) -> Runtime:
     app = application.Application(router, auth, metrics, application.audit_hook(service.record),
                                   limiter)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
-                      approvals=approvals)
+                      approvals=approvals, key_records=key_records)
     system_routes.register(router, runtime.health, metrics)
     _gauges(runtime)
     return runtime

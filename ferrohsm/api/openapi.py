@@ -64,6 +64,8 @@ SCHEMAS: dict[str, Any] = {
     "KeyList": {"type": "object", "properties": {
         "keys": {"type": "array", "items": _ref("Key")},
         "total": {"type": "integer", "description": "keys matching the filters, all pages"},
+        "unreadable": {"type": "array", "items": {"type": "string"}, "description":
+                       "ids in this page whose stored records failed their integrity check"},
         "next_page_token": NULLABLE_STRING}},
     "CreateKey": {"type": "object", "additionalProperties": False,
                   "required": ["algorithm", "usage"], "properties": {
@@ -116,7 +118,8 @@ SCHEMAS: dict[str, Any] = {
         "status": {"enum": ["ok", "degraded"]}, "version": {"type": "string"},
         "uptime_seconds": {"type": "number"}, "store": {"type": "object"},
         "audit": {"type": "object"}, "auth": {"type": "object"},
-        "rate_limit": {"type": "object"}, "cache": {"type": "object"}}},
+        "rate_limit": {"type": "object"}, "cache": {"type": "object"},
+        "key_records": {"type": "object"}}},
     "AuditRecord": {"type": "object", "required": [
         "v", "id", "seq", "ts", "action", "outcome", "prev_hash", "hash", "hmac"], "properties": {
             "v": {"type": "integer"}, "id": {"type": "string"}, "seq": {"type": "integer"},

@@ -184,10 +184,14 @@ class StoreError(Unavailable):
 
 
 class IntegrityError(FerroError):
-    """Sealed key material failed its integrity check (tampered, truncated, moved, wrong master key).
+    """A key's stored record failed its MAC (edited, MAC stripped or copied, another key's record),
+    or its sealed material failed its integrity check (tampered, truncated, moved, wrong master
+    key). That key is refused until an operator restores it; every other key is served.
 
-    Server-side corruption rather than a client mistake, hence 500; the message names the key and
-    version but never the bytes.
+    500, for both: the server's own storage is wrong, not the request (so not 4xx), and retrying
+    cannot help (so not 503, which tells clients and load balancers to come back later). One code
+    for both checks lets clients and alerts treat "this key cannot be trusted" one way. The message
+    names the key (and version, or what failed) but never the bytes or the record's contents.
     """
 
     code, status = "integrity_error", 500

@@ -81,6 +81,8 @@ class Guard:
         """Record the refusal ``exc`` of ``action`` (once) and return it marked Recorded."""
         if isinstance(exc, Recorded):
             return exc  # e.g. a parked approval: its "approval.requested" record is the one
+        if key is None and key_id is None and isinstance(exc.details.get("key_id"), str):
+            key_id = str(exc.details["key_id"])  # e.g. a record that failed its MAC: name it
         details: dict[str, Any] = {"key_ref": key_ref(ref)} \
             if key is None and key_id is None and ref else {}
         self.record(ctx, action, exc.outcome, exc.message, key, key_id=key_id, defer=True,

@@ -3,7 +3,8 @@
 Layout under the data directory (0700, never a symlink)::
 
     LOCK            flock()ed for the store's lifetime: ONE process owns the directory
-    keys/<id>.json  key_to_record, 0600, replaced atomically (temp + fsync + rename + dir fsync)
+    keys/<id>.json  the authenticated record (records.py), 0600, replaced atomically
+                    (temp + fsync + rename + dir fsync)
     meta/<name>     small blobs (put_meta), same atomic write
     index.json      light metadata per key + the stat stamp of the file it came from
 
@@ -18,8 +19,11 @@ Why it is shaped like this:
 * ``index.json`` is saved on close. At open, a key whose file still has the recorded stamp takes
   its entry from the index; any other file (written after the last clean close, or changed out of
   band) is read again. A crash therefore costs re-reading only what changed, never correctness.
-* A key whose file cannot be read stays listed by id: ``get`` and any page holding it raise a
-  StoreError naming it (fail closed), while every other key keeps working.
+* A key whose file cannot be read, or whose record fails its MAC, stays indexed by id: ``get``
+  raises a StoreError or IntegrityError naming it (fail closed), pages report it in
+  ``unreadable``, ``describe`` lists it, and every other key keeps working. index.json is not
+  authenticated: it only steers listings and name lookups, every key they return is decoded and
+  checked from its own file, and a name lookup whose record names another key misses.
 """
 
 from __future__ import annotations
@@ -32,20 +36,20 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ..domain.errors import NameTaken, NotFound, StoreError
+from ..domain.errors import Conflict, NameTaken, NotFound, StoreError
 from ..domain.model import Key, KeyFilter, Page
 from .keyindex import IndexEntry, KeyIndex, check_batch, page_of
 from .keystore import KeyStore, check_limit, decode_page_token
 from .records import (
+    RECORD_FAULTS,
+    RecordAuthenticator,
     check_meta_name,
     check_new_key,
     check_update,
-    decode_record,
-    encode_record,
     is_key_id,
     write_error,
 )
@@ -118,7 +122,9 @@ class FilesystemStore(KeyStore):
     name = "filesystem"
     fail_writes = False  # fault injection: fail after the temp file is written (tests only)
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, cache_size: int = 20_000) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], authenticator: RecordAuthenticator, *,
+                 cache_size: int = 20_000) -> None:
+        super().__init__(authenticator)
         self._root = os.path.abspath(os.fspath(data_dir))
         self._cache_size = max(cache_size, 1)
         self._lock = threading.RLock()  # writers, the index and cache inserts
@@ -214,8 +220,8 @@ class FilesystemStore(KeyStore):
             raise StoreError(f"{what}: cannot read its file: {exc.strerror}") from None
         try:
             data, read_stamp = _read_fd(fd, what)
-            key = decode_record(key_id, data)
-        except StoreError:
+            key = self._records.decode(key_id, data)
+        except RECORD_FAULTS:
             with self._lock:
                 self._unreadable.add(key_id)
             raise
@@ -261,11 +267,15 @@ class FilesystemStore(KeyStore):
         self._check_open()
         with self._lock:
             ids, more = self._index.page(filters, after, limit)
-        keys = []
+        keys, unreadable = [], []
         for key_id in ids:
-            with contextlib.suppress(NotFound):  # deleted since the page was cut
+            try:
                 keys.append(self.get(key_id))
-        return page_of(tuple(keys), ids[-1] if ids else None, more)
+            except NotFound:  # deleted since the page was cut
+                pass
+            except RECORD_FAULTS:
+                unreadable.append(key_id)
+        return page_of(tuple(keys), ids[-1] if ids else None, more, tuple(unreadable))
 
     def count(self, filters: KeyFilter | None = None) -> int:
         with self._lock:
@@ -305,8 +315,8 @@ class FilesystemStore(KeyStore):
         return stored
 
     def _write_key(self, key: Key) -> None:
-        file_stamp = self._atomic_write(self._keys_fd, key.id + ".json", encode_record(key),
-                                        f"key {key.id}")
+        file_stamp = self._atomic_write(self._keys_fd, key.id + ".json",
+                                        self._records.encode(key), f"key {key.id}")
         self._remember(key, file_stamp)  # memory follows the disk even if the dir fsync fails
         self._sync_dir(self._keys_fd, f"key {key.id}")
 
@@ -320,7 +330,8 @@ class FilesystemStore(KeyStore):
             try:
                 for key in batch:
                     written.append((key, self._atomic_write(
-                        self._keys_fd, key.id + ".json", encode_record(key), f"key {key.id}")))
+                        self._keys_fd, key.id + ".json", self._records.encode(key),
+                        f"key {key.id}")))
                 self._sync_dir(self._keys_fd, "new keys")
             except StoreError:
                 for key, _ in written:
@@ -425,7 +436,7 @@ class FilesystemStore(KeyStore):
         try:
             key, file_stamp = self._read_key(key_id)
             self._remember(key, file_stamp)
-        except StoreError:
+        except RECORD_FAULTS:
             self._unreadable.add(key_id)
             try:
                 self._index.put(fallback or IndexEntry(key_id, None, None, None, None, ()))
@@ -489,6 +500,41 @@ class FilesystemStore(KeyStore):
     def describe(self) -> dict[str, object]:
         return {"backend": self.name, "data_dir": self._root, "keys": len(self._index),
                 "unreadable_keys": sorted(self._unreadable), "cached_keys": len(self._cache)}
+
+    # ---- record integrity ------------------------------------------------------------------
+
+    def _stored_ids(self) -> Sequence[str]:
+        """The index holds every key file, unreadable ones included (see _index_from_file)."""
+        self._check_open()
+        with self._lock:
+            return sorted(e.id for e in self._index.entries())
+
+    def _read_record(self, key_id: str) -> bytes:
+        self._check_open()
+        if not is_key_id(key_id):
+            raise NotFound("no such key")
+        try:
+            fd = os.open(key_id + ".json", _READ_FLAGS, dir_fd=self._keys_fd)
+        except FileNotFoundError:
+            raise NotFound("no such key") from None
+        except OSError as exc:
+            raise StoreError(f"key {key_id}: cannot read its file: {exc.strerror}") from None
+        try:
+            return _read_fd(fd, f"key {key_id}")[0]
+        finally:
+            os.close(fd)
+
+    def _reload(self, key_id: str) -> Key:
+        with self._lock:
+            self._cache.pop(key_id, None)
+        return self._load(key_id)
+
+    def _replace_record(self, key_id: str, old: bytes, new: bytes) -> None:
+        key = self._records.decode(key_id, new)
+        with self._lock:
+            if self._read_record(key_id) != old:
+                raise Conflict(f"the record of key {key_id} changed while it was rewritten")
+            self._write_key(key)
 
 
 def _row_entry(key_id: str, row: Row | None) -> IndexEntry | None:

@@ -171,8 +171,10 @@ def check_batch(index: KeyIndex, batch: list[Key]) -> list[IndexEntry]:
     return entries
 
 
-def page_of(keys: tuple[Key, ...], scanned_last: str | None, more: bool) -> Page:
-    """A Page whose token continues after the last id the page covered."""
-    return Page(keys, encode_page_token(scanned_last) if more and scanned_last else None)
+def page_of(keys: tuple[Key, ...], scanned_last: str | None, more: bool,
+            unreadable: tuple[str, ...] = ()) -> Page:
+    """A Page whose token continues after the last id the page covered (readable or not)."""
+    return Page(keys, encode_page_token(scanned_last) if more and scanned_last else None,
+                unreadable)
 
 

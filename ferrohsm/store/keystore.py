@@ -9,6 +9,16 @@ Listing is keyset-paginated in ascending ``id`` order. Ids are UUIDv7 (time-orde
 creation order, and a page token ("after this id") stays valid and skips nothing that existed
 before the first page was read, even while keys are inserted concurrently.
 
+Records are authenticated: every store is built with a RecordAuthenticator and encodes and
+decodes through one ``RecordCodec`` (records.py), so a store cannot forget the MAC. A record is
+checked when it is decoded (a cache miss), not on every ``get``: memory and filesystem ``get``
+stay a dict lookup of an already-checked Key, SQLite's a hit in its decoded-key cache. A key whose
+record fails its check raises IntegrityError (or StoreError when it cannot be read at all) for
+that key only; listings report it in ``Page.unreadable`` and go on.
+
+``check_records``, ``record_census`` and ``authenticate_legacy_records`` serve the start-up check
+and the one-time migration (integrity/records.py); each store gives them four small primitives.
+
 Every implementation passes tests/conformance/test_keystore.py.
 """
 
@@ -17,12 +27,22 @@ from __future__ import annotations
 import base64
 import binascii
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
 from ..domain.errors import BadRequest, NotFound
 from ..domain.model import Key, KeyFilter, KeyState, KeyVersion, Page, VersionState, is_uuid
+from .records import (
+    FORMAT_META,
+    RECORD_FAULTS,
+    RecordAuthenticator,
+    RecordCodec,
+    RecordFormat,
+    RecordScan,
+    fault_of,
+    has_mac,
+)
 
 MAX_PAGE = 1000
 
@@ -54,6 +74,9 @@ class KeyStore(ABC):
     """Persistence for keys. Implementations must be safe to call from many threads."""
 
     name = "abstract"
+
+    def __init__(self, authenticator: RecordAuthenticator) -> None:
+        self._records = RecordCodec(authenticator)
 
     @abstractmethod
     def create(self, key: Key) -> Key:
@@ -109,6 +132,87 @@ class KeyStore(ABC):
     def describe(self) -> dict[str, object]:
         """Health information (never secrets)."""
         return {"backend": self.name}
+
+    # ---- record integrity: what each store provides ----
+
+    @abstractmethod
+    def _stored_ids(self) -> Sequence[str]:
+        """Every key id with a stored record, readable or not, ascending."""
+
+    @abstractmethod
+    def _read_record(self, key_id: str) -> bytes:
+        """The record exactly as stored (NotFound if gone, StoreError if unreadable)."""
+
+    @abstractmethod
+    def _reload(self, key_id: str) -> Key:
+        """Decode the stored record afresh (no cache) and bring caches and indexes in line
+        with it; raises what ``get`` raises for a bad record."""
+
+    @abstractmethod
+    def _replace_record(self, key_id: str, old: bytes, new: bytes) -> None:
+        """Store ``new`` in place of ``old`` only if ``old`` is still what is stored (Conflict
+        otherwise); the revision does not change. Only the migration rewrites records."""
+
+    # ---- record integrity: start-up check and migration (integrity/records.py) ----
+
+    def check_records(self) -> RecordScan:
+        """Decode every stored record afresh; one fault per key that cannot be served."""
+        faults = []
+        checked = 0
+        for key_id in self._stored_ids():
+            try:
+                self._reload(key_id)
+            except NotFound:
+                continue  # deleted since the ids were read
+            except RECORD_FAULTS as exc:
+                faults.append(fault_of(key_id, exc))
+            checked += 1
+        return RecordScan(checked, tuple(faults))
+
+    def record_census(self) -> tuple[int, int]:
+        """(records in the authenticated form, records without a MAC), MACs not verified."""
+        with_mac = without = 0
+        for data in self._raw_records():
+            if has_mac(data):
+                with_mac += 1
+            else:
+                without += 1
+        return with_mac, without
+
+    def authenticate_legacy_records(self) -> int:
+        """Give every record that has no MAC one; returns how many were rewritten.
+
+        Trust on first use: a format-1 record is taken as it is, which is why only the start-up
+        migration calls this, and only until the format marker says AUTHENTICATED. Records that
+        carry a MAC, right or wrong, are left alone (the check reports the wrong ones), and so
+        are unparsable ones. Each rewrite is atomic, so a kill mid-way loses nothing: the next
+        run rewrites what is left."""
+        rewritten = 0
+        for key_id in self._stored_ids():
+            try:
+                data = self._read_record(key_id)
+                if has_mac(data):
+                    continue
+                key = self._records.decode_unauthenticated(key_id, data)
+            except (NotFound, *RECORD_FAULTS):
+                continue
+            self._replace_record(key_id, data, self._records.encode(key))
+            rewritten += 1
+        return rewritten
+
+    def _raw_records(self) -> Iterable[bytes]:
+        for key_id in self._stored_ids():
+            try:
+                yield self._read_record(key_id)
+            except (NotFound, *RECORD_FAULTS):
+                continue
+
+    def record_format(self) -> RecordFormat | None:
+        """The format marker; None if unset; IntegrityError if it fails its MAC."""
+        return self._records.read_marker(self.get_meta(FORMAT_META))
+
+    def set_record_format(self, state: RecordFormat) -> None:
+        self.put_meta(FORMAT_META, self._records.marker(state))
 
     # ---- conveniences every store gets from the primitives above ----
 

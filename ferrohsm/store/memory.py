@@ -4,20 +4,33 @@
 lock), a ``KeyIndex`` for listing, and one lock that serialises writers. It keeps nothing across
 restarts: use it for tests and throw-away servers. What every store shares lives in ``records``
 (the codec and checks) and ``keyindex`` (listing).
+
+Writes go through the record codec like every other store's (so a key that cannot be encoded and
+authenticated fails here as it would on disk), and the authenticated bytes are kept beside the
+decoded keys for the start-up check. The store is born with the format marker set: it can never
+hold records written before records were authenticated.
 """
 
 from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from ..domain.errors import NotFound
+from ..domain.errors import Conflict, NotFound
 from ..domain.model import Key, KeyFilter, Page
 from .keyindex import IndexEntry, KeyIndex, check_batch, page_of
 from .keystore import KeyStore, check_limit, decode_page_token
-from .records import check_meta_name, check_new_key, check_update, write_error
+from .records import (
+    FORMAT_META,
+    RecordAuthenticator,
+    RecordFormat,
+    check_meta_name,
+    check_new_key,
+    check_update,
+    write_error,
+)
 
 
 class MemoryStore(KeyStore):
@@ -26,10 +39,13 @@ class MemoryStore(KeyStore):
     name = "memory"
     fail_writes = False  # fault injection: make the write path fail half-way (tests only)
 
-    def __init__(self) -> None:
+    def __init__(self, authenticator: RecordAuthenticator) -> None:
+        super().__init__(authenticator)
         self._keys: dict[str, Key] = {}
+        self._stored: dict[str, bytes] = {}  # the authenticated records of ``_keys``
         self._index = KeyIndex()
-        self._meta: dict[str, bytes] = {}
+        self._meta: dict[str, bytes] = {
+            FORMAT_META: self._records.marker(RecordFormat.AUTHENTICATED)}
         self._lock = threading.Lock()
 
     def get(self, key_id: str) -> Key:
@@ -54,10 +70,12 @@ class MemoryStore(KeyStore):
     def bulk_create(self, keys: Iterable[Key]) -> None:
         """Insert many new keys at once (imports, benchmarks): all of them or none."""
         batch = [replace(check_new_key(k), revision=1) for k in keys]
+        records = {key.id: self._records.encode(key) for key in batch}
         with self._lock:
             entries = check_batch(self._index, batch)
             self._index.bulk_load(entries)
             self._keys.update((key.id, key) for key in batch)
+            self._stored.update(records)
 
     def update(self, key: Key) -> Key:
         with self._lock:
@@ -74,15 +92,18 @@ class MemoryStore(KeyStore):
         with self._lock:
             if self._keys.pop(key_id, None) is None:
                 raise NotFound("no such key")
+            self._stored.pop(key_id, None)
             self._index.remove(key_id)
 
     def _commit(self, stored: Key, previous: Key | None) -> None:
-        """Index first, then the dict; undo the index if the second step fails."""
+        """Index first, then the dicts; undo the index if the second step fails."""
+        record = self._records.encode(stored)
         self._index.put(IndexEntry.of(stored))
         try:
             if self.fail_writes:
                 raise OSError(errno.EIO, "injected write failure")
             self._keys[stored.id] = stored
+            self._stored[stored.id] = record
         except OSError as exc:
             if previous is None:
                 self._index.remove(stored.id)
@@ -113,3 +134,25 @@ class MemoryStore(KeyStore):
 
     def describe(self) -> dict[str, object]:
         return {"backend": self.name, "keys": len(self._keys)}
+
+    # ---- record integrity ----
+
+    def _stored_ids(self) -> Sequence[str]:
+        with self._lock:
+            return sorted(self._stored)
+
+    def _read_record(self, key_id: str) -> bytes:
+        record = self._stored.get(key_id)
+        if record is None:
+            raise NotFound("no such key")
+        return record
+
+    def _reload(self, key_id: str) -> Key:
+        return self._records.decode(key_id, self._read_record(key_id))
+
+    def _replace_record(self, key_id: str, old: bytes, new: bytes) -> None:
+        with self._lock:
+            if self._stored.get(key_id) != old:
+                raise Conflict(f"the record of key {key_id} changed while it was rewritten")
+            self._keys[key_id] = self._records.decode(key_id, new)
+            self._stored[key_id] = new

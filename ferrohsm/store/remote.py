@@ -9,7 +9,8 @@ material is already sealed by FerroHSM (a vault may add its own envelope encrypt
 
 How the KeyStore semantics map onto the vault's items:
 
-* ``keys/<id>``    the key record (canonical JSON). Created with "must not exist"; updated with
+* ``keys/<id>``    the authenticated key record (records.py): the vault cannot change what a key
+  may do without the MAC failing, whatever envelope encryption it adds or omits. Created with "must not exist"; updated with
   "etag must still be the one I read", which is exactly compare-and-swap on the revision.
 * ``names/<name>`` a reservation holding the key id. It is written create-only BEFORE the key, so
   two creators can never both get a name. If the key write then fails, the reservation is deleted
@@ -38,11 +39,11 @@ from ..domain.model import NAME_RE, Key, KeyFilter, Page
 from .keyindex import page_of
 from .keystore import KeyStore, check_limit, decode_page_token
 from .records import (
+    RECORD_FAULTS,
+    RecordAuthenticator,
     check_meta_name,
     check_new_key,
     check_update,
-    decode_record,
-    encode_record,
     is_key_id,
     write_error,
 )
@@ -112,7 +113,8 @@ class RemoteKeyStore(KeyStore):
     name = "remote"
     fail_writes = False  # fault injection: fail after the name is reserved (tests only)
 
-    def __init__(self, vault: RemoteKeyVault) -> None:
+    def __init__(self, vault: RemoteKeyVault, authenticator: RecordAuthenticator) -> None:
+        super().__init__(authenticator)
         self._vault = vault
         self._closed = False
 
@@ -142,7 +144,7 @@ class RemoteKeyStore(KeyStore):
             item = self._vault.read(KEYS + key_id)
         if item is None:
             raise NotFound("no such key")
-        return decode_record(key_id, item.data)
+        return self._records.decode(key_id, item.data)
 
     def get_by_name(self, name: str) -> Key:
         if not isinstance(name, str) or NAME_RE.fullmatch(name) is None:
@@ -163,18 +165,25 @@ class RemoteKeyStore(KeyStore):
         limit = check_limit(limit)
         after = decode_page_token(page_token)
         found: list[Key] = []
-        for key in self._scan(after):
-            if filters.matches(key):
-                if len(found) == limit:
-                    return page_of(tuple(found), found[-1].id, True)
-                found.append(key)
-        return page_of(tuple(found), None, False)
+        unreadable: list[str] = []
+        last = None
+        for key_id, key in self._scan(after):
+            if _listed(filters, key):
+                if len(found) + len(unreadable) == limit:
+                    return page_of(tuple(found), last, True, tuple(unreadable))
+                if key is None:
+                    unreadable.append(key_id)
+                else:
+                    found.append(key)
+                last = key_id
+        return page_of(tuple(found), None, False, tuple(unreadable))
 
     def count(self, filters: KeyFilter | None = None) -> int:
-        return sum(1 for key in self._scan(None) if filters is None or filters.matches(key))
+        return sum(1 for _, key in self._scan(None) if filters is None or _listed(filters, key))
 
-    def _scan(self, after: str | None) -> Iterator[Key]:
-        """Every key after ``after`` in id order, fetched in batches."""
+    def _scan(self, after: str | None) -> Iterator[tuple[str, Key | None]]:
+        """Every key after ``after`` in id order, fetched in batches; None for a record that
+        fails its check."""
         cursor = None if after is None else KEYS + after
         while True:
             with self._calling("the key list"):
@@ -182,10 +191,16 @@ class RemoteKeyStore(KeyStore):
             for item in batch:
                 key_id = item.name[len(KEYS):]
                 if is_key_id(key_id):
-                    yield decode_record(key_id, item.data)
+                    yield key_id, self._decode_or_none(key_id, item.data)
             if len(batch) < SCAN_BATCH:
                 return
             cursor = batch[-1].name
+
+    def _decode_or_none(self, key_id: str, data: bytes) -> Key | None:
+        try:
+            return self._records.decode(key_id, data)
+        except RECORD_FAULTS:
+            return None
 
     def get_meta(self, name: str) -> bytes | None:
         check_meta_name(name)
@@ -206,7 +221,7 @@ class RemoteKeyStore(KeyStore):
             with self._calling(what):
                 self._fault_point()
                 try:
-                    self._vault.write(KEYS + stored.id, encode_record(stored), None)
+                    self._vault.write(KEYS + stored.id, self._records.encode(stored), None)
                 except VaultConflict:
                     raise Conflict(f"a key with id {stored.id} already exists") from None
         except BaseException:
@@ -248,12 +263,12 @@ class RemoteKeyStore(KeyStore):
             item = self._vault.read(KEYS + key.id)
         if item is None:
             raise NotFound("no such key")
-        check_update(decode_record(key.id, item.data), key)
+        check_update(self._records.decode(key.id, item.data), key)
         stored = replace(key, revision=key.revision + 1)
         with self._calling(what):
             self._fault_point()
             try:
-                self._vault.write(KEYS + key.id, encode_record(stored), item.etag)
+                self._vault.write(KEYS + key.id, self._records.encode(stored), item.etag)
             except VaultConflict:
                 raise StaleRevision(f"key {key.id} was changed by someone else; "
                                     "read it again") from None
@@ -268,7 +283,7 @@ class RemoteKeyStore(KeyStore):
             item = self._vault.read(KEYS + key_id)
             if item is None:
                 raise NotFound("no such key")
-            key_name = decode_record(key_id, item.data).name
+            key_name = self._records.decode(key_id, item.data).name
             try:
                 self._vault.delete(item.name, item.etag)
             except VaultConflict:
@@ -298,6 +313,49 @@ class RemoteKeyStore(KeyStore):
 
     def describe(self) -> dict[str, object]:
         return {"backend": self.name, **self._vault.describe()}
+
+    # ---- record integrity ------------------------------------------------------------------
+
+    def _stored_ids(self) -> Sequence[str]:
+        ids: list[str] = []
+        cursor = None
+        while True:
+            with self._calling("the key list"):
+                batch = self._vault.scan(KEYS, cursor, SCAN_BATCH)
+            ids += [i.name[len(KEYS):] for i in batch if is_key_id(i.name[len(KEYS):])]
+            if len(batch) < SCAN_BATCH:
+                return ids
+            cursor = batch[-1].name
+
+    def _read_record(self, key_id: str) -> bytes:
+        if not is_key_id(key_id):
+            raise NotFound("no such key")
+        with self._calling(f"key {key_id}"):
+            item = self._vault.read(KEYS + key_id)
+        if item is None:
+            raise NotFound("no such key")
+        return item.data
+
+    def _reload(self, key_id: str) -> Key:
+        return self.get(key_id)  # nothing is cached here
+
+    def _replace_record(self, key_id: str, old: bytes, new: bytes) -> None:
+        self._records.decode(key_id, new)
+        with self._calling(f"key {key_id}"):
+            item = self._vault.read(KEYS + key_id)
+            if item is None or item.data != old:
+                raise Conflict(f"the record of key {key_id} changed while it was rewritten")
+            try:
+                self._vault.write(KEYS + key_id, new, item.etag)
+            except VaultConflict:
+                raise Conflict(f"the record of key {key_id} changed while it was "
+                               "rewritten") from None
+
+
+def _listed(filters: KeyFilter, key: Key | None) -> bool:
+    """Whether a scanned key belongs in a listing; one whose record fails its check has no
+    trustworthy fields, so only the unfiltered listing shows it (as unreadable)."""
+    return filters.matches(key) if key is not None else filters == KeyFilter()
 
 
 class InMemoryRemoteVault(RemoteKeyVault):

@@ -1,7 +1,7 @@
 """A key store in one SQLite database (WAL, synchronous=FULL).
 
 Shape of the data: one ``keys`` row per key with the filterable fields as columns and the whole
-``key_to_record`` as JSON, tags in a ``key_tags`` child table whose primary key (tag, key_id) makes
+authenticated record (records.py) as JSON, tags in a ``key_tags`` child table whose primary key (tag, key_id) makes
 a tag filter an index range scan in id order, and a ``meta`` table for named blobs. Names are
 unique through a UNIQUE column (NULL names may repeat, as SQL NULLs are distinct).
 
@@ -18,6 +18,10 @@ Why these choices:
   ``PRAGMA data_version`` whenever ANOTHER connection (another process) commits: a cached
   ``get`` is ~7-10 us at any thread count. Per-thread connections would also leak one
   connection per short-lived server thread.
+* The columns and ``key_tags`` are not authenticated: they only steer filters and name lookups.
+  Every key returned is decoded and checked from its own record, and a name lookup whose record
+  names another key misses, so editing a column can hide a key from a filter but never hand out
+  another key's record under a name or change what a key may do.
 * The schema is versioned with ``PRAGMA user_version`` and an ordered list of migration scripts
   (inline, so they travel inside a zip app); each migration runs in its own transaction.
 """
@@ -28,7 +32,7 @@ import errno
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -45,7 +49,7 @@ from ..domain.errors import (
 from ..domain.model import Key, KeyFilter, Page
 from .keyindex import page_of
 from .keystore import KeyStore, check_limit, decode_page_token
-from .records import check_meta_name, check_new_key, decode_record, encode_record
+from .records import RECORD_FAULTS, RecordAuthenticator, check_meta_name, check_new_key
 from .sqlitedb import connect_durable, prepare_file, transaction
 
 # Migration N (1-based) brings a database from user_version N-1 to N. Append, never edit.
@@ -128,7 +132,9 @@ class SQLiteStore(KeyStore):
     name = "sqlite"
     fail_writes = False  # fault injection: fail between the key row and its tags (tests only)
 
-    def __init__(self, path: str | os.PathLike[str], *, cache_size: int = 20_000) -> None:
+    def __init__(self, path: str | os.PathLike[str], authenticator: RecordAuthenticator, *,
+                 cache_size: int = 20_000) -> None:
+        super().__init__(authenticator)
         self._path = os.path.abspath(os.fspath(path))
         self._lock = threading.Lock()
         self._cache: dict[str, Key] = {}
@@ -220,7 +226,7 @@ class SQLiteStore(KeyStore):
             generation = self._generation
         if row is None:
             raise NotFound("no such key")
-        key = decode_record(key_id, row[0])  # outside the lock: parsing is the slow part
+        key = self._records.decode(key_id, row[0])  # outside the lock: parsing is the slow part
         self._cache_all(generation, (key,))
         return key
 
@@ -231,7 +237,10 @@ class SQLiteStore(KeyStore):
             row = conn.execute("SELECT id FROM keys WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise NotFound("no such key")
-        return self.get(row[0])
+        key = self.get(row[0])
+        if key.name != name:  # the name column was edited: the record is what counts
+            raise NotFound("no such key")
+        return key
 
     def list(self, filters: KeyFilter, limit: int = 100, page_token: str | None = None) -> Page:
         limit = check_limit(limit)
@@ -240,11 +249,22 @@ class SQLiteStore(KeyStore):
         with self._read() as conn:
             rows = conn.execute(sql + " LIMIT ?", (*args, limit + 1)).fetchall()
             generation = self._generation
+        page = rows[:limit]
+        keys, unreadable = self._decode_rows(page)
+        self._cache_all(generation, (k for k in keys if k.id not in self._cache))
+        return page_of(keys, page[-1][0] if page else None, len(rows) > limit, unreadable)
+
+    def _decode_rows(self, rows: Sequence[Any]) -> tuple[tuple[Key, ...], tuple[str, ...]]:
+        """Cached or freshly decoded keys, and the ids whose records fail their check."""
         cache = self._cache
-        keys = tuple(cache.get(key_id) or decode_record(key_id, record)
-                     for key_id, record in rows[:limit])
-        self._cache_all(generation, (k for k in keys if k.id not in cache))
-        return page_of(keys, keys[-1].id if keys else None, len(rows) > limit)
+        keys: list[Key] = []
+        unreadable: list[str] = []
+        for key_id, record in rows:
+            try:
+                keys.append(cache.get(key_id) or self._records.decode(key_id, record))
+            except RECORD_FAULTS:
+                unreadable.append(key_id)
+        return tuple(keys), tuple(unreadable)
 
     def count(self, filters: KeyFilter | None = None) -> int:
         sql, args = _select("count(*)", filters or KeyFilter(), None, order=False)
@@ -284,7 +304,7 @@ class SQLiteStore(KeyStore):
         conn.execute("INSERT INTO keys (id, name, state, algorithm, usage, revision, record) "
                      "VALUES (?, ?, ?, ?, ?, ?, ?)",
                      (key.id, key.name, key.state.value, key.algorithm, key.usage, key.revision,
-                      encode_record(key).decode("ascii")))
+                      self._records.encode(key).decode("ascii")))
         self._fault_point()
         conn.executemany("INSERT INTO key_tags (tag, key_id) VALUES (?, ?)",
                          [(tag, key.id) for tag in key.tags])
@@ -292,11 +312,12 @@ class SQLiteStore(KeyStore):
     def update(self, key: Key) -> Key:
         stored = replace(key, revision=key.revision + 1)
         with self._write(f"key {key.id}") as conn:
+            self._check_stored(conn, key.id)
             cur = conn.execute(
                 "UPDATE keys SET state = ?, algorithm = ?, usage = ?, revision = ?, record = ? "
                 "WHERE id = ? AND revision = ? AND name IS ?",
                 (stored.state.value, stored.algorithm, stored.usage, stored.revision,
-                 encode_record(stored).decode("ascii"), key.id, key.revision, key.name))
+                 self._records.encode(stored).decode("ascii"), key.id, key.revision, key.name))
             if cur.rowcount != 1:
                 raise self._why_not_updated(conn, key)
             self._fault_point()
@@ -305,6 +326,15 @@ class SQLiteStore(KeyStore):
                              [(tag, key.id) for tag in key.tags])
             self._cache_put(stored)
         return stored
+
+    def _check_stored(self, conn: sqlite3.Connection, key_id: str) -> None:
+        """An update never overwrites a record that fails its check (the evidence stays, as in
+        every store). A cached key was checked when it was decoded, and the cache is dropped
+        whenever another connection commits, so only a miss costs a decode."""
+        if key_id not in self._cache:
+            row = conn.execute("SELECT record FROM keys WHERE id = ?", (key_id,)).fetchone()
+            if row is not None:
+                self._records.decode(key_id, row[0])
 
     @staticmethod
     def _why_not_updated(conn: sqlite3.Connection, key: Key) -> FerroError:
@@ -356,6 +386,34 @@ class SQLiteStore(KeyStore):
             self._cache.clear()
         if conn is not None:
             conn.close()
+
+    # ---- record integrity ------------------------------------------------------------------
+
+    def _stored_ids(self) -> Sequence[str]:
+        with self._read() as conn:
+            return [row[0] for row in conn.execute("SELECT id FROM keys ORDER BY id")]
+
+    def _read_record(self, key_id: str) -> bytes:
+        with self._read() as conn:
+            row = conn.execute("SELECT record FROM keys WHERE id = ?", (key_id,)).fetchone()
+        if row is None:
+            raise NotFound("no such key")
+        record = row[0]
+        return record.encode("utf-8") if isinstance(record, str) else bytes(record)
+
+    def _reload(self, key_id: str) -> Key:
+        with self._lock:
+            self._cache.pop(key_id, None)
+        return self.get(key_id)
+
+    def _replace_record(self, key_id: str, old: bytes, new: bytes) -> None:
+        key = self._records.decode(key_id, new)
+        with self._write(f"key {key_id}") as conn:
+            cur = conn.execute("UPDATE keys SET record = ? WHERE id = ? AND record = ?",
+                               (new.decode("ascii"), key_id, old.decode("utf-8")))
+            if cur.rowcount != 1:
+                raise Conflict(f"the record of key {key_id} changed while it was rewritten")
+            self._cache_put(key)
 
     def describe(self) -> dict[str, object]:
         with self._read() as conn:

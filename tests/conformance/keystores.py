@@ -10,16 +10,27 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from backends import Backend as GenericBackend
 
+from ferrohsm.crypto.recordmac import RecordMac
 from ferrohsm.domain import lifecycle as lc
 from ferrohsm.domain.model import Key, KeyState
 from ferrohsm.store.keystore import KeyStore
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, 123456, tzinfo=UTC)
+RECORD_MAC = RecordMac.derive(bytes(range(32)))  # every backend's records are MACed under it
+
+
+@dataclass(frozen=True)
+class RawRecords:
+    """Read and write a key's stored record bytes without going through the store."""
+
+    read: Callable[[str], bytes]
+    write: Callable[[str, bytes], None]
 
 
 class Uuid7Source:

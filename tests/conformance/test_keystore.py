@@ -1,47 +1,61 @@
-"""The KeyStore contract (ferrohsm/store/base.py), run against every implementation.
+"""The KeyStore contract (ferrohsm/store/keystore.py), run against every implementation.
 
 Each test receives ``store`` once per backend (memory, filesystem, sqlite, remote). Expected
-results come from the model itself (``KeyFilter.matches``), never from another store.
+results come from the model itself (``KeyFilter.matches``), never from another store. Every
+backend authenticates its records (``RECORD_MAC``); the record-integrity tests at the end edit
+stored records behind the store's back (``raw``) wherever records live outside the process.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from keystores import RECORD_MAC
 
 from ferrohsm.domain import lifecycle as lc
 from ferrohsm.domain.errors import (
     BadRequest,
     Conflict,
+    IntegrityError,
     NameTaken,
     NotFound,
     StaleRevision,
     StoreError,
 )
-from ferrohsm.domain.model import Key, KeyFilter, KeyState, VersionState
+from ferrohsm.domain.model import Key, KeyFilter, KeyState, VersionState, key_to_record
 from ferrohsm.store.keystore import MAX_PAGE, KeyStore, encode_page_token
+from ferrohsm.store.records import RECORD_CONTEXT, RecordCodec, RecordFormat
 
 if TYPE_CHECKING:  # fixtures come from conftest.py; only their types are imported
-    from keystores import Backend, KeyFactory
+    from keystores import Backend, KeyFactory, RawRecords
 
 
-def walk(store: KeyStore, filters: KeyFilter, limit: int) -> list[str]:
-    """Every id the store lists for ``filters``, page by page, checking each page's shape."""
+def walk(store: KeyStore, filters: KeyFilter, limit: int,
+         unreadable: list[str] | None = None) -> list[str]:
+    """Every id the store lists for ``filters``, page by page, checking each page's shape; ids
+    reported unreadable go to ``unreadable`` (and must not be there unless it is given)."""
     ids: list[str] = []
     token: str | None = None
     while True:
         page = store.list(filters, limit, token)
-        assert len(page.keys) <= limit
-        assert page.keys or token is None, "a token must never lead to an empty page"
+        covered = len(page.keys) + len(page.unreadable)
+        assert covered <= limit
+        assert covered or token is None, "a token must never lead to an empty page"
         ids += [k.id for k in page.keys]
+        if unreadable is None:
+            assert not page.unreadable
+        else:
+            unreadable += page.unreadable
         if page.next_page_token is None:
             return ids
-        assert len(page.keys) == limit, "a page with a token must be full"
+        assert covered == limit, "a page with a token must be full"
         token = page.next_page_token
 
 
@@ -418,3 +432,183 @@ def test_bulk_create_is_all_or_nothing(store: KeyStore, factory: KeyFactory) -> 
     store.bulk_create(batch)
     assert walk(store, KeyFilter(name_prefix="bulk-"), 2) == sorted(k.id for k in batch)
     assert store.get(batch[0].id).revision == 1 and store.get(existing.id) == existing
+
+
+# ---- record integrity ----------------------------------------------------------------------
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _split(stored: bytes) -> tuple[dict[str, Any], bytes]:
+    """A stored record's envelope (format, mac) and the exact record bytes it authenticates."""
+    envelope = json.loads(stored)
+    return envelope, _canonical(envelope["record"])
+
+
+def _edit(raw: RawRecords, key_id: str, change: Callable[[dict[str, Any]], None]) -> None:
+    """Change fields of the stored record and write it back canonically, the MAC untouched."""
+    envelope = json.loads(raw.read(key_id))
+    change(envelope["record"])
+    raw.write(key_id, _canonical(envelope))
+
+
+def test_records_are_stored_with_a_mac_over_the_canonical_record(
+        store: KeyStore, raw: RawRecords, factory: KeyFactory) -> None:
+    key = store.create(factory.key(name="stored", tags=("pci",)))
+    stored = raw.read(key.id)
+    envelope, record = _split(stored)
+    assert stored == _canonical(envelope), "the stored text is canonical JSON as a whole"
+    assert envelope["format"] == 2 and json.loads(record) == key_to_record(key)
+    assert envelope["mac"] == RECORD_MAC.tag(RECORD_CONTEXT, record).hex()
+
+
+def _swap_in_sealed(other: bytes) -> Callable[[dict[str, Any]], None]:
+    def change(record: dict[str, Any]) -> None:
+        record["versions"][0]["sealed"] = json.loads(other)["record"]["versions"][0]["sealed"]
+    return change
+
+
+TAMPERING: dict[str, Callable[[dict[str, Any]], None]] = {
+    "state": lambda r: r.update(state="active"),
+    "tags": lambda r: r.update(tags=[]),
+    "usage": lambda r: r.update(usage="wrap"),
+    "description": lambda r: r.update(description="edited"),
+    "version-state": lambda r: r["versions"][0].update(state="archived"),
+    "revision": lambda r: r.update(revision=r["revision"] + 1),
+    "audit-binding": lambda r: r.update(audit_seq=1),
+}
+
+
+@pytest.mark.parametrize("field", sorted(TAMPERING))
+def test_an_edited_field_fails_that_key_only(store: KeyStore, raw: RawRecords,
+                                             factory: KeyFactory, field: str) -> None:
+    victim = store.create(factory.key(name="victim", tags=("pci",), state=KeyState.REVOKED))
+    other = store.create(factory.key(name="other"))
+    _edit(raw, victim.id, TAMPERING[field])
+    _assert_refused(store, victim, other, "mac_mismatch")
+
+
+def _assert_refused(store: KeyStore, victim: Key, other: Key, problem: str) -> None:
+    """The victim is refused everywhere (get, name, update, listing), other keys are not."""
+    lookups: tuple[Callable[[], Key], ...] = (
+        lambda: store.get(victim.id), lambda: store.resolve("victim"),
+        lambda: store.update(replace(victim, description="x")))
+    for lookup in lookups:
+        with pytest.raises(IntegrityError) as caught:
+            lookup()
+        assert victim.id in caught.value.message and caught.value.code == "integrity_error"
+        assert caught.value.details["problem"] == problem
+    assert store.get(other.id) == other and store.resolve("other") == other
+    unreadable: list[str] = []
+    assert walk(store, KeyFilter(), 1, unreadable) == [other.id]
+    assert unreadable == [victim.id]
+    scan = store.check_records()
+    assert scan.checked == 2 and [(f.key_id, f.problem) for f in scan.faults] == [
+        (victim.id, problem)]
+
+
+def test_another_keys_sealed_blob_swapped_in_fails(store: KeyStore, raw: RawRecords,
+                                                   factory: KeyFactory) -> None:
+    victim = store.create(factory.key(name="victim"))
+    other = store.create(replace(factory.key(name="other"), versions=(replace(
+        factory.key().versions[0], sealed=factory.sealed("other")),)))
+    _edit(raw, victim.id, _swap_in_sealed(raw.read(other.id)))
+    _assert_refused(store, victim, other, "mac_mismatch")
+
+
+def test_a_removed_mac_fails(store: KeyStore, raw: RawRecords, factory: KeyFactory) -> None:
+    victim, other = store.create(factory.key(name="victim")), store.create(factory.key(name="other"))
+    raw.write(victim.id, _split(raw.read(victim.id))[1])  # the bare record, as format 1 stored it
+    _assert_refused(store, victim, other, "mac_missing")
+
+
+def test_another_records_mac_copied_in_fails(store: KeyStore, raw: RawRecords,
+                                             factory: KeyFactory) -> None:
+    victim, other = store.create(factory.key(name="victim")), store.create(factory.key(name="other"))
+    envelope = json.loads(raw.read(victim.id))
+    envelope["mac"] = json.loads(raw.read(other.id))["mac"]
+    raw.write(victim.id, _canonical(envelope))
+    _assert_refused(store, victim, other, "mac_mismatch")
+
+
+def test_a_whole_record_copied_over_another_key_fails(store: KeyStore, raw: RawRecords,
+                                                      factory: KeyFactory) -> None:
+    victim, other = store.create(factory.key(name="victim")), store.create(factory.key(name="other"))
+    raw.write(victim.id, raw.read(other.id))  # authentic, but another key's
+    _assert_refused(store, victim, other, "wrong_key")
+
+
+def test_a_bad_record_is_refused_again_after_a_reopen(backend: Backend, raw: RawRecords,
+                                                      factory: KeyFactory) -> None:
+    store = backend.open()
+    victim, other = store.create(factory.key(name="victim")), store.create(factory.key(name="other"))
+    _edit(raw, victim.id, TAMPERING["description"])
+    store.close()
+    _assert_refused(backend.open(), victim, other, "mac_mismatch")
+
+
+def test_a_clean_store_checks_clean(store: KeyStore, factory: KeyFactory) -> None:
+    keys = _population(store, factory)
+    scan = store.check_records()
+    assert scan.checked == len(keys) and scan.faults == ()
+    assert store.record_census() == (len(keys), 0)
+
+
+def test_get_of_a_cached_key_does_not_decode_again(backend: Backend, factory: KeyFactory,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encrypt hot path: a key already decoded (and checked) is served as it is."""
+    if backend.kind == "remote":
+        pytest.skip("the remote store caches nothing: every get is a vault read and a check")
+    store = backend.open()
+    key = store.create(factory.key(name="hot"))
+    assert store.get(key.id) == key
+
+    def no_decoding(self: RecordCodec, key_id: str, data: bytes | str) -> Key:
+        raise AssertionError("decoded a key that was already decoded")
+
+    monkeypatch.setattr(RecordCodec, "decode", no_decoding)
+    assert store.get(key.id) == key and store.resolve(key.id) == key
+
+
+def test_legacy_records_are_authenticated_once(store: KeyStore, raw: RawRecords,
+                                               factory: KeyFactory) -> None:
+    """Records written before records had a MAC: refused until the migration gives them one."""
+    keys = [store.create(factory.key(name=f"old-{n}", tags=("pci",))) for n in range(3)]
+    for key in keys[:2]:
+        raw.write(key.id, _canonical(key_to_record(key)))  # format 1: the bare record
+    assert store.record_census() == (1, 2)
+    with pytest.raises(IntegrityError, match="no MAC"):
+        store.get(keys[0].id)
+    assert store.authenticate_legacy_records() == 2
+    assert store.record_census() == (3, 0) and store.authenticate_legacy_records() == 0
+    assert [store.get(k.id) for k in keys] == keys  # revisions untouched by the rewrite
+    assert store.check_records().faults == ()
+
+
+def test_the_migration_leaves_bad_macs_alone(store: KeyStore, raw: RawRecords,
+                                             factory: KeyFactory) -> None:
+    victim = store.create(factory.key(name="victim"))
+    _edit(raw, victim.id, TAMPERING["description"])
+    assert store.authenticate_legacy_records() == 0
+    with pytest.raises(IntegrityError, match="MAC does not match"):
+        store.get(victim.id)
+
+
+def test_the_format_marker_is_authenticated(backend: Backend) -> None:
+    store = backend.open()
+    born = store.record_format()
+    assert born is (RecordFormat.AUTHENTICATED if backend.kind == "memory" else None)
+    store.set_record_format(RecordFormat.MIGRATING)
+    assert store.record_format() is RecordFormat.MIGRATING
+    store.set_record_format(RecordFormat.AUTHENTICATED)
+    assert store.record_format() is RecordFormat.AUTHENTICATED
+    other_master = RecordCodec(type(RECORD_MAC).derive(bytes(32)))
+    blob = store.get_meta("key_record_format")
+    assert blob is not None and blob.startswith(b"ferrohsm key records: format=2 "
+                                                b"state=authenticated|")
+    for forged in (b"ferrohsm key records: format=2 state=authenticated", b"migrating",
+                   other_master.marker(RecordFormat.MIGRATING)):
+        store.put_meta("key_record_format", forged)
+        with pytest.raises(IntegrityError, match="format marker"):
+            store.record_format()

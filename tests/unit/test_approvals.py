@@ -15,6 +15,7 @@ from servicekit import Clock as ClockBase
 from servicekit import RecordingAudit
 
 from ferrohsm.control.policy import Policy, TagPolicy
+from ferrohsm.crypto.recordmac import RecordMac
 from ferrohsm.crypto.seal import Sealer
 from ferrohsm.domain import approval as apv
 from ferrohsm.domain.approval import TRANSITIONS, Approval, ApprovalState, Event
@@ -36,6 +37,7 @@ from ferrohsm.store.memory import MemoryStore
 from ferrohsm.store.memory_approvals import MemoryApprovalStore
 from ferrohsm.store.sqlite_approvals import SQLiteApprovalStore
 
+RECORD_MAC = RecordMac.derive(bytes(32))  # record MACs under a test master key
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 KEY_A = "01890a5d-ac96-774b-bcce-b302099a8057"
 KEY_B = "01890a5d-ac96-774b-bcce-b302099a8058"
@@ -204,7 +206,7 @@ TAGS = {"pci": TagPolicy(approvals_required=2, approval_actions=("rollback", "ro
 class World:
     def __init__(self, approvals: ApprovalStore | None, store: MemoryStore | None = None) -> None:
         self.clock, self.audit = Clock(), Audit()
-        self.store = store or MemoryStore()
+        self.store = store or MemoryStore(RECORD_MAC)
         engine = KeyEngine(Sealer(bytes(range(32))), MaterialCache(64, 300))
         self.service = KeyService(self.store, engine, self.audit, clock=self.clock,
                                   policy=Policy.from_config(TAGS), approvals=approvals)
@@ -396,7 +398,7 @@ def test_no_approval_store_fails_closed() -> None:
 
 
 def test_pending_approvals_survive_a_restart(tmp_path: Path) -> None:
-    keys = MemoryStore()  # the key store outlives the restart in this test
+    keys = MemoryStore(RECORD_MAC)  # the key store outlives the restart in this test
     first = World(SQLiteApprovalStore(tmp_path / "a.sqlite3"), keys)
     key = first.key("pci")
     approval_id = first.park(first.service.rotate, ctx(ALICE), key.id)["id"]

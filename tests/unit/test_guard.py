@@ -10,6 +10,7 @@ import pytest
 from servicekit import RecordingAudit
 
 from ferrohsm.auth.permissions import Action
+from ferrohsm.crypto.recordmac import RecordMac
 from ferrohsm.crypto.seal import Sealer
 from ferrohsm.domain.errors import (
     FerroError,
@@ -35,7 +36,7 @@ SERVICE = RequestContext(Principal("svc", Role.SERVICE), request_id="r-service")
 @pytest.fixture
 def world() -> Iterator[tuple[KeyService, RecordingAudit, Key]]:
     audit = RecordingAudit()
-    store = MemoryStore()
+    store = MemoryStore(RecordMac.derive(bytes(32)))
     engine = KeyEngine(Sealer(os.urandom(32)), MaterialCache(16, 60.0))
     service = KeyService(store, engine, audit)
     key = service.create_key(ADMIN, algorithm="aes-256-gcm", usage="encrypt", name="k1")

@@ -19,6 +19,7 @@ from ferrohsm.audit.chain import AuditEvent
 from ferrohsm.audit.sinks import FileSink
 from ferrohsm.control.policy import Policy, Rules, TagPolicy
 from ferrohsm.control.scheduler import Job, JobKind, RetentionScheduler, TickReport, plan
+from ferrohsm.crypto.recordmac import RecordMac
 from ferrohsm.crypto.seal import Sealer
 from ferrohsm.domain import lifecycle as lc
 from ferrohsm.domain.errors import ApprovalRequired, Conflict, InvalidTransition
@@ -34,6 +35,7 @@ from ferrohsm.store.memory_approvals import MemoryApprovalStore
 from ferrohsm.store.sqlite import SQLiteStore
 from ferrohsm.store.sqlite_approvals import SQLiteApprovalStore
 
+RECORD_MAC = RecordMac.derive(bytes(32))  # record MACs under a test master key
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
 KEY_ID = "01890a5d-ac96-774b-bcce-b302099a8057"
@@ -114,7 +116,7 @@ def service(store: KeyStore, audit: Any, clock: ClockBase,
 @pytest.fixture
 def world() -> Iterator[tuple[KeyService, Audit, ClockBase, RetentionScheduler]]:
     clock, audit = Clock(), Audit()
-    svc = service(MemoryStore(), audit, clock)
+    svc = service(MemoryStore(RECORD_MAC), audit, clock)
     yield svc, audit, clock, RetentionScheduler(svc, approval_retention_days=30)
 
 
@@ -237,12 +239,12 @@ def test_a_tick_survives_an_audit_outage(world: World) -> None:
 
 def test_a_restart_resumes_from_persisted_state(tmp_path: Path) -> None:
     clock, audit = Clock(), Audit()
-    store = FilesystemStore(tmp_path / "keys")
+    store = FilesystemStore(tmp_path / "keys", RECORD_MAC)
     key = create(service(store, audit, clock), "rotating")
     service(store, audit, clock).schedule_destroy(ctx(ALICE), key.id)
     store.close()
     clock.advance(hours=25)  # the server was down when the grace ended
-    store = FilesystemStore(tmp_path / "keys")
+    store = FilesystemStore(tmp_path / "keys", RECORD_MAC)
     try:
         fresh = RetentionScheduler(service(store, audit, clock))
         assert fresh.tick().destroyed == 1
@@ -288,8 +290,8 @@ def files_containing(root: Path, patterns: list[bytes]) -> list[str]:
 
 
 STORES: dict[str, Callable[[Path], KeyStore]] = {
-    "filesystem": lambda d: FilesystemStore(d),
-    "sqlite": lambda d: SQLiteStore(d / "keys.sqlite3"),
+    "filesystem": lambda d: FilesystemStore(d, RECORD_MAC),
+    "sqlite": lambda d: SQLiteStore(d / "keys.sqlite3", RECORD_MAC),
 }
 
 

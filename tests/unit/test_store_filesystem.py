@@ -16,11 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from ferrohsm.crypto.recordmac import RecordMac
 from ferrohsm.domain import lifecycle as lc
-from ferrohsm.domain.errors import NotFound, StoreError
-from ferrohsm.domain.model import Key, KeyFilter, KeyState
+from ferrohsm.domain.errors import IntegrityError, NotFound, StoreError
+from ferrohsm.domain.model import Key, KeyFilter, KeyState, key_from_record
 from ferrohsm.store.filesystem import TMP_PREFIX, FilesystemStore
+from ferrohsm.store.records import RecordCodec
 
+MAC = RecordMac.derive(bytes(32))  # record MACs under a test master key
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 SEALED = b"\x01sealed-bytes-never-shown\xff"
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +45,7 @@ def data(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def store(data: Path) -> Iterator[FilesystemStore]:
-    opened = FilesystemStore(data)
+    opened = FilesystemStore(data, MAC)
     yield opened
     opened.close()
 
@@ -51,12 +54,17 @@ def key_file(data: Path, key: Key) -> Path:
     return data / "keys" / f"{key.id}.json"
 
 
-def rewrite(path: Path, change: dict[str, object]) -> None:
-    """Change a record out of band (as an attacker or a careless admin would), via a new inode."""
-    record = json.loads(path.read_bytes())
-    record.update(change)
+def rewrite(path: Path, change: dict[str, object], *, resign: bool = False) -> None:
+    """Change a record out of band, via a new inode: as an attacker or a careless admin would
+    (the MAC stays as it was), or with ``resign`` as another writer holding the master key
+    would (a restore, say: the MAC is made afresh)."""
+    stored = json.loads(path.read_bytes())
+    stored["record"].update(change)
     fresh = path.with_name("edited")
-    fresh.write_text(json.dumps(record))
+    if resign:
+        fresh.write_bytes(RecordCodec(MAC).encode(key_from_record(stored["record"])))
+    else:
+        fresh.write_text(json.dumps(stored, sort_keys=True, separators=(",", ":")))
     os.replace(fresh, path)
 
 
@@ -76,7 +84,7 @@ def test_directories_0700_files_0600(store: FilesystemStore, data: Path) -> None
 def test_a_loose_data_dir_is_tightened(data: Path) -> None:
     data.mkdir(mode=0o777)
     os.chmod(data, 0o777)  # noqa: S103  the loose mode the store must tighten
-    FilesystemStore(data).close()
+    FilesystemStore(data, MAC).close()
     assert mode(data) == 0o700
 
 
@@ -84,7 +92,7 @@ def test_a_symlinked_data_dir_is_refused(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
     with pytest.raises(StoreError, match="symlink"):
-        FilesystemStore(tmp_path / "link")
+        FilesystemStore(tmp_path / "link", MAC)
 
 
 def test_a_symlinked_keys_dir_is_refused(data: Path, tmp_path: Path) -> None:
@@ -92,7 +100,7 @@ def test_a_symlinked_keys_dir_is_refused(data: Path, tmp_path: Path) -> None:
     (tmp_path / "elsewhere").mkdir()
     (data / "keys").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(StoreError, match="symlink"):
-        FilesystemStore(data)
+        FilesystemStore(data, MAC)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
@@ -100,15 +108,16 @@ def test_a_data_dir_owned_by_someone_else_is_refused(data: Path) -> None:
     data.mkdir(mode=0o700)
     os.chown(data, 4242, -1)
     with pytest.raises(StoreError, match="uid 4242"):
-        FilesystemStore(data)
+        FilesystemStore(data, MAC)
 
 
 # ---- one owner at a time -------------------------------------------------------------------
 
 def _open_in_child(data: Path) -> subprocess.CompletedProcess[str]:
     code = ("import sys\nfrom ferrohsm.domain.errors import StoreError\n"
+            "from ferrohsm.crypto.recordmac import RecordMac\n"
             "from ferrohsm.store.filesystem import FilesystemStore\n"
-            "try:\n    FilesystemStore(sys.argv[1]).close()\n"
+            "try:\n    FilesystemStore(sys.argv[1], RecordMac.derive(bytes(32))).close()\n"
             "except StoreError as exc:\n    print(exc)\n    sys.exit(3)\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True,
@@ -126,7 +135,7 @@ def test_a_second_process_is_locked_out(store: FilesystemStore, data: Path) -> N
 def test_a_second_store_in_the_same_process_is_locked_out(store: FilesystemStore,
                                                           data: Path) -> None:
     with pytest.raises(StoreError, match="in use by another process"):
-        FilesystemStore(data)
+        FilesystemStore(data, MAC)
 
 
 # ---- crash leftovers and failed writes -----------------------------------------------------
@@ -139,7 +148,7 @@ def test_stray_temp_files_are_removed_at_open(store: FilesystemStore, data: Path
     for stray in strays:
         stray.write_bytes(b"half a record")
     (data / "keys" / "README").write_text("not ours, left alone")
-    again = FilesystemStore(data)
+    again = FilesystemStore(data, MAC)
     try:
         assert not any(p.exists() for p in strays)
         assert (data / "keys" / "README").exists()
@@ -185,7 +194,7 @@ def test_a_symlink_in_place_of_a_key_file_is_not_followed(store: FilesystemStore
         store.get(key.id)
     assert store.get(other.id) == other
     store.close()
-    again = FilesystemStore(data)
+    again = FilesystemStore(data, MAC)
     try:
         with pytest.raises(StoreError, match="symlink"):
             again.get(key.id)
@@ -203,15 +212,17 @@ def test_a_corrupted_key_file_names_the_key_and_spares_the_rest(
     bad, good = store.create(make_key("bad", ("t",))), store.create(make_key("good"))
     key_file(data, bad).write_bytes(garbage)
     for attempt in range(2):
-        with pytest.raises(StoreError) as caught:
+        with pytest.raises(IntegrityError, match="carries no MAC") as caught:
             store.get(bad.id)
         assert bad.id in str(caught.value)
         assert "nested" not in str(caught.value) and "not json" not in str(caught.value)
         assert store.get(good.id) == good and store.get_by_name("good") == good
         assert [k.id for k in store.list(KeyFilter(name_prefix="go")).keys] == [good.id]
+        page = store.list(KeyFilter())
+        assert [k.id for k in page.keys] == [good.id] and page.unreadable == (bad.id,)
         if attempt == 0:
             store.close()
-            store = FilesystemStore(data)
+            store = FilesystemStore(data, MAC)
     assert bad.id in store.describe()["unreadable_keys"]  # type: ignore[operator]  # a list of ids
     store.close()
 
@@ -219,20 +230,24 @@ def test_a_corrupted_key_file_names_the_key_and_spares_the_rest(
 def test_a_record_copied_over_another_key_is_refused(store: FilesystemStore, data: Path) -> None:
     a, b = store.create(make_key("a")), store.create(make_key("b"))
     key_file(data, a).write_bytes(key_file(data, b).read_bytes())
-    with pytest.raises(StoreError, match="different key"):
+    with pytest.raises(IntegrityError, match="different key"):
         store.get(a.id)
 
 
 def test_tampering_on_disk_is_seen_by_the_next_get(store: FilesystemStore, data: Path) -> None:
     key = store.create(make_key("watched"))
     assert store.get(key.id) == key  # cached now
-    rewrite(key_file(data, key), {"state": "revoked", "description": "edited by hand"})
+    rewrite(key_file(data, key), {"state": "revoked"})
+    with pytest.raises(IntegrityError, match="MAC does not match"):
+        store.get(key.id)
+    rewrite(key_file(data, key), {"state": "revoked", "description": "edited by hand"},
+            resign=True)
     seen = store.get(key.id)
     assert seen.state is KeyState.REVOKED and seen.description == "edited by hand"
     assert store.count(KeyFilter(state=KeyState.REVOKED)) == 1  # the index followed
     with key_file(data, key).open("r+b") as f:  # in place, same inode, different size
         f.truncate(10)
-    with pytest.raises(StoreError, match=key.id):
+    with pytest.raises(IntegrityError, match=key.id):
         store.get(key.id)
 
 
@@ -266,7 +281,7 @@ def test_a_consistent_index_is_used_without_reading_key_files(
         raise AssertionError("read a key file although index.json was consistent")
 
     monkeypatch.setattr(FilesystemStore, "_read_key", no_reads)
-    again = FilesystemStore(data)
+    again = FilesystemStore(data, MAC)
     assert again.count() == len(keys) and again.count(KeyFilter(tag="even")) == 3
     again.close()
 
@@ -283,7 +298,7 @@ def test_the_index_is_rebuilt_when_missing_or_unusable(store: FilesystemStore, d
         index.write_text("{]")
     else:
         index.write_text(json.dumps({"format": 99, "keys": []}))
-    again = FilesystemStore(data)
+    again = FilesystemStore(data, MAC)
     try:
         _assert_indexed(again, keys)
         assert json.loads(index.read_text())["format"] == 1  # rewritten
@@ -295,13 +310,13 @@ def test_a_stale_index_is_corrected_from_the_files(store: FilesystemStore, data:
     keys = _populate(store)
     store.close()
     saved = (data / "index.json").read_bytes()
-    again = FilesystemStore(data)  # writes after the last save: the index goes stale
+    again = FilesystemStore(data, MAC)  # writes after the last save: the index goes stale
     extra = again.create(make_key("extra", ("even",)))
     again.update(lc.revoke(again.get(keys[0].id), NOW, "alice"))
     again.close()
     (data / "index.json").write_bytes(saved)  # as if we crashed before close()
-    rewrite(key_file(data, keys[1]), {"tags": ["even"]})  # and an out-of-band edit
-    third = FilesystemStore(data)
+    rewrite(key_file(data, keys[1]), {"tags": ["even"]}, resign=True)  # and a restored file
+    third = FilesystemStore(data, MAC)
     try:
         assert third.count() == len(keys) + 1
         assert [k.id for k in third.list(KeyFilter(state=KeyState.REVOKED)).keys] == [keys[0].id]
@@ -314,7 +329,7 @@ def test_an_index_entry_without_a_file_is_dropped(store: FilesystemStore, data: 
     keys = _populate(store)
     store.close()
     key_file(data, keys[0]).unlink()
-    again = FilesystemStore(data)
+    again = FilesystemStore(data, MAC)
     try:
         assert again.count() == len(keys) - 1
         with pytest.raises(NotFound):

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from ferrohsm.crypto.recordmac import RecordMac
 from ferrohsm.domain import lifecycle as lc
-from ferrohsm.domain.errors import StaleRevision, StoreError
+from ferrohsm.domain.errors import IntegrityError, NotFound, StaleRevision, StoreError
 from ferrohsm.domain.model import Key, KeyFilter, KeyState, key_to_record
 from ferrohsm.store import sqlite as sqlite_module
 from ferrohsm.store.sqlite import SCHEMA_VERSION, SQLiteStore, _select, migrate
 
+MAC = RecordMac.derive(bytes(32))  # record MACs under a test master key
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
@@ -36,7 +38,7 @@ def path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def store(path: Path) -> Iterator[SQLiteStore]:
-    opened = SQLiteStore(path)
+    opened = SQLiteStore(path, MAC)
     yield opened
     opened.close()
 
@@ -60,7 +62,7 @@ def test_a_loose_database_file_is_tightened(path: Path) -> None:
     path.parent.mkdir(mode=0o700)
     path.touch(mode=0o644)
     os.chmod(path, 0o644)
-    SQLiteStore(path).close()
+    SQLiteStore(path, MAC).close()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
@@ -68,7 +70,7 @@ def test_a_symlinked_database_is_refused(tmp_path: Path) -> None:
     (tmp_path / "real.sqlite3").touch()
     (tmp_path / "link.sqlite3").symlink_to(tmp_path / "real.sqlite3")
     with pytest.raises(StoreError, match="symlink"):
-        SQLiteStore(tmp_path / "link.sqlite3")
+        SQLiteStore(tmp_path / "link.sqlite3", MAC)
 
 
 # ---- migrations ----------------------------------------------------------------------------
@@ -89,9 +91,11 @@ def _v1_database(path: Path, keys: list[Key]) -> None:
 def test_an_older_schema_is_migrated_in_place(path: Path) -> None:
     keys = [make_key("a", ("pci", "prod")), make_key("b", ("prod",)), make_key(None)]
     _v1_database(path, keys)
-    store = SQLiteStore(path)
+    store = SQLiteStore(path, MAC)
     try:
         assert store.describe()["user_version"] == SCHEMA_VERSION
+        assert store.record_census() == (0, 3)  # version 1 wrote records without a MAC
+        assert store.authenticate_legacy_records() == 3  # what the start-up migration does
         tagged = [k.id for k in store.list(KeyFilter(tag="prod")).keys]
         assert tagged == sorted(k.id for k in keys[:2])
         assert store.count(KeyFilter(tag="pci")) == 1
@@ -101,18 +105,18 @@ def test_an_older_schema_is_migrated_in_place(path: Path) -> None:
 
 
 def test_migrating_twice_is_harmless(path: Path) -> None:
-    SQLiteStore(path).close()
+    SQLiteStore(path, MAC).close()
     conn = sqlite3.connect(path, isolation_level=None)
     assert migrate(conn) == SCHEMA_VERSION
     conn.close()
 
 
 def test_a_failed_migration_changes_nothing(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    SQLiteStore(path).close()
+    SQLiteStore(path, MAC).close()
     broken = "CREATE TABLE half_done (x INTEGER); INSERT INTO no_such_table VALUES (1);"
     monkeypatch.setattr(sqlite_module, "MIGRATIONS", (*sqlite_module.MIGRATIONS, broken))
     with pytest.raises(StoreError, match=f"migration to version {SCHEMA_VERSION + 1} failed"):
-        SQLiteStore(path)
+        SQLiteStore(path, MAC)
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half_done'"
@@ -121,12 +125,12 @@ def test_a_failed_migration_changes_nothing(path: Path, monkeypatch: pytest.Monk
 
 
 def test_a_newer_schema_is_refused(path: Path) -> None:
-    SQLiteStore(path).close()
+    SQLiteStore(path, MAC).close()
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA user_version = 99")
     conn.close()
     with pytest.raises(StoreError, match="newer"):
-        SQLiteStore(path)
+        SQLiteStore(path, MAC)
 
 
 # ---- query plans ---------------------------------------------------------------------------
@@ -147,7 +151,7 @@ def test_filters_walk_indexes_in_id_order(store: SQLiteStore) -> None:
 # ---- several connections (threads in other processes) on one file -------------------------
 
 def test_cas_and_caches_hold_across_connections(path: Path) -> None:
-    one, two = SQLiteStore(path), SQLiteStore(path)
+    one, two = SQLiteStore(path, MAC), SQLiteStore(path, MAC)
     try:
         key = one.create(make_key("shared"))
         assert two.get(key.id) == key and one.get(key.id) == key  # both cached now
@@ -175,10 +179,25 @@ def test_a_corrupted_row_names_the_key_and_spares_the_rest(store: SQLiteStore,
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("UPDATE keys SET record = '{\"secret\": 1' WHERE id = ?", (bad.id,))
     conn.close()
-    with pytest.raises(StoreError) as caught:
+    with pytest.raises(IntegrityError) as caught:
         store.get(bad.id)
     assert bad.id in str(caught.value) and "secret" not in str(caught.value)
     assert store.get(good.id) == good and store.get_by_name("good") == good
+    page = store.list(KeyFilter())
+    assert [k.id for k in page.keys] == [good.id] and page.unreadable == (bad.id,)
+
+
+def test_an_edited_name_column_never_hands_out_another_key(store: SQLiteStore,
+                                                           path: Path) -> None:
+    """The columns are not authenticated; the record a lookup returns must name the key."""
+    payments, other = store.create(make_key("payments")), store.create(make_key("other"))
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("UPDATE keys SET name = NULL WHERE id = ?", (payments.id,))
+    conn.execute("UPDATE keys SET name = 'payments' WHERE id = ?", (other.id,))
+    conn.close()
+    with pytest.raises(NotFound):
+        store.get_by_name("payments")
+    assert store.get(payments.id) == payments
 
 
 def test_the_closed_store_refuses_work(store: SQLiteStore) -> None:

@@ -51,6 +51,8 @@ def _register_inventory(router: Router, service: KeyService) -> None:
                                    "next_page_token": page.next_page_token}
         if total is not None:
             payload["total"] = total
+            if page.unreadable:  # keys whose stored records failed their check (docs/api.md)
+                payload["unreadable"] = list(page.unreadable)
         return etagged(req, payload)
 
     def show(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
