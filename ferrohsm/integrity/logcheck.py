@@ -8,6 +8,9 @@ than the last checkpoint in its own ``checkpoints.jsonl``):
     deleted or replaced. Opening the sink would start a fresh chain beside the old keys and hide
     that, so refuse unless ``accept_audit_loss``.
   * the audit log is missing or empty while the witness file holds checkpoints: same, witnessed.
+  * the audit log has records but its ``checkpoints.jsonl`` is missing or empty: the sink writes
+    one from the first record on, so it was deleted (typically with the log's tail, which the
+    sink could then no longer see). Refuse unless ``accept_audit_loss``.
 
 ``after_audit`` (the sink is open; its head and log id are known)
   * the newest checkpoint in the witness file is signed by this log's key, names this log, is not
@@ -75,10 +78,16 @@ class StartupChecks:
     accept_store_loss: bool = False
     accept_audit_loss: bool = False
     _audit_loss: str = ""
+    _new_log: bool = False
 
     def before_audit(self) -> None:
-        """Refuse (or note, when accepted) a missing audit log beside keys or a witness."""
+        """Refuse (or note, when accepted) a missing audit log beside keys or a witness, and a
+        log without its checkpoints."""
         if self.audit.present():
+            if not self.audit.has_checkpoints():
+                self._degraded(f"the audit log in {self.audit.directory} has records but its "
+                               "signed checkpoints (checkpoints.jsonl) are missing or empty: "
+                               "they were deleted, perhaps together with the log's last records")
             return
         keys = self.store.count() if self.store_is_persistent else 0
         witnessed = _newest_witnessed(self.witness_file)
@@ -89,19 +98,23 @@ class StartupChecks:
                      + (" and " if keys and witnessed else "")
                      + (f"the witness {self.witness_file} holds checkpoints up to seq "
                         f"{witnessed.get('seq')}" if witnessed else ""))
+        self._new_log = True
+        self._degraded(f"{situation}: the audit log was deleted or replaced")
+
+    def _degraded(self, situation: str) -> None:
         if not self.accept_audit_loss:
-            raise StartupRefused(f"{situation}: the audit log was deleted or replaced. Restore "
-                                 "it; or, to start a new audit log anyway, start once with "
-                                 "--accept-audit-loss (recorded in the new log)")
+            raise StartupRefused(f"{situation}. Restore the audit directory from a backup; or, "
+                                 "to go on with what is there, start once with "
+                                 "--accept-audit-loss (recorded in the audit log)")
         log.warning("integrity: %s; accepted by --accept-audit-loss", situation)
         self._audit_loss = situation
 
     def after_audit(self, sink: ChainedSink) -> None:
         """The checks that need the open log; then record what was accepted."""
         if self._audit_loss:
-            sink.append(_system(AUDIT_LOSS_ACTION, f"{self._audit_loss}; a new audit log was "
-                                "started (--accept-audit-loss)"))
-        else:
+            sink.append(_system(AUDIT_LOSS_ACTION, f"{self._audit_loss}; accepted "
+                                "(--accept-audit-loss)"))
+        if not self._new_log:
             check_witness(sink, self.witness_file)
         check_bindings(self.store, sink.head()[0])
         if self.store_is_persistent:

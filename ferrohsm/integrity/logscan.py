@@ -20,6 +20,7 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ..audit.anchor import CHECKPOINT_FILE
 from ..audit.offline import VerifyInputError, chained_lines, expand_paths
 from ..audit.segments import list_segments, segment_name
 from ..domain.errors import AuditUnavailable
@@ -50,6 +51,11 @@ class AuditLocation:
             return os.path.isfile(self.database) and bool(_sqlite_rows(self.database, 1))
         return any(os.path.getsize(os.path.join(self.directory, segment_name(n))) > 0
                    for n in list_segments(self.directory))
+
+    def has_checkpoints(self) -> bool:
+        """Whether the sink's checkpoints file beside the log holds anything."""
+        path = os.path.join(self.directory, CHECKPOINT_FILE)
+        return os.path.isfile(path) and os.path.getsize(path) > 0
 
     def creation_lines(self) -> Iterator[bytes]:
         """Stored lines of every ``key.create`` and ``key.lost`` record, in seq order."""
