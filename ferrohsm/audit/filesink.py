@@ -105,7 +105,7 @@ class FileSink(ChainedSink):
             self._open()
             self._checkpoint_opened()
         except BaseException:
-            self._close_storage()
+            self._abandon()
             raise
 
     # ---- opening and recovery -----------------------------------------------------------------

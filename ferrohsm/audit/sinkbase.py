@@ -289,6 +289,13 @@ class ChainedSink(AuditSink):
                 self._close_storage()
         self._checkpointer.publish_now()  # the final checkpoint reaches the witness too
 
+    def _abandon(self) -> None:
+        """Opening failed: stop the checkpoint thread (the genesis record may have started it)
+        and release the storage, writing nothing more."""
+        self._closed = True
+        self._checkpointer.stop()
+        self._close_storage()
+
     # ---- backend hooks ------------------------------------------------------------------------
 
     @abstractmethod

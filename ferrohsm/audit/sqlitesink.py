@@ -86,10 +86,10 @@ class SQLiteSink(ChainedSink):
             self._open()
             self._checkpoint_opened()
         except sqlite3.Error as exc:
-            self._close_storage()
+            self._abandon()
             raise AuditUnavailable(f"cannot open audit database {self.path}: {exc}") from None
         except BaseException:
-            self._close_storage()
+            self._abandon()
             raise
 
     def _connect(self, durable: bool) -> sqlite3.Connection:

@@ -80,7 +80,7 @@ class HttpsWitness:
         if parts.query:
             self.path += "?" + parts.query
         self.timeout = timeout
-        self.description = f"https://{parts.netloc}{parts.path}"
+        self.description = f"https://{self.host}:{self.port}{parts.path}"  # no userinfo
         self._context = ssl.create_default_context(cafile=ca_file or None)
 
     def publish(self, checkpoint: dict[str, Any]) -> None:
@@ -112,6 +112,8 @@ def make_witness(spec: str, *, data_dir: str = "", ca_file: str = "",
         if data_dir and _inside(path, os.path.abspath(data_dir)):
             raise ConfigError(f"[audit].witness {path} is inside the data directory: a witness "
                               "must live where the data directory does not")
+        if not os.path.isdir(os.path.dirname(path)):
+            raise ConfigError(f"[audit].witness: the directory of {path} does not exist")
         return FileWitness(path)
     return HttpsWitness(spec, ca_file=ca_file, timeout=timeout)
 

@@ -54,6 +54,11 @@ AUDIT_LOSS_ACTION = "integrity.audit_loss_accepted"
 SYSTEM = "system"
 
 
+# Whether key records carry the audit seq of their last change (added separately): until they do,
+# there is nothing to compare a key with.
+KEYS_CARRY_AUDIT_SEQ = "audit_seq" in {f.name for f in dataclasses.fields(Key)}
+
+
 class StartupRefused(FerroError):
     """The stored state is inconsistent: the server does not start (fail closed)."""
 
@@ -177,7 +182,7 @@ def check_bindings(store: KeyStore, head_seq: int) -> None:
 
     Keys carry ``audit_seq`` once the store records it (a separate change); until then there is
     nothing to compare and this costs nothing. When they do, it lists the store once."""
-    if "audit_seq" not in {f.name for f in dataclasses.fields(Key)}:
+    if not KEYS_CARRY_AUDIT_SEQ:
         return
     ahead = [key.id for key in _all_keys(store) if (getattr(key, "audit_seq", 0) or 0) > head_seq]
     if ahead:

@@ -253,6 +253,12 @@ def test_deleted_key_file_refuses_start_up_until_accepted(tmp_path: Path) -> Non
     proc, _ = serve(data, config)  # accepted once, recorded: the next start-up is clean
     assert stop(proc) == 0
     assert verify(data).returncode == 0
+    report = subprocess.run([sys.executable, "-m", "ferrohsm", "audit", "report",
+                             str(data / "audit"), "--json"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, check=True)
+    shown = json.loads(report.stdout)["sensitive_events"]["rows"]
+    assert {(r["action"], r["key_id"]) for r in shown} >= {("key.lost", lost),
+                                                           ("integrity.store_loss_accepted", None)}
 
 
 def test_deleted_store_refuses_start_up_and_writes_nothing(tmp_path: Path) -> None:
