@@ -22,7 +22,8 @@ from .api.handlers import system as system_routes
 from .api.handlers import tokens as token_routes
 from .api.server import HardenedHTTPServer
 from .audit.chain import AuditEvent
-from .audit.sinks import AuditSink, FileSink, SQLiteSink
+from .audit.sinks import AuditSink, ChainedSink, FileSink, SQLiteSink
+from .audit.witness import FileWitness, Witness, make_witness
 from .auth.authn import Authenticator, build_authenticator
 from .auth.ratelimit import RateLimiter, policy_from_settings
 from .config import Config, Secrets, parse_listen
@@ -34,6 +35,8 @@ from .domain.errors import ConfigError, FerroError
 from .domain.model import SYSTEM_CONTEXT
 from .engine.keycache import MaterialCache
 from .engine.keyengine import KeyEngine
+from .integrity.logcheck import StartupChecks, StartupRefused
+from .integrity.logscan import AuditLocation
 from .integrity.records import RecordReport, check_key_records
 from .service import AuditLogService, KeyService, TokenService
 from .store.approvalstore import ApprovalStore
@@ -78,24 +81,81 @@ def open_approvals(config: Config) -> ApprovalStore:
     return SQLiteApprovalStore(ensure_private_dir(config.storage.data_dir) / "approvals.sqlite3")
 
 
-def open_audit(config: Config, secrets: Secrets) -> AuditSink:
-    directory = ensure_private_dir(Path(config.storage.data_dir) / "audit")
+def audit_location(config: Config) -> AuditLocation:
+    return AuditLocation(str(Path(config.storage.data_dir) / "audit"), config.audit.sink)
+
+
+def open_audit(config: Config, secrets: Secrets) -> ChainedSink:
+    directory = ensure_private_dir(audit_location(config).directory)
+    interval = config.audit.checkpoint_interval_seconds
     if config.audit.sink == "sqlite":
         return SQLiteSink(directory / "audit.sqlite3", secrets.audit_hmac_key,
                           retention_days=config.audit.retention_days or None,
-                          durable=config.audit.durable)
+                          durable=config.audit.durable, checkpoint_interval=interval)
     return FileSink(directory, secrets.audit_hmac_key,
                     segment_max_bytes=config.audit.segment_max_bytes,
-                    durable=config.audit.durable)
+                    durable=config.audit.durable, checkpoint_interval=interval)
 
 
-def check_master_key(store: KeyStore, sealer: Sealer) -> None:
-    """A wrong master key must stop start-up, not surface later as corrupted keys."""
+def open_witness(config: Config) -> Witness | None:
+    """``[audit].witness``: where checkpoints are copied, outside the data directory."""
+    a = config.audit
+    return make_witness(a.witness, data_dir=config.storage.data_dir, ca_file=a.witness_ca_file,
+                        timeout=a.witness_timeout_seconds)
+
+
+def check_master_key(store: KeyStore, sealer: Sealer) -> bool:
+    """A wrong master key must stop start-up, not surface later as corrupted keys.
+
+    True when the check value is still to be written: only for a new, EMPTY store, and only once
+    every other start-up check has passed. A store that holds keys but no check value lost it
+    (or had it deleted): writing one now would let whatever master key was given claim the store
+    and lock the right one out, so refuse.
+    """
     stored = store.get_meta(CHECK_VALUE)
-    if stored is None:
-        store.put_meta(CHECK_VALUE, sealer.make_check_value())
-    else:
+    if stored is not None:
         sealer.verify_check_value(stored)
+        return False
+    keys = store.count()
+    if keys:
+        raise StartupRefused(f"the key store holds {keys} key(s) but no master-key check value "
+                             f"(meta {CHECK_VALUE!r}): it was deleted or the store was tampered "
+                             "with. Restore it from a backup of the store; it is only ever "
+                             "written for a new, empty store")
+    return True
+
+
+@dataclass(frozen=True)
+class StartupOptions:
+    """One-off acceptances of a degraded state (``serve --accept-...``); each is audited."""
+
+    accept_store_loss: bool = False
+    accept_audit_loss: bool = False
+
+
+def open_checked(config: Config, secrets: Secrets, store: KeyStore, sealer: Sealer,
+                 options: StartupOptions) -> ChainedSink:
+    """Check the master key, the audit log against the store and the witness, then open the
+    audit log; the check value of a new store is written only when all of that passed."""
+    new_store = check_master_key(store, sealer)
+    witness = open_witness(config)
+    checks = StartupChecks(store, audit_location(config),
+                           witness_file=witness.path if isinstance(witness, FileWitness) else "",
+                           store_is_persistent=config.storage.key_store != "memory",
+                           accept_store_loss=options.accept_store_loss,
+                           accept_audit_loss=options.accept_audit_loss)
+    checks.before_audit()
+    audit = open_audit(config, secrets)
+    try:
+        checks.after_audit(audit)
+        if new_store:
+            store.put_meta(CHECK_VALUE, sealer.make_check_value())
+    except BaseException:
+        audit.close()
+        raise
+    if witness is not None:
+        audit.attach_witness(witness)
+    return audit
 
 
 @dataclass
@@ -139,16 +199,16 @@ class Runtime:
         }
 
 
-def build_runtime(config: Config, secrets: Secrets) -> Runtime:
+def build_runtime(config: Config, secrets: Secrets,
+                  options: StartupOptions | None = None) -> Runtime:
     store = open_store(config, RecordMac.derive(secrets.master_key))
     approvals: ApprovalStore | None = None
     audit: AuditSink | None = None
     try:
         sealer = Sealer(secrets.master_key)
-        check_master_key(store, sealer)
         policy = Policy.from_config(config.policy_tags, config.crypto.destroy_grace_hours)
         approvals = open_approvals(config)
-        audit = open_audit(config, secrets)
+        audit = open_checked(config, secrets, store, sealer, options or StartupOptions())
         key_records = check_key_records(store, audit)  # before anything is served
     except Exception:
         for opened in (audit, approvals, store):

@@ -113,6 +113,10 @@ class AuditSettings:
     retention_days: float = 0.0  # 0 keeps everything
     segment_max_bytes: int = 64 << 20
     durable: bool = True
+    checkpoint_interval_seconds: float = 5.0  # signed checkpoints while records flow; 0: off
+    witness: str = ""  # "" | "file:/path" | "syslog" | "https://host/path"
+    witness_ca_file: str = ""  # CA bundle for an https witness (default: the system roots)
+    witness_timeout_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -328,6 +332,12 @@ def validate(config: Config) -> None:
         (config.audit.retention_days == 0 or config.audit.sink == "sqlite",
          '[audit].retention_days (--audit-retention-days) needs [audit].sink = "sqlite": the '
          "file sink keeps every segment"),
+        (0 <= config.audit.checkpoint_interval_seconds <= 3600,
+         "[audit].checkpoint_interval_seconds must be 0-3600 (0: no time checkpoints)"),
+        (_witness_ok(config.audit.witness),
+         '[audit].witness must be "", "syslog", "file:/path" or "https://host/path"'),
+        (0 < config.audit.witness_timeout_seconds <= 60,
+         "[audit].witness_timeout_seconds must be > 0 and <= 60"),
         (config.approvals.retention_days >= 0, "[approvals].retention_days must be >= 0"),
         (config.scheduler.interval_seconds >= 1, "[scheduler].interval_seconds must be >= 1"),
         (bool(config.tls.cert) == bool(config.tls.key), "[tls].cert and [tls].key go together"),
@@ -347,6 +357,11 @@ def validate(config: Config) -> None:
         if tag.approvals_required < 0 or tag.approval_ttl_seconds < 1 or tag.rotation_days < 0 \
                 or tag.archive_after_days < 0 or tag.destroy_grace_hours < 0:
             raise ConfigError(f"{src}: [policy.tags.{name}] has a negative or zero value")
+
+
+def _witness_ok(spec: str) -> bool:
+    return (spec in ("", "syslog") or (spec.startswith("file:") and len(spec) > 5)
+            or (spec.startswith("https://") and len(spec) > 8))
 
 
 def _auth_checks(a: AuthSettings) -> list[tuple[bool, str]]:

@@ -58,6 +58,20 @@ def write_private_file(path: str, data: bytes) -> None:
     fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
+def last_line(fd: int, chunk: int = 4096) -> bytes | None:
+    """The last non-blank line of an open file, read backwards from its end."""
+    end = os.fstat(fd).st_size
+    buf = b""
+    while end > 0:
+        start = max(0, end - chunk)
+        buf = os.pread(fd, end - start, start) + buf
+        end = start
+        lines = [x for x in buf.split(b"\n") if x.strip()]
+        if len(lines) > 1 or (lines and end == 0):
+            return lines[-1]
+    return None
+
+
 def load_signing_key(path: str) -> SigningKey:
     """An Ed25519 key from a PEM (PKCS#8) or raw 32-byte file that only its owner can read."""
     try:
@@ -118,20 +132,23 @@ class Anchor:
         return checkpoint
 
     def last(self) -> dict[str, Any] | None:
-        """The newest checkpoint, or None. Its signature is NOT checked here; see ``verify_own``."""
+        """The newest checkpoint, or None. Its signature is NOT checked here; see ``verify_own``.
+
+        Only the end of the file is read: with time-interval checkpoints the file grows by one
+        line every few seconds while records flow, and start-up must not read all of it.
+        """
         try:
             with open(self.path, "rb") as f:
-                lines = f.read().splitlines()
+                line = last_line(f.fileno())
         except FileNotFoundError:
             return None
-        for line in reversed(lines):
-            if line.strip():
-                try:
-                    value = json.loads(line)
-                except ValueError:
-                    return {"corrupt": True}
-                return value if isinstance(value, dict) else {"corrupt": True}
-        return None
+        if line is None:
+            return None
+        try:
+            value = json.loads(line)
+        except ValueError:
+            return {"corrupt": True}
+        return value if isinstance(value, dict) else {"corrupt": True}
 
     def verify_own(self, checkpoint: dict[str, Any]) -> bool:
         return signature_ok(checkpoint, self.public_key)

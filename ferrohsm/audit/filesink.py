@@ -79,7 +79,8 @@ class FileSink(ChainedSink):
                  segment_max_bytes: int = DEFAULT_SEGMENT_BYTES, durable: bool = True,
                  anchor_every: int = 1000, signing_key_path: str | None = None,
                  clock: Callable[[], datetime] | None = None,
-                 new_id: Callable[[], str] | None = None, max_group: int = 256) -> None:
+                 new_id: Callable[[], str] | None = None, max_group: int = 256,
+                 checkpoint_interval: float = 0.0) -> None:
         if segment_max_bytes < 4096:
             raise ConfigError("audit segment_max_bytes must be at least 4096")
         self.directory = os.path.abspath(directory)
@@ -88,7 +89,7 @@ class FileSink(ChainedSink):
         super().__init__(hmac_key, anchor=Anchor(self.directory, key_path=signing_key_path,
                                                  durable=durable),
                          durable=durable, anchor_every=anchor_every, clock=clock, new_id=new_id,
-                         max_group=max_group)
+                         max_group=max_group, checkpoint_interval=checkpoint_interval)
         self._max_bytes = segment_max_bytes
         self._fd = -1
         self._segno = 0
@@ -102,8 +103,9 @@ class FileSink(ChainedSink):
         self._lock_fd = self._lock_directory()
         try:
             self._open()
+            self._checkpoint_opened()
         except BaseException:
-            self._close_storage()
+            self._abandon()
             raise
 
     # ---- opening and recovery -----------------------------------------------------------------

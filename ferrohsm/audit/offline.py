@@ -93,6 +93,35 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     return value
 
 
+def load_checkpoints(path: str) -> list[dict[str, Any]]:
+    """Every checkpoint of a checkpoints.jsonl file (or the one of a JSON file), in file order.
+
+    A last line cut off mid-write (a crash while appending, never acknowledged) is left out; any
+    other line that is not a JSON object makes the file unusable.
+    """
+    text = read_file(path)
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if isinstance(value, dict):
+        return [value]
+    lines = text.split(b"\n")
+    out: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError:
+            item = None
+        if isinstance(item, dict):
+            out.append(item)
+        elif number < len(lines):  # a complete line (a newline follows it): not a torn tail
+            raise VerifyInputError(f"line {number} of {path} is not a checkpoint")
+    return out
+
+
 def load_hmac_key(path: str | None, environ: dict[str, str] | None = None) -> bytes:
     """The audit HMAC key from a 0600 file (base64 text or 32 raw bytes) or the environment."""
     env = os.environ if environ is None else environ

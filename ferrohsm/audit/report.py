@@ -5,8 +5,9 @@ activity. This module only reads and summarises; it does not check integrity, so
 verify`` first. Standard library only, like the verifier.
 
 Sections: denials and authentication failures by actor and by source IP; destroy / revoke /
-rollback / purge events; approval activity; activity outside working hours (default 07:00-19:00
-UTC, ``--work-hours``). Text fields come from clients, so every cell is escaped before printing:
+rollback / purge events, and losses accepted at start-up (``key.lost``,
+``integrity.*_loss_accepted``); approval activity; activity outside working hours (default
+07:00-19:00 UTC, ``--work-hours``). Text fields come from clients, so every cell is escaped before printing:
 a crafted actor name cannot move the cursor or forge a table row on the auditor's terminal.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 
 from .offline import VerifyInputError, chained_lines, expand_paths
 
-SENSITIVE = ("destroy", "revoke", "rollback", "purge")
+SENSITIVE = ("destroy", "revoke", "rollback", "purge", "lost", "loss_accepted")
 AUTH_PREFIXES = ("auth", "login", "token")
 MAX_CELL = 60
 

@@ -24,8 +24,12 @@ to store a batch of lines durably (``_persist``) and undo a partial one:
   separate the write from the flush (SQLite's COMMIT) does both in ``write_deferred``.
 * A backend that cannot prove it undid a partial write sets ``_failed``; from then on every append
   is refused and ``healthy()`` is False until a restart re-reads what is really on disk.
-* Signed checkpoints (``anchor.Anchor``) are taken every ``anchor_every`` records, on demand and at
-  close, and checked at open so a log shorter than its last checkpoint refuses to start.
+* Signed checkpoints (``anchor.Anchor``) are taken every ``anchor_every`` records (by the
+  group-commit leader, as before), every ``checkpoint_interval`` seconds while records flow (by
+  the checkpoint thread of checkpointer.py, off the request path), at open when the head moved
+  since the last one, on demand and at close; they are checked at open so a log shorter than its
+  last checkpoint refuses to start. ``attach_witness`` also copies them outside the data
+  directory (witness.py). Checkpoints have their own lock: signing one never holds up a writer.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ from ..domain.errors import AuditUnavailable, ConfigError
 from ..domain.ids import uuid4_str
 from .anchor import Anchor
 from .chain import GENESIS_HASH, AuditEvent, DetailValue, PreparedEvent, prepare, seal_prepared
+from .checkpointer import Checkpointer
 from .groupcommit import GroupCommit
+from .witness import Witness
 
 log = logging.getLogger("ferrohsm.audit")
 
@@ -137,7 +143,8 @@ class ChainedSink(AuditSink):
 
     def __init__(self, hmac_key: bytes, *, anchor: Anchor, durable: bool = True,
                  anchor_every: int = 1000, clock: Callable[[], datetime] | None = None,
-                 new_id: Callable[[], str] | None = None, max_group: int = 256) -> None:
+                 new_id: Callable[[], str] | None = None, max_group: int = 256,
+                 checkpoint_interval: float = 0.0) -> None:
         if not isinstance(hmac_key, bytes) or len(hmac_key) < 32:
             raise ConfigError("audit HMAC key must be at least 32 bytes")
         if anchor_every < 0:
@@ -166,6 +173,11 @@ class ChainedSink(AuditSink):
         self._failures = 0
         self._anchor_failures = 0
         self._last_checkpoint_seq = 0
+        self._anchor_lock = threading.Lock()
+        try:
+            self._checkpointer = Checkpointer(self._interval_checkpoint, checkpoint_interval)
+        except ValueError as exc:
+            raise ConfigError(f"audit {exc}") from None
 
     # ---- the AuditSink interface ------------------------------------------------------------
 
@@ -216,10 +228,27 @@ class ChainedSink(AuditSink):
             "group_commits": self._group.groups + self._syncs,
             "last_checkpoint_seq": self._last_checkpoint_seq,
             "checkpoint_failures": self._anchor_failures,
+            **self._checkpointer.describe(),
         }
 
+    @property
+    def log_id(self) -> str:
+        """The id the genesis record gave this log (a replaced log has another one)."""
+        return self._log_id
+
+    def hash_at(self, seq: int) -> str | None:
+        """Hash of committed record ``seq``: None past the head or no longer kept (pruned),
+        "invalid" when the stored record fails its own check. For start-up checks against
+        checkpoints held elsewhere (a witness)."""
+        head_seq, head_hash = self._committed
+        if seq == head_seq:
+            return head_hash
+        if seq > head_seq or seq < 1:
+            return None
+        return self._hash_at(seq)
+
     def make_checkpoint(self, now: datetime | None = None) -> dict[str, Any]:
-        with self._io_lock:
+        with self._anchor_lock:  # not _io_lock: writers go on while a checkpoint is signed
             self._check_usable()
             seq, digest = self._committed
             try:
@@ -230,7 +259,15 @@ class ChainedSink(AuditSink):
                 raise AuditUnavailable(
                     f"could not write audit checkpoint: {exc.strerror}") from None
             self._last_checkpoint_seq = seq
+            self._checkpointer.taken(checkpoint)
             return checkpoint
+
+    def attach_witness(self, witness: Witness) -> None:
+        """Copy every checkpoint from now on, starting with the newest, to ``witness``. Called
+        once the start-up checks passed, so a log that failed them is never witnessed."""
+        latest = self.anchor.last()
+        self._checkpointer.attach(witness, None if latest is None or latest.get("corrupt")
+                                  else latest)
 
     def close(self) -> None:
         if not self._closed and self._failed is None and self._written[0] > self._committed[0]:
@@ -238,6 +275,7 @@ class ChainedSink(AuditSink):
                 self.sync(self._written[0])
             except AuditUnavailable as exc:
                 log.warning("audit: written records not flushed at close: %s", exc.message)
+        self._checkpointer.stop()
         with self._io_lock:
             if self._closed:
                 return
@@ -249,6 +287,14 @@ class ChainedSink(AuditSink):
             finally:
                 self._closed = True
                 self._close_storage()
+        self._checkpointer.publish_now()  # the final checkpoint reaches the witness too
+
+    def _abandon(self) -> None:
+        """Opening failed: stop the checkpoint thread (the genesis record may have started it)
+        and release the storage, writing nothing more."""
+        self._closed = True
+        self._checkpointer.stop()
+        self._close_storage()
 
     # ---- backend hooks ------------------------------------------------------------------------
 
@@ -400,6 +446,7 @@ class ChainedSink(AuditSink):
         raise NotImplementedError
 
     def _maybe_checkpoint(self) -> None:
+        self._checkpointer.start()  # lazily, with the first group: no thread for an unused sink
         every = self._anchor_every
         seq = self._committed[0]
         if every and seq // every > self._last_checkpoint_seq // every:
@@ -407,6 +454,22 @@ class ChainedSink(AuditSink):
                 self.make_checkpoint()
             except AuditUnavailable as exc:  # the records are durable; only the anchor lags
                 log.warning("audit: %s", exc.message)
+
+    def _interval_checkpoint(self) -> None:
+        """The checkpoint thread's tick: sign the head if durable records arrived since the last
+        checkpoint."""
+        if self.healthy() and self._committed[0] > self._last_checkpoint_seq:
+            try:
+                self.make_checkpoint()
+            except AuditUnavailable as exc:
+                log.warning("audit: time checkpoint: %s", exc.message)
+
+    def _checkpoint_opened(self) -> None:
+        """At open, once the head is known and checked (and any genesis or recovery record is
+        written): cover it with a checkpoint, so every log has a checkpoints file from its first
+        record on and a missing one is evidence, not an accident of timing."""
+        if self._committed[0] > self._last_checkpoint_seq:
+            self.make_checkpoint()
 
     def _check_against_checkpoint(self) -> None:
         """Refuse to open a log that is shorter than, or diverges from, its last checkpoint."""

@@ -65,7 +65,8 @@ class SQLiteSink(ChainedSink):
                  durable: bool = True, anchor_every: int = 1000,
                  signing_key_path: str | None = None, checkpoint_path: str | None = None,
                  clock: Callable[[], datetime] | None = None,
-                 new_id: Callable[[], str] | None = None, max_group: int = 256) -> None:
+                 new_id: Callable[[], str] | None = None, max_group: int = 256,
+                 checkpoint_interval: float = 0.0) -> None:
         if retention_days is not None and not retention_days > 0:
             raise ConfigError("audit retention_days must be a positive number of days")
         self.path = os.path.abspath(path)
@@ -76,18 +77,19 @@ class SQLiteSink(ChainedSink):
         super().__init__(hmac_key, anchor=Anchor(directory, key_path=signing_key_path,
                                                  checkpoint_path=checkpoint_path, durable=durable),
                          durable=durable, anchor_every=anchor_every, clock=clock, new_id=new_id,
-                         max_group=max_group)
+                         max_group=max_group, checkpoint_interval=checkpoint_interval)
         self.retention_days = retention_days
         self._db: sqlite3.Connection | None = None
         try:
             self._db = self._connect(durable)
             self._db.executescript(SCHEMA)
             self._open()
+            self._checkpoint_opened()
         except sqlite3.Error as exc:
-            self._close_storage()
+            self._abandon()
             raise AuditUnavailable(f"cannot open audit database {self.path}: {exc}") from None
         except BaseException:
-            self._close_storage()
+            self._abandon()
             raise
 
     def _connect(self, durable: bool) -> sqlite3.Connection:

@@ -24,8 +24,18 @@ How problems are told apart, at the first record that is not the expected next o
                  before the input's first seq come after it (files given in the wrong order).
 * ``deleted``    the expected seq never appears (a gap), or the log starts after seq 1 without an
                  ``audit.checkpoint`` record attesting that retention pruned the missing prefix.
-* ``truncated``  the log ends before, or differs at, the seq of the signed checkpoint given.
-* ``bad_checkpoint`` the given checkpoint's signature or log id does not match.
+* ``truncated``  the log ends before the newest signed checkpoint (of its own checkpoints file,
+                 of a witness, or the one given), or its record at a checkpoint's seq differs.
+* ``bad_checkpoint`` a checkpoint's signature or log id does not match.
+* ``no_checkpoints`` the server's log layout (a file sink directory, an SQLite sink database) has
+                 no ``checkpoints.jsonl`` beside it: they were deleted, and a cut tail would go
+                 unseen. ``--no-checkpoints`` verifies the chain alone, and says so loudly.
+
+Checkpoints: by default the command uses the ``checkpoints.jsonl`` and the public key
+(``audit-signing-key.pub.pem``) it finds beside the log (the directory given, or the directory of
+the database or file given last); ``--checkpoint`` and ``--public-key`` override them. ``--witness
+FILE`` adds a witness's copy of the checkpoints (see witness.py): the log must reach its newest one
+and match every one it holds. cpset.py has the rules.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -56,13 +67,16 @@ from .chain import (
     split_line,
     stored_seq,
 )
-from .checkpoint import PublicKey, signature_ok
+from .checkpoint import PublicKey
+from .cpset import CheckpointError, CheckpointSet, usable
 from .offline import (
+    SQLITE_MAGIC,
     VerifyInputError,
     chained_lines,
     expand_paths,
     file_lines,
     load_checkpoint,
+    load_checkpoints,
     load_hmac_key,
     read_file,
 )
@@ -72,6 +86,10 @@ __all__ = ["VerifyInputError", "VerifyResult", "load_checkpoint", "load_hmac_key
            "report_main", "verify_paths"]
 
 AUDIT_ACTION = b'{"action":"audit.'
+CHECKPOINT_FILE = "checkpoints.jsonl"  # the names anchor.py gives them beside the log
+PUBLIC_KEY_FILE = "audit-signing-key.pub.pem"
+SKIPPED = ("checkpoints NOT checked (--no-checkpoints): a log whose last records were cut off "
+           "verifies like an intact one")
 _HT = HASH_TAG
 _MT = HMAC_TAG
 _END = END_TAG + b"\n"
@@ -89,6 +107,8 @@ class VerifyResult:
     first_seq: int = 0
     log_id: str | None = None
     notices: list[str] = field(default_factory=list)
+    checkpoints_matched: int = 0  # checkpoints (any source) whose seq the log holds, all agreeing
+    checkpoints_skipped: bool = False
 
 
 class _Rec(NamedTuple):
@@ -99,10 +119,7 @@ class _Rec(NamedTuple):
     mac: bytes
 
 
-class _Problem(Exception):
-    def __init__(self, seq: int, kind: str, detail: str) -> None:
-        super().__init__(detail)
-        self.seq, self.kind, self.detail = seq, kind, detail
+_Problem = CheckpointError  # one exception for every problem found: seq, kind, detail
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -134,11 +151,10 @@ def _parse(line: bytes) -> _Rec | None:
 class _Verifier:
     """Walks the chain; state carries across input files."""
 
-    def __init__(self, key: bytes, checkpoint: dict[str, Any] | None, partial: bool) -> None:
+    def __init__(self, key: bytes, checkpoints: CheckpointSet, partial: bool) -> None:
         self.key = key
         self.partial = partial
-        self.cp = checkpoint
-        self.cp_seq = checkpoint["seq"] if checkpoint else -1
+        self.cps = checkpoints
         self.count = 0
         self.seq = 0
         self.prev = GENESIS_HASH.encode()
@@ -151,7 +167,7 @@ class _Verifier:
     def run(self, name: str, lines: Iterator[bytes], rest: Iterator[bytes], last: bool) -> None:
         """Check every line of one input. ``rest`` continues past this input, for look-ahead."""
         key, sha, mac, same = self.key, hashlib.sha256, hmac.digest, hmac.compare_digest
-        expect, prev, cp_seq = self.seq + 1, self.prev, self.cp_seq
+        expect, prev, at_cp = self.seq + 1, self.prev, self.cps.by_seq
         for number, raw in enumerate(lines, 1):
             body = raw[:-_S] + b"}"
             digest = raw[-_S + 9:-_S + 73]
@@ -169,9 +185,8 @@ class _Verifier:
                 seq, digest, body = rec.seq, rec.digest, rec.body
             if body.startswith(AUDIT_ACTION):
                 self._system_record(seq, body)
-            if seq == cp_seq and digest.decode() != self.cp["head_hash"]:  # type: ignore[index]
-                raise _Problem(seq, "truncated", f"record seq {seq} differs from the signed "
-                               "checkpoint: the log was rolled back and rewritten")
+            if seq in at_cp:
+                self.cps.at(seq, digest.decode())
             self.count += 1
             expect, prev = seq + 1, digest
         self.seq, self.prev = expect - 1, prev
@@ -268,19 +283,7 @@ class _Verifier:
                                "are missing and no audit.checkpoint record attests their pruning")
             self.notices.append(f"log starts at seq {start} after retention pruning "
                                 "(attested by an audit.checkpoint record)")
-        if self.cp is not None:
-            self._finish_checkpoint(self.cp)
-
-    def _finish_checkpoint(self, cp: dict[str, Any]) -> None:
-        if self.log_id and cp.get("log_id") and cp["log_id"] != self.log_id:
-            raise _Problem(cp["seq"], "bad_checkpoint", "the checkpoint belongs to another log "
-                           f"(log id {cp['log_id']!r:.60})")
-        if self.seq < cp["seq"]:
-            raise _Problem(cp["seq"], "truncated", f"the log ends at seq {self.seq} but the signed "
-                           f"checkpoint of {cp.get('ts')} covers seq {cp['seq']}: records "
-                           f"{self.seq + 1}..{cp['seq']} were removed")
-        if self.first_seq > cp["seq"]:
-            self.notices.append(f"checkpoint seq {cp['seq']} predates the retained log")
+        self.cps.finish(self.seq, self.first_seq, self.log_id, self.notices)
 
 
 def _seq_of(raw: bytes) -> int | None:
@@ -294,17 +297,21 @@ def _seq_of(raw: bytes) -> int | None:
 # ---- inputs -------------------------------------------------------------------------------------
 
 def verify_paths(paths: list[str], hmac_key: bytes, checkpoint: dict[str, Any] | None = None,
-                 public_key_pem: bytes | None = None, *, partial: bool = False) -> VerifyResult:
+                 public_key_pem: bytes | None = None, *, partial: bool = False,
+                 checkpoints: list[dict[str, Any]] | None = None,
+                 witnessed: list[dict[str, Any]] | None = None) -> VerifyResult:
     """Verify the chain formed by ``paths`` (in order); see the module docstring for the kinds.
 
-    Raises VerifyInputError when the inputs cannot be read at all.
+    ``checkpoint`` (one) or ``checkpoints`` (a checkpoints file's lines) and ``witnessed`` (a
+    witness's) are held against the log (cpset.py). Raises VerifyInputError when the inputs
+    cannot be read at all.
     """
     files = expand_paths(paths)
-    verifier = _Verifier(hmac_key, _checked_checkpoint(checkpoint), partial)
+    anchors = _checkpoint_set(checkpoint, checkpoints, witnessed, public_key_pem)
+    verifier = _Verifier(hmac_key, anchors, partial)
     problem: _Problem | None = None
     try:
-        if checkpoint is not None:
-            _check_signature(checkpoint, public_key_pem, verifier.notices)
+        anchors.check_signatures(verifier.notices)
         for index, path in enumerate(files):
             lines, rest = file_lines(path), chained_lines(files[index + 1:])
             try:
@@ -319,34 +326,31 @@ def verify_paths(paths: list[str], hmac_key: bytes, checkpoint: dict[str, Any] |
         ok=problem is None, records_checked=verifier.count, head_seq=verifier.seq,
         head_hash=verifier.prev.decode(),
         first_seq=verifier.first_seq or (1 if verifier.count else 0),
-        log_id=verifier.log_id, notices=verifier.notices,
+        log_id=verifier.log_id, notices=verifier.notices, checkpoints_matched=anchors.matched,
         problem=None if problem is None else
         {"seq": problem.seq, "kind": problem.kind, "detail": problem.detail})
 
 
 # ---- checkpoints ------------------------------------------------------------------------------
 
-def _checked_checkpoint(cp: dict[str, Any] | None) -> dict[str, Any] | None:
-    if cp is None:
-        return None
-    if (not isinstance(cp, dict) or type(cp.get("seq")) is not int or cp["seq"] < 1
-            or not isinstance(cp.get("head_hash"), str) or not HEX64_RE.match(cp["head_hash"])):
-        raise VerifyInputError("the checkpoint needs an integer seq >= 1 and a hex head_hash")
-    return cp
-
-
-def _check_signature(cp: dict[str, Any], public_key_pem: bytes | None,
-                     notices: list[str]) -> None:
-    if public_key_pem is None:
-        notices.append("checkpoint signature NOT checked (no public key given)")
-        return
-    try:
-        key = PublicKey.from_pem(public_key_pem)
-    except ValueError as exc:
-        raise VerifyInputError(f"the public key: {exc}") from None
-    if not signature_ok(cp, key):
-        raise _Problem(cp["seq"], "bad_checkpoint", "the checkpoint's signature does not verify "
-                       "with the given public key")
+def _checkpoint_set(checkpoint: dict[str, Any] | None,
+                    checkpoints: list[dict[str, Any]] | None,
+                    witnessed: list[dict[str, Any]] | None,
+                    public_key_pem: bytes | None) -> CheckpointSet:
+    key = None
+    if public_key_pem is not None:
+        try:
+            key = PublicKey.from_pem(public_key_pem)
+        except ValueError as exc:
+            raise VerifyInputError(f"the public key: {exc}") from None
+    anchors = CheckpointSet(key)
+    for source, given in (("checkpoint", [checkpoint] if checkpoint is not None else []),
+                          ("checkpoint", checkpoints or []),
+                          ("witnessed checkpoint", witnessed or [])):
+        if not all(usable(cp) for cp in given):
+            raise VerifyInputError("the checkpoint needs an integer seq >= 1 and a hex head_hash")
+        anchors.add(given, source)
+    return anchors
 
 
 # ---- command line -----------------------------------------------------------------------------
@@ -362,18 +366,71 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> _Parser:
     parser = _Parser(prog="ferrohsm audit verify", description="Verify an audit log offline: "
-                     "exit 0 if intact, 1 naming the first bad record, 2 on usage errors.")
+                     "exit 0 if intact, 1 naming the first bad record, 2 on usage errors. The "
+                     "checkpoints.jsonl and public key beside the log are used by default.")
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="audit directory, segment files, exported JSONL, or SQLite database")
     parser.add_argument("--hmac-key-file", metavar="FILE",
                         help="0600 file with the audit HMAC key (default: FERROHSM_AUDIT_HMAC_KEY)")
     parser.add_argument("--checkpoint", metavar="FILE",
-                        help="signed checkpoint (JSON, or checkpoints.jsonl: the newest is used)")
-    parser.add_argument("--public-key", metavar="FILE", help="PEM Ed25519 audit signing key")
+                        help="signed checkpoints: a JSON checkpoint or a checkpoints.jsonl "
+                        "(default: checkpoints.jsonl beside the log)")
+    parser.add_argument("--public-key", metavar="FILE", help="PEM Ed25519 audit signing key "
+                        "(default: audit-signing-key.pub.pem beside the log)")
+    parser.add_argument("--witness", metavar="FILE", help="a witness's checkpoints.jsonl: the log "
+                        "must reach its newest checkpoint and match every one")
+    parser.add_argument("--no-checkpoints", action="store_true",
+                        help="check the chain only, without the checkpoints beside the log "
+                        "(a cut tail then goes unseen; the result says so)")
     parser.add_argument("--partial", action="store_true",
                         help="accept a log that starts mid-chain (an export after some seq)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+@dataclass
+class _Sources:
+    """What the log is held against, as found from the arguments and beside the log."""
+
+    checkpoints: list[dict[str, Any]] | None
+    witnessed: list[dict[str, Any]] | None
+    public_key_pem: bytes | None
+    missing: str | None = None  # why the absence of checkpoints is itself a failure
+
+
+def _beside(paths: list[str], name: str) -> str | None:
+    """``name`` in the directory given last, or beside the file given last, if it exists."""
+    last = paths[-1]
+    candidate = os.path.join(last if os.path.isdir(last) else os.path.dirname(last) or ".", name)
+    return candidate if os.path.isfile(candidate) else None
+
+
+def _server_layout(path: str) -> bool:
+    """A file sink directory or an SQLite sink database: the server always keeps checkpoints
+    beside those (from the first record on), unlike beside an exported file."""
+    if os.path.isdir(path):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    except OSError:
+        return False
+
+
+def _sources(args: argparse.Namespace) -> _Sources:
+    key_path = args.public_key or _beside(args.paths, PUBLIC_KEY_FILE)
+    found = _Sources(None, load_checkpoints(args.witness) if args.witness else None,
+                     read_file(key_path) if key_path else None)
+    if args.no_checkpoints:
+        return found
+    path = args.checkpoint or _beside(args.paths, CHECKPOINT_FILE)
+    found.checkpoints = load_checkpoints(path) if path else None
+    if not found.checkpoints and not args.checkpoint and _server_layout(args.paths[-1]):
+        found.missing = (f"no signed checkpoints ({CHECKPOINT_FILE}) beside the log: the server "
+                         "writes them from the first record on, so they were deleted and a cut "
+                         "tail cannot be seen. Give --checkpoint or --witness, or "
+                         "--no-checkpoints to check the chain alone")
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,14 +438,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         key = load_hmac_key(args.hmac_key_file)
-        checkpoint = load_checkpoint(args.checkpoint) if args.checkpoint else None
-        pem = read_file(args.public_key) if args.public_key else None
-        result = verify_paths(args.paths, key, checkpoint, pem, partial=args.partial)
+        found = _sources(args)
+        result = verify_paths(args.paths, key, None, found.public_key_pem,
+                              partial=args.partial, checkpoints=found.checkpoints,
+                              witnessed=found.witnessed)
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     except (_UsageError, VerifyInputError) as exc:
         print(f"ferrohsm audit verify: error: {exc}", file=sys.stderr)
         return 2
+    _judge(result, found, args.no_checkpoints)
     if args.json:
         print(json.dumps(asdict(result), indent=2, sort_keys=True))
     else:
@@ -398,9 +457,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if result.ok else 1
 
 
+def _judge(result: VerifyResult, found: _Sources, skipped: bool) -> None:
+    """Missing checkpoints fail a chain that is otherwise intact; skipping them is announced."""
+    if found.witnessed is not None and not found.witnessed:
+        result.notices.append("the witness file holds no checkpoint")
+    if skipped:
+        result.checkpoints_skipped = True
+        result.notices.insert(0, SKIPPED)
+    elif result.ok and found.missing:
+        result.ok = False
+        result.problem = {"seq": result.head_seq, "kind": "no_checkpoints",
+                          "detail": found.missing}
+
+
 def _summary(result: VerifyResult) -> str:
     if result.problem is None:
-        return (f"OK: {result.records_checked} records verified, head seq {result.head_seq} "
-                f"hash {result.head_hash}")
+        loud = " (WARNING: checkpoints NOT checked)" if result.checkpoints_skipped else ""
+        return (f"OK{loud}: {result.records_checked} records verified, head seq "
+                f"{result.head_seq} hash {result.head_hash}")
     p = result.problem
     return f"FAIL: record seq {p['seq']}: {p['kind']}: {p['detail']}"

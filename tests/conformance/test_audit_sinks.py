@@ -640,7 +640,7 @@ def test_automatic_checkpoints(backend: Backend) -> None:
     assert opened.describe()["last_checkpoint_seq"] == 20
     opened.close()
     cps = [json.loads(x) for x in Path(backend.checkpoints).read_text().splitlines()]
-    assert [c["seq"] for c in cps] == [10, 20, 26]
+    assert [c["seq"] for c in cps] == [1, 10, 20, 26]  # at open (genesis), every 10, at close
     assert Path(backend.checkpoints).stat().st_mode & 0o777 == 0o600
 
 

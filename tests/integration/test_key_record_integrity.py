@@ -27,12 +27,14 @@ import pytest
 from live import LiveServer
 
 from ferrohsm.app import CHECK_VALUE, ensure_private_dir
+from ferrohsm.audit.chain import AuditEvent
+from ferrohsm.audit.filesink import FileSink
 from ferrohsm.config import Secrets
 from ferrohsm.crypto.recordmac import RecordMac
 from ferrohsm.crypto.seal import Sealer
 from ferrohsm.domain import lifecycle as lc
 from ferrohsm.domain.ids import uuid7
-from ferrohsm.domain.model import Key, key_to_record
+from ferrohsm.domain.model import SYSTEM_CONTEXT, Key, key_to_record
 from ferrohsm.store.filesystem import FilesystemStore
 from ferrohsm.store.keystore import KeyStore
 from ferrohsm.store.records import FORMAT_META, RecordFormat, has_mac
@@ -304,7 +306,8 @@ def test_the_listing_reports_bad_records_and_lists_the_rest(tampered: Tampered) 
 
 def old_data_dir(tmp: Path, kind: str, secrets: Secrets, count: int = 4) -> list[Key]:
     """What an older FerroHSM left: records without a MAC (nor the audit binding fields), the
-    master-key check value, no format marker, and no store.migrated in any audit log."""
+    master-key check value, no format marker, and an audit log (with its checkpoint) that records
+    each key's creation but no store.migrated."""
     data = ensure_private_dir(tmp / "data")
     sealer = Sealer(secrets.master_key)
     now = datetime.now(UTC)
@@ -328,7 +331,19 @@ def old_data_dir(tmp: Path, kind: str, secrets: Secrets, count: int = 4) -> list
         old = key_to_record(key)
         del old["audit_seq"], old["audit_hash"]
         records.write(key.id, canonical(old))
+    old_audit_log(data / "audit", secrets, stored)
     return stored
+
+
+def old_audit_log(directory: Path, secrets: Secrets, keys: list[Key]) -> None:
+    sink = FileSink(directory, secrets.audit_hmac_key)
+    try:
+        for key in keys:
+            sink.append(AuditEvent.from_context(SYSTEM_CONTEXT, "key.create", "success",
+                                                "created aes-256-gcm key for encrypt",
+                                                key_id=key.id, key_version=1))
+    finally:
+        sink.close()  # its checkpoint, as a clean shutdown leaves
 
 
 def new_secrets() -> Secrets:

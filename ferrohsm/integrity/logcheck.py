@@ -1,0 +1,235 @@
+"""Refuse to serve when the key store, the audit log and the checkpoints disagree.
+
+Run by app.py in two steps around opening the audit sink (which itself refuses a log shorter
+than the last checkpoint in its own ``checkpoints.jsonl``):
+
+``before_audit`` (nothing has been written yet)
+  * the audit log is missing or empty while the key store holds keys: the audit directory was
+    deleted or replaced. Opening the sink would start a fresh chain beside the old keys and hide
+    that, so refuse unless ``accept_audit_loss``.
+  * the audit log is missing or empty while the witness file holds checkpoints: same, witnessed.
+  * the audit log has records but its ``checkpoints.jsonl`` is missing or empty: the sink writes
+    one from the first record on, so it was deleted (typically with the log's tail, which the
+    sink could then no longer see). Refuse unless ``accept_audit_loss``.
+
+``after_audit`` (the sink is open; its head and log id are known)
+  * the newest checkpoint in the witness file is signed by this log's key, names this log, is not
+    beyond the head, and the record at its seq has its hash. A log cut back together with its
+    local ``checkpoints.jsonl`` passes the sink's own check but not this one.
+  * a key record bound to an audit seq the log does not have (``audit_seq`` on a key, once the
+    store carries it): the log is behind the store.
+  * store loss: every key the log records as created (a successful ``key.create``) must still be
+    in the store. Missing keys stop start-up, naming them (up to ``MAX_NAMED``), unless
+    ``accept_store_loss``: then each gets a ``key.lost`` record (so the next start-up knows the
+    loss was accepted) and one ``integrity.store_loss_accepted`` record sums it up.
+
+Every acceptance of a degraded state is itself an audit record. Nothing here reads or writes a
+secret, and messages carry only key ids, seqs, hashes and paths.
+
+Cost: the store-loss check reads the whole log (logscan.py) and looks up every key it created.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from ..audit.anchor import last_line
+from ..audit.chain import AuditEvent, prepare
+from ..audit.sinkbase import ChainedSink
+from ..domain.errors import FerroError, IntegrityError, NotFound
+from ..domain.model import Key, KeyFilter
+from ..store.keystore import KeyStore
+from .logscan import AuditLocation, created_keys
+
+log = logging.getLogger("ferrohsm.integrity")
+
+MAX_NAMED = 20
+LOST_ACTION = "key.lost"
+STORE_LOSS_ACTION = "integrity.store_loss_accepted"
+AUDIT_LOSS_ACTION = "integrity.audit_loss_accepted"
+SYSTEM = "system"
+
+
+# Whether key records carry the audit seq of their last change (added separately): until they do,
+# there is nothing to compare a key with.
+
+
+class StartupRefused(FerroError):
+    """The stored state is inconsistent: the server does not start (fail closed)."""
+
+    code, status = "integrity_refused", 500
+
+
+def named(ids: list[str]) -> str:
+    """Up to MAX_NAMED ids, and how many more."""
+    shown = ", ".join(ids[:MAX_NAMED])
+    more = len(ids) - MAX_NAMED
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+@dataclass
+class StartupChecks:
+    """What app.py knows about the data directory, for the two steps of the module docstring."""
+
+    store: KeyStore
+    audit: AuditLocation
+    witness_file: str = ""  # a file witness, read back; "" when none (or syslog / https)
+    store_is_persistent: bool = True  # the memory store forgets everything by design
+    accept_store_loss: bool = False
+    accept_audit_loss: bool = False
+    _audit_loss: str = ""
+    _new_log: bool = False
+
+    def before_audit(self) -> None:
+        """Refuse (or note, when accepted) a missing audit log beside keys or a witness, and a
+        log without its checkpoints."""
+        if self.audit.present():
+            if not self.audit.has_checkpoints():
+                self._degraded(f"the audit log in {self.audit.directory} has records but its "
+                               "signed checkpoints (checkpoints.jsonl) are missing or empty: "
+                               "they were deleted, perhaps together with the log's last records")
+            return
+        keys = self.store.count() if self.store_is_persistent else 0
+        witnessed = _newest_witnessed(self.witness_file)
+        if not keys and witnessed is None:
+            return  # a new installation
+        situation = (f"the audit log in {self.audit.directory} is missing or empty, but "
+                     + (f"the key store holds {keys} key(s)" if keys else "")
+                     + (" and " if keys and witnessed else "")
+                     + (f"the witness {self.witness_file} holds checkpoints up to seq "
+                        f"{witnessed.get('seq')}" if witnessed else ""))
+        self._new_log = True
+        self._degraded(f"{situation}: the audit log was deleted or replaced")
+
+    def _degraded(self, situation: str) -> None:
+        if not self.accept_audit_loss:
+            raise StartupRefused(f"{situation}. Restore the audit directory from a backup; or, "
+                                 "to go on with what is there, start once with "
+                                 "--accept-audit-loss (recorded in the audit log)")
+        log.warning("integrity: %s; accepted by --accept-audit-loss", situation)
+        self._audit_loss = situation
+
+    def after_audit(self, sink: ChainedSink) -> None:
+        """The checks that need the open log; then record what was accepted."""
+        if self._audit_loss:
+            sink.append(_system(AUDIT_LOSS_ACTION, f"{self._audit_loss}; accepted "
+                                "(--accept-audit-loss)"))
+        if not self._new_log:
+            check_witness(sink, self.witness_file)
+        check_bindings(self.store, sink.head()[0])
+        if self.store_is_persistent:
+            self._check_store_loss(sink)
+
+    def _check_store_loss(self, sink: ChainedSink) -> None:
+        known = created_keys(self.audit)
+        missing = sorted(key_id for key_id in known if not _present(self.store, key_id))
+        if not missing:
+            return
+        if len(missing) == len(known) and self.store.count() == 0:
+            situation = (f"the key store is empty, but the audit log records the creation of "
+                         f"{len(known)} key(s): {named(missing)}")
+        else:
+            situation = (f"{len(missing)} key(s) the audit log records as created are missing "
+                         f"from the key store: {named(missing)}")
+        if not self.accept_store_loss:
+            raise StartupRefused(f"{situation}. Restore the key store from a backup; or, to "
+                                 "serve without them, start once with --accept-store-loss "
+                                 "(each loss is recorded in the audit log)")
+        log.warning("integrity: %s; accepted by --accept-store-loss", situation)
+        record_store_loss(sink, missing, situation)
+
+
+def record_store_loss(sink: ChainedSink, missing: list[str], situation: str) -> None:
+    """One ``key.lost`` record per key and a summary, durable as one group before serving."""
+    events = [_system(LOST_ACTION, "key missing from the key store at start-up; the loss was "
+                      "accepted (--accept-store-loss)", key_id=key_id) for key_id in missing]
+    events.append(_system(STORE_LOSS_ACTION, f"{situation}; accepted (--accept-store-loss)",
+                          count=len(missing)))
+    sink.commit_deferred([prepare(event) for event in events])
+
+
+def check_witness(sink: ChainedSink, witness_file: str) -> None:
+    """The log must reach, and agree with, the newest checkpoint the witness file holds."""
+    cp = _newest_witnessed(witness_file)
+    if cp is None:
+        return
+    where = f"the newest checkpoint in the witness {witness_file}"
+    if cp.get("corrupt") or not sink.anchor.verify_own(cp):
+        raise StartupRefused(f"{where} is damaged or not signed by this log's key")
+    if cp.get("log_id") != sink.log_id:
+        raise StartupRefused(f"{where} belongs to another audit log ({cp.get('log_id')!r:.60}): "
+                             "the audit log was replaced")
+    head_seq = sink.head()[0]
+    seq = cp.get("seq")
+    if not isinstance(seq, int) or seq > head_seq:
+        raise StartupRefused(f"the audit log ends at seq {head_seq}, behind {where} (seq {seq} "
+                             f"of {cp.get('ts')}): truncated or rolled back")
+    found = sink.hash_at(seq)
+    if found is None:
+        log.warning("integrity: witnessed checkpoint seq %d is older than the retained log", seq)
+    elif found != cp.get("head_hash"):
+        raise StartupRefused(f"the audit record at seq {seq} differs from {where}: the log was "
+                             "rolled back and rewritten")
+
+
+def check_bindings(store: KeyStore, head_seq: int) -> None:
+    """Refuse keys whose last change is bound to an audit seq beyond the log's head.
+
+    A key never bound (``audit_seq`` 0: written before records were bound) has nothing to
+    compare. This lists the store once."""
+    ahead = [key.id for key in _all_keys(store) if key.audit_seq > head_seq]
+    if ahead:
+        raise StartupRefused(f"{len(ahead)} key record(s) are bound to audit records beyond the "
+                             f"log's last seq {head_seq}: {named(ahead)}. The audit log is "
+                             "behind the key store (truncated or restored from an older backup)")
+
+
+def _all_keys(store: KeyStore) -> list[Key]:
+    keys: list[Key] = []
+    token: str | None = None
+    while True:
+        page = store.list(KeyFilter(), limit=1000, page_token=token)
+        keys.extend(page.keys)
+        token = page.next_page_token
+        if token is None:
+            return keys
+
+
+def _present(store: KeyStore, key_id: str) -> bool:
+    """Whether the store holds a record for ``key_id``; one that fails its MAC is present (the
+    record check names it and refuses that key), not lost."""
+    try:
+        store.get(key_id)
+    except NotFound:
+        return False
+    except IntegrityError:
+        return True
+    return True
+
+
+def _newest_witnessed(path: str) -> dict[str, Any] | None:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            line = last_line(f.fileno())
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StartupRefused(f"cannot read the witness {path}: {exc.strerror}") from None
+    if line is None:
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return {"corrupt": True}
+    return value if isinstance(value, dict) else {"corrupt": True}
+
+
+def _system(action: str, message: str, *, key_id: str | None = None,
+            **details: str | int) -> AuditEvent:
+    return AuditEvent(actor=SYSTEM, role=SYSTEM, action=action, outcome="success",
+                      message=message, key_id=key_id, details=dict(details))
