@@ -127,8 +127,12 @@ def pick_request_id(client_value: str | None) -> str:
 def json_response(
     status: int, obj: Any, headers: Iterable[tuple[str, str]] = ()
 ) -> Response:
-    """Compact UTF-8 JSON (no spaces: smaller and what SDKs byte-compare in tests)."""
-    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact UTF-8 JSON (no spaces: smaller and what SDKs byte-compare in tests).
+
+    Cannot fail on any str: a lone surrogate (stored before bodies refused them) only occurs
+    inside a JSON string, where backslashreplace writes it as the JSON escape ``\\udfff``."""
+    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8", "backslashreplace")
     return Response(status, body, [("Content-Type", JSON_CONTENT_TYPE), *headers])
 
 

@@ -13,6 +13,7 @@ reaches a user, and no token or key material ever appears in an error.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -50,7 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tolerant_text_streams() -> None:
+    """A string the server returns always prints: one that is not Unicode text (a lone
+    surrogate, from data stored before the API refused it) is written as ``\\udfff``."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _tolerant_text_streams()
     args_list = list(sys.argv[1:] if argv is None else argv)
     if len(args_list) >= 2 and args_list[0] == "audit" and args_list[1] in audit_cmd.OFFLINE:
         return audit_cmd.run_offline(args_list[1], args_list[2:])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -331,3 +332,37 @@ def test_refusals_above_the_service_are_audited_once(srv: LiveServer) -> None:
     assert by_id[rid][0]["outcome"] == "error" and "400" in by_id[rid][0]["message"]
     assert [r["action"] for r in by_id["refused-route-1"]] == ["request.refused"]
     assert [r["action"] for r in by_id["refused-svc-1"]] == ["key.create"]
+
+
+def test_lone_surrogate_in_description_is_400_and_creates_nothing(srv: LiveServer) -> None:
+    before = srv.call("GET", "/v1/keys?limit=200", role="auditor")[2]["keys"]
+    status, _, err = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm",
+                                                   "usage": "encrypt", "description": "\udfff"})
+    assert status == 400 and err["error"]["code"] == "bad_request"
+    assert "Unicode" in err["error"]["message"]
+    for role in ("administrator", "auditor", "service"):
+        status, _, page = srv.call("GET", "/v1/keys?limit=200", role=role)
+        assert status == 200 and len(page["keys"]) == len(before), role
+
+
+def test_lone_surrogate_member_name_is_400_and_the_audit_log_stays_readable(
+        srv: LiveServer) -> None:
+    ref = create(srv)["id"]
+    before = srv.rt.audit.head()[0]
+    rid = "lone-surrogate-name-1"
+    status, _, err = srv.call("POST", f"/v1/keys/{ref}/encrypt", raw=b'{"\\ud800":1}',
+                              role=SVC, headers={"X-Request-ID": rid})
+    assert status == 400 and err["error"]["code"] == "bad_request"
+    records = [r for r in srv.rt.audit.read(before, 1000) if r["request_id"] == rid]
+    assert records and all("400" in r["message"] for r in records)
+    assert all("\ud800" not in json.dumps(r, ensure_ascii=False) for r in records)
+    status, _, page = srv.call("GET", f"/v1/audit?after_seq={before}&limit=50", role="auditor")
+    assert status == 200 and page["records"]
+
+
+def test_unknown_field_name_is_escaped_in_the_error(srv: LiveServer) -> None:
+    status, _, err = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm",
+                                                   "usage": "encrypt", "\x1b[2J" + "z" * 80: 1})
+    assert status == 400
+    message = err["error"]["message"]
+    assert "\x1b" not in message and "z" * 41 not in message

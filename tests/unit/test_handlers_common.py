@@ -67,3 +67,25 @@ def test_b64_round_trip() -> None:
     assert b64("AAH+/w==", "f") == b"\x00\x01\xfe\xff"
     assert b64("", "f") == b""
     assert b64(None, "f") is None
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"description":"\\udfff"}', b'{"\\ud800":1}', b'{"a":["x",{"b":"\\ud800x"}]}',
+    b'{"a":"\\ud83d"}', b'{"a":"\\ude00\\ud83d"}', b'{"a":{"\\udfff":{}}}',
+])
+def test_lone_surrogate_anywhere_in_a_body_is_400(raw: bytes) -> None:
+    with pytest.raises(BadRequest, match="Unicode"):
+        json_body(request(raw))
+
+
+def test_escaped_surrogate_pair_and_escaped_backslash_are_accepted() -> None:
+    assert json_body(request(b'{"a":"\\ud83d\\ude00"}')) == {"a": "\U0001f600"}
+    assert json_body(request(b'{"a":"\\\\udfff"}')) == {"a": "\\udfff"}
+
+
+def test_unknown_field_names_are_bounded_and_escaped_in_the_message() -> None:
+    raw = ('{"plaintext":"x","\\u001b[31m' + "z" * 100 + '":1}').encode()
+    with pytest.raises(BadRequest) as info:
+        fields(request(raw), SPEC)
+    message = info.value.message
+    assert "\x1b" not in message and "z" * 41 not in message and message.isascii()

@@ -15,6 +15,7 @@ from typing import Any
 
 from ...domain.errors import BadRequest
 from ...domain.model import RequestContext
+from ...domain.strictjson import has_surrogate, may_hold_surrogates
 from ..http import Request, Response
 
 Reply = tuple[int, dict[str, Any]] | Response
@@ -29,7 +30,7 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen = {}
     for name, value in pairs:
         if name in seen:
-            raise BadRequest(f"duplicate JSON member {name!r:.40}")
+            raise BadRequest(f"duplicate JSON member {name[:40]!a}")
         seen[name] = value
     return seen
 
@@ -59,13 +60,19 @@ def json_body(req: Request) -> dict[str, Any]:
     if not req.body:
         return {}
     try:
-        value = _decode_json(req.body.decode("utf-8"))
+        text = req.body.decode("utf-8")
+        value = _decode_json(text)
     except (UnicodeDecodeError, ValueError):
         raise BadRequest("request body is not valid UTF-8 JSON") from None
     except RecursionError:
         raise BadRequest("request body is nested too deeply") from None
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object")
+    if may_hold_surrogates(text) and has_surrogate(value):
+        # A lone surrogate (\\udfff) is valid JSON syntax but no Unicode text: no response,
+        # audit record or log line could carry it as UTF-8, so it never gets past here.
+        raise BadRequest("request body holds a string that is not valid Unicode "
+                         "(a lone surrogate escape)")
     return value
 
 
@@ -86,7 +93,9 @@ def fields(req: Request, spec: dict[str, Field]) -> dict[str, Any]:
     body = json_body(req)
     if not body.keys() <= spec.keys():
         unknown = sorted(set(body) - set(spec))
-        raise BadRequest(f"unknown field(s): {', '.join(n[:40] for n in unknown[:5])}")
+        # Names come from the client: escaped (ascii) and bounded, never echoed raw.
+        names = ", ".join(ascii(n[:40]) for n in unknown[:5])
+        raise BadRequest(f"unknown field(s): {names}")
     out: dict[str, Any] = {}
     for name, f in spec.items():
         value = body.get(name)
@@ -119,7 +128,7 @@ def query(req: Request, allowed: set[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, values in req.query.items():
         if name not in allowed:
-            raise BadRequest(f"unknown query parameter {name[:40]!r}")
+            raise BadRequest(f"unknown query parameter {name[:40]!a}")
         if len(values) != 1:
             raise BadRequest(f"query parameter {name} given more than once")
         out[name] = values[0]
