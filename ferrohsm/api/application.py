@@ -33,6 +33,7 @@ from ..domain.errors import (
     Recorded,
     recorded,
 )
+from ..domain.ids import is_approval_id
 from ..domain.model import Principal, RequestContext
 from ..telemetry.metrics import ServerMetrics
 from .handlers.dashboard import harden
@@ -65,6 +66,7 @@ class Application:
             route_name = route.template
             if route.template.startswith("/v1/"):
                 ctx = with_principal(ctx, self._authenticate(req, ctx))
+            _check_approval_header(req)
             self._limit(ctx)
             result = route.handler(ctx, req, params)
             resp = result if isinstance(result, Response) else json_response(*result)
@@ -209,7 +211,7 @@ def base_context(req: Request, principal: Principal | None,
         correlation_id=_sane(correlation),
         trace_id=match.group(1) if match else None, source_ip=source_ip or req.peer_ip,
         client_fingerprint=fingerprint,
-        approval_id=_sane(req.headers.get("x-approval-id")))
+        approval_id=_approval_id(req.headers.get("x-approval-id")))
 
 
 def with_principal(ctx: RequestContext, principal: Principal) -> RequestContext:
@@ -218,6 +220,18 @@ def with_principal(ctx: RequestContext, principal: Principal) -> RequestContext:
                           correlation_id=ctx.correlation_id, trace_id=ctx.trace_id,
                           source_ip=ctx.source_ip, client_fingerprint=ctx.client_fingerprint,
                           approval_id=ctx.approval_id)
+
+
+def _check_approval_header(req: Request) -> None:
+    """A malformed X-Approval-ID is refused, never ignored (ignoring it would park a second
+    request for approval). The value is not echoed: it is the client's."""
+    values = req.headers.values_of("x-approval-id")
+    if values and (len(values) > 1 or not is_approval_id(values[0])):
+        raise BadRequest("X-Approval-ID must be one approval id (a lowercase UUID)")
+
+
+def _approval_id(value: str | None) -> str | None:
+    return value if value is not None and is_approval_id(value) else None
 
 
 def _sane(value: str | None) -> str | None:

@@ -4,6 +4,7 @@ keyset pagination by id is both stable and chronological."""
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 
@@ -32,3 +33,12 @@ def uuid4_str() -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def is_approval_id(value: str) -> bool:
+    """Whether ``value`` has the form of an approval id: a UUID in canonical lowercase form (ids
+    are made by ``uuid7``), nothing else (no path, no upper case, no padding)."""
+    return _UUID_RE.fullmatch(value) is not None

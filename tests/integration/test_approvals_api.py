@@ -224,3 +224,17 @@ def test_pending_approvals_survive_a_restart(tmp_path: Path) -> None:
         assert status == 200 and rotated["primary_version"] == 2
     finally:
         second.close()
+
+
+@pytest.mark.parametrize("header", ["../../x", "not-an-approval", "0" * 36,
+                                    "0191F3A2-7B4C-7D8E-9F00-112233445566", "x" * 200])
+def test_malformed_approval_id_header_is_400_and_creates_no_approval(
+        srv: LiveServer, header: str) -> None:
+    key = create(srv, "pci")
+    pending = srv.call("GET", "/v1/approvals?limit=200", **as_(srv, *ALICE))[2]["approvals"]
+    status, _, err = srv.call("POST", f"/v1/keys/{key}/rotate", {},
+                              headers={"X-Approval-ID": header}, **as_(srv, *ALICE))
+    assert status == 400 and err["error"]["code"] == "bad_request", err
+    assert "X-Approval-ID" in err["error"]["message"] and header not in err["error"]["message"]
+    after = srv.call("GET", "/v1/approvals?limit=200", **as_(srv, *ALICE))[2]["approvals"]
+    assert len(after) == len(pending)
