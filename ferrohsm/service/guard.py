@@ -27,13 +27,21 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from ..audit.chain import AuditEvent
-from ..auth.permissions import Action, refusal
+from ..auth.permissions import Action, may_see, refusal
 from ..control.policy import ALLOWED, Decision, Policy, Verdict, decide
-from ..domain.errors import AuditUnavailable, FerroError, Forbidden, Recorded, recorded
+from ..domain.errors import (
+    AuditUnavailable,
+    FerroError,
+    Forbidden,
+    NotFound,
+    Recorded,
+    recorded,
+)
 from ..domain.model import Key, RequestContext
 from ..store.keystore import KeyStore
 
 T = TypeVar("T")
+MISSING_KEY = "no such key"  # what every key store answers for a reference to no key
 MAX_REF = 128  # characters of an unresolvable key reference kept in a refusal's record
 
 
@@ -111,6 +119,8 @@ class Guard:
         key = None
         try:
             key = self._resolve(ctx, action, ref, authorize)
+            if authorize:
+                self._hide_out_of_scope(ctx, action, key)
             decision = decide(ctx.principal, action, key, self.policy, self.clock) \
                 if authorize else ALLOWED
             if decision is not ALLOWED and decision.verdict is Verdict.DENY:
@@ -118,6 +128,18 @@ class Guard:
             return work(key, decision)
         except FerroError as exc:
             raise self.refused(ctx, audit_action or action, exc, key, ref) from None
+
+    def _hide_out_of_scope(self, ctx: RequestContext, action: Action, key: Key) -> None:
+        """A key outside a tag-scoped token's tags does not exist for that token: the answer is
+        the one for a missing key (404, same message), by name or by id, so a name cannot be
+        probed; the record names the key and the reason, for auditors. (A role that may not
+        perform ``action`` at all hears its 403 either way, as ``_resolve`` says.)"""
+        principal = ctx.principal
+        if principal is not None and not may_see(principal, key) \
+                and refusal(principal, action) is None:
+            self.record(ctx, action, "denied", f"this token's tags do not cover key {key.id}",
+                        key, defer=True)
+            raise recorded(NotFound(MISSING_KEY))
 
     def _resolve(self, ctx: RequestContext, action: Action, ref: str, authorize: bool) -> Key:
         """The key ``ref`` names. A role that may not perform ``action`` at all hears 403 whether

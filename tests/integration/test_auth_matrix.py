@@ -9,6 +9,7 @@ principals, so no cell depends on another.
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -178,9 +179,34 @@ def test_service_tags_limit_the_keys_a_service_sees(srv: LiveServer) -> None:
     scoped = srv.token("service", "scoped-svc", tags=["prod"])
     body = {"plaintext": B(b"x")}
     assert srv.call("POST", f"/v1/keys/{prod}/encrypt", body, token=scoped)[0] == 200
-    assert srv.call("POST", f"/v1/keys/{dev}/encrypt", body, token=scoped)[0] == 403
-    assert srv.call("GET", f"/v1/keys/{dev}", token=scoped)[0] == 403
+    assert srv.call("POST", f"/v1/keys/{dev}/encrypt", body, token=scoped)[0] == 404
+    assert srv.call("GET", f"/v1/keys/{dev}", token=scoped)[0] == 404
     listed = ok(srv.call("GET", "/v1/keys?limit=1000", token=scoped))["keys"]
     assert prod in {k["id"] for k in listed} and dev not in {k["id"] for k in listed}
     nothing = srv.token("service", "empty-tags-svc", tags=[])
-    assert srv.call("POST", f"/v1/keys/{prod}/encrypt", body, token=nothing)[0] == 403
+    assert srv.call("POST", f"/v1/keys/{prod}/encrypt", body, token=nothing)[0] == 404
+
+
+def test_out_of_scope_key_by_name_answers_exactly_as_a_missing_key(srv: LiveServer) -> None:
+    """A tag-scoped token cannot learn that a name (or id) exists outside its tags: the same
+    404 and message as for no key at all, while the audit record names the key."""
+    name = f"hidden-{secrets.token_hex(4)}"
+    dev = admin(srv, "POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt",
+                                         "name": name, "tags": ["dev"]}, 201)["id"]
+    scoped = srv.token("service", "scoped-probe", tags=["prod"])
+    body = {"plaintext": B(b"x")}
+    before = srv.rt.audit.head()[0]
+    for ref, missing in ((name, f"nowhere-{secrets.token_hex(4)}"),
+                         (dev, "01900000-0000-7000-8000-000000000000")):
+        for method, path, payload in (("POST", "/v1/keys/{}/encrypt", body),
+                                      ("GET", "/v1/keys/{}", None)):
+            hidden = srv.call(method, path.format(ref), payload, token=scoped)
+            absent = srv.call(method, path.format(missing), payload, token=scoped)
+            assert hidden[0] == absent[0] == 404
+            del hidden[2]["error"]["request_id"], absent[2]["error"]["request_id"]
+            assert hidden[2] == absent[2]
+            assert dev not in json.dumps(hidden[2]) and name not in json.dumps(hidden[2])
+    records = [r for r in srv.rt.audit.read(before, 1000) if r["actor"] == "scoped-probe"
+               and r.get("key_id") == dev]
+    assert len(records) == 4 and all(r["outcome"] == "denied" for r in records)
+    assert all("tags do not cover" in r["message"] for r in records)

@@ -218,7 +218,7 @@ CASES: dict[str, Case] = {
                         role="operator", key="enc"),
     "403 unknown name": Case(403, "key.rotate", "denied", "POST", "/v1/keys/no-such-key/rotate",
                              {}, role="service", key_ref="no-such-key"),
-    "403 tag-scoped token": Case(403, "crypto.encrypt", "denied", "POST", "/v1/keys/{enc}/encrypt",
+    "404 tag-scoped token": Case(404, "crypto.encrypt", "denied", "POST", "/v1/keys/{enc}/encrypt",
                                  {"plaintext": B(b"x")}, role=None, token="{scoped}", key="enc"),  # noqa: S106  a placeholder
     "403 own approval": Case(403, "approval.decide", "denied", "POST",
                              "/v1/approvals/{approval}/approve", {}, key="dual"),
