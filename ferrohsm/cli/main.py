@@ -13,7 +13,9 @@ reaches a user, and no token or key material ever appears in an error.
 from __future__ import annotations
 
 import argparse
+import base64
 import io
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -96,8 +98,10 @@ def run_client(args: argparse.Namespace) -> int:
     line and an exit code."""
     from ..client import ApiError, ApprovalRequired, ClientError
     from .settings import UsageError, make_client, resolve
+    token: str | None = None
     try:
         settings = resolve(args)
+        token = settings.token
         with make_client(settings) as client:
             return int(args.client_func(args, client, settings))
     except UsageError as exc:
@@ -107,18 +111,42 @@ def run_client(args: argparse.Namespace) -> int:
         _approval_pending(exc, bool(getattr(args, "json", False)))
         return 1
     except ApiError as exc:
-        hint = ""
-        if exc.code == "unauthenticated":
-            hint = "; get a token with `ferrohsm token issue` and set FERROHSM_TOKEN"
-        elif exc.code == "forbidden" and args.command in ops.OPS:
-            hint = ("; cryptographic operations need a service token "
-                    "(`ferrohsm token issue --role service …`)")
+        hint = _hint(exc.code, args.command, token)
         _fail(f"{exc.message}{hint} ({exc.code}, request id {exc.request_id or 'unknown'})")
         return 1
     except ClientError as exc:  # transport: refused, reset, TLS, timeout
         suffix = f" (request id {exc.request_id})" if exc.request_id else ""
         _fail(exc.message + suffix)
         return 1
+
+
+def _hint(code: str, command: str, token: str | None) -> str:
+    """What to do next, from the error code and what the CLI's own token says of itself."""
+    if code == "unauthenticated":
+        return "; get a token with `ferrohsm token issue` and set FERROHSM_TOKEN"
+    if command not in ops.OPS or code not in ("forbidden", "not_found"):
+        return ""
+    claims = _unverified_claims(token)
+    if claims.get("role") == "service" and isinstance(claims.get("tags"), list):
+        # A key outside the token's tags answers 404 exactly like a missing key.
+        tags = ", ".join(str(t)[:40] for t in claims["tags"][:10]) or "none"
+        return (f"; or this service token's tags ({tags}) do not cover this key: "
+                "it may use only keys carrying one of them")
+    if code == "forbidden" and claims.get("role") != "service":
+        return ("; cryptographic operations need a service token "
+                "(`ferrohsm token issue --role service …`)")
+    return ""
+
+
+def _unverified_claims(token: str | None) -> dict[str, Any]:
+    """The claims of our own token, read (not verified: the server does that) for a hint only;
+    {} when it is not a readable JWT."""
+    try:
+        payload = (token or "").split(".")[1]
+        value = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _approval_pending(exc: Any, as_json: bool) -> None:

@@ -230,6 +230,15 @@ def test_encrypt_decrypt_stdin_stdout_files_and_aad(cli: Cli, tmp_path: Path) ->
     assert "service token" in refused.err
 
 
+def test_service_token_whose_tags_do_not_cover_the_key_is_told_so(cli: Cli) -> None:
+    key = create(cli, "aes-256-gcm", "encrypt", "--tag", "dev")["name"]
+    scoped = cli.live.token("service", "cli-scoped", tags=["prod"])
+    refused = cli("encrypt", key, "--token", scoped, role=None, stdin=b"x")
+    assert_api_error(refused, "not_found")
+    assert "tags (prod) do not cover this key" in refused.err
+    assert "need a service token" not in refused.err
+
+
 def test_sign_verify_with_openssl_and_digest(cli: Cli, tmp_path: Path) -> None:
     key = create(cli, "rsa-2048", "sign")["name"]
     msg, sig, pub = tmp_path / "msg", tmp_path / "msg.sig", tmp_path / "pub.pem"
