@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,13 +57,45 @@ CHECK_VALUE = "master_key_check"
 
 
 def ensure_private_dir(path: str | Path) -> Path:
-    """Create ``path`` 0700 (and tighten it if it exists): data directories hold sealed secrets."""
+    """Create ``path`` 0700 (and tighten it if it exists): data directories hold sealed secrets.
+    A directory that cannot be made, tightened or written is a ConfigError naming it."""
     p = Path(path)
-    p.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        p.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create data directory {p.absolute()}: {why(exc)}") from None
     if p.is_symlink():
         raise ConfigError(f"data directory {p} must not be a symlink")
-    os.chmod(p, 0o700)
+    try:
+        os.chmod(p, 0o700)
+    except OSError as exc:
+        raise ConfigError(f"cannot make data directory {p.absolute()} private (chmod 0700): "
+                          f"{why(exc)}") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(f"data directory {p.absolute()} is not writable")
     return p
+
+
+def why(exc: OSError) -> str:
+    """``Read-only file system (EROFS)``: the reason of an OS error, in one short phrase."""
+    code = errno.errorcode.get(exc.errno or 0)
+    reason = exc.strerror or type(exc).__name__
+    return f"{reason} ({code})" if code else reason
+
+
+_CALL_RE = re.compile(r"([A-Za-z_][\w.]*)\(")
+
+
+def startup_failure(exc: OSError) -> ConfigError:
+    """An OS error while starting (a read-only or full data directory, a missing file), as the
+    one-line configuration error ``cannot <operation> <path>: <reason>``."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    inner = frames[-1] if frames else None
+    call = _CALL_RE.search(inner.line or "") if inner else None
+    operation = call.group(1) if call else "access"
+    where = f" (in {inner.name})" if inner else ""
+    path = exc.filename if exc.filename is not None else "a file of the data directory"
+    return ConfigError(f"cannot {operation} {path}{where}: {why(exc)}")
 
 
 def open_store(config: Config, record_mac: RecordMac) -> KeyStore:

@@ -65,12 +65,23 @@ def _options(args: argparse.Namespace) -> Any:
 
 def run_serve(args: argparse.Namespace) -> int:
     from .. import app as wiring
-    config = load_config(args.config, overrides=_overrides(args))
-    setup_logging(config.logging.level)
-    return _run(config, wiring.tls_provider(config), options=_options(args))
+    try:
+        config = load_config(args.config, overrides=_overrides(args))
+        setup_logging(config.logging.level)
+        return _run(config, wiring.tls_provider(config), options=_options(args))
+    except OSError as exc:  # e.g. a read-only data directory: one line naming path and operation
+        raise wiring.startup_failure(exc) from None
 
 
 def run_quickstart(args: argparse.Namespace) -> int:
+    from .. import app as wiring
+    try:
+        return _quickstart(args)
+    except OSError as exc:
+        raise wiring.startup_failure(exc) from None
+
+
+def _quickstart(args: argparse.Namespace) -> int:
     from .. import app as wiring
     from ..auth.authn import issue_token
     from ..tls.devpki import make_dev_pki

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ferrohsm.tls.context import client_context
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,3 +134,25 @@ def test_serve_without_tls_settings_explains(tmp_path: Path) -> None:
                              str(tmp_path / "d"), "--listen", "127.0.0.1:0"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "[tls].cert" in result.stderr
+
+
+def test_read_only_data_directory_is_a_one_line_config_error(tmp_path: Path) -> None:
+    """A data directory made read-only (a read-only bind mount, in a private user and mount
+    namespace) after a first run: exit 2 and one line naming the directory and the operation."""
+    data = tmp_path / "data"
+    proc, _ = start(data)
+    assert stop(proc) == 0
+    mount = f"mount --bind {data} {data} && mount -o remount,bind,ro {data}"
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"{mount} && ! touch {data}/probe"],
+                           capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip("no unprivileged user and mount namespaces here for a read-only mount")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERROHSM_")}
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f'{mount} && exec "$0" -m ferrohsm quickstart '
+         f"--data-dir {data} --listen 127.0.0.1:0", sys.executable],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("ferrohsm: configuration error: "), lines
+    assert str(data) in lines[0] and "chmod" in lines[0] and "unexpected" not in lines[0]
