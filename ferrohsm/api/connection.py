@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from ..domain.errors import FerroError, RequestTimeout
 from .http import Request
 from .parse import (
+    ChunkedBody,
     Limits,
     RequestHead,
     bare_request,
@@ -60,7 +61,8 @@ class Incoming:
 class Conn:
     """Socket, buffers and state of one accepted connection (loop thread only)."""
 
-    __slots__ = ("buf", "client_cert_der", "deadline", "drained", "eof", "events", "first", "head",
+    __slots__ = ("buf", "chunks", "client_cert_der", "deadline", "drained", "eof", "events",
+                 "first", "head",
                  "idle_since", "keep_alive", "out", "peer", "received_at", "scan", "sock",
                  "state", "tls")
 
@@ -79,6 +81,7 @@ class Conn:
         self.idle_since = 0.0
         self.received_at = 0.0
         self.head: RequestHead | None = None
+        self.chunks: ChunkedBody | None = None  # the decoder of a chunked body being read
         self.scan = 0  # where to resume looking for the end of the head
         self.drained = 0  # LINGER: bytes discarded so far
         self.events = 0  # what the selector watches for (0: unregistered)
@@ -120,10 +123,9 @@ class Conn:
                 return None
             head = self.head
             assert head is not None  # noqa: S101  narrows a type for mypy, not a runtime check
-            if len(self.buf) < head.content_length:
+            body = self._take_body(head)
+            if body is None:
                 return None
-            body = bytes(self.buf[:head.content_length])
-            del self.buf[:head.content_length]
             request = build_request(head, body, self.peer, self.client_cert_der,
                                     self.received_at)
             self.head = None
@@ -131,7 +133,7 @@ class Conn:
             raw = bytes(self.buf[:limits.max_header_bytes])
             request = bare_request(self.head, raw, self.peer, self.client_cert_der,
                                    self.received_at or now)
-            self.head = None
+            self.head, self.chunks = None, None
             self.state, self.deadline = BUSY, NEVER
             return Incoming(request, exc, False, False)
         self.state = BUSY
@@ -139,11 +141,25 @@ class Conn:
         http10 = head.keep_alive and head.version == "HTTP/1.0"
         return Incoming(request, None, head.keep_alive, http10)
 
+    def _take_body(self, head: RequestHead) -> bytes | None:
+        """The whole body once it is in (consumed from ``buf``), else None."""
+        chunks = self.chunks
+        if chunks is not None:
+            if not chunks.feed(self.buf):
+                return None
+            self.chunks = None
+            return bytes(chunks.body)
+        if len(self.buf) < head.content_length:
+            return None
+        body = bytes(self.buf[:head.content_length])
+        del self.buf[:head.content_length]
+        return body
+
     def timed_out(self, limits: Limits, now: float) -> Incoming:
         """The request that ran out of time in HEAD or BODY, as a 408 to answer."""
         request = bare_request(self.head, bytes(self.buf[:limits.max_header_bytes]), self.peer,
                                self.client_cert_der, self.received_at or now)
-        self.head = None
+        self.head, self.chunks = None, None
         self.state, self.deadline = BUSY, NEVER
         return Incoming(request, RequestTimeout("request not received in time"), False, False)
 
@@ -168,7 +184,12 @@ class Conn:
         head = parse_head(raw, limits)  # on error buf still holds the head for the request id
         del buf[:end + 4]
         self.head = head
-        if head.content_length:
+        if head.chunked:
+            self.chunks = ChunkedBody(limits.max_body)
+            self.state, self.deadline = BODY, now + body_timeout
+            if head.expect_continue and not buf:
+                self.queue(CONTINUE)
+        elif head.content_length:
             self.state, self.deadline = BODY, now + body_timeout
             if head.expect_continue and len(buf) < head.content_length:
                 self.queue(CONTINUE)

@@ -13,8 +13,13 @@ The rules are deliberately stricter than RFC 9112 allows a recipient to be (it p
 leniency; we take none): a request smuggled through a lenient proxy must not be parsed two ways.
 Policy choices worth knowing:
 
-- Any ``Transfer-Encoding`` is refused with 400 (we never accept chunked bodies; a request with
-  both TE and Content-Length is the classic smuggling shape).
+- ``Transfer-Encoding`` is accepted in exactly one form: one field whose value is exactly
+  ``chunked`` (lower case), in HTTP/1.1, without Content-Length (both together is the classic
+  smuggling shape: 400). Any other coding, a list (``gzip, chunked``, ``chunked, chunked``), a
+  repeated field, other case or whitespace inside: 400. The chunked body (``ChunkedBody``) is
+  decoded strictly: sizes are 1-8 hex digits (no sign, ``0x``, whitespace or extension: chunk
+  extensions are refused, not ignored), every line ends with CRLF, trailer fields are refused,
+  and the decoded total is held to ``max_body`` (413 as soon as a chunk size would pass it).
 - Methods must be 1-20 upper-case letters; unknown but well-formed methods reach the application,
   whose router answers 405 (path known) or 404.
 - Only origin-form targets (``/path?query``); ``*``, absolute-form and authority-form get 400.
@@ -90,6 +95,7 @@ class RequestHead:
     content_length: int
     keep_alive: bool
     expect_continue: bool
+    chunked: bool = False
 
 
 def find_head_end(buf: bytes | bytearray, scan_from: int, limits: Limits) -> int:
@@ -126,7 +132,8 @@ def parse_head(head: bytes, limits: Limits) -> RequestHead:
     headers = Headers(_parse_fields(head, lines))
     path, _, query_string = target.partition("?")
     _check_host(headers, version)
-    content_length = _content_length(headers, limits)
+    chunked = _chunked(headers, version)
+    content_length = 0 if chunked else _content_length(headers, limits)
     return RequestHead(
         method=method,
         target=target,
@@ -137,6 +144,7 @@ def parse_head(head: bytes, limits: Limits) -> RequestHead:
         content_length=content_length,
         keep_alive=_keep_alive(headers, version),
         expect_continue=_expect_continue(headers) and version == "HTTP/1.1",
+        chunked=chunked,
     )
 
 
@@ -219,10 +227,24 @@ def _check_host(headers: Headers, version: str) -> None:
         raise BadRequest("HTTP/1.1 request without a Host header")
 
 
+def _chunked(headers: Headers, version: str) -> bool:
+    """Whether the body is chunked: one ``Transfer-Encoding: chunked`` exactly, nothing else."""
+    codings = headers.values_of("transfer-encoding")
+    if not codings:
+        return False
+    if headers.values_of("content-length"):
+        raise BadRequest("Content-Length and Transfer-Encoding together are not accepted")
+    if version != "HTTP/1.1":
+        raise BadRequest("Transfer-Encoding is not accepted in HTTP/1.0")
+    if len(codings) != 1 or codings[0] != "chunked":
+        raise BadRequest("the only Transfer-Encoding accepted is exactly 'chunked'")
+    if not _is_json(headers.get("content-type")):
+        raise UnsupportedMediaType("request bodies must be application/json")
+    return True
+
+
 def _content_length(headers: Headers, limits: Limits) -> int:
-    """Body length from the single, strictly formatted Content-Length; TE is refused."""
-    if "transfer-encoding" in headers:
-        raise BadRequest("Transfer-Encoding is not accepted; send Content-Length")
+    """Body length from the single, strictly formatted Content-Length."""
     values = headers.values_of("content-length")
     if not values:
         return 0
@@ -237,6 +259,85 @@ def _content_length(headers: Headers, limits: Limits) -> int:
     if length and not _is_json(content_type[0] if content_type else None):
         raise UnsupportedMediaType("request bodies must be application/json")
     return length
+
+
+_CHUNK_SIZE_RE = re.compile(rb"[0-9A-Fa-f]{1,8}")
+_SIZE_LINE_MAX = 8 + 2  # eight hex digits and CRLF: a longer size line is refused at once
+SIZE, DATA, DATA_END, LAST_END, DONE = range(5)
+
+
+class ChunkedBody:
+    """Incremental, strict decoder of one chunked request body (RFC 9112 section 7.1).
+
+    ``feed(buf)`` consumes what it can from the front of ``buf`` (the connection's buffer) and
+    returns True once the body is complete; what follows it (a pipelined request) stays in
+    ``buf``. Each byte is looked at once, however the body is split across reads.
+
+    Accepted: ``1*8HEXDIG CRLF`` size lines, data followed by exactly CRLF, the last chunk
+    ``0`` (any number of zeros up to eight digits) and then exactly CRLF. Refused with 400: a
+    chunk extension (``;name=value``, even a valid one), a sign, ``0x``, whitespace, more than
+    eight digits, a bare LF or CR, data not followed by CRLF, any trailer field. 413 as soon
+    as a size line would take the decoded total past ``max_body``.
+    """
+
+    __slots__ = ("body", "max_body", "remaining", "state")
+
+    def __init__(self, max_body: int) -> None:
+        self.body = bytearray()
+        self.max_body = max_body
+        self.remaining = 0
+        self.state = SIZE
+
+    def feed(self, buf: bytearray) -> bool:
+        while self.state != DONE:
+            if self.state == DATA:
+                take = min(self.remaining, len(buf))
+                self.body += buf[:take]
+                del buf[:take]
+                self.remaining -= take
+                if self.remaining:
+                    return False
+                self.state = DATA_END
+            elif not self._line(buf):
+                return False
+        return True
+
+    def _line(self, buf: bytearray) -> bool:
+        """One CRLF-terminated line of the SIZE, DATA_END or LAST_END states; False: wait."""
+        end = buf.find(b"\r\n", 0, _SIZE_LINE_MAX)
+        if end < 0:
+            if len(buf) >= _SIZE_LINE_MAX or (self.state != SIZE and len(buf) >= 2):
+                raise BadRequest(self._malformed())
+            if b"\n" in buf or b"\r" in buf[:-1]:
+                raise BadRequest("bare CR or LF in a chunked body; lines must end with CRLF")
+            return False
+        line = bytes(buf[:end])
+        del buf[:end + 2]
+        if self.state == SIZE:
+            self._size(line)
+        elif line:
+            raise BadRequest(self._malformed())
+        else:
+            self.state = DONE if self.state == LAST_END else SIZE
+        return True
+
+    def _size(self, line: bytes) -> None:
+        if not _CHUNK_SIZE_RE.fullmatch(line):
+            if b";" in line:
+                raise BadRequest("chunk extensions are not accepted")
+            raise BadRequest("malformed chunk size (1 to 8 hex digits, nothing else)")
+        size = int(line, 16)
+        if len(self.body) + size > self.max_body:
+            raise PayloadTooLarge(f"request body larger than {self.max_body} bytes")
+        self.remaining = size
+        self.state = DATA if size else LAST_END
+
+    def _malformed(self) -> str:
+        if self.state == SIZE:
+            return "malformed chunk size line (1 to 8 hex digits and CRLF)"
+        if self.state == DATA_END:
+            return "chunk data must be followed by CRLF"
+        return "trailer fields are not accepted after a chunked body"
 
 
 def _is_json(content_type: str | None) -> bool:

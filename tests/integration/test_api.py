@@ -366,3 +366,22 @@ def test_unknown_field_name_is_escaped_in_the_error(srv: LiveServer) -> None:
     assert status == 400
     message = err["error"]["message"]
     assert "\x1b" not in message and "z" * 41 not in message
+
+
+def test_curl_streams_an_encrypt_body_chunked(srv: LiveServer, tmp_path: Path) -> None:
+    """`curl -T -` sends a body of unknown length as Transfer-Encoding: chunked."""
+    ref = create(srv)["id"]
+    trace = tmp_path / "trace"
+    result = subprocess.run(
+        ["curl", "-sS", "--fail-with-body", "--cacert", str(srv.pki.ca_cert), "-T", "-",
+         "-X", "POST", "-H", "Content-Type: application/json", "-H",
+         f"Authorization: Bearer {srv.token(SVC)}", "--trace-ascii", str(trace),
+         f"https://127.0.0.1:{srv.port}/v1/keys/{ref}/encrypt"],
+        input=json.dumps({"plaintext": B(b"streamed")}).encode(), capture_output=True,
+        timeout=30, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Transfer-Encoding: chunked" in trace.read_text()
+    ciphertext = json.loads(result.stdout)["ciphertext"]
+    status, _, plain = srv.call("POST", f"/v1/keys/{ref}/decrypt", {"ciphertext": ciphertext},
+                                role=SVC)
+    assert status == 200 and plain["plaintext"] == B(b"streamed")

@@ -303,7 +303,7 @@ CASES: dict[str, Case] = {
     "400 two Content-Lengths": refused(400, wire=wire(
         b"POST /v1/keys HTTP/1.1", JSON + b"Content-Length: 2\r\nContent-Length: 2\r\n", b"{}")),
     "400 Transfer-Encoding": refused(400, wire=wire(
-        b"POST /v1/keys HTTP/1.1", JSON + b"Transfer-Encoding: chunked\r\n", b"0\r\n\r\n")),
+        b"POST /v1/keys HTTP/1.1", JSON + b"Transfer-Encoding: gzip, chunked\r\n", b"0\r\n\r\n")),
     "400 Content-Length not a number": refused(400, wire=wire(
         b"POST /v1/keys HTTP/1.1", JSON + b"Content-Length: two\r\n")),
     "400 obs-fold": refused(400, wire=wire(b"GET /v1/keys HTTP/1.1", b"X-A: 1\r\n folded\r\n")),
