@@ -23,6 +23,7 @@ from .api.handlers import dashboard as dashboard_routes
 from .api.handlers import keys as key_routes
 from .api.handlers import system as system_routes
 from .api.handlers import tokens as token_routes
+from .api.http import Request
 from .api.server import HardenedHTTPServer
 from .audit.chain import AuditEvent
 from .audit.sinks import AuditSink, ChainedSink, FileSink, SQLiteSink
@@ -35,7 +36,7 @@ from .control.scheduler import RetentionScheduler
 from .crypto.recordmac import RecordMac
 from .crypto.seal import Sealer
 from .domain.errors import ConfigError, FerroError
-from .domain.model import SYSTEM_CONTEXT
+from .domain.model import SYSTEM_CONTEXT, RequestContext, Role
 from .engine.keycache import MaterialCache
 from .engine.keyengine import KeyEngine
 from .integrity.logcheck import StartupChecks, StartupRefused
@@ -220,9 +221,10 @@ class Runtime:
                 "migrated_at_start": report.migrated}
 
     def health(self) -> dict[str, Any]:
-        audit_ok = self.audit.healthy()
+        problem = self.audit.degraded()
         return {
-            "status": "ok" if audit_ok else "degraded",
+            "status": "ok" if problem is None else "degraded",
+            **({} if problem is None else {"reason": problem}),
             "version": __import__("ferrohsm").__version__,
             "uptime_seconds": round(time.monotonic() - self.started, 3),
             "store": self.store.describe(),
@@ -272,9 +274,28 @@ def build_runtime(config: Config, secrets: Secrets,
                                   limiter)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
                       approvals=approvals, key_records=key_records)
-    system_routes.register(router, runtime.health, metrics)
+    system_routes.register(router, runtime.health, metrics, health_viewer(auth))
     _gauges(runtime)
     return runtime
+
+
+HEALTH_DETAIL_ROLES = frozenset({Role.AUDITOR, Role.ADMINISTRATOR})
+
+
+def health_viewer(auth: Authenticator) -> Callable[[RequestContext, Request], bool]:
+    """Whether a /healthz caller may see the details (paths, counts, key ids, the audit head):
+    a valid Auditor or Administrator token. No token or any other (an invalid one included)
+    gets the status only and no 401, so load balancers keep working whatever they send."""
+    def may_see(ctx: RequestContext, req: Request) -> bool:
+        values = req.headers.get_all("authorization")
+        if not values:
+            return False
+        try:
+            principal = auth.authenticate(values, client_fingerprint=ctx.client_fingerprint)
+        except FerroError:
+            return False
+        return principal.role in HEALTH_DETAIL_ROLES
+    return may_see
 
 
 def config_audit(audit: AuditSink, action: str) -> Callable[[str, str], None]:
@@ -291,8 +312,9 @@ def _gauges(rt: Runtime) -> None:
     rt.metrics.add_gauge("ferrohsm_token_cache", "Verified-token cache statistics",
                          lambda: {(k,): float(v) for k, v in rt.authenticator.stats().items()},
                          ("stat",))
-    rt.metrics.add_gauge("ferrohsm_audit_healthy", "1 when the audit log accepts records",
-                         lambda: {(): 1.0 if rt.audit.healthy() else 0.0})
+    rt.metrics.add_gauge("ferrohsm_audit_healthy", "1 when the audit log accepts records (0 "
+                         "from a failed write or flush until the next good one)",
+                         lambda: {(): 1.0 if rt.audit.degraded() is None else 0.0})
 
 
 def start_scheduler(rt: Runtime) -> threading.Thread:

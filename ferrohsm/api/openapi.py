@@ -116,6 +116,7 @@ SCHEMAS: dict[str, Any] = {
                                                         "key_version": {"type": "integer"}}},
     "Health": {"type": "object", "required": ["status"], "properties": {
         "status": {"enum": ["ok", "degraded"]}, "version": {"type": "string"},
+        "reason": {"type": "string"},
         "uptime_seconds": {"type": "number"}, "store": {"type": "object"},
         "audit": {"type": "object"}, "auth": {"type": "object"},
         "rate_limit": {"type": "object"}, "cache": {"type": "object"},
@@ -331,6 +332,8 @@ def _operation(route: Route, doc: Operation) -> dict[str, Any]:
     op["responses"] = _responses(route, doc)
     if _authenticated(route):
         op["security"] = [{"bearer": []}]
+    elif doc.optional_auth:
+        op["security"] = [{}, {"bearer": []}]  # anonymous, or with a token for more
     return op
 
 

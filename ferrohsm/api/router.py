@@ -62,6 +62,7 @@ class Operation:
     # Further answers besides the errors every route may give: (status, description, schema).
     extra: tuple[tuple[int, str, str | None], ...] = ()
     description: str = ""
+    optional_auth: bool = False  # a public route that tells a bearer token's holder more
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,6 +118,13 @@ class AuditSink(ABC):
         caller that checks ``healthy()`` before acting is not locked out by a passing error.
         ``describe()["last_write_ok"]`` tells whether the latest group made it."""
 
+    def degraded(self) -> str | None:
+        """Why the audit log is not taking records right now, None when it is: unlike
+        ``healthy()`` (False only until a restart), this is also set by a failure the sink
+        cleanly undid (a full disk: EFBIG, ENOSPC), from that failed write or flush until the
+        next one that succeeds. What /healthz and the ferrohsm_audit_healthy gauge report."""
+        return None if self.healthy() else "the audit log is unavailable"
+
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """Status for /healthz: backend, head, counters. Never paths to secrets, never keys."""
@@ -169,6 +176,7 @@ class ChainedSink(AuditSink):
         self._log_id = ""
         self._failed: str | None = None
         self._last_ok = True
+        self._problem: str | None = None  # the last failed write or flush, until a good one
         self._closed = False
         self._failures = 0
         self._anchor_failures = 0
@@ -216,6 +224,13 @@ class ChainedSink(AuditSink):
 
     def healthy(self) -> bool:
         return self._failed is None and not self._closed
+
+    def degraded(self) -> str | None:
+        if self._closed:
+            return "the audit log is closed"
+        if self._failed is not None:
+            return f"the audit log is unavailable until restart: {self._failed}"
+        return self._problem
 
     def describe(self) -> dict[str, Any]:
         seq, digest = self._committed
@@ -367,15 +382,19 @@ class ChainedSink(AuditSink):
         except Exception as exc:
             self._failures += 1
             self._last_ok = False
+            reason = exc.message if isinstance(exc, AuditUnavailable) else \
+                getattr(exc, "strerror", None) or type(exc).__name__
+            self._problem = f"the last audit write failed: {reason}"
             if isinstance(exc, AuditUnavailable):
                 raise
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
             log.error("audit: %d record(s) could not be made durable: %s", len(events), reason)
             raise AuditUnavailable(
                 f"audit record could not be made durable: {reason}") from None
         self._written = (self._next_seq, self._next_hash)
         self._records_written += len(events)
         self._last_ok = True
+        if sync or not self._splits_sync or not self.durable:  # durable now: a good one
+            self._problem = None
         return records
 
     def write_deferred(self, events: list[PreparedEvent]) -> int:
@@ -404,11 +423,12 @@ class ChainedSink(AuditSink):
             try:
                 self._sync_storage(token)
             except Exception as exc:
+                reason = getattr(exc, "strerror", None) or type(exc).__name__
                 with self._io_lock:
                     self._failures += 1
                     self._last_ok = False
+                    self._problem = f"the last audit flush failed: {reason}"
                     self._sync_failed(token)
-                reason = getattr(exc, "strerror", None) or type(exc).__name__
                 log.error("audit: flushing written records failed: %s", reason)
                 raise AuditUnavailable(
                     f"audit record could not be made durable: {reason}") from None
@@ -418,6 +438,7 @@ class ChainedSink(AuditSink):
                 self._check_usable()
                 self._after_sync()
                 self._syncs += 1
+                self._problem = None
                 if target[0] > self._committed[0]:
                     self._committed = target
                     self._maybe_checkpoint()

@@ -321,6 +321,29 @@ def test_failed_commit_fails_closed_and_keeps_the_chain(backend: Backend) -> Non
 
 
 
+def test_degraded_from_a_failed_commit_until_the_next_good_one(backend: Backend) -> None:
+    """What /healthz and the ferrohsm_audit_healthy gauge report: the reason from the first
+    failed write or flush, None again only after one succeeds (never, until a restart, for a
+    failure the sink could not undo)."""
+    opened = backend.open(failing=True)
+    fill(opened, 2)
+    assert opened.degraded() is None
+    opened.fail = True
+    with pytest.raises(AuditUnavailable):
+        opened.append(event(60))
+    reason = opened.degraded()
+    assert reason is not None and "audit" in reason
+    opened.fail = False
+    if backend.kind == "file":  # a failed fsync: until restart
+        assert "restart" in (opened.degraded() or "")
+    else:
+        assert opened.degraded() == reason  # still degraded: no good write yet
+        opened.append(event(61))
+        assert opened.degraded() is None
+    opened.close()
+    assert opened.degraded() == "the audit log is closed"
+
+
 # ---- deferral (the event-loop server's one group per turn) --------------------------------------
 
 def test_deferred_records_are_durable_only_after_commit(sink: Any, backend: Backend) -> None:

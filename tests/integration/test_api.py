@@ -257,7 +257,7 @@ def test_health_and_metrics(srv: LiveServer) -> None:
     from prometheus_client.parser import text_string_to_metric_families
     ref = create(srv)["id"]
     srv.call("POST", f"/v1/keys/{ref}/encrypt", {"plaintext": B(b"m")}, role=SVC)
-    status, _, health = srv.call("GET", "/healthz", role=None)
+    status, _, health = srv.call("GET", "/healthz", role="auditor")
     assert status == 200 and health["status"] == "ok"
     for section in ("store", "audit", "auth", "rate_limit", "cache", "uptime_seconds"):
         assert section in health
@@ -385,3 +385,19 @@ def test_curl_streams_an_encrypt_body_chunked(srv: LiveServer, tmp_path: Path) -
     status, _, plain = srv.call("POST", f"/v1/keys/{ref}/decrypt", {"ciphertext": ciphertext},
                                 role=SVC)
     assert status == 200 and plain["plaintext"] == B(b"streamed")
+
+
+@pytest.mark.parametrize("role", [None, "service", "operator", "bogus-token"])
+def test_healthz_tells_anyone_else_the_status_only(srv: LiveServer, role: str | None) -> None:
+    token = "not.a.token" if role == "bogus-token" else None
+    status, _, health = srv.call("GET", "/healthz", role=None if token else role, token=token)
+    assert status == 200 and health == {"status": "ok", "version": health["version"]}
+    text = json.dumps(health)
+    assert str(srv.data_dir) not in text and srv.rt.audit.head()[1] not in text
+
+
+@pytest.mark.parametrize("role", ["auditor", "administrator"])
+def test_healthz_details_need_an_auditor_or_administrator_token(srv: LiveServer,
+                                                                role: str) -> None:
+    status, _, health = srv.call("GET", "/healthz", role=role)
+    assert status == 200 and health["audit"]["head_hash"] and "store" in health

@@ -134,3 +134,33 @@ def test_encrypt_refused_when_its_batched_audit_commit_fails(tmp_path: Path) -> 
         assert [r["outcome"] for r in encrypts] == ["success"]  # the refused one left no trace
     finally:
         srv.close()
+
+
+def audit_gauge(srv: LiveServer) -> str:
+    body = srv.call("GET", "/metrics", role=None)[2]
+    return next(line for line in body.decode().splitlines()
+                if line.startswith("ferrohsm_audit_healthy "))
+
+
+def test_health_is_degraded_from_a_failed_audit_write_until_the_next_good_one(
+        tmp_path: Path) -> None:
+    srv = LiveServer(tmp_path, key_store="memory")
+    try:
+        key = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt"})[2]
+        assert audit_gauge(srv) == "ferrohsm_audit_healthy 1"
+        with full_disk(srv):
+            assert srv.call("POST", f"/v1/keys/{key['id']}/rotate")[0] == 503
+            status, _, health = srv.call("GET", "/healthz", role="auditor")
+            public = srv.call("GET", "/healthz", role=None)
+            gauge = audit_gauge(srv)
+        assert status == 503 and health["status"] == "degraded", health
+        assert "audit" in health["reason"] and "File too large" in health["reason"]
+        assert public[0] == 503 and set(public[2]) == {"status", "version"}
+        assert public[2]["status"] == "degraded"
+        assert gauge == "ferrohsm_audit_healthy 0"
+        assert srv.call("POST", f"/v1/keys/{key['id']}/rotate")[0] == 200  # a good write
+        status, _, health = srv.call("GET", "/healthz", role="auditor")
+        assert status == 200 and health["status"] == "ok" and "reason" not in health
+        assert audit_gauge(srv) == "ferrohsm_audit_healthy 1"
+    finally:
+        srv.close()

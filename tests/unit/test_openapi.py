@@ -81,7 +81,12 @@ def test_approval_required_follows_the_actions_approvability(routes: list[Route]
 def test_v1_routes_need_a_bearer_token_and_only_they(doc: dict[str, Any]) -> None:
     for (method, path), op in operations(doc).items():
         needs_token = path.startswith("/v1/")
-        assert ("security" in op) == needs_token, (method, path)
+        if needs_token:
+            assert op["security"] == [{"bearer": []}], (method, path)
+        elif path == "/healthz":  # anonymous (status only), or a token for the details
+            assert op["security"] == [{}, {"bearer": []}]
+        else:
+            assert "security" not in op, (method, path)
         assert ("401" in op["responses"]) == needs_token, (method, path)
 
 
@@ -149,7 +154,7 @@ def test_an_unknown_component_fails_the_build(doc_: Operation) -> None:
 
 def test_served_document_covers_routes_added_later_and_is_built_once() -> None:
     router = Router()
-    system.register(router, lambda: {"status": "ok"}, ServerMetrics())
+    system.register(router, lambda: {"status": "ok"}, ServerMetrics(), lambda ctx, req: False)
     router.add("GET", "/v1/later", lambda *a: None, name="later",
                doc=Operation("Added after the system routes", ("system",)))
     route, _ = router.match("GET", "/v1/openapi.json")

@@ -16,7 +16,11 @@ from .common import Reply, query
 TAGS = ("system",)
 
 
-def register(router: Router, health: Callable[[], dict[str, Any]], metrics: ServerMetrics) -> None:
+PUBLIC_HEALTH = ("status", "version")  # all a load balancer needs, and all it is told
+
+
+def register(router: Router, health: Callable[[], dict[str, Any]], metrics: ServerMetrics,
+             may_see_details: Callable[[RequestContext, Request], bool]) -> None:
     # The document describes the router's whole table, so it is built on first use (every route
     # is registered at start-up, before the server listens), then served as the same bytes.
     built: list[bytes] = []
@@ -24,7 +28,10 @@ def register(router: Router, health: Callable[[], dict[str, Any]], metrics: Serv
     def healthz(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
         query(req, set())
         report = health()
-        return (200 if report["status"] == "ok" else 503), report
+        status = 200 if report["status"] == "ok" else 503
+        if not may_see_details(ctx, req):
+            report = {name: report[name] for name in PUBLIC_HEALTH}
+        return status, report
 
     def prometheus(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
         query(req, set())
@@ -38,8 +45,15 @@ def register(router: Router, health: Callable[[], dict[str, Any]], metrics: Serv
         return Response(200, built[0], [("Content-Type", JSON_CONTENT_TYPE)])
 
     router.add("GET", "/healthz", healthz, name="health", inline=True, doc=Operation(
-        "Liveness and counters (no authentication)", TAGS, response="Health",
-        extra=((503, "degraded: the audit log does not accept records", "Health"),)))
+        "Status for anyone; details for an Auditor or Administrator token", TAGS,
+        response="Health", optional_auth=True,
+        description="Without a token, or with any token that is not a valid Auditor or "
+                    "Administrator token (an invalid one included: never 401), the body is "
+                    "only status and version. With one, it adds the reason of a degraded "
+                    "status and the counters of the store, audit log, authentication, rate "
+                    "limits, cache and key records.",
+        extra=((503, "degraded: the audit log does not accept records (a failed write or "
+                     "flush, until the next good one)", "Health"),)))
     router.add("GET", "/metrics", prometheus, name="metrics", inline=True, doc=Operation(
         "Prometheus text exposition 0.0.4 (no authentication)", TAGS,
         media_type="text/plain; version=0.0.4"))
