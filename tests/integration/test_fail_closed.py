@@ -137,7 +137,7 @@ def test_encrypt_refused_when_its_batched_audit_commit_fails(tmp_path: Path) -> 
 
 
 def audit_gauge(srv: LiveServer) -> str:
-    body = srv.call("GET", "/metrics", role=None)[2]
+    body: bytes = srv.call("GET", "/metrics", role=None)[2]
     return next(line for line in body.decode().splitlines()
                 if line.startswith("ferrohsm_audit_healthy "))
 
