@@ -401,3 +401,20 @@ def test_healthz_details_need_an_auditor_or_administrator_token(srv: LiveServer,
                                                                 role: str) -> None:
     status, _, health = srv.call("GET", "/healthz", role=role)
     assert status == 200 and health["audit"]["head_hash"] and "store" in health
+
+
+@pytest.mark.parametrize("key_store", ["filesystem", "sqlite"])
+def test_a_stored_lone_surrogate_never_breaks_listing_or_the_audit_page(
+        tmp_path: Path, key_store: str) -> None:
+    """Data stored before bodies refused lone surrogates still reads back, for every role."""
+    from dataclasses import replace
+    srv = LiveServer(tmp_path, key_store=key_store)
+    try:
+        key = srv.rt.store.get(create(srv, description="before")["id"])
+        srv.rt.store.update(replace(key, description="\udfff"))
+        for role in ("administrator", "auditor", "service"):
+            status, _, page = srv.call("GET", "/v1/keys", role=role)
+            assert status == 200 and page["keys"][0]["description"] == "\udfff", role
+        assert srv.call("GET", "/v1/audit", role="auditor")[0] == 200
+    finally:
+        srv.close()
