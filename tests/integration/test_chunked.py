@@ -34,7 +34,8 @@ def srv(make_server: Any, calls: list[bytes]) -> Any:
     def app(request: Request) -> Response:
         calls.append(request.body)
         return json_response(200, {"method": request.method, "path": request.path,
-                                   "body": request.body.decode("latin-1")})
+                                   "body": request.body.decode("latin-1"),
+                                   "te": request.headers.get("transfer-encoding")})
     return make_server(app, max_body=MAX_BODY)
 
 
@@ -208,3 +209,60 @@ def test_curl_upload_from_stdin_is_chunked_and_accepted(srv: Any, dev_pki: Any,
     assert json.loads(result.stdout)["body"] == body.decode()
     assert calls == [body]
     assert "Transfer-Encoding: chunked" in trace.read_text()
+
+
+GO_CLIENT = """package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+)
+
+// POSTs a body behind a plain io.Reader (length unknown): net/http sends it chunked.
+func main() {
+	pem, err := os.ReadFile(os.Args[1])
+	if err != nil {
+		panic(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	config := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: config}}
+	body := io.MultiReader(strings.NewReader(os.Args[3][:3]), strings.NewReader(os.Args[3][3:]))
+	req, err := http.NewRequest("POST", os.Args[2], body)
+	if err != nil {
+		panic(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		panic(err)
+	}
+	defer resp.Body.Close()
+	io.Copy(os.Stdout, resp.Body)
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="Go is not installed")
+def test_go_net_http_with_a_plain_reader_is_chunked_and_accepted(
+        srv: Any, dev_pki: Any, calls: list[bytes], tmp_path: Path) -> None:
+    source = tmp_path / "main.go"
+    source.write_text(GO_CLIENT)
+    built = subprocess.run(["go", "build", "-o", str(tmp_path / "post"), str(source)],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                           check=False)
+    if built.returncode != 0:
+        pytest.skip(f"go build failed here: {built.stderr[-300:]}")
+    body = json.dumps({"plaintext": "eA==", "pad": "q" * 200})
+    result = subprocess.run([str(tmp_path / "post"), str(dev_pki.ca_cert),
+                             f"https://127.0.0.1:{srv.server_address[1]}/v1/x", body],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    echoed = json.loads(result.stdout)
+    assert echoed["te"] == "chunked" and echoed["body"] == body
+    assert calls == [body.encode()]
