@@ -108,9 +108,10 @@ def test_tampered_sealed_material_fails_that_key_only(tmp_path: Path) -> None:
         srv.close()
 
 
-def test_encrypt_refused_when_its_batched_audit_commit_fails(tmp_path: Path) -> None:
-    """Encrypt runs on the event loop with its record deferred to the turn's group commit: when
-    that commit fails (full disk), the ciphertext is never sent, and the next one works."""
+def test_encrypt_refused_when_its_batched_audit_write_fails(tmp_path: Path) -> None:
+    """Encrypt runs on the event loop; its record's ticket waits in the request for the turn's
+    group write and flush: when that write fails (full disk), the ticket fails, the ciphertext
+    is never sent, and the next one works."""
     srv = LiveServer(tmp_path, key_store="memory")
     try:
         key = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt"})[2]
