@@ -316,6 +316,7 @@ def test_failed_commit_fails_closed_and_keeps_the_chain(backend: Backend) -> Non
     assert backend.verify().ok
 
 
+
 # ---- tickets (the event-loop server: one write per turn, one flush per group of turns) ----------
 
 def test_queued_records_are_durable_only_after_wait(sink: Any, backend: Backend) -> None:
@@ -333,6 +334,41 @@ def test_queued_records_are_durable_only_after_wait(sink: Any, backend: Backend)
     assert sink.head()[0] == second.seq
     assert [r["message"] for r in sink.read(start[0])] == ["event 1", "event 2"]
     assert sink.describe()["group_commits"] == start[0] + 1  # genesis, then one group of two
+    sink.close()
+    assert backend.verify().ok
+
+
+def test_wait_writes_a_ticket_still_queued(sink: Any) -> None:
+    ticket = sink.append(event(1), durable=False)
+    sink.wait(ticket)  # nobody called write_queued: wait does
+    assert ticket.seq == sink.head()[0] and sink.is_durable(ticket)
+    sink.wait(ticket)  # durable already: returns at once
+
+
+def test_a_durable_append_leaves_the_queue_alone(sink: Any) -> None:
+    ticket = sink.append(event(1), durable=False)
+    record = sink.append(event(2))  # durable: sealed, stored and flushed before it returns
+    assert sink.head()[0] == record["seq"] and ticket.seq == 0
+    sink.write_queued()
+    sink.write_queued()  # nothing left: a no-op
+    assert ticket.seq == record["seq"] + 1
+    sink.wait(ticket)
+    assert [r["message"] for r in sink.read(record["seq"] - 1)] == ["event 2", "event 1"]
+
+
+def test_the_queue_is_the_sinks_not_a_threads(sink: Any, backend: Backend) -> None:
+    """Tickets are values: one taken in another thread is written by whoever writes next, and
+    another thread's durable appends land between a queued record and its write."""
+    mine = sink.append(event(1), durable=False)
+    theirs: list[Any] = []
+    other = threading.Thread(target=lambda: theirs.extend([sink.append(event(2)),
+                                                           sink.append(event(3), durable=False)]))
+    other.start()
+    other.join()
+    assert sink.read(sink.head()[0] - 1)[0]["message"] == "event 2"  # durable already
+    sink.wait(theirs[1])  # writes both queued records, then flushes
+    assert mine.seq == theirs[0]["seq"] + 1 and sink.is_durable(mine)
+    assert sink.read(sink.head()[0] - 1)[0]["message"] == "event 3"
     sink.close()
     assert backend.verify().ok
 
@@ -357,6 +393,55 @@ def test_a_failed_flush_fails_every_ticket_it_should_have_covered(backend: Backe
     opened.close()
     assert backend.verify().ok
     assert all(b'"message":"event 0"' not in line for line in backend.lines())
+
+
+def test_a_failed_write_fails_its_tickets_at_once(backend: Backend) -> None:
+    """The write of a group fails and is cleanly undone (a full disk: the file sink truncates
+    its bytes off; SQLite's COMMIT, which is its write, rolls back): write_queued does not
+    raise, each ticket of the group says so at once, and the next group works. Its seqs are
+    given out again, and the failed tickets stay failed."""
+    opened = backend.open(failing=True)
+    head = opened.head()
+    failed = [opened.append(event(n), durable=False) for n in range(2)]
+    with failing_write(opened):
+        opened.write_queued()
+    for ticket in failed:
+        assert ticket.seq == 0
+        with pytest.raises(AuditUnavailable):
+            opened.is_durable(ticket)
+    assert opened.head() == head and opened.healthy()
+    fine = opened.append(event(5), durable=False)
+    opened.write_queued()
+    opened.wait(fine)
+    assert fine.seq == head[0] + 1 and opened.is_durable(fine)
+    with pytest.raises(AuditUnavailable):
+        opened.wait(failed[0])
+    opened.close()
+    assert backend.verify().ok
+    assert all(b'"message":"event 0"' not in line for line in backend.lines())
+
+
+@contextlib.contextmanager
+def failing_write(sink: Any) -> Iterator[None]:
+    """The next group's write fails like a full disk (SQLite: its COMMIT)."""
+    if isinstance(sink, FileSink):
+        original = sink._write_all
+
+        def full(fd: int, data: bytes) -> None:
+            original(fd, data[: len(data) // 2])  # a torn half, then ENOSPC
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        sink._write_all = full  # type: ignore[method-assign]  # a fault, for this test only
+        try:
+            yield
+        finally:
+            del sink._write_all
+    else:
+        sink.fail = True
+        try:
+            yield
+        finally:
+            sink.fail = False
 
 
 def test_written_records_count_only_once_durable(sink: Any, backend: Backend) -> None:
@@ -438,6 +523,7 @@ def test_written_records_survive_a_segment_rotation(tmp_path: Path) -> None:
     assert len(list((tmp_path / "audit").glob("audit-*.jsonl"))) > 2
     sink.close()
     assert verify_paths([str(tmp_path / "audit")], KEY).ok
+
 
 
 def test_wait_does_not_acknowledge_records_a_failed_writer_cut_off(tmp_path: Path) -> None:

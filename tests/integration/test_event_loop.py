@@ -3,12 +3,15 @@
 - inline requests are answered only once the tickets of their audit records are durable (one
   write per turn, one flush for the turns queued meanwhile), and a failed flush or write turns
   exactly the answers holding a failed ticket into 503s;
+- a pooled request's durable record and an inline request's ticket, side by side, both hold
+  their answers until durable, and both fail closed;
 - a slow request on the worker pool never stalls inline requests on other connections;
 - pipelined requests mixing inline and pooled work are answered in order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import select
@@ -16,6 +19,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ import pytest
 from ferrohsm.api.http import Request, Response, json_response
 from ferrohsm.audit.chain import AuditEvent
 from ferrohsm.audit.sinks import FileSink, Ticket
+from ferrohsm.audit.verify import verify_paths
 
 KEY = hashlib.sha256(b"event loop audit key").digest()
 
@@ -138,6 +143,73 @@ def test_failed_flush_answers_503_only_where_a_ticket_failed(
     plain.send(req("/plain"))
     assert plain.read_response().status == 200
     assert sink.head() == head  # nothing half-written
+
+
+def test_failed_write_answers_503_only_where_a_ticket_failed(
+        make_server: Any, connect: Any, sink: GatedSink) -> None:
+    """A full disk fails the turn's write: its answers are 503 at once (no flush to wait for),
+    a request that recorded nothing is answered as usual, and once there is room again the
+    next record is written where the failed ones would have gone."""
+    server = make_server(audited_app(sink), inline=inline, audit=sink)
+    op, plain = connect(server), connect(server)
+    head = sink.head()
+    sink.full = True
+    op.send(req("/op", "lost"))
+    failed = op.read_response()
+    assert failed.status == 503 and "No space left" in failed.json()["error"]["message"]
+    plain.send(req("/plain"))
+    assert plain.read_response().status == 200
+    assert sink.head() == head and sink.healthy()  # cleanly undone: the sink goes on
+    sink.full = False
+    op.send(req("/op", "kept"))
+    assert op.read_response().status == 200
+    assert [r["message"] for r in sink.read(head[0])] == ["kept"]
+
+
+@contextlib.contextmanager
+def pooled_and_inline_side_by_side(make_server: Any, connect: Any,
+                                   sink: GatedSink) -> Iterator[tuple[Any, Any]]:
+    """/pooled enters its handler on the pool and waits; /op runs inline, its ticket is written
+    and its flush starts (and hangs in fsync: the gate is closed); then /pooled appends durably
+    (and hangs in fsync too). The block runs with both answers held."""
+    entered, proceed = threading.Event(), threading.Event()
+    server = make_server(audited_app(sink, entered, proceed), inline=inline, audit=sink)
+    pooled, op = connect(server), connect(server)
+    sink.gate.clear()
+    pooled.send(req("/pooled", "pooled"))
+    assert entered.wait(5)
+    op.send(req("/op", "inline"))
+    time.sleep(0.2)  # the loop ran /op and handed its ticket to the committer
+    proceed.set()
+    time.sleep(0.2)  # the pool's durable append is in fsync as well
+    assert not pooled.at_eof(0.2) and not op.at_eof(0.2)  # neither answered meanwhile
+    yield pooled, op
+
+
+def test_a_pooled_durable_record_and_an_inline_ticket_side_by_side(
+        make_server: Any, connect: Any, sink: GatedSink) -> None:
+    head = sink.head()
+    with pooled_and_inline_side_by_side(make_server, connect, sink) as (pooled, op):
+        assert sink.head() == head  # nothing durable yet, so nothing answered
+        sink.gate.set()
+        assert op.read_response().status == 200
+        assert pooled.read_response().status == 200
+    assert [r["message"] for r in sink.read(head[0])] == ["inline", "pooled"]
+    sink.close()
+    assert verify_paths([str(sink.directory_path)], KEY).ok
+
+
+def test_a_pooled_durable_record_and_an_inline_ticket_both_fail_closed(
+        make_server: Any, connect: Any, sink: GatedSink) -> None:
+    head = sink.head()
+    with pooled_and_inline_side_by_side(make_server, connect, sink) as (pooled, op):
+        sink.fail = True
+        sink.gate.set()
+        assert op.read_response().status == 503
+        assert pooled.read_response().status == 503
+    assert sink.head() == head and not sink.healthy()
+    sink.close()
+    assert verify_paths([str(sink.directory_path)], KEY).ok
 
 
 def test_slow_pooled_request_does_not_stall_inline_requests(

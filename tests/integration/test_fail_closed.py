@@ -128,3 +128,21 @@ def test_encrypt_refused_when_its_batched_audit_write_fails(tmp_path: Path) -> N
         assert [r["outcome"] for r in encrypts] == ["success"]  # the refused one left no trace
     finally:
         srv.close()
+
+
+def test_a_refusal_on_the_loop_is_503_when_its_record_cannot_be_written(tmp_path: Path) -> None:
+    """The HTTP layer's own refusals (here a bad token on an inline crypto route) leave a ticket
+    too: a 401 whose record did not become durable is not sent; a 503 is."""
+    srv = LiveServer(tmp_path, key_store="memory")
+    try:
+        key = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt"})[2]
+        path, bogus = f"/v1/keys/{key['id']}/encrypt", "not-a-token"
+        with full_disk(srv):
+            status, _, err = srv.call("POST", path, {"plaintext": B(b"x")}, token=bogus)
+        assert status == 503 and err["error"]["code"] == "unavailable", err
+        assert srv.call("POST", path, {"plaintext": B(b"x")}, token=bogus)[0] == 401
+        records = [json.loads(line) for seg in sorted((srv.data_dir / "audit").glob("*.jsonl"))
+                   for line in seg.read_text().splitlines()]
+        assert [r["action"] for r in records].count("auth.authenticate") == 1
+    finally:
+        srv.close()
