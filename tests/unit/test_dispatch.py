@@ -71,12 +71,21 @@ class FakeAudit:
         self.durable = self.written
 
 
+    def append_durable(self) -> None:
+        """A durable append: its group's flush covers every record written before it."""
+        self.written += 1
+        self.durable = self.written
+
+
 def recording_app(audit: FakeAudit) -> Any:
     """Records once per request (twice for /two, never for /none), as Guard.record(ctx, ...,
-    defer=True) does: the ticket goes to the request's list."""
+    defer=True) does: the ticket goes to the request's list, or, without one (on the pool), the
+    record is durable before the handler returns."""
     def app(request: Request) -> Response:
-        if request.tickets is not None:
-            for _ in range({"/two": 2, "/none": 0}.get(request.path, 1)):
+        for _ in range({"/two": 2, "/none": 0}.get(request.path, 1)):
+            if request.tickets is None:
+                audit.append_durable()
+            else:
                 request.tickets.append(audit.append())
         return json_response(200, {"ticketed": request.tickets is not None})
     return app
@@ -212,6 +221,26 @@ def test_a_pooled_request_carries_no_tickets() -> None:
     take(dispatcher, ["/op"])
     answers = wait_answers(dispatcher, 1)
     assert answers[0][2].body == b'{"ticketed":false}'
+    dispatcher.close(1)
+
+
+def test_a_pooled_durable_record_and_an_inline_ticket_in_one_turn() -> None:
+    """The pool's answer (its record durable when the handler returned) and an inline answer
+    (its ticket written this turn) come out of the same answers() call: the first is sent, the
+    second waits for its flush."""
+    dispatcher, audit = make(inline=lambda r: r.path != "/pooled")
+    take(dispatcher, ["/pooled"])
+    for _ in range(500):
+        if dispatcher._done:
+            break
+        threading.Event().wait(0.01)
+    assert audit.durable == 1  # the pooled record, durable before its answer was queued
+    take(dispatcher, ["/op"], start=1)
+    assert statuses(dispatcher.answers()) == {"r0": 200}  # the inline one is held
+    assert dispatcher._held_requests == 1 and audit.written == 2 and audit.durable == 1
+    dispatcher.hand_over(in_progress=lambda: 1, now=dispatcher._held_since)
+    assert statuses(wait_answers(dispatcher, 1)) == {"r1": 200}
+    assert audit.waited == [2] and audit.durable == 2
     dispatcher.close(1)
 
 
