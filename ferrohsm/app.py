@@ -337,7 +337,7 @@ def make_server(rt: Runtime, ssl_provider: Any) -> HardenedHTTPServer:
         max_connections=s.max_connections, handshake_timeout=s.handshake_timeout_seconds,
         header_timeout=s.header_timeout_seconds, body_timeout=s.body_timeout_seconds,
         idle_timeout=s.idle_timeout_seconds, max_body=s.max_body_bytes, logger=log,
-        workers=s.workers, inline=rt.app.runs_inline, deferral=rt.audit,
+        workers=s.workers, inline=rt.app.runs_inline, audit=rt.audit,
         on_refused=rt.app.refuse)
 
 

@@ -211,7 +211,7 @@ def base_context(req: Request, principal: Principal | None,
         correlation_id=_sane(correlation),
         trace_id=match.group(1) if match else None, source_ip=source_ip or req.peer_ip,
         client_fingerprint=fingerprint,
-        approval_id=_approval_id(req.headers.get("x-approval-id")))
+        approval_id=_approval_id(req.headers.get("x-approval-id")), tickets=req.tickets)
 
 
 def with_principal(ctx: RequestContext, principal: Principal) -> RequestContext:
@@ -219,7 +219,7 @@ def with_principal(ctx: RequestContext, principal: Principal) -> RequestContext:
     return RequestContext(principal=principal, request_id=ctx.request_id,
                           correlation_id=ctx.correlation_id, trace_id=ctx.trace_id,
                           source_ip=ctx.source_ip, client_fingerprint=ctx.client_fingerprint,
-                          approval_id=ctx.approval_id)
+                          approval_id=ctx.approval_id, tickets=ctx.tickets)
 
 
 def _check_approval_header(req: Request) -> None:
@@ -246,7 +246,10 @@ def echo_context_headers(req: Request, ctx: RequestContext, resp: Response) -> N
 
 
 def audit_hook(record: Callable[..., Any]) -> AuditHook:
-    """Adapt the service's audit call to the refusals the HTTP layer itself decides (401s)."""
+    """Adapt the service's audit call to the refusals the HTTP layer itself decides (401s). A
+    refusal changes nothing, so its record may wait: on the event loop its ticket joins the
+    request's (``ctx.tickets``, from ``Request.tickets``) and the server answers once it is
+    durable; elsewhere the record is durable before the hook returns."""
     def hook(ctx: RequestContext, action: str, outcome: str, message: str) -> None:
-        record(ctx, action, outcome, message, defer=True)  # a refusal changes nothing
+        record(ctx, action, outcome, message, defer=True)
     return hook

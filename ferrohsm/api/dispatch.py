@@ -1,21 +1,27 @@
-"""Where a parsed request runs: on the event loop (batched, audit deferred) or on the pool.
+"""Where a parsed request runs: on the event loop (batched, audit by ticket) or on the pool.
 
 ``Dispatcher.take`` sorts each request the loop hands it:
 
 - inline (``inline(request)`` is True: cheap and changing no state, e.g. crypto operations): kept
-  for this turn's batch. ``answers()`` runs the batch one request after another inside an audit
-  deferral scope, then seals and writes every record they deferred as one group
-  (``write_deferred``, on the loop: CPU work the loop would wait for anyway) and hands the
-  responses to the committer thread, which only flushes (``sync``: one fsync for the whole turn,
-  or for several turns that queued up meanwhile) and then gives them back. The loop serves the
-  next turn during the fsync, and the committer needs the GIL only for a few bytecodes around it.
-  If the write or the flush fails, each response that depended on it becomes a 503 instead:
-  nothing leaves unaudited.
-- everything else: a job for the worker pool, whose audit records are durable before the app
-  returns (no scope on pool threads); the response comes back through ``answers()`` too.
+  for this turn's batch. ``answers()`` gives each request of the batch an empty list,
+  ``request.tickets``, and runs them one after another. The application copies that list into
+  its ``RequestContext``, so each record the service makes with ``record(..., defer=True)`` is
+  appended with ``durable=False`` and leaves its ticket there (service/guard.py). After the
+  batch the dispatcher has the sink seal and write every queued record as one group
+  (``write_queued``, on the loop: CPU work the loop would wait for anyway). An answer whose
+  tickets are all durable already (a sink that cannot split the write from the flush), or that
+  has none, is sent at once; one whose ticket failed becomes a 503 at once; the others are held
+  and handed to the committer thread, which waits for the newest ticket (``wait``: one fsync
+  covers every record written before it, for the whole turn or for several turns that queued
+  up meanwhile) and then gives them back: each answer whose tickets are durable as it was, each
+  one with a failed ticket as a 503. Nothing leaves unaudited. The loop serves the next turn
+  during the fsync, and the committer needs the GIL only for a few bytecodes around it.
+- everything else: a job for the worker pool. Its requests carry no ticket list, so their
+  records are durable before the app returns (``record`` falls back to a durable append); the
+  response comes back through ``answers()`` too.
 - a request the server refused while reading it (``Incoming.error``), when the server was given
   ``refuse``: answered by ``refuse(request, error)`` in this turn's batch, like an inline request,
-  so its audit record is durable before the refusal is sent.
+  so the ticket of its audit record is durable before the refusal is sent.
 
 The loop never sees the app itself; the pool never touches a socket.
 """
@@ -42,38 +48,37 @@ INTERNAL_MESSAGE = "internal error; the server log has details under this reques
 _log = logging.getLogger("ferrohsm.http")
 MAX_HOLD = 0.002  # seconds a written batch may wait for more before its flush starts
 HAND_OVER_SHARE = 0.85  # of the requests in progress, waiting on held records: flush now
+NOT_DURABLE = "audit record could not be made durable"
 
 
-class Deferral(Protocol):
-    """The audit sink's deferral API (audit/sinkbase.py), as the loop uses it."""
+class Durability(Protocol):
+    """The audit sink's ticket API (audit/sinkbase.py), as the dispatcher uses it."""
 
-    def begin_deferral(self) -> None: ...
-    def end_deferral(self) -> list[Any]: ...
-    def deferred_count(self) -> int: ...
-    def write_deferred(self, events: list[Any]) -> int: ...
-    def sync(self, ticket: int) -> None: ...
+    def write_queued(self) -> None: ...
+    def is_durable(self, ticket: Any) -> bool: ...
+    def wait(self, ticket: Any) -> None: ...
 
 
 class Dispatcher:
     def __init__(self, app: App, *, inline: Callable[[Request], bool] | None,
-                 deferral: Deferral | None, workers: int, log: logging.Logger,
+                 audit: Durability | None, workers: int, log: logging.Logger,
                  wake: Callable[[], None], refuse: Refuse | None = None) -> None:
         self.app = app
         self.inline = inline
         self.refuse = refuse
-        self.deferral = deferral
+        self.audit = audit
         self.log = log
         self._wake = wake
         self._pool = WorkerPool(workers)
         self._batch: list[tuple[Conn, Incoming]] = []
         self._done: collections.deque[Answer] = collections.deque()  # filled by other threads
-        # Written batches wait in _held until handed to the committer (see hand_over); a C-level
-        # SimpleQueue carries them, so neither side runs Python locking code per batch.
-        self._held: list[tuple[int, list[Answer]]] = []
+        # Answers whose tickets are written, not yet durable, wait in _held (one list per turn)
+        # until handed to the committer (see hand_over); a C-level SimpleQueue carries them, so
+        # neither side runs Python locking code per batch.
+        self._held: list[list[Answer]] = []
         self._held_requests = 0
         self._held_since = 0.0
-        self._commits: queue.SimpleQueue[list[tuple[int, list[Answer]]] | None] = (
-            queue.SimpleQueue())
+        self._commits: queue.SimpleQueue[list[list[Answer]] | None] = queue.SimpleQueue()
         self._handed = self._finished = 0  # batches; each counter has one writer thread
         self._committer: threading.Thread | None = None
 
@@ -148,50 +153,67 @@ class Dispatcher:
             return False
 
     def _run_batch(self) -> list[Answer]:
-        """Run this turn's inline requests; answers that need no commit, at once."""
+        """Run this turn's inline requests; the answers that need no flush, at once."""
         batch, self._batch = self._batch, []
         if not batch:
             return []
-        deferral = self.deferral
+        audit = self.audit
         ready: list[Answer] = []
-        waiting: list[Answer] = []
-        if deferral is not None:
-            deferral.begin_deferral()
-        try:
-            for conn, incoming in batch:
-                before = deferral.deferred_count() if deferral is not None else 0
-                request, error = incoming.request, incoming.error
-                response = (self.call_app(request) if error is None
-                            else self.call_refuse(request, error))
-                answer = (conn, incoming, response)
-                deferred = deferral is not None and deferral.deferred_count() > before
-                (waiting if deferred else ready).append(answer)
-        finally:
-            pending = deferral.end_deferral() if deferral is not None else []
-        if waiting:
-            ticket, failure = self._write(pending)
-            if failure is None:
+        ticketed: list[Answer] = []
+        for conn, incoming in batch:
+            request, error = incoming.request, incoming.error
+            if audit is not None:
+                request.tickets = []  # filled through RequestContext.tickets
+            response = (self.call_app(request) if error is None
+                        else self.call_refuse(request, error))
+            (ticketed if request.tickets else ready).append((conn, incoming, response))
+        if ticketed:
+            self._write()
+            waiting: list[Answer] = []
+            failed: list[tuple[Answer, str]] = []
+            for answer in ticketed:
+                durable = self._durable(answer)
+                if durable is True:
+                    ready.append(answer)
+                elif durable is False:
+                    waiting.append(answer)
+                else:
+                    failed.append((answer, durable))
+            ready.extend(_refused(failed))
+            if waiting:
                 if not self._held:
                     self._held_since = time.monotonic()
-                self._held.append((ticket, waiting))
+                self._held.append(waiting)
                 self._held_requests += len(waiting)
-            else:
-                ready.extend(_refused(waiting, failure))
         return ready
 
-    def _write(self, pending: list[Any]) -> tuple[int, str | None]:
-        """Seal and write the batch's deferred records: (ticket for sync, failure message)."""
-        assert self.deferral is not None  # noqa: S101  narrows a type for mypy, not a runtime check
+    def _write(self) -> None:
+        """Seal and write the turn's queued records, one group, here on the loop."""
+        assert self.audit is not None  # noqa: S101  narrows a type for mypy, not a runtime check
         try:
-            return self.deferral.write_deferred(pending), None
+            self.audit.write_queued()  # a failed write fails its tickets; it does not raise
+        except Exception:  # a bug below: the tickets stay queued, and wait() tries again
+            self.log.exception("audit write of the turn's records failed")
+
+    def _durable(self, answer: Answer) -> bool | str:
+        """True once every ticket of ``answer``'s request is durable, False while one is not
+        yet, or why one never will be."""
+        assert self.audit is not None  # noqa: S101  narrows a type for mypy, not a runtime check
+        is_durable = self.audit.is_durable
+        try:
+            for ticket in answer[1].request.tickets or ():
+                if not is_durable(ticket):
+                    return False
+            return True
         except FerroError as exc:
-            self.log.error("audit write of %d deferred record(s) failed: their requests are "
-                           "answered 503", len(pending))
-            return 0, exc.message
+            return exc.message
+        except Exception:  # a bug below the sink: not durable, as far as anyone can tell
+            self.log.exception("audit ticket check failed (request_id=%s)",
+                               answer[1].request.request_id)
+            return NOT_DURABLE
 
     def _commit_loop(self) -> None:
         """Committer thread: one flush covers every batch handed over meanwhile."""
-        assert self.deferral is not None  # noqa: S101  narrows a type for mypy, not a runtime check
         while True:
             queued = self._commits.get()
             closing = queued is None
@@ -210,19 +232,29 @@ class Dispatcher:
             if closing:
                 return
 
-    def _flush(self, queued: list[tuple[int, list[Answer]]]) -> None:
-        assert self.deferral is not None  # noqa: S101  narrows a type for mypy, not a runtime check
-        failure = None
+    def _flush(self, queued: list[list[Answer]]) -> None:
+        """Wait for the newest ticket (written last, so its flush covers all the others), then
+        settle each answer by its own tickets."""
+        assert self.audit is not None  # noqa: S101  narrows a type for mypy, not a runtime check
+        newest = queued[-1][-1][1].request.tickets  # held answers always have tickets
+        failure = NOT_DURABLE
         try:
-            self.deferral.sync(max(ticket for ticket, _ in queued))
+            if newest:
+                self.audit.wait(newest[-1])
         except FerroError as exc:
             failure = exc.message
-            self.log.error("audit flush failed: %d batch(es) answered 503", len(queued))
-        except Exception:  # the committer must survive anything, or its batches wait forever
-            failure = "audit record could not be made durable"
-            self.log.exception("audit flush failed: %d batch(es) answered 503", len(queued))
-        for _, answers in queued:
-            self._done.extend(answers if failure is None else _refused(answers, failure))
+            self.log.error("audit flush failed: %s", failure)
+        except Exception:  # the committer must survive anything, or its answers wait forever
+            self.log.exception("audit flush failed")
+        failed: list[tuple[Answer, str]] = []
+        for answers in queued:
+            for answer in answers:
+                durable = self._durable(answer)
+                if durable is True:
+                    self._done.append(answer)
+                else:  # not durable after its flush either: as good as failed
+                    failed.append((answer, failure if durable is False else durable))
+        self._done.extend(_refused(failed))
         self._finished += len(queued)
         self._wake()
 
@@ -256,10 +288,12 @@ class Dispatcher:
         return error_response(error, request.request_id)
 
 
-def _refused(answers: list[Answer], reason: str) -> list[Answer]:
+def _refused(failed: list[tuple[Answer, str]]) -> list[Answer]:
     """The same requests answered 503: their audit records did not become durable. The access
     log already has a line for each (written when the handler returned), so name them here."""
-    ids = [incoming.request.request_id for _, incoming, _ in answers]
+    if not failed:
+        return []
+    ids = [incoming.request.request_id for (_, incoming, _), _ in failed]
     _log.error("audit not durable: answering 503 instead to request_id=%s", ",".join(ids[:100]))
     return [(conn, incoming, error_response(AuditUnavailable(reason), incoming.request.request_id))
-            for conn, incoming, _ in answers]
+            for (conn, incoming, _), reason in failed]

@@ -99,6 +99,10 @@ class Request:
     received_at: float
     http_version: str = "HTTP/1.1"
     route: Any = None  # (Route, params) once matched, so the server's inline check is not repeated
+    # The audit tickets of the records made for this request, when the server answers only once
+    # they are durable (api/dispatch.py gives an inline request an empty list; the application
+    # hands it on as RequestContext.tickets). None: every record is durable when made.
+    tickets: list[Any] | None = None
 
 
 @dataclass(slots=True)

@@ -6,11 +6,13 @@ Theory of operation (bench/RESULTS.md has the measurements):
   (selectors/epoll), parses strictly (parse.py) and writes each response as one buffer on a
   TCP_NODELAY socket. A thread per connection spent more CPU on GIL hand-offs and wake-ups than
   the requests themselves cost; one thread switching between ready sockets does not.
-- Each turn of the loop collects every request that became complete, runs the cheap ones
-  (``inline(request)`` is True: crypto operations, health) right there, one after another, inside
-  an audit deferral scope, then makes all their audit records durable with ONE group commit (one
-  write, one fsync) and only then sends their responses. If that commit fails, every response that
-  depended on it becomes a 503: nothing is acknowledged unaudited (fail closed).
+- Each turn of the loop collects every request that became complete and runs the cheap ones
+  (``inline(request)`` is True: crypto operations, health) right there, one after another. Each
+  such request carries a list for the audit tickets of its records (``Request.tickets``); the
+  records are written as ONE group at the end of the turn and flushed by ONE fsync on a committer
+  thread while the loop goes on, and a response is sent only once its request's tickets are
+  durable (dispatch.py, given the sink as ``audit``). A response whose ticket failed becomes a
+  503 instead: nothing is acknowledged unaudited (fail closed).
 - Everything else (key management, listings, approvals, an app without ``inline``) runs on a
   bounded worker pool, so a slow handler (RSA key generation, a long listing) never stalls the
   loop; its audit records are durable before it returns, as always. A connection has at most one
@@ -62,7 +64,7 @@ from .connection import (
     Incoming,
     PeerGone,
 )
-from .dispatch import INTERNAL_MESSAGE, App, Deferral, Dispatcher, Refuse
+from .dispatch import INTERNAL_MESSAGE, App, Dispatcher, Durability, Refuse
 from .http import Request, Response, error_response
 from .listener import Listener
 from .parse import Limits, render_response
@@ -100,7 +102,7 @@ class HardenedHTTPServer:
         linger_timeout: float = 1.0,
         workers: int = 16,
         inline: Callable[[Request], bool] | None = None,
-        deferral: Deferral | None = None,
+        audit: Durability | None = None,
         on_refused: Refuse | None = None,
     ) -> None:
         if max_connections < 1:
@@ -119,7 +121,7 @@ class HardenedHTTPServer:
         self.on_request = on_request
         self.backlog, self.reuse_port = backlog, reuse_port
         self.linger_timeout = linger_timeout
-        self._dispatcher = Dispatcher(app, inline=inline, deferral=deferral, workers=workers,
+        self._dispatcher = Dispatcher(app, inline=inline, audit=audit, workers=workers,
                                       log=self.log, wake=self._wake, refuse=on_refused)
         self._listener: Listener | None = None
         self._address: tuple[str, int] | None = None

@@ -94,7 +94,7 @@ class FileSink(ChainedSink):
         self._fd = -1
         self._segno = 0
         self._size = 0
-        self._synced_size = 0  # bytes of the live segment known durable (write_deferred/sync)
+        self._synced_size = 0  # bytes of the live segment known durable (write_queued/wait)
         self._ident = (0, 0)
         self._seg_first: list[tuple[int, int]] = []  # (first seq, segment number), ascending
         self._needs_start = False

@@ -10,18 +10,23 @@ to store a batch of lines durably (``_persist``) and undo a partial one:
   prev_hash, ts, id assigned in arrival order under ``_io_lock``) and hands it to ``_persist``.
   Sealing in the leader, not in each writer, means a failed group leaves no hole in ``seq``: the
   tentative head (``_next_*``) is simply dropped and the committed head stays where it was.
-* Deferral, for an event-loop server that answers many requests per turn: inside a thread's
-  deferral scope (``begin_deferral``/``end_deferral``), ``append(event, defer=True)`` only
-  encodes the event and returns None; the scope's owner then makes all of them durable with ONE
-  ``commit_deferred`` (one group, one write, one fsync) before it sends any of the answers. A
-  caller outside a scope, or one appending without ``defer``, gets the durable append as always,
-  so only call sites that change no state may defer (a failed commit can then only turn their
-  answers into 503s; there is nothing to compensate).
-* Split commits, so an event loop need not sit idle in fsync: ``write_deferred`` seals and
-  writes a scope's records at once and returns a ticket; ``sync(ticket)`` (on another thread)
-  makes them durable. Between the two the records are written but not acknowledged: ``head()``,
+* Tickets, for an event-loop server that answers many requests per turn and must not sit in
+  fsync: ``append(event, durable=False)`` only encodes the event, queues it and returns a
+  ``Ticket``, a value the caller keeps (the server keeps it with the request it belongs to).
+  ``write_queued()`` seals and writes everything queued as ONE group, in the calling thread
+  (the loop calls it once per turn: CPU work it would wait for anyway); ``wait(ticket)`` (on
+  another thread) makes it durable with ONE flush that covers every record written before it;
+  ``is_durable(ticket)`` asks without blocking. A ticket fails (``wait`` and ``is_durable`` raise
+  AuditUnavailable) when its write or its flush failed, or the sink failed or closed before it
+  was durable. Only records that change no state may be appended this way: a failed ticket can
+  then only turn an answer into a 503; there is nothing to compensate.
+* Between the write and the flush the records are written but not acknowledged: ``head()``,
   ``read()`` and checkpoints only ever cover durable records. A backend whose storage cannot
-  separate the write from the flush (SQLite's COMMIT) does both in ``write_deferred``.
+  separate the write from the flush (SQLite's COMMIT) commits the group in ``write_queued``, so
+  its tickets are durable when it returns. A ticket gets its seq only once its record is
+  written, and written records are lost only together with the sink's health (``_failed``:
+  nothing is committed after that), so a ticket is durable exactly when it has a seq and that
+  seq is committed; a seq a failed group gave back is never mistaken for its ticket's.
 * A backend that cannot prove it undid a partial write sets ``_failed``; from then on every append
   is refused and ``healthy()`` is False until a restart re-reads what is really on disk.
 * Signed checkpoints (``anchor.Anchor``) are taken every ``anchor_every`` records (by the
@@ -39,7 +44,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, overload
 
 from ..domain.errors import AuditUnavailable, ConfigError
 from ..domain.ids import uuid4_str
@@ -64,43 +69,53 @@ def new_uuid() -> str:
     return uuid4_str()
 
 
+class Ticket:
+    """What ``append(event, durable=False)`` returns: one record's claim to durability.
+
+    A value the caller keeps and hands back to its sink (``is_durable``, ``wait``); only the sink
+    sets its fields: ``seq`` is 0 while the record is queued and its seq once it is written,
+    ``error`` says why it will never be durable.
+    """
+
+    __slots__ = ("error", "seq")
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.error: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Ticket(seq={self.seq}, error={self.error!r})"
+
+
 class AuditSink(ABC):
     """Append-only, hash-chained, HMAC-authenticated audit log. Safe to call from many threads."""
 
+    @overload
+    def append(self, event: AuditEvent, *, durable: Literal[True] = ...) -> dict[str, Any]: ...
+    @overload
+    def append(self, event: AuditEvent, *, durable: Literal[False]) -> Ticket: ...
+    @overload
+    def append(self, event: AuditEvent, *, durable: bool) -> dict[str, Any] | Ticket: ...
     @abstractmethod
-    def append(self, event: AuditEvent, *, defer: bool = False) -> dict[str, Any] | None:
+    def append(self, event: AuditEvent, *, durable: bool = True) -> dict[str, Any] | Ticket:
         """Seal and store ``event``; return the sealed record once durable, else raise
-        AuditUnavailable. With ``defer`` inside this thread's deferral scope: queue it in the
-        scope and return None (``commit_deferred`` makes it durable)."""
+        AuditUnavailable. With ``durable=False``: queue it and return its ``Ticket`` at once
+        (AuditUnavailable only when the sink already refuses every record)."""
 
-    def begin_deferral(self) -> None:
-        """Open this thread's deferral scope (see the module docstring)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot defer records")
+    @abstractmethod
+    def write_queued(self) -> None:
+        """Seal and write every queued record now, in this thread, as one group; each ticket
+        gets its seq, or its error when the write failed (this does not raise for that)."""
 
-    def end_deferral(self) -> list[PreparedEvent]:
-        """Close this thread's scope; the records deferred in it, in order, for
-        ``commit_deferred``."""
-        raise NotImplementedError(f"{type(self).__name__} cannot defer records")
+    @abstractmethod
+    def is_durable(self, ticket: Ticket) -> bool:
+        """Whether ``ticket``'s record is durable, without blocking; AuditUnavailable once it
+        never will be."""
 
-    def deferred_count(self) -> int:
-        """How many records this thread's open scope holds (0 without a scope)."""
-        return 0
-
-    def commit_deferred(self, events: list[PreparedEvent]) -> list[dict[str, Any]]:
-        """Seal and store ``events`` as one group, durable on return, else AuditUnavailable
-        (then none of them was stored)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot defer records")
-
-    def write_deferred(self, events: list[PreparedEvent]) -> int:
-        """Seal and write ``events`` as one group now (AuditUnavailable if that fails: then none
-        was written); the ticket to pass to ``sync``. Not durable, so not acknowledgeable, yet."""
-        records = self.commit_deferred(events)
-        return int(records[-1]["seq"]) if records else self.head()[0]
-
-    def sync(self, ticket: int) -> None:
-        """Return once every record through ``ticket`` is durable, else AuditUnavailable."""
-        if self.head()[0] < ticket:
-            raise AuditUnavailable("audit records were lost before they became durable")
+    @abstractmethod
+    def wait(self, ticket: Ticket) -> None:
+        """Return once ``ticket``'s record is durable (writing it first if it is still queued,
+        then flushing everything written so far), else raise AuditUnavailable."""
 
     @abstractmethod
     def read(self, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
@@ -163,15 +178,17 @@ class ChainedSink(AuditSink):
         self._clock = clock or utcnow
         self._new_id = new_id or new_uuid
         self._io_lock = threading.RLock()
-        # Each writer submits a list: one event for append(), a whole scope for commit_deferred().
+        # Each writer submits a list: one event for append(), a whole queue for write_queued().
         self._group: GroupCommit[list[PreparedEvent], list[dict[str, Any]]] = GroupCommit(
             self._flush_lists, max_group)
-        self._deferral = threading.local()
+        self._queue: list[tuple[PreparedEvent, Ticket]] = []  # append(durable=False), in order
+        self._queue_lock = threading.Lock()
+        self._writing = threading.Lock()  # one write_queued() at a time: seqs follow the queue
         self._records_written = 0
-        self._syncs = 0  # flushes by sync(), beside the group commits of append()
+        self._syncs = 0  # flushes of written records, beside the group commits of append()
         self._committed: tuple[int, str] = (0, GENESIS_HASH)  # replaced whole: lock-free reads
         self._written: tuple[int, str] = (0, GENESIS_HASH)  # ahead of _committed between a
-        self._sync_lock = threading.Lock()                  # write_deferred and its sync()
+        self._sync_lock = threading.Lock()                  # write_queued() and its flush
         self._next_seq, self._next_hash = 0, GENESIS_HASH
         self._log_id = ""
         self._failed: str | None = None
@@ -189,35 +206,66 @@ class ChainedSink(AuditSink):
 
     # ---- the AuditSink interface ------------------------------------------------------------
 
-    def append(self, event: AuditEvent, *, defer: bool = False) -> dict[str, Any] | None:
+    @overload
+    def append(self, event: AuditEvent, *, durable: Literal[True] = ...) -> dict[str, Any]: ...
+    @overload
+    def append(self, event: AuditEvent, *, durable: Literal[False]) -> Ticket: ...
+    @overload
+    def append(self, event: AuditEvent, *, durable: bool) -> dict[str, Any] | Ticket: ...
+    def append(self, event: AuditEvent, *, durable: bool = True) -> dict[str, Any] | Ticket:
         if not isinstance(event, AuditEvent):
             raise TypeError("append() takes an AuditEvent")
         prepared = prepare(event)  # encoded here, in the writer's thread
-        if defer:
-            scope: list[PreparedEvent] | None = getattr(self._deferral, "scope", None)
-            if scope is not None:
-                if self._failed is not None or self._closed:
-                    self._check_usable()  # refuse now: the answer must not be computed
-                scope.append(prepared)
-                return None
-        return self._group.submit([prepared])[0]
+        if durable:
+            return self._group.submit([prepared])[0]
+        if self._failed is not None or self._closed:
+            self._check_usable()  # refuse now: the answer must not be computed
+        ticket = Ticket()
+        with self._queue_lock:
+            self._queue.append((prepared, ticket))
+        return ticket
 
-    def begin_deferral(self) -> None:
-        self._deferral.scope = []
+    def write_queued(self) -> None:
+        with self._writing:
+            with self._queue_lock:
+                queued, self._queue = self._queue, []
+            if not queued:
+                return
+            events = [prepared for prepared, _ in queued]
+            try:
+                if self._splits_sync and self.durable:
+                    with self._io_lock:
+                        records = self._write_group(events, sync=False)
+                else:  # nothing to split: one group commit, durable on return
+                    records = self._group.submit(events)
+            except AuditUnavailable as exc:
+                for _, ticket in queued:
+                    ticket.error = exc.message
+                return
+            for (_, ticket), record in zip(queued, records, strict=True):
+                ticket.seq = record["seq"]
 
-    def end_deferral(self) -> list[PreparedEvent]:
-        scope: list[PreparedEvent] | None = getattr(self._deferral, "scope", None)
-        self._deferral.scope = None
-        return scope or []
+    def is_durable(self, ticket: Ticket) -> bool:
+        if ticket.error is not None:
+            raise AuditUnavailable(ticket.error)
+        if 0 < ticket.seq <= self._committed[0]:
+            return True
+        if self._failed is None and not self._closed:
+            return False
+        if 0 < ticket.seq <= self._committed[0]:
+            return True  # committed just before the failure (or the close): final now
+        ticket.error = ("audit log is closed" if self._failed is None
+                        else f"audit log unavailable until restart: {self._failed}")
+        raise AuditUnavailable(ticket.error)
 
-    def deferred_count(self) -> int:
-        scope: list[PreparedEvent] | None = getattr(self._deferral, "scope", None)
-        return len(scope) if scope else 0
-
-    def commit_deferred(self, events: list[PreparedEvent]) -> list[dict[str, Any]]:
-        if not events:
-            return []
-        return self._group.submit(events)
+    def wait(self, ticket: Ticket) -> None:
+        if ticket.seq == 0 and ticket.error is None:
+            self.write_queued()  # still queued: nobody wrote it yet
+        if self.is_durable(ticket):
+            return
+        self._flush_written(ticket.seq)
+        if not self.is_durable(ticket):
+            raise AuditUnavailable("audit records were lost before they became durable")
 
     def head(self) -> tuple[int, str]:
         return self._committed
@@ -285,11 +333,13 @@ class ChainedSink(AuditSink):
                                   else latest)
 
     def close(self) -> None:
-        if not self._closed and self._failed is None and self._written[0] > self._committed[0]:
-            try:  # records written for answers that never left: make them durable anyway
-                self.sync(self._written[0])
-            except AuditUnavailable as exc:
-                log.warning("audit: written records not flushed at close: %s", exc.message)
+        if not self._closed and self._failed is None:
+            self.write_queued()  # records queued for answers that never left: keep them anyway
+            if self._written[0] > self._committed[0]:
+                try:
+                    self._flush_written(self._written[0])
+                except AuditUnavailable as exc:
+                    log.warning("audit: written records not flushed at close: %s", exc.message)
         self._checkpointer.stop()
         with self._io_lock:
             if self._closed:
@@ -397,20 +447,13 @@ class ChainedSink(AuditSink):
             self._problem = None
         return records
 
-    def write_deferred(self, events: list[PreparedEvent]) -> int:
-        if not self._splits_sync or not self.durable:
-            return super().write_deferred(events)
-        if not events:
-            return self._written[0]
-        with self._io_lock:
-            self._write_group(events, sync=False)
-            return self._written[0]
-
-    def sync(self, ticket: int) -> None:
-        if self._committed[0] >= ticket:
-            return
+    def _flush_written(self, through: int) -> None:
+        """Make the records written through seq ``through`` durable: one flush covers every
+        record written before it starts, however many groups that is."""
+        if self._committed[0] >= through or not self._splits_sync or not self.durable:
+            return  # durable already (without a split, what was written is committed)
         with self._sync_lock:  # one flush at a time; writers keep writing meanwhile
-            if self._committed[0] >= ticket:
+            if self._committed[0] >= through:
                 return  # a flush that started after our write covered it
             with self._io_lock:
                 self._check_usable()
@@ -442,8 +485,6 @@ class ChainedSink(AuditSink):
                 if target[0] > self._committed[0]:
                     self._committed = target
                     self._maybe_checkpoint()
-        if self._committed[0] < ticket:
-            raise AuditUnavailable("audit records were lost before they became durable")
 
     # Backends that can write now and flush later set _splits_sync and implement these three.
     _splits_sync: ClassVar[bool] = False

@@ -1,7 +1,8 @@
 """Audit sinks: the public names, gathered in one place.
 
 * ``AuditSink`` — the port (sinkbase.py): ``append`` returns only once a record is durable and
-  raises ``AuditUnavailable`` otherwise.
+  raises ``AuditUnavailable`` otherwise; ``append(event, durable=False)`` returns a ``Ticket``
+  at once, for ``is_durable``/``wait``.
 * ``FileSink`` — append-only JSONL segments (filesink.py).
 * ``SQLiteSink`` — one SQLite table with retention pruning (sqlitesink.py).
 * ``Anchor`` — Ed25519-signed checkpoints of the head (anchor.py).
@@ -16,8 +17,8 @@ from __future__ import annotations
 from .anchor import Anchor
 from .filesink import FileSink
 from .groupcommit import GroupCommit
-from .sinkbase import SHORTER_THAN_CHECKPOINT, AuditSink, ChainedSink
+from .sinkbase import SHORTER_THAN_CHECKPOINT, AuditSink, ChainedSink, Ticket
 from .sqlitesink import SQLiteSink
 
 __all__ = ["SHORTER_THAN_CHECKPOINT", "Anchor", "AuditSink", "ChainedSink", "FileSink",
-           "GroupCommit", "SQLiteSink"]
+           "GroupCommit", "SQLiteSink", "Ticket"]

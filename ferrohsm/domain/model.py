@@ -225,6 +225,11 @@ class RequestContext:
     source_ip: str | None = None
     client_fingerprint: str | None = None
     approval_id: str | None = None
+    # Where a record that may wait (``record(..., defer=True)``: refusals, crypto results) leaves
+    # its audit ticket instead of being made durable at once: the request's own list, which the
+    # event-loop server checks before it answers. None: nobody waits, every record is durable
+    # before ``record`` returns.
+    tickets: list[Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def actor(self) -> str:

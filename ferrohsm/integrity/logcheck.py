@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..audit.anchor import last_line
-from ..audit.chain import AuditEvent, prepare
+from ..audit.chain import AuditEvent
 from ..audit.sinkbase import ChainedSink
 from ..domain.errors import FerroError, IntegrityError, NotFound
 from ..domain.model import Key, KeyFilter
@@ -148,7 +148,9 @@ def record_store_loss(sink: ChainedSink, missing: list[str], situation: str) -> 
                       "accepted (--accept-store-loss)", key_id=key_id) for key_id in missing]
     events.append(_system(STORE_LOSS_ACTION, f"{situation}; accepted (--accept-store-loss)",
                           count=len(missing)))
-    sink.commit_deferred([prepare(event) for event in events])
+    tickets = [sink.append(event, durable=False) for event in events]
+    sink.write_queued()
+    sink.wait(tickets[-1])  # one flush covers the group
 
 
 def check_witness(sink: ChainedSink, witness_file: str) -> None:

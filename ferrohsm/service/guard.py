@@ -24,9 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, overload
 
 from ..audit.chain import AuditEvent
+from ..audit.sinkbase import Ticket
 from ..auth.permissions import Action, may_see, refusal
 from ..control.policy import ALLOWED, Decision, Policy, Verdict, decide
 from ..domain.errors import (
@@ -46,7 +47,10 @@ MAX_REF = 128  # characters of an unresolvable key reference kept in a refusal's
 
 
 class AuditLog(Protocol):
-    def append(self, event: AuditEvent, *, defer: bool = False) -> dict[str, Any] | None: ...
+    @overload
+    def append(self, event: AuditEvent, *, durable: Literal[True] = ...) -> dict[str, Any]: ...
+    @overload
+    def append(self, event: AuditEvent, *, durable: Literal[False]) -> Ticket: ...
     def healthy(self) -> bool: ...
 
 
@@ -69,14 +73,23 @@ class Guard:
 
     def record(self, ctx: RequestContext, action: Action | str, outcome: str, message: str,
                key: Key | None = None, version: int | None = None, *,
-               key_id: str | None = None, defer: bool = False, **details: Any) -> None:
-        """Audit one decision. ``defer`` only where nothing changed state (refusals, crypto
-        results): an event-loop server may then make the record durable together with its
-        neighbours' before it answers (audit/sinkbase.py), instead of one fsync per call."""
+               key_id: str | None = None, defer: bool = False, **details: Any) -> Ticket | None:
+        """Audit one decision: durable before this returns (None), unless ``defer`` and the
+        request carries a ticket list (``ctx.tickets``): then the record is only queued and its
+        ticket, added to that list, is returned; the event-loop server answers the request once
+        its tickets are durable, together with its neighbours' (api/dispatch.py), instead of one
+        fsync per call. ``defer`` only where nothing changed state (refusals, crypto results): a
+        ticket that fails can then only turn the answer into a 503."""
         event = AuditEvent.from_context(ctx, str(action), outcome, message,
                                         key_id=key.id if key else key_id,
                                         key_version=version, details=details)
-        self.audit.append(event, defer=defer)
+        tickets = ctx.tickets
+        if defer and tickets is not None:
+            ticket = self.audit.append(event, durable=False)
+            tickets.append(ticket)
+            return ticket
+        self.audit.append(event)
+        return None
 
     def require_audit(self) -> None:
         """Refuse a state change up front when its record could not be written (fail closed)."""

@@ -1,9 +1,10 @@
 """One contract for every AuditSink: run against FileSink and SQLiteSink alike.
 
-A sink is done when it passes this suite: records are durable before append returns, the chain
-continues across restarts and under 16 concurrent writers, every kind of tampering is named by the
-offline verifier, failures fail closed without breaking the chain, and a log shorter than its last
-signed checkpoint refuses to open.
+A sink is done when it passes this suite: records are durable before append returns, a ticket
+(``append(event, durable=False)``) counts as durable only once its record is flushed and fails
+exactly when its record was lost, the chain continues across restarts and under 16 concurrent
+writers, every kind of tampering is named by the offline verifier, failures fail closed without
+breaking the chain, and a log shorter than its last signed checkpoint refuses to open.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import pytest
 
 from ferrohsm.audit.chain import AuditEvent, record_hash, seal_record_line
 from ferrohsm.audit.groupcommit import GroupCommit
-from ferrohsm.audit.sinks import AuditSink, FileSink, SQLiteSink
+from ferrohsm.audit.sinks import AuditSink, FileSink, SQLiteSink, Ticket
 from ferrohsm.audit.verify import VerifyResult, load_checkpoint, verify_paths
 from ferrohsm.domain.errors import AuditUnavailable, ConfigError
 
@@ -127,12 +128,7 @@ def sink(backend: Backend) -> Iterator[Any]:
 
 
 def fill(sink: AuditSink, count: int) -> list[dict[str, Any]]:
-    records = []
-    for n in range(count):
-        record = sink.append(event(n))
-        assert record is not None  # no deferral scope: append returns the durable record
-        records.append(record)
-    return records
+    return [sink.append(event(n)) for n in range(count)]
 
 
 def kind_of(result: VerifyResult) -> tuple[str, int] | None:
@@ -344,134 +340,193 @@ def test_degraded_from_a_failed_commit_until_the_next_good_one(backend: Backend)
     assert opened.degraded() == "the audit log is closed"
 
 
-# ---- deferral (the event-loop server's one group per turn) --------------------------------------
+# ---- tickets (the event-loop server: one write per turn, one flush per group of turns) ----------
 
-def test_deferred_records_are_durable_only_after_commit(sink: Any, backend: Backend) -> None:
+def test_queued_records_are_durable_only_after_wait(sink: Any, backend: Backend) -> None:
     start = sink.head()
-    sink.begin_deferral()
-    assert sink.append(event(1), defer=True) is None
-    assert sink.append(event(2), defer=True) is None
-    assert sink.deferred_count() == 2
+    first, second = sink.append(event(1), durable=False), sink.append(event(2), durable=False)
+    assert isinstance(first, Ticket) and first.seq == second.seq == 0  # queued, not written
+    assert not sink.is_durable(first)
     assert sink.head() == start and len(backend.lines()) == start[0]  # nothing written yet
-    pending = sink.end_deferral()
-    assert sink.deferred_count() == 0
-    records = sink.commit_deferred(pending)
-    assert [r["seq"] for r in records] == [start[0] + 1, start[0] + 2]
+    sink.write_queued()
+    assert (first.seq, second.seq) == (start[0] + 1, start[0] + 2)
+    if backend.kind == "file":  # written, not flushed
+        assert not sink.is_durable(second) and sink.head() == start
+    sink.wait(second)
+    assert sink.is_durable(first) and sink.is_durable(second)
+    assert sink.head()[0] == second.seq
     assert [r["message"] for r in sink.read(start[0])] == ["event 1", "event 2"]
     assert sink.describe()["group_commits"] == start[0] + 1  # genesis, then one group of two
     sink.close()
     assert backend.verify().ok
 
 
-def test_defer_without_a_scope_is_a_durable_append(sink: Any) -> None:
-    record = sink.append(event(1), defer=True)
-    assert record is not None and sink.head()[0] == record["seq"]
-    sink.begin_deferral()
-    assert sink.append(event(2)) is not None  # without defer: durable even inside a scope
-    assert sink.end_deferral() == []
-    assert sink.commit_deferred([]) == []
+def test_wait_writes_a_ticket_still_queued(sink: Any) -> None:
+    ticket = sink.append(event(1), durable=False)
+    sink.wait(ticket)  # nobody called write_queued: wait does
+    assert ticket.seq == sink.head()[0] and sink.is_durable(ticket)
+    sink.wait(ticket)  # durable already: returns at once
 
 
-def test_scopes_belong_to_their_thread(sink: Any, backend: Backend) -> None:
-    """Another thread's durable appends land between a scope's records and its commit, and the
-    chain stays whole."""
-    sink.begin_deferral()
-    sink.append(event(1), defer=True)
-    other = threading.Thread(target=lambda: sink.append(event(2), defer=True))
+def test_a_durable_append_leaves_the_queue_alone(sink: Any) -> None:
+    ticket = sink.append(event(1), durable=False)
+    record = sink.append(event(2))  # durable: sealed, stored and flushed before it returns
+    assert sink.head()[0] == record["seq"] and ticket.seq == 0
+    sink.write_queued()
+    sink.write_queued()  # nothing left: a no-op
+    assert ticket.seq == record["seq"] + 1
+    sink.wait(ticket)
+    assert [r["message"] for r in sink.read(record["seq"] - 1)] == ["event 2", "event 1"]
+
+
+def test_the_queue_is_the_sinks_not_a_threads(sink: Any, backend: Backend) -> None:
+    """Tickets are values: one taken in another thread is written by whoever writes next, and
+    another thread's durable appends land between a queued record and its write."""
+    mine = sink.append(event(1), durable=False)
+    theirs: list[Any] = []
+    other = threading.Thread(target=lambda: theirs.extend([sink.append(event(2)),
+                                                           sink.append(event(3), durable=False)]))
     other.start()
     other.join()
     assert sink.read(sink.head()[0] - 1)[0]["message"] == "event 2"  # durable already
-    sink.commit_deferred(sink.end_deferral())
-    assert sink.read(sink.head()[0] - 1)[0]["message"] == "event 1"
+    sink.wait(theirs[1])  # writes both queued records, then flushes
+    assert mine.seq == theirs[0]["seq"] + 1 and sink.is_durable(mine)
+    assert sink.read(sink.head()[0] - 1)[0]["message"] == "event 3"
     sink.close()
     assert backend.verify().ok
 
 
-def test_failed_deferred_commit_stores_none_of_the_group(backend: Backend) -> None:
+def test_a_failed_flush_fails_every_ticket_it_should_have_covered(backend: Backend) -> None:
     opened = backend.open(failing=True)
     head = opened.head()
-    opened.begin_deferral()
-    for n in range(3):
-        opened.append(event(n), defer=True)
-    pending = opened.end_deferral()
+    tickets = [opened.append(event(n), durable=False) for n in range(3)]
     opened.fail = True
     with pytest.raises(AuditUnavailable):
-        opened.commit_deferred(pending)
+        opened.wait(tickets[-1])
+    for ticket in tickets:
+        with pytest.raises(AuditUnavailable):
+            opened.is_durable(ticket)
+        with pytest.raises(AuditUnavailable):
+            opened.wait(ticket)
     assert opened.head() == head
     opened.fail = False
     if backend.kind == "file":  # refused from now on, before any answer is computed
-        opened.begin_deferral()
         with pytest.raises(AuditUnavailable, match="restart"):
-            opened.append(event(9), defer=True)
-        opened.end_deferral()
+            opened.append(event(9), durable=False)
     opened.close()
     assert backend.verify().ok
     assert all(b'"message":"event 0"' not in line for line in backend.lines())
 
 
+def test_a_failed_write_fails_its_tickets_at_once(backend: Backend) -> None:
+    """The write of a group fails and is cleanly undone (a full disk: the file sink truncates
+    its bytes off; SQLite's COMMIT, which is its write, rolls back): write_queued does not
+    raise, each ticket of the group says so at once, and the next group works. Its seqs are
+    given out again, and the failed tickets stay failed."""
+    opened = backend.open(failing=True)
+    head = opened.head()
+    failed = [opened.append(event(n), durable=False) for n in range(2)]
+    with failing_write(opened):
+        opened.write_queued()
+    for ticket in failed:
+        assert ticket.seq == 0
+        with pytest.raises(AuditUnavailable):
+            opened.is_durable(ticket)
+    assert opened.head() == head and opened.healthy()
+    fine = opened.append(event(5), durable=False)
+    opened.write_queued()
+    opened.wait(fine)
+    assert fine.seq == head[0] + 1 and opened.is_durable(fine)
+    with pytest.raises(AuditUnavailable):
+        opened.wait(failed[0])
+    opened.close()
+    assert backend.verify().ok
+    assert all(b'"message":"event 0"' not in line for line in backend.lines())
 
-def test_written_records_count_only_once_synced(sink: Any, backend: Backend) -> None:
-    """write_deferred + sync: head, read and checkpoints never show a record before it is
-    durable (FileSink splits the two; SQLite's COMMIT does both in write_deferred)."""
+
+@contextlib.contextmanager
+def failing_write(sink: Any) -> Iterator[None]:
+    """The next group's write fails like a full disk (SQLite: its COMMIT)."""
+    if isinstance(sink, FileSink):
+        original = sink._write_all
+
+        def full(fd: int, data: bytes) -> None:
+            original(fd, data[: len(data) // 2])  # a torn half, then ENOSPC
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        sink._write_all = full  # type: ignore[method-assign]  # a fault, for this test only
+        try:
+            yield
+        finally:
+            del sink._write_all
+    else:
+        sink.fail = True
+        try:
+            yield
+        finally:
+            sink.fail = False
+
+
+def test_written_records_count_only_once_durable(sink: Any, backend: Backend) -> None:
+    """head, read and checkpoints never show a record before it is durable (FileSink splits
+    the write from the flush; SQLite's COMMIT does both in write_queued)."""
     start = sink.head()
-    sink.begin_deferral()
-    sink.append(event(1), defer=True)
-    sink.append(event(2), defer=True)
-    ticket = sink.write_deferred(sink.end_deferral())
-    assert ticket == start[0] + 2
+    tickets = [sink.append(event(1), durable=False), sink.append(event(2), durable=False)]
+    sink.write_queued()
+    assert tickets[-1].seq == start[0] + 2
     if backend.kind == "file":
         assert sink.head() == start and sink.read(start[0]) == []
         assert sink.make_checkpoint()["seq"] == start[0]
-    sink.sync(ticket)
-    assert sink.head()[0] == ticket
+    else:
+        assert sink.is_durable(tickets[-1])
+    sink.wait(tickets[-1])
+    assert sink.head()[0] == tickets[-1].seq
     assert [r["message"] for r in sink.read(start[0])] == ["event 1", "event 2"]
-    sink.sync(ticket)  # already durable: returns at once
-    assert sink.append(event(3))["seq"] == ticket + 1
+    assert sink.append(event(3))["seq"] == tickets[-1].seq + 1
     sink.close()
     assert backend.verify().ok
 
 
-def test_close_flushes_written_records(backend: Backend) -> None:
+def test_close_flushes_written_and_queued_records(backend: Backend) -> None:
     opened = backend.open()
-    opened.begin_deferral()
-    opened.append(event(1), defer=True)
-    ticket = opened.write_deferred(opened.end_deferral())
+    written = opened.append(event(1), durable=False)
+    opened.write_queued()
+    queued = opened.append(event(2), durable=False)
     opened.close()
+    assert opened.is_durable(written) and opened.is_durable(queued)
+    with pytest.raises(AuditUnavailable, match="closed"):
+        opened.append(event(3), durable=False)
     reopened = backend.open()
-    assert reopened.head()[0] == ticket
-    assert reopened.read(ticket - 1)[0]["message"] == "event 1"
+    assert reopened.head()[0] == queued.seq == written.seq + 1
+    assert [r["message"] for r in reopened.read(written.seq - 1)] == ["event 1", "event 2"]
     reopened.close()
     assert backend.verify().ok
 
 
 def test_a_durable_append_covers_earlier_written_records(sink: Any) -> None:
-    sink.begin_deferral()
-    sink.append(event(1), defer=True)
-    ticket = sink.write_deferred(sink.end_deferral())
+    ticket = sink.append(event(1), durable=False)
+    sink.write_queued()
     record = sink.append(event(2))  # its flush covers the written record before it
-    assert record["seq"] == ticket + 1 and sink.head()[0] == ticket + 1
-    sink.sync(ticket)
+    assert record["seq"] == ticket.seq + 1 and sink.head()[0] == ticket.seq + 1
+    assert sink.is_durable(ticket)
 
 
-def test_failed_sync_loses_only_unacknowledged_records(backend: Backend) -> None:
+def test_failed_flush_loses_only_unacknowledged_records(backend: Backend) -> None:
     opened = backend.open(failing=True)
     fill(opened, 2)
     head = opened.head()
-    opened.begin_deferral()
-    opened.append(event(7), defer=True)
-    ticket = opened.write_deferred(opened.end_deferral())
+    ticket = opened.append(event(7), durable=False)
     opened.fail = True
+    opened.write_queued()
     if backend.kind == "sqlite":  # nothing to split: the failure surfaces at write time
         with pytest.raises(AuditUnavailable):
-            opened.begin_deferral()
-            opened.append(event(8), defer=True)
-            opened.write_deferred(opened.end_deferral())
+            opened.is_durable(ticket)
         opened.fail = False
         opened.close()
         assert backend.verify().ok
         return
     with pytest.raises(AuditUnavailable):
-        opened.sync(ticket)
+        opened.wait(ticket)
     assert opened.head() == head and not opened.healthy()
     opened.fail = False
     opened.close()
@@ -483,20 +538,20 @@ def test_written_records_survive_a_segment_rotation(tmp_path: Path) -> None:
     sink = FileSink(tmp_path / "audit", KEY, segment_max_bytes=4096)
     tickets = []
     for n in range(40):
-        sink.begin_deferral()
-        sink.append(event(n, message="x" * 300), defer=True)
-        tickets.append(sink.write_deferred(sink.end_deferral()))
-    sink.sync(tickets[-1])
-    assert sink.head()[0] == tickets[-1]
+        tickets.append(sink.append(event(n, message="x" * 300), durable=False))
+        sink.write_queued()
+    sink.wait(tickets[-1])
+    assert sink.head()[0] == tickets[-1].seq
+    assert all(sink.is_durable(ticket) for ticket in tickets)
     assert len(list((tmp_path / "audit").glob("audit-*.jsonl"))) > 2
     sink.close()
     assert verify_paths([str(tmp_path / "audit")], KEY).ok
 
 
 
-def test_sync_does_not_acknowledge_records_a_failed_writer_cut_off(tmp_path: Path) -> None:
-    """The flush of written records succeeds, then (before sync() takes the lock again) another
-    writer's fsync fails and its undo truncates them: sync() must refuse, not acknowledge."""
+def test_wait_does_not_acknowledge_records_a_failed_writer_cut_off(tmp_path: Path) -> None:
+    """The flush of written records succeeds, then (before wait() takes the lock again) another
+    writer's fsync fails and its undo truncates them: wait() must refuse, not acknowledge."""
     flushed, go_on = threading.Event(), threading.Event()
 
     class Racing(FailingFileSink):
@@ -509,14 +564,13 @@ def test_sync_does_not_acknowledge_records_a_failed_writer_cut_off(tmp_path: Pat
             super()._fsync(fd)
 
     sink = Racing(tmp_path / "audit", KEY)
-    sink.begin_deferral()
-    sink.append(event(1), defer=True)
-    ticket = sink.write_deferred(sink.end_deferral())
+    ticket = sink.append(event(1), durable=False)
+    sink.write_queued()
     outcome: list[str] = []
 
     def committer() -> None:
         try:
-            sink.sync(ticket)
+            sink.wait(ticket)
             outcome.append("acknowledged")
         except AuditUnavailable:
             outcome.append("refused")
@@ -530,40 +584,40 @@ def test_sync_does_not_acknowledge_records_a_failed_writer_cut_off(tmp_path: Pat
     go_on.set()
     thread.join(5)
     assert outcome == ["refused"] and not sink.healthy()
+    with pytest.raises(AuditUnavailable):
+        sink.is_durable(ticket)
     sink.close()
 
 
 def test_failed_flush_at_rotation_stops_the_file_sink(tmp_path: Path) -> None:
     sink = FailingFileSink(tmp_path / "audit", KEY, segment_max_bytes=4096)
-    ticket = 0
-    while len(list((tmp_path / "audit").glob("audit-*.jsonl"))) == 1 and ticket < 200:
-        sink.begin_deferral()
-        sink.append(event(ticket, message="x" * 300), defer=True)
+    tickets: list[Ticket] = []
+    while len(list((tmp_path / "audit").glob("audit-*.jsonl"))) == 1 and len(tickets) < 200:
+        tickets.append(sink.append(event(len(tickets), message="x" * 300), durable=False))
         if sink._size + 800 >= 4096:  # the next write rotates: its fsync of the old one fails
             sink.fail = True
-        try:
-            ticket = sink.write_deferred(sink.end_deferral())
-        except AuditUnavailable:
+        sink.write_queued()
+        if tickets[-1].error is not None:
             break
     assert sink.fail and not sink.healthy()
     sink.fail = False
-    with pytest.raises(AuditUnavailable):
-        sink.sync(ticket)
+    for ticket in tickets[-2:]:  # the one written before, and the one whose write failed
+        with pytest.raises(AuditUnavailable):
+            sink.wait(ticket)
     sink.close()
     assert verify_paths([str(tmp_path / "audit")], KEY).ok
 
 
-def test_sync_refuses_when_the_segment_was_replaced_after_the_write(tmp_path: Path) -> None:
+def test_wait_refuses_when_the_segment_was_replaced_after_the_write(tmp_path: Path) -> None:
     sink = FileSink(tmp_path / "audit", KEY)
-    sink.begin_deferral()
-    sink.append(event(1), defer=True)
-    ticket = sink.write_deferred(sink.end_deferral())
+    ticket = sink.append(event(1), durable=False)
+    sink.write_queued()
     live = sorted((tmp_path / "audit").glob("audit-*.jsonl"))[-1]
     data = live.read_bytes()
     live.unlink()
     live.write_bytes(data)
     with pytest.raises(AuditUnavailable):
-        sink.sync(ticket)
+        sink.wait(ticket)
     assert not sink.healthy()
     sink.close()
 

@@ -115,9 +115,10 @@ def test_tampered_sealed_material_fails_that_key_only(tmp_path: Path) -> None:
         srv.close()
 
 
-def test_encrypt_refused_when_its_batched_audit_commit_fails(tmp_path: Path) -> None:
-    """Encrypt runs on the event loop with its record deferred to the turn's group commit: when
-    that commit fails (full disk), the ciphertext is never sent, and the next one works."""
+def test_encrypt_refused_when_its_batched_audit_write_fails(tmp_path: Path) -> None:
+    """Encrypt runs on the event loop; its record's ticket waits in the request for the turn's
+    group write and flush: when that write fails (full disk), the ticket fails, the ciphertext
+    is never sent, and the next one works."""
     srv = LiveServer(tmp_path, key_store="memory")
     try:
         key = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt"})[2]
@@ -162,5 +163,23 @@ def test_health_is_degraded_from_a_failed_audit_write_until_the_next_good_one(
         status, _, health = srv.call("GET", "/healthz", role="auditor")
         assert status == 200 and health["status"] == "ok" and "reason" not in health
         assert audit_gauge(srv) == "ferrohsm_audit_healthy 1"
+    finally:
+        srv.close()
+
+
+def test_a_refusal_on_the_loop_is_503_when_its_record_cannot_be_written(tmp_path: Path) -> None:
+    """The HTTP layer's own refusals (here a bad token on an inline crypto route) leave a ticket
+    too: a 401 whose record did not become durable is not sent; a 503 is."""
+    srv = LiveServer(tmp_path, key_store="memory")
+    try:
+        key = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt"})[2]
+        path, bogus = f"/v1/keys/{key['id']}/encrypt", "not-a-token"
+        with full_disk(srv):
+            status, _, err = srv.call("POST", path, {"plaintext": B(b"x")}, token=bogus)
+        assert status == 503 and err["error"]["code"] == "unavailable", err
+        assert srv.call("POST", path, {"plaintext": B(b"x")}, token=bogus)[0] == 401
+        segments = sorted((srv.data_dir / "audit").glob("audit-*.jsonl"))  # not checkpoints
+        records = [json.loads(line) for seg in segments for line in seg.read_text().splitlines()]
+        assert [r["action"] for r in records].count("auth.authenticate") == 1
     finally:
         srv.close()

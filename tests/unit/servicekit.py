@@ -13,10 +13,10 @@ import tempfile
 import threading
 import weakref
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal, overload
 
 from ferrohsm.audit.chain import AuditEvent
-from ferrohsm.audit.sinks import FileSink
+from ferrohsm.audit.sinks import FileSink, Ticket
 from ferrohsm.domain.errors import AuditUnavailable
 
 
@@ -40,10 +40,14 @@ class RecordingAudit:
         self.lock = threading.Lock()
         self.ok = True
 
-    def append(self, event: AuditEvent, *, defer: bool = False) -> dict[str, Any] | None:
+    @overload
+    def append(self, event: AuditEvent, *, durable: Literal[True] = ...) -> dict[str, Any]: ...
+    @overload
+    def append(self, event: AuditEvent, *, durable: Literal[False]) -> Ticket: ...
+    def append(self, event: AuditEvent, *, durable: bool = True) -> dict[str, Any] | Ticket:
         if not self.ok:
             raise AuditUnavailable("audit down")
-        record = self.sink.append(event, defer=defer)
+        record = self.sink.append(event, durable=durable)
         with self.lock:
             self.events.append(event)
         return record
