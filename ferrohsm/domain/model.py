@@ -23,6 +23,8 @@ TAG_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 MAX_TAGS = 32
 MAX_DESCRIPTION = 1024
 MAX_HISTORY_DETAIL = 256
+# An audit record hash (audit/chain.py): lowercase hex SHA-256, or "" before the first binding.
+AUDIT_HASH_RE = re.compile(r"(?:[0-9a-f]{64})?")
 
 
 class KeyState(StrEnum):
@@ -138,6 +140,11 @@ class Key:
     previous_state: KeyState | None = None  # what cancel-destroy restores
     revision: int = 0  # bumped by the store on every write (compare-and-swap)
     history: tuple[HistoryEvent, ...] = field(default=())
+    # The seq and hash of the audit record of this key's last change, so a start-up check can
+    # tell an older (replayed) copy of an authenticated record from the current one. 0 and ""
+    # mean "not bound yet" (records written before the binding existed).
+    audit_seq: int = 0
+    audit_hash: str = ""
 
     def __post_init__(self) -> None:
         if not is_uuid(self.id):
@@ -152,6 +159,10 @@ class Key:
             raise ValueError("primary_version must name an existing version")
         if (self.state is KeyState.DESTROY_SCHEDULED) != (self.destroy_after is not None):
             raise ValueError("destroy_after is set exactly when destruction is scheduled")
+        if type(self.audit_seq) is not int or self.audit_seq < 0:
+            raise ValueError("audit_seq must be a non-negative int")
+        if type(self.audit_hash) is not str or not AUDIT_HASH_RE.fullmatch(self.audit_hash):
+            raise ValueError("audit_hash must be 64 lowercase hex characters or empty")
 
     def version(self, number: int) -> KeyVersion:
         if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= len(self.versions):
@@ -248,11 +259,15 @@ def key_to_record(key: Key) -> dict[str, Any]:
         "revision": key.revision,
         "history": [{"at": iso(h.at), "actor": h.actor, "action": h.action, "detail": h.detail}
                     for h in key.history],
+        "audit_seq": key.audit_seq, "audit_hash": key.audit_hash,
     }
 
 
 def key_from_record(rec: dict[str, Any]) -> Key:
-    """Inverse of key_to_record; raises ValueError/KeyError/TypeError on a malformed record."""
+    """Inverse of key_to_record; raises ValueError/KeyError/TypeError on a malformed record.
+
+    ``audit_seq`` and ``audit_hash`` default to 0 and "" because records written before they
+    existed do not carry them."""
     return Key(
         id=rec["id"], name=rec["name"], description=rec["description"],
         algorithm=rec["algorithm"], usage=rec["usage"], tags=tuple(rec["tags"]),
@@ -266,6 +281,7 @@ def key_from_record(rec: dict[str, Any]) -> Key:
         revision=int(rec["revision"]),
         history=tuple(HistoryEvent(_time(h["at"]), h["actor"], h["action"], h["detail"])
                       for h in rec["history"]),
+        audit_seq=rec.get("audit_seq", 0), audit_hash=rec.get("audit_hash", ""),
     )
 
 
@@ -277,7 +293,9 @@ def _time(text: str) -> datetime:
 
 
 def key_view(key: Key) -> dict[str, Any]:
-    """The API's key object (docs/api.md): never any sealed bytes."""
+    """The API's key object (docs/api.md): never any sealed bytes. ``audit_seq``/``audit_hash``
+    stay out: they bind the stored record to the audit log for the start-up check, and an
+    auditor finds a key's changes through the audit API by key id."""
     return {
         "id": key.id, "name": key.name, "description": key.description,
         "algorithm": key.algorithm, "usage": key.usage, "tags": list(key.tags),

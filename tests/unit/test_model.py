@@ -87,3 +87,25 @@ def test_uuid4_str_is_a_canonical_version_4_uuid() -> None:
         assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
         seen.add(text)
     assert len(seen) == 2000
+
+
+def test_audit_binding_fields_round_trip_and_default_for_old_records() -> None:
+    bound = key(audit_seq=42, audit_hash="ab" * 32)
+    assert key_from_record(key_to_record(bound)) == bound
+    old = key_to_record(key())
+    del old["audit_seq"], old["audit_hash"]  # as a record written before the fields existed
+    restored = key_from_record(old)
+    assert (restored.audit_seq, restored.audit_hash) == (0, "")
+
+
+@pytest.mark.parametrize("change", [{"audit_seq": -1}, {"audit_seq": True}, {"audit_seq": "3"},
+                                    {"audit_hash": "AB" * 32}, {"audit_hash": "ab"},
+                                    {"audit_hash": None}])
+def test_bad_audit_binding_is_refused(change: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        key(**change)
+
+
+def test_view_leaves_the_audit_binding_out() -> None:
+    view = key_view(key(audit_seq=7, audit_hash="cd" * 32))
+    assert "audit_seq" not in view and "audit_hash" not in view
