@@ -117,6 +117,13 @@ class AuditSink(ABC):
         """Status for /healthz: backend, head, counters. Never paths to secrets, never keys."""
 
     @abstractmethod
+    def fail_closed(self, reason: str) -> None:
+        """Refuse every further record until a restart (fail closed), as after a write the sink
+        could not undo. For a caller whose change is applied, or may be, but whose settling
+        record could not be written: start-up reconciliation settles it from the log and the
+        store (integrity/reconcile.py)."""
+
+    @abstractmethod
     def make_checkpoint(self, now: datetime | None = None) -> dict[str, Any]:
         """Sign the current head now and return the checkpoint (see anchor.py)."""
 
@@ -204,6 +211,13 @@ class ChainedSink(AuditSink):
 
     def healthy(self) -> bool:
         return self._failed is None and not self._closed
+
+    def fail_closed(self, reason: str) -> None:
+        with self._io_lock:
+            if self._failed is None:
+                self._failed = reason
+                self._failures += 1
+        log.critical("audit: refusing every record until restart: %s", reason)
 
     def describe(self) -> dict[str, Any]:
         seq, digest = self._committed

@@ -8,8 +8,8 @@ operation on the key a request names by id or name). The guard
    key is resolved, THE policy decision (``policy.decide``: role, tag scoping, dual control), whose
    answer the operation hands to the dual-control gate instead of anything checking again;
 2. runs the operation, whose last step records its allowed outcome (the message, key, version and
-   details are the operation's own; a state change is undone when that record cannot be made
-   durable, so no change persists without its record);
+   details are the operation's own; a state change records its intent durably before it is
+   applied, service/changes.py, so no change persists without its record);
 3. records every refusal raised on the way, denied or failed (``FerroError.outcome``), exactly
    once, naming the key the request targeted (or, when nothing by that reference exists, the
    reference as given, sanitised and bounded), and re-raises it as ``recorded(exc)``.
@@ -40,6 +40,7 @@ MAX_REF = 128  # characters of an unresolvable key reference kept in a refusal's
 class AuditLog(Protocol):
     def append(self, event: AuditEvent, *, defer: bool = False) -> dict[str, Any] | None: ...
     def healthy(self) -> bool: ...
+    def fail_closed(self, reason: str) -> None: ...
 
 
 def utcnow() -> datetime:
@@ -61,19 +62,25 @@ class Guard:
 
     def record(self, ctx: RequestContext, action: Action | str, outcome: str, message: str,
                key: Key | None = None, version: int | None = None, *,
-               key_id: str | None = None, defer: bool = False, **details: Any) -> None:
-        """Audit one decision. ``defer`` only where nothing changed state (refusals, crypto
-        results): an event-loop server may then make the record durable together with its
-        neighbours' before it answers (audit/sinkbase.py), instead of one fsync per call."""
+               key_id: str | None = None, defer: bool = False,
+               **details: Any) -> dict[str, Any] | None:
+        """Audit one decision; the sealed record once durable (None when deferred). ``defer``
+        only where nothing changed state (refusals, crypto results): an event-loop server may
+        then make the record durable together with its neighbours' before it answers
+        (audit/sinkbase.py), instead of one fsync per call."""
         event = AuditEvent.from_context(ctx, str(action), outcome, message,
                                         key_id=key.id if key else key_id,
                                         key_version=version, details=details)
-        self.audit.append(event, defer=defer)
+        return self.audit.append(event, defer=defer)
 
     def require_audit(self) -> None:
         """Refuse a state change up front when its record could not be written (fail closed)."""
         if not self.audit.healthy():
             raise AuditUnavailable("the audit log is unavailable; the operation was refused")
+
+    def fail_closed(self, reason: str) -> None:
+        """Refuse every further record until a restart (control/recordfirst.py)."""
+        self.audit.fail_closed(reason)
 
     def refused(self, ctx: RequestContext, action: Action | str, exc: FerroError,
                 key: Key | None = None, ref: str | None = None,

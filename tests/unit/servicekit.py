@@ -39,6 +39,7 @@ class RecordingAudit:
         self.events: list[AuditEvent] = []
         self.lock = threading.Lock()
         self.ok = True
+        self.failed = ""
 
     def append(self, event: AuditEvent, *, defer: bool = False) -> dict[str, Any] | None:
         if not self.ok:
@@ -50,6 +51,11 @@ class RecordingAudit:
 
     def healthy(self) -> bool:
         return self.ok and self.sink.healthy()
+
+    def fail_closed(self, reason: str) -> None:
+        """As a real sink does: refuse every further record (until a test switches it back)."""
+        self.failed = reason
+        self.ok = False
 
     def actions(self, outcome: str | None = None) -> list[str]:
         return [e.action for e in self.events if outcome is None or e.outcome == outcome]
