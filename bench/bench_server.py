@@ -183,29 +183,45 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
 
 
 def populate(srv: Server, master: bytes, count: int) -> None:
-    """Write ``count`` keys straight into the store (before the server holds its lock)."""
+    """Write ``count`` keys straight into the store (before the server holds its lock), each
+    creation recorded first in the audit log as the server does (intents, the bound records,
+    confirmations), 5000 at a time: start-up reconciliation then finds every key explained."""
     from ferrohsm.app import CHECK_VALUE, ensure_private_dir
+    from ferrohsm.audit.sinks import FileSink
     from ferrohsm.store.filesystem import FilesystemStore
     from ferrohsm.store.sqlite import SQLiteStore
     ensure_private_dir(srv.data)
     store = (SQLiteStore(srv.data / "keys.sqlite3") if srv.store == "sqlite"
              else FilesystemStore(srv.data))
+    sink = FileSink(srv.data / "audit", base64.b64decode(srv.env["FERROHSM_AUDIT_HMAC_KEY"]))
     sealer = Sealer(master)
     store.put_meta(CHECK_VALUE, sealer.make_check_value())
     now = datetime.now(UTC)
     sealed = sealer.seal(os.urandom(32), key_id=uuid7(), version=1, algorithm="aes-256-gcm")
-    batch = []
-    for i in range(count):
-        batch.append(lc.new_key(key_id=uuid7(), name=f"k{i:06d}", description="bench",
-                                algorithm="aes-256-gcm", usage="encrypt",
-                                tags=("bench", f"t{i % 10}"), sealed=sealed, now=now,
-                                actor="bench"))
-        if len(batch) == 5000:
-            store.bulk_create(batch)
-            batch = []
-    if batch:
-        store.bulk_create(batch)
+    for start in range(0, count, 5000):
+        batch = [lc.new_key(key_id=uuid7(), name=f"k{i:06d}", description="bench",
+                            algorithm="aes-256-gcm", usage="encrypt",
+                            tags=("bench", f"t{i % 10}"), sealed=sealed, now=now, actor="bench")
+                 for i in range(start, min(count, start + 5000))]
+        recorded_bulk_create(store, sink, batch)
+    sink.close()
     store.close()
+
+
+def recorded_bulk_create(store: Any, sink: Any, keys: list[Any]) -> None:
+    from ferrohsm.audit.chain import AuditEvent, prepare
+    from ferrohsm.domain import binding
+
+    def event(key: Any, outcome: str, **details: Any) -> Any:
+        return prepare(AuditEvent(actor="bench", role="administrator", action="key.create",
+                                  outcome=outcome, message="bench population", key_id=key.id,
+                                  key_version=1, details=details))
+    targets = [binding.planned(k, 1) for k in keys]
+    intents = sink.commit_deferred([event(t, "intent", **binding.intent_details(t, 0))
+                                    for t in targets])
+    store.bulk_create([binding.bind(t, r["seq"], r["hash"]) for t, r in zip(targets, intents)])
+    sink.commit_deferred([event(t, "success", intent_seq=r["seq"])
+                          for t, r in zip(targets, intents)])
 
 
 def timed(fn: Callable[[], object], repeat: int) -> float:

@@ -33,6 +33,7 @@ from .domain.errors import ConfigError, FerroError
 from .domain.model import SYSTEM_CONTEXT
 from .engine.keycache import MaterialCache
 from .engine.keyengine import KeyEngine
+from .integrity.reconcile import reconcile
 from .service import AuditLogService, KeyService, TokenService
 from .store.approvalstore import ApprovalStore
 from .store.filesystem import FilesystemStore
@@ -95,6 +96,13 @@ def check_master_key(store: KeyStore, sealer: Sealer) -> None:
         sealer.verify_check_value(stored)
 
 
+@dataclass(frozen=True)
+class StartupOptions:
+    """One-off acceptances of a degraded state (``serve --accept-...``); each is audited."""
+
+    accept_unrecorded: bool = False
+
+
 @dataclass
 class Runtime:
     """Everything a running FerroHSM holds, so shutdown can release it in order."""
@@ -125,19 +133,26 @@ class Runtime:
         }
 
 
-def build_runtime(config: Config, secrets: Secrets) -> Runtime:
+def build_runtime(config: Config, secrets: Secrets,
+                  options: StartupOptions | None = None) -> Runtime:
     store = open_store(config)
     approvals: ApprovalStore | None = None
+    audit: AuditSink | None = None
     try:
         sealer = Sealer(secrets.master_key)
         check_master_key(store, sealer)
         policy = Policy.from_config(config.policy_tags, config.crypto.destroy_grace_hours)
         approvals = open_approvals(config)
         audit = open_audit(config, secrets)
+        if config.storage.key_store != "memory":  # the memory store forgets by design
+            # before anything is served: settle what a crash left unsettled, refuse what the
+            # log does not explain (integrity/reconcile.py)
+            reconcile(store, audit, secrets.audit_hmac_key, approvals=approvals,
+                      accept_unrecorded=(options or StartupOptions()).accept_unrecorded)
     except Exception:
-        if approvals is not None:
-            approvals.close()
-        store.close()
+        for opened in (audit, approvals, store):
+            if opened is not None:
+                opened.close()
         raise
     cache: MaterialCache[Any] = MaterialCache(config.crypto.cache_max_entries,
                                               config.crypto.cache_ttl_seconds)

@@ -6,7 +6,7 @@ import outside the table fails, and so does a package without a row: a new folde
 The table was derived from the imports as they are, and ``LAYER`` shows that it points inward::
 
     L0 domain  <-  L1 crypto  <-  L2 audit store auth control engine telemetry
-      <-  L3 service config  <-  L4 adapters api tls client  <-  L5 app (the composition root)
+      <-  L3 service config integrity  <-  L4 adapters api tls client  <-  L5 app (the composition root)
       <-  L6 entry points cli __main__
 
 Widening a row is a design decision: make it here, in review, not by accident in a module.
@@ -47,20 +47,23 @@ ALLOWED: dict[str, frozenset[str]] = {
     # L3: the application service and the configuration it is built from
     "service": frozenset({"domain", "crypto", "audit", "store", "auth", "control", "engine"}),
     "config": frozenset({"domain", "control"}),  # control: TagPolicy, parsed from [policy.tags]
+    # start-up checks that the store, the audit log and its checkpoints agree: they read the
+    # store and write to the audit log, so they sit above both (app runs them before serving)
+    "integrity": frozenset({"domain", "crypto", "audit", "store", "engine"}),
     # L4: adapters
     "tls": frozenset({"domain"}),
     "api": frozenset({"domain", "store", "auth", "control", "telemetry", "service", "tls"}),
     "client": frozenset(),  # the SDK stands alone
     # L5: the one composition root
     "app": frozenset({"domain", "crypto", "audit", "store", "auth", "control", "engine",
-                      "telemetry", "service", "config", "tls", "api"}),
+                      "telemetry", "service", "config", "tls", "api", "integrity"}),
     # L6: entry points
     "cli": frozenset({"domain", "audit", "auth", "telemetry", "config", "tls", "client", "app"}),
     "__main__": frozenset({"cli"}),
 }
 
 LAYER: dict[str, int] = {
-    "domain": 0, "crypto": 1, **dict.fromkeys(L2, 2), "service": 3, "config": 3,
+    "domain": 0, "crypto": 1, **dict.fromkeys(L2, 2), "service": 3, "config": 3, "integrity": 3,
     "tls": 4, "api": 4, "client": 4, "app": 5, "cli": 6, "__main__": 6,
 }
 

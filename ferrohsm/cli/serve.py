@@ -26,6 +26,10 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
                    help="prune audit records older than this (SQLite audit sink)")
     p.add_argument("--approval-retention-days", type=float,
                    help="prune finished approvals older than this")
+    p.add_argument("--accept-unrecorded", action="store_true",
+                   help="start although key records are not explained by the audit log (an "
+                   "older copy put back, a key whose creation was never recorded): each is "
+                   "bound as it is and recorded as store.bound; for this start only")
 
 
 def add_parsers(sub: Any) -> None:
@@ -51,11 +55,16 @@ def _overrides(args: argparse.Namespace) -> dict[tuple[str, str], Any]:
             ("approvals", "retention_days"): args.approval_retention_days}
 
 
+def _options(args: argparse.Namespace) -> Any:
+    from .. import app as wiring
+    return wiring.StartupOptions(accept_unrecorded=args.accept_unrecorded)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from .. import app as wiring
     config = load_config(args.config, overrides=_overrides(args))
     setup_logging(config.logging.level)
-    return _run(config, wiring.tls_provider(config))
+    return _run(config, wiring.tls_provider(config), options=_options(args))
 
 
 def run_quickstart(args: argparse.Namespace) -> int:
@@ -87,17 +96,17 @@ def run_quickstart(args: argparse.Namespace) -> int:
         print(f"export FERROHSM_CA_CERT={Path(pki.ca_cert).resolve()}")
         print(f"export FERROHSM_TOKEN={token}")
         sys.stdout.flush()
-    return _run(config, wiring.tls_provider(config), announce)
+    return _run(config, wiring.tls_provider(config), announce, _options(args))
 
 
-def _run(config: Config, ssl_provider: Any, announce: Any = None) -> int:
+def _run(config: Config, ssl_provider: Any, announce: Any = None, options: Any = None) -> int:
     from .. import app as wiring
     log = logging.getLogger("ferrohsm")
     if config.server.pin_cpu >= 0:
         # Before any thread exists: affinity is per thread on Linux and threads inherit it, so
         # pinning later would leave every worker free to bounce the GIL between cores.
         os.sched_setaffinity(0, {config.server.pin_cpu})
-    rt = wiring.build_runtime(config, load_secrets(config))
+    rt = wiring.build_runtime(config, load_secrets(config), options)
     if hasattr(ssl_provider, "on_reload"):
         ssl_provider.on_reload = wiring.config_audit(rt.audit, "config.tls_reload")
     server = None
