@@ -164,8 +164,9 @@ def _check_binding(stored: Key, latest: Change | None, confirmed: set[int],
                            "not the record that change wrote")
         return None
     if latest is not None and seq in confirmed:
-        return Problem(stored, f"is an older copy of its record: bound to its change at seq "
-                       f"{seq}, but the log's latest change of this key is seq {latest.seq}")
+        return Problem(stored, f"is an older copy of its record (put back, or a later write "
+                       f"the store lost): bound to its change at seq {seq}, but the log's latest "
+                       f"change of this key is seq {latest.seq}")
     if latest is None and 0 < seq < first_seq:
         return None  # its records were pruned (retention): nothing left to compare with
     return Problem(stored, f"is bound to audit record seq {seq}, which the log does not hold "
