@@ -7,7 +7,9 @@ record"), against real servers:
   store, every acknowledged create and rotation is in both, and the log verifies at the end;
 * a full audit disk (RLIMIT_FSIZE on the server process) while 1, 2 and 8 writers rotate one key:
   every call is refused with 503 and no version appears, for each key store;
-* a dual-control execution and a scheduler rotation during an audit outage change nothing.
+* a dual-control execution and a scheduler rotation during an audit outage change nothing;
+* an older copy of a key record put back stops start-up, naming the key, until
+  ``--accept-unrecorded`` binds it as it is (audited).
 
 Timing on the 2-core dev box: the four kill -9 runs take about 12-20 s each with KILLS = 20
 (FERROHSM_ONE_TRUTH_KILLS overrides it), the outage runs about 10 s per store.
@@ -27,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from test_serve_process import ROOT, service_token
 from ferrohsm.audit.offline import chained_lines, expand_paths, file_lines
 from ferrohsm.control.scheduler import RetentionScheduler
 from ferrohsm.domain.model import KeyFilter, key_view
+from ferrohsm.store.filesystem import FilesystemStore
 from ferrohsm.tls.context import client_context
 
 KILLS = int(os.environ.get("FERROHSM_ONE_TRUTH_KILLS", "20"))
@@ -417,3 +420,46 @@ def test_a_scheduled_rotation_during_an_audit_outage_changes_nothing(live: LiveS
     assert scheduler.tick(later).rotated == 1  # the disk has room again
     keys, records = live_state(live)
     assert in_store(keys) == confirmed(records) == {(key["id"], 1), (key["id"], 2)}
+
+
+# ---- start-up refuses what the log does not explain -------------------------------------------
+
+def test_start_up_refuses_an_older_copy_put_back_until_accepted(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    srv = start(data, "filesystem", "file")
+    status, key = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt"})
+    assert status == 201
+    assert srv.stop() == 0
+    store = FilesystemStore(data)
+    old = store.get(key["id"])  # a backup of the record, authentic when it was written
+    store.close()
+    srv = start(data, "filesystem", "file")
+    assert srv.call("POST", f"/v1/keys/{key['id']}/rotate")[0] == 200
+    assert srv.stop() == 0
+    store = FilesystemStore(data)
+    store.update(replace(old, revision=store.get(key["id"]).revision))  # the backup put back
+    store.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERROHSM_")}
+    refused = subprocess.run([sys.executable, "-m", "ferrohsm", "quickstart", "--data-dir",
+                              str(data), "--listen", "127.0.0.1:0"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 1 and not refused.stdout
+    assert key["id"] in refused.stderr and "older copy" in refused.stderr
+    assert "--accept-unrecorded" in refused.stderr
+    with open(data.parent / "server.log", "a") as log:
+        accepted = subprocess.Popen([sys.executable, "-m", "ferrohsm", "quickstart",
+                                     "--data-dir", str(data), "--listen", "127.0.0.1:0",
+                                     "--accept-unrecorded"], cwd=ROOT, env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=log)
+    assert accepted.stdout is not None and accepted.stdout.readline().startswith("export")
+    accepted.send_signal(signal.SIGTERM)
+    assert accepted.wait(30) == 0
+    accepted.stdout.close()
+    records = audit_records(data, "file")
+    bound = [r for r in records if r["action"] == "store.bound" and r["key_id"] == key["id"]]
+    assert [r["outcome"] for r in bound] == ["intent", "success"]
+    assert any(r["action"] == "integrity.unrecorded_accepted" for r in records)
+    srv = start(data, "filesystem", "file")  # accepted once: the next start is clean
+    assert [v["version"] for v in stored_keys(srv)[0]["versions"]] == [1]
+    assert srv.stop() == 0
+    verify(data, "file")
