@@ -14,9 +14,10 @@ without its record and none needs undoing when the audit log is down.
 
 Every transition leaves its audit records: approval.requested / approved / denied / expired /
 executed, each an intent and then its success (or rolled_back, when another writer moved the
-approval first or the store refused). A refusal is not recorded here: the service's guarded call records it, once, against
-the action that was refused. The one refusal that IS a transition, a request parked for approval,
-is raised as ``recorded(...)``: its "approval.requested" record is the request's record.
+approval first or the store refused). A refusal is not recorded here: the service's guarded call
+records it, once, against the action that was refused. The one refusal that IS a transition, a
+request parked for approval, is raised as ``recorded(...)``: its "approval.requested" records are
+the request's records.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class DualControl:
         store = self._store()
         self.recorder.require_audit()
         details: dict[str, Any] = {"approval_id": new.id, "approval_state": new.state.value,
-                   "approvals": len(new.approvers), "required": new.required}
+                                   "approvals": len(new.approvers), "required": new.required}
         target = replace(new, revision=old.revision + 1)
         intent = self.steps.intend(ctx, audit_action, message, key_id=new.key_id,
                                    target_revision=target.revision, **details)
@@ -134,8 +135,9 @@ class DualControl:
             key_id=key.id, args=args, salt=secrets.token_bytes(16), requester=ctx.actor,
             required=required, now=now, expires_at=decision.expires_at or now), revision=1)
         message = f"{action.value} needs {required} approval(s) ({target.summary})"
-        details: dict[str, Any] = {"approval_id": target.id, "request_hash": target.request_hash,
-                   "required": required, "expires_at": iso(target.expires_at)}
+        details: dict[str, Any] = {"approval_id": target.id,
+                                   "request_hash": target.request_hash, "required": required,
+                                   "expires_at": iso(target.expires_at)}
         intent = self.steps.intend(ctx, "approval.requested", message, key_id=key.id,
                                    approval_state=target.state.value, target_revision=1,
                                    **details)
