@@ -41,6 +41,7 @@ from .engine.keycache import MaterialCache
 from .engine.keyengine import KeyEngine
 from .integrity.logcheck import StartupChecks, StartupRefused
 from .integrity.logscan import AuditLocation
+from .integrity.reconcile import reconcile
 from .integrity.records import RecordReport, check_key_records
 from .service import AuditLogService, KeyService, TokenService
 from .store.approvalstore import ApprovalStore
@@ -167,6 +168,7 @@ class StartupOptions:
 
     accept_store_loss: bool = False
     accept_audit_loss: bool = False
+    accept_unrecorded: bool = False
 
 
 def open_checked(config: Config, secrets: Secrets, store: KeyStore, sealer: Sealer,
@@ -247,6 +249,11 @@ def build_runtime(config: Config, secrets: Secrets,
         approvals = open_approvals(config)
         audit = open_checked(config, secrets, store, sealer, options or StartupOptions())
         key_records = check_key_records(store, audit)  # before anything is served
+        if config.storage.key_store != "memory":  # the memory store forgets by design
+            # settle what a crash left unsettled, refuse what the log does not explain
+            # (integrity/reconcile.py)
+            reconcile(store, audit, secrets.audit_hmac_key, approvals=approvals,
+                      accept_unrecorded=(options or StartupOptions()).accept_unrecorded)
     except Exception:
         for opened in (audit, approvals, store):
             if opened is not None:

@@ -43,7 +43,9 @@ from ..domain.model import RequestContext
 
 SCHEMA_VERSION = 1
 GENESIS_HASH = "0" * 64
-OUTCOMES = frozenset({"success", "denied", "error"})
+# "intent" and "rolled_back" belong to a state change: its intent is recorded before the change is
+# applied, then "success" (applied) or "rolled_back" (not applied) names the intent's seq.
+OUTCOMES = frozenset({"success", "denied", "error", "intent", "rolled_back"})
 
 MAX_MESSAGE = 1024
 MAX_FIELD = 256

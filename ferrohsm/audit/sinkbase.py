@@ -103,6 +103,10 @@ class AuditSink(ABC):
         (AuditUnavailable only when the sink already refuses every record)."""
 
     @abstractmethod
+    def append_group(self, events: list[AuditEvent]) -> list[dict[str, Any]]:
+        """Records appended as one durable group, in order; their sealed records."""
+
+    @abstractmethod
     def write_queued(self) -> None:
         """Seal and write every queued record now, in this thread, as one group; each ticket
         gets its seq, or its error when the write failed (this does not raise for that)."""
@@ -143,6 +147,13 @@ class AuditSink(ABC):
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """Status for /healthz: backend, head, counters. Never paths to secrets, never keys."""
+
+    @abstractmethod
+    def fail_closed(self, reason: str) -> None:
+        """Refuse every further record until a restart (fail closed), as after a write the sink
+        could not undo. For a caller whose change is applied, or may be, but whose settling
+        record could not be written: start-up reconciliation settles it from the log and the
+        store (integrity/reconcile.py)."""
 
     @abstractmethod
     def make_checkpoint(self, now: datetime | None = None) -> dict[str, Any]:
@@ -225,6 +236,13 @@ class ChainedSink(AuditSink):
             self._queue.append((prepared, ticket))
         return ticket
 
+    def append_group(self, events: list[AuditEvent]) -> list[dict[str, Any]]:
+        """Many records as ONE durable group (one write, one flush), in order: for start-up
+        work that records thousands of changes at once; the sealed records once durable."""
+        if not events:
+            return []
+        return self._group.submit([prepare(event) for event in events])
+
     def write_queued(self) -> None:
         with self._writing:
             with self._queue_lock:
@@ -279,6 +297,13 @@ class ChainedSink(AuditSink):
         if self._failed is not None:
             return f"the audit log is unavailable until restart: {self._failed}"
         return self._problem
+
+    def fail_closed(self, reason: str) -> None:
+        with self._io_lock:
+            if self._failed is None:
+                self._failed = reason
+                self._failures += 1
+        log.critical("audit: refusing every record until restart: %s", reason)
 
     def describe(self) -> dict[str, Any]:
         seq, digest = self._committed

@@ -32,6 +32,10 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accept-audit-loss", action="store_true",
                    help="start a new audit log although the old one is missing while the key "
                    "store holds keys (recorded in the new log); for this start only")
+    p.add_argument("--accept-unrecorded", action="store_true",
+                   help="start although key records are not explained by the audit log (an "
+                   "older copy put back, a key whose creation was never recorded): each is "
+                   "bound as it is and recorded as store.bound; for this start only")
 
 
 def add_parsers(sub: Any) -> None:
@@ -60,7 +64,8 @@ def _overrides(args: argparse.Namespace) -> dict[tuple[str, str], Any]:
 def _options(args: argparse.Namespace) -> Any:
     from .. import app as wiring
     return wiring.StartupOptions(accept_store_loss=args.accept_store_loss,
-                                 accept_audit_loss=args.accept_audit_loss)
+                                 accept_audit_loss=args.accept_audit_loss,
+                                 accept_unrecorded=args.accept_unrecorded)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -3,7 +3,8 @@
 The pure parts live elsewhere (``policy.decide`` answers allow/deny/approval, once per call, in
 the service's guarded call; ``approvals`` is the state table and request binding); this module
 only sequences them with the approval store and the audit log, following the service's rule:
-change, then record, and undo the change when the record cannot be made durable.
+record the intent, change, then confirm (control/recordfirst.py), so no transition is stored
+without its record and none needs undoing when the audit log is down.
 
 * ``gate`` acts on an APPROVAL decision, after the key lookup and before anything executes.
   Without ``X-Approval-ID`` a gated request creates a pending approval and raises ApprovalRequired
@@ -11,27 +12,27 @@ change, then record, and undo the change when the record cannot be made durable.
   caller runs the operation, so of any number of concurrent repeats exactly one proceeds.
 * ``vote`` records one approver's vote; ``expire_due`` and ``prune`` serve the scheduler.
 
-Every transition leaves one audit record: approval.requested / approved / denied / expired /
-executed. A refusal is not recorded here: the service's guarded call records it, once, against
-the action that was refused. The one refusal that IS a transition, a request parked for approval,
-is raised as ``recorded(...)``: its "approval.requested" record is the request's record.
+Every transition leaves its audit records: approval.requested / approved / denied / expired /
+executed, each an intent and then its success (or rolled_back, when another writer moved the
+approval first or the store refused). A refusal is not recorded here: the service's guarded call
+records it, once, against the action that was refused. The one refusal that IS a transition, a
+request parked for approval, is raised as ``recorded(...)``: its "approval.requested" records are
+the request's records.
 """
 
 from __future__ import annotations
 
-import logging
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NoReturn
 
 from ..auth.permissions import Action
 from ..domain import approval as apv
 from ..domain.errors import (
     CAS_RETRIES,
     ApprovalRequired,
-    AuditUnavailable,
     BadRequest,
     FerroError,
     Forbidden,
@@ -46,18 +47,7 @@ from ..domain.model import Key, Principal, RequestContext, iso
 from ..store.approvalstore import ApprovalStore
 from ..store.keystore import decode_page_token, encode_page_token
 from .policy import Decision
-
-log = logging.getLogger("ferrohsm.approvals")
-
-
-class Recorder(Protocol):
-    """The service's guard (service/guard.py): durable records, and the fail-closed check."""
-
-    def record(self, ctx: RequestContext, action: Action | str, outcome: str, message: str,
-               key: Key | None = None, version: int | None = None, *,
-               key_id: str | None = None, defer: bool = False, **details: Any) -> object: ...
-
-    def require_audit(self) -> None: ...
+from .recordfirst import Intent, Recorder, Steps
 
 
 class DualControl:
@@ -65,6 +55,7 @@ class DualControl:
                  clock: Callable[[], datetime]) -> None:
         self.store = store  # None: nothing may need approval (gated actions then answer 503)
         self.recorder = recorder
+        self.steps = Steps(recorder)
         self.clock = clock
 
     # ---- helpers ----
@@ -82,22 +73,46 @@ class DualControl:
 
     def _commit(self, ctx: RequestContext, old: apv.Approval, new: apv.Approval,
                 audit_action: str, message: str) -> apv.Approval:
-        """CAS old -> new, then its audit record; the swap is undone if the record fails.
-        StaleRevision (somebody moved it first) propagates: callers re-read and judge again."""
-        self.recorder.require_audit()
+        """Record the intent, compare-and-swap old -> new, confirm. StaleRevision (somebody
+        moved it first) is recorded as rolled back and propagates: callers re-read and judge
+        again."""
         store = self._store()
-        saved = store.swap(new)
+        self.recorder.require_audit()
+        details: dict[str, Any] = {"approval_id": new.id, "approval_state": new.state.value,
+                                   "approvals": len(new.approvers), "required": new.required}
+        target = replace(new, revision=old.revision + 1)
+        intent = self.steps.intend(ctx, audit_action, message, key_id=new.key_id,
+                                   target_revision=target.revision, **details)
         try:
-            self.recorder.record(ctx, audit_action, "success", message, key_id=new.key_id,
-                                 approval_id=new.id, approval_state=new.state.value,
-                                 approvals=len(new.approvers), required=new.required)
-        except AuditUnavailable:
-            try:
-                store.swap(replace(old, revision=saved.revision))
-            except Exception:
-                log.critical("audit failed AND undo failed for approval %s", old.id)
-            raise
+            saved = store.swap(new)
+        except FerroError as exc:
+            self._settle(ctx, audit_action, message, target, intent, exc, details)
+        self.steps.confirm(ctx, audit_action, message, intent, key_id=new.key_id, **details)
         return saved
+
+    def _settle(self, ctx: RequestContext, audit_action: str, message: str,
+                target: apv.Approval, intent: Intent, exc: FerroError,
+                details: dict[str, Any]) -> NoReturn:
+        """The store raised: record whether the write happened anyway (read back), then
+        re-raise."""
+        applied = False
+        if not isinstance(exc, StaleRevision):
+            try:
+                applied = self._store().get(target.id) == target
+            except NotFound:
+                pass
+            except FerroError as again:
+                self.steps.unknown(f"approval {target.id}", intent, f"the store failed "
+                                   f"({exc.message}) and cannot be read back ({again.message})")
+                raise exc from None
+        if applied:
+            self.steps.confirm(ctx, audit_action, f"{message} (applied, although the store "
+                               f"reported: {exc.message})", intent, key_id=target.key_id,
+                               **details)
+        else:
+            self.steps.roll_back(ctx, audit_action, f"not applied: {exc.message}", intent,
+                                 target.key_id, approval_id=target.id)
+        raise exc
 
     # ---- the gate ----
 
@@ -115,19 +130,22 @@ class DualControl:
         now, required = self.clock(), decision.required
         store = self._store()
         self.recorder.require_audit()
-        created = store.create(apv.new_approval(
+        target = replace(apv.new_approval(
             approval_id=uuid7(int(now.timestamp() * 1000)), action=action.value,
             key_id=key.id, args=args, salt=secrets.token_bytes(16), requester=ctx.actor,
-            required=required, now=now, expires_at=decision.expires_at or now))
+            required=required, now=now, expires_at=decision.expires_at or now), revision=1)
+        message = f"{action.value} needs {required} approval(s) ({target.summary})"
+        details: dict[str, Any] = {"approval_id": target.id,
+                                   "request_hash": target.request_hash, "required": required,
+                                   "expires_at": iso(target.expires_at)}
+        intent = self.steps.intend(ctx, "approval.requested", message, key_id=key.id,
+                                   approval_state=target.state.value, target_revision=1,
+                                   **details)
         try:
-            self.recorder.record(ctx, "approval.requested", "success",
-                                 f"{action.value} needs {required} approval(s) "
-                                 f"({created.summary})", key, approval_id=created.id,
-                                 request_hash=created.request_hash, required=required,
-                                 expires_at=iso(created.expires_at))
-        except AuditUnavailable:
-            store.delete(created.id)
-            raise
+            created = store.create(target)
+        except FerroError as exc:
+            self._settle(ctx, "approval.requested", message, target, intent, exc, details)
+        self.steps.confirm(ctx, "approval.requested", message, intent, key, **details)
         raise recorded(ApprovalRequired(
             f"{action.value} on key {key.id} needs {required} approval(s); repeat it with "
             f"X-Approval-ID: {created.id} once approved", approval=apv.view(created, now)))

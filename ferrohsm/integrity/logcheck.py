@@ -148,9 +148,7 @@ def record_store_loss(sink: ChainedSink, missing: list[str], situation: str) -> 
                       "accepted (--accept-store-loss)", key_id=key_id) for key_id in missing]
     events.append(_system(STORE_LOSS_ACTION, f"{situation}; accepted (--accept-store-loss)",
                           count=len(missing)))
-    tickets = [sink.append(event, durable=False) for event in events]
-    sink.write_queued()
-    sink.wait(tickets[-1])  # one flush covers the group
+    sink.append_group(events)
 
 
 def check_witness(sink: ChainedSink, witness_file: str) -> None:

@@ -8,8 +8,8 @@ operation on the key a request names by id or name). The guard
    key is resolved, THE policy decision (``policy.decide``: role, tag scoping, dual control), whose
    answer the operation hands to the dual-control gate instead of anything checking again;
 2. runs the operation, whose last step records its allowed outcome (the message, key, version and
-   details are the operation's own; a state change is undone when that record cannot be made
-   durable, so no change persists without its record);
+   details are the operation's own; a state change records its intent durably before it is
+   applied, service/changes.py, so no change persists without its record);
 3. records every refusal raised on the way, denied or failed (``FerroError.outcome``), exactly
    once, naming the key the request targeted (or, when nothing by that reference exists, the
    reference as given, sanitised and bounded), and re-raises it as ``recorded(exc)``.
@@ -52,6 +52,7 @@ class AuditLog(Protocol):
     @overload
     def append(self, event: AuditEvent, *, durable: Literal[False]) -> Ticket: ...
     def healthy(self) -> bool: ...
+    def fail_closed(self, reason: str) -> None: ...
 
 
 def utcnow() -> datetime:
@@ -73,13 +74,15 @@ class Guard:
 
     def record(self, ctx: RequestContext, action: Action | str, outcome: str, message: str,
                key: Key | None = None, version: int | None = None, *,
-               key_id: str | None = None, defer: bool = False, **details: Any) -> Ticket | None:
-        """Audit one decision: durable before this returns (None), unless ``defer`` and the
-        request carries a ticket list (``ctx.tickets``): then the record is only queued and its
-        ticket, added to that list, is returned; the event-loop server answers the request once
-        its tickets are durable, together with its neighbours' (api/dispatch.py), instead of one
-        fsync per call. ``defer`` only where nothing changed state (refusals, crypto results): a
-        ticket that fails can then only turn the answer into a 503."""
+               key_id: str | None = None, defer: bool = False,
+               **details: Any) -> dict[str, Any] | Ticket:
+        """Audit one decision: durable before this returns (the sealed record, whose seq and hash
+        a change binds to), unless ``defer`` and the request carries a ticket list
+        (``ctx.tickets``): then the record is only queued and its ticket, added to that list, is
+        returned; the event-loop server answers the request once its tickets are durable,
+        together with its neighbours' (api/dispatch.py), instead of one fsync per call.
+        ``defer`` only where nothing changed state (refusals, crypto results): a ticket that
+        fails can then only turn the answer into a 503."""
         event = AuditEvent.from_context(ctx, str(action), outcome, message,
                                         key_id=key.id if key else key_id,
                                         key_version=version, details=details)
@@ -88,13 +91,16 @@ class Guard:
             ticket = self.audit.append(event, durable=False)
             tickets.append(ticket)
             return ticket
-        self.audit.append(event)
-        return None
+        return self.audit.append(event)
 
     def require_audit(self) -> None:
         """Refuse a state change up front when its record could not be written (fail closed)."""
         if not self.audit.healthy():
             raise AuditUnavailable("the audit log is unavailable; the operation was refused")
+
+    def fail_closed(self, reason: str) -> None:
+        """Refuse every further record until a restart (control/recordfirst.py)."""
+        self.audit.fail_closed(reason)
 
     def refused(self, ctx: RequestContext, action: Action | str, exc: FerroError,
                 key: Key | None = None, ref: str | None = None,

@@ -1,10 +1,11 @@
 """KeyService: the one path every key operation takes.
 
-resolve + decide (once) → approvals → lifecycle → store → audit, inside the guarded call
-(service/guard.py): every call, allowed or refused, leaves one audit record, and a caller hears
-"success" only after that record is durable. When the audit log cannot be written, state changes
-are undone (compensated) and the call fails with 503: no record claims a change that did not
-persist, and no change persists without its record.
+resolve + decide (once) → approvals → lifecycle → intent → store → confirmation, inside the
+guarded call (service/guard.py): every call, allowed or refused, leaves its audit record, and a
+caller hears "success" only after that record is durable. A change of a key is recorded before it
+is applied and confirmed after (service/changes.py): when the audit log cannot take the intent,
+nothing is applied and the call fails with 503, so no change persists without its record, by
+construction rather than by undoing it.
 
 Dual control (control/dualcontrol.py): an action that a key's tags put under dual control gets
 an APPROVAL decision (control/policy.py), and ``self.dual.gate`` acts on it: without
@@ -27,13 +28,7 @@ from ..control.dualcontrol import DualControl
 from ..control.policy import ALLOWED, Decision, Policy
 from ..crypto.algorithms import check_usage
 from ..domain import lifecycle as lc
-from ..domain.errors import (
-    CAS_RETRIES,
-    AuditUnavailable,
-    FerroError,
-    InvalidTransition,
-    StaleRevision,
-)
+from ..domain.errors import FerroError, InvalidTransition
 from ..domain.ids import uuid7
 from ..domain.model import (
     Key,
@@ -49,6 +44,7 @@ from ..engine.keyengine import KeyEngine
 from ..store.approvalstore import ApprovalStore
 from ..store.keystore import KeyStore
 from .approvals import ApprovalService
+from .changes import KeyChanges
 from .guard import AuditLog, Guard, utcnow
 
 log = logging.getLogger("ferrohsm.service")
@@ -73,6 +69,7 @@ class KeyService:
         now = lambda: self.clock()  # read at call time, like every other use of self.clock
         self.guard = Guard(audit, store, self.policy, now)
         self.record = self.guard.record
+        self.changes = KeyChanges(store, self.guard)
         self.dual = DualControl(approvals, self.guard, now)
         self.approvals = ApprovalService(self.guard, self.dual, now)
 
@@ -89,16 +86,11 @@ class KeyService:
             self.guard.require_audit()
             key_id = uuid7()
             sealed = self.engine.new_material(algorithm, key_id, 1)
-            key = self.store.create(lc.new_key(
-                key_id=key_id, name=name, description=description, algorithm=algorithm,
-                usage=usage, tags=tuple(tags), sealed=sealed, now=self.clock(), actor=ctx.actor))
-            try:
-                self.record(ctx, Action.KEY_CREATE, "success",
-                            f"created {algorithm} key for {usage}", key, 1, name=name)
-            except AuditUnavailable:
-                self._undo_create(key)
-                raise
-            return key
+            key = lc.new_key(key_id=key_id, name=name, description=description,
+                             algorithm=algorithm, usage=usage, tags=tuple(tags), sealed=sealed,
+                             now=self.clock(), actor=ctx.actor)
+            return self.changes.create(ctx, key, f"created {algorithm} key for {usage}",
+                                       name=name)
         return self.guard.run(ctx, Action.KEY_CREATE, work)
 
     def list_keys(self, ctx: RequestContext, filters: KeyFilter, limit: int = 100,
@@ -179,8 +171,8 @@ class KeyService:
 
     def scheduled_rotate(self, ctx: RequestContext, key_id: str,
                          due: Callable[[Key], bool]) -> Key:
-        """Scheduler rotation; ``due`` is re-checked on the freshest copy inside the CAS loop,
-        so two overlapping ticks (or processes) never rotate twice."""
+        """Scheduler rotation; ``due`` is re-checked on the freshest copy, under the key's lock
+        and inside the CAS loop, so two overlapping ticks (or processes) never rotate twice."""
         def change(key: Key) -> Key:
             if not due(key):
                 raise InvalidTransition("rotation is no longer due")
@@ -205,47 +197,18 @@ class KeyService:
                 change: Callable[[Key], Key], message: str, authorize: bool = True, *,
                 args: dict[str, Any] | None = None, audit_action: str | None = None,
                 details: dict[str, Any] | None = None) -> Key:
-        """Change, then record, undoing the change if the record fails. ``args``: the request's
-        arguments, bound into any approval; ``audit_action`` and ``details`` name scheduler
-        moves in the audit log."""
+        """Record the intent, apply ``change`` to the freshest copy, confirm (changes.py).
+        ``args``: the request's arguments, bound into any approval; ``audit_action`` and
+        ``details`` name scheduler moves in the audit log."""
         name = audit_action or action
 
         def work(key: Key, decision: Decision) -> Key:
             if decision is not ALLOWED:  # an approval to request or redeem
                 self.dual.gate(ctx, action, key, args or {}, decision)
             self.guard.require_audit()
-            before, after = self._apply(key, change)
-            try:
-                self.record(ctx, name, "success", message, after, after.primary_version,
-                            state=after.state.value, **(details or {}))
-            except AuditUnavailable:
-                self._undo_update(before, after)
-                raise
-            return after
+            return self.changes.update(ctx, name, key.id, change, message, details or {})
         return self.guard.on_key(ctx, action, ref, work, audit_action=audit_action,
                                  authorize=authorize)
-
-    def _apply(self, key: Key, change: Callable[[Key], Key]) -> tuple[Key, Key]:
-        """Compare-and-swap with re-read on conflict, so concurrent writers never lose updates."""
-        for _ in range(CAS_RETRIES):
-            try:
-                return key, self.store.update(change(key))
-            except StaleRevision:
-                key = self.store.get(key.id)
-        raise StaleRevision("the key kept changing underneath this request; try again")
-
-    def _undo_update(self, before: Key, after: Key) -> None:
-        try:
-            self.store.update(replace(before, revision=after.revision))
-        except Exception:
-            log.critical("audit failed AND undo failed for key %s; state may be ahead of audit",
-                         before.id)
-
-    def _undo_create(self, key: Key) -> None:
-        try:
-            self.store.delete(key.id)
-        except Exception:
-            log.critical("audit failed AND undo of create failed for key %s", key.id)
 
     # ---- cryptographic operations ----
 

@@ -43,7 +43,8 @@ class ApprovalStore(ABC):
 
     @abstractmethod
     def delete(self, approval_id: str) -> None:
-        """Remove one approval (undo of a create whose audit record failed). NotFound."""
+        """Remove one approval (tests and tooling; the service records its intent before it
+        creates one, so it never undoes a creation). NotFound."""
 
     @abstractmethod
     def list(self, state: ApprovalState | None, now: datetime, limit: int = 100,

@@ -84,8 +84,9 @@ class KeyStore(ABC):
 
     @abstractmethod
     def delete(self, key_id: str) -> None:
-        """Remove a key entirely. Only used to undo a create whose audit record failed: keys are
-        otherwise never deleted (destruction erases material and keeps metadata)."""
+        """Remove a key entirely (tests and tooling). The service never deletes a key
+        (destruction erases material and keeps metadata) and undoes nothing: a change is
+        recorded before it is applied (service/changes.py)."""
 
     @abstractmethod
     def bulk_create(self, keys: Iterable[Key]) -> None:

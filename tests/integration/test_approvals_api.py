@@ -177,9 +177,13 @@ def test_every_transition_is_in_the_audit_log(srv: LiveServer) -> None:
              **as_(srv, *ALICE))
     records = srv.rt.audit.read(0, 100000)
     mine = [r for r in records if (r["details"] or {}).get("approval_id") == approval_id]
-    assert [(r["action"], r["actor"]) for r in mine] == [
-        ("approval.requested", "alice"), ("approval.approved", "bob"),
-        ("approval.approved", "carol"), ("approval.executed", "alice"), ("key.rotate", "alice")]
+    transitions = [("approval.requested", "alice"), ("approval.approved", "bob"),
+                   ("approval.approved", "carol"), ("approval.executed", "alice"),
+                   ("key.rotate", "alice")]
+    # each recorded before it is applied (intent) and confirmed after (success)
+    assert [(r["action"], r["actor"], r["outcome"]) for r in mine] == [
+        (action, actor, outcome) for action, actor in transitions
+        for outcome in ("intent", "success")]
     assert all(r["key_id"] == key for r in mine)
 
 
@@ -198,7 +202,7 @@ def test_destruction_under_quorum_then_the_scheduler(srv: LiveServer) -> None:
     _, _, gone = srv.call("GET", f"/v1/keys/{key}")
     assert gone["state"] == "destroyed" and gone["history"]
     attest = [r for r in srv.rt.audit.read(0, 100000) if r["action"] == "key.destroy_complete"
-              and r["key_id"] == key]
+              and r["key_id"] == key and r["outcome"] == "success"]
     assert len(attest) == 1 and attest[0]["details"]["approval_id"] == approval_id
     assert attest[0]["message"].startswith("attestation:") and attest[0]["actor"] == "system"
 

@@ -370,9 +370,9 @@ def test_a_parked_request_leaves_its_approval_request_only(world: World) -> None
     status, _, reply = world.srv.call("POST", f"/v1/keys/{key}/destroy", {},
                                       headers={"X-Request-ID": rid})
     assert status == 202, reply
-    [record] = records_of(world.srv, rid)
-    assert (record["action"], record["outcome"], record["key_id"]) == \
-        ("approval.requested", "success", key)
+    records = records_of(world.srv, rid)  # the approval's intent, then its confirmation
+    assert [(r["action"], r["outcome"], r["key_id"]) for r in records] == \
+        [("approval.requested", "intent", key), ("approval.requested", "success", key)]
 
 
 # ---- rate limits: a server of their own -----------------------------------------------------

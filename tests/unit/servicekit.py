@@ -39,11 +39,14 @@ class RecordingAudit:
         self.events: list[AuditEvent] = []
         self.lock = threading.Lock()
         self.ok = True
+        self.failed = ""
 
     @overload
     def append(self, event: AuditEvent, *, durable: Literal[True] = ...) -> dict[str, Any]: ...
     @overload
     def append(self, event: AuditEvent, *, durable: Literal[False]) -> Ticket: ...
+    @overload
+    def append(self, event: AuditEvent, *, durable: bool) -> dict[str, Any] | Ticket: ...
     def append(self, event: AuditEvent, *, durable: bool = True) -> dict[str, Any] | Ticket:
         if not self.ok:
             raise AuditUnavailable("audit down")
@@ -54,6 +57,11 @@ class RecordingAudit:
 
     def healthy(self) -> bool:
         return self.ok and self.sink.healthy()
+
+    def fail_closed(self, reason: str) -> None:
+        """As a real sink does: refuse every further record (until a test switches it back)."""
+        self.failed = reason
+        self.ok = False
 
     def actions(self, outcome: str | None = None) -> list[str]:
         return [e.action for e in self.events if outcome is None or e.outcome == outcome]

@@ -143,7 +143,8 @@ def test_scheduled_rotation_then_archival(world: World) -> None:
     rotated = svc.store.get(key.id)
     assert rotated.primary_version == 2 and len(svc.store.get(untagged.id).versions) == 1
     assert audit.count("scheduler.rotate") == 1
-    assert [e.actor for e in audit.events if e.action == "scheduler.rotate"] == ["system"]
+    assert [(e.actor, e.outcome) for e in audit.events if e.action == "scheduler.rotate"] \
+        == [("system", "intent"), ("system", "success")]  # recorded first, confirmed after
     clock.advance(days=30)  # v1 is 60 days old now; v2 is 30 days old and due for rotation
     report = scheduler.tick()
     assert (report.archived, report.rotated) == (1, 1)
@@ -174,7 +175,8 @@ def test_scheduled_destruction_with_grace_and_cancel(world: World) -> None:
     assert gone.state is KeyState.DESTROYED and all(v.sealed is None for v in gone.versions)
     assert gone.history[-1].action == "destroy_complete" and gone.name == doomed.name
     assert svc.store.get(kept.id).state is KeyState.ACTIVE
-    record = [e for e in audit.events if e.action == "key.destroy_complete"]
+    record = [e for e in audit.events
+              if e.action == "key.destroy_complete" and e.outcome == "success"]
     assert len(record) == 1 and record[0].message.startswith("attestation: material of")
     assert "approval none" in record[0].message and "scheduled by alice" in record[0].message
     assert record[0].details["destroyed_versions"] == "1"
@@ -193,7 +195,8 @@ def test_destroying_a_quorum_key_needs_the_quorum_and_attests_it(world: World) -
     svc.schedule_destroy(ctx(ALICE, approval_id), key.id)
     clock.advance(hours=24)
     assert scheduler.tick().destroyed == 1
-    record = next(e for e in audit.events if e.action == "key.destroy_complete")
+    record = next(e for e in audit.events
+                  if e.action == "key.destroy_complete" and e.outcome == "success")
     assert record.details["approval_id"] == approval_id and approval_id in record.message
 
 

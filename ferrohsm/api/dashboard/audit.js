@@ -93,7 +93,7 @@ function filterForm(onChange, actions) {
     field("Outcome", h("select", { name: "outcome",
       onchange: (e) => { filters.outcome = e.target.value; onChange(); } },
       option("", "Any outcome", filters.outcome),
-      ["success", "denied", "error"].map((o) => option(o, o, filters.outcome)))),
+      ["success", "denied", "error", "intent", "rolled_back"].map((o) => option(o, o, filters.outcome)))),
     actions);
 }
 

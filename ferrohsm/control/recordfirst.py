@@ -1,0 +1,122 @@
+"""The three records of a state change, for every writer: intent, then success or rolled_back.
+
+A state change (a key's record: service/changes.py; an approval: dualcontrol.py) is recorded
+before it is applied and settled after:
+
+1. ``intend``: an INTENT record, durable before anything is written. When it cannot be written
+   the caller is refused (503) and nothing was applied: there is nothing to undo.
+2. the caller's store write.
+3. ``confirm`` (SUCCESS) when the write happened, ``roll_back`` (ROLLED_BACK) when it did not;
+   both name the intent's seq (``intent_seq``).
+
+When a settling record cannot be written, the change is applied (or may be) and the log does not
+say so yet: ``fail`` turns the audit log off until a restart, so nothing else happens meanwhile,
+and start-up reconciliation (integrity/reconcile.py) settles the intent from the store.
+
+``IdLocks`` serialises the writers of one record within a process, so they do not make each other
+retry; compare-and-swap still guards against other processes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..auth.permissions import Action
+from ..domain import binding
+from ..domain.errors import AuditUnavailable
+from ..domain.model import Key, RequestContext
+
+
+class Recorder(Protocol):
+    """The service's guard (service/guard.py): durable records, and the fail-closed switches."""
+
+    def record(self, ctx: RequestContext, action: Action | str, outcome: str, message: str,
+               key: Key | None = None, version: int | None = None, *,
+               key_id: str | None = None, defer: bool = False,
+               **details: Any) -> object: ...
+
+    def require_audit(self) -> None: ...
+
+    def fail_closed(self, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """The durable intent record of one change (what a stored key record is bound to)."""
+
+    seq: int
+    hash: str
+
+
+class Steps:
+    """intend / confirm / roll_back over one recorder (module docstring)."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    def intend(self, ctx: RequestContext, action: Action | str, message: str,
+               key: Key | None = None, version: int | None = None, *,
+               key_id: str | None = None, **details: Any) -> Intent:
+        """The durable intent (AuditUnavailable: refused, nothing applied)."""
+        record = self.recorder.record(ctx, action, binding.INTENT, f"intent: {message}", key,
+                                      version, key_id=key_id, **details)
+        if not isinstance(record, dict):  # only a deferred record is not; intents never are
+            raise AuditUnavailable("the intent record was not made durable")
+        return Intent(int(record["seq"]), str(record["hash"]))
+
+    def confirm(self, ctx: RequestContext, action: Action | str, message: str, intent: Intent,
+                key: Key | None = None, version: int | None = None, *,
+                key_id: str | None = None, **details: Any) -> None:
+        """The success record, durable before the caller hears of the change."""
+        try:
+            self.recorder.record(ctx, action, binding.SUCCESS, message, key, version,
+                                 key_id=key_id, intent_seq=intent.seq, **details)
+        except AuditUnavailable as exc:
+            what = key.id if key else key_id
+            self.recorder.fail_closed(f"a change of {what} was applied (intent seq {intent.seq}) "
+                                      f"but its confirmation could not be recorded: "
+                                      f"{exc.message}")
+            raise
+
+    def roll_back(self, ctx: RequestContext, action: Action | str, message: str,
+                  intent: Intent, key_id: str | None, **details: Any) -> None:
+        """The rolled_back record of a change that was not applied."""
+        try:
+            self.recorder.record(ctx, action, binding.ROLLED_BACK, message, key_id=key_id,
+                                 intent_seq=intent.seq, **details)
+        except AuditUnavailable as exc:
+            self.recorder.fail_closed(f"a change of {key_id} was not applied (intent seq "
+                                      f"{intent.seq}) but its rollback could not be recorded: "
+                                      f"{exc.message}")
+            raise
+
+    def unknown(self, what: str, intent: Intent, problem: str) -> None:
+        """Neither applied nor not applied can be told now: fail closed until a restart."""
+        self.recorder.fail_closed(f"the change of {what} (intent seq {intent.seq}) may or may "
+                                  f"not be applied: {problem}")
+
+
+class IdLocks:
+    """One lock per id, kept only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, list[int]]] = {}
+
+    @contextmanager
+    def hold(self, ident: str) -> Iterator[None]:
+        with self._mutex:
+            lock, users = self._locks.setdefault(ident, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self._mutex:
+                users[0] -= 1
+                if not users[0]:
+                    del self._locks[ident]

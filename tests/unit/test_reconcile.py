@@ -1,0 +1,298 @@
+"""Start-up reconciliation (integrity/reconcile.py) on real stores and sinks: an intent a crash
+left unsettled is completed when the store holds its record (or a later change builds on it) and
+rolled back when it does not; a replayed older copy, a binding to a seq the log lacks, a record
+that is not what its change wrote and a key whose creation was never recorded refuse start-up
+(or are bound, audited, with accept_unrecorded); an old data directory is bound once."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, overload
+
+import pytest
+
+from ferrohsm.audit.chain import AuditEvent
+from ferrohsm.audit.sinkbase import ChainedSink, Ticket
+from ferrohsm.audit.sinks import FileSink, SQLiteSink
+from ferrohsm.crypto.recordmac import RecordMac
+from ferrohsm.crypto.seal import Sealer
+from ferrohsm.domain import approval as apv
+from ferrohsm.domain import binding
+from ferrohsm.domain import lifecycle as lc
+from ferrohsm.domain.ids import uuid7
+from ferrohsm.domain.model import Key, Principal, RequestContext, Role
+from ferrohsm.engine.keycache import MaterialCache
+from ferrohsm.engine.keyengine import KeyEngine
+from ferrohsm.integrity.changelog import ApprovalChange
+from ferrohsm.integrity.logcheck import StartupRefused
+from ferrohsm.integrity.reconcile import Plan, Report, plan_approvals, reconcile
+from ferrohsm.service import KeyService
+from ferrohsm.store.filesystem import FilesystemStore
+from ferrohsm.store.memory_approvals import MemoryApprovalStore
+
+RECORD_MAC = RecordMac.derive(bytes(32))  # record MACs under a test master key
+
+HMAC_KEY = hashlib.sha256(b"reconcile test audit key").digest()
+ALICE = RequestContext(Principal("alice", Role.ADMINISTRATOR), request_id="req")
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+class Crash(BaseException):
+    """kill -9 at a chosen step: nothing after it runs, not even an except FerroError."""
+
+
+class CrashingAudit:
+    """The real sink, with a kill before the first record of ``outcome`` (when armed)."""
+
+    def __init__(self, sink: ChainedSink) -> None:
+        self.sink = sink
+        self.crash_on: str | None = None
+
+    @overload
+    def append(self, event: AuditEvent, *, durable: Literal[True] = ...) -> dict[str, Any]: ...
+    @overload
+    def append(self, event: AuditEvent, *, durable: Literal[False]) -> Ticket: ...
+    def append(self, event: AuditEvent, *, durable: bool = True) -> dict[str, Any] | Ticket:
+        if event.outcome == self.crash_on:
+            self.crash_on = None
+            raise Crash
+        return self.sink.append(event, durable=durable)
+
+    def healthy(self) -> bool:
+        return self.sink.healthy()
+
+    def fail_closed(self, reason: str) -> None:
+        self.sink.fail_closed(reason)
+
+
+class CrashingStore(FilesystemStore):
+    """A kill just before a write reaches the store (when armed)."""
+
+    crash_next = False
+
+    def update(self, key: Key) -> Key:
+        if self.crash_next:
+            self.crash_next = False
+            raise Crash
+        return super().update(key)
+
+    def create(self, key: Key) -> Key:
+        if self.crash_next:
+            self.crash_next = False
+            raise Crash
+        return super().create(key)
+
+
+@dataclass
+class Data:
+    """A data directory: its store, its audit log, a service over both; ``restart`` reopens."""
+
+    path: Path
+    sink_kind: str
+    store: CrashingStore
+    sink: ChainedSink
+    audit: CrashingAudit
+    svc: KeyService
+
+    @classmethod
+    def open(cls, path: Path, sink_kind: str = "file") -> Data:
+        store = CrashingStore(path / "keys", RECORD_MAC)
+        sink: ChainedSink = FileSink(path / "audit", HMAC_KEY) if sink_kind == "file" \
+            else SQLiteSink(path / "audit.sqlite3", HMAC_KEY)
+        audit = CrashingAudit(sink)
+        engine = KeyEngine(Sealer(bytes(range(32))), MaterialCache(64, 300))
+        opened = cls(path, sink_kind, store, sink, audit, KeyService(store, engine, audit))
+        OPENED.append(opened)
+        return opened
+
+    def restart(self, accept_unrecorded: bool = False) -> tuple[Data, Report]:
+        """Close, reopen and reconcile, as app.py does before serving."""
+        self.sink.close()
+        self.store.close()
+        again = Data.open(self.path, self.sink_kind)
+        try:
+            report = reconcile(again.store, again.sink, HMAC_KEY,
+                               accept_unrecorded=accept_unrecorded)
+        except BaseException:
+            again.close()  # as a refused start-up does
+            raise
+        return again, report
+
+    def records(self, key_id: str) -> list[dict[str, Any]]:
+        return [r for r in self.sink.read(0, 100_000) if r["key_id"] == key_id]
+
+    def close(self) -> None:
+        self.sink.close()
+        self.store.close()
+
+    def create(self) -> Key:
+        return self.svc.create_key(ALICE, algorithm="aes-256-gcm", usage="encrypt")
+
+
+OPENED: list[Data] = []
+
+
+@pytest.fixture(autouse=True)
+def close_all() -> Iterator[None]:
+    yield
+    while OPENED:  # every copy a test opened, whatever it left open (close is idempotent)
+        OPENED.pop().close()
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Data:
+    return Data.open(tmp_path)
+
+
+def settled(records: list[dict[str, Any]], intent_seq: int) -> list[str]:
+    return [r["outcome"] for r in records
+            if (r["details"] or {}).get(binding.INTENT_SEQ) == intent_seq]
+
+
+def intents(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r["outcome"] == "intent"]
+
+
+@pytest.mark.parametrize("sink_kind", ["file", "sqlite"])
+def test_an_intent_the_store_holds_is_completed_at_start_up(tmp_path: Path,
+                                                            sink_kind: str) -> None:
+    data = Data.open(tmp_path, sink_kind)
+    key = data.create()
+    data.audit.crash_on = "success"  # killed after the store write, before the confirmation
+    with pytest.raises(Crash):
+        data.svc.rotate(ALICE, key.id)
+    data, report = data.restart()
+    assert report == Report(completed=1)
+    stored = data.store.get(key.id)
+    intent = intents(data.records(key.id))[-1]
+    assert len(stored.versions) == 2 and stored.audit_seq == intent["seq"]
+    assert settled(data.records(key.id), intent["seq"]) == ["success"]
+    done = data.records(key.id)[-1]
+    assert (done["action"], done["key_version"]) == ("key.rotate", 2)
+    assert "completed at start-up" in done["message"]
+    assert data.restart()[1] == Report()  # settled once
+
+
+def test_an_intent_the_store_never_saw_is_rolled_back(data: Data) -> None:
+    key = data.create()
+    data.store.crash_next = True  # killed after the intent, before the store write
+    with pytest.raises(Crash):
+        data.svc.rotate(ALICE, key.id)
+    data, report = data.restart()
+    assert report == Report(rolled_back=1)
+    assert len(data.store.get(key.id).versions) == 1
+    intent = intents(data.records(key.id))[-1]
+    assert settled(data.records(key.id), intent["seq"]) == ["rolled_back"]
+    assert "not applied before a crash" in data.records(key.id)[-1]["message"]
+
+
+def test_a_creation_the_store_never_saw_is_rolled_back(data: Data) -> None:
+    data.store.crash_next = True
+    with pytest.raises(Crash):
+        data.create()
+    [intent] = [r for r in data.sink.read(0, 1000) if r["outcome"] == "intent"]
+    data, report = data.restart()
+    assert report == Report(rolled_back=1) and data.store.count() == 0
+    assert settled(data.records(intent["key_id"]), intent["seq"]) == ["rolled_back"]
+
+
+def test_an_open_intent_a_later_change_builds_on_is_completed(data: Data) -> None:
+    key = data.create()
+    data.audit.crash_on = "success"  # rotation 1 applied but never confirmed...
+    with pytest.raises(Crash):
+        data.svc.rotate(ALICE, key.id)
+    data.svc.rotate(ALICE, key.id)  # ...and rotation 2, confirmed, built on it
+    first = intents(data.records(key.id))[-2]
+    data, report = data.restart()
+    assert report == Report(completed=1)
+    assert settled(data.records(key.id), first["seq"]) == ["success"]
+    assert len(data.store.get(key.id).versions) == 3
+
+
+def test_a_replayed_older_copy_is_refused_then_accepted_once(data: Data) -> None:
+    key = data.create()
+    old = data.store.get(key.id)  # an authentic copy of the record...
+    data.svc.rotate(ALICE, key.id)
+    data.store.update(replace(old, revision=data.store.get(key.id).revision))  # ...put back
+    with pytest.raises(StartupRefused) as refused:
+        data.restart()
+    assert key.id in refused.value.message and "older copy" in refused.value.message
+    data = Data.open(data.path)
+    data, report = data.restart(accept_unrecorded=True)
+    assert report == Report(accepted=1)
+    bound = [r for r in data.records(key.id) if r["action"] == binding.BIND_ACTION]
+    assert [r["outcome"] for r in bound] == ["intent", "success"]
+    assert "accepted (--accept-unrecorded)" in bound[-1]["message"]
+    assert data.store.get(key.id).audit_seq == bound[0]["seq"]
+    assert any(r["action"] == "integrity.unrecorded_accepted" for r in data.sink.read(0, 1000))
+    assert data.restart()[1] == Report()  # accepted once, for good
+
+
+def test_a_key_whose_creation_was_never_recorded_is_refused(data: Data) -> None:
+    data.create()
+    stray = data.store.create(lc.new_key(key_id=uuid7(), name=None, description="",
+                                         algorithm="aes-256-gcm", usage="encrypt", tags=(),
+                                         sealed=os.urandom(60), now=NOW, actor="nobody"))
+    with pytest.raises(StartupRefused) as refused:
+        data.restart()
+    assert stray.id in refused.value.message
+    assert "never recorded its creation" in refused.value.message
+
+
+def test_a_binding_to_a_seq_the_log_lacks_is_refused(data: Data) -> None:
+    key = data.create()
+    current = data.store.get(key.id)
+    data.store.update(replace(current, audit_seq=current.audit_seq + 10_000))
+    with pytest.raises(StartupRefused) as refused:
+        data.restart()
+    assert f"{key.id} is bound to audit record seq" in refused.value.message
+
+
+def test_a_record_that_is_not_what_its_change_wrote_is_refused(data: Data) -> None:
+    key = data.create()
+    current = data.store.get(key.id)  # the binding kept, the contents edited
+    data.store.update(replace(current, description="edited behind the service's back"))
+    with pytest.raises(StartupRefused) as refused:
+        data.restart()
+    assert "not the record that change wrote" in refused.value.message
+
+
+def test_an_old_data_dir_is_bound_once_at_start_up(data: Data) -> None:
+    """Records written before bindings (audit_seq 0) beside their old-style success records."""
+    old = data.store.create(lc.new_key(key_id=uuid7(), name="legacy", description="",
+                                       algorithm="aes-256-gcm", usage="encrypt", tags=(),
+                                       sealed=os.urandom(60), now=NOW, actor="alice"))
+    created = data.sink.append(AuditEvent(actor="alice", role="administrator",
+                                          action="key.create", outcome="success",
+                                          message="created", key_id=old.id, key_version=1))
+    assert created is not None and old.audit_seq == 0
+    data, report = data.restart()
+    assert report == Report(bound=1)
+    bound = [r for r in data.records(old.id) if r["action"] == binding.BIND_ACTION]
+    assert [r["outcome"] for r in bound] == ["intent", "success"]
+    assert bound[0]["details"]["bound_to"] == created["seq"]
+    stored = data.store.get(old.id)
+    assert (stored.audit_seq, stored.audit_hash) == (bound[0]["seq"], bound[0]["hash"])
+    data.svc.rotate(ALICE, old.id)  # and it changes like any other key from then on
+    assert data.restart()[1] == Report()
+
+
+def test_an_approval_transition_is_settled_from_the_approval_store() -> None:
+    store = MemoryApprovalStore()
+    created = store.create(apv.new_approval(
+        approval_id=uuid7(), action="key.rotate", key_id=uuid7(), args={}, salt=b"s" * 16,
+        requester="alice", required=2, now=NOW, expires_at=NOW + timedelta(hours=1)))
+    requested = ApprovalChange(7, "ab" * 32, created.key_id, "approval.requested", created.id,
+                               "pending", 1)
+    voted = ApprovalChange(9, "cd" * 32, created.key_id, "approval.approved", created.id,
+                           "pending", 2)
+    missing = replace(requested, seq=11, approval_id=uuid7())
+    plan = Plan()
+    plan_approvals(plan, [requested, voted, missing], store)
+    assert [(s.intent.seq, s.applied) for s in plan.settle] == [(7, True), (9, False),
+                                                                 (11, False)]
