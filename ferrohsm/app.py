@@ -172,9 +172,10 @@ class StartupOptions:
 
 
 def open_checked(config: Config, secrets: Secrets, store: KeyStore, sealer: Sealer,
-                 options: StartupOptions) -> ChainedSink:
+                 options: StartupOptions) -> tuple[ChainedSink, bool]:
     """Check the master key, the audit log against the store and the witness, then open the
-    audit log; the check value of a new store is written only when all of that passed."""
+    audit log; the check value of a new store is written only when all of that passed. Also
+    whether a lost or cut audit log was accepted (the key records are then bound anew)."""
     new_store = check_master_key(store, sealer)
     witness = open_witness(config)
     checks = StartupChecks(store, audit_location(config),
@@ -193,7 +194,7 @@ def open_checked(config: Config, secrets: Secrets, store: KeyStore, sealer: Seal
         raise
     if witness is not None:
         audit.attach_witness(witness)
-    return audit
+    return audit, checks.audit_loss_accepted
 
 
 @dataclass
@@ -247,13 +248,14 @@ def build_runtime(config: Config, secrets: Secrets,
         sealer = Sealer(secrets.master_key)
         policy = Policy.from_config(config.policy_tags, config.crypto.destroy_grace_hours)
         approvals = open_approvals(config)
-        audit = open_checked(config, secrets, store, sealer, options or StartupOptions())
+        opts = options or StartupOptions()
+        audit, audit_loss = open_checked(config, secrets, store, sealer, opts)
         key_records = check_key_records(store, audit)  # before anything is served
         if config.storage.key_store != "memory":  # the memory store forgets by design
             # settle what a crash left unsettled, refuse what the log does not explain
-            # (integrity/reconcile.py)
+            # (integrity/reconcile.py); after an accepted audit loss, bind every key anew
             reconcile(store, audit, secrets.audit_hmac_key, approvals=approvals,
-                      accept_unrecorded=(options or StartupOptions()).accept_unrecorded)
+                      accept_unrecorded=opts.accept_unrecorded or audit_loss)
     except Exception:
         for opened in (audit, approvals, store):
             if opened is not None:

@@ -112,6 +112,12 @@ class StartupChecks:
         log.warning("integrity: %s; accepted by --accept-audit-loss", situation)
         self._audit_loss = situation
 
+    @property
+    def audit_loss_accepted(self) -> bool:
+        """Whether a lost or cut audit log was accepted: the key records' bindings to the old
+        log then explain nothing, and start-up binds them anew, each change recorded."""
+        return bool(self._audit_loss)
+
     def after_audit(self, sink: ChainedSink) -> None:
         """The checks that need the open log; then record what was accepted."""
         if self._audit_loss:
@@ -119,7 +125,8 @@ class StartupChecks:
                                 "(--accept-audit-loss)"))
         if not self._new_log:
             check_witness(sink, self.witness_file)
-        check_bindings(self.store, sink.head()[0])
+        if not self._audit_loss:  # accepted: the keys are bound anew to this log (reconcile.py)
+            check_bindings(self.store, sink.head()[0])
         if self.store_is_persistent:
             self._check_store_loss(sink)
 
