@@ -96,7 +96,9 @@ def test_update_rotate_rollback(srv: LiveServer) -> None:
     assert base64.b64decode(out["plaintext"]) == b"v1 data" and out["key_version"] == 1
     status, _, back = srv.call("POST", f"/v1/keys/{ref}/rollback", {"version": 1})
     assert status == 200 and back["primary_version"] == 1
-    assert srv.call("POST", f"/v1/keys/{ref}/rollback", {"version": 9})[0] == 400
+    # a version the key does not have: 409 (the key exists; the number is well-formed)
+    assert srv.call("POST", f"/v1/keys/{ref}/rollback", {"version": 9})[0] == 409
+    assert srv.call("POST", f"/v1/keys/{ref}/rollback", {"version": 0})[0] == 400  # range
     assert srv.call("POST", f"/v1/keys/{ref}/rollback", {"version": "1"})[0] == 400
     _, _, described = srv.call("GET", f"/v1/keys/{ref}")
     assert [h["action"] for h in described["history"]] == ["create", "update", "rotate",
@@ -214,7 +216,8 @@ def test_public_key_rules(srv: LiveServer) -> None:
     ec = create(srv, algorithm="ec-p256", usage="sign")["id"]
     status, _, pub = srv.call("GET", f"/v1/keys/{ec}/public-key?version=1")
     assert status == 200 and pub["version"] == 1 and "BEGIN PUBLIC KEY" in pub["pem"]
-    assert srv.call("GET", f"/v1/keys/{ec}/public-key?version=2")[0] == 400
+    assert srv.call("GET", f"/v1/keys/{ec}/public-key?version=2")[0] == 409  # no such version
+    assert srv.call("GET", f"/v1/keys/{ec}/public-key?version=0")[0] == 400  # out of range
 
 
 def test_errors_have_the_contract_shape(srv: LiveServer) -> None:
