@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from live import LiveServer
 
+from ferrohsm.domain.model import is_uuid
+
 
 def B(data: bytes) -> str:  # noqa: N802  one letter, like b"": a base64 literal in bodies
     return base64.b64encode(data).decode()
@@ -334,3 +336,31 @@ def test_refusals_above_the_service_are_audited_once(srv: LiveServer) -> None:
     assert by_id[rid][0]["outcome"] == "error" and "400" in by_id[rid][0]["message"]
     assert [r["action"] for r in by_id["refused-route-1"]] == ["request.refused"]
     assert [r["action"] for r in by_id["refused-svc-1"]] == ["key.create"]
+
+
+@pytest.mark.parametrize("query", ["algorithm=des", "algorithm=", "usage=null", "tag=UPPER",
+                                   "tag=", "state=gone", "page_token=azE6", "limit=0",
+                                   "limit=%C2%B2", "limit=1001"])
+def test_listing_refuses_what_the_document_does_not_allow(srv: LiveServer, query: str) -> None:
+    """Each of these is outside the listing's schema: a 400 (never an empty page, never a 500:
+    "²" is a Unicode digit that int() refuses)."""
+    status, _, body = srv.call("GET", f"/v1/keys?{query}", role="auditor")
+    assert status == 400 and body["error"]["code"] == "bad_request", (query, body)
+
+
+def test_page_tokens_and_large_audit_positions_are_what_the_document_says(srv: LiveServer) -> None:
+    for _ in range(2):
+        create(srv)
+    _, _, page = srv.call("GET", "/v1/keys?limit=1", role="auditor")
+    token = page["next_page_token"]
+    assert token.startswith("k1.") and is_uuid(token[3:])
+    assert srv.call("GET", f"/v1/keys?limit=1&page_token={token}", role="auditor")[0] == 200
+    # after_seq goes to 10**15 as documented (it stopped at 9 digits)
+    status, _, audit = srv.call("GET", "/v1/audit?after_seq=1000000000000", role="auditor")
+    assert status == 200 and audit["records"] == []
+
+
+def test_a_name_with_two_dots_is_refused_at_creation(srv: LiveServer) -> None:
+    status, _, body = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm",
+                                                    "usage": "encrypt", "name": "a..b"})
+    assert status == 400 and "'..'" in body["error"]["message"]
