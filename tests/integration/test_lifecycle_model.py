@@ -119,8 +119,11 @@ class Lifecycle(RuleBasedStateMachine):
     @rule(key_id=keys, data=st.data())
     def rollback(self, key_id: str, data: st.DataObject) -> None:
         key = self.model[key_id]
-        # any version it has, or the next one (which it does not have yet)
-        version = data.draw(st.integers(1, key.versions + 1), label="version")
+        # mostly another version it has; sometimes any, or the next one (it does not have yet)
+        others = [v for v in range(1, key.versions + 1) if v != key.primary]
+        anything = st.integers(1, key.versions + 1)
+        version = data.draw(st.sampled_from(others) | anything if others else anything,
+                            label="version")
         allowed = key.state == ACTIVE and version <= key.versions and version != key.primary
         if allowed:
             key.primary = version
