@@ -16,6 +16,16 @@ from typing import Any
 
 from .. import __version__
 from ..control.policy import APPROVABLE
+from ..domain.model import (
+    DESCRIPTION_PATTERN,
+    MAX_NAME,
+    NEW_NAME_PATTERN,
+    PAGE_TOKEN_PATTERN,
+    PLAIN_TEXT_PATTERN,
+    TAG_PATTERN,
+    UUID_PATTERN,
+)
+from .handlers.common import MAX_VERSION
 from .router import Operation, Route
 
 
@@ -23,32 +33,66 @@ def _ref(name: str, kind: str = "schemas") -> dict[str, str]:
     return {"$ref": f"#/components/{kind}/{name}"}
 
 
-B64 = {"type": "string", "contentEncoding": "base64"}
-TOKEN = {"type": "string", "pattern": "^fhsm:v[1-9][0-9]*:[A-Za-z0-9+/=]+$"}
+# Canonical standard base64 (padding, no stray bits): the only spelling the server accepts.
+B64_PATTERN = ("(?:[A-Za-z0-9+/]{4})*"
+               "(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?")
+B64 = {"type": "string", "contentEncoding": "base64", "pattern": f"^{B64_PATTERN}$"}
+B64_NONEMPTY_PATTERN = ("(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|"
+                        "[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)")
+B64_NONEMPTY = {**B64, "pattern": f"^{B64_NONEMPTY_PATTERN}$"}
+TOKEN = {"type": "string", "pattern": f"^fhsm:v[1-9][0-9]{{0,8}}:{B64_NONEMPTY_PATTERN}$",
+         "description": "fhsm:v<version>:<canonical base64 of at least one byte>"}
+# Text the server keeps in records (reasons, comments, jti): model.PLAIN_TEXT_PATTERN.
+PLAIN_TEXT = {"type": "string", "pattern": f"^{PLAIN_TEXT_PATTERN}$",
+              "description": "no control, line-separator or bidi-override characters"}
+INT = {"type": "integer"}
+VERSION = {"type": "integer", "minimum": 1, "maximum": MAX_VERSION}
 TIME = {"type": "string", "format": "date-time"}
 ALGORITHMS = ["aes-256-gcm", "rsa-2048", "rsa-4096", "ec-p256", "ec-p384"]
 USAGES = ["encrypt", "wrap", "sign"]
 KEY_STATES = ["active", "revoked", "destroy_scheduled", "destroyed"]
 APPROVAL_STATES = ["pending", "approved", "denied", "expired", "executed"]
 SIGNATURE_SCHEMES = ["rsa-pss-sha256", "rsa-pkcs1v15-sha256", "ecdsa-sha256", "ecdsa-sha384"]
-ONE_OF_MESSAGE_OR_DIGEST = [{"required": ["message"]}, {"required": ["digest"]}]
+# Exactly one of the two, and a null member counts as absent (see _nullable_optionals).
+ONE_OF_MESSAGE_OR_DIGEST = [
+    {"required": ["message"], "properties": {"message": {"type": "string"}}},
+    {"required": ["digest"], "properties": {"digest": {"type": "string"}}}]
+# A SHA-256 or SHA-384 digest (32 or 48 bytes), canonical base64; which one depends on the key's
+# scheme, and the other size answers 409.
+DIGEST = {"type": "string", "contentEncoding": "base64",
+          "pattern": "^(?:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=|[A-Za-z0-9+/]{64})$"}
 NULLABLE_STRING = {"type": ["string", "null"]}
-DESCRIPTION = {"type": "string", "maxLength": 1024, "description": "no control characters "
-               "other than tab and newline"}
+DESCRIPTION = {"type": "string", "maxLength": 1024, "pattern": f"^{DESCRIPTION_PATTERN}$",
+               "description": "no control characters other than tab and newline"}
+UUID = {"type": "string", "format": "uuid", "pattern": f"^{UUID_PATTERN}$"}
+NAME = {"type": "string", "maxLength": MAX_NAME, "pattern": f"^{NEW_NAME_PATTERN}$",
+        "not": {"pattern": "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-"
+                           "[0-9A-Fa-f]{12}$"},
+        "description": "unique; must not look like a UUID"}
+TAG = {"type": "string", "pattern": f"^{TAG_PATTERN}$"}
+# Each algorithm with the usages it serves (crypto/algorithms.py).
+ALGORITHM_USAGES = [
+    {"properties": {"algorithm": {"const": "aes-256-gcm"}, "usage": {"enum": ["encrypt", "wrap"]}}},
+    {"properties": {"algorithm": {"enum": ["rsa-2048", "rsa-4096", "ec-p256", "ec-p384"]},
+                    "usage": {"const": "sign"}}}]
 
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["code", "message", "request_id"],
         "properties": {"code": {"type": "string"}, "message": {"type": "string"},
                        "request_id": {"type": "string"}}}}},
-    "KeyVersion": {"type": "object", "properties": {
+    "KeyVersion": {"type": "object", "required": ["version", "state", "created_at"],
+                   "properties": {
         "version": {"type": "integer"}, "state": {"enum": ["enabled", "archived", "destroyed"]},
         "created_at": TIME}},
-    "KeyHistoryEntry": {"type": "object", "properties": {
+    "KeyHistoryEntry": {"type": "object", "required": ["at", "actor", "action"], "properties": {
         "at": TIME, "actor": {"type": "string"}, "action": {"type": "string"},
         "detail": {"type": "string"}}},
-    "Key": {"type": "object", "properties": {
-        "id": {"type": "string", "format": "uuid"}, "name": NULLABLE_STRING,
+    "Key": {"type": "object", "required": [
+        "id", "name", "description", "algorithm", "usage", "tags", "state", "primary_version",
+        "versions", "created_at", "updated_at", "created_by", "destroy_after", "revision"],
+        "properties": {
+        "id": UUID, "name": NULLABLE_STRING,
         "description": {"type": "string"},
         "algorithm": {"enum": ALGORITHMS},
         "usage": {"enum": USAGES},
@@ -61,58 +105,59 @@ SCHEMAS: dict[str, Any] = {
         "destroy_after": {"type": ["string", "null"], "format": "date-time"},
         "revision": {"type": "integer", "description": "changes whenever the key does"},
         "history": {"type": "array", "items": _ref("KeyHistoryEntry")}}},
-    "KeyList": {"type": "object", "properties": {
+    "KeyList": {"type": "object", "required": ["keys", "next_page_token"], "properties": {
         "keys": {"type": "array", "items": _ref("Key")},
         "total": {"type": "integer", "description": "keys matching the filters, all pages"},
         "unreadable": {"type": "array", "items": {"type": "string"}, "description":
                        "ids in this page whose stored records failed their integrity check"},
         "next_page_token": NULLABLE_STRING}},
     "CreateKey": {"type": "object", "additionalProperties": False,
-                  "required": ["algorithm", "usage"], "properties": {
+                  "required": ["algorithm", "usage"], "oneOf": ALGORITHM_USAGES, "properties": {
                       "algorithm": {"enum": ALGORITHMS}, "usage": {"enum": USAGES},
-                      "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
-                               "description": "unique; must not look like a UUID"},
-                      "description": DESCRIPTION,
+                      "name": NAME, "description": DESCRIPTION,
                       "tags": {"type": "array", "maxItems": 32, "uniqueItems": True,
-                               "description": "immutable after creation",
-                               "items": {"type": "string",
-                                         "pattern": "^[a-z0-9][a-z0-9_.-]{0,62}$"}}}},
+                               "description": "immutable after creation", "items": TAG}}},
     "UpdateKey": {"type": "object", "additionalProperties": False, "required": ["description"],
                   "properties": {"description": DESCRIPTION}},
     "Rollback": {"type": "object", "additionalProperties": False, "required": ["version"],
-                 "properties": {"version": {"type": "integer"}}},
+                 "properties": {"version": VERSION}},
     "Revoke": {"type": "object", "additionalProperties": False,
-               "properties": {"reason": {"type": "string", "maxLength": 256}}},
+               "properties": {"reason": {**PLAIN_TEXT, "maxLength": 256}}},
     "Empty": {"type": "object", "additionalProperties": False},
-    "PublicKey": {"type": "object", "properties": {"version": {"type": "integer"},
-                                                   "pem": {"type": "string"}}},
+    "PublicKey": {"type": "object", "required": ["version", "pem"],
+                  "properties": {"version": INT, "pem": {"type": "string"}}},
     "EncryptRequest": {"type": "object", "additionalProperties": False, "required": ["plaintext"],
                        "properties": {"plaintext": B64, "aad": B64}},
-    "EncryptResponse": {"type": "object", "properties": {
+    "EncryptResponse": {"type": "object", "required": ["ciphertext", "key_id", "key_version"],
+                        "properties": {
         "ciphertext": TOKEN, "key_id": {"type": "string"}, "key_version": {"type": "integer"}}},
     "DecryptRequest": {"type": "object", "additionalProperties": False,
                        "required": ["ciphertext"], "properties": {"ciphertext": TOKEN, "aad": B64}},
-    "DecryptResponse": {"type": "object", "properties": {"plaintext": B64,
+    "DecryptResponse": {"type": "object", "required": ["plaintext", "key_version"],
+                        "properties": {"plaintext": B64,
                                                          "key_version": {"type": "integer"}}},
     "SignRequest": {"type": "object", "additionalProperties": False,
                     "oneOf": ONE_OF_MESSAGE_OR_DIGEST, "properties": {
-                        "message": B64, "digest": B64, "algorithm": {"enum": SIGNATURE_SCHEMES}}},
-    "SignResponse": {"type": "object", "properties": {
+                        "message": B64, "digest": DIGEST, "algorithm": {"enum": SIGNATURE_SCHEMES}}},
+    "SignResponse": {"type": "object", "required": ["signature", "key_version", "algorithm"],
+                     "properties": {
         "signature": B64, "key_version": {"type": "integer"}, "algorithm": {"type": "string"}}},
     "VerifyRequest": {"type": "object", "additionalProperties": False, "required": ["signature"],
                       "oneOf": ONE_OF_MESSAGE_OR_DIGEST,
-                      "properties": {"message": B64, "digest": B64, "signature": B64,
+                      "properties": {"message": B64, "digest": DIGEST, "signature": B64,
                                      "algorithm": {"enum": SIGNATURE_SCHEMES},
-                                     "key_version": {"type": "integer"}}},
-    "VerifyResponse": {"type": "object", "properties": {"valid": {"type": "boolean"},
+                                     "key_version": VERSION}},
+    "VerifyResponse": {"type": "object", "required": ["valid", "key_version"], "properties": {"valid": {"type": "boolean"},
                                                         "key_version": {"type": "integer"}}},
     "WrapRequest": {"type": "object", "additionalProperties": False,
-                    "required": ["key_material"], "properties": {"key_material": B64}},
-    "WrapResponse": {"type": "object", "properties": {
+                    "required": ["key_material"], "properties": {"key_material": B64_NONEMPTY}},
+    "WrapResponse": {"type": "object", "required": ["wrapped", "key_id", "key_version"],
+                     "properties": {
         "wrapped": TOKEN, "key_id": {"type": "string"}, "key_version": {"type": "integer"}}},
     "UnwrapRequest": {"type": "object", "additionalProperties": False, "required": ["wrapped"],
                       "properties": {"wrapped": TOKEN}},
-    "UnwrapResponse": {"type": "object", "properties": {"key_material": B64,
+    "UnwrapResponse": {"type": "object", "required": ["key_material", "key_version"],
+                       "properties": {"key_material": B64,
                                                         "key_version": {"type": "integer"}}},
     "Health": {"type": "object", "required": ["status"], "properties": {
         "status": {"enum": ["ok", "degraded"]}, "version": {"type": "string"},
@@ -135,11 +180,12 @@ SCHEMAS: dict[str, Any] = {
             "details": {"type": "object"},
             "prev_hash": {"type": "string", "description": "hash of the previous record"},
             "hash": {"type": "string"}, "hmac": {"type": "string"}}},
-    "AuditPage": {"type": "object", "properties": {
+    "AuditPage": {"type": "object", "required": ["records", "head_seq", "next_after_seq"],
+                  "properties": {
         "records": {"type": "array", "items": _ref("AuditRecord")},
         "head_seq": {"type": "integer"},
         "next_after_seq": {"type": ["integer", "null"]}}},
-    "ApprovalVote": {"type": "object", "properties": {
+    "ApprovalVote": {"type": "object", "required": ["actor", "role", "at"], "properties": {
         "actor": {"type": "string"}, "role": {"enum": ["administrator", "operator"]},
         "at": TIME, "comment": {"type": "string"}}},
     "Approval": {"type": "object", "required": [
@@ -159,24 +205,56 @@ SCHEMAS: dict[str, Any] = {
             "created_at": TIME, "updated_at": TIME,
             "executed_at": {"type": ["string", "null"], "format": "date-time"},
             "summary": {"type": "string", "description": "non-secret view of the arguments"}}},
-    "ApprovalList": {"type": "object", "properties": {
+    "ApprovalList": {"type": "object", "required": ["approvals", "next_page_token"],
+                     "properties": {
         "approvals": {"type": "array", "items": _ref("Approval")},
         "next_page_token": NULLABLE_STRING}},
     "ApprovalRequired": {"type": "object", "required": ["error", "approval"], "properties": {
         "error": {"type": "object", "properties": {
             "code": {"const": "approval_required"}, "message": {"type": "string"},
-            "request_id": {"type": "string"}}},
+            "request_id": {"type": "string"}}, "required": ["code", "message", "request_id"]},
         "approval": _ref("Approval")}},
     "ApprovalVoteRequest": {"type": "object", "additionalProperties": False,
-                            "properties": {"comment": {"type": "string", "maxLength": 256}}},
+                            "properties": {"comment": {**PLAIN_TEXT, "maxLength": 256}}},
     "RevokeToken": {"type": "object", "additionalProperties": False, "required": ["jti"],
                     "properties": {
-                        "jti": {"type": "string", "minLength": 1, "maxLength": 128},
+                        "jti": {**PLAIN_TEXT, "minLength": 1, "maxLength": 128},
                         "exp": {"type": "integer", "description": "the token's expiry (Unix "
                                 "time); the entry is kept at least that long"}}},
-    "TokenRevoked": {"type": "object", "properties": {
+    "TokenRevoked": {"type": "object", "required": ["jti", "revoked", "until"], "properties": {
         "jti": {"type": "string"}, "revoked": {"const": True},
         "until": {**TIME, "description": "the deny-list entry is kept until then"}}},
+}
+
+
+def _nullable_optionals(schema: dict[str, Any]) -> dict[str, Any]:
+    """A request schema as the server reads it: a member sent as null counts as absent
+    (handlers/common.py ``fields``), so each optional member may also be null."""
+    required = set(schema.get("required", ()))
+    properties = {name: prop if name in required else {"anyOf": [prop, {"type": "null"}]}
+                  for name, prop in schema.get("properties", {}).items()}
+    return {**schema, "properties": properties} if properties else schema
+
+
+# Request bodies are the schemas that refuse unknown members.
+SCHEMAS.update({name: _nullable_optionals(schema) for name, schema in SCHEMAS.items()
+                if schema.get("additionalProperties") is False})
+
+# Links (for clients and stateful fuzzers): from an answer to the operations it makes possible.
+KEY_REF = {"key": "$response.body#/id"}
+KEY_LINKS: dict[str, Any] = {
+    **{op: {"operationId": op, "parameters": KEY_REF} for op in (
+        "getKey", "updateKey", "rotateKey", "revokeKey", "destroyKey", "cancelDestroyKey",
+        "getPublicKey", "rollbackKey", "encrypt", "decrypt", "sign", "verify", "wrap",
+        "unwrap")}}
+LINKS: dict[str, dict[str, Any]] = {
+    **{op: KEY_LINKS for op in ("createKey", "getKey", "updateKey", "rotateKey", "rollbackKey",
+                                "revokeKey", "destroyKey", "cancelDestroyKey")},
+    "encrypt": {"decrypt": {"operationId": "decrypt",
+                            "parameters": {"key": "$response.body#/key_id"},
+                            "requestBody": {"ciphertext": "$response.body#/ciphertext"}}},
+    "wrap": {"unwrap": {"operationId": "unwrap", "parameters": {"key": "$response.body#/key_id"},
+                        "requestBody": {"wrapped": "$response.body#/wrapped"}}},
 }
 
 
@@ -190,25 +268,28 @@ def _query(name: str, schema: dict[str, Any], description: str = "") -> dict[str
 PAGE_LIMIT = {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}
 PARAMETERS: dict[str, Any] = {
     "key": {"name": "key", "in": "path", "required": True, "description": "key id or unique name",
-            "schema": {"type": "string"}},
+            "schema": {"type": "string", "maxLength": MAX_NAME,
+                       "pattern": f"^(?:{UUID_PATTERN}|{NEW_NAME_PATTERN})$"}},
     "approvalId": {"name": "id", "in": "path", "required": True, "description": "approval id",
-                   "schema": {"type": "string"}},
+                   "schema": UUID},
     "keyState": _query("state", {"enum": KEY_STATES}),
     "algorithm": _query("algorithm", {"enum": ALGORITHMS}),
     "usage": _query("usage", {"enum": USAGES}),
-    "tag": _query("tag", {"type": "string"}, "keys carrying this tag"),
+    "tag": _query("tag", TAG, "keys carrying this tag"),
     "namePrefix": _query("name_prefix", {"type": "string"}, "keys whose name starts with this"),
     "limit": _query("limit", PAGE_LIMIT, "page size"),
-    "pageToken": _query("page_token", {"type": "string"},
-                        "next_page_token of the previous page (opaque)"),
+    "pageToken": _query("page_token", {"type": "string", "pattern": f"^{PAGE_TOKEN_PATTERN}$"},
+                        "next_page_token of the previous page"),
     "approvalState": _query("state", {"enum": APPROVAL_STATES}),
-    "afterSeq": _query("after_seq", {"type": "integer", "minimum": 0, "default": 0},
+    "afterSeq": _query("after_seq", {"type": "integer", "minimum": 0, "maximum": 10**15,
+                                     "default": 0},
                        "records with a larger seq"),
-    "version": _query("version", {"type": "integer", "minimum": 1},
+    "version": _query("version", VERSION,
                       "key version (default: the primary)"),
     "approvalHeader": {"name": "X-Approval-ID", "in": "header", "required": False,
-                       "description": "id of the approved request this call repeats",
-                       "schema": {"type": "string"}},
+                       "description": "id of the approved request this call repeats "
+                                      "(a malformed id is a 400)",
+                       "schema": UUID},
     "ifNoneMatch": {"name": "If-None-Match", "in": "header", "required": False,
                     "description": "an ETag from an earlier answer: 304 while it still matches",
                     "schema": {"type": "string"}},
@@ -234,13 +315,22 @@ ERROR_MEANINGS = {
     "unavailable": "the key store or the audit log cannot take the request now",
 }
 TOKEN_ERRORS = {"401", "403"}  # only routes that check a token answer these
+BODY_ERRORS = {"413", "415"}  # only routes that take a body answer these
+PATH_ERRORS = {"404"}  # only routes with path parameters answer this
+DECLARED_ERRORS = {"409", "410"}  # only routes that declare them (Operation.errors)
+# From a parked request (202) to its approval: describe it, vote on it.
+APPROVAL_LINKS = {
+    op: {"operationId": op, "parameters": {"id": "$response.body#/approval/id"}}
+    for op in ("getApproval", "approveRequest", "denyRequest")}
 RESPONSES: dict[str, Any] = {
     **{code: {"description": f"{code}: {meaning}",
               "content": {"application/json": {"schema": _ref("Error")}}}
        for code, meaning in ERROR_MEANINGS.items()},
     "approval_required": {
-        "description": "approval_required: parked until a quorum approves (dual control)",
-        "content": {"application/json": {"schema": _ref("ApprovalRequired")}}},
+        "description": "approval_required: parked until a quorum approves (dual control); "
+                       "repeat the request with X-Approval-ID: approval.id once approved",
+        "content": {"application/json": {"schema": _ref("ApprovalRequired")}},
+        "links": APPROVAL_LINKS},
     "not_modified": {"description": "not modified: the If-None-Match ETag still matches"},
 }
 TAGS = [
@@ -288,8 +378,10 @@ def _request_body(schema: str) -> dict[str, Any]:
         "application/json": {"schema": _component("schemas", SCHEMAS, schema)}}}
 
 
-def _success(doc: Operation) -> dict[str, Any]:
+def _success(route: Route, doc: Operation) -> dict[str, Any]:
     answer: dict[str, Any] = {"description": HTTPStatus(doc.status).phrase}
+    if route.name in LINKS:
+        answer["links"] = LINKS[route.name]
     if doc.media_type is not None:
         schema = (_component("schemas", SCHEMAS, doc.response) if doc.response else
                   {"type": "object"} if doc.media_type == "application/json" else
@@ -299,13 +391,13 @@ def _success(doc: Operation) -> dict[str, Any]:
 
 
 def _responses(route: Route, doc: Operation) -> dict[str, Any]:
-    answers: dict[str, Any] = {str(doc.status): _success(doc)}
+    answers: dict[str, Any] = {str(doc.status): _success(route, doc)}
     if _approvable(doc):
         answers["202"] = _component("responses", RESPONSES, "approval_required")
     if doc.etag:
         answers["304"] = _component("responses", RESPONSES, "not_modified")
     for code, name in ERRORS.items():
-        if _authenticated(route) or code not in TOKEN_ERRORS:
+        if _answers(route, doc, code):
             answers[code] = _component("responses", RESPONSES, name)
     for status, description, schema in doc.extra:
         answers[str(status)] = {"description": description}
@@ -313,6 +405,19 @@ def _responses(route: Route, doc: Operation) -> dict[str, Any]:
             answers[str(status)]["content"] = {
                 "application/json": {"schema": _component("schemas", SCHEMAS, schema)}}
     return dict(sorted(answers.items()))
+
+
+def _answers(route: Route, doc: Operation, code: str) -> bool:
+    """Whether ``route`` can answer the generic error ``code`` (see Operation.errors)."""
+    if code in TOKEN_ERRORS:
+        return _authenticated(route)
+    if code in BODY_ERRORS:
+        return doc.request is not None
+    if code in PATH_ERRORS:
+        return bool(route.params)
+    if code in DECLARED_ERRORS:
+        return int(code) in doc.errors
+    return True
 
 
 def _operation(route: Route, doc: Operation) -> dict[str, Any]:

@@ -59,6 +59,10 @@ class Operation:
     media_type: str | None = "application/json"  # of the success body; None: no body
     query: tuple[str, ...] = ()          # query parameters
     etag: bool = False                   # answers If-None-Match with 304
+    # Error statuses this route answers besides those api/openapi.py derives from its shape
+    # (400, 401/403 behind a token, 404 with path parameters, 413/415 with a body, 429, 5xx):
+    # 409 and 410 when the key's or approval's state can refuse the call.
+    errors: tuple[int, ...] = ()
     # Further answers besides the errors every route may give: (status, description, schema).
     extra: tuple[tuple[int, str, str | None], ...] = ()
     description: str = ""

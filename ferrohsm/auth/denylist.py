@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 
 from ..domain.errors import ConfigError, Unavailable
+from ..domain.model import PLAIN_TEXT_RE
 
 log = logging.getLogger("ferrohsm.auth")
 FORMAT_VERSION = 1
@@ -29,7 +30,10 @@ MAX_JTI_CHARS = 128
 
 
 def valid_jti(jti: object) -> bool:
-    return isinstance(jti, str) and 0 < len(jti) <= MAX_JTI_CHARS and jti.isprintable()
+    """1-128 characters of plain text (model.PLAIN_TEXT_PATTERN: no control, line-separator or
+    bidi-override characters), the rule the API description publishes for ``jti``."""
+    return (isinstance(jti, str) and 0 < len(jti) <= MAX_JTI_CHARS
+            and PLAIN_TEXT_RE.fullmatch(jti) is not None)
 
 
 class DenyList:

@@ -106,6 +106,7 @@ _SCHEMES: dict[str, _Scheme] = {
     "ecdsa-sha256": _ecdsa(hashes.SHA256()),
     "ecdsa-sha384": _ecdsa(hashes.SHA384()),
 }
+_DIGEST_SIZES = frozenset(s.digest_size for s in _SCHEMES.values())
 
 
 class LoadedKey:
@@ -217,13 +218,17 @@ def _scheme_for(k: LoadedKey, data: bytes, prehashed: bool, scheme: str | None) 
     name = k._schemes[0] if scheme is None else scheme
     if not isinstance(name, str) or name not in k._schemes:
         shown = repr(name)[:40] if isinstance(name, str) else type(name).__name__
-        raise BadRequest(f"signature algorithm {shown} is not allowed for {k.algorithm}; "
+        # a scheme the API knows but this key does not allow: 409; any other value: 400
+        refusal = Conflict if isinstance(name, str) and name in _SCHEMES else BadRequest
+        raise refusal(f"signature algorithm {shown} is not allowed for {k.algorithm}; "
                          f"allowed: {', '.join(k._schemes)}")
     chosen = _SCHEMES[name]
     if not isinstance(data, bytes):
         raise BadRequest("data to sign or verify must be bytes")
     if prehashed and len(data) != chosen.digest_size:
-        raise BadRequest(f"digest for {name} must be {chosen.digest_size} bytes "
+        # the size of another scheme's digest: this key does not allow it (409); any other: 400
+        refusal = Conflict if len(data) in _DIGEST_SIZES else BadRequest
+        raise refusal(f"digest for {name} must be {chosen.digest_size} bytes "
                          f"({chosen.hash_name}), got {len(data)}")
     return chosen
 

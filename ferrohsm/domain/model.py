@@ -14,17 +14,43 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from .errors import BadRequest
+from .errors import BadRequest, Conflict
 
-UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# Each rule is one regular expression, written once: the server matches with it and the API
+# description (api/openapi.py) publishes the same text as a JSON Schema ``pattern``, so the
+# document and the server cannot disagree. They use only syntax both dialects read alike.
+UUID_PATTERN = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+UUID_RE = re.compile(UUID_PATTERN)
 # Names may not look like UUIDs, so a key reference is never ambiguous between id and name.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-TAG_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+# A new name also has no "..": the router refuses ".." in a path parameter, so such a name could
+# never be used as a key reference (stored names keep NAME_RE).
+NEW_NAME_PATTERN = r"[A-Za-z0-9](?:\.?[A-Za-z0-9_-])*\.?"
+NEW_NAME_RE = re.compile(NEW_NAME_PATTERN)
+MAX_NAME = 128
+TAG_PATTERN = "[a-z0-9][a-z0-9_.-]{0,62}"
+TAG_RE = re.compile(TAG_PATTERN)
+# Text kept in records and shown to people (revocation reasons, vote comments, token ids): no
+# C0/C1 control characters, no line or paragraph separators, no bidirectional overrides or
+# zero-width characters (they would let one record display as another).
+PLAIN_TEXT_PATTERN = (r"[^\x00-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028-\u202e"
+                      r"\u2060-\u206f\ufeff\ufff9-\ufffb]*")
+PLAIN_TEXT_RE = re.compile(PLAIN_TEXT_PATTERN)
+# Descriptions: no control characters other than tab and newline.
+DESCRIPTION_PATTERN = r"[^\x00-\x08\x0b-\x1f\x7f]*"
+DESCRIPTION_RE = re.compile(DESCRIPTION_PATTERN)
+# A page token (store/keystore.py): "k1." and the id of the last item of the previous page.
+PAGE_TOKEN_PATTERN = r"k1\." + UUID_PATTERN
 MAX_TAGS = 32
 MAX_DESCRIPTION = 1024
 MAX_HISTORY_DETAIL = 256
 # An audit record hash (audit/chain.py): lowercase hex SHA-256, or "" before the first binding.
 AUDIT_HASH_RE = re.compile(r"(?:[0-9a-f]{64})?")
+
+
+class NoSuchVersion(Conflict):
+    """A version number the key does not have: 409, the key exists (a 404 would say it does
+    not), and the number is well-formed (a 400 would say the request is)."""
 
 
 class KeyState(StrEnum):
@@ -81,6 +107,21 @@ def validate_name(name: str | None) -> None:
                          "start with a letter or digit, and not look like a UUID")
 
 
+def validate_new_name(name: str | None) -> None:
+    """A name for a new key: ``validate_name``, and usable as a key reference."""
+    validate_name(name)
+    if name is not None and not NEW_NAME_RE.fullmatch(name):
+        raise BadRequest("name may not contain '..' (it could not be used in a path)")
+
+
+def plain_text(text: str, name: str, limit: int) -> str:
+    """``text`` if it is at most ``limit`` characters matching PLAIN_TEXT_PATTERN; else 400."""
+    if len(text) > limit or not PLAIN_TEXT_RE.fullmatch(text):
+        raise BadRequest(f"{name} must be at most {limit} characters, without control, "
+                         f"line-separator or bidi-override characters")
+    return text
+
+
 def validate_tags(tags: tuple[str, ...]) -> None:
     if len(tags) > MAX_TAGS:
         raise BadRequest(f"at most {MAX_TAGS} tags")
@@ -94,7 +135,7 @@ def validate_tags(tags: tuple[str, ...]) -> None:
 def validate_description(text: str) -> None:
     if not isinstance(text, str) or len(text) > MAX_DESCRIPTION:
         raise BadRequest(f"description must be a string of at most {MAX_DESCRIPTION} characters")
-    if any((ord(c) < 32 and c not in "\n\t") or ord(c) == 127 for c in text):
+    if not DESCRIPTION_RE.fullmatch(text):
         raise BadRequest("description may not contain control characters")
 
 
@@ -166,7 +207,7 @@ class Key:
 
     def version(self, number: int) -> KeyVersion:
         if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= len(self.versions):
-            raise BadRequest(f"key has no version {number!r:.20}")
+            raise NoSuchVersion(f"key has no version {number!r:.20}")
         return self.versions[number - 1]
 
     def with_event(self, now: datetime, actor: str, action: str, detail: str = "", **changes: Any) -> Key:

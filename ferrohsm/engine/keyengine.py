@@ -12,8 +12,8 @@ from ..crypto import ops
 from ..crypto.algorithms import get_algorithm
 from ..crypto.seal import Sealer
 from ..domain import lifecycle as lc
-from ..domain.errors import IntegrityError, PayloadTooLarge
-from ..domain.model import Key, KeyVersion
+from ..domain.errors import CryptoFailure, IntegrityError, PayloadTooLarge
+from ..domain.model import Key, KeyVersion, NoSuchVersion
 from .keycache import MaterialCache
 
 
@@ -65,7 +65,7 @@ class KeyEngine:
     def decrypt(self, key: Key, token: str, aad: bytes | None) -> tuple[bytes, int]:
         self._check_size(aad)
         number, blob = ops.parse_token(token)
-        version = lc.check_use(key, lc.Use.DECRYPT, number)
+        version = _token_version(key, lc.Use.DECRYPT, number)
         return ops.decrypt(self.handle(key, version), blob, aad), number
 
     def sign(self, key: Key, data: bytes, prehashed: bool, scheme: str | None
@@ -92,7 +92,7 @@ class KeyEngine:
 
     def unwrap(self, key: Key, token: str) -> tuple[bytes, int]:
         number, blob = ops.parse_token(token)
-        version = lc.check_use(key, lc.Use.UNWRAP, number)
+        version = _token_version(key, lc.Use.UNWRAP, number)
         return ops.unwrap(self.handle(key, version), blob), number
 
     def public_pem(self, key: Key, number: int | None) -> tuple[str, int]:
@@ -103,3 +103,11 @@ class KeyEngine:
     def forget(self, key_id: str) -> None:
         self.cache.evict_key(key_id)
 
+
+def _token_version(key: Key, use: lc.Use, number: int) -> KeyVersion:
+    """The version a ciphertext or wrapped key names; a version the key never had is the same
+    opaque 400 as any other token that is not this key's (docs/api.md, decrypt)."""
+    try:
+        return lc.check_use(key, use, number)
+    except NoSuchVersion:
+        raise CryptoFailure("malformed ciphertext") from None

@@ -26,18 +26,23 @@ from typing import Any
 from ..auth.permissions import Action, may_see
 from ..control.dualcontrol import DualControl
 from ..control.policy import ALLOWED, Decision, Policy
-from ..crypto.algorithms import check_usage
+from ..crypto.algorithms import ALGORITHMS, USAGES, check_usage
 from ..domain import lifecycle as lc
-from ..domain.errors import FerroError, InvalidTransition
+from ..domain.errors import (
+    BadRequest,
+    FerroError,
+    InvalidTransition,
+)
 from ..domain.ids import uuid7
 from ..domain.model import (
+    TAG_RE,
     Key,
     KeyFilter,
     Page,
     RequestContext,
     iso,
     validate_description,
-    validate_name,
+    validate_new_name,
     validate_tags,
 )
 from ..engine.keyengine import KeyEngine
@@ -80,7 +85,7 @@ class KeyService:
                    tags: tuple[str, ...] = ()) -> Key:
         def work() -> Key:
             check_usage(algorithm, usage)
-            validate_name(name)
+            validate_new_name(name)
             validate_description(description)
             validate_tags(tags)
             self.guard.require_audit()
@@ -98,6 +103,7 @@ class KeyService:
         """One page of the keys ``filters`` match, and how many match in all: None for a
         tag-scoped token, which must not learn how many keys it cannot see."""
         def work() -> tuple[Page, int | None]:
+            check_filters(filters)
             page = self.store.list(filters, limit, page_token)  # a bad page token: refused
             principal, total = ctx.principal, None
             if principal is not None and principal.tags is not None:
@@ -301,3 +307,13 @@ def attestation(key: Key, now: datetime, backend: str,
                f"approval {approval_id or 'none'}")
     return message, {"destroyed_versions": versions, "sealed_sha256": digests,
                      "store": backend, "approval_id": approval_id, "destroyed_at": iso(now)}
+
+
+def check_filters(filters: KeyFilter) -> None:
+    """Filters are what the API description says: an algorithm and a usage the registry has, a
+    tag spelled as tags are; anything else is a 400, not an empty page."""
+    if ((filters.algorithm is not None and filters.algorithm not in ALGORITHMS)
+            or (filters.usage is not None and filters.usage not in USAGES)):
+        raise BadRequest("unknown algorithm or usage filter")
+    if filters.tag is not None and not TAG_RE.fullmatch(filters.tag):
+        raise BadRequest("a tag filter is a tag: 1-63 lowercase letters, digits, '.', '_' or '-'")

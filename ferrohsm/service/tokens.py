@@ -32,7 +32,8 @@ class TokenService:
         """Deny-list ``jti``; the epoch second until which the entry is kept."""
         def work() -> float:
             if not valid_jti(jti):
-                raise BadRequest("jti must be 1-128 printable characters")
+                raise BadRequest("jti must be 1-128 characters, without control, line-separator "
+                                 "or bidi-override characters")
             self.guard.require_audit()
             until = self.revoker.revoke(jti, exp)
             self.guard.record(ctx, Action.TOKEN_REVOKE, "success", f"token {jti} revoked",

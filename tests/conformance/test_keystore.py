@@ -29,7 +29,14 @@ from ferrohsm.domain.errors import (
     StaleRevision,
     StoreError,
 )
-from ferrohsm.domain.model import Key, KeyFilter, KeyState, VersionState, key_to_record
+from ferrohsm.domain.model import (
+    Key,
+    KeyFilter,
+    KeyState,
+    NoSuchVersion,
+    VersionState,
+    key_to_record,
+)
 from ferrohsm.store.keystore import MAX_PAGE, KeyStore, encode_page_token
 from ferrohsm.store.records import RECORD_CONTEXT, RecordCodec, RecordFormat
 
@@ -216,6 +223,8 @@ def test_filtered_pagination_uses_the_same_tokens(store: KeyStore, factory: KeyF
 @pytest.mark.parametrize("token", [
     "garbage!", "", "=", "a" * 7, base64.urlsafe_b64encode(b"k1:not-a-uuid").decode(),
     base64.urlsafe_b64encode(b"k2:01890a5d-ac96-774b-bcce-b302099a8057").decode(), "é",
+    "k1.01890A5D-AC96-774B-BCCE-B302099A8057", "k1.01890a5d-ac96-774b-bcce-b302099a8057\n",
+    "k2.01890a5d-ac96-774b-bcce-b302099a8057", " k1.01890a5d-ac96-774b-bcce-b302099a8057",
 ])
 def test_invalid_page_token_is_bad_request(store: KeyStore, token: str) -> None:
     with pytest.raises(BadRequest):
@@ -258,7 +267,7 @@ def test_versions_primary_state_and_purge(store: KeyStore, factory: KeyFactory) 
     assert key.revision == 5 and key.updated_at == factory.later
     assert store.get(key.id).versions[1].sealed == factory.sealed("v2")
     assert store.count(KeyFilter(state=KeyState.REVOKED)) == 1
-    with pytest.raises(BadRequest):
+    with pytest.raises(NoSuchVersion, match="no version 3"):
         store.set_primary(key, 3, factory.later)
 
 

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from live import LiveServer
 
+from ferrohsm.domain.model import is_uuid
+
 
 def B(data: bytes) -> str:  # noqa: N802  one letter, like b"": a base64 literal in bodies
     return base64.b64encode(data).decode()
@@ -97,7 +99,9 @@ def test_update_rotate_rollback(srv: LiveServer) -> None:
     assert base64.b64decode(out["plaintext"]) == b"v1 data" and out["key_version"] == 1
     status, _, back = srv.call("POST", f"/v1/keys/{ref}/rollback", {"version": 1})
     assert status == 200 and back["primary_version"] == 1
-    assert srv.call("POST", f"/v1/keys/{ref}/rollback", {"version": 9})[0] == 400
+    # a version the key does not have: 409 (the key exists; the number is well-formed)
+    assert srv.call("POST", f"/v1/keys/{ref}/rollback", {"version": 9})[0] == 409
+    assert srv.call("POST", f"/v1/keys/{ref}/rollback", {"version": 0})[0] == 400  # range
     assert srv.call("POST", f"/v1/keys/{ref}/rollback", {"version": "1"})[0] == 400
     _, _, described = srv.call("GET", f"/v1/keys/{ref}")
     assert [h["action"] for h in described["history"]] == ["create", "update", "rotate",
@@ -215,7 +219,8 @@ def test_public_key_rules(srv: LiveServer) -> None:
     ec = create(srv, algorithm="ec-p256", usage="sign")["id"]
     status, _, pub = srv.call("GET", f"/v1/keys/{ec}/public-key?version=1")
     assert status == 200 and pub["version"] == 1 and "BEGIN PUBLIC KEY" in pub["pem"]
-    assert srv.call("GET", f"/v1/keys/{ec}/public-key?version=2")[0] == 400
+    assert srv.call("GET", f"/v1/keys/{ec}/public-key?version=2")[0] == 409  # no such version
+    assert srv.call("GET", f"/v1/keys/{ec}/public-key?version=0")[0] == 400  # out of range
 
 
 def test_errors_have_the_contract_shape(srv: LiveServer) -> None:
@@ -418,3 +423,31 @@ def test_a_stored_lone_surrogate_never_breaks_listing_or_the_audit_page(
         assert srv.call("GET", "/v1/audit", role="auditor")[0] == 200
     finally:
         srv.close()
+
+
+@pytest.mark.parametrize("query", ["algorithm=des", "algorithm=", "usage=null", "tag=UPPER",
+                                   "tag=", "state=gone", "page_token=azE6", "limit=0",
+                                   "limit=%C2%B2", "limit=1001"])
+def test_listing_refuses_what_the_document_does_not_allow(srv: LiveServer, query: str) -> None:
+    """Each of these is outside the listing's schema: a 400 (never an empty page, never a 500:
+    "²" is a Unicode digit that int() refuses)."""
+    status, _, body = srv.call("GET", f"/v1/keys?{query}", role="auditor")
+    assert status == 400 and body["error"]["code"] == "bad_request", (query, body)
+
+
+def test_page_tokens_and_large_audit_positions_are_what_the_document_says(srv: LiveServer) -> None:
+    for _ in range(2):
+        create(srv)
+    _, _, page = srv.call("GET", "/v1/keys?limit=1", role="auditor")
+    token = page["next_page_token"]
+    assert token.startswith("k1.") and is_uuid(token[3:])
+    assert srv.call("GET", f"/v1/keys?limit=1&page_token={token}", role="auditor")[0] == 200
+    # after_seq goes to 10**15 as documented (it stopped at 9 digits)
+    status, _, audit = srv.call("GET", "/v1/audit?after_seq=1000000000000", role="auditor")
+    assert status == 200 and audit["records"] == []
+
+
+def test_a_name_with_two_dots_is_refused_at_creation(srv: LiveServer) -> None:
+    status, _, body = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm",
+                                                    "usage": "encrypt", "name": "a..b"})
+    assert status == 400 and "'..'" in body["error"]["message"]

@@ -172,7 +172,8 @@ def test_rotate_then_rollback(cli: Cli) -> None:
     assert "v2 is now primary" in rotated.text and key["id"] in rotated.text
     back = cli("keys", "rollback", key["name"], "--version", "1", "--json")
     assert back.code == 0 and back.json()["primary_version"] == 1
-    assert_api_error(cli("keys", "rollback", key["name"], "--version", "9"), "bad_request")
+    # a version the key does not have: 409 (docs/api.md, Keys)
+    assert_api_error(cli("keys", "rollback", key["name"], "--version", "9"), "conflict")
     assert cli("keys", "rollback", key["name"]).code == 2  # --version is required
     assert_api_error(cli("keys", "rotate", unique("missing")), "not_found")
 

@@ -11,7 +11,7 @@ import pytest
 
 from ferrohsm.domain import lifecycle as lc
 from ferrohsm.domain.errors import BadRequest, Conflict, Gone, InvalidTransition
-from ferrohsm.domain.model import Key, KeyState, VersionState
+from ferrohsm.domain.model import Key, KeyState, NoSuchVersion, VersionState
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 LATER = NOW + timedelta(days=2)
@@ -108,8 +108,9 @@ def test_wrong_usage_is_conflict() -> None:
         lc.check_use(make_key(usage="encrypt"), lc.Use.WRAP)
 
 
-def test_unknown_version_is_bad_request() -> None:
-    with pytest.raises(BadRequest):
+def test_unknown_version_is_a_conflict() -> None:
+    """A version number the key never had: 409 (the API layer keeps decrypt's one opaque 400)."""
+    with pytest.raises(NoSuchVersion, match="no version 9"):
         lc.check_use(make_key(), lc.Use.DECRYPT, version=9)
 
 
@@ -129,7 +130,7 @@ def test_rollback_rules() -> None:
     archived = lc.archive_version(key, 1, LATER, "bob")
     with pytest.raises(Conflict):
         lc.rollback(archived, 1, LATER, "bob")
-    with pytest.raises(BadRequest):
+    with pytest.raises(NoSuchVersion):
         lc.rollback(key, 7, LATER, "bob")
 
 

@@ -18,7 +18,9 @@ from ferrohsm.domain.model import (
     key_from_record,
     key_to_record,
     key_view,
+    plain_text,
     validate_name,
+    validate_new_name,
     validate_tags,
 )
 
@@ -109,3 +111,26 @@ def test_bad_audit_binding_is_refused(change: dict[str, Any]) -> None:
 def test_view_leaves_the_audit_binding_out() -> None:
     view = key_view(key(audit_seq=7, audit_hash="cd" * 32))
     assert "audit_seq" not in view and "audit_hash" not in view
+
+
+def test_a_new_name_must_be_usable_in_a_path() -> None:
+    """The router refuses ".." in a path parameter, so a new name may not hold it; a stored
+    key's name is still read under the older rule."""
+    for name in ("a.b", "a.", "a-b_c.d", "x" * 128):
+        validate_new_name(name)
+    for name in ("a..b", "a...", "x..", "..x"):
+        with pytest.raises(BadRequest):
+            validate_new_name(name)
+    validate_name("a..b")
+
+
+@pytest.mark.parametrize("text", ["a\nb", "\x85", "\u202e", "\u200b", "\u2028", "\ufeff", "\x7f",
+                                  "\u061c", "x" * 257])
+def test_plain_text_refuses_controls_separators_and_bidi(text: str) -> None:
+    with pytest.raises(BadRequest):
+        plain_text(text, "reason", 256)
+
+
+def test_plain_text_takes_any_other_text() -> None:
+    for text in ("", "héllo wörld", "\u00a0nbsp", "emoji 🔑", "x" * 256, "tab-free; quotes \"'"):
+        assert plain_text(text, "reason", 256) == text

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ferrohsm import app as wiring
 from ferrohsm.api import openapi
 from ferrohsm.api.handlers import system
+from ferrohsm.api.handlers.common import b64
 from ferrohsm.api.http import Response
 from ferrohsm.api.router import Operation, Route, Router
+from ferrohsm.auth.denylist import valid_jti
 from ferrohsm.auth.permissions import Action
 from ferrohsm.config import Secrets, load_config
 from ferrohsm.control.policy import APPROVABLE
+from ferrohsm.domain.errors import BadRequest
 from ferrohsm.telemetry.metrics import ServerMetrics
 
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -164,3 +171,59 @@ def test_served_document_covers_routes_added_later_and_is_built_once() -> None:
     assert first.body is second.body and first.headers is not second.headers
     assert json.loads(first.body) == openapi.document(router.routes())
     assert "/v1/later" in json.loads(first.body)["paths"]
+
+
+def test_links_lead_to_operations_that_exist(doc: dict[str, Any]) -> None:
+    """201 of createKey leads to the key's operations; a 202 to its approval."""
+    ids = {op["operationId"] for op in operations(doc).values()}
+    links = operations(doc)[("POST", "/v1/keys")]["responses"]["201"]["links"]
+    assert {"getKey", "rotateKey", "rollbackKey", "revokeKey", "destroyKey", "cancelDestroyKey",
+            "encrypt", "decrypt", "sign", "verify", "wrap", "unwrap"} <= set(links)
+    parked = doc["components"]["responses"]["approval_required"]["links"]
+    assert parked["getApproval"]["parameters"] == {"id": "$response.body#/approval/id"}
+    for op in operations(doc).values():
+        for answer in op["responses"].values():
+            for link in answer.get("links", {}).values():
+                assert link["operationId"] in ids
+    for link in parked.values():
+        assert link["operationId"] in ids
+
+
+def test_object_responses_list_their_required_members(doc: dict[str, Any]) -> None:
+    """`{}` must not validate against a response schema: each names its required members."""
+    schemas = doc["components"]["schemas"]
+    for (method, path), op in operations(doc).items():
+        for answer in op["responses"].values():
+            for media in answer.get("content", {}).values():
+                ref = media["schema"].get("$ref")
+                if ref is not None:
+                    name = ref.rsplit("/", 1)[1]
+                    assert schemas[name].get("required"), (method, path, name)
+
+
+def test_generic_errors_are_listed_only_where_they_can_happen(doc: dict[str, Any]) -> None:
+    ops = operations(doc)
+    assert "404" not in ops[("GET", "/v1/keys")]["responses"]
+    assert "409" not in ops[("GET", "/v1/keys/{key}")]["responses"]
+    assert "415" not in ops[("GET", "/v1/audit")]["responses"]
+    assert {"409", "410"} <= set(ops[("POST", "/v1/keys/{key}/encrypt")]["responses"])
+    assert "304" in ops[("GET", "/v1/keys")]["responses"]
+    assert ops[("POST", "/v1/tokens/revoke")]["requestBody"]["required"] is True
+
+
+@given(st.text(alphabet="AQgwBCRhx+/=", max_size=12) | st.binary(max_size=9).map(
+    lambda b: base64.b64encode(b).decode()))
+def test_the_base64_pattern_is_exactly_what_the_server_takes(text: str) -> None:
+    pattern = re.compile(openapi.B64["pattern"])
+    try:
+        b64(text, "f")
+        accepted = True
+    except BadRequest:
+        accepted = False
+    assert accepted == (pattern.fullmatch(text) is not None), text
+
+
+@given(st.text(max_size=6))
+def test_the_plain_text_pattern_is_the_servers_rule(text: str) -> None:
+    published = re.compile(openapi.PLAIN_TEXT["pattern"])
+    assert (published.fullmatch(text) is not None) == valid_jti(text or "x")

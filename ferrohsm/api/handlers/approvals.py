@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from ...auth.permissions import Action
-from ...domain.errors import BadRequest
-from ...domain.model import RequestContext
+from ...domain.model import RequestContext, plain_text
 from ...service import ApprovalService
 from ...store.keystore import MAX_PAGE
 from ..http import Request
@@ -18,9 +17,7 @@ TAGS = ("approvals",)
 def _comment(req: Request) -> str:
     """An optional ``{"comment": "..."}`` body, kept in the approval and the audit record."""
     comment = fields(req, {"comment": Field(str)}).get("comment", "")
-    if len(comment) > MAX_COMMENT or not comment.isprintable():
-        raise BadRequest(f"comment must be at most {MAX_COMMENT} printable characters")
-    return str(comment)
+    return plain_text(str(comment), "comment", MAX_COMMENT)
 
 
 def register(router: Router, approvals: ApprovalService) -> None:
@@ -47,7 +44,8 @@ def register(router: Router, approvals: ApprovalService) -> None:
     router.add("POST", "/v1/approvals/{id}/approve", approve, name="approveRequest",
                doc=Operation("Approve a parked request (Administrator/Operator, not the "
                              "requester; once each)", TAGS, Action.APPROVAL_DECIDE,
-                             request="ApprovalVoteRequest", response="Approval"))
+                             request="ApprovalVoteRequest", response="Approval",
+                             errors=(409,)))
     router.add("POST", "/v1/approvals/{id}/deny", deny, name="denyRequest", doc=Operation(
         "Refuse a parked request", TAGS, Action.APPROVAL_DECIDE,
-        request="ApprovalVoteRequest", response="Approval"))
+        request="ApprovalVoteRequest", response="Approval", errors=(409,)))

@@ -86,6 +86,11 @@ def _takes_bool(kind: type | tuple[type, ...]) -> bool:
     return bool in kind if isinstance(kind, tuple) else kind is bool
 
 
+def _takes_int(kind: type | tuple[type, ...]) -> bool:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return int in kinds and float not in kinds
+
+
 def fields(req: Request, spec: dict[str, Field]) -> dict[str, Any]:
     """The body's members, type-checked against ``spec``; unknown members are an error.
 
@@ -103,6 +108,10 @@ def fields(req: Request, spec: dict[str, Field]) -> dict[str, Any]:
             if f.required:
                 raise BadRequest(f"missing required field {name}")
             continue
+        # JSON has one number type: 1.0 is the integer 1 (as JSON Schema's "integer" says), so an
+        # integral float passes where an int is wanted; 1.5 does not
+        if type(value) is float and value.is_integer() and _takes_int(f.kind):
+            value = int(value)
         # bool is an int subclass: a bool passes only where bool itself is allowed
         if not isinstance(value, f.kind) or (type(value) is bool and not _takes_bool(f.kind)):
             raise BadRequest(f"field {name} has the wrong type")
@@ -111,13 +120,20 @@ def fields(req: Request, spec: dict[str, Field]) -> dict[str, Any]:
 
 
 def b64(value: str | None, name: str) -> bytes | None:
-    """Strict standard base64 (``b64decode(validate=True)`` without its Python-level wrapper)."""
+    """Canonical standard base64: the alphabet, padding, and no stray bits before the padding
+    (``a2b_base64`` in strict mode still takes "QR==" for "QQ=="), so each value has one spelling
+    and the API description's pattern (api/openapi.py ``B64_PATTERN``) is exactly this rule."""
     if value is None:
         return None
     try:
-        return binascii.a2b_base64(value.encode("ascii"), strict_mode=True)
+        data = binascii.a2b_base64(value.encode("ascii"), strict_mode=True)
     except (binascii.Error, ValueError, UnicodeEncodeError):
         raise BadRequest(f"{name} must be standard base64 with padding") from None
+    tail = 1 if value.endswith("==") else 2  # data bytes in a padded last group
+    if value.endswith("=") and (binascii.b2a_base64(data[-tail:], newline=False)
+                                != value[-4:].encode("ascii")):
+        raise BadRequest(f"{name} must be canonical base64 (no stray bits before the padding)")
+    return data
 
 
 def b64s(data: bytes) -> str:
@@ -135,9 +151,21 @@ def query(req: Request, allowed: set[str]) -> dict[str, str]:
     return out
 
 
+MAX_VERSION = 999_999_999  # key versions: at most 9 digits (crypto/ops.py tokens)
+
+
+def int_field(value: int | None, name: str, low: int, high: int) -> int | None:
+    """A JSON integer member within the bounds the API description publishes; 400 else."""
+    if value is not None and not low <= value <= high:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}")
+    return value
+
+
 def int_param(value: str | None, name: str, low: int, high: int) -> int | None:
     if value is None:
         return None
-    if not value.isdigit() or len(value) > 9 or not low <= int(value) <= high:
+    # ASCII digits only ("²".isdigit() is True), and no longer than ``high`` itself
+    if (not value.isascii() or not value.isdigit() or len(value) > len(str(high))
+            or not low <= int(value) <= high):
         raise BadRequest(f"{name} must be an integer from {low} to {high}")
     return int(value)

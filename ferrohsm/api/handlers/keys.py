@@ -8,15 +8,18 @@ from typing import Any
 
 from ...auth.permissions import Action
 from ...domain.errors import BadRequest
-from ...domain.model import KeyFilter, KeyState, RequestContext, key_view
+from ...domain.model import KeyFilter, KeyState, RequestContext, key_view, plain_text
 from ...service import KeyService
 from ...store.keystore import MAX_PAGE
 from ..http import Request, Response, json_response
 from ..router import Operation, Router
-from .common import Field, Reply, fields, int_param, query
+from .common import MAX_VERSION, Field, Reply, fields, int_field, int_param, query
 
 LIST_PARAMS = {"state", "algorithm", "usage", "tag", "name_prefix", "limit", "page_token"}
 TAGS = ("keys",)
+MAX_REASON = 256
+# The key's state can refuse these: 409 (state, usage, version), 410 (destroyed).
+STATEFUL = (409, 410)
 
 
 def register(router: Router, service: KeyService) -> None:
@@ -60,12 +63,12 @@ def _register_inventory(router: Router, service: KeyService) -> None:
 
     def public_key(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
         q = query(req, {"version"})
-        version = int_param(q.get("version"), "version", 1, 10**9)
+        version = int_param(q.get("version"), "version", 1, MAX_VERSION)
         return 200, service.public_key(ctx, p["key"], version)
 
     router.add("POST", "/v1/keys", create, name="createKey", doc=Operation(
         "Create a key", TAGS, Action.KEY_CREATE, request="CreateKey", response="Key",
-        status=201))
+        status=201, errors=(409,)))
     router.add("GET", "/v1/keys", listing, name="listKeys", doc=Operation(
         "List keys (filters, pagination, ETag)", TAGS, Action.KEY_LIST, response="KeyList",
         query=("keyState", "algorithm", "usage", "tag", "namePrefix", "limit", "pageToken"),
@@ -74,7 +77,7 @@ def _register_inventory(router: Router, service: KeyService) -> None:
         "Describe a key", TAGS, Action.KEY_READ, response="Key"))
     router.add("GET", "/v1/keys/{key}/public-key", public_key, name="getPublicKey", doc=Operation(
         "Public key PEM (asymmetric keys)", TAGS, Action.KEY_PUBLIC, response="PublicKey",
-        query=("version",)))
+        query=("version",), errors=STATEFUL))
 
 
 def _register_lifecycle(router: Router, service: KeyService) -> None:
@@ -89,13 +92,12 @@ def _register_lifecycle(router: Router, service: KeyService) -> None:
 
     def rollback(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
         body = fields(req, {"version": Field(int, True)})
-        return 200, key_view(service.rollback(ctx, p["key"], body["version"]))
+        version = int_field(body["version"], "version", 1, MAX_VERSION) or 1
+        return 200, key_view(service.rollback(ctx, p["key"], version))
 
     def revoke(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
         body = fields(req, {"reason": Field(str)})
-        reason = body.get("reason", "")
-        if len(reason) > 256 or not reason.isprintable():
-            raise BadRequest("reason must be at most 256 printable characters")
+        reason = plain_text(body.get("reason", ""), "reason", MAX_REASON)
         return 200, key_view(service.revoke(ctx, p["key"], reason))
 
     def destroy(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
@@ -108,20 +110,22 @@ def _register_lifecycle(router: Router, service: KeyService) -> None:
 
     router.add("PATCH", "/v1/keys/{key}", update, name="updateKey", doc=Operation(
         "Change a key's description", TAGS, Action.KEY_UPDATE, request="UpdateKey",
-        response="Key"))
+        response="Key", errors=STATEFUL))
     router.add("POST", "/v1/keys/{key}/rotate", rotate, name="rotateKey", doc=Operation(
-        "Add a new primary version", TAGS, Action.KEY_ROTATE, request="Empty", response="Key"))
+        "Add a new primary version", TAGS, Action.KEY_ROTATE, request="Empty", response="Key",
+        errors=STATEFUL))
     router.add("POST", "/v1/keys/{key}/rollback", rollback, name="rollbackKey", doc=Operation(
         "Make an older version primary", TAGS, Action.KEY_ROLLBACK, request="Rollback",
-        response="Key"))
+        response="Key", errors=STATEFUL))
     router.add("POST", "/v1/keys/{key}/revoke", revoke, name="revokeKey", doc=Operation(
-        "Revoke (process-only)", TAGS, Action.KEY_REVOKE, request="Revoke", response="Key"))
+        "Revoke (process-only)", TAGS, Action.KEY_REVOKE, request="Revoke", response="Key",
+        errors=STATEFUL))
     router.add("POST", "/v1/keys/{key}/destroy", destroy, name="destroyKey", doc=Operation(
         "Schedule destruction after a grace period", TAGS, Action.KEY_DESTROY, request="Empty",
-        response="Key"))
+        response="Key", errors=STATEFUL))
     router.add("POST", "/v1/keys/{key}/cancel-destroy", cancel, name="cancelDestroyKey",
                doc=Operation("Cancel scheduled destruction", TAGS, Action.KEY_CANCEL_DESTROY,
-                             request="Empty", response="Key"))
+                             request="Empty", response="Key", errors=STATEFUL))
 
 
 def etagged(req: Request, payload: dict[str, Any]) -> Response:
