@@ -343,7 +343,10 @@ def make_server(rt: Runtime, ssl_provider: Any) -> HardenedHTTPServer:
     host, port = parse_listen(s.listen)
     return HardenedHTTPServer(
         rt.app, host=host, port=port, ssl_context_provider=ssl_provider,
-        max_connections=s.max_connections, handshake_timeout=s.handshake_timeout_seconds,
+        max_connections=s.max_connections, max_connections_per_ip=s.max_connections_per_ip,
+        max_unproductive_per_ip=s.max_unproductive_per_ip,
+        reserved_authenticated_share=s.reserved_authenticated_share,
+        handshake_timeout=s.handshake_timeout_seconds,
         header_timeout=s.header_timeout_seconds, body_timeout=s.body_timeout_seconds,
         idle_timeout=s.idle_timeout_seconds, max_body=s.max_body_bytes, logger=log,
         workers=s.workers, inline=rt.app.runs_inline, audit=rt.audit,
