@@ -107,7 +107,7 @@ class TokenBuckets:
 class RateLimitPolicy:
     """What the limiter enforces; ``per_role`` overrides ``default`` for that role's actors."""
 
-    default: Limit = field(default_factory=lambda: Limit(50.0, 100))
+    default: Limit = field(default_factory=lambda: Limit(10_000.0, 20_000))
     per_role: Mapping[str, Limit] = field(default_factory=dict)
     per_ip: Limit = field(default_factory=lambda: Limit(10.0, 40))
     max_entries: int = 100_000
