@@ -6,6 +6,8 @@ per request), all on the loop thread:
 - per source address, at most ``per_ip`` open connections, of which at most ``unproductive_per_ip``
   UNPRODUCTIVE: not yet past the TLS handshake and a first answered request (a silent peer, a
   slowloris dribbling its first head). A connection over either cap is closed once accepted.
+  ``exempt`` addresses (the trusted proxies of ``[rate_limit]``, which speak for many clients)
+  are not capped per address.
 - a share of the slots (``reserved`` of them) is kept for authenticated peers: a connection that
   carried a request with a valid token is TRUSTED, and so is, for a while, its address (the last
   ``TRUSTED_ADDRESSES`` such addresses are remembered), so a fresh connection from a service
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .connection import BODY, HANDSHAKE, HEAD, IDLE, Conn
 
@@ -30,7 +32,7 @@ _UNPRODUCTIVE = (HANDSHAKE, IDLE, HEAD, BODY)  # states in which a connection ma
 
 class Admission:
     def __init__(self, max_connections: int, per_ip: int | None, unproductive_per_ip: int | None,
-                 reserved_share: float) -> None:
+                 reserved_share: float, exempt: Callable[[str], bool] | None = None) -> None:
         if not 0.0 <= reserved_share < 1.0:
             raise ValueError("reserved_authenticated_share must be in [0, 1)")
         self.per_ip = max(1, per_ip or max_connections)
@@ -38,6 +40,7 @@ class Admission:
         self.reserved = int(max_connections * reserved_share)
         self.anonymous_slots = max_connections - self.reserved
         self.turned_away = 0  # connections closed at accept by the caps
+        self.exempt = exempt  # addresses the per-address caps do not apply to (trusted proxies)
         self._per_ip: dict[str, list[int]] = {}  # address -> [open, unproductive]
         self._anonymous = 0  # open connections that are not trusted
         self._trusted: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -64,11 +67,14 @@ class Admission:
         counts = self._per_ip.get(ip)
         if counts is None:
             return None
+        why = None
         if counts[0] >= self.per_ip:
-            return "per-address connection cap"
-        if counts[1] >= self.unproductive_per_ip:
-            return "per-address cap on unproductive connections"
-        return None
+            why = "per-address connection cap"
+        elif counts[1] >= self.unproductive_per_ip:
+            why = "per-address cap on unproductive connections"
+        if why is not None and self.exempt is not None and self.exempt(ip):
+            return None
+        return why
 
     def opened(self, conn: Conn, now: float, trusted: bool) -> None:
         conn.accepted_at, conn.trusted = now, trusted

@@ -76,6 +76,7 @@ _MAX_WAIT = 1.0
 ACTIVE_WINDOW = 0.001  # seconds after an answer during which a connection counts as active
 _RECV_SIZE = 65536
 _LISTENER, _WAKE = object(), object()
+_ACCEPTS_PER_TURN = 256
 
 
 class HardenedHTTPServer:
@@ -89,9 +90,7 @@ class HardenedHTTPServer:
         port: int,
         ssl_context_provider: Callable[[], ssl.SSLContext] | None,
         max_connections: int = 64,
-        max_connections_per_ip: int | None = None,
-        max_unproductive_per_ip: int | None = None,
-        reserved_authenticated_share: float = 0.0,
+        admission: Admission | None = None,
         handshake_timeout: float = 10,
         header_timeout: float = 10,
         body_timeout: float = 30,
@@ -115,8 +114,7 @@ class HardenedHTTPServer:
         self.host, self.port = host, port
         self.ssl_context_provider = ssl_context_provider
         self.max_connections = max_connections
-        self.admission = Admission(max_connections, max_connections_per_ip,
-                                   max_unproductive_per_ip, reserved_authenticated_share)
+        self.admission = admission or Admission(max_connections, None, None, 0.0)
         self.handshake_timeout = handshake_timeout
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
@@ -322,7 +320,9 @@ class HardenedHTTPServer:
 
     def _accept(self, now: float) -> None:
         assert self._listener is not None  # noqa: S101  type narrowing
-        while len(self._conns) < self.max_connections and not self._draining:
+        budget = _ACCEPTS_PER_TURN  # a flood that is turned away must not hold the loop
+        while len(self._conns) < self.max_connections and not self._draining and budget:
+            budget -= 1
             try:
                 sock, addr = self._listener.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -339,7 +339,7 @@ class HardenedHTTPServer:
                 self._adopt(sock, addr, now, trusted)
             else:
                 sock.close()  # over a cap of admission.py
-        if not self._draining:
+        if len(self._conns) >= self.max_connections and not self._draining:
             self._listener.pause(now)
 
     def _adopt(self, sock: socket.socket, addr: tuple[Any, ...], now: float,

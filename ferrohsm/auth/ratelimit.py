@@ -165,6 +165,12 @@ class RateLimiter:
                 break
         return str(client)
 
+    def is_proxy(self, peer_ip: str) -> bool:
+        """Whether ``peer_ip`` is a trusted proxy (the server exempts it from its per-address
+        connection caps: it speaks for many clients)."""
+        addr = _address(peer_ip) if self.policy.trusted_proxies else None
+        return addr is not None and self._trusted(addr)
+
     def _trusted(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return any(addr in net for net in self.policy.trusted_proxies)
 

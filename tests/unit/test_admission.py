@@ -72,3 +72,12 @@ def test_reserved_share_keeps_slots_for_authenticated_peers() -> None:
 def test_share_must_leave_anonymous_slots() -> None:
     with pytest.raises(ValueError):
         Admission(10, None, None, 1.0)
+
+
+def test_trusted_proxies_are_not_capped_per_address() -> None:
+    adm = Admission(100, per_ip=1, unproductive_per_ip=1, reserved_share=0.0,
+                    exempt=lambda ip: ip == "10.9.9.9")
+    conn("10.9.9.9", adm, 1.0)
+    conn("10.0.0.1", adm, 1.0)
+    assert adm.admit("10.9.9.9", [], LOG)[0] is True
+    assert adm.admit("10.0.0.1", [], LOG)[0] is False

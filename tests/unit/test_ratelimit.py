@@ -151,3 +151,9 @@ def test_limits_must_be_positive() -> None:
         Limit(0.0, 1)
     with pytest.raises(ValueError):
         Limit(1.0, 0)
+
+
+def test_is_proxy_names_only_trusted_proxies() -> None:
+    limiter = RateLimiter(RateLimitPolicy(trusted_proxies=parse_networks(["10.0.0.0/8"])))
+    assert limiter.is_proxy("10.1.2.3") and not limiter.is_proxy("192.0.2.1")
+    assert not limiter.is_proxy("garbage") and not RateLimiter().is_proxy("10.1.2.3")
