@@ -16,6 +16,7 @@ from typing import Any
 
 from .api import application
 from .api import router as routing
+from .api.admission import Admission
 from .api.handlers import approvals as approval_routes
 from .api.handlers import audit as audit_routes
 from .api.handlers import crypto as crypto_routes
@@ -343,7 +344,11 @@ def make_server(rt: Runtime, ssl_provider: Any) -> HardenedHTTPServer:
     host, port = parse_listen(s.listen)
     return HardenedHTTPServer(
         rt.app, host=host, port=port, ssl_context_provider=ssl_provider,
-        max_connections=s.max_connections, handshake_timeout=s.handshake_timeout_seconds,
+        max_connections=s.max_connections,
+        admission=Admission(s.max_connections, s.max_connections_per_ip,
+                            s.max_unproductive_per_ip, s.reserved_authenticated_share,
+                            exempt=rt.app.limiter.is_proxy),
+        handshake_timeout=s.handshake_timeout_seconds,
         header_timeout=s.header_timeout_seconds, body_timeout=s.body_timeout_seconds,
         idle_timeout=s.idle_timeout_seconds, max_body=s.max_body_bytes, logger=log,
         workers=s.workers, inline=rt.app.runs_inline, audit=rt.audit,

@@ -13,9 +13,16 @@ Theory of operation
   ``ca_cert`` or the system store, optionally with a client certificate (mutual TLS). One
   keep-alive connection is reused; one the server closed while idle is replaced before use, so
   no request is ever sent into a dead socket.
-* Retries: only idempotent calls (GET unless the caller says otherwise), on connection failures
-  and 429/502/503/504, honouring ``Retry-After`` up to a cap. A POST may have run when its
-  connection broke (a rotation, a signature): repeating it is the caller's decision, not ours.
+* Retries: only idempotent calls, on connection failures and 429/502/503/504: GET/HEAD/OPTIONS,
+  and the cryptographic operations (encrypt, decrypt, sign, verify, wrap, unwrap: they change no
+  state, so running one twice costs only a second audit record), unless they carry an approval
+  id (an approved request runs exactly once). Key creation, rotation, every other state change
+  and approvals are never repeated: such a POST may have run when its connection broke, and
+  repeating it is the caller's decision, not ours (``idempotent=True`` on ``request``). At most
+  ``retries`` (3) retries, each after ``Retry-After`` when the server sent one (else an
+  exponential backoff from 0.2 s), plus up to 20% jitter so clients throttled together do not
+  return together; when the next wait would take the total over ``max_retry_wait`` (30 s) the
+  error is raised instead of sleeping.
 * Errors: an ``ApiError`` subclass chosen by the API ``code`` (never by message text), carrying
   ``code``, ``message``, ``status`` and ``request_id``; ``approval_required`` (202) raises
   ``ApprovalRequired`` with the parked approval; ``TransportError`` carries the request id sent.
@@ -31,6 +38,7 @@ import base64
 import http.client
 import json
 import os
+import random
 import select
 import socket
 import ssl
@@ -47,7 +55,9 @@ __all__ = ["ApiError", "ApprovalRequired", "BadRequest", "Client", "ClientError"
 USER_AGENT = "ferrohsm-client/1"
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
-MAX_RETRY_WAIT = 10.0  # never sleep longer than this on one Retry-After
+MAX_RETRY_WAIT = 30.0  # default cap on the total time one call sleeps between its attempts
+REPEATABLE = frozenset({"encrypt", "decrypt", "sign", "verify", "wrap", "unwrap"})
+_JITTER = random.SystemRandom()
 
 
 class ClientError(Exception):
@@ -188,8 +198,9 @@ class Client:
 
     def __init__(self, url: str, token: str | None = None, *, ca_cert: str | None = None,
                  client_cert: str | None = None, client_key: str | None = None,
-                 timeout: float = 30.0, retries: int = 2, correlation_id: str | None = None,
-                 context: ssl.SSLContext | None = None) -> None:
+                 timeout: float = 30.0, retries: int = 3, correlation_id: str | None = None,
+                 context: ssl.SSLContext | None = None,
+                 max_retry_wait: float = MAX_RETRY_WAIT) -> None:
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
             raise ValueError(f"server URL must be https://HOST[:PORT], got {url[:80]!r}")
@@ -198,6 +209,7 @@ class Client:
         self._prefix = parts.path.rstrip("/")
         self._token, self.correlation_id = token, correlation_id
         self.timeout, self.retries = timeout, max(0, retries)
+        self.max_retry_wait = max(0.0, max_retry_wait)
         self._context = context or tls_context(ca_cert, client_cert, client_key)
         self._conn: http.client.HTTPSConnection | None = None
 
@@ -243,21 +255,37 @@ class Client:
         headers = self._headers(payload is not None, correlation_id, approval_id)
         retry = method in IDEMPOTENT if idempotent is None else idempotent
         attempts = 1 + (self.retries if retry else 0)
+        waited = 0.0
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
                 status, resp_headers, data = self._exchange(method, target, payload, headers)
             except TransportError as exc:
-                if last or not exc.retryable:
+                wait = None if last or not exc.retryable else self._backoff(attempt, None, waited)
+                if wait is None:
                     raise
-                time.sleep(min(0.2 * 2 ** attempt, MAX_RETRY_WAIT))
+                waited += self._sleep(wait)
                 continue
             if status in RETRY_STATUSES and not last:
-                wait = _retry_after(resp_headers.get("retry-after"))
-                time.sleep(min(wait if wait is not None else 0.2 * 2 ** attempt, MAX_RETRY_WAIT))
-                continue
+                hint = _retry_after(resp_headers.get("retry-after"))
+                wait = self._backoff(attempt, hint, waited)
+                if wait is not None:
+                    waited += self._sleep(wait)
+                    continue
             return self._result(status, resp_headers, data, headers["X-Request-ID"])
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _backoff(self, attempt: int, retry_after: float | None, waited: float) -> float | None:
+        """Seconds to sleep before the next attempt (``Retry-After`` or an exponential backoff,
+        plus jitter), or None when that would take the call's total over ``max_retry_wait``."""
+        base = retry_after if retry_after is not None else 0.2 * 2 ** attempt
+        wait = base + _JITTER.uniform(0.0, 0.2 * base + 0.01)
+        return None if waited + wait > self.max_retry_wait else wait
+
+    @staticmethod
+    def _sleep(seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
 
     def _headers(self, has_body: bool, correlation_id: str | None,
                  approval_id: str | None) -> dict[str, str]:
@@ -431,7 +459,9 @@ class Client:
 
     def _post(self, key: str, verb: str, body: dict[str, Any],
               opts: dict[str, Any]) -> dict[str, Any]:
-        """POST /v1/keys/{key}/{verb}; ``opts``: correlation_id, approval_id."""
+        """POST /v1/keys/{key}/{verb}; ``opts``: correlation_id, approval_id. Repeatable
+        (module docstring) unless it carries an approval id."""
+        opts.setdefault("idempotent", verb in REPEATABLE and not opts.get("approval_id"))
         return self.request("POST", _key_path(key, "/" + verb), body, **opts)  # type: ignore[no-any-return]
 
     # ---- approvals, audit, health -------------------------------------------------------

@@ -142,8 +142,10 @@ class Application:
         try:
             if "access_token" in req.query:
                 raise BadRequest("bearer tokens are accepted only in the Authorization header")
-            return self.auth.authenticate(req.headers.get_all("authorization"),
-                                          client_fingerprint=ctx.client_fingerprint)
+            principal = self.auth.authenticate(req.headers.get_all("authorization"),
+                                               client_fingerprint=ctx.client_fingerprint)
+            req.authenticated = True
+            return principal
         except FerroError as exc:
             self.metrics.auth_failures.inc(getattr(exc, "reason", exc.code))
             self._limit(ctx)

@@ -61,10 +61,9 @@ class Incoming:
 class Conn:
     """Socket, buffers and state of one accepted connection (loop thread only)."""
 
-    __slots__ = ("buf", "chunks", "client_cert_der", "deadline", "drained", "eof", "events",
-                 "first", "head",
-                 "idle_since", "keep_alive", "out", "peer", "received_at", "scan", "sock",
-                 "state", "tls")
+    __slots__ = ("accepted_at", "buf", "chunks", "client_cert_der", "deadline", "drained", "eof",
+                 "events", "first", "head", "idle_since", "keep_alive", "out", "peer",
+                 "productive", "received_at", "scan", "sock", "state", "tls", "trusted")
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int]) -> None:
         self.sock = sock
@@ -85,6 +84,11 @@ class Conn:
         self.scan = 0  # where to resume looking for the end of the head
         self.drained = 0  # LINGER: bytes discarded so far
         self.events = 0  # what the selector watches for (0: unregistered)
+        # Admission accounting (server.py): when accepted; whether a first request was answered
+        # (until then the connection is "unproductive"); whether it or its address authenticated.
+        self.accepted_at = 0.0
+        self.productive = False
+        self.trusted = False
 
     # ---- reading ----------------------------------------------------------------------------
 

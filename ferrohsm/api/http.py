@@ -103,6 +103,9 @@ class Request:
     # they are durable (api/dispatch.py gives an inline request an empty list; the application
     # hands it on as RequestContext.tickets). None: every record is durable when made.
     tickets: list[Any] | None = None
+    # Set by the application once the request carried a valid token: the server then counts its
+    # connection (and, for a while, its source address) as authenticated (api/server.py).
+    authenticated: bool = False
 
 
 @dataclass(slots=True)

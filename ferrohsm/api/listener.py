@@ -59,3 +59,30 @@ class Listener:
             self._selector.unregister(self.sock)
         self.closed = True
         self.sock.close()
+
+
+class Waker:
+    """A socket pair that interrupts the loop's select from any thread."""
+
+    def __init__(self, selector: selectors.BaseSelector, tag: Any) -> None:
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+        selector.register(self._r, selectors.EVENT_READ, tag)
+
+    def wake(self) -> None:
+        try:
+            self._w.send(b"\0")
+        except OSError:
+            pass  # the pipe is full: the loop is awake already
+
+    def drain(self) -> None:
+        try:
+            while self._r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def close(self) -> None:
+        self._r.close()
+        self._w.close()

@@ -17,10 +17,11 @@ Theory of operation (bench/RESULTS.md has the measurements):
   bounded worker pool, so a slow handler (RSA key generation, a long listing) never stalls the
   loop; its audit records are durable before it returns, as always. A connection has at most one
   request in progress; pipelined requests wait in its buffer, so answers keep their order.
-- Limits: at most ``max_connections`` accepted connections. At the cap the listener is left in
-  the kernel's backlog; when a client is queued there, the longest-idle keep-alive connection is
-  closed (or, when none is idle, the next response carries ``Connection: close``), so a queued
-  client is served within about a request time.
+- Limits: at most ``max_connections`` accepted connections, per source address fewer, and a
+  share kept for authenticated peers (admission.py). At the cap the listener is left in the
+  kernel's backlog; when a client is queued there, the oldest unproductive connection (no first
+  answer yet), else the longest-idle one is closed (or the next response carries ``Connection:
+  close``), so a queued client is served within about a request time.
 - Deadlines per connection (connection.py): handshake, whole head, whole body, idle keep-alive,
   sending, lingering. A silent or dribbling peer costs a slot, never the loop.
 - ``shutdown(grace)`` stops accepting at once, closes idle connections, lets requests in progress
@@ -50,6 +51,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..domain.errors import FerroError
+from .admission import Admission
 from .connection import (
     BODY,
     BUSY,
@@ -66,7 +68,7 @@ from .connection import (
 )
 from .dispatch import INTERNAL_MESSAGE, App, Dispatcher, Durability, Refuse
 from .http import Request, Response, error_response
-from .listener import Listener
+from .listener import Listener, Waker
 from .parse import Limits, render_response
 
 OnRequest = Callable[[Request, Response, float], None]
@@ -74,6 +76,7 @@ _MAX_WAIT = 1.0
 ACTIVE_WINDOW = 0.001  # seconds after an answer during which a connection counts as active
 _RECV_SIZE = 65536
 _LISTENER, _WAKE = object(), object()
+_ACCEPTS_PER_TURN = 256
 
 
 class HardenedHTTPServer:
@@ -87,6 +90,7 @@ class HardenedHTTPServer:
         port: int,
         ssl_context_provider: Callable[[], ssl.SSLContext] | None,
         max_connections: int = 64,
+        admission: Admission | None = None,
         handshake_timeout: float = 10,
         header_timeout: float = 10,
         body_timeout: float = 30,
@@ -110,6 +114,7 @@ class HardenedHTTPServer:
         self.host, self.port = host, port
         self.ssl_context_provider = ssl_context_provider
         self.max_connections = max_connections
+        self.admission = admission or Admission(max_connections, None, None, 0.0)
         self.handshake_timeout = handshake_timeout
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
@@ -126,8 +131,7 @@ class HardenedHTTPServer:
         self._listener: Listener | None = None
         self._address: tuple[str, int] | None = None
         self._selector: selectors.BaseSelector | None = None
-        self._wake_r: socket.socket | None = None
-        self._wake_w: socket.socket | None = None
+        self._waker: Waker | None = None
         self._conns: dict[Conn, None] = {}
         self._ready: list[Conn] = []          # buffered bytes to parse without waiting
         self._chunk = memoryview(bytearray(_RECV_SIZE))
@@ -198,12 +202,9 @@ class HardenedHTTPServer:
             self._shutdown_lock.release()
 
     def install_signal_handlers(self, grace: float = 10.0) -> None:
-        """SIGTERM/SIGINT start a graceful shutdown (call from the main thread only).
-
-        The handler only spawns a thread: waiting for the loop inside a signal handler would
-        deadlock when serve_forever() runs in the main thread.
-        """
-
+        """SIGTERM/SIGINT start a graceful shutdown (call from the main thread only). The handler
+        only spawns a thread: waiting for the loop in a signal handler would deadlock when
+        serve_forever() runs in the main thread."""
         def handle(signum: int, frame: types.FrameType | None) -> None:
             self.log.info("signal %d received: shutting down (grace %.1fs)", signum, grace)
             threading.Thread(target=self.shutdown, args=(grace,), name="ferrohsm-shutdown").start()
@@ -218,18 +219,12 @@ class HardenedHTTPServer:
         self._listener = Listener(self.host, self.port, self.backlog, self.reuse_port,
                                   self._selector, _LISTENER)
         self._address = self._listener.address
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        self._waker = Waker(self._selector, _WAKE)
 
     def _wake(self) -> None:
         """Interrupt the loop's select (from any thread)."""
-        if self._wake_w is not None:
-            try:
-                self._wake_w.send(b"\0")
-            except OSError:
-                pass  # the pipe is full: the loop is awake already
+        if self._waker is not None:
+            self._waker.wake()
 
     # ----------------------------------------------------------------- the loop
 
@@ -301,7 +296,8 @@ class HardenedHTTPServer:
         if data is _LISTENER:
             self._accept(time.monotonic())
         elif data is _WAKE:
-            self._drain_wake()
+            assert self._waker is not None  # noqa: S101  type narrowing
+            self._waker.drain()
         else:
             self._conn_event(data)
 
@@ -320,19 +316,13 @@ class HardenedHTTPServer:
             self.log.exception("event loop error")
             time.sleep(0.05)  # e.g. EMFILE on accept: do not spin
 
-    def _drain_wake(self) -> None:
-        assert self._wake_r is not None  # noqa: S101  narrows a type for mypy, not a runtime check
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
-
     # ----------------------------------------------------------------- accepting
 
     def _accept(self, now: float) -> None:
         assert self._listener is not None  # noqa: S101  type narrowing
-        while len(self._conns) < self.max_connections and not self._draining:
+        budget = _ACCEPTS_PER_TURN  # a flood that is turned away must not hold the loop
+        while len(self._conns) < self.max_connections and not self._draining and budget:
+            budget -= 1
             try:
                 sock, addr = self._listener.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -342,11 +332,18 @@ class HardenedHTTPServer:
             except OSError as exc:  # EMFILE and friends: pause, and let eviction free an fd
                 self.log.warning("accept failed (%s): pausing new connections", exc.strerror)
                 return self._listener.pause(now)
-            self._adopt(sock, addr, now)
-        if not self._draining:
+            admitted, trusted, victim = self.admission.admit(str(addr[0]), self._conns, self.log)
+            if victim is not None:
+                self._close(victim)
+            if admitted:
+                self._adopt(sock, addr, now, trusted)
+            else:
+                sock.close()  # over a cap of admission.py
+        if len(self._conns) >= self.max_connections and not self._draining:
             self._listener.pause(now)
 
-    def _adopt(self, sock: socket.socket, addr: tuple[Any, ...], now: float) -> None:
+    def _adopt(self, sock: socket.socket, addr: tuple[Any, ...], now: float,
+               trusted: bool = False) -> None:
         """A new connection: non-blocking, Nagle off, TLS wrapper, first deadline."""
         conn = Conn(sock, (str(addr[0]), int(addr[1])))
         try:
@@ -364,14 +361,15 @@ class HardenedHTTPServer:
             conn.close()
             return
         self._conns[conn] = None
+        self.admission.opened(conn, now, trusted)
         self._watch(conn, selectors.EVENT_READ)
 
     def _evict_one(self) -> None:
-        """Someone is queued: close the longest-idle connection, or ask the next response to
-        close its connection when none is idle."""
-        idle = [conn for conn in self._conns if conn.state == IDLE]
-        if idle:
-            self._close(min(idle, key=lambda conn: conn.idle_since))
+        """Someone is queued: close the oldest unproductive connection, else the longest-idle
+        one, or ask the next response to close its connection when there is neither."""
+        victim = self.admission.victim(self._conns, anonymous_only=False)
+        if victim is not None:
+            self._close(victim)
         else:
             self._evict_next = 1
 
@@ -455,6 +453,10 @@ class HardenedHTTPServer:
         if conn.state == CLOSED:
             return  # forced closed at the end of a shutdown's grace period
         request = incoming.request
+        if not conn.productive and incoming.error is None:
+            self.admission.productive(conn)
+        if request.authenticated and not conn.trusted:
+            self.admission.trust(conn)
         keep_alive = (incoming.error is None and incoming.keep_alive and not response.close
                       and not (conn.eof and not conn.buf) and not self._stopping.is_set()
                       and not self._take_eviction())
@@ -465,10 +467,8 @@ class HardenedHTTPServer:
         self._report(request, response)
 
     def _take_eviction(self) -> bool:
-        if self._evict_next:
-            self._evict_next -= 1
-            return True
-        return False
+        evict, self._evict_next = bool(self._evict_next), 0
+        return evict
 
     def _write(self, conn: Conn, payload: bytes) -> None:
         """Queue one response (one buffer, so one TLS record train and no Nagle stall) and send
@@ -564,7 +564,8 @@ class HardenedHTTPServer:
             return
         self._watch(conn, 0)
         conn.close()
-        self._conns.pop(conn, None)
+        if self._conns.pop(conn, 0) is None:  # it was ours: account for it
+            self.admission.closed(conn)
         if len(self._conns) < self.max_connections and self._listener and not self._draining:
             self._listener.resume()
 
@@ -593,7 +594,6 @@ class HardenedHTTPServer:
             self.log.warning("%d handler(s) still running at exit", len(stuck))
         if self._selector is not None:
             self._selector.close()
-        for sock in (self._wake_r, self._wake_w):
-            if sock is not None:
-                sock.close()
+        if self._waker is not None:
+            self._waker.close()
         self._closed.set()

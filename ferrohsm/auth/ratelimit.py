@@ -107,7 +107,7 @@ class TokenBuckets:
 class RateLimitPolicy:
     """What the limiter enforces; ``per_role`` overrides ``default`` for that role's actors."""
 
-    default: Limit = field(default_factory=lambda: Limit(50.0, 100))
+    default: Limit = field(default_factory=lambda: Limit(10_000.0, 20_000))
     per_role: Mapping[str, Limit] = field(default_factory=dict)
     per_ip: Limit = field(default_factory=lambda: Limit(10.0, 40))
     max_entries: int = 100_000
@@ -164,6 +164,12 @@ class RateLimiter:
             if not self._trusted(addr):
                 break
         return str(client)
+
+    def is_proxy(self, peer_ip: str) -> bool:
+        """Whether ``peer_ip`` is a trusted proxy (the server exempts it from its per-address
+        connection caps: it speaks for many clients)."""
+        addr = _address(peer_ip) if self.policy.trusted_proxies else None
+        return addr is not None and self._trusted(addr)
 
     def _trusted(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return any(addr in net for net in self.policy.trusted_proxies)

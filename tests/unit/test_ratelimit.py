@@ -140,9 +140,9 @@ def test_policy_from_settings() -> None:
                               "FERROHSM_RATE_LIMIT_AUDITOR_BURST": "7",
                               "FERROHSM_RATE_LIMIT_TRUSTED_PROXIES": "10.0.0.0/8,::1"})
     policy = policy_from_settings(config.rate_limit)
-    assert policy.for_role("service") == Limit(500.0, 100)
-    assert policy.for_role("auditor") == Limit(50.0, 7)
-    assert policy.for_role("operator") == policy.default == Limit(50.0, 100)
+    assert policy.for_role("service") == Limit(500.0, 20000)
+    assert policy.for_role("auditor") == Limit(10000.0, 7)
+    assert policy.for_role("operator") == policy.default == Limit(10000.0, 20000)
     assert policy.per_ip == Limit(10.0, 40) and len(policy.trusted_proxies) == 2
 
 
@@ -151,3 +151,9 @@ def test_limits_must_be_positive() -> None:
         Limit(0.0, 1)
     with pytest.raises(ValueError):
         Limit(1.0, 0)
+
+
+def test_is_proxy_names_only_trusted_proxies() -> None:
+    limiter = RateLimiter(RateLimitPolicy(trusted_proxies=parse_networks(["10.0.0.0/8"])))
+    assert limiter.is_proxy("10.1.2.3") and not limiter.is_proxy("192.0.2.1")
+    assert not limiter.is_proxy("garbage") and not RateLimiter().is_proxy("10.1.2.3")

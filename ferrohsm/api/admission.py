@@ -1,0 +1,135 @@
+"""Admission of connections to the event-loop server: no single client can starve it.
+
+Accounting happens per connection, at accept, at its first answered request and at close (never
+per request), all on the loop thread:
+
+- per source address, at most ``per_ip`` open connections, of which at most ``unproductive_per_ip``
+  UNPRODUCTIVE: not yet past the TLS handshake and a first answered request (a silent peer, a
+  slowloris dribbling its first head). A connection over either cap is closed once accepted.
+  ``exempt`` addresses (the trusted proxies of ``[rate_limit]``, which speak for many clients)
+  are not capped per address.
+- a share of the slots (``reserved`` of them) is kept for authenticated peers: a connection that
+  carried a request with a valid token is TRUSTED, and so is, for a while, its address (the last
+  ``TRUSTED_ADDRESSES`` such addresses are remembered), so a fresh connection from a service
+  that authenticated before may use the reserved slots too. Anonymous connections fill only the
+  others; a new one beyond them replaces the oldest unproductive (else the longest-idle)
+  anonymous connection, or is closed when every anonymous connection is busy.
+- eviction order when someone must make room (``victim``): the oldest unproductive connection,
+  then the longest-idle keep-alive one; anonymous before trusted; busy ones never.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable, Iterable
+
+from .connection import BODY, HANDSHAKE, HEAD, IDLE, Conn
+
+TRUSTED_ADDRESSES = 4096
+_UNPRODUCTIVE = (HANDSHAKE, IDLE, HEAD, BODY)  # states in which a connection may be evicted
+
+
+class Admission:
+    def __init__(self, max_connections: int, per_ip: int | None, unproductive_per_ip: int | None,
+                 reserved_share: float, exempt: Callable[[str], bool] | None = None) -> None:
+        if not 0.0 <= reserved_share < 1.0:
+            raise ValueError("reserved_authenticated_share must be in [0, 1)")
+        self.per_ip = max(1, per_ip or max_connections)
+        self.unproductive_per_ip = max(1, unproductive_per_ip or max_connections)
+        self.reserved = int(max_connections * reserved_share)
+        self.anonymous_slots = max_connections - self.reserved
+        self.turned_away = 0  # connections closed at accept by the caps
+        self.exempt = exempt  # addresses the per-address caps do not apply to (trusted proxies)
+        self._per_ip: dict[str, list[int]] = {}  # address -> [open, unproductive]
+        self._anonymous = 0  # open connections that are not trusted
+        self._trusted: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def admit(self, ip: str, conns: Iterable[Conn],
+              log: logging.Logger) -> tuple[bool, bool, Conn | None]:
+        """Whether a new connection from ``ip`` is admitted, whether it is trusted, and the
+        connection to close first to make room for it (if any)."""
+        why = self.over_cap(ip)
+        trusted = why is None and ip in self._trusted
+        victim = None
+        if why is None and not trusted and self.reserved and self._anonymous >= self.anonymous_slots:
+            victim = self.victim(conns, anonymous_only=True)
+            if victim is None:
+                why = "anonymous share full"
+        if why is None:
+            return True, trusted, victim
+        self.turned_away += 1
+        log.debug("turned away a connection from %s: %s", ip, why)
+        return False, False, None
+
+    def over_cap(self, ip: str) -> str | None:
+        """Why a new connection from ``ip`` is refused outright, or None."""
+        counts = self._per_ip.get(ip)
+        if counts is None:
+            return None
+        why = None
+        if counts[0] >= self.per_ip:
+            why = "per-address connection cap"
+        elif counts[1] >= self.unproductive_per_ip:
+            why = "per-address cap on unproductive connections"
+        if why is not None and self.exempt is not None and self.exempt(ip):
+            return None
+        return why
+
+    def opened(self, conn: Conn, now: float, trusted: bool) -> None:
+        conn.accepted_at, conn.trusted = now, trusted
+        counts = self._per_ip.setdefault(conn.peer[0], [0, 0])
+        counts[0] += 1
+        counts[1] += 1
+        if not trusted:
+            self._anonymous += 1
+
+    def productive(self, conn: Conn) -> None:
+        """``conn``'s first request is answered."""
+        conn.productive = True
+        counts = self._per_ip.get(conn.peer[0])
+        if counts is not None:
+            counts[1] -= 1
+
+    def trust(self, conn: Conn) -> None:
+        """``conn`` carried a valid token: it, and for a while its address, are trusted."""
+        if not conn.trusted:
+            conn.trusted = True
+            self._anonymous -= 1
+        ip = conn.peer[0]
+        self._trusted[ip] = None
+        self._trusted.move_to_end(ip)
+        if len(self._trusted) > TRUSTED_ADDRESSES:
+            self._trusted.popitem(last=False)
+
+    def closed(self, conn: Conn) -> None:
+        if not conn.trusted:
+            self._anonymous -= 1
+        ip = conn.peer[0]
+        counts = self._per_ip.get(ip)
+        if counts is None:
+            return
+        counts[0] -= 1
+        if not conn.productive:
+            counts[1] -= 1
+        if counts[0] <= 0:
+            del self._per_ip[ip]
+
+    @staticmethod
+    def victim(conns: Iterable[Conn], *, anonymous_only: bool) -> Conn | None:
+        """The oldest unproductive connection, else the longest-idle keep-alive one; anonymous
+        before trusted; None when every candidate is busy."""
+        best: Conn | None = None
+        best_key = (2, True, 0.0)
+        for conn in conns:
+            if anonymous_only and conn.trusted:
+                continue
+            if not conn.productive and conn.state in _UNPRODUCTIVE:
+                key = (0, conn.trusted, conn.accepted_at)
+            elif conn.state == IDLE:
+                key = (1, conn.trusted, conn.idle_since)
+            else:
+                continue
+            if key < best_key:
+                best, best_key = conn, key
+        return best

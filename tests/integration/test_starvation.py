@@ -1,0 +1,144 @@
+"""No single client can starve the server (api/server.py, admission).
+
+One address (127.0.0.1) holds 500 silent TCP connections and 500 slowloris connections (TLS
+handshake done, then a byte of a request head every couple of seconds), re-opening whatever the
+server closes, while a legitimate client on another address (127.0.0.2: loopback answers the whole
+127/8) opens a fresh TLS connection for each request. The attacker runs in its own process so it
+does not compete with the server for the GIL; the legitimate client's p99 must stay under 100 ms,
+without an error, both at the default connection cap (64) and with a cap above the attack (2000).
+"""
+
+from __future__ import annotations
+
+import http.client
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from live import LiveServer
+
+ATTACKER = r'''
+import resource, select, socket, ssl, sys, time
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+
+def silent():
+    s = socket.socket()
+    s.setblocking(False)
+    s.connect_ex(("127.0.0.1", port))
+    return s
+
+def slow():
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=1.0)
+    except OSError:
+        return None
+    try:
+        t = ctx.wrap_socket(s, server_hostname="localhost")
+        t.setblocking(False)
+        return [t, 0]
+    except OSError:
+        s.close()
+        return None
+
+def gone(s):
+    try:
+        return s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, ssl.SSLWantReadError):
+        return False
+    except OSError:
+        return True
+
+silents = [silent() for _ in range(500)]
+slows, attempts, until = [], 0, time.monotonic() + 4.0
+while len(slows) < 500 and attempts < 500 and time.monotonic() < until:
+    attempts += 1
+    c = slow()
+    if c is not None:
+        slows.append(c)
+print("ready", flush=True)
+end, reopened = time.monotonic() + seconds, 0
+while time.monotonic() < end:
+    time.sleep(1.0)
+    for i, s in enumerate(silents):
+        if gone(s):
+            s.close()
+            silents[i] = silent()
+            reopened += 1
+    alive = []
+    for c in slows:
+        try:
+            c[0].send(HEAD[c[1] % len(HEAD):][:1])
+            c[1] += 1
+            alive.append(c)
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            alive.append(c)
+        except OSError:
+            c[0].close()
+    until = time.monotonic() + 0.5
+    for _ in range(min(50, 500 - len(alive))):
+        if time.monotonic() > until:
+            break
+        c = slow()
+        reopened += 1
+        if c is not None:
+            alive.append(c)
+    slows = alive
+print("done", reopened, flush=True)
+'''
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+
+
+@pytest.mark.parametrize("max_connections", [64, 2000])
+def test_one_address_cannot_starve_another(tmp_path: Path, max_connections: int) -> None:
+    _raise_fd_limit()
+    live = LiveServer(tmp_path, overrides={("server", "max_connections"): max_connections})
+    token = live.token("administrator")
+    attacker = subprocess.Popen(
+        [sys.executable, "-c", ATTACKER, str(live.port), "12"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert attacker.stdout is not None
+        assert attacker.stdout.readline().strip() == "ready"
+        time.sleep(1.0)  # the server has accepted (and turned away) what the attack opened
+        latencies = []
+        deadline = time.monotonic() + 6.0
+        while time.monotonic() < deadline:
+            start = time.perf_counter()
+            conn = http.client.HTTPSConnection("127.0.0.1", live.port, context=live.ctx,
+                                               timeout=10, source_address=("127.0.0.2", 0))
+            try:
+                conn.request("GET", "/v1/keys", headers={"Authorization": f"Bearer {token}"})
+                resp = conn.getresponse()
+                resp.read()
+            finally:
+                conn.close()
+            latencies.append(time.perf_counter() - start)
+            assert resp.status == 200, resp.status
+            time.sleep(0.02)
+        latencies.sort()
+        p99 = latencies[int(len(latencies) * 0.99) - 1]
+        print(f"p99 {p99 * 1000:.1f} ms, {len(latencies)} requests, "
+              f"turned away {live.server.admission.turned_away}")
+        assert len(latencies) >= 50
+        assert p99 < 0.1, f"p99 {p99 * 1000:.0f} ms over {len(latencies)} requests"
+        assert live.server.admission.turned_away > 500  # the caps did the work
+    finally:
+        attacker.kill()
+        attacker.wait()
+        if attacker.stdout is not None:
+            attacker.stdout.close()
+        live.close()
