@@ -72,6 +72,24 @@ def last_line(fd: int, chunk: int = 4096) -> bytes | None:
     return None
 
 
+def newest_checkpoint(path: str) -> dict[str, Any] | None:
+    """The last line of a checkpoints file (this log's or a witness's) parsed, ``{"corrupt":
+    True}`` when it is not a JSON object, None when the file is missing or empty; OSError for
+    anything else. Only the end of the file is read."""
+    try:
+        with open(path, "rb") as f:
+            line = last_line(f.fileno())
+    except FileNotFoundError:
+        return None
+    if line is None:
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return {"corrupt": True}
+    return value if isinstance(value, dict) else {"corrupt": True}
+
+
 def load_signing_key(path: str) -> SigningKey:
     """An Ed25519 key from a PEM (PKCS#8) or raw 32-byte file that only its owner can read."""
     try:
@@ -137,18 +155,7 @@ class Anchor:
         Only the end of the file is read: with time-interval checkpoints the file grows by one
         line every few seconds while records flow, and start-up must not read all of it.
         """
-        try:
-            with open(self.path, "rb") as f:
-                line = last_line(f.fileno())
-        except FileNotFoundError:
-            return None
-        if line is None:
-            return None
-        try:
-            value = json.loads(line)
-        except ValueError:
-            return {"corrupt": True}
-        return value if isinstance(value, dict) else {"corrupt": True}
+        return newest_checkpoint(self.path)
 
     def verify_own(self, checkpoint: dict[str, Any]) -> bool:
         return signature_ok(checkpoint, self.public_key)

@@ -31,12 +31,11 @@ Cost: the store-loss check reads the whole log (logscan.py) and looks up every k
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..audit.anchor import last_line
+from ..audit.anchor import newest_checkpoint
 from ..audit.chain import AuditEvent
 from ..audit.sinkbase import ChainedSink
 from ..domain.errors import FerroError, IntegrityError, NotFound
@@ -221,19 +220,9 @@ def _newest_witnessed(path: str) -> dict[str, Any] | None:
     if not path:
         return None
     try:
-        with open(path, "rb") as f:
-            line = last_line(f.fileno())
-    except FileNotFoundError:
-        return None
+        return newest_checkpoint(path)
     except OSError as exc:
         raise StartupRefused(f"cannot read the witness {path}: {exc.strerror}") from None
-    if line is None:
-        return None
-    try:
-        value = json.loads(line)
-    except ValueError:
-        return {"corrupt": True}
-    return value if isinstance(value, dict) else {"corrupt": True}
 
 
 def _system(action: str, message: str, *, key_id: str | None = None,
