@@ -138,13 +138,7 @@ class RemoteKeyStore(KeyStore):
     # ---- reading ---------------------------------------------------------------------------
 
     def get(self, key_id: str) -> Key:
-        if not is_key_id(key_id):
-            raise NotFound("no such key")
-        with self._calling(f"key {key_id}"):
-            item = self._vault.read(KEYS + key_id)
-        if item is None:
-            raise NotFound("no such key")
-        return self._records.decode(key_id, item.data)
+        return self._records.decode(key_id, self._read_record(key_id))
 
     def get_by_name(self, name: str) -> Key:
         if not isinstance(name, str) or NAME_RE.fullmatch(name) is None:

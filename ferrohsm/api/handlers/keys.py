@@ -108,24 +108,22 @@ def _register_lifecycle(router: Router, service: KeyService) -> None:
         fields(req, {})
         return 200, key_view(service.cancel_destroy(ctx, p["key"]))
 
-    router.add("PATCH", "/v1/keys/{key}", update, name="updateKey", doc=Operation(
-        "Change a key's description", TAGS, Action.KEY_UPDATE, request="UpdateKey",
-        response="Key", errors=STATEFUL))
-    router.add("POST", "/v1/keys/{key}/rotate", rotate, name="rotateKey", doc=Operation(
-        "Add a new primary version", TAGS, Action.KEY_ROTATE, request="Empty", response="Key",
-        errors=STATEFUL))
-    router.add("POST", "/v1/keys/{key}/rollback", rollback, name="rollbackKey", doc=Operation(
-        "Make an older version primary", TAGS, Action.KEY_ROLLBACK, request="Rollback",
-        response="Key", errors=STATEFUL))
-    router.add("POST", "/v1/keys/{key}/revoke", revoke, name="revokeKey", doc=Operation(
-        "Revoke (process-only)", TAGS, Action.KEY_REVOKE, request="Revoke", response="Key",
-        errors=STATEFUL))
-    router.add("POST", "/v1/keys/{key}/destroy", destroy, name="destroyKey", doc=Operation(
-        "Schedule destruction after a grace period", TAGS, Action.KEY_DESTROY, request="Empty",
-        response="Key", errors=STATEFUL))
-    router.add("POST", "/v1/keys/{key}/cancel-destroy", cancel, name="cancelDestroyKey",
-               doc=Operation("Cancel scheduled destruction", TAGS, Action.KEY_CANCEL_DESTROY,
-                             request="Empty", response="Key", errors=STATEFUL))
+    # (method, path suffix, handler, operation id, OpenAPI summary, action, request schema)
+    for method, suffix, handler, name, summary, action, request in (
+            ("PATCH", "", update, "updateKey", "Change a key's description",
+             Action.KEY_UPDATE, "UpdateKey"),
+            ("POST", "/rotate", rotate, "rotateKey", "Add a new primary version",
+             Action.KEY_ROTATE, "Empty"),
+            ("POST", "/rollback", rollback, "rollbackKey", "Make an older version primary",
+             Action.KEY_ROLLBACK, "Rollback"),
+            ("POST", "/revoke", revoke, "revokeKey", "Revoke (process-only)",
+             Action.KEY_REVOKE, "Revoke"),
+            ("POST", "/destroy", destroy, "destroyKey",
+             "Schedule destruction after a grace period", Action.KEY_DESTROY, "Empty"),
+            ("POST", "/cancel-destroy", cancel, "cancelDestroyKey",
+             "Cancel scheduled destruction", Action.KEY_CANCEL_DESTROY, "Empty")):
+        router.add(method, f"/v1/keys/{{key}}{suffix}", handler, name=name, doc=Operation(
+            summary, TAGS, action, request=request, response="Key", errors=STATEFUL))
 
 
 def etagged(req: Request, payload: dict[str, Any]) -> Response:
