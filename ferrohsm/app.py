@@ -24,6 +24,7 @@ from .api.handlers import dashboard as dashboard_routes
 from .api.handlers import keys as key_routes
 from .api.handlers import system as system_routes
 from .api.handlers import tokens as token_routes
+from .api.handlers import transit as transit_routes
 from .api.http import Request
 from .api.server import HardenedHTTPServer
 from .audit.chain import AuditEvent
@@ -280,6 +281,7 @@ def build_runtime(config: Config, secrets: Secrets,
     approval_routes.register(router, service.approvals)
     dashboard_routes.register(router)
     token_routes.register(router, TokenService(service.guard, auth))
+    transit_routes.register(router, service, limiter)
     app = application.Application(router, auth, metrics, application.audit_hook(service.record),
                                   limiter)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,

@@ -39,6 +39,8 @@ from ..telemetry.metrics import ServerMetrics
 from .handlers.dashboard import harden
 from .http import Request, Response, error_response, is_sane_request_id, json_response
 from .router import Router
+from .transit import envelope as vault
+from .transit import is_transit
 
 access_log = logging.getLogger("ferrohsm.access")
 log = logging.getLogger("ferrohsm.api")
@@ -73,12 +75,12 @@ class Application:
         except FerroError as exc:
             if not isinstance(exc, Recorded):
                 self._record_refusal(req, ctx, route_name, exc)
-            resp = error_response(exc, req.request_id)
+            resp = _error(req, exc)
         except Exception:
             log.exception("unhandled error", extra={"request_id": req.request_id})
             failure = FerroError("internal error")
             self._record_refusal(req, ctx, route_name, failure)
-            resp = error_response(failure, req.request_id)
+            resp = _error(req, failure)
         echo_context_headers(req, ctx, resp)
         if req.path == "/ui" or req.path.startswith("/ui/"):
             harden(resp)  # 429, 405 and 400 are made before the dashboard handler runs
@@ -101,7 +103,7 @@ class Application:
             exc = limited
         else:
             self._record_refusal(req, ctx, "unmatched", exc)
-        return error_response(exc, req.request_id)
+        return _error(req, exc)
 
     def runs_inline(self, req: Request) -> bool:
         """Whether the server may run ``req`` on its event loop (api/server.py): the route says
@@ -142,7 +144,7 @@ class Application:
         try:
             if "access_token" in req.query:
                 raise BadRequest("bearer tokens are accepted only in the Authorization header")
-            principal = self.auth.authenticate(req.headers.get_all("authorization"),
+            principal = self.auth.authenticate(_credentials(req),
                                                client_fingerprint=ctx.client_fingerprint)
             req.authenticated = True
             return principal
@@ -197,6 +199,27 @@ class Application:
             "tls.client.x5t_s256": ctx.client_fingerprint, "request_id": req.request_id,
             "trace_id": ctx.trace_id, "correlation_id": ctx.correlation_id,
         }, separators=(",", ":")))
+
+
+def _error(req: Request, exc: FerroError) -> Response:
+    """The error response: Vault's shape under /v1/transit/ (api/transit/envelope.py), the
+    native one everywhere else."""
+    if is_transit(req.path):
+        return vault.error(exc)
+    return error_response(exc, req.request_id)
+
+
+def _credentials(req: Request) -> list[str]:
+    """The Authorization values to authenticate. Under /v1/transit/ a Vault client sends its
+    token as ``X-Vault-Token``: the same FerroHSM bearer token, validated the same way (one
+    header or the other, never both)."""
+    if is_transit(req.path):
+        vault_tokens = req.headers.get_all("x-vault-token")
+        if vault_tokens:
+            if len(vault_tokens) > 1 or "authorization" in req.headers:
+                raise BadRequest("send the token once: one X-Vault-Token or Authorization")
+            return [f"Bearer {vault_tokens[0]}"]
+    return req.headers.get_all("authorization")
 
 
 def base_context(req: Request, principal: Principal | None,

@@ -42,6 +42,11 @@ B64_NONEMPTY_PATTERN = ("(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|"
 B64_NONEMPTY = {**B64, "pattern": f"^{B64_NONEMPTY_PATTERN}$"}
 TOKEN = {"type": "string", "pattern": f"^fhsm:v[1-9][0-9]{{0,8}}:{B64_NONEMPTY_PATTERN}$",
          "description": "fhsm:v<version>:<canonical base64 of at least one byte>"}
+# What decrypt and unwrap take: FerroHSM's tokens and the same tokens in Vault's spelling
+TOKEN_IN = {"type": "string",
+            "pattern": f"^(?:fhsm|vault):v[1-9][0-9]{{0,8}}:{B64_NONEMPTY_PATTERN}$",
+            "description": "fhsm:v<version>:<canonical base64 of at least one byte> "
+                           "(or vault:v…, the same token as the transit API spells it)"}
 # Text the server keeps in records (reasons, comments, jti): model.PLAIN_TEXT_PATTERN.
 PLAIN_TEXT = {"type": "string", "pattern": f"^{PLAIN_TEXT_PATTERN}$",
               "description": "no control, line-separator or bidi-override characters"}
@@ -132,7 +137,7 @@ SCHEMAS: dict[str, Any] = {
                         "properties": {
         "ciphertext": TOKEN, "key_id": {"type": "string"}, "key_version": {"type": "integer"}}},
     "DecryptRequest": {"type": "object", "additionalProperties": False,
-                       "required": ["ciphertext"], "properties": {"ciphertext": TOKEN, "aad": B64}},
+                       "required": ["ciphertext"], "properties": {"ciphertext": TOKEN_IN, "aad": B64}},
     "DecryptResponse": {"type": "object", "required": ["plaintext", "key_version"],
                         "properties": {"plaintext": B64,
                                                          "key_version": {"type": "integer"}}},
@@ -155,7 +160,7 @@ SCHEMAS: dict[str, Any] = {
                      "properties": {
         "wrapped": TOKEN, "key_id": {"type": "string"}, "key_version": {"type": "integer"}}},
     "UnwrapRequest": {"type": "object", "additionalProperties": False, "required": ["wrapped"],
-                      "properties": {"wrapped": TOKEN}},
+                      "properties": {"wrapped": TOKEN_IN}},
     "UnwrapResponse": {"type": "object", "required": ["key_material", "key_version"],
                        "properties": {"key_material": B64,
                                                         "key_version": {"type": "integer"}}},

@@ -23,6 +23,8 @@ Policy choices worth knowing:
 - Methods must be 1-20 upper-case letters; unknown but well-formed methods reach the application,
   whose router answers 405 (path known) or 404.
 - Only origin-form targets (``/path?query``); ``*``, absolute-form and authority-form get 400.
+- Request bodies must be declared ``application/json``; only under ``/v1/transit/`` (Vault's
+  clients) may the Content-Type be absent.
 - Bare LF line endings, obs-fold, whitespace before the colon, control characters: 400.
 """
 
@@ -61,6 +63,9 @@ _TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,10}")
 _REQUEST_ID_SCAN_RE = re.compile(rb"(?im)^x-request-id:[ \t]*([A-Za-z0-9._:-]{1,128})[ \t]*\r?$")
 MAX_QUERY_FIELDS = 100
+# Vault's Go API client (SOPS, Go services) sends its JSON bodies without a Content-Type: under
+# this prefix (api/transit) a body without one is taken as JSON; a declared other type is not.
+UNTYPED_JSON_PREFIX = "/v1/transit/"
 
 # Response side: headers the server owns (an application value would break framing).
 _SERVER_HEADERS = frozenset(
@@ -132,8 +137,9 @@ def parse_head(head: bytes, limits: Limits) -> RequestHead:
     headers = Headers(_parse_fields(head, lines))
     path, _, query_string = target.partition("?")
     _check_host(headers, version)
-    chunked = _chunked(headers, version)
-    content_length = 0 if chunked else _content_length(headers, limits)
+    untyped = path.startswith(UNTYPED_JSON_PREFIX)
+    chunked = _chunked(headers, version, untyped)
+    content_length = 0 if chunked else _content_length(headers, limits, untyped)
     return RequestHead(
         method=method,
         target=target,
@@ -227,7 +233,12 @@ def _check_host(headers: Headers, version: str) -> None:
         raise BadRequest("HTTP/1.1 request without a Host header")
 
 
-def _chunked(headers: Headers, version: str) -> bool:
+def _is_json_or_untyped(content_type: str | None, untyped: bool) -> bool:
+    """A JSON body: declared so, or (where ``untyped`` allows it) declared not at all."""
+    return _is_json(content_type) or (untyped and content_type is None)
+
+
+def _chunked(headers: Headers, version: str, untyped: bool = False) -> bool:
     """Whether the body is chunked: one ``Transfer-Encoding: chunked`` exactly, nothing else."""
     codings = headers.values_of("transfer-encoding")
     if not codings:
@@ -238,12 +249,12 @@ def _chunked(headers: Headers, version: str) -> bool:
         raise BadRequest("Transfer-Encoding is not accepted in HTTP/1.0")
     if len(codings) != 1 or codings[0] != "chunked":
         raise BadRequest("the only Transfer-Encoding accepted is exactly 'chunked'")
-    if not _is_json(headers.get("content-type")):
+    if not _is_json_or_untyped(headers.get("content-type"), untyped):
         raise UnsupportedMediaType("request bodies must be application/json")
     return True
 
 
-def _content_length(headers: Headers, limits: Limits) -> int:
+def _content_length(headers: Headers, limits: Limits, untyped: bool = False) -> int:
     """Body length from the single, strictly formatted Content-Length."""
     values = headers.values_of("content-length")
     if not values:
@@ -256,7 +267,7 @@ def _content_length(headers: Headers, limits: Limits) -> int:
     if length > limits.max_body:
         raise PayloadTooLarge(f"request body larger than {limits.max_body} bytes")
     content_type = headers.values_of("content-type")
-    if length and not _is_json(content_type[0] if content_type else None):
+    if length and not _is_json_or_untyped(content_type[0] if content_type else None, untyped):
         raise UnsupportedMediaType("request bodies must be application/json")
     return length
 

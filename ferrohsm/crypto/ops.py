@@ -299,7 +299,9 @@ def _known_scheme(scheme: str) -> _Scheme:
 # The version is a positive decimal without sign, leading zeros or spaces (ASCII digits only).
 # The payload after the prefix is checked by the strict base64 decoder, which is faster than a regex.
 _MAX_TOKEN_VERSION = 10 ** MAX_TOKEN_VERSION_DIGITS
-_TOKEN_PREFIX_RE = re.compile(r"fhsm:v([1-9][0-9]{0,8}):")  # 9 digits at most
+# ``vault:v<N>:`` is the same token as Vault's transit engine spells it (the payload is the same
+# nonce || ciphertext || tag), so either API decrypts what the other made (api/transit).
+_TOKEN_PREFIX_RE = re.compile(r"(?:fhsm|vault):v([1-9][0-9]{0,8}):")  # 9 digits at most
 
 
 def format_token(version: int, blob: bytes) -> str:
@@ -313,7 +315,8 @@ def format_token(version: int, blob: bytes) -> str:
 
 
 def parse_token(text: object) -> tuple[int, bytes]:
-    """(version, blob) from ``fhsm:v<version>:<base64>``; BadRequest("malformed ciphertext") else.
+    """(version, blob) from ``fhsm:v<version>:<base64>`` (or ``vault:v…``, Vault's spelling);
+    BadRequest("malformed ciphertext") else.
 
     Strict on purpose (every byte format is versioned and rejected when unknown): one spelling per
     token, so a token never means two things and never reaches the cipher in a guessed form.

@@ -55,17 +55,20 @@ def operations(doc: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
 
 def test_every_route_is_documented_and_every_operation_is_routed(
         routes: list[Route], doc: dict[str, Any]) -> None:
-    routed = {(r.method, r.template) for r in routes}
+    # The Vault-compatible surface is Vault's API, documented in README.md instead
+    native = [r for r in routes if not r.template.startswith("/v1/transit/")]
+    routed = {(r.method, r.template) for r in native}
     documented = set(operations(doc))
     assert routed - documented == set(), "declare doc=Operation(...) where these are added"
     assert documented - routed == set()
-    assert all(r.doc is not None for r in routes)
+    assert all(r.doc is not None for r in native)
+    assert not any(path.startswith("/v1/transit/") for _, path in documented)
 
 
 def test_operation_ids_are_the_route_names_and_unique(routes: list[Route],
                                                       doc: dict[str, Any]) -> None:
     ops = operations(doc)
-    assert {(r.method, r.template): r.name for r in routes} == {
+    assert {(r.method, r.template): r.name for r in routes if r.doc is not None} == {
         key: op["operationId"] for key, op in ops.items()}
     ids = [op["operationId"] for op in ops.values()]
     assert len(ids) == len(set(ids))
@@ -75,6 +78,8 @@ def test_approval_required_follows_the_actions_approvability(routes: list[Route]
                                                              doc: dict[str, Any]) -> None:
     ops = operations(doc)
     for route in routes:
+        if route.template.startswith("/v1/transit/"):
+            continue  # Vault's API, not in the document
         assert route.doc is not None
         op = ops[(route.method, route.template)]
         approvable = route.doc.action in APPROVABLE

@@ -1,0 +1,374 @@
+"""Vault transit routes under /v1/transit/: Vault's requests, FerroHSM's service calls.
+
+Every operation is the native one underneath (``KeyService``: authorization, tag scoping, dual
+control, lifecycle and one audit record per call), so the Vault surface gives no extra power.
+A ``batch_input`` runs its items one after another through those same per-item calls: each item
+is authorized and audited as a request of its own would be, and spends one token of the caller's
+rate limit (the first is spent by the request itself). An item's own bad input, failed
+decryption or refused key state is that item's ``error``; anything that would refuse every item
+alike (no such key, permission, rate limit, audit unavailable) fails the whole request. As in
+Vault, a batch with a failed item answers 400 (500 for an internal error), or
+``partial_failure_response_code`` when some items succeeded.
+
+Writes answer POST and PUT alike (Vault's Go client writes with PUT), listings GET ``?list=true``
+and the LIST method. Vault features FerroHSM lacks answer 400 ``... not supported by FerroHSM``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ...auth.ratelimit import RateLimiter
+from ...domain.errors import BadRequest, FerroError, MethodNotAllowed, NameTaken
+from ...domain.model import Key, KeyFilter, RequestContext
+from ...service import KeyService
+from ...service.randomness import random_bytes
+from ..http import Request, Response, json_response
+from ..router import Router
+from ..transit.body import NOT_SUPPORTED, Body
+from ..transit.envelope import ok, vault_message
+from ..transit.keyinfo import key_info, native_type, reference
+from ..transit.text import format_signature, parse_signature, scheme, to_vault
+from .common import MAX_VERSION, b64s, json_body, query
+
+P = "/v1/transit"
+MAX_BATCH = 1000
+ITEM_STATUSES = frozenset({400, 409, 410, 413})  # an item's own failure; others fail the batch
+DATA_KEY_BITS = (128, 256, 512)
+RANDOM_SOURCES = ("platform",)
+One = Callable[[Body], dict[str, Any]]
+
+CREATE = ("type", "derived", "convergent_encryption", "exportable", "allow_plaintext_backup",
+          "auto_rotate_period", "key_size", "managed_key_name", "managed_key_id", "context")
+ENCRYPT_ITEM = ("plaintext", "associated_data", "context", "nonce", "key_version", "reference")
+ENCRYPT = (*ENCRYPT_ITEM, "batch_input", "type", "convergent_encryption",
+           "partial_failure_response_code")
+DECRYPT_ITEM = ("ciphertext", "associated_data", "context", "nonce", "reference")
+DECRYPT = (*DECRYPT_ITEM, "batch_input", "partial_failure_response_code")
+REWRAP_ITEM = ("ciphertext", "associated_data", "context", "nonce", "key_version", "reference")
+REWRAP = (*REWRAP_ITEM, "batch_input", "partial_failure_response_code")
+DATAKEY = ("bits", "context", "nonce", "key_version")
+SIGN_OPTIONS = ("hash_algorithm", "algorithm", "prehashed", "signature_algorithm",
+                "marshaling_algorithm", "salt_length", "key_version", "name",
+                "partial_failure_response_code", "batch_input")
+SIGN_ITEM = ("input", "context", "reference")
+VERIFY_ITEM = ("input", "signature", "hmac", "context", "reference")
+RANDOM = ("bytes", "format", "source")
+
+# endpoint (method, path under /v1/transit) -> the feature FerroHSM does not have
+UNSUPPORTED: tuple[tuple[str, str, str], ...] = (
+    ("DELETE", "/keys/{name}", "deleting keys through the transit API (use the native destroy)"),
+    ("POST", "/keys/{name}/config", "key configuration"),
+    ("POST", "/keys/{name}/trim", "trimming key versions"),
+    ("POST", "/keys/{name}/import", "importing keys"),
+    ("POST", "/keys/{name}/import_version", "importing keys"),
+    ("GET", "/wrapping_key", "importing keys"),
+    ("GET", "/export/{type}/{name}", "exporting keys"),
+    ("GET", "/export/{type}/{name}/{version}", "exporting keys"),
+    ("GET", "/backup/{name}", "key backup"),
+    ("POST", "/restore", "key restore"),
+    ("POST", "/restore/{name}", "key restore"),
+    ("GET", "/cache-config", "cache configuration"),
+    ("POST", "/cache-config", "cache configuration"),
+    ("GET", "/config/keys", "transit key configuration"),
+    ("POST", "/config/keys", "transit key configuration"),
+    ("POST", "/hash", "the hash endpoint"),
+    ("POST", "/hash/{algorithm}", "the hash endpoint"),
+    ("POST", "/hmac/{name}", "HMAC"),
+    ("POST", "/hmac/{name}/{algorithm}", "HMAC"),
+)
+
+
+class Transit:
+    """The handlers, over one KeyService (and the limiter that batches spend)."""
+
+    def __init__(self, service: KeyService, limiter: RateLimiter | None) -> None:
+        self.service = service
+        self.limiter = limiter
+
+    # ---- keys ----
+
+    def create(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
+        body = Body(json_body(req), CREATE)
+        body.unsupported("derived", "context", feature="key derivation (derived keys)")
+        body.unsupported("convergent_encryption", feature="convergent encryption")
+        body.unsupported("exportable", "allow_plaintext_backup", feature="exportable keys")
+        body.unsupported("auto_rotate_period",
+                         feature="auto_rotate_period (use [policy] rotation_days)")
+        body.unsupported("key_size", feature="HMAC keys")
+        body.unsupported("managed_key_name", "managed_key_id", feature="managed keys")
+        algorithm, usage = native_type(body.text("type"))
+        warnings = body.warnings()
+        try:
+            key = self.service.create_key(ctx, algorithm=algorithm, usage=usage, name=p["name"],
+                                          description="created through the Vault transit API")
+        except NameTaken:  # Vault answers an existing name with its key and a warning
+            key = self.service.get_key(ctx, p["name"])
+            warnings.append(f"key {reference(key)} already existed")
+        return ok(req.request_id, self.info(ctx, key), warnings)
+
+    def read(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
+        return ok(req.request_id, self.info(ctx, self.service.get_key(ctx, p["name"])))
+
+    def rotate(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
+        warnings = Body(json_body(req), ()).warnings()
+        return ok(req.request_id, self.info(ctx, self.service.rotate(ctx, p["name"])), warnings)
+
+    def list_keys(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
+        if req.method != "LIST" and query(req, {"list"}).get("list") not in ("true", "1"):
+            raise MethodNotAllowed("reading keys/ lists keys: add ?list=true or use LIST",
+                                   allow=("GET", "HEAD", "LIST"))
+        names: list[str] = []
+        token: str | None = None
+        while True:
+            page, _ = self.service.list_keys(ctx, KeyFilter(), 1000, token)
+            names.extend(reference(k) for k in page.keys)
+            token = page.next_page_token
+            if token is None:
+                break
+        if not names:  # Vault answers an empty listing 404 with no error text
+            return _empty_404()
+        return ok(req.request_id, {"keys": sorted(names)})
+
+    def info(self, ctx: RequestContext, key: Key) -> dict[str, Any]:
+        def public_pem(version: int) -> str:
+            return str(self.service.public_key(ctx, key.id, version)["pem"])
+        return key_info(key, public_pem if key.usage == "sign" else None)
+
+    # ---- encryption ----
+
+    def encrypt(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
+        body, name = Body(json_body(req), ENCRYPT), p["name"]
+        body.unsupported("convergent_encryption", feature="convergent encryption")
+        if body.text("type") not in (None, "", "aes256-gcm96"):
+            raise BadRequest(f"creating keys on encrypt (upsert) is {NOT_SUPPORTED}")
+
+        def one(item: Body) -> dict[str, Any]:
+            _no_derivation(item)
+            plaintext = item.base64("plaintext")
+            if plaintext is None:
+                raise BadRequest("missing plaintext to encrypt")
+            self.check_version(ctx, name, item)
+            out = self.service.encrypt(ctx, name, plaintext, item.base64("associated_data"))
+            return {"ciphertext": to_vault(out["ciphertext"]), "key_version": out["key_version"]}
+        return self.run(ctx, req, body, one, ENCRYPT_ITEM)
+
+    def decrypt(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
+        body, name = Body(json_body(req), DECRYPT), p["name"]
+
+        def one(item: Body) -> dict[str, Any]:
+            _no_derivation(item)
+            out = self.service.decrypt(ctx, name, _ciphertext(item),
+                                       item.base64("associated_data"))
+            return {"plaintext": b64s(out["plaintext"])}
+        return self.run(ctx, req, body, one, DECRYPT_ITEM)
+
+    def rewrap(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
+        """Decrypt and encrypt again under the primary version: two audited calls, as a
+        client doing it itself would make (the plaintext never leaves the server)."""
+        body, name = Body(json_body(req), REWRAP), p["name"]
+
+        def one(item: Body) -> dict[str, Any]:
+            _no_derivation(item)
+            aad = item.base64("associated_data")
+            plaintext = self.service.decrypt(ctx, name, _ciphertext(item), aad)["plaintext"]
+            self.check_version(ctx, name, item)
+            out = self.service.encrypt(ctx, name, plaintext, aad)
+            return {"ciphertext": to_vault(out["ciphertext"]), "key_version": out["key_version"]}
+        return self.run(ctx, req, body, one, REWRAP_ITEM)
+
+    def datakey(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
+        """A fresh random key of ``bits``, encrypted under the named key by the same encrypt
+        call as ``encrypt/:name`` (audited as such); ``plaintext`` also returns the key."""
+        if p["kind"] not in ("plaintext", "wrapped"):
+            raise BadRequest("datakey type must be plaintext or wrapped")
+        body, name = Body(json_body(req), DATAKEY), p["name"]
+        _no_derivation(body)
+        bits = body.integer("bits", 1, 4096) or 256
+        if bits not in DATA_KEY_BITS:
+            raise BadRequest("invalid bits length: must be 128, 256 or 512")
+        self.check_version(ctx, name, body)
+        material = secrets.token_bytes(bits // 8)
+        out = self.service.encrypt(ctx, name, material, None)
+        data = {"ciphertext": to_vault(out["ciphertext"]), "key_version": out["key_version"]}
+        if p["kind"] == "plaintext":
+            data["plaintext"] = b64s(material)
+        return ok(req.request_id, data, body.warnings())
+
+    def check_version(self, ctx: RequestContext, name: str, item: Body) -> None:
+        """FerroHSM encrypts with the key's primary version only: a ``key_version`` naming
+        another one is refused, not silently replaced (read only when one is given)."""
+        wanted = item.integer("key_version", 0, MAX_VERSION)
+        if wanted:
+            primary = self.service.get_key(ctx, name).primary_version
+            if wanted != primary:
+                raise BadRequest(f"encrypting with a version other than the primary ({primary})"
+                                 f" is {NOT_SUPPORTED}")
+
+    # ---- signatures ----
+
+    def sign(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
+        body, name = Body(json_body(req), (*SIGN_OPTIONS, *SIGN_ITEM)), p["name"]
+        key = self.service.get_key(ctx, name)
+        chosen, prehashed = _sign_options(body, p.get("hash"), key)
+
+        def one(item: Body) -> dict[str, Any]:
+            _no_derivation(item)
+            data = item.base64("input")
+            if data is None:
+                raise BadRequest("missing input to sign")
+            out = self.service.sign(ctx, name, data, prehashed=prehashed, scheme=chosen)
+            version = out["key_version"]
+            return {"signature": format_signature(version, out["signature"]),
+                    "key_version": version}
+        return self.run(ctx, req, body, one, SIGN_ITEM)
+
+    def verify(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
+        body, name = Body(json_body(req), (*SIGN_OPTIONS, *VERIFY_ITEM)), p["name"]
+        key = self.service.get_key(ctx, name)
+        chosen, prehashed = _sign_options(body, p.get("hash"), key)
+
+        def one(item: Body) -> dict[str, Any]:
+            _no_derivation(item)
+            item.unsupported("hmac", feature="HMAC")
+            data, signature = item.base64("input"), item.text("signature")
+            if data is None or not signature:
+                raise BadRequest("missing input or signature to verify")
+            version, der = parse_signature(signature)
+            out = self.service.verify(ctx, name, data, der, prehashed=prehashed, scheme=chosen,
+                                      version=version)
+            return {"valid": bool(out["valid"])}
+        return self.run(ctx, req, body, one, VERIFY_ITEM)
+
+    # ---- random ----
+
+    def random(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
+        body = Body(json_body(req), RANDOM)
+        source, count = p.get("source"), p.get("bytes")
+        if source is not None and source.isdigit() and count is None:
+            source, count = None, source  # random/32: Vault reads a number as the size
+        source = source or body.text("source") or "platform"
+        if source not in RANDOM_SOURCES:
+            raise BadRequest(f"random source {source[:40]!a} is {NOT_SUPPORTED} "
+                             f"(supported: platform)")
+        size = (Body({"bytes": count}, ("bytes",)).integer("bytes", 1, 1 << 20)
+                if count is not None else body.integer("bytes", 1, 1 << 20)) or 32
+        encoding = body.only("format", ("base64", "hex"), "base64")
+        data = random_bytes(self.service.guard, ctx, size)
+        text = b64s(data) if encoding == "base64" else data.hex()
+        return ok(req.request_id, {"random_bytes": text}, body.warnings())
+
+    # ---- batches ----
+
+    def run(self, ctx: RequestContext, req: Request, body: Body, one: One,
+            item_fields: tuple[str, ...]) -> Response:
+        """One call, or each item of ``batch_input`` in order (see the module docstring)."""
+        batch = body.raw("batch_input")
+        if batch is None:
+            return ok(req.request_id, one(body), body.warnings())
+        items = _items(batch)
+        self.charge(ctx, len(items) - 1)
+        results: list[dict[str, Any]] = []
+        failed: set[str] = set()
+        for raw in items:
+            try:
+                result = one(Body(raw, item_fields, "each batch_input item"))
+            except FerroError as exc:
+                if exc.status not in ITEM_STATUSES and exc.status < 500:
+                    raise  # refuses every item alike: the request's answer
+                if exc.status >= 500 and exc.code == "unavailable":
+                    raise  # the audit log or the store: fail closed, whole request
+                failed.add("internal" if exc.status >= 500 else "user")
+                result = {"error": vault_message(exc)}
+            if isinstance(raw, dict) and isinstance(raw.get("reference"), str):
+                result["reference"] = raw["reference"]
+            results.append(result)
+        status = _batch_status(body, failed, len(results) > sum("error" in r for r in results))
+        return ok(req.request_id, {"batch_results": results}, body.warnings(), status)
+
+    def charge(self, ctx: RequestContext, extra: int) -> None:
+        """Spend one rate-limit token per item beyond the first (the request spent that one)."""
+        principal = ctx.principal
+        if self.limiter is None or principal is None:
+            return
+        now = time.monotonic()
+        for _ in range(extra):
+            self.limiter.take_actor(principal.subject, principal.role.value, now)
+
+
+def _no_derivation(item: Body) -> None:
+    item.unsupported("context", feature="key derivation (context)")
+    item.unsupported("nonce", feature="a caller-chosen nonce (convergent encryption)")
+
+
+def _ciphertext(item: Body) -> str:
+    text = item.text("ciphertext")
+    if not text:
+        raise BadRequest("missing ciphertext to decrypt")
+    return text
+
+
+def _items(batch: object) -> list[Any]:
+    if not isinstance(batch, list) or not batch:
+        raise BadRequest("batch_input must be a non-empty list of objects")
+    if len(batch) > MAX_BATCH:
+        raise BadRequest(f"batch_input holds at most {MAX_BATCH} items")
+    return batch
+
+
+def _batch_status(body: Body, failed: set[str], any_success: bool) -> int:
+    if not failed:
+        return 200
+    partial = body.integer("partial_failure_response_code", 200, 599)
+    if partial is not None and any_success:
+        return partial
+    return 500 if "internal" in failed else 400
+
+
+def _sign_options(body: Body, path_hash: str | None, key: Key) -> tuple[str, bool]:
+    """(FerroHSM scheme, prehashed) for Vault's sign/verify options on ``key``."""
+    body.only("marshaling_algorithm", ("asn1",), "asn1")
+    hashed = path_hash or body.text("hash_algorithm") or body.text("algorithm")
+    chosen = scheme(key.algorithm, hashed, body.text("signature_algorithm"))
+    salt = body.raw("salt_length")
+    if salt not in (None, "", "auto", "hash") and str(salt) != "32":
+        raise BadRequest(f"salt_length {str(salt)[:20]!a} is {NOT_SUPPORTED} "
+                         f"(FerroHSM's PSS salt is the hash length: auto, hash or 32)")
+    return chosen, body.flag("prehashed")
+
+
+def _empty_404() -> Response:
+    return json_response(404, {"errors": []})
+
+
+def _unsupported(feature: str) -> Callable[[RequestContext, Request, dict[str, str]], Response]:
+    def handler(ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
+        raise BadRequest(f"{feature} is {NOT_SUPPORTED}")
+    return handler
+
+
+def register(router: Router, service: KeyService, limiter: RateLimiter | None = None) -> None:
+    """The transit routes; undocumented in OpenAPI (README.md documents them)."""
+    t = Transit(service, limiter)
+    writes: tuple[tuple[str, Any, bool], ...] = (
+        ("/keys/{name}", t.create, False), ("/keys/{name}/rotate", t.rotate, False),
+        ("/encrypt/{name}", t.encrypt, True), ("/decrypt/{name}", t.decrypt, True),
+        ("/rewrap/{name}", t.rewrap, True), ("/datakey/{kind}/{name}", t.datakey, True),
+        # sign/verify run on the pool: a batch of RSA-4096 signatures would hold the loop
+        ("/sign/{name}", t.sign, False), ("/sign/{name}/{hash}", t.sign, False),
+        ("/verify/{name}", t.verify, False), ("/verify/{name}/{hash}", t.verify, False),
+        ("/random", t.random, True), ("/random/{source}", t.random, True),
+        ("/random/{source}/{bytes}", t.random, True))
+    for path, handler, inline in writes:
+        for method in ("POST", "PUT"):
+            router.add(method, P + path, handler, inline=inline)
+    router.add("GET", P + "/keys/{name}", t.read)
+    router.add("GET", P + "/keys", t.list_keys)
+    router.add("LIST", P + "/keys", t.list_keys)
+    for method, path, feature in UNSUPPORTED:
+        router.add(method, P + path, _unsupported(feature))
+        if method == "POST":
+            router.add("PUT", P + path, _unsupported(feature))

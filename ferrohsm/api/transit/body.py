@@ -1,0 +1,93 @@
+"""Vault's request bodies: weakly typed members, unknown members ignored with a warning.
+
+Vault's framework converts field types the way Go's mapstructure does ("256" is the int 256,
+"true" the bool true) and answers members it does not know with the warning "Endpoint ignored
+these unrecognized parameters"; FerroHSM does the same, so real Vault clients work unchanged.
+What is refused, never ignored: a member Vault knows whose value asks for a feature FerroHSM
+does not have (``unsupported``), so a client never gets a silently different result.
+"""
+
+from __future__ import annotations
+
+import binascii
+from collections.abc import Iterable
+from typing import Any
+
+from ...domain.errors import BadRequest
+
+NOT_SUPPORTED = "not supported by FerroHSM"
+
+
+class Body:
+    """One request body (or one ``batch_input`` item) and the members read from it."""
+
+    def __init__(self, data: object, known: Iterable[str], what: str = "request body") -> None:
+        if not isinstance(data, dict):
+            raise BadRequest(f"{what} must be a JSON object")
+        self.data: dict[str, Any] = data
+        self.known = frozenset(known)
+
+    def warnings(self) -> list[str]:
+        unknown = sorted(ascii(n[:40])[1:-1] for n in self.data if n not in self.known)[:10]
+        if not unknown:
+            return []
+        return [f"Endpoint ignored these unrecognized parameters: [{' '.join(unknown)}]"]
+
+    def raw(self, name: str) -> Any:
+        return self.data.get(name)
+
+    def text(self, name: str) -> str | None:
+        value = self.data.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise BadRequest(f"{name} must be a string")
+        return value
+
+    def integer(self, name: str, low: int, high: int) -> int | None:
+        value = self.data.get(name)
+        if value is None or value == "":
+            return None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 12:
+            value = int(value)
+        if type(value) is not int or not low <= value <= high:
+            raise BadRequest(f"{name} must be an integer from {low} to {high}")
+        return value
+
+    def flag(self, name: str) -> bool:
+        value = self.data.get(name)
+        if value is None or value == "":
+            return False
+        if isinstance(value, str) and value.lower() in ("true", "1", "false", "0"):
+            return value.lower() in ("true", "1")
+        if type(value) is not bool:
+            raise BadRequest(f"{name} must be a boolean")
+        return value
+
+    def base64(self, name: str) -> bytes | None:
+        """Standard base64 with padding (Go's ``base64.StdEncoding``, what Vault decodes)."""
+        value = self.text(name)
+        if value is None:
+            return None
+        try:
+            return binascii.a2b_base64(value.encode("ascii"), strict_mode=True) if value else b""
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            raise BadRequest(f"{name} must be standard base64") from None
+
+    def unsupported(self, *names: str, feature: str | None = None) -> None:
+        """Refuse any of ``names`` given a value that asks for something (not null, "", false,
+        0): FerroHSM does not have that feature."""
+        for name in names:
+            value = self.data.get(name)
+            if value not in (None, "", False, 0, "false", "0"):
+                raise BadRequest(f"{feature or name} is {NOT_SUPPORTED}")
+
+    def only(self, name: str, allowed: tuple[str, ...], default: str) -> str:
+        """A string member that must be one of ``allowed`` (Vault has more; FerroHSM these)."""
+        value = self.text(name) or default
+        if value not in allowed:
+            raise BadRequest(f"{name} {value[:40]!a} is {NOT_SUPPORTED} "
+                             f"(supported: {', '.join(allowed)})")
+        return value

@@ -1,0 +1,56 @@
+"""Vault's response envelope and error shape, and the statuses Vault answers with.
+
+Success: ``{"request_id", "lease_id": "", "renewable": false, "lease_duration": 0, "data": {...},
+"wrap_info": null, "warnings": null | [...], "auth": null}``. Errors: ``{"errors": ["..."]}``.
+Vault answers every user error 400 (FerroHSM's 409 and 410 included), a missing or bad token
+403 "permission denied" (FerroHSM: 401), an unknown path or key 404, a method a path does not
+take 405. A parked dual-control request (FerroHSM's 202) has no Vault equivalent that a Vault
+client would not take for success, so it is a 400 naming the approval to redeem.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ...domain.errors import ApprovalRequired, FerroError, MethodNotAllowed, RateLimited
+from ..http import Response, json_response
+
+# FerroHSM status -> Vault status, where they differ
+_STATUS = {401: 403, 409: 400, 410: 400, 202: 400}
+
+
+def envelope(request_id: str, data: dict[str, Any] | None,
+             warnings: list[str] | None = None) -> dict[str, Any]:
+    return {"request_id": request_id, "lease_id": "", "renewable": False, "lease_duration": 0,
+            "data": data, "wrap_info": None, "warnings": warnings or None, "auth": None}
+
+
+def ok(request_id: str, data: dict[str, Any] | None, warnings: list[str] | None = None,
+       status: int = 200) -> Response:
+    return json_response(status, envelope(request_id, data, warnings))
+
+
+def vault_status(exc: FerroError) -> int:
+    return _STATUS.get(exc.status, exc.status)
+
+
+def vault_message(exc: FerroError) -> str:
+    """The error text: FerroHSM's message, with Vault's words where a Vault client looks for
+    them ("permission denied")."""
+    if exc.status in (401, 403):
+        return f"permission denied: {exc.message}"
+    if isinstance(exc, ApprovalRequired):  # the message names the approval to redeem
+        return f"dual control: {exc.message}"
+    return exc.message
+
+
+def error(exc: FerroError) -> Response:
+    """THE Vault-shaped error response of the transit surface (api/application.py calls it for
+    every refusal under /v1/transit/, as it calls http.error_response elsewhere)."""
+    headers: list[tuple[str, str]] = []
+    if isinstance(exc, MethodNotAllowed):
+        headers.append(("Allow", ", ".join(exc.allow)))
+    elif isinstance(exc, RateLimited):
+        headers.append(("Retry-After", str(max(1, math.ceil(exc.retry_after)))))
+    return json_response(vault_status(exc), {"errors": [vault_message(exc)]}, headers)

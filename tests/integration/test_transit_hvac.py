@@ -1,0 +1,354 @@
+"""The Vault-compatible transit API with hvac, the real Python Vault client, over TLS 1.3.
+
+hvac is used exactly as an application written for Vault would use it (``hvac.Client(url,
+token, verify=ca)``, ``client.secrets.transit.*``); only the URL and the token (a FerroHSM
+bearer token, sent by hvac as ``X-Vault-Token``) differ. Keys are created by an operator and
+used by a service, because FerroHSM's roles apply to this surface exactly as to the native one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from live import LiveServer
+
+hvac = pytest.importorskip("hvac", reason="hvac is a test dependency: pip install -e '.[test]'")
+from hvac import exceptions as vault_errors  # noqa: E402  after the importorskip
+
+
+def B(data: bytes) -> str:  # noqa: N802  one letter, like b"": a base64 literal in bodies
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    server = LiveServer(tmp_path_factory.mktemp("transit"))
+    yield server
+    server.close()
+
+
+def client(srv: LiveServer, role: str, subject: str | None = None, **kw: Any) -> Any:
+    token = srv.token(role, subject, **kw) if subject or kw else srv.token(role)
+    return hvac.Client(url=f"https://127.0.0.1:{srv.port}", token=token,
+                       verify=str(srv.pki.ca_cert))
+
+
+def new_name(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+@pytest.fixture(scope="module")
+def operator(srv: LiveServer) -> Any:
+    return client(srv, "operator")
+
+
+@pytest.fixture(scope="module")
+def service(srv: LiveServer) -> Any:
+    return client(srv, "service", "transit-app")
+
+
+def create(operator: Any, key_type: str = "aes256-gcm96") -> str:
+    name = new_name(key_type)
+    operator.secrets.transit.create_key(name=name, key_type=key_type)
+    return name
+
+
+def audit_records(srv: LiveServer, subject: str) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        status, _, body = srv.call("GET", f"/v1/audit?limit=1000&after_seq={after}",
+                                   role="auditor")
+        assert status == 200, body
+        records.extend(r for r in body["records"] if r["actor"] == subject)
+        if body["next_after_seq"] is None:
+            return records
+        after = body["next_after_seq"]
+
+
+def test_create_read_list_and_the_vault_envelope(srv: LiveServer, operator: Any,
+                                                 service: Any) -> None:
+    name = create(operator)
+    info = service.secrets.transit.read_key(name=name)
+    assert set(info) >= {"request_id", "lease_id", "renewable", "lease_duration", "data",
+                         "wrap_info", "warnings", "auth"}
+    data = info["data"]
+    assert (data["name"], data["type"], data["latest_version"]) == (name, "aes256-gcm96", 1)
+    assert data["min_decryption_version"] == 1 and list(data["keys"]) == ["1"]
+    assert isinstance(data["keys"]["1"], int)
+    assert data["deletion_allowed"] is False and data["exportable"] is False
+    assert data["supports_encryption"] and data["supports_decryption"]
+    assert not data["supports_signing"] and not data["derived"]
+    assert name in operator.secrets.transit.list_keys()["data"]["keys"]  # the LIST method
+    status, _, body = srv.call("GET", "/v1/transit/keys?list=true", role="operator")
+    assert status == 200 and name in body["data"]["keys"]
+    # the same key on the native API, by name
+    status, _, native = srv.call("GET", f"/v1/keys/{name}", role="operator")
+    assert status == 200 and native["algorithm"] == "aes-256-gcm"
+    # creating it again answers the existing key with Vault's warning
+    again = operator.secrets.transit.create_key(name=name)
+    assert again["data"]["name"] == name and again["warnings"] == [f"key {name} already existed"]
+
+
+@pytest.mark.parametrize("aad", [None, b"tenant-42"])
+def test_encrypt_decrypt_with_and_without_associated_data(operator: Any, service: Any,
+                                                          aad: bytes | None) -> None:
+    name = create(operator)
+    extra = {} if aad is None else {"associated_data": B(aad)}
+    out = service.secrets.transit.encrypt_data(name=name, plaintext=B(b"card 4111"), **extra)
+    ciphertext = out["data"]["ciphertext"]
+    assert ciphertext.startswith("vault:v1:") and out["data"]["key_version"] == 1
+    back = service.secrets.transit.decrypt_data(name=name, ciphertext=ciphertext, **extra)
+    assert base64.b64decode(back["data"]["plaintext"]) == b"card 4111"
+    if aad is not None:
+        with pytest.raises(vault_errors.InvalidRequest):
+            service.secrets.transit.decrypt_data(name=name, ciphertext=ciphertext,
+                                                 associated_data=B(b"tenant-43"))
+
+
+def test_ciphertexts_cross_the_two_surfaces(srv: LiveServer, operator: Any,
+                                            service: Any) -> None:
+    name = create(operator)
+    vault_ct = service.secrets.transit.encrypt_data(name=name, plaintext=B(b"a"))["data"][
+        "ciphertext"]
+    status, _, native = srv.call("POST", f"/v1/keys/{name}/decrypt", {"ciphertext": vault_ct},
+                                 role="service")
+    assert status == 200 and native["plaintext"] == B(b"a")
+    status, _, made = srv.call("POST", f"/v1/keys/{name}/encrypt", {"plaintext": B(b"b")},
+                               role="service")
+    assert status == 200 and made["ciphertext"].startswith("fhsm:v1:")
+    back = service.secrets.transit.decrypt_data(name=name, ciphertext=made["ciphertext"])
+    assert back["data"]["plaintext"] == B(b"b")
+
+
+def test_batch_encrypt_and_decrypt_with_a_failing_item(operator: Any, service: Any) -> None:
+    name = create(operator)
+    items = [{"plaintext": B(f"item {i}".encode()), "reference": f"r{i}"} for i in range(20)]
+    out = service.secrets.transit.encrypt_data(name=name, plaintext=None, batch_input=items)
+    results = out["data"]["batch_results"]
+    assert [r["reference"] for r in results] == [f"r{i}" for i in range(20)]
+    assert all(r["ciphertext"].startswith("vault:v1:") for r in results)
+    back = service.secrets.transit.decrypt_data(
+        name=name, ciphertext=None, batch_input=[{"ciphertext": r["ciphertext"]} for r in results])
+    assert [base64.b64decode(r["plaintext"]) for r in back["data"]["batch_results"]] == [
+        f"item {i}".encode() for i in range(20)]
+    # one bad item: that item carries its error, the others their results; Vault answers 400
+    bad = [{"ciphertext": results[0]["ciphertext"]}, {"ciphertext": "vault:v1:AAAA"},
+           {"ciphertext": results[1]["ciphertext"]}]
+    resp = service.adapter.request("POST", f"/v1/transit/decrypt/{name}",
+                                   json={"batch_input": bad}, raise_exception=False)
+    assert resp.status_code == 400
+    mixed = resp.json()["data"]["batch_results"]
+    assert mixed[0]["plaintext"] == B(b"item 0") and mixed[2]["plaintext"] == B(b"item 1")
+    assert "error" in mixed[1] and "plaintext" not in mixed[1]
+    partial = service.adapter.request("POST", f"/v1/transit/decrypt/{name}", json={
+        "batch_input": bad, "partial_failure_response_code": 207}, raise_exception=False)
+    assert partial.status_code == 207
+
+
+def test_rotate_then_decrypt_old_ciphertext_and_rewrap(operator: Any, service: Any) -> None:
+    name = create(operator)
+    old = service.secrets.transit.encrypt_data(name=name, plaintext=B(b"old"))["data"][
+        "ciphertext"]
+    rotated = operator.secrets.transit.rotate_key(name=name)
+    assert rotated["data"]["latest_version"] == 2 and set(rotated["data"]["keys"]) == {"1", "2"}
+    assert service.secrets.transit.decrypt_data(name=name, ciphertext=old)["data"][
+        "plaintext"] == B(b"old")
+    new = service.secrets.transit.encrypt_data(name=name, plaintext=B(b"new"))["data"]
+    assert new["ciphertext"].startswith("vault:v2:") and new["key_version"] == 2
+    rewrapped = service.secrets.transit.rewrap_data(name=name, ciphertext=old)["data"]
+    assert rewrapped["ciphertext"].startswith("vault:v2:") and rewrapped["key_version"] == 2
+    assert service.secrets.transit.decrypt_data(name=name, ciphertext=rewrapped["ciphertext"])[
+        "data"]["plaintext"] == B(b"old")
+    with pytest.raises(vault_errors.InvalidRequest, match="not supported by FerroHSM"):
+        service.secrets.transit.encrypt_data(name=name, plaintext=B(b"x"), key_version=1)
+
+
+@pytest.mark.parametrize("bits", [128, 256, 512])
+def test_data_keys_plaintext_and_wrapped(operator: Any, service: Any, bits: int) -> None:
+    name = create(operator)
+    out = service.secrets.transit.generate_data_key(name=name, key_type="plaintext",
+                                                    bits=bits)["data"]
+    key = base64.b64decode(out["plaintext"])
+    assert len(key) == bits // 8 and out["ciphertext"].startswith("vault:v1:")
+    assert service.secrets.transit.decrypt_data(name=name, ciphertext=out["ciphertext"])[
+        "data"]["plaintext"] == out["plaintext"]
+    wrapped = service.secrets.transit.generate_data_key(name=name, key_type="wrapped")["data"]
+    assert "plaintext" not in wrapped
+    assert len(base64.b64decode(service.secrets.transit.decrypt_data(
+        name=name, ciphertext=wrapped["ciphertext"])["data"]["plaintext"])) == 32
+
+
+SIGNING = [("ecdsa-p256", "sha2-256", None), ("ecdsa-p384", "sha2-384", None),
+           ("rsa-2048", "sha2-256", "pss"), ("rsa-2048", "sha2-256", "pkcs1v15"),
+           ("rsa-4096", "sha2-256", "pss"), ("rsa-4096", "sha2-256", "pkcs1v15")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("key_type", "hash_algorithm", "padding"), SIGNING)
+def test_sign_and_verify_for_each_key_type(operator: Any, service: Any, key_type: str,
+                                           hash_algorithm: str, padding: str | None) -> None:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.asymmetric import padding as pad
+
+    name = create(operator, key_type)
+    transit = service.secrets.transit
+    message = b"release 1.2.3"
+    options: dict[str, Any] = {"hash_algorithm": hash_algorithm}
+    if padding:
+        options["signature_algorithm"] = padding
+    signed = transit.sign_data(name=name, hash_input=B(message), **options)["data"]
+    assert signed["signature"].startswith("vault:v1:") and signed["key_version"] == 1
+    assert transit.verify_signed_data(name=name, hash_input=B(message),
+                                      signature=signed["signature"], **options)["data"]["valid"]
+    assert not transit.verify_signed_data(name=name, hash_input=B(b"tampered"),
+                                          signature=signed["signature"], **options)["data"][
+        "valid"]
+    # prehashed: the client hashes, FerroHSM signs the digest; the same signature verifies
+    algo = hashes.SHA384() if hash_algorithm == "sha2-384" else hashes.SHA256()
+    digest = hashlib.new(algo.name, message).digest()
+    pre = transit.sign_data(name=name, hash_input=B(digest), prehashed=True, **options)["data"]
+    assert transit.verify_signed_data(name=name, hash_input=B(message),
+                                      signature=pre["signature"], **options)["data"]["valid"]
+    # the public key in Vault's key info verifies it independently
+    info = operator.secrets.transit.read_key(name=name)["data"]
+    assert info["type"] == key_type and info["supports_signing"]
+    public = serialization.load_pem_public_key(info["keys"]["1"]["public_key"].encode())
+    der = base64.b64decode(signed["signature"].split(":", 2)[2])
+    if isinstance(public, rsa.RSAPublicKey):
+        scheme = (pad.PSS(pad.MGF1(algo), pad.PSS.AUTO) if padding == "pss"  # Vault's "auto"
+                  else pad.PKCS1v15())
+        public.verify(der, message, scheme, algo)
+    else:
+        assert isinstance(public, ec.EllipticCurvePublicKey)
+        public.verify(der, message, ec.ECDSA(algo))
+    # the hash in the path, as Vault's sign/:name/:hash_algorithm
+    path = service.adapter.post(f"/v1/transit/sign/{name}/{hash_algorithm}",
+                                json={"input": B(message), **({"signature_algorithm": padding}
+                                                              if padding else {})})
+    assert path["data"]["signature"].startswith("vault:v1:")
+
+
+def test_batch_sign_and_verify(operator: Any, service: Any) -> None:
+    name = create(operator, "ecdsa-p256")
+    items = [{"input": B(f"m{i}".encode())} for i in range(5)]
+    signed = service.secrets.transit.sign_data(name=name, batch_input=items)["data"][
+        "batch_results"]
+    assert len(signed) == 5 and all(s["signature"].startswith("vault:v1:") for s in signed)
+    checks = [{"input": B(f"m{i}".encode()), "signature": s["signature"]}
+              for i, s in enumerate(signed)]
+    checks[3]["input"] = B(b"other")
+    resp = service.adapter.post(f"/v1/transit/verify/{name}", json={"batch_input": checks})
+    assert [r["valid"] for r in resp["data"]["batch_results"]] == [True, True, True, False, True]
+
+
+def test_unsupported_features_answer_a_clear_vault_error(srv: LiveServer, operator: Any,
+                                                         service: Any) -> None:
+    name = create(operator)
+    transit = service.secrets.transit
+    cases = [
+        lambda: operator.secrets.transit.create_key(name=new_name("d"), derived=True),
+        lambda: operator.secrets.transit.create_key(name=new_name("x"), exportable=True),
+        lambda: operator.secrets.transit.create_key(name=new_name("c"), key_type="chacha20-poly1305"),
+        lambda: transit.encrypt_data(name=name, plaintext=B(b"x"), context=B(b"ctx")),
+        lambda: transit.generate_hmac(name=name, hash_input=B(b"x")),
+        lambda: transit.hash_data(hash_input=B(b"x")),
+        lambda: operator.secrets.transit.update_key_configuration(name=name,
+                                                                  deletion_allowed=True),
+        lambda: operator.secrets.transit.delete_key(name=name),
+        lambda: operator.secrets.transit.export_key(name=name, key_type="encryption-key"),
+        lambda: operator.secrets.transit.backup_key(name=name),
+        lambda: operator.secrets.transit.trim_key(name=name, min_version=1),
+    ]
+    for case in cases:
+        with pytest.raises(vault_errors.InvalidRequest, match="not supported by FerroHSM"):
+            case()
+    # a sign option FerroHSM does not have is refused, never replaced
+    signer = create(operator, "ecdsa-p384")
+    with pytest.raises(vault_errors.InvalidRequest, match="'sha2-256' with ec-p384"):
+        transit.sign_data(name=signer, hash_input=B(b"x"))
+    with pytest.raises(vault_errors.InvalidRequest, match="marshaling_algorithm"):
+        transit.sign_data(name=signer, hash_input=B(b"x"), hash_algorithm="sha2-384",
+                          marshaling_algorithm="jws")
+    # unknown paths: Vault's 404 shape
+    status, _, body = srv.call("POST", "/v1/transit/nothing/here", {}, role="service")
+    assert status == 404 and isinstance(body["errors"], list)
+
+
+def test_random_bytes(service: Any, operator: Any) -> None:
+    out = service.secrets.transit.generate_random_bytes(n_bytes=48)["data"]["random_bytes"]
+    assert len(base64.b64decode(out)) == 48
+    hexed = service.adapter.post("/v1/transit/random/16", json={"format": "hex"})
+    assert len(bytes.fromhex(hexed["data"]["random_bytes"])) == 16
+    platform = service.adapter.post("/v1/transit/random/platform/8", json={})
+    assert len(base64.b64decode(platform["data"]["random_bytes"])) == 8
+    with pytest.raises(vault_errors.InvalidRequest, match="not supported"):
+        service.adapter.post("/v1/transit/random/seal/8", json={})
+    with pytest.raises(vault_errors.Forbidden):  # managers never use keys or the CSPRNG
+        operator.secrets.transit.generate_random_bytes(n_bytes=8)
+
+
+def test_roles_and_tag_scoping_in_vault_shapes(srv: LiveServer, operator: Any,
+                                               service: Any) -> None:
+    name = create(operator)
+    ciphertext = service.secrets.transit.encrypt_data(name=name, plaintext=B(b"x"))["data"][
+        "ciphertext"]
+    auditor = client(srv, "auditor")
+    with pytest.raises(vault_errors.Forbidden, match="permission denied"):
+        auditor.secrets.transit.encrypt_data(name=name, plaintext=B(b"x"))
+    with pytest.raises(vault_errors.Forbidden):
+        service.secrets.transit.create_key(name=new_name("svc"))
+    with pytest.raises(vault_errors.Forbidden):
+        service.secrets.transit.rotate_key(name=name)
+    # a Service token whose tags do not cover the key: the key does not exist for it (404)
+    scoped = client(srv, "service", "scoped-transit", tags=["prod"])
+    with pytest.raises(vault_errors.InvalidPath):
+        scoped.secrets.transit.decrypt_data(name=name, ciphertext=ciphertext)
+    with pytest.raises(vault_errors.InvalidPath):
+        scoped.secrets.transit.read_key(name=name)
+    missing = srv.call("POST", f"/v1/transit/decrypt/{new_name('none')}",
+                       {"ciphertext": ciphertext}, role="service")
+    scoped_answer = srv.call("POST", f"/v1/transit/decrypt/{name}", {"ciphertext": ciphertext},
+                             token=srv.token("service", "scoped-transit", tags=["prod"]))
+    assert (missing[0], missing[2]) == (scoped_answer[0], scoped_answer[2]) \
+        and missing[0] == 404
+    # a bad or missing token: Vault's 403
+    bad = hvac.Client(url=f"https://127.0.0.1:{srv.port}", token="not-a-token",  # noqa: S106
+                      verify=str(srv.pki.ca_cert))
+    with pytest.raises(vault_errors.Forbidden):
+        bad.secrets.transit.encrypt_data(name=name, plaintext=B(b"x"))
+    status, _, body = srv.call("POST", f"/v1/transit/encrypt/{name}", {"plaintext": B(b"x")},
+                               role=None)
+    assert status == 403 and body["errors"][0].startswith("permission denied")
+    # the token goes in one header, never two
+    status, _, body = srv.call("POST", f"/v1/transit/encrypt/{name}", {"plaintext": B(b"x")},
+                               role="service",
+                               headers={"X-Vault-Token": srv.token("service")})
+    assert status == 400 and "once" in body["errors"][0]
+
+
+def test_every_operation_is_audited(srv: LiveServer, operator: Any) -> None:
+    subject = f"audited-{secrets.token_hex(3)}"
+    svc = client(srv, "service", subject)
+    name = create(operator)
+    ct = svc.secrets.transit.encrypt_data(name=name, plaintext=B(b"x"))["data"]["ciphertext"]
+    svc.secrets.transit.decrypt_data(name=name, ciphertext=ct)
+    svc.secrets.transit.encrypt_data(name=name, plaintext=None,
+                                     batch_input=[{"plaintext": B(b"1")}, {"plaintext": B(b"2")}])
+    with pytest.raises(vault_errors.Forbidden):
+        svc.secrets.transit.rotate_key(name=name)
+    records = audit_records(srv, subject)
+    actions = [(r["action"], r["outcome"]) for r in records]
+    assert actions.count(("crypto.encrypt", "success")) == 3  # one per batch item
+    assert ("crypto.decrypt", "success") in actions
+    assert ("key.rotate", "denied") in actions
+    key_id = json.loads(json.dumps(operator.secrets.transit.read_key(name=name)))["data"][
+        "ferrohsm"]["id"]
+    assert all(r["key_id"] == key_id for r in records if r["action"].startswith("crypto."))
