@@ -1,0 +1,3 @@
+module example.com/ferrohsm-transit
+
+go 1.19
