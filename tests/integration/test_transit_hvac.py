@@ -352,3 +352,22 @@ def test_every_operation_is_audited(srv: LiveServer, operator: Any) -> None:
     key_id = json.loads(json.dumps(operator.secrets.transit.read_key(name=name)))["data"][
         "ferrohsm"]["id"]
     assert all(r["key_id"] == key_id for r in records if r["action"].startswith("crypto."))
+
+
+def test_a_batch_spends_one_rate_limit_token_per_item(tmp_path_factory: pytest.TempPathFactory
+                                                      ) -> None:
+    """Batching is no way around the rate limit: 30 items spend 30 tokens of a burst of 20."""
+    tight = LiveServer(tmp_path_factory.mktemp("transit-limit"), overrides={
+        ("rate_limit", "requests_per_second"): 0.5, ("rate_limit", "burst"): 20})
+    try:
+        name = create(client(tight, "operator"))
+        svc = client(tight, "service", "batch-limited")
+        items = [{"plaintext": B(b"x")} for _ in range(30)]
+        resp = svc.adapter.request("POST", f"/v1/transit/encrypt/{name}",
+                                   json={"batch_input": items}, raise_exception=False)
+        assert resp.status_code == 429 and resp.headers["Retry-After"]
+        assert "rate limit" in resp.json()["errors"][0]
+        records = audit_records(tight, "batch-limited")
+        assert [r["outcome"] for r in records] == ["denied"]  # refused before any item ran
+    finally:
+        tight.close()

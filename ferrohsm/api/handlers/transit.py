@@ -6,9 +6,9 @@ A ``batch_input`` runs its items one after another through those same per-item c
 is authorized and audited as a request of its own would be, and spends one token of the caller's
 rate limit (the first is spent by the request itself). An item's own bad input, failed
 decryption or refused key state is that item's ``error``; anything that would refuse every item
-alike (no such key, permission, rate limit, audit unavailable) fails the whole request. As in
-Vault, a batch with a failed item answers 400 (500 for an internal error), or
-``partial_failure_response_code`` when some items succeeded.
+alike (no such key, permission, rate limit, a parked approval, audit unavailable, any 5xx) fails
+the whole request. As in Vault, a batch with a failed item answers 400 with every item's result,
+or ``partial_failure_response_code`` when some items succeeded.
 
 Writes answer POST and PUT alike (Vault's Go client writes with PUT), listings GET ``?list=true``
 and the LIST method. Vault features FerroHSM lacks answer 400 ``... not supported by FerroHSM``.
@@ -214,6 +214,10 @@ class Transit:
         body, name = Body(json_body(req), (*SIGN_OPTIONS, *SIGN_ITEM)), p["name"]
         key = self.service.get_key(ctx, name)
         chosen, prehashed = _sign_options(body, p.get("hash"), key)
+        wanted = body.integer("key_version", 0, MAX_VERSION)
+        if wanted and wanted != key.primary_version:
+            raise BadRequest(f"signing with a version other than the primary "
+                             f"({key.primary_version}) is {NOT_SUPPORTED}")
 
         def one(item: Body) -> dict[str, Any]:
             _no_derivation(item)
@@ -272,21 +276,18 @@ class Transit:
         items = _items(batch)
         self.charge(ctx, len(items) - 1)
         results: list[dict[str, Any]] = []
-        failed: set[str] = set()
         for raw in items:
             try:
                 result = one(Body(raw, item_fields, "each batch_input item"))
             except FerroError as exc:
-                if exc.status not in ITEM_STATUSES and exc.status < 500:
-                    raise  # refuses every item alike: the request's answer
-                if exc.status >= 500 and exc.code == "unavailable":
-                    raise  # the audit log or the store: fail closed, whole request
-                failed.add("internal" if exc.status >= 500 else "user")
+                if exc.status not in ITEM_STATUSES:
+                    raise  # the same for every item (key, permission, audit, 5xx): fail whole
                 result = {"error": vault_message(exc)}
             if isinstance(raw, dict) and isinstance(raw.get("reference"), str):
                 result["reference"] = raw["reference"]
             results.append(result)
-        status = _batch_status(body, failed, len(results) > sum("error" in r for r in results))
+        failed = sum("error" in r for r in results)
+        status = _batch_status(body, failed, len(results) - failed)
         return ok(req.request_id, {"batch_results": results}, body.warnings(), status)
 
     def charge(self, ctx: RequestContext, extra: int) -> None:
@@ -319,13 +320,13 @@ def _items(batch: object) -> list[Any]:
     return batch
 
 
-def _batch_status(body: Body, failed: set[str], any_success: bool) -> int:
+def _batch_status(body: Body, failed: int, succeeded: int) -> int:
+    """200, or Vault's 400 for a batch with a failed item (``partial_failure_response_code``
+    instead when some item succeeded)."""
     if not failed:
         return 200
     partial = body.integer("partial_failure_response_code", 200, 599)
-    if partial is not None and any_success:
-        return partial
-    return 500 if "internal" in failed else 400
+    return partial if partial is not None and succeeded else 400
 
 
 def _sign_options(body: Body, path_hash: str | None, key: Key) -> tuple[str, bool]:
