@@ -347,7 +347,8 @@ def test_a_refused_request_leaves_exactly_one_record(world: World, name: str) ->
 
 def test_the_matrix_covers_every_v1_route(world: World) -> None:
     routed = {(r.method, r.template) for r in world.srv.rt.router.routes()
-              if r.template.startswith("/v1/") and r.template != "/v1/openapi.json"}
+              if r.template.startswith("/v1/") and r.template != "/v1/openapi.json"
+              and not r.template.startswith("/v1/transit/")}  # test_transit_hvac.py
     stated = {(m, p.replace("{enc}", "{key}").replace("{sig}", "{key}")
                .replace("{approval}", "{id}")) for m, p, *_ in ROUTES}
     assert routed == stated

@@ -371,3 +371,32 @@ def test_a_batch_spends_one_rate_limit_token_per_item(tmp_path_factory: pytest.T
         assert [r["outcome"] for r in records] == ["denied"]  # refused before any item ran
     finally:
         tight.close()
+
+
+@pytest.mark.parametrize(("method", "path", "body", "role", "status", "action"), [
+    ("POST", "/v1/transit/encrypt/{key}", {"plaintext": "eA=="}, "auditor", 403,
+     "crypto.encrypt"),
+    ("POST", "/v1/transit/keys/{key}/rotate", {}, "service", 403, "key.rotate"),
+    ("POST", "/v1/transit/encrypt/{key}", {"plaintext": "eA=="}, None, 403, "auth.authenticate"),
+    ("POST", "/v1/transit/hmac/{key}", {"input": "eA=="}, "service", 400, "request.refused"),
+    ("POST", "/v1/transit/nowhere", {}, "service", 404, "request.refused"),
+    ("GET", "/v1/transit/encrypt/{key}", None, "service", 405, "request.refused"),
+    ("POST", "/v1/transit/decrypt/{key}", {"ciphertext": "vault:v1:AAAA"}, "service", 400,
+     "crypto.decrypt"),
+])
+def test_a_refused_transit_request_leaves_exactly_one_record(
+        srv: LiveServer, operator: Any, method: str, path: str, body: Any, role: str | None,
+        status: int, action: str) -> None:
+    name = create(operator)
+    rid = f"transit-refusal-{secrets.token_hex(8)}"
+    answer = srv.call(method, path.format(key=name), body, role=role,
+                      headers={"X-Request-ID": rid})
+    assert answer[0] == status and isinstance(answer[2]["errors"], list), answer
+    audited, after = [], 0
+    while True:
+        _, _, page = srv.call("GET", f"/v1/audit?limit=1000&after_seq={after}", role="auditor")
+        audited.extend(r for r in page["records"] if r["request_id"] == rid)
+        if page["next_after_seq"] is None:
+            break
+        after = page["next_after_seq"]
+    assert [r["action"] for r in audited] == [action], audited
