@@ -254,7 +254,8 @@ def test_openapi_covers_every_route(srv: LiveServer) -> None:
     status, _, doc = srv.call("GET", "/v1/openapi.json", role="auditor")
     assert status == 200 and doc["openapi"].startswith("3.1")
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
-    routed = {(r.method, r.template) for r in srv.rt.router.routes()}
+    routed = {(r.method, r.template) for r in srv.rt.router.routes()
+              if not r.template.startswith("/v1/transit/")}  # Vault's API: README.md
     assert documented == routed
 
 
