@@ -392,7 +392,8 @@ def test_a_refused_transit_request_leaves_exactly_one_record(
     answer = srv.call(method, path.format(key=name), body, role=role,
                       headers={"X-Request-ID": rid})
     assert answer[0] == status and isinstance(answer[2]["errors"], list), answer
-    audited, after = [], 0
+    audited: list[dict[str, Any]] = []
+    after = 0
     while True:
         _, _, page = srv.call("GET", f"/v1/audit?limit=1000&after_seq={after}", role="auditor")
         audited.extend(r for r in page["records"] if r["request_id"] == rid)
