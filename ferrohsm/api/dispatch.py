@@ -39,6 +39,8 @@ from typing import Any, Protocol
 from ..domain.errors import AuditUnavailable, FerroError
 from .connection import Conn, Incoming
 from .http import Request, Response, error_response
+from .transit import is_transit
+from .transit.envelope import error as vault_error
 from .workerpool import WorkerPool
 
 App = Callable[[Request], Response]
@@ -295,5 +297,12 @@ def _refused(failed: list[tuple[Answer, str]]) -> list[Answer]:
         return []
     ids = [incoming.request.request_id for (_, incoming, _), _ in failed]
     _log.error("audit not durable: answering 503 instead to request_id=%s", ",".join(ids[:100]))
-    return [(conn, incoming, error_response(AuditUnavailable(reason), incoming.request.request_id))
+    return [(conn, incoming, _unavailable(incoming.request, reason))
             for (conn, incoming, _), reason in failed]
+
+
+def _unavailable(request: Request, reason: str) -> Response:
+    """The 503 in the shape of the request's API (Vault's under /v1/transit/)."""
+    if is_transit(request.path):
+        return vault_error(AuditUnavailable(reason))
+    return error_response(AuditUnavailable(reason), request.request_id)

@@ -401,3 +401,28 @@ def test_a_refused_transit_request_leaves_exactly_one_record(
             break
         after = page["next_after_seq"]
     assert [r["action"] for r in audited] == [action], audited
+
+
+def test_fail_closed_when_the_audit_log_cannot_take_a_record(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No record, no answer: a batch, a rotation and a data key all answer Vault's 503 shape,
+    and the rotation did not happen."""
+    tmp = tmp_path_factory.mktemp("transit-audit")
+    broken = LiveServer(tmp, key_store="filesystem")
+    try:
+        name = create(client(broken, "operator"))
+        live = sorted((broken.data_dir / "audit").glob("audit-*.jsonl"))[-1]
+        copy = live.read_bytes()
+        live.unlink()
+        live.write_bytes(copy)  # another inode underneath the sink: it refuses every record
+        calls = [("POST", f"/v1/transit/encrypt/{name}",
+                  {"batch_input": [{"plaintext": B(b"1")}, {"plaintext": B(b"2")}]}, "service"),
+                 ("POST", f"/v1/transit/datakey/plaintext/{name}", {}, "service"),
+                 ("POST", f"/v1/transit/keys/{name}/rotate", {}, "operator")]
+        for method, path, body, role in calls:
+            status, _, answer = broken.call(method, path, body, role=role)
+            assert status == 503 and "plaintext" not in json.dumps(answer), (path, answer)
+            assert list(answer) == ["errors"], answer
+        assert broken.rt.store.get_by_name(name).primary_version == 1
+    finally:
+        broken.close()
