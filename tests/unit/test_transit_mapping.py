@@ -4,7 +4,7 @@ options and text, the error shape, and the parser's one allowance for Vault's Go
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -77,6 +77,9 @@ def test_key_info_has_vaults_shape() -> None:
                                   "public_key": "PEM1"}}
     assert info["supports_signing"] and not info["supports_encryption"]
     assert not info["deletion_allowed"] and not info["exportable"] and not info["derived"]
+    scheduled = lc.schedule_destroy(key, NOW, "a", timedelta(hours=1))
+    shown = key_info(scheduled, lambda version: pytest.fail("a scheduled key may not verify"))
+    assert shown["keys"]["1"] == {"creation_time": "2026-01-02T03:04:05Z", "name": "P-256"}
 
 
 @pytest.mark.parametrize(("algorithm", "hashed", "padding", "expected"), [

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ...domain.errors import BadRequest
-from ...domain.model import Key
+from ...domain.model import Key, KeyState
 from .body import NOT_SUPPORTED
 
 # Vault type -> (FerroHSM algorithm, usage)
@@ -51,14 +51,17 @@ def key_info(key: Key, public_pem: Callable[[int], str] | None) -> dict[str, Any
     (``public_pem(version)``, an audited read)."""
     live = [v for v in key.versions if v.sealed is not None]
     versions: dict[str, Any] = {}
+    # a key that may no longer verify (destruction scheduled) shows no public key
+    verifies = key.state in (KeyState.ACTIVE, KeyState.REVOKED)
     for v in live:
         if public_pem is None or key.usage != "sign":
             versions[str(v.version)] = int(v.created_at.timestamp())
-        else:
-            versions[str(v.version)] = {
-                "creation_time": v.created_at.isoformat().replace("+00:00", "Z"),
-                "name": _PUBLIC_NAME.get(key.algorithm, key.algorithm),
-                "public_key": public_pem(v.version)}
+            continue
+        entry = {"creation_time": v.created_at.isoformat().replace("+00:00", "Z"),
+                 "name": _PUBLIC_NAME.get(key.algorithm, key.algorithm)}
+        if verifies:
+            entry["public_key"] = public_pem(v.version)
+        versions[str(v.version)] = entry
     encrypts, signs = key.usage == "encrypt", key.usage == "sign"
     return {
         "name": reference(key), "type": VAULT_TYPE.get(key.algorithm, key.algorithm),
