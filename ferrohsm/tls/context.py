@@ -26,7 +26,7 @@ from cryptography import x509
 
 from ..domain.errors import ConfigError
 from .pair import Pair, PairRefused, read_pair
-from .stapler import OcspStapler
+from .stapler import OcspStapler, Staple
 from .status import Notify, certificate_summary, rfc3339
 
 if TYPE_CHECKING:
@@ -241,11 +241,13 @@ class ReloadingContext:
     def _stapling(self, pair: Pair) -> ServerContext:
         from .pyossl import stapling_context  # pyOpenSSL only when stapling is on
         assert self._stapler is not None  # noqa: S101  narrows a type for mypy
-        staple = self._stapler.track(pair.leaf, pair.issuer)
+        staple = Staple()
         try:
-            return stapling_context(pair, staple, self._client_ca, self._require_client_cert)
+            context = stapling_context(pair, staple, self._client_ca, self._require_client_cert)
         except ValueError as exc:
             raise PairRefused("unparsable", str(exc)) from None
+        self._stapler.track(pair.leaf, pair.issuer, staple)  # only once it will be served
+        return context
 
     def _emit(self, event: str, fields: Mapping[str, object]) -> None:
         if self.notify is None:

@@ -70,15 +70,14 @@ class OcspStapler:
 
     # ---- wiring ------------------------------------------------------------------------------
 
-    def track(self, cert: x509.Certificate, issuer: x509.Certificate | None) -> Staple:
-        """A new served certificate: a fresh (empty) staple for it, fetched at once."""
-        staple = Staple()
+    def track(self, cert: x509.Certificate, issuer: x509.Certificate | None,
+              staple: Staple) -> None:
+        """A new served certificate, with the (empty) staple its context reads: fetch at once."""
         with self._lock:
             self._cert, self._issuer, self._staple = cert, issuer, staple
             self._failures, self._due, self._next_update = 0, 0.0, None
         self._set_state("unavailable", "new certificate")
         self._wake.set()
-        return staple
 
     def start(self) -> None:
         if self._thread is None:

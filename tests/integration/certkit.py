@@ -97,15 +97,14 @@ class TestCA:
                     self.key.public_key()), False))
 
     def leaf(self, names: Sequence[str] = HOSTS, *, ocsp_url: str | None = None,
-             not_before: dt.datetime | None = None, not_after: dt.datetime | None = None
-             ) -> Leaf:
+             not_before: dt.datetime | None = None, not_after: dt.datetime | None = None,
+             usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.SERVER_AUTH) -> Leaf:
         key = ec.generate_private_key(ec.SECP256R1())
         builder = self._builder(names[0] if names else "leaf", key,
                                 not_before or now() - dt.timedelta(hours=1),
                                 not_after or now() + dt.timedelta(days=7))
         builder = builder.add_extension(x509.SubjectAlternativeName(_sans(names)), False)
-        builder = builder.add_extension(x509.ExtendedKeyUsage(
-            [ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), False)
         if ocsp_url is not None:
             builder = builder.add_extension(x509.AuthorityInformationAccess([
                 x509.AccessDescription(AuthorityInformationAccessOID.OCSP,
@@ -175,6 +174,7 @@ class OcspResponder:
         self.index = directory / "index.txt"
         self.log = directory / "responder.log"
         self.index.write_text("")
+        (directory / "index.txt.attr").write_text("unique_subject = no\n")  # reissued names
         signer = ca.responder()
         self.signer_file, self.signer_key = directory / "rsigner.pem", directory / "rkey.pem"
         self.signer_file.write_bytes(signer.chain_pem)
