@@ -10,6 +10,7 @@ import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from certkit import (
@@ -56,7 +57,7 @@ def leaf(ca: TestCA, responder: OcspResponder, files: tuple[Path, Path]) -> Leaf
 
 
 def stapling_server(tmp_path: Path, files: tuple[Path, Path], ca: TestCA,
-                    **tls: object) -> TlsServer:
+                    **tls: Any) -> TlsServer:
     return TlsServer(tmp_path, *files, ca.cert_file, ocsp_staple=True, ocsp_refresh_seconds=1,
                      reload_seconds=0.2, **tls)
 
