@@ -80,7 +80,11 @@ class StaplingSocket(socket.socket):
         super().__init__(sock.family, sock.type, sock.proto, fileno=sock.detach())
         self.setblocking(False)
         # The descriptor, not ``self``: the Connection keeps no reference back to this object.
-        self._tls = SSL.Connection(context, self.fileno())  # type: ignore[arg-type]  # pyOpenSSL takes an fd (SSL_set_fd) as well
+        try:
+            self._tls = SSL.Connection(context, self.fileno())  # type: ignore[arg-type]  # pyOpenSSL takes an fd (SSL_set_fd) as well
+        except SSL.Error as exc:
+            self.close()
+            raise ssl.SSLError(f"cannot set up TLS: {exc}") from None
         self._tls.set_accept_state()
 
     def do_handshake(self) -> None:

@@ -134,6 +134,8 @@ class OcspStapler:
             answer = check(fetch(url, request_der(cert, issuer), self.timeout), cert, issuer,
                            dt.datetime.fromtimestamp(now, dt.UTC))
         except OcspError as exc:
+            if cert is not self._cert:
+                return 0.0  # replaced meanwhile: fetch for the new one
             return self._failed(str(exc), staple, now)
         return self._succeeded(answer, cert, staple, now)
 

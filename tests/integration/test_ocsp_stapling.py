@@ -17,6 +17,7 @@ from certkit import (
     Leaf,
     OcspResponder,
     TestCA,
+    free_port,
     install,
     s_client_status,
     served_certificate,
@@ -24,6 +25,8 @@ from certkit import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from tlsserver import TlsServer
+
+from ferrohsm.tls.stapler import OcspStapler, Staple
 
 STAPLED_GOOD = ("OCSP Response Status: successful", "Cert Status: good")
 
@@ -170,3 +173,18 @@ def test_no_responder_url_means_unavailable_not_a_failure(tmp_path: Path, ca: Te
         assert "OCSP response: no response sent" in out and "Verify return code: 0 (ok)" in out
     finally:
         srv.close()
+
+
+def test_a_responder_that_is_down_is_retried_with_backoff_and_jitter(ca: TestCA) -> None:
+    leaf = ca.leaf(ocsp_url=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    clock = [1000.0]
+    stapler = OcspStapler("", refresh_seconds=8, timeout=2, clock=lambda: clock[0])
+    stapler.track(leaf.cert, ca.cert, Staple())
+    delays = []
+    for _ in range(6):
+        delays.append(stapler.step())  # a real connection refused each time
+        clock[0] += delays[-1]
+    for attempt, delay in enumerate(delays):
+        ceiling = min(8.0, 2.0 ** attempt)  # 1 s doubling, capped at ocsp_refresh_seconds
+        assert ceiling / 2 <= delay <= ceiling, delays
+    assert stapler.state == "unavailable" and stapler.status() == {"ocsp": "unavailable"}
