@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
+import importlib.util
 import logging
 import os
 import re
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,8 @@ from .store.sqlite import SQLiteStore
 from .store.sqlite_approvals import SQLiteApprovalStore
 from .telemetry.metrics import ServerMetrics
 from .tls.context import ReloadingContext
+from .tls.stapler import OcspStapler
+from .tls.status import OCSP_STATES, Notify
 
 log = logging.getLogger("ferrohsm")
 CHECK_VALUE = "master_key_check"
@@ -215,6 +219,8 @@ class Runtime:
     stop: threading.Event = field(default_factory=threading.Event)
     approvals: ApprovalStore | None = None
     key_records: RecordReport | None = None  # the start-up check of the key records
+    tls_status: Callable[[], dict[str, Any]] | None = None  # the TLS provider's (wire_tls)
+    tls_close: Callable[[], None] | None = None  # stops its threads before the audit log closes
 
     def _key_records(self) -> dict[str, Any]:
         """Counts only: the ids of failed keys are in the audit log (and a filesystem store's
@@ -238,6 +244,7 @@ class Runtime:
             "auth": self.authenticator.stats(),
             "rate_limit": self.app.limiter.stats(),
             "cache": self.service.engine.cache.stats(),
+            **({} if self.tls_status is None else {"tls": self.tls_status()}),
         }
 
 
@@ -362,13 +369,72 @@ def tls_provider(config: Config) -> ReloadingContext:
     if not t.cert:
         raise ConfigError(f"{config.source}: [tls].cert and [tls].key are required to serve "
                           "(or use `ferrohsm quickstart` for a generated development PKI)")
-    return ReloadingContext(t.cert, t.key, t.client_ca or None, t.require_client_cert)
+    stapler = None
+    if t.ocsp_staple:
+        if importlib.util.find_spec("OpenSSL") is None:
+            raise ConfigError(f"{config.source}: [tls].ocsp_staple needs pyOpenSSL (install "
+                              "ferrohsm[ocsp]): Python's ssl module cannot staple")
+        stapler = OcspStapler(t.ocsp_responder, t.ocsp_refresh_seconds)
+    return ReloadingContext(t.cert, t.key, t.client_ca or None, t.require_client_cert,
+                            interval=t.reload_seconds, stapler=stapler)
+
+
+TLS_FAILURES = frozenset({"tls.reload_refused", "tls.acme_failed"})
+
+
+def tls_notify(audit: AuditSink) -> Notify:
+    """Certificate events (reload, refusal, OCSP status, ACME issuance) as durable audit records
+    of the system actor; the fields go to ``details`` (certificates are public: no secrets)."""
+    def notify(event: str, fields: Mapping[str, object]) -> None:
+        outcome = "error" if event in TLS_FAILURES or fields.get("status") == "revoked" \
+            else "success"
+        message = str(fields.get("message") or fields.get("reason") or event)
+        details = {k: v if isinstance(v, str | int | float | bool) or v is None else str(v)
+                   for k, v in fields.items()}
+        audit.append(AuditEvent.from_context(SYSTEM_CONTEXT, event, outcome, message,
+                                             details=details))
+    return notify
+
+
+def wire_tls(rt: Runtime, provider: Any) -> None:
+    """The TLS provider's events to the audit log, its status to /healthz and /metrics, and its
+    background work (file polling, OCSP, ACME renewal) started. Any provider with ``status()``
+    (and optionally ``notify``, ``start``) fits: PEM or ACME."""
+    if hasattr(provider, "notify"):
+        provider.notify = tls_notify(rt.audit)
+    status: Callable[[], dict[str, Any]] = provider.status
+    rt.tls_status = status
+    rt.metrics.add_gauge("ferrohsm_tls_certificate_expiry_timestamp_seconds",
+                         "notAfter of the served TLS certificate (Unix time)",
+                         lambda: {(): _expiry(status())})
+    rt.metrics.add_gauge("ferrohsm_tls_ocsp_status", "1 for the OCSP status of the served "
+                         "certificate (off, good, revoked, unknown, unavailable), 0 for the others",
+                         lambda: _ocsp_gauge(status()), ("status",))
+    if hasattr(provider, "close"):
+        rt.tls_close = provider.close
+    if hasattr(provider, "start"):
+        provider.start()
+
+
+def _expiry(status: Mapping[str, Any]) -> float:
+    not_after = status.get("not_after")
+    if not isinstance(not_after, str):
+        return 0.0
+    return dt.datetime.strptime(not_after, "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=dt.UTC).timestamp()
+
+
+def _ocsp_gauge(status: Mapping[str, Any]) -> dict[tuple[str, ...], float]:
+    current = status.get("ocsp", "off")
+    return {(state,): 1.0 if state == current else 0.0 for state in OCSP_STATES}
 
 
 def shutdown(rt: Runtime, server: HardenedHTTPServer | None) -> None:
     rt.stop.set()
     if server is not None:
         server.shutdown(rt.config.server.shutdown_grace_seconds)
+    if rt.tls_close is not None:
+        rt.tls_close()
     try:
         system_event(rt, "system.shutdown", "FerroHSM stopped")
     except FerroError:

@@ -111,6 +111,10 @@ class TLSSettings:
     key: str = ""
     client_ca: str = ""
     require_client_cert: bool = False
+    reload_seconds: float = 30.0       # poll interval for changed cert/key files (and SIGHUP)
+    ocsp_staple: bool = False          # staple an OCSP response (pyOpenSSL, the "ocsp" extra)
+    ocsp_responder: str = ""           # "" = the certificate's AIA OCSP URL
+    ocsp_refresh_seconds: float = 3600.0  # sooner at half the response's validity
 
 
 @dataclass(frozen=True)
@@ -355,6 +359,7 @@ def validate(config: Config) -> None:
         (bool(config.tls.cert) == bool(config.tls.key), "[tls].cert and [tls].key go together"),
         (not config.tls.require_client_cert or bool(config.tls.client_ca),
          "[tls].require_client_cert needs [tls].client_ca"),
+        *_tls_checks(config.tls),
         (config.logging.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
          "[logging].level must be DEBUG, INFO, WARNING or ERROR"),
     ]
@@ -374,6 +379,16 @@ def validate(config: Config) -> None:
 def _witness_ok(spec: str) -> bool:
     return (spec in ("", "syslog") or (spec.startswith("file:") and len(spec) > 5)
             or (spec.startswith("https://") and len(spec) > 8))
+
+
+def _tls_checks(t: TLSSettings) -> list[tuple[bool, str]]:
+    return [
+        (0.05 <= t.reload_seconds <= 86400, "[tls].reload_seconds must be 0.05-86400"),
+        (1 <= t.ocsp_refresh_seconds <= 7 * 86400,
+         "[tls].ocsp_refresh_seconds must be 1-604800"),
+        (t.ocsp_responder == "" or t.ocsp_responder.startswith(("http://", "https://")),
+         '[tls].ocsp_responder must be "" (the AIA URL) or an http:// or https:// URL'),
+    ]
 
 
 def _auth_checks(a: AuthSettings) -> list[tuple[bool, str]]:

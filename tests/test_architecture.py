@@ -51,7 +51,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     # store and write to the audit log, so they sit above both (app runs them before serving)
     "integrity": frozenset({"domain", "crypto", "audit", "store", "engine"}),
     # L4: adapters
-    "tls": frozenset({"domain"}),
+    "tls": frozenset({"domain", "crypto"}),  # crypto: certs.py checks PEM pairs and OCSP signatures
     "api": frozenset({"domain", "store", "auth", "control", "telemetry", "service", "tls"}),
     "client": frozenset(),  # the SDK stands alone
     # L5: the one composition root
@@ -69,7 +69,8 @@ LAYER: dict[str, int] = {
 
 # Third-party packages and the modules that may import them (prefixes of dotted names).
 THIRD_PARTY: dict[str, tuple[str, ...]] = {
-    "cryptography": ("ferrohsm.crypto.", "ferrohsm.tls.devpki"),
+    "cryptography": ("ferrohsm.crypto.", "ferrohsm.tls."),  # tls: x509 and OCSP, never hazmat
+    "OpenSSL": ("ferrohsm.tls.pyossl",),  # OCSP stapling only, imported when configured
     "jwt": ("ferrohsm.auth.",),
 }
 

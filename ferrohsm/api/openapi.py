@@ -170,7 +170,10 @@ SCHEMAS: dict[str, Any] = {
         "uptime_seconds": {"type": "number"}, "store": {"type": "object"},
         "audit": {"type": "object"}, "auth": {"type": "object"},
         "rate_limit": {"type": "object"}, "cache": {"type": "object"},
-        "key_records": {"type": "object"}}},
+        "key_records": {"type": "object"},
+        "tls": {"type": "object", "description": "the served certificate: mode, serial (hex), "
+                "not_before, not_after (RFC 3339 UTC), ocsp (off, good, revoked, unknown, "
+                "unavailable)"}}},
     "AuditRecord": {"type": "object", "required": [
         "v", "id", "seq", "ts", "action", "outcome", "prev_hash", "hash", "hmac"], "properties": {
             "v": {"type": "integer"}, "id": {"type": "string"}, "seq": {"type": "integer"},

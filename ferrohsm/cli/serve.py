@@ -118,6 +118,13 @@ def _quickstart(args: argparse.Namespace) -> int:
     return _run(config, wiring.tls_provider(config), announce, _options(args))
 
 
+def _sighup(rt: Any, ssl_provider: Any) -> None:
+    """SIGHUP re-reads what can be reloaded: the keysets, then the TLS certificate files."""
+    rt.authenticator.reload("SIGHUP")
+    if hasattr(ssl_provider, "reload"):
+        ssl_provider.reload("SIGHUP")
+
+
 def _run(config: Config, ssl_provider: Any, announce: Any = None, options: Any = None) -> int:
     from .. import app as wiring
     log = logging.getLogger("ferrohsm")
@@ -126,17 +133,16 @@ def _run(config: Config, ssl_provider: Any, announce: Any = None, options: Any =
         # pinning later would leave every worker free to bounce the GIL between cores.
         os.sched_setaffinity(0, {config.server.pin_cpu})
     rt = wiring.build_runtime(config, load_secrets(config), options)
-    if hasattr(ssl_provider, "on_reload"):
-        ssl_provider.on_reload = wiring.config_audit(rt.audit, "config.tls_reload")
     server = None
     try:
+        wiring.wire_tls(rt, ssl_provider)
         server = wiring.make_server(rt, ssl_provider)
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
         server.start()
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
-            target=rt.authenticator.reload, args=("SIGHUP",), name="ferrohsm-sighup",
+            target=_sighup, args=(rt, ssl_provider), name="ferrohsm-sighup",
             daemon=True).start())
         port = server.server_address[1]
         wiring.system_event(rt, "system.startup", f"FerroHSM listening on port {port}")

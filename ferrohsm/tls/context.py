@@ -3,28 +3,38 @@
 TLS 1.3 only because every client we support speaks it, and it removes the whole TLS 1.2 cipher
 and renegotiation configuration surface (no CBC, no RSA key exchange, no compression).
 
-``ReloadingContext`` lets an operator (or an ACME client) replace the certificate files without a
-restart: the server asks it for a context per connection, it re-stats the files at most once a
-second, and a half-written or broken PEM never replaces a working context.
+``ReloadingContext`` lets an operator replace the certificate files without a restart: the server
+asks it for a context per connection, a thread re-stats the files every ``[tls].reload_seconds``
+(SIGHUP: at once), and a half-written, mismatched, expired or otherwise broken pair never
+replaces a working context (tls/pair.py says what is checked).
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import logging
 import os
 import ssl
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
+
+from cryptography import x509
 
 from ..domain.errors import ConfigError
+from .pair import Pair, PairRefused, read_pair
+from .stapler import OcspStapler, Staple
+from .status import Notify, certificate_summary, rfc3339
+
+if TYPE_CHECKING:
+    from .pyossl import StaplingContext
 
 StrPath = str | os.PathLike[str]
 log = logging.getLogger("ferrohsm.tls")
-CHECK_INTERVAL = 1.0
+ServerContext: TypeAlias = "ssl.SSLContext | StaplingContext"
 
 
 def _tls13_only(context: ssl.SSLContext) -> ssl.SSLContext:
@@ -99,14 +109,26 @@ def _reason(exc: BaseException) -> str:
 
 
 Signature = tuple[tuple[int, int, int] | None, ...]
+RELOAD_SECONDS = 30.0
 
 
 class ReloadingContext:
-    """Callable returning the current server context, rebuilt when its files change.
+    """The TLS provider of PEM mode: a callable returning the context for a new connection.
 
-    Change detection is (mtime_ns, size, inode) per file, checked at most every ``interval``
-    seconds, so the per-connection cost is one clock read. A rebuild that fails (half-written
-    PEM, key not matching the cert) keeps the old context and logs one warning per change.
+    ``__call__`` returns an attribute and nothing more (the per-connection cost); a thread
+    (``start``) polls the files' (mtime_ns, size, inode) every ``interval`` seconds and
+    ``reload`` (SIGHUP) looks at once. A changed pair is read once, checked (tls/pair.py) and
+    only then built and swapped in: handshakes from then on use it, established connections
+    keep the one they began with. A pair that fails its checks leaves the old one in service,
+    logs a warning and emits ``tls.reload_refused``; a good one emits ``tls.reloaded``.
+
+    Cert and key are rarely replaced at the same instant: a poll that finds a broken pair
+    waits for the next poll before refusing it, and refuses only if the files did not change
+    in between (SIGHUP refuses at once: the operator says the files are ready). A half-written
+    pair is thus never served and a cert-then-key replacement is not reported as a failure.
+
+    With a ``stapler`` (``[tls] ocsp_staple``) contexts are pyOpenSSL ones that staple the
+    stapler's response (tls/pyossl.py); without, plain ``ssl.SSLContext`` as always.
     """
 
     def __init__(
@@ -116,61 +138,124 @@ class ReloadingContext:
         client_ca: StrPath | None = None,
         require_client_cert: bool = False,
         *,
-        interval: float = CHECK_INTERVAL,
-        clock: Callable[[], float] = time.monotonic,
+        interval: float = RELOAD_SECONDS,
+        notify: Notify | None = None,
+        stapler: OcspStapler | None = None,
+        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
-        self._files = [Path(cert_file), Path(key_file)]
+        self._cert_file, self._key_file = Path(cert_file), Path(key_file)
+        self._files = [self._cert_file, self._key_file]
         if client_ca is not None:
             self._files.append(Path(client_ca))
-        self._build: Callable[[], ssl.SSLContext] = lambda: server_context(
-            cert_file, key_file, client_ca, require_client_cert)
-        self._interval, self._clock = interval, clock
+        self._client_ca = os.fspath(client_ca) if client_ca is not None else None
+        self._require_client_cert = require_client_cert
+        self.interval, self.notify, self._stapler, self._now = interval, notify, stapler, now
         self._lock = threading.Lock()
-        self._signature = self._stat()
-        self._context = self._build()  # a broken file at start-up is a ConfigError
-        self._seen = self._signature
-        self._checked = clock()
-        # (outcome, message) for every reload attempt; the composition root points it at the
-        # audit log, since a certificate change is a configuration change auditors must see.
-        self.on_reload: Callable[[str, str], None] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._seen = self._stat()
+        self._pending: Signature | None = None
+        self._refused: str | None = None  # kind of the last refused pair, until one is served
+        try:
+            pair, build = self._load(None)
+        except PairRefused as exc:  # a broken pair at start-up is a configuration error
+            raise ConfigError(f"tls.cert/tls.key: {exc.message}") from None
+        self._pair = pair
+        self._context = build()
+
+    def __call__(self) -> ServerContext:
+        return self._context
 
     @property
-    def context(self) -> ssl.SSLContext:
+    def context(self) -> ServerContext:
         return self._context
 
-    def __call__(self) -> ssl.SSLContext:
-        now = self._clock()
-        if now - self._checked >= self._interval and self._lock.acquire(blocking=False):
-            try:
-                self._checked = now
-                self._maybe_reload()
-            finally:
-                self._lock.release()
-        return self._context
+    # ---- reloading ---------------------------------------------------------------------------
 
-    def _maybe_reload(self) -> None:
+    def check(self) -> bool:
+        """One poll: reload when the files changed; True when a new pair went into service."""
         signature = self._stat()
         if signature == self._seen:
-            return
-        self._seen = signature  # warn once per change, not once per second
-        try:
-            context = self._build()
-        except ConfigError as exc:
-            log.warning("TLS files changed but cannot be loaded; keeping the previous "
-                        "certificate: %s", exc.message)
-            self._notify("error", f"TLS files changed but could not be loaded: {exc.message}")
-            return
-        self._context, self._signature = context, signature
-        log.info("TLS certificate reloaded from %s", self._files[0])
-        self._notify("success", f"TLS certificate reloaded from {self._files[0]}")
+            return False
+        with self._lock:
+            return self._attempt(signature, wait_if_broken=True)
 
-    def _notify(self, outcome: str, message: str) -> None:
-        if self.on_reload is None:
+    def reload(self, reason: str = "SIGHUP") -> bool:
+        """Look at the files now (SIGHUP); True when a new pair went into service."""
+        log.info("TLS reload requested (%s)", reason)
+        with self._lock:
+            return self._attempt(self._stat(), wait_if_broken=False)
+
+    def _attempt(self, signature: Signature, wait_if_broken: bool) -> bool:
+        try:
+            pair, build = self._load(self._pair.leaf)
+            context = build() if pair.digest != self._pair.digest else None
+        except PairRefused as exc:
+            if wait_if_broken and self._pending != signature:
+                self._pending = signature  # maybe the other half is on its way: next poll
+                log.debug("TLS files changed but do not form a usable pair yet: %s", exc.message)
+                return False
+            self._seen, self._pending = signature, None
+            self._refuse(exc)
+            return False
+        self._seen, self._pending = signature, None
+        if context is None:
+            return False  # touched, same content
+        old = self._pair.leaf
+        self._pair, self._context, self._refused = pair, context, None
+        log.info("TLS certificate reloaded from %s: serial %x -> %x (expires %s)",
+                 self._cert_file, old.serial_number, pair.leaf.serial_number,
+                 rfc3339(pair.leaf.not_valid_after_utc))
+        self._emit("tls.reloaded", {"previous_serial": format(old.serial_number, "x"),
+                                    **certificate_summary(pair.leaf),
+                                    "file": str(self._cert_file)})
+        return True
+
+    def _refuse(self, exc: PairRefused) -> None:
+        self._refused = exc.kind
+        serial = format(self._pair.leaf.serial_number, "x")
+        log.warning("TLS files changed but were refused (%s); keeping certificate serial %s: %s",
+                    exc.kind, serial, exc.message)
+        self._emit("tls.reload_refused", {"reason": exc.kind, "message": exc.message,
+                                          "serial": serial})
+
+    def _load(self, must_cover: x509.Certificate | None
+              ) -> tuple[Pair, Callable[[], ServerContext]]:
+        """The checked pair and how to build its context (built only if it is new)."""
+        pair = read_pair(self._cert_file, self._key_file, self._now(), must_cover)
+        if self._stapler is not None:
+            return pair, lambda: self._stapling(pair)
+        return pair, lambda: self._plain(pair)
+
+    def _plain(self, pair: Pair) -> ssl.SSLContext:
+        try:
+            context = server_context(self._cert_file, self._key_file, self._client_ca,
+                                     self._require_client_cert)
+        except ConfigError as exc:
+            raise PairRefused("unparsable", exc.message) from None
+        # ssl loads from the paths: make sure it loaded the very bytes that were checked
+        if read_pair(self._cert_file, self._key_file, self._now()).digest != pair.digest:
+            raise PairRefused("unreadable", "the files changed while they were being loaded")
+        return context
+
+    def _stapling(self, pair: Pair) -> ServerContext:
+        from .pyossl import stapling_context  # pyOpenSSL only when stapling is on
+        assert self._stapler is not None  # noqa: S101  narrows a type for mypy
+        staple = Staple()
+        try:
+            context = stapling_context(pair, staple, self._client_ca, self._require_client_cert)
+        except ValueError as exc:
+            raise PairRefused("unparsable", str(exc)) from None
+        self._stapler.track(pair.leaf, pair.issuer, staple)  # only once it will be served
+        return context
+
+    def _emit(self, event: str, fields: Mapping[str, object]) -> None:
+        if self.notify is None:
             return
         try:
-            self.on_reload(outcome, message)
-        except Exception:  # the new context stands; a failed record is logged by the sink
-            log.error("TLS reload could not be recorded in the audit log")
+            self.notify(event, fields)
+        except Exception:  # the pair stands; a failed record is logged by the sink
+            log.error("TLS event %s could not be recorded in the audit log", event)
 
     def _stat(self) -> Signature:
         result: list[tuple[int, int, int] | None] = []
@@ -182,3 +267,37 @@ class ReloadingContext:
             else:
                 result.append((st.st_mtime_ns, st.st_size, st.st_ino))
         return tuple(result)
+
+    # ---- running -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, object]:
+        """Public facts of the served certificate and its OCSP status (for /healthz, metrics)."""
+        report: dict[str, object] = {"mode": "pem", **certificate_summary(self._pair.leaf)}
+        report.update(self._stapler.status() if self._stapler is not None else {"ocsp": "off"})
+        if self._refused is not None:
+            report["reload_refused"] = self._refused
+        return report
+
+    def start(self) -> None:
+        """Poll the files every ``interval`` seconds; fetch OCSP responses when stapling."""
+        if self._stapler is not None:
+            self._stapler.notify = self._stapler.notify or self.notify
+            self._stapler.start()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._poll, name="ferrohsm-tls-reload",
+                                            daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._stapler is not None:
+            self._stapler.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.check()
+            except Exception:  # a bug must not end reloading for good
+                log.exception("TLS reload check failed")

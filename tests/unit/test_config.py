@@ -125,3 +125,21 @@ def test_secret_file_problems_name_the_path(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=hint) as caught:
             read_secret_file(path, "[secrets].master_key_file")
         assert path in caught.value.message
+
+
+def test_tls_provisioning_settings(tmp_path: Path) -> None:
+    """[tls] reload_seconds and the OCSP settings: defaults, TOML and environment, ranges."""
+    default = load_config(None, env={}).tls
+    assert (default.reload_seconds, default.ocsp_staple, default.ocsp_responder,
+            default.ocsp_refresh_seconds) == (30.0, False, "", 3600.0)
+    path = tmp_path / "tls.toml"
+    path.write_text('[tls]\nreload_seconds = 2\nocsp_staple = true\n'
+                    'ocsp_responder = "http://ocsp.example/"\nocsp_refresh_seconds = 600\n')
+    tls = load_config(str(path), env={"FERROHSM_TLS_RELOAD_SECONDS": "0.5"}).tls
+    assert (tls.reload_seconds, tls.ocsp_staple, tls.ocsp_responder,
+            tls.ocsp_refresh_seconds) == (0.5, True, "http://ocsp.example/", 600.0)
+    for name, value, hint in (("reload_seconds", 0, "reload_seconds"),
+                              ("ocsp_refresh_seconds", 0, "ocsp_refresh_seconds"),
+                              ("ocsp_responder", "ldap://x", "ocsp_responder")):
+        with pytest.raises(ConfigError, match=hint):
+            load_config(None, env={}, overrides={("tls", name): value})

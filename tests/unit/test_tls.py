@@ -85,14 +85,6 @@ def test_cert_fingerprint_is_unpadded_base64url_sha256() -> None:
 # ------------------------------------------------------------------ hot reload
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def copy_pki(source: DevPki, target: Path) -> tuple[Path, Path]:
     target.mkdir()
     cert, key = target / "server.pem", target / "server-key.pem"
@@ -134,45 +126,43 @@ def served_cert(context: ssl.SSLContext) -> bytes:
 def test_reloading_context_picks_up_new_files(pki: DevPki, tmp_path: Path) -> None:
     cert, key = copy_pki(pki, tmp_path / "live")
     other = make_dev_pki(tmp_path / "other")
-    clock = FakeClock()
-    reloading = ReloadingContext(cert, key, clock=clock)
+    reloading = ReloadingContext(cert, key)
     first = reloading()
+    assert isinstance(first, ssl.SSLContext)
     assert served_cert(first) == ssl.PEM_cert_to_DER_cert(pki.server_cert.read_text())
     replace_files(cert, key, other)
-    clock.now += 0.5
-    assert reloading() is first  # not re-checked within the interval
-    clock.now += 0.6
+    assert reloading() is first  # nothing happens between polls
+    assert reloading.check()
     second = reloading()
-    assert second is not first
+    assert second is not first and isinstance(second, ssl.SSLContext)
     assert served_cert(second) == ssl.PEM_cert_to_DER_cert(other.server_cert.read_text())
-    clock.now += 5
-    assert reloading() is second  # unchanged files: same context
+    assert not reloading.check() and reloading() is second  # unchanged files: same context
 
 
 def test_broken_pem_keeps_old_context_and_warns_once(pki: DevPki, tmp_path: Path,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     cert, key = copy_pki(pki, tmp_path / "live")
-    clock = FakeClock()
-    reloading = ReloadingContext(cert, key, clock=clock)
+    reloading = ReloadingContext(cert, key)
     first = reloading()
     key.write_text("-----BEGIN PRIVATE KEY-----\nTOPSECRET\n")  # half-written
     with caplog.at_level(logging.WARNING, logger="ferrohsm.tls"):
-        for _ in range(3):
-            clock.now += 1.5
+        for _ in range(4):
+            assert not reloading.check()
             assert reloading() is first
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
+    assert len(warnings) == 1  # the first poll waits for the other half, the second refuses
     assert "TOPSECRET" not in warnings[0].getMessage()
+    assert reloading.status()["reload_refused"] == "unparsable"
 
 
 def test_missing_file_keeps_old_context(pki: DevPki, tmp_path: Path) -> None:
     cert, key = copy_pki(pki, tmp_path / "live")
-    clock = FakeClock()
-    reloading = ReloadingContext(cert, key, clock=clock)
+    reloading = ReloadingContext(cert, key)
     first = reloading()
     key.unlink()
-    clock.now += 2
+    assert not reloading.check() and not reloading.check()
     assert reloading() is first
+    assert reloading.status()["reload_refused"] == "unreadable"
 
 
 def test_reloading_context_fails_fast_at_start(tmp_path: Path) -> None:
@@ -276,24 +266,21 @@ def test_client_certificate_issued_by_dev_ca(pki: DevPki) -> None:
         pki.issue_client_cert("../evil")
 
 
-def test_reload_outcomes_reach_the_audit_hook(tmp_path: Path) -> None:
-    """Configuration reloads are audited: the hook hears every accepted and refused reload."""
-    from ferrohsm.tls.context import ReloadingContext
-    from ferrohsm.tls.devpki import make_dev_pki
+def test_reload_outcomes_reach_the_notify_hook(tmp_path: Path) -> None:
+    """Certificate changes are audited: the hook hears every accepted and refused reload."""
     pki = make_dev_pki(tmp_path / "pki")
-    now = [0.0]
-    provider = ReloadingContext(pki.server_cert, pki.server_key, interval=1.0,
-                                clock=lambda: now[0])
-    heard: list[tuple[str, str]] = []
-    provider.on_reload = lambda outcome, message: heard.append((outcome, message))
-    cert = Path(pki.server_cert)
-    cert.write_bytes(b"-----BEGIN CERTIFICATE-----\nbroken\n")
-    now[0] += 2
-    provider()
-    assert heard and heard[-1][0] == "error"
-    make_dev_pki(tmp_path / "other")
-    cert.write_bytes((tmp_path / "other" / Path(pki.server_cert).name).read_bytes())
-    Path(pki.server_key).write_bytes((tmp_path / "other" / Path(pki.server_key).name).read_bytes())
-    now[0] += 2
-    provider()
-    assert heard[-1][0] == "success"
+    heard: list[tuple[str, dict[str, object]]] = []
+    provider = ReloadingContext(pki.server_cert, pki.server_key,
+                                notify=lambda event, fields: heard.append((event, dict(fields))))
+    serial = provider.status()["serial"]
+    pki.server_cert.write_bytes(b"-----BEGIN CERTIFICATE-----\nbroken\n")
+    assert not provider.reload("test")  # an explicit reload refuses at once
+    assert heard[-1][0] == "tls.reload_refused"
+    assert heard[-1][1]["reason"] == "unparsable" and heard[-1][1]["serial"] == serial
+    other = make_dev_pki(tmp_path / "other")
+    pki.server_cert.write_bytes(other.server_cert.read_bytes())
+    pki.server_key.write_bytes(other.server_key.read_bytes())
+    assert provider.reload("test")
+    event, fields = heard[-1]
+    assert event == "tls.reloaded" and fields["previous_serial"] == serial
+    assert fields["serial"] == provider.status()["serial"] != serial

@@ -17,6 +17,9 @@ TAGS = ("system",)
 
 
 PUBLIC_HEALTH = ("status", "version")  # all a load balancer needs, and all it is told
+# The served certificate's serial, validity and OCSP status are public (any TLS handshake shows
+# the certificate): an expiry or revocation monitor needs no token.
+PUBLIC_HEALTH_IF_PRESENT = ("tls",)
 
 
 def register(router: Router, health: Callable[[], dict[str, Any]], metrics: ServerMetrics,
@@ -30,7 +33,8 @@ def register(router: Router, health: Callable[[], dict[str, Any]], metrics: Serv
         report = health()
         status = 200 if report["status"] == "ok" else 503
         if not may_see_details(ctx, req):
-            report = {name: report[name] for name in PUBLIC_HEALTH}
+            report = {name: report[name] for name in PUBLIC_HEALTH
+                      + tuple(n for n in PUBLIC_HEALTH_IF_PRESENT if n in report)}
         return status, report
 
     def prometheus(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
@@ -49,7 +53,8 @@ def register(router: Router, health: Callable[[], dict[str, Any]], metrics: Serv
         response="Health", optional_auth=True,
         description="Without a token, or with any token that is not a valid Auditor or "
                     "Administrator token (an invalid one included: never 401), the body is "
-                    "only status and version. With one, it adds the reason of a degraded "
+                    "only status, version and tls (the served certificate's serial, "
+                    "validity and OCSP status). With one, it adds the reason of a degraded "
                     "status and the counters of the store, audit log, authentication, rate "
                     "limits, cache and key records.",
         extra=((503, "degraded: the audit log does not accept records (a failed write or "

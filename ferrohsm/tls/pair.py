@@ -1,0 +1,117 @@
+"""A certificate chain and its private key read from PEM files, checked before they are served.
+
+A pair is refused (``PairRefused``, its ``kind`` one of ``KINDS``) when a file cannot be read or
+parsed, the key does not belong to the first certificate, that certificate is expired or not yet
+valid, or (on a reload) it no longer covers a name the certificate in service covers. No setting
+names the server's hostname, so the names in service are the reference: a renewal keeps them (or
+adds some), a rename is a restart. Messages name files and reasons, never file content.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+
+from ..crypto.certs import key_matches_certificate
+
+StrPath = str | os.PathLike[str]
+KINDS = ("unreadable", "unparsable", "key_mismatch", "expired", "not_yet_valid", "names")
+
+
+class PairRefused(Exception):
+    """A PEM pair that must not be served; ``kind`` says why, ``message`` in words."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind, self.message = kind, message
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A checked pair: the chain (leaf first), the raw bytes it came from and their digest."""
+
+    chain: tuple[x509.Certificate, ...]
+    cert_pem: bytes
+    key_pem: bytes
+    digest: str
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.chain[0]
+
+    @property
+    def issuer(self) -> x509.Certificate | None:
+        """The leaf's issuer when the chain file carries it (needed for OCSP)."""
+        for cert in self.chain[1:]:
+            if cert.subject == self.leaf.issuer:
+                return cert
+        return None
+
+
+def read_pair(cert_file: StrPath, key_file: StrPath, now: dt.datetime,
+              must_cover: x509.Certificate | None = None) -> Pair:
+    """Read both files once and check them; PairRefused says what is wrong."""
+    cert_pem, key_pem = _read(cert_file), _read(key_file)
+    try:
+        chain = tuple(x509.load_pem_x509_certificates(cert_pem))
+    except ValueError:
+        raise PairRefused("unparsable", f"{cert_file}: not a PEM certificate chain") from None
+    leaf = chain[0]
+    try:
+        matches = key_matches_certificate(key_pem, leaf)
+    except ValueError as exc:
+        raise PairRefused("unparsable", f"{key_file}: {exc}") from None
+    if not matches:
+        raise PairRefused("key_mismatch", f"{key_file} is not the key of {cert_file}")
+    if now < leaf.not_valid_before_utc:
+        raise PairRefused("not_yet_valid", f"{cert_file} is not valid before "
+                          f"{leaf.not_valid_before_utc.isoformat()}")
+    if now > leaf.not_valid_after_utc:
+        raise PairRefused("expired", f"{cert_file} expired at "
+                          f"{leaf.not_valid_after_utc.isoformat()}")
+    if must_cover is not None:
+        lost = sorted(name for name in names_of(must_cover) if not covers(leaf, name))
+        if lost:
+            raise PairRefused("names", f"{cert_file} no longer covers {', '.join(lost)} "
+                              "(a change of names needs a restart)")
+    digest = hashlib.sha256(cert_pem + b"\0" + key_pem).hexdigest()
+    return Pair(chain, cert_pem, key_pem, digest)
+
+
+def _read(path: StrPath) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise PairRefused("unreadable", f"cannot read {path}: "
+                          f"{exc.strerror or type(exc).__name__}") from None
+
+
+def names_of(cert: x509.Certificate) -> set[str]:
+    """The DNS names and IP addresses of the subjectAltName (lowercase, as text)."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    dns = {name.lower() for name in sans.get_values_for_type(x509.DNSName)}
+    return dns | {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+
+
+def covers(cert: x509.Certificate, name: str) -> bool:
+    """Whether ``cert`` is valid for ``name`` (a wildcard covers one left-most label)."""
+    own = names_of(cert)
+    if name in own:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        return False
+    _, dot, rest = name.partition(".")
+    return bool(dot) and not name.startswith("*.") and f"*.{rest}" in own
