@@ -9,7 +9,7 @@ import re
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from .store.memory_approvals import MemoryApprovalStore
 from .store.sqlite import SQLiteStore
 from .store.sqlite_approvals import SQLiteApprovalStore
 from .telemetry.metrics import ServerMetrics
+from .tls.acme.provider import AcmeOptions, AcmeProvider
 from .tls.context import ReloadingContext
 
 log = logging.getLogger("ferrohsm")
@@ -214,6 +215,8 @@ class Runtime:
     stop: threading.Event = field(default_factory=threading.Event)
     approvals: ApprovalStore | None = None
     key_records: RecordReport | None = None  # the start-up check of the key records
+    tls_status: Callable[[], dict[str, Any]] | None = None  # the provider's status(), if any
+    tls_close: Callable[[], None] | None = None  # stops the provider's background work
 
     def _key_records(self) -> dict[str, Any]:
         """Counts only: the ids of failed keys are in the audit log (and a filesystem store's
@@ -237,6 +240,7 @@ class Runtime:
             "auth": self.authenticator.stats(),
             "rate_limit": self.app.limiter.stats(),
             "cache": self.service.engine.cache.stats(),
+            **({"tls": self.tls_status()} if self.tls_status is not None else {}),
         }
 
 
@@ -355,18 +359,68 @@ def make_server(rt: Runtime, ssl_provider: Any) -> HardenedHTTPServer:
         on_refused=rt.app.refuse)
 
 
-def tls_provider(config: Config) -> ReloadingContext:
+def tls_provider(config: Config) -> ReloadingContext | AcmeProvider:
     t = config.tls
+    if t.mode == "acme":
+        return acme_provider(config)
     if not t.cert:
         raise ConfigError(f"{config.source}: [tls].cert and [tls].key are required to serve "
                           "(or use `ferrohsm quickstart` for a generated development PKI)")
     return ReloadingContext(t.cert, t.key, t.client_ca or None, t.require_client_cert)
 
 
+def acme_provider(config: Config) -> AcmeProvider:
+    """``[tls] mode = "acme"``: the cache lives in ``<data_dir>/acme`` unless named."""
+    t, a = config.tls, config.tls.acme
+    cache_dir = a.cache_dir or str(ensure_private_dir(config.storage.data_dir) / "acme")
+    return AcmeProvider(AcmeOptions(
+        directory=a.directory, domains=a.domains, email=a.email, challenge=a.challenge,
+        http_listen=a.http_listen, ca_bundle=a.ca_bundle, cache_dir=cache_dir,
+        renew_before_fraction=a.renew_before_fraction, client_ca=t.client_ca,
+        require_client_cert=t.require_client_cert))
+
+
+def tls_audit(audit: AuditSink) -> Callable[[str, Mapping[str, object]], None]:
+    """Every certificate change (tls.issued, tls.renewed) and ACME failure (tls.acme_failed)
+    is an audit record, durable before the provider goes on."""
+    def record(event: str, fields: Mapping[str, object]) -> None:
+        failed = event.endswith("_failed")
+        message = (f"ACME failed: {fields.get('error')}" if failed else
+                   f"TLS certificate {event.removeprefix('tls.')}: serial {fields.get('serial')}, "
+                   f"expires {fields.get('not_after')}")
+        audit.append(AuditEvent.from_context(SYSTEM_CONTEXT, event,
+                                             "error" if failed else "success", message[:1000],
+                                             details=dict(fields)))
+    return record
+
+
+def start_tls(rt: Runtime, provider: Any) -> None:
+    """Background work of a TLS provider (ACME issuance and renewal), its audit records, its
+    /healthz entry and metrics; stopped by ``shutdown``."""
+    if not isinstance(provider, AcmeProvider):
+        return
+    provider.notify = tls_audit(rt.audit)
+    rt.tls_status, rt.tls_close = provider.status, provider.close
+
+    def acme() -> dict[str, Any]:  # read at scrape time
+        state: dict[str, Any] = provider.status()["acme"]
+        return state
+    rt.metrics.add_gauge("ferrohsm_tls_acme_consecutive_failures", "ACME attempts failed in a "
+                         "row (0 after a success)", lambda: {(): float(acme()["failures"])})
+    rt.metrics.add_gauge("ferrohsm_tls_acme_failures", "ACME attempts failed since start",
+                         lambda: {(): float(acme()["failures_total"])})
+    rt.metrics.add_gauge("ferrohsm_tls_acme_certificate_present", "1 when ACME has a "
+                         "certificate to serve, 0 while waiting for the first",
+                         lambda: {(): 1.0 if acme()["state"] == "serving" else 0.0})
+    provider.start(rt.stop)
+
+
 def shutdown(rt: Runtime, server: HardenedHTTPServer | None) -> None:
     rt.stop.set()
     if server is not None:
         server.shutdown(rt.config.server.shutdown_grace_seconds)
+    if rt.tls_close is not None:
+        rt.tls_close()
     try:
         system_event(rt, "system.shutdown", "FerroHSM stopped")
     except FerroError:

@@ -141,6 +141,7 @@ def _run(config: Config, ssl_provider: Any, announce: Any = None, options: Any =
         port = server.server_address[1]
         wiring.system_event(rt, "system.startup", f"FerroHSM listening on port {port}")
         wiring.start_scheduler(rt)
+        wiring.start_tls(rt, ssl_provider)
         log.info("listening on %s:%d (key store %s)", server.server_address[0], port,
                  config.storage.key_store)
         if announce:
