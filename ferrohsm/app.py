@@ -390,8 +390,21 @@ def tls_audit(audit: AuditSink) -> Callable[[str, Mapping[str, object]], None]:
                    f"expires {fields.get('not_after')}")
         audit.append(AuditEvent.from_context(SYSTEM_CONTEXT, event,
                                              "error" if failed else "success", message[:1000],
-                                             details=dict(fields)))
+                                             details=_flat(fields)))
     return record
+
+
+def _flat(fields: Mapping[str, object]) -> dict[str, str | int | bool | None]:
+    """Audit details are flat: lists become comma-separated text, other values their text."""
+    out: dict[str, str | int | bool | None] = {}
+    for key, value in fields.items():
+        if value is None or isinstance(value, (str, int, bool)):
+            out[key] = value
+        elif isinstance(value, (list, tuple)):
+            out[key] = ",".join(str(v) for v in value)
+        else:
+            out[key] = str(value)
+    return out
 
 
 def start_tls(rt: Runtime, provider: Any) -> None:
