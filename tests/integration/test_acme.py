@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from acmekit import DOMAIN, AcmeServer, Session, health, served_certificate, wait_for
-from pebbleserver import Pebble, skip_unless_available
+from pebbleserver import Pebble, free_port, skip_unless_available
 
 pytestmark = pytest.mark.slow
 
@@ -133,3 +133,23 @@ def test_renewal_without_dropping_connections_and_surviving_an_outage(tmp_path: 
     assert actions[0] == "tls.issued"
     assert {"tls.renewed", "tls.acme_failed"} <= set(actions)
     assert "keeping the current certificate" in server.log.read_text()
+
+
+def test_a_failed_challenge_is_logged_audited_and_retried(tmp_path: Path) -> None:
+    server = AcmeServer(tmp_path, "http-01")
+    # pebble validates http-01 on a port where nothing answers: every authorization fails
+    pebble = Pebble(tmp_path / "pebble", free_port(), server.port)
+    pebble.start()
+    server.start(pebble)
+    try:
+        wait_for("a failed authorization", lambda: "is invalid" in server.log.read_text())
+        assert "still no certificate: serving only the challenge" in server.log.read_text()
+        with pytest.raises(OSError):
+            served_certificate(server.port, pebble.root_pem())
+    finally:
+        server.stop()
+        pebble.stop()
+    failed = [r for r in server.audit_actions() if r["action"] == "tls.acme_failed"]
+    assert failed and failed[0]["outcome"] == "error"
+    assert "connection" in failed[0]["details"]["error"]  # pebble could not reach the listener
+    assert failed[0]["details"]["serving_certificate"] is False

@@ -31,7 +31,7 @@ from ferrohsm.tls.acme.challenges import (
     TlsAlpnResponder,
     offered_alpn,
 )
-from ferrohsm.tls.acme.client import AcmeClient, AcmeError, retry_after_seconds
+from ferrohsm.tls.acme.client import AcmeClient, AcmeError, Response, checked, retry_after_seconds
 from ferrohsm.tls.acme.jws import AccountKey
 from ferrohsm.tls.acme.renewal import (
     AriWindow,
@@ -126,6 +126,21 @@ def test_backoff_grows_caps_and_honours_retry_after() -> None:
     assert retry_after_seconds("Thu, 01 Jan 2026 00:01:00 GMT", now=dt.datetime(
         2026, 1, 1, tzinfo=dt.UTC).timestamp()) == 60.0
     assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+
+
+def test_a_rate_limit_problem_carries_its_retry_after() -> None:
+    body = json.dumps({"type": "urn:ietf:params:acme:error:rateLimited",
+                       "detail": "too many certificates already issued"}).encode()
+    with pytest.raises(AcmeError) as caught:
+        checked(Response(429, {"retry-after": "3600"}, body))
+    error = caught.value
+    assert (error.short_type, error.status, error.retry_after) == ("rateLimited", 429, 3600.0)
+    assert "too many certificates" in str(error)
+    with pytest.raises(AcmeError) as caught:
+        checked(Response(503, {}, b"<html>down</html>"))
+    assert caught.value.problem == "serverInternal" and caught.value.retry_after is None
+    ok = Response(200, {}, b"{}")
+    assert checked(ok) is ok
 
 
 def test_an_unreachable_ca_is_an_acme_error_not_a_traceback(tmp_path: Path) -> None:

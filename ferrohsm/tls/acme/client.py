@@ -73,6 +73,22 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def checked(resp: Response) -> Response:
+    """``resp`` when it is a success, else its problem document (RFC 7807) as an AcmeError,
+    with the ``Retry-After`` a rate limit or an overloaded CA sent."""
+    if resp.status < 400:
+        return resp
+    problem, detail = "serverInternal", f"HTTP {resp.status}"
+    try:
+        doc = json.loads(resp.body)
+        problem = str(doc.get("type", problem))
+        detail = str(doc.get("detail", detail))[:500]
+    except (ValueError, AttributeError):
+        pass
+    raise AcmeError(problem, detail, resp.status,
+                    retry_after_seconds(resp.headers.get("retry-after")))
+
+
 def _links(raw: list[str]) -> list[tuple[str, str]]:
     """``Link: <url>;rel="up"`` headers (RFC 8288, the simple form ACME servers send)."""
     out = []
@@ -129,21 +145,8 @@ class AcmeClient:
             self._nonce = nonce
         return out
 
-    def _check(self, resp: Response) -> Response:
-        if resp.status < 400:
-            return resp
-        problem, detail = "serverInternal", f"HTTP {resp.status}"
-        try:
-            doc = json.loads(resp.body)
-            problem = str(doc.get("type", problem))
-            detail = str(doc.get("detail", detail))[:500]
-        except (ValueError, AttributeError):
-            pass
-        raise AcmeError(problem, detail, resp.status,
-                        retry_after_seconds(resp.headers.get("retry-after")))
-
     def get(self, url: str) -> Response:
-        return self._check(self.request("GET", url))
+        return checked(self.request("GET", url))
 
     # ------------------------------------------------------------------ ACME
 
@@ -161,7 +164,7 @@ class AcmeClient:
         nonce, self._nonce = self._nonce, None
         if nonce:
             return nonce
-        self._check(self.request("HEAD", self.directory()["newNonce"]))
+        checked(self.request("HEAD", self.directory()["newNonce"]))
         if not self._nonce:
             raise AcmeError("badNonce", "the ACME server sent no Replay-Nonce")
         nonce, self._nonce = self._nonce, None
@@ -173,7 +176,7 @@ class AcmeClient:
             for attempt in range(NONCE_RETRIES + 1):
                 body = key.sign(payload, url, self._fresh_nonce(), kid)
                 try:
-                    return self._check(self.request("POST", url, body))
+                    return checked(self.request("POST", url, body))
                 except AcmeError as exc:
                     if exc.problem != BAD_NONCE or attempt == NONCE_RETRIES:
                         raise

@@ -302,7 +302,7 @@ class AcmeProvider:
                     self.url, self._last_error, keeping, delay)
         self._emit("tls.acme_failed", {"directory": self.url, "error": self._last_error,
                                        "failures": self._failures,
-                                       "retry_in_seconds": round(delay, 1),
+                                       "retry_in_seconds": round(delay),
                                        "serving_certificate": self._cert is not None})
         return delay
 
