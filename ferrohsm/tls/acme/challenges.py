@@ -114,10 +114,10 @@ class Http01Responder:
         log.info("ACME http-01 responder listening on %s:%d", self._address[0], self.port)
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        server, self._server = self._server, None  # idempotent: shutdown and the thread's end
+        if server is not None:
+            server.shutdown()
+            server.server_close()
 
     def add(self, domain: str, token: str, key_authorization: str) -> None:
         self._tokens[token] = key_authorization

@@ -99,6 +99,7 @@ class AcmeProvider:
         self._clock = clock
         self._rng = random.Random()  # noqa: S311  jitter, not a secret
         self._cache = AcmeCache(options.cache_dir)
+        self._cache.account_key()  # made now, once; a corrupt one stops start-up (ConfigError)
         self._client = AcmeClient(self.url, options.ca_bundle)
         self._responder: Http01Responder | TlsAlpnResponder
         if options.challenge == "http-01":
