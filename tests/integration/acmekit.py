@@ -39,8 +39,9 @@ JWT_SECRET = "acme-test-secret-" + "x" * 32
 
 
 class AcmeServer:
-    def __init__(self, root: Path, challenge: str, fraction: float = 0.33) -> None:
-        self.root, self.challenge = root, challenge
+    def __init__(self, root: Path, challenge: str, fraction: float = 0.33,
+                 tls_extra: str = "") -> None:
+        self.root, self.challenge, self.tls_extra = root, challenge, tls_extra
         self.data = root / "data"
         self.port, self.http_port = free_port(), free_port()
         self.fraction = fraction
@@ -61,6 +62,7 @@ listen = "127.0.0.1:{self.port}"
 data_dir = "{self.data}"
 [tls]
 mode = "acme"
+{self.tls_extra}
 [tls.acme]
 directory = "{pebble.directory}"
 domains = [{domains}]

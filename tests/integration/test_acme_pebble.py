@@ -10,12 +10,23 @@ serves nothing but the challenge. Slow (real processes), skipped without pebble.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
-from acmekit import DOMAIN, AcmeServer, Session, health, served_certificate, wait_for
+from acmekit import (
+    DOMAIN,
+    AcmeServer,
+    Session,
+    client_context,
+    health,
+    served_certificate,
+    wait_for,
+)
 from pebbleserver import Pebble, free_port, skip_unless_available
+
+from ferrohsm.tls.devpki import make_dev_pki
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +103,29 @@ def test_tls_alpn01_from_no_certificate_to_the_first_one(tmp_path: Path) -> None
         pebble.stop()
     actions = _actions(server)
     assert "tls.acme_failed" in actions and actions[-1] == "tls.issued"
+
+
+def test_tls_alpn01_with_required_client_certificates(tmp_path: Path) -> None:
+    """The challenge context asks for no client certificate, but the connection keeps the
+    serving context's verify mode: over TLS 1.3 the validator sees the certificate anyway."""
+    clients = make_dev_pki(tmp_path / "clients")
+    cert_file, key_file = clients.issue_client_cert("probe")
+    server = AcmeServer(tmp_path, "tls-alpn-01", tls_extra=f'client_ca = "{clients.ca_cert}"\n'
+                        "require_client_cert = true")
+    pebble = Pebble(tmp_path / "pebble", server.http_port, server.port)
+    pebble.start()
+    server.start(pebble)
+    try:
+        wait_for("the first certificate", lambda: "ACME: issued" in server.log.read_text())
+        context = client_context(pebble.root_pem())
+        context.load_cert_chain(cert_file, key_file)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname=DOMAIN) as tls:
+            tls.sendall(f"GET /healthz HTTP/1.1\r\nHost: {DOMAIN}\r\n\r\n".encode())
+            assert tls.recv(12) == b"HTTP/1.1 200"
+    finally:
+        server.stop()
+        pebble.stop()
 
 
 def test_renewal_without_dropping_connections_and_surviving_an_outage(tmp_path: Path) -> None:

@@ -14,6 +14,12 @@ certificate carries the critical id-pe-acmeIdentifier extension (SHA-256 of the 
 authorization). Ordinary clients naming the same domain keep the real certificate, so a renewal
 never fails a handshake; and outside a validation window connections get the plain context,
 with no Python callback on the handshake path at all.
+
+The challenge context does not ask for a client certificate, but OpenSSL keeps the verify mode
+of the context a connection started with: with ``require_client_cert`` the server refuses the
+validator after the handshake. Over TLS 1.3 the validator has seen the certificate by then
+(its handshake completes before the server checks the client's), so validation still works;
+it was checked against pebble.
 """
 
 from __future__ import annotations
@@ -190,6 +196,7 @@ class TlsAlpnResponder:
         self._cache = cache
         self._contexts: dict[str, ssl.SSLContext] = {}
         self._asking: weakref.WeakSet[Any] = weakref.WeakSet()  # offered acme-tls/1
+        self._route_all = False
         self.on_change: Any = None  # the provider rebuilds its hooked context when this fires
 
     def pending(self) -> bool:
@@ -216,8 +223,16 @@ class TlsAlpnResponder:
             self.on_change()
 
     def install(self, context: ssl.SSLContext) -> None:
-        """Hook ``context`` (a serving context used only while answers are published)."""
-        context._msg_callback = self._on_message  # type: ignore[attr-defined]
+        """Hook ``context`` (a serving context used only while answers are published).
+
+        ``_msg_callback`` is CPython's (3.8+) hook onto OpenSSL's message callback; where it
+        is missing, every connection naming a pending domain gets the challenge context
+        during the validation window (RFC 8737's plain reading), which ordinary clients of
+        that name fail for those seconds."""
+        if hasattr(context, "_msg_callback"):
+            context._msg_callback = self._on_message
+        else:  # pragma: no cover  (not on CPython 3.11+)
+            self._route_all = True
         context.sni_callback = self._on_sni
 
     def _on_message(self, conn: Any, direction: str, version: Any, content_type: Any,
@@ -227,7 +242,7 @@ class TlsAlpnResponder:
                 self._asking.add(conn)
 
     def _on_sni(self, conn: Any, server_name: str | None, context: ssl.SSLContext) -> None:
-        if server_name is None or conn not in self._asking:
+        if server_name is None or not (self._route_all or conn in self._asking):
             return
         challenge = self._contexts.get(server_name.lower())
         if challenge is not None:
