@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from acmekit import (
     DOMAIN,
+    DOMAINS,
     AcmeServer,
     Session,
     client_context,
@@ -26,6 +27,7 @@ from acmekit import (
 )
 from pebbleserver import Pebble, free_port, skip_unless_available
 
+from ferrohsm.tls.acme.provider import AcmeOptions, AcmeProvider
 from ferrohsm.tls.devpki import make_dev_pki
 
 pytestmark = pytest.mark.slow
@@ -187,3 +189,33 @@ def test_a_failed_challenge_is_logged_audited_and_retried(tmp_path: Path) -> Non
     assert failed and failed[0]["outcome"] == "error"
     assert "connection" in failed[0]["details"]["error"]  # pebble could not reach the listener
     assert failed[0]["details"]["serving_certificate"] is False
+
+
+def test_two_processes_sharing_a_cache_make_one_order(tmp_path: Path) -> None:
+    """The second provider (another process, in production) finds the first one's certificate
+    under the cache lock and serves it instead of ordering one more."""
+    http_port = free_port()
+    pebble = Pebble(tmp_path / "pebble", http_port, free_port())
+    pebble.start()
+    providers, events = [], []
+    try:
+        for port in (http_port, free_port()):
+            options = AcmeOptions(pebble.directory, DOMAINS, "", "http-01",
+                                  f"127.0.0.1:{port}", pebble.ca_bundle,
+                                  str(tmp_path / "cache"), 0.33)
+            provider = AcmeProvider(options, lambda e, f: events.append((e, dict(f))))
+            providers.append(provider)
+        first, second = providers
+        first.start()
+        wait_for("the first certificate", lambda: first.status()["acme"]["state"] == "serving")
+        second.start()
+        wait_for("the second to serve", lambda: second.status()["acme"]["state"] == "serving")
+        assert first.status()["serial"] == second.status()["serial"]
+    finally:
+        for provider in providers:
+            provider.close()
+        pebble.stop()
+    assert [(e, f.get("source")) for e, f in events] == [("tls.issued", None),
+                                                          ("tls.issued", "cache")]
+    log = (tmp_path / "pebble" / "pebble.log").read_text()
+    assert log.count("Issued certificate serial") == 1  # pebble's own count of issuances

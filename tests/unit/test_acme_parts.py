@@ -216,14 +216,18 @@ def tls_port(pki: DevPki, tmp_path: Path) -> Iterator[tuple[int, TlsAlpnResponde
     context = server_context(pki.server_cert, pki.server_key)
     responder.install(context)
     listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)  # so the thread sees ``stop`` soon after the test
     stop = threading.Event()
 
     def serve() -> None:
         while not stop.is_set():
             try:
                 sock, _ = listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            sock.settimeout(5)
             try:
                 with context.wrap_socket(sock, server_side=True):
                     pass
@@ -234,8 +238,8 @@ def tls_port(pki: DevPki, tmp_path: Path) -> Iterator[tuple[int, TlsAlpnResponde
     thread.start()
     yield listener.getsockname()[1], responder
     stop.set()
-    listener.close()
     thread.join(5)
+    listener.close()
 
 
 def handshake(port: int, alpn: list[str] | None) -> tuple[x509.Certificate, str | None]:

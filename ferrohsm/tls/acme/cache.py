@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import secrets
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,16 +91,31 @@ class AcmeCache:
         except OSError as exc:
             raise ConfigError(f"[tls.acme].cache_dir: cannot create {self.root}: "
                               f"{exc.strerror}") from None
+        self._thread_lock = threading.RLock()
+        self._depth = 0
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Held while the account is looked up or registered (one account per directory)."""
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        """Held while the account is looked up or registered (one account per directory) and
+        while a certificate is obtained (one order at a time per cache, whatever the number of
+        processes sharing it). Re-entrant within this object: flock on a second descriptor of
+        the same file would wait for ourselves."""
+        with self._thread_lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._depth = 1
+                yield
+            finally:
+                self._depth = 0
+                os.close(fd)
 
     # ------------------------------------------------------------------ account
 

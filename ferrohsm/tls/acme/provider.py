@@ -209,10 +209,31 @@ class AcmeProvider:
             self._next_attempt = due
             return min((due - now).total_seconds(), MAX_SLEEP)
         try:
-            self._obtain()
+            with self._cache.locked():
+                if not self._adopt_newer():
+                    self._obtain()
         except (AcmeError, ConfigError, OSError, ValueError, KeyError, TypeError) as exc:
             return self._failed(exc)
         return 0.0
+
+    def _adopt_newer(self) -> bool:
+        """Another process sharing the cache renewed while we waited for the lock: serve its
+        certificate instead of ordering one more."""
+        cached = self._cache.load_cert(self.url, self.options.domains, self._clock())
+        current = self._cert
+        if cached is None or (current is not None
+                              and cached.leaf.serial_number == current.leaf.serial_number):
+            return False
+        if fraction_renewal(cached.leaf, self.options.renew_before_fraction) <= self._clock():
+            return False
+        self._install(cached)
+        self._failures, self._last_error, self._next_attempt = 0, None, None
+        log.info("ACME: serving certificate serial %x from the cache (obtained by another "
+                 "process)", cached.leaf.serial_number)
+        self._emit("tls.issued" if current is None else "tls.renewed",
+                   {**certificate_summary(cached.leaf), "directory": self.url,
+                    "source": "cache"})
+        return True
 
     def _planned(self) -> dt.datetime | None:
         """The planned renewal: inside the CA's ARI window when it gave one, else at the
