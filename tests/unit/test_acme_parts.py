@@ -33,6 +33,7 @@ from ferrohsm.tls.acme.challenges import (
 )
 from ferrohsm.tls.acme.client import AcmeClient, AcmeError, Response, checked, retry_after_seconds
 from ferrohsm.tls.acme.jws import AccountKey
+from ferrohsm.tls.acme.provider import directory_url
 from ferrohsm.tls.acme.renewal import (
     AriWindow,
     ari_cert_id,
@@ -317,3 +318,10 @@ def test_bad_acme_settings_name_the_setting(tmp_path: Path, body: str, needle: s
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, body), env={})
     assert needle in caught.value.message
+
+
+def test_presets_name_the_real_lets_encrypt_directories() -> None:
+    assert directory_url("letsencrypt") == "https://acme-v02.api.letsencrypt.org/directory"
+    assert directory_url("letsencrypt-staging") == \
+        "https://acme-staging-v02.api.letsencrypt.org/directory"
+    assert directory_url("https://ca.internal/acme/dir") == "https://ca.internal/acme/dir"
