@@ -48,6 +48,7 @@ PRESETS = {
     "letsencrypt-staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
 }
 CHALLENGES = ("http-01", "tls-alpn-01")
+ALREADY_REPLACED = "urn:ietf:params:acme:error:alreadyReplaced"
 MAX_SLEEP = 3600.0  # the thread looks again at least hourly (clock jumps, ARI re-polls)
 ARI_RETRY_ON_ERROR = 3600.0
 
@@ -107,7 +108,6 @@ class AcmeProvider:
         else:
             self._responder = TlsAlpnResponder(self._cache)
             self._responder.on_change = self._select
-        self._swap = threading.Lock()
         self._cert: CachedCert | None = None
         self._plain = _bare_context()
         self._current = self._plain
@@ -149,11 +149,12 @@ class AcmeProvider:
             key_path.unlink(missing_ok=True)
 
     def _install(self, cert: CachedCert) -> None:
+        """Serve ``cert`` to new connections (only the ACME thread and the constructor call this;
+        the server reads ``_current``, one attribute, so it sees the old context or the new)."""
         context = self._serving_context(cert)
-        with self._swap:
-            self._cert, self._plain = cert, context
-            self._renew_at = fraction_renewal(cert.leaf, self.options.renew_before_fraction)
-            self._ari = self._ari_at = self._ari_checked = None
+        self._cert, self._plain = cert, context
+        self._renew_at = fraction_renewal(cert.leaf, self.options.renew_before_fraction)
+        self._ari = self._ari_at = self._ari_checked = None
         self._select()
 
     def _select(self) -> None:
@@ -184,10 +185,6 @@ class AcmeProvider:
             self._thread.join(timeout)
         if isinstance(self._responder, Http01Responder):
             self._responder.stop()
-
-    @property
-    def http01_port(self) -> int:
-        return self._responder.port if isinstance(self._responder, Http01Responder) else 0
 
     def _run(self) -> None:
         delay = 0.0
@@ -274,21 +271,31 @@ class AcmeProvider:
     # ------------------------------------------------------------------ issuance
 
     def _issue(self) -> Issued:
+        """One issuance; again (once each) after the CA forgot the account (a test CA that
+        restarted: the same key registers again) or refused the ARI ``replaces`` (RFC 9773
+        section 5: ``alreadyReplaced``, then order without it)."""
         replaces = ""
         if self._cert is not None and self._ari is not None:
             replaces = ari_cert_id(self._cert.leaf)
         account = ensure_account(self._client, self._cache, self.options.email)
-        try:
-            return Issuance(self._client, account, self._responder).run(
-                self.options.domains, replaces)
-        except AcmeError as exc:
-            if exc.problem != ACCOUNT_GONE:
-                raise
-            log.warning("ACME: the CA no longer knows the account %s; registering the same "
-                        "key again", account.url)
-            account = ensure_account(self._client, self._cache, self.options.email, forget=True)
-            return Issuance(self._client, account, self._responder).run(
-                self.options.domains, replaces)
+        retried: set[str] = set()
+        while True:
+            try:
+                return Issuance(self._client, account, self._responder).run(
+                    self.options.domains, replaces)
+            except AcmeError as exc:
+                if exc.problem in retried:
+                    raise
+                retried.add(exc.problem)
+                if exc.problem == ACCOUNT_GONE:
+                    log.warning("ACME: the CA no longer knows the account %s; registering the "
+                                "same key again", account.url)
+                    account = ensure_account(self._client, self._cache, self.options.email,
+                                             forget=True)
+                elif exc.problem == ALREADY_REPLACED and replaces:
+                    replaces = ""
+                else:
+                    raise
 
     def _obtain(self) -> None:
         renewing = self._cert is not None
