@@ -419,6 +419,14 @@ _DNS_NAME_RE = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*
                           r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.IGNORECASE)
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _tls_mode_checks(t: TLSSettings) -> list[tuple[bool, str]]:
     """[tls].mode and, in ACME mode, [tls.acme] (a PEM pair is then not needed)."""
     if t.mode != "acme":
@@ -432,7 +440,7 @@ def _tls_mode_checks(t: TLSSettings) -> list[tuple[bool, str]]:
             listen_ok = False
     return [
         (bool(a.domains), "[tls.acme].domains must name at least one domain"),
-        (all(_DNS_NAME_RE.fullmatch(d) for d in a.domains),
+        (all(_DNS_NAME_RE.fullmatch(d) and not _is_ip(d) for d in a.domains),
          "[tls.acme].domains must be DNS names (no wildcards, IP addresses or ports)"),
         (a.challenge in ACME_CHALLENGES,
          f"[tls.acme].challenge must be one of {', '.join(ACME_CHALLENGES)}"),

@@ -100,7 +100,8 @@ def _quickstart(args: argparse.Namespace) -> int:
         ("secrets", "master_key_file"): files[quickstart.MASTER_FILE],
         ("secrets", "jwt_hs256_secret_file"): files[quickstart.JWT_FILE],
         ("secrets", "audit_hmac_key_file"): files[quickstart.HMAC_FILE],
-        ("tls", "cert"): str(pki.server_cert), ("tls", "key"): str(pki.server_key)})
+        ("tls", "cert"): str(pki.server_cert), ("tls", "key"): str(pki.server_key),
+        ("tls", "mode"): "pem"})  # quickstart keeps its dev CA, whatever --config says
     config = load_config(args.config, overrides=overrides)
     setup_logging(config.logging.level)
 

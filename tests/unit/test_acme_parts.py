@@ -300,6 +300,7 @@ def test_tls_acme_table_parses_with_env_overrides(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("body", "needle"), [
     ('[tls]\nmode = "acme"\n', "[tls.acme].domains must name"),
     ('[tls]\nmode = "acme"\n[tls.acme]\ndomains = ["*.example.com"]\n', "DNS names"),
+    ('[tls]\nmode = "acme"\n[tls.acme]\ndomains = ["192.0.2.1"]\n', "DNS names"),
     ('[tls]\nmode = "acme"\n[tls.acme]\ndomains = ["a.example"]\nchallenge = "dns-01"\n',
      "[tls.acme].challenge"),
     ('[tls]\nmode = "acme"\n[tls.acme]\ndomains = ["a.example"]\nrenew_before_fraction = 1\n',
