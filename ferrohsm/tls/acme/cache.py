@@ -33,6 +33,9 @@ from .jws import AccountKey
 
 ACCOUNT_KEY = "account-key.pem"
 ACCOUNTS = "accounts.json"
+# A CA whose clock runs a little ahead of ours issues certificates "not yet valid" here; clients
+# with the right time accept them, so they are served rather than refused and ordered again.
+CLOCK_LEEWAY = dt.timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,7 @@ class AcmeCache:
                 return None
         except (OSError, ValueError, TypeError, IndexError):
             return None
-        if not leaf.not_valid_before_utc <= now < leaf.not_valid_after_utc:
+        if not leaf.not_valid_before_utc - CLOCK_LEEWAY <= now < leaf.not_valid_after_utc:
             return None
         return CachedCert(chain, key_pem, leaf)
 
