@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
@@ -326,3 +326,37 @@ def test_presets_name_the_real_lets_encrypt_directories() -> None:
     assert directory_url("letsencrypt-staging") == \
         "https://acme-staging-v02.api.letsencrypt.org/directory"
     assert directory_url("https://ca.internal/acme/dir") == "https://ca.internal/acme/dir"
+
+
+def _leaf(names: list[str], days: float) -> tuple[bytes, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    name = x509.Name([])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def test_cached_certificates_are_served_only_when_usable(tmp_path: Path) -> None:
+    cache = AcmeCache(tmp_path / "acme")
+    now = dt.datetime.now(dt.UTC)
+    prod, staging = "https://prod/dir", "https://staging/dir"
+    chain, key = _leaf(["hsm.test", "api.hsm.test"], 30)
+    cache.save_cert(prod, ["hsm.test", "api.hsm.test"], chain, key)
+    assert cache.load_cert(prod, ["api.hsm.test", "hsm.test"], now) is not None  # any order
+    assert cache.load_cert(staging, ["hsm.test", "api.hsm.test"], now) is None  # per directory
+    assert cache.load_cert(prod, ["hsm.test"], now) is None  # per set of domains
+    assert cache.load_cert(prod, ["hsm.test", "api.hsm.test"],
+                           now + dt.timedelta(days=31)) is None  # expired
+    keys = list((tmp_path / "acme").glob("cert-*-key.pem"))
+    assert len(keys) == 1 and keys[0].stat().st_mode & 0o777 == 0o600
+    _, other_key = _leaf(["hsm.test"], 30)
+    keys[0].write_bytes(other_key)  # a pair that does not match is never served
+    assert cache.load_cert(prod, ["hsm.test", "api.hsm.test"], now) is None
