@@ -56,6 +56,7 @@ from .store.memory_approvals import MemoryApprovalStore
 from .store.sqlite import SQLiteStore
 from .store.sqlite_approvals import SQLiteApprovalStore
 from .telemetry.metrics import ServerMetrics
+from .tls.acme.provider import AcmeOptions, AcmeProvider
 from .tls.context import ReloadingContext
 from .tls.stapler import OcspStapler
 from .tls.status import OCSP_STATES, Notify
@@ -364,8 +365,10 @@ def make_server(rt: Runtime, ssl_provider: Any) -> HardenedHTTPServer:
         on_refused=rt.app.refuse)
 
 
-def tls_provider(config: Config) -> ReloadingContext:
+def tls_provider(config: Config) -> ReloadingContext | AcmeProvider:
     t = config.tls
+    if t.mode == "acme":
+        return acme_provider(config)
     if not t.cert:
         raise ConfigError(f"{config.source}: [tls].cert and [tls].key are required to serve "
                           "(or use `ferrohsm quickstart` for a generated development PKI)")
@@ -383,17 +386,25 @@ TLS_FAILURES = frozenset({"tls.reload_refused", "tls.acme_failed"})
 
 
 def tls_notify(audit: AuditSink) -> Notify:
-    """Certificate events (reload, refusal, OCSP status, ACME issuance) as durable audit records
-    of the system actor; the fields go to ``details`` (certificates are public: no secrets)."""
+    """Certificate events (reload, refusal, OCSP status, ACME issuance, renewal and failure) as
+    durable audit records of the system actor, written before the provider goes on; the fields
+    go to ``details`` (certificates are public: no secrets)."""
     def notify(event: str, fields: Mapping[str, object]) -> None:
-        outcome = "error" if event in TLS_FAILURES or fields.get("status") == "revoked" \
-            else "success"
-        message = str(fields.get("message") or fields.get("reason") or event)
-        details = {k: v if isinstance(v, str | int | float | bool) or v is None else str(v)
-                   for k, v in fields.items()}
-        audit.append(AuditEvent.from_context(SYSTEM_CONTEXT, event, outcome, message,
-                                             details=details))
+        failed = event in TLS_FAILURES
+        outcome = "error" if failed or fields.get("status") == "revoked" else "success"
+        audit.append(AuditEvent.from_context(SYSTEM_CONTEXT, event, outcome,
+                                             _tls_message(event, fields)[:1000],
+                                             details=_flat(fields)))
     return notify
+
+
+def _tls_message(event: str, fields: Mapping[str, object]) -> str:
+    if event == "tls.acme_failed":
+        return f"ACME failed: {fields.get('error')}"
+    if event in ("tls.issued", "tls.renewed"):
+        return (f"TLS certificate {event.removeprefix('tls.')}: serial {fields.get('serial')}, "
+                f"expires {fields.get('not_after')}")
+    return str(fields.get("message") or fields.get("reason") or event)
 
 
 def wire_tls(rt: Runtime, provider: Any) -> None:
@@ -412,8 +423,8 @@ def wire_tls(rt: Runtime, provider: Any) -> None:
                          lambda: _ocsp_gauge(status()), ("status",))
     if hasattr(provider, "close"):
         rt.tls_close = provider.close
-    if hasattr(provider, "start"):
-        provider.start()
+    if hasattr(provider, "start") and not isinstance(provider, AcmeProvider):
+        provider.start()  # ACME starts in start_tls, once the serving port answers challenges
 
 
 def _expiry(status: Mapping[str, Any]) -> float:
@@ -427,6 +438,49 @@ def _expiry(status: Mapping[str, Any]) -> float:
 def _ocsp_gauge(status: Mapping[str, Any]) -> dict[tuple[str, ...], float]:
     current = status.get("ocsp", "off")
     return {(state,): 1.0 if state == current else 0.0 for state in OCSP_STATES}
+
+
+def acme_provider(config: Config) -> AcmeProvider:
+    """``[tls] mode = "acme"``: the cache lives in ``<data_dir>/acme`` unless named."""
+    t, a = config.tls, config.tls.acme
+    cache_dir = a.cache_dir or str(ensure_private_dir(config.storage.data_dir) / "acme")
+    return AcmeProvider(AcmeOptions(
+        directory=a.directory, domains=a.domains, email=a.email, challenge=a.challenge,
+        http_listen=a.http_listen, ca_bundle=a.ca_bundle, cache_dir=cache_dir,
+        renew_before_fraction=a.renew_before_fraction, client_ca=t.client_ca,
+        require_client_cert=t.require_client_cert))
+
+
+def _flat(fields: Mapping[str, object]) -> dict[str, str | int | bool | None]:
+    """Audit details are flat: lists become comma-separated text, other values their text."""
+    out: dict[str, str | int | bool | None] = {}
+    for key, value in fields.items():
+        if value is None or isinstance(value, (str, int, bool)):
+            out[key] = value
+        elif isinstance(value, (list, tuple)):
+            out[key] = ",".join(str(v) for v in value)
+        else:
+            out[key] = str(value)
+    return out
+
+
+def start_tls(rt: Runtime, provider: Any) -> None:
+    """ACME issuance and renewal started (after ``wire_tls`` and once the server listens, so a
+    tls-alpn-01 validation finds the port), and its own metrics; stopped by ``shutdown``."""
+    if not isinstance(provider, AcmeProvider):
+        return
+
+    def acme() -> dict[str, Any]:  # read at scrape time
+        state: dict[str, Any] = provider.status()["acme"]
+        return state
+    rt.metrics.add_gauge("ferrohsm_tls_acme_consecutive_failures", "ACME attempts failed in a "
+                         "row (0 after a success)", lambda: {(): float(acme()["failures"])})
+    rt.metrics.add_gauge("ferrohsm_tls_acme_failures", "ACME attempts failed since start",
+                         lambda: {(): float(acme()["failures_total"])})
+    rt.metrics.add_gauge("ferrohsm_tls_acme_certificate_present", "1 when ACME has a "
+                         "certificate to serve, 0 while waiting for the first",
+                         lambda: {(): 1.0 if acme()["state"] == "serving" else 0.0})
+    provider.start(rt.stop)
 
 
 def shutdown(rt: Runtime, server: HardenedHTTPServer | None) -> None:

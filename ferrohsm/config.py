@@ -12,6 +12,7 @@ import binascii
 import dataclasses
 import ipaddress
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
@@ -106,6 +107,20 @@ class RateLimitSettings:
 
 
 @dataclass(frozen=True)
+class AcmeSettings:
+    """``[tls.acme]``: used when ``[tls].mode = "acme"`` (ferrohsm/tls/acme/)."""
+
+    directory: str = "letsencrypt-staging"  # letsencrypt | letsencrypt-staging | a URL
+    domains: tuple[str, ...] = ()
+    email: str = ""
+    challenge: str = "http-01"  # http-01 | tls-alpn-01
+    http_listen: str = "0.0.0.0:80"  # the http-01 responder faces the CA
+    ca_bundle: str = ""  # trust for the ACME server's HTTPS ("" = system store)
+    cache_dir: str = ""  # "" = <data_dir>/acme
+    renew_before_fraction: float = 0.33
+
+
+@dataclass(frozen=True)
 class TLSSettings:
     cert: str = ""
     key: str = ""
@@ -115,6 +130,8 @@ class TLSSettings:
     ocsp_staple: bool = False          # staple an OCSP response (pyOpenSSL, the "ocsp" extra)
     ocsp_responder: str = ""           # "" = the certificate's AIA OCSP URL
     ocsp_refresh_seconds: float = 3600.0  # sooner at half the response's validity
+    mode: str = "pem"  # pem | acme
+    acme: AcmeSettings = field(default_factory=AcmeSettings)
 
 
 @dataclass(frozen=True)
@@ -166,6 +183,11 @@ _SECTION_CLASSES = {name: cls for name, cls in [
     ("crypto", CryptoSettings), ("auth", AuthSettings), ("rate_limit", RateLimitSettings),
     ("tls", TLSSettings), ("audit", AuditSettings), ("approvals", ApprovalSettings),
     ("scheduler", SchedulerSettings), ("logging", LoggingSettings)]}
+
+# Tables inside a section ([tls.acme]): built like a section, named "<section>.<table>" in
+# messages, overridden by FERROHSM_<SECTION>_<TABLE>_<FIELD>.
+_SUBSECTION_CLASSES: dict[str, tuple[str, str, type]] = {
+    "tls.acme": ("tls", "acme", AcmeSettings)}
 
 # Environment variables that override a setting: FERROHSM_<SECTION>_<FIELD> for every field, plus
 # these short aliases the API documents.
@@ -276,15 +298,31 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
         if not isinstance(body, dict):
             raise ConfigError(f"{origin}: [{name}] must be a table")
         sections[name] = {k: (v, origin) for k, v in body.items()}
+        _split_subsections(name, sections, origin)
     _apply_env(sections, env)
     for (section, name), value in (overrides or {}).items():
         if value is not None:
             sections.setdefault(section, {})[name] = (value, f"flag --{name.replace('_', '-')}")
     built = {name: _build_section(name, cls, sections.get(name, {}))
              for name, cls in _SECTION_CLASSES.items()}
+    for sub, (parent, attr, sub_cls) in _SUBSECTION_CLASSES.items():
+        built[parent] = dataclasses.replace(
+            built[parent], **{attr: _build_section(sub, sub_cls, sections.get(sub, {}))})
     config = Config(**built, policy_tags=_tag_policies(policy, origin), source=origin)
     validate(config)
     return config
+
+
+def _split_subsections(name: str, sections: dict[str, dict[str, tuple[Any, str]]],
+                       origin: str) -> None:
+    """Move ``[tls.acme]`` (``tls`` -> ``acme`` in TOML) out of its parent into its own entry."""
+    for sub, (parent, attr, _cls) in _SUBSECTION_CLASSES.items():
+        if parent != name or attr not in sections[name]:
+            continue
+        body, _ = sections[name].pop(attr)
+        if not isinstance(body, dict):
+            raise ConfigError(f"{origin}: [{sub}] must be a table")
+        sections[sub] = {k: (v, origin) for k, v in body.items()}
 
 
 def _build_section(name: str, cls: type, values: dict[str, tuple[Any, str]]) -> Any:
@@ -301,10 +339,13 @@ def _apply_env(sections: dict[str, dict[str, tuple[Any, str]]], env: Mapping[str
     for var, (section, name) in ENV_ALIASES.items():
         if env.get(var):
             sections.setdefault(section, {})[name] = (env[var], f"environment {var}")
-    for section, cls in _SECTION_CLASSES.items():
+    tables = {(parent, attr) for parent, attr, _cls in _SUBSECTION_CLASSES.values()}
+    every = [*_SECTION_CLASSES.items(), *((sub, c) for sub, (_p, _a, c) in
+                                          _SUBSECTION_CLASSES.items())]
+    for section, cls in every:
         for f in dataclasses.fields(cls):
-            var = f"FERROHSM_{section}_{f.name}".upper()
-            if var in env:
+            var = f"FERROHSM_{section.replace('.', '_')}_{f.name}".upper()
+            if var in env and (section, f.name) not in tables:
                 sections.setdefault(section, {})[f.name] = (env[var], f"environment {var}")
 
 
@@ -363,6 +404,7 @@ def validate(config: Config) -> None:
         (config.logging.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
          "[logging].level must be DEBUG, INFO, WARNING or ERROR"),
     ]
+    checks += _tls_mode_checks(config.tls)
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{src}: {message}")
@@ -374,6 +416,48 @@ def validate(config: Config) -> None:
         if tag.approvals_required < 0 or tag.approval_ttl_seconds < 1 or tag.rotation_days < 0 \
                 or tag.archive_after_days < 0 or tag.destroy_grace_hours < 0:
             raise ConfigError(f"{src}: [policy.tags.{name}] has a negative or zero value")
+
+
+TLS_MODES = ("pem", "acme")
+ACME_CHALLENGES = ("http-01", "tls-alpn-01")
+_DNS_NAME_RE = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*"
+                          r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.IGNORECASE)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _tls_mode_checks(t: TLSSettings) -> list[tuple[bool, str]]:
+    """[tls].mode and, in ACME mode, [tls.acme] (a PEM pair is then not needed)."""
+    if t.mode != "acme":
+        return [(t.mode in TLS_MODES, f"[tls].mode must be one of {', '.join(TLS_MODES)}")]
+    a = t.acme
+    listen_ok = True
+    if a.challenge == "http-01":
+        try:
+            parse_listen(a.http_listen)
+        except ConfigError:
+            listen_ok = False
+    return [
+        (bool(a.domains), "[tls.acme].domains must name at least one domain"),
+        (all(_DNS_NAME_RE.fullmatch(d) and not _is_ip(d) for d in a.domains),
+         "[tls.acme].domains must be DNS names (no wildcards, IP addresses or ports)"),
+        (a.challenge in ACME_CHALLENGES,
+         f"[tls.acme].challenge must be one of {', '.join(ACME_CHALLENGES)}"),
+        (0.0 < a.renew_before_fraction < 1.0,
+         "[tls.acme].renew_before_fraction must be between 0 and 1 (exclusive)"),
+        (a.directory in ("letsencrypt", "letsencrypt-staging")
+         or a.directory.startswith("https://"),
+         "[tls.acme].directory must be letsencrypt, letsencrypt-staging or an https:// URL"),
+        (listen_ok, f"[tls.acme].http_listen must be HOST:PORT, got {a.http_listen!r}"),
+        (not a.email or ("@" in a.email and not a.email.startswith("mailto:")),
+         "[tls.acme].email must be an address like ops@example.com"),
+    ]
 
 
 def _witness_ok(spec: str) -> bool:

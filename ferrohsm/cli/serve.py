@@ -100,7 +100,8 @@ def _quickstart(args: argparse.Namespace) -> int:
         ("secrets", "master_key_file"): files[quickstart.MASTER_FILE],
         ("secrets", "jwt_hs256_secret_file"): files[quickstart.JWT_FILE],
         ("secrets", "audit_hmac_key_file"): files[quickstart.HMAC_FILE],
-        ("tls", "cert"): str(pki.server_cert), ("tls", "key"): str(pki.server_key)})
+        ("tls", "cert"): str(pki.server_cert), ("tls", "key"): str(pki.server_key),
+        ("tls", "mode"): "pem"})  # quickstart keeps its dev CA, whatever --config says
     config = load_config(args.config, overrides=overrides)
     setup_logging(config.logging.level)
 
@@ -147,6 +148,7 @@ def _run(config: Config, ssl_provider: Any, announce: Any = None, options: Any =
         port = server.server_address[1]
         wiring.system_event(rt, "system.startup", f"FerroHSM listening on port {port}")
         wiring.start_scheduler(rt)
+        wiring.start_tls(rt, ssl_provider)
         log.info("listening on %s:%d (key store %s)", server.server_address[0], port,
                  config.storage.key_store)
         if announce:

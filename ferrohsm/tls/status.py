@@ -25,6 +25,14 @@ def rfc3339(moment: dt.datetime) -> str:
 
 def certificate_summary(cert: x509.Certificate) -> dict[str, object]:
     """The public facts of a served certificate (anyone can read them off a handshake)."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [str(n) for n in sans.get_values_for_type(x509.DNSName)]
+    except x509.ExtensionNotFound:
+        names = []
     return {"serial": format(cert.serial_number, "x"),
+            "subject": cert.subject.rfc4514_string(),
+            "issuer": cert.issuer.rfc4514_string(),
+            "dns_names": names,
             "not_before": rfc3339(cert.not_valid_before_utc),
             "not_after": rfc3339(cert.not_valid_after_utc)}

@@ -1,0 +1,378 @@
+"""``[tls] mode = "acme"``: the SSL context of each new connection, kept fresh by one thread.
+
+The server calls the provider once per accepted connection; that call is one attribute read.
+The background thread (``start``) obtains the first certificate, renews it when due (lifetime
+fraction, or the CA's ARI window), and swaps the new context in: connections already
+established keep the one they were handed, new ones get the new certificate, nothing drops.
+
+Start-up never contacts the CA to serve: a valid cached certificate is served at once. Without
+one the port serves nothing but the tls-alpn-01 challenge (handshakes fail for everyone else)
+until the first certificate arrives, and the log says so. Failures (CA unreachable, challenge
+failed, rate limited) keep the current certificate, are retried with backoff (never sooner
+than ``Retry-After``), and show in the log, ``status()`` (/healthz, metrics) and the audit log
+(``tls.acme_failed``); every new certificate is ``tls.issued`` or ``tls.renewed``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import ssl
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ...domain.errors import ConfigError
+from ..context import server_context
+from ..status import Notify, certificate_summary, rfc3339
+from .cache import AcmeCache, CachedCert
+from .challenges import Http01Responder, TlsAlpnResponder
+from .client import AcmeClient, AcmeError
+from .order import ACCOUNT_GONE, Issuance, Issued, ensure_account
+from .renewal import (
+    ARI_DEFAULT_RECHECK,
+    AriWindow,
+    ari_cert_id,
+    ari_renewal,
+    backoff,
+    fraction_renewal,
+    parse_ari,
+)
+
+log = logging.getLogger("ferrohsm.tls.acme")
+
+PRESETS = {
+    "letsencrypt": "https://acme-v02.api.letsencrypt.org/directory",
+    "letsencrypt-staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
+}
+CHALLENGES = ("http-01", "tls-alpn-01")
+ALREADY_REPLACED = "urn:ietf:params:acme:error:alreadyReplaced"
+MAX_SLEEP = 3600.0  # the thread looks again at least hourly (clock jumps, ARI re-polls)
+ARI_RETRY_ON_ERROR = 3600.0
+
+
+def directory_url(name: str) -> str:
+    """A preset's URL, or the URL itself."""
+    return PRESETS.get(name, name)
+
+
+@dataclass(frozen=True)
+class AcmeOptions:
+    """The ``[tls.acme]`` settings, resolved (cache_dir made absolute by the caller)."""
+
+    directory: str
+    domains: Sequence[str]
+    email: str
+    challenge: str
+    http_listen: str
+    ca_bundle: str
+    cache_dir: str
+    renew_before_fraction: float
+    client_ca: str = ""
+    require_client_cert: bool = False
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _bare_context() -> ssl.SSLContext:
+    """A TLS 1.3 server context with no certificate: every handshake that is not switched to
+    a challenge context fails (start-up before the first certificate)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.maximum_version = ssl.TLSVersion.TLSv1_3
+    return context
+
+
+class AcmeProvider:
+    """Callable giving the SSLContext of each new connection; ``status()`` for /healthz."""
+
+    def __init__(self, options: AcmeOptions, notify: Notify | None = None, *,
+                 clock: Callable[[], dt.datetime] = _now) -> None:
+        if options.challenge not in CHALLENGES:
+            raise ConfigError(f"[tls.acme].challenge must be one of {', '.join(CHALLENGES)}")
+        self.options = options
+        self.notify = notify
+        self.url = directory_url(options.directory)
+        self._clock = clock
+        self._rng = random.Random()  # noqa: S311  jitter, not a secret
+        self._cache = AcmeCache(options.cache_dir)
+        self._cache.account_key()  # made now, once; a corrupt one stops start-up (ConfigError)
+        self._client = AcmeClient(self.url, options.ca_bundle)
+        self._responder: Http01Responder | TlsAlpnResponder
+        if options.challenge == "http-01":
+            self._responder = Http01Responder(options.http_listen)
+        else:
+            self._responder = TlsAlpnResponder(self._cache)
+            self._responder.on_change = self._select
+        self._cert: CachedCert | None = None
+        self._plain = _bare_context()
+        self._current = self._plain
+        self._renew_at: dt.datetime | None = None
+        self._ari: AriWindow | None = None
+        self._ari_at: dt.datetime | None = None
+        self._ari_checked: dt.datetime | None = None
+        self._next_attempt: dt.datetime | None = None
+        self._last_error: str | None = None
+        self._last_error_at: dt.datetime | None = None
+        self._failures = self._failures_total = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        cached = self._cache.load_cert(self.url, options.domains, clock())
+        if cached is not None:
+            self._install(cached)
+            log.info("ACME: serving the cached certificate (serial %x, expires %s) for %s",
+                     cached.leaf.serial_number, rfc3339(cached.leaf.not_valid_after_utc),
+                     ", ".join(options.domains))
+        else:
+            log.warning("ACME: no usable certificate yet for %s: serving nothing but the %s "
+                        "challenge until the first certificate arrives from %s",
+                        ", ".join(options.domains), options.challenge, self.url)
+
+    def __call__(self) -> ssl.SSLContext:
+        return self._current
+
+    # ------------------------------------------------------------------ contexts
+
+    def _serving_context(self, cert: CachedCert | None) -> ssl.SSLContext:
+        if cert is None:
+            return _bare_context()
+        cert_path, key_path = self._cache.write_temp_pair(cert.chain_pem, cert.key_pem)
+        try:
+            return server_context(cert_path, key_path, self.options.client_ca or None,
+                                  self.options.require_client_cert)
+        finally:
+            cert_path.unlink(missing_ok=True)
+            key_path.unlink(missing_ok=True)
+
+    def _install(self, cert: CachedCert) -> None:
+        """Serve ``cert`` to new connections (only the ACME thread and the constructor call this;
+        the server reads ``_current``, one attribute, so it sees the old context or the new)."""
+        context = self._serving_context(cert)
+        self._cert, self._plain = cert, context
+        self._renew_at = fraction_renewal(cert.leaf, self.options.renew_before_fraction)
+        self._ari = self._ari_at = self._ari_checked = None
+        self._select()
+
+    def _select(self) -> None:
+        """Plain context, or (while tls-alpn-01 answers are published) a hooked copy."""
+        responder = self._responder
+        if isinstance(responder, TlsAlpnResponder) and responder.pending():
+            hooked = self._serving_context(self._cert)
+            responder.install(hooked)
+            self._current = hooked
+        else:
+            self._current = self._plain
+
+    # ------------------------------------------------------------------ thread
+
+    def start(self, stop: threading.Event | None = None) -> threading.Thread:
+        """Start the responder (http-01) and the renewal thread; ``stop`` ends both."""
+        if stop is not None:
+            self._stop = stop
+        if isinstance(self._responder, Http01Responder):
+            self._responder.start()
+        self._thread = threading.Thread(target=self._run, name="ferrohsm-acme", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if isinstance(self._responder, Http01Responder):
+            self._responder.stop()
+
+    def _run(self) -> None:
+        delay = 0.0
+        while not self._stop.wait(delay):
+            try:
+                delay = self._tick()
+            except Exception:  # a bug must not end renewal for good: log, back off, go on
+                log.exception("ACME: unexpected error in the renewal thread")
+                delay = 60.0
+        if isinstance(self._responder, Http01Responder):
+            self._responder.stop()
+
+    def _tick(self) -> float:
+        """One look: obtain when due; the seconds until the next look."""
+        now = self._clock()
+        self._poll_ari(now)
+        due = self._due()
+        if due is not None and due > now:
+            self._next_attempt = due
+            return min((due - now).total_seconds(), MAX_SLEEP)
+        try:
+            with self._cache.locked():
+                if not self._adopt_newer():
+                    self._obtain()
+        except (AcmeError, ConfigError, OSError, ValueError, KeyError, TypeError) as exc:
+            return self._failed(exc)
+        return 0.0
+
+    def _adopt_newer(self) -> bool:
+        """Another process sharing the cache renewed while we waited for the lock: serve its
+        certificate instead of ordering one more."""
+        cached = self._cache.load_cert(self.url, self.options.domains, self._clock())
+        current = self._cert
+        if cached is None or (current is not None
+                              and cached.leaf.serial_number == current.leaf.serial_number):
+            return False
+        if fraction_renewal(cached.leaf, self.options.renew_before_fraction) <= self._clock():
+            return False
+        self._install(cached)
+        self._failures, self._last_error, self._next_attempt = 0, None, None
+        log.info("ACME: serving certificate serial %x from the cache (obtained by another "
+                 "process)", cached.leaf.serial_number)
+        self._emit("tls.issued" if current is None else "tls.renewed",
+                   {**certificate_summary(cached.leaf), "directory": self.url,
+                    "source": "cache"})
+        return True
+
+    def _planned(self) -> dt.datetime | None:
+        """The planned renewal: inside the CA's ARI window when it gave one, else at the
+        lifetime fraction."""
+        return self._ari_at if self._ari_at is not None else self._renew_at
+
+    def _due(self) -> dt.datetime | None:
+        """When to obtain next (None: now): the plan, but not before a failure's backoff."""
+        due = self._planned() if self._cert is not None else None
+        if self._failures and self._next_attempt is not None:
+            due = max(due, self._next_attempt) if due is not None else self._next_attempt
+        return due
+
+    # ------------------------------------------------------------------ ARI
+
+    def _poll_ari(self, now: dt.datetime) -> None:
+        """RFC 9773: ask the CA for a renewal window when it offers renewalInfo. Soft: any
+        failure leaves the lifetime fraction in charge and is retried within the hour."""
+        cert = self._cert
+        if cert is None or (self._ari_checked is not None and now < self._ari_checked):
+            return
+        try:
+            base = self._client.directory().get("renewalInfo")
+            if not base:
+                self._ari_checked = now + dt.timedelta(seconds=MAX_SLEEP * 24)
+                return
+            resp = self._client.get(f"{str(base).rstrip('/')}/{ari_cert_id(cert.leaf)}")
+            window = parse_ari(resp.json())
+            if window != self._ari:  # a new window: a new random moment in it
+                self._ari, self._ari_at = window, ari_renewal(window, self._rng)
+            hint = resp.headers.get("retry-after")
+            recheck = float(hint) if hint and hint.isdigit() else ARI_DEFAULT_RECHECK
+        except (AcmeError, ValueError, KeyError, TypeError) as exc:
+            log.debug("ACME: renewalInfo not available (%s); using the lifetime fraction", exc)
+            recheck = ARI_RETRY_ON_ERROR
+        self._ari_checked = now + dt.timedelta(seconds=min(max(recheck, 60.0), 86400.0))
+
+    # ------------------------------------------------------------------ issuance
+
+    def _issue(self) -> Issued:
+        """One issuance; again (once each) after the CA forgot the account (a test CA that
+        restarted: the same key registers again) or refused the ARI ``replaces`` (RFC 9773
+        section 5: ``alreadyReplaced``, then order without it)."""
+        replaces = ""
+        if self._cert is not None and self._ari is not None:
+            replaces = ari_cert_id(self._cert.leaf)
+        account = ensure_account(self._client, self._cache, self.options.email)
+        retried: set[str] = set()
+        while True:
+            try:
+                return Issuance(self._client, account, self._responder).run(
+                    self.options.domains, replaces)
+            except AcmeError as exc:
+                if exc.problem in retried:
+                    raise
+                retried.add(exc.problem)
+                if exc.problem == ACCOUNT_GONE:
+                    log.warning("ACME: the CA no longer knows the account %s; registering the "
+                                "same key again", account.url)
+                    account = ensure_account(self._client, self._cache, self.options.email,
+                                             forget=True)
+                elif exc.problem == ALREADY_REPLACED and replaces:
+                    replaces = ""
+                else:
+                    raise
+
+    def _obtain(self) -> None:
+        renewing = self._cert is not None
+        issued = self._issue()
+        self._cache.save_cert(self.url, self.options.domains, issued.chain_pem, issued.key_pem)
+        cached = self._cache.load_cert(self.url, self.options.domains, self._clock())
+        if cached is None:
+            raise AcmeError("badCertificate", "the issued certificate is not usable now "
+                            "(key, names or validity)")
+        self._install(cached)
+        self._failures, self._last_error, self._next_attempt = 0, None, None
+        event = "tls.renewed" if renewing else "tls.issued"
+        fields = {**certificate_summary(cached.leaf), "directory": self.url,
+                  "order": issued.order_url, "next_renewal": self._iso(self._renew_at)}
+        log.info("ACME: %s certificate serial %s for %s, expires %s", "renewed" if renewing
+                 else "issued", fields["serial"], ", ".join(self.options.domains),
+                 fields["not_after"])
+        self._emit(event, fields)
+
+    def _failed(self, exc: Exception) -> float:
+        now = self._clock()
+        retry_after = exc.retry_after if isinstance(exc, AcmeError) else None
+        kind = exc.short_type if isinstance(exc, AcmeError) else type(exc).__name__
+        detail = exc.detail if isinstance(exc, AcmeError) else str(exc)
+        self._failures += 1
+        self._failures_total += 1
+        delay = backoff(self._failures, retry_after, self._rng)
+        self._last_error, self._last_error_at = f"{kind}: {detail}"[:400], now
+        self._next_attempt = now + dt.timedelta(seconds=delay)
+        keeping = ("keeping the current certificate" if self._cert is not None
+                   else "still no certificate: serving only the challenge")
+        log.warning("ACME: obtaining a certificate from %s failed (%s); %s; retrying in %.0f s",
+                    self.url, self._last_error, keeping, delay)
+        self._emit("tls.acme_failed", {"directory": self.url, "error": self._last_error,
+                                       "failures": self._failures,
+                                       "retry_in_seconds": round(delay),
+                                       "serving_certificate": self._cert is not None})
+        return delay
+
+    def _emit(self, event: str, fields: Mapping[str, object]) -> None:
+        if self.notify is None:
+            return
+        try:
+            self.notify(event, fields)
+        except Exception:  # the certificate stands; the sink logs its own failure
+            log.error("ACME: %s could not be recorded in the audit log", event)
+
+    # ------------------------------------------------------------------ status
+
+    @staticmethod
+    def _iso(moment: dt.datetime | None) -> str | None:
+        return rfc3339(moment) if moment is not None else None
+
+    def status(self) -> dict[str, Any]:
+        """What /healthz and the metrics show: serial, expiry and the ACME state."""
+        cert = self._cert
+        summary = certificate_summary(cert.leaf) if cert is not None else {}
+        return {
+            "mode": "acme",
+            "serial": summary.get("serial"),
+            "not_after": summary.get("not_after"),
+            "ocsp": "off",
+            "acme": {
+                "directory": self.url,
+                "domains": list(self.options.domains),
+                "challenge": self.options.challenge,
+                "state": "serving" if cert is not None else "waiting_for_first_certificate",
+                "last_error": self._last_error,
+                "last_error_at": self._iso(self._last_error_at),
+                "failures": self._failures,
+                "failures_total": self._failures_total,
+                "next_renewal": self._iso(self._planned()),
+                "next_attempt": self._iso(self._next_attempt),
+                "renewal_info": self._ari is not None,
+            },
+        }
+
+    def not_after_timestamp(self) -> float | None:
+        cert = self._cert
+        return cert.leaf.not_valid_after_utc.timestamp() if cert is not None else None

@@ -1,0 +1,221 @@
+"""ACME mode end to end: ``ferrohsm serve`` against Debian's real ``pebble`` (RFC 8555).
+
+Both challenge types issue; the served chain verifies against pebble's own root (Python and
+``openssl s_client``); a restart serves the cached certificate with pebble stopped (so no new
+order can have been made); renewal swaps a new certificate in while an established keep-alive
+connection goes on working; an outage keeps the current certificate, shows in /healthz, metrics,
+the log and the audit log, and heals when pebble returns; with no certificate yet, the port
+serves nothing but the challenge. Slow (real processes), skipped without pebble.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from acmekit import (
+    DOMAIN,
+    DOMAINS,
+    AcmeServer,
+    Session,
+    client_context,
+    health,
+    served_certificate,
+    wait_for,
+)
+from pebbleserver import Pebble, free_port, skip_unless_available
+
+from ferrohsm.tls.acme.provider import AcmeOptions, AcmeProvider
+from ferrohsm.tls.devpki import make_dev_pki
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _needs_pebble() -> None:
+    skip_unless_available()
+
+
+def _actions(server: AcmeServer) -> list[str]:
+    return [r["action"] for r in server.audit_actions() if str(r["action"]).startswith("tls.")]
+
+
+def test_http01_issues_a_verifiable_chain_and_restarts_from_cache(tmp_path: Path) -> None:
+    server = AcmeServer(tmp_path, "http-01")
+    pebble = Pebble(tmp_path / "pebble", server.http_port, server.port)
+    pebble.start()
+    try:
+        server.start(pebble)
+        root = pebble.root_pem()
+        cert = wait_for("the first certificate", lambda: served_certificate(server.port, root))
+        assert DOMAIN in str(cert.extensions)
+        (tmp_path / "root.pem").write_bytes(root)
+        s_client = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-servername",
+             DOMAIN, "-CAfile", str(tmp_path / "root.pem"), "-verify_return_error",
+             "-showcerts"], input="", capture_output=True, text=True, timeout=30)
+        assert "Verify return code: 0 (ok)" in s_client.stdout, s_client.stdout[-2000:]
+        assert "Pebble Intermediate CA" in s_client.stdout  # the chain carries the issuer
+        tls = health(server.port, root, server.token())["tls"]
+        assert tls["serial"] == format(cert.serial_number, "x")
+        assert tls["acme"]["state"] == "serving" and tls["acme"]["last_error"] is None
+        assert tls["ocsp"] == "off" and tls["not_after"].endswith("Z")
+        server.stop()
+        assert _actions(server) == ["tls.issued"]
+        cache = server.data / "acme"
+        assert (cache / "account-key.pem").stat().st_mode & 0o777 == 0o600
+        assert all(p.stat().st_mode & 0o077 == 0 for p in cache.glob("cert-*-key.pem"))
+    finally:
+        pebble.stop()
+    # pebble is gone: whatever is served now came from the cache, with no order made
+    server.start(pebble)
+    try:
+        again = served_certificate(server.port, root)
+        assert again.serial_number == cert.serial_number
+        tls = health(server.port, root, server.token())["tls"]
+        assert tls["acme"]["last_error"] is None and tls["acme"]["failures"] == 0
+    finally:
+        server.stop()
+    assert _actions(server) == ["tls.issued"]
+    assert "ACME: serving the cached certificate" in server.log.read_text()
+
+
+def test_tls_alpn01_from_no_certificate_to_the_first_one(tmp_path: Path) -> None:
+    server = AcmeServer(tmp_path, "tls-alpn-01")
+    pebble = Pebble(tmp_path / "pebble", server.http_port, server.port)
+    server.start(pebble)  # the CA is not there yet: no certificate can be had
+    try:
+        wait_for("the first failure", lambda: "obtaining a certificate" in server.log.read_text())
+        text = server.log.read_text()
+        assert "no usable certificate yet" in text and "serving nothing but the" in text
+        with pytest.raises(OSError):  # nothing but the challenge is served
+            served_certificate(server.port, b"")
+        pebble.start()
+        root = pebble.root_pem()
+        cert = wait_for("the first certificate", lambda: served_certificate(server.port, root))
+        assert cert.serial_number
+        tls = health(server.port, root, server.token())["tls"]
+        assert tls["acme"]["challenge"] == "tls-alpn-01"
+        assert tls["acme"]["last_error"] is None and tls["acme"]["failures"] == 0
+        assert tls["acme"]["failures_total"] >= 1
+    finally:
+        server.stop()
+        pebble.stop()
+    actions = _actions(server)
+    assert "tls.acme_failed" in actions and actions[-1] == "tls.issued"
+
+
+def test_tls_alpn01_with_required_client_certificates(tmp_path: Path) -> None:
+    """The challenge context asks for no client certificate, but the connection keeps the
+    serving context's verify mode: over TLS 1.3 the validator sees the certificate anyway."""
+    clients = make_dev_pki(tmp_path / "clients")
+    cert_file, key_file = clients.issue_client_cert("probe")
+    server = AcmeServer(tmp_path, "tls-alpn-01", tls_extra=f'client_ca = "{clients.ca_cert}"\n'
+                        "require_client_cert = true")
+    pebble = Pebble(tmp_path / "pebble", server.http_port, server.port)
+    pebble.start()
+    server.start(pebble)
+    try:
+        wait_for("the first certificate", lambda: "ACME: issued" in server.log.read_text())
+        context = client_context(pebble.root_pem())
+        context.load_cert_chain(cert_file, key_file)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname=DOMAIN) as tls:
+            tls.sendall(f"GET /healthz HTTP/1.1\r\nHost: {DOMAIN}\r\n\r\n".encode())
+            assert tls.recv(12) == b"HTTP/1.1 200"
+    finally:
+        server.stop()
+        pebble.stop()
+
+
+def test_renewal_without_dropping_connections_and_surviving_an_outage(tmp_path: Path) -> None:
+    # a 5-year pebble certificate with 1e-8 of its lifetime left to go renews after ~1.6 s
+    server = AcmeServer(tmp_path, "http-01", fraction=0.99999999)
+    pebble = Pebble(tmp_path / "pebble", server.http_port, server.port)
+    pebble.start()
+    server.start(pebble)
+    try:
+        root = pebble.root_pem()
+        first = wait_for("the first certificate", lambda: served_certificate(server.port, root))
+        held = Session(server.port, root, server.token())
+        assert held.get("/healthz")[0] == 200
+        renewed = wait_for("a renewal", lambda: (
+            c := served_certificate(server.port, root)).serial_number != first.serial_number
+            and c)
+        assert renewed.serial_number != first.serial_number
+        assert held.get("/healthz")[0] == 200  # the established connection is untouched
+        pebble.stop()
+        failing = wait_for("a failure in /healthz", lambda: (
+            t := health(server.port, root, server.token())["tls"])["acme"]["last_error"] and t)
+        assert "connection" in failing["acme"]["last_error"]
+        assert failing["acme"]["state"] == "serving"  # the current certificate is kept
+        assert served_certificate(server.port, root).serial_number
+        status, metrics = held.get("/metrics")
+        assert status == 200
+        assert b"ferrohsm_tls_acme_consecutive_failures" in metrics
+        assert b"ferrohsm_tls_acme_consecutive_failures 0" not in metrics
+        held.close()
+        pebble.start()  # a new pebble: new root, and it has forgotten the account
+        new_root = pebble.root_pem()
+        wait_for("recovery", lambda: served_certificate(server.port, new_root), timeout=60)
+        healed = health(server.port, new_root, server.token())["tls"]["acme"]
+        assert healed["failures_total"] >= 1
+    finally:
+        server.stop()
+        pebble.stop()
+    actions = _actions(server)
+    assert actions[0] == "tls.issued"
+    assert {"tls.renewed", "tls.acme_failed"} <= set(actions)
+    assert "keeping the current certificate" in server.log.read_text()
+
+
+def test_a_failed_challenge_is_logged_audited_and_retried(tmp_path: Path) -> None:
+    server = AcmeServer(tmp_path, "http-01")
+    # pebble validates http-01 on a port where nothing answers: every authorization fails
+    pebble = Pebble(tmp_path / "pebble", free_port(), server.port)
+    pebble.start()
+    server.start(pebble)
+    try:
+        wait_for("a failed authorization", lambda: "is invalid" in server.log.read_text())
+        assert "still no certificate: serving only the challenge" in server.log.read_text()
+        with pytest.raises(OSError):
+            served_certificate(server.port, pebble.root_pem())
+    finally:
+        server.stop()
+        pebble.stop()
+    failed = [r for r in server.audit_actions() if r["action"] == "tls.acme_failed"]
+    assert failed and failed[0]["outcome"] == "error"
+    assert "connection" in failed[0]["details"]["error"]  # pebble could not reach the listener
+    assert failed[0]["details"]["serving_certificate"] is False
+
+
+def test_two_processes_sharing_a_cache_make_one_order(tmp_path: Path) -> None:
+    """The second provider (another process, in production) finds the first one's certificate
+    under the cache lock and serves it instead of ordering one more."""
+    http_port = free_port()
+    pebble = Pebble(tmp_path / "pebble", http_port, free_port())
+    pebble.start()
+    providers, events = [], []
+    try:
+        for port in (http_port, free_port()):
+            options = AcmeOptions(pebble.directory, DOMAINS, "", "http-01",
+                                  f"127.0.0.1:{port}", pebble.ca_bundle,
+                                  str(tmp_path / "cache"), 0.33)
+            provider = AcmeProvider(options, lambda e, f: events.append((e, dict(f))))
+            providers.append(provider)
+        first, second = providers
+        first.start()
+        wait_for("the first certificate", lambda: first.status()["acme"]["state"] == "serving")
+        second.start()
+        wait_for("the second to serve", lambda: second.status()["acme"]["state"] == "serving")
+        assert first.status()["serial"] == second.status()["serial"]
+    finally:
+        for provider in providers:
+            provider.close()
+        pebble.stop()
+    assert [(e, f.get("source")) for e, f in events] == [("tls.issued", None),
+                                                          ("tls.issued", "cache")]
+    log = (tmp_path / "pebble" / "pebble.log").read_text()
+    assert log.count("Issued certificate serial") == 1  # pebble's own count of issuances
