@@ -80,7 +80,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, list[dict[str, float]]
             scripts[name].write_text(lua_script(body, {"Authorization": f"Bearer {service}"}))
         check_batch(srv, path, service, bodies(args.items)["batch"], args.items)
         assert srv.proc is not None
-        for name, script in scripts.items():  # warm-up
+        for script in scripts.values():  # warm-up
             run_wrk(url, script, args.connections, min(2, args.duration), srv.proc.pid)
         results: dict[str, list[dict[str, float]]] = {name: [] for name in scripts}
         for _ in range(args.rounds):

@@ -23,6 +23,7 @@ from ..router import Operation, Router
 from .common import (
     MAX_VERSION,
     Field,
+    Handler,
     Reply,
     b64,
     b64s,
@@ -154,48 +155,51 @@ def run_batch(items: CryptoItems, ctx: RequestContext, action: Action, ref: str,
     return 200, {"results": results}
 
 
+Single = Callable[[RequestContext, dict[str, Any], str], Reply]
+
+
+def one_or_batch(items: CryptoItems, action: Action, single: Single) -> Handler:
+    """The route handler of an operation that takes one item or a batch of them."""
+    def handler(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        raw = json_body(req)
+        batch = batch_items(raw)
+        if batch is not None:
+            return run_batch(items, ctx, action, p["key"], batch)
+        return single(ctx, raw, p["key"])
+    return handler
+
+
 def register(router: Router, service: KeyService, items: CryptoItems | None = None) -> None:
     batches = items or CryptoItems(service)
 
-    def encrypt(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
-        raw = json_body(req)
-        batch = batch_items(raw)
-        if batch is not None:
-            return run_batch(batches, ctx, Action.ENCRYPT, p["key"], batch)
+    def encrypt_one(ctx: RequestContext, raw: dict[str, Any], ref: str) -> Reply:
         body = check_fields(raw, ENCRYPT)
         plaintext = b64(body["plaintext"], "plaintext") or b""
-        return 200, service.encrypt(ctx, p["key"], plaintext, b64(body.get("aad"), "aad"))
+        return 200, service.encrypt(ctx, ref, plaintext, b64(body.get("aad"), "aad"))
 
-    def decrypt(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
-        raw = json_body(req)
-        batch = batch_items(raw)
-        if batch is not None:
-            return run_batch(batches, ctx, Action.DECRYPT, p["key"], batch)
+    def decrypt_one(ctx: RequestContext, raw: dict[str, Any], ref: str) -> Reply:
         body = check_fields(raw, DECRYPT)
-        out = service.decrypt(ctx, p["key"], body["ciphertext"], b64(body.get("aad"), "aad"))
+        out = service.decrypt(ctx, ref, body["ciphertext"], b64(body.get("aad"), "aad"))
         return 200, {"plaintext": b64s(out["plaintext"]), "key_version": out["key_version"]}
 
-    def sign(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
-        raw = json_body(req)
-        batch = batch_items(raw)
-        if batch is not None:
-            return run_batch(batches, ctx, Action.SIGN, p["key"], batch)
+    def sign_one(ctx: RequestContext, raw: dict[str, Any], ref: str) -> Reply:
         body = check_fields(raw, SIGN)
         data, prehashed = _message_or_digest(body)
-        out = service.sign(ctx, p["key"], data, prehashed=prehashed, scheme=body.get("algorithm"))
+        out = service.sign(ctx, ref, data, prehashed=prehashed, scheme=body.get("algorithm"))
         return 200, {**out, "signature": b64s(out["signature"])}
 
-    def verify(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
-        raw = json_body(req)
-        batch = batch_items(raw)
-        if batch is not None:
-            return run_batch(batches, ctx, Action.VERIFY, p["key"], batch)
+    def verify_one(ctx: RequestContext, raw: dict[str, Any], ref: str) -> Reply:
         body = check_fields(raw, VERIFY)
         data, prehashed = _message_or_digest(body)
         signature = b64(body["signature"], "signature") or b""
         version = int_field(body.get("key_version"), "key_version", 1, MAX_VERSION)
-        return 200, service.verify(ctx, p["key"], data, signature, prehashed=prehashed,
+        return 200, service.verify(ctx, ref, data, signature, prehashed=prehashed,
                                    scheme=body.get("algorithm"), version=version)
+
+    encrypt = one_or_batch(batches, Action.ENCRYPT, encrypt_one)
+    decrypt = one_or_batch(batches, Action.DECRYPT, decrypt_one)
+    sign = one_or_batch(batches, Action.SIGN, sign_one)
+    verify = one_or_batch(batches, Action.VERIFY, verify_one)
 
     def wrap(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
         body = fields(req, WRAP)
