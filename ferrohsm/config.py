@@ -64,7 +64,7 @@ class CryptoSettings:
     cache_max_entries: int = 4096
     cache_ttl_seconds: float = 300.0
     destroy_grace_hours: float = 24.0
-    max_batch_items: int = 1000  # items in one batch request (413 above); docs/api.md, Batches
+    max_batch_items: int = 1000  # items in one batch request (400 above); docs/api.md, Batches
 
 
 @dataclass(frozen=True)

@@ -248,13 +248,13 @@ SCHEMAS: dict[str, Any] = {
 # The batch forms of encrypt, decrypt, sign and verify (docs/api.md, Batches). An item that is
 # not a valid single body is answered with its own error inside a 200, so the schema of an item
 # admits anything; the single body it should be is named first.
-MAX_BATCH_ITEMS = 1000  # [crypto].max_batch_items by default; more answers 413
+MAX_BATCH_ITEMS = 1000  # [crypto].max_batch_items by default; more answers 400
 for _stem in ("Encrypt", "Decrypt", "Sign", "Verify"):
     SCHEMAS[f"{_stem}Batch"] = {
         "type": "object", "additionalProperties": False, "required": ["batch"], "properties": {
             "batch": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH_ITEMS,
                       "description": f"each item a {_stem}Request body; at most "
-                                     "[crypto].max_batch_items (413 above)",
+                                     "[crypto].max_batch_items (400 above)",
                       "items": {"anyOf": [_ref(f"{_stem}Request"), {}]}}}}
     SCHEMAS[f"{_stem}Call"] = {"anyOf": [_ref(f"{_stem}Request"), _ref(f"{_stem}Batch")]}
     SCHEMAS[f"{_stem}Results"] = {"type": "object", "required": ["results"], "properties": {

@@ -39,7 +39,6 @@ from ..control.policy import ALLOWED, Decision
 from ..domain.errors import (
     BadRequest,
     FerroError,
-    PayloadTooLarge,
     RateLimited,
     Recorded,
     recorded,
@@ -85,13 +84,13 @@ class CryptoItems:
     def batch(self, ctx: RequestContext, action: Action, size: int) -> CryptoBatch:
         """A batch of ``size`` items of ``action``. Refused whole (and recorded) only for what
         no item could change: a role that may never perform ``action`` (403), no items (400),
-        more than ``max_items`` (413)."""
+        more than ``max_items`` (400, as the API description's maxItems says)."""
         def open_batch() -> CryptoBatch:
             if size < 1:
                 raise BadRequest(f"a batch holds 1 to {self.max_items} items")
             if size > self.max_items:
-                raise PayloadTooLarge(f"a batch holds at most {self.max_items} items "
-                                      f"(this one has {size}); split it")
+                raise BadRequest(f"a batch holds at most {self.max_items} items "
+                                 f"(this one has {size}); split it")
             granted, wait = self._take(ctx, size - 1)
             return CryptoBatch(self, ctx, size, 1 + granted, wait)
         return self.keys.guard.run(ctx, action, open_batch)

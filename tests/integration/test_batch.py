@@ -219,8 +219,8 @@ def test_the_maximum_the_empty_batch_and_malformed_batches(srv: LiveServer) -> N
     key = create(srv)
     item = {"plaintext": B(b"x")}
     assert len(batch(srv, key, "encrypt", [item] * 50)) == 50
-    [too_many] = batch(srv, key, "encrypt", [item] * 51, status=413)
-    assert too_many["error"]["code"] == "payload_too_large"
+    [too_many] = batch(srv, key, "encrypt", [item] * 51, status=400)
+    assert too_many["error"]["code"] == "bad_request"
     assert "at most 50 items" in too_many["error"]["message"]
     [empty] = batch(srv, key, "encrypt", [], status=400)
     assert empty["error"]["code"] == "bad_request"

@@ -255,7 +255,7 @@ CASES: dict[str, Case] = {
     # a batch refused whole (items refused one by one are tests/integration/test_batch.py's)
     "400 empty batch": Case(400, "crypto.encrypt", "error", "POST", "/v1/keys/{enc}/encrypt",
                             {"batch": []}, role="service"),
-    "413 batch over the maximum": Case(413, "crypto.encrypt", "error", "POST",
+    "400 batch over the maximum": Case(400, "crypto.encrypt", "error", "POST",
                                        "/v1/keys/{enc}/encrypt",
                                        {"batch": [{"plaintext": B(b"x")}] * 1001},
                                        role="service"),
