@@ -363,3 +363,19 @@ def test_data_key_needs_an_encrypt_key_and_a_service_token_in_scope(srv: LiveSer
     revoked = create(srv)
     srv.call("POST", f"/v1/keys/{revoked}/revoke", {})
     assert srv.call("POST", f"/v1/keys/{revoked}/data-key", {}, role=SVC)[0] == 409
+
+
+def test_no_item_is_answered_when_the_records_cannot_be_written(tmp_path: Path) -> None:
+    """Fail closed, on the loop (encrypt) and on the worker pool (sign) alike: once the audit
+    log refuses records, a batch answers 503 and no item's result leaves."""
+    srv = LiveServer(tmp_path, key_store="filesystem")
+    try:
+        enc, sig = create(srv), create(srv, "ec-p256", "sign")
+        assert codes(batch(srv, enc, "encrypt", [{"plaintext": B(b"x")}])) == ["ok"]
+        srv.rt.audit.fail_closed("batch test: the audit disk is gone")
+        for key, op, item in ((enc, "encrypt", {"plaintext": B(b"secret")}),
+                              (sig, "sign", {"message": B(b"m")})):
+            [reply] = batch(srv, key, op, [item, item], status=503)
+            assert set(reply) == {"error"} and reply["error"]["code"] == "unavailable"
+    finally:
+        srv.close()
