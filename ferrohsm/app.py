@@ -48,6 +48,7 @@ from .integrity.logscan import AuditLocation
 from .integrity.reconcile import reconcile
 from .integrity.records import RecordReport, check_key_records
 from .service import AuditLogService, KeyService, TokenService
+from .service.batch import CryptoItems
 from .store.approvalstore import ApprovalStore
 from .store.filesystem import FilesystemStore
 from .store.keystore import KeyStore
@@ -284,7 +285,9 @@ def build_runtime(config: Config, secrets: Secrets,
     limiter = RateLimiter(policy_from_settings(config.rate_limit))
     router = routing.Router()
     key_routes.register(router, service)
-    crypto_routes.register(router, service)
+    # the per-item path of every batch surface (service/batch.py)
+    items = CryptoItems(service, limiter, config.crypto.max_batch_items, audit)
+    crypto_routes.register(router, service, items)
     audit_routes.register(router, AuditLogService(service.guard, audit))
     approval_routes.register(router, service.approvals)
     dashboard_routes.register(router)

@@ -56,7 +56,7 @@ USER_AGENT = "ferrohsm-client/1"
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_RETRY_WAIT = 30.0  # default cap on the total time one call sleeps between its attempts
-REPEATABLE = frozenset({"encrypt", "decrypt", "sign", "verify", "wrap", "unwrap"})
+REPEATABLE = frozenset({"encrypt", "decrypt", "sign", "verify", "wrap", "unwrap", "data-key"})
 _JITTER = random.SystemRandom()
 
 
@@ -456,6 +456,41 @@ class Client:
         """``{"key_material": bytes, "key_version"}``."""
         out = self._post(key, "unwrap", {"wrapped": wrapped}, opts)
         return {**out, "key_material": b64d(out["key_material"])}
+
+    def data_key(self, key: str, bits: int = 256, *, include_plaintext: bool = True,
+                 aad: bytes | None = None, **opts: Any) -> dict[str, Any]:
+        """A fresh data key for envelope encryption: ``{"plaintext": bytes, "ciphertext":
+        "fhsm:v1:...", "key_id", "key_version"}`` (no ``plaintext`` when ``include_plaintext``
+        is False). ``decrypt(key, ciphertext)`` gives the data key back later."""
+        body = _drop_none({"bits": bits, "include_plaintext": include_plaintext,
+                           "aad": b64e(aad) if aad else None})
+        out = self._post(key, "data-key", body, opts)
+        return {**out, "plaintext": b64d(out["plaintext"])} if "plaintext" in out else out
+
+    def batch(self, key: str, operation: str, items: list[dict[str, Any]],
+              **opts: Any) -> list[dict[str, Any]]:
+        """Many ``operation`` (encrypt, decrypt, sign, verify) items in one request: each item
+        the API body of a single call (base64 strings), each result the API's (the item's
+        result, or ``{"error": {"code", "message"}}``: a failed item does not raise)."""
+        out = self._post(key, operation, {"batch": items}, opts)
+        return out["results"]  # type: ignore[no-any-return]
+
+    def encrypt_batch(self, key: str, plaintexts: list[bytes], aad: bytes | None = None,
+                      **opts: Any) -> list[dict[str, Any]]:
+        """``encrypt`` of each plaintext in one request; results in order (see ``batch``)."""
+        item = {"aad": b64e(aad)} if aad else {}
+        return self.batch(key, "encrypt", [{"plaintext": b64e(p), **item} for p in plaintexts],
+                          **opts)
+
+    def decrypt_batch(self, key: str, ciphertexts: list[str], aad: bytes | None = None,
+                      **opts: Any) -> list[dict[str, Any]]:
+        """``decrypt`` of each ciphertext in one request; each good result's ``plaintext`` as
+        bytes, each failed item its ``{"error": ...}`` (see ``batch``)."""
+        item = {"aad": b64e(aad)} if aad else {}
+        results = self.batch(key, "decrypt", [{"ciphertext": c, **item} for c in ciphertexts],
+                             **opts)
+        return [{**r, "plaintext": b64d(r["plaintext"])} if "plaintext" in r else r
+                for r in results]
 
     def _post(self, key: str, verb: str, body: dict[str, Any],
               opts: dict[str, Any]) -> dict[str, Any]:

@@ -65,6 +65,7 @@ class CryptoSettings:
     cache_max_entries: int = 4096
     cache_ttl_seconds: float = 300.0
     destroy_grace_hours: float = 24.0
+    max_batch_items: int = 1000  # items in one batch request (400 above); docs/api.md, Batches
 
 
 @dataclass(frozen=True)
@@ -377,6 +378,8 @@ def validate(config: Config) -> None:
          "[crypto].max_input_bytes must be 1..[server].max_body_bytes"),
         (config.crypto.cache_max_entries >= 0, "[crypto].cache_max_entries must be >= 0"),
         (config.crypto.destroy_grace_hours >= 0, "[crypto].destroy_grace_hours must be >= 0"),
+        (1 <= config.crypto.max_batch_items <= 100000,
+         "[crypto].max_batch_items must be 1-100000"),
         (60 <= config.auth.max_token_ttl_seconds <= 86400,
          "[auth].max_token_ttl_seconds must be 60-86400"),
         (0 <= config.auth.leeway_seconds <= 300, "[auth].leeway_seconds must be 0-300"),

@@ -112,7 +112,8 @@ class Application:
             req.route = self.router.match(req.method, req.path)
         except FerroError:
             return True
-        return bool(req.route[0].inline)
+        route = req.route[0]
+        return bool(route.inline) and (route.offload is None or not route.offload(req))
 
     def _route(self, req: Request, ctx: RequestContext) -> tuple[Any, dict[str, str]]:
         if req.route is not None:

@@ -143,6 +143,16 @@ def json_response(
     return Response(status, body, [("Content-Type", JSON_CONTENT_TYPE), *headers])
 
 
+def error_object(exc: FerroError) -> dict[str, Any]:
+    """The error of ONE item of a batch (docs/api.md, Batches): the error body of a request
+    without its request id (the batch answer's X-Request-ID is the one), and the approval when
+    the item was parked for one."""
+    body: dict[str, Any] = {"error": {"code": exc.code, "message": exc.message}}
+    if isinstance(exc, ApprovalRequired) and "approval" in exc.details:
+        body["approval"] = exc.details["approval"]
+    return body
+
+
 def error_response(exc: FerroError, request_id: str) -> Response:
     """Map a FerroError to the error body of docs/api.md, with the headers its status requires."""
     extra: list[tuple[str, str]] = []

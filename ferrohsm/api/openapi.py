@@ -164,6 +164,24 @@ SCHEMAS: dict[str, Any] = {
     "UnwrapResponse": {"type": "object", "required": ["key_material", "key_version"],
                        "properties": {"key_material": B64,
                                                         "key_version": {"type": "integer"}}},
+    "DataKeyRequest": {"type": "object", "additionalProperties": False, "properties": {
+        "bits": {"enum": [128, 192, 256], "default": 256},
+        "include_plaintext": {"type": "boolean", "default": True,
+                              "description": "false: answer only the ciphertext"},
+        "aad": B64}},
+    "DataKeyResponse": {"type": "object", "required": ["ciphertext", "key_id", "key_version"],
+                        "properties": {
+        "plaintext": {**B64, "description": "the data key (absent with include_plaintext "
+                                            "false): use it, then forget it"},
+        "ciphertext": {**TOKEN, "description": "the data key encrypted under this key: keep "
+                                               "it beside the data; decrypt gives it back"},
+        "key_id": {"type": "string"}, "key_version": {"type": "integer"}}},
+    "BatchItemError": {"type": "object", "required": ["error"], "properties": {
+        "error": {"type": "object", "required": ["code", "message"], "properties": {
+            "code": {"type": "string"}, "message": {"type": "string"}}},
+        "approval": _ref("Approval")},
+        "description": "one item's refusal: the code and message its own request would have "
+                       "had (approval: the item was parked for dual control)"},
     "Health": {"type": "object", "required": ["status"], "properties": {
         "status": {"enum": ["ok", "degraded"]}, "version": {"type": "string"},
         "reason": {"type": "string"},
@@ -235,6 +253,24 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+# The batch forms of encrypt, decrypt, sign and verify (docs/api.md, Batches). An item that is
+# not a valid single body is answered with its own error inside a 200, so the schema of an item
+# admits anything; the single body it should be is named first.
+MAX_BATCH_ITEMS = 1000  # [crypto].max_batch_items by default; more answers 400
+for _stem in ("Encrypt", "Decrypt", "Sign", "Verify"):
+    SCHEMAS[f"{_stem}Batch"] = {
+        "type": "object", "additionalProperties": False, "required": ["batch"], "properties": {
+            "batch": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH_ITEMS,
+                      "description": f"each item a {_stem}Request body; at most "
+                                     "[crypto].max_batch_items (400 above)",
+                      "items": {"anyOf": [_ref(f"{_stem}Request"), {}]}}}}
+    SCHEMAS[f"{_stem}Call"] = {"anyOf": [_ref(f"{_stem}Request"), _ref(f"{_stem}Batch")]}
+    SCHEMAS[f"{_stem}Results"] = {"type": "object", "required": ["results"], "properties": {
+        "results": {"type": "array", "description": "one per item, in order", "items": {
+            "anyOf": [_ref(f"{_stem}Response"), _ref("BatchItemError")]}}}}
+    SCHEMAS[f"{_stem}Answer"] = {"anyOf": [_ref(f"{_stem}Response"), _ref(f"{_stem}Results")]}
+
+
 def _nullable_optionals(schema: dict[str, Any]) -> dict[str, Any]:
     """A request schema as the server reads it: a member sent as null counts as absent
     (handlers/common.py ``fields``), so each optional member may also be null."""
@@ -254,11 +290,14 @@ KEY_LINKS: dict[str, Any] = {
     **{op: {"operationId": op, "parameters": KEY_REF} for op in (
         "getKey", "updateKey", "rotateKey", "revokeKey", "destroyKey", "cancelDestroyKey",
         "getPublicKey", "rollbackKey", "encrypt", "decrypt", "sign", "verify", "wrap",
-        "unwrap")}}
+        "unwrap", "dataKey")}}
 LINKS: dict[str, dict[str, Any]] = {
     **{op: KEY_LINKS for op in ("createKey", "getKey", "updateKey", "rotateKey", "rollbackKey",
                                 "revokeKey", "destroyKey", "cancelDestroyKey")},
     "encrypt": {"decrypt": {"operationId": "decrypt",
+                            "parameters": {"key": "$response.body#/key_id"},
+                            "requestBody": {"ciphertext": "$response.body#/ciphertext"}}},
+    "dataKey": {"decrypt": {"operationId": "decrypt",
                             "parameters": {"key": "$response.body#/key_id"},
                             "requestBody": {"ciphertext": "$response.body#/ciphertext"}}},
     "wrap": {"unwrap": {"operationId": "unwrap", "parameters": {"key": "$response.body#/key_id"},
@@ -382,7 +421,8 @@ def _parameters(route: Route, doc: Operation) -> list[dict[str, str]]:
 def _request_body(schema: str) -> dict[str, Any]:
     """A body is required when its schema requires a member; otherwise it may be left out."""
     spec = SCHEMAS.get(schema, {})
-    return {"required": "required" in spec or "oneOf" in spec, "content": {
+    required = "required" in spec or "oneOf" in spec or "anyOf" in spec
+    return {"required": required, "content": {
         "application/json": {"schema": _component("schemas", SCHEMAS, schema)}}}
 
 

@@ -84,6 +84,9 @@ class Route:
     # the loop's group commit. Everything else runs on the worker pool (api/server.py).
     inline: bool = False
     doc: Operation | None = None  # the route's OpenAPI entry (None: undocumented)
+    # For an inline route: the requests that run on the worker pool all the same (a batch of
+    # many items, which would hold the event loop too long); called with the Request.
+    offload: Handler | None = None
 
 
 @dataclass(slots=True)
@@ -104,7 +107,7 @@ class Router:
 
     def add(self, method: str, template: str, handler: Handler, *,
             name: str | None = None, inline: bool = False,
-            doc: Operation | None = None) -> Route:
+            doc: Operation | None = None, offload: Handler | None = None) -> Route:
         """Register ``handler`` for ``method`` on ``template``; ValueError on a bad or
         duplicate template (a typo must stop start-up, not produce a 404 later)."""
         _check_method(method)
@@ -118,7 +121,8 @@ class Router:
                 node = node.literals.setdefault(segment, _Node())
         if method in node.routes:
             raise ValueError(f"duplicate route {method} {template}")
-        route = Route(method, template, handler, name, params, inline=inline, doc=doc)
+        route = Route(method, template, handler, name, params, inline=inline, doc=doc,
+                      offload=offload)
         node.routes[method] = route
         self._routes.append(route)
         return route

@@ -74,6 +74,19 @@ class TokenBuckets:
                 return 0.0
             return (cost - bucket[0]) / limit.rate
 
+    def take_upto(self, key: Any, limit: Limit, now: float, count: int) -> tuple[int, float]:
+        """Spend up to ``count`` whole tokens, as many as the bucket holds: how many were spent,
+        and the seconds until one more would be (0.0 when all ``count`` were)."""
+        if count <= 0:
+            return 0, 0.0
+        with self._lock:
+            bucket = self._refill(key, limit, now)
+            granted = min(count, int(bucket[0]))
+            bucket[0] -= granted
+            if granted == count:
+                return granted, 0.0
+            return granted, (1 - bucket[0]) / limit.rate
+
     def peek(self, key: Any, limit: Limit, now: float) -> float:
         """Like ``take`` of one token but spending nothing (and creating no bucket)."""
         with self._lock:
@@ -192,6 +205,15 @@ class RateLimiter:
         wait = self.actors.take(subject, self.policy.for_role(role), now)
         if wait > 0:
             self._refuse("actor", wait)
+
+    def take_actor_upto(self, subject: str, role: str, count: int,
+                        now: float) -> tuple[int, float]:
+        """Spend up to ``count`` tokens of the actor's bucket at once (the items of a batch):
+        how many it held, and the seconds until the next; each item left without one counts
+        as a limited request."""
+        granted, wait = self.actors.take_upto(subject, self.policy.for_role(role), now, count)
+        self.limited["actor"] += count - granted
+        return granted, wait
 
     def _refuse(self, scope: str, wait: float) -> None:
         self.limited[scope] += 1

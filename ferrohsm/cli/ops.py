@@ -1,4 +1,5 @@
-"""`ferrohsm {encrypt,decrypt,sign,verify,wrap,unwrap} KEY`: bytes in, bytes out.
+"""`ferrohsm {encrypt,decrypt,sign,verify,wrap,unwrap} KEY`: bytes in, bytes out; and
+`ferrohsm data-key KEY`, a data key for envelope encryption (JSON out).
 
 Input comes from ``--in FILE`` or stdin, output goes to ``--out FILE`` or stdout. Ciphertexts and
 wrapped keys are written as their ``fhsm:v<N>:…`` text (one line), signatures as raw DER,
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import sys
 from typing import Any
 
 from . import output
-from .settings import Settings, approval_flag, command
+from .settings import Settings, UsageError, approval_flag, command
 from .streams import read_input, read_text_input, write_output
 
 IN_OUT = "--in FILE (default stdin) and --out FILE (default stdout)"
@@ -68,6 +70,29 @@ def add_parsers(sub: Any) -> None:
             p.add_argument("--key-version", type=int, metavar="N",
                            help="check against version N (default: the primary version)")
         approval_flag(p)
+    add_data_key_parser(sub)
+
+
+def add_data_key_parser(sub: Any) -> None:
+    p = command(sub, "data-key", data_key, help="make a data key for envelope encryption",
+                description=("Ask the server for a fresh data key encrypted under KEY (an "
+                             "aes-256-gcm encrypt key). Writes the API's JSON answer: "
+                             "plaintext (base64; use it to encrypt locally, then forget it), "
+                             "ciphertext (fhsm:v…: keep it beside the data; `ferrohsm decrypt "
+                             "KEY` gives the data key back), key_id and key_version. An --out "
+                             "file holding the plaintext is created 0600; a plaintext key is "
+                             "never written to a terminal."),
+                epilog=("examples:\n  ferrohsm data-key payments --out dek.json\n"
+                        "  ferrohsm data-key payments --bits 128 --no-plaintext"))
+    p.add_argument("key", metavar="KEY", help="key id or name")
+    p.add_argument("--bits", type=int, default=256, choices=(128, 192, 256),
+                   help="data key size (default 256)")
+    p.add_argument("--no-plaintext", action="store_true",
+                   help="answer only the ciphertext (for a service that decrypts it later)")
+    p.add_argument("--aad", metavar="TEXT",
+                   help="associated data (UTF-8) bound to the ciphertext; decrypt must give it")
+    p.add_argument("--out", metavar="FILE", help="output file ('-' or absent: stdout)")
+    approval_flag(p)
 
 
 def _aad(args: argparse.Namespace) -> bytes | None:
@@ -141,6 +166,18 @@ def unwrap(args: argparse.Namespace, client: Any, settings: Settings) -> int:
         return _emit_json(args, {**result, "key_material": _b64(result["key_material"])},
                           True)
     write_output(args.out, result["key_material"], secret=True, binary=True)
+    return 0
+
+
+def data_key(args: argparse.Namespace, client: Any, settings: Settings) -> int:
+    result = client.data_key(args.key, args.bits, include_plaintext=not args.no_plaintext,
+                             aad=_aad(args), **_opts(settings))
+    secret = "plaintext" in result
+    if secret and args.out in (None, "-") and sys.stdout.isatty():
+        raise UsageError("refusing to write a plaintext data key to a terminal: use --out "
+                         "FILE, redirect stdout, or --no-plaintext")
+    value = {**result, "plaintext": _b64(result["plaintext"])} if secret else result
+    write_output(args.out, output.json_text(value).encode(), secret=secret)
     return 0
 
 

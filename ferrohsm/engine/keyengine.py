@@ -6,6 +6,7 @@ about principals or HTTP; it is what bench/bench_service.py measures against bar
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, NoReturn
 
 from ..crypto import ops
@@ -61,6 +62,14 @@ class KeyEngine:
         version = lc.check_use(key, lc.Use.ENCRYPT)
         blob = ops.encrypt(self.handle(key, version), plaintext, aad)
         return ops.format_token(version.version, blob), version.version
+
+    def data_key(self, key: Key, size: int, aad: bytes | None) -> tuple[bytes, str, int]:
+        """A fresh random key of ``size`` bytes and its encryption under ``key``'s primary
+        version: (plaintext, fhsm:v… token, version). The plaintext is the caller's to hand out
+        or drop; nothing here keeps it."""
+        material = secrets.token_bytes(size)
+        token, version = self.encrypt(key, material, aad)
+        return material, token, version
 
     def decrypt(self, key: Key, token: str, aad: bytes | None) -> tuple[bytes, int]:
         self._check_size(aad)

@@ -55,6 +55,22 @@ class AuditLog(Protocol):
     def fail_closed(self, reason: str) -> None: ...
 
 
+class OutOfScope(NotFound):
+    """A key outside a tag-scoped token's tags: answered exactly as a missing key (404, the same
+    message), while its audit record (outcome denied) names the key and says why."""
+
+    outcome = "denied"
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(MISSING_KEY, key_id=key_id)
+        self.reason = f"this token's tags do not cover key {key_id}"
+
+
+def audit_message(exc: FerroError) -> str:
+    """What the record of the refusal ``exc`` says: its message, or for a hidden key, why."""
+    return exc.reason if isinstance(exc, OutOfScope) else exc.message
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -112,8 +128,8 @@ class Guard:
             key_id = str(exc.details["key_id"])  # e.g. a record that failed its MAC: name it
         details: dict[str, Any] = {"key_ref": key_ref(ref)} \
             if key is None and key_id is None and ref else {}
-        self.record(ctx, action, exc.outcome, exc.message, key, key_id=key_id, defer=True,
-                    **details)
+        self.record(ctx, action, exc.outcome, audit_message(exc), key, key_id=key_id,
+                    defer=True, **details)
         return recorded(exc)
 
     def run(self, ctx: RequestContext, action: Action, work: Callable[[], T], *,
@@ -137,16 +153,24 @@ class Guard:
         in the records."""
         key = None
         try:
-            key = self._resolve(ctx, action, ref, authorize)
-            if authorize:
-                self._hide_out_of_scope(ctx, action, key)
-            decision = decide(ctx.principal, action, key, self.policy, self.clock) \
-                if authorize else ALLOWED
-            if decision is not ALLOWED and decision.verdict is Verdict.DENY:
-                raise Forbidden(decision.reason)
+            key, decision = self.admit(ctx, action, ref, authorize)
             return work(key, decision)
         except FerroError as exc:
             raise self.refused(ctx, audit_action or action, exc, key, ref) from None
+
+    def admit(self, ctx: RequestContext, action: Action, ref: str,
+              authorize: bool = True) -> tuple[Key, Decision]:
+        """The key ``ref`` names and THE policy decision on it, or the refusal (not recorded:
+        the caller records it, once per call here, once per group of batch items in
+        service/batch.py). A refusal after the key was found names it (``details["key_id"]``)."""
+        key = self._resolve(ctx, action, ref, authorize)
+        if not authorize:
+            return key, ALLOWED
+        self._hide_out_of_scope(ctx, action, key)
+        decision = decide(ctx.principal, action, key, self.policy, self.clock)
+        if decision is not ALLOWED and decision.verdict is Verdict.DENY:
+            raise Forbidden(decision.reason, key_id=key.id)
+        return key, decision
 
     def _hide_out_of_scope(self, ctx: RequestContext, action: Action, key: Key) -> None:
         """A key outside a tag-scoped token's tags does not exist for that token: the answer is
@@ -156,9 +180,7 @@ class Guard:
         principal = ctx.principal
         if principal is not None and not may_see(principal, key) \
                 and refusal(principal, action) is None:
-            self.record(ctx, action, "denied", f"this token's tags do not cover key {key.id}",
-                        key, defer=True)
-            raise recorded(NotFound(MISSING_KEY))
+            raise OutOfScope(key.id)
 
     def _resolve(self, ctx: RequestContext, action: Action, ref: str, authorize: bool) -> Key:
         """The key ``ref`` names. A role that may not perform ``action`` at all hears 403 whether

@@ -242,6 +242,24 @@ class KeyService:
                                         {"plaintext": plaintext, "aad": aad})
         return {"ciphertext": token, "key_id": key.id, "key_version": version}
 
+    def data_key(self, ctx: RequestContext, ref: str, bits: int = 256, *,
+                 include_plaintext: bool = True, aad: bytes | None = None) -> dict[str, Any]:
+        """A fresh data key for envelope encryption, encrypted under ``ref`` (an ``encrypt``
+        key): authorized, approved, rate-limited and audited as an encrypt (the record says
+        "data key", never the key). ``plaintext`` only when ``include_plaintext``."""
+        if bits not in DATA_KEY_BITS:
+            raise BadRequest("bits must be one of " + ", ".join(map(str, DATA_KEY_BITS)))
+        key, (material, token), version = self._use(
+            ctx, Action.ENCRYPT, ref,
+            lambda k: _pair(self.engine.data_key(k, bits // 8, aad)),
+            lambda _: f"generated a {bits}-bit data key "
+                      f"({'plaintext returned' if include_plaintext else 'ciphertext only'})",
+            {"data_key_bits": bits, "include_plaintext": include_plaintext, "aad": aad})
+        out: dict[str, Any] = {"ciphertext": token, "key_id": key.id, "key_version": version}
+        if include_plaintext:
+            out["plaintext"] = material
+        return out
+
     def decrypt(self, ctx: RequestContext, ref: str, ciphertext: str,
                 aad: bytes | None = None) -> dict[str, Any]:
         _, plaintext, version = self._use(ctx, Action.DECRYPT, ref,
@@ -290,6 +308,14 @@ class KeyService:
                                  lambda k: self.engine.public_pem(k, version),
                                  lambda _: "public key read", {"version": version})
         return {"version": used, "pem": pem}
+
+
+DATA_KEY_BITS = (128, 192, 256)  # AES key sizes: what a data key is for
+
+
+def _pair(made: tuple[bytes, str, int]) -> tuple[tuple[bytes, str], int]:
+    """(plaintext, token, version) as ``_use`` wants it: (result, version)."""
+    return (made[0], made[1]), made[2]
 
 
 def attestation(key: Key, now: datetime, backend: str,

@@ -111,6 +111,7 @@ MATRIX: dict[tuple[str, str], tuple[set[str], Callable[[LiveServer], Call]]] = {
     ("POST", "/v1/keys/{key}/wrap"): (S, on_key("POST", "/wrap", {"key_material": B(b"k" * 32)},
                                                 usage="wrap")),
     ("POST", "/v1/keys/{key}/unwrap"): (S, _unwrap),
+    ("POST", "/v1/keys/{key}/data-key"): (S, on_key("POST", "/data-key", {"bits": 256})),
     ("GET", "/v1/openapi.json"): (ALL, lambda srv: ("GET", "/v1/openapi.json", None)),
     ("POST", "/v1/tokens/revoke"): (A, lambda srv: ("POST", "/v1/tokens/revoke",
                                                     {"jti": secrets.token_hex(8)})),

@@ -291,6 +291,51 @@ def test_wrap_unwrap_round_trip(cli: Cli, tmp_path: Path) -> None:
     assert_api_error(cli("wrap", enc_key, role="service", stdin=material), "conflict")
 
 
+def test_data_key_round_trip_no_plaintext_and_errors(cli: Cli, tmp_path: Path) -> None:
+    key = create(cli, "aes-256-gcm", "encrypt")["name"]
+    out = tmp_path / "dek.json"
+    made = cli("data-key", key, "--bits", "128", "--out", str(out), role="service")
+    assert made.code == 0, made.err
+    answer = json.loads(out.read_text())
+    assert (out.stat().st_mode & 0o777) == 0o600  # it holds a plaintext key
+    data_key = base64.b64decode(answer["plaintext"])
+    assert len(data_key) == 16 and answer["ciphertext"].startswith("fhsm:v1:")
+    back = cli("decrypt", key, role="service", stdin=answer["ciphertext"].encode())
+    assert back.code == 0 and back.out == data_key
+    wrapped_only = cli("data-key", key, "--no-plaintext", "--aad", "tenant-7", role="service")
+    assert wrapped_only.code == 0 and "plaintext" not in wrapped_only.json()
+    again = cli("decrypt", key, "--aad", "tenant-7", role="service",
+                stdin=wrapped_only.json()["ciphertext"].encode())
+    assert again.code == 0 and len(again.out) == 32
+    assert cli("data-key", key, "--bits", "100", role="service").code == 2
+    assert_api_error(cli("data-key", key, role="operator"), "forbidden")
+    sign_key = create(cli, "ec-p256", "sign")["name"]
+    assert_api_error(cli("data-key", sign_key, role="service"), "conflict")
+
+
+def test_a_plaintext_data_key_is_never_written_to_a_terminal(cli: Cli, live: LiveServer) -> None:
+    import argparse
+    from typing import cast
+
+    from ferrohsm.cli import ops
+    from ferrohsm.cli.settings import Settings, UsageError
+    from ferrohsm.client import Client
+    key = create(cli, "aes-256-gcm", "encrypt")["name"]
+    settings = cast(Settings, argparse.Namespace(approval_id=None))
+    terminal = mock.Mock(isatty=lambda: True)
+    with Client(f"https://127.0.0.1:{live.port}", live.token("service"),
+                ca_cert=str(live.pki.ca_cert)) as client, \
+            mock.patch.object(sys, "stdout", terminal):
+        args = argparse.Namespace(key=key, bits=256, no_plaintext=False, aad=None, out=None)
+        with pytest.raises(UsageError, match="terminal"):
+            ops.data_key(args, client, settings)
+        terminal.buffer.write.assert_not_called()
+        args.no_plaintext = True
+        assert ops.data_key(args, client, settings) == 0  # a wrapped key alone may be shown
+    written = b"".join(c.args[0] for c in terminal.buffer.write.call_args_list)
+    assert b"ciphertext" in written and b"plaintext" not in written
+
+
 def test_correlation_id_reaches_the_audit_log(cli: Cli, live: LiveServer) -> None:
     key = create(cli, "ec-p256", "sign")["name"]
     corr = unique("build")

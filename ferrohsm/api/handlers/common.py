@@ -95,7 +95,14 @@ def fields(req: Request, spec: dict[str, Field]) -> dict[str, Any]:
     """The body's members, type-checked against ``spec``; unknown members are an error.
 
     Handlers pass specs built once at registration, not per request."""
-    body = json_body(req)
+    return check_fields(json_body(req), spec)
+
+
+def check_fields(body: Any, spec: dict[str, Field]) -> dict[str, Any]:
+    """``fields`` for a JSON value already parsed (an item of a batch): an object whose members
+    ``spec`` declares, type-checked; BadRequest otherwise."""
+    if not isinstance(body, dict):
+        raise BadRequest("each batch item must be a JSON object")
     if not body.keys() <= spec.keys():
         unknown = sorted(set(body) - set(spec))
         # Names come from the client: escaped (ascii) and bounded, never echoed raw.
