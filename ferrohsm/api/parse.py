@@ -61,6 +61,10 @@ _TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,10}")
 _REQUEST_ID_SCAN_RE = re.compile(rb"(?im)^x-request-id:[ \t]*([A-Za-z0-9._:-]{1,128})[ \t]*\r?$")
 MAX_QUERY_FIELDS = 100
+# Every 413 names the way out: large data is signed by its digest, encrypted under a data key.
+TOO_LARGE_HINT = ("; sign or verify large data by its digest (the \"digest\" member; "
+                  "`ferrohsm sign` sends one by default) and encrypt large data locally under a "
+                  "data key protected with wrap")
 
 # Response side: headers the server owns (an application value would break framing).
 _SERVER_HEADERS = frozenset(
@@ -254,7 +258,7 @@ def _content_length(headers: Headers, limits: Limits) -> int:
         raise BadRequest("malformed Content-Length")
     length = int(values[0])
     if length > limits.max_body:
-        raise PayloadTooLarge(f"request body larger than {limits.max_body} bytes")
+        raise PayloadTooLarge(f"request body larger than {limits.max_body} bytes{TOO_LARGE_HINT}")
     content_type = headers.values_of("content-type")
     if length and not _is_json(content_type[0] if content_type else None):
         raise UnsupportedMediaType("request bodies must be application/json")
@@ -328,7 +332,8 @@ class ChunkedBody:
             raise BadRequest("malformed chunk size (1 to 8 hex digits, nothing else)")
         size = int(line, 16)
         if len(self.body) + size > self.max_body:
-            raise PayloadTooLarge(f"request body larger than {self.max_body} bytes")
+            raise PayloadTooLarge(f"request body larger than {self.max_body} bytes"
+                                  f"{TOO_LARGE_HINT}")
         self.remaining = size
         self.state = DATA if size else LAST_END
 

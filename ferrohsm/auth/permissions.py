@@ -36,6 +36,7 @@ class Action(StrEnum):
     APPROVAL_DECIDE = "approval.decide"
     AUDIT_READ = "audit.read"
     TOKEN_REVOKE = "token.revoke"
+    TOKEN_WHOAMI = "token.whoami"
 
 
 A, O, U, S = Role.ADMINISTRATOR, Role.OPERATOR, Role.AUDITOR, Role.SERVICE
@@ -64,6 +65,7 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.APPROVAL_DECIDE: MANAGERS,
     Action.AUDIT_READ: frozenset({A, O, U}),
     Action.TOKEN_REVOKE: frozenset({A}),
+    Action.TOKEN_WHOAMI: READERS,
 }
 
 
