@@ -87,8 +87,19 @@ def _tables(root: argparse.ArgumentParser, shell: str) -> str:
     valued = [(" ".join(c.path), _words(_valued(c))) for c in commands if _valued(c)]
     choices = [(" ".join((*c.path, flag)), _words(values)) for c in commands
                for flag, values in _choices(c).items()]
+    args = [(" ".join(c.path), _words(_argument_choices(c))) for c in commands
+            if _argument_choices(c)]
     return "".join(_case(f"__ferrohsm_{kind}", arms, shell) for kind, arms in (
-        ("subcommands", subs), ("flags", flags), ("valued", valued), ("choices", choices)))
+        ("subcommands", subs), ("flags", flags), ("valued", valued), ("choices", choices),
+        ("arguments", args)))
+
+
+def _argument_choices(command: tree.Command) -> list[str]:
+    """The choices of the command's positional argument, if it has any (`completion SHELL`)."""
+    for action in tree.positionals(command.parser):
+        if action.choices:
+            return [str(c) for c in action.choices]
+    return []
 
 
 def _header(name: str) -> str:
@@ -131,7 +142,7 @@ _ferrohsm() {
         return 0
     fi
     local subs
-    subs="$(__ferrohsm_subcommands "$cmdpath")"
+    subs="$(__ferrohsm_subcommands "$cmdpath")$(__ferrohsm_arguments "$cmdpath")"
     if [[ -n "$subs" ]]; then
         mapfile -t COMPREPLY < <(compgen -W "$subs" -- "$cur")
     else
@@ -167,7 +178,7 @@ _ferrohsm() {
         compadd -- ${=$(__ferrohsm_flags "$cmdpath")}
         return
     fi
-    subs=(${=$(__ferrohsm_subcommands "$cmdpath")})
+    subs=(${=$(__ferrohsm_subcommands "$cmdpath")} ${=$(__ferrohsm_arguments "$cmdpath")})
     if (( ${#subs} )); then compadd -- $subs; else _files; fi
 }
 
@@ -201,12 +212,15 @@ end
 complete -c ferrohsm -f
 ''']
     for command in tree.walk(root):
-        where = shlex.quote(f"__ferrohsm_at {shlex.quote(' '.join(command.path))}")
+        where = f"'__ferrohsm_at \"{' '.join(command.path)}\"'"  # names: [a-z-] only
         sub = tree.subparsers(command.parser)
         helps = {a.dest: a.help or "" for a in sub._choices_actions} if sub else {}
         for name in command.children:
             lines.append(f"complete -c ferrohsm -n {where} -a {shlex.quote(name)} "
                          f"-d {shlex.quote(_short(helps.get(name, '')))}\n")
+        if _argument_choices(command):
+            lines.append(f"complete -c ferrohsm -n {where} -a "
+                         f"{shlex.quote(' '.join(_argument_choices(command)))}\n")
         for action in tree.options(command.parser):
             lines.append(_fish_option(where, action))
     return "".join(lines)

@@ -210,7 +210,8 @@ def check_token(token: str, where: str) -> str:
     cannot be sent is named here, without showing the token."""
     if not token:
         raise UsageError(f"{where} is empty")
-    bad = next((c for c in token if not c.isprintable() or c.isspace()), None)
+    bad = next((c for c in token if not c.isprintable() or c.isspace() or not c.isascii()),
+               None)
     if bad is not None:
         kind = "a line break" if bad in "\r\n" else f"the character U+{ord(bad):04X}"
         raise UsageError(f"{where} contains {kind} inside it: a token is one line without "
