@@ -94,14 +94,14 @@ def status(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     tls = health.get("tls") if isinstance(health.get("tls"), dict) else None
     not_after, source = (tls.get("not_after"), "healthz") if tls and tls.get("not_after") \
         else (_peer_not_after(client), "tls")
-    document = {"server": settings.server, "status": health.get("status"),
-                "version": health.get("version"), "sealed": bool(health.get("sealed", False)),
-                "reason": health.get("reason"),
-                "certificate": {"not_after": not_after, "days_left": _days_left(not_after),
-                                "source": source}}
+    cert: dict[str, Any] = {"not_after": not_after, "days_left": _days_left(not_after),
+                            "source": source}
+    document: dict[str, Any] = {
+        "server": settings.server, "status": health.get("status"),
+        "version": health.get("version"), "sealed": bool(health.get("sealed", False)),
+        "reason": health.get("reason"), "certificate": cert}
 
     def human() -> str:
-        cert = document["certificate"]
         days = cert["days_left"]
         pairs = [("Server", settings.server),
                  ("Health", str(document["status"]) + (f": {document['reason']}"
