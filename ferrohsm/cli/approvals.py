@@ -20,7 +20,10 @@ STATES = ("pending", "approved", "denied", "expired", "executed")
 def add_parsers(sub: Any) -> None:
     approvals = sub.add_parser("approvals", help="list, approve and deny dual-control requests",
                                description="Dual control: requests on keys whose tags require "
-                               "a quorum wait here for distinct approvers.")
+                               "a quorum wait here for distinct approvers.",
+                               formatter_class=argparse.RawDescriptionHelpFormatter,
+                               epilog="examples:\n  ferrohsm approvals list --state pending\n"
+                               "  ferrohsm approvals approve 3d5c0f7e-… --comment 'ticket 42'")
     asub = approvals.add_subparsers(dest="approvals_command", metavar="SUBCOMMAND",
                                     required=True)
     p = command(asub, "list", list_approvals, help="list approval requests",

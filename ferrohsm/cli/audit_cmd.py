@@ -27,7 +27,11 @@ OFFLINE = {"verify": "verify an audit log offline with the HMAC key (exit 1 name
 def add_parsers(sub: Any) -> None:
     audit = sub.add_parser("audit", help="export, verify and summarise the audit log",
                            description="Audit log tools: export reads the server; verify and "
-                           "report work offline on an export or on the server's log files.")
+                           "report work offline on an export or on the server's log files.",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="examples:\n  ferrohsm audit export --out audit.jsonl\n"
+                           "  ferrohsm audit verify audit.jsonl --hmac-key-file audit-hmac.key "
+                           "--no-checkpoints")
     asub = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
     p = command(asub, "export", export, help="write the audit log as JSONL (one record a line)",
                 description="Export audit records (Auditor, Administrator or Operator token) as "

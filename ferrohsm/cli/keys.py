@@ -18,7 +18,10 @@ STATES = ("active", "revoked", "destroy_scheduled", "destroyed")
 
 def add_parsers(sub: Any) -> None:
     keys = sub.add_parser("keys", help="create, list, describe, rotate, revoke and destroy keys",
-                          description="Key lifecycle. KEY is a key's id or its unique name.")
+                          description="Key lifecycle. KEY is a key's id or its unique name.",
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="examples:\n  ferrohsm keys list --tag pci\n"
+                          "  ferrohsm keys show payments --field primary_version")
     ksub = keys.add_subparsers(dest="keys_command", metavar="SUBCOMMAND", required=True)
     _create(ksub)
     _list(ksub)

@@ -18,7 +18,10 @@ from .settings import Settings, command
 def add_parser(sub: Any) -> None:
     token = sub.add_parser("token", help="issue and revoke bearer tokens",
                            description="Issue short-lived bearer tokens (HS256) and revoke "
-                           "them by their jti.")
+                           "them by their jti.",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="examples:\n  ferrohsm token issue --data-dir ferrohsm-data "
+                           "--subject ci --role service\n  ferrohsm token revoke JTI")
     tsub = token.add_subparsers(dest="token_command", metavar="SUBCOMMAND", required=True)
     issue = tsub.add_parser("issue", help="sign a token for a subject and role",
                             description="Sign a token with FERROHSM_JWT_HS256_SECRET, the "
