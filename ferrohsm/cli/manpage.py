@@ -55,11 +55,6 @@ def escape(text: str) -> str:
                      for line in text.split("\n"))
 
 
-def _usage(parser: argparse.ArgumentParser) -> str:
-    usage = parser.format_usage().strip()
-    return " ".join(usage.removeprefix("usage:").split())
-
-
 def _option(action: argparse.Action) -> str:
     metavar = action.metavar or (action.dest.upper() if tree.takes_value(action) else None)
     if action.choices and tree.takes_value(action):
@@ -71,14 +66,14 @@ def _option(action: argparse.Action) -> str:
 
 def _command(command: tree.Command) -> str:
     parser = command.parser
-    parts = [f'.SS "{escape(command.name)}"\n', f".B {escape(_usage(parser))}\n.PP\n",
+    parts = [f'.SS "{escape(command.name)}"\n', f".B {escape(tree.synopsis(command))}\n.PP\n",
              escape(" ".join((parser.description or command.help).split())) + "\n"]
     for action in tree.positionals(parser):
         parts.append(f".TP\n\\fI{escape(str(action.metavar or action.dest))}\\fR\n"
                      f"{escape(str(action.help or ''))}\n")
     client = {a.dest for a in tree.options(parser)} >= {"server", "token", "ca_cert"}
     for action in tree.options(parser):
-        if client and action.dest in CLIENT_DESTS:
+        if client and action.dest in tree.CLIENT_DESTS:
             continue  # described once, under CLIENT SETTINGS
         if action.dest == "help":
             continue
@@ -86,11 +81,6 @@ def _command(command: tree.Command) -> str:
     if parser.epilog:
         parts.append(f".PP\n.nf\n{escape(parser.epilog.strip())}\n.fi\n")
     return "".join(parts)
-
-
-CLIENT_DESTS = frozenset({"server", "token", "token_file", "ca_cert", "client_cert",
-                          "client_key", "profile", "timeout", "output", "field",
-                          "correlation_id"})
 
 
 def page(root: argparse.ArgumentParser) -> str:

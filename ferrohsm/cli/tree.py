@@ -88,3 +88,37 @@ def no_abbreviations(root: argparse.ArgumentParser) -> None:
         sub = subparsers(command.parser)
         for child in (sub.choices.values() if sub else ()):
             child.allow_abbrev = False
+
+
+# The client settings every client command takes: listed once (manual page, README), not per
+# command.
+CLIENT_DESTS = frozenset({"server", "token", "token_file", "ca_cert", "client_cert",
+                          "client_key", "profile", "timeout", "output", "field",
+                          "correlation_id"})
+
+
+def _metavar(action: argparse.Action) -> str:
+    if action.metavar:
+        return str(action.metavar)
+    if action.choices:
+        return "{" + ",".join(str(c) for c in action.choices) + "}"
+    return action.dest.upper()
+
+
+def synopsis(command: Command) -> str:
+    """``ferrohsm keys create --algorithm A --usage U [--name NAME] [--tag TAG]…``: the
+    command's own flags (the client settings are listed once, apart)."""
+    parts = [command.name]
+    for action in positionals(command.parser):
+        many = action.nargs in ("+", "*")
+        parts.append(_metavar(action) + ("…" if many else ""))
+    for action in options(command.parser):
+        if action.dest == "help" or action.dest in CLIENT_DESTS:
+            continue
+        flag = action.option_strings[0] if action.option_strings[0].startswith("--") \
+            else action.option_strings[-1]
+        text = f"{flag} {_metavar(action)}" if takes_value(action) else flag
+        if not action.required:
+            text = f"[{text}]" + ("…" if isinstance(action, argparse._AppendAction) else "")
+        parts.append(text)
+    return " ".join(parts)
