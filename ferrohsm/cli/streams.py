@@ -167,7 +167,10 @@ class Output:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         self._tmp, self._target = Path(tmp), target
         self._fh = os.fdopen(fd, "wb")
-        os.fchmod(fd, 0o600 if self.secret else 0o666 & ~_umask())
+        # A file replaced keeps its permissions (never wider than 0600 for a secret); a new one
+        # gets what the umask allows, or 0600 for a secret.
+        keep = stat.S_IMODE(mode) if mode is not None else 0o666 & ~_umask()
+        os.fchmod(fd, keep & 0o600 if self.secret else keep)
 
     def write(self, data: bytes) -> None:
         """Add ``data`` (to the temporary file; straight through for stdout and devices)."""

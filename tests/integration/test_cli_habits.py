@@ -215,6 +215,11 @@ def test_outputs_are_opened_before_the_server_acts(cli: Cli, live: LiveServer,
                role="service").code == 0
     assert plain.read_bytes() == b"4111" and stat.S_IMODE(plain.stat().st_mode) == 0o600
     assert cli("encrypt", key, "--out", os.devnull, role="service", stdin=b"x").code == 0
+    kept = tmp_path / "kept.enc"
+    kept.write_text("old")
+    kept.chmod(0o640)
+    assert cli("encrypt", key, "--out", str(kept), role="service", stdin=b"new").code == 0
+    assert kept.read_text().startswith("fhsm:v1:") and stat.S_IMODE(kept.stat().st_mode) == 0o640
 
 
 def _umask() -> int:
