@@ -148,7 +148,7 @@ def run_client(args: argparse.Namespace) -> int:
         return USAGE
     except ApprovalRequired as exc:
         from .settings import output_format
-        _approval_pending(exc, output_format(args) == "json")
+        _approval_pending(exc, output_format(args) == "json", getattr(args, "field", None))
         return FAILED
     except ApiError as exc:
         hint = _hint(exc.code, args.command, token)
@@ -205,11 +205,17 @@ def _unverified_claims(token: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _approval_pending(exc: Any, as_json: bool) -> None:
-    """A parked request is not an error, but it did not run: say what to do next."""
-    from .output import print_json, relative, when
+def _approval_pending(exc: Any, as_json: bool, field: str | None = None) -> None:
+    """A parked request is not an error, but it did not run: say what to do next (and with
+    --field, print that member of the answer: ``ID=$(ferrohsm unwrap … --field approval.id)``)."""
+    from .output import field_text, print_json, relative, when
     approval = exc.approval
-    if as_json:
+    if field:
+        try:
+            print(field_text(dict(exc.body), field))
+        except FieldMissing as missing:
+            _fail(str(missing))
+    elif as_json:
         print_json(dict(exc.body))
     ident = approval.get("id", "?")
     have = len(approval.get("approvals") or [])

@@ -250,6 +250,8 @@ def test_a_repeated_parked_command_gets_its_pending_approval(cli: Cli, live: Liv
         assert parked.code == 1
         ids.append(parked.json()["approval"]["id"])
     assert ids[0] == ids[1]
+    by_field = cli("unwrap", kek, "--field", "approval.id", role="service", stdin=wrapped)
+    assert by_field.code == 1 and by_field.text == f"{ids[0]}\n"  # ID=$(… --field approval.id)
     key_id = cli("keys", "show", kek, "--field", "id").text.strip()
     pending = [a for a in live.call("GET", "/v1/approvals?state=pending")[2]["approvals"]
                if a["key_id"] == key_id]
