@@ -22,22 +22,20 @@ import sys
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO, NoReturn, Self
 
 from .errors import CANNOT_WRITE, CliExit
 from .settings import UsageError
 
 MAX_INPUT = 64 * 1024 * 1024  # far above what the server accepts; stops `cat /dev/zero |` early
-
-
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # what hash_input reads at a time
 
 
 def _source(path: str | None) -> str:
     return "standard input" if path in (None, "-") else str(path)
 
 
-def _refuse_empty(path: str | None) -> None:
+def _refuse_empty(path: str | None) -> NoReturn:
     raise UsageError(f"{_source(path)} is empty: refusing to process nothing (did the step "
                      "that produces it fail?); give --allow-empty if empty input is intended")
 
