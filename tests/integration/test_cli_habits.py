@@ -244,12 +244,16 @@ def test_encrypt_and_sign_refuse_empty_input(cli: Cli, live: LiveServer) -> None
 def test_a_repeated_parked_command_gets_its_pending_approval(cli: Cli, live: LiveServer) -> None:
     kek = create(cli, "aes-256-gcm", "wrap", "dual")
     wrapped = cli("wrap", kek, role="service", stdin=os.urandom(32)).out
-    ids = []
-    for _ in range(2):
-        parked = cli("unwrap", kek, "--json", role="service", stdin=wrapped)
+    ids, corrs = [], [unique("park"), unique("repeat")]
+    for corr in corrs:
+        parked = cli("unwrap", kek, "--json", "--correlation-id", corr, role="service",
+                     stdin=wrapped)
         assert parked.code == 1
         ids.append(parked.json()["approval"]["id"])
     assert ids[0] == ids[1]
+    assert audit_actions(live, corrs[0]) == [("approval.requested", "intent"),
+                                             ("approval.requested", "success")]
+    assert audit_actions(live, corrs[1]) == [("crypto.unwrap", "denied")]  # no second approval
     by_field = cli("unwrap", kek, "--field", "approval.id", role="service", stdin=wrapped)
     assert by_field.code == 1 and by_field.text == f"{ids[0]}\n"  # ID=$(… --field approval.id)
     key_id = cli("keys", "show", kek, "--field", "id").text.strip()
