@@ -235,9 +235,7 @@ def redeem(approval: Approval, requester: str, action: str, key_id: str,
     """
     if approval.requester != requester:
         raise Forbidden(f"approval {approval.id} was requested by someone else")
-    salt = bytes.fromhex(approval.salt)
-    if approval.action != action or approval.key_id != key_id or not hmac.compare_digest(
-            approval.request_hash, request_hash(action, key_id, args, salt)):
+    if not binds(approval, action, key_id, args):
         raise Forbidden(f"approval {approval.id} was granted for a different request")
     state = effective_state(approval, now)
     if state is ApprovalState.EXPIRED:
