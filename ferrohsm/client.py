@@ -354,7 +354,8 @@ class Client:
             return None
         if not isinstance(error, dict):
             raise _error_class("", status)(f"HTTP {status} without an error body",
-                                           status=status, request_id=request_id)
+                                           status=status, request_id=request_id,
+                                           body=parsed if isinstance(parsed, dict) else None)
         code = str(error.get("code") or "error")
         raise _error_class(code, status)(
             str(error.get("message") or code), status=status, code=code,
@@ -442,11 +443,19 @@ class Client:
     def verify(self, key: str, signature: bytes, message: bytes | None = None, *,
                digest: bytes | None = None, algorithm: str | None = None,
                key_version: int | None = None, **opts: Any) -> bool:
+        return bool(self.verify_result(key, signature, message, digest=digest,
+                                       algorithm=algorithm, key_version=key_version,
+                                       **opts).get("valid"))
+
+    def verify_result(self, key: str, signature: bytes, message: bytes | None = None, *,
+                      digest: bytes | None = None, algorithm: str | None = None,
+                      key_version: int | None = None, **opts: Any) -> dict[str, Any]:
+        """The whole answer: ``{"valid": bool, "key_version": N}``."""
         body = _drop_none({"message": None if message is None else b64e(message),
                            "digest": None if digest is None else b64e(digest),
                            "signature": b64e(signature), "algorithm": algorithm,
                            "key_version": key_version})
-        return bool(self._post(key, "verify", body, opts).get("valid"))
+        return self._post(key, "verify", body, opts)
 
     def wrap(self, key: str, key_material: bytes, **opts: Any) -> dict[str, Any]:
         """``{"wrapped": "fhsm:v1:...", "key_id", "key_version"}``."""
@@ -539,6 +548,35 @@ class Client:
 
     def health(self) -> dict[str, Any]:
         return self.request("GET", "/healthz")  # type: ignore[no-any-return]
+
+    def whoami(self) -> dict[str, Any]:
+        """The caller as the server sees its token: subject, role, tags, expires_at, …."""
+        return self.request("GET", "/v1/whoami")  # type: ignore[no-any-return]
+
+    def revoke_token(self, jti: str, exp: int | None = None,
+                     **opts: Any) -> dict[str, Any]:
+        """Deny-list the token whose ``jti`` claim this is (Administrators)."""
+        return self.request("POST", "/v1/tokens/revoke",  # type: ignore[no-any-return]
+                            _drop_none({"jti": jti, "exp": exp}), **opts)
+
+    def server_certificate(self) -> dict[str, Any]:
+        """The verified peer certificate of the connection (``ssl.getpeercert()``: subject,
+        notAfter, subjectAltName…), connecting first when no connection is open."""
+        conn = self._connection()
+        try:
+            if conn.sock is None:
+                conn.connect()
+            sock = conn.sock
+            return dict(sock.getpeercert() or {}) if isinstance(sock, ssl.SSLSocket) else {}
+        except ssl.SSLCertVerificationError as exc:
+            self.close()
+            error = TransportError(f"TLS: cannot verify the server certificate of {self.url} "
+                                   f"({exc.verify_message}); check --ca-cert")
+            error.retryable = False
+            raise error from None
+        except OSError as exc:
+            self.close()
+            raise TransportError(f"cannot reach {self.url}: {_describe(exc)}") from None
 
 
 def _dropped(sock: socket.socket) -> bool:

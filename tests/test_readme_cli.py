@@ -1,4 +1,5 @@
-"""Every `ferrohsm` subcommand has complete --help and is documented in README's "Command line"."""
+"""Every `ferrohsm` subcommand has complete --help with an example, and README's "Command line"
+table is the one the parser generates (``python3 -m ferrohsm.cli.docgen`` rewrites it)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ferrohsm.cli import docgen, tree
 from ferrohsm.cli.main import build_parser, main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -47,10 +49,33 @@ def readme_section() -> str:
     return match.group(1)
 
 
+def test_the_readme_table_is_generated_from_the_parser() -> None:
+    text = README.read_text(encoding="utf-8")
+    assert docgen.BEGIN in readme_section() and docgen.END in readme_section()
+    assert docgen.replace_block(text, docgen.block(build_parser())) == text, \
+        "README.md's command table drifted from the parser: run `python3 -m ferrohsm.cli.docgen`"
+    assert docgen.main(["--check"]) == 0
+
+
+def test_every_command_has_an_example_and_no_abbreviations() -> None:
+    """Walks the real tree (the offline tools' own parsers included): a command without an
+    example in its --help, or a parser that accepts a prefix of a flag, fails here."""
+    commands = list(tree.walk(build_parser()))
+    assert {("audit", "verify"), ("audit", "report"), ("serve",), ("quickstart",),
+            ("token", "issue")} <= {c.path for c in commands}
+    for command in commands:
+        assert command.parser.allow_abbrev is False, command.name
+        if command.path:  # every command and command group, not only the runnable ones
+            assert "example" in (command.parser.epilog or ""), f"{command.name}: no example"
+            assert command.name in (command.parser.epilog or "") or \
+                command.path[-1] in (command.parser.epilog or ""), command.name
+
+
 def test_the_tree_has_every_api_md_command() -> None:
     expected = {"serve", "quickstart", "token issue", "encrypt", "decrypt", "sign", "verify",
                 "wrap", "unwrap", "approvals list", "approvals approve", "approvals deny",
-                "audit export", "audit verify", "audit report"} | {
+                "audit export", "audit verify", "audit report", "version", "status", "whoami",
+        "token revoke", "completion", "man"} | {
         f"keys {v}" for v in ("create", "list", "show", "rotate", "revoke", "destroy",
                               "cancel-destroy", "rollback", "public-key")}
     assert expected <= set(IDS)

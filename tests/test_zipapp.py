@@ -87,3 +87,14 @@ def test_zipapp_verifies_an_exported_audit_log_offline(zipapp: Path, tmp_path: P
     bad = run(zipapp, "audit", "verify", str(export), "--hmac-key-file", str(key_file),
               home=tmp_path)
     assert bad.returncode == 1 and "FAIL" in bad.stdout and "deleted" in bad.stdout, bad.stdout
+
+
+def test_the_manual_page_and_completion_ship_in_the_build(zipapp: Path, tmp_path: Path) -> None:
+    """`dist/ferrohsm man` and `dist/ferrohsm completion bash` work from the one file alone."""
+    page = run(zipapp, "man", home=tmp_path)
+    assert page.returncode == 0, page.stderr
+    assert page.stdout.startswith(".TH FERROHSM 1 ") and '.SS "ferrohsm keys create"' in \
+        page.stdout.replace("\\-", "-")
+    script = run(zipapp, "completion", "bash", home=tmp_path)
+    assert script.returncode == 0 and "complete -o bashdefault -o default -F _ferrohsm ferrohsm" \
+        in script.stdout

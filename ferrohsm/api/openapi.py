@@ -250,6 +250,15 @@ SCHEMAS: dict[str, Any] = {
     "TokenRevoked": {"type": "object", "required": ["jti", "revoked", "until"], "properties": {
         "jti": {"type": "string"}, "revoked": {"const": True},
         "until": {**TIME, "description": "the deny-list entry is kept until then"}}},
+    "WhoAmI": {"type": "object", "required": ["subject", "role", "tags", "expires_at"],
+               "properties": {
+                   "subject": {"type": "string"},
+                   "role": {"enum": ["administrator", "operator", "auditor", "service"]},
+                   "tags": {"type": ["array", "null"], "items": {"type": "string"},
+                            "description": "a service token's tag scope; null: no scope"},
+                   "expires_at": {**TIME, "type": ["string", "null"]},
+                   "jti": {"type": ["string", "null"]},
+                   "session": {"type": ["string", "null"]}}},
 }
 
 

@@ -66,6 +66,10 @@ MAX_QUERY_FIELDS = 100
 # Vault's Go API client (SOPS, Go services) sends its JSON bodies without a Content-Type: under
 # this prefix (api/transit) a body without one is taken as JSON; a declared other type is not.
 UNTYPED_JSON_PREFIX = "/v1/transit/"
+# Every 413 names the way out: large data is signed by its digest, encrypted under a data key.
+TOO_LARGE_HINT = ("; sign or verify large data by its digest (the \"digest\" member; "
+                  "`ferrohsm sign` sends one by default) and encrypt large data locally under a "
+                  "data key protected with wrap")
 
 # Response side: headers the server owns (an application value would break framing).
 _SERVER_HEADERS = frozenset(
@@ -265,7 +269,7 @@ def _content_length(headers: Headers, limits: Limits, untyped: bool = False) -> 
         raise BadRequest("malformed Content-Length")
     length = int(values[0])
     if length > limits.max_body:
-        raise PayloadTooLarge(f"request body larger than {limits.max_body} bytes")
+        raise PayloadTooLarge(f"request body larger than {limits.max_body} bytes{TOO_LARGE_HINT}")
     content_type = headers.values_of("content-type")
     if length and not _is_json_or_untyped(content_type[0] if content_type else None, untyped):
         raise UnsupportedMediaType("request bodies must be application/json")
@@ -339,7 +343,8 @@ class ChunkedBody:
             raise BadRequest("malformed chunk size (1 to 8 hex digits, nothing else)")
         size = int(line, 16)
         if len(self.body) + size > self.max_body:
-            raise PayloadTooLarge(f"request body larger than {self.max_body} bytes")
+            raise PayloadTooLarge(f"request body larger than {self.max_body} bytes"
+                                  f"{TOO_LARGE_HINT}")
         self.remaining = size
         self.state = DATA if size else LAST_END
 

@@ -182,15 +182,27 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
-def report_main(argv: list[str] | None = None) -> int:
-    """``ferrohsm audit report``: 0 printed, 2 usage error or unreadable input."""
+def report_parser() -> argparse.ArgumentParser:
+    """The command line of ``ferrohsm audit report`` (also walked for --help, completion and
+    the manual page)."""
     parser = _Parser(prog="ferrohsm audit report",
-                     description="Summarise suspicious activity in an audit log.")
-    parser.add_argument("paths", nargs="+", metavar="PATH")
+                     description="Summarise suspicious activity in an audit log.",
+                     allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="examples:\n"
+                     "  ferrohsm audit report ferrohsm-data/audit --work-hours 08:00-18:00\n"
+                     "  ferrohsm audit report audit.jsonl --json | jq .denials_by_actor")
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="audit directory, segment files, exported JSONL, or SQLite database")
     parser.add_argument("--work-hours", default="07:00-19:00", metavar="HH:MM-HH:MM",
                         help="working hours in UTC (default 07:00-19:00)")
     parser.add_argument("--limit", type=int, default=20, help="rows per list (default 20)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def report_main(argv: list[str] | None = None) -> int:
+    """``ferrohsm audit report``: 0 printed, 2 usage error or unreadable input."""
+    parser = report_parser()
     try:
         args = parser.parse_args(argv)
         hours = parse_hours(args.work_hours)

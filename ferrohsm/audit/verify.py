@@ -364,10 +364,22 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
+def verify_parser() -> argparse.ArgumentParser:
+    """The command line of ``ferrohsm audit verify`` (also walked for --help, completion and
+    the manual page)."""
+    return _parser()
+
+
 def _parser() -> _Parser:
     parser = _Parser(prog="ferrohsm audit verify", description="Verify an audit log offline: "
                      "exit 0 if intact, 1 naming the first bad record, 2 on usage errors. The "
-                     "checkpoints.jsonl and public key beside the log are used by default.")
+                     "checkpoints.jsonl and public key beside the log are used by default.",
+                     allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="examples:\n"
+                     "  ferrohsm audit verify ferrohsm-data/audit --hmac-key-file "
+                     "ferrohsm-data/audit-hmac.key\n"
+                     "  ferrohsm audit export --out audit.jsonl && ferrohsm audit verify "
+                     "audit.jsonl --no-checkpoints")
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="audit directory, segment files, exported JSONL, or SQLite database")
     parser.add_argument("--hmac-key-file", metavar="FILE",

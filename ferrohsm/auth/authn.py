@@ -214,8 +214,11 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
             isinstance(t, str) and TAG_CLAIM_RE.match(t) for t in tags)):
         raise TokenRejected("invalid tags claim", "claims")
     sid, jti = _opt_str(claims, "sid"), _opt_str(claims, "jti")
+    exp = claims.get("exp")
     return Principal(sub, ROLES[role], frozenset(tags) if tags is not None else None,
-                     session=sid or jti, token_id=jti)
+                     session=sid or jti, token_id=jti,
+                     expires_at=exp if isinstance(exp, int) and not isinstance(exp, bool)
+                     else None)
 
 
 # ---- the authenticator ----------------------------------------------------------------------

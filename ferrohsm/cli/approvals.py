@@ -20,7 +20,10 @@ STATES = ("pending", "approved", "denied", "expired", "executed")
 def add_parsers(sub: Any) -> None:
     approvals = sub.add_parser("approvals", help="list, approve and deny dual-control requests",
                                description="Dual control: requests on keys whose tags require "
-                               "a quorum wait here for distinct approvers.")
+                               "a quorum wait here for distinct approvers.",
+                               formatter_class=argparse.RawDescriptionHelpFormatter,
+                               epilog="examples:\n  ferrohsm approvals list --state pending\n"
+                               "  ferrohsm approvals approve 3d5c0f7e-… --comment 'ticket 42'")
     asub = approvals.add_subparsers(dest="approvals_command", metavar="SUBCOMMAND",
                                     required=True)
     p = command(asub, "list", list_approvals, help="list approval requests",
@@ -52,19 +55,16 @@ def list_approvals(args: argparse.Namespace, client: Any, settings: Settings) ->
         token = page.get("next_page_token")
         if not token:
             break
-    if settings.json:
-        output.print_json({"approvals": items})
-        return 0
-    print(output.approval_table(items, output.use_colour(sys.stdout)))
+    output.emit(settings, {**page, "approvals": items},
+                lambda: output.approval_table(items, output.use_colour(sys.stdout)),
+                lambda: [output.approval_row(a) for a in items])
     return 0
 
 
 def show(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     approval = client.get_approval(args.approval_id_arg)
-    if settings.json:
-        output.print_json(approval)
-    else:
-        print(output.approval_detail(approval, output.use_colour(sys.stdout)))
+    output.emit(settings, approval,
+                lambda: output.approval_detail(approval, output.use_colour(sys.stdout)))
     return 0
 
 
@@ -72,10 +72,7 @@ def decide(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     call = client.approve if args.verb == "approve" else client.deny
     result = call(args.approval_id_arg, args.comment)
     approval = result.get("approval", result) if isinstance(result, dict) else result
-    if settings.json:
-        output.print_json(result)
-        return 0
     done = "Approved" if args.verb == "approve" else "Denied"
-    print(f"{done} {args.approval_id_arg}.\n")
-    print(output.approval_detail(approval, output.use_colour(sys.stdout)))
+    output.emit(settings, result, lambda: f"{done} {args.approval_id_arg}.\n\n"
+                + output.approval_detail(approval, output.use_colour(sys.stdout)))
     return 0

@@ -2,8 +2,9 @@
 
 ``export`` pages through ``GET /v1/audit`` and writes each record as its exact stored line
 (``chain.record_line``), one per line, so the file verifies offline with ``audit verify`` and the
-audit HMAC key. The file is written to a temporary name and renamed at the end: an interrupted
-export never leaves a truncated file that would look like a tampered log.
+audit HMAC key. The file is opened (as a temporary sibling) before the first request and renamed
+at the end: an unwritable path fails at once, and an interrupted export never leaves a truncated
+file that would look like a tampered log.
 
 ``verify`` and ``report`` work offline and own their argument parsing (ferrohsm.audit.verify and
 ferrohsm.audit.report); main() hands them their arguments untouched.
@@ -12,13 +13,11 @@ ferrohsm.audit.report); main() hands them their arguments untouched.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from .settings import Settings, UsageError, command
+from .streams import Output
 
 OFFLINE = {"verify": "verify an audit log offline with the HMAC key (exit 1 names the first bad "
                      "record)",
@@ -28,16 +27,22 @@ OFFLINE = {"verify": "verify an audit log offline with the HMAC key (exit 1 name
 def add_parsers(sub: Any) -> None:
     audit = sub.add_parser("audit", help="export, verify and summarise the audit log",
                            description="Audit log tools: export reads the server; verify and "
-                           "report work offline on an export or on the server's log files.")
+                           "report work offline on an export or on the server's log files.",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="examples:\n  ferrohsm audit export --out audit.jsonl\n"
+                           "  ferrohsm audit verify audit.jsonl --hmac-key-file audit-hmac.key "
+                           "--no-checkpoints")
     asub = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
     p = command(asub, "export", export, help="write the audit log as JSONL (one record a line)",
                 description="Export audit records (Auditor, Administrator or Operator token) as "
                 "JSONL, each line exactly as the server stored it, so `ferrohsm audit verify` "
                 "checks the file offline with the HMAC key.",
-                epilog="example:\n  ferrohsm audit export --output audit.jsonl\n"
+                conflict_handler="resolve",  # --output here is the file, as it always was
+                epilog="example:\n  ferrohsm audit export --out audit.jsonl\n"
                 "  ferrohsm audit verify audit.jsonl --hmac-key-file audit-hmac.key")
-    p.add_argument("--output", "--out", dest="output", metavar="FILE",
-                   help="output file (default: stdout)")
+    p.add_argument("--out", "--output", dest="out_file", metavar="FILE",
+                   help="output file, written atomically (default: stdout; --output is the "
+                   "older spelling: the format is always JSONL)")
     p.add_argument("--after-seq", type=int, default=0, metavar="N",
                    help="only records after seq N (verify such a file with --partial)")
     for name, text in OFFLINE.items():
@@ -55,27 +60,16 @@ def run_offline(name: str, argv: list[str]) -> int:
 def export(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     if args.after_seq < 0:
         raise UsageError("--after-seq must be 0 or more")
-    if not args.output or args.output == "-":
-        _write_records(client, args.after_seq, sys.stdout.buffer)
-        sys.stdout.buffer.flush()
-        return 0
-    target = Path(args.output)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or Path("."))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            count, first, last = _write_records(client, args.after_seq, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    span = f"seq {first}..{last}" if count else "none"
-    print(f"exported {count} audit records ({span}) to {target}", file=sys.stderr)
+    with Output.open(args.out_file) as out:
+        count, first, last = _write_records(client, args.after_seq, out)
+        out.commit()
+    if args.out_file not in (None, "-"):
+        span = f"seq {first}..{last}" if count else "none"
+        print(f"exported {count} audit records ({span}) to {args.out_file}", file=sys.stderr)
     return 0
 
 
-def _write_records(client: Any, after_seq: int, out: BinaryIO) -> tuple[int, int, int]:
+def _write_records(client: Any, after_seq: int, out: Output) -> tuple[int, int, int]:
     from ..audit.chain import record_line
     count, first, last = 0, 0, 0
     for record in client.iter_audit(after_seq):

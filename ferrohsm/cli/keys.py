@@ -9,7 +9,7 @@ from typing import Any
 
 from . import output
 from .settings import Settings, approval_flag, command
-from .streams import write_output
+from .streams import Output
 
 ALGORITHMS = ("aes-256-gcm", "rsa-2048", "rsa-4096", "ec-p256", "ec-p384")
 USAGES = ("encrypt", "wrap", "sign")
@@ -18,7 +18,10 @@ STATES = ("active", "revoked", "destroy_scheduled", "destroyed")
 
 def add_parsers(sub: Any) -> None:
     keys = sub.add_parser("keys", help="create, list, describe, rotate, revoke and destroy keys",
-                          description="Key lifecycle. KEY is a key's id or its unique name.")
+                          description="Key lifecycle. KEY is a key's id or its unique name.",
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="examples:\n  ferrohsm keys list --tag pci\n"
+                          "  ferrohsm keys show payments --field primary_version")
     ksub = keys.add_subparsers(dest="keys_command", metavar="SUBCOMMAND", required=True)
     _create(ksub)
     _list(ksub)
@@ -119,14 +122,14 @@ def _positive(text: str) -> int:
 # ---- handlers: (args, client, settings) -> exit code ----------------------------------------
 
 
-def _show_key(key: dict[str, Any], settings: Settings, summary: str | None = None) -> int:
-    if settings.json:
-        output.print_json(key)
-        return 0
-    colour = output.use_colour(sys.stdout)
-    if summary:
-        print(summary + "\n")
-    print(output.key_detail(key, colour))
+def _show_key(key: dict[str, Any], settings: Settings, summary: str | None = None,
+              pending: list[dict[str, Any]] | None = None) -> int:
+    def human() -> str:
+        text = output.key_detail(key, output.use_colour(sys.stdout))
+        if pending:
+            text += "\n\n" + output.pending_note(pending)
+        return f"{summary}\n\n{text}" if summary else text
+    output.emit(settings, key, human)
     return 0
 
 
@@ -145,24 +148,49 @@ def list_keys(args: argparse.Namespace, client: Any, settings: Settings) -> int:
                "tag": args.tag, "name_prefix": args.name_prefix}
     keys: list[dict[str, Any]] = []
     token = args.page_token
+    first: dict[str, Any] | None = None
     while True:
         want = None if args.limit is None else min(1000, args.limit - len(keys))
         page = client.list_keys(**filters, limit=want, page_token=token)
         keys.extend(page.get("keys") or [])
         token = page.get("next_page_token")
+        first = first if first is not None else page
         if not token or (args.limit is not None and len(keys) >= args.limit):
             break
-    if settings.json:
-        output.print_json({"keys": keys, "next_page_token": token})
-        return 0
-    print(output.key_table(keys, output.use_colour(sys.stdout)))
-    if token:
-        print(f"(more keys: --page-token {token})")
+    # The API's answer as it is (total and any other member), with every page's keys in it.
+    document = {**(first or {}), **page, "keys": keys, "next_page_token": token}
+
+    def human() -> str:
+        text = output.key_table(keys, output.use_colour(sys.stdout))
+        return text + (f"\n(more keys: --page-token {token})" if token else "")
+    output.emit(settings, document, human, lambda: [output.key_row(k) for k in keys])
     return 0
 
 
 def show(args: argparse.Namespace, client: Any, settings: Settings) -> int:
-    return _show_key(client.get_key(args.key), settings)
+    key = client.get_key(args.key)
+    pending = None if settings.output == "json" or settings.field else \
+        _open_approvals(client, str(key.get("id")))
+    return _show_key(key, settings, pending=pending)
+
+
+def _open_approvals(client: Any, key_id: str) -> list[dict[str, Any]]:
+    """Approvals still open (pending or approved, not yet used) on the key; [] for a role that
+    may not list approvals (Service) rather than an error: the key itself was shown."""
+    from ..client import Forbidden
+    found: list[dict[str, Any]] = []
+    try:
+        for state in ("pending", "approved"):
+            token = None
+            while True:
+                page = client.list_approvals(state, limit=1000, page_token=token)
+                found.extend(a for a in page.get("approvals") or [] if a.get("key_id") == key_id)
+                token = page.get("next_page_token")
+                if not token:
+                    break
+    except Forbidden:
+        return []
+    return found
 
 
 def update(args: argparse.Namespace, client: Any, settings: Settings) -> int:
@@ -194,10 +222,11 @@ def lifecycle(args: argparse.Namespace, client: Any, settings: Settings) -> int:
 
 
 def public_key(args: argparse.Namespace, client: Any, settings: Settings) -> int:
-    result = client.public_key(args.key, args.version)
-    if settings.json:
-        data = output.json_text(result).encode()
-    else:
-        data = str(result["pem"]).encode()
-    write_output(args.out, data)
+    with Output.open(args.out) as out:
+        result = client.public_key(args.key, args.version)
+        if settings.field or settings.output != "table":
+            data = (output.render(settings, result, lambda: "") + "\n").encode()
+        else:
+            data = str(result["pem"]).encode()
+        out.commit(data)
     return 0

@@ -5,9 +5,11 @@ token, keys, ops, approvals, audit_cmd) that only imports argparse-level things,
 tree is cheap and ``ferrohsm --version`` stays fast. The HTTP client is imported only when a
 client command runs.
 
-Exit codes: 0 success, 1 operation failed or refused, 2 usage error. Every error is one line on
-stderr, ``ferrohsm: <message> (<code>, request id <id>)`` for API errors; no traceback ever
-reaches a user, and no token or key material ever appears in an error.
+Exit codes (errors.py): 0 success, 1 operation failed or refused, 2 usage error, 3 an output
+that cannot be written, 4 an address the server cannot listen on, 141 a closed pipe. Every error
+is one line on stderr, ``ferrohsm: <message> (<code>, request id <id>)`` for API errors; no
+traceback ever reaches a user, and no token or key material ever appears in an error. With
+FERROHSM_DEBUG=1 an unexpected error prints its traceback, with every bearer token cut out.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from typing import Any
 from .. import __version__
 from ..domain.errors import ConfigError, FerroError
 from . import approvals as approvals_cmd
-from . import audit_cmd, keys, ops
+from . import audit_cmd, completion, info, keys, manpage, ops, tree
 from . import serve as serve_cmd
 from . import token as token_cmd
+from .errors import CLOSED_PIPE, EXIT_CODES, FAILED, USAGE, CliExit
+from .output import FieldMissing
 
 EPILOG = """\
 client commands read their settings from flags, a --profile, or the environment:
@@ -34,14 +38,20 @@ client commands read their settings from flags, a --profile, or the environment:
   FERROHSM_CLIENT_CERT, FERROHSM_CLIENT_KEY. `ferrohsm quickstart` prints the first three.
   Run `ferrohsm COMMAND --help` for a command's flags and examples.
 
-exit codes: 0 success, 1 operation failed or refused, 2 usage error"""
+exit codes:
+""" + "\n".join(f"  {code:<3} {text}" for code, text in EXIT_CODES) + """
+
+examples:
+  ferrohsm quickstart --data-dir ferrohsm-data
+  ferrohsm keys list --output json | jq -r '.keys[].name'
+  ferrohsm sign release-signing --in app.tar.gz --out app.sig"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ferrohsm", description="FerroHSM: a software HSM with a TLS REST API, sealed keys "
         "and a tamper-evident audit log.", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"ferrohsm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve_cmd.add_parsers(sub)
@@ -50,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_parsers(sub)
     approvals_cmd.add_parsers(sub)
     audit_cmd.add_parsers(sub)
+    info.add_parsers(sub)
+    completion.add_parser(sub)
+    manpage.add_parser(sub)
+    tree.no_abbreviations(parser)
     return parser
 
 
@@ -64,33 +78,58 @@ def _tolerant_text_streams() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     _tolerant_text_streams()
     args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(args_list)
+    except BrokenPipeError:  # `ferrohsm audit report … | head -1`: the reader left
+        return _closed_pipe()
+    except Exception as exc:  # a bug: one line (its text might hold data), traceback on request
+        if os.environ.get("FERROHSM_DEBUG"):
+            from .scrub import print_scrubbed_traceback
+            print_scrubbed_traceback(exc)
+        _fail(f"unexpected {type(exc).__name__}; run again with FERROHSM_DEBUG=1 for details")
+        return FAILED
+
+
+def _dispatch(args_list: list[str]) -> int:
     if len(args_list) >= 2 and args_list[0] == "audit" and args_list[1] in audit_cmd.OFFLINE:
-        return audit_cmd.run_offline(args_list[1], args_list[2:])
+        return _flushed(audit_cmd.run_offline(args_list[1], args_list[2:]))
     parser = build_parser()
     args = parser.parse_args(args_list)
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
-        return 2
+        return USAGE
     try:
         if hasattr(args, "client_func"):
-            return run_client(args)
-        return int(args.func(args))
+            return _flushed(run_client(args))
+        return _flushed(int(args.func(args)))
     except ConfigError as exc:
         _fail(f"configuration error: {exc.message}")
-        return 2
+        return USAGE
     except FerroError as exc:
         _fail(exc.message)
-        return 1
+        return FAILED
+    except CliExit as exc:
+        _fail(exc.message)
+        return exc.code
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `ferrohsm keys list | head`: the reader left; that is fine
+
+
+def _flushed(code: int) -> int:
+    """Flush stdout inside the handlers above: a closed pipe shows up here, not at exit."""
+    sys.stdout.flush()
+    return code
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away: say so once, and let nothing write to the pipe again
+    (the interpreter's own flush at exit would raise a second time)."""
+    try:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except Exception as exc:  # a bug: one line (its text might hold data), traceback on request
-        if os.environ.get("FERROHSM_DEBUG"):
-            raise
-        _fail(f"unexpected {type(exc).__name__}; run again with FERROHSM_DEBUG=1 for details")
-        return 1
+    except (OSError, ValueError):
+        pass
+    _fail("output closed early by the reader (broken pipe); stopped")
+    return CLOSED_PIPE
 
 
 def run_client(args: argparse.Namespace) -> int:
@@ -104,12 +143,13 @@ def run_client(args: argparse.Namespace) -> int:
         token = settings.token
         with make_client(settings) as client:
             return int(args.client_func(args, client, settings))
-    except UsageError as exc:
+    except (UsageError, FieldMissing) as exc:
         _fail(str(exc))
-        return 2
+        return USAGE
     except ApprovalRequired as exc:
-        _approval_pending(exc, bool(getattr(args, "json", False)))
-        return 1
+        from .settings import output_format
+        _approval_pending(exc, output_format(args) == "json", getattr(args, "field", None))
+        return FAILED
     except ApiError as exc:
         hint = _hint(exc.code, args.command, token)
         _fail(f"{exc.message}{hint} ({exc.code}, request id {exc.request_id or 'unknown'})")
@@ -124,6 +164,8 @@ def _hint(code: str, command: str, token: str | None) -> str:
     """What to do next, from the error code and what the CLI's own token says of itself."""
     if code == "unauthenticated":
         return "; get a token with `ferrohsm token issue` and set FERROHSM_TOKEN"
+    if code == "payload_too_large":
+        return TOO_LARGE.get(command, TOO_LARGE[""])
     if command not in ops.OPS or code not in ("forbidden", "not_found"):
         return ""
     claims = _unverified_claims(token)
@@ -138,6 +180,20 @@ def _hint(code: str, command: str, token: str | None) -> str:
     return ""
 
 
+TOO_LARGE = {
+    "sign": "; send a digest: drop --message (`ferrohsm sign KEY --in FILE` hashes the input "
+            "here by default) or give one with --digest; use --message only for inputs up to "
+            "64 KiB (the server's [crypto].max_input_bytes)",
+    "encrypt": "; the server encrypts at most [crypto].max_input_bytes (64 KiB by default) per "
+               "call: encrypt large data locally under a data key and protect that key with "
+               "`ferrohsm wrap`",
+    "wrap": "; wrap takes key material, at most [crypto].max_input_bytes (64 KiB by default)",
+    "": "; the request is larger than the server accepts ([server].max_body_bytes)",
+}
+TOO_LARGE["verify"] = TOO_LARGE["sign"].replace("ferrohsm sign KEY", "ferrohsm verify KEY")
+TOO_LARGE["decrypt"] = TOO_LARGE["encrypt"]
+
+
 def _unverified_claims(token: str | None) -> dict[str, Any]:
     """The claims of our own token, read (not verified: the server does that) for a hint only;
     {} when it is not a readable JWT."""
@@ -149,11 +205,17 @@ def _unverified_claims(token: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _approval_pending(exc: Any, as_json: bool) -> None:
-    """A parked request is not an error, but it did not run: say what to do next."""
-    from .output import print_json, relative, when
+def _approval_pending(exc: Any, as_json: bool, field: str | None = None) -> None:
+    """A parked request is not an error, but it did not run: say what to do next (and with
+    --field, print that member of the answer: ``ID=$(ferrohsm unwrap … --field approval.id)``)."""
+    from .output import field_text, print_json, relative, when
     approval = exc.approval
-    if as_json:
+    if field:
+        try:
+            print(field_text(dict(exc.body), field))
+        except FieldMissing as missing:
+            _fail(str(missing))
+    elif as_json:
         print_json(dict(exc.body))
     ident = approval.get("id", "?")
     have = len(approval.get("approvals") or [])

@@ -6,6 +6,18 @@ wrapped keys are written as their ``fhsm:v<N>:…`` text (one line), signatures 
 plaintext and key material as the raw bytes. ``--json`` prints the API's answer instead (binary
 values in base64). ``verify`` exits 0 for a valid signature and 1 for an invalid one, so shell
 scripts can ``if ferrohsm verify …``.
+
+``sign`` and ``verify`` hash the input locally and send the digest (``aws kms sign
+--message-type DIGEST``): an artefact of any size is signed in one small request and never leaves
+the machine, and the signature is the one the message itself would get (the server signs the
+digest with the same scheme), so ``openssl dgst -verify`` checks it against the file. The hash
+follows the key's scheme: SHA-384 for ec-p384 (ecdsa-sha384), SHA-256 for everything else.
+``--message`` sends the input itself (small inputs only), ``--digest`` a digest computed by the
+caller.
+
+Every output is opened before the server is asked (streams.Output): a path that cannot be
+written costs nothing on the server, neither an approval nor an audited success whose answer is
+lost.
 """
 
 from __future__ import annotations
@@ -17,7 +29,14 @@ from typing import Any
 
 from . import output
 from .settings import Settings, UsageError, approval_flag, command
-from .streams import read_input, read_text_input, write_output
+from .streams import Output, hash_input, read_input, read_text_input
+
+# The hash each signature scheme signs with, and each sign algorithm's default scheme's hash
+# (ferrohsm.crypto.algorithms and ops.hash_name; tests/unit/test_cli_digest.py holds them equal).
+SCHEME_HASH = {"ecdsa-sha256": "sha256", "ecdsa-sha384": "sha384",
+               "rsa-pss-sha256": "sha256", "rsa-pkcs1v15-sha256": "sha256"}
+ALGORITHM_HASH = {"rsa-2048": "sha256", "rsa-4096": "sha256", "ec-p256": "sha256",
+                  "ec-p384": "sha384"}
 
 IN_OUT = "--in FILE (default stdin) and --out FILE (default stdout)"
 
@@ -30,13 +49,17 @@ OPS: dict[str, tuple[str, str, str]] = {
                 ("Decrypt an fhsm:v… ciphertext (read as text) with KEY; writes the plaintext "
                  "bytes (an --out file is created 0600)."),
                 "ferrohsm decrypt payments --in card.enc --out card.json --aad order-17"),
-    "sign": ("sign a message (or --digest) with a sign key; writes DER",
+    "sign": ("sign an input of any size (hashed locally) with a sign key; writes DER",
              ("Sign the input with KEY and write the DER signature (ECDSA, or RSA-PSS by "
-              "default). With --digest the input is a precomputed hash of the matching length."),
+              "default). The input is hashed here (SHA-256, SHA-384 for ec-p384) and only the "
+              "digest is sent, so artefacts of any size sign; openssl dgst verifies the "
+              "signature against the file. --message sends the input itself (small inputs "
+              "only), --digest says the input already is the digest."),
              "ferrohsm sign release-signing --in app.tar.gz --out app.sig --correlation-id b42"),
-    "verify": ("verify a DER signature; exit 0 valid, 1 invalid",
-               ("Verify the DER signature in --signature FILE over the input with KEY. "
-                "Prints valid or invalid; exits 0 when valid and 1 when not."),
+    "verify": ("verify a DER signature (input hashed locally); exit 0 valid, 1 invalid",
+               ("Verify the DER signature in --signature FILE over the input with KEY (hashed "
+                "here like sign does). Prints valid or invalid; exits 0 when valid and 1 "
+                "when not."),
                "ferrohsm verify release-signing --in app.tar.gz --signature app.sig"),
     "wrap": ("wrap key material with an aes-256-gcm wrap key",
              "Wrap the key material in the input (RFC 5649) with KEY; writes the fhsm:v… text.",
@@ -59,11 +82,21 @@ def add_parsers(sub: Any) -> None:
             p.add_argument("--aad", metavar="TEXT",
                            help="associated data (UTF-8); decrypt must give the same")
         if name in ("sign", "verify"):
-            p.add_argument("--digest", action="store_true",
-                           help="the input is a precomputed digest, not the message")
-            p.add_argument("--algorithm", metavar="SCHEME",
+            mode = p.add_mutually_exclusive_group()
+            mode.add_argument("--digest", action="store_true",
+                              help="the input is a precomputed digest (SHA-256, or SHA-384 for "
+                              "ecdsa-sha384), not the message")
+            mode.add_argument("--message", action="store_true",
+                              help="send the input itself instead of its digest: only for "
+                              "inputs up to the server's [crypto].max_input_bytes (64 KiB by "
+                              "default)")
+            p.add_argument("--algorithm", metavar="SCHEME", choices=sorted(SCHEME_HASH),
                            help="signature scheme: ecdsa-sha256, ecdsa-sha384, rsa-pss-sha256 "
                            "(RSA default), rsa-pkcs1v15-sha256")
+        if name in ("encrypt", "sign"):
+            p.add_argument("--allow-empty", action="store_true",
+                           help="accept an empty input (refused by default: an empty input is "
+                           "usually a failed step before this one)")
         if name == "verify":
             p.add_argument("--signature", required=True, metavar="FILE",
                            help="the DER signature to check")
@@ -103,81 +136,126 @@ def _opts(settings: Settings) -> dict[str, Any]:
     return {"approval_id": settings.approval_id}
 
 
-def _emit_json(args: argparse.Namespace, value: dict[str, Any], secret: bool = False) -> int:
-    write_output(args.out, output.json_text(value).encode(), secret=secret)
+def _structured(settings: Settings) -> bool:
+    """--json or --field: the answer as the API's JSON rather than the raw value."""
+    return settings.output == "json" or bool(settings.field)
+
+
+def _answer(out: Output, settings: Settings, document: dict[str, Any]) -> int:
+    out.commit((output.render(settings, document, lambda: "") + "\n").encode())
     return 0
 
 
 def encrypt(args: argparse.Namespace, client: Any, settings: Settings) -> int:
-    result = client.encrypt(args.key, read_input(args.input), _aad(args), **_opts(settings))
-    if settings.json:
-        return _emit_json(args, result)
-    write_output(args.out, (result["ciphertext"] + "\n").encode("ascii"))
+    with Output.open(args.out) as out:
+        data = read_input(args.input, allow_empty=args.allow_empty)
+        result = client.encrypt(args.key, data, _aad(args), **_opts(settings))
+        if _structured(settings):
+            return _answer(out, settings, result)
+        out.commit((result["ciphertext"] + "\n").encode("ascii"))
     return 0
 
 
 def decrypt(args: argparse.Namespace, client: Any, settings: Settings) -> int:
-    ciphertext = read_text_input(args.input, "ciphertext")
-    result = client.decrypt(args.key, ciphertext, _aad(args), **_opts(settings))
-    if settings.json:
-        return _emit_json(args, {**result, "plaintext": _b64(result["plaintext"])}, True)
-    write_output(args.out, result["plaintext"], secret=True)
+    with Output.open(args.out, secret=True) as out:
+        ciphertext = read_text_input(args.input, "ciphertext")
+        result = client.decrypt(args.key, ciphertext, _aad(args), **_opts(settings))
+        if _structured(settings):
+            return _answer(out, settings, {**result, "plaintext": _b64(result["plaintext"])})
+        out.commit(result["plaintext"])
     return 0
 
 
+def _signed_input(args: argparse.Namespace, client: Any,
+                  allow_empty: bool) -> tuple[bytes | None, bytes | None]:
+    """(message, digest) for sign/verify: the input itself with --message or --digest, else its
+    digest under the hash of the scheme the key will use. Standard input can be read only once,
+    so it is hashed both ways before the key is asked which hash it needs; a file is checked
+    readable first and hashed once."""
+    if args.message or args.digest:
+        data = read_input(args.input, allow_empty=allow_empty)
+        return (data, None) if args.message else (None, data)
+    if args.input in (None, "-"):
+        both = hash_input(args.input, ("sha256", "sha384"), allow_empty=allow_empty)
+        return None, both[SCHEME_HASH.get(args.algorithm or "") or _key_hash(client, args.key)]
+    readable(args.input)
+    name = SCHEME_HASH.get(args.algorithm or "") or _key_hash(client, args.key)
+    return None, hash_input(args.input, (name,), allow_empty=allow_empty)[name]
+
+
+def _key_hash(client: Any, key: str) -> str:
+    """The hash of the key's default scheme (an AES key: SHA-256, and the server refuses)."""
+    return ALGORITHM_HASH.get(str(client.get_key(key).get("algorithm")), "sha256")
+
+
+def readable(path: str) -> None:
+    """Fail on an unreadable --in before anything is asked of the server."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+
+
 def sign(args: argparse.Namespace, client: Any, settings: Settings) -> int:
-    data = read_input(args.input)
-    message, digest = (None, data) if args.digest else (data, None)
-    result = client.sign(args.key, message, digest=digest, algorithm=args.algorithm,
-                         **_opts(settings))
-    if settings.json:
-        return _emit_json(args, {**result, "signature": _b64(result["signature"])})
-    write_output(args.out, result["signature"], binary=True)
+    with Output.open(args.out, binary=not _structured(settings)) as out:
+        message, digest = _signed_input(args, client, args.allow_empty)
+        result = client.sign(args.key, message, digest=digest, algorithm=args.algorithm,
+                             **_opts(settings))
+        if _structured(settings):
+            return _answer(out, settings, {**result, "signature": _b64(result["signature"])})
+        out.commit(result["signature"])
     return 0
 
 
 def verify(args: argparse.Namespace, client: Any, settings: Settings) -> int:
-    signature = read_input(args.signature)
-    data = read_input(args.input)
-    message, digest = (None, data) if args.digest else (data, None)
-    valid = client.verify(args.key, signature, message, digest=digest, algorithm=args.algorithm,
-                          key_version=args.key_version, **_opts(settings))
-    if settings.json:
-        _emit_json(args, {"valid": valid})
-    else:
-        text = "valid: the signature matches" if valid else \
-            "invalid: the signature does not match this key and input"
-        write_output(args.out, (text + "\n").encode())
+    with Output.open(args.out) as out:
+        signature = read_input(args.signature)
+        message, digest = _signed_input(args, client, True)
+        result = client.verify_result(args.key, signature, message, digest=digest,
+                                      algorithm=args.algorithm, key_version=args.key_version,
+                                      **_opts(settings))
+        valid = bool(result.get("valid"))
+        if _structured(settings):
+            _answer(out, settings, result)
+        else:
+            text = "valid: the signature matches" if valid else \
+                "invalid: the signature does not match this key and input"
+            out.commit((text + "\n").encode())
     return 0 if valid else 1
 
 
 def wrap(args: argparse.Namespace, client: Any, settings: Settings) -> int:
-    result = client.wrap(args.key, read_input(args.input), **_opts(settings))
-    if settings.json:
-        return _emit_json(args, result)
-    write_output(args.out, (result["wrapped"] + "\n").encode("ascii"))
+    with Output.open(args.out) as out:
+        result = client.wrap(args.key, read_input(args.input), **_opts(settings))
+        if _structured(settings):
+            return _answer(out, settings, result)
+        out.commit((result["wrapped"] + "\n").encode("ascii"))
     return 0
 
 
 def unwrap(args: argparse.Namespace, client: Any, settings: Settings) -> int:
-    wrapped = read_text_input(args.input, "wrapped key")
-    result = client.unwrap(args.key, wrapped, **_opts(settings))
-    if settings.json:
-        return _emit_json(args, {**result, "key_material": _b64(result["key_material"])},
-                          True)
-    write_output(args.out, result["key_material"], secret=True, binary=True)
+    with Output.open(args.out, secret=True, binary=not _structured(settings)) as out:
+        wrapped = read_text_input(args.input, "wrapped key")
+        result = client.unwrap(args.key, wrapped, **_opts(settings))
+        if _structured(settings):
+            return _answer(out, settings,
+                           {**result, "key_material": _b64(result["key_material"])})
+        out.commit(result["key_material"])
     return 0
 
 
 def data_key(args: argparse.Namespace, client: Any, settings: Settings) -> int:
-    result = client.data_key(args.key, args.bits, include_plaintext=not args.no_plaintext,
-                             aad=_aad(args), **_opts(settings))
-    secret = "plaintext" in result
+    secret = not args.no_plaintext
     if secret and args.out in (None, "-") and sys.stdout.isatty():
         raise UsageError("refusing to write a plaintext data key to a terminal: use --out "
                          "FILE, redirect stdout, or --no-plaintext")
-    value = {**result, "plaintext": _b64(result["plaintext"])} if secret else result
-    write_output(args.out, output.json_text(value).encode(), secret=secret)
+    with Output.open(args.out, secret=secret) as out:  # opened before the server acts
+        result = client.data_key(args.key, args.bits, include_plaintext=secret,
+                                 aad=_aad(args), **_opts(settings))
+        value = {**result, "plaintext": _b64(result["plaintext"])} if "plaintext" in result \
+            else result
+        out.commit(output.json_text(value).encode())
     return 0
 
 

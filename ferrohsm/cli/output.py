@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -161,6 +161,18 @@ def key_detail(key: dict[str, Any], colour: bool, history: int = 5) -> str:
     return text
 
 
+def pending_note(approvals: list[dict[str, Any]]) -> str:
+    """What `keys show` says of the key's open approvals, and what to do about them."""
+    lines = [f"Pending approvals: {len(approvals)} (`ferrohsm approvals show ID`)"]
+    for a in approvals:
+        expires = a.get("expires_at")
+        lines.append(f"  {a.get('id')}  {a.get('action')}  {a.get('state')}  "
+                     f"{len(_approvers(a))}/{a.get('required', '?')} approvals  requested by "
+                     f"{a.get('requested_by') or '-'}  expires {when(expires)} "
+                     f"({relative(expires)})")
+    return "\n".join(lines)
+
+
 # ---- approvals ------------------------------------------------------------------------------
 
 
@@ -201,3 +213,91 @@ def approval_detail(a: dict[str, Any], colour: bool) -> str:
         ("Requested by", str(a.get("requested_by") or a.get("requester") or "-")),
         ("Expires", f"{when(expires)} ({relative(expires)})" if expires else "-"),
     ])
+
+
+# ---- --output and --field -------------------------------------------------------------------
+
+
+class FieldMissing(LookupError):
+    """--field names no member of the answer (the message lists the ones it has)."""
+
+    def __init__(self, path: str, document: Any) -> None:
+        names = [name for name, _ in _flat(document)][:30]
+        super().__init__(f"--field {path}: the answer has no such member; it has: "
+                         f"{', '.join(names) or 'none'}")
+
+
+def render(settings: Any, document: Any, human: Callable[[], str],
+           rows: Callable[[], list[list[str]]] | None = None) -> str:
+    """What a command prints for ``document`` (the API's JSON answer): one --field, the JSON
+    itself (--output json), tab-separated text (--output text: ``rows`` for a list, else one
+    ``name<TAB>value`` line per member) or the table for people (``human``)."""
+    if settings.field:
+        return field_text(document, settings.field)
+    if settings.output == "json":
+        return json_text(document).rstrip("\n")
+    if settings.output == "text":
+        if rows is not None:
+            return "\n".join("\t".join(_cell(c) for c in row) for row in rows())
+        return "\n".join(f"{name}\t{_cell(value)}" for name, value in _flat(document))
+    return human()
+
+
+def emit(settings: Any, document: Any, human: Callable[[], str],
+         rows: Callable[[], list[list[str]]] | None = None) -> None:
+    text = render(settings, document, human, rows)
+    if text:
+        print(text)
+
+
+def _cell(value: Any) -> str:
+    """A value on one line: strings as they are (tabs and newlines escaped), the rest JSON."""
+    if isinstance(value, str):
+        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+    if value is None:
+        return ""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _flat(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``versions.0.state``-style names for every scalar member (the names --field takes)."""
+    if isinstance(value, dict) and value:
+        return [pair for k in sorted(value) for pair in _flat(value[k], f"{prefix}{k}.")]
+    if isinstance(value, list) and value:
+        return [pair for i, v in enumerate(value) for pair in _flat(v, f"{prefix}{i}.")]
+    return [(prefix.rstrip("."), value)]
+
+
+def _lookup(document: Any, path: str) -> Any:
+    value = document
+    for part in path.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            raise FieldMissing(path, document)
+    return value
+
+
+def field_text(document: Any, path: str) -> str:
+    """The value of ``path`` (``vault -field``): a string raw, anything else as JSON. On a list
+    answer ({"keys": [...]} and the like) a name its items carry is looked up in each item."""
+    try:
+        return _field_value(_lookup(document, path))
+    except FieldMissing:
+        items = _only_list(document)
+        if not items:
+            raise
+    return "\n".join(_field_value(_lookup(item, path)) for item in items)
+
+
+def _field_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _only_list(document: Any) -> list[Any] | None:
+    if not isinstance(document, dict):
+        return None
+    lists = [v for v in document.values() if isinstance(v, list)]
+    return lists[0] if len(lists) == 1 else None

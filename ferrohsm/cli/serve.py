@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
@@ -14,17 +15,18 @@ from typing import Any
 from ..config import Config, load_config, load_secrets, parse_listen
 from ..telemetry.logs import setup_logging
 from . import quickstart
+from .errors import CANNOT_LISTEN, CliExit
 
 
 def _serve_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML configuration file (see config.example.toml)")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file (see config.example.toml)")
     p.add_argument("--key-store", choices=("filesystem", "sqlite", "memory"),
                    help="key store backend (default filesystem)")
-    p.add_argument("--data-dir", help="directory for keys, audit log and state (made 0700)")
-    p.add_argument("--listen", help="HOST:PORT to listen on; port 0 picks a free port")
-    p.add_argument("--audit-retention-days", type=float,
+    p.add_argument("--data-dir", metavar="DIR", help="directory for keys, audit log and state (made 0700)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="HOST:PORT to listen on; port 0 picks a free port")
+    p.add_argument("--audit-retention-days", type=float, metavar="DAYS",
                    help="prune audit records older than this (SQLite audit sink)")
-    p.add_argument("--approval-retention-days", type=float,
+    p.add_argument("--approval-retention-days", type=float, metavar="DAYS",
                    help="prune finished approvals older than this")
     p.add_argument("--accept-store-loss", action="store_true",
                    help="start although keys the audit log created are missing from the key "
@@ -42,14 +44,26 @@ def add_parsers(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the HTTPS API server",
                            description="Run the FerroHSM HTTPS API server. Secrets come from "
                            "FERROHSM_MASTER_KEY, FERROHSM_JWT_HS256_SECRET and "
-                           "FERROHSM_AUDIT_HMAC_KEY, or the 0600 files named in [secrets].")
+                           "FERROHSM_AUDIT_HMAC_KEY, or the 0600 files named in [secrets].",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="examples:\n"
+                           "  ferrohsm serve --config /etc/ferrohsm/ferrohsm.toml\n"
+                           "  ferrohsm serve --config ferrohsm.toml --listen 0.0.0.0:8443 "
+                           "--key-store sqlite\n\n"
+                           "exit 2: a bad configuration or data directory; exit 4: the listen "
+                           "address is in use or not available")
     _serve_flags(serve)
     serve.set_defaults(func=run_serve)
     quick = sub.add_parser("quickstart", help="run a local dev server with generated secrets",
                            description="Run a local server on embedded defaults: a generated "
                            "development CA and certificate, the filesystem store, and dev secrets "
                            "kept 0600 in the data dir. Prints FERROHSM_URL, FERROHSM_CA_CERT "
-                           "and an Administrator FERROHSM_TOKEN as export lines.")
+                           "and an Administrator FERROHSM_TOKEN as export lines.",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="examples:\n"
+                           "  ferrohsm quickstart --data-dir ferrohsm-data\n"
+                           "  ferrohsm quickstart --data-dir ferrohsm-data --listen "
+                           "127.0.0.1:8443 > env.sh   # then: . ./env.sh in another shell")
     _serve_flags(quick)
     quick.set_defaults(func=run_quickstart)
 
@@ -126,6 +140,23 @@ def _sighup(rt: Any, ssl_provider: Any) -> None:
         ssl_provider.reload("SIGHUP")
 
 
+LISTEN_ERRORS = {errno.EADDRINUSE: "is already in use (another server, or an old one still "
+                                   "running?): stop it or choose another --listen port",
+                 errno.EADDRNOTAVAIL: "is not an address of this machine: check --listen",
+                 errno.EACCES: "needs privileges (a port below 1024): choose a port above 1023"}
+
+
+def _listen(server: Any, listen: str) -> None:
+    """Bind and start; the usual reasons a listen fails are one line and exit 4."""
+    try:
+        server.start()
+    except OSError as exc:
+        why = LISTEN_ERRORS.get(exc.errno or 0)
+        if why is None:
+            raise
+        raise CliExit(f"cannot listen on {listen}: the address {why}", CANNOT_LISTEN) from None
+
+
 def _run(config: Config, ssl_provider: Any, announce: Any = None, options: Any = None) -> int:
     from .. import app as wiring
     log = logging.getLogger("ferrohsm")
@@ -141,7 +172,7 @@ def _run(config: Config, ssl_provider: Any, announce: Any = None, options: Any =
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
-        server.start()
+        _listen(server, config.server.listen)
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
             target=_sighup, args=(rt, ssl_provider), name="ferrohsm-sighup",
             daemon=True).start())

@@ -32,6 +32,7 @@ ENV = {"server": "FERROHSM_URL", "token": "FERROHSM_TOKEN", "token_file": "FERRO
        "client_key": "FERROHSM_CLIENT_KEY", "timeout": "FERROHSM_TIMEOUT"}
 FIELDS = ("server", "token", "token_file", "ca_cert", "client_cert", "client_key", "timeout")
 DEFAULT_TIMEOUT = 30.0
+OUTPUTS = ("table", "json", "text")
 
 
 class UsageError(Exception):
@@ -49,6 +50,8 @@ class Settings:
     json: bool
     correlation_id: str | None
     approval_id: str | None
+    output: str = "table"  # table | json | text (--output; --json is "json")
+    field: str | None = None  # --field NAME: print only this value of the JSON answer
 
     def __repr__(self) -> str:  # never the token
         return f"Settings(server={self.server!r}, ca_cert={self.ca_cert!r})"
@@ -83,8 +86,14 @@ def client_flags(suppress: bool = True) -> argparse.ArgumentParser:
                    "~/.config/ferrohsm/profiles.toml)")
     g.add_argument("--timeout", metavar="SECONDS", type=float, default=s,
                    help=f"per-request timeout (env FERROHSM_TIMEOUT, default {DEFAULT_TIMEOUT:g})")
-    g.add_argument("--json", action="store_true", default=s,
-                   help="machine-readable JSON output instead of a table")
+    g.add_argument("--output", choices=OUTPUTS, default=s, dest="output",
+                   help="table (default, for people), json (the API's JSON exactly) or text "
+                   "(tab-separated, no colour, for awk and cut)")
+    g.add_argument("--json", action="store_const", const="json", default=s, dest="output",
+                   help="the API's JSON exactly (same as --output json)")
+    g.add_argument("--field", metavar="NAME", default=s,
+                   help="print only this member of the JSON answer (dotted for nested: "
+                   "versions.0.state; on a list, the member of each item, one a line)")
     g.add_argument("--correlation-id", metavar="ID", default=s,
                    help="sent as X-Correlation-ID and recorded in the audit log")
     return p
@@ -169,15 +178,22 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
     return Settings(server=str(server), token=_token(layers),
                     ca_cert=_pick(layers, "ca_cert")[1], client_cert=_pick(layers, "client_cert")[1],
                     client_key=_pick(layers, "client_key")[1], timeout=_timeout(layers),
-                    json=bool(getattr(args, "json", False)),
+                    json=output_format(args) == "json",
                     correlation_id=getattr(args, "correlation_id", None),
-                    approval_id=getattr(args, "approval_id", None))
+                    approval_id=getattr(args, "approval_id", None),
+                    output=output_format(args), field=getattr(args, "field", None))
+
+
+def output_format(args: argparse.Namespace) -> str:
+    value = getattr(args, "output", None)
+    return value if value in OUTPUTS else "table"
 
 
 def _token(layers: list[dict[str, Any]]) -> str | None:
     kind, value = _pick(layers, "token", "token_file")
     if kind == "token" or value is None:
-        return value or None
+        return check_token(str(value).strip(), "the token (--token or FERROHSM_TOKEN)") \
+            if value else None
     try:
         token = Path(value).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
@@ -185,6 +201,21 @@ def _token(layers: list[dict[str, Any]]) -> str | None:
                          f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
     if not token:
         raise UsageError(f"the token file {value} is empty")
+    return check_token(token, f"the token in {value}")
+
+
+def check_token(token: str, where: str) -> str:
+    """A bearer token goes into one header line: surrounding whitespace (the newline of
+    ``echo >``, ``$(cat …)`` or a copied line) is dropped by the caller; anything that still
+    cannot be sent is named here, without showing the token."""
+    if not token:
+        raise UsageError(f"{where} is empty")
+    bad = next((c for c in token if not c.isprintable() or c.isspace() or not c.isascii()),
+               None)
+    if bad is not None:
+        kind = "a line break" if bad in "\r\n" else f"the character U+{ord(bad):04X}"
+        raise UsageError(f"{where} contains {kind} inside it: a token is one line without "
+                         "spaces; check how it was copied")
     return token
 
 
@@ -215,13 +246,13 @@ def make_client(settings: Settings) -> Any:
 
 
 def command(sub: Any, name: str, func: Any, *, help: str, description: str,
-            epilog: str | None = None) -> argparse.ArgumentParser:
+            epilog: str | None = None, **extra: Any) -> argparse.ArgumentParser:
     """Add a client subcommand: the client flags, a description with examples, and the
     handler ``func(args, client, settings) -> exit code`` that main() runs."""
     parser: argparse.ArgumentParser = sub.add_parser(
         name, parents=[client_flags()], help=help, description=textwrap.fill(description, 79),
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=epilog, allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter, **extra)
     parser.set_defaults(client_func=func)
     return parser
 

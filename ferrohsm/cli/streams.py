@@ -5,29 +5,84 @@ Files that receive plaintext or key material are created 0600, because a decrypt
 not become world-readable just because the umask was loose. A raw binary value is not written to
 a terminal: it would garble the screen, and for unwrapped key material, show a secret to anyone
 looking over a shoulder.
+
+An output is opened BEFORE the server is asked (``Output.open``): an unwritable ``--out`` must not
+cost an approval, a key or an audit record of a success nobody received. The answer is then
+written to a temporary file beside the target, flushed to disk and renamed over it, so a reader
+never sees half a signature and an interrupted run leaves the old file in place.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
+import stat
 import sys
-from typing import BinaryIO
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, NoReturn, Self
 
+from .errors import CANNOT_WRITE, CliExit
 from .settings import UsageError
 
 MAX_INPUT = 64 * 1024 * 1024  # far above what the server accepts; stops `cat /dev/zero |` early
+CHUNK = 1 << 20  # what hash_input reads at a time
 
 
-def read_input(path: str | None) -> bytes:
-    """All of ``path`` ('-' or None: stdin)."""
+def _source(path: str | None) -> str:
+    return "standard input" if path in (None, "-") else str(path)
+
+
+def _refuse_empty(path: str | None) -> NoReturn:
+    raise UsageError(f"{_source(path)} is empty: refusing to process nothing (did the step "
+                     "that produces it fail?); give --allow-empty if empty input is intended")
+
+
+def read_input(path: str | None, *, allow_empty: bool = True) -> bytes:
+    """All of ``path`` ('-' or None: stdin); UsageError when empty and not ``allow_empty``."""
     if path in (None, "-"):
         stream: BinaryIO = sys.stdin.buffer
-        return _read_capped(stream, "stdin")
+        data = _read_capped(stream, "stdin")
+    else:
+        try:
+            with open(path, "rb") as fh:
+                data = _read_capped(fh, path)
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") \
+                from None
+    if not data and not allow_empty:
+        _refuse_empty(path)
+    return data
+
+
+def hash_input(path: str | None, hash_names: tuple[str, ...], *,
+               allow_empty: bool = True) -> dict[str, bytes]:
+    """The digests of ``path`` ('-' or None: stdin) under each of ``hash_names``, read in one
+    pass of chunks: an artefact of any size is signed by its digest without being held in
+    memory."""
+    digests = {name: hashlib.new(name) for name in hash_names}
     try:
-        with open(path, "rb") as fh:
-            return _read_capped(fh, path)
+        if path in (None, "-"):
+            size = _feed(sys.stdin.buffer, digests)
+        else:
+            with open(path, "rb") as fh:
+                size = _feed(fh, digests)
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    if not size and not allow_empty:
+        _refuse_empty(path)
+    return {name: d.digest() for name, d in digests.items()}
+
+
+def _feed(stream: BinaryIO, digests: dict[str, Any]) -> int:
+    size = 0
+    while chunk := stream.read(CHUNK):
+        for digest in digests.values():
+            digest.update(chunk)
+        size += len(chunk)
+    return size
 
 
 def _read_capped(stream: BinaryIO, name: str) -> bytes:
@@ -51,21 +106,123 @@ def read_text_input(path: str | None, what: str) -> str:
 
 def write_output(path: str | None, data: bytes, *, secret: bool = False,
                  binary: bool = False) -> None:
-    """``data`` to ``path`` ('-' or None: stdout). ``secret`` files are made 0600."""
-    if path in (None, "-"):
-        if binary and sys.stdout.isatty():
-            raise UsageError("refusing to write binary output to a terminal: "
-                             "use --out FILE or redirect stdout")
-        sys.stdout.flush()
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    """``data`` to ``path`` ('-' or None: stdout), atomically; ``secret`` files are made 0600."""
+    with Output.open(path, secret=secret, binary=binary) as out:
+        out.commit(data)
+
+
+def _why(exc: OSError) -> str:
+    code = errno.errorcode.get(exc.errno or 0)
+    reason = exc.strerror or type(exc).__name__
+    return f"{reason} ({code})" if code else reason
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+class Output:
+    """Where a command's answer goes, opened before the server is asked.
+
+    A regular file (or a name not yet taken) gets a temporary sibling now and the rename at
+    ``commit``; a device or pipe that already exists (``/dev/null``, ``/dev/stdout``, a FIFO) is
+    opened as it is; None or '-' is standard output. Leaving the ``with`` block without a commit
+    removes the temporary file and leaves the target untouched."""
+
+    def __init__(self, path: str | None, secret: bool, binary: bool) -> None:
+        self.path, self.secret, self.binary = path, secret, binary
+        self._fh: BinaryIO | None = None
+        self._tmp: Path | None = None
+        self._target: Path | None = None
+
+    @classmethod
+    def open(cls, path: str | None, *, secret: bool = False, binary: bool = False) -> Output:
+        out = cls(path, secret, binary)
+        if path in (None, "-"):
+            if binary and sys.stdout.isatty():
+                raise UsageError("refusing to write binary output to a terminal: "
+                                 "use --out FILE or redirect stdout")
+            return out
+        try:
+            out._open_file(Path(os.path.realpath(str(path))))
+        except OSError as exc:
+            raise CliExit(f"cannot write {path}: {_why(exc)}; nothing was sent to the server",
+                          CANNOT_WRITE) from None
+        return out
+
+    def _open_file(self, target: Path) -> None:
+        try:
+            mode = target.stat().st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
+        if mode is not None and not stat.S_ISREG(mode):  # a device or a pipe: write through
+            self._fh = open(target, "wb")  # closed in commit or __exit__
+            return
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        self._tmp, self._target = Path(tmp), target
+        self._fh = os.fdopen(fd, "wb")
+        # A file replaced keeps its permissions (never wider than 0600 for a secret); a new one
+        # gets what the umask allows, or 0600 for a secret.
+        keep = stat.S_IMODE(mode) if mode is not None else 0o666 & ~_umask()
+        os.fchmod(fd, keep & 0o600 if self.secret else keep)
+
+    def write(self, data: bytes) -> None:
+        """Add ``data`` (to the temporary file; straight through for stdout and devices)."""
+        try:
+            if self._fh is None:
+                sys.stdout.flush()
+                sys.stdout.buffer.write(data)
+            else:
+                self._fh.write(data)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise CliExit(f"cannot write {self.path or 'standard output'}: {_why(exc)}",
+                          CANNOT_WRITE) from None
+
+    def commit(self, data: bytes = b"") -> None:
+        """Write ``data`` and put everything written in place (flushed to disk first)."""
+        self.write(data)
+        if self._fh is None:
+            sys.stdout.buffer.flush()
+            return
+        try:
+            self._fh.flush()
+            if self._tmp is not None:
+                os.fsync(self._fh.fileno())
+            self._fh.close()
+            if self._tmp is not None and self._target is not None:
+                os.replace(self._tmp, self._target)
+                self._tmp = None
+                _sync_dir(self._target.parent)
+        except OSError as exc:
+            raise CliExit(f"cannot write {self.path}: {_why(exc)}", CANNOT_WRITE) from None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._fh is not None and not self._fh.closed:
+            self._fh.close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+
+def _sync_dir(directory: Path) -> None:
+    """Make the rename itself durable (best effort: some file systems refuse)."""
     try:
-        fd = os.open(path, flags, 0o600 if secret else 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            if secret:
-                os.fchmod(fh.fileno(), 0o600)
-            fh.write(data)
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

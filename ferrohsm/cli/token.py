@@ -1,4 +1,5 @@
-"""`ferrohsm token issue`: sign an HS256 token with the configured secret."""
+"""`ferrohsm token issue`: sign an HS256 token with the configured secret; `ferrohsm token
+revoke JTI`: deny-list a token on the server (Administrators)."""
 
 from __future__ import annotations
 
@@ -9,26 +10,54 @@ from typing import Any
 
 from ..config import load_config, read_secret_file
 from ..domain.errors import ConfigError
+from . import output
 from .quickstart import JWT_FILE
+from .settings import Settings, command
 
 
 def add_parser(sub: Any) -> None:
-    token = sub.add_parser("token", help="issue bearer tokens",
-                           description="Issue short-lived bearer tokens (HS256).")
+    token = sub.add_parser("token", help="issue and revoke bearer tokens",
+                           description="Issue short-lived bearer tokens (HS256) and revoke "
+                           "them by their jti.",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="examples:\n  ferrohsm token issue --data-dir ferrohsm-data "
+                           "--subject ci --role service\n  ferrohsm token revoke JTI")
     tsub = token.add_subparsers(dest="token_command", metavar="SUBCOMMAND", required=True)
     issue = tsub.add_parser("issue", help="sign a token for a subject and role",
                             description="Sign a token with FERROHSM_JWT_HS256_SECRET, the "
                             "[secrets].jwt_hs256_secret_file of --config, or the secret a "
-                            "quickstart kept in --data-dir.")
+                            "quickstart kept in --data-dir.",
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="examples:\n"
+                            "  ferrohsm token issue --data-dir ferrohsm-data --subject ci "
+                            "--role service --tag release --ttl 600\n"
+                            "  export FERROHSM_TOKEN=$(ferrohsm token issue --config "
+                            "ferrohsm.toml --subject alice --role operator)")
     issue.add_argument("--subject", required=True, help="the token's sub (the actor's name)")
     issue.add_argument("--role", required=True, choices=("administrator", "auditor", "operator", "service"), help="the role claim")
-    issue.add_argument("--ttl", type=int, default=None,
+    issue.add_argument("--ttl", type=int, default=None, metavar="SECONDS",
                        help="lifetime in seconds (default and maximum: [auth].max_token_ttl_seconds)")
-    issue.add_argument("--tag", action="append", dest="tags", default=None,
+    issue.add_argument("--tag", action="append", dest="tags", default=None, metavar="TAG",
                        help="limit a service token to keys with this tag (repeatable)")
-    issue.add_argument("--config", help="TOML configuration file")
-    issue.add_argument("--data-dir", help="a quickstart data directory holding jwt.secret")
+    issue.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    issue.add_argument("--data-dir", metavar="DIR", help="a quickstart data directory holding jwt.secret")
     issue.set_defaults(func=run)
+    p = command(tsub, "revoke", revoke, help="deny-list a token by its jti (Administrators)",
+                description="Revoke the token whose jti claim is JTI: the server refuses it "
+                "from now on, until it would have expired (`ferrohsm whoami` shows a token's "
+                "jti).",
+                epilog="example:\n  ferrohsm token revoke 6f1c2d4e-leaked-ci-token")
+    p.add_argument("jti", metavar="JTI", help="the jti claim of the token to revoke")
+    p.add_argument("--exp", type=int, metavar="UNIX_TIME",
+                   help="the token's exp claim, when known (the entry is kept at least that "
+                   "long)")
+
+
+def revoke(args: argparse.Namespace, client: Any, settings: Settings) -> int:
+    result = client.revoke_token(args.jti, args.exp)
+    output.emit(settings, result, lambda: f"Revoked token {result.get('jti')}: refused until "
+                f"{output.when(result.get('until'))}.")
+    return 0
 
 
 def _secret(args: argparse.Namespace, config_file: str | None) -> bytes:

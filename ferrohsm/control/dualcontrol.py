@@ -49,6 +49,11 @@ from ..store.keystore import decode_page_token, encode_page_token
 from .policy import Decision
 from .recordfirst import Intent, Recorder, Steps
 
+# How far a parked request looks for its own earlier, still open approval (open approvals are
+# a short queue; past this many the request is parked anew rather than scanned for longer).
+OPEN_SCAN_PAGE = 500
+OPEN_SCAN_PAGES = 20
+
 
 class DualControl:
     def __init__(self, store: ApprovalStore | None, recorder: Recorder,
@@ -126,9 +131,18 @@ class DualControl:
 
     def _request(self, ctx: RequestContext, action: Action, key: Key, args: dict[str, Any],
                  decision: Decision) -> None:
-        """Park the request: a pending approval bound to it, then 202 (ApprovalRequired)."""
+        """Park the request: a pending approval bound to it, then 202 (ApprovalRequired). The
+        same request repeated by the same requester while its approval is still open gets that
+        approval again instead of a second one (approvers would otherwise vote on duplicates,
+        and the requester lose track of which id to repeat with)."""
         now, required = self.clock(), decision.required
         store = self._store()
+        existing = self._open_for(store, ctx.actor, action, key, args, now)
+        if existing is not None:
+            raise ApprovalRequired(
+                f"{action.value} on key {key.id} is already parked as approval {existing.id} "
+                f"({len(existing.approvers)} of {existing.required} approvals); repeat it with "
+                f"X-Approval-ID: {existing.id} once approved", approval=apv.view(existing, now))
         self.recorder.require_audit()
         target = replace(apv.new_approval(
             approval_id=uuid7(int(now.timestamp() * 1000)), action=action.value,
@@ -149,6 +163,24 @@ class DualControl:
         raise recorded(ApprovalRequired(
             f"{action.value} on key {key.id} needs {required} approval(s); repeat it with "
             f"X-Approval-ID: {created.id} once approved", approval=apv.view(created, now)))
+
+    @staticmethod
+    def _open_for(store: ApprovalStore, requester: str, action: Action, key: Key,
+                  args: dict[str, Any], now: datetime) -> apv.Approval | None:
+        """An open (pending or approved, not expired) approval of this exact request by this
+        requester: same action, key and request hash under the approval's own salt."""
+        for state in (apv.ApprovalState.PENDING, apv.ApprovalState.APPROVED):
+            after: str | None = None
+            for _ in range(OPEN_SCAN_PAGES):
+                rows = store.list(state, now, OPEN_SCAN_PAGE, after)
+                for row in rows:
+                    if row.requester == requester and row.action == action.value \
+                            and row.key_id == key.id and apv.binds(row, action.value, key.id, args):
+                        return row
+                if len(rows) < OPEN_SCAN_PAGE:
+                    break
+                after = rows[-1].id
+        return None
 
     def _redeem(self, ctx: RequestContext, action: Action, key: Key,
                 args: dict[str, Any]) -> None:

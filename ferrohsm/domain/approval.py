@@ -221,6 +221,12 @@ def vote(approval: Approval, voter: Principal, approve: bool, now: datetime,
     return move(approval, Event.QUORUM if done else Event.APPROVE, now, votes=votes)
 
 
+def binds(approval: Approval, action: str, key_id: str, args: dict[str, Any]) -> bool:
+    """Whether ``approval`` was created for exactly this request (its salted request hash)."""
+    return approval.action == action and approval.key_id == key_id and hmac.compare_digest(
+        approval.request_hash, request_hash(action, key_id, args, bytes.fromhex(approval.salt)))
+
+
 def redeem(approval: Approval, requester: str, action: str, key_id: str,
            args: dict[str, Any], now: datetime) -> Approval:
     """The EXECUTED copy of ``approval`` if this exact request by its requester may run now.
@@ -229,9 +235,7 @@ def redeem(approval: Approval, requester: str, action: str, key_id: str,
     """
     if approval.requester != requester:
         raise Forbidden(f"approval {approval.id} was requested by someone else")
-    salt = bytes.fromhex(approval.salt)
-    if approval.action != action or approval.key_id != key_id or not hmac.compare_digest(
-            approval.request_hash, request_hash(action, key_id, args, salt)):
+    if not binds(approval, action, key_id, args):
         raise Forbidden(f"approval {approval.id} was granted for a different request")
     state = effective_state(approval, now)
     if state is ApprovalState.EXPIRED:

@@ -253,6 +253,7 @@ class Principal:
     tags: frozenset[str] | None = None
     session: str | None = None
     token_id: str | None = None
+    expires_at: int | None = None  # the token's exp claim (Unix time), for GET /v1/whoami
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,10 @@ class KeyEngine:
                 self._too_large()
 
     def _too_large(self) -> NoReturn:
-        raise PayloadTooLarge(f"input is larger than the {self.max_input}-byte limit")
+        raise PayloadTooLarge(f"input is larger than the {self.max_input}-byte limit: sign or "
+                              "verify large data by its digest (the \"digest\" member; "
+                              "`ferrohsm sign` sends one by default), and encrypt large data "
+                              "locally under a data key protected with wrap")
 
     # ---- operations: each returns (result, version used) ----
 

@@ -1,4 +1,5 @@
-"""Token revocation as a service operation: deny-list a ``jti`` (Administrators).
+"""Token revocation as a service operation: deny-list a ``jti`` (Administrators); and
+``whoami``, the caller's own token as the server reads it (any role).
 
 The deny-list is keyed by ``jti`` (auth/denylist.py says why never by token text). The entry is
 persisted before the answer and kept for as long as any token carrying that ``jti`` could still
@@ -8,12 +9,13 @@ leave one audit record each.
 
 from __future__ import annotations
 
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from ..auth.denylist import valid_jti
 from ..auth.permissions import Action
 from ..domain.errors import BadRequest
-from ..domain.model import RequestContext
+from ..domain.model import RequestContext, iso
 from .guard import Guard
 
 
@@ -40,3 +42,18 @@ class TokenService:
                               jti=jti)
             return until
         return self.guard.run(ctx, Action.TOKEN_REVOKE, work)
+
+    def whoami(self, ctx: RequestContext) -> dict[str, Any]:
+        """The caller as the server sees its token (any role; a read, recorded like the
+        others): what a confused operator needs to know why a call is refused."""
+        def work() -> dict[str, Any]:
+            principal = ctx.principal
+            assert principal is not None  # noqa: S101  the guard refused an anonymous caller
+            self.guard.record(ctx, Action.TOKEN_WHOAMI, "success", "token described")
+            expires = principal.expires_at
+            return {"subject": principal.subject, "role": principal.role.value,
+                    "tags": sorted(principal.tags) if principal.tags is not None else None,
+                    "expires_at": iso(datetime.fromtimestamp(expires, UTC))
+                    if expires is not None else None,
+                    "jti": principal.token_id, "session": principal.session}
+        return self.guard.run(ctx, Action.TOKEN_WHOAMI, work)

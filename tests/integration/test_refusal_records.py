@@ -176,6 +176,7 @@ ROUTES: list[tuple[str, str, Any, set[str], str]] = [
     ("POST", "/v1/keys/{enc}/unwrap", {"wrapped": "fhsm:v1:AAAA"}, S, "crypto.unwrap"),
     ("POST", "/v1/keys/{enc}/data-key", {"bits": 256}, S, "crypto.encrypt"),
     ("POST", "/v1/tokens/revoke", {"jti": "refused-jti"}, A, "token.revoke"),
+    ("GET", "/v1/whoami", None, ALL, "token.whoami"),
     ("GET", "/v1/audit", None, AOU, "audit.read"),
     ("GET", "/v1/approvals", None, AOU, "approval.list"),
     ("GET", "/v1/approvals/{approval}", None, AOU, "approval.list"),

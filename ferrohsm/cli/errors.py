@@ -1,0 +1,35 @@
+"""Exit codes of `ferrohsm`, and the one exception that carries a specific one.
+
+A script can tell apart what it may retry (1: the server refused or failed), what it must fix in
+its own invocation (2), and the local causes that are neither: an output it cannot write (3), an
+address the server cannot listen on (4), and a reader that closed the pipe early (141, what a
+shell reports for a process killed by SIGPIPE, so ``ferrohsm audit report … | head -1`` looks the
+same as any other Unix filter).
+"""
+
+from __future__ import annotations
+
+OK = 0
+FAILED = 1          # the operation failed or was refused (API errors, unreachable server)
+USAGE = 2           # usage or configuration error (a bad flag, a token with a line break)
+CANNOT_WRITE = 3    # an output file or directory cannot be created or written
+CANNOT_LISTEN = 4   # `serve`/`quickstart`: the listen address is in use or not available
+CLOSED_PIPE = 141   # the reader of standard output went away (128 + SIGPIPE)
+
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (OK, "success"),
+    (FAILED, "the operation failed or was refused (API error, unreachable, invalid signature)"),
+    (USAGE, "usage or configuration error"),
+    (CANNOT_WRITE, "an output file cannot be written (nothing was sent to the server)"),
+    (CANNOT_LISTEN, "serve/quickstart: the listen address is in use or not available"),
+    (CLOSED_PIPE, "the reader of standard output closed the pipe early"),
+)
+
+
+class CliExit(Exception):
+    """A failure with its own exit code: main() prints ``ferrohsm: <message>`` and exits."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code

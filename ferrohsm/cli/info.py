@@ -1,0 +1,147 @@
+"""`ferrohsm version`, `ferrohsm status` and `ferrohsm whoami`: what an operator asks first.
+
+``version`` always prints the client's version and, when a server is configured, the server's
+(the public ``version`` of ``GET /healthz``). ``status`` is health, seal state and the server
+certificate's expiry: from ``/healthz``'s ``tls.not_after`` when the server reports it, else from
+the certificate the TLS connection presented. ``whoami`` is ``GET /v1/whoami``: the token as the
+server reads it, which is what decides every refusal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+from datetime import UTC, datetime
+from typing import Any
+
+from .. import __version__
+from . import output
+from .errors import FAILED, OK
+from .settings import Settings, UsageError, client_flags, command, resolve
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("version", parents=[client_flags()], allow_abbrev=False,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="print the client's version and the server's",
+                       description="Print this client's version and, when a server is "
+                       "configured (--server, FERROHSM_URL or a profile), the server's.",
+                       epilog="examples:\n  ferrohsm version\n  ferrohsm version --json")
+    p.set_defaults(func=run_version)
+    command(sub, "status", status, help="server health, seal state and certificate expiry",
+            description="Ask the server how it is: health (ok or degraded, with the reason "
+            "for an Auditor or Administrator token), whether it is sealed, and when its TLS "
+            "certificate expires. Exits 0 when healthy, 1 otherwise.",
+            epilog="examples:\n  ferrohsm status\n  ferrohsm status --field certificate.days_left")
+    command(sub, "whoami", whoami, help="the token as the server sees it: subject, role, tags",
+            description="Describe the token in use as the server reads it (GET /v1/whoami): "
+            "subject, role, tag scope and expiry. Any role may ask; the call is audited.",
+            epilog="examples:\n  ferrohsm whoami\n  ferrohsm whoami --field role")
+
+
+def run_version(args: argparse.Namespace) -> int:
+    """Client version always; the server's when one is configured (exit 1 if unreachable)."""
+    from ..client import ClientError
+    from .settings import make_client
+    document: dict[str, Any] = {"client": __version__}
+    code = OK
+    try:
+        settings = resolve(args)
+    except UsageError:
+        settings = None
+    if settings is not None:
+        document["server_url"] = settings.server
+        try:
+            with make_client(settings) as client:
+                client.retries = 0
+                document["server"] = _health(client).get("version")
+        except ClientError as exc:
+            document["server"] = None
+            document["server_error"] = exc.message
+            code = FAILED
+    shown = settings or _plain_settings(args)
+
+    def human() -> str:
+        lines = [f"client  ferrohsm {__version__}"]
+        if "server_url" in document:
+            server = document.get("server")
+            lines.append(f"server  ferrohsm {server} at {document['server_url']}" if server
+                         else f"server  unknown: {document.get('server_error')}")
+        return "\n".join(lines)
+    output.emit(shown, document, human)
+    return code
+
+
+def _plain_settings(args: argparse.Namespace) -> Any:
+    from .settings import output_format
+    return argparse.Namespace(output=output_format(args), field=getattr(args, "field", None))
+
+
+def _health(client: Any) -> dict[str, Any]:
+    """GET /healthz; a 503 (degraded) answers with the same body, which is what we want."""
+    from ..client import ApiError
+    try:
+        return client.health()  # type: ignore[no-any-return]
+    except ApiError as exc:
+        if exc.status == 503 and exc.body:
+            return dict(exc.body)
+        raise
+
+
+def status(args: argparse.Namespace, client: Any, settings: Settings) -> int:
+    client.retries = 0  # a status check reports, it does not wait out a degraded server
+    health = _health(client)
+    tls = health.get("tls") if isinstance(health.get("tls"), dict) else None
+    not_after, source = (tls.get("not_after"), "healthz") if tls and tls.get("not_after") \
+        else (_peer_not_after(client), "tls")
+    cert: dict[str, Any] = {"not_after": not_after, "days_left": _days_left(not_after),
+                            "source": source}
+    document: dict[str, Any] = {
+        "server": settings.server, "status": health.get("status"),
+        "version": health.get("version"), "sealed": bool(health.get("sealed", False)),
+        "reason": health.get("reason"), "certificate": cert}
+
+    def human() -> str:
+        days = cert["days_left"]
+        pairs = [("Server", settings.server),
+                 ("Health", str(document["status"]) + (f": {document['reason']}"
+                                                       if document["reason"] else "")),
+                 ("Version", str(document["version"] or "-")),
+                 ("Sealed", "yes" if document["sealed"] else "no"),
+                 ("Certificate", f"expires {output.when(cert['not_after'])}"
+                  + (f" ({days} days left)" if days is not None else ""))]
+        return output.fields(pairs)
+    output.emit(settings, document, human)
+    return OK if document["status"] == "ok" else FAILED
+
+
+def _peer_not_after(client: Any) -> str | None:
+    value = client.server_certificate().get("notAfter")
+    if not value:
+        return None
+    seconds = ssl.cert_time_to_seconds(str(value))
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _days_left(not_after: Any) -> int | None:
+    parsed = output.parse_time(not_after) if isinstance(not_after, str) else None
+    if parsed is None:
+        return None
+    return int((parsed - datetime.now(UTC)).total_seconds() // 86400)
+
+
+def whoami(args: argparse.Namespace, client: Any, settings: Settings) -> int:
+    me = client.whoami()
+
+    def human() -> str:
+        tags = me.get("tags")
+        expires = me.get("expires_at")
+        return output.fields([
+            ("Subject", str(me.get("subject"))), ("Role", str(me.get("role"))),
+            ("Tags", "any key (no tag scope)" if tags is None
+             else (", ".join(tags) or "none: this token may use no key")),
+            ("Expires", f"{output.when(expires)} ({output.relative(expires)})"
+             if expires else "-"),
+            ("Token id", str(me.get("jti") or "- (no jti: cannot be revoked by id)"))])
+    output.emit(settings, me, human)
+    return OK

@@ -1,0 +1,124 @@
+"""The command tree as data: every command's path and parser, for --help checks, shell
+completion, the manual page and the README's command table, all generated from the one argparse
+tree so none of them can drift from what the parser accepts.
+
+``audit verify`` and ``audit report`` own their parsers (ferrohsm.audit: the offline tools stay
+stdlib-only and run without the CLI); their placeholders in the tree are swapped for the real
+parsers here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Command:
+    path: tuple[str, ...]               # ("keys", "rotate")
+    parser: argparse.ArgumentParser
+    help: str                           # the one-line summary shown in the parent's list
+    children: tuple[str, ...]           # subcommand names ((): a runnable leaf)
+
+    @property
+    def name(self) -> str:
+        return " ".join(("ferrohsm", *self.path))
+
+
+def subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | None:  # type: ignore[type-arg]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return None
+
+
+def offline_parser(path: tuple[str, ...]) -> argparse.ArgumentParser | None:
+    """The real parser of an offline tool whose tree entry is a placeholder."""
+    if path == ("audit", "verify"):
+        from ..audit.verify import verify_parser
+        return verify_parser()
+    if path == ("audit", "report"):
+        from ..audit.report import report_parser
+        return report_parser()
+    return None
+
+
+def walk(root: argparse.ArgumentParser) -> Iterator[Command]:
+    """Every command below ``root`` (groups and leaves), depth first in declaration order."""
+    def visit(path: tuple[str, ...], parser: argparse.ArgumentParser,
+              summary: str) -> Iterator[Command]:
+        sub = subparsers(parser)
+        names = tuple(sub.choices) if sub else ()
+        yield Command(path, offline_parser(path) or parser, summary, names)
+        if sub is None:
+            return
+        helps = {a.dest: a.help or "" for a in sub._choices_actions}
+        for name, child in sub.choices.items():
+            yield from visit((*path, name), child, helps.get(name, ""))
+    yield from visit((), root, root.description or "")
+
+
+def leaves(root: argparse.ArgumentParser) -> list[Command]:
+    return [c for c in walk(root) if c.path and not c.children]
+
+
+def options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The optional arguments a user may type (help included), in declaration order."""
+    return [a for a in parser._actions if a.option_strings and a.help != argparse.SUPPRESS]
+
+
+def positionals(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if not a.option_strings
+            and not isinstance(a, argparse._SubParsersAction)]
+
+
+def takes_value(action: argparse.Action) -> bool:
+    return action.nargs != 0
+
+
+def no_abbreviations(root: argparse.ArgumentParser) -> None:
+    """``--alg`` must not mean ``--algorithm``: a flag added later would change what an old
+    script means, or break it as ambiguous. Applied to every parser in the tree, including
+    those another module adds."""
+    for command in walk(root):
+        command.parser.allow_abbrev = False
+    root.allow_abbrev = False
+    for command in walk(root):
+        sub = subparsers(command.parser)
+        for child in (sub.choices.values() if sub else ()):
+            child.allow_abbrev = False
+
+
+# The client settings every client command takes: listed once (manual page, README), not per
+# command.
+CLIENT_DESTS = frozenset({"server", "token", "token_file", "ca_cert", "client_cert",
+                          "client_key", "profile", "timeout", "output", "field",
+                          "correlation_id"})
+
+
+def _metavar(action: argparse.Action) -> str:
+    if action.metavar:
+        return str(action.metavar)
+    if action.choices:
+        return "{" + ",".join(str(c) for c in action.choices) + "}"
+    return action.dest.upper()
+
+
+def synopsis(command: Command) -> str:
+    """``ferrohsm keys create --algorithm A --usage U [--name NAME] [--tag TAG]…``: the
+    command's own flags (the client settings are listed once, apart)."""
+    parts = [command.name]
+    for action in positionals(command.parser):
+        many = action.nargs in ("+", "*")
+        parts.append(_metavar(action) + ("…" if many else ""))
+    for action in options(command.parser):
+        if action.dest == "help" or action.dest in CLIENT_DESTS:
+            continue
+        flag = action.option_strings[0] if action.option_strings[0].startswith("--") \
+            else action.option_strings[-1]
+        text = f"{flag} {_metavar(action)}" if takes_value(action) else flag
+        if not action.required:
+            text = f"[{text}]" + ("…" if isinstance(action, argparse._AppendAction) else "")
+        parts.append(text)
+    return " ".join(parts)

@@ -1,0 +1,427 @@
+"""The CLI as CI pipelines and operators use it, through the real executable (a subprocess of
+``python3 -m ferrohsm.cli.main``) against a real server over real TLS: signing artefacts of any
+size by digest, outputs checked before the server acts and written atomically, empty input
+refused, a repeated parked command, --output/--field, version/status/whoami/token revoke,
+pending approvals in `keys show`, no prefix abbreviations, and one-line causes with their own exit
+codes (a busy port, an unwritable path, a token with a line break, a closed pipe) and debug
+tracebacks without the token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from live import LiveServer
+
+pytestmark = pytest.mark.slow  # a new process per command: about half a second each
+ROOT = Path(__file__).resolve().parents[2]
+POLICY = """
+[policy.tags.dual]
+approvals_required = 1
+approval_actions = ["unwrap", "destroy"]
+approval_ttl_seconds = 3600
+"""
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    server = LiveServer(tmp_path_factory.mktemp("cli-habits"), config_text=POLICY)
+    yield server
+    server.close()
+
+
+@dataclass
+class Run:
+    code: int
+    out: bytes
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out.decode()
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+class Cli:
+    """``ferrohsm ARGS`` as a new process, with a role's token in FERROHSM_TOKEN."""
+
+    def __init__(self, live: LiveServer, home: Path) -> None:
+        self.live = live
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("FERROHSM_")}
+        self.env.update({"PYTHONPATH": str(ROOT), "HOME": str(home),
+                         "XDG_CONFIG_HOME": str(home / ".config"),
+                         "FERROHSM_URL": f"https://127.0.0.1:{live.port}",
+                         "FERROHSM_CA_CERT": str(live.pki.ca_cert), "NO_COLOR": "1"})
+
+    def __call__(self, *argv: str, role: str | None = "administrator", stdin: bytes = b"",
+                 token: str | None = None, env: dict[str, str] | None = None) -> Run:
+        environment = dict(self.env)
+        if token is not None or role is not None:
+            environment["FERROHSM_TOKEN"] = token if token is not None else \
+                self.live.token(role or "")
+        environment.update(env or {})
+        done = subprocess.run([sys.executable, "-m", "ferrohsm.cli.main", *argv], input=stdin,
+                              capture_output=True, env=environment, timeout=120, check=False)
+        run = Run(done.returncode, done.stdout, done.stderr.decode())
+        assert "Traceback" not in run.err, run.err
+        return run
+
+
+@pytest.fixture
+def cli(live: LiveServer, tmp_path: Path) -> Cli:
+    return Cli(live, tmp_path)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def create(cli: Cli, algorithm: str, usage: str, *tags: str) -> str:
+    name = unique(algorithm)
+    extra = [arg for tag in tags for arg in ("--tag", tag)]
+    result = cli("keys", "create", "--algorithm", algorithm, "--usage", usage, "--name", name,
+                 *extra, "--json")
+    assert result.code == 0, result.err
+    return name
+
+
+def one_line(run: Run) -> str:
+    lines = run.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ferrohsm: "), run.err
+    return lines[0]
+
+
+def all_records(live: LiveServer) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    while True:
+        page = live.rt.audit.read(found[-1]["seq"] if found else 0, 1000)
+        found += page
+        if len(page) < 1000:
+            return found
+
+
+def audit_actions(live: LiveServer, correlation_id: str) -> list[tuple[str, str]]:
+    return [(r["action"], r["outcome"]) for r in all_records(live)
+            if r.get("correlation_id") == correlation_id]
+
+
+# ---- CI signing never loses work ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("algorithm", "hash_name"), [("ec-p384", "sha384"),
+                                                      ("rsa-2048", "sha256")])
+def test_an_artefact_over_the_body_limit_signs_by_digest(cli: Cli, tmp_path: Path,
+                                                         algorithm: str, hash_name: str) -> None:
+    key = create(cli, algorithm, "sign")
+    artefact, sig, pub = tmp_path / "app.tar.gz", tmp_path / "app.sig", tmp_path / "pub.pem"
+    artefact.write_bytes(os.urandom(3 * 1024 * 1024))  # 3 MiB: over the 1 MiB request limit
+    assert cli("sign", key, "--in", str(artefact), "--out", str(sig), role="service").code == 0
+    assert cli("keys", "public-key", key, "--out", str(pub)).code == 0
+    pss = ["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32"] \
+        if algorithm.startswith("rsa") else []
+    openssl = subprocess.run(["openssl", "dgst", f"-{hash_name}", "-verify", str(pub), *pss,
+                              "-signature", str(sig), str(artefact)], capture_output=True,
+                             text=True, check=False)
+    assert openssl.returncode == 0, openssl.stdout + openssl.stderr
+    good = cli("verify", key, "--in", str(artefact), "--signature", str(sig), role="service")
+    assert good.code == 0 and good.text.startswith("valid")
+    piped = cli("verify", key, "--signature", str(sig), role="service",
+                stdin=artefact.read_bytes())  # stdin: hashed both ways, the key's kept
+    assert piped.code == 0, piped.err
+    digest = hashlib.new(hash_name, artefact.read_bytes()).digest()
+    given = cli("verify", key, "--digest", "--signature", str(sig), role="service", stdin=digest)
+    assert given.code == 0, given.err
+
+
+def test_every_413_names_the_way_out(cli: Cli, live: LiveServer, tmp_path: Path) -> None:
+    key = create(cli, "ec-p256", "sign")
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * (2 * 1024 * 1024))
+    over_body = cli("sign", key, "--message", "--in", str(big), "--out", str(tmp_path / "s"),
+                    role="service")
+    line = one_line(over_body)
+    assert over_body.code == 1 and "(payload_too_large, request id" in line
+    assert "--digest" in line and "--message only for inputs up to 64 KiB" in line
+    assert not (tmp_path / "s").exists()
+    over_input = cli("sign", key, "--message", role="service", stdin=b"y" * (100 * 1024))
+    assert over_input.code == 1 and "send a digest" in one_line(over_input)
+    assert "by its digest (the \"digest\" member" in line  # the API's own 413 (body limit)
+    body = {"message": base64.b64encode(b"z" * 70000).decode()}  # over the input limit
+    status, _, reply = live.call("POST", f"/v1/keys/{key}/sign", body, role="service")
+    assert status == 413 and "by its digest" in reply["error"]["message"], reply
+    encrypt_key = create(cli, "aes-256-gcm", "encrypt")
+    too_big = cli("encrypt", encrypt_key, role="service", stdin=b"p" * (100 * 1024))
+    assert too_big.code == 1 and "data key" in one_line(too_big)
+
+
+def test_unwrap_to_an_unwritable_path_keeps_the_approval(cli: Cli, live: LiveServer,
+                                                         tmp_path: Path) -> None:
+    kek = create(cli, "aes-256-gcm", "wrap", "dual")
+    material = os.urandom(32)
+    wrapped = cli("wrap", kek, role="service", stdin=material)
+    assert wrapped.code == 0, wrapped.err
+    parked = cli("unwrap", kek, role="service", stdin=wrapped.out)
+    assert parked.code == 1 and "approval required" in parked.err
+    approval = parked.err.split("--approval-id ")[1].split()[0]
+    approver = live.token("administrator", "approver-2")
+    assert live.call("POST", f"/v1/approvals/{approval}/approve", {}, token=approver)[0] == 200
+    lost = cli("unwrap", kek, "--approval-id", approval, "--out", "/nonexistent/dir/key.bin",
+               role="service", stdin=wrapped.out)
+    assert lost.code == 3, lost.err
+    assert "cannot write /nonexistent/dir/key.bin" in one_line(lost)
+    assert live.call("GET", f"/v1/approvals/{approval}")[2]["state"] == "approved"  # not used
+    out = tmp_path / "key.bin"
+    out.write_bytes(b"old contents")
+    done = cli("unwrap", kek, "--approval-id", approval, "--out", str(out), role="service",
+               stdin=wrapped.out)
+    assert done.code == 0, done.err
+    assert out.read_bytes() == material and stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert live.call("GET", f"/v1/approvals/{approval}")[2]["state"] == "executed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key.bin"]  # no temporary file left
+
+
+def test_outputs_are_opened_before_the_server_acts(cli: Cli, live: LiveServer,
+                                                   tmp_path: Path) -> None:
+    key = create(cli, "aes-256-gcm", "encrypt")
+    signer = create(cli, "ec-p256", "sign")
+    for argv in (("encrypt", key), ("sign", signer)):
+        corr = unique("lost")
+        for target in ("/nonexistent/out", str(tmp_path)):  # a missing directory; a directory
+            run = cli(*argv, "--out", target, "--correlation-id", corr, role="service",
+                      stdin=b"data")
+            assert run.code == 3 and "nothing was sent to the server" in one_line(run)
+        assert audit_actions(live, corr) == []  # no success was recorded for a lost answer
+    ciphertext = tmp_path / "card.enc"
+    assert cli("encrypt", key, "--out", str(ciphertext), role="service", stdin=b"4111").code == 0
+    assert stat.S_IMODE(ciphertext.stat().st_mode) == 0o644 & ~_umask()
+    plain = tmp_path / "card.txt"
+    assert cli("decrypt", key, "--in", str(ciphertext), "--out", str(plain),
+               role="service").code == 0
+    assert plain.read_bytes() == b"4111" and stat.S_IMODE(plain.stat().st_mode) == 0o600
+    assert cli("encrypt", key, "--out", os.devnull, role="service", stdin=b"x").code == 0
+    kept = tmp_path / "kept.enc"
+    kept.write_text("old")
+    kept.chmod(0o640)
+    assert cli("encrypt", key, "--out", str(kept), role="service", stdin=b"new").code == 0
+    assert kept.read_text().startswith("fhsm:v1:") and stat.S_IMODE(kept.stat().st_mode) == 0o640
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_encrypt_and_sign_refuse_empty_input(cli: Cli, live: LiveServer) -> None:
+    key = create(cli, "aes-256-gcm", "encrypt")
+    signer = create(cli, "ec-p256", "sign")
+    for argv in (("encrypt", key), ("sign", signer, "--out", os.devnull)):
+        corr = unique("empty")
+        refused = cli(*argv, "--correlation-id", corr, role="service", stdin=b"")
+        assert refused.code == 2 and "standard input is empty" in one_line(refused)
+        assert "--allow-empty" in refused.err
+        assert audit_actions(live, corr) == []
+        allowed = cli(*argv, "--allow-empty", role="service", stdin=b"")
+        assert allowed.code == 0, allowed.err
+
+
+def test_a_repeated_parked_command_gets_its_pending_approval(cli: Cli, live: LiveServer) -> None:
+    kek = create(cli, "aes-256-gcm", "wrap", "dual")
+    wrapped = cli("wrap", kek, role="service", stdin=os.urandom(32)).out
+    ids, corrs = [], [unique("park"), unique("repeat")]
+    for corr in corrs:
+        parked = cli("unwrap", kek, "--json", "--correlation-id", corr, role="service",
+                     stdin=wrapped)
+        assert parked.code == 1
+        ids.append(parked.json()["approval"]["id"])
+    assert ids[0] == ids[1]
+    assert audit_actions(live, corrs[0]) == [("approval.requested", "intent"),
+                                             ("approval.requested", "success")]
+    assert audit_actions(live, corrs[1]) == [("crypto.unwrap", "denied")]  # no second approval
+    by_field = cli("unwrap", kek, "--field", "approval.id", role="service", stdin=wrapped)
+    assert by_field.code == 1 and by_field.text == f"{ids[0]}\n"  # ID=$(… --field approval.id)
+    key_id = cli("keys", "show", kek, "--field", "id").text.strip()
+    pending = [a for a in live.call("GET", "/v1/approvals?state=pending")[2]["approvals"]
+               if a["key_id"] == key_id]
+    assert [a["id"] for a in pending] == [ids[0]]
+    other = live.token("service", "another-service")
+    again = cli("unwrap", kek, "--json", token=other, role=None, stdin=wrapped)
+    assert again.json()["approval"]["id"] != ids[0]  # another requester: its own approval
+    different = cli("unwrap", kek, "--json", role="service",
+                    stdin=cli("wrap", kek, role="service", stdin=os.urandom(32)).out)
+    assert different.json()["approval"]["id"] != ids[0]  # another request: its own approval
+    shown = cli("keys", "show", kek)
+    assert shown.code == 0 and "Pending approvals: 3" in shown.text and ids[0] in shown.text
+    assert "Pending" not in cli("keys", "show", kek, role="service").text  # may not list them
+
+
+# ---- output formats ---------------------------------------------------------------------------
+
+
+def test_json_is_the_apis_json_and_field_prints_one_value(cli: Cli, live: LiveServer) -> None:
+    name = create(cli, "aes-256-gcm", "encrypt", "formats")
+    listed = cli("keys", "list", "--tag", "formats", "--json")
+    api = live.call("GET", "/v1/keys?tag=formats")[2]
+    assert listed.json() == api and "total" in listed.json()
+    assert cli("keys", "list", "--tag", "formats", "--output", "json").json() == api
+    text = cli("keys", "list", "--tag", "formats", "--output", "text").text.splitlines()
+    assert len(text) == 1 and text[0].split("\t")[0] == name
+    assert cli("keys", "list", "--tag", "formats", "--field", "name").text == f"{name}\n"
+    assert cli("keys", "list", "--tag", "formats", "--field", "total").text == "1\n"
+    assert cli("keys", "show", name, "--field", "versions.0.state").text == "enabled\n"
+    assert cli("keys", "show", name, "--field", "tags").json() == ["formats"]
+    missing = cli("keys", "show", name, "--field", "nope")
+    assert missing.code == 2 and "no such member" in one_line(missing)
+    detail = cli("keys", "show", name, "--output", "text").text
+    assert f"name\t{name}\n" in detail and "versions.0.version\t1\n" in detail
+    version = cli("encrypt", name, "--field", "key_version", role="service", stdin=b"x")
+    assert version.text == "1\n"
+
+
+# ---- operator commands ------------------------------------------------------------------------
+
+
+def test_version_with_and_without_a_server(cli: Cli) -> None:
+    from ferrohsm import __version__
+    both = cli("version", "--json")
+    assert both.code == 0 and both.json()["client"] == __version__
+    assert both.json()["server"] == __version__
+    alone = cli("version", env={"FERROHSM_URL": ""})
+    assert alone.code == 0 and alone.text == f"client  ferrohsm {__version__}\n"
+    down = cli("version", "--server", "https://127.0.0.1:9")
+    assert down.code == 1 and "server  unknown" in down.text
+
+
+def test_status_reports_health_seal_state_and_certificate_expiry(cli: Cli,
+                                                                 live: LiveServer) -> None:
+    run = cli("status", "--json", role=None)
+    assert run.code == 0, run.err
+    status = run.json()
+    assert status["status"] == "ok" and status["sealed"] is False
+    cert = x509.load_pem_x509_certificate(Path(live.pki.server_cert).read_bytes())
+    assert status["certificate"]["not_after"] == \
+        cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert status["certificate"]["source"] == "tls" and status["certificate"]["days_left"] > 0
+    table = cli("status").text
+    assert "Health       ok" in table and "Sealed       no" in table and "days left" in table
+
+
+def test_whoami_shows_the_token_as_the_server_reads_it(cli: Cli, live: LiveServer) -> None:
+    token = live.token("service", "ci-builder", tags=["release"], ttl=300)
+    run = cli("whoami", "--json", token=token)
+    assert run.code == 0, run.err
+    me = run.json()
+    assert (me["subject"], me["role"], me["tags"]) == ("ci-builder", "service", ["release"])
+    assert me["expires_at"] and me["jti"]
+    assert "Tags      release" in cli("whoami", token=token).text
+    assert ("token.whoami", "success") in [(r["action"], r["outcome"]) for r in
+                                           all_records(live) if r.get("actor") == "ci-builder"]
+    assert live.call("GET", "/v1/whoami", role=None)[0] == 401
+
+
+def test_token_revoke_by_jti(cli: Cli, live: LiveServer) -> None:
+    jti = unique("leaked")
+    leaked = live.token("service", "leaky", jti=jti)
+    assert cli("whoami", token=leaked).code == 0
+    refused = cli("token", "revoke", jti, role="operator")
+    assert refused.code == 1 and "(forbidden, request id" in one_line(refused)
+    revoked = cli("token", "revoke", jti)
+    assert revoked.code == 0 and f"Revoked token {jti}" in revoked.text
+    after = cli("whoami", token=leaked)
+    assert after.code == 1 and "(unauthenticated, request id" in one_line(after)
+
+
+# ---- habits: abbreviations, one-line causes ---------------------------------------------------
+
+
+def test_flags_are_never_abbreviated(cli: Cli) -> None:
+    run = cli("keys", "create", "--alg", "aes-256-gcm", "--usage", "encrypt")
+    assert run.code == 2 and "--algorithm" in run.err  # the required flag is missing
+    assert cli("keys", "list", "--stat", "active").code == 2
+
+
+def test_a_busy_port_is_one_line_and_exit_4(cli: Cli, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = cli("quickstart", "--data-dir", str(tmp_path / "data"), "--listen",
+                  f"127.0.0.1:{port}", role=None)
+    assert run.code == 4, run.err
+    assert run.err.strip().splitlines()[-1] == (
+        f"ferrohsm: cannot listen on 127.0.0.1:{port}: the address is already in use (another "
+        "server, or an old one still running?): stop it or choose another --listen port")
+
+
+def test_an_unwritable_export_path_is_exit_3(cli: Cli) -> None:
+    run = cli("audit", "export", "--out", "/proc/ferrohsm/audit.jsonl", role="auditor")
+    assert run.code == 3 and "cannot write /proc/ferrohsm/audit.jsonl" in one_line(run)
+
+
+def test_tokens_with_line_breaks(cli: Cli, live: LiveServer, tmp_path: Path) -> None:
+    token = live.token("auditor", "newline-auditor")
+    assert cli("whoami", "--field", "subject", token=token + "\n").text == "newline-auditor\n"
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\r\n")
+    via_file = cli("whoami", "--field", "subject", role=None,
+                   env={"FERROHSM_TOKEN_FILE": str(token_file)})
+    assert via_file.code == 0 and via_file.text == "newline-auditor\n"
+    broken = cli("whoami", token=token[:20] + "\n" + token[20:])
+    assert broken.code == 2 and "contains a line break inside it" in one_line(broken)
+    assert token[:20] not in broken.err
+
+
+def test_a_closed_pipe_is_one_line_and_exit_141(cli: Cli, live: LiveServer,
+                                                tmp_path: Path) -> None:
+    exported = tmp_path / "audit.jsonl"
+    assert cli("audit", "export", "--out", str(exported), role="auditor").code == 0
+    for argv in (["audit", "report", str(exported)], ["keys", "list"]):
+        env = dict(cli.env, FERROHSM_TOKEN=live.token())
+        with subprocess.Popen([sys.executable, "-m", "ferrohsm.cli.main", *argv],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as proc:
+            assert proc.stdout is not None and proc.stderr is not None
+            proc.stdout.close()  # the reader leaves before the first line
+            err = proc.stderr.read().decode()
+            assert proc.wait(timeout=60) == 141, err
+        assert err == "ferrohsm: output closed early by the reader (broken pipe); stopped\n"
+
+
+def test_debug_tracebacks_never_print_the_token(cli: Cli, live: LiveServer,
+                                                tmp_path: Path) -> None:
+    """A bug whose message quotes the Authorization header (simulated in the transport, the one
+    thing faked here: an unexpected error is by definition one nobody planned for)."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import http.client\n"
+        "original = http.client.HTTPConnection.putheader\n"
+        "def putheader(self, header, *values):\n"
+        "    if header.lower() == 'authorization':\n"
+        "        raise ValueError(f'Invalid header value {values!r} for {header}')\n"
+        "    return original(self, header, *values)\n"
+        "http.client.HTTPConnection.putheader = putheader\n")
+    token = live.token("administrator", "debugging-admin")
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "FERROHSM_DEBUG": "1"}
+    quiet = cli("keys", "list", token=token, env={**env, "FERROHSM_DEBUG": ""})
+    assert quiet.code == 1 and "unexpected ValueError" in one_line(quiet)
+    done = subprocess.run([sys.executable, "-m", "ferrohsm.cli.main", "keys", "list", "--token",
+                           token], capture_output=True, text=True, timeout=60, check=False,
+                          env={**cli.env, **env, "FERROHSM_TOKEN": token})
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and "ValueError: Invalid header value" in done.stderr
+    assert "[REDACTED]" in done.stderr
+    assert token not in done.stderr and token.split(".")[1] not in done.stderr

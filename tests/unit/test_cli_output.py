@@ -1,0 +1,65 @@
+"""The pure parts of the CLI's output: --field lookups, --output text, and the scrubbing of
+bearer tokens from debug tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from ferrohsm.cli.output import FieldMissing, field_text, render
+from ferrohsm.cli.scrub import REDACTED, known_tokens, scrub
+
+KEY = {"id": "k1", "name": "payments", "tags": ["pci"], "versions": [{"version": 1,
+                                                                        "state": "enabled"}],
+       "description": None}
+
+
+def settings(output: str = "table", field: str | None = None) -> argparse.Namespace:
+    return argparse.Namespace(output=output, field=field)
+
+
+def test_field_reads_members_nested_members_and_each_item_of_a_list() -> None:
+    assert field_text(KEY, "name") == "payments"
+    assert field_text(KEY, "versions.0.state") == "enabled"
+    assert field_text(KEY, "tags") == '["pci"]'
+    assert field_text(KEY, "description") == "null"
+    page = {"keys": [KEY, {**KEY, "name": "other"}], "total": 2}
+    assert field_text(page, "name") == "payments\nother"
+    assert field_text(page, "total") == "2"
+    with pytest.raises(FieldMissing, match="no such member; it has: description, id, name"):
+        field_text(KEY, "nope")
+    with pytest.raises(FieldMissing):
+        field_text({"keys": []}, "name")
+
+
+def test_render_picks_field_json_text_or_the_table() -> None:
+    assert render(settings(field="id"), KEY, lambda: "table") == "k1"
+    assert render(settings("json"), {"b": 1, "a": None}, lambda: "table") == \
+        '{\n  "a": null,\n  "b": 1\n}'
+    assert render(settings("text"), {"a": "x\ty", "b": [1]}, lambda: "t") == "a\tx\\ty\nb.0\t1"
+    assert render(settings("text"), {}, lambda: "t", lambda: [["a", "b"], ["c", "d"]]) == \
+        "a\tb\nc\td"
+    assert render(settings(), KEY, lambda: "table") == "table"
+
+
+def test_scrub_removes_every_form_of_the_token() -> None:
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl"  # noqa: S105  a made-up JWT
+    text = (f"ValueError: Invalid header value (b'Bearer {token}\\n',)\n"
+            f"token={token!r} header='Authorization: bearer opaque-secret-value'")
+    cleaned = scrub(text, {token})
+    assert token not in cleaned and "opaque-secret-value" not in cleaned
+    assert cleaned.count(REDACTED) >= 3
+    assert scrub("eyJx.eyJy.zzz in a message", ()) == f"{REDACTED} in a message"
+
+
+def test_known_tokens_come_from_the_environment_flags_and_files(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("file-token-value\n")
+    monkeypatch.setenv("FERROHSM_TOKEN", "env-token-value\n")
+    monkeypatch.delenv("FERROHSM_TOKEN_FILE", raising=False)
+    found = known_tokens(["keys", "list", "--token", "flag-token-value", "--token-file",
+                          str(path)])
+    assert {"env-token-value", "flag-token-value", "file-token-value"} <= found
