@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import Config, load_config, load_secrets, parse_listen
 from ..telemetry.logs import setup_logging
-from . import quickstart
+from . import quickstart, sdnotify
 
 
 def _serve_flags(p: argparse.ArgumentParser) -> None:
@@ -120,9 +120,13 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 def _sighup(rt: Any, ssl_provider: Any) -> None:
     """SIGHUP re-reads what can be reloaded: the keysets, then the TLS certificate files."""
-    rt.authenticator.reload("SIGHUP")
-    if hasattr(ssl_provider, "reload"):
-        ssl_provider.reload("SIGHUP")
+    sdnotify.reloading()
+    try:
+        rt.authenticator.reload("SIGHUP")
+        if hasattr(ssl_provider, "reload"):
+            ssl_provider.reload("SIGHUP")
+    finally:
+        sdnotify.ready()
 
 
 def _run(config: Config, ssl_provider: Any, announce: Any = None, options: Any = None) -> int:
@@ -147,11 +151,14 @@ def _run(config: Config, ssl_provider: Any, announce: Any = None, options: Any =
         port = server.server_address[1]
         wiring.system_event(rt, "system.startup", f"FerroHSM listening on port {port}")
         wiring.start_scheduler(rt)
+        rt.serving.set()
+        sdnotify.ready(f"listening on port {port}")
         log.info("listening on %s:%d (key store %s)", server.server_address[0], port,
                  config.storage.key_store)
         if announce:
             announce(port)
         done.wait()
+        sdnotify.stopping()
         log.info("shutting down")
         return 0
     finally:
