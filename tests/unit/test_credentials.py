@@ -46,12 +46,12 @@ def test_the_environment_variable_wins(tmp_path: Path) -> None:
 
 def test_a_readable_credential_is_refused_by_name(tmp_path: Path) -> None:
     folder = credentials(tmp_path, mode=0o644)
-    with pytest.raises(ConfigError, match="credential master_key.*0600"):
+    with pytest.raises(ConfigError, match=r"credential master_key.*0600"):
         load_secrets(load_config(None, env={}), env={"CREDENTIALS_DIRECTORY": str(folder)})
 
 
 def test_a_missing_credential_says_which(tmp_path: Path) -> None:
     folder = credentials(tmp_path)
     (folder / "jwt_hs256_secret").unlink()
-    with pytest.raises(ConfigError, match="FERROHSM_JWT_HS256_SECRET.*systemd credential"):
+    with pytest.raises(ConfigError, match=r"FERROHSM_JWT_HS256_SECRET.*systemd credential"):
         load_secrets(load_config(None, env={}), env={"CREDENTIALS_DIRECTORY": str(folder)})
