@@ -27,11 +27,12 @@ import stat
 import sys
 import tempfile
 import zipfile
+from typing import NoReturn
 
-_HELD = []  # lock descriptors kept open for the life of the process
+_HELD: list[int] = []  # lock descriptors kept open for the life of the process
 
 
-def _usable(path):
+def _usable(path: str) -> bool:
     """Create ``path`` 0700 if needed; True when this user can write there."""
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
@@ -40,7 +41,7 @@ def _usable(path):
     return os.access(path, os.W_OK | os.X_OK)
 
 
-def _private_tmp():
+def _private_tmp() -> str:
     """A per-user folder in the shared temporary directory, refused unless it is ours alone:
     another user who made it first could otherwise plant code we would import."""
     path = os.path.join(tempfile.gettempdir(), f"ferrohsm-{os.getuid()}")
@@ -57,7 +58,7 @@ def _private_tmp():
     return path
 
 
-def extraction_root():
+def extraction_root() -> str:
     explicit = os.environ.get("SHIV_ROOT", "")
     if explicit:
         if not _usable(os.path.expanduser(explicit)):
@@ -79,12 +80,12 @@ def extraction_root():
     return _private_tmp()
 
 
-def _fail(message):
+def _fail(message: str) -> NoReturn:
     sys.stderr.write(f"ferrohsm: {message}; set SHIV_ROOT to a writable directory\n")
     sys.exit(1)
 
 
-def _lock(path, how):
+def _lock(path: str, how: int) -> int | None:
     """An open descriptor on ``path`` locked with ``how``, or None when it is taken (LOCK_NB).
     Retries when the file was replaced meanwhile, so a lock is always on the current file."""
     while True:
@@ -103,7 +104,7 @@ def _lock(path, how):
         os.close(fd)
 
 
-def clean_other_builds(root, name, build_id):
+def clean_other_builds(root: str, name: str, build_id: str) -> None:
     """Remove extractions of other builds of ``name`` under ``root`` that nobody runs."""
     pattern = re.compile(r"\.?" + re.escape(name) + r"_([0-9a-f]{64})(?:\.tmp|_lock|_inuse)?")
     try:
@@ -128,7 +129,7 @@ def clean_other_builds(root, name, build_id):
             os.close(fd)
 
 
-def prepare():
+def prepare() -> None:
     archive = os.path.realpath(sys.argv[0])
     with zipfile.ZipFile(archive) as zf:
         build_id = json.loads(zf.read("environment.json"))["build_id"]
@@ -147,6 +148,6 @@ try:
 except OSError as exc:
     _fail(f"cannot prepare the extraction folder: {exc.strerror or exc}")
 
-import _bootstrap  # noqa: E402  after the root is chosen
+import _bootstrap  # type: ignore[import-not-found]  # noqa: E402  after the root is chosen
 
 _bootstrap.bootstrap()
