@@ -178,6 +178,16 @@ def https(port: int, ca: Path, method: str, path: str, token: str | None = None,
         conn.close()
 
 
+def test_the_write_execute_rule_really_applies_to_the_child() -> None:
+    """The boot test's MemoryDenyWriteExecute stand-in is in force (PR_GET_MDWE = 66 says 1)."""
+    probe = subprocess.run(
+        ["/usr/bin/python3", "-c", "import ctypes; print(ctypes.CDLL(None).prctl(66, 0, 0, 0, 0))"],
+        capture_output=True, text=True, timeout=30, preexec_fn=deny_write_execute)
+    if probe.stdout.strip() == "-1":
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
+    assert probe.stdout.strip() == str(PR_MDWE_REFUSE_EXEC_GAIN), probe.stderr
+
+
 def test_unit_file_verifies(zipapp: Path, tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
