@@ -15,11 +15,13 @@ import hashlib
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 SHIV = "shiv==1.0.8"
 TOOLS = ROOT / "build" / "tools"
+LAUNCHER = ROOT / "deploy" / "zipapp_main.py"
 
 
 def shiv_env() -> dict[str, str]:
@@ -43,8 +45,26 @@ def build(out: Path) -> Path:
            "--python", "/usr/bin/env python3", "--entry-point", "ferrohsm.cli.main:main",
            "--output-file", str(out), "--no-cache", "--quiet", str(ROOT)]
     subprocess.run(cmd, check=True, cwd=ROOT, env=shiv_env())
+    install_launcher(out)
     out.chmod(0o755)
     return out
+
+
+def install_launcher(out: Path) -> None:
+    """Put deploy/zipapp_main.py in place of shiv's __main__.py (it picks a writable extraction
+    root and removes older builds' extractions, then runs shiv's bootstrap). Every other entry
+    is copied with its own ZipInfo, so the build stays reproducible."""
+    data = out.read_bytes()
+    shebang = data[:data.index(b"\n") + 1]
+    tmp = out.with_name(out.name + ".tmp")
+    with zipfile.ZipFile(out) as src, tmp.open("wb") as fd:
+        fd.write(shebang)
+        with zipfile.ZipFile(fd, "w") as dst:
+            for info in src.infolist():
+                body = LAUNCHER.read_bytes() if info.filename == "__main__.py" \
+                    else src.read(info)
+                dst.writestr(info, body)
+    tmp.replace(out)
 
 
 def main() -> int:

@@ -24,6 +24,7 @@ from .api.handlers import audit as audit_routes
 from .api.handlers import crypto as crypto_routes
 from .api.handlers import dashboard as dashboard_routes
 from .api.handlers import keys as key_routes
+from .api.handlers import probes as probe_routes
 from .api.handlers import system as system_routes
 from .api.handlers import tokens as token_routes
 from .api.handlers import transit as transit_routes
@@ -223,6 +224,7 @@ class Runtime:
     key_records: RecordReport | None = None  # the start-up check of the key records
     tls_status: Callable[[], dict[str, Any]] | None = None  # the TLS provider's (wire_tls)
     tls_close: Callable[[], None] | None = None  # stops its threads before the audit log closes
+    serving: threading.Event = field(default_factory=threading.Event)  # set once started (/readyz)
 
     def _key_records(self) -> dict[str, Any]:
         """Counts only: the ids of failed keys are in the audit log (and a filesystem store's
@@ -248,6 +250,31 @@ class Runtime:
             "cache": self.service.engine.cache.stats(),
             **({} if self.tls_status is None else {"tls": self.tls_status()}),
         }
+
+
+    def readiness(self) -> dict[str, bool]:
+        """/readyz: each check by name. ``serving`` is set after the start-up checks, the
+        listener and the startup record, and cleared when shutdown begins (drain first)."""
+        return {"started": self.serving.is_set() and not self.stop.is_set(),
+                "store_open": _store_open(self.store),
+                "audit_writable": self.audit.degraded() is None,
+                "tls_certificate": _certificate_in_date(self.tls_status)}
+
+
+def _store_open(store: KeyStore) -> bool:
+    """One small read: a closed or unreadable store raises."""
+    try:
+        store.get_meta(CHECK_VALUE)
+    except (FerroError, OSError):
+        return False
+    return True
+
+
+def _certificate_in_date(status: Callable[[], dict[str, Any]] | None) -> bool:
+    if status is None:
+        return False
+    expiry = _expiry(status())
+    return expiry > time.time()
 
 
 def build_runtime(config: Config, secrets: Secrets,
@@ -298,6 +325,7 @@ def build_runtime(config: Config, secrets: Secrets,
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
                       approvals=approvals, key_records=key_records)
     system_routes.register(router, runtime.health, metrics, health_viewer(auth))
+    probe_routes.register(router, runtime.readiness)
     _gauges(runtime)
     return runtime
 
@@ -488,6 +516,7 @@ def start_tls(rt: Runtime, provider: Any) -> None:
 
 def shutdown(rt: Runtime, server: HardenedHTTPServer | None) -> None:
     rt.stop.set()
+    rt.serving.clear()
     if server is not None:
         server.shutdown(rt.config.server.shutdown_grace_seconds)
     if rt.tls_close is not None:

@@ -561,11 +561,17 @@ def decode_key32(text: str, setting: str) -> bytes:
     return raw
 
 
-def secret_value(env: Mapping[str, str], var: str, file_path: str, file_setting: str) -> str | None:
+def secret_value(env: Mapping[str, str], var: str, file_path: str, file_setting: str,
+                 credential: str = "") -> str | None:
+    """The environment variable, else the configured file, else the systemd credential
+    ``credential`` ($CREDENTIALS_DIRECTORY/<credential>, from LoadCredential=) when present."""
     if env.get(var):
         return env[var]
     if file_path:
         return read_secret_file(file_path, file_setting)
+    directory = env.get("CREDENTIALS_DIRECTORY", "")
+    if credential and directory and os.path.lexists(os.path.join(directory, credential)):
+        return read_secret_file(os.path.join(directory, credential), f"credential {credential}")
     return None
 
 
@@ -573,17 +579,19 @@ def load_secrets(config: Config, env: Mapping[str, str] | None = None) -> Secret
     """The three secrets from the environment, else from the 0600 files the config names."""
     env = os.environ if env is None else env
     s = config.secrets
-    master = secret_value(env, "FERROHSM_MASTER_KEY", s.master_key_file, "[secrets].master_key_file")
+    master = secret_value(env, "FERROHSM_MASTER_KEY", s.master_key_file, "[secrets].master_key_file",
+                          "master_key")
     jwt = secret_value(env, "FERROHSM_JWT_HS256_SECRET", s.jwt_hs256_secret_file,
-                       "[secrets].jwt_hs256_secret_file")
+                       "[secrets].jwt_hs256_secret_file", "jwt_hs256_secret")
     hmac_key = secret_value(env, "FERROHSM_AUDIT_HMAC_KEY", s.audit_hmac_key_file,
-                            "[secrets].audit_hmac_key_file")
+                            "[secrets].audit_hmac_key_file", "audit_hmac_key")
     missing = [name for name, value in (("FERROHSM_MASTER_KEY", master),
                                         ("FERROHSM_JWT_HS256_SECRET", jwt),
                                         ("FERROHSM_AUDIT_HMAC_KEY", hmac_key)) if not value]
     if missing:
         raise ConfigError(f"missing secret(s): {', '.join(missing)} (set the environment variable "
-                          "or the matching [secrets] file; `ferrohsm quickstart` generates them)")
+                          "or the matching [secrets] file, or a systemd credential; `ferrohsm "
+                          "quickstart` generates them)")
     assert master and jwt and hmac_key  # noqa: S101  narrows a type for mypy, not a runtime check
     jwt_bytes = jwt.encode("utf-8")
     if len(jwt_bytes) < 32:

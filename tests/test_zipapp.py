@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -98,3 +99,84 @@ def test_the_manual_page_and_completion_ship_in_the_build(zipapp: Path, tmp_path
     script = run(zipapp, "completion", "bash", home=tmp_path)
     assert script.returncode == 0 and "complete -o bashdefault -o default -F _ferrohsm ferrohsm" \
         in script.stdout
+
+
+# ---- an unwritable home, and one extraction per build (deploy/zipapp_main.py) ----------------
+
+def _second_build(tmp_path: Path) -> Path:
+    """A build of this tree with one byte changed: a new build id, as after an upgrade."""
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(
+        ".git", "dist", "build", "__pycache__", ".*_cache", "tests", "*.egg-info", "node_modules"))
+    with (tree / "ferrohsm" / "__init__.py").open("a") as fh:
+        fh.write("# a later build\n")
+    out = tmp_path / "v2" / "ferrohsm"
+    subprocess.run([sys.executable, str(tree / "build.py"), "--out", str(out)], check=True,
+                   cwd=tree, capture_output=True, timeout=600)
+    return out
+
+
+def _as_nobody(zipapp: Path, tmpdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run like a systemd DynamicUser would: nobody, HOME=/nonexistent, no SHIV_ROOT."""
+    env = ["PATH=/usr/bin:/bin", "HOME=/nonexistent", f"TMPDIR={tmpdir}"]
+    return subprocess.run(["runuser", "-u", "nobody", "--", "env", "-i", *env, str(zipapp),
+                           *args], capture_output=True, text=True, timeout=120, cwd="/")
+
+
+def _extractions(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("ferrohsm_"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runuser") is None,
+                    reason="needs root and runuser to run as nobody")
+def test_runs_from_an_unwritable_home_and_keeps_one_extraction(zipapp: Path) -> None:
+    import fcntl
+    import pwd
+    import tempfile
+    base = Path(tempfile.mkdtemp(prefix="ferrohsm-zipapp-"))
+    try:
+        base.chmod(0o755)
+        nobody = pwd.getpwnam("nobody")
+        tmpdir = base / "tmp"
+        tmpdir.mkdir()
+        os.chown(tmpdir, nobody.pw_uid, nobody.pw_gid)
+        first = base / "v1" / "ferrohsm"
+        first.parent.mkdir(mode=0o755)
+        shutil.copy(zipapp, first)
+        second = _second_build(base)
+        for folder in (base / "v2", base / "tree"):
+            folder.chmod(0o755)
+
+        result = _as_nobody(first, tmpdir, "--version")
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        root = tmpdir / f"ferrohsm-{nobody.pw_uid}"
+        assert root.stat().st_mode & 0o777 == 0o700 and root.stat().st_uid == nobody.pw_uid
+        [old] = _extractions(root)
+
+        # a process of the old build still running keeps its extraction...
+        fd = os.open(root / f".{old}_inuse", os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            assert _as_nobody(second, tmpdir, "--version").returncode == 0
+            assert old in _extractions(root) and len(_extractions(root)) == 2
+        finally:
+            os.close(fd)
+        # ...and the next start of the new build removes it once nothing runs from it
+        assert _as_nobody(second, tmpdir, "--version").returncode == 0
+        [new] = _extractions(root)
+        assert new != old
+        assert not any(old in name for name in os.listdir(root))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_an_unusable_shiv_root_is_one_line_not_a_traceback(zipapp: Path, tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
+           "SHIV_ROOT": str(blocked / "shiv")}
+    result = subprocess.run([sys.executable, "-I", str(zipapp), "--version"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "SHIV_ROOT" in result.stderr, result.stderr

@@ -73,8 +73,12 @@ TOO_LARGE_HINT = ("; sign or verify large data by its digest (the \"digest\" mem
 
 # Response side: headers the server owns (an application value would break framing).
 _SERVER_HEADERS = frozenset(
-    {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "x-request-id"}
+    {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "x-request-id",
+     "strict-transport-security"}
 )
+# Every answer goes over TLS (the server has no plain-text mode), errors and dashboard files
+# included: browsers then refuse to be downgraded to http:// for this host for a year.
+HSTS = "Strict-Transport-Security: max-age=31536000"
 _OUT_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _OUT_VALUE_RE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
@@ -417,6 +421,7 @@ def render_response(
             lines.append(f"{name}: {value}")
     lines.append(f"X-Request-ID: {request_id}")
     lines.append(f"Date: {http_date()}")
+    lines.append(HSTS)
     if status in (204, 304):
         body = b""
     else:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..config import Config, load_config, load_secrets, parse_listen
 from ..telemetry.logs import setup_logging
-from . import quickstart
+from . import quickstart, sdnotify
 from .errors import CANNOT_LISTEN, CliExit
 
 
@@ -135,9 +135,13 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 def _sighup(rt: Any, ssl_provider: Any) -> None:
     """SIGHUP re-reads what can be reloaded: the keysets, then the TLS certificate files."""
-    rt.authenticator.reload("SIGHUP")
-    if hasattr(ssl_provider, "reload"):
-        ssl_provider.reload("SIGHUP")
+    sdnotify.reloading()
+    try:
+        rt.authenticator.reload("SIGHUP")
+        if hasattr(ssl_provider, "reload"):
+            ssl_provider.reload("SIGHUP")
+    finally:
+        sdnotify.ready()
 
 
 LISTEN_ERRORS = {errno.EADDRINUSE: "is already in use (another server, or an old one still "
@@ -180,11 +184,14 @@ def _run(config: Config, ssl_provider: Any, announce: Any = None, options: Any =
         wiring.system_event(rt, "system.startup", f"FerroHSM listening on port {port}")
         wiring.start_scheduler(rt)
         wiring.start_tls(rt, ssl_provider)
+        rt.serving.set()
+        sdnotify.ready(f"listening on port {port}")
         log.info("listening on %s:%d (key store %s)", server.server_address[0], port,
                  config.storage.key_store)
         if announce:
             announce(port)
         done.wait()
+        sdnotify.stopping()
         log.info("shutting down")
         return 0
     finally:

@@ -19,6 +19,8 @@ from typing import Any
 
 from live import LiveServer
 
+from ferrohsm import app as wiring
+
 ROLES = ("administrator", "operator", "auditor", "service")
 CONFIG = Path(__file__).with_name("schemathesis.toml")  # its one exception, and why
 UNLIMITED = {("rate_limit", "requests_per_second"): 1e6, ("rate_limit", "burst"): 1_000_000,
@@ -36,7 +38,12 @@ class Budget:
 
 
 def fuzz_server(tmp_path: Path) -> LiveServer:
-    return LiveServer(tmp_path, overrides=UNLIMITED)
+    srv = LiveServer(tmp_path, overrides=UNLIMITED)
+    # Started as `ferrohsm serve` starts it (TLS status wired, marked serving), so GET /readyz
+    # answers 200 like any healthy node: a 503 there is a server error to schemathesis.
+    wiring.wire_tls(srv.rt, wiring.tls_provider(srv.config))
+    srv.rt.serving.set()
+    return srv
 
 
 def approval_header_checked(server: LiveServer) -> bool:

@@ -2,8 +2,10 @@
 
 Journey 1 (test_journeys.py) end to end, against a live server over real TLS: sign in with a pasted
 token, see a key created through the API appear, filter by tag, open it, rotate it and see the new
-version; then sign in as an Auditor and find no action buttons. Screenshots go to pytest's tmp dir
-and are copied to bench/out/ui/ for people to look at.
+version; then sign in as an Auditor and find no action buttons. Also: create a key and edit its
+description in the UI, times in UTC, filters kept in the URL, key names in approvals and audit,
+and a tag-scoped token told why it sees no keys. A screenshot of each view goes to pytest's tmp
+dir and is copied to bench/out/ui/ (git-ignored) for people to look at.
 
 Why a small hand-written WebDriver client instead of Selenium or Playwright: chromedriver speaks
 plain JSON over HTTP, and the dozen commands needed here fit in a page of stdlib code. CI then needs
@@ -28,6 +30,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -335,6 +338,10 @@ def test_audit_view_filters_and_verifies_the_chain(server: LiveServer, browser: 
     assert actions and set(actions) == {"key.rotate"}
     b.type("input[name=actor]", "alice")
     b.wait_text("#audit-table", "alice")
+    # keys by name (the id as a tooltip), and the filters in the URL
+    b.wait_text("#audit-table", "release-signing")
+    assert "action=key.rotate" in b.js("return location.hash")
+    assert "actor=alice" in b.js("return location.hash")
     b.screenshot("08-audit")
 
 
@@ -385,7 +392,10 @@ def test_dual_control_destroy_approved_in_the_dashboard(server: LiveServer,
     sign_in(b, server, server.token("operator", "olivia"))
     b.find("#key-table")
     b.click("#nav-approvals")
-    b.wait_text("#approval-table", key["id"])
+    b.wait_text("#approval-table", "release-signing")  # the key's name, not its id
+    link = f'#approval-table a[data-key-ref="{key["id"]}"]'
+    assert b.js("return document.querySelector(arguments[0]).title", link) == key["id"]
+    assert key["id"] not in b.text("#approval-table")
     b.screenshot("09b-approvals-pending")
     b.click("#approval-table button[data-decide=approve]")
     b.type("dialog[open] input", "change ticket CHG-1234 checked")
@@ -458,6 +468,106 @@ def test_inventory_stays_fast_with_5000_keys(server: LiveServer, browser: Browse
     b.screenshot("11-5000-keys")
 
 
+def test_create_a_key_and_edit_its_description(server: LiveServer, browser: Browser) -> None:
+    b = browser
+    sign_in(b, server, server.token("administrator", "alice"))
+    b.click("#new-key")
+    b.find("#create-key")
+    b.js("const s = document.querySelector('select[name=algorithm]'); s.value = 'ec-p384';"
+         "s.dispatchEvent(new Event('change'))")
+    usages = b.js("return [...document.querySelectorAll('select[name=usage] option')]"
+                  ".map(o => o.value)")
+    assert usages == ["sign"]  # only what the algorithm serves
+    b.type("input[name=name]", "ui-made")
+    b.type("input[name=tags]", "prod, ui-test")
+    b.type("textarea[name=description]", "Made in the dashboard")
+    b.screenshot("12-create-key")
+    b.click("#create-key button[type=submit]")
+    b.wait_text("#notice", "Created ui-made")
+    b.wait_text("#view h1", "ui-made")
+    key = server.call("GET", "/v1/keys/ui-made")[2]
+    assert (key["algorithm"], key["usage"], sorted(key["tags"]), key["description"]) == (
+        "ec-p384", "sign", ["prod", "ui-test"], "Made in the dashboard")
+    b.screenshot("13-key-created")
+
+    b.click("#edit-description")
+    b.type("dialog[open] textarea", "Signs the UI test's releases")
+    b.screenshot("14-edit-description")
+    b.click("dialog[open] button[data-confirm]")
+    b.wait_text("#key-description", "Signs the UI test's releases")
+    b.wait_text("#notice", "Description saved")
+    assert server.call("GET", "/v1/keys/ui-made")[2]["description"] \
+        == "Signs the UI test's releases"
+
+    b.go(f"{origin(server)}/ui/#/new-key")
+    b.find("#create-key")
+    b.type("input[name=name]", "ui-made")  # taken: the server's reason is shown, nothing lost
+    b.click("#create-key button[type=submit]")
+    b.wait_text("#create-error", "not created")
+    assert b.js("return document.querySelector('input[name=name]').value") == "ui-made"
+
+
+def test_times_are_shown_in_utc_and_labelled(server: LiveServer, browser: Browser) -> None:
+    b = browser
+    sign_in(b, server, server.token("administrator", "alice"))
+    b.go(f"{origin(server)}/ui/#/keys/ui-made")
+    b.find("#version-table time")
+    shown = b.js("return [...document.querySelectorAll('main time')]"
+                 ".map(t => [t.getAttribute('datetime'), t.textContent])")
+    assert shown
+    for iso, text in shown:
+        assert text == iso[:19].replace("T", " ") + " UTC", (iso, text)
+    assert b.text("#who-expiry").endswith(" UTC")
+
+
+def hash_query(b: Browser) -> dict[str, str]:
+    fragment = str(b.js("return location.hash"))
+    assert fragment.startswith("#/keys?"), fragment
+    return dict(urllib.parse.parse_qsl(fragment.split("?", 1)[1]))
+
+
+def test_filters_are_kept_in_the_url(server: LiveServer, browser: Browser) -> None:
+    b = browser
+    sign_in(b, server, server.token("administrator", "alice"))
+    b.find("#key-table, .empty")
+    b.go(f"{origin(server)}/ui/#/keys?tag=ui-test")
+    b.wait_text("#key-summary", "Showing 1–1")
+    assert "ui-made" in b.text("#key-table")
+    assert b.js("return document.querySelector('input[name=tag]').value") == "ui-test"
+    b.js("const s = document.querySelector('select[name=usage]'); s.value = 'sign';"
+         "s.dispatchEvent(new Event('change'))")
+    b.wait_text("#key-summary", "Showing 1–1")
+    assert hash_query(b) == {"tag": "ui-test", "usage": "sign"}
+    b.screenshot("15-filters-in-url")
+    b.cmd("POST", "/refresh", {})  # a reload keeps them
+    b.wait_text("#key-summary", "Showing 1–1")
+    assert b.js("return document.querySelector('select[name=usage]').value") == "sign"
+    b.click("#key-table a.key-link")
+    b.find("#key-description")
+    b.click(".crumbs a")  # back to the same filtered list
+    b.wait_text("#key-summary", "Showing 1–1")
+    assert hash_query(b) == {"tag": "ui-test", "usage": "sign"}
+    b.go(f"{origin(server)}/ui/#/approvals?state=denied")
+    b.find("#approval-table, .empty")
+    assert b.js("return document.querySelector('select[name=state]').value") == "denied"
+
+
+def test_a_tag_scoped_token_that_sees_no_keys_is_told_so(server: LiveServer,
+                                                         browser: Browser) -> None:
+    b = browser
+    sign_in(b, server, server.token("service", "billing", tags=["billing"]))
+    b.find("#scoped-empty")
+    text = b.text("#scoped-empty")
+    assert "No keys are visible to this token" in text and "tagged billing" in text
+    assert "There are no keys yet" not in b.text("main") and b.count("#new-key") == 0
+    b.screenshot("16-scoped-token-no-keys")
+    # one key it may see, behind thousands it may not: found, not an empty first page
+    create_key(server, algorithm="aes-256-gcm", usage="encrypt", name="billing-data",
+               tags=["billing"])
+    b.click("button[data-refresh]")
+    b.wait_text("#key-table", "billing-data")
+
+
 def test_no_console_errors_or_csp_violations(browser: Browser) -> None:
     """Runs last: every page above loaded under the strict CSP without a script error. The only
     expected noise is the network log line for GET /v1/approvals answering 404 (not wired yet)."""
@@ -467,5 +577,6 @@ def test_no_console_errors_or_csp_violations(browser: Browser) -> None:
     problems = [entry["message"] for entry in entries if entry.get("level") == "SEVERE"
                 and "probe-4711" not in entry["message"]
                 and "/v1/approvals" not in entry["message"]
-                and "status of 401" not in entry["message"]]  # the forged token, on purpose
+                and "status of 401" not in entry["message"]  # the forged token, on purpose
+                and "status of 409" not in entry["message"]]  # a taken key name, on purpose
     assert problems == []

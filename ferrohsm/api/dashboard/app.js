@@ -1,4 +1,5 @@
-// Boot, sign-in/sign-out and the hash router (#/keys, #/keys/<id>, #/approvals, #/audit).
+// Boot, sign-in/sign-out and the hash router (#/keys, #/keys/<id>, #/new-key, #/approvals,
+// #/audit).
 // Routes live in the URL fragment: it never reaches the server, and the token is never in it.
 
 import {
@@ -6,14 +7,19 @@ import {
   loading, restoreSession, session, startSession,
 } from "./lib.js";
 import { renderInventory, renderKeyDetail } from "./keys.js";
+import { renderCreateKey } from "./create.js";
 import { renderApprovals } from "./approvals.js";
 import { renderAudit } from "./audit.js";
 
+// A view's filters ride in the fragment's query (#/keys?tag=prod): the views read them with
+// hashQuery() and keep them there with keepInUrl().
+const QUERY = "(?:\\?[^#]*)?$";
 const ROUTES = [
-  { pattern: /^#\/keys$/, nav: "keys", render: renderInventory },
-  { pattern: /^#\/keys\/([^/]+)$/, nav: "keys", render: renderKeyDetail },
-  { pattern: /^#\/approvals$/, nav: "approvals", render: renderApprovals },
-  { pattern: /^#\/audit$/, nav: "audit", render: renderAudit },
+  { pattern: new RegExp(`^#/keys${QUERY}`), nav: "keys", render: renderInventory },
+  { pattern: new RegExp(`^#/new-key${QUERY}`), nav: "keys", render: renderCreateKey },
+  { pattern: new RegExp(`^#/keys/([^/?]+)${QUERY}`), nav: "keys", render: renderKeyDetail },
+  { pattern: new RegExp(`^#/approvals${QUERY}`), nav: "approvals", render: renderApprovals },
+  { pattern: new RegExp(`^#/audit${QUERY}`), nav: "audit", render: renderAudit },
 ];
 
 const $ = (id) => document.getElementById(id);

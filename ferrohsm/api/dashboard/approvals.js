@@ -2,8 +2,8 @@
 // for the roles that may decide (never on one's own request: the server refuses that too).
 
 import {
-  api, can, confirmDialog, emptyState, errorPanel, field, h, loading, notify, option, session,
-  stateBadge, timeEl,
+  api, can, confirmDialog, emptyState, errorPanel, field, h, hashQuery, keepInUrl, keyLink,
+  keyNames, loading, notify, option, session, stateBadge, timeEl,
 } from "./lib.js";
 
 const STATES = ["pending", "approved", "denied", "expired", "executed"];
@@ -15,6 +15,8 @@ const WHAT = {
 let shownState = "pending";
 
 export async function renderApprovals(root) {
+  const wanted = hashQuery().get("state");
+  if (STATES.includes(wanted)) shownState = wanted;
   const results = h("div", { class: "results" }, loading());
   const state = h("select", { name: "state", onchange: (e) => { shownState = e.target.value; load(); } },
     STATES.map((s) => option(s, s, shownState)));
@@ -27,9 +29,11 @@ export async function renderApprovals(root) {
 
   async function load() {
     results.replaceChildren(loading());
+    keepInUrl("#/approvals", { state: shownState === "pending" ? "" : shownState });
     try {
       const { data } = await api(`/v1/approvals?state=${encodeURIComponent(shownState)}`);
       const items = Array.isArray(data) ? data : data?.approvals ?? [];
+      await keyNames(items.map((a) => a.key_id));
       results.replaceChildren(items.length ? table(items, load)
         : emptyState(`No ${shownState} approval requests.`,
             shownState === "pending" ? "Nothing is waiting for a decision." : null));
@@ -56,8 +60,7 @@ function table(items, reload) {
     const mine = a.requested_by === me;
     const eligible = can("decide") && a.state === "pending" && !mine && !approvers.includes(me);
     return h("tr", { dataset: { approvalId: a.id } },
-      h("td", null, h("span", { class: "what" }, `${what(a)} key `,
-        h("a", { href: `#/keys/${encodeURIComponent(a.key_id)}`, class: "mono small" }, a.key_id)),
+      h("td", null, h("span", { class: "what" }, `${what(a)} key `, keyLink(a.key_id)),
         a.summary && h("div", { class: "small" }, a.summary),
         h("div", { class: "mono small muted" }, `request ${a.id}`)),
       h("td", null, a.requested_by ?? h("span", { class: "muted" }, "—"),
@@ -83,7 +86,7 @@ function decide(a, verdict, reload) {
     onclick: async () => {
       const comment = await confirmDialog({
         title: approve ? "Approve this request?" : "Deny this request?",
-        message: [`${what(a)} key ${a.key_id}${a.summary ? ` (${a.summary})` : ""}, requested ` +
+        message: [`${what(a)} key ${keyLink(a.key_id).textContent}${a.summary ? ` (${a.summary})` : ""}, requested ` +
           `by ${a.requested_by}.`, approve
           ? "Your approval is recorded in the audit log under your name."
           : "The request is refused and can no longer be executed."],

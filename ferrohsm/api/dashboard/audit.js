@@ -3,13 +3,23 @@
 // leaves the server: `ferrohsm audit verify` does the full check offline.
 
 import {
-  api, emptyState, errorPanel, field, h, loading, option, plural, stateBadge, timeEl,
+  api, emptyState, errorPanel, field, h, hashQuery, keepInUrl, keyLink, keyNames, loading, option,
+  plural, stateBadge, timeEl,
 } from "./lib.js";
 
 const PAGE = 200;
 const filters = { actor: "", action: "", key: "", outcome: "" };
 
+/** Filters from the URL (#/audit?actor=alice&action=key.rotate), then kept there. */
+function readUrl() {
+  const query = hashQuery();
+  for (const name of Object.keys(filters)) filters[name] = (query.get(name) ?? "").trim();
+}
+
+let names = new Map();
+
 export async function renderAudit(root) {
+  readUrl();
   const records = []; // ascending by seq, contiguous
   const summary = h("p", { class: "summary", "aria-live": "polite" });
   const chain = h("div", { class: "chain", id: "chain-status", role: "status" });
@@ -30,7 +40,9 @@ export async function renderAudit(root) {
   async function loadOlder() {
     older.disabled = true;
     try {
-      records.unshift(...await fetchBefore(records[0].seq - 1));
+      const page = await fetchBefore(records[0].seq - 1);
+      names = await keyNames(page.map((r) => r.key_id));
+      records.unshift(...page);
       draw();
     } catch (err) {
       results.replaceChildren(errorPanel(err));
@@ -40,6 +52,7 @@ export async function renderAudit(root) {
   }
 
   function draw() {
+    keepInUrl("#/audit", filters);
     const shown = records.filter(matches).reverse();
     const first = records[0]?.seq;
     const last = records.at(-1)?.seq;
@@ -56,7 +69,9 @@ export async function renderAudit(root) {
     verifyChain(records).then((status) => chain.replaceChildren(...status));
   }
 
-  records.push(...await fetchBefore(await headSeq()));
+  const first = await fetchBefore(await headSeq());
+  names = await keyNames(first.map((r) => r.key_id));
+  records.push(...first);
   draw();
 }
 
@@ -78,7 +93,7 @@ function matches(r) {
   const has = (value, needle) => !needle || String(value ?? "").toLowerCase()
     .includes(needle.toLowerCase());
   return has(r.actor, filters.actor) && has(r.action, filters.action)
-    && has(r.key_id, filters.key) && (!filters.outcome || r.outcome === filters.outcome);
+    && (has(r.key_id, filters.key) || (filters.key && has(names.get(r.key_id), filters.key))) && (!filters.outcome || r.outcome === filters.outcome);
 }
 
 function filterForm(onChange, actions) {
@@ -89,7 +104,7 @@ function filterForm(onChange, actions) {
     onsubmit: (e) => e.preventDefault() },
     field("Actor", text("actor", "alice")),
     field("Action", text("action", "key.rotate", { list: "audit-actions" })),
-    field("Key ID", text("key", "6f1c…")),
+    field("Key (name or ID)", text("key", "payments-data")),
     field("Outcome", h("select", { name: "outcome",
       onchange: (e) => { filters.outcome = e.target.value; onChange(); } },
       option("", "Any outcome", filters.outcome),
@@ -103,9 +118,8 @@ function auditTable(records) {
     h("td", { class: "nowrap" }, timeEl(r.ts)),
     h("td", null, r.actor, h("div", { class: "small muted" }, r.role)),
     h("td", { class: "mono small" }, r.action),
-    h("td", { class: "mono small" }, r.key_id
-      ? h("a", { href: `#/keys/${encodeURIComponent(r.key_id)}` },
-          r.key_id.slice(0, 8), r.key_version ? ` v${r.key_version}` : "")
+    h("td", { class: "small" }, r.key_id
+      ? keyLink(r.key_id, r.key_version ? ` v${r.key_version}` : "")
       : h("span", { class: "muted" }, "—")),
     h("td", null, stateBadge(r.outcome)),
     h("td", { class: "message" }, r.message,

@@ -2,8 +2,8 @@
 // (versions, public-key download, lifecycle actions the signed-in role may take, each confirmed).
 
 import {
-  api, can, confirmDialog, download, emptyState, errorPanel, field, fmtTime, h, loading, notify,
-  option, plural, session, stateBadge, timeEl,
+  api, can, confirmDialog, download, emptyState, errorPanel, field, fmtTime, h, hashQuery,
+  keepInUrl, loading, notify, option, plural, session, stateBadge, timeEl,
 } from "./lib.js";
 
 const STATES = ["active", "revoked", "destroy_scheduled", "destroyed"];
@@ -22,7 +22,38 @@ const inventory = {
 
 // ---- inventory ----------------------------------------------------------------------------
 
+/** Filters and page size from the URL (#/keys?tag=prod&state=active&limit=100). */
+function readUrl() {
+  const query = hashQuery();
+  const filters = Object.fromEntries(Object.keys(inventory.filters).map((name) =>
+    [name, (query.get(name) ?? "").trim()]));
+  const changed = Object.entries(filters).some(([name, v]) => inventory.filters[name] !== v);
+  const limit = Number(query.get("limit"));
+  if (PAGE_SIZES.includes(limit) && limit !== inventory.limit) {
+    inventory.limit = limit;
+    inventory.pageTokens = [null];
+    inventory.page = 0;
+  }
+  if (changed) {
+    inventory.filters = filters;
+    inventory.pageTokens = [null];
+    inventory.page = 0;
+  }
+}
+
+/** Back to the inventory as it was left: its filters are in its URL. */
+function inventoryHref() {
+  const params = new URLSearchParams(Object.entries(urlValues()).filter(([, v]) => v));
+  const query = params.toString();
+  return query ? `#/keys?${query}` : "#/keys";
+}
+
+function urlValues() {
+  return { ...inventory.filters, limit: inventory.limit === 50 ? "" : String(inventory.limit) };
+}
+
 export async function renderInventory(root) {
+  readUrl();
   const summary = h("p", { class: "summary", id: "key-summary", "aria-live": "polite" });
   const results = h("div", { class: "results" }, loading());
   const pager = h("nav", { class: "pager", "aria-label": "Pages" });
@@ -30,6 +61,7 @@ export async function renderInventory(root) {
 
   async function load() {
     const mine = ++sequence;
+    keepInUrl("#/keys", urlValues());
     const params = new URLSearchParams({ limit: inventory.limit });
     for (const [name, value] of Object.entries(inventory.filters)) if (value) params.set(name, value);
     const token = inventory.pageTokens[inventory.page];
@@ -37,7 +69,10 @@ export async function renderInventory(root) {
     results.setAttribute("aria-busy", "true");
     const started = performance.now();
     try {
-      const { data, cached } = await api(`/v1/keys?${params}`, { useEtag: true });
+      let { data, cached } = await api(`/v1/keys?${params}`, { useEtag: true });
+      if (Array.isArray(session.claims?.tags) && !data.keys?.length && data.next_page_token) {
+        ({ data, cached } = await skipHidden(params, data.next_page_token));
+      }
       if (mine !== sequence) return;
       inventory.pageTokens[inventory.page + 1] = data.next_page_token ?? undefined;
       drawPage(data, cached, performance.now() - started);
@@ -73,12 +108,19 @@ export async function renderInventory(root) {
 
   function noKeys() {
     const filtered = Object.values(inventory.filters).some(Boolean);
-    return filtered
-      ? emptyState("No keys match these filters.", "Change or clear the filters to see more keys.",
-          h("button", { type: "button", onclick: () => applyFilters({}, true) }, "Clear filters"))
-      : emptyState("There are no keys yet.",
-          "Create one with `ferrohsm keys create --algorithm aes-256-gcm --usage encrypt`, or " +
-          "POST /v1/keys.");
+    const scope = session.claims?.tags;
+    if (filtered) {
+      return emptyState("No keys match these filters.", "Change or clear the filters to see more " +
+        "keys.", h("button", { type: "button", onclick: () => applyFilters({}, true) },
+        "Clear filters"));
+    }
+    if (Array.isArray(scope)) return scopedEmpty(scope);
+    if (!can("manage")) {
+      return emptyState("There are no keys yet.", "An operator or administrator can create them.");
+    }
+    return emptyState("There are no keys yet.", "Create one here, or with `ferrohsm keys create " +
+      "--algorithm aes-256-gcm --usage encrypt`.",
+    h("a", { href: "#/new-key", class: "button primary" }, "Create a key"));
   }
 
   function applyFilters(changes, reset = false) {
@@ -98,10 +140,37 @@ export async function renderInventory(root) {
   root.replaceChildren(
     h("div", { class: "view-head" }, h("h1", { tabindex: "-1" }, "Keys"), summary,
       h("button", { type: "button", class: "small", "data-refresh": "", onclick: () => load() },
-        "Refresh")),
+        "Refresh"),
+      can("manage") && h("a", { href: "#/new-key", class: "button primary small",
+        id: "new-key" }, "New key")),
     form, results, pager);
   syncForm(form, inventory.filters);
   await load();
+}
+
+/** A tag-scoped token's pages leave out the keys it may not see, so a page can be empty with
+ * more after it. Look ahead, 1000 keys a request (page tokens do not depend on the page size),
+ * for the next page holding a key it sees, or the end: then "no keys visible" is true. */
+async function skipHidden(params, token) {
+  const probe = new URLSearchParams(params);
+  probe.set("limit", "1000");
+  let data = { keys: [], next_page_token: token };
+  for (let i = 0; i < 50 && !data.keys?.length && data.next_page_token; i += 1) {
+    probe.set("page_token", data.next_page_token);
+    ({ data } = await api(`/v1/keys?${probe}`));
+  }
+  return { data, cached: false };
+}
+
+/** A tag-scoped token (a service's) sees only keys carrying one of its tags: say so, rather
+ * than "there are no keys", which would be false and would invite creating one. */
+function scopedEmpty(scope) {
+  const which = scope.length
+    ? `keys tagged ${scope.join(", ")}`
+    : "no keys at all (its tags claim is empty)";
+  return h("div", { id: "scoped-empty" }, emptyState("No keys are visible to this token.",
+    `It is limited to ${which}, and no key it may see exists. Keys with other tags may exist; ` +
+    "ask an operator to tag a key for this service or to issue a token with the right tags."));
 }
 
 function filterForm(apply, setLimit) {
@@ -202,11 +271,15 @@ const approvalAction = (spec) => `key.${spec.action.replace("-", "_")}`;
 function drawKey(root, key, approvals = []) {
   const label = key.name ?? key.id;
   root.replaceChildren(
-    h("p", { class: "crumbs" }, h("a", { href: "#/keys" }, "← All keys")),
+    h("p", { class: "crumbs" }, h("a", { href: inventoryHref() }, "← All keys")),
     h("div", { class: "view-head" },
       h("h1", { tabindex: "-1" }, label, " ", stateBadge(key.state))),
-    h("p", { class: "description", id: "key-description" },
-      key.description || h("span", { class: "muted" }, "No description.")),
+    h("div", { class: "description-row" },
+      h("p", { class: "description", id: "key-description" },
+        key.description || h("span", { class: "muted" }, "No description.")),
+      can("manage") && key.state !== "destroyed" && h("button", { type: "button",
+        class: "small", id: "edit-description", onclick: () => editDescription(root, key) },
+      "Edit description")),
     actionBar(root, key, approvals),
     h("div", { class: "columns" },
       h("section", { "aria-labelledby": "meta-h" }, h("h2", { id: "meta-h" }, "Details"),
@@ -215,6 +288,23 @@ function drawKey(root, key, approvals = []) {
         h("h2", { id: "versions-h" }, `Versions (${key.versions.length})`),
         versionTable(root, key, approvals))),
     history(key));
+}
+
+async function editDescription(root, key) {
+  const value = await confirmDialog({ title: "Edit the description",
+    message: ["Shown to everyone who can read this key; the change is audited."],
+    confirmLabel: "Save",
+    input: { label: "Description", maxLength: 1024, value: key.description ?? "",
+      multiline: true } });
+  if (value === null) return;
+  try {
+    const { data } = await api(`/v1/keys/${encodeURIComponent(key.id)}`,
+      { method: "PATCH", body: { description: value.trim() } });
+    await redraw(root, data);
+    notify("Description saved.", "success");
+  } catch (err) {
+    if (err.status !== 401) notify(`Saving the description failed: ${err.message}`, "error");
+  }
 }
 
 function metadata(key) {

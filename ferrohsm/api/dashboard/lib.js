@@ -45,12 +45,68 @@ export function timeEl(iso) {
   return h("time", { datetime: iso, title: iso }, fmtTime(iso));
 }
 
+/** Always UTC, and labelled so: the audit log, the API and the CLI all speak UTC, and a time
+ * read off the screen must match them whatever the browser's time zone. */
 export function fmtTime(iso) {
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return String(iso);
   const pad = (n) => String(n).padStart(2, "0");
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
-    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  return `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ` +
+    `${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())} UTC`;
+}
+
+/** The query of a view's URL fragment (#/keys?tag=prod) as URLSearchParams. */
+export function hashQuery() {
+  const at = location.hash.indexOf("?");
+  return new URLSearchParams(at < 0 ? "" : location.hash.slice(at + 1));
+}
+
+/** Keep a view's filters in its URL (bookmarkable, shareable, kept by reload and Back) without
+ * re-rendering: replaceState fires no hashchange. Empty values are left out. */
+export function keepInUrl(path, values) {
+  const params = new URLSearchParams();
+  for (const [name, value] of Object.entries(values)) if (value) params.set(name, value);
+  const query = params.toString();
+  const target = query ? `${path}?${query}` : path;
+  if (location.hash !== target) history.replaceState(null, "", target);
+}
+
+// ---- key names ----------------------------------------------------------------------------
+
+const names = new Map(); // key id -> name (null: unnamed); dropped at sign-out
+const MAX_NAME_PAGES = 10;
+
+/** Names of the keys ``ids`` (approvals and audit records carry ids only). Read from the key
+ * listing, 1000 a page, until every id is known (at most MAX_NAME_PAGES pages): one audited
+ * listing per page, where describing each key would add an audit record per key. A key this
+ * token cannot see, or beyond those pages, keeps its id. */
+export async function keyNames(ids) {
+  let missing = new Set(ids.filter((id) => id && !names.has(id)));
+  let token = null;
+  for (let page = 0; missing.size && page < MAX_NAME_PAGES; page += 1) {
+    const query = new URLSearchParams({ limit: 1000 });
+    if (token) query.set("page_token", token);
+    let data;
+    try {
+      ({ data } = await api(`/v1/keys?${query}`));
+    } catch (err) {
+      if (err.status === 401) throw err;
+      break;
+    }
+    for (const key of data?.keys ?? []) names.set(key.id, key.name ?? null);
+    missing = new Set([...missing].filter((id) => !names.has(id)));
+    token = data?.next_page_token;
+    if (!token) break;
+  }
+  return names;
+}
+
+/** A link to a key showing its name (its id when unnamed or unknown), the id as a tooltip. */
+export function keyLink(id, extra = "") {
+  const name = names.get(id);
+  return h("a", { href: `#/keys/${encodeURIComponent(id)}`, title: id,
+    class: name ? "key-name" : "mono small", dataset: { keyRef: id } },
+  name ?? id, extra);
 }
 
 export function plural(n, word) {
@@ -88,7 +144,8 @@ export function clearNotice() {
 
 /**
  * A modal confirmation; resolves to the typed value ("" without an input) or null if cancelled.
- * input: {label, maxLength, expect} — with `expect`, confirming needs that exact text typed.
+ * input: {label, maxLength, expect, value, multiline} — with `expect`, confirming needs that
+ * exact text typed; `value` fills the box first; `multiline` makes it a text area.
  */
 export function confirmDialog({ title, message, confirmLabel = "Confirm", danger = false,
                                  input = null }) {
@@ -99,8 +156,11 @@ export function confirmDialog({ title, message, confirmLabel = "Confirm", danger
     const cancel = h("button", { type: "button", onclick: () => dialog.close("cancel") }, "Cancel");
     let box = null;
     if (input) {
-      box = h("input", { type: "text", maxlength: input.maxLength ?? 256, autocomplete: "off",
-        spellcheck: "false" });
+      box = input.multiline
+        ? h("textarea", { rows: 4, maxlength: input.maxLength ?? 256 })
+        : h("input", { type: "text", maxlength: input.maxLength ?? 256, autocomplete: "off",
+          spellcheck: "false" });
+      box.value = input.value ?? "";
       if (input.expect !== undefined) {
         confirm.disabled = true;
         box.addEventListener("input", () => { confirm.disabled = box.value !== input.expect; });
@@ -168,10 +228,11 @@ export function endSession() {
   session.claims = null;
   sessionStorage.removeItem(TOKEN_KEY);
   etags.clear();
+  names.clear();
 }
 
 const ROLES = {
-  manage: ["administrator", "operator"],        // rotate, rollback, revoke (authz MANAGERS)
+  manage: ["administrator", "operator"],        // create, update, rotate, rollback, revoke
   destroy: ["administrator"],                   // destroy, cancel-destroy
   decide: ["administrator", "operator"],        // approve, deny
   approvals: ["administrator", "operator", "auditor"],

@@ -1,0 +1,153 @@
+# FerroHSM zip app launcher: build.py stores this file as the archive's __main__.py, in place
+# of shiv's two-line one, so that it runs before shiv's bootstrap.
+#
+# Why: shiv extracts the bundled packages (cryptography's native library cannot be imported from
+# a zip) under SHIV_ROOT, by default ~/.shiv. That fails with a traceback when $HOME is not
+# writable (systemd DynamicUser=, the nobody user), and every new build leaves its own copy
+# behind (tens of MB each). So this launcher
+#
+# 1. picks the extraction root when SHIV_ROOT is not set: $CACHE_DIRECTORY (systemd
+#    CacheDirectory=), else $XDG_CACHE_HOME/ferrohsm, else ~/.cache/ferrohsm when it can be
+#    created, else a private (0700, owned by this user, no symlink) ferrohsm-<uid> folder in
+#    the temporary directory;
+# 2. holds a shared lock on its own build's extraction for as long as the process runs, and
+#    removes the extractions of other builds of the same file name that no running process
+#    holds (an old server still running from its extraction keeps it);
+# 3. then hands over to shiv's bootstrap, which extracts (once) and runs ferrohsm.cli.main.
+#
+# Standard library only, and nothing here may print a traceback for an environment problem:
+# a root that cannot be used is one line on stderr and exit status 1.
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
+import zipfile
+from typing import NoReturn
+
+_HELD: list[int] = []  # lock descriptors kept open for the life of the process
+
+
+def _usable(path: str) -> bool:
+    """Create ``path`` 0700 if needed; True when this user can write there."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK | os.X_OK)
+
+
+def _private_tmp() -> str:
+    """A per-user folder in the shared temporary directory, refused unless it is ours alone:
+    another user who made it first could otherwise plant code we would import."""
+    path = os.path.join(tempfile.gettempdir(), f"ferrohsm-{os.getuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        _fail(f"cannot create {path}: {exc.strerror}")
+    info = os.lstat(path)
+    if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid()
+            or info.st_mode & 0o077):
+        _fail(f"{path} is not a private directory of this user (0700, not a symlink)")
+    return path
+
+
+def extraction_root() -> str:
+    explicit = os.environ.get("SHIV_ROOT", "")
+    if explicit:
+        if not _usable(os.path.expanduser(explicit)):
+            _fail(f"SHIV_ROOT={explicit} cannot be created or written")
+        return explicit
+    candidates = []
+    cache_dir = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
+    if os.path.isabs(cache_dir):
+        candidates.append(cache_dir)
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(xdg):
+        candidates.append(os.path.join(xdg, "ferrohsm"))
+    home = os.path.expanduser("~")
+    if os.path.isabs(home):
+        candidates.append(os.path.join(home, ".cache", "ferrohsm"))
+    for candidate in candidates:
+        if _usable(candidate):
+            return candidate
+    return _private_tmp()
+
+
+def _fail(message: str) -> NoReturn:
+    sys.stderr.write(f"ferrohsm: {message}; set SHIV_ROOT to a writable directory\n")
+    sys.exit(1)
+
+
+def _lock(path: str, how: int) -> int | None:
+    """An open descriptor on ``path`` locked with ``how``, or None when it is taken (LOCK_NB).
+    Retries when the file was replaced meanwhile, so a lock is always on the current file."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, how)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+def clean_other_builds(root: str, name: str, build_id: str) -> None:
+    """Remove extractions of other builds of ``name`` under ``root`` that nobody runs."""
+    pattern = re.compile(r"\.?" + re.escape(name) + r"_([0-9a-f]{64})(?:\.tmp|_lock|_inuse)?")
+    try:
+        entries = os.listdir(root)
+    except OSError:
+        return
+    others = {m.group(1) for m in map(pattern.fullmatch, entries) if m} - {build_id}
+    for other in sorted(others):
+        inuse = os.path.join(root, f".{name}_{other}_inuse")
+        fd = _lock(inuse, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if fd is None:
+            continue  # a process of that build is running from it
+        try:
+            for leftover in (f"{name}_{other}", f"{name}_{other}.tmp"):
+                shutil.rmtree(os.path.join(root, leftover), ignore_errors=True)
+            for lock in (f".{name}_{other}_lock", f".{name}_{other}_inuse"):
+                try:
+                    os.unlink(os.path.join(root, lock))
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
+
+
+def prepare() -> None:
+    archive = os.path.realpath(sys.argv[0])
+    with zipfile.ZipFile(archive) as zf:
+        build_id = json.loads(zf.read("environment.json"))["build_id"]
+    root = extraction_root()
+    os.environ["SHIV_ROOT"] = root
+    root = os.path.expanduser(root)
+    name = os.path.basename(archive)
+    fd = _lock(os.path.join(root, f".{name}_{build_id}_inuse"), fcntl.LOCK_SH)
+    if fd is not None:
+        _HELD.append(fd)
+    clean_other_builds(root, name, build_id)
+
+
+try:
+    prepare()
+except OSError as exc:
+    _fail(f"cannot prepare the extraction folder: {exc.strerror or exc}")
+
+import _bootstrap  # type: ignore[import-not-found]  # noqa: E402  after the root is chosen
+
+_bootstrap.bootstrap()
