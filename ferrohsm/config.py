@@ -12,6 +12,7 @@ import binascii
 import dataclasses
 import ipaddress
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
@@ -21,7 +22,7 @@ from typing import Any
 from .control.policy import TagPolicy
 from .domain.errors import ConfigError
 
-KEY_STORES = ("filesystem", "sqlite", "memory")
+KEY_STORES = ("filesystem", "sqlite", "memory", "postgres")
 AUDIT_SINKS = ("file", "sqlite")
 
 
@@ -47,6 +48,9 @@ class ServerSettings:
 class StorageSettings:
     key_store: str = "filesystem"
     data_dir: str = "./ferrohsm-data"
+    # key_store = "postgres": the environment variable holding the DSN (its password included);
+    # the DSN itself is never a setting, so it is never in a file, a flag or a message.
+    postgres_dsn_env: str = "FERROHSM_POSTGRES_DSN"
 
 
 @dataclass(frozen=True)
@@ -357,6 +361,8 @@ def validate(config: Config) -> None:
          "[tls].require_client_cert needs [tls].client_ca"),
         (config.logging.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
          "[logging].level must be DEBUG, INFO, WARNING or ERROR"),
+        (_ENV_NAME_RE.fullmatch(config.storage.postgres_dsn_env) is not None,
+         "[storage].postgres_dsn_env must be an environment variable name (A-Z, 0-9, _)"),
     ]
     for ok, message in checks:
         if not ok:
@@ -369,6 +375,9 @@ def validate(config: Config) -> None:
         if tag.approvals_required < 0 or tag.approval_ttl_seconds < 1 or tag.rotation_days < 0 \
                 or tag.archive_after_days < 0 or tag.destroy_grace_hours < 0:
             raise ConfigError(f"{src}: [policy.tags.{name}] has a negative or zero value")
+
+
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 def _witness_ok(spec: str) -> bool:

@@ -81,6 +81,11 @@ class PostgresStore(KeyStore):
             self.close()
             raise
 
+    @property
+    def database(self) -> PgDatabase:
+        """The connection pool, for the approval store and revoked-token list of this process."""
+        return self._db
+
     # ---- the decoded-key cache -------------------------------------------------------------
 
     def _cached(self, key_id: str) -> tuple[str, Key] | None:
