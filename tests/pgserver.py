@@ -109,7 +109,8 @@ class PostgresServer:
         """Stop the server (dropping every connection) and start it again on the same port."""
         pg_ctl = pg_bin("pg_ctl")
         assert pg_ctl
-        self._run([pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "restart"])
+        self._run([pg_ctl, "-D", str(self.data), "-l", str(self.root / "log"), "-m", "fast", "-w",
+                   "-t", "60", "restart"])
 
     def new_schema(self) -> str:
         """A fresh, empty schema in one shared database, as a DSN whose search_path is that

@@ -1,0 +1,239 @@
+"""The PostgreSQL state beyond the conformance suites: numbered migrations (a newer schema is
+refused, nodes starting together migrate once), the DSN kept out of every message, the shared
+revoked-token list, several nodes' stores on one database, and reconnecting after a restart.
+
+Every test runs against a real PostgreSQL (tests/pgserver.py) and skips without one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pgserver
+import psycopg
+import pytest
+
+from ferrohsm.auth.authn import Authenticator, TokenRejected, issue_token
+from ferrohsm.crypto.recordmac import RecordMac
+from ferrohsm.domain import lifecycle as lc
+from ferrohsm.domain.errors import ConfigError, StaleRevision, StoreError, Unavailable
+from ferrohsm.domain.ids import uuid7
+from ferrohsm.domain.model import Key, KeyState
+from ferrohsm.store.pgdb import PgDatabase, dsn_from_env, migrate
+from ferrohsm.store.pgschema import COMPONENT, MIGRATIONS, SCHEMA_VERSION
+from ferrohsm.store.postgres import PostgresStore
+from ferrohsm.store.postgres_revocations import PostgresDenyList
+
+MAC = RecordMac.derive(bytes(range(32)))
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+SECRET = b"k" * 32
+
+
+@pytest.fixture
+def dsn() -> str:
+    return pgserver.shared().new_database()
+
+
+@pytest.fixture
+def nodes(dsn: str) -> Iterator[list[PostgresStore]]:
+    """Three stores, each with its own pool: three nodes on one database."""
+    stores = [PostgresStore(PgDatabase(dsn), MAC) for _ in range(3)]
+    yield stores
+    for store in stores:
+        store.close()
+
+
+def _applied(dsn: str) -> list[tuple[str, int]]:
+    with psycopg.connect(dsn) as conn:
+        return [(r[0], r[1]) for r in conn.execute(
+            "SELECT component, version FROM schema_migrations ORDER BY 1, 2")]
+
+
+def new_key(name: str | None = None) -> Key:
+    return lc.new_key(key_id=uuid7(), name=name, description="", algorithm="aes-256-gcm",
+                      usage="encrypt", tags=(), sealed=b"sealed-v1", now=NOW, actor="alice")
+
+
+# ---- migrations ------------------------------------------------------------------------------
+
+def test_migrations_are_numbered_recorded_and_applied_once(dsn: str) -> None:
+    PostgresStore(PgDatabase(dsn), MAC).close()
+    PostgresStore(PgDatabase(dsn), MAC).close()
+    assert _applied(dsn) == [(COMPONENT, n) for n in range(1, SCHEMA_VERSION + 1)]
+
+
+def test_a_newer_schema_is_refused_with_a_clear_message(dsn: str) -> None:
+    PostgresStore(PgDatabase(dsn), MAC).close()
+    with psycopg.connect(dsn) as conn:
+        conn.execute("INSERT INTO schema_migrations (component, version) VALUES (%s, %s)",
+                     (COMPONENT, SCHEMA_VERSION + 1))
+    db = PgDatabase(dsn)
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, newer than this "
+                                         f"FerroHSM understands \\({SCHEMA_VERSION}\\)"):
+        PostgresStore(db, MAC)
+    assert db.closed  # the refused store released its pool
+
+
+def test_nodes_starting_together_migrate_exactly_once(dsn: str) -> None:
+    starters = 8
+    barrier = threading.Barrier(starters)
+    errors: list[BaseException] = []
+    opened: list[PostgresStore] = []
+
+    def start() -> None:
+        db = PgDatabase(dsn)
+        barrier.wait()
+        try:
+            opened.append(PostgresStore(db, MAC))
+        except BaseException as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=start) for _ in range(starters)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for store in opened:
+        store.close()
+    assert not errors and len(opened) == starters
+    assert _applied(dsn) == [(COMPONENT, n) for n in range(1, SCHEMA_VERSION + 1)]
+
+
+def test_a_failed_migration_changes_nothing(dsn: str) -> None:
+    db = PgDatabase(dsn).retain()
+    try:
+        with pytest.raises(StoreError, match="schema migration of probe failed"):
+            migrate(db, "probe", ("CREATE TABLE probe_one (x int)", "CREATE TABLE broken ("))
+        assert migrate(db, "probe", ("CREATE TABLE probe_one (x int)",)) == 1
+        assert migrate(db, "probe", ("CREATE TABLE probe_one (x int)",)) == 1  # not again
+    finally:
+        db.release()
+    assert ("probe", 2) not in _applied(dsn) and ("probe", 1) in _applied(dsn)
+    assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+# ---- the DSN: only from the environment, never in a message --------------------------------
+
+def test_the_dsn_comes_from_the_named_variable() -> None:
+    with pytest.raises(ConfigError, match="FERROHSM_POSTGRES_DSN .*which is not set"):
+        dsn_from_env("FERROHSM_POSTGRES_DSN", {})
+    assert dsn_from_env("PG", {"PG": "postgresql://a@b/c"}) == "postgresql://a@b/c"
+
+
+@pytest.mark.parametrize("dsn", [
+    "postgresql://hsm:Sw0rdfish-9@127.0.0.1:1/keys",
+    "host=127.0.0.1 port=1 user=hsm password=Sw0rdfish-9 dbname=keys",
+    "host=127.0.0.1 password=Sw0rdfish-9 port=notaport",
+    "postgresql://hsm:Sw0rdfish-9@[::1",
+])
+def test_no_message_shows_the_password(dsn: str) -> None:
+    pgserver.skip_unless_available()
+    with pytest.raises((StoreError, ConfigError)) as caught:
+        PgDatabase(dsn, connect_timeout=2)
+    assert "Sw0rdfish-9" not in caught.value.message
+    assert "PostgreSQL" in caught.value.message
+
+
+# ---- several nodes on one database ---------------------------------------------------------
+
+def test_a_revocation_through_one_node_is_seen_by_the_others_at_once(
+        nodes: list[PostgresStore]) -> None:
+    a, b, c = nodes
+    key = a.create(new_key("shared"))
+    assert b.get(key.id).state is KeyState.ACTIVE  # now cached on b and c
+    assert c.get_by_name("shared").state is KeyState.ACTIVE
+    a.update(lc.revoke(a.get(key.id), NOW, "alice", "test"))
+    assert b.get(key.id).state is KeyState.REVOKED
+    assert c.get_by_name("shared").state is KeyState.REVOKED
+
+
+def test_concurrent_rotations_through_three_nodes_give_contiguous_versions(
+        nodes: list[PostgresStore]) -> None:
+    key = nodes[0].create(new_key())
+    rounds = 6
+
+    def rotate(store: PostgresStore, n: int) -> None:
+        done = 0
+        while done < rounds:
+            current = store.get(key.id)
+            try:
+                store.update(lc.rotate(current, f"s{n}".encode(), NOW, f"node{n}"))
+                done += 1
+            except StaleRevision:
+                continue
+    threads = [threading.Thread(target=rotate, args=(s, n)) for n, s in enumerate(nodes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    final = nodes[1].get(key.id)
+    assert [v.version for v in final.versions] == list(range(1, 2 + 3 * rounds))
+    assert final.revision == 1 + 3 * rounds
+
+
+@pytest.mark.slow
+def test_the_store_reconnects_after_the_database_restarts() -> None:
+    pgserver.skip_unless_available()
+    with pgserver.running() as server:  # its own server: the restart must not hit other tests
+        db = PgDatabase(server.new_database(), max_connections=3)
+        store = PostgresStore(db, MAC)
+        try:
+            key = store.create(new_key("survivor"))
+            server.restart()  # every pooled connection is now dead
+            assert store.get(key.id) == key
+            assert store.update(lc.revoke(key, NOW, "alice")).state is KeyState.REVOKED
+            assert db.stats()["connections_open"] == 1
+        finally:
+            store.close()
+
+
+# ---- the revoked-token list ------------------------------------------------------------------
+
+def _authenticator(deny: PostgresDenyList) -> Authenticator:
+    return Authenticator(SECRET, issuer="ferrohsm", audience="ferrohsm", deny_list=deny)
+
+
+def test_a_token_revoked_on_one_node_is_refused_by_another_at_once(dsn: str) -> None:
+    pools = [PgDatabase(dsn).retain() for _ in range(2)]
+    try:
+        one, two = (_authenticator(PostgresDenyList(db)) for db in pools)
+        token = issue_token(SECRET, subject="svc", role="service", jti="jti-to-revoke")
+        assert two.verify(token).subject == "svc"  # verified and cached on node two
+        one.revoke("jti-to-revoke")
+        with pytest.raises(TokenRejected, match="revoked"):
+            two.verify(token)  # a cache hit still asks the shared list
+        assert len(two.deny_list) == 1
+    finally:
+        for db in pools:
+            db.release()
+
+
+def test_entries_lengthen_expire_and_are_pruned(dsn: str) -> None:
+    db = PgDatabase(dsn).retain()
+    try:
+        deny = PostgresDenyList(db, max_entries=2)
+        deny.revoke("a", until=100.0, now=0.0)
+        deny.revoke("a", until=50.0, now=0.0)  # never shortened
+        deny.revoke("b", until=200.0, now=0.0)
+        assert deny.is_revoked("a", 150.0)  # checked by presence, not by any node's clock
+        with pytest.raises(ValueError):
+            deny.revoke("bad\njti", until=1.0, now=0.0)
+        assert deny.prune(99.0) == 0
+        assert deny.prune(150.0) == 1 and deny.prune(250.0) == 1 and len(deny) == 0
+        deny.revoke("c", 10_000.0, 0.0)
+        deny.revoke("d", 10_000.0, 0.0)
+        with pytest.raises(Unavailable, match="full"):
+            deny.revoke("e", 10_000.0, 0.0)
+        assert not deny.is_revoked("e", 0.0) and not deny.is_revoked(None, 0.0)
+    finally:
+        db.release()
+
+
+def test_a_list_that_cannot_be_asked_fails_closed(dsn: str) -> None:
+    db = PgDatabase(dsn).retain()
+    deny = PostgresDenyList(db)
+    db.release()  # the pool is closed: no answer
+    auth = _authenticator(deny)
+    with pytest.raises(StoreError):
+        auth.verify(issue_token(SECRET, subject="svc", role="service"))
