@@ -116,7 +116,7 @@ def test_a_failed_migration_changes_nothing(dsn: str) -> None:
 # ---- the DSN: only from the environment, never in a message --------------------------------
 
 def test_the_dsn_comes_from_the_named_variable() -> None:
-    with pytest.raises(ConfigError, match="FERROHSM_POSTGRES_DSN .*which is not set"):
+    with pytest.raises(ConfigError, match=r"FERROHSM_POSTGRES_DSN .*which is not set"):
         dsn_from_env("FERROHSM_POSTGRES_DSN", {})
     assert dsn_from_env("PG", {"PG": "postgresql://a@b/c"}) == "postgresql://a@b/c"
 
