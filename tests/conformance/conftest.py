@@ -54,8 +54,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path,
             vault: InMemoryRemoteVault) -> Iterator[Backend]:
     if request.param == "postgres":
         dsn: str = request.getfixturevalue("pg_dsn")
-        yield from serve_backend("postgres", True,
-                                 lambda: PostgresStore(PgDatabase(dsn), RECORD_MAC))
+        opener: Callable[[], KeyStore] = lambda: PostgresStore(PgDatabase(dsn), RECORD_MAC)
+        yield from serve_backend("postgres", True, opener)
         return
     yield from serve_backend(request.param, *_openers(tmp_path, vault)[request.param])
 

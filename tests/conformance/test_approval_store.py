@@ -48,7 +48,8 @@ def openers(tmp_path: Path) -> dict[str, tuple[bool, Callable[[], ApprovalStore]
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "postgres":  # a fresh schema on the session's server (skips without)
         dsn = pgserver.shared().new_schema()
-        yield from serve_backend("postgres", True, lambda: PostgresApprovalStore(PgDatabase(dsn)))
+        opener: Callable[[], ApprovalStore] = lambda: PostgresApprovalStore(PgDatabase(dsn))
+        yield from serve_backend("postgres", True, opener)
         return
     yield from serve_backend(request.param, *openers(tmp_path)[request.param])
 
