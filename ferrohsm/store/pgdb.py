@@ -125,6 +125,7 @@ class PgDatabase:
         self._wait = wait_seconds
         self._cond = threading.Condition()
         self._idle: list[Conn] = []
+        self._cursors: dict[int, Any] = {}  # id(connection) -> its kept cursor (query())
         self._open = 0
         self._refs = 0
         self._closed = False
@@ -190,6 +191,7 @@ class PgDatabase:
         with self._cond:
             if self._closed:
                 self._open -= 1
+                self._cursors.pop(id(conn), None)
                 conn.close()
             else:
                 self._idle.append(conn)
@@ -201,6 +203,8 @@ class PgDatabase:
         with self._cond:
             stale, self._idle = self._idle, []
             self._open -= 1 + len(stale)
+            for dead in (conn, *stale):
+                self._cursors.pop(id(dead), None)
             self._cond.notify_all()
         for dead in (conn, *stale):
             with contextlib.suppress(Exception):
@@ -255,6 +259,34 @@ class PgDatabase:
         self._give_back(conn)
         return result
 
+    def query(self, sql: Any, args: Sequence[Any], failure: str) -> list[tuple[Any, ...]]:
+        """One statement committed alone, its rows: the hot path (key lookups, the revoked-token
+        check). It runs on a cursor kept with its connection, which saves about a third of the
+        Python cost of a round trip; a broken connection is retried once (a read, or a single
+        statement that never reached the server)."""
+        pg = self._psycopg
+        for attempt in (1, 2):
+            conn = self._take()
+            try:
+                cur = self._cursors.get(id(conn))
+                if cur is None:
+                    cur = self._cursors[id(conn)] = conn.cursor()
+                rows: list[tuple[Any, ...]] = cur.execute(sql, args).fetchall()
+            except BaseException as exc:
+                broken = conn.closed or conn.broken
+                if broken:
+                    self._forget(conn)
+                else:
+                    self._give_back(conn)
+                if isinstance(exc, pg.OperationalError) and broken and attempt == 1:
+                    continue
+                if isinstance(exc, pg.Error):
+                    raise StoreError(f"{failure}: {self.reason(exc)}") from None
+                raise
+            self._give_back(conn)
+            return rows
+        raise StoreError(f"{failure}: the PostgreSQL connection broke twice")  # pragma: no cover
+
     def run_autocommit(self, statement: LiteralString, failure: str) -> None:
         """One statement outside a transaction (VACUUM cannot run inside one)."""
         def work(conn: Conn) -> None:
@@ -282,6 +314,7 @@ class PgDatabase:
             self._closed = True
             idle, self._idle = self._idle, []
             self._open -= len(idle)
+            self._cursors.clear()
             self._cond.notify_all()
         for conn in idle:
             with contextlib.suppress(Exception):

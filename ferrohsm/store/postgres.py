@@ -128,9 +128,8 @@ class PostgresStore(KeyStore):
 
     # ---- reading ---------------------------------------------------------------------------
 
-    def _read(self, sql: Any, args: Sequence[Any]) -> Any:
-        return self._db.run(lambda conn: conn.execute(sql, args).fetchall(),
-                            "cannot read the PostgreSQL key store", transaction=False)
+    def _read(self, sql: Any, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._db.query(sql, args, "cannot read the PostgreSQL key store")
 
     def get(self, key_id: str) -> Key:
         if not is_key_id(key_id):

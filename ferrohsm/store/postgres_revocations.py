@@ -39,8 +39,8 @@ class PostgresDenyList:
     def __len__(self) -> int:
         """Entries stored (health only): the last count seen if the database cannot be asked."""
         try:
-            rows = self._db.run(lambda c: c.execute("SELECT count(*) FROM revoked_tokens")
-                                .fetchall(), "cannot count revoked tokens", transaction=False)
+            rows = self._db.query("SELECT count(*) FROM revoked_tokens", (),
+                                  "cannot count revoked tokens")
         except StoreError:
             return self._last_count
         self._last_count = int(rows[0][0])
@@ -52,10 +52,8 @@ class PostgresDenyList:
             return False
         if "\x00" in jti:  # no such jti can be stored (valid_jti refuses control characters)
             return False
-        rows = self._db.run(lambda c: c.execute("SELECT 1 FROM revoked_tokens WHERE jti = %s",
-                                                (jti,)).fetchall(),
-                            "cannot check the revoked-token list", transaction=False)
-        return bool(rows)
+        return bool(self._db.query("SELECT 1 FROM revoked_tokens WHERE jti = %s", (jti,),
+                                   "cannot check the revoked-token list"))
 
     def revoke(self, jti: str, until: float, now: float) -> None:
         """List ``jti`` until ``until`` (an existing entry only ever lengthens); durable before
