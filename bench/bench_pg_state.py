@@ -14,14 +14,21 @@ Measured single-threaded and with 4 threads (the server's workers share the GIL 
 as medians of ``--rounds`` rounds of ``--seconds`` each. Also the engine's encrypt path (lookup
 + cached unseal + AES-GCM + token), as bench_service.py measures it.
 
-Usage: python3 bench/bench_pg_state.py [--seconds 1.5] [--rounds 5]
+With ``--http``: `ferrohsm serve` on the SQLite store against the same on the PostgreSQL store
+(both with the durable file audit sink), encrypt of 32 bytes through wrk, 16 keep-alive TLS 1.3
+connections, rounds alternating (bench_server.py's harness: server pinned to core 0, wrk to 1).
+
+Usage: python3 bench/bench_pg_state.py [--seconds 1.5] [--rounds 5] [--http [--duration 8]]
 (starts its own throwaway PostgreSQL through tests/pgserver.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
+import secrets
 import statistics
 import sys
 import tempfile
@@ -87,10 +94,69 @@ def median(fn: Callable[[], object], seconds: float, rounds: int, threads: int) 
     return statistics.median(rate(fn, seconds, threads) for _ in range(rounds))
 
 
+def http_rounds(args: argparse.Namespace, server: pgserver.PostgresServer) -> None:
+    """Encrypt through `ferrohsm serve`: SQLite store vs PostgreSQL store, same run."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_http import lua_script, median_round, run_wrk
+    from bench_server import Server, call
+
+    from ferrohsm.auth.authn import issue_token
+    from ferrohsm.tls.devpki import make_dev_pki
+
+    os.sched_setaffinity(0, {1})  # wrk and this client on core 1; servers pin themselves to 0
+    secret = secrets.token_urlsafe(48)
+    env = dict(os.environ, FERROHSM_MASTER_KEY=base64.b64encode(os.urandom(32)).decode(),
+               FERROHSM_JWT_HS256_SECRET=secret,
+               FERROHSM_AUDIT_HMAC_KEY=base64.b64encode(os.urandom(32)).decode(),
+               FERROHSM_POSTGRES_DSN=server.new_database())
+    tmp = Path(tempfile.mkdtemp(prefix="ferrohsm-bench-http-"))
+    pki = make_dev_pki(tmp / "pki")
+    admin = issue_token(secret.encode(), subject="bench-admin", role="administrator")
+    service = issue_token(secret.encode(), subject="bench-service", role="service")
+    servers = {name: Server(tmp, name, pki, env, store=name) for name in ("sqlite", "postgres")}
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+    try:
+        urls, scripts = {}, {}
+        for name, srv in servers.items():
+            srv.start()
+            status, key = call(srv.conn(), "POST", "/v1/keys", admin,
+                               {"algorithm": "aes-256-gcm", "usage": "encrypt"})
+            assert status == 201, key
+            urls[name] = f"https://127.0.0.1:{srv.port}/v1/keys/{key['id']}/encrypt"
+            scripts[name] = tmp / f"{name}.lua"
+            scripts[name].write_text(lua_script(
+                json.dumps({"plaintext": base64.b64encode(b"x" * 32).decode()}),
+                {"Authorization": f"Bearer {service}"}))
+            assert srv.proc is not None
+            run_wrk(urls[name], scripts[name], 16, 2, srv.proc.pid)  # warm-up
+        for _ in range(args.rounds):
+            for name, srv in servers.items():
+                assert srv.proc is not None
+                results[name].append(run_wrk(urls[name], scripts[name], 16, args.duration,
+                                             srv.proc.pid))
+    finally:
+        for srv in servers.values():
+            srv.stop()
+    print(f"\n`ferrohsm serve`, encrypt 32 B, 16 TLS connections, {args.rounds} x "
+          f"{args.duration} s, median round\n")
+    print("| key store | req/s | p50 ms | p99 ms | server CPU us/req | errors | rounds |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    best = {}
+    for name, rounds in results.items():
+        best[name] = b = median_round(rounds)
+        errors = sum(int(r["errors"] + r["non2xx"]) for r in rounds)
+        print(f"| {name} | {b['rps']:,.0f} | {b['p50_us'] / 1000:.2f} | {b['p99_us'] / 1000:.2f}"
+              f" | {b['cpu_us']:.0f} | {errors} | " + ", ".join(f"{r['rps']:,.0f}" for r in rounds)
+              + " |")
+    print(f"\nratio postgres / sqlite: {best['postgres']['rps'] / best['sqlite']['rps']:.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=1.5)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--http", action="store_true", help="also encrypt through the server")
+    parser.add_argument("--duration", type=int, default=8, help="seconds per wrk round")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ferrohsm-bench-"))
     mac = RecordMac.derive(os.urandom(32))
@@ -125,6 +191,8 @@ def main() -> int:
             print(f"| {label} | {one:,.0f} | {1e6 / one:.1f} | {four:,.0f} |")
         for store in stores.values():
             store.close()
+        if args.http:
+            http_rounds(args, server)
     return 0
 
 
