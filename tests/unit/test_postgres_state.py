@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from ferrohsm.auth.authn import Authenticator, TokenRejected, issue_token
+from ferrohsm.config import load_config
 from ferrohsm.crypto.recordmac import RecordMac
 from ferrohsm.domain import lifecycle as lc
 from ferrohsm.domain.errors import ConfigError, StaleRevision, StoreError, Unavailable
@@ -135,6 +136,15 @@ def test_no_message_shows_the_password(dsn: str) -> None:
     assert "PostgreSQL" in caught.value.message
 
 
+def test_the_configuration_names_the_variable_never_the_dsn() -> None:
+    config = load_config(env={"FERROHSM_KEY_STORE": "postgres",
+                              "FERROHSM_STORAGE_POSTGRES_DSN_ENV": "HSM_DB"})
+    assert (config.storage.key_store, config.storage.postgres_dsn_env) == ("postgres", "HSM_DB")
+    assert load_config(env={}).storage.postgres_dsn_env == "FERROHSM_POSTGRES_DSN"
+    with pytest.raises(ConfigError, match=r"\[storage\].postgres_dsn_env"):
+        load_config(env={"FERROHSM_STORAGE_POSTGRES_DSN_ENV": "postgresql://u:p@h/db"})
+
+
 # ---- several nodes on one database ---------------------------------------------------------
 
 def test_a_revocation_through_one_node_is_seen_by_the_others_at_once(
@@ -173,7 +183,7 @@ def test_concurrent_rotations_through_three_nodes_give_contiguous_versions(
 
 
 @pytest.mark.slow
-def test_the_store_reconnects_after_the_database_restarts() -> None:
+def test_the_store_reconnects_after_a_restart_and_fails_closed_without_the_database() -> None:
     pgserver.skip_unless_available()
     with pgserver.running() as server:  # its own server: the restart must not hit other tests
         db = PgDatabase(server.new_database(), max_connections=3)
@@ -182,8 +192,11 @@ def test_the_store_reconnects_after_the_database_restarts() -> None:
             key = store.create(new_key("survivor"))
             server.restart()  # every pooled connection is now dead
             assert store.get(key.id) == key
-            assert store.update(lc.revoke(key, NOW, "alice")).state is KeyState.REVOKED
-            assert db.stats()["connections_open"] == 1
+            revoked = store.update(lc.revoke(key, NOW, "alice"))
+            assert revoked.state is KeyState.REVOKED and db.stats()["connections_open"] == 1
+            server.stop()  # gone for good: a cached key must not be served without the database
+            with pytest.raises(StoreError, match="cannot connect to PostgreSQL"):
+                store.get(key.id)
         finally:
             store.close()
 
