@@ -48,9 +48,7 @@ class ServerSettings:
 class StorageSettings:
     key_store: str = "filesystem"
     data_dir: str = "./ferrohsm-data"
-    # key_store = "postgres": the environment variable holding the DSN (its password included);
-    # the DSN itself is never a setting, so it is never in a file, a flag or a message.
-    postgres_dsn_env: str = "FERROHSM_POSTGRES_DSN"
+    postgres_dsn_env: str = "FERROHSM_POSTGRES_DSN"  # the variable holding the DSN (password)
 
 
 @dataclass(frozen=True)
