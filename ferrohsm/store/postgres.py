@@ -48,10 +48,11 @@ from .records import (
     is_key_id,
 )
 
-_GET = ("SELECT xmin::text, CASE WHEN xmin::text = %s THEN NULL ELSE record END "
-        "FROM keys WHERE id = %s")
-_GET_BY_NAME = ("SELECT id, xmin::text, CASE WHEN id = %s AND xmin::text = %s THEN NULL "
-                "ELSE record END FROM keys WHERE name = %s")
+# The hot path (pgdb.fetch: libpq's prepared statements, $n parameters, binary results).
+_GET = (b"fh_key_get", b"SELECT xmin::text, CASE WHEN xmin::text = $1 THEN NULL ELSE record END "
+        b"FROM keys WHERE id = $2")
+_GET_BY_NAME = (b"fh_key_by_name", b"SELECT id, xmin::text, CASE WHEN id = $1 AND xmin::text = "
+                b"$2 THEN NULL ELSE record END FROM keys WHERE name = $3")
 _LOCK_FOR_UPDATE = ("SELECT xmin::text, CASE WHEN xmin::text = %s THEN NULL ELSE record END "
                     "FROM keys WHERE id = %s FOR UPDATE")
 _INSERT = ("INSERT INTO keys (id, name, state, algorithm, usage, revision, record) "
@@ -131,26 +132,31 @@ class PostgresStore(KeyStore):
     def _read(self, sql: Any, args: Sequence[Any]) -> list[tuple[Any, ...]]:
         return self._db.query(sql, args, "cannot read the PostgreSQL key store")
 
+    def _fetch(self, statement: tuple[bytes, bytes], args: Sequence[str]
+               ) -> list[tuple[bytes | None, ...]]:
+        return self._db.fetch(*statement, args, "cannot read the PostgreSQL key store")
+
     def get(self, key_id: str) -> Key:
         if not is_key_id(key_id):
             raise NotFound("no such key")
         cached = self._cached(key_id)
-        rows = self._read(_GET, (cached[0] if cached else "", key_id))
+        rows = self._fetch(_GET, (cached[0] if cached else "", key_id))
         if not rows:
             self._forget(key_id)
             raise NotFound("no such key")
-        return self._decode(key_id, rows[0][0], rows[0][1], cached)
+        stamp, record = rows[0]
+        return self._decode(key_id, _text(stamp), record, cached)
 
     def get_by_name(self, name: str) -> Key:
         if not isinstance(name, str) or "\x00" in name:
             raise NotFound("no such key")
         known = self._by_name.get(name)
         cached = self._cached(known) if known else None
-        rows = self._read(_GET_BY_NAME, (known or "", cached[0] if cached else "", name))
+        rows = self._fetch(_GET_BY_NAME, (known or "", cached[0] if cached else "", name))
         if not rows:
             raise NotFound("no such key")
-        key_id, stamp, record = rows[0]
-        key = self._decode(key_id, stamp, record, cached if key_id == known else None)
+        key_id, stamp = _text(rows[0][0]), _text(rows[0][1])
+        key = self._decode(key_id, stamp, rows[0][2], cached if key_id == known else None)
         if key.name != name:  # the name column was edited: the record is what counts
             raise NotFound("no such key")
         return key
@@ -353,6 +359,11 @@ def _duplicates_named(keys: Sequence[Key]) -> Iterator[None]:
             raise Conflict(f"a key with id {single.id} already exists" if single else
                            "an id in the batch exists already (or twice in it)") from None
         raise
+
+
+def _text(value: bytes | None) -> str:
+    """A text column from pgdb.fetch (binary results: its UTF-8 bytes); never NULL here."""
+    return (value or b"").decode("utf-8")
 
 
 def _impossible(f: KeyFilter) -> bool:

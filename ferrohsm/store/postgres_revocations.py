@@ -52,8 +52,8 @@ class PostgresDenyList:
             return False
         if "\x00" in jti:  # no such jti can be stored (valid_jti refuses control characters)
             return False
-        return bool(self._db.query("SELECT 1 FROM revoked_tokens WHERE jti = %s", (jti,),
-                                   "cannot check the revoked-token list"))
+        return bool(self._db.fetch(b"fh_revoked", b"SELECT 1 FROM revoked_tokens WHERE jti = $1",
+                                   (jti,), "cannot check the revoked-token list"))
 
     def revoke(self, jti: str, until: float, now: float) -> None:
         """List ``jti`` until ``until`` (an existing entry only ever lengthens); durable before

@@ -243,6 +243,20 @@ def test_entries_lengthen_expire_and_are_pruned(dsn: str) -> None:
         db.release()
 
 
+def test_hot_path_statements_survive_a_deallocate(dsn: str) -> None:
+    """The per-request lookups are prepared once per connection; anything that drops prepared
+    statements behind their back (DEALLOCATE ALL, a pooler's DISCARD ALL) costs a re-prepare."""
+    db = PgDatabase(dsn, max_connections=1).retain()
+    try:
+        deny = PostgresDenyList(db)
+        deny.revoke("gone", 10.0, 0.0)
+        assert deny.is_revoked("gone", 0.0)
+        db.run(lambda conn: conn.execute("DEALLOCATE ALL"), "deallocate", transaction=False)
+        assert deny.is_revoked("gone", 0.0) and not deny.is_revoked("kept", 0.0)
+    finally:
+        db.release()
+
+
 def test_a_list_that_cannot_be_asked_fails_closed(dsn: str) -> None:
     db = PgDatabase(dsn).retain()
     deny = PostgresDenyList(db)
