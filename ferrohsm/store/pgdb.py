@@ -35,6 +35,7 @@ Why these choices:
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -132,6 +133,7 @@ class PgDatabase:
         self._open = 0
         self._refs = 0
         self._closed = False
+        self._pid = os.getpid()
         self._idle.append(self._connect())  # fail at start-up, not on the first request
         self._open = 1
         self.server_version = int(self._idle[0].info.server_version)
@@ -165,6 +167,8 @@ class PgDatabase:
     def _take(self) -> Conn:
         deadline = time.monotonic() + self._wait
         with self._cond:
+            if self._pid != os.getpid():
+                self._after_fork()
             while True:
                 if self._closed:
                     raise StoreError("the PostgreSQL connection pool is closed")
@@ -186,11 +190,26 @@ class PgDatabase:
                 self._cond.notify()
             raise
 
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's connections are the parent's (closing them here
+        would end its sessions), so the child forgets them and opens its own. Holds _cond."""
+        self._pid = os.getpid()
+        self._idle, self._cursors, self._prepared = [], {}, {}
+        self._open = 0
+
     def _give_back(self, conn: Conn) -> None:
         pq = self._psycopg.pq
-        if (conn.closed or conn.broken or conn.pgconn.status == pq.ConnStatus.BAD
-                or conn.info.transaction_status != pq.TransactionStatus.IDLE):
+        if conn.closed or conn.broken or conn.pgconn.status == pq.ConnStatus.BAD:
             self._forget(conn)
+            return
+        if conn.info.transaction_status != pq.TransactionStatus.IDLE:  # a failed ROLLBACK
+            with self._cond:
+                self._open -= 1
+                self._cursors.pop(id(conn), None)
+                self._prepared.pop(id(conn), None)
+                self._cond.notify()
+            with contextlib.suppress(Exception):
+                conn.close()
             return
         with self._cond:
             if self._closed:

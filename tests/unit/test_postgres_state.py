@@ -7,6 +7,7 @@ Every test runs against a real PostgreSQL (tests/pgserver.py) and skips without 
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -253,6 +254,29 @@ def test_hot_path_statements_survive_a_deallocate(dsn: str) -> None:
         assert deny.is_revoked("gone", 0.0)
         db.run(lambda conn: conn.execute("DEALLOCATE ALL"), "deallocate", transaction=False)
         assert deny.is_revoked("gone", 0.0) and not deny.is_revoked("kept", 0.0)
+    finally:
+        db.release()
+
+
+def test_a_forked_child_opens_its_own_connections(dsn: str) -> None:
+    """processes = N forks serving children: a pool made before the fork must not hand the
+    parent's sessions to a child (two processes on one socket), and the parent keeps them."""
+    db = PgDatabase(dsn, max_connections=2).retain()
+    try:
+        deny = PostgresDenyList(db)
+        deny.revoke("forked", 10.0, 0.0)
+        parent_pid = db.fetch(b"fh_pid", b"SELECT pg_backend_pid()::text", (), "pid")
+        child = os.fork()
+        if child == 0:  # pragma: no cover  (the child reports through its exit status)
+            try:
+                mine = db.fetch(b"fh_pid", b"SELECT pg_backend_pid()::text", (), "pid")
+                os._exit(0 if deny.is_revoked("forked", 0.0) and mine != parent_pid else 1)
+            finally:
+                os._exit(2)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert deny.is_revoked("forked", 0.0)
+        assert db.fetch(b"fh_pid", b"SELECT pg_backend_pid()::text", (), "pid") == parent_pid
     finally:
         db.release()
 
