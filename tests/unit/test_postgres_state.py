@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pgserver
 import psycopg
@@ -19,13 +20,15 @@ import pytest
 from ferrohsm.auth.authn import Authenticator, TokenRejected, issue_token
 from ferrohsm.config import load_config
 from ferrohsm.crypto.recordmac import RecordMac
+from ferrohsm.domain import approval as apv
 from ferrohsm.domain import lifecycle as lc
 from ferrohsm.domain.errors import ConfigError, StaleRevision, StoreError, Unavailable
 from ferrohsm.domain.ids import uuid7
-from ferrohsm.domain.model import Key, KeyState
+from ferrohsm.domain.model import Key, KeyState, Principal, Role
 from ferrohsm.store.pgdb import PgDatabase, dsn_from_env, migrate
 from ferrohsm.store.pgschema import COMPONENT, MIGRATIONS, SCHEMA_VERSION
 from ferrohsm.store.postgres import PostgresStore
+from ferrohsm.store.postgres_approvals import PostgresApprovalStore
 from ferrohsm.store.postgres_revocations import PostgresDenyList
 
 MAC = RecordMac.derive(bytes(range(32)))
@@ -181,6 +184,52 @@ def test_concurrent_rotations_through_three_nodes_give_contiguous_versions(
     final = nodes[1].get(key.id)
     assert [v.version for v in final.versions] == list(range(1, 2 + 3 * rounds))
     assert final.revision == 1 + 3 * rounds
+
+
+def test_twenty_consumers_on_four_nodes_execute_an_approval_once(dsn: str) -> None:
+    nodes = [PostgresApprovalStore(PgDatabase(dsn)) for _ in range(4)]
+    try:
+        made = apv.new_approval(approval_id=uuid7(), action="key.destroy", key_id=uuid7(),
+                                args={}, salt=os.urandom(16), requester="alice", required=1,
+                                now=NOW, expires_at=NOW + timedelta(hours=1))
+        approval = nodes[0].create(made)
+        approval = nodes[1].swap(apv.vote(approval, Principal("bob", Role.OPERATOR), True, NOW))
+        barrier, wins, losses = threading.Barrier(20), [], []
+
+        def consume(store: PostgresApprovalStore) -> None:
+            current = store.get(approval.id)
+            barrier.wait()
+            try:
+                store.swap(apv.redeem(current, "alice", "key.destroy", made.key_id, {}, NOW))
+                wins.append(1)
+            except StaleRevision:
+                losses.append(1)
+        threads = [threading.Thread(target=consume, args=(nodes[n % 4],)) for n in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert (len(wins), len(losses)) == (1, 19)
+        assert nodes[3].get(approval.id).state is apv.ApprovalState.EXECUTED
+    finally:
+        for store in nodes:
+            store.close()
+
+
+def test_scrub_vacuums_the_keys_table(nodes: list[PostgresStore], dsn: str) -> None:
+    key = nodes[0].create(new_key())
+    key = nodes[0].update(lc.schedule_destroy(key, NOW, "a", timedelta(0)))
+    nodes[0].update(lc.complete_destroy(key, NOW, "a"))
+    nodes[0].scrub()
+    deadline = time.monotonic() + 10
+    while True:  # the statistics arrive a moment after the VACUUM
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute("SELECT vacuum_count FROM pg_stat_user_tables "
+                               "WHERE relname = 'keys'").fetchone()
+        if (row is not None and row[0] >= 1) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert row is not None and row[0] >= 1
 
 
 @pytest.mark.slow
