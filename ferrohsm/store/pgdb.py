@@ -284,7 +284,8 @@ class PgDatabase:
         self._give_back(conn)
         return result
 
-    def query(self, sql: Any, args: Sequence[Any], failure: str) -> list[tuple[Any, ...]]:
+    def query(self, sql: Any, args: Sequence[Any], failure: str, *, binary: bool = False
+              ) -> list[tuple[Any, ...]]:
         """One statement committed alone, its rows: the hot path (key lookups, the revoked-token
         check). It runs on a cursor kept with its connection, which saves about a third of the
         Python cost of a round trip; a broken connection is retried once (a read, or a single
@@ -296,7 +297,7 @@ class PgDatabase:
                 cur = self._cursors.get(id(conn))
                 if cur is None:
                     cur = self._cursors[id(conn)] = conn.cursor()
-                rows: list[tuple[Any, ...]] = cur.execute(sql, args).fetchall()
+                rows: list[tuple[Any, ...]] = cur.execute(sql, args, binary=binary).fetchall()
             except BaseException as exc:
                 broken = conn.closed or conn.broken
                 if broken:

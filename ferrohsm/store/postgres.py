@@ -116,7 +116,7 @@ class PostgresStore(KeyStore):
         """The key a row holds: ``cached`` (the entry whose stamp the query sent) when the row is
         unchanged and the database returned no record, else the record decoded and checked
         afresh, and cached."""
-        if record is None and cached is not None and cached[0] == stamp:
+        if cached is not None and cached[0] == stamp:  # the row is what we decoded before
             return cached[1]
         if record is None:  # cannot happen: the query returns the record unless stamps match
             raise StoreError(f"key {key_id} was read without its record")
@@ -129,8 +129,10 @@ class PostgresStore(KeyStore):
 
     # ---- reading ---------------------------------------------------------------------------
 
-    def _read(self, sql: Any, args: Sequence[Any]) -> list[tuple[Any, ...]]:
-        return self._db.query(sql, args, "cannot read the PostgreSQL key store")
+    def _read(self, sql: Any, args: Sequence[Any], *, binary: bool = False
+              ) -> list[tuple[Any, ...]]:
+        """Rows through psycopg; ``binary`` for bulk records (bytea as is, not hex text)."""
+        return self._db.query(sql, args, "cannot read the PostgreSQL key store", binary=binary)
 
     def _fetch(self, statement: tuple[bytes, bytes], args: Sequence[str]
                ) -> list[tuple[bytes | None, ...]]:
@@ -166,19 +168,40 @@ class PostgresStore(KeyStore):
         after = decode_page_token(page_token)
         if _impossible(filters):
             return page_of((), None, False)
-        sql, args = _select("k.id, k.xmin::text, k.record", filters, after)
-        rows = self._read(sql + " LIMIT %s", (*args, limit + 1))
+        sql, args = _select("k.id, k.xmin::text AS stamp", filters, after)
+        # The page as ONE text value ("id:stamp,id:stamp,..."): psycopg's pure-Python driver
+        # pays ~10 us per value it loads, so 1000 rows of two columns cost 20 ms, one string 0.1
+        # (ids are UUIDs and stamps numbers: neither holds ':' or ',').
+        joined = self._read(f"SELECT string_agg(p.id || ':' || p.stamp, ',' ORDER BY p.id) "  # noqa: S608  fixed fragments; values bind to %s
+                            f"FROM ({sql} LIMIT %s) AS p", (*args, limit + 1))[0][0]
+        rows = [tuple(item.split(":")) for item in joined.split(",")] if joined else []
         page = rows[:limit]
+        fresh = self._records_of([key_id for key_id, stamp in page
+                                  if (self._cached(key_id) or ("", None))[0] != stamp])
         keys: list[Key] = []
         unreadable: list[str] = []
-        for key_id, stamp, record in page:
+        for key_id, stamp in page:
             cached = self._cached(key_id)
+            if cached is not None and cached[0] == stamp:
+                keys.append(cached[1])
+                continue
+            if key_id not in fresh:  # deleted since the page was read
+                continue
             try:
-                keys.append(self._decode(key_id, stamp, record, cached))
+                keys.append(self._decode(key_id, *fresh[key_id], None))
             except RECORD_FAULTS:
                 unreadable.append(key_id)
         return page_of(tuple(keys), page[-1][0] if page else None, len(rows) > limit,
                        tuple(unreadable))
+
+    def _records_of(self, ids: Sequence[str]) -> dict[str, tuple[str, bytes]]:
+        """The stored (stamp, record) of the keys a page lists but the cache does not hold as
+        they are: a page of cached keys costs one small query, and only changed records travel."""
+        if not ids:
+            return {}
+        rows = self._read("SELECT id, xmin::text, record FROM keys WHERE id = ANY(%s)",
+                          (list(ids),), binary=True)
+        return {key_id: (stamp, record) for key_id, stamp, record in rows}
 
     def count(self, filters: KeyFilter | None = None) -> int:
         f = filters or KeyFilter()
