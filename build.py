@@ -5,7 +5,12 @@ The result runs on any host with python3 >= 3.11 and nothing else: the runtime d
 (cryptography, pyjwt — abi3 wheels) travel inside the zip. Builds are reproducible (shiv
 --reproducible, SOURCE_DATE_EPOCH pinned), so two builds of one commit are byte-identical.
 
-Usage: python3 build.py [--out dist/ferrohsm]
+The PostgreSQL driver travels too (the ``postgres`` extra: psycopg 3's pure-Python build and
+typing-extensions, ~1 MiB unpacked). It is imported only when ``key_store = "postgres"`` and then
+needs the host's libpq (Debian: libpq5); every other setup never loads it. ``--without-postgres``
+builds the smaller zip app without it.
+
+Usage: python3 build.py [--out dist/ferrohsm] [--without-postgres]
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ ROOT = Path(__file__).resolve().parent
 SHIV = "shiv==1.0.8"
 TOOLS = ROOT / "build" / "tools"
 LAUNCHER = ROOT / "deploy" / "zipapp_main.py"
+# psycopg's own dependency on Python < 3.13, pinned here so two builds resolve the same files.
+POSTGRES_PINS = ["typing-extensions==4.16.0"]
 
 
 def shiv_env() -> dict[str, str]:
@@ -39,11 +46,12 @@ def shiv_env() -> dict[str, str]:
     return env
 
 
-def build(out: Path) -> Path:
+def build(out: Path, postgres: bool = True) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
+    packages = [f"{ROOT}[postgres]", *POSTGRES_PINS] if postgres else [str(ROOT)]
     cmd = [sys.executable, "-m", "shiv", "--reproducible", "--compressed",
            "--python", "/usr/bin/env python3", "--entry-point", "ferrohsm.cli.main:main",
-           "--output-file", str(out), "--no-cache", "--quiet", str(ROOT)]
+           "--output-file", str(out), "--no-cache", "--quiet", *packages]
     subprocess.run(cmd, check=True, cwd=ROOT, env=shiv_env())
     install_launcher(out)
     out.chmod(0o755)
@@ -70,8 +78,10 @@ def install_launcher(out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "dist" / "ferrohsm"))
+    parser.add_argument("--without-postgres", action="store_true",
+                        help="leave the PostgreSQL driver (psycopg) out of the zip app")
     args = parser.parse_args()
-    out = build(Path(args.out))
+    out = build(Path(args.out), postgres=not args.without_postgres)
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     print(f"built {out} ({out.stat().st_size // 1024} KiB, sha256 {digest[:16]}…)")
     return 0

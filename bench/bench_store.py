@@ -7,12 +7,16 @@ and one hot key, the encrypt path's case), listing all 5,000 keys page by page w
 the store is reopened before measuring, so "open" shows what a restart costs and the first
 measured call runs on cold caches. Data dirs live under /tmp and are removed afterwards.
 
+With ``--postgres`` the PostgreSQL store is measured too, on a throwaway server the bench starts
+(tests/pgserver.py), a fresh database per size.
+
 Prints a markdown table and writes it to bench/out/store.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
@@ -32,6 +36,8 @@ from ferrohsm.domain.ids import uuid7
 from ferrohsm.domain.model import Key, KeyFilter
 from ferrohsm.store.filesystem import FilesystemStore
 from ferrohsm.store.keystore import KeyStore
+from ferrohsm.store.pgdb import PgDatabase
+from ferrohsm.store.postgres import PostgresStore
 from ferrohsm.store.sqlite import SQLiteStore
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -74,10 +80,11 @@ def list_all(store: KeyStore) -> int:
             return seen
 
 
-def measure(kind: str, count: int, runs: int) -> dict[str, str]:
+def measure(kind: str, count: int, runs: int, dsn: str = "") -> dict[str, str]:
     root = Path(tempfile.mkdtemp(prefix=f"ferrohsm-bench-{kind}-", dir="/tmp"))
     opener: Callable[[], KeyStore] = (
         (lambda: FilesystemStore(root / "data", RECORD_MAC)) if kind == "filesystem"
+        else (lambda: PostgresStore(PgDatabase(dsn), RECORD_MAC)) if kind == "postgres"
         else (lambda: SQLiteStore(root / "keys.sqlite3", RECORD_MAC)))
     try:
         store = opener()
@@ -135,10 +142,19 @@ def table(rows: list[dict[str, str]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5,000 keys only, fewer runs")
+    parser.add_argument("--postgres", action="store_true", help="the PostgreSQL store too")
     args = parser.parse_args()
     sizes = (5_000,) if args.quick else (5_000, 100_000)
     runs = 10 if args.quick else 40
-    rows = [measure(kind, count, runs) for count in sizes for kind in ("filesystem", "sqlite")]
+    with contextlib.ExitStack() as stack:
+        server = None
+        if args.postgres:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            import pgserver
+            server = stack.enter_context(pgserver.running())
+        kinds = ("filesystem", "sqlite", *(("postgres",) if server else ()))
+        rows = [measure(kind, count, runs, server.new_database() if kind == "postgres" and server
+                        else "") for count in sizes for kind in kinds]
     text = (f"# Key store benchmark\n\nPython {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
             f"{time.strftime('%Y-%m-%d %H:%M')}. Targets: first page of 100 < 20 ms, get < 1 ms, "
             f"all 5,000 keys by pages of 1000 < 100 ms.\n\n{table(rows)}\n")

@@ -55,6 +55,10 @@ from .store.filesystem import FilesystemStore
 from .store.keystore import KeyStore
 from .store.memory import MemoryStore
 from .store.memory_approvals import MemoryApprovalStore
+from .store.pgdb import PgDatabase, dsn_from_env
+from .store.postgres import PostgresStore
+from .store.postgres_approvals import PostgresApprovalStore
+from .store.postgres_revocations import PostgresDenyList
 from .store.sqlite import SQLiteStore
 from .store.sqlite_approvals import SQLiteApprovalStore
 from .telemetry.metrics import ServerMetrics
@@ -114,17 +118,35 @@ def open_store(config: Config, record_mac: RecordMac) -> KeyStore:
     kind = config.storage.key_store
     if kind == "memory":
         return MemoryStore(record_mac)
+    if kind == "postgres":
+        return PostgresStore(open_postgres(config), record_mac)
     data = ensure_private_dir(config.storage.data_dir)
     if kind == "sqlite":
         return SQLiteStore(data / "keys.sqlite3", record_mac)
     return FilesystemStore(data, record_mac)
 
 
-def open_approvals(config: Config) -> ApprovalStore:
-    """Approvals survive restarts beside the keys; with the memory key store nothing does."""
+def open_postgres(config: Config) -> PgDatabase:
+    """The process's pool of connections to the shared database, from the DSN in the variable
+    ``[storage].postgres_dsn_env`` names (psycopg is imported here, only when configured)."""
+    dsn = dsn_from_env(config.storage.postgres_dsn_env, os.environ)
+    return PgDatabase(dsn, max_connections=max(2, min(config.server.workers // 2 + 2, 16)))
+
+
+def open_approvals(config: Config, store: KeyStore | None = None) -> ApprovalStore:
+    """Approvals survive restarts beside the keys; with the memory key store nothing does. With
+    PostgreSQL they live in the key store's database, shared by every node."""
+    if isinstance(store, PostgresStore):
+        return PostgresApprovalStore(store.database)
     if config.storage.key_store == "memory":
         return MemoryApprovalStore()
     return SQLiteApprovalStore(ensure_private_dir(config.storage.data_dir) / "approvals.sqlite3")
+
+
+def shared_deny_list(store: KeyStore) -> PostgresDenyList | None:
+    """Revoked tokens in the key store's database when it is PostgreSQL (every node sees a
+    revocation at once); None keeps the file deny-list of [auth].deny_list_file."""
+    return PostgresDenyList(store.database) if isinstance(store, PostgresStore) else None
 
 
 def audit_location(config: Config) -> AuditLocation:
@@ -285,7 +307,7 @@ def build_runtime(config: Config, secrets: Secrets,
     try:
         sealer = Sealer(secrets.master_key)
         policy = Policy.from_config(config.policy_tags, config.crypto.destroy_grace_hours)
-        approvals = open_approvals(config)
+        approvals = open_approvals(config, store)
         opts = options or StartupOptions()
         audit, audit_loss = open_checked(config, secrets, store, sealer, opts)
         key_records = check_key_records(store, audit)  # before anything is served
@@ -308,7 +330,8 @@ def build_runtime(config: Config, secrets: Secrets,
                          on_crypto=lambda alg, op, outcome: metrics.crypto_ops.inc(alg, op, outcome),
                          policy=policy, approvals=approvals)
     auth = build_authenticator(config.auth, secrets.jwt_hs256_secret, config.storage.data_dir,
-                               on_event=config_audit(audit, "auth.keyset_reload"))
+                               on_event=config_audit(audit, "auth.keyset_reload"),
+                               deny_list=shared_deny_list(store))
     limiter = RateLimiter(policy_from_settings(config.rate_limit))
     router = routing.Router()
     key_routes.register(router, service)

@@ -22,7 +22,7 @@ from typing import Any
 from .control.policy import TagPolicy
 from .domain.errors import ConfigError
 
-KEY_STORES = ("filesystem", "sqlite", "memory")
+KEY_STORES = ("filesystem", "sqlite", "memory", "postgres")
 AUDIT_SINKS = ("file", "sqlite")
 
 
@@ -48,6 +48,7 @@ class ServerSettings:
 class StorageSettings:
     key_store: str = "filesystem"
     data_dir: str = "./ferrohsm-data"
+    postgres_dsn_env: str = "FERROHSM_POSTGRES_DSN"  # the variable holding the DSN (password)
 
 
 @dataclass(frozen=True)
@@ -406,6 +407,8 @@ def validate(config: Config) -> None:
         *_tls_checks(config.tls),
         (config.logging.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
          "[logging].level must be DEBUG, INFO, WARNING or ERROR"),
+        (_ENV_NAME_RE.fullmatch(config.storage.postgres_dsn_env) is not None,
+         "[storage].postgres_dsn_env must be an environment variable name (A-Z, 0-9, _)"),
     ]
     checks += _tls_mode_checks(config.tls)
     for ok, message in checks:
@@ -461,6 +464,9 @@ def _tls_mode_checks(t: TLSSettings) -> list[tuple[bool, str]]:
         (not a.email or ("@" in a.email and not a.email.startswith("mailto:")),
          "[tls.acme].email must be an address like ops@example.com"),
     ]
+
+
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 def _witness_ok(spec: str) -> bool:

@@ -9,6 +9,7 @@ exactly as the browser tests do.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pwd
@@ -68,6 +69,8 @@ class PostgresServer:
         self.port = _free_port()
         self.user = "postgres" if os.geteuid() == 0 else None
         self._databases = 0
+        self._schemas = 0
+        self._schemas_db: str | None = None
 
     def start(self) -> None:
         if self.user is not None:
@@ -102,6 +105,27 @@ class PostgresServer:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.dsn(name)
 
+    def restart(self) -> None:
+        """Stop the server (dropping every connection) and start it again on the same port."""
+        pg_ctl = pg_bin("pg_ctl")
+        assert pg_ctl
+        self._run([pg_ctl, "-D", str(self.data), "-l", str(self.root / "log"), "-m", "fast", "-w",
+                   "-t", "60", "restart"])
+
+    def new_schema(self) -> str:
+        """A fresh, empty schema in one shared database, as a DSN whose search_path is that
+        schema alone: what a store sees is the same as a fresh database, at ~1 ms instead of the
+        ~50 ms a CREATE DATABASE costs with fsync on (the conformance suites make hundreds)."""
+        import psycopg
+
+        if self._schemas_db is None:
+            self._schemas_db = self.new_database()
+        self._schemas += 1
+        name = f"s{self._schemas}"
+        with psycopg.connect(self._schemas_db, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{name}"')
+        return f"{self._schemas_db}?options=-csearch_path%3D{name}"
+
     def stop(self) -> None:
         pg_ctl = pg_bin("pg_ctl")
         if pg_ctl and self.data.exists():
@@ -118,3 +142,19 @@ def running() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+_SHARED: list[PostgresServer] = []
+
+
+def shared() -> PostgresServer:
+    """One server for the whole test session (started on first use, stopped at exit), so each
+    test pays only for its own database (``new_database``, ~20-40 ms), not for an initdb. Skips
+    the calling test when PostgreSQL or psycopg is missing."""
+    skip_unless_available()
+    if not _SHARED:
+        server = PostgresServer()
+        atexit.register(server.stop)
+        server.start()
+        _SHARED.append(server)
+    return _SHARED[0]

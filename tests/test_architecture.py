@@ -73,11 +73,14 @@ THIRD_PARTY: dict[str, tuple[str, ...]] = {
     "cryptography": ("ferrohsm.crypto.", "ferrohsm.tls."),
     "OpenSSL": ("ferrohsm.tls.pyossl",),  # OCSP stapling only, imported when configured
     "jwt": ("ferrohsm.auth.",),
+    "psycopg": ("ferrohsm.store.pgdb",),  # loaded lazily, only for the PostgreSQL store
 }
 
 CONCRETE_STORES = frozenset({
     "ferrohsm.store.filesystem", "ferrohsm.store.sqlite", "ferrohsm.store.memory",
     "ferrohsm.store.memory_approvals", "ferrohsm.store.sqlite_approvals", "ferrohsm.store.remote",
+    "ferrohsm.store.postgres", "ferrohsm.store.postgres_approvals",
+    "ferrohsm.store.postgres_revocations",
 })
 
 # What a pure domain module may import from the standard library: no os, time, random, secrets,

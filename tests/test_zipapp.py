@@ -23,9 +23,10 @@ def zipapp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def run(zipapp: Path, *args: str, home: Path) -> subprocess.CompletedProcess[str]:
+def run(zipapp: Path, *args: str, home: Path,
+        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
-           "SHIV_ROOT": str(home / "shiv")}
+           "SHIV_ROOT": str(home / "shiv"), **(extra_env or {})}
     return subprocess.run([sys.executable, "-I", str(zipapp), *args], capture_output=True,
                           text=True, timeout=120, env=env, cwd=home)
 
@@ -180,3 +181,18 @@ def test_an_unusable_shiv_root_is_one_line_not_a_traceback(zipapp: Path, tmp_pat
                             capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "SHIV_ROOT" in result.stderr, result.stderr
+
+
+def test_zipapp_carries_the_postgres_driver(zipapp: Path, tmp_path: Path) -> None:
+    """psycopg travels inside the zip (pure Python over the host's libpq, see build.py): cut off
+    from every site-packages, the zip app still loads it and libpq answers (connection refused
+    on a closed port), where a missing driver would be a configuration error naming it."""
+    args = ("quickstart", "--key-store", "postgres", "--data-dir", str(tmp_path / "d"),
+            "--listen", "127.0.0.1:0")
+    unset = run(zipapp, *args, home=tmp_path)
+    assert unset.returncode == 2 and "FERROHSM_POSTGRES_DSN" in unset.stderr, unset.stderr
+    refused = run(zipapp, *args, home=tmp_path,
+                  extra_env={"FERROHSM_POSTGRES_DSN": "postgresql://hsm:pw-x9@127.0.0.1:1/keys"})
+    assert refused.returncode == 1, refused.stderr
+    assert "cannot connect to PostgreSQL at hsm@127.0.0.1:1/keys" in refused.stderr
+    assert "psycopg" not in refused.stderr and "pw-x9" not in refused.stderr

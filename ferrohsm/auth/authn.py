@@ -42,7 +42,7 @@ from ..domain.errors import BadRequest, Unauthenticated
 from ..domain.ids import uuid4
 from ..domain.model import Principal, Role
 from ..domain.strictjson import no_duplicates
-from .denylist import DenyList, valid_jti
+from .denylist import DenyList, RevocationList, valid_jti
 from .keysets import EventHook, KeySet, KeysetSources, ReloadingKeySet, parse_hs256_entry
 
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
@@ -229,13 +229,15 @@ class Authenticator:
 
     def __init__(self, secret: bytes | None = None, *, issuer: str, audience: str,
                  max_ttl: int = 900, leeway: int = 30, cache_entries: int = 10000,
-                 keyset: ReloadingKeySet | None = None, deny_list: DenyList | None = None,
+                 keyset: ReloadingKeySet | None = None,
+                 deny_list: RevocationList | None = None,
                  bound_roles: Iterable[str] = (), require_jti: bool = False,
                  max_token_chars: int = MAX_TOKEN_CHARS,
                  clock: Callable[[], float] = time.time) -> None:
         self.keyset = keyset if keyset is not None else ReloadingKeySet(
             KeysetSources(primary_secret=secret), interval=-1)
-        self.deny_list = deny_list if deny_list is not None else DenyList()  # it has a len()
+        self.deny_list: RevocationList = (  # it has a len()
+            deny_list if deny_list is not None else DenyList())
         self.issuer, self.audience = issuer, audience
         self.max_ttl, self.leeway = max_ttl, leeway
         self.bound_roles = frozenset(ROLES[r] for r in bound_roles)
@@ -378,10 +380,12 @@ class Authenticator:
 
 def build_authenticator(auth: Any, primary_secret: bytes | None, data_dir: str, *,
                         on_event: EventHook | None = None,
-                        env: Mapping[str, str] | None = None) -> Authenticator:
+                        env: Mapping[str, str] | None = None,
+                        deny_list: RevocationList | None = None) -> Authenticator:
     """The Authenticator ``config.AuthSettings`` describes (keysets, deny-list, bound roles).
 
     ``on_event(outcome, message)`` receives every keyset reload so it can be audited.
+    ``deny_list`` replaces the file deny-list (the PostgreSQL one, shared by every node).
     """
     environ = os.environ if env is None else env
     # The environment cannot change under a running process: read the named secrets once, so a
@@ -395,7 +399,8 @@ def build_authenticator(auth: Any, primary_secret: bytes | None, data_dir: str, 
     return Authenticator(issuer=auth.issuer, audience=auth.audience,
                          max_ttl=auth.max_token_ttl_seconds, leeway=auth.leeway_seconds,
                          cache_entries=auth.token_cache_entries, keyset=keyset,
-                         deny_list=DenyList(deny_path), require_jti=auth.require_jti,
+                         deny_list=deny_list if deny_list is not None else DenyList(deny_path),
+                         require_jti=auth.require_jti,
                          bound_roles=auth.require_bound_tokens_for_roles,
                          max_token_chars=auth.max_token_bytes)
 

@@ -20,6 +20,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
+from typing import Protocol
 
 from ..domain.errors import ConfigError, Unavailable
 from ..domain.model import PLAIN_TEXT_RE
@@ -34,6 +35,21 @@ def valid_jti(jti: object) -> bool:
     bidi-override characters), the rule the API description publishes for ``jti``."""
     return (isinstance(jti, str) and 0 < len(jti) <= MAX_JTI_CHARS
             and PLAIN_TEXT_RE.fullmatch(jti) is not None)
+
+
+class RevocationList(Protocol):
+    """What the Authenticator needs of a revoked-token list: ``DenyList`` below (a file, one
+    host) or store/postgres_revocations.PostgresDenyList (one table, every node at once)."""
+
+    def __len__(self) -> int: ...
+
+    def is_revoked(self, jti: str | None, now: float) -> bool: ...
+
+    def revoke(self, jti: str, until: float, now: float) -> None: ...
+
+    def prune(self, now: float) -> int: ...
+
+    def reload(self) -> None: ...
 
 
 class DenyList:

@@ -20,8 +20,9 @@ from .errors import CANNOT_LISTEN, CliExit
 
 def _serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML configuration file (see config.example.toml)")
-    p.add_argument("--key-store", choices=("filesystem", "sqlite", "memory"),
-                   help="key store backend (default filesystem)")
+    p.add_argument("--key-store", choices=("filesystem", "sqlite", "memory", "postgres"),
+                   help="key store backend (default filesystem); postgres takes its DSN from "
+                   "FERROHSM_POSTGRES_DSN (or the variable [storage].postgres_dsn_env names)")
     p.add_argument("--data-dir", metavar="DIR", help="directory for keys, audit log and state (made 0700)")
     p.add_argument("--listen", metavar="HOST:PORT", help="HOST:PORT to listen on; port 0 picks a free port")
     p.add_argument("--audit-retention-days", type=float, metavar="DAYS",

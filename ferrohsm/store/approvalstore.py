@@ -3,7 +3,8 @@
 Approvals must survive restarts: with a file or SQLite key store they live in
 ``<data_dir>/approvals.sqlite3`` (``sqlite_approvals``), beside the keys and independent of the key
 store's format. With the memory key store nothing survives a restart anyway, so
-``memory_approvals`` is used.
+``memory_approvals`` is used. With the PostgreSQL key store they live in its database
+(``postgres_approvals``), shared by every node.
 
 Writes are compare-and-swap on ``Approval.revision``: ``swap(a)`` succeeds only while the stored
 revision still equals ``a.revision``. That single primitive makes concurrent votes lose nothing

@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pgserver
 import pytest
 from backends import serve_backend
 from keystores import RECORD_MAC, Backend, KeyFactory, RawRecords
@@ -20,6 +21,8 @@ from keystores import RECORD_MAC, Backend, KeyFactory, RawRecords
 from ferrohsm.store.filesystem import FilesystemStore
 from ferrohsm.store.keystore import KeyStore
 from ferrohsm.store.memory import MemoryStore
+from ferrohsm.store.pgdb import PgDatabase
+from ferrohsm.store.postgres import PostgresStore
 from ferrohsm.store.remote import KEYS, InMemoryRemoteVault, RemoteKeyStore
 from ferrohsm.store.sqlite import SQLiteStore
 
@@ -40,9 +43,20 @@ def vault() -> InMemoryRemoteVault:
     return InMemoryRemoteVault()
 
 
-@pytest.fixture(params=["memory", "filesystem", "sqlite", "remote"])
+@pytest.fixture
+def pg_dsn() -> str:
+    """A fresh schema on the session's PostgreSQL server (the test skips without one)."""
+    return pgserver.shared().new_schema()
+
+
+@pytest.fixture(params=["memory", "filesystem", "sqlite", "remote", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path,
             vault: InMemoryRemoteVault) -> Iterator[Backend]:
+    if request.param == "postgres":
+        dsn: str = request.getfixturevalue("pg_dsn")
+        opener: Callable[[], KeyStore] = lambda: PostgresStore(PgDatabase(dsn), RECORD_MAC)
+        yield from serve_backend("postgres", True, opener)
+        return
     yield from serve_backend(request.param, *_openers(tmp_path, vault)[request.param])
 
 
@@ -81,8 +95,24 @@ def _vault_records(vault: InMemoryRemoteVault) -> RawRecords:
     return RawRecords(read, write)
 
 
+def _postgres_records(dsn: str) -> RawRecords:
+    import psycopg
+
+    def read(key_id: str) -> bytes:
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute("SELECT record FROM keys WHERE id = %s", (key_id,)).fetchone()
+        assert row is not None
+        return bytes(row[0])
+
+    def write(key_id: str, data: bytes) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("UPDATE keys SET record = %s WHERE id = %s", (data, key_id))
+    return RawRecords(read, write)
+
+
 @pytest.fixture
-def raw(backend: Backend, tmp_path: Path, vault: InMemoryRemoteVault) -> RawRecords:
+def raw(backend: Backend, tmp_path: Path, vault: InMemoryRemoteVault,
+        request: pytest.FixtureRequest) -> RawRecords:
     """The stored records, behind the store's back (as someone with access to the storage)."""
     if backend.kind == "filesystem":
         return _file_records(tmp_path / "data" / "keys")
@@ -90,6 +120,8 @@ def raw(backend: Backend, tmp_path: Path, vault: InMemoryRemoteVault) -> RawReco
         return _sqlite_records(tmp_path / "db" / "keys.sqlite3")
     if backend.kind == "remote":
         return _vault_records(vault)
+    if backend.kind == "postgres":
+        return _postgres_records(request.getfixturevalue("pg_dsn"))
     pytest.skip(f"the {backend.kind} store keeps its records inside the process")
 
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pgserver
 import pytest
 from backends import Backend as GenericBackend
 from backends import serve_backend
@@ -25,6 +26,8 @@ from ferrohsm.domain.ids import uuid7
 from ferrohsm.domain.model import Principal, Role
 from ferrohsm.store.approvalstore import ApprovalStore
 from ferrohsm.store.memory_approvals import MemoryApprovalStore
+from ferrohsm.store.pgdb import PgDatabase
+from ferrohsm.store.postgres_approvals import PostgresApprovalStore
 from ferrohsm.store.sqlite_approvals import SQLiteApprovalStore
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, 123456, tzinfo=UTC)
@@ -41,8 +44,13 @@ def openers(tmp_path: Path) -> dict[str, tuple[bool, Callable[[], ApprovalStore]
             "sqlite": (True, lambda: SQLiteApprovalStore(tmp_path / "data" / "approvals.sqlite3"))}
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "postgres":  # a fresh schema on the session's server (skips without)
+        dsn = pgserver.shared().new_schema()
+        opener: Callable[[], ApprovalStore] = lambda: PostgresApprovalStore(PgDatabase(dsn))
+        yield from serve_backend("postgres", True, opener)
+        return
     yield from serve_backend(request.param, *openers(tmp_path)[request.param])
 
 

@@ -1,0 +1,85 @@
+"""The revoked-token list (``jti`` -> until when) in PostgreSQL, shared by every node.
+
+Same interface as auth/denylist.DenyList (auth.denylist.RevocationList), different consistency:
+a revocation acknowledged by any node is seen by every node on its next request, because
+``is_revoked`` asks the database every time and caches nothing. A cached "not revoked" answer
+could only be made safe by asking the database whether anything changed, which costs the same
+round trip as the question itself (an indexed lookup of one primary key; the measured cost is in
+bench/RESULTS.md). If the database cannot be asked, the request fails (StoreError, 503): a
+revocation is never ignored for want of a database.
+
+Entries are never filtered by time when checked (nodes' clocks differ); ``prune`` removes the
+ones whose every token has expired.
+"""
+
+from __future__ import annotations
+
+from ..domain.errors import StoreError, Unavailable
+from ..domain.model import PLAIN_TEXT_RE
+from .pgdb import Conn, PgDatabase
+from .pgschema import prepare
+
+MAX_JTI_CHARS = 128  # auth.denylist.valid_jti: the rule the API publishes for jti
+
+
+def _valid(jti: object) -> bool:
+    return (isinstance(jti, str) and 0 < len(jti) <= MAX_JTI_CHARS
+            and PLAIN_TEXT_RE.fullmatch(jti) is not None)
+
+
+class PostgresDenyList:
+    """Revoked ``jti`` values in the ``revoked_tokens`` table."""
+
+    def __init__(self, db: PgDatabase, *, max_entries: int = 100_000) -> None:
+        self._db = db
+        self._max = max_entries
+        self._last_count = 0
+        prepare(db)
+
+    def __len__(self) -> int:
+        """Entries stored (health only): the last count seen if the database cannot be asked."""
+        try:
+            rows = self._db.query("SELECT count(*) FROM revoked_tokens", (),
+                                  "cannot count revoked tokens")
+        except StoreError:
+            return self._last_count
+        self._last_count = int(rows[0][0])
+        return self._last_count
+
+    def is_revoked(self, jti: str | None, now: float) -> bool:
+        """True when ``jti`` is listed; one primary-key lookup per call, nothing cached."""
+        if jti is None:
+            return False
+        if "\x00" in jti:  # no such jti can be stored (valid_jti refuses control characters)
+            return False
+        return bool(self._db.fetch(b"fh_revoked", b"SELECT 1 FROM revoked_tokens WHERE jti = $1",
+                                   (jti,), "cannot check the revoked-token list"))
+
+    def revoke(self, jti: str, until: float, now: float) -> None:
+        """List ``jti`` until ``until`` (an existing entry only ever lengthens); durable before
+        it returns, Unavailable when the list is full."""
+        if not _valid(jti):
+            raise ValueError("jti must be 1-128 printable characters")
+
+        def work(conn: Conn) -> int:
+            conn.execute("INSERT INTO revoked_tokens (jti, until) VALUES (%s, %s) "
+                         "ON CONFLICT (jti) DO UPDATE SET "
+                         "until = greatest(revoked_tokens.until, excluded.until)", (jti, until))
+            row = conn.execute("SELECT count(*) FROM revoked_tokens WHERE until > %s",
+                               (now,)).fetchone()
+            live = int(row[0]) if row else 0
+            if live > self._max:
+                raise Unavailable(f"the token deny-list is full ({self._max} live entries)")
+            return live
+        self._last_count = self._db.run(work, "could not write the revoked-token list")
+
+    def prune(self, now: float) -> int:
+        """Forget entries whose tokens have all expired; returns how many went."""
+        def work(conn: Conn) -> int:
+            return int(conn.execute("DELETE FROM revoked_tokens WHERE until <= %s",
+                                    (now,)).rowcount)
+        return int(self._db.run(work, "could not prune the revoked-token list",
+                                transaction=False))
+
+    def reload(self) -> None:
+        """Nothing to re-read: every check asks the database (SIGHUP is a no-op here)."""
