@@ -250,6 +250,14 @@ SCHEMAS: dict[str, Any] = {
     "TokenRevoked": {"type": "object", "required": ["jti", "revoked", "until"], "properties": {
         "jti": {"type": "string"}, "revoked": {"const": True},
         "until": {**TIME, "description": "the deny-list entry is kept until then"}}},
+    "UnsealShare": {"type": "object", "additionalProperties": False, "required": ["share"],
+                    "properties": {"share": {"type": "string", "maxLength": 400,
+                                             "description": "fhsm1-<split>-<n>-<value>, as "
+                                             "printed by `ferrohsm init` or `ferrohsm rekey`"}}},
+    "SealStatus": {"type": "object", "required": ["sealed"], "properties": {
+        "sealed": {"type": "boolean"},
+        "progress": {"type": "integer", "description": "shares submitted towards the threshold"},
+        "threshold": {"type": "integer"}, "shares": {"type": "integer"}}},
 }
 
 

@@ -37,6 +37,7 @@ class Action(StrEnum):
     AUDIT_READ = "audit.read"
     TOKEN_REVOKE = "token.revoke"
     RANDOM = "crypto.random"  # random bytes (the Vault-compatible transit surface)
+    SYSTEM_SEAL = "system.seal"  # seal a split-knowledge server again (custody/gate.py)
 
 
 A, O, U, S = Role.ADMINISTRATOR, Role.OPERATOR, Role.AUDITOR, Role.SERVICE
@@ -66,6 +67,7 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.AUDIT_READ: frozenset({A, O, U}),
     Action.TOKEN_REVOKE: frozenset({A}),
     Action.RANDOM: USERS,
+    Action.SYSTEM_SEAL: frozenset({A}),
 }
 
 

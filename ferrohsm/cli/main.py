@@ -25,6 +25,7 @@ from .. import __version__
 from ..domain.errors import ConfigError, FerroError
 from . import approvals as approvals_cmd
 from . import audit_cmd, keys, ops
+from . import custody as custody_cmd
 from . import serve as serve_cmd
 from . import token as token_cmd
 
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_parsers(sub)
     approvals_cmd.add_parsers(sub)
     audit_cmd.add_parsers(sub)
+    custody_cmd.add_parsers(sub)
     return parser
 
 
