@@ -40,6 +40,7 @@ from .control.policy import Policy
 from .control.scheduler import RetentionScheduler
 from .crypto.recordmac import RecordMac
 from .crypto.seal import Sealer
+from .custody.rekey import refuse_if_interrupted
 from .domain.errors import ConfigError, FerroError
 from .domain.model import SYSTEM_CONTEXT, RequestContext, Role
 from .engine.keycache import MaterialCache
@@ -259,6 +260,7 @@ def build_runtime(config: Config, secrets: Secrets,
     approvals: ApprovalStore | None = None
     audit: AuditSink | None = None
     try:
+        refuse_if_interrupted(store)  # records under two master keys are not served
         sealer = Sealer(secrets.master_key)
         policy = Policy.from_config(config.policy_tags, config.crypto.destroy_grace_hours)
         approvals = open_approvals(config)

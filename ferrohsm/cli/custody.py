@@ -161,18 +161,24 @@ def run_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cli_context() -> Any:
+    """The local operator as an audit actor (``cli:<user>``; holding the data directory and
+    its secrets is what lets them run these commands)."""
+    from ..domain.ids import uuid4_str
+    from ..domain.model import Principal, RequestContext, Role
+    return RequestContext(Principal(f"cli:{getpass.getuser()}", Role.ADMINISTRATOR),
+                          request_id=uuid4_str())
+
+
 def audit_cli_event(config: Config, secrets: Secrets, action: str, message: str,
                     **details: Any) -> None:
     """One durable record in the data directory's audit log, by the local operator."""
     from .. import app as wiring
     from ..audit.chain import AuditEvent
-    from ..domain.ids import uuid4_str
-    from ..domain.model import Principal, RequestContext, Role
-    ctx = RequestContext(Principal(f"cli:{getpass.getuser()}", Role.ADMINISTRATOR),
-                         request_id=uuid4_str())
     sink = wiring.open_audit(config, secrets)
     try:
-        sink.append(AuditEvent.from_context(ctx, action, "success", message, details=details))
+        sink.append(AuditEvent.from_context(cli_context(), action, "success", message,
+                                            details=details))
     finally:
         sink.close()
 
