@@ -77,13 +77,13 @@ def rekey_changes(ctx: Any, sink: Any) -> Any:
 def _rekey(args: argparse.Namespace, config: Config, given: bytes, shamir: bool,
            audit: Callable[..., None], changes: Any) -> int:
     from .. import app as wiring
-    from ..crypto.recordmac import RecordMac
     from ..custody import rekey
-    store = wiring.open_store(config, RecordMac.derive(given))
+    store = wiring.open_store(config, rekey.record_mac(given))
     try:
         running = rekey.journal_state(store) == "running"
         keys = (rekey.MasterKeys.from_journal(store.get_meta(rekey.JOURNAL) or b"", given)
-                if running else rekey.MasterKeys(_verified(store, given), _new_key(args, shamir)))
+                if running else rekey.MasterKeys(rekey.verify_current(store, given),
+                                   _new_key(args, shamir)))
         audit("custody.rekey_resumed" if running else "custody.rekey_started",
               f"master-key rekey {'resumed' if running else 'started'}",
               mode="shamir" if shamir else "env")
@@ -98,7 +98,7 @@ def _rekey(args: argparse.Namespace, config: Config, given: bytes, shamir: bool,
     rekey.crash_point("journal")
     if running and shamir:
         _ensure_pending(args, config, keys)
-    store = wiring.open_store(config, RecordMac.derive(keys.new))
+    store = wiring.open_store(config, rekey.record_mac(keys.new))
     try:
         count = rekey.convert(store, keys, changes, _progress(audit))
         audit("custody.rekey_progress", f"{count} key record(s) re-sealed and re-MACed",
@@ -127,18 +127,6 @@ def _progress(audit: Callable[..., None]) -> Callable[[int], None]:
             audit("custody.rekey_progress", f"{done} key record(s) re-sealed so far",
                   rewritten=done)
     return progress
-
-
-def _verified(store: Any, given: bytes) -> bytes:
-    """``given`` when it opens the store's check value; ConfigError otherwise."""
-    from ..crypto.seal import Sealer
-    from ..custody import rekey
-    check = store.get_meta(rekey.CHECK_VALUE)
-    if check is None:
-        raise ConfigError("this key store has no master-key check value yet (the server never "
-                          "started on it): there is nothing to rekey")
-    Sealer(given).verify_check_value(check)
-    return given
 
 
 def _new_key(args: argparse.Namespace, shamir: bool) -> bytes:

@@ -126,6 +126,21 @@ def refuse_if_interrupted(store: KeyStore) -> None:
                                "shares) to finish it, then start the server")
 
 
+def record_mac(master: bytes) -> RecordMac:
+    """The record MAC of ``master`` (to open a store under it: app.open_store)."""
+    return RecordMac.derive(master)
+
+
+def verify_current(store: KeyStore, given: bytes) -> bytes:
+    """``given`` when it opens the store's check value; ConfigError otherwise."""
+    check = store.get_meta(CHECK_VALUE)
+    if check is None:
+        raise ConfigError("this key store has no master-key check value yet (the server never "
+                          "started on it): there is nothing to rekey")
+    Sealer(given).verify_check_value(check)
+    return given
+
+
 def start_journal(store: KeyStore, keys: MasterKeys) -> None:
     store.put_meta(JOURNAL, keys.journal())
 

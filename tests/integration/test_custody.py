@@ -139,7 +139,8 @@ def test_init_refuses_a_used_data_directory_and_bad_counts(tmp_path: Path) -> No
 @pytest.mark.slow
 def test_shares_encrypted_to_custodian_keys(tmp_path: Path) -> None:
     home = Home(tmp_path, store="sqlite")
-    keys = [x25519.X25519PrivateKey.generate(),
+    keys: list[x25519.X25519PrivateKey | rsa.RSAPrivateKey] = [
+            x25519.X25519PrivateKey.generate(),
             rsa.generate_private_key(public_exponent=65537, key_size=3072),
             x25519.X25519PrivateKey.generate()]
     pubs, privs = [], []
@@ -198,7 +199,7 @@ def readable_under_old_or_new(home: Home, old: bytes, new: bytes) -> int:
             return
         raise AssertionError(f"key {key_id} is readable under neither master key")
     try:
-        store.rewrite_records(check)  # type: ignore[arg-type]  # reads only: returns None
+        store.rewrite_records(check)  # reads only: check returns None
     finally:
         store.close()
     return len(seen)
