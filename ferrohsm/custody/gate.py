@@ -70,6 +70,7 @@ class SealGate:
         self._in_flight = 0
         self._sealing = False
         self._tries: dict[str, list[float]] = {}
+        self._refusals_audited: dict[str, float] = {}
 
     # ---- the server's application interface ----
 
@@ -186,7 +187,26 @@ class SealGate:
                 return self._unseal(req)
             except FerroError as exc:
                 return error_response(exc, req.request_id)
+        self._audit_refusal(req)
         return error_response(Sealed(SEALED_MESSAGE), req.request_id)
+
+    def _audit_refusal(self, req: Request) -> None:
+        """A request refused because the service is sealed is audited like an anonymous
+        address's 429s (api/application.py): at most one record a second per source address,
+        so a flood cannot turn the audit log into its amplifier."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._refusals_audited.get(req.peer_ip, -1.0) < 1.0:
+                return
+            if len(self._refusals_audited) > 10000:
+                self._refusals_audited.clear()
+            self._refusals_audited[req.peer_ip] = now
+        try:
+            self._audit(RequestContext(None, req.request_id, source_ip=req.peer_ip),
+                        "request.refused", "denied", f"{req.method} {req.path[:200]}: 503 "
+                        "sealed")
+        except FerroError:
+            log.error("a request refused while sealed could not be audited")
 
     def _unseal(self, req: Request) -> Response:
         ctx = RequestContext(None, req.request_id, source_ip=req.peer_ip)

@@ -118,7 +118,8 @@ def test_a_split_knowledge_server_starts_sealed_and_opens_with_a_threshold(
     done = actions(home)
     for expected in [("custody.init", "success"), ("system.unseal", "success"),
                      ("system.unseal_reset", "denied"), ("system.unsealed", "success"),
-                     ("system.seal", "success"), ("system.sealed", "success")]:
+                     ("system.seal", "success"), ("system.sealed", "success"),
+                     ("request.refused", "denied")]:
         assert expected in done
     assert_no_secret_leaked(home, *shares)
 
