@@ -70,8 +70,8 @@ def other_secrets(config: Config) -> Secrets:
     """The JWT secret and audit HMAC key; the master key is left empty: it comes from shares.
     A master key in the environment or the config is refused: it would defeat split knowledge."""
     if os.environ.get("FERROHSM_MASTER_KEY") or config.secrets.master_key_file:
-        raise ConfigError('[secrets] unseal = "shamir": the master key comes from the unseal '
-                          "shares; unset FERROHSM_MASTER_KEY and [secrets].master_key_file")
+        raise ConfigError("split-knowledge mode: the master key comes from the unseal shares; "
+                          "unset FERROHSM_MASTER_KEY and [secrets].master_key_file")
     env = {**os.environ, "FERROHSM_MASTER_KEY": _PLACEHOLDER}
     return dataclasses.replace(load_secrets(config, env), master_key=b"")
 

@@ -137,6 +137,26 @@ def test_init_refuses_a_used_data_directory_and_bad_counts(tmp_path: Path) -> No
     assert with_env_key.returncode == 1 and "Traceback" not in with_env_key.stderr
 
 
+def test_unseal_is_rate_limited_and_a_sealed_server_needs_its_audit_log(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    home.init(3, 2)
+    env_key = home.cli("serve", "--config", str(home.config),
+                       env=home.env(FERROHSM_MASTER_KEY=home.master))
+    assert env_key.returncode == 2 and "unset FERROHSM_MASTER_KEY" in env_key.stderr
+    srv = home.serve()
+    try:
+        answers = [srv.call("POST", "/v1/sys/unseal", {"share": "fhsm1-00000000-1-AAAA"})[0]
+                   for _ in range(21)]
+        assert answers[:20] == [400] * 20 and answers[20] == 429
+    finally:
+        srv.stop()
+    for path in (home.data / "audit").iterdir():
+        path.unlink()
+    refused = home.cli("serve", "--config", str(home.config))
+    assert refused.returncode == 1 and "audit log" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 @pytest.mark.slow
 def test_shares_encrypted_to_custodian_keys(tmp_path: Path) -> None:
     home = Home(tmp_path, store="sqlite")
