@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import __version__
 from ..config import Config, Secrets, load_config, load_secrets
-from ..domain.errors import ConfigError
+from ..domain.errors import ConfigError, FerroError
 from .settings import client_flags
 
 ENCRYPTED_HEADER = "FERROHSM ENCRYPTED SHARE v1"
@@ -313,5 +313,8 @@ def _serve(config: Config, gate: Any, ssl_provider: Any, announce: Any) -> int:
         server.shutdown(config.server.shutdown_grace_seconds)
         if hasattr(ssl_provider, "close"):
             ssl_provider.close()
-        gate.append(AuditEvent.from_context(SYSTEM_CONTEXT, "system.shutdown", "success",
-                                            "FerroHSM stopped"))
+        try:
+            gate.append(AuditEvent.from_context(SYSTEM_CONTEXT, "system.shutdown", "success",
+                                                "FerroHSM stopped"))
+        except FerroError:
+            logging.getLogger("ferrohsm").error("could not record shutdown in the audit log")

@@ -112,8 +112,10 @@ class SealGate:
         rt = self._rt
         if rt is not None:
             return rt.audit  # type: ignore[no-any-return]
-        assert self._sink is not None  # noqa: S101  one of the two is always open
-        return self._sink
+        sink = self._sink
+        if sink is None:  # between the two (a seal or unseal in progress): nothing is durable
+            raise Sealed("the audit log is not open: sealing or unsealing is in progress")
+        return sink
 
     # ---- state ----
 
