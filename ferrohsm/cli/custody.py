@@ -43,7 +43,10 @@ def add_parsers(sub: Any) -> None:
     unseal = sub.add_parser("unseal", parents=[client_flags()], help="submit one unseal share",
                             description="Submit one share to a sealed server (no token "
                             "needed). The share is read from --share-file, else from stdin "
-                            "when it is not a terminal, else prompted for without echo.")
+                            "when it is not a terminal, else prompted for without echo.",
+                            epilog="examples:\n  ferrohsm unseal\n  ferrohsm unseal --share-file "
+                            "share-2.enc --private-key custodian2.key",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     unseal.add_argument("--share-file", help="a file holding the share (plain, or encrypted "
                         "by init/rekey: then give --private-key)")
     unseal.add_argument("--private-key", help="the custodian's PEM private key that opens an "
@@ -51,7 +54,9 @@ def add_parsers(sub: Any) -> None:
     unseal.set_defaults(client_func=run_unseal)
     seal = sub.add_parser("seal", parents=[client_flags()], help="seal the server again",
                           description="Drop the master key from the server's memory "
-                          "(Administrators); it answers only health and unseal afterwards.")
+                          "(Administrators); it answers only health and unseal afterwards.",
+                          epilog="example:\n  ferrohsm seal",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     seal.set_defaults(client_func=run_seal)
     from .rekey_cmd import add_parser as add_rekey
     add_rekey(sub, _custody_flags)
@@ -218,7 +223,10 @@ def _decrypt(text: str, private_key: str | None) -> str:
 def run_unseal(args: argparse.Namespace, client: Any, settings: Any) -> int:
     text = read_share_text(args.share_file, args.private_key)
     status = client.request("POST", "/v1/sys/unseal", {"share": text})
-    if status.get("sealed"):
+    if getattr(args, "json", False):
+        from .output import print_json
+        print_json(status)
+    elif status.get("sealed"):
         print(f"sealed: {status.get('progress')} of {status.get('threshold')} shares submitted")
     else:
         print("unsealed")
@@ -226,8 +234,12 @@ def run_unseal(args: argparse.Namespace, client: Any, settings: Any) -> int:
 
 
 def run_seal(args: argparse.Namespace, client: Any, settings: Any) -> int:
-    client.request("POST", "/v1/sys/seal")
-    print("sealed")
+    status = client.request("POST", "/v1/sys/seal")
+    if getattr(args, "json", False):
+        from .output import print_json
+        print_json(status)
+    else:
+        print("sealed")
     return 0
 
 
