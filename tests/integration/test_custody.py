@@ -124,6 +124,7 @@ def test_a_split_knowledge_server_starts_sealed_and_opens_with_a_threshold(
     assert_no_secret_leaked(home, *shares)
 
 
+@pytest.mark.slow
 def test_init_refuses_a_used_data_directory_and_bad_counts(tmp_path: Path) -> None:
     home = Home(tmp_path)
     for shares, threshold in ((3, 1), (2, 3), (300, 2)):
@@ -137,6 +138,7 @@ def test_init_refuses_a_used_data_directory_and_bad_counts(tmp_path: Path) -> No
     assert with_env_key.returncode == 1 and "Traceback" not in with_env_key.stderr
 
 
+@pytest.mark.slow
 def test_unseal_is_rate_limited_and_a_sealed_server_needs_its_audit_log(tmp_path: Path) -> None:
     home = Home(tmp_path)
     home.init(3, 2)

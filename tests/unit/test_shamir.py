@@ -4,6 +4,7 @@ any t of n shares reconstruct, and t-1 shares are consistent with EVERY secret."
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 
@@ -27,6 +28,7 @@ def slow_mul(a: int, b: int) -> int:
     return product
 
 
+@functools.cache
 def slow_inv(a: int) -> int:
     return next(b for b in range(1, 256) if slow_mul(a, b) == 1)
 
