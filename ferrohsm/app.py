@@ -22,6 +22,7 @@ from .api.admission import Admission
 from .api.handlers import approvals as approval_routes
 from .api.handlers import audit as audit_routes
 from .api.handlers import crypto as crypto_routes
+from .api.handlers import custody as custody_routes
 from .api.handlers import dashboard as dashboard_routes
 from .api.handlers import keys as key_routes
 from .api.handlers import probes as probe_routes
@@ -40,6 +41,7 @@ from .control.policy import Policy
 from .control.scheduler import RetentionScheduler
 from .crypto.recordmac import RecordMac
 from .crypto.seal import Sealer
+from .custody.rekey import refuse_if_interrupted
 from .domain.errors import ConfigError, FerroError
 from .domain.model import SYSTEM_CONTEXT, RequestContext, Role
 from .engine.keycache import MaterialCache
@@ -263,6 +265,7 @@ class Runtime:
             "status": "ok" if problem is None else "degraded",
             **({} if problem is None else {"reason": problem}),
             "version": __import__("ferrohsm").__version__,
+            "sealed": False,  # a sealed split-knowledge server answers from custody/gate.py
             "uptime_seconds": round(time.monotonic() - self.started, 3),
             "store": self.store.describe(),
             "key_records": self._key_records(),
@@ -300,11 +303,13 @@ def _certificate_in_date(status: Callable[[], dict[str, Any]] | None) -> bool:
 
 
 def build_runtime(config: Config, secrets: Secrets,
-                  options: StartupOptions | None = None) -> Runtime:
+                  options: StartupOptions | None = None, *,
+                  seal: Callable[[RequestContext], None] | None = None) -> Runtime:
     store = open_store(config, RecordMac.derive(secrets.master_key))
     approvals: ApprovalStore | None = None
     audit: AuditSink | None = None
     try:
+        refuse_if_interrupted(store)  # records under two master keys are not served
         sealer = Sealer(secrets.master_key)
         policy = Policy.from_config(config.policy_tags, config.crypto.destroy_grace_hours)
         approvals = open_approvals(config, store)
@@ -342,6 +347,7 @@ def build_runtime(config: Config, secrets: Secrets,
     approval_routes.register(router, service.approvals)
     dashboard_routes.register(router)
     token_routes.register(router, TokenService(service.guard, auth))
+    custody_routes.register(router, service.guard, seal, lambda: {"sealed": False})
     transit_routes.register(router, service, limiter)
     app = application.Application(router, auth, metrics, application.audit_hook(service.record),
                                   limiter)

@@ -24,6 +24,7 @@ from .domain.errors import ConfigError
 
 KEY_STORES = ("filesystem", "sqlite", "memory", "postgres")
 AUDIT_SINKS = ("file", "sqlite")
+UNSEAL_MODES = ("env", "shamir")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class SecretSettings:
     master_key_file: str = ""
     jwt_hs256_secret_file: str = ""
     audit_hmac_key_file: str = ""
+    # "env": the master key from FERROHSM_MASTER_KEY / master_key_file (the default);
+    # "shamir": split knowledge, the server starts sealed (ferrohsm init, custody/)
+    unseal: str = "env"
 
 
 @dataclass(frozen=True)
@@ -409,6 +413,8 @@ def validate(config: Config) -> None:
          "[logging].level must be DEBUG, INFO, WARNING or ERROR"),
         (_ENV_NAME_RE.fullmatch(config.storage.postgres_dsn_env) is not None,
          "[storage].postgres_dsn_env must be an environment variable name (A-Z, 0-9, _)"),
+        (config.secrets.unseal in UNSEAL_MODES,
+         f"[secrets].unseal must be one of {', '.join(UNSEAL_MODES)}"),
     ]
     checks += _tls_mode_checks(config.tls)
     for ok, message in checks:

@@ -54,17 +54,21 @@ ALLOWED: dict[str, frozenset[str]] = {
     "tls": frozenset({"domain", "crypto"}),  # crypto: certs.py checks PEM pairs and OCSP signatures
     "api": frozenset({"domain", "store", "auth", "control", "telemetry", "service", "tls"}),
     "client": frozenset(),  # the SDK stands alone
+    # split-knowledge unsealing and rekey: shares, the custody file, the sealed gate in front
+    # of the api application, the store rewrite of a rekey
+    "custody": frozenset({"domain", "crypto", "audit", "store", "api"}),
     # L5: the one composition root
     "app": frozenset({"domain", "crypto", "audit", "store", "auth", "control", "engine",
-                      "telemetry", "service", "config", "tls", "api", "integrity"}),
+                      "telemetry", "service", "config", "tls", "api", "integrity", "custody"}),
     # L6: entry points
-    "cli": frozenset({"domain", "audit", "auth", "telemetry", "config", "tls", "client", "app"}),
+    "cli": frozenset({"domain", "audit", "auth", "telemetry", "config", "tls", "client", "app",
+                      "custody", "integrity"}),
     "__main__": frozenset({"cli"}),
 }
 
 LAYER: dict[str, int] = {
     "domain": 0, "crypto": 1, **dict.fromkeys(L2, 2), "service": 3, "config": 3, "integrity": 3,
-    "tls": 4, "api": 4, "client": 4, "app": 5, "cli": 6, "__main__": 6,
+    "tls": 4, "api": 4, "client": 4, "custody": 4, "app": 5, "cli": 6, "__main__": 6,
 }
 
 # Third-party packages and the modules that may import them (prefixes of dotted names).

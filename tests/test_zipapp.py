@@ -196,3 +196,32 @@ def test_zipapp_carries_the_postgres_driver(zipapp: Path, tmp_path: Path) -> Non
     assert refused.returncode == 1, refused.stderr
     assert "cannot connect to PostgreSQL at hsm@127.0.0.1:1/keys" in refused.stderr
     assert "psycopg" not in refused.stderr and "pw-x9" not in refused.stderr
+
+
+def test_zipapp_init_prints_shares_that_reconstruct_the_checked_key(zipapp: Path,
+                                                                     tmp_path: Path) -> None:
+    """`ferrohsm init` from the one-file build: any 2 of the 3 shares it prints open the check
+    value it kept, and nothing else it wrote holds a share."""
+    import base64
+    import itertools
+    import re
+    import secrets
+
+    from ferrohsm.crypto import shamir
+    from ferrohsm.custody import state
+    from ferrohsm.custody.shares import parse_share
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
+           "SHIV_ROOT": str(tmp_path / "shiv"),
+           "FERROHSM_JWT_HS256_SECRET": secrets.token_urlsafe(40),
+           "FERROHSM_AUDIT_HMAC_KEY": base64.b64encode(secrets.token_bytes(32)).decode()}
+    out = subprocess.run([sys.executable, "-I", str(zipapp), "init", "--data-dir",
+                          str(tmp_path / "data"), "--shares", "3", "--threshold", "2"],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    shares = [parse_share(s) for s in re.findall(r"fhsm1-\S+", out.stdout)]
+    assert len(shares) == 3
+    custody = state.load(tmp_path / "data")
+    for pair in itertools.combinations(shares, 2):
+        assert custody.current.opens_with(shamir.combine([(s.x, s.y) for s in pair]))
+    written = b"".join(p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file())
+    assert not any(s.text().encode() in written for s in shares)

@@ -259,6 +259,14 @@ SCHEMAS: dict[str, Any] = {
                    "expires_at": {**TIME, "type": ["string", "null"]},
                    "jti": {"type": ["string", "null"]},
                    "session": {"type": ["string", "null"]}}},
+    "UnsealShare": {"type": "object", "additionalProperties": False, "required": ["share"],
+                    "properties": {"share": {"type": "string", "maxLength": 400,
+                                             "description": "fhsm1-<split>-<n>-<value>, as "
+                                             "printed by `ferrohsm init` or `ferrohsm rekey`"}}},
+    "SealStatus": {"type": "object", "required": ["sealed"], "properties": {
+        "sealed": {"type": "boolean"},
+        "progress": {"type": "integer", "description": "shares submitted towards the threshold"},
+        "threshold": {"type": "integer"}, "shares": {"type": "integer"}}},
 }
 
 

@@ -169,6 +169,9 @@ def _run(config: Config, ssl_provider: Any, announce: Any = None, options: Any =
         # Before any thread exists: affinity is per thread on Linux and threads inherit it, so
         # pinning later would leave every worker free to bounce the GIL between cores.
         os.sched_setaffinity(0, {config.server.pin_cpu})
+    if config.secrets.unseal == "shamir":  # split knowledge: start sealed (cli/custody.py)
+        from .custody import run_sealed
+        return run_sealed(config, ssl_provider, announce, options)
     rt = wiring.build_runtime(config, load_secrets(config), options)
     server = None
     try:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -206,6 +206,27 @@ class KeyStore(ABC):
                 continue
             self._replace_record(key_id, data, self._records.encode(key))
             rewritten += 1
+        return rewritten
+
+    def rewrite_records(self, rewrite: Callable[[str, bytes], bytes | None],
+                        after: Callable[[str], None] | None = None) -> int:
+        """Replace each stored record by ``rewrite(key_id, record)`` unless that is None; the
+        new record must pass this store's own check (a master-key rekey opens the store under
+        the new key: custody/rekey.py). Each replacement is atomic and compare-and-swap, so a
+        kill leaves every record either as it was or rewritten; ``after(key_id)`` follows each
+        replacement. Returns how many were rewritten."""
+        rewritten = 0
+        for key_id in self._stored_ids():
+            try:
+                data = self._read_record(key_id)
+            except NotFound:
+                continue
+            new = rewrite(key_id, data)
+            if new is not None:
+                self._replace_record(key_id, data, new)
+                rewritten += 1
+                if after is not None:
+                    after(key_id)
         return rewritten
 
     def _raw_records(self) -> Iterable[bytes]:

@@ -621,3 +621,30 @@ def test_the_format_marker_is_authenticated(backend: Backend) -> None:
         store.put_meta("key_record_format", forged)
         with pytest.raises(IntegrityError, match="format marker"):
             store.record_format()
+
+
+# ---- rewriting every record (a master-key rekey: custody/rekey.py) --------------------------
+
+def test_rewrite_records_replaces_what_the_callback_returns(store: KeyStore,
+                                                            factory: KeyFactory) -> None:
+    keys = [store.create(factory.key(name=f"rw-{i}")) for i in range(3)]
+    codec = RecordCodec(RECORD_MAC)
+    seen: list[str] = []
+    applied: list[str] = []
+
+    def rewrite(key_id: str, data: bytes) -> bytes | None:
+        seen.append(key_id)
+        if key_id == keys[1].id:
+            return None  # left alone
+        key = codec.decode(key_id, data)
+        return codec.encode(replace(key, description="rewritten"))
+
+    assert store.rewrite_records(rewrite, applied.append) == 2
+    assert seen == sorted(k.id for k in keys)
+    assert applied == sorted(k.id for k in keys if k.id != keys[1].id)
+    assert store.get(keys[0].id).description == "rewritten"
+    assert store.get(keys[1].id) == keys[1]
+    assert store.get(keys[2].id).revision == keys[2].revision  # the revision does not move
+    with pytest.raises(IntegrityError):  # a record the store's own check refuses is not written
+        store.rewrite_records(lambda key_id, data: data.replace(b"rewritten", b"forged!!!"))
+    assert store.get(keys[0].id).description == "rewritten"

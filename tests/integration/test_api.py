@@ -397,7 +397,8 @@ def test_curl_streams_an_encrypt_body_chunked(srv: LiveServer, tmp_path: Path) -
 def test_healthz_tells_anyone_else_the_status_only(srv: LiveServer, role: str | None) -> None:
     token = "not.a.token" if role == "bogus-token" else None
     status, _, health = srv.call("GET", "/healthz", role=None if token else role, token=token)
-    assert status == 200 and health == {"status": "ok", "version": health["version"]}
+    assert status == 200 and health == {"status": "ok", "version": health["version"],
+                                        "sealed": False}
     text = json.dumps(health)
     assert str(srv.data_dir) not in text and srv.rt.audit.head()[1] not in text
 

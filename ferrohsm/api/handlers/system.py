@@ -19,7 +19,7 @@ TAGS = ("system",)
 PUBLIC_HEALTH = ("status", "version")  # all a load balancer needs, and all it is told
 # The served certificate's serial, validity and OCSP status are public (any TLS handshake shows
 # the certificate): an expiry or revocation monitor needs no token.
-PUBLIC_HEALTH_IF_PRESENT = ("tls",)
+PUBLIC_HEALTH_IF_PRESENT = ("tls", "sealed")  # sealed: custody/gate.py, `ferrohsm status`
 
 
 def register(router: Router, health: Callable[[], dict[str, Any]], metrics: ServerMetrics,

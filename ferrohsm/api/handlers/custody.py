@@ -1,0 +1,61 @@
+"""``POST /v1/sys/seal`` and ``POST /v1/sys/unseal`` as the unsealed runtime answers them.
+
+While a split-knowledge server is sealed, custody/gate.py answers both itself (unseal without a
+token); once it is open, the gate still answers unseal (the status), and seal comes here:
+Administrators only, audited, then the gate drops the runtime. With the environment-variable
+master key there is nothing to seal (the key would be read again from the environment):
+409 ``conflict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ...auth.permissions import Action
+from ...domain.errors import Conflict
+from ...domain.model import RequestContext
+from ...service.guard import Guard
+from ..http import Request
+from ..router import Operation, Router
+from .common import Reply, fields
+
+TAGS = ("system",)
+NOT_SEALABLE = ('this server reads its master key from the environment ([secrets] unseal = '
+                '"env"): there is nothing to seal; split-knowledge mode is set up with '
+                "`ferrohsm init --shares N --threshold T`")
+
+
+def register(router: Router, guard: Guard, seal: Callable[[RequestContext], None] | None,
+             status: Callable[[], dict[str, Any]]) -> None:
+    def do_seal(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        if req.body:
+            fields(req, {})
+
+        def work() -> dict[str, Any]:
+            if seal is None:
+                raise Conflict(NOT_SEALABLE)
+            guard.record(ctx, Action.SYSTEM_SEAL, "success", "sealing requested: the master "
+                         "key and derived keys are dropped once requests in flight answer")
+            seal(ctx)
+            return {"sealed": True}
+        return 200, guard.run(ctx, Action.SYSTEM_SEAL, work)
+
+    def unseal_status(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        return 200, status()
+
+    router.add("POST", "/v1/sys/seal", do_seal, name="seal", doc=Operation(
+        "Seal a split-knowledge server again (Administrators)", TAGS, Action.SYSTEM_SEAL,
+        response="SealStatus", errors=(409,),
+        description="Drops the master key, the derived keys and the unsealed-key cache once the "
+                    "requests in flight have answered; from then on only health and unseal "
+                    "answer until a threshold of shares is submitted again. 409 when the "
+                    "master key comes from the environment."))
+    router.add("POST", "/v1/sys/unseal", unseal_status, name="unseal", doc=Operation(
+        "Submit one unseal share (no token while sealed)", TAGS, request="UnsealShare",
+        response="SealStatus",
+        description="While the server is sealed it answers this route itself, without a token "
+                    "(rate limited per source address): each share counts towards the "
+                    "threshold; a set that does not reconstruct the master key is refused "
+                    "(400 wrong_shares) and progress starts again. Once open it answers the "
+                    "seal status."))

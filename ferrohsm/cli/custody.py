@@ -1,0 +1,332 @@
+"""`ferrohsm init`, `unseal`, `seal` and `rekey`: split-knowledge custody of the master key.
+
+``init`` and ``rekey`` run on the data directory itself (the server stopped for ``rekey``); they
+print each share once, to stdout or, with ``--custodian-key``, encrypted into one file per
+custodian. ``unseal`` and ``seal`` are client commands. ``run_sealed`` serves a split-knowledge
+data directory: it starts SEALED behind custody/gate.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import getpass
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..config import Config, Secrets, load_config, load_secrets
+from ..domain.errors import ConfigError, FerroError
+from .settings import client_flags
+
+ENCRYPTED_HEADER = "FERROHSM ENCRYPTED SHARE v1"
+_PLACEHOLDER = base64.b64encode(bytes(32)).decode("ascii")
+
+
+def add_parsers(sub: Any) -> None:
+    init = sub.add_parser("init", help="set up split-knowledge unsealing (Shamir shares)",
+                          description="Generate the master key of a NEW data directory and "
+                          "split it into --shares shares, any --threshold of which unseal the "
+                          "server. Each share is printed once (or encrypted to one custodian "
+                          "key each); only a check value is kept. Then set "
+                          '[secrets] unseal = "shamir".')
+    init.add_argument("--shares", type=int, required=True, help="how many shares (2-255)")
+    init.add_argument("--threshold", type=int, required=True,
+                      help="how many shares unseal (2..--shares)")
+    _custody_flags(init)
+    init.set_defaults(func=run_init)
+    unseal = sub.add_parser("unseal", parents=[client_flags()], help="submit one unseal share",
+                            description="Submit one share to a sealed server (no token "
+                            "needed). The share is read from --share-file, else from stdin "
+                            "when it is not a terminal, else prompted for without echo.",
+                            epilog="examples:\n  ferrohsm unseal\n  ferrohsm unseal --share-file "
+                            "share-2.enc --private-key custodian2.key",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    unseal.add_argument("--share-file", help="a file holding the share (plain, or encrypted "
+                        "by init/rekey: then give --private-key)")
+    unseal.add_argument("--private-key", help="the custodian's PEM private key that opens an "
+                        "encrypted --share-file (password from FERROHSM_CUSTODIAN_KEY_PASSWORD)")
+    unseal.set_defaults(client_func=run_unseal)
+    seal = sub.add_parser("seal", parents=[client_flags()], help="seal the server again",
+                          description="Drop the master key from the server's memory "
+                          "(Administrators); it answers only health and unseal afterwards.",
+                          epilog="example:\n  ferrohsm seal",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    seal.set_defaults(client_func=run_seal)
+    from .rekey_cmd import add_parser as add_rekey
+    add_rekey(sub, _custody_flags)
+
+
+def _custody_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--custodian-key", action="append", default=[], metavar="PEM",
+                   help="a custodian's X25519 or RSA public key; give one per share, in order: "
+                   "share i is written encrypted to --out-dir/share-i.enc")
+    p.add_argument("--out-dir", default=".", help="where encrypted shares go (default: .)")
+    p.add_argument("--config", help="TOML configuration file")
+    p.add_argument("--data-dir", help="the data directory (overrides [storage].data_dir)")
+
+
+def other_secrets(config: Config) -> Secrets:
+    """The JWT secret and audit HMAC key; the master key is left empty: it comes from shares.
+    A master key in the environment or the config is refused: it would defeat split knowledge."""
+    if os.environ.get("FERROHSM_MASTER_KEY") or config.secrets.master_key_file:
+        raise ConfigError("split-knowledge mode: the master key comes from the unseal shares; "
+                          "unset FERROHSM_MASTER_KEY and [secrets].master_key_file")
+    env = {**os.environ, "FERROHSM_MASTER_KEY": _PLACEHOLDER}
+    return dataclasses.replace(load_secrets(config, env), master_key=b"")
+
+
+def custody_config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config, overrides={("storage", "data_dir"): args.data_dir})
+    if config.storage.key_store == "memory":
+        raise ConfigError("split-knowledge unsealing needs a persistent key store")
+    return config
+
+
+def read_custodian_keys(args: argparse.Namespace, shares: int) -> list[bytes]:
+    from ..custody.custodians import recipient_kind
+    if not args.custodian_key:
+        return []
+    if len(args.custodian_key) != shares:
+        raise ConfigError(f"give one --custodian-key per share: {shares} needed, "
+                          f"{len(args.custodian_key)} given")
+    keys = []
+    for name in args.custodian_key:
+        try:
+            pem = Path(name).read_bytes()
+            recipient_kind(pem)
+        except OSError as exc:
+            raise ConfigError(f"cannot read --custodian-key {name}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise ConfigError(f"--custodian-key {name}: {exc}") from None
+        keys.append(pem)
+    for i in range(1, shares + 1):
+        if (Path(args.out_dir) / f"share-{i}.enc").exists():
+            raise ConfigError(f"{Path(args.out_dir) / f'share-{i}.enc'} exists; choose another "
+                              "--out-dir (a share file is never overwritten)")
+    return keys
+
+
+def issue_shares(shares: list[Any], keys: list[bytes], out_dir: str, threshold: int) -> None:
+    """Each share once: to stdout, or encrypted to its custodian's key in its own 0600 file."""
+    from ..custody.custodians import encrypt_share
+    if not keys:
+        print(f"Unseal shares: any {threshold} of these {len(shares)} unseal the server. Each is "
+              "shown only this once; give one to each custodian.")
+        for share in shares:
+            print(f"share {share.x}: {share.text()}")
+        sys.stdout.flush()
+        return
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for share, pem in zip(shares, keys, strict=True):
+        path = Path(out_dir) / f"share-{share.x}.enc"
+        blob = base64.b64encode(encrypt_share(pem, share.text().encode("ascii"))).decode()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(f"{ENCRYPTED_HEADER}\n{blob}\n")
+        print(f"share {share.x}: encrypted to custodian key {share.x} in {path}")
+
+
+def run_init(args: argparse.Namespace) -> int:
+    from .. import app as wiring
+    from ..custody import state
+    config = custody_config(args)
+    if not 2 <= args.threshold <= args.shares <= 255:
+        raise ConfigError("need 2 <= --threshold <= --shares <= 255")
+    keys = read_custodian_keys(args, args.shares)
+    data = wiring.ensure_private_dir(config.storage.data_dir)
+    if state.path_in(data).exists():
+        raise ConfigError(f"{state.path_in(data)} exists: this data directory is already "
+                          "initialised (`ferrohsm rekey` issues new shares)")
+    if wiring.audit_location(config).present():
+        raise ConfigError(f"{data} has been used (it has an audit log): init sets up a NEW data "
+                          "directory")
+    secrets = other_secrets(config)
+    master = os.urandom(32)
+    split, shares = state.new_split(master, args.shares, args.threshold)
+    state.save(data, state.CustodyFile(split).signed({split.split_id: master}))
+    del master
+    try:
+        audit_cli_event(config, secrets, "custody.init", f"split-knowledge unsealing set up: "
+                        f"{args.threshold} of {args.shares} shares (split {split.split_id})",
+                        split=split.split_id, shares=args.shares, threshold=args.threshold,
+                        encrypted_to_custodians=bool(keys))
+    except BaseException:
+        state.path_in(data).unlink()
+        raise
+    issue_shares(shares, keys, args.out_dir, args.threshold)
+    if config.secrets.unseal != "shamir":
+        print('next: set [secrets] unseal = "shamir" (or FERROHSM_SECRETS_UNSEAL=shamir) and '
+              "start the server; it starts sealed", file=sys.stderr)
+    return 0
+
+
+def cli_context() -> Any:
+    """The local operator as an audit actor (``cli:<user>``; holding the data directory and
+    its secrets is what lets them run these commands)."""
+    from ..domain.ids import uuid4_str
+    from ..domain.model import Principal, RequestContext, Role
+    return RequestContext(Principal(f"cli:{getpass.getuser()}", Role.ADMINISTRATOR),
+                          request_id=uuid4_str())
+
+
+def audit_cli_event(config: Config, secrets: Secrets, action: str, message: str,
+                    **details: Any) -> None:
+    """One durable record in the data directory's audit log, by the local operator."""
+    from .. import app as wiring
+    from ..audit.chain import AuditEvent
+    sink = wiring.open_audit(config, secrets)
+    try:
+        sink.append(AuditEvent.from_context(cli_context(), action, "success", message,
+                                            details=details))
+    finally:
+        sink.close()
+
+
+def read_share_text(share_file: str | None, private_key: str | None) -> str:
+    """The share, from a file (decrypted with the custodian key when it is encrypted), stdin,
+    or a prompt that does not echo."""
+    if share_file:
+        try:
+            text = Path(share_file).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            raise ConfigError(f"cannot read --share-file {share_file}") from None
+    elif not sys.stdin.isatty():
+        text = sys.stdin.readline().strip()
+    else:
+        text = getpass.getpass("Unseal share (not echoed): ").strip()
+    if text.startswith(ENCRYPTED_HEADER):
+        return _decrypt(text, private_key)
+    return text
+
+
+def _decrypt(text: str, private_key: str | None) -> str:
+    from ..custody.custodians import decrypt_share
+    if not private_key:
+        raise ConfigError("this share is encrypted: give the custodian's --private-key")
+    password = os.environ.get("FERROHSM_CUSTODIAN_KEY_PASSWORD")
+    try:
+        pem = Path(private_key).read_bytes()
+        blob = base64.b64decode(text.splitlines()[1], validate=True)
+        return decrypt_share(pem, blob, password.encode() if password else None).decode("ascii")
+    except OSError as exc:
+        raise ConfigError(f"cannot read --private-key {private_key}: {exc.strerror}") from None
+    except (ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot open the encrypted share: {exc}") from None
+
+
+def run_unseal(args: argparse.Namespace, client: Any, settings: Any) -> int:
+    text = read_share_text(args.share_file, args.private_key)
+    status = client.request("POST", "/v1/sys/unseal", {"share": text})
+    if getattr(args, "json", False):
+        from .output import print_json
+        print_json(status)
+    elif status.get("sealed"):
+        print(f"sealed: {status.get('progress')} of {status.get('threshold')} shares submitted")
+    else:
+        print("unsealed")
+    return 0
+
+
+def run_seal(args: argparse.Namespace, client: Any, settings: Any) -> int:
+    status = client.request("POST", "/v1/sys/seal")
+    if getattr(args, "json", False):
+        from .output import print_json
+        print_json(status)
+    else:
+        print("sealed")
+    return 0
+
+
+# ---- serving a split-knowledge data directory ---------------------------------------------
+
+def run_sealed(config: Config, ssl_provider: Any, announce: Any, options: Any) -> int:
+    """Serve behind the seal gate: sealed until a threshold of shares is submitted."""
+    from .. import app as wiring
+    from ..auth.ratelimit import RateLimiter, policy_from_settings
+    from ..custody import state
+    from ..custody.gate import SealGate
+    from ..custody.unsealer import Unsealer
+    from ..integrity.logcheck import StartupRefused
+    from ..tls.acme.provider import AcmeProvider
+    if isinstance(ssl_provider, AcmeProvider):
+        raise ConfigError('[tls] mode = "acme" is not supported with [secrets] unseal = '
+                          '"shamir" yet: use PEM files')
+    secrets = other_secrets(config)
+    custody = state.load(config.storage.data_dir)
+    location = wiring.audit_location(config)
+
+    def open_sink() -> Any:
+        if not location.present() or not location.has_checkpoints():
+            raise StartupRefused(f"the audit log in {location.directory} is missing or has no "
+                                 "checkpoints: a split-knowledge data directory has one from "
+                                 "`ferrohsm init` on; restore it from a backup")
+        return wiring.open_audit(config, secrets)
+
+    def open_runtime(master: bytes) -> Any:
+        rt = wiring.build_runtime(config, dataclasses.replace(secrets, master_key=master),
+                                  options, seal=gate.seal)
+        rt.tls_status = ssl_provider.status
+        wiring.start_scheduler(rt)
+        return rt
+
+    gate = SealGate(Unsealer(custody), open_sink=open_sink, open_runtime=open_runtime,
+                    close_runtime=close_runtime, version=__version__,
+                    limiter=RateLimiter(policy_from_settings(config.rate_limit)))
+    try:
+        return _serve(config, gate, ssl_provider, announce)
+    finally:
+        gate.close()
+
+
+def close_runtime(rt: Any) -> None:
+    """Drop an open runtime: the scheduler stops; store, approvals and audit log close; the
+    unsealed-key cache is emptied. The sealer and record MAC key go with the last reference."""
+    rt.stop.set()
+    rt.service.engine.cache.clear()
+    rt.audit.close()
+    if rt.approvals is not None:
+        rt.approvals.close()
+    rt.store.close()
+
+
+def _serve(config: Config, gate: Any, ssl_provider: Any, announce: Any) -> int:
+    import logging
+
+    from .. import app as wiring
+    from ..audit.chain import AuditEvent
+    from ..domain.model import SYSTEM_CONTEXT
+    shim: Any = argparse.Namespace(config=config, app=gate, audit=gate)  # what make_server reads
+    if hasattr(ssl_provider, "notify"):
+        ssl_provider.notify = wiring.tls_notify(gate)
+    server = wiring.make_server(shim, ssl_provider)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    if hasattr(ssl_provider, "start"):
+        ssl_provider.start()
+    server.start()
+    try:
+        port = server.server_address[1]
+        gate.append(AuditEvent.from_context(SYSTEM_CONTEXT, "system.startup", "success",
+                                            f"FerroHSM listening on port {port}, sealed"))
+        logging.getLogger("ferrohsm").info("listening on %s:%d, SEALED: submit unseal shares",
+                                           server.server_address[0], port)
+        if announce:
+            announce(port)
+        done.wait()
+        return 0
+    finally:
+        server.shutdown(config.server.shutdown_grace_seconds)
+        if hasattr(ssl_provider, "close"):
+            ssl_provider.close()
+        try:
+            gate.append(AuditEvent.from_context(SYSTEM_CONTEXT, "system.shutdown", "success",
+                                                "FerroHSM stopped"))
+        except FerroError:
+            logging.getLogger("ferrohsm").error("could not record shutdown in the audit log")

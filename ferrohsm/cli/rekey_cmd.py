@@ -1,0 +1,227 @@
+"""`ferrohsm rekey`: rotate the master key of a data directory, with the server stopped.
+
+The audit log's lock (and the filesystem store's) refuses a rekey while a server runs on the
+data directory. The current key comes from FERROHSM_MASTER_KEY / [secrets].master_key_file, or in
+split-knowledge mode from a threshold of shares (``--share-file``, stdin, or prompts). The new
+key goes, in environment mode, to ``--new-master-key-file`` (0600; an existing file's key is
+used, so an interrupted run is simply repeated), in split-knowledge mode into new shares,
+printed once (or encrypted to ``--custodian-key`` files) BEFORE any record changes.
+custody/rekey.py has the crash-safe steps; this module orders them and audits them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, decode_key32, load_secrets, read_secret_file
+from ..domain.errors import ConfigError, FerroError
+
+PROGRESS_EVERY = 500  # records between two custody.rekey_progress audit records
+
+
+def add_parser(sub: Any, custody_flags: Callable[[Any], None]) -> None:
+    p = sub.add_parser("rekey", help="rotate the master key (server stopped)",
+                       description="Generate a new master key, re-seal every key version under "
+                       "it, re-MAC every key record and replace the check value; crash-safe "
+                       "(run it again after any interruption, with the old or the new key). "
+                       "Stop the server first.")
+    p.add_argument("--new-master-key-file", metavar="FILE",
+                   help="environment mode: write the new key here (0600, base64); if FILE "
+                   "exists its key is used. Point FERROHSM_MASTER_KEY or "
+                   "[secrets].master_key_file at it afterwards")
+    p.add_argument("--shares", type=int, help="split-knowledge mode: shares of the new key "
+                   "(default: as now)")
+    p.add_argument("--threshold", type=int, help="split-knowledge mode: threshold of the new "
+                   "key (default: as now)")
+    p.add_argument("--share-file", action="append", default=[], metavar="FILE",
+                   help="split-knowledge mode: a file with one current share (repeat; the "
+                   "rest are read from stdin or prompted for)")
+    p.add_argument("--private-key", help="custodian private key opening encrypted share files")
+    custody_flags(p)
+    p.set_defaults(func=run_rekey)
+
+
+def run_rekey(args: argparse.Namespace) -> int:
+    from .. import app as wiring
+    from ..audit.chain import AuditEvent
+    from .custody import cli_context, custody_config, other_secrets
+    config = custody_config(args)
+    shamir = config.secrets.unseal == "shamir"
+    if not shamir and not args.new_master_key_file:
+        raise ConfigError("--new-master-key-file is required: the new master key cannot be put "
+                          "into the environment of the server for you")
+    secrets = other_secrets(config) if shamir else load_secrets(config)
+    given = _shares_key(args, config) if shamir else secrets.master_key
+    ctx = cli_context()
+    sink = wiring.open_audit(config, secrets)  # its lock refuses a rekey beside a running server
+    try:
+        def audit(action: str, message: str, **details: Any) -> None:
+            sink.append(AuditEvent.from_context(ctx, action, "success", message,
+                                                details=details))
+        return _rekey(args, config, given, shamir, audit, rekey_changes(ctx, sink))
+    finally:
+        sink.close()
+
+
+def rekey_changes(ctx: Any, sink: Any) -> Any:
+    from ..custody.rekey import Changes
+    return Changes(ctx, sink.append)
+
+
+def _rekey(args: argparse.Namespace, config: Config, given: bytes, shamir: bool,
+           audit: Callable[..., None], changes: Any) -> int:
+    from .. import app as wiring
+    from ..custody import rekey
+    store = wiring.open_store(config, rekey.record_mac(given))
+    try:
+        running = rekey.journal_state(store) == "running"
+        keys = (rekey.MasterKeys.from_journal(store.get_meta(rekey.JOURNAL) or b"", given)
+                if running else rekey.MasterKeys(rekey.verify_current(store, given),
+                                   _new_key(args, shamir)))
+        audit("custody.rekey_resumed" if running else "custody.rekey_started",
+              f"master-key rekey {'resumed' if running else 'started'}",
+              mode="shamir" if shamir else "env")
+        if not running:
+            _hand_out(args, config, keys, shamir)
+            rekey.crash_point("handed-out")
+            rekey.start_journal(store, keys)
+        elif not shamir:
+            _write_key_file(args.new_master_key_file, keys.new)
+    finally:
+        store.close()
+    rekey.crash_point("journal")
+    if running and shamir:
+        _ensure_pending(args, config, keys)
+    store = wiring.open_store(config, rekey.record_mac(keys.new))
+    try:
+        count = rekey.convert(store, keys, changes, _progress(audit))
+        audit("custody.rekey_progress", f"{count} key record(s) re-sealed and re-MACed",
+              rewritten=count)
+        rekey.crash_point("converted")
+        rekey.commit(store, keys)
+        rekey.crash_point("committed")
+        if shamir:
+            _promote(config, keys)
+            rekey.crash_point("promoted")
+        rekey.finish(store)
+    finally:
+        store.close()
+    audit("custody.rekey_done", "master-key rekey done: the new key is the store's key")
+    print("rekey done" + ("" if shamir else f": start the server with the new master key in "
+                          f"{args.new_master_key_file}"), file=sys.stderr)
+    return 0
+
+
+def _progress(audit: Callable[..., None]) -> Callable[[int], None]:
+    from ..custody import rekey
+
+    def progress(done: int) -> None:
+        rekey.crash_point(f"record:{done}")
+        if done and done % PROGRESS_EVERY == 0:
+            audit("custody.rekey_progress", f"{done} key record(s) re-sealed so far",
+                  rewritten=done)
+    return progress
+
+
+def _new_key(args: argparse.Namespace, shamir: bool) -> bytes:
+    """Split knowledge: fresh. Environment: the key in --new-master-key-file, or a fresh one
+    written there (0600, never overwritten)."""
+    if shamir:
+        return os.urandom(32)
+    path = Path(args.new_master_key_file)
+    if path.exists():
+        return decode_key32(read_secret_file(str(path), "--new-master-key-file"),
+                            "--new-master-key-file")
+    key = os.urandom(32)
+    _write_key_file(str(path), key)
+    return key
+
+
+def _write_key_file(name: str, key: bytes) -> None:
+    """Write ``key`` to a new 0600 file; an existing file must hold exactly this key."""
+    path = Path(name)
+    if path.exists():
+        held = decode_key32(read_secret_file(name, "--new-master-key-file"),
+                            "--new-master-key-file")
+        if held != key:
+            raise ConfigError(f"{name} holds another key than the interrupted rekey's new key")
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(base64.b64encode(key).decode("ascii") + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _hand_out(args: argparse.Namespace, config: Config, keys: Any, shamir: bool) -> None:
+    """Split knowledge: new shares printed (or encrypted) once, then the pending split
+    recorded, both before the journal exists (so before anything is re-sealed)."""
+    if not shamir:
+        return
+    _issue_pending(args, config, keys)
+
+
+def _issue_pending(args: argparse.Namespace, config: Config, keys: Any) -> None:
+    from ..custody import state
+    from .custody import issue_shares, read_custodian_keys
+    current = state.load(config.storage.data_dir)
+    shares = args.shares or current.current.shares
+    threshold = args.threshold or current.current.threshold
+    if not 2 <= threshold <= shares <= 255:
+        raise ConfigError("need 2 <= --threshold <= --shares <= 255")
+    custodians = read_custodian_keys(args, shares)
+    split, new_shares = state.new_split(keys.new, shares, threshold)
+    issue_shares(new_shares, custodians, args.out_dir, threshold)
+    pending = state.CustodyFile(current.current, split)
+    state.save(config.storage.data_dir, pending.signed({current.current.split_id: keys.old,
+                                                        split.split_id: keys.new}))
+
+
+def _ensure_pending(args: argparse.Namespace, config: Config, keys: Any) -> None:
+    """Resuming: the pending split whose shares were printed stays (or, once promoted, the
+    current one); only when neither holds the new key (cannot happen in order) are new
+    shares issued."""
+    from ..custody import state
+    custody = state.load(config.storage.data_dir)
+    for split in (custody.pending, custody.current):
+        if split is not None and split.opens_with(keys.new):
+            return
+    _issue_pending(args, config, keys)
+
+
+def _promote(config: Config, keys: Any) -> None:
+    """The pending split becomes the current one (idempotent)."""
+    from ..custody import state
+    custody = state.load(config.storage.data_dir)
+    if custody.pending is None or not custody.pending.opens_with(keys.new):
+        return  # already promoted
+    promoted = state.CustodyFile(custody.pending)
+    state.save(config.storage.data_dir, promoted.signed({custody.pending.split_id: keys.new}))
+
+
+def _shares_key(args: argparse.Namespace, config: Config) -> bytes:
+    """The master key from a threshold of current (or, after an interruption, new) shares."""
+    from ..custody import state
+    from ..custody.shares import parse_share
+    from ..custody.unsealer import Unsealer
+    from .custody import read_share_text
+    unsealer = Unsealer(state.load(config.storage.data_dir))
+    sources: list[str | None] = [*args.share_file]
+    while True:
+        name = sources.pop(0) if sources else None
+        text = read_share_text(name, args.private_key)
+        if not text:
+            raise ConfigError("not enough shares: the threshold was not reached")
+        try:
+            progress, master = unsealer.submit(parse_share(text))
+        except FerroError as exc:
+            raise ConfigError(exc.message) from None
+        if master is not None:
+            return master
+        print(f"{progress.submitted} of {progress.threshold} shares", file=sys.stderr)

@@ -1,0 +1,95 @@
+"""Collecting unseal shares until a threshold reconstructs the master key.
+
+Shares are kept per split (the current one and, during a rekey, the pending one), by number.
+When a split has its threshold, the shares are combined and the result must open that split's
+check value and the custody file's MAC: otherwise the set was wrong (a mistyped or foreign
+share), every share of that split is dropped and ``WrongShares`` says so. Nothing here logs; the
+caller (custody/gate.py) audits each submission, never its value.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from ..crypto import shamir
+from ..domain.errors import BadRequest, FerroError
+from .shares import Share
+from .state import CustodyFile
+
+__all__ = ["Progress", "Sealed", "Unsealer", "WrongShares"]
+
+
+class Sealed(FerroError):
+    """The service is sealed: only health and unseal answer."""
+
+    code, status, outcome = "sealed", 503, "denied"
+
+
+class WrongShares(FerroError):
+    """The submitted set did not reconstruct the master key; progress was reset."""
+
+    code, status, outcome = "wrong_shares", 400, "denied"
+
+
+@dataclass(frozen=True)
+class Progress:
+    submitted: int
+    threshold: int
+    shares: int
+    split_id: str
+
+    def as_json(self) -> dict[str, object]:
+        return {"progress": self.submitted, "threshold": self.threshold, "shares": self.shares}
+
+
+class Unsealer:
+    """Thread-safe: the server may run two submissions at once."""
+
+    def __init__(self, custody: CustodyFile) -> None:
+        self._custody = custody
+        self._lock = threading.Lock()
+        self._collected: dict[str, dict[int, bytes]] = {}
+
+    def progress(self) -> Progress:
+        """Of the split with the most shares submitted (the current split when none)."""
+        with self._lock:
+            split_id = max(self._collected, key=lambda s: len(self._collected[s]),
+                           default=self._custody.current.split_id)
+            split = self._custody.split(split_id) or self._custody.current
+            return Progress(len(self._collected.get(split_id, {})), split.threshold,
+                            split.shares, split.split_id)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._wipe()
+
+    def _wipe(self) -> None:
+        for collected in self._collected.values():
+            collected.clear()
+        self._collected.clear()
+
+    def submit(self, share: Share) -> tuple[Progress, bytes | None]:
+        """Progress after ``share``, and the master key once the threshold is reached."""
+        split = self._custody.split(share.split_id)
+        if split is None:
+            raise BadRequest(f"this share belongs to split {share.split_id}, not to this "
+                             f"service's (split {self._custody.current.split_id})")
+        with self._lock:
+            collected = self._collected.setdefault(split.split_id, {})
+            if share.x in collected:
+                raise BadRequest(f"share {share.x} of split {split.split_id} was already "
+                                 "submitted")
+            if share.x > split.shares or len(share.y) != 32:
+                raise BadRequest(f"this is not a share of split {split.split_id}")
+            collected[share.x] = share.y
+            if len(collected) < split.threshold:
+                return Progress(len(collected), split.threshold, split.shares,
+                                split.split_id), None
+            master = shamir.combine(sorted(collected.items()))
+            self._wipe()
+        if not split.opens_with(master) or not self._custody.mac_ok(split.split_id, master):
+            raise WrongShares(f"the {split.threshold} shares submitted do not reconstruct the "
+                              "master key (one is mistyped or from another service); progress "
+                              "was reset: submit the shares again")
+        return Progress(split.threshold, split.threshold, split.shares, split.split_id), master

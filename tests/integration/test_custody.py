@@ -1,0 +1,310 @@
+"""Split-knowledge unsealing and rekey through the real CLI and REST API (README, "Split-knowledge
+unsealing and rekey"): ``ferrohsm init``, a server that starts sealed, ``ferrohsm unseal``,
+``POST /v1/sys/seal``, and ``ferrohsm rekey`` killed with SIGKILL at every step and resumed with
+the old or the new key, on the filesystem and SQLite stores. No share or master key may appear
+in any log, audit record or file the service writes."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa, x25519
+from custodykit import SHARE_RE, Home, Server
+
+from ferrohsm import app
+from ferrohsm.config import load_config
+from ferrohsm.crypto.recordmac import RecordMac
+from ferrohsm.crypto.seal import Sealer
+from ferrohsm.domain.errors import IntegrityError
+from ferrohsm.store.records import RecordCodec
+
+MESSAGES = [f"message {i}".encode() for i in range(6)]
+
+
+def actions(home: Home) -> list[tuple[str, str]]:
+    return [(r["action"], r["outcome"]) for r in home.audit_records()]
+
+
+def assert_no_secret_leaked(home: Home, *secrets: str) -> None:
+    """No share (nor its value part) and no master key in any file of the home."""
+    written = home.everything_written()
+    for secret in secrets:
+        assert secret not in written
+        if secret.startswith("fhsm1-"):
+            assert secret.rsplit("-", 1)[1] not in written
+
+
+def create_and_encrypt(srv: Server, home: Home) -> list[tuple[str, bytes, str]]:
+    admin, service = home.token(), home.token("service")
+    done = []
+    for i, message in enumerate(MESSAGES):
+        status, key = srv.call("POST", "/v1/keys", {"name": f"k{i}", "algorithm": "aes-256-gcm",
+                                                    "usage": "encrypt"}, admin)
+        assert status == 201, key
+        if i % 2:
+            assert srv.call("POST", f"/v1/keys/k{i}/rotate", {}, admin)[0] == 200
+        status, enc = srv.call("POST", f"/v1/keys/k{i}/encrypt",
+                               {"plaintext": base64.b64encode(message).decode()}, service)
+        assert status == 200, enc
+        done.append((f"k{i}", message, enc["ciphertext"]))
+    return done
+
+
+def decrypts(srv: Server, home: Home, items: list[tuple[str, bytes, str]]) -> None:
+    service = home.token("service")
+    for name, message, ciphertext in items:
+        status, out = srv.call("POST", f"/v1/keys/{name}/decrypt", {"ciphertext": ciphertext},
+                               service)
+        assert status == 200, out
+        assert base64.b64decode(out["plaintext"]) == message
+
+
+# ---- init, sealed serving, unseal, seal ---------------------------------------------------
+
+@pytest.mark.slow
+def test_a_split_knowledge_server_starts_sealed_and_opens_with_a_threshold(
+        tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    shares = home.init(5, 3)
+    assert len(shares) == 5 and len({s.split("-")[1] for s in shares}) == 1
+    srv = home.serve()
+    try:
+        status, health = srv.call("GET", "/healthz")
+        assert (status, health["sealed"], health["progress"], health["threshold"],
+                health["shares"]) == (503, True, 0, 3, 5)
+        status, body = srv.call("GET", "/v1/keys", token=home.token())
+        assert status == 503 and body["error"]["code"] == "sealed"
+        assert "ferrohsm unseal" in body["error"]["message"]
+        assert srv.call("POST", "/v1/sys/unseal", {"share": "nonsense"})[0] == 400
+        assert srv.call("POST", "/v1/sys/unseal", {"share": shares[0], "x": 1})[0] == 400
+
+        out = srv.unseal_cli(shares[0])
+        assert out.returncode == 0 and "1 of 3" in out.stdout
+        again = srv.unseal_cli(shares[0])
+        assert again.returncode == 1 and "already submitted" in again.stderr
+        assert shares[0] not in again.stderr + out.stdout
+        # a mistyped share: the set is refused by the check value and progress starts again
+        value = shares[1].rsplit("-", 1)[1]
+        typo = shares[1][:-len(value)] + ("B" if value[0] != "B" else "C") + value[1:]
+        assert srv.unseal_cli(shares[2]).returncode == 0
+        wrong = srv.unseal_cli(typo)
+        assert wrong.returncode == 1 and "wrong_shares" in wrong.stderr
+        assert srv.call("GET", "/healthz")[1]["progress"] == 0
+
+        srv.unseal([shares[4], shares[1], shares[3]])
+        status, health = srv.call("GET", "/healthz")
+        assert status == 200 and health["sealed"] is False
+        items = create_and_encrypt(srv, home)
+        assert srv.call("POST", "/v1/sys/unseal", {"share": shares[0]})[1] == {
+            "sealed": False, "progress": 0, "threshold": 3, "shares": 5}
+
+        # sealing: Administrators only, then nothing but health and unseal
+        status, body = srv.call("POST", "/v1/sys/seal", token=home.token("operator"))
+        assert status == 403
+        seal = home.cli("seal", "--server", srv.url, env=home.env(FERROHSM_TOKEN=home.token()))
+        assert seal.returncode == 0, seal.stderr
+        assert srv.wait_sealed(True)["sealed"] is True
+        status, body = srv.call("POST", f"/v1/keys/{items[0][0]}/decrypt",
+                                {"ciphertext": items[0][2]}, home.token("service"))
+        assert status == 503 and body["error"]["code"] == "sealed"
+
+        srv.unseal([shares[2], shares[0], shares[4]])
+        decrypts(srv, home, items)
+    finally:
+        srv.stop()
+    done = actions(home)
+    for expected in [("custody.init", "success"), ("system.unseal", "success"),
+                     ("system.unseal_reset", "denied"), ("system.unsealed", "success"),
+                     ("system.seal", "success"), ("system.sealed", "success"),
+                     ("request.refused", "denied")]:
+        assert expected in done
+    assert_no_secret_leaked(home, *shares)
+
+
+@pytest.mark.slow
+def test_init_refuses_a_used_data_directory_and_bad_counts(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    for shares, threshold in ((3, 1), (2, 3), (300, 2)):
+        out = home.cli("init", "--config", str(home.config), "--shares", str(shares),
+                       "--threshold", str(threshold))
+        assert out.returncode == 2 and "threshold" in out.stderr
+    home.init(3, 2)
+    again = home.cli("init", "--config", str(home.config), "--shares", "3", "--threshold", "2")
+    assert again.returncode == 2 and "already initialised" in again.stderr
+    with_env_key = home.cli("unseal", "--server", "https://127.0.0.1:1", stdin="x\n")
+    assert with_env_key.returncode == 1 and "Traceback" not in with_env_key.stderr
+
+
+@pytest.mark.slow
+def test_unseal_is_rate_limited_and_a_sealed_server_needs_its_audit_log(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    home.init(3, 2)
+    env_key = home.cli("serve", "--config", str(home.config),
+                       env=home.env(FERROHSM_MASTER_KEY=home.master))
+    assert env_key.returncode == 2 and "unset FERROHSM_MASTER_KEY" in env_key.stderr
+    srv = home.serve()
+    try:
+        answers = [srv.call("POST", "/v1/sys/unseal", {"share": "fhsm1-00000000-1-AAAA"})[0]
+                   for _ in range(21)]
+        assert answers[:20] == [400] * 20 and answers[20] == 429
+    finally:
+        srv.stop()
+    for path in (home.data / "audit").iterdir():
+        path.unlink()
+    refused = home.cli("serve", "--config", str(home.config))
+    assert refused.returncode == 1 and "audit log" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.slow
+def test_shares_encrypted_to_custodian_keys(tmp_path: Path) -> None:
+    home = Home(tmp_path, store="sqlite")
+    keys: list[x25519.X25519PrivateKey | rsa.RSAPrivateKey] = [
+            x25519.X25519PrivateKey.generate(),
+            rsa.generate_private_key(public_exponent=65537, key_size=3072),
+            x25519.X25519PrivateKey.generate()]
+    pubs, privs = [], []
+    for i, key in enumerate(keys):
+        privs.append(tmp_path / f"custodian-{i}.key")
+        privs[-1].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption()))
+        pubs.append(tmp_path / f"custodian-{i}.pub")
+        pubs[-1].write_bytes(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    short = home.cli("init", "--config", str(home.config), "--shares", "3", "--threshold", "2",
+                     "--custodian-key", str(pubs[0]))
+    assert short.returncode == 2 and "one --custodian-key per share" in short.stderr
+    out = home.cli("init", "--config", str(home.config), "--shares", "3", "--threshold", "2",
+                   "--out-dir", str(tmp_path / "out"),
+                   *[arg for p in pubs for arg in ("--custodian-key", str(p))])
+    assert out.returncode == 0, out.stderr
+    assert not SHARE_RE.search(out.stdout)
+    files = [tmp_path / "out" / f"share-{i}.enc" for i in (1, 2, 3)]
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+    srv = home.serve()
+    try:
+        wrong_key = home.cli("unseal", "--server", srv.url, "--share-file", str(files[0]),
+                             "--private-key", str(privs[1]))
+        assert wrong_key.returncode == 2 and "cannot open" in wrong_key.stderr
+        for share_file, private in ((files[1], privs[1]), (files[2], privs[2])):
+            res = home.cli("unseal", "--server", srv.url, "--share-file", str(share_file),
+                           "--private-key", str(private))
+            assert res.returncode == 0, res.stderr
+        assert srv.call("GET", "/healthz")[1]["sealed"] is False
+    finally:
+        srv.stop()
+
+
+# ---- rekey: kill -9 at every step --------------------------------------------------------
+
+def readable_under_old_or_new(home: Home, old: bytes, new: bytes) -> int:
+    """Every key record passes its MAC and every version unseals, under one of the keys."""
+    config = load_config(str(home.config), env={})
+    store = app.open_store(config, RecordMac.derive(new))
+    codecs = [(RecordCodec(RecordMac.derive(k)), Sealer(k)) for k in (old, new)]
+    seen: list[str] = []
+
+    def check(key_id: str, raw: bytes) -> None:
+        for codec, sealer in codecs:
+            try:
+                key = codec.decode(key_id, raw)
+            except IntegrityError:
+                continue
+            for v in key.versions:
+                if v.sealed is not None:
+                    sealer.unseal(v.sealed, key_id=key.id, version=v.version,
+                                  algorithm=key.algorithm)
+            seen.append(key_id)
+            return
+        raise AssertionError(f"key {key_id} is readable under neither master key")
+    try:
+        store.rewrite_records(check)  # reads only: check returns None
+    finally:
+        store.close()
+    return len(seen)
+
+
+KILL_POINTS = ("handed-out", "journal", "record:0", "record:3", "converted", "committed")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["filesystem", "sqlite"])
+def test_rekey_in_env_mode_survives_kill_9_at_every_step(tmp_path: Path, store: str) -> None:
+    home = Home(tmp_path, store=store, shamir=False)
+    srv = home.serve()
+    items = create_and_encrypt(srv, home)
+    srv.stop()
+    old = base64.b64decode(home.master)
+    no_file = home.cli("rekey", "--config", str(home.config))
+    assert no_file.returncode == 2 and "--new-master-key-file" in no_file.stderr
+    for round_, point in enumerate(KILL_POINTS):
+        key_file = tmp_path / f"master-{round_}.key"
+        args = ("rekey", "--config", str(home.config), "--new-master-key-file", str(key_file))
+        killed = home.cli(*args, env=home.env(FERROHSM_REKEY_KILL_AT=point))
+        assert killed.returncode == -9, killed.stderr
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        new = base64.b64decode(key_file.read_text())
+        assert readable_under_old_or_new(home, old, new) == len(MESSAGES)
+        if point != "handed-out":  # the journal is written: records may be under two keys
+            refused = home.cli("serve", "--config", str(home.config))
+            assert refused.returncode == 2 and "interrupted" in refused.stderr
+        # resume with the old key, or (once the journal exists) with the new one
+        resume_with = new if round_ % 2 and point != "handed-out" else old
+        resumed = home.cli(*args, env=home.env(
+            FERROHSM_MASTER_KEY=base64.b64encode(resume_with).decode()))
+        assert resumed.returncode == 0, resumed.stderr
+        assert readable_under_old_or_new(home, new, new) == len(MESSAGES)
+        old, home.master = new, base64.b64encode(new).decode()
+    srv = home.serve()  # reconciliation settles the intents the kills left open
+    try:
+        decrypts(srv, home, items)
+    finally:
+        srv.stop()
+    done = actions(home)
+    assert ("custody.rekey_started", "success") in done
+    assert ("custody.rekey_resumed", "success") in done
+    assert ("custody.rekey_done", "success") in done
+    assert ("key.rekey", "intent") in done and ("key.rekey", "success") in done
+    verify = home.cli("audit", "verify", str(home.data / "audit"))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+@pytest.mark.slow
+def test_rekey_in_split_knowledge_mode_issues_new_shares_and_survives_kill_9(
+        tmp_path: Path) -> None:
+    home = Home(tmp_path, store="sqlite")
+    first = home.init(3, 2)
+    srv = home.serve()
+    srv.unseal(first[:2])
+    items = create_and_encrypt(srv, home)
+    srv.stop()
+    args = ("rekey", "--config", str(home.config), "--shares", "4", "--threshold", "3")
+    killed = home.cli(*args, stdin="\n".join(first[1:]) + "\n",
+                      env=home.env(FERROHSM_REKEY_KILL_AT="record:2"))
+    assert killed.returncode == -9
+    second = SHARE_RE.findall(killed.stdout)
+    assert len(second) == 4 and second[0].split("-")[1] != first[0].split("-")[1]
+    # resumed with three of the NEW shares (printed before anything was re-sealed)
+    resumed = home.cli(*args, stdin="\n".join(second[1:]) + "\n")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not SHARE_RE.findall(resumed.stdout)  # the pending split's shares stay the ones
+    # a second rekey, killed after its commit, resumed with the OLD (second) shares
+    killed = home.cli("rekey", "--config", str(home.config), stdin="\n".join(second[:3]) + "\n",
+                      env=home.env(FERROHSM_REKEY_KILL_AT="committed"))
+    assert killed.returncode == -9
+    third = SHARE_RE.findall(killed.stdout)
+    resumed = home.cli("rekey", "--config", str(home.config), stdin="\n".join(second[:3]) + "\n")
+    assert resumed.returncode == 0, resumed.stderr
+    srv = home.serve()
+    try:
+        old = srv.unseal_cli(first[0])
+        assert old.returncode == 1 and "belongs to split" in old.stderr
+        srv.unseal(third[1:4])
+        decrypts(srv, home, items)
+    finally:
+        srv.stop()
+    assert_no_secret_leaked(home, *first, *second, *third)

@@ -1,0 +1,137 @@
+"""Custody pieces without a server: share text, custodian encryption (X25519 ECIES and
+RSA-OAEP-SHA256, the second also opened by openssl), the unsealer's progress and resets, the
+custody file's MACs, and the rekey journal giving both keys to a holder of either."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa, x25519
+
+from ferrohsm import app
+from ferrohsm.crypto.custodian import decrypt_share, encrypt_share, recipient_kind
+from ferrohsm.custody import rekey, state
+from ferrohsm.custody.shares import Share, parse_share
+from ferrohsm.custody.unsealer import Unsealer, WrongShares
+from ferrohsm.domain.errors import BadRequest, ConfigError
+
+
+def pem_pair(private: object) -> tuple[bytes, bytes]:
+    priv = private.private_bytes(serialization.Encoding.PEM,  # type: ignore[attr-defined]
+                                 serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+    pub = private.public_key().public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return priv, pub
+
+
+def test_share_text_round_trip_and_refusals_never_quote_it() -> None:
+    share = Share("0a1b2c3d", 7, os.urandom(32))
+    assert parse_share(share.text()) == share
+    assert parse_share(f"  {share.text()}\n") == share
+    assert share.y.hex() not in repr(share)
+    secret_looking = "fhsm1-0a1b2c3d-999-" + "A" * 43
+    for bad in ("", "nonsense", secret_looking, share.text().replace("fhsm1", "fhsm2"), 42):
+        with pytest.raises(BadRequest) as err:
+            parse_share(bad)
+        assert "AAAA" not in err.value.message
+
+
+@pytest.mark.parametrize("kind", ["x25519", "rsa"])
+def test_custodian_encryption_opens_only_with_the_private_key(kind: str) -> None:
+    make = (x25519.X25519PrivateKey.generate if kind == "x25519"
+            else lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    priv, pub = pem_pair(make())
+    other_priv, _ = pem_pair(make())
+    assert recipient_kind(pub) == kind
+    blob = encrypt_share(pub, b"fhsm1-secret")
+    assert b"fhsm1" not in blob
+    assert decrypt_share(priv, blob) == b"fhsm1-secret"
+    with pytest.raises(ValueError, match="cannot be opened"):
+        decrypt_share(other_priv, blob)
+    tampered = blob[:-1] + bytes([blob[-1] ^ 1])
+    with pytest.raises(ValueError, match="cannot be opened"):
+        decrypt_share(priv, tampered)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_rsa_share_opens_with_openssl_oaep_sha256(tmp_path: Path) -> None:
+    priv, pub = pem_pair(rsa.generate_private_key(public_exponent=65537, key_size=3072))
+    (tmp_path / "k.pem").write_bytes(priv)
+    (tmp_path / "blob").write_bytes(encrypt_share(pub, b"fhsm1-abc")[1:])
+    out = subprocess.run(["openssl", "pkeyutl", "-decrypt", "-inkey", str(tmp_path / "k.pem"),
+                          "-in", str(tmp_path / "blob"), "-pkeyopt", "rsa_padding_mode:oaep",
+                          "-pkeyopt", "rsa_oaep_md:sha256", "-pkeyopt", "rsa_mgf1_md:sha256"],
+                         capture_output=True, check=True)
+    assert out.stdout == b"fhsm1-abc"
+
+
+def test_other_custodian_keys_are_refused() -> None:
+    _, ec_pub = pem_pair(ec.generate_private_key(ec.SECP256R1()))
+    _, small = pem_pair(rsa.generate_private_key(public_exponent=65537, key_size=1024))  # noqa: S505  refused on purpose
+    with pytest.raises(ValueError, match="X25519 or RSA"):
+        recipient_kind(ec_pub)
+    with pytest.raises(ValueError, match="2048"):
+        recipient_kind(small)
+    with pytest.raises(ValueError, match="PEM"):
+        recipient_kind(b"not a key")
+
+
+def test_unsealer_counts_resets_on_a_wrong_set_and_opens_on_a_right_one() -> None:
+    master = os.urandom(32)
+    split, shares = state.new_split(master, 5, 3)
+    custody = state.CustodyFile(split).signed({split.split_id: master})
+    unsealer = Unsealer(custody)
+    assert unsealer.submit(shares[0]) == (unsealer.progress(), None)
+    with pytest.raises(BadRequest, match="already submitted"):
+        unsealer.submit(shares[0])
+    with pytest.raises(BadRequest, match="belongs to split"):
+        unsealer.submit(Share("ffffffff", 2, shares[1].y))
+    assert unsealer.progress().submitted == 1
+    unsealer.submit(shares[1])
+    wrong = Share(split.split_id, 3, bytes(b ^ 1 for b in shares[2].y))
+    with pytest.raises(WrongShares):
+        unsealer.submit(wrong)
+    assert unsealer.progress().submitted == 0
+    for share in (shares[4], shares[2]):
+        assert unsealer.submit(share)[1] is None
+    progress, opened = unsealer.submit(shares[3])
+    assert opened == master and progress.submitted == 3
+
+
+def test_an_edited_custody_file_fails_its_mac(tmp_path: Path) -> None:
+    master = os.urandom(32)
+    split, shares = state.new_split(master, 3, 2)
+    state.save(tmp_path, state.CustodyFile(split).signed({split.split_id: master}))
+    assert (tmp_path / state.FILE_NAME).stat().st_mode & 0o777 == 0o600
+    loaded = state.load(tmp_path)
+    assert loaded.mac_ok(split.split_id, master)
+    edited = state.CustodyFile(state.Split(split.split_id, 4, 2, split.check), None, loaded.macs)
+    assert not edited.mac_ok(split.split_id, master)
+    unsealer = Unsealer(edited)
+    unsealer.submit(shares[0])
+    with pytest.raises(WrongShares):
+        unsealer.submit(shares[1])
+    (tmp_path / state.FILE_NAME).write_text("{}")
+    with pytest.raises(ConfigError, match="not a valid"):
+        state.load(tmp_path)
+
+
+def test_the_journal_gives_both_keys_to_a_holder_of_either() -> None:
+    keys = rekey.MasterKeys(os.urandom(32), os.urandom(32))
+    blob = keys.journal()
+    assert keys.old not in blob and keys.new not in blob
+    assert rekey.MasterKeys.from_journal(blob, keys.old) == keys
+    assert rekey.MasterKeys.from_journal(blob, keys.new) == keys
+    with pytest.raises(ConfigError, match="neither"):
+        rekey.MasterKeys.from_journal(blob, os.urandom(32))
+    assert "old=" not in repr(keys) or keys.old.hex() not in repr(keys)
+
+
+def test_the_check_value_name_is_the_one_app_uses() -> None:
+    assert rekey.CHECK_VALUE == app.CHECK_VALUE
