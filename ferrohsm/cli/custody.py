@@ -34,7 +34,12 @@ def add_parsers(sub: Any) -> None:
                           "split it into --shares shares, any --threshold of which unseal the "
                           "server. Each share is printed once (or encrypted to one custodian "
                           "key each); only a check value is kept. Then set "
-                          '[secrets] unseal = "shamir".')
+                          '[secrets] unseal = "shamir".',
+                          epilog="examples:\n  ferrohsm init --data-dir /var/lib/ferrohsm "
+                          "--shares 5 --threshold 3\n  ferrohsm init --shares 3 --threshold 2 "
+                          "--custodian-key alice.pem --custodian-key bob.pem --custodian-key "
+                          "carol.pem --out-dir shares/",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     init.add_argument("--shares", type=int, required=True, help="how many shares (2-255)")
     init.add_argument("--threshold", type=int, required=True,
                       help="how many shares unseal (2..--shares)")

@@ -30,7 +30,11 @@ def add_parser(sub: Any, custody_flags: Callable[[Any], None]) -> None:
                        description="Generate a new master key, re-seal every key version under "
                        "it, re-MAC every key record and replace the check value; crash-safe "
                        "(run it again after any interruption, with the old or the new key). "
-                       "Stop the server first.")
+                       "Stop the server first.",
+                       epilog="examples:\n  ferrohsm rekey --config ferrohsm.toml "
+                       "--new-master-key-file /etc/ferrohsm/master.key.new\n"
+                       "  ferrohsm rekey --config ferrohsm.toml --shares 5 --threshold 3",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--new-master-key-file", metavar="FILE",
                    help="environment mode: write the new key here (0600, base64); if FILE "
                    "exists its key is used. Point FERROHSM_MASTER_KEY or "
