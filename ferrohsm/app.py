@@ -23,6 +23,7 @@ from .api.handlers import approvals as approval_routes
 from .api.handlers import audit as audit_routes
 from .api.handlers import crypto as crypto_routes
 from .api.handlers import dashboard as dashboard_routes
+from .api.handlers import imports as import_routes
 from .api.handlers import keys as key_routes
 from .api.handlers import system as system_routes
 from .api.handlers import tokens as token_routes
@@ -49,8 +50,11 @@ from .integrity.reconcile import reconcile
 from .integrity.records import RecordReport, check_key_records
 from .service import AuditLogService, KeyService, TokenService
 from .service.batch import CryptoItems
+from .service.imports import ImportService
 from .store.approvalstore import ApprovalStore
 from .store.filesystem import FilesystemStore
+from .store.importjobs import ImportJobStore
+from .store.importjobs_files import FolderImportJobStore, MemoryImportJobStore
 from .store.keystore import KeyStore
 from .store.memory import MemoryStore
 from .store.memory_approvals import MemoryApprovalStore
@@ -124,6 +128,13 @@ def open_approvals(config: Config) -> ApprovalStore:
     if config.storage.key_store == "memory":
         return MemoryApprovalStore()
     return SQLiteApprovalStore(ensure_private_dir(config.storage.data_dir) / "approvals.sqlite3")
+
+
+def open_import_jobs(config: Config) -> ImportJobStore:
+    """Import jobs (sealed) beside the keys; with the memory key store they are forgotten too."""
+    if config.storage.key_store == "memory":
+        return MemoryImportJobStore()
+    return FolderImportJobStore(ensure_private_dir(config.storage.data_dir) / "import-jobs")
 
 
 def audit_location(config: Config) -> AuditLocation:
@@ -284,7 +295,10 @@ def build_runtime(config: Config, secrets: Secrets,
                                on_event=config_audit(audit, "auth.keyset_reload"))
     limiter = RateLimiter(policy_from_settings(config.rate_limit))
     router = routing.Router()
-    key_routes.register(router, service)
+    imports = ImportService(service, open_import_jobs(config))
+    imports.purge_expired(SYSTEM_CONTEXT)  # expired import jobs do not outlive a restart
+    key_routes.register(router, service, imports)
+    import_routes.register(router, imports)
     # the per-item path of every batch surface (service/batch.py)
     items = CryptoItems(service, limiter, config.crypto.max_batch_items, audit)
     crypto_routes.register(router, service, items)

@@ -37,6 +37,8 @@ class Action(StrEnum):
     AUDIT_READ = "audit.read"
     TOKEN_REVOKE = "token.revoke"
     RANDOM = "crypto.random"  # random bytes (the Vault-compatible transit surface)
+    KEY_IMPORT = "key.import"  # key material brought in wrapped (BYOK): a new key or version
+    IMPORT_JOB_CREATE = "import_job.create"  # a wrapping key for one import, valid 24 h
 
 
 A, O, U, S = Role.ADMINISTRATOR, Role.OPERATOR, Role.AUDITOR, Role.SERVICE
@@ -66,6 +68,8 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.AUDIT_READ: frozenset({A, O, U}),
     Action.TOKEN_REVOKE: frozenset({A}),
     Action.RANDOM: USERS,
+    Action.KEY_IMPORT: MANAGERS,
+    Action.IMPORT_JOB_CREATE: MANAGERS,
 }
 
 
