@@ -128,7 +128,8 @@ SCHEMAS: dict[str, Any] = {
                                "description": "immutable after creation", "items": TAG},
                       "import": {**_ref("ImportMaterial"), "description": "create the key "
                                  "from this wrapped material (origin imported) instead of "
-                                 "generating it"}}},
+                                 "generating it; when its tags put import under dual control "
+                                 "the answer is 202 approval_required (docs/api.md)"}}},
     "ImportMaterial": {"type": "object", "additionalProperties": False,
                        "required": ["import_job_id", "wrapping_algorithm", "wrapped_material"],
                        "properties": {

@@ -75,9 +75,7 @@ def _register_inventory(router: Router, service: KeyService,
     router.add("POST", "/v1/keys", create, name="createKey", doc=Operation(
         "Create a key (generated, or imported: BYOK)", TAGS, Action.KEY_CREATE,
         request="CreateKey", response="Key", status=201, errors=(409, 410),
-        extra=((404, "not_found: no such import job (used, purged or never made)", "Error"),
-               (202, "approval_required: an import into tags that put import under dual "
-                "control, parked until approved", "ApprovalRequired"),)))
+        extra=((404, "not_found: no such import job (used, purged or never made)", "Error"),)))
     router.add("GET", "/v1/keys", listing, name="listKeys", doc=Operation(
         "List keys (filters, pagination, ETag)", TAGS, Action.KEY_LIST, response="KeyList",
         query=("keyState", "algorithm", "usage", "tag", "namePrefix", "limit", "pageToken"),
