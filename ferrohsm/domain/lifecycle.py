@@ -125,7 +125,8 @@ def new_key(*, key_id: str, name: str | None, description: str, algorithm: str, 
     key = Key(id=key_id, name=name, description=description, algorithm=algorithm, usage=usage,
               tags=tags, state=KeyState.ACTIVE, primary_version=1, versions=(first,),
               created_at=now, updated_at=now, created_by=actor)
-    return key.with_event(now, actor, "create", f"{algorithm} {usage}")
+    imported = " (imported)" if origin is Origin.IMPORTED else ""
+    return key.with_event(now, actor, "create", f"{algorithm} {usage}{imported}")
 
 
 def update_description(key: Key, description: str, now: datetime, actor: str) -> Key:
