@@ -172,8 +172,8 @@ def read_material(data: bytes) -> tuple[str, bytes]:
     if isinstance(private, rsa.RSAPrivateKey):
         name = f"rsa-{private.key_size}"
     elif isinstance(private, ec.EllipticCurvePrivateKey):
-        bits = {curve.name: size for size, curve in EC_CURVES.items()}.get(private.curve.name)
-        name = f"ec-p{bits}" if bits else f"ec-{private.curve.name}"
+        bits = [size for size, curve in EC_CURVES.items() if isinstance(private.curve, curve)]
+        name = f"ec-p{bits[0]}" if bits else f"ec-{private.curve.name}"
     else:
         raise ValueError("the key file holds neither an RSA nor an EC private key")
     der = private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from typing import TypeGuard
 
 from ..domain.errors import BadRequest
 
@@ -18,7 +19,7 @@ from ..domain.errors import BadRequest
 _JOB_ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def is_job_id(job_id: object) -> bool:
+def is_job_id(job_id: object) -> TypeGuard[str]:
     return isinstance(job_id, str) and _JOB_ID_RE.fullmatch(job_id) is not None
 
 

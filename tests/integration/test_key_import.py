@@ -307,7 +307,7 @@ def test_audit_records_never_hold_material(srv: LiveServer, tmp_path: Path) -> N
     assert refused(srv, bad)[0] == 400
     status, reply = refused(srv, import_body(job, "RSA_OAEP_SHA256", wrapped,
                                              algorithm="aes-256-gcm", usage="encrypt"))
-    assert status == 201
+    assert status == 201, reply
     records = audit_records(srv)
     mine = [r for r in records if job["import_job_id"] in str(r)]
     actions = [(r["action"], r["outcome"]) for r in mine]
