@@ -54,6 +54,7 @@ from ..store.importjobs import ImportJobStore, check_job_id
 from .keys import KeyService
 
 JOB_LIFETIME = timedelta(hours=24)
+MAX_OPEN_JOBS = 1000  # open jobs at once: each is a sealed file; no caller fills the disk
 # The sealing context of a job (crypto/seal.py AAD: purpose, id, version, algorithm): no key
 # has this algorithm, so a job blob can never be taken for key material or the reverse.
 JOB_CONTEXT = "import-job-v1"
@@ -113,6 +114,9 @@ class ImportService:
         def work() -> dict[str, Any]:
             self.guard.require_audit()
             self.purge_expired(ctx)
+            if len(self.jobs.ids()) >= MAX_OPEN_JOBS:
+                raise Conflict(f"{MAX_OPEN_JOBS} import jobs are open; use them or let them "
+                               "expire (24 hours) before creating more")
             now = self._now()
             job = ImportJob(uuid7(int(now.timestamp() * 1000)), now, now + self.lifetime,
                             ctx.actor, importwrap.new_wrapping_key())

@@ -308,7 +308,11 @@ def test_audit_records_never_hold_material(srv: LiveServer, tmp_path: Path) -> N
     status, reply = refused(srv, import_body(job, "RSA_OAEP_SHA256", wrapped,
                                              algorithm="aes-256-gcm", usage="encrypt"))
     assert status == 201, reply
+    generated = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt"})[2]
     records = audit_records(srv)
+    made = [r for r in records if (r["action"], r["outcome"], r["key_id"])
+            == ("key.create", "success", generated["id"])]
+    assert made[0]["details"]["origin"] == "generated"
     mine = [r for r in records if job["import_job_id"] in str(r)]
     actions = [(r["action"], r["outcome"]) for r in mine]
     assert ("import_job.create", "success") in actions
