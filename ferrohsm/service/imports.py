@@ -152,21 +152,24 @@ class ImportService:
         return job
 
     def purge_expired(self, ctx: RequestContext) -> int:
-        """Delete every expired (or unreadable) job; one ``import_job.purge`` record if any."""
-        purged = []
+        """Delete every expired (or unreadable) job, each with its ``import_job.purge``
+        record; how many."""
+        purged = 0
         for job_id in self.jobs.ids():
             try:
                 self._open(job_id)
-            except (Gone, Conflict):
-                self.jobs.delete(job_id)
-                purged.append(job_id)
+                continue
+            except Gone:
+                why = "expired"
+            except Conflict:
+                why = "unreadable (failed its integrity check)"
             except NotFound:
                 continue
-        if purged:
+            self.jobs.delete(job_id)
             self.guard.record(ctx, "import_job.purge", "success",
-                              f"purged {len(purged)} expired or unreadable import job(s)",
-                              import_job_ids=" ".join(purged))
-        return len(purged)
+                              f"import job {job_id} purged: {why}", import_job_id=job_id)
+            purged += 1
+        return purged
 
     # ---- imports ----
 

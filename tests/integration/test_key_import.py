@@ -415,3 +415,30 @@ def test_local_wrapping_matches_what_openssl_unwraps(tmp_path: Path) -> None:
     out = openssl("enc", "-d", "-id-aes256-wrap-pad", "-K", ephemeral.hex(), "-iv", "A65959A6",
                   "-in", tmp_path / "kwp")
     assert out == der
+
+
+def test_an_altered_job_is_refused_then_purged(srv: LiveServer, tmp_path: Path) -> None:
+    job = new_job(srv)
+    path = srv.data_dir / "import-jobs" / f"{job['import_job_id']}.job"
+    blob = bytearray(path.read_bytes())
+    blob[40] ^= 1
+    path.write_bytes(bytes(blob))
+    wrapped = oaep_with_openssl(tmp_path, job, os.urandom(32))
+    status, reply = refused(srv, import_body(job, "RSA_OAEP_SHA256", wrapped,
+                                             algorithm="aes-256-gcm", usage="encrypt"))
+    assert status == 409 and "failed its integrity check" in reply["error"]["message"], reply
+    # the next job's creation purges it (and any expired one), with a record
+    stale = new_job(srv)
+    service = srv.rt.service
+    real = service.clock
+    service.clock = lambda: real() + timedelta(hours=25)
+    try:
+        new_job(srv)
+    finally:
+        service.clock = real
+    assert not path.exists()
+    assert not (srv.data_dir / "import-jobs" / f"{stale['import_job_id']}.job").exists()
+    purged = {r["details"]["import_job_id"]: r["message"] for r in audit_records(srv)
+              if r["action"] == "import_job.purge"}
+    assert "unreadable" in purged[job["import_job_id"]]
+    assert "expired" in purged[stale["import_job_id"]]
