@@ -1,5 +1,6 @@
 """`ferrohsm keys …`: create, list, show, update, rotate, rollback, revoke, destroy,
-cancel-destroy, public-key and import (importkey.py). Parsing and printing only; the server decides everything."""
+cancel-destroy, public-key and import (importkey.py). Parsing and printing only; the server
+decides everything."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ STATES = ("active", "revoked", "destroy_scheduled", "destroyed")
 
 
 def add_parsers(sub: Any) -> None:
-    keys = sub.add_parser("keys", help="create, list, describe, rotate, revoke and destroy keys",
+    keys = sub.add_parser("keys", help="create, import, list, describe, rotate, revoke and "
+                          "destroy keys",
                           description="Key lifecycle. KEY is a key's id or its unique name.")
     ksub = keys.add_subparsers(dest="keys_command", metavar="SUBCOMMAND", required=True)
     _create(ksub)
