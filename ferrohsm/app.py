@@ -24,6 +24,7 @@ from .api.handlers import audit as audit_routes
 from .api.handlers import crypto as crypto_routes
 from .api.handlers import custody as custody_routes
 from .api.handlers import dashboard as dashboard_routes
+from .api.handlers import imports as import_routes
 from .api.handlers import keys as key_routes
 from .api.handlers import probes as probe_routes
 from .api.handlers import system as system_routes
@@ -52,8 +53,11 @@ from .integrity.reconcile import reconcile
 from .integrity.records import RecordReport, check_key_records
 from .service import AuditLogService, KeyService, TokenService
 from .service.batch import CryptoItems
+from .service.imports import ImportService
 from .store.approvalstore import ApprovalStore
 from .store.filesystem import FilesystemStore
+from .store.importjobs import ImportJobStore
+from .store.importjobs_files import FolderImportJobStore, MemoryImportJobStore
 from .store.keystore import KeyStore
 from .store.memory import MemoryStore
 from .store.memory_approvals import MemoryApprovalStore
@@ -149,6 +153,13 @@ def shared_deny_list(store: KeyStore) -> PostgresDenyList | None:
     """Revoked tokens in the key store's database when it is PostgreSQL (every node sees a
     revocation at once); None keeps the file deny-list of [auth].deny_list_file."""
     return PostgresDenyList(store.database) if isinstance(store, PostgresStore) else None
+
+
+def open_import_jobs(config: Config) -> ImportJobStore:
+    """Import jobs (sealed) beside the keys; with the memory key store they are forgotten too."""
+    if config.storage.key_store == "memory":
+        return MemoryImportJobStore()
+    return FolderImportJobStore(ensure_private_dir(config.storage.data_dir) / "import-jobs")
 
 
 def audit_location(config: Config) -> AuditLocation:
@@ -339,7 +350,13 @@ def build_runtime(config: Config, secrets: Secrets,
                                deny_list=shared_deny_list(store))
     limiter = RateLimiter(policy_from_settings(config.rate_limit))
     router = routing.Router()
-    key_routes.register(router, service)
+    imports = ImportService(service, open_import_jobs(config))
+    try:
+        imports.purge_expired(SYSTEM_CONTEXT)  # expired import jobs do not outlive a restart
+    except FerroError as exc:  # they are refused when used anyway; never a reason not to start
+        log.warning("expired import jobs not purged at start-up: %s", exc.message)
+    key_routes.register(router, service, imports)
+    import_routes.register(router, imports)
     # the per-item path of every batch surface (service/batch.py)
     items = CryptoItems(service, limiter, config.crypto.max_batch_items, audit)
     crypto_routes.register(router, service, items)

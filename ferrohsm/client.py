@@ -416,6 +416,32 @@ class Client:
         return self.request("GET", _key_path(key, "/public-key"),  # type: ignore[no-any-return]
                             query={"version": version})
 
+    # ---- key import (BYOK): material wrapped by the caller, never sent in clear -------------
+
+    def create_import_job(self) -> dict[str, Any]:
+        """``{"import_job_id", "public_key" (RSA-3072 PEM), "wrapping_algorithms",
+        "expires_at", ...}``: wrap the material with ``public_key`` (docs/api.md, Key import)."""
+        return self.request("POST", "/v1/import-jobs", {})  # type: ignore[no-any-return]
+
+    def import_key(self, import_job_id: str, wrapping_algorithm: str, wrapped_material: bytes,
+                   *, algorithm: str, usage: str, name: str | None = None,
+                   description: str | None = None, tags: list[str] | tuple[str, ...] = (),
+                   **opts: Any) -> dict[str, Any]:
+        """A new key (origin imported) made from ``wrapped_material``; its id is the job's."""
+        body = _drop_none({"algorithm": algorithm, "usage": usage, "name": name,
+                           "description": description, "tags": list(tags) or None,
+                           "import": {"import_job_id": import_job_id,
+                                      "wrapping_algorithm": wrapping_algorithm,
+                                      "wrapped_material": b64e(wrapped_material)}})
+        return self.request("POST", "/v1/keys", body, **opts)  # type: ignore[no-any-return]
+
+    def import_key_version(self, key: str, import_job_id: str, wrapping_algorithm: str,
+                           wrapped_material: bytes, **opts: Any) -> dict[str, Any]:
+        """A new primary version of ``key`` (origin imported) made from ``wrapped_material``."""
+        return self._post(key, "import", {"import_job_id": import_job_id,
+                                          "wrapping_algorithm": wrapping_algorithm,
+                                          "wrapped_material": b64e(wrapped_material)}, opts)
+
     # ---- cryptographic operations (bytes in, bytes out) ---------------------------------
 
     def encrypt(self, key: str, plaintext: bytes, aad: bytes | None = None,

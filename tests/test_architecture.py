@@ -61,8 +61,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "app": frozenset({"domain", "crypto", "audit", "store", "auth", "control", "engine",
                       "telemetry", "service", "config", "tls", "api", "integrity", "custody"}),
     # L6: entry points
+    # crypto: `keys import` wraps key material locally (crypto/importwrap.py, imported lazily)
     "cli": frozenset({"domain", "audit", "auth", "telemetry", "config", "tls", "client", "app",
-                      "custody", "integrity"}),
+                      "custody", "integrity", "crypto"}),
     "__main__": frozenset({"cli"}),
 }
 
@@ -85,6 +86,7 @@ CONCRETE_STORES = frozenset({
     "ferrohsm.store.memory_approvals", "ferrohsm.store.sqlite_approvals", "ferrohsm.store.remote",
     "ferrohsm.store.postgres", "ferrohsm.store.postgres_approvals",
     "ferrohsm.store.postgres_revocations",
+    "ferrohsm.store.importjobs_files",
 })
 
 # What a pure domain module may import from the standard library: no os, time, random, secrets,

@@ -55,6 +55,8 @@ VERSION = {"type": "integer", "minimum": 1, "maximum": MAX_VERSION}
 TIME = {"type": "string", "format": "date-time"}
 ALGORITHMS = ["aes-256-gcm", "rsa-2048", "rsa-4096", "ec-p256", "ec-p384"]
 USAGES = ["encrypt", "wrap", "sign"]
+ORIGINS = ["generated", "imported"]
+WRAPPING_ALGORITHMS = ["RSA_OAEP_SHA256", "RSA_AES_KEY_WRAP_SHA256"]
 KEY_STATES = ["active", "revoked", "destroy_scheduled", "destroyed"]
 APPROVAL_STATES = ["pending", "approved", "denied", "expired", "executed"]
 SIGNATURE_SCHEMES = ["rsa-pss-sha256", "rsa-pkcs1v15-sha256", "ecdsa-sha256", "ecdsa-sha384"]
@@ -89,7 +91,7 @@ SCHEMAS: dict[str, Any] = {
     "KeyVersion": {"type": "object", "required": ["version", "state", "created_at"],
                    "properties": {
         "version": {"type": "integer"}, "state": {"enum": ["enabled", "archived", "destroyed"]},
-        "created_at": TIME}},
+        "created_at": TIME, "origin": {"enum": ORIGINS}}},
     "KeyHistoryEntry": {"type": "object", "required": ["at", "actor", "action"], "properties": {
         "at": TIME, "actor": {"type": "string"}, "action": {"type": "string"},
         "detail": {"type": "string"}}},
@@ -109,6 +111,8 @@ SCHEMAS: dict[str, Any] = {
         "created_by": {"type": "string"},
         "destroy_after": {"type": ["string", "null"], "format": "date-time"},
         "revision": {"type": "integer", "description": "changes whenever the key does"},
+        "origin": {"enum": ORIGINS, "description": "generated here, or imported (BYOK): the "
+                   "first version's origin; each version has its own"},
         "history": {"type": "array", "items": _ref("KeyHistoryEntry")}}},
     "KeyList": {"type": "object", "required": ["keys", "next_page_token"], "properties": {
         "keys": {"type": "array", "items": _ref("Key")},
@@ -121,7 +125,31 @@ SCHEMAS: dict[str, Any] = {
                       "algorithm": {"enum": ALGORITHMS}, "usage": {"enum": USAGES},
                       "name": NAME, "description": DESCRIPTION,
                       "tags": {"type": "array", "maxItems": 32, "uniqueItems": True,
-                               "description": "immutable after creation", "items": TAG}}},
+                               "description": "immutable after creation", "items": TAG},
+                      "import": {**_ref("ImportMaterial"), "description": "create the key "
+                                 "from this wrapped material (origin imported) instead of "
+                                 "generating it; when its tags put import under dual control "
+                                 "the answer is 202 approval_required (docs/api.md)"}}},
+    "ImportMaterial": {"type": "object", "additionalProperties": False,
+                       "required": ["import_job_id", "wrapping_algorithm", "wrapped_material"],
+                       "properties": {
+                           "import_job_id": UUID,
+                           "wrapping_algorithm": {"enum": WRAPPING_ALGORITHMS},
+                           "wrapped_material": {**B64_NONEMPTY, "description": "RSA_OAEP_SHA256: "
+                               "one RSA-OAEP-SHA256 block (384 bytes); RSA_AES_KEY_WRAP_SHA256: "
+                               "that block (an AES-256 key) followed by the material wrapped "
+                               "with it (RFC 5649). Material: 32 raw bytes for aes-256-gcm, "
+                               "PKCS#8 DER for RSA and EC"}}},
+    "ImportJob": {"type": "object", "required": [
+        "import_job_id", "public_key", "wrapping_key_spec", "wrapping_algorithms",
+        "created_at", "expires_at"], "properties": {
+            "import_job_id": UUID,
+            "public_key": {"type": "string", "description": "PEM of the RSA-3072 wrapping key"},
+            "wrapping_key_spec": {"const": "RSA_3072"},
+            "wrapping_algorithms": {"type": "array", "items": {"enum": WRAPPING_ALGORITHMS}},
+            "created_at": TIME,
+            "expires_at": {**TIME, "description": "24 hours after creation; a job is used "
+                                                  "once"}}},
     "UpdateKey": {"type": "object", "additionalProperties": False, "required": ["description"],
                   "properties": {"description": DESCRIPTION}},
     "Rollback": {"type": "object", "additionalProperties": False, "required": ["version"],
@@ -307,10 +335,11 @@ KEY_LINKS: dict[str, Any] = {
     **{op: {"operationId": op, "parameters": KEY_REF} for op in (
         "getKey", "updateKey", "rotateKey", "revokeKey", "destroyKey", "cancelDestroyKey",
         "getPublicKey", "rollbackKey", "encrypt", "decrypt", "sign", "verify", "wrap",
-        "unwrap", "dataKey")}}
+        "unwrap", "dataKey", "importKeyVersion")}}
 LINKS: dict[str, dict[str, Any]] = {
     **{op: KEY_LINKS for op in ("createKey", "getKey", "updateKey", "rotateKey", "rollbackKey",
-                                "revokeKey", "destroyKey", "cancelDestroyKey")},
+                                "revokeKey", "destroyKey", "cancelDestroyKey",
+                                "importKeyVersion")},
     "encrypt": {"decrypt": {"operationId": "decrypt",
                             "parameters": {"key": "$response.body#/key_id"},
                             "requestBody": {"ciphertext": "$response.body#/ciphertext"}}},

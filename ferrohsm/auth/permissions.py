@@ -39,6 +39,8 @@ class Action(StrEnum):
     RANDOM = "crypto.random"  # random bytes (the Vault-compatible transit surface)
     TOKEN_WHOAMI = "token.whoami"
     SYSTEM_SEAL = "system.seal"  # seal a split-knowledge server again (custody/gate.py)
+    KEY_IMPORT = "key.import"  # key material brought in wrapped (BYOK): a new key or version
+    IMPORT_JOB_CREATE = "import_job.create"  # a wrapping key for one import, valid 24 h
 
 
 A, O, U, S = Role.ADMINISTRATOR, Role.OPERATOR, Role.AUDITOR, Role.SERVICE
@@ -70,6 +72,8 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.RANDOM: USERS,
     Action.TOKEN_WHOAMI: READERS,
     Action.SYSTEM_SEAL: frozenset({A}),
+    Action.KEY_IMPORT: MANAGERS,
+    Action.IMPORT_JOB_CREATE: MANAGERS,
 }
 
 

@@ -1,5 +1,6 @@
 """`ferrohsm keys …`: create, list, show, update, rotate, rollback, revoke, destroy,
-cancel-destroy and public-key. Parsing and printing only; the server decides everything."""
+cancel-destroy, public-key and import (importkey.py). Parsing and printing only; the server
+decides everything."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import argparse
 import sys
 from typing import Any
 
-from . import output
+from . import importkey, output
 from .settings import Settings, approval_flag, command
 from .streams import Output
 
@@ -17,7 +18,8 @@ STATES = ("active", "revoked", "destroy_scheduled", "destroyed")
 
 
 def add_parsers(sub: Any) -> None:
-    keys = sub.add_parser("keys", help="create, list, describe, rotate, revoke and destroy keys",
+    keys = sub.add_parser("keys", help="create, import, list, describe, rotate, revoke and "
+                          "destroy keys",
                           description="Key lifecycle. KEY is a key's id or its unique name.",
                           formatter_class=argparse.RawDescriptionHelpFormatter,
                           epilog="examples:\n  ferrohsm keys list --tag pci\n"
@@ -36,6 +38,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--description", required=True, help="the new description")
     approval_flag(p)
     _lifecycle(ksub)
+    importkey.add_parser(ksub, ALGORITHMS, USAGES)
     p = command(ksub, "public-key", public_key, help="write an asymmetric key's public key (PEM)",
                 description="Write the PEM public key of an asymmetric KEY (its primary version, "
                 "or --version N) to --out FILE or stdout.",

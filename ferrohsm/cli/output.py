@@ -139,6 +139,7 @@ def key_detail(key: dict[str, Any], colour: bool, history: int = 5) -> str:
     head = fields([
         ("Name", key.get("name") or "-"), ("ID", str(key.get("id"))),
         ("Algorithm", str(key.get("algorithm"))), ("Usage", str(key.get("usage"))),
+        ("Origin", str(key.get("origin") or "generated")),
         ("State", state_text), ("Primary", f"v{key.get('primary_version')}"),
         ("Tags", ", ".join(key.get("tags") or []) or "-"),
         ("Description", key.get("description") or "-"),
@@ -148,10 +149,10 @@ def key_detail(key: dict[str, Any], colour: bool, history: int = 5) -> str:
          if key.get("destroy_after") else "-"),
     ])
     primary = key.get("primary_version")
-    versions = table(("VERSION", "STATE", "CREATED"), [
+    versions = table(("VERSION", "STATE", "CREATED", "ORIGIN"), [
         [f"v{v['version']}" + (" (primary)" if v["version"] == primary else ""),
-         str(v.get("state")), when(v.get("created_at"))] for v in key.get("versions") or []],
-        colour)
+         str(v.get("state")), when(v.get("created_at")), str(v.get("origin") or "generated")]
+        for v in key.get("versions") or []], colour)
     text = f"{head}\n\n{versions}"
     events = (key.get("history") or [])[-history:]
     if events:

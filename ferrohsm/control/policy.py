@@ -50,6 +50,7 @@ SHORT_NAMES: dict[str, Action] = {
     "public-key": Action.KEY_PUBLIC, "public_key": Action.KEY_PUBLIC,
     "encrypt": Action.ENCRYPT, "decrypt": Action.DECRYPT, "sign": Action.SIGN,
     "verify": Action.VERIFY, "wrap": Action.WRAP, "unwrap": Action.UNWRAP,
+    "import": Action.KEY_IMPORT,
 }
 # Only actions on one existing key can be parked for approval (create/list have no key to bind).
 APPROVABLE = frozenset(SHORT_NAMES.values())

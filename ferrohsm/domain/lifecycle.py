@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from .errors import BadRequest, Conflict, Gone, InvalidTransition
-from .model import Key, KeyState, KeyVersion, VersionState
+from .model import Key, KeyState, KeyVersion, Origin, VersionState
 
 
 class Move(StrEnum):
@@ -119,12 +119,14 @@ def check_use(key: Key, use: Use, version: int | None = None) -> KeyVersion:
 
 
 def new_key(*, key_id: str, name: str | None, description: str, algorithm: str, usage: str,
-            tags: tuple[str, ...], sealed: bytes, now: datetime, actor: str) -> Key:
-    first = KeyVersion(1, VersionState.ENABLED, now, sealed)
+            tags: tuple[str, ...], sealed: bytes, now: datetime, actor: str,
+            origin: Origin = Origin.GENERATED) -> Key:
+    first = KeyVersion(1, VersionState.ENABLED, now, sealed, origin)
     key = Key(id=key_id, name=name, description=description, algorithm=algorithm, usage=usage,
               tags=tags, state=KeyState.ACTIVE, primary_version=1, versions=(first,),
               created_at=now, updated_at=now, created_by=actor)
-    return key.with_event(now, actor, "create", f"{algorithm} {usage}")
+    imported = " (imported)" if origin is Origin.IMPORTED else ""
+    return key.with_event(now, actor, "create", f"{algorithm} {usage}{imported}")
 
 
 def update_description(key: Key, description: str, now: datetime, actor: str) -> Key:
@@ -140,6 +142,15 @@ def rotate(key: Key, sealed: bytes, now: datetime, actor: str) -> Key:
     added = KeyVersion(number, VersionState.ENABLED, now, sealed)
     return key.with_event(now, actor, "rotate", f"version {number} is primary", state=state,
                           versions=(*key.versions, added), primary_version=number)
+
+
+def import_version(key: Key, sealed: bytes, now: datetime, actor: str) -> Key:
+    """``rotate`` with imported material: the new version (origin imported) becomes primary."""
+    state = target_state(key, Move.ROTATE)
+    number = len(key.versions) + 1
+    added = KeyVersion(number, VersionState.ENABLED, now, sealed, Origin.IMPORTED)
+    return key.with_event(now, actor, "import", f"version {number} (imported) is primary",
+                          state=state, versions=(*key.versions, added), primary_version=number)
 
 
 def rollback(key: Key, version: int, now: datetime, actor: str) -> Key:

@@ -66,6 +66,13 @@ class VersionState(StrEnum):
     DESTROYED = "destroyed"
 
 
+class Origin(StrEnum):
+    """Where a version's material came from: made here, or brought in by key import (BYOK)."""
+
+    GENERATED = "generated"
+    IMPORTED = "imported"
+
+
 class Role(StrEnum):
     ADMINISTRATOR = "administrator"
     OPERATOR = "operator"
@@ -145,10 +152,13 @@ class KeyVersion:
     state: VersionState
     created_at: datetime
     sealed: bytes | None  # None once the material is purged; metadata stays
+    origin: Origin = Origin.GENERATED  # in the record, so the record MAC covers it
 
     def __post_init__(self) -> None:
         if self.version < 1:
             raise ValueError("versions start at 1")
+        if not isinstance(self.origin, Origin):
+            raise ValueError("origin must be an Origin")
         if (self.sealed is None) != (self.state is VersionState.DESTROYED):
             raise ValueError("a version has sealed material exactly when it is not destroyed")
 
@@ -204,6 +214,11 @@ class Key:
             raise ValueError("audit_seq must be a non-negative int")
         if type(self.audit_hash) is not str or not AUDIT_HASH_RE.fullmatch(self.audit_hash):
             raise ValueError("audit_hash must be 64 lowercase hex characters or empty")
+
+    @property
+    def origin(self) -> Origin:
+        """How the key came to be: its first version's origin (each version keeps its own)."""
+        return self.versions[0].origin if self.versions else Origin.GENERATED
 
     def version(self, number: int) -> KeyVersion:
         if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= len(self.versions):
@@ -304,7 +319,7 @@ def key_to_record(key: Key) -> dict[str, Any]:
         "algorithm": key.algorithm, "usage": key.usage, "tags": list(key.tags),
         "state": key.state.value, "primary_version": key.primary_version,
         "versions": [{"version": v.version, "state": v.state.value, "created_at": iso(v.created_at),
-                      "sealed": _b64(v.sealed)} for v in key.versions],
+                      "sealed": _b64(v.sealed), "origin": v.origin.value} for v in key.versions],
         "created_at": iso(key.created_at), "updated_at": iso(key.updated_at),
         "created_by": key.created_by, "destroy_after": iso(key.destroy_after),
         "previous_state": key.previous_state.value if key.previous_state else None,
@@ -318,14 +333,15 @@ def key_to_record(key: Key) -> dict[str, Any]:
 def key_from_record(rec: dict[str, Any]) -> Key:
     """Inverse of key_to_record; raises ValueError/KeyError/TypeError on a malformed record.
 
-    ``audit_seq`` and ``audit_hash`` default to 0 and "" because records written before they
-    existed do not carry them."""
+    ``audit_seq`` and ``audit_hash`` default to 0 and "", and a version's ``origin`` to
+    "generated", because records written before they existed do not carry them."""
     return Key(
         id=rec["id"], name=rec["name"], description=rec["description"],
         algorithm=rec["algorithm"], usage=rec["usage"], tags=tuple(rec["tags"]),
         state=KeyState(rec["state"]), primary_version=int(rec["primary_version"]),
         versions=tuple(KeyVersion(int(v["version"]), VersionState(v["state"]),
-                                  _time(v["created_at"]), _unb64(v["sealed"]))
+                                  _time(v["created_at"]), _unb64(v["sealed"]),
+                                  Origin(v.get("origin", Origin.GENERATED)))
                        for v in rec["versions"]),
         created_at=_time(rec["created_at"]), updated_at=_time(rec["updated_at"]),
         created_by=rec["created_by"], destroy_after=parse_iso(rec["destroy_after"]),
@@ -352,8 +368,9 @@ def key_view(key: Key) -> dict[str, Any]:
         "id": key.id, "name": key.name, "description": key.description,
         "algorithm": key.algorithm, "usage": key.usage, "tags": list(key.tags),
         "state": key.state.value, "primary_version": key.primary_version,
-        "versions": [{"version": v.version, "state": v.state.value, "created_at": iso(v.created_at)}
-                     for v in key.versions],
+        "origin": key.origin.value,
+        "versions": [{"version": v.version, "state": v.state.value, "created_at": iso(v.created_at),
+                      "origin": v.origin.value} for v in key.versions],
         "created_at": iso(key.created_at), "updated_at": iso(key.updated_at),
         "created_by": key.created_by, "destroy_after": iso(key.destroy_after),
         "revision": key.revision,

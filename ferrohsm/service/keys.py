@@ -95,7 +95,7 @@ class KeyService:
                              algorithm=algorithm, usage=usage, tags=tuple(tags), sealed=sealed,
                              now=self.clock(), actor=ctx.actor)
             return self.changes.create(ctx, key, f"created {algorithm} key for {usage}",
-                                       name=name)
+                                       name=name, origin=key.origin.value)
         return self.guard.run(ctx, Action.KEY_CREATE, work)
 
     def list_keys(self, ctx: RequestContext, filters: KeyFilter, limit: int = 100,

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from live import LiveServer
 
+from ferrohsm.crypto.importwrap import wrap_for_import
+
 ROLES = ("administrator", "operator", "auditor", "service")
 A, AO, AOU, ALL, S = ({"administrator"}, {"administrator", "operator"},
                       {"administrator", "operator", "auditor"}, set(ROLES), {"service"})
@@ -84,6 +86,14 @@ def _unwrap(srv: LiveServer) -> Call:
     return "POST", f"/v1/keys/{key}/unwrap", {"wrapped": wrapped}
 
 
+def _import(srv: LiveServer) -> Call:
+    job = admin(srv, "POST", "/v1/import-jobs", {}, 201)
+    wrapped = wrap_for_import(job["public_key"], "RSA_OAEP_SHA256", secrets.token_bytes(32))
+    return "POST", f"/v1/keys/{new_key(srv)}/import", {
+        "import_job_id": job["import_job_id"], "wrapping_algorithm": "RSA_OAEP_SHA256",
+        "wrapped_material": B(wrapped)}
+
+
 def on_key(method: str, suffix: str, body: Any = None, algorithm: str = "aes-256-gcm",
            usage: str = "encrypt") -> Callable[[LiveServer], Call]:
     return lambda srv: (method, f"/v1/keys/{new_key(srv, algorithm, usage)}{suffix}", body)
@@ -118,6 +128,8 @@ MATRIX: dict[tuple[str, str], tuple[set[str], Callable[[LiveServer], Call]]] = {
     ("GET", "/v1/audit"): (AOU, lambda srv: ("GET", "/v1/audit?limit=5", None)),
     ("GET", "/v1/whoami"): (ALL, lambda srv: ("GET", "/v1/whoami", None)),
     ("GET", "/v1/approvals"): (AOU, lambda srv: ("GET", "/v1/approvals?state=pending", None)),
+    ("POST", "/v1/import-jobs"): (AO, lambda srv: ("POST", "/v1/import-jobs", {})),
+    ("POST", "/v1/keys/{key}/import"): (AO, _import),
 }
 # Routes whose allowed roles need a pending approval to reach 2xx; until the matrix creates one,
 # an allowed role must get past authorization (anything but 401/403) and the others get 403.

@@ -41,6 +41,8 @@ OPEN = {("rate_limit", "requests_per_second"): 100000.0, ("rate_limit", "burst")
         ("rate_limit", "ip_requests_per_second"): 100000.0, ("rate_limit", "ip_burst"): 100000,
         ("server", "body_timeout_seconds"): 0.5}
 MISSING_ID = "01890a5d-ac96-774b-bcce-b302099a0000"
+IMPORT = {"import_job_id": MISSING_ID, "wrapping_algorithm": "RSA_OAEP_SHA256",
+          "wrapped_material": base64.b64encode(b"w" * 384).decode()}
 
 
 def B(data: bytes) -> str:  # noqa: N802  one letter, like b"": a base64 literal in bodies
@@ -83,6 +85,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     assert status == 202, parked
     w.names["approval"] = parked["approval"]["id"]
     w.names["scoped"] = srv.token("service", "scoped-svc", tags=["elsewhere"])
+    w.names["missing"] = MISSING_ID  # an import job that does not exist: a new key's id
     yield w
     srv.close()
 
@@ -182,6 +185,8 @@ ROUTES: list[tuple[str, str, Any, set[str], str]] = [
     ("GET", "/v1/approvals/{approval}", None, AOU, "approval.list"),
     ("POST", "/v1/approvals/{approval}/approve", {}, AO, "approval.decide"),
     ("POST", "/v1/approvals/{approval}/deny", {}, AO, "approval.decide"),
+    ("POST", "/v1/import-jobs", {}, AO, "import_job.create"),
+    ("POST", "/v1/keys/{enc}/import", IMPORT, AO, "key.import"),
 ]
 
 
@@ -273,6 +278,11 @@ CASES: dict[str, Case] = {
                             "name": "refusal-enc"}),
     "400 unknown algorithm": Case(400, "key.create", "error", "POST", "/v1/keys",
                                   {"algorithm": "des", "usage": "encrypt"}),
+    "404 unknown import job": Case(404, "key.import", "error", "POST", "/v1/keys",
+                                   {"algorithm": "aes-256-gcm", "usage": "encrypt",
+                                    "import": IMPORT}, key="missing"),
+    "404 unknown import job for a version": Case(404, "key.import", "error", "POST",
+                                                 "/v1/keys/{enc}/import", IMPORT, key="enc"),
     "400 bad ciphertext": Case(400, "crypto.decrypt", "error", "POST", "/v1/keys/{enc}/decrypt",
                                {"ciphertext": "fhsm:v1:AAAA"}, role="service", key="enc"),
     "400 bad jti": Case(400, "token.revoke", "error", "POST", "/v1/tokens/revoke",

@@ -311,6 +311,7 @@ function metadata(key) {
   const rows = [
     ["ID", h("span", { class: "mono" }, key.id)],
     ["Algorithm", key.algorithm], ["Usage", key.usage],
+    ["Origin", key.origin ?? "generated"],
     ["Tags", tagList(key.tags, null)],
     ["Primary version", `v${key.primary_version}`],
     ["Created", [timeEl(key.created_at), key.created_by ? ` by ${key.created_by}` : ""]],

@@ -10,10 +10,12 @@ from ...auth.permissions import Action
 from ...domain.errors import BadRequest
 from ...domain.model import KeyFilter, KeyState, RequestContext, key_view, plain_text
 from ...service import KeyService
+from ...service.imports import ImportService
 from ...store.keystore import MAX_PAGE
 from ..http import Request, Response, json_response
 from ..router import Operation, Router
 from .common import MAX_VERSION, Field, Reply, fields, int_field, int_param, query
+from .imports import create_imported
 
 LIST_PARAMS = {"state", "algorithm", "usage", "tag", "name_prefix", "limit", "page_token"}
 TAGS = ("keys",)
@@ -22,19 +24,23 @@ MAX_REASON = 256
 STATEFUL = (409, 410)
 
 
-def register(router: Router, service: KeyService) -> None:
-    _register_inventory(router, service)
+def register(router: Router, service: KeyService, imports: ImportService | None = None) -> None:
+    _register_inventory(router, service, imports)
     _register_lifecycle(router, service)
 
 
-def _register_inventory(router: Router, service: KeyService) -> None:
-    """Create, list, describe, public key."""
+def _register_inventory(router: Router, service: KeyService,
+                        imports: ImportService | None) -> None:
+    """Create (generated, or with an ``import`` member: imported), list, describe, public key."""
     def create(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
         body = fields(req, {"algorithm": Field(str, True), "usage": Field(str, True),
-                            "name": Field(str), "description": Field(str), "tags": Field(list)})
+                            "name": Field(str), "description": Field(str), "tags": Field(list),
+                            **({"import": Field(dict)} if imports else {})})
         tags = body.get("tags", [])
         if not all(isinstance(t, str) for t in tags):
             raise BadRequest("tags must be a list of strings")
+        if imports is not None and "import" in body:
+            return create_imported(imports, ctx, body, tuple(tags))
         key = service.create_key(ctx, algorithm=body["algorithm"], usage=body["usage"],
                                  name=body.get("name"), description=body.get("description", ""),
                                  tags=tuple(tags))
@@ -67,8 +73,9 @@ def _register_inventory(router: Router, service: KeyService) -> None:
         return 200, service.public_key(ctx, p["key"], version)
 
     router.add("POST", "/v1/keys", create, name="createKey", doc=Operation(
-        "Create a key", TAGS, Action.KEY_CREATE, request="CreateKey", response="Key",
-        status=201, errors=(409,)))
+        "Create a key (generated, or imported: BYOK)", TAGS, Action.KEY_CREATE,
+        request="CreateKey", response="Key", status=201, errors=(409, 410),
+        extra=((404, "not_found: no such import job (used, purged or never made)", "Error"),)))
     router.add("GET", "/v1/keys", listing, name="listKeys", doc=Operation(
         "List keys (filters, pagination, ETag)", TAGS, Action.KEY_LIST, response="KeyList",
         query=("keyState", "algorithm", "usage", "tag", "namePrefix", "limit", "pageToken"),
