@@ -32,11 +32,13 @@ from .api.server import HardenedHTTPServer
 from .audit.chain import AuditEvent
 from .audit.sinks import AuditSink, ChainedSink, FileSink, SQLiteSink
 from .audit.witness import FileWitness, Witness, make_witness
+from .auth.approverkeys import ApproverKeys
 from .auth.authn import Authenticator, build_authenticator
 from .auth.ratelimit import RateLimiter, policy_from_settings
 from .config import Config, Secrets, parse_listen
 from .control.policy import Policy
 from .control.scheduler import RetentionScheduler
+from .control.voting import VoteRules
 from .crypto.recordmac import RecordMac
 from .crypto.seal import Sealer
 from .domain.errors import ConfigError, FerroError
@@ -282,6 +284,7 @@ def build_runtime(config: Config, secrets: Secrets,
                          policy=policy, approvals=approvals)
     auth = build_authenticator(config.auth, secrets.jwt_hs256_secret, config.storage.data_dir,
                                on_event=config_audit(audit, "auth.keyset_reload"))
+    service.approvals.rules = vote_rules(config, audit)
     limiter = RateLimiter(policy_from_settings(config.rate_limit))
     router = routing.Router()
     key_routes.register(router, service)
@@ -300,6 +303,18 @@ def build_runtime(config: Config, secrets: Secrets,
     system_routes.register(router, runtime.health, metrics, health_viewer(auth))
     _gauges(runtime)
     return runtime
+
+
+def vote_rules(config: Config, audit: AuditSink) -> VoteRules:
+    """[approvals]: who may vote and with what proof; the approver keys reload like keysets."""
+    settings = config.approvals
+    keys = None
+    if settings.approver_keys_file:
+        keys = ApproverKeys(settings.approver_keys_file,
+                            interval=config.auth.keyset_reload_seconds,
+                            on_event=config_audit(audit, "approvals.keys_reload"))
+    return VoteRules(settings.require_asymmetric_tokens, settings.require_vote_signature,
+                     keys.current if keys else None)
 
 
 HEALTH_DETAIL_ROLES = frozenset({Role.AUDITOR, Role.ADMINISTRATOR})

@@ -213,7 +213,11 @@ SCHEMAS: dict[str, Any] = {
         "next_after_seq": {"type": ["integer", "null"]}}},
     "ApprovalVote": {"type": "object", "required": ["actor", "role", "at"], "properties": {
         "actor": {"type": "string"}, "role": {"enum": ["administrator", "operator"]},
-        "at": TIME, "comment": {"type": "string"}}},
+        "at": TIME, "comment": {"type": "string"},
+        "signature": {"type": "string", "description": "a signed vote: base64 signature over "
+                      "the vote message (README, Approvers who cannot be forged)"},
+        "key_fingerprint": {"type": "string", "description": "sha256:<hex> of the "
+                            "approver's registered public key (DER SubjectPublicKeyInfo)"}}},
     "Approval": {"type": "object", "required": [
         "id", "action", "key_id", "request_hash", "required", "approvals", "state", "expires_at"],
         "properties": {
@@ -241,7 +245,13 @@ SCHEMAS: dict[str, Any] = {
             "request_id": {"type": "string"}}, "required": ["code", "message", "request_id"]},
         "approval": _ref("Approval")}},
     "ApprovalVoteRequest": {"type": "object", "additionalProperties": False,
-                            "properties": {"comment": {**PLAIN_TEXT, "maxLength": 256}}},
+                            "properties": {"comment": {**PLAIN_TEXT, "maxLength": 256},
+                                           "signature": {
+                                               "type": "string", "maxLength": 200,
+                                               "description": "base64 Ed25519 or ECDSA P-256 "
+                                               "signature over ferrohsm-vote-v1 (approval id, "
+                                               "request hash, decision); required when "
+                                               "[approvals].require_vote_signature is on"}}},
     "RevokeToken": {"type": "object", "additionalProperties": False, "required": ["jti"],
                     "properties": {
                         "jti": {**PLAIN_TEXT, "minLength": 1, "maxLength": 128},
