@@ -408,6 +408,9 @@ class Client:
     def destroy_key(self, key: str, **opts: Any) -> dict[str, Any]:
         return self._post(key, "destroy", {}, opts)
 
+    def destroy_version(self, key: str, version: int, **opts: Any) -> dict[str, Any]:
+        return self._post(key, f"versions/{int(version)}/destroy", {}, opts)
+
     def cancel_destroy(self, key: str, **opts: Any) -> dict[str, Any]:
         return self._post(key, "cancel-destroy", {}, opts)
 

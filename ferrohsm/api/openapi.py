@@ -308,6 +308,7 @@ KEY_REF = {"key": "$response.body#/id"}
 KEY_LINKS: dict[str, Any] = {
     **{op: {"operationId": op, "parameters": KEY_REF} for op in (
         "getKey", "updateKey", "rotateKey", "revokeKey", "destroyKey", "cancelDestroyKey",
+        "destroyKeyVersion",
         "getPublicKey", "rollbackKey", "encrypt", "decrypt", "sign", "verify", "wrap",
         "unwrap", "dataKey")}}
 LINKS: dict[str, dict[str, Any]] = {
@@ -338,6 +339,8 @@ PARAMETERS: dict[str, Any] = {
                        "pattern": f"^(?:{UUID_PATTERN}|{NEW_NAME_PATTERN})$"}},
     "approvalId": {"name": "id", "in": "path", "required": True, "description": "approval id",
                    "schema": UUID},
+    "versionNumber": {"name": "n", "in": "path", "required": True,
+                      "description": "key version number", "schema": VERSION},
     "keyState": _query("state", {"enum": KEY_STATES}),
     "algorithm": _query("algorithm", {"enum": ALGORITHMS}),
     "usage": _query("usage", {"enum": USAGES}),
@@ -361,7 +364,7 @@ PARAMETERS: dict[str, Any] = {
                     "schema": {"type": "string"}},
 }
 # Path parameter (as the router names it) -> its component parameter.
-PATH_PARAMETERS = {"key": "key", "id": "approvalId"}
+PATH_PARAMETERS = {"key": "key", "id": "approvalId", "n": "versionNumber"}
 
 ERRORS = {"400": "bad_request", "401": "unauthenticated", "403": "forbidden",
           "404": "not_found", "409": "conflict", "410": "gone", "413": "payload_too_large",

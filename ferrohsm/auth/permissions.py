@@ -38,6 +38,7 @@ class Action(StrEnum):
     TOKEN_REVOKE = "token.revoke"
     RANDOM = "crypto.random"  # random bytes (the Vault-compatible transit surface)
     TOKEN_WHOAMI = "token.whoami"
+    KEY_DESTROY_VERSION = "key.destroy_version"  # erase one non-primary version's material
 
 
 A, O, U, S = Role.ADMINISTRATOR, Role.OPERATOR, Role.AUDITOR, Role.SERVICE
@@ -68,6 +69,7 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.TOKEN_REVOKE: frozenset({A}),
     Action.RANDOM: USERS,
     Action.TOKEN_WHOAMI: READERS,
+    Action.KEY_DESTROY_VERSION: frozenset({A}),
 }
 
 
