@@ -184,11 +184,10 @@ class KeyService:
         def change(key: Key) -> Key:
             done = lc.destroy_version(key, version, self.clock(), ctx.actor)
             erased = key.version(version).sealed or b""
-            details.update(destroyed_version=version,
-                           sealed_sha256=hashlib.sha256(erased).hexdigest(),
+            details.update(sealed_sha256=hashlib.sha256(erased).hexdigest(),
                            store=self.store.name, destroyed_at=iso(self.clock()))
             return done
-        details: dict[str, Any] = {}
+        details: dict[str, Any] = {"destroyed_version": version}  # filled in by change()
         why = f" ({reason})" if reason else ""
         done = self._mutate(ctx, Action.KEY_DESTROY_VERSION, ref, change,
                             f"attestation: material of version {version} erased{why}",
