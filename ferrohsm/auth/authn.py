@@ -310,7 +310,7 @@ class Authenticator:
         exp = check_times(claims, now, self.leeway, self.max_ttl)
         principal = principal_from_claims(claims)
         if alg is not None:  # the verifying key's algorithm, for who may vote (approvals)
-            principal = replace(principal, token_alg=alg)
+            principal = replace(principal, signed_with=alg)
         if self.require_jti and principal.token_id is None:
             raise TokenRejected("token lacks a jti", "claims")
         return Verified(principal, exp, thumbprint_of(claims), generation)

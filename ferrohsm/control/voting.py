@@ -54,10 +54,10 @@ class VoteRules:
 
     def check_token(self, voter: Principal) -> None:
         """Forbidden when only identity-provider tokens may vote and this one is not."""
-        if self.require_asymmetric_tokens and voter.token_alg not in ASYMMETRIC_ALGS:
+        if self.require_asymmetric_tokens and voter.signed_with not in ASYMMETRIC_ALGS:
             raise Forbidden("approval votes need a token signed by an identity provider "
                             "(RS256/PS256/ES256/ES384): [approvals].require_asymmetric_tokens is "
-                            f"on and this token is {voter.token_alg or 'not'} signed")
+                            f"on and this token is {voter.signed_with or 'not'} signed")
 
     def check_signature(self, voter: Principal, approval: apv.Approval, approve: bool,
                         signature: str | None) -> SignedVote | None:
