@@ -178,7 +178,8 @@ def test_unauthenticated_routes_need_no_token(srv: LiveServer) -> None:
 
 def test_every_v1_route_refuses_a_missing_token(srv: LiveServer) -> None:
     for method, template in sorted(routed(srv)):
-        path = template.replace("{key}", "some-key").replace("{id}", "some-id")
+        path = template.replace("{key}", "some-key").replace("{id}", "some-id") \
+            .replace("{n}", "1")
         status, headers, _ = srv.call(method, path, {} if method != "GET" else None, role=None)
         assert status == 401 and headers["www-authenticate"] == 'Bearer error="invalid_token"'
 
