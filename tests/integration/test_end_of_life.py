@@ -144,7 +144,7 @@ def test_the_scheduler_purges_archived_versions(live: LiveServer) -> None:
     live.call("POST", f"/v1/keys/{kid}/rotate", {})
 
     def purged() -> bool:
-        return live.call("GET", f"/v1/keys/{kid}")[2]["versions"][0]["state"] == "destroyed"
+        return bool(live.call("GET", f"/v1/keys/{kid}")[2]["versions"][0]["state"] == "destroyed")
     wait_for(purged)
     assert [r["outcome"] for r in records(live, "scheduler.archive", kid)][-1] == "success"
     (done,) = [r for r in records(live, "scheduler.purge", kid) if r["outcome"] == "success"]
@@ -167,7 +167,7 @@ def test_the_scheduler_parks_an_approval_for_an_old_key_and_executes_it(
     assert live.call("POST", f"/v1/approvals/{approval['id']}/approve", {})[0] == 200
 
     def scheduled() -> bool:
-        return live.call("GET", f"/v1/keys/{kid}")[2]["state"] == "destroy_scheduled"
+        return bool(live.call("GET", f"/v1/keys/{kid}")[2]["state"] == "destroy_scheduled")
     wait_for(scheduled)
     state = live.call("GET", f"/v1/approvals/{approval['id']}")[2]["state"]
     assert state == "executed"
