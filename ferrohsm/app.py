@@ -254,6 +254,7 @@ class Runtime:
 
 def build_runtime(config: Config, secrets: Secrets,
                   options: StartupOptions | None = None) -> Runtime:
+    voters = approver_keys(config)  # a broken approver keys file stops start-up before any open
     store = open_store(config, RecordMac.derive(secrets.master_key))
     approvals: ApprovalStore | None = None
     audit: AuditSink | None = None
@@ -284,7 +285,7 @@ def build_runtime(config: Config, secrets: Secrets,
                          policy=policy, approvals=approvals)
     auth = build_authenticator(config.auth, secrets.jwt_hs256_secret, config.storage.data_dir,
                                on_event=config_audit(audit, "auth.keyset_reload"))
-    service.approvals.rules = vote_rules(config, audit)
+    service.approvals.rules = vote_rules(config, voters, audit)
     limiter = RateLimiter(policy_from_settings(config.rate_limit))
     router = routing.Router()
     key_routes.register(router, service)
@@ -305,14 +306,17 @@ def build_runtime(config: Config, secrets: Secrets,
     return runtime
 
 
-def vote_rules(config: Config, audit: AuditSink) -> VoteRules:
-    """[approvals]: who may vote and with what proof; the approver keys reload like keysets."""
+def approver_keys(config: Config) -> ApproverKeys | None:
+    """[approvals].approver_keys_file, loaded (and checked) now; reloaded like the keysets."""
+    path = config.approvals.approver_keys_file
+    return ApproverKeys(path, interval=config.auth.keyset_reload_seconds) if path else None
+
+
+def vote_rules(config: Config, keys: ApproverKeys | None, audit: AuditSink) -> VoteRules:
+    """[approvals]: who may vote and with what proof; every approver keys reload is audited."""
+    if keys is not None:
+        keys.set_event_hook(config_audit(audit, "approvals.keys_reload"))
     settings = config.approvals
-    keys = None
-    if settings.approver_keys_file:
-        keys = ApproverKeys(settings.approver_keys_file,
-                            interval=config.auth.keyset_reload_seconds,
-                            on_event=config_audit(audit, "approvals.keys_reload"))
     return VoteRules(settings.require_asymmetric_tokens, settings.require_vote_signature,
                      keys.current if keys else None)
 

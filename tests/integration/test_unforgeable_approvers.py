@@ -246,6 +246,22 @@ def test_cli_signs_locally_and_verify_votes_checks_an_export(
     assert code == 1 and "message_mismatch" in out
 
 
+def test_cli_signs_a_denial(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    approval = parked(world)
+    code, _, err = run(world, monkeypatch, world.token("dave"), "approvals", "deny",
+                       approval["id"], "--signing-key", str(world.key_file("dave")),
+                       "--comment", "not today")
+    assert code == 0, err
+    _, _, after = world.live.call("GET", f"/v1/approvals/{approval['id']}")
+    assert after["state"] == "denied" and after["denied_by"]["actor"] == "dave"
+    assert after["denied_by"]["signature"] == sign(world.keys["dave"], approval, False)
+    # an approval signed as a denial does not count as an approval (and vice versa)
+    other = parked(world)
+    code, _, err = run(world, monkeypatch, world.token("dave"), "approvals", "approve",
+                       other["id"], "--signing-key", str(world.key_file("alice")))
+    assert code == 1 and "does not verify" in err
+
+
 def test_cli_refuses_a_readable_or_missing_signing_key(
         world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     approval = parked(world)

@@ -253,3 +253,13 @@ def test_p256_signatures_are_der_ecdsa_sha256() -> None:
     signature, _ = sign_vote(private_pem(CAROL_KEY), message)
     CAROL_KEY.public_key().verify(base64.b64decode(signature), message,
                                   ec.ECDSA(hashes.SHA256()))
+
+
+def test_a_broken_keys_file_stops_start_up_with_a_clear_message(tmp_path: Path) -> None:
+    from ferrohsm.app import approver_keys
+    keys = tmp_path / "approvers.toml"
+    keys.write_text("[approvers]\nalice = 'no key here'\n")
+    path = tmp_path / "c.toml"
+    path.write_text(f'[approvals]\nrequire_vote_signature = true\napprover_keys_file = "{keys}"\n')
+    with pytest.raises(ConfigError, match=r"approver_keys_file.*alice"):
+        approver_keys(load_config(str(path), env={}))
