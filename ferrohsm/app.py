@@ -35,11 +35,13 @@ from .api.server import HardenedHTTPServer
 from .audit.chain import AuditEvent
 from .audit.sinks import AuditSink, ChainedSink, FileSink, SQLiteSink
 from .audit.witness import FileWitness, Witness, make_witness
+from .auth.approverkeys import ApproverKeys
 from .auth.authn import Authenticator, build_authenticator
 from .auth.ratelimit import RateLimiter, policy_from_settings
 from .config import Config, Secrets, parse_listen
 from .control.policy import Policy
 from .control.scheduler import RetentionScheduler
+from .control.voting import VoteRules
 from .crypto.recordmac import RecordMac
 from .crypto.seal import Sealer
 from .custody.rekey import refuse_if_interrupted
@@ -316,6 +318,7 @@ def _certificate_in_date(status: Callable[[], dict[str, Any]] | None) -> bool:
 def build_runtime(config: Config, secrets: Secrets,
                   options: StartupOptions | None = None, *,
                   seal: Callable[[RequestContext], None] | None = None) -> Runtime:
+    voters = approver_keys(config)  # a broken approver keys file stops start-up before any open
     store = open_store(config, RecordMac.derive(secrets.master_key))
     approvals: ApprovalStore | None = None
     audit: AuditSink | None = None
@@ -348,6 +351,7 @@ def build_runtime(config: Config, secrets: Secrets,
     auth = build_authenticator(config.auth, secrets.jwt_hs256_secret, config.storage.data_dir,
                                on_event=config_audit(audit, "auth.keyset_reload"),
                                deny_list=shared_deny_list(store))
+    service.approvals.rules = vote_rules(config, voters, audit)
     limiter = RateLimiter(policy_from_settings(config.rate_limit))
     router = routing.Router()
     imports = ImportService(service, open_import_jobs(config))
@@ -374,6 +378,21 @@ def build_runtime(config: Config, secrets: Secrets,
     probe_routes.register(router, runtime.readiness)
     _gauges(runtime)
     return runtime
+
+
+def approver_keys(config: Config) -> ApproverKeys | None:
+    """[approvals].approver_keys_file, loaded (and checked) now; reloaded like the keysets."""
+    path = config.approvals.approver_keys_file
+    return ApproverKeys(path, interval=config.auth.keyset_reload_seconds) if path else None
+
+
+def vote_rules(config: Config, keys: ApproverKeys | None, audit: AuditSink) -> VoteRules:
+    """[approvals]: who may vote and with what proof; every approver keys reload is audited."""
+    if keys is not None:
+        keys.set_event_hook(config_audit(audit, "approvals.keys_reload"))
+    settings = config.approvals
+    return VoteRules(settings.require_asymmetric_tokens, settings.require_vote_signature,
+                     keys.current if keys else None)
 
 
 HEALTH_DETAIL_ROLES = frozenset({Role.AUDITOR, Role.ADMINISTRATOR})

@@ -408,6 +408,9 @@ class Client:
     def destroy_key(self, key: str, **opts: Any) -> dict[str, Any]:
         return self._post(key, "destroy", {}, opts)
 
+    def destroy_version(self, key: str, version: int, **opts: Any) -> dict[str, Any]:
+        return self._post(key, f"versions/{int(version)}/destroy", {}, opts)
+
     def cancel_destroy(self, key: str, **opts: Any) -> dict[str, Any]:
         return self._post(key, "cancel-destroy", {}, opts)
 
@@ -554,9 +557,9 @@ class Client:
 
     def _decide(self, approval_id: str, verb: str, comment: str | None,
                 opts: dict[str, Any]) -> dict[str, Any]:
-        path = f"/v1/approvals/{quote(approval_id, safe='')}/{verb}"
-        return self.request("POST", path, _drop_none({"comment": comment}),  # type: ignore[no-any-return]
-                            **opts)
+        path = f"/v1/approvals/{quote(approval_id, safe='')}/{verb}"  # signature=: a signed vote
+        body = _drop_none({"comment": comment, "signature": opts.pop("signature", None)})
+        return self.request("POST", path, body, **opts)  # type: ignore[no-any-return]
 
     def audit_page(self, after_seq: int = 0, limit: int = 1000) -> dict[str, Any]:
         """``{"records": [...], "next_after_seq": N or None}``."""

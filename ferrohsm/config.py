@@ -155,6 +155,11 @@ class AuditSettings:
 @dataclass(frozen=True)
 class ApprovalSettings:
     retention_days: float = 30.0
+    # Approvers who cannot be forged (control/voting.py; README): only RS/PS/ES-verified tokens
+    # vote; every vote signed by the approver's key registered in approver_keys_file (TOML).
+    require_asymmetric_tokens: bool = False
+    require_vote_signature: bool = False
+    approver_keys_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -404,6 +409,8 @@ def validate(config: Config) -> None:
         (0 < config.audit.witness_timeout_seconds <= 60,
          "[audit].witness_timeout_seconds must be > 0 and <= 60"),
         (config.approvals.retention_days >= 0, "[approvals].retention_days must be >= 0"),
+        (not config.approvals.require_vote_signature or bool(config.approvals.approver_keys_file),
+         "[approvals].require_vote_signature needs [approvals].approver_keys_file"),
         (config.scheduler.interval_seconds >= 1, "[scheduler].interval_seconds must be >= 1"),
         (bool(config.tls.cert) == bool(config.tls.key), "[tls].cert and [tls].key go together"),
         (not config.tls.require_client_cert or bool(config.tls.client_ca),
@@ -426,7 +433,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"{src}: {exc.message}") from None
     for name, tag in config.policy_tags.items():
         if tag.approvals_required < 0 or tag.approval_ttl_seconds < 1 or tag.rotation_days < 0 \
-                or tag.archive_after_days < 0 or tag.destroy_grace_hours < 0:
+                or tag.archive_after_days < 0 or tag.destroy_grace_hours < 0 \
+                or tag.purge_after_days < 0 or tag.max_key_age_days < 0:
             raise ConfigError(f"{src}: [policy.tags.{name}] has a negative or zero value")
 
 

@@ -40,7 +40,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     # L2: ports, stores and policy
     "audit": frozenset({"domain", "crypto"}),  # crypto: anchor.py signs checkpoints (server side)
     "store": frozenset({"domain"}),
-    "auth": frozenset({"domain"}),
+    "auth": frozenset({"domain", "crypto"}),  # crypto: approver keys (approverkeys.py)
     "control": frozenset({"domain", "auth", "store"}),
     "engine": frozenset({"domain", "crypto"}),
     "telemetry": frozenset(),
@@ -61,7 +61,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "app": frozenset({"domain", "crypto", "audit", "store", "auth", "control", "engine",
                       "telemetry", "service", "config", "tls", "api", "integrity", "custody"}),
     # L6: entry points
-    # crypto: `keys import` wraps key material locally (crypto/importwrap.py, imported lazily)
+    # crypto, imported lazily: `keys import` wraps key material locally (crypto/importwrap.py),
+    # `approvals --signing-key` signs a vote locally
     "cli": frozenset({"domain", "audit", "auth", "telemetry", "config", "tls", "client", "app",
                       "custody", "integrity", "crypto"}),
     "__main__": frozenset({"cli"}),
@@ -101,7 +102,7 @@ IMPURE_BUILTINS = frozenset({"open", "print", "input", "__import__", "eval", "ex
                              "breakpoint"})
 IMPURE_BY_DESIGN = {"ids.py": "mints identifiers: UUIDv7 reads the clock and os.urandom"}
 
-OFFLINE_TOOLS = ("ferrohsm.audit.verify", "ferrohsm.audit.report")
+OFFLINE_TOOLS = ("ferrohsm.audit.verify", "ferrohsm.audit.report", "ferrohsm.audit.votecheck")
 
 
 # ---- reading imports ----------------------------------------------------------------------------

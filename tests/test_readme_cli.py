@@ -15,7 +15,7 @@ from ferrohsm.cli import docgen, tree
 from ferrohsm.cli.main import build_parser, main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-OFFLINE = {("audit", "verify"), ("audit", "report")}  # own parsers in ferrohsm.audit
+OFFLINE = {("audit", "verify"), ("audit", "report"), ("audit", "verify-votes")}  # own parsers in ferrohsm.audit
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -91,6 +91,43 @@ def test_zipapp_verifies_an_exported_audit_log_offline(zipapp: Path, tmp_path: P
     assert bad.returncode == 1 and "FAIL" in bad.stdout and "deleted" in bad.stdout, bad.stdout
 
 
+def test_zipapp_checks_signed_votes_offline(zipapp: Path, tmp_path: Path) -> None:
+    """``audit verify-votes`` in the one-file build: a signed vote checks, a forged one fails."""
+    import base64
+    import json
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ferrohsm.domain.votes import fingerprint, vote_message
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key()
+    pem = public.public_bytes(serialization.Encoding.PEM,
+                              serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    der = public.public_bytes(serialization.Encoding.DER,
+                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "approvers.toml").write_text(f'[approvers]\nalice = """\n{pem}"""\n')
+    approval_id, request_hash = "0193c1d2-0000-7000-8000-000000000001", "ab" * 32
+    message = vote_message(approval_id, request_hash, True)
+
+    def record(signature: bytes) -> str:
+        return json.dumps({"seq": 7, "actor": "alice", "action": "approval.approved",
+                           "outcome": "success", "details": {
+                               "approval_id": approval_id, "request_hash": request_hash,
+                               "vote_signature": base64.b64encode(signature).decode(),
+                               "vote_key_fingerprint": fingerprint(der),
+                               "vote_message": message.decode()}}) + "\n"
+    good, forged = tmp_path / "good.jsonl", tmp_path / "forged.jsonl"
+    good.write_text(record(key.sign(message)))
+    forged.write_text(record(Ed25519PrivateKey.generate().sign(message)))
+    keys = str(tmp_path / "approvers.toml")
+    ok = run(zipapp, "audit", "verify-votes", str(good), "--approver-keys", keys, home=tmp_path)
+    assert ok.returncode == 0 and ": ok" in ok.stdout, ok.stdout + ok.stderr
+    bad = run(zipapp, "audit", "verify-votes", str(forged), "--approver-keys", keys,
+              home=tmp_path)
+    assert bad.returncode == 1 and "bad_signature" in bad.stdout, bad.stdout + bad.stderr
+
+
 def test_the_manual_page_and_completion_ship_in_the_build(zipapp: Path, tmp_path: Path) -> None:
     """`dist/ferrohsm man` and `dist/ferrohsm completion bash` work from the one file alone."""
     page = run(zipapp, "man", home=tmp_path)

@@ -241,7 +241,11 @@ SCHEMAS: dict[str, Any] = {
         "next_after_seq": {"type": ["integer", "null"]}}},
     "ApprovalVote": {"type": "object", "required": ["actor", "role", "at"], "properties": {
         "actor": {"type": "string"}, "role": {"enum": ["administrator", "operator"]},
-        "at": TIME, "comment": {"type": "string"}}},
+        "at": TIME, "comment": {"type": "string"},
+        "signature": {"type": "string", "description": "a signed vote: base64 signature over "
+                      "the vote message (README, Approvers who cannot be forged)"},
+        "key_fingerprint": {"type": "string", "description": "sha256:<hex> of the "
+                            "approver's registered public key (DER SubjectPublicKeyInfo)"}}},
     "Approval": {"type": "object", "required": [
         "id", "action", "key_id", "request_hash", "required", "approvals", "state", "expires_at"],
         "properties": {
@@ -269,7 +273,13 @@ SCHEMAS: dict[str, Any] = {
             "request_id": {"type": "string"}}, "required": ["code", "message", "request_id"]},
         "approval": _ref("Approval")}},
     "ApprovalVoteRequest": {"type": "object", "additionalProperties": False,
-                            "properties": {"comment": {**PLAIN_TEXT, "maxLength": 256}}},
+                            "properties": {"comment": {**PLAIN_TEXT, "maxLength": 256},
+                                           "signature": {
+                                               "type": "string", "maxLength": 200,
+                                               "description": "base64 Ed25519 or ECDSA P-256 "
+                                               "signature over ferrohsm-vote-v1 (approval id, "
+                                               "request hash, decision); required when "
+                                               "[approvals].require_vote_signature is on"}}},
     "RevokeToken": {"type": "object", "additionalProperties": False, "required": ["jti"],
                     "properties": {
                         "jti": {**PLAIN_TEXT, "minLength": 1, "maxLength": 128},
@@ -334,6 +344,7 @@ KEY_REF = {"key": "$response.body#/id"}
 KEY_LINKS: dict[str, Any] = {
     **{op: {"operationId": op, "parameters": KEY_REF} for op in (
         "getKey", "updateKey", "rotateKey", "revokeKey", "destroyKey", "cancelDestroyKey",
+        "destroyKeyVersion",
         "getPublicKey", "rollbackKey", "encrypt", "decrypt", "sign", "verify", "wrap",
         "unwrap", "dataKey", "importKeyVersion")}}
 LINKS: dict[str, dict[str, Any]] = {
@@ -365,6 +376,8 @@ PARAMETERS: dict[str, Any] = {
                        "pattern": f"^(?:{UUID_PATTERN}|{NEW_NAME_PATTERN})$"}},
     "approvalId": {"name": "id", "in": "path", "required": True, "description": "approval id",
                    "schema": UUID},
+    "versionNumber": {"name": "n", "in": "path", "required": True,
+                      "description": "key version number", "schema": VERSION},
     "keyState": _query("state", {"enum": KEY_STATES}),
     "algorithm": _query("algorithm", {"enum": ALGORITHMS}),
     "usage": _query("usage", {"enum": USAGES}),
@@ -388,7 +401,7 @@ PARAMETERS: dict[str, Any] = {
                     "schema": {"type": "string"}},
 }
 # Path parameter (as the router names it) -> its component parameter.
-PATH_PARAMETERS = {"key": "key", "id": "approvalId"}
+PATH_PARAMETERS = {"key": "key", "id": "approvalId", "n": "versionNumber"}
 
 ERRORS = {"400": "bad_request", "401": "unauthenticated", "403": "forbidden",
           "404": "not_found", "409": "conflict", "410": "gone", "413": "payload_too_large",

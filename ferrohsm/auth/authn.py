@@ -32,7 +32,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -298,9 +298,10 @@ class Authenticator:
             valid = False
         if not valid:
             raise TokenRejected("invalid token signature", "signature")
-        return self._claims(parsed.claims, now, keyset.generation)
+        return self._claims(parsed.claims, now, keyset.generation, key.alg)
 
-    def _claims(self, claims: dict[str, Any], now: float, generation: int) -> Verified:
+    def _claims(self, claims: dict[str, Any], now: float, generation: int,
+                alg: str | None = None) -> Verified:
         missing = [name for name in REQUIRED if name not in claims]
         if missing:
             raise TokenRejected(f"token lacks claim(s) {', '.join(missing)}", "claims")
@@ -310,6 +311,8 @@ class Authenticator:
         check_audience(claims["aud"], self.audience)
         exp = check_times(claims, now, self.leeway, self.max_ttl)
         principal = principal_from_claims(claims)
+        if alg is not None:  # the verifying key's algorithm, for who may vote (approvals)
+            principal = replace(principal, signed_with=alg)
         if self.require_jti and principal.token_id is None:
             raise TokenRejected("token lacks a jti", "claims")
         return Verified(principal, exp, thumbprint_of(claims), generation)

@@ -41,6 +41,7 @@ class Action(StrEnum):
     SYSTEM_SEAL = "system.seal"  # seal a split-knowledge server again (custody/gate.py)
     KEY_IMPORT = "key.import"  # key material brought in wrapped (BYOK): a new key or version
     IMPORT_JOB_CREATE = "import_job.create"  # a wrapping key for one import, valid 24 h
+    KEY_DESTROY_VERSION = "key.destroy_version"  # erase one non-primary version's material
 
 
 A, O, U, S = Role.ADMINISTRATOR, Role.OPERATOR, Role.AUDITOR, Role.SERVICE
@@ -74,6 +75,7 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.SYSTEM_SEAL: frozenset({A}),
     Action.KEY_IMPORT: MANAGERS,
     Action.IMPORT_JOB_CREATE: MANAGERS,
+    Action.KEY_DESTROY_VERSION: frozenset({A}),
 }
 
 

@@ -8,11 +8,13 @@ the original command with ``--approval-id ID`` and it runs once.
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 import sys
 from typing import Any
 
 from . import output
-from .settings import Settings, command
+from .settings import Settings, UsageError, command
 
 STATES = ("pending", "approved", "denied", "expired", "executed")
 
@@ -43,6 +45,10 @@ def add_parsers(sub: Any) -> None:
                     epilog=f"example:\n  ferrohsm approvals {verb} 3d5c0f7e-…")
         p.add_argument("approval_id_arg", metavar="ID", help="the approval id")
         p.add_argument("--comment", help="why (kept with the vote and in the audit log)")
+        p.add_argument("--signing-key", metavar="FILE",
+                       help="sign the vote with this Ed25519 or EC P-256 private key (PEM, "
+                       "mode 0600; password in FERROHSM_SIGNING_KEY_PASSWORD if encrypted): "
+                       "needed when the server sets [approvals].require_vote_signature")
         p.set_defaults(verb=verb)
 
 
@@ -70,9 +76,44 @@ def show(args: argparse.Namespace, client: Any, settings: Settings) -> int:
 
 def decide(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     call = client.approve if args.verb == "approve" else client.deny
-    result = call(args.approval_id_arg, args.comment)
+    signature = None
+    if args.signing_key:
+        signature = sign_vote(client, args.approval_id_arg, args.verb == "approve",
+                              args.signing_key)
+    result = call(args.approval_id_arg, args.comment, signature=signature)
     approval = result.get("approval", result) if isinstance(result, dict) else result
     done = "Approved" if args.verb == "approve" else "Denied"
     output.emit(settings, result, lambda: f"{done} {args.approval_id_arg}.\n\n"
                 + output.approval_detail(approval, output.use_colour(sys.stdout)))
     return 0
+
+
+def sign_vote(client: Any, approval_id: str, approve: bool, key_file: str) -> str:
+    """Fetch the approval, build the vote message (domain/votes.py) from ITS request hash and
+    sign it here: the private key never leaves this machine."""
+    from ..crypto.votesig import sign_vote as sign  # cryptography: only when signing
+    from ..domain.votes import vote_message
+    pem = _private_key_bytes(key_file)
+    approval = client.get_approval(approval_id)
+    try:
+        message = vote_message(str(approval.get("id")), str(approval.get("request_hash")),
+                               approve)
+        password = os.environ.get("FERROHSM_SIGNING_KEY_PASSWORD")
+        signature, fingerprint = sign(pem, message, password.encode() if password else None)
+    except ValueError as exc:
+        raise UsageError(f"--signing-key {key_file}: {exc}") from None
+    print(f"signed the vote with key {fingerprint}", file=sys.stderr)
+    return signature
+
+
+def _private_key_bytes(path: str) -> bytes:
+    """The signing key file: a regular file only its owner may read (it is a secret)."""
+    try:
+        with open(path, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_mode & 0o077:
+                raise UsageError(f"--signing-key {path} must be a regular file only its owner "
+                                 "can read (chmod 600)")
+            return fh.read(1 << 16)
+    except OSError as exc:
+        raise UsageError(f"--signing-key: cannot read {path}: {exc.strerror}") from None

@@ -21,7 +21,9 @@ from .streams import Output
 
 OFFLINE = {"verify": "verify an audit log offline with the HMAC key (exit 1 names the first bad "
                      "record)",
-           "report": "summarise suspicious activity in an audit log (offline)"}
+           "report": "summarise suspicious activity in an audit log (offline)",
+           "verify-votes": "check every approval vote's signature offline against the "
+                           "approver keys file"}
 
 
 def add_parsers(sub: Any) -> None:
@@ -54,7 +56,22 @@ def add_parsers(sub: Any) -> None:
 def run_offline(name: str, argv: list[str]) -> int:
     """``audit verify`` / ``audit report`` with their own argument parsers."""
     from ..audit import verify
+    if name == "verify-votes":
+        from ..audit import votecheck
+        return votecheck.main(argv, _ecdsa_verifier())
     return verify.main(argv) if name == "verify" else verify.report_main(argv)
+
+
+def _ecdsa_verifier() -> Any:
+    """EC P-256 vote checks when ``cryptography`` is importable (Ed25519 needs nothing)."""
+    try:
+        from ..crypto.votesig import load_public_key
+    except ImportError:
+        return None
+
+    def check(pem: bytes, signature: str, message: bytes) -> bool:
+        return load_public_key(pem, "approver key").verify(signature, message)
+    return check
 
 
 def export(args: argparse.Namespace, client: Any, settings: Settings) -> int:

@@ -1,6 +1,6 @@
 """`ferrohsm keys …`: create, list, show, update, rotate, rollback, revoke, destroy,
-cancel-destroy, public-key and import (importkey.py). Parsing and printing only; the server
-decides everything."""
+destroy-version, cancel-destroy, public-key and import (importkey.py). Parsing and printing only;
+the server decides everything."""
 
 from __future__ import annotations
 
@@ -94,6 +94,9 @@ LIFECYCLE = {
                        "Cancel the scheduled destruction of KEY; it returns to its previous state."),
     "rollback": ("make an earlier enabled version primary again",
                  "Roll KEY back: version N (enabled) becomes the primary version again."),
+    "destroy-version": ("erase one non-primary version's material now",
+                        "Destroy version N of KEY at once (Administrator): its material is "
+                        "erased, its metadata kept; data it protected can no longer be read."),
 }
 
 
@@ -101,11 +104,12 @@ def _lifecycle(ksub: Any) -> None:
     for verb, (short, long) in LIFECYCLE.items():
         p = command(ksub, verb, lifecycle, help=short, description=long,
                     epilog=f"example:\n  ferrohsm keys {verb} payments"
-                    + (" --version 1" if verb == "rollback" else ""))
+                    + (" --version 1" if verb in ("rollback", "destroy-version") else ""))
         p.add_argument("key", metavar="KEY", help="key id or name")
-        if verb == "rollback":
+        if verb in ("rollback", "destroy-version"):
             p.add_argument("--version", type=_positive, required=True, metavar="N",
-                           help="the version to make primary")
+                           help="the version to make primary" if verb == "rollback"
+                           else "the version to destroy (never the primary)")
         if verb == "revoke":
             p.add_argument("--reason", help="why (recorded in the key's history and audit)")
         approval_flag(p)
@@ -213,6 +217,9 @@ def lifecycle(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     elif verb == "revoke":
         key = client.revoke_key(args.key, args.reason, **opts)
         summary = f"Revoked {_label(key)}."
+    elif verb == "destroy-version":
+        key = client.destroy_version(args.key, args.version, **opts)
+        summary = f"Destroyed version {args.version} of {_label(key)}: its material is erased."
     elif verb == "destroy":
         key = client.destroy_key(args.key, **opts)
         summary = (f"Scheduled {_label(key)} for destruction at "

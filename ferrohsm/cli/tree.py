@@ -41,6 +41,9 @@ def offline_parser(path: tuple[str, ...]) -> argparse.ArgumentParser | None:
     if path == ("audit", "report"):
         from ..audit.report import report_parser
         return report_parser()
+    if path == ("audit", "verify-votes"):
+        from ..audit.votecheck import votes_parser
+        return votes_parser()
     return None
 
 

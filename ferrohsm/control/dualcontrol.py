@@ -48,6 +48,7 @@ from ..store.approvalstore import ApprovalStore
 from ..store.keystore import decode_page_token, encode_page_token
 from .policy import Decision
 from .recordfirst import Intent, Recorder, Steps
+from .voting import SignedVote
 
 # How far a parked request looks for its own earlier, still open approval (open approvals are
 # a short queue; past this many the request is parked anew rather than scanned for longer).
@@ -77,14 +78,16 @@ class DualControl:
             raise missing(f"no approval {approval_id}") from None
 
     def _commit(self, ctx: RequestContext, old: apv.Approval, new: apv.Approval,
-                audit_action: str, message: str) -> apv.Approval:
+                audit_action: str, message: str,
+                extra: dict[str, Any] | None = None) -> apv.Approval:
         """Record the intent, compare-and-swap old -> new, confirm. StaleRevision (somebody
         moved it first) is recorded as rolled back and propagates: callers re-read and judge
-        again."""
+        again. ``extra``: more details for both records (a signed vote's proof)."""
         store = self._store()
         self.recorder.require_audit()
         details: dict[str, Any] = {"approval_id": new.id, "approval_state": new.state.value,
-                                   "approvals": len(new.approvers), "required": new.required}
+                                   "approvals": len(new.approvers), "required": new.required,
+                                   **(extra or {})}
         target = replace(new, revision=old.revision + 1)
         intent = self.steps.intend(ctx, audit_action, message, key_id=new.key_id,
                                    target_revision=target.revision, **details)
@@ -241,18 +244,27 @@ class DualControl:
             return None
 
     def vote(self, ctx: RequestContext, voter: Principal, approval_id: str, approve: bool,
-             comment: str = "") -> dict[str, Any]:
+             comment: str = "", signed: Callable[[apv.Approval], SignedVote | None]
+             = lambda approval: None) -> dict[str, Any]:
         """One approver's vote, recorded as approval.approved / approval.denied. The requester, a
-        repeated approver, a finished or expired approval are refused (an expiry persisted)."""
+        repeated approver, a finished or expired approval are refused (an expiry persisted).
+        ``signed`` checks the vote's signature against the approval as read (control/voting.py)
+        before the vote counts; its proof goes into the approval and both audit records."""
         verb = "approved" if approve else "denied"
         for _ in range(CAS_RETRIES):
             now, current = self.clock(), None
             try:
                 current = self._find(approval_id)
-                voted = apv.vote(current, voter, approve, now, comment)
+                proof = signed(current)
+                voted = apv.vote(current, voter, approve, now, comment,
+                                 proof.signature if proof else "",
+                                 proof.key_fingerprint if proof else "")
+                extra = {"request_hash": current.request_hash, **(proof.details() if proof
+                                                                    else {})}
                 saved = self._commit(ctx, current, voted, f"approval.{verb}",
                                      f"{verb} {current.action} ({len(voted.approvers)} of "
-                                     f"{current.required}){': ' + comment if comment else ''}")
+                                     f"{current.required}){': ' + comment if comment else ''}",
+                                     extra)
                 return apv.view(saved, now)
             except StaleRevision:
                 continue

@@ -14,10 +14,12 @@ approval_ttl_seconds        the shortest window, among tags that require approva
 rotation_days               the shortest positive period (0 = no automatic rotation)
 archive_after_days          the shortest positive age (0 = never archive automatically)
 destroy_grace_hours         the longest grace, never shorter than ``[crypto].destroy_grace_hours``
+purge_after_days            the shortest positive age of an archived version (0 = never purge)
+max_key_age_days            the shortest positive key age (0 = keys live until destroyed by hand)
 ==========================  =====================================================================
 
-A tag with a quorum always puts ``destroy`` under dual control, listed or not: whether a
-purge needs approvals must not depend on someone remembering to list it.
+A tag with a quorum always puts ``destroy`` and ``destroy-version`` under dual control, listed or
+not: whether a purge needs approvals must not depend on someone remembering to list it.
 
 ``decide(principal, action, key, policy, clock)`` answers ALLOW, DENY (with the reason) or
 APPROVAL (with the quorum and the moment the approval window closes). It is THE authorization
@@ -51,6 +53,7 @@ SHORT_NAMES: dict[str, Action] = {
     "encrypt": Action.ENCRYPT, "decrypt": Action.DECRYPT, "sign": Action.SIGN,
     "verify": Action.VERIFY, "wrap": Action.WRAP, "unwrap": Action.UNWRAP,
     "import": Action.KEY_IMPORT,
+    "destroy-version": Action.KEY_DESTROY_VERSION, "destroy_version": Action.KEY_DESTROY_VERSION,
 }
 # Only actions on one existing key can be parked for approval (create/list have no key to bind).
 APPROVABLE = frozenset(SHORT_NAMES.values())
@@ -79,6 +82,8 @@ class TagPolicy:
     rotation_days: float = 0.0
     archive_after_days: float = 0.0
     destroy_grace_hours: float = 24.0
+    purge_after_days: float = 0.0   # archived versions older than this are destroyed
+    max_key_age_days: float = 0.0   # keys older than this are scheduled for destruction
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,8 @@ class Rules:
     rotation: timedelta | None = None
     archive_after: timedelta | None = None
     destroy_grace: timedelta = DEFAULT_GRACE
+    purge_after: timedelta | None = None
+    max_age: timedelta | None = None
 
     def needs_approval(self, action: Action) -> bool:
         return self.approvals_required > 0 and action in self.approval_actions
@@ -103,12 +110,14 @@ class Rules:
         except ValueError as exc:
             raise ConfigError(f"[policy.tags.{name}].approval_actions: {exc}") from None
         if tag.approvals_required > 0:
-            actions |= {Action.KEY_DESTROY}
+            actions |= {Action.KEY_DESTROY, Action.KEY_DESTROY_VERSION}
         return cls(approvals_required=tag.approvals_required, approval_actions=actions,
                    approval_ttl=timedelta(seconds=tag.approval_ttl_seconds),
                    rotation=_period(days=tag.rotation_days),
                    archive_after=_period(days=tag.archive_after_days),
-                   destroy_grace=timedelta(hours=tag.destroy_grace_hours))
+                   destroy_grace=timedelta(hours=tag.destroy_grace_hours),
+                   purge_after=_period(days=tag.purge_after_days),
+                   max_age=_period(days=tag.max_key_age_days))
 
 
 def _period(days: float) -> timedelta | None:
@@ -130,7 +139,9 @@ def strictest(base: Rules, tags: Iterable[Rules]) -> Rules:
         approval_ttl=min((r.approval_ttl for r in quorum_tags), default=base.approval_ttl),
         rotation=_shortest(r.rotation for r in every),
         archive_after=_shortest(r.archive_after for r in every),
-        destroy_grace=max(r.destroy_grace for r in every))
+        destroy_grace=max(r.destroy_grace for r in every),
+        purge_after=_shortest(r.purge_after for r in every),
+        max_age=_shortest(r.max_age for r in every))
 
 
 @dataclass(frozen=True)
@@ -152,8 +163,9 @@ class Policy:
 
     @property
     def scheduled_tags(self) -> tuple[str, ...]:
-        """Tags whose keys the scheduler must look at for rotation or archival."""
-        return tuple(sorted(n for n, r in self.tags.items() if r.rotation or r.archive_after))
+        """Tags whose keys the scheduler must look at: rotation, archival, purge, maximum age."""
+        return tuple(sorted(n for n, r in self.tags.items()
+                            if r.rotation or r.archive_after or r.purge_after or r.max_age))
 
 
 class Verdict(StrEnum):

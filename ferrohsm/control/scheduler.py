@@ -24,7 +24,9 @@ Why it is safe when ticks overlap and across restarts:
   error) instead of rotating or destroying twice.
 
 Only keys that can have work are read: keys in ``destroy_scheduled`` and keys carrying a tag with
-``rotation_days`` or ``archive_after_days``.
+``rotation_days``, ``archive_after_days``, ``purge_after_days`` or ``max_key_age_days``. The last
+two (end of life: purge archived versions, schedule old keys for destruction, both through dual
+control when the key's tags ask for it) are endoflife.py's.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from ..domain.errors import FerroError
 from ..domain.model import SYSTEM_CONTEXT, Key, KeyFilter, KeyState, RequestContext, VersionState
 from ..store.keystore import MAX_PAGE, KeyStore
 from .dualcontrol import DualControl
+from .endoflife import EndOfLife, Outcome
 from .policy import Policy, Rules
 
 log = logging.getLogger("ferrohsm.scheduler")
@@ -100,6 +103,9 @@ class Service(Protocol):
     def scheduled_rotate(self, ctx: RequestContext, key_id: str,
                          due: Callable[[Key], bool]) -> Key: ...
     def archive_version(self, ctx: RequestContext, key_id: str, version: int) -> Key: ...
+    def destroy_version(self, ctx: RequestContext, ref: str, version: int, *,
+                        audit_action: str | None = None, reason: str = "") -> Key: ...
+    def retire(self, ctx: RequestContext, key_id: str, due: Callable[[Key], bool]) -> Key: ...
 
 
 @dataclass
@@ -112,6 +118,10 @@ class TickReport:
     archived: int = 0
     audit_pruned: int = 0
     failed: int = 0
+    purged: int = 0    # versions destroyed: purge_after_days (endoflife.py)
+    retired: int = 0   # keys scheduled for destruction: max_key_age_days
+    parked: int = 0    # approvals requested by the scheduler for either
+    waiting: int = 0   # steps waiting for their approval's quorum
 
 
 class RetentionScheduler:
@@ -150,7 +160,19 @@ class RetentionScheduler:
         for key in self._candidates():
             for job in plan(key, self.service.policy.rules_for(key), now):
                 self._run(job, key, now, report)
+            self._end_of_life(key, now, report)
         return report
+
+    def _end_of_life(self, key: Key, now: datetime, report: TickReport) -> None:
+        """purge_after_days and max_key_age_days, through dual control (endoflife.py)."""
+        for what, outcome in EndOfLife(self.service, self.ctx).run(key, now):
+            if outcome is Outcome.DONE:
+                report.retired += what == "retire"
+                report.purged += what != "retire"
+            else:
+                counter = {Outcome.PARKED: "parked", Outcome.WAITING: "waiting"}.get(
+                    outcome, "failed")
+                setattr(report, counter, getattr(report, counter) + 1)
 
     def _prune_audit(self, now: datetime, report: TickReport) -> None:
         """Audit retention: the sink deletes old records and, in the same transaction, appends a

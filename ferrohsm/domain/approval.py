@@ -91,6 +91,10 @@ class Vote:
     approve: bool
     at: datetime
     comment: str = ""
+    # A signed vote (domain/votes.py): base64 signature over vote_message, and the fingerprint
+    # of the registered key that verified it. Empty for an unsigned vote.
+    signature: str = ""
+    key_fingerprint: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +200,7 @@ def expire(approval: Approval, now: datetime) -> Approval:
 
 
 def vote(approval: Approval, voter: Principal, approve: bool, now: datetime,
-         comment: str = "") -> Approval:
+         comment: str = "", signature: str = "", key_fingerprint: str = "") -> Approval:
     """Count ``voter``'s approve or deny. Raises Forbidden (requester, wrong role), Conflict
     (already voted, finished) or ApprovalExpired; returns the new approval otherwise."""
     if voter.role not in APPROVER_ROLES:
@@ -211,11 +215,13 @@ def vote(approval: Approval, voter: Principal, approve: bool, now: datetime,
         raise Conflict(f"{voter.subject} already voted on approval {approval.id}; "
                        "each approver counts once")
     if not approve:
-        ballot = Vote(voter.subject, voter.role.value, False, now, comment[:MAX_COMMENT])
+        ballot = Vote(voter.subject, voter.role.value, False, now, comment[:MAX_COMMENT],
+                      signature, key_fingerprint)
         return move(approval, Event.DENY, now, votes=(*approval.votes, ballot))
     if approval.state is A:
         raise InvalidTransition(f"approval {approval.id} already has its quorum")
-    ballot = Vote(voter.subject, voter.role.value, True, now, comment[:MAX_COMMENT])
+    ballot = Vote(voter.subject, voter.role.value, True, now, comment[:MAX_COMMENT],
+                  signature, key_fingerprint)
     votes = (*approval.votes, ballot)
     done = sum(v.approve for v in votes) >= approval.required
     return move(approval, Event.QUORUM if done else Event.APPROVE, now, votes=votes)
@@ -266,7 +272,16 @@ def view(approval: Approval, now: datetime) -> dict[str, Any]:
 
 
 def _vote_view(v: Vote) -> dict[str, Any]:
-    return {"actor": v.approver, "role": v.role, "at": iso(v.at), "comment": v.comment}
+    out = {"actor": v.approver, "role": v.role, "at": iso(v.at), "comment": v.comment}
+    return {**out, **_signed(v)}
+
+
+def _signed(v: Vote) -> dict[str, str]:
+    """A signed vote's signature and key fingerprint; nothing for an unsigned one (so records
+    and views of unsigned votes are what they always were)."""
+    if not v.signature:
+        return {}
+    return {"signature": v.signature, "key_fingerprint": v.key_fingerprint}
 
 
 def to_record(a: Approval) -> dict[str, Any]:
@@ -276,7 +291,7 @@ def to_record(a: Approval) -> dict[str, Any]:
             "state": a.state.value, "created_at": iso(a.created_at),
             "expires_at": iso(a.expires_at), "updated_at": iso(a.updated_at),
             "votes": [{"approver": v.approver, "role": v.role, "approve": v.approve,
-                       "at": iso(v.at), "comment": v.comment} for v in a.votes],
+                       "at": iso(v.at), "comment": v.comment, **_signed(v)} for v in a.votes],
             "summary": a.summary, "executed_at": iso(a.executed_at), "revision": a.revision}
 
 
@@ -288,7 +303,8 @@ def from_record(r: dict[str, Any]) -> Approval:
         state=ApprovalState(r["state"]), created_at=_time(r["created_at"]),
         expires_at=_time(r["expires_at"]), updated_at=_time(r["updated_at"]),
         votes=tuple(Vote(v["approver"], v["role"], bool(v["approve"]), _time(v["at"]),
-                         v["comment"]) for v in r["votes"]),
+                         v["comment"], str(v.get("signature", "")),
+                         str(v.get("key_fingerprint", ""))) for v in r["votes"]),
         summary=r["summary"], executed_at=parse_iso(r["executed_at"]),
         revision=int(r["revision"]))
 

@@ -26,6 +26,7 @@ class Move(StrEnum):
     CANCEL_DESTROY = "cancel_destroy"
     DESTROY = "destroy_complete"
     ARCHIVE_VERSION = "archive_version"
+    DESTROY_VERSION = "destroy_version"
 
 
 class Use(StrEnum):
@@ -58,6 +59,8 @@ TRANSITIONS: dict[tuple[KeyState, Move], KeyState | None] = {
     (S.ACTIVE, Move.ROLLBACK): S.ACTIVE,
     (S.ACTIVE, Move.ARCHIVE_VERSION): S.ACTIVE,
     (S.REVOKED, Move.ARCHIVE_VERSION): S.REVOKED,
+    (S.ACTIVE, Move.DESTROY_VERSION): S.ACTIVE,
+    (S.REVOKED, Move.DESTROY_VERSION): S.REVOKED,
     (S.ACTIVE, Move.REVOKE): S.REVOKED,
     (S.ACTIVE, Move.SCHEDULE_DESTROY): S.DESTROY_SCHEDULED,
     (S.REVOKED, Move.SCHEDULE_DESTROY): S.DESTROY_SCHEDULED,
@@ -207,5 +210,31 @@ def archive_version(key: Key, version: int, now: datetime, actor: str) -> Key:
         raise Conflict("the primary version cannot be archived; rotate first")
     versions = tuple(replace(v, state=VersionState.ARCHIVED) if v.version == version else v
                      for v in key.versions)
-    return key.with_event(now, actor, "archive_version", f"version {version} archived",
+    return key.with_event(now, actor, "archive_version", ARCHIVED_DETAIL.format(version),
+                          state=state, versions=versions)
+
+
+ARCHIVED_DETAIL = "version {} archived"  # the history entry archived_at() looks for
+
+
+def archived_at(key: Key, version: int) -> datetime | None:
+    """When ``version`` was last archived, from the key's history (None: not known)."""
+    detail = ARCHIVED_DETAIL.format(version)
+    return next((h.at for h in reversed(key.history)
+                 if h.action == "archive_version" and h.detail == detail), None)
+
+
+def destroy_version(key: Key, version: int, now: datetime, actor: str) -> Key:
+    """Erase one version's material at once; its metadata and the key's history stay. Never the
+    primary (rotate or roll back first); a key scheduled for destruction loses all of them soon
+    anyway, so it is refused (cancel the destruction first)."""
+    state = target_state(key, Move.DESTROY_VERSION)
+    chosen = key.version(version)
+    if chosen.state is VersionState.DESTROYED:
+        raise Gone(f"version {version} of key {key.id} was already destroyed")
+    if version == key.primary_version:
+        raise Conflict("the primary version cannot be destroyed; rotate or roll back first")
+    versions = tuple(replace(v, state=VersionState.DESTROYED, sealed=None)
+                     if v.version == version else v for v in key.versions)
+    return key.with_event(now, actor, "destroy_version", f"version {version} material erased",
                           state=state, versions=versions)

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..auth.permissions import Action
 from ..control.dualcontrol import DualControl
+from ..control.voting import VoteRules
 from ..domain import approval as apv
 from ..domain.model import RequestContext
 from .guard import Guard
@@ -22,6 +23,7 @@ class ApprovalService:
         self.guard = guard
         self.dual = dual
         self.clock = clock
+        self.rules = VoteRules()  # who may vote and with what proof (app.py sets the configured)
 
     def list(self, ctx: RequestContext, state: str | None, limit: int = 100,
              page_token: str | None = None) -> dict[str, Any]:
@@ -43,11 +45,16 @@ class ApprovalService:
                               key_of=lambda: self.dual.key_of(approval_id))
 
     def decide(self, ctx: RequestContext, approval_id: str, approve: bool,
-               comment: str = "") -> dict[str, Any]:
+               comment: str = "", signature: str | None = None) -> dict[str, Any]:
         """One approver's vote; refusals (the requester, a repeated approver, a finished or
-        expired approval) name the key the approval is bound to."""
+        expired approval, a token or signature the vote rules refuse) name the key the approval
+        is bound to."""
         def work() -> dict[str, Any]:
-            assert ctx.principal is not None  # noqa: S101  narrows a type: the role check refuses anonymous callers
-            return self.dual.vote(ctx, ctx.principal, approval_id, approve, comment)
+            voter = ctx.principal
+            assert voter is not None  # noqa: S101  narrows a type: the role check refuses anonymous callers
+            self.rules.check_token(voter)
+            return self.dual.vote(ctx, voter, approval_id, approve, comment,
+                                  lambda current: self.rules.check_signature(
+                                      voter, current, approve, signature))
         return self.guard.run(ctx, Action.APPROVAL_DECIDE, work,
                               key_of=lambda: self.dual.key_of(approval_id))

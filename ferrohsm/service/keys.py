@@ -175,6 +175,44 @@ class KeyService:
             log.error("key %s destroyed but not scrubbed: %s", key.id, exc.message)
         return done
 
+    def destroy_version(self, ctx: RequestContext, ref: str, version: int, *,
+                        audit_action: str | None = None, reason: str = "") -> Key:
+        """Erase one non-primary version's material now (POST .../versions/{n}/destroy, and the
+        scheduler's purge_after_days). Under dual control like destroy; the confirmation record
+        attests which material went (the SHA-256 of the sealed blob), from which store, under
+        which approval (the one the gate consumed: ctx.approval_id, in every record)."""
+        def change(key: Key) -> Key:
+            done = lc.destroy_version(key, version, self.clock(), ctx.actor)
+            erased = key.version(version).sealed or b""
+            details.update(sealed_sha256=hashlib.sha256(erased).hexdigest(),
+                           store=self.store.name, destroyed_at=iso(self.clock()))
+            return done
+        details: dict[str, Any] = {"destroyed_version": version}  # filled in by change()
+        why = f" ({reason})" if reason else ""
+        done = self._mutate(ctx, Action.KEY_DESTROY_VERSION, ref, change,
+                            f"attestation: material of version {version} erased{why}",
+                            args={"version": version}, audit_action=audit_action,
+                            details=details)
+        self.engine.forget(done.id)
+        try:
+            self.store.scrub()  # journals and free pages may still hold the old sealed bytes
+        except FerroError as exc:
+            log.error("key %s version %s destroyed but not scrubbed: %s", done.id, version,
+                      exc.message)
+        return done
+
+    def retire(self, ctx: RequestContext, key_id: str, due: Callable[[Key], bool]) -> Key:
+        """The scheduler's max_key_age_days: schedule destruction (with the key's grace) as an
+        Administrator's destroy would, dual control included; ``due`` is re-checked on the
+        freshest copy so overlapping ticks never schedule twice."""
+        def change(key: Key) -> Key:
+            if not due(key):
+                raise InvalidTransition("the key is no longer due for destruction")
+            return lc.schedule_destroy(key, self.clock(), ctx.actor, self.destroy_grace(key))
+        return self._mutate(ctx, Action.KEY_DESTROY, key_id, change,
+                            "destruction scheduled: max_key_age_days reached", args={},
+                            audit_action="scheduler.max_age")
+
     def scheduled_rotate(self, ctx: RequestContext, key_id: str,
                          due: Callable[[Key], bool]) -> Key:
         """Scheduler rotation; ``due`` is re-checked on the freshest copy, under the key's lock

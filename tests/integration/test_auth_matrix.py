@@ -68,6 +68,12 @@ def _cancel(srv: LiveServer) -> Call:
     return "POST", f"/v1/keys/{key}/cancel-destroy", {}
 
 
+def _destroy_version(srv: LiveServer) -> Call:
+    key = new_key(srv)
+    admin(srv, "POST", f"/v1/keys/{key}/rotate", {})
+    return "POST", f"/v1/keys/{key}/versions/1/destroy", {}
+
+
 def _decrypt(srv: LiveServer) -> Call:
     key = new_key(srv)
     ct = service(srv, f"/v1/keys/{key}/encrypt", {"plaintext": B(b"matrix")})["ciphertext"]
@@ -111,6 +117,7 @@ MATRIX: dict[tuple[str, str], tuple[set[str], Callable[[LiveServer], Call]]] = {
     ("POST", "/v1/keys/{key}/revoke"): (AO, on_key("POST", "/revoke", {"reason": "matrix"})),
     ("POST", "/v1/keys/{key}/destroy"): (A, on_key("POST", "/destroy", {})),
     ("POST", "/v1/keys/{key}/cancel-destroy"): (A, _cancel),
+    ("POST", "/v1/keys/{key}/versions/{n}/destroy"): (A, _destroy_version),
     ("GET", "/v1/keys/{key}/public-key"): (ALL, on_key("GET", "/public-key", None, "ec-p256",
                                                        "sign")),
     ("POST", "/v1/keys/{key}/encrypt"): (S, on_key("POST", "/encrypt", {"plaintext": B(b"x")})),
@@ -189,7 +196,8 @@ def test_unauthenticated_routes_need_no_token(srv: LiveServer) -> None:
 
 def test_every_v1_route_refuses_a_missing_token(srv: LiveServer) -> None:
     for method, template in sorted(routed(srv)):
-        path = template.replace("{key}", "some-key").replace("{id}", "some-id")
+        path = template.replace("{key}", "some-key").replace("{id}", "some-id") \
+            .replace("{n}", "1")
         status, headers, _ = srv.call(method, path, {} if method != "GET" else None, role=None)
         assert status == 401 and headers["www-authenticate"] == 'Bearer error="invalid_token"'
 

@@ -50,6 +50,8 @@ def apply(move: lc.Move, key: Key) -> Key:
         return lc.complete_destroy(key, LATER, "bob")
     if move is lc.Move.ARCHIVE_VERSION:
         return lc.archive_version(key, 1, LATER, "bob")
+    if move is lc.Move.DESTROY_VERSION:  # version 1: make_key's version 2 is primary
+        return lc.destroy_version(key, 1, LATER, "bob")
     raise AssertionError(move)
 
 

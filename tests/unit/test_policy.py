@@ -78,7 +78,8 @@ def test_from_a_real_config_file(tmp_path: Path) -> None:
                     'destroy_grace_hours = 24\n')
     config = load_config(str(path), env={})
     rules = Policy.from_config(config.policy_tags).rules_for(key("pci"))
-    assert rules == Rules(2, frozenset({Action.KEY_DESTROY, Action.KEY_ROLLBACK, Action.UNWRAP}),
+    assert rules == Rules(2, frozenset({Action.KEY_DESTROY, Action.KEY_DESTROY_VERSION,
+                                        Action.KEY_ROLLBACK, Action.UNWRAP}),
                           H, 90 * D, 365 * D, 24 * H)
 
 
@@ -86,7 +87,7 @@ def test_from_a_real_config_file(tmp_path: Path) -> None:
 
 def test_a_quorum_always_covers_destroy() -> None:
     rules = Rules.from_tag("t", TagPolicy(approvals_required=1, approval_actions=("sign",)))
-    assert rules.approval_actions == {Action.SIGN, Action.KEY_DESTROY}
+    assert rules.approval_actions == {Action.SIGN, Action.KEY_DESTROY, Action.KEY_DESTROY_VERSION}
     assert Rules.from_tag("t", TagPolicy(approval_actions=("sign",))).approval_actions == \
         {Action.SIGN}
 
@@ -134,7 +135,7 @@ def test_rules_for_a_key() -> None:
     both = POLICY.rules_for(key("pci", "prod", "short"))
     assert both.approvals_required == 2
     assert both.approval_actions == {Action.KEY_ROLLBACK, Action.UNWRAP, Action.KEY_REVOKE,
-                                     Action.KEY_DESTROY}
+                                     Action.KEY_DESTROY, Action.KEY_DESTROY_VERSION}
     assert both.approval_ttl == timedelta(seconds=600)
     assert both.rotation == 30 * D and both.archive_after == 10 * D
     assert both.destroy_grace == 48 * H
@@ -208,3 +209,49 @@ def test_an_allowed_call_reads_no_clock() -> None:
         raise AssertionError("the allow path must not read the clock")
     decision = decide(Principal("s", Role.SERVICE), Action.ENCRYPT, key(), POLICY, clock)
     assert decision is ALLOWED
+
+
+# ---- end of life: purge_after_days and max_key_age_days ---------------------------------------
+
+def test_end_of_life_settings_become_rules() -> None:
+    rules = Rules.from_tag("t", TagPolicy(purge_after_days=30, max_key_age_days=730))
+    assert rules.purge_after == 30 * D and rules.max_age == 730 * D
+    unset = Rules.from_tag("t", TagPolicy())
+    assert unset.purge_after is None and unset.max_age is None
+
+
+def test_end_of_life_merge_takes_the_shortest_positive() -> None:
+    long = Rules.from_tag("a", TagPolicy(purge_after_days=90, max_key_age_days=0))
+    short = Rules.from_tag("b", TagPolicy(purge_after_days=7, max_key_age_days=365))
+    merged = strictest(BASE, [long, short])
+    assert merged.purge_after == 7 * D and merged.max_age == 365 * D
+    assert strictest(BASE, [long]).max_age is None
+
+
+def test_end_of_life_tags_are_scheduled() -> None:
+    policy = Policy.from_config({"purge": TagPolicy(purge_after_days=1),
+                                 "age": TagPolicy(max_key_age_days=1), "none": TagPolicy()})
+    assert policy.scheduled_tags == ("age", "purge")
+
+
+@pytest.mark.parametrize("name", ["destroy-version", "destroy_version", "key.destroy_version"])
+def test_destroy_version_is_approvable_by_name(name: str) -> None:
+    assert parse_action(name) is Action.KEY_DESTROY_VERSION
+
+
+def test_a_quorum_puts_version_destruction_under_dual_control() -> None:
+    policy = Policy.from_config({"pci": TagPolicy(approvals_required=2)})
+    admin = Principal("a", Role.ADMINISTRATOR)
+    verdict = decide(admin, Action.KEY_DESTROY_VERSION, key("pci"), policy, lambda: NOW)
+    assert (verdict.verdict, verdict.required) == (Verdict.APPROVAL, 2)
+    assert decide(admin, Action.KEY_DESTROY_VERSION, key(), policy, lambda: NOW) is ALLOWED
+    operator = Principal("o", Role.OPERATOR)
+    assert decide(operator, Action.KEY_DESTROY_VERSION, key(), policy,
+                  lambda: NOW).verdict is Verdict.DENY
+
+
+def test_negative_end_of_life_settings_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[policy.tags.x]\npurge_after_days = -1\n")
+    with pytest.raises(ConfigError, match=r"policy.tags.x"):
+        load_config(str(path), env={})

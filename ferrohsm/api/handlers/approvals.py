@@ -14,10 +14,13 @@ MAX_COMMENT = 256
 TAGS = ("approvals",)
 
 
-def _comment(req: Request) -> str:
-    """An optional ``{"comment": "..."}`` body, kept in the approval and the audit record."""
-    comment = fields(req, {"comment": Field(str)}).get("comment", "")
-    return plain_text(str(comment), "comment", MAX_COMMENT)
+def _vote(req: Request) -> tuple[str, str | None]:
+    """An optional ``{"comment": "...", "signature": "..."}`` body: the comment is kept in the
+    approval and the audit record; the signature (a signed vote) is checked by the service."""
+    body = fields(req, {"comment": Field(str), "signature": Field(str)})
+    comment = plain_text(str(body.get("comment", "")), "comment", MAX_COMMENT)
+    signature = body.get("signature")
+    return comment, str(signature) if signature is not None else None
 
 
 def register(router: Router, approvals: ApprovalService) -> None:
@@ -31,10 +34,10 @@ def register(router: Router, approvals: ApprovalService) -> None:
         return 200, approvals.get(ctx, p["id"])
 
     def approve(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
-        return 200, approvals.decide(ctx, p["id"], True, _comment(req))
+        return 200, approvals.decide(ctx, p["id"], True, *_vote(req))
 
     def deny(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
-        return 200, approvals.decide(ctx, p["id"], False, _comment(req))
+        return 200, approvals.decide(ctx, p["id"], False, *_vote(req))
 
     router.add("GET", "/v1/approvals", listing, name="listApprovals", doc=Operation(
         "Approvals, optionally by state (dual control)", TAGS, Action.APPROVAL_LIST,

@@ -1,4 +1,5 @@
-"""Key management routes: create, list, describe, update, rotate, rollback, revoke, destroy."""
+"""Key management routes: create, list, describe, update, rotate, rollback, revoke, destroy
+(a key, or one version)."""
 
 from __future__ import annotations
 
@@ -115,6 +116,11 @@ def _register_lifecycle(router: Router, service: KeyService) -> None:
         fields(req, {})
         return 200, key_view(service.cancel_destroy(ctx, p["key"]))
 
+    def destroy_version(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        fields(req, {})
+        version = int_param(p["n"], "version", 1, MAX_VERSION) or 1
+        return 200, key_view(service.destroy_version(ctx, p["key"], version))
+
     # (method, path suffix, handler, operation id, OpenAPI summary, action, request schema)
     for method, suffix, handler, name, summary, action, request in (
             ("PATCH", "", update, "updateKey", "Change a key's description",
@@ -131,6 +137,11 @@ def _register_lifecycle(router: Router, service: KeyService) -> None:
              "Cancel scheduled destruction", Action.KEY_CANCEL_DESTROY, "Empty")):
         router.add(method, f"/v1/keys/{{key}}{suffix}", handler, name=name, doc=Operation(
             summary, TAGS, action, request=request, response="Key", errors=STATEFUL))
+    router.add("POST", "/v1/keys/{key}/versions/{n}/destroy", destroy_version,
+               name="destroyKeyVersion", doc=Operation(
+                   "Erase one non-primary version's material now (Administrator)", TAGS,
+                   Action.KEY_DESTROY_VERSION, request="Empty", response="Key",
+                   errors=STATEFUL))
 
 
 def etagged(req: Request, payload: dict[str, Any]) -> Response:
