@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .api import application
 from .api import router as routing
@@ -31,6 +31,7 @@ from .audit.sinks import AuditSink, ChainedSink, FileSink, SQLiteSink
 from .audit.witness import FileWitness, Witness, make_witness
 from .auth.authn import Authenticator, build_authenticator
 from .auth.ratelimit import RateLimiter, policy_from_settings
+from .auth.sharedlimit import ClusterLimits, UsageExchange
 from .config import Config, Secrets, parse_listen
 from .control.policy import Policy
 from .control.scheduler import RetentionScheduler
@@ -50,8 +51,11 @@ from .store.filesystem import FilesystemStore
 from .store.keystore import KeyStore
 from .store.memory import MemoryStore
 from .store.memory_approvals import MemoryApprovalStore
+from .store.nodelock import FileLeader, FileMembership
+from .store.pg_shared import PostgresLeader, PostgresMembership, PostgresUsage
 from .store.sqlite import SQLiteStore
 from .store.sqlite_approvals import SQLiteApprovalStore
+from .store.sqlite_usage import SQLiteUsage
 from .telemetry.metrics import ServerMetrics
 from .tls.context import ReloadingContext
 
@@ -163,6 +167,72 @@ def check_master_key(store: KeyStore, sealer: Sealer) -> bool:
     return True
 
 
+class Leader(Protocol):
+    def is_leader(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+class Membership(Protocol):
+    def enter(self) -> bool: ...
+    def started(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class Cluster:
+    """How the processes sharing one store coordinate (README "Running several nodes"): who
+    starts cold, who runs the scheduler, and the per-actor rate-limit spending."""
+
+    membership: Membership
+    leader: Leader
+    usage: UsageExchange
+    limits: ClusterLimits | None = None
+
+    def close(self) -> None:
+        self.leader.close()
+        if self.limits is None:  # otherwise its thread closes the exchange when it stops
+            self.usage.close()
+        self.membership.close()
+
+
+def postgres_dsn(config: Config) -> str:
+    """The DSN, only ever from the environment variable ``[storage].postgres_dsn_env`` names."""
+    var = str(getattr(config.storage, "postgres_dsn_env", "") or "FERROHSM_POSTGRES_DSN")
+    dsn = os.environ.get(var, "")
+    if not dsn:
+        raise ConfigError(f"the postgres key store needs the DSN in the environment variable {var}")
+    return dsn
+
+
+def open_cluster(config: Config) -> Cluster | None:
+    """The coordination of a store several processes may share (sqlite, postgres); None for a
+    store that belongs to one process (filesystem, memory)."""
+    kind = config.storage.key_store
+    if kind == "postgres":
+        dsn = postgres_dsn(config)
+        return Cluster(PostgresMembership(dsn), PostgresLeader(dsn), PostgresUsage(dsn))
+    if kind != "sqlite":
+        return None
+    data = ensure_private_dir(config.storage.data_dir)
+    return Cluster(FileMembership(data), FileLeader(data), SQLiteUsage(data / "ratelimit.sqlite3"))
+
+
+def open_joined(config: Config, secrets: Secrets, store: KeyStore, sealer: Sealer) -> ChainedSink:
+    """A node joining live ones: the master key is checked, the audit log opened; the checks
+    that compare the store with the log ran at the cold start and are not repeated (another
+    node's change in flight would look like a crash's leftover)."""
+    stored = store.get_meta(CHECK_VALUE)
+    if stored is None:
+        raise StartupRefused("the shared key store has no master-key check value; start one "
+                             "node alone first")
+    sealer.verify_check_value(stored)
+    audit = open_audit(config, secrets)
+    witness = open_witness(config)
+    if witness is not None:
+        audit.attach_witness(witness)
+    return audit
+
+
 @dataclass(frozen=True)
 class StartupOptions:
     """One-off acceptances of a degraded state (``serve --accept-...``); each is audited."""
@@ -214,6 +284,7 @@ class Runtime:
     stop: threading.Event = field(default_factory=threading.Event)
     approvals: ApprovalStore | None = None
     key_records: RecordReport | None = None  # the start-up check of the key records
+    cluster: Cluster | None = None  # the coordination of processes sharing the store
 
     def _key_records(self) -> dict[str, Any]:
         """Counts only: the ids of failed keys are in the audit log (and a filesystem store's
@@ -240,25 +311,44 @@ class Runtime:
         }
 
 
-def build_runtime(config: Config, secrets: Secrets,
-                  options: StartupOptions | None = None) -> Runtime:
-    store = open_store(config, RecordMac.derive(secrets.master_key))
-    approvals: ApprovalStore | None = None
-    audit: AuditSink | None = None
+def open_state(config: Config, secrets: Secrets, store: KeyStore, sealer: Sealer,
+               approvals: ApprovalStore, opts: StartupOptions, cluster: Cluster | None
+               ) -> tuple[ChainedSink, RecordReport | None]:
+    """The audit log, checked against the store and reconciled on a cold start; opened as is
+    by a node that joins live ones (store/nodelock.py says why)."""
+    if cluster is not None and not cluster.membership.enter():
+        return open_joined(config, secrets, store, sealer), None
+    audit, audit_loss = open_checked(config, secrets, store, sealer, opts)
     try:
-        sealer = Sealer(secrets.master_key)
-        policy = Policy.from_config(config.policy_tags, config.crypto.destroy_grace_hours)
-        approvals = open_approvals(config)
-        opts = options or StartupOptions()
-        audit, audit_loss = open_checked(config, secrets, store, sealer, opts)
         key_records = check_key_records(store, audit)  # before anything is served
         if config.storage.key_store != "memory":  # the memory store forgets by design
             # settle what a crash left unsettled, refuse what the log does not explain
             # (integrity/reconcile.py); after an accepted audit loss, bind every key anew
             reconcile(store, audit, secrets.audit_hmac_key, approvals=approvals,
                       accept_unrecorded=opts.accept_unrecorded or audit_loss)
+    except BaseException:
+        audit.close()
+        raise
+    return audit, key_records
+
+
+def build_runtime(config: Config, secrets: Secrets,
+                  options: StartupOptions | None = None) -> Runtime:
+    store = open_store(config, RecordMac.derive(secrets.master_key))
+    approvals: ApprovalStore | None = None
+    audit: AuditSink | None = None
+    cluster: Cluster | None = None
+    try:
+        sealer = Sealer(secrets.master_key)
+        policy = Policy.from_config(config.policy_tags, config.crypto.destroy_grace_hours)
+        approvals = open_approvals(config)
+        cluster = open_cluster(config)
+        audit, key_records = open_state(config, secrets, store, sealer, approvals,
+                                        options or StartupOptions(), cluster)
+        if cluster is not None:
+            cluster.membership.started()
     except Exception:
-        for opened in (audit, approvals, store):
+        for opened in (audit, approvals, store, cluster):
             if opened is not None:
                 opened.close()
         raise
@@ -273,6 +363,8 @@ def build_runtime(config: Config, secrets: Secrets,
     auth = build_authenticator(config.auth, secrets.jwt_hs256_secret, config.storage.data_dir,
                                on_event=config_audit(audit, "auth.keyset_reload"))
     limiter = RateLimiter(policy_from_settings(config.rate_limit))
+    if cluster is not None:
+        cluster.limits = ClusterLimits(limiter, cluster.usage)
     router = routing.Router()
     key_routes.register(router, service)
     crypto_routes.register(router, service)
@@ -283,7 +375,7 @@ def build_runtime(config: Config, secrets: Secrets,
     app = application.Application(router, auth, metrics, application.audit_hook(service.record),
                                   limiter)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
-                      approvals=approvals, key_records=key_records)
+                      approvals=approvals, key_records=key_records, cluster=cluster)
     system_routes.register(router, runtime.health, metrics, health_viewer(auth))
     _gauges(runtime)
     return runtime
@@ -329,9 +421,13 @@ def _gauges(rt: Runtime) -> None:
 
 def start_scheduler(rt: Runtime) -> threading.Thread:
     """The retention scheduler (ferrohsm/scheduler.py), every [scheduler].interval_seconds."""
+    cluster = rt.cluster
     scheduler = RetentionScheduler(rt.service,
                                    approval_retention_days=rt.config.approvals.retention_days,
-                                   audit_prune=rt.audit.prune)
+                                   audit_prune=rt.audit.prune,
+                                   leader=cluster.leader.is_leader if cluster else None)
+    if cluster is not None and cluster.limits is not None:
+        cluster.limits.start(rt.stop)  # shared rate limits (auth/sharedlimit.py)
     return scheduler.start(rt.stop, rt.config.scheduler.interval_seconds)
 
 
@@ -352,7 +448,7 @@ def make_server(rt: Runtime, ssl_provider: Any) -> HardenedHTTPServer:
         header_timeout=s.header_timeout_seconds, body_timeout=s.body_timeout_seconds,
         idle_timeout=s.idle_timeout_seconds, max_body=s.max_body_bytes, logger=log,
         workers=s.workers, inline=rt.app.runs_inline, audit=rt.audit,
-        on_refused=rt.app.refuse)
+        on_refused=rt.app.refuse, reuse_port=s.processes > 1)
 
 
 def tls_provider(config: Config) -> ReloadingContext:
@@ -375,3 +471,5 @@ def shutdown(rt: Runtime, server: HardenedHTTPServer | None) -> None:
     if rt.approvals is not None:
         rt.approvals.close()
     rt.store.close()
+    if rt.cluster is not None:
+        rt.cluster.close()

@@ -41,6 +41,7 @@ class ServerSettings:
     idle_timeout_seconds: float = 60.0
     shutdown_grace_seconds: float = 10.0
     pin_cpu: int = -1  # >= 0 pins the server process to that core (see bench/RESULTS.md)
+    processes: int = 1  # N > 1: N processes share the port (SO_REUSEPORT) and the state
 
 
 @dataclass(frozen=True)
@@ -326,6 +327,7 @@ def validate(config: Config) -> None:
         (0.0 <= config.server.reserved_authenticated_share <= 0.9,
          "[server].reserved_authenticated_share must be 0-0.9"),
         (1 <= config.server.workers <= 1000, "[server].workers must be 1-1000"),
+        *_process_checks(config),
         (1024 <= config.server.max_body_bytes <= 64 << 20,
          "[server].max_body_bytes must be 1 KiB-64 MiB"),
         (1 <= config.crypto.max_input_bytes <= config.server.max_body_bytes,
@@ -369,6 +371,19 @@ def validate(config: Config) -> None:
         if tag.approvals_required < 0 or tag.approval_ttl_seconds < 1 or tag.rotation_days < 0 \
                 or tag.archive_after_days < 0 or tag.destroy_grace_hours < 0:
             raise ConfigError(f"{src}: [policy.tags.{name}] has a negative or zero value")
+
+
+SHARED_STORES = ("sqlite", "postgres")  # stores several processes may share
+
+
+def _process_checks(config: Config) -> list[tuple[bool, str]]:
+    """``[server].processes``: N > 1 needs a store that several processes share safely."""
+    n, store = config.server.processes, config.storage.key_store
+    return [(1 <= n <= 256, "[server].processes (--processes) must be 1-256 or auto"),
+            (n == 1 or store in SHARED_STORES,
+             f"[server].processes = {n} needs [storage].key_store = "
+             f"{' or '.join(repr(s) for s in SHARED_STORES)}: the {store} store belongs to one "
+             "process (use --processes 1, or --key-store sqlite)")]
 
 
 def _witness_ok(spec: str) -> bool:

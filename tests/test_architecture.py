@@ -71,11 +71,13 @@ LAYER: dict[str, int] = {
 THIRD_PARTY: dict[str, tuple[str, ...]] = {
     "cryptography": ("ferrohsm.crypto.", "ferrohsm.tls.devpki"),
     "jwt": ("ferrohsm.auth.",),
+    "psycopg": ("ferrohsm.store.pg_shared",),  # cluster coordination on PostgreSQL, lazily
 }
 
 CONCRETE_STORES = frozenset({
     "ferrohsm.store.filesystem", "ferrohsm.store.sqlite", "ferrohsm.store.memory",
     "ferrohsm.store.memory_approvals", "ferrohsm.store.sqlite_approvals", "ferrohsm.store.remote",
+    "ferrohsm.store.nodelock", "ferrohsm.store.sqlite_usage", "ferrohsm.store.pg_shared",
 })
 
 # What a pure domain module may import from the standard library: no os, time, random, secrets,
