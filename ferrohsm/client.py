@@ -23,6 +23,12 @@ Theory of operation
   exponential backoff from 0.2 s), plus up to 20% jitter so clients throttled together do not
   return together; when the next wait would take the total over ``max_retry_wait`` (30 s) the
   error is raised instead of sleeping.
+* Failover: ``url`` (and ``FERROHSM_URL``) may name several servers of one cluster, separated by
+  commas. A call goes to the current one; when it cannot be reached, the same attempt moves on to
+  the next (no sleep) until each was tried once, and the one that answers becomes current. Any
+  call moves on when the connection could not even be opened (nothing was sent); once a request
+  was sent, only a call that may be retried (above) is sent again elsewhere. An HTTP answer,
+  whatever its status, never moves a call to another server.
 * Errors: an ``ApiError`` subclass chosen by the API ``code`` (never by message text), carrying
   ``code``, ``message``, ``status`` and ``request_id``; ``approval_required`` (202) raises
   ``ApprovalRequired`` with the parked approval; ``TransportError`` carries the request id sent.
@@ -71,9 +77,11 @@ class ClientError(Exception):
 
 class TransportError(ClientError):
     """No HTTP answer: connection refused or reset, TLS failure, timeout, garbled response.
-    ``retryable`` is False when trying again cannot help (the server's certificate is wrong)."""
+    ``retryable`` is False when trying again cannot help (the server's certificate is wrong);
+    ``sent`` is False when the connection failed before any byte of the request left."""
 
     retryable = True
+    sent = True
 
 
 class ApiError(ClientError):
@@ -201,12 +209,18 @@ class Client:
                  timeout: float = 30.0, retries: int = 3, correlation_id: str | None = None,
                  context: ssl.SSLContext | None = None,
                  max_retry_wait: float = MAX_RETRY_WAIT) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise ValueError(f"server URL must be https://HOST[:PORT], got {url[:80]!r}")
-        self.url = url.rstrip("/")
-        self._host, self._port = parts.hostname, parts.port or 443
-        self._prefix = parts.path.rstrip("/")
+        self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
+        if not self.urls:
+            raise ValueError("server URL must be https://HOST[:PORT], got an empty list")
+        for one in self.urls:
+            parts = urlsplit(one)
+            try:
+                ok = parts.scheme == "https" and bool(parts.hostname) and parts.port != 0
+            except ValueError:  # a port that is not a number
+                ok = False
+            if not ok:
+                raise ValueError(f"server URL must be https://HOST[:PORT], got {one[:80]!r}")
+        self._use(0)
         self._token, self.correlation_id = token, correlation_id
         self.timeout, self.retries = timeout, max(0, retries)
         self.max_retry_wait = max(0.0, max_retry_wait)
@@ -226,6 +240,14 @@ class Client:
                           ("client_key", "FERROHSM_CLIENT_KEY")):
             kwargs.setdefault(name, env.get(var) or None)
         return cls(url, **kwargs)
+
+    def _use(self, index: int) -> None:
+        """Make ``self.urls[index]`` the server calls go to."""
+        self._current = index % len(self.urls)
+        self.url = self.urls[self._current]
+        parts = urlsplit(self.url)
+        self._host, self._port = parts.hostname or "", parts.port or 443
+        self._prefix = parts.path.rstrip("/")
 
     def __repr__(self) -> str:  # never the token
         return f"Client({self.url!r})"
@@ -248,7 +270,7 @@ class Client:
                 approval_id: str | None = None, idempotent: bool | None = None) -> Any:
         """JSON in, JSON out, ``ApiError`` on an error answer; only ``idempotent`` calls
         (default: by HTTP method) are retried."""
-        target = self._prefix + path
+        target = path
         if query:
             target += "?" + urlencode(_drop_none(query))
         payload = None if body is None else json.dumps(body).encode("utf-8")
@@ -259,7 +281,8 @@ class Client:
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
-                status, resp_headers, data = self._exchange(method, target, payload, headers)
+                status, resp_headers, data = self._any_server(method, target, payload, headers,
+                                                              retry)
             except TransportError as exc:
                 wait = None if last or not exc.retryable else self._backoff(attempt, None, waited)
                 if wait is None:
@@ -273,6 +296,21 @@ class Client:
                     waited += self._sleep(wait)
                     continue
             return self._result(status, resp_headers, data, headers["X-Request-ID"])
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _any_server(self, method: str, path: str, payload: bytes | None,
+                    headers: dict[str, str], retry: bool) -> tuple[int, dict[str, str], bytes]:
+        """One attempt: the current server, then each other one while it cannot be reached
+        (for a request already sent, only when ``retry``)."""
+        for tried in range(len(self.urls)):
+            try:
+                return self._exchange(method, self._prefix + path, payload, headers)
+            except TransportError as exc:
+                if len(self.urls) == 1 or not exc.retryable:
+                    raise
+                self._use(self._current + 1)  # the next call starts on a server that may answer
+                if tried == len(self.urls) - 1 or (exc.sent and not retry):
+                    raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _backoff(self, attempt: int, retry_after: float | None, waited: float) -> float | None:
@@ -317,6 +355,8 @@ class Client:
                   headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         request_id = headers["X-Request-ID"]
         conn = self._connection()
+        if conn.sock is None:
+            self._open(conn, request_id)
         try:
             conn.request(method, target, body=payload, headers=headers)
             resp = conn.getresponse()
@@ -335,6 +375,20 @@ class Client:
         if resp.will_close:
             self.close()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+
+    def _open(self, conn: http.client.HTTPSConnection, request_id: str) -> None:
+        """Connect (TCP and TLS) before sending anything: a failure here means the request
+        never left, so any call may go to another server (``TransportError.sent`` False)."""
+        try:
+            conn.connect()
+        except ssl.SSLCertVerificationError:
+            return  # reported by the request below, with its own message
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            error = TransportError(f"cannot reach {self.url}: {_describe(exc)}",
+                                   request_id=request_id)
+            error.sent = False
+            raise error from None
 
     def _result(self, status: int, headers: dict[str, str], data: bytes,
                 sent_id: str) -> Any:
