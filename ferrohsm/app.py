@@ -169,6 +169,7 @@ def check_master_key(store: KeyStore, sealer: Sealer) -> bool:
 
 class Leader(Protocol):
     def is_leader(self) -> bool: ...
+    def holds(self) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -187,6 +188,11 @@ class Cluster:
     leader: Leader
     usage: UsageExchange
     limits: ClusterLimits | None = None
+    pid: int = field(default_factory=os.getpid)
+
+    def describe(self) -> dict[str, Any]:
+        return {"pid": self.pid, "scheduler_leader": self.leader.holds(),
+                "rate_limit_syncs": self.limits.syncs if self.limits else 0}
 
     def close(self) -> None:
         self.leader.close()
@@ -308,6 +314,7 @@ class Runtime:
             "auth": self.authenticator.stats(),
             "rate_limit": self.app.limiter.stats(),
             "cache": self.service.engine.cache.stats(),
+            **({"cluster": self.cluster.describe()} if self.cluster else {}),
         }
 
 

@@ -84,6 +84,10 @@ class FileLeader:
         self._fd = fd
         return True
 
+    def holds(self) -> bool:
+        """Whether this process leads now (takes nothing)."""
+        return self._fd is not None
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

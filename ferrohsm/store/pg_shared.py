@@ -108,6 +108,10 @@ class PostgresLeader:
             return False
         return self._held
 
+    def holds(self) -> bool:
+        """Whether this node led at its last tick (takes nothing)."""
+        return self._held
+
     def close(self) -> None:
         conn, self._conn, self._held = self._conn, None, False
         if conn is not None:
