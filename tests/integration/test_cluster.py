@@ -89,7 +89,7 @@ def together(n: int, work: Callable[[int], Any]) -> list[Any]:
     return results
 
 
-def audit_records(c: Cluster, action: str, key_id: str, i: int = 0) -> list[dict[str, Any]]:
+def audit_records(c: Cluster, action: str, key_id: str | None, i: int = 0) -> list[dict[str, Any]]:
     found, after = [], 0
     while True:
         status, page = c.call(i, "GET", f"/v1/audit?after_seq={after}&limit=1000")
@@ -213,7 +213,7 @@ def test_scheduler_actions_run_exactly_once_in_the_cluster(cluster: Cluster) -> 
 
 def test_scheduler_leadership_is_handed_over_when_the_leader_dies(cluster: Cluster) -> None:
     if len(cluster.nodes) < 2:
-        pytest.skip("one supervised group: its children: test_processes_restart_a_dead_child_and_drain_on_sigterm")
+        pytest.skip("one supervised group: its children: test_processes_restart_a_dead_child_reload_on_sighup_and_drain_on_sigterm")
     deadline = time.monotonic() + 5
     while (first := leader(cluster)) is None:
         assert time.monotonic() < deadline, "no node leads the scheduler"
@@ -257,7 +257,7 @@ def test_an_actors_rate_limit_holds_across_the_cluster(cluster: Cluster) -> None
     assert counts["ok"] >= RATE * elapsed * 0.5  # and it does not throttle far below it
 
 
-def test_processes_restart_a_dead_child_and_drain_on_sigterm(tmp_path: Path) -> None:
+def test_processes_restart_a_dead_child_reload_on_sighup_and_drain_on_sigterm(tmp_path: Path) -> None:
     nodes = Cluster(tmp_path, "sqlite", CONFIG)
     try:
         node = nodes.add("--processes", "2")
@@ -279,6 +279,11 @@ def test_processes_restart_a_dead_child_and_drain_on_sigterm(tmp_path: Path) -> 
         assert "restarting it" in node.log.read_text()
         for _ in range(6):  # both children serve, the new one included
             assert encrypt(nodes, 0, key)[0] == 200
+        node.proc.send_signal(signal.SIGHUP)  # forwarded: every child reloads (and audits it)
+        deadline = time.monotonic() + 10
+        while len(audit_records(nodes, "auth.keyset_reload", None)) < 2:
+            assert time.monotonic() < deadline, "SIGHUP did not reach both children"
+            time.sleep(0.2)
         node.proc.send_signal(signal.SIGTERM)
         assert node.proc.wait(30) == 0
         assert not any(Path(f"/proc/{pid}").exists() for pid in now)
