@@ -383,7 +383,9 @@ def _process_checks(config: Config) -> list[tuple[bool, str]]:
             (n == 1 or store in SHARED_STORES,
              f"[server].processes = {n} needs [storage].key_store = "
              f"{' or '.join(repr(s) for s in SHARED_STORES)}: the {store} store belongs to one "
-             "process (use --processes 1, or --key-store sqlite)")]
+             "process (use --processes 1, or --key-store sqlite)"),
+            (n == 1 or config.server.pin_cpu < 0,
+             "[server].pin_cpu would pin every one of [server].processes to one core: use one")]
 
 
 def _witness_ok(spec: str) -> bool:

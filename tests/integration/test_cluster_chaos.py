@@ -113,6 +113,11 @@ def test_kill_nodes_under_load_loses_no_acknowledged_write(backend: str, tmp_pat
             assert load.encrypts > 0 and load.created
             check_acknowledged(c, load)
             verify_export(c, tmp_path)
+            c.stop()  # all down: the next start is cold and settles what the kills left
+            c.start(0)
+            assert "refus" not in c.nodes[0].log.read_text().split("listening on")[-1]
+            assert c.call(0, "POST", f"/v1/keys/{load.created[-1]}/encrypt",
+                          {"plaintext": "eA=="}, token=c.token("service"))[0] == 200
         finally:
             c.stop()
 
