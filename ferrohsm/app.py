@@ -196,7 +196,7 @@ class Cluster:
 
     def close(self) -> None:
         self.leader.close()
-        if self.limits is None:  # otherwise its thread closes the exchange when it stops
+        if self.limits is None or self.limits.thread is None:  # else its thread closes it
             self.usage.close()
         self.membership.close()
 

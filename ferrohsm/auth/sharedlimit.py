@@ -59,6 +59,7 @@ class ClusterLimits:
         self._pending: dict[str, list[float | str]] = {}
         self._failing = False
         self.syncs = 0
+        self.thread: threading.Thread | None = None  # set by start(); it closes the exchange
         limiter.share()
 
     def sync(self) -> None:
@@ -102,6 +103,6 @@ class ClusterLimits:
                 except Exception:
                     log.exception("shared rate-limit exchange failed")
             self.usage.close()
-        thread = threading.Thread(target=loop, name="ferrohsm-ratelimit-sync", daemon=True)
-        thread.start()
-        return thread
+        self.thread = threading.Thread(target=loop, name="ferrohsm-ratelimit-sync", daemon=True)
+        self.thread.start()
+        return self.thread
