@@ -14,6 +14,9 @@ live process (store/nodelock.py); the others join. The parent supervises:
 * SIGTERM or SIGINT: every child drains (``[server].shutdown_grace_seconds``) and the parent
   exits when they have; one still running 10 s after its grace is killed;
 * SIGHUP is forwarded to every child (each reloads its keysets and deny-list).
+* a child that exits with code 2 refused to start (a configuration error, a wrong master key,
+  a store the audit log does not explain): starting it again cannot help, so the parent stops
+  the others and exits 2 too, as a single ``serve`` would.
 
 A child whose parent disappears (killed with -9) stops by itself within a second.
 """
@@ -80,6 +83,7 @@ class Supervisor:
         self._stopping = False
         self._kill_at = float("inf")
         self._pending_signals: list[int] = []
+        self.code = 0
 
     # ---- signals (handlers only note them; the loop acts) ----
 
@@ -151,6 +155,12 @@ class Supervisor:
         if self._stopping:
             log.info("process %d (pid %d) stopped: %s", index, slot.pid, how)
             return
+        if code == 2:  # refused to start: see the module docstring
+            log.error("process %d (pid %d) refused to start: stopping every process", index,
+                      slot.pid)
+            self.code = 2
+            self._pending_signals.append(signal.SIGTERM)
+            return
         lived = now - slot.started
         slot.backoff = FIRST_BACKOFF if lived >= HEALTHY_AFTER or not slot.backoff \
             else min(MAX_BACKOFF, slot.backoff * 2)
@@ -165,15 +175,22 @@ class Supervisor:
                 slot.restart_at = 0.0
                 self._spawn(index, now)
 
-    def run(self) -> int:
-        """Supervise until every child stopped after SIGTERM/SIGINT; 0."""
+    def run(self, ready: Callable[[], bool] = lambda: True,
+            on_ready: Callable[[], None] = lambda: None) -> int:
+        """Supervise until every child stopped after SIGTERM/SIGINT (0), or after one refused
+        to start (2). ``on_ready`` runs once, the first time ``ready()`` says a child serves."""
+        announced = False
         while True:
             now = time.monotonic()
             self._handle_signals(now)
             self._reap(now)
+            if not announced and not self._stopping and any(s.pid for s in self.slots) \
+                    and ready():
+                announced = True
+                on_ready()
             if self._stopping:
                 if not any(slot.pid for slot in self.slots):
-                    return 0
+                    return self.code
                 if now >= self._kill_at:
                     log.error("processes still running %.0f s after the grace: killing them",
                               KILL_AFTER_GRACE)
@@ -194,14 +211,11 @@ def watch_parent(parent: int, done: threading.Event) -> None:
     threading.Thread(target=loop, name="ferrohsm-parent-watch", daemon=True).start()
 
 
-def wait_listening(host: str, port: int, timeout: float = 60.0) -> bool:
-    """Whether some child accepts TCP connections on the port within ``timeout``."""
-    deadline = time.monotonic() + timeout
+def listening(host: str, port: int) -> bool:
+    """Whether some child accepts TCP connections on the port now."""
     target = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)  # noqa: S104  compares, binds nothing
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((target, port), timeout=1.0).close()
-            return True
-        except OSError:
-            time.sleep(0.1)
-    return False
+    try:
+        socket.create_connection((target, port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True

@@ -143,7 +143,7 @@ def _run(config: Config, ssl_provider: Any, announce: Any = None, options: Any =
 def _supervise(config: Config, announce: Any, options: Any) -> int:
     """``[server].processes = N``: the parent forks N serving children and supervises them
     (cli/nodes.py)."""
-    from .nodes import Supervisor, reserve_port, wait_listening
+    from .nodes import Supervisor, listening, reserve_port
     log = logging.getLogger("ferrohsm")
     config, reserved = reserve_port(config)
     parent = os.getpid()
@@ -154,12 +154,13 @@ def _supervise(config: Config, announce: Any, options: Any) -> int:
     try:
         supervisor.start()
         host, port = parse_listen(config.server.listen)
-        if wait_listening(host, port):
+
+        def ready() -> None:
             log.info("listening on %s:%d with %d processes (key store %s)", host, port,
                      config.server.processes, config.storage.key_store)
             if announce:
                 announce(port)
-        return supervisor.run()
+        return supervisor.run(lambda: listening(host, port), ready)
     finally:
         if reserved is not None:
             reserved.close()

@@ -291,3 +291,21 @@ def test_processes_restart_a_dead_child_reload_on_sighup_and_drain_on_sigterm(tm
         nodes.stop()
     exported = nodes.cli("audit", "export", "--output", str(tmp_path / "x.jsonl"))
     assert exported.returncode != 0  # nothing listens any more: one clear error
+
+
+def test_processes_stop_when_a_child_refuses_to_start(tmp_path: Path) -> None:
+    """A wrong master key refuses every child at start-up: the group exits 2, as one serve
+    would, instead of restarting them for ever."""
+    nodes = Cluster(tmp_path, "sqlite", CONFIG)
+    try:
+        nodes.add()  # one process writes the store's master-key check value
+    finally:
+        nodes.stop()
+    nodes.env["FERROHSM_MASTER_KEY"] = B64(os.urandom(32))
+    nodes.nodes[0].argv += ["--processes", "2"]
+    nodes.start(0, wait=False)
+    proc = nodes.nodes[0].proc
+    assert proc is not None
+    assert proc.wait(60) == 2
+    log = nodes.nodes[0].log.read_text()
+    assert "master key" in log and "refused to start" in log and "Traceback" not in log
