@@ -79,10 +79,11 @@ class TokenBuckets:
 
     def debit(self, key: Any, limit: Limit, now: float, amount: float) -> None:
         """Spend ``amount`` tokens that were spent elsewhere (another node): the bucket may go
-        into debt, down to ``-burst``, and then refuses until it has refilled past zero."""
+        into debt (the cluster spent more than this node knew), down to ten bursts, and then
+        refuses until it has refilled past zero."""
         with self._lock:
             bucket = self._refill(key, limit, now)
-            bucket[0] = max(-float(limit.burst), bucket[0] - amount)
+            bucket[0] = max(-10.0 * limit.burst, bucket[0] - amount)
 
     def peek(self, key: Any, limit: Limit, now: float) -> float:
         """Like ``take`` of one token but spending nothing (and creating no bucket)."""

@@ -8,9 +8,9 @@ and debits this node's buckets with what the others spent since it last looked.
 
 Tolerance: a node learns of another node's spending at most two intervals late (the other node's
 publication, then our read), so over any period the cluster admits at most
-``rate x period + burst`` plus what the other nodes admitted in those two intervals, bounded by
-``rate x interval x nodes`` for an actor held at its limit. tests/integration/test_cluster.py
-measures it. When the exchange fails (the database is down) each node falls back to its own
+``rate x period + burst`` plus what the nodes admitted in those two intervals before hearing of
+each other: ``2 x rate x interval x nodes`` for an actor held at its limit (thread scheduling on
+a busy host stretches an interval a little). tests/integration/test_cluster.py measures it. When the exchange fails (the database is down) each node falls back to its own
 buckets, which is at most ``nodes`` times the limit, and logs it once per failure streak.
 """
 

@@ -260,7 +260,7 @@ def test_an_actors_rate_limit_holds_across_the_cluster(cluster: Cluster) -> None
     elapsed = time.monotonic() - started
     nodes = max(len(cluster.nodes), 2)
     allowed = BURST + RATE * elapsed
-    tolerance = RATE * SYNC_INTERVAL * nodes
+    tolerance = 2 * RATE * SYNC_INTERVAL * nodes  # README "Running several nodes"
     print(f"\nrate limit: {counts['ok']} admitted in {elapsed:.2f} s, limit {allowed:.0f} "
           f"+ tolerance {tolerance:.0f}; {counts['limited']} refused")
     assert counts["limited"] > 0, "the load never reached the limit"
