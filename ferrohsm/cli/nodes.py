@@ -124,6 +124,8 @@ class Supervisor:
             code = 1
             try:
                 code = self._child()
+            except BaseException:  # a bug: say so once, and let the parent restart us
+                log.exception("process %d failed", index)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
