@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import errno
-import importlib.util
 import logging
 import os
 import re
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .api import application
 from .api import router as routing
@@ -38,6 +35,7 @@ from .audit.witness import FileWitness, Witness, make_witness
 from .auth.approverkeys import ApproverKeys
 from .auth.authn import Authenticator, build_authenticator
 from .auth.ratelimit import RateLimiter, policy_from_settings
+from .auth.sharedlimit import ClusterLimits, UsageExchange
 from .config import Config, Secrets, parse_listen
 from .control.policy import Policy
 from .control.scheduler import RetentionScheduler
@@ -45,6 +43,7 @@ from .control.voting import VoteRules
 from .crypto.recordmac import RecordMac
 from .crypto.seal import Sealer
 from .custody.rekey import refuse_if_interrupted
+from .datadir import ensure_private_dir, why
 from .domain.errors import ConfigError, FerroError
 from .domain.model import SYSTEM_CONTEXT, RequestContext, Role
 from .engine.keycache import MaterialCache
@@ -63,47 +62,22 @@ from .store.importjobs_files import FolderImportJobStore, MemoryImportJobStore
 from .store.keystore import KeyStore
 from .store.memory import MemoryStore
 from .store.memory_approvals import MemoryApprovalStore
+from .store.nodelock import FileLeader, FileMembership
+from .store.pg_shared import PostgresLeader, PostgresMembership, PostgresUsage
 from .store.pgdb import PgDatabase, dsn_from_env
 from .store.postgres import PostgresStore
 from .store.postgres_approvals import PostgresApprovalStore
 from .store.postgres_revocations import PostgresDenyList
 from .store.sqlite import SQLiteStore
 from .store.sqlite_approvals import SQLiteApprovalStore
+from .store.sqlite_usage import SQLiteUsage
 from .telemetry.metrics import ServerMetrics
-from .tls.acme.provider import AcmeOptions, AcmeProvider
-from .tls.context import ReloadingContext
-from .tls.stapler import OcspStapler
-from .tls.status import OCSP_STATES, Notify
+from .tlswire import expiry_of, start_tls, tls_notify, tls_provider, wire_tls
 
+# re-exported for the entry points: the data folder (datadir.py) and the TLS wiring (tlswire.py)
+__all__ = ["ensure_private_dir", "start_tls", "tls_notify", "tls_provider", "why", "wire_tls"]
 log = logging.getLogger("ferrohsm")
 CHECK_VALUE = "master_key_check"
-
-
-def ensure_private_dir(path: str | Path) -> Path:
-    """Create ``path`` 0700 (and tighten it if it exists): data directories hold sealed secrets.
-    A directory that cannot be made, tightened or written is a ConfigError naming it."""
-    p = Path(path)
-    try:
-        p.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create data directory {p.absolute()}: {why(exc)}") from None
-    if p.is_symlink():
-        raise ConfigError(f"data directory {p} must not be a symlink")
-    try:
-        os.chmod(p, 0o700)
-    except OSError as exc:
-        raise ConfigError(f"cannot make data directory {p.absolute()} private (chmod 0700): "
-                          f"{why(exc)}") from None
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise ConfigError(f"data directory {p.absolute()} is not writable")
-    return p
-
-
-def why(exc: OSError) -> str:
-    """``Read-only file system (EROFS)``: the reason of an OS error, in one short phrase."""
-    code = errno.errorcode.get(exc.errno or 0)
-    reason = exc.strerror or type(exc).__name__
-    return f"{reason} ({code})" if code else reason
 
 
 _CALL_RE = re.compile(r"([A-Za-z_][\w.]*)\(")
@@ -208,6 +182,78 @@ def check_master_key(store: KeyStore, sealer: Sealer) -> bool:
     return True
 
 
+class Leader(Protocol):
+    def is_leader(self) -> bool: ...
+    def holds(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+class Membership(Protocol):
+    def enter(self) -> bool: ...
+    def started(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class Cluster:
+    """How the processes sharing one store coordinate (README "Running several nodes"): who
+    starts cold, who runs the scheduler, and the per-actor rate-limit spending."""
+
+    membership: Membership
+    leader: Leader
+    usage: UsageExchange
+    limits: ClusterLimits | None = None
+    pid: int = field(default_factory=os.getpid)
+
+    def describe(self) -> dict[str, Any]:
+        return {"pid": self.pid, "scheduler_leader": self.leader.holds(),
+                "rate_limit_syncs": self.limits.syncs if self.limits else 0}
+
+    def close(self) -> None:
+        self.leader.close()
+        if self.limits is None or self.limits.thread is None:  # else its thread closes it
+            self.usage.close()
+        self.membership.close()
+
+
+def postgres_dsn(config: Config) -> str:
+    """The DSN, only ever from the environment variable ``[storage].postgres_dsn_env`` names."""
+    var = str(getattr(config.storage, "postgres_dsn_env", "") or "FERROHSM_POSTGRES_DSN")
+    dsn = os.environ.get(var, "")
+    if not dsn:
+        raise ConfigError(f"the postgres key store needs the DSN in the environment variable {var}")
+    return dsn
+
+
+def open_cluster(config: Config) -> Cluster | None:
+    """The coordination of a store several processes may share (sqlite, postgres); None for a
+    store that belongs to one process (filesystem, memory)."""
+    kind = config.storage.key_store
+    if kind == "postgres":
+        dsn = postgres_dsn(config)
+        return Cluster(PostgresMembership(dsn), PostgresLeader(dsn), PostgresUsage(dsn))
+    if kind != "sqlite":
+        return None
+    data = ensure_private_dir(config.storage.data_dir)
+    return Cluster(FileMembership(data), FileLeader(data), SQLiteUsage(data / "ratelimit.sqlite3"))
+
+
+def open_joined(config: Config, secrets: Secrets, store: KeyStore, sealer: Sealer) -> ChainedSink:
+    """A node joining live ones: the master key is checked, the audit log opened; the checks
+    that compare the store with the log ran at the cold start and are not repeated (another
+    node's change in flight would look like a crash's leftover)."""
+    stored = store.get_meta(CHECK_VALUE)
+    if stored is None:
+        raise StartupRefused("the shared key store has no master-key check value; start one "
+                             "node alone first")
+    sealer.verify_check_value(stored)
+    audit = open_audit(config, secrets)
+    witness = open_witness(config)
+    if witness is not None:
+        audit.attach_witness(witness)
+    return audit
+
+
 @dataclass(frozen=True)
 class StartupOptions:
     """One-off acceptances of a degraded state (``serve --accept-...``); each is audited."""
@@ -262,6 +308,7 @@ class Runtime:
     tls_status: Callable[[], dict[str, Any]] | None = None  # the TLS provider's (wire_tls)
     tls_close: Callable[[], None] | None = None  # stops its threads before the audit log closes
     serving: threading.Event = field(default_factory=threading.Event)  # set once started (/readyz)
+    cluster: Cluster | None = None  # the coordination of processes sharing the store
 
     def _key_records(self) -> dict[str, Any]:
         """Counts only: the ids of failed keys are in the audit log (and a filesystem store's
@@ -287,6 +334,7 @@ class Runtime:
             "rate_limit": self.app.limiter.stats(),
             "cache": self.service.engine.cache.stats(),
             **({} if self.tls_status is None else {"tls": self.tls_status()}),
+            **({"cluster": self.cluster.describe()} if self.cluster else {}),
         }
 
 
@@ -311,8 +359,29 @@ def _store_open(store: KeyStore) -> bool:
 def _certificate_in_date(status: Callable[[], dict[str, Any]] | None) -> bool:
     if status is None:
         return False
-    expiry = _expiry(status())
+    expiry = expiry_of(status())
     return expiry > time.time()
+
+
+def open_state(config: Config, secrets: Secrets, store: KeyStore, sealer: Sealer,
+               approvals: ApprovalStore, opts: StartupOptions, cluster: Cluster | None
+               ) -> tuple[ChainedSink, RecordReport | None]:
+    """The audit log, checked against the store and reconciled on a cold start; opened as is
+    by a node that joins live ones (store/nodelock.py says why)."""
+    if cluster is not None and not cluster.membership.enter():
+        return open_joined(config, secrets, store, sealer), None
+    audit, audit_loss = open_checked(config, secrets, store, sealer, opts)
+    try:
+        key_records = check_key_records(store, audit)  # before anything is served
+        if config.storage.key_store != "memory":  # the memory store forgets by design
+            # settle what a crash left unsettled, refuse what the log does not explain
+            # (integrity/reconcile.py); after an accepted audit loss, bind every key anew
+            reconcile(store, audit, secrets.audit_hmac_key, approvals=approvals,
+                      accept_unrecorded=opts.accept_unrecorded or audit_loss)
+    except BaseException:
+        audit.close()
+        raise
+    return audit, key_records
 
 
 def build_runtime(config: Config, secrets: Secrets,
@@ -322,21 +391,19 @@ def build_runtime(config: Config, secrets: Secrets,
     store = open_store(config, RecordMac.derive(secrets.master_key))
     approvals: ApprovalStore | None = None
     audit: AuditSink | None = None
+    cluster: Cluster | None = None
     try:
         refuse_if_interrupted(store)  # records under two master keys are not served
         sealer = Sealer(secrets.master_key)
         policy = Policy.from_config(config.policy_tags, config.crypto.destroy_grace_hours)
         approvals = open_approvals(config, store)
-        opts = options or StartupOptions()
-        audit, audit_loss = open_checked(config, secrets, store, sealer, opts)
-        key_records = check_key_records(store, audit)  # before anything is served
-        if config.storage.key_store != "memory":  # the memory store forgets by design
-            # settle what a crash left unsettled, refuse what the log does not explain
-            # (integrity/reconcile.py); after an accepted audit loss, bind every key anew
-            reconcile(store, audit, secrets.audit_hmac_key, approvals=approvals,
-                      accept_unrecorded=opts.accept_unrecorded or audit_loss)
+        cluster = open_cluster(config)
+        audit, key_records = open_state(config, secrets, store, sealer, approvals,
+                                        options or StartupOptions(), cluster)
+        if cluster is not None:
+            cluster.membership.started()
     except Exception:
-        for opened in (audit, approvals, store):
+        for opened in (audit, approvals, store, cluster):
             if opened is not None:
                 opened.close()
         raise
@@ -353,6 +420,8 @@ def build_runtime(config: Config, secrets: Secrets,
                                deny_list=shared_deny_list(store))
     service.approvals.rules = vote_rules(config, voters, audit)
     limiter = RateLimiter(policy_from_settings(config.rate_limit))
+    if cluster is not None:
+        cluster.limits = ClusterLimits(limiter, cluster.usage)
     router = routing.Router()
     imports = ImportService(service, open_import_jobs(config))
     try:
@@ -373,7 +442,7 @@ def build_runtime(config: Config, secrets: Secrets,
     app = application.Application(router, auth, metrics, application.audit_hook(service.record),
                                   limiter)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
-                      approvals=approvals, key_records=key_records)
+                      approvals=approvals, key_records=key_records, cluster=cluster)
     system_routes.register(router, runtime.health, metrics, health_viewer(auth))
     probe_routes.register(router, runtime.readiness)
     _gauges(runtime)
@@ -435,9 +504,13 @@ def _gauges(rt: Runtime) -> None:
 
 def start_scheduler(rt: Runtime) -> threading.Thread:
     """The retention scheduler (ferrohsm/scheduler.py), every [scheduler].interval_seconds."""
+    cluster = rt.cluster
     scheduler = RetentionScheduler(rt.service,
                                    approval_retention_days=rt.config.approvals.retention_days,
-                                   audit_prune=rt.audit.prune)
+                                   audit_prune=rt.audit.prune,
+                                   leader=cluster.leader.is_leader if cluster else None)
+    if cluster is not None and cluster.limits is not None:
+        cluster.limits.start(rt.stop)  # shared rate limits (auth/sharedlimit.py)
     return scheduler.start(rt.stop, rt.config.scheduler.interval_seconds)
 
 
@@ -458,125 +531,7 @@ def make_server(rt: Runtime, ssl_provider: Any) -> HardenedHTTPServer:
         header_timeout=s.header_timeout_seconds, body_timeout=s.body_timeout_seconds,
         idle_timeout=s.idle_timeout_seconds, max_body=s.max_body_bytes, logger=log,
         workers=s.workers, inline=rt.app.runs_inline, audit=rt.audit,
-        on_refused=rt.app.refuse)
-
-
-def tls_provider(config: Config) -> ReloadingContext | AcmeProvider:
-    t = config.tls
-    if t.mode == "acme":
-        return acme_provider(config)
-    if not t.cert:
-        raise ConfigError(f"{config.source}: [tls].cert and [tls].key are required to serve "
-                          "(or use `ferrohsm quickstart` for a generated development PKI)")
-    stapler = None
-    if t.ocsp_staple:
-        if importlib.util.find_spec("OpenSSL") is None:
-            raise ConfigError(f"{config.source}: [tls].ocsp_staple needs pyOpenSSL (install "
-                              "ferrohsm[ocsp]): Python's ssl module cannot staple")
-        stapler = OcspStapler(t.ocsp_responder, t.ocsp_refresh_seconds)
-    return ReloadingContext(t.cert, t.key, t.client_ca or None, t.require_client_cert,
-                            interval=t.reload_seconds, stapler=stapler)
-
-
-TLS_FAILURES = frozenset({"tls.reload_refused", "tls.acme_failed"})
-
-
-def tls_notify(audit: AuditSink) -> Notify:
-    """Certificate events (reload, refusal, OCSP status, ACME issuance, renewal and failure) as
-    durable audit records of the system actor, written before the provider goes on; the fields
-    go to ``details`` (certificates are public: no secrets)."""
-    def notify(event: str, fields: Mapping[str, object]) -> None:
-        failed = event in TLS_FAILURES
-        outcome = "error" if failed or fields.get("status") == "revoked" else "success"
-        audit.append(AuditEvent.from_context(SYSTEM_CONTEXT, event, outcome,
-                                             _tls_message(event, fields)[:1000],
-                                             details=_flat(fields)))
-    return notify
-
-
-def _tls_message(event: str, fields: Mapping[str, object]) -> str:
-    if event == "tls.acme_failed":
-        return f"ACME failed: {fields.get('error')}"
-    if event in ("tls.issued", "tls.renewed"):
-        return (f"TLS certificate {event.removeprefix('tls.')}: serial {fields.get('serial')}, "
-                f"expires {fields.get('not_after')}")
-    return str(fields.get("message") or fields.get("reason") or event)
-
-
-def wire_tls(rt: Runtime, provider: Any) -> None:
-    """The TLS provider's events to the audit log, its status to /healthz and /metrics, and its
-    background work (file polling, OCSP, ACME renewal) started. Any provider with ``status()``
-    (and optionally ``notify``, ``start``) fits: PEM or ACME."""
-    if hasattr(provider, "notify"):
-        provider.notify = tls_notify(rt.audit)
-    status: Callable[[], dict[str, Any]] = provider.status
-    rt.tls_status = status
-    rt.metrics.add_gauge("ferrohsm_tls_certificate_expiry_timestamp_seconds",
-                         "notAfter of the served TLS certificate (Unix time)",
-                         lambda: {(): _expiry(status())})
-    rt.metrics.add_gauge("ferrohsm_tls_ocsp_status", "1 for the OCSP status of the served "
-                         "certificate (off, good, revoked, unknown, unavailable), 0 for the others",
-                         lambda: _ocsp_gauge(status()), ("status",))
-    if hasattr(provider, "close"):
-        rt.tls_close = provider.close
-    if hasattr(provider, "start") and not isinstance(provider, AcmeProvider):
-        provider.start()  # ACME starts in start_tls, once the serving port answers challenges
-
-
-def _expiry(status: Mapping[str, Any]) -> float:
-    not_after = status.get("not_after")
-    if not isinstance(not_after, str):
-        return 0.0
-    return dt.datetime.strptime(not_after, "%Y-%m-%dT%H:%M:%SZ").replace(
-        tzinfo=dt.UTC).timestamp()
-
-
-def _ocsp_gauge(status: Mapping[str, Any]) -> dict[tuple[str, ...], float]:
-    current = status.get("ocsp", "off")
-    return {(state,): 1.0 if state == current else 0.0 for state in OCSP_STATES}
-
-
-def acme_provider(config: Config) -> AcmeProvider:
-    """``[tls] mode = "acme"``: the cache lives in ``<data_dir>/acme`` unless named."""
-    t, a = config.tls, config.tls.acme
-    cache_dir = a.cache_dir or str(ensure_private_dir(config.storage.data_dir) / "acme")
-    return AcmeProvider(AcmeOptions(
-        directory=a.directory, domains=a.domains, email=a.email, challenge=a.challenge,
-        http_listen=a.http_listen, ca_bundle=a.ca_bundle, cache_dir=cache_dir,
-        renew_before_fraction=a.renew_before_fraction, client_ca=t.client_ca,
-        require_client_cert=t.require_client_cert))
-
-
-def _flat(fields: Mapping[str, object]) -> dict[str, str | int | bool | None]:
-    """Audit details are flat: lists become comma-separated text, other values their text."""
-    out: dict[str, str | int | bool | None] = {}
-    for key, value in fields.items():
-        if value is None or isinstance(value, (str, int, bool)):
-            out[key] = value
-        elif isinstance(value, (list, tuple)):
-            out[key] = ",".join(str(v) for v in value)
-        else:
-            out[key] = str(value)
-    return out
-
-
-def start_tls(rt: Runtime, provider: Any) -> None:
-    """ACME issuance and renewal started (after ``wire_tls`` and once the server listens, so a
-    tls-alpn-01 validation finds the port), and its own metrics; stopped by ``shutdown``."""
-    if not isinstance(provider, AcmeProvider):
-        return
-
-    def acme() -> dict[str, Any]:  # read at scrape time
-        state: dict[str, Any] = provider.status()["acme"]
-        return state
-    rt.metrics.add_gauge("ferrohsm_tls_acme_consecutive_failures", "ACME attempts failed in a "
-                         "row (0 after a success)", lambda: {(): float(acme()["failures"])})
-    rt.metrics.add_gauge("ferrohsm_tls_acme_failures", "ACME attempts failed since start",
-                         lambda: {(): float(acme()["failures_total"])})
-    rt.metrics.add_gauge("ferrohsm_tls_acme_certificate_present", "1 when ACME has a "
-                         "certificate to serve, 0 while waiting for the first",
-                         lambda: {(): 1.0 if acme()["state"] == "serving" else 0.0})
-    provider.start(rt.stop)
+        on_refused=rt.app.refuse, reuse_port=s.processes > 1)
 
 
 def shutdown(rt: Runtime, server: HardenedHTTPServer | None) -> None:
@@ -594,3 +549,5 @@ def shutdown(rt: Runtime, server: HardenedHTTPServer | None) -> None:
     if rt.approvals is not None:
         rt.approvals.close()
     rt.store.close()
+    if rt.cluster is not None:
+        rt.cluster.close()

@@ -23,13 +23,20 @@ Theory of operation
   exponential backoff from 0.2 s), plus up to 20% jitter so clients throttled together do not
   return together; when the next wait would take the total over ``max_retry_wait`` (30 s) the
   error is raised instead of sleeping.
+* Failover: ``url`` (and ``FERROHSM_URL``) may name several servers of one cluster, separated by
+  commas. A call goes to the current one; when it cannot be reached, the same attempt moves on to
+  the next (no sleep) until each was tried once, and the one that answers becomes current. Any
+  call moves on when the connection could not even be opened (nothing was sent); once a request
+  was sent, only a call that may be retried (above) is sent again elsewhere. An HTTP answer,
+  whatever its status, never moves a call to another server.
 * Errors: an ``ApiError`` subclass chosen by the API ``code`` (never by message text), carrying
   ``code``, ``message``, ``status`` and ``request_id``; ``approval_required`` (202) raises
   ``ApprovalRequired`` with the parked approval; ``TransportError`` carries the request id sent.
 * Binary values are ``bytes`` in and out (base64 only on the wire). No token, plaintext or key
   material is ever logged or put into an exception message.
 
-Stdlib only and no ferrohsm imports: pipelines may copy this one file.
+Stdlib only; its one ferrohsm import is client_errors.py (errors, the TLS context): a pipeline
+may copy the two files.
 """
 
 from __future__ import annotations
@@ -48,6 +55,25 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Self
 from urllib.parse import quote, urlencode, urlsplit
 
+from .client_errors import (
+    ApiError,
+    ApprovalRequired,
+    BadRequest,
+    ClientError,
+    Conflict,
+    Forbidden,
+    Gone,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ServerError,
+    TransportError,
+    Unauthenticated,
+    describe,
+    error_class,
+    tls_context,
+)
+
 __all__ = ["ApiError", "ApprovalRequired", "BadRequest", "Client", "ClientError", "Conflict",
            "Forbidden", "Gone", "NotFound", "PayloadTooLarge", "RateLimited", "ServerError",
            "TransportError", "Unauthenticated"]
@@ -60,121 +86,12 @@ REPEATABLE = frozenset({"encrypt", "decrypt", "sign", "verify", "wrap", "unwrap"
 _JITTER = random.SystemRandom()
 
 
-class ClientError(Exception):
-    """Base of everything this client raises on purpose."""
-
-    def __init__(self, message: str, *, request_id: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.request_id = request_id
-
-
-class TransportError(ClientError):
-    """No HTTP answer: connection refused or reset, TLS failure, timeout, garbled response.
-    ``retryable`` is False when trying again cannot help (the server's certificate is wrong)."""
-
-    retryable = True
-
-
-class ApiError(ClientError):
-    """The server answered with an API error body: ``code``, ``message``, ``request_id``."""
-
-    code = "error"
-
-    def __init__(self, message: str, *, status: int, code: str | None = None,
-                 request_id: str | None = None, body: Mapping[str, Any] | None = None,
-                 retry_after: float | None = None) -> None:
-        super().__init__(message, request_id=request_id)
-        self.status = status
-        self.code = code or type(self).code
-        self.body: Mapping[str, Any] = body or {}
-        self.retry_after = retry_after
-
-    def __str__(self) -> str:
-        return f"{self.message} ({self.code}, request id {self.request_id or 'unknown'})"
-
-
-class BadRequest(ApiError):
-    code = "bad_request"
-
-
-class Unauthenticated(ApiError):
-    code = "unauthenticated"
-
-
-class Forbidden(ApiError):
-    code = "forbidden"
-
-
-class NotFound(ApiError):
-    code = "not_found"
-
-
-class Conflict(ApiError):
-    code = "conflict"  # wrong key state, usage or algorithm; or a name already taken
-
-
-class Gone(ApiError):
-    code = "gone"  # the key or version was destroyed
-
-
-class PayloadTooLarge(ApiError):
-    code = "payload_too_large"
-
-
-class RateLimited(ApiError):
-    code = "rate_limited"
-
-
-class ApprovalRequired(ApiError):
-    """Dual control: the request was parked; ``approval`` is the approval object. Repeat the
-    same call with ``approval_id=approval["id"]`` once a quorum has approved it."""
-
-    code = "approval_required"
-
-    @property
-    def approval(self) -> dict[str, Any]:
-        value = self.body.get("approval")
-        return dict(value) if isinstance(value, Mapping) else {}
-
-
-class ServerError(ApiError):
-    code = "internal"
-
-
-_BY_CODE: dict[str, type[ApiError]] = {cls.code: cls for cls in (
-    BadRequest, Unauthenticated, Forbidden, NotFound, Conflict, Gone, PayloadTooLarge,
-    RateLimited, ApprovalRequired)}
-
-
-def _error_class(code: str, status: int) -> type[ApiError]:
-    return _BY_CODE.get(code) or (ServerError if status >= 500 else ApiError)
-
-
 def b64e(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
 def b64d(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
-
-
-def tls_context(ca_cert: str | None = None, client_cert: str | None = None,
-                client_key: str | None = None) -> ssl.SSLContext:
-    """TLS 1.3 only, server verified (hostname included) against ``ca_cert`` or the system store."""
-    try:
-        context = ssl.create_default_context(cafile=ca_cert)
-    except (OSError, ssl.SSLError) as exc:
-        raise ClientError(f"cannot load the CA certificate {ca_cert}: {_describe(exc)}") from None
-    context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.check_hostname = True
-    if client_cert:
-        try:
-            context.load_cert_chain(client_cert, client_key or None)
-        except (OSError, ssl.SSLError) as exc:
-            raise ClientError(f"cannot load the client certificate {client_cert}: "
-                              f"{_describe(exc)}") from None
-    return context
 
 
 def _key_path(key: str, suffix: str = "") -> str:
@@ -201,12 +118,18 @@ class Client:
                  timeout: float = 30.0, retries: int = 3, correlation_id: str | None = None,
                  context: ssl.SSLContext | None = None,
                  max_retry_wait: float = MAX_RETRY_WAIT) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise ValueError(f"server URL must be https://HOST[:PORT], got {url[:80]!r}")
-        self.url = url.rstrip("/")
-        self._host, self._port = parts.hostname, parts.port or 443
-        self._prefix = parts.path.rstrip("/")
+        self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
+        if not self.urls:
+            raise ValueError("server URL must be https://HOST[:PORT], got an empty list")
+        for one in self.urls:
+            parts = urlsplit(one)
+            try:
+                ok = parts.scheme == "https" and bool(parts.hostname) and parts.port != 0
+            except ValueError:  # a port that is not a number
+                ok = False
+            if not ok:
+                raise ValueError(f"server URL must be https://HOST[:PORT], got {one[:80]!r}")
+        self._use(0)
         self._token, self.correlation_id = token, correlation_id
         self.timeout, self.retries = timeout, max(0, retries)
         self.max_retry_wait = max(0.0, max_retry_wait)
@@ -226,6 +149,14 @@ class Client:
                           ("client_key", "FERROHSM_CLIENT_KEY")):
             kwargs.setdefault(name, env.get(var) or None)
         return cls(url, **kwargs)
+
+    def _use(self, index: int) -> None:
+        """Make ``self.urls[index]`` the server calls go to."""
+        self._current = index % len(self.urls)
+        self.url = self.urls[self._current]
+        parts = urlsplit(self.url)
+        self._host, self._port = parts.hostname or "", parts.port or 443
+        self._prefix = parts.path.rstrip("/")
 
     def __repr__(self) -> str:  # never the token
         return f"Client({self.url!r})"
@@ -248,7 +179,7 @@ class Client:
                 approval_id: str | None = None, idempotent: bool | None = None) -> Any:
         """JSON in, JSON out, ``ApiError`` on an error answer; only ``idempotent`` calls
         (default: by HTTP method) are retried."""
-        target = self._prefix + path
+        target = path
         if query:
             target += "?" + urlencode(_drop_none(query))
         payload = None if body is None else json.dumps(body).encode("utf-8")
@@ -259,7 +190,8 @@ class Client:
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
-                status, resp_headers, data = self._exchange(method, target, payload, headers)
+                status, resp_headers, data = self._any_server(method, target, payload, headers,
+                                                              retry)
             except TransportError as exc:
                 wait = None if last or not exc.retryable else self._backoff(attempt, None, waited)
                 if wait is None:
@@ -273,6 +205,21 @@ class Client:
                     waited += self._sleep(wait)
                     continue
             return self._result(status, resp_headers, data, headers["X-Request-ID"])
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _any_server(self, method: str, path: str, payload: bytes | None,
+                    headers: dict[str, str], retry: bool) -> tuple[int, dict[str, str], bytes]:
+        """One attempt: the current server, then each other one while it cannot be reached
+        (for a request already sent, only when ``retry``)."""
+        for tried in range(len(self.urls)):
+            try:
+                return self._exchange(method, self._prefix + path, payload, headers)
+            except TransportError as exc:
+                if len(self.urls) == 1 or not exc.retryable:
+                    raise
+                self._use(self._current + 1)  # the next call starts on a server that may answer
+                if tried == len(self.urls) - 1 or (exc.sent and not retry):
+                    raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _backoff(self, attempt: int, retry_after: float | None, waited: float) -> float | None:
@@ -317,6 +264,8 @@ class Client:
                   headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         request_id = headers["X-Request-ID"]
         conn = self._connection()
+        if conn.sock is None:
+            self._open(conn, request_id)
         try:
             conn.request(method, target, body=payload, headers=headers)
             resp = conn.getresponse()
@@ -330,11 +279,25 @@ class Client:
             raise error from None
         except (OSError, http.client.HTTPException) as exc:
             self.close()
-            raise TransportError(f"cannot reach {self.url}: {_describe(exc)}",
+            raise TransportError(f"cannot reach {self.url}: {describe(exc)}",
                                  request_id=request_id) from None
         if resp.will_close:
             self.close()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+
+    def _open(self, conn: http.client.HTTPSConnection, request_id: str) -> None:
+        """Connect (TCP and TLS) before sending anything: a failure here means the request
+        never left, so any call may go to another server (``TransportError.sent`` False)."""
+        try:
+            conn.connect()
+        except ssl.SSLCertVerificationError:
+            return  # reported by the request below, with its own message
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            error = TransportError(f"cannot reach {self.url}: {describe(exc)}",
+                                   request_id=request_id)
+            error.sent = False
+            raise error from None
 
     def _result(self, status: int, headers: dict[str, str], data: bytes,
                 sent_id: str) -> Any:
@@ -353,11 +316,11 @@ class Client:
         if status == 304:
             return None
         if not isinstance(error, dict):
-            raise _error_class("", status)(f"HTTP {status} without an error body",
+            raise error_class("", status)(f"HTTP {status} without an error body",
                                            status=status, request_id=request_id,
                                            body=parsed if isinstance(parsed, dict) else None)
         code = str(error.get("code") or "error")
-        raise _error_class(code, status)(
+        raise error_class(code, status)(
             str(error.get("message") or code), status=status, code=code,
             request_id=str(error.get("request_id") or request_id), body=parsed,
             retry_after=_retry_after(headers.get("retry-after")))
@@ -605,7 +568,7 @@ class Client:
             raise error from None
         except OSError as exc:
             self.close()
-            raise TransportError(f"cannot reach {self.url}: {_describe(exc)}") from None
+            raise TransportError(f"cannot reach {self.url}: {describe(exc)}") from None
 
 
 def _dropped(sock: socket.socket) -> bool:
@@ -615,16 +578,3 @@ def _dropped(sock: socket.socket) -> bool:
     except (OSError, ValueError):
         return True
     return bool(readable)
-
-
-def _describe(exc: BaseException) -> str:
-    """A short reason for a transport failure (never request content)."""
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS error: {exc.reason or type(exc).__name__}"
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve host ({exc.strerror})"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return type(exc).__name__

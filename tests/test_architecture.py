@@ -47,19 +47,24 @@ ALLOWED: dict[str, frozenset[str]] = {
     # L3: the application service and the configuration it is built from
     "service": frozenset({"domain", "crypto", "audit", "store", "auth", "control", "engine"}),
     "config": frozenset({"domain", "control"}),  # control: TagPolicy, parsed from [policy.tags]
+    "datadir": frozenset({"domain"}),  # the 0700 data directory
     # start-up checks that the store, the audit log and its checkpoints agree: they read the
     # store and write to the audit log, so they sit above both (app runs them before serving)
     "integrity": frozenset({"domain", "crypto", "audit", "store", "engine"}),
     # L4: adapters
     "tls": frozenset({"domain", "crypto"}),  # crypto: certs.py checks PEM pairs and OCSP signatures
     "api": frozenset({"domain", "store", "auth", "control", "telemetry", "service", "tls"}),
-    "client": frozenset(),  # the SDK stands alone
+    "client": frozenset({"client_errors"}),  # the SDK stands alone (two files, stdlib only)
+    "client_errors": frozenset(),
     # split-knowledge unsealing and rekey: shares, the custody file, the sealed gate in front
     # of the api application, the store rewrite of a rekey
     "custody": frozenset({"domain", "crypto", "audit", "store", "api"}),
     # L5: the one composition root
     "app": frozenset({"domain", "crypto", "audit", "store", "auth", "control", "engine",
-                      "telemetry", "service", "config", "tls", "api", "integrity", "custody"}),
+                      "telemetry", "service", "config", "tls", "api", "integrity", "custody",
+                      "datadir", "tlswire"}),
+    # the TLS half of the composition root (provider choice, its audit, health and metrics)
+    "tlswire": frozenset({"domain", "audit", "config", "tls", "datadir", "telemetry"}),
     # L6: entry points
     # crypto, imported lazily: `keys import` wraps key material locally (crypto/importwrap.py),
     # `approvals --signing-key` signs a vote locally
@@ -69,8 +74,8 @@ ALLOWED: dict[str, frozenset[str]] = {
 }
 
 LAYER: dict[str, int] = {
-    "domain": 0, "crypto": 1, **dict.fromkeys(L2, 2), "service": 3, "config": 3, "integrity": 3,
-    "tls": 4, "api": 4, "client": 4, "custody": 4, "app": 5, "cli": 6, "__main__": 6,
+    "domain": 0, "crypto": 1, **dict.fromkeys(L2, 2), "service": 3, "config": 3, "datadir": 3, "integrity": 3,
+    "tls": 4, "api": 4, "client": 4, "client_errors": 4, "custody": 4, "app": 5, "tlswire": 5, "cli": 6, "__main__": 6,
 }
 
 # Third-party packages and the modules that may import them (prefixes of dotted names).
@@ -79,7 +84,8 @@ THIRD_PARTY: dict[str, tuple[str, ...]] = {
     "cryptography": ("ferrohsm.crypto.", "ferrohsm.tls."),
     "OpenSSL": ("ferrohsm.tls.pyossl",),  # OCSP stapling only, imported when configured
     "jwt": ("ferrohsm.auth.",),
-    "psycopg": ("ferrohsm.store.pgdb",),  # loaded lazily, only for the PostgreSQL store
+    # loaded lazily, only when PostgreSQL is configured: the store, cluster coordination
+    "psycopg": ("ferrohsm.store.pgdb", "ferrohsm.store.pg_shared"),
 }
 
 CONCRETE_STORES = frozenset({
@@ -88,6 +94,7 @@ CONCRETE_STORES = frozenset({
     "ferrohsm.store.postgres", "ferrohsm.store.postgres_approvals",
     "ferrohsm.store.postgres_revocations",
     "ferrohsm.store.importjobs_files",
+    "ferrohsm.store.nodelock", "ferrohsm.store.sqlite_usage", "ferrohsm.store.pg_shared",
 })
 
 # What a pure domain module may import from the standard library: no os, time, random, secrets,
@@ -370,4 +377,4 @@ def test_tag_policy_lives_in_control_which_never_reads_config() -> None:
         return {n.name for n in ast.walk(ast.parse(path.read_text()))
                 if isinstance(n, ast.ClassDef)}
     assert "TagPolicy" in classes(PKG / "control" / "policy.py")
-    assert "TagPolicy" not in classes(PKG / "config.py")
+    assert "TagPolicy" not in classes(PKG / "config" / "__init__.py")

@@ -9,16 +9,23 @@ entry is useless and is pruned, so the list stays small. The file is JSON, mode 
 temporary file, fsynced and renamed into place, so a crash leaves the old or the new list, never a
 torn one. A file that cannot be read at start-up stops the server: silently forgetting revocations
 would re-admit revoked tokens. The file is re-read when it changes on disk (another process sharing
-the data directory revoked a token), at most once per ``check_interval``.
+the data directory revoked a token), at most once per ``check_interval``: 0 by default, so a
+revocation acknowledged by any process is honoured by every process at once (one ``stat`` per
+request that carries a ``jti``: about 3 µs). Several processes may revoke concurrently:
+each read-modify-write holds ``flock`` on ``<file>.lock`` and merges the file's newest content,
+so no revocation is lost to another's rename.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -56,8 +63,9 @@ class DenyList:
     """``jti`` → time (epoch seconds) after which the entry may be forgotten."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, max_entries: int = 100_000,
-                 check_interval: float = 1.0) -> None:
+                 check_interval: float = 0.0) -> None:
         self._path = Path(path) if path else None
+        self._path_text = os.fspath(self._path) if self._path else ""
         self._max = max_entries
         self._interval = check_interval
         self._lock = threading.Lock()
@@ -82,7 +90,8 @@ class DenyList:
         """List ``jti`` until ``until``; persisted before returning (Unavailable on I/O failure)."""
         if not valid_jti(jti):
             raise ValueError("jti must be 1-128 printable characters")
-        with self._lock:
+        with self._lock, self._file_lock():
+            self._merge_file()
             entries = {k: v for k, v in self._entries.items() if v > now}
             entries[jti] = max(until, entries.get(jti, until))
             if len(entries) > self._max:
@@ -92,7 +101,8 @@ class DenyList:
 
     def prune(self, now: float) -> int:
         """Forget expired entries; returns how many went."""
-        with self._lock:
+        with self._lock, self._file_lock():
+            self._merge_file()
             live = {k: v for k, v in self._entries.items() if v > now}
             gone = len(self._entries) - len(live)
             if gone:
@@ -106,6 +116,29 @@ class DenyList:
             self._refresh_locked()
 
     # ---- persistence ----
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """Exclusive ``flock`` on ``<file>.lock`` for one read-modify-write of the file, so two
+        processes revoking at once cannot each write a list without the other's entry."""
+        if self._path is None:
+            yield
+            return
+        lock = self._path.with_name(self._path.name + ".lock")
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise Unavailable(f"cannot lock the token deny-list: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _merge_file(self) -> None:
+        """Under the file lock: take in what other processes wrote since we last read."""
+        if self._path is not None and self._stat() != self._seen:
+            self._refresh_locked()
 
     def _maybe_refresh(self, now: float) -> None:
         if self._path is None or now - self._checked < self._interval:
@@ -135,7 +168,7 @@ class DenyList:
     def _stat(self) -> tuple[int, int, int] | None:
         assert self._path is not None  # noqa: S101  narrows a type for mypy, not a runtime check
         try:
-            st = self._path.stat()
+            st = os.stat(self._path_text)  # not Path.stat: this runs on every request
         except OSError:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)

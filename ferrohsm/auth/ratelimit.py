@@ -13,6 +13,9 @@ Sans-I/O: every method takes ``now`` (monotonic seconds) from the caller, so the
   so evicting it loses nothing, and at the default rates an LRU bucket is nearly always full.
 - ``X-Forwarded-For`` is believed only when the TCP peer is a configured trusted proxy; then the
   client is the right-most address that is not itself a trusted proxy.
+- Across processes and nodes (auth/sharedlimit.py): each node keeps its own buckets, counts what
+  each actor spent since the last exchange (``drain_used``) and is debited what the other nodes
+  spent (``debit_actor``), every ~100 ms. Per-IP buckets stay per node.
 """
 
 from __future__ import annotations
@@ -87,6 +90,14 @@ class TokenBuckets:
                 return granted, 0.0
             return granted, (1 - bucket[0]) / limit.rate
 
+    def debit(self, key: Any, limit: Limit, now: float, amount: float) -> None:
+        """Spend ``amount`` tokens that were spent elsewhere (another node): the bucket may go
+        into debt (the cluster spent more than this node knew), down to ten bursts, and then
+        refuses until it has refilled past zero."""
+        with self._lock:
+            bucket = self._refill(key, limit, now)
+            bucket[0] = max(-10.0 * limit.burst, bucket[0] - amount)
+
     def peek(self, key: Any, limit: Limit, now: float) -> float:
         """Like ``take`` of one token but spending nothing (and creating no bucket)."""
         with self._lock:
@@ -159,6 +170,25 @@ class RateLimiter:
         self.actors = TokenBuckets(self.policy.max_entries)
         self.ips = TokenBuckets(self.policy.max_entries)
         self.limited = {"actor": 0, "ip": 0}
+        # actor -> [tokens spent since the last drain_used, role]; None: nothing shares our limits
+        self._used: dict[str, list[Any]] | None = None
+        self._used_lock = threading.Lock()
+
+    def share(self) -> None:
+        """Start counting per-actor spending for ``drain_used`` (auth/sharedlimit.py)."""
+        self._used = {}
+
+    def drain_used(self) -> dict[str, tuple[float, str]]:
+        """What each actor spent here since the last call: actor -> (tokens, role)."""
+        with self._used_lock:
+            if self._used is None:
+                return {}
+            used, self._used = self._used, {}
+        return {actor: (float(n), str(role)) for actor, (n, role) in used.items()}
+
+    def debit_actor(self, subject: str, role: str, amount: float, now: float) -> None:
+        """Charge an actor's bucket with what it spent on other nodes."""
+        self.actors.debit(subject, self.policy.for_role(role), now, amount)
 
     def client_ip(self, peer_ip: str, forwarded_for: list[str]) -> str:
         """The address to limit and audit: the peer, or what a trusted proxy says it relayed."""
@@ -205,6 +235,13 @@ class RateLimiter:
         wait = self.actors.take(subject, self.policy.for_role(role), now)
         if wait > 0:
             self._refuse("actor", wait)
+        if self._used is not None:
+            with self._used_lock:
+                entry = self._used.get(subject)
+                if entry is None:
+                    self._used[subject] = [1, role]
+                else:
+                    entry[0] += 1
 
     def take_actor_upto(self, subject: str, role: str, count: int,
                         now: float) -> tuple[int, float]:

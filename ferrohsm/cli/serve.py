@@ -25,6 +25,9 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
                    "FERROHSM_POSTGRES_DSN (or the variable [storage].postgres_dsn_env names)")
     p.add_argument("--data-dir", metavar="DIR", help="directory for keys, audit log and state (made 0700)")
     p.add_argument("--listen", metavar="HOST:PORT", help="HOST:PORT to listen on; port 0 picks a free port")
+    p.add_argument("--processes", metavar="N|auto",
+                   help="serve with N processes sharing the port and the state (sqlite or "
+                   "postgres store); auto: one per core (default 1)")
     p.add_argument("--audit-retention-days", type=float, metavar="DAYS",
                    help="prune audit records older than this (SQLite audit sink)")
     p.add_argument("--approval-retention-days", type=float, metavar="DAYS",
@@ -73,7 +76,20 @@ def _overrides(args: argparse.Namespace) -> dict[tuple[str, str], Any]:
     return {("storage", "key_store"): args.key_store, ("storage", "data_dir"): args.data_dir,
             ("server", "listen"): args.listen,
             ("audit", "retention_days"): args.audit_retention_days,
-            ("approvals", "retention_days"): args.approval_retention_days}
+            ("approvals", "retention_days"): args.approval_retention_days,
+            ("server", "processes"): _processes(args.processes)}
+
+
+def _processes(value: str | None) -> int | str | None:
+    """``--processes``: a number, or auto (one per core); anything else is left for the
+    configuration check to name."""
+    from .nodes import auto_processes
+    if value is None:
+        return None
+    try:
+        return auto_processes(value)
+    except ValueError:
+        return value
 
 
 def _options(args: argparse.Namespace) -> Any:
@@ -163,6 +179,58 @@ def _listen(server: Any, listen: str) -> None:
 
 
 def _run(config: Config, ssl_provider: Any, announce: Any = None, options: Any = None) -> int:
+    if config.server.processes > 1:
+        return _supervise(config, announce, options)
+    return _serve(config, ssl_provider, announce, options)
+
+
+def _supervise(config: Config, announce: Any, options: Any) -> int:
+    """``[server].processes = N``: the parent forks N serving children and supervises them
+    (cli/nodes.py)."""
+    from .nodes import Supervisor, listening, reserve_port
+    log = logging.getLogger("ferrohsm")
+    config, reserved = reserve_port(config)
+    parent = os.getpid()
+    supervisor = Supervisor(config.server.processes,
+                            lambda: _child(config, options, parent),
+                            config.server.shutdown_grace_seconds)
+    supervisor.install()
+    try:
+        supervisor.start()
+        host, port = parse_listen(config.server.listen)
+
+        def ready() -> None:
+            log.info("listening on %s:%d with %d processes (key store %s)", host, port,
+                     config.server.processes, config.storage.key_store)
+            if announce:
+                announce(port)
+        return supervisor.run(lambda: listening(host, port), ready)
+    finally:
+        if reserved is not None:
+            reserved.close()
+
+
+def _child(config: Config, options: Any, parent: int) -> int:
+    """One serving process of a supervised group; errors as ``main`` reports them."""
+    from .. import app as wiring
+    from ..domain.errors import ConfigError, FerroError
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        return _serve(config, wiring.tls_provider(config), None, options, parent=parent)
+    except ConfigError as exc:
+        print(f"ferrohsm: configuration error: {exc.message}", file=sys.stderr)
+        return 2
+    except FerroError as exc:
+        print(f"ferrohsm: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"ferrohsm: configuration error: {wiring.startup_failure(exc).message}", file=sys.stderr)
+        return 2
+
+
+def _serve(config: Config, ssl_provider: Any, announce: Any = None, options: Any = None,
+           parent: int | None = None) -> int:
     from .. import app as wiring
     log = logging.getLogger("ferrohsm")
     if config.server.pin_cpu >= 0:
@@ -184,6 +252,9 @@ def _run(config: Config, ssl_provider: Any, announce: Any = None, options: Any =
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
             target=_sighup, args=(rt, ssl_provider), name="ferrohsm-sighup",
             daemon=True).start())
+        if parent is not None:
+            from .nodes import watch_parent
+            watch_parent(parent, done)
         port = server.server_address[1]
         wiring.system_event(rt, "system.startup", f"FerroHSM listening on port {port}")
         wiring.start_scheduler(rt)

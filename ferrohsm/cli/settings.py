@@ -67,7 +67,8 @@ def client_flags(suppress: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("client settings (flags beat --profile, which beats FERROHSM_*)")
     g.add_argument("--server", metavar="URL", default=s,
-                   help="server URL, https://HOST:PORT (env FERROHSM_URL)")
+                   help="server URL, https://HOST:PORT (env FERROHSM_URL); several servers of "
+                   "one cluster separated by commas: idempotent calls fail over to the next")
     g.add_argument("--token", metavar="JWT", default=s,
                    help="bearer token (env FERROHSM_TOKEN; prefer the env or --token-file, "
                    "a flag shows in the process list)")

@@ -23,6 +23,11 @@ Why it is safe when ticks overlap and across restarts:
   table refuses a second move), so a second scheduler's attempt fails harmlessly (audited as an
   error) instead of rotating or destroying twice.
 
+With several processes or nodes on one store, only the LEADER ticks (``leader``: a flock in the
+data directory, or a PostgreSQL advisory lock; store/nodelock.py, store/pg_shared.py), so each
+action runs exactly once in the cluster; when the leader dies, the next tick of another process
+takes the lock over. The compare-and-swap above stays the backstop.
+
 Only keys that can have work are read: keys in ``destroy_scheduled`` and keys carrying a tag with
 ``rotation_days``, ``archive_after_days``, ``purge_after_days`` or ``max_key_age_days``. The last
 two (end of life: purge archived versions, schedule old keys for destruction, both through dual
@@ -122,13 +127,16 @@ class TickReport:
     retired: int = 0   # keys scheduled for destruction: max_key_age_days
     parked: int = 0    # approvals requested by the scheduler for either
     waiting: int = 0   # steps waiting for their approval's quorum
+    follower: bool = False  # another process leads: this one did nothing
 
 
 class RetentionScheduler:
     def __init__(self, service: Service, *, approval_retention_days: float = 0.0,
                  clock: Callable[[], datetime] | None = None,
                  ctx: RequestContext = SYSTEM_CONTEXT,
-                 audit_prune: Callable[[datetime], dict[str, Any] | None] | None = None) -> None:
+                 audit_prune: Callable[[datetime], dict[str, Any] | None] | None = None,
+                 leader: Callable[[], bool] | None = None) -> None:
+        self.leader = leader  # None: this process is alone on its store
         self.service = service
         self.audit_prune = audit_prune  # the audit sink's retention (writes its own checkpoint)
         self.retention = timedelta(days=approval_retention_days) \
@@ -141,6 +149,9 @@ class RetentionScheduler:
         """One pass; skipped (not queued) when the previous pass is still running."""
         if not self._running.acquire(blocking=False):
             return TickReport(skipped=True)
+        if self.leader is not None and not self.leader():
+            self._running.release()
+            return TickReport(follower=True)
         try:
             return self._pass(now or self.clock())
         finally:

@@ -10,17 +10,15 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import ipaddress
 import os
-import re
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .control.policy import TagPolicy
-from .domain.errors import ConfigError
+from ..control.policy import TagPolicy
+from ..domain.errors import ConfigError
 
 KEY_STORES = ("filesystem", "sqlite", "memory", "postgres")
 AUDIT_SINKS = ("file", "sqlite")
@@ -43,6 +41,7 @@ class ServerSettings:
     idle_timeout_seconds: float = 60.0
     shutdown_grace_seconds: float = 10.0
     pin_cpu: int = -1  # >= 0 pins the server process to that core (see bench/RESULTS.md)
+    processes: int = 1  # N > 1: N processes share the port (SO_REUSEPORT) and the state
 
 
 @dataclass(frozen=True)
@@ -320,6 +319,7 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
         built[parent] = dataclasses.replace(
             built[parent], **{attr: _build_section(sub, sub_cls, sections.get(sub, {}))})
     config = Config(**built, policy_tags=_tag_policies(policy, origin), source=origin)
+    from .checks import validate  # here: checks.py reads this package's names
     validate(config)
     return config
 
@@ -365,168 +365,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"[server].listen must be HOST:PORT, got {listen!r}")
     return host.strip("[]"), int(port)
-
-
-def validate(config: Config) -> None:
-    """Cross-field and range checks; each message names the setting."""
-    src = config.source
-    checks: list[tuple[bool, str]] = [
-        (config.storage.key_store in KEY_STORES,
-         f"[storage].key_store must be one of {', '.join(KEY_STORES)}"),
-        (config.audit.sink in AUDIT_SINKS, f"[audit].sink must be one of {', '.join(AUDIT_SINKS)}"),
-        (1 <= config.server.max_connections <= 10000, "[server].max_connections must be 1-10000"),
-        (1 <= config.server.max_connections_per_ip <= 10000,
-         "[server].max_connections_per_ip must be 1-10000"),
-        (1 <= config.server.max_unproductive_per_ip <= config.server.max_connections_per_ip,
-         "[server].max_unproductive_per_ip must be 1..[server].max_connections_per_ip"),
-        (0.0 <= config.server.reserved_authenticated_share <= 0.9,
-         "[server].reserved_authenticated_share must be 0-0.9"),
-        (1 <= config.server.workers <= 1000, "[server].workers must be 1-1000"),
-        (1024 <= config.server.max_body_bytes <= 64 << 20,
-         "[server].max_body_bytes must be 1 KiB-64 MiB"),
-        (1 <= config.crypto.max_input_bytes <= config.server.max_body_bytes,
-         "[crypto].max_input_bytes must be 1..[server].max_body_bytes"),
-        (config.crypto.cache_max_entries >= 0, "[crypto].cache_max_entries must be >= 0"),
-        (config.crypto.destroy_grace_hours >= 0, "[crypto].destroy_grace_hours must be >= 0"),
-        (1 <= config.crypto.max_batch_items <= 100000,
-         "[crypto].max_batch_items must be 1-100000"),
-        (60 <= config.auth.max_token_ttl_seconds <= 86400,
-         "[auth].max_token_ttl_seconds must be 60-86400"),
-        (0 <= config.auth.leeway_seconds <= 300, "[auth].leeway_seconds must be 0-300"),
-        (bool(config.auth.issuer) and bool(config.auth.audience),
-         "[auth].issuer and [auth].audience must not be empty"),
-        (config.rate_limit.requests_per_second > 0, "[rate_limit].requests_per_second must be > 0"),
-        (config.rate_limit.burst >= 1, "[rate_limit].burst must be >= 1"),
-        *_auth_checks(config.auth), *_rate_limit_checks(config.rate_limit),
-        (config.audit.retention_days >= 0, "[audit].retention_days must be >= 0"),
-        (config.audit.retention_days == 0 or config.audit.sink == "sqlite",
-         '[audit].retention_days (--audit-retention-days) needs [audit].sink = "sqlite": the '
-         "file sink keeps every segment"),
-        (0 <= config.audit.checkpoint_interval_seconds <= 3600,
-         "[audit].checkpoint_interval_seconds must be 0-3600 (0: no time checkpoints)"),
-        (_witness_ok(config.audit.witness),
-         '[audit].witness must be "", "syslog", "file:/path" or "https://host/path"'),
-        (0 < config.audit.witness_timeout_seconds <= 60,
-         "[audit].witness_timeout_seconds must be > 0 and <= 60"),
-        (config.approvals.retention_days >= 0, "[approvals].retention_days must be >= 0"),
-        (not config.approvals.require_vote_signature or bool(config.approvals.approver_keys_file),
-         "[approvals].require_vote_signature needs [approvals].approver_keys_file"),
-        (config.scheduler.interval_seconds >= 1, "[scheduler].interval_seconds must be >= 1"),
-        (bool(config.tls.cert) == bool(config.tls.key), "[tls].cert and [tls].key go together"),
-        (not config.tls.require_client_cert or bool(config.tls.client_ca),
-         "[tls].require_client_cert needs [tls].client_ca"),
-        *_tls_checks(config.tls),
-        (config.logging.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
-         "[logging].level must be DEBUG, INFO, WARNING or ERROR"),
-        (_ENV_NAME_RE.fullmatch(config.storage.postgres_dsn_env) is not None,
-         "[storage].postgres_dsn_env must be an environment variable name (A-Z, 0-9, _)"),
-        (config.secrets.unseal in UNSEAL_MODES,
-         f"[secrets].unseal must be one of {', '.join(UNSEAL_MODES)}"),
-    ]
-    checks += _tls_mode_checks(config.tls)
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(f"{src}: {message}")
-    try:
-        parse_listen(config.server.listen)
-    except ConfigError as exc:
-        raise ConfigError(f"{src}: {exc.message}") from None
-    for name, tag in config.policy_tags.items():
-        if tag.approvals_required < 0 or tag.approval_ttl_seconds < 1 or tag.rotation_days < 0 \
-                or tag.archive_after_days < 0 or tag.destroy_grace_hours < 0 \
-                or tag.purge_after_days < 0 or tag.max_key_age_days < 0:
-            raise ConfigError(f"{src}: [policy.tags.{name}] has a negative or zero value")
-
-
-TLS_MODES = ("pem", "acme")
-ACME_CHALLENGES = ("http-01", "tls-alpn-01")
-_DNS_NAME_RE = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*"
-                          r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.IGNORECASE)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _tls_mode_checks(t: TLSSettings) -> list[tuple[bool, str]]:
-    """[tls].mode and, in ACME mode, [tls.acme] (a PEM pair is then not needed)."""
-    if t.mode != "acme":
-        return [(t.mode in TLS_MODES, f"[tls].mode must be one of {', '.join(TLS_MODES)}")]
-    a = t.acme
-    listen_ok = True
-    if a.challenge == "http-01":
-        try:
-            parse_listen(a.http_listen)
-        except ConfigError:
-            listen_ok = False
-    return [
-        (bool(a.domains), "[tls.acme].domains must name at least one domain"),
-        (all(_DNS_NAME_RE.fullmatch(d) and not _is_ip(d) for d in a.domains),
-         "[tls.acme].domains must be DNS names (no wildcards, IP addresses or ports)"),
-        (a.challenge in ACME_CHALLENGES,
-         f"[tls.acme].challenge must be one of {', '.join(ACME_CHALLENGES)}"),
-        (0.0 < a.renew_before_fraction < 1.0,
-         "[tls.acme].renew_before_fraction must be between 0 and 1 (exclusive)"),
-        (a.directory in ("letsencrypt", "letsencrypt-staging")
-         or a.directory.startswith("https://"),
-         "[tls.acme].directory must be letsencrypt, letsencrypt-staging or an https:// URL"),
-        (listen_ok, f"[tls.acme].http_listen must be HOST:PORT, got {a.http_listen!r}"),
-        (not a.email or ("@" in a.email and not a.email.startswith("mailto:")),
-         "[tls.acme].email must be an address like ops@example.com"),
-    ]
-
-
-_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-
-
-def _witness_ok(spec: str) -> bool:
-    return (spec in ("", "syslog") or (spec.startswith("file:") and len(spec) > 5)
-            or (spec.startswith("https://") and len(spec) > 8))
-
-
-def _tls_checks(t: TLSSettings) -> list[tuple[bool, str]]:
-    return [
-        (0.05 <= t.reload_seconds <= 86400, "[tls].reload_seconds must be 0.05-86400"),
-        (1 <= t.ocsp_refresh_seconds <= 7 * 86400,
-         "[tls].ocsp_refresh_seconds must be 1-604800"),
-        (t.ocsp_responder == "" or t.ocsp_responder.startswith(("http://", "https://")),
-         '[tls].ocsp_responder must be "" (the AIA URL) or an http:// or https:// URL'),
-    ]
-
-
-def _auth_checks(a: AuthSettings) -> list[tuple[bool, str]]:
-    roles = ("administrator", "operator", "auditor", "service")
-    return [
-        (0 <= a.keyset_reload_seconds <= 3600, "[auth].keyset_reload_seconds must be 0-3600"),
-        (512 <= a.max_token_bytes <= 65536, "[auth].max_token_bytes must be 512-65536"),
-        (0 <= a.token_cache_entries <= 10_000_000, "[auth].token_cache_entries must be 0-10000000"),
-        (all(r in roles for r in a.require_bound_tokens_for_roles),
-         f"[auth].require_bound_tokens_for_roles may only name {', '.join(roles)}"),
-        (all(e.count(":") >= 1 for e in a.hs256_secret_envs),
-         "[auth].hs256_secret_envs entries must look like 'kid:ENV_VAR'"),
-        (all(e.count(":") >= 2 for e in a.public_key_files),
-         "[auth].public_key_files entries must look like 'kid:ALG:path'"),
-    ]
-
-
-def _rate_limit_checks(r: RateLimitSettings) -> list[tuple[bool, str]]:
-    checks = [(r.ip_requests_per_second > 0, "[rate_limit].ip_requests_per_second must be > 0"),
-              (r.ip_burst >= 1, "[rate_limit].ip_burst must be >= 1"),
-              (100 <= r.max_tracked <= 10_000_000, "[rate_limit].max_tracked must be 100-10000000")]
-    for role in ("administrator", "operator", "auditor", "service"):
-        checks.append((getattr(r, f"{role}_requests_per_second") >= 0
-                       and getattr(r, f"{role}_burst") >= 0,
-                       f"[rate_limit].{role}_requests_per_second/_burst must be >= 0"))
-    for entry in r.trusted_proxies:
-        try:
-            ipaddress.ip_network(entry.strip(), strict=False)
-        except ValueError:
-            checks.append((False, f"[rate_limit].trusted_proxies: not a CIDR: {entry!r:.60}"))
-    return checks
 
 
 # ---- secrets ------------------------------------------------------------------------------

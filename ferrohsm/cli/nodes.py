@@ -1,0 +1,223 @@
+"""``[server].processes = N``: one supervising parent and N serving children on one port.
+
+The parent binds nothing that serves: with ``--listen HOST:0`` it binds once, without listening,
+to pick the port every child then uses, and keeps that socket so the port stays reserved. Each
+child is a whole FerroHSM process (its own socket with SO_REUSEPORT, event loop, audit writer
+and connections to the shared store), forked before the parent has started any thread. The
+kernel spreads new connections over the children's sockets.
+
+Start-up checks and reconciliation run in the first child only, the one that finds no other
+live process (store/nodelock.py); the others join. The parent supervises:
+
+* a child that dies is logged and restarted, after 0.5 s doubling up to 30 s while it keeps
+  dying young (a child that lived 30 s starts again at 0.5 s);
+* SIGTERM or SIGINT: every child drains (``[server].shutdown_grace_seconds``) and the parent
+  exits when they have; one still running 10 s after its grace is killed;
+* SIGHUP is forwarded to every child (each reloads its keysets and deny-list).
+* a child that exits with code 2 refused to start (a configuration error, a wrong master key,
+  a store the audit log does not explain): starting it again cannot help, so the parent stops
+  the others and exits 2 too, as a single ``serve`` would.
+
+A child whose parent disappears (killed with -9) stops by itself within a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..config import Config, parse_listen
+
+log = logging.getLogger("ferrohsm")
+FIRST_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
+HEALTHY_AFTER = 30.0  # a child that lived this long is restarted without delay growth
+KILL_AFTER_GRACE = 10.0
+POLL = 0.1
+
+
+@dataclass
+class Slot:
+    pid: int = 0
+    started: float = 0.0
+    backoff: float = 0.0
+    restart_at: float = 0.0
+    restarts: int = 0
+
+
+def reserve_port(config: Config) -> tuple[Config, socket.socket | None]:
+    """With port 0, bind once (SO_REUSEPORT, no listen) so every child gets the same port."""
+    host, port = parse_listen(config.server.listen)
+    if port != 0:
+        return config, None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, 0))
+    port = int(sock.getsockname()[1])
+    listen = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+    return replace(config, server=replace(config.server, listen=listen)), sock
+
+
+def auto_processes(value: str) -> int:
+    """``--processes N|auto``: auto is one per core."""
+    if value.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    return int(value, 10)
+
+
+class Supervisor:
+    def __init__(self, count: int, child: Callable[[], int], grace: float) -> None:
+        self.slots = [Slot() for _ in range(count)]
+        self._child = child
+        self._grace = grace
+        self._stopping = False
+        self._kill_at = float("inf")
+        self._pending_signals: list[int] = []
+        self.code = 0
+
+    # ---- signals (handlers only note them; the loop acts) ----
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._note)
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self._pending_signals.append(signum)
+
+    def _handle_signals(self, now: float) -> None:
+        while self._pending_signals:
+            signum = self._pending_signals.pop(0)
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP: reloading every process")
+                self._send(signal.SIGHUP)
+            elif not self._stopping:
+                log.info("stopping %d processes (grace %.1f s)", len(self.slots), self._grace)
+                self._stopping = True
+                self._kill_at = now + self._grace + KILL_AFTER_GRACE
+                self._send(signal.SIGTERM)
+
+    def _send(self, signum: int) -> None:
+        for slot in self.slots:
+            if slot.pid:
+                try:
+                    os.kill(slot.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    # ---- children ----
+
+    def _spawn(self, index: int, now: float) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the parent's loop
+            code = 1
+            try:
+                code = self._child()
+            except BaseException:  # a bug: say so once, and let the parent restart us
+                log.exception("process %d failed", index)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        slot = self.slots[index]
+        slot.pid, slot.started = pid, now
+        log.info("process %d started (pid %d)", index, pid)
+
+    def start(self) -> None:
+        now = time.monotonic()
+        for index in range(len(self.slots)):
+            self._spawn(index, now)
+
+    def _reap(self, now: float) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for index, slot in enumerate(self.slots):
+                if slot.pid == pid:
+                    self._exited(index, slot, os.waitstatus_to_exitcode(status), now)
+                    slot.pid = 0
+
+    def _exited(self, index: int, slot: Slot, code: int, now: float) -> None:
+        how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        if self._stopping:
+            log.info("process %d (pid %d) stopped: %s", index, slot.pid, how)
+            return
+        if code == 2:  # refused to start: see the module docstring
+            log.error("process %d (pid %d) refused to start: stopping every process", index,
+                      slot.pid)
+            self.code = 2
+            self._pending_signals.append(signal.SIGTERM)
+            return
+        lived = now - slot.started
+        slot.backoff = FIRST_BACKOFF if lived >= HEALTHY_AFTER or not slot.backoff \
+            else min(MAX_BACKOFF, slot.backoff * 2)
+        slot.restart_at = now + slot.backoff
+        slot.restarts += 1
+        log.warning("process %d %s after %.1f s; restarting it in %.1f s", index, how, lived,
+                    slot.backoff)
+
+    def _restart_due(self, now: float) -> None:
+        for index, slot in enumerate(self.slots):
+            if not slot.pid and slot.restart_at and now >= slot.restart_at:
+                slot.restart_at = 0.0
+                self._spawn(index, now)
+
+    def run(self, ready: Callable[[], bool] = lambda: True,
+            on_ready: Callable[[], None] = lambda: None) -> int:
+        """Supervise until every child stopped after SIGTERM/SIGINT (0), or after one refused
+        to start (2). ``on_ready`` runs once, the first time ``ready()`` says a child serves."""
+        announced = False
+        while True:
+            now = time.monotonic()
+            self._handle_signals(now)
+            self._reap(now)
+            if not announced and not self._stopping and any(s.pid for s in self.slots) \
+                    and ready():
+                announced = True
+                on_ready()
+            if self._stopping:
+                if not any(slot.pid for slot in self.slots):
+                    return self.code
+                if now >= self._kill_at:
+                    log.error("processes still running %.0f s after the grace: killing them",
+                              KILL_AFTER_GRACE)
+                    self._send(signal.SIGKILL)
+                    self._kill_at = float("inf")
+            else:
+                self._restart_due(now)
+            time.sleep(POLL)
+
+
+def watch_parent(parent: int, done: threading.Event) -> None:
+    """In a child: stop when the supervising parent is gone (it was killed with -9)."""
+    def loop() -> None:
+        while not done.wait(1.0):
+            if os.getppid() != parent:
+                log.error("the supervising process is gone: stopping")
+                done.set()
+    threading.Thread(target=loop, name="ferrohsm-parent-watch", daemon=True).start()
+
+
+def listening(host: str, port: int) -> bool:
+    """Whether some child accepts TCP connections on the port now."""
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)  # noqa: S104  compares, binds nothing
+    try:
+        socket.create_connection((target, port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True

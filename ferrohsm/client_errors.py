@@ -1,0 +1,136 @@
+"""The SDK's errors, and the TLS context and failure descriptions it shares with them.
+
+A part of the SDK (client.py re-exports every name): stdlib only and no other ferrohsm imports,
+so a pipeline may copy the two files, client.py and this one.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+
+class ClientError(Exception):
+    """Base of everything this client raises on purpose."""
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+
+
+class TransportError(ClientError):
+    """No HTTP answer: connection refused or reset, TLS failure, timeout, garbled response.
+    ``retryable`` is False when trying again cannot help (the server's certificate is wrong);
+    ``sent`` is False when the connection failed before any byte of the request left."""
+
+    retryable = True
+    sent = True
+
+
+class ApiError(ClientError):
+    """The server answered with an API error body: ``code``, ``message``, ``request_id``."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, status: int, code: str | None = None,
+                 request_id: str | None = None, body: Mapping[str, Any] | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, request_id=request_id)
+        self.status = status
+        self.code = code or type(self).code
+        self.body: Mapping[str, Any] = body or {}
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.code}, request id {self.request_id or 'unknown'})"
+
+
+class BadRequest(ApiError):
+    code = "bad_request"
+
+
+class Unauthenticated(ApiError):
+    code = "unauthenticated"
+
+
+class Forbidden(ApiError):
+    code = "forbidden"
+
+
+class NotFound(ApiError):
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    code = "conflict"  # wrong key state, usage or algorithm; or a name already taken
+
+
+class Gone(ApiError):
+    code = "gone"  # the key or version was destroyed
+
+
+class PayloadTooLarge(ApiError):
+    code = "payload_too_large"
+
+
+class RateLimited(ApiError):
+    code = "rate_limited"
+
+
+class ApprovalRequired(ApiError):
+    """Dual control: the request was parked; ``approval`` is the approval object. Repeat the
+    same call with ``approval_id=approval["id"]`` once a quorum has approved it."""
+
+    code = "approval_required"
+
+    @property
+    def approval(self) -> dict[str, Any]:
+        value = self.body.get("approval")
+        return dict(value) if isinstance(value, Mapping) else {}
+
+
+class ServerError(ApiError):
+    code = "internal"
+
+
+_BY_CODE: dict[str, type[ApiError]] = {cls.code: cls for cls in (
+    BadRequest, Unauthenticated, Forbidden, NotFound, Conflict, Gone, PayloadTooLarge,
+    RateLimited, ApprovalRequired)}
+
+
+def error_class(code: str, status: int) -> type[ApiError]:
+    return _BY_CODE.get(code) or (ServerError if status >= 500 else ApiError)
+
+
+def tls_context(ca_cert: str | None = None, client_cert: str | None = None,
+                client_key: str | None = None) -> ssl.SSLContext:
+    """TLS 1.3 only, server verified (hostname included) against ``ca_cert`` or the system store."""
+    try:
+        context = ssl.create_default_context(cafile=ca_cert)
+    except (OSError, ssl.SSLError) as exc:
+        raise ClientError(f"cannot load the CA certificate {ca_cert}: {describe(exc)}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = True
+    if client_cert:
+        try:
+            context.load_cert_chain(client_cert, client_key or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ClientError(f"cannot load the client certificate {client_cert}: "
+                              f"{describe(exc)}") from None
+    return context
+
+
+def describe(exc: BaseException) -> str:
+    """A short reason for a transport failure (never request content)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or type(exc).__name__}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host ({exc.strerror})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__

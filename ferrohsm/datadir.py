@@ -1,0 +1,36 @@
+"""The data directory: made 0700 and checked before anything sealed is written into it."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from .domain.errors import ConfigError
+
+
+def ensure_private_dir(path: str | Path) -> Path:
+    """Create ``path`` 0700 (and tighten it if it exists): data directories hold sealed secrets.
+    A directory that cannot be made, tightened or written is a ConfigError naming it."""
+    p = Path(path)
+    try:
+        p.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create data directory {p.absolute()}: {why(exc)}") from None
+    if p.is_symlink():
+        raise ConfigError(f"data directory {p} must not be a symlink")
+    try:
+        os.chmod(p, 0o700)
+    except OSError as exc:
+        raise ConfigError(f"cannot make data directory {p.absolute()} private (chmod 0700): "
+                          f"{why(exc)}") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(f"data directory {p.absolute()} is not writable")
+    return p
+
+
+def why(exc: OSError) -> str:
+    """``Read-only file system (EROFS)``: the reason of an OS error, in one short phrase."""
+    code = errno.errorcode.get(exc.errno or 0)
+    reason = exc.strerror or type(exc).__name__
+    return f"{reason} ({code})" if code else reason

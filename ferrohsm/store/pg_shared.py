@@ -1,0 +1,155 @@
+"""Cluster coordination on PostgreSQL for nodes on many hosts (``--key-store postgres``): the same
+three jobs as store/nodelock.py and store/sqlite_usage.py, through session advisory locks and one
+table. psycopg is imported here, lazily, only when a PostgreSQL store is configured.
+
+* ``PostgresMembership``: every live node holds ``pg_advisory_lock_shared(NODES)`` on a dedicated
+  connection; a start takes ``pg_advisory_lock(STARTUP)`` and then tries the exclusive
+  ``pg_try_advisory_lock(NODES)``: a cold start only when no other node holds it. A node whose
+  connection dies loses its locks with it, exactly as a dead process loses its flock.
+* ``PostgresLeader``: ``pg_try_advisory_lock(SCHEDULER)`` on its own dedicated connection; a
+  broken connection is leadership lost, and the next tick reconnects and tries again.
+* ``PostgresUsage``: the rate-limit counters, an UNLOGGED table (nothing in it needs to survive a
+  crash of the database).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from ..domain.errors import StoreError
+
+# Advisory lock ids: "FHSM" in ASCII, then a purpose byte.
+STARTUP_LOCK = 0x4648534D01
+NODES_LOCK = 0x4648534D02
+SCHEDULER_LOCK = 0x4648534D03
+USAGE_SCHEMA = """
+CREATE UNLOGGED TABLE IF NOT EXISTS ferrohsm_rate_usage (
+    actor   TEXT NOT NULL,
+    node    TEXT NOT NULL,
+    role    TEXT NOT NULL,
+    used    DOUBLE PRECISION NOT NULL,
+    updated DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (actor, node)
+)
+"""
+UPSERT = ("INSERT INTO ferrohsm_rate_usage (actor, node, role, used, updated) "
+          "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (actor, node) DO UPDATE SET "
+          "used = ferrohsm_rate_usage.used + excluded.used, role = excluded.role, "
+          "updated = excluded.updated")
+IDLE_SECONDS = 3600.0
+
+
+def connect(dsn: str) -> Any:
+    """An autocommit psycopg connection; StoreError (never the DSN, it holds a password)."""
+    try:
+        import psycopg  # optional dependency: only with the PostgreSQL store
+    except ImportError:
+        raise StoreError("the PostgreSQL store needs psycopg: pip install 'ferrohsm[postgres]'"
+                         ) from None
+    try:
+        return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot connect to PostgreSQL: {type(exc).__name__}") from None
+
+
+def _error(what: str, exc: Exception) -> StoreError:
+    return StoreError(f"PostgreSQL {what}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+
+
+class PostgresMembership:
+    def __init__(self, dsn: str) -> None:
+        self._conn = connect(dsn)
+        self.cold = False
+
+    def enter(self) -> bool:
+        try:
+            self._conn.execute("SELECT pg_advisory_lock(%s)", (STARTUP_LOCK,))
+            got = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (NODES_LOCK,)).fetchone()
+            self.cold = bool(got and got[0])
+            if not self.cold:
+                self._conn.execute("SELECT pg_advisory_lock_shared(%s)", (NODES_LOCK,))
+        except Exception as exc:
+            raise _error("start-up lock", exc) from None
+        return self.cold
+
+    def started(self) -> None:
+        try:
+            if self.cold:
+                self._conn.execute("SELECT pg_advisory_lock_shared(%s)", (NODES_LOCK,))
+                self._conn.execute("SELECT pg_advisory_unlock(%s)", (NODES_LOCK,))
+            self._conn.execute("SELECT pg_advisory_unlock(%s)", (STARTUP_LOCK,))
+        except Exception as exc:
+            raise _error("start-up lock", exc) from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class PostgresLeader:
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: Any = None
+        self._held = False
+
+    def is_leader(self) -> bool:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn, self._held = connect(self._dsn), False
+            if self._held:
+                self._conn.execute("SELECT 1")  # still connected, so still holding it
+                return True
+            row = self._conn.execute("SELECT pg_try_advisory_lock(%s)",
+                                     (SCHEDULER_LOCK,)).fetchone()
+            self._held = bool(row and row[0])
+        except Exception:
+            self.close()
+            return False
+        return self._held
+
+    def holds(self) -> bool:
+        """Whether this node led at its last tick (takes nothing)."""
+        return self._held
+
+    def close(self) -> None:
+        conn, self._conn, self._held = self._conn, None, False
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: S110  a broken connection is closed either way
+                pass
+
+
+class PostgresUsage:
+    def __init__(self, dsn: str) -> None:
+        self._conn = connect(dsn)
+        self._lock = threading.Lock()
+        self._exchanges = 0
+        try:
+            self._conn.execute(USAGE_SCHEMA)
+        except Exception as exc:
+            self._conn.close()
+            raise _error("rate-limit table", exc) from None
+
+    def exchange(self, node: str, spent: Mapping[str, tuple[float, str]],
+                 now: float) -> dict[tuple[str, str], tuple[float, str]]:
+        with self._lock:
+            try:
+                with self._conn.transaction():
+                    cur = self._conn.cursor()
+                    if spent:
+                        cur.executemany(UPSERT, [(actor, node, role, n, now)
+                                                 for actor, (n, role) in spent.items()])
+                    self._exchanges += 1
+                    if self._exchanges % 600 == 1:
+                        cur.execute("DELETE FROM ferrohsm_rate_usage WHERE updated < %s",
+                                    (now - IDLE_SECONDS,))
+                    rows = cur.execute("SELECT actor, node, used, role FROM ferrohsm_rate_usage "
+                                       "WHERE node <> %s", (node,)).fetchall()
+            except Exception as exc:
+                raise _error("rate-limit exchange", exc) from None
+        return {(str(a), str(n)): (float(u), str(r)) for a, n, u, r in rows}
+
+    def close(self) -> None:
+        self._conn.close()

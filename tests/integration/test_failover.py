@@ -1,0 +1,127 @@
+"""Failover of the SDK and the CLI over several server URLs (``FERROHSM_URL`` a comma list).
+
+A real server, a port nobody listens on (connection refused: nothing was sent), and a TLS server
+that completes the handshake, reads the request and hangs up without answering (the request WAS
+sent). Idempotent calls move on to the next URL in both cases; a state change moves on only when
+nothing was sent; an HTTP answer never moves a call.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from live import LiveServer
+from test_cli import Cli
+
+from ferrohsm.client import Client, NotFound, TransportError
+from ferrohsm.tls.context import server_context
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    server = LiveServer(tmp_path_factory.mktemp("failover"))
+    yield server
+    server.close()
+
+
+def dead_port() -> int:
+    """A port that refuses connections: bound, then closed."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class HangUp:
+    """TLS server that reads a request and closes without answering; counts the requests."""
+
+    def __init__(self, live: LiveServer) -> None:
+        self.ctx = server_context(live.pki.server_cert, live.pki.server_key)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.requests = 0
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.settimeout(5)
+                    if tls.recv(65536):
+                        self.requests += 1
+            except (OSError, ssl.SSLError):
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def client(live: LiveServer, *ports: int) -> Client:
+    urls = ",".join(f"https://127.0.0.1:{p}" for p in ports)
+    return Client(urls, live.token("administrator"), ca_cert=str(live.pki.ca_cert), retries=0)
+
+
+def test_every_call_moves_on_when_a_server_refuses_connections(live: LiveServer) -> None:
+    with client(live, dead_port(), live.port) as hsm:
+        key = hsm.create_key("aes-256-gcm", "encrypt")  # nothing was sent: safe to move on
+        assert hsm.url.endswith(f":{live.port}")
+        assert hsm.get_key(key["id"])["id"] == key["id"]
+
+
+def test_idempotent_calls_move_on_after_a_sent_request_and_state_changes_do_not(
+        live: LiveServer) -> None:
+    admin = client(live, live.port)
+    key = admin.create_key("aes-256-gcm", "encrypt")
+    hang = HangUp(live)
+    try:
+        with client(live, hang.port, live.port) as hsm:
+            assert hsm.get_key(key["id"])["id"] == key["id"]  # GET: resent to the next URL
+            assert hang.requests == 1 and hsm.url.endswith(f":{live.port}")
+        with client(live, hang.port, live.port) as hsm:
+            with pytest.raises(TransportError) as caught:
+                hsm.rotate_key(key["id"])  # may have run: never repeated
+            assert caught.value.sent and hang.requests == 2
+            assert admin.get_key(key["id"])["primary_version"] == 1
+            assert hsm.url.endswith(f":{live.port}")  # the next call starts on the next URL
+            assert hsm.rotate_key(key["id"])["primary_version"] == 2
+    finally:
+        hang.close()
+        admin.close()
+
+
+def test_an_http_answer_never_moves_a_call(live: LiveServer) -> None:
+    with client(live, live.port, dead_port()) as hsm:
+        with pytest.raises(NotFound):
+            hsm.get_key("no-such-key")
+        assert hsm.url.endswith(f":{live.port}")
+
+
+def test_every_server_down_is_one_clear_error(live: LiveServer) -> None:
+    with client(live, dead_port(), dead_port()) as hsm:
+        with pytest.raises(TransportError) as caught:
+            hsm.list_keys()
+        assert "cannot reach" in caught.value.message
+
+
+def test_bad_url_in_the_list_is_refused(live: LiveServer) -> None:
+    with pytest.raises(ValueError, match="https://HOST"):
+        Client(f"https://127.0.0.1:{live.port},http://plain:80", "t")
+
+
+def test_cli_takes_a_comma_separated_ferrohsm_url(live: LiveServer, monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    cli = Cli(live, monkeypatch, tmp_path)
+    monkeypatch.setenv("FERROHSM_URL", f"https://127.0.0.1:{dead_port()},https://127.0.0.1:{live.port}")
+    listed = cli("keys", "list", "--json")
+    assert listed.code == 0, listed.err
+    created = cli("keys", "create", "--algorithm", "aes-256-gcm", "--usage", "encrypt", "--json")
+    assert created.code == 0, created.err

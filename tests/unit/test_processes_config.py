@@ -1,0 +1,43 @@
+"""``[server].processes`` / ``--processes N|auto``: the filesystem and memory stores refuse N > 1
+with a message that says why, before anything is opened or forked."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ferrohsm.cli.main import main
+from ferrohsm.cli.nodes import auto_processes
+from ferrohsm.config import load_config
+from ferrohsm.domain.errors import ConfigError
+
+
+def test_auto_is_one_process_per_core() -> None:
+    assert auto_processes("auto") == (os.cpu_count() or 1)
+    assert auto_processes("3") == 3
+
+
+@pytest.mark.parametrize("store", ["filesystem", "memory"])
+def test_a_store_of_one_process_refuses_more(store: str) -> None:
+    with pytest.raises(ConfigError, match=f"the {store} store belongs to one process"):
+        load_config(env={}, overrides={("storage", "key_store"): store,
+                                       ("server", "processes"): 2})
+
+
+def test_sqlite_allows_several_and_the_range_is_checked() -> None:
+    config = load_config(env={}, overrides={("storage", "key_store"): "sqlite",
+                                            ("server", "processes"): 4})
+    assert config.server.processes == 4
+    with pytest.raises(ConfigError, match="processes"):
+        load_config(env={}, overrides={("storage", "key_store"): "sqlite",
+                                       ("server", "processes"): 0})
+
+
+def test_serve_says_why_at_start_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--processes", "2", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "[server].processes = 2" in err and "filesystem store belongs to one process" in err
+    assert main(["serve", "--processes", "many", "--key-store", "sqlite"]) == 2
+    assert "--processes" in capsys.readouterr().err

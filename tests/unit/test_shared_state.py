@@ -1,0 +1,174 @@
+"""The pieces processes and nodes share, each against its real medium: flock on files in one
+directory, one SQLite file, one PostgreSQL database (started by the test; skipped where the
+server is not installed). Two objects stand for two processes: each has its own descriptors and
+connections, exactly as two processes would.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ferrohsm.auth.denylist import DenyList
+from ferrohsm.auth.ratelimit import Limit, RateLimiter, RateLimitPolicy
+from ferrohsm.auth.sharedlimit import ClusterLimits, UsageExchange
+from ferrohsm.domain.errors import RateLimited
+from ferrohsm.store.nodelock import FileLeader, FileMembership
+from ferrohsm.store.sqlite_usage import SQLiteUsage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: pgserver.py
+
+
+@pytest.fixture(scope="module")
+def pg_dsn() -> Iterator[Callable[[], str]]:
+    import pgserver
+    pgserver.skip_unless_available()
+    with pgserver.running() as server:
+        yield server.new_database
+
+
+# ---- the deny-list ----------------------------------------------------------------------------
+
+def test_two_processes_revoking_at_once_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "revoked.json"
+    a, b = DenyList(path), DenyList(path)
+    for i in range(10):  # interleaved: each writes without having read the other's last entry
+        a.revoke(f"a{i}", until=9999.0, now=1000.0)
+        b.revoke(f"b{i}", until=9999.0, now=1000.0)
+    stored = json.loads(path.read_text())["revoked"]
+    assert set(stored) == {f"{p}{i}" for p in "ab" for i in range(10)}
+    fresh = DenyList(path)
+    assert all(fresh.is_revoked(jti, 1000.0) for jti in stored)
+
+
+def test_a_revocation_is_honoured_by_another_process_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "revoked.json"
+    reader, writer = DenyList(path), DenyList(path)
+    assert not reader.is_revoked("x", 1000.0)
+    writer.revoke("x", until=9999.0, now=1000.0)
+    assert reader.is_revoked("x", 1000.0)  # same instant: no check interval to wait out
+
+
+# ---- the rate limits --------------------------------------------------------------------------
+
+def limiter() -> RateLimiter:
+    return RateLimiter(RateLimitPolicy(default=Limit(10.0, 10)))
+
+
+def spend(lim: RateLimiter, n: int, now: float) -> int:
+    """How many of ``n`` requests of actor ``svc`` the limiter admits at ``now``."""
+    admitted = 0
+    for _ in range(n):
+        try:
+            lim.take_actor("svc", "service", now)
+            admitted += 1
+        except RateLimited:
+            pass
+    return admitted
+
+
+def run_two_nodes(usage: Callable[[], UsageExchange]) -> None:
+    a, b = limiter(), limiter()
+    clock = [100.0]
+    sync_a = ClusterLimits(a, usage(), clock=lambda: clock[0], wall=lambda: 1.0e9 + clock[0])
+    sync_b = ClusterLimits(b, usage(), clock=lambda: clock[0], wall=lambda: 1.0e9 + clock[0])
+    sync_a.sync()
+    sync_b.sync()  # both have a baseline
+    assert spend(a, 10, clock[0]) == 10  # the whole burst, on node A
+    sync_a.sync()  # A publishes
+    sync_b.sync()  # B is debited
+    assert spend(b, 5, clock[0]) == 0, "node B admitted what node A already spent"
+    clock[0] += 0.5  # both refill 5 tokens; together they may spend 5, not 10
+    assert spend(b, 3, clock[0]) == 3
+    sync_b.sync()
+    sync_a.sync()
+    assert spend(a, 5, clock[0]) == 2
+    sync_a.usage.close()
+    sync_b.usage.close()
+
+
+def test_nodes_share_an_actors_rate_limit_through_sqlite(tmp_path: Path) -> None:
+    run_two_nodes(lambda: SQLiteUsage(tmp_path / "ratelimit.sqlite3"))
+
+
+def test_nodes_share_an_actors_rate_limit_through_postgres(pg_dsn: Callable[[], str]) -> None:
+    from ferrohsm.store.pg_shared import PostgresUsage
+    dsn = pg_dsn()
+    run_two_nodes(lambda: PostgresUsage(dsn))
+
+
+def test_a_node_that_cannot_exchange_keeps_its_spending_for_later(tmp_path: Path) -> None:
+    a, b = limiter(), limiter()
+    usage_a = SQLiteUsage(tmp_path / "ratelimit.sqlite3")
+    sync_a, sync_b = ClusterLimits(a, usage_a), ClusterLimits(b, SQLiteUsage(tmp_path / "ratelimit.sqlite3"))
+    sync_a.sync()
+    sync_b.sync()
+    assert spend(a, 10, 1.0) == 10
+    usage_a.close()
+    sync_a.sync()  # fails: the database is closed; the spending stays pending
+    assert sync_a.syncs == 1
+    sync_a.usage = SQLiteUsage(tmp_path / "ratelimit.sqlite3")
+    sync_a.sync()
+    sync_b.sync()
+    assert spend(b, 1, 1.0) == 0
+
+
+# ---- leader and membership --------------------------------------------------------------------
+
+def test_one_scheduler_leader_at_a_time_and_the_lock_is_handed_over(tmp_path: Path) -> None:
+    first, second = FileLeader(tmp_path), FileLeader(tmp_path)
+    assert first.is_leader() and not second.is_leader()
+    assert first.is_leader()  # still held
+    first.close()  # the leader dies: the kernel drops its lock
+    assert second.is_leader()
+    second.close()
+
+
+def test_postgres_leader_is_one_at_a_time(pg_dsn: Callable[[], str]) -> None:
+    from ferrohsm.store.pg_shared import PostgresLeader
+    dsn = pg_dsn()
+    first, second = PostgresLeader(dsn), PostgresLeader(dsn)
+    assert first.is_leader() and not second.is_leader()
+    first.close()  # the server ends the session (and drops its locks) just after the close
+    deadline = time.monotonic() + 10
+    while not second.is_leader():  # as a later tick of the scheduler would
+        assert time.monotonic() < deadline, "the lock was not handed over"
+        time.sleep(0.05)
+    second.close()
+
+
+def check_membership(make: Callable[[], Any]) -> None:
+    first = make()
+    assert first.enter() is True  # nobody alive: the cold start runs the checks
+    first.started()
+    second = make()
+    assert second.enter() is False  # joins a live node
+    second.started()
+    first.close()
+    second.close()
+    deadline = time.monotonic() + 10
+    while True:  # everyone is gone: cold again (PostgreSQL ends the sessions just after)
+        third = make()
+        cold = third.enter()
+        third.started()
+        third.close()
+        if cold:
+            break
+        assert time.monotonic() < deadline, "still not a cold start"
+        time.sleep(0.05)
+
+
+def test_file_membership_tells_a_cold_start_from_a_join(tmp_path: Path) -> None:
+    check_membership(lambda: FileMembership(tmp_path))
+
+
+def test_postgres_membership_tells_a_cold_start_from_a_join(pg_dsn: Callable[[], str]) -> None:
+    from ferrohsm.store.pg_shared import PostgresMembership
+    dsn = pg_dsn()
+    check_membership(lambda: PostgresMembership(dsn))
