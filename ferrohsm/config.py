@@ -57,6 +57,7 @@ class SecretSettings:
     master_key_file: str = ""
     jwt_hs256_secret_file: str = ""
     audit_hmac_key_file: str = ""
+    backup_key_file: str = ""  # a separate backup key (else derived from the master key)
 
 
 @dataclass(frozen=True)

@@ -50,20 +50,24 @@ ALLOWED: dict[str, frozenset[str]] = {
     # start-up checks that the store, the audit log and its checkpoints agree: they read the
     # store and write to the audit log, so they sit above both (app runs them before serving)
     "integrity": frozenset({"domain", "crypto", "audit", "store", "engine"}),
+    # backup archives and restore (issue 17): through the store ports and the audit sink
+    "custody": frozenset({"domain", "crypto", "audit", "store", "config"}),
     # L4: adapters
     "tls": frozenset({"domain", "crypto"}),  # crypto: certs.py checks PEM pairs and OCSP signatures
     "api": frozenset({"domain", "store", "auth", "control", "telemetry", "service", "tls"}),
     "client": frozenset(),  # the SDK stands alone
     # L5: the one composition root
     "app": frozenset({"domain", "crypto", "audit", "store", "auth", "control", "engine",
-                      "telemetry", "service", "config", "tls", "api", "integrity"}),
+                      "telemetry", "service", "config", "tls", "api", "integrity", "custody"}),
     # L6: entry points
-    "cli": frozenset({"domain", "audit", "auth", "telemetry", "config", "tls", "client", "app"}),
+    "cli": frozenset({"domain", "audit", "auth", "telemetry", "config", "tls", "client", "app",
+                      "custody"}),
     "__main__": frozenset({"cli"}),
 }
 
 LAYER: dict[str, int] = {
     "domain": 0, "crypto": 1, **dict.fromkeys(L2, 2), "service": 3, "config": 3, "integrity": 3,
+    "custody": 3,
     "tls": 4, "api": 4, "client": 4, "app": 5, "cli": 6, "__main__": 6,
 }
 
