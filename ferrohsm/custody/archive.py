@@ -76,9 +76,7 @@ def read(data: bytes, key: BackupKey) -> Archive:
     header, head, sealed = read_header(data)
     named = header.get("backup_key")
     if isinstance(named, dict) and named.get("id") != key.key_id:
-        raise ArchiveRefused(f"wrong backup key: the archive was written under the "
-                             f"{named.get('kind')} backup key {named.get('id')}, this is the "
-                             f"{key.kind} backup key {key.key_id}")
+        raise ArchiveRefused(_wrong_key(named, key))
     try:
         body = json.loads(key.open(head, sealed))
     except IntegrityError as exc:
@@ -88,3 +86,16 @@ def read(data: bytes, key: BackupKey) -> Archive:
     if not isinstance(body, dict):
         raise ArchiveRefused("the backup archive's body is not valid")
     return Archive(header, body)
+
+
+def _wrong_key(named: dict[str, Any], key: BackupKey) -> str:
+    """Which key is wrong, by the archive's public key id (never any key material)."""
+    if named.get("kind") == "derived" and key.kind == "derived":
+        return ("wrong master key: the archive's backup key is derived from another master key "
+                f"(backup key {named.get('id')}, this master key gives {key.key_id})")
+    if named.get("kind") == "derived":
+        return ("wrong backup key: the archive was written under the backup key derived from "
+                "its master key; unset FERROHSM_BACKUP_KEY and [secrets].backup_key_file")
+    return (f"wrong backup key: the archive was written under the separate backup key "
+            f"{named.get('id')}; this is the {key.kind} backup key {key.key_id} (set "
+            "FERROHSM_BACKUP_KEY or [secrets].backup_key_file to the archive's)")

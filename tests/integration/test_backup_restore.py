@@ -220,3 +220,159 @@ def _postgres_dsn(kind: str, monkeypatch: pytest.MonkeyPatch) -> str:
     dsn: str = server.new_database()
     monkeypatch.setenv("FERROHSM_STORAGE_POSTGRES_DSN", dsn)
     return dsn
+
+
+def _refused(archive: Path, tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+             capsys: pytest.CaptureFixture[str], expect: str) -> None:
+    target = tmp_path / "target"
+    code, _, err = cli(restore_args(archive, target, "sqlite"), env, monkeypatch, capsys)
+    assert code == 1, err
+    assert expect in err, err
+    assert not target.exists(), "nothing may be written before the archive is verified"
+    assert "Traceback" not in err
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1:]
+
+
+def test_a_tampered_archive_is_refused_before_anything_is_written(
+        source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    data = source.archive.read_bytes()
+    header_end = data.index(b"\n", data.index(b"\n") + 1) + 1
+    env = env_of(new_secrets(source.secrets.master_key))
+    cases = {"magic": (_flip(data, 3), "not a FerroHSM backup archive"),
+             "header": (data.replace(b'"key_count":4', b'"key_count":5'), "authentication"),
+             "nonce": (_flip(data, header_end), "authentication"),
+             "body": (_flip(data, (header_end + len(data)) // 2), "authentication"),
+             "tag": (_flip(data, len(data) - 1), "authentication"),
+             "truncated": (data[:-1], "authentication"),
+             "cut in half": (data[:len(data) // 2], "authentication"),
+             "cut in the header": (data[:header_end - 5], "header"),
+             "blocks swapped": (data[:header_end + 12] + data[header_end + 28:header_end + 44]
+                                + data[header_end + 12:header_end + 28]
+                                + data[header_end + 44:], "authentication")}
+    for name, (tampered, expect) in cases.items():
+        path = tmp_path / f"{name.replace(' ', '-')}.fhsmbak"
+        path.write_bytes(tampered)
+        _refused(path, tmp_path, env, monkeypatch, capsys, expect)
+
+
+def test_a_body_spliced_from_another_archive_is_refused(
+        source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Two archives of the same data under the same key: the header of one with the body of
+    the other (a record set swapped in) fails, since each body is bound to its header."""
+    other = tmp_path / "second.fhsmbak"
+    code, _, err = cli(["backup", "--data-dir", str(source.data_dir), "--key-store",
+                        "filesystem", "--out", str(other)], env_of(source.secrets),
+                       monkeypatch, capsys)
+    assert code == 0, err
+    a, b = source.archive.read_bytes(), other.read_bytes()
+    cut_a = a.index(b"\n", a.index(b"\n") + 1) + 1
+    cut_b = b.index(b"\n", b.index(b"\n") + 1) + 1
+    spliced = tmp_path / "spliced.fhsmbak"
+    spliced.write_bytes(a[:cut_a] + b[cut_b:])
+    env = env_of(new_secrets(source.secrets.master_key))
+    _refused(spliced, tmp_path, env, monkeypatch, capsys, "authentication")
+
+
+def test_wrong_master_or_backup_key_is_refused(
+        source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    _refused(source.archive, tmp_path, env_of(new_secrets()), monkeypatch, capsys,
+             "wrong master key")
+    separate = B(secrets.token_bytes(32))
+    archive = tmp_path / "separate.fhsmbak"
+    code, out, err = cli(["backup", "--data-dir", str(source.data_dir), "--key-store",
+                          "filesystem", "--out", str(archive)],
+                         {**env_of(source.secrets), "FERROHSM_BACKUP_KEY": separate},
+                         monkeypatch, capsys)
+    assert code == 0 and "separate backup key" in out, err
+    same_master = env_of(new_secrets(source.secrets.master_key))
+    _refused(archive, tmp_path, same_master, monkeypatch, capsys, "wrong backup key")
+    _refused(archive, tmp_path, {**same_master, "FERROHSM_BACKUP_KEY": B(secrets.token_bytes(32))},
+             monkeypatch, capsys, "wrong backup key")
+    _refused(archive, tmp_path, {**env_of(new_secrets()), "FERROHSM_BACKUP_KEY": separate},
+             monkeypatch, capsys, "wrong master key")
+    key_file = tmp_path / "backup.key"
+    key_file.write_text(separate)
+    key_file.chmod(0o600)
+    target = tmp_path / "from-file"
+    code, out, err = cli([*restore_args(archive, target, "filesystem"), "--backup-key-file",
+                          str(key_file)], same_master, monkeypatch, capsys)
+    assert code == 0, err
+
+
+def test_a_non_empty_target_is_refused(
+        source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    env = env_of(new_secrets(source.secrets.master_key))
+    target = tmp_path / "data"
+    assert cli(restore_args(source.archive, target, "sqlite"), env, monkeypatch, capsys)[0] == 0
+    code, _, err = cli(restore_args(source.archive, target, "sqlite"), env, monkeypatch, capsys)
+    assert code == 1 and "restore needs an empty data directory" in err, err
+    # a directory a server once started on (an audit log and a check value, no keys)
+    fresh = tmp_path / "fresh"
+    srv = LiveServer(fresh, key_store="filesystem", secrets_=new_secrets(
+        source.secrets.master_key))
+    srv.close()
+    code, _, err = cli(restore_args(source.archive, fresh / "data", "filesystem"), env,
+                       monkeypatch, capsys)
+    assert code == 1 and "an audit log" in err, err
+
+
+KILLER = """
+import os, signal, sys
+from ferrohsm.custody import restore as r
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def after(fn, count=1):
+    calls = []
+    def wrapped(*a, **kw):
+        out = fn(*a, **kw)
+        calls.append(1)
+        if len(calls) >= count:
+            die()
+        return out
+    return wrapped
+
+point = sys.argv[1]
+if point == "after-marker":
+    r.begin = after(r.begin)
+elif point == "between-keys":
+    r.BATCH = 1
+    r._restore_batch = after(r._restore_batch, 2)
+elif point == "before-done":
+    r.finish = lambda store: die()
+from ferrohsm.cli.main import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["after-marker", "between-keys", "before-done"])
+def test_kill_9_during_restore_never_serves_a_half_restored_store(
+        source: Source, point: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    target = new_secrets(source.secrets.master_key)
+    data_dir = tmp_path / "data"
+    env = {**os.environ, **env_of(target), "PYTHONPATH": str(ROOT)}
+    env.pop("FERROHSM_BACKUP_KEY", None)
+    killed = subprocess.run([sys.executable, "-c", KILLER, point,
+                             *restore_args(source.archive, data_dir, "sqlite")],
+                            env=env, capture_output=True, timeout=120, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with pytest.raises(StartupRefused, match="interrupted restore"):
+        start(tmp_path, "sqlite", target)
+    code, _, err = cli(restore_args(source.archive, data_dir, "sqlite"), env_of(target),
+                       monkeypatch, capsys)
+    assert code == 0 and "interrupted restore: starting over" in err, err
+    srv = start(tmp_path, "sqlite", target)
+    try:
+        check_everything_works(srv, source)
+    finally:
+        srv.close()
