@@ -27,8 +27,9 @@ MAX_ARCHIVE = 1 << 31
 
 def _flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML configuration file (see config.example.toml)")
-    p.add_argument("--key-store", choices=("filesystem", "sqlite"),
-                   help="key store backend (default: the configuration's)")
+    p.add_argument("--key-store", metavar="KIND",
+                   help="key store backend: filesystem, sqlite or any other persistent store "
+                   "[storage].key_store accepts (default: the configuration's)")
     p.add_argument("--data-dir", metavar="DIR", help="the data directory (default: the configuration's)")
     p.add_argument("--backup-key-file", metavar="FILE", help="0600 file holding a separate "
                    "backup key (base64 of 32 bytes); default FERROHSM_BACKUP_KEY, else "

@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,17 +189,18 @@ def test_the_archive_is_private_self_describing_and_audited(source: Source) -> N
 def test_restore_into_each_store_decrypts_and_verifies(
         source: Source, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    dsn = _postgres_dsn(kind, monkeypatch)
-    target = new_secrets(source.secrets.master_key)  # same master key, new audit and JWT keys
-    code, out, err = cli(restore_args(source.archive, tmp_path / "data", kind), env_of(target),
-                         monkeypatch, capsys)
-    assert code == 0, err
-    assert "restored 4 key(s) and 1 approval(s)" in out
-    srv = start(tmp_path, kind, target, dsn)
-    try:
-        check_everything_works(srv, source)
-    finally:
-        srv.close()
+    with ExitStack() as stack:
+        dsn = _postgres_dsn(kind, monkeypatch, stack)
+        target = new_secrets(source.secrets.master_key)  # same master key, new audit/JWT keys
+        code, out, err = cli(restore_args(source.archive, tmp_path / "data", kind),
+                             env_of(target), monkeypatch, capsys)
+        assert code == 0, err
+        assert "restored 4 key(s) and 1 approval(s)" in out
+        srv = start(tmp_path, kind, target, dsn)
+        try:
+            check_everything_works(srv, source)
+        finally:
+            srv.close()
     log = records(tmp_path / "data")
     first = next(r for r in log if r["action"] != "audit.genesis")  # the new log's first record
     assert first["action"] == "system.restored"
@@ -210,13 +212,14 @@ def test_restore_into_each_store_decrypts_and_verifies(
     assert sorted(r["key_id"] for r in restored) == sorted(source.key_ids)
 
 
-def _postgres_dsn(kind: str, monkeypatch: pytest.MonkeyPatch) -> str:
+def _postgres_dsn(kind: str, monkeypatch: pytest.MonkeyPatch, stack: ExitStack) -> str:
+    """A fresh database of a throwaway PostgreSQL (tests/pgserver.py), stopped after the test.
+    The setting's name is the PostgreSQL store's ([storage].postgres_dsn)."""
     if kind != "postgres":
         return ""
-    import pgserver  # type: ignore[import-not-found]  # tests/pgserver.py
+    import pgserver
     pgserver.skip_unless_available()
-    server = pgserver.PostgresServer()
-    server.start()
+    server = stack.enter_context(pgserver.running())
     dsn: str = server.new_database()
     monkeypatch.setenv("FERROHSM_STORAGE_POSTGRES_DSN", dsn)
     return dsn
