@@ -21,6 +21,7 @@ from .api import router as routing
 from .api.admission import Admission
 from .api.handlers import approvals as approval_routes
 from .api.handlers import audit as audit_routes
+from .api.handlers import backup as backup_routes
 from .api.handlers import crypto as crypto_routes
 from .api.handlers import dashboard as dashboard_routes
 from .api.handlers import keys as key_routes
@@ -41,6 +42,8 @@ from .control.scheduler import RetentionScheduler
 from .crypto.recordmac import RecordMac
 from .crypto.seal import Sealer
 from .custody import restore as custody_restore
+from .custody import snapshot as custody_snapshot
+from .custody.keysource import backup_key
 from .domain.errors import ConfigError, FerroError
 from .domain.model import SYSTEM_CONTEXT, RequestContext, Role
 from .engine.keycache import MaterialCache
@@ -50,6 +53,7 @@ from .integrity.logscan import AuditLocation
 from .integrity.reconcile import reconcile
 from .integrity.records import RecordReport, check_key_records
 from .service import AuditLogService, KeyService, TokenService
+from .service.backup import BackupService
 from .service.batch import CryptoItems
 from .store.approvalstore import ApprovalStore
 from .store.filesystem import FilesystemStore
@@ -324,6 +328,7 @@ def build_runtime(config: Config, secrets: Secrets,
     dashboard_routes.register(router)
     token_routes.register(router, TokenService(service.guard, auth))
     transit_routes.register(router, service, limiter)
+    wire_backup(router, config, secrets, service, approvals)
     app = application.Application(router, auth, metrics, application.audit_hook(service.record),
                                   limiter)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
@@ -568,3 +573,15 @@ def open_restore_target(config: Config, secrets: Secrets) -> tuple[KeyStore, App
     except Exception:
         store.close()
         raise
+
+
+def wire_backup(router: routing.Router, config: Config, secrets: Secrets, service: KeyService,
+                approvals: ApprovalStore | None) -> None:
+    """``POST /v1/sys/backup``: the archive of the running server's stores (custody/); the
+    backup key is read when a backup is asked for (FERROHSM_BACKUP_KEY or the 0600 file, else
+    derived from the master key), so a bad key file fails that call, not start-up."""
+    take = custody_snapshot.online(
+        service.store, approvals, service.audit, secrets.master_key,
+        lambda: backup_key(secrets.master_key, os.environ, config.secrets.backup_key_file),
+        config.storage.key_store)
+    backup_routes.register(router, BackupService(service.guard, take))

@@ -259,6 +259,13 @@ SCHEMAS: dict[str, Any] = {
                    "expires_at": {**TIME, "type": ["string", "null"]},
                    "jti": {"type": ["string", "null"]},
                    "session": {"type": ["string", "null"]}}},
+    "Backup": {"type": "object", "required": ["archive", "sha256", "size", "header"],
+               "properties": {
+                   "archive": {"type": "string", "contentEncoding": "base64",
+                               "description": "the archive file (README, Backup and restore)"},
+                   "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                   "size": {"type": "integer", "minimum": 0},
+                   "header": {"type": "object", "description": "the archive's public header"}}},
 }
 
 

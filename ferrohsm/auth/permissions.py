@@ -38,6 +38,7 @@ class Action(StrEnum):
     TOKEN_REVOKE = "token.revoke"
     RANDOM = "crypto.random"  # random bytes (the Vault-compatible transit surface)
     TOKEN_WHOAMI = "token.whoami"
+    SYSTEM_BACKUP = "system.backup"  # an encrypted archive of the whole store (custody/)
 
 
 A, O, U, S = Role.ADMINISTRATOR, Role.OPERATOR, Role.AUDITOR, Role.SERVICE
@@ -68,6 +69,7 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.TOKEN_REVOKE: frozenset({A}),
     Action.RANDOM: USERS,
     Action.TOKEN_WHOAMI: READERS,
+    Action.SYSTEM_BACKUP: frozenset({A}),
 }
 
 

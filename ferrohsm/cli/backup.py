@@ -1,6 +1,7 @@
-"""`ferrohsm backup --out FILE` and `ferrohsm restore FILE`, against a stopped server's data.
+"""`ferrohsm backup --out FILE` (online, or --offline) and `ferrohsm restore FILE`.
 
-Backup opens the data directory as ``serve`` does (every start-up check, reconciliation
+Online, backup asks the running server (``POST /v1/sys/backup``, Administrators). Offline, it
+opens the data directory as ``serve`` does (every start-up check, reconciliation
 included), so a damaged or inconsistent store is not backed up, and a running server's locks (the
 filesystem store, the file audit sink) make it refuse. Restore verifies the whole archive (its
 authentication, every record MAC, the master key's check value) before it writes anything, and
@@ -10,6 +11,8 @@ only into an empty data directory and store (custody/restore.py says what a kill
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import hashlib
 import os
 import shutil
@@ -20,7 +23,8 @@ from typing import Any
 
 from ..config import Config, load_config, load_secrets
 from ..domain.errors import ConfigError
-from .errors import CliExit
+from .errors import USAGE, CliExit
+from .settings import client_flags
 
 MAX_ARCHIVE = 1 << 31
 
@@ -38,13 +42,19 @@ def _flags(p: argparse.ArgumentParser) -> None:
 
 def add_parsers(sub: Any) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
-    b = sub.add_parser("backup", help="write an encrypted backup archive of a stopped server",
+    b = sub.add_parser("backup", help="write an encrypted backup archive of every key",
+                       parents=[client_flags()], allow_abbrev=False,
                        description="Write one archive of the key records (still sealed), "
                        "approvals and the audit head, encrypted and authenticated under the "
-                       "backup key. Run it while the server is stopped; secrets as for serve.",
-                       formatter_class=fmt, epilog="example:\n  ferrohsm backup --config "
-                       "ferrohsm.toml --out /backups/ferrohsm-$(date +%F).fhsmbak")
+                       "backup key. Online (default): asks the running server (POST "
+                       "/v1/sys/backup, an Administrator token). --offline: reads a stopped "
+                       "server's data directory itself, with the secrets serve uses.",
+                       formatter_class=fmt, epilog="examples:\n  ferrohsm backup --out "
+                       "/backups/ferrohsm-$(date +%F).fhsmbak\n  ferrohsm backup --offline "
+                       "--config ferrohsm.toml --out /backups/ferrohsm.fhsmbak")
     _flags(b)
+    b.add_argument("--offline", action="store_true",
+                   help="back up a stopped server's data directory instead of asking the server")
     b.add_argument("--out", required=True, metavar="FILE", help="archive to write (0600; must not exist)")
     b.set_defaults(func=run_backup)
     r = sub.add_parser("restore", help="restore a backup archive into an empty data directory",
@@ -65,6 +75,44 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def run_backup(args: argparse.Namespace) -> int:
+    if Path(args.out).exists():
+        raise CliExit(f"{args.out} exists: choose a new archive name", 1)
+    if args.offline:
+        return run_offline_backup(args)
+    given = [f for f, v in (("--config", args.config), ("--data-dir", args.data_dir),
+                            ("--key-store", args.key_store),
+                            ("--backup-key-file", args.backup_key_file)) if v]
+    if given:
+        raise CliExit(f"{', '.join(given)}: only with --offline (online, the server's own "
+                      "settings apply)", USAGE)
+    from .main import run_client
+    args.client_func = fetch_backup
+    return run_client(args)
+
+
+def fetch_backup(args: argparse.Namespace, client: Any, settings: Any) -> int:
+    """The online backup: the server's archive, checked against its digest, written 0600."""
+    reply = client.request("POST", "/v1/sys/backup")
+    try:
+        data = base64.b64decode(reply["archive"], validate=True)
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise CliExit("the server's answer holds no archive", 1) from None
+    if hashlib.sha256(data).hexdigest() != reply.get("sha256"):
+        raise CliExit("the archive does not match the digest the server sent", 1)
+    out = Path(args.out)
+    _write_private(out, data)
+    _report(out, reply.get("header") or {}, reply["sha256"])
+    return 0
+
+
+def _report(out: Path, h: dict[str, Any], digest: str) -> None:
+    print(f"wrote {out}: {h.get('key_count')} key(s), {h.get('approval_count')} approval(s), "
+          f"audit head seq {(h.get('audit_head') or {}).get('seq')}, "
+          f"{(h.get('backup_key') or {}).get('kind')} backup key "
+          f"{(h.get('backup_key') or {}).get('id')}, sha256 {digest}")
+
+
+def run_offline_backup(args: argparse.Namespace) -> int:
     from .. import app as wiring
     from ..custody import snapshot
     from ..custody.keysource import backup_key
@@ -72,8 +120,6 @@ def run_backup(args: argparse.Namespace) -> int:
     if config.storage.key_store == "memory":
         raise ConfigError("the memory key store keeps nothing to back up")
     out = Path(args.out)
-    if out.exists():
-        raise CliExit(f"{out} exists: choose a new archive name", 1)
     secrets = load_secrets(config)
     key = backup_key(secrets.master_key, os.environ, config.secrets.backup_key_file)
     try:
@@ -81,7 +127,7 @@ def run_backup(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise wiring.startup_failure(exc) from None
     try:
-        written = snapshot.take(store, approvals, audit, secrets.master_key, key,
+        written = snapshot.take_archive(store, approvals, audit, secrets.master_key, key,
                                 config.storage.key_store)
         _write_private(out, written.data)
         try:
@@ -93,10 +139,7 @@ def run_backup(args: argparse.Namespace) -> int:
         audit.close()
         approvals.close()
         store.close()
-    h = written.header
-    print(f"wrote {out}: {h['key_count']} key(s), {h['approval_count']} approval(s), audit "
-          f"head seq {h['audit_head']['seq']}, {h['backup_key']['kind']} backup key "
-          f"{h['backup_key']['id']}, sha256 {written.digest}")
+    _report(out, written.header, written.digest)
     return 0
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ..audit.chain import AuditEvent
+from ..audit.chain import AuditEvent, DetailValue
 from ..audit.sinkbase import AuditSink
 from ..crypto.archive import BackupKey
 from ..crypto.recordmac import RecordMac
@@ -64,7 +64,7 @@ def all_approvals(approvals: ApprovalStore | None, now: datetime) -> list[dict[s
         after = page[-1].id
 
 
-def take(store: KeyStore, approvals: ApprovalStore | None, audit: AuditSink,
+def take_archive(store: KeyStore, approvals: ApprovalStore | None, audit: AuditSink,
          master_key: bytes, key: BackupKey, source: str) -> Written:
     """The archive of everything the stores hold now, and the audit head it follows."""
     now = datetime.now(UTC)
@@ -87,16 +87,30 @@ def take(store: KeyStore, approvals: ApprovalStore | None, audit: AuditSink,
     return Written(data, archive.read_header(data)[0])
 
 
+def details(written: Written) -> dict[str, DetailValue]:
+    """What the ``system.backup`` record says of an archive (public: no key, no material)."""
+    h = written.header
+    return {"archive_sha256": written.digest, "key_count": h["key_count"],
+            "approval_count": h["approval_count"], "audit_head_seq": h["audit_head"]["seq"],
+            "audit_head_hash": h["audit_head"]["hash"],
+            "backup_key": f"{h['backup_key']['kind']}:{h['backup_key']['id']}"}
+
+
 def backup_event(written: Written, path: str) -> AuditEvent:
-    """``system.backup`` on the source log: which archive, of what, after which record."""
+    """``system.backup`` on the source log (offline backup): which archive, of what, after
+    which record."""
     h = written.header
     return AuditEvent(actor=SYSTEM, role=SYSTEM, action="system.backup", outcome="success",
                       message=f"backup archive written to {path}: {h['key_count']} key(s), "
                       f"{h['approval_count']} approval(s), audit head seq "
-                      f"{h['audit_head']['seq']}",
-                      details={"archive_sha256": written.digest, "key_count": h["key_count"],
-                               "approval_count": h["approval_count"],
-                               "audit_head_seq": h["audit_head"]["seq"],
-                               "audit_head_hash": h["audit_head"]["hash"],
-                               "backup_key": f"{h['backup_key']['kind']}:"
-                                             f"{h['backup_key']['id']}"})
+                      f"{h['audit_head']['seq']}", details=details(written))
+
+
+def online(store: KeyStore, approvals: ApprovalStore | None, audit: AuditSink,
+           master_key: bytes, key: Callable[[], BackupKey], source: str
+           ) -> Callable[[], tuple[bytes, dict[str, DetailValue], dict[str, Any]]]:
+    """``take`` for the online backup (service/backup.py), over the running server's ports."""
+    def take() -> tuple[bytes, dict[str, DetailValue], dict[str, Any]]:
+        written = take_archive(store, approvals, audit, master_key, key(), source)
+        return written.data, details(written), written.header
+    return take

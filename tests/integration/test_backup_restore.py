@@ -135,8 +135,8 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Source]:
         for name, value in env_of(src.secrets).items():
             mp.setenv(name, value)
         mp.delenv("FERROHSM_BACKUP_KEY", raising=False)
-        code = main(["backup", "--data-dir", str(src.data_dir), "--key-store", "filesystem",
-                     "--out", str(src.archive)])
+        code = main(["backup", "--offline", "--data-dir", str(src.data_dir), "--key-store",
+                     "filesystem", "--out", str(src.archive)])
     finally:
         mp.undo()
     assert code == 0
@@ -268,7 +268,7 @@ def test_a_body_spliced_from_another_archive_is_refused(
     """Two archives of the same data under the same key: the header of one with the body of
     the other (a record set swapped in) fails, since each body is bound to its header."""
     other = tmp_path / "second.fhsmbak"
-    code, _, err = cli(["backup", "--data-dir", str(source.data_dir), "--key-store",
+    code, _, err = cli(["backup", "--offline", "--data-dir", str(source.data_dir), "--key-store",
                         "filesystem", "--out", str(other)], env_of(source.secrets),
                        monkeypatch, capsys)
     assert code == 0, err
@@ -288,7 +288,7 @@ def test_wrong_master_or_backup_key_is_refused(
              "wrong master key")
     separate = B(secrets.token_bytes(32))
     archive = tmp_path / "separate.fhsmbak"
-    code, out, err = cli(["backup", "--data-dir", str(source.data_dir), "--key-store",
+    code, out, err = cli(["backup", "--offline", "--data-dir", str(source.data_dir), "--key-store",
                           "filesystem", "--out", str(archive)],
                          {**env_of(source.secrets), "FERROHSM_BACKUP_KEY": separate},
                          monkeypatch, capsys)
@@ -379,3 +379,46 @@ def test_kill_9_during_restore_never_serves_a_half_restored_store(
         check_everything_works(srv, source)
     finally:
         srv.close()
+
+
+@pytest.mark.slow
+def test_online_backup_of_a_running_server_restores(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``ferrohsm backup --out`` asks the running server (POST /v1/sys/backup, Administrators
+    only, audited as system.backup before the answer); the archive restores like an offline one."""
+    s = new_secrets()
+    src = Source(s, tmp_path / "src" / "data", tmp_path / "online.fhsmbak")
+    (tmp_path / "src").mkdir()
+    srv = LiveServer(tmp_path / "src", key_store="sqlite", config_text=POLICY, secrets_=s)
+    try:
+        populate(srv, src)
+        client_env = {"FERROHSM_URL": f"https://127.0.0.1:{srv.port}",
+                      "FERROHSM_CA_CERT": str(srv.pki.ca_cert)}
+        code, _, err = cli(["backup", "--out", str(src.archive)],
+                           {**client_env, "FERROHSM_TOKEN": srv.token("operator")},
+                           monkeypatch, capsys)
+        assert code == 1 and "forbidden" in err and not src.archive.exists(), err
+        code, out, err = cli(["backup", "--out", str(src.archive)],
+                             {**client_env, "FERROHSM_TOKEN": srv.token()}, monkeypatch, capsys)
+        assert code == 0 and "4 key(s), 1 approval(s)" in out, err
+        code, _, err = cli(["backup", "--out", str(tmp_path / "x"), "--data-dir", "d"],
+                           client_env, monkeypatch, capsys)
+        assert code == 2 and "only with --offline" in err
+        status, _, page = srv.call("GET", "/v1/audit?limit=1000", role="auditor")
+        assert status == 200
+        outcomes = [(r["actor"], r["outcome"]) for r in page["records"]
+                    if r["action"] == "system.backup"]
+        assert outcomes == [("operator-user", "denied"), ("administrator-user", "success")]
+    finally:
+        srv.close()
+    assert stat.S_IMODE(src.archive.stat().st_mode) == 0o600
+    target = new_secrets(s.master_key)
+    code, _, err = cli(restore_args(src.archive, tmp_path / "dst" / "data", "filesystem"),
+                       env_of(target), monkeypatch, capsys)
+    assert code == 0, err
+    restored = start(tmp_path / "dst", "filesystem", target)
+    try:
+        check_everything_works(restored, src)
+    finally:
+        restored.close()
