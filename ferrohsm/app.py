@@ -328,7 +328,7 @@ def build_runtime(config: Config, secrets: Secrets,
     dashboard_routes.register(router)
     token_routes.register(router, TokenService(service.guard, auth))
     transit_routes.register(router, service, limiter)
-    wire_backup(router, config, secrets, service, approvals)
+    wire_backup(router, config, secrets, service, approvals, audit)
     app = application.Application(router, auth, metrics, application.audit_hook(service.record),
                                   limiter)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
@@ -576,12 +576,12 @@ def open_restore_target(config: Config, secrets: Secrets) -> tuple[KeyStore, App
 
 
 def wire_backup(router: routing.Router, config: Config, secrets: Secrets, service: KeyService,
-                approvals: ApprovalStore | None) -> None:
+                approvals: ApprovalStore | None, audit: AuditSink) -> None:
     """``POST /v1/sys/backup``: the archive of the running server's stores (custody/); the
     backup key is read when a backup is asked for (FERROHSM_BACKUP_KEY or the 0600 file, else
     derived from the master key), so a bad key file fails that call, not start-up."""
     take = custody_snapshot.online(
-        service.store, approvals, service.audit, secrets.master_key,
+        service.store, approvals, audit, secrets.master_key,
         lambda: backup_key(secrets.master_key, os.environ, config.secrets.backup_key_file),
         config.storage.key_store)
     backup_routes.register(router, BackupService(service.guard, take))
