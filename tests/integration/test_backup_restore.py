@@ -422,3 +422,17 @@ def test_online_backup_of_a_running_server_restores(
         check_everything_works(restored, src)
     finally:
         restored.close()
+
+
+def test_a_restored_key_later_lost_from_the_store_stops_start_up(
+        source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``key.restore`` counts as a creation for the store-loss check: the checks bind restored
+    data exactly as they bind created data."""
+    target = new_secrets(source.secrets.master_key)
+    code, _, err = cli(restore_args(source.archive, tmp_path / "data", "filesystem"),
+                       env_of(target), monkeypatch, capsys)
+    assert code == 0, err
+    (tmp_path / "data" / "keys" / f"{source.key_ids[1]}.json").unlink()
+    with pytest.raises(StartupRefused, match=source.key_ids[1]):
+        start(tmp_path, "filesystem", target)
