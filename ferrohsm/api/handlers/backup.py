@@ -20,8 +20,7 @@ from .common import Reply, fields
 
 def register(router: Router, backups: BackupService) -> None:
     def backup(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
-        if req.body:
-            fields(req, {})
+        fields(req, {})
         data, details, header = backups.backup(ctx)
         return 200, {"archive": base64.b64encode(data).decode("ascii"),
                      "sha256": details.get("archive_sha256"), "size": len(data),
@@ -30,4 +29,4 @@ def register(router: Router, backups: BackupService) -> None:
     router.add("POST", "/v1/sys/backup", backup, name="backup", doc=Operation(
         "An encrypted, authenticated backup archive of every key (still sealed), the approvals "
         "and the audit head (Administrators)", ("system",), Action.SYSTEM_BACKUP,
-        response="Backup"))
+        request="Empty", response="Backup"))
