@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -41,7 +42,7 @@ from ..store.keystore import KeyStore
 from ..store.records import RecordCodec
 from . import archive
 from .archive import ArchiveRefused
-from .snapshot import CHECK_VALUE, SYSTEM, all_keys
+from .snapshot import CHECK_VALUE, SYSTEM, all_keys, contents_mac
 
 RESTORE_META = "restore_state"
 IN_PROGRESS = b"in-progress"
@@ -67,13 +68,22 @@ class Verified:
 
 
 def verify_under(data: bytes, master_key: bytes, key: BackupKey) -> Verified:
-    """``verify`` with the sealer and record codec of ``master_key`` (the target's)."""
-    return verify(data, key, Sealer(master_key), RecordCodec(RecordMac.derive(master_key)))
+    """``verify`` with the sealer and record codec of ``master_key`` (the target's), then the
+    MAC that binds the whole contents to the master key (snapshot.contents_mac)."""
+    opened = archive.read(data, key)
+    got = verify(opened, Sealer(master_key), RecordCodec(RecordMac.derive(master_key)))
+    body = opened.body
+    stated = body.get("binding")
+    if not isinstance(stated, str) or not hmac.compare_digest(
+            stated, contents_mac(master_key, got.header, body)):
+        raise ArchiveRefused("the archive's record set fails its check under the master key "
+                             "(records edited, dropped, reordered or mixed in from another "
+                             "archive)")
+    return got
 
 
-def verify(data: bytes, key: BackupKey, sealer: Sealer, codec: RecordCodec) -> Verified:
+def verify(got: archive.Archive, sealer: Sealer, codec: RecordCodec) -> Verified:
     """Everything restore will write, checked before anything is: ArchiveRefused otherwise."""
-    got = archive.read(data, key)
     header, body = got.header, got.body
     try:
         check = base64.b64decode(header["check_value"], validate=True)

@@ -41,6 +41,22 @@ class Written:
         return hashlib.sha256(self.data).hexdigest()
 
 
+BINDING_CONTEXT = b"ferrohsm backup contents v1"
+
+
+def contents_mac(master_key: bytes, header: dict[str, Any], body: dict[str, Any]) -> str:
+    """A MAC under the master key's record-MAC key over the whole contents and the header's
+    own fields: whoever holds only a separate backup key can decrypt and re-seal an archive,
+    but cannot drop, reorder, edit or mix in records from another archive unseen."""
+    covered = {"header": {k: header.get(k) for k in HEADER_FIELDS},
+               **{k: body.get(k) for k in ("keys", "meta", "approvals", "audit_head")}}
+    return RecordMac.derive(master_key).tag(BINDING_CONTEXT, archive.canonical(covered)).hex()
+
+
+HEADER_FIELDS = ("created_at", "source_store", "key_count", "approval_count", "audit_head",
+                 "check_value")
+
+
 def all_keys(store: KeyStore) -> Iterator[Key]:
     token: str | None = None
     while True:
@@ -81,8 +97,10 @@ def take_archive(store: KeyStore, approvals: ApprovalStore | None, audit: AuditS
               "audit_head": {"seq": seq, "hash": head_hash},
               "check_value": base64.b64encode(check).decode() if check is not None else None,
               "ferrohsm_version": __import__("ferrohsm").__version__}
-    body = {"keys": records, "meta": meta, "approvals": approval_records,
-            "audit_head": {"seq": seq, "hash": head_hash, "checkpoint": checkpoint}}
+    body: dict[str, Any] = {"keys": records, "meta": meta, "approvals": approval_records,
+                            "audit_head": {"seq": seq, "hash": head_hash,
+                                           "checkpoint": checkpoint}}
+    body["binding"] = contents_mac(master_key, header, body)
     data = archive.write(header, body, key)
     return Written(data, archive.read_header(data)[0])
 

@@ -436,3 +436,68 @@ def test_a_restored_key_later_lost_from_the_store_stops_start_up(
     (tmp_path / "data" / "keys" / f"{source.key_ids[1]}.json").unlink()
     with pytest.raises(StartupRefused, match=source.key_ids[1]):
         start(tmp_path, "filesystem", target)
+
+
+def _resealed(data: bytes, key_text: str, edit: Any) -> bytes:
+    """The archive decrypted with the backup key, its body edited, sealed again: what a holder
+    of a separate backup key (but not of the master key) could make."""
+    from ferrohsm.crypto.archive import BackupKey
+    from ferrohsm.custody import archive
+    key = BackupKey.separate(base64.b64decode(key_text))
+    got = archive.read(data, key)
+    body = json.loads(json.dumps(got.body))
+    edit(body)
+    header = {k: v for k, v in got.header.items() if k not in ("format", "cipher", "backup_key")}
+    return archive.write(header, body, key)
+
+
+def _swap_macs(body: dict[str, Any]) -> None:
+    first, second = (json.loads(r) for r in body["keys"][:2])
+    first["mac"], second["mac"] = second["mac"], first["mac"]
+    body["keys"][:2] = [json.dumps(r, separators=(",", ":")) for r in (first, second)]
+
+
+def _swap_records(body: dict[str, Any]) -> None:
+    """Two authentic records change places: each passes its own MAC, the set does not."""
+    body["keys"][0], body["keys"][1] = body["keys"][1], body["keys"][0]
+
+
+def _mix_in(body: dict[str, Any]) -> None:
+    """An authentic record replaced by another authentic record of the same store."""
+    body["keys"][0] = body["keys"][1]
+    body["keys"][1], body["keys"][2] = body["keys"][2], body["keys"][0]
+
+
+def _swap_sealed(body: dict[str, Any]) -> None:
+    records = [json.loads(r) for r in body["keys"]]
+    sealed = [r for r in records if r["record"]["versions"][0].get("sealed")]
+    a, b = sealed[0]["record"]["versions"][0], sealed[1]["record"]["versions"][0]
+    a["sealed"], b["sealed"] = b["sealed"], a["sealed"]
+    body["keys"] = [json.dumps(r, separators=(",", ":")) for r in records]
+
+
+def test_records_swapped_by_a_backup_key_holder_are_refused(
+        source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The archive's own authentication is only as strong as the backup key; with a separate
+    one, each record's MAC (under the master key) still stops an edited or swapped record."""
+    separate = B(secrets.token_bytes(32))
+    archive_path = tmp_path / "separate.fhsmbak"
+    env = {**env_of(source.secrets), "FERROHSM_BACKUP_KEY": separate}
+    assert cli(["backup", "--offline", "--data-dir", str(source.data_dir), "--key-store",
+                "filesystem", "--out", str(archive_path)], env, monkeypatch, capsys)[0] == 0
+    data = archive_path.read_bytes()
+    target_env = {**env_of(new_secrets(source.secrets.master_key)),
+                  "FERROHSM_BACKUP_KEY": separate}
+    untouched = tmp_path / "untouched.fhsmbak"
+    untouched.write_bytes(_resealed(data, separate, lambda body: None))
+    for name, edit, expect in (("macs", _swap_macs, "fails its check"),
+                               ("records", _swap_records, "record set fails its check"),
+                               ("sealed", _swap_sealed, "fails its check"),
+                               ("mixed", _mix_in, "do not match its header")):
+        path = tmp_path / f"{name}.fhsmbak"
+        path.write_bytes(_resealed(data, separate, edit))
+        _refused(path, tmp_path, target_env, monkeypatch, capsys, expect)
+    code, _, err = cli(restore_args(untouched, tmp_path / "ok", "sqlite"), target_env,
+                       monkeypatch, capsys)
+    assert code == 0, err  # the re-sealing itself is sound: only the edits are refused
