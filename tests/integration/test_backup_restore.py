@@ -357,24 +357,27 @@ sys.exit(main(sys.argv[2:]))
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["filesystem", "sqlite"])
 @pytest.mark.parametrize("point", ["after-marker", "between-keys", "before-done"])
 def test_kill_9_during_restore_never_serves_a_half_restored_store(
-        source: Source, point: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        source: Source, point: str, kind: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     target = new_secrets(source.secrets.master_key)
     data_dir = tmp_path / "data"
     env = {**os.environ, **env_of(target), "PYTHONPATH": str(ROOT)}
     env.pop("FERROHSM_BACKUP_KEY", None)
     killed = subprocess.run([sys.executable, "-c", KILLER, point,
-                             *restore_args(source.archive, data_dir, "sqlite")],
+                             *restore_args(source.archive, data_dir, kind)],
                             env=env, capture_output=True, timeout=120, check=False)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     with pytest.raises(StartupRefused, match="interrupted restore"):
-        start(tmp_path, "sqlite", target)
-    code, _, err = cli(restore_args(source.archive, data_dir, "sqlite"), env_of(target),
+        start(tmp_path, kind, target)
+    code, _, err = cli(restore_args(source.archive, data_dir, kind), env_of(target),
                        monkeypatch, capsys)
     assert code == 0 and "interrupted restore: starting over" in err, err
-    srv = start(tmp_path, "sqlite", target)
+    kept = list(data_dir.glob("audit.interrupted-*"))  # the interrupted run's log, moved aside
+    assert len(kept) == (0 if point == "after-marker" else 1)
+    srv = start(tmp_path, kind, target)
     try:
         check_everything_works(srv, source)
     finally:
