@@ -36,12 +36,14 @@ from .auth.approverkeys import ApproverKeys
 from .auth.authn import Authenticator, build_authenticator
 from .auth.ratelimit import RateLimiter, policy_from_settings
 from .auth.sharedlimit import ClusterLimits, UsageExchange
+from .backupwire import wire_backup
 from .config import Config, Secrets, parse_listen
 from .control.policy import Policy
 from .control.scheduler import RetentionScheduler
 from .control.voting import VoteRules
 from .crypto.recordmac import RecordMac
 from .crypto.seal import Sealer
+from .custody import restore as custody_restore
 from .custody.rekey import refuse_if_interrupted
 from .datadir import ensure_private_dir, why
 from .domain.errors import ConfigError, FerroError
@@ -268,6 +270,9 @@ def open_checked(config: Config, secrets: Secrets, store: KeyStore, sealer: Seal
     """Check the master key, the audit log against the store and the witness, then open the
     audit log; the check value of a new store is written only when all of that passed. Also
     whether a lost or cut audit log was accepted (the key records are then bound anew)."""
+    interrupted = custody_restore.refuse_interrupted(store)
+    if interrupted is not None:
+        raise StartupRefused(interrupted)
     new_store = check_master_key(store, sealer)
     witness = open_witness(config)
     checks = StartupChecks(store, audit_location(config),
@@ -439,6 +444,7 @@ def build_runtime(config: Config, secrets: Secrets,
     token_routes.register(router, TokenService(service.guard, auth))
     custody_routes.register(router, service.guard, seal, lambda: {"sealed": False})
     transit_routes.register(router, service, limiter)
+    wire_backup(router, config, secrets, service, approvals, audit)
     app = application.Application(router, auth, metrics, application.audit_hook(service.record),
                                   limiter)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
@@ -551,3 +557,38 @@ def shutdown(rt: Runtime, server: HardenedHTTPServer | None) -> None:
     rt.store.close()
     if rt.cluster is not None:
         rt.cluster.close()
+
+
+def open_for_backup(config: Config, secrets: Secrets) -> tuple[KeyStore, ApprovalStore,
+                                                                 ChainedSink]:
+    """The stores and the audit log opened as ``serve`` opens them, every start-up check passed
+    (reconciliation included): a backup is only ever taken of a consistent state."""
+    store = open_store(config, RecordMac.derive(secrets.master_key))
+    approvals: ApprovalStore | None = None
+    audit: ChainedSink | None = None
+    try:
+        approvals = open_approvals(config, store)
+        audit, _ = open_checked(config, secrets, store, Sealer(secrets.master_key),
+                                StartupOptions())
+        report = check_key_records(store, audit)
+        if report.failed:
+            raise StartupRefused(f"{len(report.failed)} key record(s) fail their integrity "
+                                 "check (see the audit log): not backing up a damaged store")
+        if config.storage.key_store != "memory":
+            reconcile(store, audit, secrets.audit_hmac_key, approvals=approvals)
+    except Exception:
+        for opened in (audit, approvals, store):
+            if opened is not None:
+                opened.close()
+        raise
+    return store, approvals, audit
+
+
+def open_restore_target(config: Config, secrets: Secrets) -> tuple[KeyStore, ApprovalStore]:
+    """The configured (empty) key store and approval store a restore writes into."""
+    store = open_store(config, RecordMac.derive(secrets.master_key))
+    try:
+        return store, open_approvals(config, store)
+    except Exception:
+        store.close()
+        raise

@@ -57,12 +57,15 @@ ALLOWED: dict[str, frozenset[str]] = {
     "client": frozenset({"client_errors"}),  # the SDK stands alone (two files, stdlib only)
     "client_errors": frozenset(),
     # split-knowledge unsealing and rekey: shares, the custody file, the sealed gate in front
-    # of the api application, the store rewrite of a rekey
-    "custody": frozenset({"domain", "crypto", "audit", "store", "api"}),
+    # of the api application, the store rewrite of a rekey; backup archives and their restore
+    # (config: the backup key's sources)
+    "custody": frozenset({"domain", "crypto", "audit", "store", "api", "config"}),
     # L5: the one composition root
     "app": frozenset({"domain", "crypto", "audit", "store", "auth", "control", "engine",
                       "telemetry", "service", "config", "tls", "api", "integrity", "custody",
-                      "datadir", "tlswire"}),
+                      "datadir", "tlswire", "backupwire"}),
+    # the backup route of the composition root (the archive, the backup key's sources)
+    "backupwire": frozenset({"domain", "config", "custody", "service", "api", "audit", "store"}),
     # the TLS half of the composition root (provider choice, its audit, health and metrics)
     "tlswire": frozenset({"domain", "audit", "config", "tls", "datadir", "telemetry"}),
     # L6: entry points
@@ -75,7 +78,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 
 LAYER: dict[str, int] = {
     "domain": 0, "crypto": 1, **dict.fromkeys(L2, 2), "service": 3, "config": 3, "datadir": 3, "integrity": 3,
-    "tls": 4, "api": 4, "client": 4, "client_errors": 4, "custody": 4, "app": 5, "tlswire": 5, "cli": 6, "__main__": 6,
+    "tls": 4, "api": 4, "client": 4, "client_errors": 4, "custody": 4, "app": 5, "tlswire": 5, "backupwire": 5, "cli": 6, "__main__": 6,
 }
 
 # Third-party packages and the modules that may import them (prefixes of dotted names).

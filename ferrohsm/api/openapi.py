@@ -305,6 +305,13 @@ SCHEMAS: dict[str, Any] = {
         "sealed": {"type": "boolean"},
         "progress": {"type": "integer", "description": "shares submitted towards the threshold"},
         "threshold": {"type": "integer"}, "shares": {"type": "integer"}}},
+    "Backup": {"type": "object", "required": ["archive", "sha256", "size", "header"],
+               "properties": {
+                   "archive": {"type": "string", "contentEncoding": "base64",
+                               "description": "the archive file (README, Backup and restore)"},
+                   "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                   "size": {"type": "integer", "minimum": 0},
+                   "header": {"type": "object", "description": "the archive's public header"}}},
 }
 
 

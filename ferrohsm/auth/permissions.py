@@ -42,6 +42,7 @@ class Action(StrEnum):
     KEY_IMPORT = "key.import"  # key material brought in wrapped (BYOK): a new key or version
     IMPORT_JOB_CREATE = "import_job.create"  # a wrapping key for one import, valid 24 h
     KEY_DESTROY_VERSION = "key.destroy_version"  # erase one non-primary version's material
+    SYSTEM_BACKUP = "system.backup"  # an encrypted archive of the whole store (custody/)
 
 
 A, O, U, S = Role.ADMINISTRATOR, Role.OPERATOR, Role.AUDITOR, Role.SERVICE
@@ -76,6 +77,7 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.KEY_IMPORT: MANAGERS,
     Action.IMPORT_JOB_CREATE: MANAGERS,
     Action.KEY_DESTROY_VERSION: frozenset({A}),
+    Action.SYSTEM_BACKUP: frozenset({A}),
 }
 
 

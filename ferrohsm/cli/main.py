@@ -27,6 +27,7 @@ from .. import __version__
 from ..domain.errors import ConfigError, FerroError
 from . import approvals as approvals_cmd
 from . import audit_cmd, completion, info, keys, manpage, ops, tree
+from . import backup as backup_cmd
 from . import custody as custody_cmd
 from . import serve as serve_cmd
 from . import token as token_cmd
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     approvals_cmd.add_parsers(sub)
     audit_cmd.add_parsers(sub)
     custody_cmd.add_parsers(sub)
+    backup_cmd.add_parsers(sub)
     info.add_parsers(sub)
     completion.add_parser(sub)
     manpage.add_parser(sub)

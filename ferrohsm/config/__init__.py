@@ -61,6 +61,7 @@ class SecretSettings:
     # "env": the master key from FERROHSM_MASTER_KEY / master_key_file (the default);
     # "shamir": split knowledge, the server starts sealed (ferrohsm init, custody/)
     unseal: str = "env"
+    backup_key_file: str = ""  # a separate backup key (else derived from the master key)
 
 
 @dataclass(frozen=True)

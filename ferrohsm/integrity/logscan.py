@@ -27,6 +27,7 @@ from ..domain.errors import AuditUnavailable
 
 SQLITE_FILE = "audit.sqlite3"
 CREATE = b'{"action":"key.create",'
+RESTORE = b'{"action":"key.restore",'  # a key restored from a backup archive (custody/restore.py)
 LOST = b'{"action":"key.lost",'
 KEY_ID = b'"key_id":"'
 SUCCESS = b'"outcome":"success"'
@@ -58,13 +59,14 @@ class AuditLocation:
         return os.path.isfile(path) and os.path.getsize(path) > 0
 
     def creation_lines(self) -> Iterator[bytes]:
-        """Stored lines of every ``key.create`` and ``key.lost`` record, in seq order."""
+        """Stored lines of every ``key.create``, ``key.restore`` and ``key.lost`` record, in seq
+        order."""
         if self.sink == "sqlite":
             yield from _sqlite_rows(self.database, None)
             return
         try:
             for raw in chained_lines(expand_paths([self.directory])):
-                if raw.startswith((CREATE, LOST)):
+                if raw.startswith((CREATE, RESTORE, LOST)):
                     yield raw
         except VerifyInputError as exc:
             raise AuditUnavailable(f"cannot read the audit log: {exc}") from None
@@ -94,8 +96,8 @@ def _sqlite_rows(path: str, limit: int | None) -> list[bytes]:
         raise AuditUnavailable(f"cannot open the audit database: {exc}") from None
     try:
         query: tuple[str, tuple[object, ...]] = (
-            "SELECT CAST(record AS BLOB) FROM audit_log WHERE action IN (?, ?) ORDER BY seq",
-            ("key.create", "key.lost"))
+            "SELECT CAST(record AS BLOB) FROM audit_log WHERE action IN (?, ?, ?) ORDER BY seq",
+            ("key.create", "key.restore", "key.lost"))
         if limit is not None:
             query = ("SELECT CAST(record AS BLOB) FROM audit_log LIMIT ?", (limit,))
         sql, args = query

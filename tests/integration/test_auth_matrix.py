@@ -134,6 +134,7 @@ MATRIX: dict[tuple[str, str], tuple[set[str], Callable[[LiveServer], Call]]] = {
                                                     {"jti": secrets.token_hex(8)})),
     ("GET", "/v1/audit"): (AOU, lambda srv: ("GET", "/v1/audit?limit=5", None)),
     ("GET", "/v1/whoami"): (ALL, lambda srv: ("GET", "/v1/whoami", None)),
+    ("POST", "/v1/sys/backup"): (A, lambda srv: ("POST", "/v1/sys/backup", None)),
     ("GET", "/v1/approvals"): (AOU, lambda srv: ("GET", "/v1/approvals?state=pending", None)),
     ("POST", "/v1/import-jobs"): (AO, lambda srv: ("POST", "/v1/import-jobs", {})),
     ("POST", "/v1/keys/{key}/import"): (AO, _import),

@@ -189,6 +189,7 @@ ROUTES: list[tuple[str, str, Any, set[str], str]] = [
     ("POST", "/v1/import-jobs", {}, AO, "import_job.create"),
     ("POST", "/v1/keys/{enc}/import", IMPORT, AO, "key.import"),
     ("POST", "/v1/sys/seal", None, A, "system.seal"),
+    ("POST", "/v1/sys/backup", None, A, "system.backup"),
     ("POST", "/v1/sys/unseal", {"share": "fhsm1-0-1-00"}, ALL, "system.unseal"),
 ]
 

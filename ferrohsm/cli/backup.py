@@ -1,0 +1,229 @@
+"""`ferrohsm backup --out FILE` (online, or --offline) and `ferrohsm restore FILE`.
+
+Online, backup asks the running server (``POST /v1/sys/backup``, Administrators). Offline, it
+opens the data directory as ``serve`` does (every start-up check, reconciliation
+included), so a damaged or inconsistent store is not backed up, and a running server's locks (the
+filesystem store, the file audit sink) make it refuse. Restore verifies the whole archive (its
+authentication, every record MAC, the master key's check value) before it writes anything, and
+only into an empty data directory and store (custody/restore.py says what a kill -9 leaves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, load_config, load_secrets
+from ..domain.errors import ConfigError
+from .errors import USAGE, CliExit
+from .settings import client_flags
+
+MAX_ARCHIVE = 1 << 31
+
+
+def _flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file (see config.example.toml)")
+    p.add_argument("--key-store", metavar="KIND",
+                   help="key store backend: filesystem, sqlite or any other persistent store "
+                   "[storage].key_store accepts (default: the configuration's)")
+    p.add_argument("--data-dir", metavar="DIR", help="the data directory (default: the configuration's)")
+    p.add_argument("--backup-key-file", metavar="FILE", help="0600 file holding a separate "
+                   "backup key (base64 of 32 bytes); default FERROHSM_BACKUP_KEY, else "
+                   "[secrets].backup_key_file, else a key derived from the master key")
+
+
+def add_parsers(sub: Any) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    b = sub.add_parser("backup", help="write an encrypted backup archive of every key",
+                       parents=[client_flags()], allow_abbrev=False,
+                       description="Write one archive of the key records (still sealed), "
+                       "approvals and the audit head, encrypted and authenticated under the "
+                       "backup key. Online (default): asks the running server (POST "
+                       "/v1/sys/backup, an Administrator token). --offline: reads a stopped "
+                       "server's data directory itself, with the secrets serve uses.",
+                       formatter_class=fmt, epilog="examples:\n  ferrohsm backup --out "
+                       "/backups/ferrohsm-$(date +%F).fhsmbak\n  ferrohsm backup --offline "
+                       "--config ferrohsm.toml --out /backups/ferrohsm.fhsmbak")
+    _flags(b)
+    b.add_argument("--offline", action="store_true",
+                   help="back up a stopped server's data directory instead of asking the server")
+    b.add_argument("--out", required=True, metavar="FILE", help="archive to write (0600; must not exist)")
+    b.set_defaults(func=run_backup)
+    r = sub.add_parser("restore", help="restore a backup archive into an empty data directory",
+                       description="Verify the archive completely, then restore it into an "
+                       "empty data directory and store (any store kind). Needs the same master "
+                       "key (and backup key) as the source.", formatter_class=fmt,
+                       epilog="example:\n  ferrohsm restore /backups/ferrohsm.fhsmbak "
+                       "--data-dir /var/lib/ferrohsm-new --key-store sqlite")
+    _flags(r)
+    r.add_argument("archive", metavar="FILE", help="the archive written by `ferrohsm backup`")
+    r.set_defaults(func=run_restore)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, overrides={
+        ("storage", "key_store"): args.key_store, ("storage", "data_dir"): args.data_dir,
+        ("secrets", "backup_key_file"): args.backup_key_file})
+
+
+def run_backup(args: argparse.Namespace) -> int:
+    if Path(args.out).exists():
+        raise CliExit(f"{args.out} exists: choose a new archive name", 1)
+    if args.offline:
+        return run_offline_backup(args)
+    given = [f for f, v in (("--config", args.config), ("--data-dir", args.data_dir),
+                            ("--key-store", args.key_store),
+                            ("--backup-key-file", args.backup_key_file)) if v]
+    if given:
+        raise CliExit(f"{', '.join(given)}: only with --offline (online, the server's own "
+                      "settings apply)", USAGE)
+    from .main import run_client
+    args.client_func = fetch_backup
+    return run_client(args)
+
+
+def fetch_backup(args: argparse.Namespace, client: Any, settings: Any) -> int:
+    """The online backup: the server's archive, checked against its digest, written 0600."""
+    reply = client.request("POST", "/v1/sys/backup")
+    try:
+        data = base64.b64decode(reply["archive"], validate=True)
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise CliExit("the server's answer holds no archive", 1) from None
+    if hashlib.sha256(data).hexdigest() != reply.get("sha256"):
+        raise CliExit("the archive does not match the digest the server sent", 1)
+    out = Path(args.out)
+    _write_private(out, data)
+    _report(out, reply.get("header") or {}, reply["sha256"])
+    return 0
+
+
+def _report(out: Path, h: dict[str, Any], digest: str) -> None:
+    print(f"wrote {out}: {h.get('key_count')} key(s), {h.get('approval_count')} approval(s), "
+          f"audit head seq {(h.get('audit_head') or {}).get('seq')}, "
+          f"{(h.get('backup_key') or {}).get('kind')} backup key "
+          f"{(h.get('backup_key') or {}).get('id')}, sha256 {digest}")
+
+
+def run_offline_backup(args: argparse.Namespace) -> int:
+    from .. import app as wiring
+    from ..custody import snapshot
+    from ..custody.keysource import backup_key
+    config = _config(args)
+    if config.storage.key_store == "memory":
+        raise ConfigError("the memory key store keeps nothing to back up")
+    out = Path(args.out)
+    secrets = load_secrets(config)
+    key = backup_key(secrets.master_key, os.environ, config.secrets.backup_key_file)
+    try:
+        store, approvals, audit = wiring.open_for_backup(config, secrets)
+    except OSError as exc:
+        raise wiring.startup_failure(exc) from None
+    try:
+        written = snapshot.take_archive(store, approvals, audit, secrets.master_key, key,
+                                config.storage.key_store)
+        _write_private(out, written.data)
+        try:
+            audit.append(snapshot.backup_event(written, str(out)))
+        except BaseException:
+            out.unlink(missing_ok=True)  # not audited: not a backup
+            raise
+    finally:
+        audit.close()
+        approvals.close()
+        store.close()
+    _report(out, written.header, written.digest)
+    return 0
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Atomically: a 0600 temporary file beside it, fsynced, renamed, the directory fsynced."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent if str(path.parent) else ".", os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CliExit(f"cannot write {path}: {exc.strerror}", 1) from None
+
+
+def _read_archive(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_ARCHIVE + 1)
+    except OSError as exc:
+        raise CliExit(f"cannot read {path}: {exc.strerror}", 1) from None
+    if len(data) > MAX_ARCHIVE:
+        raise CliExit(f"{path} is too large to be a FerroHSM backup archive", 1)
+    return data
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    from .. import app as wiring
+    from ..custody import restore as restoring
+    from ..custody.keysource import backup_key
+    config = _config(args)
+    if config.storage.key_store == "memory":
+        raise ConfigError("restore into the memory key store keeps nothing: choose filesystem "
+                          "or sqlite")
+    secrets = load_secrets(config)
+    data = _read_archive(args.archive)
+    key = backup_key(secrets.master_key, os.environ, config.secrets.backup_key_file)
+    got = restoring.verify_under(data, secrets.master_key, key)  # before anything is written
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        _restore(wiring, config, secrets, got, digest)
+    except OSError as exc:
+        raise wiring.startup_failure(exc) from None
+    print(f"restored {len(got.keys)} key(s) and {len(got.approvals)} approval(s) into "
+          f"{config.storage.data_dir} ({config.storage.key_store}); source audit head seq "
+          f"{got.audit_head.get('seq')}. Start the server with the same master key.")
+    return 0
+
+
+def _restore(wiring: Any, config: Config, secrets: Any, got: Any, digest: str) -> None:
+    from ..custody import restore as restoring
+    location = wiring.audit_location(config)
+    store, approvals = wiring.open_restore_target(config, secrets)
+    try:
+        state = restoring.target_state(store, approvals, location.present())
+        if state == "interrupted":
+            print("ferrohsm: the target holds an interrupted restore: starting over",
+                  file=sys.stderr)
+            restoring.wipe_interrupted(store, approvals)
+            _move_aside(Path(location.directory))
+        restoring.begin(store)
+        audit = wiring.open_audit(config, secrets)
+        try:
+            restoring.apply(got, digest, store, approvals, audit)
+        finally:
+            audit.close()
+        restoring.finish(store)
+    finally:
+        approvals.close()
+        store.close()
+
+
+def _move_aside(directory: Path) -> None:
+    """An interrupted restore's audit log is kept (renamed), never deleted."""
+    if directory.exists():
+        shutil.move(str(directory), f"{directory}.interrupted-{int(time.time())}")

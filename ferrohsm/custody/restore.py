@@ -1,0 +1,224 @@
+"""Restoring an archive into an EMPTY store: verify everything first, then write record first.
+
+What the restored server's audit log is: a NEW log (the target's audit key may differ), whose
+first record, ``system.restored``, names the archive (its SHA-256) and the source log's head
+(seq, hash, newest signed checkpoint): the predecessor log, which stays the evidence of
+everything before the backup. Each key then enters the store as a ``key.restore`` change, record
+first like every change (domain/binding.py): an intent naming the digest of the record to be
+written and the key's original binding (``original_seq``/``original_hash`` in the source log),
+the store write of the record bound to that intent, then its success. So the restored store
+passes the unchanged start-up checks: every record is bound to the latest confirmed change of its
+key in the new log (integrity/reconcile.py), and ``key.restore`` counts as a creation for the
+store-loss check (integrity/logscan.py). Nothing is relaxed for data that was not restored.
+
+Crash safety: the meta blob ``restore_state`` is set to ``in-progress`` before the first write
+and to ``done`` after the last record; while it says ``in-progress`` the server refuses to start
+(``refuse_interrupted``) and ``ferrohsm restore`` accepts the target again: it deletes what the
+interrupted run wrote (the keys and approvals; its audit log is moved aside, not deleted) and
+starts over. No half-restored store is ever served.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from ..audit.chain import AuditEvent, DetailValue
+from ..audit.sinkbase import AuditSink
+from ..crypto.archive import BackupKey
+from ..crypto.recordmac import RecordMac
+from ..crypto.seal import Sealer
+from ..domain import binding
+from ..domain.approval import Approval, from_record
+from ..domain.errors import FerroError
+from ..domain.model import Key
+from ..store.approvalstore import ApprovalStore
+from ..store.keystore import KeyStore
+from ..store.records import RecordCodec
+from . import archive
+from .archive import ArchiveRefused
+from .snapshot import CHECK_VALUE, SYSTEM, all_keys, contents_mac
+
+RESTORE_META = "restore_state"
+IN_PROGRESS = b"in-progress"
+DONE = b"done"
+RESTORE_ACTION = "key.restore"
+BATCH = 500
+
+
+class TargetNotEmpty(FerroError):
+    code, status = "target_not_empty", 409
+
+
+@dataclass(frozen=True)
+class Verified:
+    """An archive whose every byte, record MAC and check value passed."""
+
+    header: dict[str, Any]
+    keys: tuple[Key, ...]
+    meta: dict[str, bytes]
+    approvals: tuple[Approval, ...]
+    audit_head: dict[str, Any]
+    check_value: bytes
+
+
+def verify_under(data: bytes, master_key: bytes, key: BackupKey) -> Verified:
+    """``verify`` with the sealer and record codec of ``master_key`` (the target's), then the
+    MAC that binds the whole contents to the master key (snapshot.contents_mac)."""
+    opened = archive.read(data, key)
+    got = verify(opened, Sealer(master_key), RecordCodec(RecordMac.derive(master_key)))
+    body = opened.body
+    stated = body.get("binding")
+    if not isinstance(stated, str) or not hmac.compare_digest(
+            stated, contents_mac(master_key, got.header, body)):
+        raise ArchiveRefused("the archive's record set fails its check under the master key "
+                             "(records edited, dropped, reordered or mixed in from another "
+                             "archive)")
+    return got
+
+
+def verify(got: archive.Archive, sealer: Sealer, codec: RecordCodec) -> Verified:
+    """Everything restore will write, checked before anything is: ArchiveRefused otherwise."""
+    header, body = got.header, got.body
+    try:
+        check = base64.b64decode(header["check_value"], validate=True)
+        sealer.verify_check_value(check)
+    except FerroError:
+        raise ArchiveRefused("wrong master key: the archive's keys are sealed under a master key "
+                             "other than this one (its check value does not open)") from None
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise ArchiveRefused("the backup archive has no valid master-key check value") from None
+    try:
+        keys = tuple(_decode_record(codec, r) for r in body["keys"])
+        meta = {str(n): base64.b64decode(v, validate=True) for n, v in body["meta"].items()}
+        approvals = tuple(from_record(r) for r in body["approvals"])
+        head = dict(body["audit_head"])
+    except FerroError as exc:
+        raise ArchiveRefused(f"a key record in the archive fails its check: {exc.message}") \
+            from None
+    except (KeyError, TypeError, ValueError, AttributeError, binascii.Error):
+        raise ArchiveRefused("the backup archive's body is not valid") from None
+    if len(keys) != header.get("key_count") or len({k.id for k in keys}) != len(keys):
+        raise ArchiveRefused("the backup archive's key records do not match its header")
+    return Verified(header, keys, meta, approvals, head, check)
+
+
+def _decode_record(codec: RecordCodec, record: str) -> Key:
+    """The record's MAC is verified (under this master key's record-MAC key) and its id too."""
+    key_id = json.loads(record)["record"]["id"]
+    return codec.decode(str(key_id), record.encode("ascii"))
+
+
+# ---- the target ---------------------------------------------------------------------------
+
+def refuse_interrupted(store: KeyStore) -> str | None:
+    """Why a store must not be served: an interrupted restore (None when there was none)."""
+    if store.get_meta(RESTORE_META) == IN_PROGRESS:
+        return ("this store holds an interrupted restore (kill or crash during `ferrohsm "
+                "restore`): run `ferrohsm restore FILE` again, which starts over")
+    return None
+
+
+def target_state(store: KeyStore, approvals: ApprovalStore | None, audit_present: bool) -> str:
+    """``empty`` or ``interrupted``; TargetNotEmpty names what the target holds otherwise."""
+    if store.get_meta(RESTORE_META) == IN_PROGRESS:
+        return "interrupted"
+    held = []
+    if store.count():
+        held.append(f"{store.count()} key(s)")
+    if store.get_meta(CHECK_VALUE) is not None:
+        held.append("a master-key check value")
+    if approvals is not None and approvals.list(None, datetime.now(UTC), 1):
+        held.append("approvals")
+    if audit_present:
+        held.append("an audit log")
+    if held:
+        raise TargetNotEmpty("restore needs an empty data directory and store; this one holds "
+                             f"{', '.join(held)}: choose a new --data-dir (and store)")
+    return "empty"
+
+
+def wipe_interrupted(store: KeyStore, approvals: ApprovalStore | None) -> None:
+    """Delete what an interrupted restore wrote (its marker says nothing else ever ran)."""
+    for key in list(all_keys(store)):
+        store.delete(key.id)
+    if approvals is not None:
+        for approval in approvals.list(None, datetime.now(UTC), 100000):
+            approvals.delete(approval.id)
+
+
+def begin(store: KeyStore) -> None:
+    store.put_meta(RESTORE_META, IN_PROGRESS)
+
+
+def finish(store: KeyStore) -> None:
+    store.put_meta(RESTORE_META, DONE)
+
+
+# ---- writing, record first ------------------------------------------------------------------
+
+def apply(got: Verified, digest: str, store: KeyStore, approvals: ApprovalStore | None,
+          sink: AuditSink) -> None:
+    """Write the verified archive into the (empty, marked) target and its new audit log."""
+    head = got.audit_head
+    sink.append(_event("system.restored", binding.SUCCESS,
+                       f"restore from backup archive {digest[:16]}… begun: predecessor audit "
+                       f"log head seq {head.get('seq')}", None, None,
+                       archive_sha256=digest, predecessor_seq=int(head.get("seq") or 0),
+                       predecessor_hash=str(head.get("hash") or ""),
+                       **_checkpoint_details(head.get("checkpoint")),
+                       key_count=len(got.keys), archive_created_at=str(
+                           got.header.get("created_at"))))
+    for start in range(0, len(got.keys), BATCH):
+        _restore_batch(got.keys[start:start + BATCH], digest, store, sink)
+    for name, value in got.meta.items():
+        store.put_meta(name, value)
+    if approvals is not None:
+        for approval in got.approvals:
+            approvals.create(approval)
+    store.put_meta(CHECK_VALUE, got.check_value)
+    sink.append(_event("system.restore_completed", binding.SUCCESS,
+                       f"restore complete: {len(got.keys)} key(s), {len(got.approvals)} "
+                       "approval(s)", None, None, archive_sha256=digest,
+                       key_count=len(got.keys), approval_count=len(got.approvals)))
+
+
+def _checkpoint_details(checkpoint: object) -> dict[str, DetailValue]:
+    """The predecessor log's newest signed checkpoint, by its public fields."""
+    if not isinstance(checkpoint, dict):
+        return {}
+    return {f"predecessor_checkpoint_{name}": str(checkpoint.get(name))[:200]
+            for name in ("log_id", "seq", "head_hash", "ts", "key_fingerprint", "sig") if name in checkpoint}
+
+
+def _restore_batch(keys: tuple[Key, ...], digest: str, store: KeyStore,
+                   sink: AuditSink) -> None:
+    targets = [binding.planned(k, 1) for k in keys]
+    intents = sink.append_group([
+        _event(RESTORE_ACTION, binding.INTENT, "intent: restore the key from a backup archive",
+               t.id, t.primary_version, **binding.intent_details(t, 0),
+               original_seq=k.audit_seq, original_hash=k.audit_hash, archive_sha256=digest)
+        for k, t in zip(keys, targets, strict=True)])
+    bound = [binding.bind(t, int(i["seq"]), str(i["hash"]))
+             for t, i in zip(targets, intents, strict=True)]
+    try:
+        store.bulk_create(replace(b, revision=1) for b in bound)
+    except FerroError as exc:
+        sink.append_group([_event(RESTORE_ACTION, binding.ROLLED_BACK,
+                                  f"not applied: {exc.message}", b.id, b.primary_version,
+                                  **{binding.INTENT_SEQ: b.audit_seq}) for b in bound])
+        raise
+    sink.append_group([_event(RESTORE_ACTION, binding.SUCCESS, "restored from a backup archive",
+                              b.id, b.primary_version, **{binding.INTENT_SEQ: b.audit_seq})
+                       for b in bound])
+
+
+def _event(action: str, outcome: str, message: str, key_id: str | None,
+           version: int | None, **details: DetailValue) -> AuditEvent:
+    return AuditEvent(actor=SYSTEM, role=SYSTEM, action=action, outcome=outcome,
+                      message=message, key_id=key_id, key_version=version, details=details)

@@ -1,0 +1,134 @@
+"""Taking a backup: read every key record, meta blob and approval through the ports.
+
+Runs against a stopped server's data (``ferrohsm backup``, like a snapshot of a stopped node):
+the filesystem store and the file audit sink hold locks, so a running server makes it refuse.
+Key records are re-encoded by the store's own codec, which gives the bytes the store holds (the
+sealed blobs untouched, the record MAC under the master key's record-MAC key).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ..audit.chain import AuditEvent, DetailValue
+from ..audit.sinkbase import AuditSink
+from ..crypto.archive import BackupKey
+from ..crypto.recordmac import RecordMac
+from ..domain.approval import to_record
+from ..domain.model import Key, KeyFilter
+from ..store.approvalstore import ApprovalStore
+from ..store.keystore import MAX_PAGE, KeyStore
+from ..store.records import FORMAT_META, RecordCodec
+from . import archive
+
+CHECK_VALUE = "master_key_check"  # app.CHECK_VALUE: the master key's sealed check value
+CARRIED_META = (FORMAT_META,)  # meta blobs restored as they are (the check value goes last)
+SYSTEM = "system"
+
+
+@dataclass(frozen=True)
+class Written:
+    data: bytes
+    header: dict[str, Any]
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+BINDING_CONTEXT = b"ferrohsm backup contents v1"
+
+
+def contents_mac(master_key: bytes, header: dict[str, Any], body: dict[str, Any]) -> str:
+    """A MAC under the master key's record-MAC key over the whole contents and the header's
+    own fields: whoever holds only a separate backup key can decrypt and re-seal an archive,
+    but cannot drop, reorder, edit or mix in records from another archive unseen."""
+    covered = {"header": {k: header.get(k) for k in HEADER_FIELDS},
+               **{k: body.get(k) for k in ("keys", "meta", "approvals", "audit_head")}}
+    return RecordMac.derive(master_key).tag(BINDING_CONTEXT, archive.canonical(covered)).hex()
+
+
+HEADER_FIELDS = ("created_at", "source_store", "key_count", "approval_count", "audit_head",
+                 "check_value")
+
+
+def all_keys(store: KeyStore) -> Iterator[Key]:
+    token: str | None = None
+    while True:
+        page = store.list(KeyFilter(), MAX_PAGE, token)
+        yield from page.keys
+        token = page.next_page_token
+        if token is None:
+            return
+
+
+def all_approvals(approvals: ApprovalStore | None, now: datetime) -> list[dict[str, Any]]:
+    if approvals is None:
+        return []
+    found: list[dict[str, Any]] = []
+    after: str | None = None
+    while True:
+        page = approvals.list(None, now, 1000, after)
+        found.extend(to_record(a) for a in page)
+        if len(page) < 1000:
+            return found
+        after = page[-1].id
+
+
+def take_archive(store: KeyStore, approvals: ApprovalStore | None, audit: AuditSink,
+         master_key: bytes, key: BackupKey, source: str) -> Written:
+    """The archive of everything the stores hold now, and the audit head it follows."""
+    now = datetime.now(UTC)
+    codec = RecordCodec(RecordMac.derive(master_key))
+    check = store.get_meta(CHECK_VALUE)
+    records = [codec.encode(k).decode("ascii") for k in all_keys(store)]
+    meta = {name: base64.b64encode(value).decode() for name in CARRIED_META
+            if (value := store.get_meta(name)) is not None}
+    seq, head_hash = audit.head()
+    checkpoint = audit.make_checkpoint() if seq else None
+    approval_records = all_approvals(approvals, now)
+    header = {"created_at": now.isoformat().replace("+00:00", "Z"), "source_store": source,
+              "key_count": len(records), "approval_count": len(approval_records),
+              "audit_head": {"seq": seq, "hash": head_hash},
+              "check_value": base64.b64encode(check).decode() if check is not None else None,
+              "ferrohsm_version": __import__("ferrohsm").__version__}
+    body: dict[str, Any] = {"keys": records, "meta": meta, "approvals": approval_records,
+                            "audit_head": {"seq": seq, "hash": head_hash,
+                                           "checkpoint": checkpoint}}
+    body["binding"] = contents_mac(master_key, header, body)
+    data = archive.write(header, body, key)
+    return Written(data, archive.read_header(data)[0])
+
+
+def details(written: Written) -> dict[str, DetailValue]:
+    """What the ``system.backup`` record says of an archive (public: no key, no material)."""
+    h = written.header
+    return {"archive_sha256": written.digest, "key_count": h["key_count"],
+            "approval_count": h["approval_count"], "audit_head_seq": h["audit_head"]["seq"],
+            "audit_head_hash": h["audit_head"]["hash"],
+            "backup_key": f"{h['backup_key']['kind']}:{h['backup_key']['id']}"}
+
+
+def backup_event(written: Written, path: str) -> AuditEvent:
+    """``system.backup`` on the source log (offline backup): which archive, of what, after
+    which record."""
+    h = written.header
+    return AuditEvent(actor=SYSTEM, role=SYSTEM, action="system.backup", outcome="success",
+                      message=f"backup archive written to {path}: {h['key_count']} key(s), "
+                      f"{h['approval_count']} approval(s), audit head seq "
+                      f"{h['audit_head']['seq']}", details=details(written))
+
+
+def online(store: KeyStore, approvals: ApprovalStore | None, audit: AuditSink,
+           master_key: bytes, key: Callable[[], BackupKey], source: str
+           ) -> Callable[[], tuple[bytes, dict[str, DetailValue], dict[str, Any]]]:
+    """``take`` for the online backup (service/backup.py), over the running server's ports."""
+    def take() -> tuple[bytes, dict[str, DetailValue], dict[str, Any]]:
+        written = take_archive(store, approvals, audit, master_key, key(), source)
+        return written.data, details(written), written.header
+    return take
