@@ -29,6 +29,17 @@ to store a batch of lines durably (``_persist``) and undo a partial one:
   seq is committed; a seq a failed group gave back is never mistaken for its ticket's.
 * A backend that cannot prove it undid a partial write sets ``_failed``; from then on every append
   is refused and ``healthy()`` is False until a restart re-reads what is really on disk.
+* One log, many writers (several processes on a host, several nodes on one database): the
+  storage orders the batches, so there is one linear chain and the offline verifier is
+  unchanged. Each backend's ``_persist`` takes its storage's lock for the batch (``flock`` on
+  the file sink's lock file, SQLite's ``BEGIN IMMEDIATE``, PostgreSQL's transaction-scoped
+  advisory lock), reads the head as stored and, when another writer moved it, continues after
+  it (``_follow``: the stored head is authenticated first; a head behind what this process
+  wrote means the storage was cut or rolled back, and the sink fails closed), seals its
+  records, makes them durable and releases. When nobody else wrote, the check costs one or two
+  system calls (file) or one indexed query inside the transaction it needs anyway (SQL).
+  ``catch_up()`` does the same without writing, for readers (export through any node) and
+  start-up checks that compare the head with checkpoints other writers signed.
 * Signed checkpoints (``anchor.Anchor``) are taken every ``anchor_every`` records (by the
   group-commit leader, as before), every ``checkpoint_interval`` seconds while records flow (by
   the checkpoint thread of checkpointer.py, off the request path), at open when the head moved
@@ -335,6 +346,25 @@ class ChainedSink(AuditSink):
             return None
         return self._hash_at(seq)
 
+    def catch_up(self) -> tuple[int, str]:
+        """Adopt the head other writers left in the storage, make it durable, and return the
+        committed head: what a reader (an export through any node) or a start-up check against
+        another writer's checkpoint must look at. Without other writers: the head as it is."""
+        with self._io_lock:
+            if not self.healthy():
+                return self._committed
+            self._next_seq, self._next_hash = self._written
+            self._follow_storage()
+            target = (self._next_seq, self._next_hash)
+            if target == self._written:
+                return self._committed
+            self._written = target
+            if not (self._splits_sync and self.durable):
+                self._committed = target
+                return target
+        self._flush_written(target[0])
+        return self._committed
+
     def make_checkpoint(self, now: datetime | None = None) -> dict[str, Any]:
         with self._anchor_lock:  # not _io_lock: writers go on while a checkpoint is signed
             self._check_usable()
@@ -394,6 +424,10 @@ class ChainedSink(AuditSink):
         record written before them) unless ``sync`` is False and the backend splits syncs;
         raise on failure (setting ``_failed`` when a partial write could not be undone)."""
 
+    def _follow_storage(self) -> None:
+        """Under the storage's lock, move the tentative head (``_next_*``) to the head as
+        stored, through ``_follow``. Default: this process is the only writer."""
+
     @abstractmethod
     def _hash_at(self, seq: int) -> str | None:
         """Hash of the authentic record ``seq``, None if it is no longer kept (pruned)."""
@@ -413,6 +447,26 @@ class ChainedSink(AuditSink):
             record_id=self._new_id(), hmac_key=self._key)
         self._next_seq, self._next_hash = record["seq"], record["hash"]
         return record, line
+
+    def _follow(self, stored: tuple[int, str] | str) -> None:
+        """Continue after ``stored``, the authenticated head another writer left (called by a
+        backend under its storage lock, ``_next_*`` holding what this process last wrote), or
+        fail closed: a stored head behind ours, or another record at our head, means the
+        storage was cut, rolled back or forked; ``stored`` as a str is the problem with the
+        stored head's own check (chain.check_line)."""
+        if isinstance(stored, str):
+            self._failed = (f"the last record of the audit log fails its integrity check "
+                            f"({stored}); run `ferrohsm audit verify`, restart to recover")
+        elif stored[0] < self._next_seq or (stored[0] == self._next_seq
+                                            and stored[1] != self._next_hash):
+            self._failed = (f"the stored audit log ends at seq {stored[0]}, behind seq "
+                            f"{self._next_seq} this process wrote: truncated or rolled back; "
+                            "restart to recover")
+        else:
+            self._next_seq, self._next_hash = stored
+            return
+        log.error("audit: %s", self._failed)
+        raise AuditUnavailable(f"audit log unavailable until restart: {self._failed}")
 
     def _system_event(self, action: str, message: str, **details: DetailValue) -> AuditEvent:
         """A record the sink writes about itself (genesis, segment start, recovery, pruning)."""
@@ -568,6 +622,8 @@ class ChainedSink(AuditSink):
                                    "its signature does not verify")
         seq, digest = checkpoint.get("seq"), checkpoint.get("head_hash")
         head_seq, head_hash = self._committed
+        if isinstance(seq, int) and seq > head_seq:  # another writer may have gone on since
+            head_seq, head_hash = self.catch_up()
         if not isinstance(seq, int) or seq > head_seq:
             raise AuditUnavailable(f"{SHORTER_THAN_CHECKPOINT} (log ends at seq {head_seq}, "
                                    f"checkpoint of {checkpoint.get('ts')} covers seq {seq})")
