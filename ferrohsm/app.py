@@ -27,7 +27,7 @@ from .api.handlers import tokens as token_routes
 from .api.http import Request
 from .api.server import HardenedHTTPServer
 from .audit.chain import AuditEvent
-from .audit.sinks import AuditSink, ChainedSink, FileSink, SQLiteSink
+from .audit.sinks import AuditSink, ChainedSink, FileSink, PostgresSink, SQLiteSink
 from .audit.witness import FileWitness, Witness, make_witness
 from .auth.authn import Authenticator, build_authenticator
 from .auth.ratelimit import RateLimiter, policy_from_settings
@@ -120,7 +120,18 @@ def open_approvals(config: Config) -> ApprovalStore:
 
 
 def audit_location(config: Config) -> AuditLocation:
-    return AuditLocation(str(Path(config.storage.data_dir) / "audit"), config.audit.sink)
+    dsn = postgres_dsn(config) if config.audit.sink == "postgres" else ""
+    return AuditLocation(str(Path(config.storage.data_dir) / "audit"), config.audit.sink, dsn)
+
+
+def postgres_dsn(config: Config) -> str:
+    """The PostgreSQL DSN, only ever from the environment (it carries the password)."""
+    name = config.storage.postgres_dsn_env
+    dsn = os.environ.get(name, "")
+    if not dsn:
+        raise ConfigError(f"PostgreSQL is configured but {name} is not set: put the DSN "
+                          "(postgresql://user:password@host/db) in that environment variable")
+    return dsn
 
 
 def open_audit(config: Config, secrets: Secrets) -> ChainedSink:
@@ -130,6 +141,9 @@ def open_audit(config: Config, secrets: Secrets) -> ChainedSink:
         return SQLiteSink(directory / "audit.sqlite3", secrets.audit_hmac_key,
                           retention_days=config.audit.retention_days or None,
                           durable=config.audit.durable, checkpoint_interval=interval)
+    if config.audit.sink == "postgres":  # this node's checkpoints and signing key: directory
+        return PostgresSink(postgres_dsn(config), secrets.audit_hmac_key, directory=str(directory),
+                            durable=config.audit.durable, checkpoint_interval=interval)
     return FileSink(directory, secrets.audit_hmac_key,
                     segment_max_bytes=config.audit.segment_max_bytes,
                     durable=config.audit.durable, checkpoint_interval=interval)

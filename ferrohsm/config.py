@@ -22,7 +22,7 @@ from .control.policy import TagPolicy
 from .domain.errors import ConfigError
 
 KEY_STORES = ("filesystem", "sqlite", "memory")
-AUDIT_SINKS = ("file", "sqlite")
+AUDIT_SINKS = ("file", "sqlite", "postgres")
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class ServerSettings:
 class StorageSettings:
     key_store: str = "filesystem"
     data_dir: str = "./ferrohsm-data"
+    postgres_dsn_env: str = "FERROHSM_POSTGRES_DSN"  # the variable holding the DSN (password)
 
 
 @dataclass(frozen=True)

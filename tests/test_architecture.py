@@ -71,6 +71,7 @@ LAYER: dict[str, int] = {
 THIRD_PARTY: dict[str, tuple[str, ...]] = {
     "cryptography": ("ferrohsm.crypto.", "ferrohsm.tls.devpki"),
     "jwt": ("ferrohsm.auth.",),
+    "psycopg": ("ferrohsm.audit.pgsink",),  # lazily, when [audit].sink = "postgres"
 }
 
 CONCRETE_STORES = frozenset({

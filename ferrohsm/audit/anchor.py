@@ -119,12 +119,13 @@ def newest_checkpoint(path: str) -> dict[str, Any] | None:
     if not lines:
         return None
     try:
-        values = [json.loads(line) for line in lines]
+        parsed = [json.loads(line) for line in lines]
     except ValueError:
         return {"corrupt": True}
-    if not all(isinstance(v, dict) for v in values):
+    values: list[dict[str, Any]] = [v for v in parsed if isinstance(v, dict)]
+    if len(values) != len(parsed):
         return {"corrupt": True}
-    seqs = [v.get("seq") if isinstance(v.get("seq"), int) else -1 for v in values]
+    seqs = [seq if isinstance(seq := v.get("seq"), int) else -1 for v in values]
     best = max(range(len(values)), key=lambda i: (seqs[i], i))
     return values[best] if seqs[-1] >= 0 else values[-1]
 

@@ -74,8 +74,8 @@ def read_tail(fd: int, chunk: int = _CHUNK) -> tuple[bytes | None, int, int]:
     before = buf.rfind(b"\n", 0, newline)
     while before < 0 and pos > 0:
         start = max(0, pos - chunk)
-        chunk = os.pread(fd, pos - start, start)
-        buf, pos, newline = chunk + buf, start, newline + len(chunk)
+        piece = os.pread(fd, pos - start, start)
+        buf, pos, newline = piece + buf, start, newline + len(piece)
         before = buf.rfind(b"\n", 0, newline)
     return buf[before + 1:newline], good_end, size - good_end
 
