@@ -173,6 +173,11 @@ class PostgresSink(ChainedSink):
             self._abandon()
             raise
 
+    @property
+    def dsn(self) -> str:
+        """For start-up readers of the whole log (integrity/); never to be printed."""
+        return self._dsn
+
     # ---- opening ------------------------------------------------------------------------------
 
     def _open(self) -> None:

@@ -302,6 +302,8 @@ class ChainedSink(AuditSink):
             if self._closed:
                 return
             try:
+                if self._failed is None:
+                    self.catch_up()  # the final checkpoint covers other writers' records too
                 if self._failed is None and self._committed[0] > self._last_checkpoint_seq:
                     self.make_checkpoint()
             except AuditUnavailable as exc:

@@ -149,7 +149,7 @@ class Log:
         for proc in procs:
             out, err = proc.communicate(timeout=240)
             codes.append(proc.returncode)
-            for line in out.splitlines():
+            for line in out.split("\n")[:-1]:  # a line cut by SIGKILL was never told whole
                 if line[:1].isdigit():
                     seq, message = line.split(" ", 1)
                     assert int(seq) not in self.acked, f"seq {seq} acknowledged twice"
