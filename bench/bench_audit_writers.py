@@ -114,7 +114,7 @@ def fresh_logs(kind: str, server: object | None, writers: int,
 
     def new(i: int) -> str:
         if kind == "postgres":
-            return str(getattr(server, "new_database")())  # noqa: B009  # a PostgresServer
+            return str(getattr(server, "new_database")())  # a PostgresServer
         return str(scratch / f"log{i}" / ("audit" if kind == "file" else "audit.db"))
     try:
         yield ([new(i) for i in range(writers)] if separate else [new(0)] * writers), scratch

@@ -282,12 +282,20 @@ class FileSink(ChainedSink):
     # ---- writing ------------------------------------------------------------------------------
 
     def _persist(self, events: list[PreparedEvent], sync: bool = True) -> list[dict[str, Any]]:
+        """Write under the lock; fsync after releasing it. fsync is per file, so another
+        writer's later bytes never become durable before ours, and a failed fsync reaches
+        every process that has the file open: the lock need not cover the flush, and two
+        processes' flushes overlap instead of queueing."""
         with self._lock:
             torn = self._follow_file(recover=True)
-            return self._persist_locked(events, sync, torn)
+            records, fd, number, start = self._write_locked(events, torn)
+        if self.durable and sync:
+            self._fsync_written(fd, number, start)
+        return records
 
-    def _persist_locked(self, events: list[PreparedEvent], sync: bool,
-                        torn: tuple[int, int, int] | None) -> list[dict[str, Any]]:
+    def _write_locked(self, events: list[PreparedEvent], torn: tuple[int, int, int] | None
+                      ) -> tuple[list[dict[str, Any]], int, int, int]:
+        """Seal after the head and write (not flush); the records, and where they went."""
         fd, number, size, needs_start = self._segment_with_room()
         lines = []
         if needs_start:
@@ -304,18 +312,33 @@ class FileSink(ChainedSink):
             lines.append(line)
         data = b"\n".join(lines) + b"\n"
         self._append_group(fd, number, size, data)
-        try:
-            if self.durable and sync:
-                self._fsync(fd)
-        except BaseException:
-            self._undo(fd, number, min(size, self._synced_size), fsync_failed=True)
-            raise
         if size == 0:
             self._seg_first.append((first_seq, number))
         self._size, self._needs_start = size + len(data), False
-        if sync or not self.durable:
+        if not self.durable:
             self._synced_size = self._size
-        return records
+        return records, fd, number, size
+
+    def _fsync_written(self, fd: int, number: int, start: int) -> None:
+        """Flush a group written at ``start``; on failure cut it (and our unflushed writes
+        before it) off if nobody appended after it, and stop until a restart either way."""
+        end = self._size
+        try:
+            self._fsync(fd)
+        except BaseException:
+            with self._lock:
+                try:
+                    ours = fd == self._fd and os.fstat(fd).st_size == end
+                except OSError:
+                    ours = False
+                if ours:
+                    self._undo(fd, number, min(start, self._synced_size), fsync_failed=True)
+                    self._size = min(start, self._synced_size)
+                else:
+                    self._failed = "fsync of the audit log failed; restart to recover"
+            raise
+        if fd == self._fd:
+            self._synced_size = max(self._synced_size, end)
 
     def _segment_with_room(self) -> tuple[int, int, int, bool]:
         """(fd, segment number, size, whether a segment_start record comes first) to append to:
