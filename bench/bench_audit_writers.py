@@ -140,12 +140,14 @@ def main() -> None:
     parser.add_argument("--before", help="another checkout's root, for before/after")
     parser.add_argument("--sinks", default="file")
     parser.add_argument("--fsync-off", action="store_true", help="durable=False: CPU cost only")
+    parser.add_argument("--writers", default="1,2,2 logs", help="cases: 1, 2, '2 logs'")
+    parser.add_argument("--shapes", default="durable,tickets")
     args = parser.parse_args()
     sinks = args.sinks.split(",")
     # writers 2 on one log: the linear chain; "2 logs": two writers on a log each, the ceiling
     # a chain per writer (no lock between them) could reach before any merging of its heads.
-    cases = [(kind, shape, writers) for kind in sinks for shape in ("durable", "tickets")
-             for writers in ("1", "2", "2 logs")]
+    cases = [(kind, shape, writers) for kind in sinks for shape in args.shapes.split(",")
+             for writers in args.writers.split(",")]
     results: dict[tuple[str, str, str, str], list[float]] = {}
     with maybe_postgres(sinks) as server:
         for _ in range(args.rounds):
