@@ -95,15 +95,17 @@ def reason(exc: BaseException) -> str:
     return f"{first} (SQLSTATE {state})" if state else first
 
 
-def connect(dsn: str, *, autocommit: bool = False, timeout: float = 10.0) -> psycopg.Connection:
-    """A connection with durable commits (``synchronous_commit = on``, whatever the server's
-    default), or AuditUnavailable."""
+def connect(dsn: str, *, autocommit: bool = False, timeout: float = 10.0,
+            durable: bool = True) -> psycopg.Connection:
+    """A connection whose COMMIT returns once the WAL is flushed (``synchronous_commit = on``,
+    whatever the server's default; ``off`` only for a sink opened with ``durable=False``), or
+    AuditUnavailable."""
     psycopg_ = driver()
     try:
         conn: psycopg.Connection = psycopg_.connect(dsn, autocommit=autocommit,
                                                     connect_timeout=max(1, int(timeout)),
                                                     application_name="ferrohsm-audit")
-        conn.execute("SET synchronous_commit TO on")
+        conn.execute(b"SET synchronous_commit TO " + (b"on" if durable else b"off"))
         if not autocommit:
             conn.commit()
     except psycopg_.Error as exc:
@@ -218,7 +220,7 @@ class PostgresSink(ChainedSink):
     def _writer(self) -> psycopg.Connection:
         """The connection batches are written on (under _io_lock); reconnect after a failure."""
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self._dsn, timeout=self._timeout)
+            self._conn = connect(self._dsn, timeout=self._timeout, durable=self.durable)
         return self._conn
 
     def _drop_writer(self) -> None:
@@ -238,11 +240,15 @@ class PostgresSink(ChainedSink):
     def _persist(self, events: list[PreparedEvent], sync: bool = True) -> list[dict[str, Any]]:
         try:
             conn = self._writer()
-            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_APPEND))
-            self._follow_db(conn)
-            sealed = [self._seal(event) for event in events]
-            conn.execute(INSERT, _columns(sealed))
-            self._commit(conn)
+            # Pipelined: BEGIN, the lock and the head in one round trip; the INSERT and the
+            # COMMIT in another (the lock and the head are separate statements, so the head is
+            # read with a snapshot taken after the lock was granted).
+            with conn.pipeline():
+                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_APPEND))
+                self._follow_db(conn)
+                sealed = [self._seal(event) for event in events]
+                conn.execute(INSERT, _columns(sealed))
+                self._commit(conn)
         except self._psycopg.Error as exc:
             self._drop_writer()
             raise AuditUnavailable(f"audit record could not be made durable: the audit database "
