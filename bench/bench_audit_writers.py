@@ -30,6 +30,7 @@ import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent.parent
 KEY = base64.b64encode(b"k" * 32).decode()
@@ -107,14 +108,14 @@ def run(code: Path, kind: str, wheres: list[str], shape: str, seconds: float,
 
 
 @contextmanager
-def fresh_logs(kind: str, server: object | None, writers: int,
+def fresh_logs(kind: str, server: Any, writers: int,
                separate: bool) -> Iterator[tuple[list[str], Path]]:
     """Where each writer writes: one new log for all, or (``separate``) one new log each."""
     scratch = Path(tempfile.mkdtemp(prefix="ferrohsm-bench-audit-"))
 
     def new(i: int) -> str:
         if kind == "postgres":
-            return str(getattr(server, "new_database")())  # a PostgresServer
+            return str(server.new_database())
         return str(scratch / f"log{i}" / ("audit" if kind == "file" else "audit.db"))
     try:
         yield ([new(i) for i in range(writers)] if separate else [new(0)] * writers), scratch

@@ -88,8 +88,10 @@ class StartupChecks:
     def before_audit(self) -> None:
         """Refuse (or note, when accepted) a missing audit log beside keys or a witness, and a
         log without its checkpoints."""
-        if self.audit.present():
-            if not self.audit.has_checkpoints():
+        with self.audit.settled():  # not in the middle of another process's opening
+            present, has_checkpoints = self.audit.present(), self.audit.has_checkpoints()
+        if present:
+            if not has_checkpoints:
                 self._degraded(f"the audit log in {self.audit.directory} has records but its "
                                "signed checkpoints (checkpoints.jsonl) are missing or empty: "
                                "they were deleted, perhaps together with the log's last records")

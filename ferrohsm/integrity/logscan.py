@@ -15,10 +15,12 @@ closed), and ``ferrohsm audit verify`` is what proves the chain authentic.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..audit.anchor import CHECKPOINT_FILE
 from ..audit.offline import VerifyInputError, chained_lines, expand_paths
@@ -27,6 +29,7 @@ from ..audit.segments import list_segments, segment_name
 from ..domain.errors import AuditUnavailable
 
 SQLITE_FILE = "audit.sqlite3"
+LOCK_FILE = ".lock"  # the sinks' lock (audit/oslock.py), beside the log
 CREATE = b'{"action":"key.create",'
 LOST = b'{"action":"key.lost",'
 KEY_ID = b'"key_id":"'
@@ -40,7 +43,7 @@ class AuditLocation:
 
     directory: str
     sink: str = "file"  # "file" | "sqlite" | "postgres"
-    dsn: str = ""  # postgres only; never printed (it may carry a password)
+    dsn: str = field(default="", repr=False)  # postgres only; never printed (a password)
 
     @property
     def database(self) -> str:
@@ -56,6 +59,23 @@ class AuditLocation:
             return os.path.isfile(self.database) and bool(_sqlite_rows(self.database, 1))
         return any(os.path.getsize(os.path.join(self.directory, segment_name(n))) > 0
                    for n in list_segments(self.directory))
+
+    @contextlib.contextmanager
+    def settled(self) -> Iterator[None]:
+        """Hold the log's lock (shared) while looking at it: a process opening the log holds it
+        exclusively while it writes a new log's genesis record and first checkpoint (or cuts a
+        torn tail), so another process starting at the same moment (``processes = N``) sees a
+        log with both or with neither, never a log whose checkpoints seem deleted."""
+        if self.sink == "postgres" or not os.path.isdir(self.directory):
+            yield
+            return
+        fd = os.open(os.path.join(self.directory, LOCK_FILE),
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
 
     def has_checkpoints(self) -> bool:
         """Whether the sink's checkpoints file beside the log holds anything. A PostgreSQL log's
