@@ -6,6 +6,8 @@
   export`` pages through) holds both nodes' records and verifies offline.
 * An export of a PostgreSQL log, tampered with every way the verifier knows: ``ferrohsm audit
   verify`` exits 1 naming the record (a cut tail through a node's signed checkpoint).
+* The database unreachable under a node: its records are refused (``degraded()``, what /healthz
+  shows) until it is back; a database behind what the node wrote stops the sink.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ferrohsm.audit.chain import AuditEvent, record_line, seal_record_line
 from ferrohsm.audit.offline import load_checkpoints
 from ferrohsm.audit.pgsink import PostgresSink, stored_lines
 from ferrohsm.audit.verify import verify_paths
+from ferrohsm.domain.errors import AuditUnavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))  # tests/pgserver.py, beside the test folders
@@ -166,3 +169,58 @@ def test_verify_names_each_tampering_of_a_postgres_export(
     done = run_verify(root, change(list(lines)))
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stdout.startswith(f"FAIL: record seq {seq}: {kind}:"), done.stdout
+
+
+# ---- the database failing under a node -------------------------------------------------------
+
+def _admin(server: pgserver.PostgresServer, sql: str, *params: str) -> None:
+    import psycopg
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        conn.execute(sql.encode(), params or None)
+
+
+def test_an_unreachable_database_refuses_records_until_it_is_back(
+        postgres: pgserver.PostgresServer, tmp_path: Path) -> None:
+    dsn = postgres.new_database()
+    name = dsn.rsplit("/", 1)[1]
+    sink = PostgresSink(dsn, KEY, directory=str(tmp_path / "node"))
+    before = sink.append(AuditEvent(actor="a", role="r", action="key.sign", outcome="success",
+                                    message="before"))
+    _admin(postgres, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    _admin(postgres, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE datname = %s", name)
+    try:
+        with pytest.raises(AuditUnavailable, match="audit"):
+            sink.append(AuditEvent(actor="a", role="r", action="key.sign", outcome="success",
+                                   message="while down"))
+        reason = sink.degraded()
+        assert reason is not None and "audit" in reason  # what /healthz reports
+        assert dsn not in reason and sink.healthy()  # nothing was half-written: retried later
+    finally:
+        _admin(postgres, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    after = sink.append(AuditEvent(actor="a", role="r", action="key.sign", outcome="success",
+                                   message="after"))
+    assert after["seq"] == before["seq"] + 1 and sink.degraded() is None
+    sink.close()
+    assert [json.loads(x)["message"] for x in stored_lines(dsn)][-2:] == ["before", "after"]
+
+
+def test_a_database_behind_what_the_node_wrote_stops_the_sink(
+        postgres: pgserver.PostgresServer, tmp_path: Path) -> None:
+    """A restored or failed-over database that lost the node's last commits: fail closed."""
+    dsn = postgres.new_database()
+    sink = PostgresSink(dsn, KEY, directory=str(tmp_path / "node"))
+    for n in range(3):
+        sink.append(AuditEvent(actor="a", role="r", action="key.sign", outcome="success",
+                               message=f"m{n}"))
+    sink.make_checkpoint()  # covers seq 4 (what the time checkpoints do while records flow)
+    import psycopg
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM audit_log WHERE seq > 2")
+    with pytest.raises(AuditUnavailable, match="truncated or rolled back"):
+        sink.append(AuditEvent(actor="a", role="r", action="key.sign", outcome="success",
+                               message="lost"))
+    assert not sink.healthy()
+    sink.close()
+    with pytest.raises(AuditUnavailable, match="shorter than its last signed checkpoint"):
+        PostgresSink(dsn, KEY, directory=str(tmp_path / "node"))
