@@ -5,7 +5,7 @@ line (see chain.py), plus ``checkpoints.jsonl`` and the audit signing key (ancho
 ``.lock`` file.
 
 * Many writers (``processes = N`` on one host): every batch holds ``flock`` on ``.lock``
-  (oslock.py) while it finds the head, writes, and (for a durable append) fsyncs. The lock file
+  (oslock.py) while it finds the head and writes; it fsyncs after releasing it. The lock file
   also holds the live segment's number, rewritten at each rotation. Finding the head is one
   ``pread`` of that number and one ``stat`` of the live segment: the same number and the size
   this process left mean nobody else wrote (the single-writer case costs nothing more). Else
@@ -26,10 +26,11 @@ line (see chain.py), plus ``checkpoints.jsonl`` and the audit signing key (ancho
 * Failed writes: the segment is truncated back to the last good offset. If that is impossible, or
   if fsync itself failed (after a failed fsync Linux may have dropped the dirty pages, so a retry
   that "succeeds" proves nothing), the sink refuses every further append until restarted.
-* The live segment deleted, replaced or changed underneath us (checked with one stat per group:
-  device, inode and size against what we wrote): refuse, and stay refused until restart. Writing on
-  into an unlinked file would acknowledge records nobody can ever read; silently starting a fresh
-  segment would paper over the loss. A restart re-reads what is really there, and the last signed
+* The live segment deleted, replaced or cut underneath us (checked with one stat per group:
+  device and inode as opened, size not below what we saw; bytes beyond it are another writer's,
+  and their last record must authenticate before we chain after it): refuse, and stay refused
+  until restart. Writing on into an unlinked file would acknowledge records nobody can ever
+  read; silently starting a fresh segment would paper over the loss. A restart re-reads what is really there, and the last signed
   checkpoint shows whether records went missing.
 """
 
