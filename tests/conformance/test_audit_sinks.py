@@ -1,4 +1,6 @@
-"""One contract for every AuditSink: run against FileSink and SQLiteSink alike.
+"""One contract for every AuditSink: run against FileSink, SQLiteSink and PostgresSink alike
+(PostgreSQL: one real server for the session, tests/pgserver.py, a fresh database per test; the
+offline verifier checks an export of the table, what ``ferrohsm audit export`` writes).
 
 A sink is done when it passes this suite: records are durable before append returns, a ticket
 (``append(event, durable=False)``) counts as durable only once its record is flushed and fails
