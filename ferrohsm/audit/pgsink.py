@@ -1,10 +1,14 @@
 """PostgresSink: the audit log of many nodes in one PostgreSQL table (``[audit].sink = "postgres"``).
 
-One linear chain for the whole cluster, ordered by the database: each group-commit batch of a
-node is one transaction that takes a transaction-scoped advisory lock (``pg_advisory_xact_lock``,
-released by COMMIT or ROLLBACK, so a node that dies mid-batch holds nothing), reads the last
-(seq, hash), follows it when another node appended (its record authenticated first, see
-sinkbase.py), seals its records after it, inserts them with one statement and commits. COMMIT
+One linear chain for the whole cluster, ordered by the database. Each group-commit batch of a
+node is one transaction under a transaction-scoped advisory lock (``pg_advisory_xact_lock``,
+released by COMMIT or ROLLBACK, so a node that dies mid-batch holds nothing). It is first tried in
+one round trip: the lock, the batch sealed after the head this node last wrote and inserted only
+if that is still the stored head, and the COMMIT, pipelined. When another node wrote meanwhile
+(nothing was inserted), a second transaction takes the lock, reads the last (seq, hash), follows
+it (its record authenticated first, see sinkbase.py), seals its records after it, inserts them
+with one statement and commits. seq is the primary key besides: two records at one seq can never
+both be committed, whatever else goes wrong. COMMIT
 with ``synchronous_commit = on`` is the durability point: a ticket or an ``append`` succeeds only
 after it. Group commit per node works as it does per process: the writers waiting while one
 batch commits form the next batch.
@@ -76,6 +80,11 @@ INSERT = ("INSERT INTO audit_log (seq, ts, actor, action, key_id, outcome, hash,
           "SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], "
           "%s::text[], %s::text[], %s::text[])")
 HEAD = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"
+# The same INSERT, only if the stored head is still "seq:hash" (NULL: the table is empty).
+INSERT_AFTER = ("INSERT INTO audit_log (seq, ts, actor, action, key_id, outcome, hash, record) "
+                "SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], "
+                "%s::text[], %s::text[], %s::text[], %s::text[]) WHERE (SELECT seq::text || ':' "
+                "|| hash FROM audit_log ORDER BY seq DESC LIMIT 1) IS NOT DISTINCT FROM %s")
 
 
 def driver() -> Any:
@@ -240,15 +249,9 @@ class PostgresSink(ChainedSink):
     def _persist(self, events: list[PreparedEvent], sync: bool = True) -> list[dict[str, Any]]:
         try:
             conn = self._writer()
-            # Pipelined: BEGIN, the lock and the head in one round trip; the INSERT and the
-            # COMMIT in another (the lock and the head are separate statements, so the head is
-            # read with a snapshot taken after the lock was granted).
-            with conn.pipeline():
-                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_APPEND))
-                self._follow_db(conn)
-                sealed = [self._seal(event) for event in events]
-                conn.execute(INSERT, _columns(sealed))
-                self._commit(conn)
+            sealed = self._insert_at_head(conn, events)
+            if sealed is None:  # another node wrote since our last batch
+                sealed = self._insert_locked(conn, events)
         except self._psycopg.Error as exc:
             self._drop_writer()
             raise AuditUnavailable(f"audit record could not be made durable: the audit database "
@@ -257,6 +260,42 @@ class PostgresSink(ChainedSink):
             self._drop_writer()
             raise
         return [record for record, _ in sealed]
+
+    def _insert_at_head(self, conn: psycopg.Connection, events: list[PreparedEvent]
+                        ) -> list[tuple[dict[str, Any], bytes]] | None:
+        """The batch chained after the head this node last wrote, inserted only if that is
+        still the stored head, and committed: BEGIN, the lock, the INSERT and the COMMIT in one
+        round trip (the INSERT's snapshot is taken once the lock is granted). None (nothing
+        written) when another node wrote meanwhile."""
+        head = (self._next_seq, self._next_hash)
+        sealed = [self._seal(event) for event in events]
+        try:
+            with conn.pipeline():
+                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_APPEND))
+                cursor = conn.execute(INSERT_AFTER, (*_columns(sealed),
+                                                     f"{head[0]}:{head[1]}" if head[0] else None))
+                self._commit(conn)
+            inserted = cursor.rowcount
+        except self._psycopg.errors.UniqueViolation:  # a writer that does not take the lock
+            conn.rollback()
+            inserted = 0
+        if inserted == len(sealed):
+            return sealed
+        self._next_seq, self._next_hash = head
+        return None
+
+    def _insert_locked(self, conn: psycopg.Connection, events: list[PreparedEvent]
+                       ) -> list[tuple[dict[str, Any], bytes]]:
+        """Under the advisory lock: follow the stored head, then write. Two round trips:
+        BEGIN, the lock and the head in one (separate statements, so the head is read with a
+        snapshot taken after the lock was granted); the INSERT and the COMMIT in the other."""
+        with conn.pipeline():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_APPEND))
+            self._follow_db(conn)
+            sealed = [self._seal(event) for event in events]
+            conn.execute(INSERT, _columns(sealed))
+            self._commit(conn)
+        return sealed
 
     def _commit(self, conn: psycopg.Connection) -> None:
         """COMMIT: the durability point (synchronous_commit = on); a method so tests can make
