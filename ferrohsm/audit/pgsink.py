@@ -216,6 +216,7 @@ class PostgresSink(ChainedSink):
             return
         conn.rollback()
         text = self._record_at(conn, int(head[0]))
+        conn.rollback()  # no transaction left open between batches
         result = check_line(text, self._key) if text is not None else "missing"
         if isinstance(result, str):
             raise AuditUnavailable(f"the last record in the audit database fails its integrity "
