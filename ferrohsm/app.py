@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from .api import application
 from .api import router as routing
@@ -30,14 +30,15 @@ from .api.handlers import transit as transit_routes
 from .api.http import Request
 from .api.server import HardenedHTTPServer
 from .audit.chain import AuditEvent
-from .audit.sinks import AuditSink, ChainedSink, FileSink, SQLiteSink
+from .audit.sinks import AuditSink, ChainedSink, FileSink, PostgresSink, SQLiteSink
 from .audit.witness import FileWitness, Witness, make_witness
 from .auth.approverkeys import ApproverKeys
 from .auth.authn import Authenticator, build_authenticator
 from .auth.ratelimit import RateLimiter, policy_from_settings
-from .auth.sharedlimit import ClusterLimits, UsageExchange
+from .auth.sharedlimit import ClusterLimits
 from .backupwire import wire_backup
 from .config import Config, Secrets, parse_listen
+from .control.cluster import Cluster
 from .control.policy import Policy
 from .control.scheduler import RetentionScheduler
 from .control.voting import VoteRules
@@ -113,7 +114,7 @@ def open_store(config: Config, record_mac: RecordMac) -> KeyStore:
 def open_postgres(config: Config) -> PgDatabase:
     """The process's pool of connections to the shared database, from the DSN in the variable
     ``[storage].postgres_dsn_env`` names (psycopg is imported here, only when configured)."""
-    dsn = dsn_from_env(config.storage.postgres_dsn_env, os.environ)
+    dsn = postgres_dsn(config)
     return PgDatabase(dsn, max_connections=max(2, min(config.server.workers // 2 + 2, 16)))
 
 
@@ -141,7 +142,14 @@ def open_import_jobs(config: Config) -> ImportJobStore:
 
 
 def audit_location(config: Config) -> AuditLocation:
-    return AuditLocation(str(Path(config.storage.data_dir) / "audit"), config.audit.sink)
+    dsn = postgres_dsn(config) if config.audit.sink == "postgres" else ""
+    return AuditLocation(str(Path(config.storage.data_dir) / "audit"), config.audit.sink, dsn)
+
+
+def postgres_dsn(config: Config) -> str:
+    """The PostgreSQL DSN, only ever from the environment variable ``[storage].postgres_dsn_env``
+    names (it carries the password): the store, the audit sink and the cluster all read it so."""
+    return dsn_from_env(config.storage.postgres_dsn_env, os.environ)
 
 
 def open_audit(config: Config, secrets: Secrets) -> ChainedSink:
@@ -151,6 +159,9 @@ def open_audit(config: Config, secrets: Secrets) -> ChainedSink:
         return SQLiteSink(directory / "audit.sqlite3", secrets.audit_hmac_key,
                           retention_days=config.audit.retention_days or None,
                           durable=config.audit.durable, checkpoint_interval=interval)
+    if config.audit.sink == "postgres":  # this node's checkpoints and signing key: directory
+        return PostgresSink(postgres_dsn(config), secrets.audit_hmac_key, directory=str(directory),
+                            durable=config.audit.durable, checkpoint_interval=interval)
     return FileSink(directory, secrets.audit_hmac_key,
                     segment_max_bytes=config.audit.segment_max_bytes,
                     durable=config.audit.durable, checkpoint_interval=interval)
@@ -182,49 +193,6 @@ def check_master_key(store: KeyStore, sealer: Sealer) -> bool:
                              "with. Restore it from a backup of the store; it is only ever "
                              "written for a new, empty store")
     return True
-
-
-class Leader(Protocol):
-    def is_leader(self) -> bool: ...
-    def holds(self) -> bool: ...
-    def close(self) -> None: ...
-
-
-class Membership(Protocol):
-    def enter(self) -> bool: ...
-    def started(self) -> None: ...
-    def close(self) -> None: ...
-
-
-@dataclass
-class Cluster:
-    """How the processes sharing one store coordinate (README "Running several nodes"): who
-    starts cold, who runs the scheduler, and the per-actor rate-limit spending."""
-
-    membership: Membership
-    leader: Leader
-    usage: UsageExchange
-    limits: ClusterLimits | None = None
-    pid: int = field(default_factory=os.getpid)
-
-    def describe(self) -> dict[str, Any]:
-        return {"pid": self.pid, "scheduler_leader": self.leader.holds(),
-                "rate_limit_syncs": self.limits.syncs if self.limits else 0}
-
-    def close(self) -> None:
-        self.leader.close()
-        if self.limits is None or self.limits.thread is None:  # else its thread closes it
-            self.usage.close()
-        self.membership.close()
-
-
-def postgres_dsn(config: Config) -> str:
-    """The DSN, only ever from the environment variable ``[storage].postgres_dsn_env`` names."""
-    var = str(getattr(config.storage, "postgres_dsn_env", "") or "FERROHSM_POSTGRES_DSN")
-    dsn = os.environ.get(var, "")
-    if not dsn:
-        raise ConfigError(f"the postgres key store needs the DSN in the environment variable {var}")
-    return dsn
 
 
 def open_cluster(config: Config) -> Cluster | None:

@@ -87,8 +87,9 @@ THIRD_PARTY: dict[str, tuple[str, ...]] = {
     "cryptography": ("ferrohsm.crypto.", "ferrohsm.tls."),
     "OpenSSL": ("ferrohsm.tls.pyossl",),  # OCSP stapling only, imported when configured
     "jwt": ("ferrohsm.auth.",),
-    # loaded lazily, only when PostgreSQL is configured: the store, cluster coordination
-    "psycopg": ("ferrohsm.store.pgdb", "ferrohsm.store.pg_shared"),
+    # loaded lazily, only when PostgreSQL is configured: the store, the audit sink, cluster
+    # coordination
+    "psycopg": ("ferrohsm.store.pgdb", "ferrohsm.store.pg_shared", "ferrohsm.audit.pgsink"),
 }
 
 CONCRETE_STORES = frozenset({

@@ -18,10 +18,13 @@ checkpoint.py.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import logging
 import os
 import stat
+import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -48,18 +51,44 @@ def fsync_dir(path: str) -> None:
 
 
 def write_private_file(path: str, data: bytes) -> None:
-    """Create ``path`` 0600 (never overwriting) with ``data``, durably."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    """Create ``path`` 0600 (never overwriting) with ``data``, durably; FileExistsError when it
+    exists. Written under a temporary name and linked into place, so a process that starts at
+    the same moment (``processes = N``) sees the whole file or none, never half of it."""
+    temp = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(temp, path)  # FileExistsError: another process won; its file is complete
     finally:
-        os.close(fd)
+        os.unlink(temp)
     fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _create_once(path: str, data: Callable[[], bytes]) -> bool:
+    """Create ``path`` with ``data()`` unless it exists (or another process creates it first):
+    whether this call created it."""
+    if os.path.exists(path):
+        return False
+    try:
+        write_private_file(path, data())
+    except FileExistsError:
+        return False
+    return True
 
 
 def last_line(fd: int, chunk: int = 4096) -> bytes | None:
     """The last non-blank line of an open file, read backwards from its end."""
+    lines = last_lines(fd, chunk)
+    return lines[-1] if lines else None
+
+
+def last_lines(fd: int, chunk: int = 4096) -> list[bytes]:
+    """The non-blank lines of the last ``chunk`` bytes of an open file (at least one line when
+    the file has one), read backwards from its end."""
     end = os.fstat(fd).st_size
     buf = b""
     while end > 0:
@@ -68,26 +97,37 @@ def last_line(fd: int, chunk: int = 4096) -> bytes | None:
         end = start
         lines = [x for x in buf.split(b"\n") if x.strip()]
         if len(lines) > 1 or (lines and end == 0):
-            return lines[-1]
-    return None
+            return lines[1:] if end > 0 and len(lines) > 1 else lines  # the first may be cut
+    return []
 
 
 def newest_checkpoint(path: str) -> dict[str, Any] | None:
-    """The last line of a checkpoints file (this log's or a witness's) parsed, ``{"corrupt":
-    True}`` when it is not a JSON object, None when the file is missing or empty; OSError for
-    anything else. Only the end of the file is read."""
+    """The newest checkpoint of a checkpoints file (this log's or a witness's) parsed,
+    ``{"corrupt": True}`` when its last line is not a JSON object, None when the file is
+    missing or empty; OSError for anything else. Only the end of the file is read.
+
+    Several writers of one log (``processes = N``, nodes) each append their checkpoints, so the
+    lines near the end are not in seq order: of the last few lines, the one with the highest
+    seq is the newest. A last line still being written (no newline yet) is not looked at."""
     try:
         with open(path, "rb") as f:
-            line = last_line(f.fileno())
+            lines = last_lines(f.fileno())
+            if lines and not os.pread(f.fileno(), 1, os.fstat(f.fileno()).st_size - 1) == b"\n":
+                lines = lines[:-1] or lines  # another writer's line, half written
     except FileNotFoundError:
         return None
-    if line is None:
+    if not lines:
         return None
     try:
-        value = json.loads(line)
+        parsed = [json.loads(line) for line in lines]
     except ValueError:
         return {"corrupt": True}
-    return value if isinstance(value, dict) else {"corrupt": True}
+    values: list[dict[str, Any]] = [v for v in parsed if isinstance(v, dict)]
+    if len(values) != len(parsed):
+        return {"corrupt": True}
+    seqs = [seq if isinstance(seq := v.get("seq"), int) else -1 for v in values]
+    best = max(range(len(values)), key=lambda i: (seqs[i], i))
+    return values[best] if seqs[-1] >= 0 else values[-1]
 
 
 def load_signing_key(path: str) -> SigningKey:
@@ -119,13 +159,11 @@ class Anchor:
         self.public_key_path = os.path.splitext(self.key_path)[0] + ".pub.pem"
         self.path = checkpoint_path or os.path.join(directory, CHECKPOINT_FILE)
         self._durable = durable
-        if not os.path.exists(self.key_path):
-            write_private_file(self.key_path, SigningKey.generate_pem())
+        if _create_once(self.key_path, SigningKey.generate_pem):
             log.info("generated audit signing key %s", self.key_path)
         self._key = load_signing_key(self.key_path)
         self.public_key = self._key.public
-        if not os.path.exists(self.public_key_path):
-            write_private_file(self.public_key_path, self.public_key.pem())
+        _create_once(self.public_key_path, self.public_key.pem)
         self._drop_torn_tail()
 
     def public_key_pem(self) -> bytes:
@@ -142,6 +180,7 @@ class Anchor:
         checkpoint["sig"] = base64.b64encode(self._key.sign(signed_bytes(checkpoint))).decode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # other writers of the log append here too
             os.write(fd, canonical_json(checkpoint) + b"\n")
             if self._durable:
                 os.fsync(fd)
@@ -164,6 +203,7 @@ class Anchor:
         """A crash mid-append can leave half a line; cut it so the next checkpoint starts clean."""
         try:
             with open(self.path, "rb+") as f:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # never cut a line being written
                 data = f.read()
                 if data and not data.endswith(b"\n"):
                     keep = data.rfind(b"\n") + 1

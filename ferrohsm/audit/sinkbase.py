@@ -29,6 +29,17 @@ to store a batch of lines durably (``_persist``) and undo a partial one:
   seq is committed; a seq a failed group gave back is never mistaken for its ticket's.
 * A backend that cannot prove it undid a partial write sets ``_failed``; from then on every append
   is refused and ``healthy()`` is False until a restart re-reads what is really on disk.
+* One log, many writers (several processes on a host, several nodes on one database): the
+  storage orders the batches, so there is one linear chain and the offline verifier is
+  unchanged. Each backend's ``_persist`` takes its storage's lock for the batch (``flock`` on
+  the file sink's lock file, SQLite's ``BEGIN IMMEDIATE``, PostgreSQL's transaction-scoped
+  advisory lock), reads the head as stored and, when another writer moved it, continues after
+  it (``_follow``: the stored head is authenticated first; a head behind what this process
+  wrote means the storage was cut or rolled back, and the sink fails closed), seals its
+  records, makes them durable and releases. When nobody else wrote, the check costs one or two
+  system calls (file) or one indexed query inside the transaction it needs anyway (SQL).
+  ``catch_up()`` does the same without writing, for readers (export through any node) and
+  start-up checks that compare the head with checkpoints other writers signed.
 * Signed checkpoints (``anchor.Anchor``) are taken every ``anchor_every`` records (by the
   group-commit leader, as before), every ``checkpoint_interval`` seconds while records flow (by
   the checkpoint thread of checkpointer.py, off the request path), at open when the head moved
@@ -41,7 +52,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, overload
@@ -52,6 +63,8 @@ from .anchor import Anchor
 from .chain import GENESIS_HASH, AuditEvent, DetailValue, PreparedEvent, prepare, seal_prepared
 from .checkpointer import Checkpointer
 from .groupcommit import GroupCommit
+from .port import AuditSink as AuditSink
+from .port import Ticket as Ticket
 from .witness import Witness
 
 log = logging.getLogger("ferrohsm.audit")
@@ -67,106 +80,6 @@ def utcnow() -> datetime:
 
 def new_uuid() -> str:
     return uuid4_str()
-
-
-class Ticket:
-    """What ``append(event, durable=False)`` returns: one record's claim to durability.
-
-    A value the caller keeps and hands back to its sink (``is_durable``, ``wait``); only the sink
-    sets its fields: ``seq`` is 0 while the record is queued and its seq once it is written,
-    ``error`` says why it will never be durable.
-    """
-
-    __slots__ = ("error", "seq")
-
-    def __init__(self) -> None:
-        self.seq = 0
-        self.error: str | None = None
-
-    def __repr__(self) -> str:
-        return f"Ticket(seq={self.seq}, error={self.error!r})"
-
-
-class AuditSink(ABC):
-    """Append-only, hash-chained, HMAC-authenticated audit log. Safe to call from many threads."""
-
-    @overload
-    def append(self, event: AuditEvent, *, durable: Literal[True] = ...) -> dict[str, Any]: ...
-    @overload
-    def append(self, event: AuditEvent, *, durable: Literal[False]) -> Ticket: ...
-    @overload
-    def append(self, event: AuditEvent, *, durable: bool) -> dict[str, Any] | Ticket: ...
-    @abstractmethod
-    def append(self, event: AuditEvent, *, durable: bool = True) -> dict[str, Any] | Ticket:
-        """Seal and store ``event``; return the sealed record once durable, else raise
-        AuditUnavailable. With ``durable=False``: queue it and return its ``Ticket`` at once
-        (AuditUnavailable only when the sink already refuses every record)."""
-
-    @abstractmethod
-    def append_group(self, events: list[AuditEvent]) -> list[dict[str, Any]]:
-        """Records appended as one durable group, in order; their sealed records."""
-
-    @abstractmethod
-    def write_queued(self) -> None:
-        """Seal and write every queued record now, in this thread, as one group; each ticket
-        gets its seq, or its error when the write failed (this does not raise for that)."""
-
-    @abstractmethod
-    def is_durable(self, ticket: Ticket) -> bool:
-        """Whether ``ticket``'s record is durable, without blocking; AuditUnavailable once it
-        never will be."""
-
-    @abstractmethod
-    def wait(self, ticket: Ticket) -> None:
-        """Return once ``ticket``'s record is durable (writing it first if it is still queued,
-        then flushing everything written so far), else raise AuditUnavailable."""
-
-    @abstractmethod
-    def read(self, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
-        """Up to ``limit`` committed records with seq > ``after_seq``, ascending."""
-
-    @abstractmethod
-    def head(self) -> tuple[int, str]:
-        """(last committed seq, its hash); (0, GENESIS_HASH) for an empty log."""
-
-    @abstractmethod
-    def healthy(self) -> bool:
-        """Whether appends are being accepted: False after an unrecoverable failure (until a
-        restart) or after close. A failure the sink cleanly undid (a rolled-back transaction, a
-        truncated short write) fails only its own group: the next append is attempted, so a
-        caller that checks ``healthy()`` before acting is not locked out by a passing error.
-        ``describe()["last_write_ok"]`` tells whether the latest group made it."""
-
-    def degraded(self) -> str | None:
-        """Why the audit log is not taking records right now, None when it is: unlike
-        ``healthy()`` (False only until a restart), this is also set by a failure the sink
-        cleanly undid (a full disk: EFBIG, ENOSPC), from that failed write or flush until the
-        next one that succeeds. What /healthz and the ferrohsm_audit_healthy gauge report."""
-        return None if self.healthy() else "the audit log is unavailable"
-
-    @abstractmethod
-    def describe(self) -> dict[str, Any]:
-        """Status for /healthz: backend, head, counters. Never paths to secrets, never keys."""
-
-    @abstractmethod
-    def fail_closed(self, reason: str) -> None:
-        """Refuse every further record until a restart (fail closed), as after a write the sink
-        could not undo. For a caller whose change is applied, or may be, but whose settling
-        record could not be written: start-up reconciliation settles it from the log and the
-        store (integrity/reconcile.py)."""
-
-    @abstractmethod
-    def make_checkpoint(self, now: datetime | None = None) -> dict[str, Any]:
-        """Sign the current head now and return the checkpoint (see anchor.py)."""
-
-    def prune(self, now: datetime) -> dict[str, Any] | None:
-        """Apply the retention window; returns the audit.checkpoint record, or None. Default: no
-        retention (records are kept forever)."""
-        return None
-
-    @abstractmethod
-    def close(self) -> None:
-        """Flush, take a final checkpoint, release files. Later appends raise AuditUnavailable."""
 
 
 class ChainedSink(AuditSink):
@@ -335,6 +248,25 @@ class ChainedSink(AuditSink):
             return None
         return self._hash_at(seq)
 
+    def catch_up(self) -> tuple[int, str]:
+        """Adopt the head other writers left in the storage, make it durable, and return the
+        committed head: what a reader (an export through any node) or a start-up check against
+        another writer's checkpoint must look at. Without other writers: the head as it is."""
+        with self._io_lock:
+            if not self.healthy():
+                return self._committed
+            self._next_seq, self._next_hash = self._written
+            self._follow_storage()
+            target = (self._next_seq, self._next_hash)
+            if target == self._written:
+                return self._committed
+            self._written = target
+            if not (self._splits_sync and self.durable):
+                self._committed = target
+                return target
+        self._flush_written(target[0])
+        return self._committed
+
     def make_checkpoint(self, now: datetime | None = None) -> dict[str, Any]:
         with self._anchor_lock:  # not _io_lock: writers go on while a checkpoint is signed
             self._check_usable()
@@ -370,6 +302,8 @@ class ChainedSink(AuditSink):
             if self._closed:
                 return
             try:
+                if self._failed is None:
+                    self.catch_up()  # the final checkpoint covers other writers' records too
                 if self._failed is None and self._committed[0] > self._last_checkpoint_seq:
                     self.make_checkpoint()
             except AuditUnavailable as exc:
@@ -394,6 +328,10 @@ class ChainedSink(AuditSink):
         record written before them) unless ``sync`` is False and the backend splits syncs;
         raise on failure (setting ``_failed`` when a partial write could not be undone)."""
 
+    def _follow_storage(self) -> None:
+        """Under the storage's lock, move the tentative head (``_next_*``) to the head as
+        stored, through ``_follow``. Default: this process is the only writer."""
+
     @abstractmethod
     def _hash_at(self, seq: int) -> str | None:
         """Hash of the authentic record ``seq``, None if it is no longer kept (pruned)."""
@@ -413,6 +351,26 @@ class ChainedSink(AuditSink):
             record_id=self._new_id(), hmac_key=self._key)
         self._next_seq, self._next_hash = record["seq"], record["hash"]
         return record, line
+
+    def _follow(self, stored: tuple[int, str] | str) -> None:
+        """Continue after ``stored``, the authenticated head another writer left (called by a
+        backend under its storage lock, ``_next_*`` holding what this process last wrote), or
+        fail closed: a stored head behind ours, or another record at our head, means the
+        storage was cut, rolled back or forked; ``stored`` as a str is the problem with the
+        stored head's own check (chain.check_line)."""
+        if isinstance(stored, str):
+            self._failed = (f"the last record of the audit log fails its integrity check "
+                            f"({stored}); run `ferrohsm audit verify`, restart to recover")
+        elif stored[0] < self._next_seq or (stored[0] == self._next_seq
+                                            and stored[1] != self._next_hash):
+            self._failed = (f"the stored audit log ends at seq {stored[0]}, behind seq "
+                            f"{self._next_seq} this process wrote: truncated or rolled back; "
+                            "restart to recover")
+        else:
+            self._next_seq, self._next_hash = stored
+            return
+        log.error("audit: %s", self._failed)
+        raise AuditUnavailable(f"audit log unavailable until restart: {self._failed}")
 
     def _system_event(self, action: str, message: str, **details: DetailValue) -> AuditEvent:
         """A record the sink writes about itself (genesis, segment start, recovery, pruning)."""
@@ -568,6 +526,8 @@ class ChainedSink(AuditSink):
                                    "its signature does not verify")
         seq, digest = checkpoint.get("seq"), checkpoint.get("head_hash")
         head_seq, head_hash = self._committed
+        if isinstance(seq, int) and seq > head_seq:  # another writer may have gone on since
+            head_seq, head_hash = self.catch_up()
         if not isinstance(seq, int) or seq > head_seq:
             raise AuditUnavailable(f"{SHORTER_THAN_CHECKPOINT} (log ends at seq {head_seq}, "
                                    f"checkpoint of {checkpoint.get('ts')} covers seq {seq})")

@@ -5,6 +5,8 @@
   at once, for ``is_durable``/``wait``.
 * ``FileSink`` — append-only JSONL segments (filesink.py).
 * ``SQLiteSink`` — one SQLite table with retention pruning (sqlitesink.py).
+* ``PostgresSink`` — one PostgreSQL table shared by many nodes (pgsink.py; psycopg is imported
+  only when one is opened).
 * ``Anchor`` — Ed25519-signed checkpoints of the head (anchor.py).
 * ``GroupCommit`` — the bounded-leader batching both sinks use (groupcommit.py).
 
@@ -17,8 +19,9 @@ from __future__ import annotations
 from .anchor import Anchor
 from .filesink import FileSink
 from .groupcommit import GroupCommit
+from .pgsink import PostgresSink
 from .sinkbase import SHORTER_THAN_CHECKPOINT, AuditSink, ChainedSink, Ticket
 from .sqlitesink import SQLiteSink
 
 __all__ = ["SHORTER_THAN_CHECKPOINT", "Anchor", "AuditSink", "ChainedSink", "FileSink",
-           "GroupCommit", "SQLiteSink", "Ticket"]
+           "GroupCommit", "PostgresSink", "SQLiteSink", "Ticket"]

@@ -11,8 +11,14 @@ count, and the hash of the last pruned record). The verifier accepts a log whose
 prev_hash is exactly such an attested hash, so what remains still verifies end to end, and the
 pruning itself is an audited, chained, authenticated event.
 
-A second process writing the same database would fork the chain, so every transaction first checks
-that the table's last seq is still our head; if not, the sink stops (fail closed).
+Many writers (``processes = N``): every transaction is ``BEGIN IMMEDIATE`` (SQLite's one writer
+lock), reads the table's last (seq, hash) and, when another process appended, authenticates
+that record and continues after it (sinkbase ``_follow``); the records are sealed inside the
+transaction. The transaction (and the opening, so two processes starting at once write one
+genesis record, not two) also holds ``flock`` on the directory's ``.lock``: a process waiting
+for SQLite's lock sleeps in growing steps (up to 100 ms) and may be passed over again and again,
+one waiting for ``flock`` wakes as soon as it is released (measured: four writer processes took
+turns in long runs with SQLite's lock alone).
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from typing import Any
 
 from ..domain.errors import AuditUnavailable, ConfigError
 from .anchor import Anchor
-from .chain import PreparedEvent, check_line, rfc3339
+from .chain import GENESIS_HASH, PreparedEvent, check_line, rfc3339
+from .oslock import ProcessLock
 from .sinkbase import ChainedSink
 
 SCHEMA = """
@@ -80,11 +87,13 @@ class SQLiteSink(ChainedSink):
                          max_group=max_group, checkpoint_interval=checkpoint_interval)
         self.retention_days = retention_days
         self._db: sqlite3.Connection | None = None
+        self._lock = ProcessLock(os.path.join(directory, ".lock"))
         try:
-            self._db = self._connect(durable)
-            self._db.executescript(SCHEMA)
-            self._open()
-            self._checkpoint_opened()
+            with self._lock:
+                self._db = self._connect(durable)
+                self._db.executescript(SCHEMA)
+                self._open()
+                self._checkpoint_opened()
         except sqlite3.Error as exc:
             self._abandon()
             raise AuditUnavailable(f"cannot open audit database {self.path}: {exc}") from None
@@ -130,29 +139,53 @@ class SQLiteSink(ChainedSink):
     # ---- writing ------------------------------------------------------------------------------
 
     def _persist(self, events: list[PreparedEvent], sync: bool = True) -> list[dict[str, Any]]:
-        sealed = [self._seal(event) for event in events]
-        rows = [_row(record, line) for record, line in sealed]
-        self._transaction(lambda db: db.executemany(INSERT, rows))
+        sealed: list[tuple[dict[str, Any], bytes]] = []
+
+        def work(db: sqlite3.Connection) -> None:
+            sealed.extend(self._seal(event) for event in events)  # after the stored head
+            db.executemany(INSERT, [_row(record, line) for record, line in sealed])
+        self._transaction(work)
         return [record for record, _ in sealed]
 
     def _transaction(self, work: Callable[[sqlite3.Connection], object]) -> None:
-        """Run ``work`` in one IMMEDIATE transaction, durably committed, or not at all."""
+        """Run ``work`` in one IMMEDIATE transaction after the stored head, durably committed,
+        or not at all."""
         db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            last = db.execute("SELECT MAX(seq) FROM audit_log").fetchone()[0] or 0
-            if last != self._committed[0]:
-                self._failed = "another writer changed the audit database; restart to recover"
-                raise AuditUnavailable(f"audit log unavailable until restart: {self._failed}")
-            work(db)
-            self._commit(db)
-        except BaseException:
+        with self._lock:  # waiters wake when it is released, not after SQLite's busy sleeps
+            db.execute("BEGIN IMMEDIATE")
             try:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-            except sqlite3.Error:
-                self._failed = "could not roll back a failed audit transaction; restart to recover"
-            raise
+                self._follow_table(db)
+                work(db)
+                self._commit(db)
+            except BaseException:
+                try:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    self._failed = ("could not roll back a failed audit transaction; restart "
+                                    "to recover")
+                raise
+
+    def _follow_table(self, db: sqlite3.Connection) -> None:
+        """Inside the transaction: continue after the table's last record when another process
+        appended (one indexed lookup when nobody did)."""
+        row = db.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+        stored = (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
+        if stored == (self._next_seq, self._next_hash):
+            return
+        if row is not None:
+            text = db.execute("SELECT record FROM audit_log WHERE seq = ?", (row[0],)).fetchone()
+            self._follow(check_line(str(text[0]).encode("ascii"), self._key))
+        else:
+            self._follow(stored)
+
+    def _follow_storage(self) -> None:
+        db = self._conn()
+        db.execute("BEGIN")
+        try:
+            self._follow_table(db)
+        finally:
+            db.execute("ROLLBACK")
 
     def _commit(self, db: sqlite3.Connection) -> None:
         """COMMIT (fsyncs the WAL under synchronous=FULL); a method so tests can make it fail."""
@@ -165,27 +198,29 @@ class SQLiteSink(ChainedSink):
         cutoff = rfc3339(now - timedelta(days=self.retention_days))
         with self._io_lock:
             self._check_usable()
-            span = self._prunable(cutoff)
-            if span is None:
-                return None
-            first, last, count, last_hash = span
-            self._next_seq, self._next_hash = self._committed
-            record, line = self._seal(self._system_event(
-                "audit.checkpoint", f"retention: pruned {count} audit records "
-                f"(seq {first}..{last}) older than {cutoff}",
-                first_pruned_seq=first, last_pruned_seq=last, count=count,
-                last_pruned_hash=last_hash, cutoff=cutoff))
+            self._next_seq, self._next_hash = self._written
+            done: list[dict[str, Any]] = []
 
             def work(db: sqlite3.Connection) -> None:
+                span = self._prunable(cutoff)  # after the stored head: another writer's too
+                if span is None:
+                    return
+                first, last, count, last_hash = span
+                record, line = self._seal(self._system_event(
+                    "audit.checkpoint", f"retention: pruned {count} audit records "
+                    f"(seq {first}..{last}) older than {cutoff}",
+                    first_pruned_seq=first, last_pruned_seq=last, count=count,
+                    last_pruned_hash=last_hash, cutoff=cutoff))
                 db.execute(INSERT, _row(record, line))
                 db.execute("DELETE FROM audit_log WHERE seq <= ?", (last,))
+                done.append(record)
             try:
                 self._transaction(work)
             except (sqlite3.Error, AuditUnavailable) as exc:
                 self._failures += 1
                 raise AuditUnavailable(f"audit pruning failed: {exc}") from None
             self._set_head((self._next_seq, self._next_hash))
-            return record
+            return done[0] if done else None
 
     def _prunable(self, cutoff: str) -> tuple[int, int, int, str] | None:
         """(first, last, count, hash of last) of the oldest records before ``cutoff``: always a
@@ -197,7 +232,7 @@ class SQLiteSink(ChainedSink):
 
         first = one("SELECT MIN(seq) FROM audit_log")
         keep = one("SELECT MIN(seq) FROM audit_log WHERE ts >= ?", cutoff)
-        last = self._committed[0] if keep is None else keep - 1
+        last = self._next_seq if keep is None else keep - 1
         if first is None or last < first:
             return None
         checked = check_line(one("SELECT record FROM audit_log WHERE seq = ?", last)
@@ -211,7 +246,7 @@ class SQLiteSink(ChainedSink):
     # ---- reading ------------------------------------------------------------------------------
 
     def read(self, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
-        head_seq = self._committed[0]
+        head_seq = self.catch_up()[0]  # other writers' records too
         try:
             db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
         except sqlite3.Error as exc:
@@ -236,3 +271,4 @@ class SQLiteSink(ChainedSink):
         if self._db is not None:
             self._db.close()
             self._db = None
+        self._lock.close()

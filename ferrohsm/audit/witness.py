@@ -4,8 +4,9 @@ A checkpoint in ``checkpoints.jsonl`` beside the log makes a truncated tail visi
 file itself survives: whoever can cut the log can cut that file too. A witness is a second place
 the server sends each checkpoint to, out of reach of someone who holds the data directory:
 
-* ``file:/other/disk/checkpoints.jsonl``: appended and fsynced, same format as the local file; the
-  server reads its newest line at start-up, and ``ferrohsm audit verify --witness FILE`` checks the
+* ``file:/other/disk/checkpoints.jsonl``: appended (under ``flock``: every process and node
+  writing the log appends its own) and fsynced, same format as the local file; the server reads
+  its newest checkpoint at start-up, and ``ferrohsm audit verify --witness FILE`` checks the
   log against all of it.
 * ``syslog``: one line per checkpoint to the local syslog (stdlib ``syslog``), for a log shipper.
 * ``https://host/path``: a POST of the checkpoint JSON (``http.client``, TLS verified against the
@@ -18,6 +19,7 @@ failure is logged and the newest checkpoint is tried again at the next one.
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import logging
 import os
@@ -51,6 +53,7 @@ class FileWitness:
     def publish(self, checkpoint: dict[str, Any]) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # every writer of the log (processes, nodes) appends
             os.write(fd, canonical_json(checkpoint) + b"\n")
             os.fsync(fd)
         finally:

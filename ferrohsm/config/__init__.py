@@ -21,7 +21,7 @@ from ..control.policy import TagPolicy
 from ..domain.errors import ConfigError
 
 KEY_STORES = ("filesystem", "sqlite", "memory", "postgres")
-AUDIT_SINKS = ("file", "sqlite")
+AUDIT_SINKS = ("file", "sqlite", "postgres")
 UNSEAL_MODES = ("env", "shamir")
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from ..audit.chain import check_line, stored_seq
 from ..audit.filesink import FileSink
 from ..audit.offline import VerifyInputError, chained_lines, expand_paths, file_lines
+from ..audit.pgsink import PostgresSink, stored_lines
 from ..audit.sinkbase import AuditSink
 from ..audit.sqlitesink import SQLiteSink
 from ..domain import binding
@@ -162,6 +163,8 @@ def sink_lines(sink: AuditSink) -> Iterator[bytes]:
             yield from chained_lines(expand_paths([sink.directory]))
         elif isinstance(sink, SQLiteSink):
             yield from file_lines(sink.path)
+        elif isinstance(sink, PostgresSink):
+            yield from stored_lines(sink.dsn)
         else:
             raise AuditUnavailable(f"cannot read a {type(sink).__name__} log at start-up")
     except VerifyInputError as exc:

@@ -14,7 +14,9 @@ than the last checkpoint in its own ``checkpoints.jsonl``):
 
 ``after_audit`` (the sink is open; its head and log id are known)
   * the newest checkpoint in the witness file is signed by this log's key, names this log, is not
-    beyond the head, and the record at its seq has its hash. A log cut back together with its
+    beyond the head, and the record at its seq has its hash. With several writers of one log
+    (``processes = N``, nodes on one database) the head is read after the checkpoint
+    (``catch_up``), so one that another live writer signed meanwhile never looks like a cut log. A log cut back together with its
     local ``checkpoints.jsonl`` passes the sink's own check but not this one.
   * a key record bound to an audit seq the log does not have (``audit_seq`` on a key, once the
     store carries it): the log is behind the store.
@@ -32,6 +34,7 @@ Cost: the store-loss check reads the whole log (logscan.py) and looks up every k
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,8 +88,10 @@ class StartupChecks:
     def before_audit(self) -> None:
         """Refuse (or note, when accepted) a missing audit log beside keys or a witness, and a
         log without its checkpoints."""
-        if self.audit.present():
-            if not self.audit.has_checkpoints():
+        with self.audit.settled():  # not in the middle of another process's opening
+            present, has_checkpoints = self.audit.present(), self.audit.has_checkpoints()
+        if present:
+            if not has_checkpoints:
                 self._degraded(f"the audit log in {self.audit.directory} has records but its "
                                "signed checkpoints (checkpoints.jsonl) are missing or empty: "
                                "they were deleted, perhaps together with the log's last records")
@@ -125,7 +130,7 @@ class StartupChecks:
         if not self._new_log:
             check_witness(sink, self.witness_file)
         if not self._audit_loss:  # accepted: the keys are bound anew to this log (reconcile.py)
-            check_bindings(self.store, sink.head()[0])
+            check_bindings(self.store, sink.catch_up)
         if self.store_is_persistent:
             self._check_store_loss(sink)
 
@@ -168,7 +173,9 @@ def check_witness(sink: ChainedSink, witness_file: str) -> None:
     if cp.get("log_id") != sink.log_id:
         raise StartupRefused(f"{where} belongs to another audit log ({cp.get('log_id')!r:.60}): "
                              "the audit log was replaced")
-    head_seq = sink.head()[0]
+    # The head read AFTER the checkpoint: another writer of the log (processes = N, nodes)
+    # may have signed it beyond the head this process saw at open.
+    head_seq = sink.catch_up()[0]
     seq = cp.get("seq")
     if not isinstance(seq, int) or seq > head_seq:
         raise StartupRefused(f"the audit log ends at seq {head_seq}, behind {where} (seq {seq} "
@@ -181,15 +188,19 @@ def check_witness(sink: ChainedSink, witness_file: str) -> None:
                              "rolled back and rewritten")
 
 
-def check_bindings(store: KeyStore, head_seq: int) -> None:
+def check_bindings(store: KeyStore, head_seq: int | Callable[[], tuple[int, str]]) -> None:
     """Refuse keys whose last change is bound to an audit seq beyond the log's head.
 
     A key never bound (``audit_seq`` 0: written before records were bound) has nothing to
-    compare. This lists the store once."""
-    ahead = [key.id for key in _all_keys(store) if key.audit_seq > head_seq]
+    compare. This lists the store once. ``head_seq`` may be the sink's ``catch_up``: it is then
+    asked only after the store was listed, so a key another live writer changed meanwhile is
+    compared with a head that already holds that change's record."""
+    keys = _all_keys(store)
+    head = head_seq if isinstance(head_seq, int) else head_seq()[0]
+    ahead = [key.id for key in keys if key.audit_seq > head]
     if ahead:
         raise StartupRefused(f"{len(ahead)} key record(s) are bound to audit records beyond the "
-                             f"log's last seq {head_seq}: {named(ahead)}. The audit log is "
+                             f"log's last seq {head}: {named(ahead)}. The audit log is "
                              "behind the key store (truncated or restored from an older backup)")
 
 

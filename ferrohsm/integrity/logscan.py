@@ -7,7 +7,7 @@ that may hold arbitrary names) and before only scalar fields, so the last occurr
 ``"key_id":"`` and of ``"outcome":"`` in a line are the record's own. Measured on a 1M-record
 file log (623 MB, 10,000 creations): about 0.3 s with the files in the page cache; from a cold
 disk it is bound by reading the segments once. The SQLite sink's ``action`` index makes its scan
-read only the matching rows.
+read only the matching rows, as does the PostgreSQL sink's.
 
 HMACs are not checked here: a forged creation record can only make start-up refuse (fail
 closed), and ``ferrohsm audit verify`` is what proves the chain authentic.
@@ -15,17 +15,21 @@ closed), and ``ferrohsm audit verify`` is what proves the chain authentic.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..audit.anchor import CHECKPOINT_FILE
 from ..audit.offline import VerifyInputError, chained_lines, expand_paths
+from ..audit.pgsink import stored_lines
 from ..audit.segments import list_segments, segment_name
 from ..domain.errors import AuditUnavailable
 
 SQLITE_FILE = "audit.sqlite3"
+LOCK_FILE = ".lock"  # the sinks' lock (audit/oslock.py), beside the log
 CREATE = b'{"action":"key.create",'
 RESTORE = b'{"action":"key.restore",'  # a key restored from a backup archive (custody/restore.py)
 LOST = b'{"action":"key.lost",'
@@ -35,10 +39,12 @@ SUCCESS = b'"outcome":"success"'
 
 @dataclass(frozen=True)
 class AuditLocation:
-    """Where the audit sink keeps its log: a file sink directory, or the SQLite database in it."""
+    """Where the audit sink keeps its log: a file sink directory, the SQLite database in it, or
+    a PostgreSQL database (``dsn``; the directory then holds this node's checkpoints)."""
 
     directory: str
-    sink: str = "file"  # "file" | "sqlite"
+    sink: str = "file"  # "file" | "sqlite" | "postgres"
+    dsn: str = field(default="", repr=False)  # postgres only; never printed (a password)
 
     @property
     def database(self) -> str:
@@ -46,6 +52,8 @@ class AuditLocation:
 
     def present(self) -> bool:
         """Whether any record is stored (before the sink is opened, which would create one)."""
+        if self.sink == "postgres":
+            return any(True for _ in stored_lines(self.dsn, limit=1))
         if not os.path.isdir(self.directory):
             return False
         if self.sink == "sqlite":
@@ -53,8 +61,30 @@ class AuditLocation:
         return any(os.path.getsize(os.path.join(self.directory, segment_name(n))) > 0
                    for n in list_segments(self.directory))
 
+    @contextlib.contextmanager
+    def settled(self) -> Iterator[None]:
+        """Hold the log's lock (shared) while looking at it: a process opening the log holds it
+        exclusively while it writes a new log's genesis record and first checkpoint (or cuts a
+        torn tail), so another process starting at the same moment (``processes = N``) sees a
+        log with both or with neither, never a log whose checkpoints seem deleted."""
+        if self.sink == "postgres" or not os.path.isdir(self.directory):
+            yield
+            return
+        fd = os.open(os.path.join(self.directory, LOCK_FILE),
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
     def has_checkpoints(self) -> bool:
-        """Whether the sink's checkpoints file beside the log holds anything."""
+        """Whether the sink's checkpoints file beside the log holds anything. A PostgreSQL log's
+        checkpoints are each node's own (pgsink.py): a node new to the cluster has none yet,
+        so their absence proves nothing there (the sink still refuses a log shorter than the
+        node's newest one, and a witness covers the rest)."""
+        if self.sink == "postgres":
+            return True
         path = os.path.join(self.directory, CHECKPOINT_FILE)
         return os.path.isfile(path) and os.path.getsize(path) > 0
 
@@ -63,6 +93,9 @@ class AuditLocation:
         order."""
         if self.sink == "sqlite":
             yield from _sqlite_rows(self.database, None)
+            return
+        if self.sink == "postgres":
+            yield from stored_lines(self.dsn, actions=("key.create", "key.lost"))
             return
         try:
             for raw in chained_lines(expand_paths([self.directory])):

@@ -1,4 +1,6 @@
-"""One contract for every AuditSink: run against FileSink and SQLiteSink alike.
+"""One contract for every AuditSink: run against FileSink, SQLiteSink and PostgresSink alike
+(PostgreSQL: one real server for the session, tests/pgserver.py, a fresh database per test; the
+offline verifier checks an export of the table, what ``ferrohsm audit export`` writes).
 
 A sink is done when it passes this suite: records are durable before append returns, a ticket
 (``append(event, durable=False)``) counts as durable only once its record is flushed and fails
@@ -29,12 +31,15 @@ import pytest
 
 from ferrohsm.audit.chain import AuditEvent, record_hash, seal_record_line
 from ferrohsm.audit.groupcommit import GroupCommit
+from ferrohsm.audit.pgsink import PostgresSink, stored_lines
 from ferrohsm.audit.sinks import AuditSink, FileSink, SQLiteSink, Ticket
 from ferrohsm.audit.verify import VerifyResult, load_checkpoint, verify_paths
 from ferrohsm.domain.errors import AuditUnavailable, ConfigError
 
 KEY = hashlib.sha256(b"conformance audit key").digest()
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))  # tests/pgserver.py, beside the test folders
+import pgserver  # noqa: E402  # after its folder is on the path
 
 
 def event(n: int = 0, **kw: Any) -> AuditEvent:
@@ -65,23 +70,39 @@ class FailingSQLiteSink(SQLiteSink):
         super()._commit(db)
 
 
+class FailingPostgresSink(PostgresSink):
+    fail = False
+
+    def _commit(self, conn: Any) -> None:
+        if self.fail:
+            raise self._psycopg.OperationalError("could not write to the WAL")
+        super()._commit(conn)
+
+
 class Backend:
     """How to open, read raw lines of, and tamper with one kind of sink."""
 
-    def __init__(self, kind: str, root: Path) -> None:
-        self.kind, self.root = kind, root
+    def __init__(self, kind: str, root: Path, dsn: str = "") -> None:
+        self.kind, self.root, self.dsn = kind, root, dsn
         self.dir = root / "audit"
         self.log_path = str(self.dir if kind == "file" else self.dir / "audit.db")
+        if kind == "postgres":  # what the offline verifier gets: an export of the table
+            self.log_path = str(root / "export.jsonl")
 
     def open(self, failing: bool = False, **kw: Any) -> Any:
         if self.kind == "file":
             return (FailingFileSink if failing else FileSink)(self.log_path, KEY, **kw)
+        if self.kind == "postgres":
+            return (FailingPostgresSink if failing else PostgresSink)(
+                self.dsn, KEY, directory=str(self.dir), **kw)
         return (FailingSQLiteSink if failing else SQLiteSink)(self.log_path, KEY, **kw)
 
     def lines(self) -> list[bytes]:
         if self.kind == "file":
             return [line for seg in sorted(self.dir.glob("audit-*.jsonl"))
                     for line in seg.read_bytes().splitlines()]
+        if self.kind == "postgres":
+            return list(stored_lines(self.dsn))
         with self._db() as db:
             rows = db.execute("SELECT record FROM audit_log ORDER BY seq")
             return [row[0].encode() for row in rows]
@@ -92,6 +113,14 @@ class Backend:
             for seg in self.dir.glob("audit-*.jsonl"):
                 seg.unlink()
             (self.dir / "audit-000001.jsonl").write_bytes(b"".join(x + b"\n" for x in lines))
+            return
+        if self.kind == "postgres":
+            import psycopg
+            with psycopg.connect(self.dsn) as conn:  # commits on leaving
+                conn.execute("DELETE FROM audit_log")
+                for i, x in enumerate(lines, 1):
+                    conn.execute("INSERT INTO audit_log VALUES (%s, '', '', '', NULL, '', '', %s)",
+                                 (i, x.decode()))
             return
         with self._db() as db:
             db.execute("DELETE FROM audit_log")
@@ -108,6 +137,8 @@ class Backend:
             db.close()
 
     def verify(self, key: bytes = KEY, **kw: Any) -> VerifyResult:
+        if self.kind == "postgres":  # `ferrohsm audit export` writes exactly these lines
+            Path(self.log_path).write_bytes(b"".join(x + b"\n" for x in self.lines()))
         return verify_paths([self.log_path], key, **kw)
 
     @property
@@ -115,8 +146,19 @@ class Backend:
         return str(self.dir / "checkpoints.jsonl")
 
 
-@pytest.fixture(params=["file", "sqlite"])
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[pgserver.PostgresServer]:
+    """One real PostgreSQL server for the session (each test gets a fresh database)."""
+    pgserver.skip_unless_available()
+    with pgserver.running() as server:
+        yield server
+
+
+@pytest.fixture(params=["file", "sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "postgres":
+        server: pgserver.PostgresServer = request.getfixturevalue("postgres")
+        return Backend("postgres", tmp_path, server.new_database())
     return Backend(request.param, tmp_path)
 
 
@@ -259,8 +301,10 @@ def test_wrong_key_is_bad_hmac(backend: Backend) -> None:
     assert kind_of(backend.verify(key=b"w" * 32)) == ("bad_hmac", 1)
 
 
-def test_splice_from_another_log_is_inserted(backend: Backend, tmp_path: Path) -> None:
-    other = Backend(backend.kind, tmp_path / "other")
+def test_splice_from_another_log_is_inserted(backend: Backend, tmp_path: Path,
+                                            request: pytest.FixtureRequest) -> None:
+    dsn = request.getfixturevalue("postgres").new_database() if backend.dsn else ""
+    other = Backend(backend.kind, tmp_path / "other", dsn)
     for b in (backend, other):
         fill(opened := b.open(), 5)
         opened.close()
@@ -518,7 +562,7 @@ def test_failed_flush_loses_only_unacknowledged_records(backend: Backend) -> Non
     ticket = opened.append(event(7), durable=False)
     opened.fail = True
     opened.write_queued()
-    if backend.kind == "sqlite":  # nothing to split: the failure surfaces at write time
+    if backend.kind != "file":  # nothing to split: the failure surfaces at write time
         with pytest.raises(AuditUnavailable):
             opened.is_durable(ticket)
         opened.fail = False
@@ -650,6 +694,8 @@ CHILD = textwrap.dedent("""
 
 def test_file_size_limit_fails_closed(backend: Backend) -> None:
     """A real write error (EFBIG after a short write) in a child process with RLIMIT_FSIZE."""
+    if backend.kind == "postgres":
+        pytest.skip("the database server writes the files: a limit on this process is moot")
     backend.open().close()
     env = dict(os.environ, AUDIT_KEY=base64.b64encode(KEY).decode())
     margin = "6000" if backend.kind == "file" else "200000"  # SQLite's WAL grows by whole pages
@@ -824,13 +870,31 @@ def test_file_live_segment_swapped_underneath_refuses(tmp_path: Path, how: str) 
     opened.close()
 
 
-def test_file_log_is_locked_against_a_second_writer(tmp_path: Path) -> None:
-    backend = Backend("file", tmp_path)
-    opened = backend.open()
-    with pytest.raises(AuditUnavailable, match="in use"):
-        backend.open()
-    opened.close()
-    backend.open().close()
+def test_two_writers_share_one_chain(backend: Backend) -> None:
+    """Two sinks on one log (what two processes are): each batch follows the other's records,
+    so the log stays one chain; tickets, rotation and checkpoints work across them."""
+    kw: dict[str, Any] = {"segment_max_bytes": 4096} if backend.kind == "file" else {}
+    first, second = backend.open(**kw), backend.open(**kw)
+    assert second.head() == first.head()  # one genesis, not two
+    acked = []
+    for n in range(30):
+        writer = (first, second)[n % 2]
+        if n % 3:
+            acked.append(writer.append(event(n, message="x" * 200))["seq"])
+        else:
+            ticket = writer.append(event(n, message="x" * 200), durable=False)
+            writer.wait(ticket)
+            acked.append(ticket.seq)
+    assert acked == sorted(set(acked))  # increasing, none twice
+    assert first.read(limit=1000) == second.read(limit=1000)  # either one reads it all
+    assert first.catch_up() == second.catch_up() == second.head()
+    first.make_checkpoint()
+    second.close()
+    first.close()
+    result = backend.verify()
+    assert result.ok, result.problem
+    seqs = [json.loads(line)["seq"] for line in backend.lines()]
+    assert seqs == list(range(1, len(seqs) + 1)) and set(acked) <= set(seqs)
 
 
 def test_sqlite_prune_keeps_a_verifiable_log(tmp_path: Path) -> None:

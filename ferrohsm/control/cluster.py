@@ -1,0 +1,46 @@
+"""How the processes sharing one store coordinate (README "Running several nodes"): who starts
+cold (membership), who runs the retention scheduler (leader), and the per-actor rate-limit
+spending they exchange. The ports are protocols; store/nodelock.py and store/pg_shared.py
+implement them, and app.py picks one pair by store kind."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..auth.sharedlimit import ClusterLimits, UsageExchange
+
+
+class Leader(Protocol):
+    def is_leader(self) -> bool: ...
+    def holds(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+class Membership(Protocol):
+    def enter(self) -> bool: ...
+    def started(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class Cluster:
+    """How the processes sharing one store coordinate (README "Running several nodes"): who
+    starts cold, who runs the scheduler, and the per-actor rate-limit spending."""
+
+    membership: Membership
+    leader: Leader
+    usage: UsageExchange
+    limits: ClusterLimits | None = None
+    pid: int = field(default_factory=os.getpid)
+
+    def describe(self) -> dict[str, Any]:
+        return {"pid": self.pid, "scheduler_leader": self.leader.holds(),
+                "rate_limit_syncs": self.limits.syncs if self.limits else 0}
+
+    def close(self) -> None:
+        self.leader.close()
+        if self.limits is None or self.limits.thread is None:  # else its thread closes it
+            self.usage.close()
+        self.membership.close()
