@@ -342,7 +342,7 @@ def build_runtime(config: Config, secrets: Secrets,
     approval_routes.register(router, service.approvals)
     dashboard_routes.register(router)
     token_routes.register(router, TokenService(service.guard, auth))
-    transit_routes.register(router, service, limiter)
+    transit_routes.register(router, service, items)
     app = application.Application(router, auth, metrics, application.audit_hook(service.record),
                                   limiter)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
