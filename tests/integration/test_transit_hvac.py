@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from live import LiveServer
+from test_batch import positions
 
 hvac = pytest.importorskip("hvac", reason="hvac is a test dependency: pip install -e '.[test]'")
 vault_errors: Any = hvac.exceptions  # hvac has no type stubs
@@ -168,6 +169,18 @@ def test_rotate_then_decrypt_old_ciphertext_and_rewrap(operator: Any, service: A
         "data"]["plaintext"] == B(b"old")
     with pytest.raises(vault_errors.InvalidRequest, match="not supported by FerroHSM"):
         service.secrets.transit.encrypt_data(name=name, plaintext=B(b"x"), key_version=1)
+    datakey = service.adapter.request("POST", f"/v1/transit/datakey/wrapped/{name}",
+                                      json={"key_version": 1}, raise_exception=False)
+    assert datakey.status_code == 400 and "not supported by FerroHSM" in datakey.json()[
+        "errors"][0]
+    # in a batch, another version is that item's own error (400 unless partial success allowed)
+    rewrap = service.adapter.request("POST", f"/v1/transit/rewrap/{name}", json={
+        "batch_input": [{"ciphertext": old, "key_version": 1},
+                        {"ciphertext": old, "key_version": 2}],
+        "partial_failure_response_code": 207}, raise_exception=False)
+    first, second = rewrap.json()["data"]["batch_results"]
+    assert rewrap.status_code == 207 and "not supported by FerroHSM" in first["error"]
+    assert second["ciphertext"].startswith("vault:v2:")
 
 
 @pytest.mark.parametrize("bits", [128, 256, 512])
@@ -377,15 +390,6 @@ def test_a_batch_spends_one_rate_limit_token_per_item(tmp_path_factory: pytest.T
         tight.close()
 
 
-def positions(text: str) -> list[int]:
-    """The item positions a batch record lists ("0-1,3")."""
-    out: list[int] = []
-    for span in text.split(","):
-        low, _, high = span.partition("-")
-        out += range(int(low), int(high or low) + 1)
-    return out
-
-
 def test_a_batch_is_recorded_per_group_of_like_items_and_spends_a_token_per_item(
         tmp_path_factory: pytest.TempPathFactory) -> None:
     """A batch_input takes the native batch path: one record per group of like items (key,
@@ -419,7 +423,7 @@ def test_a_batch_is_recorded_per_group_of_like_items_and_spends_a_token_per_item
         assert len(records) == 4 and all(
             (r["action"], r["key_id"], r["details"]["batch_size"]) == ("crypto.decrypt", key_id, 5)
             for r in records)
-        where = {i: r for r in records for i in positions(r["details"]["batch_items"])}
+        where = positions(records)
         assert sorted(where) == list(range(5))  # every item in exactly one record
         assert where[0] is where[2] and where[0]["message"] == "decrypted 2 batch items, 6 bytes"
         assert [(where[i]["outcome"], where[i]["key_version"]) for i in range(5)] == [
