@@ -34,7 +34,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from ..auth.permissions import Action
 from ..auth.ratelimit import RateLimiter
@@ -50,7 +50,6 @@ from ..domain.model import Key, RequestContext
 from .guard import audit_message, key_ref
 from .keys import OPERATION, KeyService, require_primary
 
-T = TypeVar("T")
 MAX_RANGES = 200  # characters of item positions per record (the audit log keeps 256 per detail)
 
 
@@ -144,61 +143,66 @@ class CryptoBatch:
     def encrypt(self, ref: str, plaintext: bytes, aad: bytes | None = None, *,
                 version: int | None = None) -> dict[str, Any]:
         """``version``: the one the caller asks for, refused unless it is the primary."""
-        index, key = self._begin(Action.ENCRYPT, ref, lambda: {"plaintext": plaintext,
-                                                               "aad": aad},
-                                 check=lambda k: require_primary(k, version))
-        return self._encrypt(index, ref, key, plaintext, aad)
+        return self._encrypt(self._take_index(), ref, plaintext, aad, version)
 
-    def _encrypt(self, index: int, ref: str, key: Key, plaintext: bytes,
-                 aad: bytes | None) -> dict[str, Any]:
-        token, version = self._run(index, Action.ENCRYPT, ref, key,
-                                   lambda: self._engine.encrypt(key, plaintext, aad))
-        self._done(index, Action.ENCRYPT, key, version, "encrypted", len(plaintext))
-        return {"ciphertext": token, "key_id": key.id, "key_version": version}
+    def _encrypt(self, index: int, ref: str, plaintext: bytes, aad: bytes | None,
+                 version: int | None) -> dict[str, Any]:
+        key = self._begin(index, Action.ENCRYPT, ref,
+                          lambda: {"plaintext": plaintext, "aad": aad},
+                          None if version is None else lambda k: require_primary(k, version))
+        try:
+            token, used = self._engine.encrypt(key, plaintext, aad)
+        except FerroError as exc:
+            raise self._error(index, Action.ENCRYPT, ref, key, exc) from None
+        self._done(index, Action.ENCRYPT, key, used, "encrypted", len(plaintext))
+        return {"ciphertext": token, "key_id": key.id, "key_version": used}
 
     def decrypt(self, ref: str, ciphertext: str, aad: bytes | None = None) -> dict[str, Any]:
-        index, key = self._begin(Action.DECRYPT, ref, lambda: {"ciphertext": ciphertext,
-                                                               "aad": aad})
-        plaintext, version = self._decrypt(index, ref, key, ciphertext, aad)
+        plaintext, version = self._decrypt(self._take_index(), ref, ciphertext, aad)
         return {"plaintext": plaintext, "key_version": version}
 
-    def _decrypt(self, index: int, ref: str, key: Key, ciphertext: str,
+    def _decrypt(self, index: int, ref: str, ciphertext: str,
                  aad: bytes | None) -> tuple[bytes, int]:
-        plaintext, version = self._run(index, Action.DECRYPT, ref, key,
-                                       lambda: self._engine.decrypt(key, ciphertext, aad))
+        key = self._begin(index, Action.DECRYPT, ref,
+                          lambda: {"ciphertext": ciphertext, "aad": aad})
+        try:
+            plaintext, version = self._engine.decrypt(key, ciphertext, aad)
+        except FerroError as exc:
+            raise self._error(index, Action.DECRYPT, ref, key, exc) from None
         self._done(index, Action.DECRYPT, key, version, "decrypted", len(plaintext))
         return plaintext, version
 
     def rewrap(self, ref: str, ciphertext: str, aad: bytes | None = None, *,
                version: int | None = None) -> dict[str, Any]:
         """Decrypt, then encrypt under the primary version (or ``version``, which must be it):
-        ONE item (one rate-limit token), authorized, approved and recorded as a decrypt and an
-        encrypt; the plaintext never leaves this call. The result is encrypt's."""
-        index, key = self._begin(Action.DECRYPT, ref, lambda: {"ciphertext": ciphertext,
-                                                               "aad": aad})
-        plaintext, _ = self._decrypt(index, ref, key, ciphertext, aad)
-        _, key = self._begin(Action.ENCRYPT, ref, lambda: {"plaintext": plaintext, "aad": aad},
-                             index, check=lambda k: require_primary(k, version))
-        return self._encrypt(index, ref, key, plaintext, aad)
+        ONE item (one position, one rate-limit token), authorized, approved and recorded as a
+        decrypt and an encrypt; the plaintext never leaves this call. The result is encrypt's."""
+        index = self._take_index()
+        plaintext, _ = self._decrypt(index, ref, ciphertext, aad)
+        return self._encrypt(index, ref, plaintext, aad, version)
 
     def sign(self, ref: str, data: bytes, *, prehashed: bool,
              scheme: str | None = None) -> dict[str, Any]:
-        index, key = self._begin(Action.SIGN, ref, lambda: {
+        index = self._take_index()
+        key = self._begin(index, Action.SIGN, ref, lambda: {
             "data": data, "prehashed": prehashed, "scheme": scheme})
-        signature, used, version = self._run(
-            index, Action.SIGN, ref, key,
-            lambda: self._engine.sign(key, data, prehashed, scheme))
+        try:
+            signature, used, version = self._engine.sign(key, data, prehashed, scheme)
+        except FerroError as exc:
+            raise self._error(index, Action.SIGN, ref, key, exc) from None
         self._done(index, Action.SIGN, key, version, f"signed with {used}", None)
         return {"signature": signature, "key_version": version, "algorithm": used}
 
     def verify(self, ref: str, data: bytes, signature: bytes, *, prehashed: bool,
                scheme: str | None = None, version: int | None = None) -> dict[str, Any]:
-        index, key = self._begin(Action.VERIFY, ref, lambda: {
+        index = self._take_index()
+        key = self._begin(index, Action.VERIFY, ref, lambda: {
             "data": data, "signature": signature, "prehashed": prehashed, "scheme": scheme,
             "version": version})
-        valid, used = self._run(
-            index, Action.VERIFY, ref, key,
-            lambda: self._engine.verify(key, data, signature, prehashed, scheme, version))
+        try:
+            valid, used = self._engine.verify(key, data, signature, prehashed, scheme, version)
+        except FerroError as exc:
+            raise self._error(index, Action.VERIFY, ref, key, exc) from None
         self._done(index, Action.VERIFY, key, used,
                    "signature valid" if valid else "signature INVALID", None)
         return {"valid": valid, "key_version": used}
@@ -222,13 +226,11 @@ class CryptoBatch:
         self._next += 1
         return index
 
-    def _begin(self, action: Action, ref: str, args: Callable[[], dict[str, Any]],
-               index: int | None = None, *,
-               check: Callable[[Key], None] | None = None) -> tuple[int, Key]:
-        """Rate limit, authorization (cached per key), ``check`` of the key, dual control; the
-        item's position (``index``: the same item's second operation, already paid for)."""
-        if index is None:
-            index = self._take_index()
+    def _begin(self, index: int, action: Action, ref: str,
+               args: Callable[[], dict[str, Any]],
+               check: Callable[[Key], None] | None = None) -> Key:
+        """For item ``index``: rate limit, authorization (cached per key), ``check`` of the
+        key, dual control."""
         key = None
         try:
             if index >= self._granted:
@@ -240,15 +242,13 @@ class CryptoBatch:
                 self._service.dual.gate(self.ctx, action, key, args(), decision)
         except FerroError as exc:
             raise self._failed(index, action, ref, key, exc) from None
-        return index, key
+        return key
 
-    def _run(self, index: int, action: Action, ref: str, key: Key, op: Callable[[], T]) -> T:
-        """The engine's work for the item: a refusal is counted in the metrics and tallied."""
-        try:
-            return op()
-        except FerroError as exc:
-            self._service.on_crypto(key.algorithm, OPERATION[action], "error")
-            raise self._failed(index, action, ref, key, exc) from None
+    def _error(self, index: int, action: Action, ref: str, key: Key,
+               exc: FerroError) -> FerroError:
+        """The engine refused the item: counted in the metrics, tallied, marked Recorded."""
+        self._service.on_crypto(key.algorithm, OPERATION[action], "error")
+        return self._failed(index, action, ref, key, exc)
 
     def _admit(self, action: Action, ref: str) -> tuple[Key, Decision]:
         found = self._admitted.get((action, ref))
