@@ -7,12 +7,12 @@ decrypt, rewrap, sign or verify is KeyService's single call (one record each); a
 ``CryptoItems``): each item is authorized, approved and audited as a native batch item is (one
 record per group of like items, naming key, version, outcome and the items' positions), and a
 batch of n items spends n tokens of the caller's rate limit, all of them or the request is
-refused 429 before any item runs. An item's own bad input,
-failed decryption or refused key state is that item's ``error``; anything that would refuse
-every item alike (no such key, permission, rate limit, a parked approval, audit unavailable, any
-5xx) fails the whole request. As in Vault, a batch with a failed item answers 400 with every
-item's result, or ``partial_failure_response_code`` when some items succeeded. ``datakey`` is
-the native data key (``KeyService.data_key``).
+refused 429 before any item runs. An item's own bad input, failed decryption or refused key
+state is that item's ``error``; anything that would refuse every item alike (no such key,
+permission, rate limit, a parked approval, audit unavailable, any 5xx) fails the whole request.
+As in Vault, a batch with a failed item answers 400 with every item's result, or
+``partial_failure_response_code`` when some items succeeded. ``datakey`` is the native data key
+(``KeyService.data_key``).
 
 Writes answer POST and PUT alike (Vault's Go client writes with PUT), listings GET ``?list=true``
 and the LIST method. Vault features FerroHSM lacks answer 400 ``... not supported by FerroHSM``.
