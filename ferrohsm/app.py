@@ -411,7 +411,7 @@ def build_runtime(config: Config, secrets: Secrets,
     dashboard_routes.register(router)
     token_routes.register(router, TokenService(service.guard, auth))
     custody_routes.register(router, service.guard, seal, lambda: {"sealed": False})
-    transit_routes.register(router, service, limiter)
+    transit_routes.register(router, service, items)
     wire_backup(router, config, secrets, service, approvals, audit)
     app = application.Application(router, auth, metrics, application.audit_hook(service.record),
                                   limiter)

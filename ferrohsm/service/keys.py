@@ -55,6 +55,7 @@ from .guard import AuditLog, Guard, utcnow
 log = logging.getLogger("ferrohsm.service")
 # "crypto.encrypt" -> "encrypt": the operation label of the crypto metrics, computed once
 OPERATION = {a: a.value.rpartition(".")[2] for a in Action}
+DATA_KEY_BITS = (128, 192, 256)  # AES key sizes: what a data key is for
 
 
 class KeyService:
@@ -258,8 +259,11 @@ class KeyService:
 
     def _use(self, ctx: RequestContext, action: Action, ref: str,
              op: Callable[[Key], tuple[Any, int]], message: Callable[[Any], str],
-             args: dict[str, Any] | None = None) -> tuple[Key, Any, int]:
+             args: dict[str, Any] | None = None,
+             check: Callable[[Key], None] | None = None) -> tuple[Key, Any, int]:
         def work(key: Key, decision: Decision) -> tuple[Key, Any, int]:
+            if check is not None:  # before any approval is asked for a call that cannot run
+                check(key)
             if decision is not ALLOWED:  # an approval to request or redeem
                 self.dual.gate(ctx, action, key, args or {}, decision)
             try:
@@ -273,27 +277,35 @@ class KeyService:
         return self.guard.on_key(ctx, action, ref, work)
 
     def encrypt(self, ctx: RequestContext, ref: str, plaintext: bytes,
-                aad: bytes | None = None) -> dict[str, Any]:
-        key, token, version = self._use(ctx, Action.ENCRYPT, ref,
-                                        lambda k: self.engine.encrypt(k, plaintext, aad),
-                                        lambda _: f"encrypted {len(plaintext)} bytes",
-                                        {"plaintext": plaintext, "aad": aad})
-        return {"ciphertext": token, "key_id": key.id, "key_version": version}
+                aad: bytes | None = None, *, version: int | None = None) -> dict[str, Any]:
+        """``version``: the one the caller asks to encrypt with, refused unless the primary."""
+        key, token, used = self._use(ctx, Action.ENCRYPT, ref,
+                                     lambda k: self.engine.encrypt(k, plaintext, aad),
+                                     lambda _: f"encrypted {len(plaintext)} bytes",
+                                     {"plaintext": plaintext, "aad": aad},
+                                     None if version is None
+                                     else lambda k: require_primary(k, version))
+        return {"ciphertext": token, "key_id": key.id, "key_version": used}
 
     def data_key(self, ctx: RequestContext, ref: str, bits: int = 256, *,
-                 include_plaintext: bool = True, aad: bytes | None = None) -> dict[str, Any]:
+                 include_plaintext: bool = True, aad: bytes | None = None,
+                 version: int | None = None,
+                 sizes: tuple[int, ...] = DATA_KEY_BITS) -> dict[str, Any]:
         """A fresh data key for envelope encryption, encrypted under ``ref`` (an ``encrypt``
         key): authorized, approved, rate-limited and audited as an encrypt (the record says
-        "data key", never the key). ``plaintext`` only when ``include_plaintext``."""
-        if bits not in DATA_KEY_BITS:
-            raise BadRequest("bits must be one of " + ", ".join(map(str, DATA_KEY_BITS)))
-        key, (material, token), version = self._use(
+        "data key", never the key). ``plaintext`` only when ``include_plaintext``. ``sizes``:
+        the ``bits`` a surface offers (Vault's datakey has 512); ``version``: the one the
+        caller asks to encrypt with, refused unless it is the primary."""
+        if bits not in sizes:
+            raise BadRequest("bits must be one of " + ", ".join(map(str, sizes)))
+        key, (material, token), used = self._use(
             ctx, Action.ENCRYPT, ref,
             lambda k: _pair(self.engine.data_key(k, bits // 8, aad)),
             lambda _: f"generated a {bits}-bit data key "
                       f"({'plaintext returned' if include_plaintext else 'ciphertext only'})",
-            {"data_key_bits": bits, "include_plaintext": include_plaintext, "aad": aad})
-        out: dict[str, Any] = {"ciphertext": token, "key_id": key.id, "key_version": version}
+            {"data_key_bits": bits, "include_plaintext": include_plaintext, "aad": aad},
+            lambda k: require_primary(k, version))
+        out: dict[str, Any] = {"ciphertext": token, "key_id": key.id, "key_version": used}
         if include_plaintext:
             out["plaintext"] = material
         return out
@@ -348,7 +360,12 @@ class KeyService:
         return {"version": used, "pem": pem}
 
 
-DATA_KEY_BITS = (128, 192, 256)  # AES key sizes: what a data key is for
+def require_primary(key: Key, version: int | None) -> None:
+    """FerroHSM encrypts with a key's primary version only: a caller asking for another one
+    (Vault's ``key_version``) is refused, never silently given the primary."""
+    if version and version != key.primary_version:
+        raise BadRequest(f"encrypting with a version other than the primary "
+                         f"({key.primary_version}) is not supported by FerroHSM")
 
 
 def _pair(made: tuple[bytes, str, int]) -> tuple[tuple[bytes, str], int]:

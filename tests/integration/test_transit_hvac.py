@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from live import LiveServer
+from test_batch import positions
 
 hvac = pytest.importorskip("hvac", reason="hvac is a test dependency: pip install -e '.[test]'")
 vault_errors: Any = hvac.exceptions  # hvac has no type stubs
@@ -168,6 +169,18 @@ def test_rotate_then_decrypt_old_ciphertext_and_rewrap(operator: Any, service: A
         "data"]["plaintext"] == B(b"old")
     with pytest.raises(vault_errors.InvalidRequest, match="not supported by FerroHSM"):
         service.secrets.transit.encrypt_data(name=name, plaintext=B(b"x"), key_version=1)
+    datakey = service.adapter.request("POST", f"/v1/transit/datakey/wrapped/{name}",
+                                      json={"key_version": 1}, raise_exception=False)
+    assert datakey.status_code == 400 and "not supported by FerroHSM" in datakey.json()[
+        "errors"][0]
+    # in a batch, another version is that item's own error (400 unless partial success allowed)
+    rewrap = service.adapter.request("POST", f"/v1/transit/rewrap/{name}", json={
+        "batch_input": [{"ciphertext": old, "key_version": 1},
+                        {"ciphertext": old, "key_version": 2}],
+        "partial_failure_response_code": 207}, raise_exception=False)
+    first, second = rewrap.json()["data"]["batch_results"]
+    assert rewrap.status_code == 207 and "not supported by FerroHSM" in first["error"]
+    assert second["ciphertext"].startswith("vault:v2:")
 
 
 @pytest.mark.parametrize("bits", [128, 256, 512])
@@ -346,7 +359,11 @@ def test_every_operation_is_audited(srv: LiveServer, operator: Any) -> None:
         svc.secrets.transit.rotate_key(name=name)
     records = audit_records(srv, subject)
     actions = [(r["action"], r["outcome"]) for r in records]
-    assert actions.count(("crypto.encrypt", "success")) == 3  # one per batch item
+    # the single request's record, and ONE for both batch items (their positions listed)
+    assert actions.count(("crypto.encrypt", "success")) == 2
+    batched = [r for r in records if "batch_items" in r["details"]]
+    assert [(r["message"], r["details"]) for r in batched] == [
+        ("encrypted 2 batch items, 2 bytes", {"batch_items": "0-1", "batch_size": 2})]
     assert ("crypto.decrypt", "success") in actions
     assert ("key.rotate", "denied") in actions
     key_id = json.loads(json.dumps(operator.secrets.transit.read_key(name=name)))["data"][
@@ -369,6 +386,63 @@ def test_a_batch_spends_one_rate_limit_token_per_item(tmp_path_factory: pytest.T
         assert "rate limit" in resp.json()["errors"][0]
         records = audit_records(tight, "batch-limited")
         assert [r["outcome"] for r in records] == ["denied"]  # refused before any item ran
+    finally:
+        tight.close()
+
+
+def test_a_batch_is_recorded_per_group_of_like_items_and_spends_a_token_per_item(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A batch_input takes the native batch path: one record per group of like items (key,
+    version, outcome and the items' positions), n rate-limit tokens for n items (a rewrap item
+    is one token, recorded as a decrypt and an encrypt)."""
+    tight = LiveServer(tmp_path_factory.mktemp("transit-groups"), overrides={
+        ("rate_limit", "service_requests_per_second"): 0.01, ("rate_limit", "service_burst"): 10})
+    try:
+        operator = client(tight, "operator")
+        name = create(operator)
+        key_id = tight.rt.store.get_by_name(name).id
+        writer = client(tight, "service", "transit-writer")
+        old = writer.secrets.transit.encrypt_data(name=name, plaintext=B(b"old"))["data"][
+            "ciphertext"]
+        operator.secrets.transit.rotate_key(name=name)
+        new = writer.secrets.transit.encrypt_data(name=name, plaintext=B(b"new"))["data"][
+            "ciphertext"]
+        prefix, _, payload = new.rpartition(":")
+        flipped = bytearray(base64.b64decode(payload))
+        flipped[-1] ^= 1
+        svc = client(tight, "service", "transit-grouped")
+        items = [{"ciphertext": old}, {"ciphertext": new}, {"ciphertext": old, "reference": "r"},
+                 {"ciphertext": f"{prefix}:{B(bytes(flipped))}"}, {"associated_data": B(b"a")}]
+        resp = svc.adapter.request("POST", f"/v1/transit/decrypt/{name}",
+                                   json={"batch_input": items}, raise_exception=False)
+        assert resp.status_code == 400  # failed items, no partial_failure_response_code
+        results = resp.json()["data"]["batch_results"]
+        assert [base64.b64decode(r["plaintext"]) for r in results[:3]] == [b"old", b"new", b"old"]
+        assert results[2]["reference"] == "r" and all("error" in r for r in results[3:])
+        records = audit_records(tight, "transit-grouped")
+        assert len(records) == 4 and all(
+            (r["action"], r["key_id"], r["details"]["batch_size"]) == ("crypto.decrypt", key_id, 5)
+            for r in records)
+        where = positions(records)
+        assert sorted(where) == list(range(5))  # every item in exactly one record
+        assert where[0] is where[2] and where[0]["message"] == "decrypted 2 batch items, 6 bytes"
+        assert [(where[i]["outcome"], where[i]["key_version"]) for i in range(5)] == [
+            ("success", 1), ("success", 2), ("success", 1), ("error", None), ("error", None)]
+        # a rewrap item: one token, a decrypt and an encrypt record
+        rewrap = svc.secrets.transit.rewrap_data(name=name, ciphertext=None, batch_input=[
+            {"ciphertext": old}, {"ciphertext": old}])["data"]["batch_results"]
+        assert all(r["ciphertext"].startswith("vault:v2:") for r in rewrap)
+        encrypt = svc.secrets.transit.encrypt_data(name=name, plaintext=None, batch_input=[
+            {"plaintext": B(b"x")}] * 3)["data"]["batch_results"]
+        assert all(r["key_version"] == 2 for r in encrypt)
+        later = [(r["action"], r["key_version"], r["details"]["batch_items"], r["message"])
+                 for r in audit_records(tight, "transit-grouped")[4:]]
+        assert later == [("crypto.decrypt", 1, "0-1", "decrypted 2 batch items, 6 bytes"),
+                         ("crypto.encrypt", 2, "0-1", "encrypted 2 batch items, 6 bytes"),
+                         ("crypto.encrypt", 2, "0-2", "encrypted 3 batch items, 3 bytes")]
+        # 5 + 2 + 3 items spent the burst of 10 exactly: the next request finds it empty
+        with pytest.raises(vault_errors.RateLimitExceeded):
+            svc.secrets.transit.encrypt_data(name=name, plaintext=B(b"x"))
     finally:
         tight.close()
 

@@ -1,14 +1,18 @@
 """Vault transit routes under /v1/transit/: Vault's requests, FerroHSM's service calls.
 
 Every operation is the native one underneath (``KeyService``: authorization, tag scoping, dual
-control, lifecycle and one audit record per call), so the Vault surface gives no extra power.
-A ``batch_input`` runs its items one after another through those same per-item calls: each item
-is authorized and audited as a request of its own would be, and spends one token of the caller's
-rate limit (the first is spent by the request itself). An item's own bad input, failed
-decryption or refused key state is that item's ``error``; anything that would refuse every item
-alike (no such key, permission, rate limit, a parked approval, audit unavailable, any 5xx) fails
-the whole request. As in Vault, a batch with a failed item answers 400 with every item's result,
-or ``partial_failure_response_code`` when some items succeeded.
+control, lifecycle and audit), so the Vault surface gives no extra power. A single encrypt,
+decrypt, rewrap, sign or verify is KeyService's single call (one record each); a
+``batch_input`` runs through THE per-item path of the native batches (service/batch.py
+``CryptoItems``): each item is authorized, approved and audited as a native batch item is (one
+record per group of like items, naming key, version, outcome and the items' positions), and a
+batch of n items spends n tokens of the caller's rate limit, all of them or the request is
+refused 429 before any item runs. An item's own bad input, failed decryption or refused key
+state is that item's ``error``; anything that would refuse every item alike (no such key,
+permission, rate limit, a parked approval, audit unavailable, any 5xx) fails the whole request.
+As in Vault, a batch with a failed item answers 400 with every item's result, or
+``partial_failure_response_code`` when some items succeeded. ``datakey`` is the native data key
+(``KeyService.data_key``).
 
 Writes answer POST and PUT alike (Vault's Go client writes with PUT), listings GET ``?list=true``
 and the LIST method. Vault features FerroHSM lacks answer 400 ``... not supported by FerroHSM``.
@@ -16,15 +20,14 @@ and the LIST method. Vault features FerroHSM lacks answer 400 ``... not supporte
 
 from __future__ import annotations
 
-import secrets
-import time
 from collections.abc import Callable
 from typing import Any
 
-from ...auth.ratelimit import RateLimiter
-from ...domain.errors import BadRequest, FerroError, MethodNotAllowed, NameTaken
+from ...auth.permissions import Action
+from ...domain.errors import BadRequest, FerroError, MethodNotAllowed, NameTaken, Recorded
 from ...domain.model import Key, KeyFilter, RequestContext
 from ...service import KeyService
+from ...service.batch import CryptoBatch, CryptoItems, Items
 from ...service.randomness import random_bytes
 from ..http import Request, Response, json_response
 from ..router import Router
@@ -35,11 +38,10 @@ from ..transit.text import format_signature, parse_signature, scheme, to_vault
 from .common import MAX_VERSION, b64s, json_body, query
 
 P = "/v1/transit"
-MAX_BATCH = 1000
 ITEM_STATUSES = frozenset({400, 409, 410, 413})  # an item's own failure; others fail the batch
 DATA_KEY_BITS = (128, 256, 512)
 RANDOM_SOURCES = ("platform",)
-One = Callable[[Body], dict[str, Any]]
+One = Callable[[Items, Body], dict[str, Any]]  # one item: parse it, then one call
 
 CREATE = ("type", "derived", "convergent_encryption", "exportable", "allow_plaintext_backup",
           "auto_rotate_period", "key_size", "managed_key_name", "managed_key_id", "context")
@@ -83,11 +85,11 @@ UNSUPPORTED: tuple[tuple[str, str, str], ...] = (
 
 
 class Transit:
-    """The handlers, over one KeyService (and the limiter that batches spend)."""
+    """The handlers, over one KeyService and the batch path of its cryptographic items."""
 
-    def __init__(self, service: KeyService, limiter: RateLimiter | None) -> None:
+    def __init__(self, service: KeyService, items: CryptoItems) -> None:
         self.service = service
-        self.limiter = limiter
+        self.items = items
 
     # ---- keys ----
 
@@ -146,67 +148,51 @@ class Transit:
         if body.text("type") not in (None, "", "aes256-gcm96"):
             raise BadRequest(f"creating keys on encrypt (upsert) is {NOT_SUPPORTED}")
 
-        def one(item: Body) -> dict[str, Any]:
+        def one(calls: Items, item: Body) -> dict[str, Any]:
             _no_derivation(item)
             plaintext = item.base64("plaintext")
             if plaintext is None:
                 raise BadRequest("missing plaintext to encrypt")
-            self.check_version(ctx, name, item)
-            out = self.service.encrypt(ctx, name, plaintext, item.base64("associated_data"))
+            out = calls.encrypt(name, plaintext, item.base64("associated_data"),
+                                version=_version(item))
             return {"ciphertext": to_vault(out["ciphertext"]), "key_version": out["key_version"]}
-        return self.run(ctx, req, body, one, ENCRYPT_ITEM)
+        return self.run(ctx, req, body, Action.ENCRYPT, name, one, ENCRYPT_ITEM)
 
     def decrypt(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
         body, name = Body(json_body(req), DECRYPT), p["name"]
 
-        def one(item: Body) -> dict[str, Any]:
+        def one(calls: Items, item: Body) -> dict[str, Any]:
             _no_derivation(item)
-            out = self.service.decrypt(ctx, name, _ciphertext(item),
-                                       item.base64("associated_data"))
+            out = calls.decrypt(name, _ciphertext(item), item.base64("associated_data"))
             return {"plaintext": b64s(out["plaintext"])}
-        return self.run(ctx, req, body, one, DECRYPT_ITEM)
+        return self.run(ctx, req, body, Action.DECRYPT, name, one, DECRYPT_ITEM)
 
     def rewrap(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
-        """Decrypt and encrypt again under the primary version: two audited calls, as a
-        client doing it itself would make (the plaintext never leaves the server)."""
+        """Decrypt and encrypt again under the primary version (recorded as a decrypt and an
+        encrypt; the plaintext never leaves the server)."""
         body, name = Body(json_body(req), REWRAP), p["name"]
 
-        def one(item: Body) -> dict[str, Any]:
+        def one(calls: Items, item: Body) -> dict[str, Any]:
             _no_derivation(item)
-            aad = item.base64("associated_data")
-            plaintext = self.service.decrypt(ctx, name, _ciphertext(item), aad)["plaintext"]
-            self.check_version(ctx, name, item)
-            out = self.service.encrypt(ctx, name, plaintext, aad)
+            out = calls.rewrap(name, _ciphertext(item), item.base64("associated_data"),
+                               version=_version(item))
             return {"ciphertext": to_vault(out["ciphertext"]), "key_version": out["key_version"]}
-        return self.run(ctx, req, body, one, REWRAP_ITEM)
+        return self.run(ctx, req, body, Action.DECRYPT, name, one, REWRAP_ITEM)
 
     def datakey(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
-        """A fresh random key of ``bits``, encrypted under the named key by the same encrypt
-        call as ``encrypt/:name`` (audited as such); ``plaintext`` also returns the key."""
+        """The native data key (audited as one, "generated a 256-bit data key"), in Vault's
+        sizes; ``plaintext`` also returns the key, ``wrapped`` only its ciphertext."""
         if p["kind"] not in ("plaintext", "wrapped"):
             raise BadRequest("datakey type must be plaintext or wrapped")
         body, name = Body(json_body(req), DATAKEY), p["name"]
         _no_derivation(body)
-        bits = body.integer("bits", 1, 4096) or 256
-        if bits not in DATA_KEY_BITS:
-            raise BadRequest("invalid bits length: must be 128, 256 or 512")
-        self.check_version(ctx, name, body)
-        material = secrets.token_bytes(bits // 8)
-        out = self.service.encrypt(ctx, name, material, None)
+        out = self.service.data_key(ctx, name, body.integer("bits", 1, 4096) or 256,
+                                    include_plaintext=p["kind"] == "plaintext",
+                                    version=_version(body), sizes=DATA_KEY_BITS)
         data = {"ciphertext": to_vault(out["ciphertext"]), "key_version": out["key_version"]}
-        if p["kind"] == "plaintext":
-            data["plaintext"] = b64s(material)
+        if "plaintext" in out:
+            data["plaintext"] = b64s(out["plaintext"])
         return ok(req.request_id, data, body.warnings())
-
-    def check_version(self, ctx: RequestContext, name: str, item: Body) -> None:
-        """FerroHSM encrypts with the key's primary version only: a ``key_version`` naming
-        another one is refused, not silently replaced (read only when one is given)."""
-        wanted = item.integer("key_version", 0, MAX_VERSION)
-        if wanted:
-            primary = self.service.get_key(ctx, name).primary_version
-            if wanted != primary:
-                raise BadRequest(f"encrypting with a version other than the primary ({primary})"
-                                 f" is {NOT_SUPPORTED}")
 
     # ---- signatures ----
 
@@ -219,33 +205,33 @@ class Transit:
             raise BadRequest(f"signing with a version other than the primary "
                              f"({key.primary_version}) is {NOT_SUPPORTED}")
 
-        def one(item: Body) -> dict[str, Any]:
+        def one(calls: Items, item: Body) -> dict[str, Any]:
             _no_derivation(item)
             data = item.base64("input")
             if data is None:
                 raise BadRequest("missing input to sign")
-            out = self.service.sign(ctx, name, data, prehashed=prehashed, scheme=chosen)
+            out = calls.sign(name, data, prehashed=prehashed, scheme=chosen)
             version = out["key_version"]
             return {"signature": format_signature(version, out["signature"]),
                     "key_version": version}
-        return self.run(ctx, req, body, one, SIGN_ITEM)
+        return self.run(ctx, req, body, Action.SIGN, name, one, SIGN_ITEM)
 
     def verify(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
         body, name = Body(json_body(req), (*SIGN_OPTIONS, *VERIFY_ITEM)), p["name"]
         key = self.service.get_key(ctx, name)
         chosen, prehashed = _sign_options(body, p.get("hash"), key)
 
-        def one(item: Body) -> dict[str, Any]:
+        def one(calls: Items, item: Body) -> dict[str, Any]:
             _no_derivation(item)
             item.unsupported("hmac", feature="HMAC")
             data, signature = item.base64("input"), item.text("signature")
             if data is None or not signature:
                 raise BadRequest("missing input or signature to verify")
             version, der = parse_signature(signature)
-            out = self.service.verify(ctx, name, data, der, prehashed=prehashed, scheme=chosen,
-                                      version=version)
+            out = calls.verify(name, data, der, prehashed=prehashed, scheme=chosen,
+                               version=version)
             return {"valid": bool(out["valid"])}
-        return self.run(ctx, req, body, one, VERIFY_ITEM)
+        return self.run(ctx, req, body, Action.VERIFY, name, one, VERIFY_ITEM)
 
     # ---- random ----
 
@@ -267,37 +253,44 @@ class Transit:
 
     # ---- batches ----
 
-    def run(self, ctx: RequestContext, req: Request, body: Body, one: One,
-            item_fields: tuple[str, ...]) -> Response:
-        """One call, or each item of ``batch_input`` in order (see the module docstring)."""
-        batch = body.raw("batch_input")
-        if batch is None:
-            return ok(req.request_id, one(body), body.warnings())
-        items = _items(batch)
-        self.charge(ctx, len(items) - 1)
+    def run(self, ctx: RequestContext, req: Request, body: Body, action: Action, name: str,
+            one: One, item_fields: tuple[str, ...]) -> Response:
+        """A single request (KeyService's single calls: any refusal fails it), or each item
+        of ``batch_input`` in order (see the module docstring)."""
+        raw = body.raw("batch_input")
+        if raw is None:
+            return ok(req.request_id, one(self.items.single(ctx), body), body.warnings())
+        batch = _items(raw)
         results: list[dict[str, Any]] = []
-        for raw in items:
-            try:
-                result = one(Body(raw, item_fields, "each batch_input item"))
-            except FerroError as exc:
-                if exc.status not in ITEM_STATUSES:
-                    raise  # the same for every item (key, permission, audit, 5xx): fail whole
-                result = {"error": vault_message(exc)}
-            if isinstance(raw, dict) and isinstance(raw.get("reference"), str):
-                result["reference"] = raw["reference"]
-            results.append(result)
+        with self.items.batch(ctx, action, len(batch), pay_all=True) as items:
+            for item in batch:
+                result = _item(items, action, name, one, item, item_fields)
+                if isinstance(item, dict) and isinstance(item.get("reference"), str):
+                    result["reference"] = item["reference"]
+                results.append(result)
         failed = sum("error" in r for r in results)
         status = _batch_status(body, failed, len(results) - failed)
         return ok(req.request_id, {"batch_results": results}, body.warnings(), status)
 
-    def charge(self, ctx: RequestContext, extra: int) -> None:
-        """Spend one rate-limit token per item beyond the first (the request spent that one)."""
-        principal = ctx.principal
-        if self.limiter is None or principal is None:
-            return
-        now = time.monotonic()
-        for _ in range(extra):
-            self.limiter.take_actor(principal.subject, principal.role.value, now)
+
+def _item(batch: CryptoBatch, action: Action, name: str, one: One, raw: object,
+          item_fields: tuple[str, ...]) -> dict[str, Any]:
+    """One ``batch_input`` item's result, or its own ``error``; a refusal that would refuse
+    every item alike is raised (the request fails whole). Input the item's call never saw
+    (it failed to parse) is recorded here, in the item's place."""
+    try:
+        return one(batch, Body(raw, item_fields, "each batch_input item"))
+    except FerroError as exc:
+        refused = exc if isinstance(exc, Recorded) else batch.refuse(action, name, exc)
+        if refused.status not in ITEM_STATUSES:
+            raise refused from None
+        return {"error": vault_message(refused)}
+
+
+def _version(item: Body) -> int | None:
+    """The ``key_version`` a caller asks to encrypt with (the service refuses all but the
+    primary)."""
+    return item.integer("key_version", 0, MAX_VERSION)
 
 
 def _no_derivation(item: Body) -> None:
@@ -313,10 +306,9 @@ def _ciphertext(item: Body) -> str:
 
 
 def _items(batch: object) -> list[Any]:
+    """The items (how many a batch may hold is [crypto].max_batch_items, as natively)."""
     if not isinstance(batch, list) or not batch:
         raise BadRequest("batch_input must be a non-empty list of objects")
-    if len(batch) > MAX_BATCH:
-        raise BadRequest(f"batch_input holds at most {MAX_BATCH} items")
     return batch
 
 
@@ -351,9 +343,9 @@ def _unsupported(feature: str) -> Callable[[RequestContext, Request, dict[str, s
     return handler
 
 
-def register(router: Router, service: KeyService, limiter: RateLimiter | None = None) -> None:
+def register(router: Router, service: KeyService, items: CryptoItems | None = None) -> None:
     """The transit routes; undocumented in OpenAPI (README.md documents them)."""
-    t = Transit(service, limiter)
+    t = Transit(service, items or CryptoItems(service))
     writes: tuple[tuple[str, Any, bool], ...] = (
         ("/keys/{name}", t.create, False), ("/keys/{name}/rotate", t.rotate, False),
         ("/encrypt/{name}", t.encrypt, True), ("/decrypt/{name}", t.decrypt, True),
