@@ -11,6 +11,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,12 @@ from .auth.ratelimit import RateLimiter, policy_from_settings
 from .config import Config, Secrets, parse_listen
 from .control.policy import Policy
 from .control.scheduler import RetentionScheduler
+from .crypto.algorithms import ALGORITHMS
 from .crypto.recordmac import RecordMac
 from .crypto.seal import Sealer
+from .domain.approval import ApprovalState
 from .domain.errors import ConfigError, FerroError
-from .domain.model import SYSTEM_CONTEXT, RequestContext, Role
+from .domain.model import SYSTEM_CONTEXT, KeyFilter, KeyState, RequestContext, Role
 from .engine.keycache import MaterialCache
 from .engine.keyengine import KeyEngine
 from .integrity.logcheck import StartupChecks, StartupRefused
@@ -53,6 +56,7 @@ from .store.memory import MemoryStore
 from .store.memory_approvals import MemoryApprovalStore
 from .store.sqlite import SQLiteStore
 from .store.sqlite_approvals import SQLiteApprovalStore
+from .telemetry import tracing
 from .telemetry.metrics import ServerMetrics
 from .tls.context import ReloadingContext
 
@@ -283,11 +287,12 @@ def build_runtime(config: Config, secrets: Secrets,
     token_routes.register(router, TokenService(service.guard, auth))
     transit_routes.register(router, service, limiter)
     app = application.Application(router, auth, metrics, application.audit_hook(service.record),
-                                  limiter)
+                                  limiter, tracer=tracing.from_environment())
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
                       approvals=approvals, key_records=key_records)
     system_routes.register(router, runtime.health, metrics, health_viewer(auth))
     _gauges(runtime)
+    _observability(runtime, audit)
     return runtime
 
 
@@ -329,6 +334,35 @@ def _gauges(rt: Runtime) -> None:
                          lambda: {(): 1.0 if rt.audit.degraded() is None else 0.0})
 
 
+def _observability(rt: Runtime, audit: ChainedSink) -> None:
+    """Issue 18's metrics: audit flush histograms, keys by state, pending approvals, and every
+    series that can be known at start created at zero."""
+    audit.on_sync = rt.metrics.observe_audit_sync
+    store, approvals = rt.store, rt.approvals
+    rt.metrics.add_gauge("ferrohsm_keys", "Keys by lifecycle state",
+                         lambda: {(s.value,): float(store.count(KeyFilter(state=s)))
+                                  for s in KeyState}, ("state",))
+    if approvals is not None:
+        rt.metrics.add_gauge(
+            "ferrohsm_approvals_pending", "Approvals waiting for decisions (counted to 10000)",
+            lambda: {(): float(len(approvals.list(ApprovalState.PENDING, datetime.now(UTC),
+                                                  limit=10000)))})
+    for name in ALGORITHMS:
+        for operation in CRYPTO_OPERATIONS:
+            for outcome in ("success", "error"):
+                rt.metrics.crypto_ops.touch(name, operation, outcome)
+    for reason in AUTH_FAILURE_REASONS:
+        rt.metrics.auth_failures.touch(reason)
+    for route in rt.router.routes():
+        rt.metrics.latency.touch(route.template, route.method)
+
+
+CRYPTO_OPERATIONS = ("encrypt", "decrypt", "sign", "verify", "wrap", "unwrap")
+AUTH_FAILURE_REASONS = ("missing", "scheme", "malformed", "oversized", "header", "algorithm",
+                        "kid", "signature", "claims", "issuer", "audience", "expired",
+                        "immature", "lifetime", "role", "binding", "revoked")
+
+
 def start_scheduler(rt: Runtime) -> threading.Thread:
     """The retention scheduler (ferrohsm/scheduler.py), every [scheduler].interval_seconds."""
     scheduler = RetentionScheduler(rt.service,
@@ -344,6 +378,7 @@ def system_event(rt: Runtime, action: str, message: str) -> None:
 def make_server(rt: Runtime, ssl_provider: Any) -> HardenedHTTPServer:
     s = rt.config.server
     host, port = parse_listen(s.listen)
+    rt.app.server_port = port or None  # port 0: known once bound (cli/serve.py sets it)
     return HardenedHTTPServer(
         rt.app, host=host, port=port, ssl_context_provider=ssl_provider,
         max_connections=s.max_connections,
@@ -354,7 +389,8 @@ def make_server(rt: Runtime, ssl_provider: Any) -> HardenedHTTPServer:
         header_timeout=s.header_timeout_seconds, body_timeout=s.body_timeout_seconds,
         idle_timeout=s.idle_timeout_seconds, max_body=s.max_body_bytes, logger=log,
         workers=s.workers, inline=rt.app.runs_inline, audit=rt.audit,
-        on_refused=rt.app.refuse)
+        on_refused=rt.app.refuse,
+        on_request=rt.app.finished if rt.app.tracer is not None else None)
 
 
 def tls_provider(config: Config) -> ReloadingContext:
@@ -377,3 +413,6 @@ def shutdown(rt: Runtime, server: HardenedHTTPServer | None) -> None:
     if rt.approvals is not None:
         rt.approvals.close()
     rt.store.close()
+    rt.app.access.close()  # every access line written before we return
+    if rt.app.tracer is not None:
+        rt.app.tracer.shutdown()

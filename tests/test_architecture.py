@@ -71,6 +71,7 @@ LAYER: dict[str, int] = {
 THIRD_PARTY: dict[str, tuple[str, ...]] = {
     "cryptography": ("ferrohsm.crypto.", "ferrohsm.tls.devpki"),
     "jwt": ("ferrohsm.auth.",),
+    "opentelemetry": ("ferrohsm.telemetry.tracing",),  # lazily, only when OTLP export is set
 }
 
 CONCRETE_STORES = frozenset({

@@ -139,6 +139,7 @@ def _run(config: Config, ssl_provider: Any, announce: Any = None, options: Any =
             target=rt.authenticator.reload, args=("SIGHUP",), name="ferrohsm-sighup",
             daemon=True).start())
         port = server.server_address[1]
+        rt.app.server_port = port
         wiring.system_event(rt, "system.startup", f"FerroHSM listening on port {port}")
         wiring.start_scheduler(rt)
         log.info("listening on %s:%d (key store %s)", server.server_address[0], port,
