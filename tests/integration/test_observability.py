@@ -45,7 +45,7 @@ class Receiver:
         headers = self.headers
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802  the http.server API
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 if self.path != "/v1/traces" or \
                         self.headers["Content-Type"] != "application/x-protobuf":
