@@ -324,14 +324,31 @@ def config_audit(audit: AuditSink, action: str) -> Callable[[str, str], None]:
 
 def _gauges(rt: Runtime) -> None:
     cache = rt.service.engine.cache
-    rt.metrics.add_gauge("ferrohsm_key_cache", "Unsealed-key cache statistics",
-                         lambda: {(k,): float(v) for k, v in cache.stats().items()}, ("stat",))
-    rt.metrics.add_gauge("ferrohsm_token_cache", "Verified-token cache statistics",
-                         lambda: {(k,): float(v) for k, v in rt.authenticator.stats().items()},
-                         ("stat",))
+    rt.metrics.add_gauge("ferrohsm_key_cache", "Unsealed-key cache size and bound",
+                         lambda: _levels(cache.stats()), ("stat",))
+    rt.metrics.add_counter("ferrohsm_key_cache_events", "Unsealed-key cache hits, misses, "
+                           "evictions", lambda: _events(cache.stats()), ("event",))
+    rt.metrics.add_gauge("ferrohsm_token_cache", "Verified-token cache and keyset state",
+                         lambda: _levels(rt.authenticator.stats()), ("stat",))
+    rt.metrics.add_counter("ferrohsm_token_cache_events", "Token verification cache hits and "
+                           "misses, failures, keyset reloads",
+                           lambda: _events(rt.authenticator.stats()), ("event",))
     rt.metrics.add_gauge("ferrohsm_audit_healthy", "1 when the audit log accepts records (0 "
                          "from a failed write or flush until the next good one)",
                          lambda: {(): 1.0 if rt.audit.degraded() is None else 0.0})
+
+
+# The cache statistics that only grow: exported as counters (``_total``), the rest as gauges.
+MONOTONIC_STATS = frozenset({"hits", "misses", "evictions", "failures", "cache_hits",
+                             "cache_misses", "keyset_reloads", "keyset_reload_failures"})
+
+
+def _levels(stats: dict[str, int]) -> dict[tuple[str, ...], float]:
+    return {(k,): float(v) for k, v in stats.items() if k not in MONOTONIC_STATS}
+
+
+def _events(stats: dict[str, int]) -> dict[tuple[str, ...], float]:
+    return {(k,): float(v) for k, v in stats.items() if k in MONOTONIC_STATS}
 
 
 def _observability(rt: Runtime, audit: ChainedSink) -> None:

@@ -71,6 +71,8 @@ class Application:
                   if "traceparent" in req.headers else None)
         span = self._start_span(req, parent) if self.tracer is not None else None
         trace = span.ids() if span is not None else _ids(parent)
+        if span is not None and not span.recording:
+            span = None  # sampled out: no children, no attributes, nothing to end
         ctx = base_context(req, None, self.limiter.client_ip(
             req.peer_ip, req.headers.get_all("x-forwarded-for")), trace[0])
         try:
@@ -131,7 +133,8 @@ class Application:
         if self.server_port is not None:
             attributes["server.port"] = self.server_port
         span = self.tracer.start(req.method, parent, attributes)
-        req.trace = span
+        if span.recording:
+            req.trace = span
         return span
 
     def refuse(self, req: Request, exc: FerroError) -> Response:

@@ -69,7 +69,10 @@ class Tracer:
         if not os.environ.get("OTEL_SERVICE_NAME"):
             attributes["service.name"] = "ferrohsm"
         self.provider = TracerProvider(resource=Resource.create(attributes))
-        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        # The SDK's default queue (2048 spans) overflows within a second at a few thousand
+        # requests a second (4 spans each); OTEL_BSP_MAX_QUEUE_SIZE still decides when set.
+        queue = {} if os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") else {"max_queue_size": 32768}
+        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(), **queue))
         self.tracer = self.provider.get_tracer(SCOPE, __version__)
         self._t = trace
         self._remote = (NonRecordingSpan, SpanContext, TraceFlags, TraceState)
@@ -102,7 +105,7 @@ class Tracer:
 class RequestSpan:
     """One request's server span and its children."""
 
-    __slots__ = ("_context", "_flush", "_tracer", "ended", "error_type", "span")
+    __slots__ = ("_context", "_flush", "_tracer", "ended", "error_type", "recording", "span")
 
     def __init__(self, tracer: Tracer, span: Any) -> None:
         self._tracer = tracer
@@ -110,6 +113,7 @@ class RequestSpan:
         self._context: Any = None
         self._flush: Any = None
         self.ended = False
+        self.recording: bool = span.is_recording()  # False: sampled out (OTEL_TRACES_SAMPLER)
         self.error_type: str | None = None  # the refusal's code, once the app knows it
 
     def ids(self) -> tuple[str, str, str]:
