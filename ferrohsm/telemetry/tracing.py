@@ -71,8 +71,9 @@ class Tracer:
         self.provider = TracerProvider(resource=Resource.create(attributes))
         # The SDK's default queue (2048 spans) overflows within a second at a few thousand
         # requests a second (4 spans each); OTEL_BSP_MAX_QUEUE_SIZE still decides when set.
-        queue = {} if os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") else {"max_queue_size": 32768}
-        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(), **queue))
+        queue = None if os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") else 32768
+        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(),
+                                                            max_queue_size=queue))
         self.tracer = self.provider.get_tracer(SCOPE, __version__)
         self._t = trace
         self._remote = (NonRecordingSpan, SpanContext, TraceFlags, TraceState)
