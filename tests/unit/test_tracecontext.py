@@ -60,3 +60,20 @@ def test_new_ids_are_lowercase_hex_nonzero_and_distinct() -> None:
     assert len(traces) == 200 and len(spans) == 200
     assert all(len(t) == 32 and int(t, 16) and t == t.lower() for t in traces)
     assert all(len(s) == 16 and int(s, 16) and s == s.lower() for s in spans)
+
+
+@pytest.mark.parametrize(("env", "on"), [
+    ({}, False),
+    ({"OTEL_SERVICE_NAME": "hsm"}, False),  # naming the service alone exports nothing
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, True),
+    ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, True),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "  "}, False),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "true"}, False),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none"}, False),
+])
+def test_export_is_on_only_when_the_standard_variables_ask(env: dict[str, str],
+                                                           on: bool) -> None:
+    from ferrohsm.telemetry.tracing import enabled, from_environment
+    assert enabled(env) is on
+    if not on:
+        assert from_environment(env) is None
