@@ -45,6 +45,12 @@ def _s(value: str | None) -> str:
     return "null" if value is None else _q(value)
 
 
+def _ours(value: str | None) -> str:
+    """A value FerroHSM made from a closed alphabet (hex ids, route templates, error codes, a
+    sanitized correlation id): quoted without escaping, which is most of a line's cost."""
+    return "null" if value is None else f'"{value}"'
+
+
 class _Clock:
     """The ``ts`` prefix, formatted once a second (strftime per line is a measurable cost)."""
 
@@ -149,17 +155,21 @@ def fields(*, method: str, route: str, path: str, status: int, duration_ms: floa
            correlation_id: str | None, user_agent: str | None, server_port: int | None,
            error_type: str | None) -> str:
     """The request-specific members of an access line, named by the OpenTelemetry semantic
-    conventions (HTTP, user, client, TLS), JSON-escaped by the C encoder."""
-    return (f'"http.request.method":{_q(method)},"http.route":{_q(route)},'
+    conventions (HTTP, user, client, TLS). What a client chose (path, addresses, user, agent,
+    request id) is JSON-escaped by the C encoder; ``route``, ``role``, ``error_type``,
+    ``fingerprint``, the trace ids and ``correlation_id`` (checked by api/http.py's
+    is_sane_request_id) come from closed alphabets and are only quoted."""
+    return (f'"http.request.method":{_q(method)},"http.route":{_ours(route)},'
             f'"url.path":{_q(path)},"http.response.status_code":{status},'
             f'"duration_ms":{duration_ms:.3f},"client.address":{_s(client)},'
             f'"network.peer.address":{_q(peer)},"server.port":'
             f'{"null" if server_port is None else server_port},'
-            f'"user.id":{_s(user)},"user.roles":{"null" if role is None else "[" + _q(role) + "]"},'
-            f'"session.id":{_s(session)},"tls.client.x5t_s256":{_s(fingerprint)},'
-            f'"user_agent.original":{_s(user_agent)},"error.type":{_s(error_type)},'
-            f'"request_id":{_q(request_id)},"trace_id":{_s(trace_id)},"span_id":{_s(span_id)},'
-            f'"trace_flags":{_s(trace_flags)},"correlation_id":{_s(correlation_id)}')
+            f'"user.id":{_s(user)},"user.roles":{"null" if role is None else f"[{_ours(role)}]"},'
+            f'"session.id":{_s(session)},"tls.client.x5t_s256":{_ours(fingerprint)},'
+            f'"user_agent.original":{_s(user_agent)},"error.type":{_ours(error_type)},'
+            f'"request_id":{_q(request_id)},"trace_id":{_ours(trace_id)},'
+            f'"span_id":{_ours(span_id)},"trace_flags":{_ours(trace_flags)},'
+            f'"correlation_id":{_ours(correlation_id)}')
 
 
 ACCESS = AccessLog()

@@ -120,7 +120,9 @@ def test_a_closed_stream_loses_lines_quietly_never_raises(logger: logging.Logger
 @settings(max_examples=200, deadline=None)
 @given(st.text(st.one_of(st.characters(), st.integers(0xD800, 0xDFFF).map(chr)), max_size=40))
 def test_any_client_text_stays_inside_its_json_string(value: str) -> None:
-    line = AccessLog(io.StringIO()).line(sample(user_agent=value, path=value, route=value), 400)
+    line = AccessLog(io.StringIO()).line(sample(user_agent=value, path=value, user=value,
+                                                client=value, session=value), 400)
     assert line.isascii() and line.count("\n") == 1
     parsed = json.loads(line)
-    assert parsed["user_agent.original"] == json.loads(json.dumps(value))
+    for name in ("user_agent.original", "url.path", "user.id", "client.address", "session.id"):
+        assert parsed[name] == json.loads(json.dumps(value))
