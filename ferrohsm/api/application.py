@@ -247,20 +247,16 @@ class Application:
                  seconds: float, trace: tuple[str, str, str], error_type: str | None) -> None:
         self.metrics.requests.inc(route, req.method, str(resp.status))
         self.metrics.latency.observe(seconds, route, req.method)
-        status = resp.status
-        if not self.access.enabled_for(status):
+        access, status = self.access, resp.status
+        if not access.enabled_for(status):
             return
         principal = ctx.principal
-        self.access.write(self.access.line(access_lines.fields(
-            method=req.method, route=route, path=req.path[:256], status=status,
-            duration_ms=seconds * 1000, client=ctx.source_ip, peer=req.peer_ip,
-            user=principal.subject if principal else None,
-            role=principal.role.value if principal else None,
-            session=principal.session if principal else None,
-            fingerprint=ctx.client_fingerprint, request_id=req.request_id,
-            trace_id=trace[0], span_id=trace[1], trace_flags=trace[2],
-            correlation_id=ctx.correlation_id, user_agent=_agent(req),
-            server_port=self.server_port, error_type=error_type), status))
+        access.record(
+            status, req.method, route, req.path[:256], seconds, ctx.source_ip, req.peer_ip,
+            self.server_port, principal.subject if principal else None,
+            principal.role.value if principal else None,
+            principal.session if principal else None, ctx.client_fingerprint, _agent(req),
+            error_type, req.request_id, trace, ctx.correlation_id)
 
 
 def _agent(req: Request) -> str | None:
