@@ -39,10 +39,10 @@ def batched(path: Path) -> tuple[Callable[[int], None], Callable[[], None]]:
 
     def one(i: int) -> None:  # what Application._observe does
         if access.enabled_for(200):
-            access.record(200, "POST", "/v1/keys/{key}/encrypt",
-                          "/v1/keys/0190a5d2-7c3e-7f00-8000-000000000001/encrypt", 0.0002,
-                          "127.0.0.1", "127.0.0.1", 8443, "bench-service", "service", None, None,
-                          "wrk", None, f"req-{i}", (TRACE, SPAN, "00"), None)
+            access.record((time.time(), 200, "POST", "/v1/keys/{key}/encrypt",
+                           "/v1/keys/0190a5d2-7c3e-7f00-8000-000000000001/encrypt", 0.0002,
+                           "127.0.0.1", "127.0.0.1", 8443, "bench-service", "service", None,
+                           None, "wrk", None, f"req-{i}", (TRACE, SPAN, "00"), None))
 
     def close() -> None:
         access.close()

@@ -251,12 +251,12 @@ class Application:
         if not access.enabled_for(status):
             return
         principal = ctx.principal
-        access.record(
-            status, req.method, route, req.path[:256], seconds, ctx.source_ip, req.peer_ip,
-            self.server_port, principal.subject if principal else None,
+        access.record((
+            time.time(), status, req.method, route, req.path[:256], seconds, ctx.source_ip,
+            req.peer_ip, self.server_port, principal.subject if principal else None,
             principal.role.value if principal else None,
             principal.session if principal else None, ctx.client_fingerprint, _agent(req),
-            error_type, req.request_id, trace, ctx.correlation_id)
+            error_type, req.request_id, trace, ctx.correlation_id))
 
 
 def _agent(req: Request) -> str | None:

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from ferrohsm.telemetry.access import AccessLog, level_of
 
 DEFAULTS: dict[str, object] = dict(
-    status=200, method="POST", route="/v1/keys/{key}/encrypt", path="/v1/keys/k1/encrypt",
-    seconds=0.0004321, client="192.0.2.7", peer="127.0.0.1", server_port=8443, user="svc",
+    now=time.time(), status=200, method="POST", route="/v1/keys/{key}/encrypt",
+    path="/v1/keys/k1/encrypt", seconds=0.0004321, client="192.0.2.7", peer="127.0.0.1", server_port=8443, user="svc",
     role="service", session=None, fingerprint=None, user_agent="curl/8.5", error_type=None,
     request_id="req-1", trace=("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", "01"),
     correlation_id=None)
@@ -27,7 +27,7 @@ DEFAULTS: dict[str, object] = dict(
 def record(access: AccessLog, **over: object) -> None:
     """One request's line, as the application writes it (``DEFAULTS`` changed by ``over``)."""
     values = DEFAULTS | over
-    access.record(*values.values())  # type: ignore[arg-type]
+    access.record(tuple(values.values()))  # type: ignore[arg-type]
 
 
 def one_line(**over: object) -> str:
