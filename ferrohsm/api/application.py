@@ -70,11 +70,14 @@ class Application:
                                     req.headers.values_of("tracestate"))
                   if "traceparent" in req.headers else None)
         span = self._start_span(req, parent) if self.tracer is not None else None
-        trace = span.ids() if span is not None else _ids(parent)
+        exported = span.ids() if span is not None else None
         if span is not None and not span.recording:
             span = None  # sampled out: no children, no attributes, nothing to end
+        # The audit record names the trace when there is one (a caller's, or exported spans');
+        # the ids of a request nobody traces are made only for its access line (_observe).
         ctx = base_context(req, None, self.limiter.client_ip(
-            req.peer_ip, req.headers.get_all("x-forwarded-for")), trace[0])
+            req.peer_ip, req.headers.get_all("x-forwarded-for")),
+            exported[0] if exported else parent.trace_id if parent else None)
         try:
             route, params = self._route(req, ctx)
             route_name = route.template
@@ -108,8 +111,8 @@ class Application:
             if ctx.principal is not None:
                 span.set("user.id", ctx.principal.subject)
             span.error_type = error_type
-        self._observe(req, ctx, route_name, resp, time.perf_counter() - start, trace,
-                      error_type)
+        self._observe(req, ctx, route_name, resp, time.perf_counter() - start,
+                      exported or parent, error_type)
         return resp
 
     def finished(self, req: Request, resp: Response, seconds: float) -> None:
@@ -244,13 +247,18 @@ class Application:
         self.audit_refusal(ctx, "ratelimit.refused", "denied", exc.message)
 
     def _observe(self, req: Request, ctx: RequestContext, route: str, resp: Response,
-                 seconds: float, trace: tuple[str, str, str], error_type: str | None) -> None:
+                 seconds: float, trace: tuple[str, str, str] | Parent | None,
+                 error_type: str | None) -> None:
+        """Metrics, then the access line: ``trace`` holds the exported span's ids, or the
+        caller's parent (or None) from which this request's ids are made now."""
         self.metrics.requests.inc(route, req.method, str(resp.status))
         self.metrics.latency.observe(seconds, route, req.method)
         access, status = self.access, resp.status
         if not access.enabled_for(status):
             return
         principal = ctx.principal
+        if not isinstance(trace, tuple):
+            trace = _ids(trace)
         access.record((
             time.time(), status, req.method, route, req.path[:256], seconds, ctx.source_ip,
             req.peer_ip, self.server_port, principal.subject if principal else None,
