@@ -70,9 +70,9 @@ class Application:
                                     req.headers.values_of("tracestate"))
                   if "traceparent" in req.headers else None)
         span = self._start_span(req, parent) if self.tracer is not None else None
-        exported = span.ids() if span is not None else None
         if span is not None and not span.recording:
-            span = None  # sampled out: no children, no attributes, nothing to end
+            span = None  # sampled out: no children, no attributes, nothing to end, no ids
+        exported = span.ids() if span is not None else None
         # The audit record names the trace when there is one (a caller's, or exported spans');
         # the ids of a request nobody traces are made only for its access line (_observe).
         ctx = base_context(req, None, self.limiter.client_ip(

@@ -120,7 +120,8 @@ class RequestSpan:
     def ids(self) -> tuple[str, str, str]:
         """trace id, span id and flags (hex) for the log line and the audit record."""
         ctx = self.span.get_span_context()
-        return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}", f"{int(ctx.trace_flags):02x}"
+        return (format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"),
+                "01" if ctx.trace_flags & 1 else "00")
 
     def child(self, name: str, attributes: dict[str, Any] | None = None) -> Any:
         """Start an INTERNAL child span; the caller ends it (``span.end()``)."""

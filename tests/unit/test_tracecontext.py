@@ -77,3 +77,26 @@ def test_export_is_on_only_when_the_standard_variables_ask(env: dict[str, str],
     assert enabled(env) is on
     if not on:
         assert from_environment(env) is None
+
+
+def test_sampling_follows_otel_traces_sampler_and_a_sampled_caller(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a ratio of 0 a request of its own is sampled out (no span recorded, so no children
+    and no ids are made for it), while a caller's sampled traceparent is still honoured."""
+    from ferrohsm.telemetry.tracecontext import Parent
+    from ferrohsm.telemetry.tracing import from_environment
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    tracer = from_environment()
+    assert tracer is not None
+    try:
+        assert not tracer.start("GET", None, {}).recording
+        span = tracer.start("GET", Parent(TRACE, SPAN, 1, "k=v"), {"url.path": "/x"})
+        assert span.recording and span.ids() == (TRACE, span.ids()[1], "01")
+        assert span.ids()[1] != SPAN
+        unsampled = tracer.start("GET", Parent(TRACE, SPAN, 0), {})
+        assert not unsampled.recording
+    finally:
+        monkeypatch.setenv("OTEL_BSP_EXPORT_TIMEOUT", "100")
+        tracer.provider.shutdown()
