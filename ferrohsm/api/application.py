@@ -35,7 +35,7 @@ from ..domain.ids import is_approval_id
 from ..domain.model import Principal, RequestContext
 from ..telemetry import access as access_lines
 from ..telemetry.metrics import ServerMetrics
-from ..telemetry.tracecontext import Parent, new_span_id, new_trace_id, parse_traceparent
+from ..telemetry.tracecontext import Parent, parse_traceparent
 from ..telemetry.tracing import RequestSpan, Tracer
 from .handlers.dashboard import harden
 from .http import Request, Response, error_response, is_sane_request_id, json_response
@@ -250,15 +250,13 @@ class Application:
                  seconds: float, trace: tuple[str, str, str] | Parent | None,
                  error_type: str | None) -> None:
         """Metrics, then the access line: ``trace`` holds the exported span's ids, or the
-        caller's parent (or None) from which this request's ids are made now."""
+        caller's parent (or None) from which the access log's writer makes this request's."""
         self.metrics.requests.inc(route, req.method, str(resp.status))
         self.metrics.latency.observe(seconds, route, req.method)
         access, status = self.access, resp.status
         if not access.enabled_for(status):
             return
         principal = ctx.principal
-        if not isinstance(trace, tuple):
-            trace = _ids(trace)
         access.record((
             time.time(), status, req.method, route, req.path[:256], seconds, ctx.source_ip,
             req.peer_ip, self.server_port, principal.subject if principal else None,
@@ -270,14 +268,6 @@ class Application:
 def _agent(req: Request) -> str | None:
     agent = req.headers.values_of("user-agent")
     return agent[0][:256] if agent else None
-
-
-def _ids(parent: Parent | None) -> tuple[str, str, str]:
-    """trace id, span id and flags of a request when no span is exported: the parent's trace
-    and flags, or a new trace; always a new span id."""
-    if parent is None:
-        return new_trace_id(), new_span_id(), "00"
-    return parent.trace_id, new_span_id(), f"{parent.flags:02x}"
 
 
 def _traced(span: RequestSpan, route: Any, ctx: RequestContext, req: Request,

@@ -26,6 +26,8 @@ import time
 from json.encoder import encode_basestring_ascii as _q
 from typing import TextIO
 
+from .tracecontext import Parent, new_span_id, new_trace_id
+
 WARNING_STATUSES = frozenset({401, 403, 429})
 LOGGER = "ferrohsm.access"
 
@@ -41,11 +43,20 @@ def level_of(status: int) -> int:
 
 # What Application hands over per request, in this order: time.time(), status, method, route
 # template, path, seconds, client address, peer address, server port, user id, role value,
-# session id, certificate thumbprint, user agent, error code, request id,
-# (trace id, span id, flags), correlation id.
+# session id, certificate thumbprint, user agent, error code, request id, the exported span's
+# (trace id, span id, flags) or, for a request whose spans are not exported, the caller's
+# Parent or None (its ids are made by the writer: nothing else needs them), correlation id.
 Values = tuple[float, int, str, str, str, float, str | None, str, int | None, str | None,
                str | None, str | None, str | None, str | None, str | None, str,
-               tuple[str, str, str], str | None]
+               tuple[str, str, str] | Parent | None, str | None]
+
+
+def untraced_ids(parent: Parent | None) -> tuple[str, str, str]:
+    """trace id, span id and flags of a request whose spans are not exported: the caller's
+    trace and flags, or a new trace; always a new span id (the request's server span)."""
+    if parent is None:
+        return new_trace_id(), new_span_id(), "00"
+    return parent.trace_id, new_span_id(), f"{parent.flags:02x}"
 
 _LEVEL_NAMES = {logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error"}
 
@@ -126,6 +137,8 @@ class AccessLog:
         for (now, status, method, route, path, seconds, client, peer, port, user, role,
              session, thumb, agent, error, request_id, trace, correlation) in queued:
             try:
+                if not isinstance(trace, tuple):  # spans not exported: ids made here
+                    trace = untraced_ids(trace)
                 out.append(
                     f'{{"ts":"{stamp(now)}","level":"{names[level_of(status)]}",'
                     f'"logger":"{LOGGER}","http.request.method":{q(method)},'

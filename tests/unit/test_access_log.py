@@ -134,3 +134,14 @@ def test_any_client_text_stays_inside_its_json_string(value: str) -> None:
     for name in ("user_agent.original", "url.path", "user.id", "client.address", "session.id",
                  "http.request.method", "network.peer.address", "request_id"):
         assert parsed[name] == json.loads(json.dumps(value))
+
+
+def test_a_request_whose_spans_are_not_exported_gets_ids_of_its_own() -> None:
+    from ferrohsm.telemetry.tracecontext import Parent
+    fresh = json.loads(one_line(trace=None))
+    assert len(fresh["trace_id"]) == 32 and len(fresh["span_id"]) == 16
+    assert fresh["trace_flags"] == "00"
+    parent = Parent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", 1)
+    child = json.loads(one_line(trace=parent))
+    assert (child["trace_id"], child["trace_flags"]) == (parent.trace_id, "01")
+    assert child["span_id"] != parent.span_id and len(child["span_id"]) == 16
