@@ -1,22 +1,31 @@
 #!/usr/bin/env python3
 """FerroHSM over HTTPS, measured with wrk against the stdlib echo baseline in the same run.
 
-Three servers, each its own process pinned to core 0 (wrk runs on core 1), 16 keep-alive TLS 1.3
+Servers, each its own process pinned to core 0 (wrk runs on core 1), 16 keep-alive TLS 1.3
 connections, rounds alternating between them so they share the machine's background noise:
 
 * baseline      bench/echo_server.py: stdlib ThreadingHTTPServer + ssl, read JSON, reply fixed JSON
-* durable       `ferrohsm serve`: JWT auth, rate limiting, AES-256-GCM encrypt of 32 bytes, and an
-                audit record fsynced (group commit) before every reply; filesystem key store
+* durable       `ferrohsm serve` on the shipped defaults ([logging] level = "INFO": one access
+                line per request, written to a file as a service manager would keep stderr):
+                JWT auth, rate limiting, AES-256-GCM encrypt of 32 bytes, and an audit record
+                fsynced (group commit) before every reply; filesystem key store
 * no-fsync      the same server with [audit] durable = false (the issue 5 comparison)
+* access-off    the same as durable with [logging] level = "WARNING" (no access line for a 200:
+                labelled, the issue 18 comparison: the access log's cost)
+* otlp          the same as durable with OTEL_EXPORTER_OTLP_ENDPOINT pointing at a local OTLP/HTTP
+                receiver (this process, core 1), every span sampled and exported (issue 18)
+* otlp-5pct     otlp with OTEL_TRACES_SAMPLER=parentbased_traceidratio, _ARG=0.05 (labelled)
+* otlp-2pct     the same with _ARG=0.02 (labelled; the README's suggestion)
 * stapling      (only with --stapling) durable with [tls] ocsp_staple = true: TLS through
                 pyOpenSSL, stapling a response fetched from a local `openssl ocsp` (wrk asks for
                 no status, so this measures the pyOpenSSL read/write path every request takes)
 
 Targets: durable >= 0.60 x baseline req/s with p50 < 5 ms and p99 < 25 ms (issue 3);
-durable >= 0.80 x no-fsync (issue 5). Then key listings over 5,000 and 100,000 keys (issue 3).
+durable >= 0.80 x no-fsync (issue 5); durable >= 0.95 x access-off and otlp >= 0.90 x durable
+(issue 18). Then key listings over 5,000 and 100,000 keys (issue 3).
 
     python3 bench/bench_server.py [--duration 8] [--rounds 3] [--skip-listing] [--fs-100k]
-                                  [--stapling]
+                                  [--servers durable,access-off,otlp] [--stapling]
 """
 
 from __future__ import annotations
@@ -77,7 +86,7 @@ durable = {durable}
 requests_per_second = 1000000.0
 burst = 1000000
 [logging]
-level = "WARNING"
+level = "{level}"
 """
 
 
@@ -85,22 +94,25 @@ class Server:
     """A `ferrohsm serve` child process with its own data dir, and an HTTPS client for it."""
 
     def __init__(self, tmp: Path, name: str, pki: DevPki, env: dict[str, str], *,
-                 store: str = "filesystem", durable: bool = True, cert: Path | None = None,
-                 tls_extra: str = "") -> None:
+                 store: str = "filesystem", durable: bool = True, level: str = "INFO",
+                 cert: Path | None = None, tls_extra: str = "") -> None:
         self.port = free_port()
         self.data = tmp / name
+        self.log = tmp / f"{name}.log"  # stderr: the JSON log lines, as journald would keep them
         cfg = tmp / f"{name}.toml"
         cfg.write_text(CONFIG.format(port=self.port, store=store, data=self.data,
                                      cert=cert or pki.server_cert, key=pki.server_key,
-                                     durable=str(durable).lower(), tls_extra=tls_extra))
+                                     durable=str(durable).lower(), level=level,
+                                     tls_extra=tls_extra))
         self.env, self.cfg, self.store = env, cfg, store
         self.ctx: ssl.SSLContext = client_context(str(pki.ca_cert))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "ferrohsm", "serve", "--config",
-                                      str(self.cfg)], env=self.env, cwd=ROOT,
-                                     stdout=subprocess.DEVNULL)
+        with open(self.log, "ab") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "ferrohsm", "serve", "--config",
+                                          str(self.cfg)], env=self.env, cwd=ROOT,
+                                         stdout=subprocess.DEVNULL, stderr=err)
         wait_listening(self.port, timeout=60)
 
     def stop(self) -> None:
@@ -128,8 +140,20 @@ def throughput(args: argparse.Namespace, tmp: Path, pki: DevPki, env: dict[str, 
                secret: bytes) -> None:
     admin = issue_token(secret, subject="bench-admin", role="administrator")
     service = issue_token(secret, subject="bench-service", role="service")
-    servers = {"durable": Server(tmp, "durable", pki, env),
-               "no-fsync": Server(tmp, "nofsync", pki, env, durable=False)}
+    receiver = OtlpReceiver()
+    otlp_env = dict(env, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_SERVICE_NAME="bench")
+    every = {"durable": lambda: Server(tmp, "durable", pki, env),
+             "no-fsync": lambda: Server(tmp, "nofsync", pki, env, durable=False),
+             "access-off": lambda: Server(tmp, "accessoff", pki, env, level="WARNING"),
+             "otlp": lambda: Server(tmp, "otlp", pki, otlp_env),
+             "otlp-5pct": lambda: Server(tmp, "otlp5", pki, dict(
+                 otlp_env, OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+                 OTEL_TRACES_SAMPLER_ARG="0.05")),
+             "otlp-2pct": lambda: Server(tmp, "otlp2", pki, dict(
+                 otlp_env, OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+                 OTEL_TRACES_SAMPLER_ARG="0.02"))}
+    wanted = ["durable", *(n for n in args.servers.split(",") if n and n != "durable")]
+    servers = {name: every[name]() for name in wanted}
     urls: dict[str, str] = {}
     scripts: dict[str, Path] = {}
     procs: dict[str, int] = {}
@@ -175,7 +199,46 @@ def throughput(args: argparse.Namespace, tmp: Path, pki: DevPki, env: dict[str, 
             if child:
                 child.terminate()
                 child.wait(10)
+        receiver.close()
     report(results, args)
+    if any(name.startswith("otlp") for name in results):
+        print(f"\nOTLP receiver: {receiver.requests} export requests, {receiver.spans:,} spans")
+
+
+class OtlpReceiver:
+    """A local OTLP/HTTP endpoint: reads each POST /v1/traces, counts its spans, answers 200."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
+        owner = self
+        self.requests = self.spans = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                message = ExportTraceServiceRequest()
+                message.ParseFromString(self.rfile.read(int(self.headers["Content-Length"])))
+                owner.requests += 1
+                owner.spans += sum(len(s.spans) for r in message.resource_spans
+                                   for s in r.scope_spans)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def start_ocsp_responder(tmp: Path, pki: DevPki) -> tuple[subprocess.Popen[bytes], int]:
@@ -212,8 +275,22 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
               + ", ".join(f"{r['rps']:,.0f}" for r in rounds) + " |")
     print(f"\nratio durable / baseline: {med['durable']['rps'] / med['baseline']['rps']:.2f} "
           f"(target >= 0.60)")
-    print(f"ratio durable / no-fsync: {med['durable']['rps'] / med['no-fsync']['rps']:.2f} "
-          f"(target >= 0.80)")
+    for name, label, target in (("no-fsync", "durable / no-fsync", 0.80),
+                                ("access-off", "durable (access log on) / access-off", 0.95)):
+        if name in med:
+            print(f"ratio {label}: {med['durable']['rps'] / med[name]['rps']:.2f} "
+                  f"(target >= {target:.2f})")
+    for name in ("otlp", "otlp-5pct", "otlp-2pct"):
+        if name in med:
+            print(f"ratio {name} / durable: {med[name]['rps'] / med['durable']['rps']:.2f} "
+                  f"by req/s, {med['durable']['cpu_us'] / med[name]['cpu_us']:.2f} by CPU "
+                  f"per request (target >= 0.90)")
+    if "access-off" in med:
+        print(f"ratio durable / access-off by CPU per request: "
+              f"{med['access-off']['cpu_us'] / med['durable']['cpu_us']:.2f} (target >= 0.95)")
+    if "access-off" in med:
+        print(f"ratio access-off / baseline: "
+              f"{med['access-off']['rps'] / med['baseline']['rps']:.2f} (labelled: WARNING)")
     if "stapling" in med:
         print(f"ratio stapling / durable: {med['stapling']['rps'] / med['durable']['rps']:.2f}; "
               f"stapling / baseline: {med['stapling']['rps'] / med['baseline']['rps']:.2f}")
@@ -314,6 +391,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--skip-listing", action="store_true")
+    parser.add_argument("--servers",
+                        default="durable,no-fsync,access-off,otlp,otlp-5pct,otlp-2pct",
+                        help="which FerroHSM configurations beside the baseline (comma list)")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--stapling", action="store_true", help="also a server with [tls] "
                         "ocsp_staple = true (pyOpenSSL) against a local openssl ocsp responder")

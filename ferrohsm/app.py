@@ -55,6 +55,7 @@ from .integrity.logcheck import StartupChecks, StartupRefused
 from .integrity.logscan import AuditLocation
 from .integrity.reconcile import reconcile
 from .integrity.records import RecordReport, check_key_records
+from .obswire import wire_metrics
 from .service import AuditLogService, KeyService, TokenService
 from .service.batch import CryptoItems
 from .service.imports import ImportService
@@ -74,6 +75,7 @@ from .store.postgres_revocations import PostgresDenyList
 from .store.sqlite import SQLiteStore
 from .store.sqlite_approvals import SQLiteApprovalStore
 from .store.sqlite_usage import SQLiteUsage
+from .telemetry import tracing
 from .telemetry.metrics import ServerMetrics
 from .tlswire import expiry_of, start_tls, tls_notify, tls_provider, wire_tls
 
@@ -414,12 +416,12 @@ def build_runtime(config: Config, secrets: Secrets,
     transit_routes.register(router, service, items)
     wire_backup(router, config, secrets, service, approvals, audit)
     app = application.Application(router, auth, metrics, application.audit_hook(service.record),
-                                  limiter)
+                                  limiter, tracer=tracing.from_environment())
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
                       approvals=approvals, key_records=key_records, cluster=cluster)
     system_routes.register(router, runtime.health, metrics, health_viewer(auth))
     probe_routes.register(router, runtime.readiness)
-    _gauges(runtime)
+    wire_metrics(runtime, audit)
     return runtime
 
 
@@ -464,18 +466,6 @@ def config_audit(audit: AuditSink, action: str) -> Callable[[str, str], None]:
     return record
 
 
-def _gauges(rt: Runtime) -> None:
-    cache = rt.service.engine.cache
-    rt.metrics.add_gauge("ferrohsm_key_cache", "Unsealed-key cache statistics",
-                         lambda: {(k,): float(v) for k, v in cache.stats().items()}, ("stat",))
-    rt.metrics.add_gauge("ferrohsm_token_cache", "Verified-token cache statistics",
-                         lambda: {(k,): float(v) for k, v in rt.authenticator.stats().items()},
-                         ("stat",))
-    rt.metrics.add_gauge("ferrohsm_audit_healthy", "1 when the audit log accepts records (0 "
-                         "from a failed write or flush until the next good one)",
-                         lambda: {(): 1.0 if rt.audit.degraded() is None else 0.0})
-
-
 def start_scheduler(rt: Runtime) -> threading.Thread:
     """The retention scheduler (ferrohsm/scheduler.py), every [scheduler].interval_seconds."""
     cluster = rt.cluster
@@ -495,6 +485,7 @@ def system_event(rt: Runtime, action: str, message: str) -> None:
 def make_server(rt: Runtime, ssl_provider: Any) -> HardenedHTTPServer:
     s = rt.config.server
     host, port = parse_listen(s.listen)
+    rt.app.server_port = port or None  # port 0: known once bound (cli/serve.py sets it)
     return HardenedHTTPServer(
         rt.app, host=host, port=port, ssl_context_provider=ssl_provider,
         max_connections=s.max_connections,
@@ -505,7 +496,8 @@ def make_server(rt: Runtime, ssl_provider: Any) -> HardenedHTTPServer:
         header_timeout=s.header_timeout_seconds, body_timeout=s.body_timeout_seconds,
         idle_timeout=s.idle_timeout_seconds, max_body=s.max_body_bytes, logger=log,
         workers=s.workers, inline=rt.app.runs_inline, audit=rt.audit,
-        on_refused=rt.app.refuse, reuse_port=s.processes > 1)
+        on_refused=rt.app.refuse, reuse_port=s.processes > 1,
+        on_request=rt.app.finished if rt.app.tracer is not None else None)
 
 
 def shutdown(rt: Runtime, server: HardenedHTTPServer | None) -> None:
@@ -523,6 +515,9 @@ def shutdown(rt: Runtime, server: HardenedHTTPServer | None) -> None:
     if rt.approvals is not None:
         rt.approvals.close()
     rt.store.close()
+    rt.app.access.close()  # every access line written before we return
+    if rt.app.tracer is not None:
+        rt.app.tracer.shutdown()
     if rt.cluster is not None:
         rt.cluster.close()
 

@@ -15,9 +15,7 @@ one exception is deliberate: an anonymous address's 429s are sampled, see ``_aud
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,22 +33,28 @@ from ..domain.errors import (
 )
 from ..domain.ids import is_approval_id
 from ..domain.model import Principal, RequestContext
+from ..telemetry import access as access_lines
 from ..telemetry.metrics import ServerMetrics
+from ..telemetry.tracecontext import Parent, parse_traceparent
+from ..telemetry.tracing import RequestSpan, Tracer
 from .handlers.dashboard import harden
 from .http import Request, Response, error_response, is_sane_request_id, json_response
 from .router import Router
 from .transit import envelope as vault
 from .transit import is_transit
 
-access_log = logging.getLogger("ferrohsm.access")
 log = logging.getLogger("ferrohsm.api")
-TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 AuditHook = Callable[[RequestContext, str, str, str], None]
 
 
 class Application:
     def __init__(self, router: Router, authenticator: Authenticator, metrics: ServerMetrics,
-                 audit_refusal: AuditHook, limiter: RateLimiter | None = None) -> None:
+                 audit_refusal: AuditHook, limiter: RateLimiter | None = None,
+                 access: access_lines.AccessLog | None = None,
+                 tracer: Tracer | None = None) -> None:
+        self.access = access if access is not None else access_lines.ACCESS
+        self.tracer = tracer  # None: OTLP export is off, and no span object is ever made
+        self.server_port: int | None = None  # the listening port, for server.port
         self.router = router
         self.auth = authenticator
         self.metrics = metrics
@@ -61,34 +65,80 @@ class Application:
     def __call__(self, req: Request) -> Response:
         start = time.perf_counter()
         route_name = "unmatched"
+        error_type: str | None = None
+        parent = (parse_traceparent(req.headers.values_of("traceparent"),
+                                    req.headers.values_of("tracestate"))
+                  if "traceparent" in req.headers else None)
+        span = self._start_span(req, parent) if self.tracer is not None else None
+        if span is not None and not span.recording:
+            span = None  # sampled out: no children, no attributes, nothing to end, no ids
+        exported = span.ids() if span is not None else None
+        # The audit record names the trace when there is one (a caller's, or exported spans');
+        # the ids of a request nobody traces are made only for its access line (_observe).
         ctx = base_context(req, None, self.limiter.client_ip(
-            req.peer_ip, req.headers.get_all("x-forwarded-for")))
+            req.peer_ip, req.headers.get_all("x-forwarded-for")),
+            exported[0] if exported else parent.trace_id if parent else None)
         try:
             route, params = self._route(req, ctx)
             route_name = route.template
             if route.template.startswith("/v1/"):
-                ctx = with_principal(ctx, self._authenticate(req, ctx))
+                ctx = with_principal(ctx, self._authenticate(req, ctx, span))
             _check_approval_header(req)
             self._limit(ctx)
-            result = route.handler(ctx, req, params)
+            result = (route.handler(ctx, req, params) if span is None
+                      else _traced(span, route, ctx, req, params))
             resp = result if isinstance(result, Response) else json_response(*result)
         except FerroError as exc:
             if not isinstance(exc, Recorded):
                 self._record_refusal(req, ctx, route_name, exc)
+            error_type = exc.code
             resp = _error(req, exc)
         except Exception:
             log.exception("unhandled error", extra={"request_id": req.request_id})
             failure = FerroError("internal error")
             self._record_refusal(req, ctx, route_name, failure)
+            error_type = "internal"
             resp = _error(req, failure)
-        echo_context_headers(req, ctx, resp)
+        echo_context_headers(req, ctx, resp, parent)
         if req.path == "/ui" or req.path.startswith("/ui/"):
             harden(resp)  # 429, 405 and 400 are made before the dashboard handler runs
         elif req.path.startswith("/v1/") and not any(n.lower() == "cache-control"
                                                      for n, _ in resp.headers):
             resp.headers.append(("Cache-Control", "no-store"))
-        self._observe(req, ctx, route_name, resp, time.perf_counter() - start)
+        if span is not None:
+            span.span.update_name(f"{req.method} {route_name}")
+            span.set("http.route", route_name)
+            if ctx.principal is not None:
+                span.set("user.id", ctx.principal.subject)
+            span.error_type = error_type
+        self._observe(req, ctx, route_name, resp, time.perf_counter() - start,
+                      exported or parent, error_type)
         return resp
+
+    def finished(self, req: Request, resp: Response, seconds: float) -> None:
+        """The server wrote ``resp`` (the final answer, a 503 for an audit record that did not
+        become durable included): end the request's spans (api/server.py ``on_request``)."""
+        span = req.trace
+        if isinstance(span, RequestSpan):
+            span.finish(resp.status, span.error_type if resp.status < 500 or
+                        span.error_type else str(resp.status))
+
+    def _start_span(self, req: Request, parent: Parent | None) -> RequestSpan:
+        """The request's server span, with the HTTP semantic-convention attributes."""
+        assert self.tracer is not None  # noqa: S101  narrows a type for mypy, not a runtime check
+        attributes: dict[str, Any] = {
+            "http.request.method": req.method, "url.path": req.path[:256],
+            "url.scheme": "https", "client.address": req.peer_ip,
+            "network.peer.address": req.peer_ip, "ferrohsm.request_id": req.request_id}
+        agent = req.headers.get("user-agent")
+        if agent is not None:
+            attributes["user_agent.original"] = agent[:256]
+        if self.server_port is not None:
+            attributes["server.port"] = self.server_port
+        span = self.tracer.start(req.method, parent, attributes)
+        if span.recording:
+            req.trace = span
+        return span
 
     def refuse(self, req: Request, exc: FerroError) -> Response:
         """The answer to a request the server refused while reading it (a framing error, a
@@ -135,7 +185,20 @@ class Application:
             log.error("a refused request could not be audited",
                       extra={"request_id": req.request_id})
 
-    def _authenticate(self, req: Request, ctx: RequestContext) -> Principal:
+    def _authenticate(self, req: Request, ctx: RequestContext,
+                      span: RequestSpan | None = None) -> Principal:
+        if span is None:
+            return self._authenticate_now(req, ctx)
+        child = span.child("authenticate")
+        try:
+            return self._authenticate_now(req, ctx)
+        except FerroError as exc:
+            child.set_attribute("error.type", exc.code)
+            raise
+        finally:
+            child.end()
+
+    def _authenticate_now(self, req: Request, ctx: RequestContext) -> Principal:
         """The token from the Authorization header (never from the query string).
 
         A failure spends a token of the source IP's bucket; once that is empty the answer is
@@ -185,21 +248,40 @@ class Application:
         self.audit_refusal(ctx, "ratelimit.refused", "denied", exc.message)
 
     def _observe(self, req: Request, ctx: RequestContext, route: str, resp: Response,
-                 seconds: float) -> None:
+                 seconds: float, trace: tuple[str, str, str] | Parent | None,
+                 error_type: str | None) -> None:
+        """Metrics, then the access line: ``trace`` holds the exported span's ids, or the
+        caller's parent (or None) from which the access log's writer makes this request's."""
         self.metrics.requests.inc(route, req.method, str(resp.status))
         self.metrics.latency.observe(seconds, route, req.method)
-        if not access_log.isEnabledFor(logging.INFO):
+        access, status = self.access, resp.status
+        if not access.enabled_for(status):
             return
-        access_log.info(json.dumps({
-            "http.request.method": req.method, "http.route": route,
-            "http.response.status_code": resp.status, "duration_ms": round(seconds * 1000, 3),
-            "client.address": ctx.source_ip, "network.peer.address": req.peer_ip,
-            "enduser.id": ctx.principal.subject if ctx.principal else None,
-            "enduser.role": ctx.principal.role.value if ctx.principal else None,
-            "session.id": ctx.principal.session if ctx.principal else None,
-            "tls.client.x5t_s256": ctx.client_fingerprint, "request_id": req.request_id,
-            "trace_id": ctx.trace_id, "correlation_id": ctx.correlation_id,
-        }, separators=(",", ":")))
+        principal = ctx.principal
+        access.record((
+            time.time(), status, req.method, route, req.path[:256], seconds, ctx.source_ip,
+            req.peer_ip, self.server_port, principal.subject if principal else None,
+            principal.role.value if principal else None,
+            principal.session if principal else None, ctx.client_fingerprint, _agent(req),
+            error_type, req.request_id, trace, ctx.correlation_id))
+
+
+def _agent(req: Request) -> str | None:
+    agent = req.headers.values_of("user-agent")
+    return agent[0][:256] if agent else None
+
+
+def _traced(span: RequestSpan, route: Any, ctx: RequestContext, req: Request,
+            params: dict[str, str]) -> Any:
+    """Run the handler inside the key operation's child span (named after the route)."""
+    child = span.child(f"ferrohsm {route.name or route.template}")
+    try:
+        return route.handler(ctx, req, params)
+    except FerroError as exc:
+        child.set_attribute("error.type", exc.code)
+        raise
+    finally:
+        child.end()
 
 
 def _error(req: Request, exc: FerroError) -> Response:
@@ -224,10 +306,13 @@ def _credentials(req: Request) -> list[str]:
 
 
 def base_context(req: Request, principal: Principal | None,
-                 source_ip: str | None = None) -> RequestContext:
+                 source_ip: str | None = None, trace_id: str | None = None) -> RequestContext:
+    """The context before authentication. ``trace_id``: the request's trace (from a valid
+    ``traceparent``, or new); without it, the valid ``traceparent``'s, if any."""
     correlation = req.headers.get("x-correlation-id")
-    traceparent = req.headers.get("traceparent")
-    match = TRACEPARENT.match(traceparent) if traceparent else None
+    if trace_id is None and "traceparent" in req.headers:
+        parent = parse_traceparent(req.headers.values_of("traceparent"))
+        trace_id = parent.trace_id if parent is not None else None
     fingerprint = None
     if req.client_cert_der:
         from ..tls.context import cert_fingerprint
@@ -235,7 +320,7 @@ def base_context(req: Request, principal: Principal | None,
     return RequestContext(
         principal=principal, request_id=req.request_id,
         correlation_id=_sane(correlation),
-        trace_id=match.group(1) if match else None, source_ip=source_ip or req.peer_ip,
+        trace_id=trace_id, source_ip=source_ip or req.peer_ip,
         client_fingerprint=fingerprint,
         approval_id=_approval_id(req.headers.get("x-approval-id")), tickets=req.tickets)
 
@@ -264,10 +349,13 @@ def _sane(value: str | None) -> str | None:
     return value if is_sane_request_id(value) else None
 
 
-def echo_context_headers(req: Request, ctx: RequestContext, resp: Response) -> None:
+def echo_context_headers(req: Request, ctx: RequestContext, resp: Response,
+                         parent: Parent | None = None) -> None:
+    """X-Correlation-ID back as sent; a valid ``traceparent`` back as sent (an invalid one
+    started a new trace and is not echoed)."""
     if ctx.correlation_id:
         resp.headers.append(("X-Correlation-ID", ctx.correlation_id))
-    if ctx.trace_id:
+    if parent is not None:
         resp.headers.append(("traceparent", req.headers.get("traceparent") or ""))
 
 

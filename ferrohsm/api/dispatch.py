@@ -183,11 +183,19 @@ class Dispatcher:
                     failed.append((answer, durable))
             ready.extend(_refused(failed))
             if waiting:
-                if not self._held:
-                    self._held_since = time.monotonic()
-                self._held.append(waiting)
-                self._held_requests += len(waiting)
+                self._hold(waiting)
         return ready
+
+    def _hold(self, waiting: list[Answer]) -> None:
+        """Keep answers whose records are written, not yet durable, for the next flush."""
+        if not self._held:
+            self._held_since = time.monotonic()
+        self._held.append(waiting)
+        self._held_requests += len(waiting)
+        for _, incoming, _ in waiting:
+            span = incoming.request.trace
+            if span is not None:  # spans exported: the request's audit.flush child starts
+                span.begin_flush(len(incoming.request.tickets or ()))
 
     def _write(self) -> None:
         """Seal and write the turn's queued records, one group, here on the loop."""

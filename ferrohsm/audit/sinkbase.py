@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from abc import abstractmethod
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -86,6 +87,9 @@ class ChainedSink(AuditSink):
     """Shared chain state, group commit, fail-closed bookkeeping and checkpointing."""
 
     backend: ClassVar[str] = "abstract"
+    # Told (seconds, records) after each durable flush, for the fsync latency and batch size
+    # histograms (telemetry/metrics.py); it runs on the flushing thread and must not raise.
+    on_sync: Callable[[float, int], None] | None = None
 
     def __init__(self, hmac_key: bytes, *, anchor: Anchor, durable: bool = True,
                  anchor_every: int = 1000, clock: Callable[[], datetime] | None = None,
@@ -401,7 +405,10 @@ class ChainedSink(AuditSink):
     def _flush(self, events: list[PreparedEvent]) -> list[dict[str, Any]]:
         """Runs in the group-commit leader's thread, one group at a time."""
         with self._io_lock:
+            started = time.perf_counter()
             records = self._write_group(events, sync=True)
+            if self.on_sync is not None:
+                self.on_sync(time.perf_counter() - started, len(events))
             self._set_head(self._written)  # the flush covered earlier unsynced writes too
             self._maybe_checkpoint()
             return records
@@ -446,6 +453,7 @@ class ChainedSink(AuditSink):
                 except OSError as exc:  # e.g. EMFILE: nothing was flushed, nothing is lost
                     raise AuditUnavailable(
                         f"audit record could not be made durable: {exc.strerror}") from None
+            started = time.perf_counter()
             try:
                 self._sync_storage(token)
             except Exception as exc:
@@ -465,6 +473,8 @@ class ChainedSink(AuditSink):
                 self._after_sync()
                 self._syncs += 1
                 self._problem = None
+                if self.on_sync is not None:
+                    self.on_sync(time.perf_counter() - started, target[0] - self._committed[0])
                 if target[0] > self._committed[0]:
                     self._committed = target
                     self._maybe_checkpoint()

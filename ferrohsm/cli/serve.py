@@ -256,6 +256,7 @@ def _serve(config: Config, ssl_provider: Any, announce: Any = None, options: Any
             from .nodes import watch_parent
             watch_parent(parent, done)
         port = server.server_address[1]
+        rt.app.server_port = port
         wiring.system_event(rt, "system.startup", f"FerroHSM listening on port {port}")
         wiring.start_scheduler(rt)
         wiring.start_tls(rt, ssl_provider)

@@ -33,3 +33,9 @@ def setup_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    # The OpenTelemetry SDK's own messages (an unreachable collector, a full span queue), when
+    # export is on, as JSON lines too; WARNING at least: its INFO is per export.
+    sdk = logging.getLogger("opentelemetry")
+    sdk.handlers[:] = [handler]
+    sdk.setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+    sdk.propagate = False

@@ -1,16 +1,28 @@
 """Prometheus text exposition (format 0.0.4) without a client library.
 
-Counters and histograms keyed by label tuples, guarded by one lock; gauges are read from callbacks
-at scrape time so they cost nothing on the request path.
+Counters and histograms keyed by label tuples, guarded by one lock; gauges (and counters the
+code already keeps, e.g. cache hits) are read from callbacks at scrape time so they cost nothing
+on the request path. Every series that is known at start is created at zero (``touch``), so
+``rate()`` and alerts see it before its first event. Why not prometheus_client: README.md,
+"Observability"; tests/unit/test_metrics_exposition.py parses every scrape with its parser.
+
+Other packages add a gauge with ``ServerMetrics.add_gauge(name, help, read, labels)``: ``read``
+returns ``{label values: number}`` and runs at scrape time (e.g. the TLS certificate's expiry).
 """
 
 from __future__ import annotations
 
+import os
+import platform
 import threading
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                 0.5, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 def _escape(value: str) -> str:
@@ -38,6 +50,11 @@ class Counter:
         with self._lock:
             self._values[labels] = self._values.get(labels, 0.0) + amount
 
+    def touch(self, *labels: str) -> None:
+        """Create the series at zero (it exists before its first event)."""
+        with self._lock:
+            self._values.setdefault(labels, 0.0)
+
     def value(self, *labels: str) -> float:
         return self._values.get(labels, 0.0)
 
@@ -60,6 +77,15 @@ class Histogram:
         self.buckets = tuple(buckets)
         self._series: dict[tuple[str, ...], list[float]] = {}  # bucket counts..., sum, count
         self._lock = threading.Lock()
+
+    def touch(self, *labels: str) -> None:
+        """Create the series with every bucket at zero."""
+        with self._lock:
+            self._series.setdefault(labels, [0.0] * (len(self.buckets) + 2))
+
+    def count(self, *labels: str) -> float:
+        series = self._series.get(labels)
+        return series[-1] if series else 0.0
 
     def observe(self, value: float, *labels: str) -> None:
         buckets = self.buckets
@@ -104,11 +130,28 @@ class Gauge:
         return lines
 
 
+class CounterFunc:
+    """A counter whose values the code keeps anyway (cache hits...), read at scrape time."""
+
+    def __init__(self, name: str, help_text: str, read: Callable[[], dict[tuple[str, ...], float]],
+                 labels: Sequence[str] = ()) -> None:
+        self.name, self.help, self.read, self.label_names = name, help_text, read, tuple(labels)
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name}_total {self.help}", f"# TYPE {self.name}_total counter"]
+        lines += [f"{self.name}_total{_labels(self.label_names, k)} {_num(v)}"
+                  for k, v in sorted(self.read().items())]
+        return lines
+
+
+Metric = Counter | Histogram | Gauge | CounterFunc
+
+
 class Registry:
     def __init__(self) -> None:
-        self.metrics: list[Counter | Histogram | Gauge] = []
+        self.metrics: list[Metric] = []
 
-    def add(self, metric: Counter | Histogram | Gauge) -> None:
+    def add(self, metric: Metric) -> None:
         self.metrics.append(metric)
 
     def render(self) -> str:
@@ -133,13 +176,106 @@ class ServerMetrics:
         self.auth_failures = Counter("ferrohsm_auth_failures", "Rejected credentials", ("reason",))
         self.rate_limited = Counter("ferrohsm_rate_limited", "Requests refused by rate limiting",
                                     ("scope",))
+        self.audit_sync = Histogram("ferrohsm_audit_fsync_duration_seconds",
+                                    "Time one audit flush (fsync or commit) took",
+                                    buckets=FSYNC_BUCKETS)
+        self.audit_batch = Histogram("ferrohsm_audit_fsync_batch_records",
+                                     "Audit records made durable by one flush",
+                                     buckets=BATCH_BUCKETS)
         for metric in (self.requests, self.latency, self.crypto_ops, self.auth_failures,
-                       self.rate_limited):
+                       self.rate_limited, self.audit_sync, self.audit_batch):
             self.registry.add(metric)
+        self.rate_limited.touch("actor")
+        self.rate_limited.touch("ip")
+        self.audit_sync.touch()
+        self.audit_batch.touch()
+        from .. import __version__
+        self.add_gauge("ferrohsm_build_info", "FerroHSM version and Python (always 1)",
+                       lambda: {(__version__, platform.python_version()): 1.0},
+                       ("version", "python_version"))
+        for collected in process_metrics():
+            self.registry.add(collected)
 
     def add_gauge(self, name: str, help_text: str,
                   read: Callable[[], dict[tuple[str, ...], float]], labels: Sequence[str] = ()) -> None:
         self.registry.add(Gauge(name, help_text, read, labels))
 
+    def add_counter(self, name: str, help_text: str,
+                    read: Callable[[], dict[tuple[str, ...], float]],
+                    labels: Sequence[str] = ()) -> None:
+        """A monotonic value read at scrape time, exported as ``<name>_total``."""
+        self.registry.add(CounterFunc(name, help_text, read, labels))
+
+    def observe_audit_sync(self, seconds: float, records: int) -> None:
+        """One audit flush: its duration and how many records it made durable."""
+        self.audit_sync.observe(seconds)
+        self.audit_batch.observe(float(records))
+
     def render(self) -> str:
         return self.registry.render()
+
+
+# ---- process_* (the names every Prometheus client library exports) ---------------------------
+
+_START = time.time()
+
+
+def _proc_stat() -> list[str] | None:
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            return f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+def _start_time() -> float:
+    """When the process started (Linux: from /proc, else when this module was imported)."""
+    fields = _proc_stat()
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            boot = next(float(line.split()[1]) for line in f if line.startswith("btime "))
+        if fields is not None:
+            return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, ValueError, IndexError):
+        pass
+    return _START
+
+
+def _resident_bytes() -> dict[tuple[str, ...], float]:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            pages = int(f.read().split()[1])
+        return {(): float(pages * os.sysconf("SC_PAGE_SIZE"))}
+    except (OSError, ValueError, IndexError):
+        return {}
+
+
+def _open_fds() -> dict[tuple[str, ...], float]:
+    try:
+        return {(): float(len(os.listdir("/proc/self/fd")))}
+    except OSError:
+        return {}
+
+
+def _max_fds() -> dict[tuple[str, ...], float]:
+    import resource
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return {} if soft == resource.RLIM_INFINITY else {(): float(soft)}
+
+
+def process_metrics() -> list[Metric]:
+    """process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
+    process_max_fds and process_start_time_seconds, read at scrape time."""
+    started = _start_time()
+
+    def cpu() -> dict[tuple[str, ...], float]:
+        times = os.times()
+        return {(): times.user + times.system}
+    return [
+        CounterFunc("process_cpu_seconds", "Total user and system CPU time spent in seconds", cpu),
+        Gauge("process_resident_memory_bytes", "Resident memory size in bytes", _resident_bytes),
+        Gauge("process_open_fds", "Number of open file descriptors", _open_fds),
+        Gauge("process_max_fds", "Maximum number of open file descriptors", _max_fds),
+        Gauge("process_start_time_seconds",
+              "Start time of the process since unix epoch in seconds", lambda: {(): started}),
+    ]

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import http.client
+import io
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from live import LiveServer
 
 from ferrohsm.auth.authn import issue_token
+from ferrohsm.telemetry.access import ACCESS, use_stream
 from ferrohsm.telemetry.logs import JSONFormatter
 from ferrohsm.tls.context import client_context
 from ferrohsm.tls.devpki import make_dev_pki
@@ -71,9 +73,20 @@ def capture_logs() -> Iterator[None]:
     old_level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
+    use_stream(AccessLines())  # the access log writes its own lines, outside logging
     yield
+    ACCESS.flush()
+    use_stream(None)
     logger.removeHandler(handler)
     logger.setLevel(old_level)
+
+
+class AccessLines(io.StringIO):
+    """The access log's stream: each line joins LINES."""
+
+    def write(self, text: str) -> int:
+        LINES.extend(text.splitlines())
+        return len(text)
 
 
 def mint(secret: Any = None, **kw: Any) -> str:
@@ -454,8 +467,9 @@ def test_context_reaches_the_audit_record_and_the_logs(mtls: LiveServer) -> None
     assert (record["actor"], record["role"], record["session"], record["client_fingerprint"],
             record["source_ip"], record["correlation_id"], record["trace_id"]) == (
         "ctx-svc", "service", "session-42", thumb, "127.0.0.1", "corr-ctx-1", trace)
+    ACCESS.flush()
     line = next(json.loads(x) for x in LINES if "req-ctx-1" in x)
-    assert line["enduser.id"] == "ctx-svc" and line["correlation_id"] == "corr-ctx-1"
+    assert line["user.id"] == "ctx-svc" and line["correlation_id"] == "corr-ctx-1"
     assert line["trace_id"] == trace
     refused = send(mtls, "GET", "/v1/keys", token=token, headers=[("X-Request-ID", "req-ctx-2")])
     assert refused[0] == 401
@@ -467,6 +481,7 @@ def test_context_reaches_the_audit_record_and_the_logs(mtls: LiveServer) -> None
 
 def test_zz_no_token_secret_or_key_material_in_logs_or_audit(main: LiveServer,
                                                              mtls: LiveServer) -> None:
+    ACCESS.flush()
     assert len(LINES) > 300 and len(VAULT.items) > 300
     haystacks = {"logs": "\n".join(LINES)}
     for name, srv in (("main audit", main), ("mtls audit", mtls)):

@@ -1,0 +1,73 @@
+"""W3C Trace Context (traceparent, tracestate) parsing and fresh ids, without any library.
+
+Every request gets a server span id of its own; its trace id and flags come from a valid
+``traceparent`` (the sender's span becomes the parent), else a new trace id with flags 00. The
+log line carries the three, whether or not spans are exported (telemetry/tracing.py).
+An invalid header is ignored as the specification says: a new trace starts.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
+MAX_TRACESTATE = 512  # the specification's limit a vendor must propagate at least
+# Ids need not be secret (W3C: random, unique), so a PRNG seeded from os.urandom per process
+# serves them without a system call per id (SystemRandom costs one each).
+_ids = random.Random(os.urandom(32))  # noqa: S311  identifiers, not secrets
+
+
+@dataclass(frozen=True, slots=True)
+class Parent:
+    """The remote parent a valid ``traceparent`` names."""
+
+    trace_id: str  # 32 lowercase hex digits
+    span_id: str  # 16 lowercase hex digits
+    flags: int
+    tracestate: str | None = None
+
+
+def parse_traceparent(values: Sequence[str] | None,
+                      tracestate: Sequence[str] | None = None) -> Parent | None:
+    """The parent of a valid single ``traceparent`` field (version 00, or a later version read
+    as 00 allows), else None. ``tracestate`` is kept as received (joined with ","), dropped
+    when it is over MAX_TRACESTATE characters."""
+    if not values or len(values) != 1:
+        return None
+    match = _TRACEPARENT.fullmatch(values[0].strip())
+    if match is None:
+        return None
+    version, trace_id, span_id, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest) or (rest and not rest.startswith("-")):
+        return None
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+        return None
+    state = ",".join(v.strip() for v in tracestate) if tracestate else None
+    if state is not None and (len(state) > MAX_TRACESTATE or not state.isprintable()
+                              or not state.isascii()):
+        state = None
+    return Parent(trace_id, span_id, int(flags, 16), state or None)
+
+
+def new_trace_id() -> str:
+    while True:
+        value = _ids.getrandbits(128)
+        if value:
+            return f"{value:032x}"
+
+
+def new_span_id() -> str:
+    while True:
+        value = _ids.getrandbits(64)
+        if value:
+            return f"{value:016x}"
+
+
+def traceparent(trace_id: str, span_id: str, flags: int) -> str:
+    return f"00-{trace_id}-{span_id}-{flags:02x}"

@@ -1,0 +1,333 @@
+"""Issue 18, observability, against live servers: the access log of a `ferrohsm quickstart`
+process on the shipped defaults (every line out at SIGTERM, no secret in any), its spans sent
+over OTLP/HTTP to a real receiver in this test (decoded with opentelemetry-proto), and
+/metrics of a live server read by prometheus_client's parser."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from live import LiveServer
+
+from ferrohsm.tls.context import client_context
+
+ROOT = Path(__file__).resolve().parents[2]
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "00f067aa0ba902b7"
+PLAINTEXT = b"observability-plaintext-7d1e5c"
+
+
+# ---- a real OTLP/HTTP receiver ------------------------------------------------------------------
+
+class Receiver:
+    """Accepts ``POST /v1/traces`` (protobuf ExportTraceServiceRequest) as a collector does."""
+
+    def __init__(self) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        )
+        received: list[Any] = []
+        self.received = received
+        self.headers: list[dict[str, str]] = []
+        headers = self.headers
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path != "/v1/traces" or \
+                        self.headers["Content-Type"] != "application/x-protobuf":
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                message = ExportTraceServiceRequest()
+                message.ParseFromString(body)
+                received.append(message)
+                headers.append({k.lower(): v for k, v in self.headers.items()})
+                reply = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def spans(self) -> list[dict[str, Any]]:
+        out = []
+        for message in self.received:
+            for resource in message.resource_spans:
+                service = {a.key: _value(a.value) for a in resource.resource.attributes}
+                for scope in resource.scope_spans:
+                    for span in scope.spans:
+                        out.append({
+                            "name": span.name, "kind": span.kind,
+                            "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
+                            "parent": span.parent_span_id.hex(), "state": span.trace_state,
+                            "attributes": {a.key: _value(a.value) for a in span.attributes},
+                            "resource": service, "scope": scope.scope.name,
+                            "start": span.start_time_unix_nano, "end": span.end_time_unix_nano})
+        return out
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _value(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(v) for v in value.array_value.values]
+    return getattr(value, kind) if kind else None
+
+
+# ---- a served process ------------------------------------------------------------------------
+
+class Served:
+    """`ferrohsm quickstart` with the shipped [logging] level = "INFO", stderr kept in a file."""
+
+    def __init__(self, tmp: Path, env: dict[str, str]) -> None:
+        self.log = tmp / "server.log"
+        self.data = tmp / "data"
+        base = {k: v for k, v in os.environ.items()
+                if not k.startswith(("FERROHSM_", "OTEL_"))}
+        with open(self.log, "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ferrohsm", "quickstart", "--data-dir", str(tmp / "data"),
+                 "--listen", "127.0.0.1:0"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                stderr=err, env=base | env)
+        self.exports: dict[str, str] = {}
+        assert self.proc.stdout is not None
+        while len(self.exports) < 3:
+            line = self.proc.stdout.readline()
+            assert line, self.log.read_text()
+            name, _, value = line.strip().removeprefix("export ").partition("=")
+            self.exports[name] = value
+        self.token = self.exports["FERROHSM_TOKEN"]
+        host_port = self.exports["FERROHSM_URL"].removeprefix("https://")
+        self.port = int(host_port.rpartition(":")[2])
+        self.ctx = client_context(self.exports["FERROHSM_CA_CERT"])
+
+    def call(self, method: str, path: str, body: object = None, token: str | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.ctx, timeout=10)
+        hdrs = {"Authorization": f"Bearer {token or self.token}", **(headers or {})}
+        data = None if body is None else json.dumps(body).encode()
+        if data is not None:
+            hdrs["Content-Type"] = "application/json"
+        conn.request(method, path, body=data, headers=hdrs)
+        resp = conn.getresponse()
+        payload = resp.read()
+        conn.close()
+        return (resp.status, {k.lower(): v for k, v in resp.getheaders()},
+                json.loads(payload) if payload else None)
+
+    def stop(self) -> list[dict[str, Any]]:
+        """SIGTERM, wait, and the access lines it wrote."""
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(30) == 0
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        lines = [json.loads(x) for x in self.log.read_text().splitlines() if x.startswith("{")]
+        return [x for x in lines if x.get("logger") == "ferrohsm.access"]
+
+
+def traffic(srv: Served) -> dict[str, Any]:
+    """Requests of every kind; returns what the test needs to find them again."""
+    status, _, key = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm",
+                                                   "usage": "encrypt"})
+    assert status == 201
+    service = subprocess.run(
+        [sys.executable, "-m", "ferrohsm", "token", "issue", "--data-dir",
+         str(srv.data), "--subject", "obs-svc",
+         "--role", "service"], cwd=ROOT, capture_output=True, text=True, check=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("FERROHSM_", "OTEL_"))}
+    ).stdout.strip()
+    status, headers, _ = srv.call(
+        "POST", f"/v1/keys/{key['id']}/encrypt",
+        {"plaintext": base64.b64encode(PLAINTEXT).decode()}, token=service,
+        headers={"X-Request-ID": "obs-encrypt", "User-Agent": "obs-test/1.0",
+                 "traceparent": f"00-{TRACE}-{PARENT}-01", "tracestate": "vendor=opaque1"})
+    assert status == 200 and headers["traceparent"] == f"00-{TRACE}-{PARENT}-01"
+    status, headers, _ = srv.call("GET", "/v1/keys", headers={
+        "X-Request-ID": "obs-badparent", "traceparent": f"00-{'0' * 32}-{PARENT}-01"})
+    assert status == 200 and "traceparent" not in headers  # invalid: ignored, not echoed
+    assert srv.call("GET", "/v1/keys", token="not.a.token",  # noqa: S106  bogus on purpose
+                    headers={"X-Request-ID": "obs-401"})[0] == 401
+    assert srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt"},
+                    token=service, headers={"X-Request-ID": "obs-403"})[0] == 403
+    return {"key": key["id"], "service": service}
+
+
+# ---- logs --------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_access_log_of_a_served_process(tmp_path: Path) -> None:
+    srv = Served(tmp_path, {})
+    try:
+        seen = traffic(srv)
+        for i in range(60):  # the last ones still queued in the writer's batch at SIGTERM
+            assert srv.call("GET", "/v1/keys?limit=1",
+                            headers={"X-Request-ID": f"obs-burst-{i}"})[0] == 200
+    finally:
+        lines = srv.stop()
+    by_id = {x["request_id"]: x for x in lines}
+    assert all(f"obs-burst-{i}" in by_id for i in range(60))  # none lost at shutdown
+    encrypt = by_id["obs-encrypt"]
+    assert encrypt["level"] == "info" and encrypt["http.response.status_code"] == 200
+    assert encrypt["http.route"] == "/v1/keys/{key}/encrypt"
+    assert encrypt["url.path"] == f"/v1/keys/{seen['key']}/encrypt"
+    assert (encrypt["user.id"], encrypt["user.roles"]) == ("obs-svc", ["service"])
+    assert encrypt["user_agent.original"] == "obs-test/1.0"
+    assert encrypt["server.port"] == srv.port
+    assert encrypt["trace_id"] == TRACE and encrypt["trace_flags"] == "01"
+    assert len(encrypt["span_id"]) == 16 and encrypt["span_id"] != PARENT  # a span of its own
+    bad = by_id["obs-badparent"]
+    assert bad["trace_id"] != "0" * 32 and len(bad["trace_id"]) == 32
+    assert bad["trace_flags"] == "00"
+    assert by_id["obs-401"]["level"] == "warning"
+    assert by_id["obs-401"]["error.type"] == "unauthenticated"
+    assert by_id["obs-403"]["level"] == "warning"
+    text = srv.log.read_text()
+    for secret in (seen["service"], srv.token, base64.b64encode(PLAINTEXT).decode(),
+                   PLAINTEXT.decode(), seen["service"].rsplit(".", 1)[1]):
+        assert secret not in text
+
+
+# ---- traces ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    rec = Receiver()
+    yield rec
+    rec.close()
+
+
+@pytest.mark.slow
+def test_spans_exported_over_otlp_http(tmp_path: Path, receiver: Receiver) -> None:
+    srv = Served(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+                            "OTEL_SERVICE_NAME": "hsm-under-test",
+                            "OTEL_EXPORTER_OTLP_HEADERS": "x-tenant=obs",
+                            "OTEL_BSP_SCHEDULE_DELAY": "100"})
+    try:
+        traffic(srv)
+    finally:
+        lines = srv.stop()  # the SDK exports what is queued at shutdown
+    spans = receiver.spans()
+    assert receiver.headers and all(h.get("x-tenant") == "obs" for h in receiver.headers)
+    assert {s["resource"]["service.name"] for s in spans} == {"hsm-under-test"}
+    assert {s["scope"] for s in spans} == {"ferrohsm"}
+    line = next(x for x in lines if x["request_id"] == "obs-encrypt")
+    server = next(s for s in spans if s["attributes"].get("ferrohsm.request_id") == "obs-encrypt")
+    assert server["name"] == "POST /v1/keys/{key}/encrypt" and server["kind"] == 2  # SERVER
+    assert (server["trace_id"], server["parent"]) == (TRACE, PARENT)  # from traceparent
+    assert server["state"] == "vendor=opaque1"  # tracestate kept
+    assert (line["trace_id"], line["span_id"]) == (server["trace_id"], server["span_id"])
+    attrs = server["attributes"]
+    assert (attrs["http.request.method"], attrs["http.route"], attrs["http.response.status_code"],
+            attrs["user.id"], attrs["user_agent.original"], attrs["server.port"]) == (
+        "POST", "/v1/keys/{key}/encrypt", 200, "obs-svc", "obs-test/1.0", srv.port)
+    assert "enduser.id" not in attrs
+    children = {s["name"]: s for s in spans if s["parent"] == server["span_id"]}
+    assert set(children) == {"authenticate", "ferrohsm encrypt", "audit.flush"}, children
+    for child in children.values():
+        assert child["trace_id"] == TRACE and child["kind"] == 1  # INTERNAL
+        assert server["start"] <= child["start"] <= child["end"] <= server["end"]
+    assert children["audit.flush"]["attributes"]["ferrohsm.audit.records"] >= 1
+    refused = next(s for s in spans if s["attributes"].get("ferrohsm.request_id") == "obs-401")
+    assert refused["attributes"]["error.type"] == "unauthenticated"
+    assert refused["attributes"]["http.response.status_code"] == 401
+    fresh = next(s for s in spans if s["attributes"].get("ferrohsm.request_id") == "obs-badparent")
+    assert fresh["parent"] == "" and fresh["trace_id"] != "0" * 32  # invalid header: new trace
+    text = json.dumps(spans)
+    assert base64.b64encode(PLAINTEXT).decode() not in text and srv.token not in text
+
+
+def test_no_opentelemetry_import_and_no_span_when_otlp_is_off(tmp_path: Path) -> None:
+    """Zero cost when off: a served request imports nothing of the SDK and makes no span."""
+    script = f"""
+import sys
+sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "tests" / "integration")!r}]
+from pathlib import Path
+from live import LiveServer
+srv = LiveServer(Path({str(tmp_path)!r}))
+try:
+    assert srv.rt.app.tracer is None
+    status, _, key = srv.call("POST", "/v1/keys", {{"algorithm": "aes-256-gcm", "usage": "encrypt"}})
+    assert status == 201
+    assert srv.call("POST", "/v1/keys/" + key["id"] + "/encrypt", {{"plaintext": "eHh4"}},
+                    role="service", headers={{"traceparent": "00-{TRACE}-{PARENT}-01"}})[0] == 200
+    loaded = sorted(m for m in sys.modules if m.startswith("opentelemetry"))
+    assert not loaded, loaded
+finally:
+    srv.close()
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+# ---- metrics -----------------------------------------------------------------------------------
+
+def test_metrics_of_a_live_server(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+    srv = LiveServer(tmp_path, key_store="filesystem")
+    try:
+        first = srv.call("GET", "/metrics", role=None)[2].decode()
+        parsed = {f.name: f for f in text_string_to_metric_families(first)}
+        # present from the start, at zero
+        crypto = {(s.labels["algorithm"], s.labels["operation"], s.labels["outcome"]): s.value
+                  for s in parsed["ferrohsm_crypto_operations"].samples}
+        assert crypto[("aes-256-gcm", "encrypt", "success")] == 0
+        assert crypto[("ec-p256", "sign", "error")] == 0
+        assert {s.labels["reason"] for s in parsed["ferrohsm_auth_failures"].samples} >= {
+            "expired", "signature", "revoked"}
+        keys = {s.labels["state"]: s.value for s in parsed["ferrohsm_keys"].samples}
+        assert keys == {"active": 0, "revoked": 0, "destroy_scheduled": 0, "destroyed": 0}
+        assert parsed["ferrohsm_approvals_pending"].samples[0].value == 0
+        status, _, key = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm",
+                                                       "usage": "encrypt"})
+        assert status == 201
+        for _ in range(3):
+            assert srv.call("POST", f"/v1/keys/{key['id']}/encrypt", {"plaintext": "eHh4"},
+                            role="service")[0] == 200
+        text = srv.call("GET", "/metrics", role=None)[2].decode()
+    finally:
+        srv.close()
+    parsed = {f.name: f for f in text_string_to_metric_families(text)}
+    for family in parsed.values():
+        if family.type == "counter":
+            assert all(s.name.endswith("_total") for s in family.samples), family.name
+    crypto = {(s.labels["algorithm"], s.labels["operation"], s.labels["outcome"]): s.value
+              for s in parsed["ferrohsm_crypto_operations"].samples}
+    assert crypto[("aes-256-gcm", "encrypt", "success")] == 3
+    assert {s.labels["state"]: s.value for s in parsed["ferrohsm_keys"].samples}["active"] == 1
+    counts = {s.name: s.value for s in parsed["ferrohsm_audit_fsync_duration_seconds"].samples
+              if not s.name.endswith("_bucket")}
+    assert counts["ferrohsm_audit_fsync_duration_seconds_count"] >= 1
+    batches = {s.name: s.value for s in parsed["ferrohsm_audit_fsync_batch_records"].samples
+               if not s.name.endswith("_bucket")}
+    assert batches["ferrohsm_audit_fsync_batch_records_sum"] >= 4  # create + 3 encrypts
+    for name in ("ferrohsm_build_info", "process_cpu_seconds", "process_resident_memory_bytes",
+                 "process_open_fds", "process_start_time_seconds"):
+        assert parsed[name].samples, name

@@ -1,0 +1,147 @@
+"""The access log: complete JSON lines with semantic-convention names, levels by status, written
+in batches by its own thread, every line out by close(), nothing written when the level is off."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import threading
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ferrohsm.telemetry.access import AccessLog, level_of
+
+DEFAULTS: dict[str, object] = dict(
+    now=time.time(), status=200, method="POST", route="/v1/keys/{key}/encrypt",
+    path="/v1/keys/k1/encrypt", seconds=0.0004321, client="192.0.2.7", peer="127.0.0.1", server_port=8443, user="svc",
+    role="service", session=None, fingerprint=None, user_agent="curl/8.5", error_type=None,
+    request_id="req-1", trace=("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", "01"),
+    correlation_id=None)
+
+
+def record(access: AccessLog, **over: object) -> None:
+    """One request's line, as the application writes it (``DEFAULTS`` changed by ``over``)."""
+    values = DEFAULTS | over
+    access.record(tuple(values.values()))  # type: ignore[arg-type]
+
+
+def one_line(**over: object) -> str:
+    out = io.StringIO()
+    access = AccessLog(out)
+    record(access, **over)
+    access.close()
+    return out.getvalue()
+
+
+class Counting(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+@pytest.fixture
+def logger() -> logging.Logger:
+    log = logging.getLogger("ferrohsm.test-access")
+    log.setLevel(logging.INFO)
+    return log
+
+
+def test_a_line_is_one_json_object_with_current_semantic_convention_names() -> None:
+    text = one_line()
+    assert text.endswith("\n") and text.count("\n") == 1
+    line = json.loads(text)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["ts"])
+    assert line["level"] == "info"
+    assert line["logger"] == "ferrohsm.access"
+    assert (line["http.request.method"], line["url.path"], line["http.response.status_code"],
+            line["user.id"], line["user.roles"], line["user_agent.original"],
+            line["server.port"], line["error.type"]) == (
+        "POST", "/v1/keys/k1/encrypt", 200, "svc", ["service"], "curl/8.5", 8443, None)
+    assert (line["trace_id"], line["span_id"], line["trace_flags"]) == (
+        "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", "01")
+    assert line["duration_ms"] == 0.432
+    assert "enduser.id" not in line
+
+
+@pytest.mark.parametrize(("status", "level"), [(200, logging.INFO), (404, logging.INFO),
+                                               (401, logging.WARNING), (403, logging.WARNING),
+                                               (429, logging.WARNING), (503, logging.ERROR)])
+def test_refusals_an_operator_should_see_are_warnings(status: int, level: int) -> None:
+    assert level_of(status) == level
+
+
+def test_the_level_decides_which_lines_are_written(logger: logging.Logger) -> None:
+    logger.setLevel(logging.WARNING)
+    access = AccessLog(io.StringIO(), logger=logger)
+    assert not access.enabled_for(200)
+    assert access.enabled_for(401) and access.enabled_for(403) and access.enabled_for(429)
+    line = json.loads(one_line(status=403, error_type="forbidden"))
+    assert line["level"] == "warning" and line["error.type"] == "forbidden"
+    assert json.loads(one_line(status=503))["level"] == "error"
+
+
+def test_lines_are_written_in_batches_by_the_writer_thread(logger: logging.Logger) -> None:
+    out = Counting()
+    access = AccessLog(out, interval=0.2, logger=logger)
+    for i in range(500):
+        record(access, request_id=f"r{i}")
+    deadline = time.monotonic() + 5
+    while access.written < 500 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert access.written == 500 and out.writes <= 3  # one write per batch, not per line
+    assert access._thread is not None and access._thread is not threading.current_thread()
+    access.close()
+
+
+def test_close_writes_every_queued_line_and_a_later_write_starts_again(
+        logger: logging.Logger) -> None:
+    out = io.StringIO()
+    access = AccessLog(out, interval=60.0, logger=logger)  # the thread would wait a minute
+    for i in range(1000):
+        record(access, request_id=f"r{i}")
+    access.close()
+    lines = out.getvalue().splitlines()
+    assert [json.loads(x)["request_id"] for x in lines] == [f"r{i}" for i in range(1000)]
+    record(access, request_id="after")
+    access.close()
+    assert json.loads(out.getvalue().splitlines()[-1])["request_id"] == "after"
+
+
+def test_a_closed_stream_loses_lines_quietly_never_raises(logger: logging.Logger) -> None:
+    out = io.StringIO()
+    access = AccessLog(out, logger=logger)
+    out.close()
+    record(access)
+    access.close()  # no exception: the request path and shutdown go on
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.one_of(st.characters(), st.integers(0xD800, 0xDFFF).map(chr)), max_size=40))
+def test_any_client_text_stays_inside_its_json_string(value: str) -> None:
+    line = one_line(user_agent=value, path=value, user=value, client=value, session=value,
+                    method=value, peer=value, request_id=value, status=400)
+    assert line.isascii() and line.count("\n") == 1
+    parsed = json.loads(line)
+    for name in ("user_agent.original", "url.path", "user.id", "client.address", "session.id",
+                 "http.request.method", "network.peer.address", "request_id"):
+        assert parsed[name] == json.loads(json.dumps(value))
+
+
+def test_a_request_whose_spans_are_not_exported_gets_ids_of_its_own() -> None:
+    from ferrohsm.telemetry.tracecontext import Parent
+    fresh = json.loads(one_line(trace=None))
+    assert len(fresh["trace_id"]) == 32 and len(fresh["span_id"]) == 16
+    assert fresh["trace_flags"] == "00"
+    parent = Parent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", 1)
+    child = json.loads(one_line(trace=parent))
+    assert (child["trace_id"], child["trace_flags"]) == (parent.trace_id, "01")
+    assert child["span_id"] != parent.span_id and len(child["span_id"]) == 16

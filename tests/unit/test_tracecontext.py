@@ -1,0 +1,102 @@
+"""W3C Trace Context: valid traceparent headers give the parent, everything else starts a new
+trace (ignored, never an error); tracestate is kept as received."""
+
+from __future__ import annotations
+
+import pytest
+
+from ferrohsm.telemetry.tracecontext import (
+    MAX_TRACESTATE,
+    new_span_id,
+    new_trace_id,
+    parse_traceparent,
+    traceparent,
+)
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+SPAN = "b7ad6b7169203331"
+
+
+def test_a_valid_traceparent_names_the_parent_and_keeps_tracestate() -> None:
+    parent = parse_traceparent([f"00-{TRACE}-{SPAN}-01"], ["congo=t61rcWkgMzE", "rojo=00f067"])
+    assert parent is not None
+    assert (parent.trace_id, parent.span_id, parent.flags) == (TRACE, SPAN, 1)
+    assert parent.tracestate == "congo=t61rcWkgMzE,rojo=00f067"
+    assert traceparent(parent.trace_id, parent.span_id, parent.flags) == f"00-{TRACE}-{SPAN}-01"
+
+
+def test_a_later_version_is_read_as_version_00_allows() -> None:
+    parent = parse_traceparent([f"cc-{TRACE}-{SPAN}-00-what-the-future-holds"])
+    assert parent is not None and parent.flags == 0
+
+
+@pytest.mark.parametrize("value", [
+    f"00-{TRACE}-{SPAN}-01-extra",          # version 00 has exactly four fields
+    f"ff-{TRACE}-{SPAN}-01",                # version ff is invalid
+    f"00-{'0' * 32}-{SPAN}-01",             # all-zero trace id
+    f"00-{TRACE}-{'0' * 16}-01",            # all-zero span id
+    f"00-{TRACE.upper()}-{SPAN}-01",        # upper case hex
+    f"00-{TRACE[:-1]}-{SPAN}-01",           # short
+    f"00-{TRACE}-{SPAN}-1",
+    f"cc-{TRACE}-{SPAN}-01.more",
+    "", "garbage",
+])
+def test_invalid_traceparent_is_ignored(value: str) -> None:
+    assert parse_traceparent([value]) is None
+
+
+def test_repeated_traceparent_is_ignored_and_oversized_tracestate_dropped() -> None:
+    assert parse_traceparent([f"00-{TRACE}-{SPAN}-01"] * 2) is None
+    assert parse_traceparent(None) is None
+    parent = parse_traceparent([f"00-{TRACE}-{SPAN}-01"], ["a=" + "x" * MAX_TRACESTATE])
+    assert parent is not None and parent.tracestate is None
+    parent = parse_traceparent([f"00-{TRACE}-{SPAN}-01"], ["a=b\x00"])
+    assert parent is not None and parent.tracestate is None
+
+
+def test_new_ids_are_lowercase_hex_nonzero_and_distinct() -> None:
+    traces = {new_trace_id() for _ in range(200)}
+    spans = {new_span_id() for _ in range(200)}
+    assert len(traces) == 200 and len(spans) == 200
+    assert all(len(t) == 32 and int(t, 16) and t == t.lower() for t in traces)
+    assert all(len(s) == 16 and int(s, 16) and s == s.lower() for s in spans)
+
+
+@pytest.mark.parametrize(("env", "on"), [
+    ({}, False),
+    ({"OTEL_SERVICE_NAME": "hsm"}, False),  # naming the service alone exports nothing
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, True),
+    ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, True),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "  "}, False),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "true"}, False),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none"}, False),
+])
+def test_export_is_on_only_when_the_standard_variables_ask(env: dict[str, str],
+                                                           on: bool) -> None:
+    from ferrohsm.telemetry.tracing import enabled, from_environment
+    assert enabled(env) is on
+    if not on:
+        assert from_environment(env) is None
+
+
+def test_sampling_follows_otel_traces_sampler_and_a_sampled_caller(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a ratio of 0 a request of its own is sampled out (no span recorded, so no children
+    and no ids are made for it), while a caller's sampled traceparent is still honoured."""
+    from ferrohsm.telemetry.tracecontext import Parent
+    from ferrohsm.telemetry.tracing import from_environment
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    tracer = from_environment()
+    assert tracer is not None
+    try:
+        assert not tracer.start("GET", None, {}).recording
+        span = tracer.start("GET", Parent(TRACE, SPAN, 1, "k=v"), {"url.path": "/x"})
+        assert span.recording and span.ids() == (TRACE, span.ids()[1], "01")
+        assert span.ids()[1] != SPAN
+        unsampled = tracer.start("GET", Parent(TRACE, SPAN, 0), {})
+        assert not unsampled.recording
+    finally:
+        monkeypatch.setenv("OTEL_BSP_EXPORT_TIMEOUT", "100")
+        tracer.provider.shutdown()
