@@ -12,7 +12,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from .api.handlers import custody as custody_routes
 from .api.handlers import dashboard as dashboard_routes
 from .api.handlers import keys as key_routes
 from .api.handlers import probes as probe_routes
+from .api.handlers import rekey as rekey_routes
 from .api.handlers import system as system_routes
 from .api.handlers import tokens as token_routes
 from .api.handlers import transit as transit_routes
@@ -41,7 +42,9 @@ from .control.policy import Policy
 from .control.scheduler import RetentionScheduler
 from .crypto.recordmac import RecordMac
 from .crypto.seal import Sealer
+from .custody import online as online_rekey
 from .custody.rekey import refuse_if_interrupted
+from .custody.serving import PausingApplication
 from .domain.errors import ConfigError, FerroError
 from .domain.model import SYSTEM_CONTEXT, RequestContext, Role
 from .engine.keycache import MaterialCache
@@ -309,6 +312,7 @@ def build_runtime(config: Config, secrets: Secrets,
     approvals: ApprovalStore | None = None
     audit: AuditSink | None = None
     try:
+        secrets = resume_online_rekey(config, secrets, store)
         refuse_if_interrupted(store)  # records under two master keys are not served
         sealer = Sealer(secrets.master_key)
         policy = Policy.from_config(config.policy_tags, config.crypto.destroy_grace_hours)
@@ -349,14 +353,42 @@ def build_runtime(config: Config, secrets: Secrets,
     token_routes.register(router, TokenService(service.guard, auth))
     custody_routes.register(router, service.guard, seal, lambda: {"sealed": False})
     transit_routes.register(router, service, limiter)
-    app = application.Application(router, auth, metrics, application.audit_hook(service.record),
-                                  limiter)
+    pause = online_rekey.Pause()
+    app = PausingApplication(router, auth, metrics, application.audit_hook(service.record),
+                             limiter, pause=pause)
+    wire_rekey(router, config, secrets, store, audit, service, pause)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
                       approvals=approvals, key_records=key_records)
     system_routes.register(router, runtime.health, metrics, health_viewer(auth))
     probe_routes.register(router, runtime.readiness)
     _gauges(runtime)
     return runtime
+
+
+def online_key_file(config: Config) -> tuple[str, str]:
+    """Where an online rekey writes the new master key, or "" and why it cannot here."""
+    s = config.secrets
+    return online_rekey.key_file_for(s.unseal, bool(os.environ.get("FERROHSM_MASTER_KEY")),
+                                     s.master_key_file)
+
+
+def resume_online_rekey(config: Config, secrets: Secrets, store: KeyStore) -> Secrets:
+    """Finish an online rekey a crash interrupted; the secrets to serve with."""
+    def open_append() -> tuple[online_rekey.Append, Callable[[], None]]:
+        sink = open_audit(config, secrets)
+        return sink.append, sink.close
+    master = online_rekey.resume_at_start(store, secrets.master_key, online_key_file(config)[0],
+                                          open_append, SYSTEM_CONTEXT)
+    return secrets if master == secrets.master_key else replace(secrets, master_key=master)
+
+
+def wire_rekey(router: routing.Router, config: Config, secrets: Secrets, store: KeyStore,
+               audit: AuditSink, service: KeyService, pause: online_rekey.Pause) -> None:
+    run = online_rekey.OnlineRekey(store, audit.append, online_rekey.installer(service.engine),
+                                   secrets.master_key, *online_key_file(config), pause)
+    a = config.approvals
+    rekey_routes.register(router, service.guard, service.dual, run,
+                          a.rekey_approvals_required, a.rekey_approval_ttl_seconds)
 
 
 HEALTH_DETAIL_ROLES = frozenset({Role.AUDITOR, Role.ADMINISTRATOR})

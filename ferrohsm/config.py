@@ -155,6 +155,10 @@ class AuditSettings:
 @dataclass(frozen=True)
 class ApprovalSettings:
     retention_days: float = 30.0
+    # dual control of `POST /v1/sys/rekey` (a system action: approvals target "system");
+    # 0 = an Administrator alone may rekey
+    rekey_approvals_required: int = 0
+    rekey_approval_ttl_seconds: int = 3600
 
 
 @dataclass(frozen=True)
@@ -404,6 +408,10 @@ def validate(config: Config) -> None:
         (0 < config.audit.witness_timeout_seconds <= 60,
          "[audit].witness_timeout_seconds must be > 0 and <= 60"),
         (config.approvals.retention_days >= 0, "[approvals].retention_days must be >= 0"),
+        (config.approvals.rekey_approvals_required >= 0,
+         "[approvals].rekey_approvals_required must be >= 0"),
+        (config.approvals.rekey_approval_ttl_seconds > 0,
+         "[approvals].rekey_approval_ttl_seconds must be > 0"),
         (config.scheduler.interval_seconds >= 1, "[scheduler].interval_seconds must be >= 1"),
         (bool(config.tls.cert) == bool(config.tls.key), "[tls].cert and [tls].key go together"),
         (not config.tls.require_client_cert or bool(config.tls.client_ca),

@@ -39,6 +39,7 @@ class Action(StrEnum):
     RANDOM = "crypto.random"  # random bytes (the Vault-compatible transit surface)
     TOKEN_WHOAMI = "token.whoami"
     SYSTEM_SEAL = "system.seal"  # seal a split-knowledge server again (custody/gate.py)
+    SYSTEM_REKEY = "system.rekey"  # rotate the master key while serving (custody/online.py)
 
 
 A, O, U, S = Role.ADMINISTRATOR, Role.OPERATOR, Role.AUDITOR, Role.SERVICE
@@ -70,6 +71,7 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.RANDOM: USERS,
     Action.TOKEN_WHOAMI: READERS,
     Action.SYSTEM_SEAL: frozenset({A}),
+    Action.SYSTEM_REKEY: frozenset({A}),
 }
 
 

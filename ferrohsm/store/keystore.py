@@ -229,6 +229,11 @@ class KeyStore(ABC):
                     after(key_id)
         return rewritten
 
+    def use_record_mac(self, authenticator: RecordAuthenticator) -> None:
+        """From now on encode and check records under ``authenticator``: the swap at the end of
+        an online master-key rekey (custody/online.py), made while no request runs."""
+        self._records = RecordCodec(authenticator)
+
     def _raw_records(self) -> Iterable[bytes]:
         for key_id in self._stored_ids():
             try:

@@ -1,0 +1,32 @@
+"""The API application with the online rekey's pause in front of it (custody/online.py).
+
+Every ``/v1/`` request holds the pause while it runs; health, metrics and the dashboard's static
+files do not touch key material and never wait. While a rekey holds the pause, no request runs
+inline on the event loop (``runs_inline`` says no), so the ones that wait, wait on a worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api.application import Application
+from ..api.http import Request, Response
+from .online import Pause, RekeyInProgress
+
+
+class PausingApplication(Application):
+    def __init__(self, *args: Any, pause: Pause, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pause = pause
+
+    def __call__(self, req: Request) -> Response:
+        if not req.path.startswith("/v1/"):
+            return super().__call__(req)
+        try:
+            with self.pause.hold():
+                return super().__call__(req)
+        except RekeyInProgress as exc:
+            return self.refuse(req, exc)
+
+    def runs_inline(self, req: Request) -> bool:
+        return not self.pause.paused and super().runs_inline(req)
