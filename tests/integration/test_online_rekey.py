@@ -13,6 +13,8 @@ import base64
 import http.client
 import os
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -233,3 +235,54 @@ def test_a_server_killed_during_an_online_rekey_finishes_it_at_the_next_start(
     assert ("custody.rekey_done", "success") in done
     verify = home.cli("audit", "verify", str(home.data / "audit"))
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_requests_during_an_online_rekey_wait_and_never_see_two_keys(tmp_path: Path) -> None:
+    """Decrypts, encrypts and key creations run in threads through the whole rekey: each one
+    answers 200/201 (it waited for the swap, or ran before or after it), none fails."""
+    home = online_home(tmp_path, store="sqlite")
+    srv = home.serve(env(home))
+    try:
+        items = create_and_encrypt(srv, home)
+        service, admin = home.token("service"), home.token()
+        statuses: list[int] = []
+        stop = threading.Event()
+
+        def traffic(n: int) -> None:
+            i = 0
+            while not stop.is_set():
+                name, message, ciphertext = items[(n + i) % len(items)]
+                status, out = srv.call("POST", f"/v1/keys/{name}/decrypt",
+                                       {"ciphertext": ciphertext}, service)
+                right = status == 200 and base64.b64decode(out["plaintext"]) == message
+                statuses.append(status if right or status != 200 else -1)
+                statuses.append(srv.call("POST", f"/v1/keys/{name}/encrypt",
+                                         {"plaintext": MESSAGE}, service)[0])
+                statuses.append(srv.call("POST", "/v1/keys", {
+                    "name": f"t{n}-{i}", "algorithm": "aes-256-gcm", "usage": "encrypt"},
+                    admin)[0])
+                i += 1
+        threads = [threading.Thread(target=traffic, args=(n,)) for n in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(0.5)
+            for _ in range(2):
+                status, body = srv.call("POST", "/v1/sys/rekey", None, admin)
+                assert status == 200, body
+                time.sleep(0.3)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        assert statuses and set(statuses) <= {200, 201}, sorted(set(statuses))
+        decrypts(srv, home, items)
+        new = key_in_file(home)
+    finally:
+        srv.stop()
+    assert readable_under_old_or_new(home, new, new) > len(MESSAGES)
+    srv = home.serve(env(home))
+    try:
+        decrypts(srv, home, items)
+    finally:
+        srv.stop()
