@@ -369,7 +369,7 @@ def online_key_file(config: Config) -> tuple[str, str]:
     """Where an online rekey writes the new master key, or "" and why it cannot here."""
     s = config.secrets
     return online_rekey.key_file_for(s.unseal, bool(os.environ.get("FERROHSM_MASTER_KEY")),
-                                     s.master_key_file)
+                                     s.master_key_file, config.storage.key_store == "postgres")
 
 
 def resume_online_rekey(config: Config, secrets: Secrets, store: KeyStore) -> Secrets:

@@ -112,8 +112,12 @@ OFFLINE = ("; rotate it with the server stopped: `ferrohsm rekey` (README, Split
            "unsealing and rekey)")
 
 
-def key_file_for(unseal: str, key_in_environment: bool, master_key_file: str) -> tuple[str, str]:
+def key_file_for(unseal: str, key_in_environment: bool, master_key_file: str,
+                 shared_store: bool = False) -> tuple[str, str]:
     """Where an online rekey writes the new master key, or "" and why it cannot run here."""
+    if shared_store:
+        return "", ("the key store is shared by every node (PostgreSQL): the others would "
+                    "still hold the old key; stop them all" + OFFLINE)
     if unseal != "env":
         return "", "split-knowledge mode: new shares are issued by the offline rekey" + OFFLINE
     if key_in_environment:
@@ -255,14 +259,33 @@ class OnlineRekey:
         return {"rekeyed": True, "rewritten": count, "master_key_file": self._key_file}
 
 
+def _finished_offline(store: KeyStore, master: bytes, key_file: str) -> bytes:
+    """An interrupted online rekey finished by the offline ``ferrohsm rekey
+    --new-master-key-file <key_file>.rekey-new``: the new key is installed now. A sidecar whose
+    key the store does not know (a run killed before its journal) is left alone."""
+    held = _read_key(Path(key_file + SIDECAR))
+    check = store.get_meta(rekey.CHECK_VALUE)
+    if held is None or check is None or held == master:
+        return master
+    try:
+        Sealer(held).verify_check_value(check)
+    except ConfigError:
+        return master
+    install_key_file(key_file, held)
+    store.use_record_mac(rekey.record_mac(held))
+    return held
+
+
 def resume_at_start(store: KeyStore, master: bytes, key_file: str,
                     open_append: Callable[[], tuple[Append, Callable[[], None]]],
                     ctx: RequestContext) -> bytes:
     """Start-up: finish an interrupted online rekey and return the key to serve with, or
     ``master`` unchanged when there is nothing this server can finish (the offline rekey's
     journal without our sidecar: ``refuse_if_interrupted`` then refuses as before)."""
-    if not key_file or rekey.journal_state(store) != "running":
+    if not key_file:
         return master
+    if rekey.journal_state(store) != "running":
+        return _finished_offline(store, master, key_file)
     keys = rekey.MasterKeys.from_journal(store.get_meta(rekey.JOURNAL) or b"", master)
     if not Path(key_file + SIDECAR).exists() and master != keys.new:
         return master

@@ -230,6 +230,24 @@ def test_a_server_killed_during_an_online_rekey_finishes_it_at_the_next_start(
             srv.stop()
         assert key_in_file(home) == new and not side.exists()
         assert readable_under_old_or_new(home, new, new) == len(MESSAGES)
+    # killed again, and this time finished by the offline rekey into the sidecar: the next
+    # start installs the sidecar's key, which the store's check value now names
+    old = key_in_file(home)
+    srv = home.serve(env(home, FERROHSM_REKEY_KILL_AT="record:1"))
+    with pytest.raises((http.client.HTTPException, OSError)):
+        srv.call("POST", "/v1/sys/rekey", None, home.token())
+    assert srv.proc.wait(30) == -9
+    side = home.root / "master.key.rekey-new"
+    offline = home.cli("rekey", "--config", str(home.config), "--new-master-key-file",
+                       str(side), env=env(home))
+    assert offline.returncode == 0, offline.stderr
+    assert key_in_file(home) == old
+    srv = home.serve(env(home))
+    try:
+        decrypts(srv, home, items)
+    finally:
+        srv.stop()
+    assert key_in_file(home) != old and not side.exists()
     done = actions(home)
     assert ("custody.rekey_resumed", "success") in done
     assert ("custody.rekey_done", "success") in done

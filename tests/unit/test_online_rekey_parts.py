@@ -105,6 +105,8 @@ def test_where_an_online_rekey_can_put_the_new_key(unseal: str, in_env: bool, fi
     key_file, reason = online.key_file_for(unseal, in_env, file)
     assert (key_file == "/k") == (why == "")
     assert why in reason and ("ferrohsm rekey" in reason) == bool(why)
+    shared, reason = online.key_file_for(unseal, in_env, file, shared_store=True)
+    assert shared == "" and "PostgreSQL" in reason
 
 
 # ---- dual control of a system action --------------------------------------------------------
