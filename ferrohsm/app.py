@@ -38,8 +38,8 @@ from .audit.witness import FileWitness, Witness, make_witness
 from .auth.authn import Authenticator, build_authenticator
 from .auth.ratelimit import RateLimiter, policy_from_settings
 from .config import Config, Secrets, parse_listen
+from .control.heldscheduler import HeldScheduler
 from .control.policy import Policy
-from .control.scheduler import RetentionScheduler
 from .crypto.recordmac import RecordMac
 from .crypto.seal import Sealer
 from .custody import online as online_rekey
@@ -252,6 +252,7 @@ class Runtime:
     tls_status: Callable[[], dict[str, Any]] | None = None  # the TLS provider's (wire_tls)
     tls_close: Callable[[], None] | None = None  # stops its threads before the audit log closes
     serving: threading.Event = field(default_factory=threading.Event)  # set once started (/readyz)
+    pause: online_rekey.Pause = field(default_factory=online_rekey.Pause)  # held by requests
 
     def _key_records(self) -> dict[str, Any]:
         """Counts only: the ids of failed keys are in the audit log (and a filesystem store's
@@ -358,7 +359,7 @@ def build_runtime(config: Config, secrets: Secrets,
                              limiter, pause=pause)
     wire_rekey(router, config, secrets, store, audit, service, pause)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
-                      approvals=approvals, key_records=key_records)
+                      approvals=approvals, key_records=key_records, pause=pause)
     system_routes.register(router, runtime.health, metrics, health_viewer(auth))
     probe_routes.register(router, runtime.readiness)
     _gauges(runtime)
@@ -431,9 +432,9 @@ def _gauges(rt: Runtime) -> None:
 
 def start_scheduler(rt: Runtime) -> threading.Thread:
     """The retention scheduler (ferrohsm/scheduler.py), every [scheduler].interval_seconds."""
-    scheduler = RetentionScheduler(rt.service,
-                                   approval_retention_days=rt.config.approvals.retention_days,
-                                   audit_prune=rt.audit.prune)
+    scheduler = HeldScheduler(rt.service, hold=rt.pause.hold,  # never beside a rekey
+                              approval_retention_days=rt.config.approvals.retention_days,
+                              audit_prune=rt.audit.prune)
     return scheduler.start(rt.stop, rt.config.scheduler.interval_seconds)
 
 
