@@ -57,7 +57,7 @@ class Pause:
     """A readers/writer gate: requests are readers, the rekey is the one writer."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._active = 0
         self._paused = False
         self._broken: str | None = None
@@ -66,20 +66,29 @@ class Pause:
     def paused(self) -> bool:
         return self._paused or self._broken is not None
 
-    @contextmanager
-    def hold(self) -> Iterator[None]:
+    def enter(self) -> None:
+        """Count one request in, once no rekey holds the pause (RekeyInProgress after
+        HOLD_WAIT). The hot path: one uncontended lock, no allocation."""
         with self._cond:
             if self._paused and not self._cond.wait_for(lambda: not self._paused, HOLD_WAIT):
                 raise RekeyInProgress("a master-key rekey is in progress; retry shortly")
             if self._broken is not None:
                 raise RekeyInProgress(self._broken)
             self._active += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._active -= 1
+            if self._paused:  # only a draining rekey waits for this
+                self._cond.notify_all()
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        self.enter()
         try:
             yield
         finally:
-            with self._cond:
-                self._active -= 1
-                self._cond.notify_all()
+            self.leave()
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:

@@ -23,10 +23,13 @@ class PausingApplication(Application):
         if not req.path.startswith("/v1/"):
             return super().__call__(req)
         try:
-            with self.pause.hold():
-                return super().__call__(req)
+            self.pause.enter()
         except RekeyInProgress as exc:
             return self.refuse(req, exc)
+        try:
+            return super().__call__(req)
+        finally:
+            self.pause.leave()
 
     def runs_inline(self, req: Request) -> bool:
         return not self.pause.paused and super().runs_inline(req)
