@@ -118,6 +118,7 @@ MATRIX: dict[tuple[str, str], tuple[set[str], Callable[[LiveServer], Call]]] = {
     ("GET", "/v1/audit"): (AOU, lambda srv: ("GET", "/v1/audit?limit=5", None)),
     ("GET", "/v1/whoami"): (ALL, lambda srv: ("GET", "/v1/whoami", None)),
     ("GET", "/v1/approvals"): (AOU, lambda srv: ("GET", "/v1/approvals?state=pending", None)),
+    ("POST", "/v1/sys/unseal"): (ALL, lambda srv: ("POST", "/v1/sys/unseal", None)),
 }
 # Routes whose allowed roles need a pending approval to reach 2xx; until the matrix creates one,
 # an allowed role must get past authorization (anything but 401/403) and the others get 403.
@@ -128,6 +129,9 @@ PAST_AUTHZ_ONLY: dict[tuple[str, str], tuple[set[str], Callable[[LiveServer], Ca
         "POST", "/v1/approvals/00000000-0000-4000-8000-000000000000/deny", {})),
     ("GET", "/v1/approvals/{id}"): (AOU, lambda srv: (
         "GET", "/v1/approvals/00000000-0000-4000-8000-000000000000", None)),
+    # this server's master key is in the environment: nothing to seal or rekey here (409)
+    ("POST", "/v1/sys/seal"): (A, lambda srv: ("POST", "/v1/sys/seal", None)),
+    ("POST", "/v1/sys/rekey"): (A, lambda srv: ("POST", "/v1/sys/rekey", None)),
 }
 
 

@@ -182,6 +182,9 @@ ROUTES: list[tuple[str, str, Any, set[str], str]] = [
     ("GET", "/v1/approvals/{approval}", None, AOU, "approval.list"),
     ("POST", "/v1/approvals/{approval}/approve", {}, AO, "approval.decide"),
     ("POST", "/v1/approvals/{approval}/deny", {}, AO, "approval.decide"),
+    ("POST", "/v1/sys/seal", None, A, "system.seal"),
+    ("POST", "/v1/sys/unseal", None, ALL, "system.unseal"),
+    ("POST", "/v1/sys/rekey", {}, A, "system.rekey"),
 ]
 
 
