@@ -175,14 +175,19 @@ def prepare_key_file(key_file: str) -> bytes:
     """A fresh key, durable in ``<key_file>.rekey-new`` (0600) before anything uses it. A
     sidecar left by a run killed before its journal started was never used: replaced."""
     side = Path(key_file + SIDECAR)
-    side.unlink(missing_ok=True)
     key = os.urandom(32)
-    fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(base64.b64encode(key).decode("ascii") + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync_dir(side.parent)
+    try:
+        side.unlink(missing_ok=True)
+        fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(base64.b64encode(key).decode("ascii") + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(side.parent)
+    except OSError as exc:  # e.g. a read-only secrets mount: nothing has changed yet
+        raise Conflict(f"cannot write the new master key to {side} ({exc.strerror}): the "
+                       "directory of [secrets].master_key_file must be writable by the "
+                       "server" + OFFLINE) from None
     return key
 
 

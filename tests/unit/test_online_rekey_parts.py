@@ -97,6 +97,15 @@ def test_the_new_key_is_written_beside_then_over_the_key_file(tmp_path: Path) ->
         online.install_key_file(str(key_file), bytes(32))
 
 
+def test_a_key_file_whose_directory_cannot_take_the_new_key_is_refused_first(
+        tmp_path: Path) -> None:
+    """E.g. a read-only secrets mount; here (tests may run as root) a parent that is a file."""
+    not_a_dir = tmp_path / "secrets"
+    not_a_dir.write_text("a file")
+    with pytest.raises(Conflict, match="must be writable"):
+        online.prepare_key_file(str(not_a_dir / "master.key"))
+
+
 @pytest.mark.parametrize(("unseal", "in_env", "file", "why"), [
     ("shamir", False, "", "split-knowledge"), ("env", True, "/k", "FERROHSM_MASTER_KEY"),
     ("env", False, "", "master_key_file"), ("env", False, "/k", "")])
