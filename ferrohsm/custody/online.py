@@ -4,7 +4,9 @@ The same crash-safe steps as the offline rekey (custody/rekey.py: journal, per-r
 compare-and-swap rewrite, check value, journal done), run by the server itself while it serves:
 
 * **Consistency while serving: a pause, not two keys at once.** Every ``/v1/`` request holds
-  ``Pause.hold`` (a reader); the rekey takes ``Pause.exclusive`` (the writer): new requests wait
+  the pause (``Pause.enter``/``leave``, custody/serving.py) and so does every tick of the
+  retention scheduler (control/heldscheduler.py); the rekey takes ``Pause.exclusive``, after
+  checking every record opens under the current key: new requests wait
   (at most ``HOLD_WAIT`` seconds, then 503 ``rekey_in_progress``), the ones in flight finish
   (at most ``DRAIN_WAIT``), then the records are rewritten, the store's record MAC and the
   engine's sealer swapped to the new key and the unsealed-key cache dropped, and requests go
@@ -14,11 +16,13 @@ compare-and-swap rewrite, check value, journal done), run by the server itself w
   ``[secrets] master_key_file`` (``<file>.rekey-new``) BEFORE the journal starts, and renamed
   over the file once the check value has committed: the file always holds the old or the new
   key, and either opens the journal. It is never returned over the API. A server whose key
-  comes from ``FERROHSM_MASTER_KEY`` (or split-knowledge mode) answers 409: use the offline
-  ``ferrohsm rekey`` there (see ``unavailable_reason``).
+  comes from ``FERROHSM_MASTER_KEY`` (or split-knowledge mode, or the PostgreSQL store other
+  nodes share) answers 409: use the offline ``ferrohsm rekey`` there (``key_file_for``).
 * **Crash safety:** a kill -9 at any point leaves every record under the old or the new key
   (the journal holds each key sealed under the other); the next start resumes and finishes the
-  rekey (``resume_at_start``) with whichever key the file holds, before any check or request.
+  rekey (``resume_at_start``) with whichever key the file holds, before any check or request
+  (or the offline ``ferrohsm rekey --new-master-key-file <file>.rekey-new`` does, and the next
+  start installs that file).
 * **Failure midway** (a store error): the pause is never lifted; every request answers 503
   until a restart finishes the rekey from the journal (fail closed).
 """
@@ -251,6 +255,11 @@ class OnlineRekey:
         self._append(AuditEvent.from_context(ctx, action, outcome, message, details=details))
 
     def _run(self, ctx: RequestContext) -> dict[str, Any]:
+        faults = self._store.check_records().faults
+        if faults:  # a record neither key opens would stop the rekey halfway: refuse now
+            raise Conflict(f"{len(faults)} key record(s) fail their integrity check (first: "
+                           f"key {faults[0].key_id}): nothing was changed; restore them from a "
+                           "backup first (the audit log names them at every start)")
         keys = rekey.MasterKeys(self._master, prepare_key_file(self._key_file))
         self._audit(ctx, "custody.rekey_started", "success", "online master-key rekey started",
                     mode="env", online=True)

@@ -159,7 +159,8 @@ class KeyStore(ABC):
     @abstractmethod
     def _replace_record(self, key_id: str, old: bytes, new: bytes) -> None:
         """Store ``new`` in place of ``old`` only if ``old`` is still what is stored (Conflict
-        otherwise); the revision does not change. Only the migration rewrites records."""
+        otherwise); a revision column, if the store keeps one, follows ``new`` (a rekey binds
+        each rewritten record to its audit intent, revision + 1)."""
 
     # ---- record integrity: start-up check and migration (integrity/records.py) ----
 

@@ -18,7 +18,7 @@ from test_approvals import ALICE, BOB, CAROL, World, ctx
 
 from ferrohsm.auth.permissions import Action
 from ferrohsm.control.dualcontrol import SYSTEM_TARGET
-from ferrohsm.custody import online
+from ferrohsm.custody import online, rekey
 from ferrohsm.domain.errors import (
     ApprovalRequired,
     ConfigError,
@@ -154,3 +154,23 @@ def test_a_system_action_is_parked_voted_and_redeemed_once(world: World) -> None
     listed = world.service.approvals.list(ctx(CAROL), "executed")["approvals"]
     assert [a["key_id"] for a in listed] == [SYSTEM_TARGET]
     assert world.audit.actions("success").count("approval.executed") == 1
+
+
+# ---- refused before anything changes ----------------------------------------------------------
+
+def test_a_record_that_fails_its_check_stops_the_rekey_before_it_starts(tmp_path: Path) -> None:
+    world = World(MemoryApprovalStore())
+    key = world.key()
+    key_file = tmp_path / "master.key"
+    key_file.write_text(base64.b64encode(bytes(32)).decode())  # the MAC key of World's store
+    world.store._stored[key.id] = world.store._stored[key.id].replace(b'"enabled"', b'"disabld"')
+    installed: list[bytes] = []
+    pause = online.Pause()
+    run = online.OnlineRekey(world.store, world.audit.append, installed.append, bytes(32),
+                             str(key_file), "", pause)
+    with pause.hold(), pytest.raises(Conflict, match=f"integrity check .*{key.id}"):
+        run(ctx(ALICE))
+    assert world.store.get_meta(rekey.JOURNAL) is None and installed == []
+    assert not (tmp_path / ("master.key" + online.SIDECAR)).exists()
+    assert base64.b64decode(key_file.read_text()) == bytes(32)
+    assert not pause.paused
