@@ -70,11 +70,13 @@ class Pause:
     def paused(self) -> bool:
         return self._paused or self._broken is not None
 
-    def enter(self) -> None:
+    def enter(self, wait: bool = True) -> None:
         """Count one request in, once no rekey holds the pause (RekeyInProgress after
-        HOLD_WAIT). The hot path: one uncontended lock, no allocation."""
+        HOLD_WAIT, or at once without ``wait``: a request on the server's event loop must not
+        stall it). The hot path: one uncontended lock, no allocation."""
         with self._cond:
-            if self._paused and not self._cond.wait_for(lambda: not self._paused, HOLD_WAIT):
+            if self._paused and not (wait and self._cond.wait_for(lambda: not self._paused,
+                                                                  HOLD_WAIT)):
                 raise RekeyInProgress("a master-key rekey is in progress; retry shortly")
             if self._broken is not None:
                 raise RekeyInProgress(self._broken)

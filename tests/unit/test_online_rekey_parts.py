@@ -75,6 +75,8 @@ def test_a_second_rekey_is_refused_and_a_broken_pause_refuses_everything() -> No
     with pause.hold(), pause.exclusive(), pytest.raises(Conflict):
         with pause.exclusive():
             pass
+    with pause.hold(), pause.exclusive(), pytest.raises(online.RekeyInProgress):
+        pause.enter(wait=False)  # an inline request never stalls the event loop
     pause.break_for_good("restart to finish")
     with pytest.raises(online.RekeyInProgress, match="restart to finish"), pause.hold():
         pass
