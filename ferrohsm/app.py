@@ -264,7 +264,7 @@ class Runtime:
                 "migrated_at_start": report.migrated}
 
     def health(self) -> dict[str, Any]:
-        problem = self.audit.degraded()
+        problem = self.audit.degraded() or self.pause.broken  # a rekey that failed midway
         return {
             "status": "ok" if problem is None else "degraded",
             **({} if problem is None else {"reason": problem}),

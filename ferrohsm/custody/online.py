@@ -67,6 +67,11 @@ class Pause:
         self._broken: str | None = None
 
     @property
+    def broken(self) -> str | None:
+        """Why every request is refused until a restart (a rekey failed midway), or None."""
+        return self._broken
+
+    @property
     def paused(self) -> bool:
         return self._paused or self._broken is not None
 

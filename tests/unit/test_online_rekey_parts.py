@@ -77,7 +77,9 @@ def test_a_second_rekey_is_refused_and_a_broken_pause_refuses_everything() -> No
             pass
     with pause.hold(), pause.exclusive(), pytest.raises(online.RekeyInProgress):
         pause.enter(wait=False)  # an inline request never stalls the event loop
+    assert pause.broken is None
     pause.break_for_good("restart to finish")
+    assert pause.broken == "restart to finish"  # /healthz: degraded, with this reason
     with pytest.raises(online.RekeyInProgress, match="restart to finish"), pause.hold():
         pass
 
