@@ -264,7 +264,7 @@ SCHEMAS: dict[str, Any] = {
                                              "description": "fhsm1-<split>-<n>-<value>, as "
                                              "printed by `ferrohsm init` or `ferrohsm rekey`"}}},
     "RekeyRequest": {"type": "object", "additionalProperties": False, "properties": {
-        "reason": {"type": "string", "maxLength": 256,
+        "reason": {**PLAIN_TEXT, "maxLength": 256,
                    "description": "why; bound to the approval and shown to approvers"}}},
     "RekeyResult": {"type": "object", "required": ["rekeyed", "rewritten"], "properties": {
         "rekeyed": {"type": "boolean"},

@@ -118,7 +118,8 @@ MATRIX: dict[tuple[str, str], tuple[set[str], Callable[[LiveServer], Call]]] = {
     ("GET", "/v1/audit"): (AOU, lambda srv: ("GET", "/v1/audit?limit=5", None)),
     ("GET", "/v1/whoami"): (ALL, lambda srv: ("GET", "/v1/whoami", None)),
     ("GET", "/v1/approvals"): (AOU, lambda srv: ("GET", "/v1/approvals?state=pending", None)),
-    ("POST", "/v1/sys/unseal"): (ALL, lambda srv: ("POST", "/v1/sys/unseal", None)),
+    ("POST", "/v1/sys/unseal"): (ALL, lambda srv: ("POST", "/v1/sys/unseal",
+                                                   {"share": "fhsm1-00000000-1-AAAA"})),
 }
 # Routes whose allowed roles need a pending approval to reach 2xx; until the matrix creates one,
 # an allowed role must get past authorization (anything but 401/403) and the others get 403.

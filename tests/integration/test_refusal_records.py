@@ -183,7 +183,7 @@ ROUTES: list[tuple[str, str, Any, set[str], str]] = [
     ("POST", "/v1/approvals/{approval}/approve", {}, AO, "approval.decide"),
     ("POST", "/v1/approvals/{approval}/deny", {}, AO, "approval.decide"),
     ("POST", "/v1/sys/seal", None, A, "system.seal"),
-    ("POST", "/v1/sys/unseal", None, ALL, "system.unseal"),
+    ("POST", "/v1/sys/unseal", {"share": "fhsm1-00000000-1-AAAA"}, ALL, "system.unseal"),
     ("POST", "/v1/sys/rekey", {}, A, "system.rekey"),
 ]
 

@@ -21,13 +21,14 @@ from ..router import Operation, Router
 from .common import Field, Reply, fields
 
 MAX_REASON = 256
+REASON = {"reason": Field(str)}
 Run = Callable[[RequestContext], dict[str, Any]]
 
 
 def register(router: Router, guard: Guard, dual: DualControl, run: Run, required: int,
              ttl_seconds: int) -> None:
     def do_rekey(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
-        body = fields(req, {"reason": Field(str)}) if req.body else {}
+        body = fields(req, REASON) if req.body else {}
         reason = plain_text(str(body.get("reason", "")), "reason", MAX_REASON)
 
         def work() -> dict[str, Any]:
