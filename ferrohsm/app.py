@@ -36,16 +36,18 @@ from .auth.approverkeys import ApproverKeys
 from .auth.authn import Authenticator, build_authenticator
 from .auth.ratelimit import RateLimiter, policy_from_settings
 from .auth.sharedlimit import ClusterLimits
-from .backupwire import wire_backup
 from .config import Config, Secrets, parse_listen
 from .control.cluster import Cluster
+from .control.heldscheduler import HeldScheduler
 from .control.policy import Policy
-from .control.scheduler import RetentionScheduler
 from .control.voting import VoteRules
 from .crypto.recordmac import RecordMac
 from .crypto.seal import Sealer
+from .custody import online as online_rekey
 from .custody import restore as custody_restore
 from .custody.rekey import refuse_if_interrupted
+from .custody.serving import PausingApplication
+from .custodywire import resume_online_rekey, wire_backup, wire_rekey
 from .datadir import ensure_private_dir, why
 from .domain.errors import ConfigError, FerroError
 from .domain.model import SYSTEM_CONTEXT, RequestContext, Role
@@ -284,6 +286,7 @@ class Runtime:
     tls_close: Callable[[], None] | None = None  # stops its threads before the audit log closes
     serving: threading.Event = field(default_factory=threading.Event)  # set once started (/readyz)
     cluster: Cluster | None = None  # the coordination of processes sharing the store
+    pause: online_rekey.Pause = field(default_factory=online_rekey.Pause)  # held by requests
 
     def _key_records(self) -> dict[str, Any]:
         """Counts only: the ids of failed keys are in the audit log (and a filesystem store's
@@ -295,7 +298,7 @@ class Runtime:
                 "migrated_at_start": report.migrated}
 
     def health(self) -> dict[str, Any]:
-        problem = self.audit.degraded()
+        problem = self.audit.degraded() or self.pause.broken  # a rekey that failed midway
         return {
             "status": "ok" if problem is None else "degraded",
             **({} if problem is None else {"reason": problem}),
@@ -368,6 +371,7 @@ def build_runtime(config: Config, secrets: Secrets,
     audit: AuditSink | None = None
     cluster: Cluster | None = None
     try:
+        secrets = resume_online_rekey(config, secrets, store, open_audit)
         refuse_if_interrupted(store)  # records under two master keys are not served
         sealer = Sealer(secrets.master_key)
         policy = Policy.from_config(config.policy_tags, config.crypto.destroy_grace_hours)
@@ -415,10 +419,12 @@ def build_runtime(config: Config, secrets: Secrets,
     custody_routes.register(router, service.guard, seal, lambda: {"sealed": False})
     transit_routes.register(router, service, items)
     wire_backup(router, config, secrets, service, approvals, audit)
-    app = application.Application(router, auth, metrics, application.audit_hook(service.record),
-                                  limiter, tracer=tracing.from_environment())
+    pause = online_rekey.Pause()
+    app = PausingApplication(router, auth, metrics, application.audit_hook(service.record),
+                             limiter, pause=pause, tracer=tracing.from_environment())
+    wire_rekey(router, config, secrets, store, audit, service, pause)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
-                      approvals=approvals, key_records=key_records, cluster=cluster)
+                      approvals=approvals, key_records=key_records, cluster=cluster, pause=pause)
     system_routes.register(router, runtime.health, metrics, health_viewer(auth))
     probe_routes.register(router, runtime.readiness)
     wire_metrics(runtime, audit)
@@ -469,10 +475,10 @@ def config_audit(audit: AuditSink, action: str) -> Callable[[str, str], None]:
 def start_scheduler(rt: Runtime) -> threading.Thread:
     """The retention scheduler (ferrohsm/scheduler.py), every [scheduler].interval_seconds."""
     cluster = rt.cluster
-    scheduler = RetentionScheduler(rt.service,
-                                   approval_retention_days=rt.config.approvals.retention_days,
-                                   audit_prune=rt.audit.prune,
-                                   leader=cluster.leader.is_leader if cluster else None)
+    scheduler = HeldScheduler(rt.service, hold=rt.pause.hold,  # never beside a rekey
+                              approval_retention_days=rt.config.approvals.retention_days,
+                              audit_prune=rt.audit.prune,
+                              leader=cluster.leader.is_leader if cluster else None)
     if cluster is not None and cluster.limits is not None:
         cluster.limits.start(rt.stop)  # shared rate limits (auth/sharedlimit.py)
     return scheduler.start(rt.stop, rt.config.scheduler.interval_seconds)

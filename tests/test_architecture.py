@@ -63,12 +63,12 @@ ALLOWED: dict[str, frozenset[str]] = {
     # L5: the one composition root
     "app": frozenset({"domain", "crypto", "audit", "store", "auth", "control", "engine",
                       "telemetry", "service", "config", "tls", "api", "integrity", "custody",
-                      "datadir", "tlswire", "backupwire", "obswire"}),
+                      "datadir", "tlswire", "custodywire", "obswire"}),
     # the metrics of the composition root (caches, audit, keys by state, zero-valued series)
     "obswire": frozenset({"domain", "crypto", "audit", "store", "auth", "service", "api",
                           "telemetry"}),
-    # the backup route of the composition root (the archive, the backup key's sources)
-    "backupwire": frozenset({"domain", "config", "custody", "service", "api", "audit", "store"}),
+    # the custody routes of the composition root (backup, online rekey)
+    "custodywire": frozenset({"domain", "config", "custody", "service", "api", "audit", "store"}),
     # the TLS half of the composition root (provider choice, its audit, health and metrics)
     "tlswire": frozenset({"domain", "audit", "config", "tls", "datadir", "telemetry"}),
     # L6: entry points
@@ -81,7 +81,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 
 LAYER: dict[str, int] = {
     "domain": 0, "crypto": 1, **dict.fromkeys(L2, 2), "service": 3, "config": 3, "datadir": 3, "integrity": 3,
-    "tls": 4, "api": 4, "client": 4, "client_errors": 4, "custody": 4, "app": 5, "tlswire": 5, "backupwire": 5, "obswire": 5, "cli": 6, "__main__": 6,
+    "tls": 4, "api": 4, "client": 4, "client_errors": 4, "custody": 4, "app": 5, "tlswire": 5, "custodywire": 5, "obswire": 5, "cli": 6, "__main__": 6,
 }
 
 # Third-party packages and the modules that may import them (prefixes of dotted names).

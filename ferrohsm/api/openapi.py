@@ -15,7 +15,7 @@ from http import HTTPStatus
 from typing import Any
 
 from .. import __version__
-from ..control.policy import APPROVABLE
+from ..control.policy import APPROVABLE, SYSTEM_APPROVABLE
 from ..domain.model import (
     DESCRIPTION_PATTERN,
     MAX_NAME,
@@ -301,6 +301,14 @@ SCHEMAS: dict[str, Any] = {
                     "properties": {"share": {"type": "string", "maxLength": 400,
                                              "description": "fhsm1-<split>-<n>-<value>, as "
                                              "printed by `ferrohsm init` or `ferrohsm rekey`"}}},
+    "RekeyRequest": {"type": "object", "additionalProperties": False, "properties": {
+        "reason": {**PLAIN_TEXT, "maxLength": 256,
+                   "description": "why; bound to the approval and shown to approvers"}}},
+    "RekeyResult": {"type": "object", "required": ["rekeyed", "rewritten"], "properties": {
+        "rekeyed": {"type": "boolean"},
+        "rewritten": {"type": "integer", "description": "key records re-sealed and re-MACed"},
+        "master_key_file": {"type": "string", "description": "where the server wrote the new "
+                            "master key (0600); the key itself is never returned"}}},
     "SealStatus": {"type": "object", "required": ["sealed"], "properties": {
         "sealed": {"type": "boolean"},
         "progress": {"type": "integer", "description": "shares submitted towards the threshold"},
@@ -460,7 +468,8 @@ KNOWN_TAGS = {t["name"] for t in TAGS}
 
 
 def _approvable(doc: Operation) -> bool:
-    return doc.action is not None and doc.action in APPROVABLE
+    return doc.action is not None and (doc.action in APPROVABLE
+                                       or doc.action in SYSTEM_APPROVABLE)
 
 
 def _authenticated(route: Route) -> bool:

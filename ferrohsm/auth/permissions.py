@@ -43,6 +43,7 @@ class Action(StrEnum):
     IMPORT_JOB_CREATE = "import_job.create"  # a wrapping key for one import, valid 24 h
     KEY_DESTROY_VERSION = "key.destroy_version"  # erase one non-primary version's material
     SYSTEM_BACKUP = "system.backup"  # an encrypted archive of the whole store (custody/)
+    SYSTEM_REKEY = "system.rekey"  # rotate the master key while serving (custody/online.py)
 
 
 A, O, U, S = Role.ADMINISTRATOR, Role.OPERATOR, Role.AUDITOR, Role.SERVICE
@@ -78,6 +79,7 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.IMPORT_JOB_CREATE: MANAGERS,
     Action.KEY_DESTROY_VERSION: frozenset({A}),
     Action.SYSTEM_BACKUP: frozenset({A}),
+    Action.SYSTEM_REKEY: frozenset({A}),
 }
 
 

@@ -160,6 +160,10 @@ class ApprovalSettings:
     require_asymmetric_tokens: bool = False
     require_vote_signature: bool = False
     approver_keys_file: str = ""
+    # dual control of `POST /v1/sys/rekey` (a system action: approvals target "system");
+    # 0 = an Administrator alone may rekey
+    rekey_approvals_required: int = 0
+    rekey_approval_ttl_seconds: int = 3600
 
 
 @dataclass(frozen=True)

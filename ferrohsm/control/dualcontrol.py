@@ -25,7 +25,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 from ..auth.permissions import Action
@@ -46,7 +46,7 @@ from ..domain.ids import uuid7
 from ..domain.model import Key, Principal, RequestContext, iso
 from ..store.approvalstore import ApprovalStore
 from ..store.keystore import decode_page_token, encode_page_token
-from .policy import Decision
+from .policy import Decision, Verdict
 from .recordfirst import Intent, Recorder, Steps
 from .voting import SignedVote
 
@@ -54,6 +54,18 @@ from .voting import SignedVote
 # a short queue; past this many the request is parked anew rather than scanned for longer).
 OPEN_SCAN_PAGE = 500
 OPEN_SCAN_PAGES = 20
+# The target of an approval of a system action (a master-key rekey): never a key id, which is
+# always a lowercase UUID, so listing, voting and redeeming treat it like any other approval.
+SYSTEM_TARGET = "system"
+Target = Key | str  # a key, or SYSTEM_TARGET
+
+
+def _target_id(target: Target) -> str:
+    return target if isinstance(target, str) else target.id
+
+
+def _target_key(target: Target) -> Key | None:
+    return None if isinstance(target, str) else target
 
 
 class DualControl:
@@ -124,51 +136,61 @@ class DualControl:
 
     # ---- the gate ----
 
-    def gate(self, ctx: RequestContext, action: Action, key: Key, args: dict[str, Any],
+    def gate(self, ctx: RequestContext, action: Action, key: Target, args: dict[str, Any],
              decision: Decision) -> None:
         """For an APPROVAL decision: return to let the operation run (its approval consumed),
-        or raise to park it for approval or refuse it."""
+        or raise to park it for approval or refuse it. ``key`` is SYSTEM_TARGET for a system
+        action (``gate_system``)."""
         if ctx.approval_id is None:
             self._request(ctx, action, key, args, decision)
         self._redeem(ctx, action, key, args)
 
-    def _request(self, ctx: RequestContext, action: Action, key: Key, args: dict[str, Any],
+    def gate_system(self, ctx: RequestContext, action: Action, args: dict[str, Any],
+                    required: int, ttl: timedelta) -> None:
+        """``gate`` for an action on no key (a master-key rekey): the quorum comes from the
+        configuration, the approval targets SYSTEM_TARGET."""
+        decision = Decision(Verdict.APPROVAL, f"{action.value} needs {required} approval(s)",
+                            required, self.clock() + ttl)
+        self.gate(ctx, action, SYSTEM_TARGET, args, decision)
+
+    def _request(self, ctx: RequestContext, action: Action, key: Target, args: dict[str, Any],
                  decision: Decision) -> None:
         """Park the request: a pending approval bound to it, then 202 (ApprovalRequired). The
         same request repeated by the same requester while its approval is still open gets that
         approval again instead of a second one (approvers would otherwise vote on duplicates,
         and the requester lose track of which id to repeat with)."""
-        now, required = self.clock(), decision.required
+        now, required, key_id = self.clock(), decision.required, _target_id(key)
         store = self._store()
-        existing = self._open_for(store, ctx.actor, action, key, args, now)
+        existing = self._open_for(store, ctx.actor, action, key_id, args, now)
         if existing is not None:
             raise ApprovalRequired(
-                f"{action.value} on key {key.id} is already parked as approval {existing.id} "
+                f"{action.value} on key {key_id} is already parked as approval {existing.id} "
                 f"({len(existing.approvers)} of {existing.required} approvals); repeat it with "
                 f"X-Approval-ID: {existing.id} once approved", approval=apv.view(existing, now))
         self.recorder.require_audit()
         target = replace(apv.new_approval(
             approval_id=uuid7(int(now.timestamp() * 1000)), action=action.value,
-            key_id=key.id, args=args, salt=secrets.token_bytes(16), requester=ctx.actor,
+            key_id=key_id, args=args, salt=secrets.token_bytes(16), requester=ctx.actor,
             required=required, now=now, expires_at=decision.expires_at or now), revision=1)
         message = f"{action.value} needs {required} approval(s) ({target.summary})"
         details: dict[str, Any] = {"approval_id": target.id,
                                    "request_hash": target.request_hash, "required": required,
                                    "expires_at": iso(target.expires_at)}
-        intent = self.steps.intend(ctx, "approval.requested", message, key_id=key.id,
+        intent = self.steps.intend(ctx, "approval.requested", message, key_id=key_id,
                                    approval_state=target.state.value, target_revision=1,
                                    **details)
         try:
             created = store.create(target)
         except FerroError as exc:
             self._settle(ctx, "approval.requested", message, target, intent, exc, details)
-        self.steps.confirm(ctx, "approval.requested", message, intent, key, **details)
+        self.steps.confirm(ctx, "approval.requested", message, intent, _target_key(key),
+                           key_id=None if isinstance(key, Key) else key_id, **details)
         raise recorded(ApprovalRequired(
-            f"{action.value} on key {key.id} needs {required} approval(s); repeat it with "
+            f"{action.value} on key {key_id} needs {required} approval(s); repeat it with "
             f"X-Approval-ID: {created.id} once approved", approval=apv.view(created, now)))
 
     @staticmethod
-    def _open_for(store: ApprovalStore, requester: str, action: Action, key: Key,
+    def _open_for(store: ApprovalStore, requester: str, action: Action, key_id: str,
                   args: dict[str, Any], now: datetime) -> apv.Approval | None:
         """An open (pending or approved, not expired) approval of this exact request by this
         requester: same action, key and request hash under the approval's own salt."""
@@ -178,21 +200,22 @@ class DualControl:
                 rows = store.list(state, now, OPEN_SCAN_PAGE, after)
                 for row in rows:
                     if row.requester == requester and row.action == action.value \
-                            and row.key_id == key.id and apv.binds(row, action.value, key.id, args):
+                            and row.key_id == key_id and apv.binds(row, action.value, key_id, args):
                         return row
                 if len(rows) < OPEN_SCAN_PAGE:
                     break
                 after = rows[-1].id
         return None
 
-    def _redeem(self, ctx: RequestContext, action: Action, key: Key,
+    def _redeem(self, ctx: RequestContext, action: Action, key: Target,
                 args: dict[str, Any]) -> None:
         """Consume the approval named by X-Approval-ID, or say why it cannot be used."""
         for _ in range(CAS_RETRIES):
             now, current = self.clock(), None
             try:
                 current = self._find(str(ctx.approval_id), Forbidden)
-                executed = apv.redeem(current, ctx.actor, action.value, key.id, args, now)
+                executed = apv.redeem(current, ctx.actor, action.value, _target_id(key), args,
+                                      now)
                 self._commit(ctx, current, executed, "approval.executed",
                              f"approval consumed by {action.value} "
                              f"(approvers: {', '.join(current.approvers)})")

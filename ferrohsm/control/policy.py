@@ -57,6 +57,8 @@ SHORT_NAMES: dict[str, Action] = {
 }
 # Only actions on one existing key can be parked for approval (create/list have no key to bind).
 APPROVABLE = frozenset(SHORT_NAMES.values())
+# System actions that [approvals] can put under dual control (approvals target "system").
+SYSTEM_APPROVABLE = frozenset({Action.SYSTEM_REKEY})
 
 
 def parse_action(name: str) -> Action:

@@ -159,7 +159,8 @@ class KeyStore(ABC):
     @abstractmethod
     def _replace_record(self, key_id: str, old: bytes, new: bytes) -> None:
         """Store ``new`` in place of ``old`` only if ``old`` is still what is stored (Conflict
-        otherwise); the revision does not change. Only the migration rewrites records."""
+        otherwise); a revision column, if the store keeps one, follows ``new`` (a rekey binds
+        each rewritten record to its audit intent, revision + 1)."""
 
     # ---- record integrity: start-up check and migration (integrity/records.py) ----
 
@@ -228,6 +229,11 @@ class KeyStore(ABC):
                 if after is not None:
                     after(key_id)
         return rewritten
+
+    def use_record_mac(self, authenticator: RecordAuthenticator) -> None:
+        """From now on encode and check records under ``authenticator``: the swap at the end of
+        an online master-key rekey (custody/online.py), made while no request runs."""
+        self._records = RecordCodec(authenticator)
 
     def _raw_records(self) -> Iterable[bytes]:
         for key_id in self._stored_ids():

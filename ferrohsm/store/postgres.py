@@ -358,8 +358,9 @@ class PostgresStore(KeyStore):
         key = self._records.decode(key_id, new)
 
         def work(conn: Conn) -> Any:
-            return conn.execute("UPDATE keys SET record = %s WHERE id = %s AND record = %s "
-                                "RETURNING xmin::text", (new, key_id, old)).fetchone()
+            return conn.execute("UPDATE keys SET record = %s, revision = %s WHERE id = %s AND "
+                                "record = %s RETURNING xmin::text",
+                                (new, key.revision, key_id, old)).fetchone()
         row = self._write(work, f"key {key_id}")
         if row is None:
             self._forget(key_id)

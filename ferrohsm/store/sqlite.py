@@ -409,8 +409,11 @@ class SQLiteStore(KeyStore):
     def _replace_record(self, key_id: str, old: bytes, new: bytes) -> None:
         key = self._records.decode(key_id, new)
         with self._write(f"key {key_id}") as conn:
-            cur = conn.execute("UPDATE keys SET record = ? WHERE id = ? AND record = ?",
-                               (new.decode("ascii"), key_id, old.decode("utf-8")))
+            # the revision column too: a rewrite may bump it (a rekey's record-first binding),
+            # and update() compares that column
+            cur = conn.execute("UPDATE keys SET record = ?, revision = ? WHERE id = ? AND "
+                               "record = ?", (new.decode("ascii"), key.revision, key_id,
+                                              old.decode("utf-8")))
             if cur.rowcount != 1:
                 raise Conflict(f"the record of key {key_id} changed while it was rewritten")
             self._cache_put(key)

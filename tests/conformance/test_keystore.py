@@ -648,3 +648,19 @@ def test_rewrite_records_replaces_what_the_callback_returns(store: KeyStore,
     with pytest.raises(IntegrityError):  # a record the store's own check refuses is not written
         store.rewrite_records(lambda key_id, data: data.replace(b"rewritten", b"forged!!!"))
     assert store.get(keys[0].id).description == "rewritten"
+
+
+
+def test_a_rewrite_that_bumps_the_revision_leaves_the_key_updatable(store: KeyStore,
+                                                                    factory: KeyFactory) -> None:
+    """A rekey binds each rewritten record to its audit intent (revision + 1): the store's own
+    compare-and-swap must follow, or the key refuses every later change."""
+    key = store.create(factory.key(name="rw-bump"))
+    codec = RecordCodec(RECORD_MAC)
+    assert store.rewrite_records(lambda key_id, data: codec.encode(
+        replace(codec.decode(key_id, data), revision=key.revision + 1))) == 1
+    current = store.get(key.id)
+    assert current.revision == key.revision + 1
+    updated = store.update(replace(current, description="after the rewrite"))
+    assert updated.revision == key.revision + 2
+    assert store.get(key.id).description == "after the rewrite"

@@ -120,11 +120,12 @@ class Server:
         return f"https://127.0.0.1:{self.port}"
 
     def call(self, method: str, path: str, body: Any = None, token: str | None = None,
-             ) -> tuple[int, Any]:
+             headers: dict[str, str] | None = None) -> tuple[int, Any]:
         conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=30,
                                            context=client_context(self.home.ca))
         try:
-            headers = {"Content-Type": "application/json"} if body is not None else {}
+            headers = {**(headers or {}),
+                       **({"Content-Type": "application/json"} if body is not None else {})}
             if token:
                 headers["Authorization"] = f"Bearer {token}"
             conn.request(method, path, None if body is None else json.dumps(body).encode(),

@@ -146,12 +146,14 @@ PAST_AUTHZ_ONLY: dict[tuple[str, str], tuple[set[str], Callable[[LiveServer], Ca
         "POST", "/v1/approvals/00000000-0000-4000-8000-000000000000/approve", {})),
     ("POST", "/v1/approvals/{id}/deny"): (AO, lambda srv: (
         "POST", "/v1/approvals/00000000-0000-4000-8000-000000000000/deny", {})),
-    # an environment-variable master key: nothing to seal (409) or unseal (the seal status)
-    ("POST", "/v1/sys/seal"): (A, lambda srv: ("POST", "/v1/sys/seal", None)),
+    # an environment-variable master key: nothing to unseal (the seal status)
     ("POST", "/v1/sys/unseal"): (ALL, lambda srv: ("POST", "/v1/sys/unseal",
-                                                   {"share": "fhsm1-0-1-00"})),
+                                                   {"share": "fhsm1-00000000-1-AAAA"})),
     ("GET", "/v1/approvals/{id}"): (AOU, lambda srv: (
         "GET", "/v1/approvals/00000000-0000-4000-8000-000000000000", None)),
+    # this server's master key is in the environment: nothing to seal or rekey here (409)
+    ("POST", "/v1/sys/seal"): (A, lambda srv: ("POST", "/v1/sys/seal", None)),
+    ("POST", "/v1/sys/rekey"): (A, lambda srv: ("POST", "/v1/sys/rekey", None)),
 }
 
 

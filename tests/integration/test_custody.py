@@ -262,6 +262,8 @@ def test_rekey_in_env_mode_survives_kill_9_at_every_step(tmp_path: Path, store: 
     srv = home.serve()  # reconciliation settles the intents the kills left open
     try:
         decrypts(srv, home, items)
+        for name, _, _ in items:  # the rewritten records take further changes
+            assert srv.call("POST", f"/v1/keys/{name}/rotate", {}, home.token())[0] == 200
     finally:
         srv.stop()
     done = actions(home)

@@ -190,7 +190,8 @@ ROUTES: list[tuple[str, str, Any, set[str], str]] = [
     ("POST", "/v1/keys/{enc}/import", IMPORT, AO, "key.import"),
     ("POST", "/v1/sys/seal", None, A, "system.seal"),
     ("POST", "/v1/sys/backup", None, A, "system.backup"),
-    ("POST", "/v1/sys/unseal", {"share": "fhsm1-0-1-00"}, ALL, "system.unseal"),
+    ("POST", "/v1/sys/unseal", {"share": "fhsm1-00000000-1-AAAA"}, ALL, "system.unseal"),
+    ("POST", "/v1/sys/rekey", {}, A, "system.rekey"),
 ]
 
 

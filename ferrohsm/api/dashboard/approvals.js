@@ -6,11 +6,19 @@ import {
   keyNames, loading, notify, option, session, stateBadge, timeEl,
 } from "./lib.js";
 
+// An approval of a system action (a master-key rekey) targets "system", never a key.
+const SYSTEM = "system";
+
+function target(a) {
+  return a.key_id === SYSTEM ? [what(a)] : [`${what(a)} key `, keyLink(a.key_id)];
+}
+
 const STATES = ["pending", "approved", "denied", "expired", "executed"];
 const WHAT = {
   "key.destroy": "Schedule destruction of", "key.cancel_destroy": "Cancel destruction of",
   "key.rollback": "Roll back", "key.rotate": "Rotate", "key.revoke": "Revoke",
   "crypto.unwrap": "Unwrap data with",
+  "system.rekey": "Rotate the master key (re-seal every key)",
 };
 let shownState = "pending";
 
@@ -33,7 +41,7 @@ export async function renderApprovals(root) {
     try {
       const { data } = await api(`/v1/approvals?state=${encodeURIComponent(shownState)}`);
       const items = Array.isArray(data) ? data : data?.approvals ?? [];
-      await keyNames(items.map((a) => a.key_id));
+      await keyNames(items.map((a) => a.key_id).filter((id) => id !== SYSTEM));
       results.replaceChildren(items.length ? table(items, load)
         : emptyState(`No ${shownState} approval requests.`,
             shownState === "pending" ? "Nothing is waiting for a decision." : null));
@@ -60,7 +68,7 @@ function table(items, reload) {
     const mine = a.requested_by === me;
     const eligible = can("decide") && a.state === "pending" && !mine && !approvers.includes(me);
     return h("tr", { dataset: { approvalId: a.id } },
-      h("td", null, h("span", { class: "what" }, `${what(a)} key `, keyLink(a.key_id)),
+      h("td", null, h("span", { class: "what" }, ...target(a)),
         a.summary && h("div", { class: "small" }, a.summary),
         h("div", { class: "mono small muted" }, `request ${a.id}`)),
       h("td", null, a.requested_by ?? h("span", { class: "muted" }, "—"),
@@ -86,7 +94,7 @@ function decide(a, verdict, reload) {
     onclick: async () => {
       const comment = await confirmDialog({
         title: approve ? "Approve this request?" : "Deny this request?",
-        message: [`${what(a)} key ${keyLink(a.key_id).textContent}${a.summary ? ` (${a.summary})` : ""}, requested ` +
+        message: [`${target(a).map((n) => n.textContent ?? n).join("")}${a.summary ? ` (${a.summary})` : ""}, requested ` +
           `by ${a.requested_by}.`, approve
           ? "Your approval is recorded in the audit log under your name."
           : "The request is refused and can no longer be executed."],

@@ -13,14 +13,16 @@ from collections.abc import Callable
 from typing import Any
 
 from ...auth.permissions import Action
-from ...domain.errors import Conflict
+from ...domain.errors import BadRequest, Conflict
 from ...domain.model import RequestContext
 from ...service.guard import Guard
 from ..http import Request
 from ..router import Operation, Router
-from .common import Reply, fields
+from .common import Field, Reply, fields
 
 TAGS = ("system",)
+SHARE = {"share": Field(str, required=True)}
+MAX_SHARE = 400  # UnsealShare.share.maxLength (api/openapi.py)
 NOT_SEALABLE = ('this server reads its master key from the environment ([secrets] unseal = '
                 '"env"): there is nothing to seal; split-knowledge mode is set up with '
                 "`ferrohsm init --shares N --threshold T`")
@@ -42,6 +44,9 @@ def register(router: Router, guard: Guard, seal: Callable[[RequestContext], None
         return 200, guard.run(ctx, Action.SYSTEM_SEAL, work)
 
     def unseal_status(ctx: RequestContext, req: Request, p: dict[str, str]) -> Reply:
+        # the body the route documents (UnsealShare), though an open server needs no share
+        if len(fields(req, SHARE)["share"]) > MAX_SHARE:
+            raise BadRequest(f"share must be at most {MAX_SHARE} characters")
         return 200, status()
 
     router.add("POST", "/v1/sys/seal", do_seal, name="seal", doc=Operation(

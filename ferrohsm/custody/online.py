@@ -1,0 +1,334 @@
+"""Online master-key rotation (``POST /v1/sys/rekey``, ``ferrohsm rekey --online``).
+
+The same crash-safe steps as the offline rekey (custody/rekey.py: journal, per-record
+compare-and-swap rewrite, check value, journal done), run by the server itself while it serves:
+
+* **Consistency while serving: a pause, not two keys at once.** Every ``/v1/`` request holds
+  the pause (``Pause.enter``/``leave``, custody/serving.py) and so does every tick of the
+  retention scheduler (control/heldscheduler.py); the rekey takes ``Pause.exclusive``, after
+  checking every record opens under the current key: new requests wait
+  (at most ``HOLD_WAIT`` seconds, then 503 ``rekey_in_progress``), the ones in flight finish
+  (at most ``DRAIN_WAIT``), then the records are rewritten, the store's record MAC and the
+  engine's sealer swapped to the new key and the unsealed-key cache dropped, and requests go
+  on. Nothing ever sees a record under one key and a sealer under the other. The pause lasts
+  about as long as re-sealing every key version (see README for a figure).
+* **Delivery of the new key (environment mode):** it is written, 0600, beside
+  ``[secrets] master_key_file`` (``<file>.rekey-new``) BEFORE the journal starts, and renamed
+  over the file once the check value has committed: the file always holds the old or the new
+  key, and either opens the journal. It is never returned over the API. A server whose key
+  comes from ``FERROHSM_MASTER_KEY`` (or split-knowledge mode, or the PostgreSQL store other
+  nodes share) answers 409: use the offline ``ferrohsm rekey`` there (``key_file_for``).
+* **Crash safety:** a kill -9 at any point leaves every record under the old or the new key
+  (the journal holds each key sealed under the other); the next start resumes and finishes the
+  rekey (``resume_at_start``) with whichever key the file holds, before any check or request
+  (or the offline ``ferrohsm rekey --new-master-key-file <file>.rekey-new`` does, and the next
+  start installs that file).
+* **Failure midway** (a store error): the pause is never lifted; every request answers 503
+  until a restart finishes the rekey from the journal (fail closed).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..audit.chain import AuditEvent
+from ..crypto.seal import Sealer
+from ..domain.errors import ConfigError, Conflict, FerroError
+from ..domain.model import RequestContext
+from ..store.keystore import KeyStore
+from . import rekey
+
+HOLD_WAIT = 30.0  # seconds a request waits for a rekey in progress before 503
+DRAIN_WAIT = 30.0  # seconds the rekey waits for the requests in flight before giving up
+SIDECAR = ".rekey-new"
+Append = Callable[[AuditEvent], dict[str, Any]]
+
+
+class RekeyInProgress(FerroError):
+    """A master-key rekey holds the key material: retry shortly."""
+
+    code, status, outcome = "rekey_in_progress", 503, "error"
+
+
+class Pause:
+    """A readers/writer gate: requests are readers, the rekey is the one writer."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._active = 0
+        self._paused = False
+        self._broken: str | None = None
+
+    @property
+    def broken(self) -> str | None:
+        """Why every request is refused until a restart (a rekey failed midway), or None."""
+        return self._broken
+
+    @property
+    def paused(self) -> bool:
+        return self._paused or self._broken is not None
+
+    def enter(self, wait: bool = True) -> None:
+        """Count one request in, once no rekey holds the pause (RekeyInProgress after
+        HOLD_WAIT, or at once without ``wait``: a request on the server's event loop must not
+        stall it). The hot path: one uncontended lock, no allocation."""
+        with self._cond:
+            if self._paused and not (wait and self._cond.wait_for(lambda: not self._paused,
+                                                                  HOLD_WAIT)):
+                raise RekeyInProgress("a master-key rekey is in progress; retry shortly")
+            if self._broken is not None:
+                raise RekeyInProgress(self._broken)
+            self._active += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._active -= 1
+            if self._paused:  # only a draining rekey waits for this
+                self._cond.notify_all()
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        self.enter()
+        try:
+            yield
+        finally:
+            self.leave()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Called from inside a held request (the rekey request itself): it waits for every
+        OTHER request to finish."""
+        with self._cond:
+            if self._paused:
+                raise Conflict("a master-key rekey is already running")
+            self._paused = True
+            if not self._cond.wait_for(lambda: self._active <= 1, DRAIN_WAIT):
+                self._paused = False
+                self._cond.notify_all()
+                raise RekeyInProgress(f"requests in flight did not finish within "
+                                      f"{DRAIN_WAIT:.0f} s; nothing was changed: try again")
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._paused = False
+                self._cond.notify_all()
+
+    def break_for_good(self, reason: str) -> None:
+        """Refuse every further request (503) until a restart."""
+        with self._cond:
+            self._broken = reason
+            self._cond.notify_all()
+
+
+OFFLINE = ("; rotate it with the server stopped: `ferrohsm rekey` (README, Split-knowledge "
+           "unsealing and rekey)")
+
+
+def key_file_for(unseal: str, key_in_environment: bool, master_key_file: str,
+                 shared_store: bool = False) -> tuple[str, str]:
+    """Where an online rekey writes the new master key, or "" and why it cannot run here."""
+    if shared_store:
+        return "", ("the key store is shared by every node (PostgreSQL): the others would "
+                    "still hold the old key; stop them all" + OFFLINE)
+    if unseal != "env":
+        return "", "split-knowledge mode: new shares are issued by the offline rekey" + OFFLINE
+    if key_in_environment:
+        return "", ("the master key comes from FERROHSM_MASTER_KEY, which the server cannot "
+                    "replace" + OFFLINE)
+    if not master_key_file:
+        return "", "no [secrets].master_key_file to write the new master key to" + OFFLINE
+    return master_key_file, ""
+
+
+def installer(engine: Any) -> Callable[[bytes], None]:
+    """Swap the key engine's sealer (engine/keyengine.py) and drop its unsealed-key cache."""
+    def install(master: bytes) -> None:
+        engine.sealer = Sealer(master)
+        engine.cache.clear()
+    return install
+
+
+# ---- the new key's file ---------------------------------------------------------------------
+
+def _read_key(path: Path) -> bytes | None:
+    try:
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {type(exc).__name__}") from None
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise ConfigError(f"{path} does not hold a base64 master key")
+    return raw
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def prepare_key_file(key_file: str) -> bytes:
+    """A fresh key, durable in ``<key_file>.rekey-new`` (0600) before anything uses it. A
+    sidecar left by a run killed before its journal started was never used: replaced."""
+    side = Path(key_file + SIDECAR)
+    key = os.urandom(32)
+    try:
+        side.unlink(missing_ok=True)
+        fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(base64.b64encode(key).decode("ascii") + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(side.parent)
+    except OSError as exc:  # e.g. a read-only secrets mount: nothing has changed yet
+        raise Conflict(f"cannot write the new master key to {side} ({exc.strerror}): the "
+                       "directory of [secrets].master_key_file must be writable by the "
+                       "server" + OFFLINE) from None
+    return key
+
+
+def install_key_file(key_file: str, new: bytes) -> None:
+    """The sidecar renamed over ``key_file`` (atomic; idempotent once done)."""
+    path, side = Path(key_file), Path(key_file + SIDECAR)
+    held = _read_key(side)
+    if held is not None:
+        if held != new:
+            raise ConfigError(f"{side} holds another key than the rekey's new key")
+        os.replace(side, path)
+        _fsync_dir(path.parent)
+        return
+    if _read_key(path) != new:
+        raise ConfigError(f"{path} does not hold the rekey's new master key and {side} is gone")
+
+
+# ---- the steps ------------------------------------------------------------------------------
+
+def complete(store: KeyStore, keys: rekey.MasterKeys, key_file: str, changes: rekey.Changes,
+             append: Append, ctx: RequestContext) -> int:
+    """Steps 1-5 on a store whose journal is running; how many records were rewritten now."""
+    store.use_record_mac(rekey.record_mac(keys.new))
+
+    def progress(done: int) -> None:
+        rekey.crash_point(f"record:{done}")
+    count = rekey.convert(store, keys, changes, progress)
+    append(AuditEvent.from_context(ctx, "custody.rekey_progress", "success",
+                                   f"{count} key record(s) re-sealed and re-MACed",
+                                   details={"rewritten": count}))
+    rekey.crash_point("converted")
+    rekey.commit(store, keys)
+    rekey.crash_point("committed")
+    install_key_file(key_file, keys.new)
+    rekey.crash_point("installed")
+    rekey.finish(store)
+    return count
+
+
+class OnlineRekey:
+    """What ``POST /v1/sys/rekey`` runs once authorized (and approved, when configured)."""
+
+    def __init__(self, store: KeyStore, append: Append, install: Callable[[bytes], None],
+                 master: bytes, key_file: str, unavailable: str, pause: Pause) -> None:
+        self._store = store
+        self._append = append
+        self._install = install  # the engine's sealer and cache (app.py)
+        self._master = master
+        self._key_file = key_file
+        self._unavailable = unavailable
+        self._pause = pause
+
+    def __call__(self, ctx: RequestContext) -> dict[str, Any]:
+        if not self._key_file:
+            raise Conflict(self._unavailable)
+        with self._pause.exclusive():
+            return self._run(ctx)
+
+    def _audit(self, ctx: RequestContext, action: str, outcome: str, message: str,
+               **details: Any) -> None:
+        self._append(AuditEvent.from_context(ctx, action, outcome, message, details=details))
+
+    def _run(self, ctx: RequestContext) -> dict[str, Any]:
+        faults = self._store.check_records().faults
+        if faults:  # a record neither key opens would stop the rekey halfway: refuse now
+            raise Conflict(f"{len(faults)} key record(s) fail their integrity check (first: "
+                           f"key {faults[0].key_id}): nothing was changed; restore them from a "
+                           "backup first (the audit log names them at every start)")
+        keys = rekey.MasterKeys(self._master, prepare_key_file(self._key_file))
+        self._audit(ctx, "custody.rekey_started", "success", "online master-key rekey started",
+                    mode="env", online=True)
+        rekey.start_journal(self._store, keys)
+        rekey.crash_point("journal")
+        try:
+            count = complete(self._store, keys, self._key_file,
+                             rekey.Changes(ctx, self._append), self._append, ctx)
+            self._install(keys.new)
+        except BaseException as exc:
+            message = exc.message if isinstance(exc, FerroError) else type(exc).__name__
+            self._pause.break_for_good("a master-key rekey failed midway; every key is still "
+                                       "readable: restart the server to finish it")
+            self._audit(ctx, "custody.rekey_done", "error", f"online rekey failed midway "
+                        f"({message}); requests are refused until a restart finishes it")
+            raise
+        self._master = keys.new
+        self._audit(ctx, "custody.rekey_done", "success", "master-key rekey done: the new key "
+                    f"is the store's key and is in {self._key_file}", rewritten=count)
+        return {"rekeyed": True, "rewritten": count, "master_key_file": self._key_file}
+
+
+def _finished_offline(store: KeyStore, master: bytes, key_file: str) -> bytes:
+    """An interrupted online rekey finished by the offline ``ferrohsm rekey
+    --new-master-key-file <key_file>.rekey-new``: the new key is installed now. A sidecar whose
+    key the store does not know (a run killed before its journal) is left alone."""
+    held = _read_key(Path(key_file + SIDECAR))
+    check = store.get_meta(rekey.CHECK_VALUE)
+    if held is None or check is None or held == master:
+        return master
+    try:
+        Sealer(held).verify_check_value(check)
+    except ConfigError:
+        return master
+    install_key_file(key_file, held)
+    store.use_record_mac(rekey.record_mac(held))
+    return held
+
+
+def resume_at_start(store: KeyStore, master: bytes, key_file: str,
+                    open_append: Callable[[], tuple[Append, Callable[[], None]]],
+                    ctx: RequestContext) -> bytes:
+    """Start-up: finish an interrupted online rekey and return the key to serve with, or
+    ``master`` unchanged when there is nothing this server can finish (the offline rekey's
+    journal without our sidecar: ``refuse_if_interrupted`` then refuses as before)."""
+    if not key_file:
+        return master
+    if rekey.journal_state(store) != "running":
+        return _finished_offline(store, master, key_file)
+    keys = rekey.MasterKeys.from_journal(store.get_meta(rekey.JOURNAL) or b"", master)
+    if not Path(key_file + SIDECAR).exists() and master != keys.new:
+        return master
+    append, close = open_append()
+    try:
+        append(AuditEvent.from_context(ctx, "custody.rekey_resumed", "success",
+                                       "interrupted online master-key rekey resumed at start-up",
+                                       details={"mode": "env", "online": True}))
+        count = complete(store, keys, key_file, rekey.Changes(ctx, append), append, ctx)
+        append(AuditEvent.from_context(ctx, "custody.rekey_done", "success",
+                                       "master-key rekey done at start-up: the new key is the "
+                                       f"store's key and is in {key_file}",
+                                       details={"rewritten": count}))
+    finally:
+        close()
+    return keys.new

@@ -1,0 +1,63 @@
+"""The custody routes of the composition root: ``POST /v1/sys/backup`` and the online rekey
+(``POST /v1/sys/rekey``, and finishing one a crash interrupted) wired to the running server's
+stores. Kept apart from app.py so each stays readable; it names no concrete store."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import replace
+
+from .api import router as routing
+from .api.handlers import backup as backup_routes
+from .api.handlers import rekey as rekey_routes
+from .audit.sinkbase import AuditSink, ChainedSink
+from .config import Config, Secrets
+from .custody import online as online_rekey
+from .custody import snapshot as custody_snapshot
+from .custody.keysource import backup_key
+from .domain.model import SYSTEM_CONTEXT
+from .service import KeyService
+from .service.backup import BackupService
+from .store.approvalstore import ApprovalStore
+from .store.keystore import KeyStore
+
+
+def wire_backup(router: routing.Router, config: Config, secrets: Secrets, service: KeyService,
+                approvals: ApprovalStore | None, audit: AuditSink) -> None:
+    """The archive of the running server's stores (custody/); the backup key is read when a
+    backup is asked for (FERROHSM_BACKUP_KEY or the 0600 file, else derived from the master
+    key), so a bad key file fails that call, not start-up."""
+    take = custody_snapshot.online(
+        service.store, approvals, audit, secrets.master_key,
+        lambda: backup_key(secrets.master_key, os.environ, config.secrets.backup_key_file),
+        config.storage.key_store)
+    backup_routes.register(router, BackupService(service.guard, take))
+
+
+def online_key_file(config: Config) -> tuple[str, str]:
+    """Where an online rekey writes the new master key, or "" and why it cannot here."""
+    s = config.secrets
+    return online_rekey.key_file_for(s.unseal, bool(os.environ.get("FERROHSM_MASTER_KEY")),
+                                     s.master_key_file, config.storage.key_store == "postgres")
+
+
+def resume_online_rekey(config: Config, secrets: Secrets, store: KeyStore,
+                        open_audit: Callable[[Config, Secrets], ChainedSink]) -> Secrets:
+    """Finish an online rekey a crash interrupted; the secrets to serve with."""
+    def open_append() -> tuple[online_rekey.Append, Callable[[], None]]:
+        sink = open_audit(config, secrets)
+        return sink.append, sink.close
+    master = online_rekey.resume_at_start(store, secrets.master_key, online_key_file(config)[0],
+                                          open_append, SYSTEM_CONTEXT)
+    return secrets if master == secrets.master_key else replace(secrets, master_key=master)
+
+
+def wire_rekey(router: routing.Router, config: Config, secrets: Secrets, store: KeyStore,
+               audit: AuditSink, service: KeyService, pause: online_rekey.Pause) -> None:
+    """``POST /v1/sys/rekey`` (custody/online.py), under dual control when configured."""
+    run = online_rekey.OnlineRekey(store, audit.append, online_rekey.installer(service.engine),
+                                   secrets.master_key, *online_key_file(config), pause)
+    a = config.approvals
+    rekey_routes.register(router, service.guard, service.dual, run,
+                          a.rekey_approvals_required, a.rekey_approval_ttl_seconds)

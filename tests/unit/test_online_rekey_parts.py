@@ -1,0 +1,180 @@
+"""The parts of the online rekey that need no server: the pause (custody/online.py) and dual
+control of a system action (``DualControl.gate_system``: approvals whose target is "system"),
+on the memory and SQLite approval stores; and the new key's file (written before the journal,
+renamed over the master-key file once committed)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from test_approvals import ALICE, BOB, CAROL, World, ctx
+
+from ferrohsm.auth.permissions import Action
+from ferrohsm.control.dualcontrol import SYSTEM_TARGET
+from ferrohsm.custody import online, rekey
+from ferrohsm.domain.errors import (
+    ApprovalRequired,
+    ConfigError,
+    Conflict,
+    Forbidden,
+    InvalidTransition,
+)
+from ferrohsm.domain.model import Principal
+from ferrohsm.store.approvalstore import ApprovalStore
+from ferrohsm.store.memory_approvals import MemoryApprovalStore
+from ferrohsm.store.sqlite_approvals import SQLiteApprovalStore
+
+TTL = timedelta(minutes=10)
+
+
+# ---- the pause ------------------------------------------------------------------------------
+
+def test_the_rekey_waits_for_requests_in_flight_and_new_ones_wait_for_it() -> None:
+    pause, order = online.Pause(), []
+    entered, release = threading.Event(), threading.Event()
+
+    def in_flight() -> None:
+        with pause.hold():
+            entered.set()
+            release.wait(5)
+            order.append("in-flight done")
+
+    def late() -> None:
+        with pause.hold():
+            order.append("late request")
+    first = threading.Thread(target=in_flight)
+    first.start()
+    entered.wait(5)
+
+    def rekey() -> None:
+        with pause.hold(), pause.exclusive():  # the rekey request itself holds the pause
+            order.append("rekey")
+    runner = threading.Thread(target=rekey)
+    runner.start()
+    time.sleep(0.1)
+    assert pause.paused and order == []  # waiting for the request in flight
+    second = threading.Thread(target=late)
+    second.start()
+    time.sleep(0.1)
+    release.set()
+    for t in (first, runner, second):
+        t.join(5)
+    assert order == ["in-flight done", "rekey", "late request"]
+    assert not pause.paused
+
+
+def test_a_second_rekey_is_refused_and_a_broken_pause_refuses_everything() -> None:
+    pause = online.Pause()
+    with pause.hold(), pause.exclusive(), pytest.raises(Conflict):
+        with pause.exclusive():
+            pass
+    with pause.hold(), pause.exclusive(), pytest.raises(online.RekeyInProgress):
+        pause.enter(wait=False)  # an inline request never stalls the event loop
+    assert pause.broken is None
+    pause.break_for_good("restart to finish")
+    assert pause.broken == "restart to finish"  # /healthz: degraded, with this reason
+    with pytest.raises(online.RekeyInProgress, match="restart to finish"), pause.hold():
+        pass
+
+
+# ---- the new key's file ---------------------------------------------------------------------
+
+def test_the_new_key_is_written_beside_then_over_the_key_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "master.key"
+    key_file.write_text(base64.b64encode(bytes(32)).decode())
+    side = tmp_path / ("master.key" + online.SIDECAR)
+    side.write_text("left by a run killed before its journal")
+    new = online.prepare_key_file(str(key_file))
+    assert os.stat(side).st_mode & 0o777 == 0o600
+    assert base64.b64decode(side.read_text()) == new
+    online.install_key_file(str(key_file), new)
+    assert base64.b64decode(key_file.read_text()) == new and not side.exists()
+    online.install_key_file(str(key_file), new)  # idempotent once done
+    with pytest.raises(ConfigError):
+        online.install_key_file(str(key_file), bytes(32))
+
+
+def test_a_key_file_whose_directory_cannot_take_the_new_key_is_refused_first(
+        tmp_path: Path) -> None:
+    """E.g. a read-only secrets mount; here (tests may run as root) a parent that is a file."""
+    not_a_dir = tmp_path / "secrets"
+    not_a_dir.write_text("a file")
+    with pytest.raises(Conflict, match="must be writable"):
+        online.prepare_key_file(str(not_a_dir / "master.key"))
+
+
+@pytest.mark.parametrize(("unseal", "in_env", "file", "why"), [
+    ("shamir", False, "", "split-knowledge"), ("env", True, "/k", "FERROHSM_MASTER_KEY"),
+    ("env", False, "", "master_key_file"), ("env", False, "/k", "")])
+def test_where_an_online_rekey_can_put_the_new_key(unseal: str, in_env: bool, file: str,
+                                                     why: str) -> None:
+    key_file, reason = online.key_file_for(unseal, in_env, file)
+    assert (key_file == "/k") == (why == "")
+    assert why in reason and ("ferrohsm rekey" in reason) == bool(why)
+    shared, reason = online.key_file_for(unseal, in_env, file, shared_store=True)
+    assert shared == "" and "PostgreSQL" in reason
+
+
+# ---- dual control of a system action --------------------------------------------------------
+
+@pytest.fixture(params=["memory", "sqlite"])
+def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
+    store: ApprovalStore = MemoryApprovalStore() if request.param == "memory" \
+        else SQLiteApprovalStore(tmp_path / "approvals.sqlite3")
+    yield World(store)
+    store.close()
+
+
+def gate(world: World, who: Principal, approval_id: str | None = None,
+         reason: str = "yearly") -> None:
+    world.service.dual.gate_system(ctx(who, approval_id), Action.SYSTEM_REKEY,
+                                   {"reason": reason}, 1, TTL)
+
+
+def test_a_system_action_is_parked_voted_and_redeemed_once(world: World) -> None:
+    view = world.park(gate, world, ALICE)
+    assert (view["key_id"], view["action"], view["required"]) == (
+        SYSTEM_TARGET, "system.rekey", 1)
+    assert world.park(gate, world, ALICE)["id"] == view["id"]  # the same request: same approval
+    with pytest.raises(Forbidden, match="own request"):
+        world.approve(view["id"], ALICE)
+    with pytest.raises(ApprovalRequired):
+        gate(world, ALICE, view["id"])  # not approved yet
+    assert world.approve(view["id"], BOB)["state"] == "approved"
+    with pytest.raises(Forbidden):
+        gate(world, CAROL, view["id"])  # somebody else's approval
+    with pytest.raises(Forbidden):
+        gate(world, ALICE, view["id"], reason="another")  # another request
+    gate(world, ALICE, view["id"])  # redeemed: returns, the caller runs the rekey
+    with pytest.raises(InvalidTransition):
+        gate(world, ALICE, view["id"])
+    listed = world.service.approvals.list(ctx(CAROL), "executed")["approvals"]
+    assert [a["key_id"] for a in listed] == [SYSTEM_TARGET]
+    assert world.audit.actions("success").count("approval.executed") == 1
+
+
+# ---- refused before anything changes ----------------------------------------------------------
+
+def test_a_record_that_fails_its_check_stops_the_rekey_before_it_starts(tmp_path: Path) -> None:
+    world = World(MemoryApprovalStore())
+    key = world.key()
+    key_file = tmp_path / "master.key"
+    key_file.write_text(base64.b64encode(bytes(32)).decode())  # the MAC key of World's store
+    world.store._stored[key.id] = world.store._stored[key.id].replace(b'"enabled"', b'"disabld"')
+    installed: list[bytes] = []
+    pause = online.Pause()
+    run = online.OnlineRekey(world.store, world.audit.append, installed.append, bytes(32),
+                             str(key_file), "", pause)
+    with pause.hold(), pytest.raises(Conflict, match=f"integrity check .*{key.id}"):
+        run(ctx(ALICE))
+    assert world.store.get_meta(rekey.JOURNAL) is None and installed == []
+    assert not (tmp_path / ("master.key" + online.SIDECAR)).exists()
+    assert base64.b64decode(key_file.read_text()) == bytes(32)
+    assert not pause.paused
