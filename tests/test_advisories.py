@@ -35,8 +35,9 @@ def b64(data: bytes) -> str:
 
 
 def claims(**over: Any) -> dict[str, Any]:
+    now = int(time.time())  # at call time: a long suite must not expire tokens made at import
     return {"iss": "ferrohsm", "aud": "ferrohsm", "sub": "mallory", "role": "service",
-            "iat": NOW, "exp": NOW + 300, "jti": "adv-1", **over}
+            "iat": now, "exp": now + 300, "jti": "adv-1", **over}
 
 
 def raw_token(header: str, payload: str, key: bytes = SECRET) -> str:
@@ -219,7 +220,7 @@ def test_token_from_another_issuer_is_refused(auth: Authenticator) -> None:
 
 
 def test_overlong_lifetime_is_refused(auth: Authenticator) -> None:
-    rejected(auth, token(exp=NOW + 86400), "lifetime")
+    rejected(auth, token(exp=int(time.time()) + 86400), "lifetime")
 
 
 def test_bound_token_replayed_without_its_certificate_is_refused(auth: Authenticator) -> None:

@@ -192,3 +192,8 @@ def use_stream(stream: TextIO | None) -> None:
     """Write the process's access lines to ``stream`` (None: sys.stderr as it is at write time)."""
     ACCESS.flush()
     ACCESS._stream = stream
+
+
+def stream_in_use() -> TextIO | None:
+    """The stream given to ``use_stream`` (None: stderr at write time)."""
+    return ACCESS._stream

@@ -6,6 +6,7 @@ default, and reads one response framed by Content-Length.
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import ssl
@@ -20,10 +21,24 @@ import pytest
 from ferrohsm.api.http import Request, Response, json_response
 from ferrohsm.api.server import HardenedHTTPServer
 from ferrohsm.domain.errors import NotFound
+from ferrohsm.telemetry.access import stream_in_use, use_stream
 from ferrohsm.tls.context import cert_fingerprint, client_context, server_context
 from ferrohsm.tls.devpki import DevPki, make_dev_pki
 
 Address = tuple[str, int]
+
+
+@pytest.fixture(autouse=True)
+def _access_lines_kept_apart() -> Iterator[None]:
+    """In-process servers share the process's access log: its lines go to a buffer of their
+    own, not to the test's captured stderr (where a CLI test reads exactly one error line).
+    Tests that read access lines point it at their own stream."""
+    if stream_in_use() is not None:  # a module of tests reads them already
+        yield
+        return
+    use_stream(io.StringIO())
+    yield
+    use_stream(None)
 
 
 def echo_app(request: Request) -> Response:
