@@ -503,7 +503,8 @@ def make_server(rt: Runtime, ssl_provider: Any) -> HardenedHTTPServer:
         idle_timeout=s.idle_timeout_seconds, max_body=s.max_body_bytes, logger=log,
         workers=s.workers, inline=rt.app.runs_inline, audit=rt.audit,
         on_refused=rt.app.refuse, reuse_port=s.processes > 1,
-        on_request=rt.app.finished if rt.app.tracer is not None else None)
+        # spans end when the answer is written; a seal gate in front (custody/) traces nothing
+        on_request=rt.app.finished if getattr(rt.app, "tracer", None) is not None else None)
 
 
 def shutdown(rt: Runtime, server: HardenedHTTPServer | None) -> None:

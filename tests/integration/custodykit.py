@@ -55,6 +55,7 @@ class Home:
         if not self.shamir:
             env["FERROHSM_MASTER_KEY"] = self.master
         env.update(extra)
+        env.setdefault("FERROHSM_DEBUG", os.environ.get("FERROHSM_TEST_DEBUG", ""))
         return env
 
     def cli(self, *args: str, stdin: str = "", env: dict[str, str] | None = None,
