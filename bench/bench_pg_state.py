@@ -15,7 +15,8 @@ as medians of ``--rounds`` rounds of ``--seconds`` each. Also the engine's encry
 + cached unseal + AES-GCM + token), as bench_service.py measures it.
 
 With ``--http``: `ferrohsm serve` on the SQLite store against the same on the PostgreSQL store
-(both with the durable file audit sink), encrypt of 32 bytes through wrk, 16 keep-alive TLS 1.3
+(with the durable file audit sink), plus the filesystem store (the shipped default) and the
+PostgreSQL store with the PostgreSQL audit sink, encrypt of 32 bytes through wrk, 16 keep-alive TLS 1.3
 connections, rounds alternating (bench_server.py's harness: server pinned to core 0, wrk to 1).
 
 Usage: python3 bench/bench_pg_state.py [--seconds 1.5] [--rounds 5] [--http [--duration 8]]
@@ -113,7 +114,14 @@ def http_rounds(args: argparse.Namespace, server: pgserver.PostgresServer) -> No
     pki = make_dev_pki(tmp / "pki")
     admin = issue_token(secret.encode(), subject="bench-admin", role="administrator")
     service = issue_token(secret.encode(), subject="bench-service", role="service")
-    servers = {name: Server(tmp, name, pki, env, store=name) for name in ("sqlite", "postgres")}
+    # (name, key store, audit sink): the shipped default, SQLite, PostgreSQL for the keys only,
+    # and PostgreSQL for keys and audit (one node of a cluster: the issue 16 figure)
+    layouts = (("filesystem", "filesystem", "file"), ("sqlite", "sqlite", "file"),
+               ("postgres", "postgres", "file"), ("postgres+sink", "postgres", "postgres"))
+    servers = {name: Server(tmp, name.replace("+", "-"), pki,  # each its own database
+                            dict(env, FERROHSM_POSTGRES_DSN=server.new_database()),
+                            store=store, sink=sink)
+               for name, store, sink in layouts}
     results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
     try:
         urls, scripts = {}, {}
@@ -139,7 +147,7 @@ def http_rounds(args: argparse.Namespace, server: pgserver.PostgresServer) -> No
             srv.stop()
     print(f"\n`ferrohsm serve`, encrypt 32 B, 16 TLS connections, {args.rounds} x "
           f"{args.duration} s, median round\n")
-    print("| key store | req/s | p50 ms | p99 ms | server CPU us/req | errors | rounds |")
+    print("| key store (audit sink) | req/s | p50 ms | p99 ms | server CPU us/req | errors | rounds |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
     best = {}
     for name, rounds in results.items():
@@ -149,6 +157,8 @@ def http_rounds(args: argparse.Namespace, server: pgserver.PostgresServer) -> No
               f" | {b['cpu_us']:.0f} | {errors} | " + ", ".join(f"{r['rps']:,.0f}" for r in rounds)
               + " |")
     print(f"\nratio postgres / sqlite: {best['postgres']['rps'] / best['sqlite']['rps']:.2f}")
+    print(f"ratio postgres store and sink / filesystem store and file sink: "
+          f"{best['postgres+sink']['rps'] / best['filesystem']['rps']:.2f} (target >= 0.50)")
 
 
 def main() -> int:

@@ -82,6 +82,7 @@ key = "{key}"
 {tls_extra}
 [audit]
 durable = {durable}
+sink = "{sink}"
 [rate_limit]
 requests_per_second = 1000000.0
 burst = 1000000
@@ -95,7 +96,7 @@ class Server:
 
     def __init__(self, tmp: Path, name: str, pki: DevPki, env: dict[str, str], *,
                  store: str = "filesystem", durable: bool = True, level: str = "INFO",
-                 cert: Path | None = None, tls_extra: str = "") -> None:
+                 cert: Path | None = None, tls_extra: str = "", sink: str = "file") -> None:
         self.port = free_port()
         self.data = tmp / name
         self.log = tmp / f"{name}.log"  # stderr: the JSON log lines, as journald would keep them
@@ -103,7 +104,7 @@ class Server:
         cfg.write_text(CONFIG.format(port=self.port, store=store, data=self.data,
                                      cert=cert or pki.server_cert, key=pki.server_key,
                                      durable=str(durable).lower(), level=level,
-                                     tls_extra=tls_extra))
+                                     tls_extra=tls_extra, sink=sink))
         self.env, self.cfg, self.store = env, cfg, store
         self.ctx: ssl.SSLContext = client_context(str(pki.ca_cert))
         self.proc: subprocess.Popen[bytes] | None = None
