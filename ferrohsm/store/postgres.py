@@ -47,6 +47,7 @@ from .records import (
     check_update,
     is_key_id,
 )
+from .sqlselect import keyset_select
 
 # The hot path (pgdb.fetch: libpq's prepared statements, $n parameters, binary results).
 _GET = (b"fh_key_get", b"SELECT xmin::text, CASE WHEN xmin::text = $1 THEN NULL ELSE record END "
@@ -398,25 +399,4 @@ def _impossible(f: KeyFilter) -> bool:
 
 def _select(columns: str, f: KeyFilter, after: str | None, *, order: bool = True
             ) -> tuple[str, list[Any]]:
-    """SELECT for a filtered keyset page. With a tag, walk key_tags' (tag, key_id) primary key,
-    which is already in id order, so even a rare tag needs no full scan and no sort."""
-    joins, where, args = "", [], list[Any]()
-    id_col = "k.id"
-    if f.tag is not None:
-        joins, id_col = " JOIN key_tags AS t ON t.key_id = k.id", "t.key_id"
-        where.append("t.tag = %s")
-        args.append(f.tag)
-    if after is not None:
-        where.append(f"{id_col} > %s")
-        args.append(after)
-    for column, value in (("state", f.state), ("algorithm", f.algorithm), ("usage", f.usage)):
-        if value is not None:
-            where.append(f"k.{column} = %s")
-            args.append(str(value))
-    if f.name_prefix is not None:
-        where.append("left(k.name, %s) = %s")
-        args += [len(f.name_prefix), f.name_prefix]
-    sql = f"SELECT {columns} FROM keys AS k{joins}"  # noqa: S608  fixed fragments; values bind to %s
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    return (sql + f" ORDER BY {id_col}" if order else sql), args
+    return keyset_select(columns, f, after, mark="%s", prefix="left(k.name, %s) = %s", order=order)

@@ -51,6 +51,7 @@ from .keyindex import page_of
 from .keystore import KeyStore, check_limit, decode_page_token
 from .records import RECORD_FAULTS, RecordAuthenticator, check_meta_name, check_new_key
 from .sqlitedb import connect_durable, prepare_file, transaction
+from .sqlselect import keyset_select
 
 # Migration N (1-based) brings a database from user_version N-1 to N. Append, never edit.
 MIGRATIONS: tuple[str, ...] = (
@@ -429,26 +430,5 @@ class SQLiteStore(KeyStore):
 
 def _select(columns: str, f: KeyFilter, after: str | None, *, order: bool = True
             ) -> tuple[str, list[Any]]:
-    """SELECT for a filtered keyset page. With a tag, walk key_tags' (tag, key_id) primary key,
-    which is already in id order, so even a rare tag needs no full scan and no sort."""
-    joins, where, args = "", [], list[Any]()
-    id_col = "k.id"
-    if f.tag is not None:
-        joins, id_col = " JOIN key_tags AS t ON t.key_id = k.id", "t.key_id"
-        where.append("t.tag = ?")
-        args.append(f.tag)
-    if after is not None:
-        where.append(f"{id_col} > ?")
-        args.append(after)
-    for column, value in (("state", f.state), ("algorithm", f.algorithm), ("usage", f.usage)):
-        if value is not None:
-            where.append(f"k.{column} = ?")
-            args.append(str(value))
-    if f.name_prefix is not None:
-        where.append("substr(k.name, 1, ?) = ?")
-        args += [len(f.name_prefix), f.name_prefix]
-    sql = f"SELECT {columns} FROM keys AS k{joins}"  # noqa: S608  fixed fragments; values bind to ?
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    return (sql + f" ORDER BY {id_col}" if order else sql), args
+    return keyset_select(columns, f, after, mark="?", prefix="substr(k.name, 1, ?) = ?", order=order)
 

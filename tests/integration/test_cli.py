@@ -16,12 +16,12 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
+from cliresult import Result
 from live import LiveServer
 
 from ferrohsm.cli.main import main
@@ -38,20 +38,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     server = LiveServer(tmp_path_factory.mktemp("cli"), config_text=POLICY)
     yield server
     server.close()
-
-
-@dataclass
-class Result:
-    code: int
-    out: bytes
-    err: str
-
-    @property
-    def text(self) -> str:
-        return self.out.decode()
-
-    def json(self) -> Any:
-        return json.loads(self.out)
 
 
 class Cli:

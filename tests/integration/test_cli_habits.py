@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import socket
 import stat
@@ -19,11 +18,11 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cliresult import Result as Run
 from cryptography import x509
 from live import LiveServer
 
@@ -42,20 +41,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     server = LiveServer(tmp_path_factory.mktemp("cli-habits"), config_text=POLICY)
     yield server
     server.close()
-
-
-@dataclass
-class Run:
-    code: int
-    out: bytes
-    err: str
-
-    @property
-    def text(self) -> str:
-        return self.out.decode()
-
-    def json(self) -> Any:
-        return json.loads(self.out)
 
 
 class Cli:
