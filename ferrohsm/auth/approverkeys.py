@@ -22,14 +22,13 @@ the working table, and every reload, accepted or rejected, is reported to ``on_e
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..crypto.votesig import ApproverKey, load_public_key
-from .keysets import EventHook, KeysetError, _stat, read_small_file
+from .keysets import EventHook, KeysetError, PolledFiles, read_small_file
 
 log = logging.getLogger("ferrohsm.auth")
 MAX_SUBJECT_CHARS = 256
@@ -64,42 +63,20 @@ def load_approver_keys(path: str) -> dict[str, ApproverKey]:
     return parse_approver_keys(read_small_file(path, where), f"{where} {path}")
 
 
-class ApproverKeys:
+class ApproverKeys(PolledFiles):
     """The current subject -> key table, swapped atomically when the file changes."""
+
+    label = "approver keys reload"
 
     def __init__(self, path: str, *, interval: float = 2.0, on_event: EventHook | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.path = path
-        self._paths = [Path(path)]
-        self._interval, self._clock = interval, clock
-        self._on_event = on_event
-        self._lock = threading.Lock()
-        self._seen = _stat(self._paths)
+        super().__init__([Path(path)], interval=interval, on_event=on_event, clock=clock)
+        self.path = path  # stat before load: a change in between is read again
         self._keys = load_approver_keys(path)  # a broken file at start-up stops the server
-        self._checked = clock()
-
-    def set_event_hook(self, hook: EventHook | None) -> None:
-        self._on_event = hook
 
     def current(self) -> Mapping[str, ApproverKey]:
-        if self._interval >= 0:
-            now = self._clock()
-            if now - self._checked >= self._interval and self._lock.acquire(blocking=False):
-                try:
-                    self._checked = now
-                    signature = _stat(self._paths)
-                    if signature != self._seen:
-                        self._seen = signature
-                        self._reload_locked("file change")
-                finally:
-                    self._lock.release()
+        self.poll()
         return self._keys
-
-    def reload(self, reason: str = "requested") -> bool:
-        with self._lock:
-            self._seen = _stat(self._paths)
-            self._checked = self._clock()
-            return self._reload_locked(reason)
 
     def _reload_locked(self, reason: str) -> bool:
         try:
@@ -120,9 +97,4 @@ class ApproverKeys:
 
     def _emit(self, outcome: str, message: str) -> None:
         (log.info if outcome == "success" else log.warning)("%s", message)
-        if self._on_event is None:
-            return
-        try:
-            self._on_event(outcome, message)
-        except Exception:  # a failing audit hook must not undo an accepted reload
-            log.exception("could not record the approver keys reload")
+        super()._emit(outcome, message)

@@ -269,48 +269,79 @@ def describe_change(old: KeySet, new: KeySet) -> str:
             f"added {added or 'none'}; removed {removed or 'none'}")
 
 
-class ReloadingKeySet:
-    """The current keyset, swapped atomically when its files change or on ``reload()``."""
+class PolledFiles:
+    """Files re-read when they change (checked at most once per ``interval`` by ``poll``) or on
+    ``reload()`` (SIGHUP), each attempt reported once to the event hook. Subclasses say how to
+    rebuild in ``_reload_locked``; the keysets and the approver keys share this."""
 
-    def __init__(self, sources: KeysetSources, *, interval: float = 2.0,
-                 on_event: EventHook | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._sources = sources
-        self._paths = sources.files()
+    label = "reload"  # what a failing event hook's log line names
+
+    def __init__(self, paths: Sequence[Path], *, interval: float, on_event: EventHook | None,
+                 clock: Callable[[], float]) -> None:
+        self._paths = paths
         self._interval, self._clock = interval, clock
         self._on_event = on_event
         self._lock = threading.Lock()
         self._seen = _stat(self._paths)
-        self._keyset = load_keyset(sources)  # a broken keyset at start-up stops the server
         self._checked = clock()
-        self.reloads = 0
-        self.reload_failures = 0
 
     def set_event_hook(self, hook: EventHook | None) -> None:
         """Wire auditing after construction (the audit log may be built later)."""
         self._on_event = hook
 
-    def current(self) -> KeySet:
-        """The keyset in force; checks the files at most once per ``interval``."""
-        if self._paths and self._interval >= 0:
-            now = self._clock()
-            if now - self._checked >= self._interval and self._lock.acquire(blocking=False):
-                try:
-                    self._checked = now
-                    signature = _stat(self._paths)
-                    if signature != self._seen:
-                        self._seen = signature  # one attempt (and one audit record) per change
-                        self._reload_locked("file change")
-                finally:
-                    self._lock.release()
-        return self._keyset
+    def poll(self) -> None:
+        """Rebuild when the files changed since the last check (non-blocking: a concurrent
+        caller goes on with what is in force)."""
+        if not self._paths or self._interval < 0:
+            return
+        now = self._clock()
+        if now - self._checked >= self._interval and self._lock.acquire(blocking=False):
+            try:
+                self._checked = now
+                signature = _stat(self._paths)
+                if signature != self._seen:
+                    self._seen = signature  # one attempt (and one audit record) per change
+                    self._reload_locked("file change")
+            finally:
+                self._lock.release()
 
     def reload(self, reason: str = "requested") -> bool:
-        """Rebuild now (SIGHUP); True when the new keyset was accepted."""
+        """Rebuild now (SIGHUP); True when the new content was accepted."""
         with self._lock:
             self._seen = _stat(self._paths)
             self._checked = self._clock()
             return self._reload_locked(reason)
+
+    def _reload_locked(self, reason: str) -> bool:
+        raise NotImplementedError
+
+    def _emit(self, outcome: str, message: str) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(outcome, message)
+        except Exception:  # a failing audit hook must not undo an accepted reload
+            log.exception("could not record the %s", self.label)
+
+
+class ReloadingKeySet(PolledFiles):
+    """The current keyset, swapped atomically when its files change or on ``reload()``."""
+
+    label = "keyset reload"
+
+    def __init__(self, sources: KeysetSources, *, interval: float = 2.0,
+                 on_event: EventHook | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(sources.files(), interval=interval, on_event=on_event, clock=clock)
+        self._sources = sources  # stat before load: a change in between is read again
+        self._keyset = load_keyset(sources)  # a broken keyset at start-up stops the server
+        self.reloads = 0
+        self.reload_failures = 0
+
+    def current(self) -> KeySet:
+        """The keyset in force; checks the files at most once per ``interval``."""
+        self.poll()
+        return self._keyset
 
     def _reload_locked(self, reason: str) -> bool:
         old = self._keyset
@@ -328,11 +359,3 @@ class ReloadingKeySet:
         log.info("%s", message)
         self._emit("success", message)
         return True
-
-    def _emit(self, outcome: str, message: str) -> None:
-        if self._on_event is None:
-            return
-        try:
-            self._on_event(outcome, message)
-        except Exception:  # a failing audit hook must not undo an accepted reload
-            log.exception("could not record the keyset reload")
