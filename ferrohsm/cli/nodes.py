@@ -75,9 +75,22 @@ def auto_processes(value: str) -> int:
     return int(value, 10)
 
 
+def cores_for(count: int, pin: bool) -> list[int]:
+    """The core each child runs on (child i: the i-th), or [] to leave them unpinned.
+
+    Pinned, each child's threads share one core: the GIL never hands over between cores (a
+    cross-core hand-off costs about 40% of a process's throughput here, bench/RESULTS.md) and
+    the kernel still spreads the load, one process per core. With more children than allowed
+    cores (or ``pin_processes = false``) nothing is pinned."""
+    allowed = sorted(os.sched_getaffinity(0))
+    return allowed[:count] if pin and count <= len(allowed) else []
+
+
 class Supervisor:
-    def __init__(self, count: int, child: Callable[[], int], grace: float) -> None:
+    def __init__(self, count: int, child: Callable[[], int], grace: float,
+                 cores: list[int] | None = None) -> None:
         self.slots = [Slot() for _ in range(count)]
+        self._cores = cores or []
         self._child = child
         self._grace = grace
         self._stopping = False
@@ -123,6 +136,8 @@ class Supervisor:
         if pid == 0:  # the child: never returns into the parent's loop
             code = 1
             try:
+                if self._cores:  # before the child starts any thread: threads inherit it
+                    os.sched_setaffinity(0, {self._cores[index % len(self._cores)]})
                 code = self._child()
             except BaseException:  # a bug: say so once, and let the parent restart us
                 log.exception("process %d failed", index)

@@ -187,13 +187,14 @@ def _run(config: Config, ssl_provider: Any, announce: Any = None, options: Any =
 def _supervise(config: Config, announce: Any, options: Any) -> int:
     """``[server].processes = N``: the parent forks N serving children and supervises them
     (cli/nodes.py)."""
-    from .nodes import Supervisor, listening, reserve_port
+    from .nodes import Supervisor, cores_for, listening, reserve_port
     log = logging.getLogger("ferrohsm")
     config, reserved = reserve_port(config)
     parent = os.getpid()
     supervisor = Supervisor(config.server.processes,
                             lambda: _child(config, options, parent),
-                            config.server.shutdown_grace_seconds)
+                            config.server.shutdown_grace_seconds,
+                            cores_for(config.server.processes, config.server.pin_processes))
     supervisor.install()
     try:
         supervisor.start()

@@ -42,6 +42,7 @@ class ServerSettings:
     shutdown_grace_seconds: float = 10.0
     pin_cpu: int = -1  # >= 0 pins the server process to that core (see bench/RESULTS.md)
     processes: int = 1  # N > 1: N processes share the port (SO_REUSEPORT) and the state
+    pin_processes: bool = True  # processes = N <= cores: child i runs on the i-th allowed core
 
 
 @dataclass(frozen=True)
