@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 import uuid
 
@@ -24,11 +25,40 @@ def uuid4() -> str:
     return str(uuid.uuid4())
 
 
+class _IdBytes:
+    """os.urandom bytes for identifiers, fetched 4 KiB at a time: one system call per 256 ids
+    instead of one per id (a request makes two: its request id and its audit record's). Never
+    used for keys or nonces. A forked child starts with an empty buffer, so two processes
+    never hand out the same bytes."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+        self._lock = threading.Lock()
+
+    def take16(self) -> bytes:
+        with self._lock:
+            pos = self._pos
+            if pos + 16 > len(self._buf):
+                self._buf, pos = os.urandom(4096), 0
+            self._pos = pos + 16
+            return self._buf[pos:pos + 16]
+
+    def forget(self) -> None:
+        self._lock = threading.Lock()  # a lock held at fork time stays held in the child
+        self._buf, self._pos = b"", 0
+
+
+_ID_BYTES = _IdBytes()
+os.register_at_fork(after_in_child=_ID_BYTES.forget)
+
+
 def uuid4_str() -> str:
     """A random RFC 4122 version-4 UUID in canonical lowercase form, like ``str(uuid.uuid4())``
-    (the same 122 random bits from os.urandom, the same version and variant bits) in less than
-    half the time: it skips building a ``uuid.UUID`` just to format it (audit record ids)."""
-    raw = bytearray(os.urandom(16))
+    (the same 122 random bits from os.urandom, the same version and variant bits) in a fraction
+    of the time: no ``uuid.UUID`` built just to format it, no system call per id (request and
+    audit record ids)."""
+    raw = bytearray(_ID_BYTES.take16())
     raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = raw.hex()

@@ -21,6 +21,8 @@ MAX_TRACESTATE = 512  # the specification's limit a vendor must propagate at lea
 # Ids need not be secret (W3C: random, unique), so a PRNG seeded from os.urandom per process
 # serves them without a system call per id (SystemRandom costs one each).
 _ids = random.Random(os.urandom(32))  # noqa: S311  identifiers, not secrets
+# A forked child (processes = N) would otherwise repeat its siblings' ids: seed it afresh.
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -288,6 +288,9 @@ def test_processes_restart_a_dead_child_reload_on_sighup_and_drain_on_sigterm(tm
             assert time.monotonic() < deadline, node.log.read_text()[-2000:]
             time.sleep(0.1)
         assert "restarting it" in node.log.read_text()
+        if len(os.sched_getaffinity(0)) >= 2:  # pin_processes: one core each, the new one too
+            cores = [os.sched_getaffinity(pid) for pid in now]
+            assert all(len(c) == 1 for c in cores) and cores[0] != cores[1], cores
         for _ in range(6):  # both children serve, the new one included
             assert encrypt(nodes, 0, key)[0] == 200
         node.proc.send_signal(signal.SIGHUP)  # forwarded: every child reloads (and audits it)

@@ -8,6 +8,8 @@ import hmac
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,8 @@ from ferrohsm.auth.keysets import KeysetSources, ReloadingKeySet
 from ferrohsm.config import load_config
 from ferrohsm.domain.errors import BadRequest, ConfigError, Unauthenticated
 from ferrohsm.domain.model import Role
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SECRET = b"k" * 32
 NOW = 1_800_000_000
@@ -292,6 +296,27 @@ def test_deny_list_sees_revocations_by_another_process(tmp_path: Path) -> None:
     assert not reader.is_revoked("x", 1000.0)
     writer.revoke("x", until=9999.0, now=1000.0)
     assert reader.is_revoked("x", 1001.0)
+
+
+def test_another_process_revocation_is_seen_at_once_without_a_stat(tmp_path: Path) -> None:
+    """The shared change counter (mmap of <file>.lock): a revocation by another process is
+    honoured on the very next check, although the once-a-second stat is not due."""
+    path = tmp_path / "revoked.json"
+    reader = DenyList(path)
+    assert not reader.is_revoked("x", 1000.0)
+    code = ("import sys; from ferrohsm.auth.denylist import DenyList; "
+            "DenyList(sys.argv[1]).revoke('x', until=9999.0, now=1000.0)")
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, cwd=ROOT)
+    assert reader.is_revoked("x", 1000.0)  # same instant: the stat interval has not passed
+
+
+def test_a_file_replaced_by_other_means_is_read_within_the_interval(tmp_path: Path) -> None:
+    path = tmp_path / "revoked.json"
+    reader = DenyList(path)
+    assert not reader.is_revoked("y", 1000.0)
+    path.write_text('{"version": 1, "revoked": {"y": 9999.0}}')  # no counter bump
+    assert not reader.is_revoked("y", 1000.5)
+    assert reader.is_revoked("y", 1001.5)
 
 
 def test_unreadable_deny_list_stops_start_up(tmp_path: Path) -> None:

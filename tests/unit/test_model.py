@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -134,3 +135,22 @@ def test_plain_text_refuses_controls_separators_and_bidi(text: str) -> None:
 def test_plain_text_takes_any_other_text() -> None:
     for text in ("", "héllo wörld", "\u00a0nbsp", "emoji 🔑", "x" * 256, "tab-free; quotes \"'"):
         assert plain_text(text, "reason", 256) == text
+
+
+def test_a_forked_child_never_repeats_its_parents_ids() -> None:
+    """Request, audit record and span ids come from buffers (urandom 4 KiB at a time, a
+    seeded PRNG for span ids): processes = N forks, and a child must not hand out the ids its
+    parent or its siblings will."""
+    from ferrohsm.domain.ids import uuid4_str
+    from ferrohsm.telemetry.tracecontext import new_span_id
+    uuid4_str()  # the buffer is filled before the fork
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover  the child reports through the pipe
+        os.write(write_end, (uuid4_str() + new_span_id()).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read_end, 100).decode()
+    os.close(read_end)
+    os.close(write_end)
+    assert child[:36] != uuid4_str() and child[36:] != new_span_id()

@@ -41,3 +41,12 @@ def test_serve_says_why_at_start_up(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "[server].processes = 2" in err and "filesystem store belongs to one process" in err
     assert main(["serve", "--processes", "many", "--key-store", "sqlite"]) == 2
     assert "--processes" in capsys.readouterr().err
+
+
+def test_children_are_pinned_one_core_each_unless_they_outnumber_the_cores() -> None:
+    from ferrohsm.cli.nodes import cores_for
+    allowed = sorted(os.sched_getaffinity(0))
+    assert cores_for(len(allowed), True) == allowed
+    assert cores_for(1, True) == allowed[:1]
+    assert cores_for(len(allowed) + 1, True) == []  # more children than cores: the kernel decides
+    assert cores_for(len(allowed), False) == []
