@@ -26,7 +26,7 @@ import time
 from json.encoder import encode_basestring_ascii as _q
 from typing import TextIO
 
-from .tracecontext import Parent, new_span_id, new_trace_id
+from .tracecontext import Parent, new_span_id, new_trace_and_span_ids
 
 WARNING_STATUSES = frozenset({401, 403, 429})
 LOGGER = "ferrohsm.access"
@@ -55,10 +55,32 @@ def untraced_ids(parent: Parent | None) -> tuple[str, str, str]:
     """trace id, span id and flags of a request whose spans are not exported: the caller's
     trace and flags, or a new trace; always a new span id (the request's server span)."""
     if parent is None:
-        return new_trace_id(), new_span_id(), "00"
+        return (*new_trace_and_span_ids(), "00")
     return parent.trace_id, new_span_id(), f"{parent.flags:02x}"
 
 _LEVEL_NAMES = {logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error"}
+_FRAGMENTS = 4096  # cached line fragments per kind, before the caches start again
+
+
+def _head(status: int, method: str, route: str, path: str) -> str:
+    """The fields from ``logger`` to the status code (``_format``)."""
+    return (f'"logger":"{LOGGER}","http.request.method":{_q(method)},"http.route":"{route}",'
+            f'"url.path":{_q(path)},"http.response.status_code":{int(status)}')
+
+
+def _body(client: str | None, peer: str, port: int | None, user: str | None,
+          role: str | None, session: str | None, thumb: str | None, agent: str | None,
+          error: str | None) -> str:
+    """The fields from the client address to the error type (``_format``)."""
+    n, d = "null", '"'
+    return (f'"client.address":{n if client is None else _q(client)},'
+            f'"network.peer.address":{_q(peer)},"server.port":{n if port is None else int(port)},'
+            f'"user.id":{n if user is None else _q(user)},'
+            f'"user.roles":{n if role is None else "[" + d + role + d + "]"},'
+            f'"session.id":{n if session is None else _q(session)},'
+            f'"tls.client.x5t_s256":{n if thumb is None else d + thumb + d},'
+            f'"user_agent.original":{n if agent is None else _q(agent)},'
+            f'"error.type":{n if error is None else d + error + d}')
 
 
 class _Clock:
@@ -88,6 +110,8 @@ class AccessLog:
         self.interval = interval
         self._lines: collections.deque[Values] = collections.deque()
         self._clock = _Clock()
+        self._heads: dict[tuple[object, ...], str] = {}  # see _format
+        self._bodies: dict[tuple[object, ...], str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -132,29 +156,35 @@ class AccessLog:
         call per line but the escaping). What a client chose (method, path, addresses, user,
         session, agent, request id) is escaped by the C JSON encoder; the route template, the
         role, the error code, the certificate thumbprint, the trace ids and the correlation id
-        (api/http.py is_sane_request_id) come from closed alphabets and are only quoted."""
-        q, n, d, stamp, names, out = _q, "null", '"', self._clock.stamp, _LEVEL_NAMES, []
-        for (now, status, method, route, path, seconds, client, peer, port, user, role,
-             session, thumb, agent, error, request_id, trace, correlation) in queued:
+        (api/http.py is_sane_request_id) come from closed alphabets and are only quoted.
+
+        A client's requests mostly repeat everything but the time, the ids and the duration: the
+        two runs of fields between those (method to status; client address to error) are
+        formatted once per distinct set of values and then taken from a cache, emptied before a
+        batch once it holds more than _FRAGMENTS of a kind."""
+        stamp, names, out, d = self._clock.stamp, _LEVEL_NAMES, [], '"'
+        heads, bodies = self._heads, self._bodies
+        if len(heads) > _FRAGMENTS or len(bodies) > _FRAGMENTS:
+            heads.clear()
+            bodies.clear()
+        for values in queued:
             try:
+                head_key, body_key = values[1:5], values[6:15]
+                head = heads.get(head_key)
+                if head is None:
+                    head = heads[head_key] = _head(*head_key)
+                body = bodies.get(body_key)
+                if body is None:
+                    body = bodies[body_key] = _body(*body_key)
+                trace, correlation = values[16], values[17]
                 if not isinstance(trace, tuple):  # spans not exported: ids made here
                     trace = untraced_ids(trace)
                 out.append(
-                    f'{{"ts":"{stamp(now)}","level":"{names[level_of(status)]}",'
-                    f'"logger":"{LOGGER}","http.request.method":{q(method)},'
-                    f'"http.route":"{route}","url.path":{q(path)},'
-                    f'"http.response.status_code":{status},"duration_ms":{seconds * 1000:.3f},'
-                    f'"client.address":{n if client is None else q(client)},'
-                    f'"network.peer.address":{q(peer)},"server.port":{n if port is None else port},'
-                    f'"user.id":{n if user is None else q(user)},'
-                    f'"user.roles":{n if role is None else "[" + d + role + d + "]"},'
-                    f'"session.id":{n if session is None else q(session)},'
-                    f'"tls.client.x5t_s256":{n if thumb is None else d + thumb + d},'
-                    f'"user_agent.original":{n if agent is None else q(agent)},'
-                    f'"error.type":{n if error is None else d + error + d},'
-                    f'"request_id":{q(request_id)},"trace_id":"{trace[0]}",'
+                    f'{{"ts":"{stamp(values[0])}","level":"{names[level_of(values[1])]}",'
+                    f'{head},"duration_ms":{values[5] * 1000:.3f},{body},'
+                    f'"request_id":{_q(values[15])},"trace_id":"{trace[0]}",'
                     f'"span_id":"{trace[1]}","trace_flags":"{trace[2]}","correlation_id":'
-                    f'{n if correlation is None else d + correlation + d}}}\n')
+                    f'{"null" if correlation is None else d + correlation + d}}}\n')
             except Exception:  # a value of a wrong type (a bug): lose the line, not the thread
                 self.dropped += 1
         return out

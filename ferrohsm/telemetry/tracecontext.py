@@ -64,6 +64,14 @@ def new_trace_id() -> str:
             return f"{value:032x}"
 
 
+def new_trace_and_span_ids() -> tuple[str, str]:
+    """A new trace id and span id from one draw (the access line of an untraced request)."""
+    while True:
+        text = f"{_ids.getrandbits(192):048x}"
+        if text[:32] != _ZERO_TRACE and text[32:] != _ZERO_SPAN:
+            return text[:32], text[32:]
+
+
 def new_span_id() -> str:
     while True:
         value = _ids.getrandbits(64)

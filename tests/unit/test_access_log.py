@@ -145,3 +145,24 @@ def test_a_request_whose_spans_are_not_exported_gets_ids_of_its_own() -> None:
     child = json.loads(one_line(trace=parent))
     assert (child["trace_id"], child["trace_flags"]) == (parent.trace_id, "01")
     assert child["span_id"] != parent.span_id and len(child["span_id"]) == 16
+
+
+def test_repeated_fields_come_from_a_bounded_cache_and_each_line_keeps_its_own() -> None:
+    """Lines that share every client-chosen field but one are each right (the cache is keyed by
+    all of them), and the cache starts again past its bound instead of growing."""
+    from ferrohsm.telemetry import access as module
+    out = io.StringIO()
+    log = AccessLog(out)
+    for i in range(module._FRAGMENTS + 10):
+        record(log, path=f"/v1/keys/k{i}/encrypt", user="svc" if i % 2 else "other",
+               status=200 if i % 3 else 429)
+    log.flush()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [ln["url.path"] for ln in lines] == [f"/v1/keys/k{i}/encrypt" for i in range(len(lines))]
+    assert all(ln["user.id"] == ("svc" if i % 2 else "other") for i, ln in enumerate(lines))
+    assert all(ln["http.response.status_code"] == (200 if i % 3 else 429)
+               for i, ln in enumerate(lines))
+    log.flush()
+    record(log)
+    log.close()
+    assert len(log._heads) <= module._FRAGMENTS + 1 and len(log._bodies) <= module._FRAGMENTS + 1
