@@ -137,7 +137,7 @@ class Exporter:
         return state
 
     def shutdown(self) -> None:
-        self.exporter.shutdown()
+        self.exporter.shutdown()  # type: ignore[no-untyped-call]  # unannotated in the SDK
 
 
 def _setup_logging() -> None:

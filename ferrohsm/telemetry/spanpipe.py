@@ -109,7 +109,8 @@ class SpanPipe:
 
     def _drain(self) -> None:
         """Send every queued record to the child in frames of CHUNK, or count it dropped."""
-        queue, batch = self.queue, []
+        queue = self.queue
+        batch: list[Any] = []
         while queue and len(batch) < MAX_QUEUED:
             batch.append(queue.popleft())
         excess = len(queue)
@@ -184,8 +185,8 @@ class SpanPipe:
         try:
             # its own session: a terminal's Ctrl-C reaches the server, which then closes the
             # pipe, and the child exports what it holds before it exits
-            self.proc = subprocess.Popen(self._command, stdin=read, stdout=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(  # noqa: S603  this interpreter, fixed arguments
+                self._command, stdin=read, stdout=subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:
             os.close(write)
             self.proc = None
