@@ -86,7 +86,7 @@ class Exporter:
         if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
             # neither OTEL_SERVICE_NAME nor OTEL_RESOURCE_ATTRIBUTES names the service
             resource = resource.merge(Resource({"service.name": "ferrohsm"}))
-        self.resource = resource
+        self.resource = _hashed(resource)
         self.scope = InstrumentationScope("ferrohsm", __version__)
         self.exporter = OTLPSpanExporter()
         self._span, self._context, self._state = ReadableSpan, SpanContext, TraceState
@@ -138,6 +138,25 @@ class Exporter:
 
     def shutdown(self) -> None:
         self.exporter.shutdown()  # type: ignore[no-untyped-call]  # unannotated in the SDK
+
+
+def _hashed(resource: Any) -> Any:
+    """``resource`` with its hash computed once: the SDK's encoder groups spans by resource,
+    hashing it per span, and Resource.__hash__ JSON-encodes every attribute each time."""
+    from opentelemetry.sdk.resources import Resource
+
+    class HashedResource(Resource):
+        def __init__(self, attributes: Any, schema_url: str | None = None) -> None:
+            super().__init__(attributes, schema_url)
+            self._hash = super().__hash__()
+
+        def __hash__(self) -> int:
+            return self._hash
+
+        def __eq__(self, other: object) -> bool:
+            return super().__eq__(other)
+
+    return HashedResource(resource.attributes, resource.schema_url)
 
 
 def _setup_logging() -> None:

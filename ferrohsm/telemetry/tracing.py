@@ -181,13 +181,19 @@ class RequestSpan:
 
 
 class ChildSpan:
-    """An INTERNAL span under a RequestSpan (the few methods of the SDK's Span used here)."""
+    """An INTERNAL span under a RequestSpan (the few methods of the SDK's Span used here). It
+    copies what it needs of its parent rather than pointing at it: no reference cycle, so
+    it is freed when the request is, never left to the garbage collector."""
 
-    __slots__ = ("attributes", "name", "owner", "span_id", "start_ns")
+    __slots__ = ("attributes", "name", "parent_id", "queue", "span_id", "start_ns", "state",
+                 "trace_id")
 
     def __init__(self, owner: RequestSpan, span_id: str, name: str,
                  attributes: dict[str, Any] | None) -> None:
-        self.owner = owner
+        self.queue = owner.queue
+        self.trace_id = owner.trace_id
+        self.parent_id = owner.span_id
+        self.state = owner.state
         self.span_id = span_id
         self.name = name
         self.attributes = attributes
@@ -199,7 +205,6 @@ class ChildSpan:
         self.attributes[name] = value
 
     def end(self, end_time: int | None = None) -> None:
-        owner = self.owner
-        owner.queue.append((owner.trace_id, self.span_id, owner.span_id, self.name, INTERNAL,
-                            self.start_ns, time.time_ns() if end_time is None else end_time,
-                            self.attributes, False, owner.state))
+        self.queue.append((self.trace_id, self.span_id, self.parent_id, self.name, INTERNAL,
+                           self.start_ns, time.time_ns() if end_time is None else end_time,
+                           self.attributes, False, self.state))
