@@ -118,9 +118,10 @@ class SpanPipe:
             for _ in range(excess):
                 queue.popleft()
             self._drop(excess)
+        alive = self._alive()  # also when idle: a dead child is restarted before it is needed
         if not batch:
             return
-        if not self._alive():
+        if not alive:
             self._drop(len(batch))
             return
         for at in range(0, len(batch), CHUNK):
