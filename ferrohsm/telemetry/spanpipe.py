@@ -30,6 +30,7 @@ import sys
 import termios
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 log = logging.getLogger("ferrohsm.telemetry")
@@ -41,6 +42,20 @@ STUCK_SECONDS = 2.0  # a frame half written for this long: the child is stuck, r
 # The child imports its package from the server's own sys.path (a shiv extraction included).
 BOOT = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
         "from ferrohsm.telemetry.otlpexport import main; sys.exit(main())")
+
+
+# What the exporter needs of the server's environment: the OTEL_* variables, and what the HTTP
+# client (requests) and Python read. Nothing else is passed: secrets such as
+# FERROHSM_MASTER_KEY, or a DSN under a configured variable name, stay in the server.
+CHILD_VARIABLES = frozenset({
+    "PATH", "HOME", "TMPDIR", "TZ", "LANG", "LC_ALL", "LC_CTYPE", "SSL_CERT_FILE",
+    "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY",
+    "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy", "all_proxy"})
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The exporter child's environment (an allow-list, see CHILD_VARIABLES)."""
+    return {k: v for k, v in environ.items() if k in CHILD_VARIABLES or k.startswith("OTEL_")}
 
 
 def exporter_command() -> list[str]:
@@ -187,7 +202,8 @@ class SpanPipe:
             # its own session: a terminal's Ctrl-C reaches the server, which then closes the
             # pipe, and the child exports what it holds before it exits
             self.proc = subprocess.Popen(  # noqa: S603  this interpreter, fixed arguments
-                self._command, stdin=read, stdout=subprocess.DEVNULL, start_new_session=True)
+                self._command, stdin=read, stdout=subprocess.DEVNULL, start_new_session=True,
+                env=child_environment(os.environ))
         except OSError as exc:
             os.close(write)
             self.proc = None
