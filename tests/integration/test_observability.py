@@ -324,9 +324,13 @@ def test_sampler_decides_which_requests_leave_spans(tmp_path: Path, receiver: Re
 
 @pytest.mark.slow
 def test_a_killed_exporter_is_restarted(tmp_path: Path, receiver: Receiver) -> None:
-    srv = Served(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url})
+    srv = Served(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+                            "OBS_SECRET_DSN": "postgres://u:pw@db/hsm"})
     try:
         [first] = exporter_children(srv.proc.pid)
+        environ = Path(f"/proc/{first}/environ").read_bytes().split(b"\0")
+        assert f"OTEL_EXPORTER_OTLP_ENDPOINT={receiver.url}".encode() in environ
+        assert not [v for v in environ if v.startswith((b"OBS_SECRET", b"FERROHSM_"))]
         os.kill(first, signal.SIGKILL)
         assert srv.call("GET", "/v1/keys", headers={"X-Request-ID": "during"})[0] == 200
         assert wait_for(lambda: exporter_children(srv.proc.pid) not in ([], [first]))

@@ -17,7 +17,7 @@ import pytest
 
 from ferrohsm.telemetry import sampler as sampling
 from ferrohsm.telemetry.otlpexport import read_frame
-from ferrohsm.telemetry.spanpipe import HEADER, SpanPipe
+from ferrohsm.telemetry.spanpipe import HEADER, SpanPipe, child_environment
 from ferrohsm.telemetry.tracecontext import Parent
 from ferrohsm.telemetry.tracing import INTERNAL, SERVER, Tracer
 
@@ -192,3 +192,11 @@ def test_frames_are_length_prefixed_marshal() -> None:
     stream = io.BytesIO(HEADER.pack(len(payload)) + payload + HEADER.pack(10) + b"short")
     assert read_frame(stream) == payload
     assert read_frame(stream) is None  # a truncated frame ends the input
+
+
+def test_the_exporter_child_gets_no_secret_of_the_servers_environment() -> None:
+    env = child_environment({"FERROHSM_MASTER_KEY": "k", "APP_DSN": "postgres://u:p@h/d",
+                             "OTEL_EXPORTER_OTLP_HEADERS": "authorization=x", "PATH": "/bin",
+                             "HTTPS_PROXY": "http://proxy:3128", "SSL_CERT_FILE": "/ca.pem"})
+    assert env == {"OTEL_EXPORTER_OTLP_HEADERS": "authorization=x", "PATH": "/bin",
+                   "HTTPS_PROXY": "http://proxy:3128", "SSL_CERT_FILE": "/ca.pem"}
