@@ -13,7 +13,9 @@ connections, rounds alternating between them so they share the machine's backgro
 * access-off    the same as durable with [logging] level = "WARNING" (no access line for a 200:
                 labelled, the issue 18 comparison: the access log's cost)
 * otlp          the same as durable with OTEL_EXPORTER_OTLP_ENDPOINT pointing at a local OTLP/HTTP
-                receiver (this process, core 1), every span sampled and exported (issue 18)
+                receiver (this process, core 1), every span sampled and exported (issue 18);
+                the span exporter child process's CPU per span is reported too (it runs off
+                core 0, beside wrk and the receiver)
 * otlp-5pct     otlp with OTEL_TRACES_SAMPLER=parentbased_traceidratio, _ARG=0.05 (labelled)
 * otlp-2pct     the same with _ARG=0.02 (labelled; the README's suggestion)
 * stapling      (only with --stapling) durable with [tls] ocsp_staple = true: TLS through
