@@ -13,7 +13,9 @@ connections, rounds alternating between them so they share the machine's backgro
 * access-off    the same as durable with [logging] level = "WARNING" (no access line for a 200:
                 labelled, the issue 18 comparison: the access log's cost)
 * otlp          the same as durable with OTEL_EXPORTER_OTLP_ENDPOINT pointing at a local OTLP/HTTP
-                receiver (this process, core 1), every span sampled and exported (issue 18)
+                receiver (this process, core 1), every span sampled and exported (issue 18);
+                the span exporter child process's CPU per span is reported too (it runs off
+                core 0, beside wrk and the receiver)
 * otlp-5pct     otlp with OTEL_TRACES_SAMPLER=parentbased_traceidratio, _ARG=0.05 (labelled)
 * otlp-2pct     the same with _ARG=0.02 (labelled; the README's suggestion)
 * stapling      (only with --stapling) durable with [tls] ocsp_staple = true: TLS through
@@ -54,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from bench_http import (
+    cpu_seconds,
     free_port,
     lua_script,
     median_round,
@@ -191,8 +194,8 @@ def throughput(args: argparse.Namespace, tmp: Path, pki: DevPki, env: dict[str, 
         results: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
         for _ in range(args.rounds):
             for name in urls:
-                results[name].append(run_wrk(urls[name], scripts[name], args.connections,
-                                             args.duration, procs[name]))
+                results[name].append(measure(name, urls[name], scripts[name], args,
+                                             procs[name], receiver))
     finally:
         for srv in servers.values():
             srv.stop()
@@ -204,6 +207,35 @@ def throughput(args: argparse.Namespace, tmp: Path, pki: DevPki, env: dict[str, 
     report(results, args)
     if any(name.startswith("otlp") for name in results):
         print(f"\nOTLP receiver: {receiver.requests} export requests, {receiver.spans:,} spans")
+
+
+def measure(name: str, url: str, script: Path, args: argparse.Namespace, pid: int,
+            receiver: OtlpReceiver) -> dict[str, float]:
+    """One wrk round; for an otlp server also its span exporter child's CPU and the spans the
+    receiver got meanwhile."""
+    children, spans = children_cpu(pid), receiver.spans
+    result = run_wrk(url, script, args.connections, args.duration, pid)
+    if name.startswith("otlp"):  # the span exporter child's share, off core 0
+        time.sleep(0.5)  # the last batch: handed over every 0.15 s
+        result["child_cpu_s"] = children_cpu(pid) - children
+        result["spans"] = receiver.spans - spans
+    return result
+
+
+def children_cpu(pid: int) -> float:
+    """User + system CPU time of a process's children (the span exporter of an otlp server)."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                total += cpu_seconds(int(child))
+            except OSError:  # exited meanwhile
+                pass
+    return total
 
 
 class OtlpReceiver:
@@ -286,6 +318,7 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
             print(f"ratio {name} / durable: {med[name]['rps'] / med['durable']['rps']:.2f} "
                   f"by req/s, {med['durable']['cpu_us'] / med[name]['cpu_us']:.2f} by CPU "
                   f"per request (target >= 0.90)")
+    report_exporter(results)
     if "access-off" in med:
         print(f"ratio durable / access-off by CPU per request: "
               f"{med['access-off']['cpu_us'] / med['durable']['cpu_us']:.2f} (target >= 0.95)")
@@ -295,6 +328,18 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
     if "stapling" in med:
         print(f"ratio stapling / durable: {med['stapling']['rps'] / med['durable']['rps']:.2f}; "
               f"stapling / baseline: {med['stapling']['rps'] / med['baseline']['rps']:.2f}")
+
+
+def report_exporter(results: dict[str, list[dict[str, float]]]) -> None:
+    """The span exporter child's CPU (it runs off the serving core) per span and request."""
+    for name in ("otlp", "otlp-5pct", "otlp-2pct"):
+        rounds = results.get(name, [])
+        spans = sum(r.get("spans", 0) for r in rounds)
+        if spans:
+            child = sum(r.get("child_cpu_s", 0.0) for r in rounds) * 1e6
+            requests = sum(r["requests"] for r in rounds)
+            print(f"{name} exporter process (off the serving core): {child / spans:.1f} CPU "
+                  f"µs/span, {child / requests:.1f} µs/req ({spans:,} spans received)")
 
 
 def populate(srv: Server, master: bytes, count: int) -> None:

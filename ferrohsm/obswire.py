@@ -30,6 +30,7 @@ class Runtime(Protocol):
     store: KeyStore
     approvals: ApprovalStore | None
     router: Router
+    app: Any
 
 
 def wire_metrics(rt: Runtime, audit: ChainedSink) -> None:
@@ -88,6 +89,21 @@ def _observability(rt: Runtime, audit: ChainedSink) -> None:
         rt.metrics.auth_failures.touch(reason)
     for route in rt.router.routes():
         rt.metrics.latency.touch(route.template, route.method)
+    _spans(rt)
+
+
+def _spans(rt: Runtime) -> None:
+    """With OTLP export on: spans handed to the exporter child or dropped (a busy or stuck
+    child, telemetry/spanpipe.py), and the child's restarts."""
+    tracer = getattr(rt.app, "tracer", None)
+    if tracer is None:
+        return
+    rt.metrics.add_counter("ferrohsm_trace_spans", "Spans handed to the OTLP exporter process "
+                           "(sent) or dropped because it was busy or down",
+                           lambda: {(k,): float(v) for k, v in tracer.stats().items()
+                                    if k in ("sent", "dropped")}, ("outcome",))
+    rt.metrics.add_counter("ferrohsm_trace_exporter_restarts", "Restarts of the OTLP span "
+                           "exporter process", lambda: {(): float(tracer.stats()["restarts"])})
 
 
 CRYPTO_OPERATIONS = ("encrypt", "decrypt", "sign", "verify", "wrap", "unwrap")

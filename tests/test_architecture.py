@@ -93,7 +93,9 @@ THIRD_PARTY: dict[str, tuple[str, ...]] = {
     # loaded lazily, only when PostgreSQL is configured: the store, the audit sink, cluster
     # coordination
     "psycopg": ("ferrohsm.store.pgdb", "ferrohsm.store.pg_shared", "ferrohsm.audit.pgsink"),
-    "opentelemetry": ("ferrohsm.telemetry.tracing",),  # lazily, only when OTLP export is set
+    # the span exporter child process only (started when OTLP export is set): the serving
+    # process never imports the SDK
+    "opentelemetry": ("ferrohsm.telemetry.otlpexport",),
 }
 
 CONCRETE_STORES = frozenset({

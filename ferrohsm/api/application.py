@@ -69,9 +69,8 @@ class Application:
         parent = (parse_traceparent(req.headers.values_of("traceparent"),
                                     req.headers.values_of("tracestate"))
                   if "traceparent" in req.headers else None)
+        # None when sampled out too: no children, no attributes, nothing to end, no ids
         span = self._start_span(req, parent) if self.tracer is not None else None
-        if span is not None and not span.recording:
-            span = None  # sampled out: no children, no attributes, nothing to end, no ids
         exported = span.ids() if span is not None else None
         # The audit record names the trace when there is one (a caller's, or exported spans');
         # the ids of a request nobody traces are made only for its access line (_observe).
@@ -106,7 +105,7 @@ class Application:
                                                      for n, _ in resp.headers):
             resp.headers.append(("Cache-Control", "no-store"))
         if span is not None:
-            span.span.update_name(f"{req.method} {route_name}")
+            span.update_name(f"{req.method} {route_name}")
             span.set("http.route", route_name)
             if ctx.principal is not None:
                 span.set("user.id", ctx.principal.subject)
@@ -123,8 +122,9 @@ class Application:
             span.finish(resp.status, span.error_type if resp.status < 500 or
                         span.error_type else str(resp.status))
 
-    def _start_span(self, req: Request, parent: Parent | None) -> RequestSpan:
-        """The request's server span, with the HTTP semantic-convention attributes."""
+    def _start_span(self, req: Request, parent: Parent | None) -> RequestSpan | None:
+        """The request's server span, with the HTTP semantic-convention attributes (None:
+        sampled out, nothing recorded)."""
         assert self.tracer is not None  # noqa: S101  narrows a type for mypy, not a runtime check
         attributes: dict[str, Any] = {
             "http.request.method": req.method, "url.path": req.path[:256],
@@ -136,8 +136,7 @@ class Application:
         if self.server_port is not None:
             attributes["server.port"] = self.server_port
         span = self.tracer.start(req.method, parent, attributes)
-        if span.recording:
-            req.trace = span
+        req.trace = span
         return span
 
     def refuse(self, req: Request, exc: FerroError) -> Response:

@@ -1,32 +1,47 @@
-"""Spans exported over OTLP/HTTP through the official OpenTelemetry SDK, only when configured.
+"""Request spans recorded as plain tuples; exported over OTLP/HTTP by a child process.
 
 ``from_environment()`` returns None unless ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set (and ``OTEL_SDK_DISABLED`` is not true,
-``OTEL_TRACES_EXPORTER`` is not ``none``). Then, and only then, the SDK is imported (the
-``otel`` extra): the SDK itself reads every other standard variable (OTEL_SERVICE_NAME,
-OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS / _TIMEOUT / _COMPRESSION / _CERTIFICATE,
-OTEL_TRACES_SAMPLER and _ARG, OTEL_BSP_*). When it is off, the request path makes no span
-object at all: it checks one attribute for None.
+``OTEL_TRACES_EXPORTER`` is not ``none``). When it is None nothing else happens: no thread, no
+child process, no import of the SDK; the request path checks one attribute for None.
 
-Per request: a SERVER span named "{method} {route}" (parent: the valid ``traceparent``, with its
-``tracestate``), and INTERNAL children ``authenticate``, the key operation (``ferrohsm.<op>``)
-and ``audit.flush`` (from the write of the request's audit records to their fsync). Spans are
-batched and exported by the SDK's BatchSpanProcessor thread, never on the event loop.
+Per sampled request (telemetry/sampler.py, OTEL_TRACES_SAMPLER): a SERVER span named
+"{method} {route}" (parent: the valid ``traceparent``, with its ``tracestate``), and INTERNAL
+children ``authenticate``, the key operation (``ferrohsm <op>``) and ``audit.flush`` (from the
+write of the request's audit records to their fsync).
+
+Why tuples: the SDK's Span objects, its BatchSpanProcessor and the protobuf encoding cost about
+45 µs a span, all on the event loop's one core (59% of encrypt throughput at 4 spans a
+request). Here a span is one tuple appended to a deque (atomic in C, no lock), about 1-2 µs;
+the ids of a request come from one ``os.urandom`` call. A writer thread hands the tuples in
+batches to a child process that builds the SDK's ReadableSpans and exports them with the SDK's
+own OTLPSpanExporter, off the serving core (telemetry/spanpipe.py, telemetry/otlpexport.py).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from . import sampler as sampling
+from .spanpipe import SpanPipe
 from .tracecontext import Parent
 
 log = logging.getLogger("ferrohsm.telemetry")
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 SCOPE = "ferrohsm"
+INTERNAL, SERVER = 0, 1  # opentelemetry.trace.SpanKind's values
+# A record (telemetry/spanpipe.py Record): trace id, span id, parent span id or None (hex),
+# name, kind, start and end (ns since the epoch), attributes or None, error (status ERROR),
+# tracestate or None.
+Record = tuple[str, str, str | None, str, int, int, int, dict[str, Any] | None, bool,
+               str | None]
+WAKE_AT = 4096  # queued records that wake the writer before its interval is over
 
 
 def enabled(environ: Mapping[str, str] | None = None) -> bool:
@@ -40,95 +55,103 @@ def enabled(environ: Mapping[str, str] | None = None) -> bool:
 
 
 def from_environment(environ: Mapping[str, str] | None = None) -> Tracer | None:
-    """A Tracer exporting over OTLP/HTTP when configured, else None (nothing imported)."""
+    """A Tracer exporting over OTLP/HTTP when configured, else None (nothing started)."""
     if not enabled(environ):
         return None
-    protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-                or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf")
+    env = os.environ if environ is None else environ
+    protocol = (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf")
     if protocol.strip() != "http/protobuf":
         log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported; exporting with "
                     "http/protobuf", protocol[:40])
-    return Tracer()
+    if not _sdk_installed():
+        log.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but the otel extra is not installed "
+                    "(pip install 'ferrohsm[otel]'): spans are not exported")
+        return None
+    return Tracer(sampling.from_environment(env), SpanPipe())
+
+
+def _sdk_installed() -> bool:
+    """Whether the exporter child will find the SDK's OTLP/HTTP exporter (not imported here)."""
+    try:
+        return importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is not None
+    except ModuleNotFoundError:
+        return False
 
 
 class Tracer:
-    """The SDK's tracer provider, batch processor and OTLP/HTTP exporter (imported here)."""
+    """Samples requests and queues their spans for ``pipe`` (which owns the exporter child)."""
 
-    def __init__(self) -> None:
-        from opentelemetry import trace
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
-        from opentelemetry.trace.span import TraceState
-        from opentelemetry.trace.status import Status, StatusCode
-
-        from .. import __version__
-        attributes: dict[str, Any] = {"service.version": __version__}
-        if not os.environ.get("OTEL_SERVICE_NAME"):
-            attributes["service.name"] = "ferrohsm"
-        self.provider = TracerProvider(resource=Resource.create(attributes))
-        # The SDK's default queue (2048 spans) overflows within a second at a few thousand
-        # requests a second (4 spans each); OTEL_BSP_MAX_QUEUE_SIZE still decides when set.
-        queue = None if os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") else 32768
-        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(),
-                                                            max_queue_size=queue))
-        self.tracer = self.provider.get_tracer(SCOPE, __version__)
-        self._t = trace
-        self._remote = (NonRecordingSpan, SpanContext, TraceFlags, TraceState)
-        self.SERVER, self.INTERNAL = SpanKind.SERVER, SpanKind.INTERNAL
-        self.error_status = Status(StatusCode.ERROR)
+    def __init__(self, sampler: sampling.Sampler, pipe: SpanPipe) -> None:
+        self.sampler = sampler
+        self.pipe = pipe
+        self.queue: deque[Record] = pipe.queue
 
     def start(self, name: str, parent: Parent | None, attributes: dict[str, Any],
-              start_ns: int | None = None) -> RequestSpan:
-        """The request's SERVER span (a child of ``parent`` when there is one)."""
-        context = None
-        if parent is not None:
-            non_recording, span_context, flags, state = self._remote
-            remote = span_context(int(parent.trace_id, 16), int(parent.span_id, 16),
-                                  is_remote=True, trace_flags=flags(parent.flags),
-                                  trace_state=state.from_header([parent.tracestate])
-                                  if parent.tracestate else None)
-            context = self._t.set_span_in_context(non_recording(remote))
-        span = self.tracer.start_span(name, context=context, kind=self.SERVER,
-                                      attributes=attributes, start_time=start_ns)
-        return RequestSpan(self, span)
+              start_ns: int | None = None) -> RequestSpan | None:
+        """The request's SERVER span (a child of ``parent`` when there is one), or None when
+        the sampler leaves the request out (then nothing of it is recorded)."""
+        if parent is None:
+            ids = os.urandom(48).hex()  # the trace id, then four span ids: server + 3 children
+            if not self.sampler.root(ids[:32]):
+                return None
+            return RequestSpan(self, name, ids[:32], ids[32:], None, None, attributes,
+                               start_ns)
+        if not self.sampler.remote(parent):
+            return None
+        return RequestSpan(self, name, parent.trace_id, os.urandom(32).hex(), parent.span_id,
+                           parent.tracestate, attributes, start_ns)
+
+    def stats(self) -> dict[str, int]:
+        """Spans handed to the exporter child, dropped, and its restarts (for /metrics)."""
+        return self.pipe.stats()
 
     def shutdown(self) -> None:
-        """Export what is queued, then stop the processor (at server shutdown)."""
-        try:
-            self.provider.shutdown()
-        except Exception:  # an unreachable collector must not fail the shutdown
-            log.warning("exporting the last spans failed", exc_info=True)
+        """Hand what is queued to the exporter child and let it export (bounded wait)."""
+        self.pipe.close()
 
 
 class RequestSpan:
-    """One request's server span and its children."""
+    """One request's server span and its children, recorded when they end."""
 
-    __slots__ = ("_context", "_flush", "_tracer", "ended", "error_type", "recording", "span")
+    __slots__ = ("_flush", "_ids", "_next", "attributes", "ended", "error_type", "name",
+                 "parent_id", "queue", "span_id", "start_ns", "state", "trace_id", "wake")
+    recording = True  # a sampled-out request gets no RequestSpan at all (Tracer.start)
 
-    def __init__(self, tracer: Tracer, span: Any) -> None:
-        self._tracer = tracer
-        self.span = span
-        self._context: Any = None
-        self._flush: Any = None
+    def __init__(self, tracer: Tracer, name: str, trace_id: str, ids: str,
+                 parent_id: str | None, state: str | None, attributes: dict[str, Any],
+                 start_ns: int | None = None) -> None:
+        self.queue = tracer.queue
+        self.wake = tracer.pipe.wake
+        self.name = name
+        self.trace_id = trace_id
+        self._ids = ids  # 16 hex digits a span id: the server's, then its children's
+        self._next = 16
+        self.span_id = ids[:16]
+        self.parent_id = parent_id
+        self.state = state
+        self.attributes = attributes
+        self.start_ns = time.time_ns() if start_ns is None else start_ns
+        self._flush: ChildSpan | None = None
         self.ended = False
-        self.recording: bool = span.is_recording()  # False: sampled out (OTEL_TRACES_SAMPLER)
         self.error_type: str | None = None  # the refusal's code, once the app knows it
 
     def ids(self) -> tuple[str, str, str]:
         """trace id, span id and flags (hex) for the log line and the audit record."""
-        ctx = self.span.get_span_context()
-        return (format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"),
-                "01" if ctx.trace_flags & 1 else "00")
+        return self.trace_id, self.span_id, "01"
 
-    def child(self, name: str, attributes: dict[str, Any] | None = None) -> Any:
+    def update_name(self, name: str) -> None:
+        self.name = name
+
+    def child(self, name: str, attributes: dict[str, Any] | None = None) -> ChildSpan:
         """Start an INTERNAL child span; the caller ends it (``span.end()``)."""
-        if self._context is None:
-            self._context = self._tracer._t.set_span_in_context(self.span)
-        return self._tracer.tracer.start_span(name, context=self._context,
-                                              kind=self._tracer.INTERNAL, attributes=attributes)
+        at = self._next
+        span_id = self._ids[at:at + 16]
+        if span_id:
+            self._next = at + 16
+        else:  # more children than ids drawn up front
+            span_id = os.urandom(8).hex()
+        return ChildSpan(self, span_id, name, attributes)
 
     def begin_flush(self, records: int) -> None:
         """The request's audit records are written; their flush (fsync) begins."""
@@ -143,13 +166,45 @@ class RequestSpan:
         end = time.time_ns()
         if self._flush is not None:
             self._flush.end(end)
-        span = self.span
-        span.set_attribute("http.response.status_code", status)
+        attributes = self.attributes
+        attributes["http.response.status_code"] = status
         if error_type is not None:
-            span.set_attribute("error.type", error_type)
-        if status >= 500:
-            span.set_status(self._tracer.error_status)
-        span.end(end)
+            attributes["error.type"] = error_type
+        queue = self.queue
+        queue.append((self.trace_id, self.span_id, self.parent_id, self.name, SERVER,
+                      self.start_ns, end, attributes, status >= 500, self.state))
+        if len(queue) > WAKE_AT:
+            self.wake.set()
 
     def set(self, name: str, value: Any) -> None:
-        self.span.set_attribute(name, value)
+        self.attributes[name] = value
+
+
+class ChildSpan:
+    """An INTERNAL span under a RequestSpan (the few methods of the SDK's Span used here). It
+    copies what it needs of its parent rather than pointing at it: no reference cycle, so
+    it is freed when the request is, never left to the garbage collector."""
+
+    __slots__ = ("attributes", "name", "parent_id", "queue", "span_id", "start_ns", "state",
+                 "trace_id")
+
+    def __init__(self, owner: RequestSpan, span_id: str, name: str,
+                 attributes: dict[str, Any] | None) -> None:
+        self.queue = owner.queue
+        self.trace_id = owner.trace_id
+        self.parent_id = owner.span_id
+        self.state = owner.state
+        self.span_id = span_id
+        self.name = name
+        self.attributes = attributes
+        self.start_ns = time.time_ns()
+
+    def set_attribute(self, name: str, value: Any) -> None:
+        if self.attributes is None:
+            self.attributes = {}
+        self.attributes[name] = value
+
+    def end(self, end_time: int | None = None) -> None:
+        self.queue.append((self.trace_id, self.span_id, self.parent_id, self.name, INTERNAL,
+                           self.start_ns, time.time_ns() if end_time is None else end_time,
+                           self.attributes, False, self.state))

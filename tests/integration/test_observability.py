@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -225,15 +226,21 @@ def receiver() -> Iterator[Receiver]:
 def test_spans_exported_over_otlp_http(tmp_path: Path, receiver: Receiver) -> None:
     srv = Served(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
                             "OTEL_SERVICE_NAME": "hsm-under-test",
-                            "OTEL_EXPORTER_OTLP_HEADERS": "x-tenant=obs",
-                            "OTEL_BSP_SCHEDULE_DELAY": "100"})
+                            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=obs-test",
+                            "OTEL_EXPORTER_OTLP_HEADERS": "x-tenant=obs"})
     try:
         traffic(srv)
+        assert len(exporter_children(srv.proc.pid)) == 1  # one exporter process, started once
+        sent = wait_for(lambda: metric(srv, 'ferrohsm_trace_spans_total{outcome="sent"}') >= 4)
+        assert sent and metric(srv, 'ferrohsm_trace_spans_total{outcome="dropped"}') == 0
     finally:
-        lines = srv.stop()  # the SDK exports what is queued at shutdown
+        lines = srv.stop()  # the exporter child exports what is queued at shutdown
     spans = receiver.spans()
     assert receiver.headers and all(h.get("x-tenant") == "obs" for h in receiver.headers)
     assert {s["resource"]["service.name"] for s in spans} == {"hsm-under-test"}
+    from ferrohsm import __version__
+    assert {(s["resource"]["service.version"], s["resource"]["deployment.environment"])
+            for s in spans} == {(__version__, "obs-test")}
     assert {s["scope"] for s in spans} == {"ferrohsm"}
     line = next(x for x in lines if x["request_id"] == "obs-encrypt")
     server = next(s for s in spans if s["attributes"].get("ferrohsm.request_id") == "obs-encrypt")
@@ -261,8 +268,86 @@ def test_spans_exported_over_otlp_http(tmp_path: Path, receiver: Receiver) -> No
     assert base64.b64encode(PLAINTEXT).decode() not in text and srv.token not in text
 
 
+def exporter_children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (the server's span exporter, when OTLP export is on)."""
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+def metric(srv: Served, series: str) -> float:
+    """One series of the served process's /metrics (-1 when absent)."""
+    conn = http.client.HTTPSConnection("127.0.0.1", srv.port, context=srv.ctx, timeout=10)
+    conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {srv.token}"})
+    text = conn.getresponse().read().decode()
+    conn.close()
+    values = [line.rsplit(" ", 1)[1] for line in text.splitlines()
+              if line.startswith(series + " ")]
+    return float(values[0]) if values else -1.0
+
+
+def wait_for(check: Any, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.slow
+def test_sampler_decides_which_requests_leave_spans(tmp_path: Path, receiver: Receiver) -> None:
+    """parentbased_always_off: only a caller's sampled traceparent is traced; the rest leave
+    no span at all, while every access line still carries trace and span ids."""
+    srv = Served(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+                            "OTEL_TRACES_SAMPLER": "parentbased_always_off"})
+    try:
+        for request_id, flags in (("smp-sampled", "01"), ("smp-unsampled", "00"),
+                                  ("smp-none", None)):
+            headers = {"X-Request-ID": request_id}
+            if flags is not None:
+                headers["traceparent"] = f"00-{TRACE}-{PARENT}-{flags}"
+            assert srv.call("GET", "/v1/keys", headers=headers)[0] == 200
+    finally:
+        lines = srv.stop()
+    spans = receiver.spans()
+    ids = {s["attributes"].get("ferrohsm.request_id") for s in spans} - {None}
+    assert ids == {"smp-sampled"}
+    server = next(s for s in spans if s["attributes"].get("ferrohsm.request_id"))
+    assert (server["trace_id"], server["parent"]) == (TRACE, PARENT)
+    assert len(spans) == 3  # the server span, authenticate and the operation (nothing audited)
+    by_id = {x["request_id"]: x for x in lines}
+    assert by_id["smp-sampled"]["span_id"] == server["span_id"]
+    assert (by_id["smp-unsampled"]["trace_id"], by_id["smp-unsampled"]["trace_flags"]) == (
+        TRACE, "00")
+    assert len(by_id["smp-none"]["span_id"]) == 16
+
+
+@pytest.mark.slow
+def test_a_killed_exporter_is_restarted(tmp_path: Path, receiver: Receiver) -> None:
+    srv = Served(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+                            "OBS_SECRET_DSN": "postgres://u:pw@db/hsm"})
+    try:
+        [first] = exporter_children(srv.proc.pid)
+        environ = Path(f"/proc/{first}/environ").read_bytes().split(b"\0")
+        assert f"OTEL_EXPORTER_OTLP_ENDPOINT={receiver.url}".encode() in environ
+        assert not [v for v in environ if v.startswith((b"OBS_SECRET", b"FERROHSM_"))]
+        os.kill(first, signal.SIGKILL)
+        assert srv.call("GET", "/v1/keys", headers={"X-Request-ID": "during"})[0] == 200
+        assert wait_for(lambda: exporter_children(srv.proc.pid) not in ([], [first]))
+        assert metric(srv, "ferrohsm_trace_exporter_restarts_total") == 1
+        assert srv.call("GET", "/v1/keys", headers={"X-Request-ID": "after"})[0] == 200
+    finally:
+        srv.stop()
+    exported = {s["attributes"].get("ferrohsm.request_id") for s in receiver.spans()}
+    assert "after" in exported
+    warnings = [json.loads(x) for x in srv.log.read_text().splitlines()
+                if "span exporter process exited" in x]
+    assert len(warnings) == 1 and warnings[0]["level"] == "warning"
+
+
 def test_no_opentelemetry_import_and_no_span_when_otlp_is_off(tmp_path: Path) -> None:
-    """Zero cost when off: a served request imports nothing of the SDK and makes no span."""
+    """Zero cost when off: a served request imports nothing of the SDK and makes no span; no
+    exporter thread or process is started."""
     script = f"""
 import sys
 sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "tests" / "integration")!r}]
@@ -277,6 +362,10 @@ try:
                     role="service", headers={{"traceparent": "00-{TRACE}-{PARENT}-01"}})[0] == 200
     loaded = sorted(m for m in sys.modules if m.startswith("opentelemetry"))
     assert not loaded, loaded
+    import os, threading
+    assert not [t.name for t in threading.enumerate() if t.name == "ferrohsm-span-export"]
+    assert not any(open(f"/proc/self/task/{{t}}/children").read().split()
+                   for t in os.listdir("/proc/self/task"))
 finally:
     srv.close()
 print("ok")

@@ -1,0 +1,264 @@
+"""The span records' way out of the serving process: a writer thread and an exporter child.
+
+The request path appends records (tracing.Record, plain tuples) to ``SpanPipe.queue``. A writer
+thread takes what has queued every ``interval`` seconds (sooner when a burst wakes it), encodes
+it with ``marshal`` (plain tuples, dicts, str, int, bool: the cheapest encoding there is) and
+writes it, length-prefixed, to a pipe read by the exporter child (telemetry/otlpexport.py),
+started once here. The child does the expensive part, the SDK's spans and protobuf, on another
+core and at a lower priority.
+
+The server never waits for the child: the pipe is non-blocking and a frame is only written
+when the pipe has room for all of it, so a slow or stuck child (an unreachable collector) costs
+dropped spans, counted (``dropped``, ``ferrohsm_trace_spans_total{outcome="dropped"}``) and
+logged at most once a minute, never a blocked event loop. A child that exits is restarted with
+a backoff (1 s doubling to 60 s; the first exit is logged as a warning). ``close()`` hands the
+child what is queued, closes the pipe and gives the child ``grace`` seconds to export it.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import json
+import logging
+import marshal
+import os
+import select
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+log = logging.getLogger("ferrohsm.telemetry")
+HEADER = struct.Struct(">I")
+CHUNK = 512  # records a frame (the child exports each frame as one OTLP request)
+MAX_QUEUED = 200_000  # records kept at most between two writes; the rest are dropped
+PIPE_BYTES = 1 << 20  # asked of the kernel (Linux's default limit for a user, 1 MiB)
+STUCK_SECONDS = 2.0  # a frame half written for this long: the child is stuck, replaced
+# The child imports its package from the server's own sys.path (a shiv extraction included).
+BOOT = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+        "from ferrohsm.telemetry.otlpexport import main; sys.exit(main())")
+
+
+# What the exporter needs of the server's environment: the OTEL_* variables, and what the HTTP
+# client (requests) and Python read. Nothing else is passed: secrets such as
+# FERROHSM_MASTER_KEY, or a DSN under a configured variable name, stay in the server.
+CHILD_VARIABLES = frozenset({
+    "PATH", "HOME", "TMPDIR", "TZ", "LANG", "LC_ALL", "LC_CTYPE", "SSL_CERT_FILE",
+    "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY",
+    "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy", "all_proxy"})
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The exporter child's environment (an allow-list, see CHILD_VARIABLES)."""
+    return {k: v for k, v in environ.items() if k in CHILD_VARIABLES or k.startswith("OTEL_")}
+
+
+def exporter_command() -> list[str]:
+    """This interpreter running telemetry/otlpexport.py with the server's sys.path."""
+    return [sys.executable, "-c", BOOT, json.dumps([p for p in sys.path if p])]
+
+
+class SpanPipe:
+    """The queue, the writer thread and the exporter child process."""
+
+    def __init__(self, command: list[str] | None = None, interval: float = 0.15,
+                 grace: float = 5.0, pipe_bytes: int = PIPE_BYTES) -> None:
+        self.queue: collections.deque[Any] = collections.deque()
+        self.wake = threading.Event()
+        self.interval, self.grace, self._pipe_bytes = interval, grace, pipe_bytes
+        self._command = command or exporter_command()
+        self.sent = self.dropped = self.restarts = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._fd = -1
+        self._capacity = 0
+        self._backoff = 1.0
+        self._restart_at = 0.0
+        self._warned = False
+        self._drop_logged = 0.0
+        self._started = 0.0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # one writer at a time: the thread, or close()
+        self._spawn()
+        self._thread = threading.Thread(target=self._run, name="ferrohsm-span-export",
+                                        daemon=True)
+        self._thread.start()
+
+    def stats(self) -> dict[str, int]:
+        return {"sent": self.sent, "dropped": self.dropped, "restarts": self.restarts,
+                "queued": len(self.queue)}
+
+    def close(self) -> None:
+        """Write what is queued, close the pipe (end of input for the child) and wait up to
+        ``grace`` seconds for the child to export it; kill it after that. Idempotent."""
+        self._stop.set()
+        self.wake.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(self.grace)
+        with self._lock:
+            self._drain()
+            proc, fd = self.proc, self._fd
+            self.proc, self._fd = None, -1
+        if fd >= 0:
+            os.close(fd)
+        if proc is not None:
+            try:
+                proc.wait(self.grace)
+            except subprocess.TimeoutExpired:
+                log.warning("the span exporter did not finish within %.0f s; stopped", self.grace)
+                proc.kill()
+                proc.wait()
+
+    # ---- the writer thread ----
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.wake.wait(self.interval)
+            self.wake.clear()
+            with self._lock:
+                self._drain()
+
+    def _drain(self) -> None:
+        """Send every queued record to the child in frames of CHUNK, or count it dropped."""
+        queue = self.queue
+        batch: list[Any] = []
+        while queue and len(batch) < MAX_QUEUED:
+            batch.append(queue.popleft())
+        excess = len(queue)
+        if excess and len(batch) >= MAX_QUEUED:
+            for _ in range(excess):
+                queue.popleft()
+            self._drop(excess)
+        alive = self._alive()  # also when idle: a dead child is restarted before it is needed
+        if not batch:
+            return
+        if not alive:
+            self._drop(len(batch))
+            return
+        for at in range(0, len(batch), CHUNK):
+            chunk = batch[at:at + CHUNK]
+            if self._send(marshal.dumps(chunk)):
+                self.sent += len(chunk)
+            else:
+                self._drop(len(batch) - at)
+                return
+
+    def _send(self, payload: bytes) -> bool:
+        """Write one frame without ever waiting on a healthy pipe: False when the pipe has no
+        room for it (a busy child) or the child is gone."""
+        frame = HEADER.pack(len(payload)) + payload
+        if len(frame) <= self._capacity and self._capacity - _unread(self._fd) < len(frame):
+            return False
+        try:
+            written = os.write(self._fd, frame)
+        except BlockingIOError:
+            return False
+        except OSError:  # EPIPE: the child exited
+            self._lost()
+            return False
+        if written < len(frame) and not self._finish(memoryview(frame)[written:]):
+            self._replace("stuck with a frame half read")
+            return False
+        return True
+
+    def _finish(self, rest: memoryview) -> bool:
+        """The rest of a frame larger than the pipe: wait for room, at most STUCK_SECONDS."""
+        deadline = time.monotonic() + STUCK_SECONDS
+        poller = select.poll()
+        poller.register(self._fd, select.POLLOUT)
+        while rest:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                return False
+            try:
+                rest = rest[os.write(self._fd, rest):]
+            except BlockingIOError:
+                continue
+            except OSError:
+                return False
+        return True
+
+    def _drop(self, count: int) -> None:
+        self.dropped += count
+        now = time.monotonic()
+        if now - self._drop_logged >= 60.0:
+            self._drop_logged = now
+            log.warning("span exporter busy or down: %d spans dropped so far", self.dropped)
+
+    # ---- the child ----
+
+    def _spawn(self) -> None:
+        read, write = os.pipe()
+        try:
+            self._capacity = fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, self._pipe_bytes)
+        except OSError:  # above the user's limit: keep the kernel's default
+            self._capacity = fcntl.fcntl(write, fcntl.F_GETPIPE_SZ)
+        os.set_blocking(write, False)
+        try:
+            # its own session: a terminal's Ctrl-C reaches the server, which then closes the
+            # pipe, and the child exports what it holds before it exits
+            self.proc = subprocess.Popen(  # noqa: S603  this interpreter, fixed arguments
+                self._command, stdin=read, stdout=subprocess.DEVNULL, start_new_session=True,
+                env=child_environment(os.environ))
+        except OSError as exc:
+            os.close(write)
+            self.proc = None
+            log.warning("the span exporter could not start: %s", exc.strerror)
+            self._restart_later()
+            return
+        finally:
+            os.close(read)
+        self._fd = write
+        self._started = time.monotonic()
+
+    def _alive(self) -> bool:
+        """Whether a child reads the pipe now, restarting it when its backoff is over."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            return True
+        if proc is not None:
+            self._lost()
+        if self._stop.is_set() or time.monotonic() < self._restart_at:
+            return False
+        self.restarts += 1
+        self._spawn()
+        return self.proc is not None
+
+    def _lost(self) -> None:
+        """The child exited (or was replaced): close its pipe, restart it after a backoff."""
+        proc, self.proc = self.proc, None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        code = proc.wait()
+        if not self._warned:
+            self._warned = True
+            log.warning("the span exporter process exited (status %s); restarting it, spans "
+                        "are dropped meanwhile", code)
+        else:
+            log.info("the span exporter process exited again (status %s)", code)
+        if time.monotonic() - self._started > 60.0:
+            self._backoff = 1.0  # it had been running well: restart soon
+        self._restart_later()
+
+    def _restart_later(self) -> None:
+        self._restart_at = time.monotonic() + self._backoff
+        self._backoff = min(60.0, self._backoff * 2)
+
+    def _replace(self, why: str) -> None:
+        log.warning("the span exporter is %s; replacing it", why)
+        self._lost()
+
+
+def _unread(fd: int) -> int:
+    """Bytes written to the pipe and not read yet (Linux: FIONREAD works on either end)."""
+    buf = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    return int.from_bytes(buf, sys.byteorder)

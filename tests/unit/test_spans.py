@@ -1,0 +1,202 @@
+"""Spans without the SDK in the serving process: the sampler (OTEL_TRACES_SAMPLER), the records
+a request leaves, and the pipe to the exporter child (framing, a stuck child's dropped spans,
+a dead child's restart), each with a real child process reading the pipe."""
+
+from __future__ import annotations
+
+import io
+import marshal
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ferrohsm.telemetry import sampler as sampling
+from ferrohsm.telemetry.otlpexport import read_frame
+from ferrohsm.telemetry.spanpipe import HEADER, SpanPipe, child_environment
+from ferrohsm.telemetry.tracecontext import Parent
+from ferrohsm.telemetry.tracing import INTERNAL, SERVER, Tracer
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+SPAN = "b7ad6b7169203331"
+LOW_ZERO = "f" * 16 + "0" * 16  # lower 64 bits 0: under every ratio above 0
+LOW_MAX = "0" * 16 + "f" * 16  # lower 64 bits 2^64 - 1: under no ratio below 1
+
+
+def sampler(name: str, arg: str | None = None) -> sampling.Sampler:
+    env = {"OTEL_TRACES_SAMPLER": name} | ({"OTEL_TRACES_SAMPLER_ARG": arg} if arg else {})
+    return sampling.from_environment(env)
+
+
+# ---- the sampler -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "arg", "root", "sampled_parent", "unsampled_parent"), [
+    ("always_on", None, True, True, True),
+    ("always_off", None, False, False, False),
+    ("parentbased_always_on", None, True, True, False),
+    ("parentbased_always_off", None, False, True, False),
+    ("traceidratio", "1", True, True, True),
+    ("traceidratio", "0", False, False, False),
+    ("parentbased_traceidratio", "0", False, True, False),
+    ("parentbased_traceidratio", "1", True, True, False),
+])
+def test_each_sampler_decides_as_the_specification_says(
+        name: str, arg: str | None, root: bool, sampled_parent: bool,
+        unsampled_parent: bool) -> None:
+    chosen = sampler(name, arg)
+    assert chosen.name == name
+    assert chosen.root(TRACE) is root
+    assert chosen.remote(Parent(TRACE, SPAN, 1)) is sampled_parent
+    assert chosen.remote(Parent(TRACE, SPAN, 0)) is unsampled_parent
+
+
+def test_traceidratio_compares_the_lower_64_bits_with_ratio_times_2_64() -> None:
+    half = sampler("traceidratio", "0.5")
+    assert half.bound == 1 << 63
+    assert half.root(LOW_ZERO) and not half.root(LOW_MAX)
+    assert half.root("0" * 16 + "7" + "f" * 15) and not half.root("0" * 16 + "8" + "0" * 15)
+    # the upper half of the trace id plays no part; a parent's trace id is judged the same way
+    assert half.remote(Parent(LOW_MAX, SPAN, 1)) is False
+    tiny = sampler("traceidratio", "0.0001")
+    sampled = sum(tiny.root(os.urandom(16).hex()) for _ in range(20000))
+    assert sampled < 20  # about 2 expected
+
+
+@pytest.mark.parametrize(("env", "name", "bound"), [
+    ({}, "parentbased_always_on", 1 << 64),
+    ({"OTEL_TRACES_SAMPLER": "jaeger_remote"}, "parentbased_always_on", 1 << 64),
+    ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"}, "traceidratio",
+     1 << 64),
+    ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "x"}, "traceidratio",
+     1 << 64),
+    ({"OTEL_TRACES_SAMPLER": " TraceIdRatio ", "OTEL_TRACES_SAMPLER_ARG": "0.25"},
+     "traceidratio", 1 << 62),
+])
+def test_unknown_samplers_and_bad_ratios_fall_back_as_the_sdk_does(
+        env: dict[str, str], name: str, bound: int) -> None:
+    chosen = sampling.from_environment(env)
+    assert (chosen.name, chosen.bound) == (name, bound)
+
+
+# ---- records through a real pipe ---------------------------------------------------------------
+
+def copier(path: Path) -> list[str]:
+    """A child that copies the pipe to ``path`` (what the exporter child would read)."""
+    return [sys.executable, "-c", "import shutil, sys; shutil.copyfileobj(sys.stdin.buffer, "
+            f"open({str(path)!r}, 'wb'))"]
+
+
+def frames(path: Path) -> list[list[Any]]:
+    stream, out = io.BytesIO(path.read_bytes()), []
+    while (payload := read_frame(stream)) is not None:
+        out.append(marshal.loads(payload))  # noqa: S302  written by this test's pipe
+    return out
+
+
+def test_a_request_leaves_its_server_span_and_children_as_records(tmp_path: Path) -> None:
+    out = tmp_path / "frames"
+    tracer = Tracer(sampler("parentbased_always_on"), SpanPipe(copier(out), interval=0.05))
+    try:
+        span = tracer.start("POST", Parent(TRACE, SPAN, 1, "k=v"), {"url.path": "/v1/x"})
+        assert span is not None and span.recording
+        trace_id, span_id, flags = span.ids()
+        assert (trace_id, flags) == (TRACE, "01") and len(span_id) == 16 and span_id != SPAN
+        auth = span.child("authenticate")
+        auth.set_attribute("error.type", "unauthenticated")
+        auth.end()
+        span.begin_flush(2)
+        span.update_name("POST /v1/x")
+        span.set("http.route", "/v1/x")
+        span.finish(503, "audit_unavailable")
+        span.finish(200)  # once only
+        assert tracer.start("GET", Parent(TRACE, SPAN, 0), {}) is None  # sampled out
+        root = tracer.start("GET", None, {})
+        assert root is not None and root.parent_id is None and root.ids()[0] != TRACE
+        root.finish(200)
+    finally:
+        tracer.shutdown()
+    records = [r for frame in frames(out) for r in frame]
+    assert tracer.stats() == {"sent": 4, "dropped": 0, "restarts": 0, "queued": 0}
+    by_name = {r[3]: r for r in records}
+    server = by_name["POST /v1/x"]
+    assert server[:3] == (TRACE, span_id, SPAN) and server[4] == SERVER
+    assert server[7] == {"url.path": "/v1/x", "http.route": "/v1/x",
+                         "http.response.status_code": 503, "error.type": "audit_unavailable"}
+    assert server[8] is True and server[9] == "k=v"  # status ERROR; tracestate kept
+    for name in ("authenticate", "audit.flush"):
+        child = by_name[name]
+        assert child[0] == TRACE and child[2] == span_id and child[4] == INTERNAL
+        assert server[5] <= child[5] <= child[6] <= server[6]
+    assert by_name["authenticate"][7] == {"error.type": "unauthenticated"}
+    assert by_name["audit.flush"][7] == {"ferrohsm.audit.records": 2}
+    assert len({r[1] for r in records}) == 4  # distinct span ids
+    assert by_name["GET"][2] is None
+
+
+def test_a_stuck_child_costs_dropped_spans_never_a_wait(tmp_path: Path) -> None:
+    """A child that never reads (SIGSTOPped, or a collector that hangs it): the pipe fills, the
+    writer drops whole batches and counts them, and each hand-over returns at once."""
+    pipe = SpanPipe([sys.executable, "-c", "import time; time.sleep(60)"], interval=3600,
+                    grace=1.0, pipe_bytes=65536)
+    try:
+        slowest = 0.0
+        for batch in range(20):
+            pipe.queue.extend((TRACE, f"{batch:08x}{i:08x}", None, "GET /x", SERVER, 1, 2,
+                               {"url.path": f"/x/{i}"}, False, None) for i in range(100))
+            started = time.monotonic()
+            pipe.wake.set()
+            while pipe.queue:  # the writer thread takes the batch
+                time.sleep(0.005)
+            with pipe._lock:  # and has handed it over (or dropped it)
+                slowest = max(slowest, time.monotonic() - started)
+        stats = pipe.stats()
+        assert stats["dropped"] > 0 and stats["sent"] + stats["dropped"] == 2000
+        assert slowest < 1.0
+    finally:
+        started = time.monotonic()
+        pipe.close()  # the child never reads to the end: killed after ``grace``
+        assert time.monotonic() - started < 5
+
+
+def test_a_dead_child_is_restarted_after_a_backoff(tmp_path: Path) -> None:
+    out = tmp_path / "frames"
+    pipe = SpanPipe(copier(out), interval=0.05)
+    try:
+        assert pipe.proc is not None
+        first = pipe.proc.pid
+        os.kill(first, signal.SIGKILL)
+        pipe.proc.wait()
+        record = (TRACE, SPAN, None, "GET /x", SERVER, 1, 2, None, False, None)
+        pipe.queue.append(record)
+        deadline = time.monotonic() + 10
+        while pipe.stats()["dropped"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pipe.stats()["dropped"] == 1  # no child meanwhile: dropped, counted
+        while pipe.stats()["restarts"] == 0 and time.monotonic() < deadline:
+            pipe.queue.append(record)
+            time.sleep(0.05)
+        assert pipe.stats()["restarts"] == 1 and pipe.proc is not None
+        assert pipe.proc.pid != first
+        sent = pipe.stats()["sent"]
+    finally:
+        pipe.close()
+    assert sent >= 1 and sum(len(f) for f in frames(out)) == pipe.stats()["sent"]
+
+
+def test_frames_are_length_prefixed_marshal() -> None:
+    payload = marshal.dumps([("a", 1)])
+    stream = io.BytesIO(HEADER.pack(len(payload)) + payload + HEADER.pack(10) + b"short")
+    assert read_frame(stream) == payload
+    assert read_frame(stream) is None  # a truncated frame ends the input
+
+
+def test_the_exporter_child_gets_no_secret_of_the_servers_environment() -> None:
+    env = child_environment({"FERROHSM_MASTER_KEY": "k", "APP_DSN": "postgres://u:p@h/d",
+                             "OTEL_EXPORTER_OTLP_HEADERS": "authorization=x", "PATH": "/bin",
+                             "HTTPS_PROXY": "http://proxy:3128", "SSL_CERT_FILE": "/ca.pem"})
+    assert env == {"OTEL_EXPORTER_OTLP_HEADERS": "authorization=x", "PATH": "/bin",
+                   "HTTPS_PROXY": "http://proxy:3128", "SSL_CERT_FILE": "/ca.pem"}
