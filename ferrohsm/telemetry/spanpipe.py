@@ -63,14 +63,45 @@ def exporter_command() -> list[str]:
     return [sys.executable, "-c", BOOT, json.dumps([p for p in sys.path if p])]
 
 
+def _positive(environ: Mapping[str, str], name: str, default: int) -> int:
+    """A positive integer variable, or ``default`` (with a warning when it is malformed)."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw, 10)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        log.warning("%s=%s is not a positive integer; using %d", name, raw[:20], default)
+        return default
+    return value
+
+
+def batch_settings(environ: Mapping[str, str]) -> tuple[float, int, int]:
+    """The batch processor's standard variables, where the writer thread plays its part:
+    (seconds between writes, records a frame, records kept at most between writes) from
+    OTEL_BSP_SCHEDULE_DELAY (ms), OTEL_BSP_MAX_EXPORT_BATCH_SIZE and OTEL_BSP_MAX_QUEUE_SIZE.
+    Unset, the defaults are ours (150 ms, 512, 200,000), not the SDK's (5 s, 512, 2,048):
+    2,048 spans overflow within a second at a few thousand requests a second."""
+    delay = _positive(environ, "OTEL_BSP_SCHEDULE_DELAY", 150)
+    chunk = _positive(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", CHUNK)
+    queued = _positive(environ, "OTEL_BSP_MAX_QUEUE_SIZE", MAX_QUEUED)
+    return delay / 1000.0, min(chunk, queued), queued
+
+
 class SpanPipe:
     """The queue, the writer thread and the exporter child process."""
 
-    def __init__(self, command: list[str] | None = None, interval: float = 0.15,
-                 grace: float = 5.0, pipe_bytes: int = PIPE_BYTES) -> None:
+    def __init__(self, command: list[str] | None = None, interval: float | None = None,
+                 grace: float = 5.0, pipe_bytes: int = PIPE_BYTES,
+                 environ: Mapping[str, str] | None = None) -> None:
         self.queue: collections.deque[Any] = collections.deque()
         self.wake = threading.Event()
-        self.interval, self.grace, self._pipe_bytes = interval, grace, pipe_bytes
+        delay, self._chunk, self._max_queued = batch_settings(
+            os.environ if environ is None else environ)
+        self.interval = delay if interval is None else interval
+        self.grace, self._pipe_bytes = grace, pipe_bytes
         self._command = command or exporter_command()
         self.sent = self.dropped = self.restarts = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -126,10 +157,10 @@ class SpanPipe:
         """Send every queued record to the child in frames of CHUNK, or count it dropped."""
         queue = self.queue
         batch: list[Any] = []
-        while queue and len(batch) < MAX_QUEUED:
+        while queue and len(batch) < self._max_queued:
             batch.append(queue.popleft())
         excess = len(queue)
-        if excess and len(batch) >= MAX_QUEUED:
+        if excess and len(batch) >= self._max_queued:
             for _ in range(excess):
                 queue.popleft()
             self._drop(excess)
@@ -139,8 +170,9 @@ class SpanPipe:
         if not alive:
             self._drop(len(batch))
             return
-        for at in range(0, len(batch), CHUNK):
-            chunk = batch[at:at + CHUNK]
+        size = self._chunk
+        for at in range(0, len(batch), size):
+            chunk = batch[at:at + size]
             if self._send(marshal.dumps(chunk)):
                 self.sent += len(chunk)
             else:

@@ -17,7 +17,7 @@ import pytest
 
 from ferrohsm.telemetry import sampler as sampling
 from ferrohsm.telemetry.otlpexport import read_frame
-from ferrohsm.telemetry.spanpipe import HEADER, SpanPipe, child_environment
+from ferrohsm.telemetry.spanpipe import HEADER, SpanPipe, batch_settings, child_environment
 from ferrohsm.telemetry.tracecontext import Parent
 from ferrohsm.telemetry.tracing import INTERNAL, SERVER, Tracer
 
@@ -200,3 +200,26 @@ def test_the_exporter_child_gets_no_secret_of_the_servers_environment() -> None:
                              "HTTPS_PROXY": "http://proxy:3128", "SSL_CERT_FILE": "/ca.pem"})
     assert env == {"OTEL_EXPORTER_OTLP_HEADERS": "authorization=x", "PATH": "/bin",
                    "HTTPS_PROXY": "http://proxy:3128", "SSL_CERT_FILE": "/ca.pem"}
+
+
+def test_the_batch_processor_variables_shape_the_frames(tmp_path: Path) -> None:
+    """OTEL_BSP_MAX_EXPORT_BATCH_SIZE caps the records of a frame (one OTLP request each),
+    OTEL_BSP_SCHEDULE_DELAY is the writer's interval; malformed values fall back."""
+    assert batch_settings({}) == (0.15, 512, 200_000)
+    assert batch_settings({"OTEL_BSP_SCHEDULE_DELAY": "40", "OTEL_BSP_MAX_QUEUE_SIZE": "100",
+                           "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "300"}) == (0.04, 100, 100)
+    assert batch_settings({"OTEL_BSP_SCHEDULE_DELAY": "-1",
+                           "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "many"}) == (0.15, 512, 200_000)
+    out = tmp_path / "frames"
+    pipe = SpanPipe(copier(out), environ={"OTEL_BSP_SCHEDULE_DELAY": "50",
+                                          "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "3"})
+    try:
+        assert pipe.interval == 0.05
+        pipe.queue.extend([(TRACE, f"{i + 1:016x}", None, "GET /x", SERVER, 1, 2, None,
+                            False, None) for i in range(7)])  # one C call: all or none seen
+        deadline = time.monotonic() + 10
+        while pipe.stats()["sent"] < 7 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        pipe.close()
+    assert sorted(len(f) for f in frames(out)) == [1, 3, 3]
