@@ -140,9 +140,10 @@ def shared_deny_list(store: KeyStore) -> PostgresDenyList | None:
             if isinstance(store, PostgresStore) else None)
 
 
-def store_turn(store: KeyStore) -> Turn | None:
+def store_turn(store: object) -> Turn | None:
     """One freshness check per event-loop turn for a PostgreSQL store (store/pgfresh.py): the
-    store's and the revoked-token list's caches are validated once for the whole turn."""
+    store's and the revoked-token list's caches are validated once for the whole turn. Without
+    it (other stores; a sealed server, whose store opens later) each lookup checks alone."""
     return store.freshness.turn if isinstance(store, PostgresStore) else None
 
 
@@ -510,7 +511,7 @@ def make_server(rt: Runtime, ssl_provider: Any) -> HardenedHTTPServer:
         header_timeout=s.header_timeout_seconds, body_timeout=s.body_timeout_seconds,
         idle_timeout=s.idle_timeout_seconds, max_body=s.max_body_bytes, logger=log,
         workers=s.workers, inline=rt.app.runs_inline, audit=rt.audit,
-        on_refused=rt.app.refuse, reuse_port=s.processes > 1, turn=store_turn(rt.store),
+        on_refused=rt.app.refuse, reuse_port=s.processes > 1, turn=store_turn(getattr(rt, "store", None)),
         # spans end when the answer is written; a seal gate in front (custody/) traces nothing
         on_request=rt.app.finished if getattr(rt.app, "tracer", None) is not None else None)
 
