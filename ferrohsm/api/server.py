@@ -128,8 +128,7 @@ class HardenedHTTPServer:
         self.backlog, self.reuse_port = backlog, reuse_port
         self.linger_timeout = linger_timeout
         self._dispatcher = Dispatcher(app, inline=inline, audit=audit, workers=workers,
-                                      log=self.log, wake=self._wake, refuse=on_refused,
-                                      turn=turn)
+                                      log=self.log, wake=self._wake, refuse=on_refused, turn=turn)
         self._listener: Listener | None = None
         self._address: tuple[str, int] | None = None
         self._selector: selectors.BaseSelector | None = None

@@ -92,6 +92,5 @@ class Freshness:
             self._local.gens = before
 
     def stats(self) -> dict[str, object]:
-        latest = self.latest
-        return {"freshness_checks": self.checks,
-                "generations": None if latest is None else latest._asdict()}
+        """For the health page, which anyone may read: how many checks, not what changed."""
+        return {"freshness_checks": self.checks}

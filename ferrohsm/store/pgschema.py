@@ -72,8 +72,9 @@ MIGRATIONS: tuple[LiteralString, ...] = (
     );
     INSERT INTO ferrohsm_generation (name, gen) VALUES ('keys', 1), ('revoked_tokens', 1);
     CREATE FUNCTION ferrohsm_bump_generation() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        UPDATE ferrohsm_generation SET gen = gen + 1 WHERE name = TG_ARGV[0];
+    BEGIN  -- the counter beside the changed table, whatever the writer's search_path
+        EXECUTE format('UPDATE %I.ferrohsm_generation SET gen = gen + 1 WHERE name = $1',
+                       TG_TABLE_SCHEMA) USING TG_ARGV[0];
         RETURN NULL;
     END
     $$;

@@ -266,3 +266,20 @@ def test_a_turn_is_refused_while_the_database_refuses_and_served_once_it_is_back
         by_hand(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         node.dispatcher.close(1)
         node.store.close()
+
+
+def test_a_change_under_another_search_path_still_moves_the_counter(dsn: str) -> None:
+    """Someone at psql with the table schema-qualified and another search_path: the trigger
+    finds the counter beside the changed table, not by the writer's search_path."""
+    node = open_node(dsn)
+    try:
+        key = node.store.create(new_key())
+        before = generations(dsn)["keys"]
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA elsewhere")
+            conn.execute("SET search_path = elsewhere")
+            conn.execute("UPDATE public.keys SET state = state WHERE id = %s", (key.id,))
+        assert generations(dsn)["keys"] == before + 1
+    finally:
+        node.dispatcher.close(1)
+        node.store.close()
