@@ -16,11 +16,12 @@ request. Here is what keeps it more cheaply:
   new as the reader's check. A change racing with a read only makes the next reader ask again.
 * ``turn()`` validates a whole run of requests at once: the dispatcher runs a turn's inline
   requests after ALL of them were read from their sockets, so a change acknowledged before any
-  of them was sent is committed before the turn's check. The loop thread is marked validated for
-  the turn (a thread-local), and lookups on it trust that check; any other thread (a worker's
-  request is its own turn; the scheduler, the CLI) checks at every lookup.
-* A check that fails marks nothing: each lookup then checks for itself and fails as a store
-  read fails (StoreError, 503). A cache is never served unvalidated.
+  of them was sent is committed before the turn's check. The check is made by the turn's first
+  lookup (a turn of health probes makes none) and kept for the rest of the turn in a
+  thread-local; any other thread (a worker's request is its own turn; the scheduler, the CLI)
+  checks at every lookup.
+* A check that fails is kept by no one: the lookup that made it fails as a store read fails
+  (StoreError, 503), and the next lookup checks again. A cache is never served unvalidated.
 """
 
 from __future__ import annotations
@@ -68,28 +69,30 @@ class Freshness:
         return gens
 
     def trusted(self) -> Generations | None:
-        """The generations this thread's turn validated, or None outside a validated turn."""
+        """The generations this thread's turn validated, or None (no turn, or not checked yet)."""
         gens: Generations | None = getattr(self._local, "gens", None)
         return gens
 
     def current(self) -> Generations:
-        """What a lookup on this thread may trust: its turn's check, else a check made now."""
+        """What a lookup on this thread may trust: its turn's check, else a check made now
+        (kept for the rest of the turn when there is one)."""
         gens = self.trusted()
-        return gens if gens is not None else self.check()
+        if gens is None:
+            gens = self.check()  # StoreError: nothing kept, the next lookup asks again
+            if getattr(self._local, "in_turn", False):
+                self._local.gens = gens
+        return gens
 
     @contextmanager
     def turn(self) -> Iterator[None]:
-        """Validate once for the requests this thread runs inside the block. Never raises for
-        a failed check: the thread stays unvalidated, so each lookup checks (and fails) alone."""
-        before = self.trusted()
-        try:
-            self._local.gens = self.check()
-        except Exception:  # the lookups report it, one per request, audited
-            self._local.gens = None
+        """One check for every lookup this thread makes inside the block, made by the first of
+        them: enter only once every request the block runs has been read."""
+        saved = getattr(self._local, "in_turn", False), self.trusted()
+        self._local.in_turn, self._local.gens = True, None
         try:
             yield
         finally:
-            self._local.gens = before
+            self._local.in_turn, self._local.gens = saved
 
     def stats(self) -> dict[str, object]:
         """For the health page, which anyone may read: how many checks, not what changed."""

@@ -189,11 +189,20 @@ def test_a_change_committed_after_a_turns_check_is_seen_by_the_next_turn(
     a, b = nodes
     key = a.store.create(new_key())
     b.store.get(key.id)
-    with b.freshness.turn():  # a request read before the revocation was acknowledged
+    with b.freshness.turn():  # requests read before the revocation was acknowledged
+        assert b.store.get(key.id).state is KeyState.ACTIVE  # the turn's check is made here
         a.store.update(lc.revoke(a.store.get(key.id), NOW, "alice"))
         assert b.store.get(key.id).state is KeyState.ACTIVE  # may be served as it was read
     with b.freshness.turn():  # the next turn
         assert b.store.get(key.id).state is KeyState.REVOKED
+
+
+def test_a_turn_without_lookups_costs_no_round_trip(nodes: list[Node]) -> None:
+    node = nodes[0]
+    before = node.db.round_trips
+    with node.freshness.turn():  # a turn of health probes
+        pass
+    assert node.db.round_trips == before
 
 
 # ---- (b) changes made by hand in SQL ----------------------------------------------------------
