@@ -16,6 +16,7 @@ from typing import Any
 from .api import application
 from .api import router as routing
 from .api.admission import Admission
+from .api.dispatch import Turn
 from .api.handlers import approvals as approval_routes
 from .api.handlers import audit as audit_routes
 from .api.handlers import crypto as crypto_routes
@@ -135,7 +136,15 @@ def open_approvals(config: Config, store: KeyStore | None = None) -> ApprovalSto
 def shared_deny_list(store: KeyStore) -> PostgresDenyList | None:
     """Revoked tokens in the key store's database when it is PostgreSQL (every node sees a
     revocation at once); None keeps the file deny-list of [auth].deny_list_file."""
-    return PostgresDenyList(store.database) if isinstance(store, PostgresStore) else None
+    return (PostgresDenyList(store.database, freshness=store.freshness)
+            if isinstance(store, PostgresStore) else None)
+
+
+def store_turn(store: object) -> Turn | None:
+    """One freshness check per event-loop turn for a PostgreSQL store (store/pgfresh.py): the
+    store's and the revoked-token list's caches are validated once for the whole turn. Without
+    it (other stores; a sealed server, whose store opens later) each lookup checks alone."""
+    return store.freshness.turn if isinstance(store, PostgresStore) else None
 
 
 def open_import_jobs(config: Config) -> ImportJobStore:
@@ -502,7 +511,7 @@ def make_server(rt: Runtime, ssl_provider: Any) -> HardenedHTTPServer:
         header_timeout=s.header_timeout_seconds, body_timeout=s.body_timeout_seconds,
         idle_timeout=s.idle_timeout_seconds, max_body=s.max_body_bytes, logger=log,
         workers=s.workers, inline=rt.app.runs_inline, audit=rt.audit,
-        on_refused=rt.app.refuse, reuse_port=s.processes > 1,
+        on_refused=rt.app.refuse, reuse_port=s.processes > 1, turn=store_turn(getattr(rt, "store", None)),
         # spans end when the answer is written; a seal gate in front (custody/) traces nothing
         on_request=rt.app.finished if getattr(rt.app, "tracer", None) is not None else None)
 

@@ -24,6 +24,11 @@
   so the ticket of its audit record is durable before the refusal is sent.
 
 The loop never sees the app itself; the pool never touches a socket.
+
+``turn`` (optional; the composition root gives it only for a shared store whose caches need a
+freshness check, store/pgfresh.py): a context manager entered once around a turn's inline
+requests, after all of them were read, and once around each pooled request. It validates the
+store's caches for everything run inside it with one database round trip, not one per lookup.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
 from ..domain.errors import AuditUnavailable, FerroError
@@ -46,6 +52,7 @@ from .workerpool import WorkerPool
 App = Callable[[Request], Response]
 Refuse = Callable[[Request, FerroError], Response]
 Answer = tuple[Conn, Incoming, Response]
+Turn = Callable[[], AbstractContextManager[object]]
 INTERNAL_MESSAGE = "internal error; the server log has details under this request id"
 _log = logging.getLogger("ferrohsm.http")
 MAX_HOLD = 0.002  # seconds a written batch may wait for more before its flush starts
@@ -64,8 +71,10 @@ class Durability(Protocol):
 class Dispatcher:
     def __init__(self, app: App, *, inline: Callable[[Request], bool] | None,
                  audit: Durability | None, workers: int, log: logging.Logger,
-                 wake: Callable[[], None], refuse: Refuse | None = None) -> None:
+                 wake: Callable[[], None], refuse: Refuse | None = None,
+                 turn: Turn | None = None) -> None:
         self.app = app
+        self.turn: Turn = turn or nullcontext
         self.inline = inline
         self.refuse = refuse
         self.audit = audit
@@ -162,13 +171,14 @@ class Dispatcher:
         audit = self.audit
         ready: list[Answer] = []
         ticketed: list[Answer] = []
-        for conn, incoming in batch:
-            request, error = incoming.request, incoming.error
-            if audit is not None:
-                request.tickets = []  # filled through RequestContext.tickets
-            response = (self.call_app(request) if error is None
-                        else self.call_refuse(request, error))
-            (ticketed if request.tickets else ready).append((conn, incoming, response))
+        with self.turn():  # every request of the turn is read: one freshness check serves all
+            for conn, incoming in batch:
+                request, error = incoming.request, incoming.error
+                if audit is not None:
+                    request.tickets = []  # filled through RequestContext.tickets
+                response = (self.call_app(request) if error is None
+                            else self.call_refuse(request, error))
+                (ticketed if request.tickets else ready).append((conn, incoming, response))
         if ticketed:
             self._write()
             waiting: list[Answer] = []
@@ -269,8 +279,10 @@ class Dispatcher:
         self._wake()
 
     def _pooled(self, conn: Conn, incoming: Incoming) -> None:
-        """On a worker thread: run the app, hand the response to the loop."""
-        self._done.append((conn, incoming, self.call_app(incoming.request)))
+        """On a worker thread: run the app (a turn of its own), hand the response to the loop."""
+        with self.turn():
+            response = self.call_app(incoming.request)
+        self._done.append((conn, incoming, response))
         self._wake()
 
     def call_app(self, request: Request) -> Response:

@@ -66,7 +66,7 @@ from .connection import (
     Incoming,
     PeerGone,
 )
-from .dispatch import INTERNAL_MESSAGE, App, Dispatcher, Durability, Refuse
+from .dispatch import INTERNAL_MESSAGE, App, Dispatcher, Durability, Refuse, Turn
 from .http import Request, Response, error_response
 from .listener import Listener, Waker
 from .parse import Limits, render_response
@@ -108,6 +108,7 @@ class HardenedHTTPServer:
         inline: Callable[[Request], bool] | None = None,
         audit: Durability | None = None,
         on_refused: Refuse | None = None,
+        turn: Turn | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
@@ -127,7 +128,7 @@ class HardenedHTTPServer:
         self.backlog, self.reuse_port = backlog, reuse_port
         self.linger_timeout = linger_timeout
         self._dispatcher = Dispatcher(app, inline=inline, audit=audit, workers=workers,
-                                      log=self.log, wake=self._wake, refuse=on_refused)
+                                      log=self.log, wake=self._wake, refuse=on_refused, turn=turn)
         self._listener: Listener | None = None
         self._address: tuple[str, int] | None = None
         self._selector: selectors.BaseSelector | None = None

@@ -1,4 +1,5 @@
-"""The PostgreSQL schema of FerroHSM's shared state: keys, approvals, revoked tokens.
+"""The PostgreSQL schema of FerroHSM's shared state: keys, approvals, revoked tokens, and the
+change generations that let nodes cache keys and token answers safely (store/pgfresh.py).
 
 Migration N (1-based) brings the ``state`` component from version N-1 to N (pgdb.migrate records
 each in ``schema_migrations``). Append, never edit: a node refuses a database whose version is
@@ -59,6 +60,29 @@ MIGRATIONS: tuple[LiteralString, ...] = (
         until double precision NOT NULL
     );
     CREATE INDEX revoked_tokens_by_until ON revoked_tokens (until);
+    """,
+    # 2: change generations (store/pgfresh.py). A statement-level trigger bumps the row of the
+    #    table a statement changed, in the writer's own transaction: every writer (any node,
+    #    the scheduler, a restore, someone at psql) is counted, and readers see the new number
+    #    only once the change itself is committed (a SEQUENCE would show it before).
+    """
+    CREATE TABLE ferrohsm_generation (
+        name text COLLATE "C" PRIMARY KEY,
+        gen  bigint NOT NULL
+    );
+    INSERT INTO ferrohsm_generation (name, gen) VALUES ('keys', 1), ('revoked_tokens', 1);
+    CREATE FUNCTION ferrohsm_bump_generation() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN  -- the counter beside the changed table, whatever the writer's search_path
+        EXECUTE format('UPDATE %I.ferrohsm_generation SET gen = gen + 1 WHERE name = $1',
+                       TG_TABLE_SCHEMA) USING TG_ARGV[0];
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER keys_generation AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON keys
+        FOR EACH STATEMENT EXECUTE FUNCTION ferrohsm_bump_generation('keys');
+    CREATE TRIGGER revoked_tokens_generation
+        AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON revoked_tokens
+        FOR EACH STATEMENT EXECUTE FUNCTION ferrohsm_bump_generation('revoked_tokens');
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -13,13 +13,15 @@ Why these choices:
   COMMITTED transaction. Of two nodes holding the same revision, the second waits for the first's
   row lock, then sees the new revision and gets StaleRevision: none is lost. Inserts rely on the
   primary key and the unique name, so two nodes creating one name get one key and one NameTaken.
-* Every ``get`` asks the database, so a change made through any node (a revocation, a
-  destruction, a rotation) is seen by every node as soon as it is acknowledged. What is cached
-  is the DECODED key with the row's ``xmin`` (the id of the transaction that wrote that row
-  version; any UPDATE, ours, another node's or someone editing the table, gives a new one). A
-  ``get`` sends the cached stamp and the database returns the record only when the row changed:
-  one round trip of a few bytes, no MAC check and no JSON parse on the hot path. The cost of
-  that guarantee is measured in bench/RESULTS.md (PostgreSQL section).
+* A change made through any node (a revocation, a destruction, a rotation) is seen by every
+  node as soon as it is acknowledged, without a round trip per ``get``: what is cached is the
+  DECODED key with the row's ``xmin`` (the id of the transaction that wrote that row version;
+  any UPDATE, ours, another node's or someone editing the table, gives a new one) and the keys
+  generation (pgfresh.py) read before that row was. While a check (one per event-loop turn, or
+  one per ``get`` elsewhere) returns the same generation, no key row changed and the entry is
+  served from memory. Otherwise ``get`` sends the cached stamp and the database returns the
+  record only when the row changed: one round trip of a few bytes, no MAC check and no JSON
+  parse. The costs are measured by bench/bench_pg_state.py.
 * Writes commit or roll back as a whole; a failure maps to StoreError naming the key (never the
   record), and a broken connection is retried when the write cannot have committed (pgdb.py).
 """
@@ -38,6 +40,7 @@ from ..domain.model import Key, KeyFilter, Page
 from .keyindex import page_of
 from .keystore import KeyStore, check_limit, decode_page_token
 from .pgdb import Conn, PgDatabase, driver
+from .pgfresh import NO_GENERATION, Freshness
 from .pgschema import SCHEMA_VERSION, prepare
 from .records import (
     RECORD_FAULTS,
@@ -69,11 +72,13 @@ class PostgresStore(KeyStore):
     fail_writes = False  # fault injection: fail between the key row and its tags (tests only)
 
     def __init__(self, db: PgDatabase, authenticator: RecordAuthenticator, *,
-                 cache_size: int = 20_000) -> None:
+                 cache_size: int = 20_000, freshness: Freshness | None = None) -> None:
         super().__init__(authenticator)
         self._db = db.retain()
+        self.freshness = freshness or Freshness(db)  # shared with the revoked-token list
         self._lock = threading.Lock()
-        self._cache: dict[str, tuple[str, Key]] = {}  # id -> (row xmin, decoded key)
+        # id -> (row xmin, decoded key, keys generation read before the row was)
+        self._cache: dict[str, tuple[str, Key, int]] = {}
         self._by_name: dict[str, str] = {}  # name -> id, for the keys in the cache
         self._cache_size = max(cache_size, 1)
         self._closed = False
@@ -90,15 +95,22 @@ class PostgresStore(KeyStore):
 
     # ---- the decoded-key cache -------------------------------------------------------------
 
-    def _cached(self, key_id: str) -> tuple[str, Key] | None:
+    def _cached(self, key_id: str) -> tuple[str, Key, int] | None:
         return self._cache.get(key_id)
 
-    def _remember(self, stamp: str, key: Key) -> Key:
+    def _generation(self) -> int:
+        """The keys generation this thread's turn validated, without asking (list, writes)."""
+        trusted = self.freshness.trusted()
+        return NO_GENERATION if trusted is None else trusted.keys
+
+    def _remember(self, stamp: str, key: Key, gen: int = NO_GENERATION) -> Key:
+        """Cache ``key`` as the row version ``stamp``, vouched for by the keys generation
+        ``gen`` read BEFORE the row was (NO_GENERATION: revalidate before serving it)."""
         with self._lock:
             if key.id not in self._cache and len(self._cache) >= self._cache_size:
                 self._forget_locked(next(iter(self._cache)))
             self._forget_locked(key.id)
-            self._cache[key.id] = (stamp, key)
+            self._cache[key.id] = (stamp, key, gen)
             if key.name is not None:
                 self._by_name[key.name] = key.id
         return key
@@ -113,11 +125,13 @@ class PostgresStore(KeyStore):
             self._by_name.pop(old[1].name, None)
 
     def _decode(self, key_id: str, stamp: str, record: bytes | None,
-                cached: tuple[str, Key] | None) -> Key:
+                cached: tuple[str, Key, int] | None, gen: int = NO_GENERATION) -> Key:
         """The key a row holds: ``cached`` (the entry whose stamp the query sent) when the row is
         unchanged and the database returned no record, else the record decoded and checked
-        afresh, and cached."""
+        afresh; cached either way under ``gen``, the generation read before the row."""
         if cached is not None and cached[0] == stamp:  # the row is what we decoded before
+            if cached[2] != gen:
+                self._remember(stamp, cached[1], gen)
             return cached[1]
         if record is None:  # cannot happen: the query returns the record unless stamps match
             raise StoreError(f"key {key_id} was read without its record")
@@ -126,7 +140,7 @@ class PostgresStore(KeyStore):
         except BaseException:
             self._forget(key_id)
             raise
-        return self._remember(stamp, key)
+        return self._remember(stamp, key, gen)
 
     # ---- reading ---------------------------------------------------------------------------
 
@@ -142,24 +156,30 @@ class PostgresStore(KeyStore):
     def get(self, key_id: str) -> Key:
         if not is_key_id(key_id):
             raise NotFound("no such key")
+        gen = self.freshness.current().keys  # first the generation, then the row
         cached = self._cached(key_id)
+        if cached is not None and cached[2] == gen:  # no key row changed since it was read
+            return cached[1]
         rows = self._fetch(_GET, (cached[0] if cached else "", key_id))
         if not rows:
             self._forget(key_id)
             raise NotFound("no such key")
         stamp, record = rows[0]
-        return self._decode(key_id, _text(stamp), record, cached)
+        return self._decode(key_id, _text(stamp), record, cached, gen)
 
     def get_by_name(self, name: str) -> Key:
         if not isinstance(name, str) or "\x00" in name:
             raise NotFound("no such key")
+        gen = self.freshness.current().keys
         known = self._by_name.get(name)
         cached = self._cached(known) if known else None
+        if cached is not None and cached[2] == gen and cached[1].name == name:
+            return cached[1]
         rows = self._fetch(_GET_BY_NAME, (known or "", cached[0] if cached else "", name))
         if not rows:
             raise NotFound("no such key")
         key_id, stamp = _text(rows[0][0]), _text(rows[0][1])
-        key = self._decode(key_id, stamp, rows[0][2], cached if key_id == known else None)
+        key = self._decode(key_id, stamp, rows[0][2], cached if key_id == known else None, gen)
         if key.name != name:  # the name column was edited: the record is what counts
             raise NotFound("no such key")
         return key
@@ -169,6 +189,7 @@ class PostgresStore(KeyStore):
         after = decode_page_token(page_token)
         if _impossible(filters):
             return page_of((), None, False)
+        gen = self._generation()
         sql, args = _select("k.id, k.xmin::text AS stamp", filters, after)
         # The page as ONE text value ("id:stamp,id:stamp,..."): psycopg's pure-Python driver
         # pays ~10 us per value it loads, so 1000 rows of two columns cost 20 ms, one string 0.1
@@ -189,7 +210,7 @@ class PostgresStore(KeyStore):
             if key_id not in fresh:  # deleted since the page was read
                 continue
             try:
-                keys.append(self._decode(key_id, *fresh[key_id], None))
+                keys.append(self._decode(key_id, *fresh[key_id], None, gen))
             except RECORD_FAULTS:
                 unreadable.append(key_id)
         return page_of(tuple(keys), page[-1][0] if page else None, len(rows) > limit,
@@ -331,7 +352,7 @@ class PostgresStore(KeyStore):
     def describe(self) -> dict[str, object]:
         info: dict[str, object] = {"backend": self.name, **self._db.stats(),
                                    "schema_version": SCHEMA_VERSION,
-                                   "cached_keys": len(self._cache)}
+                                   "cached_keys": len(self._cache), **self.freshness.stats()}
         try:
             info["keys"] = int(self._read("SELECT count(*) FROM keys", ())[0][0])
         except StoreError as exc:

@@ -1,12 +1,13 @@
 """The revoked-token list (``jti`` -> until when) in PostgreSQL, shared by every node.
 
 Same interface as auth/denylist.DenyList (auth.denylist.RevocationList), different consistency:
-a revocation acknowledged by any node is seen by every node on its next request, because
-``is_revoked`` asks the database every time and caches nothing. A cached "not revoked" answer
-could only be made safe by asking the database whether anything changed, which costs the same
-round trip as the question itself (an indexed lookup of one primary key; the measured cost is in
-bench/RESULTS.md). If the database cannot be asked, the request fails (StoreError, 503): a
-revocation is never ignored for want of a database.
+a revocation acknowledged by any node is seen by every node on its next request. Answers are
+cached per ``jti`` under the revoked-tokens generation (store/pgfresh.py) read before them, and
+served only while a check returns that same generation: no row of ``revoked_tokens`` changed
+meanwhile. The check is the one the key store's lookups share (once per event-loop turn, or
+once per call off the loop), so a cached answer costs no round trip of its own. If the database
+cannot be asked, the request fails (StoreError, 503): a revocation is never ignored for want of
+a database.
 
 Entries are never filtered by time when checked (nodes' clocks differ); ``prune`` removes the
 ones whose every token has expired.
@@ -14,9 +15,12 @@ ones whose every token has expired.
 
 from __future__ import annotations
 
+import threading
+
 from ..domain.errors import StoreError, Unavailable
 from ..domain.model import PLAIN_TEXT_RE
 from .pgdb import Conn, PgDatabase
+from .pgfresh import NO_GENERATION, Freshness
 from .pgschema import prepare
 
 MAX_JTI_CHARS = 128  # auth.denylist.valid_jti: the rule the API publishes for jti
@@ -30,10 +34,16 @@ def _valid(jti: object) -> bool:
 class PostgresDenyList:
     """Revoked ``jti`` values in the ``revoked_tokens`` table."""
 
-    def __init__(self, db: PgDatabase, *, max_entries: int = 100_000) -> None:
+    def __init__(self, db: PgDatabase, *, max_entries: int = 100_000,
+                 freshness: Freshness | None = None, cache_size: int = 100_000) -> None:
         self._db = db
         self._max = max_entries
         self._last_count = 0
+        self.freshness = freshness or Freshness(db)
+        self._lock = threading.Lock()
+        # (generation, jti -> revoked): answers read after that generation was, swapped whole
+        self._answers: tuple[int, dict[str, bool]] = (NO_GENERATION, {})
+        self._cache_size = max(cache_size, 1)
         prepare(db)
 
     def __len__(self) -> int:
@@ -47,13 +57,37 @@ class PostgresDenyList:
         return self._last_count
 
     def is_revoked(self, jti: str | None, now: float) -> bool:
-        """True when ``jti`` is listed; one primary-key lookup per call, nothing cached."""
+        """True when ``jti`` is listed: from memory while the generation this thread trusts is
+        the one the answer was read under, else one primary-key lookup."""
         if jti is None:
             return False
         if "\x00" in jti:  # no such jti can be stored (valid_jti refuses control characters)
             return False
-        return bool(self._db.fetch(b"fh_revoked", b"SELECT 1 FROM revoked_tokens WHERE jti = $1",
-                                   (jti,), "cannot check the revoked-token list"))
+        gen = self.freshness.current().tokens  # first the generation, then the answer
+        answers_gen, answers = self._answers
+        if gen == answers_gen:
+            known = answers.get(jti)
+            if known is not None:
+                return known
+        revoked = bool(self._db.fetch(b"fh_revoked", b"SELECT 1 FROM revoked_tokens WHERE "
+                                      b"jti = $1", (jti,), "cannot check the revoked-token list"))
+        self._keep(jti, revoked, gen)
+        return revoked
+
+    def _keep(self, jti: str, revoked: bool, gen: int) -> None:
+        """Cache an answer read after generation ``gen`` was; a newer generation starts afresh
+        (an older one, from a thread whose turn began earlier, is not kept at all)."""
+        with self._lock:
+            answers_gen, answers = self._answers
+            if gen != answers_gen:
+                latest = self.freshness.latest
+                if latest is None or latest.tokens != gen:
+                    return
+                answers = {}
+                self._answers = (gen, answers)
+            if len(answers) >= self._cache_size:
+                answers.clear()
+            answers[jti] = revoked
 
     def revoke(self, jti: str, until: float, now: float) -> None:
         """List ``jti`` until ``until`` (an existing entry only ever lengthens); durable before
@@ -72,6 +106,8 @@ class PostgresDenyList:
                 raise Unavailable(f"the token deny-list is full ({self._max} live entries)")
             return live
         self._last_count = self._db.run(work, "could not write the revoked-token list")
+        with self._lock:  # listed now, and an entry only ever lengthens: true under any check
+            self._answers[1][jti] = True
 
     def prune(self, now: float) -> int:
         """Forget entries whose tokens have all expired; returns how many went."""
@@ -82,4 +118,6 @@ class PostgresDenyList:
                                 transaction=False))
 
     def reload(self) -> None:
-        """Nothing to re-read: every check asks the database (SIGHUP is a no-op here)."""
+        """Forget every cached answer (SIGHUP); the generation check makes this unnecessary."""
+        with self._lock:
+            self._answers = (NO_GENERATION, {})

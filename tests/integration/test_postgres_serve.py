@@ -126,6 +126,25 @@ def test_serve_on_postgres_create_encrypt_rotate_decrypt_restart(tmp_path: Path)
         assert again.stop() == 0, again.log.read_text()
 
 
+@pytest.mark.slow
+def test_serve_checks_freshness_once_per_turn_not_once_per_lookup(tmp_path: Path) -> None:
+    """Each encrypt looks up its key and its token's jti: two checks if each lookup made its own
+    (store/pgfresh.py), one when the server validates the turn (app.store_turn)."""
+    node = Node(tmp_path, pgserver.shared().new_database())
+    try:
+        assert node.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt",
+                                              "name": "turned"})[0] == 201
+        token = issue_token(JWT.encode(), subject="svc", role="service", jti="svc-1")
+        before = node.call("GET", "/healthz")[1]["store"]["freshness_checks"]
+        for _ in range(10):  # one request per connection: one turn each
+            assert node.call("POST", "/v1/keys/turned/encrypt", {"plaintext": _b64(b"x")},
+                             token=token)[0] == 200
+        after = node.call("GET", "/healthz")[1]["store"]["freshness_checks"]
+        assert 10 <= after - before <= 11  # ten turns, and the second /healthz's own
+    finally:
+        assert node.stop() == 0, node.log.read_text()
+
+
 def _serve(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     pki = make_dev_pki(tmp_path / "tls")
     env = {**env, "FERROHSM_TLS_CERT": str(pki.server_cert), "FERROHSM_TLS_KEY": str(pki.server_key)}
