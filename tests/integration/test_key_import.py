@@ -302,8 +302,8 @@ def test_audit_records_never_hold_material(srv: LiveServer, tmp_path: Path) -> N
     job = new_job(srv)
     material = os.urandom(32)
     wrapped = oaep_with_openssl(tmp_path, job, material)
-    bad = import_body(job, "RSA_OAEP_SHA256", wrapped[:-1] + bytes([wrapped[-1] ^ 1]), algorithm="aes-256-gcm",
-                      usage="encrypt")
+    tampered = wrapped[:-1] + bytes([wrapped[-1] ^ 1])
+    bad = import_body(job, "RSA_OAEP_SHA256", tampered, algorithm="aes-256-gcm", usage="encrypt")
     assert refused(srv, bad)[0] == 400
     status, reply = refused(srv, import_body(job, "RSA_OAEP_SHA256", wrapped,
                                              algorithm="aes-256-gcm", usage="encrypt"))
