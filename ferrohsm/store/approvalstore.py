@@ -20,8 +20,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from ..domain.approval import Approval, ApprovalState
+from ..domain.approval import OPEN, Approval, ApprovalState
 
 
 class ApprovalStore(ABC):
@@ -73,3 +74,17 @@ class ApprovalStore(ABC):
         return {"backend": self.name}
 
 
+# The SQL both database stores (SQLite, PostgreSQL) share; ``mark`` is the driver's placeholder.
+OPEN_SQL = "('pending', 'approved')"
+FINISHED_SQL = "('denied', 'expired', 'executed')"
+
+
+def state_clause(state: ApprovalState | None, now: Any, mark: str) -> tuple[str, list[Any]]:
+    """WHERE fragment selecting an EFFECTIVE state (expiry computed against ``now``)."""
+    if state is None:
+        return "1 = 1", []
+    if state in OPEN:
+        return f"state = {mark} AND expires_at > {mark}", [state.value, now]
+    if state is ApprovalState.EXPIRED:
+        return f"(state = 'expired' OR (state IN {OPEN_SQL} AND expires_at <= {mark}))", [now]
+    return f"state = {mark}", [state.value]

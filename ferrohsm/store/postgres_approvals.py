@@ -16,26 +16,13 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from ..domain.approval import OPEN, Approval, ApprovalState, from_record, to_record
+from ..domain.approval import Approval, ApprovalState, from_record, to_record
 from ..domain.errors import Conflict, NotFound, StaleRevision, StoreError
-from .approvalstore import ApprovalStore
+from .approvalstore import FINISHED_SQL, OPEN_SQL, ApprovalStore, state_clause
 from .pgdb import Conn, PgDatabase
 from .pgschema import prepare
 
 _COLUMNS = ("state, key_id, action, expires_at, updated_at, executed_at, revision, record")
-_OPEN_SQL = "('pending', 'approved')"
-_FINISHED_SQL = "('denied', 'expired', 'executed')"
-
-
-def _state_clause(state: ApprovalState | None, now: datetime) -> tuple[str, list[Any]]:
-    """WHERE fragment selecting an EFFECTIVE state (expiry computed against ``now``)."""
-    if state is None:
-        return "TRUE", []
-    if state in OPEN:
-        return "state = %s AND expires_at > %s", [state.value, now]
-    if state is ApprovalState.EXPIRED:
-        return f"(state = 'expired' OR (state IN {_OPEN_SQL} AND expires_at <= %s))", [now]
-    return "state = %s", [state.value]
 
 
 def _usable(text: object) -> bool:
@@ -132,7 +119,7 @@ class PostgresApprovalStore(ApprovalStore):
 
     def list(self, state: ApprovalState | None, now: datetime, limit: int = 100,
              after: str | None = None) -> Sequence[Approval]:
-        where, args = _state_clause(state, now)
+        where, args = state_clause(state, now, "%s")
         if after is not None:
             if not _usable(after):
                 return []
@@ -140,7 +127,7 @@ class PostgresApprovalStore(ApprovalStore):
         return self._select(where, [*args, limit], "ORDER BY id LIMIT %s")
 
     def expiring(self, now: datetime, limit: int = 1000) -> Sequence[Approval]:
-        return self._select(f"state IN {_OPEN_SQL} AND expires_at <= %s", [now, limit],
+        return self._select(f"state IN {OPEN_SQL} AND expires_at <= %s", [now, limit],
                             "ORDER BY id LIMIT %s")
 
     def latest_executed(self, key_id: str, action: str) -> Approval | None:
@@ -152,7 +139,7 @@ class PostgresApprovalStore(ApprovalStore):
 
     def prune(self, finished_before: datetime) -> int:
         def work(conn: Conn) -> int:
-            cur = conn.execute(f"DELETE FROM approvals WHERE state IN {_FINISHED_SQL} "  # noqa: S608  a constant
+            cur = conn.execute(f"DELETE FROM approvals WHERE state IN {FINISHED_SQL} "  # noqa: S608  a constant
                                "AND updated_at < %s", (finished_before,))
             return int(cur.rowcount)
         return int(self._run(work, write=False))

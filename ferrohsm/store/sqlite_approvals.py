@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Any
 
 from ..domain.approval import (
-    OPEN,
     Approval,
     ApprovalState,
     from_record,
@@ -23,7 +22,7 @@ from ..domain.approval import (
 )
 from ..domain.errors import Conflict, NotFound, StaleRevision, StoreError
 from ..domain.model import iso
-from .approvalstore import ApprovalStore
+from .approvalstore import FINISHED_SQL, OPEN_SQL, ApprovalStore, state_clause
 from .sqlitedb import connect_durable, prepare_file, transaction
 
 SCHEMA = """
@@ -42,19 +41,6 @@ CREATE INDEX IF NOT EXISTS approvals_by_state ON approvals (state, expires_at);
 CREATE INDEX IF NOT EXISTS approvals_by_key ON approvals (key_id, action, executed_at);
 """
 SCHEMA_VERSION = 1
-_OPEN_SQL = "('pending', 'approved')"
-_FINISHED_SQL = "('denied', 'expired', 'executed')"
-
-
-def _state_clause(state: ApprovalState | None, now: str) -> tuple[str, Sequence[Any]]:
-    """WHERE fragment selecting an EFFECTIVE state (expiry computed against ``now``)."""
-    if state is None:
-        return "1 = 1", []
-    if state in OPEN:
-        return "state = ? AND expires_at > ?", [state.value, now]
-    if state is ApprovalState.EXPIRED:
-        return f"(state = 'expired' OR (state IN {_OPEN_SQL} AND expires_at <= ?))", [now]
-    return "state = ?", [state.value]
 
 
 class SQLiteApprovalStore(ApprovalStore):
@@ -139,13 +125,13 @@ class SQLiteApprovalStore(ApprovalStore):
 
     def list(self, state: ApprovalState | None, now: datetime, limit: int = 100,
              after: str | None = None) -> Sequence[Approval]:
-        where, args = _state_clause(state, iso(now) or "")
+        where, args = state_clause(state, iso(now) or "", "?")
         if after is not None:
             where, args = f"{where} AND id > ?", [*args, after]
         return self._select(where, [*args, limit], "ORDER BY id LIMIT ?")
 
     def expiring(self, now: datetime, limit: int = 1000) -> Sequence[Approval]:
-        return self._select(f"state IN {_OPEN_SQL} AND expires_at <= ?", [iso(now), limit],
+        return self._select(f"state IN {OPEN_SQL} AND expires_at <= ?", [iso(now), limit],
                             "ORDER BY id LIMIT ?")
 
     def latest_executed(self, key_id: str, action: str) -> Approval | None:
@@ -155,7 +141,7 @@ class SQLiteApprovalStore(ApprovalStore):
 
     def prune(self, finished_before: datetime) -> int:
         with self._tx(write=True) as conn:
-            cur = conn.execute(f"DELETE FROM approvals WHERE state IN {_FINISHED_SQL} "  # noqa: S608  a constant
+            cur = conn.execute(f"DELETE FROM approvals WHERE state IN {FINISHED_SQL} "  # noqa: S608  a constant
                                "AND updated_at < ?", (iso(finished_before),))
             return int(cur.rowcount)
 
