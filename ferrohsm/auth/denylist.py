@@ -155,11 +155,6 @@ class DenyList:
         if self._path is not None and self._stat() != self._seen:
             self._refresh_locked()
 
-    def close(self) -> None:
-        if self._counter is not None:
-            self._counter.close()
-            self._counter = None
-
     def _maybe_refresh(self, now: float) -> None:
         counter = self._counter
         moved = counter is not None and counter.value() != self._generation
@@ -237,8 +232,8 @@ class ChangeCounter:
     """A 64-bit counter in the first 8 bytes of a file, shared through ``mmap`` by every
     process of the host that maps it. Bumped only under the file's ``flock``."""
 
-    def __init__(self, fd: int, mapped: mmap.mmap) -> None:
-        self._fd, self._map = fd, mapped
+    def __init__(self, mapped: mmap.mmap) -> None:
+        self._map = mapped  # holds its own descriptor: freed with the object
 
     @classmethod
     def open(cls, path: Path) -> ChangeCounter | None:
@@ -255,10 +250,11 @@ class ChangeCounter:
                     os.ftruncate(fd, 8)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
-            return cls(fd, mmap.mmap(fd, 8))
+            return cls(mmap.mmap(fd, 8))
         except (OSError, ValueError):
-            os.close(fd)
             return None
+        finally:
+            os.close(fd)
 
     def value(self) -> int:
         return int(struct.unpack_from("<Q", self._map, 0)[0])
@@ -267,10 +263,6 @@ class ChangeCounter:
         value = (self.value() + 1) & 0xFFFF_FFFF_FFFF_FFFF
         struct.pack_into("<Q", self._map, 0, value)
         return value
-
-    def close(self) -> None:
-        self._map.close()
-        os.close(self._fd)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
