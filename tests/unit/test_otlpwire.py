@@ -1,0 +1,182 @@
+"""otlpwire.py writes what the SDK's encoder would: decoded with opentelemetry-proto, our bytes
+equal the SDK's encoding of the same records, and the exporter child sends them over real HTTP."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
+
+from ferrohsm.telemetry import otlpexport
+from ferrohsm.telemetry.otlpwire import varint
+
+TRACE, SPAN, PARENT = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", "00f067aa0ba902b7"
+STATE = "congo=t61rcWkgMzE, rojo=00f067aa0ba902b7"
+
+
+@pytest.fixture
+def exporter(monkeypatch: pytest.MonkeyPatch) -> Iterator[otlpexport.Exporter]:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test,team=sec")
+    exp = otlpexport.Exporter()
+    yield exp
+    exp.shutdown()
+
+
+def decoded(data: bytes) -> ExportTraceServiceRequest:
+    message = ExportTraceServiceRequest()
+    message.ParseFromString(data)
+    return message
+
+
+def sdk_bytes(exp: otlpexport.Exporter, records: list[tuple[Any, ...]]) -> bytes:
+    sdk = otlpexport.SdkSpans(exp)
+    return bytes(encode_spans([sdk.span(r) for r in records]).SerializeToString())
+
+
+def request_records() -> list[tuple[Any, ...]]:
+    attributes = {"http.request.method": "POST", "url.path": "/v1/keys/k/encrypt",
+                  "server.port": 8443, "http.response.status_code": 200,
+                  "user_agent.original": "naïve/1.0 ✓"}
+    return [
+        (TRACE, SPAN, PARENT, "POST", 1, 1_700_000_000_000_000_000, 1_700_000_000_000_100_000,
+         attributes, False, STATE),
+        (TRACE, "1111111111111111", SPAN, "authenticate", 0, 1_700_000_000_000_001_000,
+         1_700_000_000_000_002_000, None, False, STATE),
+        (TRACE, "2222222222222222", SPAN, "ferrohsm encrypt", 0, 1, 2,
+         {"error.type": "key_disabled"}, True, None),
+        (TRACE, "3333333333333333", None, "GET", 1, 5, 9,
+         {"ratio": 0.25, "flag": True, "count": -3, "tags": ["a", "b"], "sizes": (1, 2),
+          "gone": None, "map": {"a": 1}, "huge": 1 << 70}, False, None),
+    ]
+
+
+def test_varint_matches_protobuf() -> None:
+    assert varint(0) == b"\x00" and varint(127) == b"\x7f" and varint(300) == b"\xac\x02"
+    assert varint(-1) == b"\xff" * 9 + b"\x01"  # int64 -1: ten bytes
+
+
+def test_request_spans_equal_the_sdk_encoding(exporter: otlpexport.Exporter) -> None:
+    records = request_records()
+    data, count = exporter.writer.request(records)
+    assert count == 4
+    ours, theirs = decoded(data), decoded(sdk_bytes(exporter, records))
+    assert ours == theirs
+    spans = ours.resource_spans[0].scope_spans[0].spans
+    assert spans[0].flags == 0x300 and spans[1].flags == 0x100  # remote parent, local parent
+    assert spans[0].trace_state == "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+    assert spans[2].status.code == 2 and spans[3].status.code == 0
+    assert [a.key for a in spans[3].attributes] == ["ratio", "flag", "count", "tags", "sizes",
+                                                    "gone", "map"]
+    assert exporter.writer.skipped == 1  # an int beyond int64
+    resource = {a.key: a.value.string_value for a in ours.resource_spans[0].resource.attributes}
+    assert resource["team"] == "sec" and resource["service.name"] == "ferrohsm"
+
+
+def test_cached_attributes_keep_their_types(exporter: otlpexport.Exporter) -> None:
+    """True == 1 == 1.0 in Python: the cache must not hand one type's encoding to another."""
+    records = [(TRACE, SPAN, None, "x", 0, 1, 2, {"v": value}, False, None)
+               for value in (1, True, 1.0, 1, True)]
+    spans = decoded(exporter.writer.request(records)[0]).resource_spans[0].scope_spans[0].spans
+    kinds = [s.attributes[0].value.WhichOneof("value") for s in spans]
+    assert kinds == ["int_value", "bool_value", "double_value", "int_value", "bool_value"]
+
+
+def test_a_malformed_record_is_left_out_not_the_batch(exporter: otlpexport.Exporter) -> None:
+    good = request_records()[1]
+    bad_id = (TRACE[:-2], *good[1:])
+    not_hex = (TRACE, "zz" * 8, *good[2:])
+    short = good[:5]
+    data, count = exporter.writer.request([bad_id, good, not_hex, short])
+    assert count == 1
+    assert decoded(data).resource_spans[0].scope_spans[0].spans[0].name == "authenticate"
+
+
+hex_id = st.binary(min_size=8, max_size=8).map(bytes.hex)
+scalars = st.one_of(st.none(), st.text(max_size=30), st.booleans(), st.integers(-(1 << 65), 1 << 65),
+                    st.floats(allow_nan=False), st.binary(max_size=8))
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.tuples(inner)
+                      | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)
+records = st.tuples(
+    st.binary(min_size=16, max_size=16).map(bytes.hex), hex_id, st.none() | hex_id,
+    st.text(min_size=1, max_size=40), st.sampled_from([0, 1]),
+    st.integers(0, (1 << 64) - 1), st.integers(0, (1 << 64) - 1),
+    st.none() | st.dictionaries(st.text(min_size=1, max_size=20), values, max_size=6),
+    st.booleans(), st.none() | st.sampled_from(["a=1", "a=1,b=2", "bad state", STATE]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(records, min_size=1, max_size=8))
+def test_any_records_equal_the_sdk_encoding(batch: list[tuple[Any, ...]]) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+        exp = otlpexport.Exporter()
+    try:
+        data, count = exp.writer.request(batch)
+        assert count == len(batch)
+        assert decoded(data) == decoded(sdk_bytes(exp, batch))
+    finally:
+        exp.shutdown()
+
+
+class Collector:
+    """A real OTLP/HTTP endpoint on a free port, keeping each request's body."""
+
+    def __init__(self) -> None:
+        bodies = self.bodies = []  # type: list[bytes]
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+def test_both_paths_send_the_same_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our encoding through the SDK's client, and the SDK's path for an SDK without one."""
+    collector = Collector()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+    try:
+        exp = otlpexport.Exporter()
+        assert exp._sdk is None  # the pinned SDK has the client we send with
+        exp.export(request_records())
+        exp._sdk = otlpexport.SdkSpans(exp)
+        exp.export(request_records())
+        exp.shutdown()
+    finally:
+        collector.server.shutdown()
+        collector.server.server_close()
+    assert exp.exported == 8 and exp.failed == 0
+    ours, sdk = (decoded(body) for body in collector.bodies)
+    assert ours == sdk
+
+
+def test_an_unreachable_collector_counts_failed_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    exp = otlpexport.Exporter()
+    try:
+        exp.export(request_records())
+    finally:
+        exp.shutdown()
+    assert exp.exported == 0 and exp.failed == 4
