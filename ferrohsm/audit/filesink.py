@@ -105,6 +105,7 @@ class FileSink(ChainedSink):
         self._max_bytes = segment_max_bytes
         self._fd = -1
         self._segno = 0
+        self._live_path = ""
         self._size = 0
         self._synced_size = 0  # bytes of the live segment known durable (write_queued/wait)
         self._ident = (0, 0)
@@ -214,7 +215,7 @@ class FileSink(ChainedSink):
     def _live_stat(self) -> os.stat_result:
         """The live segment's stat; fail closed when it was deleted, replaced or cut."""
         try:
-            st = os.stat(self._path(self._segno))
+            st = os.stat(self._live_path)
             same = (st.st_dev, st.st_ino) == self._ident and st.st_size >= self._size
         except OSError:
             same = False
@@ -278,6 +279,7 @@ class FileSink(ChainedSink):
             os.close(self._fd)
         st = os.fstat(fd)
         self._fd, self._segno, self._size, self._ident = fd, number, size, (st.st_dev, st.st_ino)
+        self._live_path = self._path(number)  # stat-ed once or twice a group: joined once here
         self._synced_size = size
 
     # ---- writing ------------------------------------------------------------------------------
