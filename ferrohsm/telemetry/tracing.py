@@ -13,9 +13,11 @@ write of the request's audit records to their fsync).
 Why tuples: the SDK's Span objects, its BatchSpanProcessor and the protobuf encoding cost about
 45 µs a span, all on the event loop's one core (59% of encrypt throughput at 4 spans a
 request). Here a span is one tuple appended to a deque (atomic in C, no lock), about 1-2 µs;
-the ids of a request come from one ``os.urandom`` call. A writer thread hands the tuples in
-batches to a child process that builds the SDK's ReadableSpans and exports them with the SDK's
-own OTLPSpanExporter, off the serving core (telemetry/spanpipe.py, telemetry/otlpexport.py).
+the ids of a request come from one draw of the per-process PRNG seeded from os.urandom
+(tracecontext.py; ids need to be unique, not secret: the SDK draws them the same way). A writer
+thread hands the tuples in batches to a child process that encodes them as OTLP protobuf and
+sends them with the SDK's OTLPSpanExporter's client, off the serving core
+(telemetry/spanpipe.py, telemetry/otlpexport.py, telemetry/otlpwire.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 
 from . import sampler as sampling
 from .spanpipe import SpanPipe
-from .tracecontext import Parent
+from .tracecontext import Parent, new_id_block, new_span_id
 
 log = logging.getLogger("ferrohsm.telemetry")
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -92,15 +94,15 @@ class Tracer:
         """The request's SERVER span (a child of ``parent`` when there is one), or None when
         the sampler leaves the request out (then nothing of it is recorded)."""
         if parent is None:
-            ids = os.urandom(48).hex()  # the trace id, then four span ids: server + 3 children
+            ids = new_id_block(4)  # the trace id, then four span ids: server + 3 children
             if not self.sampler.root(ids[:32]):
                 return None
             return RequestSpan(self, name, ids[:32], ids[32:], None, None, attributes,
                                start_ns)
         if not self.sampler.remote(parent):
             return None
-        return RequestSpan(self, name, parent.trace_id, os.urandom(32).hex(), parent.span_id,
-                           parent.tracestate, attributes, start_ns)
+        return RequestSpan(self, name, parent.trace_id, new_id_block(4, trace=False),
+                           parent.span_id, parent.tracestate, attributes, start_ns)
 
     def stats(self) -> dict[str, int]:
         """Spans handed to the exporter child, dropped, and its restarts (for /metrics)."""
@@ -150,7 +152,7 @@ class RequestSpan:
         if span_id:
             self._next = at + 16
         else:  # more children than ids drawn up front
-            span_id = os.urandom(8).hex()
+            span_id = new_span_id()
         return ChildSpan(self, span_id, name, attributes)
 
     def begin_flush(self, records: int) -> None:

@@ -100,3 +100,20 @@ def test_sampling_follows_otel_traces_sampler_and_a_sampled_caller(
     finally:
         tracer.shutdown()
     assert tracer.stats()["sent"] == 0  # nothing ended, nothing recorded
+
+
+def test_id_blocks_are_hex_of_the_right_width_and_never_zero(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ferrohsm.telemetry import tracecontext
+    block = tracecontext.new_id_block(4)
+    assert len(block) == 96 and int(block, 16) >= 0
+    assert len(tracecontext.new_id_block(4, trace=False)) == 64
+    draws = iter([0, 1 << 64, (1 << 128) | 1, (5 << 64) | 7])  # zero trace, zero span, then fine
+
+    class Stub:
+        def getrandbits(self, bits: int) -> int:
+            return next(draws)
+
+    monkeypatch.setattr(tracecontext, "_ids", Stub())
+    assert tracecontext.new_id_block(1) == f"{(1 << 128) | 1:048x}"
+    assert tracecontext.new_id_block(2, trace=False) == f"{(5 << 64) | 7:032x}"
