@@ -3,9 +3,9 @@ equal the SDK's encoding of the same records, and the exporter child sends them 
 
 from __future__ import annotations
 
-import threading
+import sys
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +21,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from ferrohsm.telemetry import otlpexport
 from ferrohsm.telemetry.otlpwire import varint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/otlpreceiver.py
+from otlpreceiver import Receiver
 
 TRACE, SPAN, PARENT = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", "00f067aa0ba902b7"
 STATE = "congo=t61rcWkgMzE, rojo=00f067aa0ba902b7"
@@ -131,30 +134,9 @@ def test_any_records_equal_the_sdk_encoding(batch: list[tuple[Any, ...]]) -> Non
         exp.shutdown()
 
 
-class Collector:
-    """A real OTLP/HTTP endpoint on a free port, keeping each request's body."""
-
-    def __init__(self) -> None:
-        bodies = self.bodies = []  # type: list[bytes]
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-
 def test_both_paths_send_the_same_spans(monkeypatch: pytest.MonkeyPatch) -> None:
     """Our encoding through the SDK's client, and the SDK's path for an SDK without one."""
-    collector = Collector()
+    collector = Receiver()
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
     try:
         exp = otlpexport.Exporter()
@@ -164,10 +146,9 @@ def test_both_paths_send_the_same_spans(monkeypatch: pytest.MonkeyPatch) -> None
         exp.export(request_records())
         exp.shutdown()
     finally:
-        collector.server.shutdown()
-        collector.server.server_close()
+        collector.close()
     assert exp.exported == 8 and exp.failed == 0
-    ours, sdk = (decoded(body) for body in collector.bodies)
+    ours, sdk = collector.received
     assert ours == sdk
 
 
