@@ -15,7 +15,8 @@ encoding of the same spans, so a mistake here shows up as a difference there.
 What the SDK's encoder does and this does too: the span flags say whether the parent is remote;
 an UNSET status is written as an empty Status; a trace state is normalized by the caller (the
 W3C header parsed and joined again); an attribute value it cannot encode (an int beyond int64,
-an object) is skipped, as the SDK skips it (and logs).
+an object, text that is not valid Unicode) is skipped, as the SDK skips it (and logs). A span
+whose name is not valid Unicode is left out; the SDK would fail the whole batch.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def any_value(value: Any) -> bytes | None:
     if isinstance(value, bool):
         return b"\x10\x01" if value else b"\x10\x00"
     if isinstance(value, str):
-        return _length_delimited(b"\x0a", value.encode("utf-8", "surrogatepass"))
+        return _utf8(b"\x0a", value)
     if isinstance(value, int):
         return b"\x18" + varint(value) if -(1 << 63) <= value < 1 << 63 else None
     if isinstance(value, float):
@@ -98,10 +99,20 @@ def _composite(value: Any) -> bytes | None:
 def key_value(key: str, value: Any) -> bytes | None:
     """A KeyValue message's bytes (key 1, value 2), or None when the value is not encodable."""
     encoded = any_value(value)
-    if encoded is None:
+    name = _utf8(b"\x0a", key)
+    if encoded is None or name is None:
         return None
-    return _length_delimited(b"\x0a", key.encode("utf-8", "surrogatepass")) + \
-        _length_delimited(b"\x12", encoded)
+    return name + _length_delimited(b"\x12", encoded)
+
+
+def _utf8(tag: bytes, text: str) -> bytes | None:
+    """A string field, or None for text that is not valid Unicode (a lone surrogate, e.g. from
+    an environment variable's undecodable bytes): protobuf strings must be UTF-8, and a
+    collector refuses a whole request over one bad string."""
+    try:
+        return _length_delimited(tag, text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return None
 
 
 class SpanWriter:
@@ -155,7 +166,7 @@ class SpanWriter:
             parts += (_SPAN_PARENT_ID, parent)
             if kind == SERVER:  # a server span's parent is the caller's
                 flags = _REMOTE_FLAGS
-        parts += (_length_delimited(_SPAN_NAME, name.encode("utf-8", "surrogatepass")),
+        parts += (_length_delimited(_SPAN_NAME, name.encode("utf-8")),  # bad text: ValueError
                   _SPAN_KIND, varint(int(kind) + 1), _SPAN_START, _FIXED64(start),
                   _SPAN_END, _FIXED64(end))
         if attributes:

@@ -97,6 +97,19 @@ def test_cached_attributes_keep_their_types(exporter: otlpexport.Exporter) -> No
     assert kinds == ["int_value", "bool_value", "double_value", "int_value", "bool_value"]
 
 
+def test_text_that_is_not_unicode_is_skipped_not_sent(exporter: otlpexport.Exporter) -> None:
+    """A lone surrogate cannot be UTF-8: that attribute is dropped (as the SDK drops it), and a
+    span named with one is left out, where the SDK would fail the whole batch."""
+    attributes = {"ok": "fine", "bad": "x\ud800", "\udcff": 1}
+    good = (TRACE, SPAN, None, "GET", 1, 1, 2, attributes, False, None)
+    data, count = exporter.writer.request([good, (TRACE, SPAN, None, "\ud800", 0, 1, 2, None,
+                                                  False, None)])
+    assert count == 1
+    assert decoded(data) == decoded(sdk_bytes(exporter, [good]))
+    [span] = decoded(data).resource_spans[0].scope_spans[0].spans
+    assert [a.key for a in span.attributes] == ["ok"]
+
+
 def test_a_malformed_record_is_left_out_not_the_batch(exporter: otlpexport.Exporter) -> None:
     good = request_records()[1]
     bad_id = (TRACE[:-2], *good[1:])
