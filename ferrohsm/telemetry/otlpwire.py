@@ -25,7 +25,6 @@ import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-_FIXED64 = struct.Struct("<Q").pack
 _DOUBLE = struct.Struct("<d").pack
 _FIXED32 = struct.Struct("<I").pack
 _SMALL = [bytes([n]) for n in range(128)]
@@ -34,12 +33,18 @@ _CACHE_LIMIT = 4096  # attribute encodings kept (most values repeat from request
 # One byte per tag: (field number << 3) | wire type (0 varint, 1 fixed64, 2 length, 5 fixed32).
 _SPAN_TRACE_ID, _SPAN_SPAN_ID, _SPAN_TRACE_STATE = b"\x0a\x10", b"\x12\x08", b"\x1a"
 _SPAN_PARENT_ID, _SPAN_NAME, _SPAN_KIND = b"\x22\x08", b"\x2a", b"\x30"
-_SPAN_START, _SPAN_END, _SPAN_ATTRIBUTE = b"\x39", b"\x41", b"\x4a"
+_SPAN_ATTRIBUTE = b"\x4a"
 _STATUS_UNSET, _STATUS_ERROR = b"\x7a\x00", b"\x7a\x02\x18\x02"  # Status{code: ERROR (2)}
 _SPAN_FLAGS = b"\x85\x01"  # field 16, fixed32
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200  # SpanFlags
 _LOCAL_FLAGS, _REMOTE_FLAGS = _FIXED32(_HAS_IS_REMOTE), _FIXED32(_HAS_IS_REMOTE | _IS_REMOTE)
 SERVER = 1  # opentelemetry.trace.SpanKind.SERVER; the proto's kinds are the API's plus one
+_KIND = {kind: _SPAN_KIND + bytes([kind + 1]) for kind in range(5)}  # INTERNAL ... CONSUMER
+_TIMES = struct.Struct("<BQBQ").pack  # start (field 7) and end (field 8), fixed64 each
+# Status, then flags: by (error, the parent is remote)
+_TAIL = {(error, remote): (_STATUS_ERROR if error else _STATUS_UNSET) + _SPAN_FLAGS
+         + (_REMOTE_FLAGS if remote else _LOCAL_FLAGS)
+         for error in (False, True) for remote in (False, True)}
 
 
 def varint(value: int) -> bytes:
@@ -140,15 +145,15 @@ class SpanWriter:
         for record in records:
             try:
                 spans.append(span(record))
-            except (TypeError, ValueError):  # a bug upstream: lose that record, not the batch
+            except (TypeError, ValueError, struct.error):  # a bug upstream: lose that record
                 continue
-        scope_spans = self._scope + b"".join(_length_delimited(b"\x12", s) for s in spans)
+        scope_spans = self._scope + b"".join(spans)
         resource_spans = (self._resource + _length_delimited(b"\x12", scope_spans)
                           + self._resource_schema)
         return _length_delimited(b"\x0a", resource_spans), len(spans)
 
     def span(self, record: tuple[Any, ...]) -> bytes:
-        """One tracing.Record as a Span message's bytes."""
+        """One tracing.Record as a ScopeSpans.spans field (tag, length, Span message)."""
         trace_hex, span_hex, parent_hex, name, kind, start, end, attributes, error, state = record
         trace_id, span_id = bytes.fromhex(trace_hex), bytes.fromhex(span_hex)
         if len(trace_id) != 16 or len(span_id) != 8:
@@ -158,21 +163,21 @@ class SpanWriter:
             normalized = self._trace_state(state)
             if normalized:
                 parts.append(_length_delimited(_SPAN_TRACE_STATE, normalized.encode()))
-        flags = _LOCAL_FLAGS
+        remote = False
         if parent_hex is not None:
             parent = bytes.fromhex(parent_hex)
             if len(parent) != 8:
                 raise ValueError("parent span id of the wrong length")
             parts += (_SPAN_PARENT_ID, parent)
-            if kind == SERVER:  # a server span's parent is the caller's
-                flags = _REMOTE_FLAGS
-        parts += (_length_delimited(_SPAN_NAME, name.encode("utf-8")),  # bad text: ValueError
-                  _SPAN_KIND, varint(int(kind) + 1), _SPAN_START, _FIXED64(start),
-                  _SPAN_END, _FIXED64(end))
+            remote = kind == SERVER  # a server span's parent is the caller's
+        name_bytes = name.encode("utf-8")  # text that is not valid Unicode: ValueError
+        parts += (_SPAN_NAME, varint(len(name_bytes)), name_bytes,
+                  _KIND.get(kind) or _SPAN_KIND + varint(int(kind) + 1), _TIMES(0x39, start, 0x41, end))
         if attributes:
             parts.append(self._attributes(attributes.items()))
-        parts += (_STATUS_ERROR if error else _STATUS_UNSET, _SPAN_FLAGS, flags)
-        return b"".join(parts)
+        parts.append(_TAIL[bool(error), remote])
+        body = b"".join(parts)
+        return b"\x12" + varint(len(body)) + body
 
     def _attributes(self, items: Iterable[tuple[str, Any]]) -> bytes:
         """Span.attributes fields, each cached by (key, value, type) when hashable."""

@@ -156,9 +156,8 @@ class SpanPipe:
     def _drain(self) -> None:
         """Send every queued record to the child in frames of CHUNK, or count it dropped."""
         queue = self.queue
-        batch: list[Any] = []
-        while queue and len(batch) < self._max_queued:
-            batch.append(queue.popleft())
+        popleft = queue.popleft  # the loop thread appends meanwhile: take what is there now
+        batch: list[Any] = [popleft() for _ in range(min(len(queue), self._max_queued))]
         excess = len(queue)
         if excess and len(batch) >= self._max_queued:
             for _ in range(excess):

@@ -115,7 +115,8 @@ def test_a_malformed_record_is_left_out_not_the_batch(exporter: otlpexport.Expor
     bad_id = (TRACE[:-2], *good[1:])
     not_hex = (TRACE, "zz" * 8, *good[2:])
     short = good[:5]
-    data, count = exporter.writer.request([bad_id, good, not_hex, short])
+    negative_time = (*good[:5], -1, *good[6:])
+    data, count = exporter.writer.request([bad_id, good, not_hex, short, negative_time])
     assert count == 1
     assert decoded(data).resource_spans[0].scope_spans[0].spans[0].name == "authenticate"
 
