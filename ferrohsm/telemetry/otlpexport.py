@@ -26,11 +26,10 @@ import sys
 from typing import Any, BinaryIO
 
 from .logs import JSONFormatter
-from .otlpwire import SpanWriter
+from .otlpwire import SERVER, SpanWriter
 
 log = logging.getLogger("ferrohsm.telemetry.otlpexport")
 HEADER = struct.Struct(">I")
-SERVER = 1
 NICENESS = 10
 
 

@@ -66,22 +66,19 @@ def new_trace_id() -> str:
 
 def new_trace_and_span_ids() -> tuple[str, str]:
     """A new trace id and span id from one draw (the access line of an untraced request)."""
-    while True:
-        text = f"{_ids.getrandbits(192):048x}"
-        if text[:32] != _ZERO_TRACE and text[32:] != _ZERO_SPAN:
-            return text[:32], text[32:]
+    text = new_id_block(1)
+    return text[:32], text[32:]
 
 
 def new_id_block(spans: int, *, trace: bool = True) -> str:
     """A trace id (with ``trace``) and then ``spans`` span ids, in hex, from one draw: a
-    traced request's ids without a system call. No id in it is all zeros (W3C: invalid)."""
-    width = 16 * spans + (32 if trace else 0)
+    request's ids without a system call. No id in it is all zeros (W3C: invalid)."""
+    at = 32 if trace else 0
+    width = at + 16 * spans
     while True:
         text = f"{_ids.getrandbits(4 * width):0{width}x}"
-        at = 32 if trace else 0
-        if trace and text[:32] == _ZERO_TRACE:
-            continue
-        if all(text[i:i + 16] != _ZERO_SPAN for i in range(at, width, 16)):
+        if (not trace or text[:32] != _ZERO_TRACE) and all(
+                text[i:i + 16] != _ZERO_SPAN for i in range(at, width, 16)):
             return text
 
 
