@@ -512,6 +512,7 @@ def make_server(rt: Runtime, ssl_provider: Any) -> HardenedHTTPServer:
         idle_timeout=s.idle_timeout_seconds, max_body=s.max_body_bytes, logger=log,
         workers=s.workers, inline=rt.app.runs_inline, audit=rt.audit,
         on_refused=rt.app.refuse, reuse_port=s.processes > 1, turn=store_turn(getattr(rt, "store", None)),
+        flush=rt.config.audit.flush, flush_spin=rt.config.audit.flush_spin_microseconds / 1e6,
         # spans end when the answer is written; a seal gate in front (custody/) traces nothing
         on_request=rt.app.finished if getattr(rt.app, "tracer", None) is not None else None)
 

@@ -11,11 +11,11 @@
   (``write_queued``, on the loop: CPU work the loop would wait for anyway). An answer whose
   tickets are all durable already (a sink that cannot split the write from the flush), or that
   has none, is sent at once; one whose ticket failed becomes a 503 at once; the others are held
-  and handed to the committer thread, which waits for the newest ticket (``wait``: one fsync
-  covers every record written before it, for the whole turn or for several turns that queued
-  up meanwhile) and then gives them back: each answer whose tickets are durable as it was, each
-  one with a failed ticket as a 503. Nothing leaves unaudited. The loop serves the next turn
-  during the fsync, and the committer needs the GIL only for a few bytecodes around it.
+  and handed to the flusher (api/flusher.py: the loop's io_uring, or a committer thread), which
+  makes the newest ticket durable (one fsync covers every record written before it, for the
+  whole turn or for several turns that queued up meanwhile) and then gives them back: each
+  answer whose tickets are durable as it was, each one with a failed ticket as a 503. Nothing
+  leaves unaudited. The loop serves the next turn during the fsync.
 - everything else: a job for the worker pool. Its requests carry no ticket list, so their
   records are durable before the app returns (``record`` falls back to a durable append); the
   response comes back through ``answers()`` too.
@@ -35,18 +35,19 @@ from __future__ import annotations
 
 import collections
 import logging
-import queue
-import threading
+import selectors
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Protocol
+from typing import Any
 
 from ..domain.errors import AuditUnavailable, FerroError
 from .connection import Conn, Incoming
+from .flusher import NOT_DURABLE, Batches, Durability, RingFlusher, ThreadFlusher
 from .http import Request, Response, error_response
 from .transit import is_transit
 from .transit.envelope import error as vault_error
+from .uring import FsyncRing
 from .workerpool import WorkerPool
 
 App = Callable[[Request], Response]
@@ -57,22 +58,15 @@ INTERNAL_MESSAGE = "internal error; the server log has details under this reques
 _log = logging.getLogger("ferrohsm.http")
 MAX_HOLD = 0.002  # seconds a written batch may wait for more before its flush starts
 HAND_OVER_SHARE = 0.85  # of the requests in progress, waiting on held records: flush now
-NOT_DURABLE = "audit record could not be made durable"
-
-
-class Durability(Protocol):
-    """The audit sink's ticket API (audit/sinkbase.py), as the dispatcher uses it."""
-
-    def write_queued(self) -> None: ...
-    def is_durable(self, ticket: Any) -> bool: ...
-    def wait(self, ticket: Any) -> None: ...
+FLUSH_SPIN = 0.002  # seconds the loop may poll for a flush's completion (api/flusher.py)
 
 
 class Dispatcher:
     def __init__(self, app: App, *, inline: Callable[[Request], bool] | None,
                  audit: Durability | None, workers: int, log: logging.Logger,
                  wake: Callable[[], None], refuse: Refuse | None = None,
-                 turn: Turn | None = None) -> None:
+                 turn: Turn | None = None, flush: str = "auto",
+                 flush_spin: float = FLUSH_SPIN) -> None:
         self.app = app
         self.turn: Turn = turn or nullcontext
         self.inline = inline
@@ -84,14 +78,38 @@ class Dispatcher:
         self._batch: list[tuple[Conn, Incoming]] = []
         self._done: collections.deque[Answer] = collections.deque()  # filled by other threads
         # Answers whose tickets are written, not yet durable, wait in _held (one list per turn)
-        # until handed to the committer (see hand_over); a C-level SimpleQueue carries them, so
-        # neither side runs Python locking code per batch.
+        # until handed to the flusher (see hand_over; api/flusher.py).
         self._held: list[list[Answer]] = []
         self._held_requests = 0
         self._held_since = 0.0
-        self._commits: queue.SimpleQueue[list[list[Answer]] | None] = queue.SimpleQueue()
         self._handed = self._finished = 0  # batches; each counter has one writer thread
-        self._committer: threading.Thread | None = None
+        self._flush_mode, self._flush_spin = flush, flush_spin
+        self._flusher: ThreadFlusher | RingFlusher | None = (
+            ThreadFlusher(audit, self._settle, wake, log) if audit is not None else None)
+
+    def attach(self, selector: selectors.BaseSelector, tag: object) -> None:
+        """On the loop's thread, before it runs: flush through io_uring when the sink lets the
+        loop flush it (``[audit] flush = "auto"``), its completions being ``tag`` events."""
+        audit = self.audit
+        if (self._flush_mode != "auto" or audit is None
+                or not getattr(audit, "flushes_by_caller", lambda: False)()):
+            return
+        try:
+            ring = FsyncRing()
+        except OSError as exc:
+            self.log.info("audit flushes run on a thread (io_uring: %s)", exc.strerror or exc)
+            return
+        self._flusher = RingFlusher(ring, audit, self._settle, self.log, self._flush_spin)
+        selector.register(ring.fileno(), selectors.EVENT_READ, tag)
+
+    def flushed(self) -> None:
+        """The flusher's fd is readable (only a RingFlusher has one)."""
+        if isinstance(self._flusher, RingFlusher):
+            self._flusher.ready()
+
+    def spinning(self, now: float) -> bool:
+        """Whether the loop should poll instead of sleeping (api/flusher.py)."""
+        return self._flusher is not None and self._flusher.spinning(now)
 
     def take(self, conn: Conn, incoming: Incoming) -> None:
         if incoming.error is not None or (self.inline is not None
@@ -133,11 +151,8 @@ class Dispatcher:
         if waited or self._held_requests >= HAND_OVER_SHARE * in_progress():
             held, self._held, self._held_requests = self._held, [], 0
             self._handed += len(held)
-            if self._committer is None:
-                self._committer = threading.Thread(target=self._commit_loop, daemon=True,
-                                                   name="ferrohsm-audit-commit")
-                self._committer.start()
-            self._commits.put(held)
+            assert self._flusher is not None  # noqa: S101  held answers imply an audit sink
+            self._flusher.start(held)
 
     def answers(self) -> list[Answer]:
         """This turn's inline responses (audit committed), then whatever the pool finished."""
@@ -147,12 +162,9 @@ class Dispatcher:
         return out
 
     def close(self, timeout: float) -> list[Any]:
-        self._commits.put(None)
         stuck = self._pool.close(timeout)
-        if self._committer is not None:
-            self._committer.join(timeout)
-            if self._committer.is_alive():
-                stuck.append(self._committer)
+        if self._flusher is not None:
+            stuck.extend(self._flusher.close(timeout))
         return stuck
 
     def _runs_inline(self, request: Request) -> bool:
@@ -232,40 +244,9 @@ class Dispatcher:
                                answer[1].request.request_id)
             return NOT_DURABLE
 
-    def _commit_loop(self) -> None:
-        """Committer thread: one flush covers every batch handed over meanwhile."""
-        while True:
-            queued = self._commits.get()
-            closing = queued is None
-            queued = queued or []
-            while True:
-                try:
-                    more = self._commits.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    closing = True
-                else:
-                    queued.extend(more)
-            if queued:
-                self._flush(queued)
-            if closing:
-                return
-
-    def _flush(self, queued: list[list[Answer]]) -> None:
-        """Wait for the newest ticket (written last, so its flush covers all the others), then
-        settle each answer by its own tickets."""
-        assert self.audit is not None  # noqa: S101  narrows a type for mypy, not a runtime check
-        newest = queued[-1][-1][1].request.tickets  # held answers always have tickets
-        failure = NOT_DURABLE
-        try:
-            if newest:
-                self.audit.wait(newest[-1])
-        except FerroError as exc:
-            failure = exc.message
-            self.log.error("audit flush failed: %s", failure)
-        except Exception:  # the committer must survive anything, or its answers wait forever
-            self.log.exception("audit flush failed")
+    def _settle(self, queued: Batches, failure: str) -> None:
+        """After a flush (on the flusher's thread): each answer whose tickets are durable goes
+        out as it was, each other one as a 503 with ``failure``."""
         failed: list[tuple[Answer, str]] = []
         for answers in queued:
             for answer in answers:
@@ -276,7 +257,6 @@ class Dispatcher:
                     failed.append((answer, failure if durable is False else durable))
         self._done.extend(_refused(failed))
         self._finished += len(queued)
-        self._wake()
 
     def _pooled(self, conn: Conn, incoming: Incoming) -> None:
         """On a worker thread: run the app (a turn of its own), hand the response to the loop."""

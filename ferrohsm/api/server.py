@@ -9,10 +9,9 @@ Theory of operation (bench/RESULTS.md has the measurements):
 - Each turn of the loop collects every request that became complete and runs the cheap ones
   (``inline(request)`` is True: crypto operations, health) right there, one after another. Each
   such request carries a list for the audit tickets of its records (``Request.tickets``); the
-  records are written as ONE group at the end of the turn and flushed by ONE fsync on a committer
-  thread while the loop goes on, and a response is sent only once its request's tickets are
-  durable (dispatch.py, given the sink as ``audit``). A response whose ticket failed becomes a
-  503 instead: nothing is acknowledged unaudited (fail closed).
+  records are written as ONE group at the end of the turn and flushed by ONE fsync (io_uring or
+  a thread: flusher.py) while the loop goes on; a response is sent only once its request's
+  tickets are durable (dispatch.py), else a 503: nothing is acknowledged unaudited.
 - Everything else (key management, listings, approvals, an app without ``inline``) runs on a
   bounded worker pool, so a slow handler (RSA key generation, a long listing) never stalls the
   loop; its audit records are durable before it returns, as always. A connection has at most one
@@ -22,19 +21,16 @@ Theory of operation (bench/RESULTS.md has the measurements):
   kernel's backlog; when a client is queued there, the oldest unproductive connection (no first
   answer yet), else the longest-idle one is closed (or the next response carries ``Connection:
   close``), so a queued client is served within about a request time.
-- Deadlines per connection (connection.py): handshake, whole head, whole body, idle keep-alive,
-  sending, lingering. A silent or dribbling peer costs a slot, never the loop.
-- ``shutdown(grace)`` stops accepting at once, closes idle connections, lets requests in progress
-  finish within ``grace`` (their responses carry ``Connection: close``), then closes the rest and
-  joins the loop and the pool.
+- Deadlines per connection (connection.py): handshake, head, body, idle, sending, lingering. A
+  silent or dribbling peer costs a slot, never the loop.
+- ``shutdown(grace)`` stops accepting, closes idle connections, lets requests in progress finish
+  within ``grace`` (answered with ``Connection: close``), closes the rest, joins every thread.
 
 The application gets a ``Request`` and returns a ``Response``; a ``FerroError`` it raises becomes
 ``error_response``, anything else a generic 500 (traceback logged with the request id, never sent).
-A request refused while it was read (framing, limits, timeouts) is answered with
-``error_response`` at once, or, when ``on_refused`` is given, by ``on_refused(request, error)``
-through the dispatcher (so an application can record the refusal before it is sent).
-The server adds Content-Length, Date, Connection and X-Request-ID, and drops the body of HEAD
-responses.
+A request refused while it was read (framing, limits, timeouts) gets ``error_response``, or
+``on_refused(request, error)``'s answer through the dispatcher (it may record the refusal first).
+The server adds Content-Length, Date, Connection and X-Request-ID, and drops HEAD responses' bodies.
 """
 
 from __future__ import annotations
@@ -66,7 +62,8 @@ from .connection import (
     Incoming,
     PeerGone,
 )
-from .dispatch import INTERNAL_MESSAGE, App, Dispatcher, Durability, Refuse, Turn
+from .dispatch import FLUSH_SPIN, INTERNAL_MESSAGE, App, Dispatcher, Refuse, Turn
+from .flusher import Durability
 from .http import Request, Response, error_response
 from .listener import Listener, Waker
 from .parse import Limits, render_response
@@ -75,7 +72,7 @@ OnRequest = Callable[[Request, Response, float], None]
 _MAX_WAIT = 1.0
 ACTIVE_WINDOW = 0.001  # seconds after an answer during which a connection counts as active
 _RECV_SIZE = 65536
-_LISTENER, _WAKE = object(), object()
+_LISTENER, _WAKE, _FLUSHED = object(), object(), object()
 _ACCEPTS_PER_TURN = 256
 
 
@@ -109,6 +106,7 @@ class HardenedHTTPServer:
         audit: Durability | None = None,
         on_refused: Refuse | None = None,
         turn: Turn | None = None,
+        flush: str = "auto", flush_spin: float = FLUSH_SPIN,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
@@ -128,7 +126,8 @@ class HardenedHTTPServer:
         self.backlog, self.reuse_port = backlog, reuse_port
         self.linger_timeout = linger_timeout
         self._dispatcher = Dispatcher(app, inline=inline, audit=audit, workers=workers,
-                                      log=self.log, wake=self._wake, refuse=on_refused, turn=turn)
+                                      log=self.log, wake=self._wake, refuse=on_refused, turn=turn,
+                                      flush=flush, flush_spin=flush_spin)
         self._listener: Listener | None = None
         self._address: tuple[str, int] | None = None
         self._selector: selectors.BaseSelector | None = None
@@ -203,9 +202,8 @@ class HardenedHTTPServer:
             self._shutdown_lock.release()
 
     def install_signal_handlers(self, grace: float = 10.0) -> None:
-        """SIGTERM/SIGINT start a graceful shutdown (call from the main thread only). The handler
-        only spawns a thread: waiting for the loop in a signal handler would deadlock when
-        serve_forever() runs in the main thread."""
+        """SIGTERM/SIGINT start a graceful shutdown (main thread only). The handler only spawns a
+        thread: waiting for the loop in it would deadlock when serve_forever() runs there."""
         def handle(signum: int, frame: types.FrameType | None) -> None:
             self.log.info("signal %d received: shutting down (grace %.1fs)", signum, grace)
             threading.Thread(target=self.shutdown, args=(grace,), name="ferrohsm-shutdown").start()
@@ -221,6 +219,7 @@ class HardenedHTTPServer:
                                   self._selector, _LISTENER)
         self._address = self._listener.address
         self._waker = Waker(self._selector, _WAKE)
+        self._dispatcher.attach(self._selector, _FLUSHED)
 
     def _wake(self) -> None:
         """Interrupt the loop's select (from any thread)."""
@@ -228,7 +227,6 @@ class HardenedHTTPServer:
             self._waker.wake()
 
     # ----------------------------------------------------------------- the loop
-
     def _loop(self) -> None:
         try:
             while not self._finished():
@@ -271,18 +269,18 @@ class HardenedHTTPServer:
         self._expire(time.monotonic())
 
     def _in_progress(self) -> int:
-        """Connections with a request under way (being read, run, held or written), or
-        answered so recently (ACTIVE_WINDOW) that their next request is probably on its way:
-        the dispatcher holds audit flushes until most of these wait on them."""
+        """Connections with a request under way (read, run, held or written), or answered so
+        recently (ACTIVE_WINDOW) that their next request is probably on its way: the dispatcher
+        holds audit flushes until most of these wait on them."""
         recent = time.monotonic() - ACTIVE_WINDOW
         return sum(1 for conn in self._conns
                    if HEAD <= conn.state <= WRITING
                    or (conn.state == IDLE and not conn.first and conn.idle_since >= recent))
 
     def _wait_time(self) -> float:
-        if self._ready or self._dispatcher.has_work():
-            return 0.0
         now = time.monotonic()
+        if self._ready or self._dispatcher.has_work() or self._dispatcher.spinning(now):
+            return 0.0
         soonest = min((conn.deadline for conn in self._conns), default=NEVER)
         if self._listener is not None and self._listener.paused and not self._draining:
             soonest = min(soonest, self._listener.next_check)
@@ -296,6 +294,8 @@ class HardenedHTTPServer:
     def _event(self, data: Any) -> None:
         if data is _LISTENER:
             self._accept(time.monotonic())
+        elif data is _FLUSHED:
+            self._dispatcher.flushed()
         elif data is _WAKE:
             assert self._waker is not None  # noqa: S101  type narrowing
             self._waker.drain()
@@ -366,8 +366,8 @@ class HardenedHTTPServer:
         self._watch(conn, selectors.EVENT_READ)
 
     def _evict_one(self) -> None:
-        """Someone is queued: close the oldest unproductive connection, else the longest-idle
-        one, or ask the next response to close its connection when there is neither."""
+        """Someone is queued: close the oldest unproductive connection, else the longest-idle one,
+        else ask the next response to close its connection."""
         victim = self.admission.victim(self._conns, anonymous_only=False)
         if victim is not None:
             self._close(victim)

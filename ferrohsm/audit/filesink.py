@@ -381,14 +381,21 @@ class FileSink(ChainedSink):
         return os.dup(self._fd), self._segno, self._size
 
     def _sync_storage(self, token: tuple[int, int, int]) -> None:
-        fd = token[0]
-        try:
-            self._fsync(fd)
-        finally:
-            os.close(fd)
+        self._fsync(token[0])
+
+    def flushes_by_caller(self) -> bool:
+        return self.durable and type(self)._fsync is FileSink._fsync  # no subclass's own flush
+
+    def _sync_fd(self, token: tuple[int, int, int]) -> int | None:
+        return token[0] if self.flushes_by_caller() else None
+
+    def _storage_synced(self, token: tuple[int, int, int]) -> None:
         with self._io_lock:
             if token[1] == self._segno:
                 self._synced_size = max(self._synced_size, token[2])
+
+    def _drop_token(self, token: tuple[int, int, int]) -> None:
+        os.close(token[0])
 
     def _after_sync(self) -> None:
         self._live_stat()  # unlinked, replaced or cut after the write: nothing was flushed

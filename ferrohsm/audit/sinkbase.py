@@ -66,6 +66,8 @@ from .checkpointer import Checkpointer
 from .groupcommit import GroupCommit
 from .port import AuditSink as AuditSink
 from .port import Ticket as Ticket
+from .splitflush import PendingFlush as PendingFlush
+from .splitflush import SplitFlush
 from .witness import Witness
 
 log = logging.getLogger("ferrohsm.audit")
@@ -83,7 +85,7 @@ def new_uuid() -> str:
     return uuid4_str()
 
 
-class ChainedSink(AuditSink):
+class ChainedSink(SplitFlush, AuditSink):
     """Shared chain state, group commit, fail-closed bookkeeping and checkpointing."""
 
     backend: ClassVar[str] = "abstract"
@@ -436,69 +438,6 @@ class ChainedSink(AuditSink):
         if sync or not self._splits_sync or not self.durable:  # durable now: a good one
             self._problem = None
         return records
-
-    def _flush_written(self, through: int) -> None:
-        """Make the records written through seq ``through`` durable: one flush covers every
-        record written before it starts, however many groups that is."""
-        if self._committed[0] >= through or not self._splits_sync or not self.durable:
-            return  # durable already (without a split, what was written is committed)
-        with self._sync_lock:  # one flush at a time; writers keep writing meanwhile
-            if self._committed[0] >= through:
-                return  # a flush that started after our write covered it
-            with self._io_lock:
-                self._check_usable()
-                target = self._written
-                try:
-                    token = self._sync_token()
-                except OSError as exc:  # e.g. EMFILE: nothing was flushed, nothing is lost
-                    raise AuditUnavailable(
-                        f"audit record could not be made durable: {exc.strerror}") from None
-            started = time.perf_counter()
-            try:
-                self._sync_storage(token)
-            except Exception as exc:
-                reason = getattr(exc, "strerror", None) or type(exc).__name__
-                with self._io_lock:
-                    self._failures += 1
-                    self._last_ok = False
-                    self._problem = f"the last audit flush failed: {reason}"
-                    self._sync_failed(token)
-                log.error("audit: flushing written records failed: %s", reason)
-                raise AuditUnavailable(
-                    f"audit record could not be made durable: {reason}") from None
-            with self._io_lock:
-                # A writer may have failed meanwhile and cut written records off: only a sink
-                # still usable, whose storage is still the one we flushed, acknowledges.
-                self._check_usable()
-                self._after_sync()
-                self._syncs += 1
-                self._problem = None
-                if self.on_sync is not None:
-                    self.on_sync(time.perf_counter() - started, target[0] - self._committed[0])
-                if target[0] > self._committed[0]:
-                    self._committed = target
-                    self._maybe_checkpoint()
-
-    # Backends that can write now and flush later set _splits_sync and implement these three.
-    _splits_sync: ClassVar[bool] = False
-
-    def _sync_token(self) -> Any:
-        """What ``_sync_storage`` must flush to cover everything written so far (under
-        _io_lock)."""
-        raise NotImplementedError
-
-    def _sync_storage(self, token: Any) -> None:
-        """Flush (no lock held: writes go on meanwhile)."""
-        raise NotImplementedError
-
-    def _after_sync(self) -> None:
-        """Check, under _io_lock after a flush, that it flushed the live storage (raise
-        AuditUnavailable otherwise). Default: nothing to check."""
-
-    def _sync_failed(self, token: Any) -> None:
-        """A flush failed: undo what was written but not durable, set ``_failed`` (under
-        _io_lock)."""
-        raise NotImplementedError
 
     def _maybe_checkpoint(self) -> None:
         self._checkpointer.start()  # lazily, with the first group: no thread for an unused sink

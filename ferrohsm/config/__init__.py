@@ -151,6 +151,10 @@ class AuditSettings:
     witness: str = ""  # "" | "file:/path" | "syslog" | "https://host/path"
     witness_ca_file: str = ""  # CA bundle for an https witness (default: the system roots)
     witness_timeout_seconds: float = 5.0
+    # who fsyncs the event loop's groups (api/flusher.py): "auto" = the loop through io_uring
+    # where the kernel allows it (file sink, Linux x86-64), else a thread; "thread" = always a thread
+    flush: str = "auto"
+    flush_spin_microseconds: int = 2000  # io_uring: poll for a busy group's fsync at most this long
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,10 @@ def validate(config: Config) -> None:
          '[audit].witness must be "", "syslog", "file:/path" or "https://host/path"'),
         (0 < config.audit.witness_timeout_seconds <= 60,
          "[audit].witness_timeout_seconds must be > 0 and <= 60"),
+        (config.audit.flush in ("auto", "thread"), '[audit].flush must be "auto" or "thread"'),
+        (type(config.audit.flush_spin_microseconds) is int
+         and 0 <= config.audit.flush_spin_microseconds <= 100_000,
+         "[audit].flush_spin_microseconds must be an integer 0-100000 (0: never poll)"),
         (config.approvals.retention_days >= 0, "[approvals].retention_days must be >= 0"),
         (config.approvals.rekey_approvals_required >= 0,
          "[approvals].rekey_approvals_required must be >= 0"),

@@ -59,7 +59,7 @@ class GatedSink(FileSink):
         super()._write_all(fd, data)
 
 
-def audited_app(sink: GatedSink, entered: threading.Event | None = None,
+def audited_app(sink: FileSink, entered: threading.Event | None = None,
                 proceed: threading.Event | None = None) -> Any:
     """/op records once (like a crypto operation), /plain records nothing, /slow sleeps on the
     pool, /pooled records on the pool (after ``entered``/``proceed``, when given). Like the

@@ -49,6 +49,9 @@ def test_precedence_file_env_flag(tmp_path: Path) -> None:
     ('[auth]\nmax_token_ttl_seconds = 5\n', "[auth].max_token_ttl_seconds"),
     ('[policy.tags.pci]\napprovals_required = -1\n', "[policy.tags.pci]"),
     ('[policy.tags.pci]\nnope = 1\n', "[policy.tags.pci].nope"),
+    ('[audit]\nflush = "sometimes"\n', "[audit].flush"),
+    ('[audit]\nflush_spin_microseconds = -1\n', "[audit].flush_spin_microseconds"),
+    ('[audit]\nflush_spin_microseconds = 1000000\n', "[audit].flush_spin_microseconds"),
     ("this is not toml", "not valid TOML"),
 ])
 def test_bad_values_name_the_setting_and_file(tmp_path: Path, text: str, needle: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from ferrohsm.api.connection import Conn, Incoming
 from ferrohsm.api.dispatch import MAX_HOLD, Answer, Dispatcher
+from ferrohsm.api.flusher import ThreadFlusher
 from ferrohsm.api.http import Headers, Request, Response, error_response, json_response
 from ferrohsm.domain.errors import AuditUnavailable, BadRequest, FerroError
 
@@ -183,7 +184,8 @@ def test_tickets_durable_once_written_are_answered_in_the_same_turn() -> None:
     dispatcher, audit = make(FakeAudit(splits=False))
     take(dispatcher, ["/op", "/two"])
     assert statuses(dispatcher.answers()) == {"r0": 200, "r1": 200}
-    assert not dispatcher._held and audit.waited == [] and dispatcher._committer is None
+    assert not dispatcher._held and audit.waited == []
+    assert isinstance(dispatcher._flusher, ThreadFlusher) and dispatcher._flusher._thread is None
     dispatcher.close(1)
 
 

@@ -1,0 +1,199 @@
+"""Who makes a handed-over group of audit records durable: a committer thread, or the event
+loop itself through io_uring (api/uring.py). The dispatcher (api/dispatch.py) decides when a
+group is handed over; a flusher settles it: ``settle(batches, failure)`` puts each answer
+whose tickets are durable back on the loop's way out, and turns each other one into a 503 with
+``failure`` as the reason.
+
+ThreadFlusher: ``wait(newest ticket)`` on a thread; one flush covers every batch handed over
+meanwhile. Any sink.
+
+RingFlusher (``[audit] flush = "auto"``, a FileSink, Linux x86-64 with io_uring): the loop starts
+the fsync (``start_flush``: the sink's flush lock and the fd to flush), the kernel runs it, and
+its completion is an event in the loop's selector (``fileno``, ``ready``). No thread and no GIL
+hand-off per group. While a flush that many requests wait on is in flight, the loop may poll
+instead of sleeping (``spinning``, for at most ``spin`` seconds, yielding the core each time):
+on a virtual machine a sleeping core takes tens of microseconds to wake when the completion
+arrives, and every waiting request waits for that too. Measured in bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..domain.errors import FerroError
+from .connection import Conn, Incoming
+from .http import Response
+from .uring import FsyncRing
+
+Answer = tuple[Conn, Incoming, Response]
+Batches = list[list[Answer]]
+Settle = Callable[[Batches, str], None]
+NOT_DURABLE = "audit record could not be made durable"
+SPIN_MIN_REQUESTS = 4  # a flush fewer requests wait on is not worth a busy core
+
+
+class Durability(Protocol):
+    """The audit sink's ticket API (audit/sinkbase.py), as the dispatcher uses it."""
+
+    def write_queued(self) -> None: ...
+    def is_durable(self, ticket: Any) -> bool: ...
+    def wait(self, ticket: Any) -> None: ...
+
+
+def newest_ticket(batches: Batches) -> Any:
+    """The ticket written last (a flush that covers it covers all the others)."""
+    tickets = batches[-1][-1][1].request.tickets
+    assert tickets  # noqa: S101  held answers always have tickets (dispatch.py holds no other)
+    return tickets[-1]
+
+
+class ThreadFlusher:
+    """A committer thread, started with the first group."""
+
+    def __init__(self, audit: Durability, settle: Settle, wake: Callable[[], None],
+                 log: logging.Logger) -> None:
+        self.audit, self.settle, self.wake, self.log = audit, settle, wake, log
+        self._commits: queue.SimpleQueue[Batches | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self, batches: Batches) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name="ferrohsm-audit-commit")
+            self._thread.start()
+        self._commits.put(batches)
+
+    def fileno(self) -> int | None:
+        return None
+
+    def spinning(self, now: float) -> bool:
+        return False  # the loop's polling would take the GIL from the committer
+
+    def close(self, timeout: float) -> list[Any]:
+        self._commits.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                return [self._thread]
+        return []
+
+    def _run(self) -> None:
+        while True:
+            queued = self._commits.get()
+            closing = queued is None
+            queued = queued or []
+            while True:
+                try:
+                    more = self._commits.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    closing = True
+                else:
+                    queued.extend(more)
+            if queued:
+                self._flush(queued)
+            if closing:
+                return
+
+    def _flush(self, queued: Batches) -> None:
+        failure = NOT_DURABLE
+        try:
+            self.audit.wait(newest_ticket(queued))
+        except FerroError as exc:
+            failure = exc.message
+            self.log.error("audit flush failed: %s", failure)
+        except Exception:  # the committer must survive anything, or its answers wait forever
+            self.log.exception("audit flush failed")
+        self.settle(queued, failure)
+        self.wake()
+
+
+class RingFlusher:
+    """Flushes started and finished on the event loop's thread (every method but close)."""
+
+    def __init__(self, ring: FsyncRing, audit: Any, settle: Settle, log: logging.Logger,
+                 spin: float) -> None:
+        self.ring, self.audit, self.settle, self.log, self.spin = ring, audit, settle, log, spin
+        self._inflight: tuple[Batches, Any, float] | None = None
+        self._queued: Batches = []  # handed over while a flush was in flight: the next one
+        self._waiting = 0  # requests the flush in flight settles
+
+    def start(self, batches: Batches) -> None:
+        if self._inflight is not None:
+            self._queued.extend(batches)
+            return
+        failure = NOT_DURABLE
+        try:
+            pending = self.audit.start_flush(newest_ticket(batches))
+        except FerroError as exc:
+            pending, failure = None, exc.message
+            self.log.error("audit flush failed: %s", failure)
+        except Exception:
+            pending = None
+            self.log.exception("audit flush failed")
+        if pending is None:  # durable already, or failed before it began
+            self.settle(batches, failure)
+            return
+        try:
+            self.ring.submit_fsync(pending.fd, 1)
+        except OSError as exc:
+            self._finish(batches, pending, exc.strerror or "io_uring_enter failed")
+            return
+        self._inflight = (batches, pending, time.monotonic())
+        self._waiting = sum(len(answers) for answers in batches)
+
+    def fileno(self) -> int:
+        return self.ring.fileno()
+
+    def ready(self) -> None:
+        """The ring's eventfd is readable: settle the flush that completed, start the next."""
+        for _, result in self.ring.completions():
+            if self._inflight is None:
+                continue
+            batches, pending, _ = self._inflight
+            self._inflight, self._waiting = None, 0
+            self._finish(batches, pending, None if result >= 0 else os.strerror(-result))
+        if self._inflight is None and self._queued:
+            queued, self._queued = self._queued, []
+            self.start(queued)
+
+    def busy(self) -> bool:
+        return self._inflight is not None or bool(self._queued)
+
+    def spinning(self, now: float) -> bool:
+        """Whether the loop should poll rather than sleep (yielding the core: a runnable
+        thread or process goes first)."""
+        inflight = self._inflight
+        if (inflight is None or self._waiting < SPIN_MIN_REQUESTS
+                or now >= inflight[2] + self.spin):
+            return False
+        os.sched_yield()
+        return True
+
+    def close(self, timeout: float) -> list[Any]:
+        """Wait (bounded) for the flush in flight, then release the ring."""
+        deadline = time.monotonic() + timeout
+        while self.busy() and time.monotonic() < deadline:
+            self.ready()
+            time.sleep(0.001)
+        if not self.busy():
+            self.ring.close()
+        return []
+
+    def _finish(self, batches: Batches, pending: Any, error: str | None) -> None:
+        failure = NOT_DURABLE
+        try:
+            self.audit.finish_flush(pending, error)
+        except FerroError as exc:
+            failure = exc.message
+            self.log.error("audit flush failed: %s", failure)
+        except Exception:
+            self.log.exception("audit flush failed")
+        self.settle(batches, failure)
