@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
@@ -118,7 +117,7 @@ class EndOfLife:
                 call(self.ctx)  # parks it: ApprovalRequired (recorded as approval.requested)
                 return Outcome.DONE  # (only if the policy changed in between)
             if apv.effective_state(standing, now) is apv.ApprovalState.APPROVED:
-                call(replace(self.ctx, approval_id=standing.id))
+                call(self.ctx._replace(approval_id=standing.id))
                 return Outcome.DONE
             return Outcome.WAITING
         except ApprovalRequired:

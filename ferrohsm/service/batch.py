@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..auth.permissions import Action
@@ -302,7 +302,7 @@ class CryptoBatch:
         ctx = self.ctx
         local = ctx.tickets is None and self._durability is not None
         if local:
-            ctx = replace(ctx, tickets=[])
+            ctx = ctx._replace(tickets=[])
         for group, tally in self._tally.items():
             for positions in _ranges(tally.items):
                 self._record(ctx, group, tally, positions)
