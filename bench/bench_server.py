@@ -18,6 +18,10 @@ connections, rounds alternating between them so they share the machine's backgro
                 core 0, beside wrk and the receiver)
 * otlp-5pct     otlp with OTEL_TRACES_SAMPLER=parentbased_traceidratio, _ARG=0.05 (labelled)
 * otlp-2pct     the same with _ARG=0.02 (labelled; the README's suggestion)
+* flush-thread  durable with [audit] flush = "thread": the audit fsync on a committer thread,
+                as before io_uring (labelled)
+* no-spin       durable with [audit] flush_spin_microseconds = 0: io_uring, but the loop sleeps
+                in select during a flush instead of polling for it (labelled)
 * stapling      (only with --stapling) durable with [tls] ocsp_staple = true: TLS through
                 pyOpenSSL, stapling a response fetched from a local `openssl ocsp` (wrk asks for
                 no status, so this measures the pyOpenSSL read/write path every request takes)
@@ -149,6 +153,10 @@ def throughput(args: argparse.Namespace, tmp: Path, pki: DevPki, env: dict[str, 
     every = {"durable": lambda: Server(tmp, "durable", pki, env),
              "no-fsync": lambda: Server(tmp, "nofsync", pki, env, durable=False),
              "access-off": lambda: Server(tmp, "accessoff", pki, env, level="WARNING"),
+             "flush-thread": lambda: Server(tmp, "flushthread", pki,
+                                            dict(env, FERROHSM_AUDIT_FLUSH="thread")),
+             "no-spin": lambda: Server(tmp, "nospin", pki,
+                                       dict(env, FERROHSM_AUDIT_FLUSH_SPIN_MICROSECONDS="0")),
              "otlp": lambda: Server(tmp, "otlp", pki, otlp_env),
              "otlp-5pct": lambda: Server(tmp, "otlp5", pki, dict(
                  otlp_env, OTEL_TRACES_SAMPLER="parentbased_traceidratio",
@@ -326,9 +334,18 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
     if "access-off" in med:
         print(f"ratio durable / access-off by CPU per request: "
               f"{med['access-off']['cpu_us'] / med['durable']['cpu_us']:.2f} (target >= 0.95)")
+    report_labelled(med)
+
+
+def report_labelled(med: dict[str, dict[str, float]]) -> None:
+    """The ratios of the labelled configurations (not the shipped defaults)."""
     if "access-off" in med:
         print(f"ratio access-off / baseline: "
               f"{med['access-off']['rps'] / med['baseline']['rps']:.2f} (labelled: WARNING)")
+    for name in ("flush-thread", "no-spin"):
+        if name in med:
+            print(f"ratio durable / {name}: {med['durable']['rps'] / med[name]['rps']:.2f} "
+                  f"(labelled: the shipped flush against {name})")
     if "stapling" in med:
         print(f"ratio stapling / durable: {med['stapling']['rps'] / med['durable']['rps']:.2f}; "
               f"stapling / baseline: {med['stapling']['rps'] / med['baseline']['rps']:.2f}")
