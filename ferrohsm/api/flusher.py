@@ -53,6 +53,15 @@ def newest_ticket(batches: Batches) -> Any:
     return tickets[-1]
 
 
+def _fsync(fd: int) -> str | None:
+    """fsync ``fd`` in this thread: None, or why it failed."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        return exc.strerror or "fsync failed"
+    return None
+
+
 class ThreadFlusher:
     """A committer thread, started with the first group."""
 
@@ -143,8 +152,10 @@ class RingFlusher:
             return
         try:
             self.ring.submit_fsync(pending.fd, 1)
-        except OSError as exc:
-            self._finish(batches, pending, exc.strerror or "io_uring_enter failed")
+        except OSError as exc:  # the ring refused it (no fsync ran): fsync here instead
+            self.log.warning("io_uring refused an audit fsync (%s); flushing on the loop",
+                             exc.strerror or exc)
+            self._finish(batches, pending, _fsync(pending.fd))
             return
         self._inflight = (batches, pending, time.monotonic())
         self._waiting = sum(len(answers) for answers in batches)

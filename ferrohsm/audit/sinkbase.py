@@ -118,7 +118,7 @@ class ChainedSink(SplitFlush, AuditSink):
         self._syncs = 0  # flushes of written records, beside the group commits of append()
         self._committed: tuple[int, str] = (0, GENESIS_HASH)  # replaced whole: lock-free reads
         self._written: tuple[int, str] = (0, GENESIS_HASH)  # ahead of _committed between a
-        self._sync_lock = threading.Lock()                  # write_queued() and its flush
+        self._sync_lock = threading.RLock()                 # write_queued() and its flush
         self._next_seq, self._next_hash = 0, GENESIS_HASH
         self._log_id = ""
         self._failed: str | None = None

@@ -40,7 +40,10 @@ class SplitFlush:
     on_sync: Callable[[float, int], None] | None
     _committed: tuple[int, str]
     _written: tuple[int, str]
-    _sync_lock: threading.Lock
+    # Re-entrant: the event loop holds it while its io_uring fsync is in flight, across turns;
+    # anything on the loop that flushes meanwhile (a read's catch_up) then flushes in turn rather
+    # than waiting for itself forever.
+    _sync_lock: threading.RLock
     _io_lock: threading.RLock
     _failures: int
     _last_ok: bool
@@ -65,6 +68,10 @@ class SplitFlush:
         pending = self._begin_flush(through)
         if pending is None:
             return
+        self._finish_here(pending)
+
+    def _finish_here(self, pending: PendingFlush) -> None:
+        """Run ``pending``'s flush in this thread and settle it."""
         error = None
         try:
             self._sync_storage(pending.token)
@@ -83,8 +90,9 @@ class SplitFlush:
         if self.is_durable(ticket):
             return None
         pending = self._begin_flush(ticket.seq)
-        if pending is not None and pending.fd is None:
-            self._end_flush(pending, "this audit sink cannot be flushed by its caller")
+        if pending is not None and pending.fd is None:  # no fd to hand out: flush it here
+            self._finish_here(pending)
+            return None
         return pending
 
     def finish_flush(self, pending: PendingFlush, error: str | None) -> None:

@@ -5,6 +5,7 @@ and every case the ring cannot serve keeps the committer thread."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -103,6 +104,27 @@ def test_a_failed_fsync_answers_503_and_stops_the_sink(make_server: Any, connect
         sink.close()
         for fd in sink.pipes:
             os.close(fd)
+
+
+def test_a_submission_the_ring_refuses_is_fsynced_on_the_loop(
+        make_server: Any, connect: Any, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    sink = FileSink(str(tmp_path / "audit"), KEY)
+    try:
+        server = make_server(audited_app(sink), inline=inline, audit=sink)
+        ring = flusher(server).ring
+
+        def refuse(fd: int, user_data: int) -> None:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        ring.submit_fsync = refuse
+        client = connect(server)
+        head = sink.head()[0]
+        client.send(req("/op", "still-durable"))
+        assert client.read_response().status == 200
+        assert sink.head()[0] == head + 1 and sink.healthy()
+        assert "io_uring refused an audit fsync" in caplog.text
+    finally:
+        sink.close()
 
 
 @pytest.mark.parametrize("case", ["thread setting", "own fsync", "not durable"])
