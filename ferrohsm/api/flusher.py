@@ -18,6 +18,7 @@ arrives, and every waiting request waits for that too. Measured in bench/RESULTS
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -35,6 +36,8 @@ Answer = tuple[Conn, Incoming, Response]
 Batches = list[list[Answer]]
 Settle = Callable[[Batches, str], None]
 NOT_DURABLE = "audit record could not be made durable"
+NOT_RUN = frozenset({errno.ECANCELED, errno.EINTR, errno.EAGAIN, errno.EINVAL, errno.EOPNOTSUPP,
+                     errno.ENOSYS})
 SPIN_MIN_REQUESTS = 4  # a flush fewer requests wait on is not worth a busy core
 
 
@@ -170,10 +173,23 @@ class RingFlusher:
                 continue
             batches, pending, _ = self._inflight
             self._inflight, self._waiting = None, 0
-            self._finish(batches, pending, None if result >= 0 else os.strerror(-result))
+            self._finish(batches, pending, self._outcome(pending.fd, result))
         if self._inflight is None and self._queued:
             queued, self._queued = self._queued, []
             self.start(queued)
+
+    def _outcome(self, fd: int, result: int) -> str | None:
+        """None when the fsync succeeded, else why it failed. An error that says the fsync did
+        not run (cancelled, interrupted, refused by this kernel) is not a failed flush: fsync
+        again, here. An I/O error is final (after a failed fsync the kernel may have dropped
+        the dirty pages, so a second fsync would prove nothing)."""
+        if result >= 0:
+            return None
+        if -result in NOT_RUN:
+            self.log.warning("io_uring did not run an audit fsync (%s); flushing on the loop",
+                             os.strerror(-result))
+            return _fsync(fd)
+        return os.strerror(-result)
 
     def busy(self) -> bool:
         return self._inflight is not None or bool(self._queued)

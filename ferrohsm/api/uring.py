@@ -7,8 +7,9 @@ IORING_OP_FSYNC on a submission ring (one ``io_uring_enter``, no GIL hand-off), 
 on its own worker, and its completion makes an eventfd readable in the loop's selector
 (``fileno()``), like a socket. Measured in bench/RESULTS.md.
 
-Only what one fsync at a time needs is here: ``io_uring_setup``, one mmap of the rings (Linux
-5.4's single-mmap layout), one of the submission entries, the eventfd registration. The system
+Only what one fsync at a time needs is here: ``io_uring_setup``, one mmap of the rings (the
+single-mmap layout), one of the submission entries, the eventfd registration; Linux 5.7 or
+later, so that every flag used is known to the kernel. The system
 calls go through ``ctypes``; the ring memory through ``struct`` on ``mmap``. Plain loads and
 stores are enough for the ring's head and tail on x86-64 (total store order), so ``available()``
 is False on any other machine, as on a kernel without io_uring, in a sandbox that forbids it, or
@@ -31,6 +32,7 @@ _OP_FSYNC = 3
 _SQE_ASYNC = 1 << 4  # IOSQE_ASYNC: straight to a kernel worker (an fsync cannot be done inline)
 _REGISTER_EVENTFD = 4
 _FEAT_SINGLE_MMAP = 1
+_FEAT_FAST_POLL = 1 << 5  # Linux 5.7: every flag used here (IOSQE_ASYNC is 5.6) is known
 _OFF_SQES = 0x10000000
 # io_uring_params: 10 u32, io_sqring_offsets (8 u32 + u64), io_cqring_offsets (8 u32 + u64)
 _PARAMS = struct.Struct("=10I8IQ8IQ")
@@ -81,8 +83,8 @@ class FsyncRing:
     def _map(self, p: tuple[int, ...]) -> None:
         sq_entries, cq_entries, features = p[0], p[1], p[5]
         sq, cq = p[10:17], p[19:26]  # the offsets (the reserved words and addresses skipped)
-        if not features & _FEAT_SINGLE_MMAP:
-            raise RingError(errno.ENOSYS, "io_uring without the single-mmap layout (Linux < 5.4)")
+        if not features & _FEAT_FAST_POLL or not features & _FEAT_SINGLE_MMAP:
+            raise RingError(errno.ENOSYS, "io_uring older than Linux 5.7")
         size = max(sq[6] + sq_entries * 4, cq[5] + cq_entries * _CQE.size)
         prot = mmap.PROT_READ | mmap.PROT_WRITE
         self._rings = mmap.mmap(self._fd, size, mmap.MAP_SHARED | mmap.MAP_POPULATE, prot)

@@ -162,3 +162,21 @@ def test_the_loop_polls_only_for_a_busy_flush_and_only_so_long() -> None:
         assert not rf.spinning(now)  # flush_spin_microseconds = 0: never
     finally:
         ring.close()
+
+
+def test_a_completion_that_says_the_fsync_did_not_run_is_fsynced_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ring = uring.FsyncRing()
+    fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        rf = RingFlusher(ring, None, lambda batches, failure: None,
+                         logging.getLogger("test"), spin=0.0)
+        assert rf._outcome(fd, 0) is None
+        assert rf._outcome(fd, -errno.ECANCELED) is None  # fsynced again, here: it worked
+        assert "did not run an audit fsync" in caplog.text
+        caplog.clear()
+        assert rf._outcome(fd, -errno.EIO) == os.strerror(errno.EIO)  # final: no second try
+        assert caplog.text == ""
+    finally:
+        os.close(fd)
+        ring.close()
