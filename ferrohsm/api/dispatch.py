@@ -107,9 +107,9 @@ class Dispatcher:
         if isinstance(self._flusher, RingFlusher):
             self._flusher.ready()
 
-    def spinning(self, now: float) -> bool:
+    def spinning(self) -> bool:
         """Whether the loop should poll instead of sleeping (api/flusher.py)."""
-        return self._flusher is not None and self._flusher.spinning(now)
+        return self._flusher is not None and self._flusher.spinning()
 
     def take(self, conn: Conn, incoming: Incoming) -> None:
         if incoming.error is not None or (self.inline is not None

@@ -9,7 +9,7 @@ meanwhile. Any sink.
 
 RingFlusher (``[audit] flush = "auto"``, a FileSink, Linux x86-64 with io_uring): the loop starts
 the fsync (``start_flush``: the sink's flush lock and the fd to flush), the kernel runs it, and
-its completion is an event in the loop's selector (``fileno``, ``ready``). No thread and no GIL
+its completion is an event in the loop's selector (the ring's eventfd, then ``ready``). No thread and no GIL
 hand-off per group. While a flush that many requests wait on is in flight, the loop may poll
 instead of sleeping (``spinning``, for at most ``spin`` seconds, yielding the core each time):
 on a virtual machine a sleeping core takes tens of microseconds to wake when the completion
@@ -81,10 +81,7 @@ class ThreadFlusher:
             self._thread.start()
         self._commits.put(batches)
 
-    def fileno(self) -> int | None:
-        return None
-
-    def spinning(self, now: float) -> bool:
+    def spinning(self, now: float | None = None) -> bool:
         return False  # the loop's polling would take the GIL from the committer
 
     def close(self, timeout: float) -> list[Any]:
@@ -163,9 +160,6 @@ class RingFlusher:
         self._inflight = (batches, pending, time.monotonic())
         self._waiting = sum(len(answers) for answers in batches)
 
-    def fileno(self) -> int:
-        return self.ring.fileno()
-
     def ready(self) -> None:
         """The ring's eventfd is readable: settle the flush that completed, start the next."""
         for _, result in self.ring.completions():
@@ -194,12 +188,13 @@ class RingFlusher:
     def busy(self) -> bool:
         return self._inflight is not None or bool(self._queued)
 
-    def spinning(self, now: float) -> bool:
+    def spinning(self, now: float | None = None) -> bool:
         """Whether the loop should poll rather than sleep (yielding the core: a runnable
-        thread or process goes first)."""
+        thread or process goes first). The clock is read only while a flush is in flight."""
         inflight = self._inflight
-        if (inflight is None or self._waiting < SPIN_MIN_REQUESTS
-                or now >= inflight[2] + self.spin):
+        if inflight is None or self._waiting < SPIN_MIN_REQUESTS:
+            return False
+        if (time.monotonic() if now is None else now) >= inflight[2] + self.spin:
             return False
         os.sched_yield()
         return True

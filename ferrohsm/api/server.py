@@ -278,9 +278,9 @@ class HardenedHTTPServer:
                    or (conn.state == IDLE and not conn.first and conn.idle_since >= recent))
 
     def _wait_time(self) -> float:
-        now = time.monotonic()
-        if self._ready or self._dispatcher.has_work() or self._dispatcher.spinning(now):
+        if self._ready or self._dispatcher.has_work() or self._dispatcher.spinning():
             return 0.0
+        now = time.monotonic()
         soonest = min((conn.deadline for conn in self._conns), default=NEVER)
         if self._listener is not None and self._listener.paused and not self._draining:
             soonest = min(soonest, self._listener.next_check)
