@@ -98,7 +98,9 @@ def _dispatch(args_list: list[str]) -> int:
     if len(args_list) >= 2 and args_list[0] == "audit" and args_list[1] in audit_cmd.OFFLINE:
         return _flushed(audit_cmd.run_offline(args_list[1], args_list[2:]))
     parser = build_parser()
-    args = parser.parse_args(args_list)
+    args, extra = parser.parse_known_args(args_list)
+    if extra:  # told by the command that was given, with its usage, not by the root
+        tree.chosen(parser, args_list).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return USAGE

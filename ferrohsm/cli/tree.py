@@ -33,6 +33,19 @@ def subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | 
     return None
 
 
+def chosen(root: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The parser of the deepest command named in ``argv`` (``keys rotate`` in ``keys rotate
+    KEY --x``): argparse reports a subcommand's unknown option from the root, with the root's
+    usage, where the command's own usage is what helps."""
+    parser = root
+    for word in argv:
+        action = subparsers(parser)
+        if action is None or word.startswith("-") or word not in action.choices:
+            break
+        parser = action.choices[word]
+    return parser
+
+
 def offline_parser(path: tuple[str, ...]) -> argparse.ArgumentParser | None:
     """The real parser of an offline tool whose tree entry is a placeholder."""
     if path == ("audit", "verify"):
