@@ -40,8 +40,9 @@ JWT_SECRET = "acme-test-secret-" + "x" * 32
 
 class AcmeServer:
     def __init__(self, root: Path, challenge: str, fraction: float = 0.33,
-                 tls_extra: str = "") -> None:
+                 tls_extra: str = "", processes: int = 1) -> None:
         self.root, self.challenge, self.tls_extra = root, challenge, tls_extra
+        self.processes = processes  # > 1: one port, one cache, the SQLite store
         self.data = root / "data"
         self.port, self.http_port = free_port(), free_port()
         self.fraction = fraction
@@ -58,8 +59,10 @@ class AcmeServer:
         config.write_text(f"""
 [server]
 listen = "127.0.0.1:{self.port}"
+processes = {self.processes}
 [storage]
 data_dir = "{self.data}"
+key_store = "{'sqlite' if self.processes > 1 else 'filesystem'}"
 [tls]
 mode = "acme"
 {self.tls_extra}

@@ -5,11 +5,15 @@ Both challenge types issue; the served chain verifies against pebble's own root 
 order can have been made); renewal swaps a new certificate in while an established keep-alive
 connection goes on working; an outage keeps the current certificate, shows in /healthz, metrics,
 the log and the audit log, and heals when pebble returns; with no certificate yet, the port
-serves nothing but the challenge. Slow (real processes), skipped without pebble.
+serves nothing but the challenge; with ``processes = 2`` one process leads, both serve, and
+the lead passes on when the leader is killed. Slow (real processes), skipped without pebble.
 """
 
 from __future__ import annotations
 
+import http.client
+import os
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -219,3 +223,87 @@ def test_two_processes_sharing_a_cache_make_one_order(tmp_path: Path) -> None:
                                                           ("tls.issued", "cache")]
     log = (tmp_path / "pebble" / "pebble.log").read_text()
     assert log.count("Issued certificate serial") == 1  # pebble's own count of issuances
+
+
+def _leader_pid(cache: Path) -> int | None:
+    """The process holding ``flock`` on the cache's ``.leader`` file (from /proc/locks)."""
+    inode = os.stat(cache / ".leader").st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK" and int(fields[5].rsplit(":", 1)[1]) == inode:
+            return int(fields[4])
+    return None
+
+
+def _all_serve(port: int, root: bytes, serial: int) -> bool:
+    """Enough handshakes that both processes (SO_REUSEPORT picks one per connection) are
+    asked, each verifying against pebble's root and showing ``serial``."""
+    return all(served_certificate(port, root).serial_number == serial for _ in range(16))
+
+
+@pytest.mark.parametrize("challenge", ["http-01", "tls-alpn-01"])
+def test_two_processes_one_leader_one_order_both_serve(tmp_path: Path, challenge: str) -> None:
+    """``processes = 2`` on one port and one cache: one process leads (orders, and alone
+    listens for http-01: no second bind of the port), the other serves the certificate the
+    leader saved and, for tls-alpn-01, answers the leader's challenge too, so a validation
+    succeeds whichever process the kernel hands it to."""
+    server = AcmeServer(tmp_path, challenge, processes=2)
+    pebble = Pebble(tmp_path / "pebble", server.http_port, server.port)
+    pebble.start()
+    server.start(pebble)
+    try:
+        root = pebble.root_pem()
+        first = wait_for("the first certificate", lambda: served_certificate(server.port, root))
+        wait_for("both processes serving it", lambda: _all_serve(server.port, root,
+                                                                 first.serial_number))
+    finally:
+        server.stop()
+        pebble.stop()
+    text = server.log.read_text()
+    assert "Address already in use" not in text and "refused to start" not in text
+    assert "another process of this host leads" in text
+    if challenge == "tls-alpn-01":
+        assert "answering the leading process's tls-alpn-01 challenge for" in text
+    log = (tmp_path / "pebble" / "pebble.log").read_text()
+    assert log.count("Issued certificate serial") == 1
+
+
+def test_the_lead_passes_on_when_the_leader_is_killed(tmp_path: Path) -> None:
+    """kill -9 the leading process: another takes the lead and the http-01 port (the survivor
+    at its next look, or the supervisor's new process if it starts first), and both go on
+    serving the certificate without ordering another."""
+    server = AcmeServer(tmp_path, "http-01", processes=2)
+    pebble = Pebble(tmp_path / "pebble", server.http_port, server.port)
+    pebble.start()
+    server.start(pebble)
+    cache = server.data / "acme"
+    try:
+        root = pebble.root_pem()
+        cert = wait_for("the first certificate", lambda: served_certificate(server.port, root))
+        wait_for("both serving", lambda: _all_serve(server.port, root, cert.serial_number))
+        leader = _leader_pid(cache)
+        assert leader is not None and server.proc is not None and leader != server.proc.pid
+        os.kill(leader, signal.SIGKILL)
+        successor = wait_for("a new leader", lambda: (_leader_pid(cache) or leader) != leader
+                             and _leader_pid(cache))
+        assert successor != leader  # the survivor, or the supervisor's new process
+        conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=5)
+        wait_for("the http-01 port answering again", lambda: _challenge_status(conn) == 404)
+        wait_for("both serving again", lambda: _all_serve(server.port, root,
+                                                          cert.serial_number))
+    finally:
+        server.stop()
+        pebble.stop()
+    log = (tmp_path / "pebble" / "pebble.log").read_text()
+    assert log.count("Issued certificate serial") == 1  # nobody ordered a second one
+
+
+def _challenge_status(conn: http.client.HTTPConnection) -> int:
+    try:
+        conn.request("GET", "/.well-known/acme-challenge/unknown-token")
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    except OSError:
+        conn.close()
+        raise

@@ -173,6 +173,15 @@ class AcmeCache:
         atomic_write(key_path, key_pem, 0o600)
         atomic_write(cert_path, chain_pem, 0o644)
 
+    def cert_stamp(self, directory_url: str, domains: Sequence[str]) -> tuple[int, ...] | None:
+        """Identity, time and size of the saved chain (None: none saved): a follower reads and
+        checks the certificate only when this changes."""
+        try:
+            st = os.stat(self._cert_paths(directory_url, domains)[0])
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
     def load_cert(self, directory_url: str, domains: Sequence[str],
                   now: dt.datetime) -> CachedCert | None:
         """The cached certificate when usable now (parsable, matching, covering, in validity)."""

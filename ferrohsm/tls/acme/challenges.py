@@ -106,6 +106,10 @@ class Http01Responder:
     def port(self) -> int:
         return int(self._server.server_address[1]) if self._server is not None else 0
 
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
     def start(self) -> None:
         try:
             server = ThreadingHTTPServer(self._address, _ChallengeHandler)

@@ -11,6 +11,9 @@ until the first certificate arrives, and the log says so. Failures (CA unreachab
 failed, rate limited) keep the current certificate, are retried with backoff (never sooner
 than ``Retry-After``), and show in the log, ``status()`` (/healthz, metrics) and the audit log
 (``tls.acme_failed``); every new certificate is ``tls.issued`` or ``tls.renewed``.
+
+Several processes sharing the cache (``processes = N``): one leads and the others follow
+(sharing.py); only the leader ever talks to the CA.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from ..status import Notify, certificate_summary, rfc3339
 from .cache import AcmeCache, CachedCert
 from .challenges import Http01Responder, TlsAlpnResponder
 from .client import AcmeClient, AcmeError
-from .order import ACCOUNT_GONE, Issuance, Issued, ensure_account
+from .order import ACCOUNT_GONE, Issuance, Issued, Responder, ensure_account
 from .renewal import (
     ARI_DEFAULT_RECHECK,
     AriWindow,
@@ -39,6 +42,16 @@ from .renewal import (
     backoff,
     fraction_renewal,
     parse_ari,
+)
+from .sharing import (
+    FOLLOW_FIRST_SECONDS,
+    FOLLOW_SECONDS,
+    SYNC_SECONDS,
+    Answers,
+    LeaderLock,
+    Publishing,
+    SharedAnswers,
+    mirror,
 )
 
 log = logging.getLogger("ferrohsm.tls.acme")
@@ -91,7 +104,7 @@ class AcmeProvider:
     """Callable giving the SSLContext of each new connection; ``status()`` for /healthz."""
 
     def __init__(self, options: AcmeOptions, notify: Notify | None = None, *,
-                 clock: Callable[[], dt.datetime] = _now) -> None:
+                 clock: Callable[[], dt.datetime] = _now, shared: bool = False) -> None:
         if options.challenge not in CHALLENGES:
             raise ConfigError(f"[tls.acme].challenge must be one of {', '.join(CHALLENGES)}")
         self.options = options
@@ -121,6 +134,12 @@ class AcmeProvider:
         self._failures = self._failures_total = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._shared = shared  # other processes of this host serve from this cache too
+        self._leader = LeaderLock(self._cache.root)
+        self._following = False
+        self._answers = SharedAnswers(self._cache.root)
+        self._mirrored: Answers = {}
+        self._stamp = self._cache.cert_stamp(self.url, options.domains)
         cached = self._cache.load_cert(self.url, options.domains, clock())
         if cached is not None:
             self._install(cached)
@@ -170,11 +189,11 @@ class AcmeProvider:
     # ------------------------------------------------------------------ thread
 
     def start(self, stop: threading.Event | None = None) -> threading.Thread:
-        """Start the responder (http-01) and the renewal thread; ``stop`` ends both."""
+        """Lead if no other process of this host does (then a busy http-01 port stops
+        start-up, as a configuration error), and start the thread; ``stop`` ends it."""
         if stop is not None:
             self._stop = stop
-        if isinstance(self._responder, Http01Responder):
-            self._responder.start()
+        self._lead()
         self._thread = threading.Thread(target=self._run, name="ferrohsm-acme", daemon=True)
         self._thread.start()
         return self._thread
@@ -185,6 +204,7 @@ class AcmeProvider:
             self._thread.join(timeout)
         if isinstance(self._responder, Http01Responder):
             self._responder.stop()
+        self._leader.release()
 
     def _run(self) -> None:
         delay = 0.0
@@ -198,7 +218,13 @@ class AcmeProvider:
             self._responder.stop()
 
     def _tick(self) -> float:
-        """One look: obtain when due; the seconds until the next look."""
+        """One look: follow the leader, or (leading) obtain when due; the seconds until the
+        next look."""
+        try:
+            if not self._lead():
+                return self._follow()
+        except (ConfigError, OSError) as exc:
+            return self._failed(exc)
         now = self._clock()
         self._poll_ari(now)
         due = self._due()
@@ -213,6 +239,71 @@ class AcmeProvider:
             return self._failed(exc)
         return 0.0
 
+    # ------------------------------------------------------------------ leading, following
+
+    def _lead(self) -> bool:
+        """Whether this process leads (taking the lead when nobody holds it); a new leader
+        drops what it mirrored, clears a dead leader's answers and listens for http-01."""
+        if not self._leader.held:
+            if not self._leader.try_acquire():
+                if not self._following:
+                    log.info("ACME: another process of this host leads; serving the "
+                             "certificates it obtains")
+                    self._following = True
+                return False
+            if self._following:
+                log.info("ACME: this process leads now (the previous leader stopped)")
+            self._following = False
+            mirror(self._responder, self._mirrored, {})
+            self._mirrored = {}
+            if isinstance(self._responder, TlsAlpnResponder):
+                self._answers.publish({})
+        if isinstance(self._responder, Http01Responder) and not self._responder.running:
+            self._responder.start()
+        return True
+
+    def _follow(self) -> float:
+        """Serve the leader's newest certificate; answer its tls-alpn-01 challenges too."""
+        stamp = self._cache.cert_stamp(self.url, self.options.domains)
+        if stamp != self._stamp:
+            self._stamp = stamp
+            self._serve_saved()
+        if isinstance(self._responder, TlsAlpnResponder):
+            answers = self._answers.changed()
+            if answers is not None:
+                mirror(self._responder, self._mirrored, answers)
+                if set(answers) - set(self._mirrored):
+                    log.info("ACME: answering the leading process's tls-alpn-01 challenge "
+                             "for %s", ", ".join(sorted(set(answers) - set(self._mirrored))))
+                self._mirrored = answers
+        return FOLLOW_SECONDS if self._cert is not None else FOLLOW_FIRST_SECONDS
+
+    def _serve_saved(self) -> None:
+        cached = self._cache.load_cert(self.url, self.options.domains, self._clock())
+        current = self._cert
+        if cached is None or (current is not None
+                              and cached.leaf.serial_number == current.leaf.serial_number):
+            return
+        self._serve_cached(cached, current, "the leading process")
+
+    def _serve_cached(self, cached: CachedCert, current: CachedCert | None, by: str) -> None:
+        """Serve a certificate another process obtained, and record that this one does."""
+        self._install(cached)
+        self._failures, self._last_error, self._next_attempt = 0, None, None
+        log.info("ACME: serving certificate serial %x from the cache (obtained by %s)",
+                 cached.leaf.serial_number, by)
+        self._emit("tls.issued" if current is None else "tls.renewed",
+                   {**certificate_summary(cached.leaf), "directory": self.url,
+                    "source": "cache"})
+
+    def _issuing_responder(self) -> Responder:
+        """What an order publishes its answers through: tls-alpn-01 answers also go to the
+        followers (and, with followers, the CA is told to look only once they have them)."""
+        if isinstance(self._responder, TlsAlpnResponder):
+            return Publishing(self._responder, self._answers,
+                              SYNC_SECONDS if self._shared else 0.0)
+        return self._responder
+
     def _adopt_newer(self) -> bool:
         """Another process sharing the cache renewed while we waited for the lock: serve its
         certificate instead of ordering one more."""
@@ -223,13 +314,7 @@ class AcmeProvider:
             return False
         if fraction_renewal(cached.leaf, self.options.renew_before_fraction) <= self._clock():
             return False
-        self._install(cached)
-        self._failures, self._last_error, self._next_attempt = 0, None, None
-        log.info("ACME: serving certificate serial %x from the cache (obtained by another "
-                 "process)", cached.leaf.serial_number)
-        self._emit("tls.issued" if current is None else "tls.renewed",
-                   {**certificate_summary(cached.leaf), "directory": self.url,
-                    "source": "cache"})
+        self._serve_cached(cached, current, "another process")
         return True
 
     def _planned(self) -> dt.datetime | None:
@@ -281,7 +366,7 @@ class AcmeProvider:
         retried: set[str] = set()
         while True:
             try:
-                return Issuance(self._client, account, self._responder).run(
+                return Issuance(self._client, account, self._issuing_responder()).run(
                     self.options.domains, replaces)
             except AcmeError as exc:
                 if exc.problem in retried:
@@ -370,6 +455,7 @@ class AcmeProvider:
                 "next_renewal": self._iso(self._planned()),
                 "next_attempt": self._iso(self._next_attempt),
                 "renewal_info": self._ari is not None,
+                "role": "leader" if self._leader.held else "follower",
             },
         }
 
