@@ -58,7 +58,7 @@ from .integrity.logcheck import StartupChecks, StartupRefused
 from .integrity.logscan import AuditLocation
 from .integrity.reconcile import reconcile
 from .integrity.records import RecordReport, check_key_records
-from .obswire import wire_metrics
+from .obswire import share_metrics, wire_metrics
 from .service import AuditLogService, KeyService, TokenService
 from .service.batch import CryptoItems
 from .service.imports import ImportService
@@ -83,7 +83,7 @@ from .telemetry.metrics import ServerMetrics
 from .tlswire import expiry_of, start_tls, tls_notify, tls_provider, wire_tls
 
 # re-exported for the entry points: the data folder (datadir.py) and the TLS wiring (tlswire.py)
-__all__ = ["ensure_private_dir", "start_tls", "tls_notify", "tls_provider", "why", "wire_tls"]
+__all__ = ["ensure_private_dir", "share_metrics", "start_tls", "tls_notify", "tls_provider", "why", "wire_tls"]
 log = logging.getLogger("ferrohsm")
 CHECK_VALUE = "master_key_check"
 

@@ -6,6 +6,7 @@ app.py so each stays readable; it names no concrete store."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from .api.router import Router
@@ -18,6 +19,7 @@ from .service import KeyService
 from .store.approvalstore import ApprovalStore
 from .store.keystore import KeyStore
 from .telemetry.metrics import ServerMetrics
+from .telemetry.metricshare import MetricShare
 
 
 class Runtime(Protocol):
@@ -36,6 +38,14 @@ class Runtime(Protocol):
 def wire_metrics(rt: Runtime, audit: ChainedSink) -> None:
     _gauges(rt)
     _observability(rt, audit)
+
+
+def share_metrics(metrics: ServerMetrics, data_dir: str, index: int) -> MetricShare:
+    """``processes = N``: process ``index`` shows every process's series on /metrics."""
+    share = MetricShare(Path(data_dir) / "metrics", index, metrics.registry.families)
+    metrics.share = share
+    share.start()
+    return share
 
 
 def _gauges(rt: Runtime) -> None:

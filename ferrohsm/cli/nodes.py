@@ -87,7 +87,7 @@ def cores_for(count: int, pin: bool) -> list[int]:
 
 
 class Supervisor:
-    def __init__(self, count: int, child: Callable[[], int], grace: float,
+    def __init__(self, count: int, child: Callable[[int], int], grace: float,
                  cores: list[int] | None = None) -> None:
         self.slots = [Slot() for _ in range(count)]
         self._cores = cores or []
@@ -138,7 +138,7 @@ class Supervisor:
             try:
                 if self._cores:  # before the child starts any thread: threads inherit it
                     os.sched_setaffinity(0, {self._cores[index % len(self._cores)]})
-                code = self._child()
+                code = self._child(index)
             except BaseException:  # a bug: say so once, and let the parent restart us
                 log.exception("process %d failed", index)
             finally:

@@ -192,7 +192,7 @@ def _supervise(config: Config, announce: Any, options: Any) -> int:
     config, reserved = reserve_port(config)
     parent = os.getpid()
     supervisor = Supervisor(config.server.processes,
-                            lambda: _child(config, options, parent),
+                            lambda index: _child(config, options, parent, index),
                             config.server.shutdown_grace_seconds,
                             cores_for(config.server.processes, config.server.pin_processes))
     supervisor.install()
@@ -211,14 +211,15 @@ def _supervise(config: Config, announce: Any, options: Any) -> int:
             reserved.close()
 
 
-def _child(config: Config, options: Any, parent: int) -> int:
-    """One serving process of a supervised group; errors as ``main`` reports them."""
+def _child(config: Config, options: Any, parent: int, index: int) -> int:
+    """Serving process ``index`` of a supervised group; errors as ``main`` reports them."""
     from .. import app as wiring
     from ..domain.errors import ConfigError, FerroError
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     try:
-        return _serve(config, wiring.tls_provider(config), None, options, parent=parent)
+        return _serve(config, wiring.tls_provider(config), None, options, parent=parent,
+                      index=index)
     except ConfigError as exc:
         print(f"ferrohsm: configuration error: {exc.message}", file=sys.stderr)
         return 2
@@ -231,7 +232,7 @@ def _child(config: Config, options: Any, parent: int) -> int:
 
 
 def _serve(config: Config, ssl_provider: Any, announce: Any = None, options: Any = None,
-           parent: int | None = None) -> int:
+           parent: int | None = None, index: int = 0) -> int:
     from .. import app as wiring
     log = logging.getLogger("ferrohsm")
     if config.server.pin_cpu >= 0:
@@ -244,6 +245,8 @@ def _serve(config: Config, ssl_provider: Any, announce: Any = None, options: Any
     rt = wiring.build_runtime(config, load_secrets(config), options)
     server = None
     try:
+        if parent is not None:  # one of processes = N: /metrics shows them all
+            wiring.share_metrics(rt.metrics, config.storage.data_dir, index)
         wiring.wire_tls(rt, ssl_provider)
         server = wiring.make_server(rt, ssl_provider)
         done = threading.Event()

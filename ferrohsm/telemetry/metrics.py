@@ -19,6 +19,8 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 
+from .metricshare import Family, MetricShare
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                  0.5, 1.0)
@@ -160,12 +162,21 @@ class Registry:
             lines += metric.render()
         return "\n".join(lines) + "\n"
 
+    def families(self) -> list[Family]:
+        """(name, HELP line, TYPE line, samples) of each metric (metricshare.py merges them)."""
+        out: list[Family] = []
+        for metric in self.metrics:
+            lines = metric.render()
+            out.append((lines[1].split()[2], lines[0], lines[1], lines[2:]))
+        return out
+
 
 class ServerMetrics:
     """The metrics FerroHSM exports; the HTTP layer and the service feed them."""
 
     def __init__(self) -> None:
         self.registry = Registry()
+        self.share: MetricShare | None = None  # processes = N: set by the composition root
         self.requests = Counter("ferrohsm_http_requests", "HTTP requests by route and status",
                                 ("route", "method", "status"))
         self.latency = Histogram("ferrohsm_http_request_duration_seconds",
@@ -212,7 +223,8 @@ class ServerMetrics:
         self.audit_batch.observe(float(records))
 
     def render(self) -> str:
-        return self.registry.render()
+        """This process's series; with ``processes = N`` every process's (metricshare.py)."""
+        return self.share.render() if self.share is not None else self.registry.render()
 
 
 # ---- process_* (the names every Prometheus client library exports) ---------------------------

@@ -323,3 +323,36 @@ def test_processes_stop_when_a_child_refuses_to_start(tmp_path: Path) -> None:
     assert proc.wait(60) == 2
     log = nodes.nodes[0].log.read_text()
     assert "master key" in log and "refused to start" in log and "Traceback" not in log
+
+
+def test_processes_show_every_process_on_metrics(tmp_path: Path) -> None:
+    """``processes = 2`` on one port: whichever process a scrape reaches, it shows both
+    processes' series, each sample labelled ``process``, and summed they count every request
+    once (no counter jumps between scrapes that land on different processes)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    nodes = Cluster(tmp_path, "sqlite", CONFIG)
+    try:
+        nodes.add("--processes", "2")
+        key = create(nodes, 0)["id"]
+        for _ in range(24):  # a new connection each: the kernel spreads them
+            assert encrypt(nodes, 0, key)[0] == 200
+        time.sleep(1.5)  # each process has written its series since (every second)
+        for _ in range(8):
+            status, text = nodes.call(0, "GET", "/metrics")
+            assert status == 200
+            families = list(text_string_to_metric_families(text.decode()))
+            names = [f.name for f in families]
+            assert len(names) == len(set(names))  # one HELP/TYPE per family, not per process
+            by_name = {f.name: f for f in families}
+            started = by_name["process_start_time_seconds"].samples
+            assert sorted(s.labels["process"] for s in started) == ["0", "1"]
+            encrypts = [s for s in by_name["ferrohsm_http_requests"].samples
+                        if s.name == "ferrohsm_http_requests_total"
+                        and s.labels["route"] == "/v1/keys/{key}/encrypt"
+                        and s.labels["status"] == "200"]
+            assert sum(s.value for s in encrypts) == 24
+            assert {s.labels["process"] for s in encrypts} <= {"0", "1"}
+    finally:
+        nodes.stop()
+    assert sorted(p.name for p in (nodes.data / "metrics").iterdir()) == [
+        "process-0.json", "process-1.json"]
