@@ -155,7 +155,12 @@ def _process_checks(config: Config) -> list[tuple[bool, str]]:
              f"{' or '.join(repr(s) for s in SHARED_STORES)}: the {store} store belongs to one "
              "process (use --processes 1, or --key-store sqlite)"),
             (n == 1 or config.server.pin_cpu < 0,
-             "[server].pin_cpu would pin every one of [server].processes to one core: use one")]
+             "[server].pin_cpu would pin every one of [server].processes to one core: use one"),
+            (n == 1 or config.secrets.unseal != "shamir",
+             f'[server].processes = {n} cannot start sealed ([secrets] unseal = "shamir"): '
+             "each process would keep its own unseal progress behind the one port, so the "
+             "shares given to one would unseal only that one; run one process per node and "
+             "unseal each node at its own address")]
 
 
 def _witness_ok(spec: str) -> bool:

@@ -35,6 +35,19 @@ def test_sqlite_allows_several_and_the_range_is_checked() -> None:
                                        ("server", "processes"): 0})
 
 
+def test_split_knowledge_unseal_refuses_more_than_one_process() -> None:
+    """Shares given to one process behind the shared port would unseal that one only (the
+    others stay sealed, or each holds part of the threshold): refused before anything starts."""
+    with pytest.raises(ConfigError, match="cannot start sealed") as refused:
+        load_config(env={}, overrides={("storage", "key_store"): "sqlite",
+                                       ("server", "processes"): 2,
+                                       ("secrets", "unseal"): "shamir"})
+    assert "unseal each node at its own address" in refused.value.message
+    one = load_config(env={}, overrides={("storage", "key_store"): "sqlite",
+                                         ("secrets", "unseal"): "shamir"})
+    assert one.server.processes == 1
+
+
 def test_serve_says_why_at_start_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--processes", "2", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
