@@ -37,9 +37,11 @@ def wire_backup(router: routing.Router, config: Config, secrets: Secrets, servic
 
 def online_key_file(config: Config) -> tuple[str, str]:
     """Where an online rekey writes the new master key, or "" and why it cannot here."""
-    s = config.secrets
+    s, n = config.secrets, config.server.processes
+    shared_by = ("every node (PostgreSQL)" if config.storage.key_store == "postgres"
+                 else f"the {n} processes of [server].processes = {n}" if n > 1 else "")
     return online_rekey.key_file_for(s.unseal, bool(os.environ.get("FERROHSM_MASTER_KEY")),
-                                     s.master_key_file, config.storage.key_store == "postgres")
+                                     s.master_key_file, shared_by)
 
 
 def resume_online_rekey(config: Config, secrets: Secrets, store: KeyStore,

@@ -16,8 +16,9 @@ compare-and-swap rewrite, check value, journal done), run by the server itself w
   ``[secrets] master_key_file`` (``<file>.rekey-new``) BEFORE the journal starts, and renamed
   over the file once the check value has committed: the file always holds the old or the new
   key, and either opens the journal. It is never returned over the API. A server whose key
-  comes from ``FERROHSM_MASTER_KEY`` (or split-knowledge mode, or the PostgreSQL store other
-  nodes share) answers 409: use the offline ``ferrohsm rekey`` there (``key_file_for``).
+  comes from ``FERROHSM_MASTER_KEY`` (or split-knowledge mode, or a store other processes
+  serve from: PostgreSQL, ``processes = N``) answers 409: use the offline ``ferrohsm rekey``
+  there (``key_file_for``).
 * **Crash safety:** a kill -9 at any point leaves every record under the old or the new key
   (the journal holds each key sealed under the other); the next start resumes and finishes the
   rekey (``resume_at_start``) with whichever key the file holds, before any check or request
@@ -133,11 +134,13 @@ OFFLINE = ("; rotate it with the server stopped: `ferrohsm rekey` (README, Split
 
 
 def key_file_for(unseal: str, key_in_environment: bool, master_key_file: str,
-                 shared_store: bool = False) -> tuple[str, str]:
-    """Where an online rekey writes the new master key, or "" and why it cannot run here."""
-    if shared_store:
-        return "", ("the key store is shared by every node (PostgreSQL): the others would "
-                    "still hold the old key; stop them all" + OFFLINE)
+                 shared_by: str = "") -> tuple[str, str]:
+    """Where an online rekey writes the new master key, or "" and why it cannot run here.
+    ``shared_by`` names who else serves from the key store (a rekey here would leave them
+    holding the old key)."""
+    if shared_by:
+        return "", (f"the key store is shared by {shared_by}: the others would still hold "
+                    "the old key; stop them all" + OFFLINE)
     if unseal != "env":
         return "", "split-knowledge mode: new shares are issued by the offline rekey" + OFFLINE
     if key_in_environment:

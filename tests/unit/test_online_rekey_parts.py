@@ -118,8 +118,24 @@ def test_where_an_online_rekey_can_put_the_new_key(unseal: str, in_env: bool, fi
     key_file, reason = online.key_file_for(unseal, in_env, file)
     assert (key_file == "/k") == (why == "")
     assert why in reason and ("ferrohsm rekey" in reason) == bool(why)
-    shared, reason = online.key_file_for(unseal, in_env, file, shared_store=True)
-    assert shared == "" and "PostgreSQL" in reason
+    shared, reason = online.key_file_for(unseal, in_env, file, "every node (PostgreSQL)")
+    assert shared == "" and "PostgreSQL" in reason and "still hold the old key" in reason
+
+
+def test_several_processes_on_one_store_refuse_an_online_rekey(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """processes = N: the other processes would go on with the old key in memory."""
+    from ferrohsm.config import load_config
+    monkeypatch.delenv("FERROHSM_MASTER_KEY", raising=False)
+    from ferrohsm.custodywire import online_key_file
+    file = str(tmp_path / "master.key")
+    overrides: dict[tuple[str, str], object] = {("storage", "key_store"): "sqlite",
+                                                ("secrets", "master_key_file"): file}
+    assert online_key_file(load_config(env={}, overrides=overrides)) == (file, "")
+    key_file, reason = online_key_file(load_config(env={}, overrides={
+        **overrides, ("server", "processes"): 2}))
+    assert key_file == "" and "the 2 processes of [server].processes = 2" in reason
+    assert "ferrohsm rekey" in reason
 
 
 # ---- dual control of a system action --------------------------------------------------------
