@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, load_config, load_secrets, parse_listen
+from ..telemetry import access
 from ..telemetry.logs import setup_logging
 from . import quickstart, sdnotify
 from .errors import CANNOT_LISTEN, CliExit
@@ -245,8 +246,9 @@ def _serve(config: Config, ssl_provider: Any, announce: Any = None, options: Any
     rt = wiring.build_runtime(config, load_secrets(config), options)
     server = None
     try:
-        if parent is not None:  # one of processes = N: /metrics shows them all
+        if parent is not None:  # one of processes = N: /metrics shows them all; the
             wiring.share_metrics(rt.metrics, config.storage.data_dir, index)
+            access.share_stream()  # access lines share stderr with the other processes
         wiring.wire_tls(rt, ssl_provider)
         server = wiring.make_server(rt, ssl_provider)
         done = threading.Event()

@@ -8,6 +8,11 @@ lock); a writer thread formats whatever has queued up every ``interval`` seconds
 audit batch writer. ``close()`` writes what is left, so no line is lost at shutdown (it is also
 registered with ``atexit``).
 
+Several processes on one stderr (``processes = N``: the children inherit it): a pipe or a
+stream socket (journald) takes a write of at most PIPE_BUF bytes whole, but may interleave longer
+ones from two writers at any byte, which would cut lines in two. ``share_stream()`` makes every
+write whole lines of at most PIPE_BUF bytes (a longer line alone).
+
 Lines carry names, routes, ids and statuses, never a token, a body or a query string: the
 caller passes exactly the fields below and nothing else (tests/integration/test_observability*).
 Levels follow the ``ferrohsm.access`` logger's effective level (``[logging] level``): INFO
@@ -20,6 +25,7 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import select
 import sys
 import threading
 import time
@@ -29,6 +35,7 @@ from typing import TextIO
 from .tracecontext import Parent, new_span_id, new_trace_and_span_ids
 
 WARNING_STATUSES = frozenset({401, 403, 429})
+PIPE_BUF = select.PIPE_BUF  # what a pipe takes whole: 4096 on Linux
 LOGGER = "ferrohsm.access"
 
 
@@ -118,6 +125,7 @@ class AccessLog:
         self._write_lock = threading.Lock()
         self.written = 0
         self.dropped = 0
+        self.shared = False  # other processes write to the same stream (share_stream)
         atexit.register(self.close)
 
     def enabled_for(self, status: int) -> bool:
@@ -145,8 +153,9 @@ class AccessLog:
             batch = self._format(queued)
             stream = self._stream if self._stream is not None else sys.stderr
             try:
-                stream.write("".join(batch))
-                stream.flush()
+                for chunk in whole_lines(batch, PIPE_BUF) if self.shared else ("".join(batch),):
+                    stream.write(chunk)
+                    stream.flush()
             except (OSError, ValueError):  # stderr closed or full: lines are best effort
                 return
             self.written += len(batch)
@@ -216,6 +225,29 @@ class AccessLog:
 
 ACCESS = AccessLog()
 """The process's access log (setup_logging points it at stderr; tests may give it a stream)."""
+
+
+def whole_lines(lines: list[str], limit: int) -> list[str]:
+    """``lines`` joined into pieces of at most ``limit`` characters (the lines are ASCII: one
+    byte each), each ending at a line's end; a longer line is a piece alone."""
+    pieces: list[str] = []
+    current: list[str] = []
+    size = 0
+    for line in lines:
+        if current and size + len(line) > limit:
+            pieces.append("".join(current))
+            current, size = [], 0
+        current.append(line)
+        size += len(line)
+    if current:
+        pieces.append("".join(current))
+    return pieces
+
+
+def share_stream() -> None:
+    """Other processes write to this process's stderr too: write whole lines, PIPE_BUF bytes at
+    most a write, so that no line is cut by another process's write."""
+    ACCESS.shared = True
 
 
 def use_stream(stream: TextIO | None) -> None:

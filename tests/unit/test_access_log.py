@@ -166,3 +166,72 @@ def test_repeated_fields_come_from_a_bounded_cache_and_each_line_keeps_its_own()
     record(log)
     log.close()
     assert len(log._heads) <= module._FRAGMENTS + 1 and len(log._bodies) <= module._FRAGMENTS + 1
+
+
+class Writes(io.StringIO):
+    """A stream that remembers each write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_a_shared_stream_gets_whole_lines_a_pipe_takes_whole(logger: logging.Logger) -> None:
+    """processes = N share stderr: each write is whole lines of at most PIPE_BUF bytes (a pipe
+    or journald's socket then never cuts a line with another process's write)."""
+    from ferrohsm.telemetry.access import PIPE_BUF
+    out = Writes()
+    access = AccessLog(out)
+    access.shared = True
+    for n in range(60):
+        record(access, path=f"/v1/keys/k{n}/encrypt")
+    record(access, path="/v1/keys/" + "x" * (PIPE_BUF + 100) + "/encrypt")  # a line alone
+    access.close()
+    assert len(out.writes) > 2
+    for text in out.writes:
+        assert text.endswith("\n")
+        assert len(text.encode()) <= PIPE_BUF or text.count("\n") == 1
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 61 and all(json.loads(line) for line in lines)
+    unshared = Writes()
+    access = AccessLog(unshared)
+    for _ in range(60):
+        record(access)
+    access.close()
+    assert len(unshared.writes) == 1  # one process alone: one write a batch
+
+
+def test_two_processes_on_one_pipe_never_cut_a_line(tmp_path: object) -> None:
+    """The real thing: two processes write their batches to one pipe at once."""
+    import multiprocessing
+    import os
+    ctx = multiprocessing.get_context("fork")
+    read_end, write_end = os.pipe()
+
+    def writer(tag: str) -> None:
+        stream = os.fdopen(write_end, "w", closefd=False)
+        access = AccessLog(stream)
+        access.shared = True
+        for round_ in range(20):
+            for n in range(200):
+                record(access, path=f"/v1/keys/{tag}{round_}-{n}/encrypt")
+            access.flush()
+        access.close()
+
+    procs = [ctx.Process(target=writer, args=(tag,)) for tag in ("a", "b")]
+    for proc in procs:
+        proc.start()
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 1 << 16):
+        chunks.append(chunk)
+    os.close(read_end)
+    for proc in procs:
+        proc.join(30)
+    lines = b"".join(chunks).splitlines()
+    assert len(lines) == 2 * 20 * 200
+    assert all(json.loads(line)["url.path"].startswith("/v1/keys/") for line in lines)
