@@ -74,6 +74,7 @@ from .store.pg_shared import PostgresLeader, PostgresMembership, PostgresUsage
 from .store.pgdb import PgDatabase, dsn_from_env
 from .store.postgres import PostgresStore
 from .store.postgres_approvals import PostgresApprovalStore
+from .store.postgres_importjobs import PostgresImportJobStore
 from .store.postgres_revocations import PostgresDenyList
 from .store.sqlite import SQLiteStore
 from .store.sqlite_approvals import SQLiteApprovalStore
@@ -147,8 +148,11 @@ def store_turn(store: object) -> Turn | None:
     return store.freshness.turn if isinstance(store, PostgresStore) else None
 
 
-def open_import_jobs(config: Config) -> ImportJobStore:
-    """Import jobs (sealed) beside the keys; with the memory key store they are forgotten too."""
+def open_import_jobs(config: Config, store: KeyStore | None = None) -> ImportJobStore:
+    """Import jobs (sealed) beside the keys; with the memory key store they are forgotten too.
+    With PostgreSQL they live in its database: a client failing over finds its job there."""
+    if isinstance(store, PostgresStore):
+        return PostgresImportJobStore(store.database)
     if config.storage.key_store == "memory":
         return MemoryImportJobStore()
     return FolderImportJobStore(ensure_private_dir(config.storage.data_dir) / "import-jobs")
@@ -411,7 +415,7 @@ def build_runtime(config: Config, secrets: Secrets,
     if cluster is not None:
         cluster.limits = ClusterLimits(limiter, cluster.usage)
     router = routing.Router()
-    imports = ImportService(service, open_import_jobs(config))
+    imports = ImportService(service, open_import_jobs(config, store))
     try:
         imports.purge_expired(SYSTEM_CONTEXT)  # expired import jobs do not outlive a restart
     except FerroError as exc:  # they are refused when used anyway; never a reason not to start

@@ -3,7 +3,9 @@
 A job is one opaque blob per job id, SEALED by the service under the master key (its wrapping
 private key and its dates inside, bound to the job id): a store never sees a private key in
 clear and cannot extend a job's life, since any edit fails the seal. Jobs live at most 24 hours
-and are used once, so the port is four calls: put, get, delete, list. ``get`` of a job that is
+and are used once, so the port is four calls: put, get, delete, list. The folder store keeps
+them on one host; the PostgreSQL store (postgres_importjobs.py), in the database every node
+shares. ``get`` of a job that is
 not there is None, not an error: an unknown, used and purged job answer alike.
 """
 
@@ -50,3 +52,6 @@ class ImportJobStore(ABC):
     @abstractmethod
     def ids(self) -> list[str]:
         """Every stored job id, for purging the expired ones."""
+
+    def close(self) -> None:
+        """Release what the store holds of its own (nothing, unless it says otherwise)."""

@@ -84,6 +84,15 @@ MIGRATIONS: tuple[LiteralString, ...] = (
         AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON revoked_tokens
         FOR EACH STATEMENT EXECUTE FUNCTION ferrohsm_bump_generation('revoked_tokens');
     """,
+    # 3: import jobs (store/postgres_importjobs.py): a job made through one node is used
+    #    through another; the row is the service's sealed blob, never a key in clear.
+    """
+    CREATE TABLE import_jobs (
+        job_id  text COLLATE "C" PRIMARY KEY,
+        sealed  bytea NOT NULL,
+        created timestamptz NOT NULL DEFAULT now()
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

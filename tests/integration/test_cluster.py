@@ -193,6 +193,30 @@ def test_concurrent_rotations_through_different_nodes_lose_no_version(cluster: C
     assert sorted(acknowledged) == numbers[1:]  # every acknowledged rotation is there, no other
 
 
+def test_an_import_job_made_on_one_node_is_used_on_another(cluster: Cluster) -> None:
+    """A client that fails over between creating an import job and importing through it
+    finds the job on the next node (PostgreSQL: in the database; one host: in the shared data
+    directory), and the job is used once, wherever the second use is tried."""
+    from ferrohsm.crypto.importwrap import wrap_for_import
+    status, job = cluster.call(0, "POST", "/v1/import-jobs", {}, role="operator")
+    assert status == 201, job
+    in_folder = cluster.data / "import-jobs" / f"{job['import_job_id']}.job"
+    assert in_folder.exists() == (cluster.backend != "postgres")  # there: in the database
+    material = os.urandom(32)
+    body = {"algorithm": "aes-256-gcm", "usage": "encrypt", "import": {
+        "import_job_id": job["import_job_id"], "wrapping_algorithm": "RSA_OAEP_SHA256",
+        "wrapped_material": B64(wrap_for_import(job["public_key"], "RSA_OAEP_SHA256",
+                                                material))}}
+    last = len(cluster.nodes) - 1
+    status, key = cluster.call(last, "POST", "/v1/keys", body, role="operator")
+    assert status == 201, key
+    assert key["origin"] == "imported" and key["id"] == job["import_job_id"]
+    status, again = cluster.call(0, "POST", "/v1/keys", body, role="operator")
+    assert status in (404, 409, 410), again  # the job went with its one use
+    status, sealed = encrypt(cluster, 0, key["id"])
+    assert status == 200, sealed
+
+
 def leader(c: Cluster) -> int | None:
     for i in range(len(c.nodes)):
         if not c.alive(i):
