@@ -258,10 +258,6 @@ def run_sealed(config: Config, ssl_provider: Any, announce: Any, options: Any) -
     from ..custody.gate import SealGate
     from ..custody.unsealer import Unsealer
     from ..integrity.logcheck import StartupRefused
-    from ..tls.acme.provider import AcmeProvider
-    if isinstance(ssl_provider, AcmeProvider):
-        raise ConfigError('[tls] mode = "acme" is not supported with [secrets] unseal = '
-                          '"shamir" yet: use PEM files')
     secrets = other_secrets(config)
     custody = state.load(config.storage.data_dir)
     location = wiring.audit_location(config)
@@ -313,10 +309,10 @@ def _serve(config: Config, gate: Any, ssl_provider: Any, announce: Any) -> int:
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    if hasattr(ssl_provider, "start"):
-        ssl_provider.start()
     server.start()
     try:
+        if hasattr(ssl_provider, "start"):  # ACME too: it needs no master key, only its cache,
+            ssl_provider.start()  # and the port must answer a tls-alpn-01 validation first
         port = server.server_address[1]
         gate.append(AuditEvent.from_context(SYSTEM_CONTEXT, "system.startup", "success",
                                             f"FerroHSM listening on port {port}, sealed"))

@@ -13,6 +13,7 @@ import base64
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -40,9 +41,10 @@ JWT_SECRET = "acme-test-secret-" + "x" * 32
 
 class AcmeServer:
     def __init__(self, root: Path, challenge: str, fraction: float = 0.33,
-                 tls_extra: str = "", processes: int = 1) -> None:
+                 tls_extra: str = "", processes: int = 1, sealed: bool = False) -> None:
         self.root, self.challenge, self.tls_extra = root, challenge, tls_extra
         self.processes = processes  # > 1: one port, one cache, the SQLite store
+        self.sealed = sealed  # split knowledge: `init` first, then unseal with the shares
         self.data = root / "data"
         self.port, self.http_port = free_port(), free_port()
         self.fraction = fraction
@@ -50,6 +52,8 @@ class AcmeServer:
         self.env.update(FERROHSM_MASTER_KEY=base64.b64encode(os.urandom(32)).decode(),
                         FERROHSM_JWT_HS256_SECRET=JWT_SECRET,
                         FERROHSM_AUDIT_HMAC_KEY=base64.b64encode(os.urandom(32)).decode())
+        if sealed:
+            del self.env["FERROHSM_MASTER_KEY"]  # it comes from the shares
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "server.log"
 
@@ -74,8 +78,17 @@ challenge = "{self.challenge}"
 http_listen = "127.0.0.1:{self.http_port}"
 ca_bundle = "{pebble.ca_bundle}"
 renew_before_fraction = {self.fraction}
-""")
+""" + ('[secrets]\nunseal = "shamir"\n' if self.sealed else ""))
         return config
+
+    def init(self, pebble: Any, shares: int = 3, threshold: int = 2) -> list[str]:
+        """``ferrohsm init`` of a sealed server's data directory: its unseal shares."""
+        config = self.write_config(pebble)
+        out = subprocess.run([sys.executable, "-m", "ferrohsm", "init", "--config", str(config),
+                              "--shares", str(shares), "--threshold", str(threshold)],
+                             cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return re.findall(r"fhsm1-[0-9a-f]{8}-[0-9]+-[A-Za-z0-9_-]+", out.stdout)
 
     def start(self, pebble: Pebble) -> None:
         config = self.write_config(pebble)
@@ -153,6 +166,15 @@ class Session:
         resp = http.client.HTTPResponse(self.tls)
         resp.begin()
         return resp.status, resp.read()
+
+    def post(self, path: str, body: Any) -> tuple[int, Any]:
+        data = json.dumps(body).encode()
+        self.tls.sendall(f"POST {path} HTTP/1.1\r\nHost: {DOMAIN}\r\n"
+                         f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                         f"Authorization: Bearer {self.token}\r\n\r\n".encode() + data)
+        resp = http.client.HTTPResponse(self.tls)
+        resp.begin()
+        return resp.status, json.loads(resp.read() or b"{}")
 
     def health(self) -> dict[str, Any]:
         status, body = self.get("/healthz")

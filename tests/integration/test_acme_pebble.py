@@ -307,3 +307,35 @@ def _challenge_status(conn: http.client.HTTPConnection) -> int:
     except OSError:
         conn.close()
         raise
+
+
+def test_a_sealed_server_gets_its_certificate_and_is_unsealed_over_it(tmp_path: Path) -> None:
+    """Split knowledge and ACME together: the sealed server (no master key yet) obtains its
+    certificate by tls-alpn-01, the custodians' shares then travel over that certificate, and
+    the unsealed server serves keys. ACME needs no master key: only its cache."""
+    server = AcmeServer(tmp_path, "tls-alpn-01", sealed=True)
+    pebble = Pebble(tmp_path / "pebble", server.http_port, server.port)
+    pebble.start()
+    shares = server.init(pebble)
+    assert len(shares) == 3
+    server.start(pebble)
+    try:
+        root = pebble.root_pem()
+        wait_for("the first certificate, sealed", lambda: served_certificate(server.port, root))
+        session = Session(server.port, root, server.token())
+        try:
+            assert session.health()["sealed"] is True
+            assert session.post("/v1/sys/unseal", {"share": shares[0]})[0] == 200
+            status, opened = session.post("/v1/sys/unseal", {"share": shares[2]})
+            assert status == 200 and opened["sealed"] is False, opened
+            status, key = session.post("/v1/keys", {"algorithm": "aes-256-gcm",
+                                                    "usage": "encrypt"})
+            assert status == 201, key
+            tls = session.health()["tls"]
+            assert tls["acme"]["state"] == "serving" and tls["acme"]["role"] == "leader"
+        finally:
+            session.close()
+    finally:
+        server.stop()
+        pebble.stop()
+    assert "tls.issued" in _actions(server)
