@@ -235,6 +235,14 @@ def _leader_pid(cache: Path) -> int | None:
     return None
 
 
+def _wait_follower(server: AcmeServer) -> None:
+    """Both processes are up: the follower says so once it serves (the port answering proves
+    only that one of them listens, and a slow second start would leave every handshake to the
+    first)."""
+    wait_for("the second process following", lambda: "another process of this host leads"
+             in server.log.read_text())
+
+
 def _all_serve(port: int, root: bytes, serial: int) -> bool:
     """Enough handshakes that both processes (SO_REUSEPORT picks one per connection) are
     asked, each verifying against pebble's root and showing ``serial``."""
@@ -254,6 +262,7 @@ def test_two_processes_one_leader_one_order_both_serve(tmp_path: Path, challenge
     try:
         root = pebble.root_pem()
         first = wait_for("the first certificate", lambda: served_certificate(server.port, root))
+        _wait_follower(server)
         wait_for("both processes serving it", lambda: _all_serve(server.port, root,
                                                                  first.serial_number))
     finally:
@@ -280,6 +289,7 @@ def test_the_lead_passes_on_when_the_leader_is_killed(tmp_path: Path) -> None:
     try:
         root = pebble.root_pem()
         cert = wait_for("the first certificate", lambda: served_certificate(server.port, root))
+        _wait_follower(server)
         wait_for("both serving", lambda: _all_serve(server.port, root, cert.serial_number))
         leader = _leader_pid(cache)
         assert leader is not None and server.proc is not None and leader != server.proc.pid

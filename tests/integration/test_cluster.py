@@ -355,8 +355,17 @@ def test_processes_show_every_process_on_metrics(tmp_path: Path) -> None:
     once (no counter jumps between scrapes that land on different processes)."""
     from prometheus_client.parser import text_string_to_metric_families
     nodes = Cluster(tmp_path, "sqlite", CONFIG)
+
+    def processes_seen() -> set[str]:
+        text = nodes.call(0, "GET", "/metrics")[1].decode()
+        return {s.labels["process"] for f in text_string_to_metric_families(text)
+                if f.name == "process_start_time_seconds" for s in f.samples}
     try:
         nodes.add("--processes", "2")
+        deadline = time.monotonic() + 30  # ready means one child answers; wait for both
+        while processes_seen() != {"0", "1"}:
+            assert time.monotonic() < deadline, "the second process never showed up"
+            time.sleep(0.2)
         key = create(nodes, 0)["id"]
         for _ in range(24):  # a new connection each: the kernel spreads them
             assert encrypt(nodes, 0, key)[0] == 200
