@@ -11,11 +11,13 @@ the lead passes on when the leader is killed. Slow (real processes), skipped wit
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,7 @@ from acmekit import (
     served_certificate,
     wait_for,
 )
+from cryptography import x509
 from pebbleserver import Pebble, free_port, skip_unless_available
 
 from ferrohsm.tls.acme.provider import AcmeOptions, AcmeProvider
@@ -235,6 +238,25 @@ def _leader_pid(cache: Path) -> int | None:
     return None
 
 
+@contextlib.contextmanager
+def _two_serving(server: AcmeServer) -> Iterator[tuple[bytes, x509.Certificate]]:
+    """pebble and ``server`` (processes = 2) started, both processes serving the first
+    certificate: (pebble's root, that certificate); both stopped afterwards."""
+    pebble = Pebble(server.root / "pebble", server.http_port, server.port)
+    pebble.start()
+    server.start(pebble)
+    try:
+        root = pebble.root_pem()
+        cert = wait_for("the first certificate", lambda: served_certificate(server.port, root))
+        _wait_follower(server)
+        wait_for("both processes serving it", lambda: _all_serve(server.port, root,
+                                                                 cert.serial_number))
+        yield root, cert
+    finally:
+        server.stop()
+        pebble.stop()
+
+
 def _wait_follower(server: AcmeServer) -> None:
     """Both processes are up: the follower says so once it serves (the port answering proves
     only that one of them listens, and a slow second start would leave every handshake to the
@@ -256,18 +278,8 @@ def test_two_processes_one_leader_one_order_both_serve(tmp_path: Path, challenge
     leader saved and, for tls-alpn-01, answers the leader's challenge too, so a validation
     succeeds whichever process the kernel hands it to."""
     server = AcmeServer(tmp_path, challenge, processes=2)
-    pebble = Pebble(tmp_path / "pebble", server.http_port, server.port)
-    pebble.start()
-    server.start(pebble)
-    try:
-        root = pebble.root_pem()
-        first = wait_for("the first certificate", lambda: served_certificate(server.port, root))
-        _wait_follower(server)
-        wait_for("both processes serving it", lambda: _all_serve(server.port, root,
-                                                                 first.serial_number))
-    finally:
-        server.stop()
-        pebble.stop()
+    with _two_serving(server):
+        pass
     text = server.log.read_text()
     assert "Address already in use" not in text and "refused to start" not in text
     assert "another process of this host leads" in text
@@ -282,15 +294,8 @@ def test_the_lead_passes_on_when_the_leader_is_killed(tmp_path: Path) -> None:
     at its next look, or the supervisor's new process if it starts first), and both go on
     serving the certificate without ordering another."""
     server = AcmeServer(tmp_path, "http-01", processes=2)
-    pebble = Pebble(tmp_path / "pebble", server.http_port, server.port)
-    pebble.start()
-    server.start(pebble)
     cache = server.data / "acme"
-    try:
-        root = pebble.root_pem()
-        cert = wait_for("the first certificate", lambda: served_certificate(server.port, root))
-        _wait_follower(server)
-        wait_for("both serving", lambda: _all_serve(server.port, root, cert.serial_number))
+    with _two_serving(server) as (root, cert):
         leader = _leader_pid(cache)
         assert leader is not None and server.proc is not None and leader != server.proc.pid
         os.kill(leader, signal.SIGKILL)
@@ -301,9 +306,6 @@ def test_the_lead_passes_on_when_the_leader_is_killed(tmp_path: Path) -> None:
         wait_for("the http-01 port answering again", lambda: _challenge_status(conn) == 404)
         wait_for("both serving again", lambda: _all_serve(server.port, root,
                                                           cert.serial_number))
-    finally:
-        server.stop()
-        pebble.stop()
     log = (tmp_path / "pebble" / "pebble.log").read_text()
     assert log.count("Issued certificate serial") == 1  # nobody ordered a second one
 
