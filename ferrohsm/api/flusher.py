@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..domain.errors import FerroError
 from .connection import Conn, Incoming
@@ -38,6 +38,7 @@ Settle = Callable[[Batches, str], None]
 NOT_DURABLE = "audit record could not be made durable"
 NOT_RUN = frozenset({errno.ECANCELED, errno.EINTR, errno.EAGAIN, errno.EINVAL, errno.EOPNOTSUPP,
                      errno.ENOSYS})
+T = TypeVar("T")
 SPIN_MIN_REQUESTS = 4  # a flush fewer requests wait on is not worth a busy core
 
 
@@ -54,6 +55,19 @@ def newest_ticket(batches: Batches) -> Any:
     tickets = batches[-1][-1][1].request.tickets
     assert tickets  # noqa: S101  held answers always have tickets (dispatch.py holds no other)
     return tickets[-1]
+
+
+def _guarded(log: logging.Logger, step: Callable[[], T]) -> tuple[T | None, str]:
+    """Run one step of a flush: (its result, NOT_DURABLE), or (None, why) when it failed. A
+    flusher survives anything, or the answers it holds would wait forever."""
+    try:
+        return step(), NOT_DURABLE
+    except FerroError as exc:
+        log.error("audit flush failed: %s", exc.message)
+        return None, exc.message
+    except Exception:
+        log.exception("audit flush failed")
+        return None, NOT_DURABLE
 
 
 def _fsync(fd: int) -> str | None:
@@ -112,14 +126,7 @@ class ThreadFlusher:
                 return
 
     def _flush(self, queued: Batches) -> None:
-        failure = NOT_DURABLE
-        try:
-            self.audit.wait(newest_ticket(queued))
-        except FerroError as exc:
-            failure = exc.message
-            self.log.error("audit flush failed: %s", failure)
-        except Exception:  # the committer must survive anything, or its answers wait forever
-            self.log.exception("audit flush failed")
+        _, failure = _guarded(self.log, lambda: self.audit.wait(newest_ticket(queued)))
         self.settle(queued, failure)
         self.wake()
 
@@ -138,15 +145,8 @@ class RingFlusher:
         if self._inflight is not None:
             self._queued.extend(batches)
             return
-        failure = NOT_DURABLE
-        try:
-            pending = self.audit.start_flush(newest_ticket(batches))
-        except FerroError as exc:
-            pending, failure = None, exc.message
-            self.log.error("audit flush failed: %s", failure)
-        except Exception:
-            pending = None
-            self.log.exception("audit flush failed")
+        pending, failure = _guarded(self.log,
+                                    lambda: self.audit.start_flush(newest_ticket(batches)))
         if pending is None:  # durable already, or failed before it began
             self.settle(batches, failure)
             return
@@ -210,12 +210,5 @@ class RingFlusher:
         return []
 
     def _finish(self, batches: Batches, pending: Any, error: str | None) -> None:
-        failure = NOT_DURABLE
-        try:
-            self.audit.finish_flush(pending, error)
-        except FerroError as exc:
-            failure = exc.message
-            self.log.error("audit flush failed: %s", failure)
-        except Exception:
-            self.log.exception("audit flush failed")
+        _, failure = _guarded(self.log, lambda: self.audit.finish_flush(pending, error))
         self.settle(batches, failure)
