@@ -246,7 +246,7 @@ def _serve(config: Config, ssl_provider: Any, announce: Any = None, options: Any
     rt = wiring.build_runtime(config, load_secrets(config), options)
     server = None
     try:
-        if parent is not None:  # one of processes = N: /metrics shows them all; the
+        if parent is not None:  # one of processes = N: /metrics shows every process, and
             wiring.share_metrics(rt.metrics, config.storage.data_dir, index)
             access.share_stream()  # access lines share stderr with the other processes
         wiring.wire_tls(rt, ssl_provider)

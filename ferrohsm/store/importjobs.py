@@ -5,8 +5,8 @@ private key and its dates inside, bound to the job id): a store never sees a pri
 clear and cannot extend a job's life, since any edit fails the seal. Jobs live at most 24 hours
 and are used once, so the port is four calls: put, get, delete, list. The folder store keeps
 them on one host; the PostgreSQL store (postgres_importjobs.py), in the database every node
-shares. ``get`` of a job that is
-not there is None, not an error: an unknown, used and purged job answer alike.
+shares. ``get`` of a job that is not there is None, not an error: an unknown, used and purged
+job answer alike.
 """
 
 from __future__ import annotations
