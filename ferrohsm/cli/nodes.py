@@ -1,7 +1,7 @@
 """``[server].processes = N``: one supervising parent and N serving children on one port.
 
-The parent binds nothing that serves: with ``--listen HOST:0`` it binds once, without listening,
-to pick the port every child then uses, and keeps that socket so the port stays reserved. Each
+The parent binds nothing that serves: it binds once, without listening, to reserve the port
+(with ``--listen HOST:0``, to pick the port every child then uses) and keeps that socket. Each
 child is a whole FerroHSM process (its own socket with SO_REUSEPORT, event loop, audit writer
 and connections to the shared store), forked before the parent has started any thread. The
 kernel spreads new connections over the children's sockets.
@@ -14,15 +14,19 @@ live process (store/nodelock.py); the others join. The parent supervises:
 * SIGTERM or SIGINT: every child drains (``[server].shutdown_grace_seconds``) and the parent
   exits when they have; one still running 10 s after its grace is killed;
 * SIGHUP is forwarded to every child (each reloads its keysets and deny-list).
-* a child that exits with code 2 refused to start (a configuration error, a wrong master key,
-  a store the audit log does not explain): starting it again cannot help, so the parent stops
-  the others and exits 2 too, as a single ``serve`` would.
+* a child that exits with code 2 or 4 refused to start (a configuration error, a wrong master
+  key, a store the audit log does not explain; a port it cannot listen on): starting it again
+  cannot help, so the parent stops the others and exits with that code, as a single ``serve``
+  would.
+* the port is the group's alone (``reserve_port``): a second group started on it is refused
+  in one line (exit 4), as a second single ``serve`` is, instead of silently sharing it.
 
 A child whose parent disappears (killed with -9) stops by itself within a second.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -42,6 +46,7 @@ MAX_BACKOFF = 30.0
 HEALTHY_AFTER = 30.0  # a child that lived this long is restarted without delay growth
 KILL_AFTER_GRACE = 10.0
 POLL = 0.1
+REFUSED = (2, 4)  # exit codes of a child that cannot start: a configuration error, no port
 
 
 @dataclass
@@ -53,19 +58,49 @@ class Slot:
     restarts: int = 0
 
 
-def reserve_port(config: Config) -> tuple[Config, socket.socket | None]:
-    """With port 0, bind once (SO_REUSEPORT, no listen) so every child gets the same port."""
+def reserve_port(config: Config) -> tuple[Config, list[socket.socket]]:
+    """Make the port this group's before any child starts; the sockets to keep until the end.
+
+    SO_REUSEPORT lets any process of the same user join a port, so without this a second
+    group (another data directory, another CA) started on a port already served would join it
+    silently and take half of its connections. Three things stop that:
+
+    * a probe binds and listens WITHOUT SO_REUSEPORT and closes: it fails (EADDRINUSE, the
+      caller says so in one line) when anything already serves the port;
+    * an abstract Unix socket named after the port, held for the group's life, refuses a
+      second group even while ours has no child listening (starting, or every child dead);
+    * the reservation itself: bound with SO_REUSEPORT, never listening (so it is handed no
+      connection); with port 0 it picks the port every child then uses.
+    """
     host, port = parse_listen(config.server.listen)
-    if port != 0:
-        return config, None
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if port:
+        with socket.create_server((host, port), family=family):
+            pass  # OSError: something serves it already
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, 0))
-    port = int(sock.getsockname()[1])
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        port = int(sock.getsockname()[1])
+        held = [sock, _port_lock(port)]
+    except BaseException:
+        sock.close()
+        raise
     listen = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
-    return replace(config, server=replace(config.server, listen=listen)), sock
+    return replace(config, server=replace(config.server, listen=listen)), held
+
+
+def _port_lock(port: int) -> socket.socket:
+    """An abstract Unix socket only one group on this host (network namespace) can hold for
+    ``port``; released by the kernel when the parent exits, however it exits."""
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        lock.bind(f"\0ferrohsm-port-{port}")
+    except OSError as exc:
+        lock.close()
+        raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE)) from exc
+    return lock
 
 
 def auto_processes(value: str) -> int:
@@ -172,10 +207,10 @@ class Supervisor:
         if self._stopping:
             log.info("process %d (pid %d) stopped: %s", index, slot.pid, how)
             return
-        if code == 2:  # refused to start: see the module docstring
+        if code in REFUSED:  # refused to start: see the module docstring
             log.error("process %d (pid %d) refused to start: stopping every process", index,
                       slot.pid)
-            self.code = 2
+            self.code = code
             self._pending_signals.append(signal.SIGTERM)
             return
         lived = now - slot.started

@@ -9,14 +9,17 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import Config, load_config, load_secrets, parse_listen
 from ..telemetry import access
 from ..telemetry.logs import setup_logging
 from . import quickstart, sdnotify
 from .errors import CANNOT_LISTEN, CliExit
+
+T = TypeVar("T")
 
 
 def _serve_flags(p: argparse.ArgumentParser) -> None:
@@ -170,8 +173,13 @@ LISTEN_ERRORS = {errno.EADDRINUSE: "is already in use (another server, or an old
 
 def _listen(server: Any, listen: str) -> None:
     """Bind and start; the usual reasons a listen fails are one line and exit 4."""
+    _listening(server.start, listen)
+
+
+def _listening(bind: Callable[[], T], listen: str) -> T:
+    """``bind()``, with the usual reasons a listen fails as one line and exit 4."""
     try:
-        server.start()
+        return bind()
     except OSError as exc:
         why = LISTEN_ERRORS.get(exc.errno or 0)
         if why is None:
@@ -190,7 +198,8 @@ def _supervise(config: Config, announce: Any, options: Any) -> int:
     (cli/nodes.py)."""
     from .nodes import Supervisor, cores_for, listening, reserve_port
     log = logging.getLogger("ferrohsm")
-    config, reserved = reserve_port(config)
+    listen = config.server.listen
+    config, reserved = _listening(lambda: reserve_port(config), listen)
     parent = os.getpid()
     supervisor = Supervisor(config.server.processes,
                             lambda index: _child(config, options, parent, index),
@@ -208,8 +217,8 @@ def _supervise(config: Config, announce: Any, options: Any) -> int:
                 announce(port)
         return supervisor.run(lambda: listening(host, port), ready)
     finally:
-        if reserved is not None:
-            reserved.close()
+        for sock in reserved:
+            sock.close()
 
 
 def _child(config: Config, options: Any, parent: int, index: int) -> int:
@@ -224,6 +233,9 @@ def _child(config: Config, options: Any, parent: int, index: int) -> int:
     except ConfigError as exc:
         print(f"ferrohsm: configuration error: {exc.message}", file=sys.stderr)
         return 2
+    except CliExit as exc:  # cannot listen (4): the parent stops the group, as for 2
+        print(f"ferrohsm: {exc.message}", file=sys.stderr)
+        return exc.code
     except FerroError as exc:
         print(f"ferrohsm: {exc.message}", file=sys.stderr)
         return 1

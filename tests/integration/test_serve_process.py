@@ -156,3 +156,27 @@ def test_read_only_data_directory_is_a_one_line_config_error(tmp_path: Path) -> 
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and lines[0].startswith("ferrohsm: configuration error: "), lines
     assert str(data) in lines[0] and "chmod" in lines[0] and "unexpected" not in lines[0]
+
+
+def test_a_second_group_of_processes_is_refused_the_port_of_a_first(tmp_path: Path) -> None:
+    """SO_REUSEPORT would let a second ``--processes 2`` (another data directory, another CA)
+    join a port already served and take half its connections: it is refused in one line, exit
+    4, as a second single server is, and the first keeps serving every connection."""
+    (tmp_path / "a").mkdir()
+    first, exports = start(tmp_path / "a" / "data", "--key-store", "sqlite", "--processes", "2")
+    try:
+        port = exports["FERROHSM_URL"].rpartition(":")[2]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FERROHSM_")}
+        for extra in (["--processes", "2"], []):
+            second = subprocess.run(
+                [sys.executable, "-m", "ferrohsm", "quickstart", "--data-dir",
+                 str(tmp_path / f"b{len(extra)}"), "--key-store", "sqlite",
+                 "--listen", f"127.0.0.1:{port}", *extra],
+                cwd=ROOT, capture_output=True, text=True, env=env, timeout=60)
+            assert second.returncode == 4, second.stderr[-2000:]
+            assert "already in use" in second.stderr and "Traceback" not in second.stderr
+            assert "export FERROHSM_URL" not in second.stdout
+        for _ in range(8):  # every connection still reaches the first group (its CA verifies)
+            assert call(exports, "GET", "/v1/whoami")[0] == 200
+    finally:
+        assert stop(first) == 0

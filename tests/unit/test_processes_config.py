@@ -63,3 +63,50 @@ def test_children_are_pinned_one_core_each_unless_they_outnumber_the_cores() -> 
     assert cores_for(1, True) == allowed[:1]
     assert cores_for(len(allowed) + 1, True) == []  # more children than cores: the kernel decides
     assert cores_for(len(allowed), False) == []
+
+
+def test_a_second_group_cannot_take_a_port_a_group_holds() -> None:
+    """SO_REUSEPORT would let a second group of the same user join the port silently: the
+    reservation refuses it, and a plain listener, while the first group still holds it."""
+    import errno
+    import socket
+
+    from ferrohsm.cli.nodes import reserve_port
+    first, held = reserve_port(load_config(None, overrides={("server", "listen"): "127.0.0.1:0",
+                                                            ("storage", "key_store"): "sqlite"}))
+    try:
+        port = first.server.listen.rpartition(":")[2]
+        second = load_config(None, overrides={("server", "listen"): f"127.0.0.1:{port}",
+                                              ("storage", "key_store"): "sqlite"})
+        with pytest.raises(OSError) as refused:
+            reserve_port(second)
+        assert refused.value.errno == errno.EADDRINUSE
+    finally:
+        for sock in held:
+            sock.close()
+    _, again = reserve_port(second)  # released with the first group: free again
+    for sock in again:
+        sock.close()
+    with socket.create_server(("127.0.0.1", 0)) as busy:  # something already serves the port
+        taken = load_config(None, overrides={("server", "listen"):
+                                             f"127.0.0.1:{busy.getsockname()[1]}"})
+        with pytest.raises(OSError):
+            reserve_port(taken)
+
+
+@pytest.mark.parametrize("code", [2, 4])
+def test_a_child_that_cannot_start_stops_the_group_with_its_code(code: int) -> None:
+    """2 (configuration) and 4 (cannot listen) cannot be cured by starting it again."""
+    from ferrohsm.cli.nodes import Supervisor
+    supervisor = Supervisor(2, lambda index: code if index == 0 else _wait_for_term(), 1.0)
+    supervisor.start()
+    assert supervisor.run() == code
+    assert not any(slot.restarts for slot in supervisor.slots)
+
+
+def _wait_for_term() -> int:
+    import signal
+    import time
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    time.sleep(30)
+    return 1
