@@ -271,12 +271,7 @@ class Client:
             resp = conn.getresponse()
             data = resp.read()
         except ssl.SSLCertVerificationError as exc:
-            self.close()
-            error = TransportError(f"TLS: cannot verify the server certificate of {self.url} "
-                                   f"({exc.verify_message}); check --ca-cert",
-                                   request_id=request_id)
-            error.retryable = False
-            raise error from None
+            raise self._unverified(exc, request_id) from None
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise TransportError(f"cannot reach {self.url}: {describe(exc)}",
@@ -290,14 +285,26 @@ class Client:
         never left, so any call may go to another server (``TransportError.sent`` False)."""
         try:
             conn.connect()
-        except ssl.SSLCertVerificationError:
-            return  # reported by the request below, with its own message
+        except ssl.SSLCertVerificationError as exc:
+            error = self._unverified(exc, request_id)
+            error.sent = False
+            raise error from None
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             error = TransportError(f"cannot reach {self.url}: {describe(exc)}",
                                    request_id=request_id)
             error.sent = False
             raise error from None
+
+    def _unverified(self, exc: ssl.SSLCertVerificationError, request_id: str | None = None
+                    ) -> TransportError:
+        """A certificate we cannot verify is not a server we cannot reach: say so, and do not
+        try the next server (a wrong CA file, or someone in between)."""
+        self.close()
+        error = TransportError(f"TLS: cannot verify the server certificate of {self.url} "
+                               f"({exc.verify_message}); check --ca-cert", request_id=request_id)
+        error.retryable = False
+        return error
 
     def _result(self, status: int, headers: dict[str, str], data: bytes,
                 sent_id: str) -> Any:
@@ -561,11 +568,7 @@ class Client:
             sock = conn.sock
             return dict(sock.getpeercert() or {}) if isinstance(sock, ssl.SSLSocket) else {}
         except ssl.SSLCertVerificationError as exc:
-            self.close()
-            error = TransportError(f"TLS: cannot verify the server certificate of {self.url} "
-                                   f"({exc.verify_message}); check --ca-cert")
-            error.retryable = False
-            raise error from None
+            raise self._unverified(exc) from None
         except OSError as exc:
             self.close()
             raise TransportError(f"cannot reach {self.url}: {describe(exc)}") from None
