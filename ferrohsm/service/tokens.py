@@ -25,6 +25,11 @@ class Revoker(Protocol):
     def revoke(self, jti: str, exp: int | None = None) -> float: ...
 
 
+# 9999-12-30T23:59:59Z: the entry is kept until exp plus the leeway (at most 300 s), and that
+# must still be a date (datetime ends with 9999)
+MAX_EXP = 253_402_214_399
+
+
 class TokenService:
     def __init__(self, guard: Guard, revoker: Revoker) -> None:
         self.guard = guard
@@ -36,6 +41,9 @@ class TokenService:
             if not valid_jti(jti):
                 raise BadRequest("jti must be 1-128 characters, without control, line-separator "
                                  "or bidi-override characters")
+            if exp is not None and not 0 <= exp <= MAX_EXP:
+                raise BadRequest("exp must be the token's expiry in Unix seconds, "
+                                 f"0-{MAX_EXP} (1970 to 9999-12-30)")
             self.guard.require_audit()
             until = self.revoker.revoke(jti, exp)
             self.guard.record(ctx, Action.TOKEN_REVOKE, "success", f"token {jti} revoked",

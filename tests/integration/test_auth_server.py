@@ -354,6 +354,27 @@ def test_deny_listed_token(main: LiveServer) -> None:
     assert actions == [("token.revoke", "denied"), ("token.revoke", "success")]
 
 
+
+@pytest.mark.parametrize("exp", [-1, 253_402_214_400, 99999999999999999999, 10**18])
+def test_revoking_with_an_expiry_no_date_can_hold_is_a_400_that_stores_nothing(
+        main: LiveServer, exp: int) -> None:
+    admin = mint(main.secrets.jwt_hs256_secret, subject="root", role="administrator")
+    jti = f"far-{abs(exp) % 1000}-{len(str(exp))}"
+    status, _, body = send(main, "POST", "/v1/tokens/revoke", token=admin,
+                           body={"jti": jti, "exp": exp})
+    assert status == 400 and body["error"]["code"] == "bad_request", body
+    assert "exp must be" in body["error"]["message"]
+    path = main.data_dir / "revoked-tokens.json"
+    assert not path.exists() or jti not in path.read_text()
+    assert not [r for r in audit_records(main)
+                if r["action"] == "token.revoke" and r["outcome"] == "success"
+                and (r.get("details") or {}).get("jti") == jti]
+    latest = send(main, "POST", "/v1/tokens/revoke", token=admin,
+                  body={"jti": jti, "exp": 253_402_214_399})  # the last accepted second
+    assert latest[0] == 200 and latest[2]["until"].startswith("9999-12-31"), latest
+    assert [r for r in audit_records(main) if r["action"] == "token.revoke"
+            and r["outcome"] == "success" and (r.get("details") or {}).get("jti") == jti]
+
 # ---- rate limits ------------------------------------------------------------------------------
 
 def test_rate_limit_429_then_recovery(main: LiveServer) -> None:
