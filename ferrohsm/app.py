@@ -142,10 +142,13 @@ def shared_deny_list(store: KeyStore) -> PostgresDenyList | None:
 
 
 def store_turn(store: object) -> Turn | None:
-    """One freshness check per event-loop turn for a PostgreSQL store (store/pgfresh.py): the
-    store's and the revoked-token list's caches are validated once for the whole turn. Without
-    it (other stores; a sealed server, whose store opens later) each lookup checks alone."""
-    return store.freshness.turn if isinstance(store, PostgresStore) else None
+    """One freshness check per event-loop turn for a store other processes write: PostgreSQL
+    (store/pgfresh.py: the store's and the revoked-token list's caches, one round trip) and
+    SQLite (one ``data_version``). Without it (other stores; a sealed server, whose store
+    opens later) each lookup checks alone."""
+    if isinstance(store, PostgresStore):
+        return store.freshness.turn
+    return store.turn if isinstance(store, SQLiteStore) else None
 
 
 def open_import_jobs(config: Config, store: KeyStore | None = None) -> ImportJobStore:

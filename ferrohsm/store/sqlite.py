@@ -141,6 +141,7 @@ class SQLiteStore(KeyStore):
         self._cache: dict[str, Key] = {}
         self._cache_size = max(cache_size, 1)
         self._generation = 0  # bumped by every commit and cache flush; see _cache_all
+        self._turn_local = threading.local()  # checked: None outside a turn, then False/True
         try:
             prepare_file(self._path, "SQLite database")
             self._conn: sqlite3.Connection | None = connect(self._path)
@@ -164,12 +165,32 @@ class SQLiteStore(KeyStore):
     def _read_data_version(conn: sqlite3.Connection) -> int:
         return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
-    def _sync_cache(self, conn: sqlite3.Connection) -> None:
-        """Drop cached keys if another connection committed since we last looked."""
+    def _sync_cache(self, conn: sqlite3.Connection, *, write: bool = False) -> None:
+        """Drop cached keys if another connection committed since we last looked; inside a
+        turn (``turn``), reads check only at the turn's first read."""
+        local = self._turn_local
+        if not write and getattr(local, "checked", None) is True:
+            return
         version = self._read_data_version(conn)
         if version != self._data_version:
             self._flush_cache()
             self._data_version = version
+        if getattr(local, "checked", None) is False:
+            local.checked = True
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """One ``data_version`` check for every read this thread makes inside the block, made
+        by the first: enter only once every request the block runs has been read (the
+        dispatcher's turn), so a commit acknowledged before any of them was sent is seen, as
+        with PostgreSQL (pgfresh.py). Writes always check."""
+        local = self._turn_local
+        saved = getattr(local, "checked", None)
+        local.checked = False
+        try:
+            yield
+        finally:
+            local.checked = saved
 
     def _flush_cache(self) -> None:
         self._cache.clear()
@@ -205,7 +226,7 @@ class SQLiteStore(KeyStore):
         with self._lock:
             conn = self._connection()
             try:
-                self._sync_cache(conn)
+                self._sync_cache(conn, write=True)
             except sqlite3.Error as exc:
                 raise StoreError(f"could not write {what}: {exc}") from None
             try:

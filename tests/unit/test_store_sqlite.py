@@ -164,6 +164,41 @@ def test_cas_and_caches_hold_across_connections(path: Path) -> None:
         two.close()
 
 
+def test_a_turn_checks_for_other_connections_commits_once(path: Path) -> None:
+    """Inside a turn (the event loop's: every request of it already read) the first read
+    checks ``data_version`` and the rest trust it; the next turn, and every read outside one,
+    check again; a write always checks."""
+    one, two = SQLiteStore(path, MAC), SQLiteStore(path, MAC)
+    checks = 0
+    read = one._read_data_version
+
+    def counted(conn: sqlite3.Connection) -> int:
+        nonlocal checks
+        checks += 1
+        return read(conn)
+
+    one._read_data_version = counted  # type: ignore[method-assign]
+    try:
+        key = one.create(make_key("turns"))
+        with one.turn():
+            assert one.get(key.id) == key
+            checks = 0
+            revoked = two.update(lc.revoke(key, NOW, "bob"))  # committed after the turn's check
+            assert one.get(key.id) == key and one.get_by_name("turns") == key
+            assert checks == 0  # sent before that commit was acknowledged: the turn's check holds
+            with pytest.raises(StaleRevision):  # a write checks, and CAS refuses the old revision
+                one.update(lc.rotate(key, b"v2", NOW, "alice"))
+            assert checks == 1
+        with one.turn():
+            assert one.get(key.id) == revoked  # the next turn sees it
+        checks = 0
+        one.get(key.id)
+        one.get(key.id)
+        assert checks == 2  # outside a turn: every read checks
+    finally:
+        one.close()
+        two.close()
+
 def test_a_failed_update_keeps_the_old_tags(store: SQLiteStore) -> None:
     key = store.create(make_key("k", ("old",)))
     store.fail_writes = True
