@@ -299,6 +299,24 @@ def test_data_key_round_trip_no_plaintext_and_errors(cli: Cli, tmp_path: Path) -
     assert_api_error(cli("data-key", sign_key, role="service"), "conflict")
 
 
+def test_data_key_honours_field_and_output_text(cli: Cli) -> None:
+    key = create(cli, "aes-256-gcm", "encrypt")["name"]
+    plaintext = cli("data-key", key, "--field", "plaintext", role="service")
+    assert plaintext.code == 0, plaintext.err
+    assert len(base64.b64decode(plaintext.text.strip(), validate=True)) == 32
+    version = cli("data-key", key, "--no-plaintext", "--field", "key_version", role="service")
+    assert version.text == "1\n"
+    text = cli("data-key", key, "--no-plaintext", "--output", "text", role="service").text
+    names = [line.split("\t")[0] for line in text.splitlines()]
+    assert "ciphertext" in names and "key_version" in names and not text.startswith("{")
+    missing = cli("data-key", key, "--no-plaintext", "--field", "nope", role="service")
+    assert missing.code == 2 and missing.out == b""
+    assert missing.err.strip().splitlines() == [
+        "ferrohsm: --field nope: the answer has no such member; it has: ciphertext, key_id, "
+        "key_version"]
+    assert "plaintext" in cli("data-key", key, "--output", "json", role="service").json()
+
+
 def test_a_plaintext_data_key_is_never_written_to_a_terminal(cli: Cli, live: LiveServer) -> None:
     import argparse
     from typing import cast
@@ -307,7 +325,7 @@ def test_a_plaintext_data_key_is_never_written_to_a_terminal(cli: Cli, live: Liv
     from ferrohsm.cli.settings import Settings, UsageError
     from ferrohsm.client import Client
     key = create(cli, "aes-256-gcm", "encrypt")["name"]
-    settings = cast(Settings, argparse.Namespace(approval_id=None))
+    settings = cast(Settings, argparse.Namespace(approval_id=None, output="table", field=None))
     terminal = mock.Mock(isatty=lambda: True)
     with Client(f"https://127.0.0.1:{live.port}", live.token("service"),
                 ca_cert=str(live.pki.ca_cert)) as client, \
