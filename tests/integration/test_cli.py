@@ -445,6 +445,37 @@ def test_missing_server_bad_timeout_and_unreachable(cli: Cli) -> None:
     assert cli("keys", "list", "--server", "https://127.0.0.1:1", "--ca-cert", "/nope").code == 2
 
 
+def test_status_and_version_name_the_node_that_answered(cli: Cli, live: LiveServer) -> None:
+    live_url, dead = f"https://127.0.0.1:{live.port}", "https://127.0.0.1:1"
+    cli.mp.setenv("FERROHSM_URL", f"{dead},{live_url}")
+    status = cli("status", "--json")
+    assert status.code == 0, status.err
+    assert status.json()["server"] == live_url
+    assert [n["server"] for n in status.json()["unreachable"]] == [dead]
+    lines = cli("status").text.splitlines()
+    assert lines[0] == f"Server       {live_url}"
+    assert lines[1].startswith(f"Unreachable  cannot reach {dead}: ")
+    version = cli("version", "--json")
+    assert version.code == 0 and version.json()["server_url"] == live_url
+    assert cli("version").text.splitlines()[1].endswith(f" at {live_url}")
+    assert cli("status", "--json", "--server", live_url).json()["unreachable"] == []
+
+
+def test_status_json_when_no_server_answers(cli: Cli) -> None:
+    cli.mp.setenv("FERROHSM_URL", "https://127.0.0.1:1,https://127.0.0.1:2")
+    down = cli("status", "--json")
+    assert down.code == 1 and "cannot reach" in down.err
+    answer = down.json()
+    assert (answer["status"], answer["server"]) == ("unreachable", None)
+    assert "cannot reach https://127.0.0.1:2" in answer["error"]
+    assert [n["server"] for n in answer["unreachable"]] == ["https://127.0.0.1:1",
+                                                            "https://127.0.0.1:2"]
+    field = cli("status", "--field", "status")
+    assert field.code == 1 and field.text == "unreachable\n"
+    table = cli("status")
+    assert table.code == 1 and table.out == b"" and len(table.err.splitlines()) == 1
+
+
 def test_wrong_ca_and_missing_token(cli: Cli, live: LiveServer) -> None:
     wrong_ca = cli("keys", "list", "--ca-cert", str(live.pki.server_cert))
     assert wrong_ca.code in (1, 2) and "ferrohsm:" in wrong_ca.err
