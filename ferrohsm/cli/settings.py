@@ -94,7 +94,8 @@ def client_flags(suppress: bool = True) -> argparse.ArgumentParser:
                    help="the API's JSON exactly (same as --output json)")
     g.add_argument("--field", metavar="NAME", default=s,
                    help="print only this member of the JSON answer (dotted for nested: "
-                   "versions.0.state; on a list, the member of each item, one a line)")
+                   "versions.0.state; on a list, the member of each item, one a line; a "
+                   "string raw, null as an empty line, anything else as JSON)")
     g.add_argument("--correlation-id", metavar="ID", default=s,
                    help="sent as X-Correlation-ID and recorded in the audit log")
     return p

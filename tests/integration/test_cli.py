@@ -191,6 +191,20 @@ def test_public_key_to_file_and_refused_for_symmetric(cli: Cli, tmp_path: Path) 
     assert result.code == 1 and result.out == b""
 
 
+def test_keys_list_field_of_an_unnamed_key_and_of_no_member(cli: Cli) -> None:
+    tag = unique("unnamed")
+    made = cli("keys", "create", "--algorithm", "aes-256-gcm", "--usage", "encrypt", "--tag", tag,
+               "--json")
+    assert made.code == 0, made.err
+    names = cli("keys", "list", "--tag", tag, "--field", "name")
+    assert (names.code, names.out) == (0, b"\n")  # not "null"
+    assert cli("keys", "show", made.json()["id"], "--field", "name").out == b"\n"
+    missing = cli("keys", "list", "--tag", tag, "--field", "nope")
+    assert missing.code == 2
+    [line] = missing.err.splitlines()
+    assert "it has: next_page_token, total; and in each of keys: algorithm, " in line
+
+
 # ---- cryptographic operations -------------------------------------------------------------
 
 

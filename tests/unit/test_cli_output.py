@@ -24,7 +24,7 @@ def test_field_reads_members_nested_members_and_each_item_of_a_list() -> None:
     assert field_text(KEY, "name") == "payments"
     assert field_text(KEY, "versions.0.state") == "enabled"
     assert field_text(KEY, "tags") == '["pci"]'
-    assert field_text(KEY, "description") == "null"
+    assert field_text(KEY, "description") == ""  # null: an empty line, as `vault -field`
     page = {"keys": [KEY, {**KEY, "name": "other"}], "total": 2}
     assert field_text(page, "name") == "payments\nother"
     assert field_text(page, "total") == "2"
@@ -32,6 +32,17 @@ def test_field_reads_members_nested_members_and_each_item_of_a_list() -> None:
         field_text(KEY, "nope")
     with pytest.raises(FieldMissing):
         field_text({"keys": []}, "name")
+
+
+def test_field_on_a_list_answer_names_its_own_members_and_its_items() -> None:
+    page = {"keys": [KEY, {**KEY, "name": None}], "total": 2, "next_page_token": None}
+    assert field_text(page, "name") == "payments\n"  # an unnamed key: an empty line
+    assert field_text(page, "next_page_token") == ""
+    with pytest.raises(FieldMissing) as missing:
+        field_text(page, "nope")
+    assert str(missing.value) == (
+        "--field nope: the answer has no such member; it has: next_page_token, total; and in "
+        "each of keys: description, id, name, tags.0, versions.0.state, versions.0.version")
 
 
 def test_render_picks_field_json_text_or_the_table() -> None:
