@@ -135,6 +135,9 @@ class Client:
         self.max_retry_wait = max(0.0, max_retry_wait)
         self._context = context or tls_context(ca_cert, client_cert, client_key)
         self._conn: http.client.HTTPSConnection | None = None
+        # URL -> why its last attempt got no answer (so a status check can name the nodes that
+        # a failover skipped); a server leaves it when it answers again.
+        self.unreachable: dict[str, str] = {}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> Client:
@@ -213,13 +216,17 @@ class Client:
         (for a request already sent, only when ``retry``)."""
         for tried in range(len(self.urls)):
             try:
-                return self._exchange(method, self._prefix + path, payload, headers)
+                answer = self._exchange(method, self._prefix + path, payload, headers)
             except TransportError as exc:
+                self.unreachable[self.url] = exc.message
                 if len(self.urls) == 1 or not exc.retryable:
                     raise
                 self._use(self._current + 1)  # the next call starts on a server that may answer
                 if tried == len(self.urls) - 1 or (exc.sent and not retry):
                     raise
+            else:
+                self.unreachable.pop(self.url, None)
+                return answer
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _backoff(self, attempt: int, retry_after: float | None, waited: float) -> float | None:

@@ -119,6 +119,25 @@ def test_the_manual_page(tmp_path: Path) -> None:
     assert "ferrohsm keys create" in done.stdout and "EXIT STATUS" in done.stdout
 
 
+def test_the_manual_page_environment_names_every_variable() -> None:
+    """SHIV_ROOT, FERROHSM_DATA_DIR and the server list of FERROHSM_URL were missing; the URL's
+    entry says what --server's --help says."""
+    from ferrohsm.cli.manpage import environment, page
+    from ferrohsm.cli.settings import client_flags
+    root = build_parser()
+    roff = page(root)
+    section = roff[roff.index("\n.SH ENVIRONMENT\n"):roff.index("\n.SH EXIT STATUS\n")]
+    names = [line[3:] for line in section.splitlines() if line.startswith(".B ")]
+    for name in ("FERROHSM_URL", "FERROHSM_DATA_DIR", "FERROHSM_LISTEN", "FERROHSM_KEY_STORE",
+                 "SHIV_ROOT", "FERROHSM_<SECTION>_<FIELD>"):
+        assert name in names, names
+    url = dict(environment(root))["FERROHSM_URL"]
+    server_help = next(a.help for a in tree.options(client_flags()) if a.dest == "server")
+    assert "separated by commas" in url and "separated by commas" in str(server_help)
+    assert "(env " not in url and "directory for keys" in dict(environment(root))[
+        "FERROHSM_DATA_DIR"]
+
+
 def test_the_cli_digest_table_matches_the_crypto_registry() -> None:
     """The CLI may not import crypto/ (tests/test_architecture.py): its copy is checked here."""
     schemes = {s for a in ALGORITHMS.values() for s in a.signature_schemes}

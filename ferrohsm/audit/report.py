@@ -148,10 +148,19 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
 EVENT_COLUMNS = ["seq", "ts", "actor", "source_ip", "action", "key_id", "outcome"]
 
 
+def _headline(report: dict[str, Any]) -> str:
+    """``Audit report: 7 records, FIRST .. LAST``; no time span when there is no record (a file
+    of unreadable lines, or an empty one), rather than ``None .. None``."""
+    count = report["records"]
+    head = f"Audit report: {count} record{'' if count == 1 else 's'}"
+    if not count:
+        return head
+    return f"{head}, {report['first_ts'] or '-'} .. {report['last_ts'] or '-'}"
+
+
 def render(report: dict[str, Any]) -> str:
     """The report as readable text tables."""
-    out = [(f"Audit report: {report['records']} records, {report['first_ts']} .. "
-            f"{report['last_ts']}"),
+    out = [_headline(report),
            "Outcomes: " + (", ".join(f"{k} {v}" for k, v in sorted(report["outcomes"].items()))
                            or "none")]
     if report["unreadable_lines"]:

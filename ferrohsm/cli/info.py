@@ -31,7 +31,10 @@ def add_parsers(sub: Any) -> None:
     command(sub, "status", status, help="server health, seal state and certificate expiry",
             description="Ask the server how it is: health (ok or degraded, with the reason "
             "for an Auditor or Administrator token), whether it is sealed, and when its TLS "
-            "certificate expires. Exits 0 when healthy, 1 otherwise.",
+            "certificate expires. Of several servers (comma-separated), the first that answers "
+            "is described and each listed before it that did not is named (unreachable). "
+            "Exits 0 when healthy, 1 otherwise; with --json a server that cannot be reached "
+            "is still a JSON answer (status unreachable).",
             epilog="examples:\n  ferrohsm status\n  ferrohsm status --field certificate.days_left")
     command(sub, "whoami", whoami, help="the token as the server sees it: subject, role, tags",
             description="Describe the token in use as the server reads it (GET /v1/whoami): "
@@ -55,6 +58,7 @@ def run_version(args: argparse.Namespace) -> int:
             with make_client(settings) as client:
                 client.retries = 0
                 document["server"] = _health(client).get("version")
+                document["server_url"] = client.url  # of a list, the node that answered
         except ClientError as exc:
             document["server"] = None
             document["server_error"] = exc.message
@@ -89,21 +93,29 @@ def _health(client: Any) -> dict[str, Any]:
 
 
 def status(args: argparse.Namespace, client: Any, settings: Settings) -> int:
+    from ..client import TransportError
     client.retries = 0  # a status check reports, it does not wait out a degraded server
-    health = _health(client)
+    try:
+        health = _health(client)
+    except TransportError as exc:
+        _unreachable(settings, client, exc)
+        raise  # main() says why in one line and exits 1
     tls = health.get("tls") if isinstance(health.get("tls"), dict) else None
     not_after, source = (tls.get("not_after"), "healthz") if tls and tls.get("not_after") \
         else (_peer_not_after(client), "tls")
     cert: dict[str, Any] = {"not_after": not_after, "days_left": _days_left(not_after),
                             "source": source}
     document: dict[str, Any] = {
-        "server": settings.server, "status": health.get("status"),
+        "server": client.url, "status": health.get("status"),
         "version": health.get("version"), "sealed": bool(health.get("sealed", False)),
-        "reason": health.get("reason"), "certificate": cert}
+        "reason": health.get("reason"), "certificate": cert,
+        "unreachable": _skipped(client)}
 
     def human() -> str:
         days = cert["days_left"]
-        pairs = [("Server", settings.server),
+        pairs = [("Server", client.url),
+                 *(("Unreachable", n["error"] if n["server"] in n["error"]
+                    else f"{n['server']}: {n['error']}") for n in document["unreachable"]),
                  ("Health", str(document["status"]) + (f": {document['reason']}"
                                                        if document["reason"] else "")),
                  ("Version", str(document["version"] or "-")),
@@ -113,6 +125,22 @@ def status(args: argparse.Namespace, client: Any, settings: Settings) -> int:
         return output.fields(pairs)
     output.emit(settings, document, human)
     return OK if document["status"] == "ok" else FAILED
+
+
+def _skipped(client: Any) -> list[dict[str, str]]:
+    """The listed servers that did not answer, in the order of the list."""
+    return [{"server": url, "error": client.unreachable[url]} for url in client.urls
+            if url in client.unreachable]
+
+
+def _unreachable(settings: Settings, client: Any, exc: Exception) -> None:
+    """No server answered: with --json, --field or --output text the failure is still an
+    answer a script can read (the table is left to the one line on stderr)."""
+    if settings.output == "table" and not settings.field:
+        return
+    document = {"server": None, "status": "unreachable", "error": getattr(exc, "message", ""),
+                "unreachable": _skipped(client)}
+    output.emit(settings, document, lambda: "")
 
 
 def _peer_not_after(client: Any) -> str | None:

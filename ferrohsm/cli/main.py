@@ -33,6 +33,7 @@ from . import serve as serve_cmd
 from . import token as token_cmd
 from .errors import CLOSED_PIPE, EXIT_CODES, FAILED, USAGE, CliExit
 from .output import FieldMissing
+from .streams import StdoutFailed, guarded_stdout
 
 EPILOG = """\
 client commands read their settings from flags, a --profile, or the environment:
@@ -79,13 +80,33 @@ def _tolerant_text_streams() -> None:
             stream.reconfigure(errors="backslashreplace")
 
 
+# The server's own processes keep the interpreter's stdout as it is: forked children flush it
+# on their way to os._exit, where nothing may turn a failed flush into a CLI exit.
+LONG_RUNNING = ("serve", "quickstart")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _tolerant_text_streams()
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] and args_list[0] in LONG_RUNNING:
+        return _guarded_main(args_list)
+    with guarded_stdout():  # every write to stdout: a full disk is one line and exit 3
+        return _guarded_main(args_list)
+
+
+def _guarded_main(args_list: list[str]) -> int:
+    """Run the command; whatever it raises becomes one line on stderr and an exit code."""
     try:
         return _dispatch(args_list)
     except BrokenPipeError:  # `ferrohsm audit report … | head -1`: the reader left
         return _closed_pipe()
+    except StdoutFailed as exc:  # a full disk or an I/O error under stdout
+        _silence_stdout()
+        _fail(exc.message)
+        return exc.code
+    except CliExit as exc:  # also from the offline audit tools, which run outside _dispatch
+        _fail(exc.message)
+        return exc.code
     except Exception as exc:  # a bug: one line (its text might hold data), traceback on request
         if os.environ.get("FERROHSM_DEBUG"):
             from .scrub import print_scrubbed_traceback
@@ -98,7 +119,7 @@ def _dispatch(args_list: list[str]) -> int:
     if len(args_list) >= 2 and args_list[0] == "audit" and args_list[1] in audit_cmd.OFFLINE:
         return _flushed(audit_cmd.run_offline(args_list[1], args_list[2:]))
     parser = build_parser()
-    args, extra = parser.parse_known_args(args_list)
+    args, extra = _parse(parser, args_list)
     if extra:  # told by the command that was given, with its usage, not by the root
         tree.chosen(parser, args_list).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "command", None):
@@ -114,11 +135,17 @@ def _dispatch(args_list: list[str]) -> int:
     except FerroError as exc:
         _fail(exc.message)
         return FAILED
-    except CliExit as exc:
-        _fail(exc.message)
-        return exc.code
     except KeyboardInterrupt:
         return 130
+
+
+def _parse(parser: argparse.ArgumentParser,
+           args_list: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    try:
+        return parser.parse_known_args(args_list)
+    except SystemExit:  # --help or --version printed: a full disk says so now, not at exit
+        sys.stdout.flush()
+        raise
 
 
 def _flushed(code: int) -> int:
@@ -128,14 +155,19 @@ def _flushed(code: int) -> int:
 
 
 def _closed_pipe() -> int:
-    """The reader of stdout went away: say so once, and let nothing write to the pipe again
-    (the interpreter's own flush at exit would raise a second time)."""
+    """The reader of stdout went away: say so once, and stop writing to the pipe."""
+    _silence_stdout()
+    _fail("output closed early by the reader (broken pipe); stopped")
+    return CLOSED_PIPE
+
+
+def _silence_stdout() -> None:
+    """Let nothing write to a stdout that failed again: the interpreter's own flush at exit
+    would raise a second time, after the one line was said."""
     try:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except (OSError, ValueError):
         pass
-    _fail("output closed early by the reader (broken pipe); stopped")
-    return CLOSED_PIPE
 
 
 def run_client(args: argparse.Namespace) -> int:

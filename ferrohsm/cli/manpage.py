@@ -8,6 +8,7 @@ cannot fall behind the parser. Plain roff with the man(7) macros only.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
@@ -16,7 +17,7 @@ from . import tree
 from .errors import EXIT_CODES
 
 ENVIRONMENT = (
-    ("FERROHSM_URL", "server URL, https://HOST:PORT (--server)"),
+    # FERROHSM_URL comes first, from the --server flag's own help (environment()).
     ("FERROHSM_TOKEN, FERROHSM_TOKEN_FILE", "bearer token, or a file holding it (surrounding "
      "whitespace is dropped)"),
     ("FERROHSM_CA_CERT", "CA certificate(s) of the server certificate (--ca-cert)"),
@@ -26,9 +27,40 @@ ENVIRONMENT = (
      "(~/.config/ferrohsm/profiles.toml)"),
     ("FERROHSM_MASTER_KEY, FERROHSM_JWT_HS256_SECRET, FERROHSM_AUDIT_HMAC_KEY",
      "server secrets (serve), or the 0600 files named in [secrets]"),
+)
+# After FERROHSM_LISTEN, FERROHSM_DATA_DIR and FERROHSM_KEY_STORE (config.ENV_ALIASES):
+MORE_ENVIRONMENT = (
+    ("FERROHSM_<SECTION>_<FIELD>", "any setting of the configuration file, for every command "
+     "that reads one (--config), e.g. FERROHSM_SERVER_LISTEN for [server] listen; flags beat "
+     "it, it beats the file"),
     ("FERROHSM_DEBUG", "print a traceback (bearer tokens removed) for an unexpected error"),
     ("NO_COLOR", "no colour in tables"),
+    ("SHIV_ROOT", "dist/ferrohsm (the one-file build) only: the folder it unpacks its bundled "
+     "packages into on first run; default $CACHE_DIRECTORY, else $XDG_CACHE_HOME/ferrohsm, "
+     "else ~/.cache/ferrohsm, else a private ferrohsm-<uid> folder in the temporary directory"),
 )
+
+
+def environment(root: argparse.ArgumentParser) -> list[tuple[str, str]]:
+    """The ENVIRONMENT section's entries. Those that stand for a flag take that flag's --help
+    text (the server list of FERROHSM_URL, the data directory of FERROHSM_DATA_DIR), so the
+    page says what --help says."""
+    from ..config import ENV_ALIASES
+    from .settings import client_flags
+    server = next(a for a in tree.options(client_flags()) if a.dest == "server")
+    entries = [("FERROHSM_URL", f"{_without_env(server.help)} (--server)"), *ENVIRONMENT]
+    flags = {a.dest: a for c in tree.leaves(root) if c.name == "ferrohsm serve"
+             for a in tree.options(c.parser)}
+    for name, (section, field) in ENV_ALIASES.items():
+        flag = flags.get(field)
+        text = f"{_without_env(flag.help)} (--{field.replace('_', '-')}; " if flag else "("
+        entries.append((name, f"{text}[{section}] {field})"))
+    return entries + list(MORE_ENVIRONMENT)
+
+
+def _without_env(text: str | None) -> str:
+    """A flag's help without its ``(env NAME)`` note: the entry is already named NAME."""
+    return re.sub(r" \(env [A-Z_]+\)", "", " ".join(str(text or "").split()))
 
 
 def add_parser(sub: Any) -> None:
@@ -96,7 +128,7 @@ def page(root: argparse.ArgumentParser) -> str:
                "flags beat \\fB\\-\\-profile\\fR, which beats the environment.\n")
     out.extend(_option(a) for a in tree.options(client_flags()) if a.dest != "help")
     out.append(".SH ENVIRONMENT\n")
-    out.extend(f".TP\n.B {escape(name)}\n{escape(text)}\n" for name, text in ENVIRONMENT)
+    out.extend(f".TP\n.B {escape(name)}\n{escape(text)}\n" for name, text in environment(root))
     out.append(".SH EXIT STATUS\n")
     out.extend(f".TP\n.B {code}\n{escape(text)}\n" for code, text in EXIT_CODES)
     out.append(".SH SEE ALSO\n.BR openssl (1)\n")

@@ -112,7 +112,8 @@ def add_data_key_parser(sub: Any) -> None:
                              "aes-256-gcm encrypt key). Writes the API's JSON answer: "
                              "plaintext (base64; use it to encrypt locally, then forget it), "
                              "ciphertext (fhsm:v…: keep it beside the data; `ferrohsm decrypt "
-                             "KEY` gives the data key back), key_id and key_version. An --out "
+                             "KEY` gives the data key back), key_id and key_version (--field NAME: "
+                             "one of them; --output text: name<TAB>value lines). An --out "
                              "file holding the plaintext is created 0600; a plaintext key is "
                              "never written to a terminal."),
                 epilog=("examples:\n  ferrohsm data-key payments --out dek.json\n"
@@ -255,7 +256,10 @@ def data_key(args: argparse.Namespace, client: Any, settings: Settings) -> int:
                                  aad=_aad(args), **_opts(settings))
         value = {**result, "plaintext": _b64(result["plaintext"])} if "plaintext" in result \
             else result
-        out.commit(output.json_text(value).encode())
+        # The JSON answer is what this command shows by default; --field and --output text
+        # pick from it as everywhere else.
+        out.commit((output.render(settings, value, lambda: output.json_text(value).rstrip())
+                    + "\n").encode())
     return 0
 
 

@@ -220,12 +220,23 @@ def approval_detail(a: dict[str, Any], colour: bool) -> str:
 
 
 class FieldMissing(LookupError):
-    """--field names no member of the answer (the message lists the ones it has)."""
+    """--field names no member of the answer (the message lists the ones it has: on a list
+    answer, its own members and those of its items)."""
 
-    def __init__(self, path: str, document: Any) -> None:
-        names = [name for name, _ in _flat(document)][:30]
-        super().__init__(f"--field {path}: the answer has no such member; it has: "
-                         f"{', '.join(names) or 'none'}")
+    def __init__(self, path: str, document: Any, items_in: str | None = None) -> None:
+        if items_in is None:
+            has = _names(document)
+        else:
+            items = document[items_in]
+            rest = {k: v for k, v in document.items() if k != items_in}
+            has = (f"{_names(rest)}; and in each of {items_in}: "
+                   f"{_names(items[0] if items else None)}")
+        super().__init__(f"--field {path}: the answer has no such member; it has: {has}")
+
+
+def _names(document: Any) -> str:
+    names = [name for name, _ in _flat(document) if name][:30]
+    return ", ".join(names) or "none"
 
 
 def render(settings: Any, document: Any, human: Callable[[], str],
@@ -247,7 +258,7 @@ def render(settings: Any, document: Any, human: Callable[[], str],
 def emit(settings: Any, document: Any, human: Callable[[], str],
          rows: Callable[[], list[list[str]]] | None = None) -> None:
     text = render(settings, document, human, rows)
-    if text:
+    if text or settings.field:  # a --field that is empty or null: an empty line
         print(text)
 
 
@@ -282,23 +293,31 @@ def _lookup(document: Any, path: str) -> Any:
 
 
 def field_text(document: Any, path: str) -> str:
-    """The value of ``path`` (``vault -field``): a string raw, anything else as JSON. On a list
-    answer ({"keys": [...]} and the like) a name its items carry is looked up in each item."""
+    """The value of ``path`` (``vault -field``): a string raw, null as an empty line (as for an
+    unnamed key), anything else as JSON. On a list answer ({"keys": [...]} and the like) a name
+    its items carry is looked up in each item, one line each."""
     try:
         return _field_value(_lookup(document, path))
     except FieldMissing:
-        items = _only_list(document)
-        if not items:
+        listed = _only_list(document)
+        if not listed:
             raise
-    return "\n".join(_field_value(_lookup(item, path)) for item in items)
+    name, items = listed
+    try:
+        return "\n".join(_field_value(_lookup(item, path)) for item in items)
+    except FieldMissing:
+        raise FieldMissing(path, document, name) from None
 
 
 def _field_value(value: Any) -> str:
+    if value is None:
+        return ""
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
-def _only_list(document: Any) -> list[Any] | None:
+def _only_list(document: Any) -> tuple[str, list[Any]] | None:
+    """The one list member of an answer and its name (``keys``), when it has exactly one."""
     if not isinstance(document, dict):
         return None
-    lists = [v for v in document.values() if isinstance(v, list)]
-    return lists[0] if len(lists) == 1 else None
+    lists = [(k, v) for k, v in document.items() if isinstance(v, list)]
+    return lists[0] if len(lists) == 1 and lists[0][1] else None

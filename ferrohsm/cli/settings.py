@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import USAGE, CliExit
+
 PROFILE_KEYS = {"server", "ca_cert", "client_cert", "client_key", "token_file", "timeout"}
 ENV = {"server": "FERROHSM_URL", "token": "FERROHSM_TOKEN", "token_file": "FERROHSM_TOKEN_FILE",
        "ca_cert": "FERROHSM_CA_CERT", "client_cert": "FERROHSM_CLIENT_CERT",
@@ -37,6 +39,24 @@ OUTPUTS = ("table", "json", "text")
 
 class UsageError(Exception):
     """A missing or contradictory setting: the CLI exits 2 with this one-line message."""
+
+
+class OutputFormat(argparse.Action):
+    """``--output`` and ``--json`` name one format. The same one twice is fine; two different
+    ones are refused at once (exit 2, one line) rather than the last silently winning: a wrapper
+    script's ``--json`` and a user's ``--output table`` cannot both be honoured."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        value = self.const if self.nargs == 0 else values
+        spelled = option_string if self.nargs == 0 else f"{option_string} {value}"
+        previous = getattr(namespace, self.dest, None)
+        if previous not in (None, value):
+            earlier = getattr(namespace, "output_flag", None) or f"--output {previous}"
+            raise CliExit(f"{earlier} and {spelled} ask for two output formats: give one",
+                          USAGE)
+        setattr(namespace, self.dest, value)
+        namespace.output_flag = spelled
 
 
 @dataclass(frozen=True)
@@ -87,14 +107,15 @@ def client_flags(suppress: bool = True) -> argparse.ArgumentParser:
                    "~/.config/ferrohsm/profiles.toml)")
     g.add_argument("--timeout", metavar="SECONDS", type=float, default=s,
                    help=f"per-request timeout (env FERROHSM_TIMEOUT, default {DEFAULT_TIMEOUT:g})")
-    g.add_argument("--output", choices=OUTPUTS, default=s, dest="output",
+    g.add_argument("--output", choices=OUTPUTS, default=s, dest="output", action=OutputFormat,
                    help="table (default, for people), json (the API's JSON exactly) or text "
                    "(tab-separated, no colour, for awk and cut)")
-    g.add_argument("--json", action="store_const", const="json", default=s, dest="output",
+    g.add_argument("--json", action=OutputFormat, nargs=0, const="json", default=s, dest="output",
                    help="the API's JSON exactly (same as --output json)")
     g.add_argument("--field", metavar="NAME", default=s,
                    help="print only this member of the JSON answer (dotted for nested: "
-                   "versions.0.state; on a list, the member of each item, one a line)")
+                   "versions.0.state; on a list, the member of each item, one a line; a "
+                   "string raw, null as an empty line, anything else as JSON)")
     g.add_argument("--correlation-id", metavar="ID", default=s,
                    help="sent as X-Correlation-ID and recorded in the audit log")
     return p

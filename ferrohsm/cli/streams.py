@@ -10,6 +10,12 @@ An output is opened BEFORE the server is asked (``Output.open``): an unwritable 
 cost an approval, a key or an audit record of a success nobody received. The answer is then
 written to a temporary file beside the target, flushed to disk and renamed over it, so a reader
 never sees half a signature and an interrupted run leaves the old file in place.
+
+Every write that fails (a full disk, an I/O error) ends the same way, through ``write_failed``:
+one line naming the output and the cause, exit 3. Standard output gets that too: main() runs a
+command with ``sys.stdout`` behind ``StdoutGuard``, so a plain ``print`` to a full disk is the
+same one line as an ``--out`` file, not an unexpected error. A closed pipe stays a
+BrokenPipeError (exit 141, main()).
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ import os
 import stat
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, NoReturn, Self
+from typing import Any, BinaryIO, NoReturn, Self, TextIO, cast
 
 from .errors import CANNOT_WRITE, CliExit
 from .settings import UsageError
@@ -111,6 +119,67 @@ def write_output(path: str | None, data: bytes, *, secret: bool = False,
         out.commit(data)
 
 
+STDOUT = "standard output"
+
+
+class StdoutFailed(CliExit):
+    """Standard output cannot be written: main() says so once and lets nothing write to it
+    again (the interpreter's own flush at exit would fail a second time)."""
+
+
+@contextmanager
+def writing(where: str | None) -> Iterator[None]:
+    """Run some writes to ``where`` (None or '-': standard output); an OSError becomes the one
+    failure of an output that cannot be written: ``cannot write WHERE: <cause> (ENOSPC)``, exit
+    3. A closed pipe is not that: it stays a BrokenPipeError, which main() makes exit 141."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        if where in (None, "-", STDOUT):
+            raise StdoutFailed(f"cannot write {STDOUT}: {_why(exc)}", CANNOT_WRITE) from None
+        raise CliExit(f"cannot write {where}: {_why(exc)}", CANNOT_WRITE) from None
+
+
+class StdoutGuard:
+    """``sys.stdout`` (or its ``buffer``) as the commands see it: writes and flushes go through
+    ``writing``, everything else (isatty, fileno, encoding) is the stream's own."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, data: Any) -> int:
+        with writing(STDOUT):
+            return int(self._stream.write(data))
+
+    def writelines(self, lines: Any) -> None:
+        with writing(STDOUT):
+            self._stream.writelines(lines)
+
+    def flush(self) -> None:
+        with writing(STDOUT):
+            self._stream.flush()
+
+    @property
+    def buffer(self) -> StdoutGuard:
+        return StdoutGuard(self._stream.buffer)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def guarded_stdout() -> Iterator[None]:
+    """Standard output behind ``StdoutGuard`` for the duration of one command."""
+    original = sys.stdout
+    sys.stdout = cast(TextIO, StdoutGuard(original))
+    try:
+        yield
+    finally:
+        sys.stdout = original
+
+
 def _why(exc: OSError) -> str:
     code = errno.errorcode.get(exc.errno or 0)
     reason = exc.strerror or type(exc).__name__
@@ -172,25 +241,21 @@ class Output:
 
     def write(self, data: bytes) -> None:
         """Add ``data`` (to the temporary file; straight through for stdout and devices)."""
-        try:
+        with writing(None if self._fh is None else self.path):
             if self._fh is None:
                 sys.stdout.flush()
                 sys.stdout.buffer.write(data)
             else:
                 self._fh.write(data)
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise CliExit(f"cannot write {self.path or 'standard output'}: {_why(exc)}",
-                          CANNOT_WRITE) from None
 
     def commit(self, data: bytes = b"") -> None:
         """Write ``data`` and put everything written in place (flushed to disk first)."""
         self.write(data)
         if self._fh is None:
-            sys.stdout.buffer.flush()
+            with writing(None):
+                sys.stdout.buffer.flush()
             return
-        try:
+        with writing(self.path):
             self._fh.flush()
             if self._tmp is not None:
                 os.fsync(self._fh.fileno())
@@ -199,8 +264,6 @@ class Output:
                 os.replace(self._tmp, self._target)
                 self._tmp = None
                 _sync_dir(self._target.parent)
-        except OSError as exc:
-            raise CliExit(f"cannot write {self.path}: {_why(exc)}", CANNOT_WRITE) from None
 
     def __enter__(self) -> Self:
         return self
@@ -208,7 +271,10 @@ class Output:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self._fh is not None and not self._fh.closed:
-            self._fh.close()
+            try:
+                self._fh.close()  # flushes what a failed write left: it fails again, said once
+            except OSError:
+                pass
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
             self._tmp = None

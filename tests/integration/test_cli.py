@@ -191,6 +191,20 @@ def test_public_key_to_file_and_refused_for_symmetric(cli: Cli, tmp_path: Path) 
     assert result.code == 1 and result.out == b""
 
 
+def test_keys_list_field_of_an_unnamed_key_and_of_no_member(cli: Cli) -> None:
+    tag = unique("unnamed")
+    made = cli("keys", "create", "--algorithm", "aes-256-gcm", "--usage", "encrypt", "--tag", tag,
+               "--json")
+    assert made.code == 0, made.err
+    names = cli("keys", "list", "--tag", tag, "--field", "name")
+    assert (names.code, names.out) == (0, b"\n")  # not "null"
+    assert cli("keys", "show", made.json()["id"], "--field", "name").out == b"\n"
+    missing = cli("keys", "list", "--tag", tag, "--field", "nope")
+    assert missing.code == 2
+    [line] = missing.err.splitlines()
+    assert "it has: next_page_token, total; and in each of keys: algorithm, " in line
+
+
 # ---- cryptographic operations -------------------------------------------------------------
 
 
@@ -299,6 +313,24 @@ def test_data_key_round_trip_no_plaintext_and_errors(cli: Cli, tmp_path: Path) -
     assert_api_error(cli("data-key", sign_key, role="service"), "conflict")
 
 
+def test_data_key_honours_field_and_output_text(cli: Cli) -> None:
+    key = create(cli, "aes-256-gcm", "encrypt")["name"]
+    plaintext = cli("data-key", key, "--field", "plaintext", role="service")
+    assert plaintext.code == 0, plaintext.err
+    assert len(base64.b64decode(plaintext.text.strip(), validate=True)) == 32
+    version = cli("data-key", key, "--no-plaintext", "--field", "key_version", role="service")
+    assert version.text == "1\n"
+    text = cli("data-key", key, "--no-plaintext", "--output", "text", role="service").text
+    names = [line.split("\t")[0] for line in text.splitlines()]
+    assert "ciphertext" in names and "key_version" in names and not text.startswith("{")
+    missing = cli("data-key", key, "--no-plaintext", "--field", "nope", role="service")
+    assert missing.code == 2 and missing.out == b""
+    assert missing.err.strip().splitlines() == [
+        "ferrohsm: --field nope: the answer has no such member; it has: ciphertext, key_id, "
+        "key_version"]
+    assert "plaintext" in cli("data-key", key, "--output", "json", role="service").json()
+
+
 def test_a_plaintext_data_key_is_never_written_to_a_terminal(cli: Cli, live: LiveServer) -> None:
     import argparse
     from typing import cast
@@ -307,7 +339,7 @@ def test_a_plaintext_data_key_is_never_written_to_a_terminal(cli: Cli, live: Liv
     from ferrohsm.cli.settings import Settings, UsageError
     from ferrohsm.client import Client
     key = create(cli, "aes-256-gcm", "encrypt")["name"]
-    settings = cast(Settings, argparse.Namespace(approval_id=None))
+    settings = cast(Settings, argparse.Namespace(approval_id=None, output="table", field=None))
     terminal = mock.Mock(isatty=lambda: True)
     with Client(f"https://127.0.0.1:{live.port}", live.token("service"),
                 ca_cert=str(live.pki.ca_cert)) as client, \
@@ -425,6 +457,37 @@ def test_missing_server_bad_timeout_and_unreachable(cli: Cli) -> None:
     down = cli("keys", "list", "--server", "https://127.0.0.1:1")
     assert down.code == 1 and "cannot reach" in down.err and "request id" in down.err
     assert cli("keys", "list", "--server", "https://127.0.0.1:1", "--ca-cert", "/nope").code == 2
+
+
+def test_status_and_version_name_the_node_that_answered(cli: Cli, live: LiveServer) -> None:
+    live_url, dead = f"https://127.0.0.1:{live.port}", "https://127.0.0.1:1"
+    cli.mp.setenv("FERROHSM_URL", f"{dead},{live_url}")
+    status = cli("status", "--json")
+    assert status.code == 0, status.err
+    assert status.json()["server"] == live_url
+    assert [n["server"] for n in status.json()["unreachable"]] == [dead]
+    lines = cli("status").text.splitlines()
+    assert lines[0] == f"Server       {live_url}"
+    assert lines[1].startswith(f"Unreachable  cannot reach {dead}: ")
+    version = cli("version", "--json")
+    assert version.code == 0 and version.json()["server_url"] == live_url
+    assert cli("version").text.splitlines()[1].endswith(f" at {live_url}")
+    assert cli("status", "--json", "--server", live_url).json()["unreachable"] == []
+
+
+def test_status_json_when_no_server_answers(cli: Cli) -> None:
+    cli.mp.setenv("FERROHSM_URL", "https://127.0.0.1:1,https://127.0.0.1:2")
+    down = cli("status", "--json")
+    assert down.code == 1 and "cannot reach" in down.err
+    answer = down.json()
+    assert (answer["status"], answer["server"]) == ("unreachable", None)
+    assert "cannot reach https://127.0.0.1:2" in answer["error"]
+    assert [n["server"] for n in answer["unreachable"]] == ["https://127.0.0.1:1",
+                                                            "https://127.0.0.1:2"]
+    field = cli("status", "--field", "status")
+    assert field.code == 1 and field.text == "unreachable\n"
+    table = cli("status")
+    assert table.code == 1 and table.out == b"" and len(table.err.splitlines()) == 1
 
 
 def test_wrong_ca_and_missing_token(cli: Cli, live: LiveServer) -> None:

@@ -55,15 +55,20 @@ class Cli:
                          "FERROHSM_CA_CERT": str(live.pki.ca_cert), "NO_COLOR": "1"})
 
     def __call__(self, *argv: str, role: str | None = "administrator", stdin: bytes = b"",
-                 token: str | None = None, env: dict[str, str] | None = None) -> Run:
+                 token: str | None = None, env: dict[str, str] | None = None,
+                 stdout: str | None = None) -> Run:
+        """``stdout``: a path to send standard output to (/dev/full) instead of capturing it."""
         environment = dict(self.env)
         if token is not None or role is not None:
             environment["FERROHSM_TOKEN"] = token if token is not None else \
                 self.live.token(role or "")
         environment.update(env or {})
-        done = subprocess.run([sys.executable, "-m", "ferrohsm.cli.main", *argv], input=stdin,
-                              capture_output=True, env=environment, timeout=120, check=False)
-        run = Run(done.returncode, done.stdout, done.stderr.decode())
+        with open(stdout or os.devnull, "wb") as sink:
+            done = subprocess.run([sys.executable, "-m", "ferrohsm.cli.main", *argv],
+                                  input=stdin, stdout=sink if stdout else subprocess.PIPE,
+                                  stderr=subprocess.PIPE, env=environment, timeout=120,
+                                  check=False)
+        run = Run(done.returncode, done.stdout or b"", done.stderr.decode())
         assert "Traceback" not in run.err, run.err
         return run
 
@@ -366,6 +371,28 @@ def test_a_busy_port_is_one_line_and_exit_4(cli: Cli, tmp_path: Path) -> None:
 def test_an_unwritable_export_path_is_exit_3(cli: Cli) -> None:
     run = cli("audit", "export", "--out", "/proc/ferrohsm/audit.jsonl", role="auditor")
     assert run.code == 3 and "cannot write /proc/ferrohsm/audit.jsonl" in one_line(run)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_is_one_line_and_exit_3(cli: Cli, live: LiveServer, tmp_path: Path) -> None:
+    signer = create(cli, "ec-p256", "sign")
+    artefact = tmp_path / "app.tar.gz"
+    artefact.write_bytes(b"artefact")
+    exported = tmp_path / "audit.jsonl"
+    assert cli("audit", "export", "--out", str(exported), role="auditor").code == 0
+    full = "No space left on device (ENOSPC)"
+    argv: tuple[str, ...]
+    for argv in (("keys", "list"), ("keys", "show", signer, "--json"), ("whoami",),
+                 ("audit", "report", str(exported))):
+        run = cli(*argv, stdout="/dev/full")
+        assert run.code == 3, (argv, run.err)
+        assert one_line(run) == f"ferrohsm: cannot write standard output: {full}"
+    for argv, role in ((("audit", "export", "--out", "/dev/full"), "auditor"),
+                       (("sign", signer, "--in", str(artefact), "--out", "/dev/full"),
+                        "service")):
+        run = cli(*argv, role=role)
+        assert run.code == 3, (argv, run.err)
+        assert one_line(run) == f"ferrohsm: cannot write /dev/full: {full}"
 
 
 def test_tokens_with_line_breaks(cli: Cli, live: LiveServer, tmp_path: Path) -> None:

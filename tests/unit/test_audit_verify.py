@@ -245,6 +245,15 @@ def test_report_counts_unreadable_lines(tmp_path: Path, capsys: pytest.CaptureFi
     assert "Unreadable lines: 1" in capsys.readouterr().out
 
 
+def test_report_of_no_valid_record_has_no_time_span(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path / "junk.jsonl", [b"garbage", b"{not json"])
+    assert report_main([path]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "Audit report: 0 records" and "None" not in out
+    assert "Unreadable lines: 2" in out
+
+
 def test_verify_never_imports_cryptography() -> None:
     """Not even for checkpoints (tests/test_architecture.py checks the whole import closure and
     tests/integration/test_offline_verify_stdlib.py runs it with cryptography blocked)."""

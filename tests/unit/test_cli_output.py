@@ -1,13 +1,17 @@
-"""The pure parts of the CLI's output: --field lookups, --output text, and the scrubbing of
-bearer tokens from debug tracebacks."""
+"""The pure parts of the CLI's output: --field lookups, --output text, one output format at a
+time, and the scrubbing of bearer tokens from debug tracebacks."""
 
 from __future__ import annotations
 
 import argparse
+import io
+import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
+from ferrohsm.cli.main import build_parser, main
 from ferrohsm.cli.output import FieldMissing, field_text, render
 from ferrohsm.cli.scrub import REDACTED, known_tokens, scrub
 
@@ -24,7 +28,7 @@ def test_field_reads_members_nested_members_and_each_item_of_a_list() -> None:
     assert field_text(KEY, "name") == "payments"
     assert field_text(KEY, "versions.0.state") == "enabled"
     assert field_text(KEY, "tags") == '["pci"]'
-    assert field_text(KEY, "description") == "null"
+    assert field_text(KEY, "description") == ""  # null: an empty line, as `vault -field`
     page = {"keys": [KEY, {**KEY, "name": "other"}], "total": 2}
     assert field_text(page, "name") == "payments\nother"
     assert field_text(page, "total") == "2"
@@ -32,6 +36,17 @@ def test_field_reads_members_nested_members_and_each_item_of_a_list() -> None:
         field_text(KEY, "nope")
     with pytest.raises(FieldMissing):
         field_text({"keys": []}, "name")
+
+
+def test_field_on_a_list_answer_names_its_own_members_and_its_items() -> None:
+    page = {"keys": [KEY, {**KEY, "name": None}], "total": 2, "next_page_token": None}
+    assert field_text(page, "name") == "payments\n"  # an unnamed key: an empty line
+    assert field_text(page, "next_page_token") == ""
+    with pytest.raises(FieldMissing) as missing:
+        field_text(page, "nope")
+    assert str(missing.value) == (
+        "--field nope: the answer has no such member; it has: next_page_token, total; and in "
+        "each of keys: description, id, name, tags.0, versions.0.state, versions.0.version")
 
 
 def test_render_picks_field_json_text_or_the_table() -> None:
@@ -63,3 +78,28 @@ def test_known_tokens_come_from_the_environment_flags_and_files(
     found = known_tokens(["keys", "list", "--token", "flag-token-value", "--token-file",
                           str(path)])
     assert {"env-token-value", "flag-token-value", "file-token-value"} <= found
+
+
+@pytest.mark.parametrize(("flags", "said"), [
+    (("--json", "--output", "table"), "--json and --output table"),
+    (("--output", "table", "--json"), "--output table and --json"),
+    (("--output", "text", "--output", "json"), "--output text and --output json"),
+])
+def test_two_output_formats_are_refused_in_one_line(flags: tuple[str, ...], said: str) -> None:
+    code, out, err = run_main("keys", "list", "--server", "https://127.0.0.1:1", *flags)
+    assert (code, out) == (2, "")
+    assert err == f"ferrohsm: {said} ask for two output formats: give one\n"
+
+
+def test_the_same_output_format_twice_is_fine() -> None:
+    for flags in (["--json", "--output", "json"], ["--json", "--json"],
+                  ["--output", "text", "--output", "text"]):
+        args = build_parser().parse_args(["keys", "list", *flags])
+        assert args.output == ("text" if "text" in flags else "json")
+
+
+def run_main(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch.multiple(sys, stdout=out, stderr=err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
