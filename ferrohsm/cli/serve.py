@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -179,7 +180,21 @@ def _listen(server: Any, listen: str) -> None:
         raise CliExit(f"cannot listen on {listen}: the address {why}", CANNOT_LISTEN) from None
 
 
+def _resolvable(listen: str) -> None:
+    """Look the listen host up before anything is built or forked: a name that does not
+    resolve is a listen failure (exit 4, like a busy port), not an error of the data directory,
+    which is what the bind's OSError would otherwise be reported as."""
+    host, port = parse_listen(listen)
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        not_found = exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None))
+        why = "host not found" if not_found else f"cannot look up the host ({exc.strerror})"
+        raise CliExit(f"cannot listen on {listen}: {why}", CANNOT_LISTEN) from None
+
+
 def _run(config: Config, ssl_provider: Any, announce: Any = None, options: Any = None) -> int:
+    _resolvable(config.server.listen)
     if config.server.processes > 1:
         return _supervise(config, announce, options)
     return _serve(config, ssl_provider, announce, options)

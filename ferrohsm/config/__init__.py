@@ -330,7 +330,7 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
             built[parent], **{attr: _build_section(sub, sub_cls, sections.get(sub, {}))})
     config = Config(**built, policy_tags=_tag_policies(policy, origin), source=origin)
     from .checks import validate  # here: checks.py reads this package's names
-    validate(config)
+    validate(config, listen_origin=sections.get("server", {}).get("listen", (None, origin))[1])
     return config
 
 

@@ -363,6 +363,21 @@ def test_a_busy_port_is_one_line_and_exit_4(cli: Cli, tmp_path: Path) -> None:
         "server, or an old one still running?): stop it or choose another --listen port")
 
 
+@pytest.mark.parametrize("listen", ["badhost.invalid:1", "999.1.1.1:8443"])
+def test_a_listen_host_that_does_not_resolve_is_one_line_and_exit_4(
+        cli: Cli, tmp_path: Path, listen: str) -> None:
+    run = cli("quickstart", "--data-dir", str(tmp_path / "data"), "--listen", listen, role=None)
+    assert run.code == 4, run.err
+    assert one_line(run) == f"ferrohsm: cannot listen on {listen}: host not found"
+
+
+def test_a_malformed_listen_flag_is_named_as_the_flag(cli: Cli, tmp_path: Path) -> None:
+    run = cli("quickstart", "--data-dir", str(tmp_path / "data"), "--listen", "nowhere", role=None)
+    assert run.code == 2, run.err
+    assert one_line(run) == ("ferrohsm: configuration error: flag --listen: [server].listen "
+                             "must be HOST:PORT, got 'nowhere'")
+
+
 def test_an_unwritable_export_path_is_exit_3(cli: Cli) -> None:
     run = cli("audit", "export", "--out", "/proc/ferrohsm/audit.jsonl", role="auditor")
     assert run.code == 3 and "cannot write /proc/ferrohsm/audit.jsonl" in one_line(run)
