@@ -143,13 +143,19 @@ def _quickstart(args: argparse.Namespace) -> int:
         token = issue_token(secret, subject="quickstart-admin", role="administrator",
                             ttl=config.auth.max_token_ttl_seconds, issuer=config.auth.issuer,
                             audience=config.auth.audience)
-        host = parse_listen(config.server.listen)[0]
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104  compares, binds nothing
-        print(f"export FERROHSM_URL=https://{host}:{port}")
+        print(f"export FERROHSM_URL={_local_url(config.server.listen, port)}")
         print(f"export FERROHSM_CA_CERT={Path(pki.ca_cert).resolve()}")
         print(f"export FERROHSM_TOKEN={token}")
         sys.stdout.flush()
     return _run(config, wiring.tls_provider(config), announce, _options(args))
+
+
+def _local_url(listen: str, port: int) -> str:
+    """The URL a local client uses: a wildcard address becomes the loopback of its family
+    (both are in the dev certificate), and an IPv6 address is bracketed, as URLs need."""
+    host = parse_listen(listen)[0]
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104  compares, binds nothing
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
 def _sighup(rt: Any, ssl_provider: Any) -> None:

@@ -378,6 +378,23 @@ def test_a_malformed_listen_flag_is_named_as_the_flag(cli: Cli, tmp_path: Path) 
                              "must be HOST:PORT, got 'nowhere'")
 
 
+def test_quickstart_on_ipv6_prints_a_bracketed_url_the_cli_uses(cli: Cli, tmp_path: Path) -> None:
+    with subprocess.Popen([sys.executable, "-m", "ferrohsm.cli.main", "quickstart",
+                           "--data-dir", str(tmp_path / "data"), "--listen", "[::1]:0"],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          env=cli.env) as proc:
+        try:
+            assert proc.stdout is not None
+            exports = dict(proc.stdout.readline().strip().removeprefix("export ").split("=", 1)
+                           for _ in range(3))
+            assert exports["FERROHSM_URL"].startswith("https://[::1]:"), exports
+            run = cli("keys", "list", "--json", token=exports["FERROHSM_TOKEN"],
+                      env={k: v for k, v in exports.items() if k != "FERROHSM_TOKEN"})
+            assert run.code == 0, run.err
+        finally:
+            proc.terminate()
+
+
 def test_an_unwritable_export_path_is_exit_3(cli: Cli) -> None:
     run = cli("audit", "export", "--out", "/proc/ferrohsm/audit.jsonl", role="auditor")
     assert run.code == 3 and "cannot write /proc/ferrohsm/audit.jsonl" in one_line(run)
