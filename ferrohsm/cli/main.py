@@ -226,10 +226,15 @@ def _approval_pending(exc: Any, as_json: bool, field: str | None = None) -> None
     ident = approval.get("id", "?")
     have = len(approval.get("approvals") or [])
     expires = approval.get("expires_at")
-    _fail(f"approval required: request parked as approval {ident} ({have} of "
-          f"{approval.get('required', '?')} approvals, expires {when(expires)} "
-          f"({relative(expires)})); once approved, repeat the command with --approval-id "
-          f"{ident} ({exc.code}, request id {exc.request_id or 'unknown'})")
+    votes = f"{have} of {approval.get('required', '?')} approvals"
+    window = f"expires {when(expires)} ({relative(expires)})"
+    ids = f"({exc.code}, request id {exc.request_id or 'unknown'})"
+    if approval.get("state") == "approved":  # a repeat without --approval-id after the quorum
+        _fail(f"already approved: this request is approval {ident} ({votes}, {window}); run "
+              f"it now by repeating the command with --approval-id {ident} {ids}")
+        return
+    _fail(f"approval required: request parked as approval {ident} ({votes}, {window}); once "
+          f"approved, repeat the command with --approval-id {ident} {ids}")
 
 
 def _fail(message: str) -> None:

@@ -166,6 +166,11 @@ def test_unwrap_to_an_unwritable_path_keeps_the_approval(cli: Cli, live: LiveSer
     approval = parked.err.split("--approval-id ")[1].split()[0]
     approver = live.token("administrator", "approver-2")
     assert live.call("POST", f"/v1/approvals/{approval}/approve", {}, token=approver)[0] == 200
+    again = cli("unwrap", kek, role="service", stdin=wrapped.out)  # repeated, no --approval-id
+    assert again.code == 1 and one_line(again).startswith(
+        f"ferrohsm: already approved: this request is approval {approval} (1 of 1 approvals"), \
+        again.err
+    assert f"repeating the command with --approval-id {approval} (" in again.err
     lost = cli("unwrap", kek, "--approval-id", approval, "--out", "/nonexistent/dir/key.bin",
                role="service", stdin=wrapped.out)
     assert lost.code == 3, lost.err
