@@ -16,7 +16,8 @@
 # 3. then hands over to shiv's bootstrap, which extracts (once) and runs ferrohsm.cli.main.
 #
 # Standard library only, and nothing here may print a traceback for an environment problem:
-# a root that cannot be used is one line on stderr and exit status 1.
+# a root that cannot be used is one line on stderr and exit status 2 (a configuration error,
+# as everywhere else in ferrohsm).
 
 import fcntl
 import json
@@ -82,7 +83,7 @@ def extraction_root() -> str:
 
 def _fail(message: str) -> NoReturn:
     sys.stderr.write(f"ferrohsm: {message}; set SHIV_ROOT to a writable directory\n")
-    sys.exit(1)
+    sys.exit(2)
 
 
 def _lock(path: str, how: int) -> int | None:
@@ -101,6 +102,16 @@ def _lock(path: str, how: int) -> int | None:
             same = False
         if same:
             return fd
+        os.close(fd)
+
+
+def _private_lock_file(path: str) -> None:
+    """Create shiv's extraction lock file 0600 before its bootstrap does: shiv opens it with no
+    mode (0755 under the usual umask), and nothing but this user has a reason to open it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # one an older launcher left wider
+    finally:
         os.close(fd)
 
 
@@ -140,6 +151,7 @@ def prepare() -> None:
     fd = _lock(os.path.join(root, f".{name}_{build_id}_inuse"), fcntl.LOCK_SH)
     if fd is not None:
         _HELD.append(fd)
+    _private_lock_file(os.path.join(root, f".{name}_{build_id}_lock"))
     clean_other_builds(root, name, build_id)
 
 

@@ -103,6 +103,20 @@ def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def _not_repeated(exc: TransportError, url: str, others: bool) -> TransportError:
+    """A state change whose connection broke after it was sent: the server may have carried it
+    out, so "cannot reach" would mislead (it was reached) and a repeat could run it twice. Say
+    so, and why it was not sent again."""
+    where = " nor sent to the next server" if others else ""
+    error = TransportError(
+        f"request sent to {url}, but the connection ended before an answer "
+        f"({exc.reason or 'no reason given'}): it may or may not have been carried out; not "
+        f"repeated{where}, because it changes state (check, then retry if needed)",
+        request_id=exc.request_id)
+    error.reason = exc.reason
+    return error
+
+
 def _retry_after(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value else None
@@ -215,15 +229,18 @@ class Client:
         """One attempt: the current server, then each other one while it cannot be reached
         (for a request already sent, only when ``retry``)."""
         for tried in range(len(self.urls)):
+            url = self.url
             try:
                 answer = self._exchange(method, self._prefix + path, payload, headers)
             except TransportError as exc:
                 self.unreachable[self.url] = exc.message
+                if exc.retryable and exc.sent and not retry:
+                    exc = _not_repeated(exc, url, len(self.urls) > 1)
                 if len(self.urls) == 1 or not exc.retryable:
-                    raise
+                    raise exc from None
                 self._use(self._current + 1)  # the next call starts on a server that may answer
                 if tried == len(self.urls) - 1 or (exc.sent and not retry):
-                    raise
+                    raise exc from None
             else:
                 self.unreachable.pop(self.url, None)
                 return answer
@@ -281,8 +298,10 @@ class Client:
             raise self._unverified(exc, request_id) from None
         except (OSError, http.client.HTTPException) as exc:
             self.close()
-            raise TransportError(f"cannot reach {self.url}: {describe(exc)}",
-                                 request_id=request_id) from None
+            error = TransportError(f"cannot reach {self.url}: {describe(exc)}",
+                                   request_id=request_id)
+            error.reason = describe(exc)
+            raise error from None
         if resp.will_close:
             self.close()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data

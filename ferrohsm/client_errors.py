@@ -24,10 +24,12 @@ class ClientError(Exception):
 class TransportError(ClientError):
     """No HTTP answer: connection refused or reset, TLS failure, timeout, garbled response.
     ``retryable`` is False when trying again cannot help (the server's certificate is wrong);
-    ``sent`` is False when the connection failed before any byte of the request left."""
+    ``sent`` is False when the connection failed before any byte of the request left;
+    ``reason`` is the short cause (``RemoteDisconnected``, ``timed out``) when known."""
 
     retryable = True
     sent = True
+    reason = ""
 
 
 class ApiError(ClientError):

@@ -216,8 +216,21 @@ def test_an_unusable_shiv_root_is_one_line_not_a_traceback(zipapp: Path, tmp_pat
            "SHIV_ROOT": str(blocked / "shiv")}
     result = subprocess.run([sys.executable, "-I", str(zipapp), "--version"],
                             capture_output=True, text=True, timeout=120, env=env)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a configuration error, like every other one
     assert "Traceback" not in result.stderr and "SHIV_ROOT" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_the_extraction_lock_file_is_private(zipapp: Path, tmp_path: Path) -> None:
+    """shiv creates its lock with no mode (0755 under umask 022); the launcher makes it 0600,
+    and narrows one an older launcher left wider."""
+    root = tmp_path / "shiv"
+    assert run(zipapp, "--version", home=tmp_path).returncode == 0
+    [lock] = [p for p in root.iterdir() if p.name.endswith("_lock")]
+    assert lock.stat().st_mode & 0o777 == 0o600
+    lock.chmod(0o755)
+    assert run(zipapp, "--version", home=tmp_path).returncode == 0
+    assert lock.stat().st_mode & 0o777 == 0o600
 
 
 def test_zipapp_carries_the_postgres_driver(zipapp: Path, tmp_path: Path) -> None:

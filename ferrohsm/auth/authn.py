@@ -50,6 +50,7 @@ TAG_CLAIM_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 THUMBPRINT_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 MAX_TOKEN_CHARS = 8192
 MAX_TAGS = 32
+MAX_SUBJECT_CHARS = 256
 MAX_AUDIENCES = 16
 REQUIRED = ("iss", "aud", "sub", "role", "iat", "exp")
 HEADER_MEMBERS = {"alg", "kid", "typ"}
@@ -203,15 +204,27 @@ def thumbprint_of(claims: Mapping[str, Any]) -> str | None:
     return value
 
 
+def valid_subject(sub: Any) -> bool:
+    """The sub claim the server accepts: 1..MAX_SUBJECT_CHARS printable characters (it is shown
+    in audit records and logs). `ferrohsm token issue` checks with this same rule, so it never
+    mints a token every request would refuse."""
+    return isinstance(sub, str) and 0 < len(sub) <= MAX_SUBJECT_CHARS and sub.isprintable()
+
+
+def valid_tags(tags: Any) -> bool:
+    """The tags claim the server accepts: at most MAX_TAGS names matching TAG_CLAIM_RE."""
+    return isinstance(tags, list) and len(tags) <= MAX_TAGS and all(
+        isinstance(t, str) and TAG_CLAIM_RE.match(t) for t in tags)
+
+
 def principal_from_claims(claims: dict[str, Any]) -> Principal:
     """Type-check identity claims: a wrong type or an unknown role grants nothing."""
     sub, role, tags = claims["sub"], claims["role"], claims.get("tags")
-    if not isinstance(sub, str) or not 0 < len(sub) <= 256 or not sub.isprintable():
+    if not valid_subject(sub):
         raise TokenRejected("invalid sub claim", "claims")
     if not isinstance(role, str) or role not in ROLES:
         raise TokenRejected("invalid role claim", "role")
-    if tags is not None and (not isinstance(tags, list) or len(tags) > MAX_TAGS or not all(
-            isinstance(t, str) and TAG_CLAIM_RE.match(t) for t in tags)):
+    if tags is not None and not valid_tags(tags):
         raise TokenRejected("invalid tags claim", "claims")
     sid, jti = _opt_str(claims, "sid"), _opt_str(claims, "jti")
     exp = claims.get("exp")

@@ -189,8 +189,9 @@ def run_client(args: argparse.Namespace) -> int:
         _approval_pending(exc, output_format(args) == "json", getattr(args, "field", None))
         return FAILED
     except ApiError as exc:
-        hint = _hint(exc.code, args.command, token)
-        _fail(f"{exc.message}{hint} ({exc.code}, request id {exc.request_id or 'unknown'})")
+        text = _too_large(exc.message, args.command) if exc.code == "payload_too_large" \
+            else exc.message + _hint(exc.code, args.command, token)
+        _fail(f"{text} ({exc.code}, request id {exc.request_id or 'unknown'})")
         return 1
     except ClientError as exc:  # transport: refused, reset, TLS, timeout
         suffix = f" (request id {exc.request_id})" if exc.request_id else ""
@@ -202,8 +203,6 @@ def _hint(code: str, command: str, token: str | None) -> str:
     """What to do next, from the error code and what the CLI's own token says of itself."""
     if code == "unauthenticated":
         return "; get a token with `ferrohsm token issue` and set FERROHSM_TOKEN"
-    if code == "payload_too_large":
-        return TOO_LARGE.get(command, TOO_LARGE[""])
     if command not in ops.OPS or code not in ("forbidden", "not_found"):
         return ""
     claims = _unverified_claims(token)
@@ -218,18 +217,13 @@ def _hint(code: str, command: str, token: str | None) -> str:
     return ""
 
 
-TOO_LARGE = {
-    "sign": "; send a digest: drop --message (`ferrohsm sign KEY --in FILE` hashes the input "
-            "here by default) or give one with --digest; use --message only for inputs up to "
-            "64 KiB (the server's [crypto].max_input_bytes)",
-    "encrypt": "; the server encrypts at most [crypto].max_input_bytes (64 KiB by default) per "
-               "call: encrypt large data locally under a data key and protect that key with "
-               "`ferrohsm wrap`",
-    "wrap": "; wrap takes key material, at most [crypto].max_input_bytes (64 KiB by default)",
-    "": "; the request is larger than the server accepts ([server].max_body_bytes)",
-}
-TOO_LARGE["verify"] = TOO_LARGE["sign"].replace("ferrohsm sign KEY", "ferrohsm verify KEY")
-TOO_LARGE["decrypt"] = TOO_LARGE["encrypt"]
+def _too_large(message: str, command: str) -> str:
+    """A 413 as one sentence: what the server refused (its own first clause, which names its
+    limit) and this command's way out, instead of the server's advice for every operation."""
+    refused = message.split(":")[0].split(";")[0].strip()
+    advice = ops.TOO_LARGE_ADVICE.get(command, "the request is larger than the server accepts "
+                                      "([server].max_body_bytes)")
+    return f"{refused}: {advice}"
 
 
 def _unverified_claims(token: str | None) -> dict[str, Any]:
@@ -258,10 +252,15 @@ def _approval_pending(exc: Any, as_json: bool, field: str | None = None) -> None
     ident = approval.get("id", "?")
     have = len(approval.get("approvals") or [])
     expires = approval.get("expires_at")
-    _fail(f"approval required: request parked as approval {ident} ({have} of "
-          f"{approval.get('required', '?')} approvals, expires {when(expires)} "
-          f"({relative(expires)})); once approved, repeat the command with --approval-id "
-          f"{ident} ({exc.code}, request id {exc.request_id or 'unknown'})")
+    votes = f"{have} of {approval.get('required', '?')} approvals"
+    window = f"expires {when(expires)} ({relative(expires)})"
+    ids = f"({exc.code}, request id {exc.request_id or 'unknown'})"
+    if approval.get("state") == "approved":  # a repeat without --approval-id after the quorum
+        _fail(f"already approved: this request is approval {ident} ({votes}, {window}); run "
+              f"it now by repeating the command with --approval-id {ident} {ids}")
+        return
+    _fail(f"approval required: request parked as approval {ident} ({votes}, {window}); once "
+          f"approved, repeat the command with --approval-id {ident} {ids}")
 
 
 def _fail(message: str) -> None:

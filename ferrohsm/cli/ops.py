@@ -40,6 +40,27 @@ ALGORITHM_HASH = {"rsa-2048": "sha256", "rsa-4096": "sha256", "ec-p256": "sha256
 
 IN_OUT = "--in FILE (default stdin) and --out FILE (default stdout)"
 
+DIGEST_SIZE = {"sha256": 32, "sha384": 48}  # bytes of a --digest input, by hash
+# The largest signature any key signs: RSA-4096 (512 bytes, raw); ECDSA's DER is at most 104.
+MAX_SIGNATURE = 512
+# The server's request limit as documented ([server].max_body_bytes, 1 MiB by default). The
+# client cannot ask a server for its own, so a larger input is refused here, before it is sent
+# in full only to come back as a 413.
+MAX_BODY = 1 << 20
+
+# What to do about an input too large for one call, per command: one sentence each, used for
+# the local refusal and for the server's 413 (main.py).
+TOO_LARGE_ADVICE = {
+    "encrypt": "encrypt large data locally under a data key instead (envelope encryption: "
+               "`ferrohsm data-key KEY`)",
+    "decrypt": "a ciphertext this large was not made by `ferrohsm encrypt` (data encrypted "
+               "under a data key is decrypted locally, after `ferrohsm decrypt` of the data key)",
+    "sign": "drop --message: by default only the input's digest is sent, whatever its size",
+    "wrap": "wrap takes key material (a few dozen bytes), not data: use encrypt or a data key",
+    "unwrap": "a wrapped key this large was not made by `ferrohsm wrap`",
+}
+TOO_LARGE_ADVICE["verify"] = TOO_LARGE_ADVICE["sign"]
+
 OPS: dict[str, tuple[str, str, str]] = {
     "encrypt": ("encrypt data with an aes-256-gcm encrypt key",
                 ("Encrypt the input with KEY (AES-256-GCM, fresh nonce); writes the fhsm:v… "
@@ -149,7 +170,8 @@ def _answer(out: Output, settings: Settings, document: dict[str, Any]) -> int:
 
 def encrypt(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     with Output.open(args.out) as out:
-        data = read_input(args.input, allow_empty=args.allow_empty)
+        data = fits(read_input(args.input, allow_empty=args.allow_empty), _source(args.input),
+                    "encrypt")
         result = client.encrypt(args.key, data, _aad(args), **_opts(settings))
         if _structured(settings):
             return _answer(out, settings, result)
@@ -160,11 +182,54 @@ def encrypt(args: argparse.Namespace, client: Any, settings: Settings) -> int:
 def decrypt(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     with Output.open(args.out, secret=True) as out:
         ciphertext = read_text_input(args.input, "ciphertext")
+        fits(ciphertext.encode(), _source(args.input), "decrypt", base64_sent=False)
         result = client.decrypt(args.key, ciphertext, _aad(args), **_opts(settings))
         if _structured(settings):
             return _answer(out, settings, {**result, "plaintext": _b64(result["plaintext"])})
         out.commit(result["plaintext"])
     return 0
+
+
+def fits(data: bytes, what: str, command: str, *, base64_sent: bool = True) -> bytes:
+    """``data`` when it fits in one request of the documented size (as base64, unless it is
+    sent as the text it is), else a usage error before anything is sent: the server would read
+    all of it only to answer 413."""
+    if (4 * -(-len(data) // 3) if base64_sent else len(data)) > MAX_BODY:
+        raise UsageError(f"{what} is {len(data)} bytes: too large for one request to the "
+                         f"server ([server].max_body_bytes, {MAX_BODY >> 20} MiB by default); "
+                         f"nothing was sent: "
+                         f"{TOO_LARGE_ADVICE[command]}")
+    return data
+
+
+def _checked_digest(args: argparse.Namespace, client: Any, digest: bytes) -> bytes:
+    """A --digest input has the length of the hash the signature scheme needs: checked here,
+    and in a way that says which hash, rather than by the server (or its 413 for a file)."""
+    sizes = ", ".join(f"{n} bytes for {h.upper().replace('SHA', 'SHA-')}"
+                      for h, n in DIGEST_SIZE.items())
+    if len(digest) not in DIGEST_SIZE.values():
+        raise UsageError(f"--digest: the input is {len(digest)} bytes, not a digest ({sizes}); "
+                         "without --digest the input is hashed here")
+    name = SCHEME_HASH.get(args.algorithm or "") or _key_hash(client, args.key)
+    if len(digest) != DIGEST_SIZE[name]:
+        scheme = f"--algorithm {args.algorithm}" if args.algorithm else f"key {args.key}"
+        raise UsageError(f"--digest: {scheme} signs {name.upper().replace('SHA', 'SHA-')} "
+                         f"digests of {DIGEST_SIZE[name]} bytes; the input is {len(digest)} "
+                         "bytes")
+    return digest
+
+
+def checked_signature(signature: bytes, path: str) -> bytes:
+    """A --signature file shaped like a signature: RSA's is raw (256 or 512 bytes), ECDSA's a DER
+    SEQUENCE of at most 104; anything else (an input given by mistake) is refused here."""
+    der = len(signature) >= 8 and signature[0] == 0x30 and (
+        signature[1] == len(signature) - 2
+        or (signature[1] == 0x81 and signature[2] == len(signature) - 3))
+    if not 0 < len(signature) <= MAX_SIGNATURE or not (der or len(signature) in (256, 512)):
+        raise UsageError(f"--signature {path} is not a signature ({len(signature)} bytes; "
+                         f"expected the DER ECDSA signature (at most 104 bytes) or the raw RSA "
+                         f"one (256 or 512 bytes) that `ferrohsm sign` writes)")
+    return signature
 
 
 def _signed_input(args: argparse.Namespace, client: Any,
@@ -173,9 +238,12 @@ def _signed_input(args: argparse.Namespace, client: Any,
     digest under the hash of the scheme the key will use. Standard input can be read only once,
     so it is hashed both ways before the key is asked which hash it needs; a file is checked
     readable first and hashed once."""
-    if args.message or args.digest:
-        data = read_input(args.input, allow_empty=allow_empty)
-        return (data, None) if args.message else (None, data)
+    if args.message:
+        return fits(read_input(args.input, allow_empty=allow_empty), _source(args.input),
+                    args.command), None
+    if args.digest:
+        return None, _checked_digest(args, client, read_input(args.input,
+                                                              allow_empty=allow_empty))
     if args.input in (None, "-"):
         both = hash_input(args.input, ("sha256", "sha384"), allow_empty=allow_empty)
         return None, both[SCHEME_HASH.get(args.algorithm or "") or _key_hash(client, args.key)]
@@ -187,6 +255,10 @@ def _signed_input(args: argparse.Namespace, client: Any,
 def _key_hash(client: Any, key: str) -> str:
     """The hash of the key's default scheme (an AES key: SHA-256, and the server refuses)."""
     return ALGORITHM_HASH.get(str(client.get_key(key).get("algorithm")), "sha256")
+
+
+def _source(path: str | None) -> str:
+    return "standard input" if path in (None, "-") else f"--in {path}"
 
 
 def readable(path: str) -> None:
@@ -211,7 +283,7 @@ def sign(args: argparse.Namespace, client: Any, settings: Settings) -> int:
 
 def verify(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     with Output.open(args.out) as out:
-        signature = read_input(args.signature)
+        signature = checked_signature(read_input(args.signature), args.signature)
         message, digest = _signed_input(args, client, True)
         result = client.verify_result(args.key, signature, message, digest=digest,
                                       algorithm=args.algorithm, key_version=args.key_version,
@@ -228,7 +300,8 @@ def verify(args: argparse.Namespace, client: Any, settings: Settings) -> int:
 
 def wrap(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     with Output.open(args.out) as out:
-        result = client.wrap(args.key, read_input(args.input), **_opts(settings))
+        material = fits(read_input(args.input), _source(args.input), "wrap")
+        result = client.wrap(args.key, material, **_opts(settings))
         if _structured(settings):
             return _answer(out, settings, result)
         out.commit((result["wrapped"] + "\n").encode("ascii"))
@@ -238,6 +311,7 @@ def wrap(args: argparse.Namespace, client: Any, settings: Settings) -> int:
 def unwrap(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     with Output.open(args.out, secret=True, binary=not _structured(settings)) as out:
         wrapped = read_text_input(args.input, "wrapped key")
+        fits(wrapped.encode(), _source(args.input), "unwrap", base64_sent=False)
         result = client.unwrap(args.key, wrapped, **_opts(settings))
         if _structured(settings):
             return _answer(out, settings,

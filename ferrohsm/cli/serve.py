@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -145,13 +146,19 @@ def _quickstart(args: argparse.Namespace) -> int:
         token = issue_token(secret, subject="quickstart-admin", role="administrator",
                             ttl=config.auth.max_token_ttl_seconds, issuer=config.auth.issuer,
                             audience=config.auth.audience)
-        host = parse_listen(config.server.listen)[0]
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104  compares, binds nothing
-        print(f"export FERROHSM_URL=https://{host}:{port}")
+        print(f"export FERROHSM_URL={_local_url(config.server.listen, port)}")
         print(f"export FERROHSM_CA_CERT={Path(pki.ca_cert).resolve()}")
         print(f"export FERROHSM_TOKEN={token}")
         sys.stdout.flush()
     return _run(config, wiring.tls_provider(config), announce, _options(args))
+
+
+def _local_url(listen: str, port: int) -> str:
+    """The URL a local client uses: a wildcard address becomes the loopback of its family
+    (both are in the dev certificate), and an IPv6 address is bracketed, as URLs need."""
+    host = parse_listen(listen)[0]
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104  compares, binds nothing
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
 def _sighup(rt: Any, ssl_provider: Any) -> None:
@@ -187,7 +194,21 @@ def _listening(bind: Callable[[], T], listen: str) -> T:
         raise CliExit(f"cannot listen on {listen}: the address {why}", CANNOT_LISTEN) from None
 
 
+def _resolvable(listen: str) -> None:
+    """Look the listen host up before anything is built or forked: a name that does not
+    resolve is a listen failure (exit 4, like a busy port), not an error of the data directory,
+    which is what the bind's OSError would otherwise be reported as."""
+    host, port = parse_listen(listen)
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        not_found = exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None))
+        why = "host not found" if not_found else f"cannot look up the host ({exc.strerror})"
+        raise CliExit(f"cannot listen on {listen}: {why}", CANNOT_LISTEN) from None
+
+
 def _run(config: Config, ssl_provider: Any, announce: Any = None, options: Any = None) -> int:
+    _resolvable(config.server.listen)
     if config.server.processes > 1:
         return _supervise(config, announce, options)
     return _serve(config, ssl_provider, announce, options)

@@ -11,6 +11,7 @@ from typing import Any
 from ..config import load_config, read_secret_file
 from ..domain.errors import ConfigError
 from . import output
+from .errors import USAGE, CliExit
 from .quickstart import JWT_FILE
 from .settings import Settings, command
 
@@ -74,10 +75,27 @@ def _secret(args: argparse.Namespace, config_file: str | None) -> bytes:
     return read_secret_file(path, "jwt secret file").encode()
 
 
+def _check_claims(args: argparse.Namespace) -> None:
+    """Refuse what the server would refuse in every request (auth/authn.py's own rules), so no
+    token is minted that can never be used."""
+    from ..auth.authn import MAX_SUBJECT_CHARS, MAX_TAGS, valid_subject, valid_tags
+    if not valid_subject(args.subject):
+        raise CliExit(f"--subject must be 1..{MAX_SUBJECT_CHARS} printable characters (no line "
+                      "breaks or control characters): the server refuses any other sub claim",
+                      USAGE)
+    if args.tags is not None and not valid_tags(args.tags):
+        raise CliExit(f"--tag must be at most {MAX_TAGS} tags, each 1..63 characters of a-z, "
+                      "0-9, '_', '.', '-' starting with a letter or digit: the server refuses "
+                      "any other tags claim", USAGE)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..auth.authn import issue_token
+    _check_claims(args)
+    if args.data_dir and not Path(args.data_dir).is_dir():
+        raise ConfigError(f"--data-dir {args.data_dir}: the data directory does not exist")
     config = load_config(args.config, overrides={("storage", "data_dir"): args.data_dir})
-    ttl = args.ttl or config.auth.max_token_ttl_seconds
+    ttl = config.auth.max_token_ttl_seconds if args.ttl is None else args.ttl
     if not 1 <= ttl <= config.auth.max_token_ttl_seconds:
         raise ConfigError(f"--ttl must be 1..{config.auth.max_token_ttl_seconds} seconds")
     print(issue_token(_secret(args, args.config), subject=args.subject, role=args.role, ttl=ttl,

@@ -263,11 +263,20 @@ _CONVERTERS: tuple[tuple[tuple[Any, ...], Callable[[Any], object]], ...] = (
     ((str, "str"), _to_str), (("tuple[str, ...]",), _to_str_tuple))
 
 
-def _coerce(value: Any, kind: Any, where: str) -> Any:
-    """Convert a TOML/env/flag value to the field's type, or say exactly which setting is wrong."""
+# Origins whose values are text by nature ("environment VAR", "flag --name"): a string there
+# may stand for a number or a boolean. A TOML file has types of its own, so there a quoted
+# "yes" or "5" for a boolean or number setting is a type error, not a guess.
+TEXT_ORIGINS = ("environment ", "flag ")
+
+
+def _coerce(value: Any, kind: Any, where: str, text: bool = True) -> Any:
+    """Convert a TOML/env/flag value to the field's type, or say exactly which setting is wrong;
+    a string is read as a number or boolean only when ``text`` (environment and flags). A list
+    setting still takes "a, b" from a file, as it always did."""
     for kinds, convert in _CONVERTERS:
         if kind in kinds:
-            converted = convert(value)
+            textual = isinstance(value, str) and convert in (_to_bool, _to_int, _to_float)
+            converted = _MISFIT if textual and not text else convert(value)
             if converted is not _MISFIT:
                 return converted
             break
@@ -281,7 +290,7 @@ def _build(cls: type, values: Mapping[str, Any], origin: str, section: str) -> A
     for name, value in values.items():
         if name not in known:
             raise ConfigError(f"{origin}: unknown setting [{section}].{name}")
-        kwargs[name] = _coerce(value, known[name], f"{origin}: [{section}].{name}")
+        kwargs[name] = _coerce(value, known[name], f"{origin}: [{section}].{name}", text=False)
     return cls(**kwargs)
 
 
@@ -330,7 +339,7 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
             built[parent], **{attr: _build_section(sub, sub_cls, sections.get(sub, {}))})
     config = Config(**built, policy_tags=_tag_policies(policy, origin), source=origin)
     from .checks import validate  # here: checks.py reads this package's names
-    validate(config)
+    validate(config, listen_origin=sections.get("server", {}).get("listen", (None, origin))[1])
     return config
 
 
@@ -352,7 +361,8 @@ def _build_section(name: str, cls: type, values: dict[str, tuple[Any, str]]) -> 
     for key, (value, origin) in values.items():
         if key not in known:
             raise ConfigError(f"{origin}: unknown setting [{name}].{key}")
-        kwargs[key] = _coerce(value, known[key], f"{origin}: [{name}].{key}")
+        kwargs[key] = _coerce(value, known[key], f"{origin}: [{name}].{key}",
+                              text=origin.startswith(TEXT_ORIGINS))
     return cls(**kwargs)
 
 

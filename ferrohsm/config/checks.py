@@ -18,8 +18,10 @@ from . import (
 )
 
 
-def validate(config: Config) -> None:
-    """Cross-field and range checks; each message names the setting."""
+def validate(config: Config, listen_origin: str | None = None) -> None:
+    """Cross-field and range checks; each message names the setting. A bad listen address is
+    told with where it came from (``listen_origin``: the file, ``flag --listen``, the
+    environment variable), since the file is often not where the operator set it."""
     src = config.source
     checks: list[tuple[bool, str]] = [
         (config.storage.key_store in KEY_STORES,
@@ -90,7 +92,7 @@ def validate(config: Config) -> None:
     try:
         parse_listen(config.server.listen)
     except ConfigError as exc:
-        raise ConfigError(f"{src}: {exc.message}") from None
+        raise ConfigError(f"{listen_origin or src}: {exc.message}") from None
     for name, tag in config.policy_tags.items():
         if tag.approvals_required < 0 or tag.approval_ttl_seconds < 1 or tag.rotation_days < 0 \
                 or tag.archive_after_days < 0 or tag.destroy_grace_hours < 0 \

@@ -438,6 +438,24 @@ def test_token_issue(cli: Cli) -> None:
     assert cli("token", "issue", "--subject", "a", "--role", "root").code == 2
 
 
+@pytest.mark.parametrize("argv,says", [
+    (["--subject", "a\nb"], "--subject must be 1..256 printable characters"),
+    (["--subject", "x" * 257], "--subject must be 1..256 printable characters"),
+    (["--subject", "ci", "--tag", "Bad Tag"], "--tag must be at most 32 tags"),
+    (["--subject", "ci", "--ttl", "0"], "--ttl must be 1..900 seconds"),
+    (["--subject", "ci", "--data-dir", "/nonexistent"],
+     "--data-dir /nonexistent: the data directory does not exist"),
+])
+def test_token_issue_refuses_what_the_server_would_refuse(cli: Cli, argv: list[str],
+                                                          says: str) -> None:
+    if "--data-dir" not in argv:
+        cli.mp.setenv("FERROHSM_JWT_HS256_SECRET", "s" * 48)
+    result = cli("token", "issue", "--role", "service", *argv)
+    assert result.code == 2 and result.out == b"", result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], result.err
+
+
 def test_serve_with_a_bad_config_exits_2(cli: Cli, tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[server]\nlisten = 'nowhere'\n")

@@ -141,23 +141,50 @@ def test_an_artefact_over_the_body_limit_signs_by_digest(cli: Cli, tmp_path: Pat
 
 def test_every_413_names_the_way_out(cli: Cli, live: LiveServer, tmp_path: Path) -> None:
     key = create(cli, "ec-p256", "sign")
-    big = tmp_path / "big.bin"
-    big.write_bytes(b"x" * (2 * 1024 * 1024))
-    over_body = cli("sign", key, "--message", "--in", str(big), "--out", str(tmp_path / "s"),
-                    role="service")
-    line = one_line(over_body)
-    assert over_body.code == 1 and "(payload_too_large, request id" in line
-    assert "--digest" in line and "--message only for inputs up to 64 KiB" in line
-    assert not (tmp_path / "s").exists()
     over_input = cli("sign", key, "--message", role="service", stdin=b"y" * (100 * 1024))
-    assert over_input.code == 1 and "send a digest" in one_line(over_input)
-    assert "by its digest (the \"digest\" member" in line  # the API's own 413 (body limit)
+    assert over_input.code == 1 and one_line(over_input).startswith(
+        "ferrohsm: input is larger than the 65536-byte limit: drop --message: by default only "
+        "the input's digest is sent"), over_input.err
     body = {"message": base64.b64encode(b"z" * 70000).decode()}  # over the input limit
     status, _, reply = live.call("POST", f"/v1/keys/{key}/sign", body, role="service")
     assert status == 413 and "by its digest" in reply["error"]["message"], reply
     encrypt_key = create(cli, "aes-256-gcm", "encrypt")
     too_big = cli("encrypt", encrypt_key, role="service", stdin=b"p" * (100 * 1024))
-    assert too_big.code == 1 and "data key" in one_line(too_big)
+    line = one_line(too_big)
+    assert too_big.code == 1 and line.startswith(
+        "ferrohsm: input is larger than the 65536-byte limit: encrypt large data locally under "
+        "a data key instead (envelope encryption: `ferrohsm data-key KEY`) (payload_too_large, "
+        "request id "), line
+    assert "sign" not in line and "verify" not in line and line.count("data key") == 1
+
+
+def test_inputs_no_request_could_carry_are_refused_before_sending(
+        cli: Cli, live: LiveServer, tmp_path: Path) -> None:
+    key = create(cli, "ec-p384", "sign")
+    encrypt_key = create(cli, "aes-256-gcm", "encrypt")
+    huge = tmp_path / "huge.bin"
+    huge.write_bytes(b"x" * (2 * 1024 * 1024))  # over the 1 MiB request limit
+    for argv, advice in ((("sign", key, "--message"), "drop --message"),
+                         (("encrypt", encrypt_key), "under a data key")):
+        corr = unique("huge")
+        run = cli(*argv, "--in", str(huge), "--out", str(tmp_path / "o"), "--correlation-id",
+                  corr, role="service")
+        line = one_line(run)
+        assert run.code == 2 and f"--in {huge} is 2097152 bytes: too large for one request" \
+            in line and "nothing was sent" in line and advice in line, run.err
+        assert audit_actions(live, corr) == [] and not (tmp_path / "o").exists()
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(200 * 1024))
+    digest = cli("sign", key, "--in", str(big), "--digest", role="service")
+    assert digest.code == 2 and one_line(digest) == (
+        "ferrohsm: --digest: the input is 204800 bytes, not a digest (32 bytes for SHA-256, 48 "
+        "bytes for SHA-384); without --digest the input is hashed here")
+    wrong = cli("sign", key, "--digest", role="service", stdin=hashlib.sha256(b"a").digest())
+    assert wrong.code == 2 and one_line(wrong) == (
+        f"ferrohsm: --digest: key {key} signs SHA-384 digests of 48 bytes; the input is 32 bytes")
+    not_sig = cli("verify", key, "--in", str(big), "--signature", str(big), role="service")
+    assert not_sig.code == 2 and one_line(not_sig).startswith(
+        f"ferrohsm: --signature {big} is not a signature (204800 bytes; "), not_sig.err
 
 
 def test_unwrap_to_an_unwritable_path_keeps_the_approval(cli: Cli, live: LiveServer,
@@ -171,6 +198,11 @@ def test_unwrap_to_an_unwritable_path_keeps_the_approval(cli: Cli, live: LiveSer
     approval = parked.err.split("--approval-id ")[1].split()[0]
     approver = live.token("administrator", "approver-2")
     assert live.call("POST", f"/v1/approvals/{approval}/approve", {}, token=approver)[0] == 200
+    again = cli("unwrap", kek, role="service", stdin=wrapped.out)  # repeated, no --approval-id
+    assert again.code == 1 and one_line(again).startswith(
+        f"ferrohsm: already approved: this request is approval {approval} (1 of 1 approvals"), \
+        again.err
+    assert f"repeating the command with --approval-id {approval} (" in again.err
     lost = cli("unwrap", kek, "--approval-id", approval, "--out", "/nonexistent/dir/key.bin",
                role="service", stdin=wrapped.out)
     assert lost.code == 3, lost.err
@@ -366,6 +398,38 @@ def test_a_busy_port_is_one_line_and_exit_4(cli: Cli, tmp_path: Path) -> None:
     assert run.err.strip().splitlines()[-1] == (
         f"ferrohsm: cannot listen on 127.0.0.1:{port}: the address is already in use (another "
         "server, or an old one still running?): stop it or choose another --listen port")
+
+
+@pytest.mark.parametrize("listen", ["badhost.invalid:1", "999.1.1.1:8443"])
+def test_a_listen_host_that_does_not_resolve_is_one_line_and_exit_4(
+        cli: Cli, tmp_path: Path, listen: str) -> None:
+    run = cli("quickstart", "--data-dir", str(tmp_path / "data"), "--listen", listen, role=None)
+    assert run.code == 4, run.err
+    assert one_line(run) == f"ferrohsm: cannot listen on {listen}: host not found"
+
+
+def test_a_malformed_listen_flag_is_named_as_the_flag(cli: Cli, tmp_path: Path) -> None:
+    run = cli("quickstart", "--data-dir", str(tmp_path / "data"), "--listen", "nowhere", role=None)
+    assert run.code == 2, run.err
+    assert one_line(run) == ("ferrohsm: configuration error: flag --listen: [server].listen "
+                             "must be HOST:PORT, got 'nowhere'")
+
+
+def test_quickstart_on_ipv6_prints_a_bracketed_url_the_cli_uses(cli: Cli, tmp_path: Path) -> None:
+    with subprocess.Popen([sys.executable, "-m", "ferrohsm.cli.main", "quickstart",
+                           "--data-dir", str(tmp_path / "data"), "--listen", "[::1]:0"],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          env=cli.env) as proc:
+        try:
+            assert proc.stdout is not None
+            exports = dict(proc.stdout.readline().strip().removeprefix("export ").split("=", 1)
+                           for _ in range(3))
+            assert exports["FERROHSM_URL"].startswith("https://[::1]:"), exports
+            run = cli("keys", "list", "--json", token=exports["FERROHSM_TOKEN"],
+                      env={k: v for k, v in exports.items() if k != "FERROHSM_TOKEN"})
+            assert run.code == 0, run.err
+        finally:
+            proc.terminate()
 
 
 def test_an_unwritable_export_path_is_exit_3(cli: Cli) -> None:

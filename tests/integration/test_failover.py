@@ -125,3 +125,24 @@ def test_cli_takes_a_comma_separated_ferrohsm_url(live: LiveServer, monkeypatch:
     assert listed.code == 0, listed.err
     created = cli("keys", "create", "--algorithm", "aes-256-gcm", "--usage", "encrypt", "--json")
     assert created.code == 0, created.err
+
+
+def test_cli_says_a_sent_state_change_may_have_run_and_was_not_repeated(
+        live: LiveServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cli = Cli(live, monkeypatch, tmp_path)
+    hang = HangUp(live)
+    try:
+        monkeypatch.setenv("FERROHSM_URL",
+                           f"https://127.0.0.1:{hang.port},https://127.0.0.1:{live.port}")
+        created = cli("keys", "create", "--algorithm", "aes-256-gcm", "--usage", "encrypt")
+        assert created.code == 1 and hang.requests == 1
+        lines = created.err.strip().splitlines()
+        assert len(lines) == 1 and "cannot reach" not in lines[0], created.err
+        assert f"request sent to https://127.0.0.1:{hang.port}" in lines[0]
+        assert "may or may not have been carried out" in lines[0]
+        assert "not repeated nor sent to the next server, because it changes state" in lines[0]
+        monkeypatch.setenv("FERROHSM_URL", f"https://127.0.0.1:{hang.port}")
+        alone = cli("keys", "create", "--algorithm", "aes-256-gcm", "--usage", "encrypt")
+        assert alone.code == 1 and "not repeated, because it changes state" in alone.err
+    finally:
+        hang.close()

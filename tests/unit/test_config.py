@@ -50,6 +50,9 @@ def test_precedence_file_env_flag(tmp_path: Path) -> None:
     ('[policy.tags.pci]\napprovals_required = -1\n', "[policy.tags.pci]"),
     ('[policy.tags.pci]\nnope = 1\n', "[policy.tags.pci].nope"),
     ('[audit]\nflush = "sometimes"\n', "[audit].flush"),
+    ('[server]\npin_processes = "yes"\n', "[server].pin_processes: expected bool, got str"),
+    ('[server]\nworkers = "5"\n', "[server].workers: expected int, got str"),
+    ('[audit]\nretention_days = "7"\n', "[audit].retention_days: expected float, got str"),
     ('[audit]\nflush_spin_microseconds = -1\n', "[audit].flush_spin_microseconds"),
     ('[audit]\nflush_spin_microseconds = 1000000\n', "[audit].flush_spin_microseconds"),
     ("this is not toml", "not valid TOML"),
@@ -60,6 +63,12 @@ def test_bad_values_name_the_setting_and_file(tmp_path: Path, text: str, needle:
         load_config(path, env={})
     assert needle in info.value.message
     assert path in info.value.message
+
+
+def test_env_values_are_text_and_still_read_as_numbers_and_booleans() -> None:
+    config = load_config(None, env={"FERROHSM_SERVER_PIN_PROCESSES": "no",
+                                    "FERROHSM_SERVER_WORKERS": "5"})
+    assert config.server.pin_processes is False and config.server.workers == 5
 
 
 def test_bad_env_value_names_the_variable() -> None:
