@@ -71,6 +71,7 @@ from .client_errors import (
     Unauthenticated,
     describe,
     error_class,
+    not_repeated,
     tls_context,
 )
 
@@ -101,20 +102,6 @@ def _key_path(key: str, suffix: str = "") -> str:
 
 def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
-
-
-def _not_repeated(exc: TransportError, url: str, others: bool) -> TransportError:
-    """A state change whose connection broke after it was sent: the server may have carried it
-    out, so "cannot reach" would mislead (it was reached) and a repeat could run it twice. Say
-    so, and why it was not sent again."""
-    where = " nor sent to the next server" if others else ""
-    error = TransportError(
-        f"request sent to {url}, but the connection ended before an answer "
-        f"({exc.reason or 'no reason given'}): it may or may not have been carried out; not "
-        f"repeated{where}, because it changes state (check, then retry if needed)",
-        request_id=exc.request_id)
-    error.reason = exc.reason
-    return error
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -235,7 +222,7 @@ class Client:
             except TransportError as exc:
                 self.unreachable[self.url] = exc.message
                 if exc.retryable and exc.sent and not retry:
-                    exc = _not_repeated(exc, url, len(self.urls) > 1)
+                    exc = not_repeated(exc, url, len(self.urls) > 1)
                 if len(self.urls) == 1 or not exc.retryable:
                     raise exc from None
                 self._use(self._current + 1)  # the next call starts on a server that may answer

@@ -136,3 +136,17 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return type(exc).__name__
+
+
+def not_repeated(exc: TransportError, url: str, others: bool) -> TransportError:
+    """A state change whose connection broke after it was sent: the server may have carried it
+    out, so "cannot reach" would mislead (it was reached) and a repeat could run it twice. Say
+    so, and why it was not sent again."""
+    where = " nor sent to the next server" if others else ""
+    error = TransportError(
+        f"request sent to {url}, but the connection ended before an answer "
+        f"({exc.reason or 'no reason given'}): it may or may not have been carried out; not "
+        f"repeated{where}, because it changes state (check, then retry if needed)",
+        request_id=exc.request_id)
+    error.reason = exc.reason
+    return error

@@ -43,10 +43,9 @@ IN_OUT = "--in FILE (default stdin) and --out FILE (default stdout)"
 DIGEST_SIZE = {"sha256": 32, "sha384": 48}  # bytes of a --digest input, by hash
 # The largest signature any key signs: RSA-4096 (512 bytes, raw); ECDSA's DER is at most 104.
 MAX_SIGNATURE = 512
-# The server's request limit as documented ([server].max_body_bytes, 1 MiB by default). The
-# client cannot ask a server for its own, so a larger input is refused here, before it is sent
-# in full only to come back as a 413.
-MAX_BODY = 1 << 20
+# The most any server accepts in one request: [server].max_body_bytes can be raised to 64 MiB,
+# so only inputs above it are refused here (a server left at its 1 MiB default answers 413).
+MAX_BODY = 64 << 20
 
 # What to do about an input too large for one call, per command: one sentence each, used for
 # the local refusal and for the server's 413 (main.py).
@@ -191,12 +190,12 @@ def decrypt(args: argparse.Namespace, client: Any, settings: Settings) -> int:
 
 
 def fits(data: bytes, what: str, command: str, *, base64_sent: bool = True) -> bytes:
-    """``data`` when it fits in one request of the documented size (as base64, unless it is
-    sent as the text it is), else a usage error before anything is sent: the server would read
-    all of it only to answer 413."""
+    """``data`` when some server could take it in one request (as base64, unless it is sent
+    as the text it is), else a usage error before anything is sent: no server would read it
+    but to answer 413."""
     if (4 * -(-len(data) // 3) if base64_sent else len(data)) > MAX_BODY:
-        raise UsageError(f"{what} is {len(data)} bytes: too large for one request to the "
-                         f"server ([server].max_body_bytes, {MAX_BODY >> 20} MiB by default); "
+        raise UsageError(f"{what} is {len(data)} bytes: too large for one request to any "
+                         f"server ([server].max_body_bytes is at most {MAX_BODY >> 20} MiB); "
                          f"nothing was sent: "
                          f"{TOO_LARGE_ADVICE[command]}")
     return data

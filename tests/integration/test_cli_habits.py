@@ -156,6 +156,9 @@ def test_every_413_names_the_way_out(cli: Cli, live: LiveServer, tmp_path: Path)
         "a data key instead (envelope encryption: `ferrohsm data-key KEY`) (payload_too_large, "
         "request id "), line
     assert "sign" not in line and "verify" not in line and line.count("data key") == 1
+    two_mib = cli("encrypt", encrypt_key, role="service", stdin=b"q" * (2 << 20))
+    line = one_line(two_mib)  # over this server's 1 MiB body limit: sent, and its 413 explained
+    assert two_mib.code == 1 and "payload_too_large" in line and "under a data key" in line, line
 
 
 def test_inputs_no_request_could_carry_are_refused_before_sending(
@@ -163,15 +166,17 @@ def test_inputs_no_request_could_carry_are_refused_before_sending(
     key = create(cli, "ec-p384", "sign")
     encrypt_key = create(cli, "aes-256-gcm", "encrypt")
     huge = tmp_path / "huge.bin"
-    huge.write_bytes(b"x" * (2 * 1024 * 1024))  # over the 1 MiB request limit
+    with huge.open("wb") as sparse:  # as base64, over the 64 MiB no server may exceed
+        sparse.truncate(50 << 20)
     for argv, advice in ((("sign", key, "--message"), "drop --message"),
                          (("encrypt", encrypt_key), "under a data key")):
         corr = unique("huge")
         run = cli(*argv, "--in", str(huge), "--out", str(tmp_path / "o"), "--correlation-id",
                   corr, role="service")
         line = one_line(run)
-        assert run.code == 2 and f"--in {huge} is 2097152 bytes: too large for one request" \
-            in line and "nothing was sent" in line and advice in line, run.err
+        assert run.code == 2 and f"--in {huge} is {50 << 20} bytes: too large for one " \
+            "request to any server" in line and "nothing was sent" in line and advice in line, \
+            run.err
         assert audit_actions(live, corr) == [] and not (tmp_path / "o").exists()
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(200 * 1024))
