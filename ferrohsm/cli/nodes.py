@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..config import Config, parse_listen
+from ..config import Config, cores, parse_listen
 
 log = logging.getLogger("ferrohsm")
 FIRST_BACKOFF = 0.5
@@ -106,7 +106,7 @@ def _port_lock(port: int) -> socket.socket:
 def auto_processes(value: str) -> int:
     """``--processes N|auto``: auto is one per core."""
     if value.strip().lower() == "auto":
-        return os.cpu_count() or 1
+        return cores()
     return int(value, 10)
 
 

@@ -355,12 +355,25 @@ def _split_subsections(name: str, sections: dict[str, dict[str, tuple[Any, str]]
         sections[sub] = {k: (v, origin) for k, v in body.items()}
 
 
+def cores() -> int:
+    """``processes = "auto"`` (file, environment or flag): one process per core."""
+    return os.cpu_count() or 1
+
+
+# Words a number setting also takes, wherever it is given: what each stands for.
+NAMED_VALUES: dict[tuple[str, str], dict[str, Callable[[], object]]] = {
+    ("server", "processes"): {"auto": cores}}
+
+
 def _build_section(name: str, cls: type, values: dict[str, tuple[Any, str]]) -> Any:
     known = {f.name: f.type for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, (value, origin) in values.items():
         if key not in known:
             raise ConfigError(f"{origin}: unknown setting [{name}].{key}")
+        named = NAMED_VALUES.get((name, key), {})
+        if isinstance(value, str) and value.strip().lower() in named:
+            value = named[value.strip().lower()]()
         kwargs[key] = _coerce(value, known[key], f"{origin}: [{name}].{key}",
                               text=origin.startswith(TEXT_ORIGINS))
     return cls(**kwargs)

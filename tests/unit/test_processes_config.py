@@ -14,6 +14,17 @@ from ferrohsm.config import load_config
 from ferrohsm.domain.errors import ConfigError
 
 
+def test_auto_is_one_process_per_core_in_a_file_and_the_environment_too(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\nprocesses = "auto"\n[storage]\nkey_store = "sqlite"\n')
+    assert load_config(str(path), env={}).server.processes == (os.cpu_count() or 1)
+    env = {"FERROHSM_SERVER_PROCESSES": "AUTO", "FERROHSM_KEY_STORE": "sqlite"}
+    assert load_config(None, env=env).server.processes == (os.cpu_count() or 1)
+    path.write_text('[server]\nprocesses = "many"\n')
+    with pytest.raises(ConfigError, match=r"\[server\]\.processes: expected int, got str"):
+        load_config(str(path), env={})
+
+
 def test_auto_is_one_process_per_core() -> None:
     assert auto_processes("auto") == (os.cpu_count() or 1)
     assert auto_processes("3") == 3
