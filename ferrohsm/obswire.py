@@ -109,9 +109,10 @@ def _spans(rt: Runtime) -> None:
     if tracer is None:
         return
     rt.metrics.add_counter("ferrohsm_trace_spans", "Spans handed to the OTLP exporter process "
-                           "(sent) or dropped because it was busy or down",
+                           "(sent), dropped because it was busy or down, or handed to it and "
+                           "not delivered to the collector (failed)",
                            lambda: {(k,): float(v) for k, v in tracer.stats().items()
-                                    if k in ("sent", "dropped")}, ("outcome",))
+                                    if k in ("sent", "dropped", "failed")}, ("outcome",))
     rt.metrics.add_counter("ferrohsm_trace_exporter_restarts", "Restarts of the OTLP span "
                            "exporter process", lambda: {(): float(tracer.stats()["restarts"])})
 

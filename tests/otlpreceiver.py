@@ -11,7 +11,7 @@ from typing import Any
 class Receiver:
     """Accepts ``POST /v1/traces`` (protobuf ExportTraceServiceRequest) as a collector does."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
             ExportTraceServiceRequest,
             ExportTraceServiceResponse,
@@ -43,7 +43,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"

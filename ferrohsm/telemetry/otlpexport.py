@@ -13,6 +13,13 @@ the other cores.
 It ignores SIGINT and SIGTERM: it stops when the server closes the pipe, after exporting what
 it was handed (the server waits for that, bounded). The records come from the server that
 started it, through a pipe only the two hold: ``marshal`` reads nothing else.
+
+A collector that is down or refuses: the SDK would log every retry of every batch (three
+warnings and an error a batch, for as long as the backlog lasts). Its messages are kept, not
+printed; this process says once a minute how many spans it could not deliver and the latest
+cause, and once when delivery works again. It tells the server its running count of spans
+not delivered on stdout (a line, the number), which the server shows on /metrics
+(``ferrohsm_trace_spans_total{outcome="failed"}``).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import os
 import signal
 import struct
 import sys
+import time
 from typing import Any, BinaryIO
 
 from .logs import JSONFormatter
@@ -31,15 +39,16 @@ from .otlpwire import SERVER, SpanWriter
 log = logging.getLogger("ferrohsm.telemetry.otlpexport")
 HEADER = struct.Struct(">I")
 NICENESS = 10
+REPORT_EVERY = 60.0  # seconds between two warnings that spans are not being delivered
 
 
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _setup_logging()
+    problems = _setup_logging()
     _step_aside()
     try:
-        exporter = Exporter()
+        exporter = Exporter(problems)
     except ImportError as exc:
         log.error("OTLP export needs the otel extra (pip install 'ferrohsm[otel]'): %s", exc)
         return 3
@@ -82,7 +91,7 @@ class Exporter:
     ``export``), slower and otherwise the same.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, problems: LatestProblem | None = None) -> None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.trace import TraceState
@@ -103,6 +112,8 @@ class Exporter:
         self._send = getattr(client, "export", None)
         self._sdk: SdkSpans | None = None if self._send else SdkSpans(self)
         self.exported = self.failed = 0
+        self.problems = problems or LatestProblem()
+        self._warned_at: float | None = None  # when "not delivered" was last said; None: working
 
     def export(self, records: list[Any]) -> None:
         if self._sdk is not None:
@@ -110,11 +121,28 @@ class Exporter:
         else:
             data, count = self.writer.request(records)
             sent = bool(count) and bool(self._send(data).success)  # type: ignore[misc]
+        failed = self.failed
         self.failed += len(records) - count
         if sent:
             self.exported += count
-        else:  # the SDK has logged why (unreachable collector, refusal)
+        else:  # the SDK has told the LatestProblem handler why
             self.failed += count
+        if self.failed != failed:
+            report_failed(self.failed)
+        self._say(sent)
+
+    def _say(self, sent: bool) -> None:
+        """At most one warning a minute while spans are not delivered; one when they are again."""
+        now = time.monotonic()
+        if sent:
+            if self._warned_at is not None:
+                log.warning("span export works again (%d spans were not delivered)", self.failed)
+                self._warned_at = None
+            self.problems.clear()
+        elif self._warned_at is None or now - self._warned_at >= REPORT_EVERY:
+            self._warned_at = now
+            log.warning("span export failing: %d spans not delivered so far (latest: %s)",
+                        self.failed, self.problems.latest or "no reason given")
 
     def trace_state(self, header: str) -> str:
         """A W3C tracestate header as the SDK re-serializes it (empty when it is invalid)."""
@@ -196,16 +224,50 @@ def _hashed(resource: Any) -> Any:
     return HashedResource(resource.attributes, resource.schema_url)
 
 
-def _setup_logging() -> None:
-    """The SDK's warnings (an unreachable collector) and ours, as the server's JSON lines on
-    the stderr the two share."""
+class LatestProblem(logging.Handler):
+    """Keeps the SDK's latest warning or error instead of printing each (module docstring).
+    Its closing "Failed to export spans batch" names no cause: a retry's warning before it
+    ("connection refused", "HTTP 403") is kept over it."""
+
+    GENERIC = "Failed to export"
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.latest = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage().replace("\n", " ")[:300]
+        if not (message.startswith(self.GENERIC) and self.latest):
+            self.latest = message
+
+    def clear(self) -> None:
+        self.latest = ""
+
+
+def report_failed(count: int) -> None:
+    """Tell the server the running count of spans not delivered (a line on stdout). Never
+    waits: a server that has not read the last lines yet gets a later, larger count."""
+    try:
+        os.write(sys.stdout.fileno(), f"{count}\n".encode("ascii"))
+    except (BlockingIOError, OSError, ValueError):
+        pass
+
+
+def _setup_logging() -> LatestProblem:
+    """Ours as the server's JSON lines on the stderr the two share; the SDK's kept."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter())
-    for name in ("opentelemetry", "ferrohsm"):
+    problems = LatestProblem()
+    for name, target in (("opentelemetry", problems), ("ferrohsm", handler)):
         logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
+        logger.handlers[:] = [target]
         logger.setLevel(logging.WARNING)
         logger.propagate = False
+    try:
+        os.set_blocking(sys.stdout.fileno(), False)
+    except (OSError, ValueError):
+        pass
+    return problems
 
 
 def _step_aside() -> None:

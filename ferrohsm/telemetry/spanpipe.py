@@ -10,7 +10,9 @@ core and at a lower priority.
 The server never waits for the child: the pipe is non-blocking and a frame is only written
 when the pipe has room for all of it, so a slow or stuck child (an unreachable collector) costs
 dropped spans, counted (``dropped``, ``ferrohsm_trace_spans_total{outcome="dropped"}``) and
-logged at most once a minute, never a blocked event loop. A child that exits is restarted with
+logged at most once a minute, never a blocked event loop. What the child could not deliver
+(the collector down or refusing) it reports back on its stdout, a running count per child,
+summed here as ``failed`` (``outcome="failed"``). A child that exits is restarted with
 a backoff (1 s doubling to 60 s; the first exit is logged as a warning). ``close()`` hands the
 child what is queued, closes the pipe and gives the child ``grace`` seconds to export it.
 """
@@ -104,6 +106,8 @@ class SpanPipe:
         self.grace, self._pipe_bytes = grace, pipe_bytes
         self._command = command or exporter_command()
         self.sent = self.dropped = self.restarts = 0
+        self._failed_before = self._failed_now = 0  # by children gone; by the running one
+        self._reports = b""  # the running child's report lines not complete yet
         self.proc: subprocess.Popen[bytes] | None = None
         self._fd = -1
         self._capacity = 0
@@ -120,8 +124,13 @@ class SpanPipe:
         self._thread.start()
 
     def stats(self) -> dict[str, int]:
-        return {"sent": self.sent, "dropped": self.dropped, "restarts": self.restarts,
-                "queued": len(self.queue)}
+        return {"sent": self.sent, "dropped": self.dropped, "failed": self.failed,
+                "restarts": self.restarts, "queued": len(self.queue)}
+
+    @property
+    def failed(self) -> int:
+        """Spans the exporter children were handed and could not deliver."""
+        return self._failed_before + self._failed_now
 
     def close(self) -> None:
         """Write what is queued, close the pipe (end of input for the child) and wait up to
@@ -143,6 +152,8 @@ class SpanPipe:
                 log.warning("the span exporter did not finish within %.0f s; stopped", self.grace)
                 proc.kill()
                 proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
 
     # ---- the writer thread ----
 
@@ -163,6 +174,7 @@ class SpanPipe:
             for _ in range(excess):
                 queue.popleft()
             self._drop(excess)
+        self._collect()
         alive = self._alive()  # also when idle: a dead child is restarted before it is needed
         if not batch:
             return
@@ -220,6 +232,22 @@ class SpanPipe:
             self._drop_logged = now
             log.warning("span exporter busy or down: %d spans dropped so far", self.dropped)
 
+    def _collect(self) -> None:
+        """Take in the running child's latest count of spans not delivered (never waits)."""
+        proc = self.proc
+        if proc is None or proc.stdout is None:
+            return
+        try:
+            data = os.read(proc.stdout.fileno(), 65536)
+        except (BlockingIOError, OSError, ValueError):
+            return
+        lines = (self._reports + data).split(b"\n")
+        self._reports = lines[-1][-64:]
+        for line in reversed(lines[:-1]):
+            if line.strip().isdigit():
+                self._failed_now = max(self._failed_now, int(line))
+                break
+
     # ---- the child ----
 
     def _spawn(self) -> None:
@@ -233,7 +261,7 @@ class SpanPipe:
             # its own session: a terminal's Ctrl-C reaches the server, which then closes the
             # pipe, and the child exports what it holds before it exits
             self.proc = subprocess.Popen(  # noqa: S603  this interpreter, fixed arguments
-                self._command, stdin=read, stdout=subprocess.DEVNULL, start_new_session=True,
+                self._command, stdin=read, stdout=subprocess.PIPE, start_new_session=True,
                 env=child_environment(os.environ))
         except OSError as exc:
             os.close(write)
@@ -245,6 +273,8 @@ class SpanPipe:
             os.close(read)
         self._fd = write
         self._started = time.monotonic()
+        if self.proc.stdout is not None:
+            os.set_blocking(self.proc.stdout.fileno(), False)
 
     def _alive(self) -> bool:
         """Whether a child reads the pipe now, restarting it when its backoff is over."""
@@ -270,6 +300,12 @@ class SpanPipe:
         if proc.poll() is None:
             proc.kill()
         code = proc.wait()
+        self.proc = proc
+        self._collect()  # its last count, then it counts among the gone
+        self.proc = None
+        self._failed_before, self._failed_now, self._reports = self.failed, 0, b""
+        if proc.stdout is not None:
+            proc.stdout.close()
         if not self._warned:
             self._warned = True
             log.warning("the span exporter process exited (status %s); restarting it, spans "

@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -275,6 +276,40 @@ def test_a_killed_exporter_is_restarted(tmp_path: Path, receiver: Receiver) -> N
                 if "span exporter process exited" in x]
     assert len(warnings) == 1 and warnings[0]["level"] == "warning"
 
+
+@pytest.mark.slow
+def test_a_collector_that_is_down_is_said_once_and_counted(tmp_path: Path) -> None:
+    """Spans the exporter cannot deliver: one warning with the cause (not the SDK's warning
+    for every retry of every batch), counted as failed on /metrics, and one line when the
+    collector is back; requests are answered throughout."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    srv = Served(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+                            "OTEL_EXPORTER_OTLP_TIMEOUT": "1", "OTEL_BSP_SCHEDULE_DELAY": "50"})
+    receiver = None
+    try:
+        for n in range(5):
+            assert srv.call("GET", "/v1/keys", headers={"X-Request-ID": f"down-{n}"})[0] == 200
+        failed = 'ferrohsm_trace_spans_total{outcome="failed"}'
+        assert wait_for(lambda: metric(srv, failed) >= 1, 30), metric(srv, failed)
+        for n in range(5):  # more batches fail meanwhile: still one warning
+            assert srv.call("GET", "/v1/keys", headers={"X-Request-ID": f"down2-{n}"})[0] == 200
+            time.sleep(0.3)
+        receiver = Receiver(port)
+        assert wait_for(lambda: bool(srv.call("GET", "/v1/keys", headers={
+            "X-Request-ID": "back"})) and "back" in {
+            s["attributes"].get("ferrohsm.request_id") for s in receiver.spans()}, 30)
+    finally:
+        srv.stop()
+        if receiver is not None:
+            receiver.close()
+    text = srv.log.read_text()
+    failing = [json.loads(x) for x in text.splitlines() if "span export failing" in x]
+    assert len(failing) == 1 and failing[0]["level"] == "warning", failing
+    assert "not delivered so far" in failing[0]["message"] and "latest: " in failing[0]["message"]
+    assert text.count("span export works again") == 1
+    assert not [x for x in text.splitlines() if '"logger":"opentelemetry' in x]  # the SDK's own
 
 def test_no_opentelemetry_import_and_no_span_when_otlp_is_off(tmp_path: Path) -> None:
     """Zero cost when off: a served request imports nothing of the SDK and makes no span; no

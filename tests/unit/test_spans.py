@@ -120,7 +120,7 @@ def test_a_request_leaves_its_server_span_and_children_as_records(tmp_path: Path
     finally:
         tracer.shutdown()
     records = [r for frame in frames(out) for r in frame]
-    assert tracer.stats() == {"sent": 4, "dropped": 0, "restarts": 0, "queued": 0}
+    assert tracer.stats() == {"sent": 4, "dropped": 0, "failed": 0, "restarts": 0, "queued": 0}
     by_name = {r[3]: r for r in records}
     server = by_name["POST /v1/x"]
     assert server[:3] == (TRACE, span_id, SPAN) and server[4] == SERVER
