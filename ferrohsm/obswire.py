@@ -20,6 +20,7 @@ from .store.approvalstore import ApprovalStore
 from .store.keystore import KeyStore
 from .telemetry.metrics import ServerMetrics
 from .telemetry.metricshare import MetricShare
+from .telemetry.tracing import durable_append
 
 
 class Runtime(Protocol):
@@ -108,6 +109,7 @@ def _spans(rt: Runtime) -> None:
     tracer = getattr(rt.app, "tracer", None)
     if tracer is None:
         return
+    rt.audit.observe_durable = durable_append  # a worker's request: its records' flushes
     rt.metrics.add_counter("ferrohsm_trace_spans", "Spans handed to the OTLP exporter process "
                            "(sent), dropped because it was busy or down, or handed to it and "
                            "not delivered to the collector (failed)",

@@ -36,7 +36,7 @@ from ..domain.model import Principal, RequestContext
 from ..telemetry import access as access_lines
 from ..telemetry.metrics import ServerMetrics
 from ..telemetry.tracecontext import Parent, parse_traceparent
-from ..telemetry.tracing import RequestSpan, Tracer
+from ..telemetry.tracing import RequestSpan, Tracer, running
 from .handlers.dashboard import harden
 from .http import Request, Response, error_response, is_sane_request_id, json_response
 from .router import Router
@@ -275,7 +275,8 @@ def _traced(span: RequestSpan, route: Any, ctx: RequestContext, req: Request,
     """Run the handler inside the key operation's child span (named after the route)."""
     child = span.child(f"ferrohsm {route.name or route.template}")
     try:
-        return route.handler(ctx, req, params)
+        with running(span):  # its durable audit records become audit.flush children
+            return route.handler(ctx, req, params)
     except FerroError as exc:
         child.set_attribute("error.type", exc.code)
         raise

@@ -55,6 +55,7 @@ import threading
 import time
 from abc import abstractmethod
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, overload
 
@@ -92,6 +93,9 @@ class ChainedSink(SplitFlush, AuditSink):
     # Told (seconds, records) after each durable flush, for the fsync latency and batch size
     # histograms (telemetry/metrics.py); it runs on the flushing thread and must not raise.
     on_sync: Callable[[float, int], None] | None = None
+    # Entered around each durable append (a record its caller waits on: a worker's request,
+    # a state change): the traced request's audit.flush span (telemetry/tracing.py).
+    observe_durable: Callable[[], AbstractContextManager[Any]] | None = None
 
     def __init__(self, hmac_key: bytes, *, anchor: Anchor, durable: bool = True,
                  anchor_every: int = 1000, clock: Callable[[], datetime] | None = None,
@@ -147,7 +151,11 @@ class ChainedSink(SplitFlush, AuditSink):
             raise TypeError("append() takes an AuditEvent")
         prepared = prepare(event)  # encoded here, in the writer's thread
         if durable:
-            return self._group.submit([prepared])[0]
+            observe = self.observe_durable
+            if observe is None:
+                return self._group.submit([prepared])[0]
+            with observe():
+                return self._group.submit([prepared])[0]
         if self._failed is not None or self._closed:
             self._check_usable()  # refuse now: the answer must not be computed
         ticket = Ticket()

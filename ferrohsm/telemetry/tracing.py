@@ -7,8 +7,9 @@ child process, no import of the SDK; the request path checks one attribute for N
 
 Per sampled request (telemetry/sampler.py, OTEL_TRACES_SAMPLER): a SERVER span named
 "{method} {route}" (parent: the valid ``traceparent``, with its ``tracestate``), and INTERNAL
-children ``authenticate``, the key operation (``ferrohsm <op>``) and ``audit.flush`` (from the
-write of the request's audit records to their fsync).
+children ``authenticate``, the key operation (``ferrohsm <op>``) and ``audit.flush``: on the
+event loop from the write of the request's audit records to their group's fsync; on a worker,
+one around each record the operation writes and flushes while it waits.
 
 Why tuples: the SDK's Span objects, its BatchSpanProcessor and the protobuf encoding cost about
 45 µs a span, all on the event loop's one core (59% of encrypt throughput at 4 spans a
@@ -25,9 +26,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from . import sampler as sampling
@@ -44,6 +47,26 @@ INTERNAL, SERVER = 0, 1  # opentelemetry.trace.SpanKind's values
 Record = tuple[str, str, str | None, str, int, int, int, dict[str, Any] | None, bool,
                str | None]
 WAKE_AT = 4096  # queued records that wake the writer before its interval is over
+_running = threading.local()  # span: the traced request this thread is running, if any
+
+
+@contextmanager
+def running(span: RequestSpan) -> Iterator[None]:
+    """``span``'s request runs on this thread inside the block (its key operation)."""
+    saved = getattr(_running, "span", None)
+    _running.span = span
+    try:
+        yield
+    finally:
+        _running.span = saved
+
+
+def durable_append() -> AbstractContextManager[Any]:
+    """Around a durable audit append (audit/sinkbase.py ``observe_durable``): an
+    ``audit.flush`` child of the request running on this thread, else nothing. The event
+    loop's requests get theirs from the group flush instead (``begin_flush``)."""
+    span: RequestSpan | None = getattr(_running, "span", None)
+    return nullcontext() if span is None else span.flushing()
 
 
 def enabled(environ: Mapping[str, str] | None = None) -> bool:
@@ -154,6 +177,16 @@ class RequestSpan:
         else:  # more children than ids drawn up front
             span_id = new_span_id()
         return ChildSpan(self, span_id, name, attributes)
+
+    @contextmanager
+    def flushing(self) -> Iterator[None]:
+        """An ``audit.flush`` child around one record written and flushed while the request
+        waits (a worker's request: each of its durable records)."""
+        child = self.child("audit.flush", {"ferrohsm.audit.records": 1})
+        try:
+            yield
+        finally:
+            child.end()
 
     def begin_flush(self, records: int) -> None:
         """The request's audit records are written; their flush (fsync) begins."""

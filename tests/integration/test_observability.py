@@ -86,7 +86,8 @@ class Served:
 def traffic(srv: Served) -> dict[str, Any]:
     """Requests of every kind; returns what the test needs to find them again."""
     status, _, key = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm",
-                                                   "usage": "encrypt"})
+                                                   "usage": "encrypt"},
+                              headers={"X-Request-ID": "obs-create"})
     assert status == 201
     service = subprocess.run(
         [sys.executable, "-m", "ferrohsm", "token", "issue", "--data-dir",
@@ -191,6 +192,11 @@ def test_spans_exported_over_otlp_http(tmp_path: Path, receiver: Receiver) -> No
         assert child["trace_id"] == TRACE and child["kind"] == 1  # INTERNAL
         assert server["start"] <= child["start"] <= child["end"] <= server["end"]
     assert children["audit.flush"]["attributes"]["ferrohsm.audit.records"] >= 1
+    create = next(s for s in spans if s["attributes"].get("ferrohsm.request_id") == "obs-create")
+    worker = [s for s in spans if s["parent"] == create["span_id"]]  # a worker's request too
+    assert {s["name"] for s in worker} == {"authenticate", "ferrohsm createKey", "audit.flush"}
+    for flush in (s for s in worker if s["name"] == "audit.flush"):
+        assert create["start"] <= flush["start"] <= flush["end"] <= create["end"]
     refused = next(s for s in spans if s["attributes"].get("ferrohsm.request_id") == "obs-401")
     assert refused["attributes"]["error.type"] == "unauthenticated"
     assert refused["attributes"]["http.response.status_code"] == 401
@@ -246,7 +252,8 @@ def test_sampler_decides_which_requests_leave_spans(tmp_path: Path, receiver: Re
     assert ids == {"smp-sampled"}
     server = next(s for s in spans if s["attributes"].get("ferrohsm.request_id"))
     assert (server["trace_id"], server["parent"]) == (TRACE, PARENT)
-    assert len(spans) == 3  # the server span, authenticate and the operation (nothing audited)
+    assert sorted(s["name"] for s in spans) == [  # the list's audit record is flushed too
+        "GET /v1/keys", "audit.flush", "authenticate", "ferrohsm listKeys"]
     by_id = {x["request_id"]: x for x in lines}
     assert by_id["smp-sampled"]["span_id"] == server["span_id"]
     assert (by_id["smp-unsampled"]["trace_id"], by_id["smp-unsampled"]["trace_flags"]) == (
