@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..config import load_config, read_secret_file
+from ..config import Config, load_config, read_secret_file, secret_value
 from ..domain.errors import ConfigError
 from . import output
 from .errors import USAGE, CliExit
@@ -61,18 +61,21 @@ def revoke(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     return 0
 
 
-def _secret(args: argparse.Namespace, config_file: str | None) -> bytes:
-    if os.environ.get("FERROHSM_JWT_HS256_SECRET"):
-        return os.environ["FERROHSM_JWT_HS256_SECRET"].encode()
-    config = load_config(config_file, overrides={("storage", "data_dir"): args.data_dir})
-    path = config.secrets.jwt_hs256_secret_file
-    if not path:
-        candidate = Path(config.storage.data_dir) / JWT_FILE
-        path = str(candidate) if candidate.exists() else ""
-    if not path:
-        raise ConfigError("no HS256 secret: set FERROHSM_JWT_HS256_SECRET, or give --config or "
-                          "--data-dir")
-    return read_secret_file(path, "jwt secret file").encode()
+def _secret(config: Config) -> bytes:
+    """Where the server reads it (the environment, the config's file, the systemd credential
+    of the unit), else the file a quickstart left in the data directory."""
+    value = secret_value(os.environ, "FERROHSM_JWT_HS256_SECRET",
+                         config.secrets.jwt_hs256_secret_file, "[secrets].jwt_hs256_secret_file",
+                         "jwt_hs256_secret")
+    if value:
+        return value.encode()
+    candidate = Path(config.storage.data_dir) / JWT_FILE
+    if candidate.exists():
+        return read_secret_file(str(candidate), "jwt secret file").encode()
+    raise ConfigError("no HS256 secret: set FERROHSM_JWT_HS256_SECRET, or name "
+                      "[secrets].jwt_hs256_secret_file in --config, or run where the unit's "
+                      "credential jwt_hs256_secret is ($CREDENTIALS_DIRECTORY), or give the "
+                      "--data-dir of a quickstart")
 
 
 def _check_claims(args: argparse.Namespace) -> None:
@@ -98,6 +101,6 @@ def run(args: argparse.Namespace) -> int:
     ttl = config.auth.max_token_ttl_seconds if args.ttl is None else args.ttl
     if not 1 <= ttl <= config.auth.max_token_ttl_seconds:
         raise ConfigError(f"--ttl must be 1..{config.auth.max_token_ttl_seconds} seconds")
-    print(issue_token(_secret(args, args.config), subject=args.subject, role=args.role, ttl=ttl,
+    print(issue_token(_secret(config), subject=args.subject, role=args.role, ttl=ttl,
                       issuer=config.auth.issuer, audience=config.auth.audience, tags=args.tags))
     return 0

@@ -456,6 +456,31 @@ def test_token_issue_refuses_what_the_server_would_refuse(cli: Cli, argv: list[s
     assert len(lines) == 1 and says in lines[0], result.err
 
 
+def test_token_issue_reads_the_units_credential_as_the_server_does(cli: Cli,
+                                                                   tmp_path: Path) -> None:
+    """deploy/ferrohsm.service gives the secret as a systemd credential: ``token issue
+    --config`` finds it in $CREDENTIALS_DIRECTORY, as the server does."""
+    import jwt as pyjwt
+    creds = tmp_path / "creds"
+    creds.mkdir(mode=0o700)
+    secret = "c" * 48
+    (creds / "jwt_hs256_secret").write_text(secret)
+    (creds / "jwt_hs256_secret").chmod(0o400)
+    config = tmp_path / "ferrohsm.toml"
+    config.write_text(f'[storage]\ndata_dir = "{tmp_path / "state"}"\n')
+    cli.mp.delenv("FERROHSM_JWT_HS256_SECRET", raising=False)
+    cli.mp.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    result = cli("token", "issue", "--config", str(config), "--subject", "ops",
+                 "--role", "operator")
+    assert result.code == 0, result.err
+    claims = pyjwt.decode(result.out.decode().strip(), secret, algorithms=["HS256"],
+                          options={"verify_aud": False})
+    assert claims["sub"] == "ops"
+    cli.mp.delenv("CREDENTIALS_DIRECTORY")
+    missing = cli("token", "issue", "--config", str(config), "--subject", "ops",
+                  "--role", "operator")
+    assert missing.code == 2 and "CREDENTIALS_DIRECTORY" in missing.err, missing.err
+
 def test_serve_with_a_bad_config_exits_2(cli: Cli, tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[server]\nlisten = 'nowhere'\n")
