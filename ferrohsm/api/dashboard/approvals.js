@@ -14,10 +14,16 @@ function target(a) {
 }
 
 const STATES = ["pending", "approved", "denied", "expired", "executed"];
+// Every action a policy can park (ferrohsm/control/policy.py SHORT_NAMES), in words.
 const WHAT = {
+  "key.update": "Change the description of",
   "key.destroy": "Schedule destruction of", "key.cancel_destroy": "Cancel destruction of",
   "key.rollback": "Roll back", "key.rotate": "Rotate", "key.revoke": "Revoke",
-  "crypto.unwrap": "Unwrap data with",
+  "key.destroy_version": "Erase a version of", "key.import": "Import key material into",
+  "key.public_key": "Read the public key of",
+  "crypto.encrypt": "Encrypt data with", "crypto.decrypt": "Decrypt data with",
+  "crypto.sign": "Sign with", "crypto.verify": "Verify a signature with",
+  "crypto.wrap": "Wrap data with", "crypto.unwrap": "Unwrap data with",
   "system.rekey": "Rotate the master key (re-seal every key)",
 };
 let shownState = "pending";

@@ -267,6 +267,21 @@ async function openApprovals(keyId) {
 }
 
 const approvalAction = (spec) => `key.${spec.action.replace("-", "_")}`;
+const UPDATE = "key.update"; // what an approval of a description edit is for
+
+/** The signed-in person's own open request for ``action`` among this key's approvals: sent back
+ * as X-Approval-ID when they repeat it. */
+const ownRequest = (approvals, action) => approvals.find((a) => a.action === action
+  && a.requested_by === session.claims?.sub);
+
+/** A 202: the request was parked for approval. The key is unchanged: redraw it with its approvals
+ * (the new one among them) and say what happens next. */
+async function parked(root, key, approval, repeat) {
+  const { id, required, approvals: votes = [] } = approval;
+  await redraw(root, key);
+  notify(`Approval required: this needs ${required} approval(s) from other people ` +
+    `(${votes.length} so far, request ${id}). ${repeat}`, "warning");
+}
 
 function drawKey(root, key, approvals = []) {
   const label = key.name ?? key.id;
@@ -278,7 +293,8 @@ function drawKey(root, key, approvals = []) {
       h("p", { class: "description", id: "key-description" },
         key.description || h("span", { class: "muted" }, "No description.")),
       can("manage") && key.state !== "destroyed" && h("button", { type: "button",
-        class: "small", id: "edit-description", onclick: () => editDescription(root, key) },
+        class: "small", id: "edit-description",
+        onclick: () => editDescription(root, key, approvals) },
       "Edit description")),
     actionBar(root, key, approvals),
     h("div", { class: "columns" },
@@ -290,16 +306,28 @@ function drawKey(root, key, approvals = []) {
     history(key));
 }
 
-async function editDescription(root, key) {
+async function editDescription(root, key, approvals) {
+  // Under dual control the approval is for one exact text: name it, so it can be saved as is.
+  const mine = ownRequest(approvals, UPDATE);
+  const request = mine && (mine.state === "approved"
+    ? `Your request ${mine.id} is approved (${mine.summary}): save that same text to carry it out.`
+    : `Your request ${mine.id} awaits approval (${mine.summary}).`);
   const value = await confirmDialog({ title: "Edit the description",
-    message: ["Shown to everyone who can read this key; the change is audited."],
+    message: ["Shown to everyone who can read this key; the change is audited.", request]
+      .filter(Boolean),
     confirmLabel: "Save",
     input: { label: "Description", maxLength: 1024, value: key.description ?? "",
       multiline: true } });
   if (value === null) return;
   try {
-    const { data } = await api(`/v1/keys/${encodeURIComponent(key.id)}`,
-      { method: "PATCH", body: { description: value.trim() } });
+    const { status, data } = await api(`/v1/keys/${encodeURIComponent(key.id)}`,
+      { method: "PATCH", body: { description: value.trim() },
+        headers: mine ? { "X-Approval-ID": mine.id } : {} });
+    if (status === 202 && data?.approval) {
+      await parked(root, key, data.approval, "Save the same description here once it is " +
+        "approved.");
+      return;
+    }
     await redraw(root, data);
     notify("Description saved.", "success");
   } catch (err) {
@@ -367,7 +395,8 @@ function actionBar(root, key, approvals) {
 
 function approvalBadge(a) {
   const verb = a.action.replace(/^key\./, "").replace("_", " ");
-  const name = verb.charAt(0).toUpperCase() + verb.slice(1);
+  const name = a.action === UPDATE ? "Description edit"
+    : verb.charAt(0).toUpperCase() + verb.slice(1);
   const text = a.state === "approved"
     ? `${name} approved · ${a.requested_by} can run it now`
     : `${name} awaits approval (${a.approvals?.length ?? 0} of ${a.required}) · requested by ` +
@@ -381,19 +410,14 @@ async function runAction(root, key, spec, body, approvals) {
   const value = await confirmDialog({ title: spec.title, message: spec.message(key),
     confirmLabel: spec.label.replace("…", ""), danger: spec.danger, input });
   if (value === null) return;
-  const mine = approvals.find((a) => a.action === approvalAction(spec)
-    && a.requested_by === session.claims?.sub);
+  const mine = ownRequest(approvals, approvalAction(spec));
   try {
     const { status, data } = await api(
       `/v1/keys/${encodeURIComponent(key.id)}/${spec.action}`,
       { method: "POST", body: spec.body ? spec.body(value) : body,
         headers: mine ? { "X-Approval-ID": mine.id } : {} });
     if (status === 202 && data?.approval) {
-      const { id, required, approvals: votes = [] } = data.approval;
-      await redraw(root, key);
-      notify(`Approval required: this needs ${required} approval(s) from other people ` +
-        `(${votes.length} so far, request ${id}). Repeat the action here once it is approved.`,
-        "warning");
+      await parked(root, key, data.approval, "Repeat the action here once it is approved.");
       return;
     }
     await redraw(root, data);
