@@ -629,6 +629,47 @@ def test_a_parked_description_edit_is_shown_approved_and_redeemed(server: LiveSe
     b.screenshot("17c-description-edit-redeemed")
 
 
+def test_approvals_without_a_state_in_the_url_show_pending(server: LiveServer,
+                                                          browser: Browser) -> None:
+    """#/approvals means pending: a filter chosen earlier does not stick to the view, nor
+    survive signing out; likewise the inventory's page size."""
+    b = browser
+    status, _, parked = server.call("POST", "/v1/keys/payments-db/revoke",
+                                    {"reason": "card scheme retired"})
+    assert status == 202, parked
+    row = f'#approval-table tr[data-approval-id="{parked["approval"]["id"]}"]'
+    sign_in(b, server, server.token("operator", "olivia"))
+    b.find("#key-table")
+    b.go(f"{origin(server)}/ui/#/approvals?state=denied")
+    b.find("#approval-table, .empty")
+    assert b.js("return document.querySelector('select[name=state]').value") == "denied"
+    b.click('#nav a[data-nav="keys"]')
+    b.find("#key-table")
+    b.click("#nav-approvals")
+    b.wait_text(row, "Revoke key payments-db")
+    assert b.js("return location.hash") == "#/approvals"
+    assert b.js("return document.querySelector('select[name=state]').value") == "pending"
+
+    b.go(f"{origin(server)}/ui/#/approvals?state=denied")
+    b.find("#approval-table, .empty")
+    b.go(f"{origin(server)}/ui/#/approvals")  # typed or bookmarked
+    b.wait_text(row, "Revoke key payments-db")
+    assert b.js("return location.hash") == "#/approvals"
+
+    b.go(f"{origin(server)}/ui/#/approvals?state=denied")
+    b.find("#approval-table, .empty")
+    b.go(f"{origin(server)}/ui/#/keys?limit=100")
+    b.find("#key-table")
+    sign_in(b, server, server.token("administrator", "alice"))  # another person, same tab
+    b.find("#key-table")
+    assert b.js("return location.hash") == "#/keys"
+    assert b.js("return document.querySelector('select[name=limit]').value") == "50"
+    b.click("#nav-approvals")
+    b.wait_text(row, "Revoke key payments-db")
+    assert b.js("return location.hash") == "#/approvals"
+    b.screenshot("18-approvals-pending-by-default")
+
+
 def test_no_console_errors_or_csp_violations(browser: Browser) -> None:
     """Runs last: every page above loaded under the strict CSP without a script error. The only
     expected noise is the network log line for GET /v1/approvals answering 404 (not wired yet)."""

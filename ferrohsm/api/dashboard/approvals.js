@@ -26,11 +26,12 @@ const WHAT = {
   "crypto.wrap": "Wrap data with", "crypto.unwrap": "Unwrap data with",
   "system.rekey": "Rotate the master key (re-seal every key)",
 };
-let shownState = "pending";
 
 export async function renderApprovals(root) {
+  // The URL is the only memory: #/approvals without a state means pending (keepInUrl leaves
+  // pending out), so a filter chosen earlier never sticks to the view or outlives a sign-out.
   const wanted = hashQuery().get("state");
-  if (STATES.includes(wanted)) shownState = wanted;
+  let shownState = STATES.includes(wanted) ? wanted : "pending";
   const results = h("div", { class: "results" }, loading());
   const state = h("select", { name: "state", onchange: (e) => { shownState = e.target.value; load(); } },
     STATES.map((s) => option(s, s, shownState)));

@@ -3,22 +3,26 @@
 
 import {
   api, can, confirmDialog, download, emptyState, errorPanel, field, fmtTime, h, hashQuery,
-  keepInUrl, loading, notify, option, plural, session, stateBadge, timeEl,
+  keepInUrl, loading, notify, onSessionEnd, option, plural, session, stateBadge, timeEl,
 } from "./lib.js";
 
 const STATES = ["active", "revoked", "destroy_scheduled", "destroyed"];
 const ALGORITHMS = ["aes-256-gcm", "rsa-2048", "rsa-4096", "ec-p256", "ec-p384"];
 const USAGES = ["encrypt", "wrap", "sign"];
 const PAGE_SIZES = [25, 50, 100, 250];
+const DEFAULT_LIMIT = 50; // left out of the URL
 const keyHref = (id) => `#/keys/${encodeURIComponent(id)}`;
 
-// Kept across views, so "back to keys" returns to the same filters and page.
-const inventory = {
+// Kept across views, so "back to keys" returns to the same filters and page; the filters and
+// page size always come from the URL, and all of it is dropped at sign-out.
+const fresh = () => ({
   filters: { state: "", algorithm: "", usage: "", tag: "", name_prefix: "" },
-  limit: 50,
+  limit: DEFAULT_LIMIT,
   pageTokens: [null], // pageTokens[i] opens page i
   page: 0,
-};
+});
+const inventory = fresh();
+onSessionEnd(() => Object.assign(inventory, fresh()));
 
 // ---- inventory ----------------------------------------------------------------------------
 
@@ -28,8 +32,9 @@ function readUrl() {
   const filters = Object.fromEntries(Object.keys(inventory.filters).map((name) =>
     [name, (query.get(name) ?? "").trim()]));
   const changed = Object.entries(filters).some(([name, v]) => inventory.filters[name] !== v);
-  const limit = Number(query.get("limit"));
-  if (PAGE_SIZES.includes(limit) && limit !== inventory.limit) {
+  const asked = Number(query.get("limit"));
+  const limit = PAGE_SIZES.includes(asked) ? asked : DEFAULT_LIMIT; // #/keys means the default
+  if (limit !== inventory.limit) {
     inventory.limit = limit;
     inventory.pageTokens = [null];
     inventory.page = 0;
@@ -49,7 +54,8 @@ function inventoryHref() {
 }
 
 function urlValues() {
-  return { ...inventory.filters, limit: inventory.limit === 50 ? "" : String(inventory.limit) };
+  return { ...inventory.filters,
+    limit: inventory.limit === DEFAULT_LIMIT ? "" : String(inventory.limit) };
 }
 
 export async function renderInventory(root) {
