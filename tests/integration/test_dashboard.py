@@ -670,6 +670,21 @@ def test_approvals_without_a_state_in_the_url_show_pending(server: LiveServer,
     b.screenshot("18-approvals-pending-by-default")
 
 
+def test_a_tag_scoped_token_with_filters_is_told_both(server: LiveServer,
+                                                      browser: Browser) -> None:
+    b = browser
+    sign_in(b, server, server.token("service", "nobody", tags=["nothing"]))
+    b.find("#scoped-empty")
+    b.go(f"{origin(server)}/ui/#/keys?state=active")
+    b.wait_text("#scoped-empty", "match these filters")
+    text = b.text("#scoped-empty")
+    assert "tagged nothing" in text, text
+    b.screenshot("19-scoped-token-filtered")
+    b.click("#scoped-empty button")  # Clear filters
+    b.wait_text("#scoped-empty", "no key it may see exists")
+    assert b.js("return location.hash") == "#/keys"
+
+
 def test_no_console_errors_or_csp_violations(browser: Browser) -> None:
     """Runs last: every page above loaded under the strict CSP without a script error. The only
     expected noise is the network log line for GET /v1/approvals answering 404 (not wired yet)."""

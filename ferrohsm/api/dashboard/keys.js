@@ -115,12 +115,13 @@ export async function renderInventory(root) {
   function noKeys() {
     const filtered = Object.values(inventory.filters).some(Boolean);
     const scope = session.claims?.tags;
+    const clear = filtered && h("button", { type: "button", onclick: () => applyFilters({}, true) },
+      "Clear filters");
+    if (Array.isArray(scope)) return scopedEmpty(scope, clear);
     if (filtered) {
       return emptyState("No keys match these filters.", "Change or clear the filters to see more " +
-        "keys.", h("button", { type: "button", onclick: () => applyFilters({}, true) },
-        "Clear filters"));
+        "keys.", clear);
     }
-    if (Array.isArray(scope)) return scopedEmpty(scope);
     if (!can("manage")) {
       return emptyState("There are no keys yet.", "An operator or administrator can create them.");
     }
@@ -169,14 +170,20 @@ async function skipHidden(params, token) {
 }
 
 /** A tag-scoped token (a service's) sees only keys carrying one of its tags: say so, rather
- * than "there are no keys", which would be false and would invite creating one. */
-function scopedEmpty(scope) {
+ * than "there are no keys", which would be false and would invite creating one. With filters
+ * (``clear`` is then their Clear button), both limits are named: its tags and the filters. */
+function scopedEmpty(scope, clear = null) {
   const which = scope.length
     ? `keys tagged ${scope.join(", ")}`
     : "no keys at all (its tags claim is empty)";
-  return h("div", { id: "scoped-empty" }, emptyState("No keys are visible to this token.",
-    `It is limited to ${which}, and no key it may see exists. Keys with other tags may exist; ` +
-    "ask an operator to tag a key for this service or to issue a token with the right tags."));
+  const hint = clear
+    ? `It is limited to ${which}, and no key it may see matches these filters. Change or ` +
+      "clear the filters; keys with other tags may exist, but this token cannot see them."
+    : `It is limited to ${which}, and no key it may see exists. Keys with other tags may exist; ` +
+      "ask an operator to tag a key for this service or to issue a token with the right tags.";
+  return h("div", { id: "scoped-empty" }, emptyState(clear
+    ? "No keys visible to this token match these filters." : "No keys are visible to this token.",
+  hint, clear));
 }
 
 function filterForm(apply, setLimit) {
