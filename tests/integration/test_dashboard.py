@@ -4,9 +4,10 @@ Journey 1 (test_journeys.py) end to end, against a live server over real TLS: si
 token, see a key created through the API appear, filter by tag, open it, rotate it and see the new
 version; then sign in as an Auditor and find no action buttons. Also: create a key and edit its
 description in the UI (and under dual control: parked, approved, redeemed), times in UTC, filters
-kept in the URL, key names in approvals and audit, and a tag-scoped token told why it sees no
-keys. A screenshot of each view goes to pytest's tmp
-dir and is copied to bench/out/ui/ (git-ignored) for people to look at.
+kept in the URL (and #/approvals meaning pending), key names in approvals and audit, a tag-scoped
+token told why it sees no keys (with filters too), and an invalid URL filter's reason shown. A
+screenshot of each view goes to pytest's tmp dir and is copied to bench/out/ui/ (git-ignored) for
+people to look at.
 
 Why a small hand-written WebDriver client instead of Selenium or Playwright: chromedriver speaks
 plain JSON over HTTP, and the dozen commands needed here fit in a page of stdlib code. CI then needs
@@ -685,6 +686,24 @@ def test_a_tag_scoped_token_with_filters_is_told_both(server: LiveServer,
     assert b.js("return location.hash") == "#/keys"
 
 
+def test_an_invalid_url_filter_shows_the_reason_and_a_way_out(server: LiveServer,
+                                                              browser: Browser) -> None:
+    """A 400 on a filter from the URL: the server's message and Clear filters, not a retry."""
+    b = browser
+    sign_in(b, server, server.token("administrator", "alice"))
+    b.find("#key-table")
+    for query, reason in [("tag=PROD", "a tag filter is a tag"),
+                          ("state=bogus", "unknown state filter")]:
+        b.go(f"{origin(server)}/ui/#/keys?{query}")
+        text = b.wait_text("#filter-error", reason.capitalize())
+        assert "Something went wrong" not in text and "Try again" not in text, text
+        b.screenshot(f"20-invalid-filter-{query.split('=')[0]}")
+        b.click("#filter-error button")  # Clear filters
+        b.find("#key-table")
+        assert b.js("return location.hash") == "#/keys"
+        assert b.js("return document.querySelector('input[name=tag]').value") == ""
+
+
 def test_no_console_errors_or_csp_violations(browser: Browser) -> None:
     """Runs last: every page above loaded under the strict CSP without a script error. The only
     expected noise is the network log line for GET /v1/approvals answering 404 (not wired yet)."""
@@ -695,5 +714,7 @@ def test_no_console_errors_or_csp_violations(browser: Browser) -> None:
                 and "probe-4711" not in entry["message"]
                 and "/v1/approvals" not in entry["message"]
                 and "status of 401" not in entry["message"]  # the forged token, on purpose
-                and "status of 409" not in entry["message"]]  # a taken key name, on purpose
+                and "status of 409" not in entry["message"]  # a taken key name, on purpose
+                and not ("status of 400" in entry["message"]  # invalid URL filters, on purpose
+                         and ("tag=PROD" in entry["message"] or "state=bogus" in entry["message"]))]
     assert problems == []

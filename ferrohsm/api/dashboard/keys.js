@@ -83,7 +83,10 @@ export async function renderInventory(root) {
       inventory.pageTokens[inventory.page + 1] = data.next_page_token ?? undefined;
       drawPage(data, cached, performance.now() - started);
     } catch (err) {
-      if (mine === sequence) results.replaceChildren(errorPanel(err, load));
+      if (mine !== sequence) return;
+      // A 400 is about the request (a filter from the URL: #/keys?tag=PROD): trying again cannot
+      // help, so show the server's reason (safe text) and the way out.
+      results.replaceChildren(err.status === 400 ? invalidFilters(err) : errorPanel(err, load));
     } finally {
       results.removeAttribute("aria-busy");
     }
@@ -137,6 +140,18 @@ export async function renderInventory(root) {
     inventory.page = 0;
     syncForm(form, inventory.filters);
     load();
+  }
+
+  function invalidFilters(err) {
+    summary.replaceChildren();
+    pager.replaceChildren();
+    const reason = err.message.replace(/^./, (c) => c.toUpperCase()).replace(/\.?$/, ".");
+    const panel = errorPanel({ title: "The server refused these filters", message: reason,
+      requestId: err.requestId });
+    panel.id = "filter-error";
+    panel.append(h("button", { type: "button", onclick: () => applyFilters({}, true) },
+      "Clear filters"));
+    return panel;
   }
 
   function applyTag(tag) {
