@@ -14,17 +14,24 @@ function target(a) {
 }
 
 const STATES = ["pending", "approved", "denied", "expired", "executed"];
+// Every action a policy can park (ferrohsm/control/policy.py SHORT_NAMES), in words.
 const WHAT = {
+  "key.update": "Change the description of",
   "key.destroy": "Schedule destruction of", "key.cancel_destroy": "Cancel destruction of",
   "key.rollback": "Roll back", "key.rotate": "Rotate", "key.revoke": "Revoke",
-  "crypto.unwrap": "Unwrap data with",
+  "key.destroy_version": "Erase a version of", "key.import": "Import key material into",
+  "key.public_key": "Read the public key of",
+  "crypto.encrypt": "Encrypt data with", "crypto.decrypt": "Decrypt data with",
+  "crypto.sign": "Sign with", "crypto.verify": "Verify a signature with",
+  "crypto.wrap": "Wrap data with", "crypto.unwrap": "Unwrap data with",
   "system.rekey": "Rotate the master key (re-seal every key)",
 };
-let shownState = "pending";
 
 export async function renderApprovals(root) {
+  // The URL is the only memory: #/approvals without a state means pending (keepInUrl leaves
+  // pending out), so a filter chosen earlier never sticks to the view or outlives a sign-out.
   const wanted = hashQuery().get("state");
-  if (STATES.includes(wanted)) shownState = wanted;
+  let shownState = STATES.includes(wanted) ? wanted : "pending";
   const results = h("div", { class: "results" }, loading());
   const state = h("select", { name: "state", onchange: (e) => { shownState = e.target.value; load(); } },
     STATES.map((s) => option(s, s, shownState)));

@@ -3,22 +3,26 @@
 
 import {
   api, can, confirmDialog, download, emptyState, errorPanel, field, fmtTime, h, hashQuery,
-  keepInUrl, loading, notify, option, plural, session, stateBadge, timeEl,
+  keepInUrl, loading, notify, onSessionEnd, option, plural, session, stateBadge, timeEl,
 } from "./lib.js";
 
 const STATES = ["active", "revoked", "destroy_scheduled", "destroyed"];
 const ALGORITHMS = ["aes-256-gcm", "rsa-2048", "rsa-4096", "ec-p256", "ec-p384"];
 const USAGES = ["encrypt", "wrap", "sign"];
 const PAGE_SIZES = [25, 50, 100, 250];
+const DEFAULT_LIMIT = 50; // left out of the URL
 const keyHref = (id) => `#/keys/${encodeURIComponent(id)}`;
 
-// Kept across views, so "back to keys" returns to the same filters and page.
-const inventory = {
+// Kept across views, so "back to keys" returns to the same filters and page; the filters and
+// page size always come from the URL, and all of it is dropped at sign-out.
+const fresh = () => ({
   filters: { state: "", algorithm: "", usage: "", tag: "", name_prefix: "" },
-  limit: 50,
+  limit: DEFAULT_LIMIT,
   pageTokens: [null], // pageTokens[i] opens page i
   page: 0,
-};
+});
+const inventory = fresh();
+onSessionEnd(() => Object.assign(inventory, fresh()));
 
 // ---- inventory ----------------------------------------------------------------------------
 
@@ -28,8 +32,9 @@ function readUrl() {
   const filters = Object.fromEntries(Object.keys(inventory.filters).map((name) =>
     [name, (query.get(name) ?? "").trim()]));
   const changed = Object.entries(filters).some(([name, v]) => inventory.filters[name] !== v);
-  const limit = Number(query.get("limit"));
-  if (PAGE_SIZES.includes(limit) && limit !== inventory.limit) {
+  const asked = Number(query.get("limit"));
+  const limit = PAGE_SIZES.includes(asked) ? asked : DEFAULT_LIMIT; // #/keys means the default
+  if (limit !== inventory.limit) {
     inventory.limit = limit;
     inventory.pageTokens = [null];
     inventory.page = 0;
@@ -49,7 +54,8 @@ function inventoryHref() {
 }
 
 function urlValues() {
-  return { ...inventory.filters, limit: inventory.limit === 50 ? "" : String(inventory.limit) };
+  return { ...inventory.filters,
+    limit: inventory.limit === DEFAULT_LIMIT ? "" : String(inventory.limit) };
 }
 
 export async function renderInventory(root) {
@@ -77,7 +83,10 @@ export async function renderInventory(root) {
       inventory.pageTokens[inventory.page + 1] = data.next_page_token ?? undefined;
       drawPage(data, cached, performance.now() - started);
     } catch (err) {
-      if (mine === sequence) results.replaceChildren(errorPanel(err, load));
+      if (mine !== sequence) return;
+      // A 400 is about the request (a filter from the URL: #/keys?tag=PROD): trying again cannot
+      // help, so show the server's reason (safe text) and the way out.
+      results.replaceChildren(err.status === 400 ? invalidFilters(err) : errorPanel(err, load));
     } finally {
       results.removeAttribute("aria-busy");
     }
@@ -109,12 +118,13 @@ export async function renderInventory(root) {
   function noKeys() {
     const filtered = Object.values(inventory.filters).some(Boolean);
     const scope = session.claims?.tags;
+    const clear = filtered && h("button", { type: "button", onclick: () => applyFilters({}, true) },
+      "Clear filters");
+    if (Array.isArray(scope)) return scopedEmpty(scope, clear);
     if (filtered) {
       return emptyState("No keys match these filters.", "Change or clear the filters to see more " +
-        "keys.", h("button", { type: "button", onclick: () => applyFilters({}, true) },
-        "Clear filters"));
+        "keys.", clear);
     }
-    if (Array.isArray(scope)) return scopedEmpty(scope);
     if (!can("manage")) {
       return emptyState("There are no keys yet.", "An operator or administrator can create them.");
     }
@@ -130,6 +140,18 @@ export async function renderInventory(root) {
     inventory.page = 0;
     syncForm(form, inventory.filters);
     load();
+  }
+
+  function invalidFilters(err) {
+    summary.replaceChildren();
+    pager.replaceChildren();
+    const reason = err.message.replace(/^./, (c) => c.toUpperCase()).replace(/\.?$/, ".");
+    const panel = errorPanel({ title: "The server refused these filters", message: reason,
+      requestId: err.requestId });
+    panel.id = "filter-error";
+    panel.append(h("button", { type: "button", onclick: () => applyFilters({}, true) },
+      "Clear filters"));
+    return panel;
   }
 
   function applyTag(tag) {
@@ -163,14 +185,20 @@ async function skipHidden(params, token) {
 }
 
 /** A tag-scoped token (a service's) sees only keys carrying one of its tags: say so, rather
- * than "there are no keys", which would be false and would invite creating one. */
-function scopedEmpty(scope) {
+ * than "there are no keys", which would be false and would invite creating one. With filters
+ * (``clear`` is then their Clear button), both limits are named: its tags and the filters. */
+function scopedEmpty(scope, clear = null) {
   const which = scope.length
     ? `keys tagged ${scope.join(", ")}`
     : "no keys at all (its tags claim is empty)";
-  return h("div", { id: "scoped-empty" }, emptyState("No keys are visible to this token.",
-    `It is limited to ${which}, and no key it may see exists. Keys with other tags may exist; ` +
-    "ask an operator to tag a key for this service or to issue a token with the right tags."));
+  const hint = clear
+    ? `It is limited to ${which}, and no key it may see matches these filters. Change or ` +
+      "clear the filters; keys with other tags may exist, but this token cannot see them."
+    : `It is limited to ${which}, and no key it may see exists. Keys with other tags may exist; ` +
+      "ask an operator to tag a key for this service or to issue a token with the right tags.";
+  return h("div", { id: "scoped-empty" }, emptyState(clear
+    ? "No keys visible to this token match these filters." : "No keys are visible to this token.",
+  hint, clear));
 }
 
 function filterForm(apply, setLimit) {
@@ -267,6 +295,21 @@ async function openApprovals(keyId) {
 }
 
 const approvalAction = (spec) => `key.${spec.action.replace("-", "_")}`;
+const UPDATE = "key.update"; // what an approval of a description edit is for
+
+/** The signed-in person's own open request for ``action`` among this key's approvals: sent back
+ * as X-Approval-ID when they repeat it. */
+const ownRequest = (approvals, action) => approvals.find((a) => a.action === action
+  && a.requested_by === session.claims?.sub);
+
+/** A 202: the request was parked for approval. The key is unchanged: redraw it with its approvals
+ * (the new one among them) and say what happens next. */
+async function parked(root, key, approval, repeat) {
+  const { id, required, approvals: votes = [] } = approval;
+  await redraw(root, key);
+  notify(`Approval required: this needs ${required} approval(s) from other people ` +
+    `(${votes.length} so far, request ${id}). ${repeat}`, "warning");
+}
 
 function drawKey(root, key, approvals = []) {
   const label = key.name ?? key.id;
@@ -278,7 +321,8 @@ function drawKey(root, key, approvals = []) {
       h("p", { class: "description", id: "key-description" },
         key.description || h("span", { class: "muted" }, "No description.")),
       can("manage") && key.state !== "destroyed" && h("button", { type: "button",
-        class: "small", id: "edit-description", onclick: () => editDescription(root, key) },
+        class: "small", id: "edit-description",
+        onclick: () => editDescription(root, key, approvals) },
       "Edit description")),
     actionBar(root, key, approvals),
     h("div", { class: "columns" },
@@ -290,16 +334,28 @@ function drawKey(root, key, approvals = []) {
     history(key));
 }
 
-async function editDescription(root, key) {
+async function editDescription(root, key, approvals) {
+  // Under dual control the approval is for one exact text: name it, so it can be saved as is.
+  const mine = ownRequest(approvals, UPDATE);
+  const request = mine && (mine.state === "approved"
+    ? `Your request ${mine.id} is approved (${mine.summary}): save that same text to carry it out.`
+    : `Your request ${mine.id} awaits approval (${mine.summary}).`);
   const value = await confirmDialog({ title: "Edit the description",
-    message: ["Shown to everyone who can read this key; the change is audited."],
+    message: ["Shown to everyone who can read this key; the change is audited.", request]
+      .filter(Boolean),
     confirmLabel: "Save",
     input: { label: "Description", maxLength: 1024, value: key.description ?? "",
       multiline: true } });
   if (value === null) return;
   try {
-    const { data } = await api(`/v1/keys/${encodeURIComponent(key.id)}`,
-      { method: "PATCH", body: { description: value.trim() } });
+    const { status, data } = await api(`/v1/keys/${encodeURIComponent(key.id)}`,
+      { method: "PATCH", body: { description: value.trim() },
+        headers: mine ? { "X-Approval-ID": mine.id } : {} });
+    if (status === 202 && data?.approval) {
+      await parked(root, key, data.approval, "Save the same description here once it is " +
+        "approved.");
+      return;
+    }
     await redraw(root, data);
     notify("Description saved.", "success");
   } catch (err) {
@@ -367,7 +423,8 @@ function actionBar(root, key, approvals) {
 
 function approvalBadge(a) {
   const verb = a.action.replace(/^key\./, "").replace("_", " ");
-  const name = verb.charAt(0).toUpperCase() + verb.slice(1);
+  const name = a.action === UPDATE ? "Description edit"
+    : verb.charAt(0).toUpperCase() + verb.slice(1);
   const text = a.state === "approved"
     ? `${name} approved · ${a.requested_by} can run it now`
     : `${name} awaits approval (${a.approvals?.length ?? 0} of ${a.required}) · requested by ` +
@@ -381,19 +438,14 @@ async function runAction(root, key, spec, body, approvals) {
   const value = await confirmDialog({ title: spec.title, message: spec.message(key),
     confirmLabel: spec.label.replace("…", ""), danger: spec.danger, input });
   if (value === null) return;
-  const mine = approvals.find((a) => a.action === approvalAction(spec)
-    && a.requested_by === session.claims?.sub);
+  const mine = ownRequest(approvals, approvalAction(spec));
   try {
     const { status, data } = await api(
       `/v1/keys/${encodeURIComponent(key.id)}/${spec.action}`,
       { method: "POST", body: spec.body ? spec.body(value) : body,
         headers: mine ? { "X-Approval-ID": mine.id } : {} });
     if (status === 202 && data?.approval) {
-      const { id, required, approvals: votes = [] } = data.approval;
-      await redraw(root, key);
-      notify(`Approval required: this needs ${required} approval(s) from other people ` +
-        `(${votes.length} so far, request ${id}). Repeat the action here once it is approved.`,
-        "warning");
+      await parked(root, key, data.approval, "Repeat the action here once it is approved.");
       return;
     }
     await redraw(root, data);

@@ -223,12 +223,20 @@ export function restoreSession() {
   }
 }
 
+const resets = []; // views' own state, dropped at sign-out like the caches above
+
+/** Have ``reset`` called whenever the session ends: the next person starts afresh. */
+export function onSessionEnd(reset) {
+  resets.push(reset);
+}
+
 export function endSession() {
   session.token = null;
   session.claims = null;
   sessionStorage.removeItem(TOKEN_KEY);
   etags.clear();
   names.clear();
+  for (const reset of resets) reset();
 }
 
 const ROLES = {
