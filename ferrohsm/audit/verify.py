@@ -90,6 +90,9 @@ CHECKPOINT_FILE = "checkpoints.jsonl"  # the names anchor.py gives them beside t
 PUBLIC_KEY_FILE = "audit-signing-key.pub.pem"
 SKIPPED = ("checkpoints NOT checked (--no-checkpoints): a log whose last records were cut off "
            "verifies like an intact one")
+NONE_FOUND = (f"checkpoints NOT checked: none given and no {CHECKPOINT_FILE} beside the input, "
+              "so a file whose last records were cut off verifies like an intact one; give "
+              "--checkpoint NODE/audit/checkpoints.jsonl (copied before the export) or --witness")
 _HT = HASH_TAG
 _MT = HMAC_TAG
 _END = END_TAG + b"\n"
@@ -470,12 +473,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _judge(result: VerifyResult, found: _Sources, skipped: bool) -> None:
-    """Missing checkpoints fail a chain that is otherwise intact; skipping them is announced."""
+    """Missing checkpoints fail a chain that is otherwise intact; skipping them, or having
+    none to hold an export against, is announced as loudly."""
     if found.witnessed is not None and not found.witnessed:
         result.notices.append("the witness file holds no checkpoint")
     if skipped:
         result.checkpoints_skipped = True
         result.notices.insert(0, SKIPPED)
+    elif not found.checkpoints and not found.witnessed and not found.missing:
+        result.checkpoints_skipped = True
+        result.notices.insert(0, NONE_FOUND)
     elif result.ok and found.missing:
         result.ok = False
         result.problem = {"seq": result.head_seq, "kind": "no_checkpoints",

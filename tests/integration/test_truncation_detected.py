@@ -150,6 +150,35 @@ def test_tail_cut_with_the_checkpoints_deleted_is_still_caught(tmp_path: Path) -
     assert verify(data).returncode == 0  # from here on the log is covered again
 
 
+def test_an_export_held_against_no_checkpoint_says_so_and_against_them_is_strict(
+        tmp_path: Path) -> None:
+    """A copy of the log with no checkpoints beside it (an export) cannot show a cut tail: it
+    verifies with the same loud warning as --no-checkpoints, in text and JSON. Held against
+    the node's checkpoints it must reach the newest one (copied before the export)."""
+    data, _, newest = crashed_after_checkpoint(tmp_path)
+    export = tmp_path / "export" / "audit.jsonl"
+    export.parent.mkdir()
+    export.write_bytes(segment(data).read_bytes())
+    key = str(data / "audit-hmac.key")
+
+    def verify_file(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ferrohsm", "audit", "verify", str(export),
+                               "--hmac-key-file", key, *extra], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120, check=False)
+
+    alone = verify_file()
+    assert alone.returncode == 0, alone.stdout
+    assert alone.stdout.startswith("OK (WARNING: checkpoints NOT checked)")
+    assert "none given and no checkpoints.jsonl beside the input" in alone.stdout
+    as_json = json.loads(verify_file("--json").stdout)
+    assert as_json["ok"] and as_json["checkpoints_skipped"] is True
+    held = verify_file("--checkpoint", str(data / "audit" / "checkpoints.jsonl"))
+    assert held.returncode == 0 and "WARNING" not in held.stdout, held.stdout
+    lines = export.read_bytes().splitlines(keepends=True)
+    export.write_bytes(b"".join(lines[:newest - 3]))
+    cut = verify_file("--checkpoint", str(data / "audit" / "checkpoints.jsonl"))
+    assert cut.returncode == 1 and ": truncated: " in cut.stdout, cut.stdout
+
 def test_a_cut_after_the_newest_checkpoint_is_not_seen_offline_but_at_start_up(
         tmp_path: Path) -> None:
     """The documented limit of the log alone: records written after the newest checkpoint (at
