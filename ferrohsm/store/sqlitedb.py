@@ -29,10 +29,14 @@ def prepare_file(path: str, what: str) -> None:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        os.close(fd)
-        return
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600)
+        except FileExistsError:  # another process of processes = N created it just now
+            st = os.lstat(path)
+        else:
+            os.close(fd)
+            return
     if not stat.S_ISREG(st.st_mode):
         raise StoreError(f"{what} {path} is not a regular file (symlinks are refused)")
     if stat.S_IMODE(st.st_mode) & 0o077:

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -239,3 +240,29 @@ def test_the_closed_store_refuses_work(store: SQLiteStore) -> None:
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.get(str(uuid.uuid4()))
+
+
+def test_a_file_another_process_creates_at_the_same_moment_is_opened(
+        path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """processes = N on a fresh data directory: two children both find no database and both
+    create it; the loser of O_EXCL opens the winner's instead of failing with EEXIST."""
+    from ferrohsm.store import sqlitedb
+    path.parent.mkdir(mode=0o700)
+    path.write_bytes(b"")
+    path.chmod(0o600)
+    real, calls = os.lstat, []
+
+    def racing(target: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        calls.append(target)
+        if len(calls) == 1:
+            raise FileNotFoundError(target)  # looked before the other process created it
+        return real(target, *args, **kwargs)
+
+    monkeypatch.setattr(sqlitedb.os, "lstat", racing)
+    sqlitedb.prepare_file(str(path), "SQLite database")
+    monkeypatch.undo()
+    store = SQLiteStore(path, MAC)
+    try:
+        assert store.create(make_key("raced")).name == "raced"
+    finally:
+        store.close()
