@@ -14,7 +14,8 @@ def ensure_private_dir(path: str | Path) -> Path:
     A directory that cannot be made, tightened or written is a ConfigError naming it."""
     p = Path(path)
     try:
-        p.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for missing in reversed([d for d in (p, *p.parents) if not d.exists()]):
+            missing.mkdir(mode=0o700, exist_ok=True)  # a parent made here (data_dir) private too
     except OSError as exc:
         raise ConfigError(f"cannot create data directory {p.absolute()}: {why(exc)}") from None
     if p.is_symlink():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,15 @@ def test_any_start_up_os_error_names_the_path_and_the_operation(tmp_path: Path) 
         error = wiring.startup_failure(exc)
     assert error.message == (f"cannot os.open {missing} (in open_segment): "
                              "No such file or directory (ENOENT)")
+
+
+def test_every_directory_made_for_the_data_is_private(tmp_path: Path) -> None:
+    """The PostgreSQL store makes only the audit folder inside the data directory: the data
+    directory made on the way must be 0700 too, whatever the umask."""
+    old = os.umask(0o022)
+    try:
+        wiring.ensure_private_dir(tmp_path / "node-a" / "audit")
+    finally:
+        os.umask(old)
+    for made in (tmp_path / "node-a", tmp_path / "node-a" / "audit"):
+        assert stat.S_IMODE(made.stat().st_mode) == 0o700, made
