@@ -77,7 +77,8 @@ def _ecdsa_verifier() -> Any:
 def export(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     if args.after_seq < 0:
         raise UsageError("--after-seq must be 0 or more")
-    with Output.open(args.out_file) as out:
+    # 0600 like the log it copies: subjects, addresses and key names are for auditors only
+    with Output.open(args.out_file, secret=True) as out:
         count, first, last = _write_records(client, args.after_seq, out)
         out.commit()
     if args.out_file not in (None, "-"):
