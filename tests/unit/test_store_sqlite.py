@@ -258,7 +258,7 @@ def test_a_file_another_process_creates_at_the_same_moment_is_opened(
             raise FileNotFoundError(target)  # looked before the other process created it
         return real(target, *args, **kwargs)
 
-    monkeypatch.setattr(sqlitedb.os, "lstat", racing)
+    monkeypatch.setattr(os, "lstat", racing)
     sqlitedb.prepare_file(str(path), "SQLite database")
     monkeypatch.undo()
     store = SQLiteStore(path, MAC)
