@@ -69,6 +69,7 @@ from .client_errors import (
     ServerError,
     TransportError,
     Unauthenticated,
+    check_url,
     describe,
     error_class,
     not_repeated,
@@ -123,13 +124,7 @@ class Client:
         if not self.urls:
             raise ValueError("server URL must be https://HOST[:PORT], got an empty list")
         for one in self.urls:
-            parts = urlsplit(one)
-            try:
-                ok = parts.scheme == "https" and bool(parts.hostname) and parts.port != 0
-            except ValueError:  # a port that is not a number
-                ok = False
-            if not ok:
-                raise ValueError(f"server URL must be https://HOST[:PORT], got {one[:80]!r}")
+            check_url(one)
         self._use(0)
         self._token, self.correlation_id = token, correlation_id
         self.timeout, self.retries = timeout, max(0, retries)

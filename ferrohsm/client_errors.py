@@ -10,6 +10,7 @@ import socket
 import ssl
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class ClientError(Exception):
@@ -150,3 +151,22 @@ def not_repeated(exc: TransportError, url: str, others: bool) -> TransportError:
         request_id=exc.request_id)
     error.reason = exc.reason
     return error
+
+
+def check_url(url: str) -> None:
+    """https://HOST[:PORT][/PREFIX] (a prefix for a server behind a proxy). Credentials in the
+    URL are refused, never echoed: the token goes in FERROHSM_TOKEN, and a user:password
+    there would end up in every "cannot reach" message."""
+    parts = urlsplit(url)
+    try:
+        ok = parts.scheme == "https" and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number
+        ok = False
+    shown = url[:80] if "@" not in parts.netloc else "https://…@" + parts.netloc.rpartition("@")[2]
+    if ok and "@" in parts.netloc:
+        raise ValueError(f"server URL must not hold a user or password, got {shown!r}: give the "
+                         "token in FERROHSM_TOKEN")
+    if ok and (parts.query or parts.fragment):
+        raise ValueError(f"server URL must not have a query or fragment, got {shown!r}")
+    if not ok:
+        raise ValueError(f"server URL must be https://HOST[:PORT], got {shown!r}")

@@ -115,6 +115,12 @@ def test_every_server_down_is_one_clear_error(live: LiveServer) -> None:
 def test_bad_url_in_the_list_is_refused(live: LiveServer) -> None:
     with pytest.raises(ValueError, match="https://HOST"):
         Client(f"https://127.0.0.1:{live.port},http://plain:80", "t")
+    with pytest.raises(ValueError, match="must not hold a user or password") as userinfo:
+        Client(f"https://user:hunter2@127.0.0.1:{live.port}", "t")
+    assert "hunter2" not in str(userinfo.value) and "user" not in str(userinfo.value).split(
+        "got")[1]
+    with pytest.raises(ValueError, match="query or fragment"):
+        Client(f"https://127.0.0.1:{live.port}/?x=1", "t")
 
 
 def test_cli_takes_a_comma_separated_ferrohsm_url(live: LiveServer, monkeypatch: pytest.MonkeyPatch,
