@@ -72,6 +72,7 @@ from .client_errors import (
     check_url,
     describe,
     error_class,
+    none_answered,
     not_repeated,
     tls_context,
 )
@@ -221,8 +222,10 @@ class Client:
                 if len(self.urls) == 1 or not exc.retryable:
                     raise exc from None
                 self._use(self._current + 1)  # the next call starts on a server that may answer
-                if tried == len(self.urls) - 1 or (exc.sent and not retry):
+                if exc.sent and not retry:
                     raise exc from None
+                if tried == len(self.urls) - 1:
+                    raise none_answered(self.urls, self.unreachable, exc) from None
             else:
                 self.unreachable.pop(self.url, None)
                 return answer

@@ -170,3 +170,14 @@ def check_url(url: str) -> None:
         raise ValueError(f"server URL must not have a query or fragment, got {shown!r}")
     if not ok:
         raise ValueError(f"server URL must be https://HOST[:PORT], got {shown!r}")
+
+
+def none_answered(urls: list[str], unreachable: Mapping[str, str],
+                  last: TransportError) -> TransportError:
+    """Every server of the list failed: name each with its reason, not only the last."""
+    reasons = [f"{url}: {unreachable[url].removeprefix(f'cannot reach {url}: ')}"
+               for url in urls if url in unreachable]
+    error = TransportError(f"cannot reach any of the {len(urls)} servers ({'; '.join(reasons)})",
+                           request_id=last.request_id)
+    error.sent, error.retryable, error.reason = last.sent, last.retryable, last.reason
+    return error

@@ -355,6 +355,13 @@ def _split_subsections(name: str, sections: dict[str, dict[str, tuple[Any, str]]
         sections[sub] = {k: (v, origin) for k, v in body.items()}
 
 
+# What a user who wrote an unknown setting most likely wants instead.
+_HINTS = {"postgres_dsn": " (the DSN, which holds a password, is read only from the environment "
+                          "variable [storage].postgres_dsn_env names: FERROHSM_POSTGRES_DSN by "
+                          "default)",
+          "dsn": " (the PostgreSQL DSN comes only from the environment: FERROHSM_POSTGRES_DSN)"}
+
+
 def cores() -> int:
     """``processes = "auto"`` (file, environment or flag): one process per core."""
     return os.cpu_count() or 1
@@ -370,7 +377,7 @@ def _build_section(name: str, cls: type, values: dict[str, tuple[Any, str]]) -> 
     kwargs = {}
     for key, (value, origin) in values.items():
         if key not in known:
-            raise ConfigError(f"{origin}: unknown setting [{name}].{key}")
+            raise ConfigError(f"{origin}: unknown setting [{name}].{key}{_HINTS.get(key, '')}")
         named = NAMED_VALUES.get((name, key), {})
         if isinstance(value, str) and value.strip().lower() in named:
             value = named[value.strip().lower()]()

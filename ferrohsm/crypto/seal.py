@@ -44,7 +44,7 @@ _KEY_PURPOSE = b"key-material"
 _CHECK_PURPOSE = b"check"
 _CHECK_PLAINTEXT = b"ferrohsm master key check value v1"
 _MAX_KEY_FILE = 4096  # a base64 key is 44 characters; refuse to slurp anything large
-_WRONG_MASTER = "the master key does not match the one this data directory was sealed with"
+_WRONG_MASTER = "the master key does not match the one this key store (data directory or database) was sealed with"
 
 
 def _lp(field: bytes) -> bytes:

@@ -106,10 +106,13 @@ def test_an_http_answer_never_moves_a_call(live: LiveServer) -> None:
 
 
 def test_every_server_down_is_one_clear_error(live: LiveServer) -> None:
-    with client(live, dead_port(), dead_port()) as hsm:
+    first, second = dead_port(), dead_port()
+    with client(live, first, second) as hsm:
         with pytest.raises(TransportError) as caught:
             hsm.list_keys()
-        assert "cannot reach" in caught.value.message
+        message = caught.value.message
+        assert message.startswith("cannot reach any of the 2 servers (")
+        assert f":{first}: " in message and f":{second}: " in message, message  # each, why
 
 
 def test_bad_url_in_the_list_is_refused(live: LiveServer) -> None:

@@ -44,6 +44,8 @@ def test_precedence_file_env_flag(tmp_path: Path) -> None:
     ('[server]\nmax_connections = "many"\n', "[server].max_connections"),
     ('[server]\nlisten = "nowhere"\n', "[server].listen"),
     ('[server]\nbogus = 1\n', "unknown setting [server].bogus"),
+    ('[storage]\npostgres_dsn = "postgresql://u:pw@db/h"\n',
+     "read only from the environment variable [storage].postgres_dsn_env names"),
     ('[bogus]\nx = 1\n', "unknown section [bogus]"),
     ('[tls]\nrequire_client_cert = true\n', "[tls].require_client_cert"),
     ('[auth]\nmax_token_ttl_seconds = 5\n', "[auth].max_token_ttl_seconds"),
@@ -63,6 +65,7 @@ def test_bad_values_name_the_setting_and_file(tmp_path: Path, text: str, needle:
         load_config(path, env={})
     assert needle in info.value.message
     assert path in info.value.message
+    assert "pw@" not in info.value.message  # a value is never repeated: it may be a secret
 
 
 def test_env_values_are_text_and_still_read_as_numbers_and_booleans() -> None:

@@ -31,7 +31,7 @@ class Context(TypedDict):
 
 CONTEXT: Context = {"key_id": KEY_ID, "version": 1, "algorithm": "aes-256-gcm"}
 MATERIAL = b"k" * 32
-WRONG_MASTER = "the master key does not match the one this data directory was sealed with"
+WRONG_MASTER = "the master key does not match the one this key store (data directory or database) was sealed with"
 
 
 @pytest.fixture(scope="module")
