@@ -477,6 +477,15 @@ def line_fields(body: bytes) -> tuple[int, bytes] | None:
     return seq, prev
 
 
+def failed_check(result: str) -> str:
+    """The failed check as an operator reads it: ``bad_hmac`` on a record whose hash is right
+    most often means another audit HMAC key than the one the log was written with."""
+    if result == "bad_hmac":
+        return ("bad_hmac: is FERROHSM_AUDIT_HMAC_KEY the one this log was written with, the same "
+                "on every node?")
+    return result
+
+
 def check_line(line: bytes, hmac_key: bytes) -> tuple[int, str] | str:
     """Integrity of one stored line alone: (seq, hash) if authentic, else the problem kind."""
     parts = split_line(line)

@@ -48,7 +48,7 @@ from typing import Any
 
 from ..domain.errors import AuditUnavailable, ConfigError
 from .anchor import Anchor, fsync_dir
-from .chain import AuditEvent, PreparedEvent, check_line, stored_seq
+from .chain import AuditEvent, PreparedEvent, check_line, failed_check, stored_seq
 from .oslock import ProcessLock
 from .segments import list_segments, segment_name
 from .sinkbase import ChainedSink
@@ -246,7 +246,7 @@ class FileSink(ChainedSink):
         result = check_line(line, self._key)
         if isinstance(result, str):
             raise AuditUnavailable(f"the last record of the audit log in {self.directory} fails "
-                                   f"its integrity check ({result}); run `ferrohsm audit verify`")
+                                   f"its integrity check ({failed_check(result)}); run `ferrohsm audit verify`")
         return result
 
     def _truncate_torn(self, torn: int, good_end: int) -> None:

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..domain.errors import AuditUnavailable, ConfigError
 from .anchor import Anchor
-from .chain import GENESIS_HASH, PreparedEvent, check_line
+from .chain import GENESIS_HASH, PreparedEvent, check_line, failed_check
 from .sinkbase import ChainedSink
 
 if TYPE_CHECKING:
@@ -220,7 +220,7 @@ class PostgresSink(ChainedSink):
         result = check_line(text, self._key) if text is not None else "missing"
         if isinstance(result, str):
             raise AuditUnavailable(f"the last record in the audit database fails its integrity "
-                                   f"check ({result}); run `ferrohsm audit verify` on an export")
+                                   f"check ({failed_check(result)}); run `ferrohsm audit verify` on an export")
         self._set_head(result)
         self._log_id = str(row[0]) if row else ""
         self._check_against_checkpoint()

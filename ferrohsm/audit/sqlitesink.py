@@ -32,7 +32,7 @@ from typing import Any
 
 from ..domain.errors import AuditUnavailable, ConfigError
 from .anchor import Anchor
-from .chain import GENESIS_HASH, PreparedEvent, check_line, rfc3339
+from .chain import GENESIS_HASH, PreparedEvent, check_line, failed_check, rfc3339
 from .oslock import ProcessLock
 from .sinkbase import ChainedSink
 
@@ -131,7 +131,7 @@ class SQLiteSink(ChainedSink):
         result = check_line(row[0].encode("ascii"), self._key)
         if isinstance(result, str):
             raise AuditUnavailable(f"the last record in the audit database {self.path} fails its "
-                                   f"integrity check ({result}); run `ferrohsm audit verify`")
+                                   f"integrity check ({failed_check(result)}); run `ferrohsm audit verify`")
         self._set_head(result)
         self._log_id = meta.get("log_id", "")
         self._check_against_checkpoint()

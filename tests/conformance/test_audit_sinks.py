@@ -89,13 +89,13 @@ class Backend:
         if kind == "postgres":  # what the offline verifier gets: an export of the table
             self.log_path = str(root / "export.jsonl")
 
-    def open(self, failing: bool = False, **kw: Any) -> Any:
+    def open(self, failing: bool = False, key: bytes = KEY, **kw: Any) -> Any:
         if self.kind == "file":
-            return (FailingFileSink if failing else FileSink)(self.log_path, KEY, **kw)
+            return (FailingFileSink if failing else FileSink)(self.log_path, key, **kw)
         if self.kind == "postgres":
             return (FailingPostgresSink if failing else PostgresSink)(
-                self.dsn, KEY, directory=str(self.dir), **kw)
-        return (FailingSQLiteSink if failing else SQLiteSink)(self.log_path, KEY, **kw)
+                self.dsn, key, directory=str(self.dir), **kw)
+        return (FailingSQLiteSink if failing else SQLiteSink)(self.log_path, key, **kw)
 
     def lines(self) -> list[bytes]:
         if self.kind == "file":
@@ -299,6 +299,16 @@ def test_wrong_key_is_bad_hmac(backend: Backend) -> None:
     fill(opened := backend.open(), 2)
     opened.close()
     assert kind_of(backend.verify(key=b"w" * 32)) == ("bad_hmac", 1)
+
+
+def test_opening_with_another_hmac_key_names_the_likely_cause(backend: Backend) -> None:
+    """A node or process given another audit HMAC key than the log's: refused at open, and
+    the refusal says which setting to compare, not only ``bad_hmac``."""
+    fill(opened := backend.open(), 2)
+    opened.close()
+    with pytest.raises(AuditUnavailable) as refused:
+        backend.open(key=b"w" * 32)
+    assert "bad_hmac: is FERROHSM_AUDIT_HMAC_KEY the one" in refused.value.message
 
 
 def test_splice_from_another_log_is_inserted(backend: Backend, tmp_path: Path,
