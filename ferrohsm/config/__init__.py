@@ -381,6 +381,9 @@ def _build_section(name: str, cls: type, values: dict[str, tuple[Any, str]]) -> 
         named = NAMED_VALUES.get((name, key), {})
         if isinstance(value, str) and value.strip().lower() in named:
             value = named[value.strip().lower()]()
+        elif isinstance(value, str) and named and not value.strip().isdigit():
+            raise ConfigError(f"{origin}: [{name}].{key} must be a whole number or "
+                              f"{' or '.join(named)}")
         kwargs[key] = _coerce(value, known[key], f"{origin}: [{name}].{key}",
                               text=origin.startswith(TEXT_ORIGINS))
     return cls(**kwargs)

@@ -21,8 +21,12 @@ def test_auto_is_one_process_per_core_in_a_file_and_the_environment_too(tmp_path
     env = {"FERROHSM_SERVER_PROCESSES": "AUTO", "FERROHSM_KEY_STORE": "sqlite"}
     assert load_config(None, env=env).server.processes == (os.cpu_count() or 1)
     path.write_text('[server]\nprocesses = "many"\n')
-    with pytest.raises(ConfigError, match=r"\[server\]\.processes: expected int, got str"):
+    with pytest.raises(ConfigError, match=r"\[server\]\.processes must be a whole number or auto"):
         load_config(str(path), env={})
+    env = {"FERROHSM_SERVER_PROCESSES": "2", "FERROHSM_KEY_STORE": "sqlite"}
+    assert load_config(None, env=env).server.processes == 2  # the environment is text
+    with pytest.raises(ConfigError, match="must be a whole number or auto"):
+        load_config(None, env={"FERROHSM_SERVER_PROCESSES": "1.5"})
 
 
 def test_auto_is_one_process_per_core() -> None:
