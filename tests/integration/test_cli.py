@@ -527,7 +527,7 @@ def test_status_json_when_no_server_answers(cli: Cli) -> None:
     assert down.code == 1 and "cannot reach" in down.err
     answer = down.json()
     assert (answer["status"], answer["server"]) == ("unreachable", None)
-    assert "cannot reach https://127.0.0.1:2" in answer["error"]
+    assert "cannot reach any of the 2 servers" in answer["error"]
     assert [n["server"] for n in answer["unreachable"]] == ["https://127.0.0.1:1",
                                                             "https://127.0.0.1:2"]
     field = cli("status", "--field", "status")
