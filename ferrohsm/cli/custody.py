@@ -296,6 +296,12 @@ def close_runtime(rt: Any) -> None:
     rt.store.close()
 
 
+def _reload(gate: Any, ssl_provider: Any) -> None:
+    """SIGHUP while sealed or unsealed: serve.py's reload, on the runtime the gate holds."""
+    from .serve import sighup_reload
+    sighup_reload(gate.runtime, ssl_provider)
+
+
 def _serve(config: Config, gate: Any, ssl_provider: Any, announce: Any) -> int:
     import logging
 
@@ -309,6 +315,10 @@ def _serve(config: Config, gate: Any, ssl_provider: Any, announce: Any) -> int:
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
+    # SIGHUP reloads as it does unsealed (the TLS files; the keysets once unsealed): left at
+    # its default it would end the process, and its restart needs the custodians again
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
+        target=_reload, args=(gate, ssl_provider), name="ferrohsm-sighup", daemon=True).start())
     server.start()
     try:
         if hasattr(ssl_provider, "start"):  # ACME too: it needs no master key, only its cache,

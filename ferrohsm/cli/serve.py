@@ -161,11 +161,13 @@ def _local_url(listen: str, port: int) -> str:
     return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
-def _sighup(rt: Any, ssl_provider: Any) -> None:
-    """SIGHUP re-reads what can be reloaded: the keysets, then the TLS certificate files."""
+def sighup_reload(rt: Any, ssl_provider: Any) -> None:
+    """SIGHUP re-reads what can be reloaded: the keysets (``rt`` None: sealed, none loaded
+    yet), then the TLS certificate files."""
     sdnotify.reloading()
     try:
-        rt.authenticator.reload("SIGHUP")
+        if rt is not None:
+            rt.authenticator.reload("SIGHUP")
         if hasattr(ssl_provider, "reload"):
             ssl_provider.reload("SIGHUP")
     finally:
@@ -289,7 +291,7 @@ def _serve(config: Config, ssl_provider: Any, announce: Any = None, options: Any
             signal.signal(sig, lambda *_: done.set())
         _listen(server, config.server.listen)
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
-            target=_sighup, args=(rt, ssl_provider), name="ferrohsm-sighup",
+            target=sighup_reload, args=(rt, ssl_provider), name="ferrohsm-sighup",
             daemon=True).start())
         if parent is not None:
             from .nodes import watch_parent

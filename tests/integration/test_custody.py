@@ -7,6 +7,8 @@ in any log, audit record or file the service writes."""
 from __future__ import annotations
 
 import base64
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -123,6 +125,29 @@ def test_a_split_knowledge_server_starts_sealed_and_opens_with_a_threshold(
         assert expected in done
     assert_no_secret_leaked(home, *shares)
 
+
+@pytest.mark.slow
+def test_sighup_reloads_a_split_knowledge_server_sealed_and_unsealed(tmp_path: Path) -> None:
+    """``systemctl reload`` (SIGHUP) must not end a sealed server, whose restart needs the
+    custodians again: sealed it re-reads the TLS files, unsealed the keysets too."""
+    home = Home(tmp_path)
+    shares = home.init(3, 2)
+    srv = home.serve()
+    try:
+        srv.proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert srv.proc.poll() is None, "SIGHUP ended a sealed server"
+        assert srv.call("GET", "/healthz")[1]["sealed"] is True
+        srv.unseal(shares[:2])
+        srv.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not [r for r in home.audit_records() if r["action"] == "auth.keyset_reload"]:
+            assert time.monotonic() < deadline, "SIGHUP did not reload the keysets"
+            time.sleep(0.2)
+        assert srv.proc.poll() is None
+        assert srv.call("GET", "/v1/keys", token=home.token())[0] == 200
+    finally:
+        srv.stop()
 
 @pytest.mark.slow
 def test_init_refuses_a_used_data_directory_and_bad_counts(tmp_path: Path) -> None:
