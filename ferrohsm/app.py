@@ -434,11 +434,11 @@ def build_runtime(config: Config, secrets: Secrets,
     token_routes.register(router, TokenService(service.guard, auth))
     custody_routes.register(router, service.guard, seal, lambda: {"sealed": False})
     transit_routes.register(router, service, items)
-    wire_backup(router, config, secrets, service, approvals, audit)
     pause = online_rekey.Pause()
     app = PausingApplication(router, auth, metrics, application.audit_hook(service.record),
                              limiter, pause=pause, tracer=tracing.from_environment())
-    wire_rekey(router, config, secrets, store, audit, service, pause)
+    rekeyer = wire_rekey(router, config, secrets, store, audit, service, pause)
+    wire_backup(router, config, lambda: rekeyer.master, service, approvals, audit)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
                       approvals=approvals, key_records=key_records, cluster=cluster, pause=pause)
     system_routes.register(router, runtime.health, metrics, health_viewer(auth))

@@ -23,14 +23,15 @@ from .store.approvalstore import ApprovalStore
 from .store.keystore import KeyStore
 
 
-def wire_backup(router: routing.Router, config: Config, secrets: Secrets, service: KeyService,
-                approvals: ApprovalStore | None, audit: AuditSink) -> None:
+def wire_backup(router: routing.Router, config: Config, master: Callable[[], bytes],
+                service: KeyService, approvals: ApprovalStore | None, audit: AuditSink) -> None:
     """The archive of the running server's stores (custody/); the backup key is read when a
     backup is asked for (FERROHSM_BACKUP_KEY or the 0600 file, else derived from the master
-    key), so a bad key file fails that call, not start-up."""
+    key ``master()`` gives now: an online rekey changes it), so a bad key file fails that
+    call, not start-up."""
     take = custody_snapshot.online(
-        service.store, approvals, audit, secrets.master_key,
-        lambda: backup_key(secrets.master_key, os.environ, config.secrets.backup_key_file),
+        service.store, approvals, audit, master,
+        lambda: backup_key(master(), os.environ, config.secrets.backup_key_file),
         config.storage.key_store)
     backup_routes.register(router, BackupService(service.guard, take))
 
@@ -56,10 +57,13 @@ def resume_online_rekey(config: Config, secrets: Secrets, store: KeyStore,
 
 
 def wire_rekey(router: routing.Router, config: Config, secrets: Secrets, store: KeyStore,
-               audit: AuditSink, service: KeyService, pause: online_rekey.Pause) -> None:
-    """``POST /v1/sys/rekey`` (custody/online.py), under dual control when configured."""
+               audit: AuditSink, service: KeyService, pause: online_rekey.Pause
+               ) -> online_rekey.OnlineRekey:
+    """``POST /v1/sys/rekey`` (custody/online.py), under dual control when configured; the
+    rekey, whose ``master`` is the master key in use."""
     run = online_rekey.OnlineRekey(store, audit.append, online_rekey.installer(service.engine),
                                    secrets.master_key, *online_key_file(config), pause)
     a = config.approvals
     rekey_routes.register(router, service.guard, service.dual, run,
                           a.rekey_approvals_required, a.rekey_approval_ttl_seconds)
+    return run

@@ -254,6 +254,12 @@ class OnlineRekey:
         self._unavailable = unavailable
         self._pause = pause
 
+    @property
+    def master(self) -> bytes:
+        """The master key the records are sealed under now (the new one after a rekey): what
+        an online backup derives its key from (custodywire.py)."""
+        return self._master
+
     def __call__(self, ctx: RequestContext) -> dict[str, Any]:
         if not self._key_file:
             raise Conflict(self._unavailable)

@@ -125,10 +125,11 @@ def backup_event(written: Written, path: str) -> AuditEvent:
 
 
 def online(store: KeyStore, approvals: ApprovalStore | None, audit: AuditSink,
-           master_key: bytes, key: Callable[[], BackupKey], source: str
+           master_key: Callable[[], bytes], key: Callable[[], BackupKey], source: str
            ) -> Callable[[], tuple[bytes, dict[str, DetailValue], dict[str, Any]]]:
-    """``take`` for the online backup (service/backup.py), over the running server's ports."""
+    """``take`` for the online backup (service/backup.py), over the running server's ports.
+    ``master_key`` is asked at each backup: an online rekey changes it while the server runs."""
     def take() -> tuple[bytes, dict[str, DetailValue], dict[str, Any]]:
-        written = take_archive(store, approvals, audit, master_key, key(), source)
+        written = take_archive(store, approvals, audit, master_key(), key(), source)
         return written.data, details(written), written.header
     return take

@@ -109,8 +109,16 @@ def test_an_administrator_rekeys_a_serving_server(tmp_path: Path) -> None:
         assert status == 200 and body["rekeyed"] is True and body["rewritten"] == 7, body
         newer = key_in_file(home)
         decrypts(srv, home, items)
+        archive = home.root / "after-rekey.fhsmbak"  # the same process: its key is the new one
+        taken = home.cli("backup", "--out", str(archive), "--server", srv.url,
+                         env=env(home, FERROHSM_TOKEN=home.token()))
+        assert taken.returncode == 0, taken.stderr
     finally:
         srv.stop()
+    restored = home.cli("restore", str(archive), "--data-dir", str(home.root / "restored"),
+                        "--key-store", "sqlite", env=env(home, FERROHSM_MASTER_KEY=base64.b64encode(
+                            newer).decode()))
+    assert restored.returncode == 0, restored.stdout + restored.stderr
     assert readable_under_old_or_new(home, newer, newer) == len(MESSAGES) + 1
     srv = home.serve(env(home))  # a restart with the new key in the file
     try:
