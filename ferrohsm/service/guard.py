@@ -170,6 +170,11 @@ class Guard:
         decision = decide(ctx.principal, action, key, self.policy, self.clock)
         if decision is not ALLOWED and decision.verdict is Verdict.DENY:
             raise Forbidden(decision.reason, key_id=key.id)
+        if decision is ALLOWED and ctx.approval_id is not None:
+            # An approval named for a call that needs none is still checked and consumed by
+            # the gate: else its id would be recorded as authorising a call it never covered
+            # (another key's, an executed one's).
+            return key, Decision(Verdict.APPROVAL, "an approval id was given")
         return key, decision
 
     def _hide_out_of_scope(self, ctx: RequestContext, action: Action, key: Key) -> None:

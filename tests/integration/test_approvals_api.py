@@ -152,6 +152,29 @@ def test_an_approval_replayed_on_another_key_or_body_is_refused(srv: LiveServer)
                     **as_(srv, *svc))[0] == 409
 
 
+def test_an_approval_named_on_a_call_that_needs_none_is_checked_not_credited(
+        srv: LiveServer) -> None:
+    """X-Approval-ID on a call its policy does not gate: the approval is still checked, so an
+    executed one, or another key's, is refused instead of being recorded as authorising it."""
+    key, plain = create(srv, "pci"), create(srv)
+    approval_id = park(srv, "POST", f"/v1/keys/{key}/rotate", {})["id"]
+    vote(srv, approval_id, BOB)
+    vote(srv, approval_id, CAROL)
+    header = {"X-Approval-ID": approval_id}
+    assert srv.call("POST", f"/v1/keys/{key}/rotate", {}, headers=header,
+                    **as_(srv, *ALICE))[0] == 200
+    for method, path in (("POST", f"/v1/keys/{plain}/rotate"),       # no approval needed
+                         ("POST", f"/v1/keys/{key}/encrypt")):        # not a gated action
+        body = {"plaintext": B(b"x")} if path.endswith("encrypt") else {}
+        status, _, err = srv.call(method, path, body, headers=header, **as_(srv, *ALICE))
+        assert status in (403, 409) and err["error"]["code"] in ("forbidden", "conflict"), err
+    _, _, page = srv.call("GET", "/v1/audit?limit=1000", **as_(srv, "auditor", "audrey"))
+    credited = [r for r in page["records"] if r["outcome"] == "success"
+                and (r.get("details") or {}).get("approval_id") == approval_id
+                and r["action"] not in ("approval.requested", "approval.approved",
+                                        "approval.executed", "approval.vote")]
+    assert [r["key_id"] for r in credited] == [key], credited  # the rotation it was for only
+
 def test_denied_and_expired_approvals_are_refused(srv: LiveServer) -> None:
     key = create(srv, "pci")
     denied = park(srv, "POST", f"/v1/keys/{key}/rotate", {})["id"]
