@@ -192,10 +192,12 @@ class SealGate:
         self._audit_refusal(req)
         return error_response(Sealed(SEALED_MESSAGE), req.request_id)
 
-    def _audit_refusal(self, req: Request) -> None:
-        """A request refused because the service is sealed is audited like an anonymous
-        address's 429s (api/application.py): at most one record a second per source address,
-        so a flood cannot turn the audit log into its amplifier."""
+    def _audit_refusal(self, req: Request, action: str = "request.refused",
+                       message: str = "503 sealed") -> None:
+        """A request refused because the service is sealed (or an unseal over its address's
+        limit) is audited like an anonymous address's 429s (api/application.py): at most one
+        record a second per source address, so a flood cannot turn the audit log into its
+        amplifier."""
         now = time.monotonic()
         with self._lock:
             if now - self._refusals_audited.get(req.peer_ip, -1.0) < 1.0:
@@ -205,15 +207,24 @@ class SealGate:
             self._refusals_audited[req.peer_ip] = now
         try:
             self._audit(RequestContext(None, req.request_id, source_ip=req.peer_ip),
-                        "request.refused", "denied", f"{req.method} {req.path[:200]}: 503 "
-                        "sealed")
+                        action, "denied", f"{req.method} {req.path[:200]}: {message}")
         except FerroError:
             log.error("a request refused while sealed could not be audited")
 
     def _unseal(self, req: Request) -> Response:
+        """Every submission is audited (never the share): a malformed one as denied, one over
+        the address's limit as the sealed refusals are (at most one record a second)."""
         ctx = RequestContext(None, req.request_id, source_ip=req.peer_ip)
-        self._limit(req.peer_ip)
-        share = parse_share(_share_field(req.body))
+        try:
+            self._limit(req.peer_ip)
+        except RateLimited as exc:
+            self._audit_refusal(req, "system.unseal", f"429 {exc.message}")
+            raise
+        try:
+            share = parse_share(_share_field(req.body))
+        except FerroError as exc:
+            self._audit(ctx, "system.unseal", "denied", f"submission refused: {exc.message}")
+            raise
         try:
             progress, master = self._unsealer.submit(share)
         except FerroError as exc:

@@ -7,9 +7,11 @@ in any log, audit record or file the service writes."""
 from __future__ import annotations
 
 import base64
+import json
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -172,11 +174,20 @@ def test_unseal_is_rate_limited_and_a_sealed_server_needs_its_audit_log(tmp_path
     assert env_key.returncode == 2 and "unset FERROHSM_MASTER_KEY" in env_key.stderr
     srv = home.serve()
     try:
-        answers = [srv.call("POST", "/v1/sys/unseal", {"share": "fhsm1-00000000-1-AAAA"})[0]
-                   for _ in range(21)]
+        malformed: list[Any] = ["", "x", {}, {"share": 123}, [], {"share": "fhsm1-00000000-0-AAAA"}]
+        answers = [srv.call("POST", "/v1/sys/unseal", body)[0] for body in malformed]
+        answers += [srv.call("POST", "/v1/sys/unseal", {"share": "fhsm1-00000000-1-AAAA"})[0]
+                    for _ in range(15)]
         assert answers[:20] == [400] * 20 and answers[20] == 429
+        assert srv.call("POST", "/v1/sys/unseal", {"share": "x"})[0] == 429
     finally:
         srv.stop()
+    unseals = [r for r in home.audit_records() if r["action"] == "system.unseal"]
+    refused = [r for r in unseals if r["message"].startswith("submission refused")]
+    assert len(refused) == len(malformed), unseals  # every submission is audited
+    limited = [r for r in unseals if "429" in r["message"]]
+    assert 1 <= len(limited) <= 2 and all(r["outcome"] == "denied" for r in limited)  # 1 a second
+    assert "AAAA" not in json.dumps(unseals)  # never the share
     for path in (home.data / "audit").iterdir():
         path.unlink()
     refused = home.cli("serve", "--config", str(home.config))
