@@ -183,8 +183,8 @@ def test_unseal_is_rate_limited_and_a_sealed_server_needs_its_audit_log(tmp_path
     finally:
         srv.stop()
     unseals = [r for r in home.audit_records() if r["action"] == "system.unseal"]
-    refused = [r for r in unseals if r["message"].startswith("submission refused")]
-    assert len(refused) == len(malformed), unseals  # every submission is audited
+    denied = [r for r in unseals if r["message"].startswith("submission refused")]
+    assert len(denied) == len(malformed), unseals  # every submission is audited
     limited = [r for r in unseals if "429" in r["message"]]
     assert 1 <= len(limited) <= 2 and all(r["outcome"] == "denied" for r in limited)  # 1 a second
     assert "AAAA" not in json.dumps(unseals)  # never the share
