@@ -69,9 +69,15 @@ def add_parsers(sub: Any) -> None:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    return load_config(args.config, overrides={
+    config = load_config(args.config, overrides={
         ("storage", "key_store"): args.key_store, ("storage", "data_dir"): args.data_dir,
         ("secrets", "backup_key_file"): args.backup_key_file})
+    if config.secrets.unseal == "shamir":
+        raise ConfigError("restore and offline backup need the master key, and split-knowledge "
+                          '([secrets] unseal = "shamir") gives it to nobody: take online '
+                          "backups from the unsealed server; restoring one is not supported in "
+                          "this mode yet")
+    return config
 
 
 def run_backup(args: argparse.Namespace) -> int:

@@ -151,6 +151,16 @@ def test_sighup_reloads_a_split_knowledge_server_sealed_and_unsealed(tmp_path: P
     finally:
         srv.stop()
 
+def test_restore_and_offline_backup_say_split_knowledge_has_no_master_key(
+        tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    home.init(3, 2)
+    for argv in (["restore", str(tmp_path / "any.fhsmbak"), "--data-dir", str(tmp_path / "r")],
+                 ["backup", "--offline", "--out", str(tmp_path / "b.fhsmbak")]):
+        done = home.cli(*argv, "--config", str(home.config))
+        assert done.returncode == 2, done.stderr
+        assert "split-knowledge" in done.stderr and "missing secret" not in done.stderr
+
 @pytest.mark.slow
 def test_init_refuses_a_used_data_directory_and_bad_counts(tmp_path: Path) -> None:
     home = Home(tmp_path)
