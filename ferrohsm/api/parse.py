@@ -40,6 +40,7 @@ from urllib.parse import parse_qs
 from ..domain.errors import (
     BadRequest,
     ExpectationFailed,
+    FerroError,
     HeaderFieldsTooLarge,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -134,6 +135,17 @@ def scan_request_id(raw: bytes | bytearray) -> str | None:
     """Best-effort X-Request-ID from a head we refused to parse, so errors still echo it."""
     match = _REQUEST_ID_SCAN_RE.search(raw)
     return match.group(1).decode("ascii") if match else None
+
+
+def scan_path(raw: bytes | bytearray) -> str:
+    """The path of a head we refused, when its request line itself is valid ("" otherwise):
+    the error must still take the shape of the API it was sent to (Vault's under
+    /v1/transit/), though the refusal came from a header (415, 413, a bad field)."""
+    try:
+        _, target, _ = _parse_request_line(bytes(raw).split(b"\r\n", 1)[0])
+    except FerroError:
+        return ""
+    return target.partition("?")[0]
 
 
 def parse_head(head: bytes, limits: Limits) -> RequestHead:
@@ -460,7 +472,7 @@ def bare_request(head: RequestHead | None, raw: bytes | bytearray, peer: tuple[s
     return Request(
         method=head.method if head else "",
         target=head.target if head else "",
-        path=head.path if head else "",
+        path=head.path if head else scan_path(raw),
         query={},
         headers=head.headers if head else Headers(),
         body=b"",

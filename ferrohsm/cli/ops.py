@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import sys
 from typing import Any
 
 from . import output
+from .errors import CANNOT_WRITE, CliExit
 from .settings import Settings, UsageError, approval_flag, command
 from .streams import Output, hash_input, read_input, read_text_input
 
@@ -145,7 +147,10 @@ def add_data_key_parser(sub: Any) -> None:
                    help="answer only the ciphertext (for a service that decrypts it later)")
     p.add_argument("--aad", metavar="TEXT",
                    help="associated data (UTF-8) bound to the ciphertext; decrypt must give it")
-    p.add_argument("--out", metavar="FILE", help="output file ('-' or absent: stdout)")
+    p.add_argument("--out", metavar="FILE", help="output file ('-' or absent: stdout); an "
+                   "existing file is refused (it may hold the only wrapped copy of another "
+                   "data key) unless --force")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     approval_flag(p)
 
 
@@ -324,6 +329,7 @@ def data_key(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     if secret and args.out in (None, "-") and sys.stdout.isatty():
         raise UsageError("refusing to write a plaintext data key to a terminal: use --out "
                          "FILE, redirect stdout, or --no-plaintext")
+    _refuse_existing(args.out, getattr(args, "force", False))
     with Output.open(args.out, secret=secret) as out:  # opened before the server acts
         result = client.data_key(args.key, args.bits, include_plaintext=secret,
                                  aad=_aad(args), **_opts(settings))
@@ -334,6 +340,17 @@ def data_key(args: argparse.Namespace, client: Any, settings: Settings) -> int:
         out.commit((output.render(settings, value, lambda: output.json_text(value).rstrip())
                     + "\n").encode())
     return 0
+
+
+def _refuse_existing(path: str | None, force: bool) -> None:
+    """A data key's --out file may hold the only wrapped copy of an earlier data key:
+    replacing it would lose every byte encrypted under that key, so it takes --force (as
+    ``backup --out`` never replaces an archive). Devices and pipes are written through."""
+    if force or path in (None, "-"):
+        return
+    if os.path.isfile(str(path)):
+        raise CliExit(f"{path} exists: choose a new name or give --force to replace it; "
+                      "nothing was sent to the server", CANNOT_WRITE)
 
 
 def _b64(data: bytes) -> str:

@@ -73,20 +73,68 @@ def run_rekey(args: argparse.Namespace) -> int:
     from .custody import cli_context, custody_config, other_secrets
     config = custody_config(args)
     shamir = config.secrets.unseal == "shamir"
-    if not shamir and not args.new_master_key_file:
-        raise ConfigError("--new-master-key-file is required: the new master key cannot be put "
-                          "into the environment of the server for you")
+    _check_flags(args, config, shamir)  # a usage error: nothing was attempted, nothing recorded
     secrets = other_secrets(config) if shamir else load_secrets(config)
-    given = _shares_key(args, config) if shamir else secrets.master_key
     ctx = cli_context()
     sink = wiring.open_audit(config, secrets)  # its lock refuses a rekey beside a running server
+    started: list[str] = []
+
+    def audit(action: str, message: str, outcome: str = "success", **details: Any) -> None:
+        sink.append(AuditEvent.from_context(ctx, action, outcome, message, details=details))
+        if action in ("custody.rekey_started", "custody.rekey_resumed"):
+            started.append(action)
     try:
-        def audit(action: str, message: str, **details: Any) -> None:
-            sink.append(AuditEvent.from_context(ctx, action, "success", message,
-                                                details=details))
+        given = _shares_key(args, config) if shamir else secrets.master_key
         return _rekey(args, config, given, shamir, audit, rekey_changes(ctx, sink))
+    except BaseException as exc:
+        _record_failure(audit, exc, bool(started))
+        raise
     finally:
         sink.close()
+
+
+def _record_failure(audit: Callable[..., None], exc: BaseException, started: bool) -> None:
+    """The refusal (wrong, duplicate or foreign shares, the wrong key: nothing changed) or the
+    failure midway (run it again to finish) gets its own record, so a started rekey never
+    stays without an outcome. A failure to record that is not allowed to hide ``exc``."""
+    why = exc.message if isinstance(exc, FerroError) else type(exc).__name__
+    try:
+        if started:
+            audit("custody.rekey_done", f"master-key rekey stopped midway ({why}); every "
+                  "record is readable under the old or the new key: run it again to finish",
+                  outcome="error")
+        elif isinstance(exc, FerroError):
+            audit("custody.rekey_started", f"master-key rekey refused: {why}; nothing changed",
+                  outcome="denied")
+    except Exception:  # noqa: S110  the original error is the one to report
+        pass
+
+
+def _check_flags(args: argparse.Namespace, config: Config, shamir: bool) -> None:
+    """Every flag checked before a share is asked for or anything is recorded."""
+    if not shamir:
+        if not args.new_master_key_file:
+            raise ConfigError("--new-master-key-file is required: the new master key cannot "
+                              "be put into the environment of the server for you")
+        return
+    if args.new_master_key_file:
+        raise ConfigError("--new-master-key-file is for environment (or master_key_file) "
+                          "mode: in split-knowledge mode the new key goes into new shares")
+    from ..custody import state
+    current = state.load(config.storage.data_dir).current
+    shares, _ = _counts(args, current)
+    if args.custodian_key and len(args.custodian_key) != shares:
+        raise ConfigError(f"give one --custodian-key per share: {shares} needed, "
+                          f"{len(args.custodian_key)} given")
+
+
+def _counts(args: argparse.Namespace, current: Any) -> tuple[int, int]:
+    """(shares, threshold) of the new split: the flags, else as now."""
+    shares = args.shares or current.shares
+    threshold = args.threshold or current.threshold
+    if not 2 <= threshold <= shares <= 255:
+        raise ConfigError("need 2 <= --threshold <= --shares <= 255")
+    return shares, threshold
 
 
 def run_online(args: argparse.Namespace, client: Any, settings: Any) -> int:
@@ -202,10 +250,7 @@ def _issue_pending(args: argparse.Namespace, config: Config, keys: Any) -> None:
     from ..custody import state
     from .custody import issue_shares, read_custodian_keys
     current = state.load(config.storage.data_dir)
-    shares = args.shares or current.current.shares
-    threshold = args.threshold or current.current.threshold
-    if not 2 <= threshold <= shares <= 255:
-        raise ConfigError("need 2 <= --threshold <= --shares <= 255")
+    shares, threshold = _counts(args, current.current)
     custodians = read_custodian_keys(args, shares)
     split, new_shares = state.new_split(keys.new, shares, threshold)
     issue_shares(new_shares, custodians, args.out_dir, threshold)
@@ -240,7 +285,7 @@ def _shares_key(args: argparse.Namespace, config: Config) -> bytes:
     """The master key from a threshold of current (or, after an interruption, new) shares."""
     from ..custody import state
     from ..custody.shares import parse_share
-    from ..custody.unsealer import Unsealer
+    from ..custody.unsealer import Unsealer, WrongShares
     from .custody import read_share_text
     unsealer = Unsealer(state.load(config.storage.data_dir))
     sources: list[str | None] = [*args.share_file]
@@ -251,6 +296,10 @@ def _shares_key(args: argparse.Namespace, config: Config) -> bytes:
             raise ConfigError("not enough shares: the threshold was not reached")
         try:
             progress, master = unsealer.submit(parse_share(text))
+        except WrongShares:
+            raise ConfigError("the shares given do not open this data directory (one is "
+                              "mistyped or belongs to another data directory): nothing "
+                              "changed") from None
         except FerroError as exc:
             raise ConfigError(exc.message) from None
         if master is not None:

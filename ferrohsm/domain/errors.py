@@ -76,6 +76,12 @@ class CryptoFailure(BadRequest):
     """
 
 
+class NoSuchCiphertextVersion(CryptoFailure):
+    """A ciphertext naming a version its key never had. Natively the same opaque 400 as any
+    other token that is not the key's; the Vault surface names the version (``version`` in
+    ``details``), as Vault does and as its verify does for a signature."""
+
+
 class Unauthenticated(FerroError):
     code, status, outcome = "unauthenticated", 401, "denied"
 

@@ -13,7 +13,7 @@ from ..crypto import ops
 from ..crypto.algorithms import get_algorithm
 from ..crypto.seal import Sealer
 from ..domain import lifecycle as lc
-from ..domain.errors import CryptoFailure, IntegrityError, PayloadTooLarge
+from ..domain.errors import IntegrityError, NoSuchCiphertextVersion, PayloadTooLarge
 from ..domain.model import Key, KeyVersion, NoSuchVersion
 from .keycache import MaterialCache
 
@@ -122,4 +122,4 @@ def _token_version(key: Key, use: lc.Use, number: int) -> KeyVersion:
     try:
         return lc.check_use(key, use, number)
     except NoSuchVersion:
-        raise CryptoFailure("malformed ciphertext") from None
+        raise NoSuchCiphertextVersion("malformed ciphertext", version=number) from None

@@ -17,7 +17,7 @@ def random_bytes(guard: Guard, ctx: RequestContext, count: int) -> bytes:
     """``count`` bytes from ``os.urandom``; the record says how many, never which."""
     def work() -> bytes:
         if not 1 <= count <= MAX_RANDOM_BYTES:
-            raise BadRequest(f"bytes must be from 1 to {MAX_RANDOM_BYTES}")
+            raise BadRequest(f"bytes must be an integer from 1 to {MAX_RANDOM_BYTES}")
         data = os.urandom(count)
         guard.record(ctx, Action.RANDOM, "success", f"generated {count} random bytes",
                      defer=True)

@@ -314,6 +314,24 @@ def test_data_key_round_trip_no_plaintext_and_errors(cli: Cli, tmp_path: Path) -
     assert_api_error(cli("data-key", sign_key, role="service"), "conflict")
 
 
+def test_data_key_never_replaces_an_existing_out_file_without_force(cli: Cli,
+                                                                    tmp_path: Path) -> None:
+    """The --out file may hold the only wrapped copy of an earlier data key."""
+    key = create(cli, "aes-256-gcm", "encrypt")["name"]
+    out = tmp_path / "dek.json"
+    assert cli("data-key", key, "--out", str(out), role="service").code == 0
+    first = out.read_bytes()
+    again = cli("data-key", key, "--out", str(out), role="service")
+    assert again.code == 3 and out.read_bytes() == first
+    assert again.err.strip().splitlines() == [
+        f"ferrohsm: {out} exists: choose a new name or give --force to replace it; nothing "
+        "was sent to the server"]
+    forced = cli("data-key", key, "--out", str(out), "--force", role="service")
+    assert forced.code == 0, forced.err
+    assert json.loads(out.read_text())["ciphertext"] != json.loads(first)["ciphertext"]
+    assert cli("data-key", key, "--out", os.devnull, role="service").code == 0
+
+
 def test_data_key_honours_field_and_output_text(cli: Cli) -> None:
     key = create(cli, "aes-256-gcm", "encrypt")["name"]
     plaintext = cli("data-key", key, "--field", "plaintext", role="service")

@@ -356,3 +356,46 @@ def test_rekey_in_split_knowledge_mode_issues_new_shares_and_survives_kill_9(
     finally:
         srv.stop()
     assert_no_secret_leaked(home, *first, *second, *third)
+
+
+@pytest.mark.slow
+def test_offline_rekey_checks_its_flags_first_and_records_each_refused_attempt(
+        tmp_path: Path) -> None:
+    """Bad flags are refused before a share is read, with no record (nothing was attempted);
+    a rekey refused for its shares leaves exactly one denied record saying why, never a
+    ``custody.rekey_started`` success without an outcome."""
+    home = Home(tmp_path / "home")
+    first = home.init(3, 2)
+    files = []
+    for i, share in enumerate(first, 1):
+        path = tmp_path / f"s{i}"
+        path.write_text(share + "\n")
+        files += ["--share-file", str(path)]
+    rekey = ("rekey", "--config", str(home.config))
+    before = len(home.audit_records())
+    for flags in (("--shares", "2", "--threshold", "3"), ("--shares", "300"),
+                  ("--threshold", "1", "--shares", "1")):
+        out = home.cli(*rekey, *flags)  # no share given: a prompt would read empty stdin
+        assert out.returncode == 2, out.stderr
+        assert "need 2 <= --threshold <= --shares <= 255" in out.stderr, out.stderr
+    new_key = tmp_path / "nk"
+    out = home.cli(*rekey, *files, "--new-master-key-file", str(new_key))
+    assert out.returncode == 2 and "--new-master-key-file is for environment" in out.stderr
+    assert not new_key.exists() and not SHARE_RE.findall(out.stdout)
+    assert len(home.audit_records()) == before
+    split, value = first[0].split("-")[1], first[0].split("-", 3)[3]
+    mistyped = f"fhsm1-{split}-3-{value}"  # share 1's value under number 3
+    foreign = Home(tmp_path / "other").init(3, 2)[0]
+    cases = {"do not open this data directory": [first[0], mistyped],
+             "already submitted": [first[0], first[0]],
+             "belongs to split": [foreign]}
+    for why, shares in cases.items():
+        out = home.cli(*rekey, stdin="\n".join(shares) + "\n")
+        assert out.returncode == 2 and why in out.stderr, out.stderr
+        assert "progress was reset" not in out.stderr and "Traceback" not in out.stderr
+        new = home.audit_records()[before:]
+        assert [(r["action"], r["outcome"]) for r in new] == [
+            ("custody.rekey_started", "denied")], new
+        assert why in new[0]["message"] and "refused" in new[0]["message"]
+        before += 1
+    assert_no_secret_leaked(home, *first)

@@ -500,3 +500,47 @@ def test_fail_closed_when_the_audit_log_cannot_take_a_record(
         assert broken.rt.store.get_by_name(name).primary_version == 1
     finally:
         broken.close()
+
+
+def test_errors_say_the_real_limits_in_vault_shape(srv: LiveServer, operator: Any,
+                                                    service: Any) -> None:
+    """Every error under /v1/transit/ is Vault's {"errors": [...]}, refusals made while the
+    request was read included; each message states the limit that applies."""
+    name = create(operator)
+    token = srv.token("service", "transit-app")
+    form = srv.call("POST", f"/v1/transit/encrypt/{name}", token=token, raw=b"plaintext=eA==",
+                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert form[0] == 415 and isinstance(form[2]["errors"], list) and "error" not in form[2]
+    for fields, status in (([("Content-Type", "application/json"),
+                             ("Content-Length", "999999999")], 413),
+                           ([("Content-Length", "2"), ("Content-Length", "3")], 400)):
+        conn = srv.connect()
+        try:
+            conn.putrequest("POST", f"/v1/transit/encrypt/{name}")
+            conn.putheader("X-Vault-Token", token)
+            for field, value in fields:
+                conn.putheader(field, value)
+            conn.endheaders()
+            resp = conn.getresponse()
+            body = json.loads(resp.read())
+        finally:
+            conn.close()
+        assert resp.status == status and isinstance(body["errors"], list), body
+    transit = service.secrets.transit
+    for size in (10**9, 100000):
+        with pytest.raises(vault_errors.InvalidRequest, match="must be an integer from 1 to 65536,"):
+            transit.generate_random_bytes(n_bytes=size)
+    with pytest.raises(vault_errors.InvalidRequest, match="must be an integer from 1 to 65536,"):
+        service.adapter.post("/v1/transit/random", json={"bytes": 100000})
+    for bits in ("abc", 4096, 192):
+        with pytest.raises(vault_errors.InvalidRequest, match="bits must be one of 128, 256, 512"):
+            service.adapter.post(f"/v1/transit/datakey/plaintext/{name}", json={"bits": bits})
+    ciphertext = transit.encrypt_data(name=name, plaintext=B(b"x"))["data"]["ciphertext"]
+    unknown = "vault:v999:" + ciphertext.split(":", 2)[2]
+    with pytest.raises(vault_errors.InvalidRequest, match="key has no version 999"):
+        transit.decrypt_data(name=name, ciphertext=unknown)
+    batch = service.adapter.request("POST", f"/v1/transit/decrypt/{name}", json={
+        "batch_input": [{"ciphertext": unknown}, {"ciphertext": ciphertext}],
+        "partial_failure_response_code": 207}, raise_exception=False)
+    assert batch.status_code == 207
+    assert batch.json()["data"]["batch_results"][0]["error"] == "key has no version 999"

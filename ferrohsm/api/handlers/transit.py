@@ -28,7 +28,7 @@ from ...domain.errors import BadRequest, FerroError, MethodNotAllowed, NameTaken
 from ...domain.model import Key, KeyFilter, RequestContext
 from ...service import KeyService
 from ...service.batch import CryptoBatch, CryptoItems, Items
-from ...service.randomness import random_bytes
+from ...service.randomness import MAX_RANDOM_BYTES, random_bytes
 from ..http import Request, Response, json_response
 from ..router import Router
 from ..transit.body import NOT_SUPPORTED, Body
@@ -186,7 +186,7 @@ class Transit:
             raise BadRequest("datakey type must be plaintext or wrapped")
         body, name = Body(json_body(req), DATAKEY), p["name"]
         _no_derivation(body)
-        out = self.service.data_key(ctx, name, body.integer("bits", 1, 4096) or 256,
+        out = self.service.data_key(ctx, name, body.one_of("bits", DATA_KEY_BITS) or 256,
                                     include_plaintext=p["kind"] == "plaintext",
                                     version=_version(body), sizes=DATA_KEY_BITS)
         data = {"ciphertext": to_vault(out["ciphertext"]), "key_version": out["key_version"]}
@@ -244,8 +244,8 @@ class Transit:
         if source not in RANDOM_SOURCES:
             raise BadRequest(f"random source {source[:40]!a} is {NOT_SUPPORTED} "
                              f"(supported: platform)")
-        size = (Body({"bytes": count}, ("bytes",)).integer("bytes", 1, 1 << 20)
-                if count is not None else body.integer("bytes", 1, 1 << 20)) or 32
+        size = (Body({"bytes": count}, ("bytes",)).integer("bytes", 1, MAX_RANDOM_BYTES)
+                if count is not None else body.integer("bytes", 1, MAX_RANDOM_BYTES)) or 32
         encoding = body.only("format", ("base64", "hex"), "base64")
         data = random_bytes(self.service.guard, ctx, size)
         text = b64s(data) if encoding == "base64" else data.hex()

@@ -45,15 +45,29 @@ class Body:
         return value
 
     def integer(self, name: str, low: int, high: int) -> int | None:
+        value = self._weak_int(name)
+        if value is not None and (type(value) is not int or not low <= value <= high):
+            raise BadRequest(f"{name} must be an integer from {low} to {high}")
+        return value if value is None else int(value)
+
+    def one_of(self, name: str, allowed: tuple[int, ...]) -> int | None:
+        """An integer member with a few valid values (data key bits): the error names them,
+        not a range that holds invalid ones."""
+        value = self._weak_int(name)
+        if value is not None and (type(value) is not int or value not in allowed):
+            raise BadRequest(f"{name} must be one of {', '.join(map(str, allowed))}")
+        return value if value is None else int(value)
+
+    def _weak_int(self, name: str) -> object:
+        """The member converted as Go's mapstructure does (256.0 and "256" are 256); None
+        when absent or empty; any other value as it is, for the caller to refuse."""
         value = self.data.get(name)
         if value is None or value == "":
             return None
         if isinstance(value, float) and value.is_integer():
-            value = int(value)
+            return int(value)
         if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 12:
-            value = int(value)
-        if type(value) is not int or not low <= value <= high:
-            raise BadRequest(f"{name} must be an integer from {low} to {high}")
+            return int(value)
         return value
 
     def flag(self, name: str) -> bool:

@@ -13,7 +13,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ...domain.errors import ApprovalRequired, FerroError, MethodNotAllowed, RateLimited
+from ...domain.errors import (
+    ApprovalRequired,
+    FerroError,
+    MethodNotAllowed,
+    NoSuchCiphertextVersion,
+    RateLimited,
+)
 from ..http import Response, json_response
 
 # FerroHSM status -> Vault status, where they differ
@@ -40,6 +46,8 @@ def vault_message(exc: FerroError) -> str:
     them ("permission denied")."""
     if exc.status in (401, 403):
         return f"permission denied: {exc.message}"
+    if isinstance(exc, NoSuchCiphertextVersion):  # natively opaque; Vault names the version
+        return f"key has no version {exc.details.get('version')}"
     if isinstance(exc, ApprovalRequired):  # the message names the approval to redeem
         return f"dual control: {exc.message}"
     return exc.message
