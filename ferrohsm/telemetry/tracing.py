@@ -50,15 +50,22 @@ WAKE_AT = 4096  # queued records that wake the writer before its interval is ove
 _running = threading.local()  # span: the traced request this thread is running, if any
 
 
-@contextmanager
-def running(span: RequestSpan) -> Iterator[None]:
-    """``span``'s request runs on this thread inside the block (its key operation)."""
-    saved = getattr(_running, "span", None)
-    _running.span = span
-    try:
-        yield
-    finally:
-        _running.span = saved
+class running:  # noqa: N801  used like a function: ``with running(span):``
+    """``span``'s request runs on this thread inside the block (its key operation); a nested
+    block puts the outer one back."""
+
+    __slots__ = ("_saved", "_span")
+
+    def __init__(self, span: RequestSpan) -> None:
+        self._span = span
+        self._saved: RequestSpan | None = None
+
+    def __enter__(self) -> None:
+        self._saved = getattr(_running, "span", None)
+        _running.span = self._span
+
+    def __exit__(self, *exc: object) -> None:
+        _running.span = self._saved
 
 
 def durable_append() -> AbstractContextManager[Any]:
