@@ -275,7 +275,9 @@ def _traced(span: RequestSpan, route: Any, ctx: RequestContext, req: Request,
     """Run the handler inside the key operation's child span (named after the route)."""
     child = span.child(f"ferrohsm {route.name or route.template}")
     try:
-        with running(span):  # its durable audit records become audit.flush children
+        if req.tickets is not None:  # on the event loop: its records' group flush is its child
+            return route.handler(ctx, req, params)
+        with running(span):  # on a worker: each durable record becomes an audit.flush child
             return route.handler(ctx, req, params)
     except FerroError as exc:
         child.set_attribute("error.type", exc.code)
