@@ -93,13 +93,18 @@ def custody_config(args: argparse.Namespace) -> Config:
     return config
 
 
+def check_custodian_count(args: argparse.Namespace, shares: int) -> None:
+    """One --custodian-key per share, or none (the shares are then printed)."""
+    if args.custodian_key and len(args.custodian_key) != shares:
+        raise ConfigError(f"give one --custodian-key per share: {shares} needed, "
+                          f"{len(args.custodian_key)} given")
+
+
 def read_custodian_keys(args: argparse.Namespace, shares: int) -> list[bytes]:
     from ..custody.custodians import recipient_kind
     if not args.custodian_key:
         return []
-    if len(args.custodian_key) != shares:
-        raise ConfigError(f"give one --custodian-key per share: {shares} needed, "
-                          f"{len(args.custodian_key)} given")
+    check_custodian_count(args, shares)
     keys = []
     for name in args.custodian_key:
         try:

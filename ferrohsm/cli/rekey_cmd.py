@@ -121,11 +121,8 @@ def _check_flags(args: argparse.Namespace, config: Config, shamir: bool) -> None
         raise ConfigError("--new-master-key-file is for environment (or master_key_file) "
                           "mode: in split-knowledge mode the new key goes into new shares")
     from ..custody import state
-    current = state.load(config.storage.data_dir).current
-    shares, _ = _counts(args, current)
-    if args.custodian_key and len(args.custodian_key) != shares:
-        raise ConfigError(f"give one --custodian-key per share: {shares} needed, "
-                          f"{len(args.custodian_key)} given")
+    from .custody import check_custodian_count
+    check_custodian_count(args, _counts(args, state.load(config.storage.data_dir).current)[0])
 
 
 def _counts(args: argparse.Namespace, current: Any) -> tuple[int, int]:
