@@ -30,6 +30,7 @@ from .api.handlers import tokens as token_routes
 from .api.handlers import transit as transit_routes
 from .api.http import Request
 from .api.server import HardenedHTTPServer
+from .api.spread import Member, Spread
 from .audit.chain import AuditEvent
 from .audit.sinks import AuditSink, ChainedSink, FileSink, PostgresSink, SQLiteSink
 from .audit.witness import FileWitness, Witness, make_witness
@@ -504,7 +505,14 @@ def system_event(rt: Runtime, action: str, message: str) -> None:
     rt.audit.append(AuditEvent.from_context(SYSTEM_CONTEXT, action, "success", message))
 
 
-def make_server(rt: Runtime, ssl_provider: Any) -> HardenedHTTPServer:
+def connection_spread(processes: int) -> Spread:
+    """``processes = N``: what the children share to split connections evenly (made before
+    fork; api/spread.py)."""
+    return Spread(processes)
+
+
+def make_server(rt: Runtime, ssl_provider: Any, spread: Member | None = None
+                ) -> HardenedHTTPServer:
     s = rt.config.server
     host, port = parse_listen(s.listen)
     rt.app.server_port = port or None  # port 0: known once bound (cli/serve.py sets it)
@@ -518,7 +526,7 @@ def make_server(rt: Runtime, ssl_provider: Any) -> HardenedHTTPServer:
         header_timeout=s.header_timeout_seconds, body_timeout=s.body_timeout_seconds,
         idle_timeout=s.idle_timeout_seconds, max_body=s.max_body_bytes, logger=log,
         workers=s.workers, inline=rt.app.runs_inline, audit=rt.audit,
-        on_refused=rt.app.refuse, reuse_port=s.processes > 1, turn=store_turn(getattr(rt, "store", None)),
+        on_refused=rt.app.refuse, reuse_port=s.processes > 1, spread=spread, turn=store_turn(getattr(rt, "store", None)),
         flush=rt.config.audit.flush, flush_spin=rt.config.audit.flush_spin_microseconds / 1e6,
         # spans end when the answer is written; a seal gate in front (custody/) traces nothing
         on_request=rt.app.finished if getattr(rt.app, "tracer", None) is not None else None)

@@ -4,6 +4,9 @@ At the cap the server stops watching the listener (new clients wait in the kerne
 and only peeks, every ``BACKLOG_POLL`` seconds, whether someone is queued there, so it can make
 room (server.py evicts the longest-idle connection). Peeking uses ``select.poll``, which has no
 descriptor limit, unlike ``select.select``.
+
+With ``[server] processes = N`` the listener also takes the connections a sibling handed over,
+and hands a new one to a sibling holding fewer (spread.py): both arrive as ``accept()``.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ import selectors
 import socket
 from typing import Any
 
+from .spread import Member
+
 BACKLOG_POLL = 0.1
 
 
 class Listener:
     def __init__(self, host: str, port: int, backlog: int, reuse_port: bool,
-                 selector: selectors.BaseSelector, tag: Any) -> None:
+                 selector: selectors.BaseSelector, tag: Any, spread: Member | None = None
+                 ) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.create_server((host, port), family=family, backlog=backlog,
                                          reuse_port=reuse_port)
@@ -27,21 +33,50 @@ class Listener:
         self.address = (str(name[0]), int(name[1]))
         self._selector, self._tag = selector, tag
         self._poll = select.poll()
-        self._poll.register(self.sock, select.POLLIN)
-        self._selector.register(self.sock, selectors.EVENT_READ, tag)
+        self.spread = spread
+        self._sources: list[Any] = [self.sock] + ([spread.inbox] if spread else [])
+        for source in self._sources:
+            self._poll.register(source, select.POLLIN)
+            self._selector.register(source, selectors.EVENT_READ, tag)
         self.paused = False
         self.closed = False
         self.next_check = 0.0
 
+    def accept(self, held: int) -> tuple[socket.socket, Any]:
+        """The next new connection (``held``: those the server holds now): one a sibling
+        handed over, else one from the kernel, unless it goes to a sibling holding fewer.
+        BlockingIOError when there is none."""
+        spread = self.spread
+        if spread is None:
+            return self.sock.accept()
+        handed = spread.receive()
+        if handed is not None:
+            spread.publish(held + 1)
+            return handed
+        while True:
+            sock, addr = self.sock.accept()
+            if not spread.hand_off(sock, held):
+                spread.publish(held + 1)
+                return sock, addr
+
+    def holding(self, held: int, cap: int) -> None:
+        """A connection closed: ``held`` are left; below ``cap``, watch for new ones again."""
+        if self.spread is not None and not self.closed:
+            self.spread.publish(held)
+        if held < cap:
+            self.resume()
+
     def pause(self, now: float) -> None:
         """Stop watching for new clients; ``queued()`` tells whether one is waiting."""
         if not self.paused and not self.closed:
-            self._selector.unregister(self.sock)
+            for source in self._sources:
+                self._selector.unregister(source)
             self.paused, self.next_check = True, now + BACKLOG_POLL
 
     def resume(self) -> None:
         if self.paused and not self.closed:
-            self._selector.register(self.sock, selectors.EVENT_READ, self._tag)
+            for source in self._sources:
+                self._selector.register(source, selectors.EVENT_READ, self._tag)
             self.paused = False
 
     def queued(self, now: float) -> bool:
@@ -56,9 +91,12 @@ class Listener:
         if self.closed:
             return
         if not self.paused:
-            self._selector.unregister(self.sock)
+            for source in self._sources:
+                self._selector.unregister(source)
         self.closed = True
         self.sock.close()
+        if self.spread is not None:  # siblings hand nothing more; what is queued waits for
+            self.spread.stop()       # the next process started in this slot
 
 
 class Waker:

@@ -67,6 +67,7 @@ from .flusher import Durability
 from .http import Request, Response, error_response
 from .listener import Listener, Waker
 from .parse import Limits, render_response
+from .spread import Member
 
 OnRequest = Callable[[Request, Response, float], None]
 _MAX_WAIT = 1.0
@@ -100,6 +101,7 @@ class HardenedHTTPServer:
         on_request: OnRequest | None = None,
         backlog: int = 128,
         reuse_port: bool = False,
+        spread: Member | None = None,  # processes = N: connections spread evenly (spread.py)
         linger_timeout: float = 1.0,
         workers: int = 16,
         inline: Callable[[Request], bool] | None = None,
@@ -114,16 +116,14 @@ class HardenedHTTPServer:
         self.ssl_context_provider = ssl_context_provider
         self.max_connections = max_connections
         self.admission = admission or Admission(max_connections, None, None, 0.0)
-        self.handshake_timeout = handshake_timeout
-        self.header_timeout = header_timeout
-        self.body_timeout = body_timeout
-        self.idle_timeout = idle_timeout
+        self.handshake_timeout, self.header_timeout = handshake_timeout, header_timeout
+        self.body_timeout, self.idle_timeout = body_timeout, idle_timeout
         self.limits = Limits(max_request_line, max_header_bytes, max_headers, max_body)
         # Per connection: one request's worth of pipelined bytes, then reading pauses.
         self._buffer_cap = max_header_bytes + max_request_line + max_body + 4
         self.log = logger or logging.getLogger("ferrohsm.http")
         self.on_request = on_request
-        self.backlog, self.reuse_port = backlog, reuse_port
+        self.backlog, self.reuse_port, self.spread = backlog, reuse_port, spread
         self.linger_timeout = linger_timeout
         self._dispatcher = Dispatcher(app, inline=inline, audit=audit, workers=workers,
                                       log=self.log, wake=self._wake, refuse=on_refused, turn=turn,
@@ -216,7 +216,7 @@ class HardenedHTTPServer:
             raise RuntimeError("this server was shut down; create a new one")
         self._selector = selectors.DefaultSelector()
         self._listener = Listener(self.host, self.port, self.backlog, self.reuse_port,
-                                  self._selector, _LISTENER)
+                                  self._selector, _LISTENER, self.spread)
         self._address = self._listener.address
         self._waker = Waker(self._selector, _WAKE)
         self._dispatcher.attach(self._selector, _FLUSHED)
@@ -325,7 +325,7 @@ class HardenedHTTPServer:
         while len(self._conns) < self.max_connections and not self._draining and budget:
             budget -= 1
             try:
-                sock, addr = self._listener.sock.accept()
+                sock, addr = self._listener.accept(len(self._conns))
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionAbortedError:
@@ -567,8 +567,8 @@ class HardenedHTTPServer:
         conn.close()
         if self._conns.pop(conn, 0) is None:  # it was ours: account for it
             self.admission.closed(conn)
-        if len(self._conns) < self.max_connections and self._listener and not self._draining:
-            self._listener.resume()
+        if self._listener is not None and not self._draining:
+            self._listener.holding(len(self._conns), self.max_connections)
 
     def _begin_drain(self) -> None:
         """Shutdown: refuse new connections now, close idle ones, let the busy ones finish."""

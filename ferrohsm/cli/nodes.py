@@ -4,7 +4,8 @@ The parent binds nothing that serves: it binds once, without listening, to reser
 (with ``--listen HOST:0``, to pick the port every child then uses) and keeps that socket. Each
 child is a whole FerroHSM process (its own socket with SO_REUSEPORT, event loop, audit writer
 and connections to the shared store), forked before the parent has started any thread. The
-kernel spreads new connections over the children's sockets.
+kernel spreads new connections over the children's sockets, and a child holding more than a
+sibling hands its new connection over (api/spread.py), so the split stays even.
 
 Start-up checks and reconciliation run in the first child only, the one that finds no other
 live process (store/nodelock.py); the others join. The parent supervises:
@@ -123,8 +124,10 @@ def cores_for(count: int, pin: bool) -> list[int]:
 
 class Supervisor:
     def __init__(self, count: int, child: Callable[[int], int], grace: float,
-                 cores: list[int] | None = None) -> None:
+                 cores: list[int] | None = None,
+                 on_exit: Callable[[int], None] = lambda index: None) -> None:
         self.slots = [Slot() for _ in range(count)]
+        self._on_exit = on_exit  # child i is gone (api/spread.py: hand it no connection)
         self._cores = cores or []
         self._child = child
         self._grace = grace
@@ -199,6 +202,7 @@ class Supervisor:
                 return
             for index, slot in enumerate(self.slots):
                 if slot.pid == pid:
+                    self._on_exit(index)
                     self._exited(index, slot, os.waitstatus_to_exitcode(status), now)
                     slot.pid = 0
 

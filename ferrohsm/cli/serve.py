@@ -219,15 +219,18 @@ def _run(config: Config, ssl_provider: Any, announce: Any = None, options: Any =
 def _supervise(config: Config, announce: Any, options: Any) -> int:
     """``[server].processes = N``: the parent forks N serving children and supervises them
     (cli/nodes.py)."""
+    from .. import app as wiring
     from .nodes import Supervisor, cores_for, listening, reserve_port
     log = logging.getLogger("ferrohsm")
     listen = config.server.listen
     config, reserved = _listening(lambda: reserve_port(config), listen)
     parent = os.getpid()
+    spread = wiring.connection_spread(config.server.processes)  # before fork: shared
     supervisor = Supervisor(config.server.processes,
-                            lambda index: _child(config, options, parent, index),
+                            lambda index: _child(config, options, parent, index, spread),
                             config.server.shutdown_grace_seconds,
-                            cores_for(config.server.processes, config.server.pin_processes))
+                            cores_for(config.server.processes, config.server.pin_processes),
+                            spread.down)
     supervisor.install()
     try:
         supervisor.start()
@@ -240,11 +243,12 @@ def _supervise(config: Config, announce: Any, options: Any) -> int:
                 announce(port)
         return supervisor.run(lambda: listening(host, port), ready)
     finally:
+        spread.close()
         for sock in reserved:
             sock.close()
 
 
-def _child(config: Config, options: Any, parent: int, index: int) -> int:
+def _child(config: Config, options: Any, parent: int, index: int, spread: Any) -> int:
     """Serving process ``index`` of a supervised group; errors as ``main`` reports them."""
     from .. import app as wiring
     from ..domain.errors import ConfigError, FerroError
@@ -252,7 +256,7 @@ def _child(config: Config, options: Any, parent: int, index: int) -> int:
         signal.signal(sig, signal.SIG_DFL)
     try:
         return _serve(config, wiring.tls_provider(config), None, options, parent=parent,
-                      index=index)
+                      index=index, spread=spread)
     except ConfigError as exc:
         print(f"ferrohsm: configuration error: {exc.message}", file=sys.stderr)
         return 2
@@ -268,7 +272,7 @@ def _child(config: Config, options: Any, parent: int, index: int) -> int:
 
 
 def _serve(config: Config, ssl_provider: Any, announce: Any = None, options: Any = None,
-           parent: int | None = None, index: int = 0) -> int:
+           parent: int | None = None, index: int = 0, spread: Any = None) -> int:
     from .. import app as wiring
     log = logging.getLogger("ferrohsm")
     if config.server.pin_cpu >= 0:
@@ -285,7 +289,7 @@ def _serve(config: Config, ssl_provider: Any, announce: Any = None, options: Any
             wiring.share_metrics(rt.metrics, config.storage.data_dir, index)
             access.share_stream()  # access lines share stderr with the other processes
         wiring.wire_tls(rt, ssl_provider)
-        server = wiring.make_server(rt, ssl_provider)
+        server = wiring.make_server(rt, ssl_provider, spread and spread.member(index))
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())

@@ -1,0 +1,144 @@
+"""New connections spread evenly over the processes of ``[server] processes = N``.
+
+SO_REUSEPORT gives each new connection to one process's socket by a hash of its addresses, so 16
+clients land 8/8 only about one time in five, and 12/4 or worse about one time in twelve. A
+process holding twice its sibling's connections is saturated while the other idles (measured in
+bench/RESULTS.md: with 16 clients on two processes, 12/4 costs about 9 % of the throughput of
+8/8). So a process that accepts a connection while it holds more than the least-loaded sibling
+hands the connection to that sibling before reading a byte of it (before the TLS handshake):
+the socket goes over a Unix datagram socket (SCM_RIGHTS) and the sibling adopts it as if it had
+accepted it itself (its admission rules included). A connection moves at most once.
+
+What the processes share, made by the supervising parent before it forks (``Spread``): one
+anonymous shared memory map of counters, and a datagram socket pair per process (the process
+reads one end, its siblings write to the other). Every counter has ONE writer, so nothing needs
+a lock; a reader sees a slightly old value at worst, which costs a slightly uneven split, never
+a lost connection:
+
+* ``open[i]``: the connections process i holds (written by i), or DOWN when it takes none (not
+  started yet, draining, dead: the parent writes DOWN when it reaps a child);
+* ``sent[i][j]``: connections i handed to j (written by i);
+* ``taken[j][i]``: connections j adopted from i (written by j).
+
+Process i counts j's load as ``open[j] + sent[i][j] - taken[j][i]``: its own hand-overs still in
+flight count, other processes' in flight to j do not (a burst can leave the split one or two
+off). A hand-over that fails (the sibling's queue full) keeps the connection here.
+"""
+
+from __future__ import annotations
+
+import mmap
+import socket
+import struct
+from typing import Any
+
+DOWN = 1 << 62  # open[i] of a process that takes no connection
+_SENDER = struct.Struct(">H")
+
+
+class Spread:
+    """The shared counters and sockets of a group of ``count`` processes (made before fork)."""
+
+    def __init__(self, count: int) -> None:
+        if not 2 <= count <= 65536:
+            raise ValueError("a spread needs 2-65536 processes")
+        self.count = count
+        self._map = mmap.mmap(-1, 8 * (count + 2 * count * count))  # MAP_SHARED, anonymous
+        self.cells = memoryview(self._map).cast("q")
+        for i in range(count):
+            self.cells[i] = DOWN
+        self.pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(count)]
+        for inbox, outbox in self.pairs:
+            inbox.setblocking(False)
+            outbox.setblocking(False)
+
+    def down(self, index: int) -> None:
+        """Process ``index`` takes no connection (the parent, when it reaps it)."""
+        self.cells[index] = DOWN
+
+    def close(self) -> None:
+        """Close the sockets (the parent, when the group has stopped)."""
+        for pair in self.pairs:
+            for sock in pair:
+                sock.close()
+
+    def member(self, index: int) -> Member:
+        """Process ``index``'s view (in that process, after fork)."""
+        return Member(self, index)
+
+
+class Member:
+    """One process's side: publish its count, hand a new connection over, adopt handed ones."""
+
+    def __init__(self, spread: Spread, index: int) -> None:
+        self.index, self.count, self.cells = index, spread.count, spread.cells
+        self.inbox = spread.pairs[index][0]
+        self._out = [outbox for _, outbox in spread.pairs]
+        self._sent = spread.count + index * spread.count  # sent[index][j] is cells[_sent + j]
+        self._taken = spread.count * (1 + spread.count)  # taken[j][i]: cells[_taken + j*count + i]
+        self.handed = self.adopted = 0  # this process's totals (for tests and metrics)
+
+    def publish(self, held: int) -> None:
+        """This process holds ``held`` connections now."""
+        self.cells[self.index] = held
+
+    def stop(self) -> None:
+        """This process takes no more connections (it drains)."""
+        self.cells[self.index] = DOWN
+
+    def hand_off(self, sock: socket.socket, held: int) -> bool:
+        """Give a just-accepted ``sock`` to the least-loaded sibling when it holds fewer than
+        ``held`` (this process's connections without ``sock``): True when it went (and is
+        closed here), False to keep it."""
+        target = self._least_loaded(held)
+        if target < 0:
+            return False
+        try:
+            socket.send_fds(self._out[target], [_SENDER.pack(self.index)], [sock.fileno()],
+                            socket.MSG_DONTWAIT)
+        except OSError:  # its queue is full, or it is gone: keep the connection here
+            return False
+        self.cells[self._sent + target] += 1
+        self.handed += 1
+        sock.close()
+        return True
+
+    def receive(self) -> tuple[socket.socket, Any] | None:
+        """A connection a sibling handed over (with its peer address), or None."""
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(self.inbox, _SENDER.size, 1,
+                                                  socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return None
+            if len(data) == _SENDER.size and fds:
+                sender = _SENDER.unpack(data)[0]
+                if sender < self.count:
+                    self.cells[self._taken + self.index * self.count + sender] += 1
+            for fd in fds[1:]:  # never sent; closed rather than leaked
+                socket.close(fd)
+            if not fds:
+                continue
+            sock = socket.socket(fileno=fds[0])
+            try:
+                peer = sock.getpeername()
+            except OSError:  # the client is gone already
+                sock.close()
+                continue
+            self.adopted += 1
+            return sock, peer
+
+    def _least_loaded(self, held: int) -> int:
+        """The sibling with the fewest connections, if it has fewer than ``held``; else -1."""
+        cells, count, me = self.cells, self.count, self.index
+        best, least = -1, held
+        for j in range(count):
+            if j == me:
+                continue
+            load = cells[j]
+            if load >= DOWN:
+                continue
+            load += cells[self._sent + j] - cells[self._taken + j * count + me]
+            if load < least:
+                best, least = j, load
+        return best

@@ -1,0 +1,148 @@
+"""api/spread.py: a process holding more connections than a sibling hands its new one over,
+over a real Unix socket, with real TCP connections; a sibling that is down is handed nothing."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from ferrohsm.api.spread import DOWN, Spread
+
+
+@pytest.fixture
+def make() -> Iterator[Callable[[int], Spread]]:
+    """Spreads closed after the test."""
+    made: list[Spread] = []
+
+    def spread(count: int) -> Spread:
+        made.append(Spread(count))
+        return made[-1]
+    yield spread
+    for one in made:
+        one.close()
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    sock = socket.create_server(("127.0.0.1", 0))
+    yield sock
+    sock.close()
+
+
+def connect(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
+    """(client, the server's accepted end)."""
+    client = socket.create_connection(listener.getsockname())
+    server_end, _ = listener.accept()
+    return client, server_end
+
+
+def test_the_busier_process_hands_a_new_connection_to_the_idler_one(
+        listener: socket.socket, make: Callable[[int], Spread]) -> None:
+    spread = make(2)
+    busy, idle = spread.member(0), spread.member(1)
+    busy.publish(3)
+    idle.publish(0)
+    client, accepted = connect(listener)
+    assert busy.hand_off(accepted, held=3)
+    assert accepted.fileno() == -1  # closed here: the sibling has it now
+    handed = idle.receive()
+    assert handed is not None
+    sock, peer = handed
+    assert peer == client.getsockname()
+    client.sendall(b"first bytes")
+    assert sock.recv(100) == b"first bytes"  # the same connection, nothing read before
+    assert (busy.handed, idle.adopted) == (1, 1)
+    assert idle.receive() is None
+    client.close()
+    sock.close()
+
+
+def test_an_even_split_keeps_the_connection(
+        listener: socket.socket, make: Callable[[int], Spread]) -> None:
+    spread = make(2)
+    first, second = spread.member(0), spread.member(1)
+    first.publish(4)
+    second.publish(4)
+    client, accepted = connect(listener)
+    assert not first.hand_off(accepted, held=4)  # 5/4 is as even as 4/5
+    assert accepted.fileno() != -1
+    assert second.receive() is None
+    client.close()
+    accepted.close()
+
+
+def test_hand_overs_in_flight_count_until_the_sibling_adopts_them(
+        listener: socket.socket, make: Callable[[int], Spread]) -> None:
+    """A burst: the sibling has not read its queue yet, so its published count is stale."""
+    spread = make(2)
+    busy, idle = spread.member(0), spread.member(1)
+    busy.publish(8)
+    idle.publish(4)
+    pairs = [connect(listener) for _ in range(4)]
+    handed = [busy.hand_off(accepted, held=8) for _, accepted in pairs]
+    assert handed == [True] * 4
+    client, accepted = connect(listener)
+    assert not busy.hand_off(accepted, held=8)  # 4 + 4 in flight: 8 is not fewer than 8
+    adopted = [idle.receive() for _ in range(4)]
+    assert all(adopted) and idle.receive() is None
+    for (client_end, _), got in zip(pairs, adopted, strict=True):
+        assert got is not None and got[1] == client_end.getsockname()
+        got[0].close()
+        client_end.close()
+    client.close()
+    accepted.close()
+
+
+def test_a_process_that_is_down_or_draining_is_handed_nothing(
+        listener: socket.socket, make: Callable[[int], Spread]) -> None:
+    spread = make(3)
+    busy, gone, draining = spread.member(0), spread.member(1), spread.member(2)
+    assert spread.cells[1] == DOWN  # not started yet: nobody hands it anything
+    busy.publish(10)
+    gone.publish(0)
+    spread.down(1)  # the parent reaped it
+    draining.publish(0)
+    draining.stop()
+    client, accepted = connect(listener)
+    assert not busy.hand_off(accepted, held=10)
+    assert gone.receive() is None and draining.receive() is None
+    client.close()
+    accepted.close()
+
+
+def test_the_least_loaded_of_several_siblings_gets_it(
+        listener: socket.socket, make: Callable[[int], Spread]) -> None:
+    spread = make(4)
+    members = [spread.member(i) for i in range(4)]
+    for member, held in zip(members, (9, 5, 2, 7), strict=True):
+        member.publish(held)
+    client, accepted = connect(listener)
+    assert members[0].hand_off(accepted, held=9)
+    assert members[1].receive() is None and members[3].receive() is None
+    got = members[2].receive()
+    assert got is not None
+    got[0].close()
+    client.close()
+
+
+def test_a_client_gone_before_adoption_is_skipped(
+        listener: socket.socket, make: Callable[[int], Spread]) -> None:
+    spread = make(2)
+    busy, idle = spread.member(0), spread.member(1)
+    busy.publish(2)
+    idle.publish(0)
+    client, accepted = connect(listener)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+    client.close()  # a reset: getpeername fails on the adopted end
+    assert busy.hand_off(accepted, held=2)
+    assert idle.receive() is None  # skipped, not raised
+    assert idle.adopted == 0
+    # it was taken off the queue all the same: the busy process no longer counts it in flight
+    assert spread.cells[2 + 0 * 2 + 1] == 1 and spread.cells[2 + 4 + 1 * 2 + 0] == 1
+
+
+def test_a_spread_needs_two_processes() -> None:
+    with pytest.raises(ValueError):
+        Spread(1)
