@@ -34,6 +34,8 @@ class Listener:
         self._selector, self._tag = selector, tag
         self._poll = select.poll()
         self.spread = spread
+        if spread is not None:
+            spread.publish(0)  # listening: siblings may hand this process connections now
         self._sources: list[Any] = [self.sock] + ([spread.inbox] if spread else [])
         for source in self._sources:
             self._poll.register(source, select.POLLIN)

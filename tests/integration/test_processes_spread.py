@@ -1,6 +1,7 @@
 """``serve --processes 2``: new connections split evenly over the children (api/spread.py),
-counted from /proc (each child's established TCP sockets on the port), and a child killed
-with -9 is handed nothing: every connection made meanwhile is answered."""
+counted from /proc (each child's established TCP sockets on the port); a child killed with -9
+is handed nothing (every connection made meanwhile is answered by the survivor), and the child
+started in its place takes its share again."""
 
 from __future__ import annotations
 
@@ -91,6 +92,13 @@ def test_connections_split_evenly_and_a_dead_child_is_handed_none(tmp_path: Path
         conns = open_connections(nodes, 8)  # all answered by the survivor, none held back
         assert time.monotonic() - started < 5
         assert established([pids[1]], node.port)[pids[1]] == 8
+        for conn in conns:
+            conn.close()
+        restarted = serving_children(nodes)  # the parent started a new child in its slot
+        assert pids[1] in restarted and pids[0] not in restarted
+        time.sleep(0.3)
+        conns = open_connections(nodes, 16)  # and it takes its share again
+        assert sorted(established(restarted, node.port).values()) == [8, 8]
         for conn in conns:
             conn.close()
     finally:
