@@ -28,20 +28,23 @@ off). A hand-over that fails (the sibling's queue full) keeps the connection her
 from __future__ import annotations
 
 import mmap
+import os
 import socket
 import struct
 from typing import Any
 
 DOWN = 1 << 62  # open[i] of a process that takes no connection
+MAX_PROCESSES = 256  # as [server].processes allows: the counters take 16 bytes x N^2
 _SENDER = struct.Struct(">H")
+PARENT = 0xFFFF  # the sender of a connection the parent passed on (counted by nobody)
 
 
 class Spread:
     """The shared counters and sockets of a group of ``count`` processes (made before fork)."""
 
     def __init__(self, count: int) -> None:
-        if not 2 <= count <= 65536:
-            raise ValueError("a spread needs 2-65536 processes")
+        if not 2 <= count <= MAX_PROCESSES:
+            raise ValueError(f"a spread needs 2-{MAX_PROCESSES} processes")
         self.count = count
         self._map = mmap.mmap(-1, 8 * (count + 2 * count * count))  # MAP_SHARED, anonymous
         self.cells = memoryview(self._map).cast("q")
@@ -53,8 +56,35 @@ class Spread:
             outbox.setblocking(False)
 
     def down(self, index: int) -> None:
-        """Process ``index`` takes no connection (the parent, when it reaps it)."""
+        """Process ``index`` is gone (the parent, when it reaps it): it takes no connection,
+        and those handed to it and not taken yet go to the least-loaded live sibling (closed
+        when there is none), so that no client waits for a replacement that may be slow to
+        come. The dead process's ``taken`` counters are settled here (nobody else writes them
+        until its replacement starts, after this)."""
         self.cells[index] = DOWN
+        inbox, count = self.pairs[index][0], self.count
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(inbox, _SENDER.size, 1, socket.MSG_DONTWAIT)
+            except OSError:  # BlockingIOError: nothing (more) queued
+                return
+            if len(data) == _SENDER.size and fds and _SENDER.unpack(data)[0] < count:
+                sender = _SENDER.unpack(data)[0]
+                self.cells[count * (1 + count) + index * count + sender] += 1
+            for fd in fds:
+                self._pass_on(fd)
+
+    def _pass_on(self, fd: int) -> None:
+        """A connection a dead process never took: to the live process with the fewest."""
+        live = [(self.cells[j], j) for j in range(self.count) if self.cells[j] < DOWN]
+        try:
+            if live:
+                socket.send_fds(self.pairs[min(live)[1]][1], [_SENDER.pack(PARENT)], [fd],
+                                socket.MSG_DONTWAIT)
+        except OSError:
+            pass  # its queue is full: the client sees the connection close
+        finally:
+            os.close(fd)  # ours; the receiver has its own copy in flight
 
     def close(self) -> None:
         """Close the sockets (the parent, when the group has stopped)."""

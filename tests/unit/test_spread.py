@@ -143,6 +143,46 @@ def test_a_client_gone_before_adoption_is_skipped(
     assert spread.cells[2 + 0 * 2 + 1] == 1 and spread.cells[2 + 4 + 1 * 2 + 0] == 1
 
 
-def test_a_spread_needs_two_processes() -> None:
+def test_connections_handed_to_a_process_that_died_go_to_a_live_one(
+        listener: socket.socket, make: Callable[[int], Spread]) -> None:
+    spread = make(3)
+    busy, dying, other = spread.member(0), spread.member(1), spread.member(2)
+    busy.publish(5)
+    dying.publish(0)
+    other.publish(1)
+    client, accepted = connect(listener)
+    assert busy.hand_off(accepted, held=5)  # to the one holding none, which then dies
+    spread.down(1)  # the parent reaps it before it took the connection
+    assert spread.cells[1] == DOWN
+    got = other.receive()
+    assert got is not None and got[1] == client.getsockname()
+    client.sendall(b"still here")
+    assert got[0].recv(100) == b"still here"
+    # the dead process's hand-over is settled, and the live one counts nothing it did not get
+    # from a sibling: nobody's estimate of anybody's load drifts
+    assert spread.cells[3 + 0 * 3 + 1] == 1 and spread.cells[3 + 9 + 1 * 3 + 0] == 1
+    assert all(spread.cells[3 + 9 + 2 * 3 + j] == 0 for j in range(3))
+    got[0].close()
+    client.close()
+
+
+def test_with_no_live_process_left_the_connection_is_closed(
+        listener: socket.socket, make: Callable[[int], Spread]) -> None:
+    spread = make(2)
+    first, second = spread.member(0), spread.member(1)
+    first.publish(3)
+    second.publish(0)
+    client, accepted = connect(listener)
+    assert first.hand_off(accepted, held=3)
+    first.stop()  # draining
+    spread.down(1)
+    client.settimeout(5)
+    assert client.recv(100) == b""  # closed, not left hanging
+    client.close()
+
+
+def test_a_spread_needs_two_processes_and_at_most_256() -> None:
     with pytest.raises(ValueError):
         Spread(1)
+    with pytest.raises(ValueError):
+        Spread(257)
