@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from ferrohsm.api.spread import DOWN, Spread
+from ferrohsm.api.spread import DOWN, Member, Spread
 
 
 @pytest.fixture
@@ -31,6 +31,15 @@ def listener() -> Iterator[socket.socket]:
     sock.close()
 
 
+def group(make: Callable[[int], Spread], *held: int) -> tuple[Spread, list[Member]]:
+    """A spread of ``len(held)`` processes, process i holding ``held[i]`` connections."""
+    spread = make(len(held))
+    members = [spread.member(i) for i in range(len(held))]
+    for member, count in zip(members, held, strict=True):
+        member.publish(count)
+    return spread, members
+
+
 def connect(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
     """(client, the server's accepted end)."""
     client = socket.create_connection(listener.getsockname())
@@ -40,10 +49,7 @@ def connect(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
 
 def test_the_busier_process_hands_a_new_connection_to_the_idler_one(
         listener: socket.socket, make: Callable[[int], Spread]) -> None:
-    spread = make(2)
-    busy, idle = spread.member(0), spread.member(1)
-    busy.publish(3)
-    idle.publish(0)
+    _, (busy, idle) = group(make, 3, 0)
     client, accepted = connect(listener)
     assert busy.hand_off(accepted, held=3)
     assert accepted.fileno() == -1  # closed here: the sibling has it now
@@ -61,10 +67,7 @@ def test_the_busier_process_hands_a_new_connection_to_the_idler_one(
 
 def test_an_even_split_keeps_the_connection(
         listener: socket.socket, make: Callable[[int], Spread]) -> None:
-    spread = make(2)
-    first, second = spread.member(0), spread.member(1)
-    first.publish(4)
-    second.publish(4)
+    _, (first, second) = group(make, 4, 4)
     client, accepted = connect(listener)
     assert not first.hand_off(accepted, held=4)  # 5/4 is as even as 4/5
     assert accepted.fileno() != -1
@@ -76,10 +79,7 @@ def test_an_even_split_keeps_the_connection(
 def test_hand_overs_in_flight_count_until_the_sibling_adopts_them(
         listener: socket.socket, make: Callable[[int], Spread]) -> None:
     """A burst: the sibling has not read its queue yet, so its published count is stale."""
-    spread = make(2)
-    busy, idle = spread.member(0), spread.member(1)
-    busy.publish(8)
-    idle.publish(4)
+    _, (busy, idle) = group(make, 8, 4)
     pairs = [connect(listener) for _ in range(4)]
     handed = [busy.hand_off(accepted, held=8) for _, accepted in pairs]
     assert handed == [True] * 4
@@ -97,13 +97,9 @@ def test_hand_overs_in_flight_count_until_the_sibling_adopts_them(
 
 def test_a_process_that_is_down_or_draining_is_handed_nothing(
         listener: socket.socket, make: Callable[[int], Spread]) -> None:
-    spread = make(3)
-    busy, gone, draining = spread.member(0), spread.member(1), spread.member(2)
-    assert spread.cells[1] == DOWN  # not started yet: nobody hands it anything
-    busy.publish(10)
-    gone.publish(0)
+    assert make(2).cells[1] == DOWN  # not started yet: nobody hands it anything
+    spread, (busy, gone, draining) = group(make, 10, 0, 0)
     spread.down(1)  # the parent reaped it
-    draining.publish(0)
     draining.stop()
     client, accepted = connect(listener)
     assert not busy.hand_off(accepted, held=10)
@@ -114,10 +110,7 @@ def test_a_process_that_is_down_or_draining_is_handed_nothing(
 
 def test_the_least_loaded_of_several_siblings_gets_it(
         listener: socket.socket, make: Callable[[int], Spread]) -> None:
-    spread = make(4)
-    members = [spread.member(i) for i in range(4)]
-    for member, held in zip(members, (9, 5, 2, 7), strict=True):
-        member.publish(held)
+    _, members = group(make, 9, 5, 2, 7)
     client, accepted = connect(listener)
     assert members[0].hand_off(accepted, held=9)
     assert members[1].receive() is None and members[3].receive() is None
@@ -129,10 +122,7 @@ def test_the_least_loaded_of_several_siblings_gets_it(
 
 def test_a_client_gone_before_adoption_is_skipped(
         listener: socket.socket, make: Callable[[int], Spread]) -> None:
-    spread = make(2)
-    busy, idle = spread.member(0), spread.member(1)
-    busy.publish(2)
-    idle.publish(0)
+    spread, (busy, idle) = group(make, 2, 0)
     client, accepted = connect(listener)
     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
     client.close()  # a reset: getpeername fails on the adopted end
@@ -145,11 +135,7 @@ def test_a_client_gone_before_adoption_is_skipped(
 
 def test_connections_handed_to_a_process_that_died_go_to_a_live_one(
         listener: socket.socket, make: Callable[[int], Spread]) -> None:
-    spread = make(3)
-    busy, dying, other = spread.member(0), spread.member(1), spread.member(2)
-    busy.publish(5)
-    dying.publish(0)
-    other.publish(1)
+    spread, (busy, _, other) = group(make, 5, 0, 1)
     client, accepted = connect(listener)
     assert busy.hand_off(accepted, held=5)  # to the one holding none, which then dies
     spread.down(1)  # the parent reaps it before it took the connection
@@ -168,10 +154,7 @@ def test_connections_handed_to_a_process_that_died_go_to_a_live_one(
 
 def test_with_no_live_process_left_the_connection_is_closed(
         listener: socket.socket, make: Callable[[int], Spread]) -> None:
-    spread = make(2)
-    first, second = spread.member(0), spread.member(1)
-    first.publish(3)
-    second.publish(0)
+    spread, (first, _) = group(make, 3, 0)
     client, accepted = connect(listener)
     assert first.hand_off(accepted, held=3)
     first.stop()  # draining
