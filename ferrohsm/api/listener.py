@@ -61,6 +61,13 @@ class Listener:
                 spread.publish(held + 1)
                 return sock, addr
 
+    def refuse(self, sock: socket.socket, held: int) -> None:
+        """Close a connection ``accept`` returned that admission turned away: ``held`` are
+        still held (``accept`` counted it in already)."""
+        sock.close()
+        if self.spread is not None and not self.closed:
+            self.spread.publish(held)
+
     def holding(self, held: int, cap: int) -> None:
         """A connection closed: ``held`` are left; below ``cap``, watch for new ones again."""
         if self.spread is not None and not self.closed:

@@ -339,7 +339,7 @@ class HardenedHTTPServer:
             if admitted:
                 self._adopt(sock, addr, now, trusted)
             else:
-                sock.close()  # over a cap of admission.py
+                self._listener.refuse(sock, len(self._conns))  # over a cap of admission.py
         if len(self._conns) >= self.max_connections and not self._draining:
             self._listener.pause(now)
 

@@ -3,11 +3,14 @@ over a real Unix socket, with real TCP connections; a sibling that is down is ha
 
 from __future__ import annotations
 
+import selectors
 import socket
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
+from ferrohsm.api.listener import Listener
 from ferrohsm.api.spread import DOWN, Member, Spread
 
 
@@ -162,6 +165,34 @@ def test_with_no_live_process_left_the_connection_is_closed(
     client.settimeout(5)
     assert client.recv(100) == b""  # closed, not left hanging
     client.close()
+
+
+def test_a_connection_admission_turns_away_is_not_counted(
+        make: Callable[[int], Spread]) -> None:
+    """The listener counts a connection in when ``accept`` returns it; one the server then
+    refuses (a per-address cap) is counted out again, or siblings would see one too many."""
+    spread, (me, _) = group(make, 0, 0)
+    selector = selectors.DefaultSelector()
+    listener = Listener("127.0.0.1", 0, 16, False, selector, "listener", me)
+    client = socket.create_connection(listener.address)
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                sock, _ = listener.accept(held=0)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        assert spread.cells[0] == 1
+        listener.refuse(sock, held=0)
+        assert spread.cells[0] == 0 and sock.fileno() == -1
+        listener.close()
+        assert spread.cells[0] == DOWN  # closed: siblings hand it nothing more
+    finally:
+        client.close()
+        listener.close()
+        selector.close()
 
 
 def test_a_spread_needs_two_processes_and_at_most_256() -> None:
