@@ -170,12 +170,10 @@ class Supervisor:
     def _spawn(self, index: int, now: float) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        pid = self._fork_on(self._cores[index % len(self._cores)] if self._cores else None)
         if pid == 0:  # the child: never returns into the parent's loop
             code = 1
             try:
-                if self._cores:  # before the child starts any thread: threads inherit it
-                    os.sched_setaffinity(0, {self._cores[index % len(self._cores)]})
                 code = self._child(index)
             except BaseException:  # a bug: say so once, and let the parent restart us
                 log.exception("process %d failed", index)
@@ -186,6 +184,23 @@ class Supervisor:
         slot = self.slots[index]
         slot.pid, slot.started = pid, now
         log.info("process %d started (pid %d)", index, pid)
+
+    @staticmethod
+    def _fork_on(core: int | None) -> int:
+        """fork, the child on ``core`` from its first instruction: the parent (one thread)
+        takes the core for the moment of the fork, so the child inherits it, and every thread
+        the child starts does too."""
+        if core is None:
+            return os.fork()
+        saved = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {core})
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0:  # the parent (or a failed fork): its own cores back
+                os.sched_setaffinity(0, saved)
+        return pid
 
     def start(self) -> None:
         now = time.monotonic()
