@@ -65,15 +65,18 @@ class Listener:
         """Close a connection ``accept`` returned that admission turned away: ``held`` are
         still held (``accept`` counted it in already)."""
         sock.close()
-        if self.spread is not None and not self.closed:
-            self.spread.publish(held)
+        self._publish(held)
 
     def holding(self, held: int, cap: int) -> None:
         """A connection closed: ``held`` are left; below ``cap``, watch for new ones again."""
-        if self.spread is not None and not self.closed:
-            self.spread.publish(held)
+        self._publish(held)
         if held < cap:
             self.resume()
+
+    def _publish(self, held: int) -> None:
+        """Tell the siblings (spread.py) how many this process holds, while it listens."""
+        if self.spread is not None and not self.closed:
+            self.spread.publish(held)
 
     def pause(self, now: float) -> None:
         """Stop watching for new clients; ``queued()`` tells whether one is waiting."""

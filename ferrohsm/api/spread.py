@@ -39,6 +39,31 @@ _SENDER = struct.Struct(">H")
 PARENT = 0xFFFF  # the sender of a connection the parent passed on (counted by nobody)
 
 
+def _sent(count: int, i: int, j: int) -> int:
+    """The cell of ``sent[i][j]``: after the ``count`` open cells."""
+    return count + i * count + j
+
+
+def _taken(count: int, j: int, i: int) -> int:
+    """The cell of ``taken[j][i]``: after the open and sent cells."""
+    return count * (1 + count) + j * count + i
+
+
+def _take_one(inbox: socket.socket, cells: memoryview, count: int, receiver: int
+              ) -> list[int] | None:
+    """One message from ``receiver``'s queue: its descriptor (at most one; none for a message
+    that carries none), counted as taken from its sender; None when the queue is empty."""
+    try:
+        data, fds, _, _ = socket.recv_fds(inbox, _SENDER.size, 1, socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return None
+    if len(data) == _SENDER.size and fds:
+        sender = _SENDER.unpack(data)[0]
+        if sender < count:
+            cells[_taken(count, receiver, sender)] += 1
+    return fds
+
+
 class Spread:
     """The shared counters and sockets of a group of ``count`` processes (made before fork)."""
 
@@ -62,15 +87,13 @@ class Spread:
         come. The dead process's ``taken`` counters are settled here (nobody else writes them
         until its replacement starts, after this)."""
         self.cells[index] = DOWN
-        inbox, count = self.pairs[index][0], self.count
         while True:
             try:
-                data, fds, _, _ = socket.recv_fds(inbox, _SENDER.size, 1, socket.MSG_DONTWAIT)
-            except OSError:  # BlockingIOError: nothing (more) queued
+                fds = _take_one(self.pairs[index][0], self.cells, self.count, index)
+            except OSError:
                 return
-            if len(data) == _SENDER.size and fds and _SENDER.unpack(data)[0] < count:
-                sender = _SENDER.unpack(data)[0]
-                self.cells[count * (1 + count) + index * count + sender] += 1
+            if fds is None:
+                return
             for fd in fds:
                 self._pass_on(fd)
 
@@ -104,8 +127,6 @@ class Member:
         self.index, self.count, self.cells = index, spread.count, spread.cells
         self.inbox = spread.pairs[index][0]
         self._out = [outbox for _, outbox in spread.pairs]
-        self._sent = spread.count + index * spread.count  # sent[index][j] is cells[_sent + j]
-        self._taken = spread.count * (1 + spread.count)  # taken[j][i]: cells[_taken + j*count + i]
         self.handed = self.adopted = 0  # this process's totals (for tests and metrics)
 
     def publish(self, held: int) -> None:
@@ -128,7 +149,7 @@ class Member:
                             socket.MSG_DONTWAIT)
         except OSError:  # its queue is full, or it is gone: keep the connection here
             return False
-        self.cells[self._sent + target] += 1
+        self.cells[_sent(self.count, self.index, target)] += 1
         self.handed += 1
         sock.close()
         return True
@@ -136,17 +157,9 @@ class Member:
     def receive(self) -> tuple[socket.socket, Any] | None:
         """A connection a sibling handed over (with its peer address), or None."""
         while True:
-            try:
-                data, fds, _, _ = socket.recv_fds(self.inbox, _SENDER.size, 1,
-                                                  socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
+            fds = _take_one(self.inbox, self.cells, self.count, self.index)
+            if fds is None:
                 return None
-            if len(data) == _SENDER.size and fds:
-                sender = _SENDER.unpack(data)[0]
-                if sender < self.count:
-                    self.cells[self._taken + self.index * self.count + sender] += 1
-            for fd in fds[1:]:  # never sent; closed rather than leaked
-                socket.close(fd)
             if not fds:
                 continue
             sock = socket.socket(fileno=fds[0])
@@ -168,7 +181,7 @@ class Member:
             load = cells[j]
             if load >= DOWN:
                 continue
-            load += cells[self._sent + j] - cells[self._taken + j * count + me]
+            load += cells[_sent(count, me, j)] - cells[_taken(count, j, me)]
             if load < least:
                 best, least = j, load
         return best
