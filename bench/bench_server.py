@@ -22,6 +22,8 @@ connections, rounds alternating between them so they share the machine's backgro
                 as before io_uring (labelled)
 * no-spin       durable with [audit] flush_spin_microseconds = 0: io_uring, but the loop sleeps
                 in select during a flush instead of polling for it (labelled)
+* fsync-here    durable with [audit] fsync_elsewhere = false: the kernel runs the audit fsyncs
+                on the server's core 0, not on core 1 (labelled)
 * stapling      (only with --stapling) durable with [tls] ocsp_staple = true: TLS through
                 pyOpenSSL, stapling a response fetched from a local `openssl ocsp` (wrk asks for
                 no status, so this measures the pyOpenSSL read/write path every request takes)
@@ -157,6 +159,8 @@ def throughput(args: argparse.Namespace, tmp: Path, pki: DevPki, env: dict[str, 
                                             dict(env, FERROHSM_AUDIT_FLUSH="thread")),
              "no-spin": lambda: Server(tmp, "nospin", pki,
                                        dict(env, FERROHSM_AUDIT_FLUSH_SPIN_MICROSECONDS="0")),
+             "fsync-here": lambda: Server(tmp, "fsynchere", pki,
+                                          dict(env, FERROHSM_AUDIT_FSYNC_ELSEWHERE="false")),
              "otlp": lambda: Server(tmp, "otlp", pki, otlp_env),
              "otlp-5pct": lambda: Server(tmp, "otlp5", pki, dict(
                  otlp_env, OTEL_TRACES_SAMPLER="parentbased_traceidratio",
@@ -342,7 +346,7 @@ def report_labelled(med: dict[str, dict[str, float]]) -> None:
     if "access-off" in med:
         print(f"ratio access-off / baseline: "
               f"{med['access-off']['rps'] / med['baseline']['rps']:.2f} (labelled: WARNING)")
-    for name in ("flush-thread", "no-spin"):
+    for name in ("flush-thread", "no-spin", "fsync-here"):
         if name in med:
             print(f"ratio durable / {name}: {med['durable']['rps'] / med[name]['rps']:.2f} "
                   f"(labelled: the shipped flush against {name})")

@@ -17,6 +17,7 @@ from .api import application
 from .api import router as routing
 from .api.admission import Admission
 from .api.dispatch import Turn
+from .api.flusher import FlushPlan
 from .api.handlers import approvals as approval_routes
 from .api.handlers import audit as audit_routes
 from .api.handlers import crypto as crypto_routes
@@ -38,7 +39,7 @@ from .auth.approverkeys import ApproverKeys
 from .auth.authn import Authenticator, build_authenticator
 from .auth.ratelimit import RateLimiter, policy_from_settings
 from .auth.sharedlimit import ClusterLimits
-from .config import Config, Secrets, parse_listen
+from .config import Config, Secrets, fsync_cores, parse_listen
 from .control.cluster import Cluster
 from .control.heldscheduler import HeldScheduler
 from .control.policy import Policy
@@ -527,7 +528,8 @@ def make_server(rt: Runtime, ssl_provider: Any, spread: Member | None = None
         idle_timeout=s.idle_timeout_seconds, max_body=s.max_body_bytes, logger=log,
         workers=s.workers, inline=rt.app.runs_inline, audit=rt.audit,
         on_refused=rt.app.refuse, reuse_port=s.processes > 1, spread=spread, turn=store_turn(getattr(rt, "store", None)),
-        flush=rt.config.audit.flush, flush_spin=rt.config.audit.flush_spin_microseconds / 1e6,
+        flush=FlushPlan(rt.config.audit.flush, rt.config.audit.flush_spin_microseconds / 1e6,
+                        fsync_cores(rt.config)),
         # spans end when the answer is written; a seal gate in front (custody/) traces nothing
         on_request=rt.app.finished if getattr(rt.app, "tracer", None) is not None else None)
 

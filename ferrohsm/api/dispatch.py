@@ -43,7 +43,15 @@ from typing import Any
 
 from ..domain.errors import AuditUnavailable, FerroError
 from .connection import Conn, Incoming
-from .flusher import NOT_DURABLE, Batches, Durability, RingFlusher, ThreadFlusher
+from .flusher import (
+    DEFAULT_FLUSH,
+    NOT_DURABLE,
+    Batches,
+    Durability,
+    FlushPlan,
+    RingFlusher,
+    ThreadFlusher,
+)
 from .http import Request, Response, error_response
 from .transit import is_transit
 from .transit.envelope import error as vault_error
@@ -58,15 +66,13 @@ INTERNAL_MESSAGE = "internal error; the server log has details under this reques
 _log = logging.getLogger("ferrohsm.http")
 MAX_HOLD = 0.002  # seconds a written batch may wait for more before its flush starts
 HAND_OVER_SHARE = 0.85  # of the requests in progress, waiting on held records: flush now
-FLUSH_SPIN = 0.002  # seconds the loop may poll for a flush's completion (api/flusher.py)
 
 
 class Dispatcher:
     def __init__(self, app: App, *, inline: Callable[[Request], bool] | None,
                  audit: Durability | None, workers: int, log: logging.Logger,
                  wake: Callable[[], None], refuse: Refuse | None = None,
-                 turn: Turn | None = None, flush: str = "auto",
-                 flush_spin: float = FLUSH_SPIN) -> None:
+                 turn: Turn | None = None, flush: FlushPlan = DEFAULT_FLUSH) -> None:
         self.app = app
         self.turn: Turn = turn or nullcontext
         self.inline = inline
@@ -83,7 +89,7 @@ class Dispatcher:
         self._held_requests = 0
         self._held_since = 0.0
         self._handed = self._finished = 0  # batches; each counter has one writer thread
-        self._flush_mode, self._flush_spin = flush, flush_spin
+        self._flush = flush
         self._flusher: ThreadFlusher | RingFlusher | None = (
             ThreadFlusher(audit, self._settle, wake, log) if audit is not None else None)
 
@@ -91,7 +97,7 @@ class Dispatcher:
         """On the loop's thread, before it runs: flush through io_uring when the sink lets the
         loop flush it (``[audit] flush = "auto"``), its completions being ``tag`` events."""
         audit = self.audit
-        if (self._flush_mode != "auto" or audit is None
+        if (self._flush.mode != "auto" or audit is None
                 or not getattr(audit, "flushes_by_caller", lambda: False)()):
             return
         try:
@@ -99,7 +105,8 @@ class Dispatcher:
         except OSError as exc:
             self.log.info("audit flushes run on a thread (io_uring: %s)", exc.strerror or exc)
             return
-        self._flusher = RingFlusher(ring, audit, self._settle, self.log, self._flush_spin)
+        self._flusher = RingFlusher(ring, audit, self._settle, self.log, self._flush.spin,
+                                    self._flush.cores)
         selector.register(ring.fileno(), selectors.EVENT_READ, tag)
 
     def flushed(self) -> None:

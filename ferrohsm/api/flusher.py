@@ -14,6 +14,11 @@ hand-off per group. While a flush that many requests wait on is in flight, the l
 instead of sleeping (``spinning``, for at most ``spin`` seconds, yielding the core each time):
 on a virtual machine a sleeping core takes tens of microseconds to wake when the completion
 arrives, and every waiting request waits for that too. Measured in bench/RESULTS.md.
+
+Where the fsync's own CPU goes (``FlushPlan.cores``): the kernel worker that runs the loop's
+fsyncs starts on the loop's core, so a server pinned to one core ([server] pin_cpu) pays for its
+fsyncs in the core its Python runs on. Given the cores no serving process uses, the worker runs
+there instead (IORING_REGISTER_IOWQ_AFF), and the loop keeps its core for requests.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from ..domain.errors import FerroError
@@ -40,6 +46,21 @@ NOT_RUN = frozenset({errno.ECANCELED, errno.EINTR, errno.EAGAIN, errno.EINVAL, e
                      errno.ENOSYS})
 T = TypeVar("T")
 SPIN_MIN_REQUESTS = 4  # a flush fewer requests wait on is not worth a busy core
+FLUSH_SPIN = 0.002  # seconds the loop may poll for a flush's completion
+
+
+@dataclass(frozen=True)
+class FlushPlan:
+    """How the loop's groups are flushed ([audit] flush, flush_spin_microseconds,
+    fsync_elsewhere): ``mode`` "auto" (io_uring where it applies) or "thread"; ``spin`` seconds
+    of polling; ``cores`` the ring's kernel worker runs on (empty: wherever the loop runs)."""
+
+    mode: str = "auto"
+    spin: float = FLUSH_SPIN
+    cores: frozenset[int] = frozenset()
+
+
+DEFAULT_FLUSH = FlushPlan()
 
 
 class Durability(Protocol):
@@ -135,8 +156,9 @@ class RingFlusher:
     """Flushes started and finished on the event loop's thread (every method but close)."""
 
     def __init__(self, ring: FsyncRing, audit: Any, settle: Settle, log: logging.Logger,
-                 spin: float) -> None:
+                 spin: float, cores: frozenset[int] = frozenset()) -> None:
         self.ring, self.audit, self.settle, self.log, self.spin = ring, audit, settle, log, spin
+        self._cores = cores  # steered (then emptied) before the loop's first fsync
         self._inflight: tuple[Batches, Any, float] | None = None
         self._queued: Batches = []  # handed over while a flush was in flight: the next one
         self._waiting = 0  # requests the flush in flight settles
@@ -150,6 +172,8 @@ class RingFlusher:
         if pending is None:  # durable already, or failed before it began
             self.settle(batches, failure)
             return
+        if self._cores:
+            self._steer()
         try:
             self.ring.submit_fsync(pending.fd, 1)
         except OSError as exc:  # the ring refused it (no fsync ran): fsync here instead
@@ -159,6 +183,16 @@ class RingFlusher:
             return
         self._inflight = (batches, pending, time.monotonic())
         self._waiting = sum(len(answers) for answers in batches)
+
+    def _steer(self) -> None:
+        """Send this thread's fsyncs to the spare cores: once, on the loop's thread (the worker
+        pool is per submitting thread), before its first fsync starts a worker."""
+        cores, self._cores = self._cores, frozenset()
+        try:
+            self.ring.steer_workers(cores)
+        except OSError as exc:  # an older kernel, or cores outside this process's cpuset
+            self.log.info("audit fsyncs run on the server's own core (io_uring: %s)",
+                          exc.strerror or exc)
 
     def ready(self) -> None:
         """The ring's eventfd is readable: settle the flush that completed, start the next."""

@@ -62,8 +62,8 @@ from .connection import (
     Incoming,
     PeerGone,
 )
-from .dispatch import FLUSH_SPIN, INTERNAL_MESSAGE, App, Dispatcher, Refuse, Turn
-from .flusher import Durability
+from .dispatch import INTERNAL_MESSAGE, App, Dispatcher, Refuse, Turn
+from .flusher import DEFAULT_FLUSH, Durability, FlushPlan
 from .http import Request, Response, error_response
 from .listener import Listener, Waker
 from .parse import Limits, render_response
@@ -108,7 +108,7 @@ class HardenedHTTPServer:
         audit: Durability | None = None,
         on_refused: Refuse | None = None,
         turn: Turn | None = None,
-        flush: str = "auto", flush_spin: float = FLUSH_SPIN,
+        flush: FlushPlan = DEFAULT_FLUSH,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
@@ -127,7 +127,7 @@ class HardenedHTTPServer:
         self.linger_timeout = linger_timeout
         self._dispatcher = Dispatcher(app, inline=inline, audit=audit, workers=workers,
                                       log=self.log, wake=self._wake, refuse=on_refused, turn=turn,
-                                      flush=flush, flush_spin=flush_spin)
+                                      flush=flush)
         self._listener: Listener | None = None
         self._address: tuple[str, int] | None = None
         self._selector: selectors.BaseSelector | None = None

@@ -28,9 +28,10 @@ import sys
 
 # x86-64 system call numbers (the same on every kernel since 5.1)
 _SETUP, _ENTER, _REGISTER = 425, 426, 427
-_OP_FSYNC = 3
+_OP_NOP, _OP_FSYNC = 0, 3
 _SQE_ASYNC = 1 << 4  # IOSQE_ASYNC: straight to a kernel worker (an fsync cannot be done inline)
 _REGISTER_EVENTFD = 4
+_REGISTER_IOWQ_AFF = 17  # Linux 5.14: the cores this thread's io_uring workers may run on
 _FEAT_SINGLE_MMAP = 1
 _FEAT_FAST_POLL = 1 << 5  # Linux 5.7: every flag used here (IOSQE_ASYNC is 5.6) is known
 _OFF_SQES = 0x10000000
@@ -103,6 +104,19 @@ class FsyncRing:
             code = ctypes.get_errno()
             raise RingError(code, f"io_uring_register: {os.strerror(code)}")
 
+    def steer_workers(self, cpus: frozenset[int]) -> None:
+        """Run the kernel workers that carry out this thread's fsyncs on ``cpus``. Must come
+        before the thread's first submission: a worker already started keeps its cores."""
+        self._submit(_OP_NOP, 0, -1, 0)  # gives this thread its io_uring context, done inline
+        self.completions()
+        nbytes = (max(cpus) // 64 + 1) * 8  # a cpu_set_t: one bit per core, in 64-bit words
+        mask = sum(1 << cpu for cpu in cpus).to_bytes(nbytes, "little")
+        if self._libc.syscall(_REGISTER, ctypes.c_uint(self._fd),
+                              ctypes.c_uint(_REGISTER_IOWQ_AFF),
+                              ctypes.create_string_buffer(mask, nbytes), ctypes.c_uint(nbytes)) < 0:
+            code = ctypes.get_errno()
+            raise RingError(code, f"io_uring_register: {os.strerror(code)}")
+
     def fileno(self) -> int:
         """The eventfd that becomes readable when a completion is posted."""
         return self._efd
@@ -110,11 +124,13 @@ class FsyncRing:
     def submit_fsync(self, fd: int, user_data: int) -> None:
         """Start ``fsync(fd)``; its result comes back from ``completions()`` with ``user_data``.
         The caller keeps ``fd`` open until then, and at most the ring's size in flight."""
+        self._submit(_OP_FSYNC, _SQE_ASYNC, fd, user_data)
+
+    def _submit(self, op: int, flags: int, fd: int, user_data: int) -> None:
         rings = self._rings
         tail = _U32.unpack_from(rings, self._sq_tail)[0]
         index = tail & self._sq_mask
-        _SQE.pack_into(self._sqes, index * _SQE.size, _OP_FSYNC, _SQE_ASYNC, 0, fd, 0, 0, 0, 0,
-                       user_data)
+        _SQE.pack_into(self._sqes, index * _SQE.size, op, flags, 0, fd, 0, 0, 0, 0, user_data)
         _U32.pack_into(rings, self._sq_array + index * 4, index)
         _U32.pack_into(rings, self._sq_tail, (tail + 1) & _MASK32)  # published after the entry
         if self._libc.syscall(_ENTER, ctypes.c_uint(self._fd), ctypes.c_uint(1), ctypes.c_uint(0),

@@ -155,6 +155,8 @@ class AuditSettings:
     # where the kernel allows it (file sink, Linux x86-64), else a thread; "thread" = always a thread
     flush: str = "auto"
     flush_spin_microseconds: int = 2000  # io_uring: poll for a busy group's fsync at most this long
+    # io_uring, one process pinned to a core ([server] pin_cpu): its fsyncs run on the other cores
+    fsync_elsewhere: bool = True
 
 
 @dataclass(frozen=True)
@@ -365,6 +367,17 @@ _HINTS = {"postgres_dsn": " (the DSN, which holds a password, is read only from 
 def cores() -> int:
     """``processes = "auto"`` (file, environment or flag): one process per core."""
     return os.cpu_count() or 1
+
+
+def fsync_cores(config: Config) -> frozenset[int]:
+    """Where the kernel runs the audit fsyncs of a server pinned to one core
+    ([audit] fsync_elsewhere; api/flusher.py): the machine's other cores. With processes = N
+    each core runs a serving process, whose own work a sibling's fsyncs would interrupt
+    (measured slower, bench/RESULTS.md), so they stay where they are; so do an unpinned one's."""
+    s = config.server
+    if not config.audit.fsync_elsewhere or s.processes != 1 or s.pin_cpu < 0:
+        return frozenset()
+    return frozenset(range(cores())) - {s.pin_cpu}
 
 
 # Words a number setting also takes, wherever it is given: what each stands for.

@@ -17,7 +17,7 @@ import pytest
 from test_event_loop import KEY, GatedSink, audited_app, inline, req
 
 from ferrohsm.api import uring
-from ferrohsm.api.flusher import SPIN_MIN_REQUESTS, RingFlusher, ThreadFlusher
+from ferrohsm.api.flusher import SPIN_MIN_REQUESTS, FlushPlan, RingFlusher, ThreadFlusher
 from ferrohsm.audit.sinks import FileSink
 from ferrohsm.audit.verify import verify_paths
 
@@ -135,7 +135,7 @@ def test_the_committer_thread_stays_where_the_ring_does_not_apply(
                                     durable=case != "not durable"))
     try:
         server = make_server(audited_app(sink), inline=inline, audit=sink,
-                             flush="thread" if case == "thread setting" else "auto")
+                             flush=FlushPlan("thread" if case == "thread setting" else "auto"))
         assert isinstance(flusher(server), ThreadFlusher)
         client = connect(server)
         client.send(req("/op"))
@@ -180,3 +180,60 @@ def test_a_completion_that_says_the_fsync_did_not_run_is_fsynced_again(
     finally:
         os.close(fd)
         ring.close()
+
+
+def io_workers() -> list[set[int]]:
+    """The cores each of this process's io_uring workers may run on."""
+    found = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            if Path(f"/proc/self/task/{tid}/comm").read_text().startswith("iou-wrk"):
+                found.append(os.sched_getaffinity(int(tid)))
+        except OSError:  # a worker that exited meanwhile
+            pass
+    return found
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_the_loops_fsyncs_run_on_the_cores_it_is_given(make_server: Any, connect: Any,
+                                                        tmp_path: Path) -> None:
+    spare = frozenset({max(os.sched_getaffinity(0))})
+    sink = FileSink(str(tmp_path / "audit"), KEY)
+    try:
+        server = make_server(audited_app(sink), inline=inline, audit=sink,
+                             flush=FlushPlan(cores=spare))
+        client = connect(server)
+        for n in range(3):
+            client.send(req("/op", f"steered-{n}"))
+            assert client.read_response().status == 200
+        assert set(spare) in io_workers()  # the worker that ran them: on the spare core only
+    finally:
+        sink.close()
+
+
+def test_cores_the_kernel_refuses_leave_the_fsyncs_where_they_were(
+        make_server: Any, connect: Any, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A kernel before 5.14, or cores outside the process's cpuset: EINVAL from the register
+    call (this kernel ignores cores it does not have, so the refusal is injected)."""
+    caplog.set_level(logging.INFO)
+    sink = FileSink(str(tmp_path / "audit"), KEY)
+    try:
+        server = make_server(audited_app(sink), inline=inline, audit=sink,
+                             flush=FlushPlan(cores=frozenset({0})))
+        tries = []
+
+        def refuse(cores: frozenset[int]) -> None:
+            tries.append(cores)
+            raise uring.RingError(errno.EINVAL, "Invalid argument")
+        flusher(server).ring.steer_workers = refuse
+        client = connect(server)
+        head = sink.head()[0]
+        for n in range(3):
+            client.send(req("/op", f"not-steered-{n}"))
+            assert client.read_response().status == 200
+        assert sink.head()[0] == head + 3  # durable all the same
+        assert tries == [frozenset({0})]  # tried once, before the first fsync
+        assert caplog.text.count("audit fsyncs run on the server's own core") == 1
+    finally:
+        sink.close()

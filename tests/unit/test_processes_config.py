@@ -10,7 +10,7 @@ import pytest
 
 from ferrohsm.cli.main import main
 from ferrohsm.cli.nodes import auto_processes
-from ferrohsm.config import load_config
+from ferrohsm.config import fsync_cores, load_config
 from ferrohsm.domain.errors import ConfigError
 
 
@@ -125,3 +125,16 @@ def _wait_for_term() -> int:
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     time.sleep(30)
     return 1
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"FERROHSM_SERVER_PIN_CPU": "0"}, "others"),
+    ({"FERROHSM_SERVER_PIN_CPU": "0", "FERROHSM_AUDIT_FSYNC_ELSEWHERE": "false"}, "none"),
+    ({}, "none"),  # not pinned: the scheduler places the worker
+    ({"FERROHSM_SERVER_PROCESSES": "2", "FERROHSM_KEY_STORE": "sqlite"}, "none"),  # all serve
+])
+def test_a_server_pinned_to_one_core_has_its_fsyncs_run_on_the_others(
+        env: dict[str, str], expected: str) -> None:
+    others = frozenset(range(os.cpu_count() or 1)) - {0}
+    assert fsync_cores(load_config(None, env=env)) == (others if expected == "others"
+                                                       else frozenset())
