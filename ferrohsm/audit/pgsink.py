@@ -128,18 +128,42 @@ def migrate(conn: psycopg.Connection) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_MIGRATE))
     conn.execute("CREATE TABLE IF NOT EXISTS audit_schema_migrations (version integer PRIMARY "
                  "KEY, applied_at timestamptz NOT NULL DEFAULT now())")
-    row = conn.execute("SELECT max(version) FROM audit_schema_migrations").fetchone()
-    current = int(row[0]) if row and row[0] is not None else 0
+    current = _schema_version(conn)
     if current > SCHEMA_VERSION:
         conn.rollback()
-        raise AuditUnavailable(f"the audit database schema is version {current}, newer than the "
-                               f"{SCHEMA_VERSION} this FerroHSM knows: upgrade FerroHSM")
+        raise _newer(current)
     for version, sql in MIGRATIONS:
         if version > current:
             conn.execute(sql.encode())
             conn.execute("INSERT INTO audit_schema_migrations (version) VALUES (%s)", (version,))
             log.info("audit database: applied migration %d", version)
     conn.commit()
+
+
+def refuse_newer_schema(dsn: str, timeout: float) -> None:
+    """Refuse a schema newer than this version before this node makes anything of its own (its
+    signing key, its checkpoint file): a node that cannot join leaves nothing behind. Reads
+    only; ``migrate`` checks again under its lock."""
+    conn = connect(dsn, autocommit=True, timeout=timeout)
+    try:
+        row = conn.execute("SELECT to_regclass('audit_schema_migrations') IS NOT NULL").fetchone()
+        current = _schema_version(conn) if row and row[0] else 0
+    except driver().Error as exc:
+        raise AuditUnavailable(f"cannot open the audit database: {reason(exc)}") from None
+    finally:
+        conn.close()
+    if current > SCHEMA_VERSION:
+        raise _newer(current)
+
+
+def _schema_version(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT max(version) FROM audit_schema_migrations").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _newer(current: int) -> AuditUnavailable:
+    return AuditUnavailable(f"the audit database schema is version {current}, newer than the "
+                            f"{SCHEMA_VERSION} this FerroHSM knows: upgrade FerroHSM")
 
 
 def _columns(sealed: list[tuple[dict[str, Any], bytes]]) -> tuple[list[Any], ...]:
@@ -164,6 +188,7 @@ class PostgresSink(ChainedSink):
             raise ConfigError('[audit].sink = "postgres" needs a DSN (see [storage] '
                               "postgres_dsn_env)")
         self._psycopg = driver()
+        refuse_newer_schema(dsn, connect_timeout)
         os.makedirs(directory, mode=0o700, exist_ok=True)  # this node's checkpoints and key
         super().__init__(hmac_key, anchor=Anchor(directory, key_path=signing_key_path,
                                                  checkpoint_path=checkpoint_path, durable=durable),

@@ -224,3 +224,20 @@ def test_a_database_behind_what_the_node_wrote_stops_the_sink(
     sink.close()
     with pytest.raises(AuditUnavailable, match="shorter than its last signed checkpoint"):
         PostgresSink(dsn, KEY, directory=str(tmp_path / "node"))
+
+
+def test_a_newer_audit_schema_is_refused_before_the_node_makes_its_signing_key(
+        postgres: pgserver.PostgresServer, tmp_path: Path) -> None:
+    import psycopg
+
+    from ferrohsm.audit.pgsink import SCHEMA_VERSION
+    dsn = postgres.new_database()
+    PostgresSink(dsn, KEY, directory=str(tmp_path / "first")).close()
+    with psycopg.connect(dsn) as conn:  # a later FerroHSM migrated the database further
+        conn.execute("INSERT INTO audit_schema_migrations (version) VALUES (%s)",
+                     (SCHEMA_VERSION + 1,))
+    joining = tmp_path / "joining"
+    with pytest.raises(AuditUnavailable, match=f"schema is version {SCHEMA_VERSION + 1}, newer "
+                                               "than the .* upgrade FerroHSM"):
+        PostgresSink(dsn, KEY, directory=str(joining))
+    assert not joining.exists()  # no signing key, no checkpoint file: nothing to clean up
