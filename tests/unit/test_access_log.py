@@ -235,3 +235,31 @@ def test_two_processes_on_one_pipe_never_cut_a_line(tmp_path: object) -> None:
     lines = b"".join(chunks).splitlines()
     assert len(lines) == 2 * 20 * 200
     assert all(json.loads(line)["url.path"].startswith("/v1/keys/") for line in lines)
+
+
+def test_the_writer_keeps_up_every_few_milliseconds_and_backs_off_when_idle(
+        logger: logging.Logger) -> None:
+    class Turns(AccessLog):
+        turns = 0
+
+        def flush(self) -> int:
+            self.turns += 1
+            return super().flush()
+
+    out = Counting()
+    access = Turns(out, logger=logger)
+    assert access.interval <= 0.005 and access.idle_interval >= 0.05
+    record(access, request_id="first")  # starts the writer
+    deadline = time.monotonic() + 5
+    while access.written < 1 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    for i in range(20):  # lines that keep coming are written within milliseconds
+        record(access, request_id=f"r{i}")
+        time.sleep(0.002)
+    time.sleep(0.05)
+    assert access.written == 21
+    time.sleep(0.15)  # idle from here on
+    turns = access.turns
+    time.sleep(0.5)
+    assert access.turns - turns <= 6  # about every 0.1 s, not every 5 ms (100 turns)
+    access.close()
