@@ -77,6 +77,8 @@ def new_id_block(spans: int, *, trace: bool = True) -> str:
     width = at + 16 * spans
     while True:
         text = f"{_ids.getrandbits(4 * width):0{width}x}"
+        if _ZERO_SPAN not in text:  # nearly always: then no id in it can be all zeros
+            return text
         if (not trace or text[:32] != _ZERO_TRACE) and all(
                 text[i:i + 16] != _ZERO_SPAN for i in range(at, width, 16)):
             return text
