@@ -188,14 +188,14 @@ class Application:
                       span: RequestSpan | None = None) -> Principal:
         if span is None:
             return self._authenticate_now(req, ctx)
-        child = span.child("authenticate")
+        start, error = time.time_ns(), None
         try:
             return self._authenticate_now(req, ctx)
         except FerroError as exc:
-            child.set_attribute("error.type", exc.code)
+            error = exc.code
             raise
         finally:
-            child.end()
+            span.ended_child("authenticate", start, error)
 
     def _authenticate_now(self, req: Request, ctx: RequestContext) -> Principal:
         """The token from the Authorization header (never from the query string).
@@ -273,17 +273,17 @@ def _agent(req: Request) -> str | None:
 def _traced(span: RequestSpan, route: Any, ctx: RequestContext, req: Request,
             params: dict[str, str]) -> Any:
     """Run the handler inside the key operation's child span (named after the route)."""
-    child = span.child(f"ferrohsm {route.name or route.template}")
+    start, error = time.time_ns(), None
     try:
         if req.tickets is not None:  # on the event loop: its records' group flush is its child
             return route.handler(ctx, req, params)
         with running(span):  # on a worker: each durable record becomes an audit.flush child
             return route.handler(ctx, req, params)
     except FerroError as exc:
-        child.set_attribute("error.type", exc.code)
+        error = exc.code
         raise
     finally:
-        child.end()
+        span.ended_child(f"ferrohsm {route.name or route.template}", start, error)
 
 
 def _error(req: Request, exc: FerroError) -> Response:

@@ -164,7 +164,7 @@ class RequestSpan:
         self.state = state
         self.attributes = attributes
         self.start_ns = time.time_ns() if start_ns is None else start_ns
-        self._flush: ChildSpan | None = None
+        self._flush: tuple[int, int] | None = None  # the group flush's start and records
         self.ended = False
         self.error_type: str | None = None  # the refusal's code, once the app knows it
 
@@ -175,30 +175,37 @@ class RequestSpan:
     def update_name(self, name: str) -> None:
         self.name = name
 
-    def child(self, name: str, attributes: dict[str, Any] | None = None) -> ChildSpan:
-        """Start an INTERNAL child span; the caller ends it (``span.end()``)."""
+    def _child_id(self) -> str:
         at = self._next
         span_id = self._ids[at:at + 16]
         if span_id:
             self._next = at + 16
-        else:  # more children than ids drawn up front
-            span_id = new_span_id()
-        return ChildSpan(self, span_id, name, attributes)
+            return span_id
+        return new_span_id()  # more children than ids drawn up front
+
+    def ended_child(self, name: str, start_ns: int, error_type: str | None = None,
+                    attributes: dict[str, Any] | None = None, end_ns: int = 0) -> None:
+        """Record an INTERNAL child that ran from ``start_ns`` until now (or ``end_ns``), when
+        it ends: no object per child (they were about 1.5 µs a request on the loop)."""
+        if error_type is not None:
+            attributes = {**(attributes or {}), "error.type": error_type}
+        self.queue.append((self.trace_id, self._child_id(), self.span_id, name, INTERNAL,
+                           start_ns, end_ns or time.time_ns(), attributes, False, self.state))
 
     @contextmanager
     def flushing(self) -> Iterator[None]:
         """An ``audit.flush`` child around one record written and flushed while the request
         waits (a worker's request: each of its durable records)."""
-        child = self.child("audit.flush", {"ferrohsm.audit.records": 1})
+        start = time.time_ns()
         try:
             yield
         finally:
-            child.end()
+            self.ended_child("audit.flush", start, None, {"ferrohsm.audit.records": 1})
 
     def begin_flush(self, records: int) -> None:
         """The request's audit records are written; their flush (fsync) begins."""
         if self._flush is None:
-            self._flush = self.child("audit.flush", {"ferrohsm.audit.records": records})
+            self._flush = (time.time_ns(), records)
 
     def finish(self, status: int, error_type: str | None = None) -> None:
         """End the flush span (if any) and the server span with the final status."""
@@ -207,7 +214,9 @@ class RequestSpan:
         self.ended = True
         end = time.time_ns()
         if self._flush is not None:
-            self._flush.end(end)
+            start, records = self._flush
+            self.ended_child("audit.flush", start, None, {"ferrohsm.audit.records": records},
+                             end)
         attributes = self.attributes
         attributes["http.response.status_code"] = status
         if error_type is not None:
@@ -220,33 +229,3 @@ class RequestSpan:
 
     def set(self, name: str, value: Any) -> None:
         self.attributes[name] = value
-
-
-class ChildSpan:
-    """An INTERNAL span under a RequestSpan (the few methods of the SDK's Span used here). It
-    copies what it needs of its parent rather than pointing at it: no reference cycle, so
-    it is freed when the request is, never left to the garbage collector."""
-
-    __slots__ = ("attributes", "name", "parent_id", "queue", "span_id", "start_ns", "state",
-                 "trace_id")
-
-    def __init__(self, owner: RequestSpan, span_id: str, name: str,
-                 attributes: dict[str, Any] | None) -> None:
-        self.queue = owner.queue
-        self.trace_id = owner.trace_id
-        self.parent_id = owner.span_id
-        self.state = owner.state
-        self.span_id = span_id
-        self.name = name
-        self.attributes = attributes
-        self.start_ns = time.time_ns()
-
-    def set_attribute(self, name: str, value: Any) -> None:
-        if self.attributes is None:
-            self.attributes = {}
-        self.attributes[name] = value
-
-    def end(self, end_time: int | None = None) -> None:
-        self.queue.append((self.trace_id, self.span_id, self.parent_id, self.name, INTERNAL,
-                           self.start_ns, time.time_ns() if end_time is None else end_time,
-                           self.attributes, False, self.state))

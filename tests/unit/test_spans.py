@@ -105,9 +105,7 @@ def test_a_request_leaves_its_server_span_and_children_as_records(tmp_path: Path
         assert span is not None and span.recording
         trace_id, span_id, flags = span.ids()
         assert (trace_id, flags) == (TRACE, "01") and len(span_id) == 16 and span_id != SPAN
-        auth = span.child("authenticate")
-        auth.set_attribute("error.type", "unauthenticated")
-        auth.end()
+        span.ended_child("authenticate", time.time_ns(), "unauthenticated")
         span.begin_flush(2)
         span.update_name("POST /v1/x")
         span.set("http.route", "/v1/x")
