@@ -221,3 +221,21 @@ def test_the_batch_processor_variables_shape_the_frames(tmp_path: Path) -> None:
     finally:
         pipe.close()
     assert sorted(len(f) for f in frames(out)) == [1, 3, 3]
+
+
+def test_records_go_out_a_frame_at_a_time_and_beyond_the_queue_bound_are_dropped(
+        tmp_path: Path) -> None:
+    out = tmp_path / "frames"
+    pipe = SpanPipe(copier(out), interval=3600, environ={
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "10", "OTEL_BSP_MAX_QUEUE_SIZE": "100"})
+    try:
+        pipe.queue.extend((TRACE, f"{i:016x}", None, "GET /x", SERVER, 1, 2, None, False, None)
+                          for i in range(250))
+        with pipe._lock:
+            pipe._drain()
+        assert not pipe.queue and pipe.stats()["dropped"] == 150
+    finally:
+        pipe.close()
+    sent = frames(out)
+    assert [len(frame) for frame in sent] == [10] * 10  # the oldest 100, in order
+    assert [record[1] for frame in sent for record in frame] == [f"{i:016x}" for i in range(100)]
