@@ -6,6 +6,11 @@ included), so a damaged or inconsistent store is not backed up, and a running se
 filesystem store, the file audit sink) make it refuse. Restore verifies the whole archive (its
 authentication, every record MAC, the master key's check value) before it writes anything, and
 only into an empty data directory and store (custody/restore.py says what a kill -9 leaves).
+
+Split-knowledge mode: the master key is rebuilt from a threshold of the custodians' shares and
+checked against the custody file in the data directory (a restore's target holds a copy of the
+source's); shares that do not open it are refused before anything is written, and a refused
+offline backup is recorded in the source's audit log.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -38,6 +44,11 @@ def _flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backup-key-file", metavar="FILE", help="0600 file holding a separate "
                    "backup key (base64 of 32 bytes); default FERROHSM_BACKUP_KEY, else "
                    "[secrets].backup_key_file, else a key derived from the master key")
+    p.add_argument("--share-file", action="append", default=[], metavar="FILE",
+                   help='split-knowledge mode ([secrets] unseal = "shamir"): a file with one '
+                   "unseal share (repeat; the rest are read from stdin or prompted for)")
+    p.add_argument("--private-key", metavar="FILE",
+                   help="custodian private key opening encrypted share files")
 
 
 def add_parsers(sub: Any) -> None:
@@ -60,9 +71,14 @@ def add_parsers(sub: Any) -> None:
     r = sub.add_parser("restore", help="restore a backup archive into an empty data directory",
                        description="Verify the archive completely, then restore it into an "
                        "empty data directory and store (any store kind). Needs the same master "
-                       "key (and backup key) as the source.", formatter_class=fmt,
-                       epilog="example:\n  ferrohsm restore /backups/ferrohsm.fhsmbak "
-                       "--data-dir /var/lib/ferrohsm-new --key-store sqlite")
+                       "key (and backup key) as the source; in split-knowledge mode, a "
+                       "threshold of its shares and its custody.json copied into the new data "
+                       "directory first.", formatter_class=fmt,
+                       epilog="examples:\n  ferrohsm restore /backups/ferrohsm.fhsmbak "
+                       "--data-dir /var/lib/ferrohsm-new --key-store sqlite\n  cp "
+                       "/var/lib/ferrohsm/custody.json /var/lib/ferrohsm-new/ && ferrohsm "
+                       "restore /backups/ferrohsm.fhsmbak --data-dir /var/lib/ferrohsm-new "
+                       "--share-file share-1 --share-file share-2")
     _flags(r)
     r.add_argument("archive", metavar="FILE", help="the archive written by `ferrohsm backup`")
     r.set_defaults(func=run_restore)
@@ -72,12 +88,29 @@ def _config(args: argparse.Namespace) -> Config:
     config = load_config(args.config, overrides={
         ("storage", "key_store"): args.key_store, ("storage", "data_dir"): args.data_dir,
         ("secrets", "backup_key_file"): args.backup_key_file})
-    if config.secrets.unseal == "shamir":
-        raise ConfigError("restore and offline backup need the master key, and split-knowledge "
-                          '([secrets] unseal = "shamir") gives it to nobody: take online '
-                          "backups from the unsealed server; restoring one is not supported in "
-                          "this mode yet")
+    if config.secrets.unseal != "shamir" and (args.share_file or args.private_key):
+        raise ConfigError('--share-file and --private-key are for split-knowledge mode '
+                          '([secrets] unseal = "shamir"): here the master key comes from '
+                          "FERROHSM_MASTER_KEY or [secrets].master_key_file")
     return config
+
+
+def _secrets(config: Config, args: argparse.Namespace, untouched: str) -> Any:
+    """The secrets ``serve`` would use. In split-knowledge mode nobody holds the master key:
+    a threshold of custodians give their shares, and the custody file in the data directory
+    checks them (for a restore, the source's, copied there first)."""
+    if config.secrets.unseal != "shamir":
+        return load_secrets(config)
+    from ..custody import state
+    from .custody import master_from_shares, other_secrets
+    secrets = other_secrets(config)
+    if not state.path_in(config.storage.data_dir).exists():
+        raise ConfigError(f"split-knowledge mode: {state.path_in(config.storage.data_dir)} does "
+                          "not exist. For a restore, copy the source data directory's "
+                          f"{state.FILE_NAME} there first: its shares open the archive")
+    master = master_from_shares(args.share_file, args.private_key, config.storage.data_dir,
+                                untouched)
+    return dataclasses.replace(secrets, master_key=master)
 
 
 def run_backup(args: argparse.Namespace) -> int:
@@ -87,7 +120,9 @@ def run_backup(args: argparse.Namespace) -> int:
         return run_offline_backup(args)
     given = [f for f, v in (("--config", args.config), ("--data-dir", args.data_dir),
                             ("--key-store", args.key_store),
-                            ("--backup-key-file", args.backup_key_file)) if v]
+                            ("--backup-key-file", args.backup_key_file),
+                            ("--share-file", args.share_file),
+                            ("--private-key", args.private_key)) if v]
     if given:
         raise CliExit(f"{', '.join(given)}: only with --offline (online, the server's own "
                       "settings apply)", USAGE)
@@ -126,7 +161,12 @@ def run_offline_backup(args: argparse.Namespace) -> int:
     if config.storage.key_store == "memory":
         raise ConfigError("the memory key store keeps nothing to back up")
     out = Path(args.out)
-    secrets = load_secrets(config)
+    try:
+        secrets = _secrets(config, args, "nothing was written")
+    except ConfigError as exc:
+        if config.secrets.unseal == "shamir":
+            _record_refused(wiring, config, exc.message)
+        raise
     key = backup_key(secrets.master_key, os.environ, config.secrets.backup_key_file)
     try:
         store, approvals, audit = wiring.open_for_backup(config, secrets)
@@ -183,6 +223,24 @@ def _read_archive(path: str) -> bytes:
     return data
 
 
+def _record_refused(wiring: Any, config: Config, why: str) -> None:
+    """An offline backup the shares did not open: recorded in the source's log (as a refused
+    rekey is), never hiding the refusal itself. Messages about shares never quote one."""
+    from ..audit.chain import AuditEvent
+    from .custody import cli_context, other_secrets
+    try:
+        sink = wiring.open_audit(config, other_secrets(config))
+    except Exception:  # no log to record in (or it is held): the refusal is reported anyway
+        return
+    try:
+        sink.append(AuditEvent.from_context(cli_context(), "system.backup", "denied",
+                                            f"offline backup refused: {why}"))
+    except Exception:  # noqa: S110  the refusal is the error to report
+        pass
+    finally:
+        sink.close()
+
+
 def run_restore(args: argparse.Namespace) -> int:
     from .. import app as wiring
     from ..custody import restore as restoring
@@ -191,8 +249,8 @@ def run_restore(args: argparse.Namespace) -> int:
     if config.storage.key_store == "memory":
         raise ConfigError("restore into the memory key store keeps nothing: choose filesystem "
                           "or sqlite")
-    secrets = load_secrets(config)
     data = _read_archive(args.archive)
+    secrets = _secrets(config, args, "nothing was restored")
     key = backup_key(secrets.master_key, os.environ, config.secrets.backup_key_file)
     got = restoring.verify_under(data, secrets.master_key, key)  # before anything is written
     digest = hashlib.sha256(data).hexdigest()
@@ -202,7 +260,8 @@ def run_restore(args: argparse.Namespace) -> int:
         raise wiring.startup_failure(exc) from None
     print(f"restored {len(got.keys)} key(s) and {len(got.approvals)} approval(s) into "
           f"{config.storage.data_dir} ({config.storage.key_store}); source audit head seq "
-          f"{got.audit_head.get('seq')}. Start the server with the same master key.")
+          f"{got.audit_head.get('seq')}. Start the server with the same "
+          f"{'shares' if config.secrets.unseal == 'shamir' else 'master key'}.")
     return 0
 
 

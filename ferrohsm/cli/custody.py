@@ -215,6 +215,34 @@ def read_share_text(share_file: str | None, private_key: str | None) -> str:
     return text
 
 
+def master_from_shares(share_files: list[str], private_key: str | None, data_dir: str,
+                       untouched: str) -> bytes:
+    """The master key from a threshold of the shares of ``data_dir``'s custody file: from the
+    ``share_files`` first, then stdin or prompts. ``untouched`` ends the message for shares
+    that do not open it (what the command has not done)."""
+    from ..custody import state
+    from ..custody.shares import parse_share
+    from ..custody.unsealer import Unsealer, WrongShares
+    unsealer = Unsealer(state.load(data_dir))
+    sources: list[str | None] = [*share_files]
+    while True:
+        name = sources.pop(0) if sources else None
+        text = read_share_text(name, private_key)
+        if not text:
+            raise ConfigError("not enough shares: the threshold was not reached")
+        try:
+            progress, master = unsealer.submit(parse_share(text))
+        except WrongShares:
+            raise ConfigError("the shares given do not open this data directory (one is "
+                              f"mistyped or belongs to another data directory): {untouched}"
+                              ) from None
+        except FerroError as exc:
+            raise ConfigError(exc.message) from None
+        if master is not None:
+            return master
+        print(f"{progress.submitted} of {progress.threshold} shares", file=sys.stderr)
+
+
 def _decrypt(text: str, private_key: str | None) -> str:
     from ..custody.custodians import decrypt_share
     if not private_key:

@@ -280,25 +280,6 @@ def _promote(config: Config, keys: Any) -> None:
 
 def _shares_key(args: argparse.Namespace, config: Config) -> bytes:
     """The master key from a threshold of current (or, after an interruption, new) shares."""
-    from ..custody import state
-    from ..custody.shares import parse_share
-    from ..custody.unsealer import Unsealer, WrongShares
-    from .custody import read_share_text
-    unsealer = Unsealer(state.load(config.storage.data_dir))
-    sources: list[str | None] = [*args.share_file]
-    while True:
-        name = sources.pop(0) if sources else None
-        text = read_share_text(name, args.private_key)
-        if not text:
-            raise ConfigError("not enough shares: the threshold was not reached")
-        try:
-            progress, master = unsealer.submit(parse_share(text))
-        except WrongShares:
-            raise ConfigError("the shares given do not open this data directory (one is "
-                              "mistyped or belongs to another data directory): nothing "
-                              "changed") from None
-        except FerroError as exc:
-            raise ConfigError(exc.message) from None
-        if master is not None:
-            return master
-        print(f"{progress.submitted} of {progress.threshold} shares", file=sys.stderr)
+    from .custody import master_from_shares
+    return master_from_shares(args.share_file, args.private_key, config.storage.data_dir,
+                              "nothing changed")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -151,15 +152,75 @@ def test_sighup_reloads_a_split_knowledge_server_sealed_and_unsealed(tmp_path: P
     finally:
         srv.stop()
 
-def test_restore_and_offline_backup_say_split_knowledge_has_no_master_key(
-        tmp_path: Path) -> None:
-    home = Home(tmp_path)
-    home.init(3, 2)
-    for argv in (["restore", str(tmp_path / "any.fhsmbak"), "--data-dir", str(tmp_path / "r")],
-                 ["backup", "--offline", "--out", str(tmp_path / "b.fhsmbak")]):
-        done = home.cli(*argv, "--config", str(home.config))
-        assert done.returncode == 2, done.stderr
-        assert "split-knowledge" in done.stderr and "missing secret" not in done.stderr
+@pytest.mark.slow
+def test_split_knowledge_backups_restore_with_a_threshold_of_shares(tmp_path: Path) -> None:
+    """Nobody holds the master key: the custodians' shares open an offline backup and a
+    restore, checked by the source's custody file copied into the new data directory; the
+    restored server unseals with the same shares and decrypts what the source encrypted."""
+    home = Home(tmp_path / "source")
+    shares = home.init(3, 2)
+    srv = home.serve()
+    try:
+        srv.unseal(shares[:2])
+        items = create_and_encrypt(srv, home)
+        online = tmp_path / "online.fhsmbak"
+        done = home.cli("backup", "--out", str(online), "--server", srv.url,
+                        env=home.env(FERROHSM_TOKEN=home.token()))
+        assert done.returncode == 0, done.stderr
+    finally:
+        srv.stop()
+    share_file = tmp_path / "share-3"
+    share_file.write_text(shares[2] + "\n")
+    offline = tmp_path / "offline.fhsmbak"
+    done = home.cli("backup", "--offline", "--config", str(home.config), "--out", str(offline),
+                    "--share-file", str(share_file), stdin=shares[0] + "\n")
+    assert done.returncode == 0, done.stderr
+    assert "1 of 2 shares" in done.stderr and "wrote" in done.stdout
+    refused = home.cli("backup", "--offline", "--config", str(home.config), "--out",
+                       str(tmp_path / "never.fhsmbak"), stdin=f"{shares[0]}\n{shares[0]}\n")
+    assert refused.returncode == 2 and "already submitted" in refused.stderr
+    assert not (tmp_path / "never.fhsmbak").exists()
+    backups = [(r["outcome"], r["message"]) for r in home.audit_records()
+               if r["action"] == "system.backup"]
+    assert backups[-2][0] == "success" and backups[-1][0] == "denied"
+    assert "offline backup refused" in backups[-1][1]
+
+    target = Home(tmp_path / "target", jwt=home.jwt, hmac_key=home.hmac_key)
+    restore = ["restore", str(online), "--config", str(target.config)]
+    done = target.cli(*restore, stdin="\n".join(shares[:2]) + "\n")
+    assert done.returncode == 2 and "copy the source data directory's custody.json" in done.stderr
+    target.data.mkdir(mode=0o700)
+    shutil.copy(home.data / "custody.json", target.data / "custody.json")
+    value = shares[1].split("-", 3)[3]
+    typo = shares[1][:-len(value)] + ("B" if value[0] != "B" else "C") + value[1:]
+    done = target.cli(*restore, stdin=f"{shares[0]}\n{typo}\n")
+    assert done.returncode == 2 and "nothing was restored" in done.stderr
+    assert sorted(p.name for p in target.data.iterdir()) == ["custody.json"]
+    done = target.cli(*restore, "--share-file", str(share_file), stdin=shares[1] + "\n")
+    assert done.returncode == 0, done.stderr
+    assert "restored 6 key(s)" in done.stdout and "same shares" in done.stdout
+
+    restored = target.serve()
+    try:
+        assert restored.call("GET", "/healthz")[1]["sealed"] is True
+        restored.unseal([shares[1], shares[0]])
+        decrypts(restored, target, items)
+    finally:
+        restored.stop()
+    assert_no_secret_leaked(home, *shares)
+    assert_no_secret_leaked(target, *shares)
+
+
+def test_shares_are_refused_outside_split_knowledge_and_online(tmp_path: Path) -> None:
+    home = Home(tmp_path, shamir=False)
+    for argv in (["restore", str(tmp_path / "any.fhsmbak"), "--config", str(home.config)],
+                 ["backup", "--offline", "--config", str(home.config), "--out",
+                  str(tmp_path / "b.fhsmbak")]):
+        done = home.cli(*argv, "--share-file", str(tmp_path / "s"))
+        assert done.returncode == 2 and "for split-knowledge mode" in done.stderr, done.stderr
+    done = home.cli("backup", "--out", str(tmp_path / "c.fhsmbak"), "--share-file", "s")
+    assert done.returncode != 0 and "--share-file: only with --offline" in done.stderr
+
 
 @pytest.mark.slow
 def test_init_refuses_a_used_data_directory_and_bad_counts(tmp_path: Path) -> None:
