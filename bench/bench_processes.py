@@ -7,8 +7,8 @@ Both run the shipped defaults (INFO logging: an access line per request; durable
 file sink) but for the key store, SQLite (the filesystem store belongs to one process), and the
 rate limit, raised so the load is not refused. The single process is the best one-process
 configuration: pinned to one core, and run on each core in turn, the faster one counting (on the
-bench VM the disk's interrupts arrive on core 1, and a durable server pinned there is about 3 %
-faster); ``processes = 2`` pins a child per core by default, and is also run unpinned (labelled). ``wrk`` is not pinned: it shares the two cores, as
+bench VM the disk's interrupts arrive on core 1; a single pinned process has the kernel run its
+audit fsyncs on the other core, [audit] fsync_elsewhere, so core 0 is now the faster one); ``processes = 2`` pins a child per core by default, and is also run unpinned (labelled). ``wrk`` is not pinned: it shares the two cores, as
 a client on the same host would. CPU per request sums the children. ``BENCH_SINK=sqlite`` runs
 the SQLite audit sink instead (labelled).
 
