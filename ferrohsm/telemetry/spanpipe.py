@@ -285,8 +285,8 @@ class SpanPipe:
             self._lost()
         if self._stop.is_set() or time.monotonic() < self._restart_at:
             return False
-        self.restarts += 1
         self._spawn()
+        self.restarts += 1  # after the spawn: a reader of the count finds the new child
         return self.proc is not None
 
     def _lost(self) -> None:
