@@ -105,11 +105,8 @@ class Application:
                                                      for n, _ in resp.headers):
             resp.headers.append(("Cache-Control", "no-store"))
         if span is not None:
-            span.update_name(f"{req.method} {route_name}")
-            span.set("http.route", route_name)
-            if ctx.principal is not None:
-                span.set("user.id", ctx.principal.subject)
-            span.error_type = error_type
+            span.routed(route_name, ctx.principal.subject if ctx.principal else None,
+                        error_type)
         self._observe(req, ctx, route_name, resp, time.perf_counter() - start,
                       exported or parent, error_type)
         return resp
@@ -119,23 +116,15 @@ class Application:
         become durable included): end the request's spans (api/server.py ``on_request``)."""
         span = req.trace
         if isinstance(span, RequestSpan):
-            span.finish(resp.status, span.error_type if resp.status < 500 or
-                        span.error_type else str(resp.status))
+            span.finish(resp.status)
 
     def _start_span(self, req: Request, parent: Parent | None) -> RequestSpan | None:
         """The request's server span, with the HTTP semantic-convention attributes (None:
         sampled out, nothing recorded)."""
         assert self.tracer is not None  # noqa: S101  narrows a type for mypy, not a runtime check
-        attributes: dict[str, Any] = {
-            "http.request.method": req.method, "url.path": req.path[:256],
-            "url.scheme": "https", "client.address": req.peer_ip,
-            "network.peer.address": req.peer_ip, "ferrohsm.request_id": req.request_id}
-        agent = req.headers.get("user-agent")
-        if agent is not None:
-            attributes["user_agent.original"] = agent[:256]
-        if self.server_port is not None:
-            attributes["server.port"] = self.server_port
-        span = self.tracer.start(req.method, parent, attributes)
+        span = self.tracer.start(parent, [  # tracing.FIELDS; the last four come later
+            req.method, req.path[:256], req.peer_ip, req.request_id, _agent(req),
+            self.server_port, None, None, None, None])
         req.trace = span
         return span
 
@@ -195,7 +184,7 @@ class Application:
             error = exc.code
             raise
         finally:
-            span.ended_child("authenticate", start, error)
+            span.children.append(("authenticate", start, time.time_ns(), error, None))
 
     def _authenticate_now(self, req: Request, ctx: RequestContext) -> Principal:
         """The token from the Authorization header (never from the query string).
@@ -283,7 +272,8 @@ def _traced(span: RequestSpan, route: Any, ctx: RequestContext, req: Request,
         error = exc.code
         raise
     finally:
-        span.ended_child(f"ferrohsm {route.name or route.template}", start, error)
+        span.children.append((f"ferrohsm {route.name or route.template}", start,
+                              time.time_ns(), error, None))
 
 
 def _error(req: Request, exc: FerroError) -> Response:

@@ -1,14 +1,14 @@
 """The span exporter child process: span records in on stdin, OTLP/HTTP out, via the SDK.
 
 Started once by telemetry/spanpipe.py with this interpreter and the server's sys.path. Reads
-frames (4-byte big-endian length, then a ``marshal``-encoded list of tracing.Record tuples)
-until end of input, encodes each frame as one OTLP ``ExportTraceServiceRequest`` (otlpwire.py;
-Resource: service.name, service.version, OTEL_RESOURCE_ATTRIBUTES and the SDK's detectors;
-instrumentation scope "ferrohsm") and sends it with the SDK's ``OTLPSpanExporter``'s client,
-which reads the standard OTEL_EXPORTER_OTLP_* variables itself (endpoint, headers, timeout,
-compression, certificate). Everything expensive
-about a span happens here, at a lower priority and, when the server is pinned to a core, on
-the other cores.
+frames (4-byte big-endian length, then a ``marshal``-encoded list of tracing.RequestRecord
+tuples) until end of input, makes each record into its spans (tracing.spans_of), encodes them
+in OTLP ``ExportTraceServiceRequest``s of the batch size (otlpwire.py; Resource: service.name,
+service.version, OTEL_RESOURCE_ATTRIBUTES and the SDK's detectors; instrumentation scope
+"ferrohsm") and sends each with the SDK's ``OTLPSpanExporter``'s client, which reads the
+standard OTEL_EXPORTER_OTLP_* variables itself (endpoint, headers, timeout, compression,
+certificate). Everything expensive about a span happens here, at a lower priority and, when
+the server is pinned to a core, on the other cores.
 
 It ignores SIGINT and SIGTERM: it stops when the server closes the pipe, after exporting what
 it was handed (the server waits for that, bounded). The records come from the server that
@@ -35,6 +35,9 @@ from typing import Any, BinaryIO
 
 from .logs import JSONFormatter
 from .otlpwire import SERVER, SpanWriter
+from .spanpipe import batch_settings
+from .tracecontext import new_span_bytes
+from .tracing import Record, spans_of
 
 log = logging.getLogger("ferrohsm.telemetry.otlpexport")
 HEADER = struct.Struct(">I")
@@ -112,21 +115,56 @@ class Exporter:
         self._send = getattr(client, "export", None)
         self._sdk: SdkSpans | None = None if self._send else SdkSpans(self)
         self.exported = self.failed = 0
+        self.batch = batch_settings(os.environ)[1]  # spans an OTLP request
         self.problems = problems or LatestProblem()
         self._warned_at: float | None = None  # when "not delivered" was last said; None: working
 
     def export(self, records: list[Any]) -> None:
+        """A frame's request records: their spans, in OTLP requests of the batch size."""
+        size = self.batch
+        if self._sdk is None:
+            encoded, lost = self.writer.request_spans(records, new_span_bytes)
+            self._lost(lost)
+            for at in range(0, len(encoded), size):
+                chunk = encoded[at:at + size]
+                self._account(len(chunk), len(chunk), self._post(self.writer.wrap(chunk)))
+            return
+        spans: list[Record] = []
+        lost = 0
+        for record in records:
+            try:
+                spans += spans_of(record)
+            except (TypeError, ValueError):  # a bug upstream: lose that record, not the frame
+                lost += 1
+        self._lost(lost)
+        for at in range(0, len(spans), size):
+            self.send(spans[at:at + size])
+
+    def send(self, records: list[Any]) -> None:
+        """Spans (tracing.Record) as one OTLP request."""
         if self._sdk is not None:
             sent, count = self._sdk.export(records)
         else:
             data, count = self.writer.request(records)
-            sent = bool(count) and bool(self._send(data).success)  # type: ignore[misc]
+            sent = bool(count) and self._post(data)
+        self._account(len(records), count, sent)
+
+    def _post(self, data: bytes) -> bool:
+        return bool(self._send(data).success)  # type: ignore[misc]
+
+    def _lost(self, records: int) -> None:
+        """Malformed records (a bug upstream), counted as spans not delivered."""
+        if records:
+            self.failed += records
+            report_failed(self.failed)
+
+    def _account(self, handed: int, encoded: int, sent: bool) -> None:
         failed = self.failed
-        self.failed += len(records) - count
+        self.failed += handed - encoded
         if sent:
-            self.exported += count
+            self.exported += encoded
         else:  # the SDK has told the LatestProblem handler why
-            self.failed += count
+            self.failed += encoded
         if self.failed != failed:
             report_failed(self.failed)
         self._say(sent)

@@ -1,11 +1,11 @@
 """The span records' way out of the serving process: a writer thread and an exporter child.
 
-The request path appends records (tracing.Record, plain tuples) to ``SpanPipe.queue``. A writer
-thread takes what has queued every ``interval`` seconds (sooner when a burst wakes it), encodes
-it with ``marshal`` (plain tuples, dicts, str, int, bool: the cheapest encoding there is) and
-writes it, length-prefixed, to a pipe read by the exporter child (telemetry/otlpexport.py),
-started once here. The child does the expensive part, the SDK's spans and protobuf, on another
-core and at a lower priority.
+The request path appends records (tracing.RequestRecord: one plain tuple holding a request's
+spans) to ``SpanPipe.queue``. A writer thread takes what has queued every ``interval`` seconds
+(sooner when a burst wakes it), encodes it with ``marshal`` (plain tuples, lists, dicts, str,
+int, bool: the cheapest encoding there is) and writes it, length-prefixed, to a pipe read by
+the exporter child (telemetry/otlpexport.py), started once here. The child does the expensive
+part, the spans and their protobuf, on another core and at a lower priority.
 
 The server never waits for the child: the pipe is non-blocking and a frame is only written
 when the pipe has room for all of it, so a slow or stuck child (an unreachable collector) costs
@@ -32,13 +32,13 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 log = logging.getLogger("ferrohsm.telemetry")
 HEADER = struct.Struct(">I")
-CHUNK = 512  # records a frame (the child exports each frame as one OTLP request)
-MAX_QUEUED = 200_000  # records kept at most between two writes; the rest are dropped
+CHUNK = 512  # records a frame (the child sends its spans in OTLP requests of the batch size)
+MAX_QUEUED = 200_000  # spans kept at most between two writes; the rest are dropped
 PIPE_BYTES = 1 << 20  # asked of the kernel (Linux's default limit for a user, 1 MiB)
 STUCK_SECONDS = 2.0  # a frame half written for this long: the child is stuck, replaced
 # The child imports its package from the server's own sys.path (a shiv extraction included).
@@ -82,8 +82,9 @@ def _positive(environ: Mapping[str, str], name: str, default: int) -> int:
 
 def batch_settings(environ: Mapping[str, str]) -> tuple[float, int, int]:
     """The batch processor's standard variables, where the writer thread plays its part:
-    (seconds between writes, records a frame, records kept at most between writes) from
+    (seconds between writes, records a frame, spans kept at most between writes) from
     OTEL_BSP_SCHEDULE_DELAY (ms), OTEL_BSP_MAX_EXPORT_BATCH_SIZE and OTEL_BSP_MAX_QUEUE_SIZE.
+    The exporter child sends a frame's spans in OTLP requests of the batch size (spans).
     Unset, the defaults are ours (150 ms, 512, 200,000), not the SDK's (5 s, 512, 2,048):
     2,048 spans overflow within a second at a few thousand requests a second."""
     delay = _positive(environ, "OTEL_BSP_SCHEDULE_DELAY", 150)
@@ -105,7 +106,8 @@ class SpanPipe:
         self.interval = delay if interval is None else interval
         self.grace, self._pipe_bytes = grace, pipe_bytes
         self._command = command or exporter_command()
-        self.sent = self.dropped = self.restarts = 0
+        self.sent = self.dropped = self.restarts = 0  # spans (see weigh), restarts
+        self.weigh: Callable[[Any], int] | None = None  # a record's spans; None: one each
         self._failed_before = self._failed_now = 0  # by children gone; by the running one
         self._reports = b""  # the running child's report lines not complete yet
         self.proc: subprocess.Popen[bytes] | None = None
@@ -169,26 +171,43 @@ class SpanPipe:
         queue = self.queue
         popleft = queue.popleft  # the loop thread appends meanwhile: take what is there now
         batch: list[Any] = [popleft() for _ in range(min(len(queue), self._max_queued))]
-        excess = len(queue)
-        if excess and len(batch) >= self._max_queued:
-            for _ in range(excess):
-                queue.popleft()
-            self._drop(excess)
+        dropped: list[Any] = []
+        if queue and len(batch) >= self._max_queued:  # the bound was hit: the rest goes
+            dropped = [popleft() for _ in range(len(queue))]
+        if self.weigh is not None:  # the bound counts spans, a record holds several
+            kept = self._within_bound(batch)
+            dropped[:0], batch = batch[kept:], batch[:kept]
+        if dropped:
+            self._drop(self._spans(dropped))
         self._collect()
         alive = self._alive()  # also when idle: a dead child is restarted before it is needed
         if not batch:
             return
         if not alive:
-            self._drop(len(batch))
+            self._drop(self._spans(batch))
             return
         size = self._chunk
         for at in range(0, len(batch), size):
             chunk = batch[at:at + size]
             if self._send(marshal.dumps(chunk)):
-                self.sent += len(chunk)
+                self.sent += self._spans(chunk)
             else:
-                self._drop(len(batch) - at)
+                self._drop(self._spans(batch[at:]))
                 return
+
+    def _within_bound(self, batch: list[Any]) -> int:
+        """How many of the oldest records hold at most the bound's spans between them."""
+        weigh, room = self.weigh, self._max_queued
+        assert weigh is not None  # noqa: S101  narrows a type for mypy, not a runtime check
+        for index, record in enumerate(batch):
+            room -= weigh(record)
+            if room < 0:
+                return index
+        return len(batch)
+
+    def _spans(self, records: list[Any]) -> int:
+        weigh = self.weigh
+        return len(records) if weigh is None else sum(map(weigh, records))
 
     def _send(self, payload: bytes) -> bool:
         """Write one frame without ever waiting on a healthy pipe: False when the pipe has no

@@ -91,5 +91,13 @@ def new_span_id() -> str:
             return f"{value:016x}"
 
 
+def new_span_bytes() -> bytes:
+    """A span id as its 8 bytes (the exporter child's ids for a request's children)."""
+    while True:
+        value = _ids.getrandbits(64)
+        if value:
+            return value.to_bytes(8, "big")
+
+
 def traceparent(trace_id: str, span_id: str, flags: int) -> str:
     return f"00-{trace_id}-{span_id}-{flags:02x}"

@@ -4,7 +4,7 @@ equal the SDK's encoding of the same records, and the exporter child sends them 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 
-from ferrohsm.telemetry import otlpexport
+from ferrohsm.telemetry import otlpexport, tracecontext, tracing
 from ferrohsm.telemetry.otlpwire import varint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/otlpreceiver.py
@@ -148,6 +148,56 @@ def test_any_records_equal_the_sdk_encoding(batch: list[tuple[Any, ...]]) -> Non
         exp.shutdown()
 
 
+text_or_none = st.none() | st.text(max_size=12)
+children = st.lists(st.tuples(
+    st.sampled_from(["authenticate", "ferrohsm encrypt", "audit.flush", "n\udcff"]),
+    st.integers(0, (1 << 64) - 1), st.integers(0, (1 << 64) - 1), text_or_none,
+    st.none() | st.dictionaries(st.text(min_size=1, max_size=8), values, max_size=2)),
+    max_size=4)
+request_record_values = st.tuples(
+    st.binary(min_size=16, max_size=16).map(bytes.hex), hex_id, st.none() | hex_id,
+    st.none() | st.sampled_from(["a=1", "a=1,b=2", "bad state", STATE]),
+    st.integers(0, (1 << 64) - 1), st.integers(0, (1 << 64) - 1),
+    st.tuples(st.sampled_from(["GET", "POST"]), st.text(max_size=20), text_or_none,
+              st.text(max_size=12), text_or_none, st.none() | st.integers(1, 65535),
+              text_or_none, text_or_none, st.none() | st.sampled_from([200, 404, 503]),
+              text_or_none).map(list),
+    st.none() | st.dictionaries(st.text(min_size=1, max_size=8), values, max_size=2),
+    children)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(request_record_values, min_size=1, max_size=4))
+def test_request_records_encode_as_their_spans_do(batch: list[tuple[Any, ...]]) -> None:
+    """The exporter's direct path (request_spans) writes the bytes that spans_of's span
+    records would, child ids included when both draw the same ones; a record that cannot be
+    encoded (a name that is not Unicode) is lost whole on both paths."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+        exp = otlpexport.Exporter()
+    try:
+        for record in batch:  # each from the same ids, on both paths
+            hex_ids, raw_ids = same_ids()
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(tracing, "new_span_id", hex_ids)
+                try:
+                    expected = [exp.writer.span(span) for span in tracing.spans_of(record)]
+                except ValueError:
+                    expected = []
+            direct, lost = exp.writer.request_spans([record], raw_ids)
+            assert (direct, lost) == (expected, 0 if expected else 1)
+        direct, lost = exp.writer.request_spans(batch, tracecontext.new_span_bytes)
+        decoded(exp.writer.wrap(direct))  # a message a collector can parse
+    finally:
+        exp.shutdown()
+
+
+def same_ids() -> tuple[Callable[[], str], Callable[[], bytes]]:
+    """Two draws of the ids 1, 2, 3...: in hex (spans_of), and as bytes (request_spans)."""
+    hex_ids, raw_ids = iter(range(1, 100)), iter(range(1, 100))
+    return (lambda: f"{next(hex_ids):016x}"), (lambda: next(raw_ids).to_bytes(8, "big"))
+
+
 def test_both_paths_send_the_same_spans(monkeypatch: pytest.MonkeyPatch) -> None:
     """Our encoding through the SDK's client, and the SDK's path for an SDK without one."""
     collector = Receiver()
@@ -155,9 +205,9 @@ def test_both_paths_send_the_same_spans(monkeypatch: pytest.MonkeyPatch) -> None
     try:
         exp = otlpexport.Exporter()
         assert exp._sdk is None  # the pinned SDK has the client we send with
-        exp.export(request_records())
+        exp.send(request_records())
         exp._sdk = otlpexport.SdkSpans(exp)
-        exp.export(request_records())
+        exp.send(request_records())
         exp.shutdown()
     finally:
         collector.close()
@@ -171,7 +221,32 @@ def test_an_unreachable_collector_counts_failed_spans(monkeypatch: pytest.Monkey
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
     exp = otlpexport.Exporter()
     try:
-        exp.export(request_records())
+        exp.send(request_records())
     finally:
         exp.shutdown()
     assert exp.exported == 0 and exp.failed == 4
+
+
+def test_a_frame_of_request_records_goes_out_in_requests_of_the_batch_size(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child makes each request record into its spans and sends them in OTLP requests of
+    OTEL_BSP_MAX_EXPORT_BATCH_SIZE spans; a malformed record is lost and counted, not the
+    frame."""
+    collector = Receiver()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "5")
+    child = ("authenticate", 10, 20, None, None)
+    record = (TRACE, SPAN, None, None, 5, 50, ["POST", "/v1/x", "::1", "r", None, None,
+                                              "/v1/x", None, 200, None], None, [child, child])
+    try:
+        exp = otlpexport.Exporter()
+        exp.export([record, ("malformed",), record, record])
+        exp.shutdown()
+    finally:
+        collector.close()
+    assert [sum(len(s.spans) for r in m.resource_spans for s in r.scope_spans)
+            for m in collector.received] == [5, 4]
+    assert exp.exported == 9 and exp.failed == 1
+    spans = collector.spans()
+    assert len({s["span_id"] for s in spans}) == 7  # each child an id of its own, drawn there
+    assert sorted(s["name"] for s in spans) == ["POST /v1/x"] * 3 + ["authenticate"] * 6

@@ -19,7 +19,7 @@ from ferrohsm.telemetry import sampler as sampling
 from ferrohsm.telemetry.otlpexport import read_frame
 from ferrohsm.telemetry.spanpipe import HEADER, SpanPipe, batch_settings, child_environment
 from ferrohsm.telemetry.tracecontext import Parent
-from ferrohsm.telemetry.tracing import INTERNAL, SERVER, Tracer
+from ferrohsm.telemetry.tracing import INTERNAL, SERVER, Tracer, spans_of
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 SPAN = "b7ad6b7169203331"
@@ -97,33 +97,40 @@ def frames(path: Path) -> list[list[Any]]:
     return out
 
 
-def test_a_request_leaves_its_server_span_and_children_as_records(tmp_path: Path) -> None:
+def test_a_request_leaves_its_spans_as_one_record(tmp_path: Path) -> None:
     out = tmp_path / "frames"
     tracer = Tracer(sampler("parentbased_always_on"), SpanPipe(copier(out), interval=0.05))
+    fields = ["POST", "/v1/x", "10.0.0.9", "req-1", None, 8443, None, None, None, None]
     try:
-        span = tracer.start("POST", Parent(TRACE, SPAN, 1, "k=v"), {"url.path": "/v1/x"})
+        span = tracer.start(Parent(TRACE, SPAN, 1, "k=v"), fields)
         assert span is not None and span.recording
         trace_id, span_id, flags = span.ids()
         assert (trace_id, flags) == (TRACE, "01") and len(span_id) == 16 and span_id != SPAN
         span.ended_child("authenticate", time.time_ns(), "unauthenticated")
         span.begin_flush(2)
-        span.update_name("POST /v1/x")
-        span.set("http.route", "/v1/x")
-        span.finish(503, "audit_unavailable")
+        span.routed("/v1/x", None, None)
+        span.set("ferrohsm.extra", True)
+        span.finish(503)
         span.finish(200)  # once only
-        assert tracer.start("GET", Parent(TRACE, SPAN, 0), {}) is None  # sampled out
-        root = tracer.start("GET", None, {})
+        assert tracer.start(Parent(TRACE, SPAN, 0), list(fields)) is None  # sampled out
+        root = tracer.start(None, ["GET", "/", "::1", "req-2", "curl", None, None, None,
+                                   None, None])
         assert root is not None and root.parent_id is None and root.ids()[0] != TRACE
         root.finish(200)
     finally:
         tracer.shutdown()
     records = [r for frame in frames(out) for r in frame]
+    assert len(records) == 2  # one a request, however many spans it holds
     assert tracer.stats() == {"sent": 4, "dropped": 0, "failed": 0, "restarts": 0, "queued": 0}
-    by_name = {r[3]: r for r in records}
+    spans = [s for record in records for s in spans_of(record)]
+    by_name = {s[3]: s for s in spans}
     server = by_name["POST /v1/x"]
     assert server[:3] == (TRACE, span_id, SPAN) and server[4] == SERVER
-    assert server[7] == {"url.path": "/v1/x", "http.route": "/v1/x",
-                         "http.response.status_code": 503, "error.type": "audit_unavailable"}
+    assert server[7] == {
+        "http.request.method": "POST", "url.path": "/v1/x", "url.scheme": "https",
+        "client.address": "10.0.0.9", "network.peer.address": "10.0.0.9",
+        "ferrohsm.request_id": "req-1", "server.port": 8443, "http.route": "/v1/x",
+        "http.response.status_code": 503, "error.type": "503", "ferrohsm.extra": True}
     assert server[8] is True and server[9] == "k=v"  # status ERROR; tracestate kept
     for name in ("authenticate", "audit.flush"):
         child = by_name[name]
@@ -131,8 +138,11 @@ def test_a_request_leaves_its_server_span_and_children_as_records(tmp_path: Path
         assert server[5] <= child[5] <= child[6] <= server[6]
     assert by_name["authenticate"][7] == {"error.type": "unauthenticated"}
     assert by_name["audit.flush"][7] == {"ferrohsm.audit.records": 2}
-    assert len({r[1] for r in records}) == 4  # distinct span ids
-    assert by_name["GET"][2] is None
+    assert len({s[1] for s in spans}) == 4  # distinct span ids
+    get = by_name["GET"]
+    assert get[2] is None and get[7] is not None and get[7]["user_agent.original"] == "curl"
+    assert "server.port" not in get[7]  # None: left out, as the SDK leaves it
+
 
 
 def test_a_stuck_child_costs_dropped_spans_never_a_wait(tmp_path: Path) -> None:
@@ -239,3 +249,26 @@ def test_records_go_out_a_frame_at_a_time_and_beyond_the_queue_bound_are_dropped
     sent = frames(out)
     assert [len(frame) for frame in sent] == [10] * 10  # the oldest 100, in order
     assert [record[1] for frame in sent for record in frame] == [f"{i:016x}" for i in range(100)]
+
+
+def test_the_queue_bound_counts_spans_not_requests(tmp_path: Path) -> None:
+    """OTEL_BSP_MAX_QUEUE_SIZE bounds the spans queued: a request's record holds its server
+    span and its children, and the oldest records within the bound go out."""
+    out = tmp_path / "frames"
+    tracer = Tracer(sampler("always_on"), SpanPipe(copier(out), interval=3600, environ={
+        "OTEL_BSP_MAX_QUEUE_SIZE": "10"}))
+    pipe = tracer.pipe
+    try:
+        for i in range(4):  # 3 spans a request: 12 spans, the bound is 10
+            span = tracer.start(None, ["GET", f"/{i}", "::1", f"r{i}", None, None, None, None,
+                                       None, None])
+            assert span is not None
+            span.ended_child("authenticate", time.time_ns())
+            span.ended_child("ferrohsm get", time.time_ns())
+            span.finish(200)
+        with pipe._lock:
+            pipe._drain()
+        assert pipe.stats()["sent"] == 9 and pipe.stats()["dropped"] == 3
+    finally:
+        tracer.shutdown()
+    assert [r[6][1] for frame in frames(out) for r in frame] == ["/0", "/1", "/2"]
