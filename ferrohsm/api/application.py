@@ -122,9 +122,9 @@ class Application:
         """The request's server span, with the HTTP semantic-convention attributes (None:
         sampled out, nothing recorded)."""
         assert self.tracer is not None  # noqa: S101  narrows a type for mypy, not a runtime check
-        span = self.tracer.start(parent, [  # tracing.FIELDS; the last four come later
+        span = self.tracer.start(parent, (  # tracing.REQUEST
             req.method, req.path[:256], req.peer_ip, req.request_id, _agent(req),
-            self.server_port, None, None, None, None])
+            self.server_port))
         req.trace = span
         return span
 
@@ -184,7 +184,7 @@ class Application:
             error = exc.code
             raise
         finally:
-            span.children.append(("authenticate", start, time.time_ns(), error, None))
+            span.children += ("authenticate", start, time.time_ns(), error, None)
 
     def _authenticate_now(self, req: Request, ctx: RequestContext) -> Principal:
         """The token from the Authorization header (never from the query string).
@@ -272,8 +272,8 @@ def _traced(span: RequestSpan, route: Any, ctx: RequestContext, req: Request,
         error = exc.code
         raise
     finally:
-        span.children.append((f"ferrohsm {route.name or route.template}", start,
-                              time.time_ns(), error, None))
+        span.children += (f"ferrohsm {route.name or route.template}", start, time.time_ns(),
+                          error, None)
 
 
 def _error(req: Request, exc: FerroError) -> Response:

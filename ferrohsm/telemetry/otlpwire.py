@@ -25,6 +25,8 @@ import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from .tracing import CHILD, server_attributes
+
 _DOUBLE = struct.Struct("<d").pack
 _FIXED32 = struct.Struct("<I").pack
 _SMALL = [bytes([n]) for n in range(128)]
@@ -175,8 +177,11 @@ class SpanWriter:
                 lost += 1
         return out, lost
 
-    def _request(self, record: tuple[Any, ...], new_id: Callable[[], bytes]) -> list[bytes]:
-        trace_hex, span_hex, parent_hex, state, start, end, fields, extra, children = record
+    def _request(self, record: Any, new_id: Callable[[], bytes]) -> list[bytes]:
+        (trace_hex, span_hex, parent_hex, state, start, end, request, route, user, status, error,
+         extra, children) = record  # another shape: ValueError (the record is lost)
+        if len(children) % CHILD:
+            raise ValueError("a child of the wrong length")
         trace_id, span_id = bytes.fromhex(trace_hex), bytes.fromhex(span_hex)
         if len(trace_id) != 16 or len(span_id) != 8:
             raise ValueError("trace or span id of the wrong length")
@@ -191,32 +196,35 @@ class SpanWriter:
             parent_field = _SPAN_PARENT_ID + bytes.fromhex(parent_hex)
             if len(parent_field) != 10:
                 raise ValueError("parent span id of the wrong length")
-        method, route, status = fields[0], fields[6], fields[8]
+        name = f"{request[0]} {route}" if route else str(request[0])
+        attributes = (self._attributes(server_attributes(record).items()) if extra
+                      else self._server_attributes(request, route, user, status, error))
         body = b"".join((head, _SPAN_SPAN_ID, span_id, state_field, parent_field,
-                         self._name_kind(f"{method} {route}" if route else str(method), SERVER),
-                         _TIMES(0x39, start, 0x41, end), self._server_attributes(fields, extra),
+                         self._name_kind(name, SERVER), _TIMES(0x39, start, 0x41, end), attributes,
                          _TAIL[status is not None and status >= 500, bool(parent_field)]))
         spans = [b"\x12" + varint(len(body)) + body]
         under = _SPAN_PARENT_ID + span_id
-        for name, child_start, child_end, child_error, attributes in children:
+        for at in range(0, len(children), CHILD):  # indexed: no tuple made a child
+            child_attributes, child_error = children[at + 4], children[at + 3]
             if child_error is not None:
-                attributes = {**(attributes or {}), "error.type": child_error}
+                child_attributes = {**(child_attributes or {}), "error.type": child_error}
             body = b"".join((head, _SPAN_SPAN_ID, new_id(), state_field, under,
-                             self._name_kind(name, INTERNAL),
-                             _TIMES(0x39, child_start, 0x41, child_end),
-                             self._attributes(attributes.items()) if attributes else b"",
-                             _TAIL[False, False]))
+                             self._name_kind(children[at], INTERNAL),
+                             _TIMES(0x39, children[at + 1], 0x41, children[at + 2]),
+                             self._attributes(child_attributes.items()) if child_attributes
+                             else b"", _TAIL[False, False]))
             spans.append(b"\x12" + varint(len(body)) + body)
         return spans
 
-    def _server_attributes(self, fields: list[Any], extra: Mapping[str, Any] | None) -> bytes:
-        """The server span's attributes in tracing.spans_of's order: the fields before the
+    def _server_attributes(self, request: tuple[Any, ...], route: str | None, user: str | None,
+                           status: int | None, error: str | None) -> bytes:
+        """The server span's attributes in tracing.server_attributes's order (no extra ones:
+        those are rare, RequestSpan.set, and go through one dict): the values before the
         request id, and those after it, are cached as two blocks (most repeat)."""
-        method, path, client, request_id, agent, port, route, user, status, error = fields
-        if extra:  # rare (RequestSpan.set): one dict, as spans_of merges it
-            return self._attributes(_server_dict(fields, extra).items())
+        method, path, client, request_id, agent, port = request
         blocks = self._blocks
-        before_key, after_key = (method, path, client), (agent, port, route, user, status, error)
+        before_key = (method, path, client)
+        after_key = (agent, port, route, user, status, error)
         before = blocks.get(before_key)
         if before is None:
             before = self._block(before_key, (
@@ -224,17 +232,14 @@ class SpanWriter:
                 ("client.address", client), ("network.peer.address", client)))
         after = blocks.get(after_key)
         if after is None:
-            after = self._block(after_key, [
-                (k, v) for k, v in (("user_agent.original", agent), ("server.port", port),
-                                    ("http.route", route), ("user.id", user),
-                                    ("http.response.status_code", status),
-                                    ("error.type", error)) if v is not None])
-        request = (_text_attribute(_REQUEST_ID, request_id) if isinstance(request_id, str)
-                   else _attribute("ferrohsm.request_id", request_id))
-        if request is None:
+            after = self._block(after_key, [(k, v) for k, v in zip(_AFTER, after_key)
+                                            if v is not None])
+        rid = (_text_attribute(_REQUEST_ID, request_id) if isinstance(request_id, str)
+               else _attribute("ferrohsm.request_id", request_id))
+        if rid is None:
             self.skipped += 1
-            request = b""
-        return before + request + after
+            rid = b""
+        return before + rid + after
 
     def _block(self, key: tuple[Any, ...], items: Iterable[tuple[str, Any]]) -> bytes:
         if len(self._blocks) >= _CACHE_LIMIT:
@@ -302,11 +307,6 @@ class SpanWriter:
         return b"".join(out)
 
 
-def _server_dict(fields: list[Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    from .tracing import server_attributes  # the one definition of the names and their order
-    return server_attributes(fields, extra)
-
-
 def _text_attribute(prefix: bytes, value: str) -> bytes | None:
     """A string attribute's field; ``prefix``: its KeyValue's key field and value tag."""
     try:
@@ -319,6 +319,9 @@ def _text_attribute(prefix: bytes, value: str) -> bytes | None:
 
 
 _REQUEST_ID = b"\x0a\x13ferrohsm.request_id\x12"
+# The server span's attributes after the request id, in tracing.server_attributes's order.
+_AFTER = ("user_agent.original", "server.port", "http.route", "user.id",
+          "http.response.status_code", "error.type")
 
 
 def _attribute(key: str, value: Any) -> bytes | None:

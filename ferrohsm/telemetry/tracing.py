@@ -53,16 +53,15 @@ Record = tuple[str, str, str | None, str, int, int, int, dict[str, Any] | None, 
                str | None]
 # What the request path queues instead, one per request (RequestSpan.finish), made into its
 # Records by the exporter child (spans_of): trace id, server span id, parent span id or None,
-# tracestate or None, start and end (ns since the epoch), the FIELDS' values, other attributes
-# or None, and the children as Child tuples (their ids are drawn in the child process).
-Child = tuple[str, int, int, str | None, dict[str, Any] | None]  # name, start, end, error, attrs
-RequestRecord = tuple[str, str, str | None, str | None, int, int, list[Any],
-                      dict[str, Any] | None, list[Child]]
-# The server span's attributes in a request record, by position (spans_of names them).
-FIELDS = ("http.request.method", "url.path", "client.address", "ferrohsm.request_id",
-          "user_agent.original", "server.port", "http.route", "user.id",
-          "http.response.status_code", "error.type")
-ROUTE, USER, STATUS, ERROR = 6, 7, 8, 9
+# tracestate or None, start and end (ns since the epoch), the REQUEST values (a tuple), the
+# route, the user, the status, the error type, other attributes or None, and the children, five
+# values each in one flat list (CHILD; their ids are drawn in the child process). Few objects:
+# each one that lives until the hand-over costs the garbage collector, marshal and the child.
+RequestRecord = tuple[str, str, str | None, str | None, int, int, tuple[Any, ...], str | None,
+                      str | None, int | None, str | None, dict[str, Any] | None, list[Any]]
+REQUEST = ("http.request.method", "url.path", "client.address", "ferrohsm.request_id",
+           "user_agent.original", "server.port")
+CHILD = 5  # name, start, end, error type or None, attributes or None
 WAKE_AT = 4096  # queued records that wake the writer before its interval is over
 _running = threading.local()  # span: the traced request this thread is running, if any
 
@@ -137,20 +136,20 @@ class Tracer:
         pipe.weigh = spans_in  # its counters count spans, a record holding a request's
         self.queue: deque[RequestRecord] = pipe.queue
 
-    def start(self, parent: Parent | None, fields: list[Any],
+    def start(self, parent: Parent | None, request: tuple[Any, ...],
               start_ns: int | None = None) -> RequestSpan | None:
         """The request's SERVER span (a child of ``parent`` when there is one), or None when
-        the sampler leaves the request out (then nothing of it is recorded). ``fields``: the
-        request's values in FIELDS order, the last four filled in as it runs."""
+        the sampler leaves the request out (then nothing of it is recorded). ``request``: its
+        values in REQUEST order."""
         if parent is None:
             ids = new_id_block(1)  # the trace id, then the server span's id
             if not self.sampler.root(ids[:32]):
                 return None
-            return RequestSpan(self, ids[:32], ids[32:], None, None, fields, start_ns)
+            return RequestSpan(self, ids[:32], ids[32:], None, None, request, start_ns)
         if not self.sampler.remote(parent):
             return None
         return RequestSpan(self, parent.trace_id, new_id_block(1, trace=False),
-                           parent.span_id, parent.tracestate, fields, start_ns)
+                           parent.span_id, parent.tracestate, request, start_ns)
 
     def stats(self) -> dict[str, int]:
         """Spans handed to the exporter child, dropped, and its restarts (for /metrics)."""
@@ -164,25 +163,30 @@ class Tracer:
 class RequestSpan:
     """One request's server span and its children, queued as one record when it ends.
 
-    Callers on the request path append a child as ``span.children.append((name, start, end,
-    error type or None, attributes or None))``: a list append, not a method call, because
+    Callers on the request path add a child as ``span.children += (name, start, end, error
+    type or None, attributes or None)``: a list extended in place, not a method call, because
     every call on the loop's path counts (module docstring)."""
 
-    __slots__ = ("children", "ended", "extra", "fields", "flush_from", "parent_id", "queue",
-                 "span_id", "start_ns", "state", "trace_id", "wake")
+    __slots__ = ("children", "ended", "error", "extra", "flush_from", "parent_id", "queue",
+                 "request", "route", "span_id", "start_ns", "state", "trace_id", "user",
+                 "wake")
     recording = True  # a sampled-out request gets no RequestSpan at all (Tracer.start)
 
     def __init__(self, tracer: Tracer, trace_id: str, span_id: str, parent_id: str | None,
-                 state: str | None, fields: list[Any], start_ns: int | None = None) -> None:
+                 state: str | None, request: tuple[Any, ...],
+                 start_ns: int | None = None) -> None:
         self.queue = tracer.queue
         self.wake = tracer.pipe.wake
         self.trace_id = trace_id
         self.span_id = span_id
         self.parent_id = parent_id
         self.state = state
-        self.fields = fields
+        self.request = request
+        self.route: str | None = None
+        self.user: str | None = None
+        self.error: str | None = None
         self.extra: dict[str, Any] | None = None
-        self.children: list[Child] = []
+        self.children: list[Any] = []  # CHILD values a child
         self.start_ns = time.time_ns() if start_ns is None else start_ns
         self.flush_from: tuple[int, int] | None = None  # the group flush's start and records
         self.ended = False
@@ -193,13 +197,12 @@ class RequestSpan:
 
     def routed(self, route: str, user: str | None, error_type: str | None) -> None:
         """What the application learnt: the route, the authenticated subject, the refusal."""
-        fields = self.fields
-        fields[ROUTE], fields[USER], fields[ERROR] = route, user, error_type
+        self.route, self.user, self.error = route, user, error_type
 
     def ended_child(self, name: str, start_ns: int, error_type: str | None = None,
                     attributes: dict[str, Any] | None = None, end_ns: int = 0) -> None:
         """Record an INTERNAL child that ran from ``start_ns`` until now (or ``end_ns``)."""
-        self.children.append((name, start_ns, end_ns or time.time_ns(), error_type, attributes))
+        self.children += (name, start_ns, end_ns or time.time_ns(), error_type, attributes)
 
     @contextmanager
     def flushing(self) -> Iterator[None]:
@@ -209,8 +212,8 @@ class RequestSpan:
         try:
             yield
         finally:
-            self.children.append(("audit.flush", start, time.time_ns(), None,
-                                  {"ferrohsm.audit.records": 1}))
+            self.children += ("audit.flush", start, time.time_ns(), None,
+                              {"ferrohsm.audit.records": 1})
 
     def begin_flush(self, records: int) -> None:
         """The request's audit records are written; their flush (fsync) begins."""
@@ -226,20 +229,20 @@ class RequestSpan:
         end = time.time_ns()
         if self.flush_from is not None:
             start, records = self.flush_from
-            self.children.append(("audit.flush", start, end, None,
-                                  {"ferrohsm.audit.records": records}))
-        fields = self.fields
-        fields[STATUS] = status
-        if status >= 500 and fields[ERROR] is None:
-            fields[ERROR] = str(status)
+            self.children += ("audit.flush", start, end, None, {"ferrohsm.audit.records": records})
+        error = self.error
+        if status >= 500 and error is None:
+            error = str(status)
         queue = self.queue
         queue.append((self.trace_id, self.span_id, self.parent_id, self.state, self.start_ns,
-                      end, fields, self.extra, self.children))
+                      end, self.request, self.route, self.user, status, error, self.extra,
+                      self.children))
         if len(queue) > WAKE_AT:
             self.wake.set()
 
     def set(self, name: str, value: Any) -> None:
-        """Another attribute of the server span (beyond FIELDS)."""
+        """Another attribute of the server span (beyond REQUEST and the route, user, status
+        and error type)."""
         if self.extra is None:
             self.extra = {}
         self.extra[name] = value
@@ -247,37 +250,45 @@ class RequestSpan:
 
 def spans_in(record: RequestRecord) -> int:
     """The spans a request record holds (the pipe counts spans, not records)."""
-    return 1 + len(record[8])
+    return 1 + len(record[12]) // CHILD
 
 
-def server_attributes(fields: list[Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The server span's attributes: the FIELDS (None left out, as the SDK leaves it out,
-    except for the first five, always there) and then ``extra``."""
-    method, path, client, request_id, agent, port, route, user, status, error = fields
+def server_attributes(record: RequestRecord) -> dict[str, Any]:
+    """The server span's attributes: the REQUEST values, always, then the route, user, status
+    and error type unless None (as the SDK leaves None out), then the other attributes."""
+    method, path, client, request_id, agent, port = record[6]
     attributes: dict[str, Any] = {
         "http.request.method": method, "url.path": path, "url.scheme": "https",
         "client.address": client, "network.peer.address": client,
         "ferrohsm.request_id": request_id}
     for name, value in (("user_agent.original", agent), ("server.port", port),
-                        ("http.route", route), ("user.id", user),
-                        ("http.response.status_code", status), ("error.type", error)):
+                        ("http.route", record[7]), ("user.id", record[8]),
+                        ("http.response.status_code", record[9]), ("error.type", record[10])):
         if value is not None:
             attributes[name] = value
-    if extra:
-        attributes.update(extra)
+    if record[11]:
+        attributes.update(record[11])
     return attributes
+
+
+def server_name(record: RequestRecord) -> str:
+    """"{method} {route}", or the method alone before routing."""
+    method, route = record[6][0], record[7]
+    return f"{method} {route}" if route else str(method)
 
 
 def spans_of(record: RequestRecord) -> list[Record]:
     """A request record as its spans (in the exporter child): the server span with its
     attributes, then the children, each with a span id drawn here."""
-    trace_id, span_id, parent_id, state, start, end, fields, extra, children = record
-    attributes = server_attributes(fields, extra)
-    method, route, status = fields[0], fields[ROUTE], fields[STATUS]
-    name = f"{method} {route}" if route else str(method)
-    spans: list[Record] = [(trace_id, span_id, parent_id, name, SERVER, start, end, attributes,
+    (trace_id, span_id, parent_id, state, start, end, request, _, _, status, _, _,
+     children) = record  # another shape: ValueError (the exporter loses the record)
+    if len(request) != len(REQUEST) or len(children) % CHILD:
+        raise ValueError("not a request record")
+    spans: list[Record] = [(trace_id, span_id, parent_id, server_name(record), SERVER, start,
+                            end, server_attributes(record),
                             status is not None and status >= 500, state)]
-    for child, child_start, child_end, child_error, child_attributes in children:
+    for at in range(0, len(children), CHILD):
+        child, child_start, child_end, child_error, child_attributes = children[at:at + CHILD]
         if child_error is not None:
             child_attributes = {**(child_attributes or {}), "error.type": child_error}
         spans.append((trace_id, new_span_id(), span_id, child, INTERNAL, child_start, child_end,

@@ -100,9 +100,9 @@ def frames(path: Path) -> list[list[Any]]:
 def test_a_request_leaves_its_spans_as_one_record(tmp_path: Path) -> None:
     out = tmp_path / "frames"
     tracer = Tracer(sampler("parentbased_always_on"), SpanPipe(copier(out), interval=0.05))
-    fields = ["POST", "/v1/x", "10.0.0.9", "req-1", None, 8443, None, None, None, None]
+    request = ("POST", "/v1/x", "10.0.0.9", "req-1", None, 8443)
     try:
-        span = tracer.start(Parent(TRACE, SPAN, 1, "k=v"), fields)
+        span = tracer.start(Parent(TRACE, SPAN, 1, "k=v"), request)
         assert span is not None and span.recording
         trace_id, span_id, flags = span.ids()
         assert (trace_id, flags) == (TRACE, "01") and len(span_id) == 16 and span_id != SPAN
@@ -112,9 +112,8 @@ def test_a_request_leaves_its_spans_as_one_record(tmp_path: Path) -> None:
         span.set("ferrohsm.extra", True)
         span.finish(503)
         span.finish(200)  # once only
-        assert tracer.start(Parent(TRACE, SPAN, 0), list(fields)) is None  # sampled out
-        root = tracer.start(None, ["GET", "/", "::1", "req-2", "curl", None, None, None,
-                                   None, None])
+        assert tracer.start(Parent(TRACE, SPAN, 0), request) is None  # sampled out
+        root = tracer.start(None, ("GET", "/", "::1", "req-2", "curl", None))
         assert root is not None and root.parent_id is None and root.ids()[0] != TRACE
         root.finish(200)
     finally:
@@ -260,8 +259,7 @@ def test_the_queue_bound_counts_spans_not_requests(tmp_path: Path) -> None:
     pipe = tracer.pipe
     try:
         for i in range(4):  # 3 spans a request: 12 spans, the bound is 10
-            span = tracer.start(None, ["GET", f"/{i}", "::1", f"r{i}", None, None, None, None,
-                                       None, None])
+            span = tracer.start(None, ("GET", f"/{i}", "::1", f"r{i}", None, None))
             assert span is not None
             span.ended_child("authenticate", time.time_ns())
             span.ended_child("ferrohsm get", time.time_ns())

@@ -91,13 +91,13 @@ def test_sampling_follows_otel_traces_sampler_and_a_sampled_caller(
     tracer = from_environment()
     assert tracer is not None
     try:
-        fields = ["GET", "/x", "::1", "req-1", None, None, None, None, None, None]
-        assert tracer.start(None, list(fields)) is None
-        span = tracer.start(Parent(TRACE, SPAN, 1, "k=v"), list(fields))
+        request = ("GET", "/x", "::1", "req-1", None, None)
+        assert tracer.start(None, request) is None
+        span = tracer.start(Parent(TRACE, SPAN, 1, "k=v"), request)
         assert span is not None and span.recording
         assert span.ids() == (TRACE, span.ids()[1], "01")
         assert span.ids()[1] != SPAN
-        assert tracer.start(Parent(TRACE, SPAN, 0), list(fields)) is None
+        assert tracer.start(Parent(TRACE, SPAN, 0), request) is None
     finally:
         tracer.shutdown()
     assert tracer.stats()["sent"] == 0  # nothing ended, nothing recorded
