@@ -173,7 +173,7 @@ class SpanWriter:
         for record in records:
             try:
                 out += self._request(record, new_id)
-            except (TypeError, ValueError, struct.error):
+            except (AttributeError, TypeError, ValueError, struct.error):  # a name not a str
                 lost += 1
         return out, lost
 

@@ -239,13 +239,14 @@ def test_a_frame_of_request_records_goes_out_in_requests_of_the_batch_size(
               "/v1/x", None, 200, None, None, child * 2)
     try:
         exp = otlpexport.Exporter()
-        exp.export([record, ("malformed",), record, record])
+        nameless = (*record[:12], [None, 10, 20, None, None])
+        exp.export([record, ("malformed",), record, nameless, record])
         exp.shutdown()
     finally:
         collector.close()
     assert [sum(len(s.spans) for r in m.resource_spans for s in r.scope_spans)
             for m in collector.received] == [5, 4]
-    assert exp.exported == 9 and exp.failed == 1
+    assert exp.exported == 9 and exp.failed == 2
     spans = collector.spans()
     assert len({s["span_id"] for s in spans}) == 7  # each child an id of its own, drawn there
     assert sorted(s["name"] for s in spans) == ["POST /v1/x"] * 3 + ["authenticate"] * 6
