@@ -2,8 +2,8 @@
 
 Started once by telemetry/spanpipe.py with this interpreter and the server's sys.path. Reads
 frames (4-byte big-endian length, then a ``marshal``-encoded list of tracing.RequestRecord
-tuples) until end of input, makes each record into its spans (tracing.spans_of), encodes them
-in OTLP ``ExportTraceServiceRequest``s of the batch size (otlpwire.py; Resource: service.name,
+tuples) until end of input, encodes each record's spans, drawing the children's ids, in OTLP
+``ExportTraceServiceRequest``s of the batch size (otlpwire.py; Resource: service.name,
 service.version, OTEL_RESOURCE_ATTRIBUTES and the SDK's detectors; instrumentation scope
 "ferrohsm") and sends each with the SDK's ``OTLPSpanExporter``'s client, which reads the
 standard OTEL_EXPORTER_OTLP_* variables itself (endpoint, headers, timeout, compression,
