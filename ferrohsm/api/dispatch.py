@@ -199,12 +199,14 @@ class Dispatcher:
                             else self.call_refuse(request, error))
                 (ticketed if request.tickets else ready).append((conn, incoming, response))
         if ticketed:
+            written = time.time_ns()  # an exported span's audit.flush child starts here
             self._write()
             waiting: list[Answer] = []
             failed: list[tuple[Answer, str]] = []
             for answer in ticketed:
                 durable = self._durable(answer)
-                if durable is True:
+                if durable is True:  # a sink whose write is its flush (SQLite, PostgreSQL)
+                    _flush_span(answer, written)
                     ready.append(answer)
                 elif durable is False:
                     waiting.append(answer)
@@ -212,19 +214,17 @@ class Dispatcher:
                     failed.append((answer, durable))
             ready.extend(_refused(failed))
             if waiting:
-                self._hold(waiting)
+                self._hold(waiting, written)
         return ready
 
-    def _hold(self, waiting: list[Answer]) -> None:
+    def _hold(self, waiting: list[Answer], written: int) -> None:
         """Keep answers whose records are written, not yet durable, for the next flush."""
         if not self._held:
             self._held_since = time.monotonic()
         self._held.append(waiting)
         self._held_requests += len(waiting)
-        for _, incoming, _ in waiting:
-            span = incoming.request.trace
-            if span is not None:  # spans exported: the request's audit.flush child starts
-                span.begin_flush(len(incoming.request.tickets or ()))
+        for answer in waiting:
+            _flush_span(answer, written)
 
     def _write(self) -> None:
         """Seal and write the turn's queued records, one group, here on the loop."""
@@ -313,3 +313,12 @@ def _unavailable(request: Request, reason: str) -> Response:
     if is_transit(request.path):
         return vault_error(AuditUnavailable(reason))
     return error_response(AuditUnavailable(reason), request.request_id)
+
+
+def _flush_span(answer: Answer, written: int) -> None:
+    """Spans exported: the request's audit.flush child, from the write of its records (at
+    ``written``, ns) until its answer leaves."""
+    request = answer[1].request
+    span = request.trace
+    if span is not None:
+        span.begin_flush(len(request.tickets or ()), written)

@@ -215,10 +215,11 @@ class RequestSpan:
             self.children += ("audit.flush", start, time.time_ns(), None,
                               {"ferrohsm.audit.records": 1})
 
-    def begin_flush(self, records: int) -> None:
-        """The request's audit records are written; their flush (fsync) begins."""
+    def begin_flush(self, records: int, start_ns: int = 0) -> None:
+        """The request's audit records are being written and flushed, since ``start_ns`` (or
+        now); the audit.flush child ends with the request."""
         if self.flush_from is None:
-            self.flush_from = (time.time_ns(), records)
+            self.flush_from = (start_ns or time.time_ns(), records)
 
     def finish(self, status: int) -> None:
         """End the flush child (if any) and the server span with the final status; a 5xx
