@@ -206,7 +206,8 @@ class Dispatcher:
             for answer in ticketed:
                 durable = self._durable(answer)
                 if durable is True:  # a sink whose write is its flush (SQLite, PostgreSQL)
-                    _flush_span(answer, written)
+                    if answer[1].request.trace is not None:
+                        _flush_span(answer, written)
                     ready.append(answer)
                 elif durable is False:
                     waiting.append(answer)
@@ -224,7 +225,8 @@ class Dispatcher:
         self._held.append(waiting)
         self._held_requests += len(waiting)
         for answer in waiting:
-            _flush_span(answer, written)
+            if answer[1].request.trace is not None:  # spans exported (no call otherwise)
+                _flush_span(answer, written)
 
     def _write(self) -> None:
         """Seal and write the turn's queued records, one group, here on the loop."""
@@ -319,6 +321,4 @@ def _flush_span(answer: Answer, written: int) -> None:
     """Spans exported: the request's audit.flush child, from the write of its records (at
     ``written``, ns) until its answer leaves."""
     request = answer[1].request
-    span = request.trace
-    if span is not None:
-        span.begin_flush(len(request.tickets or ()), written)
+    request.trace.begin_flush(len(request.tickets or ()), written)
