@@ -25,7 +25,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .tracing import CHILD, server_attributes
+from .tracing import CHILD, OPTIONAL, leading, server_attributes, server_name
 
 _DOUBLE = struct.Struct("<d").pack
 _FIXED32 = struct.Struct("<I").pack
@@ -196,11 +196,11 @@ class SpanWriter:
             parent_field = _SPAN_PARENT_ID + bytes.fromhex(parent_hex)
             if len(parent_field) != 10:
                 raise ValueError("parent span id of the wrong length")
-        name = f"{request[0]} {route}" if route else str(request[0])
         attributes = (self._attributes(server_attributes(record).items()) if extra
                       else self._server_attributes(request, route, user, status, error))
         body = b"".join((head, _SPAN_SPAN_ID, span_id, state_field, parent_field,
-                         self._name_kind(name, SERVER), _TIMES(0x39, start, 0x41, end), attributes,
+                         self._name_kind(server_name(record), SERVER),
+                         _TIMES(0x39, start, 0x41, end), attributes,
                          _TAIL[status is not None and status >= 500, bool(parent_field)]))
         spans = [b"\x12" + varint(len(body)) + body]
         under = _SPAN_PARENT_ID + span_id
@@ -227,12 +227,10 @@ class SpanWriter:
         after_key = (agent, port, route, user, status, error)
         before = blocks.get(before_key)
         if before is None:
-            before = self._block(before_key, (
-                ("http.request.method", method), ("url.path", path), ("url.scheme", "https"),
-                ("client.address", client), ("network.peer.address", client)))
+            before = self._block(before_key, leading(method, path, client))
         after = blocks.get(after_key)
         if after is None:
-            after = self._block(after_key, [(k, v) for k, v in zip(_AFTER, after_key)
+            after = self._block(after_key, [(k, v) for k, v in zip(OPTIONAL, after_key)
                                             if v is not None])
         rid = (_text_attribute(_REQUEST_ID, request_id) if isinstance(request_id, str)
                else _attribute("ferrohsm.request_id", request_id))
@@ -319,9 +317,6 @@ def _text_attribute(prefix: bytes, value: str) -> bytes | None:
 
 
 _REQUEST_ID = b"\x0a\x13ferrohsm.request_id\x12"
-# The server span's attributes after the request id, in tracing.server_attributes's order.
-_AFTER = ("user_agent.original", "server.port", "http.route", "user.id",
-          "http.response.status_code", "error.type")
 
 
 def _attribute(key: str, value: Any) -> bytes | None:
