@@ -35,6 +35,7 @@ from ..domain.ids import is_approval_id
 from ..domain.model import Principal, RequestContext
 from ..telemetry import access as access_lines
 from ..telemetry.metrics import ServerMetrics
+from ..telemetry.semconv import KNOWN_METHODS, ORIGINAL_LIMIT, method_label, method_original
 from ..telemetry.tracecontext import Parent, parse_traceparent
 from ..telemetry.tracing import RequestSpan, Tracer, running
 from .handlers.dashboard import harden
@@ -45,6 +46,7 @@ from .transit import is_transit
 
 log = logging.getLogger("ferrohsm.api")
 AuditHook = Callable[[RequestContext, str, str, str], None]
+UNMATCHED = "unmatched"  # the metrics' route label of a request no route matched
 
 
 class Application:
@@ -64,8 +66,6 @@ class Application:
 
     def __call__(self, req: Request) -> Response:
         start = time.perf_counter()
-        route_name = "unmatched"
-        error_type: str | None = None
         parent = (parse_traceparent(req.headers.values_of("traceparent"),
                                     req.headers.values_of("tracestate"))
                   if "traceparent" in req.headers else None)
@@ -77,27 +77,11 @@ class Application:
         ctx = base_context(req, None, self.limiter.client_ip(
             req.peer_ip, req.headers.get_all("x-forwarded-for")),
             exported[0] if exported else parent.trace_id if parent else None)
-        try:
-            route, params = self._route(req, ctx)
-            route_name = route.template
-            if route.template.startswith("/v1/"):
-                ctx = with_principal(ctx, self._authenticate(req, ctx, span))
-            _check_approval_header(req)
-            self._limit(ctx)
-            result = (route.handler(ctx, req, params) if span is None
-                      else _traced(span, route, ctx, req, params))
-            resp = result if isinstance(result, Response) else json_response(*result)
-        except FerroError as exc:
-            if not isinstance(exc, Recorded):
-                self._record_refusal(req, ctx, route_name, exc)
-            error_type = exc.code
-            resp = _error(req, exc)
-        except Exception:
-            log.exception("unhandled error", extra={"request_id": req.request_id})
-            failure = FerroError("internal error")
-            self._record_refusal(req, ctx, route_name, failure)
-            error_type = "internal"
-            resp = _error(req, failure)
+        if span is not None and req.tickets is None:
+            with running(span):  # on a worker: each durable record becomes an audit.flush child
+                resp, ctx, route_name, error_type = self._handle(req, ctx, span)
+        else:
+            resp, ctx, route_name, error_type = self._handle(req, ctx, span)
         echo_context_headers(req, ctx, resp, parent)
         if req.path == "/ui" or req.path.startswith("/ui/"):
             harden(resp)  # 429, 405 and 400 are made before the dashboard handler runs
@@ -111,6 +95,37 @@ class Application:
                       exported or parent, error_type)
         return resp
 
+    def _handle(self, req: Request, ctx: RequestContext, span: RequestSpan | None
+                ) -> tuple[Response, RequestContext, str | None, str | None]:
+        """Route, authenticate, limit and run: (the response, the context, the route's
+        template or None when no route matched, the error type or None)."""
+        route_name: str | None = None
+        error_type: str | None = None
+        try:
+            route, params = self._route(req, ctx)
+            route_name = route.template
+            if route.template.startswith("/v1/"):
+                ctx = with_principal(ctx, self._authenticate(req, ctx, span))
+            _check_approval_header(req)
+            self._limit(ctx)
+            result = (route.handler(ctx, req, params) if span is None
+                      else _traced(span, route, ctx, req, params))
+            resp = result if isinstance(result, Response) else json_response(*result)
+        except FerroError as exc:
+            if isinstance(exc, MethodNotAllowed) and exc.route:
+                route_name = exc.route  # the path's template: only the method was wrong
+            if not isinstance(exc, Recorded):
+                self._record_refusal(req, ctx, route_name, exc)
+            error_type = exc.code
+            resp = _error(req, exc)
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": req.request_id})
+            failure = FerroError("internal error")
+            self._record_refusal(req, ctx, route_name, failure)
+            error_type = "internal"
+            resp = _error(req, failure)
+        return resp, ctx, route_name, error_type
+
     def finished(self, req: Request, resp: Response, seconds: float) -> None:
         """The server wrote ``resp`` (the final answer, a 503 for an audit record that did not
         become durable included): end the request's spans (api/server.py ``on_request``)."""
@@ -123,25 +138,36 @@ class Application:
         sampled out, nothing recorded)."""
         assert self.tracer is not None  # noqa: S101  narrows a type for mypy, not a runtime check
         span = self.tracer.start(parent, (  # tracing.REQUEST
-            req.method, req.path[:256], req.peer_ip, req.request_id, _agent(req),
+            method_label(req.method), req.path[:256], req.peer_ip, req.request_id, _agent(req),
             self.server_port))
         req.trace = span
+        if span is not None and req.method not in KNOWN_METHODS:
+            span.set("http.request.method_original", method_original(req.method))
         return span
 
     def refuse(self, req: Request, exc: FerroError) -> Response:
         """The answer to a request the server refused while reading it (a framing error, a
         limit, a timeout: ``req`` holds what could be parsed). It never reached a route, so it
         is recorded here; like every anonymous refusal it spends a token of its source IP, and
-        once those are gone the answer is the (sampled) 429 instead."""
+        once those are gone the answer is the (sampled) 429 instead. It gets its access line,
+        metrics and span like any answered request."""
+        start = time.perf_counter()
+        span = self._start_span(req, None) if self.tracer is not None else None
+        exported = span.ids() if span is not None else None
         ctx = base_context(req, None, self.limiter.client_ip(
-            req.peer_ip, req.headers.get_all("x-forwarded-for")))
+            req.peer_ip, req.headers.get_all("x-forwarded-for")),
+            exported[0] if exported else None)
         try:
             self._limit(ctx)
         except RateLimited as limited:
             exc = limited
         else:
-            self._record_refusal(req, ctx, "unmatched", exc)
-        return _error(req, exc)
+            self._record_refusal(req, ctx, None, exc)
+        resp = _error(req, exc)
+        if span is not None:
+            span.routed(None, None, exc.code)
+        self._observe(req, ctx, None, resp, time.perf_counter() - start, exported, exc.code)
+        return resp
 
     def runs_inline(self, req: Request) -> bool:
         """Whether the server may run ``req`` on its event loop (api/server.py): the route says
@@ -162,13 +188,14 @@ class Application:
             self._limit(ctx)  # a scanner's 404s spend its IP's tokens too (429 once empty)
             raise
 
-    def _record_refusal(self, req: Request, ctx: RequestContext, route: str,
+    def _record_refusal(self, req: Request, ctx: RequestContext, route: str | None,
                         exc: FerroError) -> None:
         """Record a refusal that never reached the service (unknown routes and methods,
         malformed JSON, unknown fields, bad base64 or query strings, framing)."""
         try:
             self.audit_refusal(ctx, "request.refused", exc.outcome,
-                               f"{req.method} {route}: {exc.status} {exc.code}: {exc.message}")
+                               f"{req.method[:ORIGINAL_LIMIT]} {route or 'unmatched'}: "
+                               f"{exc.status} {exc.code}: {exc.message}")
         except FerroError:  # the call is refused anyway; the sink reports its own failure
             log.error("a refused request could not be audited",
                       extra={"request_id": req.request_id})
@@ -235,19 +262,21 @@ class Application:
             self._ip_audited[ip] = now
         self.audit_refusal(ctx, "ratelimit.refused", "denied", exc.message)
 
-    def _observe(self, req: Request, ctx: RequestContext, route: str, resp: Response,
+    def _observe(self, req: Request, ctx: RequestContext, route: str | None, resp: Response,
                  seconds: float, trace: tuple[str, str, str] | Parent | None,
                  error_type: str | None) -> None:
         """Metrics, then the access line: ``trace`` holds the exported span's ids, or the
         caller's parent (or None) from which the access log's writer makes this request's."""
-        self.metrics.requests.inc(route, req.method, str(resp.status))
-        self.metrics.latency.observe(seconds, route, req.method)
+        method, label = method_label(req.method), route or UNMATCHED
+        self.metrics.requests.inc(label, method, str(resp.status))
+        self.metrics.latency.observe(seconds, label, method)
         access, status = self.access, resp.status
         if not access.enabled_for(status):
             return
         principal = ctx.principal
         access.record((
-            time.time(), status, req.method, route, req.path[:256], seconds, ctx.source_ip,
+            time.time(), status, req.method[:ORIGINAL_LIMIT], route, req.path[:256], seconds,
+            ctx.source_ip,
             req.peer_ip, self.server_port, principal.subject if principal else None,
             principal.role.value if principal else None,
             principal.session if principal else None, ctx.client_fingerprint, _agent(req),
@@ -255,8 +284,15 @@ class Application:
 
 
 def _agent(req: Request) -> str | None:
+    """The User-Agent as sent: header bytes are kept as Latin-1 by the parser, so a UTF-8 agent
+    is decoded again here (invalid bytes as U+FFFD)."""
     agent = req.headers.values_of("user-agent")
-    return agent[0][:256] if agent else None
+    if not agent:
+        return None
+    value = agent[0][:256]
+    if value.isascii():
+        return value
+    return value.encode("latin-1", "replace").decode("utf-8", "replace")
 
 
 def _traced(span: RequestSpan, route: Any, ctx: RequestContext, req: Request,
@@ -264,10 +300,7 @@ def _traced(span: RequestSpan, route: Any, ctx: RequestContext, req: Request,
     """Run the handler inside the key operation's child span (named after the route)."""
     start, error = time.time_ns(), None
     try:
-        if req.tickets is not None:  # on the event loop: its records' group flush is its child
-            return route.handler(ctx, req, params)
-        with running(span):  # on a worker: each durable record becomes an audit.flush child
-            return route.handler(ctx, req, params)
+        return route.handler(ctx, req, params)
     except FerroError as exc:
         error = exc.code
         raise

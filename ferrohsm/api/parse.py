@@ -137,15 +137,16 @@ def scan_request_id(raw: bytes | bytearray) -> str | None:
     return match.group(1).decode("ascii") if match else None
 
 
-def scan_path(raw: bytes | bytearray) -> str:
-    """The path of a head we refused, when its request line itself is valid ("" otherwise):
-    the error must still take the shape of the API it was sent to (Vault's under
-    /v1/transit/), though the refusal came from a header (415, 413, a bad field)."""
+def scan_request_line(raw: bytes | bytearray) -> tuple[str, str]:
+    """The method and path of a head we refused, when its request line itself is valid ("" and
+    "" otherwise): the error must still take the shape of the API it was sent to (Vault's under
+    /v1/transit/), and its access line and metrics name the method, though the refusal came
+    from a header (415, 413, a bad field)."""
     try:
-        _, target, _ = _parse_request_line(bytes(raw).split(b"\r\n", 1)[0])
+        method, target, _ = _parse_request_line(bytes(raw).split(b"\r\n", 1)[0])
     except FerroError:
-        return ""
-    return target.partition("?")[0]
+        return "", ""
+    return method, target.partition("?")[0]
 
 
 def parse_head(head: bytes, limits: Limits) -> RequestHead:
@@ -253,9 +254,41 @@ def _check_host(headers: Headers, version: str) -> None:
         raise BadRequest("HTTP/1.1 request without a Host header")
 
 
-def _is_json_or_untyped(content_type: str | None, untyped: bool) -> bool:
-    """A JSON body: declared so, or (where ``untyped`` allows it) declared not at all."""
-    return _is_json(content_type) or (untyped and content_type is None)
+_PLAIN_JSON = ["application/json"]
+
+
+def _check_body_type(headers: Headers, untyped: bool) -> None:
+    """A body must be JSON in UTF-8, sent as is: declared so, or (where ``untyped`` allows it)
+    not declared at all. Two Content-Types are ambiguous (400); another media type, another
+    charset or a content coding is refused (415) rather than read as something it is not."""
+    types = headers.values_of("content-type")
+    if types == _PLAIN_JSON:  # the common case
+        pass
+    elif len(types) > 1:
+        raise BadRequest("more than one Content-Type header")
+    elif not types:
+        if not untyped:
+            raise UnsupportedMediaType("request bodies must be application/json")
+    elif not _is_json(types[0]):
+        raise UnsupportedMediaType("request bodies must be application/json")
+    elif _charset(types[0]) not in (None, "utf-8", "utf8"):
+        raise UnsupportedMediaType("request bodies must be UTF-8 JSON (charset=utf-8)")
+    if "content-encoding" not in headers:
+        return
+    codings = [c.strip().lower() for v in headers.values_of("content-encoding")
+               for c in v.split(",") if c.strip()]
+    if any(c != "identity" for c in codings):
+        raise UnsupportedMediaType("a Content-Encoding is not accepted: send the JSON body "
+                                   "uncompressed")
+
+
+def _charset(content_type: str) -> str | None:
+    """The charset parameter of a media type, lower-cased and unquoted (None: not given)."""
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
 
 
 def _chunked(headers: Headers, version: str, untyped: bool = False) -> bool:
@@ -269,8 +302,7 @@ def _chunked(headers: Headers, version: str, untyped: bool = False) -> bool:
         raise BadRequest("Transfer-Encoding is not accepted in HTTP/1.0")
     if len(codings) != 1 or codings[0] != "chunked":
         raise BadRequest("the only Transfer-Encoding accepted is exactly 'chunked'")
-    if not _is_json_or_untyped(headers.get("content-type"), untyped):
-        raise UnsupportedMediaType("request bodies must be application/json")
+    _check_body_type(headers, untyped)
     return True
 
 
@@ -286,9 +318,8 @@ def _content_length(headers: Headers, limits: Limits, untyped: bool = False) -> 
     length = int(values[0])
     if length > limits.max_body:
         raise PayloadTooLarge(f"request body larger than {limits.max_body} bytes{TOO_LARGE_HINT}")
-    content_type = headers.values_of("content-type")
-    if length and not _is_json_or_untyped(content_type[0] if content_type else None, untyped):
-        raise UnsupportedMediaType("request bodies must be application/json")
+    if length:
+        _check_body_type(headers, untyped)
     return length
 
 
@@ -469,10 +500,11 @@ def bare_request(head: RequestHead | None, raw: bytes | bytearray, peer: tuple[s
                  client_cert_der: bytes | None, received_at: float) -> Request:
     """What we know of a request refused before the app (for error bodies and access logs):
     its head if that parsed, and the client's X-Request-ID if one can be found in ``raw``."""
+    method, path = (head.method, head.path) if head else scan_request_line(raw)
     return Request(
-        method=head.method if head else "",
+        method=method,
         target=head.target if head else "",
-        path=head.path if head else scan_path(raw),
+        path=path,
         query={},
         headers=head.headers if head else Headers(),
         body=b"",

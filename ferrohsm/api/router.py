@@ -188,10 +188,11 @@ class Router:
                 route = route_map.get("GET")
             if route is not None:
                 return route, params if route.is_prefix else _decode(route.params, params)
-        allowed = self._allowed(raw_path)
+        allowed, template = self._allowed(raw_path)
         if not allowed:
             raise NotFound("no such endpoint")
-        raise MethodNotAllowed(f"method {method} not allowed here", allow=allowed)
+        raise MethodNotAllowed(f"method {method} not allowed here", allow=allowed,
+                               route=template)
 
     def _candidates(self, raw_path: str) -> Iterator[tuple[dict[str, Route], Any]]:
         """Route maps whose path matches, best first: prefix routes, then the trie."""
@@ -207,13 +208,17 @@ class Router:
         for node, values in _walk(self._root, segments, 0, []):
             yield node.routes, values
 
-    def _allowed(self, raw_path: str) -> tuple[str, ...]:
+    def _allowed(self, raw_path: str) -> tuple[tuple[str, ...], str | None]:
+        """The methods the path's routes take, and the best match's template."""
         methods: set[str] = set()
+        template = None
         for route_map, _ in self._candidates(raw_path):
             methods.update(route_map)
+            if template is None and route_map:
+                template = next(iter(route_map.values())).template
         if "GET" in methods:
             methods.add("HEAD")
-        return tuple(sorted(methods))
+        return tuple(sorted(methods)), template
 
 
 def _walk(node: _Node, segments: list[str], index: int,

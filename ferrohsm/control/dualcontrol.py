@@ -172,7 +172,8 @@ class DualControl:
             approval_id=uuid7(int(now.timestamp() * 1000)), action=action.value,
             key_id=key_id, args=args, salt=secrets.token_bytes(16), requester=ctx.actor,
             required=required, now=now, expires_at=decision.expires_at or now), revision=1)
-        message = f"{action.value} needs {required} approval(s) ({target.summary})"
+        summary = f" ({target.summary})" if target.summary else ""
+        message = f"{action.value} needs {required} approval(s){summary}"
         details: dict[str, Any] = {"approval_id": target.id,
                                    "request_hash": target.request_hash, "required": required,
                                    "expires_at": iso(target.expires_at)}

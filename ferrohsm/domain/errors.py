@@ -97,9 +97,11 @@ class NotFound(FerroError):
 class MethodNotAllowed(FerroError):
     code, status = "method_not_allowed", 405
 
-    def __init__(self, message: str = "", allow: tuple[str, ...] = ()) -> None:
+    def __init__(self, message: str = "", allow: tuple[str, ...] = (),
+                 route: str | None = None) -> None:
         super().__init__(message)
         self.allow = allow
+        self.route = route  # the template the path matched (for logs, metrics and spans)
 
 
 class RequestTimeout(FerroError):

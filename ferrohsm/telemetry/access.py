@@ -38,6 +38,7 @@ import time
 from json.encoder import encode_basestring_ascii as _q
 from typing import TextIO
 
+from .semconv import method_label, method_original
 from .tracecontext import Parent, new_span_id, new_trace_and_span_ids
 
 WARNING_STATUSES = frozenset({401, 403, 429})
@@ -59,7 +60,7 @@ def level_of(status: int) -> int:
 # session id, certificate thumbprint, user agent, error code, request id, the exported span's
 # (trace id, span id, flags) or, for a request whose spans are not exported, the caller's
 # Parent or None (its ids are made by the writer: nothing else needs them), correlation id.
-Values = tuple[float, int, str, str, str, float, str | None, str, int | None, str | None,
+Values = tuple[float, int, str, str | None, str, float, str | None, str, int | None, str | None,
                str | None, str | None, str | None, str | None, str | None, str,
                tuple[str, str, str] | Parent | None, str | None]
 
@@ -75,9 +76,13 @@ _LEVEL_NAMES = {logging.INFO: "info", logging.WARNING: "warning", logging.ERROR:
 _FRAGMENTS = 4096  # cached line fragments per kind, before the caches start again
 
 
-def _head(status: int, method: str, route: str, path: str) -> str:
-    """The fields from ``logger`` to the status code (``_format``)."""
-    return (f'"logger":"{LOGGER}","http.request.method":{_q(method)},"http.route":"{route}",'
+def _head(status: int, method: str, route: str | None, path: str) -> str:
+    """The fields from ``logger`` to the status code (``_format``): the method as the semantic
+    conventions name it (semconv.py), with the method as sent when they do not know it."""
+    label, original = method_label(method), method_original(method)
+    extra = "" if original is None else f'"http.request.method_original":{_q(original)},'
+    return (f'"logger":"{LOGGER}","http.request.method":"{label}",{extra}'
+            f'"http.route":{"null" if route is None else _q(route)},'
             f'"url.path":{_q(path)},"http.response.status_code":{int(status)}')
 
 

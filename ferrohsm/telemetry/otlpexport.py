@@ -43,6 +43,8 @@ log = logging.getLogger("ferrohsm.telemetry.otlpexport")
 HEADER = struct.Struct(">I")
 NICENESS = 10
 REPORT_EVERY = 60.0  # seconds between two warnings that spans are not being delivered
+LATEST_LIMIT = 160  # characters of the SDK's latest complaint quoted in that warning (a log
+# field is cut at 256, and the warning's own words come first)
 
 
 def main() -> int:
@@ -274,7 +276,9 @@ class LatestProblem(logging.Handler):
         self.latest = ""
 
     def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage().replace("\n", " ")[:300]
+        message = record.getMessage().replace("\n", " ")
+        if len(message) > LATEST_LIMIT:  # whole words: the warning line must not cut it
+            message = message[:LATEST_LIMIT].rsplit(" ", 1)[0] + " …"
         if not (message.startswith(self.GENERIC) and self.latest):
             self.latest = message
 

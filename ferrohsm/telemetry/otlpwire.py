@@ -212,7 +212,7 @@ class SpanWriter:
                              self._name_kind(children[at], INTERNAL),
                              _TIMES(0x39, children[at + 1], 0x41, children[at + 2]),
                              self._attributes(child_attributes.items()) if child_attributes
-                             else b"", _TAIL[False, False]))
+                             else b"", _TAIL[child_error is not None, False]))
             spans.append(b"\x12" + varint(len(body)) + body)
         return spans
 

@@ -39,6 +39,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from . import sampler as sampling
+from .semconv import span_method
 from .spanpipe import SpanPipe
 from .tracecontext import Parent, new_id_block, new_span_id
 
@@ -115,6 +116,11 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Tracer | None:
     if protocol.strip() != "http/protobuf":
         log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported; exporting with "
                     "http/protobuf", protocol[:40])
+    exporters = [e.strip().lower() for e in env.get("OTEL_TRACES_EXPORTER", "otlp").split(",")]
+    unsupported = [e for e in exporters if e not in ("otlp", "")]
+    if unsupported:
+        log.warning("OTEL_TRACES_EXPORTER=%s: only otlp is supported; exporting over OTLP",
+                    ",".join(unsupported)[:60])
     if not _sdk_installed():
         log.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but the otel extra is not installed "
                     "(pip install 'ferrohsm[otel]'): spans are not exported")
@@ -198,7 +204,7 @@ class RequestSpan:
         """trace id, span id and flags (hex) for the log line and the audit record."""
         return self.trace_id, self.span_id, "01"
 
-    def routed(self, route: str, user: str | None, error_type: str | None) -> None:
+    def routed(self, route: str | None, user: str | None, error_type: str | None) -> None:
         """What the application learnt: the route, the authenticated subject, the refusal."""
         self.route, self.user, self.error = route, user, error_type
 
@@ -278,9 +284,10 @@ def leading(method: Any, path: Any, client: Any) -> tuple[tuple[str, Any], ...]:
 
 
 def server_name(record: RequestRecord) -> str:
-    """"{method} {route}", or the method alone before routing."""
-    method, route = record[6][0], record[7]
-    return f"{method} {route}" if route else str(method)
+    """"{method} {route}", or the method alone when no route matched (``HTTP`` for a method
+    the conventions do not know, semconv.py)."""
+    method, route = span_method(str(record[6][0])), record[7]
+    return f"{method} {route}" if route else method
 
 
 def spans_of(record: RequestRecord) -> list[Record]:
@@ -298,5 +305,5 @@ def spans_of(record: RequestRecord) -> list[Record]:
         if child_error is not None:
             child_attributes = {**(child_attributes or {}), "error.type": child_error}
         spans.append((trace_id, new_span_id(), span_id, child, INTERNAL, child_start, child_end,
-                      child_attributes, False, state))
+                      child_attributes, child_error is not None, state))
     return spans

@@ -137,6 +137,42 @@ def test_json_content_type_with_charset_accepted(exchange: Any, srv: Any) -> Non
     assert r.status == 200 and r.json()["body_len"] == 2
 
 
+@pytest.mark.parametrize("content_type", ['application/json; charset=latin1',
+                                          'application/json; charset="UTF-16"'])
+def test_json_in_another_charset_is_refused_not_misread(exchange: Any, srv: Any,
+                                                        calls: list[str],
+                                                        content_type: str) -> None:
+    r = send(exchange, srv, f"POST /e HTTP/1.1\r\n{H}Content-Type: {content_type}\r\n"
+                            "Content-Length: 2\r\n\r\n{}")
+    assert_refused(r, 415, "unsupported_media_type")
+    assert "UTF-8" in r.json()["error"]["message"]
+    assert calls == []
+
+
+def test_two_content_types_are_refused_as_ambiguous(exchange: Any, srv: Any,
+                                                    calls: list[str]) -> None:
+    r = send(exchange, srv, f"POST /e HTTP/1.1\r\n{H}{JSON}Content-Type: text/plain\r\n"
+                            "Content-Length: 2\r\n\r\n{}")
+    assert_refused(r, 400, "bad_request")
+    assert calls == []
+
+
+@pytest.mark.parametrize("coding", ["gzip", "identity, br"])
+def test_a_compressed_body_is_refused_with_the_way_out(exchange: Any, srv: Any,
+                                                       calls: list[str], coding: str) -> None:
+    r = send(exchange, srv, f"POST /e HTTP/1.1\r\n{H}{JSON}Content-Encoding: {coding}\r\n"
+                            "Content-Length: 2\r\n\r\n{}")
+    assert_refused(r, 415, "unsupported_media_type")
+    assert "uncompressed" in r.json()["error"]["message"]
+    assert calls == []
+
+
+def test_identity_content_encoding_is_accepted(exchange: Any, srv: Any) -> None:
+    r = send(exchange, srv, f"POST /e HTTP/1.1\r\n{H}{JSON}Content-Encoding: identity\r\n"
+                            "Content-Length: 2\r\n\r\n{}")
+    assert r.status == 200 and r.json()["body_len"] == 2
+
+
 # ------------------------------------------------------------------ header syntax
 
 

@@ -300,7 +300,7 @@ def test_on_request_reports_each_response(make_server: Any, connect: Any, build:
     while len(seen) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)  # reported just after the write
     # the refused request's path is read back from its valid request line (api/parse.py
-    # scan_path): /v1/transit/ refusals answer in Vault's shape by it
+    # scan_request_line): /v1/transit/ refusals answer in Vault's shape by it
     assert [(path, status) for path, status, _ in seen] == [("/echo", 200), ("/x", 400)]
     assert all(0 <= dt < 1 for _, _, dt in seen)
 

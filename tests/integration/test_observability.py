@@ -108,6 +108,19 @@ def traffic(srv: Served) -> dict[str, Any]:
                     headers={"X-Request-ID": "obs-401"})[0] == 401
     assert srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt"},
                     token=service, headers={"X-Request-ID": "obs-403"})[0] == 403
+    # made-up methods: one label (_OTHER), not a metric series or span name each
+    assert srv.call("BREWCOFFEE", "/v1/keys", headers={"X-Request-ID": "obs-brew"})[0] == 405
+    assert srv.call("DELETE", "/v1/keys", headers={"X-Request-ID": "obs-405"})[0] == 405
+    assert srv.call("GET", "/nowhere", headers={"X-Request-ID": "obs-404"})[0] == 404
+    # refused while being read (the media type): still a line, a metric and a span
+    conn = http.client.HTTPSConnection("127.0.0.1", srv.port, context=srv.ctx, timeout=10)
+    conn.request("POST", "/v1/keys", body=b'{"algorithm":"aes-256-gcm","usage":"encrypt"}',
+                 headers={"Authorization": f"Bearer {srv.token}", "Content-Type": "text/plain",
+                          "X-Request-ID": "obs-415"})
+    assert conn.getresponse().status == 415
+    conn.close()
+    assert srv.call("GET", "/healthz", headers={  # a UTF-8 user agent, as sent
+        "X-Request-ID": "obs-agent", "User-Agent": "caf\u00e9/1".encode()})[0] == 200  # type: ignore[dict-item]
     return {"key": key["id"], "service": service}
 
 
@@ -121,6 +134,12 @@ def test_access_log_of_a_served_process(tmp_path: Path) -> None:
         for i in range(60):  # the last ones still queued in the writer's batch at SIGTERM
             assert srv.call("GET", "/v1/keys?limit=1",
                             headers={"X-Request-ID": f"obs-burst-{i}"})[0] == 200
+        exposition = metrics_text(srv)
+        assert "BREWCOFFEE" not in exposition
+        assert metric(srv, 'ferrohsm_http_requests_total{route="/v1/keys",method="_OTHER",'
+                           'status="405"}') == 1
+        assert metric(srv, 'ferrohsm_http_requests_total{route="unmatched",method="POST",'
+                           'status="415"}') == 1
     finally:
         lines = srv.stop()
     by_id = {x["request_id"]: x for x in lines}
@@ -140,6 +159,13 @@ def test_access_log_of_a_served_process(tmp_path: Path) -> None:
     assert by_id["obs-401"]["level"] == "warning"
     assert by_id["obs-401"]["error.type"] == "unauthenticated"
     assert by_id["obs-403"]["level"] == "warning"
+    brew = by_id["obs-brew"]
+    assert (brew["http.request.method"], brew["http.request.method_original"],
+            brew["http.route"]) == ("_OTHER", "BREWCOFFEE", "/v1/keys")
+    assert (by_id["obs-405"]["http.route"], by_id["obs-404"]["http.route"]) == ("/v1/keys", None)
+    assert by_id["obs-415"]["http.response.status_code"] == 415
+    assert by_id["obs-415"]["error.type"] == "unsupported_media_type"
+    assert by_id["obs-agent"]["user_agent.original"] == "caf\u00e9/1"
     text = srv.log.read_text()
     for secret in (seen["service"], srv.token, base64.b64encode(PLAINTEXT).decode(),
                    PLAINTEXT.decode(), seen["service"].rsplit(".", 1)[1]):
@@ -200,6 +226,18 @@ def test_spans_exported_over_otlp_http(tmp_path: Path, receiver: Receiver) -> No
     refused = next(s for s in spans if s["attributes"].get("ferrohsm.request_id") == "obs-401")
     assert refused["attributes"]["error.type"] == "unauthenticated"
     assert refused["attributes"]["http.response.status_code"] == 401
+    assert {s["name"] for s in spans if s["parent"] == refused["span_id"]} == {
+        "authenticate", "audit.flush"}  # its refusal's record is flushed too
+    by_request = {s["attributes"].get("ferrohsm.request_id"): s for s in spans
+                  if s["kind"] == 2}
+    brew = by_request["obs-brew"]
+    assert brew["name"] == "HTTP /v1/keys"
+    assert (brew["attributes"]["http.request.method"],
+            brew["attributes"]["http.request.method_original"]) == ("_OTHER", "BREWCOFFEE")
+    assert by_request["obs-404"]["name"] == "GET"  # no route: the method alone
+    assert "http.route" not in by_request["obs-404"]["attributes"]
+    assert by_request["obs-415"]["attributes"]["http.response.status_code"] == 415
+    assert by_request["obs-agent"]["attributes"]["user_agent.original"] == "caf\u00e9/1"
     fresh = next(s for s in spans if s["attributes"].get("ferrohsm.request_id") == "obs-badparent")
     assert fresh["parent"] == "" and fresh["trace_id"] != "0" * 32  # invalid header: new trace
     text = json.dumps(spans)
@@ -212,12 +250,18 @@ def exporter_children(pid: int) -> list[int]:
             for child in (task / "children").read_text().split()]
 
 
-def metric(srv: Served, series: str) -> float:
-    """One series of the served process's /metrics (-1 when absent)."""
+def metrics_text(srv: Served) -> str:
+    """The served process's /metrics exposition."""
     conn = http.client.HTTPSConnection("127.0.0.1", srv.port, context=srv.ctx, timeout=10)
     conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {srv.token}"})
     text = conn.getresponse().read().decode()
     conn.close()
+    return text
+
+
+def metric(srv: Served, series: str) -> float:
+    """One series of the served process's /metrics (-1 when absent)."""
+    text = metrics_text(srv)
     values = [line.rsplit(" ", 1)[1] for line in text.splitlines()
               if line.startswith(series + " ")]
     return float(values[0]) if values else -1.0

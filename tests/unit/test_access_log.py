@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ferrohsm.telemetry.access import AccessLog, level_of
+from ferrohsm.telemetry.semconv import KNOWN_METHODS
 
 DEFAULTS: dict[str, object] = dict(
     now=time.time(), status=200, method="POST", route="/v1/keys/{key}/encrypt",
@@ -132,8 +133,23 @@ def test_any_client_text_stays_inside_its_json_string(value: str) -> None:
     assert line.isascii() and line.count("\n") == 1
     parsed = json.loads(line)
     for name in ("user_agent.original", "url.path", "user.id", "client.address", "session.id",
-                 "http.request.method", "network.peer.address", "request_id"):
+                 "network.peer.address", "request_id"):
         assert parsed[name] == json.loads(json.dumps(value))
+    # a method the conventions do not know is named _OTHER, the method as sent kept beside it
+    if value in KNOWN_METHODS:
+        assert parsed["http.request.method"] == value
+    else:
+        assert parsed["http.request.method"] == "_OTHER"
+        assert parsed["http.request.method_original"] == json.loads(json.dumps(value[:32]))
+
+
+def test_an_unknown_method_is_named_other_and_an_unmatched_route_is_null() -> None:
+    known = json.loads(one_line(method="DELETE", route=None, status=404))
+    assert known["http.request.method"] == "DELETE" and known["http.route"] is None
+    assert "http.request.method_original" not in known
+    other = json.loads(one_line(method="BREW", status=404))
+    assert other["http.request.method"] == "_OTHER"
+    assert other["http.request.method_original"] == "BREW"
 
 
 def test_a_request_whose_spans_are_not_exported_gets_ids_of_its_own() -> None:

@@ -66,9 +66,11 @@ def test_wrong_method_is_405_with_sorted_allow(router: Router) -> None:
     with pytest.raises(MethodNotAllowed) as info:
         router.match("DELETE", "/v1/keys/k")
     assert info.value.allow == ("GET", "HEAD", "PATCH")
+    assert info.value.route == "/v1/keys/{key}"  # the path's template, for logs and metrics
     with pytest.raises(MethodNotAllowed) as info:
         router.match("GET", "/v1/keys/k/encrypt")
     assert info.value.allow == ("POST",)
+    assert info.value.route == "/v1/keys/{key}/encrypt"
 
 
 def test_unknown_method_on_known_path_is_405(router: Router) -> None:

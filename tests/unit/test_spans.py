@@ -136,7 +136,9 @@ def test_a_request_leaves_its_spans_as_one_record(tmp_path: Path) -> None:
         assert child[0] == TRACE and child[2] == span_id and child[4] == INTERNAL
         assert server[5] <= child[5] <= child[6] <= server[6]
     assert by_name["authenticate"][7] == {"error.type": "unauthenticated"}
+    assert by_name["authenticate"][8] is True  # a child that failed: status ERROR
     assert by_name["audit.flush"][7] == {"ferrohsm.audit.records": 2}
+    assert by_name["audit.flush"][8] is False
     assert len({s[1] for s in spans}) == 4  # distinct span ids
     get = by_name["GET"]
     assert get[2] is None and get[7] is not None and get[7]["user_agent.original"] == "curl"
@@ -270,3 +272,15 @@ def test_the_queue_bound_counts_spans_not_requests(tmp_path: Path) -> None:
     finally:
         tracer.shutdown()
     assert [r[6][1] for frame in frames(out) for r in frame] == ["/0", "/1", "/2"]
+
+
+def test_the_collectors_latest_complaint_is_quoted_in_whole_words() -> None:
+    import logging
+
+    from ferrohsm.telemetry.otlpexport import LATEST_LIMIT, LatestProblem
+    problems = LatestProblem()
+    words = "Exception while exporting Span batch: connection refused by the collector " * 6
+    problems.emit(logging.LogRecord("opentelemetry", logging.WARNING, __file__, 1, words,
+                                    None, None))
+    assert problems.latest.endswith(" …") and len(problems.latest) <= LATEST_LIMIT + 2
+    assert words.startswith(problems.latest[:-2]) and words[len(problems.latest) - 2] == " "

@@ -3,6 +3,8 @@ trace (ignored, never an error); tracestate is kept as received."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from ferrohsm.telemetry.tracecontext import (
@@ -118,3 +120,19 @@ def test_id_blocks_are_hex_of_the_right_width_and_never_zero(
     monkeypatch.setattr(tracecontext, "_ids", Stub())
     assert tracecontext.new_id_block(1) == f"{(1 << 128) | 1:048x}"
     assert tracecontext.new_id_block(2, trace=False) == f"{(5 << 64) | 7:032x}"
+
+
+@pytest.mark.parametrize("value, warned", [("console", True), ("otlp,zipkin", True),
+                                           ("otlp", False), (" OTLP ", False)])
+def test_an_unsupported_traces_exporter_is_said_not_ignored(
+        value: str, warned: bool, caplog: pytest.LogCaptureFixture) -> None:
+    from ferrohsm.telemetry.tracing import from_environment
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_TRACES_EXPORTER": value}
+    with caplog.at_level(logging.WARNING, logger="ferrohsm.telemetry"):
+        tracer = from_environment(env)
+    assert tracer is not None
+    tracer.shutdown()
+    said = [r.getMessage() for r in caplog.records if "OTEL_TRACES_EXPORTER" in r.getMessage()]
+    assert bool(said) is warned
+    if warned:
+        assert "only otlp is supported" in said[0]
