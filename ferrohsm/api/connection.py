@@ -44,8 +44,36 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 NEVER = math.inf
 
 
+_PLAIN_BODY = b"This port speaks HTTPS (TLS 1.3 only): use an https:// URL.\n"
+PLAIN_HTTP_ANSWER = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                     b"Content-Length: " + str(len(_PLAIN_BODY)).encode() + b"\r\n"
+                     b"Connection: close\r\n\r\n" + _PLAIN_BODY)
+
+
 class PeerGone(Exception):
     """EOF, reset or a TLS failure: the connection is over, silently."""
+
+
+def answer_plain_http(tls: ssl.SSLSocket, exc: Exception) -> bool:
+    """A client that sent plain HTTP to this TLS port (OpenSSL saw a request line where a
+    ClientHello belongs) is told so in plain HTTP, as nginx does, instead of a bare reset
+    (``curl http://`` showed nothing). Best effort, never blocking: one write on the raw
+    socket, the write side shut, the request's unread bytes drained so that closing does not
+    reset the answer away. True when it answered."""
+    if getattr(exc, "reason", None) != "HTTP_REQUEST":
+        return False
+    raw = socket.socket(fileno=tls.fileno())  # the same descriptor, past the TLS layer
+    try:
+        raw.send(PLAIN_HTTP_ANSWER)
+        raw.shutdown(socket.SHUT_WR)
+        for _ in range(16):  # at most 64 KiB of the request is read and dropped
+            if not raw.recv(4096):
+                break
+    except OSError:  # would block, or the client left: the answer went or it did not
+        pass
+    finally:
+        raw.detach()  # the descriptor stays the TLS socket's, closed with the connection
+    return True
 
 
 @dataclass(slots=True)

@@ -17,8 +17,8 @@ from typing import Any
 from .. import __version__
 from ..control.policy import APPROVABLE, SYSTEM_APPROVABLE
 from ..domain.model import (
-    DESCRIPTION_PATTERN,
     MAX_NAME,
+    NEW_DESCRIPTION_PATTERN,
     NEW_NAME_PATTERN,
     PAGE_TOKEN_PATTERN,
     PLAIN_TEXT_PATTERN,
@@ -69,8 +69,9 @@ ONE_OF_MESSAGE_OR_DIGEST = [
 DIGEST = {"type": "string", "contentEncoding": "base64",
           "pattern": "^(?:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=|[A-Za-z0-9+/]{64})$"}
 NULLABLE_STRING = {"type": ["string", "null"]}
-DESCRIPTION = {"type": "string", "maxLength": 1024, "pattern": f"^{DESCRIPTION_PATTERN}$",
-               "description": "no control characters other than tab and newline"}
+DESCRIPTION = {"type": "string", "maxLength": 1024, "pattern": f"^{NEW_DESCRIPTION_PATTERN}$",
+               "description": "no control characters other than tab and newline, no "
+                              "bidirectional formatting characters"}
 UUID = {"type": "string", "format": "uuid", "pattern": f"^{UUID_PATTERN}$"}
 NAME = {"type": "string", "maxLength": MAX_NAME, "pattern": f"^{NEW_NAME_PATTERN}$",
         "not": {"pattern": "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-"

@@ -22,9 +22,9 @@ Theory of operation (bench/RESULTS.md has the measurements):
   answer yet), else the longest-idle one is closed (or the next response carries ``Connection:
   close``), so a queued client is served within about a request time.
 - Deadlines per connection (connection.py): handshake, head, body, idle, sending, lingering. A
-  silent or dribbling peer costs a slot, never the loop.
+  silent or dribbling peer costs a slot, never the loop; plain HTTP gets a plain-text 400.
 - ``shutdown(grace)`` stops accepting, closes idle connections, lets requests in progress finish
-  within ``grace`` (answered with ``Connection: close``), closes the rest, joins every thread.
+  in ``grace`` (answered with ``Connection: close``), closes the rest, joins every thread.
 
 The application gets a ``Request`` and returns a ``Response``; a ``FerroError`` it raises becomes
 ``error_response``, anything else a generic 500 (traceback logged with the request id, never sent).
@@ -61,6 +61,7 @@ from .connection import (
     Conn,
     Incoming,
     PeerGone,
+    answer_plain_http,
 )
 from .dispatch import INTERNAL_MESSAGE, App, Dispatcher, Refuse, Turn
 from .flusher import DEFAULT_FLUSH, Durability, FlushPlan
@@ -113,18 +114,16 @@ class HardenedHTTPServer:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self.host, self.port = host, port
-        self.ssl_context_provider = ssl_context_provider
-        self.max_connections = max_connections
+        self.ssl_context_provider, self.max_connections = ssl_context_provider, max_connections
         self.admission = admission or Admission(max_connections, None, None, 0.0)
-        self.handshake_timeout, self.header_timeout = handshake_timeout, header_timeout
-        self.body_timeout, self.idle_timeout = body_timeout, idle_timeout
+        self.handshake_timeout, self.header_timeout, self.body_timeout, self.idle_timeout = (
+            handshake_timeout, header_timeout, body_timeout, idle_timeout)
         self.limits = Limits(max_request_line, max_header_bytes, max_headers, max_body)
         # Per connection: one request's worth of pipelined bytes, then reading pauses.
         self._buffer_cap = max_header_bytes + max_request_line + max_body + 4
-        self.log = logger or logging.getLogger("ferrohsm.http")
-        self.on_request = on_request
-        self.backlog, self.reuse_port, self.spread = backlog, reuse_port, spread
-        self.linger_timeout = linger_timeout
+        self.log, self.on_request = logger or logging.getLogger("ferrohsm.http"), on_request
+        self.backlog, self.reuse_port, self.spread, self.linger_timeout = (
+            backlog, reuse_port, spread, linger_timeout)
         self._dispatcher = Dispatcher(app, inline=inline, audit=audit, workers=workers,
                                       log=self.log, wake=self._wake, refuse=on_refused, turn=turn,
                                       flush=flush)
@@ -399,6 +398,7 @@ class HardenedHTTPServer:
             return self._watch(conn, selectors.EVENT_WRITE)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             self.log.debug("TLS handshake with %s failed: %s", conn.peer[0], exc)
+            answer_plain_http(tls, exc)  # plain HTTP to this port: told so, in plain HTTP
             return self._close(conn)
         if tls.version() != "TLSv1.3":  # defence in depth: the provider's context was too lax
             self.log.warning("refused %s from %s: TLS 1.3 only", tls.version(), conn.peer[0])

@@ -46,7 +46,7 @@ from ..domain.model import (
     is_uuid,
     iso,
     parse_iso,
-    validate_description,
+    validate_new_description,
     validate_new_name,
     validate_tags,
 )
@@ -186,7 +186,7 @@ class ImportService:
         def work() -> Key:
             check_usage(algorithm, usage)
             validate_new_name(name)
-            validate_description(description)
+            validate_new_description(description)
             validate_tags(tags)
             self.guard.require_audit()
             with self._lock:

@@ -41,7 +41,7 @@ from ..domain.model import (
     Page,
     RequestContext,
     iso,
-    validate_description,
+    validate_new_description,
     validate_new_name,
     validate_tags,
 )
@@ -87,7 +87,7 @@ class KeyService:
         def work() -> Key:
             check_usage(algorithm, usage)
             validate_new_name(name)
-            validate_description(description)
+            validate_new_description(description)
             validate_tags(tags)
             self.guard.require_audit()
             key_id = uuid7()
@@ -123,7 +123,7 @@ class KeyService:
 
     def update_key(self, ctx: RequestContext, ref: str, description: str) -> Key:
         def change(key: Key) -> Key:
-            validate_description(description)
+            validate_new_description(description)
             return lc.update_description(key, description, self.clock(), ctx.actor)
         return self._mutate(ctx, Action.KEY_UPDATE, ref, change, "description updated",
                             args={"description": description})

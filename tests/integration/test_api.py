@@ -351,6 +351,20 @@ def test_lone_surrogate_in_description_is_400_and_creates_nothing(srv: LiveServe
         assert status == 200 and len(page["keys"]) == len(before), role
 
 
+@pytest.mark.parametrize("text", ["evil\u202etxt.exe", "a\u2066b", "x\u200fy", "c1\x85"])
+def test_a_description_that_would_display_as_other_text_is_400(srv: LiveServer,
+                                                               text: str) -> None:
+    status, _, err = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm",
+                                                   "usage": "encrypt", "description": text})
+    assert status == 400 and "bidirectional" in err["error"]["message"]
+    ref = create(srv)["id"]
+    status, _, err = srv.call("PATCH", f"/v1/keys/{ref}", {"description": text})
+    assert status == 400 and err["error"]["code"] == "bad_request"
+    joined = "team \U0001f468\u200d\U0001f4bb\ttab\nline"  # a joiner (emoji), tab, newline
+    status, _, key = srv.call("PATCH", f"/v1/keys/{ref}", {"description": joined})
+    assert status == 200 and key["description"] == joined
+
+
 def test_lone_surrogate_member_name_is_400_and_the_audit_log_stays_readable(
         srv: LiveServer) -> None:
     ref = create(srv)["id"]

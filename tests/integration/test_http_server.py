@@ -51,6 +51,22 @@ def test_tls12_only_client_is_refused(server: HardenedHTTPServer, dev_pki: Any) 
     raw.close()
 
 
+def test_plain_http_to_the_tls_port_is_told_so_in_plain_http(server: HardenedHTTPServer,
+                                                             connect: Any) -> None:
+    raw = socket.create_connection(server.server_address, timeout=5)
+    raw.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: curl\r\n\r\n")
+    answer = b""
+    while chunk := raw.recv(4096):
+        answer += chunk
+    raw.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in head
+    assert b"https://" in body
+    client = connect(server)  # the server goes on serving TLS
+    client.send(GET)
+    assert client.read_response().status == 200
+
+
 def test_tls12_refused_even_if_the_context_allows_it(make_server: Any, dev_pki: Any,
                                                      connect: Any) -> None:
     lax = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
