@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..domain.errors import StoreError
+from .pgdb import MIGRATION_LOCK
 
 # Advisory lock ids: "FHSM" in ASCII, then a purpose byte.
 STARTUP_LOCK = 0x4648534D01
@@ -126,8 +127,11 @@ class PostgresUsage:
         self._conn = connect(dsn)
         self._lock = threading.Lock()
         self._exchanges = 0
-        try:
-            self._conn.execute(USAGE_SCHEMA)
+        try:  # under the migrators' lock: nodes starting together on a new database would
+            # otherwise race CREATE ... IF NOT EXISTS into a duplicate-type error
+            with self._conn.transaction():
+                self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                self._conn.execute(USAGE_SCHEMA)
         except Exception as exc:
             self._conn.close()
             raise _error("rate-limit table", exc) from None

@@ -105,6 +105,32 @@ def test_nodes_starting_together_migrate_exactly_once(dsn: str) -> None:
     assert _applied(dsn) == [(COMPONENT, n) for n in range(1, SCHEMA_VERSION + 1)]
 
 
+def test_nodes_starting_together_make_the_rate_limit_table_once(dsn: str) -> None:
+    """Each node makes the (unlogged) rate-limit table at start if it is missing: under the
+    migrators' lock, so eight at once all start (a bare CREATE ... IF NOT EXISTS races into a
+    duplicate-type error, seen with the README's three nodes on a new database)."""
+    from ferrohsm.store.pg_shared import PostgresUsage
+    starters = 8
+    barrier = threading.Barrier(starters)
+    errors: list[BaseException] = []
+    opened: list[PostgresUsage] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            opened.append(PostgresUsage(dsn))
+        except BaseException as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=start) for _ in range(starters)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for usage in opened:
+        usage.close()
+    assert not errors and len(opened) == starters
+
+
 def test_a_failed_migration_changes_nothing(dsn: str) -> None:
     db = PgDatabase(dsn).retain()
     try:
