@@ -261,7 +261,7 @@ def _to_str_tuple(value: Any) -> object:
 
 # A field's type (the class, or its name under postponed annotations) -> its converter.
 _CONVERTERS: tuple[tuple[tuple[Any, ...], Callable[[Any], object]], ...] = (
-    ((bool, "bool"), _to_bool), ((int, "int"), _to_int), ((float, "float"), _to_float),
+    ((bool, "bool"), _to_bool), ((int, "int"), _to_int), ((float, "float", "float | None"), _to_float),
     ((str, "str"), _to_str), (("tuple[str, ...]",), _to_str_tuple))
 
 

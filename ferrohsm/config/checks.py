@@ -95,7 +95,7 @@ def validate(config: Config, listen_origin: str | None = None) -> None:
         raise ConfigError(f"{listen_origin or src}: {exc.message}") from None
     for name, tag in config.policy_tags.items():
         if tag.approvals_required < 0 or tag.approval_ttl_seconds < 1 or tag.rotation_days < 0 \
-                or tag.archive_after_days < 0 or tag.destroy_grace_hours < 0 \
+                or tag.archive_after_days < 0 or (tag.destroy_grace_hours or 0) < 0 \
                 or tag.purge_after_days < 0 or tag.max_key_age_days < 0:
             raise ConfigError(f"{src}: [policy.tags.{name}] has a negative or zero value")
 

@@ -83,7 +83,7 @@ class TagPolicy:
     approval_ttl_seconds: int = 3600
     rotation_days: float = 0.0
     archive_after_days: float = 0.0
-    destroy_grace_hours: float = 24.0
+    destroy_grace_hours: float | None = None  # None: [crypto].destroy_grace_hours
     purge_after_days: float = 0.0   # archived versions older than this are destroyed
     max_key_age_days: float = 0.0   # keys older than this are scheduled for destruction
 
@@ -105,8 +105,10 @@ class Rules:
         return self.approvals_required > 0 and action in self.approval_actions
 
     @classmethod
-    def from_tag(cls, name: str, tag: TagPolicy) -> Rules:
-        """ConfigError naming the setting when an action name is unknown."""
+    def from_tag(cls, name: str, tag: TagPolicy, default_grace: timedelta = DEFAULT_GRACE
+                 ) -> Rules:
+        """ConfigError naming the setting when an action name is unknown. A tag that does not
+        set ``destroy_grace_hours`` has ``default_grace`` (``[crypto].destroy_grace_hours``)."""
         try:
             actions = frozenset(parse_action(a) for a in tag.approval_actions)
         except ValueError as exc:
@@ -117,7 +119,8 @@ class Rules:
                    approval_ttl=timedelta(seconds=tag.approval_ttl_seconds),
                    rotation=_period(days=tag.rotation_days),
                    archive_after=_period(days=tag.archive_after_days),
-                   destroy_grace=timedelta(hours=tag.destroy_grace_hours),
+                   destroy_grace=(default_grace if tag.destroy_grace_hours is None
+                                  else timedelta(hours=tag.destroy_grace_hours)),
                    purge_after=_period(days=tag.purge_after_days),
                    max_age=_period(days=tag.max_key_age_days))
 
@@ -157,7 +160,8 @@ class Policy:
     def from_config(cls, tags: Mapping[str, TagPolicy],
                     default_grace_hours: float = 24.0) -> Policy:
         default = Rules(destroy_grace=timedelta(hours=default_grace_hours))
-        return cls({name: Rules.from_tag(name, tag) for name, tag in tags.items()}, default)
+        return cls({name: Rules.from_tag(name, tag, default.destroy_grace)
+                    for name, tag in tags.items()}, default)
 
     def rules_for(self, key: Key) -> Rules:
         known = [self.tags[t] for t in key.tags if t in self.tags]

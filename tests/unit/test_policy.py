@@ -143,6 +143,14 @@ def test_rules_for_a_key() -> None:
     assert POLICY.scheduled_tags == ("pci", "prod", "short")
 
 
+def test_a_tag_that_sets_no_grace_has_the_configured_default_not_24_hours() -> None:
+    fast = Policy.from_config({"fast": TagPolicy(rotation_days=1)}, default_grace_hours=0.001)
+    assert fast.rules_for(key("fast")).destroy_grace == timedelta(hours=0.001)
+    assert fast.rules_for(key()).destroy_grace == timedelta(hours=0.001)
+    slow = Policy.from_config({"slow": TagPolicy(destroy_grace_hours=2)}, default_grace_hours=1)
+    assert slow.rules_for(key("slow")).destroy_grace == 2 * H
+
+
 # ---- decide(): every role x every action x tagged/untagged key -----------------------------
 
 SUBJECTS = [Principal(f"{r.value}-1", r) for r in Role]
