@@ -18,7 +18,8 @@ live process (store/nodelock.py); the others join. The parent supervises:
 * a child that exits with code 2 or 4 refused to start (a configuration error, a wrong master
   key, a store the audit log does not explain; a port it cannot listen on): starting it again
   cannot help, so the parent stops the others and exits with that code, as a single ``serve``
-  would.
+  would. So does any other failure (exit 1: a database it cannot reach) before a child has
+  served: a group that never started exits as a single ``serve`` does, instead of looping.
 * the port is the group's alone (``reserve_port``): a second group started on it is refused
   in one line (exit 4), as a second single ``serve`` is, instead of silently sharing it.
 
@@ -135,6 +136,7 @@ class Supervisor:
         self._kill_at = float("inf")
         self._pending_signals: list[int] = []
         self.code = 0
+        self.served = False  # a child has served (ready() was true once)
 
     # ---- signals (handlers only note them; the loop acts) ----
 
@@ -226,9 +228,10 @@ class Supervisor:
         if self._stopping:
             log.info("process %d (pid %d) stopped: %s", index, slot.pid, how)
             return
-        if code in REFUSED:  # refused to start: see the module docstring
-            log.error("process %d (pid %d) refused to start: stopping every process", index,
-                      slot.pid)
+        if code in REFUSED or (code > 0 and not self.served):  # see the module docstring
+            log.error("process %d (pid %d) %s: stopping every process", index, slot.pid,
+                      "refused to start" if code in REFUSED
+                      else f"exited with code {code} before any process served")
             self.code = code
             self._pending_signals.append(signal.SIGTERM)
             return
@@ -257,7 +260,7 @@ class Supervisor:
             self._reap(now)
             if not announced and not self._stopping and any(s.pid for s in self.slots) \
                     and ready():
-                announced = True
+                announced = self.served = True
                 on_ready()
             if self._stopping:
                 if not any(slot.pid for slot in self.slots):

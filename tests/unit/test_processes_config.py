@@ -119,6 +119,40 @@ def test_a_child_that_cannot_start_stops_the_group_with_its_code(code: int) -> N
     assert not any(slot.restarts for slot in supervisor.slots)
 
 
+def test_a_failure_before_any_child_served_stops_the_group_instead_of_looping() -> None:
+    """A database it cannot reach at start (exit 1): the group exits 1 as one ``serve`` does."""
+    from ferrohsm.cli.nodes import Supervisor
+    supervisor = Supervisor(2, lambda index: 1 if index == 0 else _wait_for_term(), 1.0)
+    supervisor.start()
+    assert supervisor.run(ready=lambda: False) == 1
+    assert not any(slot.restarts for slot in supervisor.slots)
+
+
+def test_a_failure_after_the_group_served_is_restarted() -> None:
+    import signal
+    import threading
+    import time
+
+    from ferrohsm.cli.nodes import Supervisor
+
+    def child(index: int) -> int:
+        if index == 0:
+            time.sleep(0.5)  # serving a while, then a crash
+            return 1
+        return _wait_for_term()
+    supervisor = Supervisor(2, child, 1.0)
+    supervisor.start()
+
+    def stop_after_a_restart() -> None:
+        deadline = time.monotonic() + 20
+        while not supervisor.slots[0].restarts and time.monotonic() < deadline:
+            time.sleep(0.05)
+        supervisor._pending_signals.append(signal.SIGTERM)
+    threading.Thread(target=stop_after_a_restart, daemon=True).start()
+    assert supervisor.run() == 0
+    assert supervisor.slots[0].restarts >= 1
+
+
 def _wait_for_term() -> int:
     import signal
     import time
