@@ -29,6 +29,7 @@ log = logging.getLogger("ferrohsm.telemetry")
 
 SNAPSHOT_SECONDS = 1.0
 STALE_SECONDS = 10.0
+REPORT_EVERY = 60.0  # seconds between two warnings that snapshots fail
 # One metric family: its name, the HELP and TYPE lines, and its sample lines.
 Family = tuple[str, str, str, list[str]]
 
@@ -62,10 +63,11 @@ class MetricShare:
 
     def write(self) -> None:
         """This process's series, for the others' scrapes (replaced whole: rename)."""
+        text = json.dumps({"process": self.index, "families": self.labelled()})
         tmp = self._path.with_name(f".{self._path.name}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as out:
-            json.dump({"process": self.index, "families": self.labelled()}, out)
+            out.write(text)
         os.replace(tmp, self._path)
 
     def others(self) -> list[list[Family]]:
@@ -107,11 +109,20 @@ class MetricShare:
         self._thread.start()
 
     def _run(self) -> None:
+        """Snapshots until closed. A failure (the disk; a gauge that reads the shared store
+        while the database is down) costs the other processes' scrapes this process's series
+        for a while, said at most once a minute; the thread goes on and recovers by itself."""
+        said = -REPORT_EVERY
         while not self._stop.wait(SNAPSHOT_SECONDS):
             try:
                 self.write()
-            except OSError as exc:  # the scrape of another process misses us for a while
-                log.warning("metrics: cannot write %s (%s)", self._path, exc.strerror)
+            except Exception as exc:
+                now = time.monotonic()
+                if now - said >= REPORT_EVERY:
+                    said = now
+                    reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+                    log.warning("metrics: cannot write %s (%s); retrying every %.0f s",
+                                self._path, str(reason)[:200], SNAPSHOT_SECONDS)
 
     def close(self) -> None:
         self._stop.set()

@@ -82,3 +82,29 @@ def test_the_snapshot_thread_keeps_writing(tmp_path: Path) -> None:
             path.read_text()
     finally:
         share.close()
+
+
+def test_a_failing_gauge_costs_snapshots_for_a_while_not_the_thread(tmp_path: Path) -> None:
+    """A gauge that reads the shared store fails while the database is down: the thread says
+    so, leaves no half-written file, and writes again once the store answers."""
+    from ferrohsm.domain.errors import StoreError
+    down = [True]
+
+    def families() -> list[tuple[str, str, str, list[str]]]:
+        if down[0]:
+            raise StoreError("cannot connect to PostgreSQL")
+        return [("x", "# HELP x x", "# TYPE x gauge", ["x 1"])]
+    share = MetricShare(tmp_path / "metrics", 4, lambda: [])
+    share.start()
+    share._families = families
+    try:
+        time.sleep(1.5)  # at least one failed snapshot
+        assert not list((tmp_path / "metrics").glob(".*.tmp"))
+        down[0] = False
+        path = tmp_path / "metrics" / "process-4.json"
+        deadline = time.monotonic() + 5
+        while 'x{process=\\"4\\"} 1' not in path.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        share.close()
