@@ -33,9 +33,12 @@ def setup_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
-    # The OpenTelemetry SDK's own messages (an unreachable collector, a full span queue), when
-    # export is on, as JSON lines too; WARNING at least: its INFO is per export.
-    sdk = logging.getLogger("opentelemetry")
-    sdk.handlers[:] = [handler]
-    sdk.setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
-    sdk.propagate = False
+    # The libraries' own messages as JSON lines too, WARNING at least (their INFO is per
+    # call): the OpenTelemetry SDK's (an unreachable collector, a full span queue) when export
+    # is on, psycopg's (a pipeline ended on a lost connection) with PostgreSQL. Without a
+    # handler Python's last resort would print them as bare text among the JSON lines.
+    for name in ("opentelemetry", "psycopg"):
+        library = logging.getLogger(name)
+        library.handlers[:] = [handler]
+        library.setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+        library.propagate = False

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -66,3 +67,20 @@ def test_cli_makes_its_text_streams_tolerant() -> None:
     finally:
         sys.stdout = saved
     assert raw.getvalue() == b"\\udfff\n"
+
+
+def test_library_warnings_are_json_lines_too(capsys: pytest.CaptureFixture[str]) -> None:
+    """psycopg's and the OpenTelemetry SDK's warnings go through the same JSON handler, not
+    Python's last-resort handler (bare text among the JSON lines)."""
+    from ferrohsm.telemetry.logs import setup_logging
+    setup_logging("INFO")
+    try:
+        logging.getLogger("psycopg").warning("error ignored terminating <Pipeline [BAD]>")
+        logging.getLogger("opentelemetry.exporter").warning("collector down")
+        logging.getLogger("psycopg").info("per call: not shown")
+        lines = capsys.readouterr().err.splitlines()
+        assert [json.loads(x)["logger"] for x in lines] == ["psycopg", "opentelemetry.exporter"]
+    finally:
+        for name in ("ferrohsm", "psycopg", "opentelemetry"):
+            logging.getLogger(name).handlers[:] = []
+            logging.getLogger(name).propagate = True
