@@ -20,7 +20,8 @@ a record at one seq, whatever else goes wrong.
 
 Checkpoints are signed by each node with the signing key in its own data directory and appended to
 its own ``checkpoints.jsonl`` (anchor.py): each is a node's signed statement of the cluster log's
-head as it saw it, kept outside the database, so someone who can rewrite the database cannot also
+head as it saw it (each checkpoint tick first adopts the stored head, other nodes' records
+included), kept outside the database, so someone who can rewrite the database cannot also
 rewrite the anchors. A node refuses to start on a log shorter than its last checkpoint.
 
 Failures: a database that cannot be reached, refuses a statement or loses the connection makes the

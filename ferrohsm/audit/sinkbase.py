@@ -458,13 +458,20 @@ class ChainedSink(SplitFlush, AuditSink):
                 log.warning("audit: %s", exc.message)
 
     def _interval_checkpoint(self) -> None:
-        """The checkpoint thread's tick: sign the head if durable records arrived since the last
-        checkpoint."""
-        if self.healthy() and self._committed[0] > self._last_checkpoint_seq:
-            try:
+        """The checkpoint thread's tick: adopt the head other writers left (nodes on one
+        database, processes on one file), then sign it if durable records arrived since the
+        last checkpoint. So each writer's checkpoints attest the whole log as it stood, not
+        only its own records, and a cut of records another writer made is seen within an
+        interval: by this writer, which fails closed instead of writing over the gap (its
+        head is then ahead of the stored one), and by a verification against its checkpoints."""
+        if not self.healthy():
+            return
+        try:
+            self.catch_up()
+            if self._committed[0] > self._last_checkpoint_seq:
                 self.make_checkpoint()
-            except AuditUnavailable as exc:
-                log.warning("audit: time checkpoint: %s", exc.message)
+        except AuditUnavailable as exc:
+            log.warning("audit: time checkpoint: %s", exc.message)
 
     def _checkpoint_opened(self) -> None:
         """At open, once the head is known and checked (and any genesis or recovery record is

@@ -907,6 +907,45 @@ def test_two_writers_share_one_chain(backend: Backend) -> None:
     assert seqs == list(range(1, len(seqs) + 1)) and set(acked) <= set(seqs)
 
 
+def _cut_tail(backend: Backend, count: int) -> None:
+    """Someone deletes the last ``count`` records while the writers run."""
+    if backend.kind == "file":
+        segment = sorted(backend.dir.glob("audit-*.jsonl"))[-1]
+        lines = segment.read_bytes().splitlines(keepends=True)
+        os.truncate(segment, sum(len(x) for x in lines[:-count]))
+        return
+    head = len(backend.lines())
+    if backend.kind == "postgres":
+        import psycopg
+        with psycopg.connect(backend.dsn) as conn:
+            conn.execute("DELETE FROM audit_log WHERE seq > %s", (head - count,))
+        return
+    with backend._db() as db:
+        db.execute("DELETE FROM audit_log WHERE seq > ?", (head - count,))
+
+
+def test_a_cut_of_another_writers_records_is_seen_by_a_writer_that_checkpointed(
+        backend: Backend) -> None:
+    """Two writers (nodes on one database, processes on one file): records only the first
+    wrote are cut. The second, whose checkpoint tick adopted the whole head, fails closed
+    instead of writing over the gap, and its checkpoints show the cut to the verifier."""
+    first, second = backend.open(), backend.open()
+    fill(second, 1)
+    fill(first, 5)  # records the second never wrote
+    second._interval_checkpoint()  # the checkpoint thread's tick
+    checkpoint = load_checkpoint(backend.checkpoints)
+    assert checkpoint["seq"] == first.head()[0]
+    _cut_tail(backend, 3)
+    with pytest.raises(AuditUnavailable, match="truncated or rolled back|modified underneath"):
+        second.append(event(99))
+    result = backend.verify(checkpoint=checkpoint,
+                            public_key_pem=second.anchor.public_key_pem())
+    assert kind_of(result) == ("truncated", checkpoint["seq"])
+    for writer in (first, second):
+        with contextlib.suppress(AuditUnavailable):
+            writer.close()
+
+
 def test_sqlite_prune_keeps_a_verifiable_log(tmp_path: Path) -> None:
     backend = Backend("sqlite", tmp_path)
     now = [datetime(2026, 1, 1, tzinfo=UTC)]
