@@ -85,8 +85,9 @@ def dsn_from_env(variable: str, environ: Mapping[str, str]) -> str:
         raise ConfigError("[storage].postgres_dsn_env must name an environment variable")
     dsn = environ.get(variable, "")
     if not dsn.strip():
-        raise ConfigError(f"the PostgreSQL store takes its DSN from the environment variable "
-                          f"{variable} ([storage].postgres_dsn_env), which is not set")
+        raise ConfigError(f"PostgreSQL (the key store, the audit sink) takes its DSN from the "
+                          f"environment variable {variable} ([storage].postgres_dsn_env), which "
+                          "is not set")
     return dsn
 
 
