@@ -257,11 +257,11 @@ class Supervisor:
         while True:
             now = time.monotonic()
             self._handle_signals(now)
-            self._reap(now)
             if not announced and not self._stopping and any(s.pid for s in self.slots) \
-                    and ready():
+                    and ready():  # before reaping: a sibling serving makes an exit a crash
                 announced = self.served = True
                 on_ready()
+            self._reap(now)
             if self._stopping:
                 if not any(slot.pid for slot in self.slots):
                     return self.code

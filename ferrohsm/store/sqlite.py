@@ -50,7 +50,7 @@ from ..domain.model import Key, KeyFilter, Page
 from .keyindex import page_of
 from .keystore import KeyStore, check_limit, decode_page_token
 from .records import RECORD_FAULTS, RecordAuthenticator, check_meta_name, check_new_key
-from .sqlitedb import connect_durable, prepare_file, transaction
+from .sqlitedb import connect_durable, prepare_file, retry_locked, transaction
 from .sqlselect import keyset_select
 
 # Migration N (1-based) brings a database from user_version N-1 to N. Append, never edit.
@@ -124,7 +124,8 @@ def migrate(conn: sqlite3.Connection, target: int | None = None) -> int:
 
 def connect(path: str) -> sqlite3.Connection:
     """Open with the settings durability depends on (secure_delete: freed cells are zeroed)."""
-    return connect_durable(path, "SQLite database", "foreign_keys = ON", "secure_delete = ON")
+    return retry_locked(lambda: connect_durable(path, "SQLite database", "foreign_keys = ON",
+                                                "secure_delete = ON"))
 
 
 class SQLiteStore(KeyStore):

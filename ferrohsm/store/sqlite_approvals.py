@@ -23,7 +23,7 @@ from ..domain.approval import (
 from ..domain.errors import Conflict, NotFound, StaleRevision, StoreError
 from ..domain.model import iso
 from .approvalstore import FINISHED_SQL, OPEN_SQL, ApprovalStore, state_clause
-from .sqlitedb import connect_durable, prepare_file, transaction
+from .sqlitedb import connect_durable, prepare_file, retry_locked, transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS approvals (
@@ -53,7 +53,8 @@ class SQLiteApprovalStore(ApprovalStore):
         self._lock = threading.Lock()
         try:
             prepare_file(self._path, "approval database")
-            self._conn: sqlite3.Connection | None = _connect(self._path)
+            self._conn: sqlite3.Connection | None = retry_locked(
+                lambda: _connect(self._path))
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open approval database {self._path}: {exc}") from None
 

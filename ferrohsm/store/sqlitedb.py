@@ -13,12 +13,31 @@ import contextlib
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from ..domain.errors import StoreError
 from .records import write_error
 
 BUSY_TIMEOUT_MS = 5000
+T = TypeVar("T")
+
+
+def retry_locked(open_once: Callable[[], T]) -> T:
+    """``open_once()``, again while SQLite says the file is locked, for up to the busy timeout.
+
+    Several processes opening a new database at once (``processes = N``): switching it to WAL
+    and creating its schema take locks that SQLite may refuse at once, without waiting in its
+    busy handler ("database is locked"); the process that lost would fail to start."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return open_once()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def prepare_file(path: str, what: str) -> None:

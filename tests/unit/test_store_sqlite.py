@@ -266,3 +266,25 @@ def test_a_file_another_process_creates_at_the_same_moment_is_opened(
         assert store.create(make_key("raced")).name == "raced"
     finally:
         store.close()
+
+
+def test_opening_retries_while_another_process_holds_the_new_file_locked() -> None:
+    """Processes opening one new database at once: SQLite may refuse the WAL switch or the
+    schema at once ("database is locked"), without its busy handler; the open is tried again
+    within the busy timeout instead of failing the process's start."""
+    import sqlite3
+
+    from ferrohsm.store.sqlitedb import retry_locked
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise sqlite3.OperationalError("database is locked")
+        return "open"
+    assert retry_locked(flaky) == "open" and len(calls) == 3
+
+    def broken() -> str:
+        raise sqlite3.OperationalError("no such table: keys")
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        retry_locked(broken)
