@@ -272,8 +272,6 @@ def test_opening_retries_while_another_process_holds_the_new_file_locked() -> No
     """Processes opening one new database at once: SQLite may refuse the WAL switch or the
     schema at once ("database is locked"), without its busy handler; the open is tried again
     within the busy timeout instead of failing the process's start."""
-    import sqlite3
-
     from ferrohsm.store.sqlitedb import retry_locked
     calls = []
 
