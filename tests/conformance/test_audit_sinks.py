@@ -936,7 +936,7 @@ def test_a_cut_of_another_writers_records_is_seen_by_a_writer_that_checkpointed(
     checkpoint = load_checkpoint(backend.checkpoints)
     assert checkpoint["seq"] == first.head()[0]
     _cut_tail(backend, 3)
-    with pytest.raises(AuditUnavailable, match="truncated or rolled back|modified underneath"):
+    with pytest.raises(AuditUnavailable, match=r"truncated or rolled back|modified underneath"):
         second.append(event(99))
     result = backend.verify(checkpoint=checkpoint,
                             public_key_pem=second.anchor.public_key_pem())
