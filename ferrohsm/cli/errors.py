@@ -1,8 +1,10 @@
 """Exit codes of `ferrohsm`, and the one exception that carries a specific one.
 
 A script can tell apart what it may retry (1: the server refused or failed), what it must fix in
-its own invocation (2), and the local causes that are neither: an output it cannot write (3), an
-address the server cannot listen on (4), and a reader that closed the pipe early (141, what a
+its own invocation (2), and the local causes that are neither: an output it cannot write, found
+before anything was sent (3), an address the server cannot listen on (4), an output that failed
+after the server had already carried out the request, so its answer is lost (5: do not simply
+retry a spent approval or a key creation), and a reader that closed the pipe early (141, what a
 shell reports for a process killed by SIGPIPE, so ``ferrohsm audit report … | head -1`` looks the
 same as any other Unix filter).
 """
@@ -14,6 +16,7 @@ FAILED = 1          # the operation failed or was refused (API errors, unreachab
 USAGE = 2           # usage or configuration error (a bad flag, a token with a line break)
 CANNOT_WRITE = 3    # an output file or directory cannot be created or written
 CANNOT_LISTEN = 4   # `serve`/`quickstart`: the listen address is in use or not available
+OUTPUT_LOST = 5     # the server carried out the request, then writing its answer failed
 CLOSED_PIPE = 141   # the reader of standard output went away (128 + SIGPIPE)
 
 EXIT_CODES: tuple[tuple[int, str], ...] = (
@@ -22,6 +25,8 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (USAGE, "usage or configuration error"),
     (CANNOT_WRITE, "an output file cannot be written (nothing was sent to the server)"),
     (CANNOT_LISTEN, "serve/quickstart: the listen address is in use or not available"),
+    (OUTPUT_LOST, "the server carried out the request but its answer could not be written "
+                  "(output lost; an --approval-id given is spent)"),
     (CLOSED_PIPE, "the reader of standard output closed the pipe early"),
 )
 

@@ -26,14 +26,14 @@ from typing import Any
 from .. import __version__
 from ..domain.errors import ConfigError, FerroError
 from . import approvals as approvals_cmd
-from . import audit_cmd, completion, info, keys, manpage, ops, tree
+from . import argcheck, audit_cmd, completion, info, keys, manpage, ops, tree
 from . import backup as backup_cmd
 from . import custody as custody_cmd
 from . import serve as serve_cmd
 from . import token as token_cmd
-from .errors import CLOSED_PIPE, EXIT_CODES, FAILED, USAGE, CliExit
+from .errors import CANNOT_WRITE, CLOSED_PIPE, EXIT_CODES, FAILED, USAGE, CliExit
 from .output import FieldMissing
-from .streams import StdoutFailed, guarded_stdout
+from .streams import StdoutFailed, guarded_stdout, reset_answered, stdout_problem
 
 EPILOG = """\
 client commands read their settings from flags, a --profile, or the environment:
@@ -83,13 +83,21 @@ def _tolerant_text_streams() -> None:
 # The server's own processes keep the interpreter's stdout as it is: forked children flush it
 # on their way to os._exit, where nothing may turn a failed flush into a CLI exit.
 LONG_RUNNING = ("serve", "quickstart")
+# Client commands that send no token: /healthz and the unseal of a sealed server.
+NO_TOKEN = ("status", "unseal")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     _tolerant_text_streams()
     args_list = list(sys.argv[1:] if argv is None else argv)
+    reset_answered()
     if args_list[:1] and args_list[0] in LONG_RUNNING:
         return _guarded_main(args_list)
+    problem = stdout_problem()
+    if problem:  # before anything is sent: an answer written nowhere is an answer lost
+        _fail(f"{problem}: nothing was sent to the server; redirect it (>/dev/null) to "
+              "discard the output")
+        return CANNOT_WRITE
     with guarded_stdout():  # every write to stdout: a full disk is one line and exit 3
         return _guarded_main(args_list)
 
@@ -119,12 +127,15 @@ def _dispatch(args_list: list[str]) -> int:
     if len(args_list) >= 2 and args_list[0] == "audit" and args_list[1] in audit_cmd.OFFLINE:
         return _flushed(audit_cmd.run_offline(args_list[1], args_list[2:]))
     parser = build_parser()
+    args_list = argcheck.hoist_leading_flags(parser, args_list)
+    argcheck.unknown_flags_first(parser, args_list)
     args, extra = _parse(parser, args_list)
     if extra:  # told by the command that was given, with its usage, not by the root
         tree.chosen(parser, args_list).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return USAGE
+    argcheck.check_values(tree.chosen(parser, args_list), args)
     try:
         if hasattr(args, "client_func"):
             return _flushed(run_client(args))
@@ -179,6 +190,10 @@ def run_client(args: argparse.Namespace) -> int:
     try:
         settings = resolve(args)
         token = settings.token
+        if token is None and args.command not in NO_TOKEN:
+            raise UsageError("no token: set FERROHSM_TOKEN (or FERROHSM_TOKEN_FILE, --token-file"
+                             ", a profile's token_file); `ferrohsm token issue` makes one; "
+                             "nothing was sent")
         with make_client(settings) as client:
             return int(args.client_func(args, client, settings))
     except (UsageError, FieldMissing) as exc:
@@ -265,6 +280,8 @@ def _approval_pending(exc: Any, as_json: bool, field: str | None = None) -> None
 
 def _fail(message: str) -> None:
     """One line on stderr; control characters from a server message are neutralised."""
+    if sys.stderr is None:  # closed (2>&-): the exit code is all that can be said
+        return
     clean = "".join(c if c.isprintable() else "?" for c in message)
     print(f"ferrohsm: {clean}", file=sys.stderr)
 

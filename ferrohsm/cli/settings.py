@@ -256,9 +256,10 @@ def _timeout(layers: list[dict[str, Any]]) -> float:
 
 def make_client(settings: Settings) -> Any:
     """A ``ferrohsm.client.Client`` for these settings (imported here: keeps --version fast)."""
-    from ..client import Client, ClientError
+    from ..client import ClientError
+    from .answered import NotingClient
     try:
-        return Client(settings.server, settings.token, ca_cert=settings.ca_cert,
+        return NotingClient(settings.server, settings.token, ca_cert=settings.ca_cert,
                       client_cert=settings.client_cert, client_key=settings.client_key,
                       timeout=settings.timeout, correlation_id=settings.correlation_id)
     except ValueError as exc:

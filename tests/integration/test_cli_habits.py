@@ -443,7 +443,7 @@ def test_an_unwritable_export_path_is_exit_3(cli: Cli) -> None:
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
-def test_a_full_disk_is_one_line_and_exit_3(cli: Cli, live: LiveServer, tmp_path: Path) -> None:
+def test_a_full_disk_is_one_line_and_exit_3_or_5(cli: Cli, live: LiveServer, tmp_path: Path) -> None:
     signer = create(cli, "ec-p256", "sign")
     artefact = tmp_path / "app.tar.gz"
     artefact.write_bytes(b"artefact")
@@ -451,17 +451,21 @@ def test_a_full_disk_is_one_line_and_exit_3(cli: Cli, live: LiveServer, tmp_path
     assert cli("audit", "export", "--out", str(exported), role="auditor").code == 0
     full = "No space left on device (ENOSPC)"
     argv: tuple[str, ...]
-    for argv in (("keys", "list"), ("keys", "show", signer, "--json"), ("whoami",),
-                 ("audit", "report", str(exported))):
+    run = cli("audit", "report", str(exported), stdout="/dev/full")  # offline: nothing sent
+    assert run.code == 3, run.err
+    assert one_line(run) == f"ferrohsm: cannot write standard output: {full}"
+    # after the server answered: exit 5, and the line says the server acted
+    lost = "the server carried out the request, but its answer could not be written to"
+    for argv in (("keys", "list"), ("keys", "show", signer, "--json"), ("whoami",)):
         run = cli(*argv, stdout="/dev/full")
-        assert run.code == 3, (argv, run.err)
-        assert one_line(run) == f"ferrohsm: cannot write standard output: {full}"
+        assert run.code == 5, (argv, run.err)
+        assert one_line(run).startswith(f"ferrohsm: {lost} standard output: {full}")
     for argv, role in ((("audit", "export", "--out", "/dev/full"), "auditor"),
                        (("sign", signer, "--in", str(artefact), "--out", "/dev/full"),
                         "service")):
         run = cli(*argv, role=role)
-        assert run.code == 3, (argv, run.err)
-        assert one_line(run) == f"ferrohsm: cannot write /dev/full: {full}"
+        assert run.code == 5, (argv, run.err)
+        assert one_line(run).startswith(f"ferrohsm: {lost} /dev/full: {full}")
 
 
 def test_tokens_with_line_breaks(cli: Cli, live: LiveServer, tmp_path: Path) -> None:

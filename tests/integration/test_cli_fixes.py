@@ -1,0 +1,227 @@
+"""Defects an outside tester found in the CLI, each through the real entry point (a new process
+of ``python3 -m ferrohsm.cli.main``) against a real server over real TLS: checks made before
+anything is sent (an unwritable backup archive, a closed standard output, arguments that are not
+UTF-8, a missing token, unknown flags), an output lost after the server acted (exit 5), flags
+before the command, and the messages of size, seal and approval states.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cliresult import Result as Run
+from live import LiveServer
+
+pytestmark = pytest.mark.slow  # a new process per command
+ROOT = Path(__file__).resolve().parents[2]
+POLICY = """
+[policy.tags.dual]
+approvals_required = 1
+approval_actions = ["unwrap", "encrypt"]
+approval_ttl_seconds = 3600
+"""
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    server = LiveServer(tmp_path_factory.mktemp("cli-fixes"), config_text=POLICY)
+    yield server
+    server.close()
+
+
+def _close_stdout() -> None:
+    os.close(1)
+
+
+class Cli:
+    """``ferrohsm ARGS`` as a new process, with a role's token in FERROHSM_TOKEN."""
+
+    def __init__(self, live: LiveServer, home: Path) -> None:
+        self.live = live
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("FERROHSM_")}
+        self.env.update({"PYTHONPATH": str(ROOT), "HOME": str(home),
+                         "XDG_CONFIG_HOME": str(home / ".config"),
+                         "FERROHSM_URL": f"https://127.0.0.1:{live.port}",
+                         "FERROHSM_CA_CERT": str(live.pki.ca_cert), "NO_COLOR": "1"})
+
+    def __call__(self, *argv: str | bytes, role: str | None = "administrator",
+                 stdin: bytes = b"", closed_stdout: bool = False,
+                 env: dict[str, str] | None = None) -> Run:
+        environment = dict(self.env)
+        if role is not None:
+            environment["FERROHSM_TOKEN"] = self.live.token(role)
+        environment.update(env or {})
+        done = subprocess.run([sys.executable, "-m", "ferrohsm.cli.main", *argv], input=stdin,
+                              capture_output=not closed_stdout,
+                              stderr=subprocess.PIPE if closed_stdout else None,
+                              preexec_fn=_close_stdout if closed_stdout else None,
+                              env=environment, timeout=120, check=False)
+        run = Run(done.returncode, done.stdout or b"", done.stderr.decode())
+        assert "Traceback" not in run.err and "unexpected" not in run.err, run.err
+        return run
+
+
+@pytest.fixture
+def cli(live: LiveServer, tmp_path: Path) -> Cli:
+    return Cli(live, tmp_path)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def create(cli: Cli, algorithm: str, usage: str, *tags: str) -> str:
+    name = unique(algorithm)
+    extra = [arg for tag in tags for arg in ("--tag", tag)]
+    result = cli("keys", "create", "--algorithm", algorithm, "--usage", usage, "--name", name,
+                 *extra, "--json")
+    assert result.code == 0, result.err
+    return name
+
+
+def one_line(run: Run) -> str:
+    lines = run.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ferrohsm: "), run.err
+    return lines[0]
+
+
+def records(live: LiveServer, action: str) -> int:
+    found: list[dict[str, Any]] = []
+    while True:
+        page = live.rt.audit.read(found[-1]["seq"] if found else 0, 1000)
+        found += page
+        if len(page) < 1000:
+            return sum(1 for r in found if r["action"] == action)
+
+
+def approve(live: LiveServer, approval: str) -> None:
+    approver = live.token("administrator", "approver-2")
+    assert live.call("POST", f"/v1/approvals/{approval}/approve", {}, token=approver)[0] == 200
+
+
+def parked_id(run: Run) -> str:
+    assert run.code == 1 and "approval" in run.err, run.err
+    return run.err.split("--approval-id ")[1].split()[0]
+
+
+# ---- 1, 9: backup checks its archive before asking; same exit codes as other commands ----
+
+
+def test_backup_to_an_unwritable_path_asks_nothing(cli: Cli, live: LiveServer,
+                                                   tmp_path: Path) -> None:
+    before = records(live, "system.backup")
+    for target in ("/nonexistent/x.fhsmbak", str(tmp_path)):
+        run = cli("backup", "--out", target)
+        assert run.code == 3, run.err
+        assert "nothing was sent to the server" in one_line(run)
+    taken = tmp_path / "taken.fhsmbak"
+    taken.write_bytes(b"old")
+    run = cli("backup", "--out", str(taken))
+    assert run.code == 3 and "exists" in one_line(run) and taken.read_bytes() == b"old"
+    assert cli("backup", "--out", "").code == 2
+    assert records(live, "system.backup") == before
+    missing = cli("restore", str(tmp_path / "missing.fhsmbak"), "--data-dir", str(tmp_path))
+    assert missing.code == 2 and "cannot read" in one_line(missing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.fhsmbak"]
+
+
+# ---- 2: a closed standard output is found before anything is sent -------------------------
+
+
+def test_a_closed_stdout_is_refused_before_the_request(cli: Cli, live: LiveServer) -> None:
+    key = create(cli, "aes-256-gcm", "encrypt", "dual")
+    signer = create(cli, "ec-p256", "sign")
+    parked = cli("encrypt", key, role="service", stdin=b"secret")
+    approval = parked_id(parked)
+    approve(live, approval)
+    for argv, role in ((("encrypt", key, "--approval-id", approval), "service"),
+                       (("sign", signer), "service"), (("whoami",), "service"),
+                       (("version",), "service"), (("unwrap", key), "service")):
+        run = cli(*argv, role=role, stdin=b"secret", closed_stdout=True)
+        assert run.code == 3, (argv, run.err)
+        assert one_line(run).startswith("ferrohsm: standard output is closed: nothing was sent")
+    # the approval was not spent: it still runs, once
+    assert live.call("GET", f"/v1/approvals/{approval}")[2]["state"] == "approved"
+    assert cli("encrypt", key, "--approval-id", approval, role="service",
+               stdin=b"secret").code == 0
+
+
+# ---- 3: arguments that are not UTF-8, header values with control characters -----------------
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    ((b"keys", b"show", b"\xff\xfe"), "argument KEY"),
+    ((b"encrypt", b"k", b"--aad", b"\xff"), "--aad"),
+    ((b"keys", b"list", b"--correlation-id", b"\xff"), "--correlation-id"),
+    ((b"keys", b"list", b"--tag", b"\xff"), "--tag"),
+    ((b"approvals", b"show", b"\xff"), "argument ID"),
+    ((b"keys", b"list", b"--correlation-id", b"a\nb"), "--correlation-id"),
+    ((b"encrypt", b"k", b"--approval-id", b"a\tb"), "--approval-id"),
+])
+def test_bad_argument_bytes_are_named_before_sending(cli: Cli, argv: tuple[bytes, ...],
+                                                     named: str) -> None:
+    run = cli(*argv, stdin=b"x")
+    assert run.code == 2, run.err
+    assert one_line(run).startswith(f"ferrohsm: {named}: the value "), run.err
+
+
+def test_a_file_name_that_is_not_utf8_is_still_a_file_name(cli: Cli, tmp_path: Path) -> None:
+    key = create(cli, "aes-256-gcm", "encrypt")
+    out = os.fsencode(tmp_path) + b"/\xff.enc"
+    assert cli(b"encrypt", key.encode(), b"--out", out, role="service", stdin=b"x").code == 0
+    assert Path(os.fsdecode(out)).read_text().startswith("fhsm:v")
+
+
+# ---- 4: an answer lost after the server acted is exit 5, and says so ---------------------------
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_an_output_lost_after_the_server_acted_is_exit_5(cli: Cli, live: LiveServer) -> None:
+    kek = create(cli, "aes-256-gcm", "wrap", "dual")
+    wrapped = cli("wrap", kek, role="service", stdin=os.urandom(32))
+    approval = parked_id(cli("unwrap", kek, role="service", stdin=wrapped.out))
+    approve(live, approval)
+    lost = cli("unwrap", kek, "--approval-id", approval, "--out", "/dev/full", role="service",
+               stdin=wrapped.out)
+    assert lost.code == 5, lost.err
+    line = one_line(lost)
+    assert "the server carried out the request" in line and "/dev/full" in line
+    assert "nothing was sent" not in line and "approval-id given is spent" in line
+    assert live.call("GET", f"/v1/approvals/{approval}")[2]["state"] == "executed"
+    help_text = cli("--help", role=None).text
+    assert "5   the server carried out the request" in help_text
+
+
+# ---- 9, 10, 14: no token; flags before the command; unknown flags first ----------------------
+
+
+def test_no_token_is_a_local_usage_error(cli: Cli, live: LiveServer) -> None:
+    run = cli("keys", "list", role=None)
+    assert run.code == 2 and one_line(run).startswith("ferrohsm: no token:"), run.err
+    assert cli("status", role=None).code == 0  # /healthz needs none
+
+
+def test_client_flags_before_the_command(cli: Cli, live: LiveServer) -> None:
+    key = create(cli, "ec-p256", "sign")
+    url = f"https://127.0.0.1:{live.port}"
+    for argv in (("--json", "keys", "show", key), ("--server", url, "keys", "show", key, "--json"),
+                 (f"--server={url}", "--output", "json", "keys", "show", key)):
+        run = cli(*argv)
+        assert run.code == 0, (argv, run.err)
+        assert run.json()["name"] == key
+    assert cli("--field", "name", "keys", "show", key).text == f"{key}\n"
+
+
+def test_an_abbreviated_flag_is_named_first(cli: Cli) -> None:
+    run = cli("keys", "create", "--alg=ec-p256", "--usage", "sign")
+    assert run.code == 2
+    last = run.err.strip().splitlines()[-1]
+    assert "unrecognized argument: --alg (did you mean --algorithm?)" in last, run.err
+    assert "never abbreviated" in last and "required" not in run.err
