@@ -17,7 +17,7 @@ from typing import Any
 from .. import __version__
 from . import output
 from .errors import FAILED, OK
-from .settings import Settings, UsageError, client_flags, command, resolve
+from .settings import Settings, UsageError, check_field, client_flags, command, resolve
 
 
 def add_parsers(sub: Any) -> None:
@@ -48,6 +48,7 @@ def run_version(args: argparse.Namespace) -> int:
     from .settings import make_client
     document: dict[str, Any] = {"client": __version__}
     code = OK
+    check_field(args)
     try:
         settings = resolve(args)
     except UsageError:

@@ -163,8 +163,9 @@ def _opts(settings: Settings) -> dict[str, Any]:
 
 
 def _structured(settings: Settings) -> bool:
-    """--json or --field: the answer as the API's JSON rather than the raw value."""
-    return settings.output == "json" or bool(settings.field)
+    """--json, --output text or --field: the answer as the API's JSON (or its name<TAB>value
+    lines, binary values in base64) rather than the raw value; text never means raw DER."""
+    return settings.output in ("json", "text") or bool(settings.field)
 
 
 def _answer(out: Output, settings: Settings, document: dict[str, Any]) -> int:
@@ -336,10 +337,18 @@ def data_key(args: argparse.Namespace, client: Any, settings: Settings) -> int:
         value = {**result, "plaintext": _b64(result["plaintext"])} if "plaintext" in result \
             else result
         # The JSON answer is what this command shows by default; --field and --output text
-        # pick from it as everywhere else.
-        out.commit((output.render(settings, value, lambda: output.json_text(value).rstrip())
-                    + "\n").encode())
+        # pick from it as everywhere else, and an explicit --output table is a table.
+        human = (lambda: _data_key_table(value)) if getattr(args, "output", None) == "table" \
+            else (lambda: output.json_text(value).rstrip())
+        out.commit((output.render(settings, value, human) + "\n").encode())
     return 0
+
+
+def _data_key_table(value: dict[str, Any]) -> str:
+    return output.fields([("Key", str(value.get("key_id"))),
+                          ("Key version", str(value.get("key_version"))),
+                          ("Ciphertext", str(value.get("ciphertext"))),
+                          ("Plaintext", str(value.get("plaintext") or "- (--no-plaintext)"))])
 
 
 def _refuse_existing(path: str | None, force: bool) -> None:

@@ -7,6 +7,7 @@ before the command, and the messages of size, seal and approval states.
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -225,3 +226,76 @@ def test_an_abbreviated_flag_is_named_first(cli: Cli) -> None:
     last = run.err.strip().splitlines()[-1]
     assert "unrecognized argument: --alg (did you mean --algorithm?)" in last, run.err
     assert "never abbreviated" in last and "required" not in run.err
+
+
+# ---- 5, 9: --output on audit export, the output flags on audit report/verify and token issue ---
+
+
+def test_audit_export_refuses_a_format_given_as_its_file(cli: Cli, tmp_path: Path) -> None:
+    for fmt in ("table", "json", "text"):
+        run = cli("audit", "export", "--output", fmt, role="auditor")
+        assert run.code == 2 and f"--out ./{fmt}" in one_line(run), run.err
+    exported = tmp_path / "audit.jsonl"
+    assert cli("audit", "export", "--output", str(exported), role="auditor").code == 0
+    assert exported.read_text().startswith("{")  # --output FILE still writes (API.md)
+
+
+def test_audit_report_and_verify_take_the_output_flags(cli: Cli, live: LiveServer,
+                                                      tmp_path: Path) -> None:
+    exported = tmp_path / "audit.jsonl"
+    assert cli("audit", "export", "--out", str(exported), role="auditor").code == 0
+    count = len(exported.read_text().splitlines())
+    assert cli("audit", "report", str(exported), "--field", "records").text == f"{count}\n"
+    text = cli("audit", "report", str(exported), "--output", "text").text
+    assert f"records\t{count}\n" in text
+    assert cli("audit", "report", str(exported), "--output", "json").json()["records"] == count
+    key = tmp_path / "hmac.key"
+    key.write_text(base64.b64encode(live.secrets.audit_hmac_key).decode())
+    key.chmod(0o600)
+    verify = ("audit", "verify", str(exported), "--hmac-key-file", str(key), "--no-checkpoints")
+    assert cli(*verify, "--field", "ok").text == "true\n"
+    assert "ok\ttrue" in cli(*verify, "--output", "text").text
+    for bad in (("--field", ""), ("--field", "ok", "--output", "table"),
+                ("--json", "--output", "text")):
+        run = cli(*verify, *bad)
+        assert run.code == 2 and "error:" in run.err, (bad, run.err)
+
+
+def test_audit_report_of_no_readable_record_is_not_success(cli: Cli, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.jsonl"
+    junk.write_text("not json\nnor this\n")
+    run = cli("audit", "report", str(junk))
+    assert run.code == 2 and "no readable audit record" in run.err and not run.out
+
+
+def test_token_issue_json_shows_the_jti_that_revoke_takes(cli: Cli, tmp_path: Path) -> None:
+    data = tmp_path / "qs"
+    data.mkdir()
+    (data / "jwt.secret").write_text("s" * 40)
+    (data / "jwt.secret").chmod(0o600)
+    issue = ("token", "issue", "--data-dir", str(data), "--subject", "ci", "--role", "service")
+    doc = cli(*issue, "--json").json()
+    assert doc["token"].count(".") == 2 and doc["subject"] == "ci"
+    assert doc["jti"] and doc["expires_at"].endswith("Z")
+    assert cli(*issue, "--field", "jti").text.strip().count("-") == 4
+    assert cli(*issue).text.count(".") == 2  # default: the token alone, as before
+    missing = cli(*issue, "--field", "nope")
+    assert missing.code == 2 and "eyJ" not in missing.err  # never the token in an error
+
+
+# ---- 13: --field and --output combinations; text is never raw bytes ---------------------------
+
+
+def test_field_and_output_combinations(cli: Cli) -> None:
+    signer = create(cli, "ec-p256", "sign")
+    empty = cli("keys", "show", signer, "--field", "")
+    assert empty.code == 2 and "--field needs a member name" in one_line(empty)
+    both = cli("keys", "show", signer, "--field", "id", "--output", "table")
+    assert both.code == 2 and "give one of them" in one_line(both)
+    text = cli("sign", signer, "--output", "text", role="service", stdin=b"artefact")
+    assert text.code == 0, text.err
+    lines = dict(line.split("\t") for line in text.text.splitlines())
+    assert base64.b64decode(lines["signature"])[0] == 0x30
+    key = create(cli, "aes-256-gcm", "encrypt")
+    table = cli("data-key", key, "--no-plaintext", "--output", "table", role="service")
+    assert table.code == 0 and table.text.startswith("Key ") and "{" not in table.text
