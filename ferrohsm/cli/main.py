@@ -19,6 +19,7 @@ import base64
 import io
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -186,6 +187,7 @@ def run_client(args: argparse.Namespace) -> int:
     line and an exit code."""
     from ..client import ApiError, ApprovalRequired, ClientError
     from .settings import UsageError, make_client, resolve
+    from .streams import InputTooLarge
     token: str | None = None
     try:
         settings = resolve(args)
@@ -197,14 +199,16 @@ def run_client(args: argparse.Namespace) -> int:
         with make_client(settings) as client:
             return int(args.client_func(args, client, settings))
     except (UsageError, FieldMissing) as exc:
-        _fail(str(exc))
+        advice = ops.TOO_LARGE_ADVICE.get(args.command) if isinstance(exc, InputTooLarge) \
+            else None
+        _fail(f"{exc}: {advice}" if advice else str(exc))
         return USAGE
     except ApprovalRequired as exc:
         from .settings import output_format
         _approval_pending(exc, output_format(args) == "json", getattr(args, "field", None))
         return FAILED
     except ApiError as exc:
-        text = _too_large(exc.message, args.command) if exc.code == "payload_too_large" \
+        text = _too_large(exc.message, args) if exc.code == "payload_too_large" \
             else exc.message + _hint(exc.code, args.command, token)
         _fail(f"{text} ({exc.code}, request id {exc.request_id or 'unknown'})")
         return 1
@@ -232,12 +236,20 @@ def _hint(code: str, command: str, token: str | None) -> str:
     return ""
 
 
-def _too_large(message: str, command: str) -> str:
+def _too_large(message: str, args: argparse.Namespace) -> str:
     """A 413 as one sentence: what the server refused (its own first clause, which names its
-    limit) and this command's way out, instead of the server's advice for every operation."""
+    limit) and this command's way out, instead of the server's advice for every operation.
+    An --aad over the server's per-input limit is named as the cause: the input's advice (a
+    data key) would not help."""
+    aad = len(str(getattr(args, "aad", None) or "").encode("utf-8", "surrogateescape"))
+    limit = re.search(r"(\d+)-byte limit", message)
+    if aad and limit and aad > int(limit.group(1)):
+        return (f"--aad is {aad} bytes, more than the server's {limit.group(1)}-byte limit "
+                "for one input ([crypto].max_input_bytes): associated data is meant to be "
+                "short (an id, a context label); bind a digest of a larger context instead")
     refused = message.split(":")[0].split(";")[0].strip()
-    advice = ops.TOO_LARGE_ADVICE.get(command, "the request is larger than the server accepts "
-                                      "([server].max_body_bytes)")
+    advice = ops.TOO_LARGE_ADVICE.get(args.command, "the request is larger than the server "
+                                      "accepts ([server].max_body_bytes)")
     return f"{refused}: {advice}"
 
 
@@ -274,7 +286,11 @@ def _approval_pending(exc: Any, as_json: bool, field: str | None = None) -> None
         _fail(f"already approved: this request is approval {ident} ({votes}, {window}); run "
               f"it now by repeating the command with --approval-id {ident} {ids}")
         return
-    _fail(f"approval required: request parked as approval {ident} ({votes}, {window}); once "
+    # The server answers a repeat with the approval it already parked ("already parked as
+    # approval …"): say it was reused, so nobody asks approvers to vote on a new request.
+    parked = "already parked as approval" if "already parked" in (exc.message or "") \
+        else "request parked as approval"
+    _fail(f"approval required: {parked} {ident} ({votes}, {window}); once "
           f"approved, repeat the command with --approval-id {ident} {ids}")
 
 

@@ -102,10 +102,15 @@ def _feed(stream: BinaryIO, digests: dict[str, Any]) -> int:
     return size
 
 
+class InputTooLarge(UsageError):
+    """An input larger than any request carries: main() adds the command's way out."""
+
+
 def _read_capped(stream: BinaryIO, name: str) -> bytes:
     data = stream.read(MAX_INPUT + 1)
     if len(data) > MAX_INPUT:
-        raise UsageError(f"{name} is larger than {MAX_INPUT // (1024 * 1024)} MiB")
+        raise InputTooLarge(f"{name} is larger than {MAX_INPUT // (1024 * 1024)} MiB, more "
+                            "than one request to any server carries; nothing was sent")
     return data
 
 

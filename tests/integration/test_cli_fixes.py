@@ -299,3 +299,50 @@ def test_field_and_output_combinations(cli: Cli) -> None:
     key = create(cli, "aes-256-gcm", "encrypt")
     table = cli("data-key", key, "--no-plaintext", "--output", "table", role="service")
     assert table.code == 0 and table.text.startswith("Key ") and "{" not in table.text
+
+
+# ---- 6: size errors name the AAD, and the data-key way out -----------------------------------
+
+
+def test_size_errors_name_the_aad_and_the_way_out(cli: Cli, tmp_path: Path) -> None:
+    key = create(cli, "aes-256-gcm", "encrypt")
+    run = cli("encrypt", key, "--aad", "a" * 70000, role="service", stdin=b"x")
+    assert run.code == 1 and "--aad is 70000 bytes" in one_line(run), run.err
+    assert "data key" not in run.err
+    big = tmp_path / "big"
+    with big.open("wb") as fh:
+        fh.truncate((64 << 20) + 1)
+    run = cli("encrypt", key, "--in", str(big), role="service")
+    assert run.code == 2 and "nothing was sent" in one_line(run)
+    assert "`ferrohsm data-key KEY`" in run.err
+
+
+# ---- 12: verify takes the base64 signature that sign --field signature prints ---------------
+
+
+def test_verify_accepts_a_base64_signature(cli: Cli, tmp_path: Path) -> None:
+    signer = create(cli, "ec-p256", "sign")
+    artefact = tmp_path / "app.tar.gz"
+    artefact.write_bytes(b"artefact")
+    sig = tmp_path / "app.sig.b64"
+    sig.write_bytes(cli("sign", signer, "--in", str(artefact), "--field", "signature",
+                        role="service").out)
+    run = cli("verify", signer, "--in", str(artefact), "--signature", str(sig), role="service")
+    assert run.code == 0 and run.text.startswith("valid"), run.err
+    sig.write_bytes(b"not a signature at all\n")
+    bad = cli("verify", signer, "--in", str(artefact), "--signature", str(sig), role="service")
+    assert bad.code == 2 and "or its base64 text" in one_line(bad)
+
+
+# ---- 15: a repeated parked request says the approval was reused ------------------------------
+
+
+def test_a_repeated_parked_request_says_it_reused_the_approval(cli: Cli) -> None:
+    kek = create(cli, "aes-256-gcm", "wrap", "dual")
+    wrapped = cli("wrap", kek, role="service", stdin=os.urandom(32)).out
+    first = cli("unwrap", kek, role="service", stdin=wrapped)
+    ident = parked_id(first)
+    assert "request parked as approval" in first.err
+    again = cli("unwrap", kek, role="service", stdin=wrapped)
+    assert parked_id(again) == ident
+    assert f"already parked as approval {ident}" in one_line(again)
