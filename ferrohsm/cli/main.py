@@ -213,7 +213,9 @@ def run_client(args: argparse.Namespace) -> int:
         _fail(f"{text} ({exc.code}, request id {exc.request_id or 'unknown'})")
         return 1
     except ClientError as exc:  # transport: refused, reset, TLS, timeout
-        suffix = f" (request id {exc.request_id})" if exc.request_id else ""
+        # A request id only for a request that left: one refused at connect reached no log.
+        sent = getattr(exc, "sent", True)
+        suffix = f" (request id {exc.request_id})" if exc.request_id and sent else ""
         _fail(exc.message + suffix)
         return 1
 

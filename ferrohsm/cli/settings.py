@@ -277,8 +277,8 @@ def make_client(settings: Settings) -> Any:
         return NotingClient(settings.server, settings.token, ca_cert=settings.ca_cert,
                       client_cert=settings.client_cert, client_key=settings.client_key,
                       timeout=settings.timeout, correlation_id=settings.correlation_id)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    except ValueError as exc:  # the --server / FERROHSM_URL / profile value
+        raise UsageError(f"--server/FERROHSM_URL: {exc}") from None
     except ClientError as exc:  # an unreadable CA or client certificate: a bad setting
         raise UsageError(exc.message) from None
 

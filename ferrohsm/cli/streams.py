@@ -269,6 +269,8 @@ class Output:
     @classmethod
     def open(cls, path: str | None, *, secret: bool = False, binary: bool = False) -> Output:
         out = cls(path, secret, binary)
+        if path is not None and not path.strip():
+            raise UsageError("--out is empty: name a file, or '-' for standard output")
         if path in (None, "-"):
             if binary and sys.stdout.isatty():
                 raise UsageError("refusing to write binary output to a terminal: "
@@ -291,7 +293,12 @@ class Output:
         if mode is not None and not stat.S_ISREG(mode):  # a device or a pipe: write through
             self._fh = open(target, "wb")  # closed in commit or __exit__
             return
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                       dir=target.parent)
+        except OSError as exc:  # /proc/version exists: its directory takes no new file
+            raise OSError(exc.errno, f"{exc.strerror} (creating a temporary file in "
+                          f"{target.parent} to replace {target.name} atomically)") from None
         self._tmp, self._target = Path(tmp), target
         self._fh = os.fdopen(fd, "wb")
         # A file replaced keeps its permissions (never wider than 0600 for a secret); a new one

@@ -346,3 +346,28 @@ def test_a_repeated_parked_request_says_it_reused_the_approval(cli: Cli) -> None
     again = cli("unwrap", kek, role="service", stdin=wrapped)
     assert parked_id(again) == ident
     assert f"already parked as approval {ident}" in one_line(again)
+
+
+# ---- 16: messages that name the real problem ---------------------------------------------------
+
+
+def test_messages_name_the_real_problem(cli: Cli, tmp_path: Path) -> None:
+    signer = create(cli, "ec-p256", "sign")
+    proc = cli("sign", signer, "--out", "/proc/version", role="service", stdin=b"x")
+    assert proc.code == 3 and "creating a temporary file in /proc" in one_line(proc)
+    empty = cli("sign", signer, "--out", "", role="service", stdin=b"x")
+    assert empty.code == 2 and "--out is empty" in one_line(empty)
+    not_pem = tmp_path / "z.txt"
+    not_pem.write_text("z\n")
+    cert = cli("whoami", "--client-cert", str(not_pem))
+    assert cert.code == 2 and f"client certificate {not_pem}: not a PEM" in one_line(cert)
+    url = cli("whoami", "--server", "https://[::1")
+    assert url.code == 2 and one_line(url).startswith(
+        "ferrohsm: --server/FERROHSM_URL: server URL 'https://[::1' is not a valid URL")
+    down = cli("whoami", "--server", "https://127.0.0.1:1")
+    assert down.code == 1 and "request id" not in one_line(down)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    quick = cli("quickstart", "--data-dir", str(a_file), "--listen", "127.0.0.1:0", role=None)
+    assert quick.code == 2
+    assert f"the data directory {a_file} exists and is not a directory" in one_line(quick)
