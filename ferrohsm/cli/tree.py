@@ -139,7 +139,8 @@ def synopsis(command: Command) -> str:
     parts = [command.name]
     for action in positionals(command.parser):
         many = action.nargs in ("+", "*")
-        parts.append(_metavar(action) + ("…" if many else ""))
+        text = _metavar(action) + ("…" if many else "")
+        parts.append(f"[{text}]" if action.nargs in ("?", "*") else text)
     for action in options(command.parser):
         if action.dest == "help" or action.dest in CLIENT_DESTS:
             continue

@@ -10,6 +10,8 @@ import sys
 from typing import Any
 from unittest import mock
 
+import pytest
+
 from ferrohsm.cli import info
 from ferrohsm.cli.settings import Settings
 from ferrohsm.client_errors import ApiError
@@ -50,3 +52,20 @@ def test_status_of_a_sealed_server_shows_unseal_progress() -> None:
     doc = json.loads(text)
     assert doc["sealed"] is True
     assert doc["unseal"] == {"progress": 1, "threshold": 2, "shares": 3}
+
+
+def test_generated_docs_show_optional_positionals_and_plain_characters(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ferrohsm.cli import docgen, manpage
+    from ferrohsm.cli.main import build_parser
+    root = build_parser()
+    table = docgen.block(root)
+    assert "`ferrohsm keys import [KEY] --material FILE" in table
+    assert "¦" not in table and "[--processes N\\|auto]" in table
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    roff = manpage.page(root)
+    assert roff.isascii(), [c for c in roff if not c.isascii()][:5]
+    assert roff.startswith('.TH FERROHSM 1 "version ')
+    assert "ferrohsm keys import [KEY] \\-\\-material" in roff
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert manpage.page(root).startswith('.TH FERROHSM 1 "2023-11-14" ')
