@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
 import json
 import os
 import re
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .. import __version__
@@ -99,8 +102,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(f"{problem}: nothing was sent to the server; redirect it (>/dev/null) to "
               "discard the output")
         return CANNOT_WRITE
-    with guarded_stdout():  # every write to stdout: a full disk is one line and exit 3
+    with guarded_stdout(), _terminated_is_an_exception():  # a full disk: one line, exit 3
         return _guarded_main(args_list)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the command is, so every ``with`` block on the way out runs: an
+    --out's temporary file is removed (Output.__exit__), not left beside the target."""
+
+
+@contextlib.contextmanager
+def _terminated_is_an_exception() -> Iterator[None]:
+    """SIGTERM as ``Terminated`` for one command (the interpreter already makes SIGINT a
+    KeyboardInterrupt); the previous handler is back afterwards. Only in the main thread,
+    where Python runs signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _guarded_main(args_list: list[str]) -> int:
@@ -109,6 +136,11 @@ def _guarded_main(args_list: list[str]) -> int:
         return _dispatch(args_list)
     except BrokenPipeError:  # `ferrohsm audit report … | head -1`: the reader left
         return _closed_pipe()
+    except Terminated:  # cleaned up on the way here; 128 + SIGTERM, as a shell reports it
+        _fail("terminated (SIGTERM); nothing was written")
+        return 128 + signal.SIGTERM
+    except KeyboardInterrupt:  # Ctrl-C outside a command's own handling
+        return 130
     except StdoutFailed as exc:  # a full disk or an I/O error under stdout
         _silence_stdout()
         _fail(exc.message)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -371,3 +373,28 @@ def test_messages_name_the_real_problem(cli: Cli, tmp_path: Path) -> None:
     quick = cli("quickstart", "--data-dir", str(a_file), "--listen", "127.0.0.1:0", role=None)
     assert quick.code == 2
     assert f"the data directory {a_file} exists and is not a directory" in one_line(quick)
+
+
+# ---- 17: SIGTERM and SIGINT remove the --out temporary file ------------------------------------
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_leaves_no_temporary_file(cli: Cli, live: LiveServer, tmp_path: Path,
+                                           sig: int, code: int) -> None:
+    signer = create(cli, "ec-p256", "sign")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**cli.env, "FERROHSM_TOKEN": live.token("service")}
+    with subprocess.Popen([sys.executable, "-m", "ferrohsm.cli.main", "sign", signer, "--in",
+                           "/dev/zero", "--out", str(out / "zz.sig")], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
+        deadline = time.monotonic() + 60
+        while not list(out.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(out.iterdir()), "the temporary file was never created"
+        time.sleep(0.2)  # hashing /dev/zero by now
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == code
+        err = proc.stderr.read().decode() if proc.stderr else ""
+    assert "Traceback" not in err
+    assert list(out.iterdir()) == []
