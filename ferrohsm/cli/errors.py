@@ -17,17 +17,22 @@ USAGE = 2           # usage or configuration error (a bad flag, a token with a l
 CANNOT_WRITE = 3    # an output file or directory cannot be created or written
 CANNOT_LISTEN = 4   # `serve`/`quickstart`: the listen address is in use or not available
 OUTPUT_LOST = 5     # the server carried out the request, then writing its answer failed
+INTERRUPTED = 130   # SIGINT (128 + 2), as a shell reports it
 CLOSED_PIPE = 141   # the reader of standard output went away (128 + SIGPIPE)
+TERMINATED = 143    # SIGTERM (128 + 15): raised as an exception so temporary files go
 
 EXIT_CODES: tuple[tuple[int, str], ...] = (
     (OK, "success"),
     (FAILED, "the operation failed or was refused (API error, unreachable, invalid signature)"),
     (USAGE, "usage or configuration error"),
-    (CANNOT_WRITE, "an output file cannot be written (nothing was sent to the server)"),
+    (CANNOT_WRITE, "an output file cannot be written or standard output is closed (found "
+                   "before anything was sent to the server)"),
     (CANNOT_LISTEN, "serve/quickstart: the listen address is in use or not available"),
     (OUTPUT_LOST, "the server carried out the request but its answer could not be written "
                   "(output lost; an --approval-id given is spent)"),
+    (INTERRUPTED, "interrupted (SIGINT, Ctrl-C); an --out file is left as it was"),
     (CLOSED_PIPE, "the reader of standard output closed the pipe early"),
+    (TERMINATED, "terminated (SIGTERM); an --out file is left as it was"),
 )
 
 

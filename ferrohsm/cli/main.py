@@ -6,7 +6,8 @@ tree is cheap and ``ferrohsm --version`` stays fast. The HTTP client is imported
 client command runs.
 
 Exit codes (errors.py): 0 success, 1 operation failed or refused, 2 usage error, 3 an output
-that cannot be written, 4 an address the server cannot listen on, 141 a closed pipe. Every error
+that cannot be written (found before anything was sent), 4 an address the server cannot listen
+on, 5 an answer lost after the server acted, 130/143 SIGINT/SIGTERM, 141 a closed pipe. Every error
 is one line on stderr, ``ferrohsm: <message> (<code>, request id <id>)`` for API errors; no
 traceback ever reaches a user, and no token or key material ever appears in an error. With
 FERROHSM_DEBUG=1 an unexpected error prints its traceback, with every bearer token cut out.
@@ -35,7 +36,16 @@ from . import backup as backup_cmd
 from . import custody as custody_cmd
 from . import serve as serve_cmd
 from . import token as token_cmd
-from .errors import CANNOT_WRITE, CLOSED_PIPE, EXIT_CODES, FAILED, USAGE, CliExit
+from .errors import (
+    CANNOT_WRITE,
+    CLOSED_PIPE,
+    EXIT_CODES,
+    FAILED,
+    INTERRUPTED,
+    TERMINATED,
+    USAGE,
+    CliExit,
+)
 from .output import FieldMissing
 from .streams import StdoutFailed, guarded_stdout, reset_answered, stdout_problem
 
@@ -138,9 +148,9 @@ def _guarded_main(args_list: list[str]) -> int:
         return _closed_pipe()
     except Terminated:  # cleaned up on the way here; 128 + SIGTERM, as a shell reports it
         _fail("terminated (SIGTERM); nothing was written")
-        return 128 + signal.SIGTERM
+        return TERMINATED
     except KeyboardInterrupt:  # Ctrl-C outside a command's own handling
-        return 130
+        return INTERRUPTED
     except StdoutFailed as exc:  # a full disk or an I/O error under stdout
         _silence_stdout()
         _fail(exc.message)
@@ -180,7 +190,7 @@ def _dispatch(args_list: list[str]) -> int:
         _fail(exc.message)
         return FAILED
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
 
 
 def _parse(parser: argparse.ArgumentParser,
