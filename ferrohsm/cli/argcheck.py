@@ -65,7 +65,7 @@ def unknown_flags_first(root: argparse.ArgumentParser, argv: list[str]) -> None:
             return
         name = word.split("=", 1)[0]
         if word.startswith("--") and len(word) > 2 and name not in known:
-            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
             starts = [k for k in sorted(known) if k.startswith(name)]
             guess = starts[0] if len(starts) == 1 else (close[0] if close else None)
             hint = f" (did you mean {guess}?)" if guess else ""
