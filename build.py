@@ -11,6 +11,8 @@ needs the host's libpq (Debian: libpq5); every other setup never loads it. ``--w
 builds the smaller zip app without it.
 
 Usage: python3 build.py [--out dist/ferrohsm] [--without-postgres]
+
+The manual page is written beside it (dist/ferrohsm.1), the same page `ferrohsm man` prints.
 """
 
 from __future__ import annotations
@@ -55,7 +57,20 @@ def build(out: Path, postgres: bool = True) -> Path:
     subprocess.run(cmd, check=True, cwd=ROOT, env=shiv_env())
     install_launcher(out)
     out.chmod(0o755)
+    write_manpage(out)
     return out
+
+
+def write_manpage(out: Path) -> Path:
+    """dist/ferrohsm.1 beside the executable, for packagers (man1/): the page `ferrohsm man`
+    prints, dated by the pinned SOURCE_DATE_EPOCH so it is as reproducible as the zip app.
+    Generated from this source tree (the CLI's start-up needs only the standard library)."""
+    page = out.with_name(out.name + ".1")
+    env = dict(shiv_env(), PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", "ferrohsm", "man"], check=True, cwd=ROOT,
+                          env=env, capture_output=True)
+    page.write_bytes(done.stdout)
+    return page
 
 
 def install_launcher(out: Path) -> None:

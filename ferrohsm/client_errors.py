@@ -114,16 +114,29 @@ def tls_context(ca_cert: str | None = None, client_cert: str | None = None,
     try:
         context = ssl.create_default_context(cafile=ca_cert)
     except (OSError, ssl.SSLError) as exc:
-        raise ClientError(f"cannot load the CA certificate {ca_cert}: {describe(exc)}") from None
+        raise ClientError(f"cannot load the CA certificate {ca_cert}: "
+                          f"{_pem_problem(exc, 'a PEM CA certificate')}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.check_hostname = True
     if client_cert:
         try:
             context.load_cert_chain(client_cert, client_key or None)
         except (OSError, ssl.SSLError) as exc:
-            raise ClientError(f"cannot load the client certificate {client_cert}: "
-                              f"{describe(exc)}") from None
+            pair = f" and key {client_key}" if client_key else ""
+            raise ClientError(f"cannot load the client certificate {client_cert}{pair}: "
+                              f"{_pem_problem(exc, 'a PEM certificate with its private key')}"
+                              ) from None
     return context
+
+
+def _pem_problem(exc: BaseException, wanted: str) -> str:
+    """Why a certificate file did not load: the OS's reason (missing, unreadable), or for what
+    OpenSSL refused, what the file should have been (its bare ``SSLError`` says nothing)."""
+    if isinstance(exc, ssl.SSLError):
+        reason = f" ({exc.reason})" if exc.reason else ""
+        return (f"not {wanted} (or the key does not match the certificate){reason}"
+                if "key" in wanted else f"not {wanted}{reason}")
+    return describe(exc)
 
 
 def describe(exc: BaseException) -> str:
@@ -157,7 +170,10 @@ def check_url(url: str) -> None:
     """https://HOST[:PORT][/PREFIX] (a prefix for a server behind a proxy). Credentials in the
     URL are refused, never echoed: the token goes in FERROHSM_TOKEN, and a user:password
     there would end up in every "cannot reach" message."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL": an unclosed [
+        raise ValueError(f"server URL {url[:80]!r} is not a valid URL ({exc})") from None
     try:
         ok = parts.scheme == "https" and bool(parts.hostname) and parts.port != 0
     except ValueError:  # a port that is not a number

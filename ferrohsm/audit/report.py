@@ -20,7 +20,9 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from . import toolout
 from .offline import VerifyInputError, chained_lines, expand_paths
+from .toolout import add_output_flags, output_format
 
 SENSITIVE = ("destroy", "revoke", "rollback", "purge", "lost", "loss_accepted")
 AUTH_PREFIXES = ("auth", "login", "token")
@@ -205,21 +207,29 @@ def report_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-hours", default="07:00-19:00", metavar="HH:MM-HH:MM",
                         help="working hours in UTC (default 07:00-19:00)")
     parser.add_argument("--limit", type=int, default=20, help="rows per list (default 20)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_output_flags(parser)
     return parser
 
 
 def report_main(argv: list[str] | None = None) -> int:
-    """``ferrohsm audit report``: 0 printed, 2 usage error or unreadable input."""
+    """``ferrohsm audit report``: 0 printed, 2 usage error or unreadable input (a file with
+    lines but no readable record is not an audit log: a report of it would say "0 records"
+    and exit 0, as if the log were clean)."""
     parser = report_parser()
     try:
         args = parser.parse_args(argv)
+        output_format(args)
         hours = parse_hours(args.work_hours)
         report = build_report(_records(args.paths), hours, max(1, args.limit))
+        if not report["records"] and report["unreadable_lines"]:
+            raise _UsageError(f"no readable audit record in {', '.join(args.paths)} "
+                              f"({report['unreadable_lines']} unreadable lines): not an audit "
+                              "log, or a damaged one (run `ferrohsm audit verify`)")
+        text = toolout.render(args, report, lambda: render(report))
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     except (_UsageError, VerifyInputError, ValueError) as exc:
         print(f"ferrohsm audit report: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(report, indent=2, sort_keys=True) if args.json else render(report))
+    print(text)
     return 0

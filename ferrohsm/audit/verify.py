@@ -51,6 +51,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
+from . import toolout
 from .chain import (
     BODY_END,
     END_TAG,
@@ -399,7 +400,7 @@ def _parser() -> _Parser:
                         "(a cut tail then goes unseen; the result says so)")
     parser.add_argument("--partial", action="store_true",
                         help="accept a log that starts mid-chain (an export after some seq)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    toolout.add_output_flags(parser)
     return parser
 
 
@@ -452,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     """``ferrohsm audit verify``: 0 verified, 1 a problem was found, 2 usage error."""
     try:
         args = _parser().parse_args(argv)
+        toolout.output_format(args)
         key = load_hmac_key(args.hmac_key_file)
         found = _sources(args)
         result = verify_paths(args.paths, key, None, found.public_key_pem,
@@ -459,17 +461,20 @@ def main(argv: list[str] | None = None) -> int:
                               witnessed=found.witnessed)
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
-    except (_UsageError, VerifyInputError) as exc:
+    except (_UsageError, VerifyInputError, toolout.OutputChoiceError) as exc:
         print(f"ferrohsm audit verify: error: {exc}", file=sys.stderr)
         return 2
     _judge(result, found, args.no_checkpoints)
-    if args.json:
-        print(json.dumps(asdict(result), indent=2, sort_keys=True))
-    else:
-        print(_summary(result))
-        for notice in result.notices:
-            print(f"note: {notice}")
+    try:
+        print(toolout.render(args, asdict(result), lambda: _human(result)))
+    except toolout.OutputChoiceError as exc:  # a --field the result does not have
+        print(f"ferrohsm audit verify: error: {exc}", file=sys.stderr)
+        return 2
     return 0 if result.ok else 1
+
+
+def _human(result: Any) -> str:
+    return "\n".join([_summary(result), *(f"note: {n}" for n in result.notices)])
 
 
 def _judge(result: VerifyResult, found: _Sources, skipped: bool) -> None:

@@ -16,7 +16,8 @@ import argparse
 import sys
 from typing import Any
 
-from .settings import Settings, UsageError, command
+from .errors import USAGE, CliExit
+from .settings import OUTPUTS, Settings, UsageError, command
 from .streams import Output
 
 OFFLINE = {"verify": "verify an audit log offline with the HMAC key (exit 1 names the first bad "
@@ -42,15 +43,31 @@ def add_parsers(sub: Any) -> None:
                 conflict_handler="resolve",  # --output here is the file, as it always was
                 epilog="example:\n  ferrohsm audit export --out audit.jsonl\n"
                 "  ferrohsm audit verify audit.jsonl --hmac-key-file audit-hmac.key")
-    p.add_argument("--out", "--output", dest="out_file", metavar="FILE",
+    p.add_argument("--out", "--output", dest="out_file", metavar="FILE", action=ExportFile,
                    help="output file, written atomically (default: stdout; --output is the "
-                   "older spelling: the format is always JSONL)")
+                   "older spelling: the format is always JSONL, so --output table, json or "
+                   "text is refused: write a file of that name with --out ./NAME)")
     p.add_argument("--after-seq", type=int, default=0, metavar="N",
                    help="only records after seq N (verify such a file with --partial)")
     for name, text in OFFLINE.items():
         # Placeholders so `ferrohsm audit --help` lists them; main() dispatches them before
         # argparse runs, straight to the tools' own parsers (which own their --help).
         asub.add_parser(name, help=text, add_help=False)
+
+
+class ExportFile(argparse.Action):
+    """``--out FILE`` (and ``--output FILE``, the spelling API.md promises). On every other
+    command ``--output`` takes a format, so ``audit export --output json`` would silently write
+    a file named json: a format name given as ``--output`` is refused (``--out ./json`` still
+    writes that file)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if option_string == "--output" and values in OUTPUTS:
+            raise CliExit(f"audit export --output {values}: here --output names the file to "
+                          "write (the format is always JSONL, one record a line); use --out "
+                          f"FILE, or --out ./{values} for a file of that name", USAGE)
+        setattr(namespace, self.dest, values)
 
 
 def run_offline(name: str, argv: list[str]) -> int:

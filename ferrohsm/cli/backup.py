@@ -29,8 +29,9 @@ from typing import Any
 
 from ..config import Config, load_config, load_secrets
 from ..domain.errors import ConfigError
-from .errors import USAGE, CliExit
+from .errors import CANNOT_WRITE, USAGE, CliExit
 from .settings import client_flags
+from .streams import writing
 
 MAX_ARCHIVE = 1 << 31
 
@@ -114,10 +115,20 @@ def _secrets(config: Config, args: argparse.Namespace, untouched: str) -> Any:
 
 
 def run_backup(args: argparse.Namespace) -> int:
-    if Path(args.out).exists():
-        raise CliExit(f"{args.out} exists: choose a new archive name", 1)
-    if args.offline:
-        return run_offline_backup(args)
+    """Check the flags and open the archive's file before anything is read or asked: an
+    archive that cannot be written must not cost the server an audited backup nobody got."""
+    if not args.offline:
+        _online_only(args)
+    with PrivateArchive(args.out) as archive:
+        args.archive_out = archive
+        if args.offline:
+            return run_offline_backup(args)
+        from .main import run_client
+        args.client_func = fetch_backup
+        return run_client(args)
+
+
+def _online_only(args: argparse.Namespace) -> None:
     given = [f for f, v in (("--config", args.config), ("--data-dir", args.data_dir),
                             ("--key-store", args.key_store),
                             ("--backup-key-file", args.backup_key_file),
@@ -126,9 +137,6 @@ def run_backup(args: argparse.Namespace) -> int:
     if given:
         raise CliExit(f"{', '.join(given)}: only with --offline (online, the server's own "
                       "settings apply)", USAGE)
-    from .main import run_client
-    args.client_func = fetch_backup
-    return run_client(args)
 
 
 def fetch_backup(args: argparse.Namespace, client: Any, settings: Any) -> int:
@@ -140,9 +148,8 @@ def fetch_backup(args: argparse.Namespace, client: Any, settings: Any) -> int:
         raise CliExit("the server's answer holds no archive", 1) from None
     if hashlib.sha256(data).hexdigest() != reply.get("sha256"):
         raise CliExit("the archive does not match the digest the server sent", 1)
-    out = Path(args.out)
-    _write_private(out, data)
-    _report(out, reply.get("header") or {}, reply["sha256"])
+    args.archive_out.commit(data)
+    _report(Path(args.out), reply.get("header") or {}, reply["sha256"])
     return 0
 
 
@@ -175,7 +182,7 @@ def run_offline_backup(args: argparse.Namespace) -> int:
     try:
         written = snapshot.take_archive(store, approvals, audit, secrets.master_key, key,
                                 config.storage.key_store)
-        _write_private(out, written.data)
+        args.archive_out.commit(written.data)
         try:
             audit.append(snapshot.backup_event(written, str(out)))
         except BaseException:
@@ -189,37 +196,63 @@ def run_offline_backup(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Atomically: a 0600 temporary file beside it, fsynced, renamed, the directory fsynced."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+class PrivateArchive:
+    """The archive's file, opened before the backup is taken: a 0600 temporary file beside it
+    (created now, so a missing directory or a read-only disk fails first, exit 3), written,
+    fsynced and renamed at ``commit``; removed if the backup does not get that far. A write
+    that fails after the server made the archive is exit 5 (streams.writing)."""
+
+    def __init__(self, out: str) -> None:
+        if not out.strip() or out.endswith("/"):
+            raise CliExit(f"--out {out!r}: name the archive file to write", USAGE)
+        self.path = Path(out)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
+            if self.path.exists():
+                raise FileExistsError(0, "it exists: choose a new archive name")
+            self.fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                          | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise CliExit(f"cannot write {out}: {exc.strerror or exc}; nothing was "
+                          "sent to the server", CANNOT_WRITE) from None
+
+    def commit(self, data: bytes) -> None:
+        """Atomically: written, fsynced, renamed, the directory fsynced."""
+        if self.fd is None:
+            raise CliExit(f"{self.path}: the archive was already written", 1)
+        with writing(str(self.path)):
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent if str(path.parent) else ".", os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise CliExit(f"cannot write {path}: {exc.strerror}", 1) from None
+                view = view[os.write(self.fd, view):]
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = None
+            os.replace(self.tmp, self.path)
+            dir_fd = os.open(self.path.parent if str(self.path.parent) else ".", os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def __enter__(self) -> PrivateArchive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self.tmp.unlink(missing_ok=True)
 
 
 def _read_archive(path: str) -> bytes:
+    """The archive's bytes; one that cannot be read is a bad input (exit 2, like --in)."""
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_ARCHIVE + 1)
     except OSError as exc:
-        raise CliExit(f"cannot read {path}: {exc.strerror}", 1) from None
+        raise CliExit(f"cannot read {path}: {exc.strerror}", USAGE) from None
     if len(data) > MAX_ARCHIVE:
-        raise CliExit(f"{path} is too large to be a FerroHSM backup archive", 1)
+        raise CliExit(f"{path} is too large to be a FerroHSM backup archive", USAGE)
     return data
 
 

@@ -19,9 +19,14 @@ END = "<!-- END ferrohsm commands -->"
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
+def _cell(text: str) -> str:
+    """A table cell: a ``|`` escaped as GitHub's tables take it (also inside a code span), so
+    ``N|auto`` reads as typed rather than as a look-alike character."""
+    return text.replace("|", "\\|")
+
+
 def block(root: argparse.ArgumentParser) -> str:
-    rows = [f"| `{tree.synopsis(c).replace('|', '¦')}` | {c.help.replace('|', '¦')} |"
-            for c in tree.leaves(root)]
+    rows = [f"| `{_cell(tree.synopsis(c))}` | {_cell(c.help)} |" for c in tree.leaves(root)]
     codes = [f"| {code} | {text} |" for code, text in EXIT_CODES]
     return "\n".join([BEGIN, "", "| command | what it does |", "| --- | --- |", *rows, "",
                       "| exit code | meaning |", "| --- | --- |", *codes, "", END])

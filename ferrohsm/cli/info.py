@@ -17,7 +17,7 @@ from typing import Any
 from .. import __version__
 from . import output
 from .errors import FAILED, OK
-from .settings import Settings, UsageError, client_flags, command, resolve
+from .settings import Settings, UsageError, check_field, client_flags, command, resolve
 
 
 def add_parsers(sub: Any) -> None:
@@ -48,6 +48,7 @@ def run_version(args: argparse.Namespace) -> int:
     from .settings import make_client
     document: dict[str, Any] = {"client": __version__}
     code = OK
+    check_field(args)
     try:
         settings = resolve(args)
     except UsageError:
@@ -109,7 +110,7 @@ def status(args: argparse.Namespace, client: Any, settings: Settings) -> int:
         "server": client.url, "status": health.get("status"),
         "version": health.get("version"), "sealed": bool(health.get("sealed", False)),
         "reason": health.get("reason"), "certificate": cert,
-        "unreachable": _skipped(client)}
+        "unreachable": _skipped(client), "unseal": _unseal_progress(health)}
 
     def human() -> str:
         days = cert["days_left"]
@@ -119,12 +120,31 @@ def status(args: argparse.Namespace, client: Any, settings: Settings) -> int:
                  ("Health", str(document["status"]) + (f": {document['reason']}"
                                                        if document["reason"] else "")),
                  ("Version", str(document["version"] or "-")),
-                 ("Sealed", "yes" if document["sealed"] else "no"),
+                 ("Sealed", _sealed_text(document)),
                  ("Certificate", f"expires {output.when(cert['not_after'])}"
                   + (f" ({days} days left)" if days is not None else ""))]
         return output.fields(pairs)
     output.emit(settings, document, human)
     return OK if document["status"] == "ok" else FAILED
+
+
+def _unseal_progress(health: dict[str, Any]) -> dict[str, Any] | None:
+    """A sealed split-knowledge server's /healthz says how many shares it has of how many it
+    needs: {"progress", "threshold", "shares"}; None when it says nothing of it."""
+    if "progress" not in health and "threshold" not in health:
+        return None
+    return {"progress": health.get("progress"), "threshold": health.get("threshold"),
+            "shares": health.get("shares")}
+
+
+def _sealed_text(document: dict[str, Any]) -> str:
+    if not document["sealed"]:
+        return "no"
+    unseal = document.get("unseal")
+    if not unseal:
+        return "yes"
+    return (f"yes: unseal progress {unseal['progress']}/{unseal['threshold']} shares "
+            "(submit more with `ferrohsm unseal`)")
 
 
 def _skipped(client: Any) -> list[dict[str, str]]:

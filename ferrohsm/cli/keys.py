@@ -130,11 +130,14 @@ def _positive(text: str) -> int:
 
 
 def _show_key(key: dict[str, Any], settings: Settings, summary: str | None = None,
-              pending: list[dict[str, Any]] | None = None) -> int:
+              pending: list[dict[str, Any]] | None = None, hidden: bool = False) -> int:
     def human() -> str:
         text = output.key_detail(key, output.use_colour(sys.stdout))
         if pending:
             text += "\n\n" + output.pending_note(pending)
+        elif pending is None and hidden:
+            text += ("\n\nPending approvals: not visible to this role (listing approvals "
+                     "needs an Auditor, Operator or Administrator token)")
         return f"{summary}\n\n{text}" if summary else text
     output.emit(settings, key, human)
     return 0
@@ -176,14 +179,16 @@ def list_keys(args: argparse.Namespace, client: Any, settings: Settings) -> int:
 
 def show(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     key = client.get_key(args.key)
-    pending = None if settings.output == "json" or settings.field else \
-        _open_approvals(client, str(key.get("id")))
-    return _show_key(key, settings, pending=pending)
+    if settings.output == "json" or settings.field:
+        return _show_key(key, settings)
+    pending = _open_approvals(client, str(key.get("id")))
+    return _show_key(key, settings, pending=pending, hidden=pending is None)
 
 
-def _open_approvals(client: Any, key_id: str) -> list[dict[str, Any]]:
-    """Approvals still open (pending or approved, not yet used) on the key; [] for a role that
-    may not list approvals (Service) rather than an error: the key itself was shown."""
+def _open_approvals(client: Any, key_id: str) -> list[dict[str, Any]] | None:
+    """Approvals still open (pending or approved, not yet used) on the key; None for a role
+    that may not list approvals (Service: the API lets it list none, not even its own), said
+    as such rather than as an error or a silence: the key itself was shown."""
     from ..client import Forbidden
     found: list[dict[str, Any]] = []
     try:
@@ -196,7 +201,7 @@ def _open_approvals(client: Any, key_id: str) -> list[dict[str, Any]]:
                 if not token:
                     break
     except Forbidden:
-        return []
+        return None
     return found
 
 

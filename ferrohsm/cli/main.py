@@ -6,7 +6,8 @@ tree is cheap and ``ferrohsm --version`` stays fast. The HTTP client is imported
 client command runs.
 
 Exit codes (errors.py): 0 success, 1 operation failed or refused, 2 usage error, 3 an output
-that cannot be written, 4 an address the server cannot listen on, 141 a closed pipe. Every error
+that cannot be written (found before anything was sent), 4 an address the server cannot listen
+on, 5 an answer lost after the server acted, 130/143 SIGINT/SIGTERM, 141 a closed pipe. Every error
 is one line on stderr, ``ferrohsm: <message> (<code>, request id <id>)`` for API errors; no
 traceback ever reaches a user, and no token or key material ever appears in an error. With
 FERROHSM_DEBUG=1 an unexpected error prints its traceback, with every bearer token cut out.
@@ -16,24 +17,37 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
 import json
 import os
+import re
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .. import __version__
 from ..domain.errors import ConfigError, FerroError
 from . import approvals as approvals_cmd
-from . import audit_cmd, completion, info, keys, manpage, ops, tree
+from . import argcheck, audit_cmd, completion, info, keys, manpage, ops, tree
 from . import backup as backup_cmd
 from . import custody as custody_cmd
 from . import serve as serve_cmd
 from . import token as token_cmd
-from .errors import CLOSED_PIPE, EXIT_CODES, FAILED, USAGE, CliExit
+from .errors import (
+    CANNOT_WRITE,
+    CLOSED_PIPE,
+    EXIT_CODES,
+    FAILED,
+    INTERRUPTED,
+    TERMINATED,
+    USAGE,
+    CliExit,
+)
 from .output import FieldMissing
-from .streams import StdoutFailed, guarded_stdout
+from .streams import StdoutFailed, guarded_stdout, reset_answered, stdout_problem
 
 EPILOG = """\
 client commands read their settings from flags, a --profile, or the environment:
@@ -83,15 +97,47 @@ def _tolerant_text_streams() -> None:
 # The server's own processes keep the interpreter's stdout as it is: forked children flush it
 # on their way to os._exit, where nothing may turn a failed flush into a CLI exit.
 LONG_RUNNING = ("serve", "quickstart")
+# Client commands that send no token: /healthz and the unseal of a sealed server.
+NO_TOKEN = ("status", "unseal")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     _tolerant_text_streams()
     args_list = list(sys.argv[1:] if argv is None else argv)
+    reset_answered()
     if args_list[:1] and args_list[0] in LONG_RUNNING:
         return _guarded_main(args_list)
-    with guarded_stdout():  # every write to stdout: a full disk is one line and exit 3
+    problem = stdout_problem()
+    if problem:  # before anything is sent: an answer written nowhere is an answer lost
+        _fail(f"{problem}: nothing was sent to the server; redirect it (>/dev/null) to "
+              "discard the output")
+        return CANNOT_WRITE
+    with guarded_stdout(), _terminated_is_an_exception():  # a full disk: one line, exit 3
         return _guarded_main(args_list)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the command is, so every ``with`` block on the way out runs: an
+    --out's temporary file is removed (Output.__exit__), not left beside the target."""
+
+
+@contextlib.contextmanager
+def _terminated_is_an_exception() -> Iterator[None]:
+    """SIGTERM as ``Terminated`` for one command (the interpreter already makes SIGINT a
+    KeyboardInterrupt); the previous handler is back afterwards. Only in the main thread,
+    where Python runs signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _guarded_main(args_list: list[str]) -> int:
@@ -100,6 +146,11 @@ def _guarded_main(args_list: list[str]) -> int:
         return _dispatch(args_list)
     except BrokenPipeError:  # `ferrohsm audit report … | head -1`: the reader left
         return _closed_pipe()
+    except Terminated:  # cleaned up on the way here; 128 + SIGTERM, as a shell reports it
+        _fail("terminated (SIGTERM); nothing was written")
+        return TERMINATED
+    except KeyboardInterrupt:  # Ctrl-C outside a command's own handling
+        return INTERRUPTED
     except StdoutFailed as exc:  # a full disk or an I/O error under stdout
         _silence_stdout()
         _fail(exc.message)
@@ -119,12 +170,15 @@ def _dispatch(args_list: list[str]) -> int:
     if len(args_list) >= 2 and args_list[0] == "audit" and args_list[1] in audit_cmd.OFFLINE:
         return _flushed(audit_cmd.run_offline(args_list[1], args_list[2:]))
     parser = build_parser()
+    args_list = argcheck.hoist_leading_flags(parser, args_list)
+    argcheck.unknown_flags_first(parser, args_list)
     args, extra = _parse(parser, args_list)
     if extra:  # told by the command that was given, with its usage, not by the root
         tree.chosen(parser, args_list).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return USAGE
+    argcheck.check_values(tree.chosen(parser, args_list), args)
     try:
         if hasattr(args, "client_func"):
             return _flushed(run_client(args))
@@ -136,7 +190,7 @@ def _dispatch(args_list: list[str]) -> int:
         _fail(exc.message)
         return FAILED
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
 
 
 def _parse(parser: argparse.ArgumentParser,
@@ -175,26 +229,35 @@ def run_client(args: argparse.Namespace) -> int:
     line and an exit code."""
     from ..client import ApiError, ApprovalRequired, ClientError
     from .settings import UsageError, make_client, resolve
+    from .streams import InputTooLarge
     token: str | None = None
     try:
         settings = resolve(args)
         token = settings.token
+        if token is None and args.command not in NO_TOKEN:
+            raise UsageError("no token: set FERROHSM_TOKEN (or FERROHSM_TOKEN_FILE, --token-file"
+                             ", a profile's token_file); `ferrohsm token issue` makes one; "
+                             "nothing was sent")
         with make_client(settings) as client:
             return int(args.client_func(args, client, settings))
     except (UsageError, FieldMissing) as exc:
-        _fail(str(exc))
+        advice = ops.TOO_LARGE_ADVICE.get(args.command) if isinstance(exc, InputTooLarge) \
+            else None
+        _fail(f"{exc}: {advice}" if advice else str(exc))
         return USAGE
     except ApprovalRequired as exc:
         from .settings import output_format
         _approval_pending(exc, output_format(args) == "json", getattr(args, "field", None))
         return FAILED
     except ApiError as exc:
-        text = _too_large(exc.message, args.command) if exc.code == "payload_too_large" \
+        text = _too_large(exc.message, args) if exc.code == "payload_too_large" \
             else exc.message + _hint(exc.code, args.command, token)
         _fail(f"{text} ({exc.code}, request id {exc.request_id or 'unknown'})")
         return 1
     except ClientError as exc:  # transport: refused, reset, TLS, timeout
-        suffix = f" (request id {exc.request_id})" if exc.request_id else ""
+        # A request id only for a request that left: one refused at connect reached no log.
+        sent = getattr(exc, "sent", True)
+        suffix = f" (request id {exc.request_id})" if exc.request_id and sent else ""
         _fail(exc.message + suffix)
         return 1
 
@@ -217,12 +280,20 @@ def _hint(code: str, command: str, token: str | None) -> str:
     return ""
 
 
-def _too_large(message: str, command: str) -> str:
+def _too_large(message: str, args: argparse.Namespace) -> str:
     """A 413 as one sentence: what the server refused (its own first clause, which names its
-    limit) and this command's way out, instead of the server's advice for every operation."""
+    limit) and this command's way out, instead of the server's advice for every operation.
+    An --aad over the server's per-input limit is named as the cause: the input's advice (a
+    data key) would not help."""
+    aad = len(str(getattr(args, "aad", None) or "").encode("utf-8", "surrogateescape"))
+    limit = re.search(r"(\d+)-byte limit", message)
+    if aad and limit and aad > int(limit.group(1)):
+        return (f"--aad is {aad} bytes, more than the server's {limit.group(1)}-byte limit "
+                "for one input ([crypto].max_input_bytes): associated data is meant to be "
+                "short (an id, a context label); bind a digest of a larger context instead")
     refused = message.split(":")[0].split(";")[0].strip()
-    advice = ops.TOO_LARGE_ADVICE.get(command, "the request is larger than the server accepts "
-                                      "([server].max_body_bytes)")
+    advice = ops.TOO_LARGE_ADVICE.get(args.command, "the request is larger than the server "
+                                      "accepts ([server].max_body_bytes)")
     return f"{refused}: {advice}"
 
 
@@ -259,12 +330,18 @@ def _approval_pending(exc: Any, as_json: bool, field: str | None = None) -> None
         _fail(f"already approved: this request is approval {ident} ({votes}, {window}); run "
               f"it now by repeating the command with --approval-id {ident} {ids}")
         return
-    _fail(f"approval required: request parked as approval {ident} ({votes}, {window}); once "
+    # The server answers a repeat with the approval it already parked ("already parked as
+    # approval …"): say it was reused, so nobody asks approvers to vote on a new request.
+    parked = "already parked as approval" if "already parked" in (exc.message or "") \
+        else "request parked as approval"
+    _fail(f"approval required: {parked} {ident} ({votes}, {window}); once "
           f"approved, repeat the command with --approval-id {ident} {ids}")
 
 
 def _fail(message: str) -> None:
     """One line on stderr; control characters from a server message are neutralised."""
+    if sys.stderr is None:  # closed (2>&-): the exit code is all that can be said
+        return
     clean = "".join(c if c.isprintable() else "?" for c in message)
     print(f"ferrohsm: {clean}", file=sys.stderr)
 

@@ -8,8 +8,10 @@ cannot fall behind the parser. Plain roff with the man(7) macros only.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from .. import __version__
@@ -80,11 +82,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+# Characters outside ASCII, as groff writes them: plain ASCII where that reads the same, else a
+# named glyph; groff warns about (and some terminals garble) the raw UTF-8.
+GLYPHS = {"…": "...", "→": "\\(->", "←": "\\(<-", "—": "\\(em", "–": "\\(en", "¦": "|",
+          "\u2019": "'", "\u2018": "`", "“": '"', "”": '"', "×": "\\(mu", "≥": "\\(>=", "≤": "\\(<="}
+
+
 def escape(text: str) -> str:
-    """Roff-safe text: backslashes and hyphens escaped, no line starting with a control dot."""
+    """Roff-safe text: backslashes and hyphens escaped, no line starting with a control dot,
+    non-ASCII characters as ASCII or groff glyphs (``\\[uXXXX]`` for the rest)."""
     text = text.replace("\\", "\\e").replace("-", "\\-")
+    text = "".join(c if c.isascii() else GLYPHS.get(c, f"\\[u{ord(c):04X}]") for c in text)
     return "\n".join(("\\&" + line) if line.startswith((".", "'")) else line
                      for line in text.split("\n"))
+
+
+def page_date() -> str:
+    """The page's date: the build's (SOURCE_DATE_EPOCH, which build.py pins, so the page is
+    reproducible), else the version's, never empty (man shows it in the footer)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if epoch.isdigit():
+        return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%d")
+    return f"version {escape(__version__)}"
 
 
 def _option(action: argparse.Action) -> str:
@@ -118,7 +137,8 @@ def _command(command: tree.Command) -> str:
 def page(root: argparse.ArgumentParser) -> str:
     from .settings import client_flags
     leaves = tree.leaves(root)
-    out = [f'.TH FERROHSM 1 "" "ferrohsm {escape(__version__)}" "User Commands"\n',
+    out = [f'.TH FERROHSM 1 "{page_date()}" "ferrohsm {escape(__version__)}" '
+           '"User Commands"\n',
            ".SH NAME\nferrohsm \\- a software HSM: server, key operations and audit tools\n",
            ".SH SYNOPSIS\n.B ferrohsm\n\\fICOMMAND\\fR [\\fIOPTIONS\\fR]\n",
            f".SH DESCRIPTION\n{escape(' '.join(str(root.description).split()))}\n",

@@ -121,7 +121,8 @@ def add_parsers(sub: Any) -> None:
                            "usually a failed step before this one)")
         if name == "verify":
             p.add_argument("--signature", required=True, metavar="FILE",
-                           help="the DER signature to check")
+                           help="the signature to check: DER (or raw RSA) as `sign` writes it, "
+                           "or its base64 text (`sign --field signature`)")
             p.add_argument("--key-version", type=int, metavar="N",
                            help="check against version N (default: the primary version)")
         approval_flag(p)
@@ -163,8 +164,9 @@ def _opts(settings: Settings) -> dict[str, Any]:
 
 
 def _structured(settings: Settings) -> bool:
-    """--json or --field: the answer as the API's JSON rather than the raw value."""
-    return settings.output == "json" or bool(settings.field)
+    """--json, --output text or --field: the answer as the API's JSON (or its name<TAB>value
+    lines, binary values in base64) rather than the raw value; text never means raw DER."""
+    return settings.output in ("json", "text") or bool(settings.field)
 
 
 def _answer(out: Output, settings: Settings, document: dict[str, Any]) -> int:
@@ -223,17 +225,30 @@ def _checked_digest(args: argparse.Namespace, client: Any, digest: bytes) -> byt
     return digest
 
 
-def checked_signature(signature: bytes, path: str) -> bytes:
-    """A --signature file shaped like a signature: RSA's is raw (256 or 512 bytes), ECDSA's a DER
-    SEQUENCE of at most 104; anything else (an input given by mistake) is refused here."""
+def _shaped(signature: bytes) -> bool:
+    """RSA's signature is raw (256 or 512 bytes), ECDSA's a DER SEQUENCE of at most 104."""
     der = len(signature) >= 8 and signature[0] == 0x30 and (
         signature[1] == len(signature) - 2
         or (signature[1] == 0x81 and signature[2] == len(signature) - 3))
-    if not 0 < len(signature) <= MAX_SIGNATURE or not (der or len(signature) in (256, 512)):
-        raise UsageError(f"--signature {path} is not a signature ({len(signature)} bytes; "
-                         f"expected the DER ECDSA signature (at most 104 bytes) or the raw RSA "
-                         f"one (256 or 512 bytes) that `ferrohsm sign` writes)")
-    return signature
+    return 0 < len(signature) <= MAX_SIGNATURE and (der or len(signature) in (256, 512))
+
+
+def checked_signature(signature: bytes, path: str) -> bytes:
+    """A --signature file shaped like a signature, as `ferrohsm sign` writes it, or its base64
+    text (what `sign --field signature` and --json print): decoded when the bytes are not a
+    signature themselves and the text is base64 of one. Anything else (an input given by
+    mistake) is refused here."""
+    if _shaped(signature):
+        return signature
+    try:
+        decoded = base64.b64decode(b"".join(signature.split()), validate=True)
+    except ValueError:
+        decoded = b""
+    if _shaped(decoded):
+        return decoded
+    raise UsageError(f"--signature {path} is not a signature ({len(signature)} bytes; "
+                     f"expected the DER ECDSA signature (at most 104 bytes) or the raw RSA one "
+                     f"(256 or 512 bytes) that `ferrohsm sign` writes, or its base64 text)")
 
 
 def _signed_input(args: argparse.Namespace, client: Any,
@@ -336,10 +351,18 @@ def data_key(args: argparse.Namespace, client: Any, settings: Settings) -> int:
         value = {**result, "plaintext": _b64(result["plaintext"])} if "plaintext" in result \
             else result
         # The JSON answer is what this command shows by default; --field and --output text
-        # pick from it as everywhere else.
-        out.commit((output.render(settings, value, lambda: output.json_text(value).rstrip())
-                    + "\n").encode())
+        # pick from it as everywhere else, and an explicit --output table is a table.
+        human = (lambda: _data_key_table(value)) if getattr(args, "output", None) == "table" \
+            else (lambda: output.json_text(value).rstrip())
+        out.commit((output.render(settings, value, human) + "\n").encode())
     return 0
+
+
+def _data_key_table(value: dict[str, Any]) -> str:
+    return output.fields([("Key", str(value.get("key_id"))),
+                          ("Key version", str(value.get("key_version"))),
+                          ("Ciphertext", str(value.get("ciphertext"))),
+                          ("Plaintext", str(value.get("plaintext") or "- (--no-plaintext)"))])
 
 
 def _refuse_existing(path: str | None, force: bool) -> None:

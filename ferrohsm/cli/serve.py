@@ -125,9 +125,13 @@ def run_quickstart(args: argparse.Namespace) -> int:
 def _quickstart(args: argparse.Namespace) -> int:
     from .. import app as wiring
     from ..auth.authn import issue_token
+    from ..domain.errors import ConfigError
     from ..tls.devpki import make_dev_pki
     overrides = _overrides(args)
     data_dir = Path(args.data_dir or os.environ.get("FERROHSM_DATA_DIR") or "./ferrohsm-data")
+    if data_dir.exists() and not data_dir.is_dir():  # said as such, not as a secret file's
+        raise ConfigError(f"the data directory {data_dir} exists and is not a directory: give "
+                          "--data-dir a directory (it is created if missing)")
     wiring.ensure_private_dir(data_dir)
     files = quickstart.ensure_dev_secrets(data_dir)
     pki = make_dev_pki(data_dir / "tls")

@@ -197,6 +197,7 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
     if not server:
         raise UsageError("no server: give --server URL or set FERROHSM_URL "
                          "(`ferrohsm quickstart` prints it)")
+    check_field(args)
     return Settings(server=str(server), token=_token(layers),
                     ca_cert=_pick(layers, "ca_cert")[1], client_cert=_pick(layers, "client_cert")[1],
                     client_key=_pick(layers, "client_key")[1], timeout=_timeout(layers),
@@ -204,6 +205,20 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
                     correlation_id=getattr(args, "correlation_id", None),
                     approval_id=getattr(args, "approval_id", None),
                     output=output_format(args), field=getattr(args, "field", None))
+
+
+def check_field(args: argparse.Namespace) -> None:
+    """``--field ''`` names nothing (it used to be ignored silently), and ``--field`` with an
+    explicit ``--output table`` or ``text`` asks for two different outputs: both refused."""
+    field = getattr(args, "field", None)
+    if field is None:
+        return
+    if not field.strip():
+        raise CliExit("--field needs a member name (e.g. --field id); run without it for "
+                      "the whole answer", USAGE)
+    if getattr(args, "output", None) in ("table", "text"):
+        raise CliExit(f"--field prints one value of the JSON answer, not --output "
+                      f"{args.output}: give one of them", USAGE)
 
 
 def output_format(args: argparse.Namespace) -> str:
@@ -256,13 +271,14 @@ def _timeout(layers: list[dict[str, Any]]) -> float:
 
 def make_client(settings: Settings) -> Any:
     """A ``ferrohsm.client.Client`` for these settings (imported here: keeps --version fast)."""
-    from ..client import Client, ClientError
+    from ..client import ClientError
+    from .answered import NotingClient
     try:
-        return Client(settings.server, settings.token, ca_cert=settings.ca_cert,
+        return NotingClient(settings.server, settings.token, ca_cert=settings.ca_cert,
                       client_cert=settings.client_cert, client_key=settings.client_key,
                       timeout=settings.timeout, correlation_id=settings.correlation_id)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    except ValueError as exc:  # the --server / FERROHSM_URL / profile value
+        raise UsageError(f"--server/FERROHSM_URL: {exc}") from None
     except ClientError as exc:  # an unreadable CA or client certificate: a bad setting
         raise UsageError(exc.message) from None
 

@@ -11,8 +11,10 @@ cost an approval, a key or an audit record of a success nobody received. The ans
 written to a temporary file beside the target, flushed to disk and renamed over it, so a reader
 never sees half a signature and an interrupted run leaves the old file in place.
 
-Every write that fails (a full disk, an I/O error) ends the same way, through ``write_failed``:
-one line naming the output and the cause, exit 3. Standard output gets that too: main() runs a
+Every write that fails (a full disk, an I/O error) ends the same way, through ``writing``:
+one line naming the output and the cause, exit 3; or exit 5 when the server had already
+answered (and acted: an approval spent, a key created), so the line must not claim that nothing
+was sent. Standard output gets that too: main() runs a
 command with ``sys.stdout`` behind ``StdoutGuard``, so a plain ``print`` to a full disk is the
 same one line as an ``--out`` file, not an unexpected error. A closed pipe stays a
 BrokenPipeError (exit 141, main()).
@@ -32,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, NoReturn, Self, TextIO, cast
 
-from .errors import CANNOT_WRITE, CliExit
+from .errors import CANNOT_WRITE, OUTPUT_LOST, CliExit
 from .settings import UsageError
 
 MAX_INPUT = 64 * 1024 * 1024  # far above what the server accepts; stops `cat /dev/zero |` early
@@ -51,8 +53,7 @@ def _refuse_empty(path: str | None) -> NoReturn:
 def read_input(path: str | None, *, allow_empty: bool = True) -> bytes:
     """All of ``path`` ('-' or None: stdin); UsageError when empty and not ``allow_empty``."""
     if path in (None, "-"):
-        stream: BinaryIO = sys.stdin.buffer
-        data = _read_capped(stream, "stdin")
+        data = _read_capped(_stdin(), "stdin")
     else:
         try:
             with open(path, "rb") as fh:
@@ -73,7 +74,7 @@ def hash_input(path: str | None, hash_names: tuple[str, ...], *,
     digests = {name: hashlib.new(name) for name in hash_names}
     try:
         if path in (None, "-"):
-            size = _feed(sys.stdin.buffer, digests)
+            size = _feed(_stdin(), digests)
         else:
             with open(path, "rb") as fh:
                 size = _feed(fh, digests)
@@ -82,6 +83,14 @@ def hash_input(path: str | None, hash_names: tuple[str, ...], *,
     if not size and not allow_empty:
         _refuse_empty(path)
     return {name: d.digest() for name, d in digests.items()}
+
+
+def _stdin() -> BinaryIO:
+    """Standard input's bytes; a closed one (``<&-``: the interpreter makes it None) is a usage
+    error naming the way out, not an AttributeError."""
+    if sys.stdin is None:
+        raise UsageError("standard input is closed: give --in FILE, or redirect stdin")
+    return sys.stdin.buffer
 
 
 def _feed(stream: BinaryIO, digests: dict[str, Any]) -> int:
@@ -93,10 +102,15 @@ def _feed(stream: BinaryIO, digests: dict[str, Any]) -> int:
     return size
 
 
+class InputTooLarge(UsageError):
+    """An input larger than any request carries: main() adds the command's way out."""
+
+
 def _read_capped(stream: BinaryIO, name: str) -> bytes:
     data = stream.read(MAX_INPUT + 1)
     if len(data) > MAX_INPUT:
-        raise UsageError(f"{name} is larger than {MAX_INPUT // (1024 * 1024)} MiB")
+        raise InputTooLarge(f"{name} is larger than {MAX_INPUT // (1024 * 1024)} MiB, more "
+                            "than one request to any server carries; nothing was sent")
     return data
 
 
@@ -122,6 +136,51 @@ def write_output(path: str | None, data: bytes, *, secret: bool = False,
 STDOUT = "standard output"
 
 
+class _Answered:
+    """Whether the server has answered a request of this command yet. A write that fails
+    before that cost nothing on the server (exit 3); one that fails after it lost an answer
+    the server already acted on (exit 5): a spent approval, a created key, an audited
+    success."""
+
+    answered = False
+
+
+def server_answered() -> None:
+    """Called by the CLI's client for every answer it receives (cli/answered.py)."""
+    _Answered.answered = True
+
+
+def reset_answered() -> None:
+    _Answered.answered = False
+
+
+def _cannot_write(where: str, exc: OSError) -> str:
+    if not _Answered.answered:
+        return f"cannot write {where}: {_why(exc)}"
+    return (f"the server carried out the request, but its answer could not be written to "
+            f"{where}: {_why(exc)}; the answer is lost (an --approval-id given is spent)")
+
+
+def stdout_problem() -> str | None:
+    """Why standard output cannot take a command's answer, checked before anything is sent:
+    closed (``>&-``: the interpreter makes ``sys.stdout`` None) or open read-only. None when
+    it is usable, or when it is no file descriptor at all (a test's buffer)."""
+    if sys.stdout is None:
+        return "standard output is closed"
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):
+        return None
+    try:
+        import fcntl
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    except OSError:
+        return "standard output is closed"
+    if flags & os.O_ACCMODE == os.O_RDONLY:
+        return "standard output is not open for writing"
+    return None
+
+
 class StdoutFailed(CliExit):
     """Standard output cannot be written: main() says so once and lets nothing write to it
     again (the interpreter's own flush at exit would fail a second time)."""
@@ -137,9 +196,10 @@ def writing(where: str | None) -> Iterator[None]:
     except BrokenPipeError:
         raise
     except OSError as exc:
+        code = OUTPUT_LOST if _Answered.answered else CANNOT_WRITE
         if where in (None, "-", STDOUT):
-            raise StdoutFailed(f"cannot write {STDOUT}: {_why(exc)}", CANNOT_WRITE) from None
-        raise CliExit(f"cannot write {where}: {_why(exc)}", CANNOT_WRITE) from None
+            raise StdoutFailed(_cannot_write(STDOUT, exc), code) from None
+        raise CliExit(_cannot_write(str(where), exc), code) from None
 
 
 class StdoutGuard:
@@ -209,6 +269,8 @@ class Output:
     @classmethod
     def open(cls, path: str | None, *, secret: bool = False, binary: bool = False) -> Output:
         out = cls(path, secret, binary)
+        if path is not None and not path.strip():
+            raise UsageError("--out is empty: name a file, or '-' for standard output")
         if path in (None, "-"):
             if binary and sys.stdout.isatty():
                 raise UsageError("refusing to write binary output to a terminal: "
@@ -231,7 +293,12 @@ class Output:
         if mode is not None and not stat.S_ISREG(mode):  # a device or a pipe: write through
             self._fh = open(target, "wb")  # closed in commit or __exit__
             return
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                       dir=target.parent)
+        except OSError as exc:  # /proc/version exists: its directory takes no new file
+            raise OSError(exc.errno, f"{exc.strerror} (creating a temporary file in "
+                          f"{target.parent} to replace {target.name} atomically)") from None
         self._tmp, self._target = Path(tmp), target
         self._fh = os.fdopen(fd, "wb")
         # A file replaced keeps its permissions (never wider than 0600 for a secret); a new one

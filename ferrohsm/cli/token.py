@@ -4,10 +4,14 @@ revoke JTI`: deny-list a token on the server (Administrators)."""
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..audit.toolout import OutputChoiceError, add_output_flags, output_format, render
 from ..config import Config, load_config, read_secret_file, secret_value
 from ..domain.errors import ConfigError
 from . import output
@@ -42,6 +46,11 @@ def add_parser(sub: Any) -> None:
                        help="limit a service token to keys with this tag (repeatable)")
     issue.add_argument("--config", metavar="FILE", help="TOML configuration file")
     issue.add_argument("--data-dir", metavar="DIR", help="a quickstart data directory holding jwt.secret")
+    add_output_flags(issue)
+    issue.epilog = (issue.epilog or "") + ("\n  ferrohsm token issue --data-dir ferrohsm-data "
+                                           "--subject ci --role service --field jti\n"
+                                           "(default output: the token alone; --json: token, "
+                                           "jti, subject, role, tags, issued_at, expires_at)")
     issue.set_defaults(func=run)
     p = command(tsub, "revoke", revoke, help="deny-list a token by its jti (Administrators)",
                 description="Revoke the token whose jti claim is JTI: the server refuses it "
@@ -94,6 +103,10 @@ def _check_claims(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..auth.authn import issue_token
+    try:
+        output_format(args)
+    except OutputChoiceError as exc:
+        raise CliExit(str(exc), USAGE) from None
     _check_claims(args)
     if args.data_dir and not Path(args.data_dir).is_dir():
         raise ConfigError(f"--data-dir {args.data_dir}: the data directory does not exist")
@@ -101,6 +114,27 @@ def run(args: argparse.Namespace) -> int:
     ttl = config.auth.max_token_ttl_seconds if args.ttl is None else args.ttl
     if not 1 <= ttl <= config.auth.max_token_ttl_seconds:
         raise ConfigError(f"--ttl must be 1..{config.auth.max_token_ttl_seconds} seconds")
-    print(issue_token(_secret(config), subject=args.subject, role=args.role, ttl=ttl,
-                      issuer=config.auth.issuer, audience=config.auth.audience, tags=args.tags))
+    token = issue_token(_secret(config), subject=args.subject, role=args.role, ttl=ttl,
+                        issuer=config.auth.issuer, audience=config.auth.audience, tags=args.tags)
+    document = describe(token)
+    try:
+        print(render(args, document, lambda: token))
+    except OutputChoiceError as exc:  # a --field the answer lacks: names only, no value
+        raise CliExit(str(exc), USAGE) from None
     return 0
+
+
+def describe(token: str) -> dict[str, Any]:
+    """The token and what `token revoke` and a reader need of it: its jti and expiry."""
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return {"token": token, "jti": claims.get("jti"), "subject": claims.get("sub"),
+            "role": claims.get("role"), "tags": claims.get("tags"),
+            "issued_at": _iso(claims.get("iat")), "expires_at": _iso(claims.get("exp")),
+            "exp": claims.get("exp")}
+
+
+def _iso(seconds: Any) -> str | None:
+    if not isinstance(seconds, int):
+        return None
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -38,12 +38,24 @@ def chosen(root: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentP
     KEY --x``): argparse reports a subcommand's unknown option from the root, with the root's
     usage, where the command's own usage is what helps."""
     parser = root
+    for word in chosen_path(root, argv):
+        action = subparsers(parser)
+        if action is None:  # cannot be: chosen_path walked through it
+            break
+        parser = action.choices[word]
+    return parser
+
+
+def chosen_path(root: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """The leading words of ``argv`` that name commands (``["keys", "rotate"]``)."""
+    parser, path = root, []
     for word in argv:
         action = subparsers(parser)
         if action is None or word.startswith("-") or word not in action.choices:
             break
         parser = action.choices[word]
-    return parser
+        path.append(word)
+    return path
 
 
 def offline_parser(path: tuple[str, ...]) -> argparse.ArgumentParser | None:
@@ -127,7 +139,8 @@ def synopsis(command: Command) -> str:
     parts = [command.name]
     for action in positionals(command.parser):
         many = action.nargs in ("+", "*")
-        parts.append(_metavar(action) + ("…" if many else ""))
+        text = _metavar(action) + ("…" if many else "")
+        parts.append(f"[{text}]" if action.nargs in ("?", "*") else text)
     for action in options(command.parser):
         if action.dest == "help" or action.dest in CLIENT_DESTS:
             continue

@@ -248,11 +248,15 @@ def test_report_counts_unreadable_lines(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_report_of_no_valid_record_has_no_time_span(tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    path = write(tmp_path / "junk.jsonl", [b"garbage", b"{not json"])
-    assert report_main([path]) == 0
-    out = capsys.readouterr().out
+    from ferrohsm.audit.report import build_report, render
+    out = render(build_report([None, None]))
     assert out.splitlines()[0] == "Audit report: 0 records" and "None" not in out
     assert "Unreadable lines: 2" in out
+    # a file with lines but no readable record is not an audit log: not a clean exit 0
+    path = write(tmp_path / "junk.jsonl", [b"garbage", b"{not json"])
+    assert report_main([path]) == 2
+    captured = capsys.readouterr()
+    assert not captured.out and "no readable audit record" in captured.err
 
 
 def test_verify_never_imports_cryptography() -> None:
