@@ -56,7 +56,7 @@ def add_parsers(sub: Any) -> None:
 
 
 class ExportFile(argparse.Action):
-    """``--out FILE`` (and ``--output FILE``, the spelling API.md promises). On every other
+    """``--out FILE`` (and ``--output FILE``, the spelling the README documents). On every other
     command ``--output`` takes a format, so ``audit export --output json`` would silently write
     a file named json: a format name given as ``--output`` is refused (``--out ./json`` still
     writes that file)."""

@@ -239,7 +239,7 @@ def test_audit_export_refuses_a_format_given_as_its_file(cli: Cli, tmp_path: Pat
         assert run.code == 2 and f"--out ./{fmt}" in one_line(run), run.err
     exported = tmp_path / "audit.jsonl"
     assert cli("audit", "export", "--output", str(exported), role="auditor").code == 0
-    assert exported.read_text().startswith("{")  # --output FILE still writes (API.md)
+    assert exported.read_text().startswith("{")  # --output FILE still writes (a documented spelling)
 
 
 def test_audit_report_and_verify_take_the_output_flags(cli: Cli, live: LiveServer,
