@@ -113,6 +113,11 @@ def is_uuid(text: str) -> bool:
     return isinstance(text, str) and UUID_RE.fullmatch(text) is not None
 
 
+def is_key_ref(text: str) -> bool:
+    """Whether ``text`` could name a key at all: an id, or a name (of any age, NAME_RE)."""
+    return isinstance(text, str) and (is_uuid(text) or NAME_RE.fullmatch(text) is not None)
+
+
 def validate_name(name: str | None) -> None:
     if name is None:
         return

@@ -379,3 +379,13 @@ def test_no_item_is_answered_when_the_records_cannot_be_written(tmp_path: Path) 
             assert set(reply) == {"error"} and reply["error"]["code"] == "unavailable"
     finally:
         srv.close()
+
+
+def test_a_batch_to_a_reference_no_key_can_have_is_404_not_200(srv: LiveServer) -> None:
+    """Items that all fail their own checks never look the key up: a reference no key can
+    have (not an id, not a name) is answered 404 for the whole batch, as a single request is,
+    not 200 with an error per item (found by schemathesis: a schema-violating request
+    accepted)."""
+    bad = "%E0%A4%AA%20x"  # a space and a Devanagari letter: outside the name pattern
+    reply = batch(srv, bad, "encrypt", [7, []], status=404)[0]
+    assert reply["error"]["code"] == "not_found"

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ...auth.permissions import Action
-from ...domain.errors import BadRequest, FerroError
-from ...domain.model import RequestContext
+from ...domain.errors import BadRequest, FerroError, NotFound
+from ...domain.model import RequestContext, is_key_ref
 from ...service import KeyService
 from ...service.batch import CryptoBatch, CryptoItems
 from ..http import Request, error_object
@@ -164,6 +164,8 @@ def one_or_batch(items: CryptoItems, action: Action, single: Single) -> Handler:
         raw = json_body(req)
         batch = batch_items(raw)
         if batch is not None:
+            if not is_key_ref(p["key"]):  # no item could run: say so for the whole request,
+                raise NotFound("no such key")  # as a single one is told, not item by item
             return run_batch(items, ctx, action, p["key"], batch)
         return single(ctx, raw, p["key"])
     return handler
