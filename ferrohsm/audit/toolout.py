@@ -54,11 +54,30 @@ def render(args: argparse.Namespace, document: Any, human: Callable[[], str]) ->
     if chosen == "json":
         return json.dumps(document, indent=2, sort_keys=True)
     if chosen == "text":
-        return "\n".join(f"{name}\t{_cell(value)}" for name, value in _flat(document))
+        return "\n".join(f"{name}\t{cell(value)}" for name, value in flat(document))
     return human()
 
 
 def _field(document: Any, path: str) -> str:
+    try:
+        value = lookup(document, path)
+    except MissingMember:
+        names = ", ".join(name for name, _ in flat(document) if name)
+        raise OutputChoiceError(f"--field {path}: the answer has no such member; it has: "
+                                f"{names[:600]}") from None
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+# The pieces the CLI's own --output/--field use too (cli/output.py): one meaning for both.
+
+class MissingMember(LookupError):
+    """A ``--field`` path the document does not hold."""
+
+
+def lookup(document: Any, path: str) -> Any:
+    """The member at a dotted path (list items by index), or MissingMember."""
     value = document
     for part in path.split("."):
         if isinstance(value, dict) and part in value:
@@ -66,23 +85,21 @@ def _field(document: Any, path: str) -> str:
         elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
             value = value[int(part)]
         else:
-            names = ", ".join(name for name, _ in _flat(document) if name)
-            raise OutputChoiceError(f"--field {path}: the answer has no such member; it has: "
-                                    f"{names[:600]}")
-    if value is None:
-        return ""
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            raise MissingMember(path)
+    return value
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """A value on one line: strings as they are (tabs and newlines escaped), the rest JSON."""
     if isinstance(value, str):
         return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
     return "" if value is None else json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def _flat(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+def flat(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``versions.0.state``-style names for every scalar member (the names --field takes)."""
     if isinstance(value, dict) and value:
-        return [pair for k in sorted(value) for pair in _flat(value[k], f"{prefix}{k}.")]
+        return [pair for k in sorted(value) for pair in flat(value[k], f"{prefix}{k}.")]
     if isinstance(value, list) and value:
-        return [pair for i, v in enumerate(value) for pair in _flat(v, f"{prefix}{i}.")]
+        return [pair for i, v in enumerate(value) for pair in flat(v, f"{prefix}{i}.")]
     return [(prefix.rstrip("."), value)]

@@ -14,6 +14,10 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from ..audit.toolout import MissingMember, lookup
+from ..audit.toolout import cell as _cell
+from ..audit.toolout import flat as _flat
+
 GREEN, YELLOW, RED, DIM, BOLD, RESET = "\033[32m", "\033[33m", "\033[31m", "\033[2m", "\033[1m", \
     "\033[0m"
 STATE_COLOURS = {"active": GREEN, "enabled": GREEN, "approved": GREEN, "executed": DIM,
@@ -262,34 +266,11 @@ def emit(settings: Any, document: Any, human: Callable[[], str],
         print(text)
 
 
-def _cell(value: Any) -> str:
-    """A value on one line: strings as they are (tabs and newlines escaped), the rest JSON."""
-    if isinstance(value, str):
-        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-    if value is None:
-        return ""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def _flat(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """``versions.0.state``-style names for every scalar member (the names --field takes)."""
-    if isinstance(value, dict) and value:
-        return [pair for k in sorted(value) for pair in _flat(value[k], f"{prefix}{k}.")]
-    if isinstance(value, list) and value:
-        return [pair for i, v in enumerate(value) for pair in _flat(v, f"{prefix}{i}.")]
-    return [(prefix.rstrip("."), value)]
-
-
 def _lookup(document: Any, path: str) -> Any:
-    value = document
-    for part in path.split("."):
-        if isinstance(value, dict) and part in value:
-            value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            raise FieldMissing(path, document)
-    return value
+    try:
+        return lookup(document, path)
+    except MissingMember:
+        raise FieldMissing(path, document) from None
 
 
 def field_text(document: Any, path: str) -> str:
