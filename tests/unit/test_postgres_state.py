@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pgserver
 import psycopg
@@ -81,17 +82,17 @@ def test_a_newer_schema_is_refused_with_a_clear_message(dsn: str) -> None:
     assert db.closed  # the refused store released its pool
 
 
-def test_nodes_starting_together_migrate_exactly_once(dsn: str) -> None:
-    starters = 8
+def _start_together(starters: int, open_one: Callable[[], Any]) -> list[Any]:
+    """``open_one()`` on ``starters`` threads released at one moment; what they opened (every
+    one closed again), with no error."""
     barrier = threading.Barrier(starters)
     errors: list[BaseException] = []
-    opened: list[PostgresStore] = []
+    opened: list[Any] = []
 
     def start() -> None:
-        db = PgDatabase(dsn)
         barrier.wait()
         try:
-            opened.append(PostgresStore(db, MAC))
+            opened.append(open_one())
         except BaseException as exc:
             errors.append(exc)
     threads = [threading.Thread(target=start) for _ in range(starters)]
@@ -99,9 +100,14 @@ def test_nodes_starting_together_migrate_exactly_once(dsn: str) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    for store in opened:
-        store.close()
+    for each in opened:
+        each.close()
     assert not errors and len(opened) == starters
+    return opened
+
+
+def test_nodes_starting_together_migrate_exactly_once(dsn: str) -> None:
+    _start_together(8, lambda: PostgresStore(PgDatabase(dsn), MAC))
     assert _applied(dsn) == [(COMPONENT, n) for n in range(1, SCHEMA_VERSION + 1)]
 
 
@@ -110,25 +116,7 @@ def test_nodes_starting_together_make_the_rate_limit_table_once(dsn: str) -> Non
     migrators' lock, so eight at once all start (a bare CREATE ... IF NOT EXISTS races into a
     duplicate-type error, seen with the README's three nodes on a new database)."""
     from ferrohsm.store.pg_shared import PostgresUsage
-    starters = 8
-    barrier = threading.Barrier(starters)
-    errors: list[BaseException] = []
-    opened: list[PostgresUsage] = []
-
-    def start() -> None:
-        barrier.wait()
-        try:
-            opened.append(PostgresUsage(dsn))
-        except BaseException as exc:
-            errors.append(exc)
-    threads = [threading.Thread(target=start) for _ in range(starters)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for usage in opened:
-        usage.close()
-    assert not errors and len(opened) == starters
+    _start_together(8, lambda: PostgresUsage(dsn))
 
 
 def test_a_failed_migration_changes_nothing(dsn: str) -> None:
