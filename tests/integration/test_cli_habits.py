@@ -16,12 +16,12 @@ import socket
 import stat
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from clikit import create, one_line, unique
 from cliresult import Result as Run
 from cryptography import x509
 from live import LiveServer
@@ -76,25 +76,6 @@ class Cli:
 @pytest.fixture
 def cli(live: LiveServer, tmp_path: Path) -> Cli:
     return Cli(live, tmp_path)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def create(cli: Cli, algorithm: str, usage: str, *tags: str) -> str:
-    name = unique(algorithm)
-    extra = [arg for tag in tags for arg in ("--tag", tag)]
-    result = cli("keys", "create", "--algorithm", algorithm, "--usage", usage, "--name", name,
-                 *extra, "--json")
-    assert result.code == 0, result.err
-    return name
-
-
-def one_line(run: Run) -> str:
-    lines = run.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ferrohsm: "), run.err
-    return lines[0]
 
 
 def all_records(live: LiveServer) -> list[dict[str, Any]]:
