@@ -41,10 +41,13 @@ DESCRIPTION_PATTERN = r"[^\x00-\x08\x0b-\x1f\x7f]*"
 DESCRIPTION_RE = re.compile(DESCRIPTION_PATTERN)
 # A description given now (create, update, import) has no C1 controls and no bidirectional
 # marks, embeddings, overrides or isolates either: "evil\u202etxt.exe" would show one key's
-# description as another text in the dashboard and the CLI. Stored keys keep DESCRIPTION_RE, so a
-# description written before this rule still loads. Joiners stay: emoji sequences use them.
-NEW_DESCRIPTION_PATTERN = (r"[^\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e"
-                           r"\u2066-\u2069]*")
+# description as another text in the dashboard and the CLI. Nor invisible characters that make
+# two texts look the same ("a\u200bb" shows as "ab": zero-width space, word joiner, BOM) or
+# break a line where a reader sees none (line and paragraph separators). Stored keys keep
+# DESCRIPTION_RE, so a description written before this rule still loads. Joiners (U+200C,
+# U+200D) stay: emoji sequences and some scripts need them.
+NEW_DESCRIPTION_PATTERN = (r"[^\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e"
+                           r"\u2060\u2066-\u2069\ufeff]*")
 NEW_DESCRIPTION_RE = re.compile(NEW_DESCRIPTION_PATTERN)
 # A page token (store/keystore.py): "k1." and the id of the last item of the previous page.
 PAGE_TOKEN_PATTERN = r"k1\." + UUID_PATTERN
@@ -162,8 +165,8 @@ def validate_new_description(text: str) -> None:
     """A description a client gives now: ``validate_description``, and NEW_DESCRIPTION_RE."""
     validate_description(text)
     if not NEW_DESCRIPTION_RE.fullmatch(text):
-        raise BadRequest("description may not contain control characters or bidirectional "
-                         "formatting characters")
+        raise BadRequest("description may not contain control characters, invisible "
+                         "characters or bidirectional formatting characters")
 
 
 @dataclass(frozen=True, slots=True)

@@ -351,7 +351,9 @@ def test_lone_surrogate_in_description_is_400_and_creates_nothing(srv: LiveServe
         assert status == 200 and len(page["keys"]) == len(before), role
 
 
-@pytest.mark.parametrize("text", ["evil\u202etxt.exe", "a\u2066b", "x\u200fy", "c1\x85"])
+@pytest.mark.parametrize("text", ["evil\u202etxt.exe", "a\u2066b", "x\u200fy", "c1\x85",
+                                  "a\u200bb", "line\u2028sep", "para\u2029sep", "\ufeffbom",
+                                  "w\u2060j"])
 def test_a_description_that_would_display_as_other_text_is_400(srv: LiveServer,
                                                                text: str) -> None:
     status, _, err = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm",

@@ -704,6 +704,113 @@ def test_an_invalid_url_filter_shows_the_reason_and_a_way_out(server: LiveServer
         assert b.js("return document.querySelector('input[name=tag]').value") == ""
 
 
+def test_a_refused_description_edit_stays_in_its_dialog(server: LiveServer,
+                                                         browser: Browser) -> None:
+    """Too long, or refused by the server: said inside the dialog, the typed text kept, nothing
+    saved (a maxlength would have cut a long paste and saved the rest without a word)."""
+    b = browser
+    create_key(server, algorithm="aes-256-gcm", usage="encrypt", name="ui-refused")
+    sign_in(b, server, server.token("administrator", "alice"))
+    b.go(f"{origin(server)}/ui/#/keys/ui-refused")
+    b.click("#edit-description")
+    box = "dialog[open] textarea"
+    b.find(box)
+    b.js("document.querySelector(arguments[0]).value = arguments[1]", box, "x" * 1500)  # a paste
+    b.click("dialog[open] button[data-confirm]")
+    b.wait_text("dialog[open] .form-error", "too long: 1500 characters, at most 1024")
+    assert b.js("return document.querySelector(arguments[0]).value.length", box) == 1500
+    b.js("document.querySelector(arguments[0]).value = arguments[1]", box, "evil\u202etxt.exe")
+    b.click("dialog[open] button[data-confirm]")
+    b.wait_text("dialog[open] .form-error", "bidirectional")
+    assert b.js("return document.querySelector(arguments[0]).value", box) == "evil\u202etxt.exe"
+    b.screenshot("21-refused-edit-kept")
+    b.click("dialog[open] .dialog-actions button:not([data-confirm])")  # Cancel
+    assert b.count("dialog[open]") == 0
+    assert not server.call("GET", "/v1/keys/ui-refused")[2].get("description")  # unchanged
+
+
+def test_tags_are_split_on_commas_only(server: LiveServer, browser: Browser) -> None:
+    """"pci scope" is one tag the server refuses, by name: never two tags nobody typed."""
+    b = browser
+    sign_in(b, server, server.token("administrator", "alice"))
+    b.go(f"{origin(server)}/ui/#/new-key")
+    b.type("input[name=name]", "ui-spaced-tags")
+    b.type("input[name=tags]", "pci scope, ok")
+    b.click("#create-key button[type=submit]")
+    b.wait_text("#create-error", "tags must be")
+    assert server.call("GET", "/v1/keys/ui-spaced-tags")[0] == 404
+
+
+def test_roles_that_cannot_create_are_told_before_the_form(server: LiveServer,
+                                                           browser: Browser) -> None:
+    b = browser
+    sign_in(b, server, server.token("auditor", "audrey"))
+    b.find("#key-table")
+    b.go(f"{origin(server)}/ui/#/new-key")
+    b.wait_text("#view", "Not allowed for your role")
+    assert b.count("#create-key") == 0
+
+
+def test_odd_addresses_show_a_page_not_a_script_error(server: LiveServer,
+                                                      browser: Browser) -> None:
+    b = browser
+    sign_in(b, server, server.token("administrator", "alice"))
+    b.find("#key-table")
+    b.go(f"{origin(server)}/ui/#/keys/%E0%A4%A")  # a broken %-escape
+    b.wait_text("#view", "not properly encoded")
+    b.go(f"{origin(server)}/ui/#/keys?tag=prod#pasted-anchor")  # the anchor is ignored
+    b.wait_text("#key-summary", "Showing")
+    assert b.js("return document.querySelector('input[name=tag]').value") == "prod"
+    b.go(f"{origin(server)}/ui/#/audit?outcome=bogus")  # what the menu cannot show is dropped
+    b.find("#audit-table")
+    assert b.js("return document.querySelector('select[name=outcome]').value") == ""
+    assert b.count("#audit-table tbody tr") > 0
+
+
+def test_a_session_that_ends_closes_the_open_dialog(server: LiveServer,
+                                                    browser: Browser) -> None:
+    b = browser
+    sign_in(b, server, server.token("administrator", "alice", ttl=4))
+    b.go(f"{origin(server)}/ui/#/keys/ui-refused")
+    b.click("#edit-description")
+    b.find("dialog[open] textarea")
+    b.wait_text("#signin-message", "Your session expired", timeout=10)
+    assert b.count("dialog[open]") == 0
+    b.find("#token")  # visible, and nothing in front of it
+    assert b.js("return document.elementFromPoint(...(() => { const r = document"
+                ".getElementById('token').getBoundingClientRect(); return [r.x + 5, r.y + 5]; })"
+                "()).id") == "token"
+
+
+def test_keys_whose_records_fail_their_check_are_named(server: LiveServer, browser: Browser,
+                                                        tmp_path: Path) -> None:
+    """A record changed on disk under a running server drops out of the listing (the API names
+    it in ``unreadable``): the inventory says so, rather than quietly showing one key fewer.
+    Its own server (filesystem store), presenting the module server's certificate."""
+    second = LiveServer(tmp_path, key_store="filesystem", overrides={
+        ("tls", "cert"): str(server.pki.server_cert), ("tls", "key"): str(server.pki.server_key)})
+    second.ctx = server.ctx  # it presents the module server's certificate
+    try:
+        assert second.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt",
+                                                "name": "kept"})[0] == 201
+        status, _, victim = second.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm",
+                                                             "usage": "encrypt", "name": "victim"})
+        assert status == 201
+        path = second.data_dir / "keys" / f"{victim['id']}.json"
+        path.write_text(path.read_text().replace('"victim"', '"victix"'))
+        assert second.call("GET", "/v1/keys")[2].get("unreadable") == [victim["id"]]
+        b = browser
+        b.go(f"https://127.0.0.1:{second.port}/ui/")
+        b.type("#token", second.token("administrator", "alice"))
+        b.click("#signin-form button[type=submit]")
+        alert = b.wait_text("#view [role=alert]", "1 key failed its integrity check")
+        assert victim["id"] in alert and "store.integrity" in alert
+        b.screenshot("22-unreadable-key-named")
+        b.click("#signout")
+    finally:
+        second.close()
+
+
 def test_no_console_errors_or_csp_violations(browser: Browser) -> None:
     """Runs last: every page above loaded under the strict CSP without a script error. The only
     expected noise is the network log line for GET /v1/approvals answering 404 (not wired yet)."""
@@ -715,6 +822,9 @@ def test_no_console_errors_or_csp_violations(browser: Browser) -> None:
                 and "/v1/approvals" not in entry["message"]
                 and "status of 401" not in entry["message"]  # the forged token, on purpose
                 and "status of 409" not in entry["message"]  # a taken key name, on purpose
+                and not ("status of 400" in entry["message"]  # refused create and edit, on purpose
+                         and "/v1/keys" in entry["message"]
+                         and "?" not in entry["message"].split()[0])
                 and not ("status of 400" in entry["message"]  # invalid URL filters, on purpose
                          and ("tag=PROD" in entry["message"] or "state=bogus" in entry["message"]))]
     assert problems == []

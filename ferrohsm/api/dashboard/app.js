@@ -13,7 +13,7 @@ import { renderAudit } from "./audit.js";
 
 // A view's filters ride in the fragment's query (#/keys?tag=prod): the views read them with
 // hashQuery() and keep them there with keepInUrl().
-const QUERY = "(?:\\?[^#]*)?$";
+const QUERY = "(?:\\?[^#]*)?(?:#.*)?$"; // a second "#..." (a pasted anchor) is ignored
 const ROUTES = [
   { pattern: new RegExp(`^#/keys${QUERY}`), nav: "keys", render: renderInventory },
   { pattern: new RegExp(`^#/new-key${QUERY}`), nav: "keys", render: renderCreateKey },
@@ -88,8 +88,17 @@ async function route() {
     return;
   }
   const [routeDef, m] = match;
+  let params;
   try {
-    await routeDef.render(container, ...m.slice(1).map(decodeURIComponent));
+    params = m.slice(1).map(decodeURIComponent);
+  } catch { // a broken %-escape in a typed or pasted address
+    container.replaceChildren(errorPanel({ title: "Page not found",
+      message: "This address is not valid: part of it is not properly encoded." }),
+      h("a", { href: "#/keys" }, "Go to keys"));
+    return;
+  }
+  try {
+    await routeDef.render(container, ...params);
   } catch (err) {
     if (err.status === 401) return; // already back on the sign-in screen
     container.replaceChildren(errorPanel(err, () => route()));

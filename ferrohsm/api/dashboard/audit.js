@@ -9,11 +9,15 @@ import {
 
 const PAGE = 200;
 const filters = { actor: "", action: "", key: "", outcome: "" };
+const OUTCOMES = ["success", "denied", "error", "intent", "rolled_back"];
 
 /** Filters from the URL (#/audit?actor=alice&action=key.rotate), then kept there. */
 function readUrl() {
   const query = hashQuery();
   for (const name of Object.keys(filters)) filters[name] = (query.get(name) ?? "").trim();
+  // an outcome the menu cannot show is dropped, as unknown parameters are: what is filtered
+  // and what the menu says must agree
+  if (!OUTCOMES.includes(filters.outcome)) filters.outcome = "";
 }
 
 let names = new Map();
@@ -108,7 +112,7 @@ function filterForm(onChange, actions) {
     field("Outcome", h("select", { name: "outcome",
       onchange: (e) => { filters.outcome = e.target.value; onChange(); } },
       option("", "Any outcome", filters.outcome),
-      ["success", "denied", "error", "intent", "rolled_back"].map((o) => option(o, o, filters.outcome)))),
+      OUTCOMES.map((o) => option(o, o, filters.outcome)))),
     actions);
 }
 

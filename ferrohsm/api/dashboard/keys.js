@@ -100,7 +100,8 @@ export async function renderInventory(root) {
     const more = total || !data.next_page_token ? "" : " · more on the next page";
     summary.replaceChildren(`${shown}${total}${more}`,
       h("span", { class: "muted small" }, ` · ${Math.round(ms)} ms${cached ? ", not modified" : ""}`));
-    results.replaceChildren(keys.length ? keyTable(keys, applyTag) : noKeys());
+    results.replaceChildren(unreadable(data.unreadable),
+      keys.length ? keyTable(keys, applyTag) : noKeys());
     pager.replaceChildren(
       h("button", { type: "button", disabled: inventory.page === 0,
         onclick: () => turn(-1) }, "← Previous"),
@@ -189,7 +190,8 @@ async function skipHidden(params, token) {
  * (``clear`` is then their Clear button), both limits are named: its tags and the filters. */
 function scopedEmpty(scope, clear = null) {
   const which = scope.length
-    ? `keys tagged ${scope.join(", ")}`
+    ? `keys tagged ${scope.length > 1
+      ? `${scope.slice(0, -1).join(", ")} or ${scope.at(-1)}` : scope[0]}`
     : "no keys at all (its tags claim is empty)";
   const hint = clear
     ? `It is limited to ${which}, and no key it may see matches these filters. Change or ` +
@@ -340,27 +342,34 @@ async function editDescription(root, key, approvals) {
   const request = mine && (mine.state === "approved"
     ? `Your request ${mine.id} is approved (${mine.summary}): save that same text to carry it out.`
     : `Your request ${mine.id} awaits approval (${mine.summary}).`);
+  let saved = null; // the server's answer to the save the dialog made
+  const save = async (value) => {
+    try {
+      saved = await api(`/v1/keys/${encodeURIComponent(key.id)}`,
+        { method: "PATCH", body: { description: value.trim() },
+          headers: mine ? { "X-Approval-ID": mine.id } : {} });
+      return null;
+    } catch (err) {
+      // 401: the session ends (and closes this dialog); anything else is said in the dialog,
+      // the typed text kept for correcting
+      return err.status === 401 ? null : `Not saved: ${err.message}`;
+    }
+  };
   const value = await confirmDialog({ title: "Edit the description",
     message: ["Shown to everyone who can read this key; the change is audited.", request]
       .filter(Boolean),
     confirmLabel: "Save",
     input: { label: "Description", maxLength: 1024, value: key.description ?? "",
-      multiline: true } });
-  if (value === null) return;
-  try {
-    const { status, data } = await api(`/v1/keys/${encodeURIComponent(key.id)}`,
-      { method: "PATCH", body: { description: value.trim() },
-        headers: mine ? { "X-Approval-ID": mine.id } : {} });
-    if (status === 202 && data?.approval) {
-      await parked(root, key, data.approval, "Save the same description here once it is " +
-        "approved.");
-      return;
-    }
-    await redraw(root, data);
-    notify("Description saved.", "success");
-  } catch (err) {
-    if (err.status !== 401) notify(`Saving the description failed: ${err.message}`, "error");
+      multiline: true, check: save } });
+  if (value === null || saved === null) return;
+  const { status, data } = saved;
+  if (status === 202 && data?.approval) {
+    await parked(root, key, data.approval, "Save the same description here once it is " +
+      "approved.");
+    return;
   }
+  await redraw(root, data);
+  notify("Description saved.", "success");
 }
 
 function metadata(key) {
@@ -501,11 +510,30 @@ async function downloadPublicKey(key, version) {
   }
 }
 
+/** Keys whose stored record failed its integrity check (the listing's ``unreadable``): they
+ * are not in the table, and that must not pass unnoticed: the record was changed outside the
+ * server (tampering, or a damaged disk), and every operation on the key now fails. */
+function unreadable(ids) {
+  if (!Array.isArray(ids) || !ids.length) return null;
+  return h("div", { class: "notice error", role: "alert" }, h("span", null, // one flowing text
+    h("strong", null, `${plural(ids.length, "key")} failed ${ids.length > 1 ? "their" : "its"} ` +
+      "integrity check and cannot be used: "),
+    ids.map((id, i) => [i ? ", " : "", h("a", { href: `#/keys/${encodeURIComponent(id)}`,
+      class: "mono" }, id)]),
+    ". A stored record was changed outside the server (tampering, or a damaged disk): the " +
+    "audit log names what failed (store.integrity), and a backup can restore the key."));
+}
+
+// A time inside a history entry's text ("destroy after 2026-12-06T18:07:58.62+00:00"), shown
+// like every other time on the page.
+const ISO_TIME = /\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)/g;
+
 function history(key) {
   const entries = [...(key.history ?? [])].reverse().slice(0, 20);
   if (!entries.length) return null;
   return h("section", { "aria-labelledby": "history-h" },
     h("h2", { id: "history-h" }, "Recent history"),
     h("ul", { class: "history" }, entries.map((e) => h("li", null, timeEl(e.at), " ",
-      h("strong", null, e.action), ` by ${e.actor}`, e.detail ? ` — ${e.detail}` : ""))));
+      h("strong", null, e.action), ` by ${e.actor}`,
+      e.detail ? ` — ${e.detail.replace(ISO_TIME, (iso) => fmtTime(iso))}` : ""))));
 }

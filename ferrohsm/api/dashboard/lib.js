@@ -58,7 +58,8 @@ export function fmtTime(iso) {
 /** The query of a view's URL fragment (#/keys?tag=prod) as URLSearchParams. */
 export function hashQuery() {
   const at = location.hash.indexOf("?");
-  return new URLSearchParams(at < 0 ? "" : location.hash.slice(at + 1));
+  const query = at < 0 ? "" : location.hash.slice(at + 1);
+  return new URLSearchParams(query.split("#", 1)[0]); // as the router, ignore a pasted "#anchor"
 }
 
 /** Keep a view's filters in its URL (bookmarkable, shareable, kept by reload and Back) without
@@ -155,21 +156,33 @@ export function confirmDialog({ title, message, confirmLabel = "Confirm", danger
       "data-confirm": "" }, confirmLabel);
     const cancel = h("button", { type: "button", onclick: () => dialog.close("cancel") }, "Cancel");
     let box = null;
+    const problem = h("p", { class: "form-error", role: "alert", hidden: true });
     if (input) {
+      // No maxlength: the browser would cut a long paste without a word. Too long is said.
       box = input.multiline
-        ? h("textarea", { rows: 4, maxlength: input.maxLength ?? 256 })
-        : h("input", { type: "text", maxlength: input.maxLength ?? 256, autocomplete: "off",
-          spellcheck: "false" });
+        ? h("textarea", { rows: 4 })
+        : h("input", { type: "text", autocomplete: "off", spellcheck: "false" });
       box.value = input.value ?? "";
       if (input.expect !== undefined) {
         confirm.disabled = true;
         box.addEventListener("input", () => { confirm.disabled = box.value !== input.expect; });
       }
     }
-    const form = h("form", { onsubmit: (e) => { e.preventDefault(); dialog.close("ok"); } },
+    async function submit(e) {
+      e.preventDefault();
+      const why = box ? await refusal(input, box.value) : null;
+      if (why === null) {
+        dialog.close("ok");
+        return;
+      }
+      problem.textContent = why; // the text stays in the box, to be corrected
+      problem.hidden = false;
+      box.focus();
+    }
+    const form = h("form", { onsubmit: submit },
       h("h2", { id: "confirm-title" }, title),
       [message].flat().map((line) => h("p", null, line)),
-      box && field(input.label, box),
+      box && field(input.label, box), problem,
       h("div", { class: "dialog-actions" }, cancel, confirm));
     dialog.replaceChildren(form);
     dialog.returnValue = "";
@@ -179,6 +192,16 @@ export function confirmDialog({ title, message, confirmLabel = "Confirm", danger
     dialog.showModal();
     (box ?? cancel).focus(); // never pre-focus the destructive button
   });
+}
+
+/** Why a dialog's typed value cannot be taken (null: it can): longer than ``maxLength``
+ * characters (counted as the server counts them), or what ``input.check`` answers (e.g. the
+ * server's refusal of a save), so the dialog stays open with the text kept. */
+async function refusal(input, value) {
+  const max = input.maxLength ?? 256;
+  const length = [...value.trim()].length;
+  if (length > max) return `${input.label} is too long: ${length} characters, at most ${max}.`;
+  return input.check ? await input.check(value) : null;
 }
 
 // ---- session ------------------------------------------------------------------------------
@@ -231,6 +254,8 @@ export function onSessionEnd(reset) {
 }
 
 export function endSession() {
+  const dialog = document.getElementById("confirm");
+  if (dialog?.open) dialog.close("cancel"); // the sign-in form must not sit behind a modal
   session.token = null;
   session.claims = null;
   sessionStorage.removeItem(TOKEN_KEY);
