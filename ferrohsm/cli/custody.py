@@ -22,6 +22,7 @@ from typing import Any
 from .. import __version__
 from ..config import Config, Secrets, load_config, load_secrets
 from ..domain.errors import ConfigError, FerroError
+from . import sdnotify
 from .settings import client_flags
 
 ENCRYPTED_HEADER = "FERROHSM ENCRYPTED SHARE v1"
@@ -307,6 +308,8 @@ def run_sealed(config: Config, ssl_provider: Any, announce: Any, options: Any) -
                                   options, seal=gate.seal)
         rt.tls_status = ssl_provider.status
         wiring.start_scheduler(rt)
+        rt.serving.set()  # /readyz: the runtime behind the gate now takes traffic
+        sdnotify.notify("STATUS=unsealed: serving")
         return rt
 
     gate = SealGate(Unsealer(custody), open_sink=open_sink, open_runtime=open_runtime,
@@ -361,9 +364,13 @@ def _serve(config: Config, gate: Any, ssl_provider: Any, announce: Any) -> int:
                                             f"FerroHSM listening on port {port}, sealed"))
         logging.getLogger("ferrohsm").info("listening on %s:%d, SEALED: submit unseal shares",
                                            server.server_address[0], port)
+        # started, as systemd means it: listening, taking unseal shares (a start that waited
+        # for the custodians would time out and be restarted, losing their progress)
+        sdnotify.ready(f"listening on port {port}, sealed: submit unseal shares")
         if announce:
             announce(port)
         done.wait()
+        sdnotify.stopping()
         return 0
     finally:
         server.shutdown(config.server.shutdown_grace_seconds)

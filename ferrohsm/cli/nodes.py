@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config import Config, cores, parse_listen
+from . import sdnotify
 
 log = logging.getLogger("ferrohsm")
 FIRST_BACKOFF = 0.5
@@ -152,9 +153,12 @@ class Supervisor:
             signum = self._pending_signals.pop(0)
             if signum == signal.SIGHUP:
                 log.info("SIGHUP: reloading every process")
+                sdnotify.reloading()  # the parent is systemd's main PID: it speaks for the group
                 self._send(signal.SIGHUP)
+                sdnotify.ready()
             elif not self._stopping:
                 log.info("stopping %d processes (grace %.1f s)", len(self.slots), self._grace)
+                sdnotify.stopping()
                 self._stopping = True
                 self._kill_at = now + self._grace + KILL_AFTER_GRACE
                 self._send(signal.SIGTERM)

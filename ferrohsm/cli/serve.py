@@ -243,6 +243,7 @@ def _supervise(config: Config, announce: Any, options: Any) -> int:
         def ready() -> None:
             log.info("listening on %s:%d with %d processes (key store %s)", host, port,
                      config.server.processes, config.storage.key_store)
+            sdnotify.ready(f"listening on port {port} with {config.server.processes} processes")
             if announce:
                 announce(port)
         return supervisor.run(lambda: listening(host, port), ready)
@@ -258,6 +259,9 @@ def _child(config: Config, options: Any, parent: int, index: int, spread: Any) -
     from ..domain.errors import ConfigError, FerroError
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
+    # The parent is the service's main process and tells systemd for the group (the shipped
+    # unit has NotifyAccess=main: a child's READY=1 would be ignored, and the start time out).
+    os.environ.pop(sdnotify.ENV, None)
     try:
         return _serve(config, wiring.tls_provider(config), None, options, parent=parent,
                       index=index, spread=spread)

@@ -18,8 +18,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -28,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from notifykit import Notifications
 
 from ferrohsm.auth.authn import issue_token
 from ferrohsm.tls.context import client_context
@@ -130,30 +129,6 @@ def zipapp() -> Iterator[Path]:
     out.parent.chmod(0o755)
     yield out
     shutil.rmtree(base, ignore_errors=True)
-
-
-class Notifications:
-    """The test's NOTIFY_SOCKET: an abstract-namespace datagram socket with SO_PASSCRED."""
-
-    def __init__(self) -> None:
-        self.name = f"@ferrohsm-test-{secrets.token_hex(8)}"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self.sock.bind(b"\0" + self.name[1:].encode())
-
-    def next(self, timeout: float) -> tuple[dict[str, str], int, int]:
-        """One datagram's fields and its sender's pid and uid."""
-        self.sock.settimeout(timeout)
-        data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
-        pid = uid = -1
-        for level, kind, payload in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                pid, uid, _gid = struct.unpack("3i", payload[:12])
-        fields = dict(line.split("=", 1) for line in data.decode().splitlines())
-        return fields, pid, uid
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def deny_write_execute() -> None:
