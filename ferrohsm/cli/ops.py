@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import stat
 import sys
 from typing import Any
 
@@ -214,7 +215,10 @@ def _checked_digest(args: argparse.Namespace, client: Any, digest: bytes) -> byt
     sizes = ", ".join(f"{n} bytes for {h.upper().replace('SHA', 'SHA-')}"
                       for h, n in DIGEST_SIZE.items())
     if len(digest) not in DIGEST_SIZE.values():
-        raise UsageError(f"--digest: the input is {len(digest)} bytes, not a digest ({sizes}); "
+        longest = max(DIGEST_SIZE.values())
+        size = (f"{len(digest)} bytes" if len(digest) <= longest
+                else f"more than {longest} bytes")  # read no further than that
+        raise UsageError(f"--digest: the input is {size}, not a digest ({sizes}); "
                          "without --digest the input is hashed here")
     name = SCHEME_HASH.get(args.algorithm or "") or _key_hash(client, args.key)
     if len(digest) != DIGEST_SIZE[name]:
@@ -260,10 +264,11 @@ def _signed_input(args: argparse.Namespace, client: Any,
     if args.message:
         return fits(read_input(args.input, allow_empty=allow_empty), _source(args.input),
                     args.command), None
-    if args.digest:
-        return None, _checked_digest(args, client, read_input(args.input,
-                                                              allow_empty=allow_empty))
-    if args.input in (None, "-"):
+    if args.digest:  # a digest is a few dozen bytes: a large input is not one, whatever size
+        return None, _checked_digest(args, client, read_input(
+            args.input, allow_empty=allow_empty, at_most=max(DIGEST_SIZE.values())))
+    if args.input in (None, "-") or not regular_file(args.input):
+        # read once (a pipe, a FIFO, <(…) cannot be read again): hashed both ways first
         both = hash_input(args.input, ("sha256", "sha384"), allow_empty=allow_empty)
         return None, both[SCHEME_HASH.get(args.algorithm or "") or _key_hash(client, args.key)]
     readable(args.input)
@@ -278,6 +283,15 @@ def _key_hash(client: Any, key: str) -> str:
 
 def _source(path: str | None) -> str:
     return "standard input" if path in (None, "-") else f"--in {path}"
+
+
+def regular_file(path: str) -> bool:
+    """Whether ``path`` is a regular file, which can be opened twice and reads the same; a
+    FIFO opened only to check it would lose its writer, and the real read then wait forever."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
 
 
 def readable(path: str) -> None:

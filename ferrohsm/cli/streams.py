@@ -50,14 +50,16 @@ def _refuse_empty(path: str | None) -> NoReturn:
                      "that produces it fail?); give --allow-empty if empty input is intended")
 
 
-def read_input(path: str | None, *, allow_empty: bool = True) -> bytes:
-    """All of ``path`` ('-' or None: stdin); UsageError when empty and not ``allow_empty``."""
+def read_input(path: str | None, *, allow_empty: bool = True, at_most: int = 0) -> bytes:
+    """All of ``path`` ('-' or None: stdin); UsageError when empty and not ``allow_empty``.
+    ``at_most``: a smaller cap than MAX_INPUT, for an input of known size (a --digest): what
+    is longer is refused as not that, without reading it all."""
     if path in (None, "-"):
-        data = _read_capped(_stdin(), "stdin")
+        data = _read_capped(_stdin(), "stdin", at_most)
     else:
         try:
             with open(path, "rb") as fh:
-                data = _read_capped(fh, path)
+                data = _read_capped(fh, path, at_most)
         except OSError as exc:
             raise UsageError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") \
                 from None
@@ -106,7 +108,9 @@ class InputTooLarge(UsageError):
     """An input larger than any request carries: main() adds the command's way out."""
 
 
-def _read_capped(stream: BinaryIO, name: str) -> bytes:
+def _read_capped(stream: BinaryIO, name: str, at_most: int = 0) -> bytes:
+    if at_most:
+        return stream.read(at_most + 1)  # the caller says what one byte more means
     data = stream.read(MAX_INPUT + 1)
     if len(data) > MAX_INPUT:
         raise InputTooLarge(f"{name} is larger than {MAX_INPUT // (1024 * 1024)} MiB, more "

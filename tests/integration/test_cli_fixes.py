@@ -317,6 +317,45 @@ def test_verify_accepts_a_base64_signature(cli: Cli, tmp_path: Path) -> None:
     assert bad.code == 2 and "or its base64 text" in one_line(bad)
 
 
+def test_sign_and_verify_read_a_fifo_once(cli: Cli, tmp_path: Path) -> None:
+    """A FIFO (or <(…)) can be read once: it is hashed both ways in that one read, as standard
+    input is, never opened to check and then again (the second open would wait forever for a
+    writer that is gone)."""
+    signer = create(cli, "ec-p256", "sign")
+    fifo = tmp_path / "artefact.fifo"
+    payload = os.urandom(70 * 1024)
+    sig = tmp_path / "artefact.sig"
+
+    source = tmp_path / "artefact.bin"
+    source.write_bytes(payload)
+
+    def through_fifo(*argv: str) -> Run:
+        os.mkfifo(fifo)
+        writer = subprocess.Popen(["sh", "-c", 'cat "$1" > "$2"', "sh", str(source), str(fifo)])
+        try:
+            return cli(*argv, "--in", str(fifo), role="service")
+        finally:
+            writer.wait(10)
+            fifo.unlink()
+
+    signed = through_fifo("sign", signer, "--out", str(sig))
+    assert signed.code == 0 and sig.stat().st_size > 0, signed.err
+    checked = through_fifo("verify", signer, "--signature", str(sig))
+    assert checked.code == 0 and checked.text.startswith("valid"), checked.err
+
+
+def test_a_digest_input_of_any_size_is_said_not_to_be_one(cli: Cli, tmp_path: Path) -> None:
+    """--digest reads no further than a digest's length: a 65 MiB file is "not a digest", not
+    "larger than 64 MiB ... drop --message" (a flag nobody gave)."""
+    signer = create(cli, "ec-p256", "sign")
+    huge = tmp_path / "huge.bin"
+    with open(huge, "wb") as fh:
+        fh.truncate(65 << 20)
+    run = cli("sign", signer, "--digest", "--in", str(huge), role="service")
+    assert run.code == 2 and "the input is more than 48 bytes, not a digest" in one_line(run)
+    assert "--message" not in run.err
+
+
 # ---- 15: a repeated parked request says the approval was reused ------------------------------
 
 
