@@ -68,6 +68,10 @@ def test_bash_completes_commands_flags_and_choices(bash_script: Path) -> None:
     assert "--out" in complete(bash_script, "audit", "export", "--o")
     assert complete(bash_script, "audit", "verify", "--no") == ["--no-checkpoints"]
     assert complete(bash_script, "completion", "") == ["bash", "zsh", "fish"]
+    # the client flags before the command (main.py moves them after it): their values
+    assert complete(bash_script, "--output", "") == ["table", "json", "text"]
+    assert "--token-file" in complete(bash_script, "--to")
+    assert "keys" in complete(bash_script, "--output", "json", "")
     assert complete(bash_script, "audit", "verify", "--hmac-key-file", "ferrohsm.b") == \
         ["ferrohsm.bash"]  # a value without choices completes file names
 
@@ -84,6 +88,8 @@ def test_zsh_and_fish_scripts(shell: str, tmp_path: Path) -> None:
         assert text.startswith("#compdef ferrohsm\n") and "compdef _ferrohsm ferrohsm" in text
     else:
         assert "complete -c ferrohsm -n '__ferrohsm_at \"keys create\"' -l algorithm -x" in text
+        assert "complete -c ferrohsm -n '__ferrohsm_at \"\"' -l output -x -a 'table json text'" \
+            in text
     binary = shutil.which(shell)
     if binary is None:
         return  # not installed here: the content checks above stand

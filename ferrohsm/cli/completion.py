@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from . import tree
+from .settings import client_flags
 
 SHELLS = ("bash", "zsh", "fish")
 
@@ -81,7 +82,7 @@ def _words(values: list[str]) -> str:
 
 
 def _tables(root: argparse.ArgumentParser, shell: str) -> str:
-    commands = list(tree.walk(root))
+    commands = [_with_client_flags(c) for c in tree.walk(root)]
     subs = [(" ".join(c.path), _words(list(c.children))) for c in commands if c.children]
     flags = [(" ".join(c.path), _words(_flags(c))) for c in commands if _flags(c)]
     valued = [(" ".join(c.path), _words(_valued(c))) for c in commands if _valued(c)]
@@ -92,6 +93,18 @@ def _tables(root: argparse.ArgumentParser, shell: str) -> str:
     return "".join(_case(f"__ferrohsm_{kind}", arms, shell) for kind, arms in (
         ("subcommands", subs), ("flags", flags), ("valued", valued), ("choices", choices),
         ("arguments", args)))
+
+
+def _with_client_flags(command: tree.Command) -> tree.Command:
+    """The root as it is really used: it also takes the client flags, which main.py moves
+    after the command (``ferrohsm --output json keys list``), so ``ferrohsm --output <TAB>``
+    offers what ``ferrohsm keys list --output <TAB>`` does, not the commands."""
+    if command.path:
+        return command
+    parser = argparse.ArgumentParser(add_help=False, parents=[client_flags()])
+    for action in tree.options(command.parser):  # --help, --version
+        parser._add_action(action)
+    return tree.Command((), parser, command.help, command.children)
 
 
 def _argument_choices(command: tree.Command) -> list[str]:
@@ -211,7 +224,7 @@ end
 
 complete -c ferrohsm -f
 ''']
-    for command in tree.walk(root):
+    for command in map(_with_client_flags, tree.walk(root)):
         where = f"'__ferrohsm_at \"{' '.join(command.path)}\"'"  # names: [a-z-] only
         sub = tree.subparsers(command.parser)
         helps = {a.dest: a.help or "" for a in sub._choices_actions} if sub else {}
