@@ -47,6 +47,9 @@ from .transit import is_transit
 log = logging.getLogger("ferrohsm.api")
 AuditHook = Callable[[RequestContext, str, str, str], None]
 UNMATCHED = "unmatched"  # the metrics' route label of a request no route matched
+# Liveness and readiness: never rate limited, or a load balancer or kubelet sharing an address
+# with a flood (or behind the same proxy) would take a healthy node out of service.
+PROBES = frozenset({"/healthz", "/readyz"})
 
 
 class Application:
@@ -107,7 +110,8 @@ class Application:
             if route.template.startswith("/v1/"):
                 ctx = with_principal(ctx, self._authenticate(req, ctx, span))
             _check_approval_header(req)
-            self._limit(ctx)
+            if route.template not in PROBES:  # a probe reports the server, not the caller
+                self._limit(ctx)
             result = (route.handler(ctx, req, params) if span is None
                       else _traced(span, route, ctx, req, params))
             resp = result if isinstance(result, Response) else json_response(*result)
