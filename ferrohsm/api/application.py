@@ -140,12 +140,15 @@ class Application:
     def _start_span(self, req: Request, parent: Parent | None) -> RequestSpan | None:
         """The request's server span, with the HTTP semantic-convention attributes (None:
         sampled out, nothing recorded)."""
-        assert self.tracer is not None  # noqa: S101  narrows a type for mypy, not a runtime check
-        span = self.tracer.start(parent, (  # tracing.REQUEST
+        tracer = self.tracer
+        assert tracer is not None  # noqa: S101  narrows a type for mypy, not a runtime check
+        ids = tracer.sample(parent)  # first: a request left out gathers nothing
+        if ids is None:
+            return None
+        span = req.trace = tracer.open(ids, parent, (  # tracing.REQUEST
             method_label(req.method), req.path[:256], req.peer_ip, req.request_id, _agent(req),
             self.server_port))
-        req.trace = span
-        if span is not None and req.method not in KNOWN_METHODS:
+        if req.method not in KNOWN_METHODS:
             span.set("http.request.method_original", method_original(req.method))
         return span
 

@@ -150,15 +150,29 @@ class Tracer:
         """The request's SERVER span (a child of ``parent`` when there is one), or None when
         the sampler leaves the request out (then nothing of it is recorded). ``request``: its
         values in REQUEST order."""
+        ids = self.sample(parent)
+        return None if ids is None else self.open(ids, parent, request, start_ns)
+
+    def sample(self, parent: Parent | None) -> tuple[str, str] | None:
+        """The trace id and server span id of a request the sampler keeps, else None: asked
+        before anything of the request is gathered, so a request left out costs one id draw
+        (a root's ratio decision needs its trace id) and nothing more."""
         if parent is None:
             ids = new_id_block(1)  # the trace id, then the server span's id
             if not self.sampler.root(ids[:32]):
                 return None
-            return RequestSpan(self, ids[:32], ids[32:], None, None, request, start_ns)
+            return ids[:32], ids[32:]
         if not self.sampler.remote(parent):
             return None
-        return RequestSpan(self, parent.trace_id, new_id_block(1, trace=False),
-                           parent.span_id, parent.tracestate, request, start_ns)
+        return parent.trace_id, new_id_block(1, trace=False)
+
+    def open(self, ids: tuple[str, str], parent: Parent | None, request: tuple[Any, ...],
+             start_ns: int | None = None) -> RequestSpan:
+        """The SERVER span of a request ``sample`` kept, with the ids it gave."""
+        if parent is None:
+            return RequestSpan(self, ids[0], ids[1], None, None, request, start_ns)
+        return RequestSpan(self, ids[0], ids[1], parent.span_id, parent.tracestate, request,
+                           start_ns)
 
     def stats(self) -> dict[str, int]:
         """Spans handed to the exporter child, dropped, and its restarts (for /metrics)."""

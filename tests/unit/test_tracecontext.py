@@ -100,6 +100,13 @@ def test_sampling_follows_otel_traces_sampler_and_a_sampled_caller(
         assert span.ids() == (TRACE, span.ids()[1], "01")
         assert span.ids()[1] != SPAN
         assert tracer.start(Parent(TRACE, SPAN, 0), request) is None
+        # the application asks first and gathers the request's values only for a kept one
+        assert tracer.sample(None) is None and tracer.sample(Parent(TRACE, SPAN, 0)) is None
+        ids = tracer.sample(Parent(TRACE, SPAN, 1, "k=v"))
+        assert ids is not None and ids[0] == TRACE and len(ids[1]) == 16 and ids[1] != SPAN
+        opened = tracer.open(ids, Parent(TRACE, SPAN, 1, "k=v"), request)
+        assert (opened.trace_id, opened.span_id, opened.parent_id, opened.state) == (
+            TRACE, ids[1], SPAN, "k=v")
     finally:
         tracer.shutdown()
     assert tracer.stats()["sent"] == 0  # nothing ended, nothing recorded
