@@ -19,7 +19,10 @@ max_key_age_days            the shortest positive key age (0 = keys live until d
 ==========================  =====================================================================
 
 A tag with a quorum always puts ``destroy`` and ``destroy-version`` under dual control, listed or
-not: whether a purge needs approvals must not depend on someone remembering to list it.
+not: whether a purge needs approvals must not depend on someone remembering to list it. And
+``rotate`` brings ``import`` with it: importing a version is a rotation to material someone
+chose (and may keep), so a quorum on rotate that one person could go around by importing would
+promise what it does not hold.
 
 ``decide(principal, action, key, policy, clock)`` answers ALLOW, DENY (with the reason) or
 APPROVAL (with the quorum and the moment the approval window closes). It is THE authorization
@@ -115,6 +118,8 @@ class Rules:
             raise ConfigError(f"[policy.tags.{name}].approval_actions: {exc}") from None
         if tag.approvals_required > 0:
             actions |= {Action.KEY_DESTROY, Action.KEY_DESTROY_VERSION}
+        if Action.KEY_ROTATE in actions:
+            actions |= {Action.KEY_IMPORT}  # a new primary version either way (module doc)
         return cls(approvals_required=tag.approvals_required, approval_actions=actions,
                    approval_ttl=timedelta(seconds=tag.approval_ttl_seconds),
                    rotation=_period(days=tag.rotation_days),

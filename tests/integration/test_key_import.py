@@ -28,6 +28,9 @@ CONFIG = """
 approvals_required = 1
 approval_actions = ["import"]
 approval_ttl_seconds = 3600
+[policy.tags.rotated]
+approvals_required = 1
+approval_actions = ["rotate"]
 """
 OAEP = ["-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha256",
         "-pkeyopt", "rsa_mgf1_md:sha256"]
@@ -355,6 +358,22 @@ def test_import_under_dual_control_by_tag(srv: LiveServer, tmp_path: Path) -> No
              "wrapped_material": B(oaep_with_openssl(tmp_path, job, os.urandom(32)))}
     status, _, parked = srv.call("POST", "/v1/keys/byok-dual/import", plain, token=alice)
     assert status == 202 and parked["approval"]["key_id"] == key["id"]
+
+
+def test_a_quorum_on_rotate_holds_for_an_imported_version(srv: LiveServer,
+                                                          tmp_path: Path) -> None:
+    """Importing a version rotates the key to material its importer knows: where rotate needs
+    approval, so does the import (it was a way around the quorum, by one operator alone)."""
+    key = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt",
+                                        "tags": ["rotated"]})[2]
+    alice = srv.token("operator", "alice")
+    assert srv.call("POST", f"/v1/keys/{key['id']}/rotate", {}, token=alice)[0] == 202
+    job = new_job(srv)
+    plain = {"import_job_id": job["import_job_id"], "wrapping_algorithm": "RSA_OAEP_SHA256",
+             "wrapped_material": B(oaep_with_openssl(tmp_path, job, os.urandom(32)))}
+    status, _, parked = srv.call("POST", f"/v1/keys/{key['id']}/import", plain, token=alice)
+    assert status == 202 and parked["approval"]["action"] == "key.import", parked
+    assert srv.call("GET", f"/v1/keys/{key['id']}")[2]["primary_version"] == 1
 
 
 def test_an_expired_job_is_refused_and_purged(srv: LiveServer, tmp_path: Path) -> None:

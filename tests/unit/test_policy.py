@@ -92,6 +92,15 @@ def test_a_quorum_always_covers_destroy() -> None:
         {Action.SIGN}
 
 
+def test_rotate_under_a_quorum_brings_import() -> None:
+    """Importing a version rotates the key to chosen material: not a way around rotate's
+    quorum."""
+    rules = Rules.from_tag("t", TagPolicy(approvals_required=2, approval_actions=("rotate",)))
+    assert rules.needs_approval(Action.KEY_IMPORT) and rules.needs_approval(Action.KEY_ROTATE)
+    alone = Rules.from_tag("t", TagPolicy(approvals_required=2, approval_actions=("sign",)))
+    assert not alone.needs_approval(Action.KEY_IMPORT)
+
+
 @pytest.mark.parametrize("required,actions,action,needed", [
     (0, {Action.SIGN}, Action.SIGN, False),
     (1, {Action.SIGN}, Action.SIGN, True),
