@@ -29,9 +29,18 @@ from typing import Any, Literal, Protocol, TypeVar, overload
 from ..audit.chain import AuditEvent
 from ..audit.sinkbase import Ticket
 from ..auth.permissions import Action, may_see, refusal
-from ..control.policy import ALLOWED, Decision, Policy, Verdict, decide
+from ..control.policy import (
+    ALLOWED,
+    APPROVABLE,
+    SYSTEM_APPROVABLE,
+    Decision,
+    Policy,
+    Verdict,
+    decide,
+)
 from ..domain.errors import (
     AuditUnavailable,
+    BadRequest,
     FerroError,
     Forbidden,
     NotFound,
@@ -78,6 +87,16 @@ def utcnow() -> datetime:
 def key_ref(ref: str) -> str:
     """A key reference as a caller gave it, fit for a record: printable and bounded."""
     return "".join(c if c.isprintable() else "?" for c in ref[:MAX_REF])
+
+
+def no_approval_for(ctx: RequestContext, action: Action) -> None:
+    """An X-Approval-ID on a call that can never be approved (a read, a listing, a plain
+    create) is refused: else its id would be recorded as authorising a call it never covered
+    (another request's, an executed one's), and nothing would check it."""
+    if ctx.approval_id is not None and action not in APPROVABLE \
+            and action not in SYSTEM_APPROVABLE:
+        raise BadRequest(f"X-Approval-ID given, but {action} never needs an approval: send "
+                         "it only when repeating the request that was parked")
 
 
 class Guard:
@@ -140,6 +159,7 @@ class Guard:
             reason = refusal(ctx.principal, action)
             if reason is not None:
                 raise Forbidden(reason)
+            no_approval_for(ctx, action)
             return work()
         except FerroError as exc:
             raise self.refused(ctx, action, exc, key_id=key_of() if key_of else None) from None
@@ -166,6 +186,7 @@ class Guard:
         key = self._resolve(ctx, action, ref, authorize)
         if not authorize:
             return key, ALLOWED
+        no_approval_for(ctx, action)
         self._hide_out_of_scope(ctx, action, key)
         decision = decide(ctx.principal, action, key, self.policy, self.clock)
         if decision is not ALLOWED and decision.verdict is Verdict.DENY:

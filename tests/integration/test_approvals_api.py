@@ -168,6 +168,14 @@ def test_an_approval_named_on_a_call_that_needs_none_is_checked_not_credited(
         body = {"plaintext": B(b"x")} if path.endswith("encrypt") else {}
         status, _, err = srv.call(method, path, body, headers=header, **as_(srv, *ALICE))
         assert status in (403, 409) and err["error"]["code"] in ("forbidden", "conflict"), err
+    # calls that can never be approved (reads, listings, a plain create) refuse it outright
+    before = len(srv.call("GET", "/v1/keys?limit=1000")[2]["keys"])
+    for method, path, body in (("GET", f"/v1/keys/{key}", None), ("GET", "/v1/keys", None),
+                               ("POST", "/v1/keys", {"algorithm": "aes-256-gcm",
+                                                     "usage": "encrypt"})):
+        status, _, err = srv.call(method, path, body, headers=header, **as_(srv, *ALICE))
+        assert status == 400 and "never needs an approval" in err["error"]["message"], err
+    assert len(srv.call("GET", "/v1/keys?limit=1000")[2]["keys"]) == before
     _, _, page = srv.call("GET", "/v1/audit?limit=1000", **as_(srv, "auditor", "audrey"))
     credited = [r for r in page["records"] if r["outcome"] == "success"
                 and (r.get("details") or {}).get("approval_id") == approval_id

@@ -429,8 +429,8 @@ def call_with_id(srv: LiveServer, path: str, role: str | None) -> tuple[int, str
 def test_429s_leave_one_record_each(limited: LiveServer) -> None:
     """An actor's every 429 is recorded; an anonymous address's first 429 in a second is (its
     later ones are sampled away on purpose, so a flood cannot amplify itself into the log)."""
-    assert call_with_id(limited, "/healthz", None)[0] == 200  # spends the address's one token
-    status, rid = call_with_id(limited, "/healthz", None)
+    assert call_with_id(limited, "/ui/", None)[0] == 200  # spends the address's one token
+    status, rid = call_with_id(limited, "/ui/", None)
     assert status == 429
     [record] = records_of(limited, rid)
     assert (record["action"], record["outcome"], record["actor"]) == \
