@@ -96,12 +96,9 @@ def target_state(key: Key, move: Move) -> KeyState:
     return target
 
 
-def check_use(key: Key, use: Use, version: int | None = None) -> KeyVersion:
-    """The version ``use`` must run with, or the reason it may not run at all.
-
-    Protect uses always take the primary version (``version`` must be None or equal it); process
-    uses take the version the data names.
-    """
+def check_key_use(key: Key, use: Use) -> None:
+    """The key-level half of ``check_use`` (state and usage), for a check made before the
+    version is known: before an approval is asked for, or spent on, a use that cannot run."""
     if key.state is KeyState.DESTROYED:
         raise Gone(f"key {key.id} was destroyed")
     if key.usage != USAGE_OF_USE[use]:
@@ -109,6 +106,15 @@ def check_use(key: Key, use: Use, version: int | None = None) -> KeyVersion:
                        f"{USAGE_OF_USE[use]}")
     if use not in PERMITS[key.state]:
         raise Conflict(f"key {key.id} is {key.state.value}: {use.value} is not allowed")
+
+
+def check_use(key: Key, use: Use, version: int | None = None) -> KeyVersion:
+    """The version ``use`` must run with, or the reason it may not run at all.
+
+    Protect uses always take the primary version (``version`` must be None or equal it); process
+    uses take the version the data names.
+    """
+    check_key_use(key, use)
     number = key.primary_version if version is None else version
     if use in PROTECT and number != key.primary_version:
         raise BadRequest("protect operations always use the primary version")

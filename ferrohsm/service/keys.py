@@ -55,6 +55,9 @@ from .guard import AuditLog, Guard, utcnow
 log = logging.getLogger("ferrohsm.service")
 # "crypto.encrypt" -> "encrypt": the operation label of the crypto metrics, computed once
 OPERATION = {a: a.value.rpartition(".")[2] for a in Action}
+USE_OF = {Action.ENCRYPT: lc.Use.ENCRYPT, Action.DECRYPT: lc.Use.DECRYPT,
+          Action.SIGN: lc.Use.SIGN, Action.VERIFY: lc.Use.VERIFY, Action.WRAP: lc.Use.WRAP,
+          Action.UNWRAP: lc.Use.UNWRAP}
 DATA_KEY_BITS = (128, 192, 256)  # AES key sizes: what a data key is for
 
 
@@ -129,11 +132,15 @@ class KeyService:
                             args={"description": description})
 
     def rotate(self, ctx: RequestContext, ref: str) -> Key:
+        def possible(key: Key) -> None:
+            lc.target_state(key, lc.Move.ROTATE)
+
         def change(key: Key) -> Key:
-            lc.target_state(key, lc.Move.ROTATE)  # refuse before generating material
+            possible(key)  # refuse before generating material
             sealed = self.engine.new_material(key.algorithm, key.id, len(key.versions) + 1)
             return lc.rotate(key, sealed, self.clock(), ctx.actor)
-        return self._mutate(ctx, Action.KEY_ROTATE, ref, change, "rotated", args={})
+        return self._mutate(ctx, Action.KEY_ROTATE, ref, change, "rotated", args={},
+                            possible=possible)
 
     def rollback(self, ctx: RequestContext, ref: str, version: int) -> Key:
         return self._mutate(ctx, Action.KEY_ROLLBACK, ref,
@@ -241,14 +248,18 @@ class KeyService:
     def _mutate(self, ctx: RequestContext, action: Action, ref: str,
                 change: Callable[[Key], Key], message: str, authorize: bool = True, *,
                 args: dict[str, Any] | None = None, audit_action: str | None = None,
-                details: dict[str, Any] | None = None) -> Key:
+                details: dict[str, Any] | None = None,
+                possible: Callable[[Key], object] | None = None) -> Key:
         """Record the intent, apply ``change`` to the freshest copy, confirm (changes.py).
         ``args``: the request's arguments, bound into any approval; ``audit_action`` and
-        ``details`` name scheduler moves in the audit log."""
+        ``details`` name scheduler moves in the audit log. ``possible`` (default: ``change``
+        itself, pure but for rotate's new material) refuses a change that cannot happen
+        before an approval is asked for it or spent on it."""
         name = audit_action or action
 
         def work(key: Key, decision: Decision) -> Key:
             if decision is not ALLOWED:  # an approval to request or redeem
+                (possible or change)(key)  # a rollback to no version parks nothing
                 self.dual.gate(ctx, action, key, args or {}, decision)
             self.guard.require_audit()
             return self.changes.update(ctx, name, key.id, change, message, details or {})
@@ -265,6 +276,8 @@ class KeyService:
             if check is not None:  # before any approval is asked for a call that cannot run
                 check(key)
             if decision is not ALLOWED:  # an approval to request or redeem
+                if action in USE_OF:  # nor spent on a key that refuses the use
+                    lc.check_key_use(key, USE_OF[action])
                 self.dual.gate(ctx, action, key, args or {}, decision)
             try:
                 result, version = op(key)

@@ -183,6 +183,30 @@ def test_an_approval_named_on_a_call_that_needs_none_is_checked_not_credited(
                                         "approval.executed", "approval.vote")]
     assert [r["key_id"] for r in credited] == [key], credited  # the rotation it was for only
 
+def test_a_change_that_cannot_happen_parks_nothing_and_spends_nothing(
+        srv: LiveServer) -> None:
+    """A rollback to a version the key does not have is refused (409) before an approval is
+    asked for it; an approved rotation of a key revoked meanwhile is refused before its approval
+    is spent: the approval stays approved, not "executed" by a call that never ran."""
+    key = create(srv, "pci")
+    status, _, err = srv.call("POST", f"/v1/keys/{key}/rollback", {"version": 99},
+                              **as_(srv, *ALICE))
+    assert status == 409 and "version 99" in err["error"]["message"], err
+    _, _, pending = srv.call("GET", "/v1/approvals?state=pending&limit=1000",
+                             **as_(srv, *BOB))
+    assert not [a for a in pending["approvals"] if a["key_id"] == key]
+    approval_id = park(srv, "POST", f"/v1/keys/{key}/rotate", {})["id"]
+    vote(srv, approval_id, BOB)
+    vote(srv, approval_id, CAROL)
+    assert srv.call("POST", f"/v1/keys/{key}/revoke", {"reason": "compromised"},
+                    **as_(srv, *ALICE))[0] == 200
+    status, _, err = srv.call("POST", f"/v1/keys/{key}/rotate", {},
+                              headers={"X-Approval-ID": approval_id}, **as_(srv, *ALICE))
+    assert status == 409, err
+    assert srv.call("GET", f"/v1/approvals/{approval_id}", **as_(srv, *BOB))[2]["state"] == \
+        "approved"
+
+
 def test_denied_and_expired_approvals_are_refused(srv: LiveServer) -> None:
     key = create(srv, "pci")
     denied = park(srv, "POST", f"/v1/keys/{key}/rotate", {})["id"]
