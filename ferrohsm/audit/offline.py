@@ -50,10 +50,15 @@ def file_lines(path: str) -> Generator[bytes, None, None]:
                 return
     except OSError as exc:
         raise VerifyInputError(f"cannot read {path}: {exc.strerror}") from None
-    yield from _sqlite_lines(path)
+    yield from sqlite_lines(path)
 
 
-def _sqlite_lines(path: str) -> Generator[bytes, None, None]:
+def sqlite_lines(path: str) -> Generator[bytes, None, None]:
+    """The rows of an SQLite sink's database as lines, read through SQLite only. A process
+    that has the database open (the server reading its own log at start-up) must call this,
+    never ``file_lines``: closing any descriptor of a file drops every POSIX lock the process
+    holds on it, SQLite's included, and the next sqlite3 shell to open and close the database
+    then believes it is the last user, checkpoints and deletes the live WAL."""
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error as exc:

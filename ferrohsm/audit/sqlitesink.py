@@ -63,6 +63,13 @@ def _row(record: dict[str, Any], line: bytes) -> tuple[Any, ...]:
             record["outcome"], record["hash"], line.decode("ascii"))
 
 
+def _create_private(path: str) -> None:
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
+
+
 class SQLiteSink(ChainedSink):
     """Audit log in SQLite; see the module docstring."""
 
@@ -80,7 +87,9 @@ class SQLiteSink(ChainedSink):
         directory = os.path.dirname(self.path)
         os.makedirs(directory, mode=0o700, exist_ok=True)
         # Create the file 0600 ourselves: SQLite gives its -wal and -shm files the same mode.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        # Only when it is new: a plain open() and close() of a database this process has open
+        # would drop SQLite's POSIX locks on it (offline.sqlite_lines says what follows).
+        _create_private(self.path)
         super().__init__(hmac_key, anchor=Anchor(directory, key_path=signing_key_path,
                                                  checkpoint_path=checkpoint_path, durable=durable),
                          durable=durable, anchor_every=anchor_every, clock=clock, new_id=new_id,

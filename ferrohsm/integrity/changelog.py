@@ -25,7 +25,7 @@ from typing import Any
 
 from ..audit.chain import check_line, stored_seq
 from ..audit.filesink import FileSink
-from ..audit.offline import VerifyInputError, chained_lines, expand_paths, file_lines
+from ..audit.offline import VerifyInputError, chained_lines, expand_paths, sqlite_lines
 from ..audit.pgsink import PostgresSink, stored_lines
 from ..audit.sinkbase import AuditSink
 from ..audit.sqlitesink import SQLiteSink
@@ -162,7 +162,7 @@ def sink_lines(sink: AuditSink) -> Iterator[bytes]:
         if isinstance(sink, FileSink):
             yield from chained_lines(expand_paths([sink.directory]))
         elif isinstance(sink, SQLiteSink):
-            yield from file_lines(sink.path)
+            yield from sqlite_lines(sink.path)  # never a plain open() of a database in use
         elif isinstance(sink, PostgresSink):
             yield from stored_lines(sink.dsn)
         else:
