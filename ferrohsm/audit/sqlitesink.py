@@ -63,6 +63,15 @@ def _row(record: dict[str, Any], line: bytes) -> tuple[Any, ...]:
             record["outcome"], record["hash"], line.decode("ascii"))
 
 
+def _before(stamp: object, cutoff: str) -> bool:
+    """Whether RFC 3339 ``stamp`` is before ``cutoff`` (False for anything unreadable)."""
+    try:
+        return isinstance(stamp, str) and \
+            datetime.fromisoformat(stamp) < datetime.fromisoformat(cutoff)
+    except ValueError:
+        return False
+
+
 def _create_private(path: str) -> None:
     try:
         os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
@@ -244,11 +253,18 @@ class SQLiteSink(ChainedSink):
         last = self._next_seq if keep is None else keep - 1
         if first is None or last < first:
             return None
-        checked = check_line(one("SELECT record FROM audit_log WHERE seq = ?", last)
-                             .encode("ascii"), self._key)
+        line = one("SELECT record FROM audit_log WHERE seq = ?", last)
+        checked = check_line(line.encode("ascii"), self._key)
         if isinstance(checked, str):  # never hang the retained log from an unauthentic hash
             raise AuditUnavailable(f"audit record seq {last} fails its integrity check "
                                    f"({checked}); not pruning")
+        # The ts column only indexes: the time that decides is the authenticated one inside
+        # the record. A column set back by someone with the file would otherwise have fresh
+        # records pruned, under a signed checkpoint that makes the deletion look lawful.
+        if not _before(json.loads(line).get("ts"), cutoff):
+            raise AuditUnavailable(f"audit record seq {last} was written after {cutoff}, but "
+                                   "its ts column says older: the database was edited; not "
+                                   "pruning")
         count = one("SELECT COUNT(*) FROM audit_log WHERE seq <= ?", last)
         return first, last, count, checked[1]
 

@@ -973,6 +973,24 @@ def test_sqlite_prune_keeps_a_verifiable_log(tmp_path: Path) -> None:
     assert kind_of(backend.verify()) == ("deleted", 1)
 
 
+def test_sqlite_prune_goes_by_the_authenticated_time_not_the_column(tmp_path: Path) -> None:
+    """Someone with the database file sets the ts column of fresh records back: the prune
+    refuses (the time inside each record is under its MAC), rather than deleting them under a
+    signed checkpoint that would make the deletion look lawful."""
+    backend = Backend("sqlite", tmp_path)
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    opened = backend.open(retention_days=30, clock=lambda: now[0])
+    fill(opened, 5)
+    db = sqlite3.connect(backend.log_path)
+    db.execute("UPDATE audit_log SET ts = '2000-01-01T00:00:00Z'")
+    db.commit()
+    db.close()
+    with pytest.raises(AuditUnavailable, match="ts column"):
+        opened.prune(datetime(2026, 1, 2, tzinfo=UTC))
+    assert len(opened.read(limit=1000)) >= 5  # nothing deleted
+    opened.close()
+
+
 def test_sqlite_durable_settings(tmp_path: Path) -> None:
     backend = Backend("sqlite", tmp_path)
     opened = backend.open()
