@@ -344,13 +344,14 @@ def _serve(config: Config, gate: Any, ssl_provider: Any, announce: Any) -> int:
     from .. import app as wiring
     from ..audit.chain import AuditEvent
     from ..domain.model import SYSTEM_CONTEXT
+    from .serve import setter
     shim: Any = argparse.Namespace(config=config, app=gate, audit=gate)  # what make_server reads
     if hasattr(ssl_provider, "notify"):
         ssl_provider.notify = wiring.tls_notify(gate)
     server = wiring.make_server(shim, ssl_provider)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+        signal.signal(sig, setter(done))
     # SIGHUP reloads as it does unsealed (the TLS files; the keysets once unsealed): left at
     # its default it would end the process, and its restart needs the custodians again
     signal.signal(signal.SIGHUP, lambda *_: threading.Thread(

@@ -165,6 +165,14 @@ def _local_url(listen: str, port: int) -> str:
     return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
+def setter(event: threading.Event) -> Callable[..., None]:
+    """A signal handler that sets ``event`` from a new thread. Python runs handlers in the main
+    thread, which is waiting in ``event.wait()``: interrupted while it holds the event's lock,
+    an ``event.set()`` right there waits for that lock forever (SIGTERM then never stops it)."""
+    return lambda *_: threading.Thread(target=event.set, name="ferrohsm-signal",
+                                       daemon=True).start()
+
+
 def sighup_reload(rt: Any, ssl_provider: Any) -> None:
     """SIGHUP re-reads what can be reloaded: the keysets (``rt`` None: sealed, none loaded
     yet), then the TLS certificate files."""
@@ -300,7 +308,7 @@ def _serve(config: Config, ssl_provider: Any, announce: Any = None, options: Any
         server = wiring.make_server(rt, ssl_provider, spread and spread.member(index))
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: done.set())
+            signal.signal(sig, setter(done))
         _listen(server, config.server.listen)
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
             target=sighup_reload, args=(rt, ssl_provider), name="ferrohsm-sighup",
