@@ -392,7 +392,8 @@ def _parser() -> _Parser:
                         help="signed checkpoints: a JSON checkpoint or a checkpoints.jsonl "
                         "(default: checkpoints.jsonl beside the log)")
     parser.add_argument("--public-key", metavar="FILE", help="PEM Ed25519 audit signing key "
-                        "(default: audit-signing-key.pub.pem beside the log)")
+                        "(default: audit-signing-key.pub.pem beside the log or beside "
+                        "--checkpoint); checkpoints are refused without one")
     parser.add_argument("--witness", metavar="FILE", help="a witness's checkpoints.jsonl: the log "
                         "must reach its newest checkpoint and match every one")
     parser.add_argument("--no-checkpoints", action="store_true",
@@ -434,13 +435,20 @@ def _server_layout(path: str) -> bool:
 
 
 def _sources(args: argparse.Namespace) -> _Sources:
-    key_path = args.public_key or _beside(args.paths, PUBLIC_KEY_FILE)
+    key_path = (args.public_key or _beside(args.paths, PUBLIC_KEY_FILE)
+                or (_beside([args.checkpoint], PUBLIC_KEY_FILE) if args.checkpoint else None))
     found = _Sources(None, load_checkpoints(args.witness) if args.witness else None,
                      read_file(key_path) if key_path else None)
     if args.no_checkpoints:
         return found
     path = args.checkpoint or _beside(args.paths, CHECKPOINT_FILE)
     found.checkpoints = load_checkpoints(path) if path else None
+    if (found.checkpoints or found.witnessed) and found.public_key_pem is None:
+        # anyone can write a checkpoint line; only its signature makes it evidence
+        raise VerifyInputError(
+            f"checkpoints to check but no public key to check their signatures: give "
+            f"--public-key FILE (the server keeps {PUBLIC_KEY_FILE} beside its log), or "
+            "--no-checkpoints to check the chain alone")
     if not found.checkpoints and not args.checkpoint and _server_layout(args.paths[-1]):
         found.missing = (f"no signed checkpoints ({CHECKPOINT_FILE}) beside the log: the server "
                          "writes them from the first record on, so they were deleted and a cut "

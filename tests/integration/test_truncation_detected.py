@@ -179,6 +179,21 @@ def test_an_export_held_against_no_checkpoint_says_so_and_against_them_is_strict
     cut = verify_file("--checkpoint", str(data / "audit" / "checkpoints.jsonl"))
     assert cut.returncode == 1 and ": truncated: " in cut.stdout, cut.stdout
 
+def test_checkpoints_without_a_key_to_check_them_are_refused(tmp_path: Path) -> None:
+    """Anyone can write a checkpoint line; only its signature makes it evidence. With the
+    public key gone from beside the log (and none given), verify refuses to vouch for a cut
+    rather than say OK with a note."""
+    data, _, _ = crashed_after_checkpoint(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(data / "audit", copy)
+    (copy / "audit-signing-key.pub.pem").unlink()
+    done = subprocess.run([sys.executable, "-m", "ferrohsm", "audit", "verify", str(copy),
+                           "--hmac-key-file", str(data / "audit-hmac.key")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "no public key to check their signatures" in done.stderr
+
+
 def test_a_cut_after_the_newest_checkpoint_is_not_seen_offline_but_at_start_up(
         tmp_path: Path) -> None:
     """The documented limit of the log alone: records written after the newest checkpoint (at
