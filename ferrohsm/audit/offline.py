@@ -13,11 +13,12 @@ import json
 import os
 import sqlite3
 from collections.abc import Generator
-from typing import Any
+from typing import Any, BinaryIO
 
 from .segments import list_segments, segment_name
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
+MAX_LINE = 1 << 20  # a record is a few KB: a longer "line" is not an audit log's
 
 
 class VerifyInputError(Exception):
@@ -46,11 +47,21 @@ def file_lines(path: str) -> Generator[bytes, None, None]:
         with open(path, "rb", buffering=1 << 20) as f:
             if f.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
                 f.seek(0)
-                yield from f
+                yield from _bounded_lines(f, path)
                 return
     except OSError as exc:
         raise VerifyInputError(f"cannot read {path}: {exc.strerror}") from None
     yield from sqlite_lines(path)
+
+
+def _bounded_lines(f: BinaryIO, path: str) -> Generator[bytes, None, None]:
+    """The lines of ``f``, each read at most MAX_LINE bytes at a time: /dev/zero or a sparse
+    20 GB file is said not to be a log, rather than read into memory until the process dies."""
+    while line := f.readline(MAX_LINE + 1):
+        if len(line) > MAX_LINE:
+            raise VerifyInputError(f"{path} has a line longer than {MAX_LINE >> 20} MiB: not a "
+                                   "FerroHSM audit log")
+        yield line
 
 
 def sqlite_lines(path: str) -> Generator[bytes, None, None]:
