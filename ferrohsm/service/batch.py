@@ -48,7 +48,7 @@ from ..domain.errors import (
 )
 from ..domain.model import Key, RequestContext
 from .guard import audit_message, key_ref
-from .keys import OPERATION, KeyService, require_primary
+from .keys import OPERATION, KeyService, require_primary, rewrap_refusal
 
 MAX_RANGES = 200  # characters of item positions per record (the audit log keeps 256 per detail)
 
@@ -178,8 +178,22 @@ class CryptoBatch:
         ONE item (one position, one rate-limit token), authorized, approved and recorded as a
         decrypt and an encrypt; the plaintext never leaves this call. The result is encrypt's."""
         index = self._take_index()
+        self._rewrappable(index, ref)
         plaintext, _ = self._decrypt(index, ref, ciphertext, aad)
         return self._encrypt(index, ref, plaintext, aad, version)
+
+    def _rewrappable(self, index: int, ref: str) -> None:
+        """A rewrap under dual control of its decrypt or its encrypt is refused before either
+        half runs: one X-Approval-ID cannot cover both, so the decrypt's approval would be
+        spent, and the plaintext recovered, for an encrypt that is then refused."""
+        for action in (Action.DECRYPT, Action.ENCRYPT):
+            try:
+                key, decision = self._admit(action, ref)
+            except FerroError:
+                return  # the half itself refuses it, recorded as it always is
+            if decision is not ALLOWED:
+                raise self._failed(index, Action.DECRYPT, ref, key,
+                                   rewrap_refusal(key)) from None
 
     def sign(self, ref: str, data: bytes, *, prehashed: bool,
              scheme: str | None = None) -> dict[str, Any]:
@@ -348,6 +362,7 @@ class SingleItem:
     def rewrap(self, ref: str, ciphertext: str, aad: bytes | None = None, *,
                version: int | None = None) -> dict[str, Any]:
         """A decrypt and an encrypt, as CryptoBatch.rewrap (two records)."""
+        self.keys.rewrappable(self.ctx, ref)
         plaintext = self.decrypt(ref, ciphertext, aad)["plaintext"]
         return self.encrypt(ref, plaintext, aad, version=version)
 

@@ -30,6 +30,7 @@ from ..crypto.algorithms import ALGORITHMS, USAGES, check_usage
 from ..domain import lifecycle as lc
 from ..domain.errors import (
     BadRequest,
+    Conflict,
     FerroError,
     InvalidTransition,
 )
@@ -59,6 +60,15 @@ USE_OF = {Action.ENCRYPT: lc.Use.ENCRYPT, Action.DECRYPT: lc.Use.DECRYPT,
           Action.SIGN: lc.Use.SIGN, Action.VERIFY: lc.Use.VERIFY, Action.WRAP: lc.Use.WRAP,
           Action.UNWRAP: lc.Use.UNWRAP}
 DATA_KEY_BITS = (128, 192, 256)  # AES key sizes: what a data key is for
+
+
+def rewrap_refusal(key: Key) -> Conflict:
+    """One X-Approval-ID cannot cover both halves of a rewrap: under dual control of either,
+    the decrypt's approval would be spent (and the plaintext recovered) for an encrypt that is
+    then refused. So such a rewrap is refused before either half runs."""
+    return Conflict(f"key {key.id}: its tags put encrypt or decrypt under dual control, and one "
+                    "approval cannot cover both halves of a rewrap; decrypt and encrypt "
+                    "separately")
 
 
 class KeyService:
@@ -288,6 +298,19 @@ class KeyService:
             self.on_crypto(key.algorithm, OPERATION[action], "success")
             return key, result, version
         return self.guard.on_key(ctx, action, ref, work)
+
+    def rewrappable(self, ctx: RequestContext, ref: str) -> None:
+        """Refuse (recorded, 409) a rewrap whose decrypt or encrypt is under dual control,
+        before either half runs (``rewrap_refusal``); any other refusal is left to the halves,
+        which record it as they always do."""
+        for action in (Action.DECRYPT, Action.ENCRYPT):
+            try:
+                key, decision = self.guard.admit(ctx, action, ref)
+            except FerroError:
+                return
+            if decision is not ALLOWED:
+                raise self.guard.refused(ctx, Action.DECRYPT, rewrap_refusal(key), key) \
+                    from None
 
     def encrypt(self, ctx: RequestContext, ref: str, plaintext: bytes,
                 aad: bytes | None = None, *, version: int | None = None) -> dict[str, Any]:

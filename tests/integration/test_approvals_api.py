@@ -23,6 +23,10 @@ destroy_grace_hours = 0
 approvals_required = 1
 approval_actions = ["rotate"]
 approval_ttl_seconds = 1
+
+[policy.tags.guarded]
+approvals_required = 1
+approval_actions = ["decrypt"]
 """
 NO_GRACE = {("crypto", "destroy_grace_hours"): 0.0}
 
@@ -206,6 +210,25 @@ def test_a_change_that_cannot_happen_parks_nothing_and_spends_nothing(
     assert status == 409, err
     assert srv.call("GET", f"/v1/approvals/{approval_id}", **as_(srv, *BOB))[2]["state"] == \
         "approved"
+
+
+def test_a_rewrap_under_dual_control_is_refused_before_either_half(srv: LiveServer) -> None:
+    """One X-Approval-ID cannot cover a rewrap's decrypt and its encrypt: refused up front (400),
+    nothing parked, no decrypt run, rather than a decrypt approval spent (and the plaintext
+    recovered) for an encrypt that is then refused."""
+    key = create(srv, "guarded")
+    status, _, sealed = srv.call("POST", f"/v1/transit/encrypt/{key}",
+                                 {"plaintext": B(b"secret")}, **as_(srv, "service", "svc"))
+    assert status == 200, sealed
+    ciphertext = sealed["data"]["ciphertext"]
+    status, _, reply = srv.call("POST", f"/v1/transit/rewrap/{key}",
+                                {"ciphertext": ciphertext}, **as_(srv, "service", "svc"))
+    assert status == 400 and "both halves of a rewrap" in " ".join(reply["errors"]), reply  # Vault says 400
+    _, _, pending = srv.call("GET", "/v1/approvals?state=pending&limit=1000", **as_(srv, *BOB))
+    assert not [a for a in pending["approvals"] if a["key_id"] == key]
+    _, _, page = srv.call("GET", "/v1/audit?limit=1000", **as_(srv, "auditor", "audrey"))
+    assert not [r for r in page["records"] if r["key_id"] == key
+                and r["action"] == "crypto.decrypt" and r["outcome"] == "success"]
 
 
 def test_denied_and_expired_approvals_are_refused(srv: LiveServer) -> None:
