@@ -48,7 +48,7 @@ from ..domain.errors import (
 )
 from ..domain.model import Key, RequestContext
 from .guard import audit_message, key_ref
-from .keys import OPERATION, KeyService, require_primary, rewrap_refusal
+from .keys import OPERATION, KeyService, require_primary, rewrap_blocked, rewrap_refusal
 
 MAX_RANGES = 200  # characters of item positions per record (the audit log keeps 256 per detail)
 
@@ -186,14 +186,9 @@ class CryptoBatch:
         """A rewrap under dual control of its decrypt or its encrypt is refused before either
         half runs: one X-Approval-ID cannot cover both, so the decrypt's approval would be
         spent, and the plaintext recovered, for an encrypt that is then refused."""
-        for action in (Action.DECRYPT, Action.ENCRYPT):
-            try:
-                key, decision = self._admit(action, ref)
-            except FerroError:
-                return  # the half itself refuses it, recorded as it always is
-            if decision is not ALLOWED:
-                raise self._failed(index, Action.DECRYPT, ref, key,
-                                   rewrap_refusal(key)) from None
+        key = rewrap_blocked(lambda action: self._admit(action, ref))
+        if key is not None:
+            raise self._failed(index, Action.DECRYPT, ref, key, rewrap_refusal(key))
 
     def sign(self, ref: str, data: bytes, *, prehashed: bool,
              scheme: str | None = None) -> dict[str, Any]:

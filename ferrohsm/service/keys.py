@@ -62,6 +62,20 @@ USE_OF = {Action.ENCRYPT: lc.Use.ENCRYPT, Action.DECRYPT: lc.Use.DECRYPT,
 DATA_KEY_BITS = (128, 192, 256)  # AES key sizes: what a data key is for
 
 
+def rewrap_blocked(admit: Callable[[Action], tuple[Key, Decision]]) -> Key | None:
+    """The key, when ``admit`` (the guard's decision, per action) puts a rewrap's decrypt or
+    encrypt under dual control; None otherwise, also when it refuses outright (each half then
+    refuses and records it as it always does)."""
+    for action in (Action.DECRYPT, Action.ENCRYPT):
+        try:
+            key, decision = admit(action)
+        except FerroError:
+            return None
+        if decision is not ALLOWED:
+            return key
+    return None
+
+
 def rewrap_refusal(key: Key) -> Conflict:
     """One X-Approval-ID cannot cover both halves of a rewrap: under dual control of either,
     the decrypt's approval would be spent (and the plaintext recovered) for an encrypt that is
@@ -303,14 +317,9 @@ class KeyService:
         """Refuse (recorded, 409) a rewrap whose decrypt or encrypt is under dual control,
         before either half runs (``rewrap_refusal``); any other refusal is left to the halves,
         which record it as they always do."""
-        for action in (Action.DECRYPT, Action.ENCRYPT):
-            try:
-                key, decision = self.guard.admit(ctx, action, ref)
-            except FerroError:
-                return
-            if decision is not ALLOWED:
-                raise self.guard.refused(ctx, Action.DECRYPT, rewrap_refusal(key), key) \
-                    from None
+        key = rewrap_blocked(lambda action: self.guard.admit(ctx, action, ref))
+        if key is not None:
+            raise self.guard.refused(ctx, Action.DECRYPT, rewrap_refusal(key), key)
 
     def encrypt(self, ctx: RequestContext, ref: str, plaintext: bytes,
                 aad: bytes | None = None, *, version: int | None = None) -> dict[str, Any]:
