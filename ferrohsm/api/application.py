@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..auth.authn import Authenticator
+from ..auth.authn import Authenticator, TokenRejected
 from ..auth.ratelimit import RateLimiter
 from ..domain.errors import (
     BadRequest,
@@ -333,6 +333,8 @@ def _credentials(req: Request) -> list[str]:
         if vault_tokens:
             if len(vault_tokens) > 1 or "authorization" in req.headers:
                 raise BadRequest("send the token once: one X-Vault-Token or Authorization")
+            if not vault_tokens[0].strip():
+                raise TokenRejected("empty X-Vault-Token header", "missing")
             return [f"Bearer {vault_tokens[0]}"]
     return req.headers.get_all("authorization")
 

@@ -64,9 +64,14 @@ _TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,10}")
 _REQUEST_ID_SCAN_RE = re.compile(rb"(?im)^x-request-id:[ \t]*([A-Za-z0-9._:-]{1,128})[ \t]*\r?$")
 MAX_QUERY_FIELDS = 100
-# Vault's Go API client (SOPS, Go services) sends its JSON bodies without a Content-Type: under
-# this prefix (api/transit) a body without one is taken as JSON; a declared other type is not.
+# Vault reads every body as JSON whatever its Content-Type (only a form body that does not start
+# with "{" is a form): its Go API client (SOPS, Go services) sends none, and the curl examples of
+# its documentation send curl's default, application/x-www-form-urlencoded. Under this prefix
+# (api/transit) a body is taken as JSON whatever type it declares; one that is not JSON is a 400.
 UNTYPED_JSON_PREFIX = "/v1/transit/"
+# The one Vault path with a trailing slash that its tools send (`vault list transit/keys`, the Go
+# client's List): read as the path without it, where every other path ending in "/" is a 404.
+VAULT_LISTING = "/v1/transit/keys/"
 # Every 413 names the way out: large data is signed by its digest, encrypted under a data key.
 TOO_LARGE_HINT = ("; sign or verify large data by its digest (the \"digest\" member; "
                   "`ferrohsm sign` sends one by default) and encrypt large data locally under a "
@@ -159,6 +164,8 @@ def parse_head(head: bytes, limits: Limits) -> RequestHead:
     path, _, query_string = target.partition("?")
     _check_host(headers, version)
     untyped = path.startswith(UNTYPED_JSON_PREFIX)
+    if untyped and path == VAULT_LISTING:
+        path = path[:-1]
     chunked = _chunked(headers, version, untyped)
     content_length = 0 if chunked else _content_length(headers, limits, untyped)
     return RequestHead(
@@ -259,7 +266,7 @@ _PLAIN_JSON = ["application/json"]
 
 def _check_body_type(headers: Headers, untyped: bool) -> None:
     """A body must be JSON in UTF-8, sent as is: declared so, or (where ``untyped`` allows it)
-    not declared at all. Two Content-Types are ambiguous (400); another media type, another
+    declared as anything or not at all. Two Content-Types are ambiguous (400); another media type, another
     charset or a content coding is refused (415) rather than read as something it is not."""
     types = headers.values_of("content-type")
     if types == _PLAIN_JSON:  # the common case
@@ -269,7 +276,7 @@ def _check_body_type(headers: Headers, untyped: bool) -> None:
     elif not types:
         if not untyped:
             raise UnsupportedMediaType("request bodies must be application/json")
-    elif not _is_json(types[0]):
+    elif not untyped and not _is_json(types[0]):
         raise UnsupportedMediaType("request bodies must be application/json")
     elif _charset(types[0]) not in (None, "utf-8", "utf8"):
         raise UnsupportedMediaType("request bodies must be UTF-8 JSON (charset=utf-8)")

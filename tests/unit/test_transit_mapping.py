@@ -34,12 +34,14 @@ def head(path: str, content_type: str | None) -> bytes:
     return "\r\n".join(lines).encode()
 
 
-def test_only_transit_bodies_may_come_without_a_content_type() -> None:
-    assert parse_head(head("/v1/transit/encrypt/k", None), Limits()).content_length == 2
-    with pytest.raises(UnsupportedMediaType):
-        parse_head(head("/v1/transit/encrypt/k", "text/plain"), Limits())
-    with pytest.raises(UnsupportedMediaType):
-        parse_head(head("/v1/keys/k/encrypt", None), Limits())
+def test_only_transit_bodies_may_come_without_a_json_content_type() -> None:
+    """Vault reads any body as JSON; the native API takes only application/json."""
+    for declared in (None, "text/plain", "application/x-www-form-urlencoded"):
+        assert parse_head(head("/v1/transit/encrypt/k", declared), Limits()).content_length == 2
+    for declared in (None, "text/plain"):
+        with pytest.raises(UnsupportedMediaType):
+            parse_head(head("/v1/keys/k/encrypt", declared), Limits())
+    assert parse_head(head("/v1/transit/keys/", None), Limits()).path == "/v1/transit/keys"
     assert is_transit("/v1/transit/keys") and not is_transit("/v1/transitx")
 
 

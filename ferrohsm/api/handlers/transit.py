@@ -9,7 +9,9 @@ record per group of like items, naming key, version, outcome and the items' posi
 batch of n items spends n tokens of the caller's rate limit, all of them or the request is
 refused 429 before any item runs. An item's own bad input, failed decryption or refused key
 state is that item's ``error``; anything that would refuse every item alike (no such key,
-permission, rate limit, a parked approval, audit unavailable, any 5xx) fails the whole request.
+permission, rate limit, a parked approval, audit unavailable, any 5xx) fails the whole request,
+until an item has acted: from then on only a 5xx does (the results already recorded, and an
+approval an earlier item spent, are not thrown away for a later item's refusal).
 As in Vault, a batch with a failed item answers 400 with every item's result, or
 ``partial_failure_response_code`` when some items succeeded. ``datakey`` is the native data key
 (``KeyService.data_key``).
@@ -35,7 +37,7 @@ from ..transit.body import NOT_SUPPORTED, Body
 from ..transit.envelope import ok, vault_message
 from ..transit.keyinfo import key_info, native_type, reference
 from ..transit.text import format_signature, parse_signature, scheme, to_vault
-from .common import MAX_VERSION, b64s, json_body, query
+from .common import MAX_VERSION, b64s, json_body
 
 P = "/v1/transit"
 ITEM_STATUSES = frozenset({400, 409, 410, 413})  # an item's own failure; others fail the batch
@@ -94,7 +96,7 @@ class Transit:
     # ---- keys ----
 
     def create(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
-        body = Body(json_body(req), CREATE)
+        body = Body(_json(req), CREATE)
         body.unsupported("derived", "context", feature="key derivation (derived keys)")
         body.unsupported("convergent_encryption", feature="convergent encryption")
         body.unsupported("exportable", "allow_plaintext_backup", feature="exportable keys")
@@ -116,11 +118,12 @@ class Transit:
         return ok(req.request_id, self.info(ctx, self.service.get_key(ctx, p["name"])))
 
     def rotate(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
-        warnings = Body(json_body(req), ()).warnings()
+        warnings = Body(_json(req), ()).warnings()
         return ok(req.request_id, self.info(ctx, self.service.rotate(ctx, p["name"])), warnings)
 
     def list_keys(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
-        if req.method != "LIST" and query(req, {"list"}).get("list") not in ("true", "1"):
+        listed = req.query.get("list") or [""]
+        if req.method != "LIST" and listed[-1] not in ("true", "1"):
             raise MethodNotAllowed("reading keys/ lists keys: add ?list=true or use LIST",
                                    allow=("GET", "HEAD", "LIST"))
         names: list[str] = []
@@ -143,7 +146,7 @@ class Transit:
     # ---- encryption ----
 
     def encrypt(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
-        body, name = Body(json_body(req), ENCRYPT), p["name"]
+        body, name = Body(_json(req), ENCRYPT), p["name"]
         body.unsupported("convergent_encryption", feature="convergent encryption")
         if body.text("type") not in (None, "", "aes256-gcm96"):
             raise BadRequest(f"creating keys on encrypt (upsert) is {NOT_SUPPORTED}")
@@ -159,7 +162,7 @@ class Transit:
         return self.run(ctx, req, body, Action.ENCRYPT, name, one, ENCRYPT_ITEM)
 
     def decrypt(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
-        body, name = Body(json_body(req), DECRYPT), p["name"]
+        body, name = Body(_json(req), DECRYPT), p["name"]
 
         def one(calls: Items, item: Body) -> dict[str, Any]:
             _no_derivation(item)
@@ -170,7 +173,7 @@ class Transit:
     def rewrap(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
         """Decrypt and encrypt again under the primary version (recorded as a decrypt and an
         encrypt; the plaintext never leaves the server)."""
-        body, name = Body(json_body(req), REWRAP), p["name"]
+        body, name = Body(_json(req), REWRAP), p["name"]
 
         def one(calls: Items, item: Body) -> dict[str, Any]:
             _no_derivation(item)
@@ -184,7 +187,7 @@ class Transit:
         sizes; ``plaintext`` also returns the key, ``wrapped`` only its ciphertext."""
         if p["kind"] not in ("plaintext", "wrapped"):
             raise BadRequest("datakey type must be plaintext or wrapped")
-        body, name = Body(json_body(req), DATAKEY), p["name"]
+        body, name = Body(_json(req), DATAKEY), p["name"]
         _no_derivation(body)
         out = self.service.data_key(ctx, name, body.one_of("bits", DATA_KEY_BITS) or 256,
                                     include_plaintext=p["kind"] == "plaintext",
@@ -197,8 +200,8 @@ class Transit:
     # ---- signatures ----
 
     def sign(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
-        body, name = Body(json_body(req), (*SIGN_OPTIONS, *SIGN_ITEM)), p["name"]
-        key = self.service.get_key(ctx, name)
+        body, name = Body(_json(req), (*SIGN_OPTIONS, *SIGN_ITEM)), p["name"]
+        key = self.authorized(ctx, Action.SIGN, name)
         chosen, prehashed = _sign_options(body, p.get("hash"), key)
         wanted = body.integer("key_version", 0, MAX_VERSION)
         if wanted and wanted != key.primary_version:
@@ -217,8 +220,8 @@ class Transit:
         return self.run(ctx, req, body, Action.SIGN, name, one, SIGN_ITEM)
 
     def verify(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
-        body, name = Body(json_body(req), (*SIGN_OPTIONS, *VERIFY_ITEM)), p["name"]
-        key = self.service.get_key(ctx, name)
+        body, name = Body(_json(req), (*SIGN_OPTIONS, *VERIFY_ITEM)), p["name"]
+        key = self.authorized(ctx, Action.VERIFY, name)
         chosen, prehashed = _sign_options(body, p.get("hash"), key)
 
         def one(calls: Items, item: Body) -> dict[str, Any]:
@@ -233,12 +236,18 @@ class Transit:
             return {"valid": bool(out["valid"])}
         return self.run(ctx, req, body, Action.VERIFY, name, one, VERIFY_ITEM)
 
+    def authorized(self, ctx: RequestContext, action: Action, name: str) -> Key:
+        """The key whose algorithm decides what Vault's sign options mean, once the caller may
+        ``action`` it (as Vault checks its ACL before any parameter): a refusal is recorded as
+        that action's, and a key the caller may use is not also recorded as read."""
+        return self.service.guard.on_key(ctx, action, name, lambda key, _: key)
+
     # ---- random ----
 
     def random(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
-        body = Body(json_body(req), RANDOM)
+        body = Body(_json(req), RANDOM)
         source, count = p.get("source"), p.get("bytes")
-        if source is not None and source.isdigit() and count is None:
+        if source is not None and source.lstrip("-+").isdigit() and count is None:
             source, count = None, source  # random/32: Vault reads a number as the size
         source = source or body.text("source") or "platform"
         if source not in RANDOM_SOURCES:
@@ -261,30 +270,50 @@ class Transit:
         if raw is None:
             return ok(req.request_id, one(self.items.single(ctx), body), body.warnings())
         batch = _items(raw)
+        # checked before any item runs: a bad value found afterwards would throw away the
+        # results of items that acted (an approval spent, a decryption recorded)
+        partial = body.integer("partial_failure_response_code", 200, 599)
         results: list[dict[str, Any]] = []
+        acted = False
         with self.items.batch(ctx, action, len(batch), pay_all=True) as items:
             for item in batch:
-                result = _item(items, action, name, one, item, item_fields)
+                result = _item(items, action, name, one, item, item_fields, acted)
+                acted = acted or "error" not in result
                 if isinstance(item, dict) and isinstance(item.get("reference"), str):
                     result["reference"] = item["reference"]
                 results.append(result)
         failed = sum("error" in r for r in results)
-        status = _batch_status(body, failed, len(results) - failed)
+        status = 200 if not failed else partial if partial is not None and acted else 400
         return ok(req.request_id, {"batch_results": results}, body.warnings(), status)
 
 
 def _item(batch: CryptoBatch, action: Action, name: str, one: One, raw: object,
-          item_fields: tuple[str, ...]) -> dict[str, Any]:
-    """One ``batch_input`` item's result, or its own ``error``; a refusal that would refuse
-    every item alike is raised (the request fails whole). Input the item's call never saw
-    (it failed to parse) is recorded here, in the item's place."""
+          item_fields: tuple[str, ...], acted: bool) -> dict[str, Any]:
+    """One ``batch_input`` item's result, or its own ``error``. Before any item has acted, a
+    refusal that would refuse every item alike is raised (the request fails whole); once one
+    has, every refusal but a 5xx is the item's own (an approval that covers an earlier item
+    and not this one): failing the request then would lose results already recorded. Input
+    the item's call never saw (it failed to parse) is recorded here, in the item's place."""
     try:
         return one(batch, Body(raw, item_fields, "each batch_input item"))
     except FerroError as exc:
         refused = exc if isinstance(exc, Recorded) else batch.refuse(action, name, exc)
-        if refused.status not in ITEM_STATUSES:
+        if refused.status not in ITEM_STATUSES and not (acted and refused.status < 500):
             raise refused from None
         return {"error": vault_message(refused)}
+
+
+def _json(req: Request) -> dict[str, Any]:
+    """The body as Vault reads it: JSON whatever the Content-Type (api/parse.py
+    UNTYPED_JSON_PREFIX); a real form body says that forms are not read here."""
+    try:
+        return json_body(req)
+    except BadRequest:
+        declared = (req.headers.get("content-type") or "").partition(";")[0].strip().lower()
+        if declared == "application/x-www-form-urlencoded":
+            raise BadRequest("form-encoded bodies are not read by FerroHSM: send the "
+                             "parameters as a JSON object") from None
+        raise
 
 
 def _version(item: Body) -> int | None:
@@ -310,15 +339,6 @@ def _items(batch: object) -> list[Any]:
     if not isinstance(batch, list) or not batch:
         raise BadRequest("batch_input must be a non-empty list of objects")
     return batch
-
-
-def _batch_status(body: Body, failed: int, succeeded: int) -> int:
-    """200, or Vault's 400 for a batch with a failed item (``partial_failure_response_code``
-    instead when some item succeeded)."""
-    if not failed:
-        return 200
-    partial = body.integer("partial_failure_response_code", 200, 599)
-    return partial if partial is not None and succeeded else 400
 
 
 def _sign_options(body: Body, path_hash: str | None, key: Key) -> tuple[str, bool]:
@@ -359,7 +379,7 @@ def register(router: Router, service: KeyService, items: CryptoItems | None = No
         for method in ("POST", "PUT"):
             router.add(method, P + path, handler, inline=inline)
     router.add("GET", P + "/keys/{name}", t.read)
-    router.add("GET", P + "/keys", t.list_keys)
+    router.add("GET", P + "/keys", t.list_keys)  # "keys/" too: api/parse.py VAULT_LISTING
     router.add("LIST", P + "/keys", t.list_keys)
     for method, path, feature in UNSUPPORTED:
         router.add(method, P + path, _unsupported(feature))

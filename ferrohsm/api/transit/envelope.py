@@ -18,9 +18,16 @@ from ...domain.errors import (
     FerroError,
     MethodNotAllowed,
     NoSuchCiphertextVersion,
+    PayloadTooLarge,
     RateLimited,
 )
 from ..http import Response, json_response
+from ..parse import TOO_LARGE_HINT
+
+# The native 413's way out names native members; a Vault client's are these.
+TOO_LARGE_TRANSIT = ("; sign or verify large data by its hash (hash it locally and send "
+                     "\"prehashed\": true) and encrypt large data locally under a data key "
+                     "(datakey/wrapped)")
 
 # FerroHSM status -> Vault status, where they differ
 _STATUS = {401: 403, 409: 400, 410: 400, 202: 400}
@@ -50,6 +57,8 @@ def vault_message(exc: FerroError) -> str:
         return f"key has no version {exc.details.get('version')}"
     if isinstance(exc, ApprovalRequired):  # the message names the approval to redeem
         return f"dual control: {exc.message}"
+    if isinstance(exc, PayloadTooLarge):
+        return exc.message.replace(TOO_LARGE_HINT, TOO_LARGE_TRANSIT)
     return exc.message
 
 

@@ -1,0 +1,173 @@
+"""The Vault transit surface where a Vault client's habits meet FerroHSM's rules: batches under
+dual control, options checked before items run, the spellings Vault's own tools send, and the
+order of checks (permission before parameters), against a real server over TLS.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from live import LiveServer
+
+POLICY = """
+[policy.tags.dc]
+approvals_required = 1
+approval_actions = ["decrypt"]
+"""
+
+
+def B(data: bytes) -> str:  # noqa: N802  one letter, like b"": a base64 literal in bodies
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    server = LiveServer(tmp_path_factory.mktemp("transit-edges"), key_store="filesystem",
+                        config_text=POLICY)
+    yield server
+    server.close()
+
+
+def vault(srv: LiveServer, method: str, path: str, body: Any = None, *, role: str = "service",
+          headers: dict[str, str] | None = None, raw: bytes | None = None
+          ) -> tuple[int, dict[str, Any]]:
+    """A call as a Vault client makes it: X-Vault-Token, not Authorization."""
+    hdrs = {"X-Vault-Token": srv.token(role), **(headers or {})}
+    status, _, answer = srv.call(method, path, body, role=None, headers=hdrs, raw=raw)
+    return status, answer
+
+
+def create(srv: LiveServer, key_type: str = "aes256-gcm96", tags: list[str] | None = None
+           ) -> str:
+    name = f"edge-{secrets.token_hex(4)}"
+    if tags:  # tags are given at creation only, natively
+        status, _, key = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm",
+                                                       "usage": "encrypt", "name": name,
+                                                       "tags": tags})
+        assert status == 201, key
+        return name
+    assert vault(srv, "POST", f"/v1/transit/keys/{name}", {"type": key_type},
+                 role="operator")[0] == 200
+    return name
+
+
+def records(srv: LiveServer, rid: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        _, _, page = srv.call("GET", f"/v1/audit?limit=1000&after_seq={after}", role="auditor")
+        found.extend(r for r in page["records"] if r["request_id"] == rid)
+        if page["next_after_seq"] is None:
+            return found
+        after = page["next_after_seq"]
+
+
+def test_an_approval_that_covers_one_batch_item_fails_only_the_others(srv: LiveServer) -> None:
+    """Item 0 redeems the approval and decrypts; item 1 (other arguments) is refused as ITS
+    error, not by failing the request after item 0's approval was spent and its plaintext
+    recorded as decrypted."""
+    name = create(srv, tags=["dc"])
+    first = vault(srv, "POST", f"/v1/transit/encrypt/{name}", {"plaintext": B(b"one")})
+    second = vault(srv, "POST", f"/v1/transit/encrypt/{name}", {"plaintext": B(b"two")})
+    c1, c2 = first[1]["data"]["ciphertext"], second[1]["data"]["ciphertext"]
+    status, parked = vault(srv, "POST", f"/v1/transit/decrypt/{name}", {"ciphertext": c1})
+    assert status == 400 and "dual control" in parked["errors"][0], parked
+    approval = srv.call("GET", "/v1/approvals?state=pending")[2]["approvals"][-1]["id"]
+    voted = srv.call("POST", f"/v1/approvals/{approval}/approve", {},
+                     token=srv.token("operator", "edge-approver"))
+    assert voted[0] == 200, voted
+    rid = f"edge-{secrets.token_hex(6)}"
+    status, answer = vault(srv, "POST", f"/v1/transit/decrypt/{name}",
+                           {"batch_input": [{"ciphertext": c1}, {"ciphertext": c2}]},
+                           headers={"X-Approval-ID": approval, "X-Request-ID": rid})
+    assert status == 400, answer
+    results = answer["data"]["batch_results"]
+    assert results[0] == {"plaintext": B(b"one")}
+    assert "different request" in results[1]["error"], results
+    outcomes = sorted((r["action"], r["outcome"]) for r in records(srv, rid))
+    assert ("crypto.decrypt", "success") in outcomes and ("approval.executed", "success") \
+        in outcomes, outcomes
+
+
+def test_partial_failure_response_code_is_checked_before_any_item_runs(
+        srv: LiveServer) -> None:
+    name = create(srv)
+    for bad in (100, "abc", 600):
+        rid = f"edge-{secrets.token_hex(6)}"
+        status, answer = vault(srv, "POST", f"/v1/transit/encrypt/{name}", {
+            "partial_failure_response_code": bad,
+            "batch_input": [{"plaintext": B(b"a")}, {"plaintext": "!!"}]},
+            headers={"X-Request-ID": rid})
+        assert status == 400 and "from 200 to 599" in answer["errors"][0], answer
+        assert not [r for r in records(srv, rid) if r["outcome"] == "success"], bad
+
+
+def test_a_sign_batch_with_an_escaped_member_name_runs_on_the_worker_pool(
+        srv: LiveServer) -> None:
+    from ferrohsm.api.http import Headers, Request
+
+    def request(body: bytes) -> Request:
+        return Request("POST", "/v1/keys/k/sign", "/v1/keys/k/sign", {}, Headers(), body,
+                       "127.0.0.1", 1, None, "rid", 0.0)
+    for body in (b'{"\\u0062atch": [{"message": "bQ=="}]}',
+                 b'{"b\\u0061tch": []}', b'{"scheme": null, "batch": []}'):
+        assert not srv.rt.app.runs_inline(request(body)), body
+    assert srv.rt.app.runs_inline(request(b'{"message": "bQ==", "scheme": null}'))
+
+
+def test_the_listing_spellings_of_vaults_cli_and_go_client(srv: LiveServer) -> None:
+    name = create(srv)
+    for method, path in (("LIST", "/v1/transit/keys/"), ("GET", "/v1/transit/keys/?list=true"),
+                         ("GET", "/v1/transit/keys?list=true&foo=1"),
+                         ("LIST", "/v1/transit/keys")):
+        status, answer = vault(srv, method, path, role="operator")
+        assert status == 200 and name in answer["data"]["keys"], (path, answer)
+
+
+def test_bodies_are_json_whatever_content_type_they_declare(srv: LiveServer) -> None:
+    """curl --data (Vault's documented examples) declares a form; Vault reads JSON anyway."""
+    name = create(srv)
+    for declared in ("application/x-www-form-urlencoded", "text/plain"):
+        status, answer = vault(srv, "POST", f"/v1/transit/encrypt/{name}",
+                               raw=json.dumps({"plaintext": B(b"x")}).encode(),
+                               headers={"Content-Type": declared})
+        assert status == 200 and answer["data"]["ciphertext"].startswith("vault:v1:"), answer
+    status, answer = vault(srv, "POST", f"/v1/transit/encrypt/{name}", raw=b"plaintext=eA==",
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 400 and "form-encoded" in answer["errors"][0], answer
+
+
+def test_permission_is_checked_before_sign_options(srv: LiveServer) -> None:
+    """As Vault checks its ACL first: a role that may not sign hears 403 whatever the options,
+    recorded as a refused sign, and a sign is not also recorded as a read of the key."""
+    name = create(srv, "ecdsa-p256")
+    rid = f"edge-{secrets.token_hex(6)}"
+    status, answer = vault(srv, "POST", f"/v1/transit/sign/{name}",
+                           {"input": B(b"m"), "hash_algorithm": "sha2-512"}, role="auditor",
+                           headers={"X-Request-ID": rid})
+    assert status == 403 and answer["errors"][0].startswith("permission denied"), answer
+    assert [(r["action"], r["outcome"]) for r in records(srv, rid)] == [
+        ("crypto.sign", "denied")]
+    rid = f"edge-{secrets.token_hex(6)}"
+    status, answer = vault(srv, "POST", f"/v1/transit/sign/{name}", {"input": B(b"m")},
+                           headers={"X-Request-ID": rid})
+    assert status == 200, answer
+    assert [r["action"] for r in records(srv, rid)] == ["crypto.sign"]
+
+
+def test_messages_a_vault_client_can_act_on(srv: LiveServer) -> None:
+    name = create(srv)
+    status, _, answer = srv.call("POST", f"/v1/transit/encrypt/{name}", {"plaintext": "eA=="},
+                                 role=None, headers={"X-Vault-Token": " "})
+    assert status == 403 and "empty X-Vault-Token" in answer["errors"][0], answer
+    status, answer = vault(srv, "POST", "/v1/transit/random/-1")
+    assert status == 400 and "bytes must be an integer" in answer["errors"][0], answer
+    big = json.dumps({"plaintext": "A" * (2 << 20)}).encode()
+    status, answer = vault(srv, "POST", f"/v1/transit/encrypt/{name}", raw=big)
+    assert status == 413 and "prehashed" in answer["errors"][0], answer
+    assert '"digest" member' not in answer["errors"][0]
