@@ -105,7 +105,12 @@ class Application:
         route_name: str | None = None
         error_type: str | None = None
         try:
-            route, params = self._route(req, ctx)
+            try:
+                route, params = self._route(req, ctx)
+            except (NotFound, MethodNotAllowed):
+                ctx = self._caller(req, ctx)  # the actor a valid token names pays, and is named
+                self._limit(ctx)  # a scanner's 404s spend its IP's tokens (429 once empty)
+                raise
             route_name = route.template
             if route.template.startswith("/v1/"):
                 ctx = with_principal(ctx, self._authenticate(req, ctx, span))
@@ -189,11 +194,22 @@ class Application:
     def _route(self, req: Request, ctx: RequestContext) -> tuple[Any, dict[str, str]]:
         if req.route is not None:
             return req.route  # type: ignore[no-any-return]
+        return self.router.match(req.method, req.path)
+
+    def _caller(self, req: Request, ctx: RequestContext) -> RequestContext:
+        """For a request no route takes: ``ctx`` with the principal its token names when the
+        token is valid (that actor's bucket pays for the 404 and the record names them, as for
+        any request of theirs), else ``ctx`` as it is (anonymous: the address pays). A bad
+        token is not reported here: the answer is the 404 or 405 either way."""
         try:
-            return self.router.match(req.method, req.path)
-        except (NotFound, MethodNotAllowed):
-            self._limit(ctx)  # a scanner's 404s spend its IP's tokens too (429 once empty)
-            raise
+            credentials = _credentials(req)
+            if not credentials:
+                return ctx
+            principal = self.auth.authenticate(credentials,
+                                               client_fingerprint=ctx.client_fingerprint)
+        except FerroError:
+            return ctx
+        return with_principal(ctx, principal)
 
     def _record_refusal(self, req: Request, ctx: RequestContext, route: str | None,
                         exc: FerroError) -> None:

@@ -48,8 +48,9 @@ def _flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--share-file", action="append", default=[], metavar="FILE",
                    help='split-knowledge mode ([secrets] unseal = "shamir"): a file with one '
                    "unseal share (repeat; the rest are read from stdin or prompted for)")
-    p.add_argument("--private-key", metavar="FILE",
-                   help="custodian private key opening encrypted share files")
+    p.add_argument("--private-key", metavar="FILE", action="append", default=[],
+                   help="a custodian's private key opening encrypted share files (repeat for "
+                   "shares encrypted to different custodians)")
 
 
 def add_parsers(sub: Any) -> None:

@@ -199,7 +199,7 @@ def audit_cli_event(config: Config, secrets: Secrets, action: str, message: str,
         sink.close()
 
 
-def read_share_text(share_file: str | None, private_key: str | None) -> str:
+def read_share_text(share_file: str | None, private_key: str | list[str] | None) -> str:
     """The share, from a file (decrypted with the custodian key when it is encrypted), stdin,
     or a prompt that does not echo."""
     if share_file:
@@ -216,7 +216,7 @@ def read_share_text(share_file: str | None, private_key: str | None) -> str:
     return text
 
 
-def master_from_shares(share_files: list[str], private_key: str | None, data_dir: str,
+def master_from_shares(share_files: list[str], private_key: list[str], data_dir: str,
                        untouched: str) -> bytes:
     """The master key from a threshold of the shares of ``data_dir``'s custody file: from the
     ``share_files`` first, then stdin or prompts. ``untouched`` ends the message for shares
@@ -244,10 +244,26 @@ def master_from_shares(share_files: list[str], private_key: str | None, data_dir
         print(f"{progress.submitted} of {progress.threshold} shares", file=sys.stderr)
 
 
-def _decrypt(text: str, private_key: str | None) -> str:
-    from ..custody.custodians import decrypt_share
-    if not private_key:
+def _decrypt(text: str, private_key: str | list[str] | None) -> str:
+    """The share inside an encrypted share file, opened by the one of the custodian keys
+    given that it was encrypted to (shares of several custodians in one offline run)."""
+    keys = [private_key] if isinstance(private_key, str) else list(private_key or [])
+    if not keys:
         raise ConfigError("this share is encrypted: give the custodian's --private-key")
+    problem = ""
+    for key in keys:
+        try:
+            return _decrypt_with(text, key)
+        except ConfigError as exc:
+            problem = exc.message
+    if len(keys) > 1:
+        raise ConfigError("cannot open the encrypted share with any of the --private-key files "
+                          "given")
+    raise ConfigError(problem)
+
+
+def _decrypt_with(text: str, private_key: str) -> str:
+    from ..custody.custodians import decrypt_share
     password = os.environ.get("FERROHSM_CUSTODIAN_KEY_PASSWORD")
     try:
         pem = Path(private_key).read_bytes()

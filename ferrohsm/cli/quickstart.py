@@ -15,6 +15,11 @@ from pathlib import Path
 MASTER_FILE = "master.key"
 JWT_FILE = "jwt.secret"
 HMAC_FILE = "audit-hmac.key"
+# The environment variable that, when set, is the secret instead of the file (config/secrets.py)
+ENVIRONMENT = {MASTER_FILE: "FERROHSM_MASTER_KEY", JWT_FILE: "FERROHSM_JWT_HS256_SECRET",
+               HMAC_FILE: "FERROHSM_AUDIT_HMAC_KEY"}
+SETTING = {MASTER_FILE: "master_key_file", JWT_FILE: "jwt_hs256_secret_file",
+           HMAC_FILE: "audit_hmac_key_file"}
 
 
 def _write_secret(path: Path, text: str) -> None:
@@ -25,8 +30,12 @@ def _write_secret(path: Path, text: str) -> None:
         os.fsync(fh.fileno())
 
 
-def ensure_dev_secrets(data_dir: Path) -> dict[str, str]:
-    """Paths of the three secret files, generating any that do not exist yet."""
+def ensure_dev_secrets(data_dir: Path, environ: dict[str, str] | None = None
+                       ) -> dict[str, str]:
+    """Paths of the secret files, generating any that do not exist yet, for the secrets the
+    environment does not give: a file made beside a secret from the environment would hold
+    another secret, which a restart without the variable would silently switch to."""
+    env = os.environ if environ is None else environ
     wanted: dict[str, Callable[[], str]] = {
         MASTER_FILE: lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
         JWT_FILE: lambda: secrets.token_urlsafe(48),
@@ -34,6 +43,8 @@ def ensure_dev_secrets(data_dir: Path) -> dict[str, str]:
     }
     paths = {}
     for name, make in wanted.items():
+        if env.get(ENVIRONMENT[name]):
+            continue
         path = data_dir / name
         if not path.exists():
             _write_secret(path, make())

@@ -52,7 +52,9 @@ def add_parser(sub: Any, custody_flags: Callable[[Any], None]) -> None:
     p.add_argument("--share-file", action="append", default=[], metavar="FILE",
                    help="split-knowledge mode: a file with one current share (repeat; the "
                    "rest are read from stdin or prompted for)")
-    p.add_argument("--private-key", help="custodian private key opening encrypted share files")
+    p.add_argument("--private-key", metavar="FILE", action="append", default=[],
+                   help="a custodian's private key opening encrypted share files (repeat for "
+                   "shares encrypted to different custodians)")
     p.add_argument("--online", action="store_true",
                    help="ask the running server (--server / FERROHSM_URL, an Administrator "
                    "token) to rekey while it serves; give a --timeout above the time it "
@@ -228,11 +230,15 @@ def _write_key_file(name: str, key: bytes) -> None:
         if held != key:
             raise ConfigError(f"{name} holds another key than the interrupted rekey's new key")
         return
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    # written beside it and renamed into place: a kill leaves no empty file for the next run
+    partial = Path(name + ".partial")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(base64.b64encode(key).decode("ascii") + "\n")
         f.flush()
         os.fsync(f.fileno())
+    os.replace(partial, path)
 
 
 def _hand_out(args: argparse.Namespace, config: Config, keys: Any, shamir: bool) -> None:

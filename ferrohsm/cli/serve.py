@@ -128,6 +128,8 @@ def _quickstart(args: argparse.Namespace) -> int:
     from ..domain.errors import ConfigError
     from ..tls.devpki import make_dev_pki
     overrides = _overrides(args)
+    if args.config:  # checked as given: a bad value quickstart then replaces still stops it
+        load_config(args.config, overrides=dict(overrides))
     data_dir = Path(args.data_dir or os.environ.get("FERROHSM_DATA_DIR") or "./ferrohsm-data")
     if data_dir.exists() and not data_dir.is_dir():  # said as such, not as a secret file's
         raise ConfigError(f"the data directory {data_dir} exists and is not a directory: give "
@@ -135,11 +137,9 @@ def _quickstart(args: argparse.Namespace) -> int:
     wiring.ensure_private_dir(data_dir)
     files = quickstart.ensure_dev_secrets(data_dir)
     pki = make_dev_pki(data_dir / "tls")
+    overrides.update({("secrets", quickstart.SETTING[name]): path for name, path in files.items()})
     overrides.update({
         ("storage", "data_dir"): str(data_dir),
-        ("secrets", "master_key_file"): files[quickstart.MASTER_FILE],
-        ("secrets", "jwt_hs256_secret_file"): files[quickstart.JWT_FILE],
-        ("secrets", "audit_hmac_key_file"): files[quickstart.HMAC_FILE],
         ("tls", "cert"): str(pki.server_cert), ("tls", "key"): str(pki.server_key),
         ("tls", "mode"): "pem"})  # quickstart keeps its dev CA, whatever --config says
     config = load_config(args.config, overrides=overrides)

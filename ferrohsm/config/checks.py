@@ -5,7 +5,9 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from ..control.policy import TagPolicy
 from ..domain.errors import ConfigError
+from ..domain.model import TAG_RE
 from . import (
     AUDIT_SINKS,
     KEY_STORES,
@@ -94,10 +96,26 @@ def validate(config: Config, listen_origin: str | None = None) -> None:
     except ConfigError as exc:
         raise ConfigError(f"{listen_origin or src}: {exc.message}") from None
     for name, tag in config.policy_tags.items():
-        if tag.approvals_required < 0 or tag.approval_ttl_seconds < 1 or tag.rotation_days < 0 \
-                or tag.archive_after_days < 0 or (tag.destroy_grace_hours or 0) < 0 \
-                or tag.purge_after_days < 0 or tag.max_key_age_days < 0:
-            raise ConfigError(f"{src}: [policy.tags.{name}] has a negative or zero value")
+        _check_tag_policy(src, name, tag)
+
+
+def _check_tag_policy(src: str, name: str, tag: TagPolicy) -> None:
+    """A tag policy that could never apply (a name no key may carry) or a value out of range
+    stops start-up, naming the setting."""
+    if not TAG_RE.fullmatch(name):
+        raise ConfigError(f"{src}: [policy.tags.{name[:64]!a}]: a tag name is 1-63 characters "
+                          "a-z, 0-9, '_', '.', '-', starting with a letter or digit (no key "
+                          "could carry this one)")
+    for setting, value, least in (
+            ("approvals_required", tag.approvals_required, 0),
+            ("approval_ttl_seconds", tag.approval_ttl_seconds, 1),
+            ("rotation_days", tag.rotation_days, 0),
+            ("archive_after_days", tag.archive_after_days, 0),
+            ("destroy_grace_hours", tag.destroy_grace_hours or 0, 0),
+            ("purge_after_days", tag.purge_after_days, 0),
+            ("max_key_age_days", tag.max_key_age_days, 0)):
+        if value < least:
+            raise ConfigError(f"{src}: [policy.tags.{name}].{setting} must be >= {least}")
 
 
 TLS_MODES = ("pem", "acme")
@@ -115,20 +133,11 @@ def _is_ip(text: str) -> bool:
 
 
 def _tls_mode_checks(t: TLSSettings) -> list[tuple[bool, str]]:
-    """[tls].mode and, in ACME mode, [tls.acme] (a PEM pair is then not needed)."""
-    if t.mode != "acme":
-        return [(t.mode in TLS_MODES, f"[tls].mode must be one of {', '.join(TLS_MODES)}")]
+    """[tls].mode and [tls.acme]: values that are wrong in any mode (a range, a name) always,
+    what ACME needs to run (domains, a listener) in ACME mode only."""
     a = t.acme
-    listen_ok = True
-    if a.challenge == "http-01":
-        try:
-            parse_listen(a.http_listen)
-        except ConfigError:
-            listen_ok = False
-    return [
-        (bool(a.domains), "[tls.acme].domains must name at least one domain"),
-        (all(_DNS_NAME_RE.fullmatch(d) and not _is_ip(d) for d in a.domains),
-         "[tls.acme].domains must be DNS names (no wildcards, IP addresses or ports)"),
+    always = [
+        (t.mode in TLS_MODES, f"[tls].mode must be one of {', '.join(TLS_MODES)}"),
         (a.challenge in ACME_CHALLENGES,
          f"[tls.acme].challenge must be one of {', '.join(ACME_CHALLENGES)}"),
         (0.0 < a.renew_before_fraction < 1.0,
@@ -136,9 +145,23 @@ def _tls_mode_checks(t: TLSSettings) -> list[tuple[bool, str]]:
         (a.directory in ("letsencrypt", "letsencrypt-staging")
          or a.directory.startswith("https://"),
          "[tls.acme].directory must be letsencrypt, letsencrypt-staging or an https:// URL"),
-        (listen_ok, f"[tls.acme].http_listen must be HOST:PORT, got {a.http_listen!r}"),
         (not a.email or ("@" in a.email and not a.email.startswith("mailto:")),
          "[tls.acme].email must be an address like ops@example.com"),
+    ]
+    if t.mode != "acme":
+        return always
+    listen_ok = True
+    if a.challenge == "http-01":
+        try:
+            parse_listen(a.http_listen)
+        except ConfigError:
+            listen_ok = False
+    return [
+        *always,
+        (bool(a.domains), "[tls.acme].domains must name at least one domain"),
+        (all(_DNS_NAME_RE.fullmatch(d) and not _is_ip(d) for d in a.domains),
+         "[tls.acme].domains must be DNS names (no wildcards, IP addresses or ports)"),
+        (listen_ok, f"[tls.acme].http_listen must be HOST:PORT, got {a.http_listen!r}"),
     ]
 
 

@@ -140,8 +140,12 @@ def _shortest(values: Iterable[timedelta | None]) -> timedelta | None:
 
 
 def strictest(base: Rules, tags: Iterable[Rules]) -> Rules:
-    """Merge ``base`` (the untagged defaults) with every tag's rules, strictest value each."""
-    every = [base, *tags]
+    """Merge ``base`` (the untagged defaults) with every tag's rules, strictest value each;
+    the destroy grace is the longest of the tags' own (each tag's is [crypto]'s default unless
+    it sets one): a tag may shorten the default grace for its keys, as configured, where taking
+    the default into the maximum would ignore it silently."""
+    given = list(tags)
+    every = [base, *given]
     quorum_tags = [r for r in every if r.approvals_required > 0]
     return Rules(
         approvals_required=max(r.approvals_required for r in every),
@@ -149,7 +153,7 @@ def strictest(base: Rules, tags: Iterable[Rules]) -> Rules:
         approval_ttl=min((r.approval_ttl for r in quorum_tags), default=base.approval_ttl),
         rotation=_shortest(r.rotation for r in every),
         archive_after=_shortest(r.archive_after for r in every),
-        destroy_grace=max(r.destroy_grace for r in every),
+        destroy_grace=max(r.destroy_grace for r in given or every),
         purge_after=_shortest(r.purge_after for r in every),
         max_age=_shortest(r.max_age for r in every))
 

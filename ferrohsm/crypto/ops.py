@@ -252,8 +252,20 @@ def verify(k: LoadedKey, data: bytes, signature: bytes, *, prehashed: bool = Fal
            scheme: str | None = None) -> bool:
     """True only for a valid signature; False (not an exception) for a wrong or malformed one.
 
-    A wrong digest length or a scheme the key does not allow is still a BadRequest.
+    A wrong digest length or a scheme the key does not allow is still a BadRequest. With no
+    scheme named, an RSA key's signature verifies under either scheme it signs with (PSS, the
+    default, then PKCS#1 v1.5): the verify request of the API has no algorithm member, and a
+    valid signature by the key is its signature whichever padding made it.
     """
+    if _verify(k, data, signature, prehashed, scheme):
+        return True
+    if scheme is None and isinstance(k._public, rsa.RSAPublicKey):
+        return _verify(k, data, signature, prehashed, "rsa-pkcs1v15-sha256")
+    return False
+
+
+def _verify(k: LoadedKey, data: bytes, signature: bytes, prehashed: bool,
+            scheme: str | None) -> bool:
     s = _scheme_for(k, data, prehashed, scheme)
     if not isinstance(signature, bytes):
         raise BadRequest("signature must be bytes")

@@ -64,7 +64,7 @@ def read_header(data: bytes) -> tuple[dict[str, Any], bytes, bytes]:
         raise ArchiveRefused("the backup archive's header is truncated or too long")
     try:
         header = json.loads(data[len(MAGIC):end])
-    except ValueError:
+    except (ValueError, RecursionError):  # read before anything is authenticated: any bytes
         header = None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ArchiveRefused("the backup archive's header is not valid")
@@ -81,7 +81,7 @@ def read(data: bytes, key: BackupKey) -> Archive:
         body = json.loads(key.open(head, sealed))
     except IntegrityError as exc:
         raise ArchiveRefused(exc.message) from None
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     if not isinstance(body, dict):
         raise ArchiveRefused("the backup archive's body is not valid")

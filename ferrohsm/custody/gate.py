@@ -249,6 +249,7 @@ class SealGate:
         try:
             rt = self._open_runtime(master)
         except Exception as exc:
+            self._unsealer.reset()  # the shares may be submitted again
             self._sink = self._open_sink()
             message = exc.message if isinstance(exc, FerroError) else type(exc).__name__
             self._audit(ctx, "system.unsealed", "error", f"unsealing failed: {message}")

@@ -187,16 +187,21 @@ def _fsync_dir(path: Path) -> None:
 
 def prepare_key_file(key_file: str) -> bytes:
     """A fresh key, durable in ``<key_file>.rekey-new`` (0600) before anything uses it. A
-    sidecar left by a run killed before its journal started was never used: replaced."""
+    sidecar left by a run killed before its journal started was never used: replaced. Written
+    beside it and renamed into place, so a kill leaves the sidecar whole or absent, never
+    empty (which a start-up would have to refuse)."""
     side = Path(key_file + SIDECAR)
+    partial = Path(key_file + SIDECAR + ".partial")
     key = os.urandom(32)
     try:
         side.unlink(missing_ok=True)
-        fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        partial.unlink(missing_ok=True)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w", encoding="ascii") as f:
             f.write(base64.b64encode(key).decode("ascii") + "\n")
             f.flush()
             os.fsync(f.fileno())
+        os.replace(partial, side)
         _fsync_dir(side.parent)
     except OSError as exc:  # e.g. a read-only secrets mount: nothing has changed yet
         raise Conflict(f"cannot write the new master key to {side} ({exc.strerror}): the "
@@ -301,8 +306,13 @@ class OnlineRekey:
 def _finished_offline(store: KeyStore, master: bytes, key_file: str) -> bytes:
     """An interrupted online rekey finished by the offline ``ferrohsm rekey
     --new-master-key-file <key_file>.rekey-new``: the new key is installed now. A sidecar whose
-    key the store does not know (a run killed before its journal) is left alone."""
-    held = _read_key(Path(key_file + SIDECAR))
+    key the store does not know (a run killed before its journal) is left alone, and so is
+    one that does not even hold a key (left by an older version killed while writing it: no
+    journal ever ran with it)."""
+    try:
+        held = _read_key(Path(key_file + SIDECAR))
+    except ConfigError:
+        return master
     check = store.get_meta(rekey.CHECK_VALUE)
     if held is None or check is None or held == master:
         return master

@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 
 from ..crypto import shamir
-from ..domain.errors import BadRequest, FerroError
+from ..domain.errors import BadRequest, Conflict, FerroError
 from .shares import Share
 from .state import CustodyFile
 
@@ -50,6 +50,10 @@ class Unsealer:
         self._custody = custody
         self._lock = threading.Lock()
         self._collected: dict[str, dict[int, bytes]] = {}
+        # A set reconstructed the key: the service is opening with it, and a share arriving
+        # meanwhile is refused, not kept (it would stay in memory, counted as progress, on an
+        # unsealed service). ``reset`` (sealing again, or an opening that failed) ends it.
+        self._complete = False
 
     def progress(self) -> Progress:
         """Of the split with the most shares submitted (the current split when none)."""
@@ -63,6 +67,7 @@ class Unsealer:
     def reset(self) -> None:
         with self._lock:
             self._wipe()
+            self._complete = False
 
     def _wipe(self) -> None:
         for collected in self._collected.values():
@@ -76,6 +81,9 @@ class Unsealer:
             raise BadRequest(f"this share belongs to split {share.split_id}, not to this "
                              f"service's (split {self._custody.current.split_id})")
         with self._lock:
+            if self._complete:
+                raise Conflict("the threshold was reached: the service is unsealing with the "
+                               "shares already submitted")
             collected = self._collected.setdefault(split.split_id, {})
             if share.x in collected:
                 raise BadRequest(f"share {share.x} of split {split.split_id} was already "
@@ -88,7 +96,9 @@ class Unsealer:
                                 split.split_id), None
             master = shamir.combine(sorted(collected.items()))
             self._wipe()
-        if not split.opens_with(master) or not self._custody.mac_ok(split.split_id, master):
+            opened = split.opens_with(master) and self._custody.mac_ok(split.split_id, master)
+            self._complete = opened
+        if not opened:
             raise WrongShares(f"the {split.threshold} shares submitted do not reconstruct the "
                               "master key (one is mistyped or from another service); progress "
                               "was reset: submit the shares again")

@@ -13,7 +13,7 @@ from ..crypto import ops
 from ..crypto.algorithms import get_algorithm
 from ..crypto.seal import Sealer
 from ..domain import lifecycle as lc
-from ..domain.errors import IntegrityError, NoSuchCiphertextVersion, PayloadTooLarge
+from ..domain.errors import Conflict, IntegrityError, NoSuchCiphertextVersion, PayloadTooLarge
 from ..domain.model import Key, KeyVersion, NoSuchVersion
 from .keycache import MaterialCache
 
@@ -108,6 +108,9 @@ class KeyEngine:
         return ops.unwrap(self.handle(key, version), blob), number
 
     def public_pem(self, key: Key, number: int | None) -> tuple[str, int]:
+        if key.usage != "sign":  # said as such, not as a verify the caller never asked for
+            raise Conflict(f"key {key.id} has usage {key.usage}: only signing keys have a "
+                           "public key")
         version = key.version(key.primary_version if number is None else number)
         lc.check_use(key, lc.Use.VERIFY, version.version)
         return ops.public_pem(self.handle(key, version)), version.version

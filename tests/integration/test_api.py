@@ -76,8 +76,11 @@ def test_list_filters_pagination_and_etag(srv: LiveServer) -> None:
         token = page.get("next_page_token")
     assert seen == made
     etag = headers["etag"]
+    for match in (etag, f"W/{etag}", f'"other", {etag}', "*"):  # the weak comparison
+        assert srv.call("GET", "/v1/keys?tag=listing&limit=2",
+                        headers={"If-None-Match": match})[0] == 304, match
     assert srv.call("GET", "/v1/keys?tag=listing&limit=2",
-                    headers={"If-None-Match": etag})[0] == 304
+                    headers={"If-None-Match": '"other"'})[0] == 200
     _, _, prefixed = srv.call("GET", "/v1/keys?name_prefix=list-&usage=encrypt&state=active")
     assert {k["id"] for k in prefixed["keys"]} == set(made)
     for bad in ("limit=0", "limit=1001", "limit=x", "state=sleepy", "page_token=zzz", "foo=1"):
@@ -103,6 +106,10 @@ def test_update_rotate_rollback(srv: LiveServer) -> None:
     assert srv.call("POST", f"/v1/keys/{ref}/rollback", {"version": 9})[0] == 409
     assert srv.call("POST", f"/v1/keys/{ref}/rollback", {"version": 0})[0] == 400  # range
     assert srv.call("POST", f"/v1/keys/{ref}/rollback", {"version": "1"})[0] == 400
+    # a fraction a float rounds to 1 is not the integer 1; 1.0 is (JSON Schema's "integer")
+    assert srv.call("POST", f"/v1/keys/{ref}/rollback",
+                    raw=b'{"version": 0.99999999999999999999}')[0] == 400
+    assert srv.call("POST", f"/v1/keys/{ref}/rollback", raw=b'{"version": 1.0}')[0] == 409
     _, _, described = srv.call("GET", f"/v1/keys/{ref}")
     assert [h["action"] for h in described["history"]] == ["create", "update", "rotate",
                                                            "rollback"]
@@ -145,6 +152,15 @@ def test_sign_verify_and_openssl(srv: LiveServer, tmp_path: Path, algorithm: str
     _, _, good = srv.call("POST", f"/v1/keys/{ref}/verify", {**body, "signature": sig["signature"]},
                           role=SVC)
     assert good["valid"] is True
+    # the contract's verify has no algorithm member: a PKCS#1 v1.5 signature verifies without
+    _, _, plain = srv.call("POST", f"/v1/keys/{ref}/verify", {
+        "message": B(message), "signature": sig["signature"]}, role=SVC)
+    assert plain["valid"] is True
+    if scheme:  # but naming the other scheme does not accept it
+        _, _, other = srv.call("POST", f"/v1/keys/{ref}/verify", {
+            "message": B(message), "signature": sig["signature"],
+            "algorithm": "rsa-pss-sha256"}, role=SVC)
+        assert other["valid"] is False
     forged = B(b"\x30\x06\x02\x01\x01\x02\x01\x01")
     _, _, bad = srv.call("POST", f"/v1/keys/{ref}/verify", {**body, "signature": forged}, role=SVC)
     assert bad["valid"] is False
@@ -215,7 +231,9 @@ def test_destroyed_key_answers_410(tmp_path: Path) -> None:
 
 def test_public_key_rules(srv: LiveServer) -> None:
     aes = create(srv)["id"]
-    assert srv.call("GET", f"/v1/keys/{aes}/public-key")[0] == 409
+    status, _, refused = srv.call("GET", f"/v1/keys/{aes}/public-key")
+    assert status == 409 and "only signing keys have a public key" in \
+        refused["error"]["message"], refused
     ec = create(srv, algorithm="ec-p256", usage="sign")["id"]
     status, _, pub = srv.call("GET", f"/v1/keys/{ec}/public-key?version=1")
     assert status == 200 and pub["version"] == 1 and "BEGIN PUBLIC KEY" in pub["pem"]
@@ -413,8 +431,12 @@ def test_curl_streams_an_encrypt_body_chunked(srv: LiveServer, tmp_path: Path) -
 def test_healthz_tells_anyone_else_the_status_only(srv: LiveServer, role: str | None) -> None:
     token = "not.a.token" if role == "bogus-token" else None
     status, _, health = srv.call("GET", "/healthz", role=None if token else role, token=token)
-    assert status == 200 and health == {"status": "ok", "version": health["version"],
-                                        "sealed": False}
+    assert status == 200 and set(health) == {"status", "version", "sealed", "auth",
+                                             "rate_limit", "cache"}, health
+    assert health["status"] == "ok" and health["sealed"] is False
+    assert {"failures", "cache_hits"} <= set(health["auth"])  # the counters the contract names
+    assert {"limited_actor", "limited_ip"} <= set(health["rate_limit"])
+    assert {"hits", "misses"} <= set(health["cache"])
     text = json.dumps(health)
     assert str(srv.data_dir) not in text and srv.rt.audit.head()[1] not in text
 

@@ -413,6 +413,20 @@ def test_failed_attempts_are_limited_per_source_ip(main: LiveServer) -> None:
     assert send(main, "GET", "/v1/keys", token=bogus, xff=fresh_ip())[0] == 401
 
 
+def test_a_valid_tokens_404s_spend_its_own_bucket_not_its_addresss(main: LiveServer) -> None:
+    """The per-address bucket is for callers with no valid token; a client with one that
+    probes unknown paths pays from its own bucket (auditor: burst 3) and is named in the
+    record, and the address stays open for everyone else behind it."""
+    ip = fresh_ip()
+    token = mint(main.secrets.jwt_hs256_secret, subject="lost-auditor", role="auditor")
+    statuses = [send(main, "GET", "/v1/nope", token=token, xff=ip)[0] for _ in range(8)]
+    assert statuses[:3] == [404] * 3 and statuses[-1] == 429, statuses
+    assert send(main, "GET", "/no-such-page", xff=ip)[0] == 404  # the address's bucket is full
+    records = main.rt.audit.read(0, 100000)
+    assert any(r["actor"] == "lost-auditor" and r["action"] == "request.refused"
+               and "404" in r["message"] for r in records)
+
+
 def test_memory_stays_bounded_under_a_flood_of_bogus_subjects(main: LiveServer) -> None:
     limiter = main.rt.app.limiter
     before = limiter.stats()["actor_buckets"]

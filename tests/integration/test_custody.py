@@ -304,6 +304,13 @@ def test_shares_encrypted_to_custodian_keys(tmp_path: Path) -> None:
         assert srv.call("GET", "/healthz")[1]["sealed"] is False
     finally:
         srv.stop()
+    # offline, shares encrypted to two custodians open in one run, each with its own key
+    backup = home.cli("backup", "--offline", "--config", str(home.config), "--out",
+                      str(tmp_path / "two.bak"), "--share-file", str(files[0]), "--share-file",
+                      str(files[1]), "--private-key", str(privs[1]), "--private-key",
+                      str(privs[0]))
+    assert backup.returncode == 0, backup.stderr
+    assert (tmp_path / "two.bak").stat().st_size > 0
 
 
 # ---- rekey: kill -9 at every step --------------------------------------------------------

@@ -91,7 +91,7 @@ def test_transfer_encoding_with_content_length_refused(exchange: Any, srv: Any) 
 
 
 @pytest.mark.parametrize("value", [
-    "+2", "-2", "0_2", "1 0", "2abc", "0x2", " 2x", "12345678901", "2.0", "", "²",
+    "+2", "-2", "0_2", "1 0", "2abc", "0x2", " 2x", "2.0", "", "²",
 ])
 def test_content_length_syntax_int_accepts_but_http_does_not(
         exchange: Any, srv: Any, calls: list[str], value: str) -> None:
@@ -100,11 +100,13 @@ def test_content_length_syntax_int_accepts_but_http_does_not(
     assert calls == []
 
 
-def test_body_too_large_refused_without_reading(exchange: Any, srv: Any, calls: list[str]
-                                                ) -> None:
+@pytest.mark.parametrize("length", ["1000000", "99999999999", "9" * 200], ids=["1e6", "11 digits", "200 digits"])
+def test_body_too_large_refused_without_reading(exchange: Any, srv: Any, calls: list[str],
+                                                length: str) -> None:
     started = time.monotonic()
-    # The 1 MB body is never sent: a 413 that arrives at once proves the server did not wait.
-    r = send(exchange, srv, f"POST /e HTTP/1.1\r\n{H}{JSON}Content-Length: 1000000\r\n\r\n")
+    # The body is never sent: a 413 that arrives at once proves the server did not wait (a
+    # length of more digits than any limit is too large too, not malformed).
+    r = send(exchange, srv, f"POST /e HTTP/1.1\r\n{H}{JSON}Content-Length: {length}\r\n\r\n")
     assert time.monotonic() - started < 1.5
     assert_refused(r, 413, "payload_too_large")
     assert calls == []

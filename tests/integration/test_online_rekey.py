@@ -268,6 +268,29 @@ def test_a_server_killed_during_an_online_rekey_finishes_it_at_the_next_start(
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def test_a_sidecar_cut_before_it_held_a_key_does_not_stop_the_next_start(
+        tmp_path: Path) -> None:
+    """A kill between creating and writing the new key's file (as an older version could
+    leave it) is a start like any other: that key was never used, so its file is ignored
+    and replaced by the next rekey, which writes it whole or not at all."""
+    home = online_home(tmp_path)
+    srv = home.serve(env(home))
+    items = create_and_encrypt(srv, home)
+    srv.stop()
+    side = home.root / "master.key.rekey-new"
+    side.write_bytes(b"")
+    side.chmod(0o600)
+    srv = home.serve(env(home))
+    try:
+        decrypts(srv, home, items)
+        status, body = srv.call("POST", "/v1/sys/rekey", None, home.token())
+        assert status == 200 and body["rekeyed"], body
+        decrypts(srv, home, items)
+    finally:
+        srv.stop()
+    assert not side.exists() and not (home.root / "master.key.rekey-new.partial").exists()
+
+
 RETRY = "503 rekey_in_progress"
 
 

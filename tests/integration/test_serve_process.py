@@ -109,6 +109,38 @@ def test_quickstart_restart_and_graceful_stop(tmp_path: Path) -> None:
     assert b"survives" not in log and base64.b64encode(b"survives") not in log
 
 
+def test_quickstart_makes_no_file_for_a_secret_from_the_environment(tmp_path: Path) -> None:
+    """A file beside a secret given by the environment would hold another secret, which a
+    restart without the variable would silently switch to (tokens stop working)."""
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERROHSM_")}
+    env["FERROHSM_JWT_HS256_SECRET"] = "s" * 40
+    proc, exports = start(data, env=env)
+    try:
+        assert not (data / "jwt.secret").exists()
+        assert (data / "master.key").is_file() and (data / "audit-hmac.key").is_file()
+        import jwt
+        claims = jwt.decode(exports["FERROHSM_TOKEN"], "s" * 40, algorithms=["HS256"],
+                            audience="ferrohsm")
+        assert claims["role"] == "administrator"
+        assert call(exports, "GET", "/v1/keys")[0] == 200
+    finally:
+        assert stop(proc) == 0
+
+
+def test_quickstart_refuses_a_bad_value_in_its_config_file(tmp_path: Path) -> None:
+    """quickstart keeps its own TLS, but a bad value in the file it was given still stops it,
+    naming the setting, as serve would."""
+    config = tmp_path / "bad.toml"
+    config.write_text('[tls]\nmode = "foo"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERROHSM_")}
+    result = subprocess.run([sys.executable, "-m", "ferrohsm", "quickstart", "--data-dir",
+                             str(tmp_path / "data"), "--listen", "127.0.0.1:0", "--config",
+                             str(config)], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "[tls].mode" in result.stderr, result.stderr
+
+
 def test_wrong_master_key_stops_start_up(tmp_path: Path) -> None:
     data = tmp_path / "data"
     proc, _ = start(data)

@@ -44,6 +44,7 @@ def test_an_archive_round_trips_and_names_its_key() -> None:
     (b"FERROHSM-BACKUP 2\n{}\n", "not a FerroHSM backup archive"),
     (b"FERROHSM-BACKUP 1\n{\"format\":1", "truncated"),
     (b"FERROHSM-BACKUP 1\n[1]\n", "header is not valid"),
+    (b"FERROHSM-BACKUP 1\n" + b"[" * 50000 + b"\n", "header is not valid"),  # too deep
     (b"FERROHSM-BACKUP 1\n{\"format\":1}\nshort", "truncated"),
 ])
 def test_malformed_archives_are_refused(data: bytes, message: str) -> None:

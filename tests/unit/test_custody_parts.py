@@ -18,7 +18,7 @@ from ferrohsm.crypto.custodian import decrypt_share, encrypt_share, recipient_ki
 from ferrohsm.custody import rekey, state
 from ferrohsm.custody.shares import Share, parse_share
 from ferrohsm.custody.unsealer import Unsealer, WrongShares
-from ferrohsm.domain.errors import BadRequest, ConfigError
+from ferrohsm.domain.errors import BadRequest, ConfigError, Conflict
 
 
 def pem_pair(private: object) -> tuple[bytes, bytes]:
@@ -102,6 +102,12 @@ def test_unsealer_counts_resets_on_a_wrong_set_and_opens_on_a_right_one() -> Non
         assert unsealer.submit(share)[1] is None
     progress, opened = unsealer.submit(shares[3])
     assert opened == master and progress.submitted == 3
+    # a share arriving while the service opens is refused, not kept as progress
+    with pytest.raises(Conflict, match="threshold was reached"):
+        unsealer.submit(shares[0])
+    assert unsealer.progress().submitted == 0
+    unsealer.reset()  # sealed again (or the opening failed): shares are taken again
+    assert unsealer.submit(shares[0])[0].submitted == 1
 
 
 def test_an_edited_custody_file_fails_its_mac(tmp_path: Path) -> None:

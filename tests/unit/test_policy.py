@@ -130,7 +130,8 @@ C = Rules(0, frozenset({Action.SIGN}), 1 * H, None, 10 * D, 0 * H)
     # C has no quorum: its ttl does not shorten A's window, its actions still join the union
     ([A, C], Rules(2, frozenset({Action.KEY_ROLLBACK, Action.SIGN}), 10 * H, 90 * D, 10 * D,
                    48 * H)),
-    ([C], Rules(0, frozenset({Action.SIGN}), DEFAULT_TTL, None, 10 * D, 24 * H)),
+    # a tag's own grace replaces the default, shorter too ([crypto] fills a tag's unset one)
+    ([C], Rules(0, frozenset({Action.SIGN}), DEFAULT_TTL, None, 10 * D, 0 * H)),
     ([A, B, C], Rules(2, frozenset({Action.KEY_ROLLBACK, Action.UNWRAP, Action.SIGN}), 2 * H,
                       30 * D, 10 * D, 48 * H)),
 ])
@@ -148,7 +149,8 @@ def test_rules_for_a_key() -> None:
     assert both.approval_ttl == timedelta(seconds=600)
     assert both.rotation == 30 * D and both.archive_after == 10 * D
     assert both.destroy_grace == 48 * H
-    assert POLICY.rules_for(key("short")).destroy_grace == 24 * H  # never below the default
+    # a tag's own grace replaces [crypto]'s default for its keys, shorter as well as longer
+    assert POLICY.rules_for(key("short")).destroy_grace == timedelta(hours=0.5)
     assert POLICY.scheduled_tags == ("pci", "prod", "short")
 
 

@@ -162,9 +162,9 @@ def test_scheduled_destruction_with_grace_and_cancel(world: World) -> None:
     svc, audit, clock, scheduler = world
     kept, doomed = create(svc, "rotating"), create(svc, "rotating")
     for k in (kept, doomed):
-        svc.schedule_destroy(ctx(ALICE), k.id)  # rotating: 2 h grace, under the 24 h default
-    assert svc.store.get(doomed.id).destroy_after == NOW + timedelta(hours=24)
-    clock.advance(hours=23, minutes=59)
+        svc.schedule_destroy(ctx(ALICE), k.id)  # rotating: its own 2 h grace, not the 24 h default
+    assert svc.store.get(doomed.id).destroy_after == NOW + timedelta(hours=2)
+    clock.advance(hours=1, minutes=59)
     assert scheduler.tick().destroyed == 0
     svc.cancel_destroy(ctx(ALICE), kept.id)  # cancellable until the grace ends
     clock.advance(minutes=1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import decimal
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,8 +40,22 @@ def _reject_constant(name: str) -> Any:
     raise BadRequest(f"{name} is not valid JSON")
 
 
+class _Inexact(float):
+    """A number written with a fraction that a float rounds to an integer
+    (0.99999999999999999999): not the integer 1, so never taken where an int is wanted
+    (``check_fields`` converts only an exact float such as 1.0)."""
+
+
+def _parse_float(literal: str) -> float:
+    value = float(literal)
+    if value.is_integer() and decimal.Decimal(literal) != decimal.Decimal(int(value)):
+        return _Inexact(value)
+    return value
+
+
 # Built once: json.loads(text, **options) builds a new decoder on every call.
-_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant,
+                            parse_float=_parse_float)
 _JSON_SPACE = " \t\n\r"  # json.decoder.WHITESPACE: the only whitespace JSON allows
 
 
@@ -156,6 +171,16 @@ def query(req: Request, allowed: set[str]) -> dict[str, str]:
             raise BadRequest(f"query parameter {name} given more than once")
         out[name] = values[0]
     return out
+
+
+def not_modified(req: Request, etag: str) -> bool:
+    """If-None-Match uses the weak comparison (RFC 9110 13.1.2): ``W/`` prefixes are ignored,
+    for key listings and dashboard files alike."""
+    header = ",".join(req.headers.get_all("if-none-match"))
+    if not header:
+        return False
+    candidates = {tag.strip().removeprefix("W/") for tag in header.split(",")}
+    return "*" in candidates or etag in candidates
 
 
 MAX_VERSION = 999_999_999  # key versions: at most 9 digits (crypto/ops.py tokens)

@@ -31,6 +31,7 @@ from ...domain.errors import NotFound
 from ...domain.model import RequestContext
 from ..http import Request, Response
 from ..router import Operation, Router
+from .common import not_modified
 
 PACKAGE = "ferrohsm.api.dashboard"
 INDEX = "index.html"
@@ -112,15 +113,6 @@ def harden(resp: Response) -> Response:
     present = {name.lower() for name, _ in resp.headers}
     resp.headers.extend(h for h in SECURITY_HEADERS if h[0].lower() not in present)
     return resp
-
-
-def not_modified(req: Request, etag: str) -> bool:
-    """If-None-Match uses the weak comparison (RFC 9110 13.1.2): ``W/`` prefixes are ignored."""
-    header = ",".join(req.headers.get_all("if-none-match"))
-    if not header:
-        return False
-    candidates = {tag.strip().removeprefix("W/") for tag in header.split(",")}
-    return "*" in candidates or etag in candidates
 
 
 def _lookup(site: Site, path: str) -> tuple[Asset, str] | None:

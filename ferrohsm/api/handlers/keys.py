@@ -15,7 +15,16 @@ from ...service.imports import ImportService
 from ...store.keystore import MAX_PAGE
 from ..http import Request, Response, json_response
 from ..router import Operation, Router
-from .common import MAX_VERSION, Field, Reply, fields, int_field, int_param, query
+from .common import (
+    MAX_VERSION,
+    Field,
+    Reply,
+    fields,
+    int_field,
+    int_param,
+    not_modified,
+    query,
+)
 from .imports import create_imported
 
 LIST_PARAMS = {"state", "algorithm", "usage", "tag", "name_prefix", "limit", "page_token"}
@@ -149,7 +158,6 @@ def etagged(req: Request, payload: dict[str, Any]) -> Response:
     body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
     tag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
     headers = [("ETag", tag), ("Cache-Control", "no-store")]
-    match = req.headers.get("if-none-match")
-    if match and (match.strip() == "*" or tag in [m.strip() for m in match.split(",")]):
+    if not_modified(req, tag):
         return Response(304, b"", headers)
     return json_response(200, payload, headers)

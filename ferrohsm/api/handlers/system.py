@@ -16,7 +16,11 @@ from .common import Reply, query
 TAGS = ("system",)
 
 
-PUBLIC_HEALTH = ("status", "version")  # all a load balancer needs, and all it is told
+# What anyone is told: the status a load balancer needs, and the counters the interface
+# promises every caller (rate limiting, token verification failures, the unsealed-key cache),
+# which /metrics publishes without a token anyway. Paths, key counts and ids and the audit head
+# stay behind an Auditor or Administrator token.
+PUBLIC_HEALTH = ("status", "version", "auth", "rate_limit", "cache")
 # The served certificate's serial, validity and OCSP status are public (any TLS handshake shows
 # the certificate): an expiry or revocation monitor needs no token.
 PUBLIC_HEALTH_IF_PRESENT = ("tls", "sealed")  # sealed: custody/gate.py, `ferrohsm status`
@@ -53,10 +57,10 @@ def register(router: Router, health: Callable[[], dict[str, Any]], metrics: Serv
         response="Health", optional_auth=True,
         description="Without a token, or with any token that is not a valid Auditor or "
                     "Administrator token (an invalid one included: never 401), the body is "
-                    "only status, version and tls (the served certificate's serial, "
-                    "validity and OCSP status). With one, it adds the reason of a degraded "
-                    "status and the counters of the store, audit log, authentication, rate "
-                    "limits, cache and key records.",
+                    "status, version, tls (the served certificate's serial, validity and "
+                    "OCSP status) and the counters of authentication, rate limits and the "
+                    "cache (as /metrics has them). With one, it adds the reason of a degraded "
+                    "status and the counters of the store, audit log and key records.",
         extra=((503, "degraded: the audit log does not accept records (a failed write or "
                      "flush, until the next good one)", "Health"),)))
     router.add("GET", "/metrics", prometheus, name="metrics", inline=True, doc=Operation(
