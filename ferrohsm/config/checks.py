@@ -150,6 +150,8 @@ def _tls_mode_checks(t: TLSSettings) -> list[tuple[bool, str]]:
     ]
     if t.mode != "acme":
         return always
+    always.append((not t.ocsp_staple, '[tls].ocsp_staple works with [tls].mode = "pem" only: '
+                   "ACME mode does not staple (leave ocsp_staple off, or serve PEM files)"))
     listen_ok = True
     if a.challenge == "http-01":
         try:

@@ -22,8 +22,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
-from cryptography import x509
-
 from ..domain.errors import ConfigError
 from .pair import Pair, PairRefused, read_pair
 from .stapler import OcspStapler, Staple
@@ -158,6 +156,7 @@ class ReloadingContext:
         self._refused: str | None = None  # kind of the last refused pair, until one is served
         try:
             pair, build = self._load(None)
+            self._trusted = self._trust()
         except PairRefused as exc:  # a broken pair at start-up is a configuration error
             raise ConfigError(f"tls.cert/tls.key: {exc.message}") from None
         self._pair = pair
@@ -188,8 +187,10 @@ class ReloadingContext:
 
     def _attempt(self, signature: Signature, wait_if_broken: bool) -> bool:
         try:
-            pair, build = self._load(self._pair.leaf)
-            context = build() if pair.digest != self._pair.digest else None
+            pair, build = self._load(self._pair)
+            trusted = self._trust()
+            new_pair = pair.digest != self._pair.digest
+            context = build() if new_pair or trusted != self._trusted else None
         except PairRefused as exc:
             if wait_if_broken and self._pending != signature:
                 self._pending = signature  # maybe the other half is on its way: next poll
@@ -199,10 +200,16 @@ class ReloadingContext:
             self._refuse(exc)
             return False
         self._seen, self._pending = signature, None
-        if context is None:
-            return False  # touched, same content
+        if context is None:  # touched, same content: the files are what is served again
+            self._refused = None
+            return False
         old = self._pair.leaf
         self._pair, self._context, self._refused = pair, context, None
+        if trusted != self._trusted:
+            self._trusted = trusted
+            self._trust_changed()
+        if not new_pair:
+            return True
         log.info("TLS certificate reloaded from %s: serial %x -> %x (expires %s)",
                  self._cert_file, old.serial_number, pair.leaf.serial_number,
                  rfc3339(pair.leaf.not_valid_after_utc))
@@ -210,6 +217,23 @@ class ReloadingContext:
                                     **certificate_summary(pair.leaf),
                                     "file": str(self._cert_file)})
         return True
+
+    def _trust(self) -> str | None:
+        """The digest of the client CA file (None: no mutual TLS), so that a changed bundle is
+        put in service like a changed pair: a CA taken out of it must stop being trusted."""
+        if self._client_ca is None:
+            return None
+        try:
+            return hashlib.sha256(Path(self._client_ca).read_bytes()).hexdigest()
+        except OSError as exc:
+            raise PairRefused("unreadable", f"cannot read {self._client_ca}: "
+                              f"{exc.strerror or type(exc).__name__}") from None
+
+    def _trust_changed(self) -> None:
+        log.info("TLS client CA file %s reloaded: new handshakes trust its certificates",
+                 self._client_ca)
+        self._emit("tls.client_ca_reloaded", {"file": str(self._client_ca),
+                                              "sha256": str(self._trusted)})
 
     def _refuse(self, exc: PairRefused) -> None:
         self._refused = exc.kind
@@ -219,10 +243,11 @@ class ReloadingContext:
         self._emit("tls.reload_refused", {"reason": exc.kind, "message": exc.message,
                                           "serial": serial})
 
-    def _load(self, must_cover: x509.Certificate | None
-              ) -> tuple[Pair, Callable[[], ServerContext]]:
-        """The checked pair and how to build its context (built only if it is new)."""
-        pair = read_pair(self._cert_file, self._key_file, self._now(), must_cover)
+    def _load(self, served: Pair | None) -> tuple[Pair, Callable[[], ServerContext]]:
+        """The checked pair (held against the one in service) and how to build its context
+        (built only if it is new)."""
+        pair = read_pair(self._cert_file, self._key_file, self._now(),
+                         served.leaf if served else None, served.issuer if served else None)
         if self._stapler is not None:
             return pair, lambda: self._stapling(pair)
         return pair, lambda: self._plain(pair)

@@ -10,8 +10,11 @@ after thisUpdate and not yet past. The request goes out as an HTTP POST
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import http.client
+import socket
+import threading
 import urllib.parse
 from dataclasses import dataclass
 
@@ -63,22 +66,40 @@ def request_der(cert: x509.Certificate, issuer: x509.Certificate) -> bytes:
 
 
 def fetch(url: str, body: bytes, timeout: float) -> bytes:
-    """POST ``body`` to ``url``; the response body, or OcspError naming what failed."""
+    """POST ``body`` to ``url``; the response body, or OcspError naming what failed. ``timeout``
+    bounds the whole exchange, not each read: a responder that drips its answer a byte at a
+    time would otherwise hold the stapler (and every later refresh) for as long as it likes."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise OcspError(f"OCSP responder {url!r} is not an http(s) URL")
     connection_class = (http.client.HTTPSConnection if parts.scheme == "https"
                         else http.client.HTTPConnection)
     connection = connection_class(parts.hostname, parts.port, timeout=timeout)
+    cut = threading.Event()
+
+    def cut_short() -> None:  # the deadline: end the exchange whatever it is waiting for
+        cut.set()
+        sock = connection.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+    watchdog = threading.Timer(timeout, cut_short)
+    watchdog.daemon = True
+    watchdog.start()
     try:
         connection.request("POST", parts.path or "/", body=body, headers={
             "Content-Type": "application/ocsp-request", "Accept": "application/ocsp-response"})
         response = connection.getresponse()
         data = response.read(MAX_RESPONSE_BYTES + 1)
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        if cut.is_set():
+            raise OcspError(f"OCSP responder {url} did not answer within {timeout:g} s") from None
         raise OcspError(f"OCSP responder {url} unreachable: {type(exc).__name__}: {exc}") from None
     finally:
+        watchdog.cancel()
         connection.close()
+    if cut.is_set():  # a read cut short may have returned part of the body
+        raise OcspError(f"OCSP responder {url} did not answer within {timeout:g} s")
     if response.status != 200:
         raise OcspError(f"OCSP responder {url} answered HTTP {response.status}")
     if len(data) > MAX_RESPONSE_BYTES:

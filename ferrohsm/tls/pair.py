@@ -21,7 +21,8 @@ from cryptography import x509
 from ..crypto.certs import key_matches_certificate
 
 StrPath = str | os.PathLike[str]
-KINDS = ("unreadable", "unparsable", "key_mismatch", "expired", "not_yet_valid", "names")
+KINDS = ("unreadable", "unparsable", "key_mismatch", "expired", "not_yet_valid", "names",
+         "incomplete_chain")
 
 
 class PairRefused(Exception):
@@ -55,13 +56,16 @@ class Pair:
 
 
 def read_pair(cert_file: StrPath, key_file: StrPath, now: dt.datetime,
-              must_cover: x509.Certificate | None = None) -> Pair:
-    """Read both files once and check them; PairRefused says what is wrong."""
+              must_cover: x509.Certificate | None = None,
+              served_issuer: x509.Certificate | None = None) -> Pair:
+    """Read both files once and check them; PairRefused says what is wrong. ``served_issuer``:
+    the intermediate the chain in service carries for its leaf, if any."""
     cert_pem, key_pem = _read(cert_file), _read(key_file)
     try:
         chain = tuple(x509.load_pem_x509_certificates(cert_pem))
     except ValueError:
         raise PairRefused("unparsable", f"{cert_file}: not a PEM certificate chain") from None
+    _whole(cert_file, cert_pem, chain)
     leaf = chain[0]
     try:
         matches = key_matches_certificate(key_pem, leaf)
@@ -80,8 +84,21 @@ def read_pair(cert_file: StrPath, key_file: StrPath, now: dt.datetime,
         if lost:
             raise PairRefused("names", f"{cert_file} no longer covers {', '.join(lost)} "
                               "(a change of names needs a restart)")
-    digest = hashlib.sha256(cert_pem + b"\0" + key_pem).hexdigest()
-    return Pair(chain, cert_pem, key_pem, digest)
+    pair = Pair(chain, cert_pem, key_pem, hashlib.sha256(cert_pem + b"\0" + key_pem).hexdigest())
+    if served_issuer is not None and leaf.issuer == served_issuer.subject and pair.issuer is None:
+        raise PairRefused("incomplete_chain", f"{cert_file} no longer carries the intermediate "
+                          "certificate that issued its certificate, which the chain in service "
+                          "carries (a chain file still being written, or one cut short)")
+    return pair
+
+
+def _whole(cert_file: StrPath, cert_pem: bytes, chain: tuple[x509.Certificate, ...]) -> None:
+    """Every PEM block complete: the loader skips a block cut short, so a chain file caught
+    while being written (its intermediate half there) would otherwise be served without it."""
+    if cert_pem.count(b"-----BEGIN ") != cert_pem.count(b"-----END ") \
+            or cert_pem.count(b"-----BEGIN CERTIFICATE-----") != len(chain):
+        raise PairRefused("incomplete_chain", f"{cert_file}: a PEM block is cut short (a file "
+                          "still being written?)")
 
 
 def _read(path: StrPath) -> bytes:

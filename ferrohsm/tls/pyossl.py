@@ -97,7 +97,11 @@ class StaplingSocket(socket.socket):
         except SSL.ZeroReturnError:
             raise ssl.SSLEOFError("peer closed during the handshake") from None
         except SSL.Error as exc:
-            raise ssl.SSLError(f"handshake failed: {exc}") from None
+            failure = ssl.SSLError(f"handshake failed: {exc}")
+            if any(isinstance(e, tuple) and e[-1:] == ("http request",)
+                   for e in (exc.args[0] if exc.args and isinstance(exc.args[0], list) else [])):
+                failure.reason = "HTTP_REQUEST"  # as the ssl module names it: plain HTTP here
+            raise failure from None
 
     def version(self) -> str | None:
         return self._tls.get_protocol_version_name()

@@ -91,8 +91,13 @@ class OcspStapler:
             self._thread.join(timeout=self.timeout + 1)
 
     def status(self) -> dict[str, object]:
-        report: dict[str, object] = {"ocsp": self._state}
-        if self._next_update is not None and self._state != "unavailable":
+        """What is stapled now, by the clock, not by what this thread last did: a refresh that
+        hangs must not leave a past response reported as good."""
+        staple, state = self._staple, self._state
+        if state != "unavailable" and not (staple.der and self._clock() < staple.expires):
+            state = "unavailable"
+        report: dict[str, object] = {"ocsp": state}
+        if self._next_update is not None and state != "unavailable":
             report["ocsp_next_update"] = rfc3339(self._next_update)
         return report
 

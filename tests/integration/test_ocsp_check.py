@@ -116,3 +116,38 @@ def test_responder_url_and_request(ca: TestCA, leaf: Leaf) -> None:
     request = x509_ocsp.load_der_ocsp_request(request_der(leaf.cert, ca.cert))
     assert request.serial_number == leaf.cert.serial_number
     assert not list(request.extensions)  # no nonce: one answer serves many handshakes
+
+
+def test_a_responder_that_drips_its_answer_is_cut_at_the_deadline() -> None:
+    """The timeout bounds the whole exchange: a byte every 0.2 s would pass any per-read
+    timeout and hold the stapler's thread (and every later refresh) indefinitely."""
+    import socket
+    import threading
+    import time
+
+    from ferrohsm.tls.ocsp import fetch
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+            while not stop.is_set():
+                try:
+                    conn.sendall(b"x")
+                except OSError:
+                    return
+                time.sleep(0.2)
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(OcspError, match="did not answer within 1 s"):
+            fetch(f"http://127.0.0.1:{listener.getsockname()[1]}/", b"req", 1.0)
+        assert time.monotonic() - started < 3
+    finally:
+        stop.set()
+        listener.close()

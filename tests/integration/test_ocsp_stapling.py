@@ -159,6 +159,10 @@ def test_client_certificates_on_the_stapling_path(tmp_path: Path, ca: TestCA,
             tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             assert tls.recv(100).startswith(b"HTTP/1.1 200")
             assert tls.version() == "TLSv1.3"
+        # plain HTTP to the TLS port is told so on the stapling path too
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as raw:
+            raw.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert raw.recv(100).startswith(b"HTTP/1.1 400")
     finally:
         srv.close()
 
@@ -188,3 +192,18 @@ def test_a_responder_that_is_down_is_retried_with_backoff_and_jitter(ca: TestCA)
         ceiling = min(8.0, 2.0 ** attempt)  # 1 s doubling, capped at ocsp_refresh_seconds
         assert ceiling / 2 <= delay <= ceiling, delays
     assert stapler.state == "unavailable" and stapler.status() == {"ocsp": "unavailable"}
+
+
+def test_the_status_reports_what_is_stapled_by_the_clock(ca: TestCA) -> None:
+    """A refresh that hangs must not leave a response past its nextUpdate reported as good:
+    the status looks at the staple itself, as each handshake does."""
+    leaf = ca.leaf(ocsp_url="http://127.0.0.1:1")
+    clock = [1000.0]
+    stapler = OcspStapler("", refresh_seconds=8, timeout=2, clock=lambda: clock[0])
+    staple = Staple()
+    stapler.track(leaf.cert, ca.cert, staple)
+    staple.der, staple.expires = b"response", 1030.0
+    stapler._set_state("good", "a response")  # as a good fetch leaves it
+    assert stapler.status()["ocsp"] == "good"
+    clock[0] = 1031.0  # the thread is stuck in a fetch: nobody dropped the staple
+    assert stapler.status() == {"ocsp": "unavailable"}

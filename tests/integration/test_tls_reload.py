@@ -5,6 +5,7 @@ may be replaced in either order; SIGHUP reloads at once in a real ``ferrohsm`` p
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import logging
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from certkit import HOSTS, Leaf, TestCA, install, now, served_certificate, wait_for, write_atomic
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from test_serve_process import call, start, stop
 from tlsserver import TlsServer
 
@@ -100,9 +102,17 @@ def _names(ca: TestCA, first: Leaf) -> tuple[bytes, bytes]:
     return leaf.chain_pem, leaf.key_pem
 
 
+def _cut_chain(ca: TestCA, first: Leaf) -> tuple[bytes, bytes]:
+    """The chain file caught mid-write: its issuer block begun, not ended (the PEM loader
+    skips such a block, and the leaf alone would be served)."""
+    leaf = ca.leaf()
+    end = leaf.chain_pem.index(b"-----END CERTIFICATE-----") + 26
+    return leaf.chain_pem[:end + 120], leaf.key_pem
+
+
 BROKEN: dict[str, Callable[[TestCA, Leaf], tuple[bytes, bytes]]] = {
     "unparsable": _garbage, "key_mismatch": _key_mismatch, "expired": _expired,
-    "not_yet_valid": _not_yet_valid, "names": _names}
+    "not_yet_valid": _not_yet_valid, "names": _names, "incomplete_chain": _cut_chain}
 
 
 @pytest.mark.parametrize("kind", sorted(BROKEN))
@@ -130,6 +140,58 @@ def test_a_broken_pair_is_refused_and_the_old_one_stays(
     install(second, *files)
     wait_for(lambda: serial_served(server) == second.cert.serial_number, 10, "the good pair")
     assert "reload_refused" not in server.health()["tls"]
+
+
+def test_a_chain_that_lost_its_intermediate_waits_and_a_restored_pair_clears_the_refusal(
+        server: TlsServer, ca: TestCA, files: tuple[Path, Path], first: Leaf) -> None:
+    """The served chain carries the leaf's issuer; a new chain file that does not yet (only
+    the leaf written so far) is refused rather than served to clients that need it. Putting
+    the served pair back clears ``reload_refused``."""
+    second = ca.leaf()
+    write_atomic(files[0], second.chain_pem.split(b"-----END CERTIFICATE-----")[0]
+                 + b"-----END CERTIFICATE-----\n", 0o644)
+    write_atomic(files[1], second.key_pem)
+    wait_for(lambda: server.events("tls.reload_refused"), 10, "the refusal record")
+    assert server.events("tls.reload_refused")[0]["details"]["reason"] == "incomplete_chain"
+    assert serial_served(server) == first.cert.serial_number
+    install(first, *files)  # the operator puts the pair in service back
+    wait_for(lambda: "reload_refused" not in server.health()["tls"], 10, "the cleared refusal")
+    assert not server.events("tls.reloaded")
+
+
+def test_a_changed_client_ca_bundle_is_in_force_for_new_handshakes(
+        tmp_path: Path, ca: TestCA, files: tuple[Path, Path], first: Leaf) -> None:
+    """A CA taken out of [tls] client_ca stops being trusted without a restart."""
+    import ssl
+
+    old_ca, new_ca = TestCA(tmp_path / "clients-old"), TestCA(tmp_path / "clients-new")
+    bundle = tmp_path / "clients.pem"
+    bundle.write_bytes(old_ca.cert_file.read_bytes())
+    srv = TlsServer(tmp_path, *files, ca.cert_file, reload_seconds=POLL,
+                    client_ca=str(bundle), require_client_cert=True)
+
+    def handshake(client: TestCA) -> bool:
+        leaf = client.leaf(("client",), usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+        (tmp_path / "c.pem").write_bytes(leaf.chain_pem)
+        (tmp_path / "c-key.pem").write_bytes(leaf.key_pem)
+        context = srv.context()
+        context.load_cert_chain(tmp_path / "c.pem", tmp_path / "c-key.pem")
+        conn = http.client.HTTPSConnection("127.0.0.1", srv.port, context=context, timeout=10)
+        try:
+            conn.request("GET", "/healthz")
+            return conn.getresponse().status == 200
+        except (ssl.SSLError, OSError):
+            return False
+        finally:
+            conn.close()
+    try:
+        assert handshake(old_ca) and not handshake(new_ca)
+        write_atomic(bundle, new_ca.cert_file.read_bytes(), 0o644)
+        wait_for(lambda: srv.events("tls.client_ca_reloaded"), 10, "the new bundle")
+        assert handshake(new_ca) and not handshake(old_ca)
+        assert serial_served(srv) == first.cert.serial_number  # the pair itself unchanged
+    finally:
+        srv.close()
 
 
 @pytest.mark.parametrize("key_first", [False, True])

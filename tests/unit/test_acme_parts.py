@@ -201,6 +201,44 @@ def test_http01_listener_serves_only_published_challenges() -> None:
         responder.stop()
 
 
+def test_http01_listener_bounds_slow_senders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slow senders from one address get at most MAX_PER_ADDRESS threads (the rest are closed
+    at once), none lives past LIFETIME, and the address is served again once they are gone."""
+    import socket
+    import time
+
+    from ferrohsm.tls.acme.challenges import _BoundedServer
+    monkeypatch.setattr(_BoundedServer, "LIFETIME", 3.0)
+    responder = Http01Responder("127.0.0.1:0")
+    responder.start()
+    held: list[socket.socket] = []
+    try:
+        for _ in range(_BoundedServer.MAX_PER_ADDRESS + 2):
+            sock = socket.create_connection(("127.0.0.1", responder.port), timeout=5)
+            sock.sendall(b"GET / HTTP/1.1\r\n")  # and nothing more: a slow sender
+            held.append(sock)
+        time.sleep(0.3)
+        closed = []
+        for sock in held:
+            sock.settimeout(0.1)
+            try:
+                closed.append(sock.recv(1) == b"")
+            except TimeoutError:
+                closed.append(False)
+        assert closed.count(True) == 2, closed  # the two over the bound, closed at once
+        for sock in held:  # past LIFETIME every held one is closed too
+            sock.settimeout(6)
+            assert sock.recv(1) == b""
+        conn = http.client.HTTPConnection("127.0.0.1", responder.port, timeout=5)
+        conn.request("GET", "/")
+        assert conn.getresponse().status == 404
+        conn.close()
+    finally:
+        for sock in held:
+            sock.close()
+        responder.stop()
+
+
 # ------------------------------------------------------------------ tls-alpn-01
 
 

@@ -56,6 +56,8 @@ def test_precedence_file_env_flag(tmp_path: Path) -> None:
     ('[policy.tags."BAD TAG"]\nrotation_days = 1\n', "no key could carry this one"),
     ('[tls.acme]\nrenew_before_fraction = 2.0\n', "[tls.acme].renew_before_fraction"),
     ('[tls.acme]\nchallenge = "dns-01"\n', "[tls.acme].challenge"),
+    ('[tls]\nmode = "acme"\nocsp_staple = true\n[tls.acme]\ndomains = ["hsm.example.com"]\n',
+     "[tls].ocsp_staple works with [tls].mode = \"pem\" only"),
     ('[policy.tags.pci]\nnope = 1\n', "[policy.tags.pci].nope"),
     ('[audit]\nflush = "sometimes"\n', "[audit].flush"),
     ('[server]\npin_processes = "yes"\n', "[server].pin_processes: expected bool, got str"),

@@ -24,10 +24,12 @@ it was checked against pebble.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import logging
 import re
+import socket
 import ssl
 import threading
 import weakref
@@ -92,6 +94,66 @@ class _ChallengeHandler(BaseHTTPRequestHandler):
         log.debug("http-01 %s", format % args)
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, as many as the bounds allow: a listener on port 80 faces the
+    whole internet, and one slow sender per thread (a byte inside every read timeout) would
+    otherwise grow threads without end. Over a bound a connection is closed at once; each one
+    is closed after ``LIFETIME`` seconds whatever it is doing. An ACME CA validates from a few
+    addresses with one short request each."""
+
+    daemon_threads = True
+    MAX_CONNECTIONS = 64
+    MAX_PER_ADDRESS = 4
+    LIFETIME = 20.0
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(address, _ChallengeHandler)
+        self._open: dict[str, int] = {}
+        self._count_lock = threading.Lock()
+        self.tokens: dict[str, str] = {}
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        ip = str(client_address[0])
+        with self._count_lock:
+            if sum(self._open.values()) >= self.MAX_CONNECTIONS \
+                    or self._open.get(ip, 0) >= self.MAX_PER_ADDRESS:
+                self.shutdown_request(request)
+                return
+            self._open[ip] = self._open.get(ip, 0) + 1
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._closed(ip)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        timer = threading.Timer(self.LIFETIME, _shut, args=(request,))
+        timer.daemon = True
+        timer.start()
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            timer.cancel()
+            self._closed(str(client_address[0]))
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A peer gone or cut at LIFETIME mid-request: a debug line, not a traceback."""
+        log.debug("http-01 connection from %s ended early", client_address[0])
+
+    def _closed(self, ip: str) -> None:
+        with self._count_lock:
+            left = self._open.get(ip, 0) - 1
+            if left > 0:
+                self._open[ip] = left
+            else:
+                self._open.pop(ip, None)
+
+
+def _shut(request: Any) -> None:
+    with contextlib.suppress(OSError):
+        request.shutdown(socket.SHUT_RDWR)
+
+
 class Http01Responder:
     """The http-01 listener; ``start``/``stop`` by the provider, tokens published per order."""
 
@@ -99,7 +161,7 @@ class Http01Responder:
 
     def __init__(self, listen: str) -> None:
         self._address = parse_listen(listen, "[tls.acme].http_listen")
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _BoundedServer | None = None
         self._tokens: dict[str, str] = {}
 
     @property
@@ -112,12 +174,11 @@ class Http01Responder:
 
     def start(self) -> None:
         try:
-            server = ThreadingHTTPServer(self._address, _ChallengeHandler)
+            server = _BoundedServer(self._address)
         except OSError as exc:
             raise ConfigError(f"[tls.acme].http_listen: cannot listen on "
                               f"{self._address[0]}:{self._address[1]}: {exc.strerror}") from None
-        server.daemon_threads = True
-        server.tokens = self._tokens  # type: ignore[attr-defined]
+        server.tokens = self._tokens
         self._server = server
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
                          name="ferrohsm-acme-http01", daemon=True).start()
