@@ -46,8 +46,6 @@ import http.client
 import json
 import os
 import random
-import select
-import socket
 import ssl
 import time
 import uuid
@@ -70,10 +68,15 @@ from .client_errors import (
     TransportError,
     Unauthenticated,
     check_url,
+    checked_token,
     describe,
+    dropped,
+    early_answer,
+    env_settings,
     error_class,
     none_answered,
     not_repeated,
+    retry_after,
     tls_context,
 )
 
@@ -106,13 +109,6 @@ def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None  # an HTTP-date: fall back to our own backoff
-
-
 class Client:
     """One FerroHSM server. Thread-compatible, not thread-safe: use one Client per thread."""
 
@@ -127,7 +123,7 @@ class Client:
         for one in self.urls:
             check_url(one)
         self._use(0)
-        self._token, self.correlation_id = token, correlation_id
+        self._token, self.correlation_id = checked_token(token), correlation_id
         self.timeout, self.retries = timeout, max(0, retries)
         self.max_retry_wait = max(0.0, max_retry_wait)
         self._context = context or tls_context(ca_cert, client_cert, client_key)
@@ -138,16 +134,15 @@ class Client:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> Client:
-        """A client from FERROHSM_URL, FERROHSM_TOKEN, FERROHSM_CA_CERT, FERROHSM_CLIENT_CERT
-        and FERROHSM_CLIENT_KEY (keyword arguments win)."""
+        """A client from FERROHSM_URL, FERROHSM_TOKEN (or FERROHSM_TOKEN_FILE),
+        FERROHSM_CA_CERT, FERROHSM_CLIENT_CERT, FERROHSM_CLIENT_KEY and FERROHSM_TIMEOUT
+        (keyword arguments win)."""
         env = os.environ if env is None else env
         url = kwargs.pop("url", None) or env.get("FERROHSM_URL")
         if not url:
             raise ValueError("FERROHSM_URL is not set")
-        for name, var in (("token", "FERROHSM_TOKEN"), ("ca_cert", "FERROHSM_CA_CERT"),
-                          ("client_cert", "FERROHSM_CLIENT_CERT"),
-                          ("client_key", "FERROHSM_CLIENT_KEY")):
-            kwargs.setdefault(name, env.get(var) or None)
+        for name, value in env_settings(env).items():
+            kwargs.setdefault(name, value)
         return cls(url, **kwargs)
 
     def _use(self, index: int) -> None:
@@ -199,7 +194,7 @@ class Client:
                 waited += self._sleep(wait)
                 continue
             if status in RETRY_STATUSES and not last:
-                hint = _retry_after(resp_headers.get("retry-after"))
+                hint = retry_after(resp_headers.get("retry-after"))
                 wait = self._backoff(attempt, hint, waited)
                 if wait is not None:
                     waited += self._sleep(wait)
@@ -219,7 +214,7 @@ class Client:
                 self.unreachable[self.url] = exc.message
                 if exc.retryable and exc.sent and not retry:
                     exc = not_repeated(exc, url, len(self.urls) > 1)
-                if len(self.urls) == 1 or not exc.retryable:
+                if len(self.urls) == 1 or not (exc.retryable or exc.elsewhere):
                     raise exc from None
                 self._use(self._current + 1)  # the next call starts on a server that may answer
                 if exc.sent and not retry:
@@ -260,7 +255,7 @@ class Client:
     def _connection(self) -> http.client.HTTPSConnection:
         """The kept-alive connection, unless the server closed it while it sat idle."""
         conn = self._conn
-        if conn is not None and conn.sock is not None and _dropped(conn.sock):
+        if conn is not None and conn.sock is not None and dropped(conn.sock):
             conn.close()
             conn = None
         if conn is None:
@@ -276,7 +271,16 @@ class Client:
         if conn.sock is None:
             self._open(conn, request_id)
         try:
-            conn.request(method, target, body=payload, headers=headers)
+            try:
+                conn.request(method, target, body=payload, headers=headers)
+            except OSError:
+                # the server may have answered (a 413 for a body over its limit) and closed
+                # while the body was still going out: that answer, not "cannot reach"
+                early = early_answer(conn)
+                if early is None:
+                    raise
+                self.close()
+                return early
             resp = conn.getresponse()
             data = resp.read()
         except ssl.SSLCertVerificationError as exc:
@@ -313,8 +317,9 @@ class Client:
         try the next server (a wrong CA file, or someone in between)."""
         self.close()
         error = TransportError(f"TLS: cannot verify the server certificate of {self.url} "
-                               f"({exc.verify_message}); check --ca-cert", request_id=request_id)
-        error.retryable = False
+                               f"({exc.verify_message}); check the CA certificate (--ca-cert, "
+                               "FERROHSM_CA_CERT)", request_id=request_id)
+        error.retryable, error.elsewhere = False, True  # another node is verified on its own
         return error
 
     def _result(self, status: int, headers: dict[str, str], data: bytes,
@@ -341,7 +346,7 @@ class Client:
         raise error_class(code, status)(
             str(error.get("message") or code), status=status, code=code,
             request_id=str(error.get("request_id") or request_id), body=parsed,
-            retry_after=_retry_after(headers.get("retry-after")))
+            retry_after=retry_after(headers.get("retry-after")))
 
     # ---- keys -------------------------------------------------------------------------------
 
@@ -584,11 +589,3 @@ class Client:
             self.close()
             raise TransportError(f"cannot reach {self.url}: {describe(exc)}") from None
 
-
-def _dropped(sock: socket.socket) -> bool:
-    """True when an idle kept-alive socket is readable: the server closed it (or sent junk)."""
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)

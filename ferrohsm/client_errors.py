@@ -6,8 +6,12 @@ so a pipeline may copy the two files, client.py and this one.
 
 from __future__ import annotations
 
+import email.utils
+import http.client
+import select
 import socket
 import ssl
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +35,7 @@ class TransportError(ClientError):
     retryable = True
     sent = True
     reason = ""
+    elsewhere = False  # not retryable here, but another server of the list may be tried
 
 
 class ApiError(ClientError):
@@ -186,6 +191,79 @@ def check_url(url: str) -> None:
         raise ValueError(f"server URL must not have a query or fragment, got {shown!r}")
     if not ok:
         raise ValueError(f"server URL must be https://HOST[:PORT], got {shown!r}")
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds a Retry-After header asks for: delay-seconds or an HTTP-date (RFC 9110)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None  # neither: fall back to our own backoff
+    return max(0.0, when.timestamp() - time.time()) if when.tzinfo else None
+
+
+def dropped(sock: socket.socket) -> bool:
+    """True when an idle kept-alive socket is readable: the server closed it (or sent junk)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+def early_answer(conn: http.client.HTTPConnection) -> tuple[int, dict[str, str], bytes] | None:
+    """The answer a server sent before it closed on a request whose body it would not read
+    (413), if it can still be read; None when there is none."""
+    try:
+        resp = conn.getresponse()
+        data = resp.read()
+    except (OSError, http.client.HTTPException):
+        return None
+    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+
+
+def checked_token(token: str | None) -> str | None:
+    """The bearer token as it can be sent: surrounding whitespace (a newline from a secret
+    file, ``$(cat file)``) dropped; a token with a character no header may carry is refused
+    here, without its value, rather than by http.client with the whole header in its message
+    (which a script then prints to its CI log)."""
+    if token is None:
+        return None
+    token = token.strip()
+    if token and not all("!" <= ch <= "~" for ch in token):
+        raise ClientError("the bearer token holds a character a header cannot carry (a line "
+                          "break, a space or a non-ASCII character): check FERROHSM_TOKEN or "
+                          "the token file")
+    return token or None
+
+
+def env_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The client settings the environment gives, as the CLI reads them: the token from
+    FERROHSM_TOKEN or else the file FERROHSM_TOKEN_FILE names, FERROHSM_CA_CERT,
+    FERROHSM_CLIENT_CERT, FERROHSM_CLIENT_KEY and FERROHSM_TIMEOUT."""
+    settings: dict[str, Any] = {
+        "token": env.get("FERROHSM_TOKEN") or None, "ca_cert": env.get("FERROHSM_CA_CERT") or None,
+        "client_cert": env.get("FERROHSM_CLIENT_CERT") or None,
+        "client_key": env.get("FERROHSM_CLIENT_KEY") or None}
+    if settings["token"] is None and env.get("FERROHSM_TOKEN_FILE"):
+        try:
+            with open(env["FERROHSM_TOKEN_FILE"], encoding="utf-8") as handle:
+                settings["token"] = handle.read(65536)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ClientError(f"cannot read FERROHSM_TOKEN_FILE {env['FERROHSM_TOKEN_FILE']}: "
+                              f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+    if env.get("FERROHSM_TIMEOUT"):
+        try:
+            settings["timeout"] = float(env["FERROHSM_TIMEOUT"])
+        except ValueError:
+            raise ClientError("FERROHSM_TIMEOUT must be a number of seconds") from None
+    return settings
 
 
 def none_answered(urls: list[str], unreachable: Mapping[str, str],

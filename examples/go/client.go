@@ -38,9 +38,11 @@ func (e *APIError) Error() string {
 }
 
 // NewClientFromEnv reads FERROHSM_URL, FERROHSM_TOKEN, FERROHSM_CA_CERT and, for mutual TLS,
-// FERROHSM_CLIENT_CERT and FERROHSM_CLIENT_KEY.
+// FERROHSM_CLIENT_CERT and FERROHSM_CLIENT_KEY. FERROHSM_URL may list several nodes separated by
+// commas (as the CLI and the Python SDK take it); this small client talks to the first one and
+// does not fail over.
 func NewClientFromEnv() (*Client, error) {
-	base := os.Getenv("FERROHSM_URL")
+	base := strings.TrimSpace(strings.Split(os.Getenv("FERROHSM_URL"), ",")[0])
 	if !strings.HasPrefix(base, "https://") {
 		return nil, errors.New("FERROHSM_URL must be set to https://HOST:PORT")
 	}

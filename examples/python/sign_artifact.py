@@ -67,7 +67,11 @@ def openssl_verify(artefact: Path, signature: Path, public_pem: Path, scheme: st
     hash_name, options = SCHEMES[scheme]
     cmd = ["openssl", "dgst", f"-{hash_name}", "-verify", str(public_pem), *options,
            "-signature", str(signature), str(artefact)]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603  fixed argv, no shell
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603  fixed argv, no shell
+    except FileNotFoundError:
+        raise SystemExit("sign_artifact: openssl is not installed, so the signature was not "
+                         "checked (it was written)") from None
     if result.returncode != 0:
         raise SystemExit(f"openssl could not verify the signature: "
                          f"{(result.stdout + result.stderr).strip()}")
@@ -81,6 +85,9 @@ def sign(args: argparse.Namespace) -> int:
     cid = correlation_id(args.correlation_id)
     with Client.from_env(correlation_id=cid) as hsm:
         key = hsm.get_key(args.key)
+        if key["algorithm"] not in DEFAULT_SCHEME:
+            raise SystemExit(f"sign_artifact: key {args.key} is {key['algorithm']}, not a "
+                             "signing key")
         scheme = args.algorithm or DEFAULT_SCHEME[key["algorithm"]]
         digest = digest_file(artefact, SCHEMES[scheme][0])
         result = hsm.sign(args.key, digest=digest, algorithm=scheme)
@@ -111,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sign_artifact: {exc}", file=sys.stderr)
     except (ClientError, ValueError) as exc:
         print(f"sign_artifact: {exc}", file=sys.stderr)
+    except OSError as exc:  # the artefact unreadable, the output directory missing
+        print(f"sign_artifact: {exc.filename}: {exc.strerror}", file=sys.stderr)
     return 1
 
 

@@ -262,6 +262,9 @@ def render(settings: Any, document: Any, human: Callable[[], str],
 def emit(settings: Any, document: Any, human: Callable[[], str],
          rows: Callable[[], list[list[str]]] | None = None) -> None:
     text = render(settings, document, human, rows)
+    listed = _only_list(document) if settings.field else None
+    if listed is not None and not listed[1]:
+        return  # --field over an empty listing: no line at all (a `while read` runs no turn)
     if text or settings.field:  # a --field that is empty or null: an empty line
         print(text)
 
@@ -284,6 +287,8 @@ def field_text(document: Any, path: str) -> str:
         if not listed:
             raise
     name, items = listed
+    if not items:
+        return ""  # nothing matched: nothing to print, whatever the name (exit 0)
     try:
         return "\n".join(_field_value(_lookup(item, path)) for item in items)
     except FieldMissing:
@@ -301,4 +306,4 @@ def _only_list(document: Any) -> tuple[str, list[Any]] | None:
     if not isinstance(document, dict):
         return None
     lists = [(k, v) for k, v in document.items() if isinstance(v, list)]
-    return lists[0] if len(lists) == 1 and lists[0][1] else None
+    return lists[0] if len(lists) == 1 else None

@@ -293,6 +293,8 @@ def test_json_is_the_apis_json_and_field_prints_one_value(cli: Cli, live: LiveSe
     assert len(text) == 1 and text[0].split("\t")[0] == name
     assert cli("keys", "list", "--tag", "formats", "--field", "name").text == f"{name}\n"
     assert cli("keys", "list", "--tag", "formats", "--field", "total").text == "1\n"
+    none = cli("keys", "list", "--tag", "no-such-tag-anywhere", "--field", "name")
+    assert none.code == 0 and none.text == ""  # nothing matched: no line, not a usage error
     assert cli("keys", "show", name, "--field", "versions.0.state").text == "enabled\n"
     assert cli("keys", "show", name, "--field", "tags").json() == ["formats"]
     missing = cli("keys", "show", name, "--field", "nope")

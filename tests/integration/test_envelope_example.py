@@ -72,3 +72,35 @@ def test_envelope_round_trip_rotation_and_tampering(live: LiveServer, tmp_path: 
     mine = [r for r in page["records"] if r["actor"] == "envelope-app"]
     assert any("data key" in r["message"] for r in mine)
     assert any(r["action"] == "crypto.decrypt" and r["outcome"] == "success" for r in mine)
+
+
+def test_envelope_streams_segments_and_sees_a_file_cut_at_a_segment(live: LiveServer,
+                                                                     tmp_path: Path) -> None:
+    """Files of several segments round-trip (an empty one too); one cut after a whole segment,
+    or with two segments swapped, is refused: each segment's number and a last-segment flag
+    are bound to it."""
+    live.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt",
+                                   "name": "envelope-stream"})
+    segment = (1 << 20) + 16  # 1 MiB of data and its tag
+    for size in (0, 1 << 20, (5 << 19) + 7):
+        source = tmp_path / f"f{size}.bin"
+        data = os.urandom(size)
+        source.write_bytes(data)
+        assert run(live, "encrypt", "--key", "envelope-stream", str(source),
+                   cwd=tmp_path).returncode == 0
+        out = tmp_path / f"f{size}.out"
+        done = run(live, "decrypt", "--key", "envelope-stream", f"{source}.enc", "--key-file",
+                   f"{source}.key", "--out", str(out), cwd=tmp_path)
+        assert done.returncode == 0 and out.read_bytes() == data, done.stderr
+    sealed = (tmp_path / f"f{(5 << 19) + 7}.bin.enc").read_bytes()
+    head, body = sealed[:16], sealed[16:]
+    for name, forged in (("cut", head + body[:segment]),
+                         ("swapped", head + body[segment:2 * segment] + body[:segment]
+                          + body[2 * segment:])):
+        bad = tmp_path / f"{name}.enc"
+        bad.write_bytes(forged)
+        refused = run(live, "decrypt", "--key", "envelope-stream", str(bad), "--key-file",
+                      str(tmp_path / f"f{(5 << 19) + 7}.bin.key"), "--out",
+                      str(tmp_path / f"{name}.out"), cwd=tmp_path)
+        assert refused.returncode == 1 and "cut short" in refused.stderr, refused.stderr
+        assert not (tmp_path / f"{name}.out").exists()

@@ -1,0 +1,72 @@
+"""The Python SDK where scripts and pipelines meet it: tokens as secret files hold them, the
+environment as the CLI reads it, bodies over the server's limit, Retry-After as a date."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from live import LiveServer
+
+from ferrohsm.client import Client, ClientError, PayloadTooLarge
+from ferrohsm.client_errors import retry_after
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    server = LiveServer(tmp_path_factory.mktemp("sdk-edges"))
+    server.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt",
+                                     "name": "sdk-edges"})
+    yield server
+    server.close()
+
+
+def url(live: LiveServer) -> str:
+    return f"https://127.0.0.1:{live.port}"
+
+
+def test_a_token_read_with_its_newline_works_and_a_bad_one_is_refused_unseen(
+        live: LiveServer) -> None:
+    token = live.token("service")
+    with Client(url(live), token + "\n", ca_cert=str(live.pki.ca_cert)) as hsm:
+        assert hsm.encrypt("sdk-edges", b"x")["key_version"] == 1
+    for bad in ("\ufeff" + token, token[:20] + "\n" + token[20:], token[:20] + " x"):
+        with pytest.raises(ClientError) as refused:
+            Client(url(live), bad, ca_cert=str(live.pki.ca_cert))
+        assert token[:20] not in str(refused.value) + repr(refused.value)
+        assert "cannot carry" in refused.value.message
+
+
+def test_from_env_reads_the_token_file_and_timeout_as_the_cli_does(live: LiveServer,
+                                                                   tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(live.token("service") + "\n")
+    env = {"FERROHSM_URL": url(live), "FERROHSM_TOKEN_FILE": str(token_file),
+           "FERROHSM_CA_CERT": str(live.pki.ca_cert), "FERROHSM_TIMEOUT": "7.5"}
+    with Client.from_env(env) as hsm:
+        assert hsm.timeout == 7.5
+        assert hsm.encrypt("sdk-edges", b"x")["key_version"] == 1
+    with pytest.raises(ClientError, match="cannot read FERROHSM_TOKEN_FILE"):
+        Client.from_env({**env, "FERROHSM_TOKEN_FILE": str(tmp_path / "missing")})
+
+
+def test_a_body_over_the_servers_limit_is_its_413_not_a_transport_failure(
+        live: LiveServer) -> None:
+    """The server answers 413 and closes while a large body is still going out; that answer
+    is what the caller hears, at once (no attempt repeated)."""
+    with Client(url(live), live.token("service"), ca_cert=str(live.pki.ca_cert)) as hsm:
+        for size in (2_000_000, 20_000_000):
+            started = time.monotonic()
+            with pytest.raises(PayloadTooLarge, match="data key"):
+                hsm.encrypt("sdk-edges", b"x" * size)
+            assert time.monotonic() - started < 5
+
+
+def test_retry_after_as_seconds_or_an_http_date() -> None:
+    assert retry_after("2") == 2.0 and retry_after("-1") == 0.0
+    later = email.utils.formatdate(time.time() + 10, usegmt=True)
+    assert 8.0 <= (retry_after(later) or 0) <= 10.5
+    assert retry_after("soon") is None and retry_after(None) is None
