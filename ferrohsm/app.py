@@ -64,6 +64,7 @@ from .obswire import share_metrics, wire_metrics
 from .service import AuditLogService, KeyService, TokenService
 from .service.batch import CryptoItems
 from .service.imports import ImportService
+from .store.approvalmac import ApprovalCodec
 from .store.approvalstore import ApprovalStore
 from .store.filesystem import FilesystemStore
 from .store.importjobs import ImportJobStore
@@ -126,14 +127,18 @@ def open_postgres(config: Config) -> PgDatabase:
     return PgDatabase(dsn, max_connections=max(2, min(config.server.workers // 2 + 2, 16)))
 
 
-def open_approvals(config: Config, store: KeyStore | None = None) -> ApprovalStore:
+def open_approvals(config: Config, secrets: Secrets, store: KeyStore | None = None
+                   ) -> ApprovalStore:
     """Approvals survive restarts beside the keys; with the memory key store nothing does. With
-    PostgreSQL they live in the key store's database, shared by every node."""
+    PostgreSQL they live in the key store's database, shared by every node. Stored records are
+    authenticated (store/approvalmac.py)."""
+    codec = ApprovalCodec(secrets.audit_hmac_key)
     if isinstance(store, PostgresStore):
-        return PostgresApprovalStore(store.database)
+        return PostgresApprovalStore(store.database, codec)
     if config.storage.key_store == "memory":
         return MemoryApprovalStore()
-    return SQLiteApprovalStore(ensure_private_dir(config.storage.data_dir) / "approvals.sqlite3")
+    return SQLiteApprovalStore(ensure_private_dir(config.storage.data_dir) / "approvals.sqlite3",
+                               codec)
 
 
 def shared_deny_list(store: KeyStore) -> PostgresDenyList | None:
@@ -393,7 +398,7 @@ def build_runtime(config: Config, secrets: Secrets,
         refuse_if_interrupted(store)  # records under two master keys are not served
         sealer = Sealer(secrets.master_key)
         policy = Policy.from_config(config.policy_tags, config.crypto.destroy_grace_hours)
-        approvals = open_approvals(config, store)
+        approvals = open_approvals(config, secrets, store)
         cluster = open_cluster(config)
         audit, key_records = open_state(config, secrets, store, sealer, approvals,
                                         options or StartupOptions(), cluster)
@@ -564,7 +569,7 @@ def open_for_backup(config: Config, secrets: Secrets) -> tuple[KeyStore, Approva
     approvals: ApprovalStore | None = None
     audit: ChainedSink | None = None
     try:
-        approvals = open_approvals(config, store)
+        approvals = open_approvals(config, secrets, store)
         audit, _ = open_checked(config, secrets, store, Sealer(secrets.master_key),
                                 StartupOptions())
         report = check_key_records(store, audit)
@@ -585,7 +590,7 @@ def open_restore_target(config: Config, secrets: Secrets) -> tuple[KeyStore, App
     """The configured (empty) key store and approval store a restore writes into."""
     store = open_store(config, RecordMac.derive(secrets.master_key))
     try:
-        return store, open_approvals(config, store)
+        return store, open_approvals(config, secrets, store)
     except Exception:
         store.close()
         raise

@@ -9,15 +9,15 @@ others get StaleRevision. Votes cast through different nodes are therefore never
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from ..domain.approval import Approval, ApprovalState, from_record, to_record
+from ..domain.approval import Approval, ApprovalState
 from ..domain.errors import Conflict, NotFound, StaleRevision, StoreError
+from .approvalmac import ApprovalCodec
 from .approvalstore import FINISHED_SQL, OPEN_SQL, ApprovalStore, state_clause
 from .pgdb import Conn, PgDatabase
 from .pgschema import prepare
@@ -35,7 +35,8 @@ class PostgresApprovalStore(ApprovalStore):
 
     name = "postgres"
 
-    def __init__(self, db: PgDatabase) -> None:
+    def __init__(self, db: PgDatabase, codec: ApprovalCodec) -> None:
+        self._codec = codec  # each record authenticated (store/approvalmac.py)
         self._db = db.retain()
         self._lock = threading.Lock()
         self._closed = False
@@ -50,17 +51,9 @@ class PostgresApprovalStore(ApprovalStore):
             raise StoreError("the approval store is closed")
         return self._db.run(work, "approval database error", transaction=write)
 
-    @staticmethod
-    def _encode(a: Approval) -> tuple[Any, ...]:
+    def _encode(self, a: Approval) -> tuple[Any, ...]:
         return (a.state.value, a.key_id, a.action, a.expires_at, a.updated_at, a.executed_at,
-                a.revision, json.dumps(to_record(a), sort_keys=True))
-
-    @staticmethod
-    def _decode(text: str) -> Approval:
-        try:
-            return from_record(json.loads(text))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"a stored approval is malformed: {exc}") from None
+                a.revision, self._codec.encode(a))
 
     def create(self, approval: Approval) -> Approval:
         stored = replace(approval, revision=1)
@@ -77,10 +70,11 @@ class PostgresApprovalStore(ApprovalStore):
     def get(self, approval_id: str) -> Approval:
         if not _usable(approval_id):
             raise NotFound("no such approval")
-        rows = self._select("id = %s", [approval_id], "")
+        rows = self._run(lambda conn: conn.execute(
+            "SELECT record FROM approvals WHERE id = %s", (approval_id,)).fetchall(), write=False)
         if not rows:
             raise NotFound("no such approval")
-        return rows[0]
+        return self._codec.decode(rows[0][0])
 
     def swap(self, approval: Approval) -> Approval:
         stored = replace(approval, revision=approval.revision + 1)
@@ -115,7 +109,7 @@ class PostgresApprovalStore(ApprovalStore):
 
         def work(conn: Conn) -> list[Any]:
             return conn.execute(sql, args).fetchall()
-        return [self._decode(row[0]) for row in self._run(work, write=False)]
+        return self._codec.decode_all(row[0] for row in self._run(work, write=False))
 
     def list(self, state: ApprovalState | None, now: datetime, limit: int = 100,
              after: str | None = None) -> Sequence[Approval]:

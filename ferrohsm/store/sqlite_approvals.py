@@ -4,7 +4,6 @@ because the compare-and-swap is one SQL statement.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -14,14 +13,10 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from ..domain.approval import (
-    Approval,
-    ApprovalState,
-    from_record,
-    to_record,
-)
+from ..domain.approval import Approval, ApprovalState
 from ..domain.errors import Conflict, NotFound, StaleRevision, StoreError
 from ..domain.model import iso
+from .approvalmac import ApprovalCodec
 from .approvalstore import FINISHED_SQL, OPEN_SQL, ApprovalStore, state_clause
 from .sqlitedb import connect_durable, prepare_file, retry_locked, transaction
 
@@ -48,7 +43,8 @@ class SQLiteApprovalStore(ApprovalStore):
 
     name = "sqlite"
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], codec: ApprovalCodec) -> None:
+        self._codec = codec  # each record authenticated (store/approvalmac.py)
         self._path = os.path.abspath(os.fspath(path))
         self._lock = threading.Lock()
         try:
@@ -68,17 +64,9 @@ class SQLiteApprovalStore(ApprovalStore):
             with transaction(conn, write=write, failure="approval database error") as tx:
                 yield tx
 
-    @staticmethod
-    def _encode(a: Approval) -> tuple[Any, ...]:
+    def _encode(self, a: Approval) -> tuple[Any, ...]:
         return (a.state.value, a.key_id, a.action, iso(a.expires_at), iso(a.updated_at),
-                iso(a.executed_at), a.revision, json.dumps(to_record(a), sort_keys=True))
-
-    @staticmethod
-    def _decode(text: str) -> Approval:
-        try:
-            return from_record(json.loads(text))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"a stored approval is malformed: {exc}") from None
+                iso(a.executed_at), a.revision, self._codec.encode(a))
 
     def create(self, approval: Approval) -> Approval:
         stored = replace(approval, revision=1)
@@ -96,7 +84,7 @@ class SQLiteApprovalStore(ApprovalStore):
                                (approval_id,)).fetchone()
         if row is None:
             raise NotFound("no such approval")
-        return self._decode(row[0])
+        return self._codec.decode(row[0])
 
     def swap(self, approval: Approval) -> Approval:
         stored = replace(approval, revision=approval.revision + 1)
@@ -122,7 +110,7 @@ class SQLiteApprovalStore(ApprovalStore):
         with self._tx(write=False) as conn:
             rows = conn.execute(f"SELECT record FROM approvals WHERE {where} {tail}",  # noqa: S608  fixed fragments; values bind to ?
                                 args).fetchall()
-        return [self._decode(r[0]) for r in rows]
+        return self._codec.decode_all(r[0] for r in rows)
 
     def list(self, state: ApprovalState | None, now: datetime, limit: int = 100,
              after: str | None = None) -> Sequence[Approval]:

@@ -24,11 +24,15 @@ from ferrohsm.domain.approval import Approval, ApprovalState
 from ferrohsm.domain.errors import Conflict, NotFound, StaleRevision, StoreError
 from ferrohsm.domain.ids import uuid7
 from ferrohsm.domain.model import Principal, Role
+from ferrohsm.store.approvalmac import ApprovalCodec
 from ferrohsm.store.approvalstore import ApprovalStore
 from ferrohsm.store.memory_approvals import MemoryApprovalStore
 from ferrohsm.store.pgdb import PgDatabase
 from ferrohsm.store.postgres_approvals import PostgresApprovalStore
 from ferrohsm.store.sqlite_approvals import SQLiteApprovalStore
+
+CODEC = ApprovalCodec(b"a" * 32)  # the approval records' MAC key
+
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, 123456, tzinfo=UTC)
 KEY = "01890a5d-ac96-774b-bcce-b302099a8057"
@@ -41,14 +45,16 @@ Backend = GenericBackend[ApprovalStore]
 
 def openers(tmp_path: Path) -> dict[str, tuple[bool, Callable[[], ApprovalStore]]]:
     return {"memory": (False, MemoryApprovalStore),
-            "sqlite": (True, lambda: SQLiteApprovalStore(tmp_path / "data" / "approvals.sqlite3"))}
+            "sqlite": (True, lambda: SQLiteApprovalStore(
+                tmp_path / "data" / "approvals.sqlite3", CODEC))}
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "postgres":  # a fresh schema on the session's server (skips without)
         dsn = pgserver.shared().new_schema()
-        opener: Callable[[], ApprovalStore] = lambda: PostgresApprovalStore(PgDatabase(dsn))
+        opener: Callable[[], ApprovalStore] = lambda: PostgresApprovalStore(PgDatabase(dsn),
+                                                                            CODEC)
         yield from serve_backend("postgres", True, opener)
         return
     yield from serve_backend(request.param, *openers(tmp_path)[request.param])
@@ -220,7 +226,7 @@ def test_approvals_survive_reopening(backend: Backend) -> None:
 
 def test_sqlite_file_is_private_and_durable(tmp_path: Path) -> None:
     path = tmp_path / "d" / "approvals.sqlite3"
-    store = SQLiteApprovalStore(path)
+    store = SQLiteApprovalStore(path, CODEC)
     try:
         store.create(make())
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -231,9 +237,59 @@ def test_sqlite_file_is_private_and_durable(tmp_path: Path) -> None:
     finally:
         store.close()
     os.chmod(path, 0o644)
-    SQLiteApprovalStore(path).close()
+    SQLiteApprovalStore(path, CODEC).close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     link = tmp_path / "d" / "link.sqlite3"
     link.symlink_to(path)
     with pytest.raises(StoreError):
-        SQLiteApprovalStore(link)
+        SQLiteApprovalStore(link, CODEC)
+
+
+def _rewrite(store: ApprovalStore, approval_id: str, edit: Callable[[dict[str, object]], None]
+             ) -> None:
+    """What someone who can write the database (not the secrets) does to a stored record."""
+    import json
+    sql = "UPDATE approvals SET record = {0}, state = 'approved' WHERE id = {0}"
+    if isinstance(store, SQLiteApprovalStore):
+        conn = store._conn
+        assert conn is not None
+        record = json.loads(conn.execute("SELECT record FROM approvals WHERE id = ?",
+                                         (approval_id,)).fetchone()[0])
+        edit(record)
+        conn.execute(sql.format("?"), (json.dumps(record), approval_id))
+        conn.commit()
+        return
+    assert isinstance(store, PostgresApprovalStore)
+    rows = store._db.run(lambda c: c.execute("SELECT record FROM approvals WHERE id = %s",
+                                             (approval_id,)).fetchall(), "read", transaction=False)
+    record = json.loads(rows[0][0])
+    edit(record)
+    store._db.run(lambda c: c.execute(sql.format("%s"), (json.dumps(record), approval_id)),
+                  "write", transaction=False)
+
+
+def test_a_record_changed_in_the_database_is_refused(backend: Backend) -> None:
+    """Approving by writing the database (a forged vote, the state flipped) or stripping the
+    MAC: the approval cannot be read, and listings leave it out (rule: state that decides
+    access is authenticated wherever it is stored)."""
+    from ferrohsm.domain.errors import IntegrityError
+    if not backend.persistent:
+        pytest.skip("the memory store is the process's own memory")
+    store = backend.open()
+    try:
+        forged, stripped, kept = (store.create(make()) for _ in range(3))
+
+        def approve(record: dict[str, object]) -> None:
+            record["state"] = "approved"
+            record["votes"] = [{"approver": "mallory", "role": "operator", "approve": True,
+                                "at": "2026-01-01T00:00:00Z", "comment": None}]
+        _rewrite(store, forged.id, approve)
+        _rewrite(store, stripped.id, lambda record: record.pop("mac"))
+        for bad in (forged, stripped):
+            with pytest.raises(IntegrityError, match="failed its integrity check"):
+                store.get(bad.id)
+        listed = [a.id for a in store.list(None, NOW)]
+        assert kept.id in listed and forged.id not in listed and stripped.id not in listed
+        assert store.get(kept.id) == kept
+    finally:
+        store.close()

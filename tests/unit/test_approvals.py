@@ -32,10 +32,14 @@ from ferrohsm.domain.model import SYSTEM_CONTEXT, Key, Principal, RequestContext
 from ferrohsm.engine.keycache import MaterialCache
 from ferrohsm.engine.keyengine import KeyEngine
 from ferrohsm.service import KeyService
+from ferrohsm.store.approvalmac import ApprovalCodec
 from ferrohsm.store.approvalstore import ApprovalStore
 from ferrohsm.store.memory import MemoryStore
 from ferrohsm.store.memory_approvals import MemoryApprovalStore
 from ferrohsm.store.sqlite_approvals import SQLiteApprovalStore
+
+CODEC = ApprovalCodec(b"a" * 32)  # the approval records' MAC key
+
 
 RECORD_MAC = RecordMac.derive(bytes(32))  # record MACs under a test master key
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -238,7 +242,7 @@ def ctx(principal: Principal, approval_id: str | None = None) -> RequestContext:
 @pytest.fixture(params=["memory", "sqlite"])
 def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
     store: ApprovalStore = MemoryApprovalStore() if request.param == "memory" \
-        else SQLiteApprovalStore(tmp_path / "approvals.sqlite3")
+        else SQLiteApprovalStore(tmp_path / "approvals.sqlite3", CODEC)
     yield World(store)
     store.close()
 
@@ -399,13 +403,13 @@ def test_no_approval_store_fails_closed() -> None:
 
 def test_pending_approvals_survive_a_restart(tmp_path: Path) -> None:
     keys = MemoryStore(RECORD_MAC)  # the key store outlives the restart in this test
-    first = World(SQLiteApprovalStore(tmp_path / "a.sqlite3"), keys)
+    first = World(SQLiteApprovalStore(tmp_path / "a.sqlite3", CODEC), keys)
     key = first.key("pci")
     approval_id = first.park(first.service.rotate, ctx(ALICE), key.id)["id"]
     first.approve(approval_id, BOB)
     assert first.service.dual.store is not None
     first.service.dual.store.close()
-    second = World(SQLiteApprovalStore(tmp_path / "a.sqlite3"), keys)
+    second = World(SQLiteApprovalStore(tmp_path / "a.sqlite3", CODEC), keys)
     assert second.service.approvals.get(ctx(BOB), approval_id)["state"] == "pending"
     second.approve(approval_id, CAROL)
     second.service.rotate(ctx(ALICE, approval_id), key.id)

@@ -27,9 +27,13 @@ from ferrohsm.domain.errors import (
     InvalidTransition,
 )
 from ferrohsm.domain.model import Principal
+from ferrohsm.store.approvalmac import ApprovalCodec
 from ferrohsm.store.approvalstore import ApprovalStore
 from ferrohsm.store.memory_approvals import MemoryApprovalStore
 from ferrohsm.store.sqlite_approvals import SQLiteApprovalStore
+
+CODEC = ApprovalCodec(b"a" * 32)  # the approval records' MAC key
+
 
 TTL = timedelta(minutes=10)
 
@@ -143,7 +147,7 @@ def test_several_processes_on_one_store_refuse_an_online_rekey(
 @pytest.fixture(params=["memory", "sqlite"])
 def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
     store: ApprovalStore = MemoryApprovalStore() if request.param == "memory" \
-        else SQLiteApprovalStore(tmp_path / "approvals.sqlite3")
+        else SQLiteApprovalStore(tmp_path / "approvals.sqlite3", CODEC)
     yield World(store)
     store.close()
 

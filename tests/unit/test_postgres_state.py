@@ -26,11 +26,15 @@ from ferrohsm.domain import lifecycle as lc
 from ferrohsm.domain.errors import ConfigError, StaleRevision, StoreError, Unavailable
 from ferrohsm.domain.ids import uuid7
 from ferrohsm.domain.model import Key, KeyState, Principal, Role
+from ferrohsm.store.approvalmac import ApprovalCodec
 from ferrohsm.store.pgdb import PgDatabase, dsn_from_env, migrate
 from ferrohsm.store.pgschema import COMPONENT, MIGRATIONS, SCHEMA_VERSION
 from ferrohsm.store.postgres import PostgresStore
 from ferrohsm.store.postgres_approvals import PostgresApprovalStore
 from ferrohsm.store.postgres_revocations import PostgresDenyList
+
+CODEC = ApprovalCodec(b"a" * 32)  # the approval records' MAC key
+
 
 MAC = RecordMac.derive(bytes(range(32)))
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -201,7 +205,7 @@ def test_concurrent_rotations_through_three_nodes_give_contiguous_versions(
 
 
 def test_twenty_consumers_on_four_nodes_execute_an_approval_once(dsn: str) -> None:
-    nodes = [PostgresApprovalStore(PgDatabase(dsn)) for _ in range(4)]
+    nodes = [PostgresApprovalStore(PgDatabase(dsn), CODEC) for _ in range(4)]
     try:
         made = apv.new_approval(approval_id=uuid7(), action="key.destroy", key_id=uuid7(),
                                 args={}, salt=os.urandom(16), requester="alice", required=1,

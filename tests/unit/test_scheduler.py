@@ -27,6 +27,7 @@ from ferrohsm.domain.model import Key, KeyState, Principal, RequestContext, Role
 from ferrohsm.engine.keycache import MaterialCache
 from ferrohsm.engine.keyengine import KeyEngine
 from ferrohsm.service import KeyService
+from ferrohsm.store.approvalmac import ApprovalCodec
 from ferrohsm.store.approvalstore import ApprovalStore
 from ferrohsm.store.filesystem import FilesystemStore
 from ferrohsm.store.keystore import KeyStore
@@ -34,6 +35,9 @@ from ferrohsm.store.memory import MemoryStore
 from ferrohsm.store.memory_approvals import MemoryApprovalStore
 from ferrohsm.store.sqlite import SQLiteStore
 from ferrohsm.store.sqlite_approvals import SQLiteApprovalStore
+
+CODEC = ApprovalCodec(b"a" * 32)  # the approval records' MAC key
+
 
 RECORD_MAC = RecordMac.derive(bytes(32))  # record MACs under a test master key
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -305,7 +309,7 @@ def test_destroyed_material_is_absent_from_every_store_file(tmp_path: Path, kind
     clock = Clock()
     store = STORES[kind](data)
     audit = FileSink(data / "audit", bytes(32), durable=False)
-    approvals = SQLiteApprovalStore(data / "approvals.sqlite3")
+    approvals = SQLiteApprovalStore(data / "approvals.sqlite3", CODEC)
     try:
         svc = service(store, audit, clock, approvals)
         key = create(svc, "rotating")
