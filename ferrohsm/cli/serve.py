@@ -128,9 +128,11 @@ def _quickstart(args: argparse.Namespace) -> int:
     from ..domain.errors import ConfigError
     from ..tls.devpki import make_dev_pki
     overrides = _overrides(args)
-    if args.config:  # checked as given: a bad value quickstart then replaces still stops it
-        load_config(args.config, overrides=dict(overrides))
-    data_dir = Path(args.data_dir or os.environ.get("FERROHSM_DATA_DIR") or "./ferrohsm-data")
+    # the file is checked as given (a bad value quickstart then replaces still stops it), and
+    # its data directory is the one used, as --data-dir and FERROHSM_DATA_DIR would be
+    given = load_config(args.config, overrides=dict(overrides)) if args.config else None
+    data_dir = Path(args.data_dir or os.environ.get("FERROHSM_DATA_DIR")
+                    or (given.storage.data_dir if given else None) or "./ferrohsm-data")
     if data_dir.exists() and not data_dir.is_dir():  # said as such, not as a secret file's
         raise ConfigError(f"the data directory {data_dir} exists and is not a directory: give "
                           "--data-dir a directory (it is created if missing)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 
 from ..control.policy import TagPolicy
@@ -43,7 +44,9 @@ def validate(config: Config, listen_origin: str | None = None) -> None:
         (1 <= config.crypto.max_input_bytes <= config.server.max_body_bytes,
          "[crypto].max_input_bytes must be 1..[server].max_body_bytes"),
         (config.crypto.cache_max_entries >= 0, "[crypto].cache_max_entries must be >= 0"),
-        (config.crypto.destroy_grace_hours >= 0, "[crypto].destroy_grace_hours must be >= 0"),
+        (math.isfinite(config.crypto.destroy_grace_hours)
+         and 0 <= config.crypto.destroy_grace_hours <= MAX_DAYS * 24,
+         f"[crypto].destroy_grace_hours must be a number from 0 to {MAX_DAYS * 24}"),
         (1 <= config.crypto.max_batch_items <= 100000,
          "[crypto].max_batch_items must be 1-100000"),
         (60 <= config.auth.max_token_ttl_seconds <= 86400,
@@ -106,17 +109,22 @@ def _check_tag_policy(src: str, name: str, tag: TagPolicy) -> None:
         raise ConfigError(f"{src}: [policy.tags.{name[:64]!a}]: a tag name is 1-63 characters "
                           "a-z, 0-9, '_', '.', '-', starting with a letter or digit (no key "
                           "could carry this one)")
-    for setting, value, least in (
-            ("approvals_required", tag.approvals_required, 0),
-            ("approval_ttl_seconds", tag.approval_ttl_seconds, 1),
-            ("rotation_days", tag.rotation_days, 0),
-            ("archive_after_days", tag.archive_after_days, 0),
-            ("destroy_grace_hours", tag.destroy_grace_hours or 0, 0),
-            ("purge_after_days", tag.purge_after_days, 0),
-            ("max_key_age_days", tag.max_key_age_days, 0)):
-        if value < least:
-            raise ConfigError(f"{src}: [policy.tags.{name}].{setting} must be >= {least}")
+    for setting, value, least, most in (
+            ("approvals_required", tag.approvals_required, 0, 100),
+            ("approval_ttl_seconds", tag.approval_ttl_seconds, 1, MAX_DAYS * 86400),
+            ("rotation_days", tag.rotation_days, 0, MAX_DAYS),
+            ("archive_after_days", tag.archive_after_days, 0, MAX_DAYS),
+            ("destroy_grace_hours", tag.destroy_grace_hours or 0, 0, MAX_DAYS * 24),
+            ("purge_after_days", tag.purge_after_days, 0, MAX_DAYS),
+            ("max_key_age_days", tag.max_key_age_days, 0, MAX_DAYS)):
+        # NaN passes no comparison and infinity overflows every date sum: both refused here,
+        # as is a period past any date the scheduler could compute (100 years is "never")
+        if not (math.isfinite(value) and least <= value <= most):
+            raise ConfigError(f"{src}: [policy.tags.{name}].{setting} must be a number from "
+                              f"{least} to {most:g}")
 
+
+MAX_DAYS = 36_500  # the longest period a setting may name: 100 years, well inside datetime
 
 TLS_MODES = ("pem", "acme")
 ACME_CHALLENGES = ("http-01", "tls-alpn-01")

@@ -13,7 +13,7 @@ approval_actions            the union (an action listed by any tag needs the quo
 approval_ttl_seconds        the shortest window, among tags that require approvals
 rotation_days               the shortest positive period (0 = no automatic rotation)
 archive_after_days          the shortest positive age (0 = never archive automatically)
-destroy_grace_hours         the longest grace, never shorter than ``[crypto].destroy_grace_hours``
+destroy_grace_hours         the longest tag grace (a tag without one: ``[crypto]``'s default)
 purge_after_days            the shortest positive age of an archived version (0 = never purge)
 max_key_age_days            the shortest positive key age (0 = keys live until destroyed by hand)
 ==========================  =====================================================================

@@ -169,9 +169,13 @@ class RetentionScheduler:
             log.warning("approval expiry/pruning failed: %s", exc.message)
         self._prune_audit(now, report)
         for key in self._candidates():
-            for job in plan(key, self.service.policy.rules_for(key), now):
-                self._run(job, key, now, report)
-            self._end_of_life(key, now, report)
+            try:
+                for job in plan(key, self.service.policy.rules_for(key), now):
+                    self._run(job, key, now, report)
+                self._end_of_life(key, now, report)
+            except Exception:  # one key's failure must not stop the tick for every other key
+                report.failed += 1
+                log.exception("scheduler: key %s skipped this tick", key.id)
         return report
 
     def _end_of_life(self, key: Key, now: datetime, report: TickReport) -> None:

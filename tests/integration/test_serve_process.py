@@ -141,6 +141,20 @@ def test_quickstart_refuses_a_bad_value_in_its_config_file(tmp_path: Path) -> No
     assert result.returncode == 2 and "[tls].mode" in result.stderr, result.stderr
 
 
+def test_quickstart_uses_the_data_dir_its_config_file_names(tmp_path: Path) -> None:
+    config = tmp_path / "qs.toml"
+    config.write_text(f'[storage]\ndata_dir = "{tmp_path / "from-config"}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERROHSM_")}
+    proc = subprocess.Popen([sys.executable, "-m", "ferrohsm", "quickstart", "--config",
+                             str(config), "--listen", "127.0.0.1:0"], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("export FERROHSM_URL=")
+    assert stop(proc) == 0
+    assert (tmp_path / "from-config" / "master.key").is_file()
+    assert not (tmp_path / "ferrohsm-data").exists()
+
+
 def test_wrong_master_key_stops_start_up(tmp_path: Path) -> None:
     data = tmp_path / "data"
     proc, _ = start(data)

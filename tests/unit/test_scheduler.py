@@ -244,6 +244,26 @@ def test_a_tick_survives_an_audit_outage(world: World) -> None:
     assert scheduler.tick().rotated == 1
 
 
+def test_one_keys_failure_does_not_stop_the_tick_for_the_others(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected error on one key (a date sum that overflows, a bug) is logged and counted;
+    the keys after it are still rotated."""
+    import ferrohsm.control.scheduler as scheduling
+    svc, _, clock, scheduler = world
+    broken, fine = create(svc, "rotating"), create(svc, "rotating")
+
+    def planned(key: Key, rules: Rules, now: datetime) -> list[Job]:
+        if key.id == broken.id:
+            raise OverflowError("date value out of range")
+        return plan(key, rules, now)
+    monkeypatch.setattr(scheduling, "plan", planned)
+    clock.advance(days=31)
+    report = scheduler.tick()
+    assert report.failed == 1 and report.rotated == 1
+    assert svc.store.get(fine.id).primary_version == 2
+    assert svc.store.get(broken.id).primary_version == 1
+
+
 def test_a_restart_resumes_from_persisted_state(tmp_path: Path) -> None:
     clock, audit = Clock(), Audit()
     store = FilesystemStore(tmp_path / "keys", RECORD_MAC)
