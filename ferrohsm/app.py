@@ -29,7 +29,6 @@ from .api.handlers import probes as probe_routes
 from .api.handlers import system as system_routes
 from .api.handlers import tokens as token_routes
 from .api.handlers import transit as transit_routes
-from .api.http import Request
 from .api.server import HardenedHTTPServer
 from .api.spread import Member, Spread
 from .audit.chain import AuditEvent
@@ -53,7 +52,7 @@ from .custody.serving import PausingApplication
 from .custodywire import resume_online_rekey, wire_backup, wire_rekey
 from .datadir import ensure_private_dir, why
 from .domain.errors import ConfigError, FerroError
-from .domain.model import SYSTEM_CONTEXT, RequestContext, Role
+from .domain.model import SYSTEM_CONTEXT, RequestContext
 from .engine.keycache import MaterialCache
 from .engine.keyengine import KeyEngine
 from .integrity.logcheck import StartupChecks, StartupRefused
@@ -180,6 +179,9 @@ def postgres_dsn(config: Config) -> str:
 
 
 def open_audit(config: Config, secrets: Secrets) -> ChainedSink:
+    if not config.audit.durable:  # said loudly: it breaks "durable before the answer"
+        log.warning("[audit] durable = false: audit records are NOT fsynced before answers; "
+                    "a crash or power loss can lose acknowledged records (for benchmarks only)")
     directory = ensure_private_dir(audit_location(config).directory)
     interval = config.audit.checkpoint_interval_seconds
     if config.audit.sink == "sqlite":
@@ -448,7 +450,8 @@ def build_runtime(config: Config, secrets: Secrets,
     wire_backup(router, config, lambda: rekeyer.master, service, approvals, audit)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
                       approvals=approvals, key_records=key_records, cluster=cluster, pause=pause)
-    system_routes.register(router, runtime.health, metrics, health_viewer(auth))
+    system_routes.register(router, runtime.health, metrics,
+                          system_routes.health_viewer(auth, limiter))
     probe_routes.register(router, runtime.readiness)
     wire_metrics(runtime, audit)
     return runtime
@@ -467,25 +470,6 @@ def vote_rules(config: Config, keys: ApproverKeys | None, audit: AuditSink) -> V
     settings = config.approvals
     return VoteRules(settings.require_asymmetric_tokens, settings.require_vote_signature,
                      keys.current if keys else None)
-
-
-HEALTH_DETAIL_ROLES = frozenset({Role.AUDITOR, Role.ADMINISTRATOR})
-
-
-def health_viewer(auth: Authenticator) -> Callable[[RequestContext, Request], bool]:
-    """Whether a /healthz caller may see the details (paths, counts, key ids, the audit head):
-    a valid Auditor or Administrator token. No token or any other (an invalid one included)
-    gets the status only and no 401, so load balancers keep working whatever they send."""
-    def may_see(ctx: RequestContext, req: Request) -> bool:
-        values = req.headers.get_all("authorization")
-        if not values:
-            return False
-        try:
-            principal = auth.authenticate(values, client_fingerprint=ctx.client_fingerprint)
-        except FerroError:
-            return False
-        return principal.role in HEALTH_DETAIL_ROLES
-    return may_see
 
 
 def config_audit(audit: AuditSink, action: str) -> Callable[[str, str], None]:

@@ -230,6 +230,10 @@ class RateLimiter:
         if wait > 0:
             self._refuse("ip", wait)
 
+    def ip_spent(self, ip: str, now: float) -> bool:
+        """Whether the IP's bucket is empty now (spending nothing)."""
+        return self.ips.peek(self.ip_key(ip), self.policy.per_ip, now) > 0
+
     def take_actor(self, subject: str, role: str, now: float) -> None:
         """Spend one token of the actor's bucket; 429 with the wait when empty."""
         wait = self.actors.take(subject, self.policy.for_role(role), now)

@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..auth.permissions import Action
-from ..control.policy import ALLOWED, Verdict, decide
+from ..control.policy import ALLOWED, Decision, Verdict, decide
 from ..crypto import importwrap
 from ..crypto.algorithms import check_usage
 from ..domain import lifecycle as lc
@@ -245,6 +245,10 @@ class ImportService:
         decision = decide(ctx.principal, Action.KEY_IMPORT, key, self.keys.policy, self._now)
         if decision.verdict is Verdict.DENY:
             raise Forbidden(decision.reason, key_id=key.id)
+        if decision is ALLOWED and ctx.approval_id is not None:
+            # checked and consumed by the gate, as Guard.admit does: else a foreign approval's
+            # id would be recorded as authorising an import it never covered
+            decision = Decision(Verdict.APPROVAL, "an approval id was given")
         if decision is not ALLOWED:
             self.keys.dual.gate(ctx, Action.KEY_IMPORT, key, args, decision)
 

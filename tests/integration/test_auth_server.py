@@ -427,6 +427,20 @@ def test_a_valid_tokens_404s_spend_its_own_bucket_not_its_addresss(main: LiveSer
                and "404" in r["message"] for r in records)
 
 
+def test_healthz_is_no_free_oracle_for_guessed_tokens(main: LiveServer) -> None:
+    """Each bad token on /healthz spends a token of the address's bucket (burst 5); once it is
+    empty the address is told the status only, even with a valid token: guessing there costs
+    what it costs anywhere. Another address still sees the details."""
+    ip, bogus = fresh_ip(), forge(b"x" * 32, {"alg": "HS256"}, claims())
+    admin = mint(main.secrets.jwt_hs256_secret, subject="health-admin", role="administrator")
+    assert "audit" in send(main, "GET", "/healthz", token=admin, xff=ip)[2]
+    for _ in range(5):
+        assert send(main, "GET", "/healthz", token=bogus, xff=ip)[0] == 200  # never a 401
+    status, _, body = send(main, "GET", "/healthz", token=admin, xff=ip)
+    assert status == 200 and "audit" not in body and body["status"] == "ok"
+    assert "audit" in send(main, "GET", "/healthz", token=admin, xff=fresh_ip())[2]
+
+
 def test_memory_stays_bounded_under_a_flood_of_bogus_subjects(main: LiveServer) -> None:
     limiter = main.rt.app.limiter
     before = limiter.stats()["actor_buckets"]

@@ -250,6 +250,22 @@ def test_tampered_or_misdeclared_wrapping_is_one_opaque_refusal(srv: LiveServer,
     assert status == 201, reply
 
 
+def test_an_approval_id_on_an_import_that_needs_none_is_checked_not_recorded(
+        srv: LiveServer, tmp_path: Path) -> None:
+    """An untagged import needs no approval; an X-Approval-ID sent with it is checked like any
+    other (an id nobody parked for this import is refused) rather than copied into the record
+    as if it had authorised the import."""
+    job = new_job(srv)
+    wrapped = oaep_with_openssl(tmp_path, job, os.urandom(32))
+    foreign = "0190a2b3-c4d5-7e6f-8a9b-0c1d2e3f4a5b"
+    status, _, answer = srv.call("POST", "/v1/keys", import_body(
+        job, "RSA_OAEP_SHA256", wrapped, algorithm="aes-256-gcm", usage="encrypt"),
+        role="operator", headers={"X-Approval-ID": foreign})
+    assert status in (403, 404, 409) and answer["error"]["code"] != "approval_required", answer
+    assert not [r for r in audit_records(srv) if r["action"] == "key.create"
+                and (r.get("details") or {}).get("approval_id") == foreign]
+
+
 def test_roles(srv: LiveServer, tmp_path: Path) -> None:
     for role in ("service", "auditor"):
         status, _, reply = srv.call("POST", "/v1/import-jobs", {}, role=role)

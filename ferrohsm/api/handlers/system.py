@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
-from ...domain.model import RequestContext
+from ...auth.authn import Authenticator
+from ...auth.ratelimit import RateLimiter
+from ...domain.errors import FerroError
+from ...domain.model import RequestContext, Role
 from ...telemetry.metrics import ServerMetrics
 from .. import openapi
 from ..http import JSON_CONTENT_TYPE, Request, Response
@@ -68,3 +73,27 @@ def register(router: Router, health: Callable[[], dict[str, Any]], metrics: Serv
         media_type="text/plain; version=0.0.4"))
     router.add("GET", "/v1/openapi.json", spec, name="openapi", inline=True, doc=Operation(
         "This document", TAGS))
+
+
+HEALTH_DETAIL_ROLES = frozenset({Role.AUDITOR, Role.ADMINISTRATOR})
+
+
+def health_viewer(auth: Authenticator, limiter: RateLimiter
+                  ) -> Callable[[RequestContext, Request], bool]:
+    """Whether a /healthz caller may see the details (paths, counts, key ids, the audit head):
+    a valid Auditor or Administrator token. No token or any other (an invalid one included)
+    gets the status only and no 401, so load balancers keep working whatever they send. A bad
+    token spends a token of the address's bucket, as a failed authentication does anywhere,
+    and an address whose bucket is empty is told the status only: no free oracle for guesses."""
+    def may_see(ctx: RequestContext, req: Request) -> bool:
+        values, ip, now = req.headers.get_all("authorization"), ctx.source_ip or "", time.monotonic()
+        if not values or limiter.ip_spent(ip, now):
+            return False
+        try:
+            principal = auth.authenticate(values, client_fingerprint=ctx.client_fingerprint)
+        except FerroError:
+            with contextlib.suppress(FerroError):
+                limiter.take_ip(ip, now)
+            return False
+        return principal.role in HEALTH_DETAIL_ROLES
+    return may_see
