@@ -131,7 +131,7 @@ def open_approvals(config: Config, secrets: Secrets, store: KeyStore | None = No
     """Approvals survive restarts beside the keys; with the memory key store nothing does. With
     PostgreSQL they live in the key store's database, shared by every node. Stored records are
     authenticated (store/approvalmac.py)."""
-    codec = ApprovalCodec(secrets.audit_hmac_key)
+    codec = ApprovalCodec(RecordMac.for_approvals(secrets.audit_hmac_key))
     if isinstance(store, PostgresStore):
         return PostgresApprovalStore(store.database, codec)
     if config.storage.key_store == "memory":

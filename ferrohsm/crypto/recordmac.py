@@ -25,9 +25,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..domain.errors import ConfigError
 
-__all__ = ["LABEL", "TAG_SIZE", "RecordMac"]
+__all__ = ["APPROVALS_LABEL", "LABEL", "TAG_SIZE", "RecordMac"]
 
 LABEL = b"ferrohsm key-record mac v1"
+APPROVALS_LABEL = b"ferrohsm approval record MAC v1"
 TAG_SIZE = 32
 _MASTER_KEY_SIZE = 32
 
@@ -54,6 +55,13 @@ class RecordMac:
             raise ConfigError(f"the master key must be exactly {_MASTER_KEY_SIZE} bytes")
         hkdf = HKDF(algorithm=hashes.SHA256(), length=TAG_SIZE, salt=None, info=LABEL)
         return cls(hkdf.derive(master_key))
+
+    @classmethod
+    def for_approvals(cls, audit_hmac_key: bytes) -> RecordMac:
+        """HKDF-SHA256(audit HMAC key, info=APPROVALS_LABEL): the MAC key of stored approval
+        records (store/approvalmac.py says why the audit key, not the master key)."""
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=TAG_SIZE, salt=None, info=APPROVALS_LABEL)
+        return cls(hkdf.derive(audit_hmac_key))
 
     def __repr__(self) -> str:
         return "RecordMac(<derived key>)"

@@ -24,15 +24,11 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-from ..crypto.recordmac import RecordMac
 from ..domain.approval import Approval, from_record, to_record
 from ..domain.errors import IntegrityError, StoreError
+from .records import RecordAuthenticator
 
 log = logging.getLogger("ferrohsm.approvals")
-LABEL = b"ferrohsm approval record MAC v1"
 MAC_FIELD = "mac"
 
 
@@ -41,10 +37,9 @@ class ApprovalCodec:
 
     __slots__ = ("_mac",)
 
-    def __init__(self, audit_hmac_key: bytes) -> None:
-        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                       info=LABEL).derive(audit_hmac_key)
-        self._mac = RecordMac(derived)
+    def __init__(self, mac: RecordAuthenticator) -> None:
+        """``mac``: crypto.recordmac.RecordMac.for_approvals(the audit HMAC key)."""
+        self._mac = mac
 
     def __repr__(self) -> str:
         return "ApprovalCodec(<derived key>)"

@@ -19,6 +19,7 @@ import pytest
 from backends import Backend as GenericBackend
 from backends import serve_backend
 
+from ferrohsm.crypto.recordmac import RecordMac
 from ferrohsm.domain import approval as apv
 from ferrohsm.domain.approval import Approval, ApprovalState
 from ferrohsm.domain.errors import Conflict, NotFound, StaleRevision, StoreError
@@ -31,7 +32,7 @@ from ferrohsm.store.pgdb import PgDatabase
 from ferrohsm.store.postgres_approvals import PostgresApprovalStore
 from ferrohsm.store.sqlite_approvals import SQLiteApprovalStore
 
-CODEC = ApprovalCodec(b"a" * 32)  # the approval records' MAC key
+CODEC = ApprovalCodec(RecordMac.for_approvals(b"a" * 32))  # the approval records' MAC
 
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, 123456, tzinfo=UTC)
@@ -284,7 +285,9 @@ def test_a_record_changed_in_the_database_is_refused(backend: Backend) -> None:
             record["votes"] = [{"approver": "mallory", "role": "operator", "approve": True,
                                 "at": "2026-01-01T00:00:00Z", "comment": None}]
         _rewrite(store, forged.id, approve)
-        _rewrite(store, stripped.id, lambda record: record.pop("mac"))
+        def strip(record: dict[str, object]) -> None:
+            del record["mac"]
+        _rewrite(store, stripped.id, strip)
         for bad in (forged, stripped):
             with pytest.raises(IntegrityError, match="failed its integrity check"):
                 store.get(bad.id)

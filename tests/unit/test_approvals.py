@@ -38,7 +38,7 @@ from ferrohsm.store.memory import MemoryStore
 from ferrohsm.store.memory_approvals import MemoryApprovalStore
 from ferrohsm.store.sqlite_approvals import SQLiteApprovalStore
 
-CODEC = ApprovalCodec(b"a" * 32)  # the approval records' MAC key
+CODEC = ApprovalCodec(RecordMac.for_approvals(b"a" * 32))  # the approval records' MAC
 
 
 RECORD_MAC = RecordMac.derive(bytes(32))  # record MACs under a test master key

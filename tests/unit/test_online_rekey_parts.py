@@ -18,6 +18,7 @@ from test_approvals import ALICE, BOB, CAROL, World, ctx
 
 from ferrohsm.auth.permissions import Action
 from ferrohsm.control.dualcontrol import SYSTEM_TARGET
+from ferrohsm.crypto.recordmac import RecordMac
 from ferrohsm.custody import online, rekey
 from ferrohsm.domain.errors import (
     ApprovalRequired,
@@ -32,7 +33,7 @@ from ferrohsm.store.approvalstore import ApprovalStore
 from ferrohsm.store.memory_approvals import MemoryApprovalStore
 from ferrohsm.store.sqlite_approvals import SQLiteApprovalStore
 
-CODEC = ApprovalCodec(b"a" * 32)  # the approval records' MAC key
+CODEC = ApprovalCodec(RecordMac.for_approvals(b"a" * 32))  # the approval records' MAC
 
 
 TTL = timedelta(minutes=10)

@@ -33,7 +33,7 @@ from ferrohsm.store.postgres import PostgresStore
 from ferrohsm.store.postgres_approvals import PostgresApprovalStore
 from ferrohsm.store.postgres_revocations import PostgresDenyList
 
-CODEC = ApprovalCodec(b"a" * 32)  # the approval records' MAC key
+CODEC = ApprovalCodec(RecordMac.for_approvals(b"a" * 32))  # the approval records' MAC
 
 
 MAC = RecordMac.derive(bytes(range(32)))
