@@ -57,7 +57,7 @@ from .engine.keycache import MaterialCache
 from .engine.keyengine import KeyEngine
 from .integrity.logcheck import StartupChecks, StartupRefused
 from .integrity.logscan import AuditLocation
-from .integrity.reconcile import reconcile
+from .integrity.reconcile import Report, reconcile
 from .integrity.records import RecordReport, check_key_records
 from .obswire import share_metrics, wire_metrics
 from .service import AuditLogService, KeyService, TokenService
@@ -368,23 +368,24 @@ def _certificate_in_date(status: Callable[[], dict[str, Any]] | None) -> bool:
 
 def open_state(config: Config, secrets: Secrets, store: KeyStore, sealer: Sealer,
                approvals: ApprovalStore, opts: StartupOptions, cluster: Cluster | None
-               ) -> tuple[ChainedSink, RecordReport | None]:
+               ) -> tuple[ChainedSink, RecordReport | None, Report | None]:
     """The audit log, checked against the store and reconciled on a cold start; opened as is
     by a node that joins live ones (store/nodelock.py says why)."""
     if cluster is not None and not cluster.membership.enter():
-        return open_joined(config, secrets, store, sealer), None
+        return open_joined(config, secrets, store, sealer), None, None
     audit, audit_loss = open_checked(config, secrets, store, sealer, opts)
+    settled = None
     try:
         key_records = check_key_records(store, audit)  # before anything is served
         if config.storage.key_store != "memory":  # the memory store forgets by design
             # settle what a crash left unsettled, refuse what the log does not explain
             # (integrity/reconcile.py); after an accepted audit loss, bind every key anew
-            reconcile(store, audit, secrets.audit_hmac_key, approvals=approvals,
-                      accept_unrecorded=opts.accept_unrecorded or audit_loss)
+            settled = reconcile(store, audit, secrets.audit_hmac_key, approvals=approvals,
+                                accept_unrecorded=opts.accept_unrecorded or audit_loss)
     except BaseException:
         audit.close()
         raise
-    return audit, key_records
+    return audit, key_records, settled
 
 
 def build_runtime(config: Config, secrets: Secrets,
@@ -402,8 +403,8 @@ def build_runtime(config: Config, secrets: Secrets,
         policy = Policy.from_config(config.policy_tags, config.crypto.destroy_grace_hours)
         approvals = open_approvals(config, secrets, store)
         cluster = open_cluster(config)
-        audit, key_records = open_state(config, secrets, store, sealer, approvals,
-                                        options or StartupOptions(), cluster)
+        audit, key_records, settled = open_state(config, secrets, store, sealer, approvals,
+                                                 options or StartupOptions(), cluster)
         if cluster is not None:
             cluster.membership.started()
     except Exception:
@@ -422,6 +423,8 @@ def build_runtime(config: Config, secrets: Secrets,
     auth = build_authenticator(config.auth, secrets.jwt_hs256_secret, config.storage.data_dir,
                                on_event=config_audit(audit, "auth.keyset_reload"),
                                deny_list=shared_deny_list(store))
+    if settled is not None and auth.restore_revocations(settled.revoked):  # the log is the truth
+        log.warning("token deny-list: revocations the audit log holds were missing; restored")
     service.approvals.rules = vote_rules(config, voters, audit)
     limiter = RateLimiter(policy_from_settings(config.rate_limit))
     if cluster is not None:

@@ -369,15 +369,34 @@ class Authenticator:
     # ---- operations ----
 
     def revoke(self, jti: str, exp: int | None = None) -> float:
-        """Deny-list ``jti`` for as long as any token carrying it could be accepted.
-
-        Any acceptable token has ``exp <= now + leeway + max_ttl`` (iat is at most ``leeway`` in
-        the future and the lifetime is capped), and is accepted until ``exp + leeway``.
-        """
-        now = self._clock()
-        until = max(float(exp or 0) + self.leeway, now + self.max_ttl + 2 * self.leeway)
-        self.deny_list.revoke(jti, until, now)
+        """Deny-list ``jti`` for as long as any token carrying it could be accepted."""
+        until = self.revocation_until(exp)
+        self.deny(jti, until)
         return until
+
+    def revocation_until(self, exp: int | None, at: float | None = None) -> float:
+        """Until when a revocation made at ``at`` (now) must last. Any acceptable token has
+        ``exp <= now + leeway + max_ttl`` (iat is at most ``leeway`` in the future and the
+        lifetime is capped), and is accepted until ``exp + leeway``."""
+        made = self._clock() if at is None else at
+        return max(float(exp or 0) + self.leeway, made + self.max_ttl + 2 * self.leeway)
+
+    def deny(self, jti: str, until: float) -> None:
+        """Put ``jti`` on the deny-list until ``until`` (in force in this process even when it
+        cannot be persisted: that raises Unavailable after)."""
+        self.deny_list.revoke(jti, until, self._clock())
+
+    def restore_revocations(self, revoked: Iterable[tuple[str, float | None, float]]) -> int:
+        """At start-up: every revocation the audit log holds (jti, until or None, when it was
+        made) that still matters goes back on the deny-list, so a deny-list file deleted or
+        edited while the server was down re-admits no revoked token. How many were missing."""
+        now, missing = self._clock(), 0
+        for jti, until, made in revoked:
+            last = until if until is not None else self.revocation_until(None, made)
+            if last > now and not self.deny_list.is_revoked(jti, now):
+                self.deny(jti, last)
+                missing += 1
+        return missing
 
     def reload(self, reason: str = "SIGHUP") -> bool:
         """Re-read keyset files and the deny-list now; True when the keyset was accepted."""

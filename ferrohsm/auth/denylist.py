@@ -111,8 +111,8 @@ class DenyList:
             entries[jti] = max(until, entries.get(jti, until))
             if len(entries) > self._max:
                 raise Unavailable(f"the token deny-list is full ({self._max} live entries)")
+            self._entries = entries  # in force here even if the write below fails
             self._write(entries)
-            self._entries = entries
 
     def prune(self, now: float) -> int:
         """Forget expired entries; returns how many went."""

@@ -31,8 +31,10 @@ from ..audit.sinkbase import AuditSink
 from ..audit.sqlitesink import SQLiteSink
 from ..domain import binding
 from ..domain.errors import AuditUnavailable
+from ..domain.model import parse_iso
 
-_WORTH_PARSING = (b'"outcome":"intent"', b'"outcome":"rolled_back"', b'"intent_seq":')
+_WORTH_PARSING = (b'"outcome":"intent"', b'"outcome":"rolled_back"', b'"intent_seq":',
+                  b'{"action":"token.revoke",')
 _LEGACY = tuple(b'{"action":"%s",' % a.encode() for a in sorted(binding.LEGACY_CHANGE_ACTIONS))
 _SUCCESS = b'"outcome":"success"'
 
@@ -77,6 +79,9 @@ class ChangeLog:
     pending: dict[int, Change | ApprovalChange] = field(default_factory=dict)
     built_on: set[int] = field(default_factory=set)  # open intents a confirmed change follows
     first_seq: int = 0
+    # token revocations: (jti, until or None for records older than ``until``, epoch seconds
+    # of the record), for Authenticator.restore_revocations
+    revoked: list[tuple[str, float | None, float]] = field(default_factory=list)
 
     def history(self, key_id: str) -> KeyHistory:
         return self.keys.setdefault(key_id, KeyHistory())
@@ -97,7 +102,9 @@ class ChangeLog:
 
     def add(self, record: dict[str, Any]) -> None:
         outcome, details = record.get("outcome"), record.get("details") or {}
-        if outcome == binding.INTENT:
+        if record.get("action") == "token.revoke":
+            self._revoked(record, details)
+        elif outcome == binding.INTENT:
             self._intent(record, details)
         elif outcome in (binding.SUCCESS, binding.ROLLED_BACK) and binding.INTENT_SEQ in details:
             self._settled(outcome == binding.SUCCESS, details[binding.INTENT_SEQ])
@@ -117,6 +124,12 @@ class ChangeLog:
                                                str(details["approval_id"]),
                                                str(details.get("approval_state")),
                                                int(details[binding.TARGET_REVISION]))
+
+    def _revoked(self, record: dict[str, Any], details: dict[str, Any]) -> None:
+        jti, until, made = details.get("jti"), details.get("until"), parse_iso(record.get("ts"))
+        if record.get("outcome") == "success" and isinstance(jti, str) and made is not None:
+            self.revoked.append((jti, float(until) if isinstance(until, (int, float)) else None,
+                                 made.timestamp()))
 
     def _settled(self, success: bool, intent_seq: object) -> None:
         intent = self.pending.pop(intent_seq, None) if isinstance(intent_seq, int) else None

@@ -90,6 +90,9 @@ class Report:
     rolled_back: int = 0
     bound: int = 0
     accepted: int = 0
+    # the token revocations the log holds (ChangeLog.revoked), for the deny-list's start-up
+    # check (Authenticator.restore_revocations); not a finding, so not compared
+    revoked: tuple[tuple[str, float | None, float], ...] = field(default=(), compare=False)
 
 
 # ---- deciding (pure but for reading the stores) -------------------------------------------
@@ -220,7 +223,8 @@ def reconcile(store: KeyStore, sink: AuditSink, hmac_key: bytes, *,
                 f"served as they are (--accept-unrecorded): {ids}", count=len(accepted))
     report = Report(completed=sum(s.applied for s in plan.settle),
                     rolled_back=sum(not s.applied for s in plan.settle),
-                    bound=len(plan.bind), accepted=len(accepted))
+                    bound=len(plan.bind), accepted=len(accepted),
+                    revoked=tuple(changes.revoked))
     if report != Report():
         log.warning("integrity: start-up reconciliation: %s", report)
     return report

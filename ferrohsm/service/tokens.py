@@ -2,13 +2,14 @@
 ``whoami``, the caller's own token as the server reads it (any role).
 
 The deny-list is keyed by ``jti`` (auth/denylist.py says why never by token text). The entry is
-persisted before the answer and kept for as long as any token carrying that ``jti`` could still
-be accepted, so ``exp`` is optional. Runs inside the guarded call: allowed and refused calls
+recorded in the audit log, then persisted, before the answer, and kept for as long as any token
+carrying that ``jti`` could still be accepted, so ``exp`` is optional. Runs inside the guarded call: allowed and refused calls
 leave one audit record each.
 """
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -20,9 +21,11 @@ from .guard import Guard
 
 
 class Revoker(Protocol):
-    """auth.authn.Authenticator.revoke: persist the entry; the epoch second it lasts until."""
+    """auth.authn.Authenticator: how long a revocation lasts, and the deny-list entry."""
 
-    def revoke(self, jti: str, exp: int | None = None) -> float: ...
+    def revocation_until(self, exp: int | None, at: float | None = None) -> float: ...
+
+    def deny(self, jti: str, until: float) -> None: ...
 
 
 # 9999-12-30T23:59:59Z: the entry is kept until exp plus the leeway (at most 300 s), and that
@@ -45,9 +48,12 @@ class TokenService:
                 raise BadRequest("exp must be the token's expiry in Unix seconds, "
                                  f"0-{MAX_EXP} (1970 to 9999-12-30)")
             self.guard.require_audit()
-            until = self.revoker.revoke(jti, exp)
+            until = float(math.ceil(self.revoker.revocation_until(exp)))  # whole seconds
+            # recorded (durable) first: the log is what start-up rebuilds the deny-list from
+            # (Authenticator.restore_revocations), so no entry exists without its record
             self.guard.record(ctx, Action.TOKEN_REVOKE, "success", f"token {jti} revoked",
-                              jti=jti)
+                              jti=jti, until=int(until))
+            self.revoker.deny(jti, until)
             return until
         return self.guard.run(ctx, Action.TOKEN_REVOKE, work)
 
