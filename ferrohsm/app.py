@@ -405,6 +405,15 @@ def build_runtime(config: Config, secrets: Secrets,
         cluster = open_cluster(config)
         audit, key_records, settled = open_state(config, secrets, store, sealer, approvals,
                                                  options or StartupOptions(), cluster)
+        auth = build_authenticator(config.auth, secrets.jwt_hs256_secret,
+                                   config.storage.data_dir,
+                                   on_event=config_audit(audit, "auth.keyset_reload"),
+                                   deny_list=shared_deny_list(store))
+        # the log's revocations are back on the list before any other process or node may
+        # serve: they wait for this cold start (store/nodelock.py) until ``started``
+        if settled is not None and auth.restore_revocations(settled.revoked):
+            log.warning("token deny-list: revocations the audit log holds were missing; "
+                        "restored")
         if cluster is not None:
             cluster.membership.started()
     except Exception:
@@ -420,11 +429,6 @@ def build_runtime(config: Config, secrets: Secrets,
                          destroy_grace=lambda key: policy.rules_for(key).destroy_grace,
                          on_crypto=lambda alg, op, outcome: metrics.crypto_ops.inc(alg, op, outcome),
                          policy=policy, approvals=approvals)
-    auth = build_authenticator(config.auth, secrets.jwt_hs256_secret, config.storage.data_dir,
-                               on_event=config_audit(audit, "auth.keyset_reload"),
-                               deny_list=shared_deny_list(store))
-    if settled is not None and auth.restore_revocations(settled.revoked):  # the log is the truth
-        log.warning("token deny-list: revocations the audit log holds were missing; restored")
     service.approvals.rules = vote_rules(config, voters, audit)
     limiter = RateLimiter(policy_from_settings(config.rate_limit))
     if cluster is not None:

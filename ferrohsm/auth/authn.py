@@ -390,13 +390,13 @@ class Authenticator:
         """At start-up: every revocation the audit log holds (jti, until or None, when it was
         made) that still matters goes back on the deny-list, so a deny-list file deleted or
         edited while the server was down re-admits no revoked token. How many were missing."""
-        now, missing = self._clock(), 0
+        now, missing = self._clock(), dict[str, float]()
         for jti, until, made in revoked:
             last = until if until is not None else self.revocation_until(None, made)
             if last > now and not self.deny_list.is_revoked(jti, now):
-                self.deny(jti, last)
-                missing += 1
-        return missing
+                missing[jti] = max(last, missing.get(jti, last))
+        self.deny_list.revoke_all(missing, now)  # one write, however many
+        return len(missing)
 
     def reload(self, reason: str = "SIGHUP") -> bool:
         """Re-read keyset files and the deny-list now; True when the keyset was accepted."""

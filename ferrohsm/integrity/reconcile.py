@@ -92,7 +92,8 @@ class Report:
     accepted: int = 0
     # the token revocations the log holds (ChangeLog.revoked), for the deny-list's start-up
     # check (Authenticator.restore_revocations); not a finding, so not compared
-    revoked: tuple[tuple[str, float | None, float], ...] = field(default=(), compare=False)
+    revoked: tuple[tuple[str, float | None, float], ...] = field(default=(), compare=False,
+                                                                 repr=False)
 
 
 # ---- deciding (pure but for reading the stores) -------------------------------------------

@@ -35,11 +35,12 @@ MAC_FIELD = "mac"
 class ApprovalCodec:
     """Approval <-> the authenticated JSON text the database stores."""
 
-    __slots__ = ("_mac",)
+    __slots__ = ("_mac", "_reported")
 
     def __init__(self, mac: RecordAuthenticator) -> None:
         """``mac``: crypto.recordmac.RecordMac.for_approvals(the audit HMAC key)."""
         self._mac = mac
+        self._reported: set[str] = set()  # records already logged as failing (once each)
 
     def __repr__(self) -> str:
         return "ApprovalCodec(<derived key>)"
@@ -72,7 +73,11 @@ class ApprovalCodec:
             try:
                 found.append(self.decode(text))
             except (IntegrityError, StoreError) as exc:
-                log.error("approval left out of a listing: %s", exc.message)
+                if exc.message not in self._reported:  # every scan would repeat it
+                    if len(self._reported) > 10_000:
+                        self._reported.clear()
+                    self._reported.add(exc.message)
+                    log.error("approval left out of listings: %s", exc.message)
         return found
 
     def _tag(self, record: Any) -> str:

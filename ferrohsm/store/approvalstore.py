@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from ..domain.approval import OPEN, Approval, ApprovalState
+from ..domain.approval import OPEN, Approval, ApprovalState, effective_state
 
 
 class ApprovalStore(ABC):
@@ -77,6 +77,13 @@ class ApprovalStore(ABC):
 # The SQL both database stores (SQLite, PostgreSQL) share; ``mark`` is the driver's placeholder.
 OPEN_SQL = "('pending', 'approved')"
 FINISHED_SQL = "('denied', 'expired', 'executed')"
+
+
+def in_state(found: Sequence[Approval], state: ApprovalState | None,
+             now: datetime) -> list[Approval]:
+    """The approvals of a listing whose authenticated record (not the indexed ``state`` column,
+    which anyone who can write the database could change) is in ``state``."""
+    return [a for a in found if state is None or effective_state(a, now) is state]
 
 
 def state_clause(state: ApprovalState | None, now: Any, mark: str) -> tuple[str, list[Any]]:

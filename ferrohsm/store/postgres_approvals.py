@@ -18,7 +18,7 @@ from typing import Any
 from ..domain.approval import Approval, ApprovalState
 from ..domain.errors import Conflict, NotFound, StaleRevision, StoreError
 from .approvalmac import ApprovalCodec
-from .approvalstore import FINISHED_SQL, OPEN_SQL, ApprovalStore, state_clause
+from .approvalstore import FINISHED_SQL, OPEN_SQL, ApprovalStore, in_state, state_clause
 from .pgdb import Conn, PgDatabase
 from .pgschema import prepare
 
@@ -118,7 +118,8 @@ class PostgresApprovalStore(ApprovalStore):
             if not _usable(after):
                 return []
             where, args = f"{where} AND id > %s", [*args, after]
-        return self._select(where, [*args, limit], "ORDER BY id LIMIT %s")
+        return in_state(self._select(where, [*args, limit], "ORDER BY id LIMIT %s"),
+                        state, now)
 
     def expiring(self, now: datetime, limit: int = 1000) -> Sequence[Approval]:
         return self._select(f"state IN {OPEN_SQL} AND expires_at <= %s", [now, limit],

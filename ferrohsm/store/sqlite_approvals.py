@@ -17,7 +17,7 @@ from ..domain.approval import Approval, ApprovalState
 from ..domain.errors import Conflict, NotFound, StaleRevision, StoreError
 from ..domain.model import iso
 from .approvalmac import ApprovalCodec
-from .approvalstore import FINISHED_SQL, OPEN_SQL, ApprovalStore, state_clause
+from .approvalstore import FINISHED_SQL, OPEN_SQL, ApprovalStore, in_state, state_clause
 from .sqlitedb import connect_durable, prepare_file, retry_locked, transaction
 
 SCHEMA = """
@@ -117,7 +117,8 @@ class SQLiteApprovalStore(ApprovalStore):
         where, args = state_clause(state, iso(now) or "", "?")
         if after is not None:
             where, args = f"{where} AND id > ?", [*args, after]
-        return self._select(where, [*args, limit], "ORDER BY id LIMIT ?")
+        return in_state(self._select(where, [*args, limit], "ORDER BY id LIMIT ?"),
+                        state, now)
 
     def expiring(self, now: datetime, limit: int = 1000) -> Sequence[Approval]:
         return self._select(f"state IN {OPEN_SQL} AND expires_at <= ?", [iso(now), limit],

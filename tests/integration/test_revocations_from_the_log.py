@@ -37,3 +37,20 @@ def test_an_emptied_or_deleted_deny_list_is_rebuilt_from_the_audit_log(tmp_path:
             assert "jti-stolen-1" in json.loads(deny.read_text())["revoked"]
         finally:
             again.close()
+
+
+def test_a_restore_writes_the_file_once_however_many_it_puts_back(tmp_path: Path) -> None:
+    """The restore runs before other processes may serve, so it must be quick: one write of
+    the deny-list, not one per entry (each a temp file, an fsync and a rename)."""
+    from ferrohsm.auth.denylist import DenyList
+    deny = DenyList(tmp_path / "revoked-tokens.json")
+    writes: list[int] = []
+    original = deny._write
+
+    def counted(entries: dict[str, float]) -> None:
+        writes.append(len(entries))
+        original(entries)
+    deny._write = counted  # type: ignore[method-assign]
+    deny.revoke_all({f"jti-{i}": 4_000_000_000.0 for i in range(2000)}, 1_000.0)
+    assert writes == [2000] and len(deny) == 2000
+    assert deny.is_revoked("jti-1999", 1_000.0)
