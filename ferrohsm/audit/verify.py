@@ -383,7 +383,8 @@ def _parser() -> _Parser:
                      "  ferrohsm audit verify ferrohsm-data/audit --hmac-key-file "
                      "ferrohsm-data/audit-hmac.key\n"
                      "  ferrohsm audit export --out audit.jsonl && ferrohsm audit verify "
-                     "audit.jsonl --no-checkpoints")
+                     "audit.jsonl --hmac-key-file ferrohsm-data/audit-hmac.key "
+                     "--no-checkpoints")
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="audit directory, segment files, exported JSONL, or SQLite database")
     parser.add_argument("--hmac-key-file", metavar="FILE",

@@ -90,6 +90,12 @@ def _config(args: argparse.Namespace) -> Config:
     config = load_config(args.config, overrides={
         ("storage", "key_store"): args.key_store, ("storage", "data_dir"): args.data_dir,
         ("secrets", "backup_key_file"): args.backup_key_file})
+    from ..custody import state
+    if config.secrets.unseal != "shamir" and state.path_in(config.storage.data_dir).exists():
+        # a custody file in the data directory (copied there for a restore, or a split-
+        # knowledge server's own) means its shares hold the master key, whatever the defaults
+        config = dataclasses.replace(config, secrets=dataclasses.replace(config.secrets,
+                                                                         unseal="shamir"))
     if config.secrets.unseal != "shamir" and (args.share_file or args.private_key):
         raise ConfigError('--share-file and --private-key are for split-knowledge mode '
                           '([secrets] unseal = "shamir"): here the master key comes from '

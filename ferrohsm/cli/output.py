@@ -262,11 +262,21 @@ def render(settings: Any, document: Any, human: Callable[[], str],
 def emit(settings: Any, document: Any, human: Callable[[], str],
          rows: Callable[[], list[list[str]]] | None = None) -> None:
     text = render(settings, document, human, rows)
-    listed = _only_list(document) if settings.field else None
-    if listed is not None and not listed[1]:
+    if settings.field and not text and _empty_listing(document, settings.field):
         return  # --field over an empty listing: no line at all (a `while read` runs no turn)
     if text or settings.field:  # a --field that is empty or null: an empty line
         print(text)
+
+
+def _empty_listing(document: Any, path: str) -> bool:
+    """``path`` names no member of the answer, whose one list is empty (a listing that found
+    nothing), as opposed to a member that is empty or null."""
+    try:
+        lookup(document, path)
+    except MissingMember:
+        listed = _only_list(document)
+        return listed is not None and not listed[1]
+    return False
 
 
 def _lookup(document: Any, path: str) -> Any:

@@ -295,6 +295,8 @@ def test_json_is_the_apis_json_and_field_prints_one_value(cli: Cli, live: LiveSe
     assert cli("keys", "list", "--tag", "formats", "--field", "total").text == "1\n"
     none = cli("keys", "list", "--tag", "no-such-tag-anywhere", "--field", "name")
     assert none.code == 0 and none.text == ""  # nothing matched: no line, not a usage error
+    # a member of an answer whose one list is empty is still printed
+    assert cli("keys", "list", "--tag", "no-such-tag-anywhere", "--field", "total").text == "0\n"
     assert cli("keys", "show", name, "--field", "versions.0.state").text == "enabled\n"
     assert cli("keys", "show", name, "--field", "tags").json() == ["formats"]
     missing = cli("keys", "show", name, "--field", "nope")

@@ -200,6 +200,14 @@ def test_split_knowledge_backups_restore_with_a_threshold_of_shares(tmp_path: Pa
     assert done.returncode == 0, done.stderr
     assert "restored 6 key(s)" in done.stdout and "same shares" in done.stdout
 
+    # as the README shows it: no config file, only the copied custody file names the mode
+    bare = tmp_path / "bare"
+    bare.mkdir(mode=0o700)
+    shutil.copy(home.data / "custody.json", bare / "custody.json")
+    done = target.cli("restore", str(online), "--data-dir", str(bare), "--key-store",
+                      "filesystem", "--share-file", str(share_file), stdin=shares[1] + "\n")
+    assert done.returncode == 0, done.stderr
+
     restored = target.serve()
     try:
         assert restored.call("GET", "/healthz")[1]["sealed"] is True
