@@ -156,7 +156,8 @@ def test_health_is_degraded_from_a_failed_audit_write_until_the_next_good_one(
             gauge = audit_gauge(srv)
         assert status == 503 and health["status"] == "degraded", health
         assert "audit" in health["reason"] and "File too large" in health["reason"]
-        assert public[0] == 503 and set(public[2]) == {"status", "version", "sealed"}
+        assert public[0] == 503 and set(public[2]) == {"status", "version", "sealed", "auth",
+                                                      "rate_limit", "cache"}
         assert public[2]["status"] == "degraded"
         assert gauge == "ferrohsm_audit_healthy 0"
         assert srv.call("POST", f"/v1/keys/{key['id']}/rotate")[0] == 200  # a good write

@@ -96,7 +96,7 @@ def test_an_administrator_rekeys_a_serving_server(tmp_path: Path) -> None:
         # no approval is configured: an X-Approval-ID is refused, not recorded as authorising it
         status, body = srv.call("POST", "/v1/sys/rekey", {}, home.token(),
                                 {"X-Approval-ID": "0190a2b3-c4d5-7e6f-8a9b-0c1d2e3f4a5b"})
-        assert status == 400 and "needs no approval" in body["error"]["message"], body
+        assert status == 409 and "needs no approval" in body["error"]["message"], body
         assert key_in_file(home) == old
         out = cli_rekey(home, srv, home.token())
         assert out.returncode == 0, out.stderr

@@ -14,7 +14,7 @@ from typing import Any
 
 from ...auth.permissions import Action
 from ...control.dualcontrol import DualControl
-from ...domain.errors import BadRequest
+from ...domain.errors import Conflict
 from ...domain.model import RequestContext, plain_text
 from ...service.guard import Guard
 from ..http import Request
@@ -34,8 +34,8 @@ def register(router: Router, guard: Guard, dual: DualControl, run: Run, required
 
         def work() -> dict[str, Any]:
             if required == 0 and ctx.approval_id is not None:  # else recorded as authorising it
-                raise BadRequest("X-Approval-ID was given, but a rekey here needs no approval "
-                                 "([approvals].rekey_approvals_required = 0): send it without")
+                raise Conflict("X-Approval-ID was given, but a rekey here needs no approval "
+                               "([approvals].rekey_approvals_required = 0): send it without")
             if required > 0:
                 dual.gate_system(ctx, Action.SYSTEM_REKEY, {"reason": reason}, required,
                                  timedelta(seconds=ttl_seconds))
