@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from live import LiveServer
+from test_batch import records_of
 
 POLICY = """
 [policy.tags.dc]
@@ -56,17 +57,6 @@ def create(srv: LiveServer, key_type: str = "aes256-gcm96", tags: list[str] | No
     return name
 
 
-def records(srv: LiveServer, rid: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        _, _, page = srv.call("GET", f"/v1/audit?limit=1000&after_seq={after}", role="auditor")
-        found.extend(r for r in page["records"] if r["request_id"] == rid)
-        if page["next_after_seq"] is None:
-            return found
-        after = page["next_after_seq"]
-
-
 def test_an_approval_that_covers_one_batch_item_fails_only_the_others(srv: LiveServer) -> None:
     """Item 0 redeems the approval and decrypts; item 1 (other arguments) is refused as ITS
     error, not by failing the request after item 0's approval was spent and its plaintext
@@ -89,7 +79,7 @@ def test_an_approval_that_covers_one_batch_item_fails_only_the_others(srv: LiveS
     results = answer["data"]["batch_results"]
     assert results[0] == {"plaintext": B(b"one")}
     assert "different request" in results[1]["error"], results
-    outcomes = sorted((r["action"], r["outcome"]) for r in records(srv, rid))
+    outcomes = sorted((r["action"], r["outcome"]) for r in records_of(srv, rid))
     assert ("crypto.decrypt", "success") in outcomes and ("approval.executed", "success") \
         in outcomes, outcomes
 
@@ -104,7 +94,7 @@ def test_partial_failure_response_code_is_checked_before_any_item_runs(
             "batch_input": [{"plaintext": B(b"a")}, {"plaintext": "!!"}]},
             headers={"X-Request-ID": rid})
         assert status == 400 and "from 200 to 599" in answer["errors"][0], answer
-        assert not [r for r in records(srv, rid) if r["outcome"] == "success"], bad
+        assert not [r for r in records_of(srv, rid) if r["outcome"] == "success"], bad
 
 
 def test_a_sign_batch_with_an_escaped_member_name_runs_on_the_worker_pool(
@@ -151,13 +141,13 @@ def test_permission_is_checked_before_sign_options(srv: LiveServer) -> None:
                            {"input": B(b"m"), "hash_algorithm": "sha2-512"}, role="auditor",
                            headers={"X-Request-ID": rid})
     assert status == 403 and answer["errors"][0].startswith("permission denied"), answer
-    assert [(r["action"], r["outcome"]) for r in records(srv, rid)] == [
+    assert [(r["action"], r["outcome"]) for r in records_of(srv, rid)] == [
         ("crypto.sign", "denied")]
     rid = f"edge-{secrets.token_hex(6)}"
     status, answer = vault(srv, "POST", f"/v1/transit/sign/{name}", {"input": B(b"m")},
                            headers={"X-Request-ID": rid})
     assert status == 200, answer
-    assert [r["action"] for r in records(srv, rid)] == ["crypto.sign"]
+    assert [r["action"] for r in records_of(srv, rid)] == ["crypto.sign"]
 
 
 def test_messages_a_vault_client_can_act_on(srv: LiveServer) -> None:

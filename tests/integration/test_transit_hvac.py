@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from live import LiveServer
-from test_batch import positions
+from test_batch import positions, records_of
 
 hvac = pytest.importorskip("hvac", reason="hvac is a test dependency: pip install -e '.[test]'")
 vault_errors: Any = hvac.exceptions  # hvac has no type stubs
@@ -466,14 +466,7 @@ def test_a_refused_transit_request_leaves_exactly_one_record(
     answer = srv.call(method, path.format(key=name), body, role=role,
                       headers={"X-Request-ID": rid})
     assert answer[0] == status and isinstance(answer[2]["errors"], list), answer
-    audited: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        _, _, page = srv.call("GET", f"/v1/audit?limit=1000&after_seq={after}", role="auditor")
-        audited.extend(r for r in page["records"] if r["request_id"] == rid)
-        if page["next_after_seq"] is None:
-            break
-        after = page["next_after_seq"]
+    audited = records_of(srv, rid)
     assert [r["action"] for r in audited] == [action], audited
 
 
