@@ -69,6 +69,7 @@ from .client_errors import (
     Unauthenticated,
     check_url,
     checked_token,
+    client_cert_refused,
     describe,
     dropped,
     early_answer,
@@ -287,9 +288,9 @@ class Client:
             raise self._unverified(exc, request_id) from None
         except (OSError, http.client.HTTPException) as exc:
             self.close()
-            error = TransportError(f"cannot reach {self.url}: {describe(exc)}",
-                                   request_id=request_id)
-            error.reason = describe(exc)
+            error = client_cert_refused(exc, self.url, request_id) or TransportError(
+                f"cannot reach {self.url}: {describe(exc)}", request_id=request_id)
+            error.reason = error.reason or describe(exc)
             raise error from None
         if resp.will_close:
             self.close()

@@ -157,6 +157,27 @@ def describe(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+# TLS alerts by which a server refuses the client's certificate (or its absence), in the
+# handshake: the request was never read, and no other attempt or node will think otherwise
+CLIENT_CERT_ALERTS = frozenset({"TLSV13_ALERT_CERTIFICATE_REQUIRED", "TLSV1_ALERT_UNKNOWN_CA",
+                                "SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+                                "SSLV3_ALERT_CERTIFICATE_UNKNOWN", "TLSV1_ALERT_ACCESS_DENIED"})
+
+
+def client_cert_refused(exc: BaseException, url: str,
+                        request_id: str | None) -> TransportError | None:
+    """The clear error for a server that refused this client's certificate, else None."""
+    reason = getattr(exc, "reason", None) if isinstance(exc, ssl.SSLError) else None
+    if reason not in CLIENT_CERT_ALERTS:
+        return None
+    error = TransportError(f"{url} refused this client's TLS certificate, or needs one "
+                           f"({reason}): check --client-cert and --client-key "
+                           "(FERROHSM_CLIENT_CERT, FERROHSM_CLIENT_KEY); the request was not "
+                           "carried out", request_id=request_id)
+    error.retryable, error.sent, error.reason = False, False, str(reason)
+    return error
+
+
 def not_repeated(exc: TransportError, url: str, others: bool) -> TransportError:
     """A state change whose connection broke after it was sent: the server may have carried it
     out, so "cannot reach" would mislead (it was reached) and a repeat could run it twice. Say

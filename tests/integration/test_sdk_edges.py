@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -70,3 +70,28 @@ def test_retry_after_as_seconds_or_an_http_date() -> None:
     later = email.utils.formatdate(time.time() + 10, usegmt=True)
     assert 8.0 <= (retry_after(later) or 0) <= 10.5
     assert retry_after("soon") is None and retry_after(None) is None
+
+
+def test_a_refused_client_certificate_is_said_as_such(tmp_path: Path) -> None:
+    """Mutual TLS without a certificate (or with one the server refuses): the TLS alert is
+    named with the way out, not "cannot reach", not retried, and a state change is not called
+    "may or may not have been carried out" (the server never read it)."""
+    from ferrohsm.client import TransportError
+    from ferrohsm.tls.devpki import make_dev_pki
+    clients = make_dev_pki(tmp_path / "clients")
+    srv = LiveServer(tmp_path / "srv", overrides={("tls", "client_ca"): str(clients.ca_cert),
+                                                  ("tls", "require_client_cert"): True})
+    try:
+        with Client(url(srv), srv.token("administrator"), ca_cert=str(srv.pki.ca_cert)) as hsm:
+            calls: list[Callable[[], object]] = [
+                hsm.list_keys, lambda: hsm.create_key("aes-256-gcm", "encrypt")]
+            for call in calls:
+                started = time.monotonic()
+                with pytest.raises(TransportError) as refused:
+                    call()
+                assert "refused this client's TLS certificate" in refused.value.message
+                assert "--client-cert" in refused.value.message
+                assert "may or may not" not in refused.value.message
+                assert time.monotonic() - started < 2  # not retried with backoff
+    finally:
+        srv.close()
