@@ -107,17 +107,11 @@ class DenyList:
         """List ``jti`` until ``until``; persisted before returning (Unavailable on I/O failure)."""
         if not valid_jti(jti):
             raise ValueError("jti must be 1-128 printable characters")
-        with self._lock, self._file_lock():
-            self._merge_file()
-            entries = {k: v for k, v in self._entries.items() if v > now}
-            entries[jti] = max(until, entries.get(jti, until))
-            if len(entries) > self._max:
-                raise Unavailable(f"the token deny-list is full ({self._max} live entries)")
-            self._entries = entries  # in force here even if the write below fails
-            self._write(entries)
+        self.revoke_all({jti: until}, now)
 
     def revoke_all(self, entries: dict[str, float], now: float) -> None:
-        """``revoke`` for many at once (the start-up restore): one write of the file."""
+        """List each ``jti`` until its time (an entry only ever lengthens), in one write of the
+        file; in force in this process even if that write fails. Invalid jtis are skipped."""
         listed = {jti: until for jti, until in entries.items() if valid_jti(jti)}
         if not listed:
             return
@@ -126,6 +120,8 @@ class DenyList:
             merged = {k: v for k, v in self._entries.items() if v > now}
             for jti, until in listed.items():
                 merged[jti] = max(until, merged.get(jti, until))
+            if len(merged) > self._max:
+                raise Unavailable(f"the token deny-list is full ({self._max} live entries)")
             self._entries = merged
             self._write(merged)
 

@@ -3,8 +3,8 @@
 
 The deny-list is keyed by ``jti`` (auth/denylist.py says why never by token text). The entry is
 recorded in the audit log, then persisted, before the answer, and kept for as long as any token
-carrying that ``jti`` could still be accepted, so ``exp`` is optional. Runs inside the guarded call: allowed and refused calls
-leave one audit record each.
+carrying that ``jti`` could still be accepted, so ``exp`` is optional. Runs inside the guarded
+call: allowed and refused calls leave one audit record each.
 """
 
 from __future__ import annotations

@@ -94,11 +94,21 @@ class PostgresDenyList:
         it returns, Unavailable when the list is full."""
         if not _valid(jti):
             raise ValueError("jti must be 1-128 printable characters")
+        self.revoke_all({jti: until}, now)
+
+    def revoke_all(self, entries: dict[str, float], now: float) -> None:
+        """``revoke`` for many at once (the start-up restore): one transaction, one commit and
+        one generation bump. Invalid jtis are skipped."""
+        listed = {jti: until for jti, until in entries.items() if _valid(jti)}
+        if not listed:
+            return
 
         def work(conn: Conn) -> int:
-            conn.execute("INSERT INTO revoked_tokens (jti, until) VALUES (%s, %s) "
-                         "ON CONFLICT (jti) DO UPDATE SET "
-                         "until = greatest(revoked_tokens.until, excluded.until)", (jti, until))
+            for jti, until in listed.items():
+                conn.execute("INSERT INTO revoked_tokens (jti, until) VALUES (%s, %s) "
+                             "ON CONFLICT (jti) DO UPDATE SET "
+                             "until = greatest(revoked_tokens.until, excluded.until)",
+                             (jti, until))
             row = conn.execute("SELECT count(*) FROM revoked_tokens WHERE until > %s",
                                (now,)).fetchone()
             live = int(row[0]) if row else 0
@@ -107,23 +117,6 @@ class PostgresDenyList:
             return live
         self._last_count = self._db.run(work, "could not write the revoked-token list")
         with self._lock:  # listed now, and an entry only ever lengthens: true under any check
-            self._answers[1][jti] = True
-
-    def revoke_all(self, entries: dict[str, float], now: float) -> None:
-        """``revoke`` for many at once (the start-up restore): one transaction, one statement
-        per entry but one commit and one generation bump."""
-        listed = {jti: until for jti, until in entries.items() if _valid(jti)}
-        if not listed:
-            return
-
-        def work(conn: Conn) -> None:
-            for jti, until in listed.items():
-                conn.execute("INSERT INTO revoked_tokens (jti, until) VALUES (%s, %s) "
-                             "ON CONFLICT (jti) DO UPDATE SET "
-                             "until = greatest(revoked_tokens.until, excluded.until)",
-                             (jti, until))
-        self._db.run(work, "could not write the revoked-token list")
-        with self._lock:
             self._answers[1].update(dict.fromkeys(listed, True))
 
     def prune(self, now: float) -> int:
