@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..audit.anchor import write_private_file
 from ..config import Config, decode_key32, load_secrets, read_secret_file
 from ..domain.errors import ConfigError, FerroError
 
@@ -230,15 +231,8 @@ def _write_key_file(name: str, key: bytes) -> None:
         if held != key:
             raise ConfigError(f"{name} holds another key than the interrupted rekey's new key")
         return
-    # written beside it and renamed into place: a kill leaves no empty file for the next run
-    partial = Path(name + ".partial")
-    partial.unlink(missing_ok=True)
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(base64.b64encode(key).decode("ascii") + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
+    # under a temporary name, linked into place: a kill leaves no empty file for the next run
+    write_private_file(name, base64.b64encode(key) + b"\n")
 
 
 def _hand_out(args: argparse.Namespace, config: Config, keys: Any, shamir: bool) -> None:

@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..audit.anchor import fsync_dir, write_private_file
 from ..audit.chain import AuditEvent
 from ..crypto.seal import Sealer
 from ..domain.errors import ConfigError, Conflict, FerroError
@@ -177,32 +178,16 @@ def _read_key(path: Path) -> bytes | None:
     return raw
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def prepare_key_file(key_file: str) -> bytes:
     """A fresh key, durable in ``<key_file>.rekey-new`` (0600) before anything uses it. A
     sidecar left by a run killed before its journal started was never used: replaced. Written
-    beside it and renamed into place, so a kill leaves the sidecar whole or absent, never
-    empty (which a start-up would have to refuse)."""
+    under a temporary name and linked into place, so a kill leaves the sidecar whole or
+    absent, never empty (which a start-up would have to refuse)."""
     side = Path(key_file + SIDECAR)
-    partial = Path(key_file + SIDECAR + ".partial")
     key = os.urandom(32)
     try:
         side.unlink(missing_ok=True)
-        partial.unlink(missing_ok=True)
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(base64.b64encode(key).decode("ascii") + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, side)
-        _fsync_dir(side.parent)
+        write_private_file(str(side), base64.b64encode(key) + b"\n")
     except OSError as exc:  # e.g. a read-only secrets mount: nothing has changed yet
         raise Conflict(f"cannot write the new master key to {side} ({exc.strerror}): the "
                        "directory of [secrets].master_key_file must be writable by the "
@@ -218,7 +203,7 @@ def install_key_file(key_file: str, new: bytes) -> None:
         if held != new:
             raise ConfigError(f"{side} holds another key than the rekey's new key")
         os.replace(side, path)
-        _fsync_dir(path.parent)
+        fsync_dir(str(path.parent))
         return
     if _read_key(path) != new:
         raise ConfigError(f"{path} does not hold the rekey's new master key and {side} is gone")
