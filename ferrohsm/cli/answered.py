@@ -19,5 +19,6 @@ class NotingClient(Client):
 
     def request(self, *args: Any, **kwargs: Any) -> Any:
         answer = super().request(*args, **kwargs)
-        server_answered()
+        method = args[0] if args else kwargs.get("method", "GET")
+        server_answered(acted=str(method).upper() not in ("GET", "HEAD"))
         return answer

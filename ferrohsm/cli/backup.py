@@ -156,15 +156,21 @@ def fetch_backup(args: argparse.Namespace, client: Any, settings: Any) -> int:
     if hashlib.sha256(data).hexdigest() != reply.get("sha256"):
         raise CliExit("the archive does not match the digest the server sent", 1)
     args.archive_out.commit(data)
-    _report(Path(args.out), reply.get("header") or {}, reply["sha256"])
+    _report(args, Path(args.out), reply.get("header") or {}, reply["sha256"])
     return 0
 
 
-def _report(out: Path, h: dict[str, Any], digest: str) -> None:
-    print(f"wrote {out}: {h.get('key_count')} key(s), {h.get('approval_count')} approval(s), "
-          f"audit head seq {(h.get('audit_head') or {}).get('seq')}, "
-          f"{(h.get('backup_key') or {}).get('kind')} backup key "
-          f"{(h.get('backup_key') or {}).get('id')}, sha256 {digest}")
+def _report(args: argparse.Namespace, out: Path, h: dict[str, Any], digest: str) -> None:
+    """The archive written: a line, or with --output json / --field the archive's header, its
+    digest and where it went (the same for an online and an offline backup)."""
+    from .output import emit
+    from .settings import output_format
+    shown = argparse.Namespace(output=output_format(args), field=getattr(args, "field", None))
+    emit(shown, {"out": str(out), "sha256": digest, "header": h}, lambda: (
+        f"wrote {out}: {h.get('key_count')} key(s), {h.get('approval_count')} approval(s), "
+        f"audit head seq {(h.get('audit_head') or {}).get('seq')}, "
+        f"{(h.get('backup_key') or {}).get('kind')} backup key "
+        f"{(h.get('backup_key') or {}).get('id')}, sha256 {digest}"))
 
 
 def run_offline_backup(args: argparse.Namespace) -> int:
@@ -199,7 +205,7 @@ def run_offline_backup(args: argparse.Namespace) -> int:
         audit.close()
         approvals.close()
         store.close()
-    _report(out, written.header, written.digest)
+    _report(args, out, written.header, written.digest)
     return 0
 
 

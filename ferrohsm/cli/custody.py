@@ -278,23 +278,17 @@ def _decrypt_with(text: str, private_key: str) -> str:
 def run_unseal(args: argparse.Namespace, client: Any, settings: Any) -> int:
     text = read_share_text(args.share_file, args.private_key)
     status = client.request("POST", "/v1/sys/unseal", {"share": text})
-    if getattr(args, "json", False):
-        from .output import print_json
-        print_json(status)
-    elif status.get("sealed"):
-        print(f"sealed: {status.get('progress')} of {status.get('threshold')} shares submitted")
-    else:
-        print("unsealed")
+    from .output import emit
+    emit(settings, status, lambda: (
+        f"sealed: {status.get('progress')} of {status.get('threshold')} shares submitted"
+        if status.get("sealed") else "unsealed"))
     return 0
 
 
 def run_seal(args: argparse.Namespace, client: Any, settings: Any) -> int:
     status = client.request("POST", "/v1/sys/seal")
-    if getattr(args, "json", False):
-        from .output import print_json
-        print_json(status)
-    else:
-        print("sealed")
+    from .output import emit
+    emit(settings, status, lambda: "sealed")
     return 0
 
 

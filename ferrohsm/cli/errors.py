@@ -28,10 +28,12 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (CANNOT_WRITE, "an output file cannot be written or standard output is closed (found "
                    "before anything was sent to the server)"),
     (CANNOT_LISTEN, "serve/quickstart: the listen address is in use or not available"),
-    (OUTPUT_LOST, "the server carried out the request but its answer could not be written "
-                  "(output lost; an --approval-id given is spent)"),
+    (OUTPUT_LOST, "the server carried out the request but its answer could not be written, "
+                  "or its reader closed the pipe (output lost; an --approval-id given is "
+                  "spent)"),
     (INTERRUPTED, "interrupted (SIGINT, Ctrl-C); an --out file is left as it was"),
-    (CLOSED_PIPE, "the reader of standard output closed the pipe early"),
+    (CLOSED_PIPE, "the reader of standard output closed the pipe early (a read: nothing "
+                  "was changed)"),
     (TERMINATED, "terminated (SIGTERM); an --out file is left as it was"),
 )
 

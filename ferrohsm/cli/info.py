@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import __version__
 from . import output
-from .errors import FAILED, OK
+from .errors import FAILED, OK, USAGE
 from .settings import Settings, UsageError, check_field, client_flags, command, resolve
 
 
@@ -64,6 +64,10 @@ def run_version(args: argparse.Namespace) -> int:
             document["server"] = None
             document["server_error"] = exc.message
             code = FAILED
+        except UsageError as exc:  # a malformed server URL: said, the client's version kept
+            document["server"] = None
+            document["server_error"] = str(exc)
+            code = USAGE
     shown = settings or _plain_settings(args)
 
     def human() -> str:

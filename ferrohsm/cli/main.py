@@ -42,6 +42,7 @@ from .errors import (
     EXIT_CODES,
     FAILED,
     INTERRUPTED,
+    OUTPUT_LOST,
     TERMINATED,
     USAGE,
     CliExit,
@@ -209,8 +210,15 @@ def _flushed(code: int) -> int:
 
 
 def _closed_pipe() -> int:
-    """The reader of stdout went away: say so once, and stop writing to the pipe."""
+    """The reader of stdout went away: say so once, and stop writing to the pipe. After the
+    server acted (a key made, an approval spent), that is an answer lost (exit 5), not a
+    command stopped before it did anything."""
+    from .streams import server_acted
     _silence_stdout()
+    if server_acted():
+        _fail("the server carried out the request, but the reader of standard output closed "
+              "it early (broken pipe); the rest of the answer is lost")
+        return OUTPUT_LOST
     _fail("output closed early by the reader (broken pipe); stopped")
     return CLOSED_PIPE
 

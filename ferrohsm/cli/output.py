@@ -217,7 +217,26 @@ def approval_detail(a: dict[str, Any], colour: bool) -> str:
          + (f" ({', '.join(_approvers(a))})" if _approvers(a) else "")),
         ("Requested by", str(a.get("requested_by") or a.get("requester") or "-")),
         ("Expires", f"{when(expires)} ({relative(expires)})" if expires else "-"),
+        *_votes(a),
     ])
+
+
+def _votes(a: dict[str, Any]) -> list[tuple[str, str]]:
+    """Who approved (with their comments), who denied and why, when it was carried out: what
+    a reviewer reads before voting, and what the JSON holds under approvals and denied_by."""
+    rows = [("Approved by" if at == 0 else "", _vote_text(v))
+            for at, v in enumerate(v for v in a.get("approvals") or () if isinstance(v, dict))]
+    denial = a.get("denied_by")
+    if isinstance(denial, dict):
+        rows.append(("Denied by", _vote_text(denial)))
+    if a.get("executed_at"):
+        rows.append(("Carried out", when(a["executed_at"])))
+    return rows
+
+
+def _vote_text(vote: dict[str, Any]) -> str:
+    text = f"{vote.get('actor')} ({vote.get('role')}) {when(vote.get('at'))}"
+    return f"{text}: {vote['comment']}" if vote.get("comment") else text
 
 
 # ---- --output and --field -------------------------------------------------------------------

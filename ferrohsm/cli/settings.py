@@ -181,7 +181,7 @@ def _layers(args: argparse.Namespace, env: Mapping[str, str]) -> list[dict[str, 
 
 def _pick(layers: list[dict[str, Any]], *names: str) -> tuple[str, Any]:
     """The first layer that sets any of ``names`` decides (a token and a token file in one
-    layer: the token wins)."""
+    layer: the token wins, but for the flags, where both is a mistake: ``_token``)."""
     for layer in layers:
         for name in names:
             if layer.get(name) not in (None, ""):
@@ -227,6 +227,8 @@ def output_format(args: argparse.Namespace) -> str:
 
 
 def _token(layers: list[dict[str, Any]]) -> str | None:
+    if layers[0].get("token") and layers[0].get("token_file"):  # both on the command line
+        raise UsageError("give --token or --token-file, not both")
     kind, value = _pick(layers, "token", "token_file")
     if kind == "token" or value is None:
         return check_token(str(value).strip(), "the token (--token or FERROHSM_TOKEN)") \

@@ -147,15 +147,23 @@ class _Answered:
     success."""
 
     answered = False
+    acted = False  # an answer to a request that acts (not a GET): a closed pipe loses it too
 
 
-def server_answered() -> None:
-    """Called by the CLI's client for every answer it receives (cli/answered.py)."""
+def server_answered(acted: bool = False) -> None:
+    """Called by the CLI's client for every answer it receives (cli/answered.py); ``acted``
+    when the request was one that acts (POST, PUT, PATCH, DELETE)."""
     _Answered.answered = True
+    _Answered.acted = _Answered.acted or acted
 
 
 def reset_answered() -> None:
-    _Answered.answered = False
+    _Answered.answered = _Answered.acted = False
+
+
+def server_acted() -> bool:
+    """Whether the server answered a request of this command that acts (not a read)."""
+    return _Answered.acted
 
 
 def _cannot_write(where: str, exc: OSError) -> str:

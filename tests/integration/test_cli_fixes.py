@@ -8,6 +8,7 @@ before the command, and the messages of size, seal and approval states.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clikit import create, one_line
+from clikit import create, one_line, unique
 from cliresult import Result as Run
 from live import LiveServer
 
@@ -418,3 +419,72 @@ def test_a_signal_leaves_no_temporary_file(cli: Cli, live: LiveServer, tmp_path:
         err = proc.stderr.read().decode() if proc.stderr else ""
     assert "Traceback" not in err
     assert list(out.iterdir()) == []
+
+
+# ---- the ninth pass: outputs of version, seal, unseal and backup; votes; closed pipes --------
+
+
+def test_version_with_a_malformed_url_names_it(cli: Cli) -> None:
+    run = cli("version", role=None, env={"FERROHSM_URL": "http://127.0.0.1:1"})
+    assert run.code == 2, run.err  # a usage error, as for every other command
+    assert "client  ferrohsm" in run.text and "must be https://" in run.text
+
+
+def test_unseal_of_a_server_with_nothing_to_unseal_is_refused(cli: Cli, live: LiveServer) -> None:
+    """A custodian who sends a share to a server whose master key is in the environment is
+    told it was not used, not that it worked."""
+    run = cli("unseal", stdin=b"fhsm1-00000000-1-AAAA\n")
+    assert run.code == 1 and "nothing to unseal" in one_line(run), run.err
+    assert live.call("POST", "/v1/sys/unseal", {"share": "x"})[0] == 409
+    assert live.call("POST", "/v1/sys/unseal", {"share": "x" * 401})[0] == 400
+
+
+def test_backup_answers_in_json_and_by_field(cli: Cli, tmp_path: Path) -> None:
+    run = cli("backup", "--out", str(tmp_path / "a.fhsmbak"), "--json")
+    assert run.code == 0, run.err
+    answer = json.loads(run.text)
+    assert answer["out"] == str(tmp_path / "a.fhsmbak") and len(answer["sha256"]) == 64
+    assert answer["header"]["key_count"] >= 0
+    digest = cli("backup", "--out", str(tmp_path / "b.fhsmbak"), "--field", "sha256")
+    assert digest.code == 0 and len(digest.text.strip()) == 64, digest.err
+
+
+def test_approvals_show_names_the_votes_and_the_denial(cli: Cli, live: LiveServer) -> None:
+    kek = create(cli, "aes-256-gcm", "wrap", "dual")
+    wrapped = cli("wrap", kek, role="service", stdin=os.urandom(32)).out
+    approval = parked_id(cli("unwrap", kek, role="service", stdin=wrapped))
+    denied = cli("approvals", "deny", approval, "--comment", "not during the freeze",
+                 role=None, env={"FERROHSM_TOKEN": live.token("administrator", "approver-3")})
+    assert denied.code == 0, denied.err
+    shown = cli("approvals", "show", approval).text
+    assert "Denied by" in shown and "approver-3 (administrator)" in shown
+    assert "not during the freeze" in shown
+
+
+def _with_closed_reader(cli: Cli, *argv: str) -> tuple[int, str]:
+    """``ferrohsm ARGV`` whose standard output is a pipe nobody reads any more."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    env = dict(cli.env, FERROHSM_TOKEN=cli.live.token("administrator"))
+    try:
+        done = subprocess.run([sys.executable, "-m", "ferrohsm.cli.main", *argv], stdout=writer,
+                              stderr=subprocess.PIPE, env=env, timeout=120, check=False)
+    finally:
+        os.close(writer)
+    return done.returncode, done.stderr.decode()
+
+
+def test_a_closed_pipe_after_a_change_says_the_change_was_made(cli: Cli) -> None:
+    name = unique("piped")
+    code, err = _with_closed_reader(cli, "keys", "create", "--algorithm", "aes-256-gcm",
+                                    "--usage", "encrypt", "--name", name)
+    assert code == 5 and "the server carried out the request" in err, err
+    assert cli("keys", "show", name).code == 0  # it was made
+    code, err = _with_closed_reader(cli, "keys", "list")
+    assert code == 141 and "stopped" in err, err  # a read changed nothing
+
+
+def test_a_token_and_a_token_file_together_are_refused(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "t").write_text("x")
+    run = cli("keys", "list", "--token", "x", "--token-file", str(tmp_path / "t"))
+    assert run.code == 2 and "not both" in one_line(run), run.err

@@ -94,7 +94,10 @@ def test_a_split_knowledge_server_starts_sealed_and_opens_with_a_threshold(
         # a mistyped share: the set is refused by the check value and progress starts again
         value = shares[1].split("-", 3)[3]
         typo = shares[1][:-len(value)] + ("B" if value[0] != "B" else "C") + value[1:]
-        assert srv.unseal_cli(shares[2]).returncode == 0
+        progress = home.cli("unseal", "--server", srv.url, "--json", stdin=shares[2] + "\n")
+        assert progress.returncode == 0, progress.stderr  # the API's answer, for scripts
+        assert json.loads(progress.stdout) == {"sealed": True, "progress": 2, "threshold": 3,
+                                               "shares": 5}
         wrong = srv.unseal_cli(typo)
         assert wrong.returncode == 1 and "wrong_shares" in wrong.stderr
         assert srv.call("GET", "/healthz")[1]["progress"] == 0
@@ -109,8 +112,9 @@ def test_a_split_knowledge_server_starts_sealed_and_opens_with_a_threshold(
         # sealing: Administrators only, then nothing but health and unseal
         status, body = srv.call("POST", "/v1/sys/seal", token=home.token("operator"))
         assert status == 403
-        seal = home.cli("seal", "--server", srv.url, env=home.env(FERROHSM_TOKEN=home.token()))
-        assert seal.returncode == 0, seal.stderr
+        seal = home.cli("seal", "--server", srv.url, "--field", "sealed",
+                        env=home.env(FERROHSM_TOKEN=home.token()))
+        assert seal.returncode == 0 and seal.stdout == "true\n", seal.stderr
         assert srv.wait_sealed(True)["sealed"] is True
         status, body = srv.call("POST", f"/v1/keys/{items[0][0]}/decrypt",
                                 {"ciphertext": items[0][2]}, home.token("service"))
