@@ -7,6 +7,7 @@ registry it may not import)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -154,3 +155,15 @@ def test_the_cli_digest_table_matches_the_crypto_registry() -> None:
     assert set(ops.ALGORITHM_HASH) == set(signing)
     for name, algorithm in signing.items():
         assert ops.ALGORITHM_HASH[name] == crypto_ops.hash_name(str(algorithm.default_scheme))
+
+
+@pytest.mark.skipif(shutil.which("groff") is None, reason="needs groff (apt-get install groff)")
+def test_the_manual_page_renders_without_warnings(tmp_path: Path) -> None:
+    """Long lists of choices (--algorithm of sign) ran past the margin: troff said it "cannot
+    adjust line" when `man` showed the page."""
+    from ferrohsm.cli.manpage import page
+    (tmp_path / "ferrohsm.1").write_text(page(build_parser()))
+    done = subprocess.run(["groff", "-man", "-Tutf8", "-rLL=78n", str(tmp_path / "ferrohsm.1")],
+                          capture_output=True, text=True, check=True)
+    assert done.stderr == "", done.stderr
+    assert "EXIT STATUS" in re.sub(".\b", "", done.stdout)  # bold is overstruck

@@ -106,12 +106,18 @@ def page_date() -> str:
     return f"version {escape(__version__)}"
 
 
+BREAK_AFTER_COMMA = ",\\:"  # troff's zero-width break point after each comma
+
+
 def _option(action: argparse.Action) -> str:
     metavar = action.metavar or (action.dest.upper() if tree.takes_value(action) else None)
     if action.choices and tree.takes_value(action):
         metavar = "{" + ",".join(str(c) for c in action.choices) + "}"
     flags = ", ".join(f"\\fB{escape(s)}\\fR" for s in action.option_strings)
-    value = f" \\fI{escape(str(metavar))}\\fR" if metavar and tree.takes_value(action) else ""
+    # \: after each comma: a place troff may break a long list of choices (else it warns that
+    # it "cannot adjust line" and lets the line run past the margin)
+    breakable = escape(str(metavar)).replace(",", BREAK_AFTER_COMMA)
+    value = f" \\fI{breakable}\\fR" if metavar and tree.takes_value(action) else ""
     return f".TP\n{flags}{value}\n{escape(' '.join(str(action.help or '').split()))}\n"
 
 
