@@ -17,7 +17,12 @@ How a process learns of another's revocation at once without a system call per r
 first 8 bytes of ``<file>.lock`` are a change counter, mapped into every process's memory
 (``mmap``, shared pages of one host). A writer bumps it after its rename, before it returns;
 every request compares it with the value last seen (a memory read, well under a microsecond) and
-re-reads the file when it moved. A ``stat`` of the file, at most once per ``check_interval``
+re-reads the file when it moved. A request that finds it moved waits for that re-read (its own,
+or another thread's already under way), never for a local revoke's flock or fsync, and never
+answers from the list as it was: the number last seen is updated only once the entries that go
+with it are in place. A write always merges the file under the lock, whatever its ``stat``
+says (a file renamed into place in the same clock tick, of the same size, on a reused inode,
+looks unchanged). A ``stat`` of the file, at most once per ``check_interval``
 (1 s), still catches a file replaced by other means (a restored backup). When the counter
 cannot be mapped (a read-only directory), every request ``stat``s the file instead, as before.
 """
@@ -78,7 +83,12 @@ class DenyList:
         self._path_text = os.fspath(self._path) if self._path else ""
         self._max = max_entries
         self._interval = check_interval
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # this process's writers: one read-modify-write at a time
+        # Held only while the entries are re-read and replaced, never across a write's flock or
+        # fsync: a request that finds the shared counter moved waits for it, briefly, instead of
+        # answering from a list another process has already added to (a revocation that other
+        # process acknowledged would be ignored for as long as a local revoke was writing).
+        self._entries_lock = threading.Lock()
         self._entries: dict[str, float] = {}
         self._seen: tuple[int, int, int] | None = None
         self._checked = float("-inf")
@@ -122,7 +132,8 @@ class DenyList:
                 merged[jti] = max(until, merged.get(jti, until))
             if len(merged) > self._max:
                 raise Unavailable(f"the token deny-list is full ({self._max} live entries)")
-            self._entries = merged
+            with self._entries_lock:
+                self._entries = merged
             self._write(merged)
 
     def prune(self, now: float) -> int:
@@ -133,12 +144,13 @@ class DenyList:
             gone = len(self._entries) - len(live)
             if gone:
                 self._write(live)
-                self._entries = live
+                with self._entries_lock:
+                    self._entries = live
             return gone
 
     def reload(self) -> None:
         """Re-read the file now (SIGHUP); a broken file keeps the entries in memory."""
-        with self._lock:
+        with self._lock, self._entries_lock:
             self._refresh_locked()
 
     # ---- persistence ----
@@ -162,26 +174,35 @@ class DenyList:
             os.close(fd)  # releases the lock
 
     def _merge_file(self) -> None:
-        """Under the file lock: take in what other processes wrote since we last read."""
-        if self._path is not None and self._stat() != self._seen:
-            self._refresh_locked()
+        """Under the file lock: take in what other processes wrote, always. Not only when the
+        file's (mtime, size, inode) changed: a file renamed into place within the same clock
+        tick, of the same size, on the inode the last one freed, looks unchanged, and writing
+        without it would drop another process's acknowledged revocation."""
+        if self._path is not None:
+            with self._entries_lock:
+                self._refresh_locked()
 
     def _maybe_refresh(self, now: float) -> None:
         counter = self._counter
         moved = counter is not None and counter.value() != self._generation
         if self._path is None or (not moved and now - self._checked < self._interval):
             return
-        if self._lock.acquire(blocking=False):
-            try:
-                self._checked = now
-                if counter is not None:
-                    self._generation = counter.value()  # before the read: never skip a change
-                if moved or self._stat() != self._seen:
-                    self._refresh_locked()
-            finally:
-                self._lock.release()
+        with self._entries_lock:  # not _lock: a local revoke may hold that through its fsync
+            current = counter.value() if counter is not None else 0  # before the read
+            if moved and current == self._generation:
+                return  # another thread took this change in while we waited for the lock
+            self._checked = now
+            if moved or self._stat() != self._seen:
+                self._refresh_locked()
+            # Only now, with the entries in place: a thread that finds the counter unchanged
+            # answers from memory without the lock, so it must not see the new number before
+            # the entries that go with it (it did, while a large file was being read).
+            if counter is not None:
+                self._generation = current
 
     def _refresh_locked(self) -> None:
+        """Under _entries_lock: take in the file's entries (a union: a revocation in memory is
+        never undone by an older file)."""
         if self._path is None:
             return
         try:
