@@ -100,9 +100,10 @@ class DualControl:
         details: dict[str, Any] = {"approval_id": new.id, "approval_state": new.state.value,
                                    "approvals": len(new.approvers), "required": new.required,
                                    **(extra or {})}
-        target = replace(new, revision=old.revision + 1)
         intent = self.steps.intend(ctx, audit_action, message, key_id=new.key_id,
-                                   target_revision=target.revision, **details)
+                                   target_revision=old.revision + 1, **details)
+        new = replace(new, change_seq=intent.seq)  # which of concurrent intents was stored
+        target = replace(new, revision=old.revision + 1)
         try:
             saved = store.swap(new)
         except FerroError as exc:
@@ -180,6 +181,7 @@ class DualControl:
         intent = self.steps.intend(ctx, "approval.requested", message, key_id=key_id,
                                    approval_state=target.state.value, target_revision=1,
                                    **details)
+        target = replace(target, change_seq=intent.seq)
         try:
             created = store.create(target)
         except FerroError as exc:

@@ -114,6 +114,10 @@ class Approval:
     summary: str = ""
     executed_at: datetime | None = None
     revision: int = 0  # bumped by the store on every write (compare-and-swap)
+    # The audit seq of the intent record whose change this revision is (control/dualcontrol.py):
+    # of several concurrent intents for one revision, only one was stored, and start-up
+    # reconciliation tells which after a crash (integrity/reconcile.py). 0: stored before this.
+    change_seq: int = 0
 
     @property
     def approvers(self) -> tuple[str, ...]:
@@ -292,7 +296,8 @@ def to_record(a: Approval) -> dict[str, Any]:
             "expires_at": iso(a.expires_at), "updated_at": iso(a.updated_at),
             "votes": [{"approver": v.approver, "role": v.role, "approve": v.approve,
                        "at": iso(v.at), "comment": v.comment, **_signed(v)} for v in a.votes],
-            "summary": a.summary, "executed_at": iso(a.executed_at), "revision": a.revision}
+            "summary": a.summary, "executed_at": iso(a.executed_at), "revision": a.revision,
+            **({"change_seq": a.change_seq} if a.change_seq else {})}  # older records: none
 
 
 def from_record(r: dict[str, Any]) -> Approval:
@@ -306,7 +311,7 @@ def from_record(r: dict[str, Any]) -> Approval:
                          v["comment"], str(v.get("signature", "")),
                          str(v.get("key_fingerprint", ""))) for v in r["votes"]),
         summary=r["summary"], executed_at=parse_iso(r["executed_at"]),
-        revision=int(r["revision"]))
+        revision=int(r["revision"]), change_seq=int(r.get("change_seq", 0)))
 
 
 def _time(text: str) -> datetime:

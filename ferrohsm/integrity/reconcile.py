@@ -188,13 +188,20 @@ def _unbound(stored: Key, latest: Change | None, legacy: tuple[int, str] | None,
 
 def plan_approvals(plan: Plan, intents: list[ApprovalChange],
                    approvals: ApprovalStore | None) -> None:
-    """An approval transition is applied when the store holds its target revision or later."""
+    """An approval transition is applied when the store holds its target revision as this
+    intent's change (``change_seq``), or a later revision. Several requests may have intended
+    the same revision at once (twenty concurrent executions of one approval, a crash before
+    the losers recorded that they lost): only the one the stored revision names was applied.
+    A revision stored by an older version names no intent: then the revision alone decides."""
     for intent in intents:
         try:
             found = approvals.get(intent.approval_id) if approvals is not None else None
         except NotFound:
             found = None
-        applied = found is not None and found.revision >= intent.target_revision
+        applied = found is not None and (
+            found.revision > intent.target_revision
+            or (found.revision == intent.target_revision
+                and found.change_seq in (0, intent.seq)))
         plan.settle.append(Settle(intent, applied, "completed at start-up: the approval store "
                                   "holds this transition" if applied else
                                   "not applied before a crash: the approval store does not hold "

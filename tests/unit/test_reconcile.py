@@ -296,3 +296,24 @@ def test_an_approval_transition_is_settled_from_the_approval_store() -> None:
     plan_approvals(plan, [requested, voted, missing], store)
     assert [(s.intent.seq, s.applied) for s in plan.settle] == [(7, True), (9, False),
                                                                  (11, False)]
+
+
+def test_of_concurrent_intents_for_one_revision_only_the_stored_one_was_applied() -> None:
+    """Twenty executions of one approval at once, then a crash: each wrote its intent for the
+    same revision, one was stored, and the losers had not yet recorded that they lost. Every
+    one of them was settled as a success, so the log said the approval ran six times (an
+    outside tester). The stored revision names its intent: only that one was applied."""
+    store = MemoryApprovalStore()
+    created = store.create(apv.new_approval(
+        approval_id=uuid7(), action="key.rotate", key_id=uuid7(), args={}, salt=b"s" * 16,
+        requester="alice", required=1, now=NOW, expires_at=NOW + timedelta(hours=1)))
+    store.swap(replace(created, state=apv.ApprovalState.EXECUTED, change_seq=124))
+    executions = [ApprovalChange(seq, "ab" * 32, created.key_id, "approval.executed",
+                                 created.id, "executed", 2) for seq in (120, 124, 128)]
+    plan = Plan()
+    plan_approvals(plan, executions, store)
+    assert [(s.intent.seq, s.applied) for s in plan.settle] == [(120, False), (124, True),
+                                                                 (128, False)]
+    assert apv.from_record(apv.to_record(store.get(created.id))).change_seq == 124
+    older = apv.to_record(created)  # stored before revisions named their intent
+    assert "change_seq" not in older and apv.from_record(older).change_seq == 0
