@@ -14,8 +14,9 @@ per request), all on the loop thread:
   that authenticated before may use the reserved slots too. Anonymous connections fill only the
   others; a new one beyond them replaces the oldest unproductive (else the longest-idle)
   anonymous connection, or is closed when every anonymous connection is busy.
-- eviction order when someone must make room (``victim``): the oldest unproductive connection,
-  then the longest-idle keep-alive one; anonymous before trusted; busy ones never.
+- eviction order when someone must make room (``victim``): an unproductive connection (the
+  oldest of the address holding the most), then the longest-idle keep-alive one; anonymous
+  before trusted; busy ones never.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from collections.abc import Callable, Iterable
 from .connection import BODY, HANDSHAKE, HEAD, IDLE, Conn
 
 TRUSTED_ADDRESSES = 4096
+YOUNG = 0.05  # seconds a new connection is spared eviction (``victim``), unless its address
+FLOODING = 4  # holds this many unproductive connections
 _UNPRODUCTIVE = (HANDSHAKE, IDLE, HEAD, BODY)  # states in which a connection may be evicted
 
 
@@ -115,19 +118,30 @@ class Admission:
         if counts[0] <= 0:
             del self._per_ip[ip]
 
-    @staticmethod
-    def victim(conns: Iterable[Conn], *, anonymous_only: bool) -> Conn | None:
-        """The oldest unproductive connection, else the longest-idle keep-alive one; anonymous
-        before trusted; None when every candidate is busy."""
+    def victim(self, conns: Iterable[Conn], *, anonymous_only: bool,
+               now: float | None = None) -> Conn | None:
+        """An unproductive connection, else the longest-idle keep-alive one; anonymous before
+        trusted; None when every candidate is busy. Of the unproductive ones, the oldest of the
+        address holding the most: under a flood of connections as fast as the loopback takes
+        them, the oldest overall was a client's own new connection within milliseconds, before
+        its first answer, while the flooding address kept dozens. Given ``now``, a connection
+        accepted less than YOUNG seconds ago is spared unless its address holds FLOODING or
+        more unproductive ones: a client has not had the time to send its first request."""
         best: Conn | None = None
-        best_key = (2, True, 0.0)
+        best_key: tuple[int, bool, int, float] = (2, True, 0, 0.0)
+        per_ip = self._per_ip
+        young = float("-inf") if now is None else now - YOUNG
         for conn in conns:
             if anonymous_only and conn.trusted:
                 continue
             if not conn.productive and conn.state in _UNPRODUCTIVE:
-                key = (0, conn.trusted, conn.accepted_at)
+                held = per_ip.get(conn.peer[0])
+                count = held[1] if held else 0
+                if conn.accepted_at > young and count < FLOODING:
+                    continue
+                key = (0, conn.trusted, -count, conn.accepted_at)
             elif conn.state == IDLE:
-                key = (1, conn.trusted, conn.idle_since)
+                key = (1, conn.trusted, 0, conn.idle_since)
             else:
                 continue
             if key < best_key:

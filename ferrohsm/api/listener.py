@@ -98,6 +98,10 @@ class Listener:
         self.next_check = now + BACKLOG_POLL
         return bool(self._poll.poll(0))
 
+    def waiting(self) -> bool:
+        """Whether a client waits in the backlog (or a sibling's hand-over), now."""
+        return not self.closed and bool(self._poll.poll(0))
+
     def close(self) -> None:
         """Refuse new connections from now on."""
         if self.closed:

@@ -17,10 +17,10 @@ Theory of operation (bench/RESULTS.md has the measurements):
   loop; its audit records are durable before it returns, as always. A connection has at most one
   request in progress; pipelined requests wait in its buffer, so answers keep their order.
 - Limits: at most ``max_connections`` accepted connections, per source address fewer, and a
-  share kept for authenticated peers (admission.py). At the cap the listener is left in the
-  kernel's backlog; when a client is queued there, the oldest unproductive connection (no first
-  answer yet), else the longest-idle one is closed (or the next response carries ``Connection:
-  close``), so a queued client is served within about a request time.
+  share kept for authenticated peers (admission.py). At the cap a new client takes the place of
+  the oldest unproductive connection, else the longest-idle one, as it arrives; with none to give
+  way the listener pauses, its backlog polled, and the next response carries ``Connection:
+  close``, so a queued client is served within about a request time.
 - Deadlines per connection (connection.py): handshake, head, body, idle, sending, lingering. A
   silent or dribbling peer costs a slot, never the loop; plain HTTP gets a plain-text 400.
 - ``shutdown(grace)`` stops accepting, closes idle connections, lets requests in progress finish
@@ -82,33 +82,17 @@ class HardenedHTTPServer:
     """HTTP/1.1 server with TLS 1.3, strict framing, deadlines and a bounded connection count."""
 
     def __init__(
-        self,
-        app: App,
-        *,
-        host: str,
-        port: int,
-        ssl_context_provider: Callable[[], ssl.SSLContext] | None,
-        max_connections: int = 64,
-        admission: Admission | None = None,
-        handshake_timeout: float = 10,
-        header_timeout: float = 10,
-        body_timeout: float = 30,
-        idle_timeout: float = 60,
-        max_body: int = 1 << 20,
-        max_request_line: int = 8192,
-        max_header_bytes: int = 32768,
-        max_headers: int = 100,
-        logger: logging.Logger | None = None,
-        on_request: OnRequest | None = None,
-        backlog: int = 128,
-        reuse_port: bool = False,
+        self, app: App, *, host: str, port: int,
+        ssl_context_provider: Callable[[], ssl.SSLContext] | None, max_connections: int = 64,
+        admission: Admission | None = None, handshake_timeout: float = 10,
+        header_timeout: float = 10, body_timeout: float = 30, idle_timeout: float = 60,
+        max_body: int = 1 << 20, max_request_line: int = 8192, max_header_bytes: int = 32768,
+        max_headers: int = 100, logger: logging.Logger | None = None,
+        on_request: OnRequest | None = None, backlog: int = 128, reuse_port: bool = False,
         spread: Member | None = None,  # processes = N: connections spread evenly (spread.py)
-        linger_timeout: float = 1.0,
-        workers: int = 16,
-        inline: Callable[[Request], bool] | None = None,
-        audit: Durability | None = None,
-        on_refused: Refuse | None = None,
-        turn: Turn | None = None,
+        linger_timeout: float = 1.0, workers: int = 16,
+        inline: Callable[[Request], bool] | None = None, audit: Durability | None = None,
+        on_refused: Refuse | None = None, turn: Turn | None = None,
         flush: FlushPlan = DEFAULT_FLUSH,
     ) -> None:
         if max_connections < 1:
@@ -256,7 +240,7 @@ class HardenedHTTPServer:
                 self._fail(key.data)
         now = time.monotonic()
         if self._listener is not None and self._listener.queued(now):
-            self._evict_one()
+            self._accept(now)
         while self._ready:
             conns, self._ready = self._ready, []
             for conn in conns:
@@ -321,7 +305,7 @@ class HardenedHTTPServer:
     def _accept(self, now: float) -> None:
         assert self._listener is not None  # noqa: S101  type narrowing
         budget = _ACCEPTS_PER_TURN  # a flood that is turned away must not hold the loop
-        while len(self._conns) < self.max_connections and not self._draining and budget:
+        while not self._draining and budget and self._room(now):
             budget -= 1
             try:
                 sock, addr = self._listener.accept(len(self._conns))
@@ -339,8 +323,6 @@ class HardenedHTTPServer:
                 self._adopt(sock, addr, now, trusted)
             else:
                 self._listener.refuse(sock, len(self._conns))  # over a cap of admission.py
-        if len(self._conns) >= self.max_connections and not self._draining:
-            self._listener.pause(now)
 
     def _adopt(self, sock: socket.socket, addr: tuple[Any, ...], now: float,
                trusted: bool = False) -> None:
@@ -364,14 +346,24 @@ class HardenedHTTPServer:
         self.admission.opened(conn, now, trusted)
         self._watch(conn, selectors.EVENT_READ)
 
-    def _evict_one(self) -> None:
-        """Someone is queued: close the oldest unproductive connection, else the longest-idle one,
-        else ask the next response to close its connection."""
-        victim = self.admission.victim(self._conns, anonymous_only=False)
-        if victim is not None:
-            self._close(victim)
-        else:
+    def _room(self, now: float) -> bool:
+        """Below the cap, yes. At the cap, a client waiting in the backlog takes the place of
+        the oldest unproductive connection, else the longest-idle one (admission.py), as it
+        arrives: one a poll (ten a second) let a few addresses opening silent connections keep
+        every slot and the backlog full. With none to give way, the listener pauses (polled,
+        listener.py) and the next response closes its connection."""
+        assert self._listener is not None  # noqa: S101  type narrowing
+        if len(self._conns) < self.max_connections:
+            return True
+        if not self._listener.waiting():
+            return False
+        victim = self.admission.victim(self._conns, anonymous_only=False, now=now)
+        if victim is None:
             self._evict_next = 1
+            self._listener.pause(now)
+            return False
+        self._close(victim)
+        return True
 
     # ----------------------------------------------------------------- reading
 

@@ -142,3 +142,70 @@ def test_one_address_cannot_starve_another(tmp_path: Path, max_connections: int)
         if attacker.stdout is not None:
             attacker.stdout.close()
         live.close()
+
+
+FLOODER = r'''
+import socket, ssl, sys, time
+port, token, seconds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.71", 0)))
+s.sendall(b"GET /v1/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token.encode()
+          + b"\r\nConnection: close\r\n\r\n")
+assert s.recv(12).endswith(b"200"), "the flooding address did not authenticate"
+s.close()
+print("trusted", flush=True)
+socks, n, end = [], 0, time.monotonic() + seconds
+while time.monotonic() < end:  # silent connections, as fast as the loopback takes them
+    c = socket.socket()
+    c.settimeout(2)
+    c.bind(("127.0.0.71" if n % 2 else "127.0.0.72", 0))
+    n += 1
+    try:
+        c.connect(("127.0.0.1", port))
+        socks.append(c)
+    except OSError:
+        c.close()
+    if len(socks) > 1500:
+        for c in socks[:500]:
+            c.close()
+        del socks[:500]
+'''
+
+
+def test_silent_connections_at_the_cap_do_not_hold_other_clients_up(tmp_path: Path) -> None:
+    """An address that authenticated once (its connections count as trusted) and an anonymous
+    one open silent connections as fast as they can: together they fill every slot, where the
+    server used to make room for one queued client a poll (ten a second), so another client
+    waited 3-8 s for its handshake, or timed out (an outside tester). Now each queued client
+    takes a flooder's place as it arrives."""
+    _raise_fd_limit()
+    live = LiveServer(tmp_path)
+    token = live.token("administrator")
+    flooder = subprocess.Popen([sys.executable, "-c", FLOODER, str(live.port), token, "10"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert flooder.stdout is not None and flooder.stdout.readline().strip() == "trusted"
+        time.sleep(1.0)  # every slot taken, the backlog full
+        latencies = []
+        for _ in range(30):
+            start = time.perf_counter()
+            conn = http.client.HTTPSConnection("127.0.0.1", live.port, context=live.ctx,
+                                               timeout=10, source_address=("127.0.0.8", 0))
+            try:
+                conn.request("GET", "/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+                resp = conn.getresponse()
+                resp.read()
+            finally:
+                conn.close()
+            latencies.append(time.perf_counter() - start)
+            assert resp.status == 200, resp.status
+            time.sleep(0.1)
+        assert max(latencies) < 0.5, [round(x, 3) for x in sorted(latencies)[-5:]]
+        assert live.server.admission.turned_away > 100  # the flood really ran
+    finally:
+        flooder.kill()
+        flooder.wait()
+        if flooder.stdout is not None:
+            flooder.stdout.close()
+        live.close()
