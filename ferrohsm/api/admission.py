@@ -119,14 +119,15 @@ class Admission:
             del self._per_ip[ip]
 
     def victim(self, conns: Iterable[Conn], *, anonymous_only: bool,
-               now: float | None = None) -> Conn | None:
+               now: float | None = None, idle: bool = True) -> Conn | None:
         """An unproductive connection, else the longest-idle keep-alive one; anonymous before
         trusted; None when every candidate is busy. Of the unproductive ones, the oldest of the
         address holding the most: under a flood of connections as fast as the loopback takes
         them, the oldest overall was a client's own new connection within milliseconds, before
         its first answer, while the flooding address kept dozens. Given ``now``, a connection
         accepted less than YOUNG seconds ago is spared unless its address holds FLOODING or
-        more unproductive ones: a client has not had the time to send its first request."""
+        more unproductive ones: a client has not had the time to send its first request.
+        Without ``idle``, only unproductive connections are candidates."""
         best: Conn | None = None
         best_key: tuple[int, bool, int, float] = (2, True, 0, 0.0)
         per_ip = self._per_ip
@@ -140,7 +141,7 @@ class Admission:
                 if conn.accepted_at > young and count < FLOODING:
                     continue
                 key = (0, conn.trusted, -count, conn.accepted_at)
-            elif conn.state == IDLE:
+            elif idle and conn.state == IDLE:
                 key = (1, conn.trusted, 0, conn.idle_since)
             else:
                 continue

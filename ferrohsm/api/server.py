@@ -240,7 +240,7 @@ class HardenedHTTPServer:
                 self._fail(key.data)
         now = time.monotonic()
         if self._listener is not None and self._listener.queued(now):
-            self._accept(now)
+            self._accept(now, polled=True)
         while self._ready:
             conns, self._ready = self._ready, []
             for conn in conns:
@@ -302,11 +302,11 @@ class HardenedHTTPServer:
 
     # ----------------------------------------------------------------- accepting
 
-    def _accept(self, now: float) -> None:
+    def _accept(self, now: float, polled: bool = False) -> None:
         assert self._listener is not None  # noqa: S101  type narrowing
         budget = _ACCEPTS_PER_TURN  # a flood that is turned away must not hold the loop
-        while not self._draining and budget and self._room(now):
-            budget -= 1
+        while not self._draining and budget and self._room(now, polled):
+            budget, polled = budget - 1, False
             try:
                 sock, addr = self._listener.accept(len(self._conns))
             except (BlockingIOError, InterruptedError):
@@ -346,18 +346,20 @@ class HardenedHTTPServer:
         self.admission.opened(conn, now, trusted)
         self._watch(conn, selectors.EVENT_READ)
 
-    def _room(self, now: float) -> bool:
+    def _room(self, now: float, polled: bool) -> bool:
         """Below the cap, yes. At the cap, a client waiting in the backlog takes the place of
-        the oldest unproductive connection, else the longest-idle one (admission.py), as it
-        arrives: one a poll (ten a second) let a few addresses opening silent connections keep
-        every slot and the backlog full. With none to give way, the listener pauses (polled,
-        listener.py) and the next response closes its connection."""
+        an unproductive connection (admission.py) as it arrives: one a poll (ten a second) let
+        a few addresses opening silent connections keep every slot and the backlog full. An
+        idle keep-alive connection, a client's, gives way only to the backlog poll (``polled``:
+        one a poll, listener.py), so a flood cannot close them faster than that. With none to
+        give way, the listener pauses and the next response closes its connection."""
         assert self._listener is not None  # noqa: S101  type narrowing
         if len(self._conns) < self.max_connections:
             return True
         if not self._listener.waiting():
             return False
-        victim = self.admission.victim(self._conns, anonymous_only=False, now=now)
+        victim = self.admission.victim(self._conns, anonymous_only=False, now=now,
+                                       idle=polled)
         if victim is None:
             self._evict_next = 1
             self._listener.pause(now)

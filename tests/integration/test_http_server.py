@@ -372,6 +372,32 @@ def test_queued_connection_evicts_an_idle_keepalive(make_server: Any, connect: A
     assert first.at_eof()
 
 
+def test_new_connections_at_the_cap_close_idle_keepalives_no_faster_than_before(
+        make_server: Any, connect: Any) -> None:
+    """At the cap a new connection takes an unproductive one's place at once, but an idle
+    keep-alive connection (a client's, between requests) gives way only to the backlog poll,
+    one a tenth of a second: silent connections from many addresses, each too young and too
+    few to give way themselves, must not close every client's idle connection at once."""
+    server = make_server(tls=False, max_connections=20, idle_timeout=30)
+    clients = [connect(server, tls=False) for _ in range(20)]
+    for client in clients:
+        client.send(GET)
+        assert client.read_response().status == 200  # now idle, holding a slot
+    silent = []
+    try:
+        for n in range(40):
+            sock = socket.socket()
+            sock.bind((f"127.0.0.{10 + n}", 0))
+            sock.connect(server.server_address)
+            silent.append(sock)
+        time.sleep(0.35)
+        closed = sum(1 for client in clients if client.at_eof())
+        assert 1 <= closed <= 6, closed  # some (the poll's), far from all twenty
+    finally:
+        for sock in silent:
+            sock.close()
+
+
 # ------------------------------------------------------------------ shutdown
 
 
