@@ -102,6 +102,29 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
 
 
+def _timed_request(live: LiveServer, token: str, source: str, path: str) -> float:
+    """Seconds for one GET on a fresh TLS connection from ``source`` (asserted 200)."""
+    start = time.perf_counter()
+    conn = http.client.HTTPSConnection("127.0.0.1", live.port, context=live.ctx, timeout=10,
+                                       source_address=(source, 0))
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+        resp = conn.getresponse()
+        resp.read()
+    finally:
+        conn.close()
+    assert resp.status == 200, resp.status
+    return time.perf_counter() - start
+
+
+def _stop(attacker: subprocess.Popen[str], live: LiveServer) -> None:
+    attacker.kill()
+    attacker.wait()
+    if attacker.stdout is not None:
+        attacker.stdout.close()
+    live.close()
+
+
 @pytest.mark.parametrize("max_connections", [64, 2000])
 def test_one_address_cannot_starve_another(tmp_path: Path, max_connections: int) -> None:
     _raise_fd_limit()
@@ -117,17 +140,7 @@ def test_one_address_cannot_starve_another(tmp_path: Path, max_connections: int)
         latencies = []
         deadline = time.monotonic() + 6.0
         while time.monotonic() < deadline:
-            start = time.perf_counter()
-            conn = http.client.HTTPSConnection("127.0.0.1", live.port, context=live.ctx,
-                                               timeout=10, source_address=("127.0.0.2", 0))
-            try:
-                conn.request("GET", "/v1/keys", headers={"Authorization": f"Bearer {token}"})
-                resp = conn.getresponse()
-                resp.read()
-            finally:
-                conn.close()
-            latencies.append(time.perf_counter() - start)
-            assert resp.status == 200, resp.status
+            latencies.append(_timed_request(live, token, "127.0.0.2", "/v1/keys"))
             time.sleep(0.02)
         latencies.sort()
         p99 = latencies[int(len(latencies) * 0.99) - 1]
@@ -137,11 +150,7 @@ def test_one_address_cannot_starve_another(tmp_path: Path, max_connections: int)
         assert p99 < 0.1, f"p99 {p99 * 1000:.0f} ms over {len(latencies)} requests"
         assert live.server.admission.turned_away > 500  # the caps did the work
     finally:
-        attacker.kill()
-        attacker.wait()
-        if attacker.stdout is not None:
-            attacker.stdout.close()
-        live.close()
+        _stop(attacker, live)
 
 
 FLOODER = r'''
@@ -189,23 +198,9 @@ def test_silent_connections_at_the_cap_do_not_hold_other_clients_up(tmp_path: Pa
         time.sleep(1.0)  # every slot taken, the backlog full
         latencies = []
         for _ in range(30):
-            start = time.perf_counter()
-            conn = http.client.HTTPSConnection("127.0.0.1", live.port, context=live.ctx,
-                                               timeout=10, source_address=("127.0.0.8", 0))
-            try:
-                conn.request("GET", "/v1/whoami", headers={"Authorization": f"Bearer {token}"})
-                resp = conn.getresponse()
-                resp.read()
-            finally:
-                conn.close()
-            latencies.append(time.perf_counter() - start)
-            assert resp.status == 200, resp.status
+            latencies.append(_timed_request(live, token, "127.0.0.8", "/v1/whoami"))
             time.sleep(0.1)
         assert max(latencies) < 0.5, [round(x, 3) for x in sorted(latencies)[-5:]]
         assert live.server.admission.turned_away > 100  # the flood really ran
     finally:
-        flooder.kill()
-        flooder.wait()
-        if flooder.stdout is not None:
-            flooder.stdout.close()
-        live.close()
+        _stop(flooder, live)
