@@ -131,7 +131,7 @@ class Admission:
         best: Conn | None = None
         best_key: tuple[int, bool, int, float] = (2, True, 0, 0.0)
         per_ip = self._per_ip
-        young = float("-inf") if now is None else now - YOUNG
+        young = float("inf") if now is None else now - YOUNG  # None: no connection spared
         for conn in conns:
             if anonymous_only and conn.trusted:
                 continue

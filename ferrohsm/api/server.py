@@ -350,16 +350,17 @@ class HardenedHTTPServer:
         """Below the cap, yes. At the cap, a client waiting in the backlog takes the place of
         an unproductive connection (admission.py) as it arrives: one a poll (ten a second) let
         a few addresses opening silent connections keep every slot and the backlog full. An
-        idle keep-alive connection, a client's, gives way only to the backlog poll (``polled``:
-        one a poll, listener.py), so a flood cannot close them faster than that. With none to
-        give way, the listener pauses and the next response closes its connection."""
+        idle keep-alive connection, a client's, and one too young to have sent its request
+        give way only to the backlog poll (``polled``: one a poll, listener.py), so a flood
+        cannot close them faster than that. With none to give way, the listener pauses and the
+        next response closes its connection."""
         assert self._listener is not None  # noqa: S101  type narrowing
         if len(self._conns) < self.max_connections:
             return True
         if not self._listener.waiting():
             return False
-        victim = self.admission.victim(self._conns, anonymous_only=False, now=now,
-                                       idle=polled)
+        victim = self.admission.victim(self._conns, anonymous_only=False,
+                                       now=None if polled else now, idle=polled)
         if victim is None:
             self._evict_next = 1
             self._listener.pause(now)

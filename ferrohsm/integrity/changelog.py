@@ -78,6 +78,8 @@ class ChangeLog:
     keys: dict[str, KeyHistory] = field(default_factory=dict)
     pending: dict[int, Change | ApprovalChange] = field(default_factory=dict)
     built_on: set[int] = field(default_factory=set)  # open intents a confirmed change follows
+    # (approval id, revision) of every approval transition whose success is recorded
+    approvals_done: set[tuple[str, int]] = field(default_factory=set)
     first_seq: int = 0
     # token revocations: (jti, until or None for records older than ``until``, epoch seconds
     # of the record), for Authenticator.restore_revocations
@@ -133,6 +135,8 @@ class ChangeLog:
 
     def _settled(self, success: bool, intent_seq: object) -> None:
         intent = self.pending.pop(intent_seq, None) if isinstance(intent_seq, int) else None
+        if success and isinstance(intent, ApprovalChange):
+            self.approvals_done.add((intent.approval_id, intent.target_revision))
         if not success or not isinstance(intent, Change):
             return
         history = self.history(intent.key_id)

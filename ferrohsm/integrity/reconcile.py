@@ -34,12 +34,14 @@ to a seq it does not hold.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from ..audit.chain import AuditEvent, DetailValue
 from ..audit.sinkbase import AuditSink
 from ..domain import binding
+from ..domain.approval import Approval
 from ..domain.errors import FerroError, NotFound
 from ..domain.model import Key, KeyFilter
 from ..store.approvalstore import ApprovalStore
@@ -187,25 +189,43 @@ def _unbound(stored: Key, latest: Change | None, legacy: tuple[int, str] | None,
 
 
 def plan_approvals(plan: Plan, intents: list[ApprovalChange],
-                   approvals: ApprovalStore | None) -> None:
+                   approvals: ApprovalStore | None,
+                   done: set[tuple[str, int]] | frozenset[tuple[str, int]] = frozenset()) -> None:
     """An approval transition is applied when the store holds its target revision as this
-    intent's change (``change_seq``), or a later revision. Several requests may have intended
-    the same revision at once (twenty concurrent executions of one approval, a crash before
-    the losers recorded that they lost): only the one the stored revision names was applied.
-    A revision stored by an older version names no intent: then the revision alone decides."""
+    intent's change (``change_seq``). Several requests may have intended the same revision at
+    once (twenty concurrent executions, votes), a crash before the losers recorded that they
+    lost: only the one the stored revision names was applied. Once the store is past that
+    revision, it was applied unless another intent's success for it is recorded (``done``) or
+    several open intents share it (which one won cannot be told then: none is claimed). A
+    revision stored by an older version names no intent: then the revision alone decides."""
+    sharing = Counter((i.approval_id, i.target_revision) for i in intents)
     for intent in intents:
         try:
             found = approvals.get(intent.approval_id) if approvals is not None else None
         except NotFound:
             found = None
-        applied = found is not None and (
-            found.revision > intent.target_revision
-            or (found.revision == intent.target_revision
-                and found.change_seq in (0, intent.seq)))
-        plan.settle.append(Settle(intent, applied, "completed at start-up: the approval store "
-                                  "holds this transition" if applied else
-                                  "not applied before a crash: the approval store does not hold "
-                                  "this transition"))
+        pair = (intent.approval_id, intent.target_revision)
+        plan.settle.append(Settle(intent, *_approval_applied(intent, found, pair in done,
+                                                             sharing[pair])))
+
+
+def _approval_applied(intent: ApprovalChange, found: Approval | None, other_done: bool,
+                      sharing: int) -> tuple[bool, str]:
+    """(applied, why) for plan_approvals."""
+    applied, unknown = False, False
+    if found is not None and found.revision == intent.target_revision:
+        applied = found.change_seq in (0, intent.seq)
+    elif found is not None and found.revision > intent.target_revision:
+        applied = not other_done and sharing == 1
+        unknown = not other_done and sharing > 1
+    if applied:
+        return True, "completed at start-up: the approval store holds this transition"
+    if unknown:
+        return False, (f"not known to be applied: {sharing} requests intended this transition "
+                       "before a crash and the approval store has moved on since; at most one "
+                       "of them was")
+    return False, ("not applied before a crash: the approval store does not hold this "
+                   "transition")
 
 
 # ---- acting ---------------------------------------------------------------------------------
@@ -216,7 +236,7 @@ def reconcile(store: KeyStore, sink: AuditSink, hmac_key: bytes, *,
     """Settle, check and bind (module docstring); StartupRefused names what is unexplained."""
     changes = read_changes(sink_lines(sink), hmac_key, sink.head()[0])
     plan = plan_keys(changes, all_keys(store), lambda key_id: _lookup(store, key_id))
-    plan_approvals(plan, changes.open_approvals(), approvals)
+    plan_approvals(plan, changes.open_approvals(), approvals, changes.approvals_done)
     if plan.refuse and not accept_unrecorded:
         raise StartupRefused(refusal(plan.refuse))
     for settle in plan.settle:

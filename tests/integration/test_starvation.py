@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import resource
+import socket
 import subprocess
 import sys
 import time
@@ -204,3 +205,23 @@ def test_silent_connections_at_the_cap_do_not_hold_other_clients_up(tmp_path: Pa
         assert live.server.admission.turned_away > 100  # the flood really ran
     finally:
         _stop(flooder, live)
+
+
+def test_a_few_silent_connections_do_not_fill_the_anonymous_share(tmp_path: Path) -> None:
+    """Six silent connections, three from each of two addresses, filled the anonymous share of
+    a server whose cap is 8, and while the eviction spared them (too few per address) every
+    new client was turned away (an outside tester, against a change of this session)."""
+    live = LiveServer(tmp_path, overrides={("server", "max_connections"): 8})
+    silent = []
+    try:
+        for source in ("127.0.1.1", "127.0.1.2") * 3:
+            sock = socket.create_connection(("127.0.0.1", live.port),
+                                            source_address=(source, 0))
+            silent.append(sock)
+        time.sleep(0.2)
+        for _ in range(10):
+            assert _timed_request(live, live.token("auditor"), "127.0.0.9", "/healthz") < 1.0
+    finally:
+        for sock in silent:
+            sock.close()
+        live.close()

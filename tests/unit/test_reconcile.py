@@ -28,7 +28,7 @@ from ferrohsm.domain.ids import uuid7
 from ferrohsm.domain.model import Key, Principal, RequestContext, Role
 from ferrohsm.engine.keycache import MaterialCache
 from ferrohsm.engine.keyengine import KeyEngine
-from ferrohsm.integrity.changelog import ApprovalChange
+from ferrohsm.integrity.changelog import ApprovalChange, ChangeLog
 from ferrohsm.integrity.logcheck import StartupRefused
 from ferrohsm.integrity.reconcile import Plan, Report, plan_approvals, reconcile
 from ferrohsm.service import KeyService
@@ -317,3 +317,41 @@ def test_of_concurrent_intents_for_one_revision_only_the_stored_one_was_applied(
     assert apv.from_record(apv.to_record(store.get(created.id))).change_seq == 124
     older = apv.to_record(created)  # stored before revisions named their intent
     assert "change_seq" not in older and apv.from_record(older).change_seq == 0
+
+
+
+def test_a_losing_intent_is_not_applied_once_the_approval_moved_on() -> None:
+    """Two votes raced for revision 2 (124 won and its success is recorded), a third vote made
+    revision 3, then a crash before the loser (120) recorded that it lost: the loser was
+    settled as applied because the store was past its revision (an outside tester)."""
+    store = MemoryApprovalStore()
+    created = store.create(apv.new_approval(
+        approval_id=uuid7(), action="key.rotate", key_id=uuid7(), args={}, salt=b"s" * 16,
+        requester="alice", required=3, now=NOW, expires_at=NOW + timedelta(hours=1)))
+    second = store.swap(replace(created, change_seq=124))
+    store.swap(replace(second, change_seq=130))
+    loser = ApprovalChange(120, "ab" * 32, created.key_id, "approval.approved", created.id,
+                           "pending", 2)
+    plan = Plan()
+    plan_approvals(plan, [loser], store, {(created.id, 2)})
+    assert [(s.intent.seq, s.applied) for s in plan.settle] == [(120, False)]
+    plan = Plan()  # nobody's success recorded for revision 2: the one open intent made it
+    plan_approvals(plan, [loser], store)
+    assert [(s.intent.seq, s.applied) for s in plan.settle] == [(120, True)]
+    plan = Plan()  # two open intents for it, none recorded: which won cannot be told
+    plan_approvals(plan, [loser, replace(loser, seq=121)], store)
+    assert [s.applied for s in plan.settle] == [False, False]
+    assert "at most one of them" in plan.settle[0].why
+
+
+def test_the_change_log_lists_approval_transitions_whose_success_is_recorded() -> None:
+    log = ChangeLog()
+    details = {"approval_id": "a1", binding.TARGET_REVISION: 2}
+    log.add({"seq": 5, "hash": "h5", "action": "approval.approved", "outcome": binding.INTENT,
+             "key_id": None, "details": details})
+    log.add({"seq": 6, "hash": "h6", "action": "approval.approved", "outcome": binding.INTENT,
+             "key_id": None, "details": details})
+    log.add({"seq": 7, "action": "approval.approved", "outcome": binding.SUCCESS,
+             "details": {binding.INTENT_SEQ: 5}})
+    assert log.approvals_done == {("a1", 2)}
+    assert [i.seq for i in log.open_approvals()] == [6]
