@@ -126,7 +126,14 @@ class DenyList:
         if not listed:
             return
         with self._lock, self._file_lock():
-            self._merge_file()
+            try:
+                self._merge_file()
+            except Unavailable:  # the file cannot be merged: in force here, not written
+                with self._entries_lock:
+                    self._entries = {**self._entries, **{
+                        jti: max(until, self._entries.get(jti, until))
+                        for jti, until in listed.items()}}
+                raise
             merged = {k: v for k, v in self._entries.items() if v > now}
             for jti, until in listed.items():
                 merged[jti] = max(until, merged.get(jti, until))
@@ -180,7 +187,7 @@ class DenyList:
         without it would drop another process's acknowledged revocation."""
         if self._path is not None:
             with self._entries_lock:
-                self._refresh_locked()
+                self._refresh_locked(strict=True)
 
     def _maybe_refresh(self, now: float) -> None:
         counter = self._counter
@@ -200,14 +207,20 @@ class DenyList:
             if counter is not None:
                 self._generation = current
 
-    def _refresh_locked(self) -> None:
+    def _refresh_locked(self, strict: bool = False) -> None:
         """Under _entries_lock: take in the file's entries (a union: a revocation in memory is
-        never undone by an older file)."""
+        never undone by an older file). A file that cannot be read keeps the entries in
+        memory; with ``strict`` (before a write) it is Unavailable instead: writing the list
+        from memory could drop what other processes revoked."""
         if self._path is None:
             return
         try:
             entries = self._read()
         except ConfigError as exc:
+            if strict:
+                raise Unavailable("the token deny-list on disk cannot be read, so it is not "
+                                  f"written again (other processes' entries would be lost): "
+                                  f"{exc.message}") from None
             log.warning("token deny-list changed on disk but cannot be read; keeping the "
                         "entries in memory: %s", exc.message)
             return

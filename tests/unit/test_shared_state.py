@@ -19,7 +19,7 @@ import pytest
 from ferrohsm.auth.denylist import DenyList
 from ferrohsm.auth.ratelimit import Limit, RateLimiter, RateLimitPolicy
 from ferrohsm.auth.sharedlimit import ClusterLimits, UsageExchange
-from ferrohsm.domain.errors import RateLimited
+from ferrohsm.domain.errors import RateLimited, Unavailable
 from ferrohsm.store.nodelock import FileLeader, FileMembership
 from ferrohsm.store.sqlite_usage import SQLiteUsage
 
@@ -225,3 +225,17 @@ def test_postgres_membership_tells_a_cold_start_from_a_join(pg_dsn: Callable[[],
     from ferrohsm.store.pg_shared import PostgresMembership
     dsn = pg_dsn()
     check_membership(lambda: PostgresMembership(dsn))
+
+
+
+def test_a_list_that_cannot_be_read_is_not_written_over(tmp_path: Path) -> None:
+    """Writing the list from memory over a file that cannot be read would drop what other
+    processes revoked: the revocation is refused (and in force in this process)."""
+    path = tmp_path / "revoked.json"
+    deny = DenyList(path)
+    deny.revoke("first", until=9999.0, now=1000.0)
+    path.write_text("{not json")
+    with pytest.raises(Unavailable):
+        deny.revoke("second", until=9999.0, now=1000.0)
+    assert path.read_text() == "{not json"
+    assert deny.is_revoked("second", 1000.0) and deny.is_revoked("first", 1000.0)
