@@ -18,9 +18,10 @@ Theory of operation (bench/RESULTS.md has the measurements):
   request in progress; pipelined requests wait in its buffer, so answers keep their order.
 - Limits: at most ``max_connections`` accepted connections, per source address fewer, and a
   share kept for authenticated peers (admission.py). At the cap a new client takes the place of
-  the oldest unproductive connection, else the longest-idle one, as it arrives; with none to give
-  way the listener pauses, its backlog polled, and the next response carries ``Connection:
-  close``, so a queued client is served within about a request time.
+  an unproductive connection as it arrives; an idle keep-alive or a very young connection gives
+  way only at the backlog poll (ten a second); with none to give way the listener pauses and the
+  next response carries ``Connection: close``, so a queued client is served within about a
+  request time.
 - Deadlines per connection (connection.py): handshake, head, body, idle, sending, lingering. A
   silent or dribbling peer costs a slot, never the loop; plain HTTP gets a plain-text 400.
 - ``shutdown(grace)`` stops accepting, closes idle connections, lets requests in progress finish
