@@ -2,7 +2,7 @@
 // (versions, public-key download, lifecycle actions the signed-in role may take, each confirmed).
 
 import {
-  api, can, confirmDialog, download, emptyState, errorPanel, field, fmtTime, h, hashQuery,
+  api, can, confirmDialog, download, emptyState, errorPanel, field, fill, fmtTime, h, hashQuery,
   keepInUrl, loading, notify, onSessionEnd, option, plural, session, stateBadge, timeEl,
 } from "./lib.js";
 
@@ -100,8 +100,7 @@ export async function renderInventory(root) {
     const more = total || !data.next_page_token ? "" : " · more on the next page";
     summary.replaceChildren(`${shown}${total}${more}`,
       h("span", { class: "muted small" }, ` · ${Math.round(ms)} ms${cached ? ", not modified" : ""}`));
-    results.replaceChildren(unreadable(data.unreadable),
-      keys.length ? keyTable(keys, applyTag) : noKeys());
+    fill(results, unreadable(data.unreadable), keys.length ? keyTable(keys, applyTag) : noKeys());
     pager.replaceChildren(
       h("button", { type: "button", disabled: inventory.page === 0,
         onclick: () => turn(-1) }, "← Previous"),
@@ -315,7 +314,7 @@ async function parked(root, key, approval, repeat) {
 
 function drawKey(root, key, approvals = []) {
   const label = key.name ?? key.id;
-  root.replaceChildren(
+  fill(root,
     h("p", { class: "crumbs" }, h("a", { href: inventoryHref() }, "← All keys")),
     h("div", { class: "view-head" },
       h("h1", { tabindex: "-1" }, label, " ", stateBadge(key.state))),

@@ -27,6 +27,13 @@ export function h(tag, props = null, ...children) {
   return el;
 }
 
+/** Replace ``node``'s children, leaving out null, undefined and false as h() does (the DOM's
+ * own replaceChildren would show them as the words "null" or "false"). */
+export function fill(node, ...children) {
+  node.replaceChildren(...children.flat(Infinity).filter(
+    (child) => child !== null && child !== undefined && child !== false));
+}
+
 export function option(value, label, selected) {
   return h("option", { value, selected: value === selected }, label);
 }
