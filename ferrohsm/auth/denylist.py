@@ -74,6 +74,11 @@ class RevocationList(Protocol):
     def reload(self) -> None: ...
 
 
+def lengthened(entries: dict[str, float], more: dict[str, float]) -> dict[str, float]:
+    """``entries`` with ``more`` added: an entry in both lasts as long as the longer says."""
+    return {**entries, **{jti: max(until, entries.get(jti, until)) for jti, until in more.items()}}
+
+
 class DenyList:
     """``jti`` → time (epoch seconds) after which the entry may be forgotten."""
 
@@ -130,13 +135,9 @@ class DenyList:
                 self._merge_file()
             except Unavailable:  # the file cannot be merged: in force here, not written
                 with self._entries_lock:
-                    self._entries = {**self._entries, **{
-                        jti: max(until, self._entries.get(jti, until))
-                        for jti, until in listed.items()}}
+                    self._entries = lengthened(self._entries, listed)
                 raise
-            merged = {k: v for k, v in self._entries.items() if v > now}
-            for jti, until in listed.items():
-                merged[jti] = max(until, merged.get(jti, until))
+            merged = lengthened({k: v for k, v in self._entries.items() if v > now}, listed)
             if len(merged) > self._max:
                 raise Unavailable(f"the token deny-list is full ({self._max} live entries)")
             with self._entries_lock:
@@ -225,8 +226,7 @@ class DenyList:
                         "entries in memory: %s", exc.message)
             return
         # Union, never replace: a revocation in memory is never undone by an older file.
-        self._entries = {**entries, **{k: max(v, entries.get(k, v))
-                                       for k, v in self._entries.items()}}
+        self._entries = lengthened(entries, self._entries)
         self._seen = self._stat()
 
     def _stat(self) -> tuple[int, int, int] | None:

@@ -164,9 +164,8 @@ def _report(args: argparse.Namespace, out: Path, h: dict[str, Any], digest: str)
     """The archive written: a line, or with --output json / --field the archive's header, its
     digest and where it went (the same for an online and an offline backup)."""
     from .output import emit
-    from .settings import output_format
-    shown = argparse.Namespace(output=output_format(args), field=getattr(args, "field", None))
-    emit(shown, {"out": str(out), "sha256": digest, "header": h}, lambda: (
+    from .settings import output_only
+    emit(output_only(args), {"out": str(out), "sha256": digest, "header": h}, lambda: (
         f"wrote {out}: {h.get('key_count')} key(s), {h.get('approval_count')} approval(s), "
         f"audit head seq {(h.get('audit_head') or {}).get('seq')}, "
         f"{(h.get('backup_key') or {}).get('kind')} backup key "

@@ -17,7 +17,15 @@ from typing import Any
 from .. import __version__
 from . import output
 from .errors import FAILED, OK, USAGE
-from .settings import Settings, UsageError, check_field, client_flags, command, resolve
+from .settings import (
+    Settings,
+    UsageError,
+    check_field,
+    client_flags,
+    command,
+    output_only,
+    resolve,
+)
 
 
 def add_parsers(sub: Any) -> None:
@@ -68,7 +76,7 @@ def run_version(args: argparse.Namespace) -> int:
             document["server"] = None
             document["server_error"] = str(exc)
             code = USAGE
-    shown = settings or _plain_settings(args)
+    shown = settings or output_only(args)
 
     def human() -> str:
         lines = [f"client  ferrohsm {__version__}"]
@@ -79,11 +87,6 @@ def run_version(args: argparse.Namespace) -> int:
         return "\n".join(lines)
     output.emit(shown, document, human)
     return code
-
-
-def _plain_settings(args: argparse.Namespace) -> Any:
-    from .settings import output_format
-    return argparse.Namespace(output=output_format(args), field=getattr(args, "field", None))
 
 
 def _health(client: Any) -> dict[str, Any]:

@@ -226,6 +226,12 @@ def output_format(args: argparse.Namespace) -> str:
     return value if value in OUTPUTS else "table"
 
 
+def output_only(args: argparse.Namespace) -> argparse.Namespace:
+    """The output flags of a command that reads no other client setting (``version`` without
+    a server, an offline backup): what ``output.emit`` needs of Settings."""
+    return argparse.Namespace(output=output_format(args), field=getattr(args, "field", None))
+
+
 def _token(layers: list[dict[str, Any]]) -> str | None:
     if layers[0].get("token") and layers[0].get("token_file"):  # both on the command line
         raise UsageError("give --token or --token-file, not both")
