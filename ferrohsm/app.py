@@ -50,7 +50,7 @@ from .custody import restore as custody_restore
 from .custody.rekey import refuse_if_interrupted
 from .custody.serving import PausingApplication
 from .custodywire import resume_online_rekey, wire_backup, wire_rekey
-from .datadir import ensure_private_dir, why
+from .datadir import check_store_kind, ensure_private_dir, why
 from .domain.errors import ConfigError, FerroError
 from .domain.model import SYSTEM_CONTEXT, RequestContext
 from .engine.keycache import MaterialCache
@@ -392,6 +392,7 @@ def build_runtime(config: Config, secrets: Secrets,
                   options: StartupOptions | None = None, *,
                   seal: Callable[[RequestContext], None] | None = None) -> Runtime:
     voters = approver_keys(config)  # a broken approver keys file stops start-up before any open
+    check_store_kind(config.storage.key_store, config.storage.data_dir)
     store = open_store(config, RecordMac.derive(secrets.master_key))
     approvals: ApprovalStore | None = None
     audit: AuditSink | None = None
@@ -556,6 +557,7 @@ def open_for_backup(config: Config, secrets: Secrets) -> tuple[KeyStore, Approva
                                                                  ChainedSink]:
     """The stores and the audit log opened as ``serve`` opens them, every start-up check passed
     (reconciliation included): a backup is only ever taken of a consistent state."""
+    check_store_kind(config.storage.key_store, config.storage.data_dir)
     store = open_store(config, RecordMac.derive(secrets.master_key))
     approvals: ApprovalStore | None = None
     audit: ChainedSink | None = None
@@ -579,6 +581,7 @@ def open_for_backup(config: Config, secrets: Secrets) -> tuple[KeyStore, Approva
 
 def open_restore_target(config: Config, secrets: Secrets) -> tuple[KeyStore, ApprovalStore]:
     """The configured (empty) key store and approval store a restore writes into."""
+    check_store_kind(config.storage.key_store, config.storage.data_dir)
     store = open_store(config, RecordMac.derive(secrets.master_key))
     try:
         return store, open_approvals(config, secrets, store)

@@ -35,3 +35,22 @@ def why(exc: OSError) -> str:
     code = errno.errorcode.get(exc.errno or 0)
     reason = exc.strerror or type(exc).__name__
     return f"{reason} ({code})" if code else reason
+
+
+def check_store_kind(kind: str, data_dir: str | Path) -> None:
+    """Refuse a data directory that holds the other local key store, before anything is made in
+    it: started with the wrong ``key_store``, the server would find its store empty and offer
+    ``--accept-store-loss``, which would record every key of the real store as lost (and the
+    memory store would append to the real store's audit log)."""
+    data = Path(data_dir)
+    if kind == "postgres" or not data.is_dir():
+        return
+    found = None
+    if kind != "sqlite" and (data / "keys.sqlite3").is_file():
+        found = "sqlite"
+    elif kind != "filesystem" and (data / "keys").is_dir() and any((data / "keys").iterdir()):
+        found = "filesystem"
+    if found is not None:
+        raise ConfigError(f"[storage].key_store is {kind!r}, but {data} holds a {found!r} key "
+                          f"store: set key_store = \"{found}\" (or --key-store {found}), or "
+                          "give another data_dir")

@@ -3,8 +3,9 @@
 One pass over the stored lines (the file sink's segments, or the SQLite sink's table), read as
 bytes: only a line that can be an intent, a settlement, or a success record of a key change
 written before intents existed is parsed, and each one parsed is authenticated (its hash and
-HMAC, ``check_line``) before it is believed. A line that fails stops start-up: the log must pass
-``ferrohsm audit verify`` first.
+HMAC, ``check_line``) before it is believed. Every line, parsed or not, is also checked to stand
+where it was written (chainwalk.py: seq, link and hash), so a record copied or moved cannot be
+settled again. A line that fails stops start-up: the log must pass ``ferrohsm audit verify`` first.
 
 The result (``ChangeLog``):
 
@@ -23,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..audit.chain import check_line, stored_seq
+from ..audit.chain import check_line
 from ..audit.filesink import FileSink
 from ..audit.offline import VerifyInputError, chained_lines, expand_paths, sqlite_lines
 from ..audit.pgsink import PostgresSink, stored_lines
@@ -32,6 +33,7 @@ from ..audit.sqlitesink import SQLiteSink
 from ..domain import binding
 from ..domain.errors import AuditUnavailable
 from ..domain.model import parse_iso
+from .chainwalk import ChainWalk
 
 _WORTH_PARSING = (b'"outcome":"intent"', b'"outcome":"rolled_back"', b'"intent_seq":',
                   b'{"action":"token.revoke",')
@@ -149,22 +151,24 @@ class ChangeLog:
 
 def read_changes(lines: Iterable[bytes], hmac_key: bytes, head_seq: int) -> ChangeLog:
     """The ChangeLog of the stored ``lines`` up to ``head_seq`` (module docstring)."""
-    log = ChangeLog()
+    log, walk = ChangeLog(), ChainWalk(head_seq, hmac_key)
     for raw in lines:
+        if walk.complete:
+            break
+        seq = walk.step(raw)
         if not log.first_seq:
-            log.first_seq = stored_seq(raw) or 0
+            log.first_seq = seq
         if not _worth_parsing(raw):
             continue
         line = raw.rstrip(b"\n")
         checked = check_line(line, hmac_key)
         if isinstance(checked, str):
             raise AuditUnavailable(f"an audit record fails its integrity check ({checked}) near "
-                                   f"seq {stored_seq(raw)}; run 'ferrohsm audit verify'")
-        if checked[0] > head_seq:
-            break
+                                   f"seq {seq}; run 'ferrohsm audit verify'")
         record = json.loads(line)
         record["hash"] = checked[1]
         log.add(record)
+    walk.finish()
     return log
 
 

@@ -29,12 +29,13 @@ from typing import Any
 
 import pytest
 
-from ferrohsm.audit.chain import AuditEvent, record_hash, seal_record_line
+from ferrohsm.audit.chain import AuditEvent, record_hash, seal_record_line, stored_seq
 from ferrohsm.audit.groupcommit import GroupCommit
 from ferrohsm.audit.pgsink import PostgresSink, stored_lines
 from ferrohsm.audit.sinks import AuditSink, FileSink, SQLiteSink, Ticket
 from ferrohsm.audit.verify import VerifyResult, load_checkpoint, verify_paths
 from ferrohsm.domain.errors import AuditUnavailable, ConfigError
+from ferrohsm.integrity.changelog import read_changes
 
 KEY = hashlib.sha256(b"conformance audit key").digest()
 ROOT = Path(__file__).resolve().parents[2]
@@ -999,3 +1000,42 @@ def test_sqlite_durable_settings(tmp_path: Path) -> None:
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert Path(backend.log_path).stat().st_mode & 0o777 == 0o600
     opened.close()
+
+
+# ---- start-up's walk along the stored chain (integrity/chainwalk.py) ---------------------------
+
+def _read_changes(lines: list[bytes]) -> None:
+    """What start-up reconciliation reads: the stored lines up to the head (the last line)."""
+    head = stored_seq(lines[-1]) or 0
+    read_changes([line + b"\n" for line in lines], KEY, head)
+
+
+@pytest.mark.parametrize("name", [n for n in TAMPERING if n != "empty the log"])
+def test_start_up_refuses_every_tampering_the_verifier_names(backend: Backend,
+                                                             name: str) -> None:
+    """A record moved, copied, cut, changed or missing anywhere in the log stops start-up, not
+    only one reconciliation would parse: a copied intent would otherwise be settled again, and
+    new records would be chained after a break no verifier accepts."""
+    opened = backend.open()
+    fill(opened, 8)
+    opened.close()
+    _read_changes(backend.lines())  # the untouched log: no refusal
+    change = TAMPERING[name][0]
+    with pytest.raises(AuditUnavailable, match="the audit log is broken at seq"):
+        _read_changes(change(backend.lines()))
+
+
+def test_start_up_accepts_an_attested_pruning_only(tmp_path: Path) -> None:
+    backend = Backend("sqlite", tmp_path)
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    opened = backend.open(retention_days=30, clock=lambda: now[0])
+    fill(opened, 5)
+    now[0] = datetime(2026, 3, 1, tzinfo=UTC)
+    fill(opened, 3)
+    assert opened.prune(datetime(2026, 3, 1, tzinfo=UTC)) is not None
+    opened.close()
+    lines = backend.lines()
+    assert stored_seq(lines[0]) != 1
+    _read_changes(lines)
+    with pytest.raises(AuditUnavailable, match=r"no audit\.checkpoint record attests"):
+        _read_changes(lines[1:])
