@@ -494,6 +494,8 @@ def start_scheduler(rt: Runtime) -> threading.Thread:
                               approval_retention_days=rt.config.approvals.retention_days,
                               audit_prune=rt.audit.prune,
                               leader=cluster.leader.is_leader if cluster else None)
+    if cluster is not None:
+        cluster.keep_membership(rt.stop)
     if cluster is not None and cluster.limits is not None:
         cluster.limits.start(rt.stop)  # shared rate limits (auth/sharedlimit.py)
     return scheduler.start(rt.stop, rt.config.scheduler.interval_seconds)

@@ -97,6 +97,12 @@ class AuditSink(ABC):
         record could not be written: start-up reconciliation settles it from the log and the
         store (integrity/reconcile.py)."""
 
+    def fail_until_recorded(self, reason: str, event: AuditEvent) -> None:
+        """Fail closed because ``event``, a change's settling record, could not be written; a
+        sink that can retry it ends the failure once it is written (sinkbase.py). Here: until
+        a restart, as ``fail_closed``."""
+        self.fail_closed(reason)
+
     @abstractmethod
     def make_checkpoint(self, now: datetime | None = None) -> dict[str, Any]:
         """Sign the current head now and return the checkpoint (see anchor.py)."""

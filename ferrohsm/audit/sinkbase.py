@@ -86,6 +86,11 @@ def new_uuid() -> str:
     return uuid4_str()
 
 
+# What a caller is told while the sink refuses records: the cause (a key id, a database's
+# address, a file) is for the operator, in the server log and /healthz, not for every caller.
+REFUSING = ("the audit log refuses every record until its failure is cleared (the server log "
+            "names it); the request was refused")
+
 class ChainedSink(SplitFlush, AuditSink):
     """Shared chain state, group commit, fail-closed bookkeeping and checkpointing."""
 
@@ -126,6 +131,11 @@ class ChainedSink(SplitFlush, AuditSink):
         self._next_seq, self._next_hash = 0, GENESIS_HASH
         self._log_id = ""
         self._failed: str | None = None
+        # settling records that could not be written (fail_until_recorded): the failure they
+        # caused ends once they are, unless the sink failed otherwise meanwhile
+        self._unsettled: list[PreparedEvent] = []
+        self._unsettled_reason: str | None = None
+        self._retry_at = 0.0
         self._last_ok = True
         self._problem: str | None = None  # the last failed write or flush, until a good one
         self._closed = False
@@ -200,7 +210,7 @@ class ChainedSink(SplitFlush, AuditSink):
         if 0 < ticket.seq <= self._committed[0]:
             return True  # committed just before the failure (or the close): final now
         ticket.error = ("audit log is closed" if self._failed is None
-                        else f"audit log unavailable until restart: {self._failed}")
+                        else REFUSING)
         raise AuditUnavailable(ticket.error)
 
     def wait(self, ticket: Ticket) -> None:
@@ -216,12 +226,17 @@ class ChainedSink(SplitFlush, AuditSink):
         return self._committed
 
     def healthy(self) -> bool:
+        if self._unsettled and self._failed is not None:
+            self._retry_unsettled()
         return self._failed is None and not self._closed
 
     def degraded(self) -> str | None:
         if self._closed:
             return "the audit log is closed"
         if self._failed is not None:
+            if self._failed == self._unsettled_reason:
+                return (f"the audit log refuses records until a change's settling record is "
+                        f"written (retried every second): {self._failed}")
             return f"the audit log is unavailable until restart: {self._failed}"
         return self._problem
 
@@ -231,6 +246,46 @@ class ChainedSink(SplitFlush, AuditSink):
                 self._failed = reason
                 self._failures += 1
         log.critical("audit: refusing every record until restart: %s", reason)
+
+    def fail_until_recorded(self, reason: str, event: AuditEvent) -> None:
+        """Fail closed because ``event``, the record settling a change (control/recordfirst.py),
+        could not be written: a lost database connection, a full disk. Nothing else is recorded
+        meanwhile, as with ``fail_closed``; but where the sink itself is sound, the failure ends
+        once ``event`` is written, retried at most once a second whenever the sink's health is
+        asked (every state change asks first, and the readiness probe). A failed fsync, a cut
+        log or any other failure of the sink itself still holds until a restart."""
+        with self._io_lock:
+            first = self._failed is None
+            self._unsettled.append(prepare(event))
+            if first:
+                self._failed = self._unsettled_reason = reason
+                self._failures += 1
+        log.critical("audit: refusing every record until the settling record is written: %s",
+                     reason)
+
+    def _retry_unsettled(self) -> None:
+        now = time.monotonic()
+        if now < self._retry_at or not self._io_lock.acquire(blocking=False):
+            return
+        try:
+            self._retry_at = now + 1.0
+            failed = self._failed
+            if failed is None or failed != self._unsettled_reason or self._closed:
+                return  # the sink failed otherwise (or is fine): not ours to end
+            self._failed = None
+            try:
+                self._write_group(list(self._unsettled), sync=True)
+            except AuditUnavailable:
+                if self._failed is None:
+                    self._failed = failed
+                return
+            self._set_head(self._written)
+            self._unsettled.clear()
+            self._unsettled_reason = None
+            log.warning("audit: the settling record(s) are written; records are accepted again "
+                        "(after: %s)", failed)
+        finally:
+            self._io_lock.release()
 
     def describe(self) -> dict[str, Any]:
         seq, digest = self._committed
@@ -384,7 +439,7 @@ class ChainedSink(SplitFlush, AuditSink):
             self._next_seq, self._next_hash = stored
             return
         log.error("audit: %s", self._failed)
-        raise AuditUnavailable(f"audit log unavailable until restart: {self._failed}")
+        raise AuditUnavailable(REFUSING)
 
     def _system_event(self, action: str, message: str, **details: DetailValue) -> AuditEvent:
         """A record the sink writes about itself (genesis, segment start, recovery, pruning)."""
@@ -395,7 +450,7 @@ class ChainedSink(SplitFlush, AuditSink):
         if self._closed:
             raise AuditUnavailable("audit log is closed")
         if self._failed is not None:
-            raise AuditUnavailable(f"audit log unavailable until restart: {self._failed}")
+            raise AuditUnavailable(REFUSING)
 
     def _flush_lists(self, groups: list[list[PreparedEvent]]) -> list[list[dict[str, Any]]]:
         """GroupCommit's flush: every writer's list in one ``_flush``, results split back."""

@@ -6,6 +6,7 @@ implement them, and app.py picks one pair by store kind."""
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ class Leader(Protocol):
 class Membership(Protocol):
     def enter(self) -> bool: ...
     def started(self) -> None: ...
+    def keep(self) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -38,6 +40,15 @@ class Cluster:
     def describe(self) -> dict[str, Any]:
         return {"pid": self.pid, "scheduler_leader": self.leader.holds(),
                 "rate_limit_syncs": self.limits.syncs if self.limits else 0}
+
+    def keep_membership(self, stop: threading.Event, every: float = 0.5) -> threading.Thread:
+        """Renew this node's membership (Membership.keep) until ``stop``, in a daemon thread."""
+        def run() -> None:
+            while not stop.wait(every):
+                self.membership.keep()
+        thread = threading.Thread(target=run, name="ferrohsm-membership", daemon=True)
+        thread.start()
+        return thread
 
     def close(self) -> None:
         self.leader.close()

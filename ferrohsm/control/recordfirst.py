@@ -9,9 +9,12 @@ before it is applied and settled after:
 3. ``confirm`` (SUCCESS) when the write happened, ``roll_back`` (ROLLED_BACK) when it did not;
    both name the intent's seq (``intent_seq``).
 
-When a settling record cannot be written, the change is applied (or may be) and the log does not
-say so yet: ``fail`` turns the audit log off until a restart, so nothing else happens meanwhile,
-and start-up reconciliation (integrity/reconcile.py) settles the intent from the store.
+When a settling record cannot be written, the change is applied (or not) and the log does not say
+so yet: the audit log is turned off, so nothing else happens meanwhile, until that record is
+written (retried once a second: a database back after a restart, a disk with room again), or,
+when the sink itself failed, until a restart, whose reconciliation (integrity/reconcile.py)
+settles the intent from the store. ``unknown`` (applied or not cannot be told) always waits for
+the restart.
 
 ``IdLocks`` serialises the writers of one record within a process, so they do not make each other
 retry; compare-and-swap still guards against other processes.
@@ -42,6 +45,11 @@ class Recorder(Protocol):
     def require_audit(self) -> None: ...
 
     def fail_closed(self, reason: str) -> None: ...
+
+    def fail_until_recorded(self, reason: str, ctx: RequestContext, action: Action | str,
+                            outcome: str, message: str, key: Key | None = None,
+                            version: int | None = None, *, key_id: str | None = None,
+                            **details: Any) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +85,10 @@ class Steps:
                                  key_id=key_id, intent_seq=intent.seq, **details)
         except AuditUnavailable as exc:
             what = key.id if key else key_id
-            self.recorder.fail_closed(f"a change of {what} was applied (intent seq {intent.seq}) "
-                                      f"but its confirmation could not be recorded: "
-                                      f"{exc.message}")
+            self.recorder.fail_until_recorded(
+                f"a change of {what} was applied (intent seq {intent.seq}) but its confirmation "
+                f"could not be recorded: {exc.message}", ctx, action, binding.SUCCESS, message,
+                key, version, key_id=key_id, intent_seq=intent.seq, **details)
             raise
 
     def roll_back(self, ctx: RequestContext, action: Action | str, message: str,
@@ -89,9 +98,10 @@ class Steps:
             self.recorder.record(ctx, action, binding.ROLLED_BACK, message, key_id=key_id,
                                  intent_seq=intent.seq, **details)
         except AuditUnavailable as exc:
-            self.recorder.fail_closed(f"a change of {key_id} was not applied (intent seq "
-                                      f"{intent.seq}) but its rollback could not be recorded: "
-                                      f"{exc.message}")
+            self.recorder.fail_until_recorded(
+                f"a change of {key_id} was not applied (intent seq {intent.seq}) but its "
+                f"rollback could not be recorded: {exc.message}", ctx, action,
+                binding.ROLLED_BACK, message, key_id=key_id, intent_seq=intent.seq, **details)
             raise
 
     def unknown(self, what: str, intent: Intent, problem: str) -> None:

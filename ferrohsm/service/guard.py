@@ -62,6 +62,7 @@ class AuditLog(Protocol):
     def append(self, event: AuditEvent, *, durable: Literal[False]) -> Ticket: ...
     def healthy(self) -> bool: ...
     def fail_closed(self, reason: str) -> None: ...
+    def fail_until_recorded(self, reason: str, event: AuditEvent) -> None: ...
 
 
 class OutOfScope(NotFound):
@@ -136,6 +137,16 @@ class Guard:
     def fail_closed(self, reason: str) -> None:
         """Refuse every further record until a restart (control/recordfirst.py)."""
         self.audit.fail_closed(reason)
+
+    def fail_until_recorded(self, reason: str, ctx: RequestContext, action: Action | str,
+                            outcome: str, message: str, key: Key | None = None,
+                            version: int | None = None, *, key_id: str | None = None,
+                            **details: Any) -> None:
+        """Refuse every further record until the settling record that could not be written
+        (these arguments, as to ``record``) is (control/recordfirst.py)."""
+        self.audit.fail_until_recorded(reason, AuditEvent.from_context(
+            ctx, str(action), outcome, message, key_id=key.id if key else key_id,
+            key_version=version, details=details))
 
     def refused(self, ctx: RequestContext, action: Action | str, exc: FerroError,
                 key: Key | None = None, ref: str | None = None,

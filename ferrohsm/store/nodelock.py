@@ -51,6 +51,10 @@ class FileMembership:
             self.cold = False
         return self.cold
 
+    def keep(self) -> bool:
+        """The flock lives as long as this process holds the file open: nothing to renew."""
+        return True
+
     def started(self) -> None:
         """This node is up: count it among the live ones and let the next one start."""
         if self._nodes is not None and self.cold:

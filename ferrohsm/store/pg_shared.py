@@ -14,12 +14,15 @@ table. psycopg is imported here, lazily, only when a PostgreSQL store is configu
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 from ..domain.errors import StoreError
 from .pgdb import MIGRATION_LOCK
+
+log = logging.getLogger("ferrohsm.store")
 
 # Advisory lock ids: "FHSM" in ASCII, then a purpose byte.
 STARTUP_LOCK = 0x4648534D01
@@ -61,8 +64,36 @@ def _error(what: str, exc: Exception) -> StoreError:
 
 class PostgresMembership:
     def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
         self._conn = connect(dsn)
         self.cold = False
+        self._alive = False  # started(): this node holds the shared NODES lock
+
+    def keep(self) -> bool:
+        """Hold the shared NODES lock while serving: a database restart or a terminated backend
+        ends the session that held it, and a node starting meanwhile would think itself alone
+        and run the cold start-up checks beside live writers. Reconnects and takes it again;
+        False while the database cannot be reached (called every half second)."""
+        if not self._alive:
+            return True
+        try:
+            self._conn.execute("SELECT 1")
+            return True
+        except Exception:  # noqa: S110  any failure: the session (and the lock) may be gone
+            pass
+        try:
+            self._conn.close()
+        except Exception:  # noqa: S110  a broken connection is closed either way
+            pass
+        try:
+            conn = connect(self._dsn)
+            conn.execute("SELECT pg_advisory_lock_shared(%s)", (NODES_LOCK,))
+        except Exception:
+            return False
+        self._conn = conn
+        log.warning("the database session holding this node's cluster membership was lost; "
+                    "reconnected and took the membership lock again")
+        return True
 
     def enter(self) -> bool:
         try:
@@ -83,6 +114,7 @@ class PostgresMembership:
             self._conn.execute("SELECT pg_advisory_unlock(%s)", (STARTUP_LOCK,))
         except Exception as exc:
             raise _error("start-up lock", exc) from None
+        self._alive = True
 
     def close(self) -> None:
         self._conn.close()

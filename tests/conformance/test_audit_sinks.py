@@ -1039,3 +1039,32 @@ def test_start_up_accepts_an_attested_pruning_only(tmp_path: Path) -> None:
     _read_changes(lines)
     with pytest.raises(AuditUnavailable, match=r"no audit\.checkpoint record attests"):
         _read_changes(lines[1:])
+
+
+# ---- a settling record that could not be written (control/recordfirst.py) ----------------------
+
+def test_a_settling_record_written_later_ends_the_failure(sink: Any, backend: Backend) -> None:
+    """The database came back (or the disk has room again): the settling record is written on
+    the next health check, first, and records are accepted again; no restart needed."""
+    fill(sink, 2)
+    sink.fail_until_recorded("a change was applied but its confirmation could not be recorded",
+                             event(7, outcome="success", message="the settling record"))
+    with pytest.raises(AuditUnavailable) as refused:
+        sink.append(event(8))
+    assert "change" not in refused.value.message  # the cause is the operator's, not the caller's
+    assert sink.healthy()  # the retry wrote it
+    after = sink.append(event(9))
+    records = sink.read(limit=100)
+    assert [r["message"] for r in records[-2:]] == ["the settling record", "event 9"]
+    assert after["seq"] == records[-1]["seq"]
+    sink.close()
+    assert backend.verify().ok
+
+
+def test_a_sink_failed_otherwise_waits_for_the_restart(sink: Any) -> None:
+    fill(sink, 1)
+    sink.fail_closed("a failure of the sink itself")
+    sink.fail_until_recorded("a settling record could not be written", event(7))
+    assert not sink.healthy()
+    assert not sink.healthy()
+    assert "until restart" in sink.degraded()

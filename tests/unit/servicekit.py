@@ -63,6 +63,10 @@ class RecordingAudit:
         self.failed = reason
         self.ok = False
 
+    def fail_until_recorded(self, reason: str, event: AuditEvent) -> None:
+        """As fail_closed: the tests switch it back themselves."""
+        self.fail_closed(reason)
+
     def actions(self, outcome: str | None = None) -> list[str]:
         return [e.action for e in self.events if outcome is None or e.outcome == outcome]
 

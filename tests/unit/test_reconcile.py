@@ -69,6 +69,9 @@ class CrashingAudit:
     def fail_closed(self, reason: str) -> None:
         self.sink.fail_closed(reason)
 
+    def fail_until_recorded(self, reason: str, event: AuditEvent) -> None:
+        self.sink.fail_until_recorded(reason, event)
+
 
 class CrashingStore(FilesystemStore):
     """A kill just before a write reaches the store (when armed)."""
