@@ -175,6 +175,34 @@ def setter(event: threading.Event) -> Callable[..., None]:
                                        daemon=True).start()
 
 
+def core_list(cores: set[int]) -> str:
+    """``{0, 1, 2, 5}`` as ``0-2, 5``."""
+    runs: list[list[int]] = []
+    for core in sorted(cores):
+        if runs and core == runs[-1][1] + 1:
+            runs[-1][1] = core
+        else:
+            runs.append([core, core])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def pin_to(config: Config) -> None:
+    """``[server].pin_cpu``: this process on that core, or a configuration error naming the
+    setting and the cores it may use (the machine's, less any taskset or cgroup leaves out)."""
+    from ..domain.errors import ConfigError
+    core, allowed = config.server.pin_cpu, os.sched_getaffinity(0)
+    problem = "" if core in allowed else "is not one of them"
+    if not problem:
+        try:
+            os.sched_setaffinity(0, {core})
+        except OSError as exc:
+            problem = f"cannot be taken ({exc.strerror})"
+    if problem:
+        where = "core" if len(allowed) == 1 else "cores"
+        raise ConfigError(f"{config.source}: [server].pin_cpu = {core}: this process may run on "
+                          f"{where} {core_list(allowed)}, and {core} {problem}")
+
+
 def sighup_reload(rt: Any, ssl_provider: Any) -> None:
     """SIGHUP re-reads what can be reloaded: the keysets (``rt`` None: sealed, none loaded
     yet), then the TLS certificate files."""
@@ -296,7 +324,7 @@ def _serve(config: Config, ssl_provider: Any, announce: Any = None, options: Any
     if config.server.pin_cpu >= 0:
         # Before any thread exists: affinity is per thread on Linux and threads inherit it, so
         # pinning later would leave every worker free to bounce the GIL between cores.
-        os.sched_setaffinity(0, {config.server.pin_cpu})
+        pin_to(config)
     if config.secrets.unseal == "shamir":  # split knowledge: start sealed (cli/custody.py)
         from .custody import run_sealed
         return run_sealed(config, ssl_provider, announce, options)
