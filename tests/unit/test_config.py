@@ -208,3 +208,30 @@ def test_tls_provisioning_settings(tmp_path: Path) -> None:
                               ("ocsp_responder", "ldap://x", "ocsp_responder")):
         with pytest.raises(ConfigError, match=hint):
             load_config(None, env={}, overrides={("tls", name): value})
+
+
+@pytest.mark.parametrize("content", ["", " \n\t\n"])
+def test_an_empty_secret_file_is_said_to_be_empty(tmp_path: Path, content: str) -> None:
+    """Not "missing secret(s): FERROHSM_MASTER_KEY (set the environment variable ...)": the file
+    is named, and said to be empty; the same for every secret file and a systemd credential."""
+    from ferrohsm.custody.keysource import backup_key
+    empty = tmp_path / "empty.key"
+    empty.write_text(content)
+    empty.chmod(0o600)
+    for setting, var in (("master_key_file", "FERROHSM_MASTER_KEY"),
+                         ("jwt_hs256_secret_file", "FERROHSM_JWT_HS256_SECRET"),
+                         ("audit_hmac_key_file", "FERROHSM_AUDIT_HMAC_KEY")):
+        config = load_config(None, env={}, overrides={("secrets", setting): str(empty)})
+        with pytest.raises(ConfigError) as info:
+            load_secrets(config, env={k: v for k, v in ENV.items() if k != var})
+        assert info.value.message.startswith(f"[secrets].{setting}: {empty} is empty")
+        assert "missing secret" not in info.value.message
+    with pytest.raises(ConfigError, match=rf"\[secrets\]\.backup_key_file: {empty} is empty"):
+        backup_key(b"k" * 32, {}, str(empty))
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "master_key").write_text(content)
+    (creds / "master_key").chmod(0o400)
+    env = {k: v for k, v in ENV.items() if k != "FERROHSM_MASTER_KEY"}
+    with pytest.raises(ConfigError, match=r"credential master_key: .* is empty"):
+        load_secrets(load_config(None, env={}), env={**env, "CREDENTIALS_DIRECTORY": str(creds)})
