@@ -73,6 +73,12 @@ from .witness import Witness
 
 log = logging.getLogger("ferrohsm.audit")
 
+# The end of the line that logs a sink failing closed: freeing the disk (or whatever caused it)
+# is not enough, the running server never writes to this log again (README, full disk).
+RESTART_NEEDED = ("; the audit log is failed closed: every audited operation is refused (503) "
+                  "and a restart of the server is required to resume writes, once the cause "
+                  "(e.g. a full disk) is fixed")
+
 SHORTER_THAN_CHECKPOINT = ("audit log is shorter than its last signed checkpoint: "
                            "truncated or rolled back")
 SYSTEM_ACTOR = "system"
@@ -230,7 +236,7 @@ class ChainedSink(SplitFlush, AuditSink):
             if self._failed is None:
                 self._failed = reason
                 self._failures += 1
-        log.critical("audit: refusing every record until restart: %s", reason)
+        log.critical("audit: refusing every record until restart: %s%s", reason, RESTART_NEEDED)
 
     def describe(self) -> dict[str, Any]:
         seq, digest = self._committed
@@ -383,7 +389,7 @@ class ChainedSink(SplitFlush, AuditSink):
         else:
             self._next_seq, self._next_hash = stored
             return
-        log.error("audit: %s", self._failed)
+        log.error("audit: %s%s", self._failed, RESTART_NEEDED)
         raise AuditUnavailable(f"audit log unavailable until restart: {self._failed}")
 
     def _system_event(self, action: str, message: str, **details: DetailValue) -> AuditEvent:
@@ -437,7 +443,8 @@ class ChainedSink(SplitFlush, AuditSink):
             self._problem = f"the last audit write failed: {reason}"
             if isinstance(exc, AuditUnavailable):
                 raise
-            log.error("audit: %d record(s) could not be made durable: %s", len(events), reason)
+            log.error("audit: %d record(s) could not be made durable: %s%s", len(events), reason,
+                      RESTART_NEEDED if self._failed is not None else "")
             raise AuditUnavailable(
                 f"audit record could not be made durable: {reason}") from None
         self._written = (self._next_seq, self._next_hash)
