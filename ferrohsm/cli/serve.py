@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from ..config import Config, load_config, load_secrets, parse_listen
 from ..telemetry import access
 from ..telemetry.logs import setup_logging
-from . import quickstart, sdnotify
+from . import confreload, quickstart, sdnotify
 from .errors import CANNOT_LISTEN, CliExit
 
 T = TypeVar("T")
@@ -109,6 +109,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides=_overrides(args))
         setup_logging(config.logging.level)
+        confreload.remember(config, lambda: load_config(args.config, overrides=_overrides(args)))
         return _run(config, wiring.tls_provider(config), options=_options(args))
     except OSError as exc:  # e.g. a read-only data directory: one line naming path and operation
         raise wiring.startup_failure(exc) from None
@@ -146,6 +147,7 @@ def _quickstart(args: argparse.Namespace) -> int:
         ("tls", "mode"): "pem"})  # quickstart keeps its dev CA, whatever --config says
     config = load_config(args.config, overrides=overrides)
     setup_logging(config.logging.level)
+    confreload.remember(config, lambda: load_config(args.config, overrides=overrides))
 
     def announce(port: int) -> None:
         secret = load_secrets(config).jwt_hs256_secret
@@ -203,11 +205,18 @@ def pin_to(config: Config) -> None:
                           f"{where} {core_list(allowed)}, and {core} {problem}")
 
 
-def sighup_reload(rt: Any, ssl_provider: Any) -> None:
+def sighup_reload(rt: Any, ssl_provider: Any, check_config: bool = True) -> None:
     """SIGHUP re-reads what can be reloaded: the keysets (``rt`` None: sealed, none loaded
-    yet), then the TLS certificate files."""
+    yet), then the TLS certificate files. The configuration file is loaded and checked too
+    (``check_config``: one process of a group says it), its problems or changes only warned
+    about (cli/confreload.py): settings take effect at a restart."""
     sdnotify.reloading()
     try:
+        if check_config:
+            try:
+                confreload.check_config_file()
+            except Exception:  # never in the way of the reloads below
+                logging.getLogger("ferrohsm").exception("SIGHUP: cannot check the configuration")
         if rt is not None:
             rt.authenticator.reload("SIGHUP")
         if hasattr(ssl_provider, "reload"):
@@ -341,7 +350,7 @@ def _serve(config: Config, ssl_provider: Any, announce: Any = None, options: Any
             signal.signal(sig, setter(done))
         _listen(server, config.server.listen)
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
-            target=sighup_reload, args=(rt, ssl_provider), name="ferrohsm-sighup",
+            target=sighup_reload, args=(rt, ssl_provider, index == 0), name="ferrohsm-sighup",
             daemon=True).start())
         if parent is not None:
             from .nodes import watch_parent

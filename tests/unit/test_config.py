@@ -235,3 +235,14 @@ def test_an_empty_secret_file_is_said_to_be_empty(tmp_path: Path, content: str) 
     env = {k: v for k, v in ENV.items() if k != "FERROHSM_MASTER_KEY"}
     with pytest.raises(ConfigError, match=r"credential master_key: .* is empty"):
         load_secrets(load_config(None, env={}), env={**env, "CREDENTIALS_DIRECTORY": str(creds)})
+
+
+def test_settings_changed_on_reload_are_named_not_shown(tmp_path: Path) -> None:
+    from ferrohsm.cli.confreload import changed_settings
+    before = load_config(write(tmp_path, '[server]\nworkers = 4\n'), env={})
+    after = load_config(write(tmp_path, '[server]\nworkers = 4\n[tls.acme]\nemail = "a@b.c"\n'
+                              '[secrets]\nmaster_key_file = "/run/mk"\n'
+                              '[policy.tags.pci]\napprovals_required = 2\n'), env={})
+    assert changed_settings(before, before) == []
+    assert changed_settings(before, after) == ["[secrets].master_key_file",
+                                               "[tls.acme].email", "[policy.tags.pci]"]
