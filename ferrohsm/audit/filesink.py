@@ -51,7 +51,7 @@ from .anchor import Anchor, fsync_dir
 from .chain import AuditEvent, PreparedEvent, check_line, failed_check, stored_seq
 from .oslock import ProcessLock
 from .segments import list_segments, segment_name
-from .sinkbase import REFUSING, ChainedSink
+from .sinkbase import RESTART_NEEDED, ChainedSink
 
 log = logging.getLogger("ferrohsm.audit")
 
@@ -222,8 +222,8 @@ class FileSink(ChainedSink):
         if not same:
             self._failed = (f"live audit segment {segment_name(self._segno)} was deleted, replaced "
                             "or modified underneath the server; restart to recover")
-            log.error("audit: %s", self._failed)
-            raise AuditUnavailable(REFUSING)
+            log.error("audit: %s%s", self._failed, RESTART_NEEDED)
+            raise AuditUnavailable(f"audit log unavailable until restart: {self._failed}")
         return st
 
     def _index_segments(self, segments: list[int]) -> None:

@@ -73,6 +73,12 @@ from .witness import Witness
 
 log = logging.getLogger("ferrohsm.audit")
 
+# The end of the line that logs a sink failing closed: freeing the disk (or whatever caused it)
+# is not enough, the running server never writes to this log again (README, full disk).
+RESTART_NEEDED = ("; the audit log is failed closed: every audited operation is refused (503) "
+                  "and a restart of the server is required to resume writes, once the cause "
+                  "(e.g. a full disk) is fixed")
+
 SHORTER_THAN_CHECKPOINT = ("audit log is shorter than its last signed checkpoint: "
                            "truncated or rolled back")
 SYSTEM_ACTOR = "system"
@@ -136,6 +142,7 @@ class ChainedSink(SplitFlush, AuditSink):
         self._unsettled: list[PreparedEvent] = []
         self._unsettled_reason: str | None = None
         self._retry_at = 0.0
+        self._reported: set[str] = set()  # failures callers reported (see _refusal)
         self._last_ok = True
         self._problem: str | None = None  # the last failed write or flush, until a good one
         self._closed = False
@@ -210,7 +217,7 @@ class ChainedSink(SplitFlush, AuditSink):
         if 0 < ticket.seq <= self._committed[0]:
             return True  # committed just before the failure (or the close): final now
         ticket.error = ("audit log is closed" if self._failed is None
-                        else REFUSING)
+                        else self._refusal())
         raise AuditUnavailable(ticket.error)
 
     def wait(self, ticket: Ticket) -> None:
@@ -244,8 +251,18 @@ class ChainedSink(SplitFlush, AuditSink):
         with self._io_lock:
             if self._failed is None:
                 self._failed = reason
+                self._reported.add(reason)
                 self._failures += 1
-        log.critical("audit: refusing every record until restart: %s", reason)
+        log.critical("audit: refusing every record until restart: %s%s", reason, RESTART_NEEDED)
+
+    def _refusal(self) -> str:
+        """What a caller is told while the sink refuses records: the sink's own failure, or,
+        for one a caller reported (fail_closed, fail_until_recorded: it names keys, intents
+        and what the database said), REFUSING."""
+        failed = self._failed
+        if failed is not None and failed in self._reported:
+            return REFUSING
+        return f"audit log unavailable until restart: {failed}"
 
     def fail_until_recorded(self, reason: str, event: AuditEvent) -> None:
         """Fail closed because ``event``, the record settling a change (control/recordfirst.py),
@@ -259,6 +276,7 @@ class ChainedSink(SplitFlush, AuditSink):
             self._unsettled.append(prepare(event))
             if first:
                 self._failed = self._unsettled_reason = reason
+                self._reported.add(reason)
                 self._failures += 1
         log.critical("audit: refusing every record until the settling record is written: %s",
                      reason)
@@ -438,8 +456,8 @@ class ChainedSink(SplitFlush, AuditSink):
         else:
             self._next_seq, self._next_hash = stored
             return
-        log.error("audit: %s", self._failed)
-        raise AuditUnavailable(REFUSING)
+        log.error("audit: %s%s", self._failed, RESTART_NEEDED)
+        raise AuditUnavailable(f"audit log unavailable until restart: {self._failed}")
 
     def _system_event(self, action: str, message: str, **details: DetailValue) -> AuditEvent:
         """A record the sink writes about itself (genesis, segment start, recovery, pruning)."""
@@ -450,7 +468,7 @@ class ChainedSink(SplitFlush, AuditSink):
         if self._closed:
             raise AuditUnavailable("audit log is closed")
         if self._failed is not None:
-            raise AuditUnavailable(REFUSING)
+            raise AuditUnavailable(self._refusal())
 
     def _flush_lists(self, groups: list[list[PreparedEvent]]) -> list[list[dict[str, Any]]]:
         """GroupCommit's flush: every writer's list in one ``_flush``, results split back."""
@@ -492,7 +510,8 @@ class ChainedSink(SplitFlush, AuditSink):
             self._problem = f"the last audit write failed: {reason}"
             if isinstance(exc, AuditUnavailable):
                 raise
-            log.error("audit: %d record(s) could not be made durable: %s", len(events), reason)
+            log.error("audit: %d record(s) could not be made durable: %s%s", len(events), reason,
+                      RESTART_NEEDED if self._failed is not None else "")
             raise AuditUnavailable(
                 f"audit record could not be made durable: {reason}") from None
         self._written = (self._next_seq, self._next_hash)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from ..config import Config, load_config, load_secrets, parse_listen
 from ..telemetry import access
 from ..telemetry.logs import setup_logging
-from . import quickstart, sdnotify
+from . import confreload, quickstart, sdnotify
 from .errors import CANNOT_LISTEN, CliExit
 
 T = TypeVar("T")
@@ -109,6 +109,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides=_overrides(args))
         setup_logging(config.logging.level)
+        confreload.remember(config, lambda: load_config(args.config, overrides=_overrides(args)))
         return _run(config, wiring.tls_provider(config), options=_options(args))
     except OSError as exc:  # e.g. a read-only data directory: one line naming path and operation
         raise wiring.startup_failure(exc) from None
@@ -146,6 +147,7 @@ def _quickstart(args: argparse.Namespace) -> int:
         ("tls", "mode"): "pem"})  # quickstart keeps its dev CA, whatever --config says
     config = load_config(args.config, overrides=overrides)
     setup_logging(config.logging.level)
+    confreload.remember(config, lambda: load_config(args.config, overrides=overrides))
 
     def announce(port: int) -> None:
         secret = load_secrets(config).jwt_hs256_secret
@@ -175,11 +177,46 @@ def setter(event: threading.Event) -> Callable[..., None]:
                                        daemon=True).start()
 
 
-def sighup_reload(rt: Any, ssl_provider: Any) -> None:
+def core_list(cores: set[int]) -> str:
+    """``{0, 1, 2, 5}`` as ``0-2, 5``."""
+    runs: list[list[int]] = []
+    for core in sorted(cores):
+        if runs and core == runs[-1][1] + 1:
+            runs[-1][1] = core
+        else:
+            runs.append([core, core])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def pin_to(config: Config) -> None:
+    """``[server].pin_cpu``: this process on that core, or a configuration error naming the
+    setting and the cores it may use (the machine's, less any taskset or cgroup leaves out)."""
+    from ..domain.errors import ConfigError
+    core, allowed = config.server.pin_cpu, os.sched_getaffinity(0)
+    problem = "" if core in allowed else "is not one of them"
+    if not problem:
+        try:
+            os.sched_setaffinity(0, {core})
+        except OSError as exc:
+            problem = f"cannot be taken ({exc.strerror})"
+    if problem:
+        where = "core" if len(allowed) == 1 else "cores"
+        raise ConfigError(f"{config.source}: [server].pin_cpu = {core}: this process may run on "
+                          f"{where} {core_list(allowed)}, and {core} {problem}")
+
+
+def sighup_reload(rt: Any, ssl_provider: Any, check_config: bool = True) -> None:
     """SIGHUP re-reads what can be reloaded: the keysets (``rt`` None: sealed, none loaded
-    yet), then the TLS certificate files."""
+    yet), then the TLS certificate files. The configuration file is loaded and checked too
+    (``check_config``: one process of a group says it), its problems or changes only warned
+    about (cli/confreload.py): settings take effect at a restart."""
     sdnotify.reloading()
     try:
+        if check_config:
+            try:
+                confreload.check_config_file()
+            except Exception:  # never in the way of the reloads below
+                logging.getLogger("ferrohsm").exception("SIGHUP: cannot check the configuration")
         if rt is not None:
             rt.authenticator.reload("SIGHUP")
         if hasattr(ssl_provider, "reload"):
@@ -296,7 +333,7 @@ def _serve(config: Config, ssl_provider: Any, announce: Any = None, options: Any
     if config.server.pin_cpu >= 0:
         # Before any thread exists: affinity is per thread on Linux and threads inherit it, so
         # pinning later would leave every worker free to bounce the GIL between cores.
-        os.sched_setaffinity(0, {config.server.pin_cpu})
+        pin_to(config)
     if config.secrets.unseal == "shamir":  # split knowledge: start sealed (cli/custody.py)
         from .custody import run_sealed
         return run_sealed(config, ssl_provider, announce, options)
@@ -313,7 +350,7 @@ def _serve(config: Config, ssl_provider: Any, announce: Any = None, options: Any
             signal.signal(sig, setter(done))
         _listen(server, config.server.listen)
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
-            target=sighup_reload, args=(rt, ssl_provider), name="ferrohsm-sighup",
+            target=sighup_reload, args=(rt, ssl_provider, index == 0), name="ferrohsm-sighup",
             daemon=True).start())
         if parent is not None:
             from .nodes import watch_parent

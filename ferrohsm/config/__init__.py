@@ -438,8 +438,9 @@ MAX_SECRET_FILE = 4096
 def read_secret_file(path: str, setting: str) -> str:
     """A secret file's text, checked on the opened descriptor (nothing can swap it in between).
 
-    It must be a regular file readable by its owner only (0600 or stricter). Symlinks are
-    followed, as Kubernetes mounts secrets through them; O_NONBLOCK keeps a FIFO from hanging.
+    It must be a regular file readable by its owner only (0600 or stricter), and not empty.
+    Symlinks are followed, as Kubernetes mounts secrets through them; O_NONBLOCK keeps a FIFO
+    from hanging.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -460,9 +461,13 @@ def read_secret_file(path: str, setting: str) -> str:
     if len(data) > MAX_SECRET_FILE:
         raise ConfigError(f"{setting}: {path} is too large to be a secret file")
     try:
-        return data.decode("ascii").strip()
+        text = data.decode("ascii").strip()
     except UnicodeDecodeError:
         raise ConfigError(f"{setting}: {path} must hold base64 text") from None
+    if not text:  # said as such: "missing secret" would send the operator to the environment
+        raise ConfigError(f"{setting}: {path} is empty{' (only white space)' if data else ''}: "
+                          "it must hold the secret")
+    return text
 
 
 def decode_key32(text: str, setting: str) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import re
@@ -43,7 +44,6 @@ def validate(config: Config, listen_origin: str | None = None) -> None:
          "[server].max_body_bytes must be 1 KiB-64 MiB"),
         (1 <= config.crypto.max_input_bytes <= config.server.max_body_bytes,
          "[crypto].max_input_bytes must be 1..[server].max_body_bytes"),
-        (config.crypto.cache_max_entries >= 0, "[crypto].cache_max_entries must be >= 0"),
         (math.isfinite(config.crypto.destroy_grace_hours)
          and 0 <= config.crypto.destroy_grace_hours <= MAX_DAYS * 24,
          f"[crypto].destroy_grace_hours must be a number from 0 to {MAX_DAYS * 24}"),
@@ -57,7 +57,6 @@ def validate(config: Config, listen_origin: str | None = None) -> None:
         (config.rate_limit.requests_per_second > 0, "[rate_limit].requests_per_second must be > 0"),
         (config.rate_limit.burst >= 1, "[rate_limit].burst must be >= 1"),
         *_auth_checks(config.auth), *_rate_limit_checks(config.rate_limit),
-        (config.audit.retention_days >= 0, "[audit].retention_days must be >= 0"),
         (config.audit.retention_days == 0 or config.audit.sink == "sqlite",
          '[audit].retention_days (--audit-retention-days) needs [audit].sink = "sqlite": the '
          "file sink keeps every segment"),
@@ -71,14 +70,8 @@ def validate(config: Config, listen_origin: str | None = None) -> None:
         (type(config.audit.flush_spin_microseconds) is int
          and 0 <= config.audit.flush_spin_microseconds <= 100_000,
          "[audit].flush_spin_microseconds must be an integer 0-100000 (0: never poll)"),
-        (config.approvals.retention_days >= 0, "[approvals].retention_days must be >= 0"),
-        (config.approvals.rekey_approvals_required >= 0,
-         "[approvals].rekey_approvals_required must be >= 0"),
-        (config.approvals.rekey_approval_ttl_seconds > 0,
-         "[approvals].rekey_approval_ttl_seconds must be > 0"),
         (not config.approvals.require_vote_signature or bool(config.approvals.approver_keys_file),
          "[approvals].require_vote_signature needs [approvals].approver_keys_file"),
-        (config.scheduler.interval_seconds >= 1, "[scheduler].interval_seconds must be >= 1"),
         (bool(config.tls.cert) == bool(config.tls.key), "[tls].cert and [tls].key go together"),
         (not config.tls.require_client_cert or bool(config.tls.client_ca),
          "[tls].require_client_cert needs [tls].client_ca"),
@@ -91,6 +84,7 @@ def validate(config: Config, listen_origin: str | None = None) -> None:
          f"[secrets].unseal must be one of {', '.join(UNSEAL_MODES)}"),
     ]
     checks += _tls_mode_checks(config.tls)
+    checks = [*_path_checks(config), *_bounded_checks(config), *checks]
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{src}: {message}")
@@ -125,6 +119,81 @@ def _check_tag_policy(src: str, name: str, tag: TagPolicy) -> None:
 
 
 MAX_DAYS = 36_500  # the longest period a setting may name: 100 years, well inside datetime
+
+# Number settings whose range no other check states: (least, most, what a value means). NaN and
+# infinity pass no comparison here; every other float setting is at least refused those
+# (_bounded_checks), which no limit, rate or period can mean.
+BOUNDS: dict[tuple[str, str], tuple[float, float, str]] = {
+    ("server", "handshake_timeout_seconds"): (0.1, 3600, ""),
+    ("server", "header_timeout_seconds"): (0.1, 3600, ""),
+    ("server", "body_timeout_seconds"): (0.1, 3600, ""),
+    ("server", "idle_timeout_seconds"): (0.1, 86400, ""),
+    ("server", "shutdown_grace_seconds"): (0, 3600, ""),
+    ("server", "pin_cpu"): (-1, 8191, " (-1: not pinned; else the number of a core)"),
+    ("crypto", "cache_max_entries"): (0, 10_000_000, ""),
+    ("crypto", "cache_ttl_seconds"): (0, 86400, ""),
+    ("audit", "retention_days"): (0, MAX_DAYS, " (0 keeps everything)"),
+    ("audit", "segment_max_bytes"): (4096, 1 << 40, ""),
+    ("approvals", "retention_days"): (0, MAX_DAYS, ""),
+    ("approvals", "rekey_approvals_required"): (0, 100, ""),
+    ("approvals", "rekey_approval_ttl_seconds"): (1, MAX_DAYS * 86400, ""),
+    ("scheduler", "interval_seconds"): (1, 86400, ""),
+}
+
+
+def _sections(config: Config) -> list[tuple[str, object]]:
+    """Every settings table with its name in messages, [tls.acme] included."""
+    tables = [(f.name, getattr(config, f.name)) for f in dataclasses.fields(config)
+              if dataclasses.is_dataclass(getattr(config, f.name))]
+    return [*tables, ("tls.acme", config.tls.acme)]
+
+
+def _bounded_checks(config: Config) -> list[tuple[bool, str]]:
+    """The ranges of BOUNDS, then NaN or infinity in any other number setting."""
+    checks = []
+    for section, table in _sections(config):
+        for f in dataclasses.fields(table):  # type: ignore[arg-type]
+            value = getattr(table, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            bound = BOUNDS.get((section, f.name))
+            if bound is not None:
+                least, most, note = bound
+                checks.append((math.isfinite(value) and least <= value <= most,
+                               f"[{section}].{f.name} must be a number from {_num(least)} "
+                               f"to {_num(most)}{note}"))
+            elif not math.isfinite(value):
+                checks.append((False, f"[{section}].{f.name} must be a finite number "
+                                      "(not nan or inf)"))
+    return checks
+
+
+# Settings naming a file or folder: "" means "none" (or a default place) for all but data_dir;
+# a path of only spaces is a mistake in every one.
+PATH_SETTINGS = (("secrets", "master_key_file"), ("secrets", "jwt_hs256_secret_file"),
+                 ("secrets", "audit_hmac_key_file"), ("secrets", "backup_key_file"),
+                 ("auth", "jwks_file"), ("auth", "deny_list_file"), ("tls", "cert"),
+                 ("tls", "key"), ("tls", "client_ca"), ("tls.acme", "ca_bundle"),
+                 ("tls.acme", "cache_dir"), ("audit", "witness_ca_file"),
+                 ("approvals", "approver_keys_file"))
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _path_checks(config: Config) -> list[tuple[bool, str]]:
+    """An empty data_dir would make the current directory the data directory (and chmod it
+    0700); a blank path anywhere names no file."""
+    tables = dict(_sections(config))
+    checks = [(config.storage.data_dir.strip() != "",
+               "[storage].data_dir must name a directory (it is empty or only spaces; the "
+               "default is ./ferrohsm-data)")]
+    for section, name in PATH_SETTINGS:
+        value = getattr(tables[section], name)
+        checks.append((value == "" or value.strip() != "",
+                       f'[{section}].{name} is only spaces: give a path, or "" for none'))
+    return checks
 
 TLS_MODES = ("pem", "acme")
 ACME_CHALLENGES = ("http-01", "tls-alpn-01")

@@ -169,8 +169,13 @@ def test_unit_file_verifies(zipapp: Path, tmp_path: Path) -> None:
         pytest.skip("systemd-analyze is not installed")
     unit = tmp_path / "ferrohsm.service"
     unit.write_text(UNIT.read_text().replace("/usr/local/bin/ferrohsm", str(zipapp)))
+    # the manual page installed as the README says (`ferrohsm man`), which verify looks up
+    (tmp_path / "man" / "man1").mkdir(parents=True)
+    page = subprocess.run([str(zipapp), "man"], capture_output=True, check=True, timeout=120,
+                          env={**os.environ, "SHIV_ROOT": str(tmp_path / "shiv")})
+    (tmp_path / "man" / "man1" / "ferrohsm.1").write_bytes(page.stdout)
     result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
-                            timeout=60)
+                            timeout=60, env={**os.environ, "MANPATH": str(tmp_path / "man")})
     assert result.returncode == 0, result.stderr
     assert "ferrohsm.service" not in result.stderr, result.stderr
 
@@ -186,6 +191,18 @@ def test_unit_declares_an_unprivileged_hardened_notify_service() -> None:
         assert service.get(key) == [value], key
     names = {spec.partition(":")[0] for spec in service["LoadCredential"]}
     assert {"master_key", "jwt_hs256_secret", "audit_hmac_key"} <= names
+    # a configuration error (exit 2, README) fails the same way at every start: no restart loop
+    assert service["Restart"] == ["on-failure"]
+    assert service["RestartPreventExitStatus"] == ["2"]
+
+
+def test_unit_documentation_is_what_the_install_steps_install() -> None:
+    """Documentation= names the manual page the README's systemd steps install."""
+    docs = [line.partition("=")[2] for line in UNIT.read_text().splitlines()
+            if line.startswith("Documentation=")]
+    assert docs == ["man:ferrohsm(1)"]
+    readme = (ROOT / "README.md").read_text()
+    assert "ferrohsm man | sudo tee /usr/local/share/man/man1/ferrohsm.1" in readme
 
 
 def test_exec_start_as_nobody_notifies_serves_reloads_and_stops(zipapp: Path) -> None:

@@ -72,6 +72,25 @@ def test_precedence_file_env_flag(tmp_path: Path) -> None:
     ('[audit]\nflush_spin_microseconds = -1\n', "[audit].flush_spin_microseconds"),
     ('[audit]\nflush_spin_microseconds = 1000000\n', "[audit].flush_spin_microseconds"),
     ("this is not toml", "not valid TOML"),
+    ('[storage]\ndata_dir = ""\n', "[storage].data_dir must name a directory"),
+    ('[storage]\ndata_dir = " \t"\n', "[storage].data_dir must name a directory"),
+    ('[tls]\ncert = " "\nkey = " "\n', "[tls].cert is only spaces"),
+    ('[secrets]\nmaster_key_file = "  "\n', "[secrets].master_key_file is only spaces"),
+    ('[server]\nhandshake_timeout_seconds = -1\n',
+     "[server].handshake_timeout_seconds must be a number from 0.1 to 3600"),
+    ('[server]\nheader_timeout_seconds = 0\n', "[server].header_timeout_seconds must be a number"),
+    ('[server]\nbody_timeout_seconds = nan\n', "[server].body_timeout_seconds must be a number"),
+    ('[server]\nidle_timeout_seconds = inf\n', "[server].idle_timeout_seconds must be a number"),
+    ('[server]\nshutdown_grace_seconds = -1\n',
+     "[server].shutdown_grace_seconds must be a number from 0 to 3600"),
+    ('[crypto]\ncache_ttl_seconds = -1\n', "[crypto].cache_ttl_seconds must be a number from 0"),
+    ('[server]\npin_cpu = -5\n', "[server].pin_cpu must be a number from -1 to 8191"),
+    ('[audit]\nsegment_max_bytes = 100\n', "[audit].segment_max_bytes must be a number from 4096"),
+    ('[audit]\nretention_days = inf\nsink = "sqlite"\n', "[audit].retention_days must be a"),
+    ('[scheduler]\ninterval_seconds = inf\n', "[scheduler].interval_seconds must be a number"),
+    ('[rate_limit]\nrequests_per_second = inf\n',
+     "[rate_limit].requests_per_second must be a finite number"),
+    ('[tls.acme]\nrenew_before_fraction = nan\n', "[tls.acme].renew_before_fraction"),
 ])
 def test_bad_values_name_the_setting_and_file(tmp_path: Path, text: str, needle: str) -> None:
     path = write(tmp_path, text)
@@ -80,6 +99,23 @@ def test_bad_values_name_the_setting_and_file(tmp_path: Path, text: str, needle:
     assert needle in info.value.message
     assert path in info.value.message
     assert "pw@" not in info.value.message  # a value is never repeated: it may be a secret
+
+
+def test_every_float_setting_refuses_nan_and_infinity() -> None:
+    """No number setting takes NaN or infinity, from any origin: each is named."""
+    import dataclasses
+
+    from ferrohsm.config import Config
+    from ferrohsm.config.checks import _sections
+    floats = [(section, f.name) for section, table in _sections(Config())
+              for f in dataclasses.fields(table)  # type: ignore[arg-type]
+              if isinstance(getattr(table, f.name), float)]
+    assert len(floats) > 20
+    for section, name in floats:
+        var = f"FERROHSM_{section.replace('.', '_')}_{name}".upper()
+        for bad in ("nan", "inf", "-inf"):
+            with pytest.raises(ConfigError, match=rf"\[{section}\]\.{name} must be a"):
+                load_config(None, env={var: bad})
 
 
 def test_env_values_are_text_and_still_read_as_numbers_and_booleans() -> None:
@@ -172,3 +208,41 @@ def test_tls_provisioning_settings(tmp_path: Path) -> None:
                               ("ocsp_responder", "ldap://x", "ocsp_responder")):
         with pytest.raises(ConfigError, match=hint):
             load_config(None, env={}, overrides={("tls", name): value})
+
+
+@pytest.mark.parametrize("content", ["", " \n\t\n"])
+def test_an_empty_secret_file_is_said_to_be_empty(tmp_path: Path, content: str) -> None:
+    """Not "missing secret(s): FERROHSM_MASTER_KEY (set the environment variable ...)": the file
+    is named, and said to be empty; the same for every secret file and a systemd credential."""
+    from ferrohsm.custody.keysource import backup_key
+    empty = tmp_path / "empty.key"
+    empty.write_text(content)
+    empty.chmod(0o600)
+    for setting, var in (("master_key_file", "FERROHSM_MASTER_KEY"),
+                         ("jwt_hs256_secret_file", "FERROHSM_JWT_HS256_SECRET"),
+                         ("audit_hmac_key_file", "FERROHSM_AUDIT_HMAC_KEY")):
+        config = load_config(None, env={}, overrides={("secrets", setting): str(empty)})
+        with pytest.raises(ConfigError) as info:
+            load_secrets(config, env={k: v for k, v in ENV.items() if k != var})
+        assert info.value.message.startswith(f"[secrets].{setting}: {empty} is empty")
+        assert "missing secret" not in info.value.message
+    with pytest.raises(ConfigError, match=rf"\[secrets\]\.backup_key_file: {empty} is empty"):
+        backup_key(b"k" * 32, {}, str(empty))
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "master_key").write_text(content)
+    (creds / "master_key").chmod(0o400)
+    env = {k: v for k, v in ENV.items() if k != "FERROHSM_MASTER_KEY"}
+    with pytest.raises(ConfigError, match=r"credential master_key: .* is empty"):
+        load_secrets(load_config(None, env={}), env={**env, "CREDENTIALS_DIRECTORY": str(creds)})
+
+
+def test_settings_changed_on_reload_are_named_not_shown(tmp_path: Path) -> None:
+    from ferrohsm.cli.confreload import changed_settings
+    before = load_config(write(tmp_path, '[server]\nworkers = 4\n'), env={})
+    after = load_config(write(tmp_path, '[server]\nworkers = 4\n[tls.acme]\nemail = "a@b.c"\n'
+                              '[secrets]\nmaster_key_file = "/run/mk"\n'
+                              '[policy.tags.pci]\napprovals_required = 2\n'), env={})
+    assert changed_settings(before, before) == []
+    assert changed_settings(before, after) == ["[secrets].master_key_file",
+                                               "[tls.acme].email", "[policy.tags.pci]"]

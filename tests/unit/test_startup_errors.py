@@ -55,3 +55,32 @@ def test_every_directory_made_for_the_data_is_private(tmp_path: Path) -> None:
         os.umask(old)
     for made in (tmp_path / "node-a", tmp_path / "node-a" / "audit"):
         assert stat.S_IMODE(made.stat().st_mode) == 0o700, made
+
+
+def test_pin_cpu_outside_the_allowed_cores_names_the_setting_and_the_cores(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not "cannot os.sched_setaffinity a file of the data directory (in _serve)"."""
+    from ferrohsm.cli import serve
+    from ferrohsm.config import load_config
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 5})
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cores: pytest.fail("pinned"))
+    config = load_config(None, env={"FERROHSM_SERVER_PIN_CPU": "999"})
+    with pytest.raises(ConfigError) as info:
+        serve.pin_to(config)
+    assert info.value.message == ("<defaults>: [server].pin_cpu = 999: this process may run on "
+                                  "cores 0-2, 5, and 999 is not one of them")
+
+
+def test_pin_cpu_the_kernel_refuses_is_a_configuration_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ferrohsm.cli import serve
+    from ferrohsm.config import load_config
+
+    def refuse(pid: int, cores: object) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)
+    with pytest.raises(ConfigError, match=r"\[server\]\.pin_cpu = 3: this process may run on "
+                       r"core 3, and 3 cannot be taken \(Invalid argument\)") as info:
+        serve.pin_to(load_config(None, env={"FERROHSM_SERVER_PIN_CPU": "3"}))
+    assert "(in " not in info.value.message

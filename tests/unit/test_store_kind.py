@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,8 @@ def _filesystem_dir(root: Path) -> Path:
     ("sqlite", _filesystem_dir, "filesystem"),
     ("memory", _filesystem_dir, "filesystem"),
 ])
-def test_the_other_store_is_named(tmp_path: Path, kind: str, make, found: str) -> None:
+def test_the_other_store_is_named(tmp_path: Path, kind: str, make: Callable[[Path], Path],
+                                  found: str) -> None:
     data = make(tmp_path)
     before = sorted(p.name for p in data.iterdir())
     with pytest.raises(ConfigError, match=f"holds a '{found}' key store: set key_store = "
