@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 import sqlite3
 from collections.abc import Generator
 from typing import Any, BinaryIO
 
+from ..domain.strictjson import loads
 from .segments import list_segments, segment_name
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -97,11 +97,11 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     except OSError as exc:
         raise VerifyInputError(f"cannot read checkpoint {path}: {exc.strerror}") from None
     try:
-        value = json.loads(text)
+        value = loads(text)
     except ValueError:
         lines = [line for line in text.splitlines() if line.strip()]
         try:
-            value = json.loads(lines[-1]) if lines else None
+            value = loads(lines[-1]) if lines else None
         except ValueError:
             value = None
     if not isinstance(value, dict):
@@ -117,7 +117,7 @@ def load_checkpoints(path: str) -> list[dict[str, Any]]:
     """
     text = read_file(path)
     try:
-        value = json.loads(text)
+        value = loads(text)
     except ValueError:
         value = None
     if isinstance(value, dict):
@@ -128,7 +128,7 @@ def load_checkpoints(path: str) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            item = loads(line)
         except ValueError:
             item = None
         if isinstance(item, dict):

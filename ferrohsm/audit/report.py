@@ -14,12 +14,12 @@ a crafted actor name cannot move the cursor or forge a table row on the auditor'
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from ..domain.strictjson import loads
 from . import toolout
 from .offline import VerifyInputError, chained_lines, expand_paths
 from .toolout import add_output_flags, output_format
@@ -37,7 +37,7 @@ def _records(paths: list[str]) -> Iterator[dict[str, Any] | None]:
 
 def _loads(text: bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(text)
+        value = loads(text)
     except ValueError:
         return None
     return value if isinstance(value, dict) else None

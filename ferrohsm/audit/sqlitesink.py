@@ -23,7 +23,6 @@ turns in long runs with SQLite's lock alone).
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from ..domain.errors import AuditUnavailable, ConfigError
 from .anchor import Anchor
 from .chain import GENESIS_HASH, PreparedEvent, check_line, failed_check, rfc3339
 from .oslock import ProcessLock
-from .sinkbase import ChainedSink
+from .sinkbase import ChainedSink, stored_record
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_log (
@@ -261,7 +260,7 @@ class SQLiteSink(ChainedSink):
         # The ts column only indexes: the time that decides is the authenticated one inside
         # the record. A column set back by someone with the file would otherwise have fresh
         # records pruned, under a signed checkpoint that makes the deletion look lawful.
-        if not _before(json.loads(line).get("ts"), cutoff):
+        if not _before(stored_record(line, self.path).get("ts"), cutoff):
             raise AuditUnavailable(f"audit record seq {last} was written after {cutoff}, but "
                                    "its ts column says older: the database was edited; not "
                                    "pruning")
@@ -283,7 +282,7 @@ class SQLiteSink(ChainedSink):
             raise AuditUnavailable(f"cannot read the audit database: {exc}") from None
         finally:
             db.close()
-        return [json.loads(text) for (text,) in rows]
+        return [stored_record(text, self.path) for (text,) in rows]
 
     def _hash_at(self, seq: int) -> str | None:
         row = self._conn().execute("SELECT record FROM audit_log WHERE seq = ?", (seq,)).fetchone()

@@ -44,13 +44,13 @@ import argparse
 import hashlib
 import hmac
 import itertools
-import json
 import os
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
+from ..domain.strictjson import loads
 from . import toolout
 from .chain import (
     BODY_END,
@@ -140,7 +140,7 @@ def _parse(line: bytes) -> _Rec | None:
     if parts and fields:
         return _Rec(fields[0], fields[1], parts[0], parts[1], parts[2])
     try:
-        obj = json.loads(line, object_pairs_hook=_no_duplicates)
+        obj = loads(line, object_pairs_hook=_no_duplicates)
     except ValueError:
         return None
     if (not isinstance(obj, dict) or set(obj) != set(RECORD_FIELDS) | {"hash", "hmac"}
@@ -263,7 +263,10 @@ class _Verifier:
 
     def _system_record(self, seq: int, body: bytes) -> None:
         """The sink's own records: learn the log id, prune attestations, recovery notes."""
-        obj = json.loads(body)
+        try:
+            obj = loads(body)
+        except ValueError:  # authentic, yet not JSON: written with the key, not by a server
+            raise _Problem(seq, "malformed", f"record seq {seq} is not a JSON object") from None
         details = obj.get("details") or {}
         if isinstance(details.get("log_id"), str) and self.log_id is None:
             self.log_id = details["log_id"]

@@ -18,7 +18,6 @@ The result (``ChangeLog``):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +31,7 @@ from ..audit.sqlitesink import SQLiteSink
 from ..domain import binding
 from ..domain.errors import AuditUnavailable
 from ..domain.model import parse_iso
+from ..domain.strictjson import loads
 
 _WORTH_PARSING = (b'"outcome":"intent"', b'"outcome":"rolled_back"', b'"intent_seq":',
                   b'{"action":"token.revoke",')
@@ -162,7 +162,13 @@ def read_changes(lines: Iterable[bytes], hmac_key: bytes, head_seq: int) -> Chan
                                    f"seq {stored_seq(raw)}; run 'ferrohsm audit verify'")
         if checked[0] > head_seq:
             break
-        record = json.loads(line)
+        try:
+            record = loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            raise AuditUnavailable(f"an audit record fails its integrity check (malformed) near "
+                                   f"seq {checked[0]}; run 'ferrohsm audit verify'")
         record["hash"] = checked[1]
         log.add(record)
     return log

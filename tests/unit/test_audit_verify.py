@@ -271,3 +271,34 @@ def test_verify_never_imports_cryptography() -> None:
         modules = [getattr(n, "module", None) or n.names[0].name for n in top]
         assert not any(m and m.startswith("cryptography") for m in modules), name
     assert os.path.exists(source / "verify.py")
+
+
+# ---- lines nested too deeply for the JSON parser -------------------------------------------------
+
+DEEP = b"[" * 100_000
+
+
+def test_deeply_nested_line_is_malformed_not_a_crash(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """json.loads raises RecursionError on such a line: it is a malformed record like any other
+    unparsable line (found by an outside tester: "unexpected RecursionError", nothing named)."""
+    lines = make_lines([ev(n) for n in range(3)])
+    path = write(tmp_path / "deep.jsonl", [lines[0], DEEP, *lines[1:]])
+    assert main([path, "--no-checkpoints"]) == 1
+    assert capsys.readouterr().out.startswith(
+        f"FAIL: record seq 2: malformed: line 2 of {path} is not an audit record")
+    assert report_main([path]) == 0
+    assert "Unreadable lines: 1" in capsys.readouterr().out
+    alone = write(tmp_path / "alone.jsonl", [DEEP])
+    assert report_main([alone]) == 2 and "no readable audit record" in capsys.readouterr().err
+
+
+def test_deep_checkpoint_line_and_stored_records() -> None:
+    from ferrohsm.audit.sinkbase import stored_record
+    from ferrohsm.domain.errors import AuditUnavailable
+    from ferrohsm.domain.strictjson import loads
+    with pytest.raises(ValueError, match="nested too deeply"):
+        loads(DEEP)
+    assert loads(b"[1]") == [1]
+    with pytest.raises(AuditUnavailable, match="fails its integrity check"):
+        stored_record(DEEP, "audit-000001.jsonl")
