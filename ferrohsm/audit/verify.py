@@ -26,9 +26,11 @@ How problems are told apart, at the first record that is not the expected next o
                  ``audit.checkpoint`` record attesting that retention pruned the missing prefix.
 * ``truncated``  the log ends before the newest signed checkpoint (of its own checkpoints file,
                  of a witness, or the one given), or its record at a checkpoint's seq differs.
-* ``bad_checkpoint`` a checkpoint's signature or log id does not match.
+* ``bad_checkpoint`` a checkpoint's signature or log id does not match, or a complete line of a
+                 checkpoints file (beside the log or given) is not a checkpoint.
 * ``no_checkpoints`` the server's log layout (a file sink directory, an SQLite sink database) has
-                 no ``checkpoints.jsonl`` beside it: they were deleted, and a cut tail would go
+                 no ``checkpoints.jsonl`` beside it, or an empty one, or a ``--checkpoint`` /
+                 ``--witness`` file given holds none: they were deleted, and a cut tail would go
                  unseen. ``--no-checkpoints`` verifies the chain alone, and says so loudly.
 
 Checkpoints: by default the command uses the ``checkpoints.jsonl`` and the public key
@@ -77,8 +79,8 @@ from .offline import (
     expand_paths,
     file_lines,
     load_checkpoint,
-    load_checkpoints,
     load_hmac_key,
+    read_checkpoints,
     read_file,
 )
 from .report import report_main
@@ -417,6 +419,22 @@ class _Sources:
     witnessed: list[dict[str, Any]] | None
     public_key_pem: bytes | None
     missing: str | None = None  # why the absence of checkpoints is itself a failure
+    broken: str | None = None  # a line of a checkpoints file that is not a checkpoint
+
+
+def _load(path: str, found: _Sources) -> list[dict[str, Any]]:
+    """The checkpoints of a file given or found; a line that is not one is remembered as a
+    bad_checkpoint finding (someone else wrote it), not a usage error."""
+    checkpoints, problem = read_checkpoints(path)
+    if problem is not None and found.broken is None:
+        found.broken = (f"{problem}: a checkpoints file holds only signed checkpoints, so the "
+                        "file was written by someone other than the server")
+    return checkpoints
+
+
+def _empty(path: str, what: str) -> str:
+    return (f"the {what} file {path} holds no checkpoint: the server writes one from the first "
+            "record on, so it was emptied or is the wrong file and a cut tail cannot be seen")
 
 
 def _beside(paths: list[str], name: str) -> str | None:
@@ -441,12 +459,17 @@ def _server_layout(path: str) -> bool:
 def _sources(args: argparse.Namespace) -> _Sources:
     key_path = (args.public_key or _beside(args.paths, PUBLIC_KEY_FILE)
                 or (_beside([args.checkpoint], PUBLIC_KEY_FILE) if args.checkpoint else None))
-    found = _Sources(None, load_checkpoints(args.witness) if args.witness else None,
-                     read_file(key_path) if key_path else None)
+    found = _Sources(None, None, read_file(key_path) if key_path else None)
+    if args.witness:
+        found.witnessed = _load(args.witness, found)
+        if not found.witnessed:
+            found.missing = _empty(args.witness, "--witness")
     if args.no_checkpoints:
         return found
     path = args.checkpoint or _beside(args.paths, CHECKPOINT_FILE)
-    found.checkpoints = load_checkpoints(path) if path else None
+    found.checkpoints = _load(path, found) if path else None
+    if args.checkpoint and not found.checkpoints:
+        found.missing = _empty(args.checkpoint, "--checkpoint")
     if (found.checkpoints or found.witnessed) and found.public_key_pem is None:
         # anyone can write a checkpoint line; only its signature makes it evidence
         raise VerifyInputError(
@@ -492,18 +515,20 @@ def _human(result: Any) -> str:
 def _judge(result: VerifyResult, found: _Sources, skipped: bool) -> None:
     """Missing checkpoints fail a chain that is otherwise intact; skipping them, or having
     none to hold an export against, is announced as loudly."""
-    if found.witnessed is not None and not found.witnessed:
-        result.notices.append("the witness file holds no checkpoint")
     if skipped:
         result.checkpoints_skipped = True
         result.notices.insert(0, SKIPPED)
     elif not found.checkpoints and not found.witnessed and not found.missing:
         result.checkpoints_skipped = True
         result.notices.insert(0, NONE_FOUND)
-    elif result.ok and found.missing:
-        result.ok = False
-        result.problem = {"seq": result.head_seq, "kind": "no_checkpoints",
-                          "detail": found.missing}
+    for kind, detail in (("bad_checkpoint", found.broken), ("no_checkpoints", found.missing)):
+        if detail is None:
+            continue
+        if result.ok:
+            result.ok = False
+            result.problem = {"seq": result.head_seq, "kind": kind, "detail": detail}
+        else:
+            result.notices.append(f"also {kind}: {detail}")
 
 
 def _summary(result: VerifyResult) -> str:

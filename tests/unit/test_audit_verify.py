@@ -143,7 +143,64 @@ def test_checkpoint_and_public_key(tmp_path: Path, log: str,
     (tmp_path / "cp.json").write_text(json.dumps(dict(cp, seq=4)))
     assert main(args) == 1
     assert "bad_checkpoint" in capsys.readouterr().out
-    assert main([log, "--checkpoint", str(tmp_path / "pub.pem")]) == 2  # not a checkpoint
+    assert main([log, "--checkpoint", str(tmp_path / "pub.pem")]) == 1  # not a checkpoint
+    assert "bad_checkpoint: line 1 of " in capsys.readouterr().out
+    assert main([log, "--checkpoint", str(tmp_path / "nope.jsonl")]) == 2  # missing: usage
+
+
+def signed_checkpoints(tmp_path: Path, log: str) -> tuple[Path, Path]:
+    """A checkpoints.jsonl of the log's head (seq 3 and 5) and the public key, in tmp_path."""
+    signer = Ed25519PrivateKey.generate()
+    pem = signer.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "pub.pem").write_bytes(pem)
+    lines = Path(log).read_bytes().splitlines()
+    out = []
+    for seq in (3, 5):
+        cp: dict[str, Any] = {"v": 1, "type": "ferrohsm.audit.checkpoint", "log_id": None,
+                              "seq": seq, "head_hash": json.loads(lines[seq - 1])["hash"],
+                              "ts": "2026-11-28T00:00:00Z"}
+        cp["sig"] = base64.b64encode(signer.sign(signed_bytes(cp))).decode()
+        out.append(json.dumps(cp).encode())
+    return Path(write(tmp_path / "cps.jsonl", out)), tmp_path / "pub.pem"
+
+
+def test_explicit_empty_checkpoint_or_witness_file_fails(
+        tmp_path: Path, log: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An explicitly given file holding no checkpoint fails like an emptied checkpoints.jsonl
+    beside the log (it passed with "checkpoints NOT checked": an outside tester)."""
+    cps, pub = signed_checkpoints(tmp_path, log)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    for flag in ("--checkpoint", "--witness"):
+        assert main([log, flag, str(empty), "--public-key", str(pub)]) == 1
+        out = capsys.readouterr().out
+        assert out.startswith(f"FAIL: record seq 5: no_checkpoints: the {flag} file {empty} "
+                              "holds no checkpoint"), out
+    assert main([log, "--checkpoint", str(cps), "--witness", str(cps),
+                 "--public-key", str(pub)]) == 0
+
+
+def test_garbage_in_a_checkpoints_file_is_bad_checkpoint(
+        tmp_path: Path, log: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A complete line that is not a checkpoint is tampering (exit 1), not a usage error; a torn
+    last line (no newline: a crash while appending) is still left out."""
+    cps, pub = signed_checkpoints(tmp_path, log)
+    good = cps.read_bytes()
+    for junk in (b"garbage\n", b'{"seq": 0}\n', b"[" * 100_000 + b"\n"):
+        cps.write_bytes(good + junk)
+        for flag in ("--checkpoint", "--witness"):
+            assert main([log, flag, str(cps), "--public-key", str(pub)]) == 1
+            out = capsys.readouterr().out
+            assert out.startswith(f"FAIL: record seq 5: bad_checkpoint: line 3 of {cps} is not "
+                                  "a checkpoint"), out
+    cps.write_bytes(good + b'{"v":1,"seq"')  # torn tail
+    assert main([log, "--checkpoint", str(cps), "--public-key", str(pub)]) == 0
+    capsys.readouterr()
+    beside = Path(log).parent / "checkpoints.jsonl"  # found beside the log, not given
+    beside.write_bytes(good + b"garbage\n")
+    assert main([log, "--public-key", str(pub)]) == 1
+    assert f"bad_checkpoint: line 3 of {beside}" in capsys.readouterr().out
 
 
 def test_torn_last_line(tmp_path: Path) -> None:
