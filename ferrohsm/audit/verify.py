@@ -12,7 +12,9 @@ rejects duplicate keys (so two parsers cannot disagree about a record) and re-ca
 
 How problems are told apart, at the first record that is not the expected next one:
 
-* ``torn_line``  the input's last line is incomplete (a crash mid-write).
+* ``torn_line``  the input's last line is incomplete (a crash mid-write): no newline ends it,
+                 even when what is there is a whole record, as the server cuts it at start-up
+                 (it writes a record and its newline in one write and acknowledges after fsync).
 * ``malformed``  a line that is not a record at all, or has an unknown schema version.
 * ``modified``   the record's content no longer matches its ``hash``.
 * ``bad_hmac``   the hash matches but the HMAC does not (content and hash rewritten without the
@@ -203,11 +205,11 @@ class _Verifier:
               last: bool) -> _Rec:
         expect = self.seq + 1
         complete = raw.endswith(b"\n")
+        if not complete and last:  # the server writes a record and its newline in one write
+            raise _Problem(expect, "torn_line", f"the last line of {name} is incomplete "
+                           f"({len(raw)} bytes): a crash during a write, never acknowledged")
         rec = _parse(raw[:-1] if complete else raw)
         if rec is None:
-            if not complete and last:
-                raise _Problem(expect, "torn_line", f"the last line of {name} is incomplete "
-                               f"({len(raw)} bytes): a crash during a write, never acknowledged")
             raise _Problem(expect, "malformed", f"line {number} of {name} is not an audit record")
         kind = self._integrity(rec)
         if kind is not None:

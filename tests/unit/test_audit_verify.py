@@ -209,8 +209,13 @@ def test_torn_last_line(tmp_path: Path) -> None:
     result = verify_paths([path], KEY)
     assert result.problem is not None and result.problem["kind"] == "torn_line"
     assert result.records_checked == 2
-    complete = write(tmp_path / "ok.jsonl", lines, end=b"")  # no final newline, but whole
-    assert verify_paths([complete], KEY).ok
+    # a whole record without its newline is torn too: the server writes both in one write,
+    # acknowledges after fsync, and cuts such a line at its next start (an outside tester)
+    whole = verify_paths([write(tmp_path / "nonl.jsonl", lines, end=b"")], KEY)
+    assert whole.problem is not None and whole.problem["kind"] == "torn_line"
+    assert (whole.records_checked, whole.problem["seq"]) == (2, 3)
+    assert whole.problem["detail"].startswith("the last line of ")
+    assert verify_paths([write(tmp_path / "ok.jsonl", lines)], KEY).ok
 
 
 def test_non_canonical_export_still_verifies(tmp_path: Path) -> None:
