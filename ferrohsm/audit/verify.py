@@ -194,7 +194,7 @@ class _Verifier:
             if body.startswith(AUDIT_ACTION):
                 self._system_record(seq, body)
             if seq in at_cp:
-                self.cps.at(seq, digest.decode())
+                self.cps.at(seq, digest.decode(), self.log_id)
             self.count += 1
             expect, prev = seq + 1, digest
         self.seq, self.prev = expect - 1, prev

@@ -364,3 +364,41 @@ def test_deep_checkpoint_line_and_stored_records() -> None:
     assert loads(b"[1]") == [1]
     with pytest.raises(AuditUnavailable, match="fails its integrity check"):
         stored_record(DEEP, "audit-000001.jsonl")
+
+
+def test_another_logs_checkpoints_are_bad_checkpoint(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Another log's checkpoints, signed with that log's own key (given too), are not a sign of
+    this log being rewritten: bad_checkpoint, another log id (the README's table); they were
+    reported as truncated by an outside tester."""
+    genesis = ev(0, actor="system", role="system", action="audit.genesis",
+                 details={"log_id": "log-A"})
+    log = write(tmp_path / "a.jsonl", make_lines([genesis, ev(1), ev(2)]))
+    other = make_lines([dict_event(genesis, "log-B"), ev(1)], key=b"O" * 32)
+    signer = Ed25519PrivateKey.generate()
+    (tmp_path / "b.pem").write_bytes(signer.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    cp: dict[str, Any] = {"v": 1, "type": "ferrohsm.audit.checkpoint", "log_id": "log-B",
+                          "seq": 1, "head_hash": json.loads(other[0])["hash"],
+                          "ts": "2026-11-28T00:00:00Z"}
+    cp["sig"] = base64.b64encode(signer.sign(signed_bytes(cp))).decode()
+    (tmp_path / "b.jsonl").write_text(json.dumps(cp) + "\n")
+    assert main([log, "--checkpoint", str(tmp_path / "b.jsonl"),
+                 "--public-key", str(tmp_path / "b.pem")]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL: record seq 1: bad_checkpoint: the checkpoint belongs to another "
+                          "log (log id 'log-B', this log's is 'log-A')"), out
+    mine = Ed25519PrivateKey.generate()  # the log's own key: the signature names another key
+    (tmp_path / "a.pem").write_bytes(mine.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    cp["key_fingerprint"] = "f" * 64
+    cp["sig"] = base64.b64encode(signer.sign(signed_bytes(cp))).decode()
+    (tmp_path / "b.jsonl").write_text(json.dumps(cp) + "\n")
+    assert main([log, "--checkpoint", str(tmp_path / "b.jsonl"),
+                 "--public-key", str(tmp_path / "a.pem")]) == 1
+    assert "it names another key (fingerprint ffff" in capsys.readouterr().out
+
+
+def dict_event(event: AuditEvent, log_id: str) -> AuditEvent:
+    from dataclasses import replace
+    return replace(event, details={"log_id": log_id})
