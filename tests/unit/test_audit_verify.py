@@ -402,3 +402,21 @@ def test_another_logs_checkpoints_are_bad_checkpoint(tmp_path: Path,
 def dict_event(event: AuditEvent, log_id: str) -> AuditEvent:
     from dataclasses import replace
     return replace(event, details={"log_id": log_id})
+
+
+def test_report_limit_empty_input_and_unverified_line(tmp_path: Path, log: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """--limit below 1 is a usage error; an empty input is refused as verify fails it (it said
+    "0 records", exit 0); the text says the records were not verified (an outside tester)."""
+    for bad in ("-1", "0", "x"):
+        assert report_main([log, "--limit", bad]) == 2
+        assert "--limit" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    assert report_main([str(empty)]) == 2
+    assert "holds no audit records at all" in capsys.readouterr().err
+    assert main([str(empty), "--no-checkpoints"]) == 1
+    assert "holds no audit records at all" in capsys.readouterr().out
+    assert report_main([log, "--limit", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("Records NOT verified") and "`ferrohsm audit verify`" in out[1]
