@@ -135,7 +135,7 @@ class SQLiteSink(ChainedSink):
     def _open(self) -> None:
         db = self._conn()
         meta = dict(db.execute("SELECT name, value FROM audit_meta").fetchall())
-        row = db.execute("SELECT record FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+        row = db.execute("SELECT record, seq FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
         if row is None:
             self._log_id = meta.get("log_id") or self._new_id()
             self._check_against_checkpoint()
@@ -146,9 +146,12 @@ class SQLiteSink(ChainedSink):
                                            backend="sqlite"))
             return
         result = check_line(row[0].encode("ascii"), self._key)
+        if isinstance(result, tuple) and result[0] != row[1]:  # a row copied under another seq
+            result = f"row {row[1]} holds record seq {result[0]}"
         if isinstance(result, str):
-            raise AuditUnavailable(f"the last record in the audit database {self.path} fails its "
-                                   f"integrity check ({failed_check(result)}); run `ferrohsm audit verify`")
+            raise AuditUnavailable(f"the audit log in {self.path} fails its integrity check "
+                                   f"(its last record: {failed_check(result)}); run `ferrohsm "
+                                   "audit verify`")
         self._set_head(result)
         self._log_id = meta.get("log_id", "")
         self._check_against_checkpoint()

@@ -171,6 +171,7 @@ class _Verifier:
         self.attested: dict[int, str] = {}  # last_pruned_seq -> last_pruned_hash
         self.log_id: str | None = None
         self.notices: list[str] = []
+        self.unit = "line"  # "row" of an SQLite database
 
     def run(self, name: str, lines: Iterator[bytes], rest: Iterator[bytes], last: bool) -> None:
         """Check every line of one input. ``rest`` continues past this input, for look-ahead."""
@@ -210,17 +211,17 @@ class _Verifier:
                            f"({len(raw)} bytes): a crash during a write, never acknowledged")
         rec = _parse(raw[:-1] if complete else raw)
         if rec is None:
-            raise _Problem(expect, "malformed", f"line {number} of {name} is not an audit record")
+            raise _Problem(expect, "malformed", f"{self.unit} {number} of {name} is not an audit record")
         kind = self._integrity(rec)
         if kind is not None:
             following = self._authentic(next(rest, None))
             if following is not None and (following.seq, following.prev) == (expect, self.prev):
-                raise _Problem(expect, "inserted", f"line {number} of {name} is a forged record "
+                raise _Problem(expect, "inserted", f"{self.unit} {number} of {name} is a forged record "
                                f"(it fails its {'hash' if kind == 'modified' else 'HMAC'} check) "
                                f"placed before seq {expect}; the chain continues without it")
             what = "its content does not match its hash" if kind == "modified" else \
                 "its HMAC does not match (forged, or the wrong key)"
-            raise _Problem(expect, kind, f"line {number} of {name}: {what}")
+            raise _Problem(expect, kind, f"{self.unit} {number} of {name}: {what}")
         if (rec.seq, rec.prev) != (expect, self.prev):
             self._out_of_place(rec, rest)
         if self.count == 0:
@@ -325,6 +326,7 @@ def verify_paths(paths: list[str], hmac_key: bytes, checkpoint: dict[str, Any] |
         anchors.check_signatures(verifier.notices)
         for index, path in enumerate(files):
             lines, rest = file_lines(path), chained_lines(files[index + 1:])
+            verifier.unit = "row" if _is_sqlite(path) else "line"
             try:
                 verifier.run(path, lines, rest, index == len(files) - 1)
             finally:
@@ -446,16 +448,18 @@ def _beside(paths: list[str], name: str) -> str | None:
     return candidate if os.path.isfile(candidate) else None
 
 
-def _server_layout(path: str) -> bool:
-    """A file sink directory or an SQLite sink database: the server always keeps checkpoints
-    beside those (from the first record on), unlike beside an exported file."""
-    if os.path.isdir(path):
-        return True
+def _is_sqlite(path: str) -> bool:
     try:
         with open(path, "rb") as f:
             return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
     except OSError:
         return False
+
+
+def _server_layout(path: str) -> bool:
+    """A file sink directory or an SQLite sink database: the server always keeps checkpoints
+    beside those (from the first record on), unlike beside an exported file."""
+    return os.path.isdir(path) or _is_sqlite(path)
 
 
 def _sources(args: argparse.Namespace) -> _Sources:

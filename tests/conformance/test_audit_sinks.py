@@ -999,3 +999,22 @@ def test_sqlite_durable_settings(tmp_path: Path) -> None:
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert Path(backend.log_path).stat().st_mode & 0o777 == 0o600
     opened.close()
+
+
+def test_sqlite_duplicated_last_row_is_a_clear_refusal(tmp_path: Path) -> None:
+    """The last row copied under the next seq: start-up names the failed integrity check and
+    points at `ferrohsm audit verify`, rather than failing on a raw IntegrityError (found by an
+    outside tester)."""
+    backend = Backend("sqlite", tmp_path)
+    opened = backend.open()
+    fill(opened, 3)
+    opened.close()
+    db = sqlite3.connect(backend.log_path)
+    db.executescript("CREATE TEMP TABLE last AS SELECT * FROM audit_log WHERE seq = "
+                     "(SELECT MAX(seq) FROM audit_log); UPDATE last SET seq = seq + 1; "
+                     "INSERT INTO audit_log SELECT * FROM last;")
+    db.commit()
+    db.close()
+    with pytest.raises(AuditUnavailable, match=r"fails its integrity check \(its last record: "
+                       r"row \d+ holds record seq \d+\); run `ferrohsm audit verify`"):
+        backend.open()

@@ -253,6 +253,12 @@ def test_segments_in_order_and_sqlite(tmp_path: Path) -> None:
     db.commit()
     db.close()
     assert verify_paths([str(db_path)], KEY).records_checked == 6
+    db = sqlite3.connect(db_path)
+    db.execute("UPDATE audit_log SET record = replace(record, 'event 2', 'event 9') WHERE seq = 3")
+    db.commit()
+    db.close()
+    problem = verify_paths([str(db_path)], KEY).problem  # rows of a database, not lines
+    assert problem is not None and problem["detail"].startswith(f"row 3 of {db_path}: ")
 
 
 # ---- report ------------------------------------------------------------------------------------
