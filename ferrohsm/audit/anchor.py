@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import fcntl
-import json
 import logging
 import os
 import stat
@@ -31,6 +30,7 @@ from typing import Any
 from ..crypto.signing import SigningKey
 from ..domain.errors import ConfigError
 from ..domain.model import iso
+from ..domain.strictjson import loads
 from .chain import canonical_json
 from .checkpoint import CHECKPOINT_TYPE, signature_ok, signed_bytes
 
@@ -119,7 +119,7 @@ def newest_checkpoint(path: str) -> dict[str, Any] | None:
     if not lines:
         return None
     try:
-        parsed = [json.loads(line) for line in lines]
+        parsed = [loads(line) for line in lines]
     except ValueError:
         return {"corrupt": True}
     values: list[dict[str, Any]] = [v for v in parsed if isinstance(v, dict)]

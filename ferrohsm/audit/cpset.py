@@ -58,11 +58,16 @@ class CheckpointSet:
             if self.key is None:
                 notices.append(f"{source} signature NOT checked (no public key given)")
             elif not signature_ok(cp, self.key):
+                theirs, ours = cp.get("key_fingerprint"), self.key.fingerprint()
+                other = (f": it names another key (fingerprint {theirs!s:.64}, the given key's "
+                         f"is {ours})" if isinstance(theirs, str) and theirs != ours else "")
                 raise CheckpointError(cp["seq"], "bad_checkpoint", f"the {source}'s signature "
-                                      "does not verify with the given public key")
+                                      f"does not verify with the given public key{other}")
 
-    def at(self, seq: int, digest: str) -> None:
-        """The log's record ``seq`` has hash ``digest``: every checkpoint there must agree."""
+    def at(self, seq: int, digest: str, log_id: str | None = None) -> None:
+        """The log's record ``seq`` has hash ``digest``: every checkpoint there must agree.
+        One that does not, well signed, is a rewritten log, unless it names another log id
+        (``log_id``, the log's, when known): then it is another log's checkpoint."""
         for cp, source in self.by_seq[seq]:
             if cp["head_hash"] == digest:
                 self.matched += 1
@@ -71,6 +76,7 @@ class CheckpointSet:
                 raise CheckpointError(seq, "bad_checkpoint", f"the {source} at seq {seq} does "
                                       "not match the log and its signature does not verify "
                                       "(a forged or damaged checkpoint line)")
+            _same_log(cp, source, log_id)
             raise CheckpointError(seq, "truncated", f"record seq {seq} differs from the signed "
                                   f"{source}: the log was rolled back and rewritten")
 
@@ -78,9 +84,7 @@ class CheckpointSet:
                notices: list[str]) -> None:
         """After the last record: the log must reach the newest checkpoint of every source."""
         for source, cp in self.newest.items():
-            if log_id and cp.get("log_id") and cp["log_id"] != log_id:
-                raise CheckpointError(cp["seq"], "bad_checkpoint", f"the {source} belongs to "
-                                      f"another log (log id {cp['log_id']!r:.60})")
+            _same_log(cp, source, log_id)
             if head_seq < cp["seq"]:
                 raise CheckpointError(cp["seq"], "truncated", f"the log ends at seq {head_seq} "
                                       f"but the signed {source} of {cp.get('ts')} covers seq "
@@ -90,3 +94,11 @@ class CheckpointSet:
         early = sum(len(v) for seq, v in self.by_seq.items() if first_seq and seq < first_seq)
         if early:
             notices.append(f"{early} checkpoint(s) predate the retained log")
+
+
+def _same_log(cp: dict[str, Any], source: str, log_id: str | None) -> None:
+    """bad_checkpoint when the checkpoint names a log id other than the log's."""
+    if log_id and cp.get("log_id") and cp["log_id"] != log_id:
+        raise CheckpointError(cp["seq"], "bad_checkpoint", f"the {source} belongs to another "
+                              f"log (log id {cp['log_id']!r:.60}, this log's is {log_id!r}): "
+                              "another key or log id")

@@ -37,7 +37,6 @@ line (see chain.py), plus ``checkpoints.jsonl`` and the audit signing key (ancho
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import os
 import sys
@@ -47,11 +46,12 @@ from datetime import datetime
 from typing import Any
 
 from ..domain.errors import AuditUnavailable, ConfigError
+from ..domain.strictjson import loads
 from .anchor import Anchor, fsync_dir
 from .chain import AuditEvent, PreparedEvent, check_line, failed_check, stored_seq
 from .oslock import ProcessLock
 from .segments import list_segments, segment_name
-from .sinkbase import RESTART_NEEDED, ChainedSink
+from .sinkbase import RESTART_NEEDED, ChainedSink, stored_record
 
 log = logging.getLogger("ferrohsm.audit")
 
@@ -239,8 +239,12 @@ class FileSink(ChainedSink):
             if seq is not None:
                 bisect.insort(self._seg_first, (seq, number))
             if number == segments[0] and seq is not None and not self._log_id:
-                details = json.loads(first).get("details") or {}
-                self._log_id = str(details.get("log_id") or "")
+                try:  # a line that does not parse has no log id; verify names it
+                    head = loads(first)
+                except ValueError:
+                    head = None
+                details = (head.get("details") if isinstance(head, dict) else None) or {}
+                self._log_id = str(details.get("log_id") or "") if isinstance(details, dict) else ""
 
     def _verify_last(self, line: bytes) -> tuple[int, str]:
         result = check_line(line, self._key)
@@ -469,7 +473,7 @@ class FileSink(ChainedSink):
                         self._remember(marks, seq, offset)
                     offset += len(raw)
                     if seq > after_seq:
-                        out.append(json.loads(raw))
+                        out.append(stored_record(raw, segment_name(number)))
                         if len(out) >= limit:
                             return True
         except OSError as exc:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 import sqlite3
 from collections.abc import Generator
 from typing import Any, BinaryIO
 
+from ..domain.strictjson import loads
+from .cpset import usable
 from .segments import list_segments, segment_name
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -97,11 +98,11 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     except OSError as exc:
         raise VerifyInputError(f"cannot read checkpoint {path}: {exc.strerror}") from None
     try:
-        value = json.loads(text)
+        value = loads(text)
     except ValueError:
         lines = [line for line in text.splitlines() if line.strip()]
         try:
-            value = json.loads(lines[-1]) if lines else None
+            value = loads(lines[-1]) if lines else None
         except ValueError:
             value = None
     if not isinstance(value, dict):
@@ -110,32 +111,46 @@ def load_checkpoint(path: str) -> dict[str, Any]:
 
 
 def load_checkpoints(path: str) -> list[dict[str, Any]]:
-    """Every checkpoint of a checkpoints.jsonl file (or the one of a JSON file), in file order.
+    """Every checkpoint of a checkpoints.jsonl file (``read_checkpoints``); VerifyInputError
+    when a line is not one."""
+    checkpoints, problem = read_checkpoints(path)
+    if problem is not None:
+        raise VerifyInputError(problem)
+    return checkpoints
+
+
+def read_checkpoints(path: str) -> tuple[list[dict[str, Any]], str | None]:
+    """Every checkpoint of a checkpoints.jsonl file (or the one of a JSON file), in file order,
+    and what is wrong with the first line that is not a checkpoint (None when all are).
 
     A last line cut off mid-write (a crash while appending, never acknowledged) is left out; any
-    other line that is not a JSON object makes the file unusable.
+    other line that is not a checkpoint (a JSON object with an integer seq >= 1 and a hex
+    head_hash) was written by someone else: the caller reports it as a bad checkpoint. Only an
+    unreadable file is a VerifyInputError.
     """
     text = read_file(path)
     try:
-        value = json.loads(text)
+        value = loads(text)
     except ValueError:
         value = None
     if isinstance(value, dict):
-        return [value]
+        return ([value], None) if usable(value) else \
+            ([], f"{path} is not a checkpoint (it needs an integer seq >= 1 and a hex head_hash)")
     lines = text.split(b"\n")
     out: list[dict[str, Any]] = []
+    problem: str | None = None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            item = loads(line)
         except ValueError:
             item = None
-        if isinstance(item, dict):
+        if usable(item):
             out.append(item)
-        elif number < len(lines):  # a complete line (a newline follows it): not a torn tail
-            raise VerifyInputError(f"line {number} of {path} is not a checkpoint")
-    return out
+        elif problem is None and number < len(lines):  # complete (a newline follows): not torn
+            problem = f"line {number} of {path} is not a checkpoint"
+    return out, problem
 
 
 def load_hmac_key(path: str | None, environ: dict[str, str] | None = None) -> bytes:

@@ -37,7 +37,6 @@ refuses a schema newer than it knows. Retention pruning is not offered for this 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -48,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from ..domain.errors import AuditUnavailable, ConfigError
 from .anchor import Anchor
 from .chain import GENESIS_HASH, PreparedEvent, check_line, failed_check
-from .sinkbase import ChainedSink
+from .sinkbase import ChainedSink, stored_record
 
 if TYPE_CHECKING:
     import psycopg
@@ -377,7 +376,7 @@ class PostgresSink(ChainedSink):
     def read(self, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         rows = self._read_rows("SELECT record FROM audit_log WHERE seq > %s ORDER BY seq "
                                "LIMIT %s", (after_seq, limit))
-        return [json.loads(text) for (text,) in rows]
+        return [stored_record(text, "the audit database") for (text,) in rows]
 
     def _hash_at(self, seq: int) -> str | None:
         rows = self._read_rows("SELECT record FROM audit_log WHERE seq = %s", (seq,))

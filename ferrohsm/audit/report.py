@@ -14,12 +14,12 @@ a crafted actor name cannot move the cursor or forge a table row on the auditor'
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from ..domain.strictjson import loads
 from . import toolout
 from .offline import VerifyInputError, chained_lines, expand_paths
 from .toolout import add_output_flags, output_format
@@ -37,7 +37,7 @@ def _records(paths: list[str]) -> Iterator[dict[str, Any] | None]:
 
 def _loads(text: bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(text)
+        value = loads(text)
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
@@ -148,6 +148,8 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
 
 
 EVENT_COLUMNS = ["seq", "ts", "actor", "source_ip", "action", "key_id", "outcome"]
+UNVERIFIED = ("Records NOT verified: this report reads them as they are; run `ferrohsm audit "
+              "verify` on the same input to check them")
 
 
 def _headline(report: dict[str, Any]) -> str:
@@ -162,7 +164,7 @@ def _headline(report: dict[str, Any]) -> str:
 
 def render(report: dict[str, Any]) -> str:
     """The report as readable text tables."""
-    out = [_headline(report),
+    out = [_headline(report), UNVERIFIED,
            "Outcomes: " + (", ".join(f"{k} {v}" for k, v in sorted(report["outcomes"].items()))
                            or "none")]
     if report["unreadable_lines"]:
@@ -188,6 +190,16 @@ class _UsageError(Exception):
     pass
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of rows, 1 or more: {text!r:.20}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise _UsageError(message)
@@ -206,21 +218,25 @@ def report_parser() -> argparse.ArgumentParser:
                         help="audit directory, segment files, exported JSONL, or SQLite database")
     parser.add_argument("--work-hours", default="07:00-19:00", metavar="HH:MM-HH:MM",
                         help="working hours in UTC (default 07:00-19:00)")
-    parser.add_argument("--limit", type=int, default=20, help="rows per list (default 20)")
+    parser.add_argument("--limit", type=_positive, default=20, metavar="N",
+                        help="rows per list, 1 or more (default 20)")
     add_output_flags(parser)
     return parser
 
 
 def report_main(argv: list[str] | None = None) -> int:
     """``ferrohsm audit report``: 0 printed, 2 usage error or unreadable input (a file with
-    lines but no readable record is not an audit log: a report of it would say "0 records"
-    and exit 0, as if the log were clean)."""
+    no readable record, empty or not, is not an audit log: a report of it would say "0
+    records" and exit 0, as if the log were clean)."""
     parser = report_parser()
     try:
         args = parser.parse_args(argv)
         output_format(args)
         hours = parse_hours(args.work_hours)
-        report = build_report(_records(args.paths), hours, max(1, args.limit))
+        report = build_report(_records(args.paths), hours, args.limit)
+        if not report["records"] and not report["unreadable_lines"]:
+            raise _UsageError(f"the input holds no audit records at all ({', '.join(args.paths)}):"
+                              " `ferrohsm audit verify` fails such a log (deleted)")
         if not report["records"] and report["unreadable_lines"]:
             raise _UsageError(f"no readable audit record in {', '.join(args.paths)} "
                               f"({report['unreadable_lines']} unreadable lines): not an audit "

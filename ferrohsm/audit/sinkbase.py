@@ -61,6 +61,7 @@ from typing import Any, ClassVar, Literal, overload
 
 from ..domain.errors import AuditUnavailable, ConfigError
 from ..domain.ids import uuid4_str
+from ..domain.strictjson import loads
 from .anchor import Anchor
 from .chain import GENESIS_HASH, AuditEvent, DetailValue, PreparedEvent, prepare, seal_prepared
 from .checkpointer import Checkpointer
@@ -82,6 +83,19 @@ RESTART_NEEDED = ("; the audit log is failed closed: every audited operation is 
 SHORTER_THAN_CHECKPOINT = ("audit log is shorter than its last signed checkpoint: "
                            "truncated or rolled back")
 SYSTEM_ACTOR = "system"
+
+
+def stored_record(text: str | bytes, where: str) -> dict[str, Any]:
+    """A record read back from the sink's storage; one that does not parse (not JSON, nested
+    too deeply) is a failed record, never an unexpected error."""
+    try:
+        value = loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise AuditUnavailable(f"an audit record in {where} fails its integrity check (not a "
+                               "JSON object); run `ferrohsm audit verify`")
+    return value
 
 
 def utcnow() -> datetime:

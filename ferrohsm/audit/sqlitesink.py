@@ -23,7 +23,6 @@ turns in long runs with SQLite's lock alone).
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from ..domain.errors import AuditUnavailable, ConfigError
 from .anchor import Anchor
 from .chain import GENESIS_HASH, PreparedEvent, check_line, failed_check, rfc3339
 from .oslock import ProcessLock
-from .sinkbase import ChainedSink
+from .sinkbase import ChainedSink, stored_record
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_log (
@@ -136,7 +135,7 @@ class SQLiteSink(ChainedSink):
     def _open(self) -> None:
         db = self._conn()
         meta = dict(db.execute("SELECT name, value FROM audit_meta").fetchall())
-        row = db.execute("SELECT record FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+        row = db.execute("SELECT record, seq FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
         if row is None:
             self._log_id = meta.get("log_id") or self._new_id()
             self._check_against_checkpoint()
@@ -147,9 +146,12 @@ class SQLiteSink(ChainedSink):
                                            backend="sqlite"))
             return
         result = check_line(row[0].encode("ascii"), self._key)
+        if isinstance(result, tuple) and result[0] != row[1]:  # a row copied under another seq
+            result = f"row {row[1]} holds record seq {result[0]}"
         if isinstance(result, str):
-            raise AuditUnavailable(f"the last record in the audit database {self.path} fails its "
-                                   f"integrity check ({failed_check(result)}); run `ferrohsm audit verify`")
+            raise AuditUnavailable(f"the audit log in {self.path} fails its integrity check "
+                                   f"(its last record: {failed_check(result)}); run `ferrohsm "
+                                   "audit verify`")
         self._set_head(result)
         self._log_id = meta.get("log_id", "")
         self._check_against_checkpoint()
@@ -261,7 +263,7 @@ class SQLiteSink(ChainedSink):
         # The ts column only indexes: the time that decides is the authenticated one inside
         # the record. A column set back by someone with the file would otherwise have fresh
         # records pruned, under a signed checkpoint that makes the deletion look lawful.
-        if not _before(json.loads(line).get("ts"), cutoff):
+        if not _before(stored_record(line, self.path).get("ts"), cutoff):
             raise AuditUnavailable(f"audit record seq {last} was written after {cutoff}, but "
                                    "its ts column says older: the database was edited; not "
                                    "pruning")
@@ -283,7 +285,7 @@ class SQLiteSink(ChainedSink):
             raise AuditUnavailable(f"cannot read the audit database: {exc}") from None
         finally:
             db.close()
-        return [json.loads(text) for (text,) in rows]
+        return [stored_record(text, self.path) for (text,) in rows]
 
     def _hash_at(self, seq: int) -> str | None:
         row = self._conn().execute("SELECT record FROM audit_log WHERE seq = ?", (seq,)).fetchone()

@@ -12,7 +12,9 @@ rejects duplicate keys (so two parsers cannot disagree about a record) and re-ca
 
 How problems are told apart, at the first record that is not the expected next one:
 
-* ``torn_line``  the input's last line is incomplete (a crash mid-write).
+* ``torn_line``  the input's last line is incomplete (a crash mid-write): no newline ends it,
+                 even when what is there is a whole record, as the server cuts it at start-up
+                 (it writes a record and its newline in one write and acknowledges after fsync).
 * ``malformed``  a line that is not a record at all, or has an unknown schema version.
 * ``modified``   the record's content no longer matches its ``hash``.
 * ``bad_hmac``   the hash matches but the HMAC does not (content and hash rewritten without the
@@ -26,9 +28,11 @@ How problems are told apart, at the first record that is not the expected next o
                  ``audit.checkpoint`` record attesting that retention pruned the missing prefix.
 * ``truncated``  the log ends before the newest signed checkpoint (of its own checkpoints file,
                  of a witness, or the one given), or its record at a checkpoint's seq differs.
-* ``bad_checkpoint`` a checkpoint's signature or log id does not match.
+* ``bad_checkpoint`` a checkpoint's signature or log id does not match, or a complete line of a
+                 checkpoints file (beside the log or given) is not a checkpoint.
 * ``no_checkpoints`` the server's log layout (a file sink directory, an SQLite sink database) has
-                 no ``checkpoints.jsonl`` beside it: they were deleted, and a cut tail would go
+                 no ``checkpoints.jsonl`` beside it, or an empty one, or a ``--checkpoint`` /
+                 ``--witness`` file given holds none: they were deleted, and a cut tail would go
                  unseen. ``--no-checkpoints`` verifies the chain alone, and says so loudly.
 
 Checkpoints: by default the command uses the ``checkpoints.jsonl`` and the public key
@@ -44,13 +48,13 @@ import argparse
 import hashlib
 import hmac
 import itertools
-import json
 import os
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
+from ..domain.strictjson import loads
 from . import toolout
 from .chain import (
     BODY_END,
@@ -77,8 +81,8 @@ from .offline import (
     expand_paths,
     file_lines,
     load_checkpoint,
-    load_checkpoints,
     load_hmac_key,
+    read_checkpoints,
     read_file,
 )
 from .report import report_main
@@ -140,7 +144,7 @@ def _parse(line: bytes) -> _Rec | None:
     if parts and fields:
         return _Rec(fields[0], fields[1], parts[0], parts[1], parts[2])
     try:
-        obj = json.loads(line, object_pairs_hook=_no_duplicates)
+        obj = loads(line, object_pairs_hook=_no_duplicates)
     except ValueError:
         return None
     if (not isinstance(obj, dict) or set(obj) != set(RECORD_FIELDS) | {"hash", "hmac"}
@@ -167,6 +171,7 @@ class _Verifier:
         self.attested: dict[int, str] = {}  # last_pruned_seq -> last_pruned_hash
         self.log_id: str | None = None
         self.notices: list[str] = []
+        self.unit = "line"  # "row" of an SQLite database
 
     def run(self, name: str, lines: Iterator[bytes], rest: Iterator[bytes], last: bool) -> None:
         """Check every line of one input. ``rest`` continues past this input, for look-ahead."""
@@ -190,7 +195,7 @@ class _Verifier:
             if body.startswith(AUDIT_ACTION):
                 self._system_record(seq, body)
             if seq in at_cp:
-                self.cps.at(seq, digest.decode())
+                self.cps.at(seq, digest.decode(), self.log_id)
             self.count += 1
             expect, prev = seq + 1, digest
         self.seq, self.prev = expect - 1, prev
@@ -201,22 +206,22 @@ class _Verifier:
               last: bool) -> _Rec:
         expect = self.seq + 1
         complete = raw.endswith(b"\n")
+        if not complete and last:  # the server writes a record and its newline in one write
+            raise _Problem(expect, "torn_line", f"the last line of {name} is incomplete "
+                           f"({len(raw)} bytes): a crash during a write, never acknowledged")
         rec = _parse(raw[:-1] if complete else raw)
         if rec is None:
-            if not complete and last:
-                raise _Problem(expect, "torn_line", f"the last line of {name} is incomplete "
-                               f"({len(raw)} bytes): a crash during a write, never acknowledged")
-            raise _Problem(expect, "malformed", f"line {number} of {name} is not an audit record")
+            raise _Problem(expect, "malformed", f"{self.unit} {number} of {name} is not an audit record")
         kind = self._integrity(rec)
         if kind is not None:
             following = self._authentic(next(rest, None))
             if following is not None and (following.seq, following.prev) == (expect, self.prev):
-                raise _Problem(expect, "inserted", f"line {number} of {name} is a forged record "
+                raise _Problem(expect, "inserted", f"{self.unit} {number} of {name} is a forged record "
                                f"(it fails its {'hash' if kind == 'modified' else 'HMAC'} check) "
                                f"placed before seq {expect}; the chain continues without it")
             what = "its content does not match its hash" if kind == "modified" else \
                 "its HMAC does not match (forged, or the wrong key)"
-            raise _Problem(expect, kind, f"line {number} of {name}: {what}")
+            raise _Problem(expect, kind, f"{self.unit} {number} of {name}: {what}")
         if (rec.seq, rec.prev) != (expect, self.prev):
             self._out_of_place(rec, rest)
         if self.count == 0:
@@ -263,7 +268,10 @@ class _Verifier:
 
     def _system_record(self, seq: int, body: bytes) -> None:
         """The sink's own records: learn the log id, prune attestations, recovery notes."""
-        obj = json.loads(body)
+        try:
+            obj = loads(body)
+        except ValueError:  # authentic, yet not JSON: written with the key, not by a server
+            raise _Problem(seq, "malformed", f"record seq {seq} is not a JSON object") from None
         details = obj.get("details") or {}
         if isinstance(details.get("log_id"), str) and self.log_id is None:
             self.log_id = details["log_id"]
@@ -318,6 +326,7 @@ def verify_paths(paths: list[str], hmac_key: bytes, checkpoint: dict[str, Any] |
         anchors.check_signatures(verifier.notices)
         for index, path in enumerate(files):
             lines, rest = file_lines(path), chained_lines(files[index + 1:])
+            verifier.unit = "row" if _is_sqlite(path) else "line"
             try:
                 verifier.run(path, lines, rest, index == len(files) - 1)
             finally:
@@ -414,6 +423,22 @@ class _Sources:
     witnessed: list[dict[str, Any]] | None
     public_key_pem: bytes | None
     missing: str | None = None  # why the absence of checkpoints is itself a failure
+    broken: str | None = None  # a line of a checkpoints file that is not a checkpoint
+
+
+def _load(path: str, found: _Sources) -> list[dict[str, Any]]:
+    """The checkpoints of a file given or found; a line that is not one is remembered as a
+    bad_checkpoint finding (someone else wrote it), not a usage error."""
+    checkpoints, problem = read_checkpoints(path)
+    if problem is not None and found.broken is None:
+        found.broken = (f"{problem}: a checkpoints file holds only signed checkpoints, so the "
+                        "file was written by someone other than the server")
+    return checkpoints
+
+
+def _empty(path: str, what: str) -> str:
+    return (f"the {what} file {path} holds no checkpoint: the server writes one from the first "
+            "record on, so it was emptied or is the wrong file and a cut tail cannot be seen")
 
 
 def _beside(paths: list[str], name: str) -> str | None:
@@ -423,11 +448,7 @@ def _beside(paths: list[str], name: str) -> str | None:
     return candidate if os.path.isfile(candidate) else None
 
 
-def _server_layout(path: str) -> bool:
-    """A file sink directory or an SQLite sink database: the server always keeps checkpoints
-    beside those (from the first record on), unlike beside an exported file."""
-    if os.path.isdir(path):
-        return True
+def _is_sqlite(path: str) -> bool:
     try:
         with open(path, "rb") as f:
             return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
@@ -435,15 +456,26 @@ def _server_layout(path: str) -> bool:
         return False
 
 
+def _server_layout(path: str) -> bool:
+    """A file sink directory or an SQLite sink database: the server always keeps checkpoints
+    beside those (from the first record on), unlike beside an exported file."""
+    return os.path.isdir(path) or _is_sqlite(path)
+
+
 def _sources(args: argparse.Namespace) -> _Sources:
     key_path = (args.public_key or _beside(args.paths, PUBLIC_KEY_FILE)
                 or (_beside([args.checkpoint], PUBLIC_KEY_FILE) if args.checkpoint else None))
-    found = _Sources(None, load_checkpoints(args.witness) if args.witness else None,
-                     read_file(key_path) if key_path else None)
+    found = _Sources(None, None, read_file(key_path) if key_path else None)
+    if args.witness:
+        found.witnessed = _load(args.witness, found)
+        if not found.witnessed:
+            found.missing = _empty(args.witness, "--witness")
     if args.no_checkpoints:
         return found
     path = args.checkpoint or _beside(args.paths, CHECKPOINT_FILE)
-    found.checkpoints = load_checkpoints(path) if path else None
+    found.checkpoints = _load(path, found) if path else None
+    if args.checkpoint and not found.checkpoints:
+        found.missing = _empty(args.checkpoint, "--checkpoint")
     if (found.checkpoints or found.witnessed) and found.public_key_pem is None:
         # anyone can write a checkpoint line; only its signature makes it evidence
         raise VerifyInputError(
@@ -489,18 +521,20 @@ def _human(result: Any) -> str:
 def _judge(result: VerifyResult, found: _Sources, skipped: bool) -> None:
     """Missing checkpoints fail a chain that is otherwise intact; skipping them, or having
     none to hold an export against, is announced as loudly."""
-    if found.witnessed is not None and not found.witnessed:
-        result.notices.append("the witness file holds no checkpoint")
     if skipped:
         result.checkpoints_skipped = True
         result.notices.insert(0, SKIPPED)
     elif not found.checkpoints and not found.witnessed and not found.missing:
         result.checkpoints_skipped = True
         result.notices.insert(0, NONE_FOUND)
-    elif result.ok and found.missing:
-        result.ok = False
-        result.problem = {"seq": result.head_seq, "kind": "no_checkpoints",
-                          "detail": found.missing}
+    for kind, detail in (("bad_checkpoint", found.broken), ("no_checkpoints", found.missing)):
+        if detail is None:
+            continue
+        if result.ok:
+            result.ok = False
+            result.problem = {"seq": result.head_seq, "kind": kind, "detail": detail}
+        else:
+            result.notices.append(f"also {kind}: {detail}")
 
 
 def _summary(result: VerifyResult) -> str:

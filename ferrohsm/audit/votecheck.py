@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..domain.strictjson import loads
 from . import ed25519
 from .offline import VerifyInputError, chained_lines, expand_paths, read_file
 
@@ -138,7 +139,7 @@ def check_votes(records: Iterable[dict[str, Any] | None], keys: dict[str, Regist
 def _records(paths: list[str]) -> Iterator[dict[str, Any] | None]:
     for raw in chained_lines(expand_paths(paths)):
         try:
-            value = json.loads(raw)
+            value = loads(raw)
         except ValueError:
             yield None
             continue

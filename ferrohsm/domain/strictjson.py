@@ -3,12 +3,25 @@
 Python's json keeps the LAST of two equal member names; another parser may keep the first. For
 anything security-relevant (token headers and claims, keysets) two readers must never disagree,
 so a duplicate is an error. Use as ``json.loads(text, object_pairs_hook=no_duplicates)``.
+
+``loads`` is ``json.loads`` for text read back from storage (audit lines, checkpoints): nesting
+too deep for the parser (``[`` a hundred thousand times) is a ValueError like any other text that
+is not JSON, never a RecursionError that escapes every handler as an unexpected error.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
+
+
+def loads(text: str | bytes, **options: Any) -> Any:
+    """``json.loads(text, **options)``; ValueError also for nesting too deep to parse."""
+    try:
+        return json.loads(text, **options)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

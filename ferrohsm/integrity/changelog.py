@@ -19,7 +19,6 @@ The result (``ChangeLog``):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +32,7 @@ from ..audit.sqlitesink import SQLiteSink
 from ..domain import binding
 from ..domain.errors import AuditUnavailable
 from ..domain.model import parse_iso
+from ..domain.strictjson import loads
 from .chainwalk import ChainWalk
 
 _WORTH_PARSING = (b'"outcome":"intent"', b'"outcome":"rolled_back"', b'"intent_seq":',
@@ -165,7 +165,13 @@ def read_changes(lines: Iterable[bytes], hmac_key: bytes, head_seq: int) -> Chan
         if isinstance(checked, str):
             raise AuditUnavailable(f"an audit record fails its integrity check ({checked}) near "
                                    f"seq {seq}; run 'ferrohsm audit verify'")
-        record = json.loads(line)
+        try:
+            record = loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            raise AuditUnavailable(f"an audit record fails its integrity check (malformed) near "
+                                   f"seq {seq}; run 'ferrohsm audit verify'")
         record["hash"] = checked[1]
         log.add(record)
     walk.finish()

@@ -1068,3 +1068,21 @@ def test_a_sink_failed_otherwise_waits_for_the_restart(sink: Any) -> None:
     assert not sink.healthy()
     assert not sink.healthy()
     assert "until restart" in sink.degraded()
+
+def test_sqlite_duplicated_last_row_is_a_clear_refusal(tmp_path: Path) -> None:
+    """The last row copied under the next seq: start-up names the failed integrity check and
+    points at `ferrohsm audit verify`, rather than failing on a raw IntegrityError (found by an
+    outside tester)."""
+    backend = Backend("sqlite", tmp_path)
+    opened = backend.open()
+    fill(opened, 3)
+    opened.close()
+    db = sqlite3.connect(backend.log_path)
+    db.executescript("CREATE TEMP TABLE last AS SELECT * FROM audit_log WHERE seq = "
+                     "(SELECT MAX(seq) FROM audit_log); UPDATE last SET seq = seq + 1; "
+                     "INSERT INTO audit_log SELECT * FROM last;")
+    db.commit()
+    db.close()
+    with pytest.raises(AuditUnavailable, match=r"fails its integrity check \(its last record: "
+                       r"row \d+ holds record seq \d+\); run `ferrohsm audit verify`"):
+        backend.open()

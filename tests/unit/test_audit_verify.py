@@ -143,7 +143,64 @@ def test_checkpoint_and_public_key(tmp_path: Path, log: str,
     (tmp_path / "cp.json").write_text(json.dumps(dict(cp, seq=4)))
     assert main(args) == 1
     assert "bad_checkpoint" in capsys.readouterr().out
-    assert main([log, "--checkpoint", str(tmp_path / "pub.pem")]) == 2  # not a checkpoint
+    assert main([log, "--checkpoint", str(tmp_path / "pub.pem")]) == 1  # not a checkpoint
+    assert "bad_checkpoint: line 1 of " in capsys.readouterr().out
+    assert main([log, "--checkpoint", str(tmp_path / "nope.jsonl")]) == 2  # missing: usage
+
+
+def signed_checkpoints(tmp_path: Path, log: str) -> tuple[Path, Path]:
+    """A checkpoints.jsonl of the log's head (seq 3 and 5) and the public key, in tmp_path."""
+    signer = Ed25519PrivateKey.generate()
+    pem = signer.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "pub.pem").write_bytes(pem)
+    lines = Path(log).read_bytes().splitlines()
+    out = []
+    for seq in (3, 5):
+        cp: dict[str, Any] = {"v": 1, "type": "ferrohsm.audit.checkpoint", "log_id": None,
+                              "seq": seq, "head_hash": json.loads(lines[seq - 1])["hash"],
+                              "ts": "2026-11-28T00:00:00Z"}
+        cp["sig"] = base64.b64encode(signer.sign(signed_bytes(cp))).decode()
+        out.append(json.dumps(cp).encode())
+    return Path(write(tmp_path / "cps.jsonl", out)), tmp_path / "pub.pem"
+
+
+def test_explicit_empty_checkpoint_or_witness_file_fails(
+        tmp_path: Path, log: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An explicitly given file holding no checkpoint fails like an emptied checkpoints.jsonl
+    beside the log (it passed with "checkpoints NOT checked": an outside tester)."""
+    cps, pub = signed_checkpoints(tmp_path, log)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    for flag in ("--checkpoint", "--witness"):
+        assert main([log, flag, str(empty), "--public-key", str(pub)]) == 1
+        out = capsys.readouterr().out
+        assert out.startswith(f"FAIL: record seq 5: no_checkpoints: the {flag} file {empty} "
+                              "holds no checkpoint"), out
+    assert main([log, "--checkpoint", str(cps), "--witness", str(cps),
+                 "--public-key", str(pub)]) == 0
+
+
+def test_garbage_in_a_checkpoints_file_is_bad_checkpoint(
+        tmp_path: Path, log: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A complete line that is not a checkpoint is tampering (exit 1), not a usage error; a torn
+    last line (no newline: a crash while appending) is still left out."""
+    cps, pub = signed_checkpoints(tmp_path, log)
+    good = cps.read_bytes()
+    for junk in (b"garbage\n", b'{"seq": 0}\n', b"[" * 100_000 + b"\n"):
+        cps.write_bytes(good + junk)
+        for flag in ("--checkpoint", "--witness"):
+            assert main([log, flag, str(cps), "--public-key", str(pub)]) == 1
+            out = capsys.readouterr().out
+            assert out.startswith(f"FAIL: record seq 5: bad_checkpoint: line 3 of {cps} is not "
+                                  "a checkpoint"), out
+    cps.write_bytes(good + b'{"v":1,"seq"')  # torn tail
+    assert main([log, "--checkpoint", str(cps), "--public-key", str(pub)]) == 0
+    capsys.readouterr()
+    beside = Path(log).parent / "checkpoints.jsonl"  # found beside the log, not given
+    beside.write_bytes(good + b"garbage\n")
+    assert main([log, "--public-key", str(pub)]) == 1
+    assert f"bad_checkpoint: line 3 of {beside}" in capsys.readouterr().out
 
 
 def test_torn_last_line(tmp_path: Path) -> None:
@@ -152,8 +209,13 @@ def test_torn_last_line(tmp_path: Path) -> None:
     result = verify_paths([path], KEY)
     assert result.problem is not None and result.problem["kind"] == "torn_line"
     assert result.records_checked == 2
-    complete = write(tmp_path / "ok.jsonl", lines, end=b"")  # no final newline, but whole
-    assert verify_paths([complete], KEY).ok
+    # a whole record without its newline is torn too: the server writes both in one write,
+    # acknowledges after fsync, and cuts such a line at its next start (an outside tester)
+    whole = verify_paths([write(tmp_path / "nonl.jsonl", lines, end=b"")], KEY)
+    assert whole.problem is not None and whole.problem["kind"] == "torn_line"
+    assert (whole.records_checked, whole.problem["seq"]) == (2, 3)
+    assert whole.problem["detail"].startswith("the last line of ")
+    assert verify_paths([write(tmp_path / "ok.jsonl", lines)], KEY).ok
 
 
 def test_non_canonical_export_still_verifies(tmp_path: Path) -> None:
@@ -191,6 +253,12 @@ def test_segments_in_order_and_sqlite(tmp_path: Path) -> None:
     db.commit()
     db.close()
     assert verify_paths([str(db_path)], KEY).records_checked == 6
+    db = sqlite3.connect(db_path)
+    db.execute("UPDATE audit_log SET record = replace(record, 'event 2', 'event 9') WHERE seq = 3")
+    db.commit()
+    db.close()
+    problem = verify_paths([str(db_path)], KEY).problem  # rows of a database, not lines
+    assert problem is not None and problem["detail"].startswith(f"row 3 of {db_path}: ")
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -271,3 +339,90 @@ def test_verify_never_imports_cryptography() -> None:
         modules = [getattr(n, "module", None) or n.names[0].name for n in top]
         assert not any(m and m.startswith("cryptography") for m in modules), name
     assert os.path.exists(source / "verify.py")
+
+
+# ---- lines nested too deeply for the JSON parser -------------------------------------------------
+
+DEEP = b"[" * 100_000
+
+
+def test_deeply_nested_line_is_malformed_not_a_crash(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """json.loads raises RecursionError on such a line: it is a malformed record like any other
+    unparsable line (found by an outside tester: "unexpected RecursionError", nothing named)."""
+    lines = make_lines([ev(n) for n in range(3)])
+    path = write(tmp_path / "deep.jsonl", [lines[0], DEEP, *lines[1:]])
+    assert main([path, "--no-checkpoints"]) == 1
+    assert capsys.readouterr().out.startswith(
+        f"FAIL: record seq 2: malformed: line 2 of {path} is not an audit record")
+    assert report_main([path]) == 0
+    assert "Unreadable lines: 1" in capsys.readouterr().out
+    alone = write(tmp_path / "alone.jsonl", [DEEP])
+    assert report_main([alone]) == 2 and "no readable audit record" in capsys.readouterr().err
+
+
+def test_deep_checkpoint_line_and_stored_records() -> None:
+    from ferrohsm.audit.sinkbase import stored_record
+    from ferrohsm.domain.errors import AuditUnavailable
+    from ferrohsm.domain.strictjson import loads
+    with pytest.raises(ValueError, match="nested too deeply"):
+        loads(DEEP)
+    assert loads(b"[1]") == [1]
+    with pytest.raises(AuditUnavailable, match="fails its integrity check"):
+        stored_record(DEEP, "audit-000001.jsonl")
+
+
+def test_another_logs_checkpoints_are_bad_checkpoint(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Another log's checkpoints, signed with that log's own key (given too), are not a sign of
+    this log being rewritten: bad_checkpoint, another log id (the README's table); they were
+    reported as truncated by an outside tester."""
+    genesis = ev(0, actor="system", role="system", action="audit.genesis",
+                 details={"log_id": "log-A"})
+    log = write(tmp_path / "a.jsonl", make_lines([genesis, ev(1), ev(2)]))
+    other = make_lines([dict_event(genesis, "log-B"), ev(1)], key=b"O" * 32)
+    signer = Ed25519PrivateKey.generate()
+    (tmp_path / "b.pem").write_bytes(signer.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    cp: dict[str, Any] = {"v": 1, "type": "ferrohsm.audit.checkpoint", "log_id": "log-B",
+                          "seq": 1, "head_hash": json.loads(other[0])["hash"],
+                          "ts": "2026-11-28T00:00:00Z"}
+    cp["sig"] = base64.b64encode(signer.sign(signed_bytes(cp))).decode()
+    (tmp_path / "b.jsonl").write_text(json.dumps(cp) + "\n")
+    assert main([log, "--checkpoint", str(tmp_path / "b.jsonl"),
+                 "--public-key", str(tmp_path / "b.pem")]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL: record seq 1: bad_checkpoint: the checkpoint belongs to another "
+                          "log (log id 'log-B', this log's is 'log-A')"), out
+    mine = Ed25519PrivateKey.generate()  # the log's own key: the signature names another key
+    (tmp_path / "a.pem").write_bytes(mine.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    cp["key_fingerprint"] = "f" * 64
+    cp["sig"] = base64.b64encode(signer.sign(signed_bytes(cp))).decode()
+    (tmp_path / "b.jsonl").write_text(json.dumps(cp) + "\n")
+    assert main([log, "--checkpoint", str(tmp_path / "b.jsonl"),
+                 "--public-key", str(tmp_path / "a.pem")]) == 1
+    assert "it names another key (fingerprint ffff" in capsys.readouterr().out
+
+
+def dict_event(event: AuditEvent, log_id: str) -> AuditEvent:
+    from dataclasses import replace
+    return replace(event, details={"log_id": log_id})
+
+
+def test_report_limit_empty_input_and_unverified_line(tmp_path: Path, log: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """--limit below 1 is a usage error; an empty input is refused as verify fails it (it said
+    "0 records", exit 0); the text says the records were not verified (an outside tester)."""
+    for bad in ("-1", "0", "x"):
+        assert report_main([log, "--limit", bad]) == 2
+        assert "--limit" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    assert report_main([str(empty)]) == 2
+    assert "holds no audit records at all" in capsys.readouterr().err
+    assert main([str(empty), "--no-checkpoints"]) == 1
+    assert "holds no audit records at all" in capsys.readouterr().out
+    assert report_main([log, "--limit", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("Records NOT verified") and "`ferrohsm audit verify`" in out[1]
