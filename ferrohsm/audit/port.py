@@ -5,6 +5,7 @@ shares (group commit, chain state, many writers, checkpoints) is in sinkbase.py.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal, overload
 
@@ -97,10 +98,11 @@ class AuditSink(ABC):
         record could not be written: start-up reconciliation settles it from the log and the
         store (integrity/reconcile.py)."""
 
-    def fail_until_recorded(self, reason: str, event: AuditEvent) -> None:
-        """Fail closed because ``event``, a change's settling record, could not be written; a
-        sink that can retry it ends the failure once it is written (sinkbase.py). Here: until
-        a restart, as ``fail_closed``."""
+    def fail_until_recorded(self, reason: str,
+                            settle: AuditEvent | Callable[[], AuditEvent]) -> None:
+        """Fail closed because a change's settling record could not be written (``settle``: the
+        record, or what makes it once the store can tell); a sink that can retry it ends the
+        failure once it is written (sinkbase.py). Here: until a restart, as ``fail_closed``."""
         self.fail_closed(reason)
 
     @abstractmethod

@@ -68,6 +68,7 @@ from .checkpointer import Checkpointer
 from .groupcommit import GroupCommit
 from .port import AuditSink as AuditSink
 from .port import Ticket as Ticket
+from .settling import Settle, Settling
 from .splitflush import PendingFlush as PendingFlush
 from .splitflush import SplitFlush
 from .witness import Witness
@@ -111,7 +112,7 @@ def new_uuid() -> str:
 REFUSING = ("the audit log refuses every record until its failure is cleared (the server log "
             "names it); the request was refused")
 
-class ChainedSink(SplitFlush, AuditSink):
+class ChainedSink(Settling, SplitFlush, AuditSink):
     """Shared chain state, group commit, fail-closed bookkeeping and checkpointing."""
 
     backend: ClassVar[str] = "abstract"
@@ -153,9 +154,9 @@ class ChainedSink(SplitFlush, AuditSink):
         self._failed: str | None = None
         # settling records that could not be written (fail_until_recorded): the failure they
         # caused ends once they are, unless the sink failed otherwise meanwhile
-        self._unsettled: list[PreparedEvent] = []
+        self._unsettled: list[Settle] = []  # settling.py
         self._unsettled_reason: str | None = None
-        self._retry_at = 0.0
+        self._settler: threading.Thread | None = None
         self._reported: set[str] = set()  # failures callers reported (see _refusal)
         self._last_ok = True
         self._problem: str | None = None  # the last failed write or flush, until a good one
@@ -247,8 +248,6 @@ class ChainedSink(SplitFlush, AuditSink):
         return self._committed
 
     def healthy(self) -> bool:
-        if self._unsettled and self._failed is not None:
-            self._retry_unsettled()
         return self._failed is None and not self._closed
 
     def degraded(self) -> str | None:
@@ -267,6 +266,7 @@ class ChainedSink(SplitFlush, AuditSink):
                 self._failed = reason
                 self._reported.add(reason)
                 self._failures += 1
+            self._unsettled_reason = None  # only a restart ends it: no settling record does
         log.critical("audit: refusing every record until restart: %s%s", reason, RESTART_NEEDED)
 
     def _refusal(self) -> str:
@@ -277,47 +277,6 @@ class ChainedSink(SplitFlush, AuditSink):
         if failed is not None and failed in self._reported:
             return REFUSING
         return f"audit log unavailable until restart: {failed}"
-
-    def fail_until_recorded(self, reason: str, event: AuditEvent) -> None:
-        """Fail closed because ``event``, the record settling a change (control/recordfirst.py),
-        could not be written: a lost database connection, a full disk. Nothing else is recorded
-        meanwhile, as with ``fail_closed``; but where the sink itself is sound, the failure ends
-        once ``event`` is written, retried at most once a second whenever the sink's health is
-        asked (every state change asks first, and the readiness probe). A failed fsync, a cut
-        log or any other failure of the sink itself still holds until a restart."""
-        with self._io_lock:
-            first = self._failed is None
-            self._unsettled.append(prepare(event))
-            if first:
-                self._failed = self._unsettled_reason = reason
-                self._reported.add(reason)
-                self._failures += 1
-        log.critical("audit: refusing every record until the settling record is written: %s",
-                     reason)
-
-    def _retry_unsettled(self) -> None:
-        now = time.monotonic()
-        if now < self._retry_at or not self._io_lock.acquire(blocking=False):
-            return
-        try:
-            self._retry_at = now + 1.0
-            failed = self._failed
-            if failed is None or failed != self._unsettled_reason or self._closed:
-                return  # the sink failed otherwise (or is fine): not ours to end
-            self._failed = None
-            try:
-                self._write_group(list(self._unsettled), sync=True)
-            except AuditUnavailable:
-                if self._failed is None:
-                    self._failed = failed
-                return
-            self._set_head(self._written)
-            self._unsettled.clear()
-            self._unsettled_reason = None
-            log.warning("audit: the settling record(s) are written; records are accepted again "
-                        "(after: %s)", failed)
-        finally:
-            self._io_lock.release()
 
     def describe(self) -> dict[str, Any]:
         seq, digest = self._committed

@@ -111,6 +111,23 @@ class DualControl:
         self.steps.confirm(ctx, audit_action, message, intent, key_id=new.key_id, **details)
         return saved
 
+    def _outcome(self, ctx: RequestContext, audit_action: str, message: str,
+                 target: apv.Approval, intent: Intent, exc: FerroError,
+                 details: dict[str, Any]) -> Any:
+        """The settling record of a write whose outcome the store could not tell, once it can
+        (read back again by the audit sink, every second: control/recordfirst.py)."""
+        try:
+            applied = self._store().get(target.id) == target
+        except NotFound:
+            applied = False
+        if applied:
+            return self.steps.success(ctx, audit_action, f"{message} (applied, found once the "
+                                      f"store could be read again; it had reported: "
+                                      f"{exc.message})", intent, key_id=target.key_id, **details)
+        return self.steps.rolled_back(ctx, audit_action, f"not applied (found once the store "
+                                      f"could be read again): {exc.message}", intent,
+                                      target.key_id, approval_id=target.id)
+
     def _settle(self, ctx: RequestContext, audit_action: str, message: str,
                 target: apv.Approval, intent: Intent, exc: FerroError,
                 details: dict[str, Any]) -> NoReturn:
@@ -124,7 +141,9 @@ class DualControl:
                 pass
             except FerroError as again:
                 self.steps.unknown(f"approval {target.id}", intent, f"the store failed "
-                                   f"({exc.message}) and cannot be read back ({again.message})")
+                                   f"({exc.message}) and cannot be read back ({again.message})",
+                                   lambda: self._outcome(ctx, audit_action, message, target,
+                                                         intent, exc, details))
                 raise exc from None
         if applied:
             self.steps.confirm(ctx, audit_action, f"{message} (applied, although the store "

@@ -23,7 +23,7 @@ retry; compare-and-swap still guards against other processes.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,7 +35,9 @@ from ..domain.model import Key, RequestContext
 
 
 class Recorder(Protocol):
-    """The service's guard (service/guard.py): durable records, and the fail-closed switches."""
+    """The service's guard (service/guard.py): durable records, and the fail-closed switches.
+    A record made and not written (``event``) is the audit layer's; here it is only handed on
+    (``settle``: one, or a function that makes one once the store can tell)."""
 
     def record(self, ctx: RequestContext, action: Action | str, outcome: str, message: str,
                key: Key | None = None, version: int | None = None, *,
@@ -46,10 +48,11 @@ class Recorder(Protocol):
 
     def fail_closed(self, reason: str) -> None: ...
 
-    def fail_until_recorded(self, reason: str, ctx: RequestContext, action: Action | str,
-                            outcome: str, message: str, key: Key | None = None,
-                            version: int | None = None, *, key_id: str | None = None,
-                            **details: Any) -> None: ...
+    def event(self, ctx: RequestContext, action: Action | str, outcome: str, message: str,
+              key: Key | None = None, version: int | None = None, *,
+              key_id: str | None = None, **details: Any) -> Any: ...
+
+    def fail_until_recorded(self, reason: str, settle: Any) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,8 @@ class Steps:
                 key: Key | None = None, version: int | None = None, *,
                 key_id: str | None = None, **details: Any) -> None:
         """The success record, durable before the caller hears of the change."""
+        event = self.success(ctx, action, message, intent, key, version, key_id=key_id,
+                             **details)
         try:
             self.recorder.record(ctx, action, binding.SUCCESS, message, key, version,
                                  key_id=key_id, intent_seq=intent.seq, **details)
@@ -87,27 +92,46 @@ class Steps:
             what = key.id if key else key_id
             self.recorder.fail_until_recorded(
                 f"a change of {what} was applied (intent seq {intent.seq}) but its confirmation "
-                f"could not be recorded: {exc.message}", ctx, action, binding.SUCCESS, message,
-                key, version, key_id=key_id, intent_seq=intent.seq, **details)
+                f"could not be recorded: {exc.message}", event)
             raise
 
     def roll_back(self, ctx: RequestContext, action: Action | str, message: str,
                   intent: Intent, key_id: str | None, **details: Any) -> None:
         """The rolled_back record of a change that was not applied."""
+        event = self.rolled_back(ctx, action, message, intent, key_id, **details)
         try:
             self.recorder.record(ctx, action, binding.ROLLED_BACK, message, key_id=key_id,
                                  intent_seq=intent.seq, **details)
         except AuditUnavailable as exc:
             self.recorder.fail_until_recorded(
                 f"a change of {key_id} was not applied (intent seq {intent.seq}) but its "
-                f"rollback could not be recorded: {exc.message}", ctx, action,
-                binding.ROLLED_BACK, message, key_id=key_id, intent_seq=intent.seq, **details)
+                f"rollback could not be recorded: {exc.message}", event)
             raise
 
-    def unknown(self, what: str, intent: Intent, problem: str) -> None:
-        """Neither applied nor not applied can be told now: fail closed until a restart."""
-        self.recorder.fail_closed(f"the change of {what} (intent seq {intent.seq}) may or may "
-                                  f"not be applied: {problem}")
+    def success(self, ctx: RequestContext, action: Action | str, message: str, intent: Intent,
+                key: Key | None = None, version: int | None = None, *,
+                key_id: str | None = None, **details: Any) -> Any:
+        """The success record of ``intent``, made, not written (for a later settlement)."""
+        return self.recorder.event(ctx, action, binding.SUCCESS, message, key, version,
+                                   key_id=key_id, intent_seq=intent.seq, **details)
+
+    def rolled_back(self, ctx: RequestContext, action: Action | str, message: str,
+                    intent: Intent, key_id: str | None, **details: Any) -> Any:
+        """The rolled_back record of ``intent``, made, not written."""
+        return self.recorder.event(ctx, action, binding.ROLLED_BACK, message, key_id=key_id,
+                                   intent_seq=intent.seq, **details)
+
+    def unknown(self, what: str, intent: Intent, problem: str,
+                resolve: Callable[[], Any] | None = None) -> None:
+        """Neither applied nor not applied can be told now: fail closed until ``resolve`` (the
+        store read back: the settling record) can tell and its record is written, or, without
+        it, until a restart."""
+        reason = f"the change of {what} (intent seq {intent.seq}) may or may not be applied: " \
+                 f"{problem}"
+        if resolve is None:
+            self.recorder.fail_closed(reason)
+        else:
+            self.recorder.fail_until_recorded(reason, resolve)
 
 
 class IdLocks:

@@ -100,7 +100,9 @@ class KeyChanges:
             current = None
         except FerroError as again:
             self.steps.unknown(f"key {key_id}", intent, f"the store failed ({exc.message}) and "
-                               f"cannot be read back ({again.message})")
+                               f"cannot be read back ({again.message})",
+                               lambda: self._outcome(ctx, action, key_id, intent, message,
+                                                     details, exc))
             raise exc from None
         if current is not None and binding.is_bound_to(current, intent.seq, intent.hash):
             self._confirm(ctx, action, f"{message} (applied, although the store reported: "
@@ -108,6 +110,22 @@ class KeyChanges:
         else:
             self.steps.roll_back(ctx, action, f"not applied: {exc.message}", intent, key_id)
         raise exc
+
+    def _outcome(self, ctx: RequestContext, action: Action | str, key_id: str, intent: Intent,
+                 message: str, details: dict[str, Any], exc: FerroError) -> Any:
+        """The settling record of a write whose outcome the store could not tell, once it can
+        (read back again, every second, by the audit sink: control/recordfirst.py)."""
+        try:
+            current: Key | None = self.store.get(key_id)
+        except NotFound:
+            current = None
+        if current is not None and binding.is_bound_to(current, intent.seq, intent.hash):
+            return self.steps.success(ctx, action, f"{message} (applied, found once the store "
+                                      f"could be read again; it had reported: {exc.message})",
+                                      intent, current, current.primary_version,
+                                      state=current.state.value, **details)
+        return self.steps.rolled_back(ctx, action, f"not applied (found once the store could "
+                                      f"be read again): {exc.message}", intent, key_id)
 
     def _name_taken(self, name: str) -> bool:
         try:

@@ -62,7 +62,8 @@ class AuditLog(Protocol):
     def append(self, event: AuditEvent, *, durable: Literal[False]) -> Ticket: ...
     def healthy(self) -> bool: ...
     def fail_closed(self, reason: str) -> None: ...
-    def fail_until_recorded(self, reason: str, event: AuditEvent) -> None: ...
+    def fail_until_recorded(self, reason: str,
+                            settle: AuditEvent | Callable[[], AuditEvent]) -> None: ...
 
 
 class OutOfScope(NotFound):
@@ -119,9 +120,7 @@ class Guard:
         together with its neighbours' (api/dispatch.py), instead of one fsync per call.
         ``defer`` only where nothing changed state (refusals, crypto results): a ticket that
         fails can then only turn the answer into a 503."""
-        event = AuditEvent.from_context(ctx, str(action), outcome, message,
-                                        key_id=key.id if key else key_id,
-                                        key_version=version, details=details)
+        event = self.event(ctx, action, outcome, message, key, version, key_id=key_id, **details)
         tickets = ctx.tickets
         if defer and tickets is not None:
             ticket = self.audit.append(event, durable=False)
@@ -138,15 +137,19 @@ class Guard:
         """Refuse every further record until a restart (control/recordfirst.py)."""
         self.audit.fail_closed(reason)
 
-    def fail_until_recorded(self, reason: str, ctx: RequestContext, action: Action | str,
-                            outcome: str, message: str, key: Key | None = None,
-                            version: int | None = None, *, key_id: str | None = None,
-                            **details: Any) -> None:
+    def event(self, ctx: RequestContext, action: Action | str, outcome: str, message: str,
+              key: Key | None = None, version: int | None = None, *,
+              key_id: str | None = None, **details: Any) -> AuditEvent:
+        """The record ``record`` would write, made and not written."""
+        return AuditEvent.from_context(ctx, str(action), outcome, message,
+                                       key_id=key.id if key else key_id, key_version=version,
+                                       details=details)
+
+    def fail_until_recorded(self, reason: str,
+                            settle: AuditEvent | Callable[[], AuditEvent]) -> None:
         """Refuse every further record until the settling record that could not be written
-        (these arguments, as to ``record``) is (control/recordfirst.py)."""
-        self.audit.fail_until_recorded(reason, AuditEvent.from_context(
-            ctx, str(action), outcome, message, key_id=key.id if key else key_id,
-            key_version=version, details=details))
+        (or the one ``settle`` makes once the store can tell) is (control/recordfirst.py)."""
+        self.audit.fail_until_recorded(reason, settle)
 
     def refused(self, ctx: RequestContext, action: Action | str, exc: FerroError,
                 key: Key | None = None, ref: str | None = None,

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1043,16 +1044,33 @@ def test_start_up_accepts_an_attested_pruning_only(tmp_path: Path) -> None:
 
 # ---- a settling record that could not be written (control/recordfirst.py) ----------------------
 
+def _healthy_within(sink: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not sink.healthy():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_a_settling_record_written_later_ends_the_failure(sink: Any, backend: Backend) -> None:
-    """The database came back (or the disk has room again): the settling record is written on
-    the next health check, first, and records are accepted again; no restart needed."""
+    """The database came back (or the disk has room again): the settling record is written,
+    first, and records are accepted again; no restart needed. Until then nothing is."""
     fill(sink, 2)
+    gate = threading.Event()
+
+    def settle() -> AuditEvent:  # the store read back: it cannot tell until the gate opens
+        if not gate.wait(5):
+            raise AuditUnavailable("still down")
+        return event(7, outcome="success", message="the settling record")
     sink.fail_until_recorded("a change was applied but its confirmation could not be recorded",
-                             event(7, outcome="success", message="the settling record"))
+                             settle)
     with pytest.raises(AuditUnavailable) as refused:
         sink.append(event(8))
     assert "change" not in refused.value.message  # the cause is the operator's, not the caller's
-    assert sink.healthy()  # the retry wrote it
+    assert not sink.healthy() and "settling record" in sink.degraded()
+    gate.set()
+    assert _healthy_within(sink, 5)
     after = sink.append(event(9))
     records = sink.read(limit=100)
     assert [r["message"] for r in records[-2:]] == ["the settling record", "event 9"]
@@ -1061,13 +1079,38 @@ def test_a_settling_record_written_later_ends_the_failure(sink: Any, backend: Ba
     assert backend.verify().ok
 
 
-def test_a_sink_failed_otherwise_waits_for_the_restart(sink: Any) -> None:
+def test_a_store_that_cannot_tell_yet_is_asked_again(sink: Any) -> None:
+    answers = iter([AuditUnavailable("the store is down"), None])
+
+    def settle() -> AuditEvent:
+        answer = next(answers)
+        if answer is not None:
+            raise answer
+        return event(7, outcome="rolled_back", message="not applied")
+    sink.fail_until_recorded("a change may or may not be applied", settle)
+    assert _healthy_within(sink, 5)  # the second attempt, a second later
+    assert sink.read(limit=100)[-1]["message"] == "not applied"
+
+
+@pytest.mark.parametrize("first", ["the sink's own", "the settling record's"])
+def test_a_sink_failed_otherwise_waits_for_the_restart(sink: Any, first: str) -> None:
     fill(sink, 1)
-    sink.fail_closed("a failure of the sink itself")
-    sink.fail_until_recorded("a settling record could not be written", event(7))
-    assert not sink.healthy()
+    gate = threading.Event()
+
+    def settle() -> AuditEvent:
+        gate.wait(5)
+        return event(7)
+    if first == "the sink's own":
+        sink.fail_closed("a failure of the sink itself")
+        sink.fail_until_recorded("a settling record could not be written", settle)
+    else:
+        sink.fail_until_recorded("a settling record could not be written", settle)
+        sink.fail_closed("the outcome of another change cannot be told")
+    gate.set()
+    time.sleep(1.5)
     assert not sink.healthy()
     assert "until restart" in sink.degraded()
+    assert all(r["details"].get("n") != 7 for r in sink.read(limit=100))
 
 def test_sqlite_duplicated_last_row_is_a_clear_refusal(tmp_path: Path) -> None:
     """The last row copied under the next seq: start-up names the failed integrity check and

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import threading
 import weakref
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Literal, overload
 
@@ -63,7 +64,8 @@ class RecordingAudit:
         self.failed = reason
         self.ok = False
 
-    def fail_until_recorded(self, reason: str, event: AuditEvent) -> None:
+    def fail_until_recorded(self, reason: str,
+                            settle: AuditEvent | Callable[[], AuditEvent]) -> None:
         """As fail_closed: the tests switch it back themselves."""
         self.fail_closed(reason)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,8 +69,9 @@ class CrashingAudit:
     def fail_closed(self, reason: str) -> None:
         self.sink.fail_closed(reason)
 
-    def fail_until_recorded(self, reason: str, event: AuditEvent) -> None:
-        self.sink.fail_until_recorded(reason, event)
+    def fail_until_recorded(self, reason: str,
+                            settle: AuditEvent | Callable[[], AuditEvent]) -> None:
+        self.sink.fail_until_recorded(reason, settle)
 
 
 class CrashingStore(FilesystemStore):

@@ -3,6 +3,7 @@ records each outcome of a key's store write leaves, and what the stored record i
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal, overload
 
 import pytest
@@ -138,3 +139,51 @@ def test_a_taken_name_is_refused_before_any_intent() -> None:
     with pytest.raises(NameTaken):
         svc.create_key(ALICE, algorithm="aes-256-gcm", usage="encrypt", name="taken")
     assert outcomes(audit, "key.create") == ["intent", "success", "error"]
+
+
+class UnreadableStore(FaultyStore):
+    """FaultyStore whose reads fail too while ``unreadable`` (a database gone)."""
+
+    unreadable = False
+    lose_reads = False  # the failed update takes the reads down with it
+
+    def update(self, key: Key) -> Key:
+        try:
+            return super().update(key)
+        except StoreError:
+            self.unreadable = self.lose_reads
+            raise
+
+    def get(self, key_id: str) -> Key:
+        if self.unreadable:
+            raise StoreError("the database is unreachable")
+        return super().get(key_id)
+
+
+@pytest.mark.parametrize("after", [False, True])
+def test_an_unknown_outcome_is_settled_once_the_store_can_be_read(after: bool) -> None:
+    """The store failed and could not be read back: the node refuses records until the store
+    tells whether the write happened, then writes that settlement itself, no restart needed."""
+    store, audit = UnreadableStore(RECORD_MAC), RecordingAudit()
+    audit.fail_until_recorded = audit.sink.fail_until_recorded  # type: ignore[method-assign]
+    svc = service(store, audit)
+    key = svc.create_key(ALICE, algorithm="aes-256-gcm", usage="encrypt")
+    store.fault, store.after, store.lose_reads = StoreError("connection lost"), after, True
+    with pytest.raises((StoreError, AuditUnavailable)):  # its refusal's record is refused too
+        svc.rotate(ALICE, key.id)
+    time.sleep(1.2)
+    assert not audit.sink.healthy()  # asked again, still cannot tell
+    assert store.unreadable
+    store.unreadable = store.lose_reads = False
+    deadline = time.monotonic() + 5
+    while not audit.sink.healthy() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert audit.sink.healthy()
+    intent = next(e for e in audit.events if e.action == "key.rotate")
+    settled = audit.sink.read(0, 1000)[-1]
+    assert settled["action"] == "key.rotate"
+    assert settled["outcome"] == ("success" if after else "rolled_back")
+    assert settled["details"][binding.INTENT_SEQ] == next(
+        r["seq"] for r in audit.sink.read(0, 1000) if r["request_id"] == intent.request_id
+        and r["outcome"] == "intent" and r["action"] == "key.rotate")
+    assert len(store.get(key.id).versions) == (2 if after else 1)
