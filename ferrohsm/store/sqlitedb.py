@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from ..domain.errors import StoreError
+from ..domain.errors import ConfigError, StoreError
 from .records import write_error
 
 BUSY_TIMEOUT_MS = 5000
@@ -58,6 +58,10 @@ def prepare_file(path: str, what: str) -> None:
             return
     if not stat.S_ISREG(st.st_mode):
         raise StoreError(f"{what} {path} is not a regular file (symlinks are refused)")
+    if not os.access(path, os.R_OK | os.W_OK):  # another owner: a data directory problem
+        raise ConfigError(f"{what} {path} cannot be read and written by this user (uid "
+                          f"{os.getuid()}): give the data directory and its files to the user "
+                          "the server runs as")
     if stat.S_IMODE(st.st_mode) & 0o077:
         os.chmod(path, 0o600, follow_symlinks=False)
 
