@@ -50,6 +50,9 @@ HEALTHY_AFTER = 30.0  # a child that lived this long is restarted without delay 
 KILL_AFTER_GRACE = 10.0
 POLL = 0.1
 REFUSED = (2, 4)  # exit codes of a child that cannot start: a configuration error, no port
+# Set in a restarted child: how its predecessor ended, for its system.startup audit record (an
+# auditor sees the restart in the log, not only in the supervisor's stderr).
+RESTARTED_AFTER = "FERROHSM_RESTARTED_AFTER"
 
 
 @dataclass
@@ -59,6 +62,7 @@ class Slot:
     backoff: float = 0.0
     restart_at: float = 0.0
     restarts: int = 0
+    last_exit: str = ""  # how the previous child of this slot ended (for its successor)
 
 
 def reserve_port(config: Config) -> tuple[Config, list[socket.socket]]:
@@ -179,6 +183,8 @@ class Supervisor:
         pid = self._fork_on(self._cores[index % len(self._cores)] if self._cores else None)
         if pid == 0:  # the child: never returns into the parent's loop
             code = 1
+            if self.slots[index].last_exit:  # its start-up record says what it replaces
+                os.environ[RESTARTED_AFTER] = self.slots[index].last_exit
             try:
                 code = self._child(index)
             except BaseException:  # a bug: say so once, and let the parent restart us
@@ -244,6 +250,7 @@ class Supervisor:
             else min(MAX_BACKOFF, slot.backoff * 2)
         slot.restart_at = now + slot.backoff
         slot.restarts += 1
+        slot.last_exit = f"process {index} (pid {slot.pid}) {how} after {lived:.1f} s"
         log.warning("process %d %s after %.1f s; restarting it in %.1f s", index, how, lived,
                     slot.backoff)
 

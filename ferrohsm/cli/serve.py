@@ -357,7 +357,10 @@ def _serve(config: Config, ssl_provider: Any, announce: Any = None, options: Any
             watch_parent(parent, done)
         port = server.server_address[1]
         rt.app.server_port = port
-        wiring.system_event(rt, "system.startup", f"FerroHSM listening on port {port}")
+        from .nodes import RESTARTED_AFTER
+        replaced = os.environ.get(RESTARTED_AFTER, "")
+        wiring.system_event(rt, "system.startup", f"FerroHSM listening on port {port}"
+                            + (f"; restarted: {replaced}" if replaced else ""))
         wiring.start_scheduler(rt)
         wiring.start_tls(rt, ssl_provider)
         rt.serving.set()

@@ -312,6 +312,11 @@ def test_processes_restart_a_dead_child_reload_on_sighup_and_drain_on_sigterm(tm
             assert time.monotonic() < deadline, node.log.read_text()[-2000:]
             time.sleep(0.1)
         assert "restarting it" in node.log.read_text()
+        deadline = time.monotonic() + 10  # and the audit log says so, not only stderr
+        while not any(f"(pid {before[0]}) killed by signal 9" in r["message"]
+                      for r in audit_records(nodes, "system.startup", None)):
+            assert time.monotonic() < deadline, "the restart is not in the audit log"
+            time.sleep(0.2)
         if len(os.sched_getaffinity(0)) >= 2:  # pin_processes: one core each, the new one too
             cores = [os.sched_getaffinity(pid) for pid in now]
             assert all(len(c) == 1 for c in cores) and cores[0] != cores[1], cores
