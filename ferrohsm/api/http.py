@@ -12,6 +12,7 @@ The few statuses that only the transport produces (408, 414, 417, 431, 505) get 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,9 +24,14 @@ from ..domain.errors import (
     FerroError,
     MethodNotAllowed,
     RateLimited,
+    StoreError,
     Unauthenticated,
 )
 from ..domain.ids import uuid4_str
+
+log = logging.getLogger("ferrohsm.api")
+STORE_UNAVAILABLE = ("the key store is unavailable; the request was refused (the server log and "
+                     "the audit log name the cause)")
 
 JSON_CONTENT_TYPE = "application/json"
 
@@ -150,10 +156,20 @@ def error_object(exc: FerroError) -> dict[str, Any]:
     """The error of ONE item of a batch (docs/api.md, Batches): the error body of a request
     without its request id (the batch answer's X-Request-ID is the one), and the approval when
     the item was parked for one."""
-    body: dict[str, Any] = {"error": {"code": exc.code, "message": exc.message}}
+    body: dict[str, Any] = {"error": {"code": exc.code, "message": public_message(exc)}}
     if isinstance(exc, ApprovalRequired) and "approval" in exc.details:
         body["approval"] = exc.details["approval"]
     return body
+
+
+def public_message(exc: FerroError, request_id: str | None = None) -> str:
+    """What a caller is told: the error's message, except a key store failure's, which names
+    the database's address and what it said: the operator's (the server log here, and the
+    refusal's audit record), not every caller's."""
+    if not isinstance(exc, StoreError):
+        return exc.message
+    log.warning("key store error: %s", exc.message, extra={"request_id": request_id})
+    return STORE_UNAVAILABLE
 
 
 def error_response(exc: FerroError, request_id: str) -> Response:
@@ -165,7 +181,7 @@ def error_response(exc: FerroError, request_id: str) -> Response:
         extra.append(("Retry-After", str(max(1, math.ceil(exc.retry_after)))))
     elif isinstance(exc, Unauthenticated):
         extra.append(("WWW-Authenticate", 'Bearer error="invalid_token"'))
-    body: dict[str, Any] = {"error": {"code": exc.code, "message": exc.message,
+    body: dict[str, Any] = {"error": {"code": exc.code, "message": public_message(exc, request_id),
                                       "request_id": request_id}}
     if isinstance(exc, ApprovalRequired) and "approval" in exc.details:
         body["approval"] = exc.details["approval"]  # docs/api.md: 202 carries the parked approval

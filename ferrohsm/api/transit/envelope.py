@@ -21,7 +21,7 @@ from ...domain.errors import (
     PayloadTooLarge,
     RateLimited,
 )
-from ..http import Response, json_response
+from ..http import Response, json_response, public_message
 from ..parse import TOO_LARGE_HINT
 
 # The native 413's way out names native members; a Vault client's are these.
@@ -59,7 +59,7 @@ def vault_message(exc: FerroError) -> str:
         return f"dual control: {exc.message}"
     if isinstance(exc, PayloadTooLarge):
         return exc.message.replace(TOO_LARGE_HINT, TOO_LARGE_TRANSIT)
-    return exc.message
+    return public_message(exc)
 
 
 def error(exc: FerroError) -> Response:
