@@ -27,12 +27,11 @@ from ..audit.chain import check_line
 from ..audit.filesink import FileSink
 from ..audit.offline import VerifyInputError, chained_lines, expand_paths, sqlite_lines
 from ..audit.pgsink import PostgresSink, stored_lines
-from ..audit.sinkbase import AuditSink
+from ..audit.sinkbase import AuditSink, stored_record
 from ..audit.sqlitesink import SQLiteSink
 from ..domain import binding
 from ..domain.errors import AuditUnavailable
 from ..domain.model import parse_iso
-from ..domain.strictjson import loads
 from .chainwalk import ChainWalk
 
 _WORTH_PARSING = (b'"outcome":"intent"', b'"outcome":"rolled_back"', b'"intent_seq":',
@@ -165,13 +164,7 @@ def read_changes(lines: Iterable[bytes], hmac_key: bytes, head_seq: int) -> Chan
         if isinstance(checked, str):
             raise AuditUnavailable(f"an audit record fails its integrity check ({checked}) near "
                                    f"seq {seq}; run 'ferrohsm audit verify'")
-        try:
-            record = loads(line)
-        except ValueError:
-            record = None
-        if not isinstance(record, dict):
-            raise AuditUnavailable(f"an audit record fails its integrity check (malformed) near "
-                                   f"seq {seq}; run 'ferrohsm audit verify'")
+        record = stored_record(line, f"the audit log at seq {seq}")
         record["hash"] = checked[1]
         log.add(record)
     walk.finish()
