@@ -33,6 +33,14 @@ from ..domain import binding
 from ..domain.errors import AuditUnavailable
 from ..domain.model import Key, RequestContext
 
+# What the caller of a change is told when its settling record could not be written: what
+# happened to the change (the driver's words are the operator's, in the server log).
+APPLIED_UNCONFIRMED = ("the change was applied, but its audit record is not durable yet: this "
+                       "node refuses requests until it is; read the key (or approval) before "
+                       "retrying")
+NOT_APPLIED_UNRECORDED = ("the change was not applied, and its audit record is not durable "
+                          "yet: this node refuses requests until it is")
+
 
 class Recorder(Protocol):
     """The service's guard (service/guard.py): durable records, and the fail-closed switches.
@@ -93,7 +101,7 @@ class Steps:
             self.recorder.fail_until_recorded(
                 f"a change of {what} was applied (intent seq {intent.seq}) but its confirmation "
                 f"could not be recorded: {exc.message}", event)
-            raise
+            raise AuditUnavailable(APPLIED_UNCONFIRMED) from None
 
     def roll_back(self, ctx: RequestContext, action: Action | str, message: str,
                   intent: Intent, key_id: str | None, **details: Any) -> None:
@@ -106,7 +114,7 @@ class Steps:
             self.recorder.fail_until_recorded(
                 f"a change of {key_id} was not applied (intent seq {intent.seq}) but its "
                 f"rollback could not be recorded: {exc.message}", event)
-            raise
+            raise AuditUnavailable(NOT_APPLIED_UNRECORDED) from None
 
     def success(self, ctx: RequestContext, action: Action | str, message: str, intent: Intent,
                 key: Key | None = None, version: int | None = None, *,

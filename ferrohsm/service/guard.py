@@ -161,8 +161,14 @@ class Guard:
             key_id = str(exc.details["key_id"])  # e.g. a record that failed its MAC: name it
         details: dict[str, Any] = {"key_ref": key_ref(ref)} \
             if key is None and key_id is None and ref else {}
-        self.record(ctx, action, exc.outcome, audit_message(exc), key, key_id=key_id,
-                    defer=True, **details)
+        try:
+            self.record(ctx, action, exc.outcome, audit_message(exc), key, key_id=key_id,
+                        defer=True, **details)
+        except AuditUnavailable:
+            if not isinstance(exc, AuditUnavailable):
+                raise
+            # the refusal's own cause: the log refuses records. Its message says what became
+            # of the change (control/recordfirst.py), more than "the log is down" would.
         return recorded(exc)
 
     def run(self, ctx: RequestContext, action: Action, work: Callable[[], T], *,

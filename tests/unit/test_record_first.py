@@ -123,7 +123,8 @@ def test_an_unconfirmable_change_fails_the_audit_log_closed() -> None:
     svc = service(store, audit)
     key = svc.create_key(ALICE, algorithm="aes-256-gcm", usage="encrypt")
     audit.down = True
-    with pytest.raises(AuditUnavailable):
+    with pytest.raises(AuditUnavailable, match="the change was applied, but its audit record "
+                                               "is not durable yet"):  # the caller knows
         svc.rotate(ALICE, key.id)
     assert "intent seq" in audit.failed and not audit.healthy()  # until a restart settles it
     assert len(store.get(key.id).versions) == 2  # applied: reconciliation will complete it
