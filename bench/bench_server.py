@@ -123,7 +123,11 @@ class Server:
             self.proc = subprocess.Popen([sys.executable, "-m", "ferrohsm", "serve", "--config",
                                           str(self.cfg)], env=self.env, cwd=ROOT,
                                          stdout=subprocess.DEVNULL, stderr=err)
-        wait_listening(self.port, timeout=60)
+        try:
+            wait_listening(self.port, timeout=60)
+        except RuntimeError:  # say why: the server's own last lines
+            sys.stderr.write(self.log.read_text(errors="replace")[-3000:])
+            raise
 
     def stop(self) -> None:
         if self.proc:

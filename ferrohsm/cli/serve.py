@@ -190,19 +190,18 @@ def core_list(cores: set[int]) -> str:
 
 def pin_to(config: Config) -> None:
     """``[server].pin_cpu``: this process on that core, or a configuration error naming the
-    setting and the cores it may use (the machine's, less any taskset or cgroup leaves out)."""
+    setting and the machine's cores. Any core of the machine's cpuset may be taken, whatever
+    the affinity this process was started with (a parent pinned elsewhere, a taskset)."""
     from ..domain.errors import ConfigError
-    core, allowed = config.server.pin_cpu, os.sched_getaffinity(0)
-    problem = "" if core in allowed else "is not one of them"
-    if not problem:
-        try:
-            os.sched_setaffinity(0, {core})
-        except OSError as exc:
-            problem = f"cannot be taken ({exc.strerror})"
-    if problem:
-        where = "core" if len(allowed) == 1 else "cores"
-        raise ConfigError(f"{config.source}: [server].pin_cpu = {core}: this process may run on "
-                          f"{where} {core_list(allowed)}, and {core} {problem}")
+    core = config.server.pin_cpu
+    try:
+        os.sched_setaffinity(0, {core})
+    except OSError as exc:
+        cores = set(range(os.cpu_count() or 1))
+        where = "core" if len(cores) == 1 else "cores"
+        raise ConfigError(f"{config.source}: [server].pin_cpu = {core}: this machine has "
+                          f"{where} {core_list(cores)}, and {core} cannot be taken "
+                          f"({exc.strerror})") from None
 
 
 def sighup_reload(rt: Any, ssl_provider: Any, check_config: bool = True) -> None:
