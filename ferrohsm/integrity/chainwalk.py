@@ -14,7 +14,7 @@ every record before it: a forger who recomputes the keyless hashes from a change
 cannot make the last record's HMAC. A log that starts after seq 1 must hold the
 ``audit.checkpoint`` record that attests its pruning, as the verifier requires.
 
-Cost: about 3 µs a record (one SHA-256 and a few slices), 3 s a million records on the bench
+Cost: about 3.5 µs a record (one SHA-256 and a few slices), 3.5 s a million records on the bench
 machine, on top of the read itself. ``ferrohsm audit verify`` remains what tells an auditor
 exactly what happened; here the first break stops start-up and names its seq.
 """
