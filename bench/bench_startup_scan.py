@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ferrohsm.audit.chain import GENESIS_HASH, AuditEvent, PreparedEvent, prepare, seal_prepared
-from ferrohsm.audit.segments import segment_name
 from ferrohsm.audit.offline import chained_lines, expand_paths
+from ferrohsm.audit.segments import segment_name
 from ferrohsm.integrity.changelog import read_changes
 from ferrohsm.integrity.logscan import AuditLocation, created_keys
 

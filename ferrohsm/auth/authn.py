@@ -38,7 +38,7 @@ from typing import Any
 
 import jwt
 
-from ..domain.errors import BadRequest, Unauthenticated
+from ..domain.errors import BadRequest, ConfigError, Unauthenticated
 from ..domain.ids import uuid4
 from ..domain.model import Principal, Role
 from ..domain.strictjson import no_duplicates
@@ -431,6 +431,9 @@ def build_authenticator(auth: Any, primary_secret: bytes | None, data_dir: str, 
                             env={name: environ[name] for name in names if name in environ})
     keyset = ReloadingKeySet(sources, interval=auth.keyset_reload_seconds, on_event=on_event)
     deny_path = auth.deny_list_file or str(Path(data_dir) / DENY_LIST_FILE)
+    if auth.deny_list_file and not Path(deny_path).absolute().parent.is_dir():
+        # found at start, not at the first revocation (which would then be refused, 503)
+        raise ConfigError(f"[auth].deny_list_file {deny_path}: its directory does not exist")
     return Authenticator(issuer=auth.issuer, audience=auth.audience,
                          max_ttl=auth.max_token_ttl_seconds, leeway=auth.leeway_seconds,
                          cache_entries=auth.token_cache_entries, keyset=keyset,

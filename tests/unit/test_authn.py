@@ -271,6 +271,16 @@ def test_build_authenticator_from_config(tmp_path: Path) -> None:
     assert (tmp_path / "revoked-tokens.json").exists()
 
 
+def test_a_deny_list_file_in_a_missing_directory_is_refused_at_start(tmp_path: Path) -> None:
+    """Not found at the first revocation, which would then be refused (503)."""
+    config = load_config(env={"FERROHSM_AUTH_DENY_LIST_FILE": str(tmp_path / "no" / "x.json")})
+    with pytest.raises(ConfigError, match=r"\[auth\]\.deny_list_file .*its directory does not"):
+        build_authenticator(config.auth, SECRET, str(tmp_path))
+    config = load_config(env={"FERROHSM_AUTH_DENY_LIST_FILE": str(tmp_path / "x.json")})
+    build_authenticator(config.auth, SECRET, str(tmp_path)).revoke("j-1")
+    assert (tmp_path / "x.json").exists()
+
+
 # ---- deny-list ------------------------------------------------------------------------------
 
 def test_deny_list_persists_0600_and_survives_restart(tmp_path: Path) -> None:
