@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,20 @@ if TYPE_CHECKING:
     import psycopg
 
 log = logging.getLogger("ferrohsm.audit")
+
+
+_logged: dict[str, float] = {}  # when each kind of failure was last logged
+
+
+def unavailable(what: str, exc: BaseException) -> AuditUnavailable:
+    """The refusal for a failure of the audit database: what failed, for the caller; the
+    driver's words (the database's address among them) for the operator, in the server log,
+    once a second at most per kind (an outage fails every request)."""
+    now = time.monotonic()
+    if now - _logged.get(what, -1.0) >= 1.0:
+        _logged[what] = now
+        log.error("audit: %s: %s", what, reason(exc))
+    return AuditUnavailable(f"{what} (the server log says why)")
 
 LOCK_CLASS = 0x41554454  # "AUDT": the first key of the two-key advisory locks below
 LOCK_APPEND = 1          # every batch, and the opener that writes the genesis record
@@ -118,7 +133,7 @@ def connect(dsn: str, *, autocommit: bool = False, timeout: float = 10.0,
         if not autocommit:
             conn.commit()
     except psycopg_.Error as exc:
-        raise AuditUnavailable(f"cannot reach the audit database: {reason(exc)}") from None
+        raise unavailable("cannot reach the audit database", exc) from None
     return conn
 
 
@@ -280,8 +295,8 @@ class PostgresSink(ChainedSink):
                 sealed = self._insert_locked(conn, events)
         except self._psycopg.Error as exc:
             self._drop_writer()
-            raise AuditUnavailable(f"audit record could not be made durable: the audit database "
-                                   f"refused it: {reason(exc)}") from None
+            raise unavailable("audit record could not be made durable: the audit database "
+                              "refused it", exc) from None
         except BaseException:
             self._drop_writer()
             raise
@@ -350,7 +365,7 @@ class PostgresSink(ChainedSink):
                 conn.rollback()
         except self._psycopg.Error as exc:
             self._drop_writer()
-            raise AuditUnavailable(f"cannot read the audit database: {reason(exc)}") from None
+            raise unavailable("cannot read the audit database", exc) from None
 
     @staticmethod
     def _record_at(conn: psycopg.Connection, seq: int) -> bytes | None:
@@ -371,7 +386,7 @@ class PostgresSink(ChainedSink):
                 if self._reader is not None:
                     self._reader.close()
                 self._reader = None
-                raise AuditUnavailable(f"cannot read the audit database: {reason(exc)}") from None
+                raise unavailable("cannot read the audit database", exc) from None
 
     def read(self, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         rows = self._read_rows("SELECT record FROM audit_log WHERE seq > %s ORDER BY seq "
@@ -420,6 +435,6 @@ def stored_lines(dsn: str, actions: tuple[str, ...] = (), limit: int | None = No
                 return
             left = None if left is None else left - len(rows)
     except psycopg_.Error as exc:
-        raise AuditUnavailable(f"cannot read the audit database: {reason(exc)}") from None
+        raise unavailable("cannot read the audit database", exc) from None
     finally:
         conn.close()

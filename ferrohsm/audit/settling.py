@@ -18,12 +18,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ..domain.errors import AuditUnavailable
 from .chain import AuditEvent, PreparedEvent, prepare
 
 log = logging.getLogger("ferrohsm.audit")
 Settle = AuditEvent | Callable[[], AuditEvent]  # the record, or what makes it from the store
+MAX_PAGES = 100  # records read back for a settlement already stored: 100,000 after its intent
 
 
 class Settling:
@@ -43,6 +45,9 @@ class Settling:
         raise NotImplementedError
 
     def _set_head(self, head: tuple[int, str]) -> None:
+        raise NotImplementedError
+
+    def read(self, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         raise NotImplementedError
 
     def fail_until_recorded(self, reason: str,
@@ -67,6 +72,25 @@ class Settling:
         log.critical("audit: refusing every record until the settling record is written: %s",
                      reason)
 
+    def _not_stored(self, events: list[AuditEvent]) -> list[AuditEvent]:
+        """Those of ``events`` the log does not hold yet. A write refused with an error may
+        still have been stored: a database's COMMIT that went through while its answer was
+        lost with the connection. Written again, the change would be settled twice."""
+        wanted = {(e.details.get("intent_seq"), e.action, e.outcome): e for e in events}
+        first = min((seq for seq, _, _ in wanted if isinstance(seq, int)), default=None)
+        if first is None:
+            return events
+        after, found = first, set()
+        for _ in range(MAX_PAGES):
+            page = self.read(after_seq=after, limit=1000)
+            for record in page:
+                found.add(((record.get("details") or {}).get("intent_seq"),
+                           record.get("action"), record.get("outcome")))
+            if len(page) < 1000:
+                break
+            after = page[-1]["seq"]
+        return [event for key, event in wanted.items() if key not in found]
+
     def _settle_loop(self) -> None:
         while not self._closed and not self._try_settle():
             time.sleep(1.0)
@@ -77,8 +101,9 @@ class Settling:
         if failed is None or failed != self._unsettled_reason or self._closed:
             return True
         pending = list(self._unsettled)
-        try:  # a resolver reads the store: outside the lock
-            events = [prepare(s if isinstance(s, AuditEvent) else s()) for s in pending]
+        try:  # a resolver reads the store, and the log is read: outside the lock
+            made = [s if isinstance(s, AuditEvent) else s() for s in pending]
+            events = [prepare(event) for event in self._not_stored(made)]
         except Exception as exc:  # still cannot tell; the next second may
             log.info("audit: a change's outcome cannot be told yet: %s", exc)
             return False
@@ -89,7 +114,8 @@ class Settling:
                 return False
             self._failed = None
             try:
-                self._write_group(events, sync=True)
+                if events:
+                    self._write_group(events, sync=True)
             except AuditUnavailable:
                 if self._failed is None:
                     self._failed = failed

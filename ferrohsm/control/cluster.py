@@ -42,7 +42,8 @@ class Cluster:
                 "rate_limit_syncs": self.limits.syncs if self.limits else 0}
 
     def keep_membership(self, stop: threading.Event, every: float = 0.5) -> threading.Thread:
-        """Renew this node's membership (Membership.keep) until ``stop``, in a daemon thread."""
+        """Renew this node's membership (Membership.keep) until ``stop``, in a daemon thread
+        (``every``: store/pg_shared.py KEEP_EVERY, which its cold-start grace counts on)."""
         def run() -> None:
             while not stop.wait(every):
                 self.membership.keep()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,8 @@ log = logging.getLogger("ferrohsm.store")
 # Advisory lock ids: "FHSM" in ASCII, then a purpose byte.
 STARTUP_LOCK = 0x4648534D01
 NODES_LOCK = 0x4648534D02
+KEEP_EVERY = 0.5  # seconds between a live node's checks of the session holding its lock
+COLD_GRACE = 3 * KEEP_EVERY  # how long a start that looks cold waits before believing it
 SCHEDULER_LOCK = 0x4648534D03
 USAGE_SCHEMA = """
 CREATE UNLOGGED TABLE IF NOT EXISTS ferrohsm_rate_usage (
@@ -98,13 +101,21 @@ class PostgresMembership:
     def enter(self) -> bool:
         try:
             self._conn.execute("SELECT pg_advisory_lock(%s)", (STARTUP_LOCK,))
-            got = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (NODES_LOCK,)).fetchone()
-            self.cold = bool(got and got[0])
+            got = self._try_nodes()
+            if got:  # alone, or live nodes just lost the sessions holding their lock: those
+                self._conn.execute("SELECT pg_advisory_unlock(%s)", (NODES_LOCK,))
+                time.sleep(COLD_GRACE)  # take it again within KEEP_EVERY (keep): wait for them
+                got = self._try_nodes()
+            self.cold = got
             if not self.cold:
                 self._conn.execute("SELECT pg_advisory_lock_shared(%s)", (NODES_LOCK,))
         except Exception as exc:
             raise _error("start-up lock", exc) from None
         return self.cold
+
+    def _try_nodes(self) -> bool:
+        row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (NODES_LOCK,)).fetchone()
+        return bool(row and row[0])
 
     def started(self) -> None:
         try:

@@ -1129,3 +1129,19 @@ def test_sqlite_duplicated_last_row_is_a_clear_refusal(tmp_path: Path) -> None:
     with pytest.raises(AuditUnavailable, match=r"fails its integrity check \(its last record: "
                        r"row \d+ holds record seq \d+\); run `ferrohsm audit verify`"):
         backend.open()
+
+
+def test_a_settling_record_already_stored_is_not_written_again(sink: Any) -> None:
+    """The write was refused, yet stored: a database's COMMIT that went through while its answer
+    was lost with the connection. The retry finds it and does not settle the change twice."""
+    fill(sink, 2)
+    intent = sink.append(event(5, outcome="intent"))
+    settled = event(6, outcome="success", details={"intent_seq": intent["seq"]})
+    sink.append(settled)  # what the lost COMMIT stored
+    fill(sink, 3)  # other writers went on
+    sink.fail_until_recorded("a confirmation could not be recorded (its answer was lost)",
+                             settled)
+    assert _healthy_within(sink, 5)
+    same = [r for r in sink.read(limit=1000)
+            if r["outcome"] == "success" and r["details"].get("intent_seq") == intent["seq"]]
+    assert len(same) == 1
