@@ -59,7 +59,7 @@ def validate(config: Config, listen_origin: str | None = None) -> None:
         *_auth_checks(config.auth), *_rate_limit_checks(config.rate_limit),
         (config.audit.retention_days == 0 or config.audit.sink == "sqlite",
          '[audit].retention_days (--audit-retention-days) needs [audit].sink = "sqlite": the '
-         "file sink keeps every segment"),
+         f"{config.audit.sink} sink keeps every record"),
         (0 <= config.audit.checkpoint_interval_seconds <= 3600,
          "[audit].checkpoint_interval_seconds must be 0-3600 (0: no time checkpoints)"),
         (_witness_ok(config.audit.witness),

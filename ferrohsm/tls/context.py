@@ -156,9 +156,12 @@ class ReloadingContext:
         self._refused: str | None = None  # kind of the last refused pair, until one is served
         try:
             pair, build = self._load(None)
-            self._trusted = self._trust()
         except PairRefused as exc:  # a broken pair at start-up is a configuration error
             raise ConfigError(f"tls.cert/tls.key: {exc.message}") from None
+        try:
+            self._trusted = self._trust()
+        except PairRefused as exc:
+            raise ConfigError(f"tls.client_ca: {exc.message}") from None
         self._pair = pair
         self._context = build()
 

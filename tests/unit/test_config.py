@@ -87,6 +87,7 @@ def test_precedence_file_env_flag(tmp_path: Path) -> None:
     ('[server]\npin_cpu = -5\n', "[server].pin_cpu must be a number from -1 to 8191"),
     ('[audit]\nsegment_max_bytes = 100\n', "[audit].segment_max_bytes must be a number from 4096"),
     ('[audit]\nretention_days = inf\nsink = "sqlite"\n', "[audit].retention_days must be a"),
+    ('[audit]\nretention_days = 5\nsink = "postgres"\n', "the postgres sink keeps every record"),
     ('[scheduler]\ninterval_seconds = inf\n', "[scheduler].interval_seconds must be a number"),
     ('[rate_limit]\nrequests_per_second = inf\n',
      "[rate_limit].requests_per_second must be a finite number"),

@@ -170,6 +170,11 @@ def test_reloading_context_fails_fast_at_start(tmp_path: Path) -> None:
         ReloadingContext(tmp_path / "none.pem", tmp_path / "none-key.pem")
 
 
+def test_a_missing_client_ca_is_named_as_such_at_start(pki: DevPki, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^tls\.client_ca: cannot read .*none\.pem"):
+        ReloadingContext(pki.server_cert, pki.server_key, client_ca=tmp_path / "none.pem")
+
+
 # ------------------------------------------------------------------ dev PKI
 
 
