@@ -286,6 +286,9 @@ class _Verifier:
     # ---- after the last record ------------------------------------------------------------------
 
     def finish(self) -> None:
+        if self.count == 0 and self.partial:  # `audit export --after-seq N` with nothing new
+            self.notices.append("the input holds no audit records: nothing to check (--partial)")
+            return
         if self.count == 0:
             raise _Problem(1, "deleted", "the input holds no audit records at all")
         if self.pending_start is not None:

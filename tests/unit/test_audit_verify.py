@@ -235,6 +235,10 @@ def test_partial_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "FAIL: record seq 1: deleted:" in capsys.readouterr().out
     assert main([path, "--partial"]) == 0
     assert "starts at seq 4" in capsys.readouterr().out
+    empty = write(tmp_path / "nothing-new.jsonl", [], end=b"")  # `export --after-seq N`: none
+    assert main([empty, "--partial"]) == 0
+    assert "nothing to check (--partial)" in capsys.readouterr().out
+    assert main([empty]) == 1  # a whole log with no record is a deleted one
 
 
 def test_segments_in_order_and_sqlite(tmp_path: Path) -> None:
