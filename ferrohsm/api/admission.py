@@ -30,7 +30,8 @@ from .connection import BODY, HANDSHAKE, HEAD, IDLE, Conn
 TRUSTED_ADDRESSES = 4096
 YOUNG = 0.05  # seconds a new connection is spared eviction (``victim``), unless its address
 FLOODING = 4  # holds this many unproductive connections
-_UNPRODUCTIVE = (HANDSHAKE, IDLE, HEAD, BODY)  # states in which a connection may be evicted
+# states in which a connection may be evicted (and a refused handshake's drain: Conn.raw)
+_UNPRODUCTIVE = (HANDSHAKE, IDLE, HEAD, BODY)
 
 
 class Admission:
@@ -135,7 +136,7 @@ class Admission:
         for conn in conns:
             if anonymous_only and conn.trusted:
                 continue
-            if not conn.productive and conn.state in _UNPRODUCTIVE:
+            if not conn.productive and (conn.state in _UNPRODUCTIVE or conn.raw):
                 held = per_ip.get(conn.peer[0])
                 count = held[1] if held else 0
                 if conn.accepted_at > young and count < FLOODING:

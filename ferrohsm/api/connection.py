@@ -91,7 +91,7 @@ class Conn:
 
     __slots__ = ("accepted_at", "buf", "chunks", "client_cert_der", "deadline", "drained", "eof",
                  "events", "first", "head", "idle_since", "keep_alive", "out", "peer",
-                 "productive", "received_at", "scan", "sock", "state", "tls", "trusted")
+                 "productive", "raw", "received_at", "scan", "sock", "state", "tls", "trusted")
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int]) -> None:
         self.sock = sock
@@ -111,6 +111,7 @@ class Conn:
         self.chunks: ChunkedBody | None = None  # the decoder of a chunked body being read
         self.scan = 0  # where to resume looking for the end of the head
         self.drained = 0  # LINGER: bytes discarded so far
+        self.raw = False  # LINGER after a refused handshake: discarded below TLS (discard_raw)
         self.events = 0  # what the selector watches for (0: unregistered)
         # Admission accounting (server.py): when accepted; whether a first request was answered
         # (until then the connection is "unproductive"); whether it or its address authenticated.
@@ -141,6 +142,28 @@ class Conn:
             if count < len(chunk) and not (self.tls and self.tls.pending()):
                 return total
         return total
+
+    def linger_refused(self, deadline: float) -> None:
+        """A refused handshake's alert (or plain-HTTP answer) is written: half-close, and
+        drain below TLS until ``deadline`` (LINGER). Closed at once with the peer's request
+        unread (a TLS 1.3 client sends it right after its Finished), the socket would be
+        reset, and a reset can destroy the alert before the client reads it: it would see
+        "connection ended" instead of "certificate required"."""
+        self.half_close()
+        self.raw, self.state, self.deadline = True, LINGER, deadline
+
+    def discard_raw(self, chunk: memoryview) -> int:
+        """After a refused handshake: read and drop what the peer still sends, below TLS (the
+        TLS object is broken); the byte count. EOF sets ``eof``; PeerGone on error."""
+        try:
+            count = socket.socket.recv_into(self.sock, chunk)
+        except BlockingIOError:
+            return 0
+        except (OSError, ValueError):
+            raise PeerGone from None
+        if not count:
+            self.eof = True
+        return count
 
     def next_request(self, limits: Limits, now: float, header_timeout: float,
                      body_timeout: float) -> Incoming | None:

@@ -395,7 +395,8 @@ class HardenedHTTPServer:
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             self.log.debug("TLS handshake with %s failed: %s", conn.peer[0], exc)
             answer_plain_http(tls, exc)  # plain HTTP to this port: told so, in plain HTTP
-            return self._close(conn)
+            conn.linger_refused(now + self.linger_timeout)
+            return self._watch(conn, selectors.EVENT_READ)
         if tls.version() != "TLSv1.3":  # defence in depth: the provider's context was too lax
             self.log.warning("refused %s from %s: TLS 1.3 only", tls.version(), conn.peer[0])
             return self._close(conn)
@@ -436,7 +437,8 @@ class HardenedHTTPServer:
     def _drain_linger(self, conn: Conn) -> None:
         """Discard what the peer still sends after our final response, up to a body's worth."""
         try:
-            received = conn.receive(self._chunk, len(self._chunk))
+            received = conn.discard_raw(self._chunk) if conn.raw else \
+                conn.receive(self._chunk, len(self._chunk))
         except PeerGone:
             return self._close(conn)
         del conn.buf[:]
