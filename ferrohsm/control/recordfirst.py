@@ -13,8 +13,8 @@ When a settling record cannot be written, the change is applied (or not) and the
 so yet: the audit log is turned off, so nothing else happens meanwhile, until that record is
 written (retried once a second: a database back after a restart, a disk with room again), or,
 when the sink itself failed, until a restart, whose reconciliation (integrity/reconcile.py)
-settles the intent from the store. ``unknown`` (applied or not cannot be told) always waits for
-the restart.
+settles the intent from the store. ``unknown`` (applied or not cannot be told) makes the record
+by reading the store again, once it can be read.
 
 ``IdLocks`` serialises the writers of one record within a process, so they do not make each other
 retry; compare-and-swap still guards against other processes.
@@ -91,8 +91,6 @@ class Steps:
                 key: Key | None = None, version: int | None = None, *,
                 key_id: str | None = None, **details: Any) -> None:
         """The success record, durable before the caller hears of the change."""
-        event = self.success(ctx, action, message, intent, key, version, key_id=key_id,
-                             **details)
         try:
             self.recorder.record(ctx, action, binding.SUCCESS, message, key, version,
                                  key_id=key_id, intent_seq=intent.seq, **details)
@@ -100,20 +98,22 @@ class Steps:
             what = key.id if key else key_id
             self.recorder.fail_until_recorded(
                 f"a change of {what} was applied (intent seq {intent.seq}) but its confirmation "
-                f"could not be recorded: {exc.message}", event)
+                f"could not be recorded: {exc.message}",
+                self.success(ctx, action, message, intent, key, version, key_id=key_id,
+                             **details))
             raise AuditUnavailable(APPLIED_UNCONFIRMED) from None
 
     def roll_back(self, ctx: RequestContext, action: Action | str, message: str,
                   intent: Intent, key_id: str | None, **details: Any) -> None:
         """The rolled_back record of a change that was not applied."""
-        event = self.rolled_back(ctx, action, message, intent, key_id, **details)
         try:
             self.recorder.record(ctx, action, binding.ROLLED_BACK, message, key_id=key_id,
                                  intent_seq=intent.seq, **details)
         except AuditUnavailable as exc:
             self.recorder.fail_until_recorded(
                 f"a change of {key_id} was not applied (intent seq {intent.seq}) but its "
-                f"rollback could not be recorded: {exc.message}", event)
+                f"rollback could not be recorded: {exc.message}",
+                self.rolled_back(ctx, action, message, intent, key_id, **details))
             raise AuditUnavailable(NOT_APPLIED_UNRECORDED) from None
 
     def success(self, ctx: RequestContext, action: Action | str, message: str, intent: Intent,
