@@ -45,7 +45,7 @@ def tls_provider(config: Config) -> ReloadingContext | AcmeProvider:
     stapler = None
     if t.ocsp_staple:
         if importlib.util.find_spec("OpenSSL") is None:
-            raise ConfigError(f"{config.source}: [tls].ocsp_staple needs pyOpenSSL (install "
+            raise ConfigError(f"{config.origin_of('[tls].ocsp_staple')}: [tls].ocsp_staple needs pyOpenSSL (install "
                               "ferrohsm[ocsp]): Python's ssl module cannot staple")
         stapler = OcspStapler(t.ocsp_responder, t.ocsp_refresh_seconds)
     return ReloadingContext(t.cert, t.key, t.client_ca or None, t.require_client_cert,

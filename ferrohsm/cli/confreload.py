@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
-from ..config import Config
+from ..config import Config, load_secrets
 from ..domain.errors import ConfigError
 
 log = logging.getLogger("ferrohsm")
@@ -55,19 +55,34 @@ def changed_settings(running: Config, loaded: Config) -> list[str]:
 
 
 def check_config_file() -> None:
-    """On SIGHUP: load the configuration as start-up did, and warn (once) about what a restart
-    would meet: an error, or settings that differ from the running ones."""
+    """On SIGHUP: load the configuration and the secret files as start-up did, and warn (once)
+    about what a restart would meet: an error, or settings that differ from the running ones."""
     running, load = _started.config, _started.load
-    if running is None or load is None or running.source == "<defaults>":
-        return  # no file: nothing but the environment, which a signal does not change
-    try:
-        loaded = load()
-    except ConfigError as exc:
-        log.warning("SIGHUP: the configuration file %s no longer loads: %s; the running server "
-                    "keeps its settings; a restart would fail", running.source, exc.message)
+    if running is None or load is None:
         return
-    changed = changed_settings(running, loaded)
-    if changed:
-        log.warning("SIGHUP: the configuration file %s changes %d setting(s), which take effect "
-                    "at the next restart (the running server keeps its settings): %s",
-                    running.source, len(changed), ", ".join(changed))
+    loaded = running
+    if running.source != "<defaults>":  # else no file: the environment, which a signal keeps
+        try:
+            loaded = load()
+        except ConfigError as exc:
+            log.warning("SIGHUP: the configuration file %s no longer loads: %s; the running "
+                        "server keeps its settings; a restart would fail", running.source,
+                        exc.message)
+            return
+        changed = changed_settings(running, loaded)
+        if changed:
+            log.warning("SIGHUP: the configuration file %s changes %d setting(s), which take "
+                        "effect at the next restart (the running server keeps its settings): %s",
+                        running.source, len(changed), ", ".join(changed))
+    _check_secrets(loaded)
+
+
+def _check_secrets(config: Config) -> None:
+    """A secret file made readable by others, emptied or removed since start-up: the running
+    server keeps the secrets it holds, and a restart would refuse them. Read and dropped at
+    once; the message names the file or variable, never a value."""
+    try:
+        load_secrets(config)
+    except ConfigError as exc:
+        log.warning("SIGHUP: the secrets no longer load: %s; the running server keeps the ones "
+                    "it holds; a restart would fail", exc.message)

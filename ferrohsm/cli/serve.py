@@ -109,6 +109,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides=_overrides(args))
         setup_logging(config.logging.level)
+        warn_unknown_variables(config)
         confreload.remember(config, lambda: load_config(args.config, overrides=_overrides(args)))
         return _run(config, wiring.tls_provider(config), options=_options(args))
     except OSError as exc:  # e.g. a read-only data directory: one line naming path and operation
@@ -147,6 +148,7 @@ def _quickstart(args: argparse.Namespace) -> int:
         ("tls", "mode"): "pem"})  # quickstart keeps its dev CA, whatever --config says
     config = load_config(args.config, overrides=overrides)
     setup_logging(config.logging.level)
+    warn_unknown_variables(config)
     confreload.remember(config, lambda: load_config(args.config, overrides=overrides))
 
     def announce(port: int) -> None:
@@ -159,6 +161,14 @@ def _quickstart(args: argparse.Namespace) -> int:
         print(f"export FERROHSM_TOKEN={token}")
         sys.stdout.flush()
     return _run(config, wiring.tls_provider(config), announce, _options(args))
+
+
+def warn_unknown_variables(config: Config) -> None:
+    """A FERROHSM_* variable nothing reads is logged, not refused: it may be meant for the CLI
+    of a newer version, and a server that would not start over it is a worse surprise."""
+    from ..config.envnames import unknown_variables
+    for line in unknown_variables(os.environ, config.storage.postgres_dsn_env):
+        logging.getLogger("ferrohsm").warning("%s", line)
 
 
 def _local_url(listen: str, port: int) -> str:
@@ -199,7 +209,7 @@ def pin_to(config: Config) -> None:
     except OSError as exc:
         cores = set(range(os.cpu_count() or 1))
         where = "core" if len(cores) == 1 else "cores"
-        raise ConfigError(f"{config.source}: [server].pin_cpu = {core}: this machine has "
+        raise ConfigError(f"{config.origin_of('[server].pin_cpu')}: [server].pin_cpu = {core}: this machine has "
                           f"{where} {core_list(cores)}, and {core} cannot be taken "
                           f"({exc.strerror})") from None
 

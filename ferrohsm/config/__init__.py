@@ -11,6 +11,7 @@ import base64
 import binascii
 import dataclasses
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
@@ -198,6 +199,20 @@ class Config:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     policy_tags: Mapping[str, TagPolicy] = field(default_factory=dict)
     source: str = "<defaults>"
+    # Where each setting given outside the file came from ("environment VAR", "flag --name"),
+    # keyed by (section, field): a refused value is told where the operator set it.
+    origins: Mapping[tuple[str, str], str] = field(default_factory=dict, compare=False)
+
+    def origin_of(self, message: str) -> str:
+        """Where the first setting a message names was set: its environment variable or flag,
+        else the config file (an operator who set it elsewhere would look in the wrong place)."""
+        found = _SETTING_RE.search(message)
+        if found is None:
+            return self.source
+        return self.origins.get((found.group(1), found.group(2)), self.source)
+
+
+_SETTING_RE = re.compile(r"\[([a-z_.]+)\]\.([a-z_]+)")
 
 
 _SECTION_CLASSES = {name: cls for name, cls in [
@@ -339,9 +354,12 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
     for sub, (parent, attr, sub_cls) in _SUBSECTION_CLASSES.items():
         built[parent] = dataclasses.replace(
             built[parent], **{attr: _build_section(sub, sub_cls, sections.get(sub, {}))})
-    config = Config(**built, policy_tags=_tag_policies(policy, origin), source=origin)
+    origins = {(section, name): where for section, values in sections.items()
+               for name, (_value, where) in values.items() if where.startswith(TEXT_ORIGINS)}
+    config = Config(**built, policy_tags=_tag_policies(policy, origin), source=origin,
+                    origins=origins)
     from .checks import validate  # here: checks.py reads this package's names
-    validate(config, listen_origin=sections.get("server", {}).get("listen", (None, origin))[1])
+    validate(config)
     return config
 
 
@@ -406,14 +424,19 @@ def _apply_env(sections: dict[str, dict[str, tuple[Any, str]]], env: Mapping[str
     for var, (section, name) in ENV_ALIASES.items():
         if env.get(var):
             sections.setdefault(section, {})[name] = (env[var], f"environment {var}")
+    for var, section, name in setting_variables():
+        if var in env:
+            sections.setdefault(section, {})[name] = (env[var], f"environment {var}")
+
+
+def setting_variables() -> list[tuple[str, str, str]]:
+    """(FERROHSM_<SECTION>_<FIELD>, section, field) for every setting but a table's own name."""
     tables = {(parent, attr) for parent, attr, _cls in _SUBSECTION_CLASSES.values()}
     every = [*_SECTION_CLASSES.items(), *((sub, c) for sub, (_p, _a, c) in
                                           _SUBSECTION_CLASSES.items())]
-    for section, cls in every:
-        for f in dataclasses.fields(cls):
-            var = f"FERROHSM_{section.replace('.', '_')}_{f.name}".upper()
-            if var in env and (section, f.name) not in tables:
-                sections.setdefault(section, {})[f.name] = (env[var], f"environment {var}")
+    return [(f"FERROHSM_{section.replace('.', '_')}_{f.name}".upper(), section, f.name)
+            for section, cls in every for f in dataclasses.fields(cls)
+            if (section, f.name) not in tables]
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -22,10 +22,10 @@ from . import (
 )
 
 
-def validate(config: Config, listen_origin: str | None = None) -> None:
-    """Cross-field and range checks; each message names the setting. A bad listen address is
-    told with where it came from (``listen_origin``: the file, ``flag --listen``, the
-    environment variable), since the file is often not where the operator set it."""
+def validate(config: Config) -> None:
+    """Cross-field and range checks; each message names the setting and where it came from
+    (the file, a flag, an environment variable: ``Config.origin_of``), since the file is often
+    not where the operator set it."""
     src = config.source
     checks: list[tuple[bool, str]] = [
         (config.storage.key_store in KEY_STORES,
@@ -87,11 +87,11 @@ def validate(config: Config, listen_origin: str | None = None) -> None:
     checks = [*_path_checks(config), *_bounded_checks(config), *checks]
     for ok, message in checks:
         if not ok:
-            raise ConfigError(f"{src}: {message}")
+            raise ConfigError(f"{config.origin_of(message)}: {message}")
     try:
         parse_listen(config.server.listen)
     except ConfigError as exc:
-        raise ConfigError(f"{listen_origin or src}: {exc.message}") from None
+        raise ConfigError(f"{config.origin_of('[server].listen')}: {exc.message}") from None
     for name, tag in config.policy_tags.items():
         _check_tag_policy(src, name, tag)
 

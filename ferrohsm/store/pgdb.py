@@ -88,6 +88,7 @@ def dsn_from_env(variable: str, environ: Mapping[str, str]) -> str:
         raise ConfigError(f"PostgreSQL (the key store, the audit sink) takes its DSN from the "
                           f"environment variable {variable} ([storage].postgres_dsn_env), which "
                           "is not set")
+    describe_dsn(dsn)  # a malformed one is the operator's to fix (exit 2), not an outage
     return dsn
 
 
@@ -99,6 +100,9 @@ def describe_dsn(dsn: str) -> tuple[str, str]:
         raise
     except Exception:  # psycopg's parse error may quote the DSN: say nothing of it
         raise ConfigError("the PostgreSQL DSN is not a valid connection string or URL") from None
+    ports = str(params.get("port") or "").split(",")  # one a host: "5432,5433" with two hosts
+    if not all(p.strip() == "" or (p.strip().isdigit() and 0 < int(p) < 65536) for p in ports):
+        raise ConfigError("the PostgreSQL DSN's port must be a number from 1 to 65535")
     user = params.get("user") or ""
     where = (f"{user + '@' if user else ''}{params.get('host') or 'localhost'}:"
              f"{params.get('port') or 5432}/{params.get('dbname') or user or '?'}")

@@ -247,3 +247,97 @@ def test_settings_changed_on_reload_are_named_not_shown(tmp_path: Path) -> None:
     assert changed_settings(before, before) == []
     assert changed_settings(before, after) == ["[secrets].master_key_file",
                                                "[tls.acme].email", "[policy.tags.pci]"]
+
+
+def test_a_refused_value_names_where_it_was_set(tmp_path: Path) -> None:
+    """A range check names the variable or flag that set the value, not the config file the
+    operator would then search in vain; a value from the file still names the file."""
+    path = write(tmp_path, "[server]\nworkers = 4\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"FERROHSM_SERVER_WORKERS": "0"})
+    assert info.value.message.startswith("environment FERROHSM_SERVER_WORKERS: [server].workers")
+    path = write(tmp_path, "[server]\nworkers = 4\nmax_connections = 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={}, overrides={("server", "workers"): 2})
+    assert info.value.message.startswith(f"{path}: [server].max_connections")
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={}, overrides={("crypto", "max_batch_items"): 0})
+    assert info.value.message.startswith("flag --max-batch-items: [crypto].max_batch_items")
+
+
+def test_variables_nothing_reads_are_named_with_the_closest_known_one() -> None:
+    from ferrohsm.config.envnames import unknown_variables
+    lines = unknown_variables({"FERROHSM_SERVER_WORKRS": "3", "FERROHSM_MASTERKEY": "s3cr3t-value",
+                               "FERROHSM_NOTHING_LIKE_IT": "1", "FERROHSM_TOKEN": "t",
+                               "FERROHSM_SERVER_WORKERS": "2", "FERROHSM_LISTEN": "x",
+                               "MY_DSN": "pw", "HOME": "/root"}, dsn_variable="MY_DSN")
+    assert lines == [
+        "environment variable 'FERROHSM_MASTERKEY' is not read by ferrohsm and has no effect "
+        "(did you mean FERROHSM_MASTER_KEY?)",
+        "environment variable 'FERROHSM_NOTHING_LIKE_IT' is not read by ferrohsm and has no "
+        "effect",
+        "environment variable 'FERROHSM_SERVER_WORKRS' is not read by ferrohsm and has no effect "
+        "(did you mean FERROHSM_SERVER_WORKERS?)"]
+    assert not any("s3cr3t" in line for line in lines)  # names only: a value may be a secret
+
+
+def test_every_variable_the_package_reads_is_known() -> None:
+    """The list of variables read outside the settings cannot fall behind the code: every
+    FERROHSM_* name written in the package is either a setting's or on that list."""
+    import re
+
+    import ferrohsm
+    from ferrohsm.config.envnames import unknown_variables
+    root = Path(ferrohsm.__file__).parent
+    names = {name for path in root.rglob("*.py") if path.name != "envnames.py"
+             for name in re.findall(r"\bFERROHSM_[A-Z0-9_]*[A-Z0-9]\b", path.read_text())}
+    assert len(names) > 15
+    assert unknown_variables(dict.fromkeys(names, "")) == []
+
+
+@pytest.mark.parametrize("dsn", ["postgresql://u@127.0.0.1:abc/db", "host=h port=99999",
+                                 "host=a,b port=5432,x", "host=h port=0"])
+def test_a_dsn_with_a_bad_port_is_a_configuration_error(dsn: str) -> None:
+    """Said at start-up as the operator's mistake (exit 2), not as an unreachable database."""
+    pytest.importorskip("psycopg")
+    from ferrohsm.store.pgdb import dsn_from_env
+    with pytest.raises(ConfigError, match="port must be a number from 1 to 65535") as info:
+        dsn_from_env("DSN", {"DSN": dsn})
+    assert "abc" not in info.value.message and "99999" not in info.value.message
+
+
+@pytest.mark.parametrize("dsn", ["postgresql://u:pw@127.0.0.1:5433/db", "host=h dbname=d",
+                                 "host=a,b port=5432,5433", "host=a,b port=5432,"])
+def test_well_formed_dsns_pass(dsn: str) -> None:
+    pytest.importorskip("psycopg")
+    from ferrohsm.store.pgdb import dsn_from_env
+    assert dsn_from_env("DSN", {"DSN": dsn}) == dsn
+
+
+def test_sighup_warns_when_a_secret_file_would_be_refused_at_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A secret file made readable by others after start-up: SIGHUP says a restart would fail
+    and names the file, never its content; the running server keeps what it holds."""
+    from ferrohsm.cli import confreload
+    for name in ("FERROHSM_MASTER_KEY", "FERROHSM_JWT_HS256_SECRET", "FERROHSM_AUDIT_HMAC_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    values = {"master": base64.b64encode(os.urandom(32)).decode(), "jwt": "j" * 48,
+              "hmac": base64.b64encode(os.urandom(32)).decode()}
+    for name, value in values.items():
+        (tmp_path / name).write_text(value)
+        (tmp_path / name).chmod(0o600)
+    settings = {("secrets", "master_key_file"): str(tmp_path / "master"),
+                ("secrets", "jwt_hs256_secret_file"): str(tmp_path / "jwt"),
+                ("secrets", "audit_hmac_key_file"): str(tmp_path / "hmac")}
+    config = load_config(None, env={}, overrides=settings)
+    monkeypatch.setattr(confreload, "_started", confreload._Started())
+    confreload.remember(config, lambda: load_config(None, env={}, overrides=settings))
+    with caplog.at_level("WARNING", logger="ferrohsm"):
+        confreload.check_config_file()
+        assert caplog.records == []
+        (tmp_path / "master").chmod(0o644)
+        confreload.check_config_file()
+    [record] = caplog.records
+    text = record.getMessage()
+    assert "the secrets no longer load" in text and str(tmp_path / "master") in text
+    assert not any(value in text for value in values.values())
