@@ -69,7 +69,7 @@ def test_pin_cpu_on_no_core_of_the_machine_names_the_setting_and_the_cores() -> 
         serve.pin_to(config)
     cores = serve.core_list(set(range(os.cpu_count() or 1)))
     assert info.value.message == (
-        f"<defaults>: [server].pin_cpu = 999: this machine has "
+        f"environment FERROHSM_SERVER_PIN_CPU: [server].pin_cpu = 999: this machine has "
         f"{'core' if os.cpu_count() == 1 else 'cores'} {cores}, and 999 cannot be taken "
         "(Invalid argument)")
     assert os.sched_getaffinity(0) == before
