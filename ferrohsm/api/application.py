@@ -26,7 +26,6 @@ from ..domain.errors import (
     BadRequest,
     FerroError,
     MethodNotAllowed,
-    NotFound,
     RateLimited,
     Recorded,
     recorded,
@@ -107,16 +106,16 @@ class Application:
         try:
             try:
                 route, params = self._route(req, ctx)
-            except (NotFound, MethodNotAllowed):
+            except FerroError:  # no route, a wrong method, a path parameter that cannot be one
                 ctx = self._caller(req, ctx)  # the actor a valid token names pays, and is named
-                self._limit(ctx)  # a scanner's 404s spend its IP's tokens (429 once empty)
+                self._limit(ctx)  # a scanner's refusals spend its IP's tokens (429 once empty)
                 raise
             route_name = route.template
             if route.template.startswith("/v1/"):
                 ctx = with_principal(ctx, self._authenticate(req, ctx, span))
-            _check_approval_header(req)
             if route.template not in PROBES:  # a probe reports the server, not the caller
-                self._limit(ctx)
+                self._limit(ctx)  # before any refusal of the request's own: each is recorded
+            _check_approval_header(req)
             result = (route.handler(ctx, req, params) if span is None
                       else _traced(span, route, ctx, req, params))
             resp = result if isinstance(result, Response) else json_response(*result)

@@ -33,6 +33,9 @@ from ..domain.errors import RateLimited
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_FORWARDED_HOPS = 32
 IPV6_GROUP_PREFIX = 64
+# A bucket's tokens are computed from times, so the burst's last token can come out a few ulps
+# short (50 requests at 1/100 s each end at 0.49000000000000004): this much is a whole token.
+EPSILON = 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +51,20 @@ class Limit:
 
 
 class TokenBuckets:
-    """One token bucket per key in an LRU table of bounded size; thread-safe."""
+    """One token bucket per key in an LRU table of bounded size; thread-safe.
+
+    Each bucket is kept as the time at which it would be full again (GCRA's "theoretical
+    arrival time"), not as a count of tokens: a request of a limit spends 1/rate seconds of
+    that timeline and is allowed while the timeline is at most burst/rate seconds ahead of now.
+    Kept as a time, one bucket serves requests judged by different limits (a subject's tokens
+    of two roles) and each stays within its own: a generous role's requests advance the
+    timeline by little and never refill it for a strict one. Kept as a count of tokens, each
+    request refilled the bucket at its own role's rate and capped it at its own burst, so one
+    administrator request gave the same subject's service token a full burst again."""
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self._max = max(1, max_entries)
-        self._buckets: OrderedDict[Any, list[float]] = OrderedDict()  # key → [tokens, at]
+        self._buckets: OrderedDict[Any, float] = OrderedDict()  # key → when it is full again
         self._lock = threading.Lock()
         self.evicted = 0
         self.evicted_unfull = 0
@@ -63,67 +75,73 @@ class TokenBuckets:
     def take(self, key: Any, limit: Limit, now: float, cost: float = 1.0) -> float:
         """Spend ``cost`` tokens: 0.0 when allowed, else the seconds until it would be."""
         with self._lock:
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                bucket = self._refill(key, limit, now)
-            else:  # _refill's update of a known bucket, inlined (builtins calls cost here)
+            full_at = self._buckets.get(key)
+            if full_at is None:
+                while len(self._buckets) >= self._max:
+                    self._evict_one(now)
+                full_at = now
+            else:
                 self._buckets.move_to_end(key)
-                elapsed = now - bucket[1]
-                tokens = bucket[0] + (elapsed if elapsed > 0.0 else 0.0) * limit.rate
-                bucket[0] = tokens if tokens < limit.burst else float(limit.burst)
-                bucket[1] = now
-            if bucket[0] >= cost:
-                bucket[0] -= cost
+                if full_at < now:
+                    full_at = now
+            tokens = limit.burst - (full_at - now) * limit.rate + EPSILON
+            if tokens >= cost:
+                self._buckets[key] = full_at + cost / limit.rate
                 return 0.0
-            return (cost - bucket[0]) / limit.rate
+            self._buckets[key] = full_at
+            return (cost - tokens) / limit.rate
 
-    def take_upto(self, key: Any, limit: Limit, now: float, count: int) -> tuple[int, float]:
-        """Spend up to ``count`` whole tokens, as many as the bucket holds: how many were spent,
-        and the seconds until one more would be (0.0 when all ``count`` were)."""
+    def take_upto(self, key: Any, limit: Limit, now: float, count: int,
+                  whole: bool = False) -> tuple[int, float]:
+        """Spend up to ``count`` whole tokens, as many as the bucket holds (``whole``: all of
+        them or none): how many were spent, and the seconds until one more would be (0.0 when
+        all ``count`` were)."""
         if count <= 0:
             return 0, 0.0
         with self._lock:
-            bucket = self._refill(key, limit, now)
-            granted = min(count, int(bucket[0]))
-            bucket[0] -= granted
+            full_at = max(now, self._touch(key, now))
+            tokens = limit.burst - (full_at - now) * limit.rate
+            granted = min(count, max(0, int(tokens + EPSILON)))
+            if whole and granted < count:
+                granted = 0
+            full_at += granted / limit.rate
+            self._buckets[key] = full_at
             if granted == count:
                 return granted, 0.0
-            return granted, (1 - bucket[0]) / limit.rate
+            return granted, max(0.0, (1 - (tokens - granted)) / limit.rate)
 
     def debit(self, key: Any, limit: Limit, now: float, amount: float) -> None:
         """Spend ``amount`` tokens that were spent elsewhere (another node): the bucket may go
         into debt (the cluster spent more than this node knew), down to ten bursts, and then
         refuses until it has refilled past zero."""
         with self._lock:
-            bucket = self._refill(key, limit, now)
-            bucket[0] = max(-10.0 * limit.burst, bucket[0] - amount)
+            full_at = max(now, self._touch(key, now)) + amount / limit.rate
+            self._buckets[key] = min(full_at, now + 11.0 * limit.burst / limit.rate)
 
     def peek(self, key: Any, limit: Limit, now: float) -> float:
         """Like ``take`` of one token but spending nothing (and creating no bucket)."""
         with self._lock:
-            bucket = self._buckets.get(key)
-            if bucket is None:
+            full_at = self._buckets.get(key)
+            if full_at is None:
                 return 0.0
-            tokens = min(limit.burst, bucket[0] + (now - bucket[1]) * limit.rate)
+            tokens = limit.burst - max(0.0, full_at - now) * limit.rate + EPSILON
             return 0.0 if tokens >= 1 else (1 - tokens) / limit.rate
 
-    def _refill(self, key: Any, limit: Limit, now: float) -> list[float]:
-        bucket = self._buckets.get(key)
-        if bucket is None:
+    def _touch(self, key: Any, now: float) -> float:
+        """The key's time, made most recently used; a new bucket (full) when it has none."""
+        full_at = self._buckets.get(key)
+        if full_at is None:
             while len(self._buckets) >= self._max:
-                self._evict_one(limit, now)
-            bucket = self._buckets[key] = [float(limit.burst), now]
-        else:
-            self._buckets.move_to_end(key)
-            elapsed = max(0.0, now - bucket[1])
-            bucket[0] = min(float(limit.burst), bucket[0] + elapsed * limit.rate)
-            bucket[1] = now
-        return bucket
+                self._evict_one(now)
+            self._buckets[key] = now
+            return now
+        self._buckets.move_to_end(key)
+        return full_at
 
-    def _evict_one(self, limit: Limit, now: float) -> None:
-        _, (tokens, at) = self._buckets.popitem(last=False)
+    def _evict_one(self, now: float) -> None:
+        _, full_at = self._buckets.popitem(last=False)
         self.evicted += 1
-        if tokens + (now - at) * limit.rate < limit.burst:
+        if full_at > now:
             self.evicted_unfull += 1
 
 
@@ -240,21 +258,32 @@ class RateLimiter:
         if wait > 0:
             self._refuse("actor", wait)
         if self._used is not None:
-            with self._used_lock:
-                entry = self._used.get(subject)
-                if entry is None:
-                    self._used[subject] = [1, role]
-                else:
-                    entry[0] += 1
+            self._spent(subject, role, 1)
 
-    def take_actor_upto(self, subject: str, role: str, count: int,
-                        now: float) -> tuple[int, float]:
-        """Spend up to ``count`` tokens of the actor's bucket at once (the items of a batch):
-        how many it held, and the seconds until the next; each item left without one counts
-        as a limited request."""
-        granted, wait = self.actors.take_upto(subject, self.policy.for_role(role), now, count)
+    def take_actor_upto(self, subject: str, role: str, count: int, now: float,
+                        whole: bool = False) -> tuple[int, float]:
+        """Spend up to ``count`` tokens of the actor's bucket at once (the items of a batch;
+        ``whole``: all or none): how many it held, and the seconds until the next; each item
+        left without one counts as a limited request."""
+        granted, wait = self.actors.take_upto(subject, self.policy.for_role(role), now, count,
+                                              whole)
         self.limited["actor"] += count - granted
+        if self._used is not None and granted:
+            self._spent(subject, role, granted)  # the other nodes are debited a batch's too
         return granted, wait
+
+    def _spent(self, subject: str, role: str, tokens: int) -> None:
+        with self._used_lock:
+            if self._used is None:
+                return
+            entry = self._used.get(subject)
+            if entry is None:
+                self._used[subject] = [tokens, role]
+            elif entry[1] == role:
+                entry[0] += tokens
+            else:  # the same subject under another role: the same time, in the entry's tokens
+                entry[0] += tokens * (self.policy.for_role(entry[1]).rate
+                                      / self.policy.for_role(role).rate)
 
     def _refuse(self, scope: str, wait: float) -> None:
         self.limited[scope] += 1

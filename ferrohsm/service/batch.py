@@ -96,8 +96,8 @@ class CryptoItems:
             if size > self.max_items:
                 raise BadRequest(f"a batch holds at most {self.max_items} items "
                                  f"(this one has {size}); split it")
-            granted, wait = self._take(ctx, size - 1)
-            if pay_all and granted < size - 1:
+            granted, wait = self._take(ctx, size - 1, whole=pay_all)
+            if pay_all and granted < size - 1:  # nothing was spent: the caller may retry
                 raise _limited(wait)
             return CryptoBatch(self, ctx, size, 1 + granted, wait)
         return self.keys.guard.run(ctx, action, open_batch)
@@ -106,12 +106,12 @@ class CryptoItems:
         """The same calls for a request that is not a batch (see SingleItem)."""
         return SingleItem(self.keys, ctx)
 
-    def _take(self, ctx: RequestContext, count: int) -> tuple[int, float]:
+    def _take(self, ctx: RequestContext, count: int, whole: bool) -> tuple[int, float]:
         principal = ctx.principal
         if self.limiter is None or principal is None or count <= 0:
             return count, 0.0
         return self.limiter.take_actor_upto(principal.subject, principal.role.value, count,
-                                            time.monotonic())
+                                            time.monotonic(), whole)
 
 
 class CryptoBatch:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -40,6 +39,7 @@ from ..domain.model import (
     Key,
     KeyFilter,
     Page,
+    Principal,
     RequestContext,
     iso,
     validate_new_description,
@@ -48,7 +48,7 @@ from ..domain.model import (
 )
 from ..engine.keyengine import KeyEngine
 from ..store.approvalstore import ApprovalStore
-from ..store.keystore import KeyStore
+from ..store.keystore import KeyStore, encode_page_token
 from .approvals import ApprovalService
 from .changes import KeyChanges
 from .guard import AuditLog, Guard, utcnow
@@ -132,15 +132,35 @@ class KeyService:
         tag-scoped token, which must not learn how many keys it cannot see."""
         def work() -> tuple[Page, int | None]:
             check_filters(filters)
-            page = self.store.list(filters, limit, page_token)  # a bad page token: refused
             principal, total = ctx.principal, None
             if principal is not None and principal.tags is not None:
-                page = replace(page, keys=tuple(k for k in page.keys if may_see(principal, k)))
+                page = self._visible_page(principal, filters, limit, page_token)
             else:
+                page = self.store.list(filters, limit, page_token)  # a bad token: refused
                 total = self.store.count(filters)
             self.record(ctx, Action.KEY_LIST, "success", f"listed {len(page.keys)} keys")
             return page, total
         return self.guard.run(ctx, Action.KEY_LIST, work)
+
+    def _visible_page(self, principal: Principal, filters: KeyFilter, limit: int,
+                      page_token: str | None) -> Page:
+        """A tag-scoped token's page: up to ``limit`` keys it may see, read on through the
+        store's pages until one more visible key shows there is a next page. The token is
+        then the last visible key's, and None at the end: the store's own tokens name the
+        last key of ITS page, which may be one this token must not learn exists."""
+        visible: list[Key] = []
+        token = page_token
+        while True:
+            page = self.store.list(filters, limit, token)  # a bad page token: refused
+            for key in page.keys:
+                if not may_see(principal, key):
+                    continue
+                if len(visible) == limit:
+                    return Page(tuple(visible), encode_page_token(visible[-1].id))
+                visible.append(key)
+            if page.next_page_token is None:
+                return Page(tuple(visible), None)
+            token = page.next_page_token
 
     def get_key(self, ctx: RequestContext, ref: str) -> Key:
         def work(key: Key, decision: Decision) -> Key:

@@ -491,3 +491,33 @@ def test_a_name_with_two_dots_is_refused_at_creation(srv: LiveServer) -> None:
     status, _, body = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm",
                                                     "usage": "encrypt", "name": "a..b"})
     assert status == 400 and "'..'" in body["error"]["message"]
+
+
+def test_a_tag_scoped_listing_names_no_hidden_key_in_its_page_tokens(tmp_path: Path) -> None:
+    """A page token is the id of the last key of a page; the store's pages hold keys a scoped
+    token may not see, so their tokens named hidden keys (and a filter that matched only
+    hidden keys still answered with a token). Now every token names a key the caller saw."""
+    own = LiveServer(tmp_path)
+    try:
+        visible, hidden = [], []
+        for n in range(3):
+            hidden.append(create(own, name=f"hidden-{n}a", tags=["other"])["id"])
+            visible.append(create(own, name=f"app-{n}", tags=["app"])["id"])
+            hidden.append(create(own, name=f"hidden-{n}b")["id"])
+        scoped = own.token("service", subject="scoped-lister", tags=["app"])
+        seen, token = [], None
+        while True:
+            query = "/v1/keys?limit=1" + (f"&page_token={token}" if token else "")
+            status, _, page = own.call("GET", query, token=scoped)
+            assert status == 200 and "total" not in page
+            seen += [k["id"] for k in page["keys"]]
+            token = page["next_page_token"]
+            if token is None:
+                break
+            assert token[3:] in visible, "a page token named a key this token cannot see"
+        assert seen == visible
+        for query in ("name_prefix=hidden", "tag=other", "name_prefix=nothing"):
+            status, _, page = own.call("GET", f"/v1/keys?limit=1&{query}", token=scoped)
+            assert (status, page["keys"], page["next_page_token"]) == (200, [], None), query
+    finally:
+        own.close()

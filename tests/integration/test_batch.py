@@ -389,3 +389,26 @@ def test_a_batch_to_a_reference_no_key_can_have_is_404_not_200(srv: LiveServer) 
     bad = "%E0%A4%AA%20x"  # a space and a Devanagari letter: outside the name pattern
     reply = batch(srv, bad, "encrypt", [7, []], status=404)[0]
     assert reply["error"]["code"] == "not_found"
+
+
+def test_a_transit_batch_refused_for_its_size_spends_nothing(tmp_path: Path) -> None:
+    """A Vault batch is paid for whole or refused whole (429): refused, it took only the
+    request's own token, so the actor's next requests are served (they found the bucket
+    emptied by the refused batch)."""
+    srv = LiveServer(tmp_path, overrides={("rate_limit", "service_requests_per_second"): 0.01,
+                                          ("rate_limit", "service_burst"): 5})
+    try:
+        create(srv, name="paid-whole")
+        svc = srv.token(SVC, "transit-batcher")
+        body = {"batch_input": [{"plaintext": B(b"x")}] * 20}
+        status, _, _ = srv.call("POST", "/v1/transit/encrypt/paid-whole", body, token=svc,
+                                role=None)
+        assert status == 429
+        for _ in range(4):  # the burst of 5, less the refused request's own token
+            status, _, out = srv.call("POST", "/v1/transit/encrypt/paid-whole",
+                                      {"plaintext": B(b"x")}, token=svc, role=None)
+            assert status == 200, out
+        assert srv.call("POST", "/v1/transit/encrypt/paid-whole", {"plaintext": B(b"x")},
+                        token=svc, role=None)[0] == 429
+    finally:
+        srv.close()

@@ -460,3 +460,26 @@ def test_framing_refusals_spend_the_address_tokens(limited: LiveServer) -> None:
         statuses.append(raw_status(limited, data.replace(b"{rid}", rid)
                                    .replace(b"{token}", b"x")))
     assert set(statuses) == {429}
+
+
+def test_a_malformed_path_parameter_spends_the_address_tokens(limited: LiveServer) -> None:
+    """A path the router takes but whose parameter cannot be one (a NUL in a key reference)
+    is refused like a 404: the address pays, so a flood turns into sampled 429s, not one
+    durable record per request."""
+    for path in ("/v1/keys/%00", "/v1/transit/keys/%00"):
+        assert call_with_id(limited, path, None)[0] in (400, 429)
+    statuses = [call_with_id(limited, "/v1/keys/%00", None)[0] for _ in range(5)]
+    assert set(statuses) == {429}
+
+
+def test_a_bad_approval_header_from_an_exhausted_actor_is_a_429(limited: LiveServer) -> None:
+    """An actor over its limit gets 429 for every request, whatever else is wrong with it: a
+    malformed X-Approval-ID is no way around the limit."""
+    assert call_with_id(limited, "/v1/keys", "auditor")[0] == 200  # the auditor's one token
+    for _ in range(3):
+        rid = f"limited-{uuid.uuid4().hex}"
+        status = limited.call("GET", "/v1/keys", role="auditor",
+                              headers={"X-Request-ID": rid, "X-Approval-ID": "not-a-uuid"})[0]
+        assert status == 429
+        [record] = records_of(limited, rid)
+        assert record["action"] == "ratelimit.refused"

@@ -157,3 +157,43 @@ def test_is_proxy_names_only_trusted_proxies() -> None:
     limiter = RateLimiter(RateLimitPolicy(trusted_proxies=parse_networks(["10.0.0.0/8"])))
     assert limiter.is_proxy("10.1.2.3") and not limiter.is_proxy("192.0.2.1")
     assert not limiter.is_proxy("garbage") and not RateLimiter().is_proxy("10.1.2.3")
+
+
+def test_a_generous_role_never_refills_a_strict_roles_bucket() -> None:
+    """One subject, two roles: the bucket is shared, and each role's requests stay within that
+    role's own limit. Administrator requests used to refill it at their rate and cap it at
+    their burst, so the service token got a full burst again after each one."""
+    rl = limiter(default=Limit(10_000.0, 20_000), per_role={"service": Limit(0.1, 5)})
+    for _ in range(5):
+        rl.take_actor("mixed", "service", 100.0)
+    with pytest.raises(RateLimited):
+        rl.take_actor("mixed", "service", 100.0)
+    for _ in range(3):
+        with pytest.raises(RateLimited):  # the subject is 50 s ahead: past the admin's 2 s
+            rl.take_actor("mixed", "administrator", 100.01)
+    with pytest.raises(RateLimited):
+        rl.take_actor("mixed", "service", 100.02)
+    rl.take_actor("mixed", "service", 110.0)  # 10 s later: one service token again
+    with pytest.raises(RateLimited):
+        rl.take_actor("mixed", "service", 110.0)
+
+
+def test_a_batch_spends_whole_or_nothing_when_asked() -> None:
+    rl = limiter(default=Limit(1.0, 5))
+    assert rl.take_actor_upto("a", "service", 7, 0.0, whole=True)[0] == 0
+    assert rl.take_actor_upto("a", "service", 7, 0.0) == (5, 1.0)  # nothing was spent above
+    with pytest.raises(RateLimited):
+        rl.take_actor("a", "service", 0.0)
+
+
+def test_a_batchs_items_are_counted_for_the_other_nodes() -> None:
+    """Items a batch took are reported by drain_used like single requests, so the other
+    processes and nodes are debited them (they were not: each node gave its own burst)."""
+    rl = limiter(default=Limit(1.0, 10), per_role={"service": Limit(1.0, 10),
+                                                   "auditor": Limit(2.0, 20)})
+    rl.share()
+    rl.take_actor("a", "service", 0.0)
+    assert rl.take_actor_upto("a", "service", 6, 0.0) == (6, 0.0)
+    rl.take_actor("a", "auditor", 0.0)  # half a second of the timeline: half a service token
+    assert rl.drain_used() == {"a": (7.5, "service")}
+    assert rl.drain_used() == {}
