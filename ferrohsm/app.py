@@ -398,7 +398,8 @@ def build_runtime(config: Config, secrets: Secrets,
     audit: AuditSink | None = None
     cluster: Cluster | None = None
     try:
-        secrets = resume_online_rekey(config, secrets, store, open_audit)
+        jobs = open_import_jobs(config, store)
+        secrets = resume_online_rekey(config, secrets, store, jobs, open_audit)
         refuse_if_interrupted(store)  # records under two master keys are not served
         sealer = Sealer(secrets.master_key)
         policy = Policy.from_config(config.policy_tags, config.crypto.destroy_grace_hours)
@@ -435,7 +436,7 @@ def build_runtime(config: Config, secrets: Secrets,
     if cluster is not None:
         cluster.limits = ClusterLimits(limiter, cluster.usage)
     router = routing.Router()
-    imports = ImportService(service, open_import_jobs(config, store))
+    imports = ImportService(service, jobs)
     try:
         imports.purge_expired(SYSTEM_CONTEXT)  # expired import jobs do not outlive a restart
     except FerroError as exc:  # they are refused when used anyway; never a reason not to start
@@ -454,7 +455,7 @@ def build_runtime(config: Config, secrets: Secrets,
     pause = online_rekey.Pause()
     app = PausingApplication(router, auth, metrics, application.audit_hook(service.record),
                              limiter, pause=pause, tracer=tracing.from_environment())
-    rekeyer = wire_rekey(router, config, secrets, store, audit, service, pause)
+    rekeyer = wire_rekey(router, config, secrets, store, imports.jobs, audit, service, pause)
     wire_backup(router, config, lambda: rekeyer.master, service, approvals, audit)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
                       approvals=approvals, key_records=key_records, cluster=cluster, pause=pause)

@@ -20,6 +20,7 @@ from .domain.model import SYSTEM_CONTEXT
 from .service import KeyService
 from .service.backup import BackupService
 from .store.approvalstore import ApprovalStore
+from .store.importjobs import ImportJobStore
 from .store.keystore import KeyStore
 
 
@@ -45,23 +46,26 @@ def online_key_file(config: Config) -> tuple[str, str]:
                                      s.master_key_file, shared_by)
 
 
-def resume_online_rekey(config: Config, secrets: Secrets, store: KeyStore,
+def resume_online_rekey(config: Config, secrets: Secrets, store: KeyStore, jobs: ImportJobStore,
                         open_audit: Callable[[Config, Secrets], ChainedSink]) -> Secrets:
-    """Finish an online rekey a crash interrupted; the secrets to serve with."""
+    """Finish an online rekey a crash interrupted (its records and import jobs); the secrets
+    to serve with."""
     def open_append() -> tuple[online_rekey.Append, Callable[[], None]]:
         sink = open_audit(config, secrets)
         return sink.append, sink.close
-    master = online_rekey.resume_at_start(store, secrets.master_key, online_key_file(config)[0],
-                                          open_append, SYSTEM_CONTEXT)
+    master = online_rekey.resume_at_start(store, jobs, secrets.master_key,
+                                          online_key_file(config)[0], open_append,
+                                          SYSTEM_CONTEXT)
     return secrets if master == secrets.master_key else replace(secrets, master_key=master)
 
 
 def wire_rekey(router: routing.Router, config: Config, secrets: Secrets, store: KeyStore,
-               audit: AuditSink, service: KeyService, pause: online_rekey.Pause
-               ) -> online_rekey.OnlineRekey:
+               jobs: ImportJobStore, audit: AuditSink, service: KeyService,
+               pause: online_rekey.Pause) -> online_rekey.OnlineRekey:
     """``POST /v1/sys/rekey`` (custody/online.py), under dual control when configured; the
     rekey, whose ``master`` is the master key in use."""
-    run = online_rekey.OnlineRekey(store, audit.append, online_rekey.installer(service.engine),
+    run = online_rekey.OnlineRekey(store, jobs, audit.append,
+                                   online_rekey.installer(service.engine),
                                    secrets.master_key, *online_key_file(config), pause)
     a = config.approvals
     rekey_routes.register(router, service.guard, service.dual, run,

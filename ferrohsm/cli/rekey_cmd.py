@@ -56,6 +56,11 @@ def add_parser(sub: Any, custody_flags: Callable[[Any], None]) -> None:
     p.add_argument("--private-key", metavar="FILE", action="append", default=[],
                    help="a custodian's private key opening encrypted share files (repeat for "
                    "shares encrypted to different custodians)")
+    p.add_argument("--leave-damaged", action="store_true",
+                   help="rekey even though some key records cannot be re-sealed (their record "
+                   "fails its integrity check, or their material does not open under the "
+                   "master key): those are left as they are and stay unreadable for good. "
+                   "Without it such records refuse the rekey before anything changes")
     p.add_argument("--online", action="store_true",
                    help="ask the running server (--server / FERROHSM_URL, an Administrator "
                    "token) to rekey while it serves; give a --timeout above the time it "
@@ -160,16 +165,25 @@ def _rekey(args: argparse.Namespace, config: Config, given: bytes, shamir: bool,
     store = wiring.open_store(config, rekey.record_mac(given))
     try:
         running = rekey.journal_state(store) == "running"
-        keys = (rekey.MasterKeys.from_journal(store.get_meta(rekey.JOURNAL) or b"", given)
-                if running else rekey.MasterKeys(rekey.verify_current(store, given),
-                                   _new_key(args, shamir)))
+        if running:
+            keys = rekey.MasterKeys.from_journal(store.get_meta(rekey.JOURNAL) or b"", given)
+            leave = _damaged(args, store, keys.old, keys.new)
+        else:
+            _not_a_stopped_rekeys(store, config, given, shamir)
+            leave = _damaged(args, store, rekey.verify_current(store, given))
+            keys = rekey.MasterKeys(given, _new_key(args, shamir))  # refused: no key made
         audit("custody.rekey_resumed" if running else "custody.rekey_started",
               f"master-key rekey {'resumed' if running else 'started'}",
-              mode="shamir" if shamir else "env")
+              mode="shamir" if shamir else "env",
+              **({"left_damaged": len(leave), "left_keys": ",".join(sorted(leave)[:50])}
+                 if leave else {}))
         if not running:
             _hand_out(args, config, keys, shamir)
             rekey.crash_point("handed-out")
             rekey.start_journal(store, keys)
+            if shamir:
+                print("re-sealing: from here on either set of shares finishes this rekey; "
+                      "keep the current shares until it says `rekey done`", file=sys.stderr)
         elif not shamir:
             _write_key_file(args.new_master_key_file, keys.new)
     finally:
@@ -179,9 +193,10 @@ def _rekey(args: argparse.Namespace, config: Config, given: bytes, shamir: bool,
         _ensure_pending(args, config, keys)
     store = wiring.open_store(config, rekey.record_mac(keys.new))
     try:
-        count = rekey.convert(store, keys, changes, _progress(audit))
+        count = rekey.convert(store, keys, changes, _progress(audit), leave)
+        jobs = rekey.reseal_jobs(wiring.open_import_jobs(config, store), keys)
         audit("custody.rekey_progress", f"{count} key record(s) re-sealed and re-MACed",
-              rewritten=count)
+              rewritten=count, import_jobs=jobs)
         rekey.crash_point("converted")
         rekey.commit(store, keys)
         rekey.crash_point("committed")
@@ -195,6 +210,35 @@ def _rekey(args: argparse.Namespace, config: Config, given: bytes, shamir: bool,
     print("rekey done" + ("" if shamir else f": start the server with the new master key in "
                           f"{args.new_master_key_file}"), file=sys.stderr)
     return 0
+
+
+def _damaged(args: argparse.Namespace, store: Any, *masters: bytes) -> frozenset[str]:
+    """The records the rekey cannot convert (custody/rekey.py ``damaged``), found before the
+    journal starts: refused, nothing changed, unless ``--leave-damaged`` leaves them as they
+    are. Also on a resumed run, whose journal would otherwise stay unfinishable."""
+    from ..custody import rekey
+    found = rekey.damaged(store, *masters)
+    if found and not args.leave_damaged:
+        rekey.refuse_damaged(found, "run again with --leave-damaged, which leaves them "
+                             "unreadable for good")
+    return frozenset(found)
+
+
+def _not_a_stopped_rekeys(store: Any, config: Config, given: bytes, shamir: bool) -> None:
+    """New shares with no rekey running: printed by a run stopped before its journal, so
+    nothing changed and they open nothing. Said as such (not as "not this service's")."""
+    from ..custody import rekey, state
+    if not shamir or store.get_meta(rekey.CHECK_VALUE) is None:
+        return
+    pending = state.load(config.storage.data_dir).pending
+    if pending is not None and pending.opens_with(given):
+        try:
+            rekey.verify_current(store, given)
+        except ConfigError:
+            raise ConfigError("these are the new shares of a rekey that stopped before it "
+                              "changed anything: the current shares still open this data "
+                              "directory. Run `ferrohsm rekey` again with them; it issues "
+                              "new shares (discard these)") from None
 
 
 def _progress(audit: Callable[..., None]) -> Callable[[int], None]:
@@ -244,16 +288,18 @@ def _hand_out(args: argparse.Namespace, config: Config, keys: Any, shamir: bool)
 
 
 def _issue_pending(args: argparse.Namespace, config: Config, keys: Any) -> None:
-    from ..custody import state
+    from ..custody import rekey, state
     from .custody import issue_shares, read_custodian_keys
     current = state.load(config.storage.data_dir)
     shares, threshold = _counts(args, current.current)
     custodians = read_custodian_keys(args, shares)
     split, new_shares = state.new_split(keys.new, shares, threshold)
-    issue_shares(new_shares, custodians, args.out_dir, threshold)
     pending = state.CustodyFile(current.current, split)
+    # recorded first, then shown: shares shown and not recorded would open nothing
     state.save(config.storage.data_dir, pending.signed({current.current.split_id: keys.old,
                                                         split.split_id: keys.new}))
+    rekey.crash_point("recorded")
+    issue_shares(new_shares, custodians, args.out_dir, threshold)
 
 
 def _ensure_pending(args: argparse.Namespace, config: Config, keys: Any) -> None:

@@ -44,6 +44,7 @@ from ..audit.chain import AuditEvent
 from ..crypto.seal import Sealer
 from ..domain.errors import ConfigError, Conflict, FerroError
 from ..domain.model import RequestContext
+from ..store.importjobs import ImportJobStore
 from ..store.keystore import KeyStore
 from . import rekey
 
@@ -211,14 +212,15 @@ def install_key_file(key_file: str, new: bytes) -> None:
 
 # ---- the steps ------------------------------------------------------------------------------
 
-def complete(store: KeyStore, keys: rekey.MasterKeys, key_file: str, changes: rekey.Changes,
-             append: Append, ctx: RequestContext) -> int:
+def complete(store: KeyStore, jobs: ImportJobStore, keys: rekey.MasterKeys, key_file: str,
+             changes: rekey.Changes, append: Append, ctx: RequestContext) -> int:
     """Steps 1-5 on a store whose journal is running; how many records were rewritten now."""
     store.use_record_mac(rekey.record_mac(keys.new))
 
     def progress(done: int) -> None:
         rekey.crash_point(f"record:{done}")
     count = rekey.convert(store, keys, changes, progress)
+    rekey.reseal_jobs(jobs, keys)
     append(AuditEvent.from_context(ctx, "custody.rekey_progress", "success",
                                    f"{count} key record(s) re-sealed and re-MACed",
                                    details={"rewritten": count}))
@@ -234,9 +236,11 @@ def complete(store: KeyStore, keys: rekey.MasterKeys, key_file: str, changes: re
 class OnlineRekey:
     """What ``POST /v1/sys/rekey`` runs once authorized (and approved, when configured)."""
 
-    def __init__(self, store: KeyStore, append: Append, install: Callable[[bytes], None],
-                 master: bytes, key_file: str, unavailable: str, pause: Pause) -> None:
+    def __init__(self, store: KeyStore, jobs: ImportJobStore, append: Append,
+                 install: Callable[[bytes], None], master: bytes, key_file: str,
+                 unavailable: str, pause: Pause) -> None:
         self._store = store
+        self._jobs = jobs
         self._append = append
         self._install = install  # the engine's sealer and cache (app.py)
         self._master = master
@@ -253,6 +257,14 @@ class OnlineRekey:
     def __call__(self, ctx: RequestContext) -> dict[str, Any]:
         if not self._key_file:
             raise Conflict(self._unavailable)
+        try:  # a record the rekey cannot convert would stop it halfway: refuse now. Before
+            # the pause (a dry run opens every version): what is written meanwhile is sealed
+            # under the current key, and the pause checks the records' MACs again
+            rekey.refuse_damaged(rekey.damaged(self._store, self._master),
+                                 "stop the server and run the offline `ferrohsm rekey "
+                                 "--leave-damaged`, which leaves them unreadable")
+        except ConfigError as exc:
+            raise Conflict(exc.message) from None
         with self._pause.exclusive():
             return self._run(ctx)
 
@@ -262,7 +274,7 @@ class OnlineRekey:
 
     def _run(self, ctx: RequestContext) -> dict[str, Any]:
         faults = self._store.check_records().faults
-        if faults:  # a record neither key opens would stop the rekey halfway: refuse now
+        if faults:  # changed since the dry run (``__call__``): refuse, nothing changed
             raise Conflict(f"{len(faults)} key record(s) fail their integrity check (first: "
                            f"key {faults[0].key_id}): nothing was changed; restore them from a "
                            "backup first (the audit log names them at every start)")
@@ -272,7 +284,7 @@ class OnlineRekey:
         rekey.start_journal(self._store, keys)
         rekey.crash_point("journal")
         try:
-            count = complete(self._store, keys, self._key_file,
+            count = complete(self._store, self._jobs, keys, self._key_file,
                              rekey.Changes(ctx, self._append), self._append, ctx)
             self._install(keys.new)
         except BaseException as exc:
@@ -310,7 +322,7 @@ def _finished_offline(store: KeyStore, master: bytes, key_file: str) -> bytes:
     return held
 
 
-def resume_at_start(store: KeyStore, master: bytes, key_file: str,
+def resume_at_start(store: KeyStore, jobs: ImportJobStore, master: bytes, key_file: str,
                     open_append: Callable[[], tuple[Append, Callable[[], None]]],
                     ctx: RequestContext) -> bytes:
     """Start-up: finish an interrupted online rekey and return the key to serve with, or
@@ -328,7 +340,7 @@ def resume_at_start(store: KeyStore, master: bytes, key_file: str,
         append(AuditEvent.from_context(ctx, "custody.rekey_resumed", "success",
                                        "interrupted online master-key rekey resumed at start-up",
                                        details={"mode": "env", "online": True}))
-        count = complete(store, keys, key_file, rekey.Changes(ctx, append), append, ctx)
+        count = complete(store, jobs, keys, key_file, rekey.Changes(ctx, append), append, ctx)
         append(AuditEvent.from_context(ctx, "custody.rekey_done", "success",
                                        "master-key rekey done at start-up: the new key is the "
                                        f"store's key and is in {key_file}",

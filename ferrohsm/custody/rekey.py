@@ -16,7 +16,8 @@ Then, each step idempotent, so resuming simply runs them all again:
 1. every record: skipped when it already passes its MAC under the new key; otherwise decoded
    under the old key, each version's material unsealed with the old key and sealed with the
    new (same context), encoded under the new key and swapped in atomically
-   (``KeyStore.rewrite_records``). A kill leaves each record old or new, both readable;
+   (``KeyStore.rewrite_records``). A kill leaves each record old or new, both readable; then
+   each open import job's sealed wrapping key, likewise (``reseal_jobs``);
 2. the record-format marker, MAC'd like the records;
 3. the commit: the check value under the new key (``master_key_check``);
 4. (split-knowledge mode: the custody file's pending split becomes the current one, cli side);
@@ -43,11 +44,13 @@ from ..crypto.seal import Sealer
 from ..domain import binding
 from ..domain.errors import ConfigError, IntegrityError
 from ..domain.model import Key, RequestContext
+from ..store.importjobs import JOB_CONTEXT, ImportJobStore
 from ..store.keystore import KeyStore
-from ..store.records import FORMAT_META, RecordCodec
+from ..store.records import FORMAT_META, RECORD_FAULTS, RecordCodec
 
-__all__ = ["CHECK_VALUE", "JOURNAL", "Changes", "MasterKeys", "commit", "convert", "finish",
-           "journal_state", "refuse_if_interrupted", "start_journal"]
+__all__ = ["CHECK_VALUE", "JOURNAL", "Changes", "MasterKeys", "commit", "convert", "damaged",
+           "finish", "journal_state", "refuse_damaged", "refuse_if_interrupted",
+           "reseal_jobs", "start_journal"]
 
 JOURNAL = "rekey_journal"
 CHECK_VALUE = "master_key_check"  # app.CHECK_VALUE: the store's master-key check value
@@ -145,16 +148,59 @@ def start_journal(store: KeyStore, keys: MasterKeys) -> None:
     store.put_meta(JOURNAL, keys.journal())
 
 
+def damaged(store: KeyStore, *masters: bytes) -> list[str]:
+    """The keys whose record the rekey could not convert: neither key's MAC holds, or a
+    version's material does not open under the key its record is under (sealed under another
+    master key). Found before the journal starts, so that one such record refuses the rekey
+    with nothing changed, instead of stopping it halfway (the server then refuses to start
+    until it is finished, and it could never be). Opens every version: a dry run. ``masters``:
+    the keys a record may be under (the old one; on a resumed run the new one too)."""
+    codecs = [(RecordCodec(RecordMac.derive(m)), Sealer(m)) for m in masters]
+    found: list[str] = []
+
+    def check(key_id: str, data: bytes) -> None:
+        for codec, sealer in codecs:
+            try:
+                key = codec.decode(key_id, data)
+            except RECORD_FAULTS:
+                continue
+            try:
+                for v in key.versions:
+                    if v.sealed is not None:
+                        sealer.unseal(v.sealed, key_id=key.id, version=v.version,
+                                      algorithm=key.algorithm)
+            except IntegrityError:
+                break
+            return None
+        found.append(key_id)
+        return None
+    store.rewrite_records(check)
+    return found
+
+
+def refuse_damaged(found: list[str], how: str) -> None:
+    """The refusal for ``damaged``'s keys, naming them (at most five) and the ways out."""
+    if found:
+        named = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise ConfigError(f"{len(found)} key record(s) cannot be re-sealed: their record fails "
+                          f"its integrity check or their material does not open under the "
+                          f"master key ({named}); nothing was changed by this check. Restore "
+                          f"them from a backup, or {how}")
+
+
 def convert(store: KeyStore, keys: MasterKeys, changes: Changes,
-            progress: Callable[[int], None]) -> int:
+            progress: Callable[[int], None], leave: frozenset[str] = frozenset()) -> int:
     """Steps 1 and 2 on a store opened under the NEW key's record MAC; how many records were
-    rewritten now. ``progress(done)`` is called before each rewrite."""
+    rewritten now. ``progress(done)`` is called before each rewrite. The keys in ``leave``
+    (``damaged``'s, left by the operator's choice) are not touched: they stay unreadable."""
     old_codec = RecordCodec(RecordMac.derive(keys.old))
     new_codec = RecordCodec(RecordMac.derive(keys.new))
     old_sealer, new_sealer = Sealer(keys.old), Sealer(keys.new)
     done = [0]
 
     def rewrite(key_id: str, data: bytes) -> bytes | None:
+        if key_id in leave:
+            return None
         try:
             new_codec.decode(key_id, data)
             return None  # already under the new key
@@ -175,6 +221,31 @@ def convert(store: KeyStore, keys: MasterKeys, changes: Changes,
             if state is not None:
                 store.put_meta(FORMAT_META, new_codec.marker(state))
     return rewritten
+
+
+def reseal_jobs(jobs: ImportJobStore, keys: MasterKeys) -> int:
+    """Step 1b: each open import job's wrapping key re-sealed under the new key (one atomic put
+    a job, so a kill leaves it old or new, and a resumed run skips the new ones): a rekey does
+    not cancel the imports under way. A job neither key opens is left, and the import service
+    purges it as unreadable. How many were re-sealed."""
+    old, new = Sealer(keys.old), Sealer(keys.new)
+    count = 0
+    for job_id in jobs.ids():
+        blob = jobs.get(job_id)
+        if blob is None:
+            continue
+        try:
+            new.unseal(blob, key_id=job_id, version=1, algorithm=JOB_CONTEXT)
+            continue  # already re-sealed
+        except IntegrityError:
+            pass
+        try:
+            plain = old.unseal(blob, key_id=job_id, version=1, algorithm=JOB_CONTEXT)
+        except IntegrityError:
+            continue
+        jobs.put(job_id, new.seal(plain, key_id=job_id, version=1, algorithm=JOB_CONTEXT))
+        count += 1
+    return count
 
 
 class Changes:

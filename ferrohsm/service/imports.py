@@ -36,6 +36,7 @@ from ..auth.permissions import Action
 from ..control.policy import ALLOWED, Decision, Verdict, decide
 from ..crypto import importwrap
 from ..crypto.algorithms import check_usage
+from ..crypto.seal import Sealer
 from ..domain import lifecycle as lc
 from ..domain.errors import Conflict, FerroError, Forbidden, Gone, IntegrityError, NotFound
 from ..domain.ids import uuid7
@@ -50,14 +51,13 @@ from ..domain.model import (
     validate_new_name,
     validate_tags,
 )
-from ..store.importjobs import ImportJobStore, check_job_id
+from ..store.importjobs import JOB_CONTEXT, ImportJobStore, check_job_id
 from .keys import KeyService
 
 JOB_LIFETIME = timedelta(hours=24)
 MAX_OPEN_JOBS = 1000  # open jobs at once: each is a sealed file; no caller fills the disk
 # The sealing context of a job (crypto/seal.py AAD: purpose, id, version, algorithm): no key
 # has this algorithm, so a job blob can never be taken for key material or the reverse.
-JOB_CONTEXT = "import-job-v1"
 JOB_FORMAT = 1
 
 
@@ -101,9 +101,15 @@ class ImportService:
         self.keys = keys
         self.guard = keys.guard
         self.jobs = jobs
-        self.sealer = keys.engine.sealer
         self.lifetime = lifetime
         self._lock = threading.Lock()  # one import at a time: a job is used at most once
+
+    @property
+    def sealer(self) -> Sealer:
+        """The key engine's sealer, asked each time: an online rekey replaces it (custody/
+        online.py), and a copy kept here sealed imports and jobs under the old master key,
+        which the rekey then discards (the imported key was lost)."""
+        return self.keys.engine.sealer
 
     def _now(self) -> datetime:
         return self.keys.clock()

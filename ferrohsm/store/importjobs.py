@@ -17,6 +17,10 @@ from typing import TypeGuard
 
 from ..domain.errors import BadRequest
 
+# The context a job's wrapping key is sealed under (with the job's id as key id): the import
+# service seals and opens it, a master-key rekey re-seals it (custody/rekey.py).
+JOB_CONTEXT = "import-job-v1"
+
 # A job id is a lowercase UUID (it becomes a file name): fullmatch, never ``$``.
 _JOB_ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import signal
 import time
@@ -21,6 +22,7 @@ from custodykit import SHARE_RE, Home, Server
 
 from ferrohsm import app
 from ferrohsm.config import load_config
+from ferrohsm.crypto.importwrap import RSA_OAEP_SHA256, wrap_for_import
 from ferrohsm.crypto.recordmac import RecordMac
 from ferrohsm.crypto.seal import Sealer
 from ferrohsm.domain.errors import IntegrityError
@@ -479,3 +481,82 @@ def test_offline_rekey_checks_its_flags_first_and_records_each_refused_attempt(
         assert why in new[0]["message"] and "refused" in new[0]["message"]
         before += 1
     assert_no_secret_leaked(home, *first)
+
+
+@pytest.mark.slow
+def test_a_record_the_rekey_cannot_convert_refuses_it_before_anything_changes(
+        tmp_path: Path) -> None:
+    """One damaged record used to stop the rekey halfway, every run, and the server then
+    refused to start (a journal still running): 300 keys offline for one bad record. Now the
+    dry run refuses with nothing changed (no journal, no new key file), and --leave-damaged
+    rekeys the others; an import job made before the rekey still works after it."""
+    home = Home(tmp_path, store="filesystem", shamir=False)
+    srv = home.serve()
+    items = create_and_encrypt(srv, home)
+    status, job = srv.call("POST", "/v1/import-jobs", {}, home.token("operator"))
+    assert status in (200, 201), job
+    srv.stop()
+    [victim] = [p for p in (home.data / "keys").rglob("*") if p.is_file()
+                and b'"name":"k0"' in p.read_bytes().replace(b" ", b"")]
+    victim.write_bytes(victim.read_bytes().replace(b'"enabled"', b'"disabld"', 1))
+    key_file = tmp_path / "new.key"
+    args = ("rekey", "--config", str(home.config), "--new-master-key-file", str(key_file))
+    refused = home.cli(*args)
+    assert refused.returncode == 2 and "cannot be re-sealed" in refused.stderr, refused.stderr
+    assert "--leave-damaged" in refused.stderr and not key_file.exists()
+    assert ("custody.rekey_started", "denied") in actions(home)
+    srv = home.serve()  # nothing changed: the server starts, the other keys serve
+    try:
+        decrypts(srv, home, items[1:])
+    finally:
+        srv.stop()
+    done = home.cli(*args, "--leave-damaged")
+    assert done.returncode == 0, done.stderr
+    new = key_file.read_text().strip()
+    srv = home.serve(home.env(FERROHSM_MASTER_KEY=new))
+    try:
+        decrypts(srv, home, items[1:])
+        status, _ = srv.call("POST", "/v1/keys/k0/decrypt", {"ciphertext": items[0][2]},
+                             home.token("service"))
+        assert status >= 400  # the damaged record stays unreadable, as before the rekey
+        material = os.urandom(32)
+        wrapped = wrap_for_import(job["public_key"], RSA_OAEP_SHA256, material)
+        status, key = srv.call("POST", "/v1/keys", {
+            "name": "through-a-job-of-before", "algorithm": "aes-256-gcm", "usage": "encrypt",
+            "import": {"import_job_id": job["import_job_id"],
+                       "wrapping_algorithm": RSA_OAEP_SHA256,
+                       "wrapped_material": base64.b64encode(wrapped).decode()}},
+            home.token("operator"))
+        assert status == 201, key  # the job was re-sealed with the keys
+    finally:
+        srv.stop()
+
+
+@pytest.mark.slow
+def test_new_shares_are_recorded_before_they_are_shown(tmp_path: Path) -> None:
+    """Shown and then killed before they were recorded, new shares opened nothing, and a
+    custodian who had thrown the old share away had lost the store. Now they are recorded
+    first; a run stopped before its journal changed nothing, its new shares are refused as
+    such, and the current ones still rekey."""
+    home = Home(tmp_path, store="sqlite")
+    first = home.init(3, 2)
+    srv = home.serve()
+    srv.unseal(first[:2])
+    srv.stop()
+    rekey_args = ("rekey", "--config", str(home.config))
+    killed = home.cli(*rekey_args, stdin="\n".join(first[:2]) + "\n",
+                      env=home.env(FERROHSM_REKEY_KILL_AT="recorded"))
+    assert killed.returncode == -9 and not SHARE_RE.findall(killed.stdout)
+    custody = json.loads((home.data / "custody.json").read_text())
+    assert custody.get("pending"), "the new split is recorded before any share is shown"
+    killed = home.cli(*rekey_args, stdin="\n".join(first[:2]) + "\n",
+                      env=home.env(FERROHSM_REKEY_KILL_AT="handed-out"))
+    assert killed.returncode == -9
+    shown = SHARE_RE.findall(killed.stdout)
+    assert len(shown) == 3
+    refused = home.cli(*rekey_args, stdin="\n".join(shown[:2]) + "\n")
+    assert refused.returncode == 2, refused.stderr
+    assert "stopped before it changed anything" in refused.stderr
+    done = home.cli(*rekey_args, stdin="\n".join(first[1:]) + "\n")
+    assert done.returncode == 0, done.stderr
+    assert "re-sealing" in done.stderr and len(SHARE_RE.findall(done.stdout)) == 3

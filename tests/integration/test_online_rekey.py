@@ -366,3 +366,60 @@ def test_requests_during_an_online_rekey_wait_and_never_see_two_keys(tmp_path: P
         decrypts(srv, home, items)
     finally:
         srv.stop()
+
+
+def test_imports_and_their_jobs_survive_online_rekeys(tmp_path: Path) -> None:
+    """Import jobs made before a rekey are re-sealed with the keys, and imports made after it
+    are sealed under the new key: the import service kept its own copy of the old sealer, so
+    an imported key was lost at once, and the next rekey stopped halfway on it (the server
+    then never started again)."""
+    from ferrohsm.crypto.importwrap import RSA_OAEP_SHA256, wrap_for_import
+    home = online_home(tmp_path)
+    srv = home.serve(env(home))
+    operator, service = home.token("operator"), home.token("service")
+
+    def job() -> dict[str, Any]:
+        status, made = srv.call("POST", "/v1/import-jobs", {}, operator)
+        assert status in (200, 201), made
+        return dict(made)
+
+    def imported(made: dict[str, Any], name: str) -> bytes:
+        material = os.urandom(32)
+        wrapped = wrap_for_import(made["public_key"], RSA_OAEP_SHA256, material)
+        body = {"name": name, "algorithm": "aes-256-gcm", "usage": "encrypt",
+                "import": {"import_job_id": made["import_job_id"],
+                           "wrapping_algorithm": RSA_OAEP_SHA256,
+                           "wrapped_material": base64.b64encode(wrapped).decode()}}
+        status, key = srv.call("POST", "/v1/keys", body, operator)
+        assert status == 201, key
+        return material
+
+    def round_trip(name: str) -> None:
+        status, enc = srv.call("POST", f"/v1/keys/{name}/encrypt", {"plaintext": MESSAGE},
+                               service)
+        assert status == 200, enc
+        status, dec = srv.call("POST", f"/v1/keys/{name}/decrypt",
+                               {"ciphertext": enc["ciphertext"]}, service)
+        assert (status, dec.get("plaintext")) == (200, MESSAGE), dec
+    try:
+        before = job()
+        status, body = srv.call("POST", "/v1/sys/rekey", {}, home.token())
+        assert status == 200, body
+        imported(before, "through-an-old-job")
+        imported(job(), "after-the-rekey")
+        round_trip("through-an-old-job")
+        round_trip("after-the-rekey")
+        pending = job()
+        status, body = srv.call("POST", "/v1/sys/rekey", {}, home.token())
+        assert status == 200, body  # it stopped halfway on the lost key
+        imported(pending, "after-two-rekeys")
+        for name in ("through-an-old-job", "after-the-rekey", "after-two-rekeys"):
+            round_trip(name)
+    finally:
+        srv.stop()
+    srv = home.serve(env(home))
+    try:
+        for name in ("through-an-old-job", "after-the-rekey", "after-two-rekeys"):
+            round_trip(name)
+    finally:
+        srv.stop()

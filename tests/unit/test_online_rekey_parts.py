@@ -30,6 +30,7 @@ from ferrohsm.domain.errors import (
 from ferrohsm.domain.model import Principal
 from ferrohsm.store.approvalmac import ApprovalCodec
 from ferrohsm.store.approvalstore import ApprovalStore
+from ferrohsm.store.importjobs_files import MemoryImportJobStore
 from ferrohsm.store.memory_approvals import MemoryApprovalStore
 from ferrohsm.store.sqlite_approvals import SQLiteApprovalStore
 
@@ -191,8 +192,8 @@ def test_a_record_that_fails_its_check_stops_the_rekey_before_it_starts(tmp_path
     world.store._stored[key.id] = world.store._stored[key.id].replace(b'"enabled"', b'"disabld"')
     installed: list[bytes] = []
     pause = online.Pause()
-    run = online.OnlineRekey(world.store, world.audit.append, installed.append, bytes(32),
-                             str(key_file), "", pause)
+    run = online.OnlineRekey(world.store, MemoryImportJobStore(), world.audit.append,
+                             installed.append, bytes(32), str(key_file), "", pause)
     with pause.hold(), pytest.raises(Conflict, match=f"integrity check .*{key.id}"):
         run(ctx(ALICE))
     assert world.store.get_meta(rekey.JOURNAL) is None and installed == []
