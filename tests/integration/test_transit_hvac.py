@@ -262,6 +262,35 @@ def test_batch_sign_and_verify(operator: Any, service: Any) -> None:
     assert [r["valid"] for r in resp["data"]["batch_results"]] == [True, True, True, False, True]
 
 
+def test_sign_and_verify_batches_answer_200_with_each_items_error(srv: LiveServer,
+                                                                  operator: Any) -> None:
+    """Vault's sign and verify answer a batch 200 whatever its items' errors (only encrypt,
+    decrypt and rewrap answer 400): hvac raised on the old 400 and lost the signatures made.
+    Each item's refusal is still recorded."""
+    name = create(operator, "ecdsa-p256")
+    svc = client(srv, "service", "transit-batch-200")
+    signed = svc.adapter.post(f"/v1/transit/sign/{name}", json={
+        "batch_input": [{"input": B(b"m")}, {"input": "not-base64!", "reference": "r"}],
+        "partial_failure_response_code": 207})
+    results = signed["data"]["batch_results"]
+    assert results[0]["signature"].startswith("vault:v1:")
+    assert results[1]["reference"] == "r" and "base64" in results[1]["error"], results
+    assert signed["warnings"] == [  # Vault's sign takes no partial_failure_response_code
+        "Endpoint ignored these unrecognized parameters: [partial_failure_response_code]"]
+    checked = svc.adapter.post(f"/v1/transit/verify/{name}", json={"batch_input": [
+        {"input": B(b"m"), "signature": results[0]["signature"]},
+        {"input": B(b"m"), "signature": "garbage"}]})["data"]["batch_results"]
+    assert checked[0] == {"valid": True} and "invalid signature" in checked[1]["error"]
+    for path in ("sign", "verify"):  # every item failing is still a 200
+        resp = svc.adapter.post(f"/v1/transit/{path}/{name}", json={  # hvac raises on a 400
+            "batch_input": [{"input": "!!", "signature": "vault:v1:AAAA"}]})
+        assert "error" in resp["data"]["batch_results"][0]
+    refused = [(r["action"], r["outcome"]) for r in audit_records(srv, "transit-batch-200")
+               if r["outcome"] != "success"]
+    assert refused == [("crypto.sign", "error"), ("crypto.verify", "error"),
+                       ("crypto.sign", "error"), ("crypto.verify", "error")], refused
+
+
 def test_unsupported_features_answer_a_clear_vault_error(srv: LiveServer, operator: Any,
                                                          service: Any) -> None:
     name = create(operator)

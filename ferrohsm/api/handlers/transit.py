@@ -12,8 +12,10 @@ state is that item's ``error``; anything that would refuse every item alike (no 
 permission, rate limit, a parked approval, audit unavailable, any 5xx) fails the whole request,
 until an item has acted: from then on only a 5xx does (the results already recorded, and an
 approval an earlier item spent, are not thrown away for a later item's refusal).
-As in Vault, a batch with a failed item answers 400 with every item's result, or
-``partial_failure_response_code`` when some items succeeded. ``datakey`` is the native data key
+As in Vault, an encrypt, decrypt or rewrap batch with a failed item answers 400 with every item's
+result, or ``partial_failure_response_code`` when some items succeeded; a sign or verify batch
+answers 200 whatever its items' errors (Vault's sign and verify never apply that rule, and hvac
+would raise on a 400 and lose the signatures made). ``datakey`` is the native data key
 (``KeyService.data_key``).
 
 Writes answer POST and PUT alike (Vault's Go client writes with PUT), listings GET ``?list=true``
@@ -41,6 +43,8 @@ from .common import MAX_VERSION, b64s, json_body
 
 P = "/v1/transit"
 ITEM_STATUSES = frozenset({400, 409, 410, 413})  # an item's own failure; others fail the batch
+# Vault's batchRequestResponse (400, or partial_failure_response_code) is encrypt/decrypt/rewrap's
+FAILED_ITEMS_FAIL = frozenset({Action.ENCRYPT, Action.DECRYPT})
 DATA_KEY_BITS = (128, 256, 512)
 RANDOM_SOURCES = ("platform",)
 One = Callable[[Items, Body], dict[str, Any]]  # one item: parse it, then one call
@@ -56,8 +60,7 @@ REWRAP_ITEM = ("ciphertext", "associated_data", "context", "nonce", "key_version
 REWRAP = (*REWRAP_ITEM, "batch_input", "partial_failure_response_code")
 DATAKEY = ("bits", "context", "nonce", "key_version")
 SIGN_OPTIONS = ("hash_algorithm", "algorithm", "prehashed", "signature_algorithm",
-                "marshaling_algorithm", "salt_length", "key_version", "name",
-                "partial_failure_response_code", "batch_input")
+                "marshaling_algorithm", "salt_length", "key_version", "name", "batch_input")
 SIGN_ITEM = ("input", "context", "reference")
 VERIFY_ITEM = ("input", "signature", "hmac", "context", "reference")
 RANDOM = ("bytes", "format", "source")
@@ -272,7 +275,8 @@ class Transit:
         batch = _items(raw)
         # checked before any item runs: a bad value found afterwards would throw away the
         # results of items that acted (an approval spent, a decryption recorded)
-        partial = body.integer("partial_failure_response_code", 200, 599)
+        failing = action in FAILED_ITEMS_FAIL
+        partial = body.integer("partial_failure_response_code", 200, 599) if failing else None
         results: list[dict[str, Any]] = []
         acted = False
         with self.items.batch(ctx, action, len(batch), pay_all=True) as items:
@@ -282,7 +286,7 @@ class Transit:
                 if isinstance(item, dict) and isinstance(item.get("reference"), str):
                     result["reference"] = item["reference"]
                 results.append(result)
-        failed = sum("error" in r for r in results)
+        failed = failing and any("error" in r for r in results)
         status = 200 if not failed else partial if partial is not None and acted else 400
         return ok(req.request_id, {"batch_results": results}, body.warnings(), status)
 
