@@ -161,3 +161,40 @@ def test_messages_a_vault_client_can_act_on(srv: LiveServer) -> None:
     status, answer = vault(srv, "POST", f"/v1/transit/encrypt/{name}", raw=big)
     assert status == 413 and "prehashed" in answer["errors"][0], answer
     assert '"digest" member' not in answer["errors"][0]
+
+
+def test_base64_with_line_breaks_and_versions_with_leading_zeros(srv: LiveServer) -> None:
+    """What Vault reads (Go's StdEncoding skips '\\r' and '\\n'; strconv.Atoi reads "v01" as
+    1) is read here too: base64 wrapped at 76 columns, a ciphertext with a file's newline."""
+    name, signer = create(srv), create(srv, "ecdsa-p256")
+    wrapped = base64.encodebytes(b"A" * 100).decode()
+    status, out = vault(srv, "POST", f"/v1/transit/encrypt/{name}",
+                        {"plaintext": wrapped, "associated_data": B(b"aad") + "\r\n"})
+    assert status == 200, out
+    ciphertext = out["data"]["ciphertext"]
+    for spelled in (ciphertext + "\n", ciphertext.replace("vault:v1:", "vault:v01:"),
+                    ciphertext[:40] + "\r\n" + ciphertext[40:] + "\r\n"):
+        status, out = vault(srv, "POST", f"/v1/transit/decrypt/{name}",
+                            {"ciphertext": spelled, "associated_data": B(b"aad")})
+        assert status == 200 and out["data"]["plaintext"] == B(b"A" * 100), out
+    status, out = vault(srv, "POST", f"/v1/transit/rewrap/{name}",
+                        {"ciphertext": ciphertext + "\n", "associated_data": B(b"aad")})
+    assert status == 200, out
+    status, out = vault(srv, "POST", f"/v1/transit/sign/{signer}", {"input": wrapped})
+    assert status == 200, out
+    signature = out["data"]["signature"]
+    status, out = vault(srv, "POST", f"/v1/transit/verify/{signer}", {
+        "input": wrapped, "signature": signature.replace("v1:", "v01:") + "\n"})
+    assert status == 200 and out["data"]["valid"] is True, out
+    # still refused: any other character, bad padding, a sign or v0; natively, any of it
+    for bad in (ciphertext + " ", ciphertext + "=", ciphertext.replace("v1:", "v+1:"),
+                ciphertext.replace("v1:", "v0:")):
+        status, out = vault(srv, "POST", f"/v1/transit/decrypt/{name}",
+                            {"ciphertext": bad, "associated_data": B(b"aad")})
+        assert status == 400 and "malformed ciphertext" in out["errors"][0], (bad, out)
+    status, out = vault(srv, "POST", f"/v1/transit/encrypt/{name}", {"plaintext": "QQ==\t"})
+    assert status == 400 and "plaintext must be standard base64" in out["errors"][0], out
+    status, _, native = srv.call("POST", f"/v1/keys/{name}/decrypt",
+                                 {"ciphertext": ciphertext + "\n", "aad": B(b"aad")},
+                                 role="service")
+    assert status == 400 and native["error"]["message"] == "malformed ciphertext", native

@@ -3,6 +3,7 @@ options and text, the error shape, and the parser's one allowance for Vault's Go
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -12,7 +13,13 @@ from ferrohsm.api.parse import Limits, parse_head
 from ferrohsm.api.transit import envelope, is_transit
 from ferrohsm.api.transit.body import Body
 from ferrohsm.api.transit.keyinfo import key_info, native_type
-from ferrohsm.api.transit.text import format_signature, parse_signature, scheme, to_vault
+from ferrohsm.api.transit.text import (
+    canonical_ciphertext,
+    format_signature,
+    parse_signature,
+    scheme,
+    to_vault,
+)
 from ferrohsm.crypto.ops import parse_token
 from ferrohsm.domain import lifecycle as lc
 from ferrohsm.domain.errors import (
@@ -109,6 +116,42 @@ def test_ciphertext_and_signature_text() -> None:
     assert parse_token("vault:v3:AAAA") == parse_token("fhsm:v3:AAAA") == (3, b"\0\0\0")
     assert parse_signature(format_signature(7, b"\x30\x01")) == (7, b"\x30\x01")
     for bad in ("vault:v0:AAAA", "fhsm:v1:AAAA", "vault:v1:", "vault:v1:A"):
+        with pytest.raises(BadRequest):
+            parse_signature(bad)
+
+
+def test_base64_skips_line_breaks_as_gos_std_encoding_does() -> None:
+    """Vault decodes with Go's base64.StdEncoding, which skips every '\r' and '\n' (base64
+    wrapped at 76 columns, a value read from a file): refused here before."""
+    wrapped = base64.encodebytes(b"A" * 100).decode()
+    assert "\n" in wrapped[:-1]
+    for value, expected in ((wrapped, b"A" * 100), ("QQ==\r\n", b"A"), ("Q\nQ=\r=", b"A"),
+                            ("\n", b"")):
+        assert Body({"p": value}, ("p",)).base64("p") == expected, value
+    for bad in ("QQ== ", "Q Q==", "QQ=\t=", "QQ=", "QQ===", "=QQ=", "QQ==\x00", "QQ\u00e9=",
+                "QQ==\u2028"):
+        with pytest.raises(BadRequest, match="p must be standard base64"):
+            Body({"p": bad}, ("p",)).base64("p")
+
+
+def test_ciphertexts_and_signatures_are_read_as_vault_reads_them() -> None:
+    """Vault reads the version with strconv.Atoi ("v01" is 1) and the base64 with Go's
+    StdEncoding (a ciphertext from a file ends in a newline); the engine stays strict."""
+    for loose in ("vault:v1:AAAA\n", "vault:v01:AAAA", "vault:v001:AA\r\nAA\r\n"):
+        assert canonical_ciphertext(loose) == "vault:v1:AAAA", loose
+        assert parse_token(canonical_ciphertext(loose)) == (1, b"\0\0\0")
+        with pytest.raises(BadRequest):  # the native API's strictness is unchanged
+            parse_token(loose)
+    assert canonical_ciphertext("fhsm:v0012:AAAA\n") == "fhsm:v12:AAAA"
+    for bad in ("vault:v0:AAAA", "vault:v00:AAAA", "vault:v+1:AAAA", "vault:v-1:AAAA",
+                "vault:v 1:AAAA", "vault:v:AAAA", "vault:v1:AA AA", "vault:v1:AAA=\t",
+                "vault:v1:AB==", "vault:v1:AAAA=", "vault:v0012345678901:AAAA", "vault:v1:\n"):
+        with pytest.raises(BadRequest):
+            parse_token(canonical_ciphertext(bad))
+    signature = format_signature(7, b"\x30\x01\x02")
+    assert parse_signature(signature.replace("v7", "v007") + "\r\n") == (7, b"\x30\x01\x02")
+    for bad in ("vault:v00:MAEC", "vault:v+7:MAEC", "vault:v7:MA EC", "vault:v7:\n",
+                "vault:v7:MAE=\nC"):
         with pytest.raises(BadRequest):
             parse_signature(bad)
 

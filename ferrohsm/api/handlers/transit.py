@@ -38,7 +38,13 @@ from ..router import Router
 from ..transit.body import NOT_SUPPORTED, Body
 from ..transit.envelope import ok, vault_message
 from ..transit.keyinfo import key_info, native_type, reference
-from ..transit.text import format_signature, parse_signature, scheme, to_vault
+from ..transit.text import (
+    canonical_ciphertext,
+    format_signature,
+    parse_signature,
+    scheme,
+    to_vault,
+)
 from .common import MAX_VERSION, b64s, json_body
 
 P = "/v1/transit"
@@ -335,7 +341,7 @@ def _ciphertext(item: Body) -> str:
     text = item.text("ciphertext")
     if not text:
         raise BadRequest("missing ciphertext to decrypt")
-    return text
+    return canonical_ciphertext(text)
 
 
 def _items(batch: object) -> list[Any]:

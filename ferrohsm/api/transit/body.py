@@ -16,6 +16,19 @@ from typing import Any
 from ...domain.errors import BadRequest
 
 NOT_SUPPORTED = "not supported by FerroHSM"
+LINE_BREAKS = str.maketrans("", "", "\r\n")
+
+
+def std_base64(value: str) -> bytes:
+    """Standard base64 with padding as Vault decodes it (Go's ``base64.StdEncoding``), so what
+    Vault takes is taken here: Go skips every '\r' and '\n' (base64 wrapped at 76 columns, a
+    value read from a file with its trailing newline) and is otherwise strict, as this is: any
+    other character outside the alphabet, or wrong padding, is ValueError (binascii.Error)."""
+    try:
+        return binascii.a2b_base64(value.translate(LINE_BREAKS).encode("ascii"),
+                                   strict_mode=True)
+    except UnicodeEncodeError:
+        raise ValueError("not base64") from None
 
 
 class Body:
@@ -81,13 +94,12 @@ class Body:
         return value
 
     def base64(self, name: str) -> bytes | None:
-        """Standard base64 with padding (Go's ``base64.StdEncoding``, what Vault decodes)."""
         value = self.text(name)
         if value is None:
             return None
         try:
-            return binascii.a2b_base64(value.encode("ascii"), strict_mode=True) if value else b""
-        except (binascii.Error, ValueError, UnicodeEncodeError):
+            return std_base64(value)
+        except ValueError:
             raise BadRequest(f"{name} must be standard base64") from None
 
     def unsupported(self, *names: str, feature: str | None = None) -> None:
