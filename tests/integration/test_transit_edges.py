@@ -198,3 +198,42 @@ def test_base64_with_line_breaks_and_versions_with_leading_zeros(srv: LiveServer
                                  {"ciphertext": ciphertext + "\n", "aad": B(b"aad")},
                                  role="service")
     assert status == 400 and native["error"]["message"] == "malformed ciphertext", native
+
+
+@pytest.mark.parametrize(("method", "path", "body", "role", "status", "message", "action"), [
+    ("POST", "decrypt/{k}", {"ciphertext": "vault:v1:AAAA"}, "service", 400,
+     "encryption key not found", "crypto.decrypt"),
+    ("POST", "rewrap/{k}", {"ciphertext": "vault:v1:AAAA"}, "service", 400,
+     "encryption key not found", "crypto.decrypt"),
+    ("POST", "datakey/plaintext/{k}", {}, "service", 400, "encryption key not found",
+     "crypto.encrypt"),
+    ("POST", "sign/{k}", {"input": "aGk="}, "service", 400, "signing key not found",
+     "crypto.sign"),
+    ("POST", "verify/{k}/sha2-256", {"input": "aGk=", "signature": "vault:v1:AAAA"}, "service",
+     400, "signature verification key not found", "crypto.verify"),
+    ("POST", "keys/{k}/rotate", {}, "operator", 400, "key not found", "key.rotate"),
+    ("GET", "keys/{k}", None, "operator", 404, "no such key", "key.read"),
+    ("POST", "encrypt/{k}", {"plaintext": "aGk="}, "service", 404, "no such key",
+     "crypto.encrypt"),
+])
+def test_a_missing_key_is_answered_in_vaults_words(
+        srv: LiveServer, method: str, path: str, body: Any, role: str, status: int,
+        message: str, action: str) -> None:
+    """Vault answers a missing key 400 with its own words per endpoint (hvac: InvalidRequest);
+    only reading a key is 404 (and encrypt, which Vault would create the key on). A key outside
+    a tag-scoped token's tags gets the very same answer; the audit record says what it was."""
+    hidden = create(srv, tags=["other"]) if role == "service" else None
+    answers = []
+    for name, tags in ((f"none-{secrets.token_hex(4)}", None), (hidden, ["prod"])):
+        if name is None:
+            continue
+        rid = f"missing-{secrets.token_hex(6)}"
+        token = srv.token(role, "missing-key-probe", tags=tags) if tags else srv.token(role)
+        got, _, answer = srv.call(method, f"/v1/transit/{path.format(k=name)}", body,
+                                  role=None, headers={"X-Vault-Token": token,
+                                                      "X-Request-ID": rid})
+        answers.append((got, answer))
+        assert [(r["action"], r["outcome"]) for r in records_of(srv, rid)] == [
+            (action, "denied" if tags else "error")], records_of(srv, rid)
+    assert answers[0] == (status, {"errors": [message]}), answers
+    assert all(a == answers[0] for a in answers), answers

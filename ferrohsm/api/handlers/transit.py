@@ -28,10 +28,19 @@ from collections.abc import Callable
 from typing import Any
 
 from ...auth.permissions import Action
-from ...domain.errors import BadRequest, FerroError, MethodNotAllowed, NameTaken, Recorded
+from ...domain.errors import (
+    BadRequest,
+    FerroError,
+    MethodNotAllowed,
+    NameTaken,
+    NotFound,
+    Recorded,
+    recorded,
+)
 from ...domain.model import Key, KeyFilter, RequestContext
 from ...service import KeyService
 from ...service.batch import CryptoBatch, CryptoItems, Items
+from ...service.guard import MISSING_KEY
 from ...service.randomness import MAX_RANDOM_BYTES, random_bytes
 from ..http import Request, Response, json_response
 from ..router import Router
@@ -54,6 +63,13 @@ FAILED_ITEMS_FAIL = frozenset({Action.ENCRYPT, Action.DECRYPT})
 DATA_KEY_BITS = (128, 256, 512)
 RANDOM_SOURCES = ("platform",)
 One = Callable[[Items, Body], dict[str, Any]]  # one item: parse it, then one call
+Handler = Callable[[RequestContext, Request, dict[str, str]], Response]
+# Vault's 400 for a key that does not exist, in its words per endpoint (only reading a key, and
+# encrypt, which Vault would create the key on and FerroHSM does not, stay 404)
+ENCRYPTION_KEY_NOT_FOUND = "encryption key not found"
+SIGNING_KEY_NOT_FOUND = "signing key not found"
+VERIFICATION_KEY_NOT_FOUND = "signature verification key not found"
+KEY_NOT_FOUND = "key not found"
 
 CREATE = ("type", "derived", "convergent_encryption", "exportable", "allow_plaintext_backup",
           "auto_rotate_period", "key_size", "managed_key_name", "managed_key_id", "context")
@@ -363,6 +379,23 @@ def _sign_options(body: Body, path_hash: str | None, key: Key) -> tuple[str, boo
     return chosen, body.flag("prehashed")
 
 
+def _missing_key(handler: Handler, message: str) -> Handler:
+    """``handler`` answering a missing key as Vault does there: 400 ``message``, not 404 (hvac
+    raises InvalidRequest, not InvalidPath). A key outside the token's tags is refused with the
+    same "no such key" as a missing one (service/guard.py OutOfScope), so it gets the same
+    answer here and a scoped token still cannot tell the two apart. Already recorded by the
+    service as the native refusal: the record keeps saying what happened and why."""
+    def wrapped(ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
+        try:
+            return handler(ctx, req, p)
+        except NotFound as exc:
+            if exc.message != MISSING_KEY:
+                raise
+            vault = BadRequest(message)
+            raise (recorded(vault) if isinstance(exc, Recorded) else vault) from None
+    return wrapped
+
+
 def _empty_404() -> Response:
     return json_response(404, {"errors": []})
 
@@ -376,13 +409,19 @@ def _unsupported(feature: str) -> Callable[[RequestContext, Request, dict[str, s
 def register(router: Router, service: KeyService, items: CryptoItems | None = None) -> None:
     """The transit routes; undocumented in OpenAPI (README.md documents them)."""
     t = Transit(service, items or CryptoItems(service))
+    rotate = _missing_key(t.rotate, KEY_NOT_FOUND)
+    decrypt = _missing_key(t.decrypt, ENCRYPTION_KEY_NOT_FOUND)
+    rewrap = _missing_key(t.rewrap, ENCRYPTION_KEY_NOT_FOUND)
+    datakey = _missing_key(t.datakey, ENCRYPTION_KEY_NOT_FOUND)
+    sign = _missing_key(t.sign, SIGNING_KEY_NOT_FOUND)
+    verify = _missing_key(t.verify, VERIFICATION_KEY_NOT_FOUND)
     writes: tuple[tuple[str, Any, bool], ...] = (
-        ("/keys/{name}", t.create, False), ("/keys/{name}/rotate", t.rotate, False),
-        ("/encrypt/{name}", t.encrypt, True), ("/decrypt/{name}", t.decrypt, True),
-        ("/rewrap/{name}", t.rewrap, True), ("/datakey/{kind}/{name}", t.datakey, True),
+        ("/keys/{name}", t.create, False), ("/keys/{name}/rotate", rotate, False),
+        ("/encrypt/{name}", t.encrypt, True), ("/decrypt/{name}", decrypt, True),
+        ("/rewrap/{name}", rewrap, True), ("/datakey/{kind}/{name}", datakey, True),
         # sign/verify run on the pool: a batch of RSA-4096 signatures would hold the loop
-        ("/sign/{name}", t.sign, False), ("/sign/{name}/{hash}", t.sign, False),
-        ("/verify/{name}", t.verify, False), ("/verify/{name}/{hash}", t.verify, False),
+        ("/sign/{name}", sign, False), ("/sign/{name}/{hash}", sign, False),
+        ("/verify/{name}", verify, False), ("/verify/{name}/{hash}", verify, False),
         ("/random", t.random, True), ("/random/{source}", t.random, True),
         ("/random/{source}/{bytes}", t.random, True))
     for path, handler, inline in writes:
