@@ -237,3 +237,26 @@ def test_a_missing_key_is_answered_in_vaults_words(
             (action, "denied" if tags else "error")], records_of(srv, rid)
     assert answers[0] == (status, {"errors": [message]}), answers
     assert all(a == answers[0] for a in answers), answers
+
+
+def test_vaults_weakly_typed_defaults_are_taken(srv: LiveServer) -> None:
+    """``auto_rotate_period: "0s"`` (Vault's "disabled") creates the key, ``prehashed: 1`` is
+    true; a real period and a number that is no boolean are still refused."""
+    for zero in ("0s", "0m", "0h"):
+        name = f"edge-{secrets.token_hex(4)}"
+        status, out = vault(srv, "POST", f"/v1/transit/keys/{name}",
+                            {"type": "ecdsa-p256", "auto_rotate_period": zero}, role="operator")
+        assert status == 200 and out["data"]["auto_rotate_period"] == 0, out
+    status, out = vault(srv, "POST", f"/v1/transit/keys/edge-{secrets.token_hex(4)}",
+                        {"auto_rotate_period": "24h"}, role="operator")
+    assert status == 400 and "auto_rotate_period" in out["errors"][0], out
+    digest = B(b"\0" * 32)
+    status, out = vault(srv, "POST", f"/v1/transit/sign/{name}",
+                        {"input": digest, "prehashed": 1})
+    assert status == 200, out
+    status, checked = vault(srv, "POST", f"/v1/transit/verify/{name}", {
+        "input": digest, "prehashed": True, "signature": out["data"]["signature"]})
+    assert status == 200 and checked["data"]["valid"] is True, checked
+    status, out = vault(srv, "POST", f"/v1/transit/sign/{name}",
+                        {"input": digest, "prehashed": 2})
+    assert status == 400 and out["errors"] == ["prehashed must be a boolean"], out

@@ -69,6 +69,23 @@ def test_bodies_are_weakly_typed_and_unknown_members_warn() -> None:
         Body([1], ())
 
 
+def test_booleans_and_zero_durations_are_read_as_vaults_weak_decoding_reads_them() -> None:
+    """Vault takes ``prehashed: 1`` and ``auto_rotate_period: "0s"`` (zero: disabled); both were
+    refused here. Other numbers and non-zero periods still are."""
+    for value, expected in ((1, True), (0, False), (1.0, True), ("1", True), ("false", False),
+                            (True, True)):
+        assert Body({"f": value}, ("f",)).flag("f") is expected, value
+    bad: object
+    for bad in (2, -1, 0.5, "yes", [], {}):
+        with pytest.raises(BadRequest, match="f must be a boolean"):
+            Body({"f": bad}, ("f",)).flag("f")
+    for zero in (None, "", 0, "0", "0s", "0m", "0h", "0d", "0h0m0s", "00s", "0.0s", "0ms"):
+        Body({"p": zero}, ("p",)).unsupported_period("p", feature="rotation")
+    for period in ("1s", "0s1m", "24h", 3600, "1", "-0s", "0 s", "0x", "s", "0s\n", True):
+        with pytest.raises(BadRequest, match="rotation is not supported by FerroHSM"):
+            Body({"p": period}, ("p",)).unsupported_period("p", feature="rotation")
+
+
 def test_key_types_map_both_ways_and_unknown_ones_are_refused() -> None:
     assert native_type(None) == ("aes-256-gcm", "encrypt")
     assert native_type("ecdsa-p384") == ("ec-p384", "sign")

@@ -125,8 +125,8 @@ class Transit:
         body.unsupported("derived", "context", feature="key derivation (derived keys)")
         body.unsupported("convergent_encryption", feature="convergent encryption")
         body.unsupported("exportable", "allow_plaintext_backup", feature="exportable keys")
-        body.unsupported("auto_rotate_period",
-                         feature="auto_rotate_period (use [policy] rotation_days)")
+        body.unsupported_period("auto_rotate_period",
+                                feature="auto_rotate_period (use [policy] rotation_days)")
         body.unsupported("key_size", feature="HMAC keys")
         body.unsupported("managed_key_name", "managed_key_id", feature="managed keys")
         algorithm, usage = native_type(body.text("type"))
