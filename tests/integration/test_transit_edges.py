@@ -260,3 +260,13 @@ def test_vaults_weakly_typed_defaults_are_taken(srv: LiveServer) -> None:
     status, out = vault(srv, "POST", f"/v1/transit/sign/{name}",
                         {"input": digest, "prehashed": 2})
     assert status == 400 and out["errors"] == ["prehashed must be a boolean"], out
+
+
+def test_a_name_outside_ferrohsms_rule_is_told_what_is_allowed(srv: LiveServer) -> None:
+    """Transit keys follow the native name rule (not Vault's, which takes a leading '_' or a
+    UUID-shaped name): the refusal says which characters are allowed."""
+    for name in ("user@example.com", "_lead", "k" * 129, "01900000-0000-7000-8000-000000000001"):
+        status, out = vault(srv, "POST", f"/v1/transit/keys/{name}", {}, role="operator")
+        assert status == 400 and out["errors"] == [
+            "name must be 1-128 characters of letters, digits, '.', '_' or '-', start with a "
+            "letter or digit, and not look like a UUID"], (name, out)
