@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ferrohsm.api.parse import Limits, parse_head
-from ferrohsm.api.transit import envelope, is_transit
+from ferrohsm.api.transit import envelope, is_vault
 from ferrohsm.api.transit.body import Body
 from ferrohsm.api.transit.keyinfo import key_info, native_type
 from ferrohsm.api.transit.text import (
@@ -49,7 +49,7 @@ def test_only_transit_bodies_may_come_without_a_json_content_type() -> None:
         with pytest.raises(UnsupportedMediaType):
             parse_head(head("/v1/keys/k/encrypt", declared), Limits())
     assert parse_head(head("/v1/transit/keys/", None), Limits()).path == "/v1/transit/keys"
-    assert is_transit("/v1/transit/keys") and not is_transit("/v1/transitx")
+    assert is_vault("/v1/transit/keys") and not is_vault("/v1/transitx")
 
 
 def test_bodies_are_weakly_typed_and_unknown_members_warn() -> None:
@@ -186,3 +186,19 @@ def test_errors_take_vaults_shape_and_statuses() -> None:
     ok = json.loads(envelope.ok("rid", {"a": 1}).body)
     assert ok == {"request_id": "rid", "lease_id": "", "renewable": False, "lease_duration": 0,
                   "data": {"a": 1}, "wrap_info": None, "warnings": None, "auth": None}
+
+
+def test_lookup_self_says_only_what_the_token_holds() -> None:
+    """An unscoped token has no meta; one without jti, iat or exp has an empty accessor and no
+    times, never made-up ones; ``id`` is never the token."""
+    from ferrohsm.api.handlers.vaultauth import lookup_self_data
+    from ferrohsm.domain.model import Principal, Role
+    bare = lookup_self_data(Principal("cli", Role.AUDITOR), {}, 1000.0)
+    assert (bare["id"], bare["accessor"], bare["meta"], bare["policies"]) == (
+        "", "", None, ["auditor"])
+    assert (bare["issue_time"], bare["expire_time"], bare["ttl"], bare["creation_ttl"]) == (
+        None, None, 0, 0)
+    late = lookup_self_data(Principal("x", Role.SERVICE, frozenset(), issued_at=0,
+                                      expires_at=900), {}, 1000.0)
+    assert (late["ttl"], late["meta"], late["issue_time"]) == (0, {"tags": ""},
+                                                                "1970-01-01T00:00:00Z")
