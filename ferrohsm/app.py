@@ -29,6 +29,7 @@ from .api.handlers import probes as probe_routes
 from .api.handlers import system as system_routes
 from .api.handlers import tokens as token_routes
 from .api.handlers import transit as transit_routes
+from .api.handlers import vaultauth as vault_auth_routes
 from .api.server import HardenedHTTPServer
 from .api.spread import Member, Spread
 from .audit.chain import AuditEvent
@@ -449,7 +450,9 @@ def build_runtime(config: Config, secrets: Secrets,
     audit_routes.register(router, AuditLogService(service.guard, audit))
     approval_routes.register(router, service.approvals)
     dashboard_routes.register(router)
-    token_routes.register(router, TokenService(service.guard, auth))
+    tokens = TokenService(service.guard, auth)
+    token_routes.register(router, tokens)
+    vault_auth_routes.register(router, tokens)  # Vault's token lookup-self, over whoami
     custody_routes.register(router, service.guard, seal, lambda: {"sealed": False})
     transit_routes.register(router, service, items)
     pause = online_rekey.Pause()

@@ -41,7 +41,7 @@ from .handlers.dashboard import harden
 from .http import Request, Response, error_response, is_sane_request_id, json_response
 from .router import Router
 from .transit import envelope as vault
-from .transit import is_transit
+from .transit import is_vault, is_vault_unrouted
 
 log = logging.getLogger("ferrohsm.api")
 AuditHook = Callable[[RequestContext, str, str, str], None]
@@ -125,7 +125,7 @@ class Application:
             if not isinstance(exc, Recorded):
                 self._record_refusal(req, ctx, route_name, exc)
             error_type = exc.code
-            resp = _error(req, exc)
+            resp = _error(req, exc, routed=route_name is not None)
         except Exception:
             log.exception("unhandled error", extra={"request_id": req.request_id})
             failure = FerroError("internal error")
@@ -331,19 +331,21 @@ def _traced(span: RequestSpan, route: Any, ctx: RequestContext, req: Request,
                           error, None)
 
 
-def _error(req: Request, exc: FerroError) -> Response:
-    """The error response: Vault's shape under /v1/transit/ (api/transit/envelope.py), the
-    native one everywhere else."""
-    if is_transit(req.path):
+def _error(req: Request, exc: FerroError, routed: bool = True) -> Response:
+    """The error response: Vault's shape on the Vault surface (api/transit/envelope.py), and
+    for a path under /v1/sys/ that no route serves (``routed`` False); the native one
+    everywhere else."""
+    if is_vault(req.path) or (not routed and isinstance(exc, NotFound)
+                                and is_vault_unrouted(req.path)):
         return vault.error(exc)
     return error_response(exc, req.request_id)
 
 
 def _credentials(req: Request) -> list[str]:
-    """The Authorization values to authenticate. Under /v1/transit/ a Vault client sends its
-    token as ``X-Vault-Token``: the same FerroHSM bearer token, validated the same way (one
+    """The Authorization values to authenticate. On the Vault surface (/v1/transit/, and
+    /v1/auth/token/lookup-self) a Vault client sends its token as ``X-Vault-Token``: the same FerroHSM bearer token, validated the same way (one
     header or the other, never both)."""
-    if is_transit(req.path):
+    if is_vault(req.path):
         vault_tokens = req.headers.get_all("x-vault-token")
         if vault_tokens:
             if len(vault_tokens) > 1 or "authorization" in req.headers:

@@ -53,7 +53,7 @@ from .flusher import (
     ThreadFlusher,
 )
 from .http import Request, Response, error_response
-from .transit import is_transit
+from .transit import is_vault
 from .transit.envelope import error as vault_error
 from .uring import FsyncRing
 from .workerpool import WorkerPool
@@ -311,8 +311,8 @@ def _refused(failed: list[tuple[Answer, str]]) -> list[Answer]:
 
 
 def _unavailable(request: Request, reason: str) -> Response:
-    """The 503 in the shape of the request's API (Vault's under /v1/transit/)."""
-    if is_transit(request.path):
+    """The 503 in the shape of the request's API (Vault's on the Vault surface)."""
+    if is_vault(request.path):
         return vault_error(AuditUnavailable(reason))
     return error_response(AuditUnavailable(reason), request.request_id)
 

@@ -227,10 +227,12 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     if tags is not None and not valid_tags(tags):
         raise TokenRejected("invalid tags claim", "claims")
     sid, jti = _opt_str(claims, "sid"), _opt_str(claims, "jti")
-    exp = claims.get("exp")
+    exp, iat = claims.get("exp"), claims.get("iat")
     return Principal(sub, ROLES[role], frozenset(tags) if tags is not None else None,
                      session=sid or jti, token_id=jti,
                      expires_at=exp if isinstance(exp, int) and not isinstance(exp, bool)
+                     else None,
+                     issued_at=iat if isinstance(iat, int) and not isinstance(iat, bool)
                      else None)
 
 

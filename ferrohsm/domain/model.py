@@ -292,6 +292,7 @@ class Principal:
     session: str | None = None
     token_id: str | None = None
     expires_at: int | None = None  # the token's exp claim (Unix time), for GET /v1/whoami
+    issued_at: int | None = None  # its iat claim, for Vault's lookup-self (api/handlers/vaultauth)
     # The algorithm of the key that verified the token (HS256, RS256, PS256, ES256, ES384):
     # [approvals].require_asymmetric_tokens lets only identity-provider tokens vote.
     signed_with: str | None = None

@@ -161,3 +161,112 @@ def test_messages_a_vault_client_can_act_on(srv: LiveServer) -> None:
     status, answer = vault(srv, "POST", f"/v1/transit/encrypt/{name}", raw=big)
     assert status == 413 and "prehashed" in answer["errors"][0], answer
     assert '"digest" member' not in answer["errors"][0]
+
+
+def test_base64_with_line_breaks_and_versions_with_leading_zeros(srv: LiveServer) -> None:
+    """What Vault reads (Go's StdEncoding skips '\\r' and '\\n'; strconv.Atoi reads "v01" as
+    1) is read here too: base64 wrapped at 76 columns, a ciphertext with a file's newline."""
+    name, signer = create(srv), create(srv, "ecdsa-p256")
+    wrapped = base64.encodebytes(b"A" * 100).decode()
+    status, out = vault(srv, "POST", f"/v1/transit/encrypt/{name}",
+                        {"plaintext": wrapped, "associated_data": B(b"aad") + "\r\n"})
+    assert status == 200, out
+    ciphertext = out["data"]["ciphertext"]
+    for spelled in (ciphertext + "\n", ciphertext.replace("vault:v1:", "vault:v01:"),
+                    ciphertext[:40] + "\r\n" + ciphertext[40:] + "\r\n"):
+        status, out = vault(srv, "POST", f"/v1/transit/decrypt/{name}",
+                            {"ciphertext": spelled, "associated_data": B(b"aad")})
+        assert status == 200 and out["data"]["plaintext"] == B(b"A" * 100), out
+    status, out = vault(srv, "POST", f"/v1/transit/rewrap/{name}",
+                        {"ciphertext": ciphertext + "\n", "associated_data": B(b"aad")})
+    assert status == 200, out
+    status, out = vault(srv, "POST", f"/v1/transit/sign/{signer}", {"input": wrapped})
+    assert status == 200, out
+    signature = out["data"]["signature"]
+    status, out = vault(srv, "POST", f"/v1/transit/verify/{signer}", {
+        "input": wrapped, "signature": signature.replace("v1:", "v01:") + "\n"})
+    assert status == 200 and out["data"]["valid"] is True, out
+    # still refused: any other character, bad padding, a sign or v0; natively, any of it
+    for bad in (ciphertext + " ", ciphertext + "=", ciphertext.replace("v1:", "v+1:"),
+                ciphertext.replace("v1:", "v0:")):
+        status, out = vault(srv, "POST", f"/v1/transit/decrypt/{name}",
+                            {"ciphertext": bad, "associated_data": B(b"aad")})
+        assert status == 400 and "malformed ciphertext" in out["errors"][0], (bad, out)
+    status, out = vault(srv, "POST", f"/v1/transit/encrypt/{name}", {"plaintext": "QQ==\t"})
+    assert status == 400 and "plaintext must be standard base64" in out["errors"][0], out
+    status, _, native = srv.call("POST", f"/v1/keys/{name}/decrypt",
+                                 {"ciphertext": ciphertext + "\n", "aad": B(b"aad")},
+                                 role="service")
+    assert status == 400 and native["error"]["message"] == "malformed ciphertext", native
+
+
+@pytest.mark.parametrize(("method", "path", "body", "role", "status", "message", "action"), [
+    ("POST", "decrypt/{k}", {"ciphertext": "vault:v1:AAAA"}, "service", 400,
+     "encryption key not found", "crypto.decrypt"),
+    ("POST", "rewrap/{k}", {"ciphertext": "vault:v1:AAAA"}, "service", 400,
+     "encryption key not found", "crypto.decrypt"),
+    ("POST", "datakey/plaintext/{k}", {}, "service", 400, "encryption key not found",
+     "crypto.encrypt"),
+    ("POST", "sign/{k}", {"input": "aGk="}, "service", 400, "signing key not found",
+     "crypto.sign"),
+    ("POST", "verify/{k}/sha2-256", {"input": "aGk=", "signature": "vault:v1:AAAA"}, "service",
+     400, "signature verification key not found", "crypto.verify"),
+    ("POST", "keys/{k}/rotate", {}, "operator", 400, "key not found", "key.rotate"),
+    ("GET", "keys/{k}", None, "operator", 404, "no such key", "key.read"),
+    ("POST", "encrypt/{k}", {"plaintext": "aGk="}, "service", 404, "no such key",
+     "crypto.encrypt"),
+])
+def test_a_missing_key_is_answered_in_vaults_words(
+        srv: LiveServer, method: str, path: str, body: Any, role: str, status: int,
+        message: str, action: str) -> None:
+    """Vault answers a missing key 400 with its own words per endpoint (hvac: InvalidRequest);
+    only reading a key is 404 (and encrypt, which Vault would create the key on). A key outside
+    a tag-scoped token's tags gets the very same answer; the audit record says what it was."""
+    hidden = create(srv, tags=["other"]) if role == "service" else None
+    answers = []
+    for name, tags in ((f"none-{secrets.token_hex(4)}", None), (hidden, ["prod"])):
+        if name is None:
+            continue
+        rid = f"missing-{secrets.token_hex(6)}"
+        token = srv.token(role, "missing-key-probe", tags=tags) if tags else srv.token(role)
+        got, _, answer = srv.call(method, f"/v1/transit/{path.format(k=name)}", body,
+                                  role=None, headers={"X-Vault-Token": token,
+                                                      "X-Request-ID": rid})
+        answers.append((got, answer))
+        assert [(r["action"], r["outcome"]) for r in records_of(srv, rid)] == [
+            (action, "denied" if tags else "error")], records_of(srv, rid)
+    assert answers[0] == (status, {"errors": [message]}), answers
+    assert all(a == answers[0] for a in answers), answers
+
+
+def test_vaults_weakly_typed_defaults_are_taken(srv: LiveServer) -> None:
+    """``auto_rotate_period: "0s"`` (Vault's "disabled") creates the key, ``prehashed: 1`` is
+    true; a real period and a number that is no boolean are still refused."""
+    for zero in ("0s", "0m", "0h"):
+        name = f"edge-{secrets.token_hex(4)}"
+        status, out = vault(srv, "POST", f"/v1/transit/keys/{name}",
+                            {"type": "ecdsa-p256", "auto_rotate_period": zero}, role="operator")
+        assert status == 200 and out["data"]["auto_rotate_period"] == 0, out
+    status, out = vault(srv, "POST", f"/v1/transit/keys/edge-{secrets.token_hex(4)}",
+                        {"auto_rotate_period": "24h"}, role="operator")
+    assert status == 400 and "auto_rotate_period" in out["errors"][0], out
+    digest = B(b"\0" * 32)
+    status, out = vault(srv, "POST", f"/v1/transit/sign/{name}",
+                        {"input": digest, "prehashed": 1})
+    assert status == 200, out
+    status, checked = vault(srv, "POST", f"/v1/transit/verify/{name}", {
+        "input": digest, "prehashed": True, "signature": out["data"]["signature"]})
+    assert status == 200 and checked["data"]["valid"] is True, checked
+    status, out = vault(srv, "POST", f"/v1/transit/sign/{name}",
+                        {"input": digest, "prehashed": 2})
+    assert status == 400 and out["errors"] == ["prehashed must be a boolean"], out
+
+
+def test_a_name_outside_ferrohsms_rule_is_told_what_is_allowed(srv: LiveServer) -> None:
+    """Transit keys follow the native name rule (not Vault's, which takes a leading '_' or a
+    UUID-shaped name): the refusal says which characters are allowed."""
+    for name in ("user@example.com", "_lead", "k" * 129, "01900000-0000-7000-8000-000000000001"):
+        status, out = vault(srv, "POST", f"/v1/transit/keys/{name}", {}, role="operator")
+        assert status == 400 and out["errors"] == [
+            "name must be 1-128 characters of letters, digits, '.', '_' or '-', start with a "
+            "letter or digit, and not look like a UUID"], (name, out)

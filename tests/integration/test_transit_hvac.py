@@ -262,6 +262,35 @@ def test_batch_sign_and_verify(operator: Any, service: Any) -> None:
     assert [r["valid"] for r in resp["data"]["batch_results"]] == [True, True, True, False, True]
 
 
+def test_sign_and_verify_batches_answer_200_with_each_items_error(srv: LiveServer,
+                                                                  operator: Any) -> None:
+    """Vault's sign and verify answer a batch 200 whatever its items' errors (only encrypt,
+    decrypt and rewrap answer 400): hvac raised on the old 400 and lost the signatures made.
+    Each item's refusal is still recorded."""
+    name = create(operator, "ecdsa-p256")
+    svc = client(srv, "service", "transit-batch-200")
+    signed = svc.adapter.post(f"/v1/transit/sign/{name}", json={
+        "batch_input": [{"input": B(b"m")}, {"input": "not-base64!", "reference": "r"}],
+        "partial_failure_response_code": 207})
+    results = signed["data"]["batch_results"]
+    assert results[0]["signature"].startswith("vault:v1:")
+    assert results[1]["reference"] == "r" and "base64" in results[1]["error"], results
+    assert signed["warnings"] == [  # Vault's sign takes no partial_failure_response_code
+        "Endpoint ignored these unrecognized parameters: [partial_failure_response_code]"]
+    checked = svc.adapter.post(f"/v1/transit/verify/{name}", json={"batch_input": [
+        {"input": B(b"m"), "signature": results[0]["signature"]},
+        {"input": B(b"m"), "signature": "garbage"}]})["data"]["batch_results"]
+    assert checked[0] == {"valid": True} and "invalid signature" in checked[1]["error"]
+    for path in ("sign", "verify"):  # every item failing is still a 200
+        resp = svc.adapter.post(f"/v1/transit/{path}/{name}", json={  # hvac raises on a 400
+            "batch_input": [{"input": "!!", "signature": "vault:v1:AAAA"}]})
+        assert "error" in resp["data"]["batch_results"][0]
+    refused = [(r["action"], r["outcome"]) for r in audit_records(srv, "transit-batch-200")
+               if r["outcome"] != "success"]
+    assert refused == [("crypto.sign", "error"), ("crypto.verify", "error"),
+                       ("crypto.sign", "error"), ("crypto.verify", "error")], refused
+
+
 def test_unsupported_features_answer_a_clear_vault_error(srv: LiveServer, operator: Any,
                                                          service: Any) -> None:
     name = create(operator)
@@ -320,9 +349,9 @@ def test_roles_and_tag_scoping_in_vault_shapes(srv: LiveServer, operator: Any,
         service.secrets.transit.create_key(name=new_name("svc"))
     with pytest.raises(vault_errors.Forbidden):
         service.secrets.transit.rotate_key(name=name)
-    # a Service token whose tags do not cover the key: the key does not exist for it (404)
+    # a Service token whose tags do not cover the key: the key does not exist for it
     scoped = client(srv, "service", "scoped-transit", tags=["prod"])
-    with pytest.raises(vault_errors.InvalidPath):
+    with pytest.raises(vault_errors.InvalidRequest, match="encryption key not found"):
         scoped.secrets.transit.decrypt_data(name=name, ciphertext=ciphertext)
     with pytest.raises(vault_errors.InvalidPath):
         scoped.secrets.transit.read_key(name=name)
@@ -331,7 +360,7 @@ def test_roles_and_tag_scoping_in_vault_shapes(srv: LiveServer, operator: Any,
     scoped_answer = srv.call("POST", f"/v1/transit/decrypt/{name}", {"ciphertext": ciphertext},
                              token=srv.token("service", "scoped-transit", tags=["prod"]))
     assert (missing[0], missing[2]) == (scoped_answer[0], scoped_answer[2]) \
-        and missing[0] == 404
+        and missing[0] == 400
     # a bad or missing token: Vault's 403
     bad = hvac.Client(url=f"https://127.0.0.1:{srv.port}", token="not-a-token",  # noqa: S106
                       verify=str(srv.pki.ca_cert))

@@ -3,16 +3,23 @@ options and text, the error shape, and the parser's one allowance for Vault's Go
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from ferrohsm.api.parse import Limits, parse_head
-from ferrohsm.api.transit import envelope, is_transit
+from ferrohsm.api.transit import envelope, is_vault
 from ferrohsm.api.transit.body import Body
 from ferrohsm.api.transit.keyinfo import key_info, native_type
-from ferrohsm.api.transit.text import format_signature, parse_signature, scheme, to_vault
+from ferrohsm.api.transit.text import (
+    canonical_ciphertext,
+    format_signature,
+    parse_signature,
+    scheme,
+    to_vault,
+)
 from ferrohsm.crypto.ops import parse_token
 from ferrohsm.domain import lifecycle as lc
 from ferrohsm.domain.errors import (
@@ -42,7 +49,7 @@ def test_only_transit_bodies_may_come_without_a_json_content_type() -> None:
         with pytest.raises(UnsupportedMediaType):
             parse_head(head("/v1/keys/k/encrypt", declared), Limits())
     assert parse_head(head("/v1/transit/keys/", None), Limits()).path == "/v1/transit/keys"
-    assert is_transit("/v1/transit/keys") and not is_transit("/v1/transitx")
+    assert is_vault("/v1/transit/keys") and not is_vault("/v1/transitx")
 
 
 def test_bodies_are_weakly_typed_and_unknown_members_warn() -> None:
@@ -60,6 +67,23 @@ def test_bodies_are_weakly_typed_and_unknown_members_warn() -> None:
     Body({"c": False, "d": ""}, ("c", "d")).unsupported("c", "d")  # defaults ask for nothing
     with pytest.raises(BadRequest, match="object"):
         Body([1], ())
+
+
+def test_booleans_and_zero_durations_are_read_as_vaults_weak_decoding_reads_them() -> None:
+    """Vault takes ``prehashed: 1`` and ``auto_rotate_period: "0s"`` (zero: disabled); both were
+    refused here. Other numbers and non-zero periods still are."""
+    for value, expected in ((1, True), (0, False), (1.0, True), ("1", True), ("false", False),
+                            (True, True)):
+        assert Body({"f": value}, ("f",)).flag("f") is expected, value
+    bad: object
+    for bad in (2, -1, 0.5, "yes", [], {}):
+        with pytest.raises(BadRequest, match="f must be a boolean"):
+            Body({"f": bad}, ("f",)).flag("f")
+    for zero in (None, "", 0, "0", "0s", "0m", "0h", "0d", "0h0m0s", "00s", "0.0s", "0ms"):
+        Body({"p": zero}, ("p",)).unsupported_period("p", feature="rotation")
+    for period in ("1s", "0s1m", "24h", 3600, "1", "-0s", "0 s", "0x", "s", "0s\n", True):
+        with pytest.raises(BadRequest, match="rotation is not supported by FerroHSM"):
+            Body({"p": period}, ("p",)).unsupported_period("p", feature="rotation")
 
 
 def test_key_types_map_both_ways_and_unknown_ones_are_refused() -> None:
@@ -113,6 +137,42 @@ def test_ciphertext_and_signature_text() -> None:
             parse_signature(bad)
 
 
+def test_base64_skips_line_breaks_as_gos_std_encoding_does() -> None:
+    """Vault decodes with Go's base64.StdEncoding, which skips every '\r' and '\n' (base64
+    wrapped at 76 columns, a value read from a file): refused here before."""
+    wrapped = base64.encodebytes(b"A" * 100).decode()
+    assert "\n" in wrapped[:-1]
+    for value, expected in ((wrapped, b"A" * 100), ("QQ==\r\n", b"A"), ("Q\nQ=\r=", b"A"),
+                            ("\n", b"")):
+        assert Body({"p": value}, ("p",)).base64("p") == expected, value
+    for bad in ("QQ== ", "Q Q==", "QQ=\t=", "QQ=", "QQ===", "=QQ=", "QQ==\x00", "QQ\u00e9=",
+                "QQ==\u2028"):
+        with pytest.raises(BadRequest, match="p must be standard base64"):
+            Body({"p": bad}, ("p",)).base64("p")
+
+
+def test_ciphertexts_and_signatures_are_read_as_vault_reads_them() -> None:
+    """Vault reads the version with strconv.Atoi ("v01" is 1) and the base64 with Go's
+    StdEncoding (a ciphertext from a file ends in a newline); the engine stays strict."""
+    for loose in ("vault:v1:AAAA\n", "vault:v01:AAAA", "vault:v001:AA\r\nAA\r\n"):
+        assert canonical_ciphertext(loose) == "vault:v1:AAAA", loose
+        assert parse_token(canonical_ciphertext(loose)) == (1, b"\0\0\0")
+        with pytest.raises(BadRequest):  # the native API's strictness is unchanged
+            parse_token(loose)
+    assert canonical_ciphertext("fhsm:v0012:AAAA\n") == "fhsm:v12:AAAA"
+    for bad in ("vault:v0:AAAA", "vault:v00:AAAA", "vault:v+1:AAAA", "vault:v-1:AAAA",
+                "vault:v 1:AAAA", "vault:v:AAAA", "vault:v1:AA AA", "vault:v1:AAA=\t",
+                "vault:v1:AB==", "vault:v1:AAAA=", "vault:v0012345678901:AAAA", "vault:v1:\n"):
+        with pytest.raises(BadRequest):
+            parse_token(canonical_ciphertext(bad))
+    signature = format_signature(7, b"\x30\x01\x02")
+    assert parse_signature(signature.replace("v7", "v007") + "\r\n") == (7, b"\x30\x01\x02")
+    for bad in ("vault:v00:MAEC", "vault:v+7:MAEC", "vault:v7:MA EC", "vault:v7:\n",
+                "vault:v7:MAE=\nC"):
+        with pytest.raises(BadRequest):
+            parse_signature(bad)
+
+
 def test_errors_take_vaults_shape_and_statuses() -> None:
     def answer(exc: Exception) -> tuple[int, dict[str, object], dict[str, str]]:
         resp = envelope.error(exc)  # type: ignore[arg-type]
@@ -126,3 +186,19 @@ def test_errors_take_vaults_shape_and_statuses() -> None:
     ok = json.loads(envelope.ok("rid", {"a": 1}).body)
     assert ok == {"request_id": "rid", "lease_id": "", "renewable": False, "lease_duration": 0,
                   "data": {"a": 1}, "wrap_info": None, "warnings": None, "auth": None}
+
+
+def test_lookup_self_says_only_what_the_token_holds() -> None:
+    """An unscoped token has no meta; one without jti, iat or exp has an empty accessor and no
+    times, never made-up ones; ``id`` is never the token."""
+    from ferrohsm.api.handlers.vaultauth import lookup_self_data
+    from ferrohsm.domain.model import Principal, Role
+    bare = lookup_self_data(Principal("cli", Role.AUDITOR), {}, 1000.0)
+    assert (bare["id"], bare["accessor"], bare["meta"], bare["policies"]) == (
+        "", "", None, ["auditor"])
+    assert (bare["issue_time"], bare["expire_time"], bare["ttl"], bare["creation_ttl"]) == (
+        None, None, 0, 0)
+    late = lookup_self_data(Principal("x", Role.SERVICE, frozenset(), issued_at=0,
+                                      expires_at=900), {}, 1000.0)
+    assert (late["ttl"], late["meta"], late["issue_time"]) == (0, {"tags": ""},
+                                                                "1970-01-01T00:00:00Z")

@@ -12,8 +12,10 @@ state is that item's ``error``; anything that would refuse every item alike (no 
 permission, rate limit, a parked approval, audit unavailable, any 5xx) fails the whole request,
 until an item has acted: from then on only a 5xx does (the results already recorded, and an
 approval an earlier item spent, are not thrown away for a later item's refusal).
-As in Vault, a batch with a failed item answers 400 with every item's result, or
-``partial_failure_response_code`` when some items succeeded. ``datakey`` is the native data key
+As in Vault, an encrypt, decrypt or rewrap batch with a failed item answers 400 with every item's
+result, or ``partial_failure_response_code`` when some items succeeded; a sign or verify batch
+answers 200 whatever its items' errors (Vault's sign and verify never apply that rule, and hvac
+would raise on a 400 and lose the signatures made). ``datakey`` is the native data key
 (``KeyService.data_key``).
 
 Writes answer POST and PUT alike (Vault's Go client writes with PUT), listings GET ``?list=true``
@@ -26,24 +28,48 @@ from collections.abc import Callable
 from typing import Any
 
 from ...auth.permissions import Action
-from ...domain.errors import BadRequest, FerroError, MethodNotAllowed, NameTaken, Recorded
+from ...domain.errors import (
+    BadRequest,
+    FerroError,
+    MethodNotAllowed,
+    NameTaken,
+    NotFound,
+    Recorded,
+    recorded,
+)
 from ...domain.model import Key, KeyFilter, RequestContext
 from ...service import KeyService
 from ...service.batch import CryptoBatch, CryptoItems, Items
+from ...service.guard import MISSING_KEY
 from ...service.randomness import MAX_RANDOM_BYTES, random_bytes
 from ..http import Request, Response, json_response
 from ..router import Router
 from ..transit.body import NOT_SUPPORTED, Body
 from ..transit.envelope import ok, vault_message
 from ..transit.keyinfo import key_info, native_type, reference
-from ..transit.text import format_signature, parse_signature, scheme, to_vault
+from ..transit.text import (
+    canonical_ciphertext,
+    format_signature,
+    parse_signature,
+    scheme,
+    to_vault,
+)
 from .common import MAX_VERSION, b64s, json_body
 
 P = "/v1/transit"
 ITEM_STATUSES = frozenset({400, 409, 410, 413})  # an item's own failure; others fail the batch
+# Vault's batchRequestResponse (400, or partial_failure_response_code) is encrypt/decrypt/rewrap's
+FAILED_ITEMS_FAIL = frozenset({Action.ENCRYPT, Action.DECRYPT})
 DATA_KEY_BITS = (128, 256, 512)
 RANDOM_SOURCES = ("platform",)
 One = Callable[[Items, Body], dict[str, Any]]  # one item: parse it, then one call
+Handler = Callable[[RequestContext, Request, dict[str, str]], Response]
+# Vault's 400 for a key that does not exist, in its words per endpoint (only reading a key, and
+# encrypt, which Vault would create the key on and FerroHSM does not, stay 404)
+ENCRYPTION_KEY_NOT_FOUND = "encryption key not found"
+SIGNING_KEY_NOT_FOUND = "signing key not found"
+VERIFICATION_KEY_NOT_FOUND = "signature verification key not found"
+KEY_NOT_FOUND = "key not found"
 
 CREATE = ("type", "derived", "convergent_encryption", "exportable", "allow_plaintext_backup",
           "auto_rotate_period", "key_size", "managed_key_name", "managed_key_id", "context")
@@ -56,8 +82,7 @@ REWRAP_ITEM = ("ciphertext", "associated_data", "context", "nonce", "key_version
 REWRAP = (*REWRAP_ITEM, "batch_input", "partial_failure_response_code")
 DATAKEY = ("bits", "context", "nonce", "key_version")
 SIGN_OPTIONS = ("hash_algorithm", "algorithm", "prehashed", "signature_algorithm",
-                "marshaling_algorithm", "salt_length", "key_version", "name",
-                "partial_failure_response_code", "batch_input")
+                "marshaling_algorithm", "salt_length", "key_version", "name", "batch_input")
 SIGN_ITEM = ("input", "context", "reference")
 VERIFY_ITEM = ("input", "signature", "hmac", "context", "reference")
 RANDOM = ("bytes", "format", "source")
@@ -100,8 +125,8 @@ class Transit:
         body.unsupported("derived", "context", feature="key derivation (derived keys)")
         body.unsupported("convergent_encryption", feature="convergent encryption")
         body.unsupported("exportable", "allow_plaintext_backup", feature="exportable keys")
-        body.unsupported("auto_rotate_period",
-                         feature="auto_rotate_period (use [policy] rotation_days)")
+        body.unsupported_period("auto_rotate_period",
+                                feature="auto_rotate_period (use [policy] rotation_days)")
         body.unsupported("key_size", feature="HMAC keys")
         body.unsupported("managed_key_name", "managed_key_id", feature="managed keys")
         algorithm, usage = native_type(body.text("type"))
@@ -272,7 +297,8 @@ class Transit:
         batch = _items(raw)
         # checked before any item runs: a bad value found afterwards would throw away the
         # results of items that acted (an approval spent, a decryption recorded)
-        partial = body.integer("partial_failure_response_code", 200, 599)
+        failing = action in FAILED_ITEMS_FAIL
+        partial = body.integer("partial_failure_response_code", 200, 599) if failing else None
         results: list[dict[str, Any]] = []
         acted = False
         with self.items.batch(ctx, action, len(batch), pay_all=True) as items:
@@ -282,7 +308,7 @@ class Transit:
                 if isinstance(item, dict) and isinstance(item.get("reference"), str):
                     result["reference"] = item["reference"]
                 results.append(result)
-        failed = sum("error" in r for r in results)
+        failed = failing and any("error" in r for r in results)
         status = 200 if not failed else partial if partial is not None and acted else 400
         return ok(req.request_id, {"batch_results": results}, body.warnings(), status)
 
@@ -331,7 +357,7 @@ def _ciphertext(item: Body) -> str:
     text = item.text("ciphertext")
     if not text:
         raise BadRequest("missing ciphertext to decrypt")
-    return text
+    return canonical_ciphertext(text)
 
 
 def _items(batch: object) -> list[Any]:
@@ -353,6 +379,23 @@ def _sign_options(body: Body, path_hash: str | None, key: Key) -> tuple[str, boo
     return chosen, body.flag("prehashed")
 
 
+def _missing_key(handler: Handler, message: str) -> Handler:
+    """``handler`` answering a missing key as Vault does there: 400 ``message``, not 404 (hvac
+    raises InvalidRequest, not InvalidPath). A key outside the token's tags is refused with the
+    same "no such key" as a missing one (service/guard.py OutOfScope), so it gets the same
+    answer here and a scoped token still cannot tell the two apart. Already recorded by the
+    service as the native refusal: the record keeps saying what happened and why."""
+    def wrapped(ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
+        try:
+            return handler(ctx, req, p)
+        except NotFound as exc:
+            if exc.message != MISSING_KEY:
+                raise
+            vault = BadRequest(message)
+            raise (recorded(vault) if isinstance(exc, Recorded) else vault) from None
+    return wrapped
+
+
 def _empty_404() -> Response:
     return json_response(404, {"errors": []})
 
@@ -366,13 +409,19 @@ def _unsupported(feature: str) -> Callable[[RequestContext, Request, dict[str, s
 def register(router: Router, service: KeyService, items: CryptoItems | None = None) -> None:
     """The transit routes; undocumented in OpenAPI (README.md documents them)."""
     t = Transit(service, items or CryptoItems(service))
+    rotate = _missing_key(t.rotate, KEY_NOT_FOUND)
+    decrypt = _missing_key(t.decrypt, ENCRYPTION_KEY_NOT_FOUND)
+    rewrap = _missing_key(t.rewrap, ENCRYPTION_KEY_NOT_FOUND)
+    datakey = _missing_key(t.datakey, ENCRYPTION_KEY_NOT_FOUND)
+    sign = _missing_key(t.sign, SIGNING_KEY_NOT_FOUND)
+    verify = _missing_key(t.verify, VERIFICATION_KEY_NOT_FOUND)
     writes: tuple[tuple[str, Any, bool], ...] = (
-        ("/keys/{name}", t.create, False), ("/keys/{name}/rotate", t.rotate, False),
-        ("/encrypt/{name}", t.encrypt, True), ("/decrypt/{name}", t.decrypt, True),
-        ("/rewrap/{name}", t.rewrap, True), ("/datakey/{kind}/{name}", t.datakey, True),
+        ("/keys/{name}", t.create, False), ("/keys/{name}/rotate", rotate, False),
+        ("/encrypt/{name}", t.encrypt, True), ("/decrypt/{name}", decrypt, True),
+        ("/rewrap/{name}", rewrap, True), ("/datakey/{kind}/{name}", datakey, True),
         # sign/verify run on the pool: a batch of RSA-4096 signatures would hold the loop
-        ("/sign/{name}", t.sign, False), ("/sign/{name}/{hash}", t.sign, False),
-        ("/verify/{name}", t.verify, False), ("/verify/{name}/{hash}", t.verify, False),
+        ("/sign/{name}", sign, False), ("/sign/{name}/{hash}", sign, False),
+        ("/verify/{name}", verify, False), ("/verify/{name}/{hash}", verify, False),
         ("/random", t.random, True), ("/random/{source}", t.random, True),
         ("/random/{source}/{bytes}", t.random, True))
     for path, handler, inline in writes:

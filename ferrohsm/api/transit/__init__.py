@@ -12,8 +12,19 @@ ciphertexts and signatures (``text``). The routes are in api/handlers/transit.py
 from __future__ import annotations
 
 PREFIX = "/v1/transit/"  # Vault's default mount path of the transit engine
+# Only Vault clients call these: FerroHSM's own API has nothing under /v1/auth/, and under
+# /v1/sys/ only a few routes of its own (seal, unseal, rekey, backup), which keep its shapes
+AUTH_PREFIX, SYS_PREFIX = "/v1/auth/", "/v1/sys/"
 
 
-def is_transit(path: str) -> bool:
-    """Whether a raw request path belongs to the Vault-compatible surface."""
-    return path.startswith(PREFIX)
+def is_vault(path: str) -> bool:
+    """Whether a raw request path belongs to the Vault-compatible surface: Vault's shapes and
+    the token in X-Vault-Token (the transit engine, and auth/token/lookup-self)."""
+    return path.startswith((PREFIX, AUTH_PREFIX))
+
+
+def is_vault_unrouted(path: str) -> bool:
+    """Whether a path no route serves is answered in Vault's 404 shape: it is on the Vault
+    surface, or under /v1/sys/ where only Vault clients look for what FerroHSM lacks (hvac's
+    sys.read_health_status, ``vault status``)."""
+    return is_vault(path) or path.startswith(SYS_PREFIX)

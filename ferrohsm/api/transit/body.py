@@ -10,12 +10,28 @@ does not have (``unsupported``), so a client never gets a silently different res
 from __future__ import annotations
 
 import binascii
+import re
 from collections.abc import Iterable
 from typing import Any
 
 from ...domain.errors import BadRequest
 
 NOT_SUPPORTED = "not supported by FerroHSM"
+LINE_BREAKS = str.maketrans("", "", "\r\n")
+# zero in every spelling Vault's duration parser takes (Go's time.ParseDuration units, and d)
+_ZERO_DURATION = re.compile(r"0+(?:\.0*)?|(?:0+(?:\.0*)?(?:ns|us|\u00b5s|ms|s|m|h|d))+")
+
+
+def std_base64(value: str) -> bytes:
+    """Standard base64 with padding as Vault decodes it (Go's ``base64.StdEncoding``), so what
+    Vault takes is taken here: Go skips every '\r' and '\n' (base64 wrapped at 76 columns, a
+    value read from a file with its trailing newline) and is otherwise strict, as this is: any
+    other character outside the alphabet, or wrong padding, is ValueError (binascii.Error)."""
+    try:
+        return binascii.a2b_base64(value.translate(LINE_BREAKS).encode("ascii"),
+                                   strict_mode=True)
+    except UnicodeEncodeError:
+        raise ValueError("not base64") from None
 
 
 class Body:
@@ -71,23 +87,27 @@ class Body:
         return value
 
     def flag(self, name: str) -> bool:
+        """A boolean as Vault's weak decoding reads one: true/false, "true"/"false", "1"/"0"
+        and the numbers 1 and 0 (hvac users send ``prehashed: 1``). Any other value is refused
+        rather than guessed (Go would read 2 as true)."""
         value = self.data.get(name)
         if value is None or value == "":
             return False
         if isinstance(value, str) and value.lower() in ("true", "1", "false", "0"):
             return value.lower() in ("true", "1")
+        if type(value) in (int, float) and value in (0, 1):
+            return bool(value)
         if type(value) is not bool:
             raise BadRequest(f"{name} must be a boolean")
         return value
 
     def base64(self, name: str) -> bytes | None:
-        """Standard base64 with padding (Go's ``base64.StdEncoding``, what Vault decodes)."""
         value = self.text(name)
         if value is None:
             return None
         try:
-            return binascii.a2b_base64(value.encode("ascii"), strict_mode=True) if value else b""
-        except (binascii.Error, ValueError, UnicodeEncodeError):
+            return std_base64(value)
+        except ValueError:
             raise BadRequest(f"{name} must be standard base64") from None
 
     def unsupported(self, *names: str, feature: str | None = None) -> None:
@@ -97,6 +117,15 @@ class Body:
             value = self.data.get(name)
             if value not in (None, "", False, 0, "false", "0"):
                 raise BadRequest(f"{feature or name} is {NOT_SUPPORTED}")
+
+    def unsupported_period(self, name: str, feature: str) -> None:
+        """Refuse a duration member unless it is zero, which Vault reads as "disabled" whatever
+        its spelling (0, "0", "0s", "0m", "0h", "0h0m0s", "0d"...): a client that spells
+        Vault's default must not be refused for a feature it did not ask for."""
+        value = self.data.get(name)
+        if isinstance(value, str) and _ZERO_DURATION.fullmatch(value):
+            return
+        self.unsupported(name, feature=feature)
 
     def only(self, name: str, allowed: tuple[str, ...], default: str) -> str:
         """A string member that must be one of ``allowed`` (Vault has more; FerroHSM these)."""

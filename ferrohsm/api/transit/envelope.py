@@ -3,8 +3,9 @@
 Success: ``{"request_id", "lease_id": "", "renewable": false, "lease_duration": 0, "data": {...},
 "wrap_info": null, "warnings": null | [...], "auth": null}``. Errors: ``{"errors": ["..."]}``.
 Vault answers every user error 400 (FerroHSM's 409 and 410 included), a missing or bad token
-403 "permission denied" (FerroHSM: 401), an unknown path or key 404, a method a path does not
-take 405. A parked dual-control request (FerroHSM's 202) has no Vault equivalent that a Vault
+403 "permission denied" (FerroHSM: 401), an unknown path 404 (a missing key: 404 when read,
+400 in Vault's words elsewhere, api/handlers/transit.py ``_missing_key``), a method a path does
+not take 405. A parked dual-control request (FerroHSM's 202) has no Vault equivalent that a Vault
 client would not take for success, so it is a 400 naming the approval to redeem.
 """
 

@@ -12,10 +12,13 @@ import binascii
 import re
 
 from ...domain.errors import BadRequest
-from .body import NOT_SUPPORTED
+from .body import LINE_BREAKS, NOT_SUPPORTED, std_base64
 
 NATIVE, VAULT = "fhsm:", "vault:"
-_SIGNATURE_RE = re.compile(r"vault:v([1-9][0-9]{0,8}):([A-Za-z0-9+/]+={0,2})")
+# Vault reads the version with Go's strconv.Atoi ("v01" is version 1) and the base64 with
+# base64.StdEncoding (line breaks skipped); signs, spaces, an empty version or 0 stay refused
+_SIGNATURE_RE = re.compile(r"vault:v0*([1-9][0-9]{0,8}):([A-Za-z0-9+/=\r\n]+)")
+_CIPHERTEXT_RE = re.compile(r"(fhsm|vault):v0*([1-9][0-9]{0,8}):([A-Za-z0-9+/=\r\n]*)")
 DEFAULT_HASH = "sha2-256"  # Vault's default hash_algorithm
 # (FerroHSM algorithm, Vault hash_algorithm, Vault signature_algorithm) -> FerroHSM scheme
 _SCHEMES: dict[tuple[str, str, str], str] = {
@@ -33,6 +36,20 @@ def to_vault(token: str) -> str:
     return VAULT + token[len(NATIVE):] if token.startswith(NATIVE) else token
 
 
+def canonical_ciphertext(text: str) -> str:
+    """The one spelling the engine reads (crypto/ops.py ``parse_token``, strict for the native
+    API on purpose) of a ciphertext as Vault would read it: the version without leading zeros,
+    the base64 without line breaks (a ciphertext read from a file keeps its newline). Only
+    these two of Vault's allowances: anything else is returned unchanged, for the engine to
+    refuse as it always has (stray bits before the padding, and ``v0``, which Vault reads as
+    version 1, included), so a token never reaches the cipher in a guessed form."""
+    match = _CIPHERTEXT_RE.fullmatch(text)
+    if match is None:
+        return text
+    prefix, version, payload = match.groups()
+    return f"{prefix}:v{version}:{payload.translate(LINE_BREAKS)}"
+
+
 def format_signature(version: int, der: bytes) -> str:
     return f"{VAULT}v{version}:{binascii.b2a_base64(der, newline=False).decode('ascii')}"
 
@@ -43,9 +60,12 @@ def parse_signature(text: str) -> tuple[int, bytes]:
     if match is None:
         raise BadRequest("invalid signature: expected vault:v<version>:<base64>")
     try:
-        return int(match.group(1)), binascii.a2b_base64(match.group(2), strict_mode=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest("invalid signature: bad base64") from None
+        der = std_base64(match.group(2))
+    except ValueError:
+        der = b""
+    if not der:
+        raise BadRequest("invalid signature: bad base64")
+    return int(match.group(1)), der
 
 
 def scheme(algorithm: str, hash_algorithm: str | None, signature_algorithm: str | None) -> str:
