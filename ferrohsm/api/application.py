@@ -26,6 +26,7 @@ from ..domain.errors import (
     BadRequest,
     FerroError,
     MethodNotAllowed,
+    NotFound,
     RateLimited,
     Recorded,
     recorded,
@@ -343,8 +344,8 @@ def _error(req: Request, exc: FerroError, routed: bool = True) -> Response:
 
 def _credentials(req: Request) -> list[str]:
     """The Authorization values to authenticate. On the Vault surface (/v1/transit/, and
-    /v1/auth/token/lookup-self) a Vault client sends its token as ``X-Vault-Token``: the same FerroHSM bearer token, validated the same way (one
-    header or the other, never both)."""
+    /v1/auth/token/lookup-self) a Vault client sends its token as ``X-Vault-Token``: the same
+    FerroHSM bearer token, validated the same way (one header or the other, never both)."""
     if is_vault(req.path):
         vault_tokens = req.headers.get_all("x-vault-token")
         if vault_tokens:

@@ -179,7 +179,8 @@ def test_the_folder_job_store(tmp_path: Path) -> None:
 
 def test_a_sealed_job_reads_back_only_as_itself(wrapping_key: bytes) -> None:
     from ferrohsm.crypto.seal import Sealer
-    from ferrohsm.service.imports import JOB_CONTEXT, ImportJob
+    from ferrohsm.service.imports import ImportJob
+    from ferrohsm.store.importjobs import JOB_CONTEXT
 
     sealer = Sealer(bytes(32))
     job = ImportJob(str(uuid.uuid4()), NOW, NOW, "alice", wrapping_key)
