@@ -354,7 +354,7 @@ def _serve(config: Config, gate: Any, ssl_provider: Any, announce: Any) -> int:
     from .. import app as wiring
     from ..audit.chain import AuditEvent
     from ..domain.model import SYSTEM_CONTEXT
-    from .serve import setter
+    from .serve import listen_or_exit, setter
     shim: Any = argparse.Namespace(config=config, app=gate, audit=gate)  # what make_server reads
     if hasattr(ssl_provider, "notify"):
         ssl_provider.notify = wiring.tls_notify(gate)
@@ -366,7 +366,8 @@ def _serve(config: Config, gate: Any, ssl_provider: Any, announce: Any) -> int:
     # its default it would end the process, and its restart needs the custodians again
     signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
         target=_reload, args=(gate, ssl_provider), name="ferrohsm-sighup", daemon=True).start())
-    server.start()
+    # a busy port is exit 4 as unsealed: systemd retries it (2 would stop it for good)
+    listen_or_exit(server, config.server.listen)
     try:
         if hasattr(ssl_provider, "start"):  # ACME too: it needs no master key, only its cache,
             ssl_provider.start()  # and the port must answer a tls-alpn-01 validation first

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -45,6 +46,18 @@ def test_any_start_up_os_error_names_the_path_and_the_operation(tmp_path: Path) 
         error = wiring.startup_failure(exc)
     assert error.message == (f"cannot os.open {missing} (in open_segment): "
                              "No such file or directory (ENOENT)")
+
+
+def test_an_os_error_raised_anew_names_no_operation_and_no_data_file() -> None:
+    """socket.create_server re-raises a failed bind as ``raise error(...)`` with no path: that
+    once read "cannot error a file of the data directory (in create_server)"."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        try:
+            socket.create_server(("127.0.0.1", taken.getsockname()[1])).close()
+        except OSError as exc:
+            error = wiring.startup_failure(exc)
+    assert error.message.startswith("cannot start (in create_server): Address already in use")
+    assert "EADDRINUSE" in error.message and "data directory" not in error.message
 
 
 def test_every_directory_made_for_the_data_is_private(tmp_path: Path) -> None:
