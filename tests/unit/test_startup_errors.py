@@ -100,3 +100,15 @@ def test_pin_cpu_takes_a_core_outside_the_affinity_it_started_with() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.stdout.strip() == f"[{first}]", done.stderr
+
+
+def test_a_file_given_as_the_data_directory_is_refused_and_keeps_its_mode(
+        tmp_path: Path) -> None:
+    """``restore --data-dir archive.fhsmbak`` by mistake: refused, and the file was chmod'ed
+    0700 on the way."""
+    archive = tmp_path / "some.fhsmbak"
+    archive.write_text("data")
+    archive.chmod(0o600)
+    with pytest.raises(ConfigError, match=f"data directory {archive} is not a directory"):
+        wiring.ensure_private_dir(archive)
+    assert stat.S_IMODE(archive.stat().st_mode) == 0o600
