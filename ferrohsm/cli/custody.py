@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import codecs
 import dataclasses
 import getpass
 import os
@@ -203,16 +204,43 @@ def read_share_text(share_file: str | None, private_key: str | list[str] | None)
     """The share, from a file (decrypted with the custodian key when it is encrypted), stdin,
     or a prompt that does not echo."""
     if share_file:
-        try:
-            text = Path(share_file).read_text(encoding="ascii").strip()
-        except (OSError, UnicodeDecodeError):
-            raise ConfigError(f"cannot read --share-file {share_file}") from None
+        text = share_file_text(share_file).strip()
     elif not sys.stdin.isatty():
-        text = sys.stdin.readline().strip()
+        text = sys.stdin.readline().lstrip("\ufeff").strip()
     else:
         text = getpass.getpass("Unseal share (not echoed): ").strip()
     if text.startswith(ENCRYPTED_HEADER):
         return _decrypt(text, private_key)
+    return text
+
+
+MAX_SHARE_FILE = 1 << 16
+
+
+def share_file_text(name: str) -> str:
+    """A share file's text. Windows tools save text with a byte-order mark, CRLF line ends or
+    as UTF-16: each is read as the share it holds, not refused as an unreadable file (which sent
+    the custodian to its permissions). Anything else that is not ASCII is refused by what it
+    is, never quoting the content (it may be a share)."""
+    try:
+        with open(name, "rb") as f:
+            raw = f.read(MAX_SHARE_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read --share-file {name}: {exc.strerror}") from None
+    if len(raw) > MAX_SHARE_FILE:
+        raise ConfigError(f"--share-file {name} is too large to hold a share")
+    text: str | None
+    try:
+        if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            text = raw.decode("utf-16")
+        else:
+            text = raw.removeprefix(codecs.BOM_UTF8).decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or not text.isascii() or "\0" in text:
+        hint = " (UTF-16 without a byte-order mark?)" if b"\0" in raw else ""
+        raise ConfigError(f"--share-file {name} is not ASCII text{hint}: a share is "
+                          "fhsm1-<split>-<n>-<value>; save the file as ASCII or UTF-8")
     return text
 
 

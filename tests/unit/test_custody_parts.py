@@ -141,3 +141,43 @@ def test_the_journal_gives_both_keys_to_a_holder_of_either() -> None:
 
 def test_the_check_value_name_is_the_one_app_uses() -> None:
     assert rekey.CHECK_VALUE == app.CHECK_VALUE
+
+
+SHARE_TEXT = "fhsm1-0123abcd-2-o18LK5dKeXYuOLvmq9dKkiJzOOV8"
+
+
+@pytest.mark.parametrize("raw", [
+    b"\xef\xbb\xbf" + SHARE_TEXT.encode() + b"\r\n",  # Notepad's UTF-8: a BOM and CRLF
+    SHARE_TEXT.encode() + b"\r\n",
+    "\ufeff".encode("utf-16-le") + (SHARE_TEXT + "\r\n").encode("utf-16-le"),  # "Unicode"
+    "\ufeff".encode("utf-16-be") + SHARE_TEXT.encode("utf-16-be"),
+], ids=["utf8-bom-crlf", "crlf", "utf16-le", "utf16-be"])
+def test_share_files_as_windows_tools_save_them_are_read(tmp_path: Path, raw: bytes) -> None:
+    """They were "cannot read --share-file", which sends a custodian to the permissions."""
+    from ferrohsm.cli.custody import read_share_text
+    path = tmp_path / "share.txt"
+    path.write_bytes(raw)
+    assert read_share_text(str(path), None) == SHARE_TEXT
+    assert parse_share(read_share_text(str(path), None)).x == 2
+
+
+@pytest.mark.parametrize(("raw", "said"), [
+    (SHARE_TEXT.encode("utf-16-le"), "is not ASCII text (UTF-16 without a byte-order mark?)"),
+    (SHARE_TEXT.encode() + b"\xe9", "is not ASCII text: a share is"),
+    ((SHARE_TEXT + "é").encode(), "is not ASCII text: a share is"),
+], ids=["utf16-no-bom", "latin1", "utf8-non-ascii"])
+def test_a_share_file_that_is_not_ascii_is_said_so_without_its_content(
+        tmp_path: Path, raw: bytes, said: str) -> None:
+    from ferrohsm.cli.custody import read_share_text
+    path = tmp_path / "share.txt"
+    path.write_bytes(raw)
+    with pytest.raises(ConfigError) as refused:
+        read_share_text(str(path), None)
+    assert f"--share-file {path} {said}" in refused.value.message
+    assert "o18LK" not in refused.value.message and "cannot read" not in refused.value.message
+
+
+def test_an_unreadable_share_file_says_why(tmp_path: Path) -> None:
+    from ferrohsm.cli.custody import read_share_text
+    with pytest.raises(ConfigError, match=r"cannot read --share-file .*: No such file"):
+        read_share_text(str(tmp_path / "missing"), None)
