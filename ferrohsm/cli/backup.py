@@ -332,7 +332,8 @@ def run_restore(args: argparse.Namespace) -> int:
         raise wiring.startup_failure(exc) from None
     print(f"restored {len(got.keys)} key(s) and {len(got.approvals)} approval(s) into "
           f"{config.storage.data_dir} ({config.storage.key_store}); source audit head seq "
-          f"{got.audit_head.get('seq')}. Start the server with the same "
+          f"{got.audit_head.get('seq')}. Note: {restoring.state_as_taken(got.header)}; destroy "
+          "it again if its destruction must stand. Start the server with the same "
           f"{'shares' if config.secrets.unseal == 'shamir' else 'master key'}.")
     return 0
 
