@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -181,3 +182,50 @@ def test_an_unreadable_share_file_says_why(tmp_path: Path) -> None:
     from ferrohsm.cli.custody import read_share_text
     with pytest.raises(ConfigError, match=r"cannot read --share-file .*: No such file"):
         read_share_text(str(tmp_path / "missing"), None)
+
+
+class _Records:
+    """The sealed-phase audit sink, as a list."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def append(self, event: Any) -> None:
+        self.events.append(event)
+
+    def write_queued(self) -> None: ...
+    def is_durable(self, ticket: Any) -> bool: return True
+    def wait(self, ticket: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+def test_every_refused_unseal_share_is_audited_denied() -> None:
+    """A refusal of the caller's share is ``denied`` whatever the reason: a foreign split, a
+    number outside the split or a repeat were ``error`` (the server's own failures), a
+    malformed one ``denied``."""
+    import base64
+    import json
+
+    from ferrohsm.api.http import Headers, Request
+    from ferrohsm.custody.gate import UNSEAL_PATH, SealGate
+    master = os.urandom(32)
+    split, shares = state.new_split(master, 3, 2)
+    records = _Records()
+
+    def no_runtime(master: bytes) -> Any:
+        raise AssertionError("no threshold is reached here")
+    gate = SealGate(Unsealer(state.CustodyFile(split).signed({split.split_id: master})),
+                    open_sink=lambda: records, open_runtime=no_runtime,
+                    close_runtime=lambda rt: None, version="test")
+    value = base64.urlsafe_b64encode(bytes(32)).decode().rstrip("=")
+    for n, text in enumerate(["not a share",                       # malformed
+                              f"fhsm1-00000000-1-{value}",          # another split
+                              f"fhsm1-{split.split_id}-9-{value}",  # outside the split's 3
+                              shares[0].text(), shares[0].text()]):  # the second a repeat
+        body = json.dumps({"share": text}).encode()
+        answer = gate(Request("POST", UNSEAL_PATH, UNSEAL_PATH, {}, Headers(), body,
+                              "127.0.0.1", n, None, f"r{n}", 0.0))
+        assert answer.status == (200 if n == 3 else 400)
+    outcomes = [(e.action, e.outcome) for e in records.events]
+    assert outcomes == [("system.unseal", "denied")] * 3 + [("system.unseal", "success"),
+                                                            ("system.unseal", "denied")]
