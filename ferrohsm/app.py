@@ -97,12 +97,18 @@ _CALL_RE = re.compile(r"([A-Za-z_][\w.]*)\(")
 
 def startup_failure(exc: OSError) -> ConfigError:
     """An OS error while starting (a read-only or full data directory, a missing file), as the
-    one-line configuration error ``cannot <operation> <path>: <reason>``."""
+    one-line configuration error ``cannot <operation> <path>: <reason>``. The operation is the
+    call on the failing line; a line that raises a new error (``raise error(...)`` in
+    socket.create_server) names no operation, and one with no path either is not guessed to be
+    a file of the data directory (a busy port once read "cannot error a file of ...")."""
     frames = traceback.extract_tb(exc.__traceback__)
     inner = frames[-1] if frames else None
-    call = _CALL_RE.search(inner.line or "") if inner else None
-    operation = call.group(1) if call else "access"
+    line = (inner.line or "").strip() if inner else ""
+    call = None if line.startswith("raise") else _CALL_RE.search(line)
     where = f" (in {inner.name})" if inner else ""
+    if call is None and exc.filename is None:
+        return ConfigError(f"cannot start{where}: {why(exc)}")
+    operation = call.group(1) if call else "access"
     path = exc.filename if exc.filename is not None else "a file of the data directory"
     return ConfigError(f"cannot {operation} {path}{where}: {why(exc)}")
 

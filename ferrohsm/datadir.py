@@ -11,7 +11,8 @@ from .domain.errors import ConfigError
 
 def ensure_private_dir(path: str | Path) -> Path:
     """Create ``path`` 0700 (and tighten it if it exists): data directories hold sealed secrets.
-    A directory that cannot be made, tightened or written is a ConfigError naming it."""
+    A directory that cannot be made, tightened or written, or a path that is not a directory,
+    is a ConfigError naming it."""
     p = Path(path)
     try:
         for missing in reversed([d for d in (p, *p.parents) if not d.exists()]):
@@ -20,6 +21,8 @@ def ensure_private_dir(path: str | Path) -> Path:
         raise ConfigError(f"cannot create data directory {p.absolute()}: {why(exc)}") from None
     if p.is_symlink():
         raise ConfigError(f"data directory {p} must not be a symlink")
+    if not p.is_dir():  # before the chmod: a file named by mistake (an archive) keeps its mode
+        raise ConfigError(f"data directory {p.absolute()} is not a directory")
     try:
         os.chmod(p, 0o700)
     except OSError as exc:

@@ -19,6 +19,7 @@ import argparse
 import base64
 import binascii
 import dataclasses
+import errno
 import hashlib
 import os
 import shutil
@@ -211,8 +212,10 @@ def run_offline_backup(args: argparse.Namespace) -> int:
 class PrivateArchive:
     """The archive's file, opened before the backup is taken: a 0600 temporary file beside it
     (created now, so a missing directory or a read-only disk fails first, exit 3), written,
-    fsynced and renamed at ``commit``; removed if the backup does not get that far. A write
-    that fails after the server made the archive is exit 5 (streams.writing)."""
+    fsynced and linked into place at ``commit``; removed if the backup does not get that far. A
+    write that fails after the server made the archive is exit 5 (streams.writing). The link
+    never replaces a file: one made at the path while the backup ran (another job's archive)
+    is kept and the backup refused, exit 3; a rename would have overwritten it."""
 
     def __init__(self, out: str) -> None:
         if not out.strip() or out.endswith("/"):
@@ -229,7 +232,8 @@ class PrivateArchive:
                           "sent to the server", CANNOT_WRITE) from None
 
     def commit(self, data: bytes) -> None:
-        """Atomically: written, fsynced, renamed, the directory fsynced."""
+        """Atomically: written, fsynced, linked into place (never over a file), the directory
+        fsynced."""
         if self.fd is None:
             raise CliExit(f"{self.path}: the archive was already written", 1)
         with writing(str(self.path)):
@@ -239,7 +243,14 @@ class PrivateArchive:
             os.fsync(self.fd)
             os.close(self.fd)
             self.fd = None
-            os.replace(self.tmp, self.path)
+            try:
+                _place(self.tmp, self.path)
+            except FileExistsError:
+                raise CliExit(f"cannot write {self.path}: a file was made there while the "
+                              "backup ran, and an archive never replaces a file: choose a new "
+                              "archive name; nothing was written", CANNOT_WRITE) from None
+            finally:
+                self.tmp.unlink(missing_ok=True)
             dir_fd = os.open(self.path.parent if str(self.path.parent) else ".", os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
@@ -254,6 +265,22 @@ class PrivateArchive:
             os.close(self.fd)
             self.fd = None
         self.tmp.unlink(missing_ok=True)
+
+
+def _place(tmp: Path, path: Path) -> None:
+    """``tmp`` at ``path`` whole, or FileExistsError if ``path`` exists. A filesystem without
+    hard links (FAT, some network shares) gets the name reserved by an exclusive create, then
+    replaced by ``tmp``: still never over a file someone else made."""
+    try:
+        os.link(tmp, path)
+        return
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    os.replace(tmp, path)
 
 
 def _read_archive(path: str) -> bytes:
@@ -305,7 +332,8 @@ def run_restore(args: argparse.Namespace) -> int:
         raise wiring.startup_failure(exc) from None
     print(f"restored {len(got.keys)} key(s) and {len(got.approvals)} approval(s) into "
           f"{config.storage.data_dir} ({config.storage.key_store}); source audit head seq "
-          f"{got.audit_head.get('seq')}. Start the server with the same "
+          f"{got.audit_head.get('seq')}. Note: {restoring.state_as_taken(got.header)}; destroy "
+          "it again if its destruction must stand. Start the server with the same "
           f"{'shares' if config.secrets.unseal == 'shamir' else 'master key'}.")
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import codecs
 import dataclasses
 import getpass
 import os
@@ -203,16 +204,43 @@ def read_share_text(share_file: str | None, private_key: str | list[str] | None)
     """The share, from a file (decrypted with the custodian key when it is encrypted), stdin,
     or a prompt that does not echo."""
     if share_file:
-        try:
-            text = Path(share_file).read_text(encoding="ascii").strip()
-        except (OSError, UnicodeDecodeError):
-            raise ConfigError(f"cannot read --share-file {share_file}") from None
+        text = share_file_text(share_file).strip()
     elif not sys.stdin.isatty():
-        text = sys.stdin.readline().strip()
+        text = sys.stdin.readline().lstrip("\ufeff").strip()
     else:
         text = getpass.getpass("Unseal share (not echoed): ").strip()
     if text.startswith(ENCRYPTED_HEADER):
         return _decrypt(text, private_key)
+    return text
+
+
+MAX_SHARE_FILE = 1 << 16
+
+
+def share_file_text(name: str) -> str:
+    """A share file's text. Windows tools save text with a byte-order mark, CRLF line ends or
+    as UTF-16: each is read as the share it holds, not refused as an unreadable file (which sent
+    the custodian to its permissions). Anything else that is not ASCII is refused by what it
+    is, never quoting the content (it may be a share)."""
+    try:
+        with open(name, "rb") as f:
+            raw = f.read(MAX_SHARE_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read --share-file {name}: {exc.strerror}") from None
+    if len(raw) > MAX_SHARE_FILE:
+        raise ConfigError(f"--share-file {name} is too large to hold a share")
+    text: str | None
+    try:
+        if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            text = raw.decode("utf-16")
+        else:
+            text = raw.removeprefix(codecs.BOM_UTF8).decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or not text.isascii() or "\0" in text:
+        hint = " (UTF-16 without a byte-order mark?)" if b"\0" in raw else ""
+        raise ConfigError(f"--share-file {name} is not ASCII text{hint}: a share is "
+                          "fhsm1-<split>-<n>-<value>; save the file as ASCII or UTF-8")
     return text
 
 
@@ -354,7 +382,7 @@ def _serve(config: Config, gate: Any, ssl_provider: Any, announce: Any) -> int:
     from .. import app as wiring
     from ..audit.chain import AuditEvent
     from ..domain.model import SYSTEM_CONTEXT
-    from .serve import setter
+    from .serve import listen_or_exit, setter
     shim: Any = argparse.Namespace(config=config, app=gate, audit=gate)  # what make_server reads
     if hasattr(ssl_provider, "notify"):
         ssl_provider.notify = wiring.tls_notify(gate)
@@ -366,7 +394,8 @@ def _serve(config: Config, gate: Any, ssl_provider: Any, announce: Any) -> int:
     # its default it would end the process, and its restart needs the custodians again
     signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
         target=_reload, args=(gate, ssl_provider), name="ferrohsm-sighup", daemon=True).start())
-    server.start()
+    # a busy port is exit 4 as unsealed: systemd retries it (2 would stop it for good)
+    listen_or_exit(server, config.server.listen)
     try:
         if hasattr(ssl_provider, "start"):  # ACME too: it needs no master key, only its cache,
             ssl_provider.start()  # and the port must answer a tls-alpn-01 validation first

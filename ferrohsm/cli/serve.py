@@ -240,7 +240,7 @@ LISTEN_ERRORS = {errno.EADDRINUSE: "is already in use (another server, or an old
                  errno.EACCES: "needs privileges (a port below 1024): choose a port above 1023"}
 
 
-def _listen(server: Any, listen: str) -> None:
+def listen_or_exit(server: Any, listen: str) -> None:
     """Bind and start; the usual reasons a listen fails are one line and exit 4."""
     _listening(server.start, listen)
 
@@ -357,7 +357,7 @@ def _serve(config: Config, ssl_provider: Any, announce: Any = None, options: Any
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, setter(done))
-        _listen(server, config.server.listen)
+        listen_or_exit(server, config.server.listen)
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
             target=sighup_reload, args=(rt, ssl_provider, index == 0), name="ferrohsm-sighup",
             daemon=True).start())

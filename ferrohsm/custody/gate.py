@@ -212,7 +212,7 @@ class SealGate:
             log.error("a request refused while sealed could not be audited")
 
     def _unseal(self, req: Request) -> Response:
-        """Every submission is audited (never the share): a malformed one as denied, one over
+        """Every submission is audited (never the share): every refused one as denied, one over
         the address's limit as the sealed refusals are (at most one record a second)."""
         ctx = RequestContext(None, req.request_id, source_ip=req.peer_ip)
         try:
@@ -228,8 +228,12 @@ class SealGate:
         try:
             progress, master = self._unsealer.submit(share)
         except FerroError as exc:
+            # a refused share (another split's, out of range, a repeat, a wrong set) is a
+            # refusal of the caller's input, as a malformed one is: denied; error is left to
+            # the server's own failures (a 5xx)
+            outcome = "denied" if exc.status < 500 else exc.outcome
             self._audit(ctx, "system.unseal_reset" if isinstance(exc, WrongShares)
-                        else "system.unseal", exc.outcome, exc.message,
+                        else "system.unseal", outcome, exc.message,
                         split=share.split_id, share=share.x)
             raise
         self._audit(ctx, "system.unseal", "success",

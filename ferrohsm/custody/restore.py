@@ -108,6 +108,21 @@ def verify(got: archive.Archive, sealer: Sealer, codec: RecordCodec) -> Verified
     return Verified(header, keys, meta, approvals, head, check)
 
 
+def taken_at(header: dict[str, Any]) -> str:
+    """When the archive was taken (its header's ``created_at``)."""
+    created = header.get("created_at")
+    return created if isinstance(created, str) and created else "an unknown time"
+
+
+def state_as_taken(header: dict[str, Any]) -> str:
+    """What a restore brings back, said with it (CLI output and audit record): an archive
+    holds each key as it was when it was taken, so a key destroyed since (crypto-shredded) is
+    back, usable. The restoring host cannot know what happened since (the source's log after
+    the archive is not in it), so this is said every time, not only when it happened."""
+    return (f"the keys are as they were when the archive was taken ({taken_at(header)}): a key "
+            "destroyed or changed in the source since then is back as it was then")
+
+
 def _decode_record(codec: RecordCodec, record: str) -> Key:
     """The record's MAC is verified (under this master key's record-MAC key) and its id too."""
     key_id = json.loads(record)["record"]["id"]
@@ -168,7 +183,8 @@ def apply(got: Verified, digest: str, store: KeyStore, approvals: ApprovalStore 
     head = got.audit_head
     sink.append(_event("system.restored", binding.SUCCESS,
                        f"restore from backup archive {digest[:16]}… begun: predecessor audit "
-                       f"log head seq {head.get('seq')}", None, None,
+                       f"log head seq {head.get('seq')}; {state_as_taken(got.header)}", None,
+                       None,
                        archive_sha256=digest, predecessor_seq=int(head.get("seq") or 0),
                        predecessor_hash=str(head.get("hash") or ""),
                        **_checkpoint_details(head.get("checkpoint")),

@@ -212,6 +212,23 @@ def test_restore_into_each_store_decrypts_and_verifies(
     assert sorted(r["key_id"] for r in restored) == sorted(source.key_ids)
 
 
+def test_a_restore_says_when_the_archive_was_taken_and_that_destroyed_keys_come_back(
+        source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An archive undoes every destruction after it (any copy of a key does): restore said only
+    "restored N key(s)". Its output and its audit record now give the archive's time and say
+    so (restore cannot know which keys were destroyed since: the source's log is not here)."""
+    created = json.loads(source.archive.read_bytes().split(b"\n", 2)[1])["created_at"]
+    code, out, err = cli(restore_args(source.archive, tmp_path / "data", "filesystem"),
+                         env_of(new_secrets(source.secrets.master_key)), monkeypatch, capsys)
+    assert code == 0, err
+    said = (f"the keys are as they were when the archive was taken ({created}): a key "
+            "destroyed or changed in the source since then is back as it was then")
+    assert f"Note: {said}; destroy it again if its destruction must stand." in out
+    restored = next(r for r in records(tmp_path / "data") if r["action"] == "system.restored")
+    assert said in restored["message"] and restored["details"]["archive_created_at"] == created
+
+
 def _postgres_dsn(kind: str, monkeypatch: pytest.MonkeyPatch, stack: ExitStack) -> str:
     """A fresh database of a throwaway PostgreSQL (tests/pgserver.py), stopped after the test.
     The setting's name is the PostgreSQL store's ([storage].postgres_dsn)."""

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -278,6 +279,20 @@ def test_unseal_is_rate_limited_and_a_sealed_server_needs_its_audit_log(tmp_path
     refused = home.cli("serve", "--config", str(home.config))
     assert refused.returncode == 1 and "audit log" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_a_sealed_server_on_a_busy_port_exits_4_as_an_unsealed_one(tmp_path: Path) -> None:
+    """Exit 4, which systemd retries, with the cannot-listen line; it was exit 2 (the unit's
+    RestartPreventExitStatus) with "cannot error a file of the data directory"."""
+    home = Home(tmp_path)
+    home.init(3, 2)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = home.cli("serve", "--config", str(home.config), "--listen", f"127.0.0.1:{port}")
+    assert done.returncode == 4, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"ferrohsm: cannot listen on 127.0.0.1:{port}: the address is already in use (another "
+        "server, or an old one still running?): stop it or choose another --listen port")
 
 
 @pytest.mark.slow

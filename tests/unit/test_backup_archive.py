@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import secrets
+import stat
+from pathlib import Path
 
 import pytest
 
+from ferrohsm.cli.backup import PrivateArchive
+from ferrohsm.cli.errors import CANNOT_WRITE, CliExit
 from ferrohsm.crypto.archive import BackupKey
 from ferrohsm.custody import archive
 from ferrohsm.custody.archive import ArchiveRefused
@@ -59,3 +65,44 @@ def test_every_flipped_byte_is_refused() -> None:
         tampered = data[:at] + bytes([data[at] ^ 0x80]) + data[at + 1:]
         with pytest.raises(ArchiveRefused):
             archive.read(tampered, key)
+
+
+def test_a_file_made_at_the_archive_path_during_the_backup_is_never_replaced(
+        tmp_path: Path) -> None:
+    """README: the archive "never replaces an existing file", also one that appears while the
+    backup runs (another job's archive): it was renamed over."""
+    out = tmp_path / "b.fhsmbak"
+    with pytest.raises(CliExit) as refused, PrivateArchive(str(out)) as archive:
+        out.write_bytes(b"another archive")
+        archive.commit(b"FERROHSM-BACKUP 1\n")
+    assert refused.value.code == CANNOT_WRITE and "never replaces" in refused.value.message
+    assert out.read_bytes() == b"another archive"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.fhsmbak"]  # no temporary file
+
+
+def test_an_archive_is_linked_into_place_private(tmp_path: Path) -> None:
+    out = tmp_path / "b.fhsmbak"
+    with PrivateArchive(str(out)) as archive:
+        archive.commit(b"FERROHSM-BACKUP 1\n")
+    assert out.read_bytes() == b"FERROHSM-BACKUP 1\n" and out.stat().st_nlink == 1
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.fhsmbak"]
+
+
+def test_without_hard_links_the_name_is_still_never_taken_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FAT disk refuses link(2) (EPERM): the archive is still written, and still refused
+    over a file made meanwhile."""
+    def no_links(src: object, dst: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+    monkeypatch.setattr(os, "link", no_links)
+    out = tmp_path / "b.fhsmbak"
+    with PrivateArchive(str(out)) as archive:
+        archive.commit(b"archive")
+    assert out.read_bytes() == b"archive"
+    other = tmp_path / "c.fhsmbak"
+    with pytest.raises(CliExit) as refused, PrivateArchive(str(other)) as archive:
+        other.write_bytes(b"theirs")
+        archive.commit(b"archive")
+    assert refused.value.code == CANNOT_WRITE and other.read_bytes() == b"theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.fhsmbak", "c.fhsmbak"]

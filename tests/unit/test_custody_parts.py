@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -141,3 +142,90 @@ def test_the_journal_gives_both_keys_to_a_holder_of_either() -> None:
 
 def test_the_check_value_name_is_the_one_app_uses() -> None:
     assert rekey.CHECK_VALUE == app.CHECK_VALUE
+
+
+SHARE_TEXT = "fhsm1-0123abcd-2-o18LK5dKeXYuOLvmq9dKkiJzOOV8"
+
+
+@pytest.mark.parametrize("raw", [
+    b"\xef\xbb\xbf" + SHARE_TEXT.encode() + b"\r\n",  # Notepad's UTF-8: a BOM and CRLF
+    SHARE_TEXT.encode() + b"\r\n",
+    "\ufeff".encode("utf-16-le") + (SHARE_TEXT + "\r\n").encode("utf-16-le"),  # "Unicode"
+    "\ufeff".encode("utf-16-be") + SHARE_TEXT.encode("utf-16-be"),
+], ids=["utf8-bom-crlf", "crlf", "utf16-le", "utf16-be"])
+def test_share_files_as_windows_tools_save_them_are_read(tmp_path: Path, raw: bytes) -> None:
+    """They were "cannot read --share-file", which sends a custodian to the permissions."""
+    from ferrohsm.cli.custody import read_share_text
+    path = tmp_path / "share.txt"
+    path.write_bytes(raw)
+    assert read_share_text(str(path), None) == SHARE_TEXT
+    assert parse_share(read_share_text(str(path), None)).x == 2
+
+
+@pytest.mark.parametrize(("raw", "said"), [
+    (SHARE_TEXT.encode("utf-16-le"), "is not ASCII text (UTF-16 without a byte-order mark?)"),
+    (SHARE_TEXT.encode() + b"\xe9", "is not ASCII text: a share is"),
+    ((SHARE_TEXT + "é").encode(), "is not ASCII text: a share is"),
+], ids=["utf16-no-bom", "latin1", "utf8-non-ascii"])
+def test_a_share_file_that_is_not_ascii_is_said_so_without_its_content(
+        tmp_path: Path, raw: bytes, said: str) -> None:
+    from ferrohsm.cli.custody import read_share_text
+    path = tmp_path / "share.txt"
+    path.write_bytes(raw)
+    with pytest.raises(ConfigError) as refused:
+        read_share_text(str(path), None)
+    assert f"--share-file {path} {said}" in refused.value.message
+    assert "o18LK" not in refused.value.message and "cannot read" not in refused.value.message
+
+
+def test_an_unreadable_share_file_says_why(tmp_path: Path) -> None:
+    from ferrohsm.cli.custody import read_share_text
+    with pytest.raises(ConfigError, match=r"cannot read --share-file .*: No such file"):
+        read_share_text(str(tmp_path / "missing"), None)
+
+
+class _Records:
+    """The sealed-phase audit sink, as a list."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def append(self, event: Any) -> None:
+        self.events.append(event)
+
+    def write_queued(self) -> None: ...
+    def is_durable(self, ticket: Any) -> bool: return True
+    def wait(self, ticket: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+def test_every_refused_unseal_share_is_audited_denied() -> None:
+    """A refusal of the caller's share is ``denied`` whatever the reason: a foreign split, a
+    number outside the split or a repeat were ``error`` (the server's own failures), a
+    malformed one ``denied``."""
+    import base64
+    import json
+
+    from ferrohsm.api.http import Headers, Request
+    from ferrohsm.custody.gate import UNSEAL_PATH, SealGate
+    master = os.urandom(32)
+    split, shares = state.new_split(master, 3, 2)
+    records = _Records()
+
+    def no_runtime(master: bytes) -> Any:
+        raise AssertionError("no threshold is reached here")
+    gate = SealGate(Unsealer(state.CustodyFile(split).signed({split.split_id: master})),
+                    open_sink=lambda: records, open_runtime=no_runtime,
+                    close_runtime=lambda rt: None, version="test")
+    value = base64.urlsafe_b64encode(bytes(32)).decode().rstrip("=")
+    for n, text in enumerate(["not a share",                       # malformed
+                              f"fhsm1-00000000-1-{value}",          # another split
+                              f"fhsm1-{split.split_id}-9-{value}",  # outside the split's 3
+                              shares[0].text(), shares[0].text()]):  # the second a repeat
+        body = json.dumps({"share": text}).encode()
+        answer = gate(Request("POST", UNSEAL_PATH, UNSEAL_PATH, {}, Headers(), body,
+                              "127.0.0.1", n, None, f"r{n}", 0.0))
+        assert answer.status == (200 if n == 3 else 400)
+    outcomes = [(e.action, e.outcome) for e in records.events]
+    assert outcomes == [("system.unseal", "denied")] * 3 + [("system.unseal", "success"),
+                                                            ("system.unseal", "denied")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -47,6 +48,18 @@ def test_any_start_up_os_error_names_the_path_and_the_operation(tmp_path: Path) 
                              "No such file or directory (ENOENT)")
 
 
+def test_an_os_error_raised_anew_names_no_operation_and_no_data_file() -> None:
+    """socket.create_server re-raises a failed bind as ``raise error(...)`` with no path: that
+    once read "cannot error a file of the data directory (in create_server)"."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        try:
+            socket.create_server(("127.0.0.1", taken.getsockname()[1])).close()
+        except OSError as exc:
+            error = wiring.startup_failure(exc)
+    assert error.message.startswith("cannot start (in create_server): Address already in use")
+    assert "EADDRINUSE" in error.message and "data directory" not in error.message
+
+
 def test_every_directory_made_for_the_data_is_private(tmp_path: Path) -> None:
     """The PostgreSQL store makes only the audit folder inside the data directory: the data
     directory made on the way must be 0700 too, whatever the umask."""
@@ -87,3 +100,15 @@ def test_pin_cpu_takes_a_core_outside_the_affinity_it_started_with() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.stdout.strip() == f"[{first}]", done.stderr
+
+
+def test_a_file_given_as_the_data_directory_is_refused_and_keeps_its_mode(
+        tmp_path: Path) -> None:
+    """``restore --data-dir archive.fhsmbak`` by mistake: refused, and the file was chmod'ed
+    0700 on the way."""
+    archive = tmp_path / "some.fhsmbak"
+    archive.write_text("data")
+    archive.chmod(0o600)
+    with pytest.raises(ConfigError, match=f"data directory {archive} is not a directory"):
+        wiring.ensure_private_dir(archive)
+    assert stat.S_IMODE(archive.stat().st_mode) == 0o600
