@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,8 +49,8 @@ from .custody import restore as custody_restore
 from .custody.rekey import refuse_if_interrupted
 from .custody.serving import PausingApplication
 from .custodywire import resume_online_rekey, wire_backup, wire_rekey
-from .datadir import check_store_kind, ensure_private_dir, why
-from .domain.errors import ConfigError, FerroError
+from .datadir import check_store_kind, ensure_private_dir, startup_failure, why
+from .domain.errors import FerroError
 from .domain.model import SYSTEM_CONTEXT, RequestContext
 from .engine.keycache import MaterialCache
 from .engine.keyengine import KeyEngine
@@ -87,30 +85,10 @@ from .telemetry.metrics import ServerMetrics
 from .tlswire import expiry_of, start_tls, tls_notify, tls_provider, wire_tls
 
 # re-exported for the entry points: the data folder (datadir.py) and the TLS wiring (tlswire.py)
-__all__ = ["ensure_private_dir", "share_metrics", "start_tls", "tls_notify", "tls_provider", "why", "wire_tls"]
+__all__ = ["ensure_private_dir", "share_metrics", "start_tls", "startup_failure", "tls_notify",
+           "tls_provider", "why", "wire_tls"]
 log = logging.getLogger("ferrohsm")
 CHECK_VALUE = "master_key_check"
-
-
-_CALL_RE = re.compile(r"([A-Za-z_][\w.]*)\(")
-
-
-def startup_failure(exc: OSError) -> ConfigError:
-    """An OS error while starting (a read-only or full data directory, a missing file), as the
-    one-line configuration error ``cannot <operation> <path>: <reason>``. The operation is the
-    call on the failing line; a line that raises a new error (``raise error(...)`` in
-    socket.create_server) names no operation, and one with no path either is not guessed to be
-    a file of the data directory (a busy port once read "cannot error a file of ...")."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    inner = frames[-1] if frames else None
-    line = (inner.line or "").strip() if inner else ""
-    call = None if line.startswith("raise") else _CALL_RE.search(line)
-    where = f" (in {inner.name})" if inner else ""
-    if call is None and exc.filename is None:
-        return ConfigError(f"cannot start{where}: {why(exc)}")
-    operation = call.group(1) if call else "access"
-    path = exc.filename if exc.filename is not None else "a file of the data directory"
-    return ConfigError(f"cannot {operation} {path}{where}: {why(exc)}")
 
 
 def open_store(config: Config, record_mac: RecordMac) -> KeyStore:

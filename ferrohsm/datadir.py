@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import traceback
 from pathlib import Path
 
 from .domain.errors import ConfigError
@@ -57,3 +59,24 @@ def check_store_kind(kind: str, data_dir: str | Path) -> None:
         raise ConfigError(f"[storage].key_store is {kind!r}, but {data} holds a {found!r} key "
                           f"store: set key_store = \"{found}\" (or --key-store {found}), or "
                           "give another data_dir")
+
+
+_CALL_RE = re.compile(r"([A-Za-z_][\w.]*)\(")
+
+
+def startup_failure(exc: OSError) -> ConfigError:
+    """An OS error while starting (a read-only or full data directory, a missing file), as the
+    one-line configuration error ``cannot <operation> <path>: <reason>``. The operation is the
+    call on the failing line; a line that raises a new error (``raise error(...)`` in
+    socket.create_server) names no operation, and one with no path either is not guessed to be
+    a file of the data directory (a busy port once read "cannot error a file of ...")."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    inner = frames[-1] if frames else None
+    line = (inner.line or "").strip() if inner else ""
+    call = None if line.startswith("raise") else _CALL_RE.search(line)
+    where = f" (in {inner.name})" if inner else ""
+    if call is None and exc.filename is None:
+        return ConfigError(f"cannot start{where}: {why(exc)}")
+    operation = call.group(1) if call else "access"
+    path = exc.filename if exc.filename is not None else "a file of the data directory"
+    return ConfigError(f"cannot {operation} {path}{where}: {why(exc)}")
