@@ -114,8 +114,9 @@ class ReloadingContext:
     """The TLS provider of PEM mode: a callable returning the context for a new connection.
 
     ``__call__`` returns an attribute and nothing more (the per-connection cost); a thread
-    (``start``) polls the files' (mtime_ns, size, inode) every ``interval`` seconds and
-    ``reload`` (SIGHUP) looks at once. A changed pair is read once, checked (tls/pair.py) and
+    (``start``) polls the files' (mtime_ns, size, inode) every ``interval`` seconds (and reads
+    them at every poll while the last attempt stands refused) and ``reload`` (SIGHUP) looks
+    at once. A changed pair is read once, checked (tls/pair.py) and
     only then built and swapped in: handshakes from then on use it, established connections
     keep the one they began with. A pair that fails its checks leaves the old one in service,
     logs a warning and emits ``tls.reload_refused``; a good one emits ``tls.reloaded``.
@@ -175,20 +176,26 @@ class ReloadingContext:
     # ---- reloading ---------------------------------------------------------------------------
 
     def check(self) -> bool:
-        """One poll: reload when the files changed; True when a new pair went into service."""
+        """One poll: reload when the files changed, or while the last attempt stands refused
+        (what refused it may pass by without touching the files: a notBefore reached, a key
+        made readable by chown); True when a new pair went into service."""
         signature = self._stat()
-        if signature == self._seen:
+        if signature == self._seen and self._refused is None:
             return False
         with self._lock:
-            return self._attempt(signature, wait_if_broken=True)
+            return self._attempt(signature, wait_if_broken=signature != self._seen)
 
     def reload(self, reason: str = "SIGHUP") -> bool:
         """Look at the files now (SIGHUP); True when a new pair went into service."""
         log.info("TLS reload requested (%s)", reason)
         with self._lock:
-            return self._attempt(self._stat(), wait_if_broken=False)
+            return self._attempt(self._stat(), wait_if_broken=False, again_quiet=False)
 
-    def _attempt(self, signature: Signature, wait_if_broken: bool) -> bool:
+    def _attempt(self, signature: Signature, wait_if_broken: bool,
+                 again_quiet: bool = True) -> bool:
+        """``again_quiet``: a refusal for the reason already reported (same files, polled
+        again) is not logged or recorded again; only SIGHUP, which the operator asked for,
+        always says it."""
         try:
             pair, build = self._load(self._pair)
             trusted = self._trust()
@@ -199,8 +206,12 @@ class ReloadingContext:
                 self._pending = signature  # maybe the other half is on its way: next poll
                 log.debug("TLS files changed but do not form a usable pair yet: %s", exc.message)
                 return False
+            same = signature == self._seen and exc.kind == self._refused
             self._seen, self._pending = signature, None
-            self._refuse(exc)
+            if same and again_quiet:
+                log.debug("TLS files still refused (%s): %s", exc.kind, exc.message)
+            else:
+                self._refuse(exc)
             return False
         self._seen, self._pending = signature, None
         if context is None:  # touched, same content: the files are what is served again

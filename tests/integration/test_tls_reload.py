@@ -285,3 +285,60 @@ def test_a_self_signed_pair_is_taken_at_start_and_renewed_self_signed(
     issued = ca.leaf()
     install(issued, *files)  # and a CA-issued one may follow it
     assert provider.reload("test") and provider.status()["serial"] == issued.serial
+
+
+def test_a_certificate_dated_seconds_ahead_is_served_at_once(
+        server: TlsServer, ca: TestCA, files: tuple[Path, Path], first: Leaf) -> None:
+    """A CA clock a few seconds fast: clients with the right time take the certificate, so
+    the server does too (the same leeway as ACME), rather than refusing it as not yet valid."""
+    ahead = ca.leaf(not_before=now() + dt.timedelta(seconds=30))
+    install(ahead, *files)
+    wait_for(lambda: serial_served(server) == ahead.cert.serial_number, 10, "the new pair")
+    assert not server.events("tls.reload_refused")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.at = now()
+
+    def __call__(self) -> dt.datetime:
+        return self.at
+
+
+def test_a_refused_pair_is_tried_again_at_each_poll_and_taken_once_it_is_good(
+        ca: TestCA, files: tuple[Path, Path], first: Leaf,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """What refused a pair can pass by without the files changing (its notBefore reached, a
+    key made readable by chown): polls look again, and say nothing more until it is taken."""
+    clock, heard = Clock(), []
+    provider = ReloadingContext(*files, now=clock,
+                                notify=lambda event, fields: heard.append((event, dict(fields))))
+    later = ca.leaf(not_before=now() + dt.timedelta(days=1), not_after=now() + dt.timedelta(days=9))
+    install(later, *files)
+    with caplog.at_level(logging.WARNING, logger="ferrohsm.tls"):
+        for _ in range(5):
+            assert not provider.check()
+    assert [(event, fields["reason"]) for event, fields in heard] == [
+        ("tls.reload_refused", "not_yet_valid")]
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+    assert provider.status()["reload_refused"] == "not_yet_valid"
+    clock.at += dt.timedelta(days=1)
+    assert provider.check()  # the files are the same, the day has come
+    assert provider.status()["serial"] == later.serial
+    assert "reload_refused" not in provider.status()
+    assert heard[-1][0] == "tls.reloaded" and len(heard) == 2
+    assert not provider.check()  # and polls go back to looking at the files only
+
+
+def test_a_refusal_for_another_reason_is_reported_again(
+        ca: TestCA, files: tuple[Path, Path], first: Leaf) -> None:
+    clock, heard = Clock(), []
+    provider = ReloadingContext(*files, now=clock,
+                                notify=lambda event, fields: heard.append((event, dict(fields))))
+    brief = ca.leaf(not_before=now() + dt.timedelta(days=1), not_after=now() + dt.timedelta(days=2))
+    install(brief, *files)
+    assert not provider.check() and not provider.check()
+    clock.at += dt.timedelta(days=3)  # its whole life went by before the files were fixed
+    assert not provider.check() and not provider.check()
+    assert [fields["reason"] for _, fields in heard] == ["not_yet_valid", "expired"]
+    assert provider.status()["reload_refused"] == "expired"
