@@ -118,7 +118,8 @@ def acme_provider(config: Config) -> AcmeProvider:
         directory=a.directory, domains=a.domains, email=a.email, challenge=a.challenge,
         http_listen=a.http_listen, ca_bundle=a.ca_bundle, cache_dir=cache_dir,
         renew_before_fraction=a.renew_before_fraction, client_ca=t.client_ca,
-        require_client_cert=t.require_client_cert), shared=config.server.processes > 1)
+        require_client_cert=t.require_client_cert, reload_seconds=t.reload_seconds),
+        shared=config.server.processes > 1)
 
 
 def _flat(fields: Mapping[str, object]) -> dict[str, str | int | bool | None]:

@@ -26,6 +26,7 @@ from ..domain.errors import ConfigError
 from .pair import Pair, PairRefused, read_pair
 from .stapler import OcspStapler, Staple
 from .status import Notify, certificate_summary, rfc3339
+from .trust import ClientTrust
 
 if TYPE_CHECKING:
     from .pyossl import StaplingContext
@@ -143,9 +144,8 @@ class ReloadingContext:
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self._cert_file, self._key_file = Path(cert_file), Path(key_file)
-        self._files = [self._cert_file, self._key_file]
-        if client_ca is not None:
-            self._files.append(Path(client_ca))
+        self._client_trust = ClientTrust(client_ca)
+        self._files = [self._cert_file, self._key_file, *self._client_trust.files]
         self._client_ca = os.fspath(client_ca) if client_ca is not None else None
         self._require_client_cert = require_client_cert
         self.interval, self.notify, self._stapler, self._now = interval, notify, stapler, now
@@ -233,15 +233,8 @@ class ReloadingContext:
         return True
 
     def _trust(self) -> str | None:
-        """The digest of the client CA file (None: no mutual TLS), so that a changed bundle is
-        put in service like a changed pair: a CA taken out of it must stop being trusted."""
-        if self._client_ca is None:
-            return None
-        try:
-            return hashlib.sha256(Path(self._client_ca).read_bytes()).hexdigest()
-        except OSError as exc:
-            raise PairRefused("unreadable", f"cannot read {self._client_ca}: "
-                              f"{exc.strerror or type(exc).__name__}") from None
+        """The digest of the client CA file (tls/trust.py), put in service with the pair."""
+        return self._client_trust.read()
 
     def _trust_changed(self) -> None:
         log.info("TLS client CA file %s reloaded: new handshakes trust its certificates",
