@@ -48,13 +48,17 @@ def server_context(
     key_file: StrPath,
     client_ca: StrPath | None = None,
     require_client_cert: bool = False,
+    client_crl: StrPath | None = None,
 ) -> ssl.SSLContext:
-    """A TLS 1.3 server context; with ``client_ca`` clients may (or must) present a certificate.
+    """A TLS 1.3 server context; with ``client_ca`` clients may (or must) present a certificate
+    (checked against ``client_crl`` when given: tls/trust.py).
 
     Raises ConfigError naming the file when a certificate, key or CA cannot be loaded.
     """
     if require_client_cert and client_ca is None:
         raise ConfigError("tls.require_client_cert needs tls.client_ca")
+    if client_crl and client_ca is None:
+        raise ConfigError("tls.client_crl needs tls.client_ca")
     context = _tls13_only(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
     # A client that closes TCP without close_notify while its request runs must still get the
     # response (the loop reads on, and OpenSSL 3 would otherwise fail the whole connection on
@@ -70,6 +74,7 @@ def server_context(
             context.load_verify_locations(cafile=os.fspath(client_ca))
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"tls.client_ca: cannot load {client_ca}: {_reason(exc)}") from None
+        ClientTrust(client_ca, client_crl).apply(context)
         context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     return context
 
@@ -138,13 +143,15 @@ class ReloadingContext:
         client_ca: StrPath | None = None,
         require_client_cert: bool = False,
         *,
+        client_crl: StrPath | None = None,
         interval: float = RELOAD_SECONDS,
         notify: Notify | None = None,
         stapler: OcspStapler | None = None,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self._cert_file, self._key_file = Path(cert_file), Path(key_file)
-        self._client_trust = ClientTrust(client_ca)
+        self._client_trust = ClientTrust(client_ca, client_crl)
+        self._client_crl = os.fspath(client_crl) if client_crl else None
         self._files = [self._cert_file, self._key_file, *self._client_trust.files]
         self._client_ca = os.fspath(client_ca) if client_ca is not None else None
         self._require_client_cert = require_client_cert
@@ -162,9 +169,10 @@ class ReloadingContext:
         try:
             self._trusted = self._trust()
         except PairRefused as exc:
-            raise ConfigError(f"tls.client_ca: {exc.message}") from None
+            raise ConfigError(f"{exc.setting or 'tls.client_ca'}: {exc.message}") from None
         self._pair = pair
         self._context = build()
+        self._client_trust.in_service(self._now())
 
     def __call__(self) -> ServerContext:
         return self._context
@@ -221,6 +229,7 @@ class ReloadingContext:
         self._pair, self._context, self._refused = pair, context, None
         if trusted != self._trusted:
             self._trusted = trusted
+            self._client_trust.in_service(self._now())
             self._trust_changed()
         if not new_pair:
             return True
@@ -233,8 +242,11 @@ class ReloadingContext:
         return True
 
     def _trust(self) -> str | None:
-        """The digest of the client CA file (tls/trust.py), put in service with the pair."""
-        return self._client_trust.read()
+        """The digest of the client CA and CRL files (tls/trust.py), checked; put in service
+        with the pair."""
+        digest = self._client_trust.read()
+        self._client_trust.check()
+        return digest
 
     def _trust_changed(self) -> None:
         log.info("TLS client CA file %s reloaded: new handshakes trust its certificates",
@@ -262,7 +274,7 @@ class ReloadingContext:
     def _plain(self, pair: Pair) -> ssl.SSLContext:
         try:
             context = server_context(self._cert_file, self._key_file, self._client_ca,
-                                     self._require_client_cert)
+                                     self._require_client_cert, self._client_crl)
         except ConfigError as exc:
             raise PairRefused("unparsable", exc.message) from None
         # ssl loads from the paths: make sure it loaded the very bytes that were checked
@@ -275,7 +287,8 @@ class ReloadingContext:
         assert self._stapler is not None  # noqa: S101  narrows a type for mypy
         staple = Staple()
         try:
-            context = stapling_context(pair, staple, self._client_ca, self._require_client_cert)
+            context = stapling_context(pair, staple, self._client_ca, self._require_client_cert,
+                                       self._client_crl)
         except ValueError as exc:
             raise PairRefused("unparsable", str(exc)) from None
         self._stapler.track(pair.leaf, pair.issuer, staple)  # only once it will be served
@@ -306,6 +319,7 @@ class ReloadingContext:
         """Public facts of the served certificate and its OCSP status (for /healthz, metrics)."""
         report: dict[str, object] = {"mode": "pem", **certificate_summary(self._pair.leaf)}
         report.update(self._stapler.status() if self._stapler is not None else {"ocsp": "off"})
+        report.update(self._client_trust.status(self._now()))
         if self._refused is not None:
             report["reload_refused"] = self._refused
         return report

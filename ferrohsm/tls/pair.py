@@ -36,9 +36,9 @@ KINDS = ("unreadable", "unparsable", "key_mismatch", "expired", "not_yet_valid",
 class PairRefused(Exception):
     """A PEM pair that must not be served; ``kind`` says why, ``message`` in words."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, setting: str | None = None) -> None:
         super().__init__(message)
-        self.kind, self.message = kind, message
+        self.kind, self.message, self.setting = kind, message, setting
 
 
 @dataclass(frozen=True)

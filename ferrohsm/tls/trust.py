@@ -10,27 +10,44 @@ same warning, ``tls.reload_refused`` record and ``reload_refused`` status as a r
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 import os
+import re
 import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from cryptography import x509
+
+from ..domain.errors import ConfigError
 from .pair import PairRefused
 
 log = logging.getLogger("ferrohsm.tls")
 
 
 class ClientTrust:
-    """The client CA bundle of mutual TLS (None: no mutual TLS)."""
+    """The client CA bundle of mutual TLS (None: no mutual TLS) and its CRLs (None: none).
 
-    def __init__(self, client_ca: str | os.PathLike[str] | None) -> None:
+    With ``client_crl`` OpenSSL checks each client certificate against its issuer's CRL
+    (``VERIFY_CRL_CHECK_LEAF``) and fails closed: a client whose issuer has no CRL in the file,
+    or whose issuer's CRL is past its nextUpdate, is refused, since stale revocation data is
+    no evidence that a certificate is still good. So a CRL is refused when it is malformed or
+    not signed by a CA of the bundle, and a CA without a CRL, or a CRL past its nextUpdate, is
+    warned about when loaded and counted in the status (``client_crl_expired``).
+    """
+
+    def __init__(self, client_ca: str | os.PathLike[str] | None,
+                 client_crl: str | os.PathLike[str] | None = None) -> None:
         self.client_ca = os.fspath(client_ca) if client_ca is not None else None
+        self.client_crl = os.fspath(client_crl) if client_crl else None
+        self._checked: list[dt.datetime | None] = []
+        self.next_updates: list[dt.datetime | None] = []  # of the CRLs in service
 
     @property
     def files(self) -> list[Path]:
-        return [Path(self.client_ca)] if self.client_ca is not None else []
+        return [Path(p) for p in (self.client_ca, self.client_crl) if p is not None]
 
     def read(self) -> str | None:
         """The digest of the files (None: no mutual TLS), so that a changed bundle is put in
@@ -38,16 +55,14 @@ class ClientTrust:
         if self.client_ca is None:
             return None
         digest = hashlib.sha256()
-        for path in self.files:
-            try:
-                digest.update(path.read_bytes() + b"\0")
-            except OSError as exc:
-                raise PairRefused("unreadable", f"cannot read {path}: "
-                                  f"{exc.strerror or type(exc).__name__}") from None
+        digest.update(_read(Path(self.client_ca)) + b"\0")
+        if self.client_crl is not None:
+            digest.update(_read(Path(self.client_crl), "tls.client_crl"))
         return digest.hexdigest()
 
     def check(self) -> None:
-        """Load the files into a scratch context: PairRefused if OpenSSL would not."""
+        """Load the files into a scratch context and check the CRLs: PairRefused if OpenSSL
+        would not load them or a CRL is not from a CA of the bundle."""
         if self.client_ca is None:
             return
         try:
@@ -56,6 +71,86 @@ class ClientTrust:
             reason = exc.reason if isinstance(exc, ssl.SSLError) else exc.strerror
             raise PairRefused("unparsable", f"{self.client_ca}: not a PEM CA bundle "
                               f"({reason or type(exc).__name__})") from None
+        if self.client_crl is not None:
+            self._checked = _check_crls(self.client_crl, _read(Path(self.client_ca)))
+
+    def apply(self, context: ssl.SSLContext) -> None:
+        """The CRLs into a server context that trusts the bundle (ConfigError naming the file
+        if OpenSSL refuses them)."""
+        if self.client_crl is None:
+            return
+        try:
+            context.load_verify_locations(cafile=self.client_crl)
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.reason if isinstance(exc, ssl.SSLError) else exc.strerror
+            raise ConfigError(f"tls.client_crl: cannot load {self.client_crl}: "
+                              f"{reason or type(exc).__name__}") from None
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+
+    def in_service(self, now: dt.datetime) -> None:
+        """The checked files now serve: say what would refuse clients."""
+        self.next_updates = self._checked
+        stale = self.expired(now)
+        if stale:
+            log.warning("TLS client CRL file %s: %d CRL(s) past nextUpdate: every client "
+                        "certificate of their CAs is refused until a fresh CRL is in the file",
+                        self.client_crl, stale)
+
+    def expired(self, now: dt.datetime) -> int:
+        return sum(1 for moment in self.next_updates if moment is not None and moment < now)
+
+    def status(self, now: dt.datetime) -> dict[str, object]:
+        return {"client_crl_expired": self.expired(now)} if self.client_crl is not None else {}
+
+
+def _read(path: Path, setting: str | None = None) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise PairRefused("unreadable", f"cannot read {path}: "
+                          f"{exc.strerror or type(exc).__name__}", setting) from None
+
+
+_CRL_BLOCK = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.DOTALL)
+
+
+def _check_crls(crl_file: str, ca_pem: bytes) -> list[dt.datetime | None]:
+    """Each CRL parsed and signed by a CA of the bundle; their nextUpdates. A bundle CA with
+    no CRL is warned about (its clients would all be refused), not refused: it may be a root
+    that issues intermediates only."""
+    setting = "tls.client_crl"
+    data = _read(Path(crl_file), setting)
+    blocks = _CRL_BLOCK.findall(data)
+    if not blocks or data.count(b"-----BEGIN ") != len(blocks):
+        raise PairRefused("unparsable", f"{crl_file}: not a file of PEM CRLs (X509 CRL blocks)",
+                          setting)
+    cas = x509.load_pem_x509_certificates(ca_pem)
+    next_updates: list[dt.datetime | None] = []
+    covered: set[x509.Name] = set()
+    for block in blocks:
+        try:
+            crl = x509.load_pem_x509_crl(block)
+        except ValueError:
+            raise PairRefused("unparsable", f"{crl_file}: a CRL does not parse", setting) from None
+        issuers = [ca for ca in cas if ca.subject == crl.issuer]
+        if not any(_signed(crl, ca) for ca in issuers):
+            raise PairRefused("untrusted_issuer", f"{crl_file}: the CRL of "
+                              f"{crl.issuer.rfc4514_string()} is not signed by a CA of the "
+                              "client_ca bundle", setting)
+        covered.add(crl.issuer)
+        next_updates.append(crl.next_update_utc)
+    for ca in cas:
+        if ca.subject not in covered:
+            log.warning("TLS client CRL file %s has no CRL of %s: client certificates it "
+                        "issued are refused", crl_file, ca.subject.rfc4514_string())
+    return next_updates
+
+
+def _signed(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    try:
+        return crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]  # CA keys are the kinds CRLs are signed with
+    except (TypeError, ValueError):
+        return False
 
 
 Emit = Callable[[str, Mapping[str, object]], None]
@@ -73,6 +168,7 @@ class TrustWatch:
         self.trust, self._rebuild, self._emit, self._serial = trust, rebuild, emit, serial
         self.digest = trust.read()  # PairRefused at start-up: the caller's configuration error
         trust.check()
+        trust.in_service(dt.datetime.now(dt.UTC))
         self.refused: str | None = None
         self._pending: tuple[str | None, str] | None = None  # (digest, kind) failing lately
         self._reported: tuple[str | None, str] | None = None  # the one warned about
@@ -92,6 +188,7 @@ class TrustWatch:
             return False
         self.digest = digest
         self.refused = self._pending = self._reported = None
+        self.trust.in_service(dt.datetime.now(dt.UTC))
         log.info("TLS client CA file %s reloaded: new handshakes trust its certificates",
                  self.trust.client_ca)
         self._emit("tls.client_ca_reloaded", {"file": str(self.trust.client_ca),

@@ -90,6 +90,7 @@ class AcmeOptions:
     renew_before_fraction: float
     client_ca: str = ""
     require_client_cert: bool = False
+    client_crl: str = ""
     reload_seconds: float = 30.0  # how often client_ca is looked at
 
 
@@ -130,10 +131,11 @@ class AcmeProvider:
         self._cert: CachedCert | None = None
         self._swap = threading.RLock()  # the ACME thread and the trust reload build contexts
         try:
-            self._trust = TrustWatch(ClientTrust(options.client_ca or None), self._rebuild,
-                                     self._emit, self._serial)
+            self._trust = TrustWatch(ClientTrust(options.client_ca or None,
+                                                 options.client_crl or None),
+                                     self._rebuild, self._emit, self._serial)
         except PairRefused as exc:
-            raise ConfigError(f"tls.client_ca: {exc.message}") from None
+            raise ConfigError(f"{exc.setting or 'tls.client_ca'}: {exc.message}") from None
         self._watch: threading.Thread | None = None
         self._plain = _bare_context()
         self._current = self._plain
@@ -175,7 +177,8 @@ class AcmeProvider:
         cert_path, key_path = self._cache.write_temp_pair(cert.chain_pem, cert.key_pem)
         try:
             return server_context(cert_path, key_path, self.options.client_ca or None,
-                                  self.options.require_client_cert)
+                                  self.options.require_client_cert,
+                                  self.options.client_crl or None)
         finally:
             cert_path.unlink(missing_ok=True)
             key_path.unlink(missing_ok=True)
@@ -493,7 +496,7 @@ class AcmeProvider:
         summary = certificate_summary(cert.leaf) if cert is not None else {}
         refused = {"reload_refused": self._trust.refused} if self._trust.refused else {}
         return {
-            **refused,
+            **refused, **self._trust.trust.status(self._clock()),
             "mode": "acme",
             "serial": summary.get("serial"),
             "not_after": summary.get("not_after"),
