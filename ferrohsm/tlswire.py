@@ -49,7 +49,8 @@ def tls_provider(config: Config) -> ReloadingContext | AcmeProvider:
                               "ferrohsm[ocsp]): Python's ssl module cannot staple")
         stapler = OcspStapler(t.ocsp_responder, t.ocsp_refresh_seconds)
     return ReloadingContext(t.cert, t.key, t.client_ca or None, t.require_client_cert,
-                            interval=t.reload_seconds, stapler=stapler)
+                            client_crl=t.client_crl or None, interval=t.reload_seconds,
+                            stapler=stapler)
 
 
 TLS_FAILURES = frozenset({"tls.reload_refused", "tls.acme_failed"})
@@ -118,7 +119,9 @@ def acme_provider(config: Config) -> AcmeProvider:
         directory=a.directory, domains=a.domains, email=a.email, challenge=a.challenge,
         http_listen=a.http_listen, ca_bundle=a.ca_bundle, cache_dir=cache_dir,
         renew_before_fraction=a.renew_before_fraction, client_ca=t.client_ca,
-        require_client_cert=t.require_client_cert), shared=config.server.processes > 1)
+        require_client_cert=t.require_client_cert, reload_seconds=t.reload_seconds,
+        client_crl=t.client_crl),
+        shared=config.server.processes > 1)
 
 
 def _flat(fields: Mapping[str, object]) -> dict[str, str | int | bool | None]:

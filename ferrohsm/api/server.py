@@ -70,6 +70,7 @@ from .http import Request, Response, error_response
 from .listener import Listener, Waker
 from .parse import Limits, render_response
 from .spread import Member
+from .tlsfail import HandshakeFailures
 
 OnRequest = Callable[[Request, Response, float], None]
 _MAX_WAIT = 1.0
@@ -109,6 +110,7 @@ class HardenedHTTPServer:
         self.log, self.on_request = logger or logging.getLogger("ferrohsm.http"), on_request
         self.backlog, self.reuse_port, self.spread, self.linger_timeout = (
             backlog, reuse_port, spread, linger_timeout)
+        self.handshake_failures = HandshakeFailures(self.log, lambda: self.app)
         self._dispatcher = Dispatcher(app, inline=inline, audit=audit, workers=workers,
                                       log=self.log, wake=self._wake, refuse=on_refused, turn=turn,
                                       flush=flush)
@@ -393,12 +395,12 @@ class HardenedHTTPServer:
         except ssl.SSLWantWriteError:
             return self._watch(conn, selectors.EVENT_WRITE)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            self.log.debug("TLS handshake with %s failed: %s", conn.peer[0], exc)
+            self.handshake_failures.failed(conn.peer[0], exc)
             answer_plain_http(tls, exc)  # plain HTTP to this port: told so, in plain HTTP
             conn.linger_refused(now + self.linger_timeout)
             return self._watch(conn, selectors.EVENT_READ)
         if tls.version() != "TLSv1.3":  # defence in depth: the provider's context was too lax
-            self.log.warning("refused %s from %s: TLS 1.3 only", tls.version(), conn.peer[0])
+            self.handshake_failures.failed(conn.peer[0], None, tls.version())
             return self._close(conn)
         conn.client_cert_der = tls.getpeercert(binary_form=True)
         self._to_idle(conn, now)

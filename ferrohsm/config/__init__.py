@@ -134,6 +134,7 @@ class TLSSettings:
     key: str = ""
     client_ca: str = ""
     require_client_cert: bool = False
+    client_crl: str = ""               # PEM CRLs of the client CAs (needs client_ca)
     reload_seconds: float = 30.0       # poll interval for changed cert/key files (and SIGHUP)
     ocsp_staple: bool = False          # staple an OCSP response (pyOpenSSL, the "ocsp" extra)
     ocsp_responder: str = ""           # "" = the certificate's AIA OCSP URL

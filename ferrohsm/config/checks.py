@@ -75,6 +75,8 @@ def validate(config: Config) -> None:
         (bool(config.tls.cert) == bool(config.tls.key), "[tls].cert and [tls].key go together"),
         (not config.tls.require_client_cert or bool(config.tls.client_ca),
          "[tls].require_client_cert needs [tls].client_ca"),
+        (not config.tls.client_crl or bool(config.tls.client_ca),
+         "[tls].client_crl needs [tls].client_ca"),
         *_tls_checks(config.tls),
         (config.logging.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
          "[logging].level must be DEBUG, INFO, WARNING or ERROR"),
@@ -173,7 +175,8 @@ def _bounded_checks(config: Config) -> list[tuple[bool, str]]:
 PATH_SETTINGS = (("secrets", "master_key_file"), ("secrets", "jwt_hs256_secret_file"),
                  ("secrets", "audit_hmac_key_file"), ("secrets", "backup_key_file"),
                  ("auth", "jwks_file"), ("auth", "deny_list_file"), ("tls", "cert"),
-                 ("tls", "key"), ("tls", "client_ca"), ("tls.acme", "ca_bundle"),
+                 ("tls", "key"), ("tls", "client_ca"), ("tls", "client_crl"),
+                 ("tls.acme", "ca_bundle"),
                  ("tls.acme", "cache_dir"), ("audit", "witness_ca_file"),
                  ("approvals", "approver_keys_file"))
 

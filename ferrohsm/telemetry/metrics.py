@@ -171,6 +171,11 @@ class Registry:
         return out
 
 
+# Why TLS handshakes failed (api/tlsfail.py): a fixed set, so the series stay bounded
+TLS_HANDSHAKE_FAILURE_REASONS = ("client_certificate_required", "client_certificate_refused",
+                                 "protocol_version", "plain_http", "closed", "other")
+
+
 class ServerMetrics:
     """The metrics FerroHSM exports; the HTTP layer and the service feed them."""
 
@@ -187,6 +192,8 @@ class ServerMetrics:
         self.auth_failures = Counter("ferrohsm_auth_failures", "Rejected credentials", ("reason",))
         self.rate_limited = Counter("ferrohsm_rate_limited", "Requests refused by rate limiting",
                                     ("scope",))
+        self.tls_handshake_failures = Counter("ferrohsm_tls_handshake_failures",
+                                              "TLS handshakes that failed, by reason", ("reason",))
         self.audit_sync = Histogram("ferrohsm_audit_fsync_duration_seconds",
                                     "Time one audit flush (fsync or commit) took",
                                     buckets=FSYNC_BUCKETS)
@@ -194,8 +201,11 @@ class ServerMetrics:
                                      "Audit records made durable by one flush",
                                      buckets=BATCH_BUCKETS)
         for metric in (self.requests, self.latency, self.crypto_ops, self.auth_failures,
-                       self.rate_limited, self.audit_sync, self.audit_batch):
+                       self.rate_limited, self.tls_handshake_failures, self.audit_sync,
+                       self.audit_batch):
             self.registry.add(metric)
+        for reason in TLS_HANDSHAKE_FAILURE_REASONS:
+            self.tls_handshake_failures.touch(reason)
         self.rate_limited.touch("actor")
         self.rate_limited.touch("ip")
         self.audit_sync.touch()

@@ -26,6 +26,7 @@ from ..domain.errors import ConfigError
 from .pair import Pair, PairRefused, read_pair
 from .stapler import OcspStapler, Staple
 from .status import Notify, certificate_summary, rfc3339
+from .trust import ClientTrust
 
 if TYPE_CHECKING:
     from .pyossl import StaplingContext
@@ -47,13 +48,17 @@ def server_context(
     key_file: StrPath,
     client_ca: StrPath | None = None,
     require_client_cert: bool = False,
+    client_crl: StrPath | None = None,
 ) -> ssl.SSLContext:
-    """A TLS 1.3 server context; with ``client_ca`` clients may (or must) present a certificate.
+    """A TLS 1.3 server context; with ``client_ca`` clients may (or must) present a certificate
+    (checked against ``client_crl`` when given: tls/trust.py).
 
     Raises ConfigError naming the file when a certificate, key or CA cannot be loaded.
     """
     if require_client_cert and client_ca is None:
         raise ConfigError("tls.require_client_cert needs tls.client_ca")
+    if client_crl and client_ca is None:
+        raise ConfigError("tls.client_crl needs tls.client_ca")
     context = _tls13_only(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
     # A client that closes TCP without close_notify while its request runs must still get the
     # response (the loop reads on, and OpenSSL 3 would otherwise fail the whole connection on
@@ -69,6 +74,7 @@ def server_context(
             context.load_verify_locations(cafile=os.fspath(client_ca))
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"tls.client_ca: cannot load {client_ca}: {_reason(exc)}") from None
+        ClientTrust(client_ca, client_crl).apply(context)
         context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     return context
 
@@ -114,8 +120,9 @@ class ReloadingContext:
     """The TLS provider of PEM mode: a callable returning the context for a new connection.
 
     ``__call__`` returns an attribute and nothing more (the per-connection cost); a thread
-    (``start``) polls the files' (mtime_ns, size, inode) every ``interval`` seconds and
-    ``reload`` (SIGHUP) looks at once. A changed pair is read once, checked (tls/pair.py) and
+    (``start``) polls the files' (mtime_ns, size, inode) every ``interval`` seconds (and reads
+    them at every poll while the last attempt stands refused) and ``reload`` (SIGHUP) looks
+    at once. A changed pair is read once, checked (tls/pair.py) and
     only then built and swapped in: handshakes from then on use it, established connections
     keep the one they began with. A pair that fails its checks leaves the old one in service,
     logs a warning and emits ``tls.reload_refused``; a good one emits ``tls.reloaded``.
@@ -136,15 +143,16 @@ class ReloadingContext:
         client_ca: StrPath | None = None,
         require_client_cert: bool = False,
         *,
+        client_crl: StrPath | None = None,
         interval: float = RELOAD_SECONDS,
         notify: Notify | None = None,
         stapler: OcspStapler | None = None,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self._cert_file, self._key_file = Path(cert_file), Path(key_file)
-        self._files = [self._cert_file, self._key_file]
-        if client_ca is not None:
-            self._files.append(Path(client_ca))
+        self._client_trust = ClientTrust(client_ca, client_crl)
+        self._client_crl = os.fspath(client_crl) if client_crl else None
+        self._files = [self._cert_file, self._key_file, *self._client_trust.files]
         self._client_ca = os.fspath(client_ca) if client_ca is not None else None
         self._require_client_cert = require_client_cert
         self.interval, self.notify, self._stapler, self._now = interval, notify, stapler, now
@@ -161,9 +169,10 @@ class ReloadingContext:
         try:
             self._trusted = self._trust()
         except PairRefused as exc:
-            raise ConfigError(f"tls.client_ca: {exc.message}") from None
+            raise ConfigError(f"{exc.setting or 'tls.client_ca'}: {exc.message}") from None
         self._pair = pair
         self._context = build()
+        self._client_trust.in_service(self._now())
 
     def __call__(self) -> ServerContext:
         return self._context
@@ -175,20 +184,26 @@ class ReloadingContext:
     # ---- reloading ---------------------------------------------------------------------------
 
     def check(self) -> bool:
-        """One poll: reload when the files changed; True when a new pair went into service."""
+        """One poll: reload when the files changed, or while the last attempt stands refused
+        (what refused it may pass by without touching the files: a notBefore reached, a key
+        made readable by chown); True when a new pair went into service."""
         signature = self._stat()
-        if signature == self._seen:
+        if signature == self._seen and self._refused is None:
             return False
         with self._lock:
-            return self._attempt(signature, wait_if_broken=True)
+            return self._attempt(signature, wait_if_broken=signature != self._seen)
 
     def reload(self, reason: str = "SIGHUP") -> bool:
         """Look at the files now (SIGHUP); True when a new pair went into service."""
         log.info("TLS reload requested (%s)", reason)
         with self._lock:
-            return self._attempt(self._stat(), wait_if_broken=False)
+            return self._attempt(self._stat(), wait_if_broken=False, again_quiet=False)
 
-    def _attempt(self, signature: Signature, wait_if_broken: bool) -> bool:
+    def _attempt(self, signature: Signature, wait_if_broken: bool,
+                 again_quiet: bool = True) -> bool:
+        """``again_quiet``: a refusal for the reason already reported (same files, polled
+        again) is not logged or recorded again; only SIGHUP, which the operator asked for,
+        always says it."""
         try:
             pair, build = self._load(self._pair)
             trusted = self._trust()
@@ -199,8 +214,12 @@ class ReloadingContext:
                 self._pending = signature  # maybe the other half is on its way: next poll
                 log.debug("TLS files changed but do not form a usable pair yet: %s", exc.message)
                 return False
+            same = signature == self._seen and exc.kind == self._refused
             self._seen, self._pending = signature, None
-            self._refuse(exc)
+            if same and again_quiet:
+                log.debug("TLS files still refused (%s): %s", exc.kind, exc.message)
+            else:
+                self._refuse(exc)
             return False
         self._seen, self._pending = signature, None
         if context is None:  # touched, same content: the files are what is served again
@@ -210,6 +229,7 @@ class ReloadingContext:
         self._pair, self._context, self._refused = pair, context, None
         if trusted != self._trusted:
             self._trusted = trusted
+            self._client_trust.in_service(self._now())
             self._trust_changed()
         if not new_pair:
             return True
@@ -222,15 +242,11 @@ class ReloadingContext:
         return True
 
     def _trust(self) -> str | None:
-        """The digest of the client CA file (None: no mutual TLS), so that a changed bundle is
-        put in service like a changed pair: a CA taken out of it must stop being trusted."""
-        if self._client_ca is None:
-            return None
-        try:
-            return hashlib.sha256(Path(self._client_ca).read_bytes()).hexdigest()
-        except OSError as exc:
-            raise PairRefused("unreadable", f"cannot read {self._client_ca}: "
-                              f"{exc.strerror or type(exc).__name__}") from None
+        """The digest of the client CA and CRL files (tls/trust.py), checked; put in service
+        with the pair."""
+        digest = self._client_trust.read()
+        self._client_trust.check()
+        return digest
 
     def _trust_changed(self) -> None:
         log.info("TLS client CA file %s reloaded: new handshakes trust its certificates",
@@ -258,7 +274,7 @@ class ReloadingContext:
     def _plain(self, pair: Pair) -> ssl.SSLContext:
         try:
             context = server_context(self._cert_file, self._key_file, self._client_ca,
-                                     self._require_client_cert)
+                                     self._require_client_cert, self._client_crl)
         except ConfigError as exc:
             raise PairRefused("unparsable", exc.message) from None
         # ssl loads from the paths: make sure it loaded the very bytes that were checked
@@ -271,7 +287,8 @@ class ReloadingContext:
         assert self._stapler is not None  # noqa: S101  narrows a type for mypy
         staple = Staple()
         try:
-            context = stapling_context(pair, staple, self._client_ca, self._require_client_cert)
+            context = stapling_context(pair, staple, self._client_ca, self._require_client_cert,
+                                       self._client_crl)
         except ValueError as exc:
             raise PairRefused("unparsable", str(exc)) from None
         self._stapler.track(pair.leaf, pair.issuer, staple)  # only once it will be served
@@ -302,6 +319,7 @@ class ReloadingContext:
         """Public facts of the served certificate and its OCSP status (for /healthz, metrics)."""
         report: dict[str, object] = {"mode": "pem", **certificate_summary(self._pair.leaf)}
         report.update(self._stapler.status() if self._stapler is not None else {"ocsp": "off"})
+        report.update(self._client_trust.status(self._now()))
         if self._refused is not None:
             report["reload_refused"] = self._refused
         return report

@@ -2,9 +2,15 @@
 
 A pair is refused (``PairRefused``, its ``kind`` one of ``KINDS``) when a file cannot be read or
 parsed, the key does not belong to the first certificate, that certificate is expired or not yet
-valid, or (on a reload) it no longer covers a name the certificate in service covers. No setting
+valid (with ``CLOCK_LEEWAY`` for a CA whose clock runs ahead), or (on a reload) it no longer covers a name the certificate in service covers. No setting
 names the server's hostname, so the names in service are the reference: a renewal keeps them (or
 adds some), a rename is a restart. Messages name files and reasons, never file content.
+
+A leaf must also verify against the issuer at hand (the chain file's, else the served chain's):
+clients check that signature, so a leaf that names an intermediate it was not signed by fails
+every handshake (``untrusted_issuer``). A leaf issued by a CA is not replaced by a self-signed
+one for the same reason; a self-signed pair at start-up is the operator's choice and stays.
+When no chain carries the issuer its signature cannot be checked here and the leaf is taken.
 """
 
 from __future__ import annotations
@@ -17,20 +23,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from ..crypto.certs import key_matches_certificate
+from .status import CLOCK_LEEWAY
 
 StrPath = str | os.PathLike[str]
 KINDS = ("unreadable", "unparsable", "key_mismatch", "expired", "not_yet_valid", "names",
-         "incomplete_chain")
+         "incomplete_chain", "untrusted_issuer")
 
 
 class PairRefused(Exception):
     """A PEM pair that must not be served; ``kind`` says why, ``message`` in words."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, setting: str | None = None) -> None:
         super().__init__(message)
-        self.kind, self.message = kind, message
+        self.kind, self.message, self.setting = kind, message, setting
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,7 @@ def read_pair(cert_file: StrPath, key_file: StrPath, now: dt.datetime,
         raise PairRefused("unparsable", f"{key_file}: {exc}") from None
     if not matches:
         raise PairRefused("key_mismatch", f"{key_file} is not the key of {cert_file}")
-    if now < leaf.not_valid_before_utc:
+    if now < leaf.not_valid_before_utc - CLOCK_LEEWAY:
         raise PairRefused("not_yet_valid", f"{cert_file} is not valid before "
                           f"{leaf.not_valid_before_utc.isoformat()}")
     if now > leaf.not_valid_after_utc:
@@ -89,7 +97,45 @@ def read_pair(cert_file: StrPath, key_file: StrPath, now: dt.datetime,
         raise PairRefused("incomplete_chain", f"{cert_file} no longer carries the intermediate "
                           "certificate that issued its certificate, which the chain in service "
                           "carries (a chain file still being written, or one cut short)")
+    _check_issuer(cert_file, pair, must_cover, served_issuer)
     return pair
+
+
+def _check_issuer(cert_file: StrPath, pair: Pair, served: x509.Certificate | None,
+                  served_issuer: x509.Certificate | None) -> None:
+    """The leaf's signature, checked against whichever issuer is at hand: name matching alone
+    let a leaf signed by another key (or a self-signed one) go into service."""
+    leaf = pair.leaf
+    if _self_signed(leaf):
+        if served is not None and not _self_signed(served):
+            by = served.issuer.rfc4514_string()
+            raise PairRefused("untrusted_issuer", f"{cert_file} is self-signed but the "
+                              f"certificate in service was issued by {by} (no client that "
+                              "trusts that CA could verify it)")
+        return
+    candidates = [cert for cert in pair.chain[1:] if cert.subject == leaf.issuer]
+    if not candidates and served_issuer is not None and served_issuer.subject == leaf.issuer:
+        candidates = [served_issuer]
+    if candidates and not any(_signed_by(leaf, cert) for cert in candidates):
+        raise PairRefused("untrusted_issuer", f"{cert_file}: its certificate names "
+                          f"{leaf.issuer.rfc4514_string()} as issuer but that certificate's key "
+                          "did not sign it")
+
+
+def _signed_by(leaf: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """True unless the signature is wrong; an algorithm cryptography cannot check is no
+    evidence against the leaf (clients may well check it)."""
+    try:
+        leaf.verify_directly_issued_by(issuer)
+    except InvalidSignature:
+        return False
+    except (ValueError, TypeError):
+        return True
+    return True
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    return cert.issuer == cert.subject and _signed_by(cert, cert)
 
 
 def _whole(cert_file: StrPath, cert_pem: bytes, chain: tuple[x509.Certificate, ...]) -> None:

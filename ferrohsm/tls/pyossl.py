@@ -19,7 +19,7 @@ import socket
 import ssl
 from typing import Any
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 
 from ..crypto.certs import der, load_private_key
 from .pair import Pair
@@ -42,7 +42,8 @@ class StaplingContext:
 
 
 def stapling_context(pair: Pair, staple: Staple, client_ca: str | None,
-                     require_client_cert: bool) -> StaplingContext:
+                     require_client_cert: bool, client_crl: str | None = None
+                     ) -> StaplingContext:
     """A TLS 1.3 server context for ``pair`` that staples ``staple.current()``.
 
     ValueError with a message naming no file content when OpenSSL refuses the pair or the CA.
@@ -60,12 +61,18 @@ def stapling_context(pair: Pair, staple: Staple, client_ca: str | None,
         context.check_privatekey()
         if client_ca is not None:
             context.load_verify_locations(client_ca)
+            if client_crl is not None:  # as context.server_context: the leaf's issuer's CRL
+                context.load_verify_locations(client_crl)
+                store = context.get_cert_store()
+                if store is None:
+                    raise ValueError("OpenSSL has no certificate store to check CRLs in")
+                store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
             mode = SSL.VERIFY_PEER
             if require_client_cert:
                 mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
             context.set_verify(mode)
     except SSL.Error:
-        raise ValueError("OpenSSL refused the certificate, key or client CA") from None
+        raise ValueError("OpenSSL refused the certificate, key, client CA or CRL") from None
     context.set_ocsp_server_callback(lambda _conn, _data: staple.current())
     return StaplingContext(context)
 

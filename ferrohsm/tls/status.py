@@ -15,6 +15,10 @@ from collections.abc import Callable, Mapping
 from cryptography import x509
 
 Notify = Callable[[str, Mapping[str, object]], None]
+# A CA whose clock runs a little ahead of ours issues certificates "not yet valid" here; clients
+# with the right time accept them, so they are served rather than refused (PEM) or ordered
+# again (ACME).
+CLOCK_LEEWAY = dt.timedelta(minutes=10)
 OCSP_STATES = ("off", "good", "revoked", "unknown", "unavailable")
 
 

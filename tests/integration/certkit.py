@@ -86,30 +86,40 @@ class TestCA:
         os.chmod(self.key_file, 0o600)
 
     def _builder(self, cn: str, key: ec.EllipticCurvePrivateKey, not_before: dt.datetime,
-                 not_after: dt.datetime) -> x509.CertificateBuilder:
+                 not_after: dt.datetime, self_signed: bool = False) -> x509.CertificateBuilder:
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        issuer_key = key if self_signed else self.key
         return (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-                .issuer_name(self.cert.subject).public_key(key.public_key())
+                .subject_name(subject)
+                .issuer_name(subject if self_signed else self.cert.subject)
+                .public_key(key.public_key())
                 .serial_number(x509.random_serial_number())
                 .not_valid_before(not_before).not_valid_after(not_after)
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                    self.key.public_key()), False))
+                    issuer_key.public_key()), False))
 
     def leaf(self, names: Sequence[str] = HOSTS, *, ocsp_url: str | None = None,
              not_before: dt.datetime | None = None, not_after: dt.datetime | None = None,
-             usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.SERVER_AUTH) -> Leaf:
+             usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.SERVER_AUTH,
+             signer: ec.EllipticCurvePrivateKey | None = None,
+             self_signed: bool = False) -> Leaf:
+        """``signer``: sign with that key instead of the CA's (a forgery naming this CA);
+        ``self_signed``: the leaf is its own issuer and the chain is the leaf alone."""
         key = ec.generate_private_key(ec.SECP256R1())
         builder = self._builder(names[0] if names else "leaf", key,
                                 not_before or now() - dt.timedelta(hours=1),
-                                not_after or now() + dt.timedelta(days=7))
+                                not_after or now() + dt.timedelta(days=7), self_signed)
         builder = builder.add_extension(x509.SubjectAlternativeName(_sans(names)), False)
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), False)
         if ocsp_url is not None:
             builder = builder.add_extension(x509.AuthorityInformationAccess([
                 x509.AccessDescription(AuthorityInformationAccessOID.OCSP,
                                        x509.UniformResourceIdentifier(ocsp_url))]), False)
-        cert = builder.sign(self.key, hashes.SHA256())
+        if self_signed:
+            cert = builder.sign(key, hashes.SHA256())
+            return Leaf(cert, key, pem(cert))
+        cert = builder.sign(signer or self.key, hashes.SHA256())
         return Leaf(cert, key, pem(cert) + pem(self.cert))
 
     def responder(self, ocsp_signing: bool = True) -> Leaf:

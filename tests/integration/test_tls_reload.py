@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pytest
 from certkit import HOSTS, Leaf, TestCA, install, now, served_certificate, wait_for, write_atomic
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from test_serve_process import call, start, stop
 from tlsserver import TlsServer
+
+from ferrohsm.tls.context import ReloadingContext
 
 POLL = 0.1
 
@@ -110,16 +113,31 @@ def _cut_chain(ca: TestCA, first: Leaf) -> tuple[bytes, bytes]:
     return leaf.chain_pem[:end + 120], leaf.key_pem
 
 
-BROKEN: dict[str, Callable[[TestCA, Leaf], tuple[bytes, bytes]]] = {
-    "unparsable": _garbage, "key_mismatch": _key_mismatch, "expired": _expired,
-    "not_yet_valid": _not_yet_valid, "names": _names, "incomplete_chain": _cut_chain}
+def _self_signed(ca: TestCA, first: Leaf) -> tuple[bytes, bytes]:
+    """Same names, no CA: a client that trusts the CA of the served leaf cannot verify it."""
+    leaf = ca.leaf(self_signed=True)
+    return leaf.chain_pem, leaf.key_pem
 
 
-@pytest.mark.parametrize("kind", sorted(BROKEN))
+def _forged(ca: TestCA, first: Leaf) -> tuple[bytes, bytes]:
+    """Names the served CA as issuer and the chain carries that CA, but another key signed."""
+    leaf = ca.leaf(signer=ec.generate_private_key(ec.SECP256R1()))
+    return leaf.chain_pem, leaf.key_pem
+
+
+BROKEN: dict[str, tuple[str, Callable[[TestCA, Leaf], tuple[bytes, bytes]]]] = {
+    "unparsable": ("unparsable", _garbage), "key_mismatch": ("key_mismatch", _key_mismatch),
+    "expired": ("expired", _expired), "not_yet_valid": ("not_yet_valid", _not_yet_valid),
+    "names": ("names", _names), "incomplete_chain": ("incomplete_chain", _cut_chain),
+    "self_signed": ("untrusted_issuer", _self_signed), "forged": ("untrusted_issuer", _forged)}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
 def test_a_broken_pair_is_refused_and_the_old_one_stays(
-        server: TlsServer, ca: TestCA, files: tuple[Path, Path], first: Leaf, kind: str,
+        server: TlsServer, ca: TestCA, files: tuple[Path, Path], first: Leaf, case: str,
         caplog: pytest.LogCaptureFixture) -> None:
-    cert_pem, key_pem = BROKEN[kind](ca, first)
+    kind, make = BROKEN[case]
+    cert_pem, key_pem = make(ca, first)
     with caplog.at_level(logging.WARNING, logger="ferrohsm.tls"):
         write_atomic(files[0], cert_pem, 0o644)
         write_atomic(files[1], key_pem)
@@ -253,3 +271,74 @@ def test_sighup_reloads_at_once_in_a_real_process(tmp_path: Path) -> None:
         assert "tls.reloaded" in actions
     finally:
         assert stop(proc) == 0
+
+
+def test_a_self_signed_pair_is_taken_at_start_and_renewed_self_signed(
+        ca: TestCA, files: tuple[Path, Path]) -> None:
+    """Self-signed is the operator's choice at start-up; only a leaf a CA issued is held to
+    being replaced by another leaf a CA issued."""
+    install(ca.leaf(self_signed=True), *files)
+    provider = ReloadingContext(*files)
+    renewed = ca.leaf(self_signed=True)
+    install(renewed, *files)
+    assert provider.reload("test") and provider.status()["serial"] == renewed.serial
+    issued = ca.leaf()
+    install(issued, *files)  # and a CA-issued one may follow it
+    assert provider.reload("test") and provider.status()["serial"] == issued.serial
+
+
+def test_a_certificate_dated_seconds_ahead_is_served_at_once(
+        server: TlsServer, ca: TestCA, files: tuple[Path, Path], first: Leaf) -> None:
+    """A CA clock a few seconds fast: clients with the right time take the certificate, so
+    the server does too (the same leeway as ACME), rather than refusing it as not yet valid."""
+    ahead = ca.leaf(not_before=now() + dt.timedelta(seconds=30))
+    install(ahead, *files)
+    wait_for(lambda: serial_served(server) == ahead.cert.serial_number, 10, "the new pair")
+    assert not server.events("tls.reload_refused")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.at = now()
+
+    def __call__(self) -> dt.datetime:
+        return self.at
+
+
+def test_a_refused_pair_is_tried_again_at_each_poll_and_taken_once_it_is_good(
+        ca: TestCA, files: tuple[Path, Path], first: Leaf,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """What refused a pair can pass by without the files changing (its notBefore reached, a
+    key made readable by chown): polls look again, and say nothing more until it is taken."""
+    clock, heard = Clock(), []
+    provider = ReloadingContext(*files, now=clock,
+                                notify=lambda event, fields: heard.append((event, dict(fields))))
+    later = ca.leaf(not_before=now() + dt.timedelta(days=1), not_after=now() + dt.timedelta(days=9))
+    install(later, *files)
+    with caplog.at_level(logging.WARNING, logger="ferrohsm.tls"):
+        for _ in range(5):
+            assert not provider.check()
+    assert [(event, fields["reason"]) for event, fields in heard] == [
+        ("tls.reload_refused", "not_yet_valid")]
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+    assert provider.status()["reload_refused"] == "not_yet_valid"
+    clock.at += dt.timedelta(days=1)
+    assert provider.check()  # the files are the same, the day has come
+    assert provider.status()["serial"] == later.serial
+    assert "reload_refused" not in provider.status()
+    assert heard[-1][0] == "tls.reloaded" and len(heard) == 2
+    assert not provider.check()  # and polls go back to looking at the files only
+
+
+def test_a_refusal_for_another_reason_is_reported_again(
+        ca: TestCA, files: tuple[Path, Path], first: Leaf) -> None:
+    clock, heard = Clock(), []
+    provider = ReloadingContext(*files, now=clock,
+                                notify=lambda event, fields: heard.append((event, dict(fields))))
+    brief = ca.leaf(not_before=now() + dt.timedelta(days=1), not_after=now() + dt.timedelta(days=2))
+    install(brief, *files)
+    assert not provider.check() and not provider.check()
+    clock.at += dt.timedelta(days=3)  # its whole life went by before the files were fixed
+    assert not provider.check() and not provider.check()
+    assert [fields["reason"] for _, fields in heard] == ["not_yet_valid", "expired"]
+    assert provider.status()["reload_refused"] == "expired"

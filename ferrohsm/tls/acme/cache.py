@@ -29,13 +29,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ...domain.errors import ConfigError
+from ..status import CLOCK_LEEWAY
 from .jws import AccountKey
 
 ACCOUNT_KEY = "account-key.pem"
 ACCOUNTS = "accounts.json"
-# A CA whose clock runs a little ahead of ours issues certificates "not yet valid" here; clients
-# with the right time accept them, so they are served rather than refused and ordered again.
-CLOCK_LEEWAY = dt.timedelta(minutes=10)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,9 @@ failed, rate limited) keep the current certificate, are retried with backoff (ne
 than ``Retry-After``), and show in the log, ``status()`` (/healthz, metrics) and the audit log
 (``tls.acme_failed``); every new certificate is ``tls.issued`` or ``tls.renewed``.
 
+``[tls] client_ca`` is watched as in PEM mode (tls/trust.py): polled every ``reload_seconds``
+and on SIGHUP (``reload``), a changed bundle in force for new handshakes, a bad one refused.
+
 Several processes sharing the cache (``processes = N``): one leads and the others follow
 (sharing.py); only the leader ever talks to the CA.
 """
@@ -29,7 +32,9 @@ from typing import Any
 
 from ...domain.errors import ConfigError
 from ..context import server_context
+from ..pair import PairRefused
 from ..status import Notify, certificate_summary, rfc3339
+from ..trust import ClientTrust, TrustWatch
 from .cache import AcmeCache, CachedCert
 from .challenges import Http01Responder, TlsAlpnResponder
 from .client import AcmeClient, AcmeError
@@ -85,6 +90,8 @@ class AcmeOptions:
     renew_before_fraction: float
     client_ca: str = ""
     require_client_cert: bool = False
+    client_crl: str = ""
+    reload_seconds: float = 30.0  # how often client_ca is looked at
 
 
 def _now() -> dt.datetime:
@@ -122,6 +129,14 @@ class AcmeProvider:
             self._responder = TlsAlpnResponder(self._cache)
             self._responder.on_change = self._select
         self._cert: CachedCert | None = None
+        self._swap = threading.RLock()  # the ACME thread and the trust reload build contexts
+        try:
+            self._trust = TrustWatch(ClientTrust(options.client_ca or None,
+                                                 options.client_crl or None),
+                                     self._rebuild, self._emit, self._serial)
+        except PairRefused as exc:
+            raise ConfigError(f"{exc.setting or 'tls.client_ca'}: {exc.message}") from None
+        self._watch: threading.Thread | None = None
         self._plain = _bare_context()
         self._current = self._plain
         self._renew_at: dt.datetime | None = None
@@ -162,7 +177,8 @@ class AcmeProvider:
         cert_path, key_path = self._cache.write_temp_pair(cert.chain_pem, cert.key_pem)
         try:
             return server_context(cert_path, key_path, self.options.client_ca or None,
-                                  self.options.require_client_cert)
+                                  self.options.require_client_cert,
+                                  self.options.client_crl or None)
         finally:
             cert_path.unlink(missing_ok=True)
             key_path.unlink(missing_ok=True)
@@ -170,21 +186,56 @@ class AcmeProvider:
     def _install(self, cert: CachedCert) -> None:
         """Serve ``cert`` to new connections (only the ACME thread and the constructor call this;
         the server reads ``_current``, one attribute, so it sees the old context or the new)."""
-        context = self._serving_context(cert)
-        self._cert, self._plain = cert, context
-        self._renew_at = fraction_renewal(cert.leaf, self.options.renew_before_fraction)
-        self._ari = self._ari_at = self._ari_checked = None
-        self._select()
+        with self._swap:
+            context = self._serving_context(cert)
+            self._cert, self._plain = cert, context
+            self._renew_at = fraction_renewal(cert.leaf, self.options.renew_before_fraction)
+            self._ari = self._ari_at = self._ari_checked = None
+            self._select()
 
     def _select(self) -> None:
         """Plain context, or (while tls-alpn-01 answers are published) a hooked copy."""
-        responder = self._responder
-        if isinstance(responder, TlsAlpnResponder) and responder.pending():
-            hooked = self._serving_context(self._cert)
-            responder.install(hooked)
-            self._current = hooked
-        else:
-            self._current = self._plain
+        with self._swap:
+            responder = self._responder
+            if isinstance(responder, TlsAlpnResponder) and responder.pending():
+                hooked = self._serving_context(self._cert)
+                responder.install(hooked)
+                self._current = hooked
+            else:
+                self._current = self._plain
+
+    # ------------------------------------------------------------------ client CA
+
+    def check(self) -> bool:
+        """One poll of ``[tls] client_ca``; True when a changed bundle went into service."""
+        return self._trust.check()
+
+    def reload(self, reason: str = "SIGHUP") -> bool:
+        """Look at ``[tls] client_ca`` now (the certificate is ACME's business, not a file's)."""
+        log.info("TLS client CA reload requested (%s)", reason)
+        return self._trust.check(loud=True)
+
+    def _rebuild(self) -> None:
+        """The serving context again, from the changed bundle (TrustWatch checked it)."""
+        with self._swap:
+            if self._cert is None:
+                return  # nothing served yet: the first certificate's context reads the bundle
+            try:
+                self._plain = self._serving_context(self._cert)
+            except ConfigError as exc:
+                raise PairRefused("unparsable", exc.message) from None
+            self._select()
+
+    def _serial(self) -> str | None:
+        cert = self._cert
+        return format(cert.leaf.serial_number, "x") if cert is not None else None
+
+    def _watching(self) -> None:
+        while not self._stop.wait(self.options.reload_seconds):
+            try:
+                self.check()
+            except Exception:  # a bug must not end reloading for good
+                log.exception("TLS client CA reload check failed")
 
     # ------------------------------------------------------------------ thread
 
@@ -196,12 +247,17 @@ class AcmeProvider:
         self._lead()
         self._thread = threading.Thread(target=self._run, name="ferrohsm-acme", daemon=True)
         self._thread.start()
+        if self._trust.trust.client_ca is not None:
+            self._watch = threading.Thread(target=self._watching, name="ferrohsm-tls-reload",
+                                           daemon=True)
+            self._watch.start()
         return self._thread
 
     def close(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for thread in (self._thread, self._watch):
+            if thread is not None:
+                thread.join(timeout)
         if isinstance(self._responder, Http01Responder):
             self._responder.stop()
         self._leader.release()
@@ -438,7 +494,9 @@ class AcmeProvider:
         """What /healthz and the metrics show: serial, expiry and the ACME state."""
         cert = self._cert
         summary = certificate_summary(cert.leaf) if cert is not None else {}
+        refused = {"reload_refused": self._trust.refused} if self._trust.refused else {}
         return {
+            **refused, **self._trust.trust.status(self._clock()),
             "mode": "acme",
             "serial": summary.get("serial"),
             "not_after": summary.get("not_after"),
