@@ -72,8 +72,15 @@ class OcspStapler:
 
     def track(self, cert: x509.Certificate, issuer: x509.Certificate | None,
               staple: Staple) -> None:
-        """A new served certificate, with the (empty) staple its context reads: fetch at once."""
+        """A new served context, with the (empty) staple it reads. A new certificate: fetch at
+        once. The same one (the context was rebuilt for another reason, a new client CA
+        bundle): its response carries over and nothing else changes; dropping it left the
+        certificate unstapled, and reported unavailable, while the responder was down."""
         with self._lock:
+            if self._cert is not None and cert == self._cert and issuer == self._issuer:
+                staple.der, staple.expires = self._staple.der, self._staple.expires
+                self._staple = staple
+                return
             self._cert, self._issuer, self._staple = cert, issuer, staple
             self._failures, self._due, self._next_update = 0, 0.0, None
         self._set_state("unavailable", "new certificate")

@@ -207,3 +207,23 @@ def test_the_status_reports_what_is_stapled_by_the_clock(ca: TestCA) -> None:
     assert stapler.status()["ocsp"] == "good"
     clock[0] = 1031.0  # the thread is stuck in a fetch: nobody dropped the staple
     assert stapler.status() == {"ocsp": "unavailable"}
+
+
+def test_a_context_rebuilt_for_the_same_certificate_keeps_its_response(ca: TestCA) -> None:
+    """A new client CA bundle rebuilds the context, not the certificate: the response in hand
+    stays stapled (the responder may be down meanwhile), with its state; a new certificate
+    starts over."""
+    leaf = ca.leaf(ocsp_url="http://127.0.0.1:1")
+    clock = [1000.0]
+    stapler = OcspStapler("", refresh_seconds=8, timeout=2, clock=lambda: clock[0])
+    first = Staple()
+    stapler.track(leaf.cert, ca.cert, first)
+    first.der, first.expires = b"response", 1300.0
+    stapler._set_state("good", "a response")
+    rebuilt = Staple()
+    stapler.track(leaf.cert, ca.cert, rebuilt)
+    assert (rebuilt.der, rebuilt.expires) == (b"response", 1300.0)
+    assert stapler.status()["ocsp"] == "good"
+    renewed = Staple()
+    stapler.track(ca.leaf(ocsp_url="http://127.0.0.1:1").cert, ca.cert, renewed)
+    assert renewed.der == b"" and stapler.status() == {"ocsp": "unavailable"}
