@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import ssl
+import stat
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -97,6 +98,21 @@ def client_context(
     return context
 
 
+def warn_if_exposed(key_file: Path, warned: int | None) -> int | None:
+    """A private key file others may read is served (refusing it would take the service down
+    over a mode the operator can fix at leisure) but said once per mode, at start-up and on
+    reload: the key authenticates this server to every client. The mode warned about."""
+    try:
+        mode = stat.S_IMODE(key_file.stat().st_mode)
+    except OSError:
+        return warned
+    if mode & 0o077 and mode != warned:
+        log.warning("the TLS private key %s can be read by other users (mode %o): make it "
+                    "0600 (chmod 600)", key_file, mode)
+        return mode
+    return warned if mode & 0o077 else None
+
+
 def cert_fingerprint(der: bytes) -> str:
     """RFC 8705 ``x5t#S256``: unpadded base64url of the SHA-256 of the DER certificate."""
     digest = hashlib.sha256(der).digest()
@@ -162,6 +178,7 @@ class ReloadingContext:
         self._seen = self._stat()
         self._pending: Signature | None = None
         self._refused: str | None = None  # kind of the last refused pair, until one is served
+        self._key_mode_warned: int | None = None
         try:
             pair, build = self._load(None)
         except PairRefused as exc:  # a broken pair at start-up is a configuration error
@@ -267,6 +284,7 @@ class ReloadingContext:
         (built only if it is new)."""
         pair = read_pair(self._cert_file, self._key_file, self._now(),
                          served.leaf if served else None, served.issuer if served else None)
+        self._key_mode_warned = warn_if_exposed(self._key_file, self._key_mode_warned)
         if self._stapler is not None:
             return pair, lambda: self._stapling(pair)
         return pair, lambda: self._plain(pair)

@@ -289,3 +289,23 @@ def test_reload_outcomes_reach_the_notify_hook(tmp_path: Path) -> None:
     event, fields = heard[-1]
     assert event == "tls.reloaded" and fields["previous_serial"] == serial
     assert fields["serial"] == provider.status()["serial"] != serial
+
+
+def test_a_private_key_others_can_read_is_served_and_said_once_per_mode(
+        pki: DevPki, caplog: pytest.LogCaptureFixture) -> None:
+    """Refused secret files elsewhere are 0600 files; a TLS key readable by others is served
+    (the service stays up) but warned about at start-up and again only when its mode changes."""
+    key = Path(pki.server_key)
+    key.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="ferrohsm.tls"):
+        reloading = ReloadingContext(pki.server_cert, pki.server_key)
+        reloading.reload()
+        assert [r.getMessage() for r in caplog.records if "can be read" in r.getMessage()] == [
+            f"the TLS private key {key} can be read by other users (mode 644): make it 0600 "
+            "(chmod 600)"]
+        key.chmod(0o640)
+        reloading.reload()
+        key.chmod(0o600)
+        reloading.reload()
+    warned = [r for r in caplog.records if "can be read" in r.getMessage()]
+    assert len(warned) == 2 and "mode 640" in warned[1].getMessage()
