@@ -116,7 +116,13 @@ class Application:
                 ctx = with_principal(ctx, self._authenticate(req, ctx, span))
             if route.template not in PROBES:  # a probe reports the server, not the caller
                 self._limit(ctx)  # before any refusal of the request's own: each is recorded
-            _check_approval_header(req)
+                _check_approval_header(req)
+            else:
+                try:
+                    _check_approval_header(req)
+                except FerroError:  # a refused probe is a refusal: it pays, as any other
+                    self._limit(ctx)
+                    raise
             result = (route.handler(ctx, req, params) if span is None
                       else _traced(span, route, ctx, req, params))
             resp = result if isinstance(result, Response) else json_response(*result)

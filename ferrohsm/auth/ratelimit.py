@@ -2,8 +2,10 @@
 
 Sans-I/O: every method takes ``now`` (monotonic seconds) from the caller, so the tests drive time.
 
-- Authenticated requests draw from the bucket of their actor (the token's ``sub``), so a fresh token
-  for the same subject shares the bucket; rate and burst come from the actor's role.
+- Authenticated requests draw from the bucket of their actor: the token's ``sub`` and role, so
+  a fresh token for the same subject shares the bucket; rate and burst come from the role. A
+  subject holding tokens of two roles has a bucket for each: each role's requests get exactly
+  that role's limit, and neither role's spending refills or empties the other's.
 - Unauthenticated requests (health, metrics, dashboard, 404s) and FAILED authentication draw from
   the bucket of the source IP (IPv6 grouped by /64, since one host owns a whole /64). A valid
   token never draws from it, so bogus tokens from an address (a NAT, a proxy) cannot lock out
@@ -33,6 +35,9 @@ from ..domain.errors import RateLimited
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_FORWARDED_HOPS = 32
 IPV6_GROUP_PREFIX = 64
+# Between the role and the subject of an actor's name in the shared usage (auth/sharedlimit.py):
+# a character no role name holds, so the name splits at its first one whatever the subject is.
+ROLE_SEPARATOR = "\x1f"
 # A bucket's tokens are computed from times, so the burst's last token can come out a few ulps
 # short (50 requests at 1/100 s each end at 0.49000000000000004): this much is a whole token.
 EPSILON = 1e-9
@@ -54,13 +59,9 @@ class TokenBuckets:
     """One token bucket per key in an LRU table of bounded size; thread-safe.
 
     Each bucket is kept as the time at which it would be full again (GCRA's "theoretical
-    arrival time"), not as a count of tokens: a request of a limit spends 1/rate seconds of
-    that timeline and is allowed while the timeline is at most burst/rate seconds ahead of now.
-    Kept as a time, one bucket serves requests judged by different limits (a subject's tokens
-    of two roles) and each stays within its own: a generous role's requests advance the
-    timeline by little and never refill it for a strict one. Kept as a count of tokens, each
-    request refilled the bucket at its own role's rate and capped it at its own burst, so one
-    administrator request gave the same subject's service token a full burst again."""
+    arrival time"): a request spends 1/rate seconds of that timeline and is allowed while the
+    timeline is at most burst/rate seconds ahead of now. One float a key, and a debit from
+    another node is a time added, whatever the bucket held."""
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self._max = max(1, max_entries)
@@ -204,9 +205,16 @@ class RateLimiter:
             used, self._used = self._used, {}
         return {actor: (float(n), str(role)) for actor, (n, role) in used.items()}
 
-    def debit_actor(self, subject: str, role: str, amount: float, now: float) -> None:
-        """Charge an actor's bucket with what it spent on other nodes."""
-        self.actors.debit(subject, self.policy.for_role(role), now, amount)
+    def debit_actor(self, actor: str, role: str, amount: float, now: float) -> None:
+        """Charge an actor's bucket with what it spent on other nodes (``actor``: as
+        ``drain_used`` names it; a plain subject from a node of an earlier version is that
+        subject under ``role``)."""
+        named_role, sep, subject = actor.partition(ROLE_SEPARATOR)
+        if sep:
+            role = named_role
+        else:
+            subject = actor
+        self.actors.debit((subject, role), self.policy.for_role(role), now, amount)
 
     def client_ip(self, peer_ip: str, forwarded_for: list[str]) -> str:
         """The address to limit and audit: the peer, or what a trusted proxy says it relayed."""
@@ -254,7 +262,7 @@ class RateLimiter:
 
     def take_actor(self, subject: str, role: str, now: float) -> None:
         """Spend one token of the actor's bucket; 429 with the wait when empty."""
-        wait = self.actors.take(subject, self.policy.for_role(role), now)
+        wait = self.actors.take((subject, role), self.policy.for_role(role), now)
         if wait > 0:
             self._refuse("actor", wait)
         if self._used is not None:
@@ -265,25 +273,27 @@ class RateLimiter:
         """Spend up to ``count`` tokens of the actor's bucket at once (the items of a batch;
         ``whole``: all or none): how many it held, and the seconds until the next; each item
         left without one counts as a limited request."""
-        granted, wait = self.actors.take_upto(subject, self.policy.for_role(role), now, count,
-                                              whole)
+        granted, wait = self.actors.take_upto((subject, role), self.policy.for_role(role), now,
+                                              count, whole)
         self.limited["actor"] += count - granted
         if self._used is not None and granted:
             self._spent(subject, role, granted)  # the other nodes are debited a batch's too
         return granted, wait
 
+    def burst_of(self, role: str) -> float:
+        """The most one actor of ``role`` can ever spend at once."""
+        return self.policy.for_role(role).burst
+
     def _spent(self, subject: str, role: str, tokens: int) -> None:
         with self._used_lock:
             if self._used is None:
                 return
-            entry = self._used.get(subject)
+            actor = f"{role}{ROLE_SEPARATOR}{subject}"
+            entry = self._used.get(actor)
             if entry is None:
-                self._used[subject] = [tokens, role]
-            elif entry[1] == role:
+                self._used[actor] = [tokens, role]
+            else:
                 entry[0] += tokens
-            else:  # the same subject under another role: the same time, in the entry's tokens
-                entry[0] += tokens * (self.policy.for_role(entry[1]).rate
-                                      / self.policy.for_role(role).rate)
 
     def _refuse(self, scope: str, wait: float) -> None:
         self.limited[scope] += 1

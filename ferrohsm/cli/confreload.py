@@ -82,7 +82,11 @@ def _check_secrets(config: Config) -> None:
     server keeps the secrets it holds, and a restart would refuse them. Read and dropped at
     once; the message names the file or variable, never a value."""
     try:
-        load_secrets(config)
+        if config.secrets.unseal == "shamir":  # no master key anywhere, by design
+            from .custody import other_secrets
+            other_secrets(config)
+        else:
+            load_secrets(config)
     except ConfigError as exc:
         log.warning("SIGHUP: the secrets no longer load: %s; the running server keeps the ones "
                     "it holds; a restart would fail", exc.message)

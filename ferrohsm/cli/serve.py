@@ -166,8 +166,8 @@ def _quickstart(args: argparse.Namespace) -> int:
 def warn_unknown_variables(config: Config) -> None:
     """A FERROHSM_* variable nothing reads is logged, not refused: it may be meant for the CLI
     of a newer version, and a server that would not start over it is a worse surprise."""
-    from ..config.envnames import unknown_variables
-    for line in unknown_variables(os.environ, config.storage.postgres_dsn_env):
+    from ..config.envnames import configured_variables, unknown_variables
+    for line in unknown_variables(os.environ, configured_variables(config)):
         logging.getLogger("ferrohsm").warning("%s", line)
 
 

@@ -538,6 +538,24 @@ def load_secrets(config: Config, env: Mapping[str, str] | None = None) -> Secret
     assert master and jwt and hmac_key  # noqa: S101  narrows a type for mypy, not a runtime check
     jwt_bytes = jwt.encode("utf-8")
     if len(jwt_bytes) < 32:
-        raise ConfigError("FERROHSM_JWT_HS256_SECRET must be at least 32 bytes")
-    return Secrets(decode_key32(master, "FERROHSM_MASTER_KEY"), jwt_bytes,
-                   decode_key32(hmac_key, "FERROHSM_AUDIT_HMAC_KEY"))
+        where = secret_source(env, "FERROHSM_JWT_HS256_SECRET", s.jwt_hs256_secret_file,
+                              "[secrets].jwt_hs256_secret_file", "jwt_hs256_secret")
+        raise ConfigError(f"{where} must be at least 32 bytes")
+    return Secrets(
+        decode_key32(master, secret_source(env, "FERROHSM_MASTER_KEY", s.master_key_file,
+                                           "[secrets].master_key_file", "master_key")),
+        jwt_bytes,
+        decode_key32(hmac_key, secret_source(env, "FERROHSM_AUDIT_HMAC_KEY",
+                                             s.audit_hmac_key_file,
+                                             "[secrets].audit_hmac_key_file", "audit_hmac_key")))
+
+
+def secret_source(env: Mapping[str, str], var: str, file_path: str, file_setting: str,
+                  credential: str) -> str:
+    """Where ``secret_value`` took a secret from, for a message about its value: the operator
+    fixes the variable, the file or the credential it came from, not another one."""
+    if env.get(var):
+        return var
+    if file_path:
+        return f"{file_setting} ({file_path})"
+    return f"credential {credential}"

@@ -5,9 +5,9 @@ would otherwise leave the operator believing a setting is in force that is not."
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-from . import ENV_ALIASES, setting_variables
+from . import ENV_ALIASES, Config, setting_variables
 
 PREFIX = "FERROHSM_"
 
@@ -21,11 +21,20 @@ OTHER_VARIABLES = frozenset(PREFIX + name for name in (
     "RESTARTED_AFTER", "REKEY_KILL_AT"))
 
 
-def unknown_variables(env: Mapping[str, str], dsn_variable: str = "") -> list[str]:
+def configured_variables(config: Config) -> set[str]:
+    """The variables the configuration itself names: the DSN's, and each HS256 secret's by kid
+    (``[auth].hs256_secret_envs``, "kid:VAR")."""
+    named = {config.storage.postgres_dsn_env}
+    named |= {entry.partition(":")[2].strip() for entry in config.auth.hs256_secret_envs}
+    return {name for name in named if name}
+
+
+def unknown_variables(env: Mapping[str, str], configured: Iterable[str] = ()) -> list[str]:
     """One line per FERROHSM_* variable nothing reads, with the closest known name when there
-    is one. Names only: a value may be a secret."""
+    is one (``configured``: the names the configuration gives variables). Names only: a value
+    may be a secret."""
     known = ({var for var, _s, _f in setting_variables()} | set(ENV_ALIASES) | OTHER_VARIABLES
-             | ({dsn_variable} if dsn_variable else set()))
+             | set(configured))
     lines = []
     for name in sorted(n for n in env if n.upper().startswith(PREFIX) and n not in known):
         close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.8)

@@ -96,6 +96,8 @@ class CryptoItems:
             if size > self.max_items:
                 raise BadRequest(f"a batch holds at most {self.max_items} items "
                                  f"(this one has {size}); split it")
+            if pay_all:
+                self._payable(ctx, size)
             granted, wait = self._take(ctx, size - 1, whole=pay_all)
             if pay_all and granted < size - 1:  # nothing was spent: the caller may retry
                 raise _limited(wait)
@@ -105,6 +107,18 @@ class CryptoItems:
     def single(self, ctx: RequestContext) -> SingleItem:
         """The same calls for a request that is not a batch (see SingleItem)."""
         return SingleItem(self.keys, ctx)
+
+    def _payable(self, ctx: RequestContext, size: int) -> None:
+        """A batch paid for whole that is larger than the actor's burst can never be paid:
+        400 saying so, not a 429 whose Retry-After a client would follow forever."""
+        principal = ctx.principal
+        if self.limiter is None or principal is None:
+            return
+        burst = self.limiter.burst_of(principal.role.value)
+        if size > burst:
+            raise BadRequest(f"a batch of {size} items is more than this actor's rate limit "
+                             f"allows at once ({burst:g}): split it into batches of at most "
+                             f"{burst:g}")
 
     def _take(self, ctx: RequestContext, count: int, whole: bool) -> tuple[int, float]:
         principal = ctx.principal

@@ -206,8 +206,8 @@ class Guard:
         key = self._resolve(ctx, action, ref, authorize)
         if not authorize:
             return key, ALLOWED
+        self._hide_out_of_scope(ctx, action, key)  # first: any other answer tells it exists
         no_approval_for(ctx, action)
-        self._hide_out_of_scope(ctx, action, key)
         decision = decide(ctx.principal, action, key, self.policy, self.clock)
         if decision is not ALLOWED and decision.verdict is Verdict.DENY:
             raise Forbidden(decision.reason, key_id=key.id)

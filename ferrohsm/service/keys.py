@@ -85,6 +85,9 @@ def rewrap_refusal(key: Key) -> Conflict:
                     "separately")
 
 
+SCAN_PAGE = 500  # keys a tag-scoped listing reads from the store at a time
+
+
 class KeyService:
     def __init__(self, store: KeyStore, engine: KeyEngine, audit: AuditLog, *,
                  destroy_grace: Callable[[Key], timedelta] = lambda key: timedelta(hours=24),
@@ -150,8 +153,8 @@ class KeyService:
         last key of ITS page, which may be one this token must not learn exists."""
         visible: list[Key] = []
         token = page_token
-        while True:
-            page = self.store.list(filters, limit, token)  # a bad page token: refused
+        while True:  # store pages of SCAN_PAGE at least: one store call a hidden key was slow
+            page = self.store.list(filters, max(limit, SCAN_PAGE), token)  # bad token: refused
             for key in page.keys:
                 if not may_see(principal, key):
                     continue

@@ -522,3 +522,19 @@ def test_a_tag_scoped_listing_names_no_hidden_key_in_its_page_tokens(tmp_path: P
             assert (status, page["keys"], page["next_page_token"]) == (200, [], None), query
     finally:
         own.close()
+
+
+def test_an_approval_header_does_not_tell_a_hidden_key_from_a_missing_one(srv: LiveServer) -> None:
+    """A tag-scoped token's answer for a key outside its tags is the missing key's, with or
+    without an X-Approval-ID (the header's own refusal came first and told the key exists)."""
+    hidden = create(srv, name="hidden-from-scoped", tags=["elsewhere"])
+    scoped = srv.token("service", subject="scoped-prober", tags=["mine"])
+    header = {"X-Approval-ID": "0190a2b3-c4d5-7e6f-8a9b-0c1d2e3f4a5b"}
+    answers = set()
+    for ref in (hidden["id"], "hidden-from-scoped", "no-such-key-at-all"):
+        for path in (f"/v1/keys/{ref}", f"/v1/keys/{ref}/encrypt"):
+            method = "GET" if path.count("/") == 3 else "POST"
+            body = None if method == "GET" else {"plaintext": "eA=="}
+            status, _, out = srv.call(method, path, body, token=scoped, headers=header)
+            answers.add((method, status, out["error"]["message"]))
+    assert answers == {("GET", 404, "no such key"), ("POST", 404, "no such key")}, answers

@@ -412,3 +412,24 @@ def test_a_transit_batch_refused_for_its_size_spends_nothing(tmp_path: Path) -> 
                         token=svc, role=None)[0] == 429
     finally:
         srv.close()
+
+
+def test_a_transit_batch_larger_than_the_burst_is_a_400_not_an_endless_429(
+        tmp_path: Path) -> None:
+    """Paid for whole, a batch above the actor's burst could never be served: a 429 with
+    Retry-After 1 had clients retry it forever."""
+    srv = LiveServer(tmp_path, overrides={("rate_limit", "service_requests_per_second"): 1.0,
+                                          ("rate_limit", "service_burst"): 10})
+    try:
+        create(srv, name="too-big")
+        svc = srv.token(SVC, "transit-big-batcher")
+        status, _, body = srv.call("POST", "/v1/transit/encrypt/too-big",
+                                   {"batch_input": [{"plaintext": B(b"x")}] * 11}, token=svc,
+                                   role=None)
+        assert status == 400 and "split it into batches of at most 10" in body["errors"][0]
+        status, _, _ = srv.call("POST", "/v1/transit/encrypt/too-big",
+                                {"batch_input": [{"plaintext": B(b"x")}] * 8}, token=svc,
+                                role=None)
+        assert status == 200
+    finally:
+        srv.close()

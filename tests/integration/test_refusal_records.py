@@ -485,3 +485,17 @@ def test_a_bad_approval_header_from_an_exhausted_actor_is_a_429(limited: LiveSer
         assert status == 429
         [record] = records_of(limited, rid)
         assert record["action"] == "ratelimit.refused"
+
+
+def test_a_probe_refused_for_its_approval_header_pays_like_any_refusal(
+        limited: LiveServer) -> None:
+    """Probes spend no token when they answer; refused (a malformed X-Approval-ID) they do, so
+    a flood of them ends in 429s instead of one record each."""
+    statuses = []
+    for _ in range(6):
+        rid = f"probe-{uuid.uuid4().hex}"
+        statuses.append(limited.call("GET", "/healthz", role=None,
+                                     headers={"X-Request-ID": rid,
+                                              "X-Approval-ID": "not-a-uuid"})[0])
+    assert statuses[0] == 400 and set(statuses[1:]) == {429}, statuses
+    assert limited.call("GET", "/healthz", role=None)[0] == 200  # a plain probe still answers

@@ -270,7 +270,7 @@ def test_variables_nothing_reads_are_named_with_the_closest_known_one() -> None:
     lines = unknown_variables({"FERROHSM_SERVER_WORKRS": "3", "FERROHSM_MASTERKEY": "s3cr3t-value",
                                "FERROHSM_NOTHING_LIKE_IT": "1", "FERROHSM_TOKEN": "t",
                                "FERROHSM_SERVER_WORKERS": "2", "FERROHSM_LISTEN": "x",
-                               "MY_DSN": "pw", "HOME": "/root"}, dsn_variable="MY_DSN")
+                               "MY_DSN": "pw", "HOME": "/root"}, ["MY_DSN"])
     assert lines == [
         "environment variable 'FERROHSM_MASTERKEY' is not read by ferrohsm and has no effect "
         "(did you mean FERROHSM_MASTER_KEY?)",
@@ -279,6 +279,17 @@ def test_variables_nothing_reads_are_named_with_the_closest_known_one() -> None:
         "environment variable 'FERROHSM_SERVER_WORKRS' is not read by ferrohsm and has no effect "
         "(did you mean FERROHSM_SERVER_WORKERS?)"]
     assert not any("s3cr3t" in line for line in lines)  # names only: a value may be a secret
+
+
+def test_variables_the_configuration_names_are_known(tmp_path: Path) -> None:
+    """[auth].hs256_secret_envs names variables (config.example.toml's own example was called
+    unused, and an operator who believed it would have broken that kid's tokens)."""
+    from ferrohsm.config.envnames import configured_variables, unknown_variables
+    config = load_config(write(tmp_path, '[auth]\nhs256_secret_envs = '
+                                         '["ci:FERROHSM_JWT_CI_SECRET"]\n'), env={})
+    names = configured_variables(config)
+    assert names == {"FERROHSM_JWT_CI_SECRET", "FERROHSM_POSTGRES_DSN"}
+    assert unknown_variables({"FERROHSM_JWT_CI_SECRET": "s"}, names) == []
 
 
 def test_every_variable_the_package_reads_is_known() -> None:
@@ -341,3 +352,35 @@ def test_sighup_warns_when_a_secret_file_would_be_refused_at_restart(
     text = record.getMessage()
     assert "the secrets no longer load" in text and str(tmp_path / "master") in text
     assert not any(value in text for value in values.values())
+
+
+def test_sighup_checks_a_split_knowledge_servers_secrets_without_a_master_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Split knowledge has no master key on disk or in the environment by design: SIGHUP said
+    a restart would fail for the want of one, nudging operators to put it on disk."""
+    from ferrohsm.cli import confreload
+    monkeypatch.delenv("FERROHSM_MASTER_KEY", raising=False)
+    monkeypatch.setenv("FERROHSM_JWT_HS256_SECRET", "j" * 48)
+    monkeypatch.setenv("FERROHSM_AUDIT_HMAC_KEY", base64.b64encode(os.urandom(32)).decode())
+    config = load_config(write(tmp_path, '[secrets]\nunseal = "shamir"\n'), env={})
+    monkeypatch.setattr(confreload, "_started", confreload._Started())
+    confreload.remember(config, lambda: config)
+    with caplog.at_level("WARNING", logger="ferrohsm"):
+        confreload.check_config_file()
+        assert caplog.records == []
+        monkeypatch.setenv("FERROHSM_AUDIT_HMAC_KEY", "not base64")
+        confreload.check_config_file()
+    [record] = caplog.records
+    assert "FERROHSM_AUDIT_HMAC_KEY must be base64" in record.getMessage()
+
+
+def test_a_bad_secret_file_is_named_as_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "master.key"
+    bad.write_text("c2hvcnQ=\n")
+    bad.chmod(0o600)
+    config = load_config(None, env={}, overrides={("secrets", "master_key_file"): str(bad)})
+    env = {k: v for k, v in ENV.items() if k != "FERROHSM_MASTER_KEY"}
+    with pytest.raises(ConfigError) as info:
+        load_secrets(config, env=env)
+    assert info.value.message == (f"[secrets].master_key_file ({bad}) must be base64 of 32 "
+                                  "bytes (it decodes to 5)")
