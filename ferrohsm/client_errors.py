@@ -35,6 +35,7 @@ class TransportError(ClientError):
     retryable = True
     sent = True
     reason = ""
+    expired_at: str | None = None  # the server's certificate expired then (ISO 8601, UTC)
     elsewhere = False  # not retryable here, but another server of the list may be tried
 
 

@@ -103,14 +103,20 @@ def _health(client: Any) -> dict[str, Any]:
 def status(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     from ..client import TransportError
     client.retries = 0  # a status check reports, it does not wait out a degraded server
+    not_after: Any
     try:
         health = _health(client)
     except TransportError as exc:
-        _unreachable(settings, client, exc)
-        raise  # main() says why in one line and exits 1
-    tls = health.get("tls") if isinstance(health.get("tls"), dict) else None
-    not_after, source = (tls.get("not_after"), "healthz") if tls and tls.get("not_after") \
-        else (_peer_not_after(client), "tls")
+        if exc.expired_at is not None:  # what status is for: said as such, exit 1
+            health = {"status": "certificate_expired", "reason": exc.message}
+            not_after, source = exc.expired_at, "tls"
+        else:
+            _unreachable(settings, client, exc)
+            raise  # main() says why in one line and exits 1
+    else:
+        tls = health.get("tls") if isinstance(health.get("tls"), dict) else None
+        not_after, source = (tls.get("not_after"), "healthz") if tls and tls.get("not_after") \
+            else (_peer_not_after(client), "tls")
     cert: dict[str, Any] = {"not_after": not_after, "days_left": _days_left(not_after),
                             "source": source}
     document: dict[str, Any] = {

@@ -24,6 +24,7 @@ import pytest
 from clikit import create, one_line, unique
 from cliresult import Result as Run
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from live import LiveServer
 
 pytestmark = pytest.mark.slow  # a new process per command: about half a second each
@@ -505,3 +506,52 @@ def test_debug_tracebacks_never_print_the_token(cli: Cli, live: LiveServer,
     assert "Traceback" in done.stderr and "ValueError: Invalid header value" in done.stderr
     assert "[REDACTED]" in done.stderr
     assert token not in done.stderr and token.split(".")[1] not in done.stderr
+
+
+def test_status_reports_an_expired_server_certificate_as_such(cli: Cli, tmp_path: Path) -> None:
+    """An expired server certificate is what status exists to report: it said "unreachable"
+    and pointed at the CA file. The date is read over a handshake that sends nothing."""
+    import datetime as dt
+    import ssl
+    import threading
+
+    from certkit import TestCA
+    ca = TestCA(tmp_path / "ca")
+    ended = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    leaf = ca.leaf(["127.0.0.1"], not_before=ended - dt.timedelta(days=30), not_after=ended)
+    (tmp_path / "leaf.pem").write_bytes(leaf.chain_pem)
+    (tmp_path / "leaf.key").write_bytes(leaf.key_pem)
+    (tmp_path / "ca.pem").write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
+    listener = socket.create_server(("127.0.0.1", 0))
+    received: list[bytes] = []
+
+    def serve() -> None:
+        listener.settimeout(20)
+        for _ in range(8):
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    tls.settimeout(2)
+                    received.append(tls.recv(100))
+            except OSError:
+                pass
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        run = cli("status", "--json", "--server", url, "--ca-cert", str(tmp_path / "ca.pem"))
+        assert run.code == 1, run.err
+        status = run.json()
+        expired_at = ended.strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert status["status"] == "certificate_expired"
+        assert status["certificate"]["not_after"] == expired_at
+        assert status["certificate"]["days_left"] < 0
+        assert f"expired at {expired_at}" in status["reason"]
+        assert all(not data for data in received)  # nothing, a token least of all, was sent
+    finally:
+        listener.close()
