@@ -26,6 +26,9 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from ..crypto.certs import cert_id_hash, der, signed_by
 
 SKEW = dt.timedelta(minutes=5)
+# A response without nextUpdate says nothing of how long it holds: one older than this (a CA
+# answers daily at worst) is a replay or a stuck responder, not a status to staple.
+MAX_AGE_WITHOUT_NEXT_UPDATE = dt.timedelta(days=7)
 MAX_RESPONSE_BYTES = 64 * 1024
 _STATUS_NAMES = {ocsp.OCSPCertStatus.GOOD: "good", ocsp.OCSPCertStatus.REVOKED: "revoked",
                  ocsp.OCSPCertStatus.UNKNOWN: "unknown"}
@@ -126,6 +129,10 @@ def check(data: bytes, cert: x509.Certificate, issuer: x509.Certificate,
         raise OcspError(f"OCSP thisUpdate {this_update.isoformat()} is in the future")
     if next_update is not None and (next_update < this_update or next_update <= now):
         raise OcspError(f"OCSP response expired (nextUpdate {next_update.isoformat()})")
+    if next_update is None and now - this_update > MAX_AGE_WITHOUT_NEXT_UPDATE:
+        raise OcspError(f"OCSP response without a nextUpdate is older than "
+                        f"{MAX_AGE_WITHOUT_NEXT_UPDATE.days} days (thisUpdate "
+                        f"{this_update.isoformat()})")
     return OcspAnswer(data, _STATUS_NAMES[single.certificate_status], this_update, next_update)
 
 

@@ -133,7 +133,9 @@ class OcspStapler:
         now = self._clock()
         if staple.der and now >= staple.expires:
             staple.der = b""
-            self._set_state("unavailable", "the last good response reached its nextUpdate")
+            self._set_state("unavailable", "the last good response reached its nextUpdate"
+                            if self._next_update is not None else "the last good response "
+                            "(without a nextUpdate) was not refreshed in time")
         if now < self._due:
             return self._until(self._due, staple, now)
         url = responder_url(cert, self.responder)
@@ -157,8 +159,11 @@ class OcspStapler:
             if cert is not self._cert:
                 return 0.0  # replaced meanwhile: fetch for the new one
             self._failures = 0
+            # no nextUpdate ("newer information is always available", RFC 6960): held for two
+            # refreshes, so the next fetch replaces it before it is dropped (it was held for
+            # one, and dropped at the very moment of the fetch: unavailable, then good, again)
             expires = (answer.next_update.timestamp() if answer.next_update is not None
-                       else now + self.refresh_seconds)
+                       else now + 2 * self.refresh_seconds)
             staple.der, staple.expires = answer.der, expires
             self._next_update = answer.next_update
             refresh = now + self.refresh_seconds

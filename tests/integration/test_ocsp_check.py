@@ -33,12 +33,14 @@ def respond(ca: TestCA, subject: Leaf, *, signer_cert: x509.Certificate | None =
             signer_key: ec.EllipticCurvePrivateKey | None = None,
             status: x509_ocsp.OCSPCertStatus = x509_ocsp.OCSPCertStatus.GOOD,
             this_update: dt.datetime | None = None, next_update: dt.datetime | None = None,
-            include: list[x509.Certificate] | None = None, by_name: bool = False) -> bytes:
+            include: list[x509.Certificate] | None = None, by_name: bool = False,
+            without_next_update: bool = False) -> bytes:
     this_update = this_update or now() - MINUTE
     builder = x509_ocsp.OCSPResponseBuilder().add_response(
         cert=subject.cert, issuer=ca.cert, algorithm=hashes.SHA1(), cert_status=status,  # noqa: S303  the CertID hash
         this_update=this_update,
-        next_update=next_update if next_update is not None else now() + 10 * MINUTE,
+        next_update=None if without_next_update else (
+            next_update if next_update is not None else now() + 10 * MINUTE),
         revocation_time=now() - MINUTE if status == x509_ocsp.OCSPCertStatus.REVOKED else None,
         revocation_reason=None)
     responder = signer_cert or ca.cert
@@ -151,3 +153,32 @@ def test_a_responder_that_drips_its_answer_is_cut_at_the_deadline() -> None:
     finally:
         stop.set()
         listener.close()
+
+
+def test_a_response_without_next_update_is_taken_only_while_recent(ca: TestCA,
+                                                                    leaf: Leaf) -> None:
+    """No nextUpdate means no stated validity: a recent one is stapled, one from 400 days ago
+    (a replay, a stuck responder) is refused; it was stapled whatever its age."""
+    recent = check(respond(ca, leaf, this_update=now() - 60 * MINUTE, without_next_update=True),
+                   leaf.cert, ca.cert, now())
+    assert recent.status == "good" and recent.next_update is None
+    old = respond(ca, leaf, this_update=now() - dt.timedelta(days=400), without_next_update=True)
+    with pytest.raises(OcspError, match="without a nextUpdate is older than 7 days"):
+        check(old, leaf.cert, ca.cert, now())
+
+
+def test_a_response_without_next_update_is_refreshed_before_it_is_dropped(ca: TestCA,
+                                                                          leaf: Leaf) -> None:
+    """Held for two refreshes: the next fetch, due after one, replaces it first (held for one,
+    it was dropped at the fetch's moment: good, unavailable, good at every refresh)."""
+    from ferrohsm.tls.ocsp import OcspAnswer
+    from ferrohsm.tls.stapler import OcspStapler, Staple
+    clock = [1000.0]
+    stapler = OcspStapler("", refresh_seconds=60, timeout=2, clock=lambda: clock[0])
+    staple = Staple()
+    stapler.track(leaf.cert, ca.cert, staple)
+    answer = OcspAnswer(b"response", "good", now() - MINUTE, None)
+    due = stapler._succeeded(answer, leaf.cert, staple, clock[0])
+    assert due == 60 and staple.expires == 1120.0
+    clock[0] += due  # the refresh is due: the response is still held, and still good
+    assert staple.der == b"response" and stapler.status()["ocsp"] == "good"
