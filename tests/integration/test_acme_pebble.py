@@ -16,6 +16,7 @@ import http.client
 import os
 import signal
 import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from acmekit import (
 from cryptography import x509
 from pebbleserver import Pebble, free_port, skip_unless_available
 
+from ferrohsm.tls.acme.placeholder import SUBJECT
 from ferrohsm.tls.acme.provider import AcmeOptions, AcmeProvider
 from ferrohsm.tls.devpki import make_dev_pki
 
@@ -89,6 +91,17 @@ def test_http01_issues_a_verifiable_chain_and_restarts_from_cache(tmp_path: Path
     assert "ACME: serving the cached certificate" in server.log.read_text()
 
 
+def unverified_certificate(port: int) -> x509.Certificate:
+    """The certificate served to a client that verifies nothing (and sends nothing)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname=DOMAIN) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
 def test_tls_alpn01_from_no_certificate_to_the_first_one(tmp_path: Path) -> None:
     server = AcmeServer(tmp_path, "tls-alpn-01")
     pebble = Pebble(tmp_path / "pebble", server.http_port, server.port)
@@ -96,9 +109,12 @@ def test_tls_alpn01_from_no_certificate_to_the_first_one(tmp_path: Path) -> None
     try:
         wait_for("the first failure", lambda: "obtaining a certificate" in server.log.read_text())
         text = server.log.read_text()
-        assert "no usable certificate yet" in text and "serving nothing but the" in text
-        with pytest.raises(OSError):  # nothing but the challenge is served
+        assert "no usable certificate yet" in text and "self-signed placeholder" in text
+        with pytest.raises(OSError):  # a verifying client refuses the placeholder...
             served_certificate(server.port, b"")
+        placeholder = unverified_certificate(server.port)  # ...whose subject says why
+        assert placeholder.subject.rfc4514_string() == f"CN={SUBJECT}"
+        assert placeholder.issuer == placeholder.subject
         pebble.start()
         root = pebble.root_pem()
         cert = wait_for("the first certificate", lambda: served_certificate(server.port, root))

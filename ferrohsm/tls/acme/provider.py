@@ -39,6 +39,7 @@ from .cache import AcmeCache, CachedCert
 from .challenges import Http01Responder, TlsAlpnResponder
 from .client import AcmeClient, AcmeError
 from .order import ACCOUNT_GONE, Issuance, Issued, Responder, ensure_account
+from .placeholder import placeholder
 from .renewal import (
     ARI_DEFAULT_RECHECK,
     AriWindow,
@@ -98,15 +99,6 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _bare_context() -> ssl.SSLContext:
-    """A TLS 1.3 server context with no certificate: every handshake that is not switched to
-    a challenge context fails (start-up before the first certificate)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.maximum_version = ssl.TLSVersion.TLSv1_3
-    return context
-
-
 class AcmeProvider:
     """Callable giving the SSLContext of each new connection; ``status()`` for /healthz."""
 
@@ -137,7 +129,8 @@ class AcmeProvider:
         except PairRefused as exc:
             raise ConfigError(f"{exc.setting or 'tls.client_ca'}: {exc.message}") from None
         self._watch: threading.Thread | None = None
-        self._plain = _bare_context()
+        self._placeholder: CachedCert | None = None
+        self._plain = self._serving_context(None)
         self._current = self._plain
         self._renew_at: dt.datetime | None = None
         self._ari: AriWindow | None = None
@@ -162,7 +155,8 @@ class AcmeProvider:
                      cached.leaf.serial_number, rfc3339(cached.leaf.not_valid_after_utc),
                      ", ".join(options.domains))
         else:
-            log.warning("ACME: no usable certificate yet for %s: serving nothing but the %s "
+            log.warning("ACME: no usable certificate yet for %s: serving a self-signed "
+                        "placeholder (refused by every verifying client) and the %s "
                         "challenge until the first certificate arrives from %s",
                         ", ".join(options.domains), options.challenge, self.url)
 
@@ -172,8 +166,10 @@ class AcmeProvider:
     # ------------------------------------------------------------------ contexts
 
     def _serving_context(self, cert: CachedCert | None) -> ssl.SSLContext:
-        if cert is None:
-            return _bare_context()
+        if cert is None:  # before the first certificate (tls/acme/placeholder.py)
+            if self._placeholder is None:
+                self._placeholder = placeholder(self.options.domains, self._clock())
+            cert = self._placeholder
         cert_path, key_path = self._cache.write_temp_pair(cert.chain_pem, cert.key_pem)
         try:
             return server_context(cert_path, key_path, self.options.client_ca or None,
