@@ -46,7 +46,6 @@ import http.client
 import json
 import os
 import random
-import socket
 import ssl
 import time
 import uuid
@@ -80,9 +79,9 @@ from .client_errors import (
     not_repeated,
     retry_after,
     tls_context,
+    unverified,
 )
 
-X509_V_ERR_CERT_HAS_EXPIRED = 10  # OpenSSL's verify code for a certificate past notAfter
 __all__ = ["ApiError", "ApprovalRequired", "BadRequest", "Client", "ClientError", "Conflict",
            "Forbidden", "Gone", "NotFound", "PayloadTooLarge", "RateLimited", "ServerError",
            "TransportError", "Unauthenticated"]
@@ -319,38 +318,8 @@ class Client:
         """A certificate we cannot verify is not a server we cannot reach: say so, and do not
         try the next server (a wrong CA file, or someone in between)."""
         self.close()
-        expired = (self._expired_at() if exc.verify_code == X509_V_ERR_CERT_HAS_EXPIRED
-                   else None)
-        if expired is not None:  # the server's to fix, not the CA file's
-            error = TransportError(f"TLS: the server certificate of {self.url} expired at "
-                                   f"{expired}: it must be renewed on the server",
-                                   request_id=request_id)
-            error.expired_at = expired
-        else:
-            error = TransportError(f"TLS: cannot verify the server certificate of {self.url} "
-                                   f"({exc.verify_message}); check the CA certificate "
-                                   "(--ca-cert, FERROHSM_CA_CERT)", request_id=request_id)
-        error.retryable, error.elsewhere = False, True  # another node is verified on its own
-        return error
-
-    def _expired_at(self) -> str | None:
-        """When the certificate the server presents expired, read over a handshake that
-        verifies nothing and sends nothing else: only its date is used, to say what to fix
-        (no request, no token, ever goes over such a connection). None if it cannot be read."""
-        from cryptography import x509  # only on this rare path
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE  # reads a date; nothing is sent over it
-        try:
-            with socket.create_connection((self._host, self._port), timeout=self.timeout) as raw, \
-                    context.wrap_socket(raw, server_hostname=self._host) as tls:
-                der = tls.getpeercert(binary_form=True)
-            if not der:
-                return None
-            not_after = x509.load_der_x509_certificate(der).not_valid_after_utc
-        except (OSError, ValueError):
-            return None
-        return not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return unverified(exc, self.url, (self._host, self._port), self.timeout, self._context,
+                          request_id)
 
     def _result(self, status: int, headers: dict[str, str], data: bytes,
                 sent_id: str) -> Any:

@@ -297,3 +297,50 @@ def none_answered(urls: list[str], unreachable: Mapping[str, str],
                            request_id=last.request_id)
     error.sent, error.retryable, error.reason = last.sent, last.retryable, last.reason
     return error
+
+
+X509_V_ERR_CERT_HAS_EXPIRED = 10  # OpenSSL's verify code for a certificate past notAfter
+X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL: verify the chain, not the dates
+
+
+def expired_at(host: str, port: int, timeout: float, trusted: ssl.SSLContext) -> str | None:
+    """When the server's certificate expired, read over a handshake that verifies it against
+    the same CAs except for its dates and sends nothing else (no request, no token): the date
+    of a certificate the client trusts, to say what to fix. None if it cannot be told (CAs
+    from a directory, which ``get_ca_certs`` does not list)."""
+    cas = trusted.get_ca_certs(binary_form=True)
+    if not cas:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    for der in cas:
+        context.load_verify_locations(cadata=der)
+    context.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, \
+                context.wrap_socket(raw, server_hostname=host) as tls:
+            not_after = (tls.getpeercert() or {}).get("notAfter")
+        seconds = ssl.cert_time_to_seconds(str(not_after))
+    except (OSError, ValueError):
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def unverified(exc: ssl.SSLCertVerificationError, url: str, address: tuple[str, int],
+               timeout: float, trusted: ssl.SSLContext,
+               request_id: str | None) -> TransportError:
+    """The error for a server certificate that does not verify: not retried here, another
+    server of a list may be (it is verified on its own). An expired one is said as the server's
+    to renew, with its date; anything else sends the operator to the CA file."""
+    expired = (expired_at(*address, timeout, trusted)
+               if exc.verify_code == X509_V_ERR_CERT_HAS_EXPIRED else None)
+    if expired is not None:
+        error = TransportError(f"TLS: the server certificate of {url} expired at {expired}: it "
+                               "must be renewed on the server", request_id=request_id)
+        error.expired_at = expired
+    else:
+        error = TransportError(f"TLS: cannot verify the server certificate of {url} "
+                               f"({exc.verify_message}); check the CA certificate (--ca-cert, "
+                               "FERROHSM_CA_CERT)", request_id=request_id)
+    error.retryable, error.elsewhere = False, True
+    return error
