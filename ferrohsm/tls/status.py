@@ -32,11 +32,13 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, object]:
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         names = [str(n) for n in sans.get_values_for_type(x509.DNSName)]
+        addresses = [str(a) for a in sans.get_values_for_type(x509.IPAddress)]
     except x509.ExtensionNotFound:
-        names = []
+        names, addresses = [], []
     return {"serial": format(cert.serial_number, "x"),
             "subject": cert.subject.rfc4514_string(),
             "issuer": cert.issuer.rfc4514_string(),
             "dns_names": names,
+            "ip_addresses": addresses,  # the names a client reaching it by address checks
             "not_before": rfc3339(cert.not_valid_before_utc),
             "not_after": rfc3339(cert.not_valid_after_utc)}

@@ -309,3 +309,11 @@ def test_a_private_key_others_can_read_is_served_and_said_once_per_mode(
         reloading.reload()
     warned = [r for r in caplog.records if "can be read" in r.getMessage()]
     assert len(warned) == 2 and "mode 640" in warned[1].getMessage()
+
+
+def test_the_certificate_summary_names_its_addresses_too(pki: DevPki) -> None:
+    """/healthz's tls object: a certificate for 127.0.0.1 named no address (DNS names only)."""
+    from ferrohsm.tls.status import certificate_summary
+    summary = certificate_summary(load(Path(pki.server_cert)))
+    assert "localhost" in summary["dns_names"]  # type: ignore[operator]
+    assert {"127.0.0.1", "::1"} <= set(summary["ip_addresses"])  # type: ignore[call-overload]
