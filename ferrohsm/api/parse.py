@@ -80,11 +80,12 @@ TOO_LARGE_HINT = ("; sign or verify large data by its digest (the \"digest\" mem
 # Response side: headers the server owns (an application value would break framing).
 _SERVER_HEADERS = frozenset(
     {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "x-request-id",
-     "strict-transport-security"}
+     "strict-transport-security", "x-content-type-options"}
 )
 # Every answer goes over TLS (the server has no plain-text mode), errors and dashboard files
-# included: browsers then refuse to be downgraded to http:// for this host for a year.
-HSTS = "Strict-Transport-Security: max-age=31536000"
+# included: browsers then refuse to be downgraded to http:// for this host for a year. And no
+# answer is content-sniffed: a JSON error holding a caller's text is never read as a page.
+HSTS = "Strict-Transport-Security: max-age=31536000\r\nX-Content-Type-Options: nosniff"
 _OUT_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _OUT_VALUE_RE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
 _REASONS = {status.value: status.phrase for status in HTTPStatus}

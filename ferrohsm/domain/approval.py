@@ -151,8 +151,13 @@ def request_hash(action: str, key_id: str, args: dict[str, Any], salt: bytes) ->
     return hashlib.sha256(HASH_DOMAIN + salt + canonical_request(action, key_id, args)).hexdigest()
 
 
+SHOWN_TEXT = 1024  # characters of a reason or description an approver sees: all of them
+
+
 def summarize(args: dict[str, Any]) -> str:
-    """What approvers see of the arguments: small scalars and short reasons, sizes otherwise."""
+    """What approvers see of the arguments: scalars, and reasons and descriptions in full (a
+    description cut at 64 characters, its closing quote kept, let a requester hide the part
+    that mattered from the approver); sizes of data, never data. Anything shortened says so."""
     parts = []
     for name in sorted(args):
         value = args[name]
@@ -161,12 +166,19 @@ def summarize(args: dict[str, Any]) -> str:
         if isinstance(value, (bytes, bytearray)):
             parts.append(f"{name}: {len(value)} bytes")
         elif isinstance(value, str) and name in ("reason", "description", "scheme"):
-            parts.append(f"{name}: {value[:64]!r}")
+            parts.append(f"{name}: {_shown(value, SHOWN_TEXT)}")
         elif isinstance(value, str):
             parts.append(f"{name}: {len(value)} characters")
         else:
-            parts.append(f"{name}: {value!r:.32}")
+            parts.append(f"{name}: {_shown(value, 64)}")
     return ", ".join(parts)
+
+
+def _shown(value: Any, limit: int) -> str:
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… (cut: {len(text)} characters in all)"
 
 
 # ---- moves ----------------------------------------------------------------------------------

@@ -232,6 +232,9 @@ def sign_in(b: Browser, server: LiveServer, token: str) -> None:
         b.click("#signout")
         b.wait_text("#signin-message", "You signed out")
         assert b.js("return sessionStorage.getItem('ferrohsm.token')") is None
+        # the token is not ended by signing out: the page says so, and how to revoke it
+        assert "stays valid until" in b.js(
+            "return document.getElementById('signin-message').textContent")
     else:
         b.go(f"{origin(server)}/ui/")
     b.type("#token", token)
@@ -775,6 +778,9 @@ def test_odd_addresses_show_a_page_not_a_script_error(server: LiveServer,
     b.find("#audit-table")
     assert b.js("return document.querySelector('select[name=outcome]').value") == ""
     assert b.count("#audit-table tbody tr") > 0
+    for dots in (".", "..", "%2e%2e"):  # fetch would resolve them into another endpoint
+        b.go(f"{origin(server)}/ui/#/keys/{dots}")
+        b.wait_text("#view", "No such key or endpoint")
 
 
 def test_a_session_that_ends_closes_the_open_dialog(server: LiveServer,

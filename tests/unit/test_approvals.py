@@ -416,3 +416,15 @@ def test_pending_approvals_survive_a_restart(tmp_path: Path) -> None:
     assert len(keys.get(key.id).versions) == 2
     assert second.service.dual.store is not None
     second.service.dual.store.close()
+
+
+def test_an_approver_sees_a_whole_description_and_a_cut_is_said() -> None:
+    """A description or reason up to its own limit is shown whole: cut at 64 characters with
+    its closing quote kept, it let a requester hide what mattered from the approver."""
+    harmless = "Payments data key. Owner: payments team. Rotated quarterly, see "
+    hidden = harmless + "HIDDEN PART: decommissioned, safe to destroy"
+    text = apv.summarize({"description": hidden})
+    assert text == f"description: {hidden!r}"
+    longer = apv.summarize({"description": "x" * 2000, "versions": list(range(100))})
+    assert "… (cut: 2002 characters in all)" in longer
+    assert "versions: [0, 1, 2" in longer and "(cut: " in longer.split("versions: ")[1]

@@ -140,14 +140,21 @@ events.addEventListener("unauthenticated", (e) => {
   const reason = e.detail.message;
   if (signingIn) showSignin(`The server did not accept this token: ${reason}`, "error");
   else if (expired(session.claims)) checkExpiry();
-  else showSignin(`You were signed out: ${reason} Paste a new token to continue.`, "warning");
+  else showSignin(`You were signed out: ${reason.replace(/\.?$/, ".")} Paste a new token to continue.`,
+    "warning");
 });
 
 function boot() {
   $("signin-form").addEventListener("submit", signIn);
   $("signout").addEventListener("click", () => {
+    // Signing out forgets the token here; the server knows nothing of it (bearer tokens have
+    // no session to end), so the page says how long it stays valid and how to revoke it.
+    const exp = session.claims?.exp, jti = session.claims?.jti;
+    const until = exp ? ` until ${new Date(exp * 1000).toISOString().slice(11, 16)} UTC` : "";
+    const revoke = jti ? ` (ferrohsm token revoke ${jti})` : "";
     history.replaceState(null, "", location.pathname); // the next person starts on Keys
-    showSignin("You signed out.");
+    showSignin(`You signed out: this tab forgot the token. The token itself stays valid${until}; ` +
+      `revoke it${revoke} if it may have leaked.`);
   });
   $("skip").addEventListener("click", (e) => { e.preventDefault(); $("main").focus(); });
   window.addEventListener("hashchange", route);

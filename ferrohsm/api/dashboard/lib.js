@@ -307,6 +307,11 @@ export async function api(path, { method = "GET", body, headers = {}, useEtag = 
     events.dispatchEvent(new CustomEvent("unauthenticated", { detail: err }));
     throw err;
   }
+  // A "." or ".." segment (a key id taken from a crafted link: encodeURIComponent keeps dots)
+  // would be resolved by fetch into another endpoint, sent with the token: never sent.
+  if (path.split("?")[0].split("/").some((seg) => seg === "." || seg === "..")) {
+    throw new ApiError(404, "not_found", "No such key or endpoint.");
+  }
   const hdrs = { Accept: "application/json", Authorization: `Bearer ${session.token}`, ...headers };
   const init = { method, headers: hdrs, cache: "no-store", credentials: "omit",
                  redirect: "error", referrerPolicy: "no-referrer" };
