@@ -399,10 +399,12 @@ class Client:
     def cancel_destroy(self, key: str, **opts: Any) -> dict[str, Any]:
         return self._post(key, "cancel-destroy", {}, opts)
 
-    def public_key(self, key: str, version: int | None = None) -> dict[str, Any]:
-        """``{"version": N, "pem": "-----BEGIN PUBLIC KEY-----..."}``."""
+    def public_key(self, key: str, version: int | None = None,
+                   approval_id: str | None = None) -> dict[str, Any]:
+        """``{"version": N, "pem": "-----BEGIN PUBLIC KEY-----..."}`` (``approval_id``: a tag
+        policy may put reading it under dual control)."""
         return self.request("GET", _key_path(key, "/public-key"),  # type: ignore[no-any-return]
-                            query={"version": version})
+                            query={"version": version}, approval_id=approval_id)
 
     # ---- key import (BYOK): material wrapped by the caller, never sent in clear -------------
 

@@ -47,6 +47,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("key", metavar="KEY", help="key id or name")
     p.add_argument("--version", type=int, metavar="N", help="key version (default: primary)")
     p.add_argument("--out", metavar="FILE", help="output file (default: stdout)")
+    approval_flag(p)  # reading a public key is an approval action a tag policy may name
 
 
 def _create(ksub: Any) -> None:
@@ -238,7 +239,7 @@ def lifecycle(args: argparse.Namespace, client: Any, settings: Settings) -> int:
 
 def public_key(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     with Output.open(args.out) as out:
-        result = client.public_key(args.key, args.version)
+        result = client.public_key(args.key, args.version, approval_id=settings.approval_id)
         if settings.field or settings.output != "table":
             data = (output.render(settings, result, lambda: "") + "\n").encode()
         else:

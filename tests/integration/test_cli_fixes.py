@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 POLICY = """
 [policy.tags.dual]
 approvals_required = 1
-approval_actions = ["unwrap", "encrypt"]
+approval_actions = ["unwrap", "encrypt", "public-key"]
 approval_ttl_seconds = 3600
 """
 
@@ -488,3 +488,15 @@ def test_a_token_and_a_token_file_together_are_refused(cli: Cli, tmp_path: Path)
     (tmp_path / "t").write_text("x")
     run = cli("keys", "list", "--token", "x", "--token-file", str(tmp_path / "t"))
     assert run.code == 2 and "not both" in one_line(run), run.err
+
+
+def test_a_public_key_under_dual_control_is_fetched_with_its_approval(cli: Cli,
+                                                                      live: LiveServer) -> None:
+    """The parked answer said to repeat with --approval-id, which keys public-key did not
+    take (exit 2): under such a policy the CLI could never fetch the key."""
+    signer = create(cli, "ec-p256", "sign", "dual")
+    approval = parked_id(cli("keys", "public-key", signer))
+    approve(live, approval)
+    done = cli("keys", "public-key", signer, "--approval-id", approval)
+    assert done.code == 0, done.err
+    assert done.out.startswith(b"-----BEGIN PUBLIC KEY-----")
