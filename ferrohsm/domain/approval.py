@@ -152,18 +152,24 @@ def request_hash(action: str, key_id: str, args: dict[str, Any], salt: bytes) ->
 
 
 SHOWN_TEXT = 1024  # characters of a reason or description an approver sees: all of them
+MAX_DIGEST = 64  # a signed digest is shown in hex (SHA-512's is the longest): not a secret
 
 
 def summarize(args: dict[str, Any]) -> str:
     """What approvers see of the arguments: scalars, and reasons and descriptions in full (a
     description cut at 64 characters, its closing quote kept, let a requester hide the part
-    that mattered from the approver); sizes of data, never data. Anything shortened says so."""
+    that mattered from the approver); a digest to be signed or verified in hex, so the
+    approver can tell which artefact it is; sizes of other data, never the data. Anything
+    shortened says so."""
     parts = []
     for name in sorted(args):
         value = args[name]
         if value is None:
             continue
-        if isinstance(value, (bytes, bytearray)):
+        if isinstance(value, (bytes, bytearray)) and name == "data" and args.get("prehashed") \
+                and len(value) <= MAX_DIGEST:
+            parts.append(f"digest: {bytes(value).hex()}")  # what the approver checks a build by
+        elif isinstance(value, (bytes, bytearray)):
             parts.append(f"{name}: {len(value)} bytes")
         elif isinstance(value, str) and name in ("reason", "description", "scheme"):
             parts.append(f"{name}: {_shown(value, SHOWN_TEXT)}")

@@ -428,3 +428,11 @@ def test_an_approver_sees_a_whole_description_and_a_cut_is_said() -> None:
     longer = apv.summarize({"description": "x" * 2000, "versions": list(range(100))})
     assert "… (cut: 2002 characters in all)" in longer
     assert "versions: [0, 1, 2" in longer and "(cut: " in longer.split("versions: ")[1]
+
+
+def test_an_approver_sees_the_digest_to_be_signed_not_a_message() -> None:
+    digest = bytes(range(32))
+    text = apv.summarize({"data": digest, "prehashed": True, "scheme": None})
+    assert text == f"digest: {digest.hex()}, prehashed: True"
+    message = apv.summarize({"data": b"a message to sign", "prehashed": False})
+    assert message == "data: 17 bytes, prehashed: False"  # a message may be anything: a size
