@@ -326,9 +326,19 @@ def verify(args: argparse.Namespace, client: Any, settings: Settings) -> int:
             _answer(out, settings, result)
         else:
             text = "valid: the signature matches" if valid else \
-                "invalid: the signature does not match this key and input"
+                "invalid: the signature does not match this key and input" + _older(args, result)
             out.commit((text + "\n").encode())
     return 0 if valid else 1
+
+
+def _older(args: argparse.Namespace, result: dict[str, Any]) -> str:
+    """On a signature the primary version refused: the key has older versions, and a
+    signature made before a rotation (an older release's) verifies only with its own."""
+    checked = result.get("key_version")
+    if args.key_version is not None or not isinstance(checked, int) or checked < 2:
+        return ""
+    return (f" (checked version {checked}, the primary; a signature made before a rotation "
+            f"verifies with --key-version N, N from 1 to {checked - 1})")
 
 
 def wrap(args: argparse.Namespace, client: Any, settings: Settings) -> int:

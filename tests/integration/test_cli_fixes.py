@@ -500,3 +500,20 @@ def test_a_public_key_under_dual_control_is_fetched_with_its_approval(cli: Cli,
     done = cli("keys", "public-key", signer, "--approval-id", approval)
     assert done.code == 0, done.err
     assert done.out.startswith(b"-----BEGIN PUBLIC KEY-----")
+
+
+def test_a_signature_made_before_a_rotation_is_pointed_at_its_version(cli: Cli,
+                                                                      tmp_path: Path) -> None:
+    """After a rotation an older release's genuine signature is invalid under the primary: the
+    answer says which version it checked and how to check the older ones."""
+    signer = create(cli, "ec-p256", "sign")
+    artefact, sig = tmp_path / "old-release.tar.gz", tmp_path / "old-release.sig"
+    artefact.write_bytes(b"release 1")
+    assert cli("sign", signer, "--in", str(artefact), "--out", str(sig), role="service").code == 0
+    assert cli("keys", "rotate", signer).code == 0
+    run = cli("verify", signer, "--in", str(artefact), "--signature", str(sig), role="service")
+    assert run.code == 1
+    assert "checked version 2, the primary" in run.text and "--key-version N" in run.text
+    old = cli("verify", signer, "--in", str(artefact), "--signature", str(sig),
+              "--key-version", "1", role="service")
+    assert old.code == 0 and old.text.startswith("valid"), old.err
