@@ -215,7 +215,8 @@ class Client:
             except TransportError as exc:
                 self.unreachable[self.url] = exc.message
                 if exc.retryable and exc.sent and not retry:
-                    exc = not_repeated(exc, url, len(self.urls) > 1)
+                    exc = not_repeated(exc, url, len(self.urls) > 1,
+                                       headers.get("X-Approval-ID"))
                 if len(self.urls) == 1 or not (exc.retryable or exc.elsewhere):
                     raise exc from None
                 self._use(self._current + 1)  # the next call starts on a server that may answer

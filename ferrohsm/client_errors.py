@@ -179,15 +179,18 @@ def client_cert_refused(exc: BaseException, url: str,
     return error
 
 
-def not_repeated(exc: TransportError, url: str, others: bool) -> TransportError:
+def not_repeated(exc: TransportError, url: str, others: bool,
+                 approval_id: str | None = None) -> TransportError:
     """A state change whose connection broke after it was sent: the server may have carried it
     out, so "cannot reach" would mislead (it was reached) and a repeat could run it twice. Say
-    so, and why it was not sent again."""
+    so, and why it was not sent again; an approval it redeemed may be spent, and how to tell."""
     where = " nor sent to the next server" if others else ""
+    spent = (f"; approval {approval_id} may be spent: `ferrohsm approvals show {approval_id}` "
+             "says executed if the request ran" if approval_id else "")
     error = TransportError(
         f"request sent to {url}, but the connection ended before an answer "
         f"({exc.reason or 'no reason given'}): it may or may not have been carried out; not "
-        f"repeated{where}, because it changes state (check, then retry if needed)",
+        f"repeated{where}, because it changes state (check, then retry if needed){spent}",
         request_id=exc.request_id)
     error.reason = exc.reason
     return error

@@ -153,5 +153,9 @@ def test_cli_says_a_sent_state_change_may_have_run_and_was_not_repeated(
         monkeypatch.setenv("FERROHSM_URL", f"https://127.0.0.1:{hang.port}")
         alone = cli("keys", "create", "--algorithm", "aes-256-gcm", "--usage", "encrypt")
         assert alone.code == 1 and "not repeated, because it changes state" in alone.err
+        approval = "0190a2b3-c4d5-7e6f-8a9b-0c1d2e3f4a5b"  # a redeemed approval may be spent
+        redeemed = cli("keys", "rotate", "k", "--approval-id", approval)
+        assert redeemed.code == 1 and f"approval {approval} may be spent" in redeemed.err
+        assert f"ferrohsm approvals show {approval}" in redeemed.err
     finally:
         hang.close()
