@@ -116,7 +116,7 @@ def add_parsers(sub: Any) -> None:
             p.add_argument("--algorithm", metavar="SCHEME", choices=sorted(SCHEME_HASH),
                            help="signature scheme: ecdsa-sha256, ecdsa-sha384, rsa-pss-sha256 "
                            "(RSA default), rsa-pkcs1v15-sha256")
-        if name in ("encrypt", "sign"):
+        if name in ("encrypt", "sign", "wrap"):
             p.add_argument("--allow-empty", action="store_true",
                            help="accept an empty input (refused by default: an empty input is "
                            "usually a failed step before this one)")
@@ -216,7 +216,7 @@ def _checked_digest(args: argparse.Namespace, client: Any, digest: bytes) -> byt
                       for h, n in DIGEST_SIZE.items())
     if len(digest) not in DIGEST_SIZE.values():
         longest = max(DIGEST_SIZE.values())
-        size = (f"{len(digest)} bytes" if len(digest) <= longest
+        size = (_bytes(len(digest)) if len(digest) <= longest
                 else f"more than {longest} bytes")  # read no further than that
         raise UsageError(f"--digest: the input is {size}, not a digest ({sizes}); "
                          "without --digest the input is hashed here")
@@ -224,9 +224,13 @@ def _checked_digest(args: argparse.Namespace, client: Any, digest: bytes) -> byt
     if len(digest) != DIGEST_SIZE[name]:
         scheme = f"--algorithm {args.algorithm}" if args.algorithm else f"key {args.key}"
         raise UsageError(f"--digest: {scheme} signs {name.upper().replace('SHA', 'SHA-')} "
-                         f"digests of {DIGEST_SIZE[name]} bytes; the input is {len(digest)} "
-                         "bytes")
+                         f"digests of {DIGEST_SIZE[name]} bytes; the input is "
+                         f"{_bytes(len(digest))}")
     return digest
+
+
+def _bytes(count: int) -> str:
+    return "1 byte" if count == 1 else f"{count} bytes"
 
 
 def _shaped(signature: bytes) -> bool:
@@ -343,7 +347,8 @@ def _older(args: argparse.Namespace, result: dict[str, Any]) -> str:
 
 def wrap(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     with Output.open(args.out) as out:
-        material = fits(read_input(args.input), _source(args.input), "wrap")
+        material = fits(read_input(args.input, allow_empty=args.allow_empty),
+                        _source(args.input), "wrap")
         result = client.wrap(args.key, material, **_opts(settings))
         if _structured(settings):
             return _answer(out, settings, result)

@@ -517,3 +517,16 @@ def test_a_signature_made_before_a_rotation_is_pointed_at_its_version(cli: Cli,
     old = cli("verify", signer, "--in", str(artefact), "--signature", str(sig),
               "--key-version", "1", role="service")
     assert old.code == 0 and old.text.startswith("valid"), old.err
+
+
+def test_wrap_refuses_an_empty_input_like_encrypt_and_sign(cli: Cli, tmp_path: Path) -> None:
+    wrapper = create(cli, "aes-256-gcm", "wrap")
+    empty = cli("wrap", wrapper, role="service", stdin=b"")
+    assert empty.code == 2 and "--allow-empty" in one_line(empty)
+    sent = cli("wrap", wrapper, "--allow-empty", role="service", stdin=b"")
+    assert sent.code == 1  # sent as asked; the server has its own word on it
+    signer = create(cli, "ec-p256", "sign")
+    one = tmp_path / "one-byte"
+    one.write_bytes(b"x")
+    short = cli("sign", signer, "--digest", "--in", str(one), role="service")
+    assert short.code == 2 and "the input is 1 byte," in one_line(short)
