@@ -259,7 +259,8 @@ def run_client(args: argparse.Namespace) -> int:
         return FAILED
     except ApiError as exc:
         text = _too_large(exc.message, args) if exc.code == "payload_too_large" \
-            else exc.message + _hint(exc.code, args.command, token)
+            else exc.message + _named_key(exc.message, args) + _hint(exc.code, args.command,
+                                                                     token)
         _fail(f"{text} ({exc.code}, request id {exc.request_id or 'unknown'})")
         return 1
     except ClientError as exc:  # transport: refused, reset, TLS, timeout
@@ -268,6 +269,15 @@ def run_client(args: argparse.Namespace) -> int:
         suffix = f" (request id {exc.request_id})" if exc.request_id and sent else ""
         _fail(exc.message + suffix)
         return 1
+
+
+def _named_key(message: str, args: argparse.Namespace) -> str:
+    """The server says "no such key" without the reference (a hidden key answers the same);
+    the CLI knows which one it asked for, and where to look for the right one."""
+    key = getattr(args, "key", None)
+    if message != "no such key" or not isinstance(key, str):
+        return ""
+    return f": {key[:80]!a} (`ferrohsm keys list` shows the keys this token sees)"
 
 
 def _hint(code: str, command: str, token: str | None) -> str:

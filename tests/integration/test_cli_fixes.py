@@ -530,3 +530,10 @@ def test_wrap_refuses_an_empty_input_like_encrypt_and_sign(cli: Cli, tmp_path: P
     one.write_bytes(b"x")
     short = cli("sign", signer, "--digest", "--in", str(one), role="service")
     assert short.code == 2 and "the input is 1 byte," in one_line(short)
+
+
+def test_no_such_key_names_the_key_asked_for(cli: Cli) -> None:
+    run = cli("encrypt", "no-such-key-here", role="service", stdin=b"x")
+    assert run.code == 1
+    assert one_line(run).startswith("ferrohsm: no such key: 'no-such-key-here' (`ferrohsm keys "
+                                    "list` shows the keys this token sees)"), run.err
