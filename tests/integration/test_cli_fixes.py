@@ -537,3 +537,12 @@ def test_no_such_key_names_the_key_asked_for(cli: Cli) -> None:
     assert run.code == 1
     assert one_line(run).startswith("ferrohsm: no such key: 'no-such-key-here' (`ferrohsm keys "
                                     "list` shows the keys this token sees)"), run.err
+
+
+def test_a_malformed_approval_id_is_refused_before_anything_is_sent(cli: Cli,
+                                                                     live: LiveServer) -> None:
+    key = create(cli, "aes-256-gcm", "encrypt")
+    before = records(live, "request.refused")
+    run = cli("keys", "rotate", key, "--approval-id", "nonsense")
+    assert run.code == 2 and "must be an approval id" in run.err
+    assert records(live, "request.refused") == before
