@@ -267,6 +267,9 @@ def run_client(args: argparse.Namespace) -> int:
         # A request id only for a request that left: one refused at connect reached no log.
         sent = getattr(exc, "sent", True)
         suffix = f" (request id {exc.request_id})" if exc.request_id and sent else ""
+        if exc.message.startswith("cannot reach") and not sent:
+            suffix += ("; is the server running there, and is FERROHSM_URL (or --server) the "
+                       "right address?")
         _fail(exc.message + suffix)
         return 1
 

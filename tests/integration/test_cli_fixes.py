@@ -546,3 +546,9 @@ def test_a_malformed_approval_id_is_refused_before_anything_is_sent(cli: Cli,
     run = cli("keys", "rotate", key, "--approval-id", "nonsense")
     assert run.code == 2 and "must be an approval id" in run.err
     assert records(live, "request.refused") == before
+
+
+def test_a_server_that_cannot_be_reached_is_said_with_where_to_look(cli: Cli) -> None:
+    run = cli("keys", "list", env={"FERROHSM_URL": "https://127.0.0.1:1"})
+    assert run.code == 1
+    assert one_line(run).endswith("is FERROHSM_URL (or --server) the right address?")
