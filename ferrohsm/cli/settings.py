@@ -255,6 +255,9 @@ def check_token(token: str, where: str) -> str:
     cannot be sent is named here, without showing the token."""
     if not token:
         raise UsageError(f"{where} is empty")
+    if token.lower().startswith("bearer "):  # the header's scheme, copied with the token
+        raise UsageError(f"{where} starts with \"Bearer \": give the token alone (the CLI "
+                         "sends the Authorization header itself)")
     bad = next((c for c in token if not c.isprintable() or c.isspace() or not c.isascii()),
                None)
     if bad is not None:

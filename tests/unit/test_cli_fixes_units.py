@@ -69,3 +69,13 @@ def test_generated_docs_show_optional_positionals_and_plain_characters(
     assert "ferrohsm keys import [KEY] \\-\\-material" in roff
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     assert manpage.page(root).startswith('.TH FERROHSM 1 "2023-11-14" ')
+
+
+def test_a_token_pasted_with_its_bearer_scheme_is_told_so() -> None:
+    from ferrohsm.cli.settings import UsageError, check_token
+    with pytest.raises(UsageError) as info:
+        check_token("Bearer eyJhbGciOi.x.y", "the token (--token or FERROHSM_TOKEN)")
+    assert 'starts with "Bearer ": give the token alone' in str(info.value)
+    assert "eyJ" not in str(info.value)
+    with pytest.raises(UsageError, match="U\\+0020"):
+        check_token("abc def", "the token")
