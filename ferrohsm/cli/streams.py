@@ -22,6 +22,7 @@ BrokenPipeError (exit 141, main()).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -305,6 +306,9 @@ class Output:
         if mode is not None and not stat.S_ISREG(mode):  # a device or a pipe: write through
             self._fh = open(target, "wb")  # closed in commit or __exit__
             return
+        if mode is not None and not os.access(target, os.W_OK):  # cp and openssl refuse it too:
+            # the rename below would not need the permission, and a chmod 444 is deliberate
+            raise PermissionError(errno.EACCES, "it exists and is read-only", str(target))
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
                                        dir=target.parent)
@@ -317,6 +321,10 @@ class Output:
         # gets what the umask allows, or 0600 for a secret.
         keep = stat.S_IMODE(mode) if mode is not None else 0o666 & ~_umask()
         os.fchmod(fd, keep & 0o600 if self.secret else keep)
+        if mode is not None:  # and its owner, where this user may give it (root): best effort
+            with contextlib.suppress(OSError):
+                held = target.stat()
+                os.fchown(fd, held.st_uid, held.st_gid)
 
     def write(self, data: bytes) -> None:
         """Add ``data`` (to the temporary file; straight through for stdout and devices)."""
