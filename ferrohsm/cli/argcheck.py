@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import difflib
 
+from ..domain.model import is_uuid
 from . import tree
 from .errors import USAGE, CliExit
 from .settings import client_flags
@@ -111,3 +112,6 @@ def _check_one(label: str, dest: str, value: str) -> None:
             raise CliExit(f"{label}: the value contains the character U+{ord(odd):04X}; it "
                           f"is sent as the {header} header, which takes printable ASCII only",
                           USAGE)
+    if dest == "approval_id" and not is_uuid(value):  # the server's 400, said before sending
+        raise CliExit(f"{label}: the value must be an approval id as the parked answer printed "
+                      "it (a lowercase UUID); nothing was sent", USAGE)

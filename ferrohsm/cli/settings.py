@@ -308,14 +308,5 @@ def command(sub: Any, name: str, func: Any, *, help: str, description: str,
 
 def approval_flag(parser: argparse.ArgumentParser) -> None:
     """``--approval-id``: repeat a request parked for dual control once its quorum approved."""
-    parser.add_argument("--approval-id", metavar="ID", type=_approval_id,
+    parser.add_argument("--approval-id", metavar="ID",
                         help="run a request that a quorum has approved (sent as X-Approval-ID)")
-
-
-def _approval_id(text: str) -> str:
-    """Checked here (exit 2, nothing sent) rather than refused by the server (exit 1)."""
-    from ..domain.model import is_uuid
-    if not is_uuid(text):
-        raise argparse.ArgumentTypeError("must be an approval id as the parked answer printed "
-                                         "it (a lowercase UUID)")
-    return text

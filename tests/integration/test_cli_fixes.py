@@ -544,7 +544,7 @@ def test_a_malformed_approval_id_is_refused_before_anything_is_sent(cli: Cli,
     key = create(cli, "aes-256-gcm", "encrypt")
     before = records(live, "request.refused")
     run = cli("keys", "rotate", key, "--approval-id", "nonsense")
-    assert run.code == 2 and "must be an approval id" in run.err
+    assert run.code == 2 and "must be an approval id" in one_line(run)
     assert records(live, "request.refused") == before
 
 
