@@ -307,7 +307,8 @@ X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL: verify the chain, not the dates
 
 
 def expired_at(host: str, port: int, timeout: float, trusted: ssl.SSLContext) -> str | None:
-    """When the server's certificate expired, read over a handshake that verifies it against
+    """When the server's own certificate expired (None when it is in date, and an intermediate
+    or a CA of the chain is what expired), read over a handshake that verifies it against
     the same CAs except for its dates and sends nothing else (no request, no token): the date
     of a certificate the client trusts, to say what to fix. None if it cannot be told (CAs
     from a directory, which ``get_ca_certs`` does not list)."""
@@ -325,6 +326,8 @@ def expired_at(host: str, port: int, timeout: float, trusted: ssl.SSLContext) ->
             not_after = (tls.getpeercert() or {}).get("notAfter")
         seconds = ssl.cert_time_to_seconds(str(not_after))
     except (OSError, ValueError):
+        return None
+    if seconds > time.time():  # the server's own is in date: another of the chain expired
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 

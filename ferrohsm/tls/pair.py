@@ -2,7 +2,9 @@
 
 A pair is refused (``PairRefused``, its ``kind`` one of ``KINDS``) when a file cannot be read or
 parsed, the key does not belong to the first certificate, that certificate is expired or not yet
-valid (with ``CLOCK_LEEWAY`` for a CA whose clock runs ahead), or (on a reload) it no longer covers a name the certificate in service covers. No setting
+valid (a refused pair is looked at again at every poll, so a renewal dated a little ahead goes
+in service when clients accept it), or (on a reload) it no longer covers a name the certificate
+in service covers. No setting
 names the server's hostname, so the names in service are the reference: a renewal keeps them (or
 adds some), a rename is a restart. Messages name files and reasons, never file content.
 
@@ -23,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
 from ..crypto.certs import key_matches_certificate
-from .status import CLOCK_LEEWAY
 
 StrPath = str | os.PathLike[str]
 KINDS = ("unreadable", "unparsable", "key_mismatch", "expired", "not_yet_valid", "names",
@@ -81,7 +82,8 @@ def read_pair(cert_file: StrPath, key_file: StrPath, now: dt.datetime,
         raise PairRefused("unparsable", f"{key_file}: {exc}") from None
     if not matches:
         raise PairRefused("key_mismatch", f"{key_file} is not the key of {cert_file}")
-    if now < leaf.not_valid_before_utc - CLOCK_LEEWAY:
+    if now < leaf.not_valid_before_utc:  # no leeway: served early, clients refuse it, and a
+        # refused pair is looked at again at every poll, so it goes in service on time
         raise PairRefused("not_yet_valid", f"{cert_file} is not valid before "
                           f"{leaf.not_valid_before_utc.isoformat()}")
     if now > leaf.not_valid_after_utc:
@@ -129,7 +131,7 @@ def _signed_by(leaf: x509.Certificate, issuer: x509.Certificate) -> bool:
         leaf.verify_directly_issued_by(issuer)
     except InvalidSignature:
         return False
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         return True
     return True
 

@@ -158,7 +158,8 @@ class OcspStapler:
         with self._lock:
             if cert is not self._cert:
                 return 0.0  # replaced meanwhile: fetch for the new one
-            self._failures = 0
+            staple = self._staple  # the one served now: a context rebuilt meanwhile for the
+            self._failures = 0     # same certificate (track) has a new one, not the one read
             # no nextUpdate ("newer information is always available", RFC 6960): held for two
             # refreshes, so the next fetch replaces it before it is dropped (it was held for
             # one, and dropped at the very moment of the fetch: unavailable, then good, again)

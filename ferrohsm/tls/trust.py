@@ -124,7 +124,12 @@ def _check_crls(crl_file: str, ca_pem: bytes) -> list[dt.datetime | None]:
     if not blocks or data.count(b"-----BEGIN ") != len(blocks):
         raise PairRefused("unparsable", f"{crl_file}: not a file of PEM CRLs (X509 CRL blocks)",
                           setting)
-    cas = x509.load_pem_x509_certificates(ca_pem)
+    try:
+        cas = x509.load_pem_x509_certificates(ca_pem)
+    except ValueError:  # e.g. OpenSSL's "TRUSTED CERTIFICATE" blocks, which it alone reads
+        raise PairRefused("unparsable", "the client CA bundle must be plain PEM certificates "
+                          "(BEGIN CERTIFICATE blocks) for its CRLs' issuers to be checked",
+                          setting) from None
     next_updates: list[dt.datetime | None] = []
     covered: set[x509.Name] = set()
     for block in blocks:

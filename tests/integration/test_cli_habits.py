@@ -555,3 +555,64 @@ def test_status_reports_an_expired_server_certificate_as_such(cli: Cli, tmp_path
         assert all(not data for data in received)  # nothing, a token least of all, was sent
     finally:
         listener.close()
+
+
+def test_an_expired_ca_is_not_reported_as_the_servers_certificate(cli: Cli,
+                                                                  tmp_path: Path) -> None:
+    """OpenSSL says "certificate has expired" for any certificate of the chain: a server whose
+    own certificate is in date was reported expired, at a date a year ahead."""
+    import datetime as dt
+    import ssl
+    import threading
+
+    from cryptography import x509 as cx509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    today = dt.datetime.now(dt.UTC)
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+        ec.SECP256R1())
+    ca_name = cx509.Name([cx509.NameAttribute(NameOID.COMMON_NAME, "expired test CA")])
+    ca = (cx509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(cx509.random_serial_number())
+          .not_valid_before(today - dt.timedelta(days=60))
+          .not_valid_after(today - dt.timedelta(days=1))
+          .add_extension(cx509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    leaf = (cx509.CertificateBuilder()
+            .subject_name(cx509.Name([cx509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(leaf_key.public_key())
+            .serial_number(cx509.random_serial_number())
+            .not_valid_before(today - dt.timedelta(days=30))
+            .not_valid_after(today + dt.timedelta(days=300))
+            .add_extension(cx509.SubjectAlternativeName(
+                [cx509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]), False)
+            .sign(ca_key, hashes.SHA256()))
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "leaf.key").write_bytes(leaf_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        listener.settimeout(20)
+        for _ in range(6):
+            try:
+                conn, _ = listener.accept()
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    tls.settimeout(2)
+                    tls.recv(100)
+            except OSError:
+                continue
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        run = cli("status", "--json", "--server", url, "--ca-cert", str(tmp_path / "ca.pem"))
+        assert run.code == 1
+        assert "certificate_expired" not in run.out.decode() and "expired at" not in run.err
+        assert "check the CA certificate" in run.err
+    finally:
+        listener.close()

@@ -227,3 +227,24 @@ def test_a_context_rebuilt_for_the_same_certificate_keeps_its_response(ca: TestC
     renewed = Staple()
     stapler.track(ca.leaf(ocsp_url="http://127.0.0.1:1").cert, ca.cert, renewed)
     assert renewed.der == b"" and stapler.status() == {"ocsp": "unavailable"}
+
+
+def test_a_response_fetched_while_the_context_was_rebuilt_goes_to_the_served_staple(
+        ca: TestCA) -> None:
+    """A fetch in flight while a client CA reload rebuilt the context for the same certificate
+    wrote into the staple it had read, no longer served: stapling stopped until the next
+    refresh, an hour away, and no state change said so."""
+    import datetime as dt
+
+    from ferrohsm.tls.ocsp import OcspAnswer
+    leaf = ca.leaf(ocsp_url="http://127.0.0.1:1")
+    clock = [1000.0]
+    stapler = OcspStapler("", refresh_seconds=3600, timeout=2, clock=lambda: clock[0])
+    read_by_the_fetch = Staple()
+    stapler.track(leaf.cert, ca.cert, read_by_the_fetch)
+    served = Staple()
+    stapler.track(leaf.cert, ca.cert, served)  # the rebuild, while the fetch is in flight
+    moment = dt.datetime.fromtimestamp(clock[0], dt.UTC)
+    answer = OcspAnswer(b"fresh", "good", moment, moment + dt.timedelta(hours=1))
+    stapler._succeeded(answer, leaf.cert, read_by_the_fetch, clock[0])
+    assert served.der == b"fresh" and stapler.status()["ocsp"] == "good"

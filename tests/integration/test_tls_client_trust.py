@@ -223,3 +223,36 @@ def test_a_malformed_or_orphan_crl_stops_start_up(tmp_path: Path) -> None:
         load_config(None, env={}, overrides={("tls", "client_crl"): str(crl),
                                               ("tls", "cert"): str(tmp_path / "s.pem"),
                                               ("tls", "key"): str(tmp_path / "s-key.pem")})
+
+
+def test_before_the_first_certificate_a_new_bundle_applies_to_the_placeholder(
+        tmp_path: Path) -> None:
+    """The placeholder serves the whole API until ACME issues a certificate: a CA taken out
+    of the bundle must stop being trusted then too (the reload was announced, not applied)."""
+    old_ca, new_ca = TestCA(tmp_path / "old"), TestCA(tmp_path / "new")
+    bundle = tmp_path / "clients.pem"
+    write_atomic(bundle, old_ca.cert_file.read_bytes(), 0o644)
+    provider = AcmeProvider(AcmeOptions(
+        DIRECTORY, DOMAINS, "", "http-01", "127.0.0.1:0", "", str(tmp_path / "acme"), 0.33,
+        client_ca=str(bundle), require_client_cert=True, reload_seconds=0.1))
+    assert provider.status()["acme"]["state"] != "serving"  # no certificate: the placeholder
+    assert accepts(provider(), old_ca, tmp_path) and not accepts(provider(), new_ca, tmp_path)
+    write_atomic(bundle, new_ca.cert_file.read_bytes(), 0o644)
+    assert provider.check()
+    assert accepts(provider(), new_ca, tmp_path) and not accepts(provider(), old_ca, tmp_path)
+
+
+def test_a_bundle_only_openssl_reads_is_refused_with_crls_not_a_traceback(
+        tmp_path: Path) -> None:
+    """With client_crl the bundle's CAs are read to check the CRLs' issuers: OpenSSL's
+    TRUSTED CERTIFICATE blocks, which cryptography cannot read, are a clear refusal."""
+    ca = TestCA(tmp_path / "ca")
+    bundle = tmp_path / "trusted.pem"
+    body = ca.cert_file.read_bytes().replace(b"BEGIN CERTIFICATE", b"BEGIN TRUSTED CERTIFICATE")
+    bundle.write_bytes(body.replace(b"END CERTIFICATE", b"END TRUSTED CERTIFICATE"))
+    crl = tmp_path / "clients.crl"
+    crl.write_bytes(make_crl(ca))
+    from ferrohsm.tls.pair import PairRefused
+    from ferrohsm.tls.trust import ClientTrust
+    with pytest.raises(PairRefused, match="must be plain PEM certificates"):
+        ClientTrust(bundle, crl).check()

@@ -287,14 +287,16 @@ def test_a_self_signed_pair_is_taken_at_start_and_renewed_self_signed(
     assert provider.reload("test") and provider.status()["serial"] == issued.serial
 
 
-def test_a_certificate_dated_seconds_ahead_is_served_at_once(
+def test_a_certificate_dated_seconds_ahead_goes_in_service_once_valid(
         server: TlsServer, ca: TestCA, files: tuple[Path, Path], first: Leaf) -> None:
-    """A CA clock a few seconds fast: clients with the right time take the certificate, so
-    the server does too (the same leeway as ACME), rather than refusing it as not yet valid."""
-    ahead = ca.leaf(not_before=now() + dt.timedelta(seconds=30))
+    """A CA clock a few seconds fast: served at once, every client with the right time would
+    refuse it until its notBefore (a 10-minute leeway did that). Refused as not yet valid, it
+    is looked at again at each poll and served once it is valid, with no change to the files."""
+    ahead = ca.leaf(not_before=now() + dt.timedelta(seconds=3))
     install(ahead, *files)
-    wait_for(lambda: serial_served(server) == ahead.cert.serial_number, 10, "the new pair")
-    assert not server.events("tls.reload_refused")
+    wait_for(lambda: server.events("tls.reload_refused"), 10, "the refusal")
+    assert serial_served(server) == first.cert.serial_number
+    wait_for(lambda: serial_served(server) == ahead.cert.serial_number, 15, "the new pair")
 
 
 class Clock:

@@ -214,9 +214,7 @@ class AcmeProvider:
     def _rebuild(self) -> None:
         """The serving context again, from the changed bundle (TrustWatch checked it)."""
         with self._swap:
-            if self._cert is None:
-                return  # nothing served yet: the first certificate's context reads the bundle
-            try:
+            try:  # the placeholder's too (no certificate yet): it serves the whole API
                 self._plain = self._serving_context(self._cert)
             except ConfigError as exc:
                 raise PairRefused("unparsable", exc.message) from None
