@@ -177,9 +177,28 @@ class TrustWatch:
         self.refused: str | None = None
         self._pending: tuple[str | None, str] | None = None  # (digest, kind) failing lately
         self._reported: tuple[str | None, str] | None = None  # the one warned about
+        self._stat = self._stats()
+
+    def _stats(self) -> list[tuple[int, int, int] | None]:
+        """(mtime, size, inode) of each file: a poll reads them only when one changed (or a
+        refusal stands), as the PEM provider does; a large CRL is not hashed ten times a
+        second for nothing."""
+        found: list[tuple[int, int, int] | None] = []
+        for path in self.trust.files:
+            try:
+                st = path.stat()
+            except OSError:
+                found.append(None)
+            else:
+                found.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        return found
 
     def check(self, loud: bool = False) -> bool:
         """One look (``loud``: SIGHUP); True when a changed bundle went into service."""
+        stat = self._stats()
+        if not loud and stat == self._stat and self._pending is None:
+            return False
+        self._stat = stat
         digest: str | None = None
         try:
             digest = self.trust.read()
@@ -194,8 +213,9 @@ class TrustWatch:
         self.digest = digest
         self.refused = self._pending = self._reported = None
         self.trust.in_service(dt.datetime.now(dt.UTC))
-        log.info("TLS client CA file %s reloaded: new handshakes trust its certificates",
-                 self.trust.client_ca)
+        log.info("TLS client CA file %s%s reloaded: new handshakes trust its certificates",
+                 self.trust.client_ca,
+                 f" (and CRL file {self.trust.client_crl})" if self.trust.client_crl else "")
         self._emit("tls.client_ca_reloaded", {"file": str(self.trust.client_ca),
                                               "sha256": str(digest)})
         return True
