@@ -27,7 +27,7 @@ from ..domain.errors import ConfigError
 from .pair import Pair, PairRefused, read_pair
 from .stapler import OcspStapler, Staple
 from .status import Notify, certificate_summary, rfc3339
-from .trust import ClientTrust
+from .trust import ClientTrust, file_stats
 
 if TYPE_CHECKING:
     from .pyossl import StaplingContext
@@ -321,15 +321,7 @@ class ReloadingContext:
             log.error("TLS event %s could not be recorded in the audit log", event)
 
     def _stat(self) -> Signature:
-        result: list[tuple[int, int, int] | None] = []
-        for path in self._files:
-            try:
-                st = path.stat()
-            except OSError:
-                result.append(None)
-            else:
-                result.append((st.st_mtime_ns, st.st_size, st.st_ino))
-        return tuple(result)
+        return file_stats(self._files)
 
     # ---- running -----------------------------------------------------------------------------
 

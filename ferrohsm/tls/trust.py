@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from cryptography import x509
@@ -161,6 +161,20 @@ def _signed(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
 Emit = Callable[[str, Mapping[str, object]], None]
 
 
+def file_stats(paths: Iterable[Path]) -> tuple[tuple[int, int, int] | None, ...]:
+    """(mtime, size, inode) of each file, None for one that cannot be looked at: what polls
+    compare to tell a changed file (a rename in place is a new inode)."""
+    found: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            found.append(None)
+        else:
+            found.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(found)
+
+
 class TrustWatch:
     """A changed bundle is checked, then ``rebuild`` puts it in service (it raises PairRefused
     when the contexts cannot be built from it). Refusals follow the PEM provider's rules: a
@@ -179,19 +193,10 @@ class TrustWatch:
         self._reported: tuple[str | None, str] | None = None  # the one warned about
         self._stat = self._stats()
 
-    def _stats(self) -> list[tuple[int, int, int] | None]:
-        """(mtime, size, inode) of each file: a poll reads them only when one changed (or a
-        refusal stands), as the PEM provider does; a large CRL is not hashed ten times a
-        second for nothing."""
-        found: list[tuple[int, int, int] | None] = []
-        for path in self.trust.files:
-            try:
-                st = path.stat()
-            except OSError:
-                found.append(None)
-            else:
-                found.append((st.st_mtime_ns, st.st_size, st.st_ino))
-        return found
+    def _stats(self) -> tuple[tuple[int, int, int] | None, ...]:
+        """A poll reads the files only when one changed (or a refusal stands), as the PEM
+        provider does: a large CRL is not hashed ten times a second for nothing."""
+        return file_stats(self.trust.files)
 
     def check(self, loud: bool = False) -> bool:
         """One look (``loud``: SIGHUP); True when a changed bundle went into service."""

@@ -8,7 +8,6 @@ CA is contacted."""
 from __future__ import annotations
 
 import datetime as dt
-import http.client
 import logging
 import ssl
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tlsserver
 from certkit import Leaf, TestCA, install, now, wait_for, write_atomic
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -141,18 +141,7 @@ def make_crl(ca: TestCA, revoked: tuple[x509.Certificate, ...] = (), *,
 
 def answered(srv: TlsServer, leaf: Leaf, tmp_path: Path) -> bool:
     """Whether a request with ``leaf`` as client certificate gets an HTTP answer."""
-    (tmp_path / "c.pem").write_bytes(leaf.chain_pem)
-    (tmp_path / "c-key.pem").write_bytes(leaf.key_pem)
-    context = srv.context()
-    context.load_cert_chain(tmp_path / "c.pem", tmp_path / "c-key.pem")
-    conn = http.client.HTTPSConnection("127.0.0.1", srv.port, context=context, timeout=10)
-    try:
-        conn.request("GET", "/healthz")
-        return conn.getresponse().status == 200
-    except (ssl.SSLError, OSError):
-        return False
-    finally:
-        conn.close()
+    return tlsserver.answered(srv, leaf.chain_pem, leaf.key_pem, tmp_path)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ may be replaced in either order; SIGHUP reloads at once in a real ``ferrohsm`` p
 from __future__ import annotations
 
 import datetime as dt
-import http.client
 import logging
 import os
 import signal
@@ -19,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from test_serve_process import call, start, stop
-from tlsserver import TlsServer
+from tlsserver import TlsServer, answered
 
 from ferrohsm.tls.context import ReloadingContext
 
@@ -180,7 +179,6 @@ def test_a_chain_that_lost_its_intermediate_waits_and_a_restored_pair_clears_the
 def test_a_changed_client_ca_bundle_is_in_force_for_new_handshakes(
         tmp_path: Path, ca: TestCA, files: tuple[Path, Path], first: Leaf) -> None:
     """A CA taken out of [tls] client_ca stops being trusted without a restart."""
-    import ssl
 
     old_ca, new_ca = TestCA(tmp_path / "clients-old"), TestCA(tmp_path / "clients-new")
     bundle = tmp_path / "clients.pem"
@@ -190,18 +188,7 @@ def test_a_changed_client_ca_bundle_is_in_force_for_new_handshakes(
 
     def handshake(client: TestCA) -> bool:
         leaf = client.leaf(("client",), usage=ExtendedKeyUsageOID.CLIENT_AUTH)
-        (tmp_path / "c.pem").write_bytes(leaf.chain_pem)
-        (tmp_path / "c-key.pem").write_bytes(leaf.key_pem)
-        context = srv.context()
-        context.load_cert_chain(tmp_path / "c.pem", tmp_path / "c-key.pem")
-        conn = http.client.HTTPSConnection("127.0.0.1", srv.port, context=context, timeout=10)
-        try:
-            conn.request("GET", "/healthz")
-            return conn.getresponse().status == 200
-        except (ssl.SSLError, OSError):
-            return False
-        finally:
-            conn.close()
+        return answered(srv, leaf.chain_pem, leaf.key_pem, tmp_path)
     try:
         assert handshake(old_ca) and not handshake(new_ca)
         write_atomic(bundle, new_ca.cert_file.read_bytes(), 0o644)

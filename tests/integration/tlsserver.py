@@ -78,3 +78,20 @@ class TlsServer:
 
     def events(self, prefix: str = "tls.") -> list[dict[str, Any]]:
         return [r for r in self.rt.audit.read(0, 10000) if r["action"].startswith(prefix)]
+
+
+def answered(srv: TlsServer, chain_pem: bytes, key_pem: bytes, folder: Path) -> bool:
+    """Whether a request presenting this client certificate gets an HTTP answer from ``srv``
+    (a refused handshake, or a connection closed for it, is no answer)."""
+    (folder / "c.pem").write_bytes(chain_pem)
+    (folder / "c-key.pem").write_bytes(key_pem)
+    context = srv.context()
+    context.load_cert_chain(folder / "c.pem", folder / "c-key.pem")
+    conn = http.client.HTTPSConnection("127.0.0.1", srv.port, context=context, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status == 200
+    except (ssl.SSLError, OSError):
+        return False
+    finally:
+        conn.close()
