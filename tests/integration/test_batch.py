@@ -396,20 +396,20 @@ def test_a_transit_batch_refused_for_its_size_spends_nothing(tmp_path: Path) -> 
     request's own token, so the actor's next requests are served (they found the bucket
     emptied by the refused batch)."""
     srv = LiveServer(tmp_path, overrides={("rate_limit", "service_requests_per_second"): 0.01,
-                                          ("rate_limit", "service_burst"): 5})
+                                          ("rate_limit", "service_burst"): 10})
     try:
         create(srv, name="paid-whole")
         svc = srv.token(SVC, "transit-batcher")
-        body = {"batch_input": [{"plaintext": B(b"x")}] * 20}
+
+        def single() -> int:
+            return srv.call("POST", "/v1/transit/encrypt/paid-whole", {"plaintext": B(b"x")},
+                            token=svc, role=None)[0]
+        assert [single() for _ in range(5)] == [200] * 5  # 5 of the burst of 10 left
+        body = {"batch_input": [{"plaintext": B(b"x")}] * 8}
         status, _, _ = srv.call("POST", "/v1/transit/encrypt/paid-whole", body, token=svc,
                                 role=None)
-        assert status == 429
-        for _ in range(4):  # the burst of 5, less the refused request's own token
-            status, _, out = srv.call("POST", "/v1/transit/encrypt/paid-whole",
-                                      {"plaintext": B(b"x")}, token=svc, role=None)
-            assert status == 200, out
-        assert srv.call("POST", "/v1/transit/encrypt/paid-whole", {"plaintext": B(b"x")},
-                        token=svc, role=None)[0] == 429
+        assert status == 429  # 8 wanted, 5 held: none spent but the request's own
+        assert [single() for _ in range(5)] == [200] * 4 + [429]
     finally:
         srv.close()
 
