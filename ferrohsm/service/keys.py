@@ -85,7 +85,7 @@ def rewrap_refusal(key: Key) -> Conflict:
                     "separately")
 
 
-SCAN_PAGE = 500  # keys a tag-scoped listing reads from the store at a time
+MAX_SCAN_PAGE = 1000  # the most keys a tag-scoped listing reads from the store in one call
 
 
 class KeyService:
@@ -153,8 +153,10 @@ class KeyService:
         last key of ITS page, which may be one this token must not learn exists."""
         visible: list[Key] = []
         token = page_token
-        while True:  # store pages of SCAN_PAGE at least: one store call a hidden key was slow
-            page = self.store.list(filters, max(limit, SCAN_PAGE), token)  # bad token: refused
+        size = min(limit + 1, MAX_SCAN_PAGE)  # enough when every key is visible
+        while True:  # then pages doubling: one store call a hidden key was slow
+            page = self.store.list(filters, size, token)  # a bad page token: refused
+            size = min(size * 2, MAX_SCAN_PAGE)
             for key in page.keys:
                 if not may_see(principal, key):
                     continue
