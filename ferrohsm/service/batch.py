@@ -116,7 +116,7 @@ class CryptoItems:
             return
         burst = self.limiter.burst_of(principal.role.value)
         if size > burst:
-            raise BadRequest(f"a batch of {size} items is more than this actor's rate limit "
+            raise OverBurst(f"a batch of {size} items is more than this actor's rate limit "
                              f"allows at once ({burst:g}): split it into batches of at most "
                              f"{burst:g}")
 
@@ -386,6 +386,13 @@ class SingleItem:
 
 
 Items = CryptoBatch | SingleItem  # what a surface runs an item through
+
+
+class OverBurst(BadRequest):
+    """A batch the actor's rate limit can never pay for whole: a 400 (split it), recorded as
+    the rate limit's refusal (denied), as its 429 was."""
+
+    outcome = "denied"
 
 
 def _limited(wait: float) -> RateLimited:

@@ -402,7 +402,9 @@ def test_every_operation_is_audited(srv: LiveServer, operator: Any) -> None:
 
 def test_a_batch_spends_one_rate_limit_token_per_item(tmp_path_factory: pytest.TempPathFactory
                                                       ) -> None:
-    """Batching is no way around the rate limit: 30 items spend 30 tokens of a burst of 20."""
+    """Batching is no way around the rate limit: 30 items would spend 30 tokens, more than a
+    burst of 20 can ever hold: refused whole before any item ran, as a batch to split (400),
+    not a 429 whose Retry-After a client would follow forever."""
     tight = LiveServer(tmp_path_factory.mktemp("transit-limit"), overrides={
         ("rate_limit", "requests_per_second"): 0.5, ("rate_limit", "burst"): 20})
     try:
@@ -411,8 +413,8 @@ def test_a_batch_spends_one_rate_limit_token_per_item(tmp_path_factory: pytest.T
         items = [{"plaintext": B(b"x")} for _ in range(30)]
         resp = svc.adapter.request("POST", f"/v1/transit/encrypt/{name}",
                                    json={"batch_input": items}, raise_exception=False)
-        assert resp.status_code == 429 and resp.headers["Retry-After"]
-        assert "rate limit" in resp.json()["errors"][0]
+        assert resp.status_code == 400
+        assert "split it into batches of at most 20" in resp.json()["errors"][0]
         records = audit_records(tight, "batch-limited")
         assert [r["outcome"] for r in records] == ["denied"]  # refused before any item ran
     finally:
