@@ -508,29 +508,38 @@ def secret_value(env: Mapping[str, str], var: str, file_path: str, file_setting:
                  credential: str = "") -> str | None:
     """The environment variable, else the configured file, else the systemd credential
     ``credential`` ($CREDENTIALS_DIRECTORY/<credential>, from LoadCredential=) when present."""
+    return secret_and_source(env, var, file_path, file_setting, credential)[0]
+
+
+def secret_and_source(env: Mapping[str, str], var: str, file_path: str, file_setting: str,
+                      credential: str = "") -> tuple[str | None, str]:
+    """``secret_value``'s value (None: none given) and where it came from, for a message about
+    the value: the operator fixes the variable, the file or the credential it came from."""
     if env.get(var):
-        return env[var]
+        return env[var], var
     if file_path:
-        return read_secret_file(file_path, file_setting)
+        return read_secret_file(file_path, file_setting), f"{file_setting} ({file_path})"
     directory = env.get("CREDENTIALS_DIRECTORY", "")
     if credential and directory and os.path.lexists(os.path.join(directory, credential)):
-        return read_secret_file(os.path.join(directory, credential), f"credential {credential}")
-    return None
+        where = f"credential {credential}"
+        return read_secret_file(os.path.join(directory, credential), where), where
+    return None, var
+
+
+# The three secrets: (variable, [secrets] file setting, systemd credential).
+SECRETS = (("FERROHSM_MASTER_KEY", "master_key_file", "master_key"),
+           ("FERROHSM_JWT_HS256_SECRET", "jwt_hs256_secret_file", "jwt_hs256_secret"),
+           ("FERROHSM_AUDIT_HMAC_KEY", "audit_hmac_key_file", "audit_hmac_key"))
 
 
 def load_secrets(config: Config, env: Mapping[str, str] | None = None) -> Secrets:
     """The three secrets from the environment, else from the 0600 files the config names."""
     env = os.environ if env is None else env
-    s = config.secrets
-    master = secret_value(env, "FERROHSM_MASTER_KEY", s.master_key_file, "[secrets].master_key_file",
-                          "master_key")
-    jwt = secret_value(env, "FERROHSM_JWT_HS256_SECRET", s.jwt_hs256_secret_file,
-                       "[secrets].jwt_hs256_secret_file", "jwt_hs256_secret")
-    hmac_key = secret_value(env, "FERROHSM_AUDIT_HMAC_KEY", s.audit_hmac_key_file,
-                            "[secrets].audit_hmac_key_file", "audit_hmac_key")
-    missing = [name for name, value in (("FERROHSM_MASTER_KEY", master),
-                                        ("FERROHSM_JWT_HS256_SECRET", jwt),
-                                        ("FERROHSM_AUDIT_HMAC_KEY", hmac_key)) if not value]
+    (master, master_at), (jwt, jwt_at), (hmac_key, hmac_at) = (
+        secret_and_source(env, var, getattr(config.secrets, setting), f"[secrets].{setting}",
+                          credential) for var, setting, credential in SECRETS)
+    missing = [var for (var, _s, _c), value in zip(SECRETS, (master, jwt, hmac_key), strict=True)
+               if not value]
     if missing:
         raise ConfigError(f"missing secret(s): {', '.join(missing)} (set the environment variable "
                           "or the matching [secrets] file, or a systemd credential; `ferrohsm "
@@ -538,24 +547,5 @@ def load_secrets(config: Config, env: Mapping[str, str] | None = None) -> Secret
     assert master and jwt and hmac_key  # noqa: S101  narrows a type for mypy, not a runtime check
     jwt_bytes = jwt.encode("utf-8")
     if len(jwt_bytes) < 32:
-        where = secret_source(env, "FERROHSM_JWT_HS256_SECRET", s.jwt_hs256_secret_file,
-                              "[secrets].jwt_hs256_secret_file", "jwt_hs256_secret")
-        raise ConfigError(f"{where} must be at least 32 bytes")
-    return Secrets(
-        decode_key32(master, secret_source(env, "FERROHSM_MASTER_KEY", s.master_key_file,
-                                           "[secrets].master_key_file", "master_key")),
-        jwt_bytes,
-        decode_key32(hmac_key, secret_source(env, "FERROHSM_AUDIT_HMAC_KEY",
-                                             s.audit_hmac_key_file,
-                                             "[secrets].audit_hmac_key_file", "audit_hmac_key")))
-
-
-def secret_source(env: Mapping[str, str], var: str, file_path: str, file_setting: str,
-                  credential: str) -> str:
-    """Where ``secret_value`` took a secret from, for a message about its value: the operator
-    fixes the variable, the file or the credential it came from, not another one."""
-    if env.get(var):
-        return var
-    if file_path:
-        return f"{file_setting} ({file_path})"
-    return f"credential {credential}"
+        raise ConfigError(f"{jwt_at} must be at least 32 bytes")
+    return Secrets(decode_key32(master, master_at), jwt_bytes, decode_key32(hmac_key, hmac_at))

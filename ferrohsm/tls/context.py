@@ -167,9 +167,7 @@ class ReloadingContext:
     ) -> None:
         self._cert_file, self._key_file = Path(cert_file), Path(key_file)
         self._client_trust = ClientTrust(client_ca, client_crl)
-        self._client_crl = os.fspath(client_crl) if client_crl else None
         self._files = [self._cert_file, self._key_file, *self._client_trust.files]
-        self._client_ca = os.fspath(client_ca) if client_ca is not None else None
         self._require_client_cert = require_client_cert
         self.interval, self.notify, self._stapler, self._now = interval, notify, stapler, now
         self._lock = threading.Lock()
@@ -267,8 +265,8 @@ class ReloadingContext:
 
     def _trust_changed(self) -> None:
         log.info("TLS client CA file %s reloaded: new handshakes trust its certificates",
-                 self._client_ca)
-        self._emit("tls.client_ca_reloaded", {"file": str(self._client_ca),
+                 self._client_trust.client_ca)
+        self._emit("tls.client_ca_reloaded", {"file": str(self._client_trust.client_ca),
                                               "sha256": str(self._trusted)})
 
     def _refuse(self, exc: PairRefused) -> None:
@@ -291,8 +289,9 @@ class ReloadingContext:
 
     def _plain(self, pair: Pair) -> ssl.SSLContext:
         try:
-            context = server_context(self._cert_file, self._key_file, self._client_ca,
-                                     self._require_client_cert, self._client_crl)
+            trust = self._client_trust
+            context = server_context(self._cert_file, self._key_file, trust.client_ca,
+                                     self._require_client_cert, trust.client_crl)
         except ConfigError as exc:
             raise PairRefused("unparsable", exc.message) from None
         # ssl loads from the paths: make sure it loaded the very bytes that were checked
@@ -305,8 +304,9 @@ class ReloadingContext:
         assert self._stapler is not None  # noqa: S101  narrows a type for mypy
         staple = Staple()
         try:
-            context = stapling_context(pair, staple, self._client_ca, self._require_client_cert,
-                                       self._client_crl)
+            trust = self._client_trust
+            context = stapling_context(pair, staple, trust.client_ca, self._require_client_cert,
+                                       trust.client_crl)
         except ValueError as exc:
             raise PairRefused("unparsable", str(exc)) from None
         self._stapler.track(pair.leaf, pair.issuer, staple)  # only once it will be served

@@ -19,7 +19,7 @@ import ipaddress
 import os
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,7 +142,7 @@ def _leaf(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
             ca_key.public_key()), critical=False)
     )
     if hosts:
-        builder = builder.add_extension(x509.SubjectAlternativeName(_sans(hosts)), critical=False)
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans(hosts)), critical=False)
     return builder.sign(ca_key, hashes.SHA256())
 
 
@@ -154,7 +154,8 @@ def _key_usage(cert_sign: bool) -> x509.KeyUsage:
     )
 
 
-def _sans(hosts: list[str]) -> list[x509.GeneralName]:
+def sans(hosts: Sequence[str]) -> list[x509.GeneralName]:
+    """Each host as the subjectAltName it is: an IP address, else a DNS name."""
     names: list[x509.GeneralName] = []
     for host in hosts:
         try:
@@ -194,11 +195,11 @@ def _server_ok(pki: DevPki, ca_cert: x509.Certificate, hosts: list[str],
     try:
         cert, _ = _load_pair(pki.server_cert, pki.server_key)
         cert.verify_directly_issued_by(ca_cert)
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        held = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (OSError, ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
         return False  # reissue rather than fail start-up
-    wanted = set(_sans(hosts))
-    return wanted <= set(sans) and cert.not_valid_after_utc - now > RENEW_BEFORE
+    wanted = set(sans(hosts))
+    return wanted <= set(held) and cert.not_valid_after_utc - now > RENEW_BEFORE
 
 
 # ------------------------------------------------------------------ files

@@ -11,7 +11,6 @@ in memory for the process's life and in a temporary 0600 file only while a conte
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 from collections.abc import Sequence
 
 from cryptography import x509
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ..devpki import sans
 from .cache import CachedCert
 
 SUBJECT = "FerroHSM: ACME certificate not issued yet"
@@ -28,12 +28,7 @@ def placeholder(domains: Sequence[str], now: dt.datetime) -> CachedCert:
     """A self-signed P-256 certificate for ``domains``, valid for a day either side of now."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SUBJECT)])
-    names: list[x509.GeneralName] = []
-    for domain in domains:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(domain)))
-        except ValueError:
-            names.append(x509.DNSName(domain))
+    names = sans(domains)
     builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(now - dt.timedelta(days=1))
