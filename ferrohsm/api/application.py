@@ -117,6 +117,8 @@ class Application:
             if route.template not in PROBES:  # a probe reports the server, not the caller
                 self._limit(ctx)  # before any refusal of the request's own: each is recorded
                 _check_approval_header(req)
+                if req.query:
+                    _check_no_query(route, req)
             else:
                 try:
                     _check_approval_header(req)
@@ -397,6 +399,15 @@ def _check_approval_header(req: Request) -> None:
     values = req.headers.values_of("x-approval-id")
     if values and (len(values) > 1 or not is_approval_id(values[0])):
         raise BadRequest("X-Approval-ID must be one approval id (a lowercase UUID)")
+
+
+def _check_no_query(route: Any, req: Request) -> None:
+    """A native route that documents no query parameter refuses any (docs/api.md): a
+    ``verify?key_version=7`` must not be answered for the primary version. Routes that take
+    some check theirs in the handler; Vault's routes follow Vault, which ignores them."""
+    if route.doc is not None and not route.doc.query and route.template.startswith("/v1/"):
+        name = next(iter(req.query))
+        raise BadRequest(f"unknown query parameter {name[:40]!a}: this route takes none")
 
 
 def _approval_id(value: str | None) -> str | None:

@@ -43,7 +43,9 @@ def add_parsers(sub: Any) -> None:
                 description="Write the PEM public key of an asymmetric KEY (its primary version, "
                 "or --version N) to --out FILE or stdout.",
                 epilog="example:\n  ferrohsm keys public-key release-signing --out pub.pem\n"
-                "  openssl dgst -sha256 -verify pub.pem -signature app.sig app.tar.gz")
+                "  openssl dgst -sha256 -verify pub.pem -signature app.sig app.tar.gz\n"
+                "  (an RSA key's default rsa-pss-sha256 signature: add -sigopt "
+                "rsa_padding_mode:pss -sigopt rsa_pss_saltlen:32)")
     p.add_argument("key", metavar="KEY", help="key id or name")
     p.add_argument("--version", type=int, metavar="N", help="key version (default: primary)")
     p.add_argument("--out", metavar="FILE", help="output file (default: stdout)")

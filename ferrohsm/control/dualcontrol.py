@@ -42,7 +42,7 @@ from ..domain.errors import (
     Unavailable,
     recorded,
 )
-from ..domain.ids import uuid7
+from ..domain.ids import uuid7_at
 from ..domain.model import Key, Principal, RequestContext, iso
 from ..store.approvalstore import ApprovalStore
 from ..store.keystore import decode_page_token, encode_page_token
@@ -189,7 +189,7 @@ class DualControl:
                 f"X-Approval-ID: {existing.id} once approved", approval=apv.view(existing, now))
         self.recorder.require_audit()
         target = replace(apv.new_approval(
-            approval_id=uuid7(int(now.timestamp() * 1000)), action=action.value,
+            approval_id=uuid7_at(now), action=action.value,
             key_id=key_id, args=args, salt=secrets.token_bytes(16), requester=ctx.actor,
             required=required, now=now, expires_at=decision.expires_at or now), revision=1)
         summary = f" ({target.summary})" if target.summary else ""

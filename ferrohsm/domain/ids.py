@@ -8,17 +8,46 @@ import re
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 
 def uuid7(now_ms: int | None = None) -> str:
     ms = int(time.time() * 1000) if now_ms is None else now_ms
     rand = int.from_bytes(os.urandom(10), "big")
+    return _uuid7_from(ms, (rand >> 62) & 0xFFF, rand & ((1 << 62) - 1))
+
+
+def _uuid7_from(ms: int, rand_a: int, rand_b: int) -> str:
     value = (ms & ((1 << 48) - 1)) << 80
     value |= 0x7 << 76                      # version 7
-    value |= ((rand >> 62) & 0xFFF) << 64   # rand_a, 12 bits
+    value |= rand_a << 64                   # rand_a, 12 bits
     value |= 0b10 << 62                     # RFC 4122 variant
-    value |= rand & ((1 << 62) - 1)         # rand_b, 62 bits
+    value |= rand_b                         # rand_b, 62 bits
     return str(uuid.UUID(int=value))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ordered_lock = threading.Lock()
+_last_ordered = (0, 0)  # (ms, rand_a) of the last uuid7_at in this process
+
+
+def uuid7_at(when: datetime) -> str:
+    """The id of a record created at ``when`` (its ``created_at``): ids sort as their
+    timestamps do, to the microsecond, across processes (rand_a holds the sub-millisecond
+    fraction: RFC 9562 section 6.2, method 3), so a listing in id order is in creation order.
+    Within a process they also increase strictly (a counter in rand_a past the last id), for
+    records made in the same microsecond or under a clock that stands still."""
+    global _last_ordered
+    micros = (when - _EPOCH) // timedelta(microseconds=1)
+    ms, sub = divmod(micros, 1000)
+    stamp = (ms, sub * 4096 // 1000)
+    with _ordered_lock:
+        if stamp <= _last_ordered:
+            ms, rand_a = _last_ordered
+            stamp = (ms + 1, 0) if rand_a == 0xFFF else (ms, rand_a + 1)
+        _last_ordered = stamp
+    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    return _uuid7_from(stamp[0], stamp[1], rand_b)
 
 
 def uuid4() -> str:
@@ -51,6 +80,14 @@ class _IdBytes:
 
 _ID_BYTES = _IdBytes()
 os.register_at_fork(after_in_child=_ID_BYTES.forget)
+
+
+def _forget_ordered_lock() -> None:
+    global _ordered_lock
+    _ordered_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_ordered_lock)
 
 
 def uuid4_str() -> str:

@@ -39,7 +39,7 @@ from ..crypto.algorithms import check_usage
 from ..crypto.seal import Sealer
 from ..domain import lifecycle as lc
 from ..domain.errors import Conflict, FerroError, Forbidden, Gone, IntegrityError, NotFound
-from ..domain.ids import uuid7
+from ..domain.ids import uuid7_at
 from ..domain.model import (
     Key,
     Origin,
@@ -124,7 +124,7 @@ class ImportService:
                 raise Conflict(f"{MAX_OPEN_JOBS} import jobs are open; use them or let them "
                                "expire (24 hours) before creating more")
             now = self._now()
-            job = ImportJob(uuid7(int(now.timestamp() * 1000)), now, now + self.lifetime,
+            job = ImportJob(uuid7_at(now), now, now + self.lifetime,
                             ctx.actor, importwrap.new_wrapping_key())
             self.jobs.put(job.id, self.sealer.seal(job.to_json(), key_id=job.id, version=1,
                                                    algorithm=JOB_CONTEXT))

@@ -33,7 +33,7 @@ from ..domain.errors import (
     FerroError,
     InvalidTransition,
 )
-from ..domain.ids import uuid7
+from ..domain.ids import uuid7_at
 from ..domain.model import (
     TAG_RE,
     Key,
@@ -120,11 +120,12 @@ class KeyService:
             validate_new_description(description)
             validate_tags(tags)
             self.guard.require_audit()
-            key_id = uuid7()
+            now = self.clock()
+            key_id = uuid7_at(now)  # id order is created_at order (listings)
             sealed = self.engine.new_material(algorithm, key_id, 1)
             key = lc.new_key(key_id=key_id, name=name, description=description,
                              algorithm=algorithm, usage=usage, tags=tuple(tags), sealed=sealed,
-                             now=self.clock(), actor=ctx.actor)
+                             now=now, actor=ctx.actor)
             return self.changes.create(ctx, key, f"created {algorithm} key for {usage}",
                                        name=name, origin=key.origin.value)
         return self.guard.run(ctx, Action.KEY_CREATE, work)

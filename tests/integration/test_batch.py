@@ -433,3 +433,45 @@ def test_a_transit_batch_larger_than_the_burst_is_a_400_not_an_endless_429(
         assert status == 200
     finally:
         srv.close()
+
+
+def test_an_item_that_repeats_a_member_is_its_own_error(srv: LiveServer) -> None:
+    key = create(srv)
+    raw = (b'{"batch":[{"plaintext":"QQ=="},{"plaintext":"QQ==","plaintext":"Qg=="},'
+           b'{"plaintext":"Qw==","aad":{"a":1,"a":2}}]}')
+    code, _, reply = srv.call("POST", f"/v1/keys/{key}/encrypt", raw=raw, role=SVC)
+    assert code == 200, reply
+    assert codes(reply["results"]) == ["ok", "bad_request", "bad_request"]
+    assert "duplicate JSON member 'plaintext'" in reply["results"][1]["error"]["message"]
+    # a repetition outside the items is the whole body's: refused whole, as before
+    for whole in (b'{"batch":[{"plaintext":"QQ=="}],"batch":[]}',
+                  b'{"plaintext":"QQ==","aad":"QQ==","aad":"Qg=="}'):
+        code, _, reply = srv.call("POST", f"/v1/keys/{key}/encrypt", raw=whole, role=SVC)
+        assert code == 400 and "duplicate JSON member" in reply["error"]["message"], reply
+
+
+def test_a_null_batch_member_is_absent(srv: LiveServer) -> None:
+    key = create(srv)
+    code, _, reply = srv.call("POST", f"/v1/keys/{key}/encrypt",
+                              {"batch": None, "plaintext": B(b"A")}, role=SVC)
+    assert code == 200 and reply["ciphertext"].startswith("fhsm:v1:"), reply
+
+
+@pytest.mark.parametrize("path", ["encrypt?foo=1", "verify?key_version=7", "rotate?x=1&x=2"])
+def test_a_route_without_query_parameters_refuses_any(srv: LiveServer, path: str) -> None:
+    key = create(srv, "ec-p256", "sign") if "verify" in path else create(srv)
+    body: dict[str, Any] = {"plaintext": B(b"A")} if "encrypt" in path else {}
+    if "verify" in path:
+        body = {"message": B(b"m"), "signature": B(b"s")}
+    code, _, reply = srv.call("POST", f"/v1/keys/{key}/{path}", body, role="administrator")
+    assert code == 400 and "unknown query parameter" in reply["error"]["message"], reply
+    for get in (f"/v1/keys/{key}?foo=1", "/v1/whoami?foo=1"):
+        assert srv.call("GET", get)[0] == 400
+    assert srv.call("GET", f"/v1/keys/{key}")[0] == 200
+
+
+def test_a_number_beyond_int_digits_is_named(srv: LiveServer) -> None:
+    key = create(srv)
+    raw = b'{"plaintext":"QQ==","aad":' + b"9" * 5000 + b"}"
+    code, _, reply = srv.call("POST", f"/v1/keys/{key}/encrypt", raw=raw, role=SVC)
+    assert code == 400 and "too many digits" in reply["error"]["message"], reply

@@ -154,3 +154,30 @@ def test_a_forked_child_never_repeats_its_parents_ids() -> None:
     os.close(read_end)
     os.close(write_end)
     assert child[:36] != uuid4_str() and child[36:] != new_span_id()
+
+
+def test_uuid7_at_sorts_as_its_timestamps_do_and_strictly_increases() -> None:
+    """Listings are in id order and say created_at: the two must agree, across processes
+    (the sub-millisecond fraction is in the id) and within one (a counter when the clock
+    stands still)."""
+    import itertools
+    import random
+    import uuid
+    from datetime import datetime, timedelta
+
+    import ferrohsm.domain.ids as ids
+    from ferrohsm.domain.ids import uuid7_at
+
+    base = datetime(2026, 12, 6, 7, 31, 46, tzinfo=UTC)
+    made = []
+    for _process in range(2):  # two nodes: each its own counter, one clock
+        ids._last_ordered = (0, 0)
+        stamps = sorted(base + timedelta(microseconds=random.randrange(5000))  # noqa: S311  times, not secrets
+                        for _ in range(300))
+        made += [(when, uuid7_at(when)) for when in stamps]
+    by_id = sorted(made, key=lambda pair: pair[1])
+    for (earlier, _), (later, _) in itertools.pairwise(by_id):
+        assert earlier <= later + timedelta(microseconds=1)  # ties: within a counter's bump
+    frozen = [uuid7_at(base) for _ in range(5000)]  # > 4096: the counter rolls into ms
+    assert frozen == sorted(frozen) and len(set(frozen)) == 5000
+    assert all(uuid.UUID(i).version == 7 for i in frozen)

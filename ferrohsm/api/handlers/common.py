@@ -10,6 +10,7 @@ import base64
 import binascii
 import decimal
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,16 +25,74 @@ Handler = Callable[[RequestContext, Request, dict[str, str]], Reply]
 MISSING = object()
 
 
+class _Duplicated(dict):  # type: ignore[type-arg]
+    """An object that repeated a member name (``name``, the first repeated): refused, as a
+    whole body or, as a batch item, as that item's own error (``check_fields``)."""
+
+    name = ""
+
+
+_seen_duplicates = threading.local()  # n: duplicated objects this thread's decoder made
+
+
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen = dict(pairs)  # in C; a shorter dict means a name repeated
     if len(seen) == len(pairs):
         return seen
-    seen = {}
+    marked = _Duplicated()
     for name, value in pairs:
-        if name in seen:
-            raise BadRequest(f"duplicate JSON member {name[:40]!a}")
-        seen[name] = value
-    return seen
+        if name in marked and not marked.name:
+            marked.name = name
+        marked[name] = value
+    _seen_duplicates.n = getattr(_seen_duplicates, "n", 0) + 1
+    return marked
+
+
+def _duplicate_error(name: str) -> BadRequest:
+    return BadRequest(f"duplicate JSON member {name[:40]!a}")
+
+
+def refuse_duplicated(value: Any) -> None:
+    """A batch item that repeated a member name (anywhere in it) is refused as that item."""
+    if isinstance(value, _Duplicated):
+        raise _duplicate_error(value.name)
+
+
+def _first_duplicate(value: Any) -> str | None:
+    """The name the first object in ``value`` repeated, None when none did."""
+    if isinstance(value, _Duplicated):
+        return value.name
+    members = value.values() if isinstance(value, dict) else value if isinstance(
+        value, list) else ()
+    for member in members:
+        name = _first_duplicate(member)
+        if name is not None:
+            return name
+    return None
+
+
+def _mark_items(items: list[Any]) -> None:
+    """Batch items holding a repeated member name anywhere become _Duplicated: each is refused
+    as that item's own error (``check_fields``), the others are served."""
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and not isinstance(item, _Duplicated):
+            name = _first_duplicate(item)
+            if name is not None:
+                marked = _Duplicated(item)
+                marked.name = name
+                items[index] = marked
+
+
+def _refuse_body_duplicates(body: dict[str, Any]) -> None:
+    if isinstance(body, _Duplicated):
+        raise _duplicate_error(body.name)
+    for member_name, member in body.items():
+        if member_name in ("batch", "batch_input") and isinstance(member, list):
+            _mark_items(member)  # an item that is no object is refused as such, on its own
+            continue
+        name = _first_duplicate(member)
+        if name is not None:
+            raise _duplicate_error(name)
 
 
 def _reject_constant(name: str) -> Any:
@@ -74,15 +133,25 @@ def _decode_json(text: str) -> Any:
 def json_body(req: Request) -> dict[str, Any]:
     if not req.body:
         return {}
+    duplicates = getattr(_seen_duplicates, "n", 0)
     try:
         text = req.body.decode("utf-8")
         value = _decode_json(text)
-    except (UnicodeDecodeError, ValueError):
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not valid UTF-8 JSON") from None
+    except ValueError as exc:
+        if "integer string conversion" in str(exc):  # valid JSON, beyond int()'s digit limit
+            raise BadRequest("request body holds a number with too many digits") from None
         raise BadRequest("request body is not valid UTF-8 JSON") from None
     except RecursionError:
         raise BadRequest("request body is nested too deeply") from None
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object")
+    if getattr(_seen_duplicates, "n", 0) != duplicates:
+        try:
+            _refuse_body_duplicates(value)
+        except RecursionError:
+            raise BadRequest("request body is nested too deeply") from None
     if may_hold_surrogates(text) and has_surrogate(value):
         # A lone surrogate (\\udfff) is valid JSON syntax but no Unicode text: no response,
         # audit record or log line could carry it as UTF-8, so it never gets past here.
@@ -118,6 +187,7 @@ def check_fields(body: Any, spec: dict[str, Field]) -> dict[str, Any]:
     ``spec`` declares, type-checked; BadRequest otherwise."""
     if not isinstance(body, dict):
         raise BadRequest("each batch item must be a JSON object")
+    refuse_duplicated(body)
     if not body.keys() <= spec.keys():
         unknown = sorted(set(body) - set(spec))
         # Names come from the client: escaped (ascii) and bounded, never echoed raw.

@@ -75,6 +75,7 @@ def batch_items(body: dict[str, Any]) -> list[Any] | None:
     """The items of a batch body, None for a single request (no ``batch`` member, or null)."""
     items = body.get("batch")
     if items is None:
+        body.pop("batch", None)  # a member sent as null is absent (docs/api.md Conventions)
         return None
     if len(body) != 1:
         raise BadRequest("a batch body holds only the member batch (each item is the body of "

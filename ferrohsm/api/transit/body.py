@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ...domain.errors import BadRequest
+from ..handlers.common import refuse_duplicated
 
 NOT_SUPPORTED = "not supported by FerroHSM"
 LINE_BREAKS = str.maketrans("", "", "\r\n")
@@ -40,6 +41,7 @@ class Body:
     def __init__(self, data: object, known: Iterable[str], what: str = "request body") -> None:
         if not isinstance(data, dict):
             raise BadRequest(f"{what} must be a JSON object")
+        refuse_duplicated(data)
         self.data: dict[str, Any] = data
         self.known = frozenset(known)
 
