@@ -51,10 +51,10 @@ class KeyEngine:
                 self._too_large()
 
     def _too_large(self) -> NoReturn:
-        raise PayloadTooLarge(f"input is larger than the {self.max_input}-byte limit: sign or "
-                              "verify large data by its digest (the \"digest\" member; "
-                              "`ferrohsm sign` sends one by default), and encrypt large data "
-                              "locally under a data key protected with wrap")
+        raise PayloadTooLarge(f"input is larger than the {self.max_input}-byte limit: encrypt "
+                              "large data locally under a data key (data-key, or a key "
+                              "protected with wrap), and sign or verify it by its digest (the "
+                              "\"digest\" member; `ferrohsm sign` sends one by default)")
 
     # ---- operations: each returns (result, version used) ----
 
@@ -112,7 +112,11 @@ class KeyEngine:
             raise Conflict(f"key {key.id} has usage {key.usage}: only signing keys have a "
                            "public key")
         version = key.version(key.primary_version if number is None else number)
-        lc.check_use(key, lc.Use.VERIFY, version.version)
+        try:  # the public key is given out wherever it could verify
+            lc.check_use(key, lc.Use.VERIFY, version.version)
+        except Conflict as exc:
+            raise Conflict(exc.message.replace("verify is not allowed",
+                                               "its public key is not given out")) from None
         return ops.public_pem(self.handle(key, version)), version.version
 
     def forget(self, key_id: str) -> None:

@@ -240,6 +240,10 @@ def test_public_key_rules(srv: LiveServer) -> None:
     assert status == 200 and pub["version"] == 1 and "BEGIN PUBLIC KEY" in pub["pem"]
     assert srv.call("GET", f"/v1/keys/{ec}/public-key?version=2")[0] == 409  # no such version
     assert srv.call("GET", f"/v1/keys/{ec}/public-key?version=0")[0] == 400  # out of range
+    assert srv.call("POST", f"/v1/keys/{ec}/destroy")[0] == 200
+    status, _, refused = srv.call("GET", f"/v1/keys/{ec}/public-key")
+    assert status == 409 and "its public key is not given out" in refused["error"]["message"]
+    assert "verify" not in refused["error"]["message"]  # the caller asked for no verify
 
 
 def test_errors_have_the_contract_shape(srv: LiveServer) -> None:
