@@ -68,6 +68,7 @@ from .client_errors import (
     TransportError,
     Unauthenticated,
     check_url,
+    checked_timeout,
     checked_token,
     client_cert_refused,
     describe,
@@ -126,7 +127,7 @@ class Client:
             check_url(one)
         self._use(0)
         self._token, self.correlation_id = checked_token(token), correlation_id
-        self.timeout, self.retries = timeout, max(0, retries)
+        self.timeout, self.retries = checked_timeout(timeout), max(0, retries)
         self.max_retry_wait = max(0.0, max_retry_wait)
         self._context = context or tls_context(ca_cert, client_cert, client_key)
         self._conn: http.client.HTTPSConnection | None = None
@@ -175,13 +176,14 @@ class Client:
                 query: Mapping[str, Any] | None = None, correlation_id: str | None = None,
                 approval_id: str | None = None, idempotent: bool | None = None) -> Any:
         """JSON in, JSON out, ``ApiError`` on an error answer; only ``idempotent`` calls
-        (default: by HTTP method) are retried."""
+        (default: by HTTP method, and never with an approval id) are retried."""
         target = path
         if query:
             target += "?" + urlencode(_drop_none(query))
         payload = None if body is None else json.dumps(body).encode("utf-8")
         headers = self._headers(payload is not None, correlation_id, approval_id)
-        retry = method in IDEMPOTENT if idempotent is None else idempotent
+        # An approved request runs exactly once, a GET too (keys public-key --approval-id).
+        retry = (method in IDEMPOTENT and not approval_id) if idempotent is None else idempotent
         attempts = 1 + (self.retries if retry else 0)
         waited = 0.0
         for attempt in range(attempts):

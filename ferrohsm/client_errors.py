@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import http.client
+import math
 import select
 import socket
 import ssl
@@ -160,9 +161,13 @@ def describe(exc: BaseException) -> str:
 
 # TLS alerts by which a server refuses the client's certificate (or its absence), in the
 # handshake: the request was never read, and no other attempt or node will think otherwise
+# (UNSUPPORTED_CERTIFICATE: a certificate without clientAuth in its extended key usage; REVOKED:
+# one the server's [tls] client_crl lists).
 CLIENT_CERT_ALERTS = frozenset({"TLSV13_ALERT_CERTIFICATE_REQUIRED", "TLSV1_ALERT_UNKNOWN_CA",
                                 "SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_CERTIFICATE_EXPIRED",
-                                "SSLV3_ALERT_CERTIFICATE_UNKNOWN", "TLSV1_ALERT_ACCESS_DENIED"})
+                                "SSLV3_ALERT_CERTIFICATE_UNKNOWN", "TLSV1_ALERT_ACCESS_DENIED",
+                                "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+                                "SSLV3_ALERT_CERTIFICATE_REVOKED"})
 
 
 def client_cert_refused(exc: BaseException, url: str,
@@ -251,6 +256,16 @@ def early_answer(conn: http.client.HTTPConnection) -> tuple[int, dict[str, str],
     except (OSError, http.client.HTTPException):
         return None
     return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+
+
+def checked_timeout(timeout: float) -> float:
+    """Seconds a call may wait for each answer: refused here when it is no such number (0,
+    negative, NaN, infinite), not by the socket at the first call as an unrelated error."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
+            math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be a number of seconds above 0 (FERROHSM_TIMEOUT), "
+                         f"got {str(timeout)[:20]!r}")
+    return float(timeout)
 
 
 def checked_token(token: str | None) -> str | None:

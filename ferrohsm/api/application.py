@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from collections.abc import Callable
 from typing import Any
 
@@ -94,6 +95,8 @@ class Application:
         if span is not None:
             span.routed(route_name, ctx.principal.subject if ctx.principal else None,
                         error_type)
+        if exported is None and parent is not None and self.tracer is not None and parent.flags:
+            parent = replace(parent, flags=parent.flags & ~1)  # our sampler left it out
         self._observe(req, ctx, route_name, resp, time.perf_counter() - start,
                       exported or parent, error_type)
         return resp
@@ -184,10 +187,22 @@ class Application:
         else:
             self._record_refusal(req, ctx, None, exc)
         resp = _error(req, exc)
+        route_name = self._template_of(req)  # the route the request was for, if one takes it
         if span is not None:
-            span.routed(None, None, exc.code)
-        self._observe(req, ctx, None, resp, time.perf_counter() - start, exported, exc.code)
+            span.routed(route_name, None, exc.code)
+        self._observe(req, ctx, route_name, resp, time.perf_counter() - start, exported,
+                      exc.code)
         return resp
+
+    def _template_of(self, req: Request) -> str | None:
+        """The template of the route ``req``'s method and path name (None: none does, or
+        what was read is no path), for the labels of a request refused while being read."""
+        if not req.path.startswith("/"):
+            return None
+        try:
+            return str(self.router.match(req.method, req.path)[0].template)
+        except FerroError:
+            return None
 
     def runs_inline(self, req: Request) -> bool:
         """Whether the server may run ``req`` on its event loop (api/server.py): the route says

@@ -138,7 +138,8 @@ def test_access_log_of_a_served_process(tmp_path: Path) -> None:
         assert "BREWCOFFEE" not in exposition
         assert metric(srv, 'ferrohsm_http_requests_total{route="/v1/keys",method="_OTHER",'
                            'status="405"}') == 1
-        assert metric(srv, 'ferrohsm_http_requests_total{route="unmatched",method="POST",'
+        # the route it was for, though refused before any route ran
+        assert metric(srv, 'ferrohsm_http_requests_total{route="/v1/keys",method="POST",'
                            'status="415"}') == 1
     finally:
         lines = srv.stop()
@@ -165,6 +166,8 @@ def test_access_log_of_a_served_process(tmp_path: Path) -> None:
     assert (by_id["obs-405"]["http.route"], by_id["obs-404"]["http.route"]) == ("/v1/keys", None)
     assert by_id["obs-415"]["http.response.status_code"] == 415
     assert by_id["obs-415"]["error.type"] == "unsupported_media_type"
+    assert by_id["obs-415"]["http.route"] == "/v1/keys"
+    assert by_id["obs-404"]["http.route"] is None
     assert by_id["obs-agent"]["user_agent.original"] == "caf\u00e9/1"
     text = srv.log.read_text()
     for secret in (seen["service"], srv.token, base64.b64encode(PLAINTEXT).decode(),
@@ -303,6 +306,24 @@ def test_sampler_decides_which_requests_leave_spans(tmp_path: Path, receiver: Re
     assert (by_id["smp-unsampled"]["trace_id"], by_id["smp-unsampled"]["trace_flags"]) == (
         TRACE, "00")
     assert len(by_id["smp-none"]["span_id"]) == 16
+
+
+@pytest.mark.slow
+def test_a_sampled_caller_our_sampler_leaves_out_is_logged_unsampled(
+        tmp_path: Path, receiver: Receiver) -> None:
+    """always_off drops a caller's sampled trace: the access line's flags say what this server
+    did (not sampled, no span), not what the caller asked for."""
+    srv = Served(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+                            "OTEL_TRACES_SAMPLER": "always_off"})
+    try:
+        headers = {"X-Request-ID": "off-sampled", "traceparent": f"00-{TRACE}-{PARENT}-01"}
+        assert srv.call("GET", "/v1/keys", headers=headers)[0] == 200
+    finally:
+        lines = srv.stop()
+    line = next(x for x in lines if x["request_id"] == "off-sampled")
+    assert (line["trace_id"], line["trace_flags"]) == (TRACE, "00")
+    assert not [s for s in receiver.spans()
+                if s["attributes"].get("ferrohsm.request_id") == "off-sampled"]
 
 
 @pytest.mark.slow

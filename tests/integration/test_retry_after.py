@@ -87,3 +87,18 @@ def test_cli_honours_retry_after(live: LiveServer, monkeypatch: pytest.MonkeyPat
         created = cli("keys", "create", "--algorithm", "aes-256-gcm", "--usage", "encrypt")
         assert created.code == 1 and "rate_limited" in created.err, created.err
         assert "Bearer" not in created.err and live.token("administrator") not in created.err
+
+
+def test_a_read_with_an_approval_id_is_sent_once(live: LiveServer) -> None:
+    """``keys public-key --approval-id``: a GET that spends an approval runs exactly once, so
+    the SDK never repeats it (a repeat found the approval executed and failed a read that
+    had run)."""
+    import uuid
+    time.sleep(2.5)  # a full bucket
+    with client(live) as hsm, client(live, retries=0) as raw:
+        key = hsm.create_key("ec-p256", "sign")["id"]
+        empty_bucket(raw)
+        start = time.monotonic()
+        with pytest.raises(RateLimited):
+            hsm.public_key(key, approval_id=str(uuid.uuid4()))
+        assert time.monotonic() - start < 0.8  # the 429 at once, no wait for Retry-After

@@ -95,3 +95,38 @@ def test_a_refused_client_certificate_is_said_as_such(tmp_path: Path) -> None:
                 assert time.monotonic() - started < 2  # not retried with backoff
     finally:
         srv.close()
+
+
+def test_a_client_certificate_without_client_auth_is_said_as_such(tmp_path: Path) -> None:
+    """A certificate the server refuses for its purpose (serverAuth only) is the same clear
+    refusal, tried once, not "cannot reach" and not "may or may not have been carried out"."""
+    from certkit import TestCA, install
+
+    from ferrohsm.client import TransportError
+    clients = TestCA(tmp_path / "clients")
+    leaf = clients.leaf(["client"])  # ExtendedKeyUsage: serverAuth alone
+    cert, key = tmp_path / "client.pem", tmp_path / "client-key.pem"
+    install(leaf, cert, key)
+    srv = LiveServer(tmp_path / "srv", overrides={("tls", "client_ca"): str(clients.cert_file),
+                                                  ("tls", "require_client_cert"): True})
+    try:
+        with Client(url(srv), srv.token("administrator"), ca_cert=str(srv.pki.ca_cert),
+                    client_cert=str(cert), client_key=str(key)) as hsm:
+            for call in (hsm.list_keys, lambda: hsm.create_key("aes-256-gcm", "encrypt")):
+                started = time.monotonic()
+                with pytest.raises(TransportError) as refused:
+                    call()
+                assert "refused this client's TLS certificate" in refused.value.message
+                assert "UNSUPPORTED_CERTIFICATE" in refused.value.message
+                assert "may or may not" not in refused.value.message
+                assert time.monotonic() - started < 2  # not retried with backoff
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize("timeout", [-1, 0, float("nan"), float("inf")])
+def test_a_timeout_that_is_no_number_of_seconds_is_refused_at_once(timeout: float) -> None:
+    with pytest.raises(ValueError, match="timeout must be a number of seconds above 0"):
+        Client("https://127.0.0.1:1", "t", timeout=timeout)
+    with pytest.raises(ValueError, match="FERROHSM_TIMEOUT"):
+        Client.from_env({"FERROHSM_URL": "https://127.0.0.1:1", "FERROHSM_TIMEOUT": str(timeout)})
