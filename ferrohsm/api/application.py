@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from ..auth.authn import Authenticator, TokenRejected
