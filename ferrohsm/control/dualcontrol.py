@@ -60,6 +60,14 @@ SYSTEM_TARGET = "system"
 Target = Key | str  # a key, or SYSTEM_TARGET
 
 
+def _twin(row: apv.Approval, requester: str, action: Action, key_id: str,
+          args: dict[str, Any]) -> bool:
+    """Whether ``row`` parks this very request: same requester, action, key and arguments
+    (the request hash under the row's own salt)."""
+    return (row.requester == requester and row.action == action.value
+            and row.key_id == key_id and apv.binds(row, action.value, key_id, args))
+
+
 def _target_id(target: Target) -> str:
     return target if isinstance(target, str) else target.id
 
@@ -201,10 +209,19 @@ class DualControl:
                                    approval_state=target.state.value, target_revision=1,
                                    **details)
         target = replace(target, change_seq=intent.seq)
-        try:
-            created = store.create(target)
+        try:  # atomic: of identical requests parked at once, one approval (the first)
+            created = store.create_once(target, now, lambda row: _twin(row, ctx.actor, action,
+                                                                          key_id, args))
         except FerroError as exc:
             self._settle(ctx, "approval.requested", message, target, intent, exc, details)
+        if created.id != target.id:
+            self.steps.roll_back(ctx, "approval.requested", f"not applied: the same request "
+                                 f"was parked meanwhile as approval {created.id}", intent,
+                                 key_id, approval_id=target.id)
+            raise ApprovalRequired(
+                f"{action.value} on key {key_id} is already parked as approval {created.id} "
+                f"({len(created.approvers)} of {created.required} approvals); repeat it with "
+                f"X-Approval-ID: {created.id} once approved", approval=apv.view(created, now))
         self.steps.confirm(ctx, "approval.requested", message, intent, _target_key(key),
                            key_id=None if isinstance(key, Key) else key_id, **details)
         raise recorded(ApprovalRequired(
@@ -221,8 +238,7 @@ class DualControl:
             for _ in range(OPEN_SCAN_PAGES):
                 rows = store.list(state, now, OPEN_SCAN_PAGE, after)
                 for row in rows:
-                    if row.requester == requester and row.action == action.value \
-                            and row.key_id == key_id and apv.binds(row, action.value, key_id, args):
+                    if _twin(row, requester, action, key_id, args):
                         return row
                 if not rows:  # not a short page: records that fail their check are left out
                     break

@@ -18,7 +18,7 @@ tests/conformance/test_approval_store.py.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +33,14 @@ class ApprovalStore(ABC):
     @abstractmethod
     def create(self, approval: Approval) -> Approval:
         """Insert; returns it with revision 1. Conflict when the id exists."""
+
+    @abstractmethod
+    def create_once(self, approval: Approval, now: datetime,
+                    same: Callable[[Approval], bool]) -> Approval:
+        """``create``, unless an open approval (not expired at ``now``) of the same key and
+        action for which ``same`` holds exists: then that one, and nothing is written. Atomic
+        across threads, processes and nodes, so N identical requests parked at once make one
+        approval (ApprovalService: a repeat gets the open one)."""
 
     @abstractmethod
     def get(self, approval_id: str) -> Approval:
@@ -84,6 +92,10 @@ def in_state(found: Sequence[Approval], state: ApprovalState | None,
     """The approvals of a listing whose authenticated record (not the indexed ``state`` column,
     which anyone who can write the database could change) is in ``state``."""
     return [a for a in found if state is None or effective_state(a, now) is state]
+
+
+TWINS_SQL = (f"key_id = {{m}} AND action = {{m}} AND state IN {OPEN_SQL} AND expires_at > {{m}} "
+             "ORDER BY id")  # the open approvals create_once compares with
 
 
 def state_clause(state: ApprovalState | None, now: Any, mark: str) -> tuple[str, list[Any]]:

@@ -5,7 +5,7 @@ against, and the store used with the memory key store (nothing survives a restar
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -29,6 +29,18 @@ class MemoryApprovalStore(ApprovalStore):
             if approval.id in self._rows:
                 raise Conflict(f"an approval with id {approval.id} already exists")
             self._rows[approval.id] = stored
+        return stored
+
+    def create_once(self, approval: Approval, now: datetime,
+                    same: Callable[[Approval], bool]) -> Approval:
+        with self._lock:
+            for row in sorted(self._rows.values(), key=lambda a: a.id):
+                if row.key_id == approval.key_id and row.action == approval.action \
+                        and effective_state(row, now) in OPEN and same(row):
+                    return row
+            if approval.id in self._rows:
+                raise Conflict(f"an approval with id {approval.id} already exists")
+            stored = self._rows[approval.id] = replace(approval, revision=1)
         return stored
 
     def get(self, approval_id: str) -> Approval:

@@ -10,15 +10,22 @@ others get StaleRevision. Votes cast through different nodes are therefore never
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from ..domain.approval import Approval, ApprovalState
+from ..domain.approval import OPEN, Approval, ApprovalState, effective_state
 from ..domain.errors import Conflict, NotFound, StaleRevision, StoreError
 from .approvalmac import ApprovalCodec
-from .approvalstore import FINISHED_SQL, OPEN_SQL, ApprovalStore, in_state, state_clause
+from .approvalstore import (
+    FINISHED_SQL,
+    OPEN_SQL,
+    TWINS_SQL,
+    ApprovalStore,
+    in_state,
+    state_clause,
+)
 from .pgdb import Conn, PgDatabase
 from .pgschema import prepare
 
@@ -66,6 +73,33 @@ class PostgresApprovalStore(ApprovalStore):
         if not _usable(stored.id) or not self._run(work, write=False):
             raise Conflict(f"an approval with id {stored.id} already exists")
         return stored
+
+    def create_once(self, approval: Approval, now: datetime,
+                    same: Callable[[Approval], bool]) -> Approval:
+        stored = replace(approval, revision=1)
+        if not (_usable(stored.id) and _usable(stored.key_id) and _usable(stored.action)):
+            raise Conflict(f"an approval with id {stored.id} cannot be stored")
+
+        def work(conn: Conn) -> Approval | None:
+            # one parker of this key and action at a time, on every node (a bigint key: apart
+            # from the (class, id) pairs of the audit sink's locks)
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                         (f"approval/{stored.key_id}/{stored.action}",))
+            rows = conn.execute("SELECT record FROM approvals WHERE "  # noqa: S608  a constant
+                                + TWINS_SQL.format(m="%s"),
+                                (stored.key_id, stored.action, now)).fetchall()
+            for twin in self._codec.decode_all(row[0] for row in rows):
+                if effective_state(twin, now) in OPEN and same(twin):
+                    return twin
+            inserted = conn.execute(f"INSERT INTO approvals (id, {_COLUMNS}) "  # noqa: S608  constant
+                                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                                    "ON CONFLICT (id) DO NOTHING RETURNING 1",
+                                    (stored.id, *self._encode(stored))).fetchone()
+            if inserted is None:
+                raise Conflict(f"an approval with id {stored.id} already exists")
+            return None
+        twin = self._run(work, write=True)
+        return stored if twin is None else twin
 
     def get(self, approval_id: str) -> Approval:
         if not _usable(approval_id):

@@ -7,17 +7,24 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from ..domain.approval import Approval, ApprovalState
+from ..domain.approval import OPEN, Approval, ApprovalState, effective_state
 from ..domain.errors import Conflict, NotFound, StaleRevision, StoreError
 from ..domain.model import iso
 from .approvalmac import ApprovalCodec
-from .approvalstore import FINISHED_SQL, OPEN_SQL, ApprovalStore, in_state, state_clause
+from .approvalstore import (
+    FINISHED_SQL,
+    OPEN_SQL,
+    TWINS_SQL,
+    ApprovalStore,
+    in_state,
+    state_clause,
+)
 from .sqlitedb import connect_durable, prepare_file, retry_locked, transaction
 
 SCHEMA = """
@@ -71,6 +78,23 @@ class SQLiteApprovalStore(ApprovalStore):
     def create(self, approval: Approval) -> Approval:
         stored = replace(approval, revision=1)
         with self._tx(write=True) as conn:
+            if conn.execute("SELECT 1 FROM approvals WHERE id = ?", (stored.id,)).fetchone():
+                raise Conflict(f"an approval with id {stored.id} already exists")
+            conn.execute("INSERT INTO approvals (state, key_id, action, expires_at, updated_at, "
+                         "executed_at, revision, record, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (*self._encode(stored), stored.id))
+        return stored
+
+    def create_once(self, approval: Approval, now: datetime,
+                    same: Callable[[Approval], bool]) -> Approval:
+        stored = replace(approval, revision=1)
+        with self._tx(write=True) as conn:  # IMMEDIATE: one writer, in every process
+            rows = conn.execute("SELECT record FROM approvals WHERE "  # noqa: S608  a constant
+                                + TWINS_SQL.format(m="?"),
+                                (approval.key_id, approval.action, iso(now))).fetchall()
+            for twin in self._codec.decode_all(r[0] for r in rows):
+                if effective_state(twin, now) in OPEN and same(twin):
+                    return twin
             if conn.execute("SELECT 1 FROM approvals WHERE id = ?", (stored.id,)).fetchone():
                 raise Conflict(f"an approval with id {stored.id} already exists")
             conn.execute("INSERT INTO approvals (state, key_id, action, expires_at, updated_at, "

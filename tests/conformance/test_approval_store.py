@@ -139,6 +139,46 @@ def test_concurrent_consumers_exactly_one_wins(store: ApprovalStore) -> None:
     assert store.get(a.id).state is ApprovalState.EXECUTED
 
 
+def _alices(row: Approval) -> bool:
+    """``make()``'s request: alice, key.destroy on KEY with {"n": 1}."""
+    return row.requester == "alice" and apv.binds(row, row.action, row.key_id, {"n": 1})
+
+
+def test_create_once_parks_one_of_identical_requests_made_at_once(backend: Backend) -> None:
+    """Twelve identical requests parked at once (two connections to the store, as two
+    processes or nodes have) make one approval; every caller is given that one."""
+    first = backend.open()
+    stores = [first, backend.open() if backend.persistent else first]  # memory: one store
+    barrier, got = threading.Barrier(12), []
+
+    def park(i: int) -> None:
+        fresh = make()
+        barrier.wait()
+        got.append(stores[i % 2].create_once(fresh, NOW, _alices).id)
+    threads = [threading.Thread(target=park, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 12 and len(set(got)) == 1
+    assert [a.id for a in stores[0].list(ApprovalState.PENDING, NOW)] == got[:1]
+
+
+def test_create_once_counts_only_open_twins(store: ApprovalStore) -> None:
+    first = store.create_once(make(), NOW, _alices)
+    assert store.create_once(make(), NOW, _alices) == first
+    assert store.create_once(make(key_id=OTHER_KEY), NOW, _alices).id != first.id
+    assert store.create_once(make(action="key.rotate"), NOW, _alices).id != first.id
+    assert store.create_once(make(), NOW, lambda row: False).id != first.id  # not the same
+    later = NOW + timedelta(hours=2)  # every one of them has expired: a new one is made
+    fresh = make(created=later)
+    assert store.create_once(fresh, later, _alices).id == fresh.id
+    done = store.swap(apv.vote(store.get(fresh.id), BOB, False, later))  # finished: no twin
+    assert done.state is ApprovalState.DENIED
+    again = make(created=later)
+    assert store.create_once(again, later, _alices).id == again.id
+
+
 # ---- listing by effective state -------------------------------------------------------------
 
 def test_list_filters_on_the_effective_state(store: ApprovalStore) -> None:

@@ -4,6 +4,7 @@ approvals endpoints of docs/api.md, concurrent repeats, a restart, and scheduled
 from __future__ import annotations
 
 import base64
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,6 +109,34 @@ def test_self_approval_repeated_approver_and_quorum(srv: LiveServer) -> None:
     status, two = vote(srv, approval_id, CAROL)
     assert status == 200 and two["state"] == "approved"
     assert [a["actor"] for a in two["approvals"]] == ["bob", "carol"]
+
+
+def test_twenty_identical_requests_at_once_park_one_approval(srv: LiveServer) -> None:
+    """A client retrying on timeouts sends one request many times at once: one approval for
+    the approvers, not copies they cannot tell apart (each of which would run)."""
+    key = create(srv, "pci")
+    barrier, ids = threading.Barrier(20), []
+    token = srv.token(*ALICE)
+
+    def send() -> None:
+        conn = srv.connect()
+        conn.connect()  # the handshake before the barrier: the requests arrive together
+        barrier.wait()
+        conn.request("POST", f"/v1/keys/{key}/rotate", body=b"{}", headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        reply = json.loads(resp.read())
+        conn.close()
+        assert resp.status == 202, reply
+        ids.append(reply["approval"]["id"])
+    threads = [threading.Thread(target=send) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ids) == 20 and len(set(ids)) == 1, sorted(set(ids))
+    _, _, listed = srv.call("GET", "/v1/approvals?state=pending&limit=1000", role="auditor")
+    assert [a["id"] for a in listed["approvals"] if a["key_id"] == key] == ids[:1]
 
 
 def test_ten_concurrent_repeats_execute_exactly_once(srv: LiveServer) -> None:
