@@ -118,6 +118,12 @@ def _check_tag_policy(src: str, name: str, tag: TagPolicy) -> None:
         if not (math.isfinite(value) and least <= value <= most):
             raise ConfigError(f"{src}: [policy.tags.{name}].{setting} must be a number from "
                               f"{least} to {most:g}")
+    if tag.approval_actions and not tag.approvals_required:
+        # listed actions mean dual control: without a quorum they would silently need none
+        raise ConfigError(f"{src}: [policy.tags.{name}].approval_actions lists actions that "
+                          "need approval, but approvals_required is 0 (not set): set "
+                          "approvals_required to the number of approvers (at least 1), or "
+                          "remove approval_actions")
 
 
 MAX_DAYS = 36_500  # the longest period a setting may name: 100 years, well inside datetime

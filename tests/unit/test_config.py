@@ -54,6 +54,10 @@ def test_precedence_file_env_flag(tmp_path: Path) -> None:
     ('[policy.tags.pci]\ndestroy_grace_hours = -1\n',
      "[policy.tags.pci].destroy_grace_hours must be a number from 0"),
     ('[policy.tags."BAD TAG"]\nrotation_days = 1\n', "no key could carry this one"),
+    # listed actions without a quorum would need no approval at all: refused, not fail-open
+    ('[policy.tags.pci]\napproval_actions = ["unwrap", "encrypt"]\n',
+     "[policy.tags.pci].approval_actions lists actions that need approval, but "
+     "approvals_required is 0"),
     ('[policy.tags.t]\nrotation_days = nan\n', "[policy.tags.t].rotation_days must be a number"),
     ('[policy.tags.t]\nmax_key_age_days = inf\n', "[policy.tags.t].max_key_age_days"),
     ('[policy.tags.t]\nmax_key_age_days = 3000000\n', "[policy.tags.t].max_key_age_days"),
