@@ -24,7 +24,11 @@ from . import toolout
 from .offline import VerifyInputError, chained_lines, expand_paths
 from .toolout import add_output_flags, output_format
 
-SENSITIVE = ("destroy", "revoke", "rollback", "purge", "lost", "loss_accepted")
+SENSITIVE = ("destroy", "revoke", "rollback", "purge", "lost", "loss_accepted",
+             "audit.recovery")
+# The sink's own records (no one's action): left out of every count but the total. Everything
+# else under audit.* is someone's (audit.read, allowed or denied; audit.recovery).
+BOOKKEEPING = frozenset({"audit.genesis", "audit.checkpoint", "audit.segment_start"})
 AUTH_PREFIXES = ("auth", "login", "token")
 MAX_CELL = 60
 
@@ -97,8 +101,8 @@ def build_report(records: Iterable[dict[str, Any] | None],
         outcomes[outcome] += 1
         first_ts = first_ts or rec.get("ts")
         last_ts = rec.get("ts")
-        if action.startswith("audit."):
-            continue  # the sink's own bookkeeping
+        if action in BOOKKEEPING:
+            continue
         auth_failure = action.startswith(AUTH_PREFIXES) and outcome != "success"
         if outcome == "denied" or auth_failure:
             column = "auth_failures" if auth_failure else "denied"
@@ -174,7 +178,7 @@ def render(report: dict[str, Any]) -> str:
                         "denials_by_source_ip")):
         rows = [[r["name"], r["denied"], r["auth_failures"], r["total"]] for r in report[key]]
         out += ["", title, table(["name", "denied", "auth_failures", "total"], rows)]
-    for title, key in (("Destroy / revoke / rollback / purge events", "sensitive_events"),
+    for title, key in (("Destroy / revoke / rollback / purge / loss events", "sensitive_events"),
                        ("Approval events", "approval_events")):
         section = report[key]
         rows = [[r[c] for c in EVENT_COLUMNS] for r in section["rows"]]

@@ -290,7 +290,7 @@ def test_report_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     assert "Audit report: 7 records" in out
     assert "mallory" in out and "203.0.113.9" in out
-    assert "Destroy / revoke / rollback / purge events: 3" in out
+    assert "Destroy / revoke / rollback / purge / loss events: 3" in out
     assert "Approval events: 1" in out
     assert "Outside working hours (07:00-19:00 UTC): 1" in out and "night-owl" in out
     assert "\x1b" not in out and "\\x1b[2Jevil" in out  # terminal escapes are neutralised
@@ -309,6 +309,23 @@ def test_report_json_and_hours(tmp_path: Path, capsys: pytest.CaptureFixture[str
     night_shift = report.parse_hours("22:00-06:00")
     assert report.off_hours("2026-01-01T23:00:00.000000Z", night_shift) is False
     assert report.off_hours("2026-01-01T12:00:00.000000Z", night_shift) is True
+
+
+def test_report_counts_denied_reads_of_the_audit_log(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """audit.read is a user's action: a token probing the log is a denial like any other; only
+    the sink's own records (genesis, checkpoints, segment starts) are left out."""
+    from ferrohsm.audit.report import build_report
+    events = [ev(1, action="audit.genesis", actor="system"),
+              *(ev(i, action="audit.read", outcome="denied", actor="snooper")
+                for i in range(2, 7)),
+              ev(7, action="audit.recovery", actor="system")]
+    path = write(tmp_path / "r.jsonl", make_lines(events))
+    data = build_report(report._records([path]))
+    assert data["denials_by_actor"][0]["name"] == "snooper"
+    assert data["denials_by_actor"][0]["denied"] == 5
+    assert any(row["action"] == "audit.recovery" for row in data["sensitive_events"]["rows"])
+    assert "system" not in [row["name"] for row in data["denials_by_actor"]]
 
 
 def test_report_counts_unreadable_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
