@@ -204,11 +204,18 @@ def thumbprint_of(claims: Mapping[str, Any]) -> str | None:
     return value
 
 
+# The names the server's own records carry as actor: "system" (start-up, the scheduler, its
+# approval requests) and "anonymous" (requests without a valid token). A token naming one would
+# be audited as the server itself, or as nobody.
+RESERVED_SUBJECTS = frozenset({"system", "anonymous"})
+
+
 def valid_subject(sub: Any) -> bool:
     """The sub claim the server accepts: 1..MAX_SUBJECT_CHARS printable characters (it is shown
-    in audit records and logs). `ferrohsm token issue` checks with this same rule, so it never
-    mints a token every request would refuse."""
-    return isinstance(sub, str) and 0 < len(sub) <= MAX_SUBJECT_CHARS and sub.isprintable()
+    in audit records and logs), not one of RESERVED_SUBJECTS in any case. `ferrohsm token
+    issue` checks with this same rule, so it never mints a token every request would refuse."""
+    return (isinstance(sub, str) and 0 < len(sub) <= MAX_SUBJECT_CHARS and sub.isprintable()
+            and sub.casefold() not in RESERVED_SUBJECTS)
 
 
 def valid_tags(tags: Any) -> bool:
@@ -228,7 +235,10 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
         raise TokenRejected("invalid tags claim", "claims")
     sid, jti = _opt_str(claims, "sid"), _opt_str(claims, "jti")
     exp, iat = claims.get("exp"), claims.get("iat")
-    return Principal(sub, ROLES[role], frozenset(tags) if tags is not None else None,
+    # tags scope a Service token only (auth/permissions.py may_see): kept on no other role, so
+    # whoami never shows a scope that limits nothing
+    scoped = tags is not None and ROLES[role] is Role.SERVICE
+    return Principal(sub, ROLES[role], frozenset(tags) if scoped else None,
                      session=sid or jti, token_id=jti,
                      expires_at=exp if isinstance(exp, int) and not isinstance(exp, bool)
                      else None,

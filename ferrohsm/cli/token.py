@@ -93,8 +93,12 @@ def _check_claims(args: argparse.Namespace) -> None:
     from ..auth.authn import MAX_SUBJECT_CHARS, MAX_TAGS, valid_subject, valid_tags
     if not valid_subject(args.subject):
         raise CliExit(f"--subject must be 1..{MAX_SUBJECT_CHARS} printable characters (no line "
-                      "breaks or control characters): the server refuses any other sub claim",
-                      USAGE)
+                      "breaks or control characters), and not system or anonymous (the "
+                      "server's own actors): the server refuses any other sub claim", USAGE)
+    if args.tags is not None and args.role != "service":
+        raise CliExit(f"--tag scopes service tokens only: a {args.role} token with tags would "
+                      "still reach every key; issue a --role service token to limit it to "
+                      "tagged keys", USAGE)
     if args.tags is not None and not valid_tags(args.tags):
         raise CliExit(f"--tag must be at most {MAX_TAGS} tags, each 1..63 characters of a-z, "
                       "0-9, '_', '.', '-' starting with a letter or digit: the server refuses "

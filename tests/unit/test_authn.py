@@ -120,6 +120,7 @@ def test_each_required_claim(auth: Authenticator, name: str) -> None:
     ({"role": ["administrator"]}, "role"), ({"role": "Administrator"}, "role"),
     ({"role": "root"}, "role"), ({"role": " operator"}, "role"),
     ({"sub": 7}, "claims"), ({"sub": ""}, "claims"), ({"sub": "a\nb"}, "claims"),
+    ({"sub": "system"}, "claims"), ({"sub": "Anonymous"}, "claims"),  # the server's own
     ({"tags": "prod"}, "claims"), ({"tags": ["PROD"]}, "claims"), ({"tags": [1]}, "claims"),
     ({"jti": 5}, "claims"), ({"sid": ["x"]}, "claims"),
     ({"cnf": {"jkt": "abc"}}, "claims"), ({"cnf": {"x5t#S256": "short"}}, "claims"),
@@ -129,6 +130,13 @@ def test_wrong_claims_are_rejected(auth: Authenticator, over: dict[str, Any], re
     with pytest.raises(TokenRejected) as info:
         auth.verify(forge(claims(**over)))
     assert info.value.reason == reason
+
+
+def test_tags_scope_service_tokens_only(auth: Authenticator) -> None:
+    """Tags on another role limit nothing (permissions.may_see), so they are not kept: whoami
+    must not show a scope that does not hold."""
+    assert auth.verify(forge(claims(role="operator", tags=["prod"]))).tags is None
+    assert auth.verify(forge(claims(role="service", tags=["prod"]))).tags == {"prod"}
 
 
 def test_audience_list_containing_ours_is_fine(auth: Authenticator) -> None:
