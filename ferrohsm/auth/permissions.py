@@ -70,7 +70,7 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.UNWRAP: USERS,
     Action.APPROVAL_LIST: frozenset({A, O, U}),
     Action.APPROVAL_DECIDE: MANAGERS,
-    Action.AUDIT_READ: frozenset({A, O, U}),
+    Action.AUDIT_READ: frozenset({A, U}),  # as the v1 interface states: not operators
     Action.TOKEN_REVOKE: frozenset({A}),
     Action.RANDOM: USERS,
     Action.TOKEN_WHOAMI: READERS,

@@ -23,6 +23,7 @@ from ferrohsm.crypto.importwrap import wrap_for_import
 ROLES = ("administrator", "operator", "auditor", "service")
 A, AO, AOU, ALL, S = ({"administrator"}, {"administrator", "operator"},
                       {"administrator", "operator", "auditor"}, set(ROLES), {"service"})
+AU = {"administrator", "auditor"}  # the audit log's readers
 Call = tuple[str, str, Any]  # method, path, body
 
 
@@ -133,7 +134,7 @@ MATRIX: dict[tuple[str, str], tuple[set[str], Callable[[LiveServer], Call]]] = {
     ("GET", "/v1/openapi.json"): (ALL, lambda srv: ("GET", "/v1/openapi.json", None)),
     ("POST", "/v1/tokens/revoke"): (A, lambda srv: ("POST", "/v1/tokens/revoke",
                                                     {"jti": secrets.token_hex(8)})),
-    ("GET", "/v1/audit"): (AOU, lambda srv: ("GET", "/v1/audit?limit=5", None)),
+    ("GET", "/v1/audit"): (AU, lambda srv: ("GET", "/v1/audit?limit=5", None)),
     ("GET", "/v1/whoami"): (ALL, lambda srv: ("GET", "/v1/whoami", None)),
     ("POST", "/v1/sys/backup"): (A, lambda srv: ("POST", "/v1/sys/backup", None)),
     ("GET", "/v1/approvals"): (AOU, lambda srv: ("GET", "/v1/approvals?state=pending", None)),

@@ -33,6 +33,7 @@ from ferrohsm.api.transit import is_vault
 ROLES = ("administrator", "operator", "auditor", "service")
 A, AO, AOU, ALL, S = ({"administrator"}, {"administrator", "operator"},
                       {"administrator", "operator", "auditor"}, set(ROLES), {"service"})
+AU = {"administrator", "auditor"}  # the audit log's readers
 Record = dict[str, Any]
 CONFIG = """
 [policy.tags.dual]
@@ -183,7 +184,7 @@ ROUTES: list[tuple[str, str, Any, set[str], str]] = [
     ("POST", "/v1/keys/{enc}/data-key", {"bits": 256}, S, "crypto.encrypt"),
     ("POST", "/v1/tokens/revoke", {"jti": "refused-jti"}, A, "token.revoke"),
     ("GET", "/v1/whoami", None, ALL, "token.whoami"),
-    ("GET", "/v1/audit", None, AOU, "audit.read"),
+    ("GET", "/v1/audit", None, AU, "audit.read"),
     ("GET", "/v1/approvals", None, AOU, "approval.list"),
     ("GET", "/v1/approvals/{approval}", None, AOU, "approval.list"),
     ("POST", "/v1/approvals/{approval}/approve", {}, AO, "approval.decide"),

@@ -276,7 +276,7 @@ const ROLES = {
   destroy: ["administrator"],                   // destroy, cancel-destroy
   decide: ["administrator", "operator"],        // approve, deny
   approvals: ["administrator", "operator", "auditor"],
-  audit: ["administrator", "operator", "auditor"],
+  audit: ["administrator", "auditor"],
 };
 
 /** Whether the signed-in role may do `what` (mirrors ferrohsm/authz.py PERMISSIONS). */
