@@ -442,6 +442,7 @@ def build_runtime(config: Config, secrets: Secrets,
     pause = online_rekey.Pause()
     app = PausingApplication(router, auth, metrics, application.audit_hook(service.record),
                              limiter, pause=pause, tracer=tracing.from_environment())
+    app.refuse_role = service.guard.refuse_role  # names the key in a role's 403 record
     rekeyer = wire_rekey(router, config, secrets, store, imports.jobs, audit, service, pause)
     wire_backup(router, config, lambda: rekeyer.master, service, approvals, audit)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,

@@ -22,10 +22,12 @@ from dataclasses import replace
 from typing import Any
 
 from ..auth.authn import Authenticator, TokenRejected
+from ..auth.permissions import PERMISSIONS, Action
 from ..auth.ratelimit import RateLimiter
 from ..domain.errors import (
     BadRequest,
     FerroError,
+    Forbidden,
     MethodNotAllowed,
     NotFound,
     RateLimited,
@@ -34,6 +36,7 @@ from ..domain.errors import (
 )
 from ..domain.ids import is_approval_id
 from ..domain.model import Principal, RequestContext
+from ..service.guard import key_ref
 from ..telemetry import access as access_lines
 from ..telemetry.metrics import ServerMetrics
 from ..telemetry.semconv import KNOWN_METHODS, ORIGINAL_LIMIT, method_label, method_original
@@ -46,7 +49,7 @@ from .transit import envelope as vault
 from .transit import is_vault, is_vault_unrouted
 
 log = logging.getLogger("ferrohsm.api")
-AuditHook = Callable[[RequestContext, str, str, str], None]
+AuditHook = Callable[..., None]  # (ctx, action, outcome, message, **details)
 UNMATCHED = "unmatched"  # the metrics' route label of a request no route matched
 # Liveness and readiness: never rate limited, or a load balancer or kubelet sharing an address
 # with a flood (or behind the same proxy) would take a healthy node out of service.
@@ -61,6 +64,9 @@ class Application:
         self.access = access if access is not None else access_lines.ACCESS
         self.tracer = tracer  # None: OTLP export is off, and no span object is ever made
         self.server_port: int | None = None  # the listening port, for server.port
+        # The service's record of a role refusal (service/guard.py refuse_role: names the key
+        # when it exists); None: the refusal hook records it with the key as named.
+        self.refuse_role: Callable[[RequestContext, Action, str | None], FerroError] | None = None
         self.router = router
         self.auth = authenticator
         self.metrics = metrics
@@ -118,10 +124,7 @@ class Application:
             if route.template.startswith("/v1/"):
                 ctx = with_principal(ctx, self._authenticate(req, ctx, span))
             if route.template not in PROBES:  # a probe reports the server, not the caller
-                self._limit(ctx)  # before any refusal of the request's own: each is recorded
-                _check_approval_header(req)
-                if req.query:
-                    _check_no_query(route, req)
+                self._admit(req, ctx, route, params)
             else:
                 try:
                     _check_approval_header(req)
@@ -193,6 +196,37 @@ class Application:
         self._observe(req, ctx, route_name, resp, time.perf_counter() - start, exported,
                       exc.code)
         return resp
+
+    def _admit(self, req: Request, ctx: RequestContext, route: Any,
+               params: dict[str, str]) -> None:
+        """The checks of a routed request before its handler, in this order: the caller's
+        rate limit first (each refusal after it is recorded, so it pays), the role, the
+        X-Approval-ID header, query parameters on a route that takes none."""
+        self._limit(ctx)
+        if route.doc is not None and route.doc.action is not None and "id" not in params:
+            # (an approval's routes name its key only once it is read: their handlers check)
+            self._check_role(ctx, route.doc.action, params)
+        _check_approval_header(req)
+        if req.query:
+            _check_no_query(route, req)
+
+    def _check_role(self, ctx: RequestContext, action: str, params: dict[str, str]) -> None:
+        """A role that may never perform the route's action hears 403 before its body or
+        query is read (a malformed body is no reason to answer it 400), recorded as that
+        action, denied, naming the key, as the service would have."""
+        principal = ctx.principal
+        if principal is None or principal.role in PERMISSIONS[Action(action)]:
+            return
+        if self.refuse_role is not None:
+            raise self.refuse_role(ctx, Action(action), params.get("key"))
+        reason = f"role {principal.role.value} may not perform {action}"
+        details = {"key_ref": key_ref(params["key"])} if "key" in params else {}
+        try:
+            self.audit_refusal(ctx, action, "denied", reason, **details)
+        except FerroError:  # refused anyway; the sink reports its own failure
+            log.error("a refused request could not be audited",
+                      extra={"request_id": ctx.request_id})
+        raise recorded(Forbidden(reason))
 
     def _template_of(self, req: Request) -> str | None:
         """The template of the route ``req``'s method and path name (None: none does, or
@@ -448,6 +482,7 @@ def audit_hook(record: Callable[..., Any]) -> AuditHook:
     refusal changes nothing, so its record may wait: on the event loop its ticket joins the
     request's (``ctx.tickets``, from ``Request.tickets``) and the server answers once it is
     durable; elsewhere the record is durable before the hook returns."""
-    def hook(ctx: RequestContext, action: str, outcome: str, message: str) -> None:
-        record(ctx, action, outcome, message, defer=True)
+    def hook(ctx: RequestContext, action: str, outcome: str, message: str,
+             **details: Any) -> None:
+        record(ctx, action, outcome, message, defer=True, **details)
     return hook

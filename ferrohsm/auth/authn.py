@@ -237,8 +237,8 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     exp, iat = claims.get("exp"), claims.get("iat")
     # tags scope a Service token only (auth/permissions.py may_see): kept on no other role, so
     # whoami never shows a scope that limits nothing
-    scoped = tags is not None and ROLES[role] is Role.SERVICE
-    return Principal(sub, ROLES[role], frozenset(tags) if scoped else None,
+    scope = frozenset(tags) if tags is not None and ROLES[role] is Role.SERVICE else None
+    return Principal(sub, ROLES[role], scope,
                      session=sid or jti, token_id=jti,
                      expires_at=exp if isinstance(exp, int) and not isinstance(exp, bool)
                      else None,

@@ -171,6 +171,19 @@ class Guard:
             # of the change (control/recordfirst.py), more than "the log is down" would.
         return recorded(exc)
 
+    def refuse_role(self, ctx: RequestContext, action: Action, ref: str | None) -> FerroError:
+        """The recorded 403 of a role that may never perform ``action`` (api/application.py
+        asks before a body is read): the record names the key ``ref`` resolves to, as a
+        refusal after parsing would; a key that does not resolve, as named."""
+        key = None
+        if ref is not None:
+            try:
+                key = self.store.resolve(ref)
+            except FerroError:
+                pass
+        reason = refusal(ctx.principal, action) or f"{action.value} is not allowed"
+        return self.refused(ctx, action, Forbidden(reason), key, ref)
+
     def run(self, ctx: RequestContext, action: Action, work: Callable[[], T], *,
             key_of: Callable[[], str | None] | None = None) -> T:
         """Role check, then ``work``. ``key_of`` names the key a refusal concerns (e.g. the one an

@@ -275,7 +275,8 @@ CASES: dict[str, Case] = {
                                        role="service"),
     "403 batch from a role that never encrypts": Case(403, "crypto.encrypt", "denied", "POST",
                                                       "/v1/keys/{enc}/encrypt",
-                                                      {"batch": [{"plaintext": B(b"x")}]}),
+                                                      {"batch": [{"plaintext": B(b"x")}]},
+                                                      key="enc"),  # named, as a single call
     "400 batch beside another member": refused(400, method="POST", path="/v1/keys/{enc}/encrypt",
                                                body={"batch": [], "plaintext": B(b"x")},
                                                role="service"),
@@ -397,6 +398,30 @@ def test_an_operators_refused_token_revoke_leaves_one_record(world: World) -> No
     [record] = records_of(world.srv, rid)
     assert (record["action"], record["outcome"], record["actor"]) == \
         ("token.revoke", "denied", "operator-user")
+
+
+@pytest.mark.parametrize("method,path,raw", [
+    ("POST", "/v1/keys/{enc}/rollback", b'{"version":"x"}'),
+    ("POST", "/v1/keys", b"{}"),
+    ("POST", "/v1/tokens/revoke", b"{}"),
+    ("POST", "/v1/keys/{enc}/rotate?bogus=1", b"{}"),
+])
+def test_a_role_never_allowed_hears_403_before_its_body_is_read(
+        world: World, method: str, path: str, raw: bytes) -> None:
+    """A malformed body or query from a role that may never call the route is its 403 (the
+    v1 interface: valid token, role not allowed), recorded as that action, denied, with the
+    key as named: an auditor filtering denials sees the probe."""
+    rid = f"role-first-{uuid.uuid4().hex}"
+    target = path.replace("{enc}", world.names["enc"])
+    status, _, reply = world.srv.call(method, target, raw=raw, role="service",
+                                      headers={"X-Request-ID": rid})
+    assert status == 403 and reply["error"]["code"] == "forbidden", reply
+    [record] = records_of(world.srv, rid)
+    action = {"rollback": "key.rollback", "rotate": "key.rotate", "revoke": "token.revoke"}
+    expected = next((a for word, a in action.items() if word in path), "key.create")
+    assert (record["action"], record["outcome"]) == (expected, "denied"), record
+    if "{enc}" in path:
+        assert record["key_id"] == world.names["enc"]  # named, as after a parsed body
 
 
 def test_a_parked_request_leaves_its_approval_request_only(world: World) -> None:
