@@ -10,7 +10,9 @@ Tolerance: a node learns of another node's spending at most two intervals late (
 publication, then our read), so over any period the cluster admits at most
 ``rate x period + burst`` plus what the nodes admitted in those two intervals before hearing of
 each other: ``2 x rate x interval x nodes`` for an actor held at its limit (thread scheduling on
-a busy host stretches an interval a little). tests/integration/test_cluster.py measures it. When the exchange fails (the database is down) each node falls back to its own
+a busy host stretches an interval a little), and, for an actor whose buckets are full on every
+node, each node's burst in those first intervals, ``(nodes - 1) x burst`` more, charged back as
+debt once heard of. tests/integration/test_cluster.py measures it. When the exchange fails (the database is down) each node falls back to its own
 buckets, which is at most ``nodes`` times the limit, and logs it once per failure streak.
 """
 
