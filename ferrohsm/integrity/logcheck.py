@@ -99,7 +99,8 @@ class StartupChecks:
         keys = self.store.count() if self.store_is_persistent else 0
         witnessed = _newest_witnessed(self.witness_file)
         if not keys and witnessed is None:
-            return  # a new installation
+            self._new_log = True  # a new installation: its witness has nothing yet, rightly
+            return
         situation = (f"the audit log in {self.audit.directory} is missing or empty, but "
                      + (f"the key store holds {keys} key(s)" if keys else "")
                      + (" and " if keys and witnessed else "")
@@ -166,6 +167,13 @@ def check_witness(sink: ChainedSink, witness_file: str) -> None:
     """The log must reach, and agree with, the newest checkpoint the witness file holds."""
     cp = _newest_witnessed(witness_file)
     if cp is None:
+        signed = sink.anchor.last()
+        if signed is not None and not signed.get("corrupt"):  # (a corrupt one is refused)
+            log.warning("integrity: the witness %s holds no checkpoint, although this log has "
+                        "signed checkpoints up to seq %s: if the witness was emptied, replaced "
+                        "or is not mounted, rollback detection against it starts over from "
+                        "now (expected once, when the witness is newly configured)",
+                        witness_file, signed.get("seq"))
         return
     where = f"the newest checkpoint in the witness {witness_file}"
     if cp.get("corrupt") or not sink.anchor.verify_own(cp):

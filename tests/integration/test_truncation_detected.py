@@ -258,6 +258,25 @@ def test_log_behind_a_witnessed_checkpoint(tmp_path: Path) -> None:
     assert f"ends at seq {keep}, behind the newest checkpoint in the witness" in reason
 
 
+def test_an_emptied_witness_is_warned_about_at_start_up(tmp_path: Path) -> None:
+    """A witness disk not mounted at boot (an empty or missing file) would silently disable
+    rollback detection: start-up says so, naming the seq the log had signed."""
+    data, witness = tmp_path / "data", tmp_path / "witness" / "checkpoints.jsonl"
+    witness.parent.mkdir()
+    config = write_config(tmp_path, witness=f"file:{witness}")
+    proc, exports = serve(data, config)
+    create_keys(exports, 2)
+    assert stop(proc) == 0
+    log = tmp_path / "server.log"
+    assert "holds no checkpoint" not in log.read_text()
+    witness.write_bytes(b"")
+    proc, _ = serve(data, config)
+    assert stop(proc) == 0
+    warned = [line for line in log.read_text().splitlines() if "holds no checkpoint" in line]
+    assert len(warned) == 1 and str(witness) in warned[0] and "signed checkpoints up to seq" \
+        in warned[0]
+
+
 def test_time_checkpoint_appears_within_the_interval_while_records_flow(tmp_path: Path) -> None:
     data, config = tmp_path / "data", write_config(tmp_path)
     proc, exports = serve(data, config)
