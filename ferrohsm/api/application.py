@@ -127,7 +127,7 @@ class Application:
                 self._admit(req, ctx, route, params)
             else:
                 try:
-                    _check_approval_header(req)
+                    _check_approval_header(req, route)
                 except FerroError:  # a refused probe is a refusal: it pays, as any other
                     self._limit(ctx)
                     raise
@@ -206,7 +206,7 @@ class Application:
         if route.doc is not None and route.doc.action is not None and "id" not in params:
             # (an approval's routes name its key only once it is read: their handlers check)
             self._check_role(ctx, route.doc.action, params)
-        _check_approval_header(req)
+        _check_approval_header(req, route)
         if req.query:
             _check_no_query(route, req)
 
@@ -442,12 +442,22 @@ def with_principal(ctx: RequestContext, principal: Principal) -> RequestContext:
                           approval_id=ctx.approval_id, tickets=ctx.tickets)
 
 
-def _check_approval_header(req: Request) -> None:
+def _check_approval_header(req: Request, route: Any) -> None:
     """A malformed X-Approval-ID is refused, never ignored (ignoring it would park a second
-    request for approval). The value is not echoed: it is the client's."""
+    request for approval). The value is not echoed: it is the client's. A well-formed one on
+    a public route (documented without a permission action: health, metrics, this document,
+    the dashboard's files) is refused too: such a route never reaches the service, whose guard
+    refuses the header on every call that can never be approved (service/guard.py
+    no_approval_for), so it would be ignored there, where README says it is always checked."""
     values = req.headers.values_of("x-approval-id")
-    if values and (len(values) > 1 or not is_approval_id(values[0])):
+    if not values:
+        return
+    if len(values) > 1 or not is_approval_id(values[0]):
         raise BadRequest("X-Approval-ID must be one approval id (a lowercase UUID)")
+    if route.doc is not None and route.doc.action is None:
+        raise BadRequest(f"X-Approval-ID given, but {route.method} {route.template} never "
+                         "needs an approval: send it only when repeating the request that was "
+                         "parked")
 
 
 def _check_no_query(route: Any, req: Request) -> None:

@@ -35,6 +35,7 @@ from .parse import (
     RequestHead,
     bare_request,
     build_request,
+    check_request_start,
     find_head_end,
     parse_head,
 )
@@ -231,7 +232,8 @@ class Conn:
             self.state, self.received_at = HEAD, now
             self.deadline = start + header_timeout
         end = find_head_end(buf, self.scan, limits)
-        if end < 0:
+        if end < 0:  # incomplete: junk that can never become a request line is refused now
+            check_request_start(buf)
             self.scan = max(0, len(buf) - 3)
             return False
         raw = bytes(buf[:end])

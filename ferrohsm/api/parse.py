@@ -22,7 +22,12 @@ Policy choices worth knowing:
   and the decoded total is held to ``max_body`` (413 as soon as a chunk size would pass it).
 - Methods must be 1-20 upper-case letters; unknown but well-formed methods reach the application,
   whose router answers 405 (path known) or 404.
-- Only origin-form targets (``/path?query``); ``*``, absolute-form and authority-form get 400.
+- Origin-form targets (``/path?query``), and the absolute-form RFC 9112 section 3.2.2 says a server
+  MUST accept (``https://host:port/path?query``, http or https only, no userinfo): its path and
+  query become the target, checked as an origin-form one (nothing decoded: router.py), and the
+  Host header is ignored for it (nothing here routes on a host). ``*`` and authority-form: 400.
+- Bytes that cannot begin a request line (a method, 1+ tchar, then SP) are refused as soon as
+  they are read (``check_request_start``), not held until the header timeout.
 - Request bodies must be declared ``application/json``; only under ``/v1/transit/`` (Vault's
   clients) may the Content-Type be absent.
 - Bare LF line endings, obs-fold, whitespace before the colon, control characters: 400.
@@ -53,6 +58,16 @@ _METHOD_RE = re.compile(rb"[A-Z]{1,20}")
 # RFC 3986 pchar / query characters, '%' for pct-encoding. No fragment, no space, no CTL.
 _TARGET_RE = re.compile(rb"/[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]*")
 _VERSION_RE = re.compile(rb"HTTP/[0-9]\.[0-9]")
+# The absolute-form (RFC 9112 3.2.2): http(s)://authority, then the path and query (group 1,
+# checked with _TARGET_RE). The authority is an IP literal or a reg-name with an optional port;
+# userinfo ("@") is refused, as RFC 9110 4.2.4 asks of a recipient.
+_ABSOLUTE_RE = re.compile(
+    rb"(?i:https?)://(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]+)(?::[0-9]{0,5})?"
+    rb"([/?][^#]*)?")
+# What the bytes of a request read so far must be, once leading empty lines are skipped: a
+# method (1+ tchar) and SP, or still a prefix of a method, or half of an empty line's CRLF.
+_REQUEST_START_RE = re.compile(
+    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+ |[!#$%&'*+\-.^_`|~0-9A-Za-z]*\Z|\r\Z)")
 # Name and raw value only: trimming OWS with the regex itself (``[ \t]*(.*?)[ \t]*``) backtracks
 # quadratically on a value full of spaces (seconds of CPU for one 30 KB header).
 _FIELD_RE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):(.*)", re.DOTALL)
@@ -143,13 +158,31 @@ def scan_request_id(raw: bytes | bytearray) -> str | None:
     return match.group(1).decode("ascii") if match else None
 
 
+def check_request_start(buf: bytes | bytearray) -> None:
+    """400 at once for bytes (leading empty lines skipped) that cannot begin a request line:
+    binary junk (a TLS record inside TLS, a stray protocol) would otherwise hold the slot until
+    the header timeout and be answered 408. Called only while a head is incomplete."""
+    if _REQUEST_START_RE.match(buf) is None:
+        raise BadRequest("the request does not start with a request line (a method, then a "
+                         "space)")
+
+
 def scan_request_line(raw: bytes | bytearray) -> tuple[str, str]:
     """The method and path of a head we refused, when its request line itself is valid ("" and
     "" otherwise): the error must still take the shape of the API it was sent to (Vault's under
     /v1/transit/), and its access line and metrics name the method, though the refusal came
-    from a header (415, 413, a bad field)."""
+    from a header (415, 413, a bad field). A line refused only for its version (505) still
+    names its method and path, each when it is valid."""
+    line = bytes(raw).split(b"\r\n", 1)[0]
     try:
-        method, target, _ = _parse_request_line(bytes(raw).split(b"\r\n", 1)[0])
+        method, target, _ = _parse_request_line(line)
+    except VersionNotSupported:  # raised only for a line of three parts
+        parts = line.split(b" ")
+        method = parts[0].decode("ascii") if _METHOD_RE.fullmatch(parts[0]) else ""
+        try:
+            target = _origin_form(parts[1])
+        except FerroError:
+            target = ""
     except FerroError:
         return "", ""
     return method, target.partition("?")[0]
@@ -211,11 +244,26 @@ def _parse_request_line(line: bytes) -> tuple[str, str, str]:
         raise VersionNotSupported("only HTTP/1.1 and HTTP/1.0 are supported")
     if not _METHOD_RE.fullmatch(method):
         raise BadRequest("malformed method")
+    if _TARGET_RE.fullmatch(target):  # the common case: origin-form
+        return method.decode("ascii"), target.decode("ascii"), version.decode("ascii")
+    return method.decode("ascii"), _origin_form(target), version.decode("ascii")
+
+
+def _origin_form(target: bytes) -> str:
+    """The target as origin-form (``/path?query``): as sent, or from an absolute-form URI
+    (RFC 9112 3.2.2), whose empty path is ``/``. Nothing is decoded (router.py)."""
+    if _TARGET_RE.fullmatch(target):
+        return target.decode("ascii")
     if target == b"*":
         raise BadRequest("asterisk-form request target is not supported")
-    if not _TARGET_RE.fullmatch(target):
-        raise BadRequest("request target must be origin-form without invalid characters")
-    return method.decode("ascii"), target.decode("ascii"), version.decode("ascii")
+    absolute = _ABSOLUTE_RE.fullmatch(target)
+    origin = (absolute.group(1) or b"/") if absolute else b""
+    if origin[:1] == b"?":
+        origin = b"/" + origin
+    if not _TARGET_RE.fullmatch(origin):
+        raise BadRequest("request target must be origin-form, or absolute-form with http or "
+                         "https, without invalid characters")
+    return origin.decode("ascii")
 
 
 def _parse_fields(head: bytes, lines: list[bytes]) -> list[tuple[str, str]]:

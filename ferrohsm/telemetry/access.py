@@ -22,8 +22,8 @@ write whole lines of at most PIPE_BUF bytes (a longer line alone).
 Lines carry names, routes, ids and statuses, never a token, a body or a query string: the
 caller passes exactly the fields below and nothing else (tests/integration/test_observability*).
 Levels follow the ``ferrohsm.access`` logger's effective level (``[logging] level``): INFO
-writes every line; 401, 403 and 429 are written at WARNING, 5xx at ERROR, so they stay when
-the level is WARNING.
+writes every line; 401, 403, 429 and 505 (a client's protocol version: its mistake, not the
+server's) are written at WARNING, the other 5xx at ERROR, so they stay when the level is WARNING.
 """
 
 from __future__ import annotations
@@ -41,17 +41,17 @@ from typing import TextIO
 from .semconv import method_label, method_original
 from .tracecontext import Parent, new_span_id, new_trace_and_span_ids
 
-WARNING_STATUSES = frozenset({401, 403, 429})
+WARNING_STATUSES = frozenset({401, 403, 429, 505})
 PIPE_BUF = select.PIPE_BUF  # what a pipe takes whole: 4096 on Linux
 LOGGER = "ferrohsm.access"
 
 
 def level_of(status: int) -> int:
     """The level an access line is written at: refusals an operator should notice are warnings."""
+    if status in WARNING_STATUSES:  # first: 505 is a 5xx the client caused
+        return logging.WARNING
     if status >= 500:
         return logging.ERROR
-    if status in WARNING_STATUSES:
-        return logging.WARNING
     return logging.INFO
 
 

@@ -338,6 +338,21 @@ def test_pending_approvals_survive_a_restart(tmp_path: Path) -> None:
         second.close()
 
 
+@pytest.mark.parametrize("path", ["/v1/openapi.json", "/healthz", "/readyz", "/metrics", "/ui/"])
+def test_an_approval_id_on_a_public_route_is_refused_not_ignored(srv: LiveServer,
+                                                                 path: str) -> None:
+    """README: an X-Approval-ID is always checked. The public routes never reach the service,
+    whose guard refuses one on a call that can never be approved: they refused a malformed id
+    but ignored a well-formed one (GET /v1/openapi.json answered 200 as if it were not sent)."""
+    approval_id = "0191f3a2-7b4c-7d8e-9f00-112233445566"  # one approval id in form, lowercase
+    status, _, err = srv.call("GET", path, headers={"X-Approval-ID": approval_id},
+                              role="auditor")
+    assert status == 400 and err["error"]["code"] == "bad_request", err
+    assert f"GET {path} never needs an approval" in err["error"]["message"], err
+    assert approval_id not in err["error"]["message"]
+    assert srv.call("GET", path, role="auditor")[0] in (200, 503)  # /readyz: not ready
+
+
 @pytest.mark.parametrize("header", ["../../x", "not-an-approval", "0" * 36,
                                     "0191F3A2-7B4C-7D8E-9F00-112233445566", "x" * 200])
 def test_malformed_approval_id_header_is_400_and_creates_no_approval(

@@ -308,11 +308,32 @@ def test_asterisk_target_refused(exchange: Any, srv: Any) -> None:
     assert_refused(r, 400, "bad_request")
 
 
-@pytest.mark.parametrize("target", ["http://127.0.0.1/e", "127.0.0.1:443", "e", "/a#frag",
-                                    "/a b", "/a\\b", "/caf\xe9"])
-def test_non_origin_form_or_invalid_target_refused(exchange: Any, srv: Any, target: str) -> None:
+@pytest.mark.parametrize("target", ["127.0.0.1:443", "e", "/a#frag", "/a b", "/a\\b",
+                                    "/caf\xe9", "ftp://127.0.0.1/e", "https://u@127.0.0.1/e",
+                                    "https:///e", "https://127.0.0.1/a#frag", "https://h/a\\b",
+                                    "https://127.0.0.1:99x/e", "https:/e"])
+def test_authority_form_or_invalid_target_refused(exchange: Any, srv: Any, target: str) -> None:
     r = send(exchange, srv, f"GET {target} HTTP/1.1\r\n{H}\r\n")
     assert_refused(r, 400, "bad_request")
+
+
+@pytest.mark.parametrize(("target", "path", "query"), [
+    ("https://127.0.0.1:8443/echo", "/echo", {}),
+    ("http://127.0.0.1/echo?a=1&b=%20", "/echo", {"a": ["1"], "b": [" "]}),
+    ("HTTPS://Example.COM/echo", "/echo", {}),
+    ("https://[::1]:8443/v1/keys/a%2Fb", "/v1/keys/a%2Fb", {}),
+    ("https://127.0.0.1", "/", {}),
+    ("https://127.0.0.1?a=1", "/", {"a": ["1"]}),
+])
+def test_absolute_form_target_is_served_by_its_path(make_server: Any, exchange: Any,
+                                                    target: str, path: str,
+                                                    query: dict[str, list[str]]) -> None:
+    """RFC 9112 3.2.2: a server MUST accept the absolute-form; the URI's path and query are the
+    target (still raw: %2F stays encoded for the router), whatever the Host header says."""
+    server = make_server()
+    r = send(exchange, server, f"GET {target} HTTP/1.1\r\nHost: elsewhere\r\n\r\n")
+    assert r.status == 200, r.body
+    assert (r.json()["path"], r.json()["query"]) == (path, query)
 
 
 @pytest.mark.parametrize("method", ["get", "G3T", "GE-T", "A" * 21])
@@ -335,6 +356,43 @@ def test_double_space_in_request_line(exchange: Any, srv: Any) -> None:
 def test_leading_empty_line_ignored(exchange: Any, srv: Any) -> None:
     r = send(exchange, srv, f"\r\nGET /e HTTP/1.1\r\n{H}\r\n")
     assert r.status == 200
+
+
+@pytest.mark.parametrize("junk", [b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", b"\x00",
+                                  b"\r\n\r\n\xff\xfe", b" GET /e", b"GE\x00T /e", b"\rX",
+                                  b"GET/e\t"])
+def test_bytes_that_cannot_begin_a_request_line_are_refused_at_once(
+        make_server: Any, connect: Any, junk: bytes) -> None:
+    """Binary junk where a request line should start (a TLS record inside TLS, another
+    protocol) is answered 400 as it arrives, not held until the header timeout (408)."""
+    server = make_server(header_timeout=5)
+    client = connect(server)
+    started = time.monotonic()
+    client.send(junk)
+    r = client.read_response()
+    assert r.status == 400 and r.json()["error"]["code"] == "bad_request", r.body
+    assert time.monotonic() - started < 2
+    assert client.at_eof()
+
+
+REQUEST = b"GET /e HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+@pytest.mark.parametrize("cut", [b"\r\n", b"\r\n\r", b"G", b"BR", b"GET ",
+                                 b"GET /e HTTP/1.1\r\nHo"])
+def test_what_may_still_begin_a_request_is_waited_for(make_server: Any, connect: Any,
+                                                      cut: bytes) -> None:
+    """Leading empty lines (RFC 9112 2.2, one of them cut in half) and any prefix of a method
+    and SP are waited for: the rest of the request follows and is served."""
+    server = make_server()
+    client = connect(server)
+    lines = cut.count(b"\r") if cut[:1] == b"\r" else 0  # empty lines before the request
+    request = b"\r\n" * lines + (REQUEST.replace(b"GET", b"BREW") if cut == b"BR" else REQUEST)
+    client.send(cut)
+    time.sleep(0.2)
+    client.send(request[len(cut):])
+    r = client.read_response()
+    assert r.status == 200, r.body
 
 
 # ------------------------------------------------------------------ Expect, query, request id

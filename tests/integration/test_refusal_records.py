@@ -18,6 +18,9 @@ from an authenticated caller), bad page tokens, and approvals that are missing o
 from __future__ import annotations
 
 import base64
+import io
+import json
+import logging
 import socket
 import uuid
 from collections.abc import Iterator
@@ -29,6 +32,7 @@ import pytest
 from live import LiveServer
 
 from ferrohsm.api.transit import is_vault
+from ferrohsm.telemetry.access import ACCESS, LOGGER, stream_in_use
 
 ROLES = ("administrator", "operator", "auditor", "service")
 A, AO, AOU, ALL, S = ({"administrator"}, {"administrator", "operator"},
@@ -351,7 +355,10 @@ CASES: dict[str, Case] = {
     "400 bare LF": refused(400, wire=b"GET /v1/keys HTTP/1.1\nHost: 127.0.0.1\nX-Request-ID: "
                                      b"{rid}\n\n"),
     "400 malformed request line": refused(400, wire=wire(b"GET  /v1/keys HTTP/1.1")),
-    "400 absolute-form target": refused(400, wire=wire(b"GET https://x/v1/keys HTTP/1.1")),
+    "400 absolute-form target of another scheme": refused(400, wire=wire(
+        b"GET ftp://x/v1/keys HTTP/1.1")),
+    "400 absolute-form target with userinfo": refused(400, wire=wire(
+        b"GET https://u:p@x/v1/keys HTTP/1.1")),
     "400 invalid query string": refused(400, wire=wire(b"GET /v1/keys?a=%ff HTTP/1.1")),
     "417 Expect": refused(417, wire=wire(b"GET /v1/keys HTTP/1.1", b"Expect: bogus\r\n")),
     "505 HTTP/2.0": refused(505, wire=wire(b"GET /v1/keys HTTP/2.0")),
@@ -377,6 +384,63 @@ def test_a_refused_request_leaves_exactly_one_record(world: World, name: str) ->
     assert (record["action"], record["outcome"]) == (case.action, case.outcome), record
     assert record["key_id"] == (world.names[case.key] if case.key else None), record
     assert record["details"].get("key_ref") == case.key_ref, record
+
+
+def access_lines() -> dict[str, dict[str, Any]]:
+    """This test's access lines (conftest points the access log at a buffer of its own), by
+    request id."""
+    ACCESS.flush()
+    stream = stream_in_use()
+    assert isinstance(stream, io.StringIO)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    return {line["request_id"]: line for line in lines}
+
+
+@pytest.fixture
+def info_lines() -> Iterator[None]:
+    """Access lines at INFO too (the 200s): the level in force, lowered for one test."""
+    logger = logging.getLogger(LOGGER)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield
+    logger.setLevel(level)
+
+
+@pytest.mark.usefixtures("info_lines")
+def test_absolute_form_and_505_are_logged_and_audited_by_their_path(world: World) -> None:
+    """An absolute-form target (RFC 9112 3.2.2) is served, logged and audited by its path, never
+    by the URI; a 505 (HTTP/1.2, the HTTP/2 preface) keeps the method and path it named, and
+    its access line is a warning: the client's mistake, not the server's error."""
+    srv, enc = world.srv, world.names["enc"]
+    uri = f"https://127.0.0.1:{srv.port}/v1/keys/{enc}".encode()
+    ok, bad, old, preface = (f"{n}-{uuid.uuid4().hex}" for n in ("abs", "abs401", "v12", "pri"))
+    token = srv.token().encode()
+    head = WIRE_HEAD.replace(b"{token}", token)
+    assert raw_status(srv, b"GET " + uri + b" HTTP/1.1\r\n"
+                      + head.replace(b"{rid}", ok.encode()) + b"\r\n") == 200
+    assert raw_status(srv, b"GET " + uri + b" HTTP/1.1\r\n"
+                      + WIRE_HEAD.replace(b"{token}", b"x").replace(b"{rid}", bad.encode())
+                      + b"\r\n") == 401
+    assert raw_status(srv, f"GET /v1/keys/{enc} HTTP/1.2\r\n".encode()
+                      + head.replace(b"{rid}", old.encode()) + b"\r\n") == 505
+    assert raw_status(srv, b"PRI * HTTP/2.0\r\nX-Request-ID: " + preface.encode()
+                      + b"\r\n\r\nSM\r\n\r\n") == 505
+    [read] = records_of(srv, ok)
+    [denied] = records_of(srv, bad)
+    [refusal] = records_of(srv, old)
+    assert (read["action"], read["outcome"], read["key_id"]) == ("key.read", "success", enc)
+    assert denied["action"] == "auth.authenticate"
+    assert denied["message"].startswith(f"GET /v1/keys/{enc}: "), denied
+    assert refusal["message"].startswith("GET unmatched: 505 "), refusal  # the method kept
+    assert not [r for r in (read, denied, refusal) if "https:" in json.dumps(r)]
+    lines = access_lines()
+    for rid, status in ((ok, 200), (bad, 401)):
+        assert (lines[rid]["url.path"], lines[rid]["http.response.status_code"]) == (
+            f"/v1/keys/{enc}", status)
+    assert (lines[old]["level"], lines[old]["http.request.method"], lines[old]["url.path"],
+            lines[old]["http.route"]) == ("warning", "GET", f"/v1/keys/{enc}", "/v1/keys/{key}")
+    assert (lines[preface]["level"], lines[preface]["http.request.method_original"],
+            lines[preface]["url.path"]) == ("warning", "PRI", "")
 
 
 def test_the_matrix_covers_every_v1_route(world: World) -> None:

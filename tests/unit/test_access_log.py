@@ -75,7 +75,8 @@ def test_a_line_is_one_json_object_with_current_semantic_convention_names() -> N
 
 @pytest.mark.parametrize(("status", "level"), [(200, logging.INFO), (404, logging.INFO),
                                                (401, logging.WARNING), (403, logging.WARNING),
-                                               (429, logging.WARNING), (503, logging.ERROR)])
+                                               (429, logging.WARNING), (503, logging.ERROR),
+                                               (500, logging.ERROR), (505, logging.WARNING)])
 def test_refusals_an_operator_should_see_are_warnings(status: int, level: int) -> None:
     assert level_of(status) == level
 
@@ -88,6 +89,9 @@ def test_the_level_decides_which_lines_are_written(logger: logging.Logger) -> No
     line = json.loads(one_line(status=403, error_type="forbidden"))
     assert line["level"] == "warning" and line["error.type"] == "forbidden"
     assert json.loads(one_line(status=503))["level"] == "error"
+    # a 505 is the client's protocol version (HTTP/1.2, the HTTP/2 preface): its mistake
+    assert access.enabled_for(505)
+    assert json.loads(one_line(status=505, method="PRI", path=""))["level"] == "warning"
 
 
 def test_lines_are_written_in_batches_by_the_writer_thread(logger: logging.Logger) -> None:
