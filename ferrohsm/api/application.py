@@ -174,25 +174,26 @@ class Application:
     def refuse(self, req: Request, exc: FerroError) -> Response:
         """The answer to a request the server refused while reading it (a framing error, a
         limit, a timeout: ``req`` holds what could be parsed). It never reached a route, so it
-        is recorded here; like every anonymous refusal it spends a token of its source IP, and
-        once those are gone the answer is the (sampled) 429 instead. It gets its access line,
+        is recorded here, naming the route it was for and the actor a valid token names (who
+        pays for it, as for any request of theirs; without one, the source IP pays, and once
+        its tokens are gone the answer is the sampled 429 instead). It gets its access line,
         metrics and span like any answered request."""
         start = time.perf_counter()
         span = self._start_span(req, None) if self.tracer is not None else None
         exported = span.ids() if span is not None else None
-        ctx = base_context(req, None, self.limiter.client_ip(
+        ctx = self._caller(req, base_context(req, None, self.limiter.client_ip(
             req.peer_ip, req.headers.get_all("x-forwarded-for")),
-            exported[0] if exported else None)
+            exported[0] if exported else None))
+        route_name = self._template_of(req)  # the route the request was for, if one takes it
         try:
             self._limit(ctx)
         except RateLimited as limited:
             exc = limited
         else:
-            self._record_refusal(req, ctx, None, exc)
+            self._record_refusal(req, ctx, route_name, exc)
         resp = _error(req, exc)
-        route_name = self._template_of(req)  # the route the request was for, if one takes it
         if span is not None:
-            span.routed(route_name, None, exc.code)
+            span.routed(route_name, ctx.principal.subject if ctx.principal else None, exc.code)
         self._observe(req, ctx, route_name, resp, time.perf_counter() - start, exported,
                       exc.code)
         return resp

@@ -187,7 +187,9 @@ class Conn:
             self.head = None
         except FerroError as exc:  # self.head still set: a bad query string keeps its request id
             raw = bytes(self.buf[:limits.max_header_bytes])
-            request = bare_request(self.head, raw, self.peer, self.client_cert_der,
+            # a head refused for its framing (413, 415, Host) still names its caller and route
+            head = self.head or getattr(exc, "partial_head", None)
+            request = bare_request(head, raw, self.peer, self.client_cert_der,
                                    self.received_at or now)
             self.head, self.chunks = None, None
             self.state, self.deadline = BUSY, NEVER

@@ -196,12 +196,19 @@ def parse_head(head: bytes, limits: Limits) -> RequestHead:
         raise HeaderFieldsTooLarge(f"more than {limits.max_headers} header fields")
     headers = Headers(_parse_fields(head, lines))
     path, _, query_string = target.partition("?")
-    _check_host(headers, version)
     untyped = path.startswith(UNTYPED_JSON_PREFIX)
     if untyped and path == VAULT_LISTING:
         path = path[:-1]
-    chunked = _chunked(headers, version, untyped)
-    content_length = 0 if chunked else _content_length(headers, limits, untyped)
+    try:
+        _check_host(headers, version)
+        chunked = _chunked(headers, version, untyped)
+        content_length = 0 if chunked else _content_length(headers, limits, untyped)
+    except FerroError as exc:  # the head parsed: its refusal is its caller's (the token, ids)
+        exc.partial_head = RequestHead(  # type: ignore[attr-defined]
+            method=method, target=target, path=path, query_string=query_string,
+            version=version, headers=headers, content_length=0, keep_alive=False,
+            expect_continue=False, chunked=False)
+        raise
     return RequestHead(
         method=method,
         target=target,

@@ -431,7 +431,7 @@ def test_absolute_form_and_505_are_logged_and_audited_by_their_path(world: World
     assert (read["action"], read["outcome"], read["key_id"]) == ("key.read", "success", enc)
     assert denied["action"] == "auth.authenticate"
     assert denied["message"].startswith(f"GET /v1/keys/{enc}: "), denied
-    assert refusal["message"].startswith("GET unmatched: 505 "), refusal  # the method kept
+    assert refusal["message"].startswith("GET /v1/keys/{key}: 505 "), refusal  # its route
     assert not [r for r in (read, denied, refusal) if "https:" in json.dumps(r)]
     lines = access_lines()
     for rid, status in ((ok, 200), (bad, 401)):
@@ -441,6 +441,25 @@ def test_absolute_form_and_505_are_logged_and_audited_by_their_path(world: World
             lines[old]["http.route"]) == ("warning", "GET", f"/v1/keys/{enc}", "/v1/keys/{key}")
     assert (lines[preface]["level"], lines[preface]["http.request.method_original"],
             lines[preface]["url.path"]) == ("warning", "PRI", "")
+
+
+@pytest.mark.parametrize("extra,status", [
+    (JSON + b"Content-Length: 99999999\r\n", 413),
+    (b"Content-Type: text/plain\r\nContent-Length: 2\r\n", 415),
+])
+def test_a_request_refused_while_read_names_its_caller_and_route(
+        world: World, extra: bytes, status: int) -> None:
+    """A valid token's holder sent it: the record is theirs (actor, role, correlation id),
+    and names the route it was for, not an anonymous unmatched request."""
+    rid = f"read-refusal-{uuid.uuid4().hex}"
+    data = wire(b"POST /v1/keys HTTP/1.1", extra + b"X-Correlation-ID: corr-415\r\n",
+                b"{}" if status == 415 else b"")
+    data = data.replace(b"{rid}", rid.encode()).replace(b"{token}", world.srv.token().encode())
+    assert raw_status(world.srv, data) == status
+    [record] = records_of(world.srv, rid)
+    assert record["actor"] != "anonymous" and record["role"] == "administrator", record
+    assert record["correlation_id"] == "corr-415"
+    assert record["message"].startswith(f"POST /v1/keys: {status} "), record
 
 
 def test_the_matrix_covers_every_v1_route(world: World) -> None:
