@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from ..crypto.signing import SigningKey
-from ..domain.errors import ConfigError
+from ..domain.errors import AuditUnavailable, ConfigError
 from ..domain.model import iso
 from ..domain.strictjson import loads
 from .chain import canonical_json
@@ -78,6 +78,13 @@ def _create_once(path: str, data: Callable[[], bytes]) -> bool:
     except FileExistsError:
         return False
     return True
+
+
+def _has_content(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except FileNotFoundError:
+        return False
 
 
 def last_line(fd: int, chunk: int = 4096) -> bytes | None:
@@ -159,12 +166,25 @@ class Anchor:
         self.public_key_path = os.path.splitext(self.key_path)[0] + ".pub.pem"
         self.path = checkpoint_path or os.path.join(directory, CHECKPOINT_FILE)
         self._durable = durable
+        self._refuse_lost_key()
         if _create_once(self.key_path, SigningKey.generate_pem):
             log.info("generated audit signing key %s", self.key_path)
         self._key = load_signing_key(self.key_path)
         self.public_key = self._key.public
         _create_once(self.public_key_path, self.public_key.pem)
         self._drop_torn_tail()
+
+    def _refuse_lost_key(self) -> None:
+        """A missing signing key is generated only for a log that has no checkpoint yet: a new
+        key cannot continue checkpoints the old one signed (the next start would call them
+        corrupt), and would leave a pair whose halves do not match."""
+        if os.path.exists(self.key_path) or not _has_content(self.path):
+            return
+        raise AuditUnavailable(
+            f"the audit signing key {self.key_path} is missing, but {self.path} holds "
+            "checkpoints it signed: restore the key from a backup of the data directory. If it "
+            "is lost for good, keep that file (and the public key beside it) for auditors, move "
+            "it aside, and start once with --accept-audit-loss: a new key then signs from here")
 
     def public_key_pem(self) -> bytes:
         """What an auditor needs, besides a checkpoint, to run ``audit verify --checkpoint``."""

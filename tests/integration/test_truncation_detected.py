@@ -258,6 +258,24 @@ def test_log_behind_a_witnessed_checkpoint(tmp_path: Path) -> None:
     assert f"ends at seq {keep}, behind the newest checkpoint in the witness" in reason
 
 
+def test_a_lost_signing_key_is_said_as_such_and_no_new_one_is_left_behind(
+        tmp_path: Path) -> None:
+    data, config = tmp_path / "data", write_config(tmp_path)
+    proc, exports = serve(data, config)
+    create_keys(exports, 1)
+    assert stop(proc) == 0
+    key = data / "audit" / "audit-signing-key.pem"
+    key.unlink()
+    reason = refused(data, config)
+    assert "the audit signing key" in reason and "is missing" in reason, reason
+    assert "restore the key from a backup" in reason and "corrupt" not in reason
+    assert not key.exists()  # no new key beside the old public half
+    cps = data / "audit" / "checkpoints.jsonl"
+    cps.rename(tmp_path / "old-checkpoints.jsonl")  # the way out the message gives
+    proc, _ = serve(data, config, "--accept-audit-loss")
+    assert stop(proc) == 0 and key.exists()
+
+
 def test_an_emptied_witness_is_warned_about_at_start_up(tmp_path: Path) -> None:
     """A witness disk not mounted at boot (an empty or missing file) would silently disable
     rollback detection: start-up says so, naming the seq the log had signed."""
