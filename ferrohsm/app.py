@@ -34,7 +34,8 @@ from .audit.chain import AuditEvent
 from .audit.sinks import AuditSink, ChainedSink, FileSink, PostgresSink, SQLiteSink
 from .audit.witness import FileWitness, Witness, make_witness
 from .auth.approverkeys import ApproverKeys
-from .auth.authn import Authenticator, build_authenticator
+from .auth.authn import Authenticator, build_authenticator, file_deny_list
+from .auth.denylist import RevocationList
 from .auth.ratelimit import RateLimiter, policy_from_settings
 from .auth.sharedlimit import ClusterLimits
 from .config import Config, Secrets, fsync_cores, parse_listen
@@ -130,6 +131,13 @@ def shared_deny_list(store: KeyStore) -> PostgresDenyList | None:
     revocation at once); None keeps the file deny-list of [auth].deny_list_file."""
     return (PostgresDenyList(store.database, freshness=store.freshness)
             if isinstance(store, PostgresStore) else None)
+
+
+def open_revocations(config: Config, store: KeyStore) -> RevocationList:
+    """The revoked-token list ``serve`` would use with ``store`` (PostgreSQL's table, or the
+    file): an offline backup reads it, a restore writes the archive's revocations into it."""
+    shared = shared_deny_list(store)  # not ``or``: an empty list has len() 0, it is falsy
+    return shared if shared is not None else file_deny_list(config.auth, config.storage.data_dir)
 
 
 def store_turn(store: object) -> Turn | None:
@@ -443,7 +451,8 @@ def build_runtime(config: Config, secrets: Secrets,
     app = PausingApplication(router, auth, metrics, application.audit_hook(service.record),
                              limiter, pause=pause, tracer=tracing.from_environment())
     rekeyer = wire_rekey(router, config, secrets, store, imports.jobs, audit, service, pause)
-    wire_backup(router, config, lambda: rekeyer.master, service, approvals, audit)
+    wire_backup(router, config, lambda: rekeyer.master, service, approvals, audit,
+                auth.deny_list)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
                       approvals=approvals, key_records=key_records, cluster=cluster, pause=pause)
     system_routes.register(router, runtime.health, metrics,

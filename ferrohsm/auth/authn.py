@@ -415,6 +415,16 @@ class Authenticator:
                 "revoked_tokens": len(self.deny_list)}
 
 
+def file_deny_list(auth: Any, data_dir: str) -> DenyList:
+    """The file deny-list of ``[auth].deny_list_file`` (default ``<data_dir>/revoked-tokens.json``):
+    the one ``serve`` reads, and the one a restore writes the archive's revocations into."""
+    deny_path = auth.deny_list_file or str(Path(data_dir) / DENY_LIST_FILE)
+    if auth.deny_list_file and not Path(deny_path).absolute().parent.is_dir():
+        # found at start, not at the first revocation (which would then be refused, 503)
+        raise ConfigError(f"[auth].deny_list_file {deny_path}: its directory does not exist")
+    return DenyList(deny_path)
+
+
 def build_authenticator(auth: Any, primary_secret: bytes | None, data_dir: str, *,
                         on_event: EventHook | None = None,
                         env: Mapping[str, str] | None = None,
@@ -432,14 +442,11 @@ def build_authenticator(auth: Any, primary_secret: bytes | None, data_dir: str, 
                             public_key_files=auth.public_key_files, jwks_file=auth.jwks_file,
                             env={name: environ[name] for name in names if name in environ})
     keyset = ReloadingKeySet(sources, interval=auth.keyset_reload_seconds, on_event=on_event)
-    deny_path = auth.deny_list_file or str(Path(data_dir) / DENY_LIST_FILE)
-    if auth.deny_list_file and not Path(deny_path).absolute().parent.is_dir():
-        # found at start, not at the first revocation (which would then be refused, 503)
-        raise ConfigError(f"[auth].deny_list_file {deny_path}: its directory does not exist")
     return Authenticator(issuer=auth.issuer, audience=auth.audience,
                          max_ttl=auth.max_token_ttl_seconds, leeway=auth.leeway_seconds,
                          cache_entries=auth.token_cache_entries, keyset=keyset,
-                         deny_list=deny_list if deny_list is not None else DenyList(deny_path),
+                         deny_list=deny_list if deny_list is not None
+                         else file_deny_list(auth, data_dir),
                          require_jti=auth.require_jti,
                          bound_roles=auth.require_bound_tokens_for_roles,
                          max_token_chars=auth.max_token_bytes)

@@ -59,8 +59,8 @@ def add_parsers(sub: Any) -> None:
     b = sub.add_parser("backup", help="write an encrypted backup archive of every key",
                        parents=[client_flags()], allow_abbrev=False,
                        description="Write one archive of the key records (still sealed), "
-                       "approvals and the audit head, encrypted and authenticated under the "
-                       "backup key. Online (default): asks the running server (POST "
+                       "approvals, the token revocations in force and the audit head, "
+                       "encrypted and authenticated under the backup key. Online (default): asks the running server (POST "
                        "/v1/sys/backup, an Administrator token). --offline: reads a stopped "
                        "server's data directory itself, with the secrets serve uses.",
                        formatter_class=fmt, epilog="examples:\n  ferrohsm backup --out "
@@ -73,10 +73,12 @@ def add_parsers(sub: Any) -> None:
     b.set_defaults(func=run_backup)
     r = sub.add_parser("restore", help="restore a backup archive into an empty data directory",
                        description="Verify the archive completely, then restore it into an "
-                       "empty data directory and store (any store kind). Needs the same master "
-                       "key (and backup key) as the source; in split-knowledge mode, a "
-                       "threshold of its shares and its custody.json copied into the new data "
-                       "directory first.", formatter_class=fmt,
+                       "empty data directory and store (any store kind), the token revocations "
+                       "of the archive into its deny-list (tokens revoked in the source after "
+                       "the backup are not: revoke them again, or change the JWT secret). Needs "
+                       "the same master key (and backup key) as the source; in split-knowledge "
+                       "mode, a threshold of its shares and its custody.json copied into the "
+                       "new data directory first.", formatter_class=fmt,
                        epilog="examples:\n  ferrohsm restore /backups/ferrohsm.fhsmbak "
                        "--data-dir /var/lib/ferrohsm-new --key-store sqlite\n  cp "
                        "/var/lib/ferrohsm/custody.json /var/lib/ferrohsm-new/ && ferrohsm "
@@ -168,7 +170,7 @@ def _report(args: argparse.Namespace, out: Path, h: dict[str, Any], digest: str)
     from .settings import output_only
     emit(output_only(args), {"out": str(out), "sha256": digest, "header": h}, lambda: (
         f"wrote {out}: {h.get('key_count')} key(s), {h.get('approval_count')} approval(s), "
-        f"audit head seq {(h.get('audit_head') or {}).get('seq')}, "
+        f"{h.get('revoked_token_count', 0)} token revocation(s), audit head seq {(h.get('audit_head') or {}).get('seq')}, "
         f"{(h.get('backup_key') or {}).get('kind')} backup key "
         f"{(h.get('backup_key') or {}).get('id')}, sha256 {digest}"))
 
@@ -194,7 +196,8 @@ def run_offline_backup(args: argparse.Namespace) -> int:
         raise wiring.startup_failure(exc) from None
     try:
         written = snapshot.take_archive(store, approvals, audit, secrets.master_key, key,
-                                config.storage.key_store)
+                                        config.storage.key_store,
+                                        wiring.open_revocations(config, store))
         args.archive_out.commit(written.data)
         try:
             audit.append(snapshot.backup_event(written, str(out)))
@@ -327,22 +330,25 @@ def run_restore(args: argparse.Namespace) -> int:
     got = restoring.verify_under(data, secrets.master_key, key)  # before anything is written
     digest = hashlib.sha256(data).hexdigest()
     try:
-        _restore(wiring, config, secrets, got, digest)
+        revoked = _restore(wiring, config, secrets, got, digest)
     except OSError as exc:
         raise wiring.startup_failure(exc) from None
-    print(f"restored {len(got.keys)} key(s) and {len(got.approvals)} approval(s) into "
-          f"{config.storage.data_dir} ({config.storage.key_store}); source audit head seq "
-          f"{got.audit_head.get('seq')}. Note: {restoring.state_as_taken(got.header)}; destroy "
-          "it again if its destruction must stand. Start the server with the same "
+    print(f"restored {len(got.keys)} key(s), {len(got.approvals)} approval(s) and {revoked} "
+          f"token revocation(s) into {config.storage.data_dir} ({config.storage.key_store}); "
+          f"source audit head seq {got.audit_head.get('seq')}. Note: "
+          f"{restoring.state_as_taken(got.header)}; destroy it again if its destruction must "
+          f"stand. {restoring.revocations_as_taken(got.header)}. Start the server with the same "
           f"{'shares' if config.secrets.unseal == 'shamir' else 'master key'}.")
     return 0
 
 
-def _restore(wiring: Any, config: Config, secrets: Any, got: Any, digest: str) -> None:
+def _restore(wiring: Any, config: Config, secrets: Any, got: Any, digest: str) -> int:
+    """Into the empty (or interrupted) target; how many token revocations were written."""
     from ..custody import restore as restoring
     location = wiring.audit_location(config)
     store, approvals = wiring.open_restore_target(config, secrets)
     try:
+        revocations = wiring.open_revocations(config, store)
         state = restoring.target_state(store, approvals, location.present())
         if state == "interrupted":
             print("ferrohsm: the target holds an interrupted restore: starting over",
@@ -352,10 +358,11 @@ def _restore(wiring: Any, config: Config, secrets: Any, got: Any, digest: str) -
         restoring.begin(store)
         audit = wiring.open_audit(config, secrets)
         try:
-            restoring.apply(got, digest, store, approvals, audit)
+            revoked: int = restoring.apply(got, digest, store, approvals, audit, revocations)
         finally:
             audit.close()
         restoring.finish(store)
+        return revoked
     finally:
         approvals.close()
         store.close()
