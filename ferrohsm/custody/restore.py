@@ -10,6 +10,10 @@ the store write of the record bound to that intent, then its success. So the res
 passes the unchanged start-up checks: every record is bound to the latest confirmed change of its
 key in the new log (integrity/reconcile.py), and ``key.restore`` counts as a creation for the
 store-loss check (integrity/logscan.py). Nothing is relaxed for data that was not restored.
+The archive's token revocations still in force are recorded in the new log (``token.revoke``,
+naming the archive), then written to the target's revoked-token list: the restored server keeps
+refusing tokens revoked before the backup, and rebuilds that list from its log like its own.
+Tokens revoked in the source after the backup are not known here: restore says so.
 
 Crash safety: the meta blob ``restore_state`` is set to ``in-progress`` before the first write
 and to ``done`` after the last record; while it says ``in-progress`` the server refuses to start
@@ -229,7 +233,7 @@ def apply(got: Verified, digest: str, store: KeyStore, approvals: ApprovalStore 
     if approvals is not None:
         for approval in got.approvals:
             approvals.create(approval)
-    revoked = restore_revocations(got, revocations)
+    revoked = restore_revocations(got, digest, revocations, sink)
     store.put_meta(CHECK_VALUE, got.check_value)
     sink.append(_event("system.restore_completed", binding.SUCCESS,
                        f"restore complete: {len(got.keys)} key(s), {len(got.approvals)} "
@@ -241,12 +245,22 @@ def apply(got: Verified, digest: str, store: KeyStore, approvals: ApprovalStore 
     return revoked
 
 
-def restore_revocations(got: Verified, revocations: snapshot.Revocations) -> int:
+def restore_revocations(got: Verified, digest: str, revocations: snapshot.Revocations,
+                        sink: AuditSink) -> int:
     """The archive's revocations still in force go on the target's list (the file or the
     PostgreSQL table the restored server reads), merged with what it holds: an entry only
-    ever lengthens, so a restore run again after a crash writes the same list."""
+    ever lengthens, so a restore run again after a crash writes the same list. Recorded first,
+    as ``token.revoke`` records of the new log, like every revocation (service/tokens.py): the
+    log is what start-up rebuilds a lost or edited deny-list from, so no entry is without one."""
     now = time.time()
     live = {jti: until for jti, until in got.revoked_tokens.items() if until > now}
+    items = sorted(live.items())
+    for start in range(0, len(items), BATCH):
+        sink.append_group([_event(
+            "token.revoke", binding.SUCCESS, f"token {jti} revoked (carried from backup archive "
+            f"{digest[:16]}…: revoked in the source before it was taken)", None, None, jti=jti,
+            until=math.ceil(until) if math.isfinite(until) else None, archive_sha256=digest)
+            for jti, until in items[start:start + BATCH]])
     revocations.revoke_all(live, now)
     return len(live)
 

@@ -222,6 +222,11 @@ def test_restore_into_each_store_decrypts_and_verifies(
         assert "restored 4 key(s), 1 approval(s) and 1 token revocation(s)" in out
         assert "Tokens revoked in the source after the archive was taken" in out
         assert "revoke them again" in out and "FERROHSM_JWT_HS256_SECRET" in out
+        deny_file = tmp_path / "data" / "revoked-tokens.json"
+        in_file = deny_file.exists() and "leaked-before-backup" in deny_file.read_text()
+        assert in_file == (kind != "postgres")  # PostgreSQL: its table, every node's
+        if kind == "sqlite":  # lost while stopped: start-up rebuilds it from the new log
+            deny_file.unlink()
         srv = start(tmp_path, kind, target, dsn)
         try:
             check_everything_works(srv, source)
@@ -236,6 +241,9 @@ def test_restore_into_each_store_decrypts_and_verifies(
     assert first["details"]["archive_sha256"] == backup["details"]["archive_sha256"]
     restored = [r for r in log if r["action"] == "key.restore" and r["outcome"] == "success"]
     assert sorted(r["key_id"] for r in restored) == sorted(source.key_ids)
+    carried = [r for r in log if r["action"] == "token.revoke"]
+    assert [(r["outcome"], r["details"]["jti"]) for r in carried] == [
+        ("success", "leaked-before-backup")]
     completed = next(r for r in log if r["action"] == "system.restore_completed")
     assert completed["details"]["revoked_token_count"] == 1
     assert "1 token revocation(s)" in completed["message"]
