@@ -552,10 +552,11 @@ def shutdown(rt: Runtime, server: HardenedHTTPServer | None) -> None:
         rt.cluster.close()
 
 
-def open_for_backup(config: Config, secrets: Secrets) -> tuple[KeyStore, ApprovalStore,
-                                                                 ChainedSink]:
+def open_for_backup(config: Config, secrets: Secrets
+                    ) -> tuple[KeyStore, ApprovalStore, ChainedSink, Report]:
     """The stores and the audit log opened as ``serve`` opens them, every start-up check passed
-    (reconciliation included): a backup is only ever taken of a consistent state."""
+    (reconciliation included): a backup is only ever taken of a consistent state. The report
+    holds the log's token revocations (those a lost deny-list file no longer has)."""
     check_store_kind(config.storage.key_store, config.storage.data_dir)
     store = open_store(config, RecordMac.derive(secrets.master_key))
     approvals: ApprovalStore | None = None
@@ -568,14 +569,14 @@ def open_for_backup(config: Config, secrets: Secrets) -> tuple[KeyStore, Approva
         if report.failed:
             raise StartupRefused(f"{len(report.failed)} key record(s) fail their integrity "
                                  "check (see the audit log): not backing up a damaged store")
-        if config.storage.key_store != "memory":
-            reconcile(store, audit, secrets.audit_hmac_key, approvals=approvals)
+        settled = reconcile(store, audit, secrets.audit_hmac_key, approvals=approvals) \
+            if config.storage.key_store != "memory" else Report()
     except Exception:
         for opened in (audit, approvals, store):
             if opened is not None:
                 opened.close()
         raise
-    return store, approvals, audit
+    return store, approvals, audit, settled
 
 
 def open_restore_target(config: Config, secrets: Secrets) -> tuple[KeyStore, ApprovalStore]:

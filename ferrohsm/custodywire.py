@@ -26,7 +26,7 @@ from .store.keystore import KeyStore
 
 def wire_backup(router: routing.Router, config: Config, master: Callable[[], bytes],
                 service: KeyService, approvals: ApprovalStore | None, audit: AuditSink,
-                revocations: custody_snapshot.Revocations) -> None:
+                revocations: custody_snapshot.RevocationSource) -> None:
     """The archive of the running server's stores (custody/); the backup key is read when a
     backup is asked for (FERROHSM_BACKUP_KEY or the 0600 file, else derived from the master
     key ``master()`` gives now: an online rekey changes it), so a bad key file fails that

@@ -381,7 +381,7 @@ class Authenticator:
         ``exp <= now + leeway + max_ttl`` (iat is at most ``leeway`` in the future and the
         lifetime is capped), and is accepted until ``exp + leeway``."""
         made = self._clock() if at is None else at
-        return max(float(exp or 0) + self.leeway, made + self.max_ttl + 2 * self.leeway)
+        return revocation_until(exp, made, self.max_ttl, self.leeway)
 
     def deny(self, jti: str, until: float) -> None:
         """Put ``jti`` on the deny-list until ``until`` (in force in this process even when it
@@ -392,11 +392,10 @@ class Authenticator:
         """At start-up: every revocation the audit log holds (jti, until or None, when it was
         made) that still matters goes back on the deny-list, so a deny-list file deleted or
         edited while the server was down re-admits no revoked token. How many were missing."""
-        now, missing = self._clock(), dict[str, float]()
-        for jti, until, made in revoked:
-            last = until if until is not None else self.revocation_until(None, made)
-            if last > now and not self.deny_list.is_revoked(jti, now):
-                missing[jti] = max(last, missing.get(jti, last))
+        now = self._clock()
+        missing = {jti: until for jti, until in
+                   logged_in_force(revoked, now, self.max_ttl, self.leeway).items()
+                   if not self.deny_list.is_revoked(jti, now)}
         self.deny_list.revoke_all(missing, now)  # one write, however many
         return len(missing)
 
@@ -413,6 +412,24 @@ class Authenticator:
                 "keyset_reloads": self.keyset.reloads,
                 "keyset_reload_failures": self.keyset.reload_failures,
                 "revoked_tokens": len(self.deny_list)}
+
+
+def revocation_until(exp: int | None, made: float, max_ttl: int, leeway: int) -> float:
+    """Until when a revocation made at ``made`` must last (Authenticator.revocation_until)."""
+    return max(float(exp or 0) + leeway, made + max_ttl + 2 * leeway)
+
+
+def logged_in_force(revoked: Iterable[tuple[str, float | None, float]], now: float,
+                    max_ttl: int, leeway: int) -> dict[str, float]:
+    """The revocations an audit log holds (jti, until or None, when it was made) still in
+    force at ``now``, each until the latest its records say: what start-up puts back on the
+    deny-list, and what an offline backup carries even when the deny-list file was lost."""
+    found: dict[str, float] = {}
+    for jti, until, made in revoked:
+        last = until if until is not None else revocation_until(None, made, max_ttl, leeway)
+        if last > now:
+            found[jti] = max(last, found.get(jti, last))
+    return found
 
 
 def file_deny_list(auth: Any, data_dir: str) -> DenyList:

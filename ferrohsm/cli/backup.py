@@ -25,14 +25,18 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config, load_config, load_secrets
 from ..domain.errors import ConfigError
 from .errors import CANNOT_WRITE, USAGE, CliExit
 from .settings import client_flags
 from .streams import writing
+
+if TYPE_CHECKING:
+    from ..custody.snapshot import RevocationSource
 
 MAX_ARCHIVE = 1 << 31
 
@@ -191,13 +195,14 @@ def run_offline_backup(args: argparse.Namespace) -> int:
         raise
     key = backup_key(secrets.master_key, os.environ, config.secrets.backup_key_file)
     try:
-        store, approvals, audit = wiring.open_for_backup(config, secrets)
+        store, approvals, audit, settled = wiring.open_for_backup(config, secrets)
     except OSError as exc:
         raise wiring.startup_failure(exc) from None
     try:
+        revoked = LoggedRevocations(wiring.open_revocations(config, store), settled.revoked,
+                                    config.auth.max_token_ttl_seconds, config.auth.leeway_seconds)
         written = snapshot.take_archive(store, approvals, audit, secrets.master_key, key,
-                                        config.storage.key_store,
-                                        wiring.open_revocations(config, store))
+                                        config.storage.key_store, revoked)
         args.archive_out.commit(written.data)
         try:
             audit.append(snapshot.backup_event(written, str(out)))
@@ -210,6 +215,23 @@ def run_offline_backup(args: argparse.Namespace) -> int:
         store.close()
     _report(args, out, written.header, written.digest)
     return 0
+
+
+class LoggedRevocations:
+    """What an offline backup carries of the revoked tokens: the deny-list's entries and the
+    source audit log's revocations still in force. ``serve`` puts the log's back on a deny-list
+    lost or edited while it was stopped; the stopped server's archive must hold them too."""
+
+    def __init__(self, listed: RevocationSource, logged: Iterable[tuple[str, float | None, float]],
+                 max_ttl: int, leeway: int) -> None:
+        self._listed, self._logged = listed, tuple(logged)
+        self._max_ttl, self._leeway = max_ttl, leeway
+
+    def entries(self, now: float) -> dict[str, float]:
+        from ..auth.authn import logged_in_force
+        from ..auth.denylist import lengthened
+        return lengthened(logged_in_force(self._logged, now, self._max_ttl, self._leeway),
+                          self._listed.entries(now))
 
 
 class PrivateArchive:

@@ -67,12 +67,16 @@ ADDED_HEADER = (REVOKED_COUNT,)  # absent from archives written before revocatio
 ADDED_BODY = (REVOKED,)
 
 
-class Revocations(Protocol):
-    """The revoked-token list a backup reads and a restore writes (auth.denylist's
-    RevocationList: the file deny-list or the PostgreSQL table). A restored server must keep
-    refusing the tokens revoked before the archive was taken."""
+class RevocationSource(Protocol):
+    """What a backup reads of the revoked-token list (auth.denylist's RevocationList: the file
+    deny-list or the PostgreSQL table): a restored server must keep refusing the tokens
+    revoked before the archive was taken."""
 
     def entries(self, now: float) -> dict[str, float]: ...
+
+
+class Revocations(Protocol):
+    """What a restore writes into the target's revoked-token list."""
 
     def revoke_all(self, entries: dict[str, float], now: float) -> None: ...
 
@@ -102,7 +106,7 @@ def all_approvals(approvals: ApprovalStore | None, now: datetime) -> list[dict[s
 
 def take_archive(store: KeyStore, approvals: ApprovalStore | None, audit: AuditSink,
                  master_key: bytes, key: BackupKey, source: str,
-                 revocations: Revocations) -> Written:
+                 revocations: RevocationSource) -> Written:
     """The archive of everything the stores hold now, the token revocations still in force
     (an expired one is of no use), and the audit head it follows."""
     now = datetime.now(UTC)
@@ -154,7 +158,7 @@ def backup_event(written: Written, path: str) -> AuditEvent:
 
 def online(store: KeyStore, approvals: ApprovalStore | None, audit: AuditSink,
            master_key: Callable[[], bytes], key: Callable[[], BackupKey], source: str,
-           revocations: Revocations
+           revocations: RevocationSource
            ) -> Callable[[], tuple[bytes, dict[str, DetailValue], dict[str, Any]]]:
     """``take`` for the online backup (service/backup.py), over the running server's ports
     (``revocations``: the server's revoked-token list). ``master_key`` is asked at each

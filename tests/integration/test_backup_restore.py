@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import secrets
+import shutil
 import signal
 import stat
 import subprocess
@@ -617,6 +618,18 @@ def test_revocations_edited_by_a_backup_key_holder_are_refused(
         path = tmp_path / f"{name}.fhsmbak"
         path.write_bytes(_resealed(data, separate, edit, edit_header))
         _refused(path, tmp_path, target_env, monkeypatch, capsys, expect)
+
+
+def test_an_offline_backup_carries_the_logs_revocations_when_the_deny_list_was_lost(
+        source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``serve`` puts the audit log's revocations back on a deny-list file lost while it was
+    stopped; an offline backup of the stopped server carries them as well."""
+    copy = Source(source.secrets, tmp_path / "copy", source.archive)
+    shutil.copytree(source.data_dir, copy.data_dir)
+    (copy.data_dir / "revoked-tokens.json").unlink()
+    data, separate, _, _ = _separate_archive(copy, tmp_path, monkeypatch, capsys)
+    assert list(archive_body(data, separate)["revoked_tokens"]) == ["leaked-before-backup"]
 
 
 def archive_body(data: bytes, key_text: str) -> dict[str, Any]:
