@@ -64,9 +64,10 @@ def add_parsers(sub: Any) -> None:
                        parents=[client_flags()], allow_abbrev=False,
                        description="Write one archive of the key records (still sealed), "
                        "approvals, the token revocations in force and the audit head, "
-                       "encrypted and authenticated under the backup key. Online (default): asks the running server (POST "
-                       "/v1/sys/backup, an Administrator token). --offline: reads a stopped "
-                       "server's data directory itself, with the secrets serve uses.",
+                       "encrypted and authenticated under the backup key. Online (default): "
+                       "asks the running server (POST /v1/sys/backup, an Administrator token). "
+                       "--offline: reads a stopped server's data directory itself, with the "
+                       "secrets serve uses.",
                        formatter_class=fmt, epilog="examples:\n  ferrohsm backup --out "
                        "/backups/ferrohsm-$(date +%F).fhsmbak\n  ferrohsm backup --offline "
                        "--config ferrohsm.toml --out /backups/ferrohsm.fhsmbak")
@@ -174,7 +175,8 @@ def _report(args: argparse.Namespace, out: Path, h: dict[str, Any], digest: str)
     from .settings import output_only
     emit(output_only(args), {"out": str(out), "sha256": digest, "header": h}, lambda: (
         f"wrote {out}: {h.get('key_count')} key(s), {h.get('approval_count')} approval(s), "
-        f"{h.get('revoked_token_count', 0)} token revocation(s), audit head seq {(h.get('audit_head') or {}).get('seq')}, "
+        f"{h.get('revoked_token_count', 0)} token revocation(s), "
+        f"audit head seq {(h.get('audit_head') or {}).get('seq')}, "
         f"{(h.get('backup_key') or {}).get('kind')} backup key "
         f"{(h.get('backup_key') or {}).get('id')}, sha256 {digest}"))
 
@@ -222,8 +224,9 @@ class LoggedRevocations:
     source audit log's revocations still in force. ``serve`` puts the log's back on a deny-list
     lost or edited while it was stopped; the stopped server's archive must hold them too."""
 
-    def __init__(self, listed: RevocationSource, logged: Iterable[tuple[str, float | None, float]],
-                 max_ttl: int, leeway: int) -> None:
+    def __init__(self, listed: RevocationSource,
+                 logged: Iterable[tuple[str, float | None, float]], max_ttl: int,
+                 leeway: int) -> None:
         self._listed, self._logged = listed, tuple(logged)
         self._max_ttl, self._leeway = max_ttl, leeway
 
