@@ -34,7 +34,8 @@ from .audit.chain import AuditEvent
 from .audit.sinks import AuditSink, ChainedSink, FileSink, PostgresSink, SQLiteSink
 from .audit.witness import FileWitness, Witness, make_witness
 from .auth.approverkeys import ApproverKeys
-from .auth.authn import Authenticator, build_authenticator
+from .auth.authn import Authenticator, build_authenticator, file_deny_list
+from .auth.denylist import RevocationList
 from .auth.ratelimit import RateLimiter, policy_from_settings
 from .auth.sharedlimit import ClusterLimits
 from .config import Config, Secrets, fsync_cores, parse_listen
@@ -130,6 +131,13 @@ def shared_deny_list(store: KeyStore) -> PostgresDenyList | None:
     revocation at once); None keeps the file deny-list of [auth].deny_list_file."""
     return (PostgresDenyList(store.database, freshness=store.freshness)
             if isinstance(store, PostgresStore) else None)
+
+
+def open_revocations(config: Config, store: KeyStore) -> RevocationList:
+    """The revoked-token list ``serve`` would use with ``store`` (PostgreSQL's table, or the
+    file): an offline backup reads it, a restore writes the archive's revocations into it."""
+    shared = shared_deny_list(store)  # not ``or``: an empty list has len() 0, it is falsy
+    return shared if shared is not None else file_deny_list(config.auth, config.storage.data_dir)
 
 
 def store_turn(store: object) -> Turn | None:
@@ -444,7 +452,8 @@ def build_runtime(config: Config, secrets: Secrets,
                              limiter, pause=pause, tracer=tracing.from_environment())
     app.refuse_role = service.guard.refuse_role  # names the key in a role's 403 record
     rekeyer = wire_rekey(router, config, secrets, store, imports.jobs, audit, service, pause)
-    wire_backup(router, config, lambda: rekeyer.master, service, approvals, audit)
+    wire_backup(router, config, lambda: rekeyer.master, service, approvals, audit,
+                auth.deny_list)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
                       approvals=approvals, key_records=key_records, cluster=cluster, pause=pause)
     system_routes.register(router, runtime.health, metrics,
@@ -544,10 +553,11 @@ def shutdown(rt: Runtime, server: HardenedHTTPServer | None) -> None:
         rt.cluster.close()
 
 
-def open_for_backup(config: Config, secrets: Secrets) -> tuple[KeyStore, ApprovalStore,
-                                                                 ChainedSink]:
+def open_for_backup(config: Config, secrets: Secrets
+                    ) -> tuple[KeyStore, ApprovalStore, ChainedSink, Report]:
     """The stores and the audit log opened as ``serve`` opens them, every start-up check passed
-    (reconciliation included): a backup is only ever taken of a consistent state."""
+    (reconciliation included): a backup is only ever taken of a consistent state. The report
+    holds the log's token revocations (those a lost deny-list file no longer has)."""
     check_store_kind(config.storage.key_store, config.storage.data_dir)
     store = open_store(config, RecordMac.derive(secrets.master_key))
     approvals: ApprovalStore | None = None
@@ -560,14 +570,14 @@ def open_for_backup(config: Config, secrets: Secrets) -> tuple[KeyStore, Approva
         if report.failed:
             raise StartupRefused(f"{len(report.failed)} key record(s) fail their integrity "
                                  "check (see the audit log): not backing up a damaged store")
-        if config.storage.key_store != "memory":
-            reconcile(store, audit, secrets.audit_hmac_key, approvals=approvals)
+        settled = reconcile(store, audit, secrets.audit_hmac_key, approvals=approvals) \
+            if config.storage.key_store != "memory" else Report()
     except Exception:
         for opened in (audit, approvals, store):
             if opened is not None:
                 opened.close()
         raise
-    return store, approvals, audit
+    return store, approvals, audit, settled
 
 
 def open_restore_target(config: Config, secrets: Secrets) -> tuple[KeyStore, ApprovalStore]:

@@ -25,15 +25,17 @@ from .store.keystore import KeyStore
 
 
 def wire_backup(router: routing.Router, config: Config, master: Callable[[], bytes],
-                service: KeyService, approvals: ApprovalStore | None, audit: AuditSink) -> None:
+                service: KeyService, approvals: ApprovalStore | None, audit: AuditSink,
+                revocations: custody_snapshot.RevocationSource) -> None:
     """The archive of the running server's stores (custody/); the backup key is read when a
     backup is asked for (FERROHSM_BACKUP_KEY or the 0600 file, else derived from the master
     key ``master()`` gives now: an online rekey changes it), so a bad key file fails that
-    call, not start-up."""
+    call, not start-up. ``revocations``: the server's revoked-token list, carried in the
+    archive so the restored server keeps refusing those tokens."""
     take = custody_snapshot.online(
         service.store, approvals, audit, master,
         lambda: backup_key(master(), os.environ, config.secrets.backup_key_file),
-        config.storage.key_store)
+        config.storage.key_store, revocations)
     backup_routes.register(router, BackupService(service.guard, take))
 
 

@@ -391,7 +391,7 @@ class Authenticator:
         ``exp <= now + leeway + max_ttl`` (iat is at most ``leeway`` in the future and the
         lifetime is capped), and is accepted until ``exp + leeway``."""
         made = self._clock() if at is None else at
-        return max(float(exp or 0) + self.leeway, made + self.max_ttl + 2 * self.leeway)
+        return revocation_until(exp, made, self.max_ttl, self.leeway)
 
     def deny(self, jti: str, until: float) -> None:
         """Put ``jti`` on the deny-list until ``until`` (in force in this process even when it
@@ -402,11 +402,10 @@ class Authenticator:
         """At start-up: every revocation the audit log holds (jti, until or None, when it was
         made) that still matters goes back on the deny-list, so a deny-list file deleted or
         edited while the server was down re-admits no revoked token. How many were missing."""
-        now, missing = self._clock(), dict[str, float]()
-        for jti, until, made in revoked:
-            last = until if until is not None else self.revocation_until(None, made)
-            if last > now and not self.deny_list.is_revoked(jti, now):
-                missing[jti] = max(last, missing.get(jti, last))
+        now = self._clock()
+        missing = {jti: until for jti, until in
+                   logged_in_force(revoked, now, self.max_ttl, self.leeway).items()
+                   if not self.deny_list.is_revoked(jti, now)}
         self.deny_list.revoke_all(missing, now)  # one write, however many
         return len(missing)
 
@@ -423,6 +422,34 @@ class Authenticator:
                 "keyset_reloads": self.keyset.reloads,
                 "keyset_reload_failures": self.keyset.reload_failures,
                 "revoked_tokens": len(self.deny_list)}
+
+
+def revocation_until(exp: int | None, made: float, max_ttl: int, leeway: int) -> float:
+    """Until when a revocation made at ``made`` must last (Authenticator.revocation_until)."""
+    return max(float(exp or 0) + leeway, made + max_ttl + 2 * leeway)
+
+
+def logged_in_force(revoked: Iterable[tuple[str, float | None, float]], now: float,
+                    max_ttl: int, leeway: int) -> dict[str, float]:
+    """The revocations an audit log holds (jti, until or None, when it was made) still in
+    force at ``now``, each until the latest its records say: what start-up puts back on the
+    deny-list, and what an offline backup carries even when the deny-list file was lost."""
+    found: dict[str, float] = {}
+    for jti, until, made in revoked:
+        last = until if until is not None else revocation_until(None, made, max_ttl, leeway)
+        if last > now:
+            found[jti] = max(last, found.get(jti, last))
+    return found
+
+
+def file_deny_list(auth: Any, data_dir: str) -> DenyList:
+    """The file deny-list of ``[auth].deny_list_file`` (default ``<data_dir>/revoked-tokens.json``):
+    the one ``serve`` reads, and the one a restore writes the archive's revocations into."""
+    deny_path = auth.deny_list_file or str(Path(data_dir) / DENY_LIST_FILE)
+    if auth.deny_list_file and not Path(deny_path).absolute().parent.is_dir():
+        # found at start, not at the first revocation (which would then be refused, 503)
+        raise ConfigError(f"[auth].deny_list_file {deny_path}: its directory does not exist")
+    return DenyList(deny_path)
 
 
 def build_authenticator(auth: Any, primary_secret: bytes | None, data_dir: str, *,
@@ -442,14 +469,11 @@ def build_authenticator(auth: Any, primary_secret: bytes | None, data_dir: str, 
                             public_key_files=auth.public_key_files, jwks_file=auth.jwks_file,
                             env={name: environ[name] for name in names if name in environ})
     keyset = ReloadingKeySet(sources, interval=auth.keyset_reload_seconds, on_event=on_event)
-    deny_path = auth.deny_list_file or str(Path(data_dir) / DENY_LIST_FILE)
-    if auth.deny_list_file and not Path(deny_path).absolute().parent.is_dir():
-        # found at start, not at the first revocation (which would then be refused, 503)
-        raise ConfigError(f"[auth].deny_list_file {deny_path}: its directory does not exist")
     return Authenticator(issuer=auth.issuer, audience=auth.audience,
                          max_ttl=auth.max_token_ttl_seconds, leeway=auth.leeway_seconds,
                          cache_entries=auth.token_cache_entries, keyset=keyset,
-                         deny_list=deny_list if deny_list is not None else DenyList(deny_path),
+                         deny_list=deny_list if deny_list is not None
+                         else file_deny_list(auth, data_dir),
                          require_jti=auth.require_jti,
                          bound_roles=auth.require_bound_tokens_for_roles,
                          max_token_chars=auth.max_token_bytes)

@@ -69,6 +69,8 @@ class RevocationList(Protocol):
 
     def revoke_all(self, entries: dict[str, float], now: float) -> None: ...
 
+    def entries(self, now: float) -> dict[str, float]: ...
+
     def prune(self, now: float) -> int: ...
 
     def reload(self) -> None: ...
@@ -143,6 +145,14 @@ class DenyList:
             with self._entries_lock:
                 self._entries = merged
             self._write(merged)
+
+    def entries(self, now: float) -> dict[str, float]:
+        """Every entry still in force at ``now`` (jti -> until), for a backup archive: the
+        file as it is now, merged with this process's entries. Unavailable when the file
+        cannot be read: a backup silently without revocations would re-admit revoked tokens."""
+        with self._lock:
+            self._merge_file()
+            return {jti: until for jti, until in self._entries.items() if until > now}
 
     def prune(self, now: float) -> int:
         """Forget expired entries; returns how many went."""

@@ -25,14 +25,18 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config, load_config, load_secrets
 from ..domain.errors import ConfigError
 from .errors import CANNOT_WRITE, USAGE, CliExit
 from .settings import client_flags
 from .streams import writing
+
+if TYPE_CHECKING:
+    from ..custody.snapshot import RevocationSource
 
 MAX_ARCHIVE = 1 << 31
 
@@ -59,10 +63,11 @@ def add_parsers(sub: Any) -> None:
     b = sub.add_parser("backup", help="write an encrypted backup archive of every key",
                        parents=[client_flags()], allow_abbrev=False,
                        description="Write one archive of the key records (still sealed), "
-                       "approvals and the audit head, encrypted and authenticated under the "
-                       "backup key. Online (default): asks the running server (POST "
-                       "/v1/sys/backup, an Administrator token). --offline: reads a stopped "
-                       "server's data directory itself, with the secrets serve uses.",
+                       "approvals, the token revocations in force and the audit head, "
+                       "encrypted and authenticated under the backup key. Online (default): "
+                       "asks the running server (POST /v1/sys/backup, an Administrator token). "
+                       "--offline: reads a stopped server's data directory itself, with the "
+                       "secrets serve uses.",
                        formatter_class=fmt, epilog="examples:\n  ferrohsm backup --out "
                        "/backups/ferrohsm-$(date +%F).fhsmbak\n  ferrohsm backup --offline "
                        "--config ferrohsm.toml --out /backups/ferrohsm.fhsmbak")
@@ -73,10 +78,12 @@ def add_parsers(sub: Any) -> None:
     b.set_defaults(func=run_backup)
     r = sub.add_parser("restore", help="restore a backup archive into an empty data directory",
                        description="Verify the archive completely, then restore it into an "
-                       "empty data directory and store (any store kind). Needs the same master "
-                       "key (and backup key) as the source; in split-knowledge mode, a "
-                       "threshold of its shares and its custody.json copied into the new data "
-                       "directory first.", formatter_class=fmt,
+                       "empty data directory and store (any store kind), the token revocations "
+                       "of the archive into its deny-list (tokens revoked in the source after "
+                       "the backup are not: revoke them again, or change the JWT secret). Needs "
+                       "the same master key (and backup key) as the source; in split-knowledge "
+                       "mode, a threshold of its shares and its custody.json copied into the "
+                       "new data directory first.", formatter_class=fmt,
                        epilog="examples:\n  ferrohsm restore /backups/ferrohsm.fhsmbak "
                        "--data-dir /var/lib/ferrohsm-new --key-store sqlite\n  cp "
                        "/var/lib/ferrohsm/custody.json /var/lib/ferrohsm-new/ && ferrohsm "
@@ -168,6 +175,7 @@ def _report(args: argparse.Namespace, out: Path, h: dict[str, Any], digest: str)
     from .settings import output_only
     emit(output_only(args), {"out": str(out), "sha256": digest, "header": h}, lambda: (
         f"wrote {out}: {h.get('key_count')} key(s), {h.get('approval_count')} approval(s), "
+        f"{h.get('revoked_token_count', 0)} token revocation(s), "
         f"audit head seq {(h.get('audit_head') or {}).get('seq')}, "
         f"{(h.get('backup_key') or {}).get('kind')} backup key "
         f"{(h.get('backup_key') or {}).get('id')}, sha256 {digest}"))
@@ -189,12 +197,14 @@ def run_offline_backup(args: argparse.Namespace) -> int:
         raise
     key = backup_key(secrets.master_key, os.environ, config.secrets.backup_key_file)
     try:
-        store, approvals, audit = wiring.open_for_backup(config, secrets)
+        store, approvals, audit, settled = wiring.open_for_backup(config, secrets)
     except OSError as exc:
         raise wiring.startup_failure(exc) from None
     try:
+        revoked = LoggedRevocations(wiring.open_revocations(config, store), settled.revoked,
+                                    config.auth.max_token_ttl_seconds, config.auth.leeway_seconds)
         written = snapshot.take_archive(store, approvals, audit, secrets.master_key, key,
-                                config.storage.key_store)
+                                        config.storage.key_store, revoked)
         args.archive_out.commit(written.data)
         try:
             audit.append(snapshot.backup_event(written, str(out)))
@@ -207,6 +217,24 @@ def run_offline_backup(args: argparse.Namespace) -> int:
         store.close()
     _report(args, out, written.header, written.digest)
     return 0
+
+
+class LoggedRevocations:
+    """What an offline backup carries of the revoked tokens: the deny-list's entries and the
+    source audit log's revocations still in force. ``serve`` puts the log's back on a deny-list
+    lost or edited while it was stopped; the stopped server's archive must hold them too."""
+
+    def __init__(self, listed: RevocationSource,
+                 logged: Iterable[tuple[str, float | None, float]], max_ttl: int,
+                 leeway: int) -> None:
+        self._listed, self._logged = listed, tuple(logged)
+        self._max_ttl, self._leeway = max_ttl, leeway
+
+    def entries(self, now: float) -> dict[str, float]:
+        from ..auth.authn import logged_in_force
+        from ..auth.denylist import lengthened
+        return lengthened(logged_in_force(self._logged, now, self._max_ttl, self._leeway),
+                          self._listed.entries(now))
 
 
 class PrivateArchive:
@@ -327,22 +355,25 @@ def run_restore(args: argparse.Namespace) -> int:
     got = restoring.verify_under(data, secrets.master_key, key)  # before anything is written
     digest = hashlib.sha256(data).hexdigest()
     try:
-        _restore(wiring, config, secrets, got, digest)
+        revoked = _restore(wiring, config, secrets, got, digest)
     except OSError as exc:
         raise wiring.startup_failure(exc) from None
-    print(f"restored {len(got.keys)} key(s) and {len(got.approvals)} approval(s) into "
-          f"{config.storage.data_dir} ({config.storage.key_store}); source audit head seq "
-          f"{got.audit_head.get('seq')}. Note: {restoring.state_as_taken(got.header)}; destroy "
-          "it again if its destruction must stand. Start the server with the same "
+    print(f"restored {len(got.keys)} key(s), {len(got.approvals)} approval(s) and {revoked} "
+          f"token revocation(s) into {config.storage.data_dir} ({config.storage.key_store}); "
+          f"source audit head seq {got.audit_head.get('seq')}. Note: "
+          f"{restoring.state_as_taken(got.header)}; destroy it again if its destruction must "
+          f"stand. {restoring.revocations_as_taken(got.header)}. Start the server with the same "
           f"{'shares' if config.secrets.unseal == 'shamir' else 'master key'}.")
     return 0
 
 
-def _restore(wiring: Any, config: Config, secrets: Any, got: Any, digest: str) -> None:
+def _restore(wiring: Any, config: Config, secrets: Any, got: Any, digest: str) -> int:
+    """Into the empty (or interrupted) target; how many token revocations were written."""
     from ..custody import restore as restoring
     location = wiring.audit_location(config)
     store, approvals = wiring.open_restore_target(config, secrets)
     try:
+        revocations = wiring.open_revocations(config, store)
         state = restoring.target_state(store, approvals, location.present())
         if state == "interrupted":
             print("ferrohsm: the target holds an interrupted restore: starting over",
@@ -352,10 +383,11 @@ def _restore(wiring: Any, config: Config, secrets: Any, got: Any, digest: str) -
         restoring.begin(store)
         audit = wiring.open_audit(config, secrets)
         try:
-            restoring.apply(got, digest, store, approvals, audit)
+            revoked: int = restoring.apply(got, digest, store, approvals, audit, revocations)
         finally:
             audit.close()
         restoring.finish(store)
+        return revoked
     finally:
         approvals.close()
         store.close()

@@ -14,7 +14,8 @@ body, or cutting the file fails authentication before anything is parsed from th
 
 The body (canonical JSON) holds the key records exactly as a store keeps them (their sealed
 blobs are never unsealed here, and each record keeps its MAC), the store's meta blobs, the
-approvals, and the audit head with the newest signed checkpoint.
+approvals, the token revocations still in force (``revoked_tokens``: jti -> until; absent from
+archives of older builds), and the audit head with the newest signed checkpoint.
 """
 
 from __future__ import annotations

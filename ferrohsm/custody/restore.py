@@ -10,6 +10,10 @@ the store write of the record bound to that intent, then its success. So the res
 passes the unchanged start-up checks: every record is bound to the latest confirmed change of its
 key in the new log (integrity/reconcile.py), and ``key.restore`` counts as a creation for the
 store-loss check (integrity/logscan.py). Nothing is relaxed for data that was not restored.
+The archive's token revocations still in force are recorded in the new log (``token.revoke``,
+naming the archive), then written to the target's revoked-token list: the restored server keeps
+refusing tokens revoked before the backup, and rebuilds that list from its log like its own.
+Tokens revoked in the source after the backup are not known here: restore says so.
 
 Crash safety: the meta blob ``restore_state`` is set to ``in-progress`` before the first write
 and to ``done`` after the last record; while it says ``in-progress`` the server refuses to start
@@ -24,7 +28,9 @@ import base64
 import binascii
 import hmac
 import json
-from dataclasses import dataclass, replace
+import math
+import time
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,11 +42,11 @@ from ..crypto.seal import Sealer
 from ..domain import binding
 from ..domain.approval import Approval, from_record
 from ..domain.errors import FerroError
-from ..domain.model import Key
+from ..domain.model import PLAIN_TEXT_RE, Key
 from ..store.approvalstore import ApprovalStore
 from ..store.keystore import KeyStore
 from ..store.records import RecordCodec
-from . import archive
+from . import archive, snapshot
 from .archive import ArchiveRefused
 from .snapshot import CHECK_VALUE, SYSTEM, all_keys, contents_mac
 
@@ -65,6 +71,7 @@ class Verified:
     approvals: tuple[Approval, ...]
     audit_head: dict[str, Any]
     check_value: bytes
+    revoked_tokens: dict[str, float] = field(default_factory=dict)  # none in older archives
 
 
 def verify_under(data: bytes, master_key: bytes, key: BackupKey) -> Verified:
@@ -105,7 +112,35 @@ def verify(got: archive.Archive, sealer: Sealer, codec: RecordCodec) -> Verified
         raise ArchiveRefused("the backup archive's body is not valid") from None
     if len(keys) != header.get("key_count") or len({k.id for k in keys}) != len(keys):
         raise ArchiveRefused("the backup archive's key records do not match its header")
-    return Verified(header, keys, meta, approvals, head, check)
+    return Verified(header, keys, meta, approvals, head, check, _revoked(header, body))
+
+
+def _revoked(header: dict[str, Any], body: dict[str, Any]) -> dict[str, float]:
+    """The archive's token revocations (jti -> until): none in an archive written before they
+    were carried (neither the member nor its count), else exactly as many as the header says."""
+    if snapshot.REVOKED not in body and snapshot.REVOKED_COUNT not in header:
+        return {}
+    listed, count = body.get(snapshot.REVOKED), header.get(snapshot.REVOKED_COUNT)
+    if not isinstance(listed, dict) or not all(
+            _valid_jti(jti) and isinstance(until, (int, float)) and not isinstance(until, bool)
+            and not math.isnan(until) for jti, until in listed.items()):
+        raise ArchiveRefused("the backup archive's token revocations are not valid")
+    if type(count) is not int or count != len(listed):
+        raise ArchiveRefused("the backup archive's token revocations do not match its header")
+    return {jti: float(until) for jti, until in listed.items()}
+
+
+def revocations_as_taken(header: dict[str, Any]) -> str:
+    """What a restore cannot bring back, said with it (CLI output): the archive carries the
+    token revocations in force when it was taken, not those made in the source since."""
+    return (f"Tokens revoked in the source after the archive was taken ({taken_at(header)}) are "
+            "NOT revoked here: revoke them again (ferrohsm token revoke), or rotate the JWT "
+            "secret (FERROHSM_JWT_HS256_SECRET) if unsure which were")
+
+
+def _valid_jti(jti: object) -> bool:
+    """auth.denylist.valid_jti (custody does not import auth): 1-128 plain-text characters."""
+    return isinstance(jti, str) and 0 < len(jti) <= 128 and PLAIN_TEXT_RE.fullmatch(jti) is not None
 
 
 def taken_at(header: dict[str, Any]) -> str:
@@ -178,8 +213,9 @@ def finish(store: KeyStore) -> None:
 # ---- writing, record first ------------------------------------------------------------------
 
 def apply(got: Verified, digest: str, store: KeyStore, approvals: ApprovalStore | None,
-          sink: AuditSink) -> None:
-    """Write the verified archive into the (empty, marked) target and its new audit log."""
+          sink: AuditSink, revocations: snapshot.Revocations) -> int:
+    """Write the verified archive into the (empty, marked) target, its revoked-token list
+    and its new audit log; how many token revocations were written (those still in force)."""
     head = got.audit_head
     sink.append(_event("system.restored", binding.SUCCESS,
                        f"restore from backup archive {digest[:16]}… begun: predecessor audit "
@@ -197,11 +233,36 @@ def apply(got: Verified, digest: str, store: KeyStore, approvals: ApprovalStore 
     if approvals is not None:
         for approval in got.approvals:
             approvals.create(approval)
+    revoked = restore_revocations(got, digest, revocations, sink)
     store.put_meta(CHECK_VALUE, got.check_value)
     sink.append(_event("system.restore_completed", binding.SUCCESS,
                        f"restore complete: {len(got.keys)} key(s), {len(got.approvals)} "
-                       "approval(s)", None, None, archive_sha256=digest,
-                       key_count=len(got.keys), approval_count=len(got.approvals)))
+                       f"approval(s), {revoked} token revocation(s) as of "
+                       f"{taken_at(got.header)} (tokens revoked in the source since are not "
+                       "revoked here)", None, None, archive_sha256=digest,
+                       key_count=len(got.keys), approval_count=len(got.approvals),
+                       revoked_token_count=revoked))
+    return revoked
+
+
+def restore_revocations(got: Verified, digest: str, revocations: snapshot.Revocations,
+                        sink: AuditSink) -> int:
+    """The archive's revocations still in force go on the target's list (the file or the
+    PostgreSQL table the restored server reads), merged with what it holds: an entry only
+    ever lengthens, so a restore run again after a crash writes the same list. Recorded first,
+    as ``token.revoke`` records of the new log, like every revocation (service/tokens.py): the
+    log is what start-up rebuilds a lost or edited deny-list from, so no entry is without one."""
+    now = time.time()
+    live = {jti: until for jti, until in got.revoked_tokens.items() if until > now}
+    items = sorted(live.items())
+    for start in range(0, len(items), BATCH):
+        sink.append_group([_event(
+            "token.revoke", binding.SUCCESS, f"token {jti} revoked (carried from backup archive "
+            f"{digest[:16]}…: revoked in the source before it was taken)", None, None, jti=jti,
+            until=math.ceil(until) if math.isfinite(until) else None, archive_sha256=digest)
+            for jti, until in items[start:start + BATCH]])
+    revocations.revoke_all(live, now)
+    return len(live)
 
 
 def _checkpoint_details(checkpoint: object) -> dict[str, DetailValue]:

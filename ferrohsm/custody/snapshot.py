@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from ..audit.chain import AuditEvent, DetailValue
 from ..audit.sinkbase import AuditSink
@@ -47,14 +47,38 @@ BINDING_CONTEXT = b"ferrohsm backup contents v1"
 def contents_mac(master_key: bytes, header: dict[str, Any], body: dict[str, Any]) -> str:
     """A MAC under the master key's record-MAC key over the whole contents and the header's
     own fields: whoever holds only a separate backup key can decrypt and re-seal an archive,
-    but cannot drop, reorder, edit or mix in records from another archive unseen."""
-    covered = {"header": {k: header.get(k) for k in HEADER_FIELDS},
-               **{k: body.get(k) for k in ("keys", "meta", "approvals", "audit_head")}}
+    but cannot drop, reorder, edit or mix in records from another archive unseen.
+
+    The members added since the first archives (``ADDED_HEADER``, ``ADDED_BODY``) are covered
+    by name when present and left out when absent, so an older archive's MAC is computed as
+    it was written; adding or dropping one changes what is covered, so the MAC fails."""
+    covered = {"header": {k: header.get(k) for k in HEADER_FIELDS}
+               | {k: header[k] for k in ADDED_HEADER if k in header},
+               **{k: body.get(k) for k in ("keys", "meta", "approvals", "audit_head")},
+               **{k: body[k] for k in ADDED_BODY if k in body}}
     return RecordMac.derive(master_key).tag(BINDING_CONTEXT, archive.canonical(covered)).hex()
 
 
 HEADER_FIELDS = ("created_at", "source_store", "key_count", "approval_count", "audit_head",
                  "check_value")
+REVOKED = "revoked_tokens"  # body: jti -> until (epoch seconds), the revocations in force
+REVOKED_COUNT = "revoked_token_count"  # header: how many
+ADDED_HEADER = (REVOKED_COUNT,)  # absent from archives written before revocations were carried
+ADDED_BODY = (REVOKED,)
+
+
+class RevocationSource(Protocol):
+    """What a backup reads of the revoked-token list (auth.denylist's RevocationList: the file
+    deny-list or the PostgreSQL table): a restored server must keep refusing the tokens
+    revoked before the archive was taken."""
+
+    def entries(self, now: float) -> dict[str, float]: ...
+
+
+class Revocations(Protocol):
+    """What a restore writes into the target's revoked-token list."""
+
+    def revoke_all(self, entries: dict[str, float], now: float) -> None: ...
 
 
 def all_keys(store: KeyStore) -> Iterator[Key]:
@@ -81,9 +105,12 @@ def all_approvals(approvals: ApprovalStore | None, now: datetime) -> list[dict[s
 
 
 def take_archive(store: KeyStore, approvals: ApprovalStore | None, audit: AuditSink,
-         master_key: bytes, key: BackupKey, source: str) -> Written:
-    """The archive of everything the stores hold now, and the audit head it follows."""
+                 master_key: bytes, key: BackupKey, source: str,
+                 revocations: RevocationSource) -> Written:
+    """The archive of everything the stores hold now, the token revocations still in force
+    (an expired one is of no use), and the audit head it follows."""
     now = datetime.now(UTC)
+    revoked = revocations.entries(now.timestamp())
     codec = RecordCodec(RecordMac.derive(master_key))
     check = store.get_meta(CHECK_VALUE)
     records = [codec.encode(k).decode("ascii") for k in all_keys(store)]
@@ -96,10 +123,12 @@ def take_archive(store: KeyStore, approvals: ApprovalStore | None, audit: AuditS
               "key_count": len(records), "approval_count": len(approval_records),
               "audit_head": {"seq": seq, "hash": head_hash},
               "check_value": base64.b64encode(check).decode() if check is not None else None,
+              REVOKED_COUNT: len(revoked),
               "ferrohsm_version": __import__("ferrohsm").__version__}
     body: dict[str, Any] = {"keys": records, "meta": meta, "approvals": approval_records,
                             "audit_head": {"seq": seq, "hash": head_hash,
-                                           "checkpoint": checkpoint}}
+                                           "checkpoint": checkpoint},
+                            REVOKED: dict(sorted(revoked.items()))}
     body["binding"] = contents_mac(master_key, header, body)
     data = archive.write(header, body, key)
     return Written(data, archive.read_header(data)[0])
@@ -109,7 +138,9 @@ def details(written: Written) -> dict[str, DetailValue]:
     """What the ``system.backup`` record says of an archive (public: no key, no material)."""
     h = written.header
     return {"archive_sha256": written.digest, "key_count": h["key_count"],
-            "approval_count": h["approval_count"], "audit_head_seq": h["audit_head"]["seq"],
+            "approval_count": h["approval_count"],
+            "revoked_token_count": int(h.get(REVOKED_COUNT) or 0),
+            "audit_head_seq": h["audit_head"]["seq"],
             "audit_head_hash": h["audit_head"]["hash"],
             "backup_key": f"{h['backup_key']['kind']}:{h['backup_key']['id']}"}
 
@@ -120,16 +151,20 @@ def backup_event(written: Written, path: str) -> AuditEvent:
     h = written.header
     return AuditEvent(actor=SYSTEM, role=SYSTEM, action="system.backup", outcome="success",
                       message=f"backup archive written to {path}: {h['key_count']} key(s), "
-                      f"{h['approval_count']} approval(s), audit head seq "
+                      f"{h['approval_count']} approval(s), {h.get(REVOKED_COUNT, 0)} token "
+                      f"revocation(s), audit head seq "
                       f"{h['audit_head']['seq']}", details=details(written))
 
 
 def online(store: KeyStore, approvals: ApprovalStore | None, audit: AuditSink,
-           master_key: Callable[[], bytes], key: Callable[[], BackupKey], source: str
+           master_key: Callable[[], bytes], key: Callable[[], BackupKey], source: str,
+           revocations: RevocationSource
            ) -> Callable[[], tuple[bytes, dict[str, DetailValue], dict[str, Any]]]:
-    """``take`` for the online backup (service/backup.py), over the running server's ports.
-    ``master_key`` is asked at each backup: an online rekey changes it while the server runs."""
+    """``take`` for the online backup (service/backup.py), over the running server's ports
+    (``revocations``: the server's revoked-token list). ``master_key`` is asked at each
+    backup: an online rekey changes it while the server runs."""
     def take() -> tuple[bytes, dict[str, DetailValue], dict[str, Any]]:
-        written = take_archive(store, approvals, audit, master_key(), key(), source)
+        written = take_archive(store, approvals, audit, master_key(), key(), source,
+                               revocations)
         return written.data, details(written), written.header
     return take

@@ -119,6 +119,12 @@ class PostgresDenyList:
         with self._lock:  # listed now, and an entry only ever lengthens: true under any check
             self._answers[1].update(dict.fromkeys(listed, True))
 
+    def entries(self, now: float) -> dict[str, float]:
+        """Every entry still in force at ``now`` (jti -> until), for a backup archive."""
+        rows = self._db.query("SELECT jti, until FROM revoked_tokens WHERE until > %s", (now,),
+                              "cannot read the revoked-token list")
+        return {str(jti): float(until) for jti, until in rows}
+
     def prune(self, now: float) -> int:
         """Forget entries whose tokens have all expired; returns how many went."""
         def work(conn: Conn) -> int:

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import secrets
+import shutil
 import signal
 import stat
 import subprocess
@@ -67,6 +68,13 @@ class Source:
     signatures: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     key_ids: list[str] = field(default_factory=list)
     approval_id: str = ""
+    revoked_token: str = ""  # revoked on the source before the backup
+
+
+def same_tokens(s: Secrets) -> Secrets:
+    """A restore target's secrets: the source's master key and JWT secret (its tokens still
+    sign), a new audit key."""
+    return Secrets(s.master_key, s.jwt_hs256_secret, secrets.token_bytes(32))
 
 
 def records(data_dir: Path) -> list[dict[str, Any]]:
@@ -119,6 +127,16 @@ def populate(srv: LiveServer, src: Source) -> None:
     status, _, parked = srv.call("POST", f"/v1/keys/{tagged['id']}/rotate", role="operator")
     assert status == 202, parked
     src.approval_id = parked["approval"]["id"]
+    revoke_a_token(srv, src)
+
+
+def revoke_a_token(srv: LiveServer, src: Source) -> None:
+    """A token that worked, revoked by jti: refused from then on, here and after a restore."""
+    src.revoked_token = srv.token("operator", subject="leaked-ci", jti="leaked-before-backup")
+    assert srv.call("GET", "/v1/keys", token=src.revoked_token)[0] == 200
+    status, _, body = srv.call("POST", "/v1/tokens/revoke", {"jti": "leaked-before-backup"})
+    assert status == 200 and body["revoked"] is True, body
+    assert srv.call("GET", "/v1/keys", token=src.revoked_token)[0] == 401
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +183,12 @@ def check_everything_works(srv: LiveServer, src: Source) -> None:
     assert status == 200 and approval["state"] == "pending", approval
     status, _, page = srv.call("GET", "/v1/keys?limit=100", role="auditor")
     assert sorted(k["id"] for k in page["keys"]) == sorted(src.key_ids)
+    if srv.secrets.jwt_hs256_secret == src.secrets.jwt_hs256_secret:
+        # the source's tokens sign here: the one revoked before the backup stays refused
+        status, _, body = srv.call("GET", "/v1/keys", token=src.revoked_token)
+        assert status == 401 and body["error"]["code"] == "unauthenticated", body
+        assert srv.call("GET", "/v1/keys", token=srv.token(
+            "operator", subject="leaked-ci", jti="never-revoked"))[0] == 200
 
 
 def test_the_archive_is_private_self_describing_and_audited(source: Source) -> None:
@@ -174,6 +198,7 @@ def test_the_archive_is_private_self_describing_and_audited(source: Source) -> N
     assert magic == b"FERROHSM-BACKUP 1"
     head = json.loads(header)
     assert head["key_count"] == 4 and head["approval_count"] == 1
+    assert head["revoked_token_count"] == 1
     assert head["source_store"] == "filesystem" and head["backup_key"]["kind"] == "derived"
     log = records(source.data_dir)
     backup = [r for r in log if r["action"] == "system.backup"]
@@ -191,11 +216,18 @@ def test_restore_into_each_store_decrypts_and_verifies(
         capsys: pytest.CaptureFixture[str]) -> None:
     with ExitStack() as stack:
         dsn = _postgres_dsn(kind, monkeypatch, stack)
-        target = new_secrets(source.secrets.master_key)  # same master key, new audit/JWT keys
+        target = same_tokens(source.secrets)  # same master key and JWT secret, new audit key
         code, out, err = cli(restore_args(source.archive, tmp_path / "data", kind),
                              env_of(target), monkeypatch, capsys)
         assert code == 0, err
-        assert "restored 4 key(s) and 1 approval(s)" in out
+        assert "restored 4 key(s), 1 approval(s) and 1 token revocation(s)" in out
+        assert "Tokens revoked in the source after the archive was taken" in out
+        assert "revoke them again" in out and "FERROHSM_JWT_HS256_SECRET" in out
+        deny_file = tmp_path / "data" / "revoked-tokens.json"
+        in_file = deny_file.exists() and "leaked-before-backup" in deny_file.read_text()
+        assert in_file == (kind != "postgres")  # PostgreSQL: its table, every node's
+        if kind == "sqlite":  # lost while stopped: start-up rebuilds it from the new log
+            deny_file.unlink()
         srv = start(tmp_path, kind, target, dsn)
         try:
             check_everything_works(srv, source)
@@ -210,6 +242,12 @@ def test_restore_into_each_store_decrypts_and_verifies(
     assert first["details"]["archive_sha256"] == backup["details"]["archive_sha256"]
     restored = [r for r in log if r["action"] == "key.restore" and r["outcome"] == "success"]
     assert sorted(r["key_id"] for r in restored) == sorted(source.key_ids)
+    carried = [r for r in log if r["action"] == "token.revoke"]
+    assert [(r["outcome"], r["details"]["jti"]) for r in carried] == [
+        ("success", "leaked-before-backup")]
+    completed = next(r for r in log if r["action"] == "system.restore_completed")
+    assert completed["details"]["revoked_token_count"] == 1
+    assert "1 token revocation(s)" in completed["message"]
 
 
 def test_a_restore_says_when_the_archive_was_taken_and_that_destroyed_keys_come_back(
@@ -379,7 +417,7 @@ sys.exit(main(sys.argv[2:]))
 def test_kill_9_during_restore_never_serves_a_half_restored_store(
         source: Source, point: str, kind: str, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    target = new_secrets(source.secrets.master_key)
+    target = same_tokens(source.secrets)
     data_dir = tmp_path / "data"
     env = {**os.environ, **env_of(target), "PYTHONPATH": str(ROOT)}
     env.pop("FERROHSM_BACKUP_KEY", None)
@@ -433,7 +471,7 @@ def test_online_backup_of_a_running_server_restores(
     finally:
         srv.close()
     assert stat.S_IMODE(src.archive.stat().st_mode) == 0o600
-    target = new_secrets(s.master_key)
+    target = same_tokens(s)
     code, _, err = cli(restore_args(src.archive, tmp_path / "dst" / "data", "filesystem"),
                        env_of(target), monkeypatch, capsys)
     assert code == 0, err
@@ -458,9 +496,9 @@ def test_a_restored_key_later_lost_from_the_store_stops_start_up(
         start(tmp_path, "filesystem", target)
 
 
-def _resealed(data: bytes, key_text: str, edit: Any) -> bytes:
-    """The archive decrypted with the backup key, its body edited, sealed again: what a holder
-    of a separate backup key (but not of the master key) could make."""
+def _resealed(data: bytes, key_text: str, edit: Any, edit_header: Any = None) -> bytes:
+    """The archive decrypted with the backup key, its body (and header) edited, sealed again:
+    what a holder of a separate backup key (but not of the master key) could make."""
     from ferrohsm.crypto.archive import BackupKey
     from ferrohsm.custody import archive
     key = BackupKey.separate(base64.b64decode(key_text))
@@ -468,6 +506,8 @@ def _resealed(data: bytes, key_text: str, edit: Any) -> bytes:
     body = json.loads(json.dumps(got.body))
     edit(body)
     header = {k: v for k, v in got.header.items() if k not in ("format", "cipher", "backup_key")}
+    if edit_header is not None:
+        edit_header(header)
     return archive.write(header, body, key)
 
 
@@ -521,3 +561,119 @@ def test_records_swapped_by_a_backup_key_holder_are_refused(
     code, _, err = cli(restore_args(untouched, tmp_path / "ok", "sqlite"), target_env,
                        monkeypatch, capsys)
     assert code == 0, err  # the re-sealing itself is sound: only the edits are refused
+
+
+def _separate_archive(source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                      capsys: pytest.CaptureFixture[str]
+                      ) -> tuple[bytes, str, Secrets, dict[str, str]]:
+    """An offline archive of the source under a separate backup key (which its holder can
+    open and re-seal), that key, a restore target's secrets and environment."""
+    separate = B(secrets.token_bytes(32))
+    path = tmp_path / "separate.fhsmbak"
+    env = {**env_of(source.secrets), "FERROHSM_BACKUP_KEY": separate}
+    assert cli(["backup", "--offline", "--data-dir", str(source.data_dir), "--key-store",
+                "filesystem", "--out", str(path)], env, monkeypatch, capsys)[0] == 0
+    target = same_tokens(source.secrets)
+    return path.read_bytes(), separate, target, {**env_of(target),
+                                                 "FERROHSM_BACKUP_KEY": separate}
+
+
+def _drop_revocations(body: dict[str, Any]) -> None:
+    del body["revoked_tokens"]
+
+
+def _drop_revoked_count(header: dict[str, Any]) -> None:
+    del header["revoked_token_count"]
+
+
+def test_revocations_edited_by_a_backup_key_holder_are_refused(
+        source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The revoked tokens are bound by the contents MAC like the key records: a holder of a
+    separate backup key cannot drop them (the member, or the member and its count: an archive
+    of an older build then, whose MAC covered neither), empty them, or add one unseen."""
+    data, separate, _, target_env = _separate_archive(source, tmp_path, monkeypatch, capsys)
+    body = archive_body(data, separate)
+    assert list(body["revoked_tokens"]) == ["leaked-before-backup"]
+
+    def emptied(header: dict[str, Any]) -> None:
+        header["revoked_token_count"] = 0
+
+    def added(b: dict[str, Any]) -> None:
+        b["revoked_tokens"]["another"] = 4_000_000_000.0
+
+    def counted_two(header: dict[str, Any]) -> None:
+        header["revoked_token_count"] = 2
+
+    def shortened(b: dict[str, Any]) -> None:
+        b["revoked_tokens"]["leaked-before-backup"] = 1.0
+
+    for name, edit, edit_header, expect in (
+            ("dropped", _drop_revocations, None, "token revocations are not valid"),
+            ("dropped-both", _drop_revocations, _drop_revoked_count, "record set fails"),
+            ("emptied", lambda b: b["revoked_tokens"].clear(), emptied, "record set fails"),
+            ("added", added, counted_two, "record set fails"),
+            ("shortened", shortened, None, "record set fails"),
+            ("added-member", lambda b: None, _drop_revoked_count, "do not match its header")):
+        path = tmp_path / f"{name}.fhsmbak"
+        path.write_bytes(_resealed(data, separate, edit, edit_header))
+        _refused(path, tmp_path, target_env, monkeypatch, capsys, expect)
+
+
+def test_an_offline_backup_carries_the_logs_revocations_when_the_deny_list_was_lost(
+        source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``serve`` puts the audit log's revocations back on a deny-list file lost while it was
+    stopped; an offline backup of the stopped server carries them as well."""
+    copy = Source(source.secrets, tmp_path / "copy", source.archive)
+    shutil.copytree(source.data_dir, copy.data_dir)
+    (copy.data_dir / "revoked-tokens.json").unlink()
+    data, separate, _, _ = _separate_archive(copy, tmp_path, monkeypatch, capsys)
+    assert list(archive_body(data, separate)["revoked_tokens"]) == ["leaked-before-backup"]
+
+
+def archive_body(data: bytes, key_text: str) -> dict[str, Any]:
+    from ferrohsm.crypto.archive import BackupKey
+    from ferrohsm.custody import archive
+    return archive.read(data, BackupKey.separate(base64.b64decode(key_text))).body
+
+
+def _old_binding(master: bytes, header: dict[str, Any], body: dict[str, Any]) -> str:
+    """snapshot.contents_mac as the builds before revocations were carried computed it."""
+    from ferrohsm.crypto.recordmac import RecordMac
+    from ferrohsm.custody import archive
+    covered = {"header": {k: header.get(k) for k in ("created_at", "source_store", "key_count",
+                                                     "approval_count", "audit_head",
+                                                     "check_value")},
+               **{k: body.get(k) for k in ("keys", "meta", "approvals", "audit_head")}}
+    return RecordMac.derive(master).tag(b"ferrohsm backup contents v1",
+                                        archive.canonical(covered)).hex()
+
+
+def test_an_archive_of_an_older_build_without_revocations_still_restores(
+        source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Archives written before revocations were carried (no member, no count, their MAC over
+    the rest) verify and restore as before: with no revocation, and the restore says so."""
+    data, separate, target, target_env = _separate_archive(source, tmp_path, monkeypatch,
+                                                           capsys)
+
+    def old(body: dict[str, Any]) -> None:
+        del body["revoked_tokens"]
+        header = json.loads(data.split(b"\n", 2)[1])
+        del header["revoked_token_count"]
+        body["binding"] = _old_binding(source.secrets.master_key, header, body)
+
+    older = tmp_path / "older.fhsmbak"
+    older.write_bytes(_resealed(data, separate, old, _drop_revoked_count))
+    code, out, err = cli(restore_args(older, tmp_path / "data", "sqlite"), target_env,
+                         monkeypatch, capsys)
+    assert code == 0, err
+    assert "4 key(s), 1 approval(s) and 0 token revocation(s)" in out
+    assert "Tokens revoked in the source after the archive was taken" in out
+    srv = start(tmp_path, "sqlite", target)
+    try:
+        assert srv.call("GET", "/v1/keys", token=source.revoked_token)[0] == 200  # as before
+        assert srv.call("GET", "/v1/keys", role="auditor")[0] == 200
+    finally:
+        srv.close()

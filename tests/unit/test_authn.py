@@ -20,7 +20,7 @@ from ferrohsm.auth.authn import Authenticator, TokenRejected, build_authenticato
 from ferrohsm.auth.denylist import DenyList
 from ferrohsm.auth.keysets import KeysetSources, ReloadingKeySet
 from ferrohsm.config import load_config
-from ferrohsm.domain.errors import BadRequest, ConfigError, Unauthenticated
+from ferrohsm.domain.errors import BadRequest, ConfigError, Unauthenticated, Unavailable
 from ferrohsm.domain.model import Role
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -298,6 +298,20 @@ def test_deny_list_persists_0600_and_survives_restart(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     again = DenyList(path)
     assert again.is_revoked("jti-1", 1500.0) and not again.is_revoked("jti-2", 1500.0)
+
+
+def test_deny_list_entries_are_read_whole_for_a_backup(tmp_path: Path) -> None:
+    """A backup archive carries the revocations in force: what another process wrote included
+    (the file is read, not only this process's memory), the expired left out."""
+    path = tmp_path / "revoked.json"
+    reader, writer = DenyList(path, check_interval=3600.0), DenyList(path)
+    reader.revoke("mine", until=5000.0, now=1000.0)
+    writer.revoke_all({"theirs": 6000.0, "old": 1500.0}, now=1000.0)
+    assert reader.entries(2000.0) == {"mine": 5000.0, "theirs": 6000.0}
+    assert DenyList().entries(0.0) == {}
+    path.write_text("not json")
+    with pytest.raises(Unavailable):  # never a backup silently without its revocations
+        reader.entries(2000.0)
 
 
 def test_deny_list_entries_expire(tmp_path: Path) -> None:

@@ -106,3 +106,34 @@ def test_without_hard_links_the_name_is_still_never_taken_over(
         archive.commit(b"archive")
     assert refused.value.code == CANNOT_WRITE and other.read_bytes() == b"theirs"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.fhsmbak", "c.fhsmbak"]
+
+
+# ---- the contents MAC and the revoked tokens (custody/snapshot.py) ----------------------------
+
+HEADER = {"created_at": "2026-12-06T00:00:00Z", "source_store": "sqlite", "key_count": 0,
+          "approval_count": 0, "audit_head": {"seq": 1, "hash": "h"}, "check_value": "c"}
+BODY = {"keys": [], "meta": {}, "approvals": [], "audit_head": {"seq": 1, "hash": "h"}}
+
+
+def test_an_archive_without_revocations_keeps_the_mac_older_builds_wrote() -> None:
+    """An archive written before revocations were carried must still verify: its MAC is the
+    one of the covered dict as it was then (no member, no count)."""
+    from ferrohsm.crypto.recordmac import RecordMac
+    from ferrohsm.custody.snapshot import contents_mac
+    master = secrets.token_bytes(32)
+    old = {"header": HEADER, **BODY}
+    assert contents_mac(master, HEADER, BODY) == RecordMac.derive(master).tag(
+        b"ferrohsm backup contents v1", archive.canonical(old)).hex()
+
+
+def test_adding_or_dropping_the_revocations_changes_the_mac() -> None:
+    from ferrohsm.custody.snapshot import contents_mac
+    master = secrets.token_bytes(32)
+    header = {**HEADER, "revoked_token_count": 1}
+    body = {**BODY, "revoked_tokens": {"leaked": 4_000_000_000.0}}
+    macs = {contents_mac(master, h, b) for h, b in (
+        (header, body), (HEADER, BODY), (header, BODY), (HEADER, body),
+        (header, {**BODY, "revoked_tokens": {}}),
+        ({**header, "revoked_token_count": 0}, {**BODY, "revoked_tokens": {}}),
+        (header, {**BODY, "revoked_tokens": {"leaked": 1.0}}))}
+    assert len(macs) == 7

@@ -311,6 +311,17 @@ def test_entries_lengthen_expire_and_are_pruned(dsn: str) -> None:
         db.release()
 
 
+def test_entries_in_force_are_read_whole_for_a_backup(dsn: str) -> None:
+    db = PgDatabase(dsn).retain()
+    try:
+        deny = PostgresDenyList(db)
+        assert deny.entries(0.0) == {}
+        deny.revoke_all({"a": 100.0, "b": 200.5, "gone": 10.0}, now=0.0)
+        assert deny.entries(50.0) == {"a": 100.0, "b": 200.5}
+    finally:
+        db.release()
+
+
 def test_hot_path_statements_survive_a_deallocate(dsn: str) -> None:
     """The per-request lookups are prepared once per connection; anything that drops prepared
     statements behind their back (DEALLOCATE ALL, a pooler's DISCARD ALL) costs a re-prepare."""
