@@ -31,6 +31,24 @@ def _open_lock(path: Path) -> int:
         raise StoreError(f"cannot open lock file {path}: {exc.strerror}") from None
 
 
+def in_use(directory: str | os.PathLike[str]) -> bool:
+    """Whether a live node holds ``directory``'s ``nodes.lock`` (a server is running on it):
+    asked by what must not run beside one (an offline backup). A missing file: none is."""
+    try:
+        fd = os.open(Path(directory) / "nodes.lock", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise StoreError(f"cannot open lock file in {directory}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # (closing releases a lock taken here)
+    return False
+
+
 class FileMembership:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self._dir = Path(directory)

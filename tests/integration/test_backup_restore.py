@@ -677,3 +677,25 @@ def test_an_archive_of_an_older_build_without_revocations_still_restores(
         assert srv.call("GET", "/v1/keys", role="auditor")[0] == 200
     finally:
         srv.close()
+
+
+def test_an_offline_backup_of_a_running_sqlite_server_is_refused_as_such(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """SQLite takes no lock an offline reader would meet: without this check the backup read a
+    store mid-change and reported unexplained records as if they had been tampered with."""
+    s = new_secrets()
+    srv = LiveServer(tmp_path / "live", key_store="sqlite", secrets_=s)
+    try:
+        code, _, err = cli(["backup", "--offline", "--data-dir", str(srv.data_dir), "--key-store",
+                            "sqlite", "--out", str(tmp_path / "x.fhsmbak")], env_of(s),
+                           monkeypatch, capsys)
+        assert code == 1 and "is in use by a running server" in err, err
+        assert "without --offline" in err and "--accept-unrecorded" not in err
+        assert not (tmp_path / "x.fhsmbak").exists()
+    finally:
+        srv.close()
+    code, _, err = cli(["backup", "--offline", "--data-dir", str(srv.data_dir), "--key-store",
+                        "sqlite", "--out", str(tmp_path / "x.fhsmbak")], env_of(s), monkeypatch,
+                       capsys)
+    assert code == 0, err  # stopped: backed up
