@@ -213,6 +213,9 @@ class Config:
         return self.origins.get((found.group(1), found.group(2)), self.source)
 
 
+# Flags whose names are not their setting's ("flag --retention-days" named no flag there is).
+FLAGS = {("audit", "retention_days"): "audit-retention-days",
+         ("approvals", "retention_days"): "approval-retention-days"}
 _SETTING_RE = re.compile(r"\[([a-z_.]+)\]\.([a-z_]+)")
 
 
@@ -349,7 +352,8 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
     _apply_env(sections, env)
     for (section, name), value in (overrides or {}).items():
         if value is not None:
-            sections.setdefault(section, {})[name] = (value, f"flag --{name.replace('_', '-')}")
+            flag = FLAGS.get((section, name), name.replace("_", "-"))
+            sections.setdefault(section, {})[name] = (value, f"flag --{flag}")
     built = {name: _build_section(name, cls, sections.get(name, {}))
              for name, cls in _SECTION_CLASSES.items()}
     for sub, (parent, attr, sub_cls) in _SUBSECTION_CLASSES.items():

@@ -267,6 +267,9 @@ def test_a_refused_value_names_where_it_was_set(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, env={}, overrides={("crypto", "max_batch_items"): 0})
     assert info.value.message.startswith("flag --max-batch-items: [crypto].max_batch_items")
+    with pytest.raises(ConfigError) as info:  # a flag named otherwise than its setting
+        load_config(None, env={}, overrides={("audit", "retention_days"): 30.0})
+    assert info.value.message.startswith("flag --audit-retention-days: [audit].retention_days")
 
 
 def test_variables_nothing_reads_are_named_with_the_closest_known_one() -> None:
