@@ -74,9 +74,11 @@ def startup_failure(exc: OSError) -> ConfigError:
     inner = frames[-1] if frames else None
     line = (inner.line or "").strip() if inner else ""
     call = None if line.startswith("raise") else _CALL_RE.search(line)
-    where = f" (in {inner.name})" if inner else ""
+    where = f" (in {inner.name})" if inner else ""  # only when nothing else says where
     if call is None and exc.filename is None:
         return ConfigError(f"cannot start{where}: {why(exc)}")
-    operation = call.group(1) if call else "access"
-    path = exc.filename if exc.filename is not None else "a file of the data directory"
-    return ConfigError(f"cannot {operation} {path}{where}: {why(exc)}")
+    operation = call.group(1).rpartition(".")[2] if call else "access"  # os.open: open
+    if exc.filename is None:
+        return ConfigError(f"cannot {operation} a file of the data directory{where}: "
+                           f"{why(exc)}")
+    return ConfigError(f"cannot {operation} {exc.filename}: {why(exc)}")

@@ -44,7 +44,7 @@ def test_any_start_up_os_error_names_the_path_and_the_operation(tmp_path: Path) 
         open_segment()
     except OSError as exc:
         error = wiring.startup_failure(exc)
-    assert error.message == (f"cannot os.open {missing} (in open_segment): "
+    assert error.message == (f"cannot open {missing}: "  # no internal function names
                              "No such file or directory (ENOENT)")
 
 
