@@ -216,7 +216,8 @@ class Application:
         query is read (a malformed body is no reason to answer it 400), recorded as that
         action, denied, naming the key, as the service would have."""
         principal = ctx.principal
-        if principal is None or principal.role in PERMISSIONS[Action(action)]:
+        # an Action is a StrEnum: its value finds it without building one (0.3 µs a request)
+        if principal is None or principal.role in PERMISSIONS[action]:  # type: ignore[index]
             return
         if self.refuse_role is not None:
             raise self.refuse_role(ctx, Action(action), params.get("key"))
