@@ -387,9 +387,6 @@ def build_runtime(config: Config, secrets: Secrets,
                   seal: Callable[[RequestContext], None] | None = None) -> Runtime:
     voters = approver_keys(config)  # a broken approver keys file stops start-up before any open
     check_store_kind(config.storage.key_store, config.storage.data_dir)
-    if config.storage.key_store == "sqlite" and nodelock.in_use(config.storage.data_dir):
-        raise StartupRefused(f"{config.storage.data_dir} is in use by a running server: back it "
-                             "up online (ferrohsm backup without --offline), or stop it first")
     store = open_store(config, RecordMac.derive(secrets.master_key))
     approvals: ApprovalStore | None = None
     audit: AuditSink | None = None

@@ -693,6 +693,8 @@ def test_an_offline_backup_of_a_running_sqlite_server_is_refused_as_such(
         assert code == 1 and "is in use by a running server" in err, err
         assert "without --offline" in err and "--accept-unrecorded" not in err
         assert not (tmp_path / "x.fhsmbak").exists()
+        second = LiveServer(tmp_path / "live", key_store="sqlite", secrets_=s)  # a 2nd node
+        second.close()  # (the check is the backup's: serving beside a live node goes on)
     finally:
         srv.close()
     code, _, err = cli(["backup", "--offline", "--data-dir", str(srv.data_dir), "--key-store",
