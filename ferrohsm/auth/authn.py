@@ -31,6 +31,7 @@ import os
 import re
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -208,6 +209,7 @@ def thumbprint_of(claims: Mapping[str, Any]) -> str | None:
 # approval requests) and "anonymous" (requests without a valid token). A token naming one would
 # be audited as the server itself, or as nobody.
 RESERVED_SUBJECTS = frozenset({"system", "anonymous"})
+_NOT_WORD_RE = re.compile(r"[\W_]+")
 
 
 def valid_subject(sub: Any) -> bool:
@@ -215,7 +217,13 @@ def valid_subject(sub: Any) -> bool:
     in audit records and logs), not one of RESERVED_SUBJECTS in any case. `ferrohsm token
     issue` checks with this same rule, so it never mints a token every request would refuse."""
     return (isinstance(sub, str) and 0 < len(sub) <= MAX_SUBJECT_CHARS and sub.isprintable()
-            and sub.casefold() not in RESERVED_SUBJECTS)
+            and _bare(sub) not in RESERVED_SUBJECTS)
+
+
+def _bare(sub: str) -> str:
+    """``sub`` as a reader of the audit log would take it: compatibility-normalized, case
+    folded, without spaces, punctuation or blanks ("System ", "anonymous.", "system\u2800")."""
+    return _NOT_WORD_RE.sub("", unicodedata.normalize("NFKC", sub).casefold())
 
 
 def valid_tags(tags: Any) -> bool:

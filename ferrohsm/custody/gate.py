@@ -28,6 +28,7 @@ from ..api.http import Request, Response, error_response, json_response
 from ..audit.chain import AuditEvent
 from ..domain.errors import BadRequest, FerroError, RateLimited
 from ..domain.model import RequestContext
+from ..domain.strictjson import no_duplicates
 from .shares import parse_share
 from .unsealer import Sealed, Unsealer, WrongShares
 
@@ -288,10 +289,11 @@ class SealGate:
 
 
 def _share_field(body: bytes) -> object:
-    try:
-        doc = json.loads(body or b"null")
+    try:  # strict, as every other body: a repeated member is refused, never last-wins
+        doc = json.loads(body or b"null", object_pairs_hook=no_duplicates)
     except (ValueError, RecursionError):
-        raise BadRequest("the body must be JSON: {\"share\": \"fhsm1-...\"}") from None
+        raise BadRequest("the body must be JSON: {\"share\": \"fhsm1-...\"}, each member "
+                         "once") from None
     if not isinstance(doc, dict) or set(doc) != {"share"}:
         raise BadRequest("the body must be {\"share\": \"fhsm1-...\"} and nothing else")
     return doc["share"]

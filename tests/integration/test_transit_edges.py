@@ -270,3 +270,11 @@ def test_a_name_outside_ferrohsms_rule_is_told_what_is_allowed(srv: LiveServer) 
         assert status == 400 and out["errors"] == [
             "name must be 1-128 characters of letters, digits, '.', '_' or '-', start with a "
             "letter or digit, and not look like a UUID"], (name, out)
+
+
+def test_a_repeated_member_inside_an_ignored_batch_member_is_refused(srv: LiveServer) -> None:
+    """On a Vault route only batch_input holds items; a "batch" member is an ignored one, and
+    a repeated name inside it is refused like any other (not forgiven as a native item)."""
+    raw = b'{"plaintext":"aGk=","batch":[{"a":1,"a":2}]}'
+    status, reply = vault(srv, "POST", f"/v1/transit/encrypt/{create(srv)}", raw=raw)
+    assert status == 400, reply

@@ -276,6 +276,14 @@ def test_a_lost_signing_key_is_said_as_such_and_no_new_one_is_left_behind(
     assert stop(proc) == 0 and key.exists()
 
 
+def test_without_a_witness_a_restart_warns_of_none(tmp_path: Path) -> None:
+    data, config = tmp_path / "data", write_config(tmp_path)
+    for _ in range(2):
+        proc, _ = serve(data, config)
+        assert stop(proc) == 0
+    assert "holds no checkpoint" not in (tmp_path / "server.log").read_text()
+
+
 def test_an_emptied_witness_is_warned_about_at_start_up(tmp_path: Path) -> None:
     """A witness disk not mounted at boot (an empty or missing file) would silently disable
     rollback detection: start-up says so, naming the seq the log had signed."""

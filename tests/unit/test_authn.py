@@ -121,6 +121,8 @@ def test_each_required_claim(auth: Authenticator, name: str) -> None:
     ({"role": "root"}, "role"), ({"role": " operator"}, "role"),
     ({"sub": 7}, "claims"), ({"sub": ""}, "claims"), ({"sub": "a\nb"}, "claims"),
     ({"sub": "system"}, "claims"), ({"sub": "Anonymous"}, "claims"),  # the server's own
+    ({"sub": "system "}, "claims"), ({"sub": "anonymous."}, "claims"),  # ...as a reader sees
+    ({"sub": "anonymous\u2800"}, "claims"), ({"sub": "\uff53ystem"}, "claims"),
     ({"tags": "prod"}, "claims"), ({"tags": ["PROD"]}, "claims"), ({"tags": [1]}, "claims"),
     ({"jti": 5}, "claims"), ({"sid": ["x"]}, "claims"),
     ({"cnf": {"jkt": "abc"}}, "claims"), ({"cnf": {"x5t#S256": "short"}}, "claims"),

@@ -229,3 +229,9 @@ def test_every_refused_unseal_share_is_audited_denied() -> None:
     outcomes = [(e.action, e.outcome) for e in records.events]
     assert outcomes == [("system.unseal", "denied")] * 3 + [("system.unseal", "success"),
                                                             ("system.unseal", "denied")]
+    # a repeated member is refused, as in every other body (last-wins once counted share 2)
+    twice = f'{{"share":"not-a-share","share":"{shares[1].text()}"}}'.encode()
+    answer = gate(Request("POST", UNSEAL_PATH, UNSEAL_PATH, {}, Headers(), twice,
+                          "127.0.0.1", 9, None, "r9", 0.0))
+    assert answer.status == 400 and b"each member once" in answer.body
+    assert [(e.action, e.outcome) for e in records.events][-1] == ("system.unseal", "denied")

@@ -23,6 +23,7 @@ from ..http import Request, Response
 Reply = tuple[int, dict[str, Any]] | Response
 Handler = Callable[[RequestContext, Request, dict[str, str]], Reply]
 MISSING = object()
+VAULT_PREFIX = "/v1/transit/"
 
 
 class _Duplicated(dict):  # type: ignore[type-arg]
@@ -83,11 +84,12 @@ def _mark_items(items: list[Any]) -> None:
                 items[index] = marked
 
 
-def _refuse_body_duplicates(body: dict[str, Any]) -> None:
+def _refuse_body_duplicates(body: dict[str, Any], items: str) -> None:
+    """``items``: the member whose elements are batch items on this route."""
     if isinstance(body, _Duplicated):
         raise _duplicate_error(body.name)
     for member_name, member in body.items():
-        if member_name in ("batch", "batch_input") and isinstance(member, list):
+        if member_name == items and isinstance(member, list):
             _mark_items(member)  # an item that is no object is refused as such, on its own
             continue
         name = _first_duplicate(member)
@@ -149,7 +151,9 @@ def json_body(req: Request) -> dict[str, Any]:
         raise BadRequest("request body must be a JSON object")
     if getattr(_seen_duplicates, "n", 0) != duplicates:
         try:
-            _refuse_body_duplicates(value)
+            # Vault's batches are batch_input; on a Vault route "batch" is just ignored
+            _refuse_body_duplicates(value, "batch_input" if req.path.startswith(VAULT_PREFIX)
+                                    else "batch")
         except RecursionError:
             raise BadRequest("request body is nested too deeply") from None
     if may_hold_surrogates(text) and has_surrogate(value):
