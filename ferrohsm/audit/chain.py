@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
-from ..domain.model import RequestContext
+from ..domain.model import Principal, RequestContext
 
 SCHEMA_VERSION = 1
 GENESIS_HASH = "0" * 64
@@ -202,14 +202,14 @@ class AuditEvent:
             if ctx.approval_id is not None:
                 details = dict(details or {})
                 details.setdefault("approval_id", ctx.approval_id)
-            return _event(ctx.actor, principal.role.value if principal else "anonymous",
+            return _event(ctx.actor, _role_of(principal),
                           action, outcome, message, kw.get("key_id"), kw.get("key_version"),
                           ctx.request_id, ctx.correlation_id, ctx.trace_id,
                           principal.session if principal else None, ctx.client_fingerprint,
                           ctx.source_ip, details)
         fields: dict[str, Any] = {
             "actor": ctx.actor,
-            "role": principal.role.value if principal else "anonymous",
+            "role": _role_of(principal),
             "session": principal.session if principal else None,
             "request_id": ctx.request_id, "correlation_id": ctx.correlation_id,
             "trace_id": ctx.trace_id, "source_ip": ctx.source_ip,
@@ -236,6 +236,15 @@ def _slot_setters(cls: type) -> dict[str, Setter]:
 
 _EVENT_SLOTS = _slot_setters(AuditEvent)
 _RECORD_KW = frozenset({"key_id", "key_version", "details"})
+
+
+def _role_of(principal: Principal | None) -> str:
+    """The record's role: the server's own acts (SYSTEM_CONTEXT: the scheduler, start-up, a
+    restore) are ``system``, as its sink's own records are, never mixed into an
+    administrator's; no token may name that subject (auth/authn.py RESERVED_SUBJECTS)."""
+    if principal is None:
+        return "anonymous"
+    return "system" if principal.subject == "system" else principal.role.value
 
 
 def _event(actor: Any, role: Any, action: Any, outcome: Any, message: Any, key_id: Any,

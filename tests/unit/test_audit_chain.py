@@ -233,3 +233,14 @@ def test_consecutive_records_and_timestamps() -> None:
         prev = record["hash"]
     with pytest.raises(ValueError):
         seal(ev(), prev=prev.upper())
+
+
+def test_the_servers_own_acts_are_recorded_as_role_system() -> None:
+    """The scheduler's and start-up's records (SYSTEM_CONTEXT runs with an administrator's
+    permissions) read as the server's, not as an administrator's activity."""
+    from ferrohsm.audit.chain import AuditEvent
+    from ferrohsm.domain.model import SYSTEM_CONTEXT, Principal, RequestContext, Role
+    event = AuditEvent.from_context(SYSTEM_CONTEXT, "key.rotate", "success", "scheduled")
+    assert (event.actor, event.role) == ("system", "system")
+    admin = RequestContext(Principal("alice", Role.ADMINISTRATOR), request_id="r")
+    assert AuditEvent.from_context(admin, "key.rotate", "success", "m").role == "administrator"
