@@ -78,6 +78,8 @@ class ClusterLimits:
             self._failing = True
             return
         self._pending.clear()
+        if self._failing:
+            log.warning("shared rate limits available again")
         self._failing = False
         self.syncs += 1
         self._debit(others)

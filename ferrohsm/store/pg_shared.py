@@ -167,7 +167,8 @@ class PostgresLeader:
 
 class PostgresUsage:
     def __init__(self, dsn: str) -> None:
-        self._conn = connect(dsn)
+        self._dsn = dsn
+        self._conn: Any = connect(dsn)
         self._lock = threading.Lock()
         self._exchanges = 0
         try:  # under the migrators' lock: nodes starting together on a new database would
@@ -183,6 +184,8 @@ class PostgresUsage:
                  now: float) -> dict[tuple[str, str], tuple[float, str]]:
         with self._lock:
             try:
+                if self._conn is None or self._conn.closed or self._conn.broken:
+                    self._reconnect()  # the database restarted: a new session, or this fails
                 with self._conn.transaction():
                     cur = self._conn.cursor()
                     if spent:
@@ -198,5 +201,16 @@ class PostgresUsage:
                 raise _error("rate-limit exchange", exc) from None
         return {(str(a), str(n)): (float(u), str(r)) for a, n, u, r in rows}
 
+    def _reconnect(self) -> None:
+        """Replace a closed or broken session (the usage table is there already)."""
+        old, self._conn = self._conn, None
+        if old is not None:
+            try:
+                old.close()
+            except Exception:  # noqa: S110  a broken connection is closed either way
+                pass
+        self._conn = connect(self._dsn)  # StoreError when the database is still away
+
     def close(self) -> None:
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()

@@ -7,6 +7,7 @@ Every test runs against a real PostgreSQL (tests/pgserver.py) and skips without 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -121,6 +122,30 @@ def test_nodes_starting_together_make_the_rate_limit_table_once(dsn: str) -> Non
     duplicate-type error, seen with the README's three nodes on a new database)."""
     from ferrohsm.store.pg_shared import PostgresUsage
     _start_together(8, lambda: PostgresUsage(dsn))
+
+
+def test_the_rate_limit_exchange_reconnects_after_its_session_is_cut(dsn: str) -> None:
+    """A database restart cut the exchange's one session for good: every node then limited on
+    its own (nodes x the limit) until restarted. The next exchange takes a new session."""
+    from ferrohsm.domain.errors import StoreError as Failed
+    from ferrohsm.store.pg_shared import PostgresUsage
+    usage = PostgresUsage(dsn)
+    try:
+        usage.exchange("a", {"alice": (3.0, "service")}, 1.0)
+        pid = usage._conn.info.backend_pid
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with contextlib.suppress(Failed):  # the cut is found by the first exchange after it
+            usage.exchange("a", {}, 2.0)
+        other = PostgresUsage(dsn)
+        try:
+            assert other.exchange("b", {}, 3.0)[("alice", "a")][0] == 3.0
+            usage.exchange("a", {"alice": (5.0, "service")}, 4.0)  # a new session: published
+            assert other.exchange("b", {}, 5.0)[("alice", "a")][0] == 8.0  # 3 + 5
+        finally:
+            other.close()
+    finally:
+        usage.close()
 
 
 def test_a_failed_migration_changes_nothing(dsn: str) -> None:
