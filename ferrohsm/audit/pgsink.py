@@ -378,15 +378,20 @@ class PostgresSink(ChainedSink):
         """Rows from the reader connection (autocommit: every read sees every commit so far,
         another node's too)."""
         with self._read_lock:
-            try:
-                if self._reader is None or self._reader.closed:
-                    self._reader = connect(self._dsn, autocommit=True, timeout=self._timeout)
-                return list(self._reader.execute(sql.encode(), args).fetchall())
-            except self._psycopg.Error as exc:
-                if self._reader is not None:
-                    self._reader.close()
-                self._reader = None
-                raise unavailable("cannot read the audit database", exc) from None
+            for attempt in (1, 2):  # a read is repeated once on a new session: after a
+                try:                # database restart the idle one is found cut only now
+                    if self._reader is None or self._reader.closed:
+                        self._reader = connect(self._dsn, autocommit=True,
+                                               timeout=self._timeout)
+                    return list(self._reader.execute(sql.encode(), args).fetchall())
+                except self._psycopg.Error as exc:
+                    if self._reader is not None:
+                        self._reader.close()
+                    self._reader = None
+                    if attempt == 1 and isinstance(exc, self._psycopg.OperationalError):
+                        continue
+                    raise unavailable("cannot read the audit database", exc) from None
+            raise AssertionError("unreachable")  # pragma: no cover
 
     def read(self, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         rows = self._read_rows("SELECT record FROM audit_log WHERE seq > %s ORDER BY seq "

@@ -205,6 +205,24 @@ def test_an_unreachable_database_refuses_records_until_it_is_back(
     assert [json.loads(x)["message"] for x in stored_lines(dsn)][-2:] == ["before", "after"]
 
 
+def test_a_read_after_the_database_cut_its_session_is_answered(
+        postgres: pgserver.PostgresServer, tmp_path: Path) -> None:
+    """After a database restart the idle reader session is found cut only when used: the read
+    is repeated once on a new session instead of answering 503."""
+    dsn = postgres.new_database()
+    name = dsn.rsplit("/", 1)[1]
+    sink = PostgresSink(dsn, KEY, directory=str(tmp_path / "node"))
+    try:
+        sink.append(AuditEvent(actor="a", role="r", action="key.sign", outcome="success",
+                               message="one"))
+        assert len(sink.read(0, 10)) >= 2  # the reader session is open now
+        _admin(postgres, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE datname = %s AND pid <> pg_backend_pid()", name)
+        assert [r["message"] for r in sink.read(0, 10)][-1] == "one"
+    finally:
+        sink.close()
+
+
 def test_a_database_behind_what_the_node_wrote_stops_the_sink(
         postgres: pgserver.PostgresServer, tmp_path: Path) -> None:
     """A restored or failed-over database that lost the node's last commits: fail closed."""
