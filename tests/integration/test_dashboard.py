@@ -35,6 +35,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -825,6 +826,204 @@ def test_keys_whose_records_fail_their_check_are_named(server: LiveServer, brows
         b.click("#signout")
     finally:
         second.close()
+
+
+def test_audit_view_after_retention_pruning(server: LiveServer, browser: Browser,
+                                            tmp_path: Path) -> None:
+    """SQLite retention pruned the start of the log: "Load older" asks for records the API no
+    longer holds and gets later ones, already on screen. Each record is shown once, the page
+    says where the log starts and offers nothing older, and the chain check starts at the first
+    retained record (its link to the pruned one is named as unchecked, never as broken)."""
+    second = LiveServer(tmp_path, overrides={
+        ("audit", "sink"): "sqlite", ("audit", "retention_days"): 1.0,
+        ("tls", "cert"): str(server.pki.server_cert), ("tls", "key"): str(server.pki.server_key)})
+    second.ctx = server.ctx  # it presents the module server's certificate
+    try:
+        for _ in range(450):  # each read is an audit record
+            assert second.call("GET", "/v1/keys?limit=1")[0] == 200
+        head = second.call("GET", "/v1/audit?limit=1", role="auditor")[2]["head_seq"]
+        cut = second.call("GET", f"/v1/audit?after_seq={head - 301}&limit=1",
+                          role="auditor")[2]["records"][0]
+        cutoff = datetime.fromisoformat(cut["ts"].replace("Z", "+00:00"))
+        assert second.rt.audit.prune(cutoff + timedelta(days=1)) is not None
+        start = second.call("GET", "/v1/audit?after_seq=0&limit=1",
+                            role="auditor")[2]["records"][0]["seq"]
+        assert 200 < head - start < 400, (head, start)  # the second page crosses the start
+        b = browser
+        b.go(f"https://127.0.0.1:{second.port}/ui/#/audit")
+        b.type("#token", second.token("auditor", "carol"))
+        b.click("#signin-form button[type=submit]")
+        b.wait_text("#chain-status", "chain intact", timeout=15)
+        b.click(".pager button")  # Load older
+        b.wait_text("#audit-start", f"The log starts at #{start} (earlier records were removed "
+                    "by retention)")
+        status = b.wait_text("#chain-status", "chain intact", timeout=15)
+        assert f"#{start}" in status and "cannot be checked" in status, status
+        assert "retention checkpoint" in status, status  # it names the pruned record's hash
+        seqs = b.js("return [...document.querySelectorAll('#audit-table tbody tr')]"
+                    ".map(tr => Number(tr.dataset.seq))")
+        assert len(seqs) == len(set(seqs)), "a record shown twice"
+        assert min(seqs) == start
+        assert not b.js("return [...document.querySelectorAll('.pager button')]"
+                        ".some(e => e.offsetParent !== null)"), "Load older still offered"
+        b.js("document.getElementById('audit-start').scrollIntoView({block: 'end'})")
+        b.screenshot("23-audit-after-retention")
+        b.click("#signout")
+    finally:
+        browser.go(f"{origin(server)}/ui/")  # back to the module server, whatever happened
+        second.close()
+
+
+def test_an_operator_opening_the_audit_log_is_told_why_without_a_retry(
+        server: LiveServer, browser: Browser) -> None:
+    b = browser
+    sign_in(b, server, server.token("operator", "olivia"))
+    b.wait_text("#who-name", "olivia")
+    b.go(f"{origin(server)}/ui/#/audit")
+    b.wait_text("#view", "Reading the audit log is for administrators and auditors")
+    assert "Try again" not in b.text("#view")
+
+
+def test_approvals_are_paged_through_newest_first(server: LiveServer, browser: Browser) -> None:
+    """More than one page of pending requests: all of them are read (next_page_token), the
+    newest first, 100 drawn and "Show more" for the rest; a key page's badge opens the list
+    narrowed to that key with its request drawn and marked, however old."""
+    key = create_key(server, algorithm="aes-256-gcm", usage="encrypt", name="ui-many",
+                     tags=["pci"])
+    rita = server.token("operator", "rita")
+    parked = []
+    for i in range(105):
+        status, _, body = server.call("PATCH", f"/v1/keys/{key['id']}",
+                                      {"description": f"change {i:03d}"}, token=rita)
+        assert status == 202, body
+        parked.append(body["approval"]["id"])
+    pending, page_token = [], ""
+    while True:
+        status, _, page = server.call("GET", f"/v1/approvals?state=pending{page_token}")
+        pending += page["approvals"]
+        if not page.get("next_page_token"):
+            break
+        page_token = f"&page_token={page['next_page_token']}"
+    b = browser
+    sign_in(b, server, server.token("operator", "olivia"))
+    b.find("#key-table")
+    b.click("#nav-approvals")
+    b.wait_text("#approval-summary", f"{len(pending)} pending requests, newest first")
+    first = "#approval-table tbody tr:first-child"
+    assert b.js(f"return document.querySelector('{first}').dataset.approvalId") == parked[-1]
+    assert b.count("#approval-table tbody tr") == 100
+    b.click("#more-approvals")
+    b.wait_text("#approval-summary", f"showing {len(pending)}")
+    assert b.count("#approval-table tbody tr") == len(pending)
+    b.screenshot("24-approvals-all-pages")
+
+    b.go(f"{origin(server)}/ui/#/keys/{key['id']}")
+    b.click(f'.actions a[data-approval="{parked[0]}"]')  # the oldest: beyond the first 100
+    row = f'#approval-table tr.marked[data-approval-id="{parked[0]}"]'
+    b.wait_text(row, "change 000")
+    assert b.count("#approval-table tbody tr") == 105  # this key's, not the others'
+    assert f"key={key['id']}" in b.js("return location.hash")
+    b.screenshot("25-approvals-from-key-badge")
+
+
+def test_an_approved_request_is_prefilled_and_a_corrected_one_is_new(
+        server: LiveServer, browser: Browser) -> None:
+    """After approval the edit box holds the approved text (and revoke the approved reason), so
+    saving it as it stands carries it out; the approved badge links to the approved list.
+    While a request is pending, a corrected text is sent as a new request, without the pending
+    one's id (which the server would refuse: "granted for a different request")."""
+    key = create_key(server, algorithm="aes-256-gcm", usage="encrypt", name="ui-prefill",
+                     description="old text", tags=["pci"])
+    rita = server.token("operator", "rita")
+    olivia = server.token("operator", "olivia")
+    text = "approved: it's \"new\", x: y"
+    status, _, body = server.call("PATCH", f"/v1/keys/{key['id']}", {"description": text},
+                                  token=rita)
+    assert status == 202, body
+    approval = body["approval"]["id"]
+    assert server.call("POST", f"/v1/approvals/{approval}/approve", {}, token=olivia)[0] == 200
+    b = browser
+    sign_in(b, server, rita)
+    b.find("#key-table")
+    b.go(f"{origin(server)}/ui/#/keys/{key['id']}")
+    badge = f'.actions a[data-approval="{approval}"]'
+    b.wait_text(badge, "approved")
+    link = b.js(f"return document.querySelector('{badge}').hash")
+    b.click("#edit-description")
+    box = "dialog[open] textarea"
+    b.find(box)
+    assert b.js("return document.querySelector(arguments[0]).value", box) == text
+    assert "state=approved" in link, link  # the approved list, where it is, not the pending one
+    b.screenshot("26-approved-text-prefilled")
+    b.click("dialog[open] button[data-confirm]")
+    b.wait_text("#notice", "Description saved")
+    assert server.call("GET", f"/v1/keys/{key['id']}")[2]["description"] == text
+
+    # revoke: the approved reason is prefilled
+    reason = "retired: CHG-9"
+    status, _, body = server.call("POST", f"/v1/keys/{key['id']}/revoke", {"reason": reason},
+                                  token=rita)
+    assert status == 202, body
+    assert server.call("POST", f"/v1/approvals/{body['approval']['id']}/approve", {},
+                       token=olivia)[0] == 200
+    b.cmd("POST", "/refresh", {})
+    b.wait_text(".actions", "Revoke approved")
+    b.click("button[data-action=revoke]")
+    assert b.js("return document.querySelector('dialog[open] input').value") == reason
+    b.click("dialog[open] button[data-confirm]")
+    b.wait_text("#notice", "Revoked")
+    assert server.call("GET", f"/v1/keys/{key['id']}")[2]["state"] == "revoked"
+
+
+def test_a_corrected_pending_edit_is_sent_as_a_new_request(server: LiveServer,
+                                                           browser: Browser) -> None:
+    """While one's own edit awaits approval, a corrected text is a new request: sent without
+    the pending approval's id (the server would refuse it: "granted for a different request")."""
+    key = create_key(server, algorithm="aes-256-gcm", usage="encrypt", name="ui-corrected",
+                     tags=["pci"])
+    rita = server.token("operator", "rita")
+    status, _, body = server.call("PATCH", f"/v1/keys/{key['id']}",
+                                  {"description": "first try"}, token=rita)
+    assert status == 202, body
+    b = browser
+    sign_in(b, server, rita)
+    b.wait_text("#who-name", "rita")
+    b.go(f"{origin(server)}/ui/#/keys/{key['id']}")
+    b.wait_text(".actions", "awaits approval")
+    b.click("#edit-description")
+    b.type("dialog[open] textarea", "fixed: first")
+    b.click("dialog[open] button[data-confirm]")
+    b.wait_text("#notice", "Approval required")
+    assert b.count("dialog[open]") == 0
+    pending = server.call("GET", "/v1/approvals?state=pending&limit=1000")[2]["approvals"]
+    assert any(a["key_id"] == key["id"] and "fixed: first" in a["summary"] for a in pending)
+
+
+def test_a_long_key_name_wraps_and_its_destroy_dialog_stays_usable(
+        server: LiveServer, browser: Browser) -> None:
+    name = "W" * 128  # legal: no spaces, at most 128 characters
+    key = create_key(server, algorithm="aes-256-gcm", usage="encrypt", name=name)
+    b = browser
+    sign_in(b, server, server.token("administrator", "alice"))
+    b.find("#key-table")
+    b.go(f"{origin(server)}/ui/#/keys/{key['id']}")
+    b.find("#key-description")
+    width = "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    scroll, client = b.js(width)
+    assert scroll <= client, f"the key page is {scroll} px wide in a {client} px window"
+    b.click("button[data-action=destroy]")
+    b.find("dialog[open] input")
+    inside = b.js("const d = document.querySelector('dialog[open]').getBoundingClientRect();"
+                  "return [...document.querySelectorAll('dialog[open] *')].every(e => {"
+                  "const r = e.getBoundingClientRect(); return r.right <= d.right + 1; })"
+                  " && d.right <= window.innerWidth")
+    assert inside, "the destroy dialog's content runs out of it"
+    label = b.text("dialog[open] .field-label")
+    assert label.replace("\n", "") == f"Type {name} to confirm"
+    b.screenshot("27-long-name-destroy-dialog")
+    b.type("dialog[open] input", name)
+    assert b.js("return !document.querySelector('dialog[open] button[data-confirm]').disabled")
+    b.click("dialog[open] .dialog-actions button:not([data-confirm])")  # Cancel
 
 
 def test_no_console_errors_or_csp_violations(browser: Browser) -> None:

@@ -101,7 +101,8 @@ async function route() {
     await routeDef.render(container, ...params);
   } catch (err) {
     if (err.status === 401) return; // already back on the sign-in screen
-    container.replaceChildren(errorPanel(err, () => route()));
+    // a 403 is about the role: trying again cannot help, so no "Try again"
+    container.replaceChildren(errorPanel(err, err.status === 403 ? null : () => route()));
   }
   if ($("view").contains(container)) container.querySelector("h1")?.focus({ preventScroll: true });
 }

@@ -2,8 +2,9 @@
 // for the roles that may decide (never on one's own request: the server refuses that too).
 
 import {
-  api, can, confirmDialog, emptyState, errorPanel, field, h, hashQuery, keepInUrl, keyLink,
-  keyNames, loading, notify, option, session, stateBadge, timeEl,
+  api, APPROVAL_PAGES, can, confirmDialog, emptyState, errorPanel, field, fill, h, hashQuery,
+  keepInUrl, keyLink, keyNames, listApprovals, loading, notify, option, plural, session,
+  stateBadge, timeEl,
 } from "./lib.js";
 
 // An approval of a system action (a master-key rekey) targets "system", never a key.
@@ -27,16 +28,24 @@ const WHAT = {
   "system.rekey": "Rotate the master key (re-seal every key)",
 };
 
+const SHOW = 100; // rows drawn at first; "Show more" adds as many again
+
 export async function renderApprovals(root) {
   // The URL is the only memory: #/approvals without a state means pending (keepInUrl leaves
   // pending out), so a filter chosen earlier never sticks to the view or outlives a sign-out.
-  const wanted = hashQuery().get("state");
+  // ?key=<id> narrows to one key's requests and ?id=<approval> marks one (the key page's
+  // badges link here), drawn however far down the list it is.
+  const query = hashQuery();
+  const wanted = query.get("state");
   let shownState = STATES.includes(wanted) ? wanted : "pending";
+  const onlyKey = query.get("key") ?? "";
+  const marked = query.get("id") ?? "";
+  const summary = h("p", { class: "summary", id: "approval-summary", "aria-live": "polite" });
   const results = h("div", { class: "results" }, loading());
   const state = h("select", { name: "state", onchange: (e) => { shownState = e.target.value; load(); } },
     STATES.map((s) => option(s, s, shownState)));
   root.replaceChildren(
-    h("div", { class: "view-head" }, h("h1", { tabindex: "-1" }, "Approvals")),
+    h("div", { class: "view-head" }, h("h1", { tabindex: "-1" }, "Approvals"), summary),
     h("p", { class: "muted" }, "Operations on keys whose tags require a quorum wait here until " +
       "enough other people approve them; the requester then repeats the operation."),
     h("div", { class: "filters compact" }, field("Show", state)),
@@ -44,23 +53,48 @@ export async function renderApprovals(root) {
 
   async function load() {
     results.replaceChildren(loading());
-    keepInUrl("#/approvals", { state: shownState === "pending" ? "" : shownState });
+    summary.replaceChildren();
+    keepInUrl("#/approvals", { state: shownState === "pending" ? "" : shownState,
+      key: onlyKey, id: marked });
     try {
-      const { data } = await api(`/v1/approvals?state=${encodeURIComponent(shownState)}`);
-      const items = Array.isArray(data) ? data : data?.approvals ?? [];
+      const { items: all, complete } = await listApprovals(shownState);
+      // newest first: an approver acts on what was just asked, not on the oldest 100
+      const items = all.filter((a) => !onlyKey || a.key_id === onlyKey).reverse();
       await keyNames(items.map((a) => a.key_id).filter((id) => id !== SYSTEM));
-      results.replaceChildren(items.length ? table(items, load)
-        : emptyState(`No ${shownState} approval requests.`,
-            shownState === "pending" ? "Nothing is waiting for a decision." : null));
+      const at = marked ? items.findIndex((a) => a.id === marked) : -1;
+      draw(items, complete, Math.max(SHOW, at + 1));
+      if (at >= 0) {
+        results.querySelector(`tr[data-approval-id="${CSS.escape(marked)}"]`)
+          ?.scrollIntoView({ block: "center" });
+      }
     } catch (err) {
       if (err.status === 404) {
         results.replaceChildren(errorPanel({ title: "Approvals are not available",
           message: "This server does not offer the approvals API (GET /v1/approvals answered " +
             "404). Upgrade the server to use dual control from the dashboard." }));
       } else {
-        results.replaceChildren(errorPanel(err, load));
+        results.replaceChildren(errorPanel(err, err.status === 403 ? null : load));
       }
     }
+  }
+
+  function draw(items, complete, count) {
+    const shown = items.slice(0, count);
+    const scope = onlyKey ? [" for key ", keyLink(onlyKey), " · ",
+      h("a", { href: shownState === "pending" ? "#/approvals"
+        : `#/approvals?state=${shownState}` }, "all keys")] : [];
+    summary.replaceChildren(`${plural(items.length, `${shownState} request`)}`, ...scope,
+      items.length > 1 ? `, newest first · showing ${shown.length}` : "");
+    const more = shown.length < items.length && h("button", { type: "button", id: "more-approvals",
+      onclick: () => draw(items, complete, count + SHOW) },
+    `Show ${Math.min(SHOW, items.length - shown.length)} more (${items.length - shown.length} not shown)`);
+    const cut = !complete && h("div", { class: "notice warning", role: "status" },
+      `Only the first ${plural(APPROVAL_PAGES * 1000, "request")} in this state were read (the ` +
+      "API lists the oldest first); newer ones are not shown. Page through GET /v1/approvals " +
+      "to see them all.");
+    fill(results, cut, items.length ? [table(shown, load, marked), h("div", { class: "pager" }, more)]
+      : emptyState(`No ${shownState} approval requests${onlyKey ? " for this key" : ""}.`,
+        shownState === "pending" ? "Nothing is waiting for a decision." : null));
   }
   await load();
 }
@@ -68,13 +102,14 @@ export async function renderApprovals(root) {
 const what = (a) => WHAT[a.action] ?? a.action;
 const voter = (v) => (typeof v === "string" ? v : v?.actor ?? "?");
 
-function table(items, reload) {
+function table(items, reload, marked = "") {
   const me = session.claims?.sub;
   const rows = items.map((a) => {
     const approvers = (a.approvals ?? []).map(voter);
     const mine = a.requested_by === me;
     const eligible = can("decide") && a.state === "pending" && !mine && !approvers.includes(me);
-    return h("tr", { dataset: { approvalId: a.id } },
+    return h("tr", { dataset: { approvalId: a.id }, class: a.id === marked ? "marked" : null,
+      "aria-current": a.id === marked ? "true" : null },
       h("td", null, h("span", { class: "what" }, ...target(a)),
         a.summary && h("div", { class: "small" }, a.summary),
         h("div", { class: "mono small muted" }, `request ${a.id}`)),

@@ -3,7 +3,7 @@
 // leaves the server: `ferrohsm audit verify` does the full check offline.
 
 import {
-  api, emptyState, errorPanel, field, h, hashQuery, keepInUrl, keyLink, keyNames, loading, option,
+  api, can, emptyState, errorPanel, field, h, hashQuery, keepInUrl, keyLink, keyNames, loading, option,
   plural, stateBadge, timeEl,
 } from "./lib.js";
 
@@ -23,28 +23,42 @@ function readUrl() {
 let names = new Map();
 
 export async function renderAudit(root) {
+  if (!can("audit")) { // an operator's 403: reading the log is not a role of theirs; retrying won't help
+    root.replaceChildren(errorPanel({ title: "Not allowed for your role",
+      message: "Reading the audit log is for administrators and auditors." }),
+    h("a", { href: "#/keys" }, "Go to keys"));
+    return;
+  }
   readUrl();
-  const records = []; // ascending by seq, contiguous
+  const records = []; // ascending by seq, contiguous, each seq once
+  let logStart = null; // the first record the log still holds, once retention is seen to start it
   const summary = h("p", { class: "summary", "aria-live": "polite" });
   const chain = h("div", { class: "chain", id: "chain-status", role: "status" });
   const results = h("div", { class: "results" }, loading());
   const older = h("button", { type: "button", hidden: true, onclick: () => loadOlder() },
     `Load ${PAGE} older records`);
+  const start = h("p", { class: "muted", id: "audit-start", hidden: true });
   const actions = h("datalist", { id: "audit-actions" });
   root.replaceChildren(
     h("div", { class: "view-head" }, h("h1", { tabindex: "-1" }, "Audit log"), summary),
-    chain, filterForm(draw, actions), results, h("div", { class: "pager" }, older));
+    chain, filterForm(draw, actions), results, h("div", { class: "pager" }, start, older));
 
+  /** The records before ``beforeSeq`` (a page of them). The API answers the records after
+   * ``after``: when retention pruned those, it answers later ones, some already on screen. Those
+   * are dropped, and when the log itself begins past ``after`` its start is noted. */
   async function fetchBefore(beforeSeq) {
-    const after = Math.max(0, beforeSeq - PAGE);
-    const { data } = await api(`/v1/audit?after_seq=${after}&limit=${beforeSeq - after}`);
-    return data.records ?? [];
+    const after = Math.max(0, beforeSeq - 1 - PAGE);
+    const limit = Math.max(1, beforeSeq - 1 - after);
+    const { data } = await api(`/v1/audit?after_seq=${after}&limit=${limit}`);
+    const got = data.records ?? [];
+    if ((got[0]?.seq ?? beforeSeq) > after + 1) logStart = await startAfter(after) ?? logStart;
+    return got.filter((r) => r.seq < beforeSeq);
   }
 
   async function loadOlder() {
     older.disabled = true;
     try {
-      const page = await fetchBefore(records[0].seq - 1);
+      const page = await fetchBefore(records[0].seq);
       names = await keyNames(page.map((r) => r.key_id));
       records.unshift(...page);
       draw();
@@ -63,20 +77,33 @@ export async function renderAudit(root) {
     summary.textContent = records.length
       ? `${plural(shown.length, "record")} shown of ${records.length} loaded (#${first}–#${last})`
       : "";
-    older.hidden = !(first > 1);
+    const more = first > 1 && !(logStart !== null && first <= logStart);
+    older.hidden = !more;
+    start.hidden = !(logStart > 1 && first <= logStart);
+    start.textContent = `The log starts at #${logStart} (earlier records were removed by ` +
+      "retention).";
     const seen = [...new Set(records.map((r) => r.action))].sort();
     actions.replaceChildren(...seen.map((a) => h("option", { value: a })));
     results.replaceChildren(shown.length ? auditTable(shown)
       : emptyState(records.length ? "No loaded record matches these filters."
-        : "The audit log is empty.", records.length && first > 1
+        : "The audit log is empty.", records.length && more
         ? "Load older records to search further back." : null));
-    verifyChain(records).then((status) => chain.replaceChildren(...status));
+    verifyChain(records, logStart).then((status) => chain.replaceChildren(...status));
   }
 
   const first = await fetchBefore(await headSeq());
   names = await keyNames(first.map((r) => r.key_id));
   records.push(...first);
   draw();
+}
+
+/** The first seq the log holds, when it is above ``after`` (retention pruned everything up to
+ * it), else null: then records after ``after`` are missing from the middle of the log, which the
+ * chain check reports. */
+async function startAfter(after) {
+  const { data } = await api("/v1/audit?after_seq=0&limit=1");
+  const first = data.records?.[0]?.seq;
+  return typeof first === "number" && first > after ? first : null;
 }
 
 /** The last seq: from the API when it says (head_seq), else from /healthz (public). */
@@ -140,7 +167,7 @@ function auditTable(records) {
  * Recompute each record's hash (SHA-256 of prev_hash + canonical body, audit/chain.py) and check
  * that seqs are consecutive and each prev_hash names the previous record's hash.
  */
-async function verifyChain(records) {
+async function verifyChain(records, logStart = null) {
   if (!records.length) return [];
   if (!globalThis.crypto?.subtle) {
     return [stateBadge("unknown"), " This browser cannot compute SHA-256 here (not HTTPS?)."];
@@ -160,7 +187,20 @@ async function verifyChain(records) {
   }
   return [h("span", { class: "badge state-active" }, "chain intact"),
     ` Hash chain verified for ${plural(records.length, "record")} (${range}). HMAC signatures ` +
-    "need the audit key: `ferrohsm audit verify` checks them offline."];
+    "need the audit key: `ferrohsm audit verify` checks them offline.",
+    records[0].seq === logStart && logStart > 1 ? ` ${prunedLink(records)}` : ""];
+}
+
+/** The first retained record names the hash of one retention removed: that link cannot be
+ * recomputed here. A loaded retention checkpoint (audit.checkpoint) that names the same hash
+ * attests it; `ferrohsm audit verify` checks that checkpoint's HMAC. */
+function prunedLink(records) {
+  const first = records[0];
+  const attest = records.find((r) => r.action === "audit.checkpoint"
+    && r.details?.last_pruned_seq === first.seq - 1 && r.details?.last_pruned_hash === first.prev_hash);
+  return `The chain starts at #${first.seq}, the first record retention kept: its link to the ` +
+    `removed #${first.seq - 1} cannot be checked here${attest
+      ? `; the retention checkpoint #${attest.seq} names that same hash` : ""}.`;
 }
 
 async function recordHash(record) {

@@ -3,8 +3,10 @@
 
 import {
   api, can, confirmDialog, download, emptyState, errorPanel, field, fill, fmtTime, h, hashQuery,
-  keepInUrl, loading, notify, onSessionEnd, option, plural, session, stateBadge, timeEl,
+  keepInUrl, listApprovals, loading, notify, onSessionEnd, option, plural, session, stateBadge,
+  timeEl,
 } from "./lib.js";
+import { requestArgs } from "./summary.js";
 
 const STATES = ["active", "revoked", "destroy_scheduled", "destroyed"];
 const ALGORITHMS = ["aes-256-gcm", "rsa-2048", "rsa-4096", "ec-p256", "ec-p384"];
@@ -280,15 +282,15 @@ async function redraw(root, key) {
 
 /**
  * Pending and approved requests for this key: shown beside the actions, and the requester's own
- * one is sent back as X-Approval-ID on the repeat (so a second click never parks a duplicate).
- * The server is the memory: nothing about approvals is kept in the browser.
+ * approved one is sent back as X-Approval-ID when the same request is repeated. Every page is
+ * read (the API has no key filter: one page of 1000 could miss this key's). The server is the
+ * memory: nothing about approvals is kept in the browser.
  */
 async function openApprovals(keyId) {
   if (!can("approvals")) return [];
   try {
-    const pages = await Promise.all(["pending", "approved"].map((state) =>
-      api(`/v1/approvals?state=${state}&limit=1000`)));
-    return pages.flatMap(({ data }) => data?.approvals ?? []).filter((a) => a.key_id === keyId);
+    const lists = await Promise.all(["pending", "approved"].map((state) => listApprovals(state)));
+    return lists.flatMap(({ items }) => items).filter((a) => a.key_id === keyId);
   } catch (err) {
     if (err.status === 401) throw err;
     return []; // approvals unavailable: the key's own actions still work
@@ -298,10 +300,38 @@ async function openApprovals(keyId) {
 const approvalAction = (spec) => `key.${spec.action.replace("-", "_")}`;
 const UPDATE = "key.update"; // what an approval of a description edit is for
 
-/** The signed-in person's own open request for ``action`` among this key's approvals: sent back
- * as X-Approval-ID when they repeat it. */
-const ownRequest = (approvals, action) => approvals.find((a) => a.action === action
-  && a.requested_by === session.claims?.sub);
+/** The signed-in person's own open requests for ``action`` among this key's approvals, approved
+ * ones first (the one to carry out), then the newest. */
+const ownRequests = (approvals, action) => approvals.filter((a) => a.action === action
+  && a.requested_by === session.claims?.sub)
+  .sort((a, b) => (b.state === "approved") - (a.state === "approved") || (a.id < b.id ? 1 : -1));
+
+/** The approval id to send with a request of ``action`` carrying ``args``: only that of an
+ * approved request of the signer's own whose arguments (read back from its summary) are these.
+ * A pending one, or one approved for other arguments (a corrected text), would be refused (403
+ * "granted for a different request"); sent without it, the server parks the new request or
+ * answers with the open one that matches. */
+function approvalFor(approvals, action, args) {
+  const same = ownRequests(approvals, action).find((a) => a.state === "approved"
+    && matches(requestArgs(a.summary), args));
+  return same ? { "X-Approval-ID": same.id } : {};
+}
+
+function matches(parsed, args) {
+  if (parsed === null) return false;
+  const names = Object.keys(args).filter((n) => args[n] !== null && args[n] !== undefined);
+  if (names.length !== parsed.size) return false;
+  return names.every((n) => parsed.has(n) && (parsed.get(n).cut
+    ? String(args[n]).startsWith(parsed.get(n).value) : parsed.get(n).value === String(args[n])));
+}
+
+/** The text of ``name`` in the signer's own approved request of ``action``: what the dialog is
+ * prefilled with, so that saving it as it stands carries the approval out. */
+function approvedText(approvals, action, name) {
+  const mine = ownRequests(approvals, action).find((a) => a.state === "approved");
+  const arg = mine && requestArgs(mine.summary)?.get(name);
+  return arg && !arg.cut ? { approval: mine, text: arg.value } : null;
+}
 
 /** A 202: the request was parked for approval. The key is unchanged: redraw it with its approvals
  * (the new one among them) and say what happens next. */
@@ -336,17 +366,23 @@ function drawKey(root, key, approvals = []) {
 }
 
 async function editDescription(root, key, approvals) {
-  // Under dual control the approval is for one exact text: name it, so it can be saved as is.
-  const mine = ownRequest(approvals, UPDATE);
+  // Under dual control the approval is for one exact text: the box holds it, so saving it as it
+  // stands carries the approval out; any other text is a new request.
+  const mine = ownRequests(approvals, UPDATE)[0];
+  const approved = approvedText(approvals, UPDATE, "description");
   const request = mine && (mine.state === "approved"
-    ? `Your request ${mine.id} is approved (${mine.summary}): save that same text to carry it out.`
-    : `Your request ${mine.id} awaits approval (${mine.summary}).`);
+    ? `Your request ${mine.id} is approved (${mine.summary}): ${approved
+      ? "the box holds that text; save it as it is to carry it out" : "save that same text to " +
+        "carry it out"}. Any other text is a new request.`
+    : `Your request ${mine.id} awaits approval (${mine.summary}). A different text is a new ` +
+      "request.");
   let saved = null; // the server's answer to the save the dialog made
   const save = async (value) => {
+    const description = value.trim();
     try {
       saved = await api(`/v1/keys/${encodeURIComponent(key.id)}`,
-        { method: "PATCH", body: { description: value.trim() },
-          headers: mine ? { "X-Approval-ID": mine.id } : {} });
+        { method: "PATCH", body: { description },
+          headers: approvalFor(approvals, UPDATE, { description }) });
       return null;
     } catch (err) {
       // 401: the session ends (and closes this dialog); anything else is said in the dialog,
@@ -358,7 +394,7 @@ async function editDescription(root, key, approvals) {
     message: ["Shown to everyone who can read this key; the change is audited.", request]
       .filter(Boolean),
     confirmLabel: "Save",
-    input: { label: "Description", maxLength: 1024, value: key.description ?? "",
+    input: { label: "Description", maxLength: 1024, value: approved?.text ?? key.description ?? "",
       multiline: true, check: save } });
   if (value === null || saved === null) return;
   const { status, data } = saved;
@@ -393,7 +429,8 @@ const ACTIONS = [
     done: (k) => `Rotated: v${k.primary_version} is now the primary version.` },
   { action: "revoke", role: "manage", states: ["active"], label: "Revoke", danger: true,
     title: "Revoke this key?", input: { label: "Reason (optional)", maxLength: 256 },
-    body: (reason) => (reason ? { reason } : {}),
+    body: (reason) => (reason ? { reason } : {}), approvedArg: "reason",
+    args: (body) => ({ reason: body.reason ?? "" }),
     message: () => ["Encrypt, sign and wrap are refused from now on; decrypt, verify and unwrap " +
       "keep working so no data is lost. Revocation cannot be undone."],
     done: () => "Revoked: the key can no longer protect new data." },
@@ -437,21 +474,28 @@ function approvalBadge(a) {
     ? `${name} approved · ${a.requested_by} can run it now`
     : `${name} awaits approval (${a.approvals?.length ?? 0} of ${a.required}) · requested by ` +
       a.requested_by;
-  return h("a", { href: "#/approvals", class: `badge state-${a.state}`, dataset: { approval: a.id },
+  // to the list of that state, narrowed to this key, with this request marked
+  const query = new URLSearchParams({ state: a.state, key: a.key_id, id: a.id });
+  return h("a", { href: `#/approvals?${query}`, class: `badge state-${a.state}`,
+    dataset: { approval: a.id },
     title: `Approval request ${a.id}` }, text);
 }
 
 async function runAction(root, key, spec, body, approvals) {
-  const input = typeof spec.input === "function" ? spec.input(key) : spec.input;
-  const value = await confirmDialog({ title: spec.title, message: spec.message(key),
+  const action = approvalAction(spec);
+  let input = typeof spec.input === "function" ? spec.input(key) : spec.input;
+  const approved = spec.approvedArg && approvedText(approvals, action, spec.approvedArg);
+  if (approved) input = { ...input, value: approved.text }; // the approved reason, as it was
+  const message = [spec.message(key), approved ? `Your request ${approved.approval.id} is ` +
+    "approved with this reason: confirm it as it is to carry it out." : null].flat();
+  const value = await confirmDialog({ title: spec.title, message: message.filter(Boolean),
     confirmLabel: spec.label.replace("…", ""), danger: spec.danger, input });
   if (value === null) return;
-  const mine = ownRequest(approvals, approvalAction(spec));
+  const sent = spec.body ? spec.body(value) : body;
   try {
     const { status, data } = await api(
       `/v1/keys/${encodeURIComponent(key.id)}/${spec.action}`,
-      { method: "POST", body: spec.body ? spec.body(value) : body,
-        headers: mine ? { "X-Approval-ID": mine.id } : {} });
+      { method: "POST", body: sent, headers: approvalFor(approvals, action, spec.args ? spec.args(sent) : {}) });
     if (status === 202 && data?.approval) {
       await parked(root, key, data.approval, "Repeat the action here once it is approved.");
       return;
@@ -464,6 +508,7 @@ async function runAction(root, key, spec, body, approvals) {
 }
 
 const ROLLBACK = { action: "rollback", label: "Make primary", title: "Roll back?",
+  args: (body) => ({ version: body.version }),
   message: () => [], done: (k) => `Rolled back: v${k.primary_version} is now primary.` };
 
 function versionTable(root, key, approvals) {

@@ -109,6 +109,29 @@ export async function keyNames(ids) {
   return names;
 }
 
+// ---- approvals ----------------------------------------------------------------------------
+
+const APPROVAL_PAGE = 1000; // the API's largest page
+export const APPROVAL_PAGES = 20; // 20,000 requests of one state: past that, page the API itself
+
+/** Every approval in ``state`` as the API lists them (ascending id: UUIDv7, so oldest first),
+ * following next_page_token for at most ``maxPages`` pages. The API has no "newest first" and
+ * no key filter, so a view that must show the newest, or one key's, reads them all: one page
+ * of 100 silently hid the rest. {items, complete}: complete false when the cap cut it short. */
+export async function listApprovals(state, maxPages = APPROVAL_PAGES) {
+  const items = [];
+  let token = null;
+  for (let page = 0; page < maxPages; page += 1) {
+    const query = new URLSearchParams({ state, limit: APPROVAL_PAGE });
+    if (token) query.set("page_token", token);
+    const { data } = await api(`/v1/approvals?${query}`);
+    items.push(...(Array.isArray(data) ? data : data?.approvals ?? []));
+    token = Array.isArray(data) ? null : data?.next_page_token;
+    if (!token) return { items, complete: true };
+  }
+  return { items, complete: false };
+}
+
 /** A link to a key showing its name (its id when unnamed or unknown), the id as a tooltip. */
 export function keyLink(id, extra = "") {
   const name = names.get(id);
