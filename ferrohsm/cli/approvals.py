@@ -13,10 +13,12 @@ import stat
 import sys
 from typing import Any
 
+from ..domain.model import is_uuid
 from . import output
 from .settings import Settings, UsageError, command
 
 STATES = ("pending", "approved", "denied", "expired", "executed")
+NAME_PAGES = 50  # 50,000 keys looked through for the names of an approval listing's keys
 
 
 def add_parsers(sub: Any) -> None:
@@ -61,10 +63,38 @@ def list_approvals(args: argparse.Namespace, client: Any, settings: Settings) ->
         token = page.get("next_page_token")
         if not token:
             break
+    names = {} if settings.output == "json" or settings.field else \
+        key_names(client, {str(a.get("key_id")) for a in items})
     output.emit(settings, {**page, "approvals": items},
-                lambda: output.approval_table(items, output.use_colour(sys.stdout)),
-                lambda: [output.approval_row(a) for a in items])
+                lambda: output.approval_table(items, output.use_colour(sys.stdout), names),
+                lambda: [output.approval_values(a, names) for a in items])
     return 0
+
+
+def key_names(client: Any, ids: set[str]) -> dict[str, str]:
+    """The names of the keys ``ids`` (approvals name keys by id), from one key listing followed
+    page by page until every id is found, not one call per approval. A key the caller cannot
+    see, one since gone, an unnamed one, or a listing refused keeps its id (not in the map)."""
+    from ..client import ApiError
+    missing = {i for i in ids if is_uuid(i)}  # "system": a rekey's approval names no key
+    names: dict[str, str] = {}
+    token = None
+    for _ in range(NAME_PAGES):
+        if not missing:
+            break
+        try:
+            page = client.list_keys(limit=1000, page_token=token)
+        except ApiError:
+            break
+        for key in page.get("keys") or []:
+            if key.get("id") in missing:
+                missing.discard(key["id"])
+                if key.get("name"):
+                    names[key["id"]] = str(key["name"])
+        token = page.get("next_page_token")
+        if not token:
+            break
+    return names
 
 
 def show(args: argparse.Namespace, client: Any, settings: Settings) -> int:

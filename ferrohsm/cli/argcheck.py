@@ -9,6 +9,8 @@
   passed bytes; Python keeps them as lone surrogates) is named before anything is sent, and a
   value sent as an HTTP header (--correlation-id, --approval-id) holds no control character.
   File and directory names are exempt: on Linux any bytes make a valid path.
+* A positional id (KEY, ID, JTI) is not empty: ``keys show ''`` (an unset shell variable)
+  would otherwise be sent as a request for the collection's path.
 """
 
 from __future__ import annotations
@@ -97,6 +99,9 @@ def check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
             continue
         for value in _values(getattr(args, action.dest)):
             _check_one(_label(action), action.dest, value)
+            if not action.option_strings and not value.strip():
+                raise CliExit(f"{_label(action)}: the value is empty (an unset shell "
+                              "variable?); nothing was sent", USAGE)
 
 
 def _check_one(label: str, dest: str, value: str) -> None:

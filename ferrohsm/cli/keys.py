@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from . import importkey, output
-from .settings import Settings, approval_flag, command
+from .settings import Settings, approval_flag, command, unverified_claims
 from .streams import Output
 
 ALGORITHMS = ("aes-256-gcm", "rsa-2048", "rsa-4096", "ec-p256", "ec-p384")
@@ -173,11 +173,30 @@ def list_keys(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     # The API's answer as it is (total and any other member), with every page's keys in it.
     document = {**(first or {}), **page, "keys": keys, "next_page_token": token}
 
+    more = f"(more keys: --page-token {token})" if token else ""
+
     def human() -> str:
-        text = output.key_table(keys, output.use_colour(sys.stdout))
-        return text + (f"\n(more keys: --page-token {token})" if token else "")
-    output.emit(settings, document, human, lambda: [output.key_row(k) for k in keys])
+        empty = "no keys match" if any(filters.values()) or args.page_token \
+            else _no_keys(settings.token)
+        text = output.key_table(keys, output.use_colour(sys.stdout), empty)
+        return f"{text}\n{more}" if more else text
+    output.emit(settings, document, human, lambda: [output.key_values(k) for k in keys])
+    if more and (settings.output == "text" or settings.field):
+        print(more, file=sys.stderr)  # stdout holds values only; a script must know it is cut
     return 0
+
+
+def _no_keys(token: str | None) -> str:
+    """An empty, unfiltered listing: there are no keys yet, or (a tag-scoped token, read from
+    its own claims) none this token may see, which is not the same and must not invite making
+    one."""
+    tags = unverified_claims(token).get("tags")
+    if isinstance(tags, list):
+        which = ", ".join(str(t)[:40] for t in tags[:10]) or "none"
+        return (f"no keys visible: this token may see only keys carrying one of its tags "
+                f"({which}); keys with other tags may exist")
+    return ("no keys yet: create one with `ferrohsm keys create --algorithm aes-256-gcm "
+            "--usage encrypt --name NAME`")
 
 
 def show(args: argparse.Namespace, client: Any, settings: Settings) -> int:

@@ -16,10 +16,8 @@ FERROHSM_DEBUG=1 an unexpected error prints its traceback, with every bearer tok
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import io
-import json
 import os
 import re
 import signal
@@ -48,6 +46,7 @@ from .errors import (
     CliExit,
 )
 from .output import FieldMissing
+from .settings import unverified_claims
 from .streams import StdoutFailed, guarded_stdout, reset_answered, stdout_problem
 
 EPILOG = """\
@@ -255,7 +254,8 @@ def run_client(args: argparse.Namespace) -> int:
         return USAGE
     except ApprovalRequired as exc:
         from .settings import output_format
-        _approval_pending(exc, output_format(args) == "json", getattr(args, "field", None))
+        _approval_pending(exc, output_format(args) == "json", getattr(args, "field", None),
+                          getattr(args, "approval_id", None))
         return FAILED
     except ApiError as exc:
         text = _too_large(exc.message, args) if exc.code == "payload_too_large" \
@@ -289,7 +289,7 @@ def _hint(code: str, command: str, token: str | None) -> str:
         return "; get a token with `ferrohsm token issue` and set FERROHSM_TOKEN"
     if command not in ops.OPS or code not in ("forbidden", "not_found"):
         return ""
-    claims = _unverified_claims(token)
+    claims = unverified_claims(token)
     if claims.get("role") == "service" and isinstance(claims.get("tags"), list):
         # A key outside the token's tags answers 404 exactly like a missing key.
         tags = ", ".join(str(t)[:40] for t in claims["tags"][:10]) or "none"
@@ -318,20 +318,11 @@ def _too_large(message: str, args: argparse.Namespace) -> str:
     return f"{refused}: {advice}"
 
 
-def _unverified_claims(token: str | None) -> dict[str, Any]:
-    """The claims of our own token, read (not verified: the server does that) for a hint only;
-    {} when it is not a readable JWT."""
-    try:
-        payload = (token or "").split(".")[1]
-        value = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _approval_pending(exc: Any, as_json: bool, field: str | None = None) -> None:
+def _approval_pending(exc: Any, as_json: bool, field: str | None = None,
+                      sent_id: str | None = None) -> None:
     """A parked request is not an error, but it did not run: say what to do next (and with
-    --field, print that member of the answer: ``ID=$(ferrohsm unwrap … --field approval.id)``)."""
+    --field, print that member of the answer: ``ID=$(ferrohsm unwrap … --field approval.id)``).
+    Repeated with ``--approval-id`` of a pending approval, nothing was parked: it waits."""
     from .output import field_text, print_json, relative, when
     approval = exc.approval
     if field:
@@ -350,6 +341,10 @@ def _approval_pending(exc: Any, as_json: bool, field: str | None = None) -> None
     if approval.get("state") == "approved":  # a repeat without --approval-id after the quorum
         _fail(f"already approved: this request is approval {ident} ({votes}, {window}); run "
               f"it now by repeating the command with --approval-id {ident} {ids}")
+        return
+    if sent_id is not None and ident == sent_id:
+        _fail(f"approval {ident} is still pending ({votes}, {window}); once approved, repeat "
+              f"the command with --approval-id {ident} {ids}")
         return
     # The server answers a repeat with the approval it already parked ("already parked as
     # approval …"): say it was reused, so nobody asks approvers to vote on a new request.

@@ -1,8 +1,9 @@
 """Human output for the CLI: aligned tables, readable UTC times, states that stand out.
 
-Tables are for people; ``--json`` is for scripts, so nothing here needs to be parseable. Colour is
-used only on a terminal and never when NO_COLOR is set (https://no-color.org); widths are computed
-on the uncoloured text so columns stay aligned either way.
+Tables are for people; ``--json`` and ``--output text`` are for scripts, so the tables need not be
+parseable, but the text rows (``*_values``) hold the API's raw values (ISO times, version numbers),
+never the table's wording. Colour is used only on a terminal and never when NO_COLOR is set
+(https://no-color.org); widths are computed on the uncoloured text so columns stay aligned.
 """
 
 from __future__ import annotations
@@ -129,9 +130,16 @@ def key_row(key: dict[str, Any]) -> list[str]:
             ",".join(key.get("tags") or []) or "-", when(key.get("updated_at"))]
 
 
-def key_table(keys: list[dict[str, Any]], colour: bool) -> str:
+def key_values(key: dict[str, Any]) -> list[Any]:
+    """A key as one ``--output text`` line: the table's columns, each the API's raw value."""
+    return [key.get("name"), key.get("id"), key.get("algorithm"), key.get("usage"),
+            key.get("state"), key.get("primary_version"), ",".join(key.get("tags") or []),
+            key.get("updated_at")]
+
+
+def key_table(keys: list[dict[str, Any]], colour: bool, empty: str = "no keys match") -> str:
     if not keys:
-        return "no keys match"
+        return empty
     return table(KEY_HEADERS, [key_row(k) for k in keys], colour)
 
 
@@ -192,18 +200,32 @@ def _approvers(approval: dict[str, Any]) -> list[str]:
 APPROVAL_HEADERS = ("ID", "ACTION", "KEY", "STATE", "APPROVALS", "REQUESTED BY", "EXPIRES")
 
 
-def approval_row(a: dict[str, Any]) -> list[str]:
+def key_label(a: dict[str, Any], names: dict[str, str] | None) -> str | None:
+    """The approval's key by its name when ``names`` knows it, else by its id."""
+    key_id = a.get("key_id")
+    return (names or {}).get(str(key_id), key_id) if key_id else None
+
+
+def approval_row(a: dict[str, Any], names: dict[str, str] | None = None) -> list[str]:
     expires = a.get("expires_at")
-    return [str(a.get("id", "")), str(a.get("action", "")), str(a.get("key_id") or "-"),
+    return [str(a.get("id", "")), str(a.get("action", "")), str(key_label(a, names) or "-"),
             str(a.get("state", "")), f"{len(_approvers(a))}/{a.get('required', '?')}",
             str(a.get("requested_by") or a.get("requester") or "-"),
             f"{when(expires)} ({relative(expires)})" if expires else "-"]
 
 
-def approval_table(approvals: list[dict[str, Any]], colour: bool) -> str:
+def approval_values(a: dict[str, Any], names: dict[str, str] | None = None) -> list[Any]:
+    """An approval as one ``--output text`` line: the table's columns, raw (ISO expiry)."""
+    return [a.get("id"), a.get("action"), key_label(a, names), a.get("state"),
+            f"{len(_approvers(a))}/{a.get('required', '?')}",
+            a.get("requested_by") or a.get("requester"), a.get("expires_at")]
+
+
+def approval_table(approvals: list[dict[str, Any]], colour: bool,
+                   names: dict[str, str] | None = None) -> str:
     if not approvals:
         return "no approvals match"
-    return table(APPROVAL_HEADERS, [approval_row(a) for a in approvals], colour)
+    return table(APPROVAL_HEADERS, [approval_row(a, names) for a in approvals], colour)
 
 
 def approval_detail(a: dict[str, Any], colour: bool) -> str:
@@ -263,10 +285,10 @@ def _names(document: Any) -> str:
 
 
 def render(settings: Any, document: Any, human: Callable[[], str],
-           rows: Callable[[], list[list[str]]] | None = None) -> str:
+           rows: Callable[[], list[list[Any]]] | None = None) -> str:
     """What a command prints for ``document`` (the API's JSON answer): one --field, the JSON
-    itself (--output json), tab-separated text (--output text: ``rows`` for a list, else one
-    ``name<TAB>value`` line per member) or the table for people (``human``)."""
+    itself (--output json), tab-separated raw values (--output text: ``rows`` for a list, one
+    item a line, else one ``name<TAB>value`` line per member) or the table (``human``)."""
     if settings.field:
         return field_text(document, settings.field)
     if settings.output == "json":
@@ -279,7 +301,7 @@ def render(settings: Any, document: Any, human: Callable[[], str],
 
 
 def emit(settings: Any, document: Any, human: Callable[[], str],
-         rows: Callable[[], list[list[str]]] | None = None) -> None:
+         rows: Callable[[], list[list[Any]]] | None = None) -> None:
     text = render(settings, document, human, rows)
     if settings.field and not text and _empty_listing(document, settings.field):
         return  # --field over an empty listing: no line at all (a `while read` runs no turn)

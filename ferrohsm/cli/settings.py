@@ -19,6 +19,8 @@ This module only imports argparse-level things, so building the command tree sta
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
 import textwrap
 from collections.abc import Mapping
@@ -109,7 +111,8 @@ def client_flags(suppress: bool = True) -> argparse.ArgumentParser:
                    help=f"per-request timeout (env FERROHSM_TIMEOUT, default {DEFAULT_TIMEOUT:g})")
     g.add_argument("--output", choices=OUTPUTS, default=s, dest="output", action=OutputFormat,
                    help="table (default, for people), json (the API's JSON exactly) or text "
-                   "(tab-separated, no colour, for awk and cut)")
+                   "(tab-separated raw values, a listing's items one a line, no colour: for "
+                   "awk and cut)")
     g.add_argument("--json", action=OutputFormat, nargs=0, const="json", default=s, dest="output",
                    help="the API's JSON exactly (same as --output json)")
     g.add_argument("--field", metavar="NAME", default=s,
@@ -310,3 +313,14 @@ def approval_flag(parser: argparse.ArgumentParser) -> None:
     """``--approval-id``: repeat a request parked for dual control once its quorum approved."""
     parser.add_argument("--approval-id", metavar="ID",
                         help="run a request that a quorum has approved (sent as X-Approval-ID)")
+
+
+def unverified_claims(token: str | None) -> dict[str, Any]:
+    """The claims of our own token, read (not verified: the server does that) for a hint only;
+    {} when it is not a readable JWT."""
+    try:
+        payload = (token or "").split(".")[1]
+        value = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}

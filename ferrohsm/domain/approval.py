@@ -264,7 +264,8 @@ def redeem(approval: Approval, requester: str, action: str, key_id: str,
     if approval.requester != requester:
         raise Forbidden(f"approval {approval.id} was requested by someone else")
     if not binds(approval, action, key_id, args):
-        raise Forbidden(f"approval {approval.id} was granted for a different request")
+        raise Forbidden(f"approval {approval.id} is for a different request (another "
+                        "action, key or arguments): it cannot be used for this one")
     state = effective_state(approval, now)
     if state is ApprovalState.EXPIRED:
         raise ApprovalExpired(f"approval {approval.id} expired at {iso(approval.expires_at)}")

@@ -135,6 +135,11 @@ def test_keys_list_table_json_filters_and_paging(cli: Cli) -> None:
     assert len(page["keys"]) == 2 and page["next_page_token"]
     rest = cli("keys", "list", "--tag", tag, "--page-token", page["next_page_token"], "--json")
     assert len(rest.json()["keys"]) == 1
+    text = cli("keys", "list", "--tag", tag, "--limit", "2", "--output", "text")
+    assert len(text.text.splitlines()) == 2 and "UTC" not in text.text and " of " not in text.text
+    assert text.err.startswith("(more keys: --page-token ")  # stdout: the values alone
+    field = cli("keys", "list", "--tag", tag, "--limit", "2", "--field", "name")
+    assert len(field.text.splitlines()) == 2 and field.err.startswith("(more keys: ")
     assert "no keys match" in cli("keys", "list", "--tag", unique("none")).text
     assert cli("keys", "list", "--limit", "0").code == 2
     assert_api_error(cli("keys", "list", "--page-token", "garbage!"), "bad_request")
@@ -148,6 +153,8 @@ def test_keys_show_update_and_not_found(cli: Cli) -> None:
     updated = cli("keys", "update", key["name"], "--description", "release builds", "--json")
     assert updated.code == 0 and updated.json()["description"] == "release builds"
     assert_api_error(cli("keys", "show", unique("missing")), "not_found")
+    empty = cli("keys", "show", "")  # an unset variable: refused here, not sent as GET /v1/keys/
+    assert empty.code == 2 and "argument KEY: the value is empty" in empty.err
     assert_api_error(cli("keys", "update", key["name"], "--description", "x", role="service"),
                      "forbidden")
 
@@ -402,6 +409,18 @@ def test_approvals_list_approve_deny_and_repeat(cli: Cli, live: LiveServer) -> N
     assert f"--approval-id {approval_id}" in parked.err
     listing = cli("approvals", "list", "--state", "pending", role="operator")
     assert listing.code == 0 and approval_id in listing.text and "0/1" in listing.text
+    row = next(line for line in listing.text.splitlines() if approval_id in line)
+    assert row.split()[2] == key  # the key by its name, not its id
+    text = cli("approvals", "list", "--state", "pending", "--output", "text", role="operator")
+    row = next(line for line in text.text.splitlines() if approval_id in line).split("\t")
+    assert row[2] == key and row[-1].endswith("Z")  # raw values: the API's ISO expiry
+    early = cli("keys", "destroy", key, "--approval-id", approval_id)
+    assert early.code == 1 and f"approval {approval_id} is still pending (0 of 1 approvals" \
+        in early.err and "parked" not in early.err, early.err
+    mismatch = create(cli, "aes-256-gcm", "encrypt", "--tag", "dual")["name"]
+    wrong = cli("keys", "destroy", mismatch, "--approval-id", approval_id)
+    assert wrong.code == 1 and "is for a different request" in wrong.err
+    assert "granted" not in wrong.err
     shown = cli("approvals", "show", approval_id, "--json", role="auditor")
     assert shown.code == 0 and shown.json()["state"] == "pending"
     assert_api_error(cli("approvals", "show", str(uuid.uuid4())), "not_found")

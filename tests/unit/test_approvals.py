@@ -171,6 +171,15 @@ def test_redeem_refuses_another_request(who: str, action: str, key_id: str,
         apv.redeem(APPROVED, who, action, key_id, args, NOW)
 
 
+def test_a_different_request_is_not_said_to_be_granted() -> None:
+    """A pending approval was granted nothing: the refusal names the mismatch, not a grant."""
+    for a in (approval(), APPROVED):
+        with pytest.raises(Forbidden) as refused:
+            apv.redeem(a, "alice", "key.rollback", KEY_A, {"version": 2}, NOW)
+        assert "is for a different request" in refused.value.message
+        assert "granted" not in refused.value.message
+
+
 def test_redeem_by_state() -> None:
     done = apv.redeem(APPROVED, "alice", "key.rollback", KEY_A, {"version": 1}, NOW)
     assert done.state is ApprovalState.EXECUTED and done.executed_at == NOW
