@@ -412,8 +412,8 @@ def test_approvals_list_approve_deny_and_repeat(cli: Cli, live: LiveServer) -> N
     row = next(line for line in listing.text.splitlines() if approval_id in line)
     assert row.split()[2] == key  # the key by its name, not its id
     text = cli("approvals", "list", "--state", "pending", "--output", "text", role="operator")
-    row = next(line for line in text.text.splitlines() if approval_id in line).split("\t")
-    assert row[2] == key and row[-1].endswith("Z")  # raw values: the API's ISO expiry
+    cells = next(line for line in text.text.splitlines() if approval_id in line).split("\t")
+    assert cells[2] == key and cells[-1].endswith("Z")  # raw values: the API's ISO expiry
     early = cli("keys", "destroy", key, "--approval-id", approval_id)
     assert early.code == 1 and f"approval {approval_id} is still pending (0 of 1 approvals" \
         in early.err and "parked" not in early.err, early.err

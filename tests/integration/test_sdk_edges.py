@@ -112,7 +112,9 @@ def test_a_client_certificate_without_client_auth_is_said_as_such(tmp_path: Path
     try:
         with Client(url(srv), srv.token("administrator"), ca_cert=str(srv.pki.ca_cert),
                     client_cert=str(cert), client_key=str(key)) as hsm:
-            for call in (hsm.list_keys, lambda: hsm.create_key("aes-256-gcm", "encrypt")):
+            calls: list[Callable[[], object]] = [
+                hsm.list_keys, lambda: hsm.create_key("aes-256-gcm", "encrypt")]
+            for call in calls:
                 started = time.monotonic()
                 with pytest.raises(TransportError) as refused:
                     call()

@@ -138,7 +138,7 @@ def test_tags_scope_service_tokens_only(auth: Authenticator) -> None:
     """Tags on another role limit nothing (permissions.may_see), so they are not kept: whoami
     must not show a scope that does not hold."""
     assert auth.verify(forge(claims(role="operator", tags=["prod"]))).tags is None
-    assert auth.verify(forge(claims(role="service", tags=["prod"]))).tags == {"prod"}
+    assert auth.verify(forge(claims(role="service", tags=["prod"]))).tags == frozenset({"prod"})
 
 
 def test_audience_list_containing_ours_is_fine(auth: Authenticator) -> None:
