@@ -78,11 +78,7 @@ class SQLiteApprovalStore(ApprovalStore):
     def create(self, approval: Approval) -> Approval:
         stored = replace(approval, revision=1)
         with self._tx(write=True) as conn:
-            if conn.execute("SELECT 1 FROM approvals WHERE id = ?", (stored.id,)).fetchone():
-                raise Conflict(f"an approval with id {stored.id} already exists")
-            conn.execute("INSERT INTO approvals (state, key_id, action, expires_at, updated_at, "
-                         "executed_at, revision, record, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (*self._encode(stored), stored.id))
+            self._insert(conn, stored)
         return stored
 
     def create_once(self, approval: Approval, now: datetime,
@@ -95,12 +91,16 @@ class SQLiteApprovalStore(ApprovalStore):
             for twin in self._codec.decode_all(r[0] for r in rows):
                 if effective_state(twin, now) in OPEN and same(twin):
                     return twin
-            if conn.execute("SELECT 1 FROM approvals WHERE id = ?", (stored.id,)).fetchone():
-                raise Conflict(f"an approval with id {stored.id} already exists")
-            conn.execute("INSERT INTO approvals (state, key_id, action, expires_at, updated_at, "
-                         "executed_at, revision, record, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (*self._encode(stored), stored.id))
+            self._insert(conn, stored)
         return stored
+
+    def _insert(self, conn: sqlite3.Connection, stored: Approval) -> None:
+        """Inside a write transaction; Conflict when the id exists."""
+        if conn.execute("SELECT 1 FROM approvals WHERE id = ?", (stored.id,)).fetchone():
+            raise Conflict(f"an approval with id {stored.id} already exists")
+        conn.execute("INSERT INTO approvals (state, key_id, action, expires_at, updated_at, "
+                     "executed_at, revision, record, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     (*self._encode(stored), stored.id))
 
     def get(self, approval_id: str) -> Approval:
         with self._tx(write=False) as conn:

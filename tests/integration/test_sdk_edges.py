@@ -72,37 +72,39 @@ def test_retry_after_as_seconds_or_an_http_date() -> None:
     assert retry_after("soon") is None and retry_after(None) is None
 
 
-def test_a_refused_client_certificate_is_said_as_such(tmp_path: Path) -> None:
-    """Mutual TLS without a certificate (or with one the server refuses): the TLS alert is
-    named with the way out, not "cannot reach", not retried, and a state change is not called
-    "may or may not have been carried out" (the server never read it)."""
+def _refused_once(hsm: Client, says: str) -> None:
+    """A call that reads and one that changes state: each is the certificate's clear refusal,
+    tried once, not "cannot reach" and not "may or may not have been carried out" (the server
+    never read the request)."""
     from ferrohsm.client import TransportError
+    calls: list[Callable[[], object]] = [
+        hsm.list_keys, lambda: hsm.create_key("aes-256-gcm", "encrypt")]
+    for call in calls:
+        started = time.monotonic()
+        with pytest.raises(TransportError) as refused:
+            call()
+        assert "refused this client's TLS certificate" in refused.value.message
+        assert says in refused.value.message
+        assert "may or may not" not in refused.value.message
+        assert time.monotonic() - started < 2  # not retried with backoff
+
+
+def test_a_refused_client_certificate_is_said_as_such(tmp_path: Path) -> None:
+    """Mutual TLS without a certificate: the TLS alert is named with the way out."""
     from ferrohsm.tls.devpki import make_dev_pki
     clients = make_dev_pki(tmp_path / "clients")
     srv = LiveServer(tmp_path / "srv", overrides={("tls", "client_ca"): str(clients.ca_cert),
                                                   ("tls", "require_client_cert"): True})
     try:
         with Client(url(srv), srv.token("administrator"), ca_cert=str(srv.pki.ca_cert)) as hsm:
-            calls: list[Callable[[], object]] = [
-                hsm.list_keys, lambda: hsm.create_key("aes-256-gcm", "encrypt")]
-            for call in calls:
-                started = time.monotonic()
-                with pytest.raises(TransportError) as refused:
-                    call()
-                assert "refused this client's TLS certificate" in refused.value.message
-                assert "--client-cert" in refused.value.message
-                assert "may or may not" not in refused.value.message
-                assert time.monotonic() - started < 2  # not retried with backoff
+            _refused_once(hsm, "--client-cert")
     finally:
         srv.close()
 
 
 def test_a_client_certificate_without_client_auth_is_said_as_such(tmp_path: Path) -> None:
-    """A certificate the server refuses for its purpose (serverAuth only) is the same clear
-    refusal, tried once, not "cannot reach" and not "may or may not have been carried out"."""
+    """A certificate the server refuses for its purpose (serverAuth only): the same."""
     from certkit import TestCA, install
-
-    from ferrohsm.client import TransportError
     clients = TestCA(tmp_path / "clients")
     leaf = clients.leaf(["client"])  # ExtendedKeyUsage: serverAuth alone
     cert, key = tmp_path / "client.pem", tmp_path / "client-key.pem"
@@ -112,16 +114,7 @@ def test_a_client_certificate_without_client_auth_is_said_as_such(tmp_path: Path
     try:
         with Client(url(srv), srv.token("administrator"), ca_cert=str(srv.pki.ca_cert),
                     client_cert=str(cert), client_key=str(key)) as hsm:
-            calls: list[Callable[[], object]] = [
-                hsm.list_keys, lambda: hsm.create_key("aes-256-gcm", "encrypt")]
-            for call in calls:
-                started = time.monotonic()
-                with pytest.raises(TransportError) as refused:
-                    call()
-                assert "refused this client's TLS certificate" in refused.value.message
-                assert "UNSUPPORTED_CERTIFICATE" in refused.value.message
-                assert "may or may not" not in refused.value.message
-                assert time.monotonic() - started < 2  # not retried with backoff
+            _refused_once(hsm, "UNSUPPORTED_CERTIFICATE")
     finally:
         srv.close()
 
