@@ -63,7 +63,6 @@ from .obswire import share_metrics, wire_metrics
 from .service import AuditLogService, KeyService, TokenService
 from .service.batch import CryptoItems
 from .service.imports import ImportService
-from .store import nodelock
 from .store.approvalmac import ApprovalCodec
 from .store.approvalstore import ApprovalStore
 from .store.filesystem import FilesystemStore
@@ -560,9 +559,6 @@ def open_for_backup(config: Config, secrets: Secrets
     (reconciliation included): a backup is only ever taken of a consistent state. The report
     holds the log's token revocations (those a lost deny-list file no longer has)."""
     check_store_kind(config.storage.key_store, config.storage.data_dir)
-    if config.storage.key_store == "sqlite" and nodelock.in_use(config.storage.data_dir):
-        raise StartupRefused(f"{config.storage.data_dir} is in use by a running server: back it "
-                             "up online (ferrohsm backup without --offline), or stop it first")
     store = open_store(config, RecordMac.derive(secrets.master_key))
     approvals: ApprovalStore | None = None
     audit: ChainedSink | None = None

@@ -76,8 +76,7 @@ def off_hours(ts: str, hours: tuple[int, int]) -> bool:
 
 
 def _row(rec: dict[str, Any]) -> dict[str, Any]:
-    return {k: rec.get(k) for k in ("seq", "ts", "actor", "source_ip", "action", "key_id",
-                                    "outcome")}
+    return {k: rec.get(k) for k in EVENT_COLUMNS}
 
 
 def build_report(records: Iterable[dict[str, Any] | None],
@@ -151,7 +150,9 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines) if rows else lines[0] + "\n(none)"
 
 
-EVENT_COLUMNS = ["seq", "ts", "actor", "source_ip", "action", "key_id", "outcome"]
+# The role beside the actor: the server's own records are role "system", and a subject that
+# merely looks like "system" (another script's letters) reads as what it is.
+EVENT_COLUMNS = ["seq", "ts", "actor", "role", "source_ip", "action", "key_id", "outcome"]
 UNVERIFIED = ("Records NOT verified: this report reads them as they are; run `ferrohsm audit "
               "verify` on the same input to check them")
 

@@ -37,7 +37,7 @@ def add_parsers(sub: Any) -> None:
                            "--no-checkpoints")
     asub = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
     p = command(asub, "export", export, help="write the audit log as JSONL (one record a line)",
-                description="Export audit records (Auditor, Administrator or Operator token) as "
+                description="Export audit records (Auditor or Administrator token) as "
                 "JSONL, each line exactly as the server stored it, so `ferrohsm audit verify` "
                 "checks the file offline with the HMAC key.",
                 conflict_handler="resolve",  # --output here is the file, as it always was

@@ -36,6 +36,8 @@ from .settings import client_flags
 from .streams import writing
 
 if TYPE_CHECKING:
+    from ..config import Secrets
+    from ..crypto.archive import BackupKey
     from ..custody.snapshot import RevocationSource
 
 MAX_ARCHIVE = 1 << 31
@@ -182,9 +184,12 @@ def _report(args: argparse.Namespace, out: Path, h: dict[str, Any], digest: str)
 
 
 def run_offline_backup(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
     from .. import app as wiring
-    from ..custody import snapshot
     from ..custody.keysource import backup_key
+    from ..integrity.logcheck import StartupRefused
+    from ..store import nodelock
     config = _config(args)
     if config.storage.key_store == "memory":
         raise ConfigError("the memory key store keeps nothing to back up")
@@ -196,6 +201,21 @@ def run_offline_backup(args: argparse.Namespace) -> int:
             _record_refused(wiring, config, exc.message)
         raise
     key = backup_key(secrets.master_key, os.environ, config.secrets.backup_key_file)
+    # SQLite takes no lock a reader meets: a server running (or starting) on the directory is
+    # refused, and one started meanwhile waits until the backup is written
+    local = config.storage.key_store == "sqlite" and Path(config.storage.data_dir).is_dir()
+    with nodelock.alone(config.storage.data_dir) if local else nullcontext(True) as alone:
+        if not alone:
+            raise StartupRefused(f"{config.storage.data_dir} is in use by a running server: back "
+                                 "it up online (ferrohsm backup without --offline), or stop it "
+                                 "first")
+        return _offline_backup(args, config, secrets, key, out)
+
+
+def _offline_backup(args: argparse.Namespace, config: Config, secrets: Secrets,
+                    key: BackupKey, out: Path) -> int:
+    from .. import app as wiring
+    from ..custody import snapshot
     try:
         store, approvals, audit, settled = wiring.open_for_backup(config, secrets)
     except OSError as exc:

@@ -133,6 +133,10 @@ def _revoked(header: dict[str, Any], body: dict[str, Any]) -> dict[str, float]:
 def revocations_as_taken(header: dict[str, Any]) -> str:
     """What a restore cannot bring back, said with it (CLI output): the archive carries the
     token revocations in force when it was taken, not those made in the source since."""
+    if "revoked_token_count" not in header:  # an archive of an older build
+        return ("This archive (from an older FerroHSM) carries NO token revocations: every token "
+                "revoked in the source is accepted here until it expires. Revoke them again "
+                "(ferrohsm token revoke), or rotate the JWT secret (FERROHSM_JWT_HS256_SECRET)")
     return (f"Tokens revoked in the source after the archive was taken ({taken_at(header)}) are "
             "NOT revoked here: revoke them again (ferrohsm token revoke), or rotate the JWT "
             "secret (FERROHSM_JWT_HS256_SECRET) if unsure which were")

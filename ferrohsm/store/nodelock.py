@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..domain.errors import StoreError
@@ -31,22 +33,17 @@ def _open_lock(path: Path) -> int:
         raise StoreError(f"cannot open lock file {path}: {exc.strerror}") from None
 
 
-def in_use(directory: str | os.PathLike[str]) -> bool:
-    """Whether a live node holds ``directory``'s ``nodes.lock`` (a server is running on it):
-    asked by what must not run beside one (an offline backup). A missing file: none is."""
+@contextmanager
+def alone(directory: str | os.PathLike[str]) -> Iterator[bool]:
+    """For what must not run beside a server (an offline backup): True when no node is alive on
+    ``directory``; then, until the block ends, this process counts as the one node starting,
+    so a server started meanwhile waits on ``startup.lock`` instead of running its start-up
+    checks beside it. False (nothing held) when a node is running."""
+    membership = FileMembership(directory)
     try:
-        fd = os.open(Path(directory) / "nodes.lock", os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise StoreError(f"cannot open lock file in {directory}: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
+        yield membership.enter()
     finally:
-        os.close(fd)  # (closing releases a lock taken here)
-    return False
+        membership.close()
 
 
 class FileMembership:

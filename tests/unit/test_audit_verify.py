@@ -325,6 +325,8 @@ def test_report_counts_denied_reads_of_the_audit_log(tmp_path: Path,
     assert data["denials_by_actor"][0]["name"] == "snooper"
     assert data["denials_by_actor"][0]["denied"] == 5
     assert any(row["action"] == "audit.recovery" for row in data["sensitive_events"]["rows"])
+    # the role beside the actor: a subject that looks like "system" reads as what it is
+    assert all("role" in row for row in data["sensitive_events"]["rows"])
     assert "system" not in [row["name"] for row in data["denials_by_actor"]]
 
 

@@ -239,3 +239,28 @@ def test_a_list_that_cannot_be_read_is_not_written_over(tmp_path: Path) -> None:
         deny.revoke("second", until=9999.0, now=1000.0)
     assert path.read_text() == "{not json"
     assert deny.is_revoked("second", 1000.0) and deny.is_revoked("first", 1000.0)
+
+
+def test_an_offline_reader_is_alone_and_a_starting_node_waits_for_it(tmp_path: Path) -> None:
+    """``alone``: refused (False) beside a live node; else held for the whole block, so a
+    node started meanwhile waits on startup.lock instead of reconciling beside the reader."""
+    import threading
+
+    from ferrohsm.store.nodelock import alone
+    live = FileMembership(tmp_path)
+    assert live.enter()
+    live.started()
+    with alone(tmp_path) as ok:
+        assert ok is False
+    live.close()
+    entered: list[bool] = []
+    later = FileMembership(tmp_path)
+    with alone(tmp_path) as ok:
+        assert ok is True
+        starter = threading.Thread(target=lambda: entered.append(later.enter()))
+        starter.start()
+        starter.join(0.5)
+        assert starter.is_alive() and not entered  # waits for the reader
+    starter.join(5)
+    later.close()
+    assert entered == [True]  # then starts cold, alone
