@@ -33,7 +33,14 @@ class _Duplicated(dict):  # type: ignore[type-arg]
     name = ""
 
 
-_seen_duplicates = threading.local()  # n: duplicated objects this thread's decoder made
+class _Seen(threading.local):
+    """How many objects with a repeated member this thread's decoder made (per thread: a count
+    shared by threads could lose an increment and let a body's duplicate pass unseen)."""
+
+    n = 0
+
+
+_seen = _Seen()
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -45,7 +52,7 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         if name in marked and not marked.name:
             marked.name = name
         marked[name] = value
-    _seen_duplicates.n = getattr(_seen_duplicates, "n", 0) + 1
+    _seen.n += 1
     return marked
 
 
@@ -135,7 +142,7 @@ def _decode_json(text: str) -> Any:
 def json_body(req: Request) -> dict[str, Any]:
     if not req.body:
         return {}
-    duplicates = getattr(_seen_duplicates, "n", 0)
+    duplicates = _seen.n
     try:
         text = req.body.decode("utf-8")
         value = _decode_json(text)
@@ -149,7 +156,7 @@ def json_body(req: Request) -> dict[str, Any]:
         raise BadRequest("request body is nested too deeply") from None
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object")
-    if getattr(_seen_duplicates, "n", 0) != duplicates:
+    if _seen.n != duplicates:
         try:
             # Vault's batches are batch_input; on a Vault route "batch" is just ignored
             _refuse_body_duplicates(value, "batch_input" if req.path.startswith(VAULT_PREFIX)
@@ -191,7 +198,8 @@ def check_fields(body: Any, spec: dict[str, Field]) -> dict[str, Any]:
     ``spec`` declares, type-checked; BadRequest otherwise."""
     if not isinstance(body, dict):
         raise BadRequest("each batch item must be a JSON object")
-    refuse_duplicated(body)
+    if type(body) is _Duplicated:  # (inline: every request's body comes here)
+        raise _duplicate_error(body.name)
     if not body.keys() <= spec.keys():
         unknown = sorted(set(body) - set(spec))
         # Names come from the client: escaped (ascii) and bounded, never echoed raw.
