@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ from .store.importjobs_files import FolderImportJobStore, MemoryImportJobStore
 from .store.keystore import KeyStore
 from .store.memory import MemoryStore
 from .store.memory_approvals import MemoryApprovalStore
-from .store.nodelock import FileLeader, FileMembership
+from .store.nodelock import FileLeader, FileMembership, alone
 from .store.pg_shared import PostgresLeader, PostgresMembership, PostgresUsage
 from .store.pgdb import PgDatabase, dsn_from_env
 from .store.postgres import PostgresStore
@@ -551,6 +552,12 @@ def shutdown(rt: Runtime, server: HardenedHTTPServer | None) -> None:
         rt.app.tracer.shutdown()
     if rt.cluster is not None:
         rt.cluster.close()
+
+
+def backup_alone(config: Config) -> AbstractContextManager[bool]:
+    """An offline backup's hold on a SQLite data directory (store/nodelock.py ``alone``)."""
+    local = config.storage.key_store == "sqlite" and Path(config.storage.data_dir).is_dir()
+    return alone(config.storage.data_dir) if local else nullcontext(True)
 
 
 def open_for_backup(config: Config, secrets: Secrets

@@ -184,12 +184,9 @@ def _report(args: argparse.Namespace, out: Path, h: dict[str, Any], digest: str)
 
 
 def run_offline_backup(args: argparse.Namespace) -> int:
-    from contextlib import nullcontext
-
     from .. import app as wiring
     from ..custody.keysource import backup_key
     from ..integrity.logcheck import StartupRefused
-    from ..store import nodelock
     config = _config(args)
     if config.storage.key_store == "memory":
         raise ConfigError("the memory key store keeps nothing to back up")
@@ -203,8 +200,7 @@ def run_offline_backup(args: argparse.Namespace) -> int:
     key = backup_key(secrets.master_key, os.environ, config.secrets.backup_key_file)
     # SQLite takes no lock a reader meets: a server running (or starting) on the directory is
     # refused, and one started meanwhile waits until the backup is written
-    local = config.storage.key_store == "sqlite" and Path(config.storage.data_dir).is_dir()
-    with nodelock.alone(config.storage.data_dir) if local else nullcontext(True) as alone:
+    with wiring.backup_alone(config) as alone:
         if not alone:
             raise StartupRefused(f"{config.storage.data_dir} is in use by a running server: back "
                                  "it up online (ferrohsm backup without --offline), or stop it "
