@@ -75,9 +75,9 @@ from .tlsfail import HandshakeFailures
 OnRequest = Callable[[Request, Response, float], None]
 _MAX_WAIT = 1.0
 ACTIVE_WINDOW = 0.001  # seconds after an answer during which a connection counts as active
-_RECV_SIZE = 65536
-_LISTENER, _WAKE, _FLUSHED = object(), object(), object()
+_RECV_SIZE, _LISTENER, _WAKE, _FLUSHED = 65536, object(), object(), object()
 _ACCEPTS_PER_TURN = 256
+LINGER_BODIES = 16  # discarded after a final answer: a 413's client still sending reads it
 
 
 class HardenedHTTPServer:
@@ -437,7 +437,7 @@ class HardenedHTTPServer:
             self._dispatcher.take(conn, incoming)
 
     def _drain_linger(self, conn: Conn) -> None:
-        """Discard what the peer still sends after our final response, up to a body's worth."""
+        """Discard what the peer still sends after our final response (see LINGER_BODIES)."""
         try:
             received = conn.discard_raw(self._chunk) if conn.raw else \
                 conn.receive(self._chunk, len(self._chunk))
@@ -445,7 +445,7 @@ class HardenedHTTPServer:
             return self._close(conn)
         del conn.buf[:]
         conn.drained += received
-        if conn.eof or conn.drained > self.limits.max_body:
+        if conn.eof or conn.drained > LINGER_BODIES * self.limits.max_body:
             self._close(conn)
 
     # ----------------------------------------------------------------- writing

@@ -488,3 +488,29 @@ def test_sigterm_triggers_graceful_shutdown(make_server: Any) -> None:
     while ferro_threads() and time.monotonic() < deadline:
         time.sleep(0.01)  # the shutdown thread itself finishes just after wait() returns
     assert ferro_threads() == []
+
+
+def test_a_client_still_sending_a_body_too_large_reads_its_413(
+        make_server: Any, client_ctx: ssl.SSLContext) -> None:
+    """The server answers 413 once the head says the body is too large, then drains what the
+    client goes on sending: closed while a plain client (curl, http.client) still writes, the
+    connection is reset and it sees a broken pipe instead of the 413. A small send buffer makes
+    the client write the whole body after the answer (it once failed when it passed 1 MiB)."""
+    server = make_server()
+    raw = socket.create_connection(server.server_address[:2])
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    sock = client_ctx.wrap_socket(raw, server_hostname="localhost")
+    size = 4 << 20
+    sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % size)
+    chunk = b"A" * 65536
+    for _ in range(size // len(chunk)):
+        sock.sendall(chunk)  # the old 1 MiB drain closed mid-body: EPIPE or EOF here
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        data = sock.recv(65536)
+        if not data:
+            break
+        answer += data
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:80]
