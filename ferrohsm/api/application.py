@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..auth.authn import Authenticator, TokenRejected
-from ..auth.permissions import PERMISSIONS, Action
+from ..auth.permissions import PERMISSIONS, Action, refusal
 from ..auth.ratelimit import RateLimiter
 from ..domain.errors import (
     BadRequest,
@@ -221,7 +221,7 @@ class Application:
             return
         if self.refuse_role is not None:
             raise self.refuse_role(ctx, Action(action), params.get("key"))
-        reason = f"role {principal.role.value} may not perform {action}"
+        reason = refusal(principal, Action(action)) or action  # the one wording of the rule
         details = {"key_ref": key_ref(params["key"])} if "key" in params else {}
         try:
             self.audit_refusal(ctx, action, "denied", reason, **details)
