@@ -54,6 +54,10 @@ UNMATCHED = "unmatched"  # the metrics' route label of a request no route matche
 # Liveness and readiness: never rate limited, or a load balancer or kubelet sharing an address
 # with a flood (or behind the same proxy) would take a healthy node out of service.
 PROBES = frozenset({"/healthz", "/readyz"})
+# Answered from memory and the same for everyone, so found they spend nothing: the dashboard's
+# page loads nine files, and an office behind one address would see a blank page after a few
+# loads (misses still pay, so a scanner's 404s reach 429 as anywhere else).
+FREE = PROBES | {"/", "/ui", "/ui/"}
 
 
 class Application:
@@ -123,16 +127,12 @@ class Application:
             route_name = route.template
             if route.template.startswith("/v1/"):
                 ctx = with_principal(ctx, self._authenticate(req, ctx, span))
-            if route.template not in PROBES:  # a probe reports the server, not the caller
+            if route.template not in FREE:
                 self._admit(req, ctx, route, params)
+                result = (route.handler(ctx, req, params) if span is None
+                          else _traced(span, route, ctx, req, params))
             else:
-                try:
-                    _check_approval_header(req, route)
-                except FerroError:  # a refused probe is a refusal: it pays, as any other
-                    self._limit(ctx)
-                    raise
-            result = (route.handler(ctx, req, params) if span is None
-                      else _traced(span, route, ctx, req, params))
+                result = self._free(req, ctx, route, params)
             resp = result if isinstance(result, Response) else json_response(*result)
         except FerroError as exc:
             if isinstance(exc, MethodNotAllowed) and exc.route:
@@ -197,6 +197,17 @@ class Application:
         self._observe(req, ctx, route_name, resp, time.perf_counter() - start, exported,
                       exc.code)
         return resp
+
+    def _free(self, req: Request, ctx: RequestContext, route: Any,
+              params: dict[str, str]) -> Any:
+        """Run a route in ``FREE`` (a probe reports the server, not the caller; a dashboard
+        file is the same for everyone): only a refusal (a miss, an approval id) pays."""
+        try:
+            _check_approval_header(req, route)
+            return route.handler(ctx, req, params)
+        except FerroError:
+            self._limit(ctx)
+            raise
 
     def _admit(self, req: Request, ctx: RequestContext, route: Any,
                params: dict[str, str]) -> None:

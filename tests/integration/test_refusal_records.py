@@ -540,8 +540,8 @@ def call_with_id(srv: LiveServer, path: str, role: str | None) -> tuple[int, str
 def test_429s_leave_one_record_each(limited: LiveServer) -> None:
     """An actor's every 429 is recorded; an anonymous address's first 429 in a second is (its
     later ones are sampled away on purpose, so a flood cannot amplify itself into the log)."""
-    assert call_with_id(limited, "/ui/", None)[0] == 200  # spends the address's one token
-    status, rid = call_with_id(limited, "/ui/", None)
+    assert call_with_id(limited, "/ui/nowhere", None)[0] == 404  # spends the address's token
+    status, rid = call_with_id(limited, "/ui/nowhere", None)
     assert status == 429
     [record] = records_of(limited, rid)
     assert (record["action"], record["outcome"], record["actor"]) == \
@@ -555,6 +555,22 @@ def test_429s_leave_one_record_each(limited: LiveServer) -> None:
         [record] = records_of(limited, rid)
         assert (record["action"], record["outcome"], record["actor"]) == \
             ("ratelimit.refused", "denied", "auditor-user")
+
+
+def test_the_dashboard_files_and_probes_spend_nothing_and_misses_pay(
+        limited: LiveServer) -> None:
+    """An address with one token loads the page and its files again and again (an office
+    behind one address saw a blank page after a few loads); its first miss spends the token."""
+    from ferrohsm.api.handlers.dashboard import load_site
+    site = load_site()
+    paths = ["/", "/ui", "/ui/", "/healthz", "/readyz",
+             *(f"/ui/v/{site.version}/{name}" for name in site.files if name != "index.html")]
+    for _ in range(3):
+        for path in paths:
+            assert call_with_id(limited, path, None)[0] not in (404, 429), path
+    assert call_with_id(limited, "/ui/nowhere", None)[0] == 404
+    assert call_with_id(limited, "/ui/nowhere", None)[0] == 429
+    assert call_with_id(limited, f"/ui/v/{site.version}/app.js", None)[0] == 200
 
 
 def test_framing_refusals_spend_the_address_tokens(limited: LiveServer) -> None:
