@@ -117,6 +117,7 @@ class Application:
         template or None when no route matched, the error type or None)."""
         route_name: str | None = None
         error_type: str | None = None
+        params: dict[str, str] = {}
         try:
             try:
                 route, params = self._route(req, ctx)
@@ -138,7 +139,7 @@ class Application:
             if isinstance(exc, MethodNotAllowed) and exc.route:
                 route_name = exc.route  # the path's template: only the method was wrong
             if not isinstance(exc, Recorded):
-                self._record_refusal(req, ctx, route_name, exc)
+                self._record_refusal(req, ctx, route_name, exc, params.get("key"))
             error_type = exc.code
             resp = _error(req, exc, routed=route_name is not None)
         except Exception:
@@ -282,13 +283,15 @@ class Application:
         return with_principal(ctx, principal)
 
     def _record_refusal(self, req: Request, ctx: RequestContext, route: str | None,
-                        exc: FerroError) -> None:
+                        exc: FerroError, key: str | None = None) -> None:
         """Record a refusal that never reached the service (unknown routes and methods,
-        malformed JSON, unknown fields, bad base64 or query strings, framing)."""
+        malformed JSON, unknown fields, bad base64 or query strings, framing), naming the
+        key the path names as the service's refusals do."""
+        details = {"key_ref": key_ref(key)} if key else {}
         try:
             self.audit_refusal(ctx, "request.refused", exc.outcome,
                                f"{req.method[:ORIGINAL_LIMIT]} {route or 'unmatched'}: "
-                               f"{exc.status} {exc.code}: {exc.message}")
+                               f"{exc.status} {exc.code}: {exc.message}", **details)
         except FerroError:  # the call is refused anyway; the sink reports its own failure
             log.error("a refused request could not be audited",
                       extra={"request_id": req.request_id})

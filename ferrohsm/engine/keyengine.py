@@ -13,7 +13,13 @@ from ..crypto import ops
 from ..crypto.algorithms import get_algorithm
 from ..crypto.seal import Sealer
 from ..domain import lifecycle as lc
-from ..domain.errors import Conflict, IntegrityError, NoSuchCiphertextVersion, PayloadTooLarge
+from ..domain.errors import (
+    Conflict,
+    FerroError,
+    IntegrityError,
+    NoSuchCiphertextVersion,
+    PayloadTooLarge,
+)
 from ..domain.model import Key, KeyVersion, NoSuchVersion
 from .keycache import MaterialCache
 
@@ -77,8 +83,12 @@ class KeyEngine:
     def decrypt(self, key: Key, token: str, aad: bytes | None) -> tuple[bytes, int]:
         self._check_size(aad)
         number, blob = ops.parse_token(token)
-        version = _token_version(key, lc.Use.DECRYPT, number)
-        return ops.decrypt(self.handle(key, version), blob, aad), number
+        try:
+            version = _token_version(key, lc.Use.DECRYPT, number)
+            return ops.decrypt(self.handle(key, version), blob, aad), number
+        except FerroError as exc:  # the refusal's record names the version the token names
+            exc.details.setdefault("key_version", number)
+            raise
 
     def sign(self, key: Key, data: bytes, prehashed: bool, scheme: str | None
              ) -> tuple[bytes, str, int]:

@@ -161,8 +161,10 @@ class Guard:
             key_id = str(exc.details["key_id"])  # e.g. a record that failed its MAC: name it
         details: dict[str, Any] = {"key_ref": key_ref(ref)} \
             if key is None and key_id is None and ref else {}
+        version = exc.details.get("key_version")  # e.g. the one a refused ciphertext names
         try:
-            self.record(ctx, action, exc.outcome, audit_message(exc), key, key_id=key_id,
+            self.record(ctx, action, exc.outcome, audit_message(exc), key,
+                        version if isinstance(version, int) else None, key_id=key_id,
                         defer=True, **details)
         except AuditUnavailable:
             if not isinstance(exc, AuditUnavailable):

@@ -283,7 +283,7 @@ CASES: dict[str, Case] = {
                                                       key="enc"),  # named, as a single call
     "400 batch beside another member": refused(400, method="POST", path="/v1/keys/{enc}/encrypt",
                                                body={"batch": [], "plaintext": B(b"x")},
-                                               role="service"),
+                                               role="service", key_ref="{enc}"),
     "409 revoked key": Case(409, "key.rotate", "error", "POST", "/v1/keys/{revoked}/rotate", {},
                             key="revoked"),
     "409 name taken": Case(409, "key.create", "error", "POST", "/v1/keys",
@@ -316,7 +316,8 @@ CASES: dict[str, Case] = {
     "400 limit not a number": refused(400, path="/v1/keys?limit=abc"),
     "400 unknown state filter": refused(400, path="/v1/keys?state=bogus"),
     "400 audit after_seq": refused(400, path="/v1/audit?after_seq=-1"),
-    "400 public-key version": refused(400, path="/v1/keys/{sig}/public-key?version=x"),
+    "400 public-key version": refused(400, path="/v1/keys/{sig}/public-key?version=x",
+                                      key_ref="{sig}"),
     "400 health query": refused(400, path="/healthz?x=1", role=None),
     # bodies the handler refuses before calling the service
     "400 invalid JSON": refused(400, method="POST", path="/v1/keys", raw=b"{nope"),
@@ -327,9 +328,10 @@ CASES: dict[str, Case] = {
                                  body={"algorithm": "aes-256-gcm", "usage": "encrypt", "x": 1}),
     "400 missing field": refused(400, method="POST", path="/v1/keys", body={}),
     "400 wrong type": refused(400, method="PATCH", path="/v1/keys/{enc}",
-                              body={"description": 7}),
+                              body={"description": 7}, key_ref="{enc}"),
     "400 bad base64": refused(400, method="POST", path="/v1/keys/{enc}/encrypt",
-                              body={"plaintext": "not base64!"}, role="service"),
+                              body={"plaintext": "not base64!"}, role="service",
+                              key_ref="{enc}"),  # named, as a batch item is
     "400 malformed token revoke": refused(400, method="POST", path="/v1/tokens/revoke",
                                           body={"jti": 5}),
     # framing, sent with a valid token: refused by the server while reading the request
@@ -383,7 +385,27 @@ def test_a_refused_request_leaves_exactly_one_record(world: World, name: str) ->
     [record] = records
     assert (record["action"], record["outcome"]) == (case.action, case.outcome), record
     assert record["key_id"] == (world.names[case.key] if case.key else None), record
-    assert record["details"].get("key_ref") == case.key_ref, record
+    assert record["details"].get("key_ref") == (world.fill(case.key_ref) if case.key_ref
+                                                else None), record
+
+
+def test_a_refused_decrypt_names_the_version_its_ciphertext_names(world: World) -> None:
+    """The record of a decrypt that failed says which version the ciphertext claimed (it was
+    null, so an auditor could not tell a tampered new ciphertext from an old one)."""
+    srv, enc = world.srv, world.names["enc"]
+    status, _, out = srv.call("POST", f"/v1/keys/{enc}/encrypt", {"plaintext": B(b"x")},
+                              role="service")
+    assert status == 200
+    prefix, _, blob = out["ciphertext"].rpartition(":")
+    tampered = f"{prefix}:{'A' if blob[0] != 'A' else 'B'}{blob[1:]}"
+    for ciphertext, version in ((tampered, out["key_version"]), ("fhsm:v9:AAAA", 9)):
+        rid = f"refusal-{uuid.uuid4().hex}"
+        status, _, _ = srv.call("POST", f"/v1/keys/{enc}/decrypt", {"ciphertext": ciphertext},
+                                role="service", headers={"X-Request-ID": rid})
+        assert 400 <= status < 500
+        [record] = records_of(srv, rid)
+        assert (record["action"], record["key_id"], record["key_version"]) == \
+            ("crypto.decrypt", enc, version), record
 
 
 def access_lines() -> dict[str, dict[str, Any]]:

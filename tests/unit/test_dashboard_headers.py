@@ -142,15 +142,18 @@ def test_ui_without_slash_redirects() -> None:
     assert_hardened(resp)
 
 
-def test_the_dashboard_is_rate_limited_per_ip() -> None:
+def test_the_dashboard_files_are_free_and_its_misses_rate_limited_per_ip() -> None:
     app = make_app(per_ip=Limit(0.01, 3))
-    assert [get(app, "/ui/").status for _ in range(4)] == [200, 200, 200, 429]
+    assert [get(app, "/ui/").status for _ in range(10)] == [200] * 10
+    assert [get(app, "/ui/nope.js").status for _ in range(4)] == [404, 404, 404, 429]
 
 
 def test_refusals_made_before_the_handler_are_hardened_too() -> None:
     app = make_app(per_ip=Limit(0.01, 1))
-    get(app, "/ui/")
-    assert_hardened(get(app, "/ui/"))  # 429 from the limiter
+    get(app, "/ui/nope.js")
+    resp = get(app, "/ui/nope.js")
+    assert resp.status == 429
+    assert_hardened(resp)  # 429 from the limiter
     assert_hardened(make_app()(Request("POST", "/ui/", "/ui/", {}, Headers(), b"", "127.0.0.1",
                                        1, None, "r", time.monotonic())))  # 405
 
