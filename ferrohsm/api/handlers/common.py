@@ -18,12 +18,12 @@ from typing import Any
 from ...domain.errors import BadRequest
 from ...domain.model import RequestContext
 from ...domain.strictjson import has_surrogate, may_hold_surrogates
+from .. import transit
 from ..http import Request, Response
 
 Reply = tuple[int, dict[str, Any]] | Response
 Handler = Callable[[RequestContext, Request, dict[str, str]], Reply]
 MISSING = object()
-VAULT_PREFIX = "/v1/transit/"
 
 
 class _Duplicated(dict):  # type: ignore[type-arg]
@@ -93,8 +93,7 @@ def _mark_items(items: list[Any]) -> None:
 
 def _refuse_body_duplicates(body: dict[str, Any], items: str) -> None:
     """``items``: the member whose elements are batch items on this route."""
-    if isinstance(body, _Duplicated):
-        raise _duplicate_error(body.name)
+    refuse_duplicated(body)
     for member_name, member in body.items():
         if member_name == items and isinstance(member, list):
             _mark_items(member)  # an item that is no object is refused as such, on its own
@@ -159,7 +158,7 @@ def json_body(req: Request) -> dict[str, Any]:
     if _seen.n != duplicates:
         try:
             # Vault's batches are batch_input; on a Vault route "batch" is just ignored
-            _refuse_body_duplicates(value, "batch_input" if req.path.startswith(VAULT_PREFIX)
+            _refuse_body_duplicates(value, "batch_input" if req.path.startswith(transit.PREFIX)
                                     else "batch")
         except RecursionError:
             raise BadRequest("request body is nested too deeply") from None
