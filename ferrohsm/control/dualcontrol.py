@@ -34,6 +34,7 @@ from ..domain.errors import (
     CAS_RETRIES,
     ApprovalRequired,
     BadRequest,
+    Conflict,
     FerroError,
     Forbidden,
     InvalidTransition,
@@ -43,7 +44,7 @@ from ..domain.errors import (
     recorded,
 )
 from ..domain.ids import uuid7_at
-from ..domain.model import Key, Principal, RequestContext, iso
+from ..domain.model import SYSTEM_CONTEXT, Key, Principal, RequestContext, iso
 from ..store.approvalstore import ApprovalStore
 from ..store.keystore import decode_page_token, encode_page_token
 from .policy import Decision, Verdict
@@ -54,6 +55,10 @@ from .voting import SignedVote
 # a short queue; past this many the request is parked anew rather than scanned for longer).
 OPEN_SCAN_PAGE = 500
 OPEN_SCAN_PAGES = 20
+# Open approvals one requester may hold: past it a new request is refused (409), so one
+# compromised or looping identity cannot bury the approvers' queue (a soft cap: requests
+# parked at the same instant on several nodes may pass it by a few).
+MAX_OPEN_PER_REQUESTER = 100
 # The target of an approval of a system action (a master-key rekey): never a key id, which is
 # always a lowercase UUID, so listing, voting and redeeming treat it like any other approval.
 SYSTEM_TARGET = "system"
@@ -189,7 +194,12 @@ class DualControl:
         and the requester lose track of which id to repeat with)."""
         now, required, key_id = self.clock(), decision.required, _target_id(key)
         store = self._store()
-        existing = self._open_for(store, ctx.actor, action, key_id, args, now)
+        existing, held = self._open_for(store, ctx.actor, action, key_id, args, now)
+        if existing is None and held >= MAX_OPEN_PER_REQUESTER \
+                and ctx.actor != SYSTEM_CONTEXT.actor:  # the scheduler parks one per due key
+            raise Conflict(f"{ctx.actor} already has {held} open approval requests, the most "
+                           "one requester may have: repeat one that is approved, or wait until "
+                           "some are decided or expire")
         if existing is not None:
             raise ApprovalRequired(
                 f"{action.value} on key {key_id} is already parked as approval {existing.id} "
@@ -230,20 +240,23 @@ class DualControl:
 
     @staticmethod
     def _open_for(store: ApprovalStore, requester: str, action: Action, key_id: str,
-                  args: dict[str, Any], now: datetime) -> apv.Approval | None:
+                  args: dict[str, Any], now: datetime) -> tuple[apv.Approval | None, int]:
         """An open (pending or approved, not expired) approval of this exact request by this
-        requester: same action, key and request hash under the approval's own salt."""
+        requester (same action, key and request hash under the approval's own salt), and
+        how many open approvals of this requester were seen before it was found."""
+        held = 0
         for state in (apv.ApprovalState.PENDING, apv.ApprovalState.APPROVED):
             after: str | None = None
             for _ in range(OPEN_SCAN_PAGES):
                 rows = store.list(state, now, OPEN_SCAN_PAGE, after)
                 for row in rows:
                     if _twin(row, requester, action, key_id, args):
-                        return row
+                        return row, held
+                    held += row.requester == requester
                 if not rows:  # not a short page: records that fail their check are left out
                     break
                 after = rows[-1].id
-        return None
+        return None, held
 
     def _redeem(self, ctx: RequestContext, action: Action, key: Target,
                 args: dict[str, Any]) -> None:

@@ -273,6 +273,28 @@ def test_a_gated_request_parks_with_the_api_shape(world: World) -> None:
     assert world.audit.actions()[-1] == "approval.requested"
 
 
+def test_one_requester_holds_at_most_the_cap_of_open_approvals(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A looping or compromised identity cannot bury the approvers' queue: past the cap its
+    new requests are refused (and recorded), a repeat of a parked one still gets its approval,
+    and other requesters are not affected."""
+    from ferrohsm.control import dualcontrol
+    monkeypatch.setattr(dualcontrol, "MAX_OPEN_PER_REQUESTER", 3)
+    keys = [world.key("pci") for _ in range(5)]
+    first = world.park(world.service.rotate, ctx(ALICE), keys[0].id)["id"]
+    for key in keys[1:3]:
+        world.park(world.service.rotate, ctx(ALICE), key.id)
+    with pytest.raises(Conflict, match="3 open approval requests"):
+        world.service.rotate(ctx(ALICE), keys[3].id)
+    assert world.audit.actions("error")[-1] == "key.rotate"
+    assert world.park(world.service.rotate, ctx(ALICE), keys[0].id)["id"] == first
+    world.park(world.service.rotate, ctx(CAROL), keys[3].id)  # another requester's own cap
+    world.service.approvals.decide(ctx(BOB), first, False)  # a decided one frees a place
+    world.park(world.service.rotate, ctx(ALICE), keys[4].id)
+    for key in keys:  # the scheduler parks one per due key, however many
+        world.park(world.service.rotate, SYSTEM_CONTEXT, key.id)
+
+
 def test_self_approval_and_repeated_approver(world: World) -> None:
     key = world.two_versions("pci")
     approval_id = world.park(world.service.rollback, ctx(ALICE), key.id, 1)["id"]
