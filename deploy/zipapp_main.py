@@ -9,7 +9,8 @@
 # 1. picks the extraction root when SHIV_ROOT is not set: $CACHE_DIRECTORY (systemd
 #    CacheDirectory=), else $XDG_CACHE_HOME/ferrohsm, else ~/.cache/ferrohsm when it can be
 #    created, else a private (0700, owned by this user, no symlink) ferrohsm-<uid> folder in
-#    the temporary directory;
+#    the temporary directory; a root (SHIV_ROOT too) is used only when no other user can
+#    write to it or to a folder above it (the code we import comes from there);
 # 2. holds a shared lock on its own build's extraction for as long as the process runs, and
 #    removes the extractions of other builds of the same file name that no running process
 #    holds (an old server still running from its extraction keeps it);
@@ -34,12 +35,40 @@ _HELD: list[int] = []  # lock descriptors kept open for the life of the process
 
 
 def _usable(path: str) -> bool:
-    """Create ``path`` 0700 if needed; True when this user can write there."""
+    """Create ``path`` (and any missing parent) 0700 if needed; True when it is this user's
+    alone (``_unsafe``) and this user can write there."""
+    saved = os.umask(0o077)  # makedirs gives the parents it creates 0777 & ~umask
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError:
         return False
+    finally:
+        os.umask(saved)
+    problem = _unsafe(path)
+    if problem is not None:
+        sys.stderr.write(f"ferrohsm: not extracting under {path}: {problem}\n")
+        return False
     return os.access(path, os.W_OK | os.X_OK)
+
+
+def _unsafe(path: str) -> str | None:
+    """Why another user could change what we import from ``path``, or None: it must be this
+    user's, not writable by group or others, and so must every folder above it (owned by
+    this user or root; a shared one only with the sticky bit, as /tmp), or another user could
+    rename it away and put a folder of their own, with their code, in its place."""
+    uid, current = os.getuid(), os.path.realpath(path)
+    info = os.lstat(current)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or info.st_mode & 0o022:
+        return "it is not a folder of this user that only this user can write"
+    while True:
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        info = os.stat(parent)
+        if info.st_uid not in (0, uid) or (info.st_mode & 0o022
+                                           and not info.st_mode & stat.S_ISVTX):
+            return f"{parent} may be changed by other users"
+        current = parent
 
 
 def _private_tmp() -> str:
@@ -54,7 +83,7 @@ def _private_tmp() -> str:
         _fail(f"cannot create {path}: {exc.strerror}")
     info = os.lstat(path)
     if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid()
-            or info.st_mode & 0o077):
+            or info.st_mode & 0o077 or _unsafe(path) is not None):
         _fail(f"{path} is not a private directory of this user (0700, not a symlink)")
     return path
 
@@ -63,7 +92,8 @@ def extraction_root() -> str:
     explicit = os.environ.get("SHIV_ROOT", "")
     if explicit:
         if not _usable(os.path.expanduser(explicit)):
-            _fail(f"SHIV_ROOT={explicit} cannot be created or written")
+            _fail(f"SHIV_ROOT={explicit} cannot be created or written, or other users could "
+                  "change it")
         return explicit
     candidates = []
     cache_dir = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]

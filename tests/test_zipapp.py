@@ -224,6 +224,53 @@ def test_an_unusable_shiv_root_is_one_line_not_a_traceback(zipapp: Path, tmp_pat
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def _no_shiv_root(zipapp: Path, home: Path, tmpdir: Path,
+                  umask: int = 0o022) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
+           "TMPDIR": str(tmpdir)}
+    return subprocess.run([sys.executable, "-I", str(zipapp), "--version"], capture_output=True,
+                          text=True, timeout=120, env=env, cwd=home,
+                          preexec_fn=lambda: os.umask(umask))
+
+
+def test_an_extraction_root_others_can_write_is_never_used(zipapp: Path,
+                                                           tmp_path: Path) -> None:
+    """Red team: under umask 000 the launcher made ~/.cache 0777, and used a cache folder with
+    no check of who could write it: another user swapped in their own extraction and the next
+    run (as root) imported their code. Parents are now made 0700, and a root that another user
+    could change (the folder or one above it) is passed over for the private temporary one."""
+    home, tmpdir = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir(mode=0o755)
+    tmpdir.mkdir(mode=0o700)
+    made = _no_shiv_root(zipapp, home, tmpdir, umask=0)
+    assert made.returncode == 0, made.stderr
+    assert (home / ".cache").stat().st_mode & 0o777 == 0o700
+    assert (home / ".cache" / "ferrohsm").stat().st_mode & 0o777 == 0o700
+
+    shutil.rmtree(home / ".cache" / "ferrohsm")
+    (home / ".cache").chmod(0o777)  # as an older launcher left it
+    passed = _no_shiv_root(zipapp, home, tmpdir)
+    assert passed.returncode == 0, passed.stderr
+    assert "may be changed by other users" in passed.stderr
+    assert not (home / ".cache" / "ferrohsm").exists() or not any(
+        (home / ".cache" / "ferrohsm").iterdir())
+    assert _extractions(tmpdir / f"ferrohsm-{os.getuid()}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a folder to another user")
+def test_an_extraction_root_of_another_user_is_never_used(zipapp: Path, tmp_path: Path) -> None:
+    import pwd
+    home, tmpdir = tmp_path / "home", tmp_path / "tmp"
+    (home / ".cache" / "ferrohsm").mkdir(parents=True, mode=0o700)
+    tmpdir.mkdir(mode=0o700)
+    nobody = pwd.getpwnam("nobody")
+    os.chown(home / ".cache" / "ferrohsm", nobody.pw_uid, nobody.pw_gid)
+    result = _no_shiv_root(zipapp, home, tmpdir)
+    assert result.returncode == 0 and "not a folder of this user" in result.stderr, result.stderr
+    assert not any((home / ".cache" / "ferrohsm").iterdir())
+    assert _extractions(tmpdir / f"ferrohsm-{os.getuid()}")
+
+
 def test_the_extraction_lock_file_is_private(zipapp: Path, tmp_path: Path) -> None:
     """shiv creates its lock with no mode (0755 under umask 022); the launcher makes it 0600,
     and narrows one an older launcher left wider."""
