@@ -25,6 +25,7 @@ def ensure_private_dir(path: str | Path) -> Path:
         raise ConfigError(f"data directory {p} must not be a symlink")
     if not p.is_dir():  # before the chmod: a file named by mistake (an archive) keeps its mode
         raise ConfigError(f"data directory {p.absolute()} is not a directory")
+    _refuse_foreign(p)
     try:
         os.chmod(p, 0o700)
     except OSError as exc:
@@ -33,6 +34,20 @@ def ensure_private_dir(path: str | Path) -> Path:
     if not os.access(p, os.W_OK | os.X_OK):
         raise ConfigError(f"data directory {p.absolute()} is not writable")
     return p
+
+
+def _refuse_foreign(p: Path) -> None:
+    """Refuse, before anything is read or written there, a directory another user owns or
+    could write to: a secret or record planted in it would be trusted (a known JWT secret is
+    an administrator token for whoever planted it). Tightening its mode would hide that."""
+    info = p.stat()
+    if info.st_uid != os.geteuid():
+        raise ConfigError(f"data directory {p.absolute()} belongs to uid {info.st_uid}, not to "
+                          f"this user (uid {os.geteuid()}): chown it, or give another data_dir")
+    if info.st_mode & 0o022:
+        raise ConfigError(f"data directory {p.absolute()} is writable by other users (mode "
+                          f"{info.st_mode & 0o777:04o}): a file planted there would be trusted; "
+                          "check what it holds, then chmod 700 it")
 
 
 def why(exc: OSError) -> str:

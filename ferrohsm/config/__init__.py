@@ -481,6 +481,9 @@ def read_secret_file(path: str, setting: str) -> str:
         if info.st_mode & 0o177:
             raise ConfigError(f"{setting}: {path} has mode {stat.S_IMODE(info.st_mode):04o}; "
                               "it must be 0600 or stricter (chmod 600)")
+        if info.st_uid != os.geteuid():  # (only root opens another user's 0600 file)
+            raise ConfigError(f"{setting}: {path} belongs to uid {info.st_uid}, not to this "
+                              "user: whoever owns it chose the secret")
         data = os.read(fd, MAX_SECRET_FILE + 1)
     except OSError as exc:
         raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None

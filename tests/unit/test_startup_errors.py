@@ -112,3 +112,45 @@ def test_a_file_given_as_the_data_directory_is_refused_and_keeps_its_mode(
     with pytest.raises(ConfigError, match=f"data directory {archive} is not a directory"):
         wiring.ensure_private_dir(archive)
     assert stat.S_IMODE(archive.stat().st_mode) == 0o600
+
+
+# ---- directories and secret files of another user (red team) -------------------------------
+
+def test_a_data_directory_others_can_write_is_refused_not_tightened(tmp_path: Path) -> None:
+    """A world-writable data directory was made 0700 and used: a jwt.secret another user had
+    planted in it then signed administrator tokens for them. Refused now, nothing written."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for mode in (0o777, 0o770, 0o757):
+        os.chmod(data, mode)
+        with pytest.raises(ConfigError, match="writable by other users"):
+            wiring.ensure_private_dir(data)
+        assert stat.S_IMODE(data.stat().st_mode) == mode  # left for its owner to look at
+    os.chmod(data, 0o755)  # noqa: S103  readable, not writable, by others: made private
+    assert stat.S_IMODE(wiring.ensure_private_dir(data).stat().st_mode) == 0o700
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files to another user")
+def test_a_data_directory_or_secret_file_of_another_user_is_refused(
+        tmp_path: Path) -> None:
+    import pwd
+
+    from ferrohsm.config import read_secret_file
+    nobody = pwd.getpwnam("nobody")
+    secret = tmp_path / "jwt.secret"
+    secret.write_text("attacker-known-secret-" * 3)
+    secret.chmod(0o600)
+    os.chown(secret, nobody.pw_uid, nobody.pw_gid)
+    with pytest.raises(ConfigError, match="belongs to uid"):
+        read_secret_file(str(secret), "[secrets].jwt_hs256_secret_file")
+    data = tmp_path / "theirs"
+    data.mkdir(mode=0o700)
+    os.chown(data, nobody.pw_uid, nobody.pw_gid)
+    with pytest.raises(ConfigError, match="belongs to uid"):
+        wiring.ensure_private_dir(data)
+    # quickstart stops before it writes a secret into their directory
+    result = subprocess.run([sys.executable, "-m", "ferrohsm", "quickstart", "--data-dir",
+                             str(data), "--listen", "127.0.0.1:0"], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "HOME": str(tmp_path)})
+    assert result.returncode == 2 and "belongs to uid" in result.stderr, result.stderr
+    assert not list(data.iterdir())
