@@ -78,8 +78,10 @@ class Unsealer:
         """Progress after ``share``, and the master key once the threshold is reached."""
         split = self._custody.split(share.split_id)
         if split is None:
-            raise BadRequest(f"this share belongs to split {share.split_id}, not to this "
-                             f"service's (split {self._custody.current.split_id})")
+            # this service's split id is not named: anyone may submit, and with it a forged
+            # share of the right split resets the custodians' progress (red team)
+            raise BadRequest(f"this share belongs to split {share.split_id}, not to one of "
+                             "this service's (another service's shares, or from before a rekey)")
         with self._lock:
             if self._complete:
                 raise Conflict("the threshold was reached: the service is unsealing with the "

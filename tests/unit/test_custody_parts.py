@@ -91,8 +91,9 @@ def test_unsealer_counts_resets_on_a_wrong_set_and_opens_on_a_right_one() -> Non
     assert unsealer.submit(shares[0]) == (unsealer.progress(), None)
     with pytest.raises(BadRequest, match="already submitted"):
         unsealer.submit(shares[0])
-    with pytest.raises(BadRequest, match="belongs to split"):
+    with pytest.raises(BadRequest, match="belongs to split") as foreign:
         unsealer.submit(Share("ffffffff", 2, shares[1].y))
+    assert split.split_id not in foreign.value.message  # never told to whoever submits
     assert unsealer.progress().submitted == 1
     unsealer.submit(shares[1])
     wrong = Share(split.split_id, 3, bytes(b ^ 1 for b in shares[2].y))
