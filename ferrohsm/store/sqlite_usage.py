@@ -15,7 +15,7 @@ import threading
 from collections.abc import Mapping
 
 from ..domain.errors import StoreError
-from .sqlitedb import prepare_file
+from .sqlitedb import enable_wal, prepare_file
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -44,7 +44,7 @@ class SQLiteUsage:
             prepare_file(self._path, "rate-limit database")
             self._conn: sqlite3.Connection | None = sqlite3.connect(
                 self._path, timeout=5.0, isolation_level=None, check_same_thread=False)
-            self._conn.execute("PRAGMA journal_mode = WAL")
+            enable_wal(self._conn)
             self._conn.execute("PRAGMA synchronous = OFF")
             self._conn.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:

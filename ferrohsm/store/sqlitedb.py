@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import sqlite3
 import stat
 import time
@@ -66,12 +67,27 @@ def prepare_file(path: str, what: str) -> None:
         os.chmod(path, 0o600, follow_symlinks=False)
 
 
+def enable_wal(conn: sqlite3.Connection) -> str:
+    """``PRAGMA journal_mode = WAL``, retried while another process sets it up: the switch of a
+    new file can answer "database is locked" at once, without waiting on the busy timeout, when
+    two processes open it at the same moment (``processes = 2`` on a new data directory
+    failed to start about once in 25). Returns the journal mode in force."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005 + secrets.randbelow(20) / 1000)  # apart, not in step again
+
+
 def connect_durable(path: str, what: str, *extra_pragmas: str) -> sqlite3.Connection:
     """Open in autocommit mode with WAL + synchronous=FULL, and check WAL took."""
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                            check_same_thread=False)
     try:
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = enable_wal(conn)
         if mode != "wal":
             raise StoreError(f"{what} {path} cannot use WAL (journal mode {mode})")
         conn.execute("PRAGMA synchronous = FULL")

@@ -286,3 +286,31 @@ def test_opening_retries_while_another_process_holds_the_new_file_locked() -> No
         raise sqlite3.OperationalError("no such table: keys")
     with pytest.raises(sqlite3.OperationalError, match="no such table"):
         retry_locked(broken)
+
+
+def _open_usage(path: str, barrier: Any, failures: Any) -> None:
+    from ferrohsm.store.sqlite_usage import SQLiteUsage
+    barrier.wait()
+    try:
+        SQLiteUsage(path).close()
+    except Exception as exc:  # noqa: BLE001  reported to the test, whatever it is
+        failures.put(str(exc))
+
+
+def test_processes_opening_a_new_database_at_once_all_open_it(tmp_path: Path) -> None:
+    """Red team: `processes = 2` on a new data directory failed to start about once in 25
+    ("database is locked": the switch to WAL of a new file does not wait on the busy timeout).
+    Six processes open each of 40 new files at the same instant: every one opens."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    failures = ctx.Queue()
+    for round_ in range(40):
+        barrier = ctx.Barrier(6)
+        procs = [ctx.Process(target=_open_usage, args=(str(tmp_path / f"u{round_}.sqlite3"),
+                                                       barrier, failures)) for _ in range(6)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(30)
+            assert proc.exitcode == 0
+    assert failures.empty(), failures.get()
