@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import traceback
 from pathlib import Path
 
@@ -22,7 +23,7 @@ def ensure_private_dir(path: str | Path) -> Path:
     except OSError as exc:
         raise ConfigError(f"cannot create data directory {p.absolute()}: {why(exc)}") from None
     if p.is_symlink():
-        raise ConfigError(f"data directory {p} must not be a symlink")
+        p = followed(p)  # systemd's DynamicUser= state directory is one
     if not p.is_dir():  # before the chmod: a file named by mistake (an archive) keeps its mode
         raise ConfigError(f"data directory {p.absolute()} is not a directory")
     _refuse_foreign(p)
@@ -34,6 +35,38 @@ def ensure_private_dir(path: str | Path) -> Path:
     if not os.access(p, os.W_OK | os.X_OK):
         raise ConfigError(f"data directory {p.absolute()} is not writable")
     return p
+
+
+def followed(link: str | Path) -> Path:
+    """Where the symlink ``link`` (a data directory) leads, when no other user can change
+    that: every link on the way belongs to this user or root, and no folder holding one, nor
+    any folder above the target, may be written by another user (a shared one only with the
+    sticky bit, as /tmp). systemd makes ``/var/lib/<name>`` such a link, owned by root, to
+    ``/var/lib/private/<name>``. Any other link is refused, as a data directory must not be
+    redirected by whoever can write next to it."""
+    path = Path(link).absolute()
+    for _ in range(40):  # the kernel's own limit on links followed
+        info = os.lstat(path)
+        if not stat.S_ISLNK(info.st_mode):
+            break
+        if info.st_uid not in (0, os.geteuid()) or _shared(path.parent):
+            raise ConfigError(f"data directory {link} is a symlink that another user could "
+                              "change: give the directory it leads to instead")
+        path = (path.parent / os.readlink(path)).absolute()
+    else:
+        raise ConfigError(f"data directory {link}: too many levels of symlinks")
+    target = Path(os.path.realpath(path))
+    if any(_shared(folder) for folder in target.parents):
+        raise ConfigError(f"data directory {link} leads to {target}, below a folder other "
+                          "users may write to")
+    return target
+
+
+def _shared(folder: Path) -> bool:
+    """Whether another user could rename or replace what ``folder`` holds."""
+    info = os.stat(folder)
+    return info.st_uid not in (0, os.geteuid()) or bool(
+        info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX)
 
 
 def _refuse_foreign(p: Path) -> None:

@@ -92,9 +92,16 @@ class Box:
         self.creds.chmod(0o500)
 
     def make_dirs(self, service: dict[str, list[str]]) -> None:
+        """As systemd lays them out for a DynamicUser=: the state directory is
+        ``private/<name>`` and ``<name>`` a root-owned symlink to it (which the data directory
+        check once refused, so the shipped unit could not start)."""
+        assert service.get("DynamicUser") == ["yes"]
+        private = self.state_root / "private"
+        private.mkdir(parents=True, mode=0o755)  # (0700 outside the unit's namespace)
         for name in service.get("StateDirectory", []):
-            (self.state_root / name).mkdir(parents=True, mode=0o700)
-            os.chown(self.state_root / name, self.uid, self.gid)
+            (private / name).mkdir(mode=0o700)
+            os.chown(private / name, self.uid, self.gid)
+            (self.state_root / name).symlink_to(f"private/{name}")
         self.cache.mkdir(parents=True, mode=0o700)
         os.chown(self.cache, self.uid, self.gid)
         self.config.write_text('[server]\nlisten = "127.0.0.1:0"\n[logging]\nlevel = "INFO"\n')

@@ -154,3 +154,29 @@ def test_a_data_directory_or_secret_file_of_another_user_is_refused(
                             text=True, timeout=60, env={**os.environ, "HOME": str(tmp_path)})
     assert result.returncode == 2 and "belongs to uid" in result.stderr, result.stderr
     assert not list(data.iterdir())
+
+
+def test_a_data_directory_symlink_only_this_user_or_root_can_change_is_followed(
+        tmp_path: Path) -> None:
+    """systemd's DynamicUser= state directory is a root-owned link to private/<name>: the
+    shipped unit could not start while every link was refused. A link that another user could
+    replace (in a folder they may write to) still is."""
+    real = tmp_path / "private" / "hsm"
+    real.mkdir(parents=True, mode=0o700)
+    (tmp_path / "hsm").symlink_to("private/hsm")
+    assert wiring.ensure_private_dir(tmp_path / "hsm") == real
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # noqa: S103  the folder another user could write to
+    (shared / "hsm").symlink_to(real)
+    with pytest.raises(ConfigError, match="symlink that another user could change"):
+        wiring.ensure_private_dir(shared / "hsm")
+    os.chmod(shared, 0o1777)  # noqa: S103  sticky, as /tmp: links there are their owner's
+    assert wiring.ensure_private_dir(shared / "hsm") == real
+    below = shared / "open"
+    below.mkdir()
+    os.chmod(below, 0o777)  # noqa: S103  a folder above the target others may write to
+    (below / "hsm").mkdir(mode=0o700)
+    (tmp_path / "hsm2").symlink_to(below / "hsm")
+    with pytest.raises(ConfigError, match="below a folder other users may write to"):
+        wiring.ensure_private_dir(tmp_path / "hsm2")

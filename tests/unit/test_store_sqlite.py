@@ -293,7 +293,7 @@ def _open_usage(path: str, barrier: Any, failures: Any) -> None:
     barrier.wait()
     try:
         SQLiteUsage(path).close()
-    except Exception as exc:  # noqa: BLE001  reported to the test, whatever it is
+    except Exception as exc:  # reported to the test, whatever it is
         failures.put(str(exc))
 
 
