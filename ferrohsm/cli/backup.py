@@ -87,8 +87,9 @@ def add_parsers(sub: Any) -> None:
                        "mode, a threshold of its shares and its custody.json copied into the "
                        "new data directory first.", formatter_class=fmt,
                        epilog="examples:\n  ferrohsm restore /backups/ferrohsm.fhsmbak "
-                       "--data-dir /var/lib/ferrohsm-new --key-store sqlite\n  cp "
-                       "/var/lib/ferrohsm/custody.json /var/lib/ferrohsm-new/ && ferrohsm "
+                       "--data-dir /var/lib/ferrohsm-new --key-store sqlite\n  install -d -m 700 "
+                       "/var/lib/ferrohsm-new && cp /var/lib/ferrohsm/custody.json "
+                       "/var/lib/ferrohsm-new/ && ferrohsm "
                        "restore /backups/ferrohsm.fhsmbak --data-dir /var/lib/ferrohsm-new "
                        "--share-file share-1 --share-file share-2")
     _flags(r)

@@ -38,11 +38,17 @@ def replace_block(text: str, generated: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
     from .main import build_parser
-    args = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python3 -m ferrohsm.cli.docgen", description=(
+        "Rewrite README.md's command table from the CLI's parser (a developer tool)."))
+    parser.add_argument("--check", action="store_true",
+                        help="only compare: exit 1 when the table differs, write nothing")
+    check = parser.parse_args(sys.argv[1:] if argv is None else argv).check
     text = README.read_text(encoding="utf-8")
     updated = replace_block(text, block(build_parser()))
-    if "--check" in args:
+    if check:
         if updated != text:
             print("README.md's command table differs from the parser: run "
                   "`python3 -m ferrohsm.cli.docgen`", file=sys.stderr)

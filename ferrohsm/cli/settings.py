@@ -198,8 +198,8 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
     layers = _layers(args, env)
     _, server = _pick(layers, "server")
     if not server:
-        raise UsageError("no server: give --server URL or set FERROHSM_URL "
-                         "(`ferrohsm quickstart` prints it)")
+        raise UsageError("no server: give --server URL or set FERROHSM_URL (the https URL "
+                         "the server listens on; `ferrohsm quickstart` prints it for its own)")
     check_field(args)
     return Settings(server=str(server), token=_token(layers),
                     ca_cert=_pick(layers, "ca_cert")[1], client_cert=_pick(layers, "client_cert")[1],
