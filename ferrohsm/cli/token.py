@@ -96,8 +96,9 @@ def _check_claims(args: argparse.Namespace) -> None:
                       "breaks or control characters), and not system or anonymous (the "
                       "server's own actors): the server refuses any other sub claim", USAGE)
     if args.tags is not None and args.role != "service":
-        raise CliExit(f"--tag scopes service tokens only: a {args.role} token with tags would "
-                      "still reach every key; issue a --role service token to limit it to "
+        article = "an" if args.role[0] in "aeiou" else "a"
+        raise CliExit(f"--tag scopes service tokens only: {article} {args.role} token with "
+                      "tags would still reach every key; issue a --role service token to limit it to "
                       "tagged keys", USAGE)
     if args.tags is not None and not valid_tags(args.tags):
         raise CliExit(f"--tag must be at most {MAX_TAGS} tags, each 1..63 characters of a-z, "

@@ -301,8 +301,10 @@ def _coerce(value: Any, kind: Any, where: str, text: bool = True) -> Any:
             if converted is not _MISFIT:
                 return converted
             break
+    got = (f"{value[:40]!r}" if isinstance(value, str) and text and where.startswith(TEXT_ORIGINS)
+           else type(value).__name__)  # a variable's or flag's text: the typo is worth seeing
     raise ConfigError(f"{where}: expected {kind if isinstance(kind, str) else kind.__name__}, "
-                      f"got {type(value).__name__}")
+                      f"got {got}")
 
 
 def _build(cls: type, values: Mapping[str, Any], origin: str, section: str) -> Any:

@@ -471,6 +471,17 @@ def test_a_route_without_query_parameters_refuses_any(srv: LiveServer, path: str
     assert srv.call("GET", f"/v1/keys/{key}")[0] == 200
 
 
+def test_invalid_json_says_where(srv: LiveServer) -> None:
+    key = create(srv)
+    code, _, reply = srv.call("POST", f"/v1/keys/{key}/encrypt", raw=b'{"plaintext":"aGk=",}',
+                              role=SVC)
+    assert code == 400 and reply["error"]["message"] == (
+        "request body is not valid JSON: Expecting property name enclosed in double quotes "
+        "(line 1, column 21)"), reply
+    code, _, reply = srv.call("GET", "/v1/keys?state=bogus")
+    assert code == 400 and "active" in reply["error"]["message"], reply
+
+
 def test_a_number_beyond_int_digits_is_named(srv: LiveServer) -> None:
     key = create(srv)
     raw = b'{"plaintext":"QQ==","aad":' + b"9" * 5000 + b"}"

@@ -253,6 +253,13 @@ def test_settings_changed_on_reload_are_named_not_shown(tmp_path: Path) -> None:
                                                "[tls.acme].email", "[policy.tags.pci]"]
 
 
+def test_a_variable_that_is_no_number_is_quoted() -> None:
+    """Environment values are always text: "expected int, got str" told nothing (tester)."""
+    with pytest.raises(ConfigError, match=r"FERROHSM_SERVER_WORKERS: \[server\]\.workers: "
+                                          r"expected int, got 'abc'"):
+        load_config(None, env={"FERROHSM_SERVER_WORKERS": "abc"})
+
+
 def test_a_refused_value_names_where_it_was_set(tmp_path: Path) -> None:
     """A range check names the variable or flag that set the value, not the config file the
     operator would then search in vain; a value from the file still names the file."""

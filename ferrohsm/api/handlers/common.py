@@ -138,6 +138,17 @@ def _decode_json(text: str) -> Any:
     return value
 
 
+def _not_json(exc: ValueError) -> BadRequest:
+    """The refusal of a body the decoder raised ``exc`` for, saying where it went wrong (a
+    JSONDecodeError's msg is fixed text: it never quotes the body)."""
+    if "integer string conversion" in str(exc):  # valid JSON, beyond int()'s digit limit
+        return BadRequest("request body holds a number with too many digits")
+    if isinstance(exc, json.JSONDecodeError):
+        return BadRequest(f"request body is not valid JSON: {exc.msg} (line {exc.lineno}, "
+                          f"column {exc.colno})")
+    return BadRequest("request body is not valid UTF-8 JSON")
+
+
 def json_body(req: Request) -> dict[str, Any]:
     if not req.body:
         return {}
@@ -148,9 +159,7 @@ def json_body(req: Request) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise BadRequest("request body is not valid UTF-8 JSON") from None
     except ValueError as exc:
-        if "integer string conversion" in str(exc):  # valid JSON, beyond int()'s digit limit
-            raise BadRequest("request body holds a number with too many digits") from None
-        raise BadRequest("request body is not valid UTF-8 JSON") from None
+        raise _not_json(exc) from None
     except RecursionError:
         raise BadRequest("request body is nested too deeply") from None
     if not isinstance(value, dict):

@@ -61,7 +61,8 @@ def _register_inventory(router: Router, service: KeyService,
         try:
             state = KeyState(q["state"]) if "state" in q else None
         except ValueError:
-            raise BadRequest("unknown state filter") from None
+            raise BadRequest("unknown state filter: one of "
+                             + ", ".join(s.value for s in KeyState)) from None
         filters = KeyFilter(state=state, algorithm=q.get("algorithm"), usage=q.get("usage"),
                             tag=q.get("tag"), name_prefix=q.get("name_prefix"))
         limit = int_param(q.get("limit"), "limit", 1, MAX_PAGE) or 100
