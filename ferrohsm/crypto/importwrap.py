@@ -158,6 +158,11 @@ def wrap_for_import(public_key_pem: str, wrapping_algorithm: str, material: byte
     if not isinstance(public, rsa.RSAPublicKey):
         raise ValueError("the import job's public key is not an RSA key")
     if wrapping_algorithm == RSA_OAEP_SHA256:
+        room = public.key_size // 8 - 2 * 32 - 2  # OAEP with SHA-256
+        if len(material) > room:  # (cryptography says only "Encryption failed")
+            raise ValueError(f"the material is {len(material)} bytes, more than one "
+                             f"{RSA_OAEP_SHA256} block holds ({room}): use "
+                             f"{RSA_AES_KEY_WRAP_SHA256} for private keys")
         return public.encrypt(material, _OAEP)
     if wrapping_algorithm != RSA_AES_KEY_WRAP_SHA256:
         raise ValueError(f"unknown wrapping algorithm {wrapping_algorithm!r:.40}")

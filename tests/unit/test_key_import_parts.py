@@ -79,6 +79,17 @@ def test_both_wrappings_round_trip(wrapping_key: bytes, wrapping: str) -> None:
     assert iw.unwrap(wrapping_key, wrapping, wrapped) == material
 
 
+def test_material_too_long_for_one_oaep_block_names_the_way_out(wrapping_key: bytes) -> None:
+    """An RSA private key wrapped with RSA_OAEP_SHA256 failed as "Encryption failed" (tester):
+    the largest material that fits is wrapped, one byte more is refused naming the hybrid."""
+    room = 3072 // 8 - 66
+    wrapped = iw.wrap_for_import(public(wrapping_key), iw.RSA_OAEP_SHA256, b"k" * room)
+    assert iw.unwrap(wrapping_key, iw.RSA_OAEP_SHA256, wrapped) == b"k" * room
+    with pytest.raises(ValueError, match=f"more than one RSA_OAEP_SHA256 block holds \\({room}\\)"
+                                         ": use RSA_AES_KEY_WRAP_SHA256"):
+        iw.wrap_for_import(public(wrapping_key), iw.RSA_OAEP_SHA256, b"k" * (room + 1))
+
+
 def test_every_unwrapping_failure_is_the_same_opaque_refusal(wrapping_key: bytes) -> None:
     material = os.urandom(32)
     oaep = iw.wrap_for_import(public(wrapping_key), iw.RSA_OAEP_SHA256, material)
