@@ -22,6 +22,7 @@ import argparse
 import base64
 import json
 import os
+import sys
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -249,7 +250,21 @@ def _token(layers: list[dict[str, Any]]) -> str | None:
                          f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
     if not token:
         raise UsageError(f"the token file {value} is empty")
+    _warn_if_readable(Path(value))
     return check_token(token, f"the token in {value}")
+
+
+def _warn_if_readable(path: Path) -> None:
+    """A token file others may read is said on stderr (not refused: CI runners and Kubernetes
+    secret volumes hand files out 0644 by default), as every secret file should be 0600."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & 0o044:
+        print(f"ferrohsm: warning: the token file {path} can be read by "
+              f"{'other users' if mode & 0o004 else 'its group'} (mode {mode & 0o777:04o}): "
+              f"chmod 600 {path}", file=sys.stderr)
 
 
 def check_token(token: str, where: str) -> str:

@@ -217,3 +217,24 @@ def test_an_empty_positional_id_is_refused_before_anything_is_sent(
     assert code == 2 and "the value is empty" in err.getvalue() and "nothing was sent" in \
         err.getvalue(), err.getvalue()
     make_client.assert_not_called()
+
+
+def test_a_token_file_others_may_read_is_warned_about(tmp_path: Any,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Red team: a 0644 token file was read without a word (not refused: CI runners and
+    Kubernetes secret volumes hand files out 0644)."""
+    from ferrohsm.cli.main import build_parser
+    from ferrohsm.cli.settings import resolve
+    token = tmp_path / "tok"
+    token.write_text("aaa.bbb.ccc\n")
+    args = build_parser().parse_args(["whoami", "--server", "https://127.0.0.1:1",
+                                      "--token-file", str(token)])
+    for mode, warned in ((0o600, None), (0o640, "its group"), (0o644, "other users")):
+        token.chmod(mode)
+        assert resolve(args, {}).token == "aaa.bbb.ccc"  # noqa: S105  a placeholder
+        err = capsys.readouterr().err
+        if warned is None:
+            assert err == ""
+        else:
+            assert f"can be read by {warned}" in err and "chmod 600" in err
+            assert "aaa.bbb" not in err
