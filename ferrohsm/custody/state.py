@@ -3,7 +3,8 @@
 ::
 
     {"format": 1, "scheme": "shamir-gf256",
-     "current": {"split_id": "1a2b3c4d", "shares": 5, "threshold": 3, "check": "<base64>"},
+     "current": {"split_id": "1a2b3c4d", "shares": 5, "threshold": 3, "check": "<base64>",
+                 "commitments": ["<64 hex>", ...]},
      "pending": null,
      "macs": {"1a2b3c4d": "<64 hex>"}}
 
@@ -13,7 +14,9 @@ reconstruct: a wrong share set fails it. ``pending`` is the split of a rekey in 
 ``macs`` holds, per split, HMAC-SHA256 of the canonical document (without ``macs``) under a key
 derived from that split's master key (HMAC(master, LABEL)): shares/threshold cannot be edited
 unnoticed once the key is back. Before that, an edited threshold can only make reconstruction
-fail (the check value), never succeed with a wrong key.
+fail (the check value), never succeed with a wrong key. ``commitments`` (one SHA-256 a share,
+``commitment``) let the unsealer refuse a wrong share on its own, before it counts: anyone may
+submit shares, and a forged one in a full set would reset the custodians' progress.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ __all__ = ["FILE_NAME", "CustodyFile", "Split", "load", "new_split", "save"]
 FILE_NAME = "custody.json"
 SCHEME = "shamir-gf256"
 LABEL = b"ferrohsm custody file v1"
+COMMITMENT_LABEL = b"ferrohsm share commitment v1\x00"
 _MAX_FILE = 16384
 
 
@@ -48,10 +52,26 @@ class Split:
     shares: int
     threshold: int
     check: bytes
+    # SHA-256 of each share (``commitment``), in number order; empty in files made before them
+    commitments: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
-        return {"split_id": self.split_id, "shares": self.shares, "threshold": self.threshold,
-                "check": base64.b64encode(self.check).decode("ascii")}
+        doc: dict[str, Any] = {"split_id": self.split_id, "shares": self.shares,
+                               "threshold": self.threshold,
+                               "check": base64.b64encode(self.check).decode("ascii")}
+        if self.commitments:  # absent before: an older file's body, and so its MAC, unchanged
+            doc["commitments"] = list(self.commitments)
+        return doc
+
+    def holds(self, share: Share) -> bool | None:
+        """Whether ``share`` is this split's share of its number (None: no commitments to
+        tell), so a mistyped or forged share is refused on its own, before it can spoil a
+        set and reset the custodians' progress."""
+        if not self.commitments:
+            return None
+        if not 1 <= share.x <= len(self.commitments):
+            return False
+        return hmac.compare_digest(self.commitments[share.x - 1], commitment(share))
 
     def opens_with(self, master: bytes) -> bool:
         """Whether ``master`` is this split's key (its check value opens)."""
@@ -94,14 +114,22 @@ def _mac(body: bytes, master: bytes) -> str:
     return hmac.new(derived, body, hashlib.sha256).hexdigest()
 
 
+def commitment(share: Share) -> str:
+    """SHA-256 of a share, its split and number (hex): kept in the custody file so each share
+    is checked as it is submitted. A share is 32 uniformly random bytes, so its hash tells
+    nothing of it, nor of the master key, short of a 2^256 search."""
+    return hashlib.sha256(COMMITMENT_LABEL + share.split_id.encode("ascii")
+                          + bytes([share.x]) + share.y).hexdigest()
+
+
 def new_split(master: bytes, shares: int, threshold: int) -> tuple[Split, list[Share]]:
     """A fresh split of ``master``: its public description and the shares (to show once)."""
     if len(master) != MASTER_KEY_SIZE:
         raise ValueError("the master key must be 32 bytes")
     split_id = secrets.token_hex(4)
-    parts = shamir.split(master, shares, threshold)
-    return (Split(split_id, shares, threshold, Sealer(master).make_check_value()),
-            [Share(split_id, x, y) for x, y in parts])
+    made = [Share(split_id, x, y) for x, y in shamir.split(master, shares, threshold)]
+    return (Split(split_id, shares, threshold, Sealer(master).make_check_value(),
+                  tuple(commitment(s) for s in made)), made)
 
 
 def path_in(data_dir: str | os.PathLike[str]) -> Path:
@@ -137,7 +165,13 @@ def _split(raw: dict[str, Any]) -> Split:
     if not (isinstance(shares, int) and isinstance(threshold, int)
             and 2 <= threshold <= shares <= shamir.MAX_SHARES):
         raise ValueError("shares")
-    return Split(split_id, shares, threshold, base64.b64decode(raw["check"], validate=True))
+    commitments = raw.get("commitments", [])
+    if not (isinstance(commitments, list) and len(commitments) in (0, shares) and all(
+            isinstance(c, str) and len(c) == 64 and c == c.lower() and bytes.fromhex(c)
+            for c in commitments)):
+        raise ValueError("commitments")
+    return Split(split_id, shares, threshold, base64.b64decode(raw["check"], validate=True),
+                 tuple(commitments))
 
 
 def save(data_dir: str | os.PathLike[str], custody: CustodyFile) -> None:

@@ -92,6 +92,9 @@ class Unsealer:
                                  "submitted")
             if share.x > split.shares or len(share.y) != 32:
                 raise BadRequest(f"this is not a share of split {split.split_id}")
+            if split.holds(share) is False:  # refused alone: it cannot spoil the set
+                raise BadRequest(f"this is not share {share.x} of split {split.split_id} "
+                                 "(mistyped?): not counted")
             collected[share.x] = share.y
             if len(collected) < split.threshold:
                 return Progress(len(collected), split.threshold, split.shares,

@@ -4,9 +4,11 @@ custody file's MACs, and the rekey journal giving both keys to a holder of eithe
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +85,16 @@ def test_other_custodian_keys_are_refused() -> None:
         recipient_kind(b"not a key")
 
 
-def test_unsealer_counts_resets_on_a_wrong_set_and_opens_on_a_right_one() -> None:
+@pytest.mark.parametrize("committed", [True, False], ids=["commitments", "older-file"])
+def test_unsealer_counts_resets_on_a_wrong_set_and_opens_on_a_right_one(committed: bool) -> None:
+    """A wrong share is refused alone where the custody file holds the shares' commitments
+    (a forged one cannot reset the custodians' progress); a file made before them still
+    finds it when the set fails the check value, and starts again."""
     master = os.urandom(32)
     split, shares = state.new_split(master, 5, 3)
+    assert len(split.commitments) == 5
+    if not committed:
+        split = replace(split, commitments=())
     custody = state.CustodyFile(split).signed({split.split_id: master})
     unsealer = Unsealer(custody)
     assert unsealer.submit(shares[0]) == (unsealer.progress(), None)
@@ -97,9 +106,15 @@ def test_unsealer_counts_resets_on_a_wrong_set_and_opens_on_a_right_one() -> Non
     assert unsealer.progress().submitted == 1
     unsealer.submit(shares[1])
     wrong = Share(split.split_id, 3, bytes(b ^ 1 for b in shares[2].y))
-    with pytest.raises(WrongShares):
-        unsealer.submit(wrong)
-    assert unsealer.progress().submitted == 0
+    if committed:
+        with pytest.raises(BadRequest, match="not share 3"):
+            unsealer.submit(wrong)
+        assert unsealer.progress().submitted == 2
+        unsealer.reset()  # (then as the older file's case, from nothing)
+    else:
+        with pytest.raises(WrongShares):
+            unsealer.submit(wrong)
+        assert unsealer.progress().submitted == 0
     for share in (shares[4], shares[2]):
         assert unsealer.submit(share)[1] is None
     progress, opened = unsealer.submit(shares[3])
@@ -236,3 +251,24 @@ def test_every_refused_unseal_share_is_audited_denied() -> None:
                           "127.0.0.1", 9, None, "r9", 0.0))
     assert answer.status == 400 and b"each member once" in answer.body
     assert [(e.action, e.outcome) for e in records.events][-1] == ("system.unseal", "denied")
+
+
+def test_commitments_are_kept_bound_by_the_mac_and_checked_when_read(tmp_path: Path) -> None:
+    master = os.urandom(32)
+    split, shares = state.new_split(master, 3, 2)
+    assert all(split.holds(s) for s in shares)
+    assert split.holds(Share(split.split_id, 1, shares[1].y)) is False  # another's value
+    state.save(tmp_path, state.CustodyFile(split).signed({split.split_id: master}))
+    loaded = state.load(tmp_path)
+    assert loaded.current.commitments == split.commitments
+    assert loaded.mac_ok(split.split_id, master)
+    older = replace(split, commitments=())  # a file made before commitments: no "commitments"
+    assert "commitments" not in state.CustodyFile(older).body().decode()
+    assert older.holds(shares[0]) is None
+    path = tmp_path / state.FILE_NAME
+    doc = json.loads(path.read_text())
+    for bad in (split.commitments[:2], ["x" * 64] * 3, [c.upper() for c in split.commitments]):
+        doc["current"]["commitments"] = list(bad)
+        path.write_text(json.dumps(doc))
+        with pytest.raises(ConfigError, match="not a valid FerroHSM custody file"):
+            state.load(tmp_path)
