@@ -469,6 +469,12 @@ class ChainedSink(Settling, SplitFlush, AuditSink):
             self._maybe_checkpoint()
             return records
 
+    def failure(self, exc: Exception) -> str:
+        """What the server log and the 503s say of a failed write: the OS's reason ("No space
+        left on device"), else the kind of error; a sink whose library says more overrides it
+        (never with record contents)."""
+        return getattr(exc, "strerror", None) or type(exc).__name__
+
     def _write_group(self, events: list[PreparedEvent], sync: bool) -> list[dict[str, Any]]:
         """Seal after the written head and store (durably when ``sync``); caller holds _io_lock."""
         self._check_usable()
@@ -478,8 +484,7 @@ class ChainedSink(Settling, SplitFlush, AuditSink):
         except Exception as exc:
             self._failures += 1
             self._last_ok = False
-            reason = exc.message if isinstance(exc, AuditUnavailable) else \
-                getattr(exc, "strerror", None) or type(exc).__name__
+            reason = exc.message if isinstance(exc, AuditUnavailable) else self.failure(exc)
             self._problem = f"the last audit write failed: {reason}"
             if isinstance(exc, AuditUnavailable):
                 raise

@@ -118,6 +118,13 @@ class SQLiteSink(ChainedSink):
             self._abandon()
             raise
 
+    def failure(self, exc: Exception) -> str:
+        """SQLite's own words ("database or disk is full"), not "OperationalError": its
+        messages name the condition, never a value being written."""
+        if isinstance(exc, sqlite3.Error):
+            return f"{type(exc).__name__}: {str(exc)[:200]}"
+        return super().failure(exc)
+
     def _connect(self, durable: bool) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]

@@ -252,7 +252,8 @@ def _votes(a: dict[str, Any]) -> list[tuple[str, str]]:
     if isinstance(denial, dict):
         rows.append(("Denied by", _vote_text(denial)))
     if a.get("executed_at"):
-        rows.append(("Carried out", when(a["executed_at"])))
+        rows.append(("Consumed", when(a["executed_at"])))  # by the repeat (which may then
+        # have been refused, a full disk: the log's intent says whether it was applied)
     return rows
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,3 +65,31 @@ def test_fail_closed_says_a_restart_is_needed(tmp_path: Path,
     lines = restart_lines(caplog)
     assert len(lines) == 1 and "a rollback could not be recorded" in lines[0], lines
     assert "refused (503)" in lines[0]
+
+
+def test_a_failed_sqlite_write_names_sqlite_s_reason(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Crash tester: the SQLite sink's failures read "OperationalError" in the log and the
+    503s, never "database or disk is full" (the file sink says "No space left on device")."""
+    import sqlite3
+
+    from ferrohsm.audit.sqlitesink import SQLiteSink
+
+    class FullSQLite(SQLiteSink):
+        fail = False
+
+        def _persist(self, events: Any, sync: bool = True) -> Any:
+            if self.fail:
+                raise sqlite3.OperationalError("database or disk is full")
+            return super()._persist(events, sync)
+
+    sink = FullSQLite(tmp_path / "audit.sqlite3", KEY)
+    try:
+        sink.append(event(1))
+        sink.fail = True
+        with caplog.at_level(logging.ERROR, logger="ferrohsm.audit"), \
+                pytest.raises(AuditUnavailable, match="database or disk is full"):
+            sink.append(event(2))
+    finally:
+        sink.close()
+    assert any("database or disk is full" in r.getMessage() for r in caplog.records)
