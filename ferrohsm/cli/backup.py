@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import dataclasses
 import errno
+import glob
 import hashlib
 import os
 import shutil
@@ -254,6 +256,28 @@ class LoggedRevocations:
                           self._listed.entries(now))
 
 
+def _remove_stale(path: Path) -> None:
+    """Remove the temporary files of backups to ``path`` whose process is gone (a kill -9
+    leaves one; a backup that ends any other way removes its own). A running one's is kept."""
+    prefix = f".{path.name}."
+    for leftover in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = leftover.name[len(prefix):-len(".tmp")]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: alive
+        return True
+    return True
+
+
 class PrivateArchive:
     """The archive's file, opened before the backup is taken: a 0600 temporary file beside it
     (created now, so a missing directory or a read-only disk fails first, exit 3), written,
@@ -270,11 +294,12 @@ class PrivateArchive:
         try:
             if self.path.exists():
                 raise FileExistsError(0, "it exists: choose a new archive name")
+            _remove_stale(self.path)
             self.fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
                                           | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise CliExit(f"cannot write {out}: {exc.strerror or exc}; nothing was "
-                          "sent to the server", CANNOT_WRITE) from None
+            raise CliExit(f"cannot write {out}: {exc.strerror or exc}; no backup was taken",
+                          CANNOT_WRITE) from None
 
     def commit(self, data: bytes) -> None:
         """Atomically: written, fsynced, linked into place (never over a file), the directory

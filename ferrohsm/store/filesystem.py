@@ -275,7 +275,7 @@ class FilesystemStore(KeyStore):
                 pass
             except RECORD_FAULTS:
                 unreadable.append(key_id)
-        return page_of(tuple(keys), ids[-1] if ids else None, more, tuple(unreadable))
+        return page_of(tuple(keys), ids[-1] if ids else None, more, tuple(unreadable), filters)
 
     def count(self, filters: KeyFilter | None = None) -> int:
         with self._lock:

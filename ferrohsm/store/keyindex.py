@@ -172,8 +172,12 @@ def check_batch(index: KeyIndex, batch: list[Key]) -> list[IndexEntry]:
 
 
 def page_of(keys: tuple[Key, ...], scanned_last: str | None, more: bool,
-            unreadable: tuple[str, ...] = ()) -> Page:
-    """A Page whose token continues after the last id the page covered (readable or not)."""
+            unreadable: tuple[str, ...] = (), filters: KeyFilter | None = None) -> Page:
+    """A Page whose token continues after the last id the page covered (readable or not).
+    ``filters``: checked again on the authenticated records, since the index or columns that
+    chose them are not authenticated (an edited state column listed a revoked key as active)."""
+    if filters is not None:
+        keys = tuple(key for key in keys if filters.matches(key))
     return Page(keys, encode_page_token(scanned_last) if more and scanned_last else None,
                 unreadable)
 

@@ -214,7 +214,7 @@ class PostgresStore(KeyStore):
             except RECORD_FAULTS:
                 unreadable.append(key_id)
         return page_of(tuple(keys), page[-1][0] if page else None, len(rows) > limit,
-                       tuple(unreadable))
+                       tuple(unreadable), filters)
 
     def _records_of(self, ids: Sequence[str]) -> dict[str, tuple[str, bytes]]:
         """The stored (stamp, record) of the keys a page lists but the cache does not hold as

@@ -275,7 +275,8 @@ class SQLiteStore(KeyStore):
         page = rows[:limit]
         keys, unreadable = self._decode_rows(page)
         self._cache_all(generation, (k for k in keys if k.id not in self._cache))
-        return page_of(keys, page[-1][0] if page else None, len(rows) > limit, unreadable)
+        return page_of(keys, page[-1][0] if page else None, len(rows) > limit, unreadable,
+                       filters)
 
     def _decode_rows(self, rows: Sequence[Any]) -> tuple[tuple[Key, ...], tuple[str, ...]]:
         """Cached or freshly decoded keys, and the ids whose records fail their check."""

@@ -105,7 +105,7 @@ def test_backup_to_an_unwritable_path_asks_nothing(cli: Cli, live: LiveServer,
     for target in ("/nonexistent/x.fhsmbak", str(tmp_path)):
         run = cli("backup", "--out", target)
         assert run.code == 3, run.err
-        assert "nothing was sent to the server" in one_line(run)
+        assert "no backup was taken" in one_line(run)
     taken = tmp_path / "taken.fhsmbak"
     taken.write_bytes(b"old")
     run = cli("backup", "--out", str(taken))
@@ -115,6 +115,21 @@ def test_backup_to_an_unwritable_path_asks_nothing(cli: Cli, live: LiveServer,
     missing = cli("restore", str(tmp_path / "missing.fhsmbak"), "--data-dir", str(tmp_path))
     assert missing.code == 2 and "cannot read" in one_line(missing)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.fhsmbak"]
+
+
+def test_a_backup_removes_what_a_killed_one_left(cli: Cli, live: LiveServer,
+                                                  tmp_path: Path) -> None:
+    """Crash tester: a backup killed with -9 left its empty temporary file, and no later run
+    removed it. One of a process that is gone is removed; a running backup's is kept."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp_path / f".nightly.fhsmbak.{gone.pid}.tmp"
+    running = tmp_path / f".nightly.fhsmbak.{os.getpid()}.tmp"
+    for leftover in (stale, running):
+        leftover.write_bytes(b"")
+    run = cli("backup", "--out", str(tmp_path / "nightly.fhsmbak"))
+    assert run.code == 0, run.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "nightly.fhsmbak"]
 
 
 # ---- 2: a closed standard output is found before anything is sent -------------------------

@@ -236,6 +236,20 @@ def test_an_edited_name_column_never_hands_out_another_key(store: SQLiteStore,
     assert store.get(payments.id) == payments
 
 
+def test_an_edited_filter_column_never_lists_a_key_under_a_filter_it_does_not_match(
+        store: SQLiteStore, path: Path) -> None:
+    """Crash tester: a state column edited to 'active' listed a revoked key under
+    ?state=active (its body said revoked). Filters are checked again on the records."""
+    revoked = store.create(make_key("old"))
+    revoked = store.update(lc.revoke(revoked, NOW, "admin"))
+    active = store.create(make_key("new"))
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("UPDATE keys SET state = 'active' WHERE id = ?", (revoked.id,))
+    conn.close()
+    listed = store.list(KeyFilter(state=KeyState.ACTIVE)).keys
+    assert [k.id for k in listed] == [active.id]
+
+
 def test_the_closed_store_refuses_work(store: SQLiteStore) -> None:
     store.close()
     with pytest.raises(StoreError, match="closed"):
