@@ -31,7 +31,6 @@ import os
 import re
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,6 +42,7 @@ from ..domain.errors import BadRequest, ConfigError, Unauthenticated
 from ..domain.ids import uuid4
 from ..domain.model import Principal, Role
 from ..domain.strictjson import no_duplicates
+from ..domain.subjects import reader_form
 from .denylist import DenyList, RevocationList, valid_jti
 from .keysets import EventHook, KeySet, KeysetSources, ReloadingKeySet, parse_hs256_entry
 
@@ -209,7 +209,6 @@ def thumbprint_of(claims: Mapping[str, Any]) -> str | None:
 # approval requests) and "anonymous" (requests without a valid token). A token naming one would
 # be audited as the server itself, or as nobody.
 RESERVED_SUBJECTS = frozenset({"system", "anonymous"})
-_NOT_WORD_RE = re.compile(r"[\W_]+")
 
 
 def valid_subject(sub: Any) -> bool:
@@ -217,13 +216,9 @@ def valid_subject(sub: Any) -> bool:
     in audit records and logs), not one of RESERVED_SUBJECTS in any case. `ferrohsm token
     issue` checks with this same rule, so it never mints a token every request would refuse."""
     return (isinstance(sub, str) and 0 < len(sub) <= MAX_SUBJECT_CHARS and sub.isprintable()
-            and _bare(sub) not in RESERVED_SUBJECTS)
+            and reader_form(sub) not in RESERVED_SUBJECTS)
 
 
-def _bare(sub: str) -> str:
-    """``sub`` as a reader of the audit log would take it: compatibility-normalized, case
-    folded, without spaces, punctuation or blanks ("System ", "anonymous.", "system\u2800")."""
-    return _NOT_WORD_RE.sub("", unicodedata.normalize("NFKC", sub).casefold())
 
 
 def valid_tags(tags: Any) -> bool:

@@ -40,6 +40,7 @@ from typing import Any
 
 from .errors import Conflict, Forbidden, InvalidTransition
 from .model import Principal, Role, iso, parse_iso
+from .subjects import same_person
 
 HASH_DOMAIN = b"ferrohsm-approval-v1\x00"
 APPROVER_ROLES = frozenset({Role.ADMINISTRATOR, Role.OPERATOR})
@@ -227,13 +228,13 @@ def vote(approval: Approval, voter: Principal, approve: bool, now: datetime,
     (already voted, finished) or ApprovalExpired; returns the new approval otherwise."""
     if voter.role not in APPROVER_ROLES:
         raise Forbidden("only administrators and operators approve requests")
-    if voter.subject == approval.requester:
+    if same_person(voter.subject, approval.requester):  # "OP1" is "op1" to a reader
         raise Forbidden("the requester cannot approve or deny their own request")
     if effective_state(approval, now) is ApprovalState.EXPIRED:
         raise ApprovalExpired(f"approval {approval.id} expired at {iso(approval.expires_at)}")
     if approval.state not in OPEN:
         raise InvalidTransition(f"approval {approval.id} is already {approval.state.value}")
-    if any(v.approver == voter.subject for v in approval.votes):
+    if any(same_person(v.approver, voter.subject) for v in approval.votes):
         raise Conflict(f"{voter.subject} already voted on approval {approval.id}; "
                        "each approver counts once")
     if not approve:

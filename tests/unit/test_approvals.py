@@ -295,6 +295,21 @@ def test_one_requester_holds_at_most_the_cap_of_open_approvals(
         world.park(world.service.rotate, SYSTEM_CONTEXT, key.id)
 
 
+def test_subjects_that_read_the_same_are_one_person_for_dual_control(world: World) -> None:
+    """Red team: "OP1" could approve "op1"'s request. A requester is refused under any spelling
+    a reader of the log would take for theirs, and an approver counts once the same way."""
+    key = world.two_versions("pci")
+    approval_id = world.park(world.service.rollback, ctx(Principal("op1", Role.OPERATOR)),
+                             key.id, 1)["id"]
+    for disguise in ("OP1", "op1 ", "\u043ep1"):  # upper case, a blank, a Cyrillic o
+        with pytest.raises(Forbidden, match="requester"):
+            world.service.approvals.decide(ctx(Principal(disguise, Role.ADMINISTRATOR)),
+                                           approval_id, True)
+    world.approve(approval_id, BOB)
+    with pytest.raises(Conflict, match="already voted"):
+        world.approve(approval_id, Principal("Bob", Role.ADMINISTRATOR))
+
+
 def test_self_approval_and_repeated_approver(world: World) -> None:
     key = world.two_versions("pci")
     approval_id = world.park(world.service.rollback, ctx(ALICE), key.id, 1)["id"]

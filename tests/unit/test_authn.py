@@ -123,6 +123,8 @@ def test_each_required_claim(auth: Authenticator, name: str) -> None:
     ({"sub": "system"}, "claims"), ({"sub": "Anonymous"}, "claims"),  # the server's own
     ({"sub": "system "}, "claims"), ({"sub": "anonymous."}, "claims"),  # ...as a reader sees
     ({"sub": "anonymous\u2800"}, "claims"), ({"sub": "\uff53ystem"}, "claims"),
+    ({"sub": "\u0455\u0443\u0455t\u0435m"}, "claims"),  # Cyrillic letters that look Latin
+    ({"sub": "\u0430n\u03bfnym\u03bfus"}, "claims"),  # Cyrillic a, Greek omicrons
     ({"tags": "prod"}, "claims"), ({"tags": ["PROD"]}, "claims"), ({"tags": [1]}, "claims"),
     ({"jti": 5}, "claims"), ({"sid": ["x"]}, "claims"),
     ({"cnf": {"jkt": "abc"}}, "claims"), ({"cnf": {"x5t#S256": "short"}}, "claims"),
