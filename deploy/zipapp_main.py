@@ -34,31 +34,50 @@ from typing import NoReturn
 _HELD: list[int] = []  # lock descriptors kept open for the life of the process
 
 
-def _usable(path: str) -> bool:
-    """Create ``path`` (and any missing parent) 0700 if needed; True when it is this user's
-    alone (``_unsafe``) and this user can write there."""
+def _usable(path: str, warn: bool = True) -> str | None:
+    """The real path of ``path`` (created 0700 with any missing parent) when it is this
+    user's alone (``_unsafe``) and writable, else None. The real path is what is used from
+    then on: a symlink on the way that someone swaps later changes nothing."""
+    path = os.path.abspath(path)
+    existing = path
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if existing != path:  # nothing is created where it would then be refused
+        try:
+            problem = _unsafe(os.path.realpath(existing), leaf=False)
+            mine = os.lstat(existing).st_uid in (0, os.getuid())
+        except OSError:  # a dangling link, a folder gone meanwhile
+            return None
+        if problem is not None:
+            if warn and mine:  # (root with a user's
+                sys.stderr.write(f"ferrohsm: not extracting under {path}: {problem}\n")
+            return None  # HOME: their folder, passed over quietly)
     saved = os.umask(0o077)  # makedirs gives the parents it creates 0777 & ~umask
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError:
-        return False
+        return None
     finally:
         os.umask(saved)
-    problem = _unsafe(path)
+    real = os.path.realpath(path)
+    problem = _unsafe(real)
     if problem is not None:
-        sys.stderr.write(f"ferrohsm: not extracting under {path}: {problem}\n")
-        return False
-    return os.access(path, os.W_OK | os.X_OK)
+        if warn:
+            sys.stderr.write(f"ferrohsm: not extracting under {path}: {problem}\n")
+        return None
+    return real if os.access(real, os.W_OK | os.X_OK) else None
 
 
-def _unsafe(path: str) -> str | None:
-    """Why another user could change what we import from ``path``, or None: it must be this
-    user's, not writable by group or others, and so must every folder above it (owned by
-    this user or root; a shared one only with the sticky bit, as /tmp), or another user could
-    rename it away and put a folder of their own, with their code, in its place."""
-    uid, current = os.getuid(), os.path.realpath(path)
+def _unsafe(real: str, leaf: bool = True) -> str | None:
+    """Why another user could change what we import from the real path ``real``, or None:
+    it must be this user's (``leaf``; else this user's or root's), not writable by group or
+    others, and every folder above it owned by this user or root and writable by no one else
+    (a shared one only with the sticky bit, as /tmp), or another user could rename it away
+    and put a folder of their own, with their code, in its place."""
+    uid, current = os.getuid(), real
     info = os.lstat(current)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or info.st_mode & 0o022:
+    owners = (uid,) if leaf else (0, uid)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid not in owners or info.st_mode & 0o022:
         return "it is not a folder of this user that only this user can write"
     while True:
         parent = os.path.dirname(current)
@@ -83,18 +102,19 @@ def _private_tmp() -> str:
         _fail(f"cannot create {path}: {exc.strerror}")
     info = os.lstat(path)
     if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid()
-            or info.st_mode & 0o077 or _unsafe(path) is not None):
+            or info.st_mode & 0o077 or _unsafe(os.path.realpath(path)) is not None):
         _fail(f"{path} is not a private directory of this user (0700, not a symlink)")
-    return path
+    return os.path.realpath(path)
 
 
 def extraction_root() -> str:
     explicit = os.environ.get("SHIV_ROOT", "")
     if explicit:
-        if not _usable(os.path.expanduser(explicit)):
+        usable = _usable(os.path.expanduser(explicit), warn=False)  # _fail says it
+        if usable is None:
             _fail(f"SHIV_ROOT={explicit} cannot be created or written, or other users could "
                   "change it")
-        return explicit
+        return usable
     candidates = []
     cache_dir = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
     if os.path.isabs(cache_dir):
@@ -106,8 +126,9 @@ def extraction_root() -> str:
     if os.path.isabs(home):
         candidates.append(os.path.join(home, ".cache", "ferrohsm"))
     for candidate in candidates:
-        if _usable(candidate):
-            return candidate
+        usable = _usable(candidate)
+        if usable is not None:
+            return usable
     return _private_tmp()
 
 

@@ -251,7 +251,7 @@ def test_an_extraction_root_others_can_write_is_never_used(zipapp: Path,
     (home / ".cache").chmod(0o777)  # as an older launcher left it
     passed = _no_shiv_root(zipapp, home, tmpdir)
     assert passed.returncode == 0, passed.stderr
-    assert "may be changed by other users" in passed.stderr
+    assert f"not extracting under {home}/.cache/ferrohsm" in passed.stderr, passed.stderr
     assert not (home / ".cache" / "ferrohsm").exists() or not any(
         (home / ".cache" / "ferrohsm").iterdir())
     assert _extractions(tmpdir / f"ferrohsm-{os.getuid()}")
@@ -268,6 +268,46 @@ def test_an_extraction_root_of_another_user_is_never_used(zipapp: Path, tmp_path
     result = _no_shiv_root(zipapp, home, tmpdir)
     assert result.returncode == 0 and "not a folder of this user" in result.stderr, result.stderr
     assert not any((home / ".cache" / "ferrohsm").iterdir())
+    assert _extractions(tmpdir / f"ferrohsm-{os.getuid()}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give folders to another user")
+def test_the_extraction_root_is_used_by_its_real_path(zipapp: Path, tmp_path: Path) -> None:
+    """Red team: the check looked at the real path but shiv used the given one, through
+    another user's symlink, which they could repoint between the check and the import. The
+    real path is used now, and a link that leads into another user's folder is refused; and
+    root with a user's HOME creates nothing in it (it made their ~/.cache root's)."""
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    theirs, ours = tmp_path / "theirs", tmp_path / "ours"
+    theirs.mkdir(mode=0o755)
+    ours.mkdir(mode=0o700)
+    os.chown(theirs, nobody.pw_uid, nobody.pw_gid)
+    (theirs / "link").symlink_to(ours)
+    os.lchown(theirs / "link", nobody.pw_uid, nobody.pw_gid)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
+           "SHIV_ROOT": str(theirs / "link")}
+    first = subprocess.run([sys.executable, "-I", str(zipapp), "--version"], capture_output=True,
+                           text=True, timeout=120, env=env)
+    assert first.returncode == 0, first.stderr
+    assert _extractions(ours)  # extracted under the real path
+    evil = theirs / "evil"
+    evil.mkdir(mode=0o777)
+    os.chown(evil, nobody.pw_uid, nobody.pw_gid)
+    (theirs / "link").unlink()
+    (theirs / "link").symlink_to(evil)  # repointed: now it leads into their folder
+    second = subprocess.run([sys.executable, "-I", str(zipapp), "--version"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert second.returncode == 2 and "other users could change it" in second.stderr
+    assert not any(evil.iterdir())
+
+    home, tmpdir = tmp_path / "userhome", tmp_path / "tmp"
+    home.mkdir(mode=0o755)
+    tmpdir.mkdir(mode=0o700)
+    os.chown(home, nobody.pw_uid, nobody.pw_gid)
+    sudo = _no_shiv_root(zipapp, home, tmpdir)
+    assert sudo.returncode == 0 and sudo.stderr == "", sudo.stderr
+    assert not any(home.iterdir())  # no root-owned ~/.cache left in the user's home
     assert _extractions(tmpdir / f"ferrohsm-{os.getuid()}")
 
 
