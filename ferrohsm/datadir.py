@@ -16,14 +16,14 @@ def ensure_private_dir(path: str | Path) -> Path:
     """Create ``path`` 0700 (and tighten it if it exists): data directories hold sealed secrets.
     A directory that cannot be made, tightened or written, or a path that is not a directory,
     is a ConfigError naming it."""
-    p = Path(path)
+    given = Path(path)
     try:
+        p = followed(given)  # every step checked before anything is made or read there
         for missing in reversed([d for d in (p, *p.parents) if not d.exists()]):
             missing.mkdir(mode=0o700, exist_ok=True)  # a parent made here (data_dir) private too
     except OSError as exc:
-        raise ConfigError(f"cannot create data directory {p.absolute()}: {why(exc)}") from None
-    if p.is_symlink():
-        p = followed(p)  # systemd's DynamicUser= state directory is one
+        raise ConfigError(f"cannot create data directory {given.absolute()}: {why(exc)}"
+                          ) from None
     if not p.is_dir():  # before the chmod: a file named by mistake (an archive) keeps its mode
         raise ConfigError(f"data directory {p.absolute()} is not a directory")
     _refuse_foreign(p)
@@ -37,29 +37,43 @@ def ensure_private_dir(path: str | Path) -> Path:
     return p
 
 
-def followed(link: str | Path) -> Path:
-    """Where the symlink ``link`` (a data directory) leads, when no other user can change
-    that: every link on the way belongs to this user or root, and no folder holding one, nor
-    any folder above the target, may be written by another user (a shared one only with the
-    sticky bit, as /tmp). systemd makes ``/var/lib/<name>`` such a link, owned by root, to
-    ``/var/lib/private/<name>``. Any other link is refused, as a data directory must not be
-    redirected by whoever can write next to it."""
-    path = Path(link).absolute()
-    for _ in range(40):  # the kernel's own limit on links followed
-        info = os.lstat(path)
-        if not stat.S_ISLNK(info.st_mode):
-            break
-        if info.st_uid not in (0, os.geteuid()) or _shared(path.parent):
-            raise ConfigError(f"data directory {link} is a symlink that another user could "
-                              "change: give the directory it leads to instead")
-        path = (path.parent / os.readlink(path)).absolute()
-    else:
-        raise ConfigError(f"data directory {link}: too many levels of symlinks")
-    target = Path(os.path.realpath(path))
-    if any(_shared(folder) for folder in target.parents):
-        raise ConfigError(f"data directory {link} leads to {target}, below a folder other "
-                          "users may write to")
-    return target
+def followed(path: str | Path) -> Path:
+    """The real path of ``path`` (a data directory, existing or to be made), when no other
+    user can change where it leads: each folder on the way, and each symlink, belongs to this
+    user or root, and no folder holding the next step may be written by another user (a
+    shared one only with the sticky bit, as /tmp), or they could rename that step away and
+    put theirs in its place. systemd makes ``/var/lib/<name>`` a root-owned link to
+    ``/var/lib/private/<name>``: followed. The rest of a path that does not exist yet is
+    returned as given, below the last folder checked."""
+    current, pending = Path("/"), list(Path(path).absolute().parts[1:])
+    for _ in range(400):  # the kernel follows at most 40 links: bounded either way
+        if not pending:
+            return current
+        name = pending.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            current = current.parent
+            continue
+        step = current / name
+        if _shared(current):
+            raise ConfigError(f"data directory {path}: {current} may be changed by other users "
+                              "(theirs, or writable by them): keep the data directory in a "
+                              "folder only its user and root may change")
+        try:
+            info = os.lstat(step)
+        except FileNotFoundError:
+            return step.joinpath(*pending)
+        if stat.S_ISLNK(info.st_mode):
+            if info.st_uid not in (0, os.geteuid()):
+                raise ConfigError(f"data directory {path}: {step} is a symlink another user "
+                                  "could change: give the directory it leads to instead")
+            target = Path(os.readlink(step))
+            current = Path("/") if target.is_absolute() else current
+            pending = [*target.parts[1 if target.is_absolute() else 0:], *pending]
+            continue
+        current = step
+    raise ConfigError(f"data directory {path}: too many levels of symlinks")
 
 
 def _shared(folder: Path) -> bool:

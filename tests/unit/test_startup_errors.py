@@ -159,8 +159,9 @@ def test_a_data_directory_or_secret_file_of_another_user_is_refused(
 def test_a_data_directory_symlink_only_this_user_or_root_can_change_is_followed(
         tmp_path: Path) -> None:
     """systemd's DynamicUser= state directory is a root-owned link to private/<name>: the
-    shipped unit could not start while every link was refused. A link that another user could
-    replace (in a folder they may write to) still is."""
+    shipped unit could not start while every link was refused. Every step of the path is
+    checked (red team): a folder on the way that others may write to, a link in one, or a
+    target below one is refused, whether the data directory is a link or not."""
     real = tmp_path / "private" / "hsm"
     real.mkdir(parents=True, mode=0o700)
     (tmp_path / "hsm").symlink_to("private/hsm")
@@ -169,14 +170,32 @@ def test_a_data_directory_symlink_only_this_user_or_root_can_change_is_followed(
     shared.mkdir()
     os.chmod(shared, 0o777)  # noqa: S103  the folder another user could write to
     (shared / "hsm").symlink_to(real)
-    with pytest.raises(ConfigError, match="symlink that another user could change"):
-        wiring.ensure_private_dir(shared / "hsm")
-    os.chmod(shared, 0o1777)  # noqa: S103  sticky, as /tmp: links there are their owner's
+    (shared / "plain").mkdir(mode=0o700)
+    for inside in ("hsm", "plain", "new"):  # a link, a directory, one to be made: all refused
+        with pytest.raises(ConfigError, match="may be changed by other users"):
+            wiring.ensure_private_dir(shared / inside)
+    assert not (shared / "new").exists()
+    os.chmod(shared, 0o1777)  # noqa: S103  sticky, as /tmp: entries there are their owner's
     assert wiring.ensure_private_dir(shared / "hsm") == real
-    below = shared / "open"
+    below = tmp_path / "open"
     below.mkdir()
     os.chmod(below, 0o777)  # noqa: S103  a folder above the target others may write to
     (below / "hsm").mkdir(mode=0o700)
     (tmp_path / "hsm2").symlink_to(below / "hsm")
-    with pytest.raises(ConfigError, match="below a folder other users may write to"):
+    with pytest.raises(ConfigError, match="may be changed by other users"):
         wiring.ensure_private_dir(tmp_path / "hsm2")
+    (tmp_path / "mid").symlink_to(tmp_path / "private")  # a link in the middle of the path
+    assert wiring.ensure_private_dir(tmp_path / "mid" / "hsm") == real
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a link to another user")
+def test_a_link_of_another_user_anywhere_on_the_way_is_refused(tmp_path: Path) -> None:
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    (tmp_path / "private" / "hsm").mkdir(parents=True, mode=0o700)
+    (tmp_path / "mid").symlink_to(tmp_path / "private")
+    os.lchown(tmp_path / "mid", nobody.pw_uid, nobody.pw_gid)
+    (tmp_path / "last").symlink_to(tmp_path / "mid" / "hsm")  # ours, through theirs
+    for path in (tmp_path / "mid" / "hsm", tmp_path / "last"):
+        with pytest.raises(ConfigError, match="symlink another user could change"):
+            wiring.ensure_private_dir(path)
