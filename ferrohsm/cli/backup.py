@@ -24,7 +24,9 @@ import errno
 import glob
 import hashlib
 import os
+import re
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Iterable
@@ -256,10 +258,13 @@ class LoggedRevocations:
                           self._listed.entries(now))
 
 
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
+
+
 def _remove_stale(path: Path) -> None:
     """Remove the temporary files of backups to ``path`` whose process is gone (a kill -9
     leaves one; a backup that ends any other way removes its own). A running one's is kept."""
-    prefix = f".{path.name}."
+    prefix = f".{path.name}.{_HOST}-"  # this host's: a pid says nothing of another's (NFS)
     for leftover in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
         pid = leftover.name[len(prefix):-len(".tmp")]
         if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
@@ -290,7 +295,7 @@ class PrivateArchive:
         if not out.strip() or out.endswith("/"):
             raise CliExit(f"--out {out!r}: name the archive file to write", USAGE)
         self.path = Path(out)
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.tmp = self.path.with_name(f".{self.path.name}.{_HOST}-{os.getpid()}.tmp")
         try:
             if self.path.exists():
                 raise FileExistsError(0, "it exists: choose a new archive name")

@@ -121,15 +121,18 @@ def test_a_backup_removes_what_a_killed_one_left(cli: Cli, live: LiveServer,
                                                   tmp_path: Path) -> None:
     """Crash tester: a backup killed with -9 left its empty temporary file, and no later run
     removed it. One of a process that is gone is removed; a running backup's is kept."""
+    from ferrohsm.cli.backup import _HOST
     gone = subprocess.Popen(["true"])
     gone.wait()
-    stale = tmp_path / f".nightly.fhsmbak.{gone.pid}.tmp"
-    running = tmp_path / f".nightly.fhsmbak.{os.getpid()}.tmp"
-    for leftover in (stale, running):
+    stale = tmp_path / f".nightly.fhsmbak.{_HOST}-{gone.pid}.tmp"
+    running = tmp_path / f".nightly.fhsmbak.{_HOST}-{os.getpid()}.tmp"
+    elsewhere = tmp_path / f".nightly.fhsmbak.other-host-{gone.pid}.tmp"  # NFS: not ours to judge
+    for leftover in (stale, running, elsewhere):
         leftover.write_bytes(b"")
     run = cli("backup", "--out", str(tmp_path / "nightly.fhsmbak"))
     assert run.code == 0, run.err
-    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "nightly.fhsmbak"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [running.name, elsewhere.name, "nightly.fhsmbak"])
 
 
 # ---- 2: a closed standard output is found before anything is sent -------------------------
