@@ -329,6 +329,9 @@ class DualControl:
             now, current = self.clock(), None
             try:
                 current = self._find(approval_id)
+                # who may vote first (the requester, a second vote, a finished approval), then
+                # whether the vote is signed: "must be signed" told the requester nothing
+                apv.vote(current, voter, approve, now, comment)
                 proof = signed(current)
                 voted = apv.vote(current, voter, approve, now, comment,
                                  proof.signature if proof else "",

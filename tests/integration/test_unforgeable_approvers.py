@@ -136,6 +136,20 @@ def test_hs256_tokens_cannot_vote(world: World, verb: str) -> None:
     assert again["approvals"] == [] and again["state"] == "pending"
 
 
+def test_who_may_vote_is_said_before_whether_the_vote_is_signed(world: World) -> None:
+    """Documentation tester: the requester, or an approver voting twice, heard "this vote must
+    be signed" (403) instead of why no signature would help (403 requester, 409 twice)."""
+    approval = parked(world)
+    status, body = vote(world, approval, "approve", world.token(approval["requested_by"]))
+    assert status == 403 and "requester" in body["error"]["message"], body
+    alice = world.token("alice")
+    status, _ = vote(world, approval, "approve", alice,
+                     {"signature": sign(world.keys["alice"], approval)})
+    assert status == 200
+    status, body = vote(world, approval, "approve", alice)
+    assert status == 409 and "already voted" in body["error"]["message"], body
+
+
 def test_unsigned_and_wrongly_signed_votes_are_refused(world: World) -> None:
     approval = parked(world)
     alice = world.token("alice")
