@@ -89,12 +89,23 @@ def _refuse_foreign(p: Path) -> None:
     an administrator token for whoever planted it). Tightening its mode would hide that."""
     info = p.stat()
     if info.st_uid != os.geteuid():
-        raise ConfigError(f"data directory {p.absolute()} belongs to uid {info.st_uid}, not to "
-                          f"this user (uid {os.geteuid()}): chown it, or give another data_dir")
+        owner, me = _user(info.st_uid), _user(os.geteuid())
+        raise ConfigError(f"data directory {p.absolute()} belongs to {owner} (uid "
+                          f"{info.st_uid}), not to {me} (uid {os.geteuid()}) who runs this: "
+                          f"run this as its owner (runuser -u {owner} -- ...), or chown it to "
+                          f"{me} if it is to serve as {me}")
     if info.st_mode & 0o022:
         raise ConfigError(f"data directory {p.absolute()} is writable by other users (mode "
                           f"{info.st_mode & 0o777:04o}): a file planted there would be trusted; "
                           "check what it holds, then chmod 700 it")
+
+
+def _user(uid: int) -> str:
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def why(exc: OSError) -> str:

@@ -465,6 +465,16 @@ class Secrets:
 MAX_SECRET_FILE = 4096
 
 
+def user_name(uid: int, bare: bool = False) -> str:
+    """``alice (uid 1000)``, or ``alice`` when ``bare`` (the uid alone when it has no name)."""
+    import pwd
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+    return name if bare else f"{name} (uid {uid})"
+
+
 def read_secret_file(path: str, setting: str) -> str:
     """A secret file's text, checked on the opened descriptor (nothing can swap it in between).
 
@@ -484,8 +494,11 @@ def read_secret_file(path: str, setting: str) -> str:
             raise ConfigError(f"{setting}: {path} has mode {stat.S_IMODE(info.st_mode):04o}; "
                               "it must be 0600 or stricter (chmod 600)")
         if info.st_uid != os.geteuid():  # (only root opens another user's 0600 file)
-            raise ConfigError(f"{setting}: {path} belongs to uid {info.st_uid}, not to this "
-                              "user: whoever owns it chose the secret")
+            raise ConfigError(f"{setting}: {path} belongs to {user_name(info.st_uid)}, not to "
+                              f"{user_name(os.geteuid())} who runs this: whoever owns a secret "
+                              "file chose the secret; run this as its owner (runuser -u "
+                              f"{user_name(info.st_uid, bare=True)}), or chown it to "
+                              f"{user_name(os.geteuid(), bare=True)} if the secret is theirs")
         data = os.read(fd, MAX_SECRET_FILE + 1)
     except OSError as exc:
         raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None

@@ -2,7 +2,7 @@
 
 ::
 
-    {"format": 1, "scheme": "shamir-gf256",
+    {"format": 2, "scheme": "shamir-gf256",
      "current": {"split_id": "1a2b3c4d", "shares": 5, "threshold": 3, "check": "<base64>",
                  "commitments": ["<64 hex>", ...]},
      "pending": null,
@@ -16,7 +16,9 @@ derived from that split's master key (HMAC(master, LABEL)): shares/threshold can
 unnoticed once the key is back. Before that, an edited threshold can only make reconstruction
 fail (the check value), never succeed with a wrong key. ``commitments`` (one SHA-256 a share,
 ``commitment``) let the unsealer refuse a wrong share on its own, before it counts: anyone may
-submit shares, and a forged one in a full set would reset the custodians' progress.
+submit shares, and a forged one in a full set would reset the custodians' progress. A file
+with commitments is format 2 (one without, made by an older build, stays format 1), so a build
+that predates them refuses it as a format it does not know.
 """
 
 from __future__ import annotations
@@ -95,7 +97,12 @@ class CustodyFile:
         return None
 
     def body(self) -> bytes:
-        doc = {"format": 1, "scheme": SCHEME, "current": self.current.as_json(),
+        # format 2 once a split has commitments: a build before them would take the file as
+        # format 1, fail its MAC, and send custodians after "mistyped" shares; it refuses an
+        # unknown format by name instead (files without commitments stay format 1, as made)
+        committed = any(s is not None and s.commitments for s in (self.current, self.pending))
+        doc = {"format": 2 if committed else 1, "scheme": SCHEME,
+               "current": self.current.as_json(),
                "pending": None if self.pending is None else self.pending.as_json()}
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("ascii")
 
@@ -148,10 +155,13 @@ def load(data_dir: str | os.PathLike[str]) -> CustodyFile:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     try:
         doc = json.loads(data)
-        if doc.get("format") != 1 or doc.get("scheme") != SCHEME:
+        if doc.get("format") not in (1, 2) or doc.get("scheme") != SCHEME:
             raise ValueError("format")
         current = _split(doc["current"])
         pending = None if doc.get("pending") is None else _split(doc["pending"])
+        if (doc["format"] == 2) != any(s is not None and s.commitments for s in (current,
+                                                                                pending)):
+            raise ValueError("format")  # the format says whether commitments are there
         macs = tuple(sorted((str(k), str(v)) for k, v in dict(doc["macs"]).items()))
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
         raise ConfigError(f"{path} is not a valid FerroHSM custody file") from None

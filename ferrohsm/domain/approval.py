@@ -275,7 +275,24 @@ def redeem(approval: Approval, requester: str, action: str, key_id: str,
                               f"{approval.required} approvals")
     if state is not A:
         raise InvalidTransition(f"approval {approval.id} is {state.value}; it cannot be used")
+    people = distinct_approvers(approval)
+    if len(people) < approval.required:  # votes counted under an older, laxer rule
+        raise Forbidden(f"approval {approval.id} has {len(people)} of {approval.required} "
+                        "approvals by distinct people other than the requester (votes whose "
+                        "names read the same count once): request it again")
     return move(approval, Event.EXECUTE, now, executed_at=now)
+
+
+def distinct_approvers(approval: Approval) -> list[str]:
+    """The approving votes that count under the current rule: one a person, never the
+    requester's (``same_person``). An approval stored by an older build, or restored from an
+    old backup, may hold votes that rule refuses: they are not counted when it is redeemed."""
+    people: list[str] = []
+    for v in approval.votes:
+        if v.approve and not same_person(v.approver, approval.requester) and not any(
+                same_person(v.approver, p) for p in people):
+            people.append(v.approver)
+    return people
 
 
 # ---- views and records ----------------------------------------------------------------------

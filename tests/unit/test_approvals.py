@@ -310,6 +310,25 @@ def test_subjects_that_read_the_same_are_one_person_for_dual_control(world: Worl
         world.approve(approval_id, Principal("Bob", Role.ADMINISTRATOR))
 
 
+def test_votes_an_older_rule_counted_do_not_count_when_redeemed() -> None:
+    """Upgrade tester: approvals approved by the previous build with ALICE and alice as two
+    approvers, or OP1 approving op1's request, were still redeemed after the upgrade."""
+    for requester, voters in (("op1", ("alice", "ALICE")), ("op1", ("OP1", "bob"))):
+        a = replace(approval(), requester=requester)
+        for voter in voters:  # stored as the older build stored them: no rule applied
+            ballot = apv.Vote(voter, "operator", True, NOW, "", "", "")
+            a = replace(a, votes=(*a.votes, ballot))
+        a = replace(a, state=ApprovalState.APPROVED)
+        with pytest.raises(Forbidden, match="1 of 2 approvals by distinct people"):
+            apv.redeem(a, requester, a.action, a.key_id, {"version": 1},
+                       NOW + timedelta(minutes=1))
+    good = replace(approval(), requester="op1", state=ApprovalState.APPROVED, votes=(
+        apv.Vote("alice", "operator", True, NOW, "", "", ""),
+        apv.Vote("bob", "operator", True, NOW, "", "", "")))
+    assert apv.redeem(good, "op1", good.action, good.key_id, {"version": 1},
+                      NOW + timedelta(minutes=1)).state is ApprovalState.EXECUTED
+
+
 def test_self_approval_and_repeated_approver(world: World) -> None:
     key = world.two_versions("pci")
     approval_id = world.park(world.service.rollback, ctx(ALICE), key.id, 1)["id"]

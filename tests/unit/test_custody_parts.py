@@ -262,11 +262,18 @@ def test_commitments_are_kept_bound_by_the_mac_and_checked_when_read(tmp_path: P
     loaded = state.load(tmp_path)
     assert loaded.current.commitments == split.commitments
     assert loaded.mac_ok(split.split_id, master)
+    assert json.loads(state.CustodyFile(split).body())["format"] == 2  # older builds refuse it
     older = replace(split, commitments=())  # a file made before commitments: no "commitments"
     assert "commitments" not in state.CustodyFile(older).body().decode()
+    assert json.loads(state.CustodyFile(older).body())["format"] == 1  # its MAC unchanged
     assert older.holds(shares[0]) is None
     path = tmp_path / state.FILE_NAME
     doc = json.loads(path.read_text())
+    doc["format"] = 1  # commitments under format 1, which promises none
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="not a valid FerroHSM custody file"):
+        state.load(tmp_path)
+    doc["format"] = 2
     for bad in (split.commitments[:2], ["x" * 64] * 3, [c.upper() for c in split.commitments]):
         doc["current"]["commitments"] = list(bad)
         path.write_text(json.dumps(doc))

@@ -141,18 +141,19 @@ def test_a_data_directory_or_secret_file_of_another_user_is_refused(
     secret.write_text("attacker-known-secret-" * 3)
     secret.chmod(0o600)
     os.chown(secret, nobody.pw_uid, nobody.pw_gid)
-    with pytest.raises(ConfigError, match="belongs to uid"):
+    with pytest.raises(ConfigError, match=r"belongs to nobody \(uid \d+\), not to root .*"
+                                          r"runuser -u nobody"):
         read_secret_file(str(secret), "[secrets].jwt_hs256_secret_file")
     data = tmp_path / "theirs"
     data.mkdir(mode=0o700)
     os.chown(data, nobody.pw_uid, nobody.pw_gid)
-    with pytest.raises(ConfigError, match="belongs to uid"):
+    with pytest.raises(ConfigError, match=r"belongs to nobody .* run this as its owner"):
         wiring.ensure_private_dir(data)
     # quickstart stops before it writes a secret into their directory
     result = subprocess.run([sys.executable, "-m", "ferrohsm", "quickstart", "--data-dir",
                              str(data), "--listen", "127.0.0.1:0"], capture_output=True,
                             text=True, timeout=60, env={**os.environ, "HOME": str(tmp_path)})
-    assert result.returncode == 2 and "belongs to uid" in result.stderr, result.stderr
+    assert result.returncode == 2 and "belongs to nobody" in result.stderr, result.stderr
     assert not list(data.iterdir())
 
 
