@@ -1,3 +1,3 @@
 """FerroHSM: a software HSM with a TLS REST API, a CLI and a tamper-evident audit log."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
