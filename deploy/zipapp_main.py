@@ -50,7 +50,7 @@ def _usable(path: str, warn: bool = True) -> str | None:
             return None
         if problem is not None:
             if warn and mine:  # (root with a user's
-                sys.stderr.write(f"ferrohsm: not extracting under {path}: {problem}\n")
+                sys.stderr.write(f"ferrohsm: not extracting under {existing}: {problem}\n")
             return None  # HOME: their folder, passed over quietly)
     saved = os.umask(0o077)  # makedirs gives the parents it creates 0777 & ~umask
     try:
@@ -77,17 +77,35 @@ def _unsafe(real: str, leaf: bool = True) -> str | None:
     uid, current = os.getuid(), real
     info = os.lstat(current)
     owners = (uid,) if leaf else (0, uid)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid not in owners or info.st_mode & 0o022:
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid not in owners or _others_write(info):
         return "it is not a folder of this user that only this user can write"
     while True:
         parent = os.path.dirname(current)
         if parent == current:
             return None
         info = os.stat(parent)
-        if info.st_uid not in (0, uid) or (info.st_mode & 0o022
+        if info.st_uid not in (0, uid) or (_others_write(info)
                                            and not info.st_mode & stat.S_ISVTX):
             return f"{parent} may be changed by other users"
         current = parent
+
+
+def _others_write(info: os.stat_result) -> bool:
+    """Write by others, or by a group with a member besides this user and root (a private
+    group per user, umask 002, lets no one else in: ferrohsm/datadir.py has the same rule)."""
+    if info.st_mode & 0o002:
+        return True
+    if not info.st_mode & 0o020:
+        return False
+    import grp
+    import pwd
+    try:
+        members = set(grp.getgrgid(info.st_gid).gr_mem)
+        me = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return True
+    members |= {u.pw_name for u in pwd.getpwall() if u.pw_gid == info.st_gid}
+    return bool(members - {me, "root"})
 
 
 def _private_tmp() -> str:

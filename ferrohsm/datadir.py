@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import stat
@@ -58,11 +59,14 @@ def followed(path: str | Path) -> Path:
         step = current / name
         if _shared(current):
             raise ConfigError(f"data directory {path}: {current} may be changed by other users "
-                              "(theirs, or writable by them): keep the data directory in a "
-                              "folder only its user and root may change")
+                              "(theirs, or writable by them or a group they are in): keep the "
+                              "data directory in a folder only its user and root may change")
         try:
             info = os.lstat(step)
         except FileNotFoundError:
+            if ".." in pending:  # it would climb out of what is made, past every check
+                raise ConfigError(f"data directory {path}: '..' after {step}, which does not "
+                                  "exist: give the path without it") from None
             return step.joinpath(*pending)
         if stat.S_ISLNK(info.st_mode):
             if info.st_uid not in (0, os.geteuid()):
@@ -79,8 +83,29 @@ def followed(path: str | Path) -> Path:
 def _shared(folder: Path) -> bool:
     """Whether another user could rename or replace what ``folder`` holds."""
     info = os.stat(folder)
-    return info.st_uid not in (0, os.geteuid()) or bool(
-        info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX)
+    return info.st_uid not in (0, os.geteuid()) or (
+        not info.st_mode & stat.S_ISVTX and _others_write(info))
+
+
+def _others_write(info: os.stat_result) -> bool:
+    """Whether users other than this one (and root) may write to a folder of ``info``: others
+    by mode, or its group when the group has such a member (the user's own private group,
+    umask 002 on Debian-like systems, has none: no one else gets in by it)."""
+    return bool(info.st_mode & 0o002) or bool(
+        info.st_mode & 0o020 and _group_has_others(info.st_gid))
+
+
+@functools.lru_cache(maxsize=64)
+def _group_has_others(gid: int) -> bool:
+    import grp
+    import pwd
+    try:
+        group = grp.getgrgid(gid)
+        me = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a group or user the system cannot name: assume the worst
+        return True
+    members = set(group.gr_mem) | {u.pw_name for u in pwd.getpwall() if u.pw_gid == gid}
+    return bool(members - {me, "root"})
 
 
 def _refuse_foreign(p: Path) -> None:
@@ -94,7 +119,7 @@ def _refuse_foreign(p: Path) -> None:
                           f"{info.st_uid}), not to {me} (uid {os.geteuid()}) who runs this: "
                           f"run this as its owner (runuser -u {owner} -- ...), or chown it to "
                           f"{me} if it is to serve as {me}")
-    if info.st_mode & 0o022:
+    if _others_write(info):
         raise ConfigError(f"data directory {p.absolute()} is writable by other users (mode "
                           f"{info.st_mode & 0o777:04o}): a file planted there would be trusted; "
                           "check what it holds, then chmod 700 it")

@@ -121,13 +121,53 @@ def test_a_data_directory_others_can_write_is_refused_not_tightened(tmp_path: Pa
     planted in it then signed administrator tokens for them. Refused now, nothing written."""
     data = tmp_path / "data"
     data.mkdir()
-    for mode in (0o777, 0o770, 0o757):
+    for mode in (0o777, 0o757):
         os.chmod(data, mode)
         with pytest.raises(ConfigError, match="writable by other users"):
             wiring.ensure_private_dir(data)
         assert stat.S_IMODE(data.stat().st_mode) == mode  # left for its owner to look at
     os.chmod(data, 0o755)  # noqa: S103  readable, not writable, by others: made private
     assert stat.S_IMODE(wiring.ensure_private_dir(data).stat().st_mode) == 0o700
+
+
+def test_group_write_counts_only_when_the_group_has_someone_else(tmp_path: Path) -> None:
+    """Red team: umask 002 (a private group per user, as Debian sets it up) made every folder
+    "changeable by other users", so the README's first command failed in such a checkout.
+    A group with no one but this user (and root) lets no one else in; one with others does."""
+    import grp
+    import pwd
+
+    from ferrohsm import datadir
+    me = pwd.getpwuid(os.geteuid())
+    alone = [g.gr_gid for g in grp.getgrall()
+             if not (set(g.gr_mem) | {u.pw_name for u in pwd.getpwall()
+                                      if u.pw_gid == g.gr_gid}) - {me.pw_name, "root"}]
+    crowded = [g.gr_gid for g in grp.getgrall()
+               if (set(g.gr_mem) | {u.pw_name for u in pwd.getpwall()
+                                    if u.pw_gid == g.gr_gid}) - {me.pw_name, "root"}]
+    if not alone or not crowded or os.geteuid() != 0:
+        pytest.skip("needs root, and groups with and without other members")
+    work = tmp_path / "work"
+    work.mkdir()
+    os.chmod(work, 0o775)  # noqa: S103  as made under umask 002
+    os.chown(work, os.geteuid(), alone[0])
+    assert wiring.ensure_private_dir(work / "data").parent == work
+    os.chown(work, os.geteuid(), crowded[0])
+    datadir._group_has_others.cache_clear()
+    with pytest.raises(ConfigError, match="may be changed by other users"):
+        wiring.ensure_private_dir(work / "data")
+
+
+def test_dot_dot_after_a_missing_folder_is_refused_before_anything_is_made(
+        tmp_path: Path) -> None:
+    """Red team: <missing>/../<unsafe folder>/data passed the walk (the rest of a missing path
+    was taken unchecked) and quickstart wrote its secrets there before a later check refused."""
+    target = tmp_path / "base" / "new" / ".." / ".." / "elsewhere" / "data"
+    (tmp_path / "base").mkdir()
+    with pytest.raises(ConfigError, match=r"'\.\.' after"):
+        wiring.ensure_private_dir(target)
+    assert not (tmp_path / "base" / "new").exists()
+    assert not (tmp_path / "elsewhere").exists()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files to another user")
