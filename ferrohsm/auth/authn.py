@@ -219,8 +219,6 @@ def valid_subject(sub: Any) -> bool:
             and reader_form(sub) not in RESERVED_SUBJECTS)
 
 
-
-
 def valid_tags(tags: Any) -> bool:
     """The tags claim the server accepts: at most MAX_TAGS names matching TAG_CLAIM_RE."""
     return isinstance(tags, list) and len(tags) <= MAX_TAGS and all(
