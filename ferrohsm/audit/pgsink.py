@@ -212,6 +212,7 @@ class PostgresSink(ChainedSink):
         self._dsn = dsn
         self._timeout = connect_timeout
         self._conn: psycopg.Connection | None = None
+        self._sent: list[tuple[dict[str, Any], bytes]] | None = None  # the batch in flight
         self._reader: psycopg.Connection | None = None
         self._read_lock = threading.Lock()
         try:
@@ -288,11 +289,20 @@ class PostgresSink(ChainedSink):
     # ---- writing ------------------------------------------------------------------------------
 
     def _persist(self, events: list[PreparedEvent], sync: bool = True) -> list[dict[str, Any]]:
+        head = (self._next_seq, self._next_hash)
+        self._sent = None
         try:
-            conn = self._writer()
-            sealed = self._insert_at_head(conn, events)
-            if sealed is None:  # another node wrote since our last batch
-                sealed = self._insert_locked(conn, events)
+            try:
+                conn = self._writer()
+                sealed = self._insert_at_head(conn, events)
+                if sealed is None:  # another node wrote since our last batch
+                    sealed = self._insert_locked(conn, events)
+            except self._psycopg.OperationalError:
+                if self._conn is None or not (self._conn.closed or self._conn.broken):
+                    raise  # the database answered: no retry
+                sent, self._next_seq, self._next_hash = self._sent, *head
+                self._drop_writer()
+                sealed = self._insert_after_lost(self._writer(), events, sent)
         except self._psycopg.Error as exc:
             self._drop_writer()
             raise unavailable("audit record could not be made durable: the audit database "
@@ -309,7 +319,7 @@ class PostgresSink(ChainedSink):
         round trip (the INSERT's snapshot is taken once the lock is granted). None (nothing
         written) when another node wrote meanwhile."""
         head = (self._next_seq, self._next_hash)
-        sealed = [self._seal(event) for event in events]
+        sealed = self._seal_sent(events)
         try:
             with conn.pipeline():
                 conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_APPEND))
@@ -333,10 +343,39 @@ class PostgresSink(ChainedSink):
         with conn.pipeline():
             conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_APPEND))
             self._follow_db(conn)
-            sealed = [self._seal(event) for event in events]
+            sealed = self._seal_sent(events)
             conn.execute(INSERT, _columns(sealed))
             self._commit(conn)
         return sealed
+
+    def _insert_after_lost(self, conn: psycopg.Connection, events: list[PreparedEvent],
+                           sent: list[tuple[dict[str, Any], bytes]] | None
+                           ) -> list[tuple[dict[str, Any], bytes]]:
+        """The batch again, on a new session, after the last one broke under it (a database
+        restart cuts idle sessions, and a session is found cut only when used). Under the
+        append lock the lost attempt's transaction has ended (it took the lock first), so its
+        last record, if stored, says it committed: then it is not written twice. Else it is
+        sealed again after the stored head."""
+        with conn.pipeline():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_APPEND))
+            if sent:
+                last = sent[-1][0]
+                text = self._record_at(conn, last["seq"])
+                if text is not None and check_line(text, self._key) == (last["seq"],
+                                                                         last["hash"]):
+                    conn.rollback()
+                    self._next_seq, self._next_hash = last["seq"], last["hash"]
+                    return sent
+            self._follow_db(conn)
+            sealed = self._seal_sent(events)
+            conn.execute(INSERT, _columns(sealed))
+            self._commit(conn)
+        return sealed
+
+    def _seal_sent(self, events: list[PreparedEvent]) -> list[tuple[dict[str, Any], bytes]]:
+        """Seal a batch about to be sent, and remember it until it is known stored or not."""
+        self._sent = [self._seal(event) for event in events]
+        return self._sent
 
     def _commit(self, conn: psycopg.Connection) -> None:
         """COMMIT: the durability point (synchronous_commit = on); a method so tests can make

@@ -223,6 +223,71 @@ def test_a_read_after_the_database_cut_its_session_is_answered(
         sink.close()
 
 
+def _event(message: str) -> AuditEvent:
+    return AuditEvent(actor="a", role="r", action="key.sign", outcome="success", message=message)
+
+
+def _stored(dsn: str) -> list[tuple[int, str]]:
+    return [(json.loads(x)["seq"], json.loads(x)["message"]) for x in stored_lines(dsn)]
+
+
+def test_a_write_after_the_database_cut_its_session_is_written(
+        postgres: pgserver.PostgresServer, tmp_path: Path) -> None:
+    """After a database restart the idle writer session is found cut only when a batch is
+    sent on it: the batch is sent again on a new session instead of answering 503."""
+    dsn = postgres.new_database()
+    name = dsn.rsplit("/", 1)[1]
+    sink = PostgresSink(dsn, KEY, directory=str(tmp_path / "node"))
+    try:
+        one = sink.append(_event("one"))
+        _admin(postgres, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE datname = %s AND pid <> pg_backend_pid()", name)
+        two = sink.append(_event("two"))
+        assert two["seq"] == one["seq"] + 1 and sink.degraded() is None
+    finally:
+        sink.close()
+    stored = _stored(dsn)
+    assert [m for _, m in stored].count("two") == 1
+    assert [seq for seq, _ in stored] == list(range(1, len(stored) + 1))
+
+
+class _SessionLostAtCommit(PostgresSink):
+    """The session breaks once, at a COMMIT: after it was carried out (``committed``: its
+    answer was lost), or before it reached the server."""
+
+    committed = False
+    armed = False  # armed by the test once the sink is open
+
+    def _commit(self, conn: Any) -> None:
+        if not self.armed:
+            super()._commit(conn)
+            return
+        self.armed = False
+        if self.committed:
+            super()._commit(conn)
+        conn.close()
+        raise self._psycopg.OperationalError("server closed the connection unexpectedly")
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["answer-lost", "never-committed"])
+def test_a_batch_sent_again_after_a_lost_session_is_stored_once(
+        postgres: pgserver.PostgresServer, tmp_path: Path, committed: bool) -> None:
+    dsn = postgres.new_database()
+    sink = _SessionLostAtCommit(dsn, KEY, directory=str(tmp_path / "node"))
+    try:
+        sink.append(_event("one"))
+        sink.committed, sink.armed = committed, True
+        two = sink.append(_event("two"))
+        three = sink.append(_event("three"))
+        assert three["seq"] == two["seq"] + 1
+    finally:
+        sink.close()
+    stored = _stored(dsn)
+    assert [m for _, m in stored].count("two") == 1
+    assert [seq for seq, _ in stored] == list(range(1, len(stored) + 1))
+    assert (two["seq"], "two") in stored
+
+
 def test_a_database_behind_what_the_node_wrote_stops_the_sink(
         postgres: pgserver.PostgresServer, tmp_path: Path) -> None:
     """A restored or failed-over database that lost the node's last commits: fail closed."""
