@@ -108,7 +108,8 @@ def status(args: argparse.Namespace, client: Any, settings: Settings) -> int:
         health = _health(client)
     except TransportError as exc:
         if exc.expired_at is not None:  # what status is for: said as such, exit 1
-            health = {"status": "certificate_expired", "reason": exc.message}
+            health = {"status": "certificate_expired", "reason": exc.message,
+                      "sealed": None}  # not reached: whether it is sealed is not known
             not_after, source = exc.expired_at, "tls"
         else:
             _unreachable(settings, client, exc)
@@ -121,7 +122,7 @@ def status(args: argparse.Namespace, client: Any, settings: Settings) -> int:
                             "source": source}
     document: dict[str, Any] = {
         "server": client.url, "status": health.get("status"),
-        "version": health.get("version"), "sealed": bool(health.get("sealed", False)),
+        "version": health.get("version"), "sealed": _sealed(health),
         "reason": health.get("reason"), "certificate": cert,
         "unreachable": _skipped(client), "unseal": _unseal_progress(health)}
 
@@ -135,7 +136,7 @@ def status(args: argparse.Namespace, client: Any, settings: Settings) -> int:
                  ("Version", str(document["version"] or "-")),
                  ("Sealed", _sealed_text(document)),
                  ("Certificate", f"expires {output.when(cert['not_after'])}"
-                  + (f" ({days} days left)" if days is not None else ""))]
+                  + (f" ({_time_left(cert['not_after'])})" if days is not None else ""))]
         return output.fields(pairs)
     output.emit(settings, document, human)
     return OK if document["status"] == "ok" else FAILED
@@ -150,7 +151,15 @@ def _unseal_progress(health: dict[str, Any]) -> dict[str, Any] | None:
             "shares": health.get("shares")}
 
 
+def _sealed(health: dict[str, Any]) -> bool | None:
+    """What /healthz said; None when the server was not reached (an expired certificate)."""
+    sealed = health.get("sealed", False)
+    return None if sealed is None else bool(sealed)
+
+
 def _sealed_text(document: dict[str, Any]) -> str:
+    if document["sealed"] is None:
+        return "unknown (the server was not reached)"
     if not document["sealed"]:
         return "no"
     unseal = document.get("unseal")
@@ -184,11 +193,31 @@ def _peer_not_after(client: Any) -> str | None:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _days_left(not_after: Any) -> int | None:
+def _seconds_left(not_after: Any) -> float | None:
     parsed = output.parse_time(not_after) if isinstance(not_after, str) else None
-    if parsed is None:
+    return None if parsed is None else (parsed - datetime.now(UTC)).total_seconds()
+
+
+def _days_left(not_after: Any) -> int | None:
+    """Whole days left, counted down to 0 on the last day; once expired, minus the whole days
+    since (at least 1: a negative value always means expired)."""
+    seconds = _seconds_left(not_after)
+    if seconds is None:
         return None
-    return int((parsed - datetime.now(UTC)).total_seconds() // 86400)
+    return int(seconds // 86400) if seconds >= 0 else -max(1, int(-seconds // 86400))
+
+
+def _time_left(not_after: Any) -> str:
+    """"N days left", "N hours left" on the last day, "expired N days ago" once expired."""
+    seconds = _seconds_left(not_after) or 0.0
+    if seconds < 0:
+        days = int(-seconds // 86400)
+        return "expired " + (f"{days} day{'s' * (days != 1)} ago" if days else "today")
+    if seconds >= 86400:
+        days = int(seconds // 86400)
+        return f"{days} day{'s' * (days != 1)} left"
+    hours = int(seconds // 3600)
+    return f"{hours} hour{'s' * (hours != 1)} left" if hours else "less than an hour left"
 
 
 def whoami(args: argparse.Namespace, client: Any, settings: Settings) -> int:

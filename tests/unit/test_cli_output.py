@@ -102,3 +102,26 @@ def run_main(*argv: str) -> tuple[int, str, str]:
     with mock.patch.multiple(sys, stdout=out, stderr=err):
         code = main(list(argv))
     return code, out.getvalue(), err.getvalue()
+
+
+def test_status_counts_certificate_time_as_a_reader_would() -> None:
+    """An expiry a day and two minutes ago is -1 days (floor division said -2); an hour
+    before expiry says hours, not "0 days left"; a negative value always means expired."""
+    from datetime import UTC, datetime, timedelta
+
+    from ferrohsm.cli import info
+
+    def at(delta: timedelta) -> str:
+        return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    cases = [(timedelta(days=-1, minutes=-2), -1, "expired 1 day ago"),
+             (timedelta(minutes=-5), -1, "expired today"),
+             (timedelta(days=-3, hours=-1), -3, "expired 3 days ago"),
+             (timedelta(hours=1, minutes=1), 0, "1 hour left"),
+             (timedelta(minutes=30), 0, "less than an hour left"),
+             (timedelta(days=2, hours=1), 2, "2 days left")]
+    for delta, days, text in cases:
+        assert info._days_left(at(delta)) == days, delta
+        assert info._time_left(at(delta)) == text, delta
+    assert info._days_left("not a time") is None
+    assert info._sealed_text({"sealed": None}) == "unknown (the server was not reached)"
