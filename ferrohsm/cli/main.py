@@ -260,7 +260,7 @@ def run_client(args: argparse.Namespace) -> int:
     except ApiError as exc:
         text = _too_large(exc.message, args) if exc.code == "payload_too_large" \
             else exc.message + _named_key(exc.message, args) + _hint(exc.code, args.command,
-                                                                     token)
+                                                                     token, exc.message)
         _fail(f"{text} ({exc.code}, request id {exc.request_id or 'unknown'})")
         return 1
     except ClientError as exc:  # transport: refused, reset, TLS, timeout
@@ -283,8 +283,13 @@ def _named_key(message: str, args: argparse.Namespace) -> str:
     return f": {key[:80]!a} (`ferrohsm keys list` shows the keys this token sees)"
 
 
-def _hint(code: str, command: str, token: str | None) -> str:
+def _hint(code: str, command: str, token: str | None, message: str = "") -> str:
     """What to do next, from the error code and what the CLI's own token says of itself."""
+    if code == "unauthenticated" and message.startswith("token lifetime must be 1-"):
+        # `token issue` without the server's --config mints the default lifetime
+        limit = message.removeprefix("token lifetime must be 1-").split(" ", 1)[0]
+        return (f"; issue one with `ferrohsm token issue --ttl {limit[:12]} …`, or with "
+                "`--config` naming the server's file so the token carries its limits")
     if code == "unauthenticated":
         return "; get a token with `ferrohsm token issue` and set FERROHSM_TOKEN"
     if command not in ops.OPS or code not in ("forbidden", "not_found"):

@@ -125,3 +125,14 @@ def test_status_counts_certificate_time_as_a_reader_would() -> None:
         assert info._time_left(at(delta)) == text, delta
     assert info._days_left("not a time") is None
     assert info._sealed_text({"sealed": None}) == "unknown (the server was not reached)"
+
+
+def test_a_token_refused_for_its_lifetime_is_told_how_to_issue_one_the_server_takes() -> None:
+    """`token issue --data-dir` without the server's --config mints the default lifetime; a
+    server whose limit is shorter refused it, and the hint sent the user back to the same
+    command."""
+    from ferrohsm.cli.main import _hint
+
+    hint = _hint("unauthenticated", "whoami", None, "token lifetime must be 1-60 seconds")
+    assert "--ttl 60" in hint and "--config" in hint
+    assert "token issue" in _hint("unauthenticated", "whoami", None, "token expired")
