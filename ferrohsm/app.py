@@ -43,6 +43,7 @@ from .config import Config, Secrets, fsync_cores, parse_listen
 from .control.cluster import Cluster
 from .control.heldscheduler import HeldScheduler
 from .control.policy import Policy
+from .control.steadyclock import SteadyClock
 from .control.voting import VoteRules
 from .crypto.recordmac import RecordMac
 from .crypto.seal import Sealer
@@ -490,6 +491,7 @@ def start_scheduler(rt: Runtime) -> threading.Thread:
     """The retention scheduler (ferrohsm/scheduler.py), every [scheduler].interval_seconds."""
     cluster = rt.cluster
     scheduler = HeldScheduler(rt.service, hold=rt.pause.hold,  # never beside a rekey
+                              clock=SteadyClock(rt.service.clock),  # no work for a clock's jump
                               approval_retention_days=rt.config.approvals.retention_days,
                               audit_prune=rt.audit.prune,
                               leader=cluster.leader.is_leader if cluster else None)

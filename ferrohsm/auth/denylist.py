@@ -5,7 +5,8 @@ signature segment with trailing ``=``), so a list of token strings is bypassed b
 same token. A ``jti`` is inside the signed payload and cannot be respelled.
 
 Entries expire: once every token that could carry a ``jti`` is past its ``exp`` (plus leeway), the
-entry is useless and is pruned, so the list stays small. The file is JSON, mode 0600, written to a
+entry is useless and is pruned, so the list stays small: a day later (``KEEP_EXPIRED``), so that a
+wall clock stepped ahead by mistake, and back again, does not make a revoked token good again. The file is JSON, mode 0600, written to a
 temporary file, fsynced and renamed into place, so a crash leaves the old or the new list, never a
 torn one. A file that cannot be read at start-up stops the server: silently forgetting revocations
 would re-admit revoked tokens. The file is re-read when it changes on disk (another process sharing
@@ -48,6 +49,7 @@ from ..domain.model import PLAIN_TEXT_RE
 log = logging.getLogger("ferrohsm.auth")
 FORMAT_VERSION = 1
 MAX_JTI_CHARS = 128
+KEEP_EXPIRED = 86400.0  # seconds an expired entry is kept (a clock stepped ahead and back)
 
 
 def valid_jti(jti: object) -> bool:
@@ -139,8 +141,10 @@ class DenyList:
                 with self._entries_lock:
                     self._entries = lengthened(self._entries, listed)
                 raise
-            merged = lengthened({k: v for k, v in self._entries.items() if v > now}, listed)
-            if len(merged) > self._max:
+            kept_from = now - KEEP_EXPIRED  # a clock stepped ahead does not drop live entries
+            merged = lengthened({k: v for k, v in self._entries.items() if v > kept_from},
+                                listed)
+            if sum(until > now for until in merged.values()) > self._max:
                 raise Unavailable(f"the token deny-list is full ({self._max} live entries)")
             with self._entries_lock:
                 self._entries = merged

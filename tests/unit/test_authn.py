@@ -326,6 +326,20 @@ def test_deny_list_entries_expire(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "revoked.json").read_text())["revoked"] == {"new": 5000.0}
 
 
+def test_a_revocation_outlives_a_wall_clock_stepped_ahead_and_back(tmp_path: Path) -> None:
+    """A time tester stepped the clock two hours ahead, revoked another token (which dropped
+    every entry expired by that clock), stepped it back: the first token was good again."""
+    from ferrohsm.auth.denylist import KEEP_EXPIRED
+
+    path = tmp_path / "revoked.json"
+    dl = DenyList(path)
+    dl.revoke("victim", until=1900.0, now=1000.0)
+    dl.revoke("other", until=9000.0, now=1000.0 + 7200)  # the clock two hours ahead
+    assert dl.is_revoked("victim", 1100.0) and DenyList(path).is_revoked("victim", 1100.0)
+    dl.revoke("later", until=9900.0, now=1900.0 + KEEP_EXPIRED + 1)  # a day past: it goes
+    assert not DenyList(path).is_revoked("victim", 1100.0)
+
+
 def test_deny_list_sees_revocations_by_another_process(tmp_path: Path) -> None:
     path = tmp_path / "revoked.json"
     reader, writer = DenyList(path, check_interval=0.0), DenyList(path)
