@@ -12,11 +12,15 @@ per request), all on the loop thread:
   carried a request with a valid token is TRUSTED, and so is, for a while, its address (the last
   ``TRUSTED_ADDRESSES`` such addresses are remembered), so a fresh connection from a service
   that authenticated before may use the reserved slots too. Anonymous connections fill only the
-  others; a new one beyond them replaces the oldest unproductive (else the longest-idle)
-  anonymous connection, or is closed when every anonymous connection is busy.
+  others; a new one beyond them replaces the oldest unproductive (else the longest-idle, else
+  the one whose request has been arriving the longest, ``STALLED`` seconds at least) anonymous
+  connection, or is closed when every anonymous connection is busy. (A peer that got one answer
+  to ``/healthz`` and then dribbled a body on each of its connections kept every anonymous slot,
+  and every new client out, for as long as it liked.)
 - eviction order when someone must make room (``victim``): an unproductive connection (the
   oldest of the address holding the most), then the longest-idle keep-alive one; anonymous
-  before trusted; busy ones never.
+  before trusted; for a new anonymous client, then an anonymous one stalled mid-request; ones
+  whose request is being answered never.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from .connection import BODY, HANDSHAKE, HEAD, IDLE, Conn
 TRUSTED_ADDRESSES = 4096
 YOUNG = 0.05  # seconds a new connection is spared eviction (``victim``), unless its address
 FLOODING = 4  # holds this many unproductive connections
+WARN_EVERY = 60.0  # seconds between warnings of connections turned away
+STALLED = 1.0  # seconds a request may take to arrive before its anonymous connection may go
 # states in which a connection may be evicted (and a refused handshake's drain: Conn.raw)
 _UNPRODUCTIVE = (HANDSHAKE, IDLE, HEAD, BODY)
 
@@ -44,26 +50,35 @@ class Admission:
         self.reserved = int(max_connections * reserved_share)
         self.anonymous_slots = max_connections - self.reserved
         self.turned_away = 0  # connections closed at accept by the caps
+        self._warned_at = float("-inf")
         self.exempt = exempt  # addresses the per-address caps do not apply to (trusted proxies)
         self._per_ip: dict[str, list[int]] = {}  # address -> [open, unproductive]
         self._anonymous = 0  # open connections that are not trusted
         self._trusted: collections.OrderedDict[str, None] = collections.OrderedDict()
 
-    def admit(self, ip: str, conns: Iterable[Conn],
-              log: logging.Logger) -> tuple[bool, bool, Conn | None]:
+    def admit(self, ip: str, conns: Iterable[Conn], log: logging.Logger,
+              now: float | None = None) -> tuple[bool, bool, Conn | None]:
         """Whether a new connection from ``ip`` is admitted, whether it is trusted, and the
         connection to close first to make room for it (if any)."""
         why = self.over_cap(ip)
         trusted = why is None and ip in self._trusted
         victim = None
         if why is None and not trusted and self.reserved and self._anonymous >= self.anonymous_slots:
-            victim = self.victim(conns, anonymous_only=True)
+            held = self._per_ip.get(ip)
+            victim = self.victim(conns, anonymous_only=True, now=now,
+                                 stalled_before=None if now is None else now - STALLED,
+                                 own=ip if held is not None and held[0] >= FLOODING else None)
             if victim is None:
                 why = "anonymous share full"
         if why is None:
             return True, trusted, victim
         self.turned_away += 1
-        log.debug("turned away a connection from %s: %s", ip, why)
+        if now is not None and now - self._warned_at >= WARN_EVERY:  # seen, never a flood of lines
+            log.warning("turned away a connection from %s: %s (%d turned away so far)", ip, why,
+                        self.turned_away)
+            self._warned_at = now
+        else:
+            log.debug("turned away a connection from %s: %s", ip, why)
         return False, False, None
 
     def over_cap(self, ip: str) -> str | None:
@@ -120,7 +135,8 @@ class Admission:
             del self._per_ip[ip]
 
     def victim(self, conns: Iterable[Conn], *, anonymous_only: bool,
-               now: float | None = None, idle: bool = True) -> Conn | None:
+               now: float | None = None, idle: bool = True,
+               stalled_before: float | None = None, own: str | None = None) -> Conn | None:
         """An unproductive connection, else the longest-idle keep-alive one; anonymous before
         trusted; None when every candidate is busy. Of the unproductive ones, the oldest of the
         address holding the most: under a flood of connections as fast as the loopback takes
@@ -128,9 +144,13 @@ class Admission:
         its first answer, while the flooding address kept dozens. Given ``now``, a connection
         accepted less than YOUNG seconds ago is spared unless its address holds FLOODING or
         more unproductive ones: a client has not had the time to send its first request.
-        Without ``idle``, only unproductive connections are candidates."""
+        Without ``idle``, only unproductive connections are candidates. Given
+        ``stalled_before``, last of all an anonymous connection whose request started arriving
+        before then. Given ``own``, the address of a newcomer that holds FLOODING connections
+        already, that address's own connections go first: it replaces its own, not a client's
+        new connection (which, before its first answer, would otherwise go first)."""
         best: Conn | None = None
-        best_key: tuple[int, bool, int, float] = (2, True, 0, 0.0)
+        best_key: tuple[bool, int, bool, int, float] = (True, 3, True, 0, 0.0)
         per_ip = self._per_ip
         young = float("inf") if now is None else now - YOUNG  # None: no connection spared
         for conn in conns:
@@ -141,9 +161,12 @@ class Admission:
                 count = held[1] if held else 0
                 if conn.accepted_at > young and count < FLOODING:
                     continue
-                key = (0, conn.trusted, -count, conn.accepted_at)
+                key = (conn.peer[0] != own, 0, conn.trusted, -count, conn.accepted_at)
             elif idle and conn.state == IDLE:
-                key = (1, conn.trusted, 0, conn.idle_since)
+                key = (conn.peer[0] != own, 1, conn.trusted, 0, conn.idle_since)
+            elif (stalled_before is not None and not conn.trusted
+                  and conn.state in (HEAD, BODY) and conn.received_at < stalled_before):
+                key = (conn.peer[0] != own, 2, False, 0, conn.received_at)
             else:
                 continue
             if key < best_key:

@@ -319,7 +319,8 @@ class HardenedHTTPServer:
             except OSError as exc:  # EMFILE and friends: pause, and let eviction free an fd
                 self.log.warning("accept failed (%s): pausing new connections", exc.strerror)
                 return self._listener.pause(now)
-            admitted, trusted, victim = self.admission.admit(str(addr[0]), self._conns, self.log)
+            admitted, trusted, victim = self.admission.admit(str(addr[0]), self._conns,
+                                                             self.log, now)
             if victim is not None:
                 self._close(victim)
             if admitted:

@@ -225,3 +225,63 @@ def test_a_few_silent_connections_do_not_fill_the_anonymous_share(tmp_path: Path
         for sock in silent:
             sock.close()
         live.close()
+
+
+STALLER = r'''
+import socket, ssl, sys, time
+port, count, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+
+def stalled():
+    try:
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=2,
+                                                      source_address=("127.0.0.99", 0)),
+                            server_hostname="localhost")
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        if b" 200 " not in s.recv(4096):
+            raise OSError
+        s.sendall(b"POST /v1/keys HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100000\r\n\r\n{")
+        return s
+    except OSError:
+        return None
+
+held = [c for c in (stalled() for _ in range(count)) if c is not None]
+print(len(held), flush=True)
+end = time.monotonic() + seconds
+while time.monotonic() < end:  # whatever the server closes is opened again
+    time.sleep(0.5)
+    for i, c in enumerate(held):
+        try:
+            c.setblocking(False)
+            gone = c.recv(1) == b""
+        except (ssl.SSLWantReadError, BlockingIOError):
+            gone = False
+        except OSError:
+            gone = True
+        if gone:
+            c.close()
+            held[i] = stalled() or c
+'''
+
+
+def test_connections_answered_once_then_stalled_mid_body_do_not_lock_new_clients_out(
+        tmp_path: Path) -> None:
+    """An outside tester's attack on the defaults: one anonymous address answered a /healthz
+    on each of 48 connections (so each counted as productive, never evicted), then sent a
+    request head with a large Content-Length and one body byte. Every anonymous slot was held
+    for the 30 s body timeout, again and again: 75 of 75 clients from new addresses refused.
+    Now a new client takes the place of the connection stalled longest."""
+    live = LiveServer(tmp_path)
+    token = live.token("auditor")
+    staller = subprocess.Popen([sys.executable, "-c", STALLER, str(live.port), "48", "20"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert staller.stdout is not None and int(staller.stdout.readline()) >= 40
+        time.sleep(1.5)  # past STALLED: the held requests have been arriving for a while
+        for n in range(10):
+            _timed_request(live, token, f"127.0.{n + 3}.7", "/v1/whoami")
+            time.sleep(0.2)
+    finally:
+        _stop(staller, live)

@@ -69,6 +69,50 @@ def test_reserved_share_keeps_slots_for_authenticated_peers() -> None:
     assert adm.admit("10.0.0.5", anon, LOG) == (True, True, None)
 
 
+def test_a_new_client_replaces_an_anonymous_connection_stalled_mid_request(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A peer answered once (``/healthz``) that then dribbles a body on each of its connections
+    held every anonymous slot: every new client was closed after accept for as long as it
+    kept that up (an outside tester's 75 of 75 refused). A connection whose request has been
+    arriving for STALLED seconds gives way to a new client; one just started, or one being
+    answered, does not; and being turned away is logged at warning, once a minute."""
+    from ferrohsm.api.admission import STALLED
+    from ferrohsm.api.connection import BODY
+
+    adm = Admission(4, None, None, reserved_share=0.5)  # 2 anonymous slots
+    held = [conn("10.0.0.99", adm, 1.0), conn("10.0.0.99", adm, 1.0)]
+    for c in held:
+        adm.productive(c)  # one /healthz answered on each
+        c.state, c.received_at = BODY, 10.0
+    assert adm.admit("10.1.2.3", held, LOG, now=10.0 + STALLED / 2) == (False, False, None)
+    assert adm.admit("10.1.2.3", held, LOG, now=10.0 + STALLED + 0.1) == (True, False, held[0])
+    held[0].state = BUSY  # being answered: never evicted
+    held[1].received_at = 20.0
+    with caplog.at_level(logging.WARNING, logger="test"):
+        assert adm.admit("10.1.2.4", held, LOG, now=20.5)[0] is False
+        assert adm.admit("10.1.2.5", held, LOG, now=21.0)[0] is False
+    assert [r.levelno for r in caplog.records].count(logging.WARNING) == 1
+    assert "anonymous share full" in caplog.text
+
+
+def test_an_address_holding_many_replaces_its_own_not_a_new_client() -> None:
+    """The stalling peer re-opened what the server closed: its new connection replaced the new
+    client's (unproductive until its first answer, so first in line) again and again."""
+    adm = Admission(8, None, None, reserved_share=0.5)  # 4 anonymous slots
+    mine = [conn("10.0.0.99", adm, 1.0) for _ in range(3)]
+    for c in mine:
+        adm.productive(c)
+        c.state, c.received_at = HEAD, 2.0
+    client = conn("10.1.1.1", adm, 0.0)  # no answer yet: first in line for anyone else
+    conns = [*mine, client]
+    assert adm.admit("10.2.2.2", conns, LOG, now=5.0)[2] is client
+    fourth = conn("10.0.0.99", adm, 1.0)
+    adm.productive(fourth)
+    fourth.state, fourth.received_at = HEAD, 2.0
+    conns.append(fourth)  # the address holds FLOODING now: it gives way to itself
+    assert adm.admit("10.0.0.99", conns, LOG, now=5.0)[2] in [*mine, fourth]
+
+
 def test_share_must_leave_anonymous_slots() -> None:
     with pytest.raises(ValueError):
         Admission(10, None, None, 1.0)
