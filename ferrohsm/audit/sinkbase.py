@@ -518,12 +518,28 @@ class ChainedSink(Settling, SplitFlush, AuditSink):
         head is then ahead of the stored one), and by a verification against its checkpoints."""
         if not self.healthy():
             return
+        if self._problem is not None:
+            self._probe()
         try:
             self.catch_up()
             if self._committed[0] > self._last_checkpoint_seq:
                 self.make_checkpoint()
         except AuditUnavailable as exc:
             log.warning("audit: time checkpoint: %s", exc.message)
+
+    def _probe(self) -> None:
+        """The last write failed (the database down, a full disk) and nothing since said
+        otherwise: write a record saying the log takes records again. Without it /readyz stayed
+        "not ready" after the cause was gone, until a request came, and a load balancer sends
+        no request to a node it took out of rotation (an outside tester). A probe that fails
+        changes nothing."""
+        failures = self._failures
+        try:
+            self.append(self._system_event(
+                "audit.writable", f"the audit log takes records again (after {failures} failed "
+                "writes since start)", failed_writes=failures))
+        except AuditUnavailable:
+            pass
 
     def _checkpoint_opened(self) -> None:
         """At open, once the head is known and checked (and any genesis or recovery record is

@@ -396,6 +396,33 @@ def test_degraded_from_a_failed_commit_until_the_next_good_one(backend: Backend)
     assert opened.degraded() == "the audit log is closed"
 
 
+def test_a_failed_write_is_probed_until_the_log_takes_records_again(backend: Backend) -> None:
+    """/readyz reads degraded(): after a failed write it stayed "not ready" until a request
+    came, and no request comes to a node a load balancer took out of rotation (an outside
+    tester, after a database outage). The checkpoint thread now writes an ``audit.writable``
+    record when the cause is gone. A file sink's failed fsync needs a restart: no probe."""
+    import time
+
+    opened = backend.open(failing=True, checkpoint_interval=0.1)
+    fill(opened, 2)
+    opened.fail = True
+    with pytest.raises(AuditUnavailable):
+        opened.append(event(70))
+    time.sleep(0.5)  # probes meanwhile fail and change nothing
+    assert opened.degraded() is not None
+    opened.fail = False
+    deadline = time.monotonic() + 5
+    while opened.degraded() is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if backend.kind == "file":
+        assert "restart" in (opened.degraded() or "")
+    else:
+        assert opened.degraded() is None
+        assert opened.read(0, 100)[-1]["action"] == "audit.writable"
+    opened.close()
+    assert backend.verify().ok
+
+
 # ---- tickets (the event-loop server: one write per turn, one flush per group of turns) ----------
 
 def test_queued_records_are_durable_only_after_wait(sink: Any, backend: Backend) -> None:
