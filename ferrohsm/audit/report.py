@@ -28,7 +28,8 @@ SENSITIVE = ("destroy", "revoke", "rollback", "purge", "lost", "loss_accepted",
              "audit.recovery")
 # The sink's own records (no one's action): left out of every count but the total. Everything
 # else under audit.* is someone's (audit.read, allowed or denied; audit.recovery).
-BOOKKEEPING = frozenset({"audit.genesis", "audit.checkpoint", "audit.segment_start"})
+BOOKKEEPING = frozenset({"audit.genesis", "audit.checkpoint", "audit.segment_start",
+                         "audit.writable"})
 AUTH_PREFIXES = ("auth", "login", "token")
 MAX_CELL = 60
 
