@@ -12,6 +12,7 @@ returns ``{label values: number}`` and runs at scrape time (e.g. the TLS certifi
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import threading
@@ -20,6 +21,8 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 
 from .metricshare import Family, MetricShare
+
+log = logging.getLogger("ferrohsm.telemetry")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -118,6 +121,26 @@ class Histogram:
         return lines
 
 
+_unread: dict[str, float] = {}  # family -> when a failed read was last logged
+
+
+def _read(name: str, read: Callable[[], dict[tuple[str, ...], float]]
+          ) -> dict[tuple[str, ...], float]:
+    """A family's values read at scrape time, or none when the read fails (the key store or
+    the database down): the rest of the scrape still answers, ``ferrohsm_audit_healthy`` among
+    it, where one failing read used to turn the whole scrape into a 503. Logged once a minute
+    a family."""
+    try:
+        return read()
+    except Exception as exc:  # any failure of one source must not cost the other series
+        now = time.monotonic()
+        if now - _unread.get(name, float("-inf")) >= 60.0:
+            _unread[name] = now
+            log.warning("metrics: %s left out of the scrape: %s", name,
+                        getattr(exc, "message", None) or type(exc).__name__)
+        return {}
+
+
 class Gauge:
     """A value read at scrape time from ``read`` (label values → number)."""
 
@@ -128,7 +151,7 @@ class Gauge:
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge"]
         lines += [f"{self.name}{_labels(self.label_names, k)} {_num(v)}"
-                  for k, v in sorted(self.read().items())]
+                  for k, v in sorted(_read(self.name, self.read).items())]
         return lines
 
 
@@ -142,7 +165,7 @@ class CounterFunc:
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name}_total {self.help}", f"# TYPE {self.name}_total counter"]
         lines += [f"{self.name}_total{_labels(self.label_names, k)} {_num(v)}"
-                  for k, v in sorted(self.read().items())]
+                  for k, v in sorted(_read(self.name, self.read).items())]
         return lines
 
 

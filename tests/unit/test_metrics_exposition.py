@@ -87,3 +87,22 @@ def test_another_package_adds_a_gauge_read_at_scrape_time() -> None:
     parsed = {f.name: f for f in text_string_to_metric_families(metrics.render())}
     (sample,) = parsed["ferrohsm_tls_certificate_expiry_timestamp_seconds"].samples
     assert sample.labels == {"certificate": "server"} and sample.value == 1.9e9
+
+
+def test_a_read_that_fails_leaves_out_its_family_not_the_scrape() -> None:
+    """With the database down the keys-by-state gauge's read raised and /metrics answered 503,
+    so Prometheus lost every series (ferrohsm_audit_healthy among them) during the outage."""
+    from ferrohsm.domain.errors import StoreError
+
+    metrics = ServerMetrics()
+
+    def down() -> dict[tuple[str, ...], float]:
+        raise StoreError("cannot reach the key database")
+
+    metrics.add_gauge("ferrohsm_keys", "Keys by lifecycle state", down, ("state",))
+    metrics.add_counter("ferrohsm_things", "Things", down)
+    metrics.add_gauge("ferrohsm_audit_healthy", "1 when the audit log accepts records",
+                      lambda: {(): 0.0})
+    parsed = {f.name: f for f in text_string_to_metric_families(metrics.render())}
+    assert parsed["ferrohsm_keys"].samples == [] and parsed["ferrohsm_things"].samples == []
+    assert parsed["ferrohsm_audit_healthy"].samples[0].value == 0.0
