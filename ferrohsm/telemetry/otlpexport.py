@@ -17,9 +17,10 @@ started it, through a pipe only the two hold: ``marshal`` reads nothing else.
 A collector that is down or refuses: the SDK would log every retry of every batch (three
 warnings and an error a batch, for as long as the backlog lasts). Its messages are kept, not
 printed; this process says once a minute how many spans it could not deliver and the latest
-cause, and once when delivery works again. It tells the server its running count of spans
-not delivered on stdout (a line, the number), which the server shows on /metrics
-(``ferrohsm_trace_spans_total{outcome="failed"}``).
+cause, and once when delivery works again. It tells the server its running counts of spans
+not delivered and delivered on stdout (a line, "failed exported"): the server shows the first on
+/metrics (``ferrohsm_trace_spans_total{outcome="failed"}``), and counts as failed whatever a
+child it replaced had been handed and neither delivered nor failed.
 """
 
 from __future__ import annotations
@@ -158,18 +159,16 @@ class Exporter:
         """Malformed records (a bug upstream), counted as spans not delivered."""
         if records:
             self.failed += records
-            report_failed(self.failed)
+            report_failed(self.failed, self.exported)
 
     def _account(self, handed: int, encoded: int, sent: bool) -> None:
-        failed = self.failed
         self.failed += handed - encoded
         if sent:
             self.exported += encoded
         else:  # the SDK has told the LatestProblem handler why
             self.failed += encoded
-        if self.failed != failed:
-            report_failed(self.failed)
-        self._say(sent)
+        report_failed(self.failed, self.exported)  # every request: the server's account of
+        self._say(sent)                            # what a replaced child still held
 
     def _say(self, sent: bool) -> None:
         """At most one warning a minute while spans are not delivered; one when they are again."""
@@ -286,11 +285,12 @@ class LatestProblem(logging.Handler):
         self.latest = ""
 
 
-def report_failed(count: int) -> None:
-    """Tell the server the running count of spans not delivered (a line on stdout). Never
-    waits: a server that has not read the last lines yet gets a later, larger count."""
+def report_failed(count: int, exported: int) -> None:
+    """Tell the server the running counts of spans not delivered and delivered (a line on
+    stdout: "failed exported"). Never waits: a server that has not read the last lines yet
+    gets later, larger counts."""
     try:
-        os.write(sys.stdout.fileno(), f"{count}\n".encode("ascii"))
+        os.write(sys.stdout.fileno(), f"{count} {exported}\n".encode("ascii"))
     except (BlockingIOError, OSError, ValueError):
         pass
 

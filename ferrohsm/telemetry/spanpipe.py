@@ -26,6 +26,7 @@ import logging
 import marshal
 import os
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -109,6 +110,7 @@ class SpanPipe:
         self.sent = self.dropped = self.restarts = 0  # spans (see weigh), restarts
         self.weigh: Callable[[Any], int] | None = None  # a record's spans; None: one each
         self._failed_before = self._failed_now = 0  # by children gone; by the running one
+        self._handed_now = self._exported_now = 0  # spans to the running child; it delivered
         self._reports = b""  # the running child's report lines not complete yet
         self.proc: subprocess.Popen[bytes] | None = None
         self._fd = -1
@@ -190,7 +192,9 @@ class SpanPipe:
         for at in range(0, len(batch), size):
             chunk = batch[at:at + size]
             if self._send(marshal.dumps(chunk)):
-                self.sent += self._spans(chunk)
+                spans = self._spans(chunk)
+                self.sent += spans
+                self._handed_now += spans
             else:
                 self._drop(self._spans(batch[at:]))
                 return
@@ -213,7 +217,13 @@ class SpanPipe:
         """Write one frame without ever waiting on a healthy pipe: False when the pipe has no
         room for it (a busy child) or the child is gone."""
         frame = HEADER.pack(len(payload)) + payload
-        if len(frame) <= self._capacity and self._capacity - _unread(self._fd) < len(frame):
+        # Room with a margin: the kernel counts a pipe in pages, and a write that does not
+        # fit the last page's rest starts a new one, so bytes unread understate what is
+        # taken; a write that did not fit was cut short and waited on (a child replaced for
+        # it, an outside tester saw, during a collector outage).
+        margin = self._capacity // 8
+        if len(frame) <= self._capacity - margin and \
+                self._capacity - margin - _unread(self._fd) < len(frame):
             return False
         try:
             written = os.write(self._fd, frame)
@@ -263,8 +273,11 @@ class SpanPipe:
         lines = (self._reports + data).split(b"\n")
         self._reports = lines[-1][-64:]
         for line in reversed(lines[:-1]):
-            if line.strip().isdigit():
-                self._failed_now = max(self._failed_now, int(line))
+            counts = line.split()
+            if 1 <= len(counts) <= 2 and all(c.isdigit() for c in counts):
+                self._failed_now = max(self._failed_now, int(counts[0]))
+                if len(counts) == 2:
+                    self._exported_now = max(self._exported_now, int(counts[1]))
                 break
 
     # ---- the child ----
@@ -320,17 +333,21 @@ class SpanPipe:
             proc.kill()
         code = proc.wait()
         self.proc = proc
-        self._collect()  # its last count, then it counts among the gone
+        self._collect()  # its last counts, then it counts among the gone
         self.proc = None
-        self._failed_before, self._failed_now, self._reports = self.failed, 0, b""
+        held = max(0, self._handed_now - self._failed_now - self._exported_now)
+        self._failed_before, self._failed_now, self._reports = self.failed + held, 0, b""
+        self._handed_now = self._exported_now = 0
         if proc.stdout is not None:
             proc.stdout.close()
+        what = "was stopped" if code == -signal.SIGKILL else f"exited (status {code})"
         if not self._warned:
             self._warned = True
-            log.warning("the span exporter process exited (status %s); restarting it, spans "
-                        "are dropped meanwhile", code)
+            log.warning("the span exporter process %s; %d spans it held are counted as "
+                        "failed; restarting it, spans are dropped meanwhile", what, held)
         else:
-            log.info("the span exporter process exited again (status %s)", code)
+            log.info("the span exporter process %s again (%d spans it held counted as failed)",
+                     what, held)
         if time.monotonic() - self._started > 60.0:
             self._backoff = 1.0  # it had been running well: restart soon
         self._restart_later()

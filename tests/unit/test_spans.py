@@ -196,6 +196,40 @@ def test_a_dead_child_is_restarted_after_a_backoff(tmp_path: Path) -> None:
     assert sent >= 1 and sum(len(f) for f in frames(out)) == pipe.stats()["sent"]
 
 
+HALF_DELIVERED = r"""
+import marshal, os, struct, sys
+n = 0
+while len(head := sys.stdin.buffer.read(4)) == 4:
+    n += len(marshal.loads(sys.stdin.buffer.read(struct.unpack(">I", head)[0])))
+    os.write(1, f"0 {n // 2}\n".encode())
+"""
+
+
+def test_spans_a_lost_child_held_are_counted_failed(tmp_path: Path) -> None:
+    """An outside tester, during a collector outage: the child was replaced, and the spans it
+    held (handed to it, neither delivered nor reported failed) vanished from every count. The
+    child reports "failed exported"; what it was handed beyond both counts as failed."""
+    pipe = SpanPipe([sys.executable, "-c", HALF_DELIVERED], interval=0.05)
+    try:
+        record = (TRACE, SPAN, None, "GET /x", SERVER, 1, 2, None, False, None)
+        pipe.queue.extend([record] * 100)
+        deadline = time.monotonic() + 10
+        while pipe._exported_now < 50 and time.monotonic() < deadline:
+            time.sleep(0.02)
+            with pipe._lock:
+                pipe._collect()
+        assert pipe.stats()["sent"] == 100 and pipe._exported_now == 50
+        assert pipe.proc is not None
+        os.kill(pipe.proc.pid, signal.SIGKILL)
+        pipe.proc.wait()
+        while pipe.stats()["failed"] == 0 and time.monotonic() < deadline:
+            pipe.wake.set()
+            time.sleep(0.02)
+        assert pipe.stats()["failed"] == 50  # the half it held: neither delivered nor failed
+    finally:
+        pipe.close()
+
+
 def test_frames_are_length_prefixed_marshal() -> None:
     payload = marshal.dumps([("a", 1)])
     stream = io.BytesIO(HEADER.pack(len(payload)) + payload + HEADER.pack(10) + b"short")
