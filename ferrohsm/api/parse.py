@@ -54,7 +54,7 @@ from ..domain.errors import (
 )
 from .http import Headers, Request, Response, pick_request_id
 
-_METHOD_RE = re.compile(rb"[A-Z]{1,20}")
+_METHOD_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,20}")  # RFC 9110 token, at most 20
 # RFC 3986 pchar / query characters, '%' for pct-encoding. No fragment, no space, no CTL.
 _TARGET_RE = re.compile(rb"/[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]*")
 _VERSION_RE = re.compile(rb"HTTP/[0-9]\.[0-9]")
