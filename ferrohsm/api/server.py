@@ -78,6 +78,7 @@ ACTIVE_WINDOW = 0.001  # seconds after an answer during which a connection count
 _RECV_SIZE, _LISTENER, _WAKE, _FLUSHED = 65536, object(), object(), object()
 _ACCEPTS_PER_TURN = 256
 LINGER_BODIES = 16  # discarded after a final answer: a 413's client still sending reads it
+DRAIN_READ_SECONDS = 1.0  # at shutdown: time left to a request still arriving
 
 
 class HardenedHTTPServer:
@@ -572,14 +573,19 @@ class HardenedHTTPServer:
             self._listener.holding(len(self._conns), self.max_connections)
 
     def _begin_drain(self) -> None:
-        """Shutdown: refuse new connections now, close idle ones, let the busy ones finish."""
+        """Shutdown: refuse new connections now, close idle ones, let the busy ones finish. A
+        request still arriving gets DRAIN_READ_SECONDS more: peers dribbling request bodies
+        held every restart for the whole grace period (an outside tester)."""
         self._draining = True
         self._drain_deadline = time.monotonic() + self._grace
         if self._listener is not None:
             self._listener.close()
+        now = time.monotonic()
         for conn in list(self._conns):
             if conn.state in (HANDSHAKE, IDLE):
                 self._close(conn)
+            elif conn.state in (HEAD, BODY):  # still arriving: a second more, then a 408
+                conn.deadline = min(conn.deadline, now + DRAIN_READ_SECONDS)
 
     def _cleanup(self) -> None:
         """Close every socket, stop the pool (waiting a little for stuck handlers), done."""

@@ -452,6 +452,22 @@ def test_shutdown_forces_connections_past_grace(make_server: Any, connect: Any) 
     assert ferro_threads() == []
 
 
+def test_shutdown_gives_a_request_still_arriving_one_second_not_the_grace(
+        make_server: Any, connect: Any) -> None:
+    """Peers that sent a head with a Content-Length and one byte of body held every restart
+    for the whole grace period (an outside tester: 20 such connections, 11.2 s to exit)."""
+    server = make_server(header_timeout=30, body_timeout=30)
+    clients = [connect(server) for _ in range(5)]
+    for client in clients:
+        client.send(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 100\r\n\r\n{")
+    time.sleep(0.2)
+    started = time.monotonic()
+    server.shutdown(grace=10)
+    assert time.monotonic() - started < 3.0
+    assert ferro_threads() == []
+
+
 def test_serve_forever_returns_after_shutdown(server_ctx: ssl.SSLContext, client_ctx: Any,
                                               exchange: Any) -> None:
     server = HardenedHTTPServer(lambda r: json_response(200, {}), host="127.0.0.1", port=0,
