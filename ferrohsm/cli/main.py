@@ -28,6 +28,7 @@ from typing import Any
 
 from .. import __version__
 from ..domain.errors import ConfigError, FerroError
+from ..telemetry.logs import fatal
 from . import approvals as approvals_cmd
 from . import argcheck, audit_cmd, completion, info, keys, manpage, ops, tree
 from . import backup as backup_cmd
@@ -364,7 +365,8 @@ def _fail(message: str) -> None:
     if sys.stderr is None:  # closed (2>&-): the exit code is all that can be said
         return
     clean = "".join(c if c.isprintable() else "?" for c in message)
-    print(f"ferrohsm: {clean}", file=sys.stderr)
+    if not fatal(clean):  # `serve` set up its JSON log: one JSON line among the others
+        print(f"ferrohsm: {clean}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from ..config import Config, load_config, load_secrets, parse_listen
 from ..telemetry import access
-from ..telemetry.logs import setup_logging
+from ..telemetry.logs import fatal, setup_logging
 from . import confreload, quickstart, sdnotify
 from .errors import CANNOT_LISTEN, CliExit
 
@@ -322,17 +322,23 @@ def _child(config: Config, options: Any, parent: int, index: int, spread: Any) -
         return _serve(config, wiring.tls_provider(config), None, options, parent=parent,
                       index=index, spread=spread)
     except ConfigError as exc:
-        print(f"ferrohsm: configuration error: {exc.message}", file=sys.stderr)
+        _stop_line(f"configuration error: {exc.message}")
         return 2
     except CliExit as exc:  # cannot listen (4): the parent stops the group, as for 2
-        print(f"ferrohsm: {exc.message}", file=sys.stderr)
+        _stop_line(exc.message)
         return exc.code
     except FerroError as exc:
-        print(f"ferrohsm: {exc.message}", file=sys.stderr)
+        _stop_line(exc.message)
         return 1
     except OSError as exc:
-        print(f"ferrohsm: configuration error: {wiring.startup_failure(exc).message}", file=sys.stderr)
+        _stop_line(f"configuration error: {wiring.startup_failure(exc).message}")
         return 2
+
+
+def _stop_line(message: str) -> None:
+    """Why a serving process stops: a JSON line once the log is set up, else plain text."""
+    if not fatal(message):
+        print(f"ferrohsm: {message}", file=sys.stderr)
 
 
 def _serve(config: Config, ssl_provider: Any, announce: Any = None, options: Any = None,

@@ -42,3 +42,14 @@ def setup_logging(level: str = "INFO") -> None:
         library.handlers[:] = [handler]
         library.setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
         library.propagate = False
+
+
+def fatal(message: str) -> bool:
+    """Say why the server stops as one JSON line (level critical) when the JSON log is set up,
+    so a pipeline that reads stderr as JSON gets its most important line too; False when it is
+    not (the caller prints plain text: the failure came before the log was set up)."""
+    root = logging.getLogger("ferrohsm")
+    if not any(isinstance(h.formatter, JSONFormatter) for h in root.handlers):
+        return False
+    root.critical(message)
+    return True

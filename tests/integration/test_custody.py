@@ -292,8 +292,9 @@ def test_a_sealed_server_on_a_busy_port_exits_4_as_an_unsealed_one(tmp_path: Pat
         port = taken.getsockname()[1]
         done = home.cli("serve", "--config", str(home.config), "--listen", f"127.0.0.1:{port}")
     assert done.returncode == 4, done.stderr
-    assert done.stderr.strip().splitlines()[-1] == (
-        f"ferrohsm: cannot listen on 127.0.0.1:{port}: the address is already in use (another "
+    last = json.loads(done.stderr.strip().splitlines()[-1])  # a JSON line, like every other
+    assert last["level"] == "critical" and last["message"] == (
+        f"cannot listen on 127.0.0.1:{port}: the address is already in use (another "
         "server, or an old one still running?): stop it or choose another --listen port")
 
 
