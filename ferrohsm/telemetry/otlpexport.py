@@ -118,8 +118,9 @@ class Exporter:
         self._send = getattr(client, "export", None)
         self._sdk: SdkSpans | None = None if self._send else SdkSpans(self)
         self.exported = self.failed = 0
-        self.batch = batch_settings(os.environ)[1]  # spans an OTLP request
+        self.batch = batch_settings(os.environ, warn=False)[1]  # spans an OTLP request
         self.problems = problems or LatestProblem()
+        self.problems.clear()  # what the SDK said of its settings is no export's cause
         self._warned_at: float | None = None  # when "not delivered" was last said; None: working
 
     def export(self, records: list[Any]) -> None:

@@ -26,7 +26,6 @@ import logging
 import marshal
 import os
 import select
-import signal
 import struct
 import subprocess
 import sys
@@ -66,7 +65,7 @@ def exporter_command() -> list[str]:
     return [sys.executable, "-c", BOOT, json.dumps([p for p in sys.path if p])]
 
 
-def _positive(environ: Mapping[str, str], name: str, default: int) -> int:
+def _positive(environ: Mapping[str, str], name: str, default: int, warn: bool = True) -> int:
     """A positive integer variable, or ``default`` (with a warning when it is malformed)."""
     raw = environ.get(name, "").strip()
     if not raw:
@@ -76,21 +75,23 @@ def _positive(environ: Mapping[str, str], name: str, default: int) -> int:
     except ValueError:
         value = 0
     if value <= 0:
-        log.warning("%s=%s is not a positive integer; using %d", name, raw[:20], default)
+        if warn:
+            log.warning("%s=%s is not a positive integer; using %d", name, raw[:20], default)
         return default
     return value
 
 
-def batch_settings(environ: Mapping[str, str]) -> tuple[float, int, int]:
+def batch_settings(environ: Mapping[str, str], warn: bool = True) -> tuple[float, int, int]:
     """The batch processor's standard variables, where the writer thread plays its part:
     (seconds between writes, records a frame, spans kept at most between writes) from
     OTEL_BSP_SCHEDULE_DELAY (ms), OTEL_BSP_MAX_EXPORT_BATCH_SIZE and OTEL_BSP_MAX_QUEUE_SIZE.
     The exporter child sends a frame's spans in OTLP requests of the batch size (spans).
     Unset, the defaults are ours (150 ms, 512, 200,000), not the SDK's (5 s, 512, 2,048):
-    2,048 spans overflow within a second at a few thousand requests a second."""
-    delay = _positive(environ, "OTEL_BSP_SCHEDULE_DELAY", 150)
-    chunk = _positive(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", CHUNK)
-    queued = _positive(environ, "OTEL_BSP_MAX_QUEUE_SIZE", MAX_QUEUED)
+    2,048 spans overflow within a second at a few thousand requests a second. ``warn``: the
+    server says what is malformed; the exporter child reads the same and says nothing."""
+    delay = _positive(environ, "OTEL_BSP_SCHEDULE_DELAY", 150, warn)
+    chunk = _positive(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", CHUNK, warn)
+    queued = _positive(environ, "OTEL_BSP_MAX_QUEUE_SIZE", MAX_QUEUED, warn)
     return delay / 1000.0, min(chunk, queued), queued
 
 
@@ -329,7 +330,8 @@ class SpanPipe:
             self._fd = -1
         if proc is None:
             return
-        if proc.poll() is None:
+        stopped = proc.poll() is None  # replaced by us (stuck), not exited by itself
+        if stopped:
             proc.kill()
         code = proc.wait()
         self.proc = proc
@@ -340,7 +342,7 @@ class SpanPipe:
         self._handed_now = self._exported_now = 0
         if proc.stdout is not None:
             proc.stdout.close()
-        what = "was stopped" if code == -signal.SIGKILL else f"exited (status {code})"
+        what = "was stopped" if stopped else f"exited (status {code})"
         if not self._warned:
             self._warned = True
             log.warning("the span exporter process %s; %d spans it held are counted as "
