@@ -13,8 +13,8 @@ per request), all on the loop thread:
   ``TRUSTED_ADDRESSES`` such addresses are remembered), so a fresh connection from a service
   that authenticated before may use the reserved slots too. Anonymous connections fill only the
   others; a new one beyond them replaces the oldest unproductive (else the longest-idle, else
-  the one whose request has been arriving the longest, ``STALLED`` seconds at least) anonymous
-  connection, or is closed when every anonymous connection is busy. (A peer that got one answer
+  the one whose request has been arriving, or whose answer has waited for the peer to read it,
+  the longest, ``STALLED`` seconds at least) anonymous connection, or is closed when every anonymous connection is busy. (A peer that got one answer
   to ``/healthz`` and then dribbled a body on each of its connections kept every anonymous slot,
   and every new client out, for as long as it liked.)
 - eviction order when someone must make room (``victim``): an unproductive connection (the
@@ -29,7 +29,7 @@ import collections
 import logging
 from collections.abc import Callable, Iterable
 
-from .connection import BODY, HANDSHAKE, HEAD, IDLE, Conn
+from .connection import BODY, HANDSHAKE, HEAD, IDLE, WRITING, Conn
 
 TRUSTED_ADDRESSES = 4096
 YOUNG = 0.05  # seconds a new connection is spared eviction (``victim``), unless its address
@@ -164,9 +164,11 @@ class Admission:
                 key = (conn.peer[0] != own, 0, conn.trusted, -count, conn.accepted_at)
             elif idle and conn.state == IDLE:
                 key = (conn.peer[0] != own, 1, conn.trusted, 0, conn.idle_since)
-            elif (stalled_before is not None and not conn.trusted
-                  and conn.state in (HEAD, BODY) and conn.received_at < stalled_before):
-                key = (conn.peer[0] != own, 2, False, 0, conn.received_at)
+            elif stalled_before is not None and not conn.trusted and (
+                    (conn.state in (HEAD, BODY) and conn.received_at < stalled_before)
+                    or (conn.state == WRITING and conn.write_since < stalled_before)):
+                since = conn.received_at if conn.state != WRITING else conn.write_since
+                key = (conn.peer[0] != own, 2, False, 0, since)
             else:
                 continue
             if key < best_key:

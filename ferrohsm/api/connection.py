@@ -92,7 +92,8 @@ class Conn:
 
     __slots__ = ("accepted_at", "buf", "chunks", "client_cert_der", "deadline", "drained", "eof",
                  "events", "first", "head", "idle_since", "keep_alive", "out", "peer",
-                 "productive", "raw", "received_at", "scan", "sock", "state", "tls", "trusted")
+                 "productive", "raw", "received_at", "scan", "sock", "state", "tls", "trusted",
+                 "write_since")
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int]) -> None:
         self.sock = sock
@@ -108,6 +109,7 @@ class Conn:
         self.keep_alive = True  # whether the response being written leaves the connection open
         self.idle_since = 0.0
         self.received_at = 0.0
+        self.write_since = 0.0  # WRITING: when the response's send first had to wait
         self.head: RequestHead | None = None
         self.chunks: ChunkedBody | None = None  # the decoder of a chunked body being read
         self.scan = 0  # where to resume looking for the end of the head

@@ -126,6 +126,7 @@ class HardenedHTTPServer:
         self._stopping = threading.Event()
         self._draining = False
         self._drain_deadline = NEVER
+        self._drain_read_by = NEVER  # draining: when requests still arriving get their 408
         self._grace = 10.0
         self._running = False
         self._loop_thread: threading.Thread | None = None
@@ -487,7 +488,7 @@ class HardenedHTTPServer:
             return self._close(conn)
         if not done:
             if conn.deadline == NEVER or conn.state != WRITING:
-                conn.deadline = now + self.body_timeout
+                conn.deadline, conn.write_since = now + self.body_timeout, now
             return self._watch(conn, selectors.EVENT_WRITE)
         if conn.state == WRITING:
             self._after_response(conn, now)
@@ -538,6 +539,11 @@ class HardenedHTTPServer:
     # ----------------------------------------------------------------- deadlines and closing
 
     def _expire(self, now: float) -> None:
+        if self._draining:  # a request still arriving has until _drain_read_by, whatever
+            by = self._drain_read_by  # deadline its head or body set since (then a 408)
+            for conn in self._conns:
+                if conn.state in (HEAD, BODY) and conn.deadline > by:
+                    conn.deadline = by
         for conn in [c for c in self._conns if c.deadline <= now]:
             if conn.state in (HEAD, BODY):  # a started request ran out of time: say so
                 incoming = conn.timed_out(self.limits, now)
@@ -580,12 +586,10 @@ class HardenedHTTPServer:
         self._drain_deadline = time.monotonic() + self._grace
         if self._listener is not None:
             self._listener.close()
-        now = time.monotonic()
+        self._drain_read_by = time.monotonic() + DRAIN_READ_SECONDS
         for conn in list(self._conns):
             if conn.state in (HANDSHAKE, IDLE):
                 self._close(conn)
-            elif conn.state in (HEAD, BODY):  # still arriving: a second more, then a 408
-                conn.deadline = min(conn.deadline, now + DRAIN_READ_SECONDS)
 
     def _cleanup(self) -> None:
         """Close every socket, stop the pool (waiting a little for stuck handlers), done."""

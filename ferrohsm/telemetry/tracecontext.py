@@ -21,8 +21,18 @@ MAX_TRACESTATE = 512  # the specification's limit a vendor must propagate at lea
 # Ids need not be secret (W3C: random, unique), so a PRNG seeded from os.urandom per process
 # serves them without a system call per id (SystemRandom costs one each).
 _ids = random.Random(os.urandom(32))  # noqa: S311  identifiers, not secrets
-# A forked child (processes = N) would otherwise repeat its siblings' ids: seed it afresh.
-os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
+_roots: list[str] = []  # new_root_ids: drawn ROOT_DRAW at a time, handed out one a pop
+ROOT_DRAW = 256
+
+
+def _after_fork() -> None:
+    """A forked child (processes = N) would otherwise repeat its siblings' ids: it seeds the
+    generator afresh and forgets the ids drawn before the fork."""
+    _ids.seed(os.urandom(32))
+    _roots.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +75,30 @@ def new_trace_id() -> str:
 
 
 def new_trace_and_span_ids() -> tuple[str, str]:
-    """A new trace id and span id from one draw (the access line of an untraced request)."""
-    text = new_id_block(1)
+    """A new trace id and span id (the access line of an untraced request)."""
+    text = new_root_ids()
     return text[:32], text[32:]
+
+
+def new_root_ids() -> str:
+    """A new trace id and then a new span id, 48 hex digits (a root request's ids). Drawn
+    ROOT_DRAW at a time and handed out one list pop each: one draw a request cost about 7,400
+    instructions (the format spec built each time, a 192-bit number formatted), against
+    about a tenth of that here. Thread-safe: a pop is atomic, and two threads that find the
+    list empty both refill it."""
+    while True:
+        try:
+            return _roots.pop()
+        except IndexError:
+            _refill()
+
+
+def _refill() -> None:
+    text = _ids.randbytes(24 * ROOT_DRAW).hex()
+    ids = [text[at:at + 48] for at in range(0, len(text), 48)]
+    if _ZERO_SPAN in text:  # all but never: leave out any block with an all-zero id
+        ids = [i for i in ids if i[:32] != _ZERO_TRACE and i[32:] != _ZERO_SPAN]
+    _roots.extend(ids)
 
 
 def new_id_block(spans: int, *, trace: bool = True) -> str:

@@ -41,7 +41,7 @@ from typing import Any
 from . import sampler as sampling
 from .semconv import span_method
 from .spanpipe import SpanPipe
-from .tracecontext import Parent, new_id_block, new_span_id
+from .tracecontext import Parent, new_id_block, new_root_ids, new_span_id
 
 log = logging.getLogger("ferrohsm.telemetry")
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -158,7 +158,7 @@ class Tracer:
         before anything of the request is gathered, so a request left out costs one id draw
         (a root's ratio decision needs its trace id) and nothing more."""
         if parent is None:
-            ids = new_id_block(1)  # the trace id, then the server span's id
+            ids = new_root_ids()  # the trace id, then the server span's id
             if not self.sampler.root(ids[:32]):
                 return None
             return ids[:32], ids[32:]

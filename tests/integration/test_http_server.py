@@ -468,6 +468,23 @@ def test_shutdown_gives_a_request_still_arriving_one_second_not_the_grace(
     assert ferro_threads() == []
 
 
+def test_a_head_completed_after_shutdown_began_still_has_only_the_second(
+        make_server: Any, connect: Any) -> None:
+    """The red team on the fix above: a head still arriving when shutdown began, completed
+    half a second later with a Content-Length, got the body timeout (the grace) again."""
+    server = make_server(header_timeout=30, body_timeout=30)
+    client = connect(server)
+    client.send(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+    time.sleep(0.2)
+    started = time.monotonic()
+    stopper = threading.Thread(target=server.shutdown, kwargs={"grace": 10})
+    stopper.start()
+    time.sleep(0.5)
+    client.send(b"Content-Length: 100\r\n\r\n{")
+    stopper.join(10)
+    assert not stopper.is_alive() and time.monotonic() - started < 3.0
+
+
 def test_serve_forever_returns_after_shutdown(server_ctx: ssl.SSLContext, client_ctx: Any,
                                               exchange: Any) -> None:
     server = HardenedHTTPServer(lambda r: json_response(200, {}), host="127.0.0.1", port=0,

@@ -95,6 +95,21 @@ def test_a_new_client_replaces_an_anonymous_connection_stalled_mid_request(
     assert "anonymous share full" in caplog.text
 
 
+def test_a_new_client_replaces_an_anonymous_connection_that_does_not_read_its_answers() -> None:
+    """The red team's second way: pipelined requests on every connection and a receive buffer
+    never read, so each connection sat in WRITING, neither unproductive, idle nor arriving."""
+    from ferrohsm.api.admission import STALLED
+    from ferrohsm.api.connection import WRITING
+
+    adm = Admission(4, None, None, reserved_share=0.5)
+    held = [conn("10.0.0.98", adm, 1.0), conn("10.0.0.98", adm, 1.0)]
+    for c in held:
+        adm.productive(c)
+        c.state, c.write_since = WRITING, 10.0
+    assert adm.admit("10.1.2.3", held, LOG, now=10.0 + STALLED / 2)[0] is False
+    assert adm.admit("10.1.2.3", held, LOG, now=10.0 + STALLED + 0.1) == (True, False, held[0])
+
+
 def test_an_address_holding_many_replaces_its_own_not_a_new_client() -> None:
     """The stalling peer re-opened what the server closed: its new connection replaced the new
     client's (unproductive until its first answer, so first in line) again and again."""

@@ -143,3 +143,37 @@ def test_an_unsupported_traces_exporter_is_said_not_ignored(
     assert bool(said) is warned
     if warned:
         assert "only otlp is supported" in said[0]
+
+
+def test_root_ids_come_from_a_pool_distinct_nonzero_and_new_after_a_fork(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root requests' ids are drawn 256 at a time; a forked child (processes = N) must not
+    hand out the ids its parent drew before the fork."""
+    import os
+
+    from ferrohsm.telemetry import tracecontext
+    ids = [tracecontext.new_root_ids() for _ in range(600)]  # across refills
+    assert len(set(ids)) == 600
+    assert all(len(i) == 48 and i == i.lower() and int(i[:32], 16) and int(i[32:], 16)
+               for i in ids)
+    pending = list(tracecontext._roots)  # what the parent would hand out next
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, to the parent
+        os.write(write, tracecontext.new_root_ids().encode())
+        os._exit(0)
+    os.close(write)
+    child_id = os.read(read, 100).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert len(child_id) == 48 and child_id not in pending and child_id not in ids
+    draws = iter([bytes(24) + bytes(range(1, 25))])  # an all-zero block, then a good one
+
+    class Stub:
+        def randbytes(self, n: int) -> bytes:
+            return next(draws)
+
+    monkeypatch.setattr(tracecontext, "_ids", Stub())
+    monkeypatch.setattr(tracecontext, "ROOT_DRAW", 2)
+    monkeypatch.setattr(tracecontext, "_roots", [])
+    assert tracecontext.new_root_ids() == bytes(range(1, 25)).hex()
