@@ -33,11 +33,13 @@ MAX_TICK = 1.0  # how often the thread looks at the clock, at most
 class Checkpointer:
     """Owned by a ChainedSink; ``take`` signs the head when it moved (see sinkbase.py)."""
 
-    def __init__(self, take: Callable[[], None], interval: float) -> None:
+    def __init__(self, take: Callable[[], None], interval: float,
+                 probe: Callable[[], None] | None = None) -> None:
         if interval < 0:
             raise ValueError("checkpoint interval must be >= 0 (0: no time checkpoints)")
         self.interval = interval
         self._take = take
+        self._probe = probe  # each tick: the sink's check that a failed log takes records again
         self._witness: Witness | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -73,7 +75,7 @@ class Checkpointer:
         """Start the thread if there is anything for it to do (idempotent)."""
         if self._thread is not None or self._stopping:
             return
-        if not self.interval and self._witness is None:
+        if not self.interval and self._witness is None and self._probe is None:
             return
         self._thread = threading.Thread(target=self._run, name="ferrohsm-checkpoints",
                                         daemon=True)
@@ -106,7 +108,10 @@ class Checkpointer:
             if self._stopping:
                 return
             if self.interval and time.monotonic() - self._last_at >= self.interval:
-                self._take()  # signs only if records arrived; taken() restarts the interval
+                self._last_at = time.monotonic()  # tried: a failing log is retried an
+                self._take()  # interval later, not every tick (taken() restarts it too)
+            if self._probe is not None:
+                self._probe()
             self._publish()
 
     def _publish(self) -> None:

@@ -298,8 +298,10 @@ class PostgresSink(ChainedSink):
                 if sealed is None:  # another node wrote since our last batch
                     sealed = self._insert_locked(conn, events)
             except self._psycopg.OperationalError:
-                if self._conn is None or not (self._conn.closed or self._conn.broken):
-                    raise  # the database answered: no retry
+                # The session broke, or psycopg gave up on it mid-pipeline ("cannot exit
+                # pipeline mode while busy" after the backend was terminated: the connection
+                # then says neither closed nor broken), or the database refused: whichever, a
+                # new session finds out under the lock whether the batch is stored.
                 sent, self._next_seq, self._next_hash = self._sent, *head
                 self._drop_writer()
                 sealed = self._insert_after_lost(self._writer(), events, sent)

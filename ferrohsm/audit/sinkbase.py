@@ -84,6 +84,8 @@ RESTART_NEEDED = ("; the audit log is failed closed: every audited operation is 
 SHORTER_THAN_CHECKPOINT = ("audit log is shorter than its last signed checkpoint: "
                            "truncated or rolled back")
 SYSTEM_ACTOR = "system"
+PROBE_ACTION = "audit.writable"  # the record that says the log takes records again (_probe)
+PROBE_EVERY = 5.0  # seconds between probes while the last write failed
 
 
 def stored_record(text: str | bytes, where: str) -> dict[str, Any]:
@@ -162,11 +164,14 @@ class ChainedSink(Settling, SplitFlush, AuditSink):
         self._problem: str | None = None  # the last failed write or flush, until a good one
         self._closed = False
         self._failures = 0
+        self._failures_at_ok = 0  # _failures at the last good write (the probe's count)
+        self._probe_after = 0.0  # monotonic time before which no probe is written
         self._anchor_failures = 0
         self._last_checkpoint_seq = 0
         self._anchor_lock = threading.Lock()
         try:
-            self._checkpointer = Checkpointer(self._interval_checkpoint, checkpoint_interval)
+            self._checkpointer = Checkpointer(self._interval_checkpoint, checkpoint_interval,
+                                              probe=self._probe)
         except ValueError as exc:
             raise ConfigError(f"audit {exc}") from None
 
@@ -482,6 +487,8 @@ class ChainedSink(Settling, SplitFlush, AuditSink):
         try:
             records = self._persist(events, sync)
         except Exception as exc:
+            if all(e.fields.get("action") == PROBE_ACTION for e in events):
+                raise AuditUnavailable("the audit log still refuses records") from None
             self._failures += 1
             self._last_ok = False
             reason = exc.message if isinstance(exc, AuditUnavailable) else self.failure(exc)
@@ -495,6 +502,7 @@ class ChainedSink(Settling, SplitFlush, AuditSink):
         self._written = (self._next_seq, self._next_hash)
         self._records_written += len(events)
         self._last_ok = True
+        self._failures_at_ok = self._failures
         if sync or not self._splits_sync or not self.durable:  # durable now: a good one
             self._problem = None
         return records
@@ -518,8 +526,6 @@ class ChainedSink(Settling, SplitFlush, AuditSink):
         head is then ahead of the stored one), and by a verification against its checkpoints."""
         if not self.healthy():
             return
-        if self._problem is not None:
-            self._probe()
         try:
             self.catch_up()
             if self._committed[0] > self._last_checkpoint_seq:
@@ -529,15 +535,20 @@ class ChainedSink(Settling, SplitFlush, AuditSink):
 
     def _probe(self) -> None:
         """The last write failed (the database down, a full disk) and nothing since said
-        otherwise: write a record saying the log takes records again. Without it /readyz stayed
-        "not ready" after the cause was gone, until a request came, and a load balancer sends
-        no request to a node it took out of rotation (an outside tester). A probe that fails
-        changes nothing."""
-        failures = self._failures
+        otherwise: write a record saying the log takes records again, at most every
+        PROBE_EVERY seconds. Without it /readyz stayed "not ready" after the cause was gone,
+        until a request came, and a load balancer sends no request to a node it took out of
+        rotation (an outside tester). A probe that fails changes nothing: it is neither logged
+        nor counted as a failed write (``_write_group``)."""
+        now = time.monotonic()
+        if self._problem is None or not self.healthy() or now < self._probe_after:
+            return
+        self._probe_after = now + PROBE_EVERY
+        failed = self._failures - self._failures_at_ok
         try:
             self.append(self._system_event(
-                "audit.writable", f"the audit log takes records again (after {failures} failed "
-                "writes since start)", failed_writes=failures))
+                PROBE_ACTION, f"the audit log takes records again after {failed} failed "
+                "write(s)", failed_writes=failed))
         except AuditUnavailable:
             pass
 

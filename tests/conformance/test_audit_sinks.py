@@ -396,20 +396,32 @@ def test_degraded_from_a_failed_commit_until_the_next_good_one(backend: Backend)
     assert opened.degraded() == "the audit log is closed"
 
 
-def test_a_failed_write_is_probed_until_the_log_takes_records_again(backend: Backend) -> None:
+@pytest.mark.parametrize("interval", [0.1, 0.0], ids=["checkpoints", "no-checkpoints"])
+def test_a_failed_write_is_probed_until_the_log_takes_records_again(
+        backend: Backend, interval: float, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     """/readyz reads degraded(): after a failed write it stayed "not ready" until a request
     came, and no request comes to a node a load balancer took out of rotation (an outside
     tester, after a database outage). The checkpoint thread now writes an ``audit.writable``
-    record when the cause is gone. A file sink's failed fsync needs a restart: no probe."""
+    record when the cause is gone, with time checkpoints or without. A probe that fails is
+    neither logged nor counted (a red team: an error line and a failure a second). A file
+    sink's failed fsync needs a restart: no probe."""
+    import logging
     import time
 
-    opened = backend.open(failing=True, checkpoint_interval=0.1)
+    from ferrohsm.audit import checkpointer, sinkbase
+    monkeypatch.setattr(sinkbase, "PROBE_EVERY", 0.2)
+    monkeypatch.setattr(checkpointer, "MAX_TICK", 0.05)
+    opened = backend.open(failing=True, checkpoint_interval=interval)
     fill(opened, 2)
     opened.fail = True
     with pytest.raises(AuditUnavailable):
         opened.append(event(70))
-    time.sleep(0.5)  # probes meanwhile fail and change nothing
-    assert opened.degraded() is not None
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ferrohsm.audit"):
+        time.sleep(0.6)  # probes meanwhile fail and change nothing
+    assert opened.degraded() is not None and opened.describe()["failures"] == 1
+    assert not [r for r in caplog.records if r.pathname.endswith("sinkbase.py")]
     opened.fail = False
     deadline = time.monotonic() + 5
     while opened.degraded() is not None and time.monotonic() < deadline:
@@ -418,7 +430,8 @@ def test_a_failed_write_is_probed_until_the_log_takes_records_again(backend: Bac
         assert "restart" in (opened.degraded() or "")
     else:
         assert opened.degraded() is None
-        assert opened.read(0, 100)[-1]["action"] == "audit.writable"
+        last = opened.read(0, 100)[-1]
+        assert last["action"] == "audit.writable" and last["details"]["failed_writes"] == 1
     opened.close()
     assert backend.verify().ok
 
