@@ -108,7 +108,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from .. import app as wiring
     try:
         config = load_config(args.config, overrides=_overrides(args))
-        setup_logging(config.logging.level)
+        setup_logging(config.logging.level, fatal_as_json=True)
         warn_unknown_variables(config)
         confreload.remember(config, lambda: load_config(args.config, overrides=_overrides(args)))
         return _run(config, wiring.tls_provider(config), options=_options(args))

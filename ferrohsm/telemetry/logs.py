@@ -7,10 +7,14 @@ import logging
 import sys
 import time
 
+LIBRARY_LIMIT = 2000  # characters kept of a library's message (psycopg, OpenTelemetry)
+
 
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
+        if len(message) > LIBRARY_LIMIT and not record.name.startswith("ferrohsm"):
+            message = message[:LIBRARY_LIMIT] + " …"  # psycopg repeated one warning 30 KB long
         if message.startswith("{") and record.name == "ferrohsm.access":
             body = json.loads(message)
         else:
@@ -26,7 +30,14 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"), default=str)
 
 
-def setup_logging(level: str = "INFO") -> None:
+_fatal_as_json = False  # setup_logging(fatal_as_json=True): `serve`, not `quickstart`
+
+
+def setup_logging(level: str = "INFO", *, fatal_as_json: bool = False) -> None:
+    """JSON lines on stderr. ``fatal_as_json``: the reason the server stops is one of them
+    (``serve``, read by log pipelines); else plain text (``quickstart``, read by a person)."""
+    global _fatal_as_json
+    _fatal_as_json = fatal_as_json
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter())
     root = logging.getLogger("ferrohsm")
@@ -49,7 +60,8 @@ def fatal(message: str) -> bool:
     so a pipeline that reads stderr as JSON gets its most important line too; False when it is
     not (the caller prints plain text: the failure came before the log was set up)."""
     root = logging.getLogger("ferrohsm")
-    if not any(isinstance(h.formatter, JSONFormatter) for h in root.handlers):
+    if not _fatal_as_json or not any(isinstance(h.formatter, JSONFormatter)
+                                     for h in root.handlers):
         return False
     root.critical(message)
     return True

@@ -136,3 +136,17 @@ def test_a_token_refused_for_its_lifetime_is_told_how_to_issue_one_the_server_ta
     hint = _hint("unauthenticated", "whoami", None, "token lifetime must be 1-60 seconds")
     assert "--ttl 60" in hint and "--config" in hint
     assert "token issue" in _hint("unauthenticated", "whoami", None, "token expired")
+
+
+def test_a_librarys_endless_message_is_cut_in_the_json_log() -> None:
+    """psycopg logged one warning 30 KB long (the same sentence hundreds of times)."""
+    import json
+    import logging
+
+    from ferrohsm.telemetry.logs import LIBRARY_LIMIT, JSONFormatter
+
+    record = logging.LogRecord("psycopg", logging.WARNING, __file__, 1, "x" * 30000, None, None)
+    line = json.loads(JSONFormatter().format(record))
+    assert len(line["message"]) <= LIBRARY_LIMIT + 2
+    ours = logging.LogRecord("ferrohsm.api", logging.WARNING, __file__, 1, "y" * 3000, None, None)
+    assert len(json.loads(JSONFormatter().format(ours))["message"]) == 3000
