@@ -26,6 +26,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -278,6 +279,7 @@ class Output:
         self._fh: BinaryIO | None = None
         self._tmp: Path | None = None
         self._target: Path | None = None
+        self._in_place = False  # a file whose folder takes no temporary file: overwritten
 
     @classmethod
     def open(cls, path: str | None, *, secret: bool = False, binary: bool = False) -> Output:
@@ -290,7 +292,11 @@ class Output:
                                  "use --out FILE or redirect stdout")
             return out
         try:
-            out._open_file(Path(os.path.realpath(str(path))))
+            inherited = _inherited_fd(str(path))
+            if inherited is not None:  # the shell's own open file: never reopened or replaced
+                out._fh = os.fdopen(os.dup(inherited), "wb")
+            else:
+                out._open_file(Path(os.path.realpath(str(path))))
         except OSError as exc:
             raise CliExit(f"cannot write {path}: {_why(exc)}; nothing was sent to the server",
                           CANNOT_WRITE) from None
@@ -312,6 +318,13 @@ class Output:
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
                                        dir=target.parent)
+        except PermissionError:
+            if mode is None or (self.secret and stat.S_IMODE(mode) & 0o077):
+                raise  # a secret goes only where no one else may read it
+            # A file this user may write in a folder it may not (a log placed by an
+            # administrator): written in place, as a shell's redirection would, not atomically
+            self._fh, self._in_place = open(target, "r+b"), True
+            return
         except OSError as exc:  # /proc/version exists: its directory takes no new file
             raise OSError(exc.errno, f"{exc.strerror} (creating a temporary file in "
                           f"{target.parent} to replace {target.name} atomically)") from None
@@ -343,8 +356,10 @@ class Output:
                 sys.stdout.buffer.flush()
             return
         with writing(self.path):
+            if self._in_place:
+                self._fh.truncate()  # what was there beyond the new content
             self._fh.flush()
-            if self._tmp is not None:
+            if self._tmp is not None or self._in_place:
                 os.fsync(self._fh.fileno())
             self._fh.close()
             if self._tmp is not None and self._target is not None:
@@ -365,6 +380,29 @@ class Output:
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
             self._tmp = None
+
+
+def _inherited_fd(path: str) -> int | None:
+    """The descriptor ``path`` names when it is one of this process's own (``/dev/stdout``,
+    ``/dev/fd/N``, ``/proc/self/fd/N``, a shell's ``>(cmd)``), else None. Such a path was
+    resolved before, which names a pipe ``pipe:[N]`` (refused as a file that cannot be made),
+    or a file the shell opened, then replaced through a temporary file: ``--out /dev/stdout
+    >> app.log`` wiped app.log."""
+    found = _FD_PATH.fullmatch(path)
+    if found is None:
+        return None
+    name, pid, number = found.groups()
+    if pid is not None and pid not in ("self", str(os.getpid())):
+        return None
+    fd = {"stdout": 1, "stderr": 2}[name] if name else int(number)
+    try:
+        os.fstat(fd)
+    except OSError:
+        return None  # not open here: opened by name (and refused) as before
+    return fd
+
+
+_FD_PATH = re.compile(r"/dev/(stdout|stderr)|(?:/dev|/proc/(self|[0-9]+))/fd/([0-9]{1,9})")
 
 
 def _sync_dir(directory: Path) -> None:
