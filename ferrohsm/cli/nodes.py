@@ -255,8 +255,13 @@ class Supervisor:
                     slot.backoff)
 
     def _restart_due(self, now: float) -> None:
+        """Restart each child whose back-off is over; with no child left serving, the first
+        back-off only (two children killed in turn both waited out a grown back-off, and
+        nothing listened on the port for seconds: an acceptance tester)."""
+        alone = not any(slot.pid for slot in self.slots)
         for index, slot in enumerate(self.slots):
-            if not slot.pid and slot.restart_at and now >= slot.restart_at:
+            due = slot.restart_at - slot.backoff + FIRST_BACKOFF if alone else slot.restart_at
+            if not slot.pid and slot.restart_at and now >= due:
                 slot.restart_at = 0.0
                 self._spawn(index, now)
 

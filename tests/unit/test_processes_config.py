@@ -172,3 +172,22 @@ def test_a_server_pinned_to_one_core_has_its_fsyncs_run_on_the_others(
     others = frozenset(range(os.cpu_count() or 1)) - {0}
     assert fsync_cores(load_config(None, env=env)) == (others if expected == "others"
                                                        else frozenset())
+
+
+def test_with_no_child_serving_a_restart_waits_only_the_first_backoff(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Children killed in turn grew their back-offs to 8 s; once both were down, nothing
+    listened on the port for seconds (an acceptance tester). With a sibling serving, the
+    back-off holds; with none, the first back-off only."""
+    from ferrohsm.cli import nodes
+
+    supervisor = nodes.Supervisor(2, lambda index: 0, 1.0)
+    spawned: list[int] = []
+    monkeypatch.setattr(supervisor, "_spawn", lambda index, now: spawned.append(index))
+    supervisor.slots[0] = nodes.Slot(pid=0, backoff=8.0, restart_at=100.0 + 8.0)
+    supervisor.slots[1] = nodes.Slot(pid=4242)
+    supervisor._restart_due(100.0 + nodes.FIRST_BACKOFF)
+    assert spawned == []  # its sibling serves: the grown back-off holds
+    supervisor.slots[1] = nodes.Slot(pid=0, backoff=4.0, restart_at=101.0 + 4.0)
+    supervisor._restart_due(101.0 + nodes.FIRST_BACKOFF)
+    assert spawned == [0, 1]  # none serves: both back after the first back-off
