@@ -91,6 +91,7 @@ USER_AGENT = "ferrohsm-client/1"
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_RETRY_WAIT = 30.0  # default cap on the total time one call sleeps between its attempts
+CONNECT_TIMEOUT = 5.0  # with several servers: seconds a connection and its handshake may take
 REPEATABLE = frozenset({"encrypt", "decrypt", "sign", "verify", "wrap", "unwrap", "data-key"})
 _JITTER = random.SystemRandom()
 
@@ -304,7 +305,15 @@ class Client:
         """Connect (TCP and TLS) before sending anything: a failure here means the request
         never left, so any call may go to another server (``TransportError.sent`` False)."""
         try:
+            # With other servers to try, a node that does not even finish the handshake (hung,
+            # SIGSTOPped) costs CONNECT_TIMEOUT, not the whole timeout meant for answers (an
+            # acceptance tester waited 30 s each call); the answer keeps the whole timeout.
+            if len(self.urls) > 1 and self.timeout > CONNECT_TIMEOUT:
+                conn.timeout = CONNECT_TIMEOUT
             conn.connect()
+            if conn.sock is not None:
+                conn.sock.settimeout(self.timeout)
+            conn.timeout = self.timeout
         except ssl.SSLCertVerificationError as exc:
             error = self._unverified(exc, request_id)
             error.sent = False

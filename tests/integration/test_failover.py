@@ -98,6 +98,26 @@ def test_idempotent_calls_move_on_after_a_sent_request_and_state_changes_do_not(
         admin.close()
 
 
+def test_a_server_that_never_finishes_the_handshake_costs_seconds_not_the_timeout(
+        live: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hung node (SIGSTOPped: the kernel still accepts its connections) made each call wait
+    the whole 30 s timeout before the next URL (an acceptance tester). With other servers to
+    try, connecting and the handshake get CONNECT_TIMEOUT; the answer keeps the timeout."""
+    import time
+
+    from ferrohsm import client as sdk
+    monkeypatch.setattr(sdk, "CONNECT_TIMEOUT", 0.5)
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never speaks TLS
+    try:
+        with client(live, silent.getsockname()[1], live.port) as hsm:
+            started = time.monotonic()
+            assert hsm.list_keys() is not None
+            assert time.monotonic() - started < 5 and hsm.url.endswith(f":{live.port}")
+            assert hsm.timeout == 30.0
+    finally:
+        silent.close()
+
+
 def test_an_http_answer_never_moves_a_call(live: LiveServer) -> None:
     with client(live, live.port, dead_port()) as hsm:
         with pytest.raises(NotFound):
