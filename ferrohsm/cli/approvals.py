@@ -99,9 +99,24 @@ def key_names(client: Any, ids: set[str]) -> dict[str, str]:
 
 def show(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     approval = client.get_approval(args.approval_id_arg)
+    name = None if settings.output == "json" or settings.field else \
+        _key_name(client, approval.get("key_id"))
     output.emit(settings, approval,
-                lambda: output.approval_detail(approval, output.use_colour(sys.stdout)))
+                lambda: output.approval_detail(approval, output.use_colour(sys.stdout), name))
     return 0
+
+
+def _key_name(client: Any, key_id: Any) -> str | None:
+    """The approval's key's name, as the listing shows it (None: no key, unnamed, not
+    visible to this token, or gone)."""
+    from ..client import ApiError
+    if not isinstance(key_id, str) or not is_uuid(key_id):
+        return None
+    try:
+        name = client.get_key(key_id).get("name")
+    except ApiError:
+        return None
+    return str(name) if name else None
 
 
 def decide(args: argparse.Namespace, client: Any, settings: Settings) -> int:

@@ -228,12 +228,14 @@ def approval_table(approvals: list[dict[str, Any]], colour: bool,
     return table(APPROVAL_HEADERS, [approval_row(a, names) for a in approvals], colour)
 
 
-def approval_detail(a: dict[str, Any], colour: bool) -> str:
+def approval_detail(a: dict[str, Any], colour: bool, name: str | None = None) -> str:
+    """One approval; ``name``: its key's name, shown before the id (as the listing does)."""
     expires = a.get("expires_at")
     summary = [("Request", str(a["summary"]))] if a.get("summary") else []
+    key_id = a.get("key_id")
     return fields([
         ("Approval", str(a.get("id"))), ("Action", str(a.get("action"))), *summary,
-        ("Key", str(a.get("key_id") or "-")),
+        ("Key", f"{name} ({key_id})" if name and key_id else str(key_id or "-")),
         ("State", paint(str(a.get("state")), str(a.get("state")), colour)),
         ("Approvals", f"{len(_approvers(a))} of {a.get('required', '?')} required"
          + (f" ({', '.join(_approvers(a))})" if _approvers(a) else "")),

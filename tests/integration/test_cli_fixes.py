@@ -477,6 +477,8 @@ def test_approvals_show_names_the_votes_and_the_denial(cli: Cli, live: LiveServe
     shown = cli("approvals", "show", approval).text
     assert "Denied by" in shown and "approver-3 (administrator)" in shown
     assert "not during the freeze" in shown
+    key_line = next(line for line in shown.splitlines() if line.startswith("Key"))
+    assert kek in key_line  # by its name, as the listing shows it (it showed the id alone)
 
 
 def _with_closed_reader(cli: Cli, *argv: str) -> tuple[int, str]:
