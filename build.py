@@ -62,11 +62,13 @@ def build(out: Path, postgres: bool = True) -> Path:
 
 
 def write_manpage(out: Path) -> Path:
-    """dist/ferrohsm.1 beside the executable, for packagers (man1/): the page `ferrohsm man`
-    prints, dated by the pinned SOURCE_DATE_EPOCH so it is as reproducible as the zip app.
-    Generated from this source tree (the CLI's start-up needs only the standard library)."""
+    """dist/ferrohsm.1 beside the executable, for packagers (man1/): the very page `ferrohsm
+    man` prints, dated by its version (the zip app's pinned SOURCE_DATE_EPOCH is no date: it
+    dated the page 2023-11-14). Generated from this source tree (the CLI's start-up needs only
+    the standard library)."""
     page = out.with_name(out.name + ".1")
-    env = dict(shiv_env(), PYTHONPATH=str(ROOT))
+    env = {k: v for k, v in shiv_env().items() if k != "SOURCE_DATE_EPOCH"}
+    env["PYTHONPATH"] = str(ROOT)
     done = subprocess.run([sys.executable, "-m", "ferrohsm", "man"], check=True, cwd=ROOT,
                           env=env, capture_output=True)
     page.write_bytes(done.stdout)

@@ -98,8 +98,9 @@ def escape(text: str) -> str:
 
 
 def page_date() -> str:
-    """The page's date: the build's (SOURCE_DATE_EPOCH, which build.py pins, so the page is
-    reproducible), else the version's, never empty (man shows it in the footer)."""
+    """The page's date: SOURCE_DATE_EPOCH's when a packager sets one, else the version's
+    (build.py writes dist/ferrohsm.1 so, as `ferrohsm man` prints it), never empty (man shows
+    it in the footer)."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
     if epoch.isdigit():
         return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%d")
