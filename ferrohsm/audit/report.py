@@ -91,6 +91,7 @@ def build_report(records: Iterable[dict[str, Any] | None],
     approvals: list[dict[str, Any]] = []
     late: list[dict[str, Any]] = []
     late_by_actor: Counter[str] = Counter()
+    intents: dict[Any, dict[str, Any]] = {}  # seq -> row, until a record settles it
     first_ts = last_ts = None
     for rec in records:
         if rec is None:
@@ -101,6 +102,7 @@ def build_report(records: Iterable[dict[str, Any] | None],
         outcomes[outcome] += 1
         first_ts = first_ts or rec.get("ts")
         last_ts = rec.get("ts")
+        _settle(intents, rec, outcome)
         if action in BOOKKEEPING:
             continue
         auth_failure = action.startswith(AUTH_PREFIXES) and outcome != "success"
@@ -121,10 +123,24 @@ def build_report(records: Iterable[dict[str, Any] | None],
         "denials_by_actor": _ranked(by_actor, limit), "denials_by_source_ip": _ranked(by_ip, limit),
         "sensitive_events": {"count": len(sensitive), "rows": sensitive[:limit]},
         "approval_events": {"count": len(approvals), "rows": approvals[:limit]},
+        "unsettled_intents": {"count": len(intents), "rows": list(intents.values())[:limit]},
         "off_hours": {"work_hours_utc": f"{_hhmm(hours[0])}-{_hhmm(hours[1])}",
                       "count": len(late), "by_actor": dict(late_by_actor.most_common(limit)),
                       "rows": late[:limit]},
     }
+
+
+def _settle(intents: dict[Any, dict[str, Any]], rec: dict[str, Any], outcome: str) -> None:
+    """Changes are recorded before they are made (an ``intent``) and settled after (a record
+    whose ``details.intent_seq`` names it): what is left names a change whose node died before
+    settling it, in a cluster that has not been entirely down since (the store then says
+    whether it was made)."""
+    details = rec.get("details")
+    settles = details.get("intent_seq") if isinstance(details, dict) else None
+    if outcome == "intent":
+        intents[rec.get("seq")] = _row(rec)
+    elif isinstance(settles, int):
+        intents.pop(settles, None)
 
 
 def _ranked(table: dict[str, Counter[str]], limit: int) -> list[dict[str, Any]]:
@@ -181,7 +197,9 @@ def render(report: dict[str, Any]) -> str:
         rows = [[r["name"], r["denied"], r["auth_failures"], r["total"]] for r in report[key]]
         out += ["", title, table(["name", "denied", "auth_failures", "total"], rows)]
     for title, key in (("Destroy / revoke / rollback / purge / loss events", "sensitive_events"),
-                       ("Approval events", "approval_events")):
+                       ("Approval events", "approval_events"),
+                       ("Changes recorded as about to be made and never settled (the store says "
+                        "whether they were; a cold start settles them)", "unsettled_intents")):
         section = report[key]
         rows = [[r[c] for c in EVENT_COLUMNS] for r in section["rows"]]
         out += ["", f"{title}: {section['count']}", table(EVENT_COLUMNS, rows)]

@@ -350,6 +350,22 @@ def test_report_of_no_valid_record_has_no_time_span(tmp_path: Path,
     assert not captured.out and "no readable audit record" in captured.err
 
 
+def test_report_lists_the_intents_no_record_settled() -> None:
+    """A node killed between a change and its settling record leaves an intent that only a
+    cold start settles; a cluster never entirely down keeps it (an acceptance tester found 9 in
+    9,184). The report names them, so an auditor knows to ask the store."""
+    from ferrohsm.audit.report import build_report, render
+
+    def rec(seq: int, outcome: str, **details: object) -> dict[str, object]:
+        return {"seq": seq, "ts": "2026-12-06T10:00:00Z", "actor": "op", "action": "key.rotate",
+                "outcome": outcome, "key_id": f"k{seq}", "details": details}
+    data = build_report([rec(1, "intent"), rec(2, "success", intent_seq=1), rec(3, "intent"),
+                         rec(4, "intent"), rec(5, "rolled_back", intent_seq=4)])
+    assert data["unsettled_intents"]["count"] == 1
+    assert data["unsettled_intents"]["rows"][0]["key_id"] == "k3"
+    assert "never settled" in render(data)
+
+
 def test_verify_never_imports_cryptography() -> None:
     """Not even for checkpoints (tests/test_architecture.py checks the whole import closure and
     tests/integration/test_offline_verify_stdlib.py runs it with cryptography blocked)."""
