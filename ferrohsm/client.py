@@ -305,14 +305,10 @@ class Client:
         """Connect (TCP and TLS) before sending anything: a failure here means the request
         never left, so any call may go to another server (``TransportError.sent`` False)."""
         try:
-            # With other servers to try, a node that does not even finish the handshake (hung,
-            # SIGSTOPped) costs CONNECT_TIMEOUT, not the whole timeout meant for answers (an
-            # acceptance tester waited 30 s each call); the answer keeps the whole timeout.
-            if len(self.urls) > 1 and self.timeout > CONNECT_TIMEOUT:
-                conn.timeout = CONNECT_TIMEOUT
+            if len(self.urls) > 1 and self.timeout > CONNECT_TIMEOUT:  # a hung node: seconds,
+                conn.timeout = CONNECT_TIMEOUT  # not the whole timeout meant for the answer
             conn.connect()
-            if conn.sock is not None:
-                conn.sock.settimeout(self.timeout)
+            conn.sock.settimeout(self.timeout)
             conn.timeout = self.timeout
         except ssl.SSLCertVerificationError as exc:
             error = self._unverified(exc, request_id)

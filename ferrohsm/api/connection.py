@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import socket
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..domain.errors import FerroError, RequestTimeout
@@ -296,3 +297,11 @@ class Conn:
             self.sock.close()
         except OSError:
             pass
+
+
+def hurry_arriving(conns: Iterable[Conn], by: float) -> None:
+    """Shutdown: a request still arriving has until ``by``, whatever deadline its head or body
+    set since (then its 408): peers dribbling requests held every restart for the grace."""
+    for conn in conns:
+        if conn.state in (HEAD, BODY) and conn.deadline > by:
+            conn.deadline = by

@@ -53,6 +53,7 @@ from .flusher import (
     ThreadFlusher,
 )
 from .http import Request, Response, error_response
+from .parse import render_response
 from .transit import is_vault
 from .transit.envelope import error as vault_error
 from .uring import FsyncRing
@@ -322,3 +323,18 @@ def _flush_span(answer: Answer, written: int) -> None:
     ``written``, ns) until its answer leaves."""
     request = answer[1].request
     request.trace.begin_flush(len(request.tickets or ()), written)
+
+
+def rendered(log: logging.Logger, request: Request, response: Response, keep_alive: bool,
+             http10_keep_alive: bool) -> tuple[bytes, Response]:
+    """The bytes to send and the response they carry (a 500 if the app's was unsendable)."""
+    head_only = request.method == "HEAD"
+    try:
+        return render_response(response, request.request_id, keep_alive,
+                               http10_keep_alive, head_only), response
+    except (ValueError, UnicodeEncodeError):
+        log.exception("application produced an invalid response (request_id=%s)",
+                      request.request_id)
+        fallback = error_response(FerroError(INTERNAL_MESSAGE), request.request_id)
+        return render_response(fallback, request.request_id, keep_alive,
+                               http10_keep_alive, head_only), fallback

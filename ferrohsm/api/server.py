@@ -47,7 +47,6 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from ..domain.errors import FerroError
 from .admission import Admission
 from .connection import (
     BODY,
@@ -63,12 +62,13 @@ from .connection import (
     Incoming,
     PeerGone,
     answer_plain_http,
+    hurry_arriving,
 )
-from .dispatch import INTERNAL_MESSAGE, App, Dispatcher, Refuse, Turn
+from .dispatch import App, Dispatcher, Refuse, Turn, rendered
 from .flusher import DEFAULT_FLUSH, Durability, FlushPlan
 from .http import Request, Response, error_response
 from .listener import Listener, Waker
-from .parse import Limits, render_response
+from .parse import Limits
 from .spread import Member
 from .tlsfail import HandshakeFailures
 
@@ -464,7 +464,7 @@ class HardenedHTTPServer:
         keep_alive = (incoming.error is None and incoming.keep_alive and not response.close
                       and not (conn.eof and not conn.buf) and not self._stopping.is_set()
                       and not self._take_eviction())
-        payload, response = self._render(request, response, keep_alive,
+        payload, response = rendered(self.log, request, response, keep_alive,
                                          incoming.http10_keep_alive)
         conn.keep_alive = keep_alive
         self._write(conn, payload)
@@ -514,20 +514,6 @@ class HardenedHTTPServer:
         conn.state, conn.idle_since = IDLE, now
         conn.deadline = now + (self.header_timeout if conn.first else self.idle_timeout)
 
-    def _render(self, request: Request, response: Response, keep_alive: bool,
-                http10_keep_alive: bool) -> tuple[bytes, Response]:
-        """The bytes to send and the response they carry (a 500 if the app's was unsendable)."""
-        head_only = request.method == "HEAD"
-        try:
-            return render_response(response, request.request_id, keep_alive,
-                                   http10_keep_alive, head_only), response
-        except (ValueError, UnicodeEncodeError):
-            self.log.exception("application produced an invalid response (request_id=%s)",
-                               request.request_id)
-            fallback = error_response(FerroError(INTERNAL_MESSAGE), request.request_id)
-            return render_response(fallback, request.request_id, keep_alive,
-                                   http10_keep_alive, head_only), fallback
-
     def _report(self, request: Request, response: Response) -> None:
         if self.on_request is None:
             return
@@ -539,11 +525,8 @@ class HardenedHTTPServer:
     # ----------------------------------------------------------------- deadlines and closing
 
     def _expire(self, now: float) -> None:
-        if self._draining:  # a request still arriving has until _drain_read_by, whatever
-            by = self._drain_read_by  # deadline its head or body set since (then a 408)
-            for conn in self._conns:
-                if conn.state in (HEAD, BODY) and conn.deadline > by:
-                    conn.deadline = by
+        if self._draining:
+            hurry_arriving(self._conns, self._drain_read_by)
         for conn in [c for c in self._conns if c.deadline <= now]:
             if conn.state in (HEAD, BODY):  # a started request ran out of time: say so
                 incoming = conn.timed_out(self.limits, now)
