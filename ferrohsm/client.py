@@ -91,7 +91,7 @@ USER_AGENT = "ferrohsm-client/1"
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_RETRY_WAIT = 30.0  # default cap on the total time one call sleeps between its attempts
-CONNECT_TIMEOUT = 5.0  # with several servers: seconds a connection and its handshake may take
+CONNECT_TIMEOUT = 5.0  # connect + handshake, while another server is left to try
 REPEATABLE = frozenset({"encrypt", "decrypt", "sign", "verify", "wrap", "unwrap", "data-key"})
 _JITTER = random.SystemRandom()
 
@@ -305,8 +305,9 @@ class Client:
         """Connect (TCP and TLS) before sending anything: a failure here means the request
         never left, so any call may go to another server (``TransportError.sent`` False)."""
         try:
-            if len(self.urls) > 1 and self.timeout > CONNECT_TIMEOUT:  # a hung node: seconds,
-                conn.timeout = CONNECT_TIMEOUT  # not the whole timeout meant for the answer
+            if self.timeout > CONNECT_TIMEOUT and any(  # a hung node costs seconds
+                    u != self.url and u not in self.unreachable for u in self.urls):
+                conn.timeout = CONNECT_TIMEOUT
             conn.connect()
             conn.sock.settimeout(self.timeout)
             conn.timeout = self.timeout

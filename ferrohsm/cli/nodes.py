@@ -47,6 +47,7 @@ log = logging.getLogger("ferrohsm")
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 HEALTHY_AFTER = 30.0  # a child that lived this long is restarted without delay growth
+RESCUE_AFTER = 5.0  # the last child serving, if it lived this long, is restarted at once
 KILL_AFTER_GRACE = 10.0
 POLL = 0.1
 REFUSED = (2, 4)  # exit codes of a child that cannot start: a configuration error, no port
@@ -248,20 +249,24 @@ class Supervisor:
         lived = now - slot.started
         slot.backoff = FIRST_BACKOFF if lived >= HEALTHY_AFTER or not slot.backoff \
             else min(MAX_BACKOFF, slot.backoff * 2)
-        slot.restart_at = now + slot.backoff
+        delay = self._delay(slot, lived)
+        slot.restart_at = now + delay
         slot.restarts += 1
         slot.last_exit = f"process {index} (pid {slot.pid}) {how} after {lived:.1f} s"
-        log.warning("process %d %s after %.1f s; restarting it in %.1f s", index, how, lived,
-                    slot.backoff)
+        log.warning("process %d %s after %.1f s; restarting it in %.1f s%s", index, how, lived,
+                    delay, " (no other process is serving)" if delay < slot.backoff else "")
+
+    def _delay(self, slot: Slot, lived: float) -> float:
+        """The slot's back-off, but the first back-off for the last child serving when it
+        had served a while: two children killed in turn both waited out a grown back-off and
+        nothing listened on the port for seconds (an acceptance tester). A child that dies
+        young keeps its back-off, alone or not, so a start-up that keeps failing never spins."""
+        alone = not any(other.pid for other in self.slots if other is not slot)
+        return FIRST_BACKOFF if alone and lived >= RESCUE_AFTER else slot.backoff
 
     def _restart_due(self, now: float) -> None:
-        """Restart each child whose back-off is over; with no child left serving, the first
-        back-off only (two children killed in turn both waited out a grown back-off, and
-        nothing listened on the port for seconds: an acceptance tester)."""
-        alone = not any(slot.pid for slot in self.slots)
         for index, slot in enumerate(self.slots):
-            due = slot.restart_at - slot.backoff + FIRST_BACKOFF if alone else slot.restart_at
-            if not slot.pid and slot.restart_at and now >= due:
+            if not slot.pid and slot.restart_at and now >= slot.restart_at:
                 slot.restart_at = 0.0
                 self._spawn(index, now)
 

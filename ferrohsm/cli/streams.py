@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import re
@@ -280,6 +281,7 @@ class Output:
         self._tmp: Path | None = None
         self._target: Path | None = None
         self._in_place = False  # a file whose folder takes no temporary file: overwritten
+        self._held: list[bytes] = []  # what an in-place write keeps until commit
 
     @classmethod
     def open(cls, path: str | None, *, secret: bool = False, binary: bool = False) -> Output:
@@ -292,7 +294,7 @@ class Output:
                                  "use --out FILE or redirect stdout")
             return out
         try:
-            inherited = _inherited_fd(str(path))
+            inherited = _inherited_fd(str(path), secret)
             if inherited is not None:  # the shell's own open file: never reopened or replaced
                 out._fh = os.fdopen(os.dup(inherited), "wb")
             else:
@@ -340,7 +342,12 @@ class Output:
                 os.fchown(fd, held.st_uid, held.st_gid)
 
     def write(self, data: bytes) -> None:
-        """Add ``data`` (to the temporary file; straight through for stdout and devices)."""
+        """Add ``data`` (to the temporary file; straight through for stdout and devices; kept
+        until ``commit`` for a file written in place, so the old content stays whole until
+        the answer is all there)."""
+        if self._in_place:
+            self._held.append(data)
+            return
         with writing(None if self._fh is None else self.path):
             if self._fh is None:
                 sys.stdout.flush()
@@ -356,8 +363,9 @@ class Output:
                 sys.stdout.buffer.flush()
             return
         with writing(self.path):
-            if self._in_place:
-                self._fh.truncate()  # what was there beyond the new content
+            if self._in_place:  # emptied first: a write cut short never splices new and old
+                self._fh.truncate(0)
+                self._fh.write(b"".join(self._held))
             self._fh.flush()
             if self._tmp is not None or self._in_place:
                 os.fsync(self._fh.fileno())
@@ -382,24 +390,53 @@ class Output:
             self._tmp = None
 
 
-def _inherited_fd(path: str) -> int | None:
-    """The descriptor ``path`` names when it is one of this process's own (``/dev/stdout``,
-    ``/dev/fd/N``, ``/proc/self/fd/N``, a shell's ``>(cmd)``), else None. Such a path was
-    resolved before, which names a pipe ``pipe:[N]`` (refused as a file that cannot be made),
-    or a file the shell opened, then replaced through a temporary file: ``--out /dev/stdout
-    >> app.log`` wiped app.log."""
+def names_stdout(path: str) -> bool:
+    """Whether ``path`` is this process's standard output by another name (``/dev/stdout``,
+    ``/dev/fd/1``, ``/proc/self/fd/1``): the command then takes it as ``-``, with every check
+    standard output has (never a secret on a terminal; closed or read-only refused first)."""
+    found = _FD_PATH.fullmatch(path)
+    return found is not None and _fd_of(found) == 1
+
+
+def _inherited_fd(path: str, secret: bool) -> int | None:
+    """The descriptor ``path`` names when it is one the shell gave this process
+    (``/dev/fd/N``, ``/proc/self/fd/N``, ``/dev/stderr``, a shell's ``>(cmd)``), else None for
+    any other path. Such a path was resolved before, which names a pipe ``pipe:[N]`` (refused
+    as a file that cannot be made), or a file the shell opened, then replaced through a
+    temporary file (``>> app.log`` wiped app.log). Refused (OSError, before anything is sent):
+    a descriptor this process opened itself (close-on-exec: the launcher's lock file on fd 3
+    took unwrapped key material), one not open for writing, and for a secret a terminal or a
+    file others may read."""
     found = _FD_PATH.fullmatch(path)
     if found is None:
         return None
+    fd = _fd_of(found)
+    if fd is None:
+        return None  # another process's descriptor: opened by name
+    try:
+        if fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC:
+            raise OSError(errno.EBADF, "not a descriptor this command was given")
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, "not open for writing")
+        if secret and (os.isatty(fd) or _shared_file(os.fstat(fd))):
+            raise OSError(errno.EACCES, "a secret goes to no terminal and no file others "
+                          "may read")
+    except OSError as exc:
+        if exc.errno == errno.EBADF and exc.strerror == os.strerror(errno.EBADF):
+            raise OSError(errno.EBADF, "no such descriptor is open") from None
+        raise
+    return fd
+
+
+def _shared_file(st: os.stat_result) -> bool:
+    return stat.S_ISREG(st.st_mode) and bool(stat.S_IMODE(st.st_mode) & 0o077)
+
+
+def _fd_of(found: re.Match[str]) -> int | None:
     name, pid, number = found.groups()
     if pid is not None and pid not in ("self", str(os.getpid())):
         return None
-    fd = {"stdout": 1, "stderr": 2}[name] if name else int(number)
-    try:
-        os.fstat(fd)
-    except OSError:
-        return None  # not open here: opened by name (and refused) as before
-    return fd
+    return {"stdout": 1, "stderr": 2}[name] if name else int(number)
 
 
 _FD_PATH = re.compile(r"/dev/(stdout|stderr)|(?:/dev|/proc/(self|[0-9]+))/fd/([0-9]{1,9})")

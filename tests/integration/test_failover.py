@@ -118,6 +118,70 @@ def test_a_server_that_never_finishes_the_handshake_costs_seconds_not_the_timeou
         silent.close()
 
 
+def test_the_last_server_left_gets_the_whole_timeout_to_connect(
+        live: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A red team on the change above: two slow but healthy servers (a handshake over a slow
+    link) both failed within the cap, where one URL alone succeeded. The server tried last,
+    when every other one failed, connects with the whole timeout."""
+    import time
+
+    from ferrohsm import client as sdk
+    monkeypatch.setattr(sdk, "CONNECT_TIMEOUT", 0.3)
+    slow = SlowProxy(live.port, delay=0.8)
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        with client(live, silent.getsockname()[1], slow.port) as hsm:
+            started = time.monotonic()
+            assert hsm.list_keys() is not None  # the silent one capped, the slow one waited for
+            assert time.monotonic() - started < 5 and hsm.url.endswith(f":{slow.port}")
+    finally:
+        silent.close()
+        slow.close()
+
+
+class SlowProxy:
+    """Forwards to ``port`` after holding each new connection ``delay`` seconds (a slow link
+    during the handshake)."""
+
+    def __init__(self, port: int, delay: float) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port, self._target, self._delay = self.sock.getsockname()[1], port, delay
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                near, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._pipe, args=(near,), daemon=True).start()
+
+    def _pipe(self, near: socket.socket) -> None:
+        import time
+        time.sleep(self._delay)
+        far = socket.create_connection(("127.0.0.1", self._target))
+        for a, b in ((near, far), (far, near)):
+            threading.Thread(target=_copy, args=(a, b), daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _copy(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+
 def test_an_http_answer_never_moves_a_call(live: LiveServer) -> None:
     with client(live, live.port, dead_port()) as hsm:
         with pytest.raises(NotFound):

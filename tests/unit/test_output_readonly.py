@@ -112,3 +112,63 @@ def test_the_shells_own_stdout_is_written_through_never_replaced(path: str,
                               stdout=appended, stderr=subprocess.PIPE, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert log.read_bytes() == b"previous log line\nsignature"
+
+
+FD_CODE = """import os, sys
+sys.path.insert(0, sys.argv[1])
+from ferrohsm.cli.errors import CliExit
+from ferrohsm.cli.streams import Output
+own = os.open(sys.argv[3], os.O_RDWR)  # opened by this process: close-on-exec, as Python does
+path = sys.argv[2].replace("OWN", str(own))
+try:
+    with Output.open(path, secret=sys.argv[4] == "secret") as out:
+        out.commit(b"material")
+except CliExit as e:
+    print("refused:", e.code, e.message)
+else:
+    print("written")
+"""
+
+
+def _fd_run(path: str, own: Path, secret: str, pass_fds: tuple[int, ...] = ()) -> str:
+    done = subprocess.run([sys.executable, "-c", FD_CODE, str(ROOT), path, str(own), secret],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          pass_fds=pass_fds)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_descriptor_is_taken_only_when_the_shell_gave_it_writable(tmp_path: Path) -> None:
+    """A red team's three ways through the descriptor paths: ``/dev/fd/3`` was the zip app
+    launcher's own lock file (unwrapped key material written into it, exit 0); a read-only
+    descriptor was found unwritable only after the server acted (exit 5); a secret went to a
+    file others may read."""
+    own = tmp_path / "launcher.lock"
+    own.write_bytes(b"")
+    refused = _fd_run("/dev/fd/OWN", own, "secret")
+    assert refused.startswith("refused: 3") and "not a descriptor this command was given" in \
+        refused and own.read_bytes() == b""
+    readonly = tmp_path / "ro.txt"
+    readonly.write_bytes(b"old")
+    with open(readonly, "rb") as held:
+        answer = _fd_run(f"/dev/fd/{held.fileno()}", own, "plain", pass_fds=(held.fileno(),))
+    assert answer.startswith("refused: 3") and "not open for writing" in answer
+    shared = tmp_path / "shared.log"
+    shared.write_bytes(b"")
+    shared.chmod(0o644)
+    with open(shared, "ab") as given:
+        fd = given.fileno()
+        assert "a secret goes to no terminal" in _fd_run(f"/dev/fd/{fd}", own, "secret",
+                                                         pass_fds=(fd,))
+        assert _fd_run(f"/dev/fd/{fd}", own, "plain", pass_fds=(fd,)) == "written"
+    assert shared.read_bytes() == b"material"
+    assert "no such descriptor is open" in _fd_run("/dev/fd/57", own, "plain")
+
+
+def test_stdout_by_another_name_is_standard_output() -> None:
+    """--out /dev/stdout is taken as '-' (main), so a secret never reaches a terminal that
+    way either: ``data-key --out /dev/stdout`` printed a plaintext key on a terminal."""
+    from ferrohsm.cli.streams import names_stdout
+    assert all(names_stdout(p) for p in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"))
+    assert not any(names_stdout(p) for p in ("/dev/stderr", "/dev/fd/2", "/proc/1/fd/1",
+                                             "stdout", "/srv/dev/stdout"))

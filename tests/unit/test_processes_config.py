@@ -174,20 +174,25 @@ def test_a_server_pinned_to_one_core_has_its_fsyncs_run_on_the_others(
                                                        else frozenset())
 
 
-def test_with_no_child_serving_a_restart_waits_only_the_first_backoff(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_last_child_serving_is_restarted_after_the_first_backoff_unless_it_died_young(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Children killed in turn grew their back-offs to 8 s; once both were down, nothing
-    listened on the port for seconds (an acceptance tester). With a sibling serving, the
-    back-off holds; with none, the first back-off only."""
+    listened on the port for seconds (an acceptance tester). The last child serving comes back
+    after the first back-off when it had served a while; one that dies young keeps its grown
+    back-off (a red team: a crash loop spun at two starts a second), and the log says the
+    delay that applies."""
+    import logging
+
     from ferrohsm.cli import nodes
 
     supervisor = nodes.Supervisor(2, lambda index: 0, 1.0)
-    spawned: list[int] = []
-    monkeypatch.setattr(supervisor, "_spawn", lambda index, now: spawned.append(index))
-    supervisor.slots[0] = nodes.Slot(pid=0, backoff=8.0, restart_at=100.0 + 8.0)
-    supervisor.slots[1] = nodes.Slot(pid=4242)
-    supervisor._restart_due(100.0 + nodes.FIRST_BACKOFF)
-    assert spawned == []  # its sibling serves: the grown back-off holds
-    supervisor.slots[1] = nodes.Slot(pid=0, backoff=4.0, restart_at=101.0 + 4.0)
-    supervisor._restart_due(101.0 + nodes.FIRST_BACKOFF)
-    assert spawned == [0, 1]  # none serves: both back after the first back-off
+    supervisor.served = True
+    supervisor.slots[0] = nodes.Slot(pid=0, backoff=8.0, restart_at=108.0)  # waiting its turn
+    supervisor.slots[1] = nodes.Slot(pid=4242, started=90.0, backoff=4.0)
+    with caplog.at_level(logging.WARNING, logger=nodes.log.name):
+        supervisor._exited(1, supervisor.slots[1], -9, 100.0)  # served 10 s: the last one
+    assert supervisor.slots[1].restart_at == 100.0 + nodes.FIRST_BACKOFF
+    assert "restarting it in 0.5 s (no other process is serving)" in caplog.text
+    supervisor.slots[1] = nodes.Slot(pid=4343, started=100.5, backoff=8.0)
+    supervisor._exited(1, supervisor.slots[1], -9, 101.0)  # died young: a start that fails
+    assert supervisor.slots[1].restart_at == 101.0 + 16.0
