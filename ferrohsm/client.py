@@ -305,9 +305,8 @@ class Client:
         """Connect (TCP and TLS) before sending anything: a failure here means the request
         never left, so any call may go to another server (``TransportError.sent`` False)."""
         try:
-            if self.timeout > CONNECT_TIMEOUT and any(  # a hung node costs seconds
-                    u != self.url and u not in self.unreachable for u in self.urls):
-                conn.timeout = CONNECT_TIMEOUT
+            others = [u for u in self.urls if u != self.url and u not in self.unreachable]
+            conn.timeout = min(self.timeout, CONNECT_TIMEOUT) if others else self.timeout
             conn.connect()
             conn.sock.settimeout(self.timeout)
             conn.timeout = self.timeout
