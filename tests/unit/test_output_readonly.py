@@ -32,6 +32,21 @@ else:
 """
 
 
+def _as_nobody(target: Path) -> subprocess.CompletedProcess[str]:
+    """CODE run as nobody on ``target`` (skipped when nobody cannot read this checkout)."""
+    nobody = pwd.getpwnam("nobody")
+
+    def as_nobody() -> None:
+        os.setgid(nobody.pw_gid)
+        os.setuid(nobody.pw_uid)
+    done = subprocess.run([SYSTEM_PYTHON, "-c", CODE, str(ROOT), str(target)],
+                          capture_output=True, text=True, timeout=60, preexec_fn=as_nobody,
+                          check=False)
+    if "ModuleNotFoundError" in done.stderr:
+        pytest.skip("nobody cannot read this checkout")
+    return done
+
+
 @AS_NOBODY
 def test_a_read_only_output_file_is_refused_not_replaced() -> None:
     base = Path(tempfile.mkdtemp(prefix="ferrohsm-out-"))  # pytest's tmp is root's alone
@@ -45,15 +60,7 @@ def test_a_read_only_output_file_is_refused_not_replaced() -> None:
         kept.write_bytes(b"old")
         os.chown(kept, nobody.pw_uid, nobody.pw_gid)
         kept.chmod(0o444)
-
-        def as_nobody() -> None:
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-        done = subprocess.run([SYSTEM_PYTHON, "-c", CODE, str(ROOT), str(kept)],
-                              capture_output=True, text=True, timeout=60, preexec_fn=as_nobody,
-                              check=False)
-        if "ModuleNotFoundError" in done.stderr:
-            pytest.skip("nobody cannot read this checkout")
+        done = _as_nobody(kept)
         assert done.stdout.startswith("refused: 3 cannot write "), done.stdout + done.stderr
         assert "it exists and is read-only" in done.stdout
         assert kept.read_bytes() == b"old" and sorted(p.name for p in folder.iterdir()) == [
@@ -73,15 +80,7 @@ def test_a_writable_file_in_a_folder_that_takes_no_new_file_is_written_in_place(
         placed = base / "sig.out"
         placed.write_bytes(b"an older and longer content")
         os.chown(placed, nobody.pw_uid, nobody.pw_gid)
-
-        def as_nobody() -> None:
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-        done = subprocess.run([SYSTEM_PYTHON, "-c", CODE, str(ROOT), str(placed)],
-                              capture_output=True, text=True, timeout=60, preexec_fn=as_nobody,
-                              check=False)
-        if "ModuleNotFoundError" in done.stderr:
-            pytest.skip("nobody cannot read this checkout")
+        done = _as_nobody(placed)
         assert done.stdout.strip() == "written", done.stdout + done.stderr
         assert placed.read_bytes() == b"new" and sorted(p.name for p in base.iterdir()) == [
             "sig.out"]
