@@ -132,9 +132,9 @@ class Client:
         self.max_retry_wait = max(0.0, max_retry_wait)
         self._context = context or tls_context(ca_cert, client_cert, client_key)
         self._conn: http.client.HTTPSConnection | None = None
-        # URL -> why its last attempt got no answer (so a status check can name the nodes that
-        # a failover skipped); a server leaves it when it answers again.
+        # URL -> why its last attempt got no answer (a status check names the nodes skipped)
         self.unreachable: dict[str, str] = {}
+        self._failed_now: set[str] = set()  # this attempt's failures (_any_server, _open)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> Client:
@@ -211,12 +211,14 @@ class Client:
                     headers: dict[str, str], retry: bool) -> tuple[int, dict[str, str], bytes]:
         """One attempt: the current server, then each other one while it cannot be reached
         (for a request already sent, only when ``retry``)."""
+        self._failed_now = set()
         for tried in range(len(self.urls)):
             url = self.url
             try:
                 answer = self._exchange(method, self._prefix + path, payload, headers)
             except TransportError as exc:
                 self.unreachable[self.url] = exc.message
+                self._failed_now.add(self.url)
                 if exc.retryable and exc.sent and not retry:
                     exc = not_repeated(exc, url, len(self.urls) > 1,
                                        headers.get("X-Approval-ID"))
@@ -305,8 +307,8 @@ class Client:
         """Connect (TCP and TLS) before sending anything: a failure here means the request
         never left, so any call may go to another server (``TransportError.sent`` False)."""
         try:
-            others = [u for u in self.urls if u != self.url and u not in self.unreachable]
-            conn.timeout = min(self.timeout, CONNECT_TIMEOUT) if others else self.timeout
+            left = set(self.urls) - self._failed_now - {self.url}  # a hung node costs seconds
+            conn.timeout = min(self.timeout, CONNECT_TIMEOUT) if left else self.timeout
             conn.connect()
             conn.sock.settimeout(self.timeout)
             conn.timeout = self.timeout
@@ -543,8 +545,7 @@ class Client:
     def get_approval(self, approval_id: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/approvals/{quote(approval_id, safe='')}")  # type: ignore[no-any-return]
 
-    def approve(self, approval_id: str, comment: str | None = None,
-                **opts: Any) -> dict[str, Any]:
+    def approve(self, approval_id: str, comment: str | None = None, **opts: Any) -> dict[str, Any]:
         return self._decide(approval_id, "approve", comment, opts)
 
     def deny(self, approval_id: str, comment: str | None = None, **opts: Any) -> dict[str, Any]:
@@ -577,8 +578,7 @@ class Client:
         """The caller as the server sees its token: subject, role, tags, expires_at, …."""
         return self.request("GET", "/v1/whoami")  # type: ignore[no-any-return]
 
-    def revoke_token(self, jti: str, exp: int | None = None,
-                     **opts: Any) -> dict[str, Any]:
+    def revoke_token(self, jti: str, exp: int | None = None, **opts: Any) -> dict[str, Any]:
         """Deny-list the token whose ``jti`` claim this is (Administrators)."""
         return self.request("POST", "/v1/tokens/revoke",  # type: ignore[no-any-return]
                             _drop_none({"jti": jti, "exp": exp}), **opts)

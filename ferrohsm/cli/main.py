@@ -48,7 +48,7 @@ from .errors import (
 )
 from .output import FieldMissing
 from .settings import unverified_claims
-from .streams import StdoutFailed, guarded_stdout, names_stdout, reset_answered, stdout_problem
+from .streams import StdoutFailed, guarded_stdout, reset_answered, stdout_problem
 
 EPILOG = """\
 client commands read their settings from flags, a --profile, or the environment:
@@ -180,8 +180,6 @@ def _dispatch(args_list: list[str]) -> int:
         parser.print_help(sys.stderr)
         return USAGE
     argcheck.check_values(tree.chosen(parser, args_list), args)
-    if isinstance(getattr(args, "out", None), str) and names_stdout(args.out):
-        args.out = "-"  # /dev/stdout is standard output: its refusals (a terminal, closed)
     try:
         if hasattr(args, "client_func"):
             return _flushed(run_client(args))

@@ -32,7 +32,7 @@ from typing import Any
 from . import output
 from .errors import CANNOT_WRITE, CliExit
 from .settings import Settings, UsageError, approval_flag, command
-from .streams import Output, hash_input, read_input, read_text_input
+from .streams import Output, hash_input, names_stdout, read_input, read_text_input
 
 # The hash each signature scheme signs with, and each sign algorithm's default scheme's hash
 # (ferrohsm.crypto.algorithms and ops.hash_name; tests/unit/test_cli_digest.py holds them equal).
@@ -370,7 +370,7 @@ def unwrap(args: argparse.Namespace, client: Any, settings: Settings) -> int:
 
 def data_key(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     secret = not args.no_plaintext
-    if secret and args.out in (None, "-") and sys.stdout.isatty():
+    if secret and (args.out in (None, "-") or names_stdout(args.out)) and sys.stdout.isatty():
         raise UsageError("refusing to write a plaintext data key to a terminal: use --out "
                          "FILE, redirect stdout, or --no-plaintext")
     _refuse_existing(args.out, getattr(args, "force", False))
@@ -398,7 +398,7 @@ def _refuse_existing(path: str | None, force: bool) -> None:
     """A data key's --out file may hold the only wrapped copy of an earlier data key:
     replacing it would lose every byte encrypted under that key, so it takes --force (as
     ``backup --out`` never replaces an archive). Devices and pipes are written through."""
-    if force or path in (None, "-"):
+    if force or path in (None, "-") or names_stdout(path):
         return
     if os.path.isfile(str(path)):
         raise CliExit(f"{path} exists: choose a new name or give --force to replace it; "

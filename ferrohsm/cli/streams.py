@@ -288,7 +288,7 @@ class Output:
         out = cls(path, secret, binary)
         if path is not None and not path.strip():
             raise UsageError("--out is empty: name a file, or '-' for standard output")
-        if path in (None, "-"):
+        if path in (None, "-") or names_stdout(str(path)):  # /dev/stdout: standard output
             if binary and sys.stdout.isatty():
                 raise UsageError("refusing to write binary output to a terminal: "
                                  "use --out FILE or redirect stdout")
@@ -313,6 +313,8 @@ class Output:
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
         if mode is not None and not stat.S_ISREG(mode):  # a device or a pipe: write through
             self._fh = open(target, "wb")  # closed in commit or __exit__
+            if self.secret and os.isatty(self._fh.fileno()):  # /dev/tty, //dev/stdout, …
+                raise PermissionError(errno.EACCES, "a secret goes to no terminal")
             return
         if mode is not None and not os.access(target, os.W_OK):  # cp and openssl refuse it too:
             # the rename below would not need the permission, and a chmod 444 is deliberate
@@ -392,8 +394,8 @@ class Output:
 
 def names_stdout(path: str) -> bool:
     """Whether ``path`` is this process's standard output by another name (``/dev/stdout``,
-    ``/dev/fd/1``, ``/proc/self/fd/1``): the command then takes it as ``-``, with every check
-    standard output has (never a secret on a terminal; closed or read-only refused first)."""
+    ``/dev/fd/1``, ``/proc/self/fd/1``): Output takes it as ``-``, with every check standard
+    output has (closed or read-only refused first; a command's own refusals of a terminal)."""
     found = _FD_PATH.fullmatch(path)
     return found is not None and _fd_of(found) == 1
 

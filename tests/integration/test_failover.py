@@ -139,6 +139,28 @@ def test_the_last_server_left_gets_the_whole_timeout_to_connect(
         slow.close()
 
 
+def test_a_server_that_failed_in_an_earlier_call_does_not_make_this_one_wait(
+        live: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A red team on the rule above: a server that failed once stayed "unreachable" for the
+    client's lifetime, so the other one, hung, got the whole timeout in every later call.
+    Only this attempt's failures count."""
+    import time
+
+    from ferrohsm import client as sdk
+    monkeypatch.setattr(sdk, "CONNECT_TIMEOUT", 0.3)
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        with client(live, live.port, silent.getsockname()[1]) as hsm:
+            hsm.timeout = 20.0
+            hsm.unreachable[hsm.urls[0]] = "failed an hour ago"
+            hsm._use(1)  # the hung one first, as after an earlier failover
+            started = time.monotonic()
+            assert hsm.list_keys() is not None
+            assert time.monotonic() - started < 5 and hsm.url.endswith(f":{live.port}")
+    finally:
+        silent.close()
+
+
 class SlowProxy:
     """Forwards to ``port`` after holding each new connection ``delay`` seconds (a slow link
     during the handshake)."""

@@ -171,3 +171,51 @@ def test_stdout_by_another_name_is_standard_output() -> None:
     assert all(names_stdout(p) for p in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"))
     assert not any(names_stdout(p) for p in ("/dev/stderr", "/dev/fd/2", "/proc/1/fd/1",
                                              "stdout", "/srv/dev/stdout"))
+
+
+def test_a_secret_goes_to_no_terminal_whatever_the_name(tmp_path: Path) -> None:
+    """A red team: //dev/stdout, /dev/./stderr or /dev/tty on a terminal took a plaintext data
+    key: the check ran for the names the descriptor rule knows only."""
+    import pty
+
+    code = """import sys
+sys.path.insert(0, sys.argv[1])
+from ferrohsm.cli.errors import CliExit
+from ferrohsm.cli.streams import Output
+try:
+    with Output.open(sys.argv[2], secret=True) as out:
+        out.commit(b"KEYMATERIAL")
+except CliExit as e:
+    print("refused:", e.code, e.message, file=sys.stderr)
+"""
+    for name in ("//dev/stdout", "/dev/./stdout"):
+        controller, terminal = pty.openpty()
+        try:
+            done = subprocess.run([sys.executable, "-c", code, str(ROOT), name], stdout=terminal,
+                                  stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+            os.set_blocking(controller, False)
+            try:
+                shown = os.read(controller, 4096)
+            except BlockingIOError:
+                shown = b""
+        finally:
+            os.close(controller)
+            os.close(terminal)
+        assert b"KEYMATERIAL" not in shown and "a secret goes to no terminal" in done.stderr, name
+
+
+def test_dev_stdout_is_standard_output_for_every_answer(tmp_path: Path) -> None:
+    """`audit export --out /dev/stdout > a.json` was refused as a secret to a file others may
+    read, where `--out -` wrote it: /dev/stdout is standard output, with its rules."""
+    code = """import sys
+sys.path.insert(0, sys.argv[1])
+from ferrohsm.cli.streams import Output
+with Output.open("/dev/stdout", secret=True) as out:
+    out.commit(b"exported")
+"""
+    target = tmp_path / "a.json"
+    with open(target, "wb") as redirected:
+        done = subprocess.run([sys.executable, "-c", code, str(ROOT)], stdout=redirected,
+                              stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert target.read_bytes() == b"exported"
