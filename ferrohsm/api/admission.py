@@ -14,9 +14,10 @@ per request), all on the loop thread:
   that authenticated before may use the reserved slots too. Anonymous connections fill only the
   others; a new one beyond them replaces the oldest unproductive (else the longest-idle, else
   the one whose request has been arriving, or whose answer has waited for the peer to read it,
-  the longest, ``STALLED`` seconds at least) anonymous connection, or is closed when every anonymous connection is busy. (A peer that got one answer
-  to ``/healthz`` and then dribbled a body on each of its connections kept every anonymous slot,
-  and every new client out, for as long as it liked.)
+  the longest, ``STALLED`` seconds at least) anonymous connection, or is closed when every
+  anonymous connection is busy. (A peer that got one answer to ``/healthz`` and then dribbled
+  a body on each of its connections kept every anonymous slot, and every new client out, for
+  as long as it liked.)
 - eviction order when someone must make room (``victim``): an unproductive connection (the
   oldest of the address holding the most), then the longest-idle keep-alive one; anonymous
   before trusted; for a new anonymous client, then an anonymous one stalled mid-request; ones

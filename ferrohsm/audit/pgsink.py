@@ -304,7 +304,7 @@ class PostgresSink(ChainedSink):
                 # new session finds out under the lock whether the batch is stored.
                 sent, self._next_seq, self._next_hash = self._sent, *head
                 self._drop_writer()
-                sealed = self._insert_after_lost(self._writer(), events, sent)
+                sealed = self._insert_locked(self._writer(), events, lost=sent)
         except self._psycopg.Error as exc:
             self._drop_writer()
             raise unavailable("audit record could not be made durable: the audit database "
@@ -337,42 +337,34 @@ class PostgresSink(ChainedSink):
         self._next_seq, self._next_hash = head
         return None
 
-    def _insert_locked(self, conn: psycopg.Connection, events: list[PreparedEvent]
+    def _insert_locked(self, conn: psycopg.Connection, events: list[PreparedEvent],
+                       lost: list[tuple[dict[str, Any], bytes]] | None = None
                        ) -> list[tuple[dict[str, Any], bytes]]:
         """Under the advisory lock: follow the stored head, then write. Two round trips:
         BEGIN, the lock and the head in one (separate statements, so the head is read with a
-        snapshot taken after the lock was granted); the INSERT and the COMMIT in the other."""
+        snapshot taken after the lock was granted); the INSERT and the COMMIT in the other.
+
+        ``lost``: the batch as a broken session last sent it (a database restart cuts idle
+        sessions, found cut only when used). Under the lock that attempt's transaction has
+        ended (it took the lock first), so its last record, if stored, says it committed:
+        then it is returned as it was, not written twice."""
         with conn.pipeline():
             conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_APPEND))
+            if lost and self._stored(conn, lost[-1][0]):
+                conn.rollback()
+                self._next_seq, self._next_hash = lost[-1][0]["seq"], lost[-1][0]["hash"]
+                return lost
             self._follow_db(conn)
             sealed = self._seal_sent(events)
             conn.execute(INSERT, _columns(sealed))
             self._commit(conn)
         return sealed
 
-    def _insert_after_lost(self, conn: psycopg.Connection, events: list[PreparedEvent],
-                           sent: list[tuple[dict[str, Any], bytes]] | None
-                           ) -> list[tuple[dict[str, Any], bytes]]:
-        """The batch again, on a new session, after the last one broke under it (a database
-        restart cuts idle sessions, and a session is found cut only when used). Under the
-        append lock the lost attempt's transaction has ended (it took the lock first), so its
-        last record, if stored, says it committed: then it is not written twice. Else it is
-        sealed again after the stored head."""
-        with conn.pipeline():
-            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_APPEND))
-            if sent:
-                last = sent[-1][0]
-                text = self._record_at(conn, last["seq"])
-                if text is not None and check_line(text, self._key) == (last["seq"],
-                                                                         last["hash"]):
-                    conn.rollback()
-                    self._next_seq, self._next_hash = last["seq"], last["hash"]
-                    return sent
-            self._follow_db(conn)
-            sealed = self._seal_sent(events)
-            conn.execute(INSERT, _columns(sealed))
-            self._commit(conn)
-        return sealed
+    def _stored(self, conn: psycopg.Connection, record: dict[str, Any]) -> bool:
+        """Whether ``record`` is stored as it was sealed (its seq holds its hash)."""
+        text = self._record_at(conn, record["seq"])
+        return text is not None and check_line(text, self._key) == (record["seq"],
+                                                                    record["hash"])
 
     def _seal_sent(self, events: list[PreparedEvent]) -> list[tuple[dict[str, Any], bytes]]:
         """Seal a batch about to be sent, and remember it until it is known stored or not."""

@@ -6,10 +6,10 @@ same token. A ``jti`` is inside the signed payload and cannot be respelled.
 
 Entries expire: once every token that could carry a ``jti`` is past its ``exp`` (plus leeway), the
 entry is useless and is pruned, so the list stays small: a day later (``KEEP_EXPIRED``), so that a
-wall clock stepped ahead by mistake, and back again, does not make a revoked token good again. The file is JSON, mode 0600, written to a
-temporary file, fsynced and renamed into place, so a crash leaves the old or the new list, never a
-torn one. A file that cannot be read at start-up stops the server: silently forgetting revocations
-would re-admit revoked tokens. The file is re-read when it changes on disk (another process sharing
+wall clock stepped ahead by mistake, and back again, does not make a revoked token good again.
+The file is JSON, mode 0600, written to a temporary file, fsynced and renamed into place, so a
+crash leaves the old or the new list, never a torn one. A file that cannot be read at start-up
+stops the server: silently forgetting revocations would re-admit revoked tokens. The file is re-read when it changes on disk (another process sharing
 the data directory revoked a token). Several processes may revoke concurrently: each
 read-modify-write holds ``flock`` on ``<file>.lock`` and merges the file's newest content, so no
 revocation is lost to another's rename.

@@ -416,17 +416,15 @@ def _inherited_fd(path: str, secret: bool) -> int | None:
     if fd is None:
         return None  # another process's descriptor: opened by name
     try:
-        if fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC:
-            raise OSError(errno.EBADF, "not a descriptor this command was given")
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
-            raise OSError(errno.EBADF, "not open for writing")
-        if secret and (os.isatty(fd) or _shared_file(os.fstat(fd))):
-            raise OSError(errno.EACCES, "a secret goes to no terminal and no file others "
-                          "may read")
-    except OSError as exc:
-        if exc.errno == errno.EBADF and exc.strerror == os.strerror(errno.EBADF):
-            raise OSError(errno.EBADF, "no such descriptor is open") from None
-        raise
+        closed_on_exec = fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+    except OSError:
+        raise OSError(errno.EBADF, "no such descriptor is open") from None
+    if closed_on_exec:
+        raise OSError(errno.EBADF, "not a descriptor this command was given")
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+        raise OSError(errno.EBADF, "not open for writing")
+    if secret and (os.isatty(fd) or _shared_file(os.fstat(fd))):
+        raise OSError(errno.EACCES, "a secret goes to no terminal and no file others may read")
     return fd
 
 
