@@ -409,8 +409,7 @@ def build_runtime(config: Config, secrets: Secrets,
         # the log's revocations are back on the list before any other process or node may
         # serve: they wait for this cold start (store/nodelock.py) until ``started``
         if settled is not None and auth.restore_revocations(settled.revoked):
-            log.warning("token deny-list: revocations the audit log holds were missing; "
-                        "restored")
+            log.warning("token deny-list: revocations the audit log holds were missing; restored")
         if cluster is not None:
             cluster.membership.started()
     except Exception:
@@ -427,6 +426,7 @@ def build_runtime(config: Config, secrets: Secrets,
                          on_crypto=lambda alg, op, outcome: metrics.crypto_ops.inc(alg, op, outcome),
                          policy=policy, approvals=approvals)
     service.approvals.rules = vote_rules(config, voters, audit)
+    service.dual.seen(settled.approval_revisions if settled else {})  # a cold start's log
     limiter = RateLimiter(policy_from_settings(config.rate_limit))
     if cluster is not None:
         cluster.limits = ClusterLimits(limiter, cluster.usage)

@@ -92,6 +92,7 @@ def build_report(records: Iterable[dict[str, Any] | None],
     late: list[dict[str, Any]] = []
     late_by_actor: Counter[str] = Counter()
     intents: dict[Any, dict[str, Any]] = {}  # seq -> row, until a record settles it
+    forks = _Forks()
     first_ts = last_ts = None
     for rec in records:
         if rec is None:
@@ -103,6 +104,7 @@ def build_report(records: Iterable[dict[str, Any] | None],
         first_ts = first_ts or rec.get("ts")
         last_ts = rec.get("ts")
         _settle(intents, rec, outcome)
+        forks.see(rec, outcome)
         if action in BOOKKEEPING:
             continue
         auth_failure = action.startswith(AUTH_PREFIXES) and outcome != "success"
@@ -124,6 +126,7 @@ def build_report(records: Iterable[dict[str, Any] | None],
         "sensitive_events": {"count": len(sensitive), "rows": sensitive[:limit]},
         "approval_events": {"count": len(approvals), "rows": approvals[:limit]},
         "unsettled_intents": {"count": len(intents), "rows": list(intents.values())[:limit]},
+        "forked_changes": {"count": len(forks.rows), "rows": forks.rows[:limit]},
         "off_hours": {"work_hours_utc": f"{_hhmm(hours[0])}-{_hhmm(hours[1])}",
                       "count": len(late), "by_actor": dict(late_by_actor.most_common(limit)),
                       "rows": late[:limit]},
@@ -141,6 +144,38 @@ def _settle(intents: dict[Any, dict[str, Any]], rec: dict[str, Any], outcome: st
         intents[rec.get("seq")] = _row(rec)
     elif isinstance(settles, int):
         intents.pop(settles, None)
+
+
+class _Forks:
+    """Key changes made to an older copy of the key's record: a key's confirmed changes form
+    one line, each built on the one before (``from_seq``); one built on an older one means the
+    record was put back after a later change and then changed (start-up refuses such a key).
+    A ``store.bound`` change (an operator's --accept-unrecorded) accepts what came before."""
+
+    def __init__(self) -> None:
+        self.intents: dict[int, tuple[str, int, str]] = {}  # seq -> key, from_seq, action
+        self.last: dict[str, int] = {}  # key -> its latest confirmed change
+        self.rows: list[dict[str, Any]] = []
+
+    def see(self, rec: dict[str, Any], outcome: str) -> None:
+        details = rec.get("details")
+        if not isinstance(details, dict):
+            return
+        seq, key_id, from_seq = rec.get("seq"), rec.get("key_id"), details.get("from_seq")
+        if outcome == "intent" and isinstance(seq, int) and isinstance(key_id, str) \
+                and isinstance(from_seq, int):
+            self.intents[seq] = (key_id, from_seq, str(rec.get("action")))
+            return
+        settles = details.get("intent_seq")
+        if not isinstance(settles, int) or settles not in self.intents:
+            return
+        key, built_on, action = self.intents.pop(settles)
+        if outcome != "success":
+            return
+        previous = self.last.get(key, 0)
+        if action != "store.bound" and previous and built_on < previous:
+            self.rows.append({**_row(rec), "from_seq": built_on, "after_seq": previous})
+        self.last[key] = max(previous, settles)
 
 
 def _ranked(table: dict[str, Counter[str]], limit: int) -> list[dict[str, Any]]:
@@ -199,7 +234,9 @@ def render(report: dict[str, Any]) -> str:
     for title, key in (("Destroy / revoke / rollback / purge / loss events", "sensitive_events"),
                        ("Approval events", "approval_events"),
                        ("Changes recorded as about to be made and never settled (the store says "
-                        "whether they were; a cold start settles them)", "unsettled_intents")):
+                        "whether they were; a cold start settles them)", "unsettled_intents"),
+                       ("Key changes made to an older copy of the key's record, put back after "
+                        "a later change (a cold start refuses the key)", "forked_changes")):
         section = report[key]
         rows = [[r[c] for c in EVENT_COLUMNS] for r in section["rows"]]
         out += ["", f"{title}: {section['count']}", table(EVENT_COLUMNS, rows)]

@@ -23,7 +23,7 @@ the request's records.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
@@ -37,6 +37,7 @@ from ..domain.errors import (
     Conflict,
     FerroError,
     Forbidden,
+    IntegrityError,
     InvalidTransition,
     NotFound,
     StaleRevision,
@@ -59,6 +60,7 @@ OPEN_SCAN_PAGES = 20
 # compromised or looping identity cannot bury the approvers' queue (a soft cap: requests
 # parked at the same instant on several nodes may pass it by a few).
 MAX_OPEN_PER_REQUESTER = 100
+MAX_NEWEST = 1_000_000  # approvals whose newest revision a process remembers (_find)
 # The target of an approval of a system action (a master-key rekey): never a key id, which is
 # always a lowercase UUID, so listing, voting and redeeming treat it like any other approval.
 SYSTEM_TARGET = "system"
@@ -88,8 +90,21 @@ class DualControl:
         self.recorder = recorder
         self.steps = Steps(recorder)
         self.clock = clock
+        self._newest: dict[str, int] = {}  # approval id -> the newest revision seen
+
+    def seen(self, revisions: Mapping[str, int]) -> None:
+        """Revisions the audit log confirms (a cold start's reading of it): an approval's record
+        older than these is an older copy put back (``_find``)."""
+        for approval_id, revision in revisions.items():
+            self._note(approval_id, revision)
 
     # ---- helpers ----
+
+    def _note(self, approval_id: str, revision: int) -> None:
+        if revision > self._newest.get(approval_id, 0):
+            if len(self._newest) >= MAX_NEWEST:
+                del self._newest[next(iter(self._newest))]
+            self._newest[approval_id] = revision
 
     def _store(self) -> ApprovalStore:
         if self.store is None:
@@ -97,10 +112,22 @@ class DualControl:
         return self.store
 
     def _find(self, approval_id: str, missing: type[FerroError] = NotFound) -> apv.Approval:
+        """The approval, never an older copy of its record: its MAC is good (it was authentic
+        once), but an executed approval put back as approved would execute again."""
         try:
-            return self._store().get(approval_id)
+            found = self._store().get(approval_id)
+            newest = self._newest.get(approval_id, 0)
+            if found.revision < newest:
+                found = self._store().get(approval_id)  # a read that raced a change: again
         except NotFound:
             raise missing(f"no approval {approval_id}") from None
+        if found.revision < newest:
+            raise IntegrityError(f"approval {approval_id}: its stored record failed its "
+                                 f"integrity check (it is an older copy: revision "
+                                 f"{found.revision}, but revision {newest} was recorded; put "
+                                 "back, or a write the store lost)", problem="older_copy")
+        self._note(approval_id, found.revision)
+        return found
 
     def _commit(self, ctx: RequestContext, old: apv.Approval, new: apv.Approval,
                 audit_action: str, message: str,
@@ -122,6 +149,7 @@ class DualControl:
         except FerroError as exc:
             self._settle(ctx, audit_action, message, target, intent, exc, details)
         self.steps.confirm(ctx, audit_action, message, intent, key_id=new.key_id, **details)
+        self._note(saved.id, saved.revision)
         return saved
 
     def _outcome(self, ctx: RequestContext, audit_action: str, message: str,
@@ -299,7 +327,7 @@ class DualControl:
              now: datetime) -> tuple[Sequence[apv.Approval], str | None]:
         """One page of approvals (in ``state``, when given) and the token of the next."""
         try:
-            wanted = apv.ApprovalState(state) if state else None
+            wanted = apv.ApprovalState(state) if state is not None else None
         except ValueError:
             raise BadRequest("state must be one of " + ", ".join(apv.ApprovalState)) from None
         rows = self._store().list(wanted, now, limit + 1, decode_page_token(page_token))

@@ -71,6 +71,8 @@ class ApprovalChange:
 class KeyHistory:
     latest: Change | None = None
     confirmed: set[int] = field(default_factory=set)
+    # seq -> (from_seq, action) of each confirmed change: what it built on (reconcile's fork check)
+    built: dict[int, tuple[int, str]] = field(default_factory=dict)
     legacy: tuple[int, str] | None = None  # latest pre-intent change record: (seq, hash)
 
 
@@ -142,6 +144,7 @@ class ChangeLog:
             return
         history = self.history(intent.key_id)
         history.confirmed.add(intent.seq)
+        history.built[intent.seq] = (intent.from_seq, intent.action)
         if history.latest is None or intent.seq > history.latest.seq:
             history.latest = intent
         if intent.from_seq in self.pending:

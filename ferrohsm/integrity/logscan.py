@@ -22,7 +22,7 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..audit.anchor import CHECKPOINT_FILE
+from ..audit.anchor import CHECKPOINT_FILE, KEY_FILE
 from ..audit.offline import VerifyInputError, chained_lines, expand_paths
 from ..audit.pgsink import stored_lines
 from ..audit.segments import list_segments, segment_name
@@ -81,9 +81,12 @@ class AuditLocation:
     def has_checkpoints(self) -> bool:
         """Whether the sink's checkpoints file beside the log holds anything. A PostgreSQL log's
         checkpoints are each node's own (pgsink.py): a node new to the cluster has none yet,
-        so their absence proves nothing there (the sink still refuses a log shorter than the
-        node's newest one, and a witness covers the rest)."""
-        if self.sink == "postgres":
+        so their absence proves nothing there, unless the node has its signing key already:
+        the sink signs a checkpoint as it opens, so a node with a key has signed some, and
+        their loss may hide a cut of the log's tail (the sink refuses a log shorter than the
+        node's newest checkpoint; without checkpoints it could not)."""
+        if self.sink == "postgres" and not os.path.isfile(os.path.join(self.directory,
+                                                                       KEY_FILE)):
             return True
         path = os.path.join(self.directory, CHECKPOINT_FILE)
         return os.path.isfile(path) and os.path.getsize(path) > 0

@@ -96,6 +96,8 @@ class Report:
     # check (Authenticator.restore_revocations); not a finding, so not compared
     revoked: tuple[tuple[str, float | None, float], ...] = field(default=(), compare=False,
                                                                  repr=False)
+    # approval id -> the newest revision the log confirms (DualControl.seen): not a finding
+    approval_revisions: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
 
 # ---- deciding (pure but for reading the stores) -------------------------------------------
@@ -124,16 +126,19 @@ def plan_keys(changes: ChangeLog, keys: Iterator[Key],
 def _plan_key(plan: Plan, changes: ChangeLog, key_id: str, stored: Key | None,
               intents: list[Change]) -> None:
     history = changes.keys.get(key_id) or KeyHistory()
-    latest, confirmed = history.latest, set(history.confirmed)
+    latest, confirmed, built = history.latest, set(history.confirmed), dict(history.built)
     for intent in intents:
         settle = _settle_key(stored, intent, changes.built_on)
         plan.settle.append(settle)
         if settle.applied:
             confirmed.add(intent.seq)
+            built[intent.seq] = (intent.from_seq, intent.action)
             latest = intent if latest is None or intent.seq > latest.seq else latest
     if stored is None:
         return
     verdict = _check_binding(stored, latest, confirmed, history.legacy, changes.first_seq)
+    if verdict is None:
+        verdict = _fork(stored, built)
     if isinstance(verdict, Binding):
         plan.bind.append(verdict)
     elif isinstance(verdict, Problem):
@@ -172,6 +177,27 @@ def _check_binding(stored: Key, latest: Change | None, confirmed: set[int],
         return None  # its records were pruned (retention): nothing left to compare with
     return Problem(stored, f"is bound to audit record seq {seq}, which the log does not hold "
                    "as a change of this key")
+
+
+def _fork(stored: Key, built: dict[int, tuple[int, str]]) -> Problem | None:
+    """A key's confirmed changes form one line: each builds on the one before it (a change that
+    lost a race is rolled back, never confirmed). One built on an OLDER change means an older
+    copy of the record was put back and then changed, which binds the copy to a new change and
+    hides it from the binding check; the revocation or destruction it undid is in the log. A
+    ``store.bound`` change (an operator's --accept-unrecorded) accepts what came before it."""
+    previous, fork = 0, None
+    for seq in sorted(built):
+        from_seq, action = built[seq]
+        if action == binding.BIND_ACTION:
+            fork = None
+        elif previous and from_seq < previous:
+            fork = (seq, from_seq, previous)
+        previous = seq
+    if fork is None:
+        return None
+    return Problem(stored, f"has a forked history: its change at seq {fork[0]} was made to an "
+                   f"older copy of its record (bound to seq {fork[1]}) put back after its change "
+                   f"at seq {fork[2]}")
 
 
 def _unbound(stored: Key, latest: Change | None, legacy: tuple[int, str] | None,
@@ -252,10 +278,19 @@ def reconcile(store: KeyStore, sink: AuditSink, hmac_key: bytes, *,
     report = Report(completed=sum(s.applied for s in plan.settle),
                     rolled_back=sum(not s.applied for s in plan.settle),
                     bound=len(plan.bind), accepted=len(accepted),
-                    revoked=tuple(changes.revoked))
+                    revoked=tuple(changes.revoked),
+                    approval_revisions=newest_revisions(changes.approvals_done))
     if report != Report():
         log.warning("integrity: start-up reconciliation: %s", report)
     return report
+
+
+def newest_revisions(done: set[tuple[str, int]]) -> dict[str, int]:
+    """Per approval, the latest revision a recorded transition made."""
+    newest: dict[str, int] = {}
+    for approval_id, revision in done:
+        newest[approval_id] = max(revision, newest.get(approval_id, 0))
+    return newest
 
 
 def refusal(problems: list[Problem]) -> str:

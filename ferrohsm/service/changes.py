@@ -63,7 +63,7 @@ class KeyChanges:
         conflict with another process, each attempt its own intent."""
         with self.locks.hold(key_id):
             for _ in range(CAS_RETRIES):
-                current = self.store.get(key_id)
+                current = self.store.resolve(key_id)  # never an older copy (keystore.py)
                 target = binding.planned(change(current), current.revision + 1)
                 intent = self._intend(ctx, action, message, target, current.audit_seq)
                 bound = binding.bind(target, intent.seq, intent.hash)

@@ -188,7 +188,7 @@ class FilesystemStore(KeyStore):
         """As ``KeyStore.resolve``; a ref found in the cache is a key id (only ids are cached),
         so it goes straight to ``get`` (still one lstat) without the UUID regex."""
         if type(ref) is str and ref in self._cache:
-            return self.get(ref)
+            return self._fresh(self.get(ref))
         return super().resolve(ref)
 
     def _load(self, key_id: str) -> Key:

@@ -24,13 +24,14 @@ Every implementation passes tests/conformance/test_keystore.py.
 
 from __future__ import annotations
 
+import logging
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from ..domain.errors import BadRequest, NotFound
+from ..domain.errors import BadRequest, IntegrityError, NotFound
 from ..domain.model import (
     PAGE_TOKEN_PATTERN,
     Key,
@@ -52,8 +53,10 @@ from .records import (
     has_mac,
 )
 
+log = logging.getLogger("ferrohsm.store")
 MAX_PAGE = 1000
 PAGE_TOKEN_RE = re.compile(PAGE_TOKEN_PATTERN)
+MAX_NEWEST = 1_000_000  # keys whose newest binding a process remembers (resolve)
 
 
 def encode_page_token(last_id: str) -> str:
@@ -84,6 +87,7 @@ class KeyStore(ABC):
 
     def __init__(self, authenticator: RecordAuthenticator) -> None:
         self._records = RecordCodec(authenticator)
+        self._newest: dict[str, int] = {}  # key id -> the newest audit binding served
 
     @abstractmethod
     def create(self, key: Key) -> Key:
@@ -255,9 +259,31 @@ class KeyStore(ABC):
         """A key by id (UUID form) or unique name, as API paths accept either."""
         if not isinstance(ref, str) or not ref:
             raise NotFound("no such key")
-        if is_uuid(ref):
-            return self.get(ref)
-        return self.get_by_name(ref)
+        return self._fresh(self.get(ref) if is_uuid(ref) else self.get_by_name(ref))
+
+    def _fresh(self, key: Key) -> Key:
+        """``key``, unless it is bound to an older change than this process has already served
+        it with: an older copy of its record put back (a revoked or destroyed key made active
+        again: the MAC cannot tell, the copy was authentic once), or a write the store lost.
+        A change always binds a record to a later audit record, so a key's binding only grows.
+        Read afresh once first: a read that raced a change, or a cache behind, is not that."""
+        newest = self._newest.get(key.id, 0)
+        if key.audit_seq < newest:
+            key = self._reload(key.id)
+            if key.audit_seq < newest:
+                log.error("integrity: key %s: the store holds an older copy of its record "
+                          "(bound to audit record seq %d; served bound to seq %d)", key.id,
+                          key.audit_seq, newest)
+                raise IntegrityError(
+                    f"key {key.id}: stored record failed its integrity check (it is an older "
+                    f"copy: bound to audit record seq {key.audit_seq}, but this server has "
+                    f"served it bound to seq {newest}; put back, or a write the store lost)",
+                    key_id=key.id, problem="older_copy")
+        if key.audit_seq > newest:
+            if len(self._newest) >= MAX_NEWEST:
+                del self._newest[next(iter(self._newest))]
+            self._newest[key.id] = key.audit_seq
+        return key
 
     def append_version(self, key: Key, sealed: bytes, now: datetime) -> Key:
         added = KeyVersion(len(key.versions) + 1, VersionState.ENABLED, now, sealed)

@@ -75,6 +75,7 @@ class Problem(StrEnum):
 
     MAC_MISSING = "mac_missing"
     MAC_MISMATCH = "mac_mismatch"
+    LAYOUT = "layout_changed"
     WRONG_KEY = "wrong_key"
     UNREADABLE = "unreadable"
 
@@ -82,6 +83,7 @@ class Problem(StrEnum):
 _SAYS = {
     Problem.MAC_MISSING: "it carries no MAC in the authenticated layout",
     Problem.MAC_MISMATCH: "its MAC does not match",
+    Problem.LAYOUT: "its stored bytes are not laid out as they were written: it was edited",
     Problem.WRONG_KEY: "it belongs to a different key",
 }
 
@@ -168,8 +170,8 @@ class RecordCodec:
     def decode(self, key_id: str, data: bytes | str) -> Key:
         """The key, once its MAC is verified; IntegrityError (naming key and problem) if not."""
         raw = _as_bytes(key_id, data)
-        if not raw.startswith(_PREFIX):
-            raise record_error(key_id, Problem.MAC_MISSING)
+        if not raw.startswith(_PREFIX):  # a MAC elsewhere: the envelope was rewritten
+            raise record_error(key_id, Problem.LAYOUT if b'"mac"' in raw else Problem.MAC_MISSING)
         stored_mac = raw[len(_PREFIX):len(_PREFIX) + _MAC_HEX]
         record = raw[_RECORD_AT:-len(_SUFFIX)]
         if raw[_RECORD_AT - len(_MIDDLE):_RECORD_AT] != _MIDDLE or not raw.endswith(_SUFFIX) \

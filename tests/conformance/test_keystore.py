@@ -548,6 +548,30 @@ def test_a_whole_record_copied_over_another_key_fails(store: KeyStore, raw: RawR
     _assert_refused(store, victim, other, "wrong_key")
 
 
+def test_an_older_copy_put_back_is_not_served_once_a_newer_one_was(
+        store: KeyStore, raw: RawRecords, factory: KeyFactory) -> None:
+    """An authentic record put back after a change (a revoked key active again): its MAC is
+    good, but a key's audit binding only grows, so a process that served the newer record
+    refuses the older one, by id and by name, and so does a change built on it; other keys
+    are served."""
+    victim, other = store.create(factory.key(name="victim")), store.create(factory.key(name="other"))
+    bound = store.update(replace(store.resolve(victim.id), audit_seq=7, audit_hash="a" * 64))
+    old = raw.read(victim.id)
+    revoked = store.update(replace(bound, state=KeyState.REVOKED, audit_seq=9, audit_hash="b" * 64))
+    assert store.resolve("victim") == revoked  # served: the newest binding is 9
+    newer = raw.read(victim.id)
+    raw.write(victim.id, old)  # the record from before the revocation, authentic once
+    for ref in (victim.id, "victim"):
+        with pytest.raises(IntegrityError) as caught:
+            store.resolve(ref)
+        assert caught.value.details["problem"] == "older_copy"
+        assert victim.id in caught.value.message and "seq 7" in caught.value.message
+    assert store.resolve(other.id) == other
+    raw.write(victim.id, newer)  # the record as the store wrote it, back again
+    later = store.update(replace(store.resolve(victim.id), audit_seq=11, audit_hash="c" * 64))
+    assert store.resolve(victim.id) == later  # a genuine later change is served
+
+
 def test_a_bad_record_is_refused_again_after_a_reopen(backend: Backend, raw: RawRecords,
                                                       factory: KeyFactory) -> None:
     store = backend.open()

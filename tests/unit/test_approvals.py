@@ -3,6 +3,7 @@ with an injected clock (ferrohsm/dualcontrol.py), on the memory and SQLite appro
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -22,9 +23,11 @@ from ferrohsm.domain.approval import TRANSITIONS, Approval, ApprovalState, Event
 from ferrohsm.domain.errors import (
     ApprovalRequired,
     AuditUnavailable,
+    BadRequest,
     Conflict,
     FerroError,
     Forbidden,
+    IntegrityError,
     InvalidTransition,
     Unavailable,
 )
@@ -370,6 +373,37 @@ def test_quorum_then_ten_concurrent_repeats_execute_exactly_once(world: World) -
     assert rotated.details["approval_id"] == approval_id
 
 
+def test_an_executed_approval_put_back_as_approved_never_executes_again(tmp_path: Path) -> None:
+    """The row of an approved request saved, the request executed, the row put back: its MAC
+    is good (authentic once). The process that executed it refuses the copy, and so does a
+    process that starts afresh and learns the newest revision from the log (``seen``)."""
+    path = tmp_path / "approvals.sqlite3"
+    store = SQLiteApprovalStore(path, CODEC)
+    world = World(store)
+    key = world.key("pci")
+    approval_id = world.park(world.service.rotate, ctx(ALICE), key.id)["id"]
+    world.approve(approval_id, BOB, CAROL)
+    with sqlite3.connect(path) as db:
+        saved = db.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+    world.service.rotate(ctx(ALICE, approval_id), key.id)
+    executed = store.get(approval_id).revision
+
+    def put_back() -> None:
+        with sqlite3.connect(path) as db:
+            db.execute("DELETE FROM approvals WHERE id = ?", (approval_id,))
+            db.execute("INSERT INTO approvals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", saved)
+    put_back()
+    assert store.get(approval_id).state is ApprovalState.APPROVED  # authentic, but older
+    with pytest.raises(IntegrityError, match="older copy"):
+        world.service.rotate(ctx(ALICE, approval_id), key.id)
+    fresh = World(store, world.store)  # a process started afresh on the same stores
+    fresh.service.dual.seen({approval_id: executed})  # what a cold start read from the log
+    with pytest.raises(IntegrityError, match="older copy"):
+        fresh.service.rotate(ctx(ALICE, approval_id), key.id)
+    assert len(world.store.get(key.id).versions) == 2  # rotated once, by the approval
+    store.close()
+
+
 def test_an_approval_replayed_elsewhere_is_refused(world: World) -> None:
     other = world.key("pci")
     wrapped = world.key("pci", usage="wrap")
@@ -442,6 +476,8 @@ def test_every_transition_is_audited(world: World) -> None:
     assert by_approval[expired] == ["approval.requested", "approval.expired"]
     listed = world.service.approvals.list(ctx(Principal("una", Role.AUDITOR)), "executed")
     assert [a["id"] for a in listed["approvals"]] == [used]
+    with pytest.raises(BadRequest):  # ?state= empty is no state (a script's unset variable)
+        world.service.approvals.list(ctx(Principal("una", Role.AUDITOR)), "")
 
 
 def test_audit_failure_leaves_no_unrecorded_approval(world: World) -> None:

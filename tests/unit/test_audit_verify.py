@@ -366,6 +366,33 @@ def test_report_lists_the_intents_no_record_settled() -> None:
     assert "never settled" in render(data)
 
 
+def test_report_lists_key_changes_made_to_an_older_copy_put_back() -> None:
+    """k's changes 1 (create) and 3 (revoke, from 1); change 5 built on 1 again: the record of
+    before the revocation put back and changed. A store.bound change accepts what came before."""
+    from ferrohsm.audit.report import build_report, render
+
+    def rec(seq: int, action: str, outcome: str, **details: object) -> dict[str, object]:
+        return {"seq": seq, "ts": "2026-12-06T10:00:00Z", "actor": "op", "action": action,
+                "outcome": outcome, "key_id": "k", "details": details}
+    records = [rec(1, "key.create", "intent", from_seq=0), rec(2, "key.create", "success",
+                                                              intent_seq=1),
+               rec(3, "key.revoke", "intent", from_seq=1), rec(4, "key.revoke", "success",
+                                                               intent_seq=3),
+               rec(5, "key.update", "intent", from_seq=1), rec(6, "key.update", "success",
+                                                               intent_seq=5)]
+    data = build_report(records)
+    assert data["forked_changes"]["count"] == 1
+    assert data["forked_changes"]["rows"][0]["seq"] == 6
+    assert data["forked_changes"]["rows"][0]["from_seq"] == 1
+    assert "older copy" in render(data)
+    accepted = [*records, rec(7, "store.bound", "intent", from_seq=5),
+                rec(8, "store.bound", "success", intent_seq=7),
+                rec(9, "key.update", "intent", from_seq=7),
+                rec(10, "key.update", "success", intent_seq=9)]
+    assert build_report(accepted)["forked_changes"]["count"] == 1  # nothing new after it
+    assert build_report(records[:4])["forked_changes"]["count"] == 0
+
+
 def test_verify_never_imports_cryptography() -> None:
     """Not even for checkpoints (tests/test_architecture.py checks the whole import closure and
     tests/integration/test_offline_verify_stdlib.py runs it with cryptography blocked)."""

@@ -120,3 +120,7 @@ def test_the_start_up_scan_reads_a_postgres_log(postgres: pgserver.PostgresServe
     assert location.present() and location.has_checkpoints()
     assert created_keys(location) == {"key-b"}
     assert dsn not in repr(location)  # the DSN may carry a password
+    newcomer = AuditLocation(str(tmp_path / "new-node" / "audit"), "postgres", dsn)
+    assert newcomer.has_checkpoints()  # a node new to the cluster has signed none yet
+    (Path(location.directory) / "checkpoints.jsonl").unlink()  # deleted, with a cut hidden
+    assert not location.has_checkpoints()  # its signing key says it had some

@@ -24,13 +24,20 @@ from ferrohsm.crypto.seal import Sealer
 from ferrohsm.domain import approval as apv
 from ferrohsm.domain import binding
 from ferrohsm.domain import lifecycle as lc
+from ferrohsm.domain.errors import IntegrityError
 from ferrohsm.domain.ids import uuid7
 from ferrohsm.domain.model import Key, Principal, RequestContext, Role
 from ferrohsm.engine.keycache import MaterialCache
 from ferrohsm.engine.keyengine import KeyEngine
 from ferrohsm.integrity.changelog import ApprovalChange, ChangeLog
 from ferrohsm.integrity.logcheck import StartupRefused
-from ferrohsm.integrity.reconcile import Plan, Report, plan_approvals, reconcile
+from ferrohsm.integrity.reconcile import (
+    Plan,
+    Report,
+    newest_revisions,
+    plan_approvals,
+    reconcile,
+)
 from ferrohsm.service import KeyService
 from ferrohsm.store.filesystem import FilesystemStore
 from ferrohsm.store.memory_approvals import MemoryApprovalStore
@@ -237,6 +244,38 @@ def test_a_replayed_older_copy_is_refused_then_accepted_once(data: Data) -> None
     assert data.restart()[1] == Report()  # accepted once, for good
 
 
+def test_a_change_made_to_an_older_copy_put_back_is_a_fork_refused_at_start_up(
+        data: Data) -> None:
+    """An older copy put back and then changed by a process that never served the newer one:
+    the record is bound to that new change, so only the history's fork shows it."""
+    key = data.create()
+    old = data.store.get(key.id)
+    data.svc.revoke(ALICE, key.id)
+    data.store.update(replace(old, revision=data.store.get(key.id).revision))  # put back
+    data.close()
+    data = Data.open(data.path)  # another process: it never served the revoked record
+    data.svc.update_key(ALICE, key.id, "laundered")  # the copy, bound to a new change
+    with pytest.raises(StartupRefused) as refused:
+        data.restart()
+    assert key.id in refused.value.message and "forked history" in refused.value.message
+    data = Data.open(data.path)
+    data, report = data.restart(accept_unrecorded=True)
+    assert report == Report(accepted=1)
+    assert data.restart()[1] == Report()  # accepted once, for good
+
+
+def test_a_process_that_served_the_newer_record_refuses_the_older_copy(data: Data) -> None:
+    key = data.create()
+    old = data.store.get(key.id)
+    data.svc.revoke(ALICE, key.id)
+    assert data.svc.get_key(ALICE, key.id).state.value == "revoked"
+    data.store.update(replace(old, revision=data.store.get(key.id).revision))  # put back
+    with pytest.raises(IntegrityError, match="older copy"):
+        data.svc.get_key(ALICE, key.id)
+    with pytest.raises(IntegrityError, match="older copy"):
+        data.svc.update_key(ALICE, key.id, "laundered")
+
+
 def test_a_key_whose_creation_was_never_recorded_is_refused(data: Data) -> None:
     data.create()
     stray = data.store.create(lc.new_key(key_id=uuid7(), name=None, description="",
@@ -359,3 +398,5 @@ def test_the_change_log_lists_approval_transitions_whose_success_is_recorded() -
              "details": {binding.INTENT_SEQ: 5}})
     assert log.approvals_done == {("a1", 2)}
     assert [i.seq for i in log.open_approvals()] == [6]
+    log.approvals_done.add(("a1", 4))
+    assert newest_revisions(log.approvals_done) == {"a1": 4}  # what a cold start hands on

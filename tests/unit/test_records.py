@@ -49,9 +49,9 @@ def variants(stored: bytes) -> dict[str, tuple[bytes | str, str]]:
     return {
         "uppercase-mac": (stored.replace(doc["mac"].encode(), doc["mac"].upper().encode()),
                           "mac_mismatch"),
-        "pretty-printed": (json.dumps(doc, indent=1).encode(), "mac_missing"),
+        "pretty-printed": (json.dumps(doc, indent=1).encode(), "layout_changed"),
         "keys-reordered": (json.dumps({"record": doc["record"], "format": 2,
-                                       "mac": doc["mac"]}).encode(), "mac_missing"),
+                                       "mac": doc["mac"]}).encode(), "layout_changed"),
         "trailing-bytes": (stored + b" ", "mac_mismatch"),
         "truncated": (stored[:-2] + b"}", "mac_mismatch"),
         "short-mac": (stored.replace(doc["mac"].encode(), doc["mac"][:-2].encode()),
