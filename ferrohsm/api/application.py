@@ -96,12 +96,7 @@ class Application:
                 resp, ctx, route_name, error_type = self._handle(req, ctx, span)
         else:
             resp, ctx, route_name, error_type = self._handle(req, ctx, span)
-        echo_context_headers(req, ctx, resp, parent)
-        if req.path == "/ui" or req.path.startswith("/ui/"):
-            harden(resp)  # 429, 405 and 400 are made before the dashboard handler runs
-        elif req.path.startswith("/v1/") and not any(n.lower() == "cache-control"
-                                                     for n, _ in resp.headers):
-            resp.headers.append(("Cache-Control", "no-store"))
+        _dress(req, ctx, resp, parent)
         if span is not None:
             span.routed(route_name, ctx.principal.subject if ctx.principal else None,
                         error_type)
@@ -180,11 +175,14 @@ class Application:
         its tokens are gone the answer is the sampled 429 instead). It gets its access line,
         metrics and span like any answered request."""
         start = time.perf_counter()
-        span = self._start_span(req, None) if self.tracer is not None else None
+        parent = (parse_traceparent(req.headers.values_of("traceparent"),
+                                    req.headers.values_of("tracestate"))
+                  if "traceparent" in req.headers else None)
+        span = self._start_span(req, parent) if self.tracer is not None else None
         exported = span.ids() if span is not None else None
         ctx = self._caller(req, base_context(req, None, self.limiter.client_ip(
             req.peer_ip, req.headers.get_all("x-forwarded-for")),
-            exported[0] if exported else None))
+            exported[0] if exported else parent.trace_id if parent else None))
         route_name = self._template_of(req)  # the route the request was for, if one takes it
         try:
             self._limit(ctx)
@@ -193,10 +191,11 @@ class Application:
         else:
             self._record_refusal(req, ctx, route_name, exc)
         resp = _error(req, exc)
+        _dress(req, ctx, resp, parent)  # as a routed answer: its ids echoed, no-store
         if span is not None:
             span.routed(route_name, ctx.principal.subject if ctx.principal else None, exc.code)
-        self._observe(req, ctx, route_name, resp, time.perf_counter() - start, exported,
-                      exc.code)
+        self._observe(req, ctx, route_name, resp, time.perf_counter() - start,
+                      exported or parent, exc.code)
         return resp
 
     def _free(self, req: Request, ctx: RequestContext, route: Any,
@@ -389,6 +388,17 @@ def _agent(req: Request) -> str | None:
     if value.isascii():
         return value
     return value.encode("latin-1", "replace").decode("utf-8", "replace")
+
+
+def _dress(req: Request, ctx: RequestContext, resp: Response, parent: Parent | None) -> None:
+    """The headers every answer gets, routed or refused while it was read: the caller's
+    X-Correlation-ID and traceparent back, the dashboard's hardening or the API's no-store."""
+    echo_context_headers(req, ctx, resp, parent)
+    if req.path == "/ui" or req.path.startswith("/ui/"):
+        harden(resp)  # 429, 405 and 400 are made before the dashboard handler runs
+    elif req.path.startswith("/v1/") and not any(n.lower() == "cache-control"
+                                                 for n, _ in resp.headers):
+        resp.headers.append(("Cache-Control", "no-store"))
 
 
 def _traced(span: RequestSpan, route: Any, ctx: RequestContext, req: Request,

@@ -243,7 +243,7 @@ SCHEMAS: dict[str, Any] = {
     "ApprovalVote": {"type": "object", "required": ["actor", "role", "at"], "properties": {
         "actor": {"type": "string"}, "role": {"enum": ["administrator", "operator"]},
         "at": TIME, "comment": {"type": "string"},
-        "signature": {"type": "string", "description": "a signed vote: base64 signature over "
+        "signature": {**B64, "description": "a signed vote: base64 signature over "
                       "the vote message (README, Approvers who cannot be forged)"},
         "key_fingerprint": {"type": "string", "description": "sha256:<hex> of the "
                             "approver's registered public key (DER SubjectPublicKeyInfo)"}}},
@@ -276,7 +276,7 @@ SCHEMAS: dict[str, Any] = {
     "ApprovalVoteRequest": {"type": "object", "additionalProperties": False,
                             "properties": {"comment": {**PLAIN_TEXT, "maxLength": 256},
                                            "signature": {
-                                               "type": "string", "maxLength": 200,
+                                               **B64, "maxLength": 200,
                                                "description": "base64 Ed25519 or ECDSA P-256 "
                                                "signature over ferrohsm-vote-v1 (approval id, "
                                                "request hash, decision); required when "

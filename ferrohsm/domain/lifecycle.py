@@ -165,6 +165,8 @@ def import_version(key: Key, sealed: bytes, now: datetime, actor: str) -> Key:
 def rollback(key: Key, version: int, now: datetime, actor: str) -> Key:
     state = target_state(key, Move.ROLLBACK)
     chosen = key.version(version)
+    if chosen.state is VersionState.DESTROYED:  # as every other use of a destroyed version
+        raise Gone(f"version {version} is destroyed; only an enabled version can become primary")
     if chosen.state is not VersionState.ENABLED:
         raise Conflict(f"version {version} is {chosen.state.value}; only an enabled version "
                        "can become primary")

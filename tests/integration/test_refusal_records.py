@@ -110,16 +110,21 @@ def records_of(srv: LiveServer, request_id: str) -> list[Record]:
 
 def raw_status(srv: LiveServer, data: bytes) -> int:
     """Send exact bytes on a fresh TLS connection; the status of the one response."""
+    return int(raw_head(srv, data).split(b" ", 2)[1])
+
+
+def raw_head(srv: LiveServer, data: bytes) -> bytes:
+    """Send exact bytes on a fresh TLS connection; the head of the one response."""
     with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock, \
             srv.ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
         tls.sendall(data)
         head = b""
-        while b"\r\n" not in head:
+        while b"\r\n\r\n" not in head:
             chunk = tls.recv(4096)
             if not chunk:
                 break
             head += chunk
-    return int(head.split(b" ", 2)[1])
+    return head.partition(b"\r\n\r\n")[0]
 
 
 # ---- the cases ------------------------------------------------------------------------------
@@ -474,10 +479,16 @@ def test_a_request_refused_while_read_names_its_caller_and_route(
     """A valid token's holder sent it: the record is theirs (actor, role, correlation id),
     and names the route it was for, not an anonymous unmatched request."""
     rid = f"read-refusal-{uuid.uuid4().hex}"
-    data = wire(b"POST /v1/keys HTTP/1.1", extra + b"X-Correlation-ID: corr-415\r\n",
-                b"{}" if status == 415 else b"")
+    parent = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    data = wire(b"POST /v1/keys HTTP/1.1", extra + b"X-Correlation-ID: corr-415\r\n"
+                + b"traceparent: " + parent + b"\r\n", b"{}" if status == 415 else b"")
     data = data.replace(b"{rid}", rid.encode()).replace(b"{token}", world.srv.token().encode())
-    assert raw_status(world.srv, data) == status
+    head = raw_head(world.srv, data).lower()
+    assert head.startswith(b"http/1.1 %d " % status)
+    # the answer says the id was recorded (it was), as a routed answer does
+    for line in (b"x-correlation-id: corr-415", b"traceparent: " + parent,
+                 b"cache-control: no-store"):
+        assert b"\r\n" + line + b"\r\n" in head + b"\r\n", head
     [record] = records_of(world.srv, rid)
     assert record["actor"] != "anonymous" and record["role"] == "administrator", record
     assert record["correlation_id"] == "corr-415"

@@ -134,6 +134,9 @@ def test_rollback_rules() -> None:
         lc.rollback(archived, 1, LATER, "bob")
     with pytest.raises(NoSuchVersion):
         lc.rollback(key, 7, LATER, "bob")
+    destroyed = lc.destroy_version(key, 1, LATER, "bob")
+    with pytest.raises(Gone):  # 410, as every other use of a destroyed version
+        lc.rollback(destroyed, 1, LATER, "bob")
 
 
 def test_cancel_destroy_restores_previous_state() -> None:
