@@ -11,6 +11,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -292,11 +293,14 @@ def _supervise(config: Config, announce: Any, options: Any) -> int:
                             cores_for(config.server.processes, config.server.pin_processes),
                             spread.down)
     supervisor.install()
+    extending = ExitStack()  # more start-up time asked of systemd until a child serves
     try:
+        extending.enter_context(sdnotify.starting())
         supervisor.start()
         host, port = parse_listen(config.server.listen)
 
         def ready() -> None:
+            extending.close()
             log.info("listening on %s:%d with %d processes (key store %s)", host, port,
                      config.server.processes, config.storage.key_store)
             sdnotify.ready(f"listening on port {port} with {config.server.processes} processes")
@@ -304,6 +308,7 @@ def _supervise(config: Config, announce: Any, options: Any) -> int:
                 announce(port)
         return supervisor.run(lambda: listening(host, port), ready)
     finally:
+        extending.close()
         spread.close()
         for sock in reserved:
             sock.close()
@@ -352,7 +357,8 @@ def _serve(config: Config, ssl_provider: Any, announce: Any = None, options: Any
     if config.secrets.unseal == "shamir":  # split knowledge: start sealed (cli/custody.py)
         from .custody import run_sealed
         return run_sealed(config, ssl_provider, announce, options)
-    rt = wiring.build_runtime(config, load_secrets(config), options)
+    with sdnotify.starting():  # the start-up checks read the whole audit log
+        rt = wiring.build_runtime(config, load_secrets(config), options)
     server = None
     try:
         if parent is not None:  # one of processes = N: /metrics shows every process, and

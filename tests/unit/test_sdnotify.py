@@ -61,3 +61,43 @@ def test_nothing_without_systemd_and_no_raise_on_failure(monkeypatch: pytest.Mon
     assert sdnotify.ready() is False
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens"))
     assert sdnotify.stopping() is False  # logged, never raised
+
+
+def test_a_long_start_asks_for_more_time_until_it_is_done(
+        monkeypatch: pytest.MonkeyPatch, path_socket: tuple[str, socket.socket]) -> None:
+    """The start-up checks read the whole audit log (minutes, on tens of millions of records):
+    the unit's TimeoutStartSec must not kill a start that is making progress."""
+    path, sock = path_socket
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    with sdnotify.starting(every=0.05, by=2.0):
+        got = fields(sock)
+        assert got["EXTEND_TIMEOUT_USEC"] == "2000000" and "start-up checks" in got["STATUS"]
+        fields(sock)  # and again
+    sock.settimeout(0.3)
+    while True:  # at most one more, sent before the block ended; then none
+        try:
+            sock.recv(4096)
+        except TimeoutError:
+            break
+    with pytest.raises(TimeoutError):
+        sock.recv(4096)
+
+
+def test_extending_stops_after_its_limit_and_does_nothing_without_systemd(
+        monkeypatch: pytest.MonkeyPatch, path_socket: tuple[str, socket.socket]) -> None:
+    path, sock = path_socket
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    with sdnotify.starting(every=0.05, by=2.0, at_most=0.12):
+        time.sleep(0.5)
+    sent = 0
+    sock.settimeout(0.2)
+    while True:
+        try:
+            sock.recv(4096)
+            sent += 1
+        except TimeoutError:
+            break
+    assert 1 <= sent <= 3
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    with sdnotify.starting(every=0.01):
+        time.sleep(0.05)  # no thread, nothing sent
