@@ -173,7 +173,7 @@ class _Forks:
         if outcome != "success":
             return
         previous = self.last.get(key, 0)
-        if action != "store.bound" and previous and built_on < previous:
+        if action not in ("store.bound", "key.restore") and previous and built_on < previous:
             self.rows.append({**_row(rec), "from_seq": built_on, "after_seq": previous})
         self.last[key] = max(previous, settles)
 

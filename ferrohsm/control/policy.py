@@ -42,6 +42,7 @@ from enum import StrEnum
 from ..auth.permissions import Action, refusal
 from ..domain.errors import ConfigError
 from ..domain.model import Key, Principal
+from ..domain.shown import shown
 
 DEFAULT_TTL = timedelta(hours=1)
 DEFAULT_GRACE = timedelta(hours=24)
@@ -71,9 +72,9 @@ def parse_action(name: str) -> Action:
         try:
             action = Action(name)
         except ValueError:
-            raise ValueError(f"unknown action {name!r:.40}") from None
+            raise ValueError(f"unknown action {shown(name)}") from None
     if action not in APPROVABLE:
-        raise ValueError(f"{name!r:.40} is not an operation on a key")
+        raise ValueError(f"{shown(name)} is not an operation on a key")
     return action
 
 

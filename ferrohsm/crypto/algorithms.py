@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ..domain.errors import BadRequest
+from ..domain.shown import shown
 
 __all__ = ["ALGORITHMS", "USAGES", "Algorithm", "check_usage", "get_algorithm"]
 
@@ -82,8 +83,8 @@ def get_algorithm(name: object) -> Algorithm:
         found = ALGORITHMS.get(name)
         if found is not None:
             return found
-    shown = repr(name)[:40] if isinstance(name, str) else type(name).__name__
-    raise BadRequest(f"unknown algorithm {shown}; expected one of: {', '.join(ALGORITHMS)}")
+    what = shown(name) if isinstance(name, str) else type(name).__name__
+    raise BadRequest(f"unknown algorithm {what}; expected one of: {', '.join(ALGORITHMS)}")
 
 
 def check_usage(algorithm: object, usage: object) -> Algorithm:
@@ -93,8 +94,8 @@ def check_usage(algorithm: object, usage: object) -> Algorithm:
     """
     algo = get_algorithm(algorithm)
     if not isinstance(usage, str) or usage not in USAGES:
-        shown = repr(usage)[:40] if isinstance(usage, str) else type(usage).__name__
-        raise BadRequest(f"unknown usage {shown}; expected one of: {', '.join(USAGES)}")
+        what = shown(usage) if isinstance(usage, str) else type(usage).__name__
+        raise BadRequest(f"unknown usage {what}; expected one of: {', '.join(USAGES)}")
     if usage not in algo.usages:
         allowed = ", ".join(sorted(algo.usages))
         raise BadRequest(f"algorithm {algo.name} cannot be used for {usage}; "

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.keywrap import (
 )
 
 from ..domain.errors import BadRequest, CryptoFailure
+from ..domain.shown import shown
 from .algorithms import EC_CURVES, RSA_PUBLIC_EXPONENT, Algorithm, get_algorithm
 
 __all__ = [
@@ -165,7 +166,7 @@ def wrap_for_import(public_key_pem: str, wrapping_algorithm: str, material: byte
                              f"{RSA_AES_KEY_WRAP_SHA256} for private keys")
         return public.encrypt(material, _OAEP)
     if wrapping_algorithm != RSA_AES_KEY_WRAP_SHA256:
-        raise ValueError(f"unknown wrapping algorithm {wrapping_algorithm!r:.40}")
+        raise ValueError(f"unknown wrapping algorithm {shown(wrapping_algorithm)}")
     ephemeral = os.urandom(_EPHEMERAL_BYTES)
     return public.encrypt(ephemeral, _OAEP) + aes_key_wrap_with_padding(ephemeral, material)
 

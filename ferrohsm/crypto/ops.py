@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.keywrap import (
 )
 
 from ..domain.errors import BadRequest, Conflict, CryptoFailure, IntegrityError
+from ..domain.shown import shown
 from .algorithms import EC_CURVES, get_algorithm
 
 __all__ = [
@@ -217,10 +218,10 @@ def _scheme_for(k: LoadedKey, data: bytes, prehashed: bool, scheme: str | None) 
         raise Conflict(f"{k.algorithm} keys cannot sign or verify")
     name = k._schemes[0] if scheme is None else scheme
     if not isinstance(name, str) or name not in k._schemes:
-        shown = repr(name)[:40] if isinstance(name, str) else type(name).__name__
+        what = shown(name) if isinstance(name, str) else type(name).__name__
         # a scheme the API knows but this key does not allow: 409; any other value: 400
         refusal = Conflict if isinstance(name, str) and name in _SCHEMES else BadRequest
-        raise refusal(f"signature algorithm {shown} is not allowed for {k.algorithm}; "
+        raise refusal(f"signature algorithm {what} is not allowed for {k.algorithm}; "
                          f"allowed: {', '.join(k._schemes)}")
     chosen = _SCHEMES[name]
     if not isinstance(data, bytes):

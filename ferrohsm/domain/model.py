@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from .errors import BadRequest, Conflict
+from .shown import shown
 
 # Each rule is one regular expression, written once: the server matches with it and the API
 # description (api/openapi.py) publishes the same text as a JSON Schema ``pattern``, so the
@@ -109,7 +110,7 @@ def parse_iso(text: str | None) -> datetime | None:
     try:
         return utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
     except (ValueError, AttributeError) as exc:
-        raise BadRequest(f"not an RFC 3339 time: {text!r:.40}") from exc
+        raise BadRequest(f"not an RFC 3339 time: {shown(text)}") from exc
 
 
 def is_uuid(text: str) -> bool:
@@ -245,7 +246,7 @@ class Key:
 
     def version(self, number: int) -> KeyVersion:
         if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= len(self.versions):
-            raise NoSuchVersion(f"key has no version {number!r:.20}")
+            raise NoSuchVersion(f"key has no version {shown(number, 20)}")
         return self.versions[number - 1]
 
     def with_event(self, now: datetime, actor: str, action: str, detail: str = "", **changes: Any) -> Key:

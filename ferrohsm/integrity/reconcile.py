@@ -52,6 +52,7 @@ from .logcheck import StartupRefused
 log = logging.getLogger("ferrohsm.integrity")
 
 SYSTEM = "system"
+STARTS_OVER = frozenset({binding.BIND_ACTION, "key.restore"})  # a key's line of changes (_fork)
 ACCEPTED_ACTION = "integrity.unrecorded_accepted"
 MAX_NAMED = 20
 BIND_BATCH = 1000  # keys bound per pair of group commits
@@ -184,11 +185,12 @@ def _fork(stored: Key, built: dict[int, tuple[int, str]]) -> Problem | None:
     lost a race is rolled back, never confirmed). One built on an OLDER change means an older
     copy of the record was put back and then changed, which binds the copy to a new change and
     hides it from the binding check; the revocation or destruction it undid is in the log. A
-    ``store.bound`` change (an operator's --accept-unrecorded) accepts what came before it."""
+    ``store.bound`` change (an operator's --accept-unrecorded) accepts what came before it, and
+    a restore from a backup archive starts a key's line over (in a new log, by design)."""
     previous, fork = 0, None
     for seq in sorted(built):
         from_seq, action = built[seq]
-        if action == binding.BIND_ACTION:
+        if action in STARTS_OVER:
             fork = None
         elif previous and from_seq < previous:
             fork = (seq, from_seq, previous)

@@ -34,6 +34,7 @@ from ferrohsm.integrity.logcheck import StartupRefused
 from ferrohsm.integrity.reconcile import (
     Plan,
     Report,
+    _fork,
     newest_revisions,
     plan_approvals,
     reconcile,
@@ -262,6 +263,18 @@ def test_a_change_made_to_an_older_copy_put_back_is_a_fork_refused_at_start_up(
     data, report = data.restart(accept_unrecorded=True)
     assert report == Report(accepted=1)
     assert data.restart()[1] == Report()  # accepted once, for good
+
+
+def test_a_line_of_changes_starts_over_at_a_binding_or_a_restore(data: Data) -> None:
+    """Concurrent writers never fork a key's line (a change that lost its race is rolled
+    back); a store.bound change or a restore from a backup (in a new log) starts it over."""
+    key = data.create()
+    line = {2: (0, "key.create"), 5: (2, "key.rotate"), 9: (5, "key.revoke")}
+    assert _fork(key, line) is None
+    assert _fork(key, {**line, 12: (5, "key.update")}) is not None  # built on 5 after 9
+    for restart in ("store.bound", "key.restore"):
+        assert _fork(key, {**line, 12: (5, "key.update"), 14: (0, restart),
+                           15: (14, "key.rotate")}) is None
 
 
 def test_a_process_that_served_the_newer_record_refuses_the_older_copy(data: Data) -> None:

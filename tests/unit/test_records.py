@@ -101,3 +101,16 @@ def test_the_migration_reads_bare_records_without_the_audit_fields() -> None:
     del old["audit_seq"], old["audit_hash"]
     assert RecordCodec.decode_unauthenticated(key.id, canonical(old)) == key
     assert RecordCodec.decode_unauthenticated(key.id, canonical(old).decode()) == key
+
+
+def test_a_value_quoted_in_a_message_keeps_its_quote_when_cut() -> None:
+    """A contract tester read ``unknown algorithm 'aaaa…`` (no closing quote, no sign of the
+    cut) as the value sent."""
+    from ferrohsm.crypto.algorithms import get_algorithm
+    from ferrohsm.domain.errors import BadRequest
+    from ferrohsm.domain.shown import shown
+    assert shown("abc") == "'abc'" and shown("a" * 100) == "'" + "a" * 37 + "…'"
+    assert len(shown("a" * 100)) == 40 and shown(10**30, 10) == "10000000…0"
+    with pytest.raises(BadRequest) as caught:
+        get_algorithm("x" * 100)
+    assert "'" + "x" * 37 + "…';" in caught.value.message
