@@ -39,6 +39,7 @@ from .auth.authn import Authenticator, build_authenticator, file_deny_list
 from .auth.denylist import RevocationList
 from .auth.ratelimit import RateLimiter, policy_from_settings
 from .auth.sharedlimit import ClusterLimits
+from .clusterwire import open_cluster, settle_dead
 from .config import Config, Secrets, fsync_cores, parse_listen
 from .control.cluster import Cluster
 from .control.heldscheduler import HeldScheduler
@@ -59,7 +60,7 @@ from .engine.keycache import MaterialCache
 from .engine.keyengine import KeyEngine
 from .integrity.logcheck import StartupChecks, StartupRefused
 from .integrity.logscan import AuditLocation
-from .integrity.reconcile import Report, reconcile
+from .integrity.reconcile import Report, newest_only, reconcile
 from .integrity.records import RecordReport, check_key_records
 from .obswire import share_metrics, wire_metrics
 from .service import AuditLogService, KeyService, TokenService
@@ -73,8 +74,7 @@ from .store.importjobs_files import FolderImportJobStore, MemoryImportJobStore
 from .store.keystore import KeyStore
 from .store.memory import MemoryStore
 from .store.memory_approvals import MemoryApprovalStore
-from .store.nodelock import FileLeader, FileMembership, alone
-from .store.pg_shared import PostgresLeader, PostgresMembership, PostgresUsage
+from .store.nodelock import alone
 from .store.pgdb import PgDatabase, dsn_from_env
 from .store.postgres import PostgresStore
 from .store.postgres_approvals import PostgresApprovalStore
@@ -82,7 +82,6 @@ from .store.postgres_importjobs import PostgresImportJobStore
 from .store.postgres_revocations import PostgresDenyList
 from .store.sqlite import SQLiteStore
 from .store.sqlite_approvals import SQLiteApprovalStore
-from .store.sqlite_usage import SQLiteUsage
 from .telemetry import tracing
 from .telemetry.metrics import ServerMetrics
 from .tlswire import expiry_of, start_tls, tls_notify, tls_provider, wire_tls
@@ -217,19 +216,6 @@ def check_master_key(store: KeyStore, sealer: Sealer) -> bool:
                              "with. Restore it from a backup of the store; it is only ever "
                              "written for a new, empty store")
     return True
-
-
-def open_cluster(config: Config) -> Cluster | None:
-    """The coordination of a store several processes may share (sqlite, postgres); None for a
-    store that belongs to one process (filesystem, memory)."""
-    kind = config.storage.key_store
-    if kind == "postgres":
-        dsn = postgres_dsn(config)
-        return Cluster(PostgresMembership(dsn), PostgresLeader(dsn), PostgresUsage(dsn))
-    if kind != "sqlite":
-        return None
-    data = ensure_private_dir(config.storage.data_dir)
-    return Cluster(FileMembership(data), FileLeader(data), SQLiteUsage(data / "ratelimit.sqlite3"))
 
 
 def open_joined(config: Config, secrets: Secrets, store: KeyStore, sealer: Sealer) -> ChainedSink:
@@ -367,7 +353,12 @@ def open_state(config: Config, secrets: Secrets, store: KeyStore, sealer: Sealer
     """The audit log, checked against the store and reconciled on a cold start; opened as is
     by a node that joins live ones (store/nodelock.py says why)."""
     if cluster is not None and not cluster.membership.enter():
-        return open_joined(config, secrets, store, sealer), None, None
+        joined = open_joined(config, secrets, store, sealer)
+        try:  # older copies of what the live nodes changed are refused here too
+            return joined, None, newest_only(joined, secrets.audit_hmac_key)
+        except BaseException:
+            joined.close()
+            raise
     audit, audit_loss = open_checked(config, secrets, store, sealer, opts)
     settled = None
     try:
@@ -377,6 +368,9 @@ def open_state(config: Config, secrets: Secrets, store: KeyStore, sealer: Sealer
             # (integrity/reconcile.py); after an accepted audit loss, bind every key anew
             settled = reconcile(store, audit, secrets.audit_hmac_key, approvals=approvals,
                                 accept_unrecorded=opts.accept_unrecorded or audit_loss)
+        if cluster is not None and cluster.leases is not None:  # all settled: none alive
+            for node in cluster.leases.dead():
+                cluster.leases.bury(node)
     except BaseException:
         audit.close()
         raise
@@ -408,7 +402,7 @@ def build_runtime(config: Config, secrets: Secrets,
                                    deny_list=shared_deny_list(store))
         # the log's revocations are back on the list before any other process or node may
         # serve: they wait for this cold start (store/nodelock.py) until ``started``
-        if settled is not None and auth.restore_revocations(settled.revoked):
+        if settled is not None and settled.revoked and auth.restore_revocations(settled.revoked):
             log.warning("token deny-list: revocations the audit log holds were missing; restored")
         if cluster is not None:
             cluster.membership.started()
@@ -426,7 +420,12 @@ def build_runtime(config: Config, secrets: Secrets,
                          on_crypto=lambda alg, op, outcome: metrics.crypto_ops.inc(alg, op, outcome),
                          policy=policy, approvals=approvals)
     service.approvals.rules = vote_rules(config, voters, audit)
-    service.dual.seen(settled.approval_revisions if settled else {})  # a cold start's log
+    if settled is not None:  # what the log says is newest: older copies are refused
+        service.dual.seen(settled.approval_revisions)
+        for key_id, seq in settled.key_bindings.items():
+            store.note_binding(key_id, seq)
+    service.guard.node = cluster.leases.node if cluster and cluster.leases else None
+    settle_dead(cluster, store, approvals, audit, secrets.audit_hmac_key)
     limiter = RateLimiter(policy_from_settings(config.rate_limit))
     if cluster is not None:
         cluster.limits = ClusterLimits(limiter, cluster.usage)
@@ -494,6 +493,7 @@ def start_scheduler(rt: Runtime) -> threading.Thread:
                               clock=SteadyClock(rt.service.clock),  # no work for a clock's jump
                               approval_retention_days=rt.config.approvals.retention_days,
                               audit_prune=rt.audit.prune,
+                              settle=cluster.settle if cluster else None,
                               leader=cluster.leader.is_leader if cluster else None)
     if cluster is not None:
         cluster.keep_membership(rt.stop)

@@ -505,12 +505,13 @@ def _sane(value: str | None) -> str | None:
 
 def echo_context_headers(req: Request, ctx: RequestContext, resp: Response,
                          parent: Parent | None = None) -> None:
-    """X-Correlation-ID back as sent; a valid ``traceparent`` back as sent (an invalid one
-    started a new trace and is not echoed)."""
+    """X-Correlation-ID back as sent; a valid ``traceparent`` back as sent, its four fields only
+    (a later version may carry more after them, which is neither checked nor echoed; an
+    invalid one started a new trace and is not echoed)."""
     if ctx.correlation_id:
         resp.headers.append(("X-Correlation-ID", ctx.correlation_id))
     if parent is not None:
-        resp.headers.append(("traceparent", req.headers.get("traceparent") or ""))
+        resp.headers.append(("traceparent", (req.headers.get("traceparent") or "")[:55]))
 
 
 def audit_hook(record: Callable[..., Any]) -> AuditHook:

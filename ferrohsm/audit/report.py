@@ -93,6 +93,7 @@ def build_report(records: Iterable[dict[str, Any] | None],
     late_by_actor: Counter[str] = Counter()
     intents: dict[Any, dict[str, Any]] = {}  # seq -> row, until a record settles it
     forks = _Forks()
+    executed: Counter[str] = Counter()  # approval id -> its approval.executed successes
     first_ts = last_ts = None
     for rec in records:
         if rec is None:
@@ -105,6 +106,9 @@ def build_report(records: Iterable[dict[str, Any] | None],
         last_ts = rec.get("ts")
         _settle(intents, rec, outcome)
         forks.see(rec, outcome)
+        if action == "approval.executed" and outcome == "success":
+            details = rec.get("details")
+            executed[str(details.get("approval_id") if isinstance(details, dict) else None)] += 1
         if action in BOOKKEEPING:
             continue
         auth_failure = action.startswith(AUTH_PREFIXES) and outcome != "success"
@@ -127,6 +131,8 @@ def build_report(records: Iterable[dict[str, Any] | None],
         "approval_events": {"count": len(approvals), "rows": approvals[:limit]},
         "unsettled_intents": {"count": len(intents), "rows": list(intents.values())[:limit]},
         "forked_changes": {"count": len(forks.rows), "rows": forks.rows[:limit]},
+        # an approval runs once: twice means its record was put back (an older copy)
+        "approvals_executed_twice": sorted(a for a, n in executed.items() if n > 1)[:limit],
         "off_hours": {"work_hours_utc": f"{_hhmm(hours[0])}-{_hhmm(hours[1])}",
                       "count": len(late), "by_actor": dict(late_by_actor.most_common(limit)),
                       "rows": late[:limit]},
@@ -240,6 +246,9 @@ def render(report: dict[str, Any]) -> str:
         section = report[key]
         rows = [[r[c] for c in EVENT_COLUMNS] for r in section["rows"]]
         out += ["", f"{title}: {section['count']}", table(EVENT_COLUMNS, rows)]
+    if report["approvals_executed_twice"]:
+        out += ["", "Approvals executed more than once (an older copy of the approval put back): "
+                + ", ".join(_cell(a) for a in report["approvals_executed_twice"])]
     late = report["off_hours"]
     out += ["", f"Outside working hours ({late['work_hours_utc']} UTC): {late['count']}",
             table(["actor", "records"], [[k, v] for k, v in late["by_actor"].items()]),

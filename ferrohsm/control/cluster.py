@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,6 +27,17 @@ class Membership(Protocol):
     def close(self) -> None: ...
 
 
+class NodeLeases(Protocol):
+    """Per-node locks that tell a dead node from a slow one (store/nodelock.py)."""
+
+    node: str
+
+    def dead(self) -> list[str]: ...
+    def bury(self, node: str) -> None: ...
+    def release(self, node: str) -> None: ...
+    def close(self) -> None: ...
+
+
 @dataclass
 class Cluster:
     """How the processes sharing one store coordinate (README "Running several nodes"): who
@@ -35,6 +47,8 @@ class Cluster:
     leader: Leader
     usage: UsageExchange
     limits: ClusterLimits | None = None
+    leases: NodeLeases | None = None  # None: a dead node's intents wait for a cold start
+    settle: Callable[[], int] | None = None  # settles dead nodes' intents (the leader's tick)
     pid: int = field(default_factory=os.getpid)
 
     def describe(self) -> dict[str, Any]:
@@ -56,3 +70,5 @@ class Cluster:
         if self.limits is None or self.limits.thread is None:  # else its thread closes it
             self.usage.close()
         self.membership.close()
+        if self.leases is not None:
+            self.leases.close()

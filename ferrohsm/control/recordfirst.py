@@ -80,7 +80,11 @@ class Steps:
     def intend(self, ctx: RequestContext, action: Action | str, message: str,
                key: Key | None = None, version: int | None = None, *,
                key_id: str | None = None, **details: Any) -> Intent:
-        """The durable intent (AuditUnavailable: refused, nothing applied)."""
+        """The durable intent (AuditUnavailable: refused, nothing applied). It names this node
+        when several share the store: if the node dies before settling it, a live one does."""
+        node = getattr(self.recorder, "node", None)
+        if node:
+            details = {**details, "node": node}
         record = self.recorder.record(ctx, action, binding.INTENT, f"intent: {message}", key,
                                       version, key_id=key_id, **details)
         if not isinstance(record, dict):  # only a deferred record is not; intents never are

@@ -128,6 +128,7 @@ class TickReport:
     parked: int = 0    # approvals requested by the scheduler for either
     waiting: int = 0   # steps waiting for their approval's quorum
     follower: bool = False  # another process leads: this one did nothing
+    settled: int = 0   # intents of dead nodes settled (integrity/livesettle.py)
 
 
 class RetentionScheduler:
@@ -135,10 +136,12 @@ class RetentionScheduler:
                  clock: Callable[[], datetime] | None = None,
                  ctx: RequestContext = SYSTEM_CONTEXT,
                  audit_prune: Callable[[datetime], dict[str, Any] | None] | None = None,
-                 leader: Callable[[], bool] | None = None) -> None:
+                 leader: Callable[[], bool] | None = None,
+                 settle: Callable[[], int] | None = None) -> None:
         self.leader = leader  # None: this process is alone on its store
         self.service = service
         self.audit_prune = audit_prune  # the audit sink's retention (writes its own checkpoint)
+        self.settle = settle  # the intents of nodes that died (integrity/livesettle.py)
         self.retention = timedelta(days=approval_retention_days) \
             if approval_retention_days > 0 else None
         self.clock = clock or (lambda: service.clock())
@@ -168,6 +171,12 @@ class RetentionScheduler:
             report.failed += 1
             log.warning("approval expiry/pruning failed: %s", exc.message)
         self._prune_audit(now, report)
+        if self.settle is not None:
+            try:
+                report.settled = self.settle()
+            except Exception:  # never a reason to skip the keys' work
+                report.failed += 1
+                log.exception("scheduler: settling dead nodes' intents failed")
         for key in self._candidates():
             try:
                 for job in plan(key, self.service.policy.rules_for(key), now):

@@ -101,3 +101,29 @@ class ChainWalk:
     def _broken(seq: int, what: str) -> NoReturn:
         raise AuditUnavailable(f"the audit log is broken at seq {seq}: {what}; the server does "
                                f"not append to a broken chain: {_VERIFY}")
+
+
+class SeqOnly:
+    """ChainWalk's interface without its checks: only where the head is. For reading the log's
+    change records to learn what is newest (a node joining live ones): each record believed is
+    authenticated on its own (its HMAC), and none is settled from it."""
+
+    __slots__ = ("_head", "_seq")
+
+    def __init__(self, head_seq: int) -> None:
+        self._head, self._seq = head_seq, 0
+
+    @property
+    def complete(self) -> bool:
+        return self._seq >= self._head
+
+    def step(self, raw: bytes) -> int:
+        parts = split_line(raw[:-1] if raw.endswith(b"\n") else raw)
+        fields = line_fields(parts[0]) if parts else None
+        if fields is None:
+            ChainWalk._broken(self._seq + 1, f"the record after seq {self._seq} is not a record")
+        self._seq = fields[0]
+        return self._seq
+
+    def finish(self) -> None:
+        """Nothing to check: a half-written last line was never stepped on (``complete``)."""

@@ -108,6 +108,8 @@ class Guard:
         self.store = store
         self.policy = policy
         self.clock = clock
+        self.node: str | None = None  # this process among several sharing the store: named in
+        # every intent, so a live node settles the intents of one that died (livesettle.py)
 
     def record(self, ctx: RequestContext, action: Action | str, outcome: str, message: str,
                key: Key | None = None, version: int | None = None, *,

@@ -261,6 +261,11 @@ class KeyStore(ABC):
             raise NotFound("no such key")
         return self._fresh(self.get(ref) if is_uuid(ref) else self.get_by_name(ref))
 
+    def read_afresh(self, key_id: str) -> Key:
+        """The key as stored now, past any cache (NotFound when absent): for a decision that a
+        cache a moment behind another process's write would get wrong."""
+        return self._reload(key_id)
+
     def _fresh(self, key: Key) -> Key:
         """``key``, unless it is bound to an older change than this process has already served
         it with: an older copy of its record put back (a revoked or destroyed key made active
@@ -280,10 +285,17 @@ class KeyStore(ABC):
                     f"served it bound to seq {newest}; put back, or a write the store lost)",
                     key_id=key.id, problem="older_copy")
         if key.audit_seq > newest:
+            self.note_binding(key.id, key.audit_seq)
+        return key
+
+    def note_binding(self, key_id: str, seq: int) -> None:
+        """``key_id``'s record is bound to audit record ``seq`` (or later): a change this process
+        just stored, or the log's latest confirmed change of it (a start's reading of the log).
+        ``resolve`` then refuses a record bound to an older one."""
+        if seq > self._newest.get(key_id, 0):
             if len(self._newest) >= MAX_NEWEST:
                 del self._newest[next(iter(self._newest))]
-            self._newest[key.id] = key.audit_seq
-        return key
+            self._newest[key_id] = seq
 
     def append_version(self, key: Key, sealed: bytes, now: datetime) -> Key:
         added = KeyVersion(len(key.versions) + 1, VersionState.ENABLED, now, sealed)

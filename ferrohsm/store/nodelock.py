@@ -17,13 +17,18 @@ the next tick of another process takes over.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import re
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..domain.errors import StoreError
+
+_NODE_RE = re.compile(r"[0-9a-f]{32}")
 
 
 def _open_lock(path: Path) -> int:
@@ -109,5 +114,74 @@ class FileLeader:
 
     def close(self) -> None:
         if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class FileNodeLeases:
+    """One lock file per live process, ``nodes/<node>.lock``, held (``flock``) for its life: the
+    kernel drops it when the process dies, however it dies, so a lock another process can take
+    is a dead node's, exactly (a node that is only slow still holds it). Its intents can then be
+    settled by a live node (integrity/livesettle.py); nothing of it can still be in flight.
+
+    The file is locked under a temporary name and renamed into place, so no one ever finds a
+    live node's file unlocked between its creation and its lock."""
+
+    def __init__(self, directory: str | os.PathLike[str], node: str | None = None) -> None:
+        self._dir = Path(directory) / "nodes"
+        self._dir.mkdir(mode=0o700, exist_ok=True)
+        self.node = node or uuid.uuid4().hex
+        temp = self._dir / f".{self.node}.tmp"
+        fd = _open_lock(temp)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(temp, self._dir / f"{self.node}.lock")
+        except OSError as exc:
+            os.close(fd)
+            raise StoreError(f"cannot hold the node lock in {self._dir}: {exc.strerror}") from None
+        self._fd: int | None = fd
+        self._held: dict[str, int] = {}  # dead nodes' locks taken, until buried or released
+
+    def dead(self) -> list[str]:
+        """The nodes whose lock could be taken (they died); held until ``bury``/``release``."""
+        found = []
+        for path in sorted(self._dir.glob("*.lock")):
+            node = path.name[:-len(".lock")]
+            if node == self.node or node in self._held or not _NODE_RE.fullmatch(node):
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                continue  # buried meanwhile by another process
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)  # alive
+                continue
+            self._held[node] = fd
+            found.append(node)
+        return found
+
+    def bury(self, node: str) -> None:
+        """The dead node's intents are settled: its lock file goes."""
+        fd = self._held.pop(node, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._dir / f"{node}.lock")
+            os.close(fd)
+
+    def release(self, node: str) -> None:
+        """Not settled this time (the audit log refused, a store error): tried again later."""
+        fd = self._held.pop(node, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        """A clean stop: nothing of ours is left unsettled, so the lock file goes with us."""
+        for node in list(self._held):
+            self.release(node)
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._dir / f"{self.node}.lock")
             os.close(self._fd)
             self._fd = None

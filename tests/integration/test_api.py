@@ -269,6 +269,9 @@ def test_request_correlation_and_trace_ids(srv: LiveServer) -> None:
     assert status == 200
     assert headers["x-request-id"] == "req-123" and headers["x-correlation-id"] == "build-42"
     assert headers["traceparent"] == trace
+    later = "01" + trace[2:] + "-" + "x" * 7000 + "\t\u00ff"  # a later version: more after
+    _, headers, _ = srv.call("GET", "/v1/keys?limit=1", headers={"traceparent": later})
+    assert headers["traceparent"] == later[:55]  # its four fields, nothing unchecked
     _, headers, _ = srv.call("GET", "/v1/keys?limit=1", headers={"X-Request-ID": "bad id\x7f"})
     assert headers["x-request-id"] != "bad id"
 

@@ -8,6 +8,7 @@ Needs the audit log shared by many writers (issue 16); skipped with that reason 
 from __future__ import annotations
 
 import base64
+import json
 import random
 import threading
 import time
@@ -16,11 +17,14 @@ from pathlib import Path
 import pytest
 from cluster import Cluster, backend_env
 
+from ferrohsm.audit.report import build_report
 from ferrohsm.client import ApiError, Client, TransportError
 
 CONFIG = """
 [server]
 shutdown_grace_seconds = 5
+[scheduler]
+interval_seconds = 1.0
 """
 KILLS = 10
 
@@ -113,6 +117,8 @@ def test_kill_nodes_under_load_loses_no_acknowledged_write(backend: str, tmp_pat
             assert load.encrypts > 0 and load.created
             check_acknowledged(c, load)
             verify_export(c, tmp_path)
+            if backend == "sqlite":  # per-node locks: the live nodes settle the dead ones'
+                assert settled_while_up(c, tmp_path) == 0
             c.stop()  # all down: the next start is cold and settles what the kills left
             c.start(0)
             assert "refus" not in c.nodes[0].log.read_text().split("listening on")[-1]
@@ -135,6 +141,22 @@ def check_acknowledged(c: Cluster, load: Load) -> None:
             have = {v["version"] for v in body["versions"]}
             assert versions <= have, (key, versions - have)
             assert have == set(range(1, len(have) + 1))
+
+
+def settled_while_up(c: Cluster, tmp_path: Path, within: float = 60.0) -> int:
+    """How many intents no record settles, once the scheduler's leader has had ``within``
+    seconds to settle the killed nodes' (integrity/livesettle.py), the cluster still up."""
+    deadline, left = time.monotonic() + within, -1
+    while time.monotonic() < deadline:
+        export = tmp_path / "settled.jsonl"
+        done = c.cli("audit", "export", "--output", str(export))
+        assert done.returncode == 0, done.stderr
+        records = (json.loads(line) for line in export.read_text().splitlines())
+        left = build_report(records)["unsettled_intents"]["count"]
+        if left == 0:
+            break
+        time.sleep(2.0)
+    return left
 
 
 def verify_export(c: Cluster, tmp_path: Path) -> None:

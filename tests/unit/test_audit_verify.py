@@ -391,6 +391,11 @@ def test_report_lists_key_changes_made_to_an_older_copy_put_back() -> None:
                 rec(10, "key.update", "success", intent_seq=9)]
     assert build_report(accepted)["forked_changes"]["count"] == 1  # nothing new after it
     assert build_report(records[:4])["forked_changes"]["count"] == 0
+    twice = [{"seq": n, "ts": "2026-12-06T10:00:00Z", "actor": "op", "outcome": "success",
+              "action": "approval.executed", "details": {"approval_id": "a1"}} for n in (1, 2)]
+    data = build_report(twice)
+    assert data["approvals_executed_twice"] == ["a1"] and "more than once" in render(data)
+    assert build_report(twice[:1])["approvals_executed_twice"] == []
 
 
 def test_verify_never_imports_cryptography() -> None:

@@ -35,6 +35,7 @@ from ferrohsm.integrity.reconcile import (
     Plan,
     Report,
     _fork,
+    newest_only,
     newest_revisions,
     plan_approvals,
     reconcile,
@@ -287,6 +288,36 @@ def test_a_process_that_served_the_newer_record_refuses_the_older_copy(data: Dat
         data.svc.get_key(ALICE, key.id)
     with pytest.raises(IntegrityError, match="older copy"):
         data.svc.update_key(ALICE, key.id, "laundered")
+
+
+def test_the_process_that_made_a_change_refuses_an_older_copy_without_reading_it_since(
+        data: Data) -> None:
+    """Revoked, then at once the record of before put back: no read came between."""
+    key = data.create()
+    old = data.store.get(key.id)
+    data.svc.revoke(ALICE, key.id)
+    data.store.update(replace(old, revision=data.store.get(key.id).revision))  # put back
+    with pytest.raises(IntegrityError, match="older copy"):
+        data.svc.get_key(ALICE, key.id)
+
+
+def test_a_node_that_joins_learns_what_is_newest_from_the_log(data: Data) -> None:
+    """A joining node settles nothing, but reads the change records: a key's latest change and
+    an approval's latest revision, as the cold start's reading gives them; an older copy put
+    back is then refused by a process that never served the newer record."""
+    key = data.create()
+    data.svc.rotate(ALICE, key.id)
+    old = data.store.get(key.id)
+    revoked = data.svc.revoke(ALICE, key.id)
+    data, report = data.restart()  # its store has served nothing yet
+    joined = newest_only(data.sink, HMAC_KEY)
+    assert joined.key_bindings == report.key_bindings == {key.id: revoked.audit_seq}
+    assert joined.approval_revisions == report.approval_revisions == {}
+    data.store.update(replace(old, revision=data.store.get(key.id).revision))  # put back
+    for key_id, seq in joined.key_bindings.items():
+        data.store.note_binding(key_id, seq)
+    with pytest.raises(IntegrityError, match="older copy"):
+        data.store.resolve(key.id)
 
 
 def test_a_key_whose_creation_was_never_recorded_is_refused(data: Data) -> None:

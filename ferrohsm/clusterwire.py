@@ -1,0 +1,42 @@
+"""The cluster half of the composition root: how the processes sharing one store coordinate,
+picked by store kind (README "Running several nodes")."""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+
+from .audit.sinkbase import AuditSink
+from .config import Config
+from .control.cluster import Cluster
+from .datadir import ensure_private_dir
+from .integrity.livesettle import settle_dead_nodes
+from .store.approvalstore import ApprovalStore
+from .store.keystore import KeyStore
+from .store.nodelock import FileLeader, FileMembership, FileNodeLeases
+from .store.pg_shared import PostgresLeader, PostgresMembership, PostgresUsage
+from .store.pgdb import dsn_from_env
+from .store.sqlite_usage import SQLiteUsage
+
+
+def open_cluster(config: Config) -> Cluster | None:
+    """The coordination of a store several processes may share (sqlite, postgres); None for a
+    store that belongs to one process (filesystem, memory)."""
+    kind = config.storage.key_store
+    if kind == "postgres":
+        dsn = dsn_from_env(config.storage.postgres_dsn_env, os.environ)
+        return Cluster(PostgresMembership(dsn), PostgresLeader(dsn), PostgresUsage(dsn))
+    if kind != "sqlite":
+        return None
+    data = ensure_private_dir(config.storage.data_dir)
+    return Cluster(FileMembership(data), FileLeader(data), SQLiteUsage(data / "ratelimit.sqlite3"),
+                   leases=FileNodeLeases(data))
+
+
+def settle_dead(cluster: Cluster | None, store: KeyStore, approvals: ApprovalStore | None,
+                audit: AuditSink, hmac_key: bytes) -> None:
+    """Give the cluster its settling of dead nodes' intents (integrity/livesettle.py), which
+    the scheduler's leader runs each tick; without per-node locks they wait for a cold start."""
+    if cluster is not None and cluster.leases is not None:
+        cluster.settle = partial(settle_dead_nodes, cluster.leases, store, approvals, audit,
+                                 hmac_key)

@@ -1,0 +1,106 @@
+"""Settling a dead node's intents while the others serve.
+
+A change is recorded before it is applied and settled after (control/recordfirst.py). A node
+killed in between leaves an intent nobody settles; the cold start's reconciliation
+(reconcile.py) settles such intents, but only when no node is alive: a live node's unsettled
+intent is a change in flight, not a leftover. A cluster that is never entirely down kept them
+unsettled.
+
+With per-node locks (store/nodelock.py ``FileNodeLeases``) a dead node is known to be dead, not
+slow: the kernel dropped its lock. Every intent names its node, so the scheduler's leader
+settles the dead node's intents by the cold start's rule (the store holds the record the change
+wrote, or a recorded change builds on it: applied; else rolled back), reading the log once per
+death (a full read: seconds per million records) and the store after it. Live nodes go on
+writing meanwhile, so a key or approval is left for a later pass when the snapshot cannot tell:
+a live node's own intent on it is still open, or the stored record is bound to a change made
+after the log was read.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from ..audit.sinkbase import AuditSink
+from ..domain.errors import FerroError, NotFound
+from ..domain.model import Key
+from ..store.approvalstore import ApprovalStore
+from ..store.keystore import KeyStore
+from .changelog import Change, ChangeLog, read_changes, sink_lines
+from .reconcile import Plan, append_settlement, plan_approvals, settle_key
+
+log = logging.getLogger("ferrohsm.integrity")
+WHEN = "after its node died (settled by a live node)"
+
+
+class NodeLeases(Protocol):
+    """Which nodes died (their lock taken and held), and their end once settled."""
+
+    node: str
+
+    def dead(self) -> list[str]: ...
+
+    def bury(self, node: str) -> None: ...
+
+    def release(self, node: str) -> None: ...
+
+
+def settle_dead_nodes(leases: NodeLeases, store: KeyStore, approvals: ApprovalStore | None,
+                      sink: AuditSink, hmac_key: bytes) -> int:
+    """Settle every intent of the nodes that died; how many were settled. A dead node whose
+    intents all settled is buried; one with intents left for later keeps its lock file."""
+    dead = set(leases.dead())
+    if not dead:
+        return 0
+    try:
+        head = sink.head()[0]
+        changes = read_changes(sink_lines(sink), hmac_key, head)
+        plan, waiting = _plan(changes, dead, head, store, approvals)
+        for settle in plan.settle:
+            append_settlement(sink, settle)
+    except FerroError as exc:
+        for node in dead:
+            leases.release(node)
+        log.warning("integrity: the intents of %d dead node(s) were not settled this time: %s",
+                    len(dead), exc.message)
+        return 0
+    for node in dead:
+        (leases.release if node in waiting else leases.bury)(node)
+    if plan.settle:
+        log.warning("integrity: settled %d change(s) left unsettled by %d node(s) that died: "
+                    "%d completed, %d rolled back", len(plan.settle), len(dead),
+                    sum(s.applied for s in plan.settle),
+                    sum(not s.applied for s in plan.settle))
+    return len(plan.settle)
+
+
+def _plan(changes: ChangeLog, dead: set[str], head: int, store: KeyStore,
+          approvals: ApprovalStore | None) -> tuple[Plan, set[str]]:
+    """The settlements the snapshot can tell, and the dead nodes with intents left for later."""
+    plan, waiting = Plan(), set[str]()
+    for key_id, intents in changes.open_keys().items():
+        theirs = [i for i in intents if i.node in dead]
+        if not theirs:
+            continue
+        try:
+            stored: Key | None = store.read_afresh(key_id)  # never a cache behind a live write
+        except NotFound:
+            stored = None
+        if _in_flight(intents, dead) or (stored is not None and stored.audit_seq > head):
+            waiting.update(i.node for i in theirs if i.node)
+            continue
+        plan.settle += [settle_key(stored, i, changes.built_on, WHEN) for i in theirs]
+    open_approvals = changes.open_approvals()
+    busy = {i.approval_id for i in open_approvals if i.node is not None and i.node not in dead}
+    mine = [i for i in open_approvals if i.node in dead and i.approval_id not in busy]
+    waiting.update(i.node for i in open_approvals
+                   if i.node in dead and i.approval_id in busy and i.node)
+    plan_approvals(plan, mine, approvals, changes.approvals_done, WHEN)
+    return plan, waiting
+
+
+def _in_flight(intents: list[Change], dead: set[str]) -> bool:
+    """A live node's intent on the same key is open: its change may be under way. (One that
+    names no node was made before intents named theirs, or by a process alone on its store:
+    a cold start settles it.)"""
+    return any(i.node is not None and i.node not in dead for i in intents)

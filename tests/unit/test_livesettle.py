@@ -1,0 +1,108 @@
+"""A dead node's intents, settled by a live one (integrity/livesettle.py), and the per-node
+locks that tell a dead node from a slow one (store/nodelock.py ``FileNodeLeases``).
+
+A kill is played by closing the dead node's lock descriptor without the clean stop's unlink
+(``flock`` locks belong to the open file description, so two leases in one process contend as
+two processes do; the kernel drops a killed process's the same way)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from test_reconcile import (  # close_all: its autouse fixture closes every Data opened
+    ALICE,
+    HMAC_KEY,
+    Crash,
+    Data,
+    close_all,  # noqa: F401
+    settled,
+)
+
+from ferrohsm.domain import binding
+from ferrohsm.integrity.livesettle import settle_dead_nodes
+from ferrohsm.store.nodelock import FileNodeLeases
+
+
+def killed(lease: FileNodeLeases) -> None:
+    """kill -9: the lock is gone with the process; its file stays."""
+    assert lease._fd is not None
+    os.close(lease._fd)
+    lease._fd = None
+
+
+def test_a_node_is_dead_only_once_its_lock_is_free(tmp_path: Path) -> None:
+    me, other = FileNodeLeases(tmp_path), FileNodeLeases(tmp_path)
+    assert me.dead() == [] and other.dead() == []  # both alive
+    killed(other)
+    assert me.dead() == [other.node]
+    assert me.dead() == []  # held by us until buried or released
+    me.release(other.node)
+    assert me.dead() == [other.node]
+    me.bury(other.node)
+    assert not (tmp_path / "nodes" / f"{other.node}.lock").exists() and me.dead() == []
+    me.close()  # a clean stop leaves nothing to settle
+    assert list((tmp_path / "nodes").iterdir()) == []
+
+
+def test_the_dead_nodes_intent_is_settled_while_the_others_serve(tmp_path: Path) -> None:
+    data = Data.open(tmp_path)
+    key = data.create()
+    (tmp_path / "locks").mkdir()
+    dead = FileNodeLeases(tmp_path / "locks")
+    data.svc.guard.node = dead.node  # this service plays the node that dies
+    data.audit.crash_on = "success"  # killed after its store write, before its record
+    with pytest.raises(Crash):
+        data.svc.rotate(ALICE, key.id)
+    data.audit.crash_on = None
+    data.svc.guard.node = None
+    killed(dead)
+    intent = [r for r in data.records(key.id) if r["outcome"] == "intent"][-1]
+    assert intent["details"]["node"] == dead.node
+    live = FileNodeLeases(tmp_path / "locks")
+    assert settle_dead_nodes(live, data.store, None, data.sink, HMAC_KEY) == 1
+    assert settled(data.records(key.id), intent["seq"]) == ["success"]
+    record = [r for r in data.records(key.id) if r["outcome"] == "success"][-1]
+    assert "after its node died" in record["message"]
+    assert live.dead() == []  # buried: nothing read again next time
+    assert settle_dead_nodes(live, data.store, None, data.sink, HMAC_KEY) == 0
+
+
+def test_a_change_the_dead_node_never_applied_is_rolled_back(tmp_path: Path) -> None:
+    data = Data.open(tmp_path)
+    key = data.create()
+    (tmp_path / "locks").mkdir()
+    dead = FileNodeLeases(tmp_path / "locks")
+    data.svc.guard.node = dead.node
+    data.store.crash_next = True  # killed before its store write
+    with pytest.raises(Crash):
+        data.svc.rotate(ALICE, key.id)
+    killed(dead)
+    intent = [r for r in data.records(key.id) if r["outcome"] == "intent"][-1]
+    live = FileNodeLeases(tmp_path / "locks")
+    assert settle_dead_nodes(live, data.store, None, data.sink, HMAC_KEY) == 1
+    assert settled(data.records(key.id), intent["seq"]) == [binding.ROLLED_BACK]
+    assert len(data.store.get(key.id).versions) == 1
+
+
+def test_a_key_a_live_node_is_changing_waits_for_a_later_pass(tmp_path: Path) -> None:
+    """The live node's change may be under way: which record the store holds says nothing
+    yet. Its lock stays, and a later pass settles it."""
+    data = Data.open(tmp_path)
+    key = data.create()
+    (tmp_path / "locks").mkdir()
+    dead, alive = FileNodeLeases(tmp_path / "locks"), FileNodeLeases(tmp_path / "locks")
+    data.svc.guard.node = dead.node
+    data.store.crash_next = True
+    with pytest.raises(Crash):
+        data.svc.rotate(ALICE, key.id)
+    killed(dead)
+    data.svc.guard.node = alive.node
+    data.store.crash_next = True  # the live node's own change, in flight (no record yet)
+    with pytest.raises(Crash):
+        data.svc.rotate(ALICE, key.id)
+    first = [r for r in data.records(key.id) if r["outcome"] == "intent"][-2]
+    assert settle_dead_nodes(alive, data.store, None, data.sink, HMAC_KEY) == 0
+    assert settled(data.records(key.id), first["seq"]) == []
+    assert (tmp_path / "locks" / "nodes" / f"{dead.node}.lock").exists()
