@@ -4,13 +4,12 @@ picked by store kind (README "Running several nodes")."""
 from __future__ import annotations
 
 import os
-from functools import partial
 
 from .audit.sinkbase import AuditSink
 from .config import Config
 from .control.cluster import Cluster
 from .datadir import ensure_private_dir
-from .integrity.livesettle import settle_dead_nodes
+from .integrity.livesettle import LiveSettler
 from .store.approvalstore import ApprovalStore
 from .store.keystore import KeyStore
 from .store.nodelock import FileLeader, FileMembership, FileNodeLeases
@@ -38,5 +37,4 @@ def settle_dead(cluster: Cluster | None, store: KeyStore, approvals: ApprovalSto
     """Give the cluster its settling of dead nodes' intents (integrity/livesettle.py), which
     the scheduler's leader runs each tick; without per-node locks they wait for a cold start."""
     if cluster is not None and cluster.leases is not None:
-        cluster.settle = partial(settle_dead_nodes, cluster.leases, store, approvals, audit,
-                                 hmac_key)
+        cluster.settle = LiveSettler(cluster.leases, store, approvals, audit, hmac_key)

@@ -19,6 +19,8 @@ after the log was read.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 from ..audit.sinkbase import AuditSink
@@ -42,36 +44,52 @@ class NodeLeases(Protocol):
 
     def bury(self, node: str) -> None: ...
 
-    def release(self, node: str) -> None: ...
 
 
-def settle_dead_nodes(leases: NodeLeases, store: KeyStore, approvals: ApprovalStore | None,
-                      sink: AuditSink, hmac_key: bytes) -> int:
-    """Settle every intent of the nodes that died; how many were settled. A dead node whose
-    intents all settled is buried; one with intents left for later keeps its lock file."""
-    dead = set(leases.dead())
-    if not dead:
-        return 0
-    try:
-        head = sink.head()[0]
-        changes = read_changes(sink_lines(sink), hmac_key, head)
-        plan, waiting = _plan(changes, dead, head, store, approvals)
-        for settle in plan.settle:
-            append_settlement(sink, settle)
-    except FerroError as exc:
+class LiveSettler:
+    """The scheduler leader's pass over dead nodes (each tick): a node found dead is settled
+    at once; one whose intents had to wait, or whose settling failed (the log refused a
+    record), is tried again RETRY seconds later, its lock held meanwhile, so the whole log is
+    not read again at every tick while a key stays busy."""
+
+    RETRY = 10.0
+
+    def __init__(self, leases: NodeLeases, store: KeyStore, approvals: ApprovalStore | None,
+                 sink: AuditSink, hmac_key: bytes,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.leases, self.store, self.approvals, self.sink = leases, store, approvals, sink
+        self._hmac_key, self._clock = hmac_key, clock
+        self._waiting: dict[str, float] = {}  # dead node -> when it is tried again
+
+    def __call__(self) -> int:
+        """How many intents were settled."""
+        now = self._clock()
+        dead = set(self.leases.dead()) | {n for n, at in self._waiting.items() if at <= now}
+        if not dead:
+            return 0
+        try:
+            head = self.sink.head()[0]
+            changes = read_changes(sink_lines(self.sink), self._hmac_key, head)
+            plan, waiting = _plan(changes, dead, head, self.store, self.approvals)
+            for settle in plan.settle:
+                append_settlement(self.sink, settle)
+        except FerroError as exc:
+            self._waiting.update(dict.fromkeys(dead, now + self.RETRY))
+            log.warning("integrity: the intents of %d dead node(s) were not settled this "
+                        "time: %s", len(dead), exc.message)
+            return 0
         for node in dead:
-            leases.release(node)
-        log.warning("integrity: the intents of %d dead node(s) were not settled this time: %s",
-                    len(dead), exc.message)
-        return 0
-    for node in dead:
-        (leases.release if node in waiting else leases.bury)(node)
-    if plan.settle:
-        log.warning("integrity: settled %d change(s) left unsettled by %d node(s) that died: "
-                    "%d completed, %d rolled back", len(plan.settle), len(dead),
-                    sum(s.applied for s in plan.settle),
-                    sum(not s.applied for s in plan.settle))
-    return len(plan.settle)
+            if node in waiting:
+                self._waiting[node] = now + self.RETRY
+            else:
+                self._waiting.pop(node, None)
+                self.leases.bury(node)
+        if plan.settle:
+            log.warning("integrity: settled %d change(s) left unsettled by %d node(s) that "
+                        "died: %d completed, %d rolled back", len(plan.settle), len(dead),
+                        sum(s.applied for s in plan.settle),
+                        sum(not s.applied for s in plan.settle))
+        return len(plan.settle)
 
 
 def _plan(changes: ChangeLog, dead: set[str], head: int, store: KeyStore,
@@ -86,6 +104,9 @@ def _plan(changes: ChangeLog, dead: set[str], head: int, store: KeyStore,
             stored: Key | None = store.read_afresh(key_id)  # never a cache behind a live write
         except NotFound:
             stored = None
+        except FerroError:  # unreadable now (a record failing its check): not decided here
+            waiting.update(i.node for i in theirs if i.node)
+            continue
         if _in_flight(intents, dead) or (stored is not None and stored.audit_seq > head):
             waiting.update(i.node for i in theirs if i.node)
             continue

@@ -20,8 +20,9 @@ from test_reconcile import (  # close_all: its autouse fixture closes every Data
     settled,
 )
 
+from ferrohsm.audit.chain import AuditEvent
 from ferrohsm.domain import binding
-from ferrohsm.integrity.livesettle import settle_dead_nodes
+from ferrohsm.integrity.livesettle import LiveSettler
 from ferrohsm.store.nodelock import FileNodeLeases
 
 
@@ -61,12 +62,13 @@ def test_the_dead_nodes_intent_is_settled_while_the_others_serve(tmp_path: Path)
     intent = [r for r in data.records(key.id) if r["outcome"] == "intent"][-1]
     assert intent["details"]["node"] == dead.node
     live = FileNodeLeases(tmp_path / "locks")
-    assert settle_dead_nodes(live, data.store, None, data.sink, HMAC_KEY) == 1
+    settle = LiveSettler(live, data.store, None, data.sink, HMAC_KEY)
+    assert settle() == 1
     assert settled(data.records(key.id), intent["seq"]) == ["success"]
     record = [r for r in data.records(key.id) if r["outcome"] == "success"][-1]
     assert "after its node died" in record["message"]
     assert live.dead() == []  # buried: nothing read again next time
-    assert settle_dead_nodes(live, data.store, None, data.sink, HMAC_KEY) == 0
+    assert settle() == 0
 
 
 def test_a_change_the_dead_node_never_applied_is_rolled_back(tmp_path: Path) -> None:
@@ -81,7 +83,7 @@ def test_a_change_the_dead_node_never_applied_is_rolled_back(tmp_path: Path) -> 
     killed(dead)
     intent = [r for r in data.records(key.id) if r["outcome"] == "intent"][-1]
     live = FileNodeLeases(tmp_path / "locks")
-    assert settle_dead_nodes(live, data.store, None, data.sink, HMAC_KEY) == 1
+    assert LiveSettler(live, data.store, None, data.sink, HMAC_KEY)() == 1
     assert settled(data.records(key.id), intent["seq"]) == [binding.ROLLED_BACK]
     assert len(data.store.get(key.id).versions) == 1
 
@@ -102,7 +104,17 @@ def test_a_key_a_live_node_is_changing_waits_for_a_later_pass(tmp_path: Path) ->
     data.store.crash_next = True  # the live node's own change, in flight (no record yet)
     with pytest.raises(Crash):
         data.svc.rotate(ALICE, key.id)
-    first = [r for r in data.records(key.id) if r["outcome"] == "intent"][-2]
-    assert settle_dead_nodes(alive, data.store, None, data.sink, HMAC_KEY) == 0
+    first, second = [r for r in data.records(key.id) if r["outcome"] == "intent"][-2:]
+    now = [0.0]
+    settle = LiveSettler(alive, data.store, None, data.sink, HMAC_KEY, clock=lambda: now[0])
+    assert settle() == 0
     assert settled(data.records(key.id), first["seq"]) == []
     assert (tmp_path / "locks" / "nodes" / f"{dead.node}.lock").exists()
+    data.audit.sink.append(AuditEvent(  # the live node settles its own change meanwhile
+        actor="alice", role="administrator", action="key.rotate", outcome=binding.ROLLED_BACK,
+        message="not applied", key_id=key.id, details={binding.INTENT_SEQ: second["seq"]}))
+    assert settle() == 0  # not read again before RETRY
+    now[0] = LiveSettler.RETRY
+    assert settle() == 1
+    assert settled(data.records(key.id), first["seq"]) == [binding.ROLLED_BACK]
+    assert not (tmp_path / "locks" / "nodes" / f"{dead.node}.lock").exists()

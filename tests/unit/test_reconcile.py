@@ -227,17 +227,22 @@ def test_an_open_intent_a_later_change_builds_on_is_completed(data: Data) -> Non
     assert len(data.store.get(key.id).versions) == 3
 
 
+def refused_then_accepted(data: Data, key_id: str, why: str) -> Data:
+    """Start-up refuses, naming the key and ``why``; then --accept-unrecorded binds it once."""
+    with pytest.raises(StartupRefused) as refused:
+        data.restart()
+    assert key_id in refused.value.message and why in refused.value.message
+    data, report = Data.open(data.path).restart(accept_unrecorded=True)
+    assert report == Report(accepted=1)
+    return data
+
+
 def test_a_replayed_older_copy_is_refused_then_accepted_once(data: Data) -> None:
     key = data.create()
     old = data.store.get(key.id)  # an authentic copy of the record...
     data.svc.rotate(ALICE, key.id)
     data.store.update(replace(old, revision=data.store.get(key.id).revision))  # ...put back
-    with pytest.raises(StartupRefused) as refused:
-        data.restart()
-    assert key.id in refused.value.message and "older copy" in refused.value.message
-    data = Data.open(data.path)
-    data, report = data.restart(accept_unrecorded=True)
-    assert report == Report(accepted=1)
+    data = refused_then_accepted(data, key.id, "older copy")
     bound = [r for r in data.records(key.id) if r["action"] == binding.BIND_ACTION]
     assert [r["outcome"] for r in bound] == ["intent", "success"]
     assert "accepted (--accept-unrecorded)" in bound[-1]["message"]
@@ -257,12 +262,7 @@ def test_a_change_made_to_an_older_copy_put_back_is_a_fork_refused_at_start_up(
     data.close()
     data = Data.open(data.path)  # another process: it never served the revoked record
     data.svc.update_key(ALICE, key.id, "laundered")  # the copy, bound to a new change
-    with pytest.raises(StartupRefused) as refused:
-        data.restart()
-    assert key.id in refused.value.message and "forked history" in refused.value.message
-    data = Data.open(data.path)
-    data, report = data.restart(accept_unrecorded=True)
-    assert report == Report(accepted=1)
+    data = refused_then_accepted(data, key.id, "forked history")
     assert data.restart()[1] == Report()  # accepted once, for good
 
 
