@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from .audit.sinkbase import AuditSink
+from .audit.sinkbase import ChainedSink
 from .config import Config
 from .control.cluster import Cluster
 from .datadir import ensure_private_dir
@@ -33,7 +33,7 @@ def open_cluster(config: Config) -> Cluster | None:
 
 
 def settle_dead(cluster: Cluster | None, store: KeyStore, approvals: ApprovalStore | None,
-                audit: AuditSink, hmac_key: bytes) -> None:
+                audit: ChainedSink, hmac_key: bytes) -> None:
     """Give the cluster its settling of dead nodes' intents (integrity/livesettle.py), which
     the scheduler's leader runs each tick; without per-node locks they wait for a cold start."""
     if cluster is not None and cluster.leases is not None:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from ..audit.sinkbase import AuditSink
+from ..audit.sinkbase import ChainedSink
 from ..domain.errors import FerroError, NotFound
 from ..domain.model import Key
 from ..store.approvalstore import ApprovalStore
@@ -55,7 +55,7 @@ class LiveSettler:
     RETRY = 10.0
 
     def __init__(self, leases: NodeLeases, store: KeyStore, approvals: ApprovalStore | None,
-                 sink: AuditSink, hmac_key: bytes,
+                 sink: ChainedSink, hmac_key: bytes,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.leases, self.store, self.approvals, self.sink = leases, store, approvals, sink
         self._hmac_key, self._clock = hmac_key, clock
@@ -68,7 +68,7 @@ class LiveSettler:
         if not dead:
             return 0
         try:
-            head = self.sink.head()[0]
+            head = self.sink.catch_up()[0]  # the other writers' records too, not ours only
             changes = read_changes(sink_lines(self.sink), self._hmac_key, head)
             plan, waiting = _plan(changes, dead, head, self.store, self.approvals)
             for settle in plan.settle:

@@ -21,8 +21,13 @@ from test_reconcile import (  # close_all: its autouse fixture closes every Data
 )
 
 from ferrohsm.audit.chain import AuditEvent
+from ferrohsm.audit.sinks import FileSink
+from ferrohsm.crypto.seal import Sealer
 from ferrohsm.domain import binding
+from ferrohsm.engine.keycache import MaterialCache
+from ferrohsm.engine.keyengine import KeyEngine
 from ferrohsm.integrity.livesettle import LiveSettler
+from ferrohsm.service import KeyService
 from ferrohsm.store.nodelock import FileNodeLeases
 
 
@@ -118,3 +123,29 @@ def test_a_key_a_live_node_is_changing_waits_for_a_later_pass(tmp_path: Path) ->
     assert settle() == 1
     assert settled(data.records(key.id), first["seq"]) == [binding.ROLLED_BACK]
     assert not (tmp_path / "locks" / "nodes" / f"{dead.node}.lock").exists()
+
+
+def test_the_leader_reads_the_log_to_the_head_other_writers_left(tmp_path: Path) -> None:
+    """The leader's own sink knows the head as of its last write; an idle leader's is behind
+    the log (the test_cluster_chaos run that found it: an intent left unsettled for a minute,
+    the stored record bound to a change past that head)."""
+    data = Data.open(tmp_path)
+    key = data.create()
+    (tmp_path / "locks").mkdir()
+    dead = FileNodeLeases(tmp_path / "locks")
+    data.svc.guard.node = dead.node
+    data.store.crash_next = True
+    with pytest.raises(Crash):
+        data.svc.rotate(ALICE, key.id)  # the dead node's change, never applied
+    killed(dead)
+    other_sink = FileSink(tmp_path / "audit", HMAC_KEY)  # another live writer of the log
+    other = KeyService(data.store, KeyEngine(Sealer(bytes(range(32))), MaterialCache(64, 300)),
+                       other_sink)
+    other.rotate(ALICE, key.id)  # the store is now bound past the head data.sink knows
+    intent = [r for r in other_sink.read(0, 1000)
+              if r["key_id"] == key.id and r["outcome"] == "intent"][-2]
+    live = FileNodeLeases(tmp_path / "locks")
+    assert LiveSettler(live, data.store, None, data.sink, HMAC_KEY)() == 1
+    records = [r for r in data.sink.read(0, 1000) if r["key_id"] == key.id]
+    assert settled(records, intent["seq"]) == [binding.ROLLED_BACK]
+    other_sink.close()
