@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -50,6 +51,11 @@ def shiv_env() -> dict[str, str]:
 
 def build(out: Path, postgres: bool = True) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
+    # setuptools builds the package in build/lib and skips a file whose copy there looks newer:
+    # a checkout copied with fresh times (cp -r) shipped the previous build's code, and a module
+    # deleted from the source lived on in it. Always from the sources, then.
+    for stale in (ROOT / "build" / "lib", *ROOT.glob("build/bdist.*")):
+        shutil.rmtree(stale, ignore_errors=True)
     packages = [f"{ROOT}[postgres]", *POSTGRES_PINS] if postgres else [str(ROOT)]
     cmd = [sys.executable, "-m", "shiv", "--reproducible", "--compressed",
            "--python", "/usr/bin/env python3", "--entry-point", "ferrohsm.cli.main:main",

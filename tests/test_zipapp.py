@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,26 @@ def _second_build(tmp_path: Path) -> Path:
     subprocess.run([sys.executable, str(tree / "build.py"), "--out", str(out)], check=True,
                    cwd=tree, capture_output=True, timeout=600)
     return out
+
+
+def test_a_previous_builds_leftovers_are_never_shipped(tmp_path: Path) -> None:
+    """A checkout copied with cp -r gives the last build's build/lib fresh times: setuptools
+    took them for newer than the sources and shipped old code (a red team built that way)."""
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(
+        ".git", "dist", "build", "__pycache__", ".*_cache", "tests", "*.egg-info", "node_modules"))
+    stale = tree / "build" / "lib" / "ferrohsm"
+    stale.mkdir(parents=True)
+    (stale / "left_over.py").write_text("GONE = True\n")
+    (stale / "__init__.py").write_text('__version__ = "0.0.0-stale"\n')
+    out = tmp_path / "ferrohsm"
+    subprocess.run([sys.executable, str(tree / "build.py"), "--out", str(out)], check=True,
+                   cwd=tree, capture_output=True, timeout=600)
+    with zipfile.ZipFile(out) as built:
+        names = built.namelist()
+        init = next(n for n in names if n.endswith("site-packages/ferrohsm/__init__.py"))
+        assert b"0.0.0-stale" not in built.read(init)
+    assert not [n for n in names if n.endswith("left_over.py")]
 
 
 def _as_nobody(zipapp: Path, tmpdir: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -10,10 +10,11 @@ With per-node locks (store/nodelock.py ``FileNodeLeases``) a dead node is known 
 slow: the kernel dropped its lock. Every intent names its node, so the scheduler's leader
 settles the dead node's intents by the cold start's rule (the store holds the record the change
 wrote, or a recorded change builds on it: applied; else rolled back), reading the log once per
-death (a full read: seconds per million records) and the store after it. Live nodes go on
-writing meanwhile, so a key or approval is left for a later pass when the snapshot cannot tell:
-a live node's own intent on it is still open, or the stored record is bound to a change made
-after the log was read.
+death (a full read: seconds per million records, to the head the other writers left) and the
+store after it. Live nodes go on writing meanwhile; a change of theirs in flight tells too (it
+read the record the dead node's change wrote, or one before it). Left for a later pass (10 s):
+a key whose stored record is bound to a change made after the log was read, and an approval a
+live node is moving (its transitions are few and quick).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..domain.errors import FerroError, NotFound
 from ..domain.model import Key
 from ..store.approvalstore import ApprovalStore
 from ..store.keystore import KeyStore
-from .changelog import Change, ChangeLog, read_changes, sink_lines
+from .changelog import ChangeLog, read_changes, sink_lines
 from .reconcile import Plan, append_settlement, plan_approvals, settle_key
 
 log = logging.getLogger("ferrohsm.integrity")
@@ -94,9 +95,17 @@ class LiveSettler:
 
 def _plan(changes: ChangeLog, dead: set[str], head: int, store: KeyStore,
           approvals: ApprovalStore | None) -> tuple[Plan, set[str]]:
-    """The settlements the snapshot can tell, and the dead nodes with intents left for later."""
+    """The settlements the snapshot can tell, and the dead nodes with intents left for later.
+
+    A dead node's change was applied when the store holds its record, or when a change made
+    later built on it: a confirmed one (as at a cold start) or one still open, a live node's in
+    flight included (it read the record this change wrote). Otherwise it was not: its node is
+    dead, so its write cannot land any more, and any later change built on something else. Only
+    a record bound to a change past the log that was read (written meanwhile) waits."""
     plan, waiting = Plan(), set[str]()
-    for key_id, intents in changes.open_keys().items():
+    open_keys = changes.open_keys()
+    built_on = changes.built_on | {i.from_seq for intents in open_keys.values() for i in intents}
+    for key_id, intents in open_keys.items():
         theirs = [i for i in intents if i.node in dead]
         if not theirs:
             continue
@@ -107,10 +116,10 @@ def _plan(changes: ChangeLog, dead: set[str], head: int, store: KeyStore,
         except FerroError:  # unreadable now (a record failing its check): not decided here
             waiting.update(i.node for i in theirs if i.node)
             continue
-        if _in_flight(intents, dead) or (stored is not None and stored.audit_seq > head):
+        if stored is not None and stored.audit_seq > head:
             waiting.update(i.node for i in theirs if i.node)
             continue
-        plan.settle += [settle_key(stored, i, changes.built_on, WHEN) for i in theirs]
+        plan.settle += [settle_key(stored, i, built_on, WHEN) for i in theirs]
     open_approvals = changes.open_approvals()
     busy = {i.approval_id for i in open_approvals if i.node is not None and i.node not in dead}
     mine = [i for i in open_approvals if i.node in dead and i.approval_id not in busy]
@@ -118,10 +127,3 @@ def _plan(changes: ChangeLog, dead: set[str], head: int, store: KeyStore,
                    if i.node in dead and i.approval_id in busy and i.node)
     plan_approvals(plan, mine, approvals, changes.approvals_done, WHEN)
     return plan, waiting
-
-
-def _in_flight(intents: list[Change], dead: set[str]) -> bool:
-    """A live node's intent on the same key is open: its change may be under way. (One that
-    names no node was made before intents named theirs, or by a process alone on its store:
-    a cold start settles it.)"""
-    return any(i.node is not None and i.node not in dead for i in intents)

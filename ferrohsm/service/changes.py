@@ -87,7 +87,7 @@ class KeyChanges:
     def _confirm(self, ctx: RequestContext, action: Action | str, message: str, stored: Key,
                  intent: Intent, details: dict[str, Any]) -> None:
         # stored: from now on an older copy of the record is refused here, read or not since
-        self.store.note_binding(stored.id, stored.audit_seq)
+        self.store.note_binding(stored.id, stored.audit_seq, stored.revision)
         self.steps.confirm(ctx, action, message, intent, stored, stored.primary_version,
                            state=stored.state.value, **details)
 

@@ -59,6 +59,17 @@ PAGE_TOKEN_RE = re.compile(PAGE_TOKEN_PATTERN)
 MAX_NEWEST = 1_000_000  # keys whose newest binding a process remembers (resolve)
 
 
+def _older(key: Key, seq: int, revision: int) -> bool:
+    """Whether ``key`` is older than a record bound to ``seq`` at ``revision`` (0: unknown)."""
+    if key.audit_seq < seq:
+        return True
+    if not revision:
+        return False
+    if key.audit_seq == seq:
+        return key.revision != revision
+    return key.revision <= revision
+
+
 def encode_page_token(last_id: str) -> str:
     """``k1.<id>``: one regular expression (model.PAGE_TOKEN_PATTERN) describes every token, so
     the API description can say exactly which values the server takes."""
@@ -87,7 +98,8 @@ class KeyStore(ABC):
 
     def __init__(self, authenticator: RecordAuthenticator) -> None:
         self._records = RecordCodec(authenticator)
-        self._newest: dict[str, int] = {}  # key id -> the newest audit binding served
+        # key id -> the newest (audit binding, revision) served or stored (_fresh)
+        self._newest: dict[str, tuple[int, int]] = {}
 
     @abstractmethod
     def create(self, key: Key) -> Key:
@@ -267,35 +279,42 @@ class KeyStore(ABC):
         return self._reload(key_id)
 
     def _fresh(self, key: Key) -> Key:
-        """``key``, unless it is bound to an older change than this process has already served
-        it with: an older copy of its record put back (a revoked or destroyed key made active
-        again: the MAC cannot tell, the copy was authentic once), or a write the store lost.
-        A change always binds a record to a later audit record, so a key's binding only grows.
-        Read afresh once first: a read that raced a change, or a cache behind, is not that."""
-        newest = self._newest.get(key.id, 0)
-        if key.audit_seq < newest:
+        """``key``, unless it is older than what this process has already served or stored:
+        an older copy of its record put back (a revoked or destroyed key made active again:
+        the MAC cannot tell, the copy was authentic once), a write the store lost, or a change
+        another process made to such a copy. Every change binds a record to a later audit
+        record AND to the next revision, so a key's (binding, revision) only grows, both at
+        once; a record bound to a later change but not at a later revision was made from an
+        older copy. Read afresh once first: a read that raced a change, or a cache behind, is
+        not that."""
+        seq, revision = self._newest.get(key.id, (0, 0))
+        if _older(key, seq, revision):
             key = self._reload(key.id)
-            if key.audit_seq < newest:
-                log.error("integrity: key %s: the store holds an older copy of its record "
-                          "(bound to audit record seq %d; served bound to seq %d)", key.id,
-                          key.audit_seq, newest)
+            if _older(key, seq, revision):
+                log.error("integrity: key %s: the store holds an older copy of its record, or "
+                          "one made from such a copy (bound to audit record seq %d at revision "
+                          "%d; served bound to seq %d at revision %d)", key.id, key.audit_seq,
+                          key.revision, seq, revision)
                 raise IntegrityError(
                     f"key {key.id}: stored record failed its integrity check (it is an older "
-                    f"copy: bound to audit record seq {key.audit_seq}, but this server has "
-                    f"served it bound to seq {newest}; put back, or a write the store lost)",
+                    f"copy, or made from one: bound to audit record seq {key.audit_seq} at "
+                    f"revision {key.revision}, but this server has served it bound to seq "
+                    f"{seq} at revision {revision}; put back, or a write the store lost)",
                     key_id=key.id, problem="older_copy")
-        if key.audit_seq > newest:
-            self.note_binding(key.id, key.audit_seq)
+        if key.audit_seq > seq or (key.audit_seq == seq and not revision):
+            self.note_binding(key.id, key.audit_seq, key.revision)
         return key
 
-    def note_binding(self, key_id: str, seq: int) -> None:
-        """``key_id``'s record is bound to audit record ``seq`` (or later): a change this process
-        just stored, or the log's latest confirmed change of it (a start's reading of the log).
-        ``resolve`` then refuses a record bound to an older one."""
-        if seq > self._newest.get(key_id, 0):
-            if len(self._newest) >= MAX_NEWEST:
+    def note_binding(self, key_id: str, seq: int, revision: int = 0) -> None:
+        """``key_id``'s record is bound to audit record ``seq`` (or later), at ``revision`` (0:
+        not known): a change this process just stored, or the log's latest confirmed change of
+        it (a start's reading of the log). ``resolve`` then refuses an older record."""
+        if seq > self._newest.get(key_id, (0, 0))[0] or key_id not in self._newest:
+            if len(self._newest) >= MAX_NEWEST and key_id not in self._newest:
                 del self._newest[next(iter(self._newest))]
-            self._newest[key_id] = seq
+            self._newest[key_id] = (seq, revision)
+        elif seq == self._newest[key_id][0] and revision and not self._newest[key_id][1]:
+            self._newest[key_id] = (seq, revision)
 
     def append_version(self, key: Key, sealed: bytes, now: datetime) -> Key:
         added = KeyVersion(len(key.versions) + 1, VersionState.ENABLED, now, sealed)

@@ -567,6 +567,13 @@ def test_an_older_copy_put_back_is_not_served_once_a_newer_one_was(
         assert caught.value.details["problem"] == "older_copy"
         assert victim.id in caught.value.message and "seq 7" in caught.value.message
     assert store.resolve(other.id) == other
+    # another process, which never served the revocation, changes the copy: bound to a later
+    # change (10) but at the revision the revocation already took: made from an older copy
+    laundered = replace(store.get(victim.id), description="laundered", audit_seq=10,
+                        audit_hash="d" * 64, revision=revoked.revision)
+    raw.write(victim.id, RecordCodec(RECORD_MAC).encode(laundered))
+    with pytest.raises(IntegrityError, match="made from one"):
+        store.resolve(victim.id)
     raw.write(victim.id, newer)  # the record as the store wrote it, back again
     later = store.update(replace(store.resolve(victim.id), audit_seq=11, audit_hash="c" * 64))
     assert store.resolve(victim.id) == later  # a genuine later change is served

@@ -8,6 +8,7 @@ two processes do; the kernel drops a killed process's the same way)."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,10 @@ from test_reconcile import (  # close_all: its autouse fixture closes every Data
     settled,
 )
 
-from ferrohsm.audit.chain import AuditEvent
 from ferrohsm.audit.sinks import FileSink
 from ferrohsm.crypto.seal import Sealer
 from ferrohsm.domain import binding
+from ferrohsm.domain.model import Key
 from ferrohsm.engine.keycache import MaterialCache
 from ferrohsm.engine.keyengine import KeyEngine
 from ferrohsm.integrity.livesettle import LiveSettler
@@ -93,9 +94,41 @@ def test_a_change_the_dead_node_never_applied_is_rolled_back(tmp_path: Path) -> 
     assert len(data.store.get(key.id).versions) == 1
 
 
-def test_a_key_a_live_node_is_changing_waits_for_a_later_pass(tmp_path: Path) -> None:
-    """The live node's change may be under way: which record the store holds says nothing
-    yet. Its lock stays, and a later pass settles it."""
+@pytest.mark.parametrize("applied", [False, True])
+def test_a_live_nodes_change_in_flight_on_the_key_tells_what_happened(
+        tmp_path: Path, applied: bool) -> None:
+    """A live node is changing the key (its change open, perhaps stored): it read either the
+    record the dead node's change wrote (applied) or the one before (not): no need to wait."""
+    data = Data.open(tmp_path)
+    key = data.create()
+    (tmp_path / "locks").mkdir()
+    dead, alive = FileNodeLeases(tmp_path / "locks"), FileNodeLeases(tmp_path / "locks")
+    data.svc.guard.node = dead.node
+    if applied:
+        data.audit.crash_on = "success"  # stored, then killed before its record
+    else:
+        data.store.crash_next = True  # killed before its store write
+    with pytest.raises(Crash):
+        data.svc.rotate(ALICE, key.id)
+    killed(dead)
+    data.audit.crash_on = None
+    data.svc.guard.node = alive.node
+    data.audit.crash_on = "success"  # the live node's own change: stored, record to come
+    with pytest.raises(Crash):
+        data.svc.rotate(ALICE, key.id)
+    data.audit.crash_on = None
+    first, second = [r for r in data.records(key.id) if r["outcome"] == "intent"][-2:]
+    assert second["details"]["from_seq"] == (first["seq"] if applied else key.audit_seq)
+    assert LiveSettler(alive, data.store, None, data.sink, HMAC_KEY)() == 1
+    outcome = binding.SUCCESS if applied else binding.ROLLED_BACK
+    assert settled(data.records(key.id), first["seq"]) == [outcome]
+    assert settled(data.records(key.id), second["seq"]) == []  # the live node's: not ours
+    assert not (tmp_path / "locks" / "nodes" / f"{dead.node}.lock").exists()
+
+
+def test_a_key_bound_past_the_log_read_waits_for_a_later_pass(tmp_path: Path) -> None:
+    """A write between the settler's reading of the log and of the store: tried again 10 s
+    later, its lock held meanwhile, not a whole-log read every tick."""
     data = Data.open(tmp_path)
     key = data.create()
     (tmp_path / "locks").mkdir()
@@ -105,24 +138,22 @@ def test_a_key_a_live_node_is_changing_waits_for_a_later_pass(tmp_path: Path) ->
     with pytest.raises(Crash):
         data.svc.rotate(ALICE, key.id)
     killed(dead)
-    data.svc.guard.node = alive.node
-    data.store.crash_next = True  # the live node's own change, in flight (no record yet)
-    with pytest.raises(Crash):
-        data.svc.rotate(ALICE, key.id)
-    first, second = [r for r in data.records(key.id) if r["outcome"] == "intent"][-2:]
+    intent = [r for r in data.records(key.id) if r["outcome"] == "intent"][-1]
     now = [0.0]
     settle = LiveSettler(alive, data.store, None, data.sink, HMAC_KEY, clock=lambda: now[0])
+    real_read = data.store.read_afresh
+
+    def read_after_a_write(key_id: str) -> Key:
+        current = real_read(key_id)
+        return replace(current, audit_seq=data.sink.head()[0] + 5)  # bound past what was read
+    data.store.read_afresh = read_after_a_write  # type: ignore[method-assign]
     assert settle() == 0
-    assert settled(data.records(key.id), first["seq"]) == []
     assert (tmp_path / "locks" / "nodes" / f"{dead.node}.lock").exists()
-    data.audit.sink.append(AuditEvent(  # the live node settles its own change meanwhile
-        actor="alice", role="administrator", action="key.rotate", outcome=binding.ROLLED_BACK,
-        message="not applied", key_id=key.id, details={binding.INTENT_SEQ: second["seq"]}))
+    data.store.read_afresh = real_read  # type: ignore[method-assign]
     assert settle() == 0  # not read again before RETRY
     now[0] = LiveSettler.RETRY
     assert settle() == 1
-    assert settled(data.records(key.id), first["seq"]) == [binding.ROLLED_BACK]
-    assert not (tmp_path / "locks" / "nodes" / f"{dead.node}.lock").exists()
+    assert settled(data.records(key.id), intent["seq"]) == [binding.ROLLED_BACK]
 
 
 def test_the_leader_reads_the_log_to_the_head_other_writers_left(tmp_path: Path) -> None:
