@@ -123,6 +123,7 @@ def build_report(records: Iterable[dict[str, Any] | None],
         if off_hours(str(rec.get("ts", "")), hours):
             late_by_actor[str(rec.get("actor"))] += 1
             late.append(_row(rec))
+    forked = forks.rows()
     return {
         "records": total, "unreadable_lines": unreadable, "first_ts": first_ts,
         "last_ts": last_ts, "outcomes": dict(outcomes),
@@ -130,7 +131,7 @@ def build_report(records: Iterable[dict[str, Any] | None],
         "sensitive_events": {"count": len(sensitive), "rows": sensitive[:limit]},
         "approval_events": {"count": len(approvals), "rows": approvals[:limit]},
         "unsettled_intents": {"count": len(intents), "rows": list(intents.values())[:limit]},
-        "forked_changes": {"count": len(forks.rows), "rows": forks.rows[:limit]},
+        "forked_changes": {"count": len(forked), "rows": forked[:limit]},
         # an approval runs once: twice means its record was put back (an older copy)
         "approvals_executed_twice": sorted(a for a, n in executed.items() if n > 1)[:limit],
         "off_hours": {"work_hours_utc": f"{_hhmm(hours[0])}-{_hhmm(hours[1])}",
@@ -154,14 +155,16 @@ def _settle(intents: dict[Any, dict[str, Any]], rec: dict[str, Any], outcome: st
 
 class _Forks:
     """Key changes made to an older copy of the key's record: a key's confirmed changes form
-    one line, each built on the one before (``from_seq``); one built on an older one means the
-    record was put back after a later change and then changed (start-up refuses such a key).
-    A ``store.bound`` change (an operator's --accept-unrecorded) accepts what came before."""
+    one line, each built on the one before (``from_seq``), in the order of their INTENTS (two
+    writers may record their successes the other way round); one built on an older one means
+    the record was put back after a later change and then changed (start-up refuses such a
+    key, integrity/reconcile.py ``_fork``). ``store.bound`` (an operator's
+    --accept-unrecorded) and a restore start the line over."""
 
     def __init__(self) -> None:
         self.intents: dict[int, tuple[str, int, str]] = {}  # seq -> key, from_seq, action
-        self.last: dict[str, int] = {}  # key -> its latest confirmed change
-        self.rows: list[dict[str, Any]] = []
+        # key -> intent seq -> (from_seq, action, the success record's row) of each confirmed
+        self.confirmed: dict[str, dict[int, tuple[int, str, dict[str, Any]]]] = {}
 
     def see(self, rec: dict[str, Any], outcome: str) -> None:
         details = rec.get("details")
@@ -176,12 +179,20 @@ class _Forks:
         if not isinstance(settles, int) or settles not in self.intents:
             return
         key, built_on, action = self.intents.pop(settles)
-        if outcome != "success":
-            return
-        previous = self.last.get(key, 0)
-        if action not in ("store.bound", "key.restore") and previous and built_on < previous:
-            self.rows.append({**_row(rec), "from_seq": built_on, "after_seq": previous})
-        self.last[key] = max(previous, settles)
+        if outcome == "success":
+            self.confirmed.setdefault(key, {})[settles] = (built_on, action, _row(rec))
+
+    def rows(self) -> list[dict[str, Any]]:
+        found = []
+        for line in self.confirmed.values():
+            previous = 0
+            for seq in sorted(line):
+                built_on, action, row = line[seq]
+                if action not in ("store.bound", "key.restore") and previous \
+                        and built_on < previous:
+                    found.append({**row, "from_seq": built_on, "after_seq": previous})
+                previous = seq
+        return sorted(found, key=lambda row: row.get("seq") or 0)
 
 
 def _ranked(table: dict[str, Counter[str]], limit: int) -> list[dict[str, Any]]:

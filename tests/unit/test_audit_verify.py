@@ -391,6 +391,12 @@ def test_report_lists_key_changes_made_to_an_older_copy_put_back() -> None:
                 rec(10, "key.update", "success", intent_seq=9)]
     assert build_report(accepted)["forked_changes"]["count"] == 1  # nothing new after it
     assert build_report(records[:4])["forked_changes"]["count"] == 0
+    # two writers recorded their successes the other way round: no fork (a red team's run)
+    crossed = [rec(1, "key.update", "intent", from_seq=0), rec(2, "key.update", "intent",
+                                                               from_seq=1),
+               rec(3, "key.update", "success", intent_seq=2),
+               rec(4, "key.update", "success", intent_seq=1)]
+    assert build_report(crossed)["forked_changes"]["count"] == 0
     twice = [{"seq": n, "ts": "2026-12-06T10:00:00Z", "actor": "op", "outcome": "success",
               "action": "approval.executed", "details": {"approval_id": "a1"}} for n in (1, 2)]
     data = build_report(twice)
