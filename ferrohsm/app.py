@@ -507,8 +507,7 @@ def system_event(rt: Runtime, action: str, message: str) -> None:
 
 
 def connection_spread(processes: int) -> Spread:
-    """``processes = N``: what the children share to split connections evenly (made before
-    fork; api/spread.py)."""
+    """``processes = N``: what the children share to split connections (before fork; spread.py)."""
     return Spread(processes)
 
 
@@ -541,6 +540,7 @@ def shutdown(rt: Runtime, server: HardenedHTTPServer | None) -> None:
         server.shutdown(rt.config.server.shutdown_grace_seconds)
     if rt.tls_close is not None:
         rt.tls_close()
+    rt.pause.drain(rt.config.server.shutdown_grace_seconds)  # a scheduler tick mid-change too
     try:
         system_event(rt, "system.shutdown", "FerroHSM stopped")
     except FerroError:

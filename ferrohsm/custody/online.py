@@ -124,6 +124,15 @@ class Pause:
                 self._paused = False
                 self._cond.notify_all()
 
+    def drain(self, timeout: float) -> bool:
+        """At shutdown: admit nothing more and wait up to ``timeout`` seconds for what holds the
+        pause to finish (a scheduler tick in the middle of a change, whose settling record must
+        be written before the audit log closes). False when something was still running."""
+        with self._cond:
+            self._broken = self._broken or "the server is stopping"
+            self._cond.notify_all()
+            return self._cond.wait_for(lambda: self._active <= 0, timeout)
+
     def break_for_good(self, reason: str) -> None:
         """Refuse every further request (503) until a restart."""
         with self._cond:

@@ -200,3 +200,27 @@ def test_a_record_that_fails_its_check_stops_the_rekey_before_it_starts(tmp_path
     assert not (tmp_path / ("master.key" + online.SIDECAR)).exists()
     assert base64.b64decode(key_file.read_text()) == bytes(32)
     assert not pause.paused
+
+
+def test_a_stop_waits_for_what_holds_the_pause_then_admits_nothing() -> None:
+    """Shutdown drains the pause before the audit log closes: a scheduler tick in the middle of
+    a change (its intent written, the store changed) gets its settling record written, instead
+    of leaving the intent for the next cold start."""
+    pause = online.Pause()
+    entered, finished = threading.Event(), []
+
+    def tick() -> None:
+        with pause.hold():
+            entered.set()
+            time.sleep(0.3)
+            finished.append(True)
+    worker = threading.Thread(target=tick)
+    worker.start()
+    assert entered.wait(5)
+    assert pause.drain(5.0) and finished == [True]
+    with pytest.raises(online.RekeyInProgress, match="stopping"):
+        pause.enter()
+    worker.join()
+    held = online.Pause()
+    held.enter()
+    assert not held.drain(0.05)  # still held after the timeout: said so
