@@ -188,7 +188,8 @@ class FilesystemStore(KeyStore):
         """As ``KeyStore.resolve``; a ref found in the cache is a key id (only ids are cached),
         so it goes straight to ``get`` (still one lstat) without the UUID regex."""
         if type(ref) is str and ref in self._cache:
-            return self._fresh(self.get(ref))
+            key = self.get(ref)
+            return key if self._passed.get(ref) is key else self._fresh(key)
         return super().resolve(ref)
 
     def _load(self, key_id: str) -> Key:

@@ -100,6 +100,7 @@ class KeyStore(ABC):
         self._records = RecordCodec(authenticator)
         # key id -> the newest (audit binding, revision) served or stored (_fresh)
         self._newest: dict[str, tuple[int, int]] = {}
+        self._passed: dict[str, Key] = {}  # key id -> the Key object that last passed it
 
     @abstractmethod
     def create(self, key: Key) -> Key:
@@ -271,7 +272,8 @@ class KeyStore(ABC):
         """A key by id (UUID form) or unique name, as API paths accept either."""
         if not isinstance(ref, str) or not ref:
             raise NotFound("no such key")
-        return self._fresh(self.get(ref) if is_uuid(ref) else self.get_by_name(ref))
+        key = self.get(ref) if is_uuid(ref) else self.get_by_name(ref)
+        return key if self._passed.get(key.id) is key else self._fresh(key)
 
     def read_afresh(self, key_id: str) -> Key:
         """The key as stored now, past any cache (NotFound when absent): for a decision that a
@@ -303,6 +305,7 @@ class KeyStore(ABC):
                     key_id=key.id, problem="older_copy")
         if key.audit_seq > seq or (key.audit_seq == seq and not revision):
             self.note_binding(key.id, key.audit_seq, key.revision)
+        self._passed[key.id] = key  # the same object again (a cache hit) passes at once
         return key
 
     def note_binding(self, key_id: str, seq: int, revision: int = 0) -> None:
@@ -311,8 +314,10 @@ class KeyStore(ABC):
         it (a start's reading of the log). ``resolve`` then refuses an older record."""
         if seq > self._newest.get(key_id, (0, 0))[0] or key_id not in self._newest:
             if len(self._newest) >= MAX_NEWEST and key_id not in self._newest:
-                del self._newest[next(iter(self._newest))]
+                self._passed.pop(oldest := next(iter(self._newest)), None)
+                del self._newest[oldest]
             self._newest[key_id] = (seq, revision)
+            self._passed.pop(key_id, None)  # the bar rose: what passed it must pass again
         elif seq == self._newest[key_id][0] and revision and not self._newest[key_id][1]:
             self._newest[key_id] = (seq, revision)
 
