@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -160,7 +161,27 @@ class FileNodeLeases:
                 continue
             self._held[node] = fd
             found.append(node)
+        self._sweep()
         return found
+
+    def _sweep(self) -> None:
+        """A process that died between creating its lock file and naming it left ``.<node>.tmp``
+        with no intent of its own: removed once its lock is free and it is a minute old (a
+        process starting now has opened it and not locked it yet)."""
+        for path in self._dir.glob(".*.tmp"):
+            try:
+                if path.name == f".{self.node}.tmp" or time.time() - path.stat().st_mtime < 60:
+                    continue
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.unlink(path)
+            except OSError:
+                pass  # still being named by a live process, or gone
+            finally:
+                os.close(fd)
 
     def bury(self, node: str) -> None:
         """The dead node's intents are settled: its lock file goes."""
@@ -177,7 +198,8 @@ class FileNodeLeases:
             os.close(fd)
 
     def close(self) -> None:
-        """A clean stop: nothing of ours is left unsettled, so the lock file goes with us."""
+        """A clean stop: the lock file goes with us (shutdown lets a change in progress settle
+        first; one whose settling record could not be written waits for a cold start)."""
         for node in list(self._held):
             self.release(node)
         if self._fd is not None:

@@ -8,6 +8,7 @@ two processes do; the kernel drops a killed process's the same way)."""
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -49,7 +50,12 @@ def test_a_node_is_dead_only_once_its_lock_is_free(tmp_path: Path) -> None:
     assert me.dead() == [other.node]
     me.bury(other.node)
     assert not (tmp_path / "nodes" / f"{other.node}.lock").exists() and me.dead() == []
-    me.close()  # a clean stop leaves nothing to settle
+    half = tmp_path / "nodes" / f".{'e' * 32}.tmp"  # died before naming its lock file
+    half.write_bytes(b"")
+    assert me.dead() == [] and half.exists()  # a process starting now: not yet locked
+    os.utime(half, (time.time() - 120, time.time() - 120))
+    assert me.dead() == [] and not half.exists()
+    me.close()  # a clean stop leaves nothing behind
     assert list((tmp_path / "nodes").iterdir()) == []
 
 
