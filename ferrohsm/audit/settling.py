@@ -40,6 +40,7 @@ class Settling:
     _unsettled: list[Settle]
     _unsettled_reason: str | None
     _settler: threading.Thread | None
+    _settling: bool
 
     if TYPE_CHECKING:  # ChainedSink's and its backends' (no stub here may shadow them)
         def _write_group(self, events: list[PreparedEvent],
@@ -111,20 +112,23 @@ class Settling:
                 return True  # failed otherwise meanwhile: until a restart
             if self._unsettled[:len(pending)] != pending:
                 return False
-            self._failed = None
+            self._failed, self._settling = None, True  # healthy() says no until written
             try:
-                if events:
-                    self._write_group(events, sync=True)
-            except AuditUnavailable:
-                if self._failed is None:
+                try:
+                    if events:
+                        self._write_group(events, sync=True)
+                except AuditUnavailable:
+                    if self._failed is None:
+                        self._failed = failed
+                    return False
+                self._set_head(self._written)
+                del self._unsettled[:len(pending)]
+                if self._unsettled:  # more came meanwhile: the failure holds for them
                     self._failed = failed
-                return False
-            self._set_head(self._written)
-            del self._unsettled[:len(pending)]
-            if self._unsettled:  # more came meanwhile: the failure holds for them
-                self._failed = failed
-                return False
-            self._unsettled_reason = None
+                    return False
+                self._unsettled_reason = None
+            finally:
+                self._settling = False
         log.warning("audit: the settling record(s) are written; records are accepted again "
                     "(after: %s)", failed)
         return True

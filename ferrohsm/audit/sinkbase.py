@@ -159,6 +159,7 @@ class ChainedSink(Settling, SplitFlush, AuditSink):
         self._unsettled: list[Settle] = []  # settling.py
         self._unsettled_reason: str | None = None
         self._settler: threading.Thread | None = None
+        self._settling = False  # settling.py: its records are being written (not healthy yet)
         self._reported: set[str] = set()  # failures callers reported (see _refusal)
         self._last_ok = True
         self._problem: str | None = None  # the last failed write or flush, until a good one
@@ -253,7 +254,7 @@ class ChainedSink(Settling, SplitFlush, AuditSink):
         return self._committed
 
     def healthy(self) -> bool:
-        return self._failed is None and not self._closed
+        return self._failed is None and not self._closed and not self._settling
 
     def degraded(self) -> str | None:
         if self._closed:

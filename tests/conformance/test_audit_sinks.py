@@ -1127,8 +1127,17 @@ def test_a_store_that_cannot_tell_yet_is_asked_again(sink: Any) -> None:
         if answer is not None:
             raise answer
         return event(7, outcome="rolled_back", message="not applied")
+    seen_while_writing: list[bool] = []
+    write_group = sink._write_group
+
+    def watched(events: Any, sync: bool) -> Any:
+        seen_while_writing.append(sink.healthy())  # a poller's view mid-write
+        return write_group(events, sync)
+    sink._write_group = watched
     sink.fail_until_recorded("a change may or may not be applied", settle)
     assert _healthy_within(sink, 5)  # the second attempt, a second later
+    # healthy only once the record is stored: a CI run read the log at that moment without it
+    assert seen_while_writing == [False]
     assert sink.read(limit=100)[-1]["message"] == "not applied"
 
 
