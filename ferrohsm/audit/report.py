@@ -19,6 +19,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from ..domain.binding import forks
 from ..domain.strictjson import loads
 from . import toolout
 from .offline import VerifyInputError, chained_lines, expand_paths
@@ -154,17 +155,14 @@ def _settle(intents: dict[Any, dict[str, Any]], rec: dict[str, Any], outcome: st
 
 
 class _Forks:
-    """Key changes made to an older copy of the key's record: a key's confirmed changes form
-    one line, each built on the one before (``from_seq``), in the order of their INTENTS (two
-    writers may record their successes the other way round); one built on an older one means
-    the record was put back after a later change and then changed (start-up refuses such a
-    key, integrity/reconcile.py ``_fork``). ``store.bound`` (an operator's
-    --accept-unrecorded) and a restore start the line over."""
+    """Key changes made to an older copy of the key's record (domain/binding.py ``forks``, the
+    rule start-up refuses by), listed also when an operator accepted them since."""
 
     def __init__(self) -> None:
         self.intents: dict[int, tuple[str, int, str]] = {}  # seq -> key, from_seq, action
-        # key -> intent seq -> (from_seq, action, the success record's row) of each confirmed
-        self.confirmed: dict[str, dict[int, tuple[int, str, dict[str, Any]]]] = {}
+        # key -> intent seq -> (from_seq, action) of each confirmed change; the rows by seq
+        self.confirmed: dict[str, dict[int, tuple[int, str]]] = {}
+        self.successes: dict[int, dict[str, Any]] = {}
 
     def see(self, rec: dict[str, Any], outcome: str) -> None:
         details = rec.get("details")
@@ -180,18 +178,13 @@ class _Forks:
             return
         key, built_on, action = self.intents.pop(settles)
         if outcome == "success":
-            self.confirmed.setdefault(key, {})[settles] = (built_on, action, _row(rec))
+            self.confirmed.setdefault(key, {})[settles] = (built_on, action)
+            self.successes[settles] = _row(rec)
 
     def rows(self) -> list[dict[str, Any]]:
-        found = []
-        for line in self.confirmed.values():
-            previous = 0
-            for seq in sorted(line):
-                built_on, action, row = line[seq]
-                if action not in ("store.bound", "key.restore") and previous \
-                        and built_on < previous:
-                    found.append({**row, "from_seq": built_on, "after_seq": previous})
-                previous = seq
+        found = [{**self.successes[seq], "from_seq": built_on, "after_seq": previous}
+                 for line in self.confirmed.values()
+                 for seq, built_on, previous, _ in forks(line)]
         return sorted(found, key=lambda row: row.get("seq") or 0)
 
 

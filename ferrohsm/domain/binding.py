@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -75,3 +76,26 @@ def bind(key: Key, seq: int, digest: str) -> Key:
 
 def is_bound_to(key: Key, seq: int, digest: str) -> bool:
     return key.audit_seq == seq and key.audit_hash == digest
+
+
+# Changes that start a key's line of changes over: an operator's --accept-unrecorded binding,
+# and a restore from a backup archive (in a new log, by design).
+STARTS_OVER = frozenset({BIND_ACTION, "key.restore"})
+
+
+def forks(line: Mapping[int, tuple[int, str]]) -> list[tuple[int, int, int, bool]]:
+    """A key's confirmed changes (intent seq -> what it built on, its action) form one line in
+    the order of their intents: each builds on the one before (a change that lost a race is
+    rolled back, never confirmed). One built on an OLDER change was made to an older copy of the
+    record put back after a later change. Each such change: (its seq, what it built on, the
+    change before it, whether a later change started the line over and so accepted it)."""
+    found: list[tuple[int, int, int, bool]] = []
+    previous = 0
+    for seq in sorted(line):
+        from_seq, action = line[seq]
+        if action in STARTS_OVER:
+            found = [(f, b, p, True) for f, b, p, _ in found]
+        elif previous and from_seq < previous:
+            found.append((seq, from_seq, previous, False))
+        previous = seq
+    return found

@@ -46,7 +46,6 @@ class NodeLeases(Protocol):
     def bury(self, node: str) -> None: ...
 
 
-
 class LiveSettler:
     """The scheduler leader's pass over dead nodes (each tick): a node found dead is settled
     at once; one whose intents had to wait, or whose settling failed (the log refused a
@@ -109,21 +108,28 @@ def _plan(changes: ChangeLog, dead: set[str], head: int, store: KeyStore,
         theirs = [i for i in intents if i.node in dead]
         if not theirs:
             continue
-        try:
-            stored: Key | None = store.read_afresh(key_id)  # never a cache behind a live write
-        except NotFound:
-            stored = None
-        except FerroError:  # unreadable now (a record failing its check): not decided here
-            waiting.update(i.node for i in theirs if i.node)
-            continue
-        if stored is not None and stored.audit_seq > head:
-            waiting.update(i.node for i in theirs if i.node)
-            continue
-        plan.settle += [settle_key(stored, i, built_on, WHEN) for i in theirs]
+        decided, stored = _stored_now(store, key_id, head)
+        if decided:
+            plan.settle += [settle_key(stored, i, built_on, WHEN) for i in theirs]
+        else:
+            waiting.update(str(i.node) for i in theirs)
     open_approvals = changes.open_approvals()
     busy = {i.approval_id for i in open_approvals if i.node is not None and i.node not in dead}
-    mine = [i for i in open_approvals if i.node in dead and i.approval_id not in busy]
-    waiting.update(i.node for i in open_approvals
-                   if i.node in dead and i.approval_id in busy and i.node)
-    plan_approvals(plan, mine, approvals, changes.approvals_done, WHEN)
+    theirs_open = [i for i in open_approvals if i.node in dead]
+    waiting.update(str(i.node) for i in theirs_open if i.approval_id in busy)
+    plan_approvals(plan, [i for i in theirs_open if i.approval_id not in busy], approvals,
+                   changes.approvals_done, WHEN)
     return plan, waiting
+
+
+def _stored_now(store: KeyStore, key_id: str, head: int) -> tuple[bool, Key | None]:
+    """(whether it can be decided now, the key as stored now, past any cache: a write another
+    process just made must not be missed). Not yet: a record that cannot be read (failing its
+    check), or one bound to a change past the log that was read (written meanwhile)."""
+    try:
+        stored = store.read_afresh(key_id)
+    except NotFound:
+        return True, None
+    except FerroError:
+        return False, None
+    return stored.audit_seq <= head, stored

@@ -52,7 +52,6 @@ from .logcheck import StartupRefused
 log = logging.getLogger("ferrohsm.integrity")
 
 SYSTEM = "system"
-STARTS_OVER = frozenset({binding.BIND_ACTION, "key.restore"})  # a key's line of changes (_fork)
 ACCEPTED_ACTION = "integrity.unrecorded_accepted"
 MAX_NAMED = 20
 BIND_BATCH = 1000  # keys bound per pair of group commits
@@ -186,25 +185,16 @@ def _check_binding(stored: Key, latest: Change | None, confirmed: set[int],
 
 
 def _fork(stored: Key, built: dict[int, tuple[int, str]]) -> Problem | None:
-    """A key's confirmed changes form one line: each builds on the one before it (a change that
-    lost a race is rolled back, never confirmed). One built on an OLDER change means an older
-    copy of the record was put back and then changed, which binds the copy to a new change and
-    hides it from the binding check; the revocation or destruction it undid is in the log. A
-    ``store.bound`` change (an operator's --accept-unrecorded) accepts what came before it, and
-    a restore from a backup archive starts a key's line over (in a new log, by design)."""
-    previous, fork = 0, None
-    for seq in sorted(built):
-        from_seq, action = built[seq]
-        if action in STARTS_OVER:
-            fork = None
-        elif previous and from_seq < previous:
-            fork = (seq, from_seq, previous)
-        previous = seq
-    if fork is None:
+    """A change made to an older copy put back binds the copy to a new change, which hides it
+    from the binding check; the revocation or destruction it undid is in the log
+    (binding.forks). One an operator accepted since (--accept-unrecorded) is not refused."""
+    pending = [fork for fork in binding.forks(built) if not fork[3]]
+    if not pending:
         return None
-    return Problem(stored, f"has a forked history: its change at seq {fork[0]} was made to an "
-                   f"older copy of its record (bound to seq {fork[1]}) put back after its change "
-                   f"at seq {fork[2]}")
+    seq, from_seq, previous, _ = pending[-1]
+    return Problem(stored, f"has a forked history: its change at seq {seq} was made to an "
+                   f"older copy of its record (bound to seq {from_seq}) put back after its "
+                   f"change at seq {previous}")
 
 
 def _unbound(stored: Key, latest: Change | None, legacy: tuple[int, str] | None,
