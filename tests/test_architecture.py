@@ -98,7 +98,10 @@ THIRD_PARTY: dict[str, tuple[str, ...]] = {
     "psycopg": ("ferrohsm.store.pgdb", "ferrohsm.store.pg_shared", "ferrohsm.audit.pgsink"),
     # the span exporter child process only (started when OTLP export is set): the serving
     # process never imports the SDK
-    "opentelemetry": ("ferrohsm.telemetry.otlpexport",),
+    "opentelemetry": ("ferrohsm.telemetry.otlpexport", "ferrohsm.telemetry.otlphttp"),
+    # the CA bundle requests trusts, read by the exporter child's transport (otlphttp.py) so
+    # that it trusts what the SDK's own transport would
+    "certifi": ("ferrohsm.telemetry.otlphttp",),
 }
 
 CONCRETE_STORES = frozenset({

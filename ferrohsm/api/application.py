@@ -85,7 +85,7 @@ class Application:
                   if "traceparent" in req.headers else None)
         # None when sampled out too: no children, no attributes, nothing to end, no ids
         span = self._start_span(req, parent) if self.tracer is not None else None
-        exported = span.ids() if span is not None else None
+        exported = (span.trace_id, span.span_id, "01") if span is not None else None
         # The audit record names the trace when there is one (a caller's, or exported spans');
         # the ids of a request nobody traces are made only for its access line (_observe).
         ctx = base_context(req, None, self.limiter.client_ip(
@@ -97,13 +97,13 @@ class Application:
         else:
             resp, ctx, route_name, error_type = self._handle(req, ctx, span)
         _dress(req, ctx, resp, parent)
-        if span is not None:
-            span.routed(route_name, ctx.principal.subject if ctx.principal else None,
-                        error_type)
+        if span is not None:  # RequestSpan.routed, without the call
+            span.route, span.error = route_name, error_type
+            span.user = ctx.principal.subject if ctx.principal else None
         if exported is None and parent is not None and self.tracer is not None and parent.flags:
             parent = replace(parent, flags=parent.flags & ~1)  # our sampler left it out
         self._observe(req, ctx, route_name, resp, time.perf_counter() - start,
-                      exported or parent, error_type)
+                      exported or parent, error_type, span)
         return resp
 
     def _handle(self, req: Request, ctx: RequestContext, span: RequestSpan | None
@@ -157,13 +157,10 @@ class Application:
         sampled out, nothing recorded)."""
         tracer = self.tracer
         assert tracer is not None  # noqa: S101  narrows a type for mypy, not a runtime check
-        ids = tracer.sample(parent)  # first: a request left out gathers nothing
-        if ids is None:
-            return None
-        span = req.trace = tracer.open(ids, parent, (  # tracing.REQUEST
-            method_label(req.method), req.path[:256], req.peer_ip, req.request_id, _agent(req),
-            self.server_port))
-        if req.method not in KNOWN_METHODS:
+        span = req.trace = tracer.begin(parent, method_label(req.method), req.path[:256],
+                                        req.peer_ip, req.request_id, _agent(req),
+                                        self.server_port)
+        if span is not None and req.method not in KNOWN_METHODS:
             span.set("http.request.method_original", method_original(req.method))
         return span
 
@@ -195,7 +192,7 @@ class Application:
         if span is not None:
             span.routed(route_name, ctx.principal.subject if ctx.principal else None, exc.code)
         self._observe(req, ctx, route_name, resp, time.perf_counter() - start,
-                      exported or parent, exc.code)
+                      exported or parent, exc.code, span)
         return resp
 
     def _free(self, req: Request, ctx: RequestContext, route: Any,
@@ -359,7 +356,7 @@ class Application:
 
     def _observe(self, req: Request, ctx: RequestContext, route: str | None, resp: Response,
                  seconds: float, trace: tuple[str, str, str] | Parent | None,
-                 error_type: str | None) -> None:
+                 error_type: str | None, span: RequestSpan | None) -> None:
         """Metrics, then the access line: ``trace`` holds the exported span's ids, or the
         caller's parent (or None) from which the access log's writer makes this request's."""
         method, label = method_label(req.method), route or UNMATCHED
@@ -369,12 +366,13 @@ class Application:
         if not access.enabled_for(status):
             return
         principal = ctx.principal
+        agent = span.request[4] if span is not None else _agent(req)  # decoded once
         access.record((
             time.time(), status, req.method[:ORIGINAL_LIMIT], route, req.path[:256], seconds,
             ctx.source_ip,
             req.peer_ip, self.server_port, principal.subject if principal else None,
             principal.role.value if principal else None,
-            principal.session if principal else None, ctx.client_fingerprint, _agent(req),
+            principal.session if principal else None, ctx.client_fingerprint, agent,
             error_type, req.request_id, trace, ctx.correlation_id))
 
 

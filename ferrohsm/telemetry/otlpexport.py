@@ -115,6 +115,7 @@ class Exporter:
                                  resource_schema_url=resource.schema_url or "",
                                  trace_state=self.trace_state)
         client = getattr(self.exporter, "_client", None)
+        _lighter_transport(client)
         self._send = getattr(client, "export", None)
         self._sdk: SdkSpans | None = None if self._send else SdkSpans(self)
         self.exported = self.failed = 0
@@ -196,6 +197,20 @@ class Exporter:
 
     def shutdown(self) -> None:
         self.exporter.shutdown()  # type: ignore[no-untyped-call]  # unannotated in the SDK
+
+
+def _lighter_transport(client: Any) -> None:
+    """Put the stdlib transport (otlphttp.py) in place of the SDK's requests one, where it
+    carries exports as that one would (no proxy, no credential provider)."""
+    from . import otlphttp  # it imports the SDK, which may be missing
+    transport = getattr(client, "_transport", None)
+    endpoint = getattr(client, "_endpoint", None)
+    if transport is None or not isinstance(endpoint, str) or not otlphttp.wanted(endpoint):
+        return
+    lighter = otlphttp.from_sdk(transport)
+    if lighter is not None:
+        transport.close()
+        client._transport = lighter
 
 
 class SdkSpans:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
+_ZERO_BYTES = bytes(8)
 MAX_TRACESTATE = 512  # the specification's limit a vendor must propagate at least
 # Ids need not be secret (W3C: random, unique), so a PRNG seeded from os.urandom per process
 # serves them without a system call per id (SystemRandom costs one each).
@@ -65,6 +66,9 @@ def parse_traceparent(values: Sequence[str] | None,
                               or not state.isascii()):
         state = None
     return Parent(trace_id, span_id, int(flags, 16), state or None)
+
+
+
 
 
 def new_trace_id() -> str:
@@ -122,12 +126,15 @@ def new_span_id() -> str:
             return f"{value:016x}"
 
 
-def new_span_bytes() -> bytes:
-    """A span id as its 8 bytes (the exporter child's ids for a request's children)."""
+def new_span_bytes(count: int) -> bytes:
+    """``count`` span ids as 8 bytes each, from one draw (the exporter child's ids for a
+    request's children). None is all zeros (W3C: invalid)."""
     while True:
-        value = _ids.getrandbits(64)
-        if value:
-            return value.to_bytes(8, "big")
+        block = _ids.randbytes(8 * count)
+        if _ZERO_BYTES not in block:  # nearly always; else look at each id
+            return block
+        if all(block[at:at + 8] != _ZERO_BYTES for at in range(0, len(block), 8)):
+            return block
 
 
 def traceparent(trace_id: str, span_id: str, flags: int) -> str:

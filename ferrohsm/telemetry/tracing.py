@@ -36,6 +36,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from operator import itemgetter
 from typing import Any
 
 from . import sampler as sampling
@@ -66,6 +67,7 @@ CHILD = 5  # name, start, end, error type or None, attributes or None
 # The server span's attributes after the request id, left out when None (server_attributes).
 OPTIONAL = ("user_agent.original", "server.port", "http.route", "user.id",
             "http.response.status_code", "error.type")
+_CHILDREN = itemgetter(12)  # a RequestRecord's children (CHILD values each)
 WAKE_AT = 4096  # queued records that wake the writer before its interval is over
 _running = threading.local()  # span: the traced request this thread is running, if any
 
@@ -144,35 +146,29 @@ class Tracer:
         self.pipe = pipe
         pipe.weigh = spans_in  # its counters count spans, a record holding a request's
         self.queue: deque[RequestRecord] = pipe.queue
+        self.all_roots = sampler.bound > (1 << 64) - 1  # every root kept: no sampler call
 
-    def start(self, parent: Parent | None, request: tuple[Any, ...],
-              start_ns: int | None = None) -> RequestSpan | None:
+    def start(self, parent: Parent | None, request: tuple[Any, ...]) -> RequestSpan | None:
         """The request's SERVER span (a child of ``parent`` when there is one), or None when
         the sampler leaves the request out (then nothing of it is recorded). ``request``: its
         values in REQUEST order."""
-        ids = self.sample(parent)
-        return None if ids is None else self.open(ids, parent, request, start_ns)
+        return self.begin(parent, *request)
 
-    def sample(self, parent: Parent | None) -> tuple[str, str] | None:
-        """The trace id and server span id of a request the sampler keeps, else None: asked
-        before anything of the request is gathered, so a request left out costs one id draw
-        (a root's ratio decision needs its trace id) and nothing more."""
+    def begin(self, parent: Parent | None, method: str, path: str, client: str,
+              request_id: str, agent: str | None, port: int | None) -> RequestSpan | None:
+        """``start`` with the request's values given one by one: what the request path calls
+        (each call there counts, module docstring). A root's ratio decision needs its trace id,
+        so a request left out costs one id draw and nothing more."""
         if parent is None:
-            ids = new_root_ids()  # the trace id, then the server span's id
-            if not self.sampler.root(ids[:32]):
-                return None
-            return ids[:32], ids[32:]
+            ids = new_root_ids()
+            if self.all_roots or self.sampler.root(ids[:32]):
+                return RequestSpan(self, ids[:32], ids[32:], None, None,
+                                   (method, path, client, request_id, agent, port))
+            return None
         if not self.sampler.remote(parent):
             return None
-        return parent.trace_id, new_id_block(1, trace=False)
-
-    def open(self, ids: tuple[str, str], parent: Parent | None, request: tuple[Any, ...],
-             start_ns: int | None = None) -> RequestSpan:
-        """The SERVER span of a request ``sample`` kept, with the ids it gave."""
-        if parent is None:
-            return RequestSpan(self, ids[0], ids[1], None, None, request, start_ns)
-        return RequestSpan(self, ids[0], ids[1], parent.span_id, parent.tracestate, request,
-                           start_ns)
+        return RequestSpan(self, parent.trace_id, new_id_block(1, trace=False), parent.span_id,
+                           parent.tracestate, (method, path, client, request_id, agent, port))
 
     def stats(self) -> dict[str, int]:
         """Spans handed to the exporter child, dropped, and its restarts (for /metrics)."""
@@ -196,8 +192,7 @@ class RequestSpan:
     recording = True  # a sampled-out request gets no RequestSpan at all (Tracer.start)
 
     def __init__(self, tracer: Tracer, trace_id: str, span_id: str, parent_id: str | None,
-                 state: str | None, request: tuple[Any, ...],
-                 start_ns: int | None = None) -> None:
+                 state: str | None, request: tuple[Any, ...]) -> None:
         self.queue = tracer.queue
         self.wake = tracer.pipe.wake
         self.trace_id = trace_id
@@ -210,7 +205,7 @@ class RequestSpan:
         self.error: str | None = None
         self.extra: dict[str, Any] | None = None
         self.children: list[Any] = []  # CHILD values a child
-        self.start_ns = time.time_ns() if start_ns is None else start_ns
+        self.start_ns = time.time_ns()
         self.flush_from: tuple[int, int] | None = None  # the group flush's start and records
         self.ended = False
 
@@ -272,9 +267,10 @@ class RequestSpan:
         self.extra[name] = value
 
 
-def spans_in(record: RequestRecord) -> int:
-    """The spans a request record holds (the pipe counts spans, not records)."""
-    return 1 + len(record[12]) // CHILD
+def spans_in(records: list[RequestRecord]) -> int:
+    """The spans request records hold (the pipe counts spans, not records): one each and its
+    children, counted in C (the writer thread weighs every record it hands over)."""
+    return len(records) + sum(map(len, map(_CHILDREN, records))) // CHILD
 
 
 def server_attributes(record: RequestRecord) -> dict[str, Any]:

@@ -191,10 +191,12 @@ def test_request_records_encode_as_their_spans_do(batch: list[tuple[Any, ...]]) 
         exp.shutdown()
 
 
-def same_ids() -> tuple[Callable[[], str], Callable[[], bytes]]:
-    """Two draws of the ids 1, 2, 3...: in hex (spans_of), and as bytes (request_spans)."""
+def same_ids() -> tuple[Callable[[], str], Callable[[int], bytes]]:
+    """Two draws of the ids 1, 2, 3...: in hex (spans_of), and as bytes (request_spans, n
+    at a time)."""
     hex_ids, raw_ids = iter(range(1, 100)), iter(range(1, 100))
-    return (lambda: f"{next(hex_ids):016x}"), (lambda: next(raw_ids).to_bytes(8, "big"))
+    return (lambda: f"{next(hex_ids):016x}"), (
+        lambda n: b"".join(next(raw_ids).to_bytes(8, "big") for _ in range(n)))
 
 
 def test_both_paths_send_the_same_spans(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -100,13 +100,13 @@ def test_sampling_follows_otel_traces_sampler_and_a_sampled_caller(
         assert span.ids() == (TRACE, span.ids()[1], "01")
         assert span.ids()[1] != SPAN
         assert tracer.start(Parent(TRACE, SPAN, 0), request) is None
-        # the application asks first and gathers the request's values only for a kept one
-        assert tracer.sample(None) is None and tracer.sample(Parent(TRACE, SPAN, 0)) is None
-        ids = tracer.sample(Parent(TRACE, SPAN, 1, "k=v"))
-        assert ids is not None and ids[0] == TRACE and len(ids[1]) == 16 and ids[1] != SPAN
-        opened = tracer.open(ids, Parent(TRACE, SPAN, 1, "k=v"), request)
-        assert (opened.trace_id, opened.span_id, opened.parent_id, opened.state) == (
-            TRACE, ids[1], SPAN, "k=v")
+        # the application's call, the request's values one by one
+        assert tracer.begin(None, *request) is None
+        assert tracer.begin(Parent(TRACE, SPAN, 0), *request) is None
+        opened = tracer.begin(Parent(TRACE, SPAN, 1, "k=v"), *request)
+        assert opened is not None and opened.request == request
+        assert (opened.trace_id, opened.parent_id, opened.state) == (TRACE, SPAN, "k=v")
+        assert len(opened.span_id) == 16 and opened.span_id != SPAN
     finally:
         tracer.shutdown()
     assert tracer.stats()["sent"] == 0  # nothing ended, nothing recorded
