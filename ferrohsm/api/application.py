@@ -38,10 +38,11 @@ from ..domain.ids import is_approval_id
 from ..domain.model import Principal, RequestContext
 from ..service.guard import key_ref
 from ..telemetry import access as access_lines
+from ..telemetry import tracing
 from ..telemetry.metrics import ServerMetrics
 from ..telemetry.semconv import KNOWN_METHODS, ORIGINAL_LIMIT, method_label, method_original
 from ..telemetry.tracecontext import Parent, parse_traceparent
-from ..telemetry.tracing import RequestSpan, Tracer, running
+from ..telemetry.tracing import CHILDREN, ERROR, ROUTE, USER, VALUES, RequestSpan, Tracer, running
 from .handlers.dashboard import harden
 from .http import Request, Response, error_response, is_sane_request_id, json_response
 from .router import Router
@@ -85,7 +86,7 @@ class Application:
                   if "traceparent" in req.headers else None)
         # None when sampled out too: no children, no attributes, nothing to end, no ids
         span = self._start_span(req, parent) if self.tracer is not None else None
-        exported = (span.trace_id, span.span_id, "01") if span is not None else None
+        exported = (span[0], span[1], "01") if span is not None else None  # tracing.span_ids
         # The audit record names the trace when there is one (a caller's, or exported spans');
         # the ids of a request nobody traces are made only for its access line (_observe).
         ctx = base_context(req, None, self.limiter.client_ip(
@@ -97,9 +98,9 @@ class Application:
         else:
             resp, ctx, route_name, error_type = self._handle(req, ctx, span)
         _dress(req, ctx, resp, parent)
-        if span is not None:  # RequestSpan.routed, without the call
-            span.route, span.error = route_name, error_type
-            span.user = ctx.principal.subject if ctx.principal else None
+        if span is not None:  # tracing.routed, without the call
+            span[ROUTE], span[ERROR] = route_name, error_type
+            span[USER] = ctx.principal.subject if ctx.principal else None
         if exported is None and parent is not None and self.tracer is not None and parent.flags:
             parent = replace(parent, flags=parent.flags & ~1)  # our sampler left it out
         self._observe(req, ctx, route_name, resp, time.perf_counter() - start,
@@ -148,21 +149,25 @@ class Application:
     def finished(self, req: Request, resp: Response, seconds: float) -> None:
         """The server wrote ``resp`` (the final answer, a 503 for an audit record that did not
         become durable included): end the request's spans (api/server.py ``on_request``)."""
-        span = req.trace
-        if isinstance(span, RequestSpan):
-            span.finish(resp.status)
+        span, tracer = req.trace, self.tracer
+        if span is not None and tracer is not None:
+            tracer.finish(span, resp.status)
 
     def _start_span(self, req: Request, parent: Parent | None) -> RequestSpan | None:
         """The request's server span, with the HTTP semantic-convention attributes (None:
         sampled out, nothing recorded)."""
         tracer = self.tracer
         assert tracer is not None  # noqa: S101  narrows a type for mypy, not a runtime check
-        span = req.trace = tracer.begin(parent, method_label(req.method), req.path[:256],
-                                        req.peer_ip, req.request_id, _agent(req),
-                                        self.server_port)
+        span = req.trace = tracer.begin(parent, self._span_values, req)
         if span is not None and req.method not in KNOWN_METHODS:
-            span.set("http.request.method_original", method_original(req.method))
+            tracing.set_attribute(span, "http.request.method_original",
+                                  method_original(req.method))
         return span
+
+    def _span_values(self, req: Request) -> tuple[Any, ...]:
+        """A traced request's values, in tracing.REQUEST order."""
+        return (method_label(req.method), req.path[:256], req.peer_ip, req.request_id,
+                _agent(req), self.server_port)
 
     def refuse(self, req: Request, exc: FerroError) -> Response:
         """The answer to a request the server refused while reading it (a framing error, a
@@ -176,7 +181,7 @@ class Application:
                                     req.headers.values_of("tracestate"))
                   if "traceparent" in req.headers else None)
         span = self._start_span(req, parent) if self.tracer is not None else None
-        exported = span.ids() if span is not None else None
+        exported = tracing.span_ids(span) if span is not None else None
         ctx = self._caller(req, base_context(req, None, self.limiter.client_ip(
             req.peer_ip, req.headers.get_all("x-forwarded-for")),
             exported[0] if exported else parent.trace_id if parent else None))
@@ -190,7 +195,8 @@ class Application:
         resp = _error(req, exc)
         _dress(req, ctx, resp, parent)  # as a routed answer: its ids echoed, no-store
         if span is not None:
-            span.routed(route_name, ctx.principal.subject if ctx.principal else None, exc.code)
+            tracing.routed(span, route_name, ctx.principal.subject if ctx.principal else None,
+                           exc.code)
         self._observe(req, ctx, route_name, resp, time.perf_counter() - start,
                       exported or parent, exc.code, span)
         return resp
@@ -303,7 +309,7 @@ class Application:
             error = exc.code
             raise
         finally:
-            span.children += ("authenticate", start, time.time_ns(), error, None)
+            span[CHILDREN] += ("authenticate", start, time.time_ns(), error, None)
 
     def _authenticate_now(self, req: Request, ctx: RequestContext) -> Principal:
         """The token from the Authorization header (never from the query string).
@@ -366,7 +372,7 @@ class Application:
         if not access.enabled_for(status):
             return
         principal = ctx.principal
-        agent = span.request[4] if span is not None else _agent(req)  # decoded once
+        agent = span[VALUES][4] if span is not None else _agent(req)  # decoded once
         access.record((
             time.time(), status, req.method[:ORIGINAL_LIMIT], route, req.path[:256], seconds,
             ctx.source_ip,
@@ -409,7 +415,7 @@ def _traced(span: RequestSpan, route: Any, ctx: RequestContext, req: Request,
         error = exc.code
         raise
     finally:
-        span.children += (f"ferrohsm {route.name or route.template}", start, time.time_ns(),
+        span[CHILDREN] += (f"ferrohsm {route.name or route.template}", start, time.time_ns(),
                           error, None)
 
 

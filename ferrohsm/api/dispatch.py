@@ -42,6 +42,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from ..domain.errors import AuditUnavailable, FerroError
+from ..telemetry.tracing import begin_flush
 from .connection import Conn, Incoming
 from .flusher import (
     DEFAULT_FLUSH,
@@ -322,7 +323,7 @@ def _flush_span(answer: Answer, written: int) -> None:
     """Spans exported: the request's audit.flush child, from the write of its records (at
     ``written``, ns) until its answer leaves."""
     request = answer[1].request
-    request.trace.begin_flush(len(request.tickets or ()), written)
+    begin_flush(request.trace, len(request.tickets or ()), written)
 
 
 def rendered(log: logging.Logger, request: Request, response: Response, keep_alive: bool,

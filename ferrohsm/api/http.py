@@ -112,8 +112,9 @@ class Request:
     # Set by the application once the request carried a valid token: the server then counts its
     # connection (and, for a while, its source address) as authenticated (api/server.py).
     authenticated: bool = False
-    # The request's server span (telemetry/tracing.RequestSpan) when spans are exported; the
-    # server's on_request hook ends it once the final response is written.
+    # The request's server span (telemetry/tracing.RequestSpan, a record filled in place) when
+    # spans are exported; the server's on_request hook ends it once the final response is
+    # written.
     trace: Any = None
 
 

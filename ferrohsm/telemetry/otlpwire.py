@@ -257,7 +257,7 @@ class SpanWriter:
     def _server_attributes(self, request: tuple[Any, ...], route: str | None, user: str | None,
                            status: int | None, error: str | None) -> bytes:
         """The server span's attributes in tracing.server_attributes's order (no extra ones:
-        those are rare, RequestSpan.set, and go through one dict): the values before the
+        those are rare, tracing.set_attribute, and go through one dict): the values before the
         request id, and those after it, are cached as two blocks (most repeat)."""
         method, path, client, request_id, agent, port = request
         blocks = self._blocks

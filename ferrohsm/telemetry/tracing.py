@@ -11,19 +11,20 @@ children ``authenticate``, the key operation (``ferrohsm <op>``) and ``audit.flu
 event loop from the write of the request's audit records to their group's fsync; on a worker,
 one around each record the operation writes and flushes while it waits.
 
-Why tuples: the SDK's Span objects, its BatchSpanProcessor and the protobuf encoding cost about
-45 µs a span, all on the event loop's one core (59% of encrypt throughput at 4 spans a
-request). Here a request's spans are one flat tuple appended to a deque (atomic in C, no lock)
-when it ends: the request's values in a tuple, its children's values in one list extended as
-each ends, and two ids from one draw of the per-process PRNG seeded from os.urandom
-(tracecontext.py; ids need to be unique, not secret: the SDK draws them the same way). One
-record a request, with no attribute dict and no child ids, costs 2.5-2.6 µs a request against
-3.8-4.4 for four span records (a loop alone) and gained 3-4 % of exported throughput,
-where each Python call on the request path costs more than in a loop. A writer thread hands
-the records in batches to a child process that encodes their spans as OTLP protobuf (the
-attribute names, the children's ids: otlpwire.py ``request_spans``, the bytes ``spans_of``'s
-records would give) and sends them with the SDK's OTLPSpanExporter's client, off the serving
-core (telemetry/spanpipe.py, telemetry/otlpexport.py).
+Why plain lists and tuples: the SDK's Span objects, its BatchSpanProcessor and the protobuf
+encoding cost about 45 µs a span, all on the event loop's one core (59% of encrypt throughput
+at 4 spans a request). Here a request's span is one flat list (RequestSpan), made when the
+request is sampled, filled in place by index as the request runs (its children's values in one
+list extended as each ends) and appended to a deque (atomic in C, no lock) when it ends: the
+span is its own record, so nothing is copied at the end and no object wraps it (an object with
+named fields cost 2.4 µs a request against 1.0 for the list, in a loop). Its two ids come from
+one draw of the per-process PRNG seeded from os.urandom (tracecontext.py; ids need to be
+unique, not secret: the SDK draws them the same way). Each Python call on the request path
+costs more than in a loop, so the path makes few. A writer thread hands the records in
+batches to a child process that encodes their spans as OTLP protobuf (the attribute names,
+the children's ids: otlpwire.py ``request_spans``, the bytes ``spans_of``'s records would
+give) and sends them through the SDK's OTLPSpanExporter's client, off the serving core
+(telemetry/spanpipe.py, telemetry/otlpexport.py, telemetry/otlphttp.py).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from operator import itemgetter
 from typing import Any
@@ -53,21 +54,26 @@ INTERNAL, SERVER = 0, 1  # opentelemetry.trace.SpanKind's values
 # tracestate or None.
 Record = tuple[str, str, str | None, str, int, int, int, dict[str, Any] | None, bool,
                str | None]
-# What the request path queues instead, one per request (RequestSpan.finish), made into its
-# Records by the exporter child (spans_of): trace id, server span id, parent span id or None,
+# What the request path queues instead, one per request (Tracer.finish), made into its Records
+# by the exporter child (spans_of): trace id, server span id, parent span id or None,
 # tracestate or None, start and end (ns since the epoch), the REQUEST values (a tuple), the
 # route, the user, the status, the error type, other attributes or None, and the children, five
 # values each in one flat list (CHILD; their ids are drawn in the child process). Few objects:
 # each one that lives until the hand-over costs the garbage collector, marshal and the child.
-RequestRecord = tuple[str, str, str | None, str | None, int, int, tuple[Any, ...], str | None,
-                      str | None, int | None, str | None, dict[str, Any] | None, list[Any]]
+# On the request path it is a list filled in place (RequestSpan): the span is its own record,
+# with no object around it to make, fill and copy (a third of the recording's cost measured).
+RequestRecord = list[Any]
+RequestSpan = list[Any]  # a RequestRecord being filled; END is 0 until it is finished
+(TRACE_ID, SPAN_ID, PARENT_ID, STATE, START, END, VALUES, ROUTE, USER, STATUS, ERROR, EXTRA,
+ CHILDREN) = range(13)
 REQUEST = ("http.request.method", "url.path", "client.address", "ferrohsm.request_id",
            "user_agent.original", "server.port")
 CHILD = 5  # name, start, end, error type or None, attributes or None
 # The server span's attributes after the request id, left out when None (server_attributes).
 OPTIONAL = ("user_agent.original", "server.port", "http.route", "user.id",
             "http.response.status_code", "error.type")
-_CHILDREN = itemgetter(12)  # a RequestRecord's children (CHILD values each)
+_CHILDREN = itemgetter(CHILDREN)  # a RequestRecord's children (CHILD values each)
+_FLUSHED = [{"ferrohsm.audit.records": n} for n in range(17)]  # shared, never changed
 WAKE_AT = 4096  # queued records that wake the writer before its interval is over
 _running = threading.local()  # span: the traced request this thread is running, if any
 
@@ -95,7 +101,7 @@ def durable_append() -> AbstractContextManager[Any]:
     ``audit.flush`` child of the request running on this thread, else nothing. The event
     loop's requests get theirs from the group flush instead (``begin_flush``)."""
     span: RequestSpan | None = getattr(_running, "span", None)
-    return nullcontext() if span is None else span.flushing()
+    return nullcontext() if span is None else flushing(span)
 
 
 def enabled(environ: Mapping[str, str] | None = None) -> bool:
@@ -152,23 +158,42 @@ class Tracer:
         """The request's SERVER span (a child of ``parent`` when there is one), or None when
         the sampler leaves the request out (then nothing of it is recorded). ``request``: its
         values in REQUEST order."""
-        return self.begin(parent, *request)
+        return self.begin(parent, tuple, request)
 
-    def begin(self, parent: Parent | None, method: str, path: str, client: str,
-              request_id: str, agent: str | None, port: int | None) -> RequestSpan | None:
-        """``start`` with the request's values given one by one: what the request path calls
-        (each call there counts, module docstring). A root's ratio decision needs its trace id,
-        so a request left out costs one id draw and nothing more."""
+    def begin(self, parent: Parent | None, values: Callable[[Any], tuple[Any, ...]],
+              source: Any) -> RequestSpan | None:
+        """``start`` with the request's values from ``values(source)``, asked only for a
+        request the sampler keeps: a root's ratio decision needs its trace id, so a request
+        left out costs one id draw and nothing more. What the request path calls."""
         if parent is None:
             ids = new_root_ids()
             if self.all_roots or self.sampler.root(ids[:32]):
-                return RequestSpan(self, ids[:32], ids[32:], None, None,
-                                   (method, path, client, request_id, agent, port))
+                return [ids[:32], ids[32:], None, None, time.time_ns(), 0, values(source),
+                        None, None, None, None, None, []]
             return None
         if not self.sampler.remote(parent):
             return None
-        return RequestSpan(self, parent.trace_id, new_id_block(1, trace=False), parent.span_id,
-                           parent.tracestate, (method, path, client, request_id, agent, port))
+        return [parent.trace_id, new_id_block(1, trace=False), parent.span_id,
+                parent.tracestate, time.time_ns(), 0, values(source), None, None, None, None,
+                None, []]
+
+    def finish(self, span: RequestSpan, status: int) -> None:
+        """End the flush child (if one is open) and the server span with the final status,
+        and queue the record; a 5xx without a refusal's code gets the status as its error
+        type. Once only."""
+        if span[END]:
+            return
+        span[END] = end = time.time_ns()
+        children = span[CHILDREN]
+        if children and children[-3] is None:  # the audit.flush child begin_flush opened
+            children[-3] = end
+        if status >= 500 and span[ERROR] is None:
+            span[ERROR] = str(status)
+        span[STATUS] = status
+        queue = self.queue
+        queue.append(span)
+        if len(queue) > WAKE_AT:
+            self.pipe.wake.set()
 
     def stats(self) -> dict[str, int]:
         """Spans handed to the exporter child, dropped, and its restarts (for /metrics)."""
@@ -179,92 +204,56 @@ class Tracer:
         self.pipe.close()
 
 
-class RequestSpan:
-    """One request's server span and its children, queued as one record when it ends.
+# A request's span (a RequestSpan list) is read and written in place by its indices on the
+# request path: ``span[CHILDREN] += (name, start, end, error type or None, attributes or
+# None)`` adds a child, ``span[ROUTE] = ...`` what the application learnt. These helpers are
+# for the places where a call costs nothing that counts.
 
-    Callers on the request path add a child as ``span.children += (name, start, end, error
-    type or None, attributes or None)``: a list extended in place, not a method call, because
-    every call on the loop's path counts (module docstring)."""
+def span_ids(span: RequestSpan) -> tuple[str, str, str]:
+    """trace id, span id and flags (hex) for the log line and the audit record."""
+    return span[TRACE_ID], span[SPAN_ID], "01"
 
-    __slots__ = ("children", "ended", "error", "extra", "flush_from", "parent_id", "queue",
-                 "request", "route", "span_id", "start_ns", "state", "trace_id", "user",
-                 "wake")
-    recording = True  # a sampled-out request gets no RequestSpan at all (Tracer.start)
 
-    def __init__(self, tracer: Tracer, trace_id: str, span_id: str, parent_id: str | None,
-                 state: str | None, request: tuple[Any, ...]) -> None:
-        self.queue = tracer.queue
-        self.wake = tracer.pipe.wake
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.parent_id = parent_id
-        self.state = state
-        self.request = request
-        self.route: str | None = None
-        self.user: str | None = None
-        self.error: str | None = None
-        self.extra: dict[str, Any] | None = None
-        self.children: list[Any] = []  # CHILD values a child
-        self.start_ns = time.time_ns()
-        self.flush_from: tuple[int, int] | None = None  # the group flush's start and records
-        self.ended = False
+def routed(span: RequestSpan, route: str | None, user: str | None,
+           error_type: str | None) -> None:
+    """What the application learnt: the route, the authenticated subject, the refusal."""
+    span[ROUTE], span[USER], span[ERROR] = route, user, error_type
 
-    def ids(self) -> tuple[str, str, str]:
-        """trace id, span id and flags (hex) for the log line and the audit record."""
-        return self.trace_id, self.span_id, "01"
 
-    def routed(self, route: str | None, user: str | None, error_type: str | None) -> None:
-        """What the application learnt: the route, the authenticated subject, the refusal."""
-        self.route, self.user, self.error = route, user, error_type
+def ended_child(span: RequestSpan, name: str, start_ns: int, error_type: str | None = None,
+                attributes: dict[str, Any] | None = None, end_ns: int = 0) -> None:
+    """Record an INTERNAL child that ran from ``start_ns`` until now (or ``end_ns``)."""
+    span[CHILDREN] += (name, start_ns, end_ns or time.time_ns(), error_type, attributes)
 
-    def ended_child(self, name: str, start_ns: int, error_type: str | None = None,
-                    attributes: dict[str, Any] | None = None, end_ns: int = 0) -> None:
-        """Record an INTERNAL child that ran from ``start_ns`` until now (or ``end_ns``)."""
-        self.children += (name, start_ns, end_ns or time.time_ns(), error_type, attributes)
 
-    @contextmanager
-    def flushing(self) -> Iterator[None]:
-        """An ``audit.flush`` child around one record written and flushed while the request
-        waits (a worker's request: each of its durable records)."""
-        start = time.time_ns()
-        try:
-            yield
-        finally:
-            self.children += ("audit.flush", start, time.time_ns(), None,
-                              {"ferrohsm.audit.records": 1})
+@contextmanager
+def flushing(span: RequestSpan) -> Iterator[None]:
+    """An ``audit.flush`` child around one record written and flushed while the request
+    waits (a worker's request: each of its durable records)."""
+    start = time.time_ns()
+    try:
+        yield
+    finally:
+        span[CHILDREN] += ("audit.flush", start, time.time_ns(), None, _FLUSHED[1])
 
-    def begin_flush(self, records: int, start_ns: int = 0) -> None:
-        """The request's audit records are being written and flushed, since ``start_ns`` (or
-        now); the audit.flush child ends with the request."""
-        if self.flush_from is None:
-            self.flush_from = (start_ns or time.time_ns(), records)
 
-    def finish(self, status: int) -> None:
-        """End the flush child (if any) and the server span with the final status; a 5xx
-        without a refusal's code gets the status as its error type. Once only."""
-        if self.ended:
-            return
-        self.ended = True
-        end = time.time_ns()
-        if self.flush_from is not None:
-            start, records = self.flush_from
-            self.children += ("audit.flush", start, end, None, {"ferrohsm.audit.records": records})
-        error = self.error
-        if status >= 500 and error is None:
-            error = str(status)
-        queue = self.queue
-        queue.append((self.trace_id, self.span_id, self.parent_id, self.state, self.start_ns,
-                      end, self.request, self.route, self.user, status, error, self.extra,
-                      self.children))
-        if len(queue) > WAKE_AT:
-            self.wake.set()
+def begin_flush(span: RequestSpan, records: int, start_ns: int = 0) -> None:
+    """The request's audit records are being written and flushed, since ``start_ns`` (or
+    now); the audit.flush child ends with the request (its end None until then). Once."""
+    children = span[CHILDREN]
+    if children and children[-5] == "audit.flush" and children[-3] is None:
+        return
+    attributes = (_FLUSHED[records] if records < len(_FLUSHED)
+                  else {"ferrohsm.audit.records": records})
+    children += ("audit.flush", start_ns or time.time_ns(), None, None, attributes)
 
-    def set(self, name: str, value: Any) -> None:
-        """Another attribute of the server span (beyond REQUEST and the route, user, status
-        and error type)."""
-        if self.extra is None:
-            self.extra = {}
-        self.extra[name] = value
+
+def set_attribute(span: RequestSpan, name: str, value: Any) -> None:
+    """Another attribute of the server span (beyond REQUEST and the route, user, status and
+    error type)."""
+    if span[EXTRA] is None:
+        span[EXTRA] = {}
+    span[EXTRA][name] = value
 
 
 def spans_in(records: list[RequestRecord]) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from ferrohsm.telemetry import sampler as sampling
+from ferrohsm.telemetry import tracing
 from ferrohsm.telemetry.otlpexport import read_frame
 from ferrohsm.telemetry.spanpipe import HEADER, SpanPipe, batch_settings, child_environment
 from ferrohsm.telemetry.tracecontext import Parent
@@ -103,19 +104,21 @@ def test_a_request_leaves_its_spans_as_one_record(tmp_path: Path) -> None:
     request = ("POST", "/v1/x", "10.0.0.9", "req-1", None, 8443)
     try:
         span = tracer.start(Parent(TRACE, SPAN, 1, "k=v"), request)
-        assert span is not None and span.recording
-        trace_id, span_id, flags = span.ids()
+        assert span is not None
+        trace_id, span_id, flags = tracing.span_ids(span)
         assert (trace_id, flags) == (TRACE, "01") and len(span_id) == 16 and span_id != SPAN
-        span.ended_child("authenticate", time.time_ns(), "unauthenticated")
-        span.begin_flush(2)
-        span.routed("/v1/x", None, None)
-        span.set("ferrohsm.extra", True)
-        span.finish(503)
-        span.finish(200)  # once only
+        tracing.ended_child(span, "authenticate", time.time_ns(), "unauthenticated")
+        tracing.begin_flush(span, 2)
+        tracing.begin_flush(span, 5)  # once: the first one holds
+        tracing.routed(span, "/v1/x", None, None)
+        tracing.set_attribute(span, "ferrohsm.extra", True)
+        tracer.finish(span, 503)
+        tracer.finish(span, 200)  # once only
         assert tracer.start(Parent(TRACE, SPAN, 0), request) is None  # sampled out
         root = tracer.start(None, ("GET", "/", "::1", "req-2", "curl", None))
-        assert root is not None and root.parent_id is None and root.ids()[0] != TRACE
-        root.finish(200)
+        assert root is not None and root[tracing.PARENT_ID] is None
+        assert tracing.span_ids(root)[0] != TRACE
+        tracer.finish(root, 200)
     finally:
         tracer.shutdown()
     records = [r for frame in frames(out) for r in frame]
@@ -297,9 +300,9 @@ def test_the_queue_bound_counts_spans_not_requests(tmp_path: Path) -> None:
         for i in range(4):  # 3 spans a request: 12 spans, the bound is 10
             span = tracer.start(None, ("GET", f"/{i}", "::1", f"r{i}", None, None))
             assert span is not None
-            span.ended_child("authenticate", time.time_ns())
-            span.ended_child("ferrohsm get", time.time_ns())
-            span.finish(200)
+            tracing.ended_child(span, "authenticate", time.time_ns())
+            tracing.ended_child(span, "ferrohsm get", time.time_ns())
+            tracer.finish(span, 200)
         with pipe._lock:
             pipe._drain()
         assert pipe.stats()["sent"] == 9 and pipe.stats()["dropped"] == 3

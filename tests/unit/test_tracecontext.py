@@ -85,6 +85,7 @@ def test_sampling_follows_otel_traces_sampler_and_a_sampled_caller(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """With a ratio of 0 a request of its own is sampled out (no span recorded, so no children
     and no ids are made for it), while a caller's sampled traceparent is still honoured."""
+    from ferrohsm.telemetry import tracing
     from ferrohsm.telemetry.tracecontext import Parent
     from ferrohsm.telemetry.tracing import from_environment
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
@@ -96,17 +97,26 @@ def test_sampling_follows_otel_traces_sampler_and_a_sampled_caller(
         request = ("GET", "/x", "::1", "req-1", None, None)
         assert tracer.start(None, request) is None
         span = tracer.start(Parent(TRACE, SPAN, 1, "k=v"), request)
-        assert span is not None and span.recording
-        assert span.ids() == (TRACE, span.ids()[1], "01")
-        assert span.ids()[1] != SPAN
+        assert span is not None
+        assert tracing.span_ids(span) == (TRACE, span[tracing.SPAN_ID], "01")
+        assert span[tracing.SPAN_ID] != SPAN
         assert tracer.start(Parent(TRACE, SPAN, 0), request) is None
         # the application's call, the request's values one by one
-        assert tracer.begin(None, *request) is None
-        assert tracer.begin(Parent(TRACE, SPAN, 0), *request) is None
-        opened = tracer.begin(Parent(TRACE, SPAN, 1, "k=v"), *request)
-        assert opened is not None and opened.request == request
-        assert (opened.trace_id, opened.parent_id, opened.state) == (TRACE, SPAN, "k=v")
-        assert len(opened.span_id) == 16 and opened.span_id != SPAN
+        asked: list[object] = []
+
+        def values(source: object) -> tuple[object, ...]:
+            asked.append(source)
+            return request
+
+        assert tracer.begin(None, values, "req") is None
+        assert tracer.begin(Parent(TRACE, SPAN, 0), values, "req") is None
+        assert asked == []  # a request left out: nothing of it gathered
+        opened = tracer.begin(Parent(TRACE, SPAN, 1, "k=v"), values, "req")
+        assert asked == ["req"]
+        assert opened is not None and opened[tracing.VALUES] == request
+        trace_id, span_id, parent_id, state = opened[:4]
+        assert (trace_id, parent_id, state) == (TRACE, SPAN, "k=v")
+        assert len(span_id) == 16 and span_id != SPAN
     finally:
         tracer.shutdown()
     assert tracer.stats()["sent"] == 0  # nothing ended, nothing recorded
