@@ -35,7 +35,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from operator import itemgetter
 from typing import Any
@@ -262,7 +262,7 @@ def spans_in(records: list[RequestRecord]) -> int:
     return len(records) + sum(map(len, map(_CHILDREN, records))) // CHILD
 
 
-def server_attributes(record: RequestRecord) -> dict[str, Any]:
+def server_attributes(record: Sequence[Any]) -> dict[str, Any]:
     """The server span's attributes: the REQUEST values, always, then the route, user, status
     and error type unless None (as the SDK leaves None out), then the other attributes."""
     method, path, client, request_id, agent, port = record[6]
@@ -282,14 +282,14 @@ def leading(method: Any, path: Any, client: Any) -> tuple[tuple[str, Any], ...]:
             ("client.address", client), ("network.peer.address", client))
 
 
-def server_name(record: RequestRecord) -> str:
+def server_name(record: Sequence[Any]) -> str:
     """"{method} {route}", or the method alone when no route matched (``HTTP`` for a method
     the conventions do not know, semconv.py)."""
     method, route = span_method(str(record[6][0])), record[7]
     return f"{method} {route}" if route else method
 
 
-def spans_of(record: RequestRecord) -> list[Record]:
+def spans_of(record: Sequence[Any]) -> list[Record]:
     """A request record as its spans (in the exporter child): the server span with its
     attributes, then the children, each with a span id drawn here."""
     (trace_id, span_id, parent_id, state, start, end, request, _, _, status, _, _,
