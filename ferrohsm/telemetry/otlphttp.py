@@ -115,6 +115,10 @@ class StdlibTransport(BaseHTTPTransport):
             conn.request(method, target, body=data, headers=headers or {})
             response = conn.getresponse()
             body = response.read()
+        except ValueError:  # http.client's refusal quotes the header: it may be a credential
+            self._drop(key)
+            return Result(error=ValueError(
+                "a header name or value cannot be sent (OTEL_EXPORTER_OTLP_HEADERS?)"))
         except Exception as exc:  # as above; the connection is not reused
             self._drop(key)
             return Result(error=exc)

@@ -214,6 +214,21 @@ def test_nothing_listening_is_a_connection_error() -> None:
     assert not lighter.is_connection_error(TimeoutError("read"))
 
 
+def test_a_header_that_cannot_be_sent_is_not_quoted(collector: Collector) -> None:
+    """A credential with a line break in it (OTEL_EXPORTER_OTLP_HEADERS is URL-decoded): the
+    refusal says what is wrong without the value, which the exporter would log."""
+    lighter = otlphttp.StdlibTransport()
+    broken = "Bearer s3cr3t\r\nx-injected: 1"
+    result = lighter.request("POST", collector.url, data=b"", timeout=2,
+                             headers={"authorization": broken})
+    assert result.status_code is None and not lighter.is_connection_error(result.error)
+    assert "s3cr3t" not in str(result.error) and "OTEL_EXPORTER_OTLP_HEADERS" in str(result.error)
+    assert collector.bodies == []  # nothing sent
+    ok = lighter.request("POST", collector.url, data=b"\x0a\x00", timeout=2)
+    assert ok.status_code == 200  # the transport is still usable
+    lighter.close()
+
+
 def test_a_proxy_or_a_credential_provider_keeps_the_sdks_transport(
         monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY",
