@@ -154,8 +154,11 @@ class StdlibTransport(BaseHTTPTransport):
     def _tls(self) -> ssl.SSLContext:
         if self._context is None:
             verify = self._verify
-            context = ssl.create_default_context(
-                cafile=verify if isinstance(verify, str) else default_ca_bundle())
+            trusted = verify if isinstance(verify, str) else default_ca_bundle()
+            if trusted is not None and os.path.isdir(trusted):  # a c_rehash'd folder
+                context = ssl.create_default_context(capath=trusted)
+            else:
+                context = ssl.create_default_context(cafile=trusted)
             if verify is False:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE

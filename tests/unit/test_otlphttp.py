@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -141,6 +142,19 @@ def test_tls_with_a_ca_file_and_a_client_certificate(monkeypatch: pytest.MonkeyP
             assert exp._post(b"\x0a\x00")
         finally:
             exp.shutdown()
+        # a folder of CA certificates (as c_rehash leaves it) does as well as the file
+        folder = tmp_path / "cas"
+        folder.mkdir()
+        subject_hash = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in",
+                                       str(pki.ca_cert)], capture_output=True, text=True,
+                                      check=True).stdout.strip()
+        (folder / f"{subject_hash}.0").write_bytes(pki.ca_cert.read_bytes())
+        by_folder = exporter(monkeypatch, secure.url,
+                             OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE=str(folder))
+        try:
+            assert by_folder._post(b"\x0a\x01")
+        finally:
+            by_folder.shutdown()
         # the system's trust store does not know the dev CA: refused, as requests would
         stranger = exporter(monkeypatch, secure.url,
                             OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE="")
@@ -151,7 +165,7 @@ def test_tls_with_a_ca_file_and_a_client_certificate(monkeypatch: pytest.MonkeyP
             stranger.shutdown()
     finally:
         secure.close()
-    assert secure.bodies == [b"\x0a\x00"]
+    assert secure.bodies == [b"\x0a\x00", b"\x0a\x01"]
 
 
 def test_a_collector_that_closes_or_restarts_is_reached_again(
