@@ -18,8 +18,12 @@ not), or a credential provider the SDK loads a ``requests`` session from.
 from __future__ import annotations
 
 import http.client
+import netrc
 import os
+import socket
 import ssl
+import threading
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
@@ -29,6 +33,17 @@ from typing import Any
 from opentelemetry.exporter.http.transport._base import BaseHTTPResult, BaseHTTPTransport
 
 CREDENTIAL_PROVIDER = "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER"
+MAX_ANSWER = 4 << 20  # bytes of a collector's answer read at most (an OTLP answer: a few)
+_SAFE = "!$%&'()*+,/:;=@[]~"  # kept as they are in a path (requests' requote_uri's, less ?#)
+
+
+def target_of(parts: urllib.parse.SplitResult) -> str:
+    """The request target: the path and query with what may not travel as it is (a space,
+    non-ASCII text) percent-encoded, as the SDK's transport (requests) sends them."""
+    target = urllib.parse.quote(parts.path or "/", safe=_SAFE)
+    if parts.query:
+        target += "?" + urllib.parse.quote(parts.query, safe=_SAFE + "?")
+    return target
 
 
 def wanted(endpoint: str, environ: Mapping[str, str] | None = None) -> bool:
@@ -40,10 +55,29 @@ def wanted(endpoint: str, environ: Mapping[str, str] | None = None) -> bool:
     parts = urllib.parse.urlsplit(endpoint)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return False
+    if parts.username is not None or parts.password is not None or \
+            _netrc_names(parts.hostname, env):
+        return False  # requests sends Basic credentials from the URL or a netrc file
     proxies = urllib.request.getproxies()
     if not (proxies.get(parts.scheme) or proxies.get("all")):
         return True
     return bool(urllib.request.proxy_bypass(parts.hostname))
+
+
+def _netrc_names(host: str, env: Mapping[str, str]) -> bool:
+    """Whether a netrc file requests would read (NETRC, else ~/.netrc or ~/_netrc) may hold
+    credentials for ``host`` (a file it cannot parse counts: the SDK's transport decides)."""
+    named = env.get("NETRC")
+    candidates = [named] if named else [os.path.join(os.path.expanduser("~"), name)
+                                        for name in (".netrc", "_netrc")]
+    for path in candidates:
+        if not os.path.exists(path):
+            continue
+        try:
+            return netrc.netrc(path).authenticators(host) is not None
+        except (OSError, netrc.NetrcParseError):
+            return True
+    return False
 
 
 def default_ca_bundle(environ: Mapping[str, str] | None = None) -> str | None:
@@ -84,6 +118,51 @@ class Result(BaseHTTPResult):
         return {} if self.fields is None else self.fields
 
 
+class Watchdog:
+    """Shuts down the armed socket once its deadline has passed, so that a collector that
+    answers a byte at a time, or never ends its answer, cannot hold an export longer than
+    the configured timeout (a socket timeout bounds each read, not the exchange). One
+    thread, started at the first arming, for the exporter's life."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._sock: socket.socket | None = None
+        self._deadline = 0.0
+        self._fired = False
+        self._thread: threading.Thread | None = None
+
+    def arm(self, sock: socket.socket | None, deadline: float) -> None:
+        with self._cond:
+            self._sock, self._deadline, self._fired = sock, deadline, False
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="ferrohsm-otlp-deadline")
+                self._thread.start()
+            self._cond.notify()
+
+    def disarm(self) -> bool:
+        """Stop watching; whether the deadline had cut the exchange off."""
+        with self._cond:
+            self._sock = None
+            return self._fired
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                if self._sock is None:
+                    self._cond.wait()
+                    continue
+                left = self._deadline - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                sock, self._sock, self._fired = self._sock, None, True
+                try:  # the plain socket's call: an SSLSocket's would drop its TLS state
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)  # under the reader
+                except OSError:
+                    pass
+
+
 class ConnectError(ConnectionError):
     """The connection to the collector could not be made (a timeout included)."""
 
@@ -98,23 +177,34 @@ class StdlibTransport(BaseHTTPTransport):
         self._verify, self._cert = verify, cert
         self._context: ssl.SSLContext | None = None
         self._connections: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
+        self._watchdog = Watchdog()
 
     def request(self, method: str, url: str, *, headers: dict[str, str] | None = None,
                 timeout: float | None = None, data: bytes | None = None) -> BaseHTTPResult:
         parts = urllib.parse.urlsplit(url)
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
         key = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https"
                                                                    else 80))
         try:
             conn = self._connection(key, timeout)
         except Exception as exc:  # the SDK's client wants a result, not a raise
             return Result(error=exc)
+        if timeout is not None:  # the whole exchange, not each read: a collector that
+            self._watchdog.arm(conn.sock, time.monotonic() + timeout)  # drips is cut off
+        try:
+            result = self._exchange(conn, key, method, target_of(parts), headers, data)
+        finally:
+            fired = self._watchdog.disarm()
+        if fired:
+            self._drop(key)
+            return Result(error=TimeoutError(f"no whole answer within {timeout:g} s"))
+        return result
+
+    def _exchange(self, conn: http.client.HTTPConnection, key: tuple[str, str, int],
+                  method: str, target: str, headers: dict[str, str] | None,
+                  data: bytes | None) -> Result:
         try:
             conn.request(method, target, body=data, headers=headers or {})
             response = conn.getresponse()
-            body = response.read()
         except ValueError:  # http.client's refusal quotes the header: it may be a credential
             self._drop(key)
             return Result(error=ValueError(
@@ -122,8 +212,15 @@ class StdlibTransport(BaseHTTPTransport):
         except Exception as exc:  # as above; the connection is not reused
             self._drop(key)
             return Result(error=exc)
-        if response.will_close:
+        try:
+            body = response.read(MAX_ANSWER + 1)
+        except Exception:  # a body cut short or malformed: the collector's status stands
+            body = b""  # (the SDK's transport does not send a batch again for it either)
             self._drop(key)
+        else:
+            if len(body) > MAX_ANSWER or not response.isclosed() or response.will_close:
+                self._drop(key)  # the rest unread (OTLP answers are a few bytes): not reused
+                body = body[:MAX_ANSWER]
         return Result(status_code=response.status, reason=response.reason, body=body,
                       fields=response.headers)
 

@@ -243,8 +243,123 @@ def test_a_header_that_cannot_be_sent_is_not_quoted(collector: Collector) -> Non
     lighter.close()
 
 
+class RawCollector:
+    """A loopback endpoint that reads one request a connection and answers with ``answer``
+    (a function of the connection), for answers no well-behaved server gives."""
+
+    def __init__(self, answer: Any) -> None:
+        self.requests: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.answer = answer
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            while len(body) < length:
+                body += conn.recv(65536)
+            self.requests.append(head)
+            try:
+                self.answer(conn)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def endless(conn: socket.socket) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"100000\r\n" + b"x" * 0x100000 + b"\r\n"
+    while True:
+        conn.sendall(chunk)
+
+
+def drip(conn: socket.socket) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+    for _ in range(40):
+        conn.sendall(b"x")
+        time.sleep(0.25)
+
+
+def drip_head(conn: socket.socket) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+    for _ in range(40):
+        conn.sendall(b"X-Slow: 1\r\n")
+        time.sleep(0.25)
+
+
+def broken_chunks(conn: socket.socket) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+
+
+@pytest.mark.parametrize("answer", [endless, drip, drip_head, broken_chunks])
+def test_a_collector_cannot_hold_an_export_or_fill_the_exporters_memory(
+        monkeypatch: pytest.MonkeyPatch, answer: Any) -> None:
+    """An endless answer is read up to a cap and its status taken; one that drips (its body
+    or its head) is cut off at the export's timeout, not at each read's; a 200 whose body is
+    malformed is delivered, not sent again (the collector had accepted it)."""
+    raw = RawCollector(answer)
+    exp = exporter(monkeypatch, f"http://127.0.0.1:{raw.port}/v1/traces",
+                   OTEL_EXPORTER_OTLP_TRACES_TIMEOUT="2")
+    try:
+        started = time.monotonic()
+        delivered = exp._post(b"\x0a\x00")
+        assert time.monotonic() - started < 3.5
+    finally:
+        exp.shutdown()
+        raw.close()
+    assert delivered == (answer in (endless, broken_chunks))
+    assert len(raw.requests) == 1  # never sent twice
+
+
+def test_an_endpoint_path_is_sent_percent_encoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = RawCollector(lambda conn: conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+    exp = exporter(monkeypatch, f"http://127.0.0.1:{raw.port}/pa th/\u00fc?q=a b&r=%20")
+    try:
+        assert exp._post(b"\x0a\x00")
+    finally:
+        exp.shutdown()
+        raw.close()
+    assert raw.requests[0].split(b"\r\n")[0] == b"POST /pa%20th/%C3%BC?q=a%20b&r=%20 HTTP/1.1"
+
+
+def test_basic_credentials_keep_the_sdks_transport(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    """requests sends Basic credentials from the URL's userinfo or a netrc file: with either,
+    the SDK's transport carries the exports."""
+    monkeypatch.setenv("NETRC", str(tmp_path / "absent"))
+    assert otlphttp.wanted("http://collector.example:4318/v1/traces")
+    assert not otlphttp.wanted("http://user:pass@collector.example:4318/v1/traces")
+    assert not otlphttp.wanted("http://user@collector.example:4318/v1/traces")
+    netrc_file = tmp_path / "netrc"
+    netrc_file.write_text("machine collector.example login user password pass\n")
+    netrc_file.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc_file))
+    assert not otlphttp.wanted("http://collector.example:4318/v1/traces")
+    assert otlphttp.wanted("http://other.example:4318/v1/traces")
+    netrc_file.write_text("machine\n")  # not parseable: the SDK's transport decides
+    assert not otlphttp.wanted("http://other.example:4318/v1/traces")
+
+
 def test_a_proxy_or_a_credential_provider_keeps_the_sdks_transport(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("NETRC", str(tmp_path / "absent"))
     for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY",
                  "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)
