@@ -42,7 +42,18 @@ from ..telemetry import tracing
 from ..telemetry.metrics import ServerMetrics
 from ..telemetry.semconv import KNOWN_METHODS, ORIGINAL_LIMIT, method_label, method_original
 from ..telemetry.tracecontext import Parent, parse_traceparent
-from ..telemetry.tracing import CHILDREN, ERROR, ROUTE, USER, VALUES, RequestSpan, Tracer, running
+from ..telemetry.tracing import (
+    CHILDREN,
+    ERROR,
+    ROUTE,
+    SPAN_ID,
+    TRACE_ID,
+    USER,
+    VALUES,
+    RequestSpan,
+    Tracer,
+    running,
+)
 from .handlers.dashboard import harden
 from .http import Request, Response, error_response, is_sane_request_id, json_response
 from .router import Router
@@ -86,7 +97,7 @@ class Application:
                   if "traceparent" in req.headers else None)
         # None when sampled out too: no children, no attributes, nothing to end, no ids
         span = self._start_span(req, parent) if self.tracer is not None else None
-        exported = (span[0], span[1], "01") if span is not None else None  # tracing.span_ids
+        exported = (span[TRACE_ID], span[SPAN_ID], "01") if span is not None else None
         # The audit record names the trace when there is one (a caller's, or exported spans');
         # the ids of a request nobody traces are made only for its access line (_observe).
         ctx = base_context(req, None, self.limiter.client_ip(

@@ -201,7 +201,8 @@ class Exporter:
 
 def _lighter_transport(client: Any) -> None:
     """Put the stdlib transport (otlphttp.py) in place of the SDK's requests one, where it
-    carries exports as that one would (no proxy, no credential provider)."""
+    carries exports as that one would (otlphttp.wanted: no proxy, no Basic credentials, no
+    credential provider)."""
     from . import otlphttp  # it imports the SDK, which may be missing
     transport = getattr(client, "_transport", None)
     endpoint = getattr(client, "_endpoint", None)

@@ -68,9 +68,6 @@ def parse_traceparent(values: Sequence[str] | None,
     return Parent(trace_id, span_id, int(flags, 16), state or None)
 
 
-
-
-
 def new_trace_id() -> str:
     while True:
         value = _ids.getrandbits(128)
