@@ -102,6 +102,9 @@ THIRD_PARTY: dict[str, tuple[str, ...]] = {
     # the CA bundle requests trusts, read by the exporter child's transport (otlphttp.py) so
     # that it trusts what the SDK's own transport would
     "certifi": ("ferrohsm.telemetry.otlphttp",),
+    # the SDK's transport's own URL handling, so that the target sent is the one it would send
+    "requests": ("ferrohsm.telemetry.otlphttp",),
+    "urllib3": ("ferrohsm.telemetry.otlphttp",),
 }
 
 CONCRETE_STORES = frozenset({

@@ -17,6 +17,7 @@ not), or a credential provider the SDK loads a ``requests`` session from.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import netrc
 import os
@@ -34,16 +35,15 @@ from opentelemetry.exporter.http.transport._base import BaseHTTPResult, BaseHTTP
 
 CREDENTIAL_PROVIDER = "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER"
 MAX_ANSWER = 4 << 20  # bytes of a collector's answer read at most (an OTLP answer: a few)
-_SAFE = "!$%&'()*+,/:;=@[]~"  # kept as they are in a path (requests' requote_uri's, less ?#)
-
-
-def target_of(parts: urllib.parse.SplitResult) -> str:
-    """The request target: the path and query with what may not travel as it is (a space,
-    non-ASCII text) percent-encoded, as the SDK's transport (requests) sends them."""
-    target = urllib.parse.quote(parts.path or "/", safe=_SAFE)
-    if parts.query:
-        target += "?" + urllib.parse.quote(parts.query, safe=_SAFE + "?")
-    return target
+@functools.lru_cache(maxsize=64)  # an exporter has one endpoint: parsed once
+def target_of(url: str) -> str:
+    """The request target (path and query) exactly as the SDK's transport sends it: requests
+    parses the URL with urllib3 (dot segments removed, a stray % encoded), requotes it, and
+    urllib3 normalizes it again. Both are the SDK's own dependencies, already loaded in the
+    exporter child."""
+    from requests.utils import requote_uri
+    from urllib3.util import parse_url
+    return str(parse_url(requote_uri(parse_url(url).url)).request_uri)
 
 
 def wanted(endpoint: str, environ: Mapping[str, str] | None = None) -> bool:
@@ -67,11 +67,11 @@ def wanted(endpoint: str, environ: Mapping[str, str] | None = None) -> bool:
 def _netrc_names(host: str, env: Mapping[str, str]) -> bool:
     """Whether a netrc file requests would read (NETRC, else ~/.netrc or ~/_netrc) may hold
     credentials for ``host`` (a file it cannot parse counts: the SDK's transport decides)."""
-    named = env.get("NETRC")
-    candidates = [named] if named else [os.path.join(os.path.expanduser("~"), name)
-                                        for name in (".netrc", "_netrc")]
-    for path in candidates:
-        if not os.path.exists(path):
+    named = env.get("NETRC")  # set, even empty: the only file requests reads
+    candidates = [named] if named is not None else ["~/.netrc", "~/_netrc"]
+    for candidate in candidates:
+        path = os.path.expanduser(candidate)
+        if not path or not os.path.exists(path):
             continue
         try:
             return netrc.netrc(path).authenticators(host) is not None
@@ -191,12 +191,13 @@ class StdlibTransport(BaseHTTPTransport):
         if timeout is not None:  # the whole exchange, not each read: a collector that
             self._watchdog.arm(conn.sock, time.monotonic() + timeout)  # drips is cut off
         try:
-            result = self._exchange(conn, key, method, target_of(parts), headers, data)
+            result = self._exchange(conn, key, method, target_of(url), headers, data)
         finally:
             fired = self._watchdog.disarm()
-        if fired:
-            self._drop(key)
-            return Result(error=TimeoutError(f"no whole answer within {timeout:g} s"))
+        if fired:  # cut off at the deadline: a status already read stands (as a body that
+            self._drop(key)  # breaks: the collector had the batch), else a timeout
+            if result.status_code is None:
+                return Result(error=TimeoutError(f"no answer within {timeout:g} s"))
         return result
 
     def _exchange(self, conn: http.client.HTTPConnection, key: tuple[str, str, int],

@@ -303,16 +303,25 @@ def drip_head(conn: socket.socket) -> None:
         time.sleep(0.25)
 
 
+def drip_status(conn: socket.socket) -> None:
+    conn.sendall(b"HTTP/1.1 ")
+    for _ in range(40):
+        conn.sendall(b" ")
+        time.sleep(0.25)
+
+
 def broken_chunks(conn: socket.socket) -> None:
     conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
 
 
-@pytest.mark.parametrize("answer", [endless, drip, drip_head, broken_chunks])
+@pytest.mark.parametrize("answer", [endless, drip, drip_head, drip_status, broken_chunks])
 def test_a_collector_cannot_hold_an_export_or_fill_the_exporters_memory(
         monkeypatch: pytest.MonkeyPatch, answer: Any) -> None:
-    """An endless answer is read up to a cap and its status taken; one that drips (its body
-    or its head) is cut off at the export's timeout, not at each read's; a 200 whose body is
-    malformed is delivered, not sent again (the collector had accepted it)."""
+    """An endless answer is read up to a cap and its status taken; one that drips is cut off
+    at the export's timeout, not at each read's. Once a 200 status line has arrived, the batch
+    is delivered (the collector had accepted it) whatever follows: headers or a body that drip
+    past the deadline, or a malformed body; it is never sent again. A status line that does
+    not arrive in time is a timeout."""
     raw = RawCollector(answer)
     exp = exporter(monkeypatch, f"http://127.0.0.1:{raw.port}/v1/traces",
                    OTEL_EXPORTER_OTLP_TRACES_TIMEOUT="2")
@@ -323,7 +332,7 @@ def test_a_collector_cannot_hold_an_export_or_fill_the_exporters_memory(
     finally:
         exp.shutdown()
         raw.close()
-    assert delivered == (answer in (endless, broken_chunks))
+    assert delivered == (answer is not drip_status)
     assert len(raw.requests) == 1  # never sent twice
 
 
@@ -337,6 +346,16 @@ def test_an_endpoint_path_is_sent_percent_encoded(monkeypatch: pytest.MonkeyPatc
         exp.shutdown()
         raw.close()
     assert raw.requests[0].split(b"\r\n")[0] == b"POST /pa%20th/%C3%BC?q=a%20b&r=%20 HTTP/1.1"
+
+
+@pytest.mark.parametrize(("path", "sent"), [
+    ("/100%", "/100%25"), ("/a%zz", "/a%25zz"), ("/v1?q=%zz", "/v1?q=%25zz"),
+    ("/a/../v1/traces", "/v1/traces"), ("/./v1", "/v1"), ("/v1/traces/..", "/v1/"),
+    ("/%41%7e%2f", "/A~%2F"), ("/v1/traces", "/v1/traces")])
+def test_the_target_is_the_one_the_sdks_transport_sends(path: str, sent: str) -> None:
+    """What requests and urllib3 make of an endpoint's path (a second red team compared the
+    request lines a raw server saw): a stray % encoded, dot segments removed."""
+    assert otlphttp.target_of(f"http://127.0.0.1:4318{path}") == sent
 
 
 def test_basic_credentials_keep_the_sdks_transport(monkeypatch: pytest.MonkeyPatch,
@@ -355,6 +374,17 @@ def test_basic_credentials_keep_the_sdks_transport(monkeypatch: pytest.MonkeyPat
     assert otlphttp.wanted("http://other.example:4318/v1/traces")
     netrc_file.write_text("machine\n")  # not parseable: the SDK's transport decides
     assert not otlphttp.wanted("http://other.example:4318/v1/traces")
+    # NETRC as requests reads it: "~" expanded (systemd and Docker do not expand it), and an
+    # empty NETRC names no file at all
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "mynetrc").write_text("machine collector.example login u password p\n")
+    monkeypatch.setenv("NETRC", "~/mynetrc")
+    assert not otlphttp.wanted("http://collector.example:4318/v1/traces")
+    (tmp_path / ".netrc").write_text("machine collector.example login u password p\n")
+    monkeypatch.setenv("NETRC", "")
+    assert otlphttp.wanted("http://collector.example:4318/v1/traces")
+    monkeypatch.delenv("NETRC")
+    assert not otlphttp.wanted("http://collector.example:4318/v1/traces")  # ~/.netrc
 
 
 def test_a_proxy_or_a_credential_provider_keeps_the_sdks_transport(
