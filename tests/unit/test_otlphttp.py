@@ -289,32 +289,27 @@ def endless(conn: socket.socket) -> None:
         conn.sendall(chunk)
 
 
-def drip(conn: socket.socket) -> None:
-    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
-    for _ in range(40):
-        conn.sendall(b"x")
-        time.sleep(0.25)
+def dripping(first: bytes, then: bytes) -> Any:
+    """An answer that sends ``first``, then ``then`` every quarter of a second for 10 s."""
+    def answer(conn: socket.socket) -> None:
+        conn.sendall(first)
+        for _ in range(40):
+            conn.sendall(then)
+            time.sleep(0.25)
+    return answer
 
 
-def drip_head(conn: socket.socket) -> None:
-    conn.sendall(b"HTTP/1.1 200 OK\r\n")
-    for _ in range(40):
-        conn.sendall(b"X-Slow: 1\r\n")
-        time.sleep(0.25)
-
-
-def drip_status(conn: socket.socket) -> None:
-    conn.sendall(b"HTTP/1.1 ")
-    for _ in range(40):
-        conn.sendall(b" ")
-        time.sleep(0.25)
+drip = dripping(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n", b"x")
+drip_head = dripping(b"HTTP/1.1 200 OK\r\n", b"X-Slow: 1\r\n")
+drip_status = dripping(b"HTTP/1.1 ", b" ")
 
 
 def broken_chunks(conn: socket.socket) -> None:
     conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
 
 
-@pytest.mark.parametrize("answer", [endless, drip, drip_head, drip_status, broken_chunks])
+@pytest.mark.parametrize("answer", [endless, drip, drip_head, drip_status, broken_chunks],
+                         ids=["endless", "drip", "drip_head", "drip_status", "broken_chunks"])
 def test_a_collector_cannot_hold_an_export_or_fill_the_exporters_memory(
         monkeypatch: pytest.MonkeyPatch, answer: Any) -> None:
     """An endless answer is read up to a cap and its status taken; one that drips is cut off
