@@ -12,7 +12,8 @@ exporter version pinned in pyproject.toml).
 
 When it is not used (``wanted`` False), the SDK's transport stays: a proxy variable that
 applies to the endpoint (requests honours HTTP(S)_PROXY, ALL_PROXY and NO_PROXY; this does
-not), or a credential provider the SDK loads a ``requests`` session from.
+not), Basic credentials in the endpoint or a netrc file naming its host (requests sends them;
+this does not), or a credential provider the SDK loads a ``requests`` session from.
 """
 
 from __future__ import annotations
@@ -35,7 +36,16 @@ from opentelemetry.exporter.http.transport._base import BaseHTTPResult, BaseHTTP
 
 CREDENTIAL_PROVIDER = "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER"
 MAX_ANSWER = 4 << 20  # bytes of a collector's answer read at most (an OTLP answer: a few)
+
+
 @functools.lru_cache(maxsize=64)  # an exporter has one endpoint: parsed once
+def route_of(url: str) -> tuple[tuple[str, str, int], str]:
+    """The connection an endpoint is reached over (scheme, host, port) and its target."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return (parts.scheme, parts.hostname or "", port), target_of(url)
+
+
 def target_of(url: str) -> str:
     """The request target (path and query) exactly as the SDK's transport sends it: requests
     parses the URL with urllib3 (dot segments removed, a stray % encoded), requotes it, and
@@ -181,9 +191,7 @@ class StdlibTransport(BaseHTTPTransport):
 
     def request(self, method: str, url: str, *, headers: dict[str, str] | None = None,
                 timeout: float | None = None, data: bytes | None = None) -> BaseHTTPResult:
-        parts = urllib.parse.urlsplit(url)
-        key = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https"
-                                                                   else 80))
+        key, target = route_of(url)
         try:
             conn = self._connection(key, timeout)
         except Exception as exc:  # the SDK's client wants a result, not a raise
@@ -191,7 +199,7 @@ class StdlibTransport(BaseHTTPTransport):
         if timeout is not None:  # the whole exchange, not each read: a collector that
             self._watchdog.arm(conn.sock, time.monotonic() + timeout)  # drips is cut off
         try:
-            result = self._exchange(conn, key, method, target_of(url), headers, data)
+            result = self._exchange(conn, key, method, target, headers, data)
         finally:
             fired = self._watchdog.disarm()
         if fired:  # cut off at the deadline: a status already read stands (as a body that

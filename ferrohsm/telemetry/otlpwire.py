@@ -25,8 +25,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .semconv import span_method
-from .tracing import CHILD, OPTIONAL, leading, server_attributes
+from .tracing import CHILD, OPTIONAL, leading, name_of, server_attributes
 
 _DOUBLE = struct.Struct("<d").pack
 _FIXED32 = struct.Struct("<I").pack
@@ -256,15 +255,13 @@ class SpanWriter:
                 + _TAIL[error is not None, False])
 
     def _server_name(self, method: Any, route: str | None) -> bytes:
-        """The server span's name and kind fields ("{method} {route}", server_name)."""
+        """The server span's name and kind fields (tracing.name_of), made once each."""
         key = (method, route)
         encoded = self._server_names.get(key)
         if encoded is None:
             if len(self._server_names) >= _CACHE_LIMIT:
                 self._server_names.clear()
-            name = span_method(str(method))
-            encoded = self._server_names[key] = self._name_kind(
-                f"{name} {route}" if route else name, SERVER)
+            encoded = self._server_names[key] = self._name_kind(name_of(method, route), SERVER)
         return encoded
 
     def _server_attributes(self, request: tuple[Any, ...], route: str | None, user: str | None,

@@ -283,10 +283,15 @@ def leading(method: Any, path: Any, client: Any) -> tuple[tuple[str, Any], ...]:
 
 
 def server_name(record: Sequence[Any]) -> str:
+    """The server span's name of a request record (``name_of``)."""
+    return name_of(record[VALUES][0], record[ROUTE])
+
+
+def name_of(method: Any, route: str | None) -> str:
     """"{method} {route}", or the method alone when no route matched (``HTTP`` for a method
     the conventions do not know, semconv.py)."""
-    method, route = span_method(str(record[6][0])), record[7]
-    return f"{method} {route}" if route else method
+    name = span_method(str(method))
+    return f"{name} {route}" if route else name
 
 
 def spans_of(record: Sequence[Any]) -> list[Record]:
