@@ -85,7 +85,9 @@ class FileMembership:
             self._startup = None
 
     def close(self) -> None:
-        for fd in (self._startup, self._nodes):
+        # nodes.lock first: a node let through startup.lock while we still held nodes.lock
+        # would take us for a live node and skip its cold start's checks.
+        for fd in (self._nodes, self._startup):
             if fd is not None:
                 os.close(fd)
         self._startup = self._nodes = None

@@ -7,6 +7,7 @@ connections, exactly as two processes would.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -264,3 +265,29 @@ def test_an_offline_reader_is_alone_and_a_starting_node_waits_for_it(tmp_path: P
     starter.join(5)
     later.close()
     assert entered == [True]  # then starts cold, alone
+
+
+def test_a_node_let_in_as_an_offline_reader_ends_starts_cold(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader lets go of nodes.lock before startup.lock: a node let through startup.lock
+    while nodes.lock was still held would have taken itself for warm and skipped its checks.
+    The pause after each close widens the window a scheduler leaves to chance."""
+    from ferrohsm.store import nodelock
+    real_close = os.close
+
+    def slow_close(fd: int) -> None:
+        real_close(fd)
+        time.sleep(0.3)
+
+    entered: list[bool] = []
+    later = FileMembership(tmp_path)
+    with nodelock.alone(tmp_path) as ok:
+        assert ok is True
+        starter = threading.Thread(target=lambda: entered.append(later.enter()))
+        starter.start()
+        starter.join(0.2)
+        monkeypatch.setattr(nodelock.os, "close", slow_close)
+    monkeypatch.undo()
+    starter.join(5)
+    later.close()
+    assert entered == [True]
