@@ -286,7 +286,7 @@ def test_a_node_let_in_as_an_offline_reader_ends_starts_cold(
         starter = threading.Thread(target=lambda: entered.append(later.enter()))
         starter.start()
         starter.join(0.2)
-        monkeypatch.setattr(nodelock.os, "close", slow_close)
+        monkeypatch.setattr(os, "close", slow_close)
     monkeypatch.undo()
     starter.join(5)
     later.close()
