@@ -12,6 +12,9 @@ audit fsyncs on the other core, [audit] fsync_elsewhere, so core 0 is now the fa
 a client on the same host would. CPU per request sums the children. ``BENCH_SINK=sqlite`` runs
 the SQLite audit sink instead (labelled).
 
+Each round starts every group afresh (``--same-processes`` keeps them): two processes of one
+configuration differ by a persistent 5-10 % in CPU a request (bench/RESULTS.md, 2026-12-06).
+
 Target (issue 16): processes = 2 at least 1.4 x processes = 1, p99 under 25 ms.
 
     python3 bench/bench_processes.py [--duration 8] [--rounds 3] [--connections 16]
@@ -146,8 +149,12 @@ def run(args: argparse.Namespace, tmp: Path, pki: DevPki, env: dict[str, str],
             assert status == 201, key
             urls[name] = f"https://127.0.0.1:{group.port}/v1/keys/{key['id']}/encrypt"
             wrk(group, urls[name], script, args.connections, 1)  # warm-up
-        for _ in range(args.rounds):
+        for round_no in range(args.rounds):
             for name, group in groups.items():
+                if round_no and not args.same_processes:  # new processes each round
+                    group.stop()
+                    group.start()
+                    wrk(group, urls[name], script, args.connections, 1)
                 results[name].append(wrk(group, urls[name], script, args.connections,
                                          args.duration))
     finally:
@@ -185,6 +192,8 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--same-processes", action="store_true", help="keep each group's "
+                        "processes for every round (the default starts new ones each round)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")

@@ -28,6 +28,10 @@ connections, rounds alternating between them so they share the machine's backgro
                 pyOpenSSL, stapling a response fetched from a local `openssl ocsp` (wrk asks for
                 no status, so this measures the pyOpenSSL read/write path every request takes)
 
+Each round starts every server afresh (``--same-processes`` keeps one process throughout):
+two processes of one configuration differ by a persistent 5-10 % in CPU a request (measured:
+bench/RESULTS.md, 2026-12-06), so one process per configuration made every ratio partly luck.
+
 Targets: durable >= 0.60 x baseline req/s with p50 < 5 ms and p99 < 25 ms (issue 3);
 durable >= 0.80 x no-fsync (issue 5); durable >= 0.95 x access-off and otlp >= 0.90 x durable
 (issue 18). Then key listings over 5,000 and 100,000 keys (issue 3).
@@ -134,6 +138,13 @@ class Server:
             self.proc.terminate()
             self.proc.wait(30)
 
+    def restart(self) -> int:
+        """A new process on the same data: its pid."""
+        self.stop()
+        self.start()
+        assert self.proc is not None
+        return self.proc.pid
+
     def conn(self) -> http.client.HTTPSConnection:
         return http.client.HTTPSConnection("127.0.0.1", self.port, context=self.ctx, timeout=30)
 
@@ -177,7 +188,8 @@ def throughput(args: argparse.Namespace, tmp: Path, pki: DevPki, env: dict[str, 
     urls: dict[str, str] = {}
     scripts: dict[str, Path] = {}
     procs: dict[str, int] = {}
-    baseline = responder = None
+    baseline: Baseline | None = None
+    responder: subprocess.Popen[bytes] | None = None
     if args.stapling:
         responder, ocsp_port = start_ocsp_responder(tmp, pki)
         chain = tmp / "server-chain.pem"  # stapling needs the issuer after the leaf
@@ -187,12 +199,9 @@ def throughput(args: argparse.Namespace, tmp: Path, pki: DevPki, env: dict[str, 
                 f'ocsp_staple = true\nocsp_responder = "http://127.0.0.1:{ocsp_port}"'))
     try:
         port = free_port()
-        baseline = subprocess.Popen([sys.executable, str(HERE / "echo_server.py"), "--port",
-                                     str(port), "--cert", str(pki.server_cert),
-                                     "--key", str(pki.server_key), "--pin-cpu", "0"],
-                                    stdout=subprocess.DEVNULL)
-        wait_listening(port)
-        urls["baseline"], procs["baseline"] = f"https://127.0.0.1:{port}/v1/keys/k/encrypt", baseline.pid
+        urls["baseline"] = f"https://127.0.0.1:{port}/v1/keys/k/encrypt"
+        baseline = Baseline(lambda: start_baseline(port, pki))
+        procs["baseline"] = baseline.proc.pid
         plaintext = base64.b64encode(b"x" * 32).decode()
         for name, srv in servers.items():
             srv.start()
@@ -207,22 +216,60 @@ def throughput(args: argparse.Namespace, tmp: Path, pki: DevPki, env: dict[str, 
             scripts[name].write_text(lua_script(json.dumps({"plaintext": plaintext}),
                                                 {"Authorization": f"Bearer {service}"}))
             run_wrk(urls[name], scripts[name], args.connections, 2, procs[name])  # warm-up
-        results: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
-        for _ in range(args.rounds):
-            for name in urls:
-                results[name].append(measure(name, urls[name], scripts[name], args,
-                                             procs[name], receiver))
+        results = rounds_of(args, urls, scripts, procs, {**servers, "baseline": baseline},
+                            receiver)
     finally:
         for srv in servers.values():
             srv.stop()
-        for child in (baseline, responder):
-            if child:
-                child.terminate()
-                child.wait(10)
+        if baseline is not None:
+            baseline.stop()
+        if responder is not None:
+            responder.terminate()
+            responder.wait(10)
         receiver.close()
     report(results, args)
     if any(name.startswith("otlp") for name in results):
         print(f"\nOTLP receiver: {receiver.requests} export requests, {receiver.spans:,} spans")
+
+
+class Baseline:
+    """The echo server, started and restarted like a Server."""
+
+    def __init__(self, start: Callable[[], subprocess.Popen[bytes]]) -> None:
+        self._start, self.proc = start, start()
+
+    def restart(self) -> int:
+        self.stop()
+        self.proc = self._start()
+        return self.proc.pid
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def rounds_of(args: argparse.Namespace, urls: dict[str, str], scripts: dict[str, Path],
+              procs: dict[str, int], servers: dict[str, Any], receiver: OtlpReceiver
+              ) -> dict[str, list[dict[str, float]]]:
+    """Every server measured once a round, in turn; from the second round on each one is a
+    new process (unless --same-processes), warmed up for a second first."""
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
+    for round_no in range(args.rounds):
+        for name in urls:
+            if round_no and not args.same_processes:
+                procs[name] = servers[name].restart()
+                run_wrk(urls[name], scripts[name], args.connections, 1, procs[name])
+            results[name].append(measure(name, urls[name], scripts[name], args, procs[name],
+                                         receiver))
+    return results
+
+
+def start_baseline(port: int, pki: DevPki) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, str(HERE / "echo_server.py"), "--port", str(port),
+                             "--cert", str(pki.server_cert), "--key", str(pki.server_key),
+                             "--pin-cpu", "0"], stdout=subprocess.DEVNULL)
+    wait_listening(port)
+    return proc
 
 
 def measure(name: str, url: str, script: Path, args: argparse.Namespace, pid: int,
@@ -339,10 +386,25 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
                   f"by req/s, {med['durable']['cpu_us'] / med[name]['cpu_us']:.2f} by CPU "
                   f"per request (target >= 0.90)")
     report_exporter(results)
+    report_paired(results)
     if "access-off" in med:
         print(f"ratio durable / access-off by CPU per request: "
               f"{med['access-off']['cpu_us'] / med['durable']['cpu_us']:.2f} (target >= 0.95)")
     report_labelled(med)
+
+
+def report_paired(results: dict[str, list[dict[str, float]]]) -> None:
+    """Issue 18's ratios round by round (the two servers measured one after the other, so a
+    slower phase of the machine slows both), then their median: less swayed by drift than the
+    ratio of two median rounds."""
+    for top, bottom, target in (("durable", "access-off", 0.95), ("otlp", "durable", 0.90)):
+        if top in results and bottom in results:
+            rps = [a["rps"] / b["rps"] for a, b in zip(results[top], results[bottom])]
+            cpu = [b["cpu_us"] / a["cpu_us"] for a, b in zip(results[top], results[bottom])]
+            print(f"paired {top} / {bottom}, round by round: "
+                  + ", ".join(f"{r:.2f}" for r in rps)
+                  + f"; median {statistics.median(rps):.2f} by req/s, "
+                  f"{statistics.median(cpu):.2f} by CPU (target >= {target:.2f})")
 
 
 def report_labelled(med: dict[str, dict[str, float]]) -> None:
@@ -470,6 +532,9 @@ def main() -> int:
                         default="durable,no-fsync,access-off,otlp,otlp-5pct,otlp-2pct",
                         help="which FerroHSM configurations beside the baseline (comma list)")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--same-processes", action="store_true", help="keep each server's "
+                        "process for every round (the default starts a new one each round: "
+                        "one process's luck, a persistent ±5-10 %%, is then averaged out)")
     parser.add_argument("--stapling", action="store_true", help="also a server with [tls] "
                         "ocsp_staple = true (pyOpenSSL) against a local openssl ocsp responder")
     parser.add_argument("--fs-100k", action="store_true", help="also 100k keys on the filesystem "
