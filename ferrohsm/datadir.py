@@ -114,7 +114,7 @@ def _refuse_foreign(p: Path) -> None:
     an administrator token for whoever planted it). Tightening its mode would hide that."""
     info = p.stat()
     if info.st_uid != os.geteuid():
-        owner, me = _user(info.st_uid), _user(os.geteuid())
+        owner, me = user_name(info.st_uid, bare=True), user_name(os.geteuid(), bare=True)
         raise ConfigError(f"data directory {p.absolute()} belongs to {owner} (uid "
                           f"{info.st_uid}), not to {me} (uid {os.geteuid()}) who runs this: "
                           f"run this as its owner (runuser -u {owner} -- ...), or chown it to "
@@ -123,14 +123,6 @@ def _refuse_foreign(p: Path) -> None:
         raise ConfigError(f"data directory {p.absolute()} is writable by other users (mode "
                           f"{info.st_mode & 0o777:04o}): a file planted there would be trusted; "
                           "check what it holds, then chmod 700 it")
-
-
-def _user(uid: int) -> str:
-    import pwd
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 def why(exc: OSError) -> str:
@@ -180,3 +172,14 @@ def startup_failure(exc: OSError) -> ConfigError:
         return ConfigError(f"cannot {operation} a file of the data directory{where}: "
                            f"{why(exc)}")
     return ConfigError(f"cannot {operation} {exc.filename}: {why(exc)}")
+
+
+def user_name(uid: int, bare: bool = False) -> str:
+    """``alice (uid 1000)``, or ``alice`` when ``bare`` (the uid alone when it has no name): an
+    operator fixes ownership by name."""
+    import pwd
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+    return name if bare else f"{name} (uid {uid})"

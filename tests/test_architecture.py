@@ -46,7 +46,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "telemetry": frozenset(),
     # L3: the application service and the configuration it is built from
     "service": frozenset({"domain", "crypto", "audit", "store", "auth", "control", "engine"}),
-    "config": frozenset({"domain", "control"}),  # control: TagPolicy, parsed from [policy.tags]
+    # control: TagPolicy, parsed from [policy.tags]; datadir: user names for ownership messages
+    "config": frozenset({"domain", "control", "datadir"}),
     "datadir": frozenset({"domain"}),  # the 0700 data directory
     # start-up checks that the store, the audit log and its checkpoints agree: they read the
     # store and write to the audit log, so they sit above both (app runs them before serving)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..control.policy import TagPolicy
+from ..datadir import user_name
 from ..domain.errors import ConfigError
 
 KEY_STORES = ("filesystem", "sqlite", "memory", "postgres")
@@ -463,16 +464,6 @@ class Secrets:
 
 
 MAX_SECRET_FILE = 4096
-
-
-def user_name(uid: int, bare: bool = False) -> str:
-    """``alice (uid 1000)``, or ``alice`` when ``bare`` (the uid alone when it has no name)."""
-    import pwd
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-    return name if bare else f"{name} (uid {uid})"
 
 
 def read_secret_file(path: str, setting: str) -> str:
