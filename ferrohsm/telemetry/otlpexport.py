@@ -58,6 +58,7 @@ def main() -> int:
     except ImportError as exc:
         log.error("OTLP export needs the otel extra (pip install 'ferrohsm[otel]'): %s", exc)
         return 3
+    _background()
     stream = sys.stdin.buffer
     try:
         while (payload := read_frame(stream)) is not None:
@@ -327,6 +328,21 @@ def _setup_logging() -> LatestProblem:
     except (OSError, ValueError):
         pass
     return problems
+
+
+def _background() -> None:
+    """From now on (the SDK loaded) run only when the core has nothing else to run
+    (SCHED_IDLE): a task waking there, the server's audit fsync worker above all, takes the
+    core at once. At nice 10 it waited behind this process's slice, the server's fsyncs took
+    longer, and exported spans cost it about 16 µs of CPU a request instead of about 9
+    (bench/RESULTS.md, 2026-12-06, eighth session). Where every core is busy serving, spans
+    then wait, and are dropped once the pipe is full (counted on /metrics), rather than take
+    CPU from requests. Not before the SDK is loaded: a start-up on busy cores would take
+    minutes. Stays at nice 10 where the policy cannot be set."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError):
+        pass
 
 
 def _step_aside() -> None:

@@ -321,3 +321,28 @@ def test_the_collectors_latest_complaint_is_quoted_in_whole_words() -> None:
                                     None, None))
     assert problems.latest.endswith(" …") and len(problems.latest) <= LATEST_LIMIT + 2
     assert words.startswith(problems.latest[:-2]) and words[len(problems.latest) - 2] == " "
+
+
+def test_the_exporter_child_runs_only_on_idle_cores_once_loaded() -> None:
+    """The real child: nice 10 while it loads the SDK (a start-up beside busy serving
+    processes must not take minutes), then SCHED_IDLE, so that a task waking on its core (the
+    server's audit fsync worker) takes the core at once."""
+    import subprocess
+
+    from ferrohsm.telemetry.spanpipe import exporter_command
+    env = child_environment(dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9"))
+    child = subprocess.Popen(exporter_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline, policy = time.monotonic() + 30, -1
+        while time.monotonic() < deadline and policy != os.SCHED_IDLE:
+            policy = os.sched_getscheduler(child.pid)
+            time.sleep(0.05)
+        assert policy == os.SCHED_IDLE
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == os.getpriority(
+            os.PRIO_PROCESS, 0) + 10
+    finally:
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.close()  # end of input: the child exports nothing and stops
+        assert child.wait(30) == 0
+        child.stdout.close()
