@@ -528,7 +528,7 @@ def make_server(rt: Runtime, ssl_provider: Any, spread: Member | None = None
         workers=s.workers, inline=rt.app.runs_inline, audit=rt.audit,
         on_refused=rt.app.refuse, reuse_port=s.processes > 1, spread=spread, turn=store_turn(getattr(rt, "store", None)),
         flush=FlushPlan(rt.config.audit.flush, rt.config.audit.flush_spin_microseconds / 1e6,
-                        fsync_cores(rt.config)),
+                        fsync_cores(rt.config)), after_turn=getattr(rt.app, "turn_ended", None),
         # spans end when the answer is written; a seal gate in front (custody/) traces nothing
         on_request=rt.app.finished if getattr(rt.app, "tracer", None) is not None else None)
 

@@ -157,6 +157,11 @@ class Application:
             resp = _error(req, failure)
         return resp, ctx, route_name, error_type
 
+    def turn_ended(self) -> None:
+        """The event loop's turn is over: format its access lines here (telemetry/access.py
+        ``format_queued``: cheaper than on the writer thread)."""
+        self.access.format_queued()
+
     def finished(self, req: Request, resp: Response, seconds: float) -> None:
         """The server wrote ``resp`` (the final answer, a 503 for an audit record that did not
         become durable included): end the request's spans (api/server.py ``on_request``)."""

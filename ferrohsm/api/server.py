@@ -96,7 +96,7 @@ class HardenedHTTPServer:
         linger_timeout: float = 1.0, workers: int = 16,
         inline: Callable[[Request], bool] | None = None, audit: Durability | None = None,
         on_refused: Refuse | None = None, turn: Turn | None = None,
-        flush: FlushPlan = DEFAULT_FLUSH,
+        flush: FlushPlan = DEFAULT_FLUSH, after_turn: Callable[[], None] | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
@@ -112,6 +112,7 @@ class HardenedHTTPServer:
         self.backlog, self.reuse_port, self.spread, self.linger_timeout = (
             backlog, reuse_port, spread, linger_timeout)
         self.handshake_failures = HandshakeFailures(self.log, lambda: self.app)
+        self._after_turn = after_turn  # the app's end-of-turn work (its access lines)
         self._dispatcher = Dispatcher(app, inline=inline, audit=audit, workers=workers,
                                       log=self.log, wake=self._wake, refuse=on_refused, turn=turn,
                                       flush=flush)
@@ -254,6 +255,8 @@ class HardenedHTTPServer:
             self._guarded(conn, self._respond, conn, incoming, response)
         now = time.monotonic()
         self._dispatcher.hand_over(self._in_progress, now)
+        if self._after_turn is not None:
+            self._after_turn()
         self._expire(time.monotonic())
 
     def _in_progress(self) -> int:

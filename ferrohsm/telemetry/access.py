@@ -8,6 +8,14 @@ lock); a writer thread formats whatever has queued up every ``interval`` seconds
 audit batch writer. ``close()`` writes what is left, so no line is lost at shutdown (it is also
 registered with ``atexit``).
 
+The event loop formats what has queued at the end of each of its turns (``format_queued``), so
+the writer thread mostly only writes: formatting on the writer thread cost the served encrypt
+path about 15 µs of CPU a request (the thread taking the interpreter from the loop every few
+milliseconds, and running with the loop's working set out of the caches), formatting on the
+loop about 5, for the same 3.4 µs of formatting a line in-process (bench/RESULTS.md,
+2026-12-06, eighth session). Lines from worker threads' requests are formatted by the writer,
+as are those queued while it holds the lock: the loop never waits for a write to stderr.
+
 Every 5 ms while lines flow, not every 50: measured (bench/RESULTS.md), the encrypt path lost
 4-7 % to the access log at 50 ms and 2-4 % at 5 ms, though the formatting is the same work
 either way (probably: lines kept waiting longer hold more of the loop's memory out of reuse,
@@ -128,6 +136,7 @@ class AccessLog:
         self.interval = interval
         self.idle_interval = max(interval, idle_interval)  # after a turn that found no line
         self._lines: collections.deque[Values] = collections.deque()
+        self._text: list[str] = []  # lines the loop formatted (format_queued), not yet written
         self._clock = _Clock()
         self._heads: dict[tuple[object, ...], str] = {}  # see _format
         self._bodies: dict[tuple[object, ...], str] = {}
@@ -153,26 +162,43 @@ class AccessLog:
         if self._thread is None:
             self._start()
 
+    def format_queued(self) -> None:
+        """Format the lines queued so far, here and now (the event loop calls it at the end of
+        each turn), for the writer thread to write. Returns at once, formatting nothing, while
+        the writer holds the lock (it may be blocked on a full stderr): the writer then
+        formats them itself. Lines keep their order: both format and take under one lock."""
+        lines = self._lines
+        if not lines or not self._write_lock.acquire(blocking=False):
+            return
+        try:
+            queued = []
+            while lines:  # the only consumer while the lock is held: popleft cannot fail
+                queued.append(lines.popleft())
+            self._text += self._format(queued)
+        finally:
+            self._write_lock.release()
+
     def flush(self) -> int:
         """Write every queued line now (the writer thread, ``close`` and tests call it); how
-        many lines were queued."""
+        many lines were queued, formatted already or not."""
         with self._write_lock:
-            lines = self._lines
-            if not lines:
+            lines, batch = self._lines, self._text
+            if not lines and not batch:
                 return 0
             queued = []
             while lines:  # the only consumer (under _write_lock): popleft cannot fail
                 queued.append(lines.popleft())
-            batch = self._format(queued)
+            self._text = []
+            batch += self._format(queued)
             stream = self._stream if self._stream is not None else sys.stderr
             try:
                 for chunk in whole_lines(batch, PIPE_BUF) if self.shared else ("".join(batch),):
                     stream.write(chunk)
                     stream.flush()
             except (OSError, ValueError):  # stderr closed or full: lines are best effort
-                return len(queued)
+                return len(batch)
             self.written += len(batch)
-            return len(queued)
+            return len(batch)
 
     def _format(self, queued: list[Values]) -> list[str]:
         """The JSON lines, named by the OpenTelemetry semantic conventions, in one loop (no

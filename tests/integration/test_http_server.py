@@ -177,6 +177,24 @@ def test_keep_alive_serves_two_requests_on_one_connection(server: Any, connect: 
     assert first.header("Connection") is None
 
 
+def test_the_loop_runs_the_apps_end_of_turn_work_after_each_answer(make_server: Any,
+                                                                     connect: Any) -> None:
+    """``after_turn`` (the access lines' formatting) runs on the loop itself, once a turn, and
+    by the time a request's answer has been written its turn's call has come."""
+    calls: list[str] = []
+    server = make_server(after_turn=lambda: calls.append(threading.current_thread().name))
+    client = connect(server)
+    for _ in range(3):
+        client.send(GET)
+        assert client.read_response().status == 200
+        seen = len(calls)
+        deadline = time.monotonic() + 5
+        while len(calls) == seen and time.monotonic() < deadline:
+            time.sleep(0.01)  # the answer is sent within the turn; its after_turn just after
+        assert len(calls) > seen
+    assert set(calls) == {"ferrohsm-loop"}
+
+
 def test_pipelined_requests_answered_in_order(server: Any, connect: Any, build: Any) -> None:
     client = connect(server)
     client.send(build("GET", "/one") + build("POST", "/two", b"{}"))

@@ -185,6 +185,42 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.mark.slow
+def test_a_served_requests_access_line_is_formatted_on_the_event_loop(tmp_path: Path) -> None:
+    """The composition root gives the loop the application's end-of-turn work: an inline
+    request's line is formatted by the loop (cheaper than by the writer thread, whose
+    interval here is an hour), and written whole by flush."""
+    import io
+    import logging
+    import threading
+
+    from ferrohsm.telemetry.access import AccessLog, Values
+
+    class Watched(AccessLog):
+        def _format(self, queued: list[Values]) -> list[str]:
+            formatters.append(threading.current_thread().name)
+            return super()._format(queued)
+
+    formatters: list[str] = []
+    logger = logging.getLogger("ferrohsm.test-loop-access")
+    logger.setLevel(logging.INFO)
+    out = io.StringIO()
+    live = LiveServer(tmp_path)
+    live.rt.app.access = Watched(out, interval=3600, logger=logger)
+    try:
+        status, _, _ = live.call("GET", "/v1/keys", role="auditor")
+        assert status == 200
+        deadline = time.monotonic() + 5
+        while not formatters and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert formatters == ["ferrohsm-loop"]
+        live.rt.app.access.flush()
+        line = json.loads(out.getvalue())
+        assert line["http.route"] == "/v1/keys" and line["http.response.status_code"] == 200
+    finally:
+        live.rt.app.access.close()
+        live.close()
+
+
 def test_spans_exported_over_otlp_http(tmp_path: Path, receiver: Receiver) -> None:
     srv = Served(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
                             "OTEL_SERVICE_NAME": "hsm-under-test",

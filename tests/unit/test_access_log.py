@@ -285,3 +285,50 @@ def test_the_writer_keeps_up_every_few_milliseconds_and_backs_off_when_idle(
     time.sleep(0.5)
     assert access.turns - turns <= 10  # about every 0.1 s, not every 5 ms (100 turns)
     access.close()
+
+
+def test_lines_formatted_by_the_loop_are_written_in_order_with_the_rest(
+        logger: logging.Logger) -> None:
+    """``format_queued`` (the event loop, at the end of a turn) formats; ``flush`` (the writer
+    thread) writes what was formatted, then what queued since, in the order recorded."""
+    out = io.StringIO()
+    access = AccessLog(out, interval=3600, logger=logger)
+    record(access, request_id="first")
+    record(access, request_id="second")
+    access.format_queued()
+    assert out.getvalue() == ""  # formatted, not written: the writer writes
+    record(access, request_id="third")
+    assert access.flush() == 3
+    assert [json.loads(line)["request_id"] for line in out.getvalue().splitlines()] == [
+        "first", "second", "third"]
+    assert access.flush() == 0
+    access.close()
+
+
+def test_the_loop_never_waits_for_a_write_to_stderr(logger: logging.Logger) -> None:
+    """A writer blocked on a full stderr holds the lock: ``format_queued`` returns at once,
+    formatting nothing, and the writer formats those lines itself, in order."""
+    release, writing = threading.Event(), threading.Event()
+
+    class Blocking(io.StringIO):
+        def write(self, text: str) -> int:
+            writing.set()
+            release.wait(10)
+            return super().write(text)
+
+    out = Blocking()
+    access = AccessLog(out, interval=3600, logger=logger)
+    record(access, request_id="before")
+    writer = threading.Thread(target=access.flush)
+    writer.start()
+    assert writing.wait(5)
+    record(access, request_id="during")
+    started = time.monotonic()
+    access.format_queued()
+    assert time.monotonic() - started < 0.5
+    release.set()
+    writer.join(5)
+    access.flush()
+    assert [json.loads(line)["request_id"] for line in out.getvalue().splitlines()] == [
+        "before", "during"]
+    access.close()
