@@ -9,11 +9,11 @@ audit batch writer. ``close()`` writes what is left, so no line is lost at shutd
 registered with ``atexit``).
 
 The event loop formats what has queued at the end of each of its turns (``format_queued``), so
-the writer thread mostly only writes: formatting on the writer thread cost the served encrypt
-path about 15 µs of CPU a request (the thread taking the interpreter from the loop every few
-milliseconds, and running with the loop's working set out of the caches), formatting on the
-loop about 5, for the same 3.4 µs of formatting a line in-process (bench/RESULTS.md,
-2026-12-06, eighth session). Lines from worker threads' requests are formatted by the writer,
+the writer thread mostly only writes. The served encrypt path paid for the access log far more
+than the 6 µs a line costs in-process (the writer thread taking the interpreter from the loop
+every 5 ms, then running with the loop's working set out of the caches): 21 µs of CPU a
+request with the writer formatting, 17 with the loop formatting, in an 8-round A/B
+(bench/RESULTS.md, 2026-12-06, eighth session). Lines from worker threads' requests are formatted by the writer,
 as are those queued while it holds the lock: the loop never waits for a write to stderr.
 
 Every 5 ms while lines flow, not every 50: measured (bench/RESULTS.md), the encrypt path lost
