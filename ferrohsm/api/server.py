@@ -255,8 +255,11 @@ class HardenedHTTPServer:
             self._guarded(conn, self._respond, conn, incoming, response)
         now = time.monotonic()
         self._dispatcher.hand_over(self._in_progress, now)
-        if self._after_turn is not None:
-            self._after_turn()
+        if (after := self._after_turn) is not None:
+            try:
+                after()
+            except Exception:  # the app's bookkeeping must never end the loop
+                self.log.exception("end-of-turn callback failed")
         self._expire(time.monotonic())
 
     def _in_progress(self) -> int:

@@ -326,6 +326,7 @@ def test_the_loop_never_waits_for_a_write_to_stderr(logger: logging.Logger) -> N
     started = time.monotonic()
     access.format_queued()
     assert time.monotonic() - started < 0.5
+    assert access._text == [] and len(access._lines) == 1  # left to the writer, untouched
     release.set()
     writer.join(5)
     access.flush()

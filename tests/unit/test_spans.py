@@ -330,6 +330,10 @@ def test_the_exporter_child_runs_only_on_idle_cores_once_loaded() -> None:
     import subprocess
 
     from ferrohsm.telemetry.spanpipe import exporter_command
+    probe = subprocess.run([sys.executable, "-c", "import os; os.sched_setscheduler(0, "
+                            "os.SCHED_IDLE, os.sched_param(0))"], capture_output=True)
+    if probe.returncode:
+        pytest.skip("this system refuses SCHED_IDLE (the child then stays at nice 10)")
     env = child_environment(dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9"))
     child = subprocess.Popen(exporter_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, env=env)
@@ -339,8 +343,8 @@ def test_the_exporter_child_runs_only_on_idle_cores_once_loaded() -> None:
             policy = os.sched_getscheduler(child.pid)
             time.sleep(0.05)
         assert policy == os.SCHED_IDLE
-        assert os.getpriority(os.PRIO_PROCESS, child.pid) == os.getpriority(
-            os.PRIO_PROCESS, 0) + 10
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == min(
+            19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
     finally:
         assert child.stdin is not None and child.stdout is not None
         child.stdin.close()  # end of input: the child exports nothing and stops
