@@ -13,8 +13,9 @@ the writer thread mostly only writes. The served encrypt path paid for the acces
 than the 6 µs a line costs in-process (the writer thread taking the interpreter from the loop
 every 5 ms, then running with the loop's working set out of the caches): 21 µs of CPU a
 request with the writer formatting, 17 with the loop formatting, in an 8-round A/B
-(bench/RESULTS.md, 2026-12-06, eighth session). Lines from worker threads' requests are formatted by the writer,
-as are those queued while it holds the lock: the loop never waits for a write to stderr.
+(bench/RESULTS.md, 2026-12-06, eighth session). Lines from worker threads' requests are
+formatted by the writer, as are those queued while it holds the lock: the loop never waits for
+a write to stderr.
 
 Every 5 ms while lines flow, not every 50: measured (bench/RESULTS.md), the encrypt path lost
 4-7 % to the access log at 50 ms and 2-4 % at 5 ms, though the formatting is the same work
