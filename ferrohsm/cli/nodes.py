@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config import Config, cores, parse_listen
+from ..telemetry.access import ACCESS
 from . import sdnotify
 
 log = logging.getLogger("ferrohsm")
@@ -191,6 +192,7 @@ class Supervisor:
             except BaseException:  # a bug: say so once, and let the parent restart us
                 log.exception("process %d failed", index)
             finally:
+                ACCESS.close()  # its queued log lines: os._exit runs no atexit
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)

@@ -23,6 +23,13 @@ either way (probably: lines kept waiting longer hold more of the loop's memory o
 and the writer holds the interpreter for a longer stretch at once). An idle writer backs off
 to ``idle_interval`` so an idle server is not woken 200 times a second.
 
+The process's other log lines (telemetry/logs.py) are queued here too, formatted already
+(``add_line``), so one thread writes stderr, in order, and only that thread can block on it: a
+stderr nobody reads (a stuck log shipper) stalls neither a request nor a shutdown. ``close()``
+gives the writer a bounded time (``CLOSE_SECONDS``) and drops what it cannot write; lines
+queued while stderr takes nothing are dropped beyond ``MAX_QUEUED``. A forked child
+(``processes = N``) starts with an empty queue and a writer of its own.
+
 Several processes on one stderr (``processes = N``: the children inherit it): a pipe or a
 stream socket (journald) takes a write of at most PIPE_BUF bytes whole, but may interleave longer
 ones from two writers at any byte, which would cut lines in two. ``share_stream()`` makes every
@@ -40,10 +47,12 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import os
 import select
 import sys
 import threading
 import time
+import weakref
 from json.encoder import encode_basestring_ascii as _q
 from typing import TextIO
 
@@ -81,6 +90,9 @@ def untraced_ids(parent: Parent | None) -> tuple[str, str, str]:
         return (*new_trace_and_span_ids(), "00")
     return parent.trace_id, new_span_id(), f"{parent.flags:02x}"
 
+MAX_QUEUED = 200_000  # lines held while stderr takes none (about 100 MB at most), then dropped
+CLOSE_SECONDS = 5.0  # how long close() waits for the writer, then as long again / 5 for the lock
+_LOGS: weakref.WeakSet[AccessLog] = weakref.WeakSet()  # every instance, reset in a forked child
 _LEVEL_NAMES = {logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error"}
 _FRAGMENTS = 4096  # cached line fragments per kind, before the caches start again
 
@@ -136,7 +148,7 @@ class AccessLog:
         self._logger = logger or logging.getLogger(LOGGER)
         self.interval = interval
         self.idle_interval = max(interval, idle_interval)  # after a turn that found no line
-        self._lines: collections.deque[Values] = collections.deque()
+        self._lines: collections.deque[Values | str] = collections.deque()
         self._text: list[str] = []  # lines the loop formatted (format_queued), not yet written
         self._clock = _Clock()
         self._heads: dict[tuple[object, ...], str] = {}  # see _format
@@ -148,7 +160,9 @@ class AccessLog:
         self.written = 0
         self.dropped = 0
         self.shared = False  # other processes write to the same stream (share_stream)
+        self._stuck = False  # a close found the writer blocked on the stream (close)
         atexit.register(self.close)
+        _LOGS.add(self)
 
     def enabled_for(self, status: int) -> bool:
         """Whether a response with ``status`` gets a line (cheap: the logger caches it)."""
@@ -159,7 +173,11 @@ class AccessLog:
         caller first). ``values`` are the fields of ``Values``, in order, already free of
         secrets; the request path only packs them (one tuple: a call with a dozen and a half
         arguments would cost more than the append), the writer thread formats them."""
-        self._lines.append(values)
+        lines = self._lines
+        if len(lines) >= MAX_QUEUED:  # the writer is stuck on a stderr nobody reads
+            self.dropped += 1
+            return
+        lines.append(values)
         if self._thread is None:
             self._start()
 
@@ -179,29 +197,44 @@ class AccessLog:
         finally:
             self._write_lock.release()
 
-    def flush(self) -> int:
-        """Write every queued line now (the writer thread, ``close`` and tests call it); how
-        many lines were queued, formatted already or not."""
-        with self._write_lock:
-            lines, batch = self._lines, self._text
-            if not lines and not batch:
-                return 0
-            queued = []
-            while lines:  # the only consumer (under _write_lock): popleft cannot fail
-                queued.append(lines.popleft())
-            self._text = []
-            batch += self._format(queued)
-            stream = self._stream if self._stream is not None else sys.stderr
-            try:
-                for chunk in whole_lines(batch, PIPE_BUF) if self.shared else ("".join(batch),):
-                    stream.write(chunk)
-                    stream.flush()
-            except (OSError, ValueError):  # stderr closed or full: lines are best effort
-                return len(batch)
-            self.written += len(batch)
-            return len(batch)
+    def add_line(self, text: str) -> None:
+        """Queue a line formatted already (the process's other log lines, telemetry/logs.py),
+        to be written in its place among the access lines: the caller never waits on stderr."""
+        lines = self._lines
+        if len(lines) >= MAX_QUEUED:
+            self.dropped += 1
+            return
+        lines.append(text)
+        if self._thread is None:
+            self._start()
 
-    def _format(self, queued: list[Values]) -> list[str]:
+    def flush(self) -> int:
+        """Write every queued line now (the writer thread and tests call it); how many lines
+        were queued, formatted already or not."""
+        with self._write_lock:
+            return self._write_queued()
+
+    def _write_queued(self) -> int:
+        """``flush`` under the lock."""
+        lines, batch = self._lines, self._text
+        if not lines and not batch:
+            return 0
+        queued = []
+        while lines:  # the only consumer (under _write_lock): popleft cannot fail
+            queued.append(lines.popleft())
+        self._text = []
+        batch += self._format(queued)
+        stream = self._stream if self._stream is not None else sys.stderr
+        try:
+            for chunk in whole_lines(batch, PIPE_BUF) if self.shared else ("".join(batch),):
+                stream.write(chunk)
+                stream.flush()
+        except (OSError, ValueError):  # stderr closed or full: lines are best effort
+            return len(batch)
+        self.written += len(batch)
+        return len(batch)
+
+    def _format(self, queued: list[Values | str]) -> list[str]:
         """The JSON lines, named by the OpenTelemetry semantic conventions, in one loop (no
         call per line but the escaping). What a client chose (method, path, addresses, user,
         session, agent, request id) is escaped by the C JSON encoder; the route template, the
@@ -218,6 +251,9 @@ class AccessLog:
             heads.clear()
             bodies.clear()
         for values in queued:
+            if isinstance(values, str):  # a line formatted already (add_line)
+                out.append(values)
+                continue
             try:
                 head_key, body_key = values[1:5], values[6:15]
                 head = heads.get(head_key)
@@ -240,14 +276,33 @@ class AccessLog:
         return out
 
     def close(self) -> None:
-        """Stop the writer thread and write what is left. Idempotent."""
+        """Stop the writer thread and write what is left, in ``CLOSE_SECONDS`` at most: a
+        stderr nobody reads (a stuck log shipper) must not keep a stopping server alive; what
+        cannot be written then is counted in ``dropped``. Idempotent."""
         self._stop.set()
         thread = self._thread
+        wait = 0.0 if self._stuck else CLOSE_SECONDS
         if thread is not None and thread is not threading.current_thread():
-            thread.join(5.0)
+            thread.join(wait)
             with self._start_lock:
                 self._thread = None  # a later write (another server in this process) restarts
-        self.flush()
+        if not self._write_lock.acquire(timeout=wait / 5):
+            self._stuck = True  # the writer is blocked on stderr: later closes do not wait
+            self.dropped += len(self._lines) + len(self._text)
+            return
+        try:
+            self._write_queued()
+        finally:
+            self._write_lock.release()
+
+    def _forked(self) -> None:
+        """In a child just forked (processes = N): the parent's writer thread did not come
+        along, its locks may be held for good, and its queued lines are the parent's to write."""
+        self._lines = collections.deque()
+        self._text = []
+        self._thread, self._stuck = None, False
+        self._stop, self._start_lock, self._write_lock = (
+            threading.Event(), threading.Lock(), threading.Lock())
 
     def _start(self) -> None:
         with self._start_lock:
@@ -265,6 +320,12 @@ class AccessLog:
         self.flush()
 
 
+def _after_fork_in_child() -> None:
+    for access in list(_LOGS):
+        access._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 ACCESS = AccessLog()
 """The process's access log (setup_logging points it at stderr; tests may give it a stream)."""
 

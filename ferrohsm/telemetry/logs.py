@@ -1,13 +1,29 @@
-"""Structured JSON log lines on stderr. Messages never carry secrets; see tests/test_logs*."""
+"""Structured JSON log lines on stderr. Messages never carry secrets; see tests/test_logs*.
+
+The lines are queued for the access log's writer thread (telemetry/access.py), not written by
+the thread that logs: a stderr nobody reads (a stuck log shipper, a full pipe) then stalls no
+request and no shutdown, and every line of the process, access or not, keeps its order.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 
+from .access import ACCESS
+
 LIBRARY_LIMIT = 2000  # characters kept of a library's message (psycopg, OpenTelemetry)
+
+
+class QueuedStderr(logging.Handler):
+    """Hands each formatted line to the access log's writer (ACCESS.add_line)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            ACCESS.add_line(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
 
 
 class JSONFormatter(logging.Formatter):
@@ -38,7 +54,7 @@ def setup_logging(level: str = "INFO", *, fatal_as_json: bool = False) -> None:
     (``serve``, read by log pipelines); else plain text (``quickstart``, read by a person)."""
     global _fatal_as_json
     _fatal_as_json = fatal_as_json
-    handler = logging.StreamHandler(sys.stderr)
+    handler = QueuedStderr()
     handler.setFormatter(JSONFormatter())
     root = logging.getLogger("ferrohsm")
     root.handlers[:] = [handler]

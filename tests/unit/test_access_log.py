@@ -6,14 +6,17 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ferrohsm.telemetry import access as access_module
 from ferrohsm.telemetry.access import AccessLog, level_of
 from ferrohsm.telemetry.semconv import KNOWN_METHODS
 
@@ -333,3 +336,65 @@ def test_the_loop_never_waits_for_a_write_to_stderr(logger: logging.Logger) -> N
     assert [json.loads(line)["request_id"] for line in out.getvalue().splitlines()] == [
         "before", "during"]
     access.close()
+
+
+def test_close_gives_up_on_a_stream_that_takes_nothing(
+        logger: logging.Logger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stderr nobody reads blocks the writer for good: close() waits a bounded time, counts
+    the lines it could not write as dropped, and a later close does not wait again."""
+    monkeypatch.setattr(access_module, "CLOSE_SECONDS", 0.5)
+    release, writing = threading.Event(), threading.Event()
+
+    class Stuck(io.StringIO):
+        def write(self, text: str) -> int:
+            writing.set()
+            release.wait(30)
+            return super().write(text)
+
+    access = AccessLog(Stuck(), interval=0.001, logger=logger)
+    record(access, request_id="stuck")
+    assert writing.wait(5)  # the writer thread is in the write, holding the lock
+    record(access, request_id="never")
+    access.add_line('{"message":"shutting down"}\n')
+    started = time.monotonic()
+    access.close()
+    assert time.monotonic() - started < 2
+    assert access.dropped == 2
+    started = time.monotonic()
+    access.close()  # atexit's: at once
+    assert time.monotonic() - started < 0.2
+    release.set()
+
+
+def test_other_log_lines_are_written_in_order_with_the_access_lines(
+        logger: logging.Logger) -> None:
+    out = io.StringIO()
+    access = AccessLog(out, interval=3600, logger=logger)
+    record(access, request_id="first")
+    access.add_line('{"message":"between"}\n')
+    record(access, request_id="last")
+    access.close()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line.get("request_id", line.get("message")) for line in lines] == [
+        "first", "between", "last"]
+
+
+def test_a_forked_child_writes_its_own_lines_not_its_parents(tmp_path: Path) -> None:
+    """processes = N forks children: a child neither inherits the parent's writer (no thread
+    survives a fork) nor writes the lines the parent had queued (the parent writes those)."""
+    path = tmp_path / "out.log"
+    with open(path, "w") as out:
+        access = AccessLog(out, interval=3600)
+        access.add_line("parent's\n")  # queued, its writer started
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                access.add_line("child's\n")
+                access.close()
+                code = 0
+            finally:
+                os._exit(code)
+        assert os.waitpid(pid, 0)[1] == 0
+        access.close()
+    assert sorted(path.read_text().splitlines()) == ["child's", "parent's"]

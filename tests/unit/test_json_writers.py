@@ -72,12 +72,14 @@ def test_cli_makes_its_text_streams_tolerant() -> None:
 def test_library_warnings_are_json_lines_too(capsys: pytest.CaptureFixture[str]) -> None:
     """psycopg's and the OpenTelemetry SDK's warnings go through the same JSON handler, not
     Python's last-resort handler (bare text among the JSON lines)."""
+    from ferrohsm.telemetry.access import ACCESS
     from ferrohsm.telemetry.logs import setup_logging
     setup_logging("INFO")
     try:
         logging.getLogger("psycopg").warning("error ignored terminating <Pipeline [BAD]>")
         logging.getLogger("opentelemetry.exporter").warning("collector down")
         logging.getLogger("psycopg").info("per call: not shown")
+        ACCESS.flush()  # the lines are written by the access log's writer (logs.py)
         lines = capsys.readouterr().err.splitlines()
         assert [json.loads(x)["logger"] for x in lines] == ["psycopg", "opentelemetry.exporter"]
     finally:
