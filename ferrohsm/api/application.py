@@ -113,7 +113,7 @@ class Application:
             span[ROUTE], span[ERROR] = route_name, error_type
             span[USER] = ctx.principal.subject if ctx.principal else None
         if exported is None and parent is not None and self.tracer is not None and parent.flags:
-            parent = replace(parent, flags=parent.flags & ~1)  # our sampler left it out
+            parent = replace(parent, flags=0)  # our sampler left it out: nothing else to say
         self._observe(req, ctx, route_name, resp, time.perf_counter() - start,
                       exported or parent, error_type, span)
         return resp
@@ -129,7 +129,7 @@ class Application:
             try:
                 route, params = self._route(req, ctx)
             except FerroError:  # no route, a wrong method, a path parameter that cannot be one
-                ctx = self._caller(req, ctx)  # the actor a valid token names pays, and is named
+                ctx = self._caller(req, ctx, span)  # a valid token's actor pays, and is named
                 self._limit(ctx)  # a scanner's refusals spend its IP's tokens (429 once empty)
                 raise
             route_name = route.template
@@ -147,7 +147,7 @@ class Application:
                 route_name = exc.route  # the path's template: only the method was wrong
             if not isinstance(exc, Recorded):
                 self._record_refusal(req, ctx, route_name, exc, params.get("key"))
-            error_type = exc.code
+            error_type = exc.code if exc.status >= 400 else None  # 202: parked, not failed
             resp = _error(req, exc, routed=route_name is not None)
         except Exception:
             log.exception("unhandled error", extra={"request_id": req.request_id})
@@ -200,7 +200,7 @@ class Application:
         exported = tracing.span_ids(span) if span is not None else None
         ctx = self._caller(req, base_context(req, None, self.limiter.client_ip(
             req.peer_ip, req.headers.get_all("x-forwarded-for")),
-            exported[0] if exported else parent.trace_id if parent else None))
+            exported[0] if exported else parent.trace_id if parent else None), span)
         route_name = self._template_of(req)  # the route the request was for, if one takes it
         try:
             self._limit(ctx)
@@ -285,19 +285,29 @@ class Application:
             return req.route  # type: ignore[no-any-return]
         return self.router.match(req.method, req.path)
 
-    def _caller(self, req: Request, ctx: RequestContext) -> RequestContext:
+    def _caller(self, req: Request, ctx: RequestContext,
+                span: RequestSpan | None = None) -> RequestContext:
         """For a request no route takes: ``ctx`` with the principal its token names when the
         token is valid (that actor's bucket pays for the 404 and the record names them, as for
         any request of theirs), else ``ctx`` as it is (anonymous: the address pays). A bad
-        token is not reported here: the answer is the 404 or 405 either way."""
+        token is not reported here: the answer is the 404 or 405 either way. The check is the
+        request's ``authenticate`` child span, as on a routed request."""
         try:
             credentials = _credentials(req)
-            if not credentials:
-                return ctx
-            principal = self.auth.authenticate(credentials,
-                                               client_fingerprint=ctx.client_fingerprint)
         except FerroError:
             return ctx
+        if not credentials:
+            return ctx
+        start, error = time.time_ns(), None
+        try:
+            principal = self.auth.authenticate(credentials,
+                                               client_fingerprint=ctx.client_fingerprint)
+        except FerroError as exc:
+            error = exc.code
+            return ctx
+        finally:
+            if span is not None:
+                span[CHILDREN] += ("authenticate", start, time.time_ns(), error, None)
         return with_principal(ctx, principal)
 
     def _record_refusal(self, req: Request, ctx: RequestContext, route: str | None,
@@ -332,7 +342,9 @@ class Application:
 
         A failure spends a token of the source IP's bucket; once that is empty the answer is
         429 instead of 401 and no audit record is written, so a flood of bogus tokens can
-        neither flood the audit log nor lock out valid tokens sent from the same address.
+        neither flood the audit log nor lock out valid tokens sent from the same address. The
+        server's own failure (its revocation list unreachable: 503) is not the caller's and
+        spends nothing: a database outage must not turn valid clients' 503s into 429s.
         """
         try:
             if "access_token" in req.query:
@@ -343,7 +355,8 @@ class Application:
             return principal
         except FerroError as exc:
             self.metrics.auth_failures.inc(getattr(exc, "reason", exc.code))
-            self._limit(ctx)
+            if exc.status < 500:
+                self._limit(ctx)
             self.audit_refusal(ctx, "auth.authenticate", "denied",
                                f"{req.method} {req.path[:200]}: {exc.message}")
             raise recorded(exc) from None
@@ -428,7 +441,7 @@ def _traced(span: RequestSpan, route: Any, ctx: RequestContext, req: Request,
     try:
         return route.handler(ctx, req, params)
     except FerroError as exc:
-        error = exc.code
+        error = exc.code if exc.status >= 400 else None  # 202 approval_required: parked
         raise
     finally:
         span[CHILDREN] += (f"ferrohsm {route.name or route.template}", start, time.time_ns(),

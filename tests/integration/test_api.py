@@ -14,6 +14,7 @@ import pytest
 from live import LiveServer
 
 from ferrohsm.api.transit import is_vault
+from ferrohsm.domain.errors import Unavailable
 from ferrohsm.domain.model import is_uuid
 
 
@@ -545,3 +546,28 @@ def test_an_approval_header_does_not_tell_a_hidden_key_from_a_missing_one(srv: L
             status, _, out = srv.call(method, path, body, token=scoped, headers=header)
             answers.add((method, status, out["error"]["message"]))
     assert answers == {("GET", 404, "no such key"), ("POST", 404, "no such key")}, answers
+
+
+def test_an_unreachable_revocation_list_is_503_for_valid_tokens_never_429(
+        tmp_path: Path) -> None:
+    """The server's own failure to check a token (its revocation list's database down) is
+    not the caller's: it spends nothing of the source address's bucket, which a flood of bad
+    tokens empties. Valid clients hear 503 for the whole outage, not 429 "rate limited"."""
+    srv = LiveServer(tmp_path, overrides={("rate_limit", "ip_requests_per_second"): 0.1,
+                                          ("rate_limit", "ip_burst"): 2})
+    try:
+        deny_list = srv.rt.authenticator.deny_list
+
+        def unreachable(jti: str | None, now: float) -> bool:
+            raise Unavailable("revocation list unavailable: the database cannot be reached")
+
+        deny_list.is_revoked = unreachable  # type: ignore[method-assign]
+        statuses = [srv.call("GET", "/v1/keys", role="service")[0] for _ in range(6)]
+        assert statuses == [503] * 6
+        del deny_list.is_revoked  # the instance attribute: back to the class's method
+        assert srv.call("GET", "/v1/keys", role="service")[0] == 200
+        bogus = [srv.call("GET", "/v1/keys", token="abc.def.ghi")[0]  # noqa: S106  bogus on purpose
+                 for _ in range(4)]
+        assert bogus[:2] == [401, 401] and bogus[-1] == 429  # a caller's failures still pay
+    finally:
+        srv.close()

@@ -37,7 +37,7 @@ PLAINTEXT = b"observability-plaintext-7d1e5c"
 class Served:
     """`ferrohsm quickstart` with the shipped [logging] level = "INFO", stderr kept in a file."""
 
-    def __init__(self, tmp: Path, env: dict[str, str]) -> None:
+    def __init__(self, tmp: Path, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
         self.log = tmp / "server.log"
         self.data = tmp / "data"
         base = {k: v for k, v in os.environ.items()
@@ -45,7 +45,7 @@ class Served:
         with open(self.log, "w") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ferrohsm", "quickstart", "--data-dir", str(tmp / "data"),
-                 "--listen", "127.0.0.1:0"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                 "--listen", "127.0.0.1:0", *args], cwd=ROOT, text=True, stdout=subprocess.PIPE,
                 stderr=err, env=base | env)
         self.exports: dict[str, str] = {}
         assert self.proc.stdout is not None
@@ -280,6 +280,10 @@ def test_spans_exported_over_otlp_http(tmp_path: Path, receiver: Receiver) -> No
     assert by_request["obs-404"]["name"] == "GET"  # no route: the method alone
     assert "http.route" not in by_request["obs-404"]["attributes"]
     assert by_request["obs-415"]["attributes"]["http.response.status_code"] == 415
+    for refused_early in ("obs-404", "obs-405", "obs-415"):  # a valid token: checked, and shown
+        request = by_request[refused_early]
+        assert request["attributes"]["user.id"] == "quickstart-admin", refused_early
+        assert "authenticate" in {s["name"] for s in spans if s["parent"] == request["span_id"]}
     assert by_request["obs-agent"]["attributes"]["user_agent.original"] == "caf\u00e9/1"
     fresh = next(s for s in spans if s["attributes"].get("ferrohsm.request_id") == "obs-badparent")
     assert fresh["parent"] == "" and fresh["trace_id"] != "0" * 32  # invalid header: new trace
@@ -352,18 +356,49 @@ def test_sampler_decides_which_requests_leave_spans(tmp_path: Path, receiver: Re
 def test_a_sampled_caller_our_sampler_leaves_out_is_logged_unsampled(
         tmp_path: Path, receiver: Receiver) -> None:
     """always_off drops a caller's sampled trace: the access line's flags say what this server
-    did (not sampled, no span), not what the caller asked for."""
+    did (not sampled, no span), not what the caller asked for: 00, whatever other bits the
+    caller set (the random bit, bits no version defines)."""
     srv = Served(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
                             "OTEL_TRACES_SAMPLER": "always_off"})
+    flags = ("01", "03", "fe", "ff")
     try:
-        headers = {"X-Request-ID": "off-sampled", "traceparent": f"00-{TRACE}-{PARENT}-01"}
-        assert srv.call("GET", "/v1/keys", headers=headers)[0] == 200
+        for flag in flags:
+            headers = {"X-Request-ID": f"off-sampled-{flag}",
+                       "traceparent": f"00-{TRACE}-{PARENT}-{flag}"}
+            assert srv.call("GET", "/v1/keys", headers=headers)[0] == 200
     finally:
         lines = srv.stop()
-    line = next(x for x in lines if x["request_id"] == "off-sampled")
-    assert (line["trace_id"], line["trace_flags"]) == (TRACE, "00")
+    for flag in flags:
+        line = next(x for x in lines if x["request_id"] == f"off-sampled-{flag}")
+        assert (line["trace_id"], line["trace_flags"]) == (TRACE, "00"), flag
     assert not [s for s in receiver.spans()
-                if s["attributes"].get("ferrohsm.request_id") == "off-sampled"]
+                if str(s["attributes"].get("ferrohsm.request_id")).startswith("off-sampled")]
+
+
+def test_a_request_parked_for_approval_is_no_error(tmp_path: Path, receiver: Receiver) -> None:
+    """202 approval_required is an answer, not a failure: no error.type in its access line or
+    span (the semantic conventions set it only on a failed request)."""
+    config = tmp_path / "policy.toml"
+    config.write_text('[policy.tags.pci]\napprovals_required = 1\napproval_actions = ["revoke"]\n')
+    srv = Served(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}, ("--config", str(config)))
+    try:
+        status, _, key = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm",
+                                                       "usage": "encrypt", "tags": ["pci"]})
+        assert status == 201
+        status, _, body = srv.call("POST", f"/v1/keys/{key['id']}/revoke", {},
+                                   headers={"X-Request-ID": "obs-parked"})
+        assert status == 202, body
+    finally:
+        lines = srv.stop()
+    line = next(x for x in lines if x["request_id"] == "obs-parked")
+    assert line["http.response.status_code"] == 202 and line["error.type"] is None
+    assert wait_for(lambda: any(s["attributes"].get("ferrohsm.request_id") == "obs-parked"
+                                for s in receiver.spans()))
+    spans = receiver.spans()
+    server = next(s for s in spans if s["attributes"].get("ferrohsm.request_id") == "obs-parked")
+    assert "error.type" not in server["attributes"]
+    children = [s for s in spans if s["parent"] == server["span_id"]]
+    assert children and not [s for s in children if "error.type" in s["attributes"]]
 
 
 @pytest.mark.slow
