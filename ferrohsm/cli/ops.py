@@ -356,7 +356,16 @@ def wrap(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     return 0
 
 
+def _refuse_terminal(args: argparse.Namespace, what: str, ways: str) -> None:
+    """Key material goes to no terminal in any output mode (JSON, text, --field too): a
+    screen is read over shoulders, recorded by terminal logs, kept in scrollback."""
+    if (args.out in (None, "-") or names_stdout(args.out)) and sys.stdout.isatty():
+        raise UsageError(f"refusing to write {what} to a terminal: use --out FILE, redirect "
+                         f"stdout{ways}")
+
+
 def unwrap(args: argparse.Namespace, client: Any, settings: Settings) -> int:
+    _refuse_terminal(args, "unwrapped key material", "")
     with Output.open(args.out, secret=True, binary=not _structured(settings)) as out:
         wrapped = read_text_input(args.input, "wrapped key")
         fits(wrapped.encode(), _source(args.input), "unwrap", base64_sent=False)
@@ -370,9 +379,8 @@ def unwrap(args: argparse.Namespace, client: Any, settings: Settings) -> int:
 
 def data_key(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     secret = not args.no_plaintext
-    if secret and (args.out in (None, "-") or names_stdout(args.out)) and sys.stdout.isatty():
-        raise UsageError("refusing to write a plaintext data key to a terminal: use --out "
-                         "FILE, redirect stdout, or --no-plaintext")
+    if secret:
+        _refuse_terminal(args, "a plaintext data key", ", or --no-plaintext")
     _refuse_existing(args.out, getattr(args, "force", False))
     with Output.open(args.out, secret=secret) as out:  # opened before the server acts
         result = client.data_key(args.key, args.bits, include_plaintext=secret,

@@ -134,31 +134,47 @@ def profile_path(env: Mapping[str, str]) -> Path:
 
 def load_profile(name: str | None, env: Mapping[str, str], required: bool) -> dict[str, Any]:
     """The named profile's settings; {} when the file or the (implicit) profile is absent."""
-    import tomllib
     path = profile_path(env)
-    if not path.exists():
-        if required:
-            raise UsageError(f"--profile {name}: no profile file at {path}")
+    label = name or "default"
+    data = _profile_file(path, name, required)
+    if data is None:
         return {}
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UsageError(f"profile file {path}: {exc}") from None
-    table = data.get(name or "default")
+    table = data.get(label)
     if table is None:
         if required:
-            raise UsageError(f"profile file {path} has no [{name}] table")
+            raise UsageError(f"profile file {path} has no [{label}] table")
         return {}
     if not isinstance(table, dict):
-        raise UsageError(f"profile file {path}: [{name}] must be a table")
+        raise UsageError(f"profile file {path}: [{label}] must be a table")
     if "token" in table:
-        raise UsageError(f"profile file {path}: [{name}] holds a token; put it in a 0600 file "
+        raise UsageError(f"profile file {path}: [{label}] holds a token; put it in a 0600 file "
                          "and name that file with token_file")
     unknown = sorted(set(table) - PROFILE_KEYS)
     if unknown:
-        raise UsageError(f"profile file {path}: [{name}] has unknown setting(s) "
+        raise UsageError(f"profile file {path}: [{label}] has unknown setting(s) "
                          f"{', '.join(unknown)}; known: {', '.join(sorted(PROFILE_KEYS))}")
     return {k: _relative(path, k, v) for k, v in table.items()}
+
+
+def _profile_file(path: Path, name: str | None, required: bool) -> dict[str, Any] | None:
+    """The profile file's tables; None when there is none (or none this user may read: a home
+    it may not enter, under runuser or sudo -E), which only a named profile refuses."""
+    import tomllib
+    try:
+        present = path.exists()
+    except PermissionError:
+        if required:
+            raise UsageError(f"--profile {name}: the profile file {path} cannot be read "
+                             "(permission denied)") from None
+        return None
+    if not present:
+        if required:
+            raise UsageError(f"--profile {name}: no profile file at {path}")
+        return None
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"profile file {path}: {exc}") from None
 
 
 def _relative(path: Path, key: str, value: Any) -> Any:

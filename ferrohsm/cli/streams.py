@@ -193,6 +193,24 @@ def stdout_problem() -> str | None:
         return "standard output is closed"
     if flags & os.O_ACCMODE == os.O_RDONLY:
         return "standard output is not open for writing"
+    return _reader_gone(fd)
+
+
+def _reader_gone(fd: int) -> str | None:
+    """A pipe or socket whose reader has already gone (``| tpyo``, ``| true``): the kernel
+    flags the writing end (POLLERR, POLLHUP) before anything is written to it."""
+    import select
+    import stat
+    try:
+        if not stat.S_ISFIFO(mode := os.fstat(fd).st_mode) and not stat.S_ISSOCK(mode):
+            return None
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        events = poller.poll(0)
+    except (OSError, ValueError):
+        return None
+    if any(revents & (select.POLLERR | select.POLLHUP) for _, revents in events):
+        return "the reader of standard output has gone (a closed pipe)"
     return None
 
 

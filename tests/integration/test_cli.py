@@ -380,6 +380,37 @@ def test_a_plaintext_data_key_is_never_written_to_a_terminal(cli: Cli, live: Liv
     assert b"ciphertext" in written and b"plaintext" not in written
 
 
+def test_unwrapped_key_material_is_never_written_to_a_terminal_in_any_output_mode(
+        cli: Cli, live: LiveServer) -> None:
+    """Not as raw bytes, and not inside JSON, text or --field key_material either: the check
+    comes before the request, so nothing is unwrapped (or audited as unwrapped) for a screen."""
+    import argparse
+    from typing import cast
+
+    from ferrohsm.cli import ops
+    from ferrohsm.cli.settings import Settings, UsageError
+    from ferrohsm.client import Client
+    kek = create(cli, "aes-256-gcm", "wrap")["name"]
+    wrapped = cli("wrap", kek, role="service", stdin=os.urandom(32)).text.strip()
+    terminal = mock.Mock(isatty=lambda: True)
+    with Client(f"https://127.0.0.1:{live.port}", live.token("service"),
+                ca_cert=str(live.pki.ca_cert)) as client, \
+            mock.patch.object(sys, "stdin", mock.Mock(buffer=io.BytesIO(wrapped.encode()))), \
+            mock.patch.object(sys, "stdout", terminal), \
+            mock.patch.object(client, "unwrap", wraps=client.unwrap) as sent:
+        for output, field in (("table", None), ("json", None), ("text", None),
+                              ("json", "key_material")):
+            settings = cast(Settings, argparse.Namespace(approval_id=None, output=output,
+                                                         field=field))
+            args = argparse.Namespace(key=kek, input=None, out=None)
+            sys.stdin.buffer.seek(0)
+            with pytest.raises(UsageError, match="terminal"):
+                ops.unwrap(args, client, settings)
+        sent.assert_not_called()
+    terminal.buffer.write.assert_not_called()
+    terminal.write.assert_not_called()
+
+
 def test_correlation_id_reaches_the_audit_log(cli: Cli, live: LiveServer) -> None:
     key = create(cli, "ec-p256", "sign")["name"]
     corr = unique("build")

@@ -57,14 +57,15 @@ class Cli:
 
     def __call__(self, *argv: str | bytes, role: str | None = "administrator",
                  stdin: bytes = b"", closed_stdout: bool = False,
-                 env: dict[str, str] | None = None) -> Run:
+                 env: dict[str, str] | None = None, stdout: int | None = None) -> Run:
         environment = dict(self.env)
         if role is not None:
             environment["FERROHSM_TOKEN"] = self.live.token(role)
         environment.update(env or {})
+        own = closed_stdout or stdout is not None  # stdout not captured here
         done = subprocess.run([sys.executable, "-m", "ferrohsm.cli.main", *argv], input=stdin,
-                              capture_output=not closed_stdout,
-                              stderr=subprocess.PIPE if closed_stdout else None,
+                              capture_output=not own, stdout=stdout,
+                              stderr=subprocess.PIPE if own else None,
                               preexec_fn=_close_stdout if closed_stdout else None,
                               env=environment, timeout=120, check=False)
         run = Run(done.returncode, done.stdout or b"", done.stderr.decode())
@@ -154,6 +155,28 @@ def test_a_closed_stdout_is_refused_before_the_request(cli: Cli, live: LiveServe
     assert live.call("GET", f"/v1/approvals/{approval}")[2]["state"] == "approved"
     assert cli("encrypt", key, "--approval-id", approval, role="service",
                stdin=b"secret").code == 0
+
+
+def test_a_pipe_whose_reader_has_gone_is_refused_before_the_request(
+        cli: Cli, live: LiveServer) -> None:
+    """``ferrohsm unwrap … | tpyo``: the shell's reader failed at once, so the answer (key
+    material, a signature made under an approval) would be lost after the server acted."""
+    key = create(cli, "aes-256-gcm", "encrypt", "dual")
+    parked = cli("encrypt", key, role="service", stdin=b"secret")
+    approval = parked_id(parked)
+    approve(live, approval)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command starts
+    try:
+        for argv in (("encrypt", key, "--approval-id", approval), ("whoami",)):
+            run = cli(*argv, role="service", stdin=b"secret", stdout=write_end)
+            assert run.code == 3, (argv, run.err)
+            assert one_line(run).startswith(
+                "ferrohsm: the reader of standard output has gone (a closed pipe): nothing was "
+                "sent"), run.err
+    finally:
+        os.close(write_end)
+    assert live.call("GET", f"/v1/approvals/{approval}")[2]["state"] == "approved"  # unspent
 
 
 # ---- 3: arguments that are not UTF-8, header values with control characters -----------------
