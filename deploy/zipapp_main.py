@@ -7,9 +7,9 @@
 # behind (tens of MB each). So this launcher
 #
 # 1. picks the extraction root when SHIV_ROOT is not set: $CACHE_DIRECTORY (systemd
-#    CacheDirectory=), else $XDG_CACHE_HOME/ferrohsm, else ~/.cache/ferrohsm when it can be
-#    created, else a private (0700, owned by this user, no symlink) ferrohsm-<uid> folder in
-#    the temporary directory; a root (SHIV_ROOT too) is used only when no other user can
+#    CacheDirectory=), else $XDG_CACHE_HOME/ferrohsm, else ~/.cache/ferrohsm when $HOME exists
+#    and it can be created there, else a private (0700, owned by this user, no symlink)
+#    ferrohsm-<uid> folder in the temporary directory; a root (SHIV_ROOT too) is used only when no other user can
 #    write to it or to a folder above it (the code we import comes from there);
 # 2. holds a shared lock on its own build's extraction for as long as the process runs, and
 #    removes the extractions of other builds of the same file name that no running process
@@ -141,8 +141,8 @@ def extraction_root() -> str:
     if os.path.isabs(xdg):
         candidates.append(os.path.join(xdg, "ferrohsm"))
     home = os.path.expanduser("~")
-    if os.path.isabs(home):
-        candidates.append(os.path.join(home, ".cache", "ferrohsm"))
+    if os.path.isabs(home) and os.path.isdir(home):  # a HOME that does not exist (nobody's
+        candidates.append(os.path.join(home, ".cache", "ferrohsm"))  # /nonexistent) stays so
     for candidate in candidates:
         usable = _usable(candidate)
         if usable is not None:

@@ -255,6 +255,21 @@ def _no_shiv_root(zipapp: Path, home: Path, tmpdir: Path,
                           preexec_fn=lambda: os.umask(umask))
 
 
+def test_a_home_that_does_not_exist_is_never_created(zipapp: Path, tmp_path: Path) -> None:
+    """HOME=/nonexistent (nobody's, a DynamicUser's): the cache goes to the private temporary
+    folder; the launcher makes no home (as root it could, and a root-owned one would then
+    lock the real user out of it)."""
+    home, tmpdir = tmp_path / "missing" / "home", tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
+           "TMPDIR": str(tmpdir)}
+    result = subprocess.run([sys.executable, "-I", str(zipapp), "--version"],
+                            capture_output=True, text=True, timeout=120, env=env, cwd=tmpdir)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "missing").exists()
+    assert (tmpdir / f"ferrohsm-{os.getuid()}").is_dir()
+
+
 def test_an_extraction_root_others_can_write_is_never_used(zipapp: Path,
                                                            tmp_path: Path) -> None:
     """Red team: under umask 000 the launcher made ~/.cache 0777, and used a cache folder with
