@@ -25,8 +25,8 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (OK, "success"),
     (FAILED, "the operation failed or was refused (API error, unreachable, invalid signature)"),
     (USAGE, "usage or configuration error"),
-    (CANNOT_WRITE, "an output file cannot be written or standard output is closed (found "
-                   "before anything was sent to the server)"),
+    (CANNOT_WRITE, "an output file cannot be written, or standard output is closed or its "
+                   "reader has gone (found before anything was sent to the server)"),
     (CANNOT_LISTEN, "serve/quickstart: the listen address is in use or not available"),
     (OUTPUT_LOST, "the server carried out the request but its answer could not be written, "
                   "or its reader closed the pipe (output lost; an --approval-id given is "
