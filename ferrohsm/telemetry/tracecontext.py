@@ -19,6 +19,7 @@ _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 _ZERO_BYTES = bytes(8)
 MAX_TRACESTATE = 512  # the specification's limit a vendor must propagate at least
+MAX_MEMBER = 128  # a member longer than this goes first when the list is over MAX_TRACESTATE
 # Ids need not be secret (W3C: random, unique), so a PRNG seeded from os.urandom per process
 # serves them without a system call per id (SystemRandom costs one each).
 _ids = random.Random(os.urandom(32))  # noqa: S311  identifiers, not secrets
@@ -49,8 +50,8 @@ class Parent:
 def parse_traceparent(values: Sequence[str] | None,
                       tracestate: Sequence[str] | None = None) -> Parent | None:
     """The parent of a valid single ``traceparent`` field (version 00, or a later version read
-    as 00 allows), else None. ``tracestate`` is kept as received (joined with ","), dropped
-    when it is over MAX_TRACESTATE characters."""
+    as 00 allows), else None. ``tracestate`` is kept as received (joined with ","), cut by
+    whole members to MAX_TRACESTATE characters (``_within_limit``)."""
     if not values or len(values) != 1:
         return None
     match = _TRACEPARENT.fullmatch(values[0].strip())
@@ -62,10 +63,22 @@ def parse_traceparent(values: Sequence[str] | None,
     if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
         return None
     state = ",".join(v.strip() for v in tracestate) if tracestate else None
-    if state is not None and (len(state) > MAX_TRACESTATE or not state.isprintable()
-                              or not state.isascii()):
+    if state is not None and (not state.isprintable() or not state.isascii()):
         state = None
-    return Parent(trace_id, span_id, int(flags, 16), state or None)
+    return Parent(trace_id, span_id, int(flags, 16), _within_limit(state) if state else None)
+
+
+def _within_limit(state: str) -> str | None:
+    """``state`` cut to MAX_TRACESTATE characters as the specification says a vendor may cut
+    it: whole members only, first those over MAX_MEMBER characters, then from the end (the
+    members a caller put first are the most recent)."""
+    if len(state) <= MAX_TRACESTATE:
+        return state
+    members = [m.strip() for m in state.split(",") if m.strip()]
+    kept = [m for m in members if len(m) <= MAX_MEMBER]
+    while kept and len(",".join(kept)) > MAX_TRACESTATE:
+        kept.pop()
+    return ",".join(kept) or None
 
 
 def new_trace_id() -> str:

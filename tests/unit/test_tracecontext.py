@@ -47,13 +47,27 @@ def test_invalid_traceparent_is_ignored(value: str) -> None:
     assert parse_traceparent([value]) is None
 
 
-def test_repeated_traceparent_is_ignored_and_oversized_tracestate_dropped() -> None:
+def test_repeated_traceparent_is_ignored_and_one_oversized_member_dropped() -> None:
     assert parse_traceparent([f"00-{TRACE}-{SPAN}-01"] * 2) is None
     assert parse_traceparent(None) is None
     parent = parse_traceparent([f"00-{TRACE}-{SPAN}-01"], ["a=" + "x" * MAX_TRACESTATE])
     assert parent is not None and parent.tracestate is None
     parent = parse_traceparent([f"00-{TRACE}-{SPAN}-01"], ["a=b\x00"])
     assert parent is not None and parent.tracestate is None
+
+
+def test_a_tracestate_over_the_limit_is_cut_by_whole_members() -> None:
+    """W3C: a vendor cuts an over-long list by whole members, first any over 128 characters,
+    then from the end; never the whole header for one member too many."""
+    members = [f"v{n:02d}=" + "x" * 28 for n in range(16)]  # 16 x 32 characters: 527 joined
+    parent = parse_traceparent([f"00-{TRACE}-{SPAN}-01"], [",".join(members)])
+    assert parent is not None and parent.tracestate == ",".join(members[:15])
+    long = "big=" + "y" * 200
+    parent = parse_traceparent([f"00-{TRACE}-{SPAN}-01"],
+                               [",".join([members[0], long, *members[1:12]])])
+    assert parent is not None and parent.tracestate == ",".join(members[:12])
+    within = ",".join(members[:15])
+    assert parse_traceparent([f"00-{TRACE}-{SPAN}-01"], [within]).tracestate == within  # type: ignore[union-attr]
 
 
 def test_new_ids_are_lowercase_hex_nonzero_and_distinct() -> None:
