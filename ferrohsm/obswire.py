@@ -92,8 +92,9 @@ def _observability(rt: Runtime, audit: ChainedSink) -> None:
             "ferrohsm_approvals_pending", "Approvals waiting for decisions (counted to 10000)",
             lambda: {(): float(len(approvals.list(ApprovalState.PENDING, datetime.now(UTC),
                                                   limit=10000)))})
-    for name in ALGORITHMS:
-        for operation in CRYPTO_OPERATIONS:
+    for name, algorithm in ALGORITHMS.items():  # only what the algorithm can do
+        for operation in (op for usage in sorted(algorithm.usages)
+                          for op in CRYPTO_OPERATIONS[usage]):
             for outcome in ("success", "error"):
                 rt.metrics.crypto_ops.touch(name, operation, outcome)
     for reason in AUTH_FAILURE_REASONS:
@@ -119,7 +120,8 @@ def _spans(rt: Runtime) -> None:
                            "exporter process", lambda: {(): float(tracer.stats()["restarts"])})
 
 
-CRYPTO_OPERATIONS = ("encrypt", "decrypt", "sign", "verify", "wrap", "unwrap")
+CRYPTO_OPERATIONS = {"encrypt": ("encrypt", "decrypt"), "sign": ("sign", "verify"),
+                     "wrap": ("wrap", "unwrap")}  # a usage's operations
 AUTH_FAILURE_REASONS = ("missing", "scheme", "malformed", "oversized", "header", "algorithm",
                         "kid", "signature", "claims", "issuer", "audience", "expired",
                         "immature", "lifetime", "role", "binding", "revoked")

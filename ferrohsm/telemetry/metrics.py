@@ -205,10 +205,10 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = Registry()
         self.share: MetricShare | None = None  # processes = N: set by the composition root
-        self.requests = Counter("ferrohsm_http_requests", "HTTP requests by route and status",
+        self.requests = Counter("ferrohsm_http_requests", "HTTP requests by route, method and status",
                                 ("route", "method", "status"))
         self.latency = Histogram("ferrohsm_http_request_duration_seconds",
-                                 "HTTP request latency by route", ("route", "method"))
+                                 "HTTP request latency by route and method", ("route", "method"))
         self.crypto_ops = Counter("ferrohsm_crypto_operations",
                                   "Cryptographic operations by algorithm, operation and outcome",
                                   ("algorithm", "operation", "outcome"))

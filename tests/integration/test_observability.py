@@ -502,6 +502,11 @@ def test_metrics_of_a_live_server(tmp_path: Path) -> None:
                   for s in parsed["ferrohsm_crypto_operations"].samples}
         assert crypto[("aes-256-gcm", "encrypt", "success")] == 0
         assert crypto[("ec-p256", "sign", "error")] == 0
+        assert crypto[("aes-256-gcm", "unwrap", "success")] == 0
+        # only what an algorithm can do: no AES signatures, no EC encryption
+        assert not [k for k in crypto if k[:2] in {("aes-256-gcm", "sign"),
+                                                   ("ec-p256", "encrypt"), ("rsa-2048", "wrap")}]
+        assert len(crypto) == 2 * (4 + 2 * 4)  # AES: 4 operations, RSA and EC: 2 each
         assert {s.labels["reason"] for s in parsed["ferrohsm_auth_failures"].samples} >= {
             "expired", "signature", "revoked"}
         keys = {s.labels["state"]: s.value for s in parsed["ferrohsm_keys"].samples}
