@@ -200,7 +200,7 @@ def test_a_served_requests_access_line_is_formatted_on_the_event_loop(
     monkeypatch.setattr(server_module, "_MAX_WAIT", 30.0)
 
     class Watched(AccessLog):
-        def _format(self, queued: list[Values]) -> list[str]:
+        def _format(self, queued: list[Values | str]) -> list[str]:
             formatters.append(threading.current_thread().name)
             return super()._format(queued)
 
