@@ -11,14 +11,20 @@ from __future__ import annotations
 from typing import Any
 
 from ..client import Client
-from .streams import server_answered
+from .errors import CANNOT_WRITE, CliExit
+from .streams import server_acted, server_answered, stdout_reader_gone
 
 
 class NotingClient(Client):
-    """``Client`` whose every successful answer is noted before the command writes it."""
+    """``Client`` whose every successful answer is noted before the command writes it, and
+    which sends no first request that acts while standard output's reader is gone."""
 
     def request(self, *args: Any, **kwargs: Any) -> Any:
-        answer = super().request(*args, **kwargs)
         method = args[0] if args else kwargs.get("method", "GET")
-        server_answered(acted=str(method).upper() not in ("GET", "HEAD"))
+        acts = str(method).upper() not in ("GET", "HEAD")
+        if acts and not server_acted() and (gone := stdout_reader_gone()):
+            raise CliExit(f"{gone}: nothing was sent to the server; redirect it (>/dev/null) "
+                          "to discard the output", CANNOT_WRITE)
+        answer = super().request(*args, **kwargs)
+        server_answered(acted=acts)
         return answer

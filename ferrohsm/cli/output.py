@@ -44,7 +44,9 @@ def paint(text: str, state: str, colour: bool) -> str:
 
 
 def json_text(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True) + "\n"
+    """The API's JSON as the server sent it: its members in its order, its text unescaped
+    (``café``, not ``caf\\u00e9``); only indented for a reader."""
+    return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
 
 
 def print_json(value: Any, stream: TextIO | None = None) -> None:

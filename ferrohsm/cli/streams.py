@@ -193,21 +193,24 @@ def stdout_problem() -> str | None:
         return "standard output is closed"
     if flags & os.O_ACCMODE == os.O_RDONLY:
         return "standard output is not open for writing"
-    return _reader_gone(fd)
+    return None
 
 
-def _reader_gone(fd: int) -> str | None:
-    """A pipe or socket whose reader has already gone (``| tpyo``, ``| true``): the kernel
-    flags the writing end (POLLERR, POLLHUP) before anything is written to it."""
+def stdout_reader_gone() -> str | None:
+    """Why the answer of a request that acts would be lost: standard output is a pipe or
+    socket whose reader has already gone (``| tpyo``, ``| true``), which the kernel flags on
+    the writing end (POLLERR, POLLHUP) before anything is written. A command that only reads
+    is not asked (it ends 141 at its first write, as ``… | head`` does everywhere)."""
     import select
     import stat
     try:
+        fd = sys.stdout.fileno()
         if not stat.S_ISFIFO(mode := os.fstat(fd).st_mode) and not stat.S_ISSOCK(mode):
             return None
         poller = select.poll()
         poller.register(fd, select.POLLOUT)
         events = poller.poll(0)
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return None
     if any(revents & (select.POLLERR | select.POLLHUP) for _, revents in events):
         return "the reader of standard output has gone (a closed pipe)"

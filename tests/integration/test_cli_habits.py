@@ -306,6 +306,12 @@ def test_json_is_the_apis_json_and_field_prints_one_value(cli: Cli, live: LiveSe
     assert f"name\t{name}\n" in detail and "versions.0.version\t1\n" in detail
     version = cli("encrypt", name, "--field", "key_version", role="service", stdin=b"x")
     assert version.text == "1\n"
+    # the API's members in the API's order, its text as sent (not \u-escaped)
+    assert cli("keys", "update", name, "--description", "caf\u00e9 \u2713").code == 0
+    shown = cli("keys", "show", name, "--json")
+    api_key = live.call("GET", f"/v1/keys/{name}")[2]
+    assert list(shown.json()) == list(api_key)
+    assert '"description": "caf\u00e9 \u2713"' in shown.out.decode()
 
 
 # ---- operator commands ------------------------------------------------------------------------
