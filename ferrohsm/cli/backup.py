@@ -37,7 +37,7 @@ from ..config import Config, load_config, load_secrets
 from ..domain.errors import ConfigError
 from .errors import CANNOT_WRITE, USAGE, CliExit
 from .settings import client_flags
-from .streams import writing
+from .streams import names_stdout, writing
 
 if TYPE_CHECKING:
     from ..config import Secrets
@@ -139,6 +139,9 @@ def _secrets(config: Config, args: argparse.Namespace, untouched: str) -> Any:
 def run_backup(args: argparse.Namespace) -> int:
     """Check the flags and open the archive's file before anything is read or asked: an
     archive that cannot be written must not cost the server an audited backup nobody got."""
+    if args.out == "-" or names_stdout(args.out):
+        raise CliExit("--out names the archive's file: a backup is written to a new 0600 "
+                      "file, never to standard output", USAGE)
     if not args.offline:
         _online_only(args)
     with PrivateArchive(args.out) as archive:

@@ -112,6 +112,10 @@ def test_backup_to_an_unwritable_path_asks_nothing(cli: Cli, live: LiveServer,
     run = cli("backup", "--out", str(taken))
     assert run.code == 3 and "exists" in one_line(run) and taken.read_bytes() == b"old"
     assert cli("backup", "--out", "").code == 2
+    for stdout in ("-", "/dev/stdout"):  # '-' was taken for a file's name
+        run = cli("backup", "--out", stdout)
+        assert run.code == 2 and "never to standard output" in one_line(run), run.err
+    assert not Path("-").exists()
     assert records(live, "system.backup") == before
     missing = cli("restore", str(tmp_path / "missing.fhsmbak"), "--data-dir", str(tmp_path))
     assert missing.code == 2 and "cannot read" in one_line(missing)
