@@ -342,6 +342,10 @@ class Client:
                 if status < 300:
                     raise TransportError(f"server sent a non-JSON answer (HTTP {status})",
                                          request_id=request_id) from None
+            if status < 300 and not isinstance(parsed, dict):  # every answer is an object
+                raise TransportError(f"server sent a JSON answer that is not an object (HTTP "
+                                     f"{status}): a proxy in the way, or not a FerroHSM server",
+                                     request_id=request_id)
         error = parsed.get("error") if isinstance(parsed, dict) else None
         if 200 <= status < 300 and not isinstance(error, dict):
             return parsed

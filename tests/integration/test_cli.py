@@ -693,6 +693,23 @@ def test_client_reuses_its_connection_and_survives_an_idle_close(make_server: An
     assert [m for m, _ in seen] == ["GET", "GET", "POST"]
 
 
+def test_an_answer_that_is_no_json_object_is_a_transport_error(make_server: Any,
+                                                                dev_pki: Any) -> None:
+    """A proxy's or another server's ``[1, 2]`` is said as such, not met later as an
+    unexpected KeyError in the command that read it."""
+    from ferrohsm.api.http import Request, json_response
+    from ferrohsm.client import Client, TransportError
+
+    def app(request: Request) -> Any:
+        return json_response(200, [1, 2])
+
+    server = make_server(app)
+    with Client(f"https://127.0.0.1:{server.server_address[1]}", "t",
+                ca_cert=str(dev_pki.ca_cert), retries=0) as client:
+        with pytest.raises(TransportError, match="not an object"):
+            client.request("GET", "/v1/keys")
+
+
 def test_client_typed_errors(live: LiveServer) -> None:
     from ferrohsm.client import BadRequest, Client, Forbidden, NotFound, Unauthenticated
     url = f"https://127.0.0.1:{live.port}"
