@@ -69,6 +69,11 @@ def test_bash_completes_commands_flags_and_choices(bash_script: Path) -> None:
     assert "--out" in complete(bash_script, "audit", "export", "--o")
     assert complete(bash_script, "audit", "verify", "--no") == ["--no-checkpoints"]
     assert complete(bash_script, "completion", "") == ["bash", "zsh", "fish"]
+    # --flag=value, as bash splits it (COMP_WORDBREAKS holds "="): the flag's choices
+    assert complete(bash_script, "keys", "create", "--algorithm", "=") == [
+        "aes-256-gcm", "rsa-2048", "rsa-4096", "ec-p256", "ec-p384"]
+    assert complete(bash_script, "keys", "create", "--algorithm", "=", "ec") == [
+        "ec-p256", "ec-p384"]
     # the client flags before the command (main.py moves them after it): their values
     assert complete(bash_script, "--output", "") == ["table", "json", "text"]
     assert "--token-file" in complete(bash_script, "--to")

@@ -137,6 +137,12 @@ __ferrohsm_path() {
 _ferrohsm() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="" cmdpath key
     ((COMP_CWORD > 0)) && prev="${COMP_WORDS[COMP_CWORD - 1]}"
+    # --flag=value: bash splits the word at "=" (COMP_WORDBREAKS), so "=" is a word of its own
+    if [[ "$cur" == "=" ]]; then
+        cur=""
+    elif [[ "$prev" == "=" ]] && ((COMP_CWORD > 1)); then
+        prev="${COMP_WORDS[COMP_CWORD - 2]}"
+    fi
     cmdpath="$(__ferrohsm_path)"
     COMPREPLY=()
     if [[ "$prev" == -* && " $(__ferrohsm_valued "$cmdpath") " == *" $prev "* ]]; then
