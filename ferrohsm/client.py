@@ -331,21 +331,16 @@ class Client:
         return unverified(exc, self.url, (self._host, self._port), self.timeout, self._context,
                           request_id)
 
-    def _result(self, status: int, headers: dict[str, str], data: bytes,
-                sent_id: str) -> Any:
+    def _result(self, status: int, headers: dict[str, str], data: bytes, sent_id: str) -> Any:
         request_id = headers.get("x-request-id") or sent_id
         parsed: Any = None
-        if data:
-            try:
-                parsed = json.loads(data)
-            except ValueError:
-                if status < 300:
-                    raise TransportError(f"server sent a non-JSON answer (HTTP {status})",
-                                         request_id=request_id) from None
-            if status < 300 and not isinstance(parsed, dict):  # every answer is an object
-                raise TransportError(f"server sent a JSON answer that is not an object (HTTP "
-                                     f"{status}): a proxy in the way, or not a FerroHSM server",
-                                     request_id=request_id)
+        try:
+            parsed = json.loads(data) if data else None
+        except ValueError:
+            pass  # an error status says what it can without a body; a 2xx is refused below
+        if data and status < 300 and not isinstance(parsed, dict):  # every answer is an object
+            raise TransportError(f"server sent an answer that is not a JSON object (HTTP {status}):"
+                                 " a proxy in the way, or not a FerroHSM server", request_id=request_id)
         error = parsed.get("error") if isinstance(parsed, dict) else None
         if 200 <= status < 300 and not isinstance(error, dict):
             return parsed

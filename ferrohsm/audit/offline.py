@@ -18,6 +18,8 @@ from ..domain.strictjson import loads
 from .cpset import usable
 from .segments import list_segments, segment_name
 
+CHECKPOINTS = "checkpoints.jsonl"  # the signed checkpoints beside a log (anchor.py): no records
+
 SQLITE_MAGIC = b"SQLite format 3\x00"
 MAX_LINE = 1 << 20  # a record is a few KB: a longer "line" is not an audit log's
 
@@ -35,6 +37,10 @@ def expand_paths(paths: list[str]) -> list[str]:
                 raise VerifyInputError(f"no audit segments (audit-NNNNNN.jsonl) in {path}; "
                                        "for an SQLite audit log give the database file")
             files.extend(os.path.join(path, segment_name(n)) for n in numbers)
+        elif os.path.basename(path) == CHECKPOINTS:  # `DIR/*.jsonl` catches it too
+            raise VerifyInputError(f"{path} holds the log's signed checkpoints, not its "
+                                   "records: leave it out (`audit verify` takes it with "
+                                   "--checkpoint FILE)")
         elif os.path.exists(path):
             files.append(path)
         else:

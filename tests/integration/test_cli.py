@@ -706,7 +706,7 @@ def test_an_answer_that_is_no_json_object_is_a_transport_error(make_server: Any,
     server = make_server(app)
     with Client(f"https://127.0.0.1:{server.server_address[1]}", "t",
                 ca_cert=str(dev_pki.ca_cert), retries=0) as client:
-        with pytest.raises(TransportError, match="not an object"):
+        with pytest.raises(TransportError, match="not a JSON object"):
             client.request("GET", "/v1/keys")
 
 

@@ -503,3 +503,13 @@ def test_report_limit_empty_input_and_unverified_line(tmp_path: Path, log: str,
     assert report_main([log, "--limit", "1"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1].startswith("Records NOT verified") and "`ferrohsm audit verify`" in out[1]
+
+
+def test_the_checkpoints_file_given_as_a_log_is_named_not_read_as_records(tmp_path: Path) -> None:
+    """`audit report DIR/*.jsonl` caught checkpoints.jsonl too and counted its lines as
+    records with no outcome: both tools now say what the file is."""
+    from ferrohsm.audit.offline import VerifyInputError, expand_paths
+    (tmp_path / "checkpoints.jsonl").write_text("{}\n")
+    (tmp_path / "audit.jsonl").write_text("")
+    with pytest.raises(VerifyInputError, match="signed checkpoints, not its records"):
+        expand_paths([str(tmp_path / "audit.jsonl"), str(tmp_path / "checkpoints.jsonl")])
