@@ -18,6 +18,7 @@ from .. import __version__
 from . import output
 from .errors import FAILED, OK, USAGE
 from .settings import (
+    NoServer,
     Settings,
     UsageError,
     check_field,
@@ -59,8 +60,11 @@ def run_version(args: argparse.Namespace) -> int:
     check_field(args)
     try:
         settings = resolve(args)
-    except UsageError:
+    except NoServer:
         settings = None
+    except UsageError as exc:  # a broken profile, a bad token file: said, not taken for none
+        settings, code = None, USAGE
+        document["server"], document["server_error"] = None, str(exc)
     if settings is not None:
         document["server_url"] = settings.server
         try:
@@ -80,7 +84,7 @@ def run_version(args: argparse.Namespace) -> int:
 
     def human() -> str:
         lines = [f"client  ferrohsm {__version__}"]
-        if "server_url" in document:
+        if "server_url" in document or "server_error" in document:
             server = document.get("server")
             lines.append(f"server  ferrohsm {server} at {document['server_url']}" if server
                          else f"server  unknown: {document.get('server_error')}")

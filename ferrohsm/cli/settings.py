@@ -44,6 +44,10 @@ class UsageError(Exception):
     """A missing or contradictory setting: the CLI exits 2 with this one-line message."""
 
 
+class NoServer(UsageError):
+    """No server URL anywhere: what `version` accepts (it then shows the client alone)."""
+
+
 class OutputFormat(argparse.Action):
     """``--output`` and ``--json`` name one format. The same one twice is fine; two different
     ones are refused at once (exit 2, one line) rather than the last silently winning: a wrapper
@@ -215,8 +219,8 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
     layers = _layers(args, env)
     _, server = _pick(layers, "server")
     if not server:
-        raise UsageError("no server: give --server URL or set FERROHSM_URL (the https URL "
-                         "the server listens on; `ferrohsm quickstart` prints it for its own)")
+        raise NoServer("no server: give --server URL or set FERROHSM_URL (the https URL "
+                       "the server listens on; `ferrohsm quickstart` prints it for its own)")
     check_field(args)
     return Settings(server=str(server), token=_token(layers),
                     ca_cert=_pick(layers, "ca_cert")[1], client_cert=_pick(layers, "client_cert")[1],

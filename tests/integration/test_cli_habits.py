@@ -317,13 +317,17 @@ def test_json_is_the_apis_json_and_field_prints_one_value(cli: Cli, live: LiveSe
 # ---- operator commands ------------------------------------------------------------------------
 
 
-def test_version_with_and_without_a_server(cli: Cli) -> None:
+def test_version_with_and_without_a_server(cli: Cli, tmp_path: Path) -> None:
     from ferrohsm import __version__
     both = cli("version", "--json")
     assert both.code == 0 and both.json()["client"] == __version__
     assert both.json()["server"] == __version__
     alone = cli("version", env={"FERROHSM_URL": ""})
     assert alone.code == 0 and alone.text == f"client  ferrohsm {__version__}\n"
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[default\n")  # a profile that does not parse is said, not taken for none
+    said = cli("version", env={"FERROHSM_URL": "", "FERROHSM_PROFILE_FILE": str(broken)})
+    assert said.code == 2 and "server  unknown: profile file" in said.text, said.err
     down = cli("version", "--server", "https://127.0.0.1:9")
     assert down.code == 1 and "server  unknown" in down.text
 
