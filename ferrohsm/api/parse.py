@@ -168,23 +168,21 @@ def check_request_start(buf: bytes | bytearray) -> None:
 
 
 def scan_request_line(raw: bytes | bytearray) -> tuple[str, str]:
-    """The method and path of a head we refused, when its request line itself is valid ("" and
-    "" otherwise): the error must still take the shape of the API it was sent to (Vault's under
-    /v1/transit/), and its access line and metrics name the method, though the refusal came
-    from a header (415, 413, a bad field). A line refused only for its version (505) still
-    names its method and path, each when it is valid."""
+    """The method and path of a head we refused, each when it is valid ("" otherwise): the
+    error must still take the shape of the API it was sent to (Vault's under /v1/transit/),
+    and its access line and metrics name the method, though the refusal came from a header
+    (415, 413, a bad field), the version (505) or the target itself."""
     line = bytes(raw).split(b"\r\n", 1)[0]
     try:
         method, target, _ = _parse_request_line(line)
-    except VersionNotSupported:  # raised only for a line of three parts
+    except FerroError:  # each part that is valid alone: a bad target still names its method
         parts = line.split(b" ")
-        method = parts[0].decode("ascii") if _METHOD_RE.fullmatch(parts[0]) else ""
+        method = parts[0].decode("ascii") if len(parts) > 1 and _METHOD_RE.fullmatch(
+            parts[0]) else ""
         try:
-            target = _origin_form(parts[1])
+            target = _origin_form(parts[1]) if len(parts) == 3 else ""
         except FerroError:
             target = ""
-    except FerroError:
-        return "", ""
     return method, target.partition("?")[0]
 
 
