@@ -6,7 +6,7 @@ Here the request path only appends the line's values, as one tuple, to a deque (
 lock); a writer thread formats whatever has queued up every ``interval`` seconds by hand
 (escaping with the C JSON encoder, in one tight loop) and writes it with one call, like the
 audit batch writer. ``close()`` writes what is left, so no line is lost at shutdown (it is also
-registered with ``atexit``).
+registered with ``atexit``; a line logged after that is written by the thread that logs it).
 
 The event loop formats what has queued at the end of each of its turns (``format_queued``), so
 the writer thread mostly only writes. The served encrypt path paid for the access log far more
@@ -161,7 +161,8 @@ class AccessLog:
         self.dropped = 0
         self.shared = False  # other processes write to the same stream (share_stream)
         self._stuck = False  # a close found the writer blocked on the stream (close)
-        atexit.register(self.close)
+        self._exiting = False  # the interpreter is exiting: no more writer threads (_at_exit)
+        atexit.register(self._at_exit)
         _LOGS.add(self)
 
     def enabled_for(self, status: int) -> bool:
@@ -286,8 +287,13 @@ class AccessLog:
             thread.join(wait)
             with self._start_lock:
                 self._thread = None  # a later write (another server in this process) restarts
-        if not self._write_lock.acquire(timeout=wait / 5):
-            self._stuck = True  # the writer is blocked on stderr: later closes do not wait
+        self._write_now(wait / 5)
+
+    def _write_now(self, wait: float) -> None:
+        """Write what is queued from this thread, if the lock is free within ``wait`` seconds;
+        else drop it (the writer is blocked on stderr) and wait no more from now on."""
+        if not self._write_lock.acquire(timeout=wait):
+            self._stuck = True
             self.dropped += len(self._lines) + len(self._text)
             return
         try:
@@ -304,13 +310,24 @@ class AccessLog:
         self._stop, self._start_lock, self._write_lock = (
             threading.Event(), threading.Lock(), threading.Lock())
 
+    def _at_exit(self) -> None:
+        self._exiting = True  # a line logged after this (a daemon thread, a later atexit
+        self.close()  # handler) is written by its own thread: a new writer would die unheard
+
     def _start(self) -> None:
+        if self._exiting:
+            self._write_now(0.0 if self._stuck else CLOSE_SECONDS / 5)
+            return
         with self._start_lock:
             if self._thread is not None:
                 return
             self._stop.clear()
             thread = threading.Thread(target=self._run, name="ferrohsm-access-log", daemon=True)
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError:  # the interpreter is exiting: write it here, if stderr takes it
+                self._write_now(0.0 if self._stuck else CLOSE_SECONDS / 5)
+                return
             self._thread = thread
 
     def _run(self) -> None:

@@ -398,3 +398,23 @@ def test_a_forked_child_writes_its_own_lines_not_its_parents(tmp_path: Path) -> 
         assert os.waitpid(pid, 0)[1] == 0
         access.close()
     assert sorted(path.read_text().splitlines()) == ["child's", "parent's"]
+
+
+def test_a_line_logged_while_the_interpreter_exits_is_written_at_once(tmp_path: Path) -> None:
+    """A line logged once the interpreter is exiting, after the writer was closed (a daemon
+    thread, a later atexit handler), is written by the thread that logs it: a new writer
+    thread then would be killed before it writes (or, from 3.12, cannot start at all)."""
+    import subprocess
+    import sys
+    program = (  # registered before the access log's own close: it runs after that
+        "import atexit, logging\n"
+        "atexit.register(lambda: logging.getLogger('ferrohsm').warning('late line'))\n"
+        "from ferrohsm.telemetry.logs import setup_logging\n"
+        "setup_logging('INFO')\n"
+        "logging.getLogger('ferrohsm').info('early line')\n")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0
+    assert "Logging error" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert [json.loads(x)["message"] for x in done.stderr.splitlines()] == [
+        "early line", "late line"]
