@@ -99,8 +99,10 @@ def _observability(rt: Runtime, audit: ChainedSink) -> None:
                 rt.metrics.crypto_ops.touch(name, operation, outcome)
     for reason in AUTH_FAILURE_REASONS:
         rt.metrics.auth_failures.touch(reason)
-    for route in rt.router.routes():
+    for route in rt.router.routes():  # each route at its documented success status too
         rt.metrics.latency.touch(route.template, route.method)
+        status = route.doc.status if route.doc is not None else 200
+        rt.metrics.requests.touch(route.template, route.method, str(status))
     _spans(rt)
 
 

@@ -507,6 +507,10 @@ def test_metrics_of_a_live_server(tmp_path: Path) -> None:
         assert not [k for k in crypto if k[:2] in {("aes-256-gcm", "sign"),
                                                    ("ec-p256", "encrypt"), ("rsa-2048", "wrap")}]
         assert len(crypto) == 2 * (4 + 2 * 4)  # AES: 4 operations, RSA and EC: 2 each
+        requests = {(s.labels["route"], s.labels["method"], s.labels["status"]): s.value
+                    for s in parsed["ferrohsm_http_requests"].samples}
+        assert requests[("/v1/keys/{key}/encrypt", "POST", "200")] == 0
+        assert requests[("/v1/keys", "POST", "201")] == 0  # each route at its success status
         assert {s.labels["reason"] for s in parsed["ferrohsm_auth_failures"].samples} >= {
             "expired", "signature", "revoked"}
         keys = {s.labels["state"]: s.value for s in parsed["ferrohsm_keys"].samples}
