@@ -99,6 +99,10 @@ def _observability(rt: Runtime, audit: ChainedSink) -> None:
                 rt.metrics.crypto_ops.touch(name, operation, outcome)
     for reason in AUTH_FAILURE_REASONS:
         rt.metrics.auth_failures.touch(reason)
+    access = rt.app.access
+    rt.metrics.add_counter("ferrohsm_log_lines_dropped", "Log lines (access lines included) "
+                           "dropped: stderr took none in time (a stuck log shipper)",
+                           lambda: {(): float(access.dropped)})
     for route in rt.router.routes():  # each route at its documented success status too
         rt.metrics.latency.touch(route.template, route.method)
         status = route.doc.status if route.doc is not None else 200

@@ -202,9 +202,10 @@ class Supervisor:
 
     @staticmethod
     def _fork_on(core: int | None) -> int:
-        """fork, the child on ``core`` from its first instruction: the parent (one thread)
-        takes the core for the moment of the fork, so the child inherits it, and every thread
-        the child starts does too."""
+        """fork, the child on ``core`` from its first instruction: the parent takes the core
+        for the moment of the fork, so the child inherits it, and every thread the child starts
+        does too. (The parent's one other thread, the log writer, does not come along:
+        telemetry/access.py gives the child a writer of its own.)"""
         if core is None:
             return os.fork()
         saved = os.sched_getaffinity(0)

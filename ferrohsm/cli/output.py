@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -43,10 +44,17 @@ def paint(text: str, state: str, colour: bool) -> str:
     return f"{code}{text}{RESET}" if colour and code else text
 
 
+# What a terminal could take for a command or that reorders what is shown: C1 controls (U+009B
+# is a one-character escape sequence), bidi controls, line and paragraph separators. Escaped in
+# JSON output (JSON allows \\uXXXX anywhere in a string, and they occur only inside strings).
+_UNSAFE = re.compile("[\u0080-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
 def json_text(value: Any) -> str:
     """The API's JSON as the server sent it: its members in its order, its text unescaped
-    (``café``, not ``caf\\u00e9``); only indented for a reader."""
-    return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
+    (``café``, not ``caf\\u00e9``) but for characters a terminal acts on; indented."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
 
 
 def print_json(value: Any, stream: TextIO | None = None) -> None:

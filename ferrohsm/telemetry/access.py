@@ -139,6 +139,32 @@ class _Clock:
         return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
 
 
+def _descriptor(stream: TextIO) -> int | None:
+    """The file descriptor under ``stream`` (None: an in-memory one). Lines are written to it
+    with os.write, not through the stream: a write blocked on a full pipe then holds no lock
+    of the interpreter's stderr object, which its exit (a flush) and every print would wait
+    for forever, and which a process forked meanwhile would inherit held."""
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _write_all(fd: int, data: bytes, deadline: float | None) -> bool:
+    """``data`` written to ``fd``; with a ``deadline`` (monotonic), False once the descriptor
+    has taken nothing until then (a pipe nobody reads). A piece of at most PIPE_BUF bytes is
+    taken whole by a pipe that has room for it."""
+    view = memoryview(data)
+    while view:
+        if deadline is not None:
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+            if not poller.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+                return False
+        view = view[os.write(fd, view):]
+    return True
+
+
 class AccessLog:
     """Builds access lines and writes them in batches to ``stream`` (stderr by default)."""
 
@@ -215,8 +241,9 @@ class AccessLog:
         with self._write_lock:
             return self._write_queued()
 
-    def _write_queued(self) -> int:
-        """``flush`` under the lock."""
+    def _write_queued(self, wait: float | None = None) -> int:
+        """``flush`` under the lock: how many lines were queued. With ``wait``, gives stderr
+        that many seconds to take them and drops the rest (``_drop``)."""
         lines, batch = self._lines, self._text
         if not lines and not batch:
             return 0
@@ -226,11 +253,22 @@ class AccessLog:
         self._text = []
         batch += self._format(queued)
         stream = self._stream if self._stream is not None else sys.stderr
+        fd = _descriptor(stream)
         try:
-            for chunk in whole_lines(batch, PIPE_BUF) if self.shared else ("".join(batch),):
-                stream.write(chunk)
-                stream.flush()
-        except (OSError, ValueError):  # stderr closed or full: lines are best effort
+            if fd is None:  # a test's buffer
+                for chunk in whole_lines(batch, PIPE_BUF) if self.shared else ("".join(batch),):
+                    stream.write(chunk)
+                    stream.flush()
+            else:
+                deadline = None if wait is None else time.monotonic() + wait
+                whole = self.shared or deadline is not None  # a pipe takes each piece whole
+                for at, chunk in enumerate(pieces := whole_lines(batch, PIPE_BUF) if whole
+                                           else ["".join(batch)]):
+                    if not _write_all(fd, chunk.encode("utf-8", "backslashreplace"), deadline):
+                        self._stuck = True
+                        self.dropped += sum(piece.count("\n") for piece in pieces[at:])
+                        return len(batch)
+        except (OSError, ValueError):  # stderr closed or gone: lines are best effort
             return len(batch)
         self.written += len(batch)
         return len(batch)
@@ -290,16 +328,24 @@ class AccessLog:
         self._write_now(wait / 5)
 
     def _write_now(self, wait: float) -> None:
-        """Write what is queued from this thread, if the lock is free within ``wait`` seconds;
-        else drop it (the writer is blocked on stderr) and wait no more from now on."""
+        """Write what is queued from this thread, ``wait`` seconds at most (for the lock, then
+        for stderr to take it); else drop it (the writer is blocked on stderr) and wait no more
+        from now on."""
         if not self._write_lock.acquire(timeout=wait):
             self._stuck = True
             self.dropped += len(self._lines) + len(self._text)
+            self._lines.clear()  # the writer pops only under the lock: none in flight here
+            self._text = []
             return
         try:
-            self._write_queued()
+            self._write_queued(wait)
         finally:
             self._write_lock.release()
+
+    def drain(self, wait: float = 1.0) -> None:
+        """Write what is queued before a line printed straight to stderr (a fatal start-up
+        reason in plain text), so that it comes after them; ``wait`` seconds at most."""
+        self._write_now(0.0 if self._stuck else wait)
 
     def _forked(self) -> None:
         """In a child just forked (processes = N): the parent's writer thread did not come

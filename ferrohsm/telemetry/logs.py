@@ -74,10 +74,12 @@ def setup_logging(level: str = "INFO", *, fatal_as_json: bool = False) -> None:
 def fatal(message: str) -> bool:
     """Say why the server stops as one JSON line (level critical) when the JSON log is set up,
     so a pipeline that reads stderr as JSON gets its most important line too; False when it is
-    not (the caller prints plain text: the failure came before the log was set up)."""
+    not (the caller prints plain text: the failure came before the log was set up, or it is
+    ``quickstart``'s, read by a person)."""
     root = logging.getLogger("ferrohsm")
     if not _fatal_as_json or not any(isinstance(h.formatter, JSONFormatter)
                                      for h in root.handlers):
+        ACCESS.drain()  # the lines logged before it go first (the caller prints it directly)
         return False
     root.critical(message)
     return True

@@ -40,8 +40,8 @@ class Served:
     def __init__(self, tmp: Path, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
         self.log = tmp / "server.log"
         self.data = tmp / "data"
-        base = {k: v for k, v in os.environ.items()
-                if not k.startswith(("FERROHSM_", "OTEL_"))}
+        base = {k: v for k, v in os.environ.items()  # stderr buffered, as a service has it
+                if not k.startswith(("FERROHSM_", "OTEL_")) and k != "PYTHONUNBUFFERED"}
         with open(self.log, "w") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ferrohsm", "quickstart", "--data-dir", str(tmp / "data"),

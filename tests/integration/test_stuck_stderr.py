@@ -21,8 +21,9 @@ def _start(data: Path, stderr_fd: int) -> tuple[subprocess.Popen[str], dict[str,
     proc = subprocess.Popen([sys.executable, "-m", "ferrohsm", "quickstart", "--data-dir",
                              str(data), "--listen", "127.0.0.1:0"], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=stderr_fd,
-                            env={k: v for k, v in os.environ.items()
-                                 if not k.startswith("FERROHSM_")})
+                            env={k: v for k, v in os.environ.items()  # stderr buffered,
+                                 if not k.startswith("FERROHSM_")  # as a service runs it
+                                 and k != "PYTHONUNBUFFERED"})
     exports: dict[str, str] = {}
     assert proc.stdout is not None
     while len(exports) < 3:

@@ -379,6 +379,7 @@ def test_other_log_lines_are_written_in_order_with_the_access_lines(
         "first", "between", "last"]
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_child_writes_its_own_lines_not_its_parents(tmp_path: Path) -> None:
     """processes = N forks children: a child neither inherits the parent's writer (no thread
     survives a fork) nor writes the lines the parent had queued (the parent writes those)."""
@@ -418,3 +419,33 @@ def test_a_line_logged_while_the_interpreter_exits_is_written_at_once(tmp_path: 
     assert "Logging error" not in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert [json.loads(x)["message"] for x in done.stderr.splitlines()] == [
         "early line", "late line"]
+
+
+def test_a_line_logged_at_exit_into_a_full_stderr_is_dropped_in_bounded_time() -> None:
+    """Written by the logging thread itself once the interpreter exits, a line waits at most
+    a second for a stderr that takes nothing (a pipe nobody reads), then is dropped."""
+    import subprocess
+    import sys
+    program = (
+        "import atexit, errno, logging, os\n"
+        "atexit.register(lambda: logging.getLogger('ferrohsm').warning('late line'))\n"
+        "from ferrohsm.telemetry.logs import setup_logging\n"
+        "setup_logging('INFO')\n"
+        "os.set_blocking(2, False)\n"
+        "try:\n"
+        "    while True:\n"
+        "        os.write(2, b'x' * 4096)\n"
+        "except BlockingIOError:\n"
+        "    pass\n"
+        "os.set_blocking(2, True)\n")
+    read_end, write_end = os.pipe()
+    try:
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-c", program], stderr=write_end, timeout=30,
+                              check=False, env={k: v for k, v in os.environ.items()
+                                                if k != "PYTHONUNBUFFERED"})
+        assert done.returncode == 0
+        assert time.monotonic() - started < 10
+    finally:
+        os.close(read_end)
+        os.close(write_end)

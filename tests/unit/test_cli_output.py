@@ -51,7 +51,7 @@ def test_field_on_a_list_answer_names_its_own_members_and_its_items() -> None:
 def test_render_picks_field_json_text_or_the_table() -> None:
     assert render(settings(field="id"), KEY, lambda: "table") == "k1"
     assert render(settings("json"), {"b": 1, "a": None}, lambda: "table") == \
-        '{\n  "a": null,\n  "b": 1\n}'
+        '{\n  "b": 1,\n  "a": null\n}'  # the API's order, not sorted
     assert render(settings("text"), {"a": "x\ty", "b": [1]}, lambda: "t") == "a\tx\\ty\nb.0\t1"
     assert render(settings("text"), {}, lambda: "t", lambda: [["a", "b"], ["c", "d"]]) == \
         "a\tb\nc\td"
@@ -150,3 +150,17 @@ def test_a_librarys_endless_message_is_cut_in_the_json_log() -> None:
     assert len(line["message"]) <= LIBRARY_LIMIT + 2
     ours = logging.LogRecord("ferrohsm.api", logging.WARNING, __file__, 1, "y" * 3000, None, None)
     assert len(json.loads(JSONFormatter().format(ours))["message"]) == 3000
+
+
+def test_json_output_keeps_text_but_escapes_what_a_terminal_acts_on() -> None:
+    """--json prints the API's text as sent (café, ✓), but C1 controls (U+009B starts an escape
+    sequence on some terminals), bidi controls and line separators stay escaped."""
+    import json
+
+    from ferrohsm.cli.output import json_text
+    value = {"b": "caf\u00e9 \u2713", "a": "\u009b31m red \u202e evil \u2028 next \u0085"}
+    text = json_text(value)
+    assert json.loads(text) == value and list(json.loads(text)) == ["b", "a"]  # API's order
+    assert "caf\u00e9 \u2713" in text
+    assert not any(c in text for c in "\u009b\u202e\u2028\u0085")
+    assert "\\u009b31m" in text and "\\u202e" in text
