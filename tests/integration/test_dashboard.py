@@ -342,6 +342,41 @@ def test_keyboard_only_actions_are_confirmed(server: LiveServer, browser: Browse
     assert server.call("GET", "/v1/keys/release-signing")[2]["state"] == "active"
 
 
+def test_keyboard_focus_survives_the_redraw_after_an_action(server: LiveServer,
+                                                            browser: Browser) -> None:
+    """After a confirmed action the view is drawn again, which removed the control that had
+    focus: focus went to the page body and the next Tab started from the top. It stays on
+    the same control (redrawn), and a submit button disabled while its request runs gets it
+    back when the answer comes."""
+    b = browser
+    create_key(server, algorithm="aes-256-gcm", usage="encrypt", name="focus-kept")
+    sign_in(b, server, server.token("administrator", "alice"))
+    b.find("#key-table")
+    b.go(f"{origin(server)}/ui/#/keys/focus-kept")
+    b.find("#key-description")
+    for _ in range(30):
+        b.press(TAB)
+        if b.focused() == "BUTTON:Rotate":
+            break
+    assert b.focused() == "BUTTON:Rotate"
+    b.press(ENTER)
+    b.find("dialog[open]")
+    b.press(TAB)  # from Cancel to the confirming button
+    b.press(ENTER)
+    b.wait_text("#notice", "Rotated")
+    b.wait_text("#versions-h", "Versions (2)")
+    time.sleep(0.3)
+    assert b.focused() == "BUTTON:Rotate"
+    b.go(f"{origin(server)}/ui/#/new-key")
+    b.find("#create-key")
+    b.type("input[name=name]", "focus-kept")  # taken: refused, and focus stays on the button
+    b.js("document.querySelector('#create-key button[type=submit]').focus()")
+    b.press(ENTER)
+    b.wait_text("#create-error", "not created")
+    time.sleep(0.3)
+    assert b.focused().startswith("BUTTON:Create")
+
+
 def test_audit_view_filters_and_verifies_the_chain(server: LiveServer, browser: Browser) -> None:
     b = browser
     # Non-ASCII, quotes and markup in a record: the browser's canonical JSON must match Python's.

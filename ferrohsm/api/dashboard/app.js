@@ -145,7 +145,43 @@ events.addEventListener("unauthenticated", (e) => {
     "warning");
 });
 
+// ---- focus that a redraw would drop --------------------------------------------------------
+// A control that is disabled while its request runs, or redrawn after its action (a dialog
+// returns focus to its trigger, which the redraw then replaces), would leave focus on the page
+// body: a keyboard or screen-reader user starts again from the top. So once the view changes
+// and focus has fallen to the body, it goes back to that control (or the same one, redrawn:
+// same id, or same kind and text), else to the view's heading.
+
+let lastFocused = null;
+
+function sameControl(view, was) {
+  if (was.isConnected && !was.disabled) return was;
+  const byId = was.id && document.getElementById(was.id);
+  if (byId && view.contains(byId) && !byId.disabled) return byId;
+  const text = was.textContent.trim();
+  return [...view.querySelectorAll(was.tagName)].find(
+    (e) => !e.disabled && e.textContent.trim() === text && text !== "") ?? null;
+}
+
+function keepFocus() {
+  const view = $("view");
+  if (document.activeElement && document.activeElement !== document.body) return;
+  if (document.querySelector("dialog[open]") || !lastFocused) return;
+  if (lastFocused.isConnected && lastFocused.disabled) return; // back to it once enabled
+  const target = sameControl(view, lastFocused) ?? view.querySelector("h1");
+  target?.focus({ preventScroll: true });
+}
+
+function watchFocus() {
+  document.addEventListener("focusin", (e) => {
+    if ($("view").contains(e.target)) lastFocused = e.target;
+  });
+  new MutationObserver(() => queueMicrotask(keepFocus)).observe($("view"),
+    { childList: true, subtree: true, attributes: true, attributeFilter: ["disabled"] });
+}
+
 function boot() {
+  watchFocus();
   $("signin-form").addEventListener("submit", signIn);
   $("signout").addEventListener("click", () => {
     // Signing out forgets the token here; the server knows nothing of it (bearer tokens have
