@@ -487,8 +487,19 @@ def test_approvals_view(server: LiveServer, browser: Browser) -> None:
     b.screenshot("09d-approvals")
 
 
+def test_a_token_pasted_wrapped_over_lines_signs_in(server: LiveServer, browser: Browser) -> None:
+    """A JWT holds no whitespace: one copied from a terminal wrapped at 60 columns is still it."""
+    b = browser
+    create_key(server, algorithm="aes-256-gcm", usage="encrypt", name="wrapped-token-sees")
+    token = server.token("auditor", "carol")
+    wrapped = "\n".join(token[at:at + 60] for at in range(0, len(token), 60))
+    sign_in(b, server, f"Bearer {wrapped}\n")
+    b.find("#key-table")
+
+
 def test_expired_token_returns_to_sign_in(server: LiveServer, browser: Browser) -> None:
     b = browser
+    create_key(server, algorithm="aes-256-gcm", usage="encrypt")  # a table to show, run alone
     stale = server.token("operator", "olivia", now=time.time() - 3600, ttl=60)
     sign_in(b, server, stale)
     b.wait_text("#signin-message", "expired")

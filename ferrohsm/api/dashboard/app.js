@@ -109,7 +109,8 @@ async function route() {
 
 async function signIn(event) {
   event.preventDefault();
-  const raw = $("token").value.trim().replace(/^Bearer\s+/i, "");
+  // A JWT holds no whitespace: a token pasted wrapped over several lines is still the token.
+  const raw = $("token").value.trim().replace(/^Bearer\s+/i, "").replace(/\s+/g, "");
   let claims;
   try {
     claims = decodeClaims(raw);
