@@ -750,6 +750,7 @@ def test_an_invalid_url_filter_shows_the_reason_and_a_way_out(server: LiveServer
                                                               browser: Browser) -> None:
     """A 400 on a filter from the URL: the server's message and Clear filters, not a retry."""
     b = browser
+    create_key(server, algorithm="aes-256-gcm", usage="encrypt")  # a table to show, run alone
     sign_in(b, server, server.token("administrator", "alice"))
     b.find("#key-table")
     for query, reason in [("tag=PROD", "a tag filter is a tag"),
@@ -762,6 +763,13 @@ def test_an_invalid_url_filter_shows_the_reason_and_a_way_out(server: LiveServer
         b.find("#key-table")
         assert b.js("return location.hash") == "#/keys"
         assert b.js("return document.querySelector('input[name=tag]').value") == ""
+    # the views that filter in the browser say what they ignored (they dropped it silently)
+    b.go(f"{origin(server)}/ui/#/approvals?state=bogus")
+    b.wait_text("#notice", 'state "bogus", which does not exist: showing pending ones')
+    assert b.js("return location.hash") == "#/approvals"
+    b.go(f"{origin(server)}/ui/#/audit?outcome=<b>bogus</b>")
+    b.wait_text("#notice", 'outcome "<b>bogus</b>", which no record has')  # as text
+    assert b.count("#notice b") == 0
 
 
 def test_a_refused_description_edit_stays_in_its_dialog(server: LiveServer,

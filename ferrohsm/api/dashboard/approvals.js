@@ -38,6 +38,10 @@ export async function renderApprovals(root) {
   const query = hashQuery();
   const wanted = query.get("state");
   let shownState = STATES.includes(wanted) ? wanted : "pending";
+  if (wanted && !STATES.includes(wanted)) { // a hand-edited or old link: said, not ignored
+    notify(`The address asked for approvals in state "${wanted.slice(0, 40)}", which does ` +
+      "not exist: showing pending ones.", "warning");
+  }
   const onlyKey = query.get("key") ?? "";
   const marked = query.get("id") ?? "";
   const summary = h("p", { class: "summary", id: "approval-summary", "aria-live": "polite" });

@@ -3,8 +3,8 @@
 // leaves the server: `ferrohsm audit verify` does the full check offline.
 
 import {
-  api, can, emptyState, errorPanel, field, h, hashQuery, keepInUrl, keyLink, keyNames, loading, option,
-  plural, stateBadge, timeEl,
+  api, can, emptyState, errorPanel, field, h, hashQuery, keepInUrl, keyLink, keyNames, loading,
+  notify, option, plural, stateBadge, timeEl,
 } from "./lib.js";
 
 const PAGE = 200;
@@ -17,7 +17,11 @@ function readUrl() {
   for (const name of Object.keys(filters)) filters[name] = (query.get(name) ?? "").trim();
   // an outcome the menu cannot show is dropped, as unknown parameters are: what is filtered
   // and what the menu says must agree
-  if (!OUTCOMES.includes(filters.outcome)) filters.outcome = "";
+  if (filters.outcome && !OUTCOMES.includes(filters.outcome)) {
+    notify(`The address asked for outcome "${filters.outcome.slice(0, 40)}", which no record ` +
+      "has: showing every outcome.", "warning");
+    filters.outcome = "";
+  }
 }
 
 let names = new Map();
