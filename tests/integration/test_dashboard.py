@@ -377,6 +377,31 @@ def test_keyboard_focus_survives_the_redraw_after_an_action(server: LiveServer,
     assert b.focused().startswith("BUTTON:Create")
 
 
+def test_every_data_table_is_named_and_has_no_empty_header(server: LiveServer,
+                                                           browser: Browser) -> None:
+    """A screen reader announces a table by its caption and each column by its header: the
+    versions, approvals and audit tables had none, and their actions columns an empty one."""
+    b = browser
+    create_key(server, algorithm="aes-256-gcm", usage="encrypt", name="named-tables")
+    sign_in(b, server, server.token("administrator", "alice"))
+    b.find("#key-table")
+    status, _, parked = server.call("POST", "/v1/sys/rekey", {"reason": "named tables"})
+    assert status == 202, parked  # a request waiting: the approvals view draws its table
+    try:
+        for view, table in (("#/keys", "#key-table"), ("#/keys/named-tables", "#version-table"),
+                            ("#/approvals", "#approval-table"), ("#/audit", "#audit-table")):
+            b.go(f"{origin(server)}/ui/{view}")
+            b.find(table)
+            assert b.js("return document.querySelector(arguments[0] + ' caption')"
+                        ".textContent.trim()", table), table
+            assert not b.js("return [...document.querySelectorAll(arguments[0] + ' thead th')]"
+                            ".filter((th) => !th.textContent.trim()).length", table), table
+    finally:  # no request left pending for the tests after this one
+        denied = server.call("POST", f"/v1/approvals/{parked['approval']['id']}/deny", {},
+                             token=server.token("administrator", "bob"))
+        assert denied[0] == 200, denied
+
+
 def test_audit_view_filters_and_verifies_the_chain(server: LiveServer, browser: Browser) -> None:
     b = browser
     # Non-ASCII, quotes and markup in a record: the browser's canonical JSON must match Python's.
@@ -770,6 +795,7 @@ def test_an_invalid_url_filter_shows_the_reason_and_a_way_out(server: LiveServer
     b.go(f"{origin(server)}/ui/#/audit?outcome=<b>bogus</b>")
     b.wait_text("#notice", 'outcome "<b>bogus</b>", which no record has')  # as text
     assert b.count("#notice b") == 0
+    b.find("#audit-table")  # loaded: nothing left in flight for the next test's sign-out
 
 
 def test_a_refused_description_edit_stays_in_its_dialog(server: LiveServer,

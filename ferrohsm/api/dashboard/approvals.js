@@ -128,8 +128,10 @@ function table(items, reload, marked = "") {
         : mine && a.state === "pending" ? h("span", { class: "muted small" }, "your request") : null));
   });
   return h("div", { class: "table-wrap" }, h("table", { class: "data", id: "approval-table" },
-    h("thead", null, h("tr", null, ["Request", "Requested by", "Approvals", "Expires", "State", ""]
-      .map((c) => h("th", { scope: "col" }, c)))),
+    h("caption", { class: "visually-hidden" }, "Approval requests"),
+    h("thead", null, h("tr", null, ["Request", "Requested by", "Approvals", "Expires", "State"]
+      .map((c) => h("th", { scope: "col" }, c)),
+      h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Decision")))),
     h("tbody", null, rows)));
 }
 

@@ -160,6 +160,7 @@ function auditTable(records) {
     h("td", { class: "message" }, r.message,
       r.request_id && h("div", { class: "small muted mono" }, `request ${r.request_id}`))));
   return h("div", { class: "table-wrap" }, h("table", { class: "data", id: "audit-table" },
+    h("caption", { class: "visually-hidden" }, "Audit records"),
     h("thead", null, h("tr", null, ["Seq", "Time", "Actor", "Action", "Key", "Outcome",
       "Message"].map((c) => h("th", { scope: "col" }, c)))),
     h("tbody", null, rows)));

@@ -98,7 +98,8 @@ export async function renderInventory(root) {
     const keys = data.keys ?? [];
     const first = inventory.page * inventory.limit;
     const shown = keys.length ? `Showing ${first + 1}–${first + keys.length}` : "No keys shown";
-    const total = typeof data.total === "number" ? ` of ${plural(data.total, "key")}` : "";
+    const total = typeof data.total === "number" && data.total > 0
+      ? ` of ${plural(data.total, "key")}` : ""; // "No keys shown of 0 keys" said nothing more
     const more = total || !data.next_page_token ? "" : " · more on the next page";
     summary.replaceChildren(`${shown}${total}${more}`,
       h("span", { class: "muted small" }, ` · ${Math.round(ms)} ms${cached ? ", not modified" : ""}`));
@@ -537,8 +538,10 @@ function versionTable(root, key, approvals) {
       h("td", { class: "row-actions" }, cells));
   });
   return h("div", { class: "table-wrap" }, h("table", { class: "data", id: "version-table" },
-    h("thead", null, h("tr", null, ["Version", "State", "Created", ""].map((c) =>
-      h("th", { scope: "col" }, c)))),
+    h("caption", { class: "visually-hidden" }, "Versions"),
+    h("thead", null, h("tr", null, ["Version", "State", "Created"].map((c) =>
+      h("th", { scope: "col" }, c)),
+      h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")))),
     h("tbody", null, rows)));
 }
 

@@ -325,7 +325,10 @@ const MAX_ETAGS = 64;
  * last answer for the same path is revalidated with If-None-Match, and a 304 reuses it.
  */
 export async function api(path, { method = "GET", body, headers = {}, useEtag = false } = {}) {
-  if (!session.token || expired(session.claims)) {
+  // Signed out on purpose while a view was still loading: nothing to tell (the sign-out's own
+  // message stays on screen); an expired token is said.
+  if (!session.token) throw new ApiError(401, "unauthenticated", "Not signed in.");
+  if (expired(session.claims)) {
     const err = new ApiError(401, "unauthenticated", "Your session has expired.");
     events.dispatchEvent(new CustomEvent("unauthenticated", { detail: err }));
     throw err;
