@@ -92,7 +92,8 @@ def untraced_ids(parent: Parent | None) -> tuple[str, str, str]:
 
 MAX_QUEUED = 200_000  # lines held while stderr takes none (about 100 MB at most), then dropped
 CLOSE_SECONDS = 5.0  # how long close() waits for the writer, then as long again / 5 for the lock
-_LOGS: weakref.WeakSet[AccessLog] = weakref.WeakSet()  # every instance, reset in a forked child
+# Every instance, reset in a forked child (plain references: nothing runs when one is freed).
+_LOGS: list[weakref.ref[AccessLog]] = []
 _LEVEL_NAMES = {logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error"}
 _FRAGMENTS = 4096  # cached line fragments per kind, before the caches start again
 
@@ -189,7 +190,8 @@ class AccessLog:
         self._stuck = False  # a close found the writer blocked on the stream (close)
         self._exiting = False  # the interpreter is exiting: no more writer threads (_at_exit)
         atexit.register(self._at_exit)
-        _LOGS.add(self)
+        _LOGS[:] = [ref for ref in _LOGS if ref() is not None]
+        _LOGS.append(weakref.ref(self))
 
     def enabled_for(self, status: int) -> bool:
         """Whether a response with ``status`` gets a line (cheap: the logger caches it)."""
@@ -384,8 +386,10 @@ class AccessLog:
 
 
 def _after_fork_in_child() -> None:
-    for access in list(_LOGS):
-        access._forked()
+    for ref in _LOGS:
+        access = ref()
+        if access is not None:
+            access._forked()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
