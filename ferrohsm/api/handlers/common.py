@@ -10,7 +10,6 @@ import base64
 import binascii
 import decimal
 import json
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -150,37 +149,12 @@ def _not_json(exc: ValueError) -> BadRequest:
     return BadRequest("request body is not valid UTF-8 JSON")
 
 
-MAX_NESTING = 64  # arrays and objects in one another: the API's deepest body needs three
-_STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # a whole string, or one bracket
-
-
-def _too_deep(text: str) -> bool:
-    """Whether ``text`` nests deeper than MAX_NESTING. Checked before the parser, which would
-    recurse to the interpreter's limit: a RecursionError there, and any finalizer the collector
-    happens to run at that depth fails too ("Exception ignored"). Only a body holding more
-    than MAX_NESTING brackets is scanned (its strings skipped): never a real one."""
-    if text.count("[") + text.count("{") <= MAX_NESTING:
-        return False
-    depth = 0
-    for token in _STRUCTURE.findall(text):
-        if token in ("[", "{"):
-            depth += 1
-            if depth > MAX_NESTING:
-                return True
-        elif token in ("]", "}"):
-            depth -= 1
-    return False
-
-
 def json_body(req: Request) -> dict[str, Any]:
     if not req.body:
         return {}
     duplicates = _seen.n
     try:
         text = req.body.decode("utf-8")
-        if _too_deep(text):
-            raise BadRequest(f"request body is nested too deeply (more than {MAX_NESTING} "
-                             "levels)")
         value = _decode_json(text)
     except UnicodeDecodeError:
         raise BadRequest("request body is not valid UTF-8 JSON") from None
