@@ -197,11 +197,12 @@ class AccessLog:
         """Whether a response with ``status`` gets a line (cheap: the logger caches it)."""
         return self._logger.isEnabledFor(level_of(status))
 
-    def record(self, values: Values) -> None:
+    def record(self, values: Values | str) -> None:
         """Queue the line of one request whose level is on (``enabled_for``, checked by the
         caller first). ``values`` are the fields of ``Values``, in order, already free of
         secrets; the request path only packs them (one tuple: a call with a dozen and a half
-        arguments would cost more than the append), the writer thread formats them."""
+        arguments would cost more than the append), the writer thread formats them. A str is
+        a line formatted already (``add_line``)."""
         lines = self._lines
         if len(lines) >= MAX_QUEUED:  # the writer is stuck on a stderr nobody reads
             self.dropped += 1
@@ -229,13 +230,7 @@ class AccessLog:
     def add_line(self, text: str) -> None:
         """Queue a line formatted already (the process's other log lines, telemetry/logs.py),
         to be written in its place among the access lines: the caller never waits on stderr."""
-        lines = self._lines
-        if len(lines) >= MAX_QUEUED:
-            self.dropped += 1
-            return
-        lines.append(text)
-        if self._thread is None:
-            self._start()
+        self.record(text)
 
     def flush(self) -> int:
         """Write every queued line now (the writer thread and tests call it); how many lines
