@@ -357,7 +357,8 @@ class Application:
             self.metrics.auth_failures.inc(getattr(exc, "reason", exc.code))
             if exc.status < 500:
                 self._limit(ctx)
-            self.audit_refusal(ctx, "auth.authenticate", "denied",
+            self.audit_refusal(ctx, "auth.authenticate",  # the server's 503 is no denial
+                               "denied" if exc.status < 500 else "error",
                                f"{req.method} {req.path[:200]}: {exc.message}")
             raise recorded(exc) from None
 

@@ -562,8 +562,12 @@ def test_an_unreachable_revocation_list_is_503_for_valid_tokens_never_429(
             raise Unavailable("revocation list unavailable: the database cannot be reached")
 
         deny_list.is_revoked = unreachable  # type: ignore[method-assign]
+        before = srv.rt.audit.head()[0]
         statuses = [srv.call("GET", "/v1/keys", role="service")[0] for _ in range(6)]
         assert statuses == [503] * 6
+        outages = [r for r in srv.rt.audit.read(before, 100)
+                   if r["action"] == "auth.authenticate"]
+        assert [r["outcome"] for r in outages] == ["error"] * 6  # the server failed: no denial
         del deny_list.is_revoked  # the instance attribute: back to the class's method
         assert srv.call("GET", "/v1/keys", role="service")[0] == 200
         bogus = [srv.call("GET", "/v1/keys", token="abc.def.ghi")[0]  # noqa: S106  bogus on purpose
