@@ -158,6 +158,8 @@ def error_object(exc: FerroError) -> dict[str, Any]:
     without its request id (the batch answer's X-Request-ID is the one), and the approval when
     the item was parked for one."""
     body: dict[str, Any] = {"error": {"code": exc.code, "message": public_message(exc)}}
+    if isinstance(field := exc.details.get("field"), str):  # the request member at fault
+        body["error"]["field"] = field
     if isinstance(exc, ApprovalRequired) and "approval" in exc.details:
         body["approval"] = exc.details["approval"]
     return body
@@ -184,6 +186,8 @@ def error_response(exc: FerroError, request_id: str) -> Response:
         extra.append(("WWW-Authenticate", 'Bearer error="invalid_token"'))
     body: dict[str, Any] = {"error": {"code": exc.code, "message": public_message(exc, request_id),
                                       "request_id": request_id}}
+    if isinstance(field := exc.details.get("field"), str):  # the request member at fault
+        body["error"]["field"] = field
     if isinstance(exc, ApprovalRequired) and "approval" in exc.details:
         body["approval"] = exc.details["approval"]  # docs/api.md: 202 carries the parked approval
     return json_response(exc.status, body, extra)

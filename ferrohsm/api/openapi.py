@@ -88,7 +88,8 @@ SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["code", "message", "request_id"],
         "properties": {"code": {"type": "string"}, "message": {"type": "string"},
-                       "request_id": {"type": "string"}}}}},
+                       "request_id": {"type": "string"},
+                       "field": {"enum": ["name", "tags", "description"]}}}}},
     "KeyVersion": {"type": "object", "required": ["version", "state", "created_at"],
                    "properties": {
         "version": {"type": "integer"}, "state": {"enum": ["enabled", "archived", "destroyed"]},

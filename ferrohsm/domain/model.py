@@ -127,14 +127,15 @@ def validate_name(name: str | None) -> None:
         return
     if not isinstance(name, str) or not NAME_RE.fullmatch(name) or is_uuid(name.lower()):
         raise BadRequest("name must be 1-128 characters of letters, digits, '.', '_' or '-', "
-                         "start with a letter or digit, and not look like a UUID")
+                         "start with a letter or digit, and not look like a UUID", field="name")
 
 
 def validate_new_name(name: str | None) -> None:
     """A name for a new key: ``validate_name``, and usable as a key reference."""
     validate_name(name)
     if name is not None and not NEW_NAME_RE.fullmatch(name):
-        raise BadRequest("name may not contain '..' (it could not be used in a path)")
+        raise BadRequest("name may not contain '..' (it could not be used in a path)",
+                         field="name")
 
 
 def plain_text(text: str, name: str, limit: int) -> str:
@@ -146,20 +147,24 @@ def plain_text(text: str, name: str, limit: int) -> str:
 
 
 def validate_tags(tags: tuple[str, ...]) -> None:
+    """Refusals name the tag at fault (by its place, and its text cut short) and the field, so
+    a form with a dozen tags can point at the one to change."""
     if len(tags) > MAX_TAGS:
-        raise BadRequest(f"at most {MAX_TAGS} tags")
-    if len(set(tags)) != len(tags):
-        raise BadRequest("duplicate tag")
-    for tag in tags:
+        raise BadRequest(f"at most {MAX_TAGS} tags", field="tags")
+    for place, tag in enumerate(tags, 1):
         if not isinstance(tag, str) or not TAG_RE.fullmatch(tag):
-            raise BadRequest("tags must be 1-63 lowercase letters, digits, '.', '_' or '-'")
+            raise BadRequest(f"tag {place} ({shown(tag)}) is not valid: tags must be 1-63 "
+                             "lowercase letters, digits, '.', '_' or '-'", field="tags")
+        if tag in tags[:place - 1]:
+            raise BadRequest(f"tag {place} ({shown(tag)}) is given twice", field="tags")
 
 
 def validate_description(text: str) -> None:
     if not isinstance(text, str) or len(text) > MAX_DESCRIPTION:
-        raise BadRequest(f"description must be a string of at most {MAX_DESCRIPTION} characters")
+        raise BadRequest(f"description must be a string of at most {MAX_DESCRIPTION} characters",
+                         field="description")
     if not DESCRIPTION_RE.fullmatch(text):
-        raise BadRequest("description may not contain control characters")
+        raise BadRequest("description may not contain control characters", field="description")
 
 
 def validate_new_description(text: str) -> None:
@@ -167,7 +172,7 @@ def validate_new_description(text: str) -> None:
     validate_description(text)
     if not NEW_DESCRIPTION_RE.fullmatch(text):
         raise BadRequest("description may not contain control characters, invisible "
-                         "characters or bidirectional formatting characters")
+                         "characters or bidirectional formatting characters", field="description")
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,20 @@ def test_create_rejects_bad_input(srv: LiveServer, body: dict[str, Any], status:
     assert err["error"]["request_id"]
 
 
+@pytest.mark.parametrize(("member", "value", "field"), [
+    ("tags", ["prod", "PCI"], "tags"), ("name", "x" * 200, "name"),
+    ("description", "a\u202eb", "description"), ("algorithm", "des", None),
+])
+def test_a_refused_member_a_person_types_is_named_in_field(
+        srv: LiveServer, member: str, value: object, field: str | None) -> None:
+    """A form can mark the box to change; a refusal about no typed member has no ``field``."""
+    code, _, err = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt",
+                                                 member: value})
+    assert code == 400 and err["error"].get("field") == field
+    if field == "tags":
+        assert "tag 2 ('PCI')" in err["error"]["message"]
+
+
 def test_list_filters_pagination_and_etag(srv: LiveServer) -> None:
     made = [create(srv, tags=["listing"], name=f"list-{i}")["id"] for i in range(5)]
     status, headers, page = srv.call("GET", "/v1/keys?tag=listing&limit=2")

@@ -817,6 +817,9 @@ def test_a_refused_description_edit_stays_in_its_dialog(server: LiveServer,
     b.click("dialog[open] button[data-confirm]")
     b.wait_text("dialog[open] .form-error", "bidirectional")
     assert b.js("return document.querySelector(arguments[0]).value", box) == "evil\u202etxt.exe"
+    assert b.js("const e = document.activeElement; return [e.matches(arguments[0]), "
+                "e.getAttribute('aria-invalid'), e.getAttribute('aria-describedby')]",
+                box) == [True, "true", "confirm-error"]  # the box to change, and why
     b.screenshot("21-refused-edit-kept")
     b.click("dialog[open] .dialog-actions button:not([data-confirm])")  # Cancel
     assert b.count("dialog[open]") == 0
@@ -831,8 +834,17 @@ def test_tags_are_split_on_commas_only(server: LiveServer, browser: Browser) -> 
     b.type("input[name=name]", "ui-spaced-tags")
     b.type("input[name=tags]", "pci scope, ok")
     b.click("#create-key button[type=submit]")
-    b.wait_text("#create-error", "tags must be")
+    b.wait_text("#create-error", "tag 1 ('pci scope') is not valid: tags must be")
     assert server.call("GET", "/v1/keys/ui-spaced-tags")[0] == 404
+    # the server named the field: its box is marked, described by the error, and focused
+    assert b.js("const e = document.activeElement; return [e.name, "
+                "e.getAttribute('aria-invalid'), e.getAttribute('aria-describedby')]"
+                ) == ["tags", "true", "create-error"]
+    assert b.js("return document.querySelector('input[name=name]')"
+                ".getAttribute('aria-invalid')") is None
+    b.type("input[name=tags]", ",")  # typing in it takes the mark away
+    assert b.js("return document.querySelector('input[name=tags]')"
+                ".getAttribute('aria-invalid')") is None
 
 
 def test_roles_that_cannot_create_are_told_before_the_form(server: LiveServer,

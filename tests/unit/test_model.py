@@ -63,6 +63,19 @@ def test_bad_tags(tags: tuple[str, ...]) -> None:
         validate_tags(tags)
 
 
+@pytest.mark.parametrize(("tags", "named"), [
+    (("ok", "PCI"), "tag 2 ('PCI') is not valid"),
+    (("a", "b", "a"), "tag 3 ('a') is given twice"),
+    (("x" * 80,), "tag 1 ('xxxx"),
+    (("evil\u202e",), "tag 1 ('evil\\u202e') is not valid"),
+])
+def test_a_refused_tag_is_named_with_its_field(tags: tuple[str, ...], named: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        validate_tags(tags)
+    assert caught.value.message.startswith(named) and caught.value.details["field"] == "tags"
+    assert len(caught.value.message) < 160  # cut short, however long the tag
+
+
 def test_invariants_enforced() -> None:
     with pytest.raises(ValueError):
         key(id="not-a-uuid")

@@ -2,7 +2,7 @@
 // and description, sent as one POST /v1/keys; the server validates everything again and its
 // message for a refused field is shown next to the form. On success: the new key's page.
 
-import { api, can, errorPanel, field, h, notify, option } from "./lib.js";
+import { api, can, errorPanel, field, h, markInvalid, notify, option } from "./lib.js";
 
 // The usages each algorithm serves (the API's schema pairs them the same way).
 const USAGES = {
@@ -56,6 +56,8 @@ export async function renderCreateKey(root) {
       if (err.status === 401) return;
       problem.textContent = `The key was not created: ${err.message}`;
       problem.hidden = false;
+      const control = { name, tags, description }[err.field]; // the box the server named
+      if (control) markInvalid(control, problem);
     } finally {
       submit.disabled = false;
     }

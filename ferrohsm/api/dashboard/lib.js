@@ -186,7 +186,8 @@ export function confirmDialog({ title, message, confirmLabel = "Confirm", danger
       "data-confirm": "" }, confirmLabel);
     const cancel = h("button", { type: "button", onclick: () => dialog.close("cancel") }, "Cancel");
     let box = null;
-    const problem = h("p", { class: "form-error", role: "alert", hidden: true });
+    const problem = h("p", { class: "form-error", id: "confirm-error", role: "alert",
+      hidden: true });
     if (input) {
       // No maxlength: the browser would cut a long paste without a word. Too long is said.
       box = input.multiline
@@ -207,7 +208,7 @@ export function confirmDialog({ title, message, confirmLabel = "Confirm", danger
       }
       problem.textContent = why; // the text stays in the box, to be corrected
       problem.hidden = false;
-      box.focus();
+      markInvalid(box, problem);
     }
     const form = h("form", { onsubmit: submit },
       h("h2", { id: "confirm-title" }, title),
@@ -222,6 +223,15 @@ export function confirmDialog({ title, message, confirmLabel = "Confirm", danger
     dialog.showModal();
     (box ?? cancel).focus(); // never pre-focus the destructive button
   });
+}
+
+/** Mark ``control`` as the one to change (screen readers announce it and read ``problem``
+ * with it; the style outlines it) and focus it; the mark goes at the next keystroke in it. */
+export function markInvalid(control, problem) {
+  control.setAttribute("aria-invalid", "true");
+  control.setAttribute("aria-describedby", problem.id);
+  control.addEventListener("input", () => control.removeAttribute("aria-invalid"), { once: true });
+  control.focus();
 }
 
 /** Why a dialog's typed value cannot be taken (null: it can): longer than ``maxLength``
@@ -369,6 +379,7 @@ function apiError(resp, data) {
   const e = data?.error ?? {};
   const message = e.message ?? `The server answered ${resp.status} ${resp.statusText}.`;
   const err = new ApiError(resp.status, e.code ?? "http_" + resp.status, message, e.request_id);
+  err.field = typeof e.field === "string" ? e.field : null; // the body member to change
   if (resp.status === 401) {
     err.title = "Signed out";
     events.dispatchEvent(new CustomEvent("unauthenticated", { detail: err }));
