@@ -46,6 +46,7 @@ from .errors import (
     USAGE,
     CliExit,
 )
+from .nodump import forbid_core_dumps
 from .output import FieldMissing
 from .settings import unverified_claims
 from .streams import StdoutFailed, guarded_stdout, reset_answered, stdout_problem
@@ -103,6 +104,7 @@ NO_TOKEN = ("status", "unseal")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    forbid_core_dumps()  # before any secret is read: no core file, no same-user /proc reader
     _tolerant_text_streams()
     args_list = list(sys.argv[1:] if argv is None else argv)
     reset_answered()

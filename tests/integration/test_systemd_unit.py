@@ -190,7 +190,8 @@ def test_unit_file_verifies(zipapp: Path, tmp_path: Path) -> None:
 def test_unit_declares_an_unprivileged_hardened_notify_service() -> None:
     service = unit_service_section(UNIT.read_text())
     expected = {"Type": "notify", "DynamicUser": "yes", "StateDirectory": "ferrohsm",
-                "NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateTmp": "yes",
+                "NoNewPrivileges": "yes", "LimitCORE": "0",
+                "ProtectSystem": "strict", "PrivateTmp": "yes",
                 "CapabilityBoundingSet": "", "MemoryDenyWriteExecute": "yes",
                 "SystemCallFilter": "@system-service",
                 "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6"}
@@ -228,6 +229,10 @@ def test_exec_start_as_nobody_notifies_serves_reloads_and_stops(zipapp: Path) ->
         ready, pid, uid = notes.next(timeout=90)
         assert ready.get("READY") == "1", (ready, (box.base / "server.log").read_text())
         assert uid == box.uid and pid > 0
+        # not dumpable: its /proc entries are root's although it runs as nobody, and no core
+        assert os.stat(f"/proc/{pid}/environ").st_uid == 0
+        limits = Path(f"/proc/{pid}/limits").read_text()
+        assert re.search(r"Max core file size\s+0\s", limits), limits
         port = int(re.search(r"port (\d+)", ready["STATUS"]).group(1))  # type: ignore[union-attr]
         status, headers, body = https(port, box.ca, "GET", "/readyz")
         assert status == 200 and json.loads(body)["status"] == "ready", body
