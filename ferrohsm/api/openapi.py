@@ -25,6 +25,7 @@ from ..domain.model import (
     TAG_PATTERN,
     UUID_PATTERN,
 )
+from ..service.tokens import MAX_EXP
 from .handlers.common import MAX_VERSION
 from .router import Operation, Route
 
@@ -285,8 +286,9 @@ SCHEMAS: dict[str, Any] = {
     "RevokeToken": {"type": "object", "additionalProperties": False, "required": ["jti"],
                     "properties": {
                         "jti": {**PLAIN_TEXT, "minLength": 1, "maxLength": 128},
-                        "exp": {"type": "integer", "description": "the token's expiry (Unix "
-                                "time); the entry is kept at least that long"}}},
+                        "exp": {"type": "integer", "minimum": 0, "maximum": MAX_EXP,
+                                "description": "the token's expiry (Unix time); the entry is "
+                                "kept at least that long"}}},
     "TokenRevoked": {"type": "object", "required": ["jti", "revoked", "until"], "properties": {
         "jti": {"type": "string"}, "revoked": {"const": True},
         "until": {**TIME, "description": "the deny-list entry is kept until then"}}},

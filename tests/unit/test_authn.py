@@ -186,6 +186,15 @@ def test_require_jti(clock: Clock) -> None:
         auth.verify(forge(claims(jti=None)))
 
 
+@pytest.mark.parametrize("claim", ["sid", "jti"])
+def test_a_lone_surrogate_in_a_session_or_token_id_is_refused(auth: Authenticator,
+                                                             claim: str) -> None:
+    """It would reach audit records and answers, which are UTF-8 and cannot carry one."""
+    with pytest.raises(TokenRejected, match=f"invalid {claim} claim"):
+        auth.verify(forge(claims(**{claim: "x\ud800y"})))
+    assert auth.verify(forge(claims(**{claim: "x-\u00e9-y"}))).subject  # other text is fine
+
+
 # ---- cache ----------------------------------------------------------------------------------
 
 def test_cache_hits_and_expiry(auth: Authenticator, clock: Clock) -> None:
