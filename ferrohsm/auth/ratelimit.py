@@ -30,11 +30,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..domain.addresses import client_key, parse_address
 from ..domain.errors import RateLimited
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_FORWARDED_HOPS = 32
-IPV6_GROUP_PREFIX = 64
 # Between the role and the subject of an actor's name in the shared usage (auth/sharedlimit.py):
 # a character no role name holds, so the name splits at its first one whatever the subject is.
 ROLE_SEPARATOR = "\x1f"
@@ -171,15 +171,6 @@ def parse_networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(out)
 
 
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        addr = ipaddress.ip_address(text.strip().strip("[]"))
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
-
 
 class RateLimiter:
     """The policy applied to requests: actor buckets, IP buckets, trusted-proxy resolution."""
@@ -220,13 +211,13 @@ class RateLimiter:
         """The address to limit and audit: the peer, or what a trusted proxy says it relayed."""
         if not forwarded_for or not self.policy.trusted_proxies:  # the common case: no parsing
             return peer_ip[7:] if peer_ip.startswith("::ffff:") and "." in peer_ip else peer_ip
-        peer = _address(peer_ip)
+        peer = parse_address(peer_ip)
         if peer is None or not forwarded_for or not self._trusted(peer):
             return str(peer) if peer is not None else peer_ip
         hops = [h for value in forwarded_for for h in value.split(",")][-MAX_FORWARDED_HOPS:]
         client = peer
         for hop in reversed(hops):
-            addr = _address(hop)
+            addr = parse_address(hop)
             if addr is None:
                 break  # garbage from beyond the last trusted hop: stop believing the header
             client = addr
@@ -237,18 +228,13 @@ class RateLimiter:
     def is_proxy(self, peer_ip: str) -> bool:
         """Whether ``peer_ip`` is a trusted proxy (the server exempts it from its per-address
         connection caps: it speaks for many clients)."""
-        addr = _address(peer_ip) if self.policy.trusted_proxies else None
+        addr = parse_address(peer_ip) if self.policy.trusted_proxies else None
         return addr is not None and self._trusted(addr)
 
     def _trusted(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return any(addr in net for net in self.policy.trusted_proxies)
 
-    @staticmethod
-    def ip_key(ip: str) -> str:
-        addr = _address(ip)
-        if isinstance(addr, ipaddress.IPv6Address):
-            return str(ipaddress.ip_network(f"{addr}/{IPV6_GROUP_PREFIX}", strict=False))
-        return str(addr) if addr is not None else ip[:64]
+    ip_key = staticmethod(client_key)  # an IPv4 address or an IPv6 /64 (domain/addresses.py)
 
     def take_ip(self, ip: str, now: float) -> None:
         """Spend one token of the IP's bucket (unauthenticated routes); 429 when empty."""

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from ..api.http import Request, Response, error_response, json_response
 from ..audit.chain import AuditEvent
+from ..domain.addresses import client_key
 from ..domain.errors import BadRequest, FerroError, RateLimited
 from ..domain.model import RequestContext
 from ..domain.strictjson import no_duplicates
@@ -36,6 +37,7 @@ log = logging.getLogger("ferrohsm.custody")
 
 UNSEAL_PATH = "/v1/sys/unseal"
 UNSEAL_PER_MINUTE = 20  # submissions per source address and minute (a share is 2^256 to guess)
+TRACKED_CLIENTS = 10_000  # the addresses whose tries are counted at once
 SEALED_MESSAGE = ("FerroHSM is sealed: submit unseal shares with `ferrohsm unseal` (POST "
                   "/v1/sys/unseal) until the threshold is reached")
 
@@ -275,17 +277,32 @@ class SealGate:
         sink.append(AuditEvent.from_context(ctx, action, outcome, message, details=details))
 
     def _limit(self, ip: str) -> None:
-        now = time.monotonic()
+        """UNSEAL_PER_MINUTE tries per client (an IPv4 address, an IPv6 /64), counted for at most
+        TRACKED_CLIENTS clients (_forget_quiet): a flood from many addresses never wipes every
+        client's count at once (it did: one clear of the table)."""
+        now, key = time.monotonic(), client_key(ip)
         with self._lock:
-            if len(self._tries) > 10000:
-                self._tries.clear()
-            recent = [t for t in self._tries.get(ip, []) if now - t < 60.0]
+            # out of the table while it is pruned: the client asking now is never forgotten
+            recent = [t for t in self._tries.pop(key, []) if now - t < 60.0]
+            if len(self._tries) >= TRACKED_CLIENTS:
+                self._forget_quiet(now)
+            self._tries[key] = recent
             if len(recent) >= UNSEAL_PER_MINUTE:
-                self._tries[ip] = recent
                 raise RateLimited("too many unseal attempts from this address; wait a minute",
                                   retry_after=60.0 - (now - recent[0]))
             recent.append(now)
-            self._tries[ip] = recent
+
+    def _forget_quiet(self, now: float) -> None:
+        """Down to nine tenths of the table (a flood pays this walk once per thousand new
+        addresses, not once per request): first the clients quiet for a minute, then those
+        with the fewest tries, for a forgotten client's tries count again: a flood of fresh
+        addresses then frees its own, never a client that used its budget."""
+        tries = self._tries
+        for key in [k for k, times in tries.items() if not times or now - times[-1] >= 60.0]:
+            del tries[key]
+        excess = len(tries) - TRACKED_CLIENTS * 9 // 10
+        for key in sorted(tries, key=lambda k: len(tries[k]))[:max(0, excess)]:
+            del tries[key]
 
 
 def _share_field(body: bytes) -> object:

@@ -253,6 +253,36 @@ def test_every_refused_unseal_share_is_audited_denied() -> None:
     assert [(e.action, e.outcome) for e in records.events][-1] == ("system.unseal", "denied")
 
 
+def _no_runtime(master: bytes) -> Any:
+    raise AssertionError("no share is given here")
+
+
+def test_the_unseal_limit_counts_per_client_and_survives_a_flood_of_addresses(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client over its budget stays limited while thousands of other addresses try (the
+    table was cleared whole at 10,000 addresses, everyone's count with it); one IPv6 /64 is
+    one client."""
+    from ferrohsm.custody import gate as gate_module
+    from ferrohsm.custody.gate import UNSEAL_PER_MINUTE, SealGate
+    from ferrohsm.domain.errors import RateLimited
+    monkeypatch.setattr(gate_module, "TRACKED_CLIENTS", 50)
+    split, _ = state.new_split(os.urandom(32), 3, 2)
+    gate = SealGate(Unsealer(state.CustodyFile(split).signed({split.split_id: bytes(32)})),
+                    open_sink=_Records, open_runtime=_no_runtime,
+                    close_runtime=lambda rt: None, version="test")
+    for n in range(UNSEAL_PER_MINUTE):
+        gate._limit(f"2001:db8::{n:x}")  # twenty addresses of one /64: one client's tries
+    with pytest.raises(RateLimited):
+        gate._limit("2001:db8::ffff")
+    for n in range(1000):  # a flood from fresh addresses, each heard once
+        gate._limit(f"10.0.{n // 250}.{n % 250}")
+        if n % 100 == 0:
+            with pytest.raises(RateLimited):  # the limited client is heard again: still so
+                gate._limit("2001:db8::1")
+    assert len(gate._tries) <= 50
+    gate._limit("2001:db9::1")  # another /64 is another client
+
+
 def test_commitments_are_kept_bound_by_the_mac_and_checked_when_read(tmp_path: Path) -> None:
     master = os.urandom(32)
     split, shares = state.new_split(master, 3, 2)
