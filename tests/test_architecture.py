@@ -121,8 +121,8 @@ CONCRETE_STORES = frozenset({
 # uuid, socket, threading, logging, sqlite3, subprocess...
 PURE_STDLIB = frozenset({
     "__future__", "abc", "base64", "binascii", "collections", "dataclasses", "datetime", "enum",
-    "functools", "hashlib", "hmac", "ipaddress", "itertools", "json", "math", "operator", "re", "string",
-    "struct", "typing", "unicodedata",
+    "functools", "hashlib", "hmac", "ipaddress", "itertools", "json", "math", "operator", "re",
+    "string", "struct", "typing", "unicodedata",
 })
 CLOCK_METHODS = frozenset({"now", "utcnow", "today"})  # datetime.now(), date.today(), ...
 IMPURE_BUILTINS = frozenset({"open", "print", "input", "__import__", "eval", "exec", "compile",
