@@ -6,6 +6,7 @@ about principals or HTTP; it is what bench/bench_service.py measures against bar
 
 from __future__ import annotations
 
+import logging
 import secrets
 from typing import Any, NoReturn
 
@@ -23,6 +24,10 @@ from ..domain.errors import (
 from ..domain.model import Key, KeyVersion, NoSuchVersion
 from .keycache import MaterialCache
 
+log = logging.getLogger("ferrohsm.keys")
+GCM_LIMIT = 1 << 32  # AES-GCM encryptions with random 96-bit nonces per key (NIST SP 800-38D)
+GCM_WARN_AT = 1 << 30  # a quarter of it: time to rotate
+
 
 class KeyEngine:
     def __init__(self, sealer: Sealer, cache: MaterialCache[Any],
@@ -30,6 +35,7 @@ class KeyEngine:
         self.sealer = sealer
         self.cache = cache
         self.max_input = max_input_bytes
+        self.warn_at, self.refuse_at = GCM_WARN_AT, GCM_LIMIT
 
     # ---- material ----
 
@@ -69,8 +75,28 @@ class KeyEngine:
         if len(plaintext) > limit or (aad is not None and len(aad) > limit):
             self._too_large()
         version = lc.check_use(key, lc.Use.ENCRYPT)
-        blob = ops.encrypt(self.handle(key, version), plaintext, aad)
+        handle = self.handle(key, version)
+        if handle.encryptions >= self.warn_at:
+            self._worn(key, version.version, handle)
+        blob = ops.encrypt(handle, plaintext, aad)
         return ops.format_token(version.version, blob), version.version
+
+    def _worn(self, key: Key, version: int, handle: Any) -> None:
+        """NIST SP 800-38D allows 2**32 AES-GCM encryptions with random nonces per key: past
+        that, two messages sharing a nonce become likely enough to matter (and one shared nonce
+        gives away the key's authentication subkey). This process counts its own encryptions
+        per key version since it loaded it (a lower bound of the true count: other processes
+        and earlier runs add theirs), warns once at ``warn_at`` and refuses at ``refuse_at``:
+        the key must be rotated. The check is one comparison on the hot path."""
+        if handle.encryptions >= self.refuse_at:
+            raise Conflict(f"key {key.id} version {version} has made {handle.encryptions} "
+                           "AES-GCM encryptions, the most one key version may (NIST SP "
+                           "800-38D, random nonces): rotate the key to encrypt again")
+        if handle.encryptions == self.warn_at:
+            log.warning("key %s version %d has made %d AES-GCM encryptions in this process; "
+                        "rotate it well before %d (NIST SP 800-38D, random nonces), or set "
+                        "rotation_days in the policy of one of its tags", key.id, version,
+                        handle.encryptions, self.refuse_at)
 
     def data_key(self, key: Key, size: int, aad: bytes | None) -> tuple[bytes, str, int]:
         """A fresh random key of ``size`` bytes and its encryption under ``key``'s primary
