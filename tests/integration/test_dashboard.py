@@ -976,6 +976,19 @@ def test_an_operator_opening_the_audit_log_is_told_why_without_a_retry(
     assert "Try again" not in b.text("#view")
 
 
+def test_a_key_that_does_not_exist_offers_the_key_list_not_a_retry(
+        server: LiveServer, browser: Browser) -> None:
+    b = browser
+    create_key(server, algorithm="aes-256-gcm", usage="encrypt", name="ui-one-that-exists")
+    sign_in(b, server, server.token("administrator", "alice"))
+    b.wait_text("#who-name", "alice")
+    b.go(f"{origin(server)}/ui/#/keys/no-such-key-here")
+    b.wait_text("#view", "Not found")
+    assert "Try again" not in b.text("#view")
+    b.click("#view a[href='#/keys']")
+    b.find("#key-table")
+
+
 def test_approvals_are_paged_through_newest_first(server: LiveServer, browser: Browser) -> None:
     """More than one page of pending requests: all of them are read (next_page_token), the
     newest first, 100 drawn and "Show more" for the rest; a key page's badge opens the list
@@ -1131,6 +1144,7 @@ def test_no_console_errors_or_csp_violations(browser: Browser) -> None:
                 and "/v1/approvals" not in entry["message"]
                 and "status of 401" not in entry["message"]  # the forged token, on purpose
                 and "status of 409" not in entry["message"]  # a taken key name, on purpose
+                and "/v1/keys/no-such-key-here " not in entry["message"]  # on purpose
                 and not ("status of 400" in entry["message"]  # refused create and edit, on purpose
                          and "/v1/keys" in entry["message"]
                          and "?" not in entry["message"].split()[0])

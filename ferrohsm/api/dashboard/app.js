@@ -101,8 +101,12 @@ async function route() {
     await routeDef.render(container, ...params);
   } catch (err) {
     if (err.status === 401) return; // already back on the sign-in screen
-    // a 403 is about the role: trying again cannot help, so no "Try again"
-    container.replaceChildren(errorPanel(err, err.status === 403 ? null : () => route()));
+    // "Try again" only where it can help: the network, the server's own failures, a wait.
+    // A 403 is about the role, a 404 about the address (a key destroyed or never made): for
+    // those the way out is the key list.
+    const transient = err.status === 0 || err.status >= 500 || [408, 429].includes(err.status);
+    container.replaceChildren(errorPanel(err, transient ? () => route() : null),
+      ...(err.status === 404 ? [h("a", { href: "#/keys" }, "Go to keys")] : []));
   }
   if ($("view").contains(container)) container.querySelector("h1")?.focus({ preventScroll: true });
 }
