@@ -113,8 +113,7 @@ _DIGEST_SIZES = frozenset(s.digest_size for s in _SCHEMES.values())
 class LoadedKey:
     """One key version's parsed material. Never printed: its repr shows the algorithm only."""
 
-    __slots__ = ("_aead", "_private", "_public", "_raw", "_schemes", "algorithm", "encryptions",
-                 "family")
+    __slots__ = ("_aead", "_private", "_public", "_raw", "_schemes", "algorithm", "family")
 
     def __init__(self, algorithm: str, family: str, *, aead: AESGCM | None = None,
                  raw: bytes | None = None, private: PrivateKey | None = None,
@@ -126,9 +125,6 @@ class LoadedKey:
         self._private = private
         self._public: PublicKey | None = private.public_key() if private is not None else None
         self._schemes = schemes
-        # AES-GCM encryptions under a random nonce made with this object (keyengine.py bounds
-        # them); approximate under threads, never more than were made
-        self.encryptions = 0
 
     def __repr__(self) -> str:
         return f"LoadedKey(algorithm={self.algorithm!r})"
@@ -182,7 +178,6 @@ def encrypt(k: LoadedKey, plaintext: bytes, aad: bytes | None) -> bytes:
     if aead is None:
         raise Conflict(f"{k.algorithm} keys cannot encrypt")
     nonce = os.urandom(NONCE_SIZE)
-    k.encryptions += 1
     return nonce + aead.encrypt(nonce, plaintext, aad)
 
 

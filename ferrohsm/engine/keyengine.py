@@ -36,6 +36,10 @@ class KeyEngine:
         self.cache = cache
         self.max_input = max_input_bytes
         self.warn_at, self.refuse_at = GCM_WARN_AT, GCM_LIMIT
+        # (key id, version) -> AES-GCM encryptions made; approximate under threads, never more
+        # than were made. One entry per version ever used to encrypt: kept after a destroy too
+        # (a few dozen bytes each), so no later change can reset a count.
+        self.encryptions: dict[tuple[str, int], int] = {}
 
     # ---- material ----
 
@@ -75,28 +79,31 @@ class KeyEngine:
         if len(plaintext) > limit or (aad is not None and len(aad) > limit):
             self._too_large()
         version = lc.check_use(key, lc.Use.ENCRYPT)
-        handle = self.handle(key, version)
-        if handle.encryptions >= self.warn_at:
-            self._worn(key, version.version, handle)
-        blob = ops.encrypt(handle, plaintext, aad)
+        counted = (key.id, version.version)
+        made = self.encryptions.get(counted, 0)
+        if made >= self.warn_at:
+            self._worn(key, version.version, made)
+        blob = ops.encrypt(self.handle(key, version), plaintext, aad)
+        self.encryptions[counted] = made + 1
         return ops.format_token(version.version, blob), version.version
 
-    def _worn(self, key: Key, version: int, handle: Any) -> None:
+    def _worn(self, key: Key, version: int, made: int) -> None:
         """NIST SP 800-38D allows 2**32 AES-GCM encryptions with random nonces per key: past
         that, two messages sharing a nonce become likely enough to matter (and one shared nonce
-        gives away the key's authentication subkey). This process counts its own encryptions
-        per key version since it loaded it (a lower bound of the true count: other processes
-        and earlier runs add theirs), warns once at ``warn_at`` and refuses at ``refuse_at``:
-        the key must be rotated. The check is one comparison on the hot path."""
-        if handle.encryptions >= self.refuse_at:
-            raise Conflict(f"key {key.id} version {version} has made {handle.encryptions} "
-                           "AES-GCM encryptions, the most one key version may (NIST SP "
-                           "800-38D, random nonces): rotate the key to encrypt again")
-        if handle.encryptions == self.warn_at:
+        gives away the key's authentication subkey). This process counts the encryptions it
+        made per key version since it started (``encryptions``; apart from the material cache,
+        whose entries expire; a lower bound of the true count: other processes and earlier
+        runs add theirs), warns once at ``warn_at`` and refuses at ``refuse_at``: the key must
+        be rotated. The hot path pays one dictionary lookup and store."""
+        if made >= self.refuse_at:
+            raise Conflict(f"key {key.id} version {version} has made {made} AES-GCM "
+                           "encryptions, the most one key version may (NIST SP 800-38D, "
+                           "random nonces): rotate the key to encrypt again")
+        if made == self.warn_at:
             log.warning("key %s version %d has made %d AES-GCM encryptions in this process; "
                         "rotate it well before %d (NIST SP 800-38D, random nonces), or set "
                         "rotation_days in the policy of one of its tags", key.id, version,
-                        handle.encryptions, self.refuse_at)
+                        made, self.refuse_at)
 
     def data_key(self, key: Key, size: int, aad: bytes | None) -> tuple[bytes, str, int]:
         """A fresh random key of ``size`` bytes and its encryption under ``key``'s primary

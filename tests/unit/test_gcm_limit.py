@@ -27,10 +27,13 @@ def test_the_shipped_bounds_are_nists() -> None:
     assert (GCM_LIMIT, GCM_WARN_AT) == (2**32, 2**30)
 
 
+@pytest.mark.parametrize("cache_entries", [16, 0])
 def test_a_version_warns_once_is_refused_at_the_bound_and_a_rotation_frees_the_key(
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, cache_entries: int) -> None:
+    """Also with no material cache: the count is the engine's, not the cached key's (whose
+    entry expires, and with it, in a first version, the count)."""
     audit = RecordingAudit()
-    engine = KeyEngine(Sealer(os.urandom(32)), MaterialCache(16, 60.0))
+    engine = KeyEngine(Sealer(os.urandom(32)), MaterialCache(cache_entries, 60.0))
     engine.warn_at, engine.refuse_at = 5, 8
     service = KeyService(MemoryStore(RecordMac.derive(bytes(32))), engine, audit)
     key = service.create_key(ADMIN, algorithm="aes-256-gcm", usage="encrypt", name="busy")
