@@ -112,7 +112,8 @@ def build_report(records: Iterable[dict[str, Any] | None],
             executed[str(details.get("approval_id") if isinstance(details, dict) else None)] += 1
         if action in BOOKKEEPING:
             continue
-        auth_failure = action.startswith(AUTH_PREFIXES) and outcome != "success"
+        # a token refused, not the server failing to check one (its 503 is recorded "error")
+        auth_failure = action.startswith(AUTH_PREFIXES) and outcome == "denied"
         if outcome == "denied" or auth_failure:
             column = "auth_failures" if auth_failure else "denied"
             by_actor[str(rec.get("actor"))][column] += 1

@@ -13,8 +13,10 @@ dumpable (``PR_SET_DUMPABLE`` 0): the kernel then writes no core whatever the li
 pattern (a pipe to systemd-coredump included), makes its ``/proc`` entries root's and refuses
 ptrace to same-user processes without CAP_SYS_PTRACE. (The hard limit is left alone: code that
 could raise the soft one could as well undo the mark, so lowering it would protect nothing, and
-it would stay lowered in a test process that runs commands in-process.) A program the process executes (the span exporter child, ``openssl``) starts
-dumpable again, as exec makes every program; it holds none of these secrets.
+it would stay lowered in a test process that runs commands in-process.) A program the process
+executes (the span exporter child) starts dumpable again, as exec makes every program; it holds
+none of these secrets. Reading a server's ``/proc/PID/fd`` or profiling it with py-spy now
+takes root (or CAP_SYS_PTRACE).
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ def forbid_core_dumps() -> None:
     except (OSError, ValueError):
         pass
     if sys.platform.startswith("linux"):
-        import ctypes
         try:
+            import ctypes
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-        except (OSError, AttributeError):
+        except (ImportError, OSError, AttributeError):  # no ctypes, no libc with prctl
             pass

@@ -12,7 +12,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from cluster import Cluster, children
+
+# The server's processes are not dumpable (cli/nodump.py): their /proc/PID/fd is root's.
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="reads the server's /proc/PID/fd: "
+                                "needs root (the server's processes are not dumpable)")
 
 CONFIG = """
 [server]

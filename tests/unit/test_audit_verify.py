@@ -513,3 +513,17 @@ def test_the_checkpoints_file_given_as_a_log_is_named_not_read_as_records(tmp_pa
     (tmp_path / "audit.jsonl").write_text("")
     with pytest.raises(VerifyInputError, match="signed checkpoints, not its records"):
         expand_paths([str(tmp_path / "audit.jsonl"), str(tmp_path / "checkpoints.jsonl")])
+
+
+def test_report_blames_nobody_for_the_servers_own_authentication_outage() -> None:
+    """A 503 while checking a token (its revocation list unreachable) is recorded "error": not
+    the token holder's failure, so neither a denial nor an authentication failure of theirs."""
+    records = [{"seq": n, "ts": "2026-11-28T12:00:00.000000Z", "actor": "svc",
+                "action": "auth.authenticate", "outcome": "error", "source_ip": "10.0.0.5"}
+               for n in range(1, 7)]
+    records.append({"seq": 7, "ts": "2026-11-28T12:00:00.000000Z", "actor": "mallory",
+                    "action": "auth.authenticate", "outcome": "denied", "source_ip": "10.0.0.6"})
+    data = report.build_report(records)
+    assert [row["name"] for row in data["denials_by_actor"]] == ["mallory"]
+    assert [row["name"] for row in data["denials_by_source_ip"]] == ["10.0.0.6"]
+    assert data["outcomes"] == {"error": 6, "denied": 1}
