@@ -58,7 +58,8 @@ SCREENSHOTS_COPY = Path(__file__).resolve().parents[2] / "bench" / "out" / "ui"
 # the requester.
 POLICY = '[policy.tags.pci]\napprovals_required = 1\n' \
     'approval_actions = ["update", "destroy", "revoke"]\n' \
-    '[approvals]\nrekey_approvals_required = 1\n'  # a master-key rekey needs one approval
+    '[approvals]\nrekey_approvals_required = 1\n' \
+    '[policy.tags.brief]\ndestroy_grace_hours = 0.0001\n'  # destroyed 0.36 s after asked
 HTML_DESCRIPTION = '<img src=x onerror="document.title=\'pwned\'"><b>bold</b> & "quotes"'
 
 
@@ -826,6 +827,33 @@ def test_a_refused_description_edit_stays_in_its_dialog(server: LiveServer,
     assert not server.call("GET", "/v1/keys/ui-refused")[2].get("description")  # unchanged
 
 
+def test_a_save_refused_for_another_reason_does_not_mark_the_text(
+        server: LiveServer, browser: Browser) -> None:
+    """The key destroyed while its dialog is open: the save's 410 is said in the dialog, the
+    text kept, but the box is not marked as the thing to change (only a refusal of the text,
+    the error's "field", is)."""
+    b = browser
+    key = create_key(server, algorithm="aes-256-gcm", usage="encrypt", name="ui-brief",
+                     tags=["brief"])
+    sign_in(b, server, server.token("administrator", "alice"))
+    b.go(f"{origin(server)}/ui/#/keys/ui-brief")
+    b.click("#edit-description")
+    box = "dialog[open] textarea"
+    b.find(box)
+    assert server.call("POST", f"/v1/keys/{key['id']}/destroy", {})[0] in (200, 202)
+    deadline = time.monotonic() + 20
+    while server.call("GET", f"/v1/keys/{key['id']}")[2].get("state") != "destroyed":
+        assert time.monotonic() < deadline, "the scheduler did not destroy the key"
+        time.sleep(0.2)
+    b.js("document.querySelector(arguments[0]).value = arguments[1]", box, "a fine text")
+    b.click("dialog[open] button[data-confirm]")
+    b.wait_text("dialog[open] .form-error", "Not saved")
+    assert b.js("return document.querySelector(arguments[0]).getAttribute('aria-invalid')",
+                box) is None
+    assert b.js("return document.activeElement.matches(arguments[0])", box)
+    b.click("dialog[open] .dialog-actions button:not([data-confirm])")  # Cancel
+
+
 def test_tags_are_split_on_commas_only(server: LiveServer, browser: Browser) -> None:
     """"pci scope" is one tag the server refuses, by name: never two tags nobody typed."""
     b = browser
@@ -845,6 +873,10 @@ def test_tags_are_split_on_commas_only(server: LiveServer, browser: Browser) -> 
     b.type("input[name=tags]", ",")  # typing in it takes the mark away
     assert b.js("return document.querySelector('input[name=tags]')"
                 ".getAttribute('aria-invalid')") is None
+    # the place the server names is the place in the box, repeats included (not deduplicated)
+    b.js("document.querySelector('input[name=tags]').value = 'ok, ok, PCI'")
+    b.click("#create-key button[type=submit]")
+    b.wait_text("#create-error", "tag 2 ('ok') is given twice")
 
 
 def test_roles_that_cannot_create_are_told_before_the_form(server: LiveServer,
@@ -1145,6 +1177,7 @@ def test_no_console_errors_or_csp_violations(browser: Browser) -> None:
                 and "status of 401" not in entry["message"]  # the forged token, on purpose
                 and "status of 409" not in entry["message"]  # a taken key name, on purpose
                 and "/v1/keys/no-such-key-here " not in entry["message"]  # on purpose
+                and "status of 410" not in entry["message"]  # a save after a destroy, on purpose
                 and not ("status of 400" in entry["message"]  # refused create and edit, on purpose
                          and "/v1/keys" in entry["message"]
                          and "?" not in entry["message"].split()[0])

@@ -4,7 +4,7 @@
 
 import {
   api, can, clearNotice, decodeClaims, endSession, errorPanel, events, expired, fmtTime, h,
-  loading, restoreSession, session, startSession,
+  loading, restoreSession, session, startSession, transient,
 } from "./lib.js";
 import { renderInventory, renderKeyDetail } from "./keys.js";
 import { renderCreateKey } from "./create.js";
@@ -104,8 +104,7 @@ async function route() {
     // "Try again" only where it can help: the network, the server's own failures, a wait.
     // A 403 is about the role, a 404 about the address (a key destroyed or never made): for
     // those the way out is the key list.
-    const transient = err.status === 0 || err.status >= 500 || [408, 429].includes(err.status);
-    container.replaceChildren(errorPanel(err, transient ? () => route() : null),
+    container.replaceChildren(errorPanel(err, transient(err) ? () => route() : null),
       ...(err.status === 404 ? [h("a", { href: "#/keys" }, "Go to keys")] : []));
   }
   if ($("view").contains(container)) container.querySelector("h1")?.focus({ preventScroll: true });

@@ -4,7 +4,7 @@
 import {
   api, APPROVAL_PAGES, can, confirmDialog, emptyState, errorPanel, field, fill, h, hashQuery,
   keepInUrl, keyLink, keyNames, listApprovals, loading, notify, option, plural, session,
-  stateBadge, timeEl,
+  stateBadge, timeEl, transient,
 } from "./lib.js";
 
 // An approval of a system action (a master-key rekey) targets "system", never a key.
@@ -77,7 +77,7 @@ export async function renderApprovals(root) {
           message: "This server does not offer the approvals API (GET /v1/approvals answered " +
             "404). Upgrade the server to use dual control from the dashboard." }));
       } else {
-        results.replaceChildren(errorPanel(err, err.status === 403 ? null : load));
+        results.replaceChildren(errorPanel(err, transient(err) ? load : null));
       }
     }
   }

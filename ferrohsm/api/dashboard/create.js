@@ -42,7 +42,8 @@ export async function renderCreateKey(root) {
     if (name.value.trim()) body.name = name.value.trim();
     // commas only: "pci scope" is one (invalid) tag the server names, never two silent ones
     const tagList = tags.value.split(",").map((t) => t.trim()).filter(Boolean);
-    if (tagList.length) body.tags = [...new Set(tagList)];
+    // as typed, repeats included: the server's "tag 3" is then the third in the box
+    if (tagList.length) body.tags = tagList;
     if (description.value.trim()) body.description = description.value.trim();
     submit.disabled = true;
     problem.hidden = true;

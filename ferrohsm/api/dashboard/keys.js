@@ -4,7 +4,7 @@
 import {
   api, can, confirmDialog, download, emptyState, errorPanel, field, fill, fmtTime, h, hashQuery,
   keepInUrl, listApprovals, loading, notify, onSessionEnd, option, plural, session, stateBadge,
-  timeEl,
+  timeEl, transient,
 } from "./lib.js";
 import { requestArgs } from "./summary.js";
 
@@ -88,7 +88,8 @@ export async function renderInventory(root) {
       if (mine !== sequence) return;
       // A 400 is about the request (a filter from the URL: #/keys?tag=PROD): trying again cannot
       // help, so show the server's reason (safe text) and the way out.
-      results.replaceChildren(err.status === 400 ? invalidFilters(err) : errorPanel(err, load));
+      results.replaceChildren(err.status === 400 ? invalidFilters(err)
+        : errorPanel(err, transient(err) ? load : null));
     } finally {
       results.removeAttribute("aria-busy");
     }
@@ -388,7 +389,8 @@ async function editDescription(root, key, approvals) {
     } catch (err) {
       // 401: the session ends (and closes this dialog); anything else is said in the dialog,
       // the typed text kept for correcting
-      return err.status === 401 ? null : `Not saved: ${err.message}`;
+      if (err.status === 401) return null;
+      return { message: `Not saved: ${err.message}`, invalid: err.field === "description" };
     }
   };
   const value = await confirmDialog({ title: "Edit the description",

@@ -153,6 +153,12 @@ export function emptyState(title, hint = null, action = null) {
     hint && h("p", null, hint), action);
 }
 
+/** Whether trying the same request again may succeed: the network, the server's own failures,
+ * a wait. A 400, 403 or 404 is about the request, the role or the address: it cannot. */
+export function transient(err) {
+  return err.status === 0 || err.status >= 500 || [408, 429].includes(err.status);
+}
+
 export function errorPanel(err, retry = null) {
   return h("div", { class: "panel error", role: "alert" },
     h("p", { class: "error-title" }, err.title ?? "Something went wrong"),
@@ -206,9 +212,12 @@ export function confirmDialog({ title, message, confirmLabel = "Confirm", danger
         dialog.close("ok");
         return;
       }
-      problem.textContent = why; // the text stays in the box, to be corrected
+      // the text stays in the box, to be corrected; marked only when it is what was refused
+      // (not for a concurrent change or an outage)
+      problem.textContent = why.message ?? why;
       problem.hidden = false;
-      markInvalid(box, problem);
+      if (why.message === undefined || why.invalid) markInvalid(box, problem);
+      else box.focus();
     }
     const form = h("form", { onsubmit: submit },
       h("h2", { id: "confirm-title" }, title),
@@ -236,7 +245,8 @@ export function markInvalid(control, problem) {
 
 /** Why a dialog's typed value cannot be taken (null: it can): longer than ``maxLength``
  * characters (counted as the server counts them), or what ``input.check`` answers (e.g. the
- * server's refusal of a save), so the dialog stays open with the text kept. */
+ * server's refusal of a save: a text, or {message, invalid} saying whether the typed text is
+ * what was refused), so the dialog stays open with the text kept. */
 async function refusal(input, value) {
   const max = input.maxLength ?? 256;
   const length = [...value.trim()].length;
