@@ -90,7 +90,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["code", "message", "request_id"],
         "properties": {"code": {"type": "string"}, "message": {"type": "string"},
                        "request_id": {"type": "string"},
-                       "field": {"enum": ["name", "tags", "description"]}}}}},
+                       "field": {"type": "string"}}}}},
     "KeyVersion": {"type": "object", "required": ["version", "state", "created_at"],
                    "properties": {
         "version": {"type": "integer"}, "state": {"enum": ["enabled", "archived", "destroyed"]},

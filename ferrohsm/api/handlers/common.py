@@ -218,7 +218,7 @@ def check_fields(body: Any, spec: dict[str, Field]) -> dict[str, Any]:
         value = body.get(name)
         if value is None:  # absent or null
             if f.required:
-                raise BadRequest(f"missing required field {name}")
+                raise BadRequest(f"missing required field {name}", field=name)
             continue
         # JSON has one number type: 1.0 is the integer 1 (as JSON Schema's "integer" says), so an
         # integral float passes where an int is wanted; 1.5 does not
@@ -226,7 +226,7 @@ def check_fields(body: Any, spec: dict[str, Field]) -> dict[str, Any]:
             value = int(value)
         # bool is an int subclass: a bool passes only where bool itself is allowed
         if not isinstance(value, f.kind) or (type(value) is bool and not _takes_bool(f.kind)):
-            raise BadRequest(f"field {name} has the wrong type")
+            raise BadRequest(f"field {name} has the wrong type", field=name)
         out[name] = value
     return out
 

@@ -48,7 +48,7 @@ def _register_inventory(router: Router, service: KeyService,
                             **({"import": Field(dict)} if imports else {})})
         tags = body.get("tags", [])
         if not all(isinstance(t, str) for t in tags):
-            raise BadRequest("tags must be a list of strings")
+            raise BadRequest("tags must be a list of strings", field="tags")
         if imports is not None and "import" in body:
             return create_imported(imports, ctx, body, tuple(tags))
         key = service.create_key(ctx, algorithm=body["algorithm"], usage=body["usage"],
