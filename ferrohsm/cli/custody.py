@@ -23,7 +23,7 @@ from typing import Any
 from .. import __version__
 from ..config import Config, Secrets, load_config, load_secrets
 from ..domain.errors import ConfigError, FerroError
-from . import sdnotify
+from . import earlyhup, sdnotify
 from .settings import client_flags
 
 ENCRYPTED_HEADER = "FERROHSM ENCRYPTED SHARE v1"
@@ -392,7 +392,7 @@ def _serve(config: Config, gate: Any, ssl_provider: Any, announce: Any) -> int:
         signal.signal(sig, setter(done))
     # SIGHUP reloads as it does unsealed (the TLS files; the keysets once unsealed): left at
     # its default it would end the process, and its restart needs the custodians again
-    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
+    earlyhup.install(lambda *_: threading.Thread(
         target=_reload, args=(gate, ssl_provider), name="ferrohsm-sighup", daemon=True).start())
     # a busy port is exit 4 as unsealed: systemd retries it (2 would stop it for good)
     listen_or_exit(server, config.server.listen)

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from ..config import Config, load_config, load_secrets, parse_listen
 from ..telemetry import access
 from ..telemetry.logs import fatal, setup_logging
-from . import confreload, quickstart, sdnotify
+from . import confreload, earlyhup, quickstart, sdnotify
 from .errors import CANNOT_LISTEN, CliExit
 
 T = TypeVar("T")
@@ -107,6 +107,7 @@ def _options(args: argparse.Namespace) -> Any:
 
 def run_serve(args: argparse.Namespace) -> int:
     from .. import app as wiring
+    earlyhup.hold()  # a reload asked during start-up is done once it can be, not fatal
     try:
         config = load_config(args.config, overrides=_overrides(args))
         setup_logging(config.logging.level, fatal_as_json=True)
@@ -119,6 +120,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_quickstart(args: argparse.Namespace) -> int:
     from .. import app as wiring
+    earlyhup.hold()
     try:
         return _quickstart(args)
     except OSError as exc:
@@ -318,8 +320,9 @@ def _child(config: Config, options: Any, parent: int, index: int, spread: Any) -
     """Serving process ``index`` of a supervised group; errors as ``main`` reports them."""
     from .. import app as wiring
     from ..domain.errors import ConfigError, FerroError
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
+    earlyhup.hold()  # the parent forwards reloads to children still starting too
     # The parent is the service's main process and tells systemd for the group (the shipped
     # unit has NotifyAccess=main: a child's READY=1 would be ignored, and the start time out).
     os.environ.pop(sdnotify.ENV, None)
@@ -370,7 +373,7 @@ def _serve(config: Config, ssl_provider: Any, announce: Any = None, options: Any
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, setter(done))
         listen_or_exit(server, config.server.listen)
-        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
+        earlyhup.install(lambda *_: threading.Thread(
             target=sighup_reload, args=(rt, ssl_provider, index == 0), name="ferrohsm-sighup",
             daemon=True).start())
         if parent is not None:
