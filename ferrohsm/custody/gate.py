@@ -288,7 +288,8 @@ class SealGate:
                 self._forget_quiet(now)
             self._tries[key] = recent
             if len(recent) >= UNSEAL_PER_MINUTE:
-                raise RateLimited("too many unseal attempts from this address; wait a minute",
+                raise RateLimited("too many unseal attempts from this address (or its IPv6 /64); "
+                                  "wait a minute",
                                   retry_after=60.0 - (now - recent[0]))
             recent.append(now)
 
