@@ -9,6 +9,7 @@ serves, RELOADING=1 then READY=1 on SIGHUP, STOPPING=1 on SIGTERM and a clean ex
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import http.client
 import json
@@ -225,6 +226,7 @@ def test_exec_start_as_nobody_notifies_serves_reloads_and_stops(zipapp: Path) ->
         ["runuser", "-u", "nobody", "--", "env", "-i",
          *[f"{k}={v}" for k, v in env.items()], *box.command(service["ExecStart"][0])],
         stdout=log, stderr=subprocess.STDOUT, cwd="/", preexec_fn=deny_write_execute)
+    pid = 0
     try:
         ready, pid, uid = notes.next(timeout=90)
         assert ready.get("READY") == "1", (ready, (box.base / "server.log").read_text())
@@ -258,6 +260,9 @@ def test_exec_start_as_nobody_notifies_serves_reloads_and_stops(zipapp: Path) ->
         assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
+            if pid:  # runuser's child, the server: a failed assertion must not leave it running
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             proc.kill()
             proc.wait()
         log.close()
