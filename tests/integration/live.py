@@ -6,6 +6,7 @@ import http.client
 import json
 import secrets
 import ssl
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,13 @@ class LiveServer:
 
     def close(self) -> None:
         wiring.shutdown(self.rt, self.server)
+
+
+def reap(proc: subprocess.Popen[str]) -> None:
+    """A server started as a subprocess, killed if a failed test left it running, and its
+    stdout pipe closed."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    if proc.stdout:
+        proc.stdout.close()

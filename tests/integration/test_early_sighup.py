@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from live import reap
 
 from ferrohsm.tls.context import client_context
 
@@ -91,9 +92,5 @@ def test_reloads_during_start_up_are_done_not_fatal(tmp_path: Path, extra: list[
         assert "killed by signal" not in log and "restarting it" not in log, log
         assert "SIGHUP" in log  # the reloads were done (each says what it checked)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
+        reap(proc)
         stderr.close()

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from live import reap
+
 from ferrohsm.tls.context import client_context
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,9 +57,5 @@ def test_a_server_whose_stderr_nobody_reads_answers_and_stops(tmp_path: Path) ->
         assert time.monotonic() - started < 15
         assert code == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
+        reap(proc)
         os.close(read_end)
