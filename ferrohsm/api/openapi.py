@@ -209,7 +209,8 @@ SCHEMAS: dict[str, Any] = {
         "key_id": {"type": "string"}, "key_version": {"type": "integer"}}},
     "BatchItemError": {"type": "object", "required": ["error"], "properties": {
         "error": {"type": "object", "required": ["code", "message"], "properties": {
-            "code": {"type": "string"}, "message": {"type": "string"}}},
+            "code": {"type": "string"}, "message": {"type": "string"},
+            "field": {"type": "string"}}},
         "approval": _ref("Approval")},
         "description": "one item's refusal: the code and message its own request would have "
                        "had (approval: the item was parked for dual control)"},

@@ -96,6 +96,7 @@ def test_encrypt_batch_mixed_items_each_its_own_answer_and_record(srv: LiveServe
                               "bad_request", "ok"]
     assert results[1]["error"]["message"] == "plaintext must be standard base64 with padding"
     assert "request_id" not in results[1]["error"]
+    assert results[5]["error"]["field"] == "plaintext"  # missing: the member to add
     assert all(r["key_id"] == key and r["key_version"] == 1 for r in results if "error" not in r)
     # every item is in exactly one record, naming the key, the version and the outcome
     records = records_of(srv, rid)
