@@ -353,8 +353,16 @@ class ReloadingKeySet(PolledFiles):
             log.warning("%s", message)
             self._emit("error", message)
             return False
-        self._keyset = new
         self.reloads += 1
+        if new.keys == old.keys:  # the same kids, algorithms and keys (a SIGHUP for the TLS
+            # files, a touched file): the keyset in force stays, and with its generation every
+            # token verified under it stays cached (a new one emptied the cache)
+            message = (f"keyset reloaded ({reason}): unchanged, {len(old.keys)} key(s), "
+                       f"generation {old.generation}")
+            log.info("%s", message)
+            self._emit("success", message)
+            return True
+        self._keyset = new
         message = f"{describe_change(old, new)} ({reason})"
         log.info("%s", message)
         self._emit("success", message)

@@ -247,6 +247,23 @@ def test_explicit_reload_for_sighup(watched: Any, keys: dict[str, Any]) -> None:
     assert watcher.current().kids() == {"e2"} and "SIGHUP" in events[-1][1]
 
 
+def test_a_reload_that_changes_nothing_keeps_the_generation(watched: Any,
+                                                            keys: dict[str, Any]) -> None:
+    """A SIGHUP (for the TLS files, say) or a rewritten file with the same keys: the keyset in
+    force stays, so the tokens verified under its generation stay cached (soak tester: every
+    SIGHUP emptied the verified-token cache)."""
+    watcher, path, clock, events = watched
+    before = watcher.current()
+    assert watcher.reload("SIGHUP") is True
+    assert watcher.current() is before and "unchanged" in events[-1][1]
+    write_jwks(path, [jwk(keys["rsa"], "r1", "RS256")])  # rewritten, the same key
+    os.utime(path, (1, 1))  # and surely a new modification time
+    clock.now += 5
+    assert watcher.current() is before and watcher.reloads == 2
+    write_jwks(path, [jwk(keys["rsa"], "r1", "RS256"), jwk(keys["p256"], "e1", "ES256")])
+    assert watcher.reload() is True and watcher.current().generation == before.generation + 1
+
+
 def test_a_failing_audit_hook_does_not_undo_the_reload(watched: Any,
                                                        keys: dict[str, Any]) -> None:
     watcher, path, _, _ = watched
