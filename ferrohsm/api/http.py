@@ -153,13 +153,16 @@ def json_response(
     return Response(status, body, [("Content-Type", JSON_CONTENT_TYPE), *headers])
 
 
-def error_object(exc: FerroError) -> dict[str, Any]:
-    """The error of ONE item of a batch (docs/api.md, Batches): the error body of a request
-    without its request id (the batch answer's X-Request-ID is the one), and the approval when
-    the item was parked for one."""
-    body: dict[str, Any] = {"error": {"code": exc.code, "message": public_message(exc)}}
-    if isinstance(field := exc.details.get("field"), str):  # the request member at fault
-        body["error"]["field"] = field
+def error_object(exc: FerroError, request_id: str | None = None) -> dict[str, Any]:
+    """The error body of docs/api.md: code, message, the request id (none for ONE item of a
+    batch: the batch answer's X-Request-ID is the one), the request member at fault, and the
+    approval when the request or item was parked for one (a 202 carries it)."""
+    error: dict[str, Any] = {"code": exc.code, "message": public_message(exc, request_id)}
+    if request_id is not None:
+        error["request_id"] = request_id
+    if isinstance(field := exc.details.get("field"), str):
+        error["field"] = field
+    body: dict[str, Any] = {"error": error}
     if isinstance(exc, ApprovalRequired) and "approval" in exc.details:
         body["approval"] = exc.details["approval"]
     return body
@@ -184,10 +187,4 @@ def error_response(exc: FerroError, request_id: str) -> Response:
         extra.append(("Retry-After", str(max(1, math.ceil(exc.retry_after)))))
     elif isinstance(exc, Unauthenticated):
         extra.append(("WWW-Authenticate", 'Bearer error="invalid_token"'))
-    body: dict[str, Any] = {"error": {"code": exc.code, "message": public_message(exc, request_id),
-                                      "request_id": request_id}}
-    if isinstance(field := exc.details.get("field"), str):  # the request member at fault
-        body["error"]["field"] = field
-    if isinstance(exc, ApprovalRequired) and "approval" in exc.details:
-        body["approval"] = exc.details["approval"]  # docs/api.md: 202 carries the parked approval
-    return json_response(exc.status, body, extra)
+    return json_response(exc.status, error_object(exc, request_id), extra)
