@@ -109,6 +109,10 @@ def take_archive(store: KeyStore, approvals: ApprovalStore | None, audit: AuditS
                  revocations: RevocationSource) -> Written:
     """The archive of everything the stores hold now, the token revocations still in force
     (an expired one is of no use), and the audit head it follows."""
+    # The head first: a change the key records below miss then has a seq after it, so the
+    # source log after the archive's audit head holds every change the archive lacks.
+    seq, head_hash = audit.head()
+    checkpoint = audit.make_checkpoint() if seq else None
     now = datetime.now(UTC)
     revoked = revocations.entries(now.timestamp())
     codec = RecordCodec(RecordMac.derive(master_key))
@@ -116,8 +120,6 @@ def take_archive(store: KeyStore, approvals: ApprovalStore | None, audit: AuditS
     records = [codec.encode(k).decode("ascii") for k in all_keys(store)]
     meta = {name: base64.b64encode(value).decode() for name in CARRIED_META
             if (value := store.get_meta(name)) is not None}
-    seq, head_hash = audit.head()
-    checkpoint = audit.make_checkpoint() if seq else None
     approval_records = all_approvals(approvals, now)
     header = {"created_at": now.isoformat().replace("+00:00", "Z"), "source_store": source,
               "key_count": len(records), "approval_count": len(approval_records),

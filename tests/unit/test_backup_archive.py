@@ -137,3 +137,37 @@ def test_adding_or_dropping_the_revocations_changes_the_mac() -> None:
         ({**header, "revoked_token_count": 0}, {**BODY, "revoked_tokens": {}}),
         (header, {**BODY, "revoked_tokens": {"leaked": 1.0}}))}
     assert len(macs) == 7
+
+
+def test_the_audit_head_is_read_before_the_key_records(tmp_path: Path) -> None:
+    """README: a change the archive's key records miss comes after its audit head, so the
+    source log after that head holds every change the archive lacks. Here a change is
+    recorded while the records are being read (as a concurrent revoke would be)."""
+    from ferrohsm.audit.chain import AuditEvent
+    from ferrohsm.audit.sinks import FileSink
+    from ferrohsm.custody.snapshot import take_archive
+    from ferrohsm.store.memory import MemoryStore
+
+    sink = FileSink(tmp_path / "audit", secrets.token_bytes(32))
+    sink.append(AuditEvent(actor="a", role="administrator", action="key.create", message="made",
+                           outcome="success"))
+    during: list[int] = []
+
+    class ChangedMeanwhile(MemoryStore):
+        def list(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+            during.append(sink.append(AuditEvent(actor="b", role="administrator",
+                                                 action="key.revoke", outcome="success",
+                                                 message="meanwhile"))["seq"])
+            return super().list(*args, **kwargs)  # type: ignore[arg-type]
+
+    master = secrets.token_bytes(32)
+    from ferrohsm.crypto.recordmac import RecordMac
+    written = take_archive(ChangedMeanwhile(RecordMac.derive(master)), None, sink, master, BackupKey.derive(master),
+                           "memory", NoRevocations())
+    sink.close()
+    assert during and written.header["audit_head"]["seq"] < min(during)
+
+
+class NoRevocations:
+    def entries(self, now: float) -> dict[str, float]:
+        return {}
