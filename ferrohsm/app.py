@@ -556,8 +556,8 @@ def shutdown(rt: Runtime, server: HardenedHTTPServer | None) -> None:
         rt.cluster.close()
 
 
-def backup_alone(config: Config) -> AbstractContextManager[bool]:
-    """An offline backup's hold on a SQLite data directory (store/nodelock.py ``alone``)."""
+def offline_alone(config: Config) -> AbstractContextManager[bool]:
+    """An offline backup's or a restore's hold on a SQLite data directory (store/nodelock.py)."""
     local = config.storage.key_store == "sqlite" and Path(config.storage.data_dir).is_dir()
     return alone(config.storage.data_dir) if local else nullcontext(True)
 

@@ -151,6 +151,17 @@ def check_store_kind(kind: str, data_dir: str | Path) -> None:
                           "give another data_dir")
 
 
+def local_store_present(kind: str, data_dir: str | Path) -> bool:
+    """Whether ``data_dir`` holds a key store of ``kind`` already, found without opening (which
+    would create one); a database store (postgres) lives elsewhere: True, it is opened to see."""
+    data = Path(data_dir)
+    if kind == "sqlite":
+        return (data / "keys.sqlite3").is_file()
+    if kind == "filesystem":
+        return (data / "keys").is_dir()
+    return True
+
+
 _CALL_RE = re.compile(r"([A-Za-z_][\w.]*)\(")
 
 

@@ -79,7 +79,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     # crypto, imported lazily: `keys import` wraps key material locally (crypto/importwrap.py),
     # `approvals --signing-key` signs a vote locally
     "cli": frozenset({"domain", "audit", "auth", "telemetry", "config", "tls", "client", "app",
-                      "custody", "integrity", "crypto"}),
+                      "custody", "integrity", "crypto", "datadir"}),
     "__main__": frozenset({"cli"}),
 }
 

@@ -208,7 +208,7 @@ def run_offline_backup(args: argparse.Namespace) -> int:
     key = backup_key(secrets.master_key, os.environ, config.secrets.backup_key_file)
     # SQLite takes no lock a reader meets: a server running (or starting) on the directory is
     # refused, and one started meanwhile waits until the backup is written
-    with wiring.backup_alone(config) as alone:
+    with wiring.offline_alone(config) as alone:
         if not alone:
             raise StartupRefused(f"{config.storage.data_dir} is in use by a running server: back "
                                  "it up online (ferrohsm backup without --offline), or stop it "
@@ -418,9 +418,28 @@ def run_restore(args: argparse.Namespace) -> int:
 
 
 def _restore(wiring: Any, config: Config, secrets: Any, got: Any, digest: str) -> int:
-    """Into the empty (or interrupted) target; how many token revocations were written."""
+    """Into the empty (or interrupted) target, held alone; how many token revocations were
+    written."""
     from ..custody import restore as restoring
+    from ..datadir import local_store_present
     location = wiring.audit_location(config)
+    storage = config.storage
+    if location.present() and not local_store_present(storage.key_store, storage.data_dir):
+        raise restoring.not_empty(["an audit log"])  # refused before the stores are made
+    if storage.key_store == "sqlite":  # nothing else serialises two restores of one directory
+        wiring.ensure_private_dir(storage.data_dir)
+    # A second restore waits here, then finds the target restored (not empty); a server started
+    # meanwhile waits to start on the restored store instead of finding a restore in progress.
+    with wiring.offline_alone(config) as alone:
+        if not alone:
+            raise restoring.TargetNotEmpty(f"{storage.data_dir} is in use by a running "
+                                           "server: restore into a new, empty data directory")
+        return _restore_held(wiring, config, secrets, got, digest, location)
+
+
+def _restore_held(wiring: Any, config: Config, secrets: Any, got: Any, digest: str,
+                  location: Any) -> int:
+    from ..custody import restore as restoring
     store, approvals = wiring.open_restore_target(config, secrets)
     try:
         revocations = wiring.open_revocations(config, store)

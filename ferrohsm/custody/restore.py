@@ -192,9 +192,13 @@ def target_state(store: KeyStore, approvals: ApprovalStore | None, audit_present
     if audit_present:
         held.append("an audit log")
     if held:
-        raise TargetNotEmpty("restore needs an empty data directory and store; this one holds "
-                             f"{', '.join(held)}: choose a new --data-dir (and store)")
+        raise not_empty(held)
     return "empty"
+
+
+def not_empty(held: list[str]) -> TargetNotEmpty:
+    return TargetNotEmpty("restore needs an empty data directory and store; this one holds "
+                          f"{', '.join(held)}: choose a new --data-dir (and store)")
 
 
 def wipe_interrupted(store: KeyStore, approvals: ApprovalStore | None) -> None:

@@ -17,6 +17,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -379,6 +380,72 @@ def test_a_non_empty_target_is_refused(
     code, _, err = cli(restore_args(source.archive, fresh / "data", "filesystem"), env,
                        monkeypatch, capsys)
     assert code == 1 and "an audit log" in err, err
+
+
+@pytest.mark.parametrize("kind", ["filesystem", "sqlite"])
+def test_a_refused_target_holding_only_an_audit_log_is_left_as_it_was(
+        source: Source, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The refusal came after the stores were made in it: the next restore into the same
+    directory with the other store kind then read "holds a 'sqlite' key store"."""
+    env = env_of(new_secrets(source.secrets.master_key))
+    restored = tmp_path / "restored"
+    assert cli(restore_args(source.archive, restored, kind), env, monkeypatch, capsys)[0] == 0
+    target = tmp_path / "target"
+    target.mkdir(mode=0o700)
+    shutil.copytree(restored / "audit", target / "audit")
+    before = sorted(str(p.relative_to(target)) for p in target.rglob("*"))
+    for store in ("filesystem", "sqlite"):
+        code, _, err = cli(restore_args(source.archive, target, store), env, monkeypatch, capsys)
+        assert code == 1 and "an audit log" in err and "key store" not in err, err
+        assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == before
+
+
+SLOWED = """
+import pathlib, sys, time
+from ferrohsm.custody import restore as r
+
+begin = r.begin
+def slowed(store):
+    begin(store)
+    pathlib.Path(sys.argv[sys.argv.index("--data-dir") + 1], "restore-begun").touch()
+    time.sleep(3)  # the other restore starts meanwhile
+r.begin = slowed
+from ferrohsm.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_two_restores_at_once_into_one_sqlite_directory_leave_one_restored_store(
+        source: Source, tmp_path: Path) -> None:
+    """Nothing serialised them: the second took the first's store for an interrupted restore,
+    deleted its keys and moved its live audit log aside, and a server started meanwhile was
+    refused as if the restore had been interrupted (an outside DR drill)."""
+    target = same_tokens(source.secrets)
+    data_dir = tmp_path / "data"
+    env = {**os.environ, **env_of(target), "PYTHONPATH": str(ROOT)}
+    env.pop("FERROHSM_BACKUP_KEY", None)
+    args = restore_args(source.archive, data_dir, "sqlite")
+    runs = [subprocess.Popen([sys.executable, "-c", SLOWED, *args], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
+    deadline = time.monotonic() + 60  # the first one has set its restore marker: go
+    while not (data_dir / "restore-begun").exists():
+        assert time.monotonic() < deadline and runs[0].poll() is None, runs[0].communicate()
+        time.sleep(0.05)
+    runs.append(subprocess.Popen([sys.executable, "-m", "ferrohsm", *args], env=env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    srv = start(tmp_path, "sqlite", target)  # waits for the restore, then serves what it wrote
+    try:
+        ended = sorted((run.wait(120), run.communicate()[1]) for run in runs)
+        assert [code for code, _ in ended] == [0, 1], ended
+        assert ("restore needs an empty data directory" in ended[1][1]
+                or "in use by a running server" in ended[1][1]), ended  # after the server
+        assert "interrupted" not in ended[0][1] + ended[1][1], ended
+        assert not list(data_dir.glob("audit.interrupted-*"))
+        check_everything_works(srv, source)
+    finally:
+        srv.close()
 
 
 KILLER = """
