@@ -256,7 +256,7 @@ def open_checked(config: Config, secrets: Secrets, store: KeyStore, sealer: Seal
     checks = StartupChecks(store, audit_location(config),
                            witness_file=witness.path if isinstance(witness, FileWitness) else "",
                            store_is_persistent=config.storage.key_store != "memory",
-                           accept_store_loss=options.accept_store_loss,
+                           store_is_new=new_store, accept_store_loss=options.accept_store_loss,
                            accept_audit_loss=options.accept_audit_loss)
     checks.before_audit()
     audit = open_audit(config, secrets)

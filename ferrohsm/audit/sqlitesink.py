@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..domain.errors import AuditUnavailable, ConfigError
-from .anchor import Anchor
+from .anchor import Anchor, fsync_dir
 from .chain import GENESIS_HASH, PreparedEvent, check_line, failed_check, rfc3339
 from .oslock import ProcessLock
 from .sinkbase import ChainedSink, stored_record
@@ -71,11 +71,50 @@ def _before(stamp: object, cutoff: str) -> bool:
         return False
 
 
+NEW_SUFFIX = ".new-"  # a database being made (``_create_private``): never read as the log
+
+
 def _create_private(path: str) -> None:
+    """Make a new database whole, 0600, already in WAL mode with its tables, under a temporary
+    name linked into place: a crash while making it leaves no database at all (made in place,
+    a kill during its first write left a rollback journal that read-only opens, the start-up
+    checks' and the verifier's, could not undo: "attempt to write a readonly database" at every
+    start). Nothing is done when the database exists."""
+    directory = os.path.dirname(path)
+    for name in os.listdir(directory):  # what a crash while making one left behind
+        if name.startswith(os.path.basename(path) + NEW_SUFFIX):
+            _remove_quietly(os.path.join(directory, name))
+    if os.path.exists(path):
+        return
+    temp = f"{path}{NEW_SUFFIX}{os.getpid()}"
+    os.close(os.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
     try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-    except FileExistsError:
-        pass
+        db = sqlite3.connect(temp, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+        finally:
+            db.close()  # the last connection: its -wal is checkpointed into the file, removed
+        fd = os.open(temp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temp, path)  # never over a database another process made meanwhile
+        except FileExistsError:
+            pass
+        fsync_dir(directory)
+    finally:
+        _remove_quietly(temp)
+
+
+def _remove_quietly(path: str) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            os.unlink(path + suffix)
+        except FileNotFoundError:
+            pass
 
 
 class SQLiteSink(ChainedSink):
@@ -94,10 +133,6 @@ class SQLiteSink(ChainedSink):
         self.path = os.path.abspath(path)
         directory = os.path.dirname(self.path)
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        # Create the file 0600 ourselves: SQLite gives its -wal and -shm files the same mode.
-        # Only when it is new: a plain open() and close() of a database this process has open
-        # would drop SQLite's POSIX locks on it (offline.sqlite_lines says what follows).
-        _create_private(self.path)
         super().__init__(hmac_key, anchor=Anchor(directory, key_path=signing_key_path,
                                                  checkpoint_path=checkpoint_path, durable=durable),
                          durable=durable, anchor_every=anchor_every, clock=clock, new_id=new_id,
@@ -106,7 +141,12 @@ class SQLiteSink(ChainedSink):
         self._db: sqlite3.Connection | None = None
         self._lock = ProcessLock(os.path.join(directory, ".lock"))
         try:
-            with self._lock:
+            with self._lock:  # one maker of a new database (and sweeper of crashed ones)
+                # Made 0600 by us: SQLite gives its -wal and -shm files the same mode. Only
+                # when it is new: a plain open() and close() of a database this process has
+                # open would drop SQLite's POSIX locks on it (offline.sqlite_lines says what
+                # follows).
+                _create_private(self.path)
                 self._db = self._connect(durable)
                 self._db.executescript(SCHEMA)
                 self._open()

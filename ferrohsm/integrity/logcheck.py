@@ -10,7 +10,9 @@ than the last checkpoint in its own ``checkpoints.jsonl``):
   * the audit log is missing or empty while the witness file holds checkpoints: same, witnessed.
   * the audit log has records but its ``checkpoints.jsonl`` is missing or empty: the sink writes
     one from the first record on, so it was deleted (typically with the log's tail, which the
-    sink could then no longer see). Refuse unless ``accept_audit_loss``.
+    sink could then no longer see). Refuse unless ``accept_audit_loss``. One exception: a log
+    holding only its genesis record beside a new store and an empty witness is a first start
+    killed between that record and its first checkpoint (the sink writes it as it opens).
 
 ``after_audit`` (the sink is open; its head and log id are known)
   * the newest checkpoint in the witness file is signed by this log's key, names this log, is not
@@ -80,6 +82,7 @@ class StartupChecks:
     audit: AuditLocation
     witness_file: str = ""  # a file witness, read back; "" when none (or syslog / https)
     store_is_persistent: bool = True  # the memory store forgets everything by design
+    store_is_new: bool = False  # no keys and no master-key check value (app.check_master_key)
     accept_store_loss: bool = False
     accept_audit_loss: bool = False
     _audit_loss: str = ""
@@ -91,6 +94,8 @@ class StartupChecks:
         with self.audit.settled():  # not in the middle of another process's opening
             present, has_checkpoints = self.audit.present(), self.audit.has_checkpoints()
         if present:
+            if not has_checkpoints and self._first_start_cut_short():
+                return
             if not has_checkpoints:
                 self._degraded(f"the audit log in {self.audit.directory} has records but its "
                                "signed checkpoints (checkpoints.jsonl) are missing or empty: "
@@ -108,6 +113,19 @@ class StartupChecks:
                         f"{witnessed.get('seq')}" if witnessed else ""))
         self._new_log = True
         self._degraded(f"{situation}: the audit log was deleted or replaced")
+
+    def _first_start_cut_short(self) -> bool:
+        """A log that holds only the record that created it, beside a new store (no keys, no
+        check value: neither is written before the first start's checks passed) and a witness
+        with nothing: the first start was killed before its first checkpoint. Nothing can have
+        been lost (nothing is appended before that checkpoint): the sink writes it now."""
+        if not (self.store_is_new and self.audit.holds_only_genesis()
+                and _newest_witnessed(self.witness_file) is None):
+            return False
+        log.warning("integrity: the audit log in %s holds only the record that created it and "
+                    "no checkpoint yet: its first start was interrupted; going on",
+                    self.audit.directory)
+        return True
 
     def _degraded(self, situation: str) -> None:
         if not self.accept_audit_loss:

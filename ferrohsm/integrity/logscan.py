@@ -33,6 +33,7 @@ LOCK_FILE = ".lock"  # the sinks' lock (audit/oslock.py), beside the log
 CREATE = b'{"action":"key.create",'
 RESTORE = b'{"action":"key.restore",'  # a key restored from a backup archive (custody/restore.py)
 LOST = b'{"action":"key.lost",'
+GENESIS = b'{"action":"audit.genesis",'
 KEY_ID = b'"key_id":"'
 SUCCESS = b'"outcome":"success"'
 
@@ -77,6 +78,19 @@ class AuditLocation:
             yield
         finally:
             os.close(fd)
+
+    def holds_only_genesis(self) -> bool:
+        """Whether the log holds exactly one record, the one that created it: what a first
+        start killed between that record and its first checkpoint leaves (the opening writes
+        nothing else before the checkpoint)."""
+        if self.sink == "sqlite":
+            rows = _sqlite_rows(self.database, 2) if os.path.isfile(self.database) else []
+            return len(rows) == 1 and rows[0].startswith(GENESIS)
+        if self.sink != "file" or list_segments(self.directory) != [1]:
+            return False
+        with open(os.path.join(self.directory, segment_name(1)), "rb") as f:
+            data = f.read(64 * 1024)
+        return data.startswith(GENESIS) and data.count(b"\n") == 1 and data.endswith(b"\n")
 
     def has_checkpoints(self) -> bool:
         """Whether the sink's checkpoints file beside the log holds anything. A PostgreSQL log's
@@ -126,8 +140,11 @@ def created_keys(location: AuditLocation) -> set[str]:
 
 def _sqlite_rows(path: str, limit: int | None) -> list[bytes]:
     """Creation records (limit None), or any ``limit`` rows (to see whether there are any)."""
+    # Read-only, unless a rollback journal is left (a database made in place by an older build,
+    # killed during its first write): only a writable connection can undo it, as SQLite does.
+    mode = "rw" if os.path.exists(path + "-journal") else "ro"
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        db = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=10)
     except sqlite3.Error as exc:
         raise AuditUnavailable(f"cannot open the audit database: {exc}") from None
     try:
