@@ -413,8 +413,21 @@ def run_restore(args: argparse.Namespace) -> int:
           f"source audit head seq {got.audit_head.get('seq')}. Note: "
           f"{restoring.state_as_taken(got.header)}; destroy it again if its destruction must "
           f"stand. {restoring.revocations_as_taken(got.header)}. Start the server with the same "
-          f"{'shares' if config.secrets.unseal == 'shamir' else 'master key'}.")
+          f"{'shares' if config.secrets.unseal == 'shamir' else 'master key'}."
+          f"{_witness_note(config)}")
     return 0
+
+
+def _witness_note(config: Config) -> str:
+    """The restored log is a new log: a file witness holding another log's checkpoints would
+    stop the restored server's start (as a replaced log must)."""
+    witness = config.audit.witness
+    path = Path(witness.removeprefix("file:")) if witness.startswith("file:") else None
+    if path is None or not path.is_file() or not path.stat().st_size:
+        return ""
+    return (f" The witness {path} holds checkpoints of another log (the source's): keep it with "
+            "the archive and give the restored server a new witness file ([audit].witness), "
+            "or its start is refused as a replaced log.")
 
 
 def _restore(wiring: Any, config: Config, secrets: Any, got: Any, digest: str) -> int:

@@ -196,11 +196,15 @@ def check_witness(sink: ChainedSink, witness_file: str) -> None:
                         witness_file, signed.get("seq"))
         return
     where = f"the newest checkpoint in the witness {witness_file}"
-    if cp.get("corrupt") or not sink.anchor.verify_own(cp):
-        raise StartupRefused(f"{where} is damaged or not signed by this log's key")
-    if cp.get("log_id") != sink.log_id:
+    if cp.get("corrupt"):
+        raise StartupRefused(f"{where} is damaged")
+    if cp.get("log_id") != sink.log_id:  # before the signature: another log has another key
         raise StartupRefused(f"{where} belongs to another audit log ({cp.get('log_id')!r:.60}): "
-                             "the audit log was replaced")
+                             "the audit log was replaced (after a restore, which starts a new "
+                             "log: keep that witness file with the archive and give the "
+                             "restored server a new one)")
+    if not sink.anchor.verify_own(cp):
+        raise StartupRefused(f"{where} is not signed by this log's key")
     # The head read AFTER the checkpoint: another writer of the log (processes = N, nodes)
     # may have signed it beyond the head this process saw at open.
     head_seq = sink.catch_up()[0]

@@ -401,6 +401,32 @@ def test_a_refused_target_holding_only_an_audit_log_is_left_as_it_was(
         assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == before
 
 
+def test_a_restore_says_a_file_witness_holds_another_log_and_start_up_says_why(
+        source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The restored log is a new log: a witness of the source's stops its start, rightly, but
+    the refusal read "damaged or not signed", and the restore said nothing of it."""
+    target = same_tokens(source.secrets)
+    witness = tmp_path / "witness.jsonl"
+    shutil.copy(source.data_dir / "audit" / "checkpoints.jsonl", witness)  # the source's
+    config = tmp_path / "restore.toml"
+    config.write_text(f'[audit]\nwitness = "file:{witness}"\n')
+    data_dir = tmp_path / "data"
+    code, out, err = cli([*restore_args(source.archive, data_dir, "sqlite"), "--config",
+                          str(config)], env_of(target), monkeypatch, capsys)
+    assert code == 0, err
+    assert f"The witness {witness} holds checkpoints of another log" in out
+    with pytest.raises(StartupRefused, match="belongs to another audit log.*after a restore"):
+        LiveServer(tmp_path, key_store="sqlite", config_text=POLICY, secrets_=target,
+                   overrides={("audit", "witness"): f"file:{witness}"})
+    srv = LiveServer(tmp_path, key_store="sqlite", config_text=POLICY, secrets_=target,
+                     overrides={("audit", "witness"): f"file:{tmp_path / 'new-witness.jsonl'}"})
+    try:
+        check_everything_works(srv, source)
+    finally:
+        srv.close()
+
+
 SLOWED = """
 import pathlib, sys, time
 from ferrohsm.custody import restore as r
