@@ -77,6 +77,14 @@ class Verified:
 def verify_under(data: bytes, master_key: bytes, key: BackupKey) -> Verified:
     """``verify`` with the sealer and record codec of ``master_key`` (the target's), then the
     MAC that binds the whole contents to the master key (snapshot.contents_mac)."""
+    header = archive.read_header(data)[0]
+    named = header.get("backup_key")
+    if (isinstance(named, dict) and named.get("kind") == key.kind == "derived"
+            and named.get("id") != key.key_id and _check_value_opens(header, master_key)):
+        raise ArchiveRefused(  # not "wrong master key": the header's own check value says so
+            "the backup archive's header was altered: its master-key check value opens under "
+            f"this master key, whose backup key is {key.key_id}, but it names backup key "
+            f"{str(named.get('id'))[:40]}")
     opened = archive.read(data, key)
     got = verify(opened, Sealer(master_key), RecordCodec(RecordMac.derive(master_key)))
     body = opened.body
@@ -87,6 +95,15 @@ def verify_under(data: bytes, master_key: bytes, key: BackupKey) -> Verified:
                              "(records edited, dropped, reordered or mixed in from another "
                              "archive)")
     return got
+
+
+def _check_value_opens(header: dict[str, Any], master_key: bytes) -> bool:
+    try:
+        Sealer(master_key).verify_check_value(base64.b64decode(header["check_value"],
+                                                               validate=True))
+    except (FerroError, KeyError, TypeError, ValueError, binascii.Error):
+        return False
+    return True
 
 
 def verify(got: archive.Archive, sealer: Sealer, codec: RecordCodec) -> Verified:

@@ -342,6 +342,13 @@ def test_wrong_master_or_backup_key_is_refused(
         capsys: pytest.CaptureFixture[str]) -> None:
     _refused(source.archive, tmp_path, env_of(new_secrets()), monkeypatch, capsys,
              "wrong master key")
+    data = source.archive.read_bytes()  # the backup key's id in the header edited by one digit
+    named = json.loads(data.split(b"\n")[1])["backup_key"]["id"]
+    edited = tmp_path / "edited.fhsmbak"
+    edited.write_bytes(data.replace(named.encode(), (named[:-1] + (
+        "0" if named[-1] != "0" else "1")).encode(), 1))
+    _refused(edited, tmp_path, env_of(new_secrets(source.secrets.master_key)), monkeypatch,
+             capsys, "the backup archive's header was altered")
     separate = B(secrets.token_bytes(32))
     archive = tmp_path / "separate.fhsmbak"
     code, out, err = cli(["backup", "--offline", "--data-dir", str(source.data_dir), "--key-store",
@@ -416,7 +423,7 @@ def test_a_restore_says_a_file_witness_holds_another_log_and_start_up_says_why(
                           str(config)], env_of(target), monkeypatch, capsys)
     assert code == 0, err
     assert f"The witness {witness} holds checkpoints of another log" in out
-    with pytest.raises(StartupRefused, match="belongs to another audit log.*after a restore"):
+    with pytest.raises(StartupRefused, match=r"belongs to another audit log.*after a restore"):
         LiveServer(tmp_path, key_store="sqlite", config_text=POLICY, secrets_=target,
                    overrides={("audit", "witness"): f"file:{witness}"})
     srv = LiveServer(tmp_path, key_store="sqlite", config_text=POLICY, secrets_=target,
