@@ -305,8 +305,11 @@ class ChangeCounter:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                if os.fstat(fd).st_size < 8:
-                    os.ftruncate(fd, 8)
+                # The 8 bytes written, never a hole (ftruncate made one): a store into a mapped
+                # hole on a full filesystem is SIGBUS, the process killed; a write fails here.
+                current = os.pread(fd, 8, 0)
+                if os.pwrite(fd, current.ljust(8, b"\0"), 0) != 8:
+                    return None
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             return cls(mmap.mmap(fd, 8))
