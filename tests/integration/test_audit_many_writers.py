@@ -270,10 +270,13 @@ def test_a_live_writer_cuts_and_records_a_dead_writers_torn_record(tmp_path: Pat
     log.check_everything_acknowledged_is_there()
 
 
-def test_opening_writers_wait_for_each_other_and_write_one_genesis(tmp_path: Path) -> None:
-    """Eight processes open a new file log at the same moment: one genesis, one signing key,
-    one chain (the key is linked into place, so nobody reads half of it)."""
-    log = Log("file", tmp_path)
+@pytest.mark.parametrize("kind", ["file", "sqlite"])
+def test_opening_writers_wait_for_each_other_and_write_one_genesis(tmp_path: Path,
+                                                                   kind: str) -> None:
+    """Eight processes open a new log at the same moment: one genesis, one signing key, one
+    chain (the key, and a new SQLite database, are linked into place, so nobody reads half of
+    either), and nothing left of the database's making."""
+    log = Log(kind, tmp_path)
     started = time.monotonic()
     procs = [log.start(f"w{i}", 2, wait=False) for i in range(8)]  # all opening at once
     assert log.run(procs) == [0] * 8
@@ -281,3 +284,4 @@ def test_opening_writers_wait_for_each_other_and_write_one_genesis(tmp_path: Pat
     actions = [json.loads(line)["action"] for line in log.lines()]
     assert actions.count("audit.genesis") == 1 and len(actions) == 1 + 8 * 2
     log.verify()
+    assert not [p.name for p in tmp_path.rglob("*.new-*")]
