@@ -24,6 +24,7 @@ turns in long runs with SQLite's lock alone).
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -81,13 +82,15 @@ def _create_private(path: str) -> None:
     checks' and the verifier's, could not undo: "attempt to write a readonly database" at every
     start). Nothing is done when the database exists."""
     directory = os.path.dirname(path)
+    made = re.compile(re.escape(os.path.basename(path) + NEW_SUFFIX) + r"[0-9]+")
     for name in os.listdir(directory):  # what a crash while making one left behind
-        if name.startswith(os.path.basename(path) + NEW_SUFFIX):
+        if made.fullmatch(name):
             _remove_quietly(os.path.join(directory, name))
     if os.path.exists(path):
         return
     temp = f"{path}{NEW_SUFFIX}{os.getpid()}"
-    os.close(os.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
+    os.close(os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600))
     try:
         db = sqlite3.connect(temp, isolation_level=None)
         try:

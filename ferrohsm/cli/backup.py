@@ -423,8 +423,11 @@ def _witness_note(config: Config) -> str:
     stop the restored server's start (as a replaced log must)."""
     witness = config.audit.witness
     path = Path(witness.removeprefix("file:")) if witness.startswith("file:") else None
-    if path is None or not path.is_file() or not path.stat().st_size:
-        return ""
+    try:
+        if path is None or not path.is_file() or not path.stat().st_size:
+            return ""
+    except OSError as exc:  # the restore is done: this note must not turn it into a failure
+        return f" The witness {path} could not be read ({exc.strerror}): see the README."
     return (f" The witness {path} holds checkpoints of another log (the source's): keep it with "
             "the archive and give the restored server a new witness file ([audit].witness), "
             "or its start is refused as a replaced log.")

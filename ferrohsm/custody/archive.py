@@ -97,6 +97,7 @@ def _wrong_key(named: dict[str, Any], key: BackupKey) -> str:
     if named.get("kind") == "derived":
         return ("wrong backup key: the archive was written under the backup key derived from "
                 "its master key; unset FERROHSM_BACKUP_KEY and [secrets].backup_key_file")
-    return (f"wrong backup key: the archive was written under the separate backup key "
-            f"{named.get('id')}; this is the {key.kind} backup key {key.key_id} (set "
-            "FERROHSM_BACKUP_KEY or [secrets].backup_key_file to the archive's)")
+    return (f"wrong backup key (or the archive's header was altered): the archive names the "
+            f"separate backup key {named.get('id')}; this is the {key.kind} backup key "
+            f"{key.key_id} (set FERROHSM_BACKUP_KEY or [secrets].backup_key_file to the "
+            "archive's)")

@@ -118,8 +118,9 @@ class StartupChecks:
         """A log that holds only the record that created it, beside a new store (no keys, no
         check value: neither is written before the first start's checks passed) and a witness
         with nothing: the first start was killed before its first checkpoint. Nothing can have
-        been lost (nothing is appended before that checkpoint): the sink writes it now."""
-        if not (self.store_is_new and self.audit.holds_only_genesis()
+        been lost (nothing is appended before that checkpoint): the sink writes it now. Not
+        for the memory store: it is new at every start."""
+        if not (self.store_is_persistent and self.store_is_new and self.audit.holds_only_genesis()
                 and _newest_witnessed(self.witness_file) is None):
             return False
         log.warning("integrity: the audit log in %s holds only the record that created it and "

@@ -83,10 +83,12 @@ class AuditLocation:
         """Whether the log holds exactly one record, the one that created it: what a first
         start killed between that record and its first checkpoint leaves (the opening writes
         nothing else before the checkpoint)."""
-        if self.sink == "sqlite":
-            rows = _sqlite_rows(self.database, 2) if os.path.isfile(self.database) else []
-            return len(rows) == 1 and rows[0].startswith(GENESIS)
-        if self.sink != "file" or list_segments(self.directory) != [1]:
+        if self.sink in ("sqlite", "postgres"):
+            rows = (list(stored_lines(self.dsn, limit=2)) if self.sink == "postgres"
+                    else _sqlite_rows(self.database, 2) if os.path.isfile(self.database)
+                    else [])
+            return len(rows) == 1 and bytes(rows[0]).startswith(GENESIS)
+        if list_segments(self.directory) != [1]:
             return False
         with open(os.path.join(self.directory, segment_name(1)), "rb") as f:
             data = f.read(64 * 1024)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_serve_process import ROOT, call, stop
+from test_serve_process import ROOT, call, start, stop
 from test_truncation_detected import (
     create_keys,
     local_checkpoints,
@@ -39,8 +39,10 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def first_start_killed(data: Path, config: Path, store: str) -> None:
+def first_start_killed(data: Path, config: Path, store: str,
+                       extra_env: dict[str, str] | None = None) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERROHSM_")}
+    env.update(extra_env or {})
     result = subprocess.run([sys.executable, "-c", KILLED_BEFORE_CHECKPOINT, "quickstart",
                              "--data-dir", str(data), "--listen", "127.0.0.1:0", "--config",
                              str(config), "--key-store", store], cwd=ROOT, env=env,
@@ -86,18 +88,46 @@ def test_a_first_start_killed_before_its_first_checkpoint_starts_next_time(
     assert "its first start was interrupted; going on" in log
 
 
+def test_with_postgres_a_first_start_killed_before_its_first_checkpoint_starts_next_time(
+        tmp_path: Path) -> None:
+    pytest.importorskip("ferrohsm.store.postgres")
+    import pgserver
+
+    from ferrohsm.audit.pgsink import stored_lines
+    pgserver.skip_unless_available()
+    with pgserver.running() as server:
+        dsn = {"FERROHSM_POSTGRES_DSN": server.new_database()}
+        data, config = tmp_path / "data", write_config(tmp_path, sink="postgres")
+        first_start_killed(data, config, "postgres", dsn)
+        assert [line[:25] for line in stored_lines(dsn["FERROHSM_POSTGRES_DSN"])] == [
+            b'{"action":"audit.genesis"']
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FERROHSM_")}
+        proc, exports = start(data, "--config", str(config), "--key-store", "postgres",
+                              env={**env, **dsn})
+        try:
+            create_keys(exports, 1)
+        finally:
+            assert stop(proc) == 0
+        assert local_checkpoints(data)
+        assert "its first start was interrupted; going on" in (
+            tmp_path / "server.log").read_text()
+
+
 @pytest.mark.parametrize("keys", [0, 2])
+@pytest.mark.parametrize("store", ["filesystem", "memory"])
 def test_a_log_cut_to_its_first_record_after_a_start_is_still_refused(
-        tmp_path: Path, keys: int) -> None:
-    """No keys is not enough: the master-key check value says the store has started."""
+        tmp_path: Path, keys: int, store: str) -> None:
+    """No keys is not enough: the master-key check value says the store has started (the
+    memory store has none, and keeps nothing: it is never taken for a first start)."""
     data, config = tmp_path / "data", write_config(tmp_path)
-    proc, exports = serve(data, config)
+    proc, exports = serve(data, config, "--key-store", store)
     create_keys(exports, keys)
     assert stop(proc) == 0
     log = data / "audit" / "audit-000001.jsonl"
     log.write_bytes(log.read_bytes().splitlines(keepends=True)[0])
     (data / "audit" / "checkpoints.jsonl").unlink()
-    assert "checkpoints.jsonl) are missing or empty" in refused(data, config)
+    assert "checkpoints.jsonl) are missing or empty" in refused(data, config, "--key-store",
+                                                                  store)
 
 
 HOT_JOURNAL = """

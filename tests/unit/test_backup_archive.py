@@ -171,3 +171,26 @@ def test_the_audit_head_is_read_before_the_key_records(tmp_path: Path) -> None:
 class NoRevocations:
     def entries(self, now: float) -> dict[str, float]:
         return {}
+
+
+def test_a_witness_that_cannot_be_looked_at_does_not_fail_a_finished_restore() -> None:
+    """The note comes after the restore: an unreadable witness path (a stale mount, EACCES;
+    here a name too long) raised "unexpected OSError" over a store fully restored."""
+    from dataclasses import replace
+
+    from ferrohsm.cli.backup import _witness_note
+    from ferrohsm.config import Config
+    config = Config()
+    unreadable = replace(config, audit=replace(config.audit, witness="file:/tmp/" + "w" * 300))
+    assert "could not be read" in _witness_note(unreadable)
+    assert _witness_note(config) == ""
+
+
+def test_a_wrong_separate_backup_key_may_also_be_an_altered_header() -> None:
+    """The header is authenticated with the body: a wrong key and an edited key id cannot be
+    told apart, so the message names both."""
+    key = BackupKey.separate(secrets.token_bytes(32))
+    data = archive.write({"key_count": 0}, {"keys": []}, key)
+    with pytest.raises(ArchiveRefused, match=r"wrong backup key \(or the archive's header was "
+                                             r"altered\)"):
+        archive.read(data, BackupKey.separate(secrets.token_bytes(32)))

@@ -56,7 +56,8 @@ def test_a_failure_before_the_link_leaves_no_database_and_the_next_opening_makes
     assert not path.exists()
     (path.parent / "audit.sqlite3.new-999999").write_bytes(b"what a kill left")  # swept
     (path.parent / "audit.sqlite3.new-999999-wal").write_bytes(b"")
+    (path.parent / "audit.sqlite3.new-copy").write_bytes(b"an operator's file: kept")
     sink = SQLiteSink(path, secrets.token_bytes(32))
     sink.close()
     assert sorted(p.name for p in path.parent.iterdir() if "audit.sqlite3" in p.name) == [
-        "audit.sqlite3"]
+        "audit.sqlite3", "audit.sqlite3.new-copy"]
