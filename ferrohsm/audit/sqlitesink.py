@@ -80,7 +80,7 @@ def _create_private(path: str) -> None:
     name linked into place: a crash while making it leaves no database at all (made in place,
     a kill during its first write left a rollback journal that read-only opens, the start-up
     checks' and the verifier's, could not undo: "attempt to write a readonly database" at every
-    start). Nothing is done when the database exists."""
+    start). When the database exists, only what such a crash left beside it is swept."""
     directory = os.path.dirname(path)
     made = re.compile(re.escape(os.path.basename(path) + NEW_SUFFIX) + r"[0-9]+")
     for name in os.listdir(directory):  # what a crash while making one left behind

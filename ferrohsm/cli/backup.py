@@ -455,6 +455,7 @@ def _restore(wiring: Any, config: Config, secrets: Any, got: Any, digest: str) -
 
 def _restore_held(wiring: Any, config: Config, secrets: Any, got: Any, digest: str,
                   location: Any) -> int:
+    """``_restore`` once the target is held: an interrupted restore is started over."""
     from ..custody import restore as restoring
     store, approvals = wiring.open_restore_target(config, secrets)
     try:

@@ -94,9 +94,7 @@ class StartupChecks:
         with self.audit.settled():  # not in the middle of another process's opening
             present, has_checkpoints = self.audit.present(), self.audit.has_checkpoints()
         if present:
-            if not has_checkpoints and self._first_start_cut_short():
-                return
-            if not has_checkpoints:
+            if not has_checkpoints and not self._first_start_cut_short():
                 self._degraded(f"the audit log in {self.audit.directory} has records but its "
                                "signed checkpoints (checkpoints.jsonl) are missing or empty: "
                                "they were deleted, perhaps together with the log's last records")
@@ -126,6 +124,7 @@ class StartupChecks:
         log.warning("integrity: the audit log in %s holds only the record that created it and "
                     "no checkpoint yet: its first start was interrupted; going on",
                     self.audit.directory)
+        self._new_log = True  # as a new installation: its witness has nothing yet, rightly
         return True
 
     def _degraded(self, situation: str) -> None:
