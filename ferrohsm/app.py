@@ -7,7 +7,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from .auth.authn import Authenticator, build_authenticator, file_deny_list
 from .auth.denylist import RevocationList
 from .auth.ratelimit import RateLimiter, policy_from_settings
 from .auth.sharedlimit import ClusterLimits
+from .clusterwire import offline_alone as offline_alone  # for the CLI's offline commands
 from .clusterwire import open_cluster, settle_dead
 from .config import Config, Secrets, fsync_cores, parse_listen
 from .control.cluster import Cluster
@@ -74,7 +74,6 @@ from .store.importjobs_files import FolderImportJobStore, MemoryImportJobStore
 from .store.keystore import KeyStore
 from .store.memory import MemoryStore
 from .store.memory_approvals import MemoryApprovalStore
-from .store.nodelock import alone
 from .store.pgdb import PgDatabase, dsn_from_env
 from .store.postgres import PostgresStore
 from .store.postgres_approvals import PostgresApprovalStore
@@ -554,12 +553,6 @@ def shutdown(rt: Runtime, server: HardenedHTTPServer | None) -> None:
         rt.app.tracer.shutdown()
     if rt.cluster is not None:
         rt.cluster.close()
-
-
-def offline_alone(config: Config) -> AbstractContextManager[bool]:
-    """An offline backup's or a restore's hold on a SQLite data directory (store/nodelock.py)."""
-    local = config.storage.key_store == "sqlite" and Path(config.storage.data_dir).is_dir()
-    return alone(config.storage.data_dir) if local else nullcontext(True)
 
 
 def open_for_backup(config: Config, secrets: Secrets

@@ -4,6 +4,9 @@ picked by store kind (README "Running several nodes")."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from .audit.sinkbase import ChainedSink
 from .config import Config
@@ -12,7 +15,7 @@ from .datadir import ensure_private_dir
 from .integrity.livesettle import LiveSettler
 from .store.approvalstore import ApprovalStore
 from .store.keystore import KeyStore
-from .store.nodelock import FileLeader, FileMembership, FileNodeLeases
+from .store.nodelock import FileLeader, FileMembership, FileNodeLeases, alone
 from .store.pg_shared import PostgresLeader, PostgresMembership, PostgresUsage
 from .store.pgdb import dsn_from_env
 from .store.sqlite_usage import SQLiteUsage
@@ -38,3 +41,24 @@ def settle_dead(cluster: Cluster | None, store: KeyStore, approvals: ApprovalSto
     the scheduler's leader runs each tick; without per-node locks they wait for a cold start."""
     if cluster is not None and cluster.leases is not None:
         cluster.settle = LiveSettler(cluster.leases, store, approvals, audit, hmac_key)
+
+
+@contextmanager
+def offline_alone(config: Config) -> Iterator[bool]:
+    """What must not run beside a serving node (an offline backup, a restore, an offline
+    rekey) holds the lock a starting node takes, for a store several processes share: True
+    when no node is alive, and until the block ends a node started meanwhile waits; False
+    (nothing held) when one is serving. The filesystem store's own lock refuses them instead."""
+    kind = config.storage.key_store
+    if kind == "sqlite" and Path(config.storage.data_dir).is_dir():
+        with alone(config.storage.data_dir) as cold:
+            yield cold
+    elif kind == "postgres":
+        membership = PostgresMembership(dsn_from_env(config.storage.postgres_dsn_env,
+                                                     os.environ))
+        try:
+            yield membership.enter()
+        finally:
+            membership.close()
+    else:
+        yield True

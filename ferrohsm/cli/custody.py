@@ -153,8 +153,7 @@ def run_init(args: argparse.Namespace) -> int:
     keys = read_custodian_keys(args, args.shares)
     data = wiring.ensure_private_dir(config.storage.data_dir)
     if state.path_in(data).exists():
-        raise ConfigError(f"{state.path_in(data)} exists: this data directory is already "
-                          "initialised (`ferrohsm rekey` issues new shares)")
+        _refuse_or_start_over(config, data, wiring.audit_location(config).present())
     if wiring.audit_location(config).present():
         raise ConfigError(f"{data} has been used (it has an audit log): init sets up a NEW data "
                           "directory")
@@ -176,6 +175,25 @@ def run_init(args: argparse.Namespace) -> int:
         print('next: set [secrets] unseal = "shamir" (or FERROHSM_SECRETS_UNSEAL=shamir) and '
               "start the server; it starts sealed", file=sys.stderr)
     return 0
+
+
+def _refuse_or_start_over(config: Config, data: Path, audit_present: bool) -> None:
+    """A custody file is there. Without an audit log and a key store beside it, an init was
+    killed before recording it, so before issuing a share (shares come after the record):
+    nobody can hold a share of that key and nothing was sealed under it, so start over.
+    Otherwise the directory is initialised (or was, and its shares were lost)."""
+    from ..custody import state
+    from ..datadir import local_store_present
+    custody = state.path_in(data)
+    if not audit_present and not local_store_present(config.storage.key_store, data):
+        print(f"ferrohsm: {custody} is from an init killed before it was recorded (no share "
+              "was issued): starting over", file=sys.stderr)
+        custody.unlink()
+        return
+    raise ConfigError(f"{custody} exists: this data directory is already initialised "
+                      "(`ferrohsm rekey` issues new shares; if the init that made it was "
+                      "killed before it issued its shares, no key can be stored under it: "
+                      "use a new data directory)")
 
 
 def cli_context() -> Any:

@@ -1,7 +1,7 @@
 """`ferrohsm rekey`: rotate the master key of a data directory, with the server stopped.
 
-The audit log's lock (and the filesystem store's) refuses a rekey while a server runs on the
-data directory. The current key comes from FERROHSM_MASTER_KEY / [secrets].master_key_file, or in
+A rekey beside a running server is refused: the filesystem store's lock refuses it, and for a
+store several processes share (SQLite, PostgreSQL) it holds the lock a starting node takes. The current key comes from FERROHSM_MASTER_KEY / [secrets].master_key_file, or in
 split-knowledge mode from a threshold of shares (``--share-file``, stdin, or prompts). The new
 key goes, in environment mode, to ``--new-master-key-file`` (0600; an existing file's key is
 used, so an interrupted run is simply repeated), in split-knowledge mode into new shares,
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hmac
 import os
 import sys
 from collections.abc import Callable
@@ -77,11 +78,26 @@ def run_rekey(args: argparse.Namespace) -> int:
         args.client_func = run_online
         return run_client(args)
     from .. import app as wiring
-    from ..audit.chain import AuditEvent
-    from .custody import cli_context, custody_config, other_secrets
+    from .custody import custody_config
     config = custody_config(args)
     shamir = config.secrets.unseal == "shamir"
     _check_flags(args, config, shamir)  # a usage error: nothing was attempted, nothing recorded
+    # A store several processes share takes no lock a serving node holds: without this hold
+    # the rekey ran beside a live server, which went on sealing new keys under the old key.
+    with wiring.offline_alone(config) as alone:
+        if not alone:
+            from ..integrity.logcheck import StartupRefused
+            raise StartupRefused(f"the {config.storage.key_store} key store of "
+                                 f"{config.storage.data_dir} is in use by a running server: "
+                                 "stop it first, or rekey it online (ferrohsm rekey --online)")
+        return _run_held(args, config, shamir)
+
+
+def _run_held(args: argparse.Namespace, config: Config, shamir: bool) -> int:
+    """``run_rekey`` once no node serves the store, and none can start until it ends."""
+    from .. import app as wiring
+    from ..audit.chain import AuditEvent
+    from .custody import cli_context, other_secrets
     secrets = other_secrets(config) if shamir else load_secrets(config)
     ctx = cli_context()
     sink = wiring.open_audit(config, secrets)  # its lock refuses a rekey beside a running server
@@ -124,6 +140,10 @@ def _check_flags(args: argparse.Namespace, config: Config, shamir: bool) -> None
         if not args.new_master_key_file:
             raise ConfigError("--new-master-key-file is required: the new master key cannot "
                               "be put into the environment of the server for you")
+        if args.shares or args.threshold or args.share_file or args.private_key:
+            raise ConfigError("--shares, --threshold, --share-file and --private-key are for "
+                              "split-knowledge mode; this data directory's master key comes "
+                              "from the environment or [secrets].master_key_file")
         return
     if args.new_master_key_file:
         raise ConfigError("--new-master-key-file is for environment (or master_key_file) "
@@ -172,6 +192,10 @@ def _rekey(args: argparse.Namespace, config: Config, given: bytes, shamir: bool,
             _not_a_stopped_rekeys(store, config, given, shamir)
             leave = _damaged(args, store, rekey.verify_current(store, given))
             keys = rekey.MasterKeys(given, _new_key(args, shamir))  # refused: no key made
+            if hmac.compare_digest(keys.new, given):
+                raise ConfigError(f"{args.new_master_key_file} holds the current master key: "
+                                  "the store is under it already (name a file that does not "
+                                  "exist, and a new key is made into it)")
         audit("custody.rekey_resumed" if running else "custody.rekey_started",
               f"master-key rekey {'resumed' if running else 'started'}",
               mode="shamir" if shamir else "env",
@@ -203,10 +227,14 @@ def _rekey(args: argparse.Namespace, config: Config, given: bytes, shamir: bool,
         if shamir:
             _promote(config, keys)
             rekey.crash_point("promoted")
+        # Recorded before the journal says done: a kill between the two leaves the journal
+        # running, and the rerun finishes it (another done record); the other way round the
+        # rekey was done with no record of it, and a rerun could not tell.
+        audit("custody.rekey_done", "master-key rekey done: the new key is the store's key")
+        rekey.crash_point("recorded")
         rekey.finish(store)
     finally:
         store.close()
-    audit("custody.rekey_done", "master-key rekey done: the new key is the store's key")
     print("rekey done" + ("" if shamir else f": start the server with the new master key in "
                           f"{args.new_master_key_file}"), file=sys.stderr)
     return 0

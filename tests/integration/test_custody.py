@@ -12,6 +12,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa, x25519
-from custodykit import SHARE_RE, Home, Server
+from custodykit import ROOT, SHARE_RE, Home, Server
 
 from ferrohsm import app
 from ferrohsm.config import load_config
@@ -253,6 +255,37 @@ def test_init_refuses_a_used_data_directory_and_bad_counts(tmp_path: Path) -> No
     assert with_env_key.returncode == 1 and "Traceback" not in with_env_key.stderr
 
 
+INIT_KILLED = """
+import os, signal, sys
+from ferrohsm.cli import custody
+
+def killed(*args, **kwargs):  # the custody file is saved, its record not yet written
+    os.kill(os.getpid(), signal.SIGKILL)
+custody.audit_cli_event = killed
+from ferrohsm.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_an_init_killed_before_its_record_starts_over_and_one_after_it_says_what_to_do(
+        tmp_path: Path) -> None:
+    """Killed after saving the custody file, before recording it (so before any share was
+    issued), init refused forever as "already initialised" (an outside drill)."""
+    home = Home(tmp_path / "home")
+    args = ("init", "--config", str(home.config), "--shares", "3", "--threshold", "2")
+    killed = subprocess.run([sys.executable, "-c", INIT_KILLED, *args], cwd=ROOT,
+                            capture_output=True, text=True, env=home.env(), timeout=120)
+    assert killed.returncode == -signal.SIGKILL and not SHARE_RE.findall(killed.stdout)
+    assert (home.data / "custody.json").exists()
+    again = home.cli(*args)
+    assert again.returncode == 0 and "starting over" in again.stderr, again.stderr
+    shares = SHARE_RE.findall(again.stdout)
+    assert len(shares) == 3 and ("custody.init", "success") in actions(home)
+    refused = home.cli(*args)  # initialised (or its shares lost after the record): refused
+    assert refused.returncode == 2 and "use a new data directory" in refused.stderr
+    assert_no_secret_leaked(home, *shares)
+
+
 @pytest.mark.slow
 def test_unseal_is_rate_limited_and_a_sealed_server_needs_its_audit_log(tmp_path: Path) -> None:
     home = Home(tmp_path)
@@ -374,7 +407,8 @@ def readable_under_old_or_new(home: Home, old: bytes, new: bytes) -> int:
     return len(seen)
 
 
-KILL_POINTS = ("handed-out", "journal", "record:0", "record:3", "converted", "committed")
+KILL_POINTS = ("handed-out", "journal", "record:0", "record:3", "converted", "committed",
+               "recorded")
 
 
 @pytest.mark.slow
@@ -387,12 +421,22 @@ def test_rekey_in_env_mode_survives_kill_9_at_every_step(tmp_path: Path, store: 
     old = base64.b64decode(home.master)
     no_file = home.cli("rekey", "--config", str(home.config))
     assert no_file.returncode == 2 and "--new-master-key-file" in no_file.stderr
+    records = len(home.audit_records())
+    for flags in (("--shares", "5"), ("--threshold", "3"), ("--share-file", "/nonexistent")):
+        ignored = home.cli("rekey", "--config", str(home.config), "--new-master-key-file",
+                           str(tmp_path / "unused.key"), *flags)
+        assert ignored.returncode == 2 and "for split-knowledge mode" in ignored.stderr
+    assert not (tmp_path / "unused.key").exists() and len(home.audit_records()) == records
     for round_, point in enumerate(KILL_POINTS):
         key_file = tmp_path / f"master-{round_}.key"
         args = ("rekey", "--config", str(home.config), "--new-master-key-file", str(key_file))
+        done_before = actions(home).count(("custody.rekey_done", "success"))
         killed = home.cli(*args, env=home.env(FERROHSM_REKEY_KILL_AT=point))
         assert killed.returncode == -9, killed.stderr
         assert key_file.stat().st_mode & 0o777 == 0o600
+        # killed once done is recorded, before the journal says so: the record is there
+        assert actions(home).count(("custody.rekey_done", "success")) == done_before + (
+            point == "recorded")
         new = base64.b64decode(key_file.read_text())
         assert readable_under_old_or_new(home, old, new) == len(MESSAGES)
         if point != "handed-out":  # the journal is written: records may be under two keys
@@ -405,6 +449,8 @@ def test_rekey_in_env_mode_survives_kill_9_at_every_step(tmp_path: Path, store: 
         assert resumed.returncode == 0, resumed.stderr
         assert readable_under_old_or_new(home, new, new) == len(MESSAGES)
         old, home.master = new, base64.b64encode(new).decode()
+    again = home.cli(*args)  # the finished rekey's key file, the key now current: refused
+    assert again.returncode != 0 and "holds the current master key" in again.stderr
     srv = home.serve()  # reconciliation settles the intents the kills left open
     try:
         decrypts(srv, home, items)
@@ -456,6 +502,27 @@ def test_rekey_in_split_knowledge_mode_issues_new_shares_and_survives_kill_9(
     finally:
         srv.stop()
     assert_no_secret_leaked(home, *first, *second, *third)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["filesystem", "sqlite"])
+def test_an_offline_rekey_beside_a_running_server_is_refused(tmp_path: Path, store: str) -> None:
+    """SQLite took no lock a serving node held: the rekey ran, and the live server went on
+    sealing new keys under the old master key, lost at its next start (an outside drill)."""
+    home = Home(tmp_path, store=store, shamir=False)
+    srv = home.serve()
+    try:
+        items = create_and_encrypt(srv, home)
+        key_file = tmp_path / "master-new.key"
+        refused = home.cli("rekey", "--config", str(home.config), "--new-master-key-file",
+                           str(key_file))
+        assert refused.returncode != 0 and "in use by" in refused.stderr, refused.stderr
+        assert not key_file.exists()
+        decrypts(srv, home, items)  # the store is as it was, under the key the server has
+    finally:
+        srv.stop()
+    assert not [a for a in actions(home) if a[0].startswith("custody.rekey")
+                and a[1] != "denied"]  # (the filesystem store's refusal is recorded as such)
 
 
 @pytest.mark.slow
