@@ -1,7 +1,8 @@
 """`ferrohsm rekey`: rotate the master key of a data directory, with the server stopped.
 
 A rekey beside a running server is refused: the filesystem store's lock refuses it, and for a
-store several processes share (SQLite, PostgreSQL) it holds the lock a starting node takes. The current key comes from FERROHSM_MASTER_KEY / [secrets].master_key_file, or in
+store several processes share (SQLite, PostgreSQL) it holds the lock a starting node takes.
+The current key comes from FERROHSM_MASTER_KEY / [secrets].master_key_file, or in
 split-knowledge mode from a threshold of shares (``--share-file``, stdin, or prompts). The new
 key goes, in environment mode, to ``--new-master-key-file`` (0600; an existing file's key is
 used, so an interrupted run is simply repeated), in split-knowledge mode into new shares,
@@ -100,7 +101,7 @@ def _run_held(args: argparse.Namespace, config: Config, shamir: bool) -> int:
     from .custody import cli_context, other_secrets
     secrets = other_secrets(config) if shamir else load_secrets(config)
     ctx = cli_context()
-    sink = wiring.open_audit(config, secrets)  # its lock refuses a rekey beside a running server
+    sink = wiring.open_audit(config, secrets)
     started: list[str] = []
 
     def audit(action: str, message: str, outcome: str = "success", **details: Any) -> None:
