@@ -53,12 +53,10 @@ class AuditLocation:
 
     def present(self) -> bool:
         """Whether any record is stored (before the sink is opened, which would create one)."""
-        if self.sink == "postgres":
-            return any(True for _ in stored_lines(self.dsn, limit=1))
+        if self.sink != "file":
+            return bool(self._first_rows(1))
         if not os.path.isdir(self.directory):
             return False
-        if self.sink == "sqlite":
-            return os.path.isfile(self.database) and bool(_sqlite_rows(self.database, 1))
         return any(os.path.getsize(os.path.join(self.directory, segment_name(n))) > 0
                    for n in list_segments(self.directory))
 
@@ -83,16 +81,20 @@ class AuditLocation:
         """Whether the log holds exactly one record, the one that created it: what a first
         start killed between that record and its first checkpoint leaves (the opening writes
         nothing else before the checkpoint)."""
-        if self.sink in ("sqlite", "postgres"):
-            rows = (list(stored_lines(self.dsn, limit=2)) if self.sink == "postgres"
-                    else _sqlite_rows(self.database, 2) if os.path.isfile(self.database)
-                    else [])
+        if self.sink != "file":
+            rows = self._first_rows(2)
             return len(rows) == 1 and bytes(rows[0]).startswith(GENESIS)
         if list_segments(self.directory) != [1]:
             return False
         with open(os.path.join(self.directory, segment_name(1)), "rb") as f:
             data = f.read(64 * 1024)
         return data.startswith(GENESIS) and data.count(b"\n") == 1 and data.endswith(b"\n")
+
+    def _first_rows(self, limit: int) -> list[bytes]:
+        """The first ``limit`` stored lines of a database log (none before it exists)."""
+        if self.sink == "postgres":
+            return list(stored_lines(self.dsn, limit=limit))
+        return _sqlite_rows(self.database, limit) if os.path.isfile(self.database) else []
 
     def has_checkpoints(self) -> bool:
         """Whether the sink's checkpoints file beside the log holds anything. A PostgreSQL log's
