@@ -75,6 +75,7 @@ from .store.keystore import KeyStore
 from .store.memory import MemoryStore
 from .store.memory_approvals import MemoryApprovalStore
 from .store.pgdb import PgDatabase, dsn_from_env
+from .store.pgwatch import WATCHDOG
 from .store.postgres import PostgresStore
 from .store.postgres_approvals import PostgresApprovalStore
 from .store.postgres_importjobs import PostgresImportJobStore
@@ -167,7 +168,9 @@ def audit_location(config: Config) -> AuditLocation:
 
 def postgres_dsn(config: Config) -> str:
     """The PostgreSQL DSN, only ever from the environment variable ``[storage].postgres_dsn_env``
-    names (it carries the password): the store, the audit sink and the cluster all read it so."""
+    names (it carries the password): the store, the audit sink and the cluster all read it so.
+    The deadline of every wait for that database (store/pgwatch.py) is set here too."""
+    WATCHDOG.configure(config.storage.postgres_timeout_seconds)
     return dsn_from_env(config.storage.postgres_dsn_env, os.environ)
 
 
@@ -183,7 +186,8 @@ def open_audit(config: Config, secrets: Secrets) -> ChainedSink:
                           durable=config.audit.durable, checkpoint_interval=interval)
     if config.audit.sink == "postgres":  # this node's checkpoints and signing key: directory
         return PostgresSink(postgres_dsn(config), secrets.audit_hmac_key, directory=str(directory),
-                            durable=config.audit.durable, checkpoint_interval=interval)
+                            durable=config.audit.durable, checkpoint_interval=interval,
+                            watchdog=WATCHDOG)
     return FileSink(directory, secrets.audit_hmac_key,
                     segment_max_bytes=config.audit.segment_max_bytes,
                     durable=config.audit.durable, checkpoint_interval=interval)
@@ -303,14 +307,16 @@ class Runtime:
                 "migrated_at_start": report.migrated}
 
     def health(self) -> dict[str, Any]:
-        problem = self.audit.degraded() or self.pause.broken  # a rekey that failed midway
+        store = self.store.describe()
+        problem = (self.audit.degraded() or self.pause.broken  # a rekey that failed midway
+                   or (None if store.get("reachable", True) else str(store.get("reason"))))
         return {
             "status": "ok" if problem is None else "degraded",
             **({} if problem is None else {"reason": problem}),
             "version": __import__("ferrohsm").__version__,
             "sealed": False,  # a sealed split-knowledge server answers from custody/gate.py
             "uptime_seconds": round(time.monotonic() - self.started, 3),
-            "store": self.store.describe(),
+            "store": store,
             "key_records": self._key_records(),
             "audit": self.audit.describe(),
             "auth": self.authenticator.stats(),

@@ -43,9 +43,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..domain.errors import AuditUnavailable, ConfigError
+from ..domain.errors import AuditUnavailable, ConfigError, StoreError
 from .anchor import Anchor
 from .chain import GENESIS_HASH, PreparedEvent, check_line, failed_check
 from .sinkbase import ChainedSink, stored_record
@@ -57,6 +57,7 @@ log = logging.getLogger("ferrohsm.audit")
 
 
 _logged: dict[str, float] = {}  # when each kind of failure was last logged
+NO_ANSWER = "audit record could not be made durable: the audit database does not answer"
 
 
 def unavailable(what: str, exc: BaseException) -> AuditUnavailable:
@@ -100,6 +101,32 @@ INSERT_AFTER = ("INSERT INTO audit_log (seq, ts, actor, action, key_id, outcome,
                 "SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], "
                 "%s::text[], %s::text[], %s::text[], %s::text[]) WHERE (SELECT seq::text || ':' "
                 "|| hash FROM audit_log ORDER BY seq DESC LIMIT 1) IS NOT DISTINCT FROM %s")
+
+
+class Deadlines(Protocol):
+    """A deadline on each wait for the database (store/pgwatch.py's Watchdog, given by the
+    composition root): ``watch(conn)`` cuts the session of a wait that outlives it, and
+    raises StoreError at once while the database is known not to answer."""
+
+    def watch(self, conn: Any, *, seconds: float | None = None, probe: bool = False) -> Any: ...
+
+    def offer_probe(self, probe: Callable[[], None]) -> None: ...
+
+    def silence(self) -> str | None: ...
+
+    def connect_timeout(self) -> int: ...
+
+
+class _Unwatched:
+    """The watch of a sink given no Deadlines (offline tools): waits as long as libpq does."""
+
+    cut = False
+
+    def __enter__(self) -> _Unwatched:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 def driver() -> Any:
@@ -198,7 +225,8 @@ class PostgresSink(ChainedSink):
                  checkpoint_path: str | None = None,
                  clock: Callable[[], datetime] | None = None,
                  new_id: Callable[[], str] | None = None, max_group: int = 256,
-                 checkpoint_interval: float = 0.0, connect_timeout: float = 10.0) -> None:
+                 checkpoint_interval: float = 0.0, connect_timeout: float = 10.0,
+                 watchdog: Deadlines | None = None) -> None:
         if not dsn:
             raise ConfigError('[audit].sink = "postgres" needs a DSN (see [storage] '
                               "postgres_dsn_env)")
@@ -210,11 +238,15 @@ class PostgresSink(ChainedSink):
                          durable=durable, anchor_every=anchor_every, clock=clock, new_id=new_id,
                          max_group=max_group, checkpoint_interval=checkpoint_interval)
         self._dsn = dsn
-        self._timeout = connect_timeout
+        self._timeout = connect_timeout if watchdog is None else min(
+            connect_timeout, watchdog.connect_timeout())
         self._conn: psycopg.Connection | None = None
         self._sent: list[tuple[dict[str, Any], bytes]] | None = None  # the batch in flight
         self._reader: psycopg.Connection | None = None
         self._read_lock = threading.Lock()
+        self._watchdog = watchdog
+        if watchdog is not None:
+            watchdog.offer_probe(self._ask_database)
         try:
             self._open()
             self._checkpoint_opened()
@@ -268,6 +300,26 @@ class PostgresSink(ChainedSink):
 
     # ---- connections --------------------------------------------------------------------------
 
+    def _watch(self, conn: psycopg.Connection) -> Any:
+        return _Unwatched() if self._watchdog is None else self._watchdog.watch(conn)
+
+    def _refuse_if_silent(self, what: str) -> None:
+        """No new session, no statement, while the database is known not to answer."""
+        silence = None if self._watchdog is None else self._watchdog.silence()
+        if silence is not None:
+            raise unavailable(what, StoreError(silence))
+
+    def _ask_database(self) -> None:
+        """One question on a new session while the database is silent (store/pgwatch.py);
+        not sinkbase's ``_probe``, which asks whether the log takes records again."""
+        assert self._watchdog is not None  # noqa: S101  offered only with one
+        conn = connect(self._dsn, autocommit=True, timeout=self._timeout)
+        try:
+            with self._watchdog.watch(conn, probe=True):
+                conn.execute("SELECT 1")
+        finally:
+            conn.close()
+
     def _writer(self) -> psycopg.Connection:
         """The connection batches are written on (under _io_lock); reconnect after a failure."""
         if self._conn is None or self._conn.closed:
@@ -291,22 +343,32 @@ class PostgresSink(ChainedSink):
     def _persist(self, events: list[PreparedEvent], sync: bool = True) -> list[dict[str, Any]]:
         head = (self._next_seq, self._next_hash)
         self._sent = None
+        self._refuse_if_silent(NO_ANSWER)
+        watch: Any = _Unwatched()
         try:
             try:
                 conn = self._writer()
-                sealed = self._insert_at_head(conn, events)
-                if sealed is None:  # another node wrote since our last batch
-                    sealed = self._insert_locked(conn, events)
-            except self._psycopg.OperationalError:
+                with (watch := self._watch(conn)):
+                    sealed = self._insert_at_head(conn, events)
+                    if sealed is None:  # another node wrote since our last batch
+                        sealed = self._insert_locked(conn, events)
+            except (self._psycopg.OperationalError, StoreError) as exc:
+                if watch.cut or isinstance(exc, StoreError):
+                    raise  # no answer: a new session would wait for none either
                 # The session broke, or psycopg gave up on it mid-pipeline ("cannot exit
                 # pipeline mode while busy" after the backend was terminated: the connection
                 # then says neither closed nor broken), or the database refused: whichever, a
                 # new session finds out under the lock whether the batch is stored.
                 sent, self._next_seq, self._next_hash = self._sent, *head
                 self._drop_writer()
-                sealed = self._insert_locked(self._writer(), events, lost=sent)
-        except self._psycopg.Error as exc:
+                conn = self._writer()
+                with (watch := self._watch(conn)):
+                    sealed = self._insert_locked(conn, events, lost=sent)
+        except (self._psycopg.Error, StoreError) as exc:
             self._drop_writer()
+            if watch.cut or isinstance(exc, StoreError):  # StoreError: silent (pgwatch.py)
+                self._next_seq, self._next_hash = head  # the next batch re-reads it
+                raise unavailable(NO_ANSWER, exc) from None
             raise unavailable("audit record could not be made durable: the audit database "
                               "refused it", exc) from None
         except BaseException:
@@ -390,13 +452,15 @@ class PostgresSink(ChainedSink):
         self._follow(check_line(text, self._key) if text is not None else "missing")
 
     def _follow_storage(self) -> None:
+        self._refuse_if_silent("cannot read the audit database")
         try:
             conn = self._writer()
             try:
-                self._follow_db(conn)
+                with self._watch(conn):
+                    self._follow_db(conn)
             finally:
                 conn.rollback()
-        except self._psycopg.Error as exc:
+        except (self._psycopg.Error, StoreError) as exc:
             self._drop_writer()
             raise unavailable("cannot read the audit database", exc) from None
 
@@ -412,16 +476,20 @@ class PostgresSink(ChainedSink):
         another node's too)."""
         with self._read_lock:
             for attempt in (1, 2):  # a read is repeated once on a new session: after a
+                self._refuse_if_silent("cannot read the audit database")
+                watch: Any = _Unwatched()
                 try:                # database restart the idle one is found cut only now
                     if self._reader is None or self._reader.closed:
                         self._reader = connect(self._dsn, autocommit=True,
                                                timeout=self._timeout)
-                    return list(self._reader.execute(sql.encode(), args).fetchall())
-                except self._psycopg.Error as exc:
+                    with (watch := self._watch(self._reader)):
+                        return list(self._reader.execute(sql.encode(), args).fetchall())
+                except (self._psycopg.Error, StoreError) as exc:
                     if self._reader is not None:
                         self._reader.close()
                     self._reader = None
-                    if attempt == 1 and isinstance(exc, self._psycopg.OperationalError):
+                    if (attempt == 1 and isinstance(exc, self._psycopg.OperationalError)
+                            and not watch.cut):
                         continue
                     raise unavailable("cannot read the audit database", exc) from None
             raise AssertionError("unreachable")  # pragma: no cover

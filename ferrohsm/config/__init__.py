@@ -52,6 +52,9 @@ class StorageSettings:
     key_store: str = "filesystem"
     data_dir: str = "./ferrohsm-data"
     postgres_dsn_env: str = "FERROHSM_POSTGRES_DSN"  # the variable holding the DSN (password)
+    # the longest any statement may run (statement_timeout) and, one second later, the longest
+    # a node waits for any answer from PostgreSQL (store/pgwatch.py)
+    postgres_timeout_seconds: float = 10.0
 
 
 @dataclass(frozen=True)

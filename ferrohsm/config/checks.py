@@ -146,6 +146,7 @@ BOUNDS: dict[tuple[str, str], tuple[float, float, str]] = {
     ("approvals", "rekey_approvals_required"): (0, 100, ""),
     ("approvals", "rekey_approval_ttl_seconds"): (1, MAX_DAYS * 86400, ""),
     ("scheduler", "interval_seconds"): (1, 86400, ""),
+    ("storage", "postgres_timeout_seconds"): (0.5, 3600, ""),
 }
 
 

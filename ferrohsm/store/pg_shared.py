@@ -22,6 +22,7 @@ from typing import Any
 
 from ..domain.errors import StoreError
 from .pgdb import MIGRATION_LOCK
+from .pgwatch import WATCHDOG
 
 log = logging.getLogger("ferrohsm.store")
 
@@ -80,7 +81,8 @@ class PostgresMembership:
         if not self._alive:
             return True
         try:
-            self._conn.execute("SELECT 1")
+            with WATCHDOG.watch(self._conn):
+                self._conn.execute("SELECT 1")
             return True
         except Exception:  # noqa: S110  any failure: the session (and the lock) may be gone
             pass
@@ -88,7 +90,9 @@ class PostgresMembership:
             self._conn.close()
         except Exception:  # noqa: S110  a broken connection is closed either way
             pass
-        try:
+        if WATCHDOG.silence() is not None:
+            return False  # retried every half second; the lock is taken once it answers
+        try:  # not watched: the lock waits for a node starting cold, and may wait long
             conn = connect(self._dsn)
             conn.execute("SELECT pg_advisory_lock_shared(%s)", (NODES_LOCK,))
         except Exception:
@@ -140,12 +144,15 @@ class PostgresLeader:
     def is_leader(self) -> bool:
         try:
             if self._conn is None or self._conn.closed:
+                if WATCHDOG.silence() is not None:
+                    return False
                 self._conn, self._held = connect(self._dsn), False
-            if self._held:
-                self._conn.execute("SELECT 1")  # still connected, so still holding it
-                return True
-            row = self._conn.execute("SELECT pg_try_advisory_lock(%s)",
-                                     (SCHEDULER_LOCK,)).fetchone()
+            with WATCHDOG.watch(self._conn):
+                if self._held:
+                    self._conn.execute("SELECT 1")  # still connected, so still holding it
+                    return True
+                row = self._conn.execute("SELECT pg_try_advisory_lock(%s)",
+                                         (SCHEDULER_LOCK,)).fetchone()
             self._held = bool(row and row[0])
         except Exception:
             self.close()
@@ -186,7 +193,7 @@ class PostgresUsage:
             try:
                 if self._conn is None or self._conn.closed or self._conn.broken:
                     self._reconnect()  # the database restarted: a new session, or this fails
-                with self._conn.transaction():
+                with WATCHDOG.watch(self._conn), self._conn.transaction():
                     cur = self._conn.cursor()
                     if spent:
                         cur.executemany(UPSERT, [(actor, node, role, n, now)
@@ -209,6 +216,9 @@ class PostgresUsage:
                 old.close()
             except Exception:  # noqa: S110  a broken connection is closed either way
                 pass
+        silence = WATCHDOG.silence()
+        if silence is not None:
+            raise StoreError(silence)
         self._conn = connect(self._dsn)  # StoreError when the database is still away
 
     def close(self) -> None:

@@ -43,6 +43,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, LiteralString, TypeVar
 
 from ..domain.errors import ConfigError, StoreError
+from .pgwatch import WATCHDOG, Watchdog
 from .records import write_error
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ else:
 T = TypeVar("T")
 
 DEFAULT_DSN_ENV = "FERROHSM_POSTGRES_DSN"
+HEALTH_SECONDS = 1.0  # a health count's deadline (pgwatch.GRACE more): the loop waits for it
 INSTALL_HINT = ("install psycopg 3 (python3 -m pip install 'ferrohsm[postgres]'; dist/ferrohsm "
                 "carries it) and the host's libpq (Debian: apt-get install libpq5)")
 MIGRATION_LOCK = 0x6665_7272_6F68_736D  # "ferrohsm": the advisory lock every migrator takes
@@ -65,8 +67,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (component, version)
 )"""
-SESSION_SETTINGS: tuple[LiteralString, ...] = ("SET statement_timeout = '30s'",
-                    "SET idle_in_transaction_session_timeout = '60s'")
+SESSION_SETTINGS: tuple[LiteralString, ...] = ("SET idle_in_transaction_session_timeout = '60s'",)
 
 
 def driver() -> ModuleType:
@@ -117,16 +118,17 @@ class PgDatabase:
     """
 
     def __init__(self, dsn: str, *, max_connections: int = 8, wait_seconds: float = 10.0,
-                 connect_timeout: int = 10) -> None:
+                 connect_timeout: int = 10, watchdog: Watchdog = WATCHDOG) -> None:
         self._psycopg = driver()
+        self._dog = watchdog  # every wait below is cut past its deadline (store/pgwatch.py)
         self._dsn = dsn
         self.where, self._password = describe_dsn(dsn)
         # run() sends BEGIN/COMMIT itself. psycopg's own statement preparing is off: it answers
         # any ROLLBACK with DEALLOCATE ALL, which would also drop fetch()'s statements.
         self._kwargs: dict[str, Any] = {"autocommit": True, "prepare_threshold": None}
         params = self._psycopg.conninfo.conninfo_to_dict(dsn)
-        if "connect_timeout" not in params:
-            self._kwargs["connect_timeout"] = connect_timeout
+        if "connect_timeout" not in params:  # a new session is no longer than any other wait
+            self._kwargs["connect_timeout"] = min(connect_timeout, watchdog.connect_timeout())
         if "application_name" not in params:
             self._kwargs["application_name"] = "ferrohsm"
         self._max = max(1, max_connections)
@@ -142,6 +144,7 @@ class PgDatabase:
         self._idle.append(self._connect())  # fail at start-up, not on the first request
         self._open = 1
         self.server_version = int(self._idle[0].info.server_version)
+        watchdog.offer_probe(self.probe)
 
     # ---- messages ----
 
@@ -155,19 +158,46 @@ class PgDatabase:
     # ---- connections ----
 
     def _connect(self) -> Conn:
+        silence = self._dog.silence()
+        if silence is not None:  # not even a new session: its first packet waits as long
+            raise StoreError(f"cannot connect to PostgreSQL at {self.where}: {silence}")
         try:
             conn: Conn = self._psycopg.connect(self._dsn, **self._kwargs)
         except self._psycopg.Error as exc:
             raise StoreError(f"cannot connect to PostgreSQL at {self.where}: "
                              f"{self.reason(exc)}") from None
         try:
-            for statement in SESSION_SETTINGS:
-                conn.execute(statement)
-        except self._psycopg.Error as exc:
+            with self._dog.watch(conn):
+                conn.execute("SELECT set_config('statement_timeout', %s, false)",
+                             (str(int(self._dog.seconds * 1000)),))
+                for statement in SESSION_SETTINGS:
+                    conn.execute(statement)
+        except (self._psycopg.Error, StoreError) as exc:
             conn.close()
             raise StoreError(f"cannot set up a PostgreSQL session at {self.where}: "
                              f"{self.reason(exc)}") from None
         return conn
+
+    def probe(self) -> None:
+        """One question on a new session, for the watchdog while the database is silent
+        (store/pgwatch.py): its answer ends the silence."""
+        conn: Conn = self._psycopg.connect(self._dsn, **self._kwargs)
+        try:
+            with self._dog.watch(conn, probe=True):
+                conn.execute("SELECT 1")
+        finally:
+            conn.close()
+
+    def _unanswered(self, failure: str, unknown: str = "") -> StoreError:
+        """The error of a wait the watchdog cut."""
+        why = self._dog.silence() or "the PostgreSQL database did not answer in time"
+        return StoreError(f"{failure}: {why}{unknown}")
+
+    def _refuse_if_silent(self, failure: str) -> None:
+        """Nothing is sent to a database known not to answer: the caller is told at once."""
+        silence = self._dog.silence()
+        if silence is not None:
+            raise StoreError(f"{failure}: {silence}")
 
     def _take(self) -> Conn:
         deadline = time.monotonic() + self._wait
@@ -249,6 +279,7 @@ class PgDatabase:
         ``failure`` starts the StoreError message ("could not write key X"). A transaction that
         fails because its connection broke is run once more on a fresh connection when it cannot
         have committed."""
+        self._refuse_if_silent(failure)
         for attempt in (1, 2):
             conn = self._take()
             try:
@@ -261,27 +292,31 @@ class PgDatabase:
               retry: bool) -> T:
         pg = self._psycopg
         committing = False
+        watch = self._dog.watch(conn)
         try:
-            if transaction:
-                conn.execute("BEGIN")
-            result = work(conn)
-            if transaction:
-                committing = True
-                conn.execute("COMMIT")
+            with watch:
+                if transaction:
+                    conn.execute("BEGIN")
+                result = work(conn)
+                if transaction:
+                    committing = True
+                    conn.execute("COMMIT")
         except BaseException as exc:
-            broken = conn.closed or conn.broken
+            broken = conn.closed or conn.broken or watch.cut
             if broken:
                 self._forget(conn)
             else:
                 if transaction:
-                    with contextlib.suppress(pg.Error):
+                    with contextlib.suppress(pg.Error, StoreError), self._dog.watch(conn):
                         conn.execute("ROLLBACK")
                 self._give_back(conn)
+            unknown = " (the outcome is unknown: the connection broke during COMMIT)" \
+                if committing and broken else ""
+            if watch.cut:
+                raise self._unanswered(failure, unknown) from None
             if isinstance(exc, pg.OperationalError) and broken and retry and not committing:
                 raise _Retry from None
             if isinstance(exc, pg.Error):
-                unknown = " (the outcome is unknown: the connection broke during COMMIT)" \
-                    if committing and broken else ""
                 raise StoreError(f"{failure}: {self.reason(exc)}{unknown}") from None
             if isinstance(exc, OSError):
                 raise write_error(failure.removeprefix("could not write "), exc) from None
@@ -289,26 +324,32 @@ class PgDatabase:
         self._give_back(conn)
         return result
 
-    def query(self, sql: Any, args: Sequence[Any], failure: str, *, binary: bool = False
-              ) -> list[tuple[Any, ...]]:
+    def query(self, sql: Any, args: Sequence[Any], failure: str, *, binary: bool = False,
+              seconds: float | None = None) -> list[tuple[Any, ...]]:
         """One statement committed alone, its rows: the hot path (key lookups, the revoked-token
         check). It runs on a cursor kept with its connection, which saves about a third of the
         Python cost of a round trip; a broken connection is retried once (a read, or a single
-        statement that never reached the server)."""
+        statement that never reached the server). ``seconds``: a shorter deadline."""
         pg = self._psycopg
+        self._refuse_if_silent(failure)
         for attempt in (1, 2):
             conn = self._take()
+            watch = self._dog.watch(conn, seconds=seconds)
             try:
                 cur = self._cursors.get(id(conn))
                 if cur is None:
                     cur = self._cursors[id(conn)] = conn.cursor()
-                rows: list[tuple[Any, ...]] = cur.execute(sql, args, binary=binary).fetchall()
+                with watch:
+                    rows: list[tuple[Any, ...]] = cur.execute(sql, args,
+                                                              binary=binary).fetchall()
             except BaseException as exc:
-                broken = conn.closed or conn.broken
+                broken = conn.closed or conn.broken or watch.cut
                 if broken:
                     self._forget(conn)
                 else:
                     self._give_back(conn)
+                if watch.cut:
+                    raise self._unanswered(failure) from None
                 if isinstance(exc, pg.OperationalError) and broken and attempt == 1:
                     continue
                 if isinstance(exc, pg.Error):
@@ -332,12 +373,17 @@ class PgDatabase:
         encoded = [p.encode("utf-8") for p in params]
         if any(b"\x00" in p for p in encoded):
             raise ValueError("a parameter holds NUL")
+        self._refuse_if_silent(failure)
         for attempt in (1, 2):
             conn = self._take()
+            watch = self._dog.watch(conn)
             try:
-                rows = self._fetch_on(conn, name, sql, encoded, failure)
+                with watch:
+                    rows = self._fetch_on(conn, name, sql, encoded, failure)
             except _Retry:
                 self._forget(conn)
+                if watch.cut:
+                    raise self._unanswered(failure) from None
                 if attempt == 1:
                     continue
                 raise StoreError(f"{failure}: the PostgreSQL connection broke") from None
@@ -378,6 +424,14 @@ class PgDatabase:
         message = (res.error_message or b"").decode("utf-8", "replace")
         raise StoreError(f"{failure}: {self.reason(Exception(message))}")
 
+    def health_count(self, sql: LiteralString, failure: str) -> int | None:
+        """A count for the health report, which runs on the event loop: None, asking nothing,
+        while the database is silent or a wait has lasted a second already; else asked with a
+        short deadline, so a database that freezes now holds the loop two seconds at most."""
+        if self._dog.silence() is not None or self._dog.slowest() > 1.0:
+            return None
+        return int(self.query(sql, (), failure, seconds=HEALTH_SECONDS)[0][0])
+
     def run_autocommit(self, statement: LiteralString, failure: str) -> None:
         """One statement outside a transaction (VACUUM cannot run inside one)."""
         def work(conn: Conn) -> None:
@@ -416,11 +470,16 @@ class PgDatabase:
     def closed(self) -> bool:
         return self._closed
 
+    def silence(self) -> str | None:
+        """Why calls fail at once (the database stopped answering), or None."""
+        return self._dog.silence()
+
     def stats(self) -> dict[str, object]:
         with self._cond:
             return {"database": self.where, "connections_open": self._open,
                     "connections_idle": len(self._idle), "connections_max": self._max,
-                    "server_version": self.server_version}
+                    "server_version": self.server_version,
+                    "timeout_seconds": self._dog.seconds, "waits_cut": self._dog.cuts}
 
 
 class _Retry(Exception):

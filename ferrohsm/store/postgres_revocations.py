@@ -49,11 +49,12 @@ class PostgresDenyList:
     def __len__(self) -> int:
         """Entries stored (health only): the last count seen if the database cannot be asked."""
         try:
-            rows = self._db.query("SELECT count(*) FROM revoked_tokens", (),
-                                  "cannot count revoked tokens")
+            count = self._db.health_count("SELECT count(*) FROM revoked_tokens",
+                                          "cannot count revoked tokens")
         except StoreError:
             return self._last_count
-        self._last_count = int(rows[0][0])
+        if count is not None:
+            self._last_count = count
         return self._last_count
 
     def is_revoked(self, jti: str | None, now: float) -> bool:

@@ -71,6 +71,7 @@ class Cluster:
     backend: str = "sqlite"
     config: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
+    storage: str = ""  # more lines of the [storage] table
     nodes: list[Node] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -82,7 +83,7 @@ class Cluster:
                                      "FERROHSM_AUDIT_HMAC_KEY")}
         store = "postgres" if self.backend == "postgres" else "sqlite"
         (self.tmp / "ferrohsm.toml").write_text(
-            f'[storage]\nkey_store = "{store}"\ndata_dir = "{self.data}"\n'
+            f'[storage]\nkey_store = "{store}"\ndata_dir = "{self.data}"\n{self.storage}\n'
             f'[audit]\nsink = "{store}"\n'
             f'[tls]\ncert = "{self.pki.server_cert}"\nkey = "{self.pki.server_key}"\n'
             f"{self.config}")

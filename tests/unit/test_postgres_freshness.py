@@ -48,10 +48,10 @@ class CountingDatabase(PgDatabase):
         self.round_trips += 1
         return super().fetch(name, sql, params, failure)
 
-    def query(self, sql: Any, args: Sequence[Any], failure: str, *, binary: bool = False
-              ) -> list[tuple[Any, ...]]:
+    def query(self, sql: Any, args: Sequence[Any], failure: str, *, binary: bool = False,
+              seconds: float | None = None) -> list[tuple[Any, ...]]:
         self.round_trips += 1
-        return super().query(sql, args, failure, binary=binary)
+        return super().query(sql, args, failure, binary=binary, seconds=seconds)
 
 
 @dataclass

@@ -1,0 +1,85 @@
+"""The deadline on waits for PostgreSQL (store/pgwatch.py), on real sockets: a thread blocked
+reading a socket whose peer never answers is woken when the deadline passes, the database is
+then silent (calls refused at once) until an answer, and a probe ends the silence."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from ferrohsm.domain.errors import StoreError
+from ferrohsm.store import pgwatch
+from ferrohsm.store.pgwatch import Watchdog
+
+
+def conn_of(sock: socket.socket) -> Any:
+    """What the watchdog reads of a psycopg connection: ``pgconn.socket``."""
+    return SimpleNamespace(pgconn=SimpleNamespace(socket=sock.fileno()))
+
+
+def test_a_wait_past_its_deadline_is_cut_and_the_database_is_then_silent() -> None:
+    dog = Watchdog(seconds=0.2)
+    mine, peer = socket.socketpair()
+    with mine, peer:
+        began = time.monotonic()
+        with dog.watch(conn_of(mine)) as watch:
+            assert mine.recv(1) == b""  # woken: the socket was shut down, the peer said nothing
+        took = time.monotonic() - began
+        assert watch.cut and dog.cuts == 1
+        assert 0.2 + pgwatch.GRACE <= took < 0.2 + pgwatch.GRACE + 1.0, took
+        silence = dog.silence()
+        assert silence is not None and "has not answered" in silence
+        with pytest.raises(StoreError, match="has not answered"), dog.watch(conn_of(peer)):
+            pytest.fail("entered a watch while the database is silent")
+
+
+def test_an_answer_in_time_is_not_cut_and_ends_a_silence() -> None:
+    dog = Watchdog(seconds=0.1)
+    mine, peer = socket.socketpair()
+    with mine, peer:
+        with dog.watch(conn_of(mine)) as watch:
+            mine.recv(1)
+        assert watch.cut and dog.silence() is not None
+        a, b = socket.socketpair()
+        with a, b:
+            b.send(b"!")
+            with dog.watch(conn_of(a), probe=True) as answered:  # a probe may ask meanwhile
+                assert a.recv(1) == b"!"
+            assert not answered.cut
+        assert dog.silence() is None and dog.slowest() == 0.0
+
+
+def test_a_probe_is_started_while_silent_and_its_answer_ends_the_silence() -> None:
+    dog = Watchdog(seconds=0.1)
+    asked = threading.Event()
+
+    def probe() -> None:
+        a, b = socket.socketpair()
+        with a, b:
+            b.send(b"!")
+            with dog.watch(conn_of(a), probe=True):
+                a.recv(1)
+        asked.set()
+    dog.offer_probe(probe)
+    dog.offer_probe(lambda: None)  # the first offered is kept
+    mine, peer = socket.socketpair()
+    with mine, peer, dog.watch(conn_of(mine)):
+        mine.recv(1)
+    assert asked.wait(5) and dog.silence() is None
+
+
+def test_a_closed_connection_is_watched_without_a_socket() -> None:
+    """psycopg raises for the socket of a closed connection: the call itself then fails."""
+    class Closed:
+        @property
+        def pgconn(self) -> Any:
+            raise RuntimeError("the connection is closed")
+    dog = Watchdog(seconds=5)
+    with dog.watch(Closed()) as watch:
+        assert watch.fd == -1
+    assert not watch.cut
