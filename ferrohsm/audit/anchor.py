@@ -18,6 +18,7 @@ checkpoint.py.
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import logging
 import os
@@ -25,7 +26,7 @@ import stat
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from ..crypto.signing import SigningKey
 from ..domain.errors import AuditUnavailable, ConfigError
@@ -38,6 +39,7 @@ from .offline import CHECKPOINTS
 log = logging.getLogger("ferrohsm.audit")
 
 KEY_FILE = "audit-signing-key.pem"
+PENDING = ".pending"  # a new key's file until its first checkpoint is durable (Anchor)
 PUBLIC_KEY_FILE = "audit-signing-key.pub.pem"
 CHECKPOINT_FILE = CHECKPOINTS  # offline.py: the offline tools refuse it as a log
 
@@ -158,7 +160,11 @@ class Anchor:
     """The signing key and the checkpoint file of one audit log.
 
     The key is loaded from ``key_path`` (default ``<directory>/audit-signing-key.pem``) or, when
-    that file does not exist yet, generated there (0600) with its public half next to it.
+    that file does not exist yet, generated (0600) with its public half next to it. A new key
+    is kept as ``key_path + ".pending"`` until the first checkpoint it signs is durable, and
+    only then put in place: a key in place means checkpoints were made (integrity/logscan.py
+    counts on it for a PostgreSQL node), so a first start killed in between leaves a pending
+    key that the next start simply uses, not a key whose checkpoints look deleted.
     """
 
     def __init__(self, directory: str, *, key_path: str | None = None,
@@ -167,20 +173,46 @@ class Anchor:
         self.public_key_path = os.path.splitext(self.key_path)[0] + ".pub.pem"
         self.path = checkpoint_path or os.path.join(directory, CHECKPOINT_FILE)
         self._durable = durable
-        self._refuse_lost_key()
-        if _create_once(self.key_path, SigningKey.generate_pem):
-            log.info("generated audit signing key %s", self.key_path)
-        self._key = load_signing_key(self.key_path)
+        self._drop_torn_tail()  # a torn first line is no checkpoint
+        self._pending = self._pending_key()
+        self._key = load_signing_key(self._pending or self.key_path)
         self.public_key = self._key.public
         _create_once(self.public_key_path, self.public_key.pem)
-        self._drop_torn_tail()
 
-    def _refuse_lost_key(self) -> None:
+    def _pending_key(self) -> str | None:
+        """The file of a key not in place yet (made now, or by a start that did not get to its
+        first checkpoint); None once the key is in place."""
+        pending = self.key_path + PENDING
+        if os.path.exists(self.key_path):
+            return None
+        if _has_content(self.path):
+            if not os.path.exists(pending):
+                self._refuse_lost_key()
+            self._put_in_place(pending)  # killed after the first checkpoint, before this
+            return None
+        if _create_once(pending, SigningKey.generate_pem):
+            log.info("generated audit signing key %s (put in place once it signed the first "
+                     "checkpoint)", self.key_path)
+        return pending
+
+    def _put_in_place(self, pending: str) -> None:
+        """``pending`` becomes the key (a hard link: never over a key already there, which
+        another process sharing the directory may have put in place first)."""
+        try:
+            os.link(pending, self.key_path)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:  # put in place and unlinked by that other process
+            if not os.path.exists(self.key_path):
+                raise
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pending)
+        fsync_dir(os.path.dirname(os.path.abspath(self.key_path)))
+
+    def _refuse_lost_key(self) -> NoReturn:
         """A missing signing key is generated only for a log that has no checkpoint yet: a new
         key cannot continue checkpoints the old one signed (the next start would call them
         corrupt), and would leave a pair whose halves do not match."""
-        if os.path.exists(self.key_path) or not _has_content(self.path):
-            return
         raise AuditUnavailable(
             f"the audit signing key {self.key_path} is missing, but {self.path} holds "
             "checkpoints it signed: restore the key from a backup of the data directory. If it "
@@ -207,6 +239,9 @@ class Anchor:
                 os.fsync(fd)
         finally:
             os.close(fd)
+        if self._pending is not None:
+            self._put_in_place(self._pending)
+            self._pending = None
         return checkpoint
 
     def last(self) -> dict[str, Any] | None:
