@@ -3,8 +3,9 @@ picked by store kind (README "Running several nodes")."""
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +21,15 @@ from .store.pg_shared import PostgresLeader, PostgresMembership, PostgresUsage
 from .store.pgdb import dsn_from_env
 from .store.sqlite_usage import SQLiteUsage
 
+log = logging.getLogger("ferrohsm")
+
+
+def _node_waits(where: str) -> Callable[[], None]:
+    """What a starting node says when another start (or a restore) holds the turn: a cold
+    start checks every key record, which takes minutes on a large store."""
+    return lambda: log.info("waiting for another node's start-up, or a backup, restore or rekey, "
+                            "on %s to finish", where)
+
 
 def open_cluster(config: Config) -> Cluster | None:
     """The coordination of a store several processes may share (sqlite, postgres); None for a
@@ -27,12 +37,13 @@ def open_cluster(config: Config) -> Cluster | None:
     kind = config.storage.key_store
     if kind == "postgres":
         dsn = dsn_from_env(config.storage.postgres_dsn_env, os.environ)
-        return Cluster(PostgresMembership(dsn), PostgresLeader(dsn), PostgresUsage(dsn))
+        return Cluster(PostgresMembership(dsn, _node_waits("the database")),
+                       PostgresLeader(dsn), PostgresUsage(dsn))
     if kind != "sqlite":
         return None
     data = ensure_private_dir(config.storage.data_dir)
-    return Cluster(FileMembership(data), FileLeader(data), SQLiteUsage(data / "ratelimit.sqlite3"),
-                   leases=FileNodeLeases(data))
+    return Cluster(FileMembership(data, _node_waits(str(data))), FileLeader(data),
+                   SQLiteUsage(data / "ratelimit.sqlite3"), leases=FileNodeLeases(data))
 
 
 def settle_dead(cluster: Cluster | None, store: KeyStore, approvals: ApprovalStore | None,
@@ -44,18 +55,19 @@ def settle_dead(cluster: Cluster | None, store: KeyStore, approvals: ApprovalSto
 
 
 @contextmanager
-def offline_alone(config: Config) -> Iterator[bool]:
+def offline_alone(config: Config, waiting: Callable[[], None] | None = None) -> Iterator[bool]:
     """What must not run beside a serving node (an offline backup, a restore, an offline
     rekey) holds the lock a starting node takes, for a store several processes share: True
     when no node is alive, and until the block ends a node started meanwhile waits; False
-    (nothing held) when one is serving. The filesystem store's own lock refuses them instead."""
+    (nothing held) when one is serving. The filesystem store's own lock refuses them instead.
+    ``waiting()`` is called before a wait: a server's cold start may hold the turn for minutes."""
     kind = config.storage.key_store
     if kind == "sqlite" and Path(config.storage.data_dir).is_dir():
-        with alone(config.storage.data_dir) as cold:
+        with alone(config.storage.data_dir, waiting) as cold:
             yield cold
     elif kind == "postgres":
         membership = PostgresMembership(dsn_from_env(config.storage.postgres_dsn_env,
-                                                     os.environ))
+                                                     os.environ), waiting)
         try:
             yield membership.enter()
         finally:

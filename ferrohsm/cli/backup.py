@@ -195,6 +195,7 @@ def run_offline_backup(args: argparse.Namespace) -> int:
     from .. import app as wiring
     from ..custody.keysource import backup_key
     from ..integrity.logcheck import StartupRefused
+    from .custody import offline_hold
     config = _config(args)
     if config.storage.key_store == "memory":
         raise ConfigError("the memory key store keeps nothing to back up")
@@ -208,7 +209,7 @@ def run_offline_backup(args: argparse.Namespace) -> int:
     key = backup_key(secrets.master_key, os.environ, config.secrets.backup_key_file)
     # SQLite takes no lock a reader meets: a server running (or starting) on the directory is
     # refused, and one started meanwhile waits until the backup is written
-    with wiring.offline_alone(config) as alone:
+    with offline_hold(config) as alone:
         if not alone:
             raise StartupRefused(f"{config.storage.data_dir} is in use by a running server: back "
                                  "it up online (ferrohsm backup without --offline), or stop it "
@@ -438,6 +439,7 @@ def _restore(wiring: Any, config: Config, secrets: Any, got: Any, digest: str) -
     written."""
     from ..custody import restore as restoring
     from ..datadir import local_store_present
+    from .custody import offline_hold
     location = wiring.audit_location(config)
     storage = config.storage
     if location.present() and not local_store_present(storage.key_store, storage.data_dir):
@@ -446,7 +448,7 @@ def _restore(wiring: Any, config: Config, secrets: Any, got: Any, digest: str) -
         wiring.ensure_private_dir(storage.data_dir)
     # A second restore waits here, then finds the target restored (not empty); a server started
     # meanwhile waits to start on the restored store instead of finding a restore in progress.
-    with wiring.offline_alone(config) as alone:
+    with offline_hold(config) as alone:
         if not alone:
             raise restoring.TargetNotEmpty(f"{storage.data_dir} is in use by a running "
                                            "server: restore into a new, empty data directory")

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,20 @@ def other_secrets(config: Config) -> Secrets:
                           "unset FERROHSM_MASTER_KEY and [secrets].master_key_file")
     env = {**os.environ, "FERROHSM_MASTER_KEY": _PLACEHOLDER}
     return dataclasses.replace(load_secrets(config, env), master_key=b"")
+
+
+def offline_hold(config: Config) -> AbstractContextManager[bool]:
+    """The hold of an offline backup, restore or rekey (app.offline_alone), saying on stderr
+    why it waits when a server is starting on the store (its cold start may take minutes) or
+    another of them holds it: before, it waited without a word."""
+    from .. import app as wiring
+    where = (config.storage.data_dir if config.storage.key_store == "sqlite"
+             else "the PostgreSQL database")
+
+    def waiting() -> None:
+        print(f"ferrohsm: waiting: a server is starting on {where}, or another backup, restore "
+              "or rekey holds it; going on once it is done", file=sys.stderr, flush=True)
+    return wiring.offline_alone(config, waiting)
 
 
 def custody_config(args: argparse.Namespace) -> Config:

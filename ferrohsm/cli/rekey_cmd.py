@@ -78,14 +78,13 @@ def run_rekey(args: argparse.Namespace) -> int:
         from .main import run_client
         args.client_func = run_online
         return run_client(args)
-    from .. import app as wiring
-    from .custody import custody_config
+    from .custody import custody_config, offline_hold
     config = custody_config(args)
     shamir = config.secrets.unseal == "shamir"
     _check_flags(args, config, shamir)  # a usage error: nothing was attempted, nothing recorded
     # A store several processes share takes no lock a serving node holds: without this hold
     # the rekey ran beside a live server, which went on sealing new keys under the old key.
-    with wiring.offline_alone(config) as alone:
+    with offline_hold(config) as alone:
         if not alone:
             from ..integrity.logcheck import StartupRefused
             raise StartupRefused(f"the {config.storage.key_store} key store of "

@@ -23,7 +23,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,12 +40,14 @@ def _open_lock(path: Path) -> int:
 
 
 @contextmanager
-def alone(directory: str | os.PathLike[str]) -> Iterator[bool]:
+def alone(directory: str | os.PathLike[str], waiting: Callable[[], None] | None = None
+          ) -> Iterator[bool]:
     """For what must not run beside a server (an offline backup): True when no node is alive on
     ``directory``; then, until the block ends, this process counts as the one node starting,
     so a server started meanwhile waits on ``startup.lock`` instead of running its start-up
-    checks beside it. False (nothing held) when a node is running."""
-    membership = FileMembership(directory)
+    checks beside it. False (nothing held) when a node is running. ``waiting`` is called
+    once, before waiting, when another process holds the turn (FileMembership)."""
+    membership = FileMembership(directory, waiting)
     try:
         yield membership.enter()
     finally:
@@ -53,8 +55,10 @@ def alone(directory: str | os.PathLike[str]) -> Iterator[bool]:
 
 
 class FileMembership:
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str],
+                 waiting: Callable[[], None] | None = None) -> None:
         self._dir = Path(directory)
+        self._waiting = waiting  # told when the turn is taken (a node starting, a restore...)
         self._nodes: int | None = None
         self._startup: int | None = None
         self.cold = False
@@ -62,7 +66,12 @@ class FileMembership:
     def enter(self) -> bool:
         """Wait for our turn to start; True for a cold start (no other node alive)."""
         self._startup = _open_lock(self._dir / "startup.lock")
-        fcntl.flock(self._startup, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._startup, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a long cold start may hold it for minutes: say why we wait
+            if self._waiting is not None:
+                self._waiting()
+            fcntl.flock(self._startup, fcntl.LOCK_EX)
         self._nodes = _open_lock(self._dir / "nodes.lock")
         try:
             fcntl.flock(self._nodes, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..domain.errors import StoreError
@@ -67,8 +67,9 @@ def _error(what: str, exc: Exception) -> StoreError:
 
 
 class PostgresMembership:
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, waiting: Callable[[], None] | None = None) -> None:
         self._dsn = dsn
+        self._waiting = waiting  # told when another node's start (or a restore) holds the turn
         self._conn = connect(dsn)
         self.cold = False
         self._alive = False  # started(): this node holds the shared NODES lock
@@ -104,7 +105,12 @@ class PostgresMembership:
 
     def enter(self) -> bool:
         try:
-            self._conn.execute("SELECT pg_advisory_lock(%s)", (STARTUP_LOCK,))
+            row = self._conn.execute("SELECT pg_try_advisory_lock(%s)",
+                                     (STARTUP_LOCK,)).fetchone()
+            if not (row and row[0]):
+                if self._waiting is not None:
+                    self._waiting()
+                self._conn.execute("SELECT pg_advisory_lock(%s)", (STARTUP_LOCK,))
             got = self._try_nodes()
             if got:  # alone, or live nodes just lost the sessions holding their lock: those
                 self._conn.execute("SELECT pg_advisory_unlock(%s)", (NODES_LOCK,))

@@ -475,6 +475,7 @@ def test_two_restores_at_once_into_one_sqlite_directory_leave_one_restored_store
         assert ("restore needs an empty data directory" in ended[1][1]
                 or "in use by a running server" in ended[1][1]), ended  # after the server
         assert "interrupted" not in ended[0][1] + ended[1][1], ended
+        assert "ferrohsm: waiting: a server is starting on" in ended[1][1], ended  # not silent
         assert not list(data_dir.glob("audit.interrupted-*"))
         check_everything_works(srv, source)
     finally:

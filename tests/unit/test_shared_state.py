@@ -228,6 +228,38 @@ def test_postgres_membership_tells_a_cold_start_from_a_join(pg_dsn: Callable[[],
     check_membership(lambda: PostgresMembership(dsn))
 
 
+def check_waiting_is_said(make: Callable[[Callable[[], None]], Any]) -> None:
+    """A start (or a restore) behind another one's turn is told before it waits, once; one
+    that finds the turn free is told nothing."""
+    said: list[str] = []
+    first = make(lambda: said.append("first"))
+    assert first.enter() is True and said == []
+    second = make(lambda: said.append("second"))
+    entered = threading.Thread(target=second.enter)
+    entered.start()
+    deadline = time.monotonic() + 10
+    while not said:
+        assert time.monotonic() < deadline, "the waiting one was not told"
+        time.sleep(0.02)
+    assert said == ["second"] and entered.is_alive()  # told, and still waiting
+    first.started()  # the turn is free
+    entered.join(10)
+    assert not entered.is_alive() and said == ["second"]
+    second.started()
+    first.close()
+    second.close()
+
+
+def test_file_membership_says_when_it_waits(tmp_path: Path) -> None:
+    check_waiting_is_said(lambda told: FileMembership(tmp_path, told))
+
+
+def test_postgres_membership_says_when_it_waits(pg_dsn: Callable[[], str]) -> None:
+    from ferrohsm.store.pg_shared import PostgresMembership
+    dsn = pg_dsn()
+    check_waiting_is_said(lambda told: PostgresMembership(dsn, told))
+
+
 
 def test_a_list_that_cannot_be_read_is_not_written_over(tmp_path: Path) -> None:
     """Writing the list from memory over a file that cannot be read would drop what other
