@@ -100,6 +100,9 @@ def test_a_frozen_database_is_answered_503_in_bounded_time_and_recovered_from(
                                        "sealed"}, health
                 took, (status, _) = timed(cluster.call, 0, "GET", "/readyz", role=None)
                 assert status == 503 and took < TIMEOUT + 2, took
+                took, (status, metrics) = timed(cluster.call, 0, "GET", "/metrics", role=None)
+                assert status == 200 and took < 1.0, took  # keys by state left out, the rest
+                assert b"ferrohsm_audit_healthy 0" in metrics and b"ferrohsm_keys{" not in metrics
             # The first answer ends it: the same node serves again, nothing restarted.
             deadline = time.monotonic() + 20
             while encrypt()[0] != 200 or rotate()[0] != 200:

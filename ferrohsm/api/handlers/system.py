@@ -68,7 +68,9 @@ def register(router: Router, health: Callable[[], dict[str, Any]], metrics: Serv
                     "status and the counters of the store, audit log and key records.",
         extra=((503, "degraded: the audit log does not accept records (a failed write or "
                      "flush, until the next good one)", "Health"),)))
-    router.add("GET", "/metrics", prometheus, name="metrics", inline=True, doc=Operation(
+    # On the worker pool, not the event loop: a scrape counts keys by state in the store, which
+    # on PostgreSQL is a round trip a slow or frozen database would hold the loop for.
+    router.add("GET", "/metrics", prometheus, name="metrics", doc=Operation(
         "Prometheus text exposition 0.0.4 (no authentication)", TAGS,
         media_type="text/plain; version=0.0.4"))
     router.add("GET", "/v1/openapi.json", spec, name="openapi", inline=True, doc=Operation(
