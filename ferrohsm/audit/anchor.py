@@ -186,9 +186,10 @@ class Anchor:
         if os.path.exists(self.key_path):
             return None
         if _has_content(self.path):
-            if not os.path.exists(pending):
+            if os.path.exists(pending):
+                self._put_in_place(pending)  # killed after the first checkpoint, before this
+            elif not os.path.exists(self.key_path):  # not put in place by another process now
                 self._refuse_lost_key()
-            self._put_in_place(pending)  # killed after the first checkpoint, before this
             return None
         if _create_once(pending, SigningKey.generate_pem):
             log.info("generated audit signing key %s (put in place once it signed the first "

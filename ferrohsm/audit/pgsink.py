@@ -116,6 +116,8 @@ class Deadlines(Protocol):
 
     def connect_timeout(self) -> int: ...
 
+    def session_settings(self, conn: Any) -> None: ...
+
 
 class _Unwatched:
     """The watch of a sink given no Deadlines (offline tools): waits as long as libpq does."""
@@ -323,8 +325,25 @@ class PostgresSink(ChainedSink):
     def _writer(self) -> psycopg.Connection:
         """The connection batches are written on (under _io_lock); reconnect after a failure."""
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self._dsn, timeout=self._timeout, durable=self.durable)
+            self._conn = self._session(autocommit=False)
         return self._conn
+
+    def _session(self, *, autocommit: bool) -> psycopg.Connection:
+        """A new session, with the watchdog's settings (the server's own deadline on each
+        statement, a lock wait included: store/pgwatch.py) when there is one."""
+        conn = connect(self._dsn, autocommit=autocommit, timeout=self._timeout,
+                       durable=self.durable)
+        if self._watchdog is None:
+            return conn
+        try:
+            with self._watchdog.watch(conn):
+                self._watchdog.session_settings(conn)
+                if not autocommit:
+                    conn.commit()
+        except (self._psycopg.Error, StoreError) as exc:
+            conn.close()
+            raise unavailable("cannot reach the audit database", exc) from None
+        return conn
 
     def _drop_writer(self) -> None:
         """After a failed statement: roll back, or (a broken connection) start afresh next
@@ -353,8 +372,8 @@ class PostgresSink(ChainedSink):
                     if sealed is None:  # another node wrote since our last batch
                         sealed = self._insert_locked(conn, events)
             except (self._psycopg.OperationalError, StoreError) as exc:
-                if watch.cut or isinstance(exc, StoreError):
-                    raise  # no answer: a new session would wait for none either
+                if watch.cut or isinstance(exc, StoreError | self._psycopg.errors.QueryCanceled):
+                    raise  # no answer, or none in time (a lock held): not again on a new session
                 # The session broke, or psycopg gave up on it mid-pipeline ("cannot exit
                 # pipeline mode while busy" after the backend was terminated: the connection
                 # then says neither closed nor broken), or the database refused: whichever, a
@@ -480,8 +499,7 @@ class PostgresSink(ChainedSink):
                 watch: Any = _Unwatched()
                 try:                # database restart the idle one is found cut only now
                     if self._reader is None or self._reader.closed:
-                        self._reader = connect(self._dsn, autocommit=True,
-                                               timeout=self._timeout)
+                        self._reader = self._session(autocommit=True)
                     with (watch := self._watch(self._reader)):
                         return list(self._reader.execute(sql.encode(), args).fetchall())
                 except (self._psycopg.Error, StoreError) as exc:

@@ -257,6 +257,9 @@ class RetentionScheduler:
             while not stop.wait(interval):
                 try:
                     report = self.tick()
+                except FerroError as exc:  # the store or audit log unavailable: said, no trace
+                    log.warning("scheduler tick failed: %s", exc.message)
+                    continue
                 except Exception:
                     log.exception("scheduler tick failed")
                     continue

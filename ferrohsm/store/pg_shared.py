@@ -49,17 +49,27 @@ UPSERT = ("INSERT INTO ferrohsm_rate_usage (actor, node, role, used, updated) "
 IDLE_SECONDS = 3600.0
 
 
-def connect(dsn: str) -> Any:
-    """An autocommit psycopg connection; StoreError (never the DSN, it holds a password)."""
+def connect(dsn: str, *, bounded: bool = True) -> Any:
+    """An autocommit psycopg connection; StoreError (never the DSN, it holds a password).
+    ``bounded``: the server keeps the watchdog's deadline on each statement (store/pgwatch.py);
+    not for membership, whose lock waits for a node's cold start as long as that takes."""
     try:
         import psycopg  # optional dependency: only with the PostgreSQL store
     except ImportError:
         raise StoreError("the PostgreSQL store needs psycopg: pip install 'ferrohsm[postgres]'"
                          ) from None
     try:
-        return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=WATCHDOG.connect_timeout())
     except psycopg.Error as exc:
         raise StoreError(f"cannot connect to PostgreSQL: {type(exc).__name__}") from None
+    if bounded:
+        try:
+            with WATCHDOG.watch(conn):
+                WATCHDOG.session_settings(conn)
+        except (psycopg.Error, StoreError) as exc:
+            conn.close()
+            raise _error("session settings", exc) from None
+    return conn
 
 
 def _error(what: str, exc: Exception) -> StoreError:
@@ -70,7 +80,7 @@ class PostgresMembership:
     def __init__(self, dsn: str, waiting: Callable[[], None] | None = None) -> None:
         self._dsn = dsn
         self._waiting = waiting  # told when another node's start (or a restore) holds the turn
-        self._conn = connect(dsn)
+        self._conn = connect(dsn, bounded=False)
         self.cold = False
         self._alive = False  # started(): this node holds the shared NODES lock
 
@@ -94,7 +104,7 @@ class PostgresMembership:
         if WATCHDOG.silence() is not None:
             return False  # retried every half second; the lock is taken once it answers
         try:  # not watched: the lock waits for a node starting cold, and may wait long
-            conn = connect(self._dsn)
+            conn = connect(self._dsn, bounded=False)
             conn.execute("SELECT pg_advisory_lock_shared(%s)", (NODES_LOCK,))
         except Exception:
             return False

@@ -168,8 +168,7 @@ class PgDatabase:
                              f"{self.reason(exc)}") from None
         try:
             with self._dog.watch(conn):
-                conn.execute("SELECT set_config('statement_timeout', %s, false)",
-                             (str(int(self._dog.seconds * 1000)),))
+                self._dog.session_settings(conn)
                 for statement in SESSION_SETTINGS:
                     conn.execute(statement)
         except (self._psycopg.Error, StoreError) as exc:

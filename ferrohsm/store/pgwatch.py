@@ -81,6 +81,19 @@ class Watchdog:
         of 2, as long as a watched wait."""
         return max(2, math.ceil(self.seconds + GRACE))
 
+    def session_settings(self, conn: Any) -> None:
+        """Set on each session the server keeps the same deadline on (``statement_timeout``:
+        it covers a lock wait, which then ends with a clean error on a live database instead of
+        a cut taken for a silent one) and, from PostgreSQL 14 on, looks for a client gone (a cut
+        session) every second while a statement runs, so a backend a cut left waiting for a
+        lock leaves the lock's queue instead of waiting there."""
+        names, values = ["statement_timeout"], [str(int(self.seconds * 1000))]
+        if int(conn.info.server_version) >= 140000:
+            names.append("client_connection_check_interval")
+            values.append("1000")
+        conn.execute("SELECT set_config(name, value, false) FROM unnest(%s::text[], "
+                     "%s::text[]) AS s(name, value)", (names, values))
+
     def offer_probe(self, probe: Callable[[], None]) -> None:
         """``probe()`` opens a new session and runs one statement under ``watch(..., probe=
         True)``; the first offered is kept (the store and the audit sink share the database)."""
@@ -95,6 +108,10 @@ class Watchdog:
     # ---- the waits ----------------------------------------------------------------------
 
     def arm(self, w: Watch, conn: Any) -> None:
+        if self._pid != os.getpid():  # a forked child: its own thread, and no silence inherited
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._start()
         if self._silent_since is not None and not w.probe:
             raise StoreError(self.silence() or "the PostgreSQL database does not answer")
         try:
@@ -103,8 +120,6 @@ class Watchdog:
             w.fd = -1
         w.deadline = time.monotonic() + w.seconds
         with self._lock:
-            if self._pid != os.getpid():
-                self._start()
             self._waits.add(w)
 
     def disarm(self, w: Watch) -> None:

@@ -120,3 +120,50 @@ def test_a_frozen_database_is_answered_503_in_bounded_time_and_recovered_from(
             verify_export(cluster, tmp_path)  # every record the node acknowledged, intact
         finally:
             cluster.stop()
+
+
+def test_a_lock_held_elsewhere_is_a_clean_timeout_not_a_silent_database(tmp_path: Path) -> None:
+    """The audit log's append lock held by another session (a stopped node's, here a session
+    of the test's) for longer than the timeout: each write ends with the server's own
+    statement timeout (503), the database is not taken for silent (no session cut), and
+    everything goes on once the lock is free. Before, the audit sessions had no server-side
+    deadline: the watchdog cut their lock waits and declared a live database silent, and each
+    cut left a backend queued on the lock (an outside drill)."""
+    import psycopg
+
+    from ferrohsm.audit.pgsink import LOCK_APPEND, LOCK_CLASS
+    pgserver.skip_unless_available()
+    with pgserver.running() as server:
+        dsn = server.new_database()
+        cluster = Cluster(tmp_path, backend="postgres", storage=f"postgres_timeout_seconds = "
+                          f"{TIMEOUT}", extra_env={"FERROHSM_POSTGRES_DSN": dsn})
+        try:
+            cluster.add()
+            status, key = cluster.call(0, "POST", "/v1/keys",
+                                       {"algorithm": "aes-256-gcm", "usage": "encrypt"})
+            assert status == 201, key
+            path = f"/v1/keys/{key['id']}/encrypt"
+
+            def encrypt() -> tuple[int, Any]:
+                return cluster.call(0, "POST", path, {"plaintext": B64(b"x")}, role="service")
+            with psycopg.connect(dsn) as holder:
+                holder.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_APPEND))
+                took, (status, body) = timed(encrypt)
+                assert status == 503 and TIMEOUT <= took < TIMEOUT + 1, (took, status, body)
+                status, health = cluster.call(0, "GET", "/healthz", role="auditor")
+                assert status == 503 and "audit" in health["reason"], health  # says why
+                assert health["store"]["waits_cut"] == 0 and health["store"].get(
+                    "reachable", True), health
+                holder.rollback()  # the lock is free
+            deadline = time.monotonic() + 10
+            while encrypt()[0] != 200:
+                assert time.monotonic() < deadline, "the node did not go on"
+                time.sleep(0.2)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                waiting = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type"
+                                       " = 'Lock'").fetchone()
+            assert waiting == (0,)
+            log = cluster.nodes[0].log.read_text()
+            assert "did not answer within" not in log
+        finally:
+            cluster.stop()

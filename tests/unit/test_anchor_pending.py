@@ -67,3 +67,21 @@ def test_a_key_lost_after_checkpoints_is_still_refused(tmp_path: Path) -> None:
     with pytest.raises(AuditUnavailable, match="is missing"):
         Anchor(str(tmp_path))
     assert not (tmp_path / KEY_FILE).exists() and not list(tmp_path.glob("*" + PENDING))
+
+
+def test_a_key_put_in_place_by_another_process_meanwhile_is_not_taken_for_lost(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processes sharing the directory: B finds no key in place, A then signs its first
+    checkpoint and puts the pending key in place, B finds checkpoints and no pending key. B
+    looks again before calling the key lost (a red team, by reading)."""
+    sign(Anchor(str(tmp_path)))  # A, done: the key in place, checkpoints written
+    key = str(tmp_path / KEY_FILE)
+    real, first = os.path.exists, [True]
+
+    def exists(path: str) -> bool:
+        if path == key and first[0]:  # B's first look came before A put the key in place
+            first[0] = False
+            return False
+        return real(path)
+    monkeypatch.setattr(os.path, "exists", exists)
+    assert Anchor(str(tmp_path)).public_key is not None and not first[0]

@@ -4,6 +4,7 @@ then silent (calls refused at once) until an answer, and a probe ends the silenc
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -83,3 +84,17 @@ def test_a_closed_connection_is_watched_without_a_socket() -> None:
     with dog.watch(Closed()) as watch:
         assert watch.fd == -1
     assert not watch.cut
+
+
+def test_a_forked_child_inherits_no_silence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child forked while its parent found the database silent starts afresh: it asks."""
+    dog = Watchdog(seconds=5)
+    mine, peer = socket.socketpair()
+    with mine, peer:
+        with dog.watch(conn_of(mine)):
+            pass  # the parent's thread runs
+        dog._silent_since = time.monotonic()  # the parent's state at the fork
+        monkeypatch.setattr(os, "getpid", lambda: -7)  # the child's pid
+        with dog.watch(conn_of(mine)) as watch:
+            pass
+        assert not watch.cut and dog.silence() is None
