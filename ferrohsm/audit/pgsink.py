@@ -58,6 +58,8 @@ log = logging.getLogger("ferrohsm.audit")
 
 _logged: dict[str, float] = {}  # when each kind of failure was last logged
 NO_ANSWER = "audit record could not be made durable: the audit database does not answer"
+LOCK_HELD = ("audit record could not be made durable: the audit log's append lock is held by "
+             "another session (the last wait for it timed out); refused without waiting")
 
 
 def unavailable(what: str, exc: BaseException) -> AuditUnavailable:
@@ -247,6 +249,7 @@ class PostgresSink(ChainedSink):
         self._reader: psycopg.Connection | None = None
         self._read_lock = threading.Lock()
         self._watchdog = watchdog
+        self._contended = False  # the last wait for the append lock timed out (_insert)
         if watchdog is not None:
             watchdog.offer_probe(self._ask_database)
         try:
@@ -337,9 +340,9 @@ class PostgresSink(ChainedSink):
             return conn
         try:
             with self._watchdog.watch(conn):
+                conn.autocommit = True  # a refused optional setting leaves no transaction
                 self._watchdog.session_settings(conn)
-                if not autocommit:
-                    conn.commit()
+                conn.autocommit = autocommit
         except (self._psycopg.Error, StoreError) as exc:
             conn.close()
             raise unavailable("cannot reach the audit database", exc) from None
@@ -368,10 +371,10 @@ class PostgresSink(ChainedSink):
             try:
                 conn = self._writer()
                 with (watch := self._watch(conn)):
-                    sealed = self._insert_at_head(conn, events)
-                    if sealed is None:  # another node wrote since our last batch
-                        sealed = self._insert_locked(conn, events)
+                    sealed = self._insert(conn, events)
             except (self._psycopg.OperationalError, StoreError) as exc:
+                if isinstance(exc, self._psycopg.errors.QueryCanceled):
+                    self._contended = True  # the lock was held past statement_timeout
                 if watch.cut or isinstance(exc, StoreError | self._psycopg.errors.QueryCanceled):
                     raise  # no answer, or none in time (a lock held): not again on a new session
                 # The session broke, or psycopg gave up on it mid-pipeline ("cannot exit
@@ -394,6 +397,25 @@ class PostgresSink(ChainedSink):
             self._drop_writer()
             raise
         return [record for record, _ in sealed]
+
+    def _insert(self, conn: psycopg.Connection, events: list[PreparedEvent]
+                ) -> list[tuple[dict[str, Any], bytes]]:
+        """The batch, stored and committed. After a wait for the append lock timed out (a
+        session holding it stopped, or stuck), the lock is only TRIED until it is had again:
+        this runs on the event loop, which must not wait ``statement_timeout`` per turn while
+        another session sits on the lock (an outside red team); refused at once meanwhile."""
+        if not self._contended:
+            sealed = self._insert_at_head(conn, events)
+            return sealed if sealed is not None else self._insert_locked(conn, events)
+        row = conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)",
+                           (LOCK_CLASS, LOCK_APPEND)).fetchone()
+        if not (row and row[0]):
+            conn.rollback()
+            raise unavailable(LOCK_HELD, TimeoutError("the append lock is held by another "
+                                                      "session"))
+        sealed = self._insert_locked(conn, events)  # held: its own wait for the lock is none
+        self._contended = False
+        return sealed
 
     def _insert_at_head(self, conn: psycopg.Connection, events: list[PreparedEvent]
                         ) -> list[tuple[dict[str, Any], bytes]] | None:

@@ -72,6 +72,7 @@ class Watchdog:
         self._probe: Callable[[], None] | None = None
         self._probing = False
         self._pid = -1  # the process whose thread runs (a forked child starts its own)
+        self._said_no_check = False  # session_settings: the server refused the client check
 
     def configure(self, seconds: float) -> None:
         self.seconds = seconds
@@ -86,13 +87,21 @@ class Watchdog:
         it covers a lock wait, which then ends with a clean error on a live database instead of
         a cut taken for a silent one) and, from PostgreSQL 14 on, looks for a client gone (a cut
         session) every second while a statement runs, so a backend a cut left waiting for a
-        lock leaves the lock's queue instead of waiting there."""
-        names, values = ["statement_timeout"], [str(int(self.seconds * 1000))]
+        lock leaves the lock's queue instead of waiting there: where the server's platform
+        cannot (it refuses the setting, as on Windows), without it. ``conn`` is in autocommit
+        mode: a refused setting leaves no transaction to roll back."""
+        conn.execute("SELECT set_config('statement_timeout', %s, false)",
+                     (str(int(self.seconds * 1000)),))
         if int(conn.info.server_version) >= 140000:
-            names.append("client_connection_check_interval")
-            values.append("1000")
-        conn.execute("SELECT set_config(name, value, false) FROM unnest(%s::text[], "
-                     "%s::text[]) AS s(name, value)", (names, values))
+            try:
+                conn.execute("SELECT set_config('client_connection_check_interval', '1000', "
+                             "false)")
+            except Exception as exc:  # psycopg's error (not imported here): optional, said once
+                if not self._said_no_check:
+                    self._said_no_check = True
+                    log.info("PostgreSQL: client_connection_check_interval refused (%s): cut "
+                             "sessions are noticed by the server only when it next writes",
+                             str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
 
     def offer_probe(self, probe: Callable[[], None]) -> None:
         """``probe()`` opens a new session and runs one statement under ``watch(..., probe=

@@ -128,7 +128,9 @@ def test_a_lock_held_elsewhere_is_a_clean_timeout_not_a_silent_database(tmp_path
     statement timeout (503), the database is not taken for silent (no session cut), and
     everything goes on once the lock is free. Before, the audit sessions had no server-side
     deadline: the watchdog cut their lock waits and declared a live database silent, and each
-    cut left a backend queued on the lock (an outside drill)."""
+    cut left a backend queued on the lock (an outside drill). And once a wait timed out, the
+    lock is only tried until it is had: the audit batch is written on the event loop, which
+    waited a timeout per turn (a second red team)."""
     import psycopg
 
     from ferrohsm.audit.pgsink import LOCK_APPEND, LOCK_CLASS
@@ -150,8 +152,16 @@ def test_a_lock_held_elsewhere_is_a_clean_timeout_not_a_silent_database(tmp_path
                 holder.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_APPEND))
                 took, (status, body) = timed(encrypt)
                 assert status == 503 and TIMEOUT <= took < TIMEOUT + 1, (took, status, body)
-                status, health = cluster.call(0, "GET", "/healthz", role="auditor")
-                assert status == 503 and "audit" in health["reason"], health  # says why
+                # From then on the lock is only tried: the event loop waits for it no more
+                # (it did, a timeout per turn, holding /healthz and everything else).
+                for _ in range(3):
+                    took, (status, body) = timed(encrypt)
+                    assert status == 503 and took < 1.0, (took, status, body)
+                    assert "append lock is held" in body["error"]["message"], body
+                took, (status, health) = timed(cluster.call, 0, "GET", "/healthz",
+                                               role="auditor")
+                assert status == 503 and took < 1.0, (took, health)
+                assert "audit" in health["reason"], health  # says why
                 assert health["store"]["waits_cut"] == 0 and health["store"].get(
                     "reachable", True), health
                 holder.rollback()  # the lock is free

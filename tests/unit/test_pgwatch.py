@@ -98,3 +98,33 @@ def test_a_forked_child_inherits_no_silence(monkeypatch: pytest.MonkeyPatch) -> 
         with dog.watch(conn_of(mine)) as watch:
             pass
         assert not watch.cut and dog.silence() is None
+
+
+def test_a_server_refusing_the_client_check_keeps_its_statement_timeout() -> None:
+    """PostgreSQL refuses client_connection_check_interval where its platform cannot check
+    (Windows): the session goes on with statement_timeout alone, not refused (a red team)."""
+    ran: list[str] = []
+
+    class Conn:
+        info = SimpleNamespace(server_version=150004)
+
+        def execute(self, sql: str, args: object = None) -> None:
+            if "client_connection_check_interval" in sql:
+                raise RuntimeError("client_connection_check_interval must be set to 0 on "
+                                   "this platform")
+            ran.append(f"{sql} {args}")
+    Watchdog(seconds=3).session_settings(Conn())
+    assert ran == ["SELECT set_config('statement_timeout', %s, false) ('3000',)"]
+
+
+def test_a_session_that_cannot_connect_says_why_without_the_password() -> None:
+    pytest.importorskip("psycopg")
+    from ferrohsm.store.pg_shared import connect
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    with pytest.raises(StoreError) as caught:
+        connect(f"postgresql://ferrohsm:s3cret-pw@127.0.0.1:{port}/db")
+    message = caught.value.message
+    assert "refused" in message and f"127.0.0.1:{port}/db" in message, message
+    assert "s3cret-pw" not in message
