@@ -516,10 +516,12 @@ class PostgresSink(ChainedSink):
         """Rows from the reader connection (autocommit: every read sees every commit so far,
         another node's too)."""
         with self._read_lock:
-            for attempt in (1, 2):  # a read is repeated once on a new session: after a
+            # A read is repeated once on a new session: after a database restart the idle
+            # one is found cut only now (not after a cut of the watchdog's: no answer).
+            for attempt in (1, 2):
                 self._refuse_if_silent("cannot read the audit database")
                 watch: Any = _Unwatched()
-                try:                # database restart the idle one is found cut only now
+                try:
                     if self._reader is None or self._reader.closed:
                         self._reader = self._session(autocommit=True)
                     with (watch := self._watch(self._reader)):

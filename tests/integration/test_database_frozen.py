@@ -52,74 +52,82 @@ def timed(call: Any, *args: Any, **kw: Any) -> tuple[float, tuple[int, Any]]:
     return time.monotonic() - began, answer
 
 
+@contextlib.contextmanager
+def one_node(tmp: Path, dsn: str) -> Iterator[tuple[Cluster, str, Callable[[], tuple[int, Any]]]]:
+    """A node on ``dsn`` with the short timeout, an AES key, and an encrypt call with it;
+    stopped on leaving."""
+    cluster = Cluster(tmp, backend="postgres", storage=f"postgres_timeout_seconds = {TIMEOUT}",
+                      extra_env={"FERROHSM_POSTGRES_DSN": dsn})
+    try:
+        cluster.add()
+        status, key = cluster.call(0, "POST", "/v1/keys",
+                                   {"algorithm": "aes-256-gcm", "usage": "encrypt"})
+        assert status == 201, key
+        path = f"/v1/keys/{key['id']}/encrypt"
+
+        def encrypt() -> tuple[int, Any]:
+            return cluster.call(0, "POST", path, {"plaintext": B64(b"x")}, role="service")
+        yield cluster, str(key["id"]), encrypt
+    finally:
+        cluster.stop()
+
+
 def test_a_frozen_database_is_answered_503_in_bounded_time_and_recovered_from(
         tmp_path: Path) -> None:
     pgserver.skip_unless_available()
-    with pgserver.running() as server:
-        cluster = Cluster(tmp_path, backend="postgres",
-                          storage=f"postgres_timeout_seconds = {TIMEOUT}",
-                          extra_env={"FERROHSM_POSTGRES_DSN": server.new_database()})
-        try:
-            cluster.add()
-            status, key = cluster.call(0, "POST", "/v1/keys",
-                                       {"algorithm": "aes-256-gcm", "usage": "encrypt"})
-            assert status == 201, key
-            path = f"/v1/keys/{key['id']}/encrypt"
+    with pgserver.running() as server, one_node(tmp_path, server.new_database()) as (
+            cluster, key, encrypt):
+        assert encrypt()[0] == 200
 
-            def encrypt() -> tuple[int, Any]:
-                return cluster.call(0, "POST", path, {"plaintext": B64(b"x")}, role="service")
-            assert encrypt()[0] == 200
-            def rotate() -> tuple[int, Any]:
-                return cluster.call(0, "POST", f"/v1/keys/{key['id']}/rotate", {})
-            with frozen(server):
-                # Requests in flight when it froze: each answered once its wait is cut.
-                answers: list[tuple[float, tuple[int, Any]]] = []
+        def rotate() -> tuple[int, Any]:
+            return cluster.call(0, "POST", f"/v1/keys/{key}/rotate", {})
+        with frozen(server):
+            # Requests in flight when it froze: each answered once its wait is cut.
+            answers: list[tuple[float, tuple[int, Any]]] = []
 
-                def ask(call: Callable[[], tuple[int, Any]]) -> None:
-                    answers.append(timed(call))
-                threads = [threading.Thread(target=ask, args=(call,))
-                           for call in (encrypt, encrypt, rotate, rotate)]
-                for thread in threads:
-                    thread.start()
-                for thread in threads:
-                    thread.join(30)
-                assert len(answers) == 4, "a request never came back"
-                for took, (status, body) in answers:
-                    assert status == 503 and took < TIMEOUT + 1 + 4, (took, status, body)
-                # Known silent now: everything that needs the database is refused at once,
-                # and /healthz answers at once with the reason.
-                took, (status, body) = timed(encrypt)
-                assert status == 503 and took < 1.0, (took, status, body)
-                for role in (None, "auditor"):
-                    took, (status, health) = timed(cluster.call, 0, "GET", "/healthz", role=role)
-                    assert status == 503 and took < 1.0, (took, status, health)
-                    assert health["status"] == "degraded"
-                # The reason is a detail for an Auditor, whose token cannot be checked against
-                # the revoked-token list meanwhile (fail closed): it is in the server log.
-                assert set(health) <= {"status", "version", "auth", "rate_limit", "cache", "tls",
-                                       "sealed"}, health
-                took, (status, _) = timed(cluster.call, 0, "GET", "/readyz", role=None)
-                assert status == 503 and took < TIMEOUT + 2, took
-                took, (status, metrics) = timed(cluster.call, 0, "GET", "/metrics", role=None)
-                assert status == 200 and took < 1.0, took  # keys by state left out, the rest
-                assert b"ferrohsm_audit_healthy 0" in metrics and b"ferrohsm_keys{" not in metrics
-            # The first answer ends it: the same node serves again, nothing restarted.
-            deadline = time.monotonic() + 20
-            while encrypt()[0] != 200 or rotate()[0] != 200:
-                assert time.monotonic() < deadline, "the node did not recover"
-                time.sleep(0.2)
-            status, health = cluster.call(0, "GET", "/healthz", role="auditor")
-            assert status == 200 and health["status"] == "ok", health
-            assert health["store"]["waits_cut"] >= 1
-            assert cluster.alive(0)
-            said = ("PostgreSQL database did not answer within", "PostgreSQL database answers again")
-            deadline = time.monotonic() + 10  # log lines are written in batches
-            while not all(line in cluster.nodes[0].log.read_text() for line in said):
-                assert time.monotonic() < deadline, said
-                time.sleep(0.2)
-            verify_export(cluster, tmp_path)  # every record the node acknowledged, intact
-        finally:
-            cluster.stop()
+            def ask(call: Callable[[], tuple[int, Any]]) -> None:
+                answers.append(timed(call))
+            threads = [threading.Thread(target=ask, args=(call,))
+                       for call in (encrypt, encrypt, rotate, rotate)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert len(answers) == 4, "a request never came back"
+            for took, (status, body) in answers:
+                assert status == 503 and took < TIMEOUT + 1 + 4, (took, status, body)
+            # Known silent now: everything that needs the database is refused at once,
+            # and /healthz answers at once with the reason.
+            took, (status, body) = timed(encrypt)
+            assert status == 503 and took < 1.0, (took, status, body)
+            for role in (None, "auditor"):
+                took, (status, health) = timed(cluster.call, 0, "GET", "/healthz", role=role)
+                assert status == 503 and took < 1.0, (took, status, health)
+                assert health["status"] == "degraded"
+            # The reason is a detail for an Auditor, whose token cannot be checked against
+            # the revoked-token list meanwhile (fail closed): it is in the server log.
+            assert set(health) <= {"status", "version", "auth", "rate_limit", "cache", "tls",
+                                   "sealed"}, health
+            took, (status, _) = timed(cluster.call, 0, "GET", "/readyz", role=None)
+            assert status == 503 and took < TIMEOUT + 2, took
+            took, (status, metrics) = timed(cluster.call, 0, "GET", "/metrics", role=None)
+            assert status == 200 and took < 1.0, took  # keys by state left out, the rest
+            assert b"ferrohsm_audit_healthy 0" in metrics and b"ferrohsm_keys{" not in metrics
+        # The first answer ends it: the same node serves again, nothing restarted.
+        deadline = time.monotonic() + 20
+        while encrypt()[0] != 200 or rotate()[0] != 200:
+            assert time.monotonic() < deadline, "the node did not recover"
+            time.sleep(0.2)
+        status, health = cluster.call(0, "GET", "/healthz", role="auditor")
+        assert status == 200 and health["status"] == "ok", health
+        assert health["store"]["waits_cut"] >= 1
+        assert cluster.alive(0)
+        said = ("PostgreSQL database did not answer within", "PostgreSQL database answers again")
+        deadline = time.monotonic() + 10  # log lines are written in batches
+        while not all(line in cluster.nodes[0].log.read_text() for line in said):
+            assert time.monotonic() < deadline, said
+            time.sleep(0.2)
+        verify_export(cluster, tmp_path)  # every record the node acknowledged, intact
 
 
 def test_a_lock_held_elsewhere_is_a_clean_timeout_not_a_silent_database(tmp_path: Path) -> None:
@@ -137,17 +145,7 @@ def test_a_lock_held_elsewhere_is_a_clean_timeout_not_a_silent_database(tmp_path
     pgserver.skip_unless_available()
     with pgserver.running() as server:
         dsn = server.new_database()
-        cluster = Cluster(tmp_path, backend="postgres", storage=f"postgres_timeout_seconds = "
-                          f"{TIMEOUT}", extra_env={"FERROHSM_POSTGRES_DSN": dsn})
-        try:
-            cluster.add()
-            status, key = cluster.call(0, "POST", "/v1/keys",
-                                       {"algorithm": "aes-256-gcm", "usage": "encrypt"})
-            assert status == 201, key
-            path = f"/v1/keys/{key['id']}/encrypt"
-
-            def encrypt() -> tuple[int, Any]:
-                return cluster.call(0, "POST", path, {"plaintext": B64(b"x")}, role="service")
+        with one_node(tmp_path, dsn) as (cluster, _, encrypt):
             with psycopg.connect(dsn) as holder:
                 holder.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_APPEND))
                 took, (status, body) = timed(encrypt)
@@ -175,5 +173,3 @@ def test_a_lock_held_elsewhere_is_a_clean_timeout_not_a_silent_database(tmp_path
             assert waiting == (0,)
             log = cluster.nodes[0].log.read_text()
             assert "did not answer within" not in log
-        finally:
-            cluster.stop()
