@@ -231,8 +231,11 @@ class Dispatcher:
                 _flush_span(answer, written)
 
     def _write(self) -> None:
-        """Seal and write the turn's queued records, one group, here on the loop."""
+        """Seal and write the turn's queued records, one group, here on the loop; nothing
+        for a sink whose write is its commit (the flusher's thread writes those)."""
         assert self.audit is not None  # noqa: S101  narrows a type for mypy, not a runtime check
+        if self.audit.commits_in_write():  # asked each turn: a sealed server's sink changes
+            return  # the flusher's ``wait`` writes it: a commit may wait on a lock or a disk
         try:
             self.audit.write_queued()  # a failed write fails its tickets; it does not raise
         except Exception:  # a bug below: the tickets stay queued, and wait() tries again

@@ -402,8 +402,10 @@ class PostgresSink(ChainedSink):
                 ) -> list[tuple[dict[str, Any], bytes]]:
         """The batch, stored and committed. After a wait for the append lock timed out (a
         session holding it stopped, or stuck), the lock is only TRIED until it is had again:
-        this runs on the event loop, which must not wait ``statement_timeout`` per turn while
-        another session sits on the lock (an outside red team); refused at once meanwhile."""
+        every batch behind it (each turn's, queued on the committer thread) would otherwise wait
+        ``statement_timeout`` in its turn while another session sits on the lock (an outside
+        red team found the event loop stalled so, when it wrote the batch itself); refused at
+        once meanwhile."""
         if not self._contended:
             sealed = self._insert_at_head(conn, events)
             return sealed if sealed is not None else self._insert_locked(conn, events)

@@ -54,6 +54,11 @@ class AuditSink(ABC):
         """Seal and write every queued record now, in this thread, as one group; each ticket
         gets its seq, or its error when the write failed (this does not raise for that)."""
 
+    def commits_in_write(self) -> bool:
+        """Whether ``write_queued`` commits (waits for the storage) rather than only writes:
+        the event loop then leaves it to the flusher's thread (api/dispatch.py)."""
+        return False
+
     @abstractmethod
     def is_durable(self, ticket: Ticket) -> bool:
         """Whether ``ticket``'s record is durable, without blocking; AuditUnavailable once it

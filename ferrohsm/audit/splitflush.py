@@ -100,6 +100,13 @@ class SplitFlush:
         Raises AuditUnavailable when the records did not become durable."""
         self._end_flush(pending, error)
 
+    def commits_in_write(self) -> bool:
+        """Whether writing a group is committing it (SQLite's and PostgreSQL's COMMIT, which
+        may wait on a disk, a lock another node holds, a database that is slow): the event
+        loop then leaves the turn's write to the flusher's thread and serves the next turn
+        meanwhile, instead of waiting in it (a red team: a held lock stalled the loop)."""
+        return not self._splits_sync
+
     def flushes_by_caller(self) -> bool:
         """Whether ``start_flush`` hands out an fd to flush: a sink that writes now and flushes
         later, durable, whose flush is a plain fsync (FileSink)."""

@@ -47,6 +47,7 @@ class Sink(Protocol):
     def write_queued(self) -> None: ...
     def is_durable(self, ticket: Any) -> bool: ...
     def wait(self, ticket: Any) -> None: ...
+    def commits_in_write(self) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -100,6 +101,9 @@ class SealGate:
 
     def write_queued(self) -> None:
         self._current_sink().write_queued()
+
+    def commits_in_write(self) -> bool:
+        return self._current_sink().commits_in_write()
 
     def is_durable(self, ticket: Any) -> bool:
         return self._current_sink().is_durable(ticket)
