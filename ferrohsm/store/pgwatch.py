@@ -39,6 +39,7 @@ log = logging.getLogger("ferrohsm.store")
 DEFAULT_SECONDS = 10.0
 GRACE = 1.0  # past statement_timeout: a merely slow statement gets the server's own clean cancel
 TICK = 0.25
+IDLE_EXIT = 2.0  # seconds without a wait after which the watchdog thread ends (_run)
 PROBE_EVERY = 1.0
 
 
@@ -72,6 +73,8 @@ class Watchdog:
         self._probe: Callable[[], None] | None = None
         self._probing = False
         self._pid = -1  # the process whose thread runs (a forked child starts its own)
+        self._running = False  # a watchdog thread runs (_run); it ends once idle
+        self._armed = 0.0  # when the last wait began
         self._said_no_check = False  # session_settings: the server refused the client check
 
     def configure(self, seconds: float) -> None:
@@ -120,16 +123,21 @@ class Watchdog:
         if self._pid != os.getpid():  # a forked child: its own thread, and no silence inherited
             with self._lock:
                 if self._pid != os.getpid():
-                    self._start()
+                    self._forked()
         if self._silent_since is not None and not w.probe:
             raise StoreError(self.silence() or "the PostgreSQL database does not answer")
         try:
             w.fd = int(conn.pgconn.socket)
         except Exception:  # a closed connection: the call itself says so
             w.fd = -1
-        w.deadline = time.monotonic() + w.seconds
+        self._armed = time.monotonic()
+        w.deadline = self._armed + w.seconds
         with self._lock:
             self._waits.add(w)
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, args=(self._pid,),
+                                 name="ferrohsm-pg-watchdog", daemon=True).start()
 
     def disarm(self, w: Watch) -> None:
         with self._lock:
@@ -155,20 +163,28 @@ class Watchdog:
 
     # ---- the thread ---------------------------------------------------------------------
 
-    def _start(self) -> None:
-        """Under the lock: the watchdog thread of this process (again after a fork)."""
+    def _forked(self) -> None:
+        """Under the lock: this process's own state (again after a fork, whose child has
+        none of its parent's threads)."""
         self._pid = os.getpid()
         self._waits = set()
-        self._probing = False
+        self._probing = self._running = False
         self._silent_since = None  # a forked child finds out for itself
-        threading.Thread(target=self._run, args=(self._pid,), name="ferrohsm-pg-watchdog",
-                         daemon=True).start()
 
     def _run(self, pid: int) -> None:
-        while self._pid == pid:
+        """Every TICK: cut the overdue waits, start the probe while silent. Ends once idle
+        for IDLE_EXIT (no wait, no silence): started again by the next wait, so a process
+        whose database is idle (a test, a CLI command) keeps no thread for it."""
+        while True:
             time.sleep(TICK)
             now = time.monotonic()
             with self._lock:
+                if self._pid != pid:
+                    return
+                if (not self._waits and self._silent_since is None
+                        and now - self._armed > IDLE_EXIT):
+                    self._running = False
+                    return
                 for w in self._waits:
                     if not w.cut and now >= w.deadline:
                         self._cut(w, now)

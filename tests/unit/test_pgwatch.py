@@ -23,6 +23,16 @@ def conn_of(sock: socket.socket) -> Any:
     return SimpleNamespace(pgconn=SimpleNamespace(socket=sock.fileno()))
 
 
+def answered(dog: Watchdog) -> None:
+    """An answer (a probe's): ends the silence, so the test leaves no watchdog thread."""
+    a, b = socket.socketpair()
+    with a, b:
+        b.send(b"!")
+        with dog.watch(conn_of(a), probe=True):
+            a.recv(1)
+    assert dog.silence() is None
+
+
 def test_a_wait_past_its_deadline_is_cut_and_the_database_is_then_silent() -> None:
     dog = Watchdog(seconds=0.2)
     mine, peer = socket.socketpair()
@@ -37,6 +47,7 @@ def test_a_wait_past_its_deadline_is_cut_and_the_database_is_then_silent() -> No
         assert silence is not None and "has not answered" in silence
         with pytest.raises(StoreError, match="has not answered"), dog.watch(conn_of(peer)):
             pytest.fail("entered a watch while the database is silent")
+    answered(dog)
 
 
 def test_an_answer_in_time_is_not_cut_and_ends_a_silence() -> None:
@@ -128,3 +139,28 @@ def test_a_session_that_cannot_connect_says_why_without_the_password() -> None:
     message = caught.value.message
     assert "refused" in message and f"127.0.0.1:{port}/db" in message, message
     assert "s3cret-pw" not in message
+
+
+def test_the_watchdog_thread_ends_when_idle_and_starts_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No thread is kept for a database nobody waits on (a server's shutdown checks that its
+    threads are gone): it ends after IDLE_EXIT, and the next wait starts one again."""
+    monkeypatch.setattr(pgwatch, "IDLE_EXIT", 0.1)
+    dog = Watchdog(seconds=0.2)
+
+    def watchdogs() -> int:
+        return sum(t.name == "ferrohsm-pg-watchdog" and t.is_alive()
+                   for t in threading.enumerate())
+    before = watchdogs()
+    mine, peer = socket.socketpair()
+    with mine, peer:
+        with dog.watch(conn_of(mine)):
+            assert watchdogs() == before + 1
+        deadline = time.monotonic() + 5
+        while watchdogs() > before:
+            assert time.monotonic() < deadline, "the idle watchdog thread did not end"
+            time.sleep(0.05)
+        with dog.watch(conn_of(mine)) as watch:  # and a wait is still cut after that
+            assert mine.recv(1) == b""
+        assert watch.cut
+    answered(dog)
