@@ -86,6 +86,7 @@ SHORTER_THAN_CHECKPOINT = ("audit log is shorter than its last signed checkpoint
 SYSTEM_ACTOR = "system"
 PROBE_ACTION = "audit.writable"  # the record that says the log takes records again (_probe)
 PROBE_EVERY = 5.0  # seconds between probes while the last write failed
+SLOW_COMMIT = 0.05  # a group commit slower than this moves the next ones off the event loop
 
 
 def stored_record(text: str | bytes, where: str) -> dict[str, Any]:
@@ -154,6 +155,7 @@ class ChainedSink(Settling, SplitFlush, AuditSink):
         self._next_seq, self._next_hash = 0, GENESIS_HASH
         self._log_id = ""
         self._failed: str | None = None
+        self._commits_slowly = False  # the last group's commit was slow or failed (_flush)
         # settling records that could not be written (fail_until_recorded): the failure they
         # caused ends once they are, unless the sink failed otherwise meanwhile
         self._unsettled: list[Settle] = []  # settling.py
@@ -468,9 +470,15 @@ class ChainedSink(Settling, SplitFlush, AuditSink):
         """Runs in the group-commit leader's thread, one group at a time."""
         with self._io_lock:
             started = time.perf_counter()
-            records = self._write_group(events, sync=True)
+            try:
+                records = self._write_group(events, sync=True)
+            except BaseException:
+                self._commits_slowly = True
+                raise
+            took = time.perf_counter() - started
+            self._commits_slowly = took > SLOW_COMMIT
             if self.on_sync is not None:
-                self.on_sync(time.perf_counter() - started, len(events))
+                self.on_sync(took, len(events))
             self._set_head(self._written)  # the flush covered earlier unsynced writes too
             self._maybe_checkpoint()
             return records

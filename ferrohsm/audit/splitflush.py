@@ -101,11 +101,13 @@ class SplitFlush:
         self._end_flush(pending, error)
 
     def commits_in_write(self) -> bool:
-        """Whether writing a group is committing it (SQLite's and PostgreSQL's COMMIT, which
-        may wait on a disk, a lock another node holds, a database that is slow): the event
-        loop then leaves the turn's write to the flusher's thread and serves the next turn
-        meanwhile, instead of waiting in it (a red team: a held lock stalled the loop)."""
-        return not self._splits_sync
+        """Whether the event loop should leave the turn's write to the flusher's thread: a
+        write that is a COMMIT (SQLite, PostgreSQL) whose last group was slow (over
+        SLOW_COMMIT) or failed: a disk, a lock another node holds, a database that is slow
+        (a red team: a held lock stalled the loop a timeout per turn). While commits are
+        quick the loop commits itself: measured, handing every commit to the thread cost the
+        PostgreSQL sink 9 % of its throughput on one core (bench/RESULTS.md)."""
+        return not self._splits_sync and self._commits_slowly
 
     def flushes_by_caller(self) -> bool:
         """Whether ``start_flush`` hands out an fd to flush: a sink that writes now and flushes
@@ -167,6 +169,7 @@ class SplitFlush:
 
     # ---- backends that can write now and flush later set _splits_sync and implement these ----
     _splits_sync: ClassVar[bool] = False
+    _commits_slowly: bool  # sinkbase.ChainedSink's: its last group commit was slow or failed
 
     def _sync_token(self) -> Any:
         """What ``_sync_storage`` must flush to cover everything written so far (under

@@ -185,9 +185,10 @@ def test_only_answers_with_tickets_wait_and_all_of_a_requests_tickets_count() ->
 
 def test_a_sink_whose_write_is_its_commit_is_written_off_the_loop() -> None:
     """A sink that cannot split the write from the flush (SQLite, PostgreSQL) commits in
-    write_queued, which may wait on a lock another node holds or a slow disk: the loop does not
-    write it (it waited a timeout per turn behind a held lock: a red team); the answers are held
-    and the committer thread's wait writes and commits them."""
+    write_queued, which may wait on a lock another node holds or a slow disk: once it says so
+    (``commits_in_write``: its last commit was slow) the loop does not write it (it waited a
+    timeout per turn behind a held lock: a red team); the answers are held and the committer
+    thread's wait writes and commits them."""
     dispatcher, audit = make(FakeAudit(splits=False))
     take(dispatcher, ["/op", "/two"])
     assert dispatcher.answers() == [] and audit.written == 0  # nothing written on the loop
