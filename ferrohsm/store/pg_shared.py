@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..domain.errors import StoreError
-from .pgdb import MIGRATION_LOCK, describe_dsn
+from .pgdb import MIGRATION_LOCK, describe_dsn, scrubbed_reason
 from .pgwatch import WATCHDOG
 
 log = logging.getLogger("ferrohsm.store")
@@ -60,11 +60,10 @@ def connect(dsn: str, *, bounded: bool = True) -> Any:
                          ) from None
     try:
         conn = psycopg.connect(dsn, autocommit=True, connect_timeout=WATCHDOG.connect_timeout())
-    except psycopg.Error as exc:  # libpq's reason, the password taken out should it be there
+    except psycopg.Error as exc:
         where, password = describe_dsn(dsn)
-        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise StoreError(f"cannot connect to PostgreSQL at {where}: "
-                         f"{reason.replace(password, '***') if password else reason}") from None
+                         f"{scrubbed_reason(exc, password)}") from None
     if bounded:
         try:
             with WATCHDOG.watch(conn):

@@ -110,6 +110,15 @@ def describe_dsn(dsn: str) -> tuple[str, str]:
     return where, str(params.get("password") or "")
 
 
+def scrubbed_reason(exc: BaseException, password: str) -> str:
+    """libpq's or PostgreSQL's reason on one line, with ``password`` taken out should libpq
+    ever echo it."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if password:
+        text = text.replace(password, "***")
+    return text[:300]
+
+
 class PgDatabase:
     """A pool of connections to one database, shared by every store of a process.
 
@@ -150,10 +159,7 @@ class PgDatabase:
 
     def reason(self, exc: BaseException) -> str:
         """libpq's or PostgreSQL's reason on one line, without the password."""
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        if self._password:
-            text = text.replace(self._password, "***")
-        return text[:300]
+        return scrubbed_reason(exc, self._password)
 
     # ---- connections ----
 
