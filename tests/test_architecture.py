@@ -35,25 +35,28 @@ L2 = frozenset({"audit", "store", "auth", "control", "engine", "telemetry"})
 ALLOWED: dict[str, frozenset[str]] = {
     # L0: pure data and rules
     "domain": frozenset(),
+    # a bounded read of a file a setting or a flag names (no file is trusted to be small)
+    "smallfile": frozenset(),
     # L1: the primitives; the only importer of cryptography.hazmat
     "crypto": frozenset({"domain"}),
     # L2: ports, stores and policy
     "audit": frozenset({"domain", "crypto"}),  # crypto: anchor.py signs checkpoints (server side)
     "store": frozenset({"domain"}),
-    "auth": frozenset({"domain", "crypto"}),  # crypto: approver keys (approverkeys.py)
+    "auth": frozenset({"domain", "crypto", "smallfile"}),  # crypto: approver keys
     "control": frozenset({"domain", "auth", "store"}),
     "engine": frozenset({"domain", "crypto"}),
     "telemetry": frozenset(),
     # L3: the application service and the configuration it is built from
     "service": frozenset({"domain", "crypto", "audit", "store", "auth", "control", "engine"}),
     # control: TagPolicy, parsed from [policy.tags]; datadir: user names for ownership messages
-    "config": frozenset({"domain", "control", "datadir"}),
+    "config": frozenset({"domain", "control", "datadir", "smallfile"}),
     "datadir": frozenset({"domain"}),  # the 0700 data directory
     # start-up checks that the store, the audit log and its checkpoints agree: they read the
     # store and write to the audit log, so they sit above both (app runs them before serving)
     "integrity": frozenset({"domain", "crypto", "audit", "store", "engine"}),
     # L4: adapters
-    "tls": frozenset({"domain", "crypto"}),  # crypto: certs.py checks PEM pairs and OCSP signatures
+    # crypto: certs.py checks PEM pairs and OCSP signatures
+    "tls": frozenset({"domain", "crypto", "smallfile"}),
     "api": frozenset({"domain", "store", "auth", "control", "telemetry", "service", "tls"}),
     "client": frozenset({"client_errors"}),  # the SDK stands alone (two files, stdlib only)
     "client_errors": frozenset(),
@@ -79,12 +82,12 @@ ALLOWED: dict[str, frozenset[str]] = {
     # crypto, imported lazily: `keys import` wraps key material locally (crypto/importwrap.py),
     # `approvals --signing-key` signs a vote locally
     "cli": frozenset({"domain", "audit", "auth", "telemetry", "config", "tls", "client", "app",
-                      "custody", "integrity", "crypto", "datadir"}),
+                      "custody", "integrity", "crypto", "datadir", "smallfile"}),
     "__main__": frozenset({"cli"}),
 }
 
 LAYER: dict[str, int] = {
-    "domain": 0, "crypto": 1, **dict.fromkeys(L2, 2), "service": 3, "config": 3, "datadir": 3, "integrity": 3,
+    "domain": 0, "smallfile": 0, "crypto": 1, **dict.fromkeys(L2, 2), "service": 3, "config": 3, "datadir": 3, "integrity": 3,
     "tls": 4, "api": 4, "client": 4, "client_errors": 4, "custody": 4, "app": 5, "clusterwire": 5, "tlswire": 5, "custodywire": 5, "obswire": 5, "cli": 6, "__main__": 6,
 }
 

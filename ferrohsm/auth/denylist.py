@@ -45,10 +45,12 @@ from typing import Protocol
 
 from ..domain.errors import ConfigError, Unavailable
 from ..domain.model import PLAIN_TEXT_RE
+from ..smallfile import MIB, read_at_most
 
 log = logging.getLogger("ferrohsm.auth")
 FORMAT_VERSION = 1
 MAX_JTI_CHARS = 128
+LIST_LIMIT = 256 * MIB  # about two million revocations; /dev/zero is no deny-list
 KEEP_EXPIRED = 86400.0  # seconds an expired entry is kept (a clock stepped ahead and back)
 
 
@@ -255,7 +257,7 @@ class DenyList:
         assert self._path is not None  # noqa: S101  narrows a type for mypy, not a runtime check
         where = f"token deny-list {self._path}"
         try:
-            raw = self._path.read_bytes()
+            raw = read_at_most(self._path, LIST_LIMIT, regular=True)
         except FileNotFoundError:
             return {}
         except OSError as exc:

@@ -46,6 +46,7 @@ IN_OUT = "--in FILE (default stdin) and --out FILE (default stdout)"
 DIGEST_SIZE = {"sha256": 32, "sha384": 48}  # bytes of a --digest input, by hash
 # The largest signature any key signs: RSA-4096 (512 bytes, raw); ECDSA's DER is at most 104.
 MAX_SIGNATURE = 512
+SIGNATURE_FILE = 4096  # read of a --signature file: its base64 text, line breaks and all
 # The most any server accepts in one request: [server].max_body_bytes can be raised to 64 MiB,
 # so only inputs above it are refused here (a server left at its 1 MiB default answers 413).
 MAX_BODY = 64 << 20
@@ -254,7 +255,9 @@ def checked_signature(signature: bytes, path: str) -> bytes:
         decoded = b""
     if _shaped(decoded):
         return decoded
-    raise UsageError(f"--signature {path} is not a signature ({len(signature)} bytes; "
+    size = (f"more than {SIGNATURE_FILE}" if len(signature) > SIGNATURE_FILE
+            else str(len(signature)))  # read no further than that (verify)
+    raise UsageError(f"--signature {path} is not a signature ({size} bytes; "
                      f"expected the DER ECDSA signature (at most 104 bytes) or the raw RSA one "
                      f"(256 or 512 bytes) that `ferrohsm sign` writes, or its base64 text)")
 
@@ -320,7 +323,10 @@ def sign(args: argparse.Namespace, client: Any, settings: Settings) -> int:
 
 def verify(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     with Output.open(args.out) as out:
-        signature = checked_signature(read_input(args.signature), args.signature)
+        # at most what a signature's base64 text takes: a larger file is no signature, and
+        # its refusal must say so, not suggest dropping --message (an outside tester)
+        signature = checked_signature(read_input(args.signature, at_most=SIGNATURE_FILE),
+                                      args.signature)
         message, digest = _signed_input(args, client, True)
         result = client.verify_result(args.key, signature, message, digest=digest,
                                       algorithm=args.algorithm, key_version=args.key_version,

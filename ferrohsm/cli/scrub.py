@@ -13,7 +13,8 @@ import re
 import sys
 import traceback
 from collections.abc import Iterable
-from pathlib import Path
+
+from ..smallfile import MIB, read_at_most
 
 REDACTED = "[REDACTED]"
 _JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -38,7 +39,7 @@ def known_tokens(argv: Iterable[str] | None = None) -> set[str]:
             path = args[i + 1]
     if path:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = read_at_most(path, MIB).decode("utf-8")
             found.update({text, text.strip()})
         except (OSError, UnicodeDecodeError):
             pass

@@ -29,7 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..smallfile import MIB, read_at_most
 from .errors import USAGE, CliExit
+
+SMALL_LIMIT = MIB  # a token file or a profile file: a few KiB at most
 
 PROFILE_KEYS = {"server", "ca_cert", "client_cert", "client_key", "token_file", "timeout"}
 ENV = {"server": "FERROHSM_URL", "token": "FERROHSM_TOKEN", "token_file": "FERROHSM_TOKEN_FILE",
@@ -176,8 +179,12 @@ def _profile_file(path: Path, name: str | None, required: bool) -> dict[str, Any
             raise UsageError(f"--profile {name}: no profile file at {path}")
         return None
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return tomllib.loads(read_at_most(path, SMALL_LIMIT).decode("utf-8-sig"))
+    except OSError as exc:
+        raise UsageError(f"profile file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"profile file {path}: not UTF-8 text (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"profile file {path}: {exc}") from None
 
 
@@ -264,10 +271,13 @@ def _token(layers: list[dict[str, Any]]) -> str | None:
         return check_token(str(value).strip(), "the token (--token or FERROHSM_TOKEN)") \
             if value else None
     try:
-        token = Path(value).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
+        token = read_at_most(value, SMALL_LIMIT).decode("utf-8").strip()
+    except OSError as exc:
         raise UsageError(f"cannot read the token file {value}: "
-                         f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+                         f"{exc.strerror or type(exc).__name__}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"the token file {value} is not UTF-8 text (byte {exc.start}): "
+                         "not a token") from None
     if not token:
         raise UsageError(f"the token file {value} is empty")
     _warn_if_readable(Path(value))

@@ -21,6 +21,7 @@ from typing import Any
 from ..control.policy import TagPolicy
 from ..datadir import user_name
 from ..domain.errors import ConfigError
+from ..smallfile import MIB, read_at_most
 
 KEY_STORES = ("filesystem", "sqlite", "memory", "postgres")
 AUDIT_SINKS = ("file", "sqlite", "postgres")
@@ -339,13 +340,7 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
     origin = "<defaults>"
     if path:
         origin = path
-        try:
-            with open(path, "rb") as fh:
-                raw = tomllib.load(fh)
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raw = _read_toml(path)
     sections: dict[str, dict[str, Any]] = {}
     policy = raw.pop("policy", {})
     for name, body in raw.items():
@@ -467,6 +462,22 @@ class Secrets:
 
 
 MAX_SECRET_FILE = 4096
+CONFIG_LIMIT = 4 * MIB  # a config file, policy tables included, is a few KiB
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    """The config file's tables: a bounded read (``/dev/zero`` is no config file), UTF-8 with
+    or without the byte-order mark some editors write."""
+    try:
+        text = read_at_most(path, CONFIG_LIMIT).decode("utf-8-sig")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
 def read_secret_file(path: str, setting: str) -> str:

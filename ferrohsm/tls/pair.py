@@ -22,12 +22,14 @@ import hashlib
 import ipaddress
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
 from ..crypto.certs import key_matches_certificate
+from ..smallfile import MIB, read_at_most
+
+PEM_LIMIT = 16 * MIB  # a certificate chain, a key or a CA bundle: never near this
 
 StrPath = str | os.PathLike[str]
 KINDS = ("unreadable", "unparsable", "key_mismatch", "expired", "not_yet_valid", "names",
@@ -151,7 +153,7 @@ def _whole(cert_file: StrPath, cert_pem: bytes, chain: tuple[x509.Certificate, .
 
 def _read(path: StrPath) -> bytes:
     try:
-        return Path(path).read_bytes()
+        return read_at_most(path, PEM_LIMIT)
     except OSError as exc:
         raise PairRefused("unreadable", f"cannot read {path}: "
                           f"{exc.strerror or type(exc).__name__}") from None

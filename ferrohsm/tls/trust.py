@@ -22,7 +22,8 @@ from pathlib import Path
 from cryptography import x509
 
 from ..domain.errors import ConfigError
-from .pair import PairRefused
+from ..smallfile import read_at_most
+from .pair import PEM_LIMIT, PairRefused
 
 log = logging.getLogger("ferrohsm.tls")
 
@@ -105,7 +106,7 @@ class ClientTrust:
 
 def _read(path: Path, setting: str | None = None) -> bytes:
     try:
-        return path.read_bytes()
+        return read_at_most(path, PEM_LIMIT)
     except OSError as exc:
         raise PairRefused("unreadable", f"cannot read {path}: "
                           f"{exc.strerror or type(exc).__name__}", setting) from None

@@ -171,7 +171,7 @@ def test_inputs_no_request_could_carry_are_refused_before_sending(
         f"ferrohsm: --digest: key {key} signs SHA-384 digests of 48 bytes; the input is 32 bytes")
     not_sig = cli("verify", key, "--in", str(big), "--signature", str(big), role="service")
     assert not_sig.code == 2 and one_line(not_sig).startswith(
-        f"ferrohsm: --signature {big} is not a signature (204800 bytes; "), not_sig.err
+        f"ferrohsm: --signature {big} is not a signature (more than 4096 bytes; "), not_sig.err
 
 
 def test_unwrap_to_an_unwritable_path_keeps_the_approval(cli: Cli, live: LiveServer,
