@@ -195,10 +195,11 @@ def run_offline_backup(args: argparse.Namespace) -> int:
     from .. import app as wiring
     from ..custody.keysource import backup_key
     from ..integrity.logcheck import StartupRefused
-    from .custody import offline_hold
+    from .custody import offline_hold, require_data_dir
     config = _config(args)
     if config.storage.key_store == "memory":
         raise ConfigError("the memory key store keeps nothing to back up")
+    require_data_dir(config)
     out = Path(args.out)
     try:
         secrets = _secrets(config, args, "nothing was written")

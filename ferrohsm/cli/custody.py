@@ -24,6 +24,7 @@ from typing import Any
 from .. import __version__
 from ..config import Config, Secrets, load_config, load_secrets
 from ..domain.errors import ConfigError, FerroError
+from ..smallfile import MIB, read_at_most
 from . import earlyhup, sdnotify
 from .settings import client_flags
 
@@ -103,6 +104,16 @@ def offline_hold(config: Config) -> AbstractContextManager[bool]:
     return wiring.offline_alone(config, waiting)
 
 
+def require_data_dir(config: Config) -> None:
+    """An offline backup or rekey reads an installation that exists: a mistyped --data-dir
+    made a new, empty one, and the backup of it said "0 key(s)" with exit 0 (an outside
+    tester). Refused before anything (a lock file included) is created."""
+    if config.storage.key_store in ("filesystem", "sqlite") \
+            and not Path(config.storage.data_dir).is_dir():
+        raise ConfigError(f"{config.storage.data_dir}: the data directory does not exist "
+                          "(--data-dir, or [storage].data_dir of the config file)")
+
+
 def custody_config(args: argparse.Namespace) -> Config:
     config = load_config(args.config, overrides={("storage", "data_dir"): args.data_dir})
     if config.storage.key_store == "memory":
@@ -125,7 +136,7 @@ def read_custodian_keys(args: argparse.Namespace, shares: int) -> list[bytes]:
     keys = []
     for name in args.custodian_key:
         try:
-            pem = Path(name).read_bytes()
+            pem = read_at_most(name, MIB)
             recipient_kind(pem)
         except OSError as exc:
             raise ConfigError(f"cannot read --custodian-key {name}: {exc.strerror}") from None
@@ -327,7 +338,7 @@ def _decrypt_with(text: str, private_key: str) -> str:
     from ..custody.custodians import decrypt_share
     password = os.environ.get("FERROHSM_CUSTODIAN_KEY_PASSWORD")
     try:
-        pem = Path(private_key).read_bytes()
+        pem = read_at_most(private_key, MIB)
         blob = base64.b64decode(text.splitlines()[1], validate=True)
         return decrypt_share(pem, blob, password.encode() if password else None).decode("ascii")
     except OSError as exc:

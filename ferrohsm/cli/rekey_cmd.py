@@ -78,8 +78,9 @@ def run_rekey(args: argparse.Namespace) -> int:
         from .main import run_client
         args.client_func = run_online
         return run_client(args)
-    from .custody import custody_config, offline_hold
+    from .custody import custody_config, offline_hold, require_data_dir
     config = custody_config(args)
+    require_data_dir(config)
     shamir = config.secrets.unseal == "shamir"
     _check_flags(args, config, shamir)  # a usage error: nothing was attempted, nothing recorded
     # A store several processes share takes no lock a serving node holds: without this hold
@@ -144,6 +145,10 @@ def _check_flags(args: argparse.Namespace, config: Config, shamir: bool) -> None
             raise ConfigError("--shares, --threshold, --share-file and --private-key are for "
                               "split-knowledge mode; this data directory's master key comes "
                               "from the environment or [secrets].master_key_file")
+        where = Path(args.new_master_key_file).parent
+        if not Path(args.new_master_key_file).exists() and not where.is_dir():
+            raise ConfigError(f"--new-master-key-file {args.new_master_key_file}: the "
+                              f"directory {where} does not exist: nothing was changed")
         return
     if args.new_master_key_file:
         raise ConfigError("--new-master-key-file is for environment (or master_key_file) "
@@ -304,7 +309,11 @@ def _write_key_file(name: str, key: bytes) -> None:
             raise ConfigError(f"{name} holds another key than the interrupted rekey's new key")
         return
     # under a temporary name, linked into place: a kill leaves no empty file for the next run
-    write_private_file(name, base64.b64encode(key) + b"\n")
+    try:
+        write_private_file(name, base64.b64encode(key) + b"\n")
+    except OSError as exc:
+        raise ConfigError(f"--new-master-key-file {name}: cannot write it "
+                          f"({exc.strerror or exc}); this run re-sealed nothing") from None
 
 
 def _hand_out(args: argparse.Namespace, config: Config, keys: Any, shamir: bool) -> None:
