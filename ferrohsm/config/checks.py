@@ -54,14 +54,17 @@ def validate(config: Config) -> None:
         (0 <= config.auth.leeway_seconds <= 300, "[auth].leeway_seconds must be 0-300"),
         (bool(config.auth.issuer) and bool(config.auth.audience),
          "[auth].issuer and [auth].audience must not be empty"),
-        (config.rate_limit.requests_per_second > 0, "[rate_limit].requests_per_second must be > 0"),
+        (config.rate_limit.requests_per_second >= MIN_RATE,
+         f"[rate_limit].requests_per_second must be >= {MIN_RATE}"),
         (config.rate_limit.burst >= 1, "[rate_limit].burst must be >= 1"),
         *_auth_checks(config.auth), *_rate_limit_checks(config.rate_limit),
         (config.audit.retention_days == 0 or config.audit.sink == "sqlite",
          '[audit].retention_days (--audit-retention-days) needs [audit].sink = "sqlite": the '
          f"{config.audit.sink} sink keeps every record"),
-        (0 <= config.audit.checkpoint_interval_seconds <= 3600,
-         "[audit].checkpoint_interval_seconds must be 0-3600 (0: no time checkpoints)"),
+        (config.audit.checkpoint_interval_seconds == 0
+         or MIN_CHECKPOINT_INTERVAL <= config.audit.checkpoint_interval_seconds <= 3600,
+         f"[audit].checkpoint_interval_seconds must be 0 (no time checkpoints) or "
+         f"{MIN_CHECKPOINT_INTERVAL}-3600"),
         (_witness_ok(config.audit.witness),
          '[audit].witness must be "", "syslog", "file:/path" or "https://host/path"'),
         (0 < config.audit.witness_timeout_seconds <= 60,
@@ -127,6 +130,10 @@ def _check_tag_policy(src: str, name: str, tag: TagPolicy) -> None:
 
 
 MAX_DAYS = 36_500  # the longest period a setting may name: 100 years, well inside datetime
+# A rate of 1e-300 a second was taken: its Retry-After had 301 digits (an outside tester).
+MIN_RATE = 0.001  # one request every 1,000 s: the least rate that still means a rate
+# 1e-300 s was taken, and signed a checkpoint after every record
+MIN_CHECKPOINT_INTERVAL = 0.1
 
 # Number settings whose range no other check states: (least, most, what a value means). NaN and
 # infinity pass no comparison here; every other float setting is at least refused those
@@ -308,13 +315,15 @@ def _auth_checks(a: AuthSettings) -> list[tuple[bool, str]]:
 
 
 def _rate_limit_checks(r: RateLimitSettings) -> list[tuple[bool, str]]:
-    checks = [(r.ip_requests_per_second > 0, "[rate_limit].ip_requests_per_second must be > 0"),
+    checks = [(r.ip_requests_per_second >= MIN_RATE,
+               f"[rate_limit].ip_requests_per_second must be >= {MIN_RATE}"),
               (r.ip_burst >= 1, "[rate_limit].ip_burst must be >= 1"),
               (100 <= r.max_tracked <= 10_000_000, "[rate_limit].max_tracked must be 100-10000000")]
     for role in ("administrator", "operator", "auditor", "service"):
-        checks.append((getattr(r, f"{role}_requests_per_second") >= 0
-                       and getattr(r, f"{role}_burst") >= 0,
-                       f"[rate_limit].{role}_requests_per_second/_burst must be >= 0"))
+        rate = getattr(r, f"{role}_requests_per_second")
+        checks.append(((rate == 0 or rate >= MIN_RATE) and getattr(r, f"{role}_burst") >= 0,
+                       f"[rate_limit].{role}_requests_per_second must be 0 (the general rate) "
+                       f"or >= {MIN_RATE}, and its _burst >= 0"))
     for entry in r.trusted_proxies:
         try:
             ipaddress.ip_network(entry.strip(), strict=False)

@@ -96,6 +96,16 @@ def test_precedence_file_env_flag(tmp_path: Path) -> None:
     ('[rate_limit]\nrequests_per_second = inf\n',
      "[rate_limit].requests_per_second must be a finite number"),
     ('[tls.acme]\nrenew_before_fraction = nan\n', "[tls.acme].renew_before_fraction"),
+    # a rate of 1e-300 a second answered Retry-After with 301 digits; a checkpoint interval
+    # of 1e-300 s signed a checkpoint after every record (an outside tester)
+    ('[rate_limit]\nrequests_per_second = 1e-300\n',
+     "[rate_limit].requests_per_second must be >= 0.001"),
+    ('[rate_limit]\nip_requests_per_second = 0.0001\n',
+     "[rate_limit].ip_requests_per_second must be >= 0.001"),
+    ('[rate_limit]\nservice_requests_per_second = 1e-9\n',
+     "[rate_limit].service_requests_per_second must be 0 (the general rate) or >= 0.001"),
+    ('[audit]\ncheckpoint_interval_seconds = 1e-300\n',
+     "[audit].checkpoint_interval_seconds must be 0 (no time checkpoints) or 0.1-3600"),
 ])
 def test_bad_values_name_the_setting_and_file(tmp_path: Path, text: str, needle: str) -> None:
     path = write(tmp_path, text)
@@ -398,3 +408,12 @@ def test_a_bad_secret_file_is_named_as_the_file(tmp_path: Path) -> None:
         load_secrets(config, env=env)
     assert info.value.message == (f"[secrets].master_key_file ({bad}) must be base64 of 32 "
                                   "bytes (it decodes to 5)")
+
+
+def test_the_least_rates_and_checkpoint_interval_are_taken(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[rate_limit]\nrequests_per_second = 0.001\n"
+                               "service_requests_per_second = 0.001\n[audit]\n"
+                               "checkpoint_interval_seconds = 0.1\n"), env={})
+    assert config.rate_limit.service_requests_per_second == 0.001
+    assert load_config(write(tmp_path, "[audit]\ncheckpoint_interval_seconds = 0\n"),
+                       env={}).audit.checkpoint_interval_seconds == 0
