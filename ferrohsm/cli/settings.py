@@ -143,6 +143,9 @@ def load_profile(name: str | None, env: Mapping[str, str], required: bool) -> di
     """The named profile's settings; {} when the file or the (implicit) profile is absent."""
     path = profile_path(env)
     label = name or "default"
+    if env.get("FERROHSM_PROFILE_FILE") and _missing(path):
+        # named on purpose, so meant to be read: silence sent every setting elsewhere
+        raise UsageError(f"FERROHSM_PROFILE_FILE names {path}, which does not exist")
     data = _profile_file(path, name, required)
     if data is None:
         return {}
@@ -161,6 +164,13 @@ def load_profile(name: str | None, env: Mapping[str, str], required: bool) -> di
         raise UsageError(f"profile file {path}: [{label}] has unknown setting(s) "
                          f"{', '.join(unknown)}; known: {', '.join(sorted(PROFILE_KEYS))}")
     return {k: _relative(path, k, v) for k, v in table.items()}
+
+
+def _missing(path: Path) -> bool:
+    try:
+        return not path.exists()
+    except OSError:  # a folder this user may not enter: _profile_file says so
+        return False
 
 
 def _profile_file(path: Path, name: str | None, required: bool) -> dict[str, Any] | None:

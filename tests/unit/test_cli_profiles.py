@@ -29,3 +29,12 @@ def test_messages_about_the_implicit_profile_name_it_default(tmp_path: Path) -> 
     profiles.write_text('[default]\nserverr = "https://x"\n')
     with pytest.raises(UsageError, match=r"\[default\] has unknown setting\(s\) serverr"):
         load_profile(None, {"FERROHSM_PROFILE_FILE": str(profiles)}, required=False)
+
+
+def test_a_profile_file_named_in_the_environment_must_exist(tmp_path: Path) -> None:
+    """FERROHSM_PROFILE_FILE naming a missing file was ignored without a word, and every
+    setting came from elsewhere (an outside tester); the default location may be absent."""
+    with pytest.raises(UsageError, match=r"FERROHSM_PROFILE_FILE names .* which does not exist"):
+        load_profile(None, {"FERROHSM_PROFILE_FILE": str(tmp_path / "nope.toml")},
+                     required=False)
+    assert load_profile(None, {"HOME": str(tmp_path)}, required=False) == {}
