@@ -219,6 +219,9 @@ def check_url(url: str) -> None:
                          "token in FERROHSM_TOKEN")
     if ok and (parts.query or parts.fragment):
         raise ValueError(f"server URL must not have a query or fragment, got {shown!r}")
+    if ok and parts.path.rstrip("/").endswith("/v1"):  # every call then went to /v1/v1/…: 404
+        raise ValueError(f"server URL names the server, not its API: drop the /v1 of {shown!r} "
+                         "(a prefix is for a server behind a proxy)")
     if not ok:
         raise ValueError(f"server URL must be https://HOST[:PORT], got {shown!r}")
 

@@ -230,6 +230,10 @@ def test_bad_url_in_the_list_is_refused(live: LiveServer) -> None:
         "got")[1]
     with pytest.raises(ValueError, match="query or fragment"):
         Client(f"https://127.0.0.1:{live.port}/?x=1", "t")
+    # the API's path given as the server's was taken as a proxy prefix: every call a 404
+    with pytest.raises(ValueError, match="drop the /v1"):
+        Client(f"https://127.0.0.1:{live.port}/v1/", "t")
+    assert Client(f"https://127.0.0.1:{live.port}/ferrohsm", "t").urls  # a proxy's prefix
 
 
 def test_cli_takes_a_comma_separated_ferrohsm_url(live: LiveServer, monkeypatch: pytest.MonkeyPatch,
