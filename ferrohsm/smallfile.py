@@ -20,8 +20,10 @@ KIB, MIB = 1024, 1024 * 1024
 def read_at_most(path: str | os.PathLike[str], limit: int, *, regular: bool = False) -> bytes:
     """The bytes of ``path``, at most ``limit`` of them, else OSError(EFBIG). A regular file
     is judged by its size before anything is read; anything else (a pipe, a device) by reading
-    one byte more than ``limit``. With ``regular``, only a regular file is read at all."""
-    with open(path, "rb") as fh:
+    one byte more than ``limit``. With ``regular``, only a regular file is read at all (and a
+    FIFO is opened without waiting for a writer, so that it is refused, not waited on)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_NONBLOCK if regular else 0)
+    with open(os.open(path, flags), "rb") as fh:
         info = os.fstat(fh.fileno())
         if regular and not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "not a regular file")

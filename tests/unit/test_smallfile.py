@@ -27,12 +27,17 @@ def test_a_larger_file_is_refused_by_its_size_before_it_is_read(tmp_path: Path) 
     assert info.value.errno == errno.EFBIG and str(info.value.strerror).startswith("larger than 1 MiB")
 
 
-def test_a_device_or_a_pipe_is_read_one_byte_past_the_limit() -> None:
+def test_a_device_or_a_pipe_is_read_one_byte_past_the_limit(tmp_path: Path) -> None:
     with pytest.raises(OSError) as info:
         read_at_most("/dev/zero", 4096)
     assert str(info.value.strerror).startswith("larger than 4 KiB")
     with pytest.raises(OSError) as info:
         read_at_most("/dev/zero", 4096, regular=True)
+    assert info.value.strerror == "not a regular file"
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # nobody writes to it: refused at once, not waited on
+    with pytest.raises(OSError) as info:
+        read_at_most(fifo, 4096, regular=True)
     assert info.value.strerror == "not a regular file"
     read_end, write_end = os.pipe()  # a pipe (process substitution: --token-file <(…))
     try:
