@@ -63,7 +63,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     # split-knowledge unsealing and rekey: shares, the custody file, the sealed gate in front
     # of the api application, the store rewrite of a rekey; backup archives and their restore
     # (config: the backup key's sources)
-    "custody": frozenset({"domain", "crypto", "audit", "store", "api", "config"}),
+    "custody": frozenset({"domain", "crypto", "audit", "store", "api", "config", "smallfile"}),
     # L5: the one composition root
     "app": frozenset({"domain", "crypto", "audit", "store", "auth", "control", "engine",
                       "telemetry", "service", "config", "tls", "api", "integrity", "custody",

@@ -37,6 +37,7 @@ from typing import Any
 from ..crypto import shamir
 from ..crypto.seal import MASTER_KEY_SIZE, Sealer
 from ..domain.errors import ConfigError
+from ..smallfile import read_at_most
 from .shares import SPLIT_ID_RE, Share
 
 __all__ = ["FILE_NAME", "CustodyFile", "Split", "load", "new_split", "save"]
@@ -147,7 +148,7 @@ def load(data_dir: str | os.PathLike[str]) -> CustodyFile:
     """The custody file, or ConfigError naming what is wrong with it."""
     path = path_in(data_dir)
     try:
-        data = path.read_bytes()[:_MAX_FILE + 1]
+        data = read_at_most(path, _MAX_FILE)  # the whole file was read, then cut
     except FileNotFoundError:
         raise ConfigError(f"{path} does not exist: run `ferrohsm init --shares N --threshold T` "
                           'first (or set [secrets] unseal = "env")') from None
