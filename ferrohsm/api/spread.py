@@ -23,20 +23,30 @@ a lost connection:
 Process i counts j's load as ``open[j] + sent[i][j] - taken[j][i]``: its own hand-overs still in
 flight count, other processes' in flight to j do not (a burst can leave the split one or two
 off). A hand-over that fails (the sibling's queue full) keeps the connection here.
+
+A sibling that does not take what it was handed (stopped with SIGSTOP, its loop stalled) is
+passed over: a process hands it nothing more while MAX_IN_FLIGHT of its own hand-overs wait in
+that sibling's queue, or while one has waited there longer than STUCK_AFTER (a serving loop
+takes its queue within a turn). Without this, a stopped sibling that holds few connections drew
+the new connections of a healthy one until the counts evened out, and each of them hung.
 """
 
 from __future__ import annotations
 
+import collections
 import mmap
 import os
 import socket
 import struct
+import time
 from typing import Any
 
 DOWN = 1 << 62  # open[i] of a process that takes no connection
 MAX_PROCESSES = 256  # as [server].processes allows: the counters take 16 bytes x N^2
 _SENDER = struct.Struct(">H")
 PARENT = 0xFFFF  # the sender of a connection the parent passed on (counted by nobody)
+MAX_IN_FLIGHT = 4  # hand-overs to one sibling not taken yet: more, and it is passed over
+STUCK_AFTER = 0.25  # seconds a hand-over may wait in a sibling's queue before it is passed over
 
 
 def _sent(count: int, i: int, j: int) -> int:
@@ -127,6 +137,8 @@ class Member:
         self.index, self.count, self.cells = index, spread.count, spread.cells
         self.inbox = spread.pairs[index][0]
         self._out = [outbox for _, outbox in spread.pairs]
+        # When each hand-over to sibling j not known to be taken was sent (its queue is FIFO)
+        self._handed_at = [collections.deque[float]() for _ in range(spread.count)]
         self.handed = self.adopted = 0  # this process's totals (for tests and metrics)
 
     def publish(self, held: int) -> None:
@@ -150,6 +162,7 @@ class Member:
         except OSError:  # its queue is full, or it is gone: keep the connection here
             return False
         self.cells[_sent(self.count, self.index, target)] += 1
+        self._handed_at[target].append(time.monotonic())
         self.handed += 1
         sock.close()
         return True
@@ -181,7 +194,20 @@ class Member:
             load = cells[j]
             if load >= DOWN:
                 continue
-            load += cells[_sent(count, me, j)] - cells[_taken(count, j, me)]
+            in_flight = cells[_sent(count, me, j)] - cells[_taken(count, j, me)]
+            if in_flight > 0 and self._stuck(j, in_flight):
+                continue
+            load += in_flight
             if load < least:
                 best, least = j, load
         return best
+
+    def _stuck(self, j: int, in_flight: int) -> bool:
+        """Whether sibling ``j`` leaves this process's hand-overs in its queue: too many, or
+        one for too long (the ones it took were the oldest: its queue is FIFO)."""
+        times = self._handed_at[j]
+        while len(times) > in_flight:
+            times.popleft()
+        if not times:
+            return False
+        return len(times) >= MAX_IN_FLIGHT or time.monotonic() - times[0] > STUCK_AFTER

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from ferrohsm.api.listener import Listener
-from ferrohsm.api.spread import DOWN, Member, Spread
+from ferrohsm.api.spread import DOWN, MAX_IN_FLIGHT, STUCK_AFTER, Member, Spread
 
 
 @pytest.fixture
@@ -200,3 +200,28 @@ def test_a_spread_needs_two_processes_and_at_most_256() -> None:
         Spread(1)
     with pytest.raises(ValueError):
         Spread(257)
+
+
+def test_a_sibling_that_leaves_its_queue_untaken_is_passed_over(
+        listener: socket.socket, make: Callable[[int], Spread]) -> None:
+    """A stopped sibling (SIGSTOP, a stalled loop) holding few connections drew the new ones
+    of a healthy process, and each of them hung: once a hand-over has waited STUCK_AFTER, or
+    MAX_IN_FLIGHT wait, the sibling is handed nothing more until it takes its queue."""
+    _, (busy, stopped) = group(make, 8, 0)
+    first = connect(listener)
+    assert busy.hand_off(first[1], held=8)
+    time.sleep(STUCK_AFTER + 0.05)  # the sibling never read its queue meanwhile
+    client, accepted = connect(listener)
+    assert not busy.hand_off(accepted, held=8)  # kept: 8 + 1 here beats a hung client
+    got = stopped.receive()  # it resumes and takes its queue: it is handed to again
+    assert got is not None
+    second = connect(listener)
+    assert busy.hand_off(second[1], held=9)
+    burst = [connect(listener) for _ in range(MAX_IN_FLIGHT)]
+    handed = [busy.hand_off(accepted_end, held=30) for _, accepted_end in burst]
+    assert handed == [True] * (MAX_IN_FLIGHT - 1) + [False]  # one in flight already
+    for end in (first[0], client, accepted, got[0], second[0], *(c for c, _ in burst),
+                *(a for _, a in burst if a.fileno() != -1)):
+        end.close()
+    while (more := stopped.receive()) is not None:
+        more[0].close()
