@@ -58,7 +58,7 @@ def build(out: Path, postgres: bool = True) -> Path:
         shutil.rmtree(stale, ignore_errors=True)
     packages = [f"{ROOT}[postgres]", *POSTGRES_PINS] if postgres else [str(ROOT)]
     cmd = [sys.executable, "-m", "shiv", "--reproducible", "--compressed",
-           "--python", "/usr/bin/env python3", "--entry-point", "ferrohsm.cli.main:main",
+           "--python", "/usr/bin/env python3", "--entry-point", "ferrohsm.__main__:run",
            "--output-file", str(out), "--no-cache", "--quiet", *packages]
     subprocess.run(cmd, check=True, cwd=ROOT, env=shiv_env())
     install_launcher(out)

@@ -14,7 +14,10 @@
 # 2. holds a shared lock on its own build's extraction for as long as the process runs, and
 #    removes the extractions of other builds of the same file name that no running process
 #    holds (an old server still running from its extraction keeps it);
-# 3. then hands over to shiv's bootstrap, which extracts (once) and runs ferrohsm.cli.main.
+# 3. then hands over to shiv's bootstrap, which extracts (once) and runs ferrohsm.__main__.
+#
+# For `serve` and `quickstart` it first holds SIGHUP (noted in FERROHSM_LAUNCHER_SIGHUP, taken
+# over by ferrohsm/cli/earlyhup.py): a reload asked while the app loads must not end it.
 #
 # Standard library only, and nothing here may print a traceback for an environment problem:
 # a root that cannot be used is one line on stderr and exit status 2 (a configuration error,
@@ -25,11 +28,21 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import sys
 import tempfile
 import zipfile
-from typing import NoReturn
+from typing import Any, NoReturn
+
+
+def _note_hup(signum: int, frame: Any) -> None:
+    """A SIGHUP before the server's own hold (ferrohsm/cli/earlyhup.py takes it over)."""
+    os.environ["FERROHSM_LAUNCHER_SIGHUP"] = "1"
+
+
+if sys.argv[1:2] and sys.argv[1] in ("serve", "quickstart"):  # first: a reload is never fatal
+    signal.signal(signal.SIGHUP, _note_hup)
 
 _HELD: list[int] = []  # lock descriptors kept open for the life of the process
 

@@ -339,8 +339,9 @@ def test_the_offline_verifier_needs_only_the_standard_library() -> None:
 def test_the_cli_starts_with_the_standard_library_only() -> None:
     """``python3 -m ferrohsm audit verify`` imports the command tree before dispatching: none of
     it may load a third-party package at import time (commands import theirs when they run)."""
-    modules = closure("ferrohsm.__main__", lazy=False)
-    assert "ferrohsm.cli.main" in modules
+    modules = closure("ferrohsm.__main__", lazy=False)  # the launcher holds SIGHUP first,
+    modules |= closure("ferrohsm.cli.main", lazy=False)  # then imports the command tree
+    assert "ferrohsm.cli.earlyhup" in modules
     assert not third_party(modules, lazy=False), third_party(modules, lazy=False)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -413,3 +414,36 @@ def test_zipapp_init_prints_shares_that_reconstruct_the_checked_key(zipapp: Path
         assert custody.current.opens_with(shamir.combine([(s.x, s.y) for s in pair]))
     written = b"".join(p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file())
     assert not any(s.text().encode() in written for s in shares)
+
+
+def test_the_launcher_holds_sighup_before_the_app_loads(zipapp: Path, tmp_path: Path) -> None:
+    """`dist/ferrohsm serve` held SIGHUP only once the CLI and the server were imported: a
+    reload asked in its first 0.7 s killed it (an outside tester). The launcher holds it in
+    its first lines, before cryptography's library is loaded."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
+           "SHIV_ROOT": str(tmp_path / "shiv")}
+    run(zipapp, "--version", home=tmp_path)  # extracted, as on every start but the first
+    proc = subprocess.Popen([sys.executable, "-I", str(zipapp), "quickstart", "--data-dir",
+                             str(tmp_path / "data"), "--listen", "127.0.0.1:0"], env=env,
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not _catches_sighup(proc.pid):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.0005)
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "_rust.abi3.so" not in maps  # cryptography not loaded yet: held that early
+        for _ in range(20):
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(0.01)
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(30)
+
+
+def _catches_sighup(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGHUP - 1) & 1)
+    return False

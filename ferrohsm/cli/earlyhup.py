@@ -17,13 +17,19 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+LAUNCHER_NOTED = "FERROHSM_LAUNCHER_SIGHUP"  # set by deploy/zipapp_main.py's own early hold
 _pending = [False]  # a SIGHUP arrived while held (a list: the handler sets it in place)
 
 
 def hold() -> None:
-    """Until ``install``: a SIGHUP is noted, not fatal. Main thread only (signal handlers)."""
+    """Until ``install``: a SIGHUP is noted, not fatal. Main thread only (signal handlers).
+    Held already (by the launcher, ferrohsm/__main__.py): a SIGHUP noted since stays noted."""
+    if signal.getsignal(signal.SIGHUP) is _note:
+        return
     _pending[0] = False
     signal.signal(signal.SIGHUP, _note)
+    if os.environ.pop(LAUNCHER_NOTED, None):  # noted by the zip app's launcher before us
+        _pending[0] = True
 
 
 def _note(signum: int, frame: Any) -> None:

@@ -94,3 +94,47 @@ def test_reloads_during_start_up_are_done_not_fatal(tmp_path: Path, extra: list[
     finally:
         reap(proc)
         stderr.close()
+
+
+SPY = """
+import signal, sys
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ferrohsm.cli.main":  # the CLI's import, then the app's: most of a second
+            held = signal.getsignal(signal.SIGHUP) not in (signal.SIG_DFL, None)
+            print("held" if held else "not held", flush=True)
+            import os
+            os._exit(0)
+sys.meta_path.insert(0, Spy())
+sys.argv = ["ferrohsm", sys.argv[1]]
+import ferrohsm.__main__ as entry
+entry.run()
+"""
+
+
+@pytest.mark.parametrize("command", ["serve", "quickstart"])
+def test_the_hold_comes_before_the_cli_and_the_app_are_imported(command: str) -> None:
+    """A SIGHUP 0.05-0.7 s after `serve` started killed it (129, nothing logged): the hold
+    came only after the CLI's and the server's imports (an outside tester)."""
+    result = subprocess.run([sys.executable, "-c", SPY, command], cwd=ROOT, text=True,
+                            capture_output=True, timeout=60)
+    assert result.stdout.strip() == "held", result.stderr
+    client = subprocess.run([sys.executable, "-c", SPY, "keys"], cwd=ROOT, text=True,
+                            capture_output=True, timeout=60)
+    assert client.stdout.strip() == "not held"  # a client command keeps the default
+
+
+def test_a_sighup_noted_by_the_launcher_is_carried_over(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    from ferrohsm.cli import earlyhup
+    previous = signal.getsignal(signal.SIGHUP)
+    monkeypatch.setenv(earlyhup.LAUNCHER_NOTED, "1")
+    delivered: list[int] = []
+    try:
+        earlyhup.hold()
+        assert earlyhup.LAUNCHER_NOTED not in os.environ  # taken, not passed to children
+        earlyhup.hold()  # the server's own hold later: what was noted stays noted
+        earlyhup.install(lambda signum, frame: delivered.append(signum))
+        assert delivered == [signal.SIGHUP]
+    finally:
+        signal.signal(signal.SIGHUP, previous)
