@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     completion.add_parser(sub)
     manpage.add_parser(sub)
     tree.no_abbreviations(parser)
+    tree.once_only(parser)
     return parser
 
 
@@ -199,7 +200,9 @@ def _dispatch(args_list: list[str]) -> int:
 def _parse(parser: argparse.ArgumentParser,
            args_list: list[str]) -> tuple[argparse.Namespace, list[str]]:
     try:
-        return parser.parse_known_args(args_list)
+        args, extra = parser.parse_known_args(args_list)
+        tree.forget_given(args)
+        return args, extra
     except SystemExit:  # --help or --version printed: a full disk says so now, not at exit
         sys.stdout.flush()
         raise
@@ -249,7 +252,7 @@ def run_client(args: argparse.Namespace) -> int:
                              ", a profile's token_file); `ferrohsm token issue` makes one; "
                              "nothing was sent")
         with make_client(settings) as client:
-            return int(args.client_func(args, client, settings))
+            return int(_shape_checked(args, client, settings))
     except (UsageError, FieldMissing) as exc:
         advice = ops.TOO_LARGE_ADVICE.get(args.command) if isinstance(exc, InputTooLarge) \
             else None
@@ -275,6 +278,22 @@ def run_client(args: argparse.Namespace) -> int:
                        "right address?")
         _fail(exc.message + suffix)
         return 1
+
+
+def _shape_checked(args: argparse.Namespace, client: Any, settings: Any) -> int:
+    """The command, with an answer not shaped as this CLI expects (another server, a proxy
+    that rewrites JSON: ``{"keys": 5}``) said as that, not "unexpected TypeError" (an outside
+    tester). With FERROHSM_DEBUG=1 the traceback still shows where it broke."""
+    from .streams import has_answered
+    try:
+        return int(args.client_func(args, client, settings))
+    except (TypeError, AttributeError, KeyError, IndexError) as exc:
+        if not has_answered() or os.environ.get("FERROHSM_DEBUG"):
+            raise
+        _fail(f"the server's answer is not shaped as a FerroHSM answer ({type(exc).__name__}"
+              "): is FERROHSM_URL (or --server) a FerroHSM server of this version, with no "
+              "proxy rewriting its answers? FERROHSM_DEBUG=1 shows where it broke")
+        return FAILED
 
 
 def _named_key(message: str, args: argparse.Namespace) -> str:

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import os
 import stat
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from . import output
@@ -97,7 +99,7 @@ OPS: dict[str, tuple[str, str, str]] = {
 
 def add_parsers(sub: Any) -> None:
     for name, (short, long, example) in OPS.items():
-        p = command(sub, name, HANDLERS[name], help=short, description=f"{long} Uses {IN_OUT}.",
+        p = command(sub, name, _inputs_kept(HANDLERS[name]), help=short, description=f"{long} Uses {IN_OUT}.",
                     epilog=f"example:\n  {example}")
         p.add_argument("key", metavar="KEY", help="key id or name")
         p.add_argument("--in", dest="input", metavar="FILE", help="input file ('-' or absent: stdin)")
@@ -155,6 +157,42 @@ def add_data_key_parser(sub: Any) -> None:
                    "data key) unless --force")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     approval_flag(p)
+
+
+Handler = Callable[[argparse.Namespace, Any, Settings], int]
+
+
+def _inputs_kept(handler: Handler) -> Handler:
+    """``handler``, refusing an --out that names one of its input files first."""
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace, client: Any, settings: Settings) -> int:
+        _not_an_input(args)
+        return handler(args, client, settings)
+    return run
+
+
+def _not_an_input(args: argparse.Namespace) -> None:
+    """An --out that is the --in (or --signature) file would replace it with the answer: `sign
+    --in app.tar.gz --out app.tar.gz` left a 70-byte signature where the artefact was (an
+    outside tester). Refused before anything is sent; a device (/dev/null) is not a file."""
+    out = args.out
+    if out in (None, "-") or names_stdout(out):
+        return
+    try:
+        if not stat.S_ISREG(os.stat(out).st_mode):
+            return
+    except (OSError, ValueError):
+        return  # not there yet: it cannot be an input
+    for flag, path in (("--in", args.input), ("--signature", getattr(args, "signature", None))):
+        if path in (None, "-"):
+            continue
+        try:
+            same = os.path.samefile(path, out)
+        except (OSError, ValueError):
+            continue
+        if same:
+            raise UsageError(f"--out names the same file as {flag} ({out}): the answer would "
+                             "replace it; write the answer to another file (nothing was sent)")
 
 
 def _aad(args: argparse.Namespace) -> bytes | None:

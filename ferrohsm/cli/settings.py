@@ -22,6 +22,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Mapping
@@ -41,6 +42,8 @@ ENV = {"server": "FERROHSM_URL", "token": "FERROHSM_TOKEN", "token_file": "FERRO
 FIELDS = ("server", "token", "token_file", "ca_cert", "client_cert", "client_key", "timeout")
 DEFAULT_TIMEOUT = 30.0
 OUTPUTS = ("table", "json", "text")
+# Three base64url parts, the first a JSON object's ("eyJ"): a JWT, not a file name
+_JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 class UsageError(Exception):
@@ -207,6 +210,10 @@ def _relative(path: Path, key: str, value: Any) -> Any:
 def _layers(args: argparse.Namespace, env: Mapping[str, str]) -> list[dict[str, Any]]:
     """Settings sources, highest precedence first."""
     flags = {f: getattr(args, f) for f in FIELDS if getattr(args, f, None) is not None}
+    for name, value in flags.items():  # `--token "$UNSET"` ran as whoever FERROHSM_TOKEN is
+        if isinstance(value, str) and not value.strip():
+            raise UsageError(f"--{name.replace('_', '-')} is empty: give it a value, or leave "
+                             "it out to use the environment or a profile; nothing was sent")
     named = getattr(args, "profile", None)
     environment = {f: env[var] for f, var in ENV.items() if env.get(var)}
     implicit = None if named else load_profile(env.get("FERROHSM_PROFILE"), env,
@@ -280,6 +287,10 @@ def _token(layers: list[dict[str, Any]]) -> str | None:
     if kind == "token" or value is None:
         return check_token(str(value).strip(), "the token (--token or FERROHSM_TOKEN)") \
             if value else None
+    if _JWT_SHAPE.fullmatch(str(value)):  # --token-file "$TOKEN": never echoed as a path
+        raise UsageError("the token file setting (--token-file, FERROHSM_TOKEN_FILE or a "
+                         "profile's token_file) holds what looks like a token, not a path: "
+                         "give the token with --token or FERROHSM_TOKEN (not shown here)")
     try:
         token = read_at_most(value, SMALL_LIMIT).decode("utf-8").strip()
     except OSError as exc:

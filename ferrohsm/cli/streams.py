@@ -160,6 +160,11 @@ def server_answered(acted: bool = False) -> None:
     _Answered.acted = _Answered.acted or acted
 
 
+def has_answered() -> bool:
+    """Whether the server has answered a request of this command (any method)."""
+    return _Answered.answered
+
+
 def reset_answered() -> None:
     _Answered.answered = _Answered.acted = False
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,37 @@ def no_abbreviations(root: argparse.ArgumentParser) -> None:
         sub = subparsers(command.parser)
         for child in (sub.choices.values() if sub else ()):
             child.allow_abbrev = False
+
+
+GIVEN = "_given_once"  # the namespace member where _StoreOnce keeps what was given
+
+
+class _StoreOnce(argparse._StoreAction):
+    """A flag that takes one value, refusing a second, different one: `sign --in a.tgz --in
+    b.tgz` signed b.tgz, and `keys create --algorithm aes-256-gcm --algorithm ec-p256` made an
+    EC key, without a word (an outside tester). The same value twice is harmless and taken.
+    The values are not echoed: a flag may hold a token."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        given: dict[str, Any] = namespace.__dict__.setdefault(GIVEN, {})
+        if self.dest in given and given[self.dest] != values:
+            parser.error(f"{option_string} given twice with different values: give it once")
+        given[self.dest] = values
+        setattr(namespace, self.dest, values)
+
+
+def once_only(root: argparse.ArgumentParser) -> None:
+    """Every flag of the tree that stores one value takes it once (_StoreOnce)."""
+    for command in walk(root):
+        for action in command.parser._actions:
+            if type(action) is argparse._StoreAction and action.option_strings:
+                action.__class__ = _StoreOnce
+
+
+def forget_given(args: argparse.Namespace) -> None:
+    """Drop _StoreOnce's bookkeeping from parsed arguments (subparsers copy it up)."""
+    args.__dict__.pop(GIVEN, None)
 
 
 # The client settings every client command takes: listed once (manual page, README), not per
