@@ -252,7 +252,11 @@ def read_share_text(share_file: str | None, private_key: str | list[str] | None)
     elif not sys.stdin.isatty():
         text = sys.stdin.readline().lstrip("\ufeff").strip()
     else:
-        text = getpass.getpass("Unseal share (not echoed): ").strip()
+        try:
+            text = getpass.getpass("Unseal share (not echoed): ").strip()
+        except EOFError:  # Ctrl-D at the prompt ("unexpected EOFError" before): no share,
+            print(file=sys.stderr)  # as from an empty pipe
+            text = ""
     if text.startswith(ENCRYPTED_HEADER):
         return _decrypt(text, private_key)
     return text
@@ -284,7 +288,8 @@ def share_file_text(name: str) -> str:
     if text is None or not text.isascii() or "\0" in text:
         hint = " (UTF-16 without a byte-order mark?)" if b"\0" in raw else ""
         raise ConfigError(f"--share-file {name} is not ASCII text{hint}: a share is "
-                          "fhsm1-<split>-<n>-<value>; save the file as ASCII or UTF-8")
+                          "fhsm1-<split>-<n>-<value>, ASCII letters, digits and dashes only; "
+                          "a file holding anything else is not a share file")
     return text
 
 
@@ -349,6 +354,9 @@ def _decrypt_with(text: str, private_key: str) -> str:
 
 def run_unseal(args: argparse.Namespace, client: Any, settings: Any) -> int:
     text = read_share_text(args.share_file, args.private_key)
+    if not text:  # an empty line, Ctrl-D, `< /dev/null`: the server was asked before
+        raise ConfigError("no share given (an empty input): give --share-file FILE, pipe "
+                          "the share in, or type it at the prompt; nothing was sent")
     status = client.request("POST", "/v1/sys/unseal", {"share": text})
     from .output import emit
     emit(settings, status, lambda: (

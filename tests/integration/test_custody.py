@@ -106,6 +106,9 @@ def test_a_split_knowledge_server_starts_sealed_and_opens_with_a_threshold(
                                                "shares": 5}
         wrong = srv.unseal_cli(typo)
         assert wrong.returncode == 1 and "not share 2" in wrong.stderr, wrong.stderr
+        empty = home.cli("unseal", "--server", srv.url, stdin="")  # checked here, not sent
+        assert empty.returncode == 2 and "no share given" in empty.stderr, empty.stderr
+        assert "request id" not in empty.stderr
         assert srv.call("GET", "/healthz")[1]["progress"] == 2
 
         srv.unseal([shares[1]])
