@@ -14,9 +14,11 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +75,7 @@ class PostgresServer:
         self._schemas_db: str | None = None
 
     def start(self) -> None:
+        stop_on_sigterm()
         if self.user is not None:
             os.chmod(self.root, 0o700)
             entry = pwd.getpwnam(self.user)
@@ -145,6 +148,19 @@ def running() -> Iterator[PostgresServer]:
 
 
 _SHARED: list[PostgresServer] = []
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (``timeout 60 python3 -m pytest``, a CI job cancelled) as Ctrl-C: pytest stops,
+    tears its fixtures down and runs atexit, so no server is left running. Its default action
+    ended the process at once and left the PostgreSQL servers behind (an outside tester)."""
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def shared() -> PostgresServer:

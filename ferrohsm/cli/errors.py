@@ -31,10 +31,12 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (OUTPUT_LOST, "the server carried out the request but its answer could not be written, "
                   "or its reader closed the pipe (output lost; an --approval-id given is "
                   "spent)"),
-    (INTERRUPTED, "interrupted (SIGINT, Ctrl-C); an --out file is left as it was"),
+    (INTERRUPTED, "a client command interrupted (SIGINT, Ctrl-C); an --out file is left as it "
+                  "was (serve and quickstart drain and exit 0)"),
     (CLOSED_PIPE, "the reader of standard output closed the pipe early (a read: nothing "
                   "was changed)"),
-    (TERMINATED, "terminated (SIGTERM); an --out file is left as it was"),
+    (TERMINATED, "a client command terminated (SIGTERM); an --out file is left as it was "
+                 "(serve and quickstart drain and exit 0)"),
 )
 
 
