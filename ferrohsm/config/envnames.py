@@ -18,7 +18,7 @@ OTHER_VARIABLES = frozenset(PREFIX + name for name in (
     "URL", "TOKEN", "TOKEN_FILE", "CA_CERT", "CLIENT_CERT", "CLIENT_KEY", "TIMEOUT",
     "PROFILE", "PROFILE_FILE", "DEBUG",
     "BACKUP_KEY", "SIGNING_KEY_PASSWORD", "CUSTODIAN_KEY_PASSWORD",
-    "RESTARTED_AFTER", "REKEY_KILL_AT"))
+    "RESTARTED_AFTER", "REKEY_KILL_AT", "LAUNCHER_SIGHUP"))
 
 
 def configured_variables(config: Config) -> set[str]:
