@@ -99,8 +99,8 @@ OPS: dict[str, tuple[str, str, str]] = {
 
 def add_parsers(sub: Any) -> None:
     for name, (short, long, example) in OPS.items():
-        p = command(sub, name, _inputs_kept(HANDLERS[name]), help=short, description=f"{long} Uses {IN_OUT}.",
-                    epilog=f"example:\n  {example}")
+        p = command(sub, name, _inputs_kept(HANDLERS[name]), help=short,
+                    description=f"{long} Uses {IN_OUT}.", epilog=f"example:\n  {example}")
         p.add_argument("key", metavar="KEY", help="key id or name")
         p.add_argument("--in", dest="input", metavar="FILE", help="input file ('-' or absent: stdin)")
         p.add_argument("--out", metavar="FILE", help="output file ('-' or absent: stdout)")
