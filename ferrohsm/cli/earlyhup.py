@@ -24,10 +24,9 @@ _pending = [False]  # a SIGHUP arrived while held (a list: the handler sets it i
 def hold() -> None:
     """Until ``install``: a SIGHUP is noted, not fatal. Main thread only (signal handlers).
     Held already (by the launcher, ferrohsm/__main__.py): a SIGHUP noted since stays noted."""
-    if signal.getsignal(signal.SIGHUP) is _note:
-        return
-    _pending[0] = False
-    signal.signal(signal.SIGHUP, _note)
+    if signal.getsignal(signal.SIGHUP) is not _note:
+        _pending[0] = False
+        signal.signal(signal.SIGHUP, _note)
     if os.environ.pop(LAUNCHER_NOTED, None):  # noted by the zip app's launcher before us
         _pending[0] = True
 

@@ -130,6 +130,7 @@ def test_a_sighup_noted_by_the_launcher_is_carried_over(monkeypatch: pytest.Monk
     previous = signal.getsignal(signal.SIGHUP)
     monkeypatch.setenv(earlyhup.LAUNCHER_NOTED, "1")
     delivered: list[int] = []
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as a new process (another test may hold it)
     try:
         earlyhup.hold()
         assert earlyhup.LAUNCHER_NOTED not in os.environ  # taken, not passed to children
