@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from procstatus import catches_sighup
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -428,7 +429,7 @@ def test_the_launcher_holds_sighup_before_the_app_loads(zipapp: Path, tmp_path: 
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
-        while not _catches_sighup(proc.pid):
+        while not catches_sighup(proc.pid):
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.0005)
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
@@ -440,10 +441,3 @@ def test_the_launcher_holds_sighup_before_the_app_loads(zipapp: Path, tmp_path: 
     finally:
         proc.kill()
         proc.wait(30)
-
-
-def _catches_sighup(pid: int) -> bool:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("SigCgt:"):
-            return bool(int(line.split()[1], 16) >> (signal.SIGHUP - 1) & 1)
-    return False

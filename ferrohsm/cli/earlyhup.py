@@ -17,6 +17,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+SERVERS = ("serve", "quickstart")  # the commands that start a server (and hold SIGHUP)
 LAUNCHER_NOTED = "FERROHSM_LAUNCHER_SIGHUP"  # set by deploy/zipapp_main.py's own early hold
 _pending = [False]  # a SIGHUP arrived while held (a list: the handler sets it in place)
 

@@ -30,7 +30,7 @@ from .. import __version__
 from ..domain.errors import ConfigError, FerroError
 from ..telemetry.logs import fatal
 from . import approvals as approvals_cmd
-from . import argcheck, audit_cmd, completion, info, keys, manpage, ops, tree
+from . import argcheck, audit_cmd, completion, earlyhup, info, keys, manpage, ops, tree
 from . import backup as backup_cmd
 from . import custody as custody_cmd
 from . import serve as serve_cmd
@@ -99,7 +99,7 @@ def _tolerant_text_streams() -> None:
 
 # The server's own processes keep the interpreter's stdout as it is: forked children flush it
 # on their way to os._exit, where nothing may turn a failed flush into a CLI exit.
-LONG_RUNNING = ("serve", "quickstart")
+LONG_RUNNING = earlyhup.SERVERS
 # Client commands that send no token: /healthz and the unseal of a sealed server.
 NO_TOKEN = ("status", "unseal")
 
@@ -252,7 +252,7 @@ def run_client(args: argparse.Namespace) -> int:
                              ", a profile's token_file); `ferrohsm token issue` makes one; "
                              "nothing was sent")
         with make_client(settings) as client:
-            return int(_shape_checked(args, client, settings))
+            return _shape_checked(args, client, settings)
     except (UsageError, FieldMissing) as exc:
         advice = ops.TOO_LARGE_ADVICE.get(args.command) if isinstance(exc, InputTooLarge) \
             else None

@@ -16,18 +16,11 @@ from pathlib import Path
 
 import pytest
 from live import reap
+from procstatus import catches_sighup
 
 from ferrohsm.tls.context import client_context
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def catches_sighup(pid: int) -> bool:
-    """Whether ``pid`` has a handler for SIGHUP (/proc/PID/status SigCgt, readable by anyone)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("SigCgt:"):
-            return bool(int(line.split()[1], 16) >> (signal.SIGHUP - 1) & 1)
-    return False
 
 
 def hup_until_ready(proc: subprocess.Popen[str], data: Path) -> dict[str, str]:
