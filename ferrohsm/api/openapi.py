@@ -94,7 +94,11 @@ SCHEMAS: dict[str, Any] = {
     "KeyVersion": {"type": "object", "required": ["version", "state", "created_at"],
                    "properties": {
         "version": {"type": "integer"}, "state": {"enum": ["enabled", "archived", "destroyed"]},
-        "created_at": TIME, "origin": {"enum": ORIGINS}}},
+        "created_at": TIME, "origin": {"enum": ORIGINS},
+        "encryptions_reserved": {"type": "integer", "minimum": 0, "description":
+                                 "aes-256-gcm encrypt keys: the AES-GCM encryptions all "
+                                 "processes together have reserved with this version, of the "
+                                 "2^32 one version may make"}}},
     "KeyHistoryEntry": {"type": "object", "required": ["at", "actor", "action"], "properties": {
         "at": TIME, "actor": {"type": "string"}, "action": {"type": "string"},
         "detail": {"type": "string"}}},

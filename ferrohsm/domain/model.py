@@ -59,6 +59,7 @@ PAGE_TOKEN_PATTERN = r"k1\." + UUID_PATTERN
 MAX_TAGS = 32
 MAX_DESCRIPTION = 1024
 MAX_HISTORY_DETAIL = 256
+GCM_LIMIT = 1 << 32  # AES-GCM encryptions with random 96-bit nonces per key (NIST SP 800-38D)
 # An audit record hash (audit/chain.py): lowercase hex SHA-256, or "" before the first binding.
 AUDIT_HASH_RE = re.compile(r"(?:[0-9a-f]{64})?")
 
@@ -186,10 +187,16 @@ class KeyVersion:
     created_at: datetime
     sealed: bytes | None  # None once the material is purged; metadata stays
     origin: Origin = Origin.GENERATED  # in the record, so the record MAC covers it
+    # AES-GCM encryptions reserved with this version by every process that ever used it
+    # (engine/gcmbudget.py): the bound of the encryptions made, kept to GCM_LIMIT.
+    encryptions_reserved: int = 0
 
     def __post_init__(self) -> None:
         if self.version < 1:
             raise ValueError("versions start at 1")
+        reserved = self.encryptions_reserved
+        if type(reserved) is not int or not 0 <= reserved <= GCM_LIMIT:
+            raise ValueError(f"encryptions_reserved must be an int from 0 to {GCM_LIMIT}")
         if not isinstance(self.origin, Origin):
             raise ValueError("origin must be an Origin")
         if (self.sealed is None) != (self.state is VersionState.DESTROYED):
@@ -358,8 +365,7 @@ def key_to_record(key: Key) -> dict[str, Any]:
         "id": key.id, "name": key.name, "description": key.description,
         "algorithm": key.algorithm, "usage": key.usage, "tags": list(key.tags),
         "state": key.state.value, "primary_version": key.primary_version,
-        "versions": [{"version": v.version, "state": v.state.value, "created_at": iso(v.created_at),
-                      "sealed": _b64(v.sealed), "origin": v.origin.value} for v in key.versions],
+        "versions": [_version_record(v) for v in key.versions],
         "created_at": iso(key.created_at), "updated_at": iso(key.updated_at),
         "created_by": key.created_by, "destroy_after": iso(key.destroy_after),
         "previous_state": key.previous_state.value if key.previous_state else None,
@@ -368,6 +374,16 @@ def key_to_record(key: Key) -> dict[str, Any]:
                     for h in key.history],
         "audit_seq": key.audit_seq, "audit_hash": key.audit_hash,
     }
+
+
+def _version_record(v: KeyVersion) -> dict[str, Any]:
+    """A version's stored form. ``encryptions_reserved`` only once it is not 0, so a record
+    written before it existed keeps its bytes (its MAC and its intent's digest)."""
+    out = {"version": v.version, "state": v.state.value, "created_at": iso(v.created_at),
+           "sealed": _b64(v.sealed), "origin": v.origin.value}
+    if v.encryptions_reserved:
+        out["encryptions_reserved"] = v.encryptions_reserved
+    return out
 
 
 def key_from_record(rec: dict[str, Any]) -> Key:
@@ -381,7 +397,8 @@ def key_from_record(rec: dict[str, Any]) -> Key:
         state=KeyState(rec["state"]), primary_version=int(rec["primary_version"]),
         versions=tuple(KeyVersion(int(v["version"]), VersionState(v["state"]),
                                   _time(v["created_at"]), _unb64(v["sealed"]),
-                                  Origin(v.get("origin", Origin.GENERATED)))
+                                  Origin(v.get("origin", Origin.GENERATED)),
+                                  v.get("encryptions_reserved", 0))
                        for v in rec["versions"]),
         created_at=_time(rec["created_at"]), updated_at=_time(rec["updated_at"]),
         created_by=rec["created_by"], destroy_after=parse_iso(rec["destroy_after"]),
@@ -409,11 +426,20 @@ def key_view(key: Key) -> dict[str, Any]:
         "algorithm": key.algorithm, "usage": key.usage, "tags": list(key.tags),
         "state": key.state.value, "primary_version": key.primary_version,
         "origin": key.origin.value,
-        "versions": [{"version": v.version, "state": v.state.value, "created_at": iso(v.created_at),
-                      "origin": v.origin.value} for v in key.versions],
+        "versions": [_version_view(key, v) for v in key.versions],
         "created_at": iso(key.created_at), "updated_at": iso(key.updated_at),
         "created_by": key.created_by, "destroy_after": iso(key.destroy_after),
         "revision": key.revision,
         "history": [{"at": iso(h.at), "actor": h.actor, "action": h.action, "detail": h.detail}
                     for h in key.history],
     }
+
+
+def _version_view(key: Key, v: KeyVersion) -> dict[str, Any]:
+    """A version in the API. An AES-GCM encrypt key's versions say how many encryptions every
+    process together has reserved of the GCM_LIMIT each may make (a bound of those made)."""
+    out: dict[str, Any] = {"version": v.version, "state": v.state.value,
+                           "created_at": iso(v.created_at), "origin": v.origin.value}
+    if key.algorithm == "aes-256-gcm" and key.usage == "encrypt":
+        out["encryptions_reserved"] = v.encryptions_reserved
+    return out

@@ -21,12 +21,12 @@ from ..domain.errors import (
     NoSuchCiphertextVersion,
     PayloadTooLarge,
 )
-from ..domain.model import Key, KeyVersion, NoSuchVersion
+from ..domain.model import GCM_LIMIT, Key, KeyVersion, NoSuchVersion
+from .gcmbudget import GCM_WARN_AT, GcmBudget
 from .keycache import MaterialCache
 
 log = logging.getLogger("ferrohsm.keys")
-GCM_LIMIT = 1 << 32  # AES-GCM encryptions with random 96-bit nonces per key (NIST SP 800-38D)
-GCM_WARN_AT = 1 << 30  # a quarter of it: time to rotate
+__all__ = ["GCM_LIMIT", "GCM_WARN_AT", "KeyEngine"]
 
 
 class KeyEngine:
@@ -35,11 +35,9 @@ class KeyEngine:
         self.sealer = sealer
         self.cache = cache
         self.max_input = max_input_bytes
-        self.warn_at, self.refuse_at = GCM_WARN_AT, GCM_LIMIT
-        # (key id, version) -> AES-GCM encryptions made; approximate under threads, never more
-        # than were made. One entry per version ever used to encrypt: kept after a destroy too
-        # (a few dozen bytes each), so no later change can reset a count.
-        self.encryptions: dict[tuple[str, int], int] = {}
+        # AES-GCM encryptions per key version, counted against the key record's reservations
+        # (gcmbudget.py); the service gives it its reserver.
+        self.budget = GcmBudget()
 
     # ---- material ----
 
@@ -74,43 +72,26 @@ class KeyEngine:
 
     # ---- operations: each returns (result, version used) ----
 
-    def encrypt(self, key: Key, plaintext: bytes, aad: bytes | None) -> tuple[str, int]:
+    def encrypt(self, key: Key, plaintext: bytes, aad: bytes | None, *, wait: bool = True
+                ) -> tuple[str, int]:
+        """``wait``: whether the caller may block for a reservation of AES-GCM encryptions
+        (gcmbudget.py): not on the event loop."""
         limit = self.max_input  # _check_size inlined: this is the hottest operation
         if len(plaintext) > limit or (aad is not None and len(aad) > limit):
             self._too_large()
         version = lc.check_use(key, lc.Use.ENCRYPT)
-        counted = (key.id, version.version)
-        made = self.encryptions.get(counted, 0)
-        if made >= self.warn_at:
-            self._worn(key, version.version, made)
-        blob = ops.encrypt(self.handle(key, version), plaintext, aad)
-        self.encryptions[counted] = made + 1
+        handle = self.handle(key, version)  # before counting: a sealed blob that fails counts none
+        self.budget.take(key, version.version, wait=wait)
+        blob = ops.encrypt(handle, plaintext, aad)
         return ops.format_token(version.version, blob), version.version
 
-    def _worn(self, key: Key, version: int, made: int) -> None:
-        """NIST SP 800-38D allows 2**32 AES-GCM encryptions with random nonces per key: past
-        that, two messages sharing a nonce become likely enough to matter (and one shared nonce
-        gives away the key's authentication subkey). This process counts the encryptions it
-        made per key version since it started (``encryptions``; apart from the material cache,
-        whose entries expire; a lower bound of the true count: other processes and earlier
-        runs add theirs), warns once at ``warn_at`` and refuses at ``refuse_at``: the key must
-        be rotated. The hot path pays one dictionary lookup and store."""
-        if made >= self.refuse_at:
-            raise Conflict(f"key {key.id} version {version} has made {made} AES-GCM "
-                           "encryptions, the most one key version may (NIST SP 800-38D, "
-                           "random nonces): rotate the key to encrypt again")
-        if made == self.warn_at:
-            log.warning("key %s version %d has made %d AES-GCM encryptions in this process; "
-                        "rotate it well before %d (NIST SP 800-38D, random nonces), or set "
-                        "rotation_days in the policy of one of its tags", key.id, version,
-                        made, self.refuse_at)
-
-    def data_key(self, key: Key, size: int, aad: bytes | None) -> tuple[bytes, str, int]:
+    def data_key(self, key: Key, size: int, aad: bytes | None, *, wait: bool = True
+                 ) -> tuple[bytes, str, int]:
         """A fresh random key of ``size`` bytes and its encryption under ``key``'s primary
         version: (plaintext, fhsm:v… token, version). The plaintext is the caller's to hand out
         or drop; nothing here keeps it."""
         material = secrets.token_bytes(size)
-        token, version = self.encrypt(key, material, aad)
+        token, version = self.encrypt(key, material, aad, wait=wait)
         return material, token, version
 
     def decrypt(self, key: Key, token: str, aad: bytes | None) -> tuple[bytes, int]:

@@ -165,7 +165,8 @@ class CryptoBatch:
                           lambda: {"plaintext": plaintext, "aad": aad},
                           None if version is None else lambda k: require_primary(k, version))
         try:
-            token, used = self._engine.encrypt(key, plaintext, aad)
+            token, used = self._engine.encrypt(key, plaintext, aad,
+                                               wait=self.ctx.tickets is None)
         except FerroError as exc:
             raise self._error(index, Action.ENCRYPT, ref, key, exc) from None
         self._done(index, Action.ENCRYPT, key, used, "encrypted", len(plaintext))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,10 +32,13 @@ from ..domain.errors import (
     BadRequest,
     Conflict,
     FerroError,
+    Gone,
     InvalidTransition,
 )
 from ..domain.ids import uuid7_at
 from ..domain.model import (
+    GCM_LIMIT,
+    SYSTEM_CONTEXT,
     TAG_RE,
     Key,
     KeyFilter,
@@ -60,6 +64,7 @@ USE_OF = {Action.ENCRYPT: lc.Use.ENCRYPT, Action.DECRYPT: lc.Use.DECRYPT,
           Action.SIGN: lc.Use.SIGN, Action.VERIFY: lc.Use.VERIFY, Action.WRAP: lc.Use.WRAP,
           Action.UNWRAP: lc.Use.UNWRAP}
 DATA_KEY_BITS = (128, 192, 256)  # AES key sizes: what a data key is for
+RESERVE_ACTION = "key.reserve_encryptions"  # the audit action of a reservation (gcmbudget.py)
 
 
 def rewrap_blocked(admit: Callable[[Action], tuple[Key, Decision]]) -> Key | None:
@@ -108,6 +113,7 @@ class KeyService:
         self.changes = KeyChanges(store, self.guard)
         self.dual = DualControl(approvals, self.guard, now)
         self.approvals = ApprovalService(self.guard, self.dual, now)
+        engine.budget.reserver = self.reserve_encryptions
 
     # ---- key management ----
 
@@ -293,6 +299,35 @@ class KeyService:
                             authorize=False, audit_action="scheduler.archive",
                             details={"archived_version": version})
 
+    def reserve_encryptions(self, key_id: str, version: int, wanted: int) -> tuple[int, int]:
+        """Claim up to ``wanted`` more AES-GCM encryptions of ``version`` in the key record, for
+        this process (engine/gcmbudget.py): (granted, the version's new total). A change like
+        any other (intent, compare-and-swap, success), by the system, without a history
+        entry: nobody changed what the key is. Conflict when none are left."""
+        got = [0, 0]
+        details: dict[str, Any] = {"reserved_version": version}
+        limit = min(self.engine.budget.limits.limit, GCM_LIMIT)
+
+        def change(key: Key) -> Key:
+            lc.check_key_use(key, lc.Use.ENCRYPT)  # a key revoked meanwhile reserves nothing
+            chosen = key.version(version)
+            if chosen.sealed is None:
+                raise Gone(f"version {version} of key {key.id} was destroyed")
+            grant = min(wanted, limit - chosen.encryptions_reserved)
+            if grant <= 0:
+                raise Conflict(f"key {key.id} version {version} has all {limit} AES-GCM "
+                               "encryptions reserved: rotate the key to encrypt again")
+            total = chosen.encryptions_reserved + grant
+            got[:] = [grant, total]
+            details.update(encryptions_reserved=grant, encryptions_reserved_total=total)
+            return replace(key, versions=tuple(
+                replace(v, encryptions_reserved=total) if v.version == version else v
+                for v in key.versions))
+        self.changes.update(SYSTEM_CONTEXT, RESERVE_ACTION, key_id, change,
+                            f"reserved AES-GCM encryptions of version {version} for "
+                            f"{self.guard.node or 'this process'}", details)
+        return got[0], got[1]
+
     # ---- the mutation protocol ----
 
     def _mutate(self, ctx: RequestContext, action: Action, ref: str,
@@ -351,7 +386,8 @@ class KeyService:
                 aad: bytes | None = None, *, version: int | None = None) -> dict[str, Any]:
         """``version``: the one the caller asks to encrypt with, refused unless the primary."""
         key, token, used = self._use(ctx, Action.ENCRYPT, ref,
-                                     lambda k: self.engine.encrypt(k, plaintext, aad),
+                                     lambda k: self.engine.encrypt(
+                                         k, plaintext, aad, wait=ctx.tickets is None),
                                      lambda _: f"encrypted {len(plaintext)} bytes",
                                      {"plaintext": plaintext, "aad": aad},
                                      None if version is None
@@ -371,7 +407,8 @@ class KeyService:
             raise BadRequest("bits must be one of " + ", ".join(map(str, sizes)))
         key, (material, token), used = self._use(
             ctx, Action.ENCRYPT, ref,
-            lambda k: _pair(self.engine.data_key(k, bits // 8, aad)),
+            lambda k: _pair(self.engine.data_key(k, bits // 8, aad,
+                                                 wait=ctx.tickets is None)),
             lambda _: f"generated a {bits}-bit data key "
                       f"({'plaintext returned' if include_plaintext else 'ciphertext only'})",
             {"data_key_bits": bits, "include_plaintext": include_plaintext, "aad": aad},
