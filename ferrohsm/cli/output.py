@@ -170,11 +170,14 @@ def key_detail(key: dict[str, Any], colour: bool, history: int = 5) -> str:
         ("Destroy after", f"{when(key['destroy_after'])} ({relative(key['destroy_after'])})"
          if key.get("destroy_after") else "-"),
     ])
-    primary = key.get("primary_version")
-    versions = table(("VERSION", "STATE", "CREATED", "ORIGIN"), [
+    primary, rows = key.get("primary_version"), key.get("versions") or []
+    counted = any("encryptions_reserved" in v for v in rows)  # AES-GCM encrypt keys
+    versions = table(("VERSION", "STATE", "CREATED", "ORIGIN")
+                     + (("ENCRYPTIONS RESERVED",) if counted else ()), [
         [f"v{v['version']}" + (" (primary)" if v["version"] == primary else ""),
          str(v.get("state")), when(v.get("created_at")), str(v.get("origin") or "generated")]
-        for v in key.get("versions") or []], colour)
+        + ([reserved_text(v.get("encryptions_reserved"))] if counted else [])
+        for v in rows], colour)
     text = f"{head}\n\n{versions}"
     events = (key.get("history") or [])[-history:]
     if events:
@@ -182,6 +185,15 @@ def key_detail(key: dict[str, Any], colour: bool, history: int = 5) -> str:
             [when(h.get("at")), str(h.get("actor") or "-"), str(h.get("action") or "-"),
              str(h.get("detail") or "")] for h in events], state_column=None)
     return text
+
+
+def reserved_text(count: Any) -> str:
+    """A version's reserved AES-GCM encryptions, with the share of the 2^32 it may make."""
+    if not isinstance(count, int) or isinstance(count, bool):
+        return "-"
+    share = count * 100 / 2**32
+    return f"{count:,} ({share:.0f}% of 2^32)" if share >= 10 else \
+        f"{count:,} ({share:.2g}% of 2^32)"
 
 
 def pending_note(approvals: list[dict[str, Any]]) -> str:

@@ -213,3 +213,18 @@ def test_an_engine_alone_counts_in_its_process() -> None:
     engine.encrypt(used, b"m", None)
     with pytest.raises(Conflict):
         engine.encrypt(used, b"m", None)
+
+
+def test_keys_show_has_the_reserved_count_for_keys_that_have_one() -> None:
+    from ferrohsm.cli.output import key_detail, reserved_text
+    assert [reserved_text(n) for n in (0, 98_321, 2**30, 2**32, None)] == [
+        "0 (0% of 2^32)", "98,321 (0.0023% of 2^32)", "1,073,741,824 (25% of 2^32)",
+        "4,294,967,296 (100% of 2^32)", "-"]
+    version = {"version": 1, "state": "enabled", "created_at": "2026-12-07T00:00:00Z",
+               "origin": "generated"}
+    gcm = {"id": "k", "state": "active", "primary_version": 1,
+           "versions": [{**version, "encryptions_reserved": 98_321}]}
+    lines = key_detail(gcm, False).splitlines()
+    assert lines[-2].endswith("ENCRYPTIONS RESERVED") and lines[-1].endswith("98,321 (0.0023% of 2^32)")
+    signing = {**gcm, "versions": [version]}
+    assert "ENCRYPTIONS" not in key_detail(signing, False)

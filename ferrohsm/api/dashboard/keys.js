@@ -517,6 +517,8 @@ const ROLLBACK = { action: "rollback", label: "Make primary", title: "Roll back?
 function versionTable(root, key, approvals) {
   const asymmetric = !key.algorithm.startsWith("aes");
   const mayRollback = can("manage") && key.state === "active";
+  // AES-GCM encrypt keys: the encryptions every process has reserved of the 2^32 a version may make
+  const counted = key.versions.some((v) => v.encryptions_reserved !== undefined);
   const rows = [...key.versions].sort((a, b) => b.version - a.version).map((v) => {
     const primary = v.version === key.primary_version;
     const cells = [];
@@ -537,14 +539,24 @@ function versionTable(root, key, approvals) {
         "primary")),
       h("td", null, stateBadge(v.state)),
       h("td", { class: "nowrap" }, timeEl(v.created_at)),
+      counted && h("td", { class: "nowrap", title: "of the 2^32 AES-GCM encryptions one version may make" },
+        reservedText(v.encryptions_reserved)),
       h("td", { class: "row-actions" }, cells));
   });
   return h("div", { class: "table-wrap" }, h("table", { class: "data", id: "version-table" },
     h("caption", { class: "visually-hidden" }, "Versions"),
-    h("thead", null, h("tr", null, ["Version", "State", "Created"].map((c) =>
+    h("thead", null, h("tr", null, ["Version", "State", "Created",
+      ...(counted ? ["Encryptions reserved"] : [])].map((c) =>
       h("th", { scope: "col" }, c)),
       h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")))),
     h("tbody", null, rows)));
+}
+
+function reservedText(count) {
+  if (typeof count !== "number") return "-";
+  const share = (count * 100) / 2 ** 32;
+  return `${count.toLocaleString("en-US")} (${share >= 10 ? share.toFixed(0)
+    : Number(share.toPrecision(2))}% of 2^32)`;
 }
 
 async function downloadPublicKey(key, version) {
