@@ -27,9 +27,12 @@ shutdown_grace_seconds = 5
 interval_seconds = 1
 [crypto]
 destroy_grace_hours = 0
+max_batch_items = 17000
 [rate_limit]
 auditor_requests_per_second = 20
 auditor_burst = 20
+service_requests_per_second = 100000
+service_burst = 200000
 [policy.tags.pci]
 approvals_required = 1
 approval_actions = ["rotate"]
@@ -265,6 +268,35 @@ def test_scheduler_leadership_is_handed_over_when_the_leader_dies(cluster: Clust
         assert leader(cluster) not in (None, first)
     finally:
         cluster.start(first)  # joins the live nodes
+
+
+def test_a_key_versions_aes_gcm_count_is_one_for_the_cluster(cluster: Cluster) -> None:
+    """Every process that encrypts past its grace (32,768 with a version) reserves blocks of
+    the count in the key record: the reservations of different processes add up, none lost to
+    a race (compare-and-swap), and every node shows the one total (engine/gcmbudget.py)."""
+    key = create(cluster, 0)["id"]
+    item = {"plaintext": B64(b"m")}
+
+    def load(k: int) -> None:
+        for _ in range(2):  # 34,000 encryptions through one node (or child)
+            status, reply = cluster.call(on(cluster, k), "POST", f"/v1/keys/{key}/encrypt",
+                                         {"batch": [item] * 17000}, token=cluster.token("service"))
+            assert status == 200 and len(reply["results"]) == 17000, str(reply)[:300]
+    together(2, load)
+    deadline, claims = time.monotonic() + 20, []
+    while time.monotonic() < deadline:
+        claims = [r for r in audit_records(cluster, "key.reserve_encryptions", key)
+                  if r["outcome"] == "success"]
+        if len(claims) >= (1 if len(cluster.nodes) == 1 else 2):
+            break
+        time.sleep(0.2)
+    assert claims, "no reservation was recorded"
+    grants = [r["details"]["encryptions_reserved"] for r in claims]
+    totals = sorted(r["details"]["encryptions_reserved_total"] for r in claims)
+    assert totals[-1] == sum(grants) >= 32_768 + 65_536  # nothing lost between processes
+    for i in range(len(cluster.nodes)):
+        status, shown = cluster.call(i, "GET", f"/v1/keys/{key}")
+        assert status == 200 and shown["versions"][0]["encryptions_reserved"] >= totals[-1]
 
 
 def test_an_actors_rate_limit_holds_across_the_cluster(cluster: Cluster) -> None:
