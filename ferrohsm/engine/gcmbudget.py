@@ -47,9 +47,13 @@ RETRY_AFTER = 1.0  # seconds before a failed reservation is tried again
 WAIT = 5.0  # seconds a caller that may wait waits for a reservation before a 503
 
 # (key id, version, encryptions wanted) -> (encryptions granted: fewer near the limit, the
-# version's new total); raises Conflict when the version has none left, any FerroError when it
+# version's new total); raises Spent when the version has none left, any FerroError when it
 # cannot reserve.
 Reserver = Callable[[str, int, int], tuple[int, int]]
+
+
+class Spent(Conflict):
+    """A version's whole budget is reserved: rotate the key (409)."""
 
 
 @dataclass
@@ -191,10 +195,15 @@ class GcmBudget:
             if reserver is None:
                 raise Unavailable("no key store to reserve AES-GCM encryptions in")
             got, total = reserver(slot.key_id, slot.version, want)
-        except Conflict:
+        except Spent:
             got, total = 0, self.limits.limit  # nothing left: what was granted is all there is
-        except FerroError as exc:
-            self._failed(slot, exc)
+        except FerroError as exc:  # a key revoked meanwhile, a store or audit log down
+            self._failed(slot, exc.message)
+            return
+        except Exception:  # the reserving thread must go on serving every other slot
+            log.exception("reserving AES-GCM encryptions of key %s version %d failed",
+                          slot.key_id, slot.version)
+            self._failed(slot, "unexpected error")
             return
         self._warn(slot, total)
         lim = self.limits
@@ -208,10 +217,10 @@ class GcmBudget:
             slot.pending = False
             self._renewed.notify_all()
 
-    def _failed(self, slot: _Slot, exc: FerroError) -> None:
+    def _failed(self, slot: _Slot, why: str) -> None:
         log.warning("could not reserve AES-GCM encryptions of key %s version %d: %s "
                     "(encryptions go on within the version's grace; tried again in %.0f s)",
-                    slot.key_id, slot.version, exc.message, RETRY_AFTER)
+                    slot.key_id, slot.version, why, RETRY_AFTER)
         with self._lock:
             slot.failed_at = time.monotonic()
             slot.pending = False

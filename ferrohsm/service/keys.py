@@ -50,6 +50,7 @@ from ..domain.model import (
     validate_new_name,
     validate_tags,
 )
+from ..engine.gcmbudget import Spent
 from ..engine.keyengine import KeyEngine
 from ..store.approvalstore import ApprovalStore
 from ..store.keystore import KeyStore, encode_page_token
@@ -315,7 +316,7 @@ class KeyService:
                 raise Gone(f"version {version} of key {key.id} was destroyed")
             grant = min(wanted, limit - chosen.encryptions_reserved)
             if grant <= 0:
-                raise Conflict(f"key {key.id} version {version} has all {limit} AES-GCM "
+                raise Spent(f"key {key.id} version {version} has all {limit} AES-GCM "
                                "encryptions reserved: rotate the key to encrypt again")
             total = chosen.encryptions_reserved + grant
             got[:] = [grant, total]

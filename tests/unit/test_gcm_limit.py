@@ -228,3 +228,24 @@ def test_keys_show_has_the_reserved_count_for_keys_that_have_one() -> None:
     assert lines[-2].endswith("ENCRYPTIONS RESERVED") and lines[-1].endswith("98,321 (0.0023% of 2^32)")
     signing = {**gcm, "versions": [version]}
     assert "ENCRYPTIONS" not in key_detail(signing, False)
+
+
+def test_a_reservation_refused_for_the_keys_state_does_not_end_the_version(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Another node scheduled the key's destruction while this process renewed its block: the
+    renewal fails and is tried again later; only a spent budget is final (a cancelled
+    destruction makes the key usable again)."""
+    audit, store = RecordingAudit(), MemoryStore(RecordMac.derive(bytes(32)))
+    service, other = node(store, audit), node(store, audit)
+    key = service.create_key(ADMIN, algorithm="aes-256-gcm", usage="encrypt", name="later")
+    service.encrypt(SERVICE, "later", b"m")
+    slot = service.engine.budget._slots[(key.id, 1)]
+    other.schedule_destroy(ADMIN, "later")
+    with caplog.at_level(logging.WARNING, logger="ferrohsm.keys"):
+        service.engine.budget.renew(slot)
+    assert not slot.final and "could not reserve" in caplog.text and "destroy" in caplog.text
+    other.cancel_destroy(ADMIN, "later")
+    slot.failed_at = 0.0  # as after RETRY_AFTER
+    for _ in range(3):
+        service.encrypt(SERVICE, "later", b"m")
+    assert reserved(service, "later") == 8  # renewed twice: the used two and a block, then 4
