@@ -454,6 +454,7 @@ def build_runtime(config: Config, secrets: Secrets,
     custody_routes.register(router, service.guard, seal, lambda: {"sealed": False})
     transit_routes.register(router, service, items)
     pause = online_rekey.Pause()
+    engine.budget.hold = pause.hold  # its reservations, like requests, never beside a rekey
     app = PausingApplication(router, auth, metrics, application.audit_hook(service.record),
                              limiter, pause=pause, tracer=tracing.from_environment())
     app.refuse_role = service.guard.refuse_role  # names the key in a role's 403 record
@@ -462,8 +463,7 @@ def build_runtime(config: Config, secrets: Secrets,
                 auth.deny_list)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,
                       approvals=approvals, key_records=key_records, cluster=cluster, pause=pause)
-    system_routes.register(router, runtime.health, metrics,
-                          system_routes.health_viewer(auth, limiter))
+    system_routes.register(router, runtime.health, metrics, system_routes.health_viewer(auth, limiter))
     probe_routes.register(router, runtime.readiness)
     wire_metrics(runtime, audit)
     return runtime

@@ -202,11 +202,14 @@ def convert(store: KeyStore, keys: MasterKeys, changes: Changes,
         if key_id in leave:
             return None
         try:
-            new_codec.decode(key_id, data)
-            return None  # already under the new key
+            current: Key | None = new_codec.decode(key_id, data)
         except IntegrityError:
-            pass
-        key = old_codec.decode(key_id, data)  # IntegrityError (naming the key) if neither
+            current = None
+        if current is not None and _sealed_under(current, new_sealer):
+            return None  # already under the new key
+        # Under the old MAC, or (a writer that slipped past the rekey's pause) under the new
+        # MAC around material still sealed under the old key: both are resealed here.
+        key = current or old_codec.decode(key_id, data)  # IntegrityError if neither opens it
         progress(done[0])
         done[0] += 1
         return new_codec.encode(changes.intent(key, _resealed(key, old_sealer, new_sealer)))
@@ -275,6 +278,18 @@ class Changes:
             self._ctx, self.ACTION, binding.SUCCESS, "re-sealed and re-MACed under the new "
             "master key", key_id=key_id, key_version=version,
             details={binding.INTENT_SEQ: seq}))
+
+
+def _sealed_under(key: Key, sealer: Sealer) -> bool:
+    """Whether every sealed version of ``key`` opens under ``sealer``."""
+    try:
+        for v in key.versions:
+            if v.sealed is not None:
+                sealer.unseal(v.sealed, key_id=key.id, version=v.version,
+                              algorithm=key.algorithm)
+    except IntegrityError:
+        return False
+    return True
 
 
 def _resealed(key: Key, old: Sealer, new: Sealer) -> Key:

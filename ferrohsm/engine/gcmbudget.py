@@ -19,10 +19,11 @@ a busy key's encryptions never meet an empty slot.
 Why a process may run ahead of its reservations (``grace``): its first encryptions with a
 version, before its first block is granted, and any made while a renewal is late. The next
 reservation covers them retroactively (it claims what was used beyond the blocks, plus a new
-block). Only a process that stops before its first reservation leaves them uncounted: at most
-``grace // 2`` encryptions per version per process run, since the first block is claimed when
-half the grace is used. Near the limit there is no grace: the last ``NO_GRACE_WITHIN``
-encryptions of a version are made only against reserved blocks.
+block). Only a process that stops before that reservation lands leaves them uncounted: at
+most ``grace`` encryptions per version per process run (``grace // 2`` when nothing stalls,
+since the first block is asked for when half the grace is used). Near the limit there is no
+grace: the last ``NO_GRACE_WITHIN`` encryptions of a version are made only against reserved
+blocks.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from ..domain.errors import Conflict, FerroError, Unavailable
@@ -94,6 +96,9 @@ class GcmBudget:
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
         self.reserver: Reserver | None = None
+        # What the reserving thread holds around a renewal: the server's rekey pause, which
+        # every request holds too (so a renewal a request runs itself already holds it).
+        self.hold: Callable[[], AbstractContextManager[object]] = nullcontext
         self._slots: dict[tuple[str, int], _Slot] = {}
         self._lock = threading.Lock()  # held for a few operations, never across I/O
         self._renewed = threading.Condition(self._lock)
@@ -135,6 +140,7 @@ class GcmBudget:
             near = reserved >= lim.limit - lim.no_grace_within
             grace = 0 if near else lim.grace
             slot = _Slot(key.id, version, grace, grace // 2, lim.first_block)
+            slot.final = reserved >= lim.limit  # spent before this process: 409 at once
         with self._lock:
             return self._slots.setdefault((key.id, version), slot)
 
@@ -183,7 +189,11 @@ class GcmBudget:
 
     def _run(self) -> None:
         while (slot := self._queue.get()) is not None:
-            self.renew(slot)
+            try:
+                with self.hold():  # never beside a master-key rekey (custody/online.py)
+                    self.renew(slot)
+            except FerroError as exc:  # the hold refused: a rekey running, the server stopping
+                self._failed(slot, exc.message)
 
     def renew(self, slot: _Slot) -> None:
         """Reserve what ``slot`` used beyond its blocks plus a new block; on the reserving

@@ -58,14 +58,18 @@ class KeyChanges:
             return stored
 
     def update(self, ctx: RequestContext, action: Action | str, key_id: str,
-               change: Callable[[Key], Key], message: str, details: dict[str, Any]) -> Key:
+               change: Callable[[Key], Key], message: str, details: dict[str, Any], *,
+               details_in_intent: bool = False) -> Key:
         """Apply ``change`` to the freshest copy of the key; retried on a compare-and-swap
-        conflict with another process, each attempt its own intent."""
+        conflict with another process, each attempt its own intent. ``details_in_intent``:
+        the intent carries ``details`` too (as ``change`` left them), so the log says what the
+        change was even when a crash leaves only the intent and a settling record."""
         with self.locks.hold(key_id):
             for _ in range(CAS_RETRIES):
                 current = self.store.resolve(key_id)  # never an older copy (keystore.py)
                 target = binding.planned(change(current), current.revision + 1)
-                intent = self._intend(ctx, action, message, target, current.audit_seq)
+                intent = self._intend(ctx, action, message, target, current.audit_seq,
+                                      details if details_in_intent else {})
                 bound = binding.bind(target, intent.seq, intent.hash)
                 try:
                     stored = self.store.update(replace(bound, revision=current.revision))
@@ -80,9 +84,9 @@ class KeyChanges:
         raise StaleRevision("the key kept changing underneath this request; try again")
 
     def _intend(self, ctx: RequestContext, action: Action | str, message: str, target: Key,
-                from_seq: int) -> Intent:
+                from_seq: int, details: dict[str, Any] | None = None) -> Intent:
         return self.steps.intend(ctx, action, message, target, target.primary_version,
-                                 **binding.intent_details(target, from_seq))
+                                 **(details or {}), **binding.intent_details(target, from_seq))
 
     def _confirm(self, ctx: RequestContext, action: Action | str, message: str, stored: Key,
                  intent: Intent, details: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -325,8 +326,9 @@ class KeyService:
                 replace(v, encryptions_reserved=total) if v.version == version else v
                 for v in key.versions))
         self.changes.update(SYSTEM_CONTEXT, RESERVE_ACTION, key_id, change,
-                            f"reserved AES-GCM encryptions of version {version} for "
-                            f"{self.guard.node or 'this process'}", details)
+                            f"AES-GCM encryptions of version {version} reserved for "
+                            f"{self.guard.node or f'process {os.getpid()}'}", details,
+                            details_in_intent=True)
         return got[0], got[1]
 
     # ---- the mutation protocol ----

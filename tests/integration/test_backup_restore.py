@@ -264,6 +264,7 @@ def test_a_restore_says_when_the_archive_was_taken_and_that_destroyed_keys_come_
     said = (f"the keys are as they were when the archive was taken ({created}): a key "
             "destroyed or changed in the source since then is back as it was then")
     assert f"Note: {said}; destroy it again if its destruction must stand." in out
+    assert "The AES-GCM encryption counts of the keys are the archive's too: rotate" in out
     restored = next(r for r in records(tmp_path / "data") if r["action"] == "system.restored")
     assert said in restored["message"] and restored["details"]["archive_created_at"] == created
 

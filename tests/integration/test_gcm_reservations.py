@@ -6,11 +6,16 @@ start-up checks accept every reservation as a confirmed change of the key."""
 from __future__ import annotations
 
 import base64
+import secrets
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from live import LiveServer
+
+from ferrohsm.config import Secrets
+from ferrohsm.engine.gcmbudget import Limits
 
 ITEMS = 10_000
 SETTINGS = {("crypto", "max_batch_items"): ITEMS, ("rate_limit", "burst"): 100_000}
@@ -55,15 +60,78 @@ def test_the_count_is_reserved_in_the_record_and_outlives_the_process(tmp_path: 
         assert [r["outcome"] for r in records] == ["intent", "success"]
         assert records[1]["actor"] == "system"
         assert records[1]["details"]["encryptions_reserved_total"] == claimed
-        secrets_ = srv.secrets
+        kept = srv.secrets
     finally:
         srv.close()
-    again = LiveServer(tmp_path, key_store="sqlite", overrides=SETTINGS, secrets_=secrets_)
+    again = LiveServer(tmp_path, key_store="sqlite", overrides=SETTINGS, secrets_=kept)
     try:
         assert reserved_count(again, key["id"]) == claimed
         status, _, out = again.call("POST", f"/v1/keys/{key['id']}/encrypt",
                                     {"plaintext": item["plaintext"]}, role="service")
         assert status == 200, out
         assert reserved_count(again, key["id"]) == claimed  # within the new process's grace
+    finally:
+        again.close()
+
+
+def test_reservations_wait_for_an_online_rekey_and_every_key_stays_usable(
+        tmp_path: Path) -> None:
+    """A renewal queued while a master-key rekey starts: the reserving thread holds the rekey's
+    pause as requests do, so the rekey waits for the renewal it runs, and the ones queued run
+    after it, on records under the new key (a red team found renewals written during the rekey
+    with material sealed under the old key: those keys were lost)."""
+    master = secrets.token_bytes(32)
+    key_file = tmp_path / "master.key"
+    key_file.write_text(base64.b64encode(master).decode() + "\n")
+    key_file.chmod(0o600)
+    config = f'[secrets]\nmaster_key_file = "{key_file}"\n'
+    keys_ = Secrets(master, secrets.token_bytes(32), secrets.token_bytes(32))
+    srv = LiveServer(tmp_path, key_store="sqlite", config_text=config, secrets_=keys_)
+    try:
+        budget = srv.rt.service.engine.budget
+        budget.limits = Limits(grace=8, first_block=4, max_block=16)
+        real, gate, inside = budget.reserver, threading.Event(), threading.Event()
+        assert real is not None
+
+        def held(key_id: str, version: int, wanted: int) -> tuple[int, int]:
+            inside.set()
+            gate.wait(20)
+            return real(key_id, version, wanted)
+        budget.reserver = held
+        ids = [srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm",
+                                             "usage": "encrypt"})[2]["id"] for _ in range(6)]
+        item = {"plaintext": base64.b64encode(b"m").decode()}
+        for key_id in ids:  # the 4th encryption of each asks the reserving thread for a block
+            for _ in range(4):
+                assert srv.call("POST", f"/v1/keys/{key_id}/encrypt", item,
+                                role="service")[0] == 200
+        assert inside.wait(10)  # the first renewal holds the pause, the others are queued
+        answer: list[Any] = []
+        rekey = threading.Thread(target=lambda: answer.append(
+            srv.call("POST", "/v1/sys/rekey", {"reason": "rotate under load"})))
+        rekey.start()
+        rekey.join(1.0)
+        assert rekey.is_alive()  # draining: it waits for the renewal in flight
+        gate.set()
+        rekey.join(60)
+        assert answer and answer[0][0] == 200, answer
+        deadline = time.monotonic() + 20
+        while min(reserved_count(srv, k) for k in ids) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert min(reserved_count(srv, k) for k in ids) > 0
+        for key_id in ids:
+            status, _, out = srv.call("POST", f"/v1/keys/{key_id}/encrypt", item, role="service")
+            assert status == 200, out
+    finally:
+        srv.close()
+    new_master = base64.b64decode(key_file.read_text())
+    assert new_master != master
+    again = LiveServer(tmp_path, key_store="sqlite", config_text=config,
+                       secrets_=Secrets(new_master, keys_.jwt_hs256_secret, keys_.audit_hmac_key))
+    try:
+        for key_id in ids:
+            status, _, out = again.call("POST", f"/v1/keys/{key_id}/encrypt", item,
+                                        role="service")
+            assert status == 200, out
     finally:
         again.close()

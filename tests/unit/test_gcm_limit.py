@@ -110,6 +110,11 @@ def test_the_count_survives_a_restart_and_is_shared_by_processes() -> None:
     restarted = node(store, audit)
     with pytest.raises(Conflict, match="8 AES-GCM"):
         restarted.encrypt(SERVICE, "shared", b"m")
+    on_loop = node(store, audit)  # the event loop hears the same 409 at once, not a 503
+    with pytest.raises(Conflict, match="8 AES-GCM"):
+        on_loop.encrypt(SERVICE._replace(tickets=[]), "shared", b"m")
+    intents = [e for e in audit.events if e.action == RESERVE_ACTION and e.outcome == "intent"]
+    assert sum(e.details["encryptions_reserved"] for e in intents) == 8  # said before applied
 
 
 def test_from_the_event_loop_a_renewal_runs_on_the_reserving_thread() -> None:

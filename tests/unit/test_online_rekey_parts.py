@@ -14,11 +14,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from servicekit import RecordingAudit
 from test_approvals import ALICE, BOB, CAROL, World, ctx
 
 from ferrohsm.auth.permissions import Action
 from ferrohsm.control.dualcontrol import SYSTEM_TARGET
 from ferrohsm.crypto.recordmac import RecordMac
+from ferrohsm.crypto.seal import Sealer
 from ferrohsm.custody import online, rekey
 from ferrohsm.domain.errors import (
     ApprovalRequired,
@@ -27,11 +29,16 @@ from ferrohsm.domain.errors import (
     Forbidden,
     InvalidTransition,
 )
-from ferrohsm.domain.model import Principal
+from ferrohsm.domain.model import Principal, Role
+from ferrohsm.engine.keycache import MaterialCache
+from ferrohsm.engine.keyengine import KeyEngine
+from ferrohsm.service import KeyService
 from ferrohsm.store.approvalmac import ApprovalCodec
 from ferrohsm.store.approvalstore import ApprovalStore
 from ferrohsm.store.importjobs_files import MemoryImportJobStore
 from ferrohsm.store.memory_approvals import MemoryApprovalStore
+from ferrohsm.store.records import RecordCodec
+from ferrohsm.store.sqlite import SQLiteStore
 from ferrohsm.store.sqlite_approvals import SQLiteApprovalStore
 
 CODEC = ApprovalCodec(RecordMac.for_approvals(b"a" * 32))  # the approval records' MAC
@@ -224,3 +231,25 @@ def test_a_stop_waits_for_what_holds_the_pause_then_admits_nothing() -> None:
     held = online.Pause()
     held.enter()
     assert not held.drain(0.05)  # still held after the timeout: said so
+
+
+def test_a_record_under_the_new_mac_around_old_material_is_resealed(tmp_path: Path) -> None:
+    """A writer that slipped past the rekey's pause (a red team found the AES-GCM reserving
+    thread doing so) wrote a record under the NEW record MAC around material still sealed under
+    the OLD key: the conversion must not take it for converted (it passes the new MAC), or the
+    key is lost when the old key goes. It is resealed like an old record."""
+    old, new = os.urandom(32), os.urandom(32)
+    audit, path = RecordingAudit(), tmp_path / "keys.sqlite3"
+    service = KeyService(SQLiteStore(path, rekey.record_mac(old)),
+                         KeyEngine(Sealer(old), MaterialCache(16, 60.0)), audit)
+    admin = ctx(Principal("alice", Role.ADMINISTRATOR))
+    made = service.create_key(admin, algorithm="aes-256-gcm", usage="encrypt", name="slipped")
+    under_new = SQLiteStore(path, rekey.record_mac(new))
+    slipped = RecordCodec(rekey.record_mac(new)).encode(made)  # old material, the new MAC
+    under_new.rewrite_records(lambda key_id, data: slipped)
+    converted = rekey.convert(under_new, rekey.MasterKeys(old, new),
+                              rekey.Changes(admin, audit.append), lambda done: None)
+    assert converted == 1
+    key = under_new.get(made.id)
+    Sealer(new).unseal(key.versions[0].sealed or b"", key_id=key.id, version=1,
+                       algorithm=key.algorithm)  # opens under the new key: not lost
