@@ -164,12 +164,7 @@ def damaged(store: KeyStore, *masters: bytes) -> list[str]:
                 key = codec.decode(key_id, data)
             except RECORD_FAULTS:
                 continue
-            try:
-                for v in key.versions:
-                    if v.sealed is not None:
-                        sealer.unseal(v.sealed, key_id=key.id, version=v.version,
-                                      algorithm=key.algorithm)
-            except IntegrityError:
+            if not _sealed_under(key, sealer):
                 break
             return None
         found.append(key_id)
