@@ -316,8 +316,7 @@ class Runtime:
             "version": __import__("ferrohsm").__version__,
             "sealed": False,  # a sealed split-knowledge server answers from custody/gate.py
             "uptime_seconds": round(time.monotonic() - self.started, 3),
-            "store": store,
-            "key_records": self._key_records(),
+            "store": store, "key_records": self._key_records(),
             "audit": self.audit.describe(),
             "auth": self.authenticator.stats(),
             "rate_limit": self.app.limiter.stats(),
@@ -458,7 +457,8 @@ def build_runtime(config: Config, secrets: Secrets,
     app = PausingApplication(router, auth, metrics, application.audit_hook(service.record),
                              limiter, pause=pause, tracer=tracing.from_environment())
     app.refuse_role = service.guard.refuse_role  # names the key in a role's 403 record
-    rekeyer = wire_rekey(router, config, secrets, store, imports.jobs, audit, service, pause)
+    rekeyer = wire_rekey(router, config, secrets, store, imports.jobs, audit, service, pause,
+                         cluster.leases.sole if cluster and cluster.leases else None)
     wire_backup(router, config, lambda: rekeyer.master, service, approvals, audit,
                 auth.deny_list)
     runtime = Runtime(config, store, audit, service, auth, metrics, router, app,

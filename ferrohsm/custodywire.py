@@ -63,12 +63,14 @@ def resume_online_rekey(config: Config, secrets: Secrets, store: KeyStore, jobs:
 
 def wire_rekey(router: routing.Router, config: Config, secrets: Secrets, store: KeyStore,
                jobs: ImportJobStore, audit: AuditSink, service: KeyService,
-               pause: online_rekey.Pause) -> online_rekey.OnlineRekey:
+               pause: online_rekey.Pause, sole: online_rekey.Sole | None = None
+               ) -> online_rekey.OnlineRekey:
     """``POST /v1/sys/rekey`` (custody/online.py), under dual control when configured; the
-    rekey, whose ``master`` is the master key in use."""
+    rekey, whose ``master`` is the master key in use. ``sole``: the check that no other node
+    serves a SQLite data directory (store/nodelock.py)."""
     run = online_rekey.OnlineRekey(store, jobs, audit.append,
                                    online_rekey.installer(service.engine),
-                                   secrets.master_key, *online_key_file(config), pause)
+                                   secrets.master_key, *online_key_file(config), pause, sole)
     a = config.approvals
     rekey_routes.register(router, service.guard, service.dual, run,
                           a.rekey_approvals_required, a.rekey_approval_ttl_seconds)

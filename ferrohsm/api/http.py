@@ -23,7 +23,6 @@ from ..domain.errors import (
     ApprovalRequired,
     FerroError,
     MethodNotAllowed,
-    RateLimited,
     StoreError,
     Unauthenticated,
 )
@@ -178,13 +177,20 @@ def public_message(exc: FerroError, request_id: str | None = None) -> str:
     return STORE_UNAVAILABLE
 
 
+def retry_after(exc: FerroError) -> list[tuple[str, str]]:
+    """``Retry-After`` for a refusal that knows when to come back (a rate limit, 429; an
+    AES-GCM count being renewed, 503), else nothing."""
+    seconds = getattr(exc, "retry_after", None)
+    if not isinstance(seconds, int | float):
+        return []
+    return [("Retry-After", str(max(1, math.ceil(seconds))))]
+
+
 def error_response(exc: FerroError, request_id: str) -> Response:
     """Map a FerroError to the error body of docs/api.md, with the headers its status requires."""
-    extra: list[tuple[str, str]] = []
+    extra = retry_after(exc)
     if isinstance(exc, MethodNotAllowed):
         extra.append(("Allow", ", ".join(exc.allow)))
-    elif isinstance(exc, RateLimited):
-        extra.append(("Retry-After", str(max(1, math.ceil(exc.retry_after)))))
     elif isinstance(exc, Unauthenticated):
         extra.append(("WWW-Authenticate", 'Bearer error="invalid_token"'))
     return json_response(exc.status, error_object(exc, request_id), extra)

@@ -416,7 +416,8 @@ def run_restore(args: argparse.Namespace) -> int:
           f"{restoring.state_as_taken(got.header)}; destroy it again if its destruction must "
           f"stand. {restoring.revocations_as_taken(got.header)}. The AES-GCM encryption "
           f"counts of the keys are the archive's too: rotate the aes-256-gcm encrypt keys the "
-          f"source used since, or the 2^32 bound counts them twice. Start the server with the same "
+          f"source used since, or their encryptions since go uncounted against the 2^32 bound. "
+          f"Start the server with the same "
           f"{'shares' if config.secrets.unseal == 'shamir' else 'master key'}."
           f"{_witness_note(config)}")
     return 0

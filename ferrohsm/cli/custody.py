@@ -413,8 +413,10 @@ def run_sealed(config: Config, ssl_provider: Any, announce: Any, options: Any) -
 
 def close_runtime(rt: Any) -> None:
     """Drop an open runtime: the scheduler stops; store, approvals and audit log close; the
-    unsealed-key cache is emptied. The sealer and record MAC key go with the last reference."""
+    unsealed-key cache is emptied. The sealer and record MAC key go with the last reference
+    (the AES-GCM reserving thread holds one: it stops first, its renewal written)."""
     rt.stop.set()
+    rt.service.engine.budget.close()
     rt.service.engine.cache.clear()
     rt.audit.close()
     if rt.approvals is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,6 +35,7 @@ class NodeLeases(Protocol):
 
     def dead(self) -> list[str]: ...
     def bury(self, node: str) -> None: ...
+    def sole(self) -> AbstractContextManager[str | None]: ...
     def close(self) -> None: ...
 
 

@@ -35,7 +35,7 @@ import binascii
 import os
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -242,12 +242,18 @@ def complete(store: KeyStore, jobs: ImportJobStore, keys: rekey.MasterKeys, key_
     return count
 
 
+# While held, no other node starts on the store; says why this node is not the only one serving
+# it (several `serve` on one SQLite data directory: store/nodelock.py), or None.
+Sole = Callable[[], AbstractContextManager[str | None]]
+
+
 class OnlineRekey:
     """What ``POST /v1/sys/rekey`` runs once authorized (and approved, when configured)."""
 
     def __init__(self, store: KeyStore, jobs: ImportJobStore, append: Append,
                  install: Callable[[bytes], None], master: bytes, key_file: str,
-                 unavailable: str, pause: Pause) -> None:
+                 unavailable: str, pause: Pause, sole: Sole | None = None) -> None:
+        self._sole: Sole = sole or (lambda: nullcontext(None))
         self._store = store
         self._jobs = jobs
         self._append = append
@@ -266,6 +272,13 @@ class OnlineRekey:
     def __call__(self, ctx: RequestContext) -> dict[str, Any]:
         if not self._key_file:
             raise Conflict(self._unavailable)
+        with self._sole() as others:
+            if others:  # they would keep the old key, and lose what they write under it
+                raise Conflict(f"{others}: they would still hold the old key; stop them all"
+                               + OFFLINE)
+            return self._checked_run(ctx)
+
+    def _checked_run(self, ctx: RequestContext) -> dict[str, Any]:
         try:  # a record the rekey cannot convert would stop it halfway: refuse now. Before
             # the pause (a dry run opens every version): what is written meanwhile is sealed
             # under the current key, and the pause checks the records' MACs again

@@ -58,6 +58,12 @@ class Spent(Conflict):
     """A version's whole budget is reserved: rotate the key (409)."""
 
 
+class Renewing(Unavailable):
+    """A version's count is being renewed and this caller may not wait for it (503)."""
+
+    retry_after = RETRY_AFTER
+
+
 @dataclass
 class Limits:
     """The bounds, apart so that tests can shrink them."""
@@ -168,7 +174,7 @@ class GcmBudget:
                 return  # look again
         elif time.monotonic() - slot.failed_at >= RETRY_AFTER:
             return  # the caller runs the renewal
-        raise Unavailable(f"key {slot.key_id} version {slot.version}: its count of AES-GCM "
+        raise Renewing(f"key {slot.key_id} version {slot.version}: its count of AES-GCM "
                           "encryptions is being renewed in the key record; try again in a "
                           "moment")
 

@@ -194,6 +194,43 @@ class FileNodeLeases:
             finally:
                 os.close(fd)
 
+    def others_alive(self) -> list[str]:
+        """The other nodes alive now (their lock is held by them); holds nothing after."""
+        alive = []
+        for path in sorted(self._dir.glob("*.lock")):
+            node = path.name[:-len(".lock")]
+            if node == self.node or node in self._held or not _NODE_RE.fullmatch(node):
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                continue  # buried meanwhile
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                alive.append(node)
+            finally:
+                os.close(fd)  # and with it a dead node's lock, if taken
+        return alive
+
+    @contextmanager
+    def sole(self) -> Iterator[str | None]:
+        """For what must run on this node alone (an online master-key rekey): while held, no
+        node starts on the directory (a start waits on ``startup.lock``, FileMembership).
+        Yields why this node is not alone, or None."""
+        fd = _open_lock(self._dir.parent / "startup.lock")
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield "another node is starting on this data directory (or a backup, restore " \
+                      "or rekey holds it)"
+                return
+            others = self.others_alive()
+            yield f"{len(others)} other node(s) serve this data directory" if others else None
+        finally:
+            os.close(fd)
+
     def bury(self, node: str) -> None:
         """The dead node's intents are settled: its lock file goes."""
         fd = self._held.pop(node, None)

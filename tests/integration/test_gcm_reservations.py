@@ -135,3 +135,31 @@ def test_reservations_wait_for_an_online_rekey_and_every_key_stays_usable(
             assert status == 200, out
     finally:
         again.close()
+
+
+def test_sealing_stops_the_reserving_thread_and_lets_the_master_key_go(tmp_path: Path) -> None:
+    """Sealing a split-knowledge server drops its runtime (cli/custody.py close_runtime): the
+    reserving thread, which holds the service and so the sealer, must stop with it (a red team
+    found the sealer, engine and thread alive after each seal)."""
+    import gc
+    import weakref
+
+    from ferrohsm import app as wiring
+    from ferrohsm.cli.custody import close_runtime
+    from ferrohsm.config import load_config
+    from ferrohsm.domain.model import Principal, RequestContext, Role
+    config = load_config(None, env={}, overrides={
+        ("storage", "key_store"): "sqlite", ("storage", "data_dir"): str(tmp_path / "data")})
+    rt = wiring.build_runtime(config, Secrets(*(secrets.token_bytes(32) for _ in range(3))))
+    rt.service.engine.budget.limits = Limits(grace=8, first_block=4, max_block=16)
+    admin = RequestContext(Principal("alice", Role.ADMINISTRATOR), request_id="r")
+    loop = RequestContext(Principal("svc", Role.SERVICE), request_id="s", tickets=[])
+    key = rt.service.create_key(admin, algorithm="aes-256-gcm", usage="encrypt")
+    for _ in range(4):  # the 4th asks the reserving thread for a block
+        rt.service.encrypt(loop._replace(tickets=[]), key.id, b"m")
+    engine = weakref.ref(rt.service.engine)  # it holds the sealer (which takes no weakref)
+    close_runtime(rt)
+    assert not [t for t in threading.enumerate() if t.name == "ferrohsm-gcm-reserver"]
+    del rt
+    gc.collect()
+    assert engine() is None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import http.client
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -423,3 +424,39 @@ def test_imports_and_their_jobs_survive_online_rekeys(tmp_path: Path) -> None:
             round_trip(name)
     finally:
         srv.stop()
+
+
+def test_an_online_rekey_is_refused_while_another_node_serves_the_sqlite_directory(
+        tmp_path: Path) -> None:
+    """Several `serve` processes may share one SQLite data directory: a rekey on one would
+    leave the others with the old key, and what they wrote under it unreadable for good (a red
+    team lost keys so). Refused (409) while another node is alive; once it is stopped, done."""
+    from cluster import B64, Cluster
+    nodes = Cluster(tmp_path)
+    key_file = tmp_path / "master.key"
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, (nodes.secrets["FERROHSM_MASTER_KEY"] + "\n").encode())
+    os.close(fd)
+    config = tmp_path / "ferrohsm.toml"
+    config.write_text(config.read_text() + f'[secrets]\nmaster_key_file = "{key_file}"\n')
+    nodes.env.pop("FERROHSM_MASTER_KEY")
+    try:
+        nodes.add()
+        nodes.add()
+        status, key = nodes.call(1, "POST", "/v1/keys", {"algorithm": "aes-256-gcm",
+                                                         "usage": "encrypt"})
+        assert status == 201, key
+        status, refused = nodes.call(0, "POST", "/v1/sys/rekey", {"reason": "two nodes"})
+        assert status == 409, refused
+        assert "1 other node(s) serve this data directory" in refused["error"]["message"]
+        status, out = nodes.call(1, "POST", f"/v1/keys/{key['id']}/encrypt",
+                                 {"plaintext": B64(b"m")}, role="service")
+        assert status == 200, out
+        nodes.kill(1, signal.SIGTERM)
+        status, done = nodes.call(0, "POST", "/v1/sys/rekey", {"reason": "one node"})
+        assert status == 200 and done["rekeyed"], done
+        status, opened = nodes.call(0, "POST", f"/v1/keys/{key['id']}/decrypt",
+                                    {"ciphertext": out["ciphertext"]}, role="service")
+        assert status == 200 and opened["plaintext"] == B64(b"m"), opened
+    finally:
+        nodes.stop()

@@ -114,7 +114,7 @@ def test_the_count_survives_a_restart_and_is_shared_by_processes() -> None:
     with pytest.raises(Conflict, match="8 AES-GCM"):
         on_loop.encrypt(SERVICE._replace(tickets=[]), "shared", b"m")
     intents = [e for e in audit.events if e.action == RESERVE_ACTION and e.outcome == "intent"]
-    assert sum(e.details["encryptions_reserved"] for e in intents) == 8  # said before applied
+    assert sum(int(str(e.details["encryptions_reserved"])) for e in intents) == 8  # before applied
 
 
 def test_from_the_event_loop_a_renewal_runs_on_the_reserving_thread() -> None:
@@ -254,3 +254,17 @@ def test_a_reservation_refused_for_the_keys_state_does_not_end_the_version(
     for _ in range(3):
         service.encrypt(SERVICE, "later", b"m")
     assert reserved(service, "later") == 8  # renewed twice: the used two and a block, then 4
+
+
+def test_a_late_renewal_says_when_to_come_back_and_reservations_are_bookkeeping() -> None:
+    """The 503 of a renewal the event loop may not wait for carries Retry-After, natively and
+    on the Vault surface; ``audit report`` does not count reservations as anybody's activity
+    (a system task at any hour)."""
+    from ferrohsm.api.http import error_response
+    from ferrohsm.api.transit.envelope import error as vault_error
+    from ferrohsm.audit.report import BOOKKEEPING
+    from ferrohsm.engine.gcmbudget import Renewing
+    late = Renewing("being renewed")
+    for response in (error_response(late, "r"), vault_error(late)):
+        assert response.status == 503 and ("Retry-After", "1") in response.headers
+    assert RESERVE_ACTION in BOOKKEEPING

@@ -11,7 +11,6 @@ client would not take for success, so it is a 400 naming the approval to redeem.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from ...domain.errors import (
@@ -20,9 +19,8 @@ from ...domain.errors import (
     MethodNotAllowed,
     NoSuchCiphertextVersion,
     PayloadTooLarge,
-    RateLimited,
 )
-from ..http import Response, json_response, public_message
+from ..http import Response, json_response, public_message, retry_after
 from ..parse import TOO_LARGE_HINT
 
 # The native 413's way out names native members; a Vault client's are these.
@@ -66,9 +64,7 @@ def vault_message(exc: FerroError) -> str:
 def error(exc: FerroError) -> Response:
     """THE Vault-shaped error response of the transit surface (api/application.py calls it for
     every refusal under /v1/transit/, as it calls http.error_response elsewhere)."""
-    headers: list[tuple[str, str]] = []
+    headers = retry_after(exc)
     if isinstance(exc, MethodNotAllowed):
         headers.append(("Allow", ", ".join(exc.allow)))
-    elif isinstance(exc, RateLimited):
-        headers.append(("Retry-After", str(max(1, math.ceil(exc.retry_after)))))
     return json_response(vault_status(exc), {"errors": [vault_message(exc)]}, headers)
