@@ -392,7 +392,7 @@ def build_runtime(config: Config, secrets: Secrets,
     cluster: Cluster | None = None
     try:
         jobs = open_import_jobs(config, store)
-        secrets = resume_online_rekey(config, secrets, store, jobs, open_audit)
+        secrets = resume_online_rekey(config, secrets, store, jobs, open_audit, offline_alone)
         refuse_if_interrupted(store)  # records under two master keys are not served
         sealer = Sealer(secrets.master_key)
         policy = Policy.from_config(config.policy_tags, config.crypto.destroy_grace_hours)

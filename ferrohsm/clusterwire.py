@@ -3,7 +3,6 @@ picked by store kind (README "Running several nodes")."""
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,19 +15,10 @@ from .datadir import ensure_private_dir
 from .integrity.livesettle import LiveSettler
 from .store.approvalstore import ApprovalStore
 from .store.keystore import KeyStore
-from .store.nodelock import FileLeader, FileMembership, FileNodeLeases, alone
+from .store.nodelock import FileLeader, FileMembership, FileNodeLeases, alone, node_waits
 from .store.pg_shared import PostgresLeader, PostgresMembership, PostgresUsage
 from .store.pgdb import dsn_from_env
 from .store.sqlite_usage import SQLiteUsage
-
-log = logging.getLogger("ferrohsm")
-
-
-def _node_waits(where: str) -> Callable[[], None]:
-    """What a starting node says when another start (or a restore) holds the turn: a cold
-    start checks every key record, which takes minutes on a large store."""
-    return lambda: log.info("waiting for another node's start-up, or a backup, restore or rekey, "
-                            "on %s to finish", where)
 
 
 def open_cluster(config: Config) -> Cluster | None:
@@ -37,12 +27,12 @@ def open_cluster(config: Config) -> Cluster | None:
     kind = config.storage.key_store
     if kind == "postgres":
         dsn = dsn_from_env(config.storage.postgres_dsn_env, os.environ)
-        return Cluster(PostgresMembership(dsn, _node_waits("the database")),
+        return Cluster(PostgresMembership(dsn, node_waits("the database")),
                        PostgresLeader(dsn), PostgresUsage(dsn))
     if kind != "sqlite":
         return None
     data = ensure_private_dir(config.storage.data_dir)
-    return Cluster(FileMembership(data, _node_waits(str(data))), FileLeader(data),
+    return Cluster(FileMembership(data, node_waits(str(data))), FileLeader(data),
                    SQLiteUsage(data / "ratelimit.sqlite3"), leases=FileNodeLeases(data))
 
 
@@ -63,7 +53,7 @@ def offline_alone(config: Config, waiting: Callable[[], None] | None = None) -> 
     ``waiting()`` is called before a wait: a server's cold start may hold the turn for minutes."""
     kind = config.storage.key_store
     if kind == "sqlite" and Path(config.storage.data_dir).is_dir():
-        with alone(config.storage.data_dir, waiting) as cold:
+        with alone(config.storage.data_dir, waiting or node_waits(config.storage.data_dir)) as cold:
             yield cold
     elif kind == "postgres":
         membership = PostgresMembership(dsn_from_env(config.storage.postgres_dsn_env,

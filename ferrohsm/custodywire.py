@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import replace
 
 from .api import router as routing
@@ -49,16 +50,33 @@ def online_key_file(config: Config) -> tuple[str, str]:
 
 
 def resume_online_rekey(config: Config, secrets: Secrets, store: KeyStore, jobs: ImportJobStore,
-                        open_audit: Callable[[Config, Secrets], ChainedSink]) -> Secrets:
+                        open_audit: Callable[[Config, Secrets], ChainedSink], turn: Turn
+                        ) -> Secrets:
     """Finish an online rekey a crash interrupted (its records and import jobs); the secrets
-    to serve with."""
+    to serve with. On SQLite other `serve` nodes may share the directory, and one of them may
+    be rekeying now, holding the start-up lock (store/nodelock.py FileNodeLeases.sole): wait
+    for it (``turn``: clusterwire.offline_alone); then only a node that finds no other alive
+    finishes a rekey (else it was theirs, and is done: take the new key from the key file)."""
     def open_append() -> tuple[online_rekey.Append, Callable[[], None]]:
         sink = open_audit(config, secrets)
         return sink.append, sink.close
-    master = online_rekey.resume_at_start(store, jobs, secrets.master_key,
-                                          online_key_file(config)[0], open_append,
-                                          SYSTEM_CONTEXT)
+
+    def finish() -> bytes:
+        return online_rekey.resume_at_start(store, jobs, secrets.master_key, key_file,
+                                            open_append, SYSTEM_CONTEXT)
+    key_file = online_key_file(config)[0]
+    if config.storage.key_store == "sqlite" and key_file:
+        with turn(config, None) as cold:
+            master = finish() if cold else online_rekey.adopt_key_file(
+                store, secrets.master_key, key_file)
+    else:
+        master = finish()
     return secrets if master == secrets.master_key else replace(secrets, master_key=master)
+
+
+# clusterwire.offline_alone: (config, waiting) -> while held, no node starts on the store; True
+# when no other node is alive
+Turn = Callable[[Config, Callable[[], None] | None], AbstractContextManager[bool]]
 
 
 def wire_rekey(router: routing.Router, config: Config, secrets: Secrets, store: KeyStore,

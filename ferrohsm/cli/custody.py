@@ -422,6 +422,8 @@ def close_runtime(rt: Any) -> None:
     if rt.approvals is not None:
         rt.approvals.close()
     rt.store.close()
+    if rt.cluster is not None:  # its node lock and membership: the next unseal starts cold
+        rt.cluster.close()
 
 
 def _reload(gate: Any, ssl_provider: Any) -> None:

@@ -242,9 +242,10 @@ def complete(store: KeyStore, jobs: ImportJobStore, keys: rekey.MasterKeys, key_
     return count
 
 
-# While held, no other node starts on the store; says why this node is not the only one serving
-# it (several `serve` on one SQLite data directory: store/nodelock.py), or None.
-Sole = Callable[[], AbstractContextManager[str | None]]
+# While held, no other node starts on the store; says how many other nodes serve it (several
+# `serve` on one SQLite data directory: store/nodelock.py), None when one is starting or a
+# backup, restore or rekey holds the store.
+Sole = Callable[[], AbstractContextManager[int | None]]
 
 
 class OnlineRekey:
@@ -253,7 +254,7 @@ class OnlineRekey:
     def __init__(self, store: KeyStore, jobs: ImportJobStore, append: Append,
                  install: Callable[[bytes], None], master: bytes, key_file: str,
                  unavailable: str, pause: Pause, sole: Sole | None = None) -> None:
-        self._sole: Sole = sole or (lambda: nullcontext(None))
+        self._sole: Sole = sole or (lambda: nullcontext(0))
         self._store = store
         self._jobs = jobs
         self._append = append
@@ -273,9 +274,12 @@ class OnlineRekey:
         if not self._key_file:
             raise Conflict(self._unavailable)
         with self._sole() as others:
+            if others is None:
+                raise Conflict("a master-key rekey, a backup or restore, or a node's start-up "
+                               "holds this data directory: try again when it ends")
             if others:  # they would keep the old key, and lose what they write under it
-                raise Conflict(f"{others}: they would still hold the old key; stop them all"
-                               + OFFLINE)
+                raise Conflict(f"{others} other node(s) serve this data directory: they would "
+                               "still hold the old key; stop them all" + OFFLINE)
             return self._checked_run(ctx)
 
     def _checked_run(self, ctx: RequestContext) -> dict[str, Any]:
@@ -332,16 +336,34 @@ def _finished_offline(store: KeyStore, master: bytes, key_file: str) -> bytes:
         held = _read_key(Path(key_file + SIDECAR))
     except ConfigError:
         return master
-    check = store.get_meta(rekey.CHECK_VALUE)
-    if held is None or check is None or held == master:
-        return master
-    try:
-        Sealer(held).verify_check_value(check)
-    except ConfigError:
+    if held is None or not _the_stores_key(store, master, held):
         return master
     install_key_file(key_file, held)
     store.use_record_mac(rekey.record_mac(held))
     return held
+
+
+def adopt_key_file(store: KeyStore, master: bytes, key_file: str) -> bytes:
+    """A node that waited for another's online rekey to end before joining it (a rekey holds
+    the store's start-up lock): the key file now holds the new key, which the store's check
+    value names; the store is opened under it. ``master`` unchanged otherwise."""
+    held = _read_key(Path(key_file))
+    if held is None or not _the_stores_key(store, master, held):
+        return master
+    store.use_record_mac(rekey.record_mac(held))
+    return held
+
+
+def _the_stores_key(store: KeyStore, master: bytes, held: bytes) -> bool:
+    """Whether ``held``, another key than ``master``, is the one the store's check value names."""
+    check = store.get_meta(rekey.CHECK_VALUE)
+    if check is None or held == master:
+        return False
+    try:
+        Sealer(held).verify_check_value(check)
+    except ConfigError:
+        return False
+    return True
 
 
 def resume_at_start(store: KeyStore, jobs: ImportJobStore, master: bytes, key_file: str,

@@ -251,8 +251,9 @@ class GcmBudget:
                         "the policy of one of its tags", slot.key_id, slot.version, total,
                         self.limits.limit)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop the reserving thread after the renewal it runs (before the audit log closes)."""
+    def close(self, timeout: float = 15.0) -> None:
+        """Stop the reserving thread after the renewal it runs (before the audit log closes;
+        ``timeout`` covers a store busy for its own 5 s timeout, then a commit)."""
         with self._lock:
             self._closed = True
             thread = self._thread

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,6 +32,14 @@ from pathlib import Path
 from ..domain.errors import StoreError
 
 _NODE_RE = re.compile(r"[0-9a-f]{32}")
+log = logging.getLogger("ferrohsm")
+
+
+def node_waits(where: str) -> Callable[[], None]:
+    """What a starting node says when another start (or a backup, restore or rekey) holds the
+    turn: a cold start checks every key record, which takes minutes on a large store."""
+    return lambda: log.info("waiting for another node's start-up, or a backup, restore or rekey, "
+                            "on %s to finish", where)
 
 
 def _open_lock(path: Path) -> int:
@@ -153,9 +163,14 @@ class FileNodeLeases:
             raise StoreError(f"cannot hold the node lock in {self._dir}: {exc.strerror}") from None
         self._fd: int | None = fd
         self._held: dict[str, int] = {}  # dead nodes' locks taken, until buried or released
+        self._looking = threading.Lock()  # one look at the other nodes' locks at a time
 
     def dead(self) -> list[str]:
         """The nodes whose lock could be taken (they died); held until ``bury``/``release``."""
+        with self._looking:
+            return self._dead()
+
+    def _dead(self) -> list[str]:
         found = []
         for path in sorted(self._dir.glob("*.lock")):
             node = path.name[:-len(".lock")]
@@ -196,6 +211,10 @@ class FileNodeLeases:
 
     def others_alive(self) -> list[str]:
         """The other nodes alive now (their lock is held by them); holds nothing after."""
+        with self._looking:  # not while dead() holds a dead node's lock it has not noted yet
+            return self._others_alive()
+
+    def _others_alive(self) -> list[str]:
         alive = []
         for path in sorted(self._dir.glob("*.lock")):
             node = path.name[:-len(".lock")]
@@ -214,20 +233,19 @@ class FileNodeLeases:
         return alive
 
     @contextmanager
-    def sole(self) -> Iterator[str | None]:
+    def sole(self) -> Iterator[int | None]:
         """For what must run on this node alone (an online master-key rekey): while held, no
         node starts on the directory (a start waits on ``startup.lock``, FileMembership).
-        Yields why this node is not alone, or None."""
+        Yields how many other nodes are alive, or None when the lock is taken (a node
+        starting, a backup, restore or rekey running)."""
         fd = _open_lock(self._dir.parent / "startup.lock")
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                yield "another node is starting on this data directory (or a backup, restore " \
-                      "or rekey holds it)"
+                yield None
                 return
-            others = self.others_alive()
-            yield f"{len(others)} other node(s) serve this data directory" if others else None
+            yield len(self.others_alive())
         finally:
             os.close(fd)
 

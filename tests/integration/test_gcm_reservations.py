@@ -160,6 +160,8 @@ def test_sealing_stops_the_reserving_thread_and_lets_the_master_key_go(tmp_path:
     engine = weakref.ref(rt.service.engine)  # it holds the sealer (which takes no weakref)
     close_runtime(rt)
     assert not [t for t in threading.enumerate() if t.name == "ferrohsm-gcm-reserver"]
+    # its node lock goes too (the next unseal starts cold: checks, leader, settling)
+    assert not list((tmp_path / "data" / "nodes").glob("*.lock"))
     del rt
     gc.collect()
     assert engine() is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import os
 import signal
 import subprocess
@@ -460,3 +461,116 @@ def test_an_online_rekey_is_refused_while_another_node_serves_the_sqlite_directo
         assert status == 200 and opened["plaintext"] == B64(b"m"), opened
     finally:
         nodes.stop()
+
+
+def test_a_node_started_during_an_online_rekey_waits_for_it_and_joins_on_the_new_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node A rekeys online (slowed at its second record); node B starts on the same SQLite
+    data directory meanwhile. B must wait for the rekey (it holds the start-up lock), not take
+    the journal for a crashed rekey and finish it beside A (a red team saw B do so: A's rekey
+    then failed midway and refused every request until a restart), then serve on the new key."""
+    import secrets as random
+    import sys
+
+    from live import LiveServer
+
+    from ferrohsm.config import Secrets
+    from ferrohsm.custody import rekey as rekey_steps
+    master, hmac_key = random.token_bytes(32), random.token_bytes(32)
+    jwt = base64.b64encode(random.token_bytes(32))  # the variable's text is the secret
+    key_file = tmp_path / "master.key"
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, base64.b64encode(master) + b"\n")
+    os.close(fd)
+    shared = f'[audit]\nsink = "sqlite"\n[secrets]\nmaster_key_file = "{key_file}"\n'
+    a = LiveServer(tmp_path / "a", key_store="sqlite", config_text=shared,
+                   overrides={("storage", "data_dir"): str(tmp_path / "data")},
+                   secrets_=Secrets(master, jwt, hmac_key))
+    b_log = tmp_path / "b.log"
+    b: subprocess.Popen[bytes] | None = None
+    try:
+        ids = [a.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt"})[2]["id"]
+               for _ in range(3)]
+        sealed = a.call("POST", f"/v1/keys/{ids[0]}/encrypt", {"plaintext": MESSAGE},
+                        role="service")[2]["ciphertext"]
+        slowed, real = threading.Event(), rekey_steps.crash_point
+
+        def slow(name: str) -> None:
+            if name == "record:1":
+                slowed.set()
+                time.sleep(4)
+            real(name)
+        monkeypatch.setattr(rekey_steps, "crash_point", slow)
+        answer: list[Any] = []
+        rekeying = threading.Thread(target=lambda: answer.append(
+            a.call("POST", "/v1/sys/rekey", {"reason": "with a node starting"})))
+        rekeying.start()
+        assert slowed.wait(20)
+        port = free_port()
+        config_b = tmp_path / "b.toml"
+        config_b.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\n[storage]\nkey_store = "sqlite"'
+                            f'\ndata_dir = "{tmp_path / "data"}"\n[tls]\ncert = "{a.pki.server_cert}"'
+                            f'\nkey = "{a.pki.server_key}"\n' + shared)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FERROHSM_")}
+        env.update(FERROHSM_JWT_HS256_SECRET=jwt.decode(),
+                   FERROHSM_AUDIT_HMAC_KEY=base64.b64encode(hmac_key).decode())
+        with open(b_log, "wb") as log:
+            b = subprocess.Popen([sys.executable, "-m", "ferrohsm", "serve", "--config",
+                                  str(config_b)], cwd=ROOT, env=env, stdout=log, stderr=log)
+        rekeying.join(60)
+        assert answer and answer[0][0] == 200, answer
+        conn_ok = wait_ready(port, a.ctx, b)
+        assert conn_ok, b_log.read_text()[-3000:]
+        text = b_log.read_text()
+        assert "waiting for another node's start-up" in text and "resumed" not in text
+        b_token = issue_token(jwt, subject="svc", role="service")
+        for key_id in ids:  # B serves every key on the new key
+            status, out = call_at(port, a.ctx, "POST", f"/v1/keys/{key_id}/encrypt",
+                                  {"plaintext": MESSAGE}, b_token)
+            assert status == 200, out
+        status, out = call_at(port, a.ctx, "POST", f"/v1/keys/{ids[0]}/decrypt",
+                              {"ciphertext": sealed}, b_token)
+        assert status == 200 and out["plaintext"] == MESSAGE, out
+    finally:
+        if b is not None:
+            b.terminate()
+            b.wait(30)
+        a.close()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def call_at(port: int, ctx: Any, method: str, path: str, body: Any = None,
+            token: str | None = None) -> tuple[int, Any]:
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
+    try:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        conn.request(method, path, body=None if body is None else json.dumps(body),
+                     headers=headers)
+        resp = conn.getresponse()
+        payload = resp.read()
+        return resp.status, json.loads(payload) if payload.startswith(b"{") else payload
+    finally:
+        conn.close()
+
+
+def wait_ready(port: int, ctx: Any, proc: subprocess.Popen[bytes], timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if call_at(port, ctx, "GET", "/healthz")[0] == 200:
+                return True
+        except (OSError, http.client.HTTPException):
+            pass
+        time.sleep(0.2)
+    return False
