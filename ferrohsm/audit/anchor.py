@@ -175,6 +175,9 @@ class Anchor:
         self._durable = durable
         self._drop_torn_tail()  # a torn first line is no checkpoint
         self._pending = self._pending_key()
+        if self._pending is not None and not os.path.exists(self._pending) \
+                and os.path.exists(self.key_path):
+            self._pending = None  # its maker put it in place meanwhile: it is the key now
         self._key = load_signing_key(self._pending or self.key_path)
         self.public_key = self._key.public
         _create_once(self.public_key_path, self.public_key.pem)
@@ -191,7 +194,16 @@ class Anchor:
             elif not os.path.exists(self.key_path):  # not put in place by another process now
                 self._refuse_lost_key()
             return None
-        if _create_once(pending, SigningKey.generate_pem):
+        made = _create_once(pending, SigningKey.generate_pem)
+        if os.path.exists(self.key_path):
+            # Another opener put its key in place since we looked (it links the key there
+            # before it removes its pending file, so ours may be new): that key signs, never
+            # ours, or our checkpoints would not verify under it (CI saw 8 openers race so).
+            if made:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(pending)
+            return None
+        if made:
             log.info("generated audit signing key %s (put in place once it signed the first "
                      "checkpoint)", self.key_path)
         return pending
