@@ -172,6 +172,16 @@ class FileNodeLeases:
 
     def _dead(self) -> list[str]:
         found = []
+        for node, fd in self._others():
+            if fd is not None:
+                self._held[node] = fd
+                found.append(node)
+        self._sweep()
+        return found
+
+    def _others(self) -> Iterator[tuple[str, int | None]]:
+        """Each other node not held here: (node, an fd holding its lock: it died) or (node,
+        None: alive). With the lock ``_looking``."""
         for path in sorted(self._dir.glob("*.lock")):
             node = path.name[:-len(".lock")]
             if node == self.node or node in self._held or not _NODE_RE.fullmatch(node):
@@ -183,12 +193,10 @@ class FileNodeLeases:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                os.close(fd)  # alive
+                os.close(fd)
+                yield node, None
                 continue
-            self._held[node] = fd
-            found.append(node)
-        self._sweep()
-        return found
+            yield node, fd
 
     def _sweep(self) -> None:
         """A process that died between creating its lock file and naming it left ``.<node>.tmp``
@@ -216,20 +224,11 @@ class FileNodeLeases:
 
     def _others_alive(self) -> list[str]:
         alive = []
-        for path in sorted(self._dir.glob("*.lock")):
-            node = path.name[:-len(".lock")]
-            if node == self.node or node in self._held or not _NODE_RE.fullmatch(node):
-                continue
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            except OSError:
-                continue  # buried meanwhile
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+        for node, fd in self._others():
+            if fd is None:
                 alive.append(node)
-            finally:
-                os.close(fd)  # and with it a dead node's lock, if taken
+            else:
+                os.close(fd)  # dead: its lock goes back
         return alive
 
     @contextmanager
@@ -251,17 +250,19 @@ class FileNodeLeases:
 
     def bury(self, node: str) -> None:
         """The dead node's intents are settled: its lock file goes."""
-        fd = self._held.pop(node, None)
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self._dir / f"{node}.lock")
-            os.close(fd)
+        with self._looking:  # a look meanwhile would take the lock still held for alive
+            fd = self._held.pop(node, None)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._dir / f"{node}.lock")
+                os.close(fd)
 
     def release(self, node: str) -> None:
         """Not settled this time (the audit log refused, a store error): tried again later."""
-        fd = self._held.pop(node, None)
-        if fd is not None:
-            os.close(fd)
+        with self._looking:
+            fd = self._held.pop(node, None)
+            if fd is not None:
+                os.close(fd)
 
     def close(self) -> None:
         """A clean stop: the lock file goes with us (shutdown lets a change in progress settle
