@@ -305,8 +305,7 @@ class KeyService:
         """Claim up to ``wanted`` more AES-GCM encryptions of ``version`` in the key record, for
         this process (engine/gcmbudget.py): (granted, the version's new total). A change like
         any other (intent, compare-and-swap, success), by the system, without a history
-        entry: nobody changed what the key is. Conflict when none are left."""
-        got = [0, 0]
+        entry: nobody changed what the key is. Spent when none are left."""
         details: dict[str, Any] = {"reserved_version": version}
         limit = min(self.engine.budget.limits.limit, GCM_LIMIT)
 
@@ -318,9 +317,8 @@ class KeyService:
             grant = min(wanted, limit - chosen.encryptions_reserved)
             if grant <= 0:
                 raise Spent(f"key {key.id} version {version} has all {limit} AES-GCM "
-                               "encryptions reserved: rotate the key to encrypt again")
+                            "encryptions reserved: rotate the key to encrypt again")
             total = chosen.encryptions_reserved + grant
-            got[:] = [grant, total]
             details.update(encryptions_reserved=grant, encryptions_reserved_total=total)
             return replace(key, versions=tuple(
                 replace(v, encryptions_reserved=total) if v.version == version else v
@@ -329,7 +327,7 @@ class KeyService:
                             f"AES-GCM encryptions of version {version} reserved for "
                             f"{self.guard.node or f'process {os.getpid()}'}", details,
                             details_in_intent=True)
-        return got[0], got[1]
+        return details["encryptions_reserved"], details["encryptions_reserved_total"]
 
     # ---- the mutation protocol ----
 

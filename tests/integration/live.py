@@ -7,6 +7,7 @@ import json
 import secrets
 import ssl
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,17 @@ class LiveServer:
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, parsed
         finally:
             conn.close()
+
+    def audit_log(self) -> Iterator[dict[str, Any]]:
+        """Every audit record, page by page, through the API (as an auditor)."""
+        after = 0
+        while True:
+            _, _, page = self.call("GET", f"/v1/audit?after_seq={after}&limit=1000",
+                                   role="auditor")
+            yield from page["records"]
+            if page["next_after_seq"] is None:
+                return
+            after = page["next_after_seq"]
 
     def close(self) -> None:
         wiring.shutdown(self.rt, self.server)

@@ -63,13 +63,7 @@ def codes(results: list[dict[str, Any]]) -> list[str]:
 
 
 def records_of(srv: LiveServer, rid: str) -> list[dict[str, Any]]:
-    found, after = [], 0
-    while True:
-        _, _, page = srv.call("GET", f"/v1/audit?after_seq={after}&limit=1000", role="auditor")
-        found += [r for r in page["records"] if r["request_id"] == rid]
-        if page["next_after_seq"] is None:
-            return found
-        after = page["next_after_seq"]
+    return [r for r in srv.audit_log() if r["request_id"] == rid]
 
 
 def positions(records: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:

@@ -28,14 +28,7 @@ def reserved_count(srv: LiveServer, key_id: str) -> int:
 
 
 def audit_records(srv: LiveServer, action: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        _, _, page = srv.call("GET", f"/v1/audit?after_seq={after}&limit=1000", role="auditor")
-        found += [r for r in page["records"] if r["action"] == action]
-        if page["next_after_seq"] is None:
-            return found
-        after = page["next_after_seq"]
+    return [r for r in srv.audit_log() if r["action"] == action]
 
 
 def test_the_count_is_reserved_in_the_record_and_outlives_the_process(tmp_path: Path) -> None:
