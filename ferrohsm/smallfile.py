@@ -6,13 +6,19 @@ meanwhile (an outside tester: ``--token-file /dev/zero`` took 24 GB). Every file
 flag names that the program reads whole goes through ``read_at_most``, which refuses what is
 larger than the reader could ever want, with an ``OSError`` whose ``strerror`` says so: callers
 already turn an ``OSError`` into their one-line refusal.
+
+``atomic_write`` is the other half: a small file the server keeps (a certificate, an ACME
+account, the revoked-token list) is replaced whole or not at all, never left half written by a
+crash or a full disk.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import secrets
 import stat
+from pathlib import Path
 
 KIB, MIB = 1024, 1024 * 1024
 
@@ -40,3 +46,27 @@ def too_large(limit: int) -> str:
     size = f"{limit // MIB} MiB" if limit % MIB == 0 else f"{limit // KIB} KiB" \
         if limit % KIB == 0 else f"{limit} bytes"
     return f"larger than {size}: not the file this expects"
+
+
+def atomic_write(path: Path, data: bytes, mode: int) -> None:
+    """``data`` in a fresh temporary file beside ``path`` (created ``mode``, O_EXCL, no
+    symlink followed), fsynced, renamed over ``path``, and the directory fsynced: after a
+    crash, the old file or the new one. ``mode`` is set again after creation (the umask may
+    have taken bits a 0644 certificate needs)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -37,7 +37,6 @@ import logging
 import mmap
 import os
 import struct
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,7 +44,7 @@ from typing import Protocol
 
 from ..domain.errors import ConfigError, Unavailable
 from ..domain.model import PLAIN_TEXT_RE
-from ..smallfile import MIB, read_at_most
+from ..smallfile import MIB, atomic_write, read_at_most
 
 log = logging.getLogger("ferrohsm.auth")
 FORMAT_VERSION = 1
@@ -281,7 +280,7 @@ class DenyList:
         body = json.dumps({"version": FORMAT_VERSION, "revoked": entries},
                           separators=(",", ":"), sort_keys=True).encode("utf-8")
         try:
-            _atomic_write(self._path, body)
+            atomic_write(self._path, body, 0o600)
         except OSError as exc:
             raise Unavailable(f"cannot persist the token deny-list: {exc.strerror}") from None
         self._seen = self._stat()
@@ -329,24 +328,3 @@ class ChangeCounter:
         return value
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """temp (0600) + fsync + rename + directory fsync: the old or the new file, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=".denylist-", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -46,7 +46,7 @@ from typing import Any, NamedTuple, Protocol
 
 from ..domain.errors import FerroError
 from ..domain.model import SYSTEM_CONTEXT, Key, KeyFilter, KeyState, RequestContext, VersionState
-from ..store.keystore import MAX_PAGE, KeyStore
+from ..store.keystore import KeyStore
 from .dualcontrol import DualControl
 from .endoflife import EndOfLife, Outcome
 from .policy import Policy, Rules
@@ -218,19 +218,10 @@ class RetentionScheduler:
         filters = [KeyFilter(state=KeyState.DESTROY_SCHEDULED)]
         filters += [KeyFilter(tag=t) for t in self.service.policy.scheduled_tags]
         for f in filters:
-            for key in self._walk(f):
+            for key in self.service.store.walk(f):
                 if key.id not in seen:
                     seen.add(key.id)
                     yield key
-
-    def _walk(self, filters: KeyFilter) -> Iterator[Key]:
-        token = None
-        while True:
-            page = self.service.store.list(filters, MAX_PAGE, token)
-            yield from page.keys
-            token = page.next_page_token
-            if token is None:
-                return
 
     def _run(self, job: Job, key: Key, now: datetime, report: TickReport) -> None:
         """Run one job; a failure is logged and counted, and never stops the tick."""

@@ -48,7 +48,7 @@ from ..store.keystore import KeyStore
 from ..store.records import RecordCodec
 from . import archive, snapshot
 from .archive import ArchiveRefused
-from .snapshot import CHECK_VALUE, SYSTEM, all_keys, contents_mac
+from .snapshot import CHECK_VALUE, SYSTEM, contents_mac
 
 RESTORE_META = "restore_state"
 IN_PROGRESS = b"in-progress"
@@ -220,7 +220,7 @@ def not_empty(held: list[str]) -> TargetNotEmpty:
 
 def wipe_interrupted(store: KeyStore, approvals: ApprovalStore | None) -> None:
     """Delete what an interrupted restore wrote (its marker says nothing else ever ran)."""
-    for key in list(all_keys(store)):
+    for key in list(store.walk()):
         store.delete(key.id)
     if approvals is not None:
         for approval in approvals.list(None, datetime.now(UTC), 100000):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -20,9 +20,8 @@ from ..audit.sinkbase import AuditSink
 from ..crypto.archive import BackupKey
 from ..crypto.recordmac import RecordMac
 from ..domain.approval import to_record
-from ..domain.model import Key, KeyFilter
 from ..store.approvalstore import ApprovalStore
-from ..store.keystore import MAX_PAGE, KeyStore
+from ..store.keystore import KeyStore
 from ..store.records import FORMAT_META, RecordCodec
 from . import archive
 
@@ -81,16 +80,6 @@ class Revocations(Protocol):
     def revoke_all(self, entries: dict[str, float], now: float) -> None: ...
 
 
-def all_keys(store: KeyStore) -> Iterator[Key]:
-    token: str | None = None
-    while True:
-        page = store.list(KeyFilter(), MAX_PAGE, token)
-        yield from page.keys
-        token = page.next_page_token
-        if token is None:
-            return
-
-
 def all_approvals(approvals: ApprovalStore | None, now: datetime) -> list[dict[str, Any]]:
     if approvals is None:
         return []
@@ -117,7 +106,7 @@ def take_archive(store: KeyStore, approvals: ApprovalStore | None, audit: AuditS
     revoked = revocations.entries(now.timestamp())
     codec = RecordCodec(RecordMac.derive(master_key))
     check = store.get_meta(CHECK_VALUE)
-    records = [codec.encode(k).decode("ascii") for k in all_keys(store)]
+    records = [codec.encode(k).decode("ascii") for k in store.walk()]
     meta = {name: base64.b64encode(value).decode() for name in CARRIED_META
             if (value := store.get_meta(name)) is not None}
     approval_records = all_approvals(approvals, now)

@@ -44,7 +44,6 @@ from ..audit.anchor import newest_checkpoint
 from ..audit.chain import AuditEvent
 from ..audit.sinkbase import ChainedSink
 from ..domain.errors import FerroError, IntegrityError, NotFound
-from ..domain.model import Key, KeyFilter
 from ..store.keystore import KeyStore
 from .logscan import AuditLocation, created_keys
 
@@ -227,24 +226,13 @@ def check_bindings(store: KeyStore, head_seq: int | Callable[[], tuple[int, str]
     compare. This lists the store once. ``head_seq`` may be the sink's ``catch_up``: it is then
     asked only after the store was listed, so a key another live writer changed meanwhile is
     compared with a head that already holds that change's record."""
-    keys = _all_keys(store)
+    keys = list(store.walk())
     head = head_seq if isinstance(head_seq, int) else head_seq()[0]
     ahead = [key.id for key in keys if key.audit_seq > head]
     if ahead:
         raise StartupRefused(f"{len(ahead)} key record(s) are bound to audit records beyond the "
                              f"log's last seq {head}: {named(ahead)}. The audit log is "
                              "behind the key store (truncated or restored from an older backup)")
-
-
-def _all_keys(store: KeyStore) -> list[Key]:
-    keys: list[Key] = []
-    token: str | None = None
-    while True:
-        page = store.list(KeyFilter(), limit=1000, page_token=token)
-        keys.extend(page.keys)
-        token = page.next_page_token
-        if token is None:
-            return keys
 
 
 def _present(store: KeyStore, key_id: str) -> bool:

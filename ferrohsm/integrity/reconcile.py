@@ -43,9 +43,9 @@ from ..audit.sinkbase import AuditSink
 from ..domain import binding
 from ..domain.approval import Approval
 from ..domain.errors import FerroError, NotFound
-from ..domain.model import Key, KeyFilter
+from ..domain.model import Key
 from ..store.approvalstore import ApprovalStore
-from ..store.keystore import MAX_PAGE, KeyStore
+from ..store.keystore import KeyStore
 from .changelog import ApprovalChange, Change, ChangeLog, KeyHistory, read_changes, sink_lines
 from .logcheck import StartupRefused
 
@@ -260,7 +260,7 @@ def reconcile(store: KeyStore, sink: AuditSink, hmac_key: bytes, *,
               accept_unrecorded: bool = False) -> Report:
     """Settle, check and bind (module docstring); StartupRefused names what is unexplained."""
     changes = read_changes(sink_lines(sink), hmac_key, sink.head()[0])
-    plan = plan_keys(changes, all_keys(store), lambda key_id: lookup_key(store, key_id))
+    plan = plan_keys(changes, store.walk(), lambda key_id: lookup_key(store, key_id))
     plan_approvals(plan, changes.open_approvals(), approvals, changes.approvals_done)
     if plan.refuse and not accept_unrecorded:
         raise StartupRefused(refusal(plan.refuse))
@@ -372,16 +372,6 @@ def _append(sink: AuditSink, action: str, outcome: str, message: str,
             key_id: str | None = None, version: int | None = None,
             **details: DetailValue) -> None:
     sink.append(_event(action, outcome, message, key_id, version, **details))
-
-
-def all_keys(store: KeyStore) -> Iterator[Key]:
-    token: str | None = None
-    while True:
-        page = store.list(KeyFilter(), MAX_PAGE, token)
-        yield from page.keys
-        token = page.next_page_token
-        if token is None:
-            return
 
 
 def lookup_key(store: KeyStore, key_id: str) -> Key | None:

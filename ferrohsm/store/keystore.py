@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -134,6 +134,17 @@ class KeyStore(ABC):
 
         ``next_page_token`` is None on the last page: stores look one key ahead, so a token never
         leads to an empty page."""
+
+    def walk(self, filters: KeyFilter | None = None) -> Iterator[Key]:
+        """Every key matching ``filters`` (all keys when None), page by page, ascending id: a
+        caller never holds more than a page it has not consumed."""
+        token: str | None = None
+        while True:
+            page = self.list(filters or KeyFilter(), MAX_PAGE, token)
+            yield from page.keys
+            token = page.next_page_token
+            if token is None:
+                return
 
     @abstractmethod
     def count(self, filters: KeyFilter | None = None) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -64,6 +65,9 @@ class FakeStore:
 
     def list(self, filters: object, limit: int = 100, page_token: str | None = None) -> Page:
         return Page(tuple(self.keys), None)
+
+    def walk(self) -> Iterator[Any]:
+        return iter(self.keys)
 
 
 def test_keys_bound_beyond_the_head_refuse() -> None:

@@ -46,6 +46,9 @@ class Keys:
     def list(self, _filter: Any, limit: int, page_token: str | None) -> Page:
         return Page(self.keys, None)  # type: ignore[arg-type]  # duck-typed keys
 
+    def walk(self) -> Iterator[Any]:
+        return iter(self.keys)
+
     def count(self) -> int:
         return len(self.keys)
 

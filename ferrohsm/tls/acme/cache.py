@@ -29,6 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ...domain.errors import ConfigError
+from ...smallfile import atomic_write
 from ..status import CLOCK_LEEWAY
 from .jws import AccountKey
 
@@ -43,22 +44,6 @@ class CachedCert:
     chain_pem: bytes
     key_pem: bytes
     leaf: x509.Certificate
-
-
-def atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` via a fresh temporary file created with ``mode`` (O_EXCL), fsync, rename."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def leaf_of(chain_pem: bytes) -> x509.Certificate:

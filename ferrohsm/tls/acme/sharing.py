@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from .cache import atomic_write
+from ...smallfile import atomic_write
 from .order import Responder
 
 FOLLOW_SECONDS = 1.0
