@@ -36,7 +36,7 @@ def wire_backup(router: routing.Router, config: Config, master: Callable[[], byt
     take = custody_snapshot.online(
         service.store, approvals, audit, master,
         lambda: backup_key(master(), os.environ, config.secrets.backup_key_file),
-        config.storage.key_store, revocations)
+        config.storage.key_store, revocations, service.dual.is_current)
     backup_routes.register(router, BackupService(service.guard, take))
 
 

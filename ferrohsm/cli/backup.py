@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config, load_config, load_secrets
-from ..domain.errors import ConfigError
+from ..domain.errors import ConfigError, IntegrityError
 from .errors import CANNOT_WRITE, USAGE, CliExit
 from .settings import client_flags
 from .streams import names_stdout, writing
@@ -229,8 +229,14 @@ def _offline_backup(args: argparse.Namespace, config: Config, secrets: Secrets,
     try:
         revoked = LoggedRevocations(wiring.open_revocations(config, store), settled.revoked,
                                     config.auth.max_token_ttl_seconds, config.auth.leeway_seconds)
-        written = snapshot.take_archive(store, approvals, audit, secrets.master_key, key,
-                                        config.storage.key_store, revoked)
+        newest = settled.approval_revisions  # what the log confirms (app.open_for_backup)
+        try:
+            written = snapshot.take_archive(store, approvals, audit, secrets.master_key, key,
+                                            config.storage.key_store, revoked,
+                                            lambda a: a.revision >= newest.get(a.id, 0))
+        except IntegrityError as exc:  # a record the server refuses: no archive, on record
+            audit.append(snapshot.refused_event(str(exc)))
+            raise
         args.archive_out.commit(written.data)
         try:
             audit.append(snapshot.backup_event(written, str(out)))

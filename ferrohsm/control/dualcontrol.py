@@ -106,6 +106,12 @@ class DualControl:
                 del self._newest[next(iter(self._newest))]
             self._newest[approval_id] = revision
 
+    def is_current(self, approval: apv.Approval) -> bool:
+        """Whether ``approval`` is not an older copy of its record (``_find`` refuses one):
+        listings and backups leave such a copy out, or an executed approval put back would
+        show as approved, and a restore would make it redeemable again."""
+        return approval.revision >= self._newest.get(approval.id, 0)
+
     def _store(self) -> ApprovalStore:
         if self.store is None:
             raise Unavailable("this key is under dual control but no approval store is set up")
@@ -266,8 +272,7 @@ class DualControl:
             f"{action.value} on key {key_id} needs {required} approval(s); repeat it with "
             f"X-Approval-ID: {created.id} once approved", approval=apv.view(created, now)))
 
-    @staticmethod
-    def _open_for(store: ApprovalStore, requester: str, action: Action, key_id: str,
+    def _open_for(self, store: ApprovalStore, requester: str, action: Action, key_id: str,
                   args: dict[str, Any], now: datetime) -> tuple[apv.Approval | None, int]:
         """An open (pending or approved, not expired) approval of this exact request by this
         requester (same action, key and request hash under the approval's own salt), and
@@ -277,7 +282,7 @@ class DualControl:
             after: str | None = None
             for _ in range(OPEN_SCAN_PAGES):
                 rows = store.list(state, now, OPEN_SCAN_PAGE, after)
-                for row in rows:
+                for row in filter(self.is_current, rows):
                     if _twin(row, requester, action, key_id, args):
                         return row, held
                     held += row.requester == requester
@@ -332,7 +337,8 @@ class DualControl:
             raise BadRequest("state must be one of " + ", ".join(apv.ApprovalState)) from None
         rows = self._store().list(wanted, now, limit + 1, decode_page_token(page_token))
         page = rows[:limit]
-        return page, encode_page_token(page[-1].id) if len(rows) > limit else None
+        token = encode_page_token(page[-1].id) if len(rows) > limit else None
+        return [row for row in page if self.is_current(row)], token
 
     def find(self, approval_id: str) -> apv.Approval:
         return self._find(approval_id)

@@ -19,7 +19,8 @@ from ..audit.chain import AuditEvent, DetailValue
 from ..audit.sinkbase import AuditSink
 from ..crypto.archive import BackupKey
 from ..crypto.recordmac import RecordMac
-from ..domain.approval import to_record
+from ..domain.approval import Approval, to_record
+from ..domain.errors import IntegrityError
 from ..store.approvalstore import ApprovalStore
 from ..store.keystore import KeyStore
 from ..store.records import FORMAT_META, RecordCodec
@@ -80,22 +81,41 @@ class Revocations(Protocol):
     def revoke_all(self, entries: dict[str, float], now: float) -> None: ...
 
 
-def all_approvals(approvals: ApprovalStore | None, now: datetime) -> list[dict[str, Any]]:
+def all_approvals(approvals: ApprovalStore | None, now: datetime,
+                  current: Callable[[Approval], bool]) -> list[dict[str, Any]]:
+    """Every approval record, refusing the backup if one is an older copy put back
+    (``current``: the running server's or the log's newest revisions): restored, an executed
+    approval would be redeemable again."""
     if approvals is None:
         return []
     found: list[dict[str, Any]] = []
+    stale: list[str] = []
     after: str | None = None
     while True:
         page = approvals.list(None, now, 1000, after)
-        found.extend(to_record(a) for a in page)
-        if len(page) < 1000:
-            return found
+        if not page:  # not a short page: a record that fails its MAC is left out of one
+            break
+        found.extend(to_record(a) for a in page if current(a))
+        stale.extend(a.id for a in page if not current(a))
         after = page[-1].id
+    refuse_unreadable("approval", stale)
+    return found
+
+
+def refuse_unreadable(kind: str, ids: list[str]) -> None:
+    """No archive that leaves out, or carries an older copy of, a record the server refuses:
+    restored, the first would be lost without a word, the second obeyed again."""
+    if ids:
+        named = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+        raise IntegrityError(f"backup refused: {len(ids)} {kind} record(s) fail their integrity "
+                             f"check (edited, or an older copy put back): {named}. The server "
+                             "refuses them too (see its log); nothing was written")
 
 
 def take_archive(store: KeyStore, approvals: ApprovalStore | None, audit: AuditSink,
                  master_key: bytes, key: BackupKey, source: str,
-                 revocations: RevocationSource) -> Written:
+                 revocations: RevocationSource,
+                 current: Callable[[Approval], bool]) -> Written:
     """The archive of everything the stores hold now, the token revocations still in force
     (an expired one is of no use), and the audit head it follows."""
     # The head first: a change the key records below miss then has a seq after it, so the
@@ -106,10 +126,12 @@ def take_archive(store: KeyStore, approvals: ApprovalStore | None, audit: AuditS
     revoked = revocations.entries(now.timestamp())
     codec = RecordCodec(RecordMac.derive(master_key))
     check = store.get_meta(CHECK_VALUE)
-    records = [codec.encode(k).decode("ascii") for k in store.walk()]
+    keys, unreadable = store.readable()
+    refuse_unreadable("key", list(unreadable))
+    records = [codec.encode(k).decode("ascii") for k in keys]
     meta = {name: base64.b64encode(value).decode() for name in CARRIED_META
             if (value := store.get_meta(name)) is not None}
-    approval_records = all_approvals(approvals, now)
+    approval_records = all_approvals(approvals, now, current)
     header = {"created_at": now.isoformat().replace("+00:00", "Z"), "source_store": source,
               "key_count": len(records), "approval_count": len(approval_records),
               "audit_head": {"seq": seq, "hash": head_hash},
@@ -147,15 +169,21 @@ def backup_event(written: Written, path: str) -> AuditEvent:
                       f"{h['audit_head']['seq']}", details=details(written))
 
 
+def refused_event(reason: str) -> AuditEvent:
+    """``system.backup`` refused (offline backup): no archive was written, and why."""
+    return AuditEvent(actor=SYSTEM, role=SYSTEM, action="system.backup", outcome="error",
+                      message=reason, details={"error": IntegrityError.code})
+
+
 def online(store: KeyStore, approvals: ApprovalStore | None, audit: AuditSink,
            master_key: Callable[[], bytes], key: Callable[[], BackupKey], source: str,
-           revocations: RevocationSource
+           revocations: RevocationSource, current: Callable[[Approval], bool]
            ) -> Callable[[], tuple[bytes, dict[str, DetailValue], dict[str, Any]]]:
     """``take`` for the online backup (service/backup.py), over the running server's ports
     (``revocations``: the server's revoked-token list). ``master_key`` is asked at each
     backup: an online rekey changes it while the server runs."""
     def take() -> tuple[bytes, dict[str, DetailValue], dict[str, Any]]:
         written = take_archive(store, approvals, audit, master_key(), key(), source,
-                               revocations)
+                               revocations, current)
         return written.data, details(written), written.header
     return take

@@ -148,7 +148,7 @@ class KeyService:
             if principal is not None and principal.tags is not None:
                 page = self._visible_page(principal, filters, limit, page_token)
             else:
-                page = self.store.list(filters, limit, page_token)  # a bad token: refused
+                page = self.store.checked(self.store.list(filters, limit, page_token))
                 total = self.store.count(filters)
             self.record(ctx, Action.KEY_LIST, "success", f"listed {len(page.keys)} keys")
             return page, total
@@ -164,7 +164,7 @@ class KeyService:
         token = page_token
         size = min(limit + 1, MAX_SCAN_PAGE)  # enough when every key is visible
         while True:  # then pages doubling: one store call a hidden key was slow
-            page = self.store.list(filters, size, token)  # a bad page token: refused
+            page = self.store.checked(self.store.list(filters, size, token))
             size = min(size * 2, MAX_SCAN_PAGE)
             for key in page.keys:
                 if not may_see(principal, key):

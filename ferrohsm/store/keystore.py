@@ -135,6 +135,37 @@ class KeyStore(ABC):
         ``next_page_token`` is None on the last page: stores look one key ahead, so a token never
         leads to an empty page."""
 
+    def checked(self, page: Page) -> Page:
+        """``page`` with every key that is an older copy of its record (``_fresh``) moved to
+        ``unreadable``: a listing, or a backup, must not show a revoked key as active while
+        reading it alone is refused. A key deleted meanwhile is left out."""
+        keys: list[Key] = []
+        stale: list[str] = []
+        for key in page.keys:
+            try:
+                keys.append(key if self._passed.get(key.id) is key else self._fresh(key))
+            except IntegrityError:
+                stale.append(key.id)
+            except NotFound:
+                continue
+        if len(keys) == len(page.keys):
+            return page
+        return Page(tuple(keys), page.next_page_token, tuple(sorted({*page.unreadable, *stale})))
+
+    def readable(self) -> tuple[Sequence[Key], Sequence[str]]:
+        """Every key whose record passes its checks (``checked``), and the ids of those whose
+        record does not: what a backup may carry, and what it must not silently leave out."""
+        keys: list[Key] = []
+        unreadable: list[str] = []
+        token: str | None = None
+        while True:
+            page = self.checked(self.list(KeyFilter(), MAX_PAGE, token))
+            keys += page.keys
+            unreadable += page.unreadable
+            token = page.next_page_token
+            if token is None:
+                return keys, unreadable
+
     def walk(self, filters: KeyFilter | None = None) -> Iterator[Key]:
         """Every key matching ``filters`` (all keys when None), page by page, ascending id: a
         caller never holds more than a page it has not consumed."""

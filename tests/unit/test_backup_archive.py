@@ -163,7 +163,7 @@ def test_the_audit_head_is_read_before_the_key_records(tmp_path: Path) -> None:
     master = secrets.token_bytes(32)
     from ferrohsm.crypto.recordmac import RecordMac
     written = take_archive(ChangedMeanwhile(RecordMac.derive(master)), None, sink, master, BackupKey.derive(master),
-                           "memory", NoRevocations())
+                           "memory", NoRevocations(), lambda _approval: True)
     sink.close()
     assert during and written.header["audit_head"]["seq"] < min(during)
 
