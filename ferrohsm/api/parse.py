@@ -201,6 +201,7 @@ def parse_head(head: bytes, limits: Limits) -> RequestHead:
         _check_host(headers, version)
         chunked = _chunked(headers, version, untyped)
         content_length = 0 if chunked else _content_length(headers, limits, untyped)
+        expect_continue = _expect_continue(headers) and version == "HTTP/1.1"
     except FerroError as exc:  # the head parsed: its refusal is its caller's (the token, ids)
         exc.partial_head = RequestHead(  # type: ignore[attr-defined]
             method=method, target=target, path=path, query_string=query_string,
@@ -216,7 +217,7 @@ def parse_head(head: bytes, limits: Limits) -> RequestHead:
         headers=headers,
         content_length=content_length,
         keep_alive=_keep_alive(headers, version),
-        expect_continue=_expect_continue(headers) and version == "HTTP/1.1",
+        expect_continue=expect_continue,
         chunked=chunked,
     )
 

@@ -350,8 +350,8 @@ class HardenedHTTPServer:
                 conn.deadline = now + self.handshake_timeout
             else:
                 self._to_idle(conn, now)
-        except (OSError, ValueError) as exc:
-            self.log.warning("could not set up a connection from %s: %s", addr[0], exc)
+        except (OSError, ValueError) as exc:  # mostly a peer gone already: counted, not a line
+            self.handshake_failures.failed(conn.peer[0], exc)  # each (a scanner's flood)
             conn.close()
             return
         self._conns[conn] = None

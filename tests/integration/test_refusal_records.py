@@ -473,6 +473,7 @@ def test_absolute_form_and_505_are_logged_and_audited_by_their_path(world: World
 @pytest.mark.parametrize("extra,status", [
     (JSON + b"Content-Length: 99999999\r\n", 413),
     (b"Content-Type: text/plain\r\nContent-Length: 2\r\n", 415),
+    (JSON + b"Content-Length: 2\r\nExpect: nope\r\n", 417),  # was charged to anonymous
 ])
 def test_a_request_refused_while_read_names_its_caller_and_route(
         world: World, extra: bytes, status: int) -> None:
@@ -481,7 +482,7 @@ def test_a_request_refused_while_read_names_its_caller_and_route(
     rid = f"read-refusal-{uuid.uuid4().hex}"
     parent = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     data = wire(b"POST /v1/keys HTTP/1.1", extra + b"X-Correlation-ID: corr-415\r\n"
-                + b"traceparent: " + parent + b"\r\n", b"{}" if status == 415 else b"")
+                + b"traceparent: " + parent + b"\r\n", b"" if status == 413 else b"{}")
     data = data.replace(b"{rid}", rid.encode()).replace(b"{token}", world.srv.token().encode())
     head = raw_head(world.srv, data).lower()
     assert head.startswith(b"http/1.1 %d " % status)

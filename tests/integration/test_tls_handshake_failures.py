@@ -6,9 +6,11 @@ the peer and the reason. Real handshakes against a real server requiring client 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
 import socket
 import ssl
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,9 +112,26 @@ def test_failed_handshakes_are_counted_and_warned_about_once_per_reason(
     assert "BEGIN" not in " ".join(lines)
 
 
+def test_peers_gone_before_the_handshake_are_counted_not_written_a_line_each(
+        server: TlsServer, caplog: pytest.LogCaptureFixture) -> None:
+    """A byte, then a reset (SO_LINGER 0), 60 times: most are gone before the server wraps
+    the socket, which fails then. One warning per connection let anybody flood the log."""
+    with caplog.at_level(logging.WARNING):
+        for _ in range(60):
+            raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            raw.sendall(b"\x16")
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            raw.close()
+        wait_for(lambda: counts(server)["closed"] >= 30, 10, "the resets to be counted")
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert lines == [], lines[:3]
+
+
 def test_classification_of_error_texts() -> None:
     assert classify(ssl.SSLEOFError()) == "closed"
     assert classify(ConnectionResetError()) == "closed"
+    assert classify(ssl.SSLError(errno.ENOTCONN, "Closed before TLS handshake with data in "
+                                 "recv buffer.")) == "closed"  # reset before the wrapper ran
     assert classify(ssl.SSLError("handshake failed: [('SSL routines', '', "
                                  "'peer did not return a certificate')]")) == (
         "client_certificate_required")  # pyOpenSSL's words (stapling mode)
