@@ -447,7 +447,7 @@ def build_runtime(config: Config, secrets: Secrets,
     audit_routes.register(router, AuditLogService(service.guard, audit))
     approval_routes.register(router, service.approvals)
     dashboard_routes.register(router)
-    tokens = TokenService(service.guard, auth)
+    tokens = TokenService(service.guard, auth, audit.anchor_now)
     token_routes.register(router, tokens)
     vault_auth_routes.register(router, tokens)  # Vault's token lookup-self, over whoami
     custody_routes.register(router, service.guard, seal, lambda: {"sealed": False})

@@ -350,6 +350,16 @@ class ChainedSink(Settling, SplitFlush, AuditSink):
             self._checkpointer.taken(checkpoint)
             return checkpoint
 
+    def anchor_now(self) -> None:
+        """A signed checkpoint of every committed record, copied to the witness (if any)
+        before returning. For a change that no stored state is bound to: a token revocation
+        (the deny-list file carries no seq). Without this, a crash soon after one let its
+        record be cut from the log's unchecked tail, and the deny-list emptied, unseen even
+        by a witness (an outside tester); now the cut log ends before a checkpoint."""
+        if self._committed[0] > self._last_checkpoint_seq:
+            self.make_checkpoint()
+        self._checkpointer.publish_now()
+
     def attach_witness(self, witness: Witness) -> None:
         """Copy every checkpoint from now on, starting with the newest, to ``witness``. Called
         once the start-up checks passed, so a log that failed them is never witnessed."""

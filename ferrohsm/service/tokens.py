@@ -3,21 +3,28 @@
 
 The deny-list is keyed by ``jti`` (auth/denylist.py says why never by token text). The entry is
 recorded in the audit log, then persisted, before the answer, and kept for as long as any token
-carrying that ``jti`` could still be accepted, so ``exp`` is optional. Runs inside the guarded
+carrying that ``jti`` could still be accepted, so ``exp`` is optional. Then the log is anchored
+(``anchor``: a signed checkpoint, and its copy to a witness): nothing stored is bound to a
+revocation's record as a key record is to its change's, so only a checkpoint after it shows
+that record cut from the log. Runs inside the guarded
 call: allowed and refused calls leave one audit record each.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from ..auth.denylist import valid_jti
 from ..auth.permissions import Action
-from ..domain.errors import BadRequest
+from ..domain.errors import AuditUnavailable, BadRequest
 from ..domain.model import RequestContext, iso
 from .guard import Guard
+
+log = logging.getLogger("ferrohsm.audit")
 
 
 class Revoker(Protocol):
@@ -34,9 +41,10 @@ MAX_EXP = 253_402_214_399
 
 
 class TokenService:
-    def __init__(self, guard: Guard, revoker: Revoker) -> None:
+    def __init__(self, guard: Guard, revoker: Revoker, anchor: Callable[[], None]) -> None:
         self.guard = guard
         self.revoker = revoker
+        self.anchor = anchor
 
     def revoke(self, ctx: RequestContext, jti: str, exp: int | None = None) -> float:
         """Deny-list ``jti``; the epoch second until which the entry is kept."""
@@ -54,6 +62,11 @@ class TokenService:
             self.guard.record(ctx, Action.TOKEN_REVOKE, "success", f"token {jti} revoked",
                               jti=jti, until=int(until))
             self.revoker.deny(jti, until)
+            try:
+                self.anchor()
+            except AuditUnavailable as exc:  # the revocation stands (recorded, in force)
+                log.warning("token %s revoked, but no checkpoint covers its record yet: %s",
+                            jti, exc.message)
             return until
         return self.guard.run(ctx, Action.TOKEN_REVOKE, work)
 

@@ -387,3 +387,32 @@ def test_missing_check_value_with_keys_refuses_start_up(tmp_path: Path) -> None:
     reason = refused(data, config)
     assert "holds 1 key(s) but no master-key check value" in reason
     assert not check.exists()  # nothing claimed the store
+
+
+def test_a_revocation_cut_after_a_crash_with_its_deny_list_entry_is_caught(
+        tmp_path: Path) -> None:
+    """Nothing stored is bound to a token revocation's record (a key record is bound to its
+    change's), so a crash right after one left it in the unchecked tail: cut, with the
+    deny-list emptied, the revoked token worked again, unseen even by a witness (an outside
+    tester). The revocation's answer now waits for a checkpoint covering it, and its copy."""
+    witness = tmp_path / "elsewhere" / "checkpoints.jsonl"
+    witness.parent.mkdir()
+    data = tmp_path / "data"
+    config = write_config(tmp_path, witness=f"file:{witness}")
+    config.write_text(config.read_text().replace(f"= {INTERVAL}", "= 3600"))  # no time ones
+    proc, exports = serve(data, config)
+    create_keys(exports, 2)
+    status, body = call(exports, "POST", "/v1/tokens/revoke", {"jti": "stolen-ci-token"})
+    assert status == 200, body
+    revoke_seq = max(r["seq"] for r in records(data) if r["action"] == "token.revoke")
+    assert max(c["seq"] for c in local_checkpoints(data)) >= revoke_seq  # before the answer
+    assert max(c["seq"] for c in checkpoints(witness)) >= revoke_seq
+    kill_9(proc)
+    cut_log(data, revoke_seq - 1)  # the revocation and what followed it
+    (data / "revoked-tokens.json").write_text('{"revoked":{},"version":1}')
+    kept = [c for c in local_checkpoints(data) if c["seq"] < revoke_seq]  # a consistent cut
+    (data / "audit" / "checkpoints.jsonl").write_text("".join(json.dumps(c) + "\n"
+                                                              for c in kept))
+    result = verify(data, "--witness", str(witness))
+    assert result.returncode == 1 and ": truncated:" in result.stdout, result.stdout
+    assert "the witness" in refused(data, config)
