@@ -424,14 +424,17 @@ def _agent(req: Request) -> str | None:
     return value.encode("latin-1", "replace").decode("utf-8", "replace")
 
 
+UNCACHED = frozenset({"/healthz", "/readyz", "/metrics"})  # /healthz has details for a token
+
+
 def _dress(req: Request, ctx: RequestContext, resp: Response, parent: Parent | None) -> None:
     """The headers every answer gets, routed or refused while it was read: the caller's
     X-Correlation-ID and traceparent back, the dashboard's hardening or the API's no-store."""
     echo_context_headers(req, ctx, resp, parent)
     if req.path == "/ui" or req.path.startswith("/ui/"):
         harden(resp)  # 429, 405 and 400 are made before the dashboard handler runs
-    elif req.path.startswith("/v1/") and not any(n.lower() == "cache-control"
-                                                 for n, _ in resp.headers):
+    elif (req.path.startswith("/v1/") or req.path in UNCACHED) and not any(
+            n.lower() == "cache-control" for n, _ in resp.headers):
         resp.headers.append(("Cache-Control", "no-store"))
 
 

@@ -50,7 +50,8 @@ TOKEN_IN = {"type": "string",
                            "(or vault:v…, the same token as the transit API spells it)"}
 # Text the server keeps in records (reasons, comments, jti): model.PLAIN_TEXT_PATTERN.
 PLAIN_TEXT = {"type": "string", "pattern": f"^{PLAIN_TEXT_PATTERN}$",
-              "description": "no control, line-separator or bidi-override characters"}
+              "description": "no control, line-separator, bidi-override or invisible "
+                             "characters (tag characters U+E0000-E007F included)"}
 INT = {"type": "integer"}
 VERSION = {"type": "integer", "minimum": 1, "maximum": MAX_VERSION}
 TIME = {"type": "string", "format": "date-time"}
@@ -72,7 +73,8 @@ DIGEST = {"type": "string", "contentEncoding": "base64",
 NULLABLE_STRING = {"type": ["string", "null"]}
 DESCRIPTION = {"type": "string", "maxLength": 1024, "pattern": f"^{NEW_DESCRIPTION_PATTERN}$",
                "description": "no control characters other than tab and newline, no "
-                              "bidirectional formatting characters"}
+                              "bidirectional formatting or invisible characters (tag "
+                              "characters U+E0000-E007F included)"}
 UUID = {"type": "string", "format": "uuid", "pattern": f"^{UUID_PATTERN}$"}
 NAME = {"type": "string", "maxLength": MAX_NAME, "pattern": f"^{NEW_NAME_PATTERN}$",
         "not": {"pattern": "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-"

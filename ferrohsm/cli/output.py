@@ -113,10 +113,14 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], colour: bool = 
 
 
 def fields(pairs: Iterable[tuple[str, str]]) -> str:
-    """``Label   value`` lines with the values aligned."""
+    """``Label   value`` lines with the values aligned. A value of several lines (a description)
+    continues indented under itself: only a label starts a line, so a description cannot
+    pass for the fields, versions or history after it (an outside tester's fake ones did)."""
     pairs = list(pairs)
     width = max(len(label) for label, _ in pairs)
-    return "\n".join(f"{label.ljust(width)}  {value}" for label, value in pairs)
+    indent = "\n" + " " * (width + 2)
+    return "\n".join(f"{label.ljust(width)}  {indent.join(str(value).splitlines() or [''])}"
+                     for label, value in pairs)
 
 
 # ---- keys -----------------------------------------------------------------------------------
@@ -366,9 +370,15 @@ def field_text(document: Any, path: str) -> str:
     if not items:
         return ""  # nothing matched: nothing to print, whatever the name (exit 0)
     try:
-        return "\n".join(_field_value(_lookup(item, path)) for item in items)
+        return "\n".join(_line(_lookup(item, path)) for item in items)
     except FieldMissing:
         raise FieldMissing(path, document, name) from None
+
+
+def _line(value: Any) -> str:
+    """One item's value in a list's --field: on one line whatever its text holds (tabs and
+    newlines escaped, as --output text does), so a `while read` loop sees one item a line."""
+    return _cell(value) if isinstance(value, str) else _field_value(value)
 
 
 def _field_value(value: Any) -> str:

@@ -152,7 +152,11 @@ def request_hash(action: str, key_id: str, args: dict[str, Any], salt: bytes) ->
     return hashlib.sha256(HASH_DOMAIN + salt + canonical_request(action, key_id, args)).hexdigest()
 
 
-SHOWN_TEXT = 1024  # characters of a reason or description an approver sees: all of them
+# Characters of a reason's or description's repr an approver sees: all of them for any text the
+# API takes (at most 1,024 characters, each at most 10 in Python's repr: "\U0010fffe"). A cut
+# at 1,024 characters of the repr let 500 tabs (two characters each) hide the end of a
+# 578-character description from the approvers (an outside tester).
+SHOWN_TEXT = 10_250
 MAX_DIGEST = 64  # a signed digest is shown in hex (SHA-512's is the longest): not a secret
 
 

@@ -39,21 +39,27 @@ TAG_RE = re.compile(TAG_PATTERN)
 # schema's pattern: JSON Schema's regex dialect reads surrogate escapes its own way.)
 _NOT_PLAIN = (r"\x00-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f"
               r"\ufeff\ufff9-\ufffb")
+# Tag characters (U+E0000-E007F) are invisible and can carry a hidden text: refused wherever
+# the two kinds of text below are checked (not in the API schema's patterns either, for the
+# same reason as surrogates: outside the Basic Multilingual Plane, the dialects part ways).
+_INVISIBLE_TAGS = "\U000e0000-\U000e007f"
 PLAIN_TEXT_PATTERN = rf"[^{_NOT_PLAIN}]*"
-PLAIN_TEXT_RE = re.compile(rf"[^{_NOT_PLAIN}\ud800-\udfff]*")
+PLAIN_TEXT_RE = re.compile(rf"[^{_NOT_PLAIN}\ud800-\udfff{_INVISIBLE_TAGS}]*")
 # Descriptions: no control characters other than tab and newline.
 DESCRIPTION_PATTERN = r"[^\x00-\x08\x0b-\x1f\x7f]*"
 DESCRIPTION_RE = re.compile(DESCRIPTION_PATTERN)
 # A description given now (create, update, import) has no C1 controls and no bidirectional
 # marks, embeddings, overrides or isolates either: "evil\u202etxt.exe" would show one key's
 # description as another text in the dashboard and the CLI. Nor invisible characters that make
-# two texts look the same ("a\u200bb" shows as "ab": zero-width space, word joiner, BOM) or
-# break a line where a reader sees none (line and paragraph separators). Stored keys keep
-# DESCRIPTION_RE, so a description written before this rule still loads. Joiners (U+200C,
-# U+200D) stay: emoji sequences and some scripts need them.
-NEW_DESCRIPTION_PATTERN = (r"[^\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e"
-                           r"\u2060\u2066-\u2069\ufeff]*")
-NEW_DESCRIPTION_RE = re.compile(NEW_DESCRIPTION_PATTERN)
+# two texts look the same ("a\u200bb" shows as "ab": zero-width space, word joiner, invisible
+# operators, soft hyphen, BOM, interlinear annotation marks, tag characters) or break a line
+# where a reader sees none (line and paragraph separators). Stored keys keep DESCRIPTION_RE,
+# so a description written before this rule still loads. Joiners (U+200C, U+200D) stay: emoji
+# sequences and some scripts need them.
+_NOT_IN_NEW_DESCRIPTION = (r"\x00-\x08\x0b-\x1f\x7f-\x9f\xad\u061c\u180e\u200b\u200e\u200f"
+                           r"\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb")
+NEW_DESCRIPTION_PATTERN = rf"[^{_NOT_IN_NEW_DESCRIPTION}]*"
+NEW_DESCRIPTION_RE = re.compile(rf"[^{_NOT_IN_NEW_DESCRIPTION}{_INVISIBLE_TAGS}]*")
 # A page token (store/keystore.py): "k1." and the id of the last item of the previous page.
 PAGE_TOKEN_PATTERN = r"k1\." + UUID_PATTERN
 MAX_TAGS = 32

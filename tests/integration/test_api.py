@@ -395,7 +395,8 @@ def test_lone_surrogate_in_description_is_400_and_creates_nothing(srv: LiveServe
 
 @pytest.mark.parametrize("text", ["evil\u202etxt.exe", "a\u2066b", "x\u200fy", "c1\x85",
                                   "a\u200bb", "line\u2028sep", "para\u2029sep", "\ufeffbom",
-                                  "w\u2060j"])
+                                  "w\u2060j", "al\u2062ice", "soft\xadhyphen", "m\u180en",
+                                  "ann\ufff9otation", "tag\U000e0041hidden", "d\u206a"])
 def test_a_description_that_would_display_as_other_text_is_400(srv: LiveServer,
                                                                text: str) -> None:
     status, _, err = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm",

@@ -1170,6 +1170,30 @@ def test_a_long_key_name_wraps_and_its_destroy_dialog_stays_usable(
     b.click("dialog[open] .dialog-actions button:not([data-confirm])")  # Cancel
 
 
+def test_a_long_request_summary_wraps_and_keeps_the_approve_buttons_in_sight(
+        server: LiveServer, browser: Browser) -> None:
+    """A parked description of one unbroken 1,000-character word made the request column wider
+    than the page: every row's Approve and Deny went behind a scroll bar (an outside tester)."""
+    key = create_key(server, algorithm="aes-256-gcm", usage="encrypt", name="wide-summary",
+                     tags=["pci"])
+    status, _, parked = server.call("PATCH", f"/v1/keys/{key['id']}",
+                                    {"description": "x" * 1000},
+                                    token=server.token("administrator", "alice"))
+    assert status == 202, parked
+    b = browser
+    sign_in(b, server, server.token("operator", "olivia"))
+    b.find("#key-table")
+    b.go(f"{origin(server)}/ui/#/approvals?state=pending")
+    row = f'#approval-table tr[data-approval-id="{parked["approval"]["id"]}"]'
+    b.wait_text(row, "wide-summary")
+    scroll, client = b.js("return [document.documentElement.scrollWidth, "
+                          "document.documentElement.clientWidth]")
+    assert scroll <= client, f"the approvals page is {scroll} px wide in a {client} px window"
+    assert b.js(f"const r = document.querySelector('{row} button[data-decide=approve]')"
+                ".getBoundingClientRect(); return r.right <= window.innerWidth")
+    b.screenshot("28-long-request-summary")
+
+
 def test_no_console_errors_or_csp_violations(browser: Browser) -> None:
     """Runs last: every page above loaded under the strict CSP without a script error. The only
     expected noise is the network log line for GET /v1/approvals answering 404 (not wired yet)."""

@@ -73,6 +73,10 @@ def test_root_redirects_to_the_dashboard_and_every_answer_has_hsts(tmp_path: Pat
             status, headers, _ = srv.call("GET", path, role=None)
             assert status == expected, path
             assert headers["strict-transport-security"] == HSTS, path
+        for path, role in (("/healthz", None), ("/healthz", "auditor"), ("/readyz", None),
+                           ("/metrics", None)):  # /healthz's details for a token: not cached
+            status, headers, _ = srv.call("GET", path, role=role)
+            assert headers.get("cache-control") == "no-store", (path, role, headers)
         status, headers, _ = srv.call("DELETE", "/", role=None)
         assert status == 405 and headers["strict-transport-security"] == HSTS
         status, headers, _ = srv.call("GET", "/", role=None, headers={"X-Big": "x" * 40000})

@@ -526,8 +526,15 @@ def test_an_approver_sees_a_whole_description_and_a_cut_is_said() -> None:
     hidden = harmless + "HIDDEN PART: decommissioned, safe to destroy"
     text = apv.summarize({"description": hidden})
     assert text == f"description: {hidden!r}"
-    longer = apv.summarize({"description": "x" * 2000, "versions": list(range(100))})
-    assert "… (cut: 2002 characters in all)" in longer
+    longer = apv.summarize({"description": "x" * 20_000, "versions": list(range(100))})
+    assert "… (cut: 20002 characters in all)" in longer
+    # escapes never push the end of a text the API takes out of sight: 500 tabs are 1,000
+    # characters of repr (a cut after 1,024 of them hid what followed), unassigned code
+    # points 10 each
+    for padding in ("\t" * 500, "\U0010fffe" * 1000):
+        tail = "New owner: mallory"
+        shown = apv.summarize({"description": "Routine owner update." + padding + tail})
+        assert "(cut: " not in shown and shown.endswith(f"{tail}'"), shown[-60:]
     assert "versions: [0, 1, 2" in longer and "(cut: " in longer.split("versions: ")[1]
 
 

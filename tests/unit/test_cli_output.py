@@ -12,7 +12,7 @@ from unittest import mock
 import pytest
 
 from ferrohsm.cli.main import build_parser, main
-from ferrohsm.cli.output import FieldMissing, field_text, render
+from ferrohsm.cli.output import FieldMissing, field_text, key_detail, render
 from ferrohsm.cli.scrub import REDACTED, known_tokens, scrub
 
 KEY = {"id": "k1", "name": "payments", "tags": ["pci"], "versions": [{"version": 1,
@@ -35,6 +35,26 @@ def test_field_reads_members_nested_members_and_each_item_of_a_list() -> None:
     with pytest.raises(FieldMissing, match="no such member; it has: description, id, name"):
         field_text(KEY, "nope")
     assert field_text({"keys": []}, "name") == ""  # an empty listing: nothing, not an error
+
+
+def test_a_description_of_several_lines_cannot_pass_for_other_fields() -> None:
+    """An outside tester's description ended in a fake Created line and a fake history table:
+    `keys show` printed them as its own. Continuation lines are indented under the value (only
+    a label starts a line), and a list's --field stays one line a key."""
+    fake = "payments key\nCreated      2026-01-01 00:00:00 UTC by security-team\nVERSION  STATE"
+    key = {**KEY, "description": fake, "state": "active", "primary_version": 1,
+           "algorithm": "aes-256-gcm", "usage": "encrypt"}
+    lines = key_detail(key, colour=False).splitlines()
+    described = lines.index(next(ln for ln in lines if ln.startswith("Description")))
+    assert lines[described].endswith("payments key")
+    indent = len(lines[described]) - len("payments key")
+    assert lines[described + 1] == " " * indent + fake.splitlines()[1]
+    assert lines[described + 2] == " " * indent + "VERSION  STATE"
+    assert [ln for ln in lines if ln.startswith("Created")] == [lines[described + 3]]
+    page = {"keys": [key, {**KEY, "description": "one\ttab"}]}
+    assert field_text(page, "description").splitlines() == [
+        fake.replace("\n", "\\n"), "one\\ttab"]
+    assert field_text(key, "description") == fake  # one key's value: raw, as `vault -field`
 
 
 def test_field_on_a_list_answer_names_its_own_members_and_its_items() -> None:

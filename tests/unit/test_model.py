@@ -139,7 +139,8 @@ def test_a_new_name_must_be_usable_in_a_path() -> None:
 
 
 @pytest.mark.parametrize("text", ["a\nb", "\x85", "\u202e", "\u200b", "\u2028", "\ufeff", "\x7f",
-                                  "\u061c", "x" * 257])
+                                  "\u061c", "x" * 257, "al\u2062ice", "\xad",
+                                  "tag\U000e0041hidden"])
 def test_plain_text_refuses_controls_separators_and_bidi(text: str) -> None:
     with pytest.raises(BadRequest):
         plain_text(text, "reason", 256)

@@ -115,7 +115,7 @@ function table(items, reload, marked = "") {
     return h("tr", { dataset: { approvalId: a.id }, class: a.id === marked ? "marked" : null,
       "aria-current": a.id === marked ? "true" : null },
       h("td", null, h("span", { class: "what" }, ...target(a)),
-        a.summary && h("div", { class: "small" }, a.summary),
+        a.summary && h("div", { class: "small request-summary" }, a.summary),
         h("div", { class: "mono small muted" }, `request ${a.id}`)),
       h("td", null, a.requested_by ?? h("span", { class: "muted" }, "—"),
         a.created_at && h("div", { class: "small muted" }, timeEl(a.created_at))),

@@ -1,12 +1,12 @@
 // An approval's arguments, read back from its summary (ferrohsm/domain/approval.py summarize):
 // "name: value" parts joined by ", ", names sorted; a reason or description as Python's repr of
-// the string, cut after 1024 characters with "… (cut: N characters in all)"; other values as
+// the string, cut after 10,250 characters with "… (cut: N characters in all)"; other values as
 // plain text ("version: 2", "data: 32 bytes"). The dashboard needs them to prefill what was
 // approved and to tell whether a request repeats the approved one (only then does it send the
 // approval's id): the approval object carries no other view of its arguments.
 
 const CUT = /^… \(cut: \d+ characters in all\)/u;
-const SHOWN = 1024; // approval.py SHOWN_TEXT: characters of the repr shown before a cut
+const SHOWN = 10250; // approval.py SHOWN_TEXT: characters of the repr shown before a cut
 const NAME = /^([a-z_]+): /;
 const ESCAPES = { "\\": "\\", "'": "'", '"': '"', n: "\n", r: "\r", t: "\t" };
 const HEX = { x: 2, u: 4, U: 8 };
