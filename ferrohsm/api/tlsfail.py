@@ -8,8 +8,8 @@ names the peer's address, the reason and OpenSSL's short verdict (never certific
 A peer that closes mid-handshake (a TCP health check, a port scan) is counted as ``closed``
 but not logged: load balancers do it every few seconds. So is one gone before the handshake
 began (a reset after sending a byte fails the TLS wrapper itself: "Closed before TLS handshake",
-ENOTCONN); an outside tester's 2,000 such connections once wrote a warning each. The handshake path pays one dict
-lookup and one counter increment per failure, nothing per success.
+ENOTCONN); an outside tester's 2,000 such connections once wrote a warning each. The
+handshake path pays one dict lookup and one counter increment per failure, nothing per success.
 """
 
 from __future__ import annotations

@@ -38,14 +38,12 @@ to store a batch of lines durably (``_persist``) and undo a partial one:
   wrote means the storage was cut or rolled back, and the sink fails closed), seals its
   records, makes them durable and releases. When nobody else wrote, the check costs one or two
   system calls (file) or one indexed query inside the transaction it needs anyway (SQL).
-  ``catch_up()`` does the same without writing, for readers (export through any node) and
-  start-up checks that compare the head with checkpoints other writers signed.
+  ``catch_up()`` does the same without writing (readers; start-up checks against checkpoints).
 * Signed checkpoints (``anchor.Anchor``) are taken every ``anchor_every`` records (by the
-  group-commit leader, as before), every ``checkpoint_interval`` seconds while records flow (by
-  the checkpoint thread of checkpointer.py, off the request path), at open when the head moved
-  since the last one, on demand and at close; they are checked at open so a log shorter than its
-  last checkpoint refuses to start. ``attach_witness`` also copies them outside the data
-  directory (witness.py). Checkpoints have their own lock: signing one never holds up a writer.
+  group-commit leader), every ``checkpoint_interval`` seconds while records flow (checkpointer.py,
+  off the request path), at open when the head moved, on demand (``anchor_now``) and at close;
+  a log shorter than its last checkpoint refuses to start. ``attach_witness`` also copies them
+  outside the data directory (witness.py). They have their own lock: never held by a writer.
 """
 
 from __future__ import annotations
@@ -351,11 +349,8 @@ class ChainedSink(Settling, SplitFlush, AuditSink):
             return checkpoint
 
     def anchor_now(self) -> None:
-        """A signed checkpoint of every committed record, copied to the witness (if any)
-        before returning. For a change that no stored state is bound to: a token revocation
-        (the deny-list file carries no seq). Without this, a crash soon after one let its
-        record be cut from the log's unchecked tail, and the deny-list emptied, unseen even
-        by a witness (an outside tester); now the cut log ends before a checkpoint."""
+        """A signed checkpoint of every committed record, copied to the witness before
+        returning (service/tokens.py: a record that no stored state is bound to)."""
         if self._committed[0] > self._last_checkpoint_seq:
             self.make_checkpoint()
         self._checkpointer.publish_now()
