@@ -115,6 +115,9 @@ def unwrap(private_der: bytes, wrapping_algorithm: str, wrapped: bytes) -> bytes
         raise CryptoFailure(_UNWRAP_FAILED) from None
 
 
+MIN_RSA_EXPONENT = 65537  # FIPS 186-5 / SP 800-56B: 2^16 < e < 2^256, odd
+
+
 def normalize(algorithm: str, material: bytes) -> bytes:
     """``material`` checked to be a key of ``algorithm`` (size, curve, well-formed), in the form
     ``ops.load`` parses; BadRequest saying what was expected, never what was found inside."""
@@ -123,6 +126,9 @@ def normalize(algorithm: str, material: bytes) -> bytes:
         if len(material) != algo.key_bits // 8:
             raise BadRequest(f"{algo.name} key material must be exactly {algo.key_bits // 8} "
                              f"raw bytes; the unwrapped material has {len(material)}")
+        if len(set(material)) == 1:  # all zero (an unset buffer), all 0xFF: anyone can guess it
+            raise BadRequest(f"the unwrapped {algo.name} key is one byte repeated, not a key: "
+                             "make key material with a cryptographic random generator")
         return material
     private = _private_key(algo, material)
     return private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
@@ -142,6 +148,10 @@ def _private_key(algo: Algorithm, material: bytes) -> rsa.RSAPrivateKey | ec.Ell
         if private.key_size != algo.key_bits:
             raise BadRequest(f"the unwrapped RSA key has {private.key_size} bits; {algo.name} "
                              f"needs {algo.key_bits}")
+        exponent = private.public_key().public_numbers().e
+        if exponent < MIN_RSA_EXPONENT or exponent >= 1 << 256 or exponent % 2 == 0:
+            raise BadRequest("the unwrapped RSA key's public exponent is outside what FIPS "
+                             "186-5 allows (odd, 65537 to 2^256): make the key with e = 65537")
         return private
     if not isinstance(private, ec.EllipticCurvePrivateKey):
         raise BadRequest(f"the unwrapped material is not an EC key; expected {expected}")

@@ -139,7 +139,11 @@ def test_material_is_checked_against_the_declared_algorithm() -> None:
                 ("ec-p256", der(rsa2048), "not an EC key"),
                 ("aes-256-gcm", der(p256), "exactly 32 raw bytes"),
                 ("ec-p256", os.urandom(32), "not an unencrypted PKCS#8 DER ec-p256"),
-                ("ec-p256", der(p256)[:-3], "not an unencrypted PKCS#8 DER ec-p256")]
+                ("ec-p256", der(p256)[:-3], "not an unencrypted PKCS#8 DER ec-p256"),
+                # weak material an outside tester imported: guessable, or a small exponent
+                ("aes-256-gcm", bytes(32), "one byte repeated, not a key"),
+                ("aes-256-gcm", b"\xff" * 32, "one byte repeated, not a key"),
+                ("rsa-2048", der(rsa.generate_private_key(3, 2048)), "public exponent")]
     for algorithm, material, says in refusals:
         with pytest.raises(BadRequest) as caught:
             iw.normalize(algorithm, material)
