@@ -7,11 +7,14 @@ so a pipeline may copy the two files, client.py and this one.
 from __future__ import annotations
 
 import email.utils
+import errno
 import http.client
 import math
+import os
 import select
 import socket
 import ssl
+import stat
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -118,22 +121,80 @@ def error_class(code: str, status: int) -> type[ApiError]:
 def tls_context(ca_cert: str | None = None, client_cert: str | None = None,
                 client_key: str | None = None) -> ssl.SSLContext:
     """TLS 1.3 only, server verified (hostname included) against ``ca_cert`` or the system store."""
+    if client_key and not client_cert:  # it was ignored: the call went out without mutual TLS
+        raise ClientError(f"a client key ({client_key}) without its certificate: give the "
+                          "client certificate too (--client-cert, FERROHSM_CLIENT_CERT), or "
+                          "neither")
     try:
-        context = ssl.create_default_context(cafile=ca_cert)
-    except (OSError, ssl.SSLError) as exc:
+        pem = _piped(ca_cert) if ca_cert else None  # --ca-cert <(…): read here, with a deadline
+        context = ssl.create_default_context(cafile=ca_cert if pem is None else None,
+                                             cadata=pem)
+    except (OSError, ssl.SSLError, UnicodeDecodeError) as exc:
         raise ClientError(f"cannot load the CA certificate {ca_cert}: "
                           f"{_pem_problem(exc, 'a PEM CA certificate')}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.check_hostname = True
     if client_cert:
-        try:
-            context.load_cert_chain(client_cert, client_key or None)
-        except (OSError, ssl.SSLError) as exc:
-            pair = f" and key {client_key}" if client_key else ""
-            raise ClientError(f"cannot load the client certificate {client_cert}{pair}: "
-                              f"{_pem_problem(exc, 'a PEM certificate with its private key')}"
-                              ) from None
+        _load_pair(context, client_cert, client_key or None)
     return context
+
+
+PIPE_WAIT = 10.0  # seconds a CA certificate given as a FIFO may take to arrive
+MAX_PIPED = 1 << 20
+
+
+def _piped(path: str) -> str | None:
+    """The text of ``path`` when it is a FIFO (process substitution, /dev/stdin), read here
+    with a deadline: OpenSSL's own open of one that no writer opens waits for ever. None for
+    anything else (OpenSSL reads it). OSError(ENODATA) when nothing comes in time."""
+    try:
+        if not stat.S_ISFIFO(os.stat(path).st_mode):
+            return None
+    except OSError:
+        return None  # OpenSSL names the problem
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + PIPE_WAIT
+    try:
+        while sum(map(len, chunks)) <= MAX_PIPED:
+            if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                raise OSError(errno.ENODATA, f"a FIFO nothing was written to within "
+                                              f"{PIPE_WAIT:.0f} s")
+            chunk = os.read(fd, 65536)
+            if not chunk:  # every writer closed: all of it
+                return b"".join(chunks).decode("ascii")
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    raise OSError(errno.EFBIG, "larger than 1 MiB")
+
+
+def _load_pair(context: ssl.SSLContext, client_cert: str, client_key: str | None) -> None:
+    """The client certificate and key: regular files (a FIFO would hang OpenSSL's open), the
+    key unencrypted (OpenSSL would prompt for a pass phrase, twice, and fail on no terminal)."""
+    pair = f" and key {client_key}" if client_key else ""
+    asked: list[bool] = []
+
+    def no_pass_phrase() -> bytes:
+        asked.append(True)
+        return b""
+
+    for path in (client_cert, client_key):
+        try:
+            regular = path is None or stat.S_ISREG(os.stat(path).st_mode)
+        except OSError:
+            continue  # OpenSSL names the problem
+        if not regular:
+            raise ClientError(f"cannot load the client certificate {client_cert}{pair}: "
+                              f"{path} is not a regular file")
+    try:
+        context.load_cert_chain(client_cert, client_key, password=no_pass_phrase)
+    except (OSError, ssl.SSLError) as exc:
+        why = ("the private key is encrypted: give an unencrypted one (openssl pkey -in KEY "
+               "-out KEY.plain)" if asked else
+               _pem_problem(exc, 'a PEM certificate with its private key'))
+        raise ClientError(f"cannot load the client certificate {client_cert}{pair}: "
+                          f"{why}") from None
 
 
 def _pem_problem(exc: BaseException, wanted: str) -> str:

@@ -166,8 +166,8 @@ def public_key(kid: str, alg: str, material: Any, where: str) -> VerificationKey
 def read_small_file(path: str, where: str) -> bytes:
     """A bounded read of a regular file nobody but its owner may change: whoever can write a
     keyset file can mint any token, so a group- or world-writable one is refused."""
-    try:
-        with open(path, "rb") as fh:
+    try:  # O_NONBLOCK: a FIFO is opened without waiting for a writer, then refused below
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as fh:
             info = os.fstat(fh.fileno())
             if not stat.S_ISREG(info.st_mode) or info.st_mode & 0o022:
                 raise KeysetError(f"{where}: {path} must be a regular file that only its owner "

@@ -295,10 +295,18 @@ _CONVERTERS: tuple[tuple[tuple[Any, ...], Callable[[Any], object]], ...] = (
 TEXT_ORIGINS = ("environment ", "flag ")
 
 
+def _has_nul(value: Any) -> bool:
+    items = value if isinstance(value, list) else [value]
+    return any(isinstance(item, str) and "\0" in item for item in items)
+
+
 def _coerce(value: Any, kind: Any, where: str, text: bool = True) -> Any:
     """Convert a TOML/env/flag value to the field's type, or say exactly which setting is wrong;
     a string is read as a number or boolean only when ``text`` (environment and flags). A list
     setting still takes "a, b" from a file, as it always did."""
+    if _has_nul(value):  # else a ValueError from open() later: a vague exit, no setting named
+        raise ConfigError(f"{where}: a NUL character (\\0) is in the value: no path, name or "
+                          "address holds one")
     for kinds, convert in _CONVERTERS:
         if kind in kinds:
             textual = isinstance(value, str) and convert in (_to_bool, _to_int, _to_float)

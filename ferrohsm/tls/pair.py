@@ -153,7 +153,7 @@ def _whole(cert_file: StrPath, cert_pem: bytes, chain: tuple[x509.Certificate, .
 
 def _read(path: StrPath) -> bytes:
     try:
-        return read_at_most(path, PEM_LIMIT)
+        return read_at_most(path, PEM_LIMIT, regular=True)  # a FIFO would hang start or reload
     except OSError as exc:
         raise PairRefused("unreadable", f"cannot read {path}: "
                           f"{exc.strerror or type(exc).__name__}") from None

@@ -66,6 +66,9 @@ class ClientTrust:
         would not load them or a CRL is not from a CA of the bundle."""
         if self.client_ca is None:
             return
+        _read(Path(self.client_ca), "tls.client_ca")  # a regular file (OpenSSL would wait on a FIFO)
+        if self.client_crl is not None:
+            _read(Path(self.client_crl), "tls.client_crl")
         try:
             ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=self.client_ca)
         except (OSError, ssl.SSLError) as exc:
@@ -106,7 +109,7 @@ class ClientTrust:
 
 def _read(path: Path, setting: str | None = None) -> bytes:
     try:
-        return read_at_most(path, PEM_LIMIT)
+        return read_at_most(path, PEM_LIMIT, regular=True)  # a FIFO would hang start or reload
     except OSError as exc:
         raise PairRefused("unreadable", f"cannot read {path}: "
                           f"{exc.strerror or type(exc).__name__}", setting) from None

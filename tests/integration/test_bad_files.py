@@ -12,6 +12,7 @@ MemoryError instead of taking the machine's memory.
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
@@ -104,3 +105,59 @@ def test_a_new_master_key_file_in_a_missing_directory_changes_nothing(tmp_path: 
     again = run(home, "rekey", "--config", str(home.config), "--new-master-key-file",
                 str(tmp_path / "new.key"))
     assert again.returncode == 0, again.stderr
+
+
+def _with(text: str, table: str, line: str) -> str:
+    return text.replace(f"[{table}]\n", f"[{table}]\n{line}\n") if f"[{table}]\n" in text \
+        else f"{text}[{table}]\n{line}\n"
+
+
+def test_a_fifo_or_a_nul_in_a_setting_stops_start_up_at_once_with_its_name(
+        tmp_path: Path) -> None:
+    """A FIFO nobody writes to hung start-up (and a TLS or keyset reload, for good: an outside
+    tester), as OpenSSL's and Python's open wait for a writer; a NUL in a path ended in
+    "unexpected ValueError"."""
+    home = Home(tmp_path, shamir=False)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    text = home.config.read_text()
+    for table, line in (("tls", f'cert = "{fifo}"'), ("tls", f'client_ca = "{fifo}"'),
+                        ("auth", f'jwks_file = "{fifo}"')):
+        config = tmp_path / "fifo.toml"
+        config.write_text(_with(text, table, line) if "cert =" not in line
+                          else text.replace(text[text.index("cert = "):].split("\n")[0], line))
+        out = run(home, "serve", "--config", str(config))
+        assert out.returncode == 2 and "regular file" in out.stderr, (line, out.stderr)
+    config = tmp_path / "nul.toml"
+    config.write_text(_with(text, "tls", 'client_ca = "/tmp/a\\u0000b"'))
+    out = run(home, "serve", "--config", str(config))
+    assert out.returncode == 2 and "[tls].client_ca: a NUL character" in out.stderr, out.stderr
+
+
+def test_the_clis_tls_files_refuse_what_would_hang_or_be_ignored(tmp_path: Path) -> None:
+    """--ca-cert from a FIFO (process substitution) is read with a deadline; a client key
+    without its certificate, a certificate that is a FIFO and an encrypted key are each a
+    one-line refusal (the key was ignored; OpenSSL hung, or asked for a pass phrase twice)."""
+    home = Home(tmp_path, shamir=False)
+    client = {"FERROHSM_URL": "https://127.0.0.1:9", "FERROHSM_TOKEN": "x" * 40}
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    ca = Path(home.ca).read_bytes()
+    writer = subprocess.Popen(["sh", "-c", f'cat "{home.ca}" > "{fifo}"'])
+    piped = run(home, "whoami", "--ca-cert", str(fifo), **client)
+    writer.wait(10)
+    assert piped.returncode != 0 and "CA certificate" not in piped.stderr, piped.stderr
+    assert ca  # the FIFO's CA loaded: the failure is the unreachable server's
+    key = tmp_path / "key.pem"
+    key.write_bytes(subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                                    "ec_paramgen_curve:P-256", "-aes256", "-pass", "pass:x"],
+                                   capture_output=True, check=True).stdout)
+    cert = tmp_path / "cert.pem"
+    cert.write_bytes(Path(home.ca).read_bytes())
+    cases = ((["--client-key", str(key)], "without its certificate"),
+             (["--client-cert", str(fifo), "--client-key", str(key)], "not a regular file"),
+             (["--client-cert", str(cert), "--client-key", str(key)], "private key is encrypted"))
+    for flags, says in cases:
+        out = run(home, "whoami", *flags, **client)
+        assert out.returncode == 2 and says in out.stderr, (flags, out.stderr)
+        assert "pass phrase" not in out.stderr.lower()

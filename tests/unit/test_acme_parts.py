@@ -156,6 +156,37 @@ def test_an_unreachable_ca_is_an_acme_error_not_a_traceback(tmp_path: Path) -> N
         AcmeClient("http://127.0.0.1/dir").directory()  # ACME is https only
 
 
+def test_an_endless_answer_is_cut_at_its_cap_not_read_into_memory(tmp_path: Path) -> None:
+    """A CA (or what answers in its place) streaming for ever took 2.3 GB in 5 s."""
+    pki = make_dev_pki(tmp_path / "pki")
+    context = server_context(pki.server_cert, pki.server_key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    sent = [0]
+
+    def serve() -> None:
+        sock, _ = listener.accept()
+        try:
+            with context.wrap_socket(sock, server_side=True) as tls:
+                tls.recv(65536)
+                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
+                while sent[0] < 64 << 20:
+                    tls.sendall(b" " * 65536)
+                    sent[0] += 65536
+        except OSError:
+            pass  # the client hung up: what it should do
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = AcmeClient(f"https://127.0.0.1:{listener.getsockname()[1]}/dir",
+                        ca_bundle=str(pki.ca_cert))
+    with pytest.raises(AcmeError) as caught:
+        client.directory()
+    assert caught.value.problem == "malformedResponse" and "larger than 1 MiB" in str(caught.value)
+    thread.join(10)
+    listener.close()
+    assert sent[0] < 16 << 20, sent[0]
+
+
 # ------------------------------------------------------------------ cache
 
 
@@ -165,10 +196,12 @@ def test_one_account_key_generated_once_0600_and_a_corrupt_one_refused(tmp_path:
     first = cache.account_key()
     assert (tmp_path / "acme" / "account-key.pem").stat().st_mode & 0o777 == 0o600
     assert AcmeCache(tmp_path / "acme").account_key().jwk() == first.jwk()
-    cache.save_account_url("https://a/dir", "https://a/acct/1")
-    cache.save_account_url("https://b/dir", "https://b/acct/9")
-    assert cache.account_url("https://a/dir") == "https://a/acct/1"
-    assert cache.account_url("https://b/dir") == "https://b/acct/9"
+    key, other = AccountKey.generate(), AccountKey.generate()
+    cache.save_account_url("https://a/dir", "https://a/acct/1", key)
+    cache.save_account_url("https://b/dir", "https://b/acct/9", key)
+    assert cache.account_url("https://a/dir", key) == "https://a/acct/1"
+    assert cache.account_url("https://b/dir", key) == "https://b/acct/9"
+    assert cache.account_url("https://a/dir", other) is None  # a new key: a new account
     (tmp_path / "acme" / "account-key.pem").write_bytes(b"garbage")
     with pytest.raises(ConfigError, match="registers a new account"):
         cache.account_key()

@@ -132,12 +132,17 @@ class AcmeCache:
             return {}
         return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
-    def account_url(self, directory_url: str) -> str | None:
-        return self._accounts().get(directory_url)
+    def account_url(self, directory_url: str, key: AccountKey) -> str | None:
+        """The account this key has at this CA. Stored by CA and key (its thumbprint): a new
+        key (the old one deleted as advised, or replaced) used to sign for the old key's
+        account, which the CA refuses for ever (an outside tester); now it registers anew.
+        Entries of older builds (by CA only) are not used: newAccount with the same key
+        answers the same account."""
+        return self._accounts().get(f"{directory_url}#{key.thumbprint()}")
 
-    def save_account_url(self, directory_url: str, account_url: str) -> None:
+    def save_account_url(self, directory_url: str, account_url: str, key: AccountKey) -> None:
         accounts = self._accounts()
-        accounts[directory_url] = account_url
+        accounts[f"{directory_url}#{key.thumbprint()}"] = account_url
         atomic_write(self.root / ACCOUNTS,
                      json.dumps(accounts, indent=1, sort_keys=True).encode(), 0o600)
 

@@ -103,6 +103,27 @@ def _links(raw: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+MAX_REPLY = 1 << 20  # bytes: a directory, an order, a certificate chain are a few KiB
+
+
+def _capped(resp: http.client.HTTPResponse, deadline: float) -> bytes:
+    """The answer's body, at most MAX_REPLY bytes, by ``deadline`` (give or take one read's
+    timeout): an endless or trickling answer took 2.3 GB in 5 s (an outside tester)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := resp.read1(65536):
+        size += len(chunk)
+        problem = ("malformedResponse", f"the ACME server's answer is larger than "
+                   f"{MAX_REPLY >> 20} MiB") if size > MAX_REPLY else (
+            "connection", "the ACME server's answer did not end in time") \
+            if time.monotonic() > deadline else None
+        if problem is not None:
+            resp.close()  # the rest unread: the connection goes with it
+            raise AcmeError(*problem)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class AcmeClient:
     """Requests to one ACME server; thread-safe (the provider's thread is its only user)."""
 
@@ -132,7 +153,7 @@ class AcmeClient:
         try:
             conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
-            data = resp.read()
+            data = _capped(resp, time.monotonic() + 2 * self._timeout)
         except (OSError, http.client.HTTPException) as exc:
             raise AcmeError("connection", f"cannot reach the ACME server at "
                             f"{parts.hostname}:{parts.port or 443}: {exc}") from None

@@ -9,6 +9,7 @@ are published through a ``Responder`` and always withdrawn afterwards, whatever 
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -58,16 +59,17 @@ def ensure_account(client: AcmeClient, cache: AcmeCache, email: str, *,
     CA said the account does not exist (a test CA that was restarted)."""
     with cache.locked():
         key = cache.account_key()
-        url = None if forget else cache.account_url(client.directory_url)
+        url = None if forget else cache.account_url(client.directory_url, key)
         if url:
             return Account(key, url)
         payload: dict[str, Any] = {"termsOfServiceAgreed": True}
         if email:
             payload["contact"] = [f"mailto:{email}"]
         resp = client.post(client.directory()["newAccount"], payload, key, None)
-        if not resp.location:
-            raise AcmeError("malformedResponse", "newAccount answered without a Location")
-        cache.save_account_url(client.directory_url, resp.location)
+        if urllib.parse.urlsplit(resp.location).scheme != "https":  # or none at all
+            raise AcmeError("malformedResponse", "newAccount answered without an https "
+                            "account URL (Location)")
+        cache.save_account_url(client.directory_url, resp.location, key)
         return Account(key, resp.location)
 
 

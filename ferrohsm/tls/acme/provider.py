@@ -455,6 +455,8 @@ class AcmeProvider:
         retry_after = exc.retry_after if isinstance(exc, AcmeError) else None
         kind = exc.short_type if isinstance(exc, AcmeError) else type(exc).__name__
         detail = exc.detail if isinstance(exc, AcmeError) else str(exc)
+        if isinstance(exc, (KeyError, TypeError)):  # an answer without what RFC 8555 promises
+            kind, detail = "malformedResponse", f"the ACME server's answer lacks {exc}"
         self._failures += 1
         self._failures_total += 1
         delay = backoff(self._failures, retry_after, self._rng)
