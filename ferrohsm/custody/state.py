@@ -148,7 +148,7 @@ def load(data_dir: str | os.PathLike[str]) -> CustodyFile:
     """The custody file, or ConfigError naming what is wrong with it."""
     path = path_in(data_dir)
     try:
-        data = read_at_most(path, _MAX_FILE)  # the whole file was read, then cut
+        data = read_at_most(path, _MAX_FILE, regular=True)  # whole, then cut; no FIFO wait
     except FileNotFoundError:
         raise ConfigError(f"{path} does not exist: run `ferrohsm init --shares N --threshold T` "
                           'first (or set [secrets] unseal = "env")') from None
