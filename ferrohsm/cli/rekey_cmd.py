@@ -219,7 +219,7 @@ def _rekey(args: argparse.Namespace, config: Config, given: bytes, shamir: bool,
         store.close()
     rekey.crash_point("journal")
     if running and shamir:
-        _ensure_pending(args, config, keys)
+        _ensure_pending(args, config, keys, given)
     store = wiring.open_store(config, rekey.record_mac(keys.new))
     try:
         count = rekey.convert(store, keys, changes, _progress(audit), leave)
@@ -339,15 +339,21 @@ def _issue_pending(args: argparse.Namespace, config: Config, keys: Any) -> None:
     issue_shares(new_shares, custodians, args.out_dir, threshold)
 
 
-def _ensure_pending(args: argparse.Namespace, config: Config, keys: Any) -> None:
-    """Resuming: the pending split whose shares were printed stays (or, once promoted, the
-    current one); only when neither holds the new key (cannot happen in order) are new
-    shares issued."""
+def _ensure_pending(args: argparse.Namespace, config: Config, keys: Any, given: bytes) -> None:
+    """Resuming with the NEW shares: their split stays (its custodians hold it; once promoted,
+    the current one). Resuming with the OLD shares: nobody may hold the new split (the killed
+    run's output is lost with a dropped session), and finishing onto it lost every key (an
+    outside tester): a fresh split of the new key replaces it and is handed out here."""
     from ..custody import state
     custody = state.load(config.storage.data_dir)
+    with_new = hmac.compare_digest(given, keys.new)
     for split in (custody.pending, custody.current):
-        if split is not None and split.opens_with(keys.new):
+        if split is not None and split.opens_with(keys.new) and (with_new or split is
+                                                                 custody.current):
             return
+    if custody.pending is not None and not with_new:
+        print("resumed with the current shares: the new shares the interrupted run printed "
+              "are void; these replace them", file=sys.stderr)
     _issue_pending(args, config, keys)
 
 
