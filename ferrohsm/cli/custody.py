@@ -26,7 +26,7 @@ from ..config import Config, Secrets, load_config, load_secrets
 from ..domain.errors import ConfigError, FerroError
 from ..smallfile import MIB, read_at_most
 from . import earlyhup, sdnotify
-from .settings import client_flags
+from .settings import client_flags, warn_if_readable
 
 ENCRYPTED_HEADER = "FERROHSM ENCRYPTED SHARE v1"
 _PLACEHOLDER = base64.b64encode(bytes(32)).decode("ascii")
@@ -277,6 +277,7 @@ def share_file_text(name: str) -> str:
         raise ConfigError(f"cannot read --share-file {name}: {exc.strerror}") from None
     if len(raw) > MAX_SHARE_FILE:
         raise ConfigError(f"--share-file {name} is too large to hold a share")
+    warn_if_readable(Path(name), "the share file")
     text: str | None
     try:
         if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -344,6 +345,7 @@ def _decrypt_with(text: str, private_key: str) -> str:
     password = os.environ.get("FERROHSM_CUSTODIAN_KEY_PASSWORD")
     try:
         pem = read_at_most(private_key, MIB)
+        warn_if_readable(Path(private_key), "the custodian's private key")
         blob = base64.b64decode(text.splitlines()[1], validate=True)
         return decrypt_share(pem, blob, password.encode() if password else None).decode("ascii")
     except OSError as exc:

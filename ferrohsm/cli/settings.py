@@ -301,19 +301,20 @@ def _token(layers: list[dict[str, Any]]) -> str | None:
                          "not a token") from None
     if not token:
         raise UsageError(f"the token file {value} is empty")
-    _warn_if_readable(Path(value))
+    warn_if_readable(Path(value))
     return check_token(token, f"the token in {value}")
 
 
-def _warn_if_readable(path: Path) -> None:
-    """A token file others may read is said on stderr (not refused: CI runners and Kubernetes
-    secret volumes hand files out 0644 by default), as every secret file should be 0600."""
+def warn_if_readable(path: Path, what: str = "the token file") -> None:
+    """A secret file others may read (a token, a share, a custodian's private key) is said on
+    stderr, not refused: CI runners and Kubernetes secret volumes hand files out 0644, a USB
+    stick's FAT shows every file 0755; every secret file should be 0600."""
     try:
         mode = path.stat().st_mode
     except OSError:
         return
     if mode & 0o044:
-        print(f"ferrohsm: warning: the token file {path} can be read by "
+        print(f"ferrohsm: warning: {what} {path} can be read by "
               f"{'other users' if mode & 0o004 else 'its group'} (mode {mode & 0o777:04o}): "
               f"chmod 600 {path}", file=sys.stderr)
 

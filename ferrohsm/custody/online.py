@@ -194,6 +194,7 @@ def prepare_key_file(key_file: str) -> bytes:
     under a temporary name and linked into place, so a kill leaves the sidecar whole or
     absent, never empty (which a start-up would have to refuse)."""
     side = Path(key_file + SIDECAR)
+    _replaceable(Path(key_file))
     key = os.urandom(32)
     try:
         side.unlink(missing_ok=True)
@@ -205,6 +206,28 @@ def prepare_key_file(key_file: str) -> bytes:
     return key
 
 
+def _replaceable(path: Path) -> None:
+    """Refuse, before anything changes, a key file the final rename could not replace: a
+    symlink (the link would become a file, the old key left in its target) or a file mounted
+    on its own (a container's bind mount: EBUSY once every record was re-sealed, an outside
+    tester's outage). Conflict, naming the way out."""
+    why = ("is a symbolic link: the rekey would replace the link, and leave the old key in "
+           "its target; name the file itself" if path.is_symlink() else
+           "is mounted on its own (a bind-mounted file): the server cannot replace it; mount "
+           "its directory instead" if str(path.resolve()) in _mount_points() else "")
+    if why:
+        raise Conflict(f"[secrets].master_key_file {path} {why}" + OFFLINE)
+
+
+def _mount_points() -> set[str]:
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return set()
+    return {line.split()[4].encode().decode("unicode_escape") for line in lines
+            if len(line.split()) > 4}
+
+
 def install_key_file(key_file: str, new: bytes) -> None:
     """The sidecar renamed over ``key_file`` (atomic; idempotent once done)."""
     path, side = Path(key_file), Path(key_file + SIDECAR)
@@ -212,7 +235,13 @@ def install_key_file(key_file: str, new: bytes) -> None:
     if held is not None:
         if held != new:
             raise ConfigError(f"{side} holds another key than the rekey's new key")
-        os.replace(side, path)
+        try:
+            os.replace(side, path)
+        except OSError as exc:  # the store is under the new key: say where it is
+            raise ConfigError(f"the store is under the new master key, which is in {side}, "
+                              f"but it could not replace {path} ({exc.strerror}): move it "
+                              f"there by hand (mv {side} {path}), then start the server") \
+                from None
         fsync_dir(str(path.parent))
         return
     if _read_key(path) != new:

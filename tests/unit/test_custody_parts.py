@@ -194,6 +194,23 @@ def test_a_share_file_that_is_not_ascii_is_said_so_without_its_content(
     assert "o18LK" not in refused.value.message and "cannot read" not in refused.value.message
 
 
+def test_a_share_file_others_may_read_is_warned_about(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Like a token file (not refused: a USB stick's FAT shows every file 0755); it was used
+    without a word (an outside tester)."""
+    from ferrohsm.cli.custody import read_share_text
+    path = tmp_path / "share.txt"
+    path.write_text(SHARE_TEXT)
+    path.chmod(0o600)
+    assert read_share_text(str(path), None) == SHARE_TEXT
+    assert capsys.readouterr().err == ""
+    path.chmod(0o644)
+    assert read_share_text(str(path), None) == SHARE_TEXT
+    err = capsys.readouterr().err
+    assert f"the share file {path} can be read by other users (mode 0644)" in err
+    assert SHARE_TEXT not in err
+
+
 def test_an_unreadable_share_file_says_why(tmp_path: Path) -> None:
     from ferrohsm.cli.custody import read_share_text
     with pytest.raises(ConfigError, match=r"cannot read --share-file .*: No such file"):

@@ -123,6 +123,31 @@ def test_a_key_file_whose_directory_cannot_take_the_new_key_is_refused_first(
         online.prepare_key_file(str(not_a_dir / "master.key"))
 
 
+def test_a_key_file_the_final_rename_could_not_replace_is_refused_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A symlink (replaced by a file, the old key left in its target) and a bind-mounted file
+    (EBUSY once every record was re-sealed: an outside tester's outage) are refused before
+    anything changes; a rename that fails all the same says where the new key is."""
+    target = tmp_path / "real.key"
+    target.write_text(base64.b64encode(bytes(range(32))).decode())
+    link = tmp_path / "master.key"
+    link.symlink_to(target)
+    with pytest.raises(Conflict, match="symbolic link"):
+        online.prepare_key_file(str(link))
+    assert not (tmp_path / "master.key.rekey-new").exists()
+    monkeypatch.setattr(online, "_mount_points", lambda: {str(target)})
+    with pytest.raises(Conflict, match="mounted on its own"):
+        online.prepare_key_file(str(target))
+    monkeypatch.setattr(online, "_mount_points", set)
+    new = online.prepare_key_file(str(target))
+
+    def busy(*_args: object) -> None:
+        raise OSError(16, "Device or resource busy")
+    monkeypatch.setattr(os, "replace", busy)
+    with pytest.raises(ConfigError, match=r"which is in .*real.key.rekey-new.*mv "):
+        online.install_key_file(str(target), new)
+
+
 @pytest.mark.parametrize(("unseal", "in_env", "file", "why"), [
     ("shamir", False, "", "split-knowledge"), ("env", True, "/k", "FERROHSM_MASTER_KEY"),
     ("env", False, "", "master_key_file"), ("env", False, "/k", "")])
