@@ -404,7 +404,8 @@ def run_sealed(config: Config, ssl_provider: Any, announce: Any, options: Any) -
         sdnotify.notify("STATUS=unsealed: serving")
         return rt
 
-    gate = SealGate(Unsealer(custody), open_sink=open_sink, open_runtime=open_runtime,
+    gate = SealGate(Unsealer(custody, lambda: state.load(config.storage.data_dir)),
+                    open_sink=open_sink, open_runtime=open_runtime,
                     close_runtime=close_runtime, version=__version__,
                     limiter=RateLimiter(policy_from_settings(config.rate_limit)))
     try:

@@ -10,12 +10,13 @@ caller (custody/gate.py) audits each submission, never its value.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..crypto import shamir
-from ..domain.errors import BadRequest, Conflict, FerroError
+from ..domain.errors import BadRequest, ConfigError, Conflict, FerroError
 from .shares import Share
-from .state import CustodyFile
+from .state import CustodyFile, Split
 
 __all__ = ["Progress", "Sealed", "Unsealer", "WrongShares"]
 
@@ -46,8 +47,10 @@ class Progress:
 class Unsealer:
     """Thread-safe: the server may run two submissions at once."""
 
-    def __init__(self, custody: CustodyFile) -> None:
+    def __init__(self, custody: CustodyFile,
+                 reload: Callable[[], CustodyFile] | None = None) -> None:
         self._custody = custody
+        self._reload = reload  # the custody file as it is now (custody/state.py load)
         self._lock = threading.Lock()
         self._collected: dict[str, dict[int, bytes]] = {}
         # A set reconstructed the key: the service is opening with it, and a share arriving
@@ -74,9 +77,28 @@ class Unsealer:
             collected.clear()
         self._collected.clear()
 
+    def _split_of(self, split_id: str) -> Split | None:
+        """The split ``split_id`` names, in the custody file as loaded, else as it is now: an
+        offline rekey run beside this sealed server (no lock held while sealed) promoted new
+        shares, which were refused until a restart (an outside tester). Progress made on the
+        old file is dropped with it."""
+        split = self._custody.split(split_id)
+        if split is not None or self._reload is None:
+            return split
+        try:
+            fresh = self._reload()
+        except ConfigError:
+            return None
+        if fresh.split(split_id) is None:
+            return None
+        with self._lock:
+            self._custody = fresh
+            self._wipe()
+        return fresh.split(split_id)
+
     def submit(self, share: Share) -> tuple[Progress, bytes | None]:
         """Progress after ``share``, and the master key once the threshold is reached."""
-        split = self._custody.split(share.split_id)
+        split = self._split_of(share.split_id)
         if split is None:
             # this service's split id is not named: anyone may submit, and with it a forged
             # share of the right split resets the custodians' progress (red team)

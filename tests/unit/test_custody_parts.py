@@ -127,6 +127,25 @@ def test_unsealer_counts_resets_on_a_wrong_set_and_opens_on_a_right_one(committe
     assert unsealer.submit(shares[0])[0].submitted == 1
 
 
+def test_a_sealed_server_takes_the_shares_an_offline_rekey_promoted_meanwhile(
+        tmp_path: Path) -> None:
+    """A sealed server holds no lock, so an offline rekey can run beside it: its custodians'
+    new shares were "from before a rekey" until a restart (an outside tester). The custody
+    file is read again when a share names a split the loaded one does not know."""
+    old_master, new_master = os.urandom(32), os.urandom(32)
+    old_split, old_shares = state.new_split(old_master, 3, 2)
+    state.save(tmp_path, state.CustodyFile(old_split).signed({old_split.split_id: old_master}))
+    unsealer = Unsealer(state.load(tmp_path), lambda: state.load(tmp_path))
+    unsealer.submit(old_shares[0])
+    with pytest.raises(BadRequest, match="belongs to split"):  # not in the file either
+        unsealer.submit(Share("ffffffff", 2, old_shares[1].y))
+    assert unsealer.progress().submitted == 1
+    new_split, new_shares = state.new_split(new_master, 3, 2)  # the rekey's promotion
+    state.save(tmp_path, state.CustodyFile(new_split).signed({new_split.split_id: new_master}))
+    assert unsealer.submit(new_shares[2])[0].submitted == 1  # the old progress is dropped
+    assert unsealer.submit(new_shares[0])[1] == new_master
+
+
 def test_an_edited_custody_file_fails_its_mac(tmp_path: Path) -> None:
     master = os.urandom(32)
     split, shares = state.new_split(master, 3, 2)
