@@ -534,8 +534,8 @@ def make_server(rt: Runtime, ssl_provider: Any, spread: Member | None = None
         on_refused=rt.app.refuse, reuse_port=s.processes > 1, spread=spread, turn=store_turn(getattr(rt, "store", None)),
         flush=FlushPlan(rt.config.audit.flush, rt.config.audit.flush_spin_microseconds / 1e6,
                         fsync_cores(rt.config)), after_turn=getattr(rt.app, "turn_ended", None),
-        # spans end when the answer is written; a seal gate in front (custody/) traces nothing
-        on_request=rt.app.finished if getattr(rt.app, "tracer", None) is not None else None)
+        # spans end, and settled requests are logged, when the answer is written
+        on_request=getattr(rt.app, "finished", None))
 
 
 def shutdown(rt: Runtime, server: HardenedHTTPServer | None) -> None:

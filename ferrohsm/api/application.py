@@ -25,6 +25,7 @@ from ..auth.authn import Authenticator, TokenRejected
 from ..auth.permissions import PERMISSIONS, Action, refusal
 from ..auth.ratelimit import RateLimiter
 from ..domain.errors import (
+    AuditUnavailable,
     BadRequest,
     FerroError,
     Forbidden,
@@ -63,6 +64,7 @@ from .transit import is_vault, is_vault_unrouted
 log = logging.getLogger("ferrohsm.api")
 AuditHook = Callable[..., None]  # (ctx, action, outcome, message, **details)
 UNMATCHED = "unmatched"  # the metrics' route label of a request no route matched
+UNAVAILABLE = AuditUnavailable.code  # the error type of an answer its audit flush turned to 503
 # Liveness and readiness: never rate limited, or a load balancer or kubelet sharing an address
 # with a flood (or behind the same proxy) would take a healthy node out of service.
 PROBES = frozenset({"/healthz", "/readyz"})
@@ -114,8 +116,11 @@ class Application:
             span[USER] = ctx.principal.subject if ctx.principal else None
         if exported is None and parent is not None and self.tracer is not None and parent.flags:
             parent = replace(parent, flags=0)  # our sampler left it out: nothing else to say
-        self._observe(req, ctx, route_name, resp, time.perf_counter() - start,
-                      exported or parent, error_type, span)
+        if req.tickets is not None:  # the answer goes out once its records are durable, or
+            req.observed = (ctx, route_name, exported or parent, error_type, span)  # a 503
+        else:
+            self._observe(req, ctx, route_name, resp, time.perf_counter() - start,
+                          exported or parent, error_type, span)
         return resp
 
     def _handle(self, req: Request, ctx: RequestContext, span: RequestSpan | None
@@ -164,8 +169,18 @@ class Application:
 
     def finished(self, req: Request, resp: Response, seconds: float) -> None:
         """The server wrote ``resp`` (the final answer, a 503 for an audit record that did not
-        become durable included): end the request's spans (api/server.py ``on_request``)."""
-        span, tracer = req.trace, self.tracer
+        become durable included): its access line and metrics, for a request whose records
+        settled after the handler returned (they said 200 for such a 503: an outside tester),
+        and the end of its spans (api/server.py ``on_request``)."""
+        observed, span, tracer = req.observed, req.trace, self.tracer
+        if observed is not None:
+            req.observed = None
+            ctx, route, trace, error_type, _ = observed
+            if error_type is None and resp.status >= 500:  # replaced: not durable
+                error_type = UNAVAILABLE
+                if span is not None:
+                    span[ERROR] = UNAVAILABLE
+            self._observe(req, ctx, route, resp, seconds, trace, error_type, span)
         if span is not None and tracer is not None:
             tracer.finish(span, resp.status)
 

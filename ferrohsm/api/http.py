@@ -115,6 +115,9 @@ class Request:
     # spans are exported; the server's on_request hook ends it once the final response is
     # written.
     trace: Any = None
+    # What the application will log and count for this request once its final answer is
+    # written (a request whose records settle later: the answer may yet become a 503).
+    observed: Any = None
 
 
 @dataclass(slots=True)

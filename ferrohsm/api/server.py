@@ -460,8 +460,8 @@ class HardenedHTTPServer:
     # ----------------------------------------------------------------- writing
 
     def _respond(self, conn: Conn, incoming: Incoming, response: Response) -> None:
-        if conn.state == CLOSED:
-            return  # forced closed at the end of a shutdown's grace period
+        if conn.state == CLOSED:  # forced closed when a shutdown's grace ended: not sent,
+            return self._report(incoming.request, response)  # but logged and counted
         request = incoming.request
         if not conn.productive and incoming.error is None:
             self.admission.productive(conn)
@@ -473,8 +473,8 @@ class HardenedHTTPServer:
         payload, response = rendered(self.log, request, response, keep_alive,
                                      incoming.http10_keep_alive)
         conn.keep_alive = keep_alive
+        self._report(request, response)  # first: its access line is queued before it is seen
         self._write(conn, payload)
-        self._report(request, response)
 
     def _take_eviction(self) -> bool:
         evict, self._evict_next = bool(self._evict_next), 0

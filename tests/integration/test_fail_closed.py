@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import os
 import resource
@@ -19,6 +20,7 @@ from live import LiveServer
 from ferrohsm.crypto.recordmac import RecordMac
 from ferrohsm.domain.model import key_from_record
 from ferrohsm.store.records import RecordCodec
+from ferrohsm.telemetry.access import ACCESS, stream_in_use
 
 
 def B(data: bytes) -> str:  # noqa: N802  one letter, like b"": a base64 literal in bodies
@@ -124,8 +126,21 @@ def test_encrypt_refused_when_its_batched_audit_write_fails(tmp_path: Path) -> N
         key = srv.call("POST", "/v1/keys", {"algorithm": "aes-256-gcm", "usage": "encrypt"})[2]
         with full_disk(srv):
             status, _, err = srv.call("POST", f"/v1/keys/{key['id']}/encrypt",
-                                      {"plaintext": B(b"secret")}, role="service")
+                                      {"plaintext": B(b"secret")}, role="service",
+                                      headers={"X-Request-ID": "refused-on-flush"})
         assert status == 503 and "ciphertext" not in err, err
+        # logged and counted as the 503 it was, not the 200 its handler made (an outside tester)
+        ACCESS.flush()
+        stream = stream_in_use()
+        assert isinstance(stream, io.StringIO)
+        [line] = [json.loads(text) for text in stream.getvalue().splitlines()
+                  if '"refused-on-flush"' in text]
+        assert (line["http.response.status_code"], line["level"], line["error.type"]) == \
+            (503, "error", "unavailable"), line
+        metrics = srv.call("GET", "/metrics", role=None)[2].decode()
+        counts = metrics.replace('method="POST",', "")
+        assert 'route="/v1/keys/{key}/encrypt",status="503"} 1' in counts
+        assert 'route="/v1/keys/{key}/encrypt",status="200"} 0' in counts
         status, _, out = srv.call("POST", f"/v1/keys/{key['id']}/encrypt",
                                   {"plaintext": B(b"secret")}, role="service")
         assert status == 200 and out["ciphertext"].startswith("fhsm:v1:")
