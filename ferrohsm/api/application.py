@@ -67,7 +67,7 @@ UNMATCHED = "unmatched"  # the metrics' route label of a request no route matche
 UNAVAILABLE = AuditUnavailable.code  # the error type of an answer its audit flush turned to 503
 # Liveness and readiness: never rate limited, or a load balancer or kubelet sharing an address
 # with a flood (or behind the same proxy) would take a healthy node out of service.
-PROBES = frozenset({"/healthz", "/readyz"})
+PROBES = frozenset({"/healthz", "/livez", "/readyz"})
 # Answered from memory and the same for everyone, so found they spend nothing: the dashboard's
 # page loads nine files, and an office behind one address would see a blank page after a few
 # loads (misses still pay, so a scanner's 404s reach 429 as anywhere else).
@@ -439,7 +439,7 @@ def _agent(req: Request) -> str | None:
     return value.encode("latin-1", "replace").decode("utf-8", "replace")
 
 
-UNCACHED = frozenset({"/healthz", "/readyz", "/metrics"})  # /healthz has details for a token
+UNCACHED = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})  # /healthz has details for a token
 
 
 def _dress(req: Request, ctx: RequestContext, resp: Response, parent: Parent | None) -> None:

@@ -191,6 +191,8 @@ class SealGate:
         if req.path == "/healthz" and req.method in ("GET", "HEAD"):
             return json_response(503, {"status": "sealed", "version": self._version,
                                        **self.status()})
+        if req.path == "/livez" and req.method in ("GET", "HEAD"):  # alive, if sealed
+            return json_response(200, {"status": "alive"})
         if req.path == UNSEAL_PATH and req.method == "POST":
             try:
                 return self._unseal(req)

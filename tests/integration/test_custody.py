@@ -85,6 +85,7 @@ def test_a_split_knowledge_server_starts_sealed_and_opens_with_a_threshold(
         status, health = srv.call("GET", "/healthz")
         assert (status, health["sealed"], health["progress"], health["threshold"],
                 health["shares"]) == (503, True, 0, 3, 5)
+        assert srv.call("GET", "/livez") == (200, {"status": "alive"})  # liveness: alive
         status, body = srv.call("GET", "/v1/keys", token=home.token())
         assert status == 503 and body["error"]["code"] == "sealed"
         assert "ferrohsm unseal" in body["error"]["message"]

@@ -51,9 +51,11 @@ def test_readiness_follows_start_audit_health_and_shutdown(tmp_path: Path) -> No
             status, headers, _ = srv.call("POST", f"/v1/keys/{key['id']}/rotate")
             assert status == 503 and headers["strict-transport-security"] == HSTS
             ready = srv.call("GET", "/readyz", role=None)
-            alive = srv.call("GET", "/healthz", role=None)
+            health = srv.call("GET", "/healthz", role=None)
+            alive = srv.call("GET", "/livez", role=None)
         assert ready[0] == 503 and ready[2]["checks"]["audit_writable"] is False
-        assert alive[0] == 503 and alive[2]["status"] == "degraded"  # alive, says why
+        assert health[0] == 503 and health[2]["status"] == "degraded"  # says why
+        assert alive[0] == 200  # the liveness probe: a restart would not free the disk
         assert srv.call("POST", f"/v1/keys/{key['id']}/rotate")[0] == 200  # a good write
         assert srv.call("GET", "/readyz", role=None)[0] == 200
     finally:
@@ -73,7 +75,10 @@ def test_root_redirects_to_the_dashboard_and_every_answer_has_hsts(tmp_path: Pat
             status, headers, _ = srv.call("GET", path, role=None)
             assert status == expected, path
             assert headers["strict-transport-security"] == HSTS, path
+        status, headers, body = srv.call("GET", "/livez", role=None)
+        assert (status, body) == (200, {"status": "alive"})
         for path, role in (("/healthz", None), ("/healthz", "auditor"), ("/readyz", None),
+                           ("/livez", None),
                            ("/metrics", None)):  # /healthz's details for a token: not cached
             status, headers, _ = srv.call("GET", path, role=role)
             assert headers.get("cache-control") == "no-store", (path, role, headers)
