@@ -47,7 +47,27 @@ def test_a_scrape_shows_every_process_once_per_family(tmp_path: Path) -> None:
     text = first.render()
     assert text.count("# TYPE ferrohsm_http_requests_total counter") == 1
     assert os.stat(tmp_path / "metrics" / "process-1.json").st_mode & 0o777 == 0o600
-    assert first_share.others() and not second_share.others()  # 0 wrote nothing yet
+    assert first_share.others() and second_share.others()  # 0's scrape wrote its own
+
+
+def test_a_counter_never_goes_down_between_scrapes_of_two_processes(tmp_path: Path) -> None:
+    """A scrape writes the snapshot of what it shows: the sibling that takes the next scrape
+    shows no less (it showed an older snapshot, a drop Prometheus reads as a reset)."""
+    first, _ = _process(tmp_path, 0)
+    second, second_share = _process(tmp_path, 1)
+    second_share.write()
+
+    def requests_of_0(text: str) -> float:
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        return next(s.value for s in families["ferrohsm_http_requests"].samples
+                    if s.name == "ferrohsm_http_requests_total" and s.labels["process"] == "0")
+    seen = 0.0
+    for turn in range(5):
+        first.requests.inc("/v1/keys", "GET", "200", amount=turn + 1)
+        for scraped in (first.render(), second.render()):
+            assert requests_of_0(scraped) >= seen
+            seen = requests_of_0(scraped)
+    assert seen == 15
 
 
 def test_a_process_gone_for_good_drops_out(tmp_path: Path) -> None:
