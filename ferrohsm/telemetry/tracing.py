@@ -116,9 +116,10 @@ def enabled(environ: Mapping[str, str] | None = None) -> bool:
 
 def from_environment(environ: Mapping[str, str] | None = None) -> Tracer | None:
     """A Tracer exporting over OTLP/HTTP when configured, else None (nothing started)."""
+    env = os.environ if environ is None else environ
+    _say_unhonoured(env)
     if not enabled(environ):
         return None
-    env = os.environ if environ is None else environ
     protocol = (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
                 or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf")
     if protocol.strip() != "http/protobuf":
@@ -134,6 +135,26 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Tracer | None:
                     "(pip install 'ferrohsm[otel]'): spans are not exported")
         return None
     return Tracer(sampling.from_environment(env), SpanPipe())
+
+
+SPAN_LIMITS = ("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_ATTRIBUTE_COUNT_LIMIT",
+               "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+               "OTEL_SPAN_EVENT_COUNT_LIMIT", "OTEL_SPAN_LINK_COUNT_LIMIT")
+
+
+def _say_unhonoured(env: Mapping[str, str]) -> None:
+    """Standard variables this exporter does not apply, said at start rather than ignored
+    without a word (an outside tester set them and saw nothing change)."""
+    limits = [name for name in SPAN_LIMITS if env.get(name, "").strip()]
+    if limits and enabled(env):
+        log.warning("%s: not applied: a request's spans carry a small fixed set of attributes, "
+                    "each bounded (paths and user agents cut at 256 characters)",
+                    ", ".join(limits))
+    propagators = [p.strip().lower() for p in env.get("OTEL_PROPAGATORS", "").split(",")]
+    others = [p for p in propagators if p not in ("", "tracecontext", "baggage", "none")]
+    if others:
+        log.warning("OTEL_PROPAGATORS=%s: only W3C trace context (traceparent, tracestate) "
+                    "is read and written", ",".join(others)[:60])
 
 
 def _sdk_installed() -> bool:

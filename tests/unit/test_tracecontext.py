@@ -95,6 +95,26 @@ def test_export_is_on_only_when_the_standard_variables_ask(env: dict[str, str],
         assert from_environment(env) is None
 
 
+def test_standard_variables_not_applied_are_said_at_start(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Span limits and other propagators were ignored without a word (an outside tester)."""
+    from ferrohsm.telemetry.tracing import from_environment
+    with caplog.at_level(logging.WARNING, logger="ferrohsm.telemetry"):
+        from_environment({"OTEL_PROPAGATORS": "tracecontext,b3",
+                          "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "8"})  # export off: no limits
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "OTEL_PROPAGATORS=b3: only W3C trace context" in said[0], said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ferrohsm.telemetry"):
+        tracer = from_environment({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+                                   "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "3",
+                                   "OTEL_PROPAGATORS": "tracecontext,baggage"})
+    if tracer is not None:
+        tracer.shutdown()
+    said = [r.getMessage() for r in caplog.records if "not applied" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT: not"), said
+
+
 def test_sampling_follows_otel_traces_sampler_and_a_sampled_caller(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """With a ratio of 0 a request of its own is sampled out (no span recorded, so no children
