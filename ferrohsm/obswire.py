@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from .api.openapi import statuses
 from .api.router import Router
 from .audit.sinkbase import ChainedSink
 from .auth.authn import Authenticator
@@ -103,10 +104,10 @@ def _observability(rt: Runtime, audit: ChainedSink) -> None:
     rt.metrics.add_counter("ferrohsm_log_lines_dropped", "Log lines (access lines included) "
                            "dropped: stderr took none in time (a stuck log shipper)",
                            lambda: {(): float(access.dropped)})
-    for route in rt.router.routes():  # each route at its documented success status too
+    for route in rt.router.routes():  # each route at every status its document names
         rt.metrics.latency.touch(route.template, route.method)
-        status = route.doc.status if route.doc is not None else 200
-        rt.metrics.requests.touch(route.template, route.method, str(status))
+        for status in statuses(route):
+            rt.metrics.requests.touch(route.template, route.method, str(status))
     _spans(rt)
 
 
