@@ -511,8 +511,8 @@ def test_metrics_of_a_live_server(tmp_path: Path) -> None:
                     for s in parsed["ferrohsm_http_requests"].samples}
         assert requests[("/v1/keys/{key}/encrypt", "POST", "200")] == 0
         assert requests[("/v1/keys", "POST", "201")] == 0  # each route at its success status
-        for status in ("401", "403", "429", "503"):  # and at the errors its document names
-            assert requests[("/v1/keys/{key}/encrypt", "POST", status)] == 0, status
+        for error in ("401", "403", "429", "503"):  # and at the errors its document names
+            assert requests[("/v1/keys/{key}/encrypt", "POST", error)] == 0, error
         assert {s.labels["reason"] for s in parsed["ferrohsm_auth_failures"].samples} >= {
             "expired", "signature", "revoked"}
         keys = {s.labels["state"]: s.value for s in parsed["ferrohsm_keys"].samples}
