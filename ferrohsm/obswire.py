@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from .api.openapi import statuses
+from .api.openapi import document
 from .api.router import Router
 from .audit.sinkbase import ChainedSink
 from .auth.authn import Authenticator
@@ -104,9 +104,11 @@ def _observability(rt: Runtime, audit: ChainedSink) -> None:
     rt.metrics.add_counter("ferrohsm_log_lines_dropped", "Log lines (access lines included) "
                            "dropped: stderr took none in time (a stuck log shipper)",
                            lambda: {(): float(access.dropped)})
-    for route in rt.router.routes():  # each route at every status its document names
+    paths = document(rt.router.routes())["paths"]  # each route at every status it names
+    for route in rt.router.routes():
         rt.metrics.latency.touch(route.template, route.method)
-        for status in statuses(route):
+        named = paths.get(route.template, {}).get(route.method.lower(), {}).get("responses")
+        for status in named or [route.doc.status if route.doc is not None else 200]:
             rt.metrics.requests.touch(route.template, route.method, str(status))
     _spans(rt)
 

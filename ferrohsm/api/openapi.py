@@ -541,14 +541,6 @@ def _responses(route: Route, doc: Operation) -> dict[str, Any]:
     return dict(sorted(answers.items()))
 
 
-def statuses(route: Route) -> list[int]:
-    """Every status the document says ``route`` answers (the metrics create each series at
-    zero at start, so the first 401 of a route is counted as an increase too)."""
-    if route.doc is None:
-        return [200]
-    return [int(code) for code in _responses(route, route.doc)]
-
-
 def _answers(route: Route, doc: Operation, code: str) -> bool:
     """Whether ``route`` can answer the generic error ``code`` (see Operation.errors)."""
     if code in TOKEN_ERRORS:
