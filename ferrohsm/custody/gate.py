@@ -93,6 +93,13 @@ class SealGate:
         rt = self._rt
         return rt is not None and not self._sealing and bool(rt.app.runs_inline(req))
 
+    def finished(self, req: Request, resp: Response, seconds: float) -> None:
+        """The answer was written: the runtime's application logs and counts a request answered
+        by the event loop only now, and ends its spans (api/application.py ``finished``)."""
+        rt = self._rt
+        if rt is not None:
+            rt.app.finished(req, resp, seconds)
+
     def refuse(self, req: Request, exc: FerroError) -> Response:
         rt = self._rt
         if rt is not None:

@@ -346,3 +346,25 @@ def test_commitments_are_kept_bound_by_the_mac_and_checked_when_read(tmp_path: P
         path.write_text(json.dumps(doc))
         with pytest.raises(ConfigError, match="not a valid FerroHSM custody file"):
             state.load(tmp_path)
+
+
+def test_the_gate_hands_a_written_answer_to_the_unsealed_runtime() -> None:
+    """Behind the seal gate (split knowledge), an answer of the event loop is logged and
+    counted by the runtime's application when it is written (``finished``): without it, an
+    unsealed server's loop requests had no access line and no metrics."""
+    from types import SimpleNamespace
+
+    from ferrohsm.custody.gate import SealGate
+    master = os.urandom(32)
+    split, _ = state.new_split(master, 3, 2)
+    def no_runtime(master: bytes) -> Any:
+        raise AssertionError("nothing is unsealed here")
+    gate = SealGate(Unsealer(state.CustodyFile(split).signed({split.split_id: master})),
+                    open_sink=_Records, open_runtime=no_runtime,
+                    close_runtime=lambda rt: None, version="test")
+    seen: list[tuple[Any, Any, float]] = []
+    gate.finished("request", "answer", 0.5)  # type: ignore[arg-type]  # sealed: nothing to do
+    gate._rt = SimpleNamespace(app=SimpleNamespace(  # as an unseal leaves it
+        finished=lambda req, resp, seconds: seen.append((req, resp, seconds))))
+    gate.finished("request", "answer", 0.5)  # type: ignore[arg-type]
+    assert seen == [("request", "answer", 0.5)]
