@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -220,12 +221,14 @@ def _replaceable(path: Path) -> None:
 
 
 def _mount_points() -> set[str]:
+    """Where things are mounted (mountinfo's fifth field, its octal escapes such as \\040
+    undone; the rest of the text, UTF-8 included, as it is)."""
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
         return set()
-    return {line.split()[4].encode().decode("unicode_escape") for line in lines
-            if len(line.split()) > 4}
+    return {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            for fields in (line.split() for line in lines) if len(fields) > 4}
 
 
 def install_key_file(key_file: str, new: bytes) -> None:

@@ -95,8 +95,11 @@ def all_approvals(approvals: ApprovalStore | None, now: datetime,
         page = approvals.list(None, now, 1000, after)
         if not page:  # not a short page: a record that fails its MAC is left out of one
             break
-        found.extend(to_record(a) for a in page if current(a))
-        stale.extend(a.id for a in page if not current(a))
+        for approval in page:
+            if current(approval):
+                found.append(to_record(approval))
+            else:
+                stale.append(approval.id)
         after = page[-1].id
     refuse_unreadable("approval", stale)
     return found
