@@ -126,7 +126,7 @@ def tls_context(ca_cert: str | None = None, client_cert: str | None = None,
                           "client certificate too (--client-cert, FERROHSM_CLIENT_CERT), or "
                           "neither")
     try:
-        pem = _piped(ca_cert) if ca_cert else None  # --ca-cert <(…): read here, with a deadline
+        pem = read_piped(ca_cert) if ca_cert else None  # --ca-cert <(…): read here, with a deadline
         context = ssl.create_default_context(cafile=ca_cert if pem is None else None,
                                              cadata=pem)
     except (OSError, ssl.SSLError, UnicodeDecodeError) as exc:
@@ -139,14 +139,15 @@ def tls_context(ca_cert: str | None = None, client_cert: str | None = None,
     return context
 
 
-PIPE_WAIT = 10.0  # seconds a CA certificate given as a FIFO may take to arrive
+PIPE_WAIT = 10.0  # seconds a CA certificate or a token given as a FIFO may take to arrive
 MAX_PIPED = 1 << 20
 
 
-def _piped(path: str) -> str | None:
+def read_piped(path: str) -> str | None:
     """The text of ``path`` when it is a FIFO (process substitution, /dev/stdin), read here
-    with a deadline: OpenSSL's own open of one that no writer opens waits for ever. None for
-    anything else (OpenSSL reads it). OSError(ENODATA) when nothing comes in time."""
+    with a deadline: OpenSSL's own open of one that no writer opens waits for ever, and so
+    would the CLI's of a ``--token-file`` FIFO. None for anything else (the caller reads it).
+    OSError(ENODATA) when nothing comes in time."""
     try:
         if not stat.S_ISFIFO(os.stat(path).st_mode):
             return None

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..client_errors import read_piped
 from ..smallfile import MIB, read_at_most
 from .errors import USAGE, CliExit
 
@@ -292,7 +293,9 @@ def _token(layers: list[dict[str, Any]]) -> str | None:
                          "profile's token_file) holds what looks like a token, not a path: "
                          "give the token with --token or FERROHSM_TOKEN (not shown here)")
     try:
-        token = read_at_most(value, SMALL_LIMIT).decode("utf-8").strip()
+        piped = read_piped(value)  # a FIFO nobody writes to: refused after a while
+        token = (read_at_most(value, SMALL_LIMIT).decode("utf-8") if piped is None
+                 else piped).strip()
     except OSError as exc:
         raise UsageError(f"cannot read the token file {value}: "
                          f"{exc.strerror or type(exc).__name__}") from None

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
+import threading
+import time
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -79,6 +83,27 @@ def test_a_token_pasted_with_its_bearer_scheme_is_told_so() -> None:
     assert "eyJ" not in str(info.value)
     with pytest.raises(UsageError, match="U\\+0020"):
         check_token("abc def", "the token")
+
+
+def test_a_token_file_that_is_a_fifo_nobody_writes_to_is_refused_in_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--token-file names a named pipe whose writer never came (or died): the CLI said nothing
+    and waited for ever on the open. Now it waits PIPE_WAIT seconds, then says why; a FIFO
+    that is written to (``--token-file <(vault read …)``) still gives its token."""
+    from ferrohsm import client_errors
+    from ferrohsm.cli.settings import UsageError, _token
+    fifo = tmp_path / "token.fifo"
+    os.mkfifo(fifo, 0o600)
+    monkeypatch.setattr(client_errors, "PIPE_WAIT", 0.3)
+    started = time.monotonic()
+    with pytest.raises(UsageError, match="cannot read the token file .*nothing was written"):
+        _token([{"token_file": str(fifo)}])
+    assert time.monotonic() - started < 5
+    token = "eyJhbGciOiJIUzI1NiJ9.e30.c2ln"  # noqa: S105  a token's shape, signed by nobody
+    writer = threading.Thread(target=lambda: fifo.write_text(token + "\n"))
+    writer.start()
+    assert _token([{"token_file": str(fifo)}]) == token
+    writer.join(5)
 
 
 # ---- listings for scripts, approvals by key name, approval messages, empty ids ---------------
