@@ -96,7 +96,7 @@ def test_a_token_file_that_is_a_fifo_nobody_writes_to_is_refused_in_time(
     os.mkfifo(fifo, 0o600)
     monkeypatch.setattr(client_errors, "PIPE_WAIT", 0.3)
     started = time.monotonic()
-    with pytest.raises(UsageError, match="cannot read the token file .*nothing was written"):
+    with pytest.raises(UsageError, match=r"cannot read the token file .*nothing was written"):
         _token([{"token_file": str(fifo)}])
     assert time.monotonic() - started < 5
     token = "eyJhbGciOiJIUzI1NiJ9.e30.c2ln"  # noqa: S105  a token's shape, signed by nobody
