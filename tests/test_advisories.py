@@ -125,6 +125,14 @@ def test_kid_injection_selects_nothing(auth: Authenticator, kid: str) -> None:
     rejected(auth, token({"alg": "HS256", "kid": kid}))
 
 
+@pytest.mark.parametrize("header", [{"alg": "HS256", "kid": None}, {"alg": "HS256", "typ": None}])
+def test_a_null_kid_or_typ_is_not_taken_for_one_left_out(auth: Authenticator,
+                                                         header: dict[str, object]) -> None:
+    """A member that is present is a string (RFC 7515): an outside tester's ``"kid": null``
+    was verified as if the header had no kid."""
+    rejected(auth, token(header), "header")
+
+
 def test_kid_of_another_key_does_not_verify(auth: Authenticator) -> None:
     rejected(auth, token({"alg": "RS256", "kid": "rs"}), "signature")
 

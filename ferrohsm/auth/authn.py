@@ -150,9 +150,10 @@ def check_header(header: dict[str, Any]) -> None:
     if not isinstance(header.get("alg"), str):
         raise TokenRejected("token header has no alg", "header")
     kid, typ = header.get("kid"), header.get("typ")
-    if kid is not None and (not isinstance(kid, str) or not 0 < len(kid) <= 128):
+    # present means a string (RFC 7515): "kid": null is not the member left out
+    if "kid" in header and (not isinstance(kid, str) or not 0 < len(kid) <= 128):
         raise TokenRejected("invalid kid", "header")
-    if typ is not None and (not isinstance(typ, str) or typ.lower() not in TYPES):
+    if "typ" in header and (not isinstance(typ, str) or typ.lower() not in TYPES):
         raise TokenRejected("unsupported token typ", "header")
 
 
