@@ -10,7 +10,8 @@ authentication (``auth.authenticate``), rate limits (``ratelimit.refused``), and
 ``request.refused`` unknown routes and methods, malformed bodies, fields and query strings, and
 (through ``refuse``) the requests the server refused while reading them (framing, limits,
 timeouts). So whether to record is a question of type, answered the same way everywhere. (The
-one exception is deliberate: an anonymous address's 429s are sampled, see ``_audit_limited``.)
+one exception is deliberate: 429s are sampled, one a second per actor or address, see
+``_audit_limited``.)
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class Application:
         self.metrics = metrics
         self.audit_refusal = audit_refusal
         self.limiter = limiter if limiter is not None else RateLimiter()
-        self._ip_audited: dict[str, float] = {}
+        self._limited: dict[object, tuple[float, int]] = {}  # see _audit_limited
 
     def __call__(self, req: Request) -> Response:
         start = time.perf_counter()
@@ -392,18 +393,24 @@ class Application:
             raise recorded(exc) from None
 
     def _audit_limited(self, ctx: RequestContext, exc: RateLimited, now: float) -> None:
-        """429s are audited: every one for an authenticated actor (their successes are audited
-        too), at most one a second per source IP for anonymous floods, so a flood cannot turn
-        the audit log into the attack's amplifier (so the 429 is raised as Recorded either way:
-        recorded here, or deliberately sampled away)."""
-        if ctx.principal is None:
-            ip = ctx.source_ip or ""
-            if now - self._ip_audited.get(ip, -1.0) < 1.0:
-                return
-            if len(self._ip_audited) > 10000:
-                self._ip_audited.clear()
-            self._ip_audited[ip] = now
-        self.audit_refusal(ctx, "ratelimit.refused", "denied", exc.message)
+        """At most one 429 a second is recorded per actor (a token's subject and role) and per
+        anonymous source address, with the number of its 429s left unrecorded since the one
+        before (``unrecorded_refusals``): an actor holding one valid token, every 429 recorded,
+        grew the log by 1.5 MB a second (an outside tester), so the flood the limit refuses
+        would fill the disk, and a full disk fails every request closed. The 429 is raised as
+        Recorded either way: recorded here, or counted for the next record."""
+        principal = ctx.principal
+        who = (principal.subject, principal.role.value) if principal is not None \
+            else ctx.source_ip or ""
+        last, unrecorded = self._limited.get(who, (-1.0, 0))
+        if now - last < 1.0:
+            self._limited[who] = (last, unrecorded + 1)
+            return
+        if len(self._limited) > 10000:
+            self._limited.clear()
+        self._limited[who] = (now, 0)
+        details = {"unrecorded_refusals": unrecorded} if unrecorded else {}
+        self.audit_refusal(ctx, "ratelimit.refused", "denied", exc.message, **details)
 
     def _observe(self, req: Request, ctx: RequestContext, route: str | None, resp: Response,
                  seconds: float, trace: tuple[str, str, str] | Parent | None,
