@@ -90,7 +90,8 @@ def _unsafe(real: str, leaf: bool = True) -> str | None:
     uid, current = os.getuid(), real
     info = os.lstat(current)
     owners = (uid,) if leaf else (0, uid)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid not in owners or _others_write(info):
+    shared = _others_write(info) and (leaf or not info.st_mode & stat.S_ISVTX)  # /tmp: fine
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid not in owners or shared:  # to make ours in
         return "it is not a folder of this user that only this user can write"
     while True:
         parent = os.path.dirname(current)

@@ -248,6 +248,25 @@ def test_an_unusable_shiv_root_is_one_line_not_a_traceback(zipapp: Path, tmp_pat
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_a_shiv_root_to_be_made_in_a_sticky_shared_folder_is_made(zipapp: Path,
+                                                                   tmp_path: Path) -> None:
+    """SHIV_ROOT=/tmp/x that did not exist yet was refused ("cannot be created"): the
+    nearest folder that exists, shared but sticky as /tmp, was judged as if it were to hold
+    the code itself. One without the sticky bit still is refused."""
+    for mode, works in ((0o1777, True), (0o777, False)):
+        shared = tmp_path / f"shared-{mode:o}"
+        shared.mkdir()
+        shared.chmod(mode)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
+               "SHIV_ROOT": str(shared / "x" / "y")}
+        result = subprocess.run([sys.executable, "-I", str(zipapp), "--version"],
+                                capture_output=True, text=True, timeout=120, env=env)
+        assert (result.returncode == 0) is works, result.stderr
+        if works:
+            assert (shared / "x" / "y").stat().st_mode & 0o777 == 0o700
+            assert (shared / "x").stat().st_mode & 0o777 == 0o700
+
+
 def _no_shiv_root(zipapp: Path, home: Path, tmpdir: Path,
                   umask: int = 0o022) -> subprocess.CompletedProcess[str]:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
