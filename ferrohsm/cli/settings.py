@@ -136,10 +136,17 @@ def client_flags(suppress: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def profile_path(env: Mapping[str, str]) -> Path:
+def profile_path(env: Mapping[str, str]) -> Path | None:
+    """Where the profiles are; None for a user with no home at all (no HOME, no passwd
+    entry: ``docker run --user 12345``), who then has no profile file."""
     if env.get("FERROHSM_PROFILE_FILE"):
         return Path(env["FERROHSM_PROFILE_FILE"])
-    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or "~").expanduser() / ".config")
+    base = env.get("XDG_CONFIG_HOME")
+    if not base:
+        try:
+            base = str(Path(env.get("HOME") or "~").expanduser() / ".config")
+        except RuntimeError:  # "Could not determine home directory"
+            return None
     return Path(base) / "ferrohsm" / "profiles.toml"
 
 
@@ -147,6 +154,11 @@ def load_profile(name: str | None, env: Mapping[str, str], required: bool) -> di
     """The named profile's settings; {} when the file or the (implicit) profile is absent."""
     path = profile_path(env)
     label = name or "default"
+    if path is None:
+        if required:
+            raise UsageError(f"--profile {label}: this user has no home directory to find the "
+                             "profile file in: set HOME, XDG_CONFIG_HOME or FERROHSM_PROFILE_FILE")
+        return {}
     if env.get("FERROHSM_PROFILE_FILE") and _missing(path):
         # named on purpose, so meant to be read: silence sent every setting elsewhere
         raise UsageError(f"FERROHSM_PROFILE_FILE names {path}, which does not exist")

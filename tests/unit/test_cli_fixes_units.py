@@ -263,3 +263,19 @@ def test_a_token_file_others_may_read_is_warned_about(tmp_path: Any,
         else:
             assert f"can be read by {warned}" in err and "chmod 600" in err
             assert "aaa.bbb" not in err
+
+
+def test_a_user_with_no_home_has_no_profile_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A uid with no passwd entry and no HOME (``docker run --user 12345``): every client
+    command failed with "unexpected RuntimeError" while looking for the profile file."""
+    import pwd
+
+    from ferrohsm.cli.settings import UsageError, load_profile
+
+    def nobody_known(uid: int) -> pwd.struct_passwd:
+        raise KeyError(uid)
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", nobody_known)
+    assert load_profile(None, {}, required=False) == {}
+    with pytest.raises(UsageError, match=r"no home directory .* FERROHSM_PROFILE_FILE"):
+        load_profile("ci", {}, required=True)
