@@ -31,8 +31,17 @@ class VerifyInputError(Exception):
 def expand_paths(paths: list[str]) -> list[str]:
     files: list[str] = []
     for path in paths:
+        try:
+            os.stat(path)  # a folder above it this user may not enter: say so, not "no such"
+        except PermissionError as exc:
+            raise VerifyInputError(f"cannot read {path}: {exc.strerror}") from None
+        except OSError:
+            pass  # named below
         if os.path.isdir(path):
-            numbers = list_segments(path)
+            try:
+                numbers = list_segments(path)
+            except OSError as exc:  # a folder this user may not list
+                raise VerifyInputError(f"cannot read {path}: {exc.strerror}") from None
             if not numbers:
                 raise VerifyInputError(f"no audit segments (audit-NNNNNN.jsonl) in {path}; "
                                        "for an SQLite audit log give the database file")

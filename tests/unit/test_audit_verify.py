@@ -527,3 +527,32 @@ def test_report_blames_nobody_for_the_servers_own_authentication_outage() -> Non
     assert [row["name"] for row in data["denials_by_actor"]] == ["mallory"]
     assert [row["name"] for row in data["denials_by_source_ip"]] == ["10.0.0.6"]
     assert data["outcomes"] == {"error": 6, "denied": 1}
+
+
+def test_an_audit_folder_this_user_may_not_read_is_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`audit report DIR` / `audit verify DIR` of a folder the user may not list died with
+    "unexpected PermissionError"; one below a folder it may not enter was "no such file or
+    directory" (os.path.exists says False on EACCES). Both are now the cause, in one line.
+    (The tests run as root, whom permissions do not stop: the refusals are made here.)"""
+    import os
+
+    from ferrohsm.audit import segments
+    from ferrohsm.audit.offline import VerifyInputError, expand_paths
+    listed, hidden = tmp_path / "listed", tmp_path / "closed" / "audit"
+    listed.mkdir()
+    real_stat = os.stat
+
+    def refuse_list(path: str) -> list[str]:
+        raise PermissionError(13, "Permission denied", path)
+
+    def refuse_stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if str(path) == str(hidden):
+            raise PermissionError(13, "Permission denied", path)
+        return real_stat(path, *args, **kwargs)
+    monkeypatch.setattr(segments.os, "listdir", refuse_list)
+    with pytest.raises(VerifyInputError, match=f"cannot read {listed}: Permission denied"):
+        expand_paths([str(listed)])
+    monkeypatch.setattr(os, "stat", refuse_stat)
+    with pytest.raises(VerifyInputError, match=f"cannot read {hidden}: Permission denied"):
+        expand_paths([str(hidden)])
