@@ -537,7 +537,6 @@ def test_an_audit_folder_this_user_may_not_read_is_one_line(
     (The tests run as root, whom permissions do not stop: the refusals are made here.)"""
     import os
 
-    from ferrohsm.audit import segments
     from ferrohsm.audit.offline import VerifyInputError, expand_paths
     listed, hidden = tmp_path / "listed", tmp_path / "closed" / "audit"
     listed.mkdir()
@@ -550,7 +549,7 @@ def test_an_audit_folder_this_user_may_not_read_is_one_line(
         if str(path) == str(hidden):
             raise PermissionError(13, "Permission denied", path)
         return real_stat(path, *args, **kwargs)
-    monkeypatch.setattr(segments.os, "listdir", refuse_list)
+    monkeypatch.setattr(os, "listdir", refuse_list)  # as segments.py calls it
     with pytest.raises(VerifyInputError, match=f"cannot read {listed}: Permission denied"):
         expand_paths([str(listed)])
     monkeypatch.setattr(os, "stat", refuse_stat)
