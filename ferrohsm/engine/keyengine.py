@@ -25,6 +25,8 @@ from ..domain.model import GCM_LIMIT, Key, KeyVersion, NoSuchVersion
 from .gcmbudget import GCM_WARN_AT, GcmBudget
 from .keycache import MaterialCache
 
+TOKEN_OVERHEAD = 1024  # more than any blob adds to its input (nonce, tag, header, key wrap)
+
 log = logging.getLogger("ferrohsm.keys")
 __all__ = ["GCM_LIMIT", "GCM_WARN_AT", "KeyEngine"]
 
@@ -100,6 +102,21 @@ class KeyEngine:
         try:
             version = _token_version(key, lc.Use.DECRYPT, number)
             return ops.decrypt(self.handle(key, version), blob, aad), number
+        except FerroError as exc:  # the refusal's record names the version the token names
+            exc.details.setdefault("key_version", number)
+            raise
+
+    def check_token(self, key: Key, token: str, use: lc.Use) -> None:
+        """Refuse what ``decrypt`` or ``unwrap`` would refuse without touching material: a
+        token not in the format, one larger than anything this key could have made, one
+        naming a version the key never had or may not use. Run before a request under dual
+        control is parked: else approvers were asked to approve a call that could never run,
+        and their approval was spent on a 400 (an outside tester)."""
+        number, blob = ops.parse_token(token)
+        try:
+            if len(blob) > self.max_input + TOKEN_OVERHEAD:
+                self._too_large()
+            _token_version(key, use, number)
         except FerroError as exc:  # the refusal's record names the version the token names
             exc.details.setdefault("key_version", number)
             raise

@@ -424,7 +424,9 @@ class KeyService:
         _, plaintext, version = self._use(ctx, Action.DECRYPT, ref,
                                           lambda k: self.engine.decrypt(k, ciphertext, aad),
                                           lambda p: f"decrypted {len(p)} bytes",
-                                          {"ciphertext": ciphertext, "aad": aad})
+                                          {"ciphertext": ciphertext, "aad": aad},
+                                          lambda k: self.engine.check_token(
+                                              k, ciphertext, lc.Use.DECRYPT))
         return {"plaintext": plaintext, "key_version": version}
 
     def sign(self, ctx: RequestContext, ref: str, data: bytes, *, prehashed: bool,
@@ -459,7 +461,9 @@ class KeyService:
         _, material, version = self._use(ctx, Action.UNWRAP, ref,
                                          lambda k: self.engine.unwrap(k, wrapped),
                                          lambda m: f"unwrapped {len(m)} bytes",
-                                         {"wrapped": wrapped})
+                                         {"wrapped": wrapped},
+                                         lambda k: self.engine.check_token(
+                                             k, wrapped, lc.Use.UNWRAP))
         return {"key_material": material, "key_version": version}
 
     def public_key(self, ctx: RequestContext, ref: str, version: int | None) -> dict[str, Any]:

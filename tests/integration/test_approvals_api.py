@@ -241,6 +241,24 @@ def test_a_change_that_cannot_happen_parks_nothing_and_spends_nothing(
         "approved"
 
 
+def test_an_input_that_could_never_be_unwrapped_or_decrypted_parks_nothing(
+        srv: LiveServer) -> None:
+    """Junk given to unwrap (or to decrypt) under dual control was parked; the quorum
+    approved it, the redemption failed "malformed ciphertext", and the approval showed
+    "executed" (an outside tester). A 133 KB junk input was parked too (202), where any other
+    input that large is a 413. Each is refused before anyone is asked to approve it."""
+    wrapper, guarded = create(srv, "pci", usage="wrap"), create(srv, "guarded")
+    svc = as_(srv, "service", "svc")
+    for path, field in ((f"/v1/keys/{wrapper}/unwrap", "wrapped"),
+                        (f"/v1/keys/{guarded}/decrypt", "ciphertext")):
+        for junk, status in (("aGVsbG8=", 400), ("fhsm:v7:" + B(bytes(32)), 400),
+                             ("fhsm:v1:" + B(bytes(133_000)), 413)):
+            got, _, err = srv.call("POST", path, {field: junk}, **svc)
+            assert got == status, (path, junk[:12], err)
+    _, _, pending = srv.call("GET", "/v1/approvals?state=pending&limit=1000", **as_(srv, *BOB))
+    assert not [a for a in pending["approvals"] if a["key_id"] in (wrapper, guarded)]
+
+
 def test_a_rewrap_under_dual_control_is_refused_before_either_half(srv: LiveServer) -> None:
     """One X-Approval-ID cannot cover a rewrap's decrypt and its encrypt: refused up front (400),
     nothing parked, no decrypt run, rather than a decrypt approval spent (and the plaintext
