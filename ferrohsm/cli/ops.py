@@ -119,7 +119,7 @@ def add_parsers(sub: Any) -> None:
             p.add_argument("--algorithm", metavar="SCHEME", choices=sorted(SCHEME_HASH),
                            help="signature scheme: ecdsa-sha256, ecdsa-sha384, rsa-pss-sha256 "
                            "(RSA default), rsa-pkcs1v15-sha256")
-        if name in ("encrypt", "sign", "wrap"):
+        if name in ("encrypt", "sign", "wrap", "verify"):
             p.add_argument("--allow-empty", action="store_true",
                            help="accept an empty input (refused by default: an empty input is "
                            "usually a failed step before this one)")
@@ -365,7 +365,7 @@ def verify(args: argparse.Namespace, client: Any, settings: Settings) -> int:
         # its refusal must say so, not suggest dropping --message (an outside tester)
         signature = checked_signature(read_input(args.signature, at_most=SIGNATURE_FILE),
                                       args.signature)
-        message, digest = _signed_input(args, client, True)
+        message, digest = _signed_input(args, client, args.allow_empty)
         result = client.verify_result(args.key, signature, message, digest=digest,
                                       algorithm=args.algorithm, key_version=args.key_version,
                                       **_opts(settings))

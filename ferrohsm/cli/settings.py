@@ -44,7 +44,7 @@ FIELDS = ("server", "token", "token_file", "ca_cert", "client_cert", "client_key
 DEFAULT_TIMEOUT = 30.0
 OUTPUTS = ("table", "json", "text")
 # Three base64url parts, the first a JSON object's ("eyJ"): a JWT, not a file name
-_JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 class UsageError(Exception):
@@ -300,7 +300,7 @@ def _token(layers: list[dict[str, Any]]) -> str | None:
     if kind == "token" or value is None:
         return check_token(str(value).strip(), "the token (--token or FERROHSM_TOKEN)") \
             if value else None
-    if _JWT_SHAPE.fullmatch(str(value)):  # --token-file "$TOKEN": never echoed as a path
+    if JWT_SHAPE.fullmatch(str(value)):  # --token-file "$TOKEN": never echoed as a path
         raise UsageError("the token file setting (--token-file, FERROHSM_TOKEN_FILE or a "
                          "profile's token_file) holds what looks like a token, not a path: "
                          "give the token with --token or FERROHSM_TOKEN (not shown here)")

@@ -17,7 +17,7 @@ from ..domain.errors import ConfigError
 from . import output
 from .errors import USAGE, CliExit
 from .quickstart import JWT_FILE
-from .settings import Settings, command
+from .settings import JWT_SHAPE, Settings, UsageError, command
 
 
 def add_parser(sub: Any) -> None:
@@ -64,6 +64,9 @@ def add_parser(sub: Any) -> None:
 
 
 def revoke(args: argparse.Namespace, client: Any, settings: Settings) -> int:
+    if JWT_SHAPE.fullmatch(args.jti):  # the whole token pasted: it is not shown back
+        raise UsageError("JTI is a whole token, not its jti: `FERROHSM_TOKEN=<that token> "
+                         "ferrohsm whoami --field jti` shows the jti to give (nothing was sent)")
     result = client.revoke_token(args.jti, args.exp)
     output.emit(settings, result, lambda: f"Revoked token {result.get('jti')}: refused until "
                 f"{output.when(result.get('until'))}.")

@@ -240,7 +240,9 @@ def _umask() -> int:
 def test_encrypt_and_sign_refuse_empty_input(cli: Cli, live: LiveServer) -> None:
     key = create(cli, "aes-256-gcm", "encrypt")
     signer = create(cli, "ec-p256", "sign")
-    for argv in (("encrypt", key), ("sign", signer, "--out", os.devnull)):
+    signature = tmp_signature(cli, signer)
+    for argv in (("encrypt", key), ("sign", signer, "--out", os.devnull),
+                 ("verify", signer, "--signature", signature)):  # verify: an outside tester
         corr = unique("empty")
         refused = cli(*argv, "--correlation-id", corr, role="service", stdin=b"")
         assert refused.code == 2 and "standard input is empty" in one_line(refused)
@@ -248,6 +250,15 @@ def test_encrypt_and_sign_refuse_empty_input(cli: Cli, live: LiveServer) -> None
         assert audit_actions(live, corr) == []
         allowed = cli(*argv, "--allow-empty", role="service", stdin=b"")
         assert allowed.code == 0, allowed.err
+
+
+def tmp_signature(cli: Cli, signer: str) -> str:
+    """A signature of the empty message, in a file that lasts the test session."""
+    import tempfile
+    path = os.path.join(tempfile.mkdtemp(), "empty.sig")
+    signed = cli("sign", signer, "--allow-empty", "--out", path, role="service", stdin=b"")
+    assert signed.code == 0, signed.err
+    return path
 
 
 def test_a_repeated_parked_command_gets_its_pending_approval(cli: Cli, live: LiveServer) -> None:
@@ -365,6 +376,9 @@ def test_token_revoke_by_jti(cli: Cli, live: LiveServer) -> None:
     assert cli("whoami", token=leaked).code == 0
     refused = cli("token", "revoke", jti, role="operator")
     assert refused.code == 1 and "(forbidden, request id" in one_line(refused)
+    pasted = cli("token", "revoke", leaked)  # the whole token: refused, not echoed
+    assert pasted.code == 2 and "whoami --field jti" in one_line(pasted)
+    assert leaked not in pasted.err + pasted.text
     revoked = cli("token", "revoke", jti)
     assert revoked.code == 0 and f"Revoked token {jti}" in revoked.text
     after = cli("whoami", token=leaked)
