@@ -67,7 +67,12 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (component, version)
 )"""
-SESSION_SETTINGS: tuple[LiteralString, ...] = ("SET idle_in_transaction_session_timeout = '60s'",)
+# synchronous_commit: a COMMIT returns once its WAL is flushed, whatever the database's default
+# (``ALTER DATABASE … SET synchronous_commit = off`` is a common tuning, under which an
+# acknowledged key vanished when PostgreSQL crashed: an outside tester); the audit sink's
+# sessions set it too (audit/pgsink.py).
+SESSION_SETTINGS: tuple[LiteralString, ...] = ("SET idle_in_transaction_session_timeout = '60s'",
+                                               "SET synchronous_commit TO on")
 
 
 def driver() -> ModuleType:

@@ -22,17 +22,38 @@ request. Here is what keeps it more cheaply:
   checks at every lookup.
 * A check that fails is kept by no one: the lookup that made it fails as a store read fails
   (StoreError, 503), and the next lookup checks again. A cache is never served unvalidated.
+
+The counter is not authenticated (the rows it vouches for are), so a hand in the database could
+stop it or put it back, and a node would keep serving a key revoked since (an outside tester:
+one UPDATE of ferrohsm_generation). Three things bound that:
+
+* A writer checks that its change moved the counter (``require_bump``, in the writer's
+  transaction): a counter frozen by a trigger fails the change, which is then never
+  acknowledged, instead of acknowledging what the other nodes will not see.
+* The numbers caches are tagged with only ever grow here: a counter lower than one read before
+  is taken as a change (every entry re-read), and logged.
+* Tags carry the REVALIDATE_SECONDS period they were read in: no entry serves longer than that
+  without its row being asked for again (one small query a key and period when it did not
+  change: rows are compared by version, not sent again). A counter put back to exactly what a
+  node last saw is then outlived within seconds.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from ..domain.errors import StoreError
+from ..domain.errors import IntegrityError, StoreError
 from .pgdb import PgDatabase
+
+log = logging.getLogger("ferrohsm.store")
+REVALIDATE_SECONDS = 2.0  # at most this long does a cached row serve without being asked for
+_PERIODS = 1 << 32  # tags: (monotonic generation) * _PERIODS + period number
+GENERATION_OF = "SELECT gen FROM ferrohsm_generation WHERE name = %s"
 
 NO_GENERATION = -1  # the tag of an entry no check vouches for (this node's own writes)
 _GENERATIONS = (b"fh_generations",
@@ -53,20 +74,38 @@ class Freshness:
         self._db = db
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._checking = threading.Lock()  # checks one at a time: read in the order applied
         self.latest: Generations | None = None  # the newest any thread read
         self.checks = 0  # round trips made: what the tests and the health page count
+        self._raw: tuple[int, int] | None = None  # the counters as last read
+        self._shift = [0, 0]  # added to them, so that what caches see never goes back
 
     def check(self) -> Generations:
         """Both generations as committed now: one round trip; StoreError without an answer."""
-        rows = self._db.fetch(*_GENERATIONS, (), "cannot check the PostgreSQL state for changes")
-        if not rows or rows[0][0] is None or rows[0][1] is None:
-            raise StoreError("cannot check the PostgreSQL state for changes: the generation "
-                             "rows are missing (ferrohsm_generation was edited)")
-        gens = Generations(int(rows[0][0]), int(rows[0][1]))
-        with self._lock:
-            self.checks += 1
-            self.latest = gens
+        with self._checking:
+            rows = self._db.fetch(*_GENERATIONS, (),
+                                  "cannot check the PostgreSQL state for changes")
+            if not rows or rows[0][0] is None or rows[0][1] is None:
+                raise StoreError("cannot check the PostgreSQL state for changes: the "
+                                 "generation rows are missing (ferrohsm_generation was edited)")
+            gens = self._tags((int(rows[0][0]), int(rows[0][1])), time.monotonic())
+            with self._lock:
+                self.checks += 1
+                self.latest = gens
         return gens
+
+    def _tags(self, raw: tuple[int, int], now: float) -> Generations:
+        """What caches tag entries with: the counters made never to go back, and the period."""
+        previous, self._raw = self._raw, raw
+        for i, (name, value) in enumerate(zip(Generations._fields, raw, strict=True)):
+            if previous is not None and value < previous[i]:
+                self._shift[i] += previous[i] - value + 1
+                log.error("the PostgreSQL change generation of %s went back from %d to %d: "
+                          "ferrohsm_generation was edited by hand; every cached entry is read "
+                          "again", name, previous[i], value)
+        period = int(now / REVALIDATE_SECONDS)
+        return Generations(*((value + shift) * _PERIODS + period
+                             for value, shift in zip(raw, self._shift, strict=True)))
 
     def trusted(self) -> Generations | None:
         """The generations this thread's turn validated, or None (no turn, or not checked yet)."""
@@ -97,3 +136,23 @@ class Freshness:
     def stats(self) -> dict[str, object]:
         """For the health page, which anyone may read: how many checks, not what changed."""
         return {"freshness_checks": self.checks}
+
+
+def generation_in(conn: Any, name: str) -> int:
+    """The counter ``name`` as the transaction on ``conn`` sees it."""
+    row = conn.execute(GENERATION_OF, (name,)).fetchone()
+    if row is None:
+        raise StoreError("the PostgreSQL change generation rows are missing "
+                         "(ferrohsm_generation was edited)")
+    return int(row[0])
+
+
+def require_bump(conn: Any, name: str, before: int) -> None:
+    """Refuse (the transaction is rolled back) a change that did not move its counter past
+    ``before``, read earlier in the same transaction: the other nodes would never learn of it."""
+    after = generation_in(conn, name)
+    if after <= before:
+        raise IntegrityError(f"the PostgreSQL change generation of {name} did not move with "
+                             "this change (ferrohsm_generation, or its trigger, was altered): "
+                             "refused, as other nodes would not see it; restore the trigger "
+                             "(schema migration 2) and retry")

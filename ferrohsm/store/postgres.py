@@ -40,7 +40,7 @@ from ..domain.model import Key, KeyFilter, Page
 from .keyindex import page_of
 from .keystore import KeyStore, check_limit, decode_page_token
 from .pgdb import Conn, PgDatabase, driver
-from .pgfresh import NO_GENERATION, Freshness
+from .pgfresh import NO_GENERATION, Freshness, require_bump
 from .pgschema import SCHEMA_VERSION, prepare
 from .records import (
     RECORD_FAULTS,
@@ -57,7 +57,8 @@ _GET = (b"fh_key_get", b"SELECT xmin::text, CASE WHEN xmin::text = $1 THEN NULL 
         b"FROM keys WHERE id = $2")
 _GET_BY_NAME = (b"fh_key_by_name", b"SELECT id, xmin::text, CASE WHEN id = $1 AND xmin::text = "
                 b"$2 THEN NULL ELSE record END FROM keys WHERE name = $3")
-_LOCK_FOR_UPDATE = ("SELECT xmin::text, CASE WHEN xmin::text = %s THEN NULL ELSE record END "
+_LOCK_FOR_UPDATE = ("SELECT xmin::text, CASE WHEN xmin::text = %s THEN NULL ELSE record END, "
+                    "(SELECT gen FROM ferrohsm_generation WHERE name = 'keys') "
                     "FROM keys WHERE id = %s FOR UPDATE")
 _INSERT = ("INSERT INTO keys (id, name, state, algorithm, usage, revision, record) "
            "VALUES (%s, %s, %s, %s, %s, %s, %s)")
@@ -303,6 +304,7 @@ class PostgresStore(KeyStore):
                 conn.execute("DELETE FROM key_tags WHERE key_id = %s", (key.id,))
                 with conn.cursor() as cur:
                     cur.executemany(_INSERT_TAGS, [(tag, key.id) for tag in key.tags])
+            require_bump(conn, "keys", -1 if row[2] is None else int(row[2]))  # else no node re-reads
             assert done is not None  # noqa: S101  narrows a type for mypy: the row is locked
             return str(done[0])
         try:

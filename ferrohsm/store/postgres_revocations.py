@@ -20,7 +20,7 @@ import threading
 from ..domain.errors import StoreError, Unavailable
 from ..domain.model import PLAIN_TEXT_RE
 from .pgdb import Conn, PgDatabase
-from .pgfresh import NO_GENERATION, Freshness
+from .pgfresh import NO_GENERATION, Freshness, generation_in, require_bump
 from .pgschema import prepare
 
 MAX_JTI_CHARS = 128  # auth.denylist.valid_jti: the rule the API publishes for jti
@@ -105,6 +105,7 @@ class PostgresDenyList:
             return
 
         def work(conn: Conn) -> int:
+            before = generation_in(conn, "revoked_tokens")
             for jti, until in listed.items():
                 conn.execute("INSERT INTO revoked_tokens (jti, until) VALUES (%s, %s) "
                              "ON CONFLICT (jti) DO UPDATE SET "
@@ -115,6 +116,7 @@ class PostgresDenyList:
             live = int(row[0]) if row else 0
             if live > self._max:
                 raise Unavailable(f"the token deny-list is full ({self._max} live entries)")
+            require_bump(conn, "revoked_tokens", before)  # else other nodes keep the token
             return live
         self._last_count = self._db.run(work, "could not write the revoked-token list")
         with self._lock:  # listed now, and an entry only ever lengthens: true under any check

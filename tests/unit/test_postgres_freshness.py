@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,9 +26,10 @@ from ferrohsm.api.dispatch import Dispatcher
 from ferrohsm.api.http import Headers, Request, Response, json_response
 from ferrohsm.crypto.recordmac import RecordMac
 from ferrohsm.domain import lifecycle as lc
-from ferrohsm.domain.errors import Forbidden, NotFound, StoreError
+from ferrohsm.domain.errors import Forbidden, IntegrityError, NotFound, StoreError
 from ferrohsm.domain.ids import uuid7
 from ferrohsm.domain.model import Key, KeyState
+from ferrohsm.store import pgfresh
 from ferrohsm.store.pgdb import PgDatabase
 from ferrohsm.store.pgfresh import Freshness
 from ferrohsm.store.postgres import PostgresStore
@@ -85,6 +87,14 @@ def open_node(dsn: str) -> Node:
                             log=logging.getLogger("test"), wake=lambda: None,
                             turn=store.freshness.turn)
     return Node(db, store, deny, dispatcher)
+
+
+@pytest.fixture(autouse=True)
+def one_period(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Round trips are counted here: no revalidation period may end within a test, but in
+    the tests of that period."""
+    if "period" not in request.node.name:
+        monkeypatch.setattr(pgfresh, "REVALIDATE_SECONDS", 3600.0)
 
 
 @pytest.fixture
@@ -235,10 +245,12 @@ def test_a_generation_moves_only_when_the_change_commits(nodes: list[Node], dsn:
     with psycopg.connect(dsn) as conn:  # one open transaction, as a slow writer holds it
         conn.execute("UPDATE keys SET state = state WHERE id = %s", (key.id,))
         assert generations(dsn) == before  # not visible before COMMIT (a SEQUENCE would be)
-        assert nodes[1].freshness.check().keys == before["keys"]
+        seen = nodes[1].freshness.check()
+        assert nodes[1].freshness._raw == (before["keys"], before["revoked_tokens"])
     after = generations(dsn)
     assert after == {**before, "keys": before["keys"] + 1}
-    assert nodes[1].freshness.check().keys == after["keys"]
+    assert nodes[1].freshness.check().keys != seen.keys
+    assert nodes[1].freshness._raw == (after["keys"], after["revoked_tokens"])
 
 
 # ---- (d) a failed check refuses -------------------------------------------------------------
@@ -292,3 +304,59 @@ def test_a_change_under_another_search_path_still_moves_the_counter(dsn: str) ->
     finally:
         node.dispatcher.close(1)
         node.store.close()
+
+
+# ---- the counter is not authenticated: a hand in the database stops or rewinds it ------------
+
+FREEZE = """
+CREATE FUNCTION frozen() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN OLD; END $$;
+CREATE TRIGGER frozen BEFORE UPDATE ON ferrohsm_generation FOR EACH ROW EXECUTE FUNCTION frozen();
+"""
+
+
+def test_a_change_whose_counter_is_frozen_is_refused_not_acknowledged(nodes: list[Node],
+                                                                      dsn: str) -> None:
+    """A trigger that keeps ferrohsm_generation still (an outside tester): the revoke was
+    acknowledged and the other nodes went on encrypting with the key. Now the change fails
+    in its own transaction, so the key stays as every node sees it."""
+    a, b = nodes
+    key = a.store.create(new_key())
+    assert turn(b, key.id) == [200]
+    by_hand(dsn, FREEZE)
+    with pytest.raises(IntegrityError, match="did not move with this change"):
+        a.store.update(lc.revoke(a.store.get(key.id), NOW, "alice", "test"))
+    assert a.store.get(key.id).state is KeyState.ACTIVE
+    with pytest.raises(IntegrityError, match="did not move"):
+        a.deny.revoke("jti-frozen", 4_000_000_000.0, 0.0)
+    assert not b.deny.is_revoked("jti-frozen", 0.0)
+
+
+def test_a_counter_put_back_by_hand_is_outlived_within_a_period(
+        nodes: list[Node], dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The revoke committed, then the counter was set back to what node b last saw: b's
+    check finds nothing changed. Its cached key serves at most one revalidation period more."""
+    monkeypatch.setattr(pgfresh, "REVALIDATE_SECONDS", 0.5)
+    a, b = nodes
+    key = a.store.create(new_key())
+    assert turn(b, key.id) == [200]
+    seen = generations(dsn)["keys"]
+    a.store.update(lc.revoke(a.store.get(key.id), NOW, "alice", "test"))
+    by_hand(dsn, "UPDATE ferrohsm_generation SET gen = %s WHERE name = 'keys'", (seen,))
+    deadline = time.monotonic() + 2 * 0.5 + 0.5
+    while turn(b, key.id) != [403]:
+        assert time.monotonic() < deadline, "a stale key served past its period"
+        time.sleep(0.05)
+
+
+def test_a_counter_lower_than_one_read_before_changes_every_tag(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """What caches are tagged with never repeats after the counter goes back: a later honest
+    change could otherwise land on a number an old entry carries."""
+    fresh = Freshness.__new__(Freshness)
+    fresh._raw, fresh._shift = None, [0, 0]
+    first = fresh._tags((7, 3), 10.0)
+    with caplog.at_level(logging.ERROR, logger="ferrohsm.store"):
+        back = fresh._tags((5, 3), 10.0)
+    assert "went back from 7 to 5" in caplog.text
+    assert back.keys > first.keys and back.tokens == first.tokens
+    assert fresh._tags((7, 3), 10.0).keys not in (first.keys, back.keys)

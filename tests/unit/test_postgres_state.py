@@ -75,6 +75,24 @@ def test_migrations_are_numbered_recorded_and_applied_once(dsn: str) -> None:
     assert _applied(dsn) == [(COMPONENT, n) for n in range(1, SCHEMA_VERSION + 1)]
 
 
+def test_the_store_commits_durably_whatever_the_databases_default(dsn: str) -> None:
+    """``ALTER DATABASE … SET synchronous_commit = off``: the store's COMMIT returned before
+    its WAL was on disk, and a key acknowledged 201 was gone after PostgreSQL crashed (an
+    outside tester, with the file audit sink). The store's sessions set it back on."""
+    name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+        assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)  # not this one
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)  # new sessions
+    db = PgDatabase(dsn)
+    try:
+        assert db.run(lambda c: c.execute("SHOW synchronous_commit").fetchone(),
+                      "test") == ("on",)
+    finally:
+        db.close()
+
+
 def test_a_newer_schema_is_refused_with_a_clear_message(dsn: str) -> None:
     PostgresStore(PgDatabase(dsn), MAC).close()
     with psycopg.connect(dsn) as conn:
