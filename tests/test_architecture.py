@@ -81,8 +81,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     # L6: entry points
     # crypto, imported lazily: `keys import` wraps key material locally (crypto/importwrap.py),
     # `approvals --signing-key` signs a vote locally
-    "cli": frozenset({"domain", "audit", "auth", "telemetry", "config", "tls", "client", "app",
-                      "custody", "integrity", "crypto", "datadir", "smallfile"}),
+    "cli": frozenset({"domain", "audit", "auth", "telemetry", "config", "tls", "client",
+                      "client_errors", "app", "custody", "integrity", "crypto", "datadir",
+                      "smallfile"}),
     "__main__": frozenset({"cli"}),
 }
 
