@@ -397,6 +397,11 @@ def test_every_data_table_is_named_and_has_no_empty_header(server: LiveServer,
                         ".textContent.trim()", table), table
             assert not b.js("return [...document.querySelectorAll(arguments[0] + ' thead th')]"
                             ".filter((th) => !th.textContent.trim()).length", table), table
+            # a cell made a flex box leaves the table: its border strayed from its row's
+            assert not b.js("return [...document.querySelectorAll(arguments[0] + ' tbody td')]"
+                            ".filter((td) => getComputedStyle(td).display !== 'table-cell')"
+                            ".map((td) => td.outerHTML + getComputedStyle(td).display)",
+                            table), table
             if table == "#version-table":  # an AES-GCM encrypt key's versions count encryptions
                 assert b.js("return [...document.querySelectorAll('#version-table tbody td')]"
                             ".map((td) => td.textContent)").count("0 (0% of 2^32)") == 1

@@ -124,8 +124,9 @@ function table(items, reload, marked = "") {
         a.denied_by && h("div", { class: "small" }, `denied by ${voter(a.denied_by)}`)),
       h("td", { class: "nowrap" }, timeEl(a.expires_at)),
       h("td", null, stateBadge(a.state)),
-      h("td", { class: "row-actions" }, eligible ? [decide(a, "approve", reload), decide(a, "deny", reload)]
-        : mine && a.state === "pending" ? h("span", { class: "muted small" }, "your request") : null));
+      h("td", null, h("div", { class: "row-actions" }, // a flex td is no table cell: its border strays
+        eligible ? [decide(a, "approve", reload), decide(a, "deny", reload)]
+          : mine && a.state === "pending" ? h("span", { class: "muted small" }, "your request") : null)));
   });
   return h("div", { class: "table-wrap" }, h("table", { class: "data", id: "approval-table" },
     h("caption", { class: "visually-hidden" }, "Approval requests"),

@@ -541,7 +541,7 @@ function versionTable(root, key, approvals) {
       h("td", { class: "nowrap" }, timeEl(v.created_at)),
       counted && h("td", { class: "nowrap", title: "of the 2^32 AES-GCM encryptions one version may make" },
         reservedText(v.encryptions_reserved)),
-      h("td", { class: "row-actions" }, cells));
+      h("td", null, h("div", { class: "row-actions" }, cells)));
   });
   return h("div", { class: "table-wrap" }, h("table", { class: "data", id: "version-table" },
     h("caption", { class: "visually-hidden" }, "Versions"),
