@@ -346,7 +346,9 @@ def check_token(token: str, where: str) -> str:
     bad = next((c for c in token if not c.isprintable() or c.isspace() or not c.isascii()),
                None)
     if bad is not None:
-        kind = "a line break" if bad in "\r\n" else f"the character U+{ord(bad):04X}"
+        kind = ("a line break" if bad in "\r\n"  # a byte not UTF-8 (from the environment)
+                else f"the byte 0x{ord(bad) - 0xDC00:02X}" if 0xDC80 <= ord(bad) <= 0xDCFF
+                else f"the character U+{ord(bad):04X}")
         raise UsageError(f"{where} contains {kind} inside it: a token is one line without "
                          "spaces; check how it was copied")
     return token

@@ -83,6 +83,8 @@ def test_a_token_pasted_with_its_bearer_scheme_is_told_so() -> None:
     assert "eyJ" not in str(info.value)
     with pytest.raises(UsageError, match="U\\+0020"):
         check_token("abc def", "the token")
+    with pytest.raises(UsageError, match="the byte 0xFF inside"):  # os.environ's escape
+        check_token("abc\udcffdef", "the token")
 
 
 def test_a_token_file_that_is_a_fifo_nobody_writes_to_is_refused_in_time(
