@@ -60,7 +60,7 @@ from .handlers.dashboard import harden
 from .http import Request, Response, error_response, is_sane_request_id, json_response
 from .router import Router
 from .transit import envelope as vault
-from .transit import is_vault, is_vault_unrouted
+from .transit import is_vault, is_vault_unrouted, refuse_unsupported_headers
 
 log = logging.getLogger("ferrohsm.api")
 AuditHook = Callable[..., None]  # (ctx, action, outcome, message, **details)
@@ -489,6 +489,7 @@ def _credentials(req: Request) -> list[str]:
     /v1/auth/token/lookup-self) a Vault client sends its token as ``X-Vault-Token``: the same
     FerroHSM bearer token, validated the same way (one header or the other, never both)."""
     if is_vault(req.path):
+        refuse_unsupported_headers(req.headers.get)
         vault_tokens = req.headers.get_all("x-vault-token")
         if vault_tokens:
             if len(vault_tokens) > 1 or "authorization" in req.headers:

@@ -83,7 +83,8 @@ MAX_QUERY_FIELDS = 100
 # with "{" is a form): its Go API client (SOPS, Go services) sends none, and the curl examples of
 # its documentation send curl's default, application/x-www-form-urlencoded. Under this prefix
 # (api/transit) a body is taken as JSON whatever type it declares; one that is not JSON is a 400.
-UNTYPED_JSON_PREFIX = "/v1/transit/"
+# (/v1/auth/ is Vault's only: its Go client writes there with no type either.)
+UNTYPED_JSON_PREFIX = ("/v1/transit/", "/v1/auth/")
 # The one Vault path with a trailing slash that its tools send (`vault list transit/keys`, the Go
 # client's List): read as the path without it, where every other path ending in "/" is a 404.
 VAULT_LISTING = "/v1/transit/keys/"

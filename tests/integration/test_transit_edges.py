@@ -19,6 +19,10 @@ POLICY = """
 [policy.tags.dc]
 approvals_required = 1
 approval_actions = ["decrypt"]
+
+[policy.tags.pub]
+approvals_required = 1
+approval_actions = ["public-key"]
 """
 
 
@@ -278,3 +282,97 @@ def test_a_repeated_member_inside_an_ignored_batch_member_is_refused(srv: LiveSe
     raw = b'{"plaintext":"aGk=","batch":[{"a":1,"a":2}]}'
     status, reply = vault(srv, "POST", f"/v1/transit/encrypt/{create(srv)}", raw=raw)
     assert status == 400, reply
+
+
+# ---- what an outside tester found with hvac, curl and Vault's documentation (P) ---------------
+
+def test_a_key_whose_public_key_needs_an_approval_is_read_without_it(srv: LiveServer) -> None:
+    """Reading it parked an approval for its public key, and the approval then given was
+    refused ("key.read never needs one"): hvac's read_key failed for good. Vault shows a
+    key's info whatever its policies; FerroHSM shows it without the public key."""
+    name = f"pub-{secrets.token_hex(4)}"
+    assert srv.call("POST", "/v1/keys", {"algorithm": "ec-p256", "usage": "sign", "name": name,
+                                         "tags": ["pub"]})[0] == 201
+    status, answer = vault(srv, "GET", f"/v1/transit/keys/{name}")
+    assert status == 200, answer
+    [entry] = answer["data"]["keys"].values()
+    assert entry["name"] == "P-256" and "public_key" not in entry
+    _, _, pending = srv.call("GET", "/v1/approvals?state=pending&limit=1000")
+    assert not [a for a in pending["approvals"] if a["key_name"] == name]
+
+
+def test_permission_is_checked_before_parameters(srv: LiveServer) -> None:
+    """An Auditor's encrypt of bad base64 was a 400 recorded with no key, its well-formed one
+    a 403: Vault checks its ACL before any parameter, and so does this surface now."""
+    name = create(srv)
+    for path, body in ((f"/v1/transit/encrypt/{name}", {"plaintext": "!!"}),
+                       (f"/v1/transit/encrypt/{name}", {"plaintext": B(b"x"), "context": "YQ=="}),
+                       (f"/v1/transit/datakey/plaintext/{name}", {"bits": 64}),
+                       (f"/v1/transit/decrypt/{name}", {"ciphertext": "vault:v1:!!"}),
+                       (f"/v1/transit/rewrap/{name}", {"ciphertext": "x", "context": "YQ=="}),
+                       (f"/v1/transit/encrypt/{name}", {"batch_input": [{"plaintext": "!!"}]})):
+        status, answer = vault(srv, "POST", path, body, role="auditor")
+        assert status == 403, (path, body, answer)
+        assert "errors" in answer
+    assert vault(srv, "POST", f"/v1/transit/encrypt/{name}", {"plaintext": "!!"})[0] == 400
+
+
+def test_response_wrapping_and_namespaces_are_refused_not_ignored(srv: LiveServer) -> None:
+    """Ignored, X-Vault-Wrap-TTL gave the data key in clear where hvac expected a wrapping
+    token, and X-Vault-Namespace used the root namespace's key of that name."""
+    name = create(srv)
+    path = f"/v1/transit/datakey/plaintext/{name}"
+    status, answer = vault(srv, "POST", path, {}, headers={"X-Vault-Wrap-TTL": "60s"})
+    assert status == 400 and "X-Vault-Wrap-TTL" in answer["errors"][0]
+    assert "plaintext" not in json.dumps(answer)
+    status, answer = vault(srv, "POST", path, {}, headers={"X-Vault-Namespace": "team-a"})
+    assert status == 400 and "X-Vault-Namespace" in answer["errors"][0]
+    assert vault(srv, "POST", path, {}, headers={"X-Vault-Namespace": "root/"})[0] == 200
+
+
+def test_a_revoked_keys_name_is_not_answered_as_an_existing_usable_key(srv: LiveServer) -> None:
+    """Creating over a revoked (or destroyed) key answered 200 "already existed" with
+    supports_encryption true; the next encrypt failed."""
+    name = create(srv)
+    assert srv.call("POST", f"/v1/keys/{name}/revoke", {"reason": "test"})[0] == 200
+    status, answer = vault(srv, "POST", f"/v1/transit/keys/{name}", {}, role="operator")
+    assert status == 400 and "is revoked" in answer["errors"][0], answer
+    status, answer = vault(srv, "GET", f"/v1/transit/keys/{name}")
+    assert status == 200 and answer["data"]["supports_encryption"] is False
+
+
+def test_vault_auth_paths_take_untyped_json_and_put(srv: LiveServer) -> None:
+    """Vault's Go client writes JSON with no Content-Type, and with PUT: lookup-self answered
+    415, then 405."""
+    conn = srv.connect()
+    try:
+        conn.request("PUT", "/v1/auth/token/lookup-self", body=b"{}",
+                     headers={"X-Vault-Token": srv.token("service")})
+        response = conn.getresponse()
+        answer = json.loads(response.read())
+    finally:
+        conn.close()
+    assert response.status == 200, answer
+    assert answer["data"]["id"] or answer["data"]["display_name"]
+
+
+def test_json_sent_as_curl_data_gets_its_own_mistake_named(srv: LiveServer) -> None:
+    """`curl --data` declares a form; a JSON body with a duplicate member was told "form-encoded
+    bodies are not read", not what is wrong with it."""
+    name = create(srv)
+    raw = b'{"plaintext": "aGk=", "plaintext": "aGk="}'
+    status, answer = vault(srv, "POST", f"/v1/transit/encrypt/{name}", raw=raw,
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 400 and "duplicate" in answer["errors"][0], answer
+    status, answer = vault(srv, "POST", f"/v1/transit/encrypt/{name}", raw=b"plaintext=aGk=",
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 400 and "form-encoded" in answer["errors"][0], answer
+
+
+def test_a_batch_reference_that_is_not_a_string_is_refused(srv: LiveServer) -> None:
+    """It was dropped from the result without a word: a caller matching results by
+    reference lost the match (Vault refuses the request)."""
+    name = create(srv)
+    status, answer = vault(srv, "POST", f"/v1/transit/encrypt/{name}",
+                           {"batch_input": [{"plaintext": "aGk=", "reference": 7}]})
+    assert status == 400 and "'[0].reference' expected type 'string'" in answer["errors"][0]

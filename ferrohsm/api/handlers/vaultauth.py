@@ -72,5 +72,5 @@ def register(router: Router, tokens: TokenService) -> None:
         assert ctx.principal is not None  # noqa: S101  narrows a type: whoami refused None
         return ok(req.request_id, lookup_self_data(ctx.principal, whoami, time.time()))
 
-    for method in ("GET", "POST"):
+    for method in ("GET", "POST", "PUT"):  # Vault takes a PUT as a POST
         router.add(method, LOOKUP_SELF, lookup_self)

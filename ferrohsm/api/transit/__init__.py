@@ -11,6 +11,10 @@ ciphertexts and signatures (``text``). The routes are in api/handlers/transit.py
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from ...domain.errors import BadRequest
+
 PREFIX = "/v1/transit/"  # Vault's default mount path of the transit engine
 # Only Vault clients call these: FerroHSM's own API has nothing under /v1/auth/, and under
 # /v1/sys/ only a few routes of its own (seal, unseal, rekey, backup), which keep its shapes
@@ -28,3 +32,17 @@ def is_vault_unrouted(path: str) -> bool:
     surface, or under /v1/sys/ where only Vault clients look for what FerroHSM lacks (hvac's
     sys.read_health_status, ``vault status``)."""
     return is_vault(path) or path.startswith(SYS_PREFIX)
+
+
+def refuse_unsupported_headers(header: Callable[[str], str | None]) -> None:
+    """Vault headers that change what a request means, and that FerroHSM cannot honour: 400,
+    not a silently different answer. Ignored, ``X-Vault-Wrap-TTL`` returned a data key in
+    clear where the client asked for a wrapping token (hvac's ``wrap_info`` was null), and
+    ``X-Vault-Namespace`` used the root namespace's key of that name (an outside tester)."""
+    if header("x-vault-wrap-ttl") is not None:
+        raise BadRequest("response wrapping (X-Vault-Wrap-TTL) is not supported by FerroHSM: "
+                         "the answer would come back unwrapped")
+    namespace = header("x-vault-namespace")
+    if namespace is not None and namespace.strip().strip("/") not in ("", "root"):
+        raise BadRequest("namespaces (X-Vault-Namespace) are not supported by FerroHSM: its "
+                         "keys live in one root namespace")

@@ -48,21 +48,25 @@ def reference(key: Key) -> str:
 def key_info(key: Key, public_pem: Callable[[int], str] | None) -> dict[str, Any]:
     """Vault's ``GET keys/:name`` data for ``key``. ``keys`` lists the versions that still have
     material: creation time (unix seconds) for AES, the public key for signing keys
-    (``public_pem(version)``, an audited read)."""
+    (``public_pem(version)``, an audited read; None: the caller may not read it without an
+    approval, and the key's info is shown without it, as Vault always shows a key's info)."""
     live = [v for v in key.versions if v.sealed is not None]
     versions: dict[str, Any] = {}
     # a key that may no longer verify (destruction scheduled) shows no public key
     verifies = key.state in (KeyState.ACTIVE, KeyState.REVOKED)
     for v in live:
-        if public_pem is None or key.usage != "sign":
+        if key.usage != "sign":
             versions[str(v.version)] = int(v.created_at.timestamp())
             continue
         entry = {"creation_time": v.created_at.isoformat().replace("+00:00", "Z"),
                  "name": _PUBLIC_NAME.get(key.algorithm, key.algorithm)}
-        if verifies:
+        if verifies and public_pem is not None:
             entry["public_key"] = public_pem(v.version)
         versions[str(v.version)] = entry
-    encrypts, signs = key.usage == "encrypt", key.usage == "sign"
+    # what a call could do with it now: a revoked or destroyed key's name stays taken, but
+    # "supports_encryption" on it told a Vault client it could still encrypt
+    usable = key.state is KeyState.ACTIVE
+    encrypts, signs = key.usage == "encrypt" and usable, key.usage == "sign" and usable
     return {
         "name": reference(key), "type": VAULT_TYPE.get(key.algorithm, key.algorithm),
         "keys": versions, "latest_version": len(key.versions),
