@@ -73,11 +73,11 @@ from .spread import Member
 from .tlsfail import HandshakeFailures
 
 OnRequest = Callable[[Request, Response, float], None]
-_MAX_WAIT = 1.0
-ACTIVE_WINDOW = 0.001  # seconds after an answer during which a connection counts as active
+_MAX_WAIT, ACTIVE_WINDOW = 1.0, 0.001  # ACTIVE_WINDOW: after an answer, a connection is active
 _RECV_SIZE, _LISTENER, _WAKE, _FLUSHED = 65536, object(), object(), object()
 _ACCEPTS_PER_TURN = 256
-LINGER_BODIES = 16  # discarded after a final answer: a 413's client still sending reads it
+# drained after a final answer, so that a 413's client still sending reads it: 16 bodies, at least
+LINGER_BODIES, LINGER_AT_LEAST = 16, 32 << 20  # Vault's limit (hvac sends it all, then reads)
 DRAIN_READ_SECONDS = 1.0  # at shutdown: time left to a request still arriving
 
 
@@ -446,7 +446,7 @@ class HardenedHTTPServer:
             self._dispatcher.take(conn, incoming)
 
     def _drain_linger(self, conn: Conn) -> None:
-        """Discard what the peer still sends after our final response (see LINGER_BODIES)."""
+        """Discard what the peer still sends after our answer (see LINGER_BODIES)."""
         try:
             received = conn.discard_raw(self._chunk) if conn.raw else \
                 conn.receive(self._chunk, len(self._chunk))
@@ -454,7 +454,7 @@ class HardenedHTTPServer:
             return self._close(conn)
         del conn.buf[:]
         conn.drained += received
-        if conn.eof or conn.drained > LINGER_BODIES * self.limits.max_body:
+        if conn.eof or conn.drained > max(LINGER_BODIES * self.limits.max_body, LINGER_AT_LEAST):
             self._close(conn)
 
     # ----------------------------------------------------------------- writing

@@ -376,3 +376,21 @@ def test_a_batch_reference_that_is_not_a_string_is_refused(srv: LiveServer) -> N
     status, answer = vault(srv, "POST", f"/v1/transit/encrypt/{name}",
                            {"batch_input": [{"plaintext": "aGk=", "reference": 7}]})
     assert status == 400 and "'[0].reference' expected type 'string'" in answer["errors"][0]
+
+
+def test_a_body_under_vaults_limit_but_over_ours_is_answered_413_after_it_is_sent(
+        srv: LiveServer) -> None:
+    """hvac sends a whole body before it reads the answer: a 24 MiB one (under Vault's 32 MiB
+    limit) met a closed connection, a TLS error, where 2 MiB met the 413 (the server drained
+    16 bodies of 1 MiB, then closed)."""
+    name = create(srv)
+    conn = srv.connect()
+    try:
+        conn.request("POST", f"/v1/transit/encrypt/{name}", body=b"{" + b" " * (24 << 20) + b"}",
+                     headers={"X-Vault-Token": srv.token("service"),
+                              "Content-Type": "application/json"})
+        response = conn.getresponse()
+        answer = json.loads(response.read())
+    finally:
+        conn.close()
+    assert response.status == 413 and "errors" in answer
