@@ -99,7 +99,8 @@ def _ecdsa(algo: hashes.HashAlgorithm) -> _Scheme:
 
 # PSS: MGF1 with the message hash and a salt as long as the digest (32 bytes), which is what
 # `openssl dgst -sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:32` expects. Verification
-# demands the same salt length rather than auto-detecting it.
+# takes any salt length (RFC 8017 leaves it to the signer): Vault signs with the largest, and
+# its signatures, made by a key imported from it, were answered "valid": false.
 _SCHEMES: dict[str, _Scheme] = {
     "rsa-pss-sha256": _rsa(padding.PSS(mgf=padding.MGF1(hashes.SHA256()),
                                        salt_length=hashes.SHA256.digest_size), hashes.SHA256()),
@@ -108,6 +109,8 @@ _SCHEMES: dict[str, _Scheme] = {
     "ecdsa-sha384": _ecdsa(hashes.SHA384()),
 }
 _DIGEST_SIZES = frozenset(s.digest_size for s in _SCHEMES.values())
+_ANY_SALT = {"sha256": padding.PSS(mgf=padding.MGF1(hashes.SHA256()),
+                                   salt_length=padding.PSS.AUTO)}  # verification only
 
 
 class LoadedKey:
@@ -275,7 +278,8 @@ def _verify(k: LoadedKey, data: bytes, signature: bytes, prehashed: bool,
     try:
         if isinstance(public, rsa.RSAPublicKey):
             assert s.pad is not None and not isinstance(algo, ec.ECDSA)  # noqa: S101  type narrowing
-            public.verify(signature, data, s.pad, algo)
+            pad = _ANY_SALT[s.hash_name] if isinstance(s.pad, padding.PSS) else s.pad
+            public.verify(signature, data, pad, algo)
         else:
             assert isinstance(public, ec.EllipticCurvePublicKey) and isinstance(algo, ec.ECDSA)  # noqa: S101  type narrowing
             public.verify(signature, data, algo)

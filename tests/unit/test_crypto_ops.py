@@ -391,3 +391,20 @@ def test_token_parser_only_ever_raises_bad_request(text: str) -> None:
     except BadRequest:
         return
     assert ops.format_token(version, blob) == text, "accepted tokens have one spelling"
+
+
+def test_a_pss_signature_of_any_salt_length_verifies(materials: dict[str, bytes],
+                                                     keys: dict[str, ops.LoadedKey]) -> None:
+    """Vault signs PSS with the largest salt (its "auto"); a signature it made with a key
+    imported from it was answered "valid": false, as FerroHSM verified only 32-byte salts
+    (an outside tester). RFC 8017 leaves the salt's length to the signer."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    private = serialization.load_der_private_key(materials["rsa-2048"], None)
+    assert isinstance(private, rsa.RSAPrivateKey)
+    message = b"artefact"
+    for salt in (padding.PSS.MAX_LENGTH, 20, 0, 32):
+        signature = private.sign(message, padding.PSS(mgf=padding.MGF1(hashes.SHA256()),
+                                                      salt_length=salt), hashes.SHA256())
+        assert ops.verify(keys["rsa-2048"], message, signature, scheme="rsa-pss-sha256"), salt
+        assert not ops.verify(keys["rsa-2048"], b"other", signature, scheme="rsa-pss-sha256")

@@ -266,7 +266,7 @@ class Transit:
     def verify(self, ctx: RequestContext, req: Request, p: dict[str, str]) -> Response:
         body, name = Body(_json(req), (*SIGN_OPTIONS, *VERIFY_ITEM)), p["name"]
         key = self.authorized(ctx, Action.VERIFY, name)
-        chosen, prehashed = _sign_options(body, p.get("hash"), key)
+        chosen, prehashed = _sign_options(body, p.get("hash"), key, verifying=True)
 
         def one(calls: Items, item: Body) -> dict[str, Any]:
             _no_derivation(item)
@@ -395,13 +395,16 @@ def _items(batch: object) -> list[Any]:
     return batch
 
 
-def _sign_options(body: Body, path_hash: str | None, key: Key) -> tuple[str, bool]:
-    """(FerroHSM scheme, prehashed) for Vault's sign/verify options on ``key``."""
+def _sign_options(body: Body, path_hash: str | None, key: Key, *, verifying: bool = False
+                  ) -> tuple[str, bool]:
+    """(FerroHSM scheme, prehashed) for Vault's sign/verify options on ``key``. A PSS
+    signature of any salt length verifies (crypto/ops.py), so a verify takes any
+    ``salt_length``; a signature is made with the hash length's."""
     body.only("marshaling_algorithm", ("asn1",), "asn1")
     hashed = path_hash or body.text("hash_algorithm") or body.text("algorithm")
     chosen = scheme(key.algorithm, hashed, body.text("signature_algorithm"))
     salt = body.raw("salt_length")
-    if salt not in (None, "", "auto", "hash") and str(salt) != "32":
+    if not verifying and salt not in (None, "", "auto", "hash") and str(salt) != "32":
         raise BadRequest(f"salt_length {str(salt)[:20]!a} is {NOT_SUPPORTED} "
                          f"(FerroHSM's PSS salt is the hash length: auto, hash or 32)")
     return chosen, body.flag("prehashed")
