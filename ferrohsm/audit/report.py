@@ -25,8 +25,10 @@ from . import toolout
 from .offline import VerifyInputError, chained_lines, expand_paths
 from .toolout import add_output_flags, output_format
 
+# scheduler.max_age schedules a destruction (the person's key.destroy was listed, the policy's
+# was not); key.import makes a new primary version of material somebody outside knows
 SENSITIVE = ("destroy", "revoke", "rollback", "purge", "lost", "loss_accepted",
-             "audit.recovery")
+             "audit.recovery", "scheduler.max_age", "key.import")
 # The sink's own records (no one's action): left out of every count but the total. Everything
 # else under audit.* is someone's (audit.read, allowed or denied; audit.recovery).
 # The log's own records, and the AES-GCM count's reservations (service/keys.py
@@ -244,7 +246,8 @@ def render(report: dict[str, Any]) -> str:
                         "denials_by_source_ip")):
         rows = [[r["name"], r["denied"], r["auth_failures"], r["total"]] for r in report[key]]
         out += ["", title, table(["name", "denied", "auth_failures", "total"], rows)]
-    for title, key in (("Destroy / revoke / rollback / purge / loss events", "sensitive_events"),
+    for title, key in (("Destroy / revoke / rollback / purge / import / loss events",
+                        "sensitive_events"),
                        ("Approval events", "approval_events"),
                        ("Changes recorded as about to be made and never settled (the store says "
                         "whether they were; a cold start settles them)", "unsettled_intents"),

@@ -162,6 +162,11 @@ def _online_only(args: argparse.Namespace) -> None:
     if given:
         raise CliExit(f"{', '.join(given)}: only with --offline (online, the server's own "
                       "settings apply)", USAGE)
+    if os.environ.get("FERROHSM_BACKUP_KEY"):  # the flag's twin: said, not silently passed over
+        print("ferrohsm: warning: FERROHSM_BACKUP_KEY is not used by an online backup: the "
+              "server seals the archive with its own backup key (its environment's "
+              "FERROHSM_BACKUP_KEY or [secrets].backup_key_file, else the one derived from its "
+              "master key); unset it, or back up with --offline", file=sys.stderr)
 
 
 def fetch_backup(args: argparse.Namespace, client: Any, settings: Any) -> int:

@@ -565,11 +565,18 @@ def test_online_backup_of_a_running_server_restores(
         code, _, err = cli(["backup", "--out", str(tmp_path / "x"), "--data-dir", "d"],
                            client_env, monkeypatch, capsys)
         assert code == 2 and "only with --offline" in err
+        # the flag's twin in the environment is said to be passed over (an outside tester)
+        code, _, err = cli(["backup", "--out", str(tmp_path / "again.fhsmbak")],
+                           {**client_env, "FERROHSM_TOKEN": srv.token(),
+                            "FERROHSM_BACKUP_KEY": base64.b64encode(bytes(32)).decode()},
+                           monkeypatch, capsys)
+        assert code == 0 and "FERROHSM_BACKUP_KEY is not used by an online backup" in err
         status, _, page = srv.call("GET", "/v1/audit?limit=1000", role="auditor")
         assert status == 200
         outcomes = [(r["actor"], r["outcome"]) for r in page["records"]
                     if r["action"] == "system.backup"]
-        assert outcomes == [("operator-user", "denied"), ("administrator-user", "success")]
+        assert outcomes == [("operator-user", "denied"), ("administrator-user", "success"),
+                            ("administrator-user", "success")]
     finally:
         srv.close()
     assert stat.S_IMODE(src.archive.stat().st_mode) == 0o600

@@ -290,7 +290,7 @@ def test_report_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     assert "Audit report: 7 records" in out
     assert "mallory" in out and "203.0.113.9" in out
-    assert "Destroy / revoke / rollback / purge / loss events: 3" in out
+    assert "Destroy / revoke / rollback / purge / import / loss events: 3" in out
     assert "Approval events: 1" in out
     assert "Outside working hours (07:00-19:00 UTC): 1" in out and "night-owl" in out
     assert "\x1b" not in out and "\\x1b[2Jevil" in out  # terminal escapes are neutralised
@@ -555,3 +555,16 @@ def test_an_audit_folder_this_user_may_not_read_is_one_line(
     monkeypatch.setattr(os, "stat", refuse_stat)
     with pytest.raises(VerifyInputError, match=f"cannot read {hidden}: Permission denied"):
         expand_paths([str(hidden)])
+
+
+def test_report_lists_the_policys_destructions_and_imports(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    """A person's key.destroy was listed; the scheduler's scheduling of a destruction
+    (max_key_age_days) and an import of outside material as a key's version were not."""
+    path = write(tmp_path / "r.jsonl", make_lines([
+        ev(1, action="scheduler.max_age", actor="scheduler", key_id="k1"),
+        ev(2, action="key.import", key_id="k2"), ev(3)]))
+    assert report_main([path, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["sensitive_events"]
+    assert rows["count"] == 2
