@@ -405,6 +405,24 @@ class DualControl:
                                  f"{iso(finished_before)}", pruned=count)
         return count
 
+    def open_on(self, key_id: str, action: Action, now: datetime) -> bool:
+        """Whether an approval of ``action`` on the key is open (pending or approved, not
+        expired): the scheduler holds a key's destruction while its cancellation waits for
+        approvers, who were otherwise asked to approve what the destruction made void."""
+        if self.store is None:
+            return False
+        for state in (apv.ApprovalState.PENDING, apv.ApprovalState.APPROVED):
+            after: str | None = None
+            for _ in range(OPEN_SCAN_PAGES):
+                rows = self.store.list(state, now, OPEN_SCAN_PAGE, after)
+                if any(row.key_id == key_id and row.action == action.value
+                       for row in filter(self.is_current, rows)):
+                    return True
+                if not rows:
+                    break
+                after = rows[-1].id
+        return False
+
     def latest_executed(self, key_id: str, action: Action) -> str | None:
         """The id of the approval that last authorized ``action`` on the key, if any."""
         if self.store is None:

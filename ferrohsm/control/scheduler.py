@@ -44,6 +44,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
+from ..auth.permissions import Action
 from ..domain.errors import FerroError
 from ..domain.model import SYSTEM_CONTEXT, Key, KeyFilter, KeyState, RequestContext, VersionState
 from ..store.keystore import KeyStore
@@ -129,6 +130,7 @@ class TickReport:
     waiting: int = 0   # steps waiting for their approval's quorum
     follower: bool = False  # another process leads: this one did nothing
     settled: int = 0   # intents of dead nodes settled (integrity/livesettle.py)
+    held: int = 0      # destructions due, held while their cancellation awaits approval
 
 
 class RetentionScheduler:
@@ -228,6 +230,9 @@ class RetentionScheduler:
         svc, policy = self.service, self.service.policy
         try:
             if job.kind is JobKind.DESTROY:
+                if svc.dual.open_on(key.id, Action.KEY_CANCEL_DESTROY, now):
+                    report.held += 1  # until the approval is decided or expires
+                    return
                 svc.complete_destroy(self.ctx, key)
                 report.destroyed += 1
             elif job.kind is JobKind.ROTATE:

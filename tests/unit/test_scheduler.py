@@ -49,6 +49,8 @@ TAGS = {
     "rotating": TagPolicy(rotation_days=30, archive_after_days=60, destroy_grace_hours=2),
     "pci": TagPolicy(approvals_required=2, approval_actions=("rollback",),
                      approval_ttl_seconds=600),
+    "reprieve": TagPolicy(approvals_required=1, approval_actions=("cancel-destroy",),
+                          approval_ttl_seconds=86400, destroy_grace_hours=1),
 }
 
 
@@ -202,6 +204,27 @@ def test_destroying_a_quorum_key_needs_the_quorum_and_attests_it(world: World) -
     record = next(e for e in audit.events
                   if e.action == "key.destroy_complete" and e.outcome == "success")
     assert record.details["approval_id"] == approval_id and approval_id in record.message
+
+
+def test_a_destruction_waits_while_its_cancellation_awaits_approval(world: World) -> None:
+    """The scheduler destroyed a key while a request to cancel that destruction waited for
+    its approver, who could then still approve what could never run (an outside tester). The
+    destruction is held until the request is decided, or expires (its TTL bounds the hold)."""
+    svc, audit, clock, scheduler = world
+    key = create(svc, "reprieve")
+    with pytest.raises(ApprovalRequired) as destroy:  # a quorum always covers destroy
+        svc.schedule_destroy(ctx(ALICE), key.id)
+    svc.approvals.decide(ctx(BOB), approval_of(destroy.value), True)
+    svc.schedule_destroy(ctx(ALICE, approval_of(destroy.value)), key.id)
+    with pytest.raises(ApprovalRequired) as parked:
+        svc.cancel_destroy(ctx(ALICE), key.id)
+    clock.advance(hours=2)  # past the grace
+    report = scheduler.tick()
+    assert (report.destroyed, report.held) == (0, 1)
+    assert svc.store.get(key.id).state is KeyState.DESTROY_SCHEDULED
+    svc.approvals.decide(ctx(BOB), approval_of(parked.value), False)  # denied: no reprieve
+    assert scheduler.tick().destroyed == 1
+    assert svc.store.get(key.id).state is KeyState.DESTROYED
 
 
 def test_overlapping_ticks(world: World) -> None:
