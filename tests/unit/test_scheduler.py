@@ -210,7 +210,7 @@ def test_a_destruction_waits_while_its_cancellation_awaits_approval(world: World
     """The scheduler destroyed a key while a request to cancel that destruction waited for
     its approver, who could then still approve what could never run (an outside tester). The
     destruction is held until the request is decided, or expires (its TTL bounds the hold)."""
-    svc, audit, clock, scheduler = world
+    svc, _, clock, scheduler = world
     key = create(svc, "reprieve")
     with pytest.raises(ApprovalRequired) as destroy:  # a quorum always covers destroy
         svc.schedule_destroy(ctx(ALICE), key.id)
