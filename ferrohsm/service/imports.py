@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 import threading
 from collections.abc import Callable
@@ -223,6 +224,7 @@ class ImportService:
             with self._lock:
                 job = self._open(import_job_id)
                 material = self._material(job, key.algorithm, wrapping_algorithm, wrapped)
+                self._refuse_reuse(key, material)
                 if decision is not ALLOWED:
                     self.keys.dual.gate(ctx, Action.KEY_IMPORT, key, args, decision)
                 self.guard.require_audit()
@@ -244,6 +246,21 @@ class ImportService:
                   wrapped: bytes) -> bytes:
         return importwrap.normalize(algorithm, importwrap.unwrap(job.private_der,
                                                                  wrapping_algorithm, wrapped))
+
+    def _refuse_reuse(self, key: Key, material: bytes) -> None:
+        """The material of a version the key still has, imported again as its new version, is
+        no rotation: the log would record a new version of an unchanged key, and an AES-GCM
+        version whose budget of 2^32 encryptions is spent would get a fresh one for the same
+        key, past the limit the budget keeps (an outside tester). Refused before anyone is
+        asked to approve it. (A destroyed version's material is gone and cannot be compared.)"""
+        for v in key.versions:
+            if v.sealed is None:
+                continue
+            held = self.sealer.unseal(v.sealed, key_id=key.id, version=v.version,
+                                      algorithm=key.algorithm)
+            if hmac.compare_digest(held, material):
+                raise Conflict(f"this material is already version {v.version} of key {key.id}: "
+                               "import new material, or rotate the key to generate some")
 
     def _gate(self, ctx: RequestContext, key: Key, args: dict[str, Any]) -> None:
         """The policy decision on the key about to be made (its tags may put import under

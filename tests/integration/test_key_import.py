@@ -317,6 +317,28 @@ def test_a_new_version_of_an_existing_key(srv: LiveServer, tmp_path: Path) -> No
     assert status == 409, reply
 
 
+def test_the_same_material_is_not_imported_again_as_a_new_version(srv: LiveServer,
+                                                                   tmp_path: Path) -> None:
+    """An import of a version's own material as the key's next version was taken as a
+    rotation: a new version of an unchanged key, with a fresh AES-GCM budget for a key whose
+    budget is per key, not per version number (an outside tester). Refused, 409, the job
+    left usable for other material."""
+    material = os.urandom(32)
+    job = new_job(srv)
+    status, _, key = srv.call("POST", "/v1/keys", import_body(
+        job, "RSA_OAEP_SHA256", oaep_with_openssl(tmp_path, job, material),
+        algorithm="aes-256-gcm", usage="encrypt"), role="operator")
+    assert status == 201, key
+    job = new_job(srv)
+    again = {"import_job_id": job["import_job_id"], "wrapping_algorithm": "RSA_OAEP_SHA256",
+             "wrapped_material": B(oaep_with_openssl(tmp_path, job, material))}
+    status, _, reply = srv.call("POST", f"/v1/keys/{key['id']}/import", again, role="operator")
+    assert status == 409 and "already version 1" in reply["error"]["message"], reply
+    fresh = {**again, "wrapped_material": B(oaep_with_openssl(tmp_path, job, os.urandom(32)))}
+    status, _, reply = srv.call("POST", f"/v1/keys/{key['id']}/import", fresh, role="operator")
+    assert status == 200 and reply["primary_version"] == 2, reply
+
+
 def test_audit_records_never_hold_material(srv: LiveServer, tmp_path: Path) -> None:
     job = new_job(srv)
     material = os.urandom(32)
