@@ -71,6 +71,7 @@ def run(args: argparse.Namespace, client: Any, settings: Settings) -> int:
     saved = args.material + SAVED_SUFFIX
     if settings.approval_id:
         request = _load_saved(saved, args.key)
+        _same_as_saved(args, request["body"], saved)
     else:
         request = _wrap_new(args, client)
     try:
@@ -140,6 +141,18 @@ def _save(path: str, request: dict[str, Any]) -> None:
                          f"be saved to {path}: {exc.strerror}") from None
     print(f"ferrohsm: the wrapped request is saved in {path}: the repeat with --approval-id "
           "sends it", file=sys.stderr)
+
+
+def _same_as_saved(args: argparse.Namespace, body: dict[str, Any], path: str) -> None:
+    """The repeat sends what was parked (the approval binds it): a flag that says otherwise
+    is refused, not dropped without a word (an outside tester's --name was)."""
+    given = {"algorithm": args.algorithm, "usage": args.usage, "name": args.name,
+             "description": args.description, "tags": list(args.tags) or None}
+    for field, value in given.items():
+        if value and value != body.get(field):
+            flag = "--tag" if field == "tags" else f"--{field}"
+            raise UsageError(f"{flag} differs from the import parked for approval (saved in "
+                             f"{path}): repeat the command as it was parked, or leave it out")
 
 
 def _load_saved(path: str, key: str | None) -> dict[str, Any]:

@@ -135,6 +135,9 @@ def test_a_parked_import_is_repeated_with_its_approval(cli: Cli, live: LiveServe
     status, _, reply = live.call("POST", f"/v1/approvals/{approval_id}/approve", {},
                                  token=live.token("operator", "bob"))
     assert status == 200, reply
+    other = cli("keys", "import", "--material", str(key_file), "--name", name + "-x", "--tag",
+                "byok", "--approval-id", approval_id)  # was dropped without a word
+    assert other.code == 2 and "--name differs from the import parked" in other.err
     done = cli(*argv, "--approval-id", approval_id, "--json")
     assert done.code == 0, done.err
     assert done.json()["name"] == name and done.json()["tags"] == ["byok"]
