@@ -23,7 +23,7 @@ the request's records.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
@@ -278,18 +278,23 @@ class DualControl:
         requester (same action, key and request hash under the approval's own salt), and
         how many open approvals of this requester were seen before it was found."""
         held = 0
+        for row in self._open_rows(store, now):
+            if _twin(row, requester, action, key_id, args):
+                return row, held
+            held += row.requester == requester
+        return None, held
+
+    def _open_rows(self, store: ApprovalStore, now: datetime) -> Iterator[apv.Approval]:
+        """The current open approvals (pending, then approved; not expired), page by page,
+        at most OPEN_SCAN_PAGES pages of each state."""
         for state in (apv.ApprovalState.PENDING, apv.ApprovalState.APPROVED):
             after: str | None = None
             for _ in range(OPEN_SCAN_PAGES):
                 rows = store.list(state, now, OPEN_SCAN_PAGE, after)
-                for row in filter(self.is_current, rows):
-                    if _twin(row, requester, action, key_id, args):
-                        return row, held
-                    held += row.requester == requester
+                yield from filter(self.is_current, rows)
                 if not rows:  # not a short page: records that fail their check are left out
                     break
                 after = rows[-1].id
-        return None, held
 
     def _redeem(self, ctx: RequestContext, action: Action, key: Target,
                 args: dict[str, Any]) -> None:
@@ -409,19 +414,9 @@ class DualControl:
         """Whether an approval of ``action`` on the key is open (pending or approved, not
         expired): the scheduler holds a key's destruction while its cancellation waits for
         approvers, who were otherwise asked to approve what the destruction made void."""
-        if self.store is None:
-            return False
-        for state in (apv.ApprovalState.PENDING, apv.ApprovalState.APPROVED):
-            after: str | None = None
-            for _ in range(OPEN_SCAN_PAGES):
-                rows = self.store.list(state, now, OPEN_SCAN_PAGE, after)
-                if any(row.key_id == key_id and row.action == action.value
-                       for row in filter(self.is_current, rows)):
-                    return True
-                if not rows:
-                    break
-                after = rows[-1].id
-        return False
+        return self.store is not None and any(
+            row.key_id == key_id and row.action == action.value
+            for row in self._open_rows(self.store, now))
 
     def latest_executed(self, key_id: str, action: Action) -> str | None:
         """The id of the approval that last authorized ``action`` on the key, if any."""

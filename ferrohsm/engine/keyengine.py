@@ -98,25 +98,27 @@ class KeyEngine:
 
     def decrypt(self, key: Key, token: str, aad: bytes | None) -> tuple[bytes, int]:
         self._check_size(aad)
-        number, blob = ops.parse_token(token)
+        number, blob, version = self._parse(key, token, lc.Use.DECRYPT)
         try:
-            version = _token_version(key, lc.Use.DECRYPT, number)
             return ops.decrypt(self.handle(key, version), blob, aad), number
         except FerroError as exc:  # the refusal's record names the version the token names
             exc.details.setdefault("key_version", number)
             raise
 
     def check_token(self, key: Key, token: str, use: lc.Use) -> None:
-        """Refuse what ``decrypt`` or ``unwrap`` would refuse without touching material: a
-        token not in the format, one larger than anything this key could have made, one
-        naming a version the key never had or may not use. Run before a request under dual
-        control is parked: else approvers were asked to approve a call that could never run,
-        and their approval was spent on a 400 (an outside tester)."""
+        """Refuse what ``decrypt`` or ``unwrap`` would refuse without touching material. Run
+        before a request under dual control is parked: else approvers were asked to approve a
+        call that could never run, and their approval was spent on a 400 (an outside tester)."""
+        self._parse(key, token, use)
+
+    def _parse(self, key: Key, token: str, use: lc.Use) -> tuple[int, bytes, KeyVersion]:
+        """(version number, blob, version) of a token in the format, no larger than anything
+        this key could have made, naming a version the key has and may ``use``."""
         number, blob = ops.parse_token(token)
         try:
             if len(blob) > self.max_input + TOKEN_OVERHEAD:
                 self._too_large()
-            _token_version(key, use, number)
+            return number, blob, _token_version(key, use, number)
         except FerroError as exc:  # the refusal's record names the version the token names
             exc.details.setdefault("key_version", number)
             raise
@@ -144,8 +146,7 @@ class KeyEngine:
         return ops.format_token(version.version, blob), version.version
 
     def unwrap(self, key: Key, token: str) -> tuple[bytes, int]:
-        number, blob = ops.parse_token(token)
-        version = _token_version(key, lc.Use.UNWRAP, number)
+        number, blob, version = self._parse(key, token, lc.Use.UNWRAP)
         return ops.unwrap(self.handle(key, version), blob), number
 
     def public_pem(self, key: Key, number: int | None) -> tuple[str, int]:

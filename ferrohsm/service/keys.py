@@ -357,11 +357,17 @@ class KeyService:
     def _use(self, ctx: RequestContext, action: Action, ref: str,
              op: Callable[[Key], tuple[Any, int]], message: Callable[[Any], str],
              args: dict[str, Any] | None = None,
-             check: Callable[[Key], None] | None = None) -> tuple[Key, Any, int]:
+             check: Callable[[Key], None] | None = None,
+             vet: Callable[[Key], None] | None = None) -> tuple[Key, Any, int]:
+        """``check``: what ``op`` does not refuse itself, run on every call; ``vet``: what
+        ``op`` refuses anyway, run only before an approval is asked for or spent, so that
+        none is given to a call that cannot run (and an allowed call does it once)."""
         def work(key: Key, decision: Decision) -> tuple[Key, Any, int]:
             if check is not None:  # before any approval is asked for a call that cannot run
                 check(key)
             if decision is not ALLOWED:  # an approval to request or redeem
+                if vet is not None:
+                    vet(key)
                 if action in USE_OF:  # nor spent on a key that refuses the use
                     lc.check_key_use(key, USE_OF[action])
                 self.dual.gate(ctx, action, key, args or {}, decision)
@@ -425,7 +431,7 @@ class KeyService:
                                           lambda k: self.engine.decrypt(k, ciphertext, aad),
                                           lambda p: f"decrypted {len(p)} bytes",
                                           {"ciphertext": ciphertext, "aad": aad},
-                                          lambda k: self.engine.check_token(
+                                          vet=lambda k: self.engine.check_token(
                                               k, ciphertext, lc.Use.DECRYPT))
         return {"plaintext": plaintext, "key_version": version}
 
@@ -462,7 +468,7 @@ class KeyService:
                                          lambda k: self.engine.unwrap(k, wrapped),
                                          lambda m: f"unwrapped {len(m)} bytes",
                                          {"wrapped": wrapped},
-                                         lambda k: self.engine.check_token(
+                                         vet=lambda k: self.engine.check_token(
                                              k, wrapped, lc.Use.UNWRAP))
         return {"key_material": material, "key_version": version}
 
